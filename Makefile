@@ -1,0 +1,171 @@
+# ngd — the one build file.
+#   make              libngd (static + versioned shared), the engine, the `ngd` command
+#   make run          README's main job: train the default model (installs deps first)
+#   make test         the whole suite, plain and under ASan+UBSan; ends with "N passed, N failed"
+#   make check        the plain suite only (faster)
+#   make bench        speed / memory benchmarks (never part of the tests)
+#   make install      PREFIX=/usr/local DESTDIR=   (lib, header, pkg-config file, ngd)
+#   make format / format-check / tidy / clean
+#   options: SANITIZE=1 (build into build-san/), NATIVE=0 (no -march=native), OMP=0
+# Files are found by wildcard: a new src/<layer>/x.c or tests/test_x.c needs no edit here.
+
+VERSION_MAJOR := 0
+VERSION_MINOR := 1
+VERSION_PATCH := 0
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+CC ?= cc
+NATIVE ?= 1
+OMP ?= 1
+SANITIZE ?= 0
+
+ifeq ($(SANITIZE),1)
+BUILD ?= build-san
+OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDSAN := -fsanitize=address,undefined
+HARDEN :=
+else
+BUILD ?= build
+OPT := -O2 -g
+LDSAN :=
+HARDEN := -D_FORTIFY_SOURCE=3 -fstack-protector-strong
+endif
+
+WARN := -std=c11 -Wall -Wextra -Wpedantic -Werror -Wshadow -Wstrict-prototypes \
+        -Wmissing-prototypes -Wpointer-arith -Wcast-qual -Wdouble-promotion -Wfloat-conversion \
+        -Wformat=2 -Wundef -Wvla -Wwrite-strings -Wimplicit-fallthrough
+ARCH :=
+ifeq ($(NATIVE),1)
+ARCH := -march=native
+endif
+OMPFLAG :=
+ifeq ($(OMP),1)
+OMPFLAG := -fopenmp
+endif
+
+BASEFLAGS := $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(HARDEN) -D_POSIX_C_SOURCE=200809L \
+             -fvisibility=hidden -fPIC -fno-math-errno -MMD -MP \
+             -DNGD_VERSION_STRING='"$(VERSION)"'
+CFLAGS ?=
+CFLAGS += $(BASEFLAGS)
+LIBS := -ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lm
+LDFLAGS ?=
+LDFLAGS += $(LDSAN) $(OMPFLAG) -Wl,-z,relro,-z,now
+
+# Per-layer include paths: libngd sees only itself, the engine sees only <ngd.h>.
+INC_LIB := -Iinclude -Isrc/core -Isrc/structures -Isrc/optim
+INC_ENG := -Iinclude -Isrc/nn -Isrc/data
+INC_CLI := -Iinclude -Isrc/nn -Isrc/data -Isrc/cli
+INC_TST := -Iinclude -Isrc/core -Isrc/structures -Isrc/optim -Isrc/nn -Isrc/data -Isrc/cli -Itests
+
+LIB_SRC := $(sort $(wildcard src/core/*.c src/structures/*.c src/optim/*.c))
+ENG_SRC := $(sort $(wildcard src/nn/*.c src/nn/models/*.c src/data/*.c))
+CLI_SRC := $(sort $(wildcard src/cli/*.c))
+TST_SUP := $(sort $(filter-out tests/test_%.c,$(wildcard tests/*.c)))
+TST_SRC := $(sort $(wildcard tests/test_*.c))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+EX_SRC := $(sort $(wildcard examples/*.c))
+
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+ENG_OBJ := $(ENG_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TST_SUP_OBJ := $(TST_SUP:%.c=$(BUILD)/%.o)
+TST_BIN := $(TST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+EX_BIN := $(EX_SRC:examples/%.c=$(BUILD)/examples/%)
+
+LIBA := $(BUILD)/libngd.a
+LIBSO := $(BUILD)/libngd.so.$(VERSION)
+ENGA := $(BUILD)/libngdengine.a
+NGD := $(BUILD)/ngd
+
+.PHONY: all run test check bench examples install uninstall clean format format-check tidy deps
+all: $(LIBA) $(LIBSO) $(NGD)
+
+deps:
+	@bash scripts/deps.sh
+
+$(BUILD)/src/core/%.o $(BUILD)/src/structures/%.o $(BUILD)/src/optim/%.o: INC = $(INC_LIB)
+$(BUILD)/src/nn/%.o $(BUILD)/src/data/%.o: INC = $(INC_ENG)
+$(BUILD)/src/cli/%.o: INC = $(INC_CLI)
+$(BUILD)/tests/%.o $(BUILD)/bench/%.o $(BUILD)/examples/%.o: INC = $(INC_TST)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC $<"
+	@$(CC) $(CFLAGS) $(INC) -c $< -o $@
+
+$(LIBA): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIBSO): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libngd.so.$(VERSION_MAJOR) $(LDFLAGS) -o $@ $^ $(LIBS)
+	ln -sf libngd.so.$(VERSION) $(BUILD)/libngd.so.$(VERSION_MAJOR)
+	ln -sf libngd.so.$(VERSION_MAJOR) $(BUILD)/libngd.so
+
+$(ENGA): $(ENG_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(NGD): $(CLI_OBJ) $(ENGA) $(LIBA)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TST_SUP_OBJ) $(ENGA) $(LIBA)
+	$(CC) $(LDFLAGS) -o $@ $< $(TST_SUP_OBJ) $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(ENGA) $(LIBA)
+	$(CC) $(LDFLAGS) -o $@ $< $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+
+$(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIBA)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBA) $(LIBS)
+
+examples: $(EX_BIN)
+
+# The plain suite in $(BUILD): every test binary, the examples, the CLI script.
+check: deps
+	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) >/dev/null
+	@bash tests/run.sh $(BUILD)
+
+# `make test`: plain suite, then the same under ASan+UBSan, one closing line for both.
+test: deps
+	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN)
+	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%)
+	@bash tests/run.sh $(BUILD) build-san
+
+bench: deps all $(BENCH_BIN)
+	@bash bench/run.sh $(BUILD)
+
+run: deps all
+	@bash scripts/run.sh $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(LIBA) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBSO) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libngd.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libngd.so.$(VERSION_MAJOR)
+	ln -sf libngd.so.$(VERSION_MAJOR) $(DESTDIR)$(PREFIX)/lib/libngd.so
+	install -m 644 include/ngd.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(NGD) $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' ngd.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/lib/libngd.a $(DESTDIR)$(PREFIX)/lib/libngd.so* \
+	      $(DESTDIR)$(PREFIX)/include/ngd.h $(DESTDIR)$(PREFIX)/bin/ngd \
+	      $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
+
+FMT_SRC = $(shell git ls-files '*.c' '*.h')
+format:
+	clang-format -i $(FMT_SRC)
+format-check:
+	clang-format --dry-run --Werror $(FMT_SRC)
+tidy:
+	clang-tidy $(LIB_SRC) -- $(INC_LIB) -std=c11 -D_POSIX_C_SOURCE=200809L
+	-cppcheck --quiet --enable=warning,performance,portability $(INC_LIB) $(LIB_SRC)
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find build build-san -name '*.d' 2>/dev/null)

@@ -1,0 +1,412 @@
+/*
+ * ngd.h — libngd: Kronecker-factored natural-gradient optimizers for any C training loop.
+ *
+ * libngd implements SINGD (structured inverse-free natural gradient; its special cases
+ * INGD and IKFAC), the K-FAC family (K-FAC, RS-KFAC, SRE-KFAC, B-KFAC, B-R-KFAC,
+ * BRC-KFAC) and AdamW / SGD. It knows nothing of layers, graphs or autograd:
+ *
+ *     "statistics in, update out"
+ *
+ * For every Kronecker-factored layer (a fully connected or convolution layer with weight
+ * W of shape d_out x d_in and an optional bias b) you register W, b and their gradient
+ * buffers once. On steps where the optimizer wants curvature statistics you hand it the
+ * layer's inputs `a` and output-gradients `g` from your backward pass; on every step you
+ * call ngd_optim_step(), which reads the gradient buffers and updates W and b in place.
+ *
+ * A complete training step (error handling shortened):
+ *
+ *     ngd_config cfg = ngd_config_default(NGD_METHOD_SINGD);
+ *     cfg.lr = 1e-3f;
+ *     ngd_optim *opt;  ngd_optim_create(&cfg, &opt);
+ *     ngd_layer fc = {.name = "fc1", .weight = W, .weight_grad = dW, .d_out = 512,
+ *                     .d_in = 784, .bias = b, .bias_grad = db};
+ *     int id;  ngd_optim_add_layer(opt, &fc, &id);
+ *     for (;;) {
+ *         forward(x);                                   // your code: y = x W^T + b
+ *         backward();                                   // your code: fills dW, db, dy
+ *         if (ngd_optim_wants_stats(opt))
+ *             ngd_optim_observe(opt, id, batch, ngd_matrix_f32(x, batch, 784),
+ *                                              ngd_matrix_f32(dy, batch, 512));
+ *         if (ngd_optim_step(opt) != NGD_OK) break;     // W, b updated in place
+ *     }
+ *     ngd_optim_free(opt);
+ *
+ * Conventions
+ *  - Row-major everywhere. A weight is d_out x d_in; a Conv2d weight [C_out, C_in/G, k1, k2]
+ *    is the row-major d_out x d_in matrix with d_in = (C_in/G)*k1*k2 (its memory as is).
+ *  - A bias is an extra input column: the library appends the column of ones to `a`
+ *    itself, so `a` always has d_in columns.
+ *  - `a` has one row per (sample, shared position): batch*R rows, sample-major, where R is
+ *    the number of weight-sharing positions (tokens of a sequence, output locations of a
+ *    convolution: use ngd_unfold() for the im2col patches). `g` has the same rows and is the
+ *    gradient of the loss *as you reduced it* with respect to the layer output;
+ *    `loss_average` in the config says how you reduced it (sum / mean over the batch /
+ *    mean over batch and positions), exactly as in specs/singd.md §5.3.
+ *  - For kfac_approx = REDUCE the library averages `a` and sums `g` over each sample's R
+ *    rows; you may also pass `a` already reduced (exactly `batch` rows).
+ *  - Precision: parameters and gradients are float32. Statistics may be float32 or bf16
+ *    (accumulated in float32); factors are stored in float32 or bf16 per factor.
+ *
+ * Errors: every fallible call returns an ngd_status; the handle keeps a message naming the
+ * problem (ngd_optim_errmsg). Numerical events (a non-finite gradient, a failed
+ * decomposition) are not errors: they are counted in the per-layer health.
+ * The library never prints, never exits, has no global state; one handle may be used by
+ * one thread at a time; different handles are independent.
+ */
+#ifndef NGD_H
+#define NGD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define NGD_API __attribute__((visibility("default")))
+#else
+#define NGD_API
+#endif
+
+// ====== Versions ======
+
+#define NGD_VERSION_MAJOR 0
+#define NGD_VERSION_MINOR 1
+#define NGD_VERSION_PATCH 0
+
+// The library's version as "MAJOR.MINOR.PATCH"; a static string.
+NGD_API const char *ngd_version(void);
+
+// ====== Status and errors ======
+
+// Values are stable (append only).
+typedef enum {
+    NGD_OK = 0,
+    NGD_ERR_ARG = 1,       // a bad argument: NULL, out-of-range value, unknown option
+    NGD_ERR_SHAPE = 2,     // matrix shapes do not match the layer
+    NGD_ERR_LAYER = 3,     // unknown layer or parameter id
+    NGD_ERR_NOMEM = 4,     // an allocation failed; the state is unchanged
+    NGD_ERR_IO = 5,        // a file could not be opened, read, written or renamed
+    NGD_ERR_FORMAT = 6,    // a file is truncated, foreign, corrupt or from another setup
+    NGD_ERR_STATE = 7,     // the call is not allowed now (e.g. add_layer after the first step,
+                           // or a preconditioner update step with a layer that got no stats)
+    NGD_ERR_NUMERIC = 8,   // a numerical failure that could not be absorbed
+    NGD_ERR_INTERNAL = 9,  // a bug in libngd (an internal invariant broke)
+    NGD_SKIPPED = 10,      // not an error: the step was skipped (non-finite gradient)
+    NGD_STATUS_COUNT
+} ngd_status;
+
+// A static, human-readable description of a status code ("shape mismatch").
+NGD_API const char *ngd_status_str(ngd_status s);
+
+// ====== Matrices ======
+
+// Stable values (stored in checkpoints).
+typedef enum { NGD_F32 = 0, NGD_BF16 = 1 } ngd_dtype;
+
+// A borrowed, row-major view: element (i, j) is at data + (i*ld + j) elements of dtype.
+// ld >= cols. libngd never frees or keeps it beyond the call it is passed to.
+typedef struct {
+    const void *data;
+    size_t rows, cols, ld;
+    ngd_dtype dtype;
+} ngd_matrix;
+
+// Convenience constructors for a dense row-major block (ld = cols).
+NGD_API ngd_matrix ngd_matrix_f32(const float *data, size_t rows, size_t cols);
+NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t cols);
+
+// ====== Configuration ======
+
+// Stable values (stored in checkpoints).
+typedef enum {
+    NGD_METHOD_SGD = 0,
+    NGD_METHOD_ADAMW = 1,
+    NGD_METHOD_SINGD = 2,    // structured INGD; dense factors = INGD, kfac_like = IKFAC
+    NGD_METHOD_KFAC = 3,     // K-FAC with eigendecomposition (specs/kfac-family.md §3)
+    NGD_METHOD_RSKFAC = 4,   // randomized-SVD K-FAC (§4)
+    NGD_METHOD_SREKFAC = 5,  // symmetric randomized EVD K-FAC (§4.3)
+    NGD_METHOD_BKFAC = 6,    // Brand-updated K-FAC (§6)
+    NGD_METHOD_BRKFAC = 7,   // Brand + periodic RSVD refresh (§7)
+    NGD_METHOD_BRCKFAC = 8,  // B-R-KFAC + Rayleigh–Ritz correction (§8)
+    NGD_METHOD_INGD = 9,     // alias: SINGD with dense factors (ngd_config_default presets it)
+    NGD_METHOD_IKFAC = 10,   // alias: SINGD with kfac_like = true and alpha1 = 0
+    NGD_METHOD_COUNT
+} ngd_method;
+
+// Kronecker-factor structures of SINGD (specs/singd.md §9). Stable values.
+typedef enum {
+    NGD_STRUCT_DENSE = 0,
+    NGD_STRUCT_DIAG = 1,
+    NGD_STRUCT_BLOCKDIAG = 2,      // block size: struct_block (30 = official preset)
+    NGD_STRUCT_HIER = 3,           // hierarchical (k1, k2): struct_k1, struct_k2 (15, 15)
+    NGD_STRUCT_TRIL_TOEPLITZ = 4,
+    NGD_STRUCT_TRIU_TOEPLITZ = 5,
+    NGD_STRUCT_TRIL_TOPLEFT = 6,   // lower triangular, diagonal top-left, dense last row
+    NGD_STRUCT_TRIL_BOTRIGHT = 7,  // lower triangular, dense first column, diagonal bottom-right
+    NGD_STRUCT_TRIU_TOPLEFT = 8,   // upper triangular, diagonal top-left, dense last column
+    NGD_STRUCT_TRIU_BOTRIGHT = 9,  // upper triangular, dense first row, diagonal bottom-right
+    NGD_STRUCT_COUNT
+} ngd_structure;
+
+typedef enum {
+    NGD_LOSS_SUM = 0,             // the loss is a sum over samples (and positions)
+    NGD_LOSS_BATCH = 1,           // mean over the batch (sum over positions)
+    NGD_LOSS_BATCH_SEQUENCE = 2,  // mean over batch and positions
+} ngd_loss_average;
+
+typedef enum { NGD_KFAC_EXPAND = 0, NGD_KFAC_REDUCE = 1 } ngd_kfac_approx;
+
+// One Kronecker factor's structure and parameters.
+typedef struct {
+    ngd_structure kind;
+    size_t block;   // NGD_STRUCT_BLOCKDIAG block size (>= 1)
+    size_t k1, k2;  // NGD_STRUCT_HIER MAX_K1, MAX_K2 (>= 1)
+    ngd_dtype dtype;  // storage dtype of the factor and its momentum (F32 or BF16)
+} ngd_factor_spec;
+
+// K-FAC family options (specs/kfac-family.md §13). Ignored by other methods.
+typedef enum { NGD_KFAC_DAMP_EXACT_REL = 0, NGD_KFAC_DAMP_FACTORED_PI = 1 } ngd_kfac_damping;
+typedef enum { NGD_CLIP_NONE = 0, NGD_CLIP_RMS = 1, NGD_CLIP_KL = 2 } ngd_clip;
+typedef enum { NGD_TAIL_ZERO = 0, NGD_TAIL_MIN_KEPT = 1 } ngd_tail_model;
+typedef enum { NGD_IDINIT_IN_DAMPING = 0, NGD_IDINIT_IN_FACTOR = 1 } ngd_identity_init;
+typedef enum { NGD_BRAND_TRUNC_AFTER = 0, NGD_BRAND_TRUNC_BEFORE_NEXT = 1 } ngd_brand_truncate;
+
+typedef struct {
+    float rho;            // EA decay ρ (0.95)
+    size_t T_u;           // statistics period (10)
+    size_t T_i;           // inverse / RSVD refresh period (50)
+    float damping_rel;    // λ_rel (0.1)
+    ngd_kfac_damping damping_kind;
+    ngd_clip clip;        // per-layer RMS clip (default) or global KL clip
+    float clip_kappa;     // κ (0.07)
+    size_t wd_start;      // decoupled weight decay starts at this step (20*T_u)
+    ngd_identity_init identity_init;
+    float eig_zero_tol;   // eigenvalues below this are set to 0 (1e-10)
+    size_t rank;          // RSVD target rank r (220)
+    size_t oversample;    // p (10)
+    size_t power_iters;   // q (4)
+    ngd_tail_model tail;
+    size_t brand_rank;    // r_B (0 = same as rank)
+    size_t brand_mult;    // m_B (1)
+    size_t refresh_mult;  // m_BR (1)
+    size_t corr_mult;     // m_C (5)
+    float corr_frac;      // φ (0.2)
+    ngd_brand_truncate brand_truncate;
+    size_t reorth_every;  // re-orthonormalise Brand bases every this many updates (50)
+    bool factored_apply;  // linear-cost application for FC Brand-track layers (true)
+    uint64_t seed;        // RNG seed for sketches and corrections
+} ngd_kfac_options;
+
+// Every hyper-parameter of every method. Fill with ngd_config_default(method), then edit.
+// The same struct serves as a per-layer override (the "parameter group" of PyTorch):
+// see ngd_layer.override.
+typedef struct {
+    ngd_method method;
+    // shared by all methods
+    float lr;             // β2, the parameter learning rate
+    float momentum;       // α2 (SINGD 0.9, SGD 0)
+    float weight_decay;   // γ: coupled L2 for SINGD/SGD, decoupled for AdamW / K-FAC family
+    // SGD
+    bool nesterov;
+    // AdamW (PyTorch defaults)
+    float beta1, beta2, eps;
+    // SINGD / INGD / IKFAC (specs/singd.md §3)
+    float damping;        // λ (1e-3)
+    float alpha1;         // Riemannian momentum (0.5); forced to 0 with kfac_like
+    size_t T;             // preconditioner update period (10)
+    float lr_cov;         // β1 (1e-2) when lr_cov_fn is NULL
+    float (*lr_cov_fn)(size_t step, void *user);  // optional schedule step -> β1
+    void *lr_cov_user;
+    bool normalize_lr_cov;
+    bool kfac_like;       // IKFAC update rule
+    ngd_loss_average loss_average;
+    ngd_kfac_approx kfac_approx;
+    ngd_factor_spec structure_K;  // input-side factor K (d_in(+1) square)
+    ngd_factor_spec structure_C;  // output-side factor C (d_out square)
+    float init_grad_scale;        // loss scale assumed for step 0's backward (1)
+    bool official_blockdiag_quirk;  // reproduce the official block-diagonal transpose quirk
+                                    // (specs/singd.md §9.4); default false = consistent math
+    bool skip_nonfinite;  // skip the step (and discard pending statistics) when a gradient
+                          // is NaN/Inf (true)
+    // K-FAC family
+    ngd_kfac_options kfac;
+    // optional log callback (the library never prints)
+    void (*log_fn)(void *user, const char *msg);
+    void *log_user;
+} ngd_config;
+
+// All defaults of specs/singd.md §3 (SINGD/INGD/IKFAC), specs/kfac-family.md §13 (K-FAC
+// family), and PyTorch's AdamW/SGD defaults (lr 1e-3, betas 0.9/0.999, eps 1e-8, wd 1e-2
+// for AdamW; lr 1e-2, momentum 0 for SGD). Unknown methods get SGD's defaults.
+NGD_API ngd_config ngd_config_default(ngd_method m);
+
+// Checks a config; on error returns NGD_ERR_ARG and, if msg != NULL, writes a description
+// naming the field into msg (at most cap bytes, NUL-terminated).
+NGD_API ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap);
+
+// Names for logs and the command line: "singd", "diag", ... NULL for out-of-range values.
+NGD_API const char *ngd_method_name(ngd_method m);
+NGD_API const char *ngd_structure_name(ngd_structure s);
+// Parses the names above (and "block30diagonal", "hierarchical15_15", "triltoeplitz", ...
+// as the official package spells them, which also set block / k1 / k2). NGD_ERR_ARG if
+// unknown.
+NGD_API ngd_status ngd_method_parse(const char *name, ngd_method *out);
+NGD_API ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out);
+
+// ====== Optimizer lifecycle ======
+
+typedef struct ngd_optim ngd_optim;  // opaque
+
+// Creates an optimizer from a validated copy of *c (c may be freed afterwards).
+// Returns NGD_ERR_ARG for a bad config (no handle is made; *out = NULL), NGD_ERR_NOMEM.
+// Free with ngd_optim_free.
+NGD_API ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out);
+
+// Frees the optimizer and all its state. NULL is a no-op. Registered buffers are not freed.
+NGD_API void ngd_optim_free(ngd_optim *o);
+
+// A Kronecker-factored layer (Linear or Conv2d). All buffers are borrowed: they must stay
+// valid until ngd_optim_free; libngd never frees them.
+typedef struct {
+    const char *name;       // optional, copied (used in messages and health)
+    float *weight;          // d_out x d_in, row-major; updated in place by step
+    const float *weight_grad;  // d_out x d_in, read by step
+    size_t d_out, d_in;
+    float *bias;            // d_out, or NULL for a layer without bias
+    const float *bias_grad; // d_out, or NULL
+    const ngd_config *override;  // optional per-layer hyper-parameters (copied, validated;
+                                 // its method must equal the optimizer's)
+} ngd_layer;
+
+// Registers a layer; its id (0, 1, ...) is returned in *out_id. Allowed only before the
+// first step. Errors: NGD_ERR_ARG (NULL, zero sizes, bad override), NGD_ERR_STATE,
+// NGD_ERR_NOMEM.
+NGD_API ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id);
+
+// Registers a parameter that is not Kronecker-factored (norm scales, embeddings, ...): it
+// is updated by the AdamW rule under ADAMW, by the SGD rule under every other method (with
+// the optimizer's lr, momentum, weight decay, or those of `override`). Buffers are borrowed.
+// Ids share one sequence with layers. Errors as for add_layer.
+NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param,
+                                       const float *grad, size_t n, const ngd_config *override,
+                                       int *out_id);
+
+// ====== Per-step calls ======
+
+// True when the coming step will update a preconditioner, so the caller should pass
+// statistics for every layer through ngd_optim_observe before ngd_optim_step.
+NGD_API bool ngd_optim_wants_stats(const ngd_optim *o);
+// The same question for one layer (layers may have different periods via override).
+NGD_API bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer);
+
+// Hands layer `layer` its inputs a (batch*R or batch rows, d_in columns) and output-gradients
+// g (batch*R rows, d_out columns) for the coming step. Calls add up (several micro-batches,
+// or a layer used several times per step). The matrices are borrowed for the call only.
+// Errors: NGD_ERR_LAYER, NGD_ERR_SHAPE, NGD_ERR_ARG (NULL data, batch 0, bad dtype);
+// the state is unchanged on error. Ignored (NGD_OK) on steps that need no statistics.
+NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_matrix a,
+                                     ngd_matrix g);
+
+// Sets the loss scale s_t that multiplied the loss in this step's backward pass (mixed
+// precision; specs/singd.md §6.3). Default 1 (init_grad_scale for step 0's statistics).
+NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
+
+// Multiplies every learning rate (β2) by `scale` from the next step on (for schedules).
+NGD_API ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale);
+
+// Performs one step: preconditioner updates where due, preconditioning, weight decay,
+// momentum and the parameter update of every registered layer and parameter. If a
+// gradient is non-finite (and skip_nonfinite), nothing is updated, pending statistics are
+// discarded, the skip is counted and NGD_SKIPPED is returned; the step counter advances
+// either way. Errors: NGD_ERR_STATE (an update step where a layer got no statistics),
+// NGD_ERR_NOMEM (first step only: buffers are planned then).
+NGD_API ngd_status ngd_optim_step(ngd_optim *o);
+
+// Number of completed steps.
+NGD_API size_t ngd_optim_steps(const ngd_optim *o);
+
+// ====== Health and introspection ======
+
+typedef struct {
+    const char *name;          // the layer's name (owned by the optimizer)
+    size_t updates;            // preconditioner updates done
+    size_t skips;              // steps skipped because of non-finite values
+    size_t decomp_failures;    // K-FAC family: failed decompositions (kept last good)
+    size_t decomp_retries;     // K-FAC family: float32 failures retried in float64
+    float trace_K, trace_C;    // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
+    float norm_K, norm_C;      // Frobenius norms of K and C (SINGD) / of the factors
+    float grad_norm;           // ‖Ĝ‖_F of the last step
+    float update_norm;         // ‖preconditioned update‖_F of the last step
+    float beta1_K, beta1_C;    // SINGD: step sizes of the last factor update
+    size_t rank_A, rank_G;     // low-rank methods: ranks kept
+    size_t state_bytes;        // persistent optimizer bytes of this layer
+} ngd_layer_health;
+
+// Fills *out for layer/param id `id`. Errors: NGD_ERR_LAYER, NGD_ERR_ARG.
+NGD_API ngd_status ngd_optim_layer_health(const ngd_optim *o, int id, ngd_layer_health *out);
+
+// Number of registered layers + params (ids are 0 .. count-1).
+NGD_API size_t ngd_optim_count(const ngd_optim *o);
+
+// Total persistent optimizer-state bytes (factors, momenta, buffers), planned workspaces
+// excluded; and the planned workspace bytes.
+NGD_API size_t ngd_optim_state_bytes(const ngd_optim *o);
+NGD_API size_t ngd_optim_workspace_bytes(const ngd_optim *o);
+
+// Copies the dense d x d form of a SINGD layer's factor into out (row-major, d*d floats):
+// which = 'K', 'C', 'k' (m_K), 'c' (m_C). For inspection and tests; d is d_in+bias or d_out.
+// Errors: NGD_ERR_LAYER, NGD_ERR_ARG (wrong method, unknown factor, momentum not kept).
+NGD_API ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out,
+                                          size_t d);
+
+// The preconditioned gradient of the last step for a layer (before weight decay and
+// momentum), d_out x (d_in+bias) row-major. Errors as for factor_dense.
+NGD_API ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size_t n);
+
+// The message of the last failed call on this handle ("" if none). Owned by the handle,
+// valid until the next call on it.
+NGD_API const char *ngd_optim_errmsg(const ngd_optim *o);
+
+// ====== Convolution helpers ======
+
+typedef struct {
+    size_t c_in, h, w;        // input channels and size
+    size_t k1, k2;            // kernel
+    size_t s1, s2;            // stride (>= 1)
+    size_t p1, p2;            // zero padding
+    size_t dil1, dil2;        // dilation (>= 1)
+    size_t groups;            // >= 1, divides c_in
+} ngd_conv_geom;
+
+// Output size; 0 on an invalid geometry.
+NGD_API size_t ngd_conv_out_h(const ngd_conv_geom *g);
+NGD_API size_t ngd_conv_out_w(const ngd_conv_geom *g);
+
+// im2col for K-FAC statistics (specs/singd.md §5.2): x is [batch, c_in, h, w]; channels are
+// first averaged over the groups, then unfolded into out, batch*oh*ow rows ordered
+// (n, o1, o2), (c_in/groups)*k1*k2 columns ordered (c, k1, k2). If `reduce`, out instead
+// holds the mean over the oh*ow locations: batch rows. Errors: NGD_ERR_ARG.
+NGD_API ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool reduce,
+                              float *out);
+
+// ====== Checkpoints ======
+
+// Saves the complete optimizer state (steps, grad scales, factors, momenta, pending
+// statistics, moment buffers, RNG). Versioned little-endian format (docs/formats.md),
+// written atomically: temporary file, fsync, rename. Parameters are not saved (they belong
+// to the caller). Errors: NGD_ERR_IO (path named in the message).
+NGD_API ngd_status ngd_optim_save(const ngd_optim *o, const char *path);
+
+// Loads a state saved by ngd_optim_save into an optimizer with the same method and the same
+// registered layers/params (names, shapes, structures). Validates magic, version, shapes
+// and length; on any error the optimizer is unchanged and the message names what is wrong.
+// Errors: NGD_ERR_IO, NGD_ERR_FORMAT.
+NGD_API ngd_status ngd_optim_load(ngd_optim *o, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what ngd needs from Debian's archive, only when something is missing.
+# Run by `make run`, `make test` and `make bench` before building; safe to run twice.
+#   compiler + make          gcc, make
+#   GEMM backend             libdnnl-dev (oneDNN: the fastest sgemm on this machine, see docs/design.md)
+#   decompositions           libopenblas-openmp-dev + liblapacke-dev (OpenMP flavour: one threading layer)
+#   JSON (replay, logs)      libcjson-dev
+#   gzip'd IDX files         zlib1g-dev
+#   default data set         dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/)
+set -eu
+
+pkgs="gcc make libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist"
+missing=""
+for p in $pkgs; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps.sh: installing:$missing" >&2
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+        echo "deps.sh: error: need root (or sudo) to install:$missing" >&2
+        exit 1
+    fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+echo "deps.sh: done" >&2

@@ -1,0 +1,167 @@
+/*
+ * blas.c — the single door to the GEMM backend (oneDNN's dnnl_sgemm: the fastest f32 GEMM
+ * on this machine, docs/design.md) and to LAPACKE (OpenBLAS, OpenMP flavour) for
+ * decompositions. Views with a unit stride in either dimension map onto row-major GEMM with
+ * transpose flags; anything else takes the plain loop. Int ranges are checked here.
+ */
+#include "blas.h"
+
+#include <dnnl.h>
+#include <lapacke.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "impl.h"
+
+// A view as (trans flag, leading dimension) of a row-major GEMM operand; 0 if impossible.
+static int as_gemm_operand(size_t rows, size_t cols, ptrdiff_t rs, ptrdiff_t cs, char *trans,
+                           int64_t *ld) {
+    if (cs == 1 && rs >= 1 && (rows <= 1 || (size_t)rs >= cols)) {
+        *trans = 'N';
+        *ld = (int64_t)NGD_MAX((size_t)rs, NGD_MAX(cols, (size_t)1));
+        return 1;
+    }
+    if (rs == 1 && cs >= 1 && (cols <= 1 || (size_t)cs >= rows)) {
+        *trans = 'T';
+        *ld = (int64_t)NGD_MAX((size_t)cs, NGD_MAX(rows, (size_t)1));
+        return 1;
+    }
+    return 0;
+}
+
+void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
+    for (size_t i = 0; i < C.rows; i++)
+        for (size_t j = 0; j < C.cols; j++) {
+            double s = 0;
+            for (size_t k = 0; k < A.cols; k++)
+                s += (double)NGD_AT(A, i, k) * (double)NGD_AT(B, k, j);
+            double c = beta == 0.0f ? 0.0 : (double)beta * (double)NGD_AT(C, i, j);
+            NGD_AT(C, i, j) = (float)((double)alpha * s + c);
+        }
+}
+
+void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
+    NGD_ASSERT(A.rows == C.rows && B.cols == C.cols && A.cols == B.rows);
+    size_t m = C.rows, n = C.cols, k = A.cols;
+    if (m == 0 || n == 0) return;
+    if (k == 0 || alpha == 0.0f) {
+        if (beta == 0.0f) ngd_view_zero(C);
+        else if (beta != 1.0f) ngd_view_scale(C, beta);
+        return;
+    }
+    char ta, tb, tc;
+    int64_t lda, ldb, ldc;
+    int ok_c = as_gemm_operand(C.rows, C.cols, C.rs, C.cs, &tc, &ldc);
+    if (ok_c && tc == 'T') {  // column-major C: compute Cᵀ = Bᵀ Aᵀ in row-major
+        ngd_gemm(alpha, ngd_cview_t(B), ngd_cview_t(A), beta, ngd_view_t(C));
+        return;
+    }
+    if (!ok_c || !as_gemm_operand(A.rows, A.cols, A.rs, A.cs, &ta, &lda) ||
+        !as_gemm_operand(B.rows, B.cols, B.rs, B.cs, &tb, &ldb)) {
+        ngd_gemm_ref(alpha, A, B, beta, C);
+        return;
+    }
+    if (beta == 0.0f) ngd_view_zero(C);  // so that NaN garbage in C is never read
+    dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha,
+                                  A.p, lda, B.p, ldb, beta, C.p, ldc);
+    if (st != dnnl_success) ngd_gemm_ref(alpha, A, B, beta, C);
+}
+
+void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
+    ngd_gemm(alpha, A, ngd_cview_t(A), beta, C);
+}
+
+void ngd_view_scale(ngd_view v, float s) {
+    for (size_t i = 0; i < v.rows; i++)
+        for (size_t j = 0; j < v.cols; j++) NGD_AT(v, i, j) *= s;
+}
+
+void ngd_view_copy(ngd_cview src, ngd_view dst) {
+    NGD_ASSERT(src.rows == dst.rows && src.cols == dst.cols);
+    for (size_t i = 0; i < src.rows; i++)
+        for (size_t j = 0; j < src.cols; j++) NGD_AT(dst, i, j) = NGD_AT(src, i, j);
+}
+
+void ngd_view_zero(ngd_view v) {
+    if (v.cs == 1 && (size_t)v.rs == v.cols) {
+        memset(v.p, 0, v.rows * v.cols * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < v.rows; i++)
+        for (size_t j = 0; j < v.cols; j++) NGD_AT(v, i, j) = 0.0f;
+}
+
+// ---- LAPACK ----
+static int fits_int(size_t a) { return a <= (size_t)INT_MAX; }
+
+int ngd_ssyevd(size_t n, float *a, size_t lda, float *w) {
+    if (!fits_int(n) || !fits_int(lda)) return -1000;
+    if (n == 0) return 0;
+    // Row-major with 'U' is LAPACK's column-major 'L' of the same symmetric matrix.
+    return LAPACKE_ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, a, (lapack_int)lda, w);
+}
+
+int ngd_dsyevd(size_t n, double *a, size_t lda, double *w) {
+    if (!fits_int(n) || !fits_int(lda)) return -1000;
+    if (n == 0) return 0;
+    return LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, a, (lapack_int)lda, w);
+}
+
+int ngd_sqr_thin(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr) {
+    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || m < n) return -1000;
+    if (n == 0) return 0;
+    float *tau = ngd_malloc(n, sizeof(float));
+    if (!tau) return -1000;
+    int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a,
+                              (lapack_int)lda, tau);
+    if (info == 0 && r) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0f;
+    }
+    if (info == 0)
+        info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
+                              (lapack_int)lda, tau);
+    ngd_free(tau);
+    return info;
+}
+
+int ngd_dqr_thin(size_t m, size_t n, double *a, size_t lda, double *r, size_t ldr) {
+    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || m < n) return -1000;
+    if (n == 0) return 0;
+    double *tau = ngd_malloc(n, sizeof(double));
+    if (!tau) return -1000;
+    int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a,
+                              (lapack_int)lda, tau);
+    if (info == 0 && r) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0;
+    }
+    if (info == 0)
+        info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
+                              (lapack_int)lda, tau);
+    ngd_free(tau);
+    return info;
+}
+
+int ngd_sgesvd_thin(size_t m, size_t n, float *a, size_t lda, float *s, float *u, size_t ldu,
+                    float *vt, size_t ldvt) {
+    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldu) || !fits_int(ldvt))
+        return -1000;
+    if (m == 0 || n == 0) return 0;
+    return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a,
+                          (lapack_int)lda, s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
+}
+
+int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double *u, size_t ldu,
+                    double *vt, size_t ldvt) {
+    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldu) || !fits_int(ldvt))
+        return -1000;
+    if (m == 0 || n == 0) return 0;
+    return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a,
+                          (lapack_int)lda, s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
+}
+
+void ngd_blas_set_threads(int n) {
+    NGD_UNUSED(n);  // oneDNN and OpenBLAS (OpenMP flavour) follow omp_set_num_threads / OMP_NUM_THREADS
+}

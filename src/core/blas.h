@@ -1,0 +1,92 @@
+/*
+ * blas.h — strided matrix views and the only door to BLAS/LAPACK (blas.c is the only file
+ * that includes dnnl.h / cblas.h / lapacke.h).
+ *
+ * A view addresses element (i, j) at p[i*rs + j*cs]. Row-major d x n: (rs, cs) = (n, 1);
+ * its transpose is the same memory with rows/cols and rs/cs swapped (ngd_view_t). GEMM
+ * accepts any view with a unit stride in one dimension (row- or column-major); others fall
+ * back to a plain loop. Dimensions are size_t; the int range of LAPACK is checked here.
+ */
+#ifndef NGD_BLAS_H
+#define NGD_BLAS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct {
+    float *p;
+    size_t rows, cols;
+    ptrdiff_t rs, cs;
+} ngd_view;
+
+typedef struct {
+    const float *p;
+    size_t rows, cols;
+    ptrdiff_t rs, cs;
+} ngd_cview;
+
+static inline ngd_view ngd_view_rm(float *p, size_t rows, size_t cols, size_t ld) {
+    ngd_view v = {p, rows, cols, (ptrdiff_t)ld, 1};
+    return v;
+}
+static inline ngd_cview ngd_cview_rm(const float *p, size_t rows, size_t cols, size_t ld) {
+    ngd_cview v = {p, rows, cols, (ptrdiff_t)ld, 1};
+    return v;
+}
+static inline ngd_cview ngd_cv(ngd_view v) {
+    ngd_cview c = {v.p, v.rows, v.cols, v.rs, v.cs};
+    return c;
+}
+static inline ngd_view ngd_view_t(ngd_view v) {
+    ngd_view t = {v.p, v.cols, v.rows, v.cs, v.rs};
+    return t;
+}
+static inline ngd_cview ngd_cview_t(ngd_cview v) {
+    ngd_cview t = {v.p, v.cols, v.rows, v.cs, v.rs};
+    return t;
+}
+// rows [r0, r0+nr) and cols [c0, c0+nc)
+static inline ngd_view ngd_view_sub(ngd_view v, size_t r0, size_t nr, size_t c0, size_t nc) {
+    ngd_view s = {v.p + (ptrdiff_t)r0 * v.rs + (ptrdiff_t)c0 * v.cs, nr, nc, v.rs, v.cs};
+    return s;
+}
+static inline ngd_cview ngd_cview_sub(ngd_cview v, size_t r0, size_t nr, size_t c0, size_t nc) {
+    ngd_cview s = {v.p + (ptrdiff_t)r0 * v.rs + (ptrdiff_t)c0 * v.cs, nr, nc, v.rs, v.cs};
+    return s;
+}
+#define NGD_AT(v, i, j) ((v).p[(ptrdiff_t)(i) * (v).rs + (ptrdiff_t)(j) * (v).cs])
+
+// C = alpha * A B + beta * C   (A m x k, B k x n, C m x n). With beta == 0, C is not read.
+// C must not overlap A or B.
+void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
+// The plain-loop reference of ngd_gemm (accumulates in double); used by tests and as the
+// fallback for views without a unit stride.
+void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
+// C = beta*C + alpha * A Aᵀ (full square, both triangles written); A is m x k.
+void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C);
+
+// v *= s; y += a*x; sum of squares (in double); max |x|
+void ngd_view_scale(ngd_view v, float s);
+void ngd_view_copy(ngd_cview src, ngd_view dst);
+void ngd_view_zero(ngd_view v);
+
+// ---- LAPACK (float32 and float64 symmetric eigendecomposition, QR, SVD) ----
+// Symmetric EVD of the n x n row-major matrix a (lda >= n): eigenvalues ascending in w,
+// eigenvectors in the columns of a. Returns LAPACK's info (0 = ok, > 0 = no convergence,
+// < 0 = bad argument / int overflow / no memory as -1000).
+int ngd_ssyevd(size_t n, float *a, size_t lda, float *w);
+int ngd_dsyevd(size_t n, double *a, size_t lda, double *w);
+// Thin QR of the m x n row-major a (m >= n): a is overwritten by Q (m x n, orthonormal
+// columns); r (n x n row-major, upper) receives R if not NULL. Returns info.
+int ngd_sqr_thin(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr);
+int ngd_dqr_thin(size_t m, size_t n, double *a, size_t lda, double *r, size_t ldr);
+// Thin SVD of the m x n row-major a: s (min(m,n)) descending, u (m x k), vt (k x n), k =
+// min(m,n); a is destroyed. Returns info.
+int ngd_sgesvd_thin(size_t m, size_t n, float *a, size_t lda, float *s, float *u, size_t ldu,
+                    float *vt, size_t ldvt);
+int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double *u, size_t ldu,
+                    double *vt, size_t ldvt);
+
+// Sets the number of threads of the GEMM / LAPACK backends (0 = leave as is).
+void ngd_blas_set_threads(int n);
+#endif

@@ -1,0 +1,90 @@
+/*
+ * structure.c — the structure table, descriptors, and the operations that are the same for
+ * every class (element-wise on the stored numbers). specs/singd.md §9.1.
+ */
+#include "structure.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "impl.h"
+
+const ngd_structure_ops *ngd_structure_get(ngd_structure kind) {
+    const ngd_structure_ops *t = NULL;
+    switch (kind) {
+    case NGD_STRUCT_DENSE: t = &ngd_dense_ops; break;
+    case NGD_STRUCT_DIAG: t = &ngd_diag_ops; break;
+    default: return NULL;
+    }
+    return t;
+}
+
+ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, bool quirk) {
+    memset(s, 0, sizeof *s);
+    const ngd_structure_ops *ops = ngd_structure_get(spec->kind);
+    if (!ops || d == 0) return NGD_ERR_ARG;
+    s->kind = spec->kind;
+    s->d = d;
+    s->quirk = quirk && spec->kind == NGD_STRUCT_BLOCKDIAG;
+    if (spec->kind == NGD_STRUCT_BLOCKDIAG) {
+        if (spec->block == 0) return NGD_ERR_ARG;
+        s->b = spec->block;
+    }
+    if (spec->kind == NGD_STRUCT_HIER) {
+        if (spec->k1 == 0 || spec->k2 == 0) return NGD_ERR_ARG;
+        // specs/singd.md §9.5: (d,0,0) if d <= k1; (k1,0,d-k1) if d <= k1+k2; else (k1,d-k1-k2,k2)
+        if (d <= spec->k1) {
+            s->k1 = d, s->m = 0, s->k2 = 0;
+        } else if (d <= spec->k1 + spec->k2) {
+            s->k1 = spec->k1, s->m = 0, s->k2 = d - spec->k1;
+        } else {
+            s->k1 = spec->k1, s->m = d - spec->k1 - spec->k2, s->k2 = spec->k2;
+        }
+    }
+    s->n = ops->count(s);
+    return NGD_OK;
+}
+
+void ngd_s_zero(const ngd_sdesc *s, float *p) { memset(p, 0, s->n * sizeof(float)); }
+
+void ngd_s_copy(const ngd_sdesc *s, const float *src, float *dst) {
+    if (src != dst) memcpy(dst, src, s->n * sizeof(float));
+}
+
+void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y) {
+    for (size_t i = 0; i < s->n; i++) y[i] += alpha * x[i];
+}
+
+void ngd_s_scale(const ngd_sdesc *s, float *p, float v) {
+    for (size_t i = 0; i < s->n; i++) p[i] *= v;
+}
+
+float ngd_s_maxabs(const ngd_sdesc *s, const float *p) {
+    float m = 0.0f;
+    for (size_t i = 0; i < s->n; i++) {
+        float a = fabsf(p[i]);
+        if (a > m || a != a) m = a;  // NaN propagates
+    }
+    return m;
+}
+
+double ngd_s_frob(const ngd_sdesc *s, const float *p) {
+    const ngd_structure_ops *ops = ngd_structure_get(s->kind);
+    if (ops->frob2) return sqrt(ops->frob2(s, p));
+    double acc = 0;
+    for (size_t i = 0; i < s->n; i++) acc += (double)p[i] * (double)p[i];
+    return sqrt(acc);
+}
+
+double ngd_s_avgtrace(const ngd_sdesc *s, const float *p) {
+    return ngd_structure_get(s->kind)->trace(s, p) / (double)s->d;
+}
+
+void ngd_s_to_dense(const ngd_sdesc *s, const float *p, ngd_view out) {
+    const ngd_structure_ops *ops = ngd_structure_get(s->kind);
+    for (size_t i = 0; i < s->d; i++)
+        for (size_t j = 0; j < s->d; j++) {
+            size_t e = ops->entry(s, i, j);
+            NGD_AT(out, i, j) = e == NGD_NO_ENTRY ? 0.0f : p[e];
+        }
+}

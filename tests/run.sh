@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every test binary (and example, and the CLI script) of each build folder given,
+# sums their "N passed, N failed" lines, counts a crash or a missing summary as a failure,
+# and prints ONE closing line. Exits non-zero on any failure. Usage: tests/run.sh build [build-san]
+set -u
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}"
+export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0:${LSAN_OPTIONS:-}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+total_pass=0
+total_fail=0
+for b in "$@"; do
+    for t in "$b"/tests/test_*; do
+        [ -x "$t" ] || continue
+        case "$t" in *.o|*.d) continue ;; esac
+        start=$(date +%s.%N)
+        out=$("$t" 2>&1)
+        rc=$?
+        line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+        secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
+        if [ -z "$line" ]; then
+            printf '%s\n' "$out" | tail -n 30
+            echo "CRASH $t (exit $rc, no summary line) [${secs}s]"
+            total_fail=$((total_fail + 1))
+            continue
+        fi
+        p=${line%% passed*}
+        f=${line#*, }; f=${f%% failed*}
+        if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+        [ "$f" -ne 0 ] && printf '%s\n' "$out" | grep -v -E '^[0-9]+ passed' | tail -n 40
+        echo "$t: $p passed, $f failed [${secs}s]"
+        total_pass=$((total_pass + p))
+        total_fail=$((total_fail + f))
+    done
+    for e in "$b"/examples/*; do
+        [ -x "$e" ] || continue
+        case "$e" in *.o|*.d) continue ;; esac
+        if out=$("$e" 2>&1); then total_pass=$((total_pass + 1)); echo "$e: ok"
+        else printf '%s\n' "$out" | tail -n 20; echo "FAIL example $e"; total_fail=$((total_fail + 1)); fi
+    done
+    if [ -x tests/test_cli.sh ] && [ -x "$b/ngd" ]; then
+        out=$(bash tests/test_cli.sh "$b/ngd" 2>&1)
+        rc=$?
+        line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+        if [ -z "$line" ]; then printf '%s\n' "$out" | tail -n 30; echo "CRASH test_cli.sh ($b)"; total_fail=$((total_fail + 1))
+        else
+            p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+            if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+            [ "$f" -ne 0 ] && printf '%s\n' "$out" | tail -n 40
+            echo "tests/test_cli.sh ($b): $p passed, $f failed"
+            total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+        fi
+    fi
+done
+echo "${total_pass} passed, ${total_fail} failed"
+[ "$total_fail" -eq 0 ]

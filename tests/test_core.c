@@ -1,0 +1,129 @@
+/* test_core.c — core kernels: GEMM over every view layout vs the float64 reference, bf16
+ * rounding, RNG reproducibility, status table, checked allocation. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "blas.h"
+#include "harness.h"
+#include "impl.h"
+#include "ref.h"
+#include "rng.h"
+
+// f32 GEMM vs f64 reference: error grows like sqrt(k)*eps*|a||b|; 1e-5 relative to the
+// largest output with k <= 70 and entries in [-1, 1] leaves ~10x headroom.
+#define GEMM_RTOL 1e-5
+
+static void gemm_should_match_reference_for_all_layouts(void) {
+    ref_rng r = {1};
+    const size_t dims[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 1, 9}, {1, 64, 1}, {65, 31, 70}};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        size_t m = dims[t][0], k = dims[t][1], n = dims[t][2];
+        double *A = malloc(m * k * sizeof *A), *B = malloc(k * n * sizeof *B);
+        double *C0 = malloc(m * n * sizeof *C0), *C = malloc(m * n * sizeof *C);
+        float *a = malloc(m * k * sizeof *a), *b = malloc(k * n * sizeof *b);
+        float *c = malloc(m * n * sizeof *c);
+        ref_fill(&r, A, m * k, -1, 1);
+        ref_fill(&r, B, k * n, -1, 1);
+        ref_fill(&r, C0, m * n, -1, 1);
+        for (int layout = 0; layout < 8; layout++) {
+            int ta = layout & 1, tb = (layout >> 1) & 1, tc = (layout >> 2) & 1;
+            // store A (and B, C) either row-major or as the transpose of a row-major array
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < k; j++) a[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
+            for (size_t i = 0; i < k; i++)
+                for (size_t j = 0; j < n; j++) b[tb ? j * k + i : i * n + j] = (float)B[i * n + j];
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < n; j++) c[tc ? j * m + i : i * n + j] = (float)C0[i * n + j];
+            ngd_cview va = ta ? ngd_cview_t(ngd_cview_rm(a, k, m, m)) : ngd_cview_rm(a, m, k, k);
+            ngd_cview vb = tb ? ngd_cview_t(ngd_cview_rm(b, n, k, k)) : ngd_cview_rm(b, k, n, n);
+            ngd_view vc = tc ? ngd_view_t(ngd_view_rm(c, n, m, m)) : ngd_view_rm(c, m, n, n);
+            ngd_gemm(0.5f, va, vb, -2.0f, vc);
+            ref_matmul(m, k, n, A, B, C);
+            double maxref = 0;
+            for (size_t i = 0; i < m * n; i++) {
+                C[i] = 0.5 * C[i] - 2.0 * C0[i];
+                if (fabs(C[i]) > maxref) maxref = fabs(C[i]);
+            }
+            float *got = malloc(m * n * sizeof *got);
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < n; j++) got[i * n + j] = c[tc ? j * m + i : i * n + j];
+            CHECK_TENSOR(got, C, m * n, 0.0, GEMM_RTOL * maxref, "gemm");
+            free(got);
+        }
+        free(A), free(B), free(C0), free(C), free(a), free(b), free(c);
+    }
+}
+
+static void gemm_should_ignore_nan_in_c_when_beta_is_zero(void) {
+    float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1}, c[4] = {NAN, NAN, NAN, NAN};
+    ngd_gemm(1.0f, ngd_cview_rm(a, 2, 2, 2), ngd_cview_rm(b, 2, 2, 2), 0.0f,
+             ngd_view_rm(c, 2, 2, 2));
+    CHECK_TENSOR(c, a, 4, 0.0, 0.0, "beta0");
+}
+
+static void bf16_should_round_to_nearest_even(void) {
+    CHECK(ngd_f32_to_bf16(1.0f) == 0x3f80);
+    CHECK(ngd_bf16_to_f32(0x3f80) == 1.0f);
+    // 1 + 2^-8 is exactly half-way between bf16 1.0 and 1.0078125: ties to even -> 1.0
+    CHECK(ngd_f32_to_bf16(1.00390625f) == 0x3f80);
+    // 1 + 3*2^-8 is half-way between 1.0078125 (odd) and 1.015625 (even) -> up
+    CHECK(ngd_f32_to_bf16(1.01171875f) == 0x3f82);
+    CHECK(isnan(ngd_bf16_to_f32(ngd_f32_to_bf16(NAN))));
+    CHECK(isinf(ngd_bf16_to_f32(ngd_f32_to_bf16(INFINITY))));
+    // 8 significant bits: the rounding error is at most half an ulp, 2^-8 relative
+    ref_rng r = {3};
+    for (int i = 0; i < 1000; i++) {
+        float x = (float)ref_uniform(&r, -1e3, 1e3);
+        float y = ngd_bf16_to_f32(ngd_f32_to_bf16(x));
+        CHECK(fabsf(y - x) <= fabsf(x) * 0x1.0p-8f);
+    }
+}
+
+static void rng_should_be_reproducible_and_standard_normal(void) {
+    ngd_rng a, b;
+    ngd_rng_seed(&a, 42, 7);
+    ngd_rng_seed(&b, 42, 7);
+    for (int i = 0; i < 10; i++) CHECK(ngd_rng_u64(&a) == ngd_rng_u64(&b));
+    ngd_rng_seed(&b, 42, 8);
+    CHECK(ngd_rng_u64(&a) != ngd_rng_u64(&b));
+    double s = 0, s2 = 0;
+    const int n = 200000;
+    for (int i = 0; i < n; i++) {
+        double x = ngd_rng_normal(&a);
+        s += x, s2 += x * x;
+    }
+    // mean and variance of n normals: standard errors 1/sqrt(n) ~ 0.0022 and ~0.0032
+    CHECK_CLOSE(s / n, 0.0, 0.0, 0.012);
+    CHECK_CLOSE(s2 / n, 1.0, 0.0, 0.016);
+}
+
+static void status_table_should_name_every_code(void) {
+    for (int s = 0; s < NGD_STATUS_COUNT; s++) {
+        const char *m = ngd_status_str((ngd_status)s);
+        CHECK(m && strcmp(m, "unknown status") != 0);
+    }
+    CHECK(strcmp(ngd_status_str((ngd_status)999), "unknown status") == 0);
+    CHECK(strcmp(ngd_version(), "0.1.0") == 0);
+}
+
+static void alloc_should_reject_overflow(void) {
+    CHECK(ngd_malloc(SIZE_MAX / 2, 4) == NULL);
+    int ok = 1;
+    ngd_mul_size(SIZE_MAX, 2, &ok);
+    CHECK(!ok);
+    void *p = ngd_malloc(10, 4);
+    CHECK(p != NULL);
+    ngd_free(p);
+}
+
+static const test_case TESTS[] = {
+    TEST(gemm_should_match_reference_for_all_layouts),
+    TEST(gemm_should_ignore_nan_in_c_when_beta_is_zero),
+    TEST(bf16_should_round_to_nearest_even),
+    TEST(rng_should_be_reproducible_and_standard_normal),
+    TEST(status_table_should_name_every_code),
+    TEST(alloc_should_reject_overflow),
+};
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
