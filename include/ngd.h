@@ -231,6 +231,8 @@ typedef struct {
                                     // (specs/singd.md §9.4); default false = consistent math
     bool skip_nonfinite;  // skip the step (and discard pending statistics) when a gradient
                           // is NaN/Inf (true)
+    bool keep_last_update;  // retain each layer's preconditioned gradient for
+                            // ngd_optim_last_update (costs one weight-sized buffer per layer)
     // K-FAC family
     ngd_kfac_options kfac;
     // optional log callback (the library never prints)
@@ -363,7 +365,8 @@ NGD_API ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char wh
                                           size_t d);
 
 // The preconditioned gradient of the last step for a layer (before weight decay and
-// momentum), d_out x (d_in+bias) row-major. Errors as for factor_dense.
+// momentum), d_out x (d_in+bias) row-major, n = d_out*(d_in+bias) floats. Needs
+// cfg.keep_last_update. Errors: NGD_ERR_LAYER, NGD_ERR_ARG (n wrong), NGD_ERR_STATE.
 NGD_API ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size_t n);
 
 // The message of the last failed call on this handle ("" if none). Owned by the handle,

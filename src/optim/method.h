@@ -1,0 +1,130 @@
+/*
+ * method.h — the optimizer's internals: the handle, per-entry state, and the table of
+ * operations each method fills in (sgd.c adamw.c singd.c kfac.c ...). optim.c is the shared
+ * driver: registration, the step schedule, non-finite skipping, grad scales, first-order
+ * update rules, health; checkpoint.c saves and loads through the `arrays` entry.
+ *
+ * Legend: d_out = rows of W, d_in = columns of W, d_K = d_in + (bias ? 1 : 0) (input factor
+ * size), d_C = d_out. Ĝ = [∇W | ∇b] is d_out x d_K row-major; P (the preconditioned
+ * gradient) has the same shape.
+ */
+#ifndef NGD_METHOD_H
+#define NGD_METHOD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "impl.h"
+#include "ngd.h"
+
+typedef enum { NGD_ENTRY_LAYER = 0, NGD_ENTRY_PARAM = 1 } ngd_entry_kind;
+
+// One named state array of an entry, for checkpoints (checkpoint.c) and state bytes.
+// `bytes` of memory at `p`; dtype tells how to byte-swap (f32/bf16 elements, or raw u8).
+typedef enum { NGD_ARR_F32 = 0, NGD_ARR_BF16 = 1, NGD_ARR_U8 = 2, NGD_ARR_U64 = 3 } ngd_arr_type;
+typedef struct {
+    const char *name;
+    void *p;
+    size_t count;  // elements
+    ngd_arr_type type;
+} ngd_state_array;
+
+#define NGD_MAX_ARRAYS 24
+
+typedef struct ngd_entry {
+    char *name;
+    ngd_entry_kind kind;
+    ngd_config cfg;  // effective hyper-parameters (the optimizer's, or the override)
+    // borrowed buffers
+    float *w;         // LAYER: d_out x d_in; PARAM: n
+    const float *gw;  // same shape
+    float *b;         // d_out or NULL
+    const float *gb;
+    size_t d_out, d_in, d_K, n;  // PARAM: n elements (d_out = 1, d_in = n, d_K = n)
+    // first-order state (d_out x d_K layout for layers, n for params)
+    float *buf;       // momentum buffer (SGD / SINGD / K-FAC family), or Adam m
+    float *buf2;      // Adam v
+    uint64_t n_updates;  // applied updates (Adam bias correction)
+    // statistics bookkeeping
+    bool got_stats;   // observe() ran at least once for the coming step
+    // method state (owned by the method)
+    void *ms;
+    // retained preconditioned gradient when cfg.keep_last_update
+    float *last;
+    ngd_layer_health h;
+} ngd_entry;
+
+struct ngd_optim {
+    ngd_config cfg;
+    const struct ngd_method_ops *ops;
+    ngd_entry *e;
+    size_t n, cap;
+    size_t steps;       // completed steps t
+    float scale_prev;   // s_{t-1}: loss scale of the previous step's backward (§6.3)
+    float scale_cur;    // s_t
+    float lr_scale;     // multiplies every β2
+    bool planned;       // workspaces allocated (first step / first observe)
+    // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
+    float *ws;
+    size_t ws_n;
+    size_t gp;          // floats of the Ĝ and P buffers (largest entry)
+    char err[512];
+};
+
+// The table of operations of one method. Entries marked (optional) may be NULL.
+typedef struct ngd_method_ops {
+    const char *name;
+    // allocate method state for a LAYER entry (PARAM entries have none)
+    ngd_status (*layer_init)(ngd_optim *o, ngd_entry *e);
+    void (*layer_free)(ngd_entry *e);
+    // does this layer need statistics at step t? (optional: NULL = never)
+    bool (*wants_stats)(const ngd_entry *e, size_t t);
+    // fold statistics into the pending accumulators (only called when wants_stats)
+    ngd_status (*observe)(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
+                          const ngd_matrix *g);
+    void (*discard)(ngd_entry *e);  // drop pending statistics (optional)
+    // preconditioner maintenance for step t (called for every layer before precondition)
+    ngd_status (*update)(ngd_optim *o, ngd_entry *e, size_t t);
+    // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
+    void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
+    size_t (*precond_ws)(const ngd_entry *e);  // floats of ws needed by precondition
+    // which first-order rule turns P into the parameter update (optim.c)
+    enum { NGD_RULE_SGD, NGD_RULE_ADAMW, NGD_RULE_KFAC } rule;
+    // checkpoint arrays of the method state; returns the count (<= cap)
+    size_t (*arrays)(ngd_entry *e, ngd_state_array *out, size_t cap);
+    // dense forms for introspection (optional)
+    ngd_status (*factor_dense)(const ngd_optim *o, const ngd_entry *e, char which, float *out);
+} ngd_method_ops;
+
+extern const ngd_method_ops ngd_sgd_ops, ngd_adamw_ops, ngd_singd_ops;
+
+// ---- driver helpers for methods (optim.c) ----
+// The method's part of the shared workspace (precond_ws floats; valid once planned).
+float *ngd_optim_method_ws(ngd_optim *o);
+ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// ---- statistics processing (stats.c; specs/singd.md §5) ----
+// Rows of the processed statistics of one observe call:
+//   a: expand -> a->rows (= g->rows), reduce -> batch; g: expand -> g->rows, reduce -> batch.
+// Validates shapes against the layer; fills the error message on failure.
+ngd_status ngd_stats_check(ngd_optim *o, const ngd_entry *e, size_t batch, const ngd_matrix *a,
+                           const ngd_matrix *g);
+size_t ngd_stats_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g);
+// Writes processed rows [r0, r0+nr) of the input statistics (bias column of ones appended,
+// reduce = mean over each sample's positions, bf16 decoded; NOT scaled) into out
+// (nr x d_K row-major).
+void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, const ngd_matrix *g,
+                      size_t r0, size_t nr, float *out);
+// The same for the output gradients (reduce = sum over positions; NOT multiplied by σ):
+// out is nr x d_out.
+void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0,
+                      size_t nr, float *out);
+// σ² of specs/singd.md §5.3 (1, N, or N·R), from the unreduced g.
+double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g);
+
+// Row chunk used by streamed statistics (bounds the workspace).
+#define NGD_STATS_CHUNK 256
+#endif

@@ -1,0 +1,586 @@
+/*
+ * optim.c — the shared optimizer driver: registration of layers and parameters, the step
+ * schedule (statistics steps, preconditioner updates, preconditioning, first-order rule),
+ * non-finite skipping (pending statistics discarded, skip counted: DESIGN.md "Numerics"),
+ * the loss-scale bookkeeping of specs/singd.md §6.3, per-entry health, and introspection.
+ * Method-specific work lives in one file per method behind ngd_method_ops (method.h).
+ *
+ * Memory: per-entry state is allocated when the entry is added; the shared workspace
+ * (Ĝ, P and the method's scratch for the largest layer) is planned once, at the first
+ * observe or step after the last registration. A steady-state step allocates nothing.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "method.h"
+
+// ---- errors and logging ----
+
+ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...) {
+    if (o) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(o->err, sizeof o->err, fmt, ap);
+        va_end(ap);
+    }
+    return s;
+}
+
+void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) {
+    if (!o || !o->cfg.log_fn) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    o->cfg.log_fn(o->cfg.log_user, msg);
+}
+
+const char *ngd_optim_errmsg(const ngd_optim *o) { return o ? o->err : "optimizer is NULL"; }
+
+// ---- methods ----
+
+static const ngd_method_ops *method_ops(ngd_method m) {
+    switch (m) {
+    case NGD_METHOD_SGD: return &ngd_sgd_ops;
+    case NGD_METHOD_ADAMW: return &ngd_adamw_ops;
+    case NGD_METHOD_SINGD:
+    case NGD_METHOD_INGD:
+    case NGD_METHOD_IKFAC: return &ngd_singd_ops;
+    default: return NULL;
+    }
+}
+
+// INGD and IKFAC are presets of SINGD: normalise the method, and force alpha1 = 0 under
+// kfac_like as the official code does (spec singd.md §3, with a logged warning).
+static void normalise_config(const ngd_optim *o, ngd_config *c, const char *who) {
+    if (c->method == NGD_METHOD_INGD) c->method = NGD_METHOD_SINGD;
+    if (c->method == NGD_METHOD_IKFAC) {
+        c->method = NGD_METHOD_SINGD;
+        c->kfac_like = true;
+    }
+    if (c->method == NGD_METHOD_SINGD && c->kfac_like && c->alpha1 != 0.0f) {
+        ngd_optim_log(o, "%s: kfac_like forces alpha1 = 0 (was %g)", who, (double)c->alpha1);
+        c->alpha1 = 0.0f;
+    }
+}
+
+// ---- lifecycle ----
+
+ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
+    if (!out) return NGD_ERR_ARG;
+    *out = NULL;
+    char msg[256];
+    if (ngd_config_validate(c, msg, sizeof msg) != NGD_OK) return NGD_ERR_ARG;
+    ngd_config cfg = *c;
+    const ngd_method_ops *ops = method_ops(cfg.method);
+    if (!ops) return NGD_ERR_ARG;
+    ngd_optim *o = ngd_calloc(1, sizeof *o);
+    if (!o) return NGD_ERR_NOMEM;
+    normalise_config(o, &cfg, "config");
+    o->cfg = cfg;
+    o->ops = ops;
+    o->scale_prev = cfg.init_grad_scale;
+    o->scale_cur = cfg.init_grad_scale;
+    o->lr_scale = 1.0f;
+    *out = o;
+    return NGD_OK;
+}
+
+static void entry_free(const ngd_optim *o, ngd_entry *e) {
+    if (e->kind == NGD_ENTRY_LAYER && o->ops->layer_free) o->ops->layer_free(e);
+    ngd_free(e->name);
+    ngd_free(e->buf);
+    ngd_free(e->buf2);
+    ngd_free(e->last);
+}
+
+void ngd_optim_free(ngd_optim *o) {
+    if (!o) return;
+    for (size_t i = 0; i < o->n; i++) entry_free(o, &o->e[i]);
+    ngd_free(o->e);
+    ngd_free(o->ws);
+    ngd_free(o);
+}
+
+static ngd_status grow_entries(ngd_optim *o) {
+    if (o->n < o->cap) return NGD_OK;
+    size_t cap = o->cap ? 2 * o->cap : 8;
+    ngd_entry *e = realloc(o->e, cap * sizeof *e);
+    if (!e) return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory growing the entry table");
+    o->e = e;
+    o->cap = cap;
+    return NGD_OK;
+}
+
+// Effective config of a new entry: the optimizer's, or a validated override.
+static ngd_status entry_config(ngd_optim *o, const ngd_config *ov, const char *name,
+                               ngd_config *out) {
+    if (!ov) {
+        *out = o->cfg;
+        return NGD_OK;
+    }
+    char msg[256];
+    if (ngd_config_validate(ov, msg, sizeof msg) != NGD_OK)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "'%s': override: %s", name, msg);
+    ngd_config c = *ov;
+    normalise_config(o, &c, name);
+    if (c.method != o->cfg.method)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "'%s': override method %s differs from the "
+                              "optimizer's %s", name, ngd_method_name(c.method),
+                              ngd_method_name(o->cfg.method));
+    *out = c;
+    return NGD_OK;
+}
+
+static ngd_status check_addable(ngd_optim *o, const void *x, int *out_id) {
+    if (!o) return NGD_ERR_ARG;
+    if (!x || !out_id) return ngd_optim_fail(o, NGD_ERR_ARG, "NULL argument");
+    if (o->steps > 0)
+        return ngd_optim_fail(o, NGD_ERR_STATE, "entries can only be added before the first step");
+    if (o->n >= (size_t)INT32_MAX) return ngd_optim_fail(o, NGD_ERR_ARG, "too many entries");
+    return NGD_OK;
+}
+
+static ngd_status alloc_first_order(ngd_optim *o, ngd_entry *e, size_t count) {
+    bool adam = o->ops->rule == NGD_RULE_ADAMW;
+    if (adam || e->cfg.momentum != 0.0f) {
+        e->buf = ngd_calloc(count, sizeof(float));
+        if (!e->buf) return NGD_ERR_NOMEM;
+    }
+    if (adam) {
+        e->buf2 = ngd_calloc(count, sizeof(float));
+        if (!e->buf2) return NGD_ERR_NOMEM;
+    }
+    if (e->cfg.keep_last_update) {
+        e->last = ngd_calloc(count, sizeof(float));
+        if (!e->last) return NGD_ERR_NOMEM;
+    }
+    return NGD_OK;
+}
+
+ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
+    ngd_status s = check_addable(o, l, out_id);
+    if (s) return s;
+    char autoname[32];
+    snprintf(autoname, sizeof autoname, "layer%zu", o->n);
+    const char *name = l->name ? l->name : autoname;
+    if (!l->weight || !l->weight_grad)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': weight and weight_grad are required",
+                              name);
+    if (l->d_out == 0 || l->d_in == 0)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': d_out and d_in must be >= 1 (got "
+                              "%zu x %zu)", name, l->d_out, l->d_in);
+    if ((l->bias == NULL) != (l->bias_grad == NULL))
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': bias and bias_grad must both be set "
+                              "or both be NULL", name);
+    int ok = 1;
+    size_t count = ngd_mul_size(l->d_out, l->d_in + (l->bias ? 1 : 0), &ok);
+    if (!ok) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': size overflows", name);
+    if ((s = grow_entries(o))) return s;
+    ngd_entry *e = &o->e[o->n];
+    memset(e, 0, sizeof *e);
+    if ((s = entry_config(o, l->override, name, &e->cfg))) return s;
+    e->kind = NGD_ENTRY_LAYER;
+    e->name = ngd_strdup(name);
+    e->w = l->weight;
+    e->gw = l->weight_grad;
+    e->b = l->bias;
+    e->gb = l->bias_grad;
+    e->d_out = l->d_out;
+    e->d_in = l->d_in;
+    e->d_K = l->d_in + (l->bias ? 1 : 0);
+    e->n = count;
+    e->h.name = e->name;
+    if (!e->name || alloc_first_order(o, e, count) != NGD_OK) {
+        entry_free(o, e);
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", name);
+    }
+    if (o->ops->layer_init && (s = o->ops->layer_init(o, e)) != NGD_OK) {
+        ngd_free(e->name);
+        ngd_free(e->buf);
+        ngd_free(e->buf2);
+        ngd_free(e->last);
+        return s;  // layer_init set the message and freed its own state
+    }
+    o->planned = false;
+    *out_id = (int)o->n++;
+    return NGD_OK;
+}
+
+ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, const float *grad,
+                               size_t n, const ngd_config *override, int *out_id) {
+    ngd_status s = check_addable(o, param, out_id);
+    if (s) return s;
+    char autoname[32];
+    snprintf(autoname, sizeof autoname, "param%zu", o->n);
+    const char *nm = name ? name : autoname;
+    if (!grad) return ngd_optim_fail(o, NGD_ERR_ARG, "param '%s': grad is NULL", nm);
+    if (n == 0) return ngd_optim_fail(o, NGD_ERR_ARG, "param '%s': n must be >= 1", nm);
+    if ((s = grow_entries(o))) return s;
+    ngd_entry *e = &o->e[o->n];
+    memset(e, 0, sizeof *e);
+    if ((s = entry_config(o, override, nm, &e->cfg))) return s;
+    e->kind = NGD_ENTRY_PARAM;
+    e->name = ngd_strdup(nm);
+    e->w = param;
+    e->gw = grad;
+    e->d_out = 1;
+    e->d_in = n;
+    e->d_K = n;
+    e->n = n;
+    e->h.name = e->name;
+    if (!e->name || alloc_first_order(o, e, n) != NGD_OK) {
+        entry_free(o, e);
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "param '%s': out of memory", nm);
+    }
+    o->planned = false;
+    *out_id = (int)o->n++;
+    return NGD_OK;
+}
+
+// Plans the shared workspace: Ĝ and P of the largest layer, plus the method's scratch.
+static ngd_status plan(ngd_optim *o) {
+    if (o->planned) return NGD_OK;
+    size_t gp = 0, mw = 0;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        gp = NGD_MAX(gp, e->n);
+        if (e->kind == NGD_ENTRY_LAYER && o->ops->precond_ws)
+            mw = NGD_MAX(mw, o->ops->precond_ws(e));
+    }
+    size_t need = 2 * gp + mw;
+    if (need > o->ws_n) {
+        float *ws = ngd_malloc(need, sizeof(float));
+        if (!ws) return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning %zu floats of "
+                                       "workspace", need);
+        ngd_free(o->ws);
+        o->ws = ws;
+        o->ws_n = need;
+    }
+    o->gp = gp;
+    o->planned = true;
+    return NGD_OK;
+}
+
+// The method's part of the shared workspace (valid after plan()).
+static float *method_ws(const ngd_optim *o) { return o->ws + 2 * o->gp; }
+
+// ---- per-step calls ----
+
+static ngd_entry *get_entry(ngd_optim *o, int id) {
+    if (!o || id < 0 || (size_t)id >= o->n) return NULL;
+    return &o->e[id];
+}
+
+static bool entry_wants(const ngd_optim *o, const ngd_entry *e) {
+    return e->kind == NGD_ENTRY_LAYER && o->ops->wants_stats && o->ops->wants_stats(e, o->steps);
+}
+
+bool ngd_optim_wants_stats(const ngd_optim *o) {
+    if (!o) return false;
+    for (size_t i = 0; i < o->n; i++)
+        if (entry_wants(o, &o->e[i])) return true;
+    return false;
+}
+
+bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer) {
+    if (!o || layer < 0 || (size_t)layer >= o->n) return false;
+    return entry_wants(o, &o->e[layer]);
+}
+
+ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_matrix a, ngd_matrix g) {
+    if (!o) return NGD_ERR_ARG;
+    ngd_entry *e = get_entry(o, layer);
+    if (!e) return ngd_optim_fail(o, NGD_ERR_LAYER, "observe: unknown layer id %d (have %zu)",
+                                  layer, o->n);
+    if (e->kind != NGD_ENTRY_LAYER)
+        return ngd_optim_fail(o, NGD_ERR_LAYER, "observe: id %d ('%s') is a parameter, not a "
+                              "layer", layer, e->name);
+    ngd_status s = ngd_stats_check(o, e, batch, &a, &g);
+    if (s) return s;
+    if (!entry_wants(o, e)) return NGD_OK;
+    if ((s = plan(o))) return s;
+    s = o->ops->observe(o, e, batch, &a, &g);
+    if (s == NGD_OK) e->got_stats = true;
+    return s;
+}
+
+ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale) {
+    if (!o) return NGD_ERR_ARG;
+    if (!(scale > 0.0f) || !isfinite(scale))
+        return ngd_optim_fail(o, NGD_ERR_ARG, "grad scale must be finite and > 0 (got %g)",
+                              (double)scale);
+    o->scale_cur = scale;
+    return NGD_OK;
+}
+
+ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale) {
+    if (!o) return NGD_ERR_ARG;
+    if (!(scale >= 0.0f) || !isfinite(scale))
+        return ngd_optim_fail(o, NGD_ERR_ARG, "lr scale must be finite and >= 0 (got %g)",
+                              (double)scale);
+    o->lr_scale = scale;
+    return NGD_OK;
+}
+
+size_t ngd_optim_steps(const ngd_optim *o) { return o ? o->steps : 0; }
+
+static bool all_finite(const float *x, size_t n) {
+    // sum of x*0 is NaN iff some x is NaN or Inf: one pass, vectorisable
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++) acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}
+
+static bool grads_finite(const ngd_entry *e) {
+    if (!all_finite(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n)) return false;
+    if (e->gb && !all_finite(e->gb, e->d_out)) return false;
+    return true;
+}
+
+// Ĝ = [∇W | ∇b] / s_t   (d_out x d_K), spec singd.md §8
+static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
+    for (size_t i = 0; i < e->d_out; i++) {
+        const float *gw = e->gw + i * e->d_in;
+        float *gr = G + i * e->d_K;
+        for (size_t j = 0; j < e->d_in; j++) gr[j] = gw[j] * inv_scale;
+        if (e->gb) gr[e->d_in] = e->gb[i] * inv_scale;
+    }
+}
+
+// Coupled weight decay, (Nesterov) momentum, step: SGD and SINGD (spec singd.md §6).
+static void rule_sgd(const ngd_entry *e, float lr, const float *p_row, float *w, float *buf,
+                     size_t n) {
+    const float wd = e->cfg.weight_decay, mom = e->cfg.momentum;
+    const bool nest = e->cfg.nesterov;
+    for (size_t j = 0; j < n; j++) {
+        float u = p_row[j] + wd * w[j];
+        if (mom != 0.0f) {
+            buf[j] = mom * buf[j] + u;
+            u = nest ? u + mom * buf[j] : buf[j];
+        }
+        w[j] -= lr * u;
+    }
+}
+
+// AdamW (decoupled decay, bias correction), torch.optim.AdamW semantics.
+static void rule_adamw(const ngd_entry *e, float lr, float bc1, float bc2s, const float *g,
+                       float *w, float *m, float *v, size_t n) {
+    const float b1 = e->cfg.beta1, b2 = e->cfg.beta2, eps = e->cfg.eps;
+    const float decay = 1.0f - lr * e->cfg.weight_decay, step = lr / bc1;
+    for (size_t j = 0; j < n; j++) {
+        w[j] *= decay;
+        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        w[j] -= step * m[j] / (sqrtf(v[j]) / bc2s + eps);
+    }
+}
+
+// K-FAC family (spec kfac-family.md §2 step 4-5): per-layer RMS clip of P, decoupled weight
+// decay from step wd_start, momentum, step.
+static void rule_kfac(const ngd_entry *e, float lr, float nu, bool decay, const float *p_row,
+                      float *w, float *buf, size_t n) {
+    const float wd = decay ? e->cfg.weight_decay : 0.0f, mom = e->cfg.momentum;
+    for (size_t j = 0; j < n; j++) {
+        float u = nu * p_row[j] + wd * w[j];
+        if (mom != 0.0f) {
+            buf[j] = mom * buf[j] + u;
+            u = buf[j];
+        }
+        w[j] -= lr * u;
+    }
+}
+
+static double sumsq(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+// Applies the method's first-order rule to one entry given P (d_out x d_K, or n for params).
+static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t) {
+    const float lr = e->cfg.lr * o->lr_scale;
+    e->n_updates++;
+    int rule = o->ops->rule;
+    if (e->kind == NGD_ENTRY_PARAM && rule == NGD_RULE_KFAC) rule = NGD_RULE_SGD;
+    float bc1 = 1.0f, bc2s = 1.0f, nu = 1.0f;
+    bool decay = true;
+    if (rule == NGD_RULE_ADAMW) {
+        bc1 = 1.0f - powf(e->cfg.beta1, (float)e->n_updates);
+        bc2s = sqrtf(1.0f - powf(e->cfg.beta2, (float)e->n_updates));
+    } else if (rule == NGD_RULE_KFAC) {
+        if (e->cfg.kfac.clip == NGD_CLIP_RMS) {
+            double rms = sqrt(sumsq(P, e->n) / (double)e->n);
+            if (rms > 0.0 && (double)e->cfg.kfac.clip_kappa < rms)
+                nu = (float)((double)e->cfg.kfac.clip_kappa / rms);
+        }
+        decay = t >= e->cfg.kfac.wd_start;
+    }
+    size_t rows = e->d_out, dK = e->d_K, din = e->kind == NGD_ENTRY_LAYER ? e->d_in : e->n;
+    for (size_t i = 0; i < rows; i++) {  // weight rows (a param is one row of n)
+        const float *pr = P + i * dK;
+        float *w = e->w + i * din;
+        float *b1 = e->buf ? e->buf + i * dK : NULL;
+        float *b2 = e->buf2 ? e->buf2 + i * dK : NULL;
+        switch (rule) {
+        case NGD_RULE_ADAMW: rule_adamw(e, lr, bc1, bc2s, pr, w, b1, b2, din); break;
+        case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, w, b1, din); break;
+        default: rule_sgd(e, lr, pr, w, b1, din); break;
+        }
+    }
+    if (e->b) {
+        // the bias is column d_in of P and of the buffers (stride d_K)
+        for (size_t i = 0; i < rows; i++) {
+            const float *pr = P + i * dK + din;
+            float *b1 = e->buf ? e->buf + i * dK + din : NULL;
+            float *b2 = e->buf2 ? e->buf2 + i * dK + din : NULL;
+            switch (rule) {
+            case NGD_RULE_ADAMW: rule_adamw(e, lr, bc1, bc2s, pr, e->b + i, b1, b2, 1); break;
+            case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, e->b + i, b1, 1); break;
+            default: rule_sgd(e, lr, pr, e->b + i, b1, 1); break;
+            }
+        }
+    }
+    e->h.update_norm = (float)(sqrt(sumsq(P, e->n)) * (double)nu);
+}
+
+ngd_status ngd_optim_step(ngd_optim *o) {
+    if (!o) return NGD_ERR_ARG;
+    ngd_status s = plan(o);
+    if (s) return s;
+    const size_t t = o->steps;
+    // non-finite gradients: skip everything, discard pending statistics, count it
+    if (o->cfg.skip_nonfinite) {
+        bool finite = true;
+        for (size_t i = 0; i < o->n && finite; i++) finite = grads_finite(&o->e[i]);
+        if (!finite) {
+            for (size_t i = 0; i < o->n; i++) {
+                ngd_entry *e = &o->e[i];
+                if (e->kind == NGD_ENTRY_LAYER && o->ops->discard) o->ops->discard(e);
+                e->got_stats = false;
+                e->h.skips++;
+            }
+            ngd_optim_log(o, "step %zu: non-finite gradient, step skipped", t);
+            o->steps++;
+            o->scale_prev = o->scale_cur;
+            return NGD_SKIPPED;
+        }
+    }
+    // every layer due for a preconditioner update must have statistics (spec singd.md §6)
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        if (entry_wants(o, e) && !e->got_stats)
+            return ngd_optim_fail(o, NGD_ERR_STATE, "step %zu: layer '%s' (id %zu) needs "
+                                  "statistics at this step but ngd_optim_observe was not called "
+                                  "for it", t, e->name, i);
+    }
+    float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
+    const float inv_scale = 1.0f / o->scale_cur;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        const float *Pe;
+        if (e->kind == NGD_ENTRY_PARAM) {
+            Pe = e->gw;
+            if (inv_scale != 1.0f) {  // mixed precision: unscale into the planned P buffer
+                for (size_t j = 0; j < e->n; j++) P[j] = e->gw[j] * inv_scale;
+                Pe = P;
+            }
+            e->h.grad_norm = (float)sqrt(sumsq(Pe, e->n));
+            if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
+            apply_rule(o, e, Pe, t);
+            continue;
+        }
+        gather_grad(e, inv_scale, G);
+        e->h.grad_norm = (float)sqrt(sumsq(G, e->n));
+        if (o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
+        if (o->ops->precondition) {
+            o->ops->precondition(o, e, G, P, mws);
+            Pe = P;
+        } else {
+            Pe = G;
+        }
+        if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
+        apply_rule(o, e, Pe, t);
+        e->got_stats = false;
+    }
+    o->steps++;
+    o->scale_prev = o->scale_cur;
+    return NGD_OK;
+}
+
+// ---- health and introspection ----
+
+ngd_status ngd_optim_layer_health(const ngd_optim *o, int id, ngd_layer_health *out) {
+    if (!o || !out) return NGD_ERR_ARG;
+    if (id < 0 || (size_t)id >= o->n) return NGD_ERR_LAYER;
+    const ngd_entry *e = &o->e[id];
+    *out = e->h;
+    size_t bytes = 0;
+    if (e->buf) bytes += e->n * sizeof(float);
+    if (e->buf2) bytes += e->n * sizeof(float);
+    if (e->kind == NGD_ENTRY_LAYER && o->ops->arrays) {
+        ngd_state_array arr[NGD_MAX_ARRAYS];
+        size_t k = o->ops->arrays((ngd_entry *)(uintptr_t)e, arr, NGD_MAX_ARRAYS);
+        for (size_t i = 0; i < k; i++) {
+            if (arr[i].name[0] == '~') continue;  // transient arrays (pending statistics)
+            size_t el = arr[i].type == NGD_ARR_F32 ? 4 : arr[i].type == NGD_ARR_BF16 ? 2
+                        : arr[i].type == NGD_ARR_U64 ? 8 : 1;
+            bytes += arr[i].count * el;
+        }
+    }
+    out->state_bytes = bytes;
+    return NGD_OK;
+}
+
+size_t ngd_optim_count(const ngd_optim *o) { return o ? o->n : 0; }
+
+size_t ngd_optim_state_bytes(const ngd_optim *o) {
+    size_t total = 0;
+    if (!o) return 0;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_layer_health h;
+        if (ngd_optim_layer_health(o, (int)i, &h) == NGD_OK) total += h.state_bytes;
+    }
+    return total;
+}
+
+size_t ngd_optim_workspace_bytes(const ngd_optim *o) { return o ? o->ws_n * sizeof(float) : 0; }
+
+ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out,
+                                  size_t d) {
+    if (!o || !out) return NGD_ERR_ARG;
+    ngd_optim *mo = (ngd_optim *)(uintptr_t)o;  // the message buffer is the only thing written
+    if (layer < 0 || (size_t)layer >= o->n || o->e[layer].kind != NGD_ENTRY_LAYER)
+        return ngd_optim_fail(mo, NGD_ERR_LAYER, "factor_dense: unknown layer id %d", layer);
+    const ngd_entry *e = &o->e[layer];
+    size_t want = (which == 'K' || which == 'k') ? e->d_K : e->d_out;
+    if (which != 'K' && which != 'C' && which != 'k' && which != 'c')
+        return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: unknown factor '%c'", which);
+    if (d != want)
+        return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: layer '%s' factor '%c' has size "
+                              "%zu, not %zu", e->name, which, want, d);
+    if (!o->ops->factor_dense)
+        return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: method %s keeps no factors",
+                              o->ops->name);
+    return o->ops->factor_dense(o, e, which, out);
+}
+
+ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size_t n) {
+    if (!o || !out) return NGD_ERR_ARG;
+    ngd_optim *mo = (ngd_optim *)(uintptr_t)o;
+    if (layer < 0 || (size_t)layer >= o->n)
+        return ngd_optim_fail(mo, NGD_ERR_LAYER, "last_update: unknown id %d", layer);
+    const ngd_entry *e = &o->e[layer];
+    if (!e->last)
+        return ngd_optim_fail(mo, NGD_ERR_STATE, "last_update: '%s' does not keep its update "
+                              "(set keep_last_update)", e->name);
+    if (n != e->n)
+        return ngd_optim_fail(mo, NGD_ERR_ARG, "last_update: '%s' has %zu values, not %zu",
+                              e->name, e->n, n);
+    memcpy(out, e->last, n * sizeof(float));
+    return NGD_OK;
+}
+
+float *ngd_optim_method_ws(ngd_optim *o) { return method_ws(o); }

@@ -1,0 +1,303 @@
+/*
+ * singd.c — SINGD (structured inverse-free natural gradient), and with it INGD (dense
+ * factors) and IKFAC (kfac_like): specs/singd.md §5 (statistics), §7 (preconditioner
+ * update), §8 (natural gradient). The first-order part (coupled weight decay, momentum,
+ * learning rate; §6) is the driver's rule_sgd in optim.c.
+ *
+ * Per layer: K (d_K x d_K, input side) and C (d_C x d_C, output side) in their structure
+ * classes, stored in f32 or bf16; momenta m_K, m_C only if alpha1 != 0; pending statistics
+ * H_K, H_C in f32. All structured arithmetic goes through the structure table
+ * (src/structures/), so no factor is ever densified. bf16 factors are decoded into the
+ * shared f32 scratch for each use and rounded back after each update.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "method.h"
+#include "structure.h"
+
+typedef struct {
+    ngd_sdesc sK, sC;
+    const ngd_structure_ops *oK, *oC;
+    ngd_dtype dtK, dtC;
+    void *K, *C;    // (sK.n) / (sC.n) stored numbers, dtype dtK / dtC
+    void *mK, *mC;  // momenta, same shapes; NULL when alpha1 == 0 (spec §4)
+    float *HK, *HC; // pending statistics, f32
+    uint8_t has_H;
+} singd_state;
+
+static size_t elsize(ngd_dtype dt) { return dt == NGD_BF16 ? 2 : 4; }
+
+// The f32 values of a stored factor: the storage itself for f32, else decoded into scratch.
+static float *fload(void *store, ngd_dtype dt, size_t n, float *scratch) {
+    if (dt == NGD_F32) return store;
+    ngd_bf16_decode(store, scratch, n);
+    return scratch;
+}
+
+// Writes f32 values back into a stored factor (no-op when f points at f32 storage).
+static void fstore(void *store, ngd_dtype dt, size_t n, const float *f) {
+    if (dt == NGD_F32) {
+        if (store != f) memcpy(store, f, n * sizeof(float));
+    } else {
+        ngd_bf16_encode(f, store, n);
+    }
+}
+
+static void *falloc(size_t n, ngd_dtype dt) { return ngd_calloc(n, elsize(dt)); }
+
+static void singd_free(ngd_entry *e) {
+    singd_state *s = e->ms;
+    if (!s) return;
+    ngd_free(s->K), ngd_free(s->C), ngd_free(s->mK), ngd_free(s->mC);
+    ngd_free(s->HK), ngd_free(s->HC);
+    ngd_free(s);
+    e->ms = NULL;
+}
+
+static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
+    singd_state *s = ngd_calloc(1, sizeof *s);
+    if (!s) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
+    e->ms = s;
+    const ngd_config *c = &e->cfg;
+    if (ngd_sdesc_init(&s->sK, &c->structure_K, e->d_K, c->official_blockdiag_quirk) ||
+        ngd_sdesc_init(&s->sC, &c->structure_C, e->d_out, c->official_blockdiag_quirk)) {
+        singd_free(e);
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': structure not available", e->name);
+    }
+    s->oK = ngd_structure_get(s->sK.kind);
+    s->oC = ngd_structure_get(s->sC.kind);
+    s->dtK = c->structure_K.dtype;
+    s->dtC = c->structure_C.dtype;
+    size_t nK = s->sK.n, nC = s->sC.n;
+    s->K = falloc(nK, s->dtK);
+    s->C = falloc(nC, s->dtC);
+    s->HK = ngd_calloc(nK, sizeof(float));
+    s->HC = ngd_calloc(nC, sizeof(float));
+    bool ok = s->K && s->C && s->HK && s->HC;
+    if (ok && c->alpha1 != 0.0f) {
+        s->mK = falloc(nK, s->dtK);
+        s->mC = falloc(nC, s->dtC);
+        ok = s->mK && s->mC;
+    }
+    float *tmp = ok ? ngd_malloc(NGD_MAX(nK, nC), sizeof(float)) : NULL;
+    if (!tmp) {
+        singd_free(e);
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for factors",
+                              e->name);
+    }
+    s->oK->eye(&s->sK, tmp);  // K = I, C = I (spec §2)
+    fstore(s->K, s->dtK, nK, tmp);
+    s->oC->eye(&s->sC, tmp);
+    fstore(s->C, s->dtC, nC, tmp);
+    ngd_free(tmp);
+    return NGD_OK;
+}
+
+// ---- the shared scratch of one layer ----
+typedef struct {
+    float *fK[4], *fC[4];  // 4 x sK.n, 4 x sC.n: decoded K, KᵀK, new m_K, product/temp
+    float *chunk;          // NGD_STATS_CHUNK x max(d_K, d_C): processed statistics rows
+    float *fi;             // from_inner workspace
+    float *X, *Y;          // 2 x d_out*d_K: natural-gradient ping-pong
+} singd_ws;
+
+static size_t fi_need(const singd_state *s) {
+    return NGD_MAX(s->oK->ws_from_inner(&s->sK, NGD_STATS_CHUNK),
+                   s->oC->ws_from_inner(&s->sC, NGD_STATS_CHUNK));
+}
+
+static size_t singd_ws_size(const ngd_entry *e) {
+    const singd_state *s = e->ms;
+    return 4 * s->sK.n + 4 * s->sC.n + NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) +
+           fi_need(s) + 2 * e->n;
+}
+
+static singd_ws ws_layout(const ngd_entry *e, float *p) {
+    const singd_state *s = e->ms;
+    singd_ws w;
+    for (int i = 0; i < 4; i++) w.fK[i] = p, p += s->sK.n;
+    for (int i = 0; i < 4; i++) w.fC[i] = p, p += s->sC.n;
+    w.chunk = p, p += NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out);
+    w.fi = p, p += fi_need(s);
+    w.X = p, p += e->n;
+    w.Y = p;
+    return w;
+}
+
+static bool singd_wants(const ngd_entry *e, size_t t) { return t % e->cfg.T == 0; }
+
+// spec §5: H_K += Π_K(Kᵀ aᵀa K) with a = processed inputs / sqrt(rows), and
+// H_C += Π_C(Cᵀ gᵀg C) with g = processed output-gradients · σ / sqrt(s_{t-1}).
+static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
+                                const ngd_matrix *g) {
+    singd_state *s = e->ms;
+    singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    const size_t rows = ngd_stats_rows(e, batch, g);
+    const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+    const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+    const float alpha_K = (float)(1.0 / (double)rows);
+    const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g) / (double)o->scale_prev);
+    for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
+        size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
+        float beta = (s->has_H || r0 > 0) ? 1.0f : 0.0f;
+        ngd_stats_a_rows(e, batch, a, g, r0, nr, w.chunk);
+        // X = chunkᵀ: d_K x nr, a column-major view of the row-major chunk
+        ngd_cview X = {w.chunk, e->d_K, nr, 1, (ptrdiff_t)e->d_K};
+        s->oK->from_inner(&s->sK, Kf, X, alpha_K, beta, s->HK, w.fi);
+        ngd_stats_g_rows(e, batch, g, r0, nr, w.chunk);
+        ngd_cview Y = {w.chunk, e->d_out, nr, 1, (ptrdiff_t)e->d_out};
+        s->oC->from_inner(&s->sC, Cf, Y, alpha_C, beta, s->HC, w.fi);
+    }
+    s->has_H = 1;
+    return NGD_OK;
+}
+
+static void singd_discard(ngd_entry *e) {
+    singd_state *s = e->ms;
+    s->has_H = 0;
+}
+
+// One side of spec §7: m_new = sc·(cH·H + cD·Π(LᵀL) − I) (+ α1·m_old); L ← L − β·L·m_new.
+// f[0] holds the decoded L (or L is f32 storage), f[1] = Π(LᵀL) (already computed),
+// f[2] receives m_new, f[3] is scratch. Returns the step size β actually used.
+static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_dtype dt,
+                         void *L, void *m, const float *H, float cH, float cD, float sc,
+                         float alpha1, float beta1, bool normalize, float *const f[4]) {
+    float *Lf = dt == NGD_F32 ? (float *)L : f[0];
+    float *mn = f[2];
+    // official order (spec §7 "Details"): zeros; + cH·H; + cD·KᵀK; − I; · sc; + α1·m_old
+    ngd_s_zero(sd, mn);
+    ngd_s_axpy(sd, cH, H, mn);
+    ngd_s_axpy(sd, cD, f[1], mn);
+    ops->diag_add(sd, mn, -1.0f);
+    ngd_s_scale(sd, mn, sc);
+    if (m) {
+        const float *mold = fload(m, dt, sd->n, f[3]);
+        ngd_s_axpy(sd, alpha1, mold, mn);
+        fstore(m, dt, sd->n, mn);
+    }
+    float beta = beta1;
+    if (normalize) beta = beta1 / fmaxf(1.0f, ngd_s_maxabs(sd, mn));
+    ops->mul(sd, Lf, mn, f[3]);  // L·m_new, exactly in the class (closure)
+    ngd_s_axpy(sd, -beta, f[3], Lf);
+    fstore(L, dt, sd->n, Lf);
+    return beta;
+}
+
+static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
+    if (!singd_wants(e, t)) return NGD_OK;
+    singd_state *s = e->ms;
+    const ngd_config *c = &e->cfg;
+    if (!s->has_H)
+        return ngd_optim_fail(o, NGD_ERR_STATE, "layer '%s': no statistics for the update at "
+                              "step %zu", e->name, t);
+    singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+    const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+    ngd_cview none = {NULL, 0, 0, 0, 0};
+    s->oK->from_inner(&s->sK, Kf, none, 1.0f, 0.0f, w.fK[1], w.fi);  // Π_K(KᵀK)
+    s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi);  // Π_C(CᵀC)
+    // spec §6.3: u = s_{t-1} / s_t² multiplies every use of H_C
+    const float u = o->scale_prev / (o->scale_cur * o->scale_cur);
+    const float lam = c->damping, a1 = c->alpha1;
+    const float sc = c->normalize_lr_cov ? 0.5f * (1.0f - a1) : 0.5f;
+    float cKH, cKD, cCH, cCD;
+    if (c->kfac_like) {  // IKFAC (spec §7)
+        cKH = 1.0f, cKD = lam, cCH = u, cCD = lam;
+    } else {  // INGD / SINGD: traces use the other factor's dimension (spec §7 details)
+        cKH = u * (float)ngd_s_avgtrace(&s->sC, s->HC);
+        cKD = lam * (float)ngd_s_avgtrace(&s->sC, w.fC[1]);
+        cCH = u * (float)ngd_s_avgtrace(&s->sK, s->HK);
+        cCD = lam * (float)ngd_s_avgtrace(&s->sK, w.fK[1]);
+    }
+    const float beta1 = c->lr_cov_fn ? c->lr_cov_fn(t, c->lr_cov_user) : c->lr_cov;
+    e->h.beta1_K = update_side(&s->sK, s->oK, s->dtK, s->K, s->mK, s->HK, cKH, cKD, sc, a1,
+                               beta1, c->normalize_lr_cov, w.fK);
+    e->h.beta1_C = update_side(&s->sC, s->oC, s->dtC, s->C, s->mC, s->HC, cCH, cCD, sc, a1,
+                               beta1, c->normalize_lr_cov, w.fC);
+    s->has_H = 0;
+    e->h.updates++;
+    const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+    e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
+    e->h.norm_K = (float)ngd_s_frob(&s->sK, Kn);
+    const float *Cn = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+    e->h.trace_C = (float)ngd_s_avgtrace(&s->sC, Cn);
+    e->h.norm_C = (float)ngd_s_frob(&s->sC, Cn);
+    return NGD_OK;
+}
+
+// spec §8: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1), with transposed
+// views instead of transposing copies.
+static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P,
+                               float *wsp) {
+    NGD_UNUSED(o);
+    singd_state *s = e->ms;
+    singd_ws w = ws_layout(e, wsp);
+    const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+    const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+    const size_t dK = e->d_K, dC = e->d_out;
+    ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};        // Ĝᵀ (d_K x d_C)
+    ngd_view T1 = ngd_view_rm(w.X, dK, dC, dC);           // Kᵀ Ĝᵀ
+    s->oK->mm(&s->sK, Kf, true, Gt, T1);
+    ngd_view T2 = ngd_view_rm(w.Y, dK, dC, dC);           // K Kᵀ Ĝᵀ = N1ᵀ
+    s->oK->mm(&s->sK, Kf, false, ngd_cv(T1), T2);
+    ngd_cview N1 = {w.Y, dC, dK, 1, (ptrdiff_t)dC};       // N1 = Ĝ K Kᵀ (d_C x d_K)
+    ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK);           // Cᵀ N1
+    s->oC->mm(&s->sC, Cf, true, N1, T3);
+    s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), ngd_view_rm(P, dC, dK, dK));  // C Cᵀ N1
+}
+
+static size_t singd_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
+    singd_state *s = e->ms;
+    ngd_arr_type tK = s->dtK == NGD_BF16 ? NGD_ARR_BF16 : NGD_ARR_F32;
+    ngd_arr_type tC = s->dtC == NGD_BF16 ? NGD_ARR_BF16 : NGD_ARR_F32;
+    ngd_state_array a[] = {
+        {"K", s->K, s->sK.n, tK},
+        {"C", s->C, s->sC.n, tC},
+        {"m_K", s->mK, s->mK ? s->sK.n : 0, tK},
+        {"m_C", s->mC, s->mC ? s->sC.n : 0, tC},
+        {"~H_K", s->HK, s->sK.n, NGD_ARR_F32},  // '~': transient (not state bytes)
+        {"~H_C", s->HC, s->sC.n, NGD_ARR_F32},
+        {"~has_H", &s->has_H, 1, NGD_ARR_U8},
+    };
+    size_t n = sizeof a / sizeof a[0];
+    if (n > cap) n = cap;
+    memcpy(out, a, n * sizeof a[0]);
+    return n;
+}
+
+static ngd_status singd_factor_dense(const ngd_optim *o, const ngd_entry *e, char which,
+                                     float *out) {
+    ngd_optim *mo = (ngd_optim *)(uintptr_t)o;
+    const singd_state *s = e->ms;
+    bool kside = which == 'K' || which == 'k';
+    const ngd_sdesc *sd = kside ? &s->sK : &s->sC;
+    ngd_dtype dt = kside ? s->dtK : s->dtC;
+    void *store = which == 'K' ? s->K : which == 'C' ? s->C : which == 'k' ? s->mK : s->mC;
+    if (!store)
+        return ngd_optim_fail(mo, NGD_ERR_ARG, "layer '%s': momentum '%c' is not kept "
+                              "(alpha1 = 0)", e->name, which);
+    float *tmp = ngd_malloc(sd->n, sizeof(float));
+    if (!tmp) return ngd_optim_fail(mo, NGD_ERR_NOMEM, "out of memory");
+    const float *f = fload(store, dt, sd->n, tmp);
+    ngd_s_to_dense(sd, f, ngd_view_rm(out, sd->d, sd->d, sd->d));
+    ngd_free(tmp);
+    return NGD_OK;
+}
+
+const ngd_method_ops ngd_singd_ops = {
+    .name = "singd",
+    .layer_init = singd_init,
+    .layer_free = singd_free,
+    .wants_stats = singd_wants,
+    .observe = singd_observe,
+    .discard = singd_discard,
+    .update = singd_update,
+    .precondition = singd_precondition,
+    .precond_ws = singd_ws_size,
+    .rule = NGD_RULE_SGD,
+    .arrays = singd_arrays,
+    .factor_dense = singd_factor_dense,
+};

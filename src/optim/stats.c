@@ -1,0 +1,118 @@
+/*
+ * stats.c — turning a layer's (a, g) into the processed statistics of specs/singd.md §5:
+ * bias column of ones, expand (one row per sample and position) or reduce (mean of a, sum
+ * of g over each sample's positions), bf16 decoding, and the loss-average factor σ (§5.3).
+ * Rows are produced in chunks so that no method needs a buffer as large as the caller's
+ * im2col matrix. Scaling (1/rows for a, σ² and loss scales for g) is left to the methods.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "method.h"
+
+static float mat_at(const ngd_matrix *m, size_t i, size_t j) {
+    size_t k = i * m->ld + j;
+    if (m->dtype == NGD_BF16) return ngd_bf16_to_f32(((const uint16_t *)m->data)[k]);
+    return ((const float *)m->data)[k];
+}
+
+static const char *approx_name(ngd_kfac_approx a) {
+    return a == NGD_KFAC_REDUCE ? "reduce" : "expand";
+}
+
+ngd_status ngd_stats_check(ngd_optim *o, const ngd_entry *e, size_t batch, const ngd_matrix *a,
+                           const ngd_matrix *g) {
+    const char *nm = e->name;
+    if (batch == 0) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': batch is 0", nm);
+    const ngd_matrix *ms[2] = {a, g};
+    const char *which[2] = {"a", "g"};
+    for (int i = 0; i < 2; i++) {
+        if (!ms[i]->data)
+            return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': %s has NULL data", nm, which[i]);
+        if (ms[i]->dtype != NGD_F32 && ms[i]->dtype != NGD_BF16)
+            return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': %s has unknown dtype %d", nm,
+                                  which[i], (int)ms[i]->dtype);
+        if (ms[i]->ld < ms[i]->cols)
+            return ngd_optim_fail(o, NGD_ERR_SHAPE, "layer '%s': %s has ld %zu < cols %zu", nm,
+                                  which[i], ms[i]->ld, ms[i]->cols);
+    }
+    if (a->cols != e->d_in)
+        return ngd_optim_fail(o, NGD_ERR_SHAPE, "layer '%s': a has %zu columns, expected %zu", nm,
+                              a->cols, e->d_in);
+    if (g->cols != e->d_out)
+        return ngd_optim_fail(o, NGD_ERR_SHAPE, "layer '%s': g has %zu columns, expected %zu", nm,
+                              g->cols, e->d_out);
+    if (g->rows == 0 || g->rows % batch != 0)
+        return ngd_optim_fail(o, NGD_ERR_SHAPE,
+                              "layer '%s': g has %zu rows, expected a multiple of batch %zu", nm,
+                              g->rows, batch);
+    bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
+    if (a->rows != g->rows && !(reduce && a->rows == batch))
+        return ngd_optim_fail(o, NGD_ERR_SHAPE,
+                              "layer '%s': a has %zu rows, expected %zu (= rows of g)%s", nm,
+                              a->rows, g->rows,
+                              reduce ? " or batch (already reduced)" : "");
+    NGD_UNUSED(approx_name);
+    return NGD_OK;
+}
+
+size_t ngd_stats_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g) {
+    return e->cfg.kfac_approx == NGD_KFAC_REDUCE ? batch : g->rows;
+}
+
+void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, const ngd_matrix *g,
+                      size_t r0, size_t nr, float *out) {
+    size_t dK = e->d_K, din = e->d_in;
+    bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
+    size_t R = g->rows / batch;
+    for (size_t r = 0; r < nr; r++) {
+        float *o = out + r * dK;
+        size_t row = r0 + r;
+        if (!reduce || a->rows == batch) {
+            if (a->dtype == NGD_F32)
+                memcpy(o, (const float *)a->data + row * a->ld, din * sizeof(float));
+            else
+                ngd_bf16_decode((const uint16_t *)a->data + row * a->ld, o, din);
+        } else {
+            // mean over the R positions of sample `row` (spec §5.1 / §5.2 reduce)
+            for (size_t j = 0; j < din; j++) o[j] = 0.0f;
+            for (size_t p = 0; p < R; p++)
+                for (size_t j = 0; j < din; j++) o[j] += mat_at(a, row * R + p, j);
+            float inv = 1.0f / (float)R;
+            for (size_t j = 0; j < din; j++) o[j] *= inv;
+        }
+        if (dK > din) o[din] = 1.0f;  // bias column
+    }
+}
+
+void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0,
+                      size_t nr, float *out) {
+    size_t dC = e->d_out;
+    bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
+    size_t R = g->rows / batch;
+    for (size_t r = 0; r < nr; r++) {
+        float *o = out + r * dC;
+        size_t row = r0 + r;
+        if (!reduce) {
+            if (g->dtype == NGD_F32)
+                memcpy(o, (const float *)g->data + row * g->ld, dC * sizeof(float));
+            else
+                ngd_bf16_decode((const uint16_t *)g->data + row * g->ld, o, dC);
+        } else {
+            // sum over the R positions of sample `row` (spec §5.3 step 3)
+            for (size_t j = 0; j < dC; j++) o[j] = 0.0f;
+            for (size_t p = 0; p < R; p++)
+                for (size_t j = 0; j < dC; j++) o[j] += mat_at(g, row * R + p, j);
+        }
+    }
+}
+
+double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g) {
+    switch (e->cfg.loss_average) {
+    case NGD_LOSS_SUM: return 1.0;
+    case NGD_LOSS_BATCH: return (double)batch;
+    case NGD_LOSS_BATCH_SEQUENCE: return (double)g->rows;  // N·R, read before any reduction
+    }
+    return 1.0;
+}
