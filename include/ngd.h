@@ -232,7 +232,8 @@ typedef struct {
     bool skip_nonfinite;  // skip the step (and discard pending statistics) when a gradient
                           // is NaN/Inf (true)
     bool keep_last_update;  // retain each layer's preconditioned gradient for
-                            // ngd_optim_last_update (costs one weight-sized buffer per layer)
+                            // ngd_optim_last_update (costs one weight-sized buffer per layer),
+                            // and SINGD's last momenta m_K, m_C even when alpha1 = 0
     // K-FAC family
     ngd_kfac_options kfac;
     // optional log callback (the library never prints)

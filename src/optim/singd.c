@@ -76,7 +76,8 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     s->HK = ngd_calloc(nK, sizeof(float));
     s->HC = ngd_calloc(nC, sizeof(float));
     bool ok = s->K && s->C && s->HK && s->HC;
-    if (ok && c->alpha1 != 0.0f) {
+    // momenta are kept only if alpha1 != 0 (spec §4), or for inspection (keep_last_update)
+    if (ok && (c->alpha1 != 0.0f || c->keep_last_update)) {
         s->mK = falloc(nK, s->dtK);
         s->mC = falloc(nC, s->dtC);
         ok = s->mK && s->mC;
@@ -174,8 +175,7 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
     ops->diag_add(sd, mn, -1.0f);
     ngd_s_scale(sd, mn, sc);
     if (m) {
-        const float *mold = fload(m, dt, sd->n, f[3]);
-        ngd_s_axpy(sd, alpha1, mold, mn);
+        if (alpha1 != 0.0f) ngd_s_axpy(sd, alpha1, fload(m, dt, sd->n, f[3]), mn);
         fstore(m, dt, sd->n, mn);
     }
     float beta = beta1;

@@ -1,0 +1,23 @@
+/*
+ * cli.h — the `ngd` command's internal header: the subcommand table entries and the shared
+ * error/usage helpers. Exit codes: 0 ok, 1 failure, 2 usage error (STYLE.md §3.7).
+ */
+#ifndef NGD_CLI_H
+#define NGD_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define NGD_EXIT_OK 0
+#define NGD_EXIT_FAIL 1
+#define NGD_EXIT_USAGE 2
+
+// "ngd: error: <msg>" and, if hint != NULL, "hint: <hint>" on stderr.
+void cli_error(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int cmd_replay(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
+#endif

@@ -1,0 +1,588 @@
+/*
+ * replay.c — `ngd replay PATH...`: replays reference SINGD trajectories recorded from the
+ * official implementation (format: shared/oracle/README.md) through the PUBLIC libngd API
+ * only, and reports per case the largest relative error max|ours − ref| / max|ref| over all
+ * steps of m_K, m_C, β1, K, C, the natural gradient and the parameters, with PASS/FAIL.
+ *
+ * Every layer kind the format describes is handled: Linear with any number of weight-sharing
+ * dimensions, Conv2d (stride, padding incl. "same"/"valid", dilation, groups) through
+ * ngd_unfold, expand/reduce, all loss_average values, any structure pair (block-diagonal
+ * replays use the official transpose quirk, which the recordings contain).
+ * Directories are scanned for *.json; files that are not trajectories are skipped with a note.
+ */
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "ngd.h"
+
+#define MAXDIM 8
+
+typedef struct {
+    size_t ndim, shape[MAXDIM], n;
+    float *data;
+} tensor;
+
+static void tensor_free(tensor *t) {
+    free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+// Reads {"shape": [...], "data": [...]} into t. Returns 0, or -1 with a message.
+static int read_tensor(const cJSON *obj, const char *name, tensor *t, char *err, size_t cap) {
+    memset(t, 0, sizeof *t);
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (!j) {
+        snprintf(err, cap, "missing field '%s'", name);
+        return -1;
+    }
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(j, "shape");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
+    if (!cJSON_IsArray(shape) || !cJSON_IsArray(data)) {
+        snprintf(err, cap, "field '%s' is not a tensor {shape, data}", name);
+        return -1;
+    }
+    t->n = 1;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, shape) {
+        if (t->ndim >= MAXDIM || !cJSON_IsNumber(it) || it->valuedouble < 0) {
+            snprintf(err, cap, "field '%s': bad shape", name);
+            return -1;
+        }
+        t->shape[t->ndim++] = (size_t)it->valuedouble;
+        t->n *= (size_t)it->valuedouble;
+    }
+    if ((size_t)cJSON_GetArraySize(data) != t->n) {
+        snprintf(err, cap, "field '%s': %d values for shape of %zu", name,
+                 cJSON_GetArraySize(data), t->n);
+        return -1;
+    }
+    t->data = malloc((t->n ? t->n : 1) * sizeof(float));
+    if (!t->data) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    size_t i = 0;
+    cJSON_ArrayForEach(it, data) t->data[i++] = (float)it->valuedouble;
+    return 0;
+}
+
+static double num(const cJSON *o, const char *name, double dflt) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(j) ? j->valuedouble : dflt;
+}
+
+// An int or [a, b] pair (Conv2d arguments).
+static int pair(const cJSON *o, const char *name, size_t dflt, size_t out[2]) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!j) {
+        out[0] = out[1] = dflt;
+        return 0;
+    }
+    if (cJSON_IsNumber(j)) {
+        out[0] = out[1] = (size_t)j->valuedouble;
+        return 0;
+    }
+    if (cJSON_IsArray(j) && cJSON_GetArraySize(j) == 2) {
+        out[0] = (size_t)cJSON_GetArrayItem(j, 0)->valuedouble;
+        out[1] = (size_t)cJSON_GetArrayItem(j, 1)->valuedouble;
+        return 0;
+    }
+    return -1;
+}
+
+// The quantities compared, in report order.
+enum { Q_MK, Q_MC, Q_BETA, Q_K, Q_C, Q_NAT, Q_PARAM, Q_COUNT };
+static const char *const QNAMES[Q_COUNT] = {"m_K", "m_C", "beta1", "K", "C", "nat_grad",
+                                            "weights"};
+
+typedef struct {
+    double err[Q_COUNT];
+    bool seen[Q_COUNT];
+} report;
+
+// max|ours − ref| / max|ref| (absolute when ref is all zero)
+static double rel_err(const float *ours, const float *ref, size_t n) {
+    double num_ = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)ours[i] - (double)ref[i]);
+        if (d > num_ || d != d) num_ = d;
+        if (fabs((double)ref[i]) > den) den = fabs((double)ref[i]);
+    }
+    return den > 0 ? num_ / den : num_;
+}
+
+static void note(report *r, int q, double e) {
+    r->seen[q] = true;
+    if (e > r->err[q] || e != e) r->err[q] = e;
+}
+
+typedef struct {
+    bool conv;
+    ngd_conv_geom geom;
+    size_t d_out, d_in, batch;
+    bool bias;
+} layer_desc;
+
+// Reads the problem block; fills the layer description.
+static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap) {
+    memset(L, 0, sizeof *L);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "problem");
+    const cJSON *layer = cJSON_GetObjectItemCaseSensitive(p, "layer");
+    if (!p || !cJSON_IsString(layer)) {
+        snprintf(err, cap, "missing problem.layer");
+        return -1;
+    }
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(p, "bias");
+    L->bias = !bias || cJSON_IsTrue(bias);
+    L->batch = (size_t)num(p, "batch_size", 0);
+    if (!strcmp(layer->valuestring, "Linear")) {
+        L->d_in = (size_t)num(p, "d_in", 0);
+        L->d_out = (size_t)num(p, "d_out", 0);
+    } else if (!strcmp(layer->valuestring, "Conv2d")) {
+        L->conv = true;
+        ngd_conv_geom *g = &L->geom;
+        size_t k[2], s[2], d[2], pd[2] = {0, 0};
+        if (pair(p, "kernel_size", 1, k) || pair(p, "stride", 1, s) || pair(p, "dilation", 1, d)) {
+            snprintf(err, cap, "bad Conv2d geometry");
+            return -1;
+        }
+        const cJSON *pad = cJSON_GetObjectItemCaseSensitive(p, "padding");
+        if (cJSON_IsString(pad)) {
+            if (!strcmp(pad->valuestring, "same")) {
+                // spec singd.md §5.2: total δ(K−1), left = total//2; only symmetric here
+                for (int i = 0; i < 2; i++) {
+                    size_t total = d[i] * (k[i] - 1);
+                    if (total % 2) {
+                        snprintf(err, cap, "padding 'same' with an even kernel is asymmetric "
+                                           "(unsupported)");
+                        return -1;
+                    }
+                    pd[i] = total / 2;
+                }
+            } else if (strcmp(pad->valuestring, "valid") != 0) {
+                snprintf(err, cap, "unknown padding '%s'", pad->valuestring);
+                return -1;
+            }
+        } else if (pair(p, "padding", 0, pd)) {
+            snprintf(err, cap, "bad padding");
+            return -1;
+        }
+        g->c_in = (size_t)num(p, "c_in", 0);
+        g->groups = (size_t)num(p, "groups", 1);
+        g->k1 = k[0], g->k2 = k[1], g->s1 = s[0], g->s2 = s[1];
+        g->p1 = pd[0], g->p2 = pd[1], g->dil1 = d[0], g->dil2 = d[1];
+        const cJSON *xs = cJSON_GetObjectItemCaseSensitive(p, "x_shape");
+        if (cJSON_GetArraySize(xs) != 4) {
+            snprintf(err, cap, "Conv2d x_shape must have 4 dimensions");
+            return -1;
+        }
+        g->h = (size_t)cJSON_GetArrayItem(xs, 2)->valuedouble;
+        g->w = (size_t)cJSON_GetArrayItem(xs, 3)->valuedouble;
+        L->d_out = (size_t)num(p, "c_out", 0);
+        L->d_in = g->groups ? g->c_in / g->groups * g->k1 * g->k2 : 0;
+    } else {
+        snprintf(err, cap, "unsupported layer '%s'", layer->valuestring);
+        return -1;
+    }
+    if (!L->d_in || !L->d_out || !L->batch) {
+        snprintf(err, cap, "problem sizes missing or zero");
+        return -1;
+    }
+    return 0;
+}
+
+static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) {
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(root, "hyperparameters");
+    if (!h) {
+        snprintf(err, cap, "missing hyperparameters");
+        return -1;
+    }
+    *c = ngd_config_default(NGD_METHOD_SINGD);
+    c->lr = (float)num(h, "lr", 1e-3);
+    c->momentum = (float)num(h, "momentum", 0.9);
+    c->damping = (float)num(h, "damping", 1e-3);
+    c->weight_decay = (float)num(h, "weight_decay", 0);
+    c->lr_cov = (float)num(h, "lr_cov", 1e-2);
+    c->T = (size_t)num(h, "T", 10);
+    const cJSON *a1 = cJSON_GetObjectItemCaseSensitive(h, "alpha1_effective");
+    if (!a1) a1 = cJSON_GetObjectItemCaseSensitive(h, "alpha1");
+    c->alpha1 = cJSON_IsNumber(a1) ? (float)a1->valuedouble : 0.5f;
+    c->kfac_like = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "kfac_like"));
+    c->normalize_lr_cov = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "normalize_lr_cov"));
+    const cJSON *la = cJSON_GetObjectItemCaseSensitive(h, "loss_average");
+    if (cJSON_IsNull(la)) c->loss_average = NGD_LOSS_SUM;
+    else if (cJSON_IsString(la) && !strcmp(la->valuestring, "batch"))
+        c->loss_average = NGD_LOSS_BATCH;
+    else if (cJSON_IsString(la) && !strcmp(la->valuestring, "batch+sequence"))
+        c->loss_average = NGD_LOSS_BATCH_SEQUENCE;
+    else if (la) {
+        snprintf(err, cap, "unknown loss_average");
+        return -1;
+    }
+    const cJSON *ka = cJSON_GetObjectItemCaseSensitive(h, "kfac_approx");
+    if (cJSON_IsString(ka)) {
+        if (!strcmp(ka->valuestring, "reduce")) c->kfac_approx = NGD_KFAC_REDUCE;
+        else if (strcmp(ka->valuestring, "expand") != 0) {
+            snprintf(err, cap, "unknown kfac_approx '%s'", ka->valuestring);
+            return -1;
+        }
+    }
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(h, "structures");
+    if (cJSON_GetArraySize(st) != 2) {
+        snprintf(err, cap, "hyperparameters.structures must have 2 names");
+        return -1;
+    }
+    ngd_factor_spec *f[2] = {&c->structure_K, &c->structure_C};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *nm = cJSON_GetArrayItem(st, i);
+        if (!cJSON_IsString(nm) || ngd_structure_parse(nm->valuestring, f[i]) != NGD_OK) {
+            snprintf(err, cap, "unknown structure '%s'",
+                     cJSON_IsString(nm) ? nm->valuestring : "?");
+            return -1;
+        }
+        // the recordings contain the official block-diagonal transpose quirk (§9.4)
+        if (f[i]->kind == NGD_STRUCT_BLOCKDIAG) c->official_blockdiag_quirk = true;
+    }
+    c->keep_last_update = true;
+    return 0;
+}
+
+// Statistics of one step: a (rows x d_in) and g (rows x d_out) in the layout ngd expects.
+static int build_stats(const layer_desc *L, const tensor *x, const tensor *dy, float **a,
+                       float **g, size_t *rows, char *err, size_t cap) {
+    *a = *g = NULL;
+    if (!L->conv) {
+        if (x->ndim < 2 || x->shape[x->ndim - 1] != L->d_in || dy->shape[dy->ndim - 1] != L->d_out) {
+            snprintf(err, cap, "x / grad_output shapes do not match the layer");
+            return -1;
+        }
+        *rows = x->n / L->d_in;
+        if (dy->n / L->d_out != *rows) {
+            snprintf(err, cap, "x and grad_output have different numbers of rows");
+            return -1;
+        }
+        *a = malloc(x->n * sizeof(float));
+        *g = malloc(dy->n * sizeof(float));
+        if (!*a || !*g) goto oom;
+        memcpy(*a, x->data, x->n * sizeof(float));
+        memcpy(*g, dy->data, dy->n * sizeof(float));
+        return 0;
+    }
+    size_t oh = ngd_conv_out_h(&L->geom), ow = ngd_conv_out_w(&L->geom);
+    if (dy->ndim != 4 || dy->shape[1] != L->d_out || dy->shape[2] != oh || dy->shape[3] != ow) {
+        snprintf(err, cap, "grad_output shape does not match the convolution");
+        return -1;
+    }
+    *rows = L->batch * oh * ow;
+    *a = malloc(*rows * L->d_in * sizeof(float));
+    *g = malloc(*rows * L->d_out * sizeof(float));
+    if (!*a || !*g) goto oom;
+    if (ngd_unfold(&L->geom, L->batch, x->data, false, *a) != NGD_OK) {
+        snprintf(err, cap, "ngd_unfold rejected the geometry");
+        return -1;
+    }
+    // "n c o1 o2 -> (n o1 o2) c" (spec singd.md §5.3)
+    for (size_t n = 0; n < L->batch; n++)
+        for (size_t c = 0; c < L->d_out; c++)
+            for (size_t p = 0; p < oh * ow; p++)
+                (*g)[(n * oh * ow + p) * L->d_out + c] = dy->data[(n * L->d_out + c) * oh * ow + p];
+    return 0;
+oom:
+    snprintf(err, cap, "out of memory");
+    return -1;
+}
+
+typedef struct {
+    double tol;
+    bool verbose;
+} replay_opts;
+
+// Replays one file. Returns 1 pass, 0 fail, -1 error (message printed), 2 skipped.
+static int replay_file(const char *path, const replay_opts *ro) {
+    char err[512] = "";
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error(NULL, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc(len > 0 ? (size_t)len + 1 : 1);
+    if (!text || (len > 0 && fread(text, 1, (size_t)len, f) != (size_t)len)) {
+        fclose(f);
+        free(text);
+        cli_error(NULL, "%s: read failed", path);
+        return -1;
+    }
+    text[len > 0 ? len : 0] = '\0';
+    fclose(f);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root) {
+        cli_error("the file must be JSON as described in shared/oracle/README.md",
+                  "%s: not valid JSON", path);
+        return -1;
+    }
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(root, "kind");
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (!cJSON_IsString(kind) || !strstr(kind->valuestring, "_trajectory")) {
+        printf("SKIP %s (not a trajectory: %s)\n", base,
+               cJSON_IsString(kind) ? kind->valuestring : "no 'kind'");
+        cJSON_Delete(root);
+        return 2;
+    }
+    int result = -1;
+    layer_desc L;
+    ngd_config cfg;
+    ngd_optim *o = NULL;
+    tensor W = {0}, B = {0};
+    report rep;
+    memset(&rep, 0, sizeof rep);
+    if (read_problem(root, &L, err, sizeof err) || read_config(root, &cfg, err, sizeof err))
+        goto done;
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(root, "initial");
+    if (read_tensor(init, "weight", &W, err, sizeof err)) goto done;
+    if (W.n != L.d_out * L.d_in) {
+        snprintf(err, sizeof err, "initial.weight has %zu values, expected %zu", W.n,
+                 L.d_out * L.d_in);
+        goto done;
+    }
+    if (L.bias && read_tensor(init, "bias", &B, err, sizeof err)) goto done;
+    size_t dK = L.d_in + (L.bias ? 1 : 0), np = L.d_out * dK;
+    float *gw = calloc(W.n, sizeof(float)), *gb = calloc(L.d_out, sizeof(float));
+    float *buf = malloc((dK * dK + np) * sizeof(float)), *ref = malloc((dK * dK + np) * sizeof(float));
+    if (!gw || !gb || !buf || !ref) {
+        snprintf(err, sizeof err, "out of memory");
+        free(gw), free(gb), free(buf), free(ref);
+        goto done;
+    }
+    ngd_status st = ngd_optim_create(&cfg, &o);
+    int id = -1;
+    ngd_layer layer = {.name = base, .weight = W.data, .weight_grad = gw, .d_out = L.d_out,
+                       .d_in = L.d_in, .bias = L.bias ? B.data : NULL,
+                       .bias_grad = L.bias ? gb : NULL};
+    if (st == NGD_OK) st = ngd_optim_add_layer(o, &layer, &id);
+    if (st != NGD_OK) {
+        snprintf(err, sizeof err, "libngd: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
+        goto free_bufs;
+    }
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(root, "steps"), *s;
+    size_t t = 0;
+    cJSON_ArrayForEach(s, steps) {
+        tensor x, dy, tgw, tgb = {0};
+        if (read_tensor(s, "x", &x, err, sizeof err)) goto free_bufs;
+        if (read_tensor(s, "grad_output", &dy, err, sizeof err) ||
+            read_tensor(s, "grad_weight", &tgw, err, sizeof err) ||
+            (L.bias && read_tensor(s, "grad_bias", &tgb, err, sizeof err))) {
+            tensor_free(&x), tensor_free(&dy), tensor_free(&tgw);
+            goto free_bufs;
+        }
+        memcpy(gw, tgw.data, W.n * sizeof(float));
+        if (L.bias) memcpy(gb, tgb.data, L.d_out * sizeof(float));
+        float *a = NULL, *g = NULL;
+        size_t rows = 0;
+        int bad = build_stats(&L, &x, &dy, &a, &g, &rows, err, sizeof err);
+        tensor_free(&x), tensor_free(&dy), tensor_free(&tgw), tensor_free(&tgb);
+        if (!bad && ngd_optim_wants_stats(o))
+            st = ngd_optim_observe(o, id, L.batch, ngd_matrix_f32(a, rows, L.d_in),
+                                   ngd_matrix_f32(g, rows, L.d_out));
+        free(a), free(g);
+        if (bad) goto free_bufs;
+        if (st == NGD_OK) st = ngd_optim_step(o);
+        if (st != NGD_OK) {
+            snprintf(err, sizeof err, "step %zu: libngd: %s: %s", t, ngd_status_str(st),
+                     ngd_optim_errmsg(o));
+            goto free_bufs;
+        }
+        // compare: dense factors, momenta, step sizes, natural gradient, parameters
+        const struct {
+            const char *field;
+            char which;
+            size_t d;
+            int q;
+        } mats[] = {{"K", 'K', dK, Q_K}, {"C", 'C', L.d_out, Q_C}, {"m_K", 'k', dK, Q_MK},
+                    {"m_C", 'c', L.d_out, Q_MC}};
+        for (size_t i = 0; i < 4; i++) {
+            if (!cJSON_GetObjectItemCaseSensitive(s, mats[i].field)) continue;
+            tensor r;
+            if (read_tensor(s, mats[i].field, &r, err, sizeof err)) goto free_bufs;
+            bool ok = r.n == mats[i].d * mats[i].d &&
+                      ngd_optim_factor_dense(o, id, mats[i].which, buf, mats[i].d) == NGD_OK;
+            if (ok) note(&rep, mats[i].q, rel_err(buf, r.data, r.n));
+            else note(&rep, mats[i].q, INFINITY);
+            tensor_free(&r);
+        }
+        ngd_layer_health h;
+        ngd_optim_layer_health(o, id, &h);
+        const char *bnames[2] = {"beta1_K", "beta1_C"};
+        float bours[2] = {h.beta1_K, h.beta1_C};
+        for (int i = 0; i < 2; i++) {
+            const cJSON *bj = cJSON_GetObjectItemCaseSensitive(s, bnames[i]);
+            if (cJSON_IsNumber(bj)) {
+                float rv = (float)bj->valuedouble;
+                note(&rep, Q_BETA, rel_err(&bours[i], &rv, 1));
+            }
+        }
+        if (cJSON_GetObjectItemCaseSensitive(s, "nat_grad_weight")) {
+            tensor nw, nb = {0};
+            if (read_tensor(s, "nat_grad_weight", &nw, err, sizeof err)) goto free_bufs;
+            if (L.bias && read_tensor(s, "nat_grad_bias", &nb, err, sizeof err)) {
+                tensor_free(&nw);
+                goto free_bufs;
+            }
+            for (size_t i = 0; i < L.d_out; i++) {
+                memcpy(ref + i * dK, nw.data + i * L.d_in, L.d_in * sizeof(float));
+                if (L.bias) ref[i * dK + L.d_in] = nb.data[i];
+            }
+            ngd_optim_last_update(o, id, buf, np);
+            note(&rep, Q_NAT, rel_err(buf, ref, np));
+            tensor_free(&nw), tensor_free(&nb);
+        }
+        tensor rw, rb = {0};
+        if (read_tensor(s, "weight", &rw, err, sizeof err)) goto free_bufs;
+        if (L.bias && read_tensor(s, "bias", &rb, err, sizeof err)) {
+            tensor_free(&rw);
+            goto free_bufs;
+        }
+        for (size_t i = 0; i < L.d_out; i++) {
+            memcpy(ref + i * dK, rw.data + i * L.d_in, L.d_in * sizeof(float));
+            memcpy(buf + i * dK, W.data + i * L.d_in, L.d_in * sizeof(float));
+            if (L.bias) ref[i * dK + L.d_in] = rb.data[i], buf[i * dK + L.d_in] = B.data[i];
+        }
+        note(&rep, Q_PARAM, rel_err(buf, ref, np));
+        tensor_free(&rw), tensor_free(&rb);
+        t++;
+    }
+    {
+        bool pass = t > 0;
+        printf("CASE %s (%zu steps, %s%s/%s T=%zu%s%s)\n", base, t,
+               L.conv ? "conv " : "", ngd_structure_name(cfg.structure_K.kind),
+               ngd_structure_name(cfg.structure_C.kind), cfg.T, cfg.kfac_like ? " kfac_like" : "",
+               cfg.normalize_lr_cov ? " normalize" : "");
+        printf("    ");
+        for (int q = 0; q < Q_COUNT; q++) {
+            if (!rep.seen[q]) {
+                printf("%s -  ", QNAMES[q]);
+                continue;
+            }
+            printf("%s %.2e  ", QNAMES[q], rep.err[q]);
+            if (!(rep.err[q] <= ro->tol)) pass = false;
+        }
+        printf("\n%s %s\n", pass ? "PASS" : "FAIL", base);
+        result = pass ? 1 : 0;
+    }
+free_bufs:
+    free(gw), free(gb), free(buf), free(ref);
+done:
+    if (result < 0) cli_error(NULL, "%s: %s", path, err);
+    ngd_optim_free(o);
+    tensor_free(&W), tensor_free(&B);
+    cJSON_Delete(root);
+    return result;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+// Replays a file, or every *.json of a directory (sorted). Accumulates counts.
+static void replay_path(const char *path, const replay_opts *ro, int *pass, int *fail,
+                        int *errors) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        cli_error("give a trajectory file or a folder of them", "%s: %s", path, strerror(errno));
+        (*errors)++;
+        return;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        int r = replay_file(path, ro);
+        if (r == 1) (*pass)++;
+        else if (r == 0) (*fail)++;
+        else if (r < 0) (*errors)++;
+        return;
+    }
+    DIR *d = opendir(path);
+    if (!d) {
+        cli_error(NULL, "%s: %s", path, strerror(errno));
+        (*errors)++;
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l < 5 || strcmp(de->d_name + l - 5, ".json") != 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            char **nn = realloc(names, cap * sizeof *nn);
+            if (!nn) break;
+            names = nn;
+        }
+        size_t pl = strlen(path) + l + 2;
+        names[n] = malloc(pl);
+        if (!names[n]) break;
+        snprintf(names[n], pl, "%s/%s", path, de->d_name);
+        n++;
+    }
+    closedir(d);
+    if (n) qsort(names, n, sizeof *names, cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        replay_path(names[i], ro, pass, fail, errors);
+        free(names[i]);
+    }
+    free(names);
+}
+
+static void replay_usage(FILE *f) {
+    fprintf(f,
+            "usage: ngd replay [options] PATH...\n\n"
+            "Replays reference SINGD trajectories (JSON, shared/oracle/README.md) through the\n"
+            "public libngd API. PATH is a file or a folder of *.json files. For each case prints\n"
+            "max|ours-ref|/max|ref| over all steps of m_K, m_C, beta1, K, C, the natural\n"
+            "gradient and the weights, and PASS/FAIL. Exits 1 if any case fails or errs.\n\n"
+            "options:\n"
+            "  --tol X      largest relative error that passes (default 1e-4: float32)\n"
+            "  -h, --help   this text\n");
+}
+
+int cmd_replay(int argc, char **argv) {
+    replay_opts ro = {1e-4, false};
+    static const struct option opts[] = {
+        {"tol", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': {
+            char *end;
+            ro.tol = strtod(optarg, &end);
+            if (*end || !(ro.tol > 0)) {
+                cli_error("--tol takes a positive number, e.g. 1e-4", "bad --tol '%s'", optarg);
+                return NGD_EXIT_USAGE;
+            }
+            break;
+        }
+        case 'h': replay_usage(stdout); return NGD_EXIT_OK;
+        default: replay_usage(stderr); return NGD_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        cli_error("e.g. ngd replay ../shared/oracle", "no PATH given");
+        return NGD_EXIT_USAGE;
+    }
+    int pass = 0, fail = 0, errors = 0;
+    for (int i = optind; i < argc; i++) replay_path(argv[i], &ro, &pass, &fail, &errors);
+    printf("replay: %d passed, %d failed, %d errors (tolerance %.1e)\n", pass, fail, errors,
+           ro.tol);
+    return (fail || errors || pass == 0) ? NGD_EXIT_FAIL : NGD_EXIT_OK;
+}
