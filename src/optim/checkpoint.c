@@ -1,0 +1,216 @@
+/*
+ * checkpoint.c — ngd_optim_save / ngd_optim_load: the complete optimizer state in a
+ * versioned little-endian file (docs/formats.md), written atomically (fileio.c), and
+ * validated on load in a first pass that changes nothing (magic, version, checksum, method,
+ * every entry's name, kind and shape, every array's name, type and length); only a file
+ * that passes is applied in a second pass. Parameters are the caller's and are not saved.
+ */
+#include <string.h>
+
+#include "fileio.h"
+#include "method.h"
+
+#define CKPT_MAGIC "NGDOPT\r\n"  // 8 bytes; \r\n catches text-mode mangling (PNG's trick)
+#define CKPT_VERSION 1u
+
+static size_t type_size(ngd_arr_type t) {
+    switch (t) {
+    case NGD_ARR_F32: return 4;
+    case NGD_ARR_BF16: return 2;
+    case NGD_ARR_U64: return 8;
+    default: return 1;
+    }
+}
+
+// The arrays of an entry: first-order buffers, then the method's.
+static size_t entry_arrays(const ngd_optim *o, ngd_entry *e, ngd_state_array *a) {
+    size_t n = 0;
+    if (e->buf) a[n++] = (ngd_state_array){"buf", e->buf, e->n, NGD_ARR_F32};
+    if (e->buf2) a[n++] = (ngd_state_array){"buf2", e->buf2, e->n, NGD_ARR_F32};
+    if (e->kind == NGD_ENTRY_LAYER && o->ops->arrays)
+        n += o->ops->arrays(e, a + n, NGD_MAX_ARRAYS - n);
+    return n;
+}
+
+static void write_array(ngd_wbuf *w, const ngd_state_array *a) {
+    ngd_wbuf_str(w, a->name);
+    ngd_wbuf_u32(w, (uint32_t)a->type);
+    ngd_wbuf_u64(w, a->count);
+    if (!a->count) return;
+    switch (a->type) {
+    case NGD_ARR_F32: ngd_wbuf_f32s(w, a->p, a->count); break;
+    case NGD_ARR_BF16:
+        for (size_t i = 0; i < a->count; i++) {
+            uint16_t v = ((const uint16_t *)a->p)[i];
+            unsigned char b[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
+            ngd_wbuf_bytes(w, b, 2);
+        }
+        break;
+    case NGD_ARR_U64:
+        for (size_t i = 0; i < a->count; i++) ngd_wbuf_u64(w, ((const uint64_t *)a->p)[i]);
+        break;
+    default: ngd_wbuf_bytes(w, a->p, a->count); break;
+    }
+}
+
+ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
+    if (!co || !path) return NGD_ERR_ARG;
+    ngd_optim *o = (ngd_optim *)(uintptr_t)co;  // only the message buffer is written
+    ngd_wbuf w = {0};
+    ngd_wbuf_bytes(&w, CKPT_MAGIC, 8);
+    ngd_wbuf_u32(&w, CKPT_VERSION);
+    ngd_wbuf_u32(&w, (uint32_t)o->cfg.method);
+    ngd_wbuf_u64(&w, o->steps);
+    ngd_wbuf_f32(&w, o->scale_prev);
+    ngd_wbuf_f32(&w, o->scale_cur);
+    ngd_wbuf_f32(&w, o->lr_scale);
+    ngd_wbuf_u32(&w, (uint32_t)o->n);
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        ngd_wbuf_str(&w, e->name);
+        ngd_wbuf_u32(&w, (uint32_t)e->kind);
+        ngd_wbuf_u64(&w, e->d_out);
+        ngd_wbuf_u64(&w, e->d_in);
+        ngd_wbuf_u64(&w, e->d_K);
+        ngd_wbuf_u64(&w, e->n_updates);
+        ngd_wbuf_u32(&w, e->got_stats);
+        ngd_wbuf_u64(&w, e->h.updates);
+        ngd_wbuf_u64(&w, e->h.skips);
+        ngd_wbuf_u64(&w, e->h.decomp_failures);
+        ngd_wbuf_u64(&w, e->h.decomp_retries);
+        ngd_state_array a[NGD_MAX_ARRAYS];
+        size_t na = entry_arrays(o, e, a);
+        ngd_wbuf_u32(&w, (uint32_t)na);
+        for (size_t k = 0; k < na; k++) write_array(&w, &a[k]);
+    }
+    ngd_wbuf_u32(&w, ngd_crc32(w.buf, w.len));
+    char err[400];
+    int rc = ngd_write_atomic(path, &w, err, sizeof err);
+    ngd_wbuf_free(&w);
+    if (rc) return ngd_optim_fail(o, NGD_ERR_IO, "save: %s", err);
+    return NGD_OK;
+}
+
+#define FMT(...) (ngd_optim_fail(o, NGD_ERR_FORMAT, __VA_ARGS__))
+
+// One pass over a loaded file: with apply == false it only validates; with true it copies
+// the state into the optimizer (called only after a validating pass succeeded).
+static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply) {
+    const unsigned char *magic = ngd_rbuf_bytes(r, 8);
+    if (!magic || memcmp(magic, CKPT_MAGIC, 8) != 0)
+        return FMT("%s: not an ngd optimizer checkpoint (bad magic)", path);
+    uint32_t ver = ngd_rbuf_u32(r);
+    if (ver != CKPT_VERSION)
+        return FMT("%s: format version %u, this libngd reads version %u", path, ver,
+                   CKPT_VERSION);
+    uint32_t method = ngd_rbuf_u32(r);
+    if (method != (uint32_t)o->cfg.method)
+        return FMT("%s: saved by method '%s', this optimizer is '%s'", path,
+                   ngd_method_name((ngd_method)method) ? ngd_method_name((ngd_method)method)
+                                                        : "unknown",
+                   ngd_method_name(o->cfg.method));
+    uint64_t steps = ngd_rbuf_u64(r);
+    float sp = ngd_rbuf_f32(r), sc = ngd_rbuf_f32(r), lrs = ngd_rbuf_f32(r);
+    uint32_t n = ngd_rbuf_u32(r);
+    if (r->bad) return FMT("%s: truncated header", path);
+    if (n != o->n)
+        return FMT("%s: %u layers/params saved, this optimizer has %zu", path, n, o->n);
+    if (apply) {
+        o->steps = (size_t)steps;
+        o->scale_prev = sp, o->scale_cur = sc, o->lr_scale = lrs;
+    }
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        char name[256];
+        if (!ngd_rbuf_str(r, name, sizeof name)) return FMT("%s: truncated at entry %zu", path, i);
+        if (strcmp(name, e->name) != 0)
+            return FMT("%s: entry %zu is '%s', this optimizer has '%s'", path, i, name, e->name);
+        uint32_t kind = ngd_rbuf_u32(r);
+        uint64_t d_out = ngd_rbuf_u64(r), d_in = ngd_rbuf_u64(r), d_K = ngd_rbuf_u64(r);
+        uint64_t nup = ngd_rbuf_u64(r);
+        uint32_t got = ngd_rbuf_u32(r);
+        uint64_t hu = ngd_rbuf_u64(r), hs = ngd_rbuf_u64(r), hf = ngd_rbuf_u64(r),
+                 hr = ngd_rbuf_u64(r);
+        uint32_t na = ngd_rbuf_u32(r);
+        if (r->bad) return FMT("%s: truncated in entry '%s'", path, e->name);
+        if (kind != (uint32_t)e->kind || d_out != e->d_out || d_in != e->d_in || d_K != e->d_K)
+            return FMT("%s: '%s' was saved as a %s of %llu x %llu%s, this one is a %s of %zu x "
+                       "%zu%s", path, e->name, kind ? "param" : "layer", (unsigned long long)d_out,
+                       (unsigned long long)d_in, d_K > d_in ? " + bias" : "",
+                       e->kind ? "param" : "layer", e->d_out, e->d_in,
+                       e->d_K > e->d_in ? " + bias" : "");
+        ngd_state_array a[NGD_MAX_ARRAYS];
+        size_t want = entry_arrays(o, e, a);
+        if (na != want)
+            return FMT("%s: '%s' has %u state arrays, expected %zu (different hyper-parameters "
+                       "or structures?)", path, e->name, na, want);
+        for (size_t k = 0; k < want; k++) {
+            char an[64];
+            if (!ngd_rbuf_str(r, an, sizeof an)) return FMT("%s: truncated in '%s'", path, e->name);
+            uint32_t type = ngd_rbuf_u32(r);
+            uint64_t count = ngd_rbuf_u64(r);
+            if (r->bad) return FMT("%s: truncated in '%s'", path, e->name);
+            if (strcmp(an, a[k].name) != 0 || type != (uint32_t)a[k].type || count != a[k].count)
+                return FMT("%s: '%s' array %zu is %s (type %u, %llu values), expected %s (type "
+                           "%d, %zu values)", path, e->name, k, an, type,
+                           (unsigned long long)count, a[k].name, (int)a[k].type, a[k].count);
+            size_t bytes = a[k].count * type_size(a[k].type);
+            const unsigned char *p = ngd_rbuf_bytes(r, bytes);
+            if (!p) return FMT("%s: truncated in '%s' array %s", path, e->name, an);
+            if (!apply || !a[k].count) continue;
+            switch (a[k].type) {
+            case NGD_ARR_F32: {
+                ngd_rbuf sub = {p, bytes, 0, false};
+                ngd_rbuf_f32s(&sub, a[k].p, a[k].count);
+                break;
+            }
+            case NGD_ARR_BF16:
+                for (size_t j = 0; j < a[k].count; j++)
+                    ((uint16_t *)a[k].p)[j] = (uint16_t)(p[2 * j] | p[2 * j + 1] << 8);
+                break;
+            case NGD_ARR_U64: {
+                ngd_rbuf sub = {p, bytes, 0, false};
+                for (size_t j = 0; j < a[k].count; j++) ((uint64_t *)a[k].p)[j] = ngd_rbuf_u64(&sub);
+                break;
+            }
+            default: memcpy(a[k].p, p, bytes); break;
+            }
+        }
+        if (apply) {
+            e->n_updates = nup;
+            e->got_stats = got != 0;
+            e->h.updates = (size_t)hu, e->h.skips = (size_t)hs;
+            e->h.decomp_failures = (size_t)hf, e->h.decomp_retries = (size_t)hr;
+        }
+    }
+    if (r->len - r->pos != 4) return FMT("%s: %zu unexpected bytes at the end", path,
+                                         r->len - r->pos - 4);
+    return NGD_OK;
+}
+
+ngd_status ngd_optim_load(ngd_optim *o, const char *path) {
+    if (!o || !path) return NGD_ERR_ARG;
+    unsigned char *data;
+    size_t len;
+    char err[400];
+    if (ngd_read_file(path, &data, &len, err, sizeof err))
+        return ngd_optim_fail(o, NGD_ERR_IO, "load: %s", err);
+    ngd_status s = NGD_OK;
+    if (len < 8 + 4 + 4) {
+        s = FMT("%s: %zu bytes is too short for a checkpoint (truncated?)", path, len);
+    } else {
+        uint32_t stored = (uint32_t)data[len - 4] | (uint32_t)data[len - 3] << 8 |
+                          (uint32_t)data[len - 2] << 16 | (uint32_t)data[len - 1] << 24;
+        ngd_rbuf r = {data, len, 0, false};
+        if (memcmp(data, CKPT_MAGIC, 8) != 0) {
+            s = FMT("%s: not an ngd optimizer checkpoint (bad magic)", path);
+        } else if (ngd_crc32(data, len - 4) != stored) {
+            s = FMT("%s: checksum mismatch: the file is corrupt or truncated", path);
+        } else if ((s = parse(o, path, &r, false)) == NGD_OK) {
+            ngd_rbuf r2 = {data, len, 0, false};
+            s = parse(o, path, &r2, true);
+        }
+    }
+    free(data);
+    return s;
+}

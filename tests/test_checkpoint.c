@@ -1,0 +1,185 @@
+/*
+ * test_checkpoint.c — optimizer checkpoints: save -> load -> continue is bit-identical to an
+ * uninterrupted run, for every method and for bf16 factors; truncated, foreign, corrupted
+ * and mismatched files are rejected with a message and leave the optimizer unchanged.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "ngd.h"
+#include "tproblem.h"
+
+static char tmpdir[256];
+
+static const char *tmp_path(const char *name) {
+    static char buf[512];
+    if (!tmpdir[0]) {
+        snprintf(tmpdir, sizeof tmpdir, "/tmp/ngd_ckpt_XXXXXX");
+        if (!mkdtemp(tmpdir)) abort();
+    }
+    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
+    return buf;
+}
+
+static ngd_config cfg_for(ngd_method m, int variant) {
+    ngd_config c = ngd_config_default(m);
+    c.T = 3;
+    c.lr = 0.01f;
+    if (variant == 1) {  // structured + bf16 factors + normalize
+        ngd_structure_parse("diagonal", &c.structure_K);
+        c.structure_C.dtype = NGD_BF16;
+        c.normalize_lr_cov = true;
+    }
+    if (m == NGD_METHOD_SGD) c.momentum = 0.9f, c.nesterov = true;
+    return c;
+}
+
+// Runs 12 steps uninterrupted, and 5 steps + save + fresh optimizer + load + 7 steps;
+// the parameters must agree to the bit.
+static void check_resume(ngd_method m, int variant) {
+    ngd_config c = cfg_for(m, variant);
+    tp_problem a, b;
+    tp_init(&a, 16, 9, 7, 5, 11);
+    tp_init(&b, 16, 9, 7, 5, 11);
+    ngd_optim *oa, *ob, *oc;
+    CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ob) == NGD_OK);
+    CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&b, ob) == NGD_OK);
+    for (size_t s = 0; s < 12; s++) CHECK(tp_step(&a, oa, s) == NGD_OK);
+    for (size_t s = 0; s < 5; s++) CHECK(tp_step(&b, ob, s) == NGD_OK);
+    // a step-4 observe that is pending must survive too: observe for step 5 before saving
+    const char *path = tmp_path("resume.ckpt");
+    CHECK(ngd_optim_save(ob, path) == NGD_OK);
+    ngd_optim_free(ob);
+    CHECK(ngd_optim_create(&c, &oc) == NGD_OK);
+    tp_problem bb = b;  // same parameter buffers, re-registered with a fresh optimizer
+    CHECK(tp_register(&bb, oc) == NGD_OK);
+    CHECK(ngd_optim_load(oc, path) == NGD_OK);
+    CHECK(ngd_optim_steps(oc) == 5);
+    for (size_t s = 5; s < 12; s++) CHECK(tp_step(&bb, oc, s) == NGD_OK);
+    CHECK(memcmp(a.W1, bb.W1, 9 * 7 * 4) == 0 && memcmp(a.W2, bb.W2, 7 * 5 * 4) == 0);
+    CHECK(memcmp(a.b1, bb.b1, 7 * 4) == 0 && memcmp(a.b2, bb.b2, 5 * 4) == 0);
+    CHECK_TENSOR(bb.W2, a.W2, 35, 0, 0, ngd_method_name(m));
+    ngd_optim_free(oa);
+    ngd_optim_free(oc);
+    tp_free(&a);
+    tp_free(&b);
+    unlink(path);
+}
+
+static void resume_should_be_bit_identical_for_every_method(void) {
+    check_resume(NGD_METHOD_SGD, 0);
+    check_resume(NGD_METHOD_ADAMW, 0);
+    check_resume(NGD_METHOD_SINGD, 0);
+    check_resume(NGD_METHOD_SINGD, 1);
+    check_resume(NGD_METHOD_IKFAC, 0);
+}
+
+static void write_bytes(const char *path, const unsigned char *d, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) abort();
+    fwrite(d, 1, n, f);
+    fclose(f);
+}
+
+static unsigned char *read_bytes(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *d = malloc(*n);
+    if (fread(d, 1, *n, f) != *n) abort();
+    fclose(f);
+    return d;
+}
+
+static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
+    ngd_config c = cfg_for(NGD_METHOD_SINGD, 0);
+    tp_problem p;
+    tp_init(&p, 8, 6, 5, 4, 3);
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    CHECK(tp_register(&p, o) == NGD_OK);
+    for (size_t s = 0; s < 4; s++) tp_step(&p, o, s);
+    char good[512], bad[512];
+    snprintf(good, sizeof good, "%s", tmp_path("good.ckpt"));
+    snprintf(bad, sizeof bad, "%s", tmp_path("bad.ckpt"));
+    CHECK(ngd_optim_save(o, good) == NGD_OK);
+    size_t n = 0;
+    unsigned char *d = read_bytes(good, &n);
+    if (!d) abort();
+    CHECK(d && n > 100);
+    float K0[36];
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K0, 6) == NGD_ERR_ARG);  // wrong size
+    float K[49], K2[49];
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 7) == NGD_OK);
+    // truncated
+    write_bytes(bad, d, n / 2);
+    CHECK(ngd_optim_load(o, bad) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(o), "checksum") != NULL);
+    // too short
+    write_bytes(bad, d, 5);
+    CHECK(ngd_optim_load(o, bad) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(o), "too short") != NULL);
+    // foreign
+    const unsigned char junk[64] = "PK\x03\x04 this is a zip file, not a checkpoint..........";
+    write_bytes(bad, junk, sizeof junk);
+    CHECK(ngd_optim_load(o, bad) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(o), "bad magic") != NULL);
+    // corrupted: one bit flipped in the middle
+    d[n / 2] ^= 0x10;
+    write_bytes(bad, d, n);
+    CHECK(ngd_optim_load(o, bad) == NGD_ERR_FORMAT);
+    d[n / 2] ^= 0x10;
+    // missing
+    CHECK(ngd_optim_load(o, tmp_path("does-not-exist.ckpt")) == NGD_ERR_IO);
+    CHECK(strstr(ngd_optim_errmsg(o), "does-not-exist") != NULL);
+    // unwritable destination
+    CHECK(ngd_optim_save(o, "/nonexistent-dir/x.ckpt") == NGD_ERR_IO);
+    // state unchanged by all of the above
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K2, 7) == NGD_OK);
+    CHECK(memcmp(K, K2, sizeof K) == 0);
+    CHECK(ngd_optim_steps(o) == 4);
+    // from another method
+    ngd_config ca = ngd_config_default(NGD_METHOD_ADAMW);
+    ngd_optim *oa;
+    tp_problem q;
+    tp_init(&q, 8, 6, 5, 4, 3);
+    CHECK(ngd_optim_create(&ca, &oa) == NGD_OK && tp_register(&q, oa) == NGD_OK);
+    CHECK(ngd_optim_load(oa, good) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(oa), "method 'singd'") != NULL);
+    ngd_optim_free(oa);
+    tp_free(&q);
+    // from another model (different width)
+    ngd_optim *ow;
+    tp_init(&q, 8, 6, 4, 4, 3);
+    CHECK(ngd_optim_create(&c, &ow) == NGD_OK && tp_register(&q, ow) == NGD_OK);
+    CHECK(ngd_optim_load(ow, good) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(ow), "fc1") != NULL);
+    ngd_optim_free(ow);
+    tp_free(&q);
+    // from other structures
+    ngd_config cd = c;
+    ngd_structure_parse("diagonal", &cd.structure_K);
+    CHECK(ngd_optim_create(&cd, &ow) == NGD_OK);
+    tp_init(&q, 8, 6, 5, 4, 3);
+    CHECK(tp_register(&q, ow) == NGD_OK);
+    CHECK(ngd_optim_load(ow, good) == NGD_ERR_FORMAT);
+    ngd_optim_free(ow);
+    tp_free(&q);
+    free(d);
+    unlink(bad);
+    unlink(good);
+    ngd_optim_free(o);
+    tp_free(&p);
+    rmdir(tmpdir);
+}
+
+static const test_case TESTS[] = {
+    TEST(resume_should_be_bit_identical_for_every_method),
+    TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
+};
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
