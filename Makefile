@@ -81,6 +81,9 @@ LIBSO := $(BUILD)/libngd.so.$(VERSION)
 ENGA := $(BUILD)/libngdengine.a
 NGD := $(BUILD)/ngd
 
+# keep test objects between builds
+.SECONDARY:
+
 .PHONY: all run test check bench examples install uninstall clean format format-check tidy deps
 all: $(LIBA) $(LIBSO) $(NGD)
 

@@ -3,7 +3,8 @@
 # sums their "N passed, N failed" lines, counts a crash or a missing summary as a failure,
 # and prints ONE closing line. Exits non-zero on any failure. Usage: tests/run.sh build [build-san]
 set -u
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}"
+# allocator_may_return_null: the out-of-memory paths of libngd are tested, not aborted
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1:${ASAN_OPTIONS:-}"
 export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0:${LSAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

@@ -24,7 +24,10 @@ void *ngd_malloc(size_t n, size_t size) {
 
 void *ngd_calloc(size_t n, size_t size) {
     if (n == 0 || size == 0) return calloc(1, 1);
-    return calloc(n, size);  // calloc checks n*size overflow itself
+    int ok = 1;
+    ngd_mul_size(n, size, &ok);
+    if (!ok) return NULL;
+    return calloc(n, size);
 }
 
 void ngd_free(void *p) { free(p); }
