@@ -28,7 +28,7 @@ LDSAN := -fsanitize=address,undefined
 HARDEN :=
 else
 BUILD ?= build
-OPT := -O2 -g
+OPT := -O3 -g
 LDSAN :=
 HARDEN := -D_FORTIFY_SOURCE=3 -fstack-protector-strong
 endif
@@ -95,7 +95,15 @@ $(BUILD)/src/nn/%.o $(BUILD)/src/data/%.o: INC = $(INC_ENG)
 $(BUILD)/src/cli/%.o: INC = $(INC_CLI)
 $(BUILD)/tests/%.o $(BUILD)/bench/%.o $(BUILD)/examples/%.o: INC = $(INC_TST)
 
-$(BUILD)/%.o: %.c
+# objects are rebuilt when the flags change (the stamp is rewritten only when they differ)
+FLAGS_STAMP := $(BUILD)/.cflags
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  CC $<"
 	@$(CC) $(CFLAGS) $(INC) -c $< -o $@

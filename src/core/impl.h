@@ -15,6 +15,9 @@
 #include "ngd.h"
 
 #define NGD_UNUSED(x) (void)(x)
+// element-wise loops over more elements than this are split across OpenMP threads
+// (never around a BLAS call: one threading layer, DESIGN.md)
+#define NGD_PAR_MIN 32768
 #define NGD_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define NGD_MAX(a, b) ((a) > (b) ? (a) : (b))
 

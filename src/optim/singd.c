@@ -228,8 +228,9 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     return NGD_OK;
 }
 
-// spec §8: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1), with transposed
-// views instead of transposing copies.
+// spec §8: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1). Every
+// intermediate keeps Ĝ's memory layout (d_C x d_K row-major): the K-side products see it as
+// the column-major d_K x d_C matrix Ĝᵀ, so no pass ever transposes data.
 static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P,
                                float *wsp) {
     NGD_UNUSED(o);
@@ -238,13 +239,24 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
     const size_t dK = e->d_K, dC = e->d_out;
-    ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};        // Ĝᵀ (d_K x d_C)
-    ngd_view T1 = ngd_view_rm(w.X, dK, dC, dC);           // Kᵀ Ĝᵀ
+    if (s->sK.kind == NGD_STRUCT_DIAG && s->sC.kind == NGD_STRUCT_DIAG) {
+        // diagonal x diagonal: the four passes fused into one, multiplying in the same
+        // order as the generic path (k, k, c, c), so the result is bit-identical
+#pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
+        for (size_t i = 0; i < dC; i++) {
+            const float *g = G + i * dK;
+            float *p = P + i * dK, c = Cf[i];
+            for (size_t j = 0; j < dK; j++) p[j] = c * (c * (Kf[j] * (Kf[j] * g[j])));
+        }
+        return;
+    }
+    ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};      // Ĝᵀ, column-major d_K x d_C
+    ngd_view T1 = {w.X, dK, dC, 1, (ptrdiff_t)dK};     // Kᵀ Ĝᵀ (memory: Ĝ K)
     s->oK->mm(&s->sK, Kf, true, Gt, T1);
-    ngd_view T2 = ngd_view_rm(w.Y, dK, dC, dC);           // K Kᵀ Ĝᵀ = N1ᵀ
+    ngd_view T2 = {w.Y, dK, dC, 1, (ptrdiff_t)dK};     // K Kᵀ Ĝᵀ = N1ᵀ (memory: N1)
     s->oK->mm(&s->sK, Kf, false, ngd_cv(T1), T2);
-    ngd_cview N1 = {w.Y, dC, dK, 1, (ptrdiff_t)dC};       // N1 = Ĝ K Kᵀ (d_C x d_K)
-    ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK);           // Cᵀ N1
+    ngd_cview N1 = ngd_cview_rm(w.Y, dC, dK, dK);      // N1 = Ĝ K Kᵀ, row-major d_C x d_K
+    ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK);        // Cᵀ N1
     s->oC->mm(&s->sC, Cf, true, N1, T3);
     s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), ngd_view_rm(P, dC, dK, dK));  // C Cᵀ N1
 }

@@ -39,7 +39,9 @@ static void diag_mul(const ngd_sdesc *s, const float *a, const float *b, float *
 
 static void diag_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out) {
     NGD_UNUSED(trans);  // a diagonal matrix is its own transpose
+    const bool par = s->d * M.cols > NGD_PAR_MIN;
     if (M.cs == 1 && out.cs == 1) {
+#pragma omp parallel for schedule(static) if (par)
         for (size_t i = 0; i < s->d; i++) {
             const float *m = M.p + (ptrdiff_t)i * M.rs;
             float *o = out.p + (ptrdiff_t)i * out.rs, k = p[i];
@@ -48,6 +50,7 @@ static void diag_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M,
         return;
     }
     // column-major views (e.g. the right-multiplication G K): walk contiguous columns
+#pragma omp parallel for schedule(static) if (par)
     for (size_t j = 0; j < M.cols; j++)
         for (size_t i = 0; i < s->d; i++) NGD_AT(out, i, j) = p[i] * NGD_AT(M, i, j);
 }
