@@ -40,5 +40,15 @@ else
     bad "shared oracle folder $SHARED/oracle not found (set NGD_SHARED)"
 fi
 
+# the shared library exports only ngd_* names (visibility hidden elsewhere)
+so="$(dirname "$NGD")/libngd.so"
+if [ -f "$so" ]; then
+    others=$(nm -D --defined-only "$so" | awk '{print $3}' | grep -v '^ngd_' | grep -v '^_' || true)
+    [ -z "$others" ] && ok || bad "libngd.so exports non-ngd_ symbols: $others"
+    nm -D --defined-only "$so" | grep -q " ngd_optim_step$" && ok || bad "libngd.so lacks ngd_optim_step"
+else
+    bad "$so not built"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

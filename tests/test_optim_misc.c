@@ -1,0 +1,155 @@
+/*
+ * test_optim_misc.c — the Conv2d unfold helper against a naive loop (spec singd.md §14.3.6:
+ * stride, padding, dilation, groups; reduce = mean of the expand patches), per-layer
+ * overrides (param groups) equal to separate optimizers (official test_param_groups), and a
+ * lr_cov schedule callback.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "ngd.h"
+#include "ref.h"
+#include "tproblem.h"
+
+// naive im2col value for (n, o1, o2, c, k1, k2) with group averaging
+static double naive_patch(const ngd_conv_geom *g, const float *x, size_t n, size_t o1, size_t o2,
+                          size_t c, size_t k1, size_t k2) {
+    long i1 = (long)(o1 * g->s1) - (long)g->p1 + (long)(k1 * g->dil1);
+    long i2 = (long)(o2 * g->s2) - (long)g->p2 + (long)(k2 * g->dil2);
+    if (i1 < 0 || i2 < 0 || i1 >= (long)g->h || i2 >= (long)g->w) return 0;
+    size_t cg = g->c_in / g->groups;
+    double s = 0;
+    for (size_t gr = 0; gr < g->groups; gr++)
+        s += (double)x[((n * g->c_in + gr * cg + c) * g->h + (size_t)i1) * g->w + (size_t)i2];
+    return s / (double)g->groups;
+}
+
+static void unfold_should_match_a_naive_loop(void) {
+    const ngd_conv_geom geoms[] = {
+        {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // plain 3x3, padding 1
+        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 2},  // stride, dilation, groups 2, asymmetric kernel
+        {6, 6, 5, 2, 2, 1, 1, 2, 2, 2, 1, 3},  // padding 2, dilation 2, groups 3
+        {2, 5, 5, 5, 5, 1, 1, 0, 0, 1, 1, 1},  // kernel = image: one location
+    };
+    ref_rng r = {5};
+    for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
+        const ngd_conv_geom *g = &geoms[t];
+        const size_t N = 2, oh = ngd_conv_out_h(g), ow = ngd_conv_out_w(g);
+        const size_t cols = g->c_in / g->groups * g->k1 * g->k2;
+        CHECK(oh > 0 && ow > 0);
+        float *x = malloc(N * g->c_in * g->h * g->w * 4);
+        for (size_t i = 0; i < N * g->c_in * g->h * g->w; i++) x[i] = (float)ref_uniform(&r, -1, 1);
+        float *ex = malloc(N * oh * ow * cols * 4), *red = malloc(N * cols * 4);
+        double *want = malloc(N * oh * ow * cols * 8), *wred = calloc(N * cols, 8);
+        CHECK(ngd_unfold(g, N, x, false, ex) == NGD_OK);
+        CHECK(ngd_unfold(g, N, x, true, red) == NGD_OK);
+        for (size_t n = 0; n < N; n++)
+            for (size_t o1 = 0; o1 < oh; o1++)
+                for (size_t o2 = 0; o2 < ow; o2++)
+                    for (size_t c = 0; c < g->c_in / g->groups; c++)
+                        for (size_t k1 = 0; k1 < g->k1; k1++)
+                            for (size_t k2 = 0; k2 < g->k2; k2++) {
+                                size_t col = (c * g->k1 + k1) * g->k2 + k2;
+                                double v = naive_patch(g, x, n, o1, o2, c, k1, k2);
+                                want[((n * oh + o1) * ow + o2) * cols + col] = v;
+                                wred[n * cols + col] += v / (double)(oh * ow);
+                            }
+        // one group-average and a mean of O(10) terms in float32: 1e-6 is a few ulps
+        CHECK_TENSOR(ex, want, N * oh * ow * cols, 0, 1e-6, "unfold expand");
+        CHECK_TENSOR(red, wred, N * cols, 0, 1e-6, "unfold reduce");
+        free(x), free(ex), free(red), free(want), free(wred);
+    }
+    ngd_conv_geom bad = geoms[0];
+    bad.groups = 2;  // 3 channels not divisible by 2
+    float dummy[1];
+    CHECK(ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
+    bad = geoms[0], bad.s1 = 0;
+    CHECK(ngd_conv_out_h(&bad) == 0 && ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
+}
+
+// spec singd.md §14.2 test_param_groups: one optimizer with two groups (per-layer overrides)
+// equals two separate optimizers, bit for bit.
+static void overrides_should_equal_separate_optimizers(void) {
+    ngd_config g1 = ngd_config_default(NGD_METHOD_SINGD);
+    ngd_structure_parse("diagonal", &g1.structure_K);
+    ngd_structure_parse("diagonal", &g1.structure_C);
+    g1.T = 1, g1.lr = 1e-3f, g1.damping = 1e-2f, g1.momentum = 0.5f, g1.weight_decay = 5e-2f;
+    g1.lr_cov = 5e-2f, g1.alpha1 = 0.2f;
+    ngd_config g2 = ngd_config_default(NGD_METHOD_SINGD);
+    g2.T = 3, g2.lr = 2e-2f;
+    tp_problem a, b;
+    tp_init(&a, 12, 6, 5, 4, 77);
+    tp_init(&b, 12, 6, 5, 4, 77);
+    // one optimizer, two groups
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&g2, &o) == NGD_OK);
+    ngd_layer l1 = {.name = "fc1", .weight = a.W1, .weight_grad = a.gW1, .d_out = 5, .d_in = 6,
+                    .bias = a.b1, .bias_grad = a.gb1, .override = &g1};
+    ngd_layer l2 = {.name = "fc2", .weight = a.W2, .weight_grad = a.gW2, .d_out = 4, .d_in = 5,
+                    .bias = a.b2, .bias_grad = a.gb2};
+    CHECK(ngd_optim_add_layer(o, &l1, &a.id1) == NGD_OK);
+    CHECK(ngd_optim_add_layer(o, &l2, &a.id2) == NGD_OK);
+    // two optimizers
+    ngd_optim *o1, *o2;
+    CHECK(ngd_optim_create(&g1, &o1) == NGD_OK && ngd_optim_create(&g2, &o2) == NGD_OK);
+    ngd_layer m1 = {.name = "fc1", .weight = b.W1, .weight_grad = b.gW1, .d_out = 5, .d_in = 6,
+                    .bias = b.b1, .bias_grad = b.gb1};
+    ngd_layer m2 = {.name = "fc2", .weight = b.W2, .weight_grad = b.gW2, .d_out = 4, .d_in = 5,
+                    .bias = b.b2, .bias_grad = b.gb2};
+    CHECK(ngd_optim_add_layer(o1, &m1, &b.id1) == NGD_OK);
+    CHECK(ngd_optim_add_layer(o2, &m2, &b.id2) == NGD_OK);
+    for (size_t s = 0; s < 20; s++) {
+        tp_forward_backward(&a, o, s, 1.0f);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        tp_forward_backward(&b, NULL, s, 1.0f);
+        if (ngd_optim_wants_stats(o1))
+            ngd_optim_observe(o1, b.id1, 12, ngd_matrix_f32(b.x, 12, 6), ngd_matrix_f32(b.dh, 12, 5));
+        if (ngd_optim_wants_stats(o2))
+            ngd_optim_observe(o2, b.id2, 12, ngd_matrix_f32(b.h, 12, 5), ngd_matrix_f32(b.dy, 12, 4));
+        CHECK(ngd_optim_step(o1) == NGD_OK && ngd_optim_step(o2) == NGD_OK);
+    }
+    CHECK(memcmp(a.W1, b.W1, 30 * 4) == 0 && memcmp(a.W2, b.W2, 20 * 4) == 0);
+    CHECK(memcmp(a.b1, b.b1, 5 * 4) == 0 && memcmp(a.b2, b.b2, 4 * 4) == 0);
+    CHECK(ngd_optim_layer_wants_stats(o, a.id1) && !ngd_optim_layer_wants_stats(o, a.id2));
+    ngd_optim_free(o), ngd_optim_free(o1), ngd_optim_free(o2);
+    tp_free(&a), tp_free(&b);
+}
+
+static float sched_calls;
+static float lr_cov_schedule(size_t step, void *user) {
+    sched_calls += 1.0f;
+    return step < 2 ? 0.0f : *(const float *)user;  // frozen for two steps, then β1
+}
+
+static void lr_cov_schedule_should_drive_the_factor_step(void) {
+    float beta = 0.1f;
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.T = 1, c.lr_cov_fn = lr_cov_schedule, c.lr_cov_user = &beta;
+    tp_problem p;
+    tp_init(&p, 8, 4, 3, 2, 9);
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
+    float K[25], I[25] = {0};
+    for (int i = 0; i < 5; i++) I[i * 6] = 1.0f;
+    for (size_t s = 0; s < 2; s++) CHECK(tp_step(&p, o, s) == NGD_OK);
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 5) == NGD_OK);
+    CHECK_TENSOR(K, I, 25, 0, 0, "K frozen while lr_cov(t) = 0");
+    CHECK(tp_step(&p, o, 2) == NGD_OK);
+    ngd_layer_health h;
+    CHECK(ngd_optim_layer_health(o, p.id1, &h) == NGD_OK);
+    CHECK(h.beta1_K == beta);
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 5) == NGD_OK);
+    CHECK(memcmp(K, I, sizeof K) != 0);
+    CHECK(sched_calls == 6.0f);  // once per layer per update step
+    ngd_optim_free(o);
+    tp_free(&p);
+}
+
+static const test_case TESTS[] = {
+    TEST(unfold_should_match_a_naive_loop),
+    TEST(overrides_should_equal_separate_optimizers),
+    TEST(lr_cov_schedule_should_drive_the_factor_step),
+};
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
