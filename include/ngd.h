@@ -410,6 +410,13 @@ NGD_API ngd_status ngd_optim_save(const ngd_optim *o, const char *path);
 // Errors: NGD_ERR_IO, NGD_ERR_FORMAT.
 NGD_API ngd_status ngd_optim_load(ngd_optim *o, const char *path);
 
+// The same state as ngd_optim_save, into a buffer that the caller frees with free():
+// for embedding the optimizer in a larger file (e.g. with the model). Errors: NGD_ERR_NOMEM.
+NGD_API ngd_status ngd_optim_save_mem(const ngd_optim *o, void **buf, size_t *len);
+// Loads a buffer written by ngd_optim_save_mem, with the validation of ngd_optim_load.
+// Errors: NGD_ERR_FORMAT, NGD_ERR_ARG.
+NGD_API ngd_status ngd_optim_load_mem(ngd_optim *o, const void *buf, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

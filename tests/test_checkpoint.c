@@ -58,6 +58,13 @@ static void check_resume(ngd_method m, int variant) {
     CHECK(tp_register(&bb, oc) == NGD_OK);
     CHECK(ngd_optim_load(oc, path) == NGD_OK);
     CHECK(ngd_optim_steps(oc) == 5);
+    // the in-memory form is the same bytes as the file
+    void *mem = NULL;
+    size_t mlen = 0;
+    CHECK(ngd_optim_save_mem(oc, &mem, &mlen) == NGD_OK && mlen > 0);
+    CHECK(ngd_optim_load_mem(oc, mem, mlen) == NGD_OK);
+    CHECK(ngd_optim_load_mem(oc, mem, mlen / 2) == NGD_ERR_FORMAT);
+    free(mem);
     for (size_t s = 5; s < 12; s++) CHECK(tp_step(&bb, oc, s) == NGD_OK);
     CHECK(memcmp(a.W1, bb.W1, 9 * 7 * 4) == 0 && memcmp(a.W2, bb.W2, 7 * 5 * 4) == 0);
     CHECK(memcmp(a.b1, bb.b1, 7 * 4) == 0 && memcmp(a.b2, bb.b2, 5 * 4) == 0);

@@ -53,10 +53,8 @@ static void write_array(ngd_wbuf *w, const ngd_state_array *a) {
     }
 }
 
-ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
-    if (!co || !path) return NGD_ERR_ARG;
-    ngd_optim *o = (ngd_optim *)(uintptr_t)co;  // only the message buffer is written
-    ngd_wbuf w = {0};
+static void serialise(ngd_optim *o, ngd_wbuf *wp) {
+    ngd_wbuf w = *wp;
     ngd_wbuf_bytes(&w, CKPT_MAGIC, 8);
     ngd_wbuf_u32(&w, CKPT_VERSION);
     ngd_wbuf_u32(&w, (uint32_t)o->cfg.method);
@@ -84,10 +82,32 @@ ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
         for (size_t k = 0; k < na; k++) write_array(&w, &a[k]);
     }
     ngd_wbuf_u32(&w, ngd_crc32(w.buf, w.len));
+    *wp = w;
+}
+
+ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
+    if (!co || !path) return NGD_ERR_ARG;
+    ngd_optim *o = (ngd_optim *)(uintptr_t)co;  // only the message buffer is written
+    ngd_wbuf w = {0};
+    serialise(o, &w);
     char err[400];
     int rc = ngd_write_atomic(path, &w, err, sizeof err);
     ngd_wbuf_free(&w);
     if (rc) return ngd_optim_fail(o, NGD_ERR_IO, "save: %s", err);
+    return NGD_OK;
+}
+
+ngd_status ngd_optim_save_mem(const ngd_optim *co, void **buf, size_t *len) {
+    if (!co || !buf || !len) return NGD_ERR_ARG;
+    ngd_optim *o = (ngd_optim *)(uintptr_t)co;
+    ngd_wbuf w = {0};
+    serialise(o, &w);
+    if (w.oom) {
+        ngd_wbuf_free(&w);
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "save: out of memory");
+    }
+    *buf = w.buf;
+    *len = w.len;
     return NGD_OK;
 }
 
@@ -188,13 +208,8 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
     return NGD_OK;
 }
 
-ngd_status ngd_optim_load(ngd_optim *o, const char *path) {
-    if (!o || !path) return NGD_ERR_ARG;
-    unsigned char *data;
-    size_t len;
-    char err[400];
-    if (ngd_read_file(path, &data, &len, err, sizeof err))
-        return ngd_optim_fail(o, NGD_ERR_IO, "load: %s", err);
+static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char *data,
+                             size_t len) {
     ngd_status s = NGD_OK;
     if (len < 8 + 4 + 4) {
         s = FMT("%s: %zu bytes is too short for a checkpoint (truncated?)", path, len);
@@ -211,6 +226,22 @@ ngd_status ngd_optim_load(ngd_optim *o, const char *path) {
             s = parse(o, path, &r2, true);
         }
     }
+    return s;
+}
+
+ngd_status ngd_optim_load(ngd_optim *o, const char *path) {
+    if (!o || !path) return NGD_ERR_ARG;
+    unsigned char *data;
+    size_t len;
+    char err[400];
+    if (ngd_read_file(path, &data, &len, err, sizeof err))
+        return ngd_optim_fail(o, NGD_ERR_IO, "load: %s", err);
+    ngd_status s = load_bytes(o, path, data, len);
     free(data);
     return s;
+}
+
+ngd_status ngd_optim_load_mem(ngd_optim *o, const void *buf, size_t len) {
+    if (!o || !buf) return NGD_ERR_ARG;
+    return load_bytes(o, "checkpoint", buf, len);
 }
