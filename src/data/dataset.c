@@ -1,0 +1,145 @@
+/*
+ * dataset.c — what every image set shares: normalization statistics, batching (uint8
+ * pixels -> normalized floats through a per-channel lookup table), CIFAR augmentation
+ * (random crop with zero padding, horizontal flip), and the epoch iterator with seeded
+ * Fisher–Yates shuffling. Also the readers' error formatter.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "data.h"
+
+void nn_data_err(char *err, size_t cap, const char *fmt, ...) {
+    if (!err || cap == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+void nn_dataset_free(nn_dataset *ds) {
+    free(ds->pixels);
+    free(ds->labels);
+    memset(ds, 0, sizeof *ds);
+}
+
+void nn_dataset_compute_norm(nn_dataset *ds) {
+    NN_ASSERT(ds->c <= NN_DATA_MAX_C);
+    const size_t hw = ds->h * ds->w;
+    for (size_t c = 0; c < ds->c; c++) {
+        // integer histogram: exact sums whatever the set size
+        uint64_t hist[256] = {0};
+        for (size_t i = 0; i < ds->n; i++) {
+            const uint8_t *p = ds->pixels + (i * ds->c + c) * hw;
+            for (size_t j = 0; j < hw; j++)
+                hist[p[j]]++;
+        }
+        double cnt = 0, s = 0, ss = 0;
+        for (int v = 0; v < 256; v++) {
+            const double x = v / 255.0, k = (double)hist[v];
+            cnt += k;
+            s += k * x;
+            ss += k * x * x;
+        }
+        const double mean = cnt > 0 ? s / cnt : 0.0;
+        const double var = cnt > 0 ? ss / cnt - mean * mean : 1.0;
+        ds->mean[c] = (float)mean;
+        ds->std[c] = var > 1e-12 ? (float)sqrt(var) : 1.0f;
+    }
+}
+
+void nn_dataset_set_norm(nn_dataset *ds, const float *mean, const float *std) {
+    NN_ASSERT(ds->c <= NN_DATA_MAX_C);
+    for (size_t c = 0; c < ds->c; c++) {
+        ds->mean[c] = mean[c];
+        ds->std[c] = std[c];
+    }
+}
+
+void nn_dataset_batch(const nn_dataset *ds, const size_t *idx, size_t B, const nn_augment *aug,
+                      nn_rng *rng, float *x, int32_t *y) {
+    NN_ASSERT(ds && idx && x && ds->c <= NN_DATA_MAX_C);
+    const size_t C = ds->c, H = ds->h, W = ds->w, hw = H * W;
+    const bool augment = aug && (aug->crop_pad > 0 || aug->hflip);
+    NN_ASSERT(!augment || rng);
+    // lut[c][v] = (v/255 − mean[c]) / std[c]; zero[c] is the padding value
+    float lut[NN_DATA_MAX_C][256], zero[NN_DATA_MAX_C];
+    for (size_t c = 0; c < C; c++) {
+        for (int v = 0; v < 256; v++)
+            lut[c][v] = ((float)v / 255.0f - ds->mean[c]) / ds->std[c];
+        zero[c] = lut[c][0];
+    }
+    for (size_t b = 0; b < B; b++) {
+        NN_ASSERT(idx[b] < ds->n);
+        const uint8_t *src = ds->pixels + idx[b] * C * hw;
+        float *dst = x + b * C * hw;
+        if (y) y[b] = ds->labels[idx[b]];
+        if (!augment) {
+            for (size_t c = 0; c < C; c++)
+                for (size_t j = 0; j < hw; j++)
+                    dst[c * hw + j] = lut[c][src[c * hw + j]];
+            continue;
+        }
+        // draw order per image: crop offsets, then flip (fixed, so runs are reproducible)
+        const size_t P = aug->crop_pad;
+        const ptrdiff_t oy = P ? (ptrdiff_t)nn_rng_below(rng, 2 * P + 1) - (ptrdiff_t)P : 0;
+        const ptrdiff_t ox = P ? (ptrdiff_t)nn_rng_below(rng, 2 * P + 1) - (ptrdiff_t)P : 0;
+        const bool flip = aug->hflip && (nn_rng_u64(rng) >> 63);
+        for (size_t c = 0; c < C; c++)
+            for (size_t i = 0; i < H; i++) {
+                const ptrdiff_t si = (ptrdiff_t)i + oy;
+                for (size_t j = 0; j < W; j++) {
+                    // output column j shows cropped column (flip ? W-1-j : j)
+                    const ptrdiff_t sj = (ptrdiff_t)(flip ? W - 1 - j : j) + ox;
+                    const bool in = si >= 0 && sj >= 0 && (size_t)si < H && (size_t)sj < W;
+                    dst[c * hw + i * W + j] =
+                        in ? lut[c][src[c * hw + (size_t)si * W + (size_t)sj]] : zero[c];
+                }
+            }
+    }
+}
+
+// ---- epoch iterator ----
+
+static void loader_new_epoch(nn_loader *ld) {
+    if (ld->shuffle) nn_rng_permutation(&ld->rng, ld->order, ld->ds->n);
+    ld->pos = 0;
+}
+
+nn_status nn_loader_init(nn_loader *ld, const nn_dataset *ds, size_t batch, bool shuffle,
+                         bool drop_last, const nn_augment *aug, uint64_t seed) {
+    memset(ld, 0, sizeof *ld);
+    if (!ds || ds->n == 0 || batch == 0) return NN_ERR_ARG;
+    ld->ds = ds;
+    ld->batch = batch;
+    ld->shuffle = shuffle;
+    ld->drop_last = drop_last;
+    if (aug) ld->aug = *aug;
+    nn_rng_seed(&ld->rng, seed);
+    ld->order = nn_malloc(ds->n, sizeof(size_t));
+    if (!ld->order) return NN_ERR_NOMEM;
+    for (size_t i = 0; i < ds->n; i++)
+        ld->order[i] = i;
+    loader_new_epoch(ld);
+    return NN_OK;
+}
+
+size_t nn_loader_next(nn_loader *ld, float *x, int32_t *y) {
+    const size_t n = ld->ds->n, left = n - ld->pos;
+    if (left == 0 || (ld->drop_last && left < ld->batch)) {
+        ld->epoch++;
+        loader_new_epoch(ld);
+        return 0;
+    }
+    const size_t B = left < ld->batch ? left : ld->batch;
+    nn_dataset_batch(ld->ds, ld->order + ld->pos, B, &ld->aug, &ld->rng, x, y);
+    ld->pos += B;
+    return B;
+}
+
+void nn_loader_free(nn_loader *ld) {
+    free(ld->order);
+    memset(ld, 0, sizeof *ld);
+}

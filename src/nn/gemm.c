@@ -1,0 +1,55 @@
+/*
+ * gemm.c — the engine's one door to a GEMM backend: row-major sgemm with transpose flags
+ * over oneDNN's dnnl_sgemm (measured fastest f32 GEMM here, docs/design.md), plus the plain
+ * float64-accumulating reference it falls back to and is tested against. Only this file
+ * includes <dnnl.h>. No batching, no bf16.
+ */
+#include <dnnl.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "nn.h"
+
+#define AT(M, ld, t, i, j) ((t) ? (M)[(size_t)(j) * (ld) + (i)] : (M)[(size_t)(i) * (ld) + (j)])
+
+void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0;
+            for (size_t p = 0; p < k; p++)
+                s += (double)AT(A, lda, ta, i, p) * (double)AT(B, ldb, tb, p, j);
+            double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];
+            C[i * ldc + j] = (float)((double)alpha * s + c);
+        }
+}
+
+static void zero_rows(float *C, size_t m, size_t n, size_t ldc) {
+    if (ldc == n) {
+        memset(C, 0, m * n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < m; i++)
+        memset(C + i * ldc, 0, n * sizeof(float));
+}
+
+void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+              size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (m == 0 || n == 0) return;
+    if (k == 0 || alpha == 0.0f) {
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++)
+                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    NN_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
+    // oneDNN takes int64 sizes; our sizes are far below that, but say so rather than wrap
+    NN_ASSERT(m < INT64_MAX && n < INT64_MAX && k < INT64_MAX && lda < INT64_MAX &&
+              ldb < INT64_MAX && ldc < INT64_MAX);
+    // Why: a BLAS may read C even with beta = 0; uninitialised NaN garbage must never leak.
+    if (beta == 0.0f) zero_rows(C, m, n, ldc);
+    dnnl_status_t st =
+        dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k,
+                   alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
+    if (st != dnnl_success) nn_sgemm_ref(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}

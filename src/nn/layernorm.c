@@ -1,0 +1,105 @@
+/*
+ * layernorm.c — layer normalization over the last dimension (PyTorch nn.LayerNorm(C),
+ * elementwise affine, eps 1e-5), forward and backward. Row statistics in float64; the
+ * backward recomputes x̂ from the borrowed input and the saved mean / rstd (llm.c).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "nn.h"
+
+nn_status nn_layernorm_init(nn_layernorm *l, size_t c, size_t max_rows) {
+    memset(l, 0, sizeof *l);
+    if (c == 0 || max_rows == 0) return NN_ERR_ARG;
+    l->c = c;
+    l->max_rows = max_rows;
+    l->eps = 1e-5f;
+    l->w = nn_malloc(c, sizeof(float));
+    l->dw = nn_calloc(c, sizeof(float));
+    l->b = nn_calloc(c, sizeof(float));
+    l->db = nn_calloc(c, sizeof(float));
+    l->mean = nn_malloc(max_rows, sizeof(float));
+    l->rstd = nn_malloc(max_rows, sizeof(float));
+    if (!l->w || !l->dw || !l->b || !l->db || !l->mean || !l->rstd) {
+        nn_layernorm_free(l);
+        return NN_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < c; i++)
+        l->w[i] = 1.0f;
+    return NN_OK;
+}
+
+void nn_layernorm_free(nn_layernorm *l) {
+    free(l->w);
+    free(l->dw);
+    free(l->b);
+    free(l->db);
+    free(l->mean);
+    free(l->rstd);
+    memset(l, 0, sizeof *l);
+}
+
+// x (rows, C) -> y (rows, C) = (x - mean) * rstd * w + b
+void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows) {
+    NN_ASSERT(x && y && rows <= l->max_rows);
+    const size_t C = l->c;
+    l->x = x;
+    l->rows = rows;
+    NN_OMP_FOR(rows * C)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * C;
+        double s = 0, ss = 0;
+        for (size_t i = 0; i < C; i++)
+            s += (double)xr[i];
+        const double mu = s / (double)C;
+        for (size_t i = 0; i < C; i++)
+            ss += ((double)xr[i] - mu) * ((double)xr[i] - mu);
+        const float mean = (float)mu, rstd = (float)(1.0 / sqrt(ss / (double)C + (double)l->eps));
+        l->mean[r] = mean;
+        l->rstd[r] = rstd;
+        float *yr = y + r * C;
+        for (size_t i = 0; i < C; i++)
+            yr[i] = (xr[i] - mean) * rstd * l->w[i] + l->b[i];
+    }
+}
+
+// dx = rstd · (d − mean(d) − x̂·mean(d·x̂)) with d = dy·w; dw += Σ dy·x̂, db += Σ dy.
+void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
+    NN_ASSERT(dy && l->x);
+    const size_t C = l->c, rows = l->rows;
+    // parameter gradients: a sum over rows, so loop over rows serially (no races)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = l->x + r * C, *dyr = dy + r * C;
+        const float mean = l->mean[r], rstd = l->rstd[r];
+        for (size_t i = 0; i < C; i++) {
+            l->dw[i] += dyr[i] * (xr[i] - mean) * rstd;
+            l->db[i] += dyr[i];
+        }
+    }
+    if (!dx) return;
+    NN_OMP_FOR(rows * C)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = l->x + r * C, *dyr = dy + r * C;
+        const float mean = l->mean[r], rstd = l->rstd[r];
+        double sd = 0, sdx = 0;
+        for (size_t i = 0; i < C; i++) {
+            const double d = (double)dyr[i] * (double)l->w[i];
+            sd += d;
+            sdx += d * (double)((xr[i] - mean) * rstd);
+        }
+        const float md = (float)(sd / (double)C), mdx = (float)(sdx / (double)C);
+        float *dxr = dx + r * C;
+        for (size_t i = 0; i < C; i++) {
+            const float xh = (xr[i] - mean) * rstd;
+            dxr[i] += rstd * (dyr[i] * l->w[i] - md - xh * mdx);
+        }
+    }
+}
+
+size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out) {
+    if (out) {
+        out[0] = (nn_param){"weight", l->w, l->dw, l->c};
+        out[1] = (nn_param){"bias", l->b, l->db, l->c};
+    }
+    return 2;
+}

@@ -1,0 +1,99 @@
+/*
+ * linear.c — fully connected layer y = x Wᵀ + b (PyTorch nn.Linear), forward and backward,
+ * as two / three GEMMs. Kronecker-factored for libngd: a = x, g = dy. Rows are whatever
+ * the caller batches (samples, or B*T tokens); the layer does not know the difference.
+ * No buffers of its own: the input and the output gradient are borrowed.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "nn.h"
+
+nn_status nn_linear_init(nn_linear *l, size_t d_in, size_t d_out, bool bias, nn_rng *rng) {
+    memset(l, 0, sizeof *l);
+    if (d_in == 0 || d_out == 0 || !rng) return NN_ERR_ARG;
+    l->d_in = d_in;
+    l->d_out = d_out;
+    l->w = nn_malloc(nn_mul(d_out, d_in), sizeof(float));
+    l->dw = nn_calloc(nn_mul(d_out, d_in), sizeof(float));
+    if (bias) {
+        l->b = nn_malloc(d_out, sizeof(float));
+        l->db = nn_calloc(d_out, sizeof(float));
+    }
+    if (!l->w || !l->dw || (bias && (!l->b || !l->db))) {
+        nn_linear_free(l);
+        return NN_ERR_NOMEM;
+    }
+    // PyTorch: kaiming_uniform(a=√5) gives bound 1/√fan_in for W, and the bias uses the same
+    const float bound = 1.0f / sqrtf((float)d_in);
+    nn_rng_fill_uniform(rng, l->w, d_out * d_in, -bound, bound);
+    if (bias) nn_rng_fill_uniform(rng, l->b, d_out, -bound, bound);
+    return NN_OK;
+}
+
+void nn_linear_free(nn_linear *l) {
+    free(l->w);
+    free(l->dw);
+    free(l->b);
+    free(l->db);
+    memset(l, 0, sizeof *l);
+}
+
+void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {
+    NN_ASSERT(x && y);
+    const size_t din = l->d_in, dout = l->d_out;
+    l->x = x;
+    l->rows = rows;
+    l->dy = NULL;
+    if (l->b) {
+        for (size_t r = 0; r < rows; r++)
+            memcpy(y + r * dout, l->b, dout * sizeof(float));
+    }
+    // y (rows, dout) = x (rows, din) · Wᵀ (din, dout) [+ y holding the bias]
+    nn_sgemm(false, true, rows, dout, din, 1.0f, x, din, l->w, din, l->b ? 1.0f : 0.0f, y, dout);
+}
+
+void nn_linear_backward(nn_linear *l, const float *dy, float *dx) {
+    NN_ASSERT(dy && l->x);
+    const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
+    l->dy = dy;
+    // dW (dout, din) += dyᵀ (dout, rows) · x (rows, din)
+    nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, 1.0f, l->dw, din);
+    if (l->db) {
+        for (size_t r = 0; r < rows; r++) {
+            const float *d = dy + r * dout;
+            for (size_t o = 0; o < dout; o++)
+                l->db[o] += d[o];
+        }
+    }
+    // dx (rows, din) += dy (rows, dout) · W (dout, din)
+    if (dx) nn_sgemm(false, false, rows, din, dout, 1.0f, dy, dout, l->w, din, 1.0f, dx, din);
+}
+
+ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name) {
+    ngd_layer L = {.name = name,
+                   .weight = l->w,
+                   .weight_grad = l->dw,
+                   .d_out = l->d_out,
+                   .d_in = l->d_in,
+                   .bias = l->b,
+                   .bias_grad = l->db};
+    return L;
+}
+
+void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g) {
+    NN_ASSERT(l->x && l->dy);
+    *a = ngd_matrix_f32(l->x, l->rows, l->d_in);
+    *g = ngd_matrix_f32(l->dy, l->rows, l->d_out);
+}
+
+size_t nn_linear_params(const nn_linear *l, nn_param *out) {
+    size_t k = 0;
+    if (out) out[k] = (nn_param){"weight", l->w, l->dw, l->d_out * l->d_in};
+    k++;
+    if (l->b) {
+        if (out) out[k] = (nn_param){"bias", l->b, l->db, l->d_out};
+        k++;
+    }
+    return k;
+}

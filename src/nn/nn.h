@@ -1,0 +1,401 @@
+/*
+ * nn.h — the training engine's internal header (never installed): layers with forward and
+ * backward side by side, the loss, parameter lists, the engine's PRNG and GEMM helper.
+ *
+ * The engine is a client of libngd through <ngd.h> only. It is written the llm.c way: no
+ * graph, no autograd; a model calls nn_<layer>_forward in order and nn_<layer>_backward in
+ * reverse order (src/nn/models/).
+ *
+ * Conventions (every layer follows them; the exceptions are stated where they occur)
+ *  - float32, row-major, batch-major. Letters in shape comments: N batch (images), B batch
+ *    (sequences), T tokens, C channels / model width, H W image size, OH OW output size,
+ *    L = OH*OW output locations, V vocabulary, K classes.
+ *  - init plans every buffer once for a maximum batch; forward/backward never allocate
+ *    (the only exception, nn_conv2d_stats for grouped convolutions, allocates once on its
+ *    first call and keeps the buffer). A batch larger than planned is a caller bug: it
+ *    trips NN_ASSERT (abort with file:line), like any other violated precondition.
+ *  - forward WRITES its output (=). Its input x (and, where noted, its output y) are
+ *    BORROWED: the layer keeps the pointer and reads it again in backward, so the caller
+ *    must leave them unchanged until backward has run (llm.c's activation buffers).
+ *  - backward ACCUMULATES (+=) into parameter gradients AND into the input gradient dx.
+ *    Zeroing is explicit: nn_zero_grads for parameters, a memset of the model's
+ *    activation-gradient buffers once per step. A NULL dx skips the input gradient (first
+ *    layer). Accumulating dx makes fan-out (residual branches) a plain sum.
+ *  - Layers own their parameters, gradients and planned buffers; nn_<layer>_free releases
+ *    them (a zero-initialised or already freed struct is fine) and zeroes the struct.
+ *  - init returns NN_OK, NN_ERR_ARG (bad sizes) or NN_ERR_NOMEM; on error nothing is
+ *    allocated. Default initialisations follow PyTorch (stated per layer).
+ *
+ * Talking to libngd
+ *  - Linear and Conv2d are Kronecker-factored: nn_linear_ngd_layer / nn_conv2d_ngd_layer
+ *    give the ngd_layer for ngd_optim_add_layer, and after backward nn_linear_stats /
+ *    nn_conv2d_stats give the matrices a (inputs) and g (output gradients) for
+ *    ngd_optim_observe. Every other parameter is listed by nn_<layer>_params as
+ *    (name, param, grad, n) for ngd_optim_add_param.
+ */
+#ifndef NN_H
+#define NN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <ngd.h>
+
+// ====== Status, asserts, OpenMP ======
+
+typedef enum {
+    NN_OK = 0,
+    NN_ERR_ARG = 1,    // bad sizes or options
+    NN_ERR_NOMEM = 2,  // an allocation failed
+    NN_ERR_IO = 3,     // a file could not be opened or read
+    NN_ERR_FORMAT = 4, // a file is truncated, foreign or inconsistent
+} nn_status;
+
+const char *nn_status_str(nn_status s);
+
+// Preconditions on the caller (batch larger than planned, NULL buffers): abort with
+// file:line. Never used for user input (files, options): those return a status.
+#define NN_ASSERT(c)                                                                               \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "ngd engine: assertion failed: %s at %s:%d\n", #c, __FILE__,           \
+                    __LINE__);                                                                     \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+// A parallel loop over independent items, taken only when the loop touches at least 32K
+// floats in all (`work`): below that, waking the threads costs more than it saves, and on
+// a shared 2-core machine a spinning barrier can cost milliseconds. Never put one around a
+// GEMM call (the GEMM is threaded itself).
+#define NN_PRAGMA(x) _Pragma(#x)
+#ifdef _OPENMP
+#define NN_OMP_FOR(work) NN_PRAGMA(omp parallel for schedule(static) if ((work) >= 32768))
+#else
+#define NN_OMP_FOR(work)
+#endif
+
+// ====== Memory and parameter lists (tensor.c) ======
+
+// Overflow-checked allocations of n*size bytes (zeroed for calloc); NULL on failure.
+void *nn_malloc(size_t n, size_t size);
+void *nn_calloc(size_t n, size_t size);
+// a*b, or SIZE_MAX on overflow (so that a following allocation fails cleanly)
+size_t nn_mul(size_t a, size_t b);
+
+// A parameter tensor and its gradient, both owned by a layer.
+typedef struct {
+    const char *name; // static string: "weight", "bias", ...
+    float *p;         // (n)
+    float *g;         // (n)
+    size_t n;
+} nn_param;
+
+// Sets every gradient of the list to zero.
+void nn_zero_grads(const nn_param *ps, size_t count);
+// Total number of scalars of the list.
+size_t nn_param_count(const nn_param *ps, size_t count);
+
+// ====== PRNG (rng.c): splitmix64 seeding + xoshiro256** ======
+
+typedef struct {
+    uint64_t s[4];
+} nn_rng;
+
+void nn_rng_seed(nn_rng *r, uint64_t seed);
+uint64_t nn_rng_u64(nn_rng *r);
+float nn_rng_uniform(nn_rng *r);              // [0, 1), 24 random bits
+double nn_rng_uniform_f64(nn_rng *r);         // [0, 1), 53 random bits
+uint64_t nn_rng_below(nn_rng *r, uint64_t n); // uniform in [0, n) without bias; n >= 1
+float nn_rng_normal(nn_rng *r);               // standard normal (Box–Muller)
+void nn_rng_fill_uniform(nn_rng *r, float *x, size_t n, float lo, float hi);
+void nn_rng_fill_normal(nn_rng *r, float *x, size_t n, float mean, float std);
+// Fisher–Yates: perm[0..n) becomes a uniformly random permutation of 0..n-1.
+void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
+
+// ====== GEMM (gemm.c): the engine's one door to the BLAS ======
+
+// C (m x n) = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k (A itself k x m and
+// stored with lda >= m when ta), op(B) is k x n. beta = 0 never reads C (NaN-safe).
+// Backed by oneDNN's dnnl_sgemm (the fastest f32 GEMM on this machine, docs/design.md);
+// falls back to nn_sgemm_ref if oneDNN reports an error. Threaded: never call it from
+// inside an OpenMP parallel region.
+void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+              size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+// The plain reference (float64 accumulation) with the same contract.
+void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+
+// ====== Linear (linear.c): y = x Wᵀ + b ======
+
+typedef struct {
+    size_t d_in, d_out;
+    float *w, *dw; // (d_out, d_in)  PyTorch init: U(-1/sqrt(d_in), 1/sqrt(d_in))
+    float *b, *db; // (d_out), same init; NULL without bias
+    // last forward / backward (borrowed)
+    const float *x;  // (rows, d_in)   the K-FAC input `a`
+    const float *dy; // (rows, d_out)  the K-FAC output gradient `g`
+    size_t rows;
+} nn_linear;
+
+nn_status nn_linear_init(nn_linear *l, size_t d_in, size_t d_out, bool bias, nn_rng *rng);
+// x (rows, d_in) -> y (rows, d_out). x is borrowed until backward.
+void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows);
+// dy (rows, d_out): dW += dyᵀ x, db += Σ_rows dy, dx (rows, d_in) += dy W (dx may be NULL).
+// dy is borrowed until the statistics have been read.
+void nn_linear_backward(nn_linear *l, const float *dy, float *dx);
+void nn_linear_free(nn_linear *l);
+// For ngd_optim_add_layer (name is borrowed by the struct; libngd copies it).
+ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name);
+// After backward: a = x (rows, d_in), g = dy (rows, d_out).
+void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g);
+size_t nn_linear_params(const nn_linear *l, nn_param *out); // weight, bias; out may be NULL
+
+// ====== Conv2d (conv2d.c): im2col + GEMM ======
+
+typedef struct {
+    ngd_conv_geom geom; // c_in, h, w, kernel, stride, padding, dilation, groups
+    size_t c_out, oh, ow, max_batch;
+    size_t d_in;   // (c_in/groups)*k1*k2: columns of the im2col matrix
+    float *w, *dw; // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
+    float *b, *db; // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
+    float *col;    // (groups, N*L, d_in) im2col of the last forward, rows (n, o1, o2)
+    float *yg;     // (N*L, c_out) forward scratch; after backward dy as rows (n, o1, o2)
+    float *dcol;   // (chunk*L, d_in) backward scratch (chunk samples at a time)
+    float *amean;  // (N*L, d_in) groups > 1 only: col averaged over groups (lazy)
+    size_t chunk;  // samples per backward GEMM chunk
+    size_t n;      // batch of the last forward
+    bool has_grad; // backward ran after the last forward: yg holds dy
+} nn_conv2d;
+
+// geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
+// NN_ERR_ARG.
+nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
+                         size_t max_batch, nn_rng *rng);
+// x (N, c_in, h, w) -> y (N, c_out, oh, ow). x is not kept (its im2col is).
+void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N);
+// dy (N, c_out, oh, ow): dW += Σ dyᵀ col, db += Σ dy, dx (N, c_in, h, w) += col2im(dy W).
+void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx);
+void nn_conv2d_free(nn_conv2d *l);
+ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
+// After backward: a = im2col rows (n, o1, o2) x columns (c, k1, k2) (channels averaged over
+// groups when groups > 1, as ngd_unfold does), g = dy as (N*L, c_out). NN_ERR_NOMEM only
+// when the group-average buffer cannot be allocated (first call, groups > 1).
+nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g);
+size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
+
+// ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
+
+typedef struct {
+    size_t c, hw, max_batch; // hw = 1 for BatchNorm1d, H*W for BatchNorm2d
+    float eps, momentum;     // 1e-5, 0.1 (PyTorch): running = (1-m) running + m batch
+    float *w, *dw;           // (C) scale γ, init 1
+    float *b, *db;           // (C) shift β, init 0
+    float *running_mean;     // (C) init 0
+    float *running_var;      // (C) init 1; updated with the unbiased batch variance
+    float *xhat;             // (N, C, hw) normalized input of the last forward
+    float *invstd;           // (C) 1/sqrt(var + eps) used by the last forward
+    size_t n;
+    bool train; // mode of the last forward
+} nn_batchnorm;
+
+nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_batch);
+// train: normalize with the batch statistics (biased variance) and update the running
+// statistics; eval: normalize with the running statistics. x is not kept.
+void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train);
+void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx);
+void nn_batchnorm_free(nn_batchnorm *l);
+size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out); // weight, bias
+
+// ====== LayerNorm (layernorm.c): over the last dimension ======
+
+typedef struct {
+    size_t c, max_rows;
+    float eps;          // 1e-5
+    float *w, *dw;      // (C) init 1
+    float *b, *db;      // (C) init 0
+    float *mean, *rstd; // (rows) of the last forward
+    const float *x;     // (rows, C) borrowed
+    size_t rows;
+} nn_layernorm;
+
+nn_status nn_layernorm_init(nn_layernorm *l, size_t c, size_t max_rows);
+void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows);
+void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx);
+void nn_layernorm_free(nn_layernorm *l);
+size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out); // weight, bias
+
+// ====== Activations (act.c): ReLU, GELU ======
+
+typedef struct {
+    const float *x; // borrowed
+    size_t n;
+} nn_relu;
+
+void nn_relu_forward(nn_relu *l, const float *x, float *y, size_t n);
+// dx += dy * [x > 0] (the derivative at the kink 0 is taken as 0)
+void nn_relu_backward(nn_relu *l, const float *dy, float *dx);
+
+typedef enum {
+    NN_GELU_ERF = 0,  // exact: x Φ(x) (PyTorch nn.GELU(), timm's ViT)
+    NN_GELU_TANH = 1, // 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))) (GPT-2, llm.c)
+} nn_gelu_kind;
+
+typedef struct {
+    nn_gelu_kind kind;
+    const float *x; // borrowed
+    size_t n;
+} nn_gelu;
+
+void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n);
+void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);
+
+// ====== Pooling (pool.c) ======
+
+typedef struct {
+    size_t c, h, w, k, s, p, oh, ow, max_batch; // square kernel k, stride s, padding p
+    int32_t *argmax; // (N, C, OH, OW) index into the input plane (h*w) of each maximum
+    size_t n;
+} nn_maxpool2d;
+
+// p <= k/2 (PyTorch's rule); padding never wins (it is -inf).
+nn_status nn_maxpool2d_init(nn_maxpool2d *l, size_t c, size_t h, size_t w, size_t k, size_t s,
+                            size_t p, size_t max_batch);
+void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N);
+// dx += dy routed to the maximum (ties: the first in row-major window order)
+void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx);
+void nn_maxpool2d_free(nn_maxpool2d *l);
+
+typedef struct {
+    size_t c, h, w, k, s, p, oh, ow; // zero padding counted in the divisor (PyTorch default)
+    size_t n;
+} nn_avgpool2d;
+
+nn_status nn_avgpool2d_init(nn_avgpool2d *l, size_t c, size_t h, size_t w, size_t k, size_t s,
+                            size_t p);
+void nn_avgpool2d_forward(nn_avgpool2d *l, const float *x, float *y, size_t N);
+void nn_avgpool2d_backward(nn_avgpool2d *l, const float *dy, float *dx);
+
+// Global average pooling: x (N, C, HW) -> y (N, C). Also the mean over the tokens of a
+// sequence, x (B, T, C) -> y (B, C), with nn_tokenpool_*.
+void nn_gap_forward(const float *x, float *y, size_t N, size_t C, size_t HW);
+void nn_gap_backward(const float *dy, float *dx, size_t N, size_t C, size_t HW);
+void nn_tokenpool_forward(const float *x, float *y, size_t B, size_t T, size_t C);
+void nn_tokenpool_backward(const float *dy, float *dx, size_t B, size_t T, size_t C);
+
+// Flatten (N, C, H, W) -> (N, C*H*W) is a no-op: the memory is already in that order, so a
+// model passes the same pointer on (and the same gradient pointer back).
+
+// ====== Dropout (dropout.c): inverted dropout, seeded ======
+
+typedef struct {
+    float p; // drop probability in [0, 1)
+    size_t max_n;
+    nn_rng rng;    // drawn from in every training forward
+    uint8_t *keep; // (n) mask of the last training forward
+    size_t n;
+    bool train;
+} nn_dropout;
+
+nn_status nn_dropout_init(nn_dropout *l, float p, size_t max_n, uint64_t seed);
+// train: y = x * keep / (1-p) with keep ~ Bernoulli(1-p); eval (or p = 0): y = x.
+void nn_dropout_forward(nn_dropout *l, const float *x, float *y, size_t n, bool train);
+void nn_dropout_backward(nn_dropout *l, const float *dy, float *dx);
+void nn_dropout_free(nn_dropout *l);
+
+// ====== Residual add (residual.c): y = a + b; no state ======
+
+void nn_residual_forward(const float *a, const float *b, float *y, size_t n);
+// da += dy, db += dy (either may be NULL)
+void nn_residual_backward(const float *dy, float *da, float *db, size_t n);
+
+// ====== Embeddings (embedding.c) ======
+
+// Token embedding: idx (N) in [0, V) -> y (N, C) = rows of the table.
+typedef struct {
+    size_t v, c;
+    float *w, *dw;      // (V, C) init N(0, 0.02²) (GPT-2)
+    const int32_t *idx; // borrowed
+    size_t n;
+} nn_embedding;
+
+nn_status nn_embedding_init(nn_embedding *l, size_t v, size_t c, nn_rng *rng);
+void nn_embedding_forward(nn_embedding *l, const int32_t *idx, float *y, size_t n);
+void nn_embedding_backward(nn_embedding *l, const float *dy); // dW[idx] += dy
+void nn_embedding_free(nn_embedding *l);
+size_t nn_embedding_params(const nn_embedding *l, nn_param *out);
+
+// Learned positional embedding: y (B, T, C) = x + pos[t]; T <= max_t. y may equal x.
+typedef struct {
+    size_t max_t, c;
+    float *w, *dw; // (max_t, C) init N(0, 0.02²) (ViT, GPT-2)
+    size_t b, t;
+} nn_posembed;
+
+nn_status nn_posembed_init(nn_posembed *l, size_t max_t, size_t c, nn_rng *rng);
+void nn_posembed_forward(nn_posembed *l, const float *x, float *y, size_t B, size_t T);
+void nn_posembed_backward(nn_posembed *l, const float *dy, float *dx); // dpos += Σ_b dy
+void nn_posembed_free(nn_posembed *l);
+size_t nn_posembed_params(const nn_posembed *l, nn_param *out);
+
+// Patch embedding (ViT): image (N, C, H, W) cut into P = (H/p)(W/p) non-overlapping p x p
+// patches, each flattened in (c, ky, kx) order (= ngd_unfold with k = s = p) and mapped by
+// the Linear `proj` (C*p*p -> D): y (N, P, D). proj is the Kronecker-factored layer.
+typedef struct {
+    size_t c, h, w, p, d, np, max_batch;
+    nn_linear proj;  // (D, C*p*p)
+    float *patches;  // (N*P, C*p*p) the K-FAC input of proj
+    float *dpatches; // (N*P, C*p*p) only when an input gradient is asked for (lazy)
+    size_t n;
+} nn_patchembed;
+
+// p must divide h and w.
+nn_status nn_patchembed_init(nn_patchembed *l, size_t c, size_t h, size_t w, size_t p, size_t d,
+                             size_t max_batch, nn_rng *rng);
+void nn_patchembed_forward(nn_patchembed *l, const float *x, float *y, size_t N);
+// dx may be NULL (the usual case: images need no gradient). Otherwise the first call with
+// a dx allocates the patch-gradient buffer; it returns NN_ERR_NOMEM if that fails.
+nn_status nn_patchembed_backward(nn_patchembed *l, const float *dy, float *dx);
+void nn_patchembed_free(nn_patchembed *l);
+
+// ====== Multi-head self-attention (attention.c) ======
+
+// x (B, T, C) -> qkv = Linear(C -> 3C) -> per head h (hs = C/nh):
+// att = softmax(q kᵀ / √hs [causal: j <= i]) (T, T), out = att v -> (B, T, C) -> proj
+// Linear(C -> C) -> y. qkv and proj are Kronecker-factored layers: register them with
+// nn_linear_ngd_layer(&l->qkv, ...) and read their statistics with nn_linear_stats.
+typedef struct {
+    size_t c, nh, hs, max_b, max_t;
+    bool causal;
+    nn_linear qkv;  // (3C, C); output columns [q | k | v], head h at columns h*hs..
+    nn_linear proj; // (C, C)
+    float *qkvbuf;  // (B, T, 3C)
+    float *att;     // (B, nh, T, T) softmax probabilities
+    float *atty;    // (B, T, C) heads' outputs, concatenated: proj's input
+    float *dqkv;    // (B, T, 3C) gradient of qkvbuf: qkv's output gradient `g`
+    float *datty;   // (B, T, C)
+    float *datt;    // (T, T) scratch
+    size_t b, t;
+} nn_attention;
+
+nn_status nn_attention_init(nn_attention *l, size_t c, size_t nh, bool causal, size_t max_b,
+                            size_t max_t, nn_rng *rng);
+void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, size_t T);
+void nn_attention_backward(nn_attention *l, const float *dy, float *dx);
+void nn_attention_free(nn_attention *l);
+
+// ====== Loss (loss.c): softmax cross-entropy ======
+
+// logits (N, K), labels (N) in [0, K). Label smoothing ε: the target is (1-ε) onehot + ε/K.
+// Returns the mean loss over the N rows (computed in float64) and, if dlogits != NULL,
+// WRITES (not accumulates: it seeds the backward pass) dlogits (N, K) = scale * (softmax -
+// target) / N, the gradient of scale * loss. A label out of range is a caller bug (assert).
+float nn_xent_forward(const float *logits, const int32_t *labels, size_t N, size_t K,
+                      float smoothing, float scale, float *dlogits);
+// Number of rows whose argmax (first maximum) equals the label.
+size_t nn_xent_correct(const float *logits, const int32_t *labels, size_t N, size_t K);
+
+#endif

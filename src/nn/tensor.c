@@ -1,0 +1,49 @@
+/*
+ * tensor.c — the engine's small memory helpers: overflow-checked allocation, parameter
+ * lists (nn_param) and explicit gradient zeroing, status names. No tensor type: buffers
+ * are plain float arrays with shape comments, as in llm.c.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "nn.h"
+
+const char *nn_status_str(nn_status s) {
+    switch (s) {
+    case NN_OK: return "ok";
+    case NN_ERR_ARG: return "bad argument";
+    case NN_ERR_NOMEM: return "out of memory";
+    case NN_ERR_IO: return "i/o error";
+    case NN_ERR_FORMAT: return "bad file format";
+    }
+    return "unknown status";
+}
+
+size_t nn_mul(size_t a, size_t b) {
+    if (a != 0 && b > SIZE_MAX / a) return SIZE_MAX;
+    return a * b;
+}
+
+void *nn_malloc(size_t n, size_t size) {
+    size_t bytes = nn_mul(n, size);
+    if (bytes == SIZE_MAX) return NULL;
+    return malloc(bytes ? bytes : 1);
+}
+
+void *nn_calloc(size_t n, size_t size) {
+    if (n == 0 || size == 0) return calloc(1, 1);
+    if (nn_mul(n, size) == SIZE_MAX) return NULL;
+    return calloc(n, size);
+}
+
+void nn_zero_grads(const nn_param *ps, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (ps[i].g) memset(ps[i].g, 0, ps[i].n * sizeof(float));
+}
+
+size_t nn_param_count(const nn_param *ps, size_t count) {
+    size_t s = 0;
+    for (size_t i = 0; i < count; i++)
+        s += ps[i].n;
+    return s;
+}

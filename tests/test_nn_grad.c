@@ -1,0 +1,1140 @@
+/*
+ * test_nn_grad.c — every engine layer's backward (input gradient and every parameter
+ * gradient) against central finite differences of a scalar loss L = Σ w_i y_i (random
+ * weights w, summed in float64 over the float32 outputs), in the spirit of ggml's
+ * test-backend-ops "grad" mode; plus forward values against plain float64 references
+ * (GEMM, naive 7-loop convolution, naive attention, batch-norm / layer-norm formulas) and
+ * the contracts the models rely on (backward accumulates, K-FAC statistics layout equals
+ * ngd_unfold's). Kinks are declared by construction: ReLU inputs are kept at |x| >= 0.05
+ * and max-pool inputs are distinct by >= 0.01, both far more than the step h.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "nn.h"
+#include "ref.h"
+
+// ---- finite differences ----
+
+// Relative tolerance of one derivative: the truncation error of the central difference
+// (h²/6·f''' with h = 1e-2, f''' = O(1) for these layers: ~2e-5) plus float32 rounding of
+// the two loss values divided by 2h (~1e-5 relative for the sizes here), with headroom.
+// Measured worst error/tolerance over all tensors: ~0.06 (run with -v); a wrong term in a
+// backward (tried: batch-norm mean-of-x̂ term, attention scale, conv padding) gives 30-80.
+#define FD_RTOL 2e-3
+// Absolute floor, relative to the largest derivative checked in the tensor: entries that
+// are near zero only carry the rounding noise of the big ones.
+#define FD_ATOL_REL 5e-4
+// entries checked per tensor (all when smaller; else spread evenly)
+#define FD_MAX_CHECKS 40
+#define FD_H          1e-2f
+
+typedef struct {
+    void (*fwd)(void *ctx); // recomputes y from the current inputs and parameters
+    void *ctx;
+    const float *y; // (ny) the output the loss reads
+    size_t ny;
+    const float *w; // (ny) loss weights; also the dy handed to backward
+} fd_fn;
+
+static double fd_loss(const fd_fn *f) {
+    f->fwd(f->ctx);
+    double s = 0.0;
+    for (size_t i = 0; i < f->ny; i++)
+        s += (double)f->w[i] * (double)f->y[i];
+    return s;
+}
+
+// Compares grad[i] with (L(x_i + h) − L(x_i − h)) / (2h) at up to FD_MAX_CHECKS entries.
+// Returns 1 if all agree; prints the worst entry if `report` and one does not.
+static int fd_agrees(const fd_fn *f, float *x, const float *grad, size_t n, float h,
+                     const char *label, int report) {
+    size_t idx[FD_MAX_CHECKS];
+    double num[FD_MAX_CHECKS], ana[FD_MAX_CHECKS];
+    const size_t k = n < FD_MAX_CHECKS ? n : FD_MAX_CHECKS;
+    for (size_t j = 0; j < k; j++)
+        idx[j] = (j * n) / k + (n > k ? (j * 7919) % (n / k) : 0);
+    double maxnum = 0.0;
+    for (size_t j = 0; j < k; j++) {
+        const size_t i = idx[j];
+        const float x0 = x[i];
+        x[i] = x0 + h;
+        const float xp = x[i];
+        const double lp = fd_loss(f);
+        x[i] = x0 - h;
+        const float xm = x[i];
+        const double lm = fd_loss(f);
+        x[i] = x0;
+        num[j] = (lp - lm) / ((double)xp - (double)xm); // the step actually taken
+        ana[j] = (double)grad[i];
+        if (fabs(num[j]) > maxnum) maxnum = fabs(num[j]);
+    }
+    f->fwd(f->ctx); // leave the layer's cache at the unperturbed point
+    int ok = 1;
+    size_t worst = 0;
+    double worst_ratio = 0.0;
+    for (size_t j = 0; j < k; j++) {
+        const double tol = FD_RTOL * fabs(num[j]) + FD_ATOL_REL * maxnum + 1e-7;
+        const double ratio = fabs(ana[j] - num[j]) / tol;
+        if (!(ratio <= 1.0)) ok = 0;
+        if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = j;
+    }
+    if (ok && report && th_verbose)
+        fprintf(stderr, "    %s: %zu derivatives, worst error/tolerance %.3g, max |num| %.3g\n",
+                label, k, worst_ratio, maxnum);
+    if (!ok && report)
+        fprintf(stderr,
+                "    %s: analytic %.8g vs numeric %.8g at [%zu] (error/tolerance %.3g, max |num| "
+                "%.3g, %zu checked)\n",
+                label, ana[worst], num[worst], idx[worst], worst_ratio, maxnum, k);
+    return ok;
+}
+
+#define FD_CHECK(f, x, grad, n, h, label) CHECK(fd_agrees((f), (x), (grad), (n), (h), (label), 1))
+
+// ---- small helpers ----
+
+static void fill(ref_rng *r, float *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)ref_uniform(r, lo, hi);
+}
+
+// values with |x| in [0.05, 1.05): away from ReLU's kink by much more than FD_H
+static void fill_away_from_zero(ref_rng *r, float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double v = ref_uniform(r, 0.05, 1.05);
+        x[i] = (float)(ref_uniform(r, 0, 1) < 0.5 ? -v : v);
+    }
+}
+
+static float *fdup(const float *x, size_t n) {
+    float *y = malloc(n * sizeof *y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+static float *zeros(size_t n) { return calloc(n, sizeof(float)); }
+
+// ---- GEMM ----
+
+// f32 GEMM vs f64 reference: k <= 70, entries in [-1, 1]: error <~ k·eps32 relative to the
+// largest output; 1e-5 leaves ~10x headroom (as in test_core).
+#define GEMM_RTOL 1e-5
+
+static void gemm_should_match_reference_for_all_transposes(void) {
+    ref_rng r = {11};
+    const size_t dims[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 1, 9}, {64, 70, 3}, {5, 64, 65}};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        const size_t m = dims[t][0], n = dims[t][1], k = dims[t][2], pad = 3;
+        for (int layout = 0; layout < 4; layout++) {
+            const bool ta = layout & 1, tb = layout & 2;
+            const size_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+            float *A = malloc((ta ? k : m) * lda * sizeof *A);
+            float *B = malloc((tb ? n : k) * ldb * sizeof *B);
+            float *C = malloc(m * ldc * sizeof *C), *C0 = malloc(m * ldc * sizeof *C0);
+            fill(&r, A, (ta ? k : m) * lda, -1, 1);
+            fill(&r, B, (tb ? n : k) * ldb, -1, 1);
+            fill(&r, C0, m * ldc, -1, 1);
+            for (int beta_case = 0; beta_case < 2; beta_case++) {
+                const float beta = beta_case ? -0.5f : 0.0f;
+                memcpy(C, C0, m * ldc * sizeof *C);
+                if (!beta_case)
+                    for (size_t i = 0; i < m * ldc; i++)
+                        C[i] = NAN; // must never be read
+                float *R = fdup(C0, m * ldc);
+                nn_sgemm(ta, tb, m, n, k, 1.5f, A, lda, B, ldb, beta, C, ldc);
+                nn_sgemm_ref(ta, tb, m, n, k, 1.5f, A, lda, B, ldb, beta, R, ldc);
+                double mx = 0;
+                for (size_t i = 0; i < m; i++)
+                    for (size_t j = 0; j < n; j++)
+                        mx = fmax(mx, fabs((double)R[i * ldc + j]));
+                for (size_t i = 0; i < m; i++)
+                    CHECK_TENSOR(C + i * ldc, R + i * ldc, n, 0.0, GEMM_RTOL * (mx + 1), "sgemm");
+                // the padding columns of C are untouched
+                if (beta_case)
+                    for (size_t i = 0; i < m; i++)
+                        for (size_t j = n; j < ldc; j++)
+                            CHECK(C[i * ldc + j] == C0[i * ldc + j]);
+                free(R);
+            }
+            free(A), free(B), free(C), free(C0);
+        }
+    }
+}
+
+// ---- Linear ----
+
+typedef struct {
+    nn_linear *l;
+    const float *x;
+    float *y;
+    size_t rows;
+} lin_ctx;
+static void lin_fwd(void *p) {
+    lin_ctx *c = p;
+    nn_linear_forward(c->l, c->x, c->y, c->rows);
+}
+
+static void linear_should_match_reference_and_finite_differences(void) {
+    ref_rng r = {21};
+    for (int bias = 0; bias < 2; bias++) {
+        const size_t rows = 6, din = 9, dout = 5;
+        nn_rng g;
+        nn_rng_seed(&g, 1);
+        nn_linear l;
+        CHECK(nn_linear_init(&l, din, dout, bias, &g) == NN_OK);
+        CHECK((l.b != NULL) == bias);
+        // PyTorch init bound 1/√d_in
+        for (size_t i = 0; i < din * dout; i++)
+            CHECK(fabsf(l.w[i]) <= 1.0f / 3.0f);
+        float *x = malloc(rows * din * sizeof *x), *y = malloc(rows * dout * sizeof *y);
+        float *w = malloc(rows * dout * sizeof *w), *dx = zeros(rows * din);
+        fill(&r, x, rows * din, -1, 1);
+        fill(&r, w, rows * dout, -1, 1);
+        lin_ctx c = {&l, x, y, rows};
+        lin_fwd(&c);
+        double want[6 * 5];
+        for (size_t i = 0; i < rows; i++)
+            for (size_t o = 0; o < dout; o++) {
+                double s = bias ? (double)l.b[o] : 0.0;
+                for (size_t j = 0; j < din; j++)
+                    s += (double)x[i * din + j] * (double)l.w[o * din + j];
+                want[i * dout + o] = s;
+            }
+        CHECK_TENSOR(y, want, rows * dout, 1e-5, 1e-6, "linear forward");
+        nn_linear_backward(&l, w, dx);
+        // the statistics are the borrowed input and output gradient
+        ngd_matrix a, gm;
+        nn_linear_stats(&l, &a, &gm);
+        CHECK(a.data == x && a.rows == rows && a.cols == din);
+        CHECK(gm.data == w && gm.rows == rows && gm.cols == dout);
+        fd_fn f = {lin_fwd, &c, y, rows * dout, w};
+        FD_CHECK(&f, x, dx, rows * din, FD_H, "linear dx");
+        FD_CHECK(&f, l.w, l.dw, dout * din, FD_H, "linear dW");
+        if (bias) FD_CHECK(&f, l.b, l.db, dout, FD_H, "linear db");
+        ngd_layer L = nn_linear_ngd_layer(&l, "fc");
+        CHECK(L.weight == l.w && L.d_out == dout && L.d_in == din && L.bias == l.b);
+        nn_param ps[2];
+        CHECK(nn_linear_params(&l, ps) == (size_t)(1 + bias));
+        free(x), free(y), free(w), free(dx);
+        nn_linear_free(&l);
+        CHECK(l.w == NULL);
+    }
+}
+
+static void backward_should_accumulate_and_zero_grads_should_reset(void) {
+    ref_rng r = {22};
+    nn_rng g;
+    nn_rng_seed(&g, 2);
+    nn_linear l;
+    CHECK(nn_linear_init(&l, 4, 3, true, &g) == NN_OK);
+    float x[8], y[6], dy[6], dx1[8] = {0}, dx2[8] = {0};
+    fill(&r, x, 8, -1, 1);
+    fill(&r, dy, 6, -1, 1);
+    nn_linear_forward(&l, x, y, 2);
+    nn_linear_backward(&l, dy, dx1);
+    float *dw1 = fdup(l.dw, 12), db1[3];
+    memcpy(db1, l.db, sizeof db1);
+    memcpy(dx2, dx1, sizeof dx2);
+    nn_linear_backward(&l, dy, dx2); // second pass adds the same again
+    for (size_t i = 0; i < 12; i++)
+        CHECK_CLOSE(l.dw[i], 2 * dw1[i], 1e-6, 1e-7);
+    for (size_t i = 0; i < 3; i++)
+        CHECK_CLOSE(l.db[i], 2 * db1[i], 1e-6, 1e-7);
+    for (size_t i = 0; i < 8; i++)
+        CHECK_CLOSE(dx2[i], 2 * dx1[i], 1e-6, 1e-7);
+    nn_param ps[2];
+    size_t np = nn_linear_params(&l, ps);
+    CHECK(nn_param_count(ps, np) == 15);
+    nn_zero_grads(ps, np);
+    for (size_t i = 0; i < 12; i++)
+        CHECK(l.dw[i] == 0.0f);
+    for (size_t i = 0; i < 3; i++)
+        CHECK(l.db[i] == 0.0f);
+    free(dw1);
+    nn_linear_free(&l);
+}
+
+// The checker itself must be able to fail: a gradient with one wrong entry is caught.
+static void finite_difference_check_should_catch_a_wrong_gradient(void) {
+    ref_rng r = {23};
+    nn_rng g;
+    nn_rng_seed(&g, 3);
+    nn_linear l;
+    CHECK(nn_linear_init(&l, 5, 4, true, &g) == NN_OK);
+    float x[15], y[12], w[12], dx[15] = {0};
+    fill(&r, x, 15, -1, 1);
+    fill(&r, w, 12, -1, 1);
+    lin_ctx c = {&l, x, y, 3};
+    lin_fwd(&c);
+    nn_linear_backward(&l, w, dx);
+    fd_fn f = {lin_fwd, &c, y, 12, w};
+    CHECK(fd_agrees(&f, x, dx, 15, FD_H, "exact", 0));
+    dx[7] *= 1.05f; // a 5% error in one entry
+    CHECK(!fd_agrees(&f, x, dx, 15, FD_H, "corrupted", 0));
+    nn_linear_free(&l);
+}
+
+// ---- Conv2d ----
+
+// y[n, co, o1, o2] = b[co] + Σ_{c in group, k1, k2} W[co, c, k1, k2] x[n, g*cg + c, i1, i2]
+static void conv_naive(const ngd_conv_geom *G, size_t cout, size_t N, const float *x,
+                       const float *W, const float *b, double *y) {
+    const size_t oh = ngd_conv_out_h(G), ow = ngd_conv_out_w(G), cg = G->c_in / G->groups;
+    const size_t cog = cout / G->groups;
+    for (size_t n = 0; n < N; n++)
+        for (size_t co = 0; co < cout; co++)
+            for (size_t o1 = 0; o1 < oh; o1++)
+                for (size_t o2 = 0; o2 < ow; o2++) {
+                    double s = b ? (double)b[co] : 0.0;
+                    const size_t grp = co / cog;
+                    for (size_t c = 0; c < cg; c++)
+                        for (size_t k1 = 0; k1 < G->k1; k1++)
+                            for (size_t k2 = 0; k2 < G->k2; k2++) {
+                                long i1 = (long)(o1 * G->s1 + k1 * G->dil1) - (long)G->p1;
+                                long i2 = (long)(o2 * G->s2 + k2 * G->dil2) - (long)G->p2;
+                                if (i1 < 0 || i2 < 0 || i1 >= (long)G->h || i2 >= (long)G->w)
+                                    continue;
+                                s += (double)W[((co * cg + c) * G->k1 + k1) * G->k2 + k2] *
+                                     (double)x[((n * G->c_in + grp * cg + c) * G->h + (size_t)i1) *
+                                                   G->w +
+                                               (size_t)i2];
+                            }
+                    y[((n * cout + co) * oh + o1) * ow + o2] = s;
+                }
+}
+
+typedef struct {
+    nn_conv2d *l;
+    const float *x;
+    float *y;
+    size_t n;
+} conv_ctx;
+static void conv_fwd(void *p) {
+    conv_ctx *c = p;
+    nn_conv2d_forward(c->l, c->x, c->y, c->n);
+}
+
+// geometries: {c_in, h, w, k1, k2, s1, s2, p1, p2, dil1, dil2, groups}, c_out, bias
+typedef struct {
+    ngd_conv_geom g;
+    size_t cout;
+    bool bias;
+} conv_case;
+static const conv_case CONV_CASES[] = {
+    {{3, 7, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 4, true},  // "same" 3x3
+    {{2, 8, 7, 3, 2, 2, 1, 1, 0, 1, 1, 1}, 3, true},  // stride, non-square kernel
+    {{2, 9, 9, 3, 3, 1, 2, 2, 1, 2, 2, 1}, 3, false}, // dilation, no bias
+    {{4, 6, 5, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 6, true},  // groups 2
+    {{3, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 3}, 3, true},  // depthwise 1x1
+    {{2, 4, 4, 4, 4, 4, 4, 0, 0, 1, 1, 1}, 5, true},  // patchify (k = s)
+};
+
+static void conv2d_forward_should_match_naive_convolution(void) {
+    ref_rng r = {31};
+    for (size_t t = 0; t < sizeof CONV_CASES / sizeof CONV_CASES[0]; t++) {
+        const conv_case *cc = &CONV_CASES[t];
+        const size_t N = 3;
+        nn_rng g;
+        nn_rng_seed(&g, 10 + t);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, &cc->g, cc->cout, cc->bias, N, &g) == NN_OK);
+        const size_t nx = N * cc->g.c_in * cc->g.h * cc->g.w, ny = N * cc->cout * l.oh * l.ow;
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y);
+        double *want = malloc(ny * sizeof *want);
+        fill(&r, x, nx, -1, 1);
+        nn_conv2d_forward(&l, x, y, N);
+        conv_naive(&cc->g, cc->cout, N, x, l.w, l.b, want);
+        CHECK_TENSOR(y, want, ny, 1e-5, 1e-5, "conv2d forward");
+        // a smaller batch than planned works the same
+        nn_conv2d_forward(&l, x, y, 1);
+        CHECK_TENSOR(y, want, ny / N, 1e-5, 1e-5, "conv2d forward N=1");
+        free(x), free(y), free(want);
+        nn_conv2d_free(&l);
+    }
+}
+
+static void conv2d_backward_should_match_finite_differences(void) {
+    ref_rng r = {32};
+    for (size_t t = 0; t < sizeof CONV_CASES / sizeof CONV_CASES[0]; t++) {
+        const conv_case *cc = &CONV_CASES[t];
+        const size_t N = 2;
+        nn_rng g;
+        nn_rng_seed(&g, 20 + t);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, &cc->g, cc->cout, cc->bias, N, &g) == NN_OK);
+        const size_t nx = N * cc->g.c_in * cc->g.h * cc->g.w, ny = N * cc->cout * l.oh * l.ow;
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y);
+        float *w = malloc(ny * sizeof *w), *dx = zeros(nx);
+        fill(&r, x, nx, -1, 1);
+        fill(&r, w, ny, -1, 1);
+        conv_ctx c = {&l, x, y, N};
+        conv_fwd(&c);
+        nn_conv2d_backward(&l, w, dx);
+        float *dw = fdup(l.dw, cc->cout * l.d_in), *db = cc->bias ? fdup(l.db, cc->cout) : NULL;
+        fd_fn f = {conv_fwd, &c, y, ny, w};
+        char label[64];
+        snprintf(label, sizeof label, "conv2d case %zu dx", t);
+        FD_CHECK(&f, x, dx, nx, FD_H, label);
+        snprintf(label, sizeof label, "conv2d case %zu dW", t);
+        FD_CHECK(&f, l.w, dw, cc->cout * l.d_in, FD_H, label);
+        if (db) {
+            snprintf(label, sizeof label, "conv2d case %zu db", t);
+            FD_CHECK(&f, l.b, db, cc->cout, FD_H, label);
+        }
+        free(x), free(y), free(w), free(dx), free(dw), free(db);
+        nn_conv2d_free(&l);
+    }
+}
+
+// a = im2col rows (n, o1, o2) x (c, k1, k2) must be exactly what libngd's ngd_unfold makes
+// (group-averaged for groups > 1); g = dy permuted to (n, o1, o2) x c_out.
+static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
+    ref_rng r = {33};
+    const size_t cases[] = {0, 1, 3, 4};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const conv_case *cc = &CONV_CASES[cases[ci]];
+        const size_t N = 3;
+        nn_rng g;
+        nn_rng_seed(&g, 30 + ci);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, &cc->g, cc->cout, cc->bias, N, &g) == NN_OK);
+        const size_t L = l.oh * l.ow, nx = N * cc->g.c_in * cc->g.h * cc->g.w;
+        const size_t ny = N * cc->cout * L;
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y),
+              *dy = malloc(ny * sizeof *dy);
+        float *un = malloc(N * L * l.d_in * sizeof *un), *gp = malloc(ny * sizeof *gp);
+        fill(&r, x, nx, -1, 1);
+        fill(&r, dy, ny, -1, 1);
+        nn_conv2d_forward(&l, x, y, N);
+        nn_conv2d_backward(&l, dy, NULL);
+        ngd_matrix a, gm;
+        CHECK(nn_conv2d_stats(&l, &a, &gm) == NN_OK);
+        CHECK(a.rows == N * L && a.cols == l.d_in && a.ld == l.d_in && a.dtype == NGD_F32);
+        CHECK(gm.rows == N * L && gm.cols == cc->cout);
+        CHECK(ngd_unfold(&cc->g, N, x, false, un) == NGD_OK);
+        CHECK_TENSOR((const float *)a.data, un, N * L * l.d_in, 1e-6, 1e-7, "conv a vs ngd_unfold");
+        for (size_t n = 0; n < N; n++)
+            for (size_t p = 0; p < L; p++)
+                for (size_t o = 0; o < cc->cout; o++)
+                    gp[(n * L + p) * cc->cout + o] = dy[(n * cc->cout + o) * L + p];
+        CHECK_TENSOR((const float *)gm.data, gp, ny, 0.0, 0.0, "conv g = permuted dy");
+        ngd_layer Ly = nn_conv2d_ngd_layer(&l, "conv");
+        CHECK(Ly.d_out == cc->cout && Ly.d_in == l.d_in && Ly.weight == l.w);
+        free(x), free(y), free(dy), free(un), free(gp);
+        nn_conv2d_free(&l);
+    }
+}
+
+static void conv2d_init_should_reject_bad_geometry(void) {
+    nn_rng g;
+    nn_rng_seed(&g, 4);
+    nn_conv2d l;
+    ngd_conv_geom G = {3, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1, 1};
+    G.groups = 2; // does not divide c_in = 3
+    CHECK(nn_conv2d_init(&l, &G, 4, true, 2, &g) == NN_ERR_ARG);
+    G.groups = 1;
+    G.s1 = 0;
+    CHECK(nn_conv2d_init(&l, &G, 4, true, 2, &g) == NN_ERR_ARG);
+    G.s1 = 1;
+    G.k1 = 9; // kernel larger than the padded image
+    CHECK(nn_conv2d_init(&l, &G, 4, true, 2, &g) == NN_ERR_ARG);
+    CHECK(l.w == NULL && l.col == NULL);
+}
+
+// ---- BatchNorm ----
+
+typedef struct {
+    nn_batchnorm *l;
+    const float *x;
+    float *y;
+    size_t n;
+    bool train;
+} bn_ctx;
+static void bn_fwd(void *p) {
+    bn_ctx *c = p;
+    nn_batchnorm_forward(c->l, c->x, c->y, c->n, c->train);
+}
+
+static void batchnorm_backward_should_match_finite_differences(void) {
+    ref_rng r = {41};
+    // {C, HW, N}: BatchNorm1d (HW = 1) and BatchNorm2d, in training and evaluation mode
+    const size_t shapes[][3] = {{5, 1, 6}, {3, 12, 3}};
+    for (size_t s = 0; s < 2; s++)
+        for (int train = 1; train >= 0; train--) {
+            const size_t C = shapes[s][0], HW = shapes[s][1], N = shapes[s][2], n = N * C * HW;
+            nn_batchnorm l;
+            CHECK(nn_batchnorm_init(&l, C, HW, N) == NN_OK);
+            fill(&r, l.w, C, 0.5, 1.5);
+            fill(&r, l.b, C, -0.5, 0.5);
+            fill(&r, l.running_mean, C, -0.3, 0.3);
+            fill(&r, l.running_var, C, 0.5, 2.0);
+            float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+            float *w = malloc(n * sizeof *w), *dx = zeros(n);
+            fill(&r, x, n, -2, 2);
+            fill(&r, w, n, -1, 1);
+            bn_ctx c = {&l, x, y, N, train};
+            bn_fwd(&c);
+            nn_batchnorm_backward(&l, w, dx);
+            float *dw = fdup(l.dw, C), *db = fdup(l.db, C);
+            fd_fn f = {bn_fwd, &c, y, n, w};
+            const char *m = train ? "train" : "eval";
+            char label[64];
+            snprintf(label, sizeof label, "batchnorm%s %s dx", HW == 1 ? "1d" : "2d", m);
+            FD_CHECK(&f, x, dx, n, FD_H, label);
+            snprintf(label, sizeof label, "batchnorm%s %s dgamma", HW == 1 ? "1d" : "2d", m);
+            FD_CHECK(&f, l.w, dw, C, FD_H, label);
+            snprintf(label, sizeof label, "batchnorm%s %s dbeta", HW == 1 ? "1d" : "2d", m);
+            FD_CHECK(&f, l.b, db, C, FD_H, label);
+            free(x), free(y), free(w), free(dx), free(dw), free(db);
+            nn_batchnorm_free(&l);
+        }
+}
+
+static void batchnorm_forward_should_match_formulas(void) {
+    ref_rng r = {42};
+    const size_t C = 3, HW = 10, N = 4, n = N * C * HW;
+    nn_batchnorm l;
+    CHECK(nn_batchnorm_init(&l, C, HW, N) == NN_OK);
+    fill(&r, l.w, C, 0.5, 1.5);
+    fill(&r, l.b, C, -0.5, 0.5);
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    double *want = malloc(n * sizeof *want);
+    fill(&r, x, n, -3, 5);
+    // training: batch statistics (biased variance); running stats move by momentum 0.1
+    nn_batchnorm_forward(&l, x, y, N, true);
+    double mean[3], var[3];
+    for (size_t c = 0; c < C; c++) {
+        double s = 0, ss = 0;
+        for (size_t i = 0; i < N; i++)
+            for (size_t p = 0; p < HW; p++)
+                s += (double)x[(i * C + c) * HW + p];
+        mean[c] = s / (double)(N * HW);
+        for (size_t i = 0; i < N; i++)
+            for (size_t p = 0; p < HW; p++) {
+                double d = (double)x[(i * C + c) * HW + p] - mean[c];
+                ss += d * d;
+            }
+        var[c] = ss / (double)(N * HW);
+        for (size_t i = 0; i < N; i++)
+            for (size_t p = 0; p < HW; p++) {
+                size_t k = (i * C + c) * HW + p;
+                want[k] = ((double)x[k] - mean[c]) / sqrt(var[c] + 1e-5) * (double)l.w[c] +
+                          (double)l.b[c];
+            }
+        CHECK_CLOSE(l.running_mean[c], 0.1 * mean[c], 1e-5, 1e-6);
+        const double unbiased = var[c] * (double)(N * HW) / (double)(N * HW - 1);
+        CHECK_CLOSE(l.running_var[c], 0.9 + 0.1 * unbiased, 1e-5, 1e-6);
+    }
+    CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "batchnorm train forward");
+    // evaluation: the running statistics
+    nn_batchnorm_forward(&l, x, y, N, false);
+    for (size_t i = 0; i < N; i++)
+        for (size_t c = 0; c < C; c++)
+            for (size_t p = 0; p < HW; p++) {
+                size_t k = (i * C + c) * HW + p;
+                want[k] = ((double)x[k] - (double)l.running_mean[c]) /
+                              sqrt((double)l.running_var[c] + 1e-5) * (double)l.w[c] +
+                          (double)l.b[c];
+            }
+    CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "batchnorm eval forward");
+    nn_param ps[2];
+    CHECK(nn_batchnorm_params(&l, ps) == 2 && ps[0].p == l.w && ps[1].g == l.db);
+    free(x), free(y), free(want);
+    nn_batchnorm_free(&l);
+}
+
+// ---- LayerNorm ----
+
+typedef struct {
+    nn_layernorm *l;
+    const float *x;
+    float *y;
+    size_t rows;
+} ln_ctx;
+static void ln_fwd(void *p) {
+    ln_ctx *c = p;
+    nn_layernorm_forward(c->l, c->x, c->y, c->rows);
+}
+
+static void layernorm_should_match_formula_and_finite_differences(void) {
+    ref_rng r = {51};
+    const size_t rows = 5, C = 8, n = rows * C;
+    nn_layernorm l;
+    CHECK(nn_layernorm_init(&l, C, rows) == NN_OK);
+    fill(&r, l.w, C, 0.5, 1.5);
+    fill(&r, l.b, C, -0.5, 0.5);
+    float x[40], y[40], w[40], dx[40] = {0};
+    double want[40];
+    fill(&r, x, n, -2, 3);
+    fill(&r, w, n, -1, 1);
+    ln_ctx c = {&l, x, y, rows};
+    ln_fwd(&c);
+    for (size_t i = 0; i < rows; i++) {
+        double s = 0, ss = 0;
+        for (size_t j = 0; j < C; j++)
+            s += (double)x[i * C + j];
+        const double mu = s / (double)C;
+        for (size_t j = 0; j < C; j++)
+            ss += ((double)x[i * C + j] - mu) * ((double)x[i * C + j] - mu);
+        const double rs = 1.0 / sqrt(ss / (double)C + 1e-5);
+        for (size_t j = 0; j < C; j++)
+            want[i * C + j] = ((double)x[i * C + j] - mu) * rs * (double)l.w[j] + (double)l.b[j];
+    }
+    CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "layernorm forward");
+    nn_layernorm_backward(&l, w, dx);
+    float *dw = fdup(l.dw, C), *db = fdup(l.db, C);
+    fd_fn f = {ln_fwd, &c, y, n, w};
+    FD_CHECK(&f, x, dx, n, FD_H, "layernorm dx");
+    FD_CHECK(&f, l.w, dw, C, FD_H, "layernorm dgamma");
+    FD_CHECK(&f, l.b, db, C, FD_H, "layernorm dbeta");
+    free(dw), free(db);
+    nn_layernorm_free(&l);
+}
+
+// ---- activations ----
+
+typedef struct {
+    void *l;
+    int kind; // 0 relu, 1 gelu
+    const float *x;
+    float *y;
+    size_t n;
+} act_ctx;
+static void act_fwd(void *p) {
+    act_ctx *c = p;
+    if (c->kind == 0)
+        nn_relu_forward(c->l, c->x, c->y, c->n);
+    else
+        nn_gelu_forward(c->l, c->x, c->y, c->n);
+}
+
+static void activations_should_match_finite_differences(void) {
+    ref_rng r = {61};
+    const size_t n = 50;
+    float x[50], y[50], w[50], dx[50];
+    fill(&r, w, n, -1, 1);
+    // ReLU, with the kink at 0 kept away from the inputs
+    nn_relu relu = {0};
+    fill_away_from_zero(&r, x, n);
+    act_ctx c = {&relu, 0, x, y, n};
+    act_fwd(&c);
+    for (size_t i = 0; i < n; i++)
+        CHECK(y[i] == (x[i] > 0 ? x[i] : 0.0f));
+    memset(dx, 0, sizeof dx);
+    nn_relu_backward(&relu, w, dx);
+    fd_fn f = {act_fwd, &c, y, n, w};
+    FD_CHECK(&f, x, dx, n, FD_H, "relu dx");
+    // in-place ReLU keeps the right mask
+    float xi[50];
+    memcpy(xi, x, sizeof xi);
+    nn_relu_forward(&relu, xi, xi, n);
+    float dxi[50] = {0};
+    nn_relu_backward(&relu, w, dxi);
+    CHECK_TENSOR(dxi, dx, n, 0.0, 0.0, "relu in place");
+    // GELU, both forms
+    for (int kind = 0; kind < 2; kind++) {
+        nn_gelu gelu = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
+        fill(&r, x, n, -3, 3);
+        act_ctx cg = {&gelu, 1, x, y, n};
+        act_fwd(&cg);
+        memset(dx, 0, sizeof dx);
+        nn_gelu_backward(&gelu, w, dx);
+        fd_fn fg = {act_fwd, &cg, y, n, w};
+        FD_CHECK(&fg, x, dx, n, FD_H, kind ? "gelu tanh dx" : "gelu erf dx");
+        // known values: GELU(1) = Φ(1) = 0.841344746; tanh form 0.841191990
+        float one = 1.0f, g1;
+        nn_gelu_forward(&gelu, &one, &g1, 1);
+        CHECK_CLOSE(g1, kind ? 0.841191990 : 0.841344746, 1e-6, 0);
+    }
+}
+
+// ---- pooling ----
+
+typedef struct {
+    int kind; // 0 max, 1 avg, 2 gap, 3 tokenpool
+    void *l;
+    const float *x;
+    float *y;
+    size_t n, c, hw;
+} pool_ctx;
+static void pool_fwd(void *p) {
+    pool_ctx *c = p;
+    if (c->kind == 0)
+        nn_maxpool2d_forward(c->l, c->x, c->y, c->n);
+    else if (c->kind == 1)
+        nn_avgpool2d_forward(c->l, c->x, c->y, c->n);
+    else if (c->kind == 2)
+        nn_gap_forward(c->x, c->y, c->n, c->c, c->hw);
+    else
+        nn_tokenpool_forward(c->x, c->y, c->n, c->hw, c->c);
+}
+
+static void maxpool_should_match_naive_and_finite_differences(void) {
+    ref_rng r = {71};
+    // {k, s, p}: classic 2x2/2, overlapping 3x3/2 with padding 1
+    const size_t cfg[][3] = {{2, 2, 0}, {3, 2, 1}};
+    for (size_t t = 0; t < 2; t++) {
+        const size_t N = 2, C = 3, H = 7, W = 6, n = N * C * H * W;
+        nn_maxpool2d l;
+        CHECK(nn_maxpool2d_init(&l, C, H, W, cfg[t][0], cfg[t][1], cfg[t][2], N) == NN_OK);
+        const size_t ny = N * C * l.oh * l.ow;
+        // distinct values 0.01 apart, shuffled: no ties, kinks >> h away
+        float *x = malloc(n * sizeof *x), *y = malloc(ny * sizeof *y), *w = malloc(ny * sizeof *w);
+        float *dx = zeros(n);
+        for (size_t i = 0; i < n; i++)
+            x[i] = 0.01f * (float)i - 1.0f;
+        for (size_t i = n; i > 1; i--) {
+            size_t j = (size_t)ref_uniform(&r, 0, (double)i);
+            float tmp = x[i - 1];
+            x[i - 1] = x[j];
+            x[j] = tmp;
+        }
+        fill(&r, w, ny, -1, 1);
+        pool_ctx c = {0, &l, x, y, N, C, H * W};
+        pool_fwd(&c);
+        for (size_t pl = 0; pl < N * C; pl++)
+            for (size_t o1 = 0; o1 < l.oh; o1++)
+                for (size_t o2 = 0; o2 < l.ow; o2++) {
+                    float best = -INFINITY;
+                    for (size_t a = 0; a < l.k; a++)
+                        for (size_t b = 0; b < l.k; b++) {
+                            long i1 = (long)(o1 * l.s + a) - (long)l.p;
+                            long i2 = (long)(o2 * l.s + b) - (long)l.p;
+                            if (i1 >= 0 && i2 >= 0 && i1 < (long)H && i2 < (long)W)
+                                best = fmaxf(best, x[pl * H * W + (size_t)i1 * W + (size_t)i2]);
+                        }
+                    CHECK(y[(pl * l.oh + o1) * l.ow + o2] == best);
+                }
+        nn_maxpool2d_backward(&l, w, dx);
+        fd_fn f = {pool_fwd, &c, y, ny, w};
+        FD_CHECK(&f, x, dx, n, 1e-3f, "maxpool dx");
+        free(x), free(y), free(w), free(dx);
+        nn_maxpool2d_free(&l);
+    }
+    nn_maxpool2d bad;
+    CHECK(nn_maxpool2d_init(&bad, 1, 4, 4, 2, 2, 2, 1) == NN_ERR_ARG); // p > k/2
+}
+
+static void average_pools_should_match_finite_differences(void) {
+    ref_rng r = {72};
+    const size_t N = 2, C = 3, H = 6, W = 5, n = N * C * H * W;
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *w = malloc(n * sizeof *w);
+    float *dx = zeros(n);
+    fill(&r, x, n, -1, 1);
+    fill(&r, w, n, -1, 1);
+    // avgpool 3x3 stride 2 padding 1 (zeros counted): value check at a corner + FD
+    nn_avgpool2d l;
+    CHECK(nn_avgpool2d_init(&l, C, H, W, 3, 2, 1) == NN_OK);
+    CHECK(l.oh == 3 && l.ow == 3);
+    pool_ctx c = {1, &l, x, y, N, C, H * W};
+    pool_fwd(&c);
+    double corner = ((double)x[0] + (double)x[1] + (double)x[W] + (double)x[W + 1]) / 9.0;
+    CHECK_CLOSE(y[0], corner, 1e-6, 1e-7);
+    nn_avgpool2d_backward(&l, w, dx);
+    fd_fn f = {pool_fwd, &c, y, N * C * 9, w};
+    FD_CHECK(&f, x, dx, n, FD_H, "avgpool dx");
+    // global average pool
+    memset(dx, 0, n * sizeof *dx);
+    pool_ctx cg = {2, NULL, x, y, N, C, H * W};
+    pool_fwd(&cg);
+    double m0 = 0;
+    for (size_t i = 0; i < H * W; i++)
+        m0 += (double)x[i];
+    CHECK_CLOSE(y[0], m0 / (double)(H * W), 1e-6, 1e-7);
+    nn_gap_backward(w, dx, N, C, H * W);
+    fd_fn fg = {pool_fwd, &cg, y, N * C, w};
+    FD_CHECK(&fg, x, dx, n, FD_H, "global avgpool dx");
+    // token mean pool: (B = N, T = H*W... reuse as (2, 15, 6))
+    memset(dx, 0, n * sizeof *dx);
+    pool_ctx ct = {3, NULL, x, y, 2, 6, 15};
+    pool_fwd(&ct);
+    nn_tokenpool_backward(w, dx, 2, 15, 6);
+    fd_fn ft = {pool_fwd, &ct, y, 2 * 6, w};
+    FD_CHECK(&ft, x, dx, n, FD_H, "tokenpool dx");
+    free(x), free(y), free(w), free(dx);
+}
+
+// ---- dropout, residual ----
+
+typedef struct {
+    nn_dropout *l;
+    uint64_t seed;
+    const float *x;
+    float *y;
+    size_t n;
+} drop_ctx;
+static void drop_fwd(void *p) {
+    drop_ctx *c = p;
+    nn_rng_seed(&c->l->rng, c->seed); // the same mask at every evaluation
+    nn_dropout_forward(c->l, c->x, c->y, c->n, true);
+}
+
+static void dropout_should_scale_kept_units_and_match_finite_differences(void) {
+    ref_rng r = {81};
+    const size_t n = 4000;
+    nn_dropout l;
+    CHECK(nn_dropout_init(&l, 0.25f, n, 99) == NN_OK);
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *w = malloc(n * sizeof *w);
+    float *dx = zeros(n);
+    fill(&r, x, n, 0.5, 1.5);
+    fill(&r, w, n, -1, 1);
+    drop_ctx c = {&l, 7, x, y, n};
+    drop_fwd(&c);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(y[i] == 0.0f || fabsf(y[i] - x[i] / 0.75f) <= 1e-6f * fabsf(x[i]));
+        kept += y[i] != 0.0f;
+    }
+    // Binomial(4000, 0.75): sd 27; ±6 sd
+    CHECK(kept > 3000 - 165 && kept < 3000 + 165);
+    nn_dropout_backward(&l, w, dx);
+    fd_fn f = {drop_fwd, &c, y, n, w};
+    FD_CHECK(&f, x, dx, n, FD_H, "dropout dx");
+    // reproducible from the seed; different seeds give different masks
+    float *y2 = malloc(n * sizeof *y2);
+    drop_fwd(&c);
+    memcpy(y2, y, n * sizeof *y);
+    drop_fwd(&c);
+    CHECK(memcmp(y, y2, n * sizeof *y) == 0);
+    c.seed = 8;
+    drop_fwd(&c);
+    CHECK(memcmp(y, y2, n * sizeof *y) != 0);
+    // evaluation is the identity, forward and backward
+    nn_dropout_forward(&l, x, y, n, false);
+    CHECK(memcmp(y, x, n * sizeof *y) == 0);
+    memset(dx, 0, n * sizeof *dx);
+    nn_dropout_backward(&l, w, dx);
+    CHECK(memcmp(dx, w, n * sizeof *dx) == 0);
+    nn_dropout bad;
+    CHECK(nn_dropout_init(&bad, 1.0f, n, 1) == NN_ERR_ARG && bad.keep == NULL);
+    free(x), free(y), free(y2), free(w), free(dx);
+    nn_dropout_free(&l);
+}
+
+static void residual_backward_should_send_dy_to_both_branches(void) {
+    float a[4] = {1, 2, 3, 4}, b[4] = {-1, 0.5f, 2, 0}, y[4], dy[4] = {0.1f, -0.2f, 0.3f, 1};
+    float da[4] = {1, 1, 1, 1}, db[4] = {0};
+    nn_residual_forward(a, b, y, 4);
+    for (int i = 0; i < 4; i++)
+        CHECK(y[i] == a[i] + b[i]);
+    nn_residual_backward(dy, da, db, 4);
+    for (int i = 0; i < 4; i++)
+        CHECK(da[i] == 1 + dy[i] && db[i] == dy[i]);
+}
+
+// ---- embeddings ----
+
+typedef struct {
+    int kind; // 0 token embedding, 1 positional, 2 patch
+    void *l;
+    const int32_t *idx;
+    const float *x;
+    float *y;
+    size_t b, t;
+} emb_ctx;
+static void emb_fwd(void *p) {
+    emb_ctx *c = p;
+    if (c->kind == 0)
+        nn_embedding_forward(c->l, c->idx, c->y, c->b * c->t);
+    else if (c->kind == 1)
+        nn_posembed_forward(c->l, c->x, c->y, c->b, c->t);
+    else
+        nn_patchembed_forward(c->l, c->x, c->y, c->b);
+}
+
+static void embeddings_should_match_finite_differences(void) {
+    ref_rng r = {91};
+    nn_rng g;
+    nn_rng_seed(&g, 5);
+    // token embedding with repeated tokens (their gradients add up)
+    nn_embedding e;
+    CHECK(nn_embedding_init(&e, 7, 4, &g) == NN_OK);
+    const int32_t idx[6] = {3, 0, 3, 6, 1, 3};
+    float y[6 * 4], w[6 * 4];
+    fill(&r, w, 24, -1, 1);
+    emb_ctx ce = {0, &e, idx, NULL, y, 2, 3};
+    emb_fwd(&ce);
+    CHECK(memcmp(y + 4, e.w, 4 * sizeof(float)) == 0); // row of token 0
+    nn_embedding_backward(&e, w);
+    fd_fn fe = {emb_fwd, &ce, y, 24, w};
+    FD_CHECK(&fe, e.w, e.dw, 28, FD_H, "embedding dW");
+    nn_embedding_free(&e);
+    // positional embedding, T below the maximum
+    nn_posembed pe;
+    CHECK(nn_posembed_init(&pe, 6, 4, &g) == NN_OK);
+    float x[2 * 5 * 4], yp[40], wp[40], dx[40] = {0};
+    fill(&r, x, 40, -1, 1);
+    fill(&r, wp, 40, -1, 1);
+    emb_ctx cp = {1, &pe, NULL, x, yp, 2, 5};
+    emb_fwd(&cp);
+    CHECK(yp[4 * 4 + 1] == x[4 * 4 + 1] + pe.w[4 * 4 + 1]);
+    nn_posembed_backward(&pe, wp, dx);
+    fd_fn fp = {emb_fwd, &cp, yp, 40, wp};
+    FD_CHECK(&fp, x, dx, 40, FD_H, "posembed dx");
+    FD_CHECK(&fp, pe.w, pe.dw, 24, FD_H, "posembed dpos");
+    for (size_t i = 20; i < 24; i++)
+        CHECK(pe.dw[i] == 0.0f); // position 5 unused
+    nn_param pp;
+    CHECK(nn_posembed_params(&pe, &pp) == 1 && pp.n == 24);
+    nn_posembed_free(&pe);
+}
+
+static void patch_embedding_should_equal_strided_conv_and_match_finite_differences(void) {
+    ref_rng r = {92};
+    nn_rng g;
+    nn_rng_seed(&g, 6);
+    const size_t N = 2, C = 2, H = 6, W = 4, p = 2, D = 5, P = (H / p) * (W / p);
+    nn_patchembed l;
+    CHECK(nn_patchembed_init(&l, C, H, W, p, D, N, &g) == NN_OK);
+    CHECK(l.np == P);
+    const size_t nx = N * C * H * W, ny = N * P * D;
+    float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y), *w = malloc(ny * sizeof *w);
+    float *dx = zeros(nx);
+    double *want = malloc(ny * sizeof *want), *conv = malloc(ny * sizeof *conv);
+    fill(&r, x, nx, -1, 1);
+    fill(&r, w, ny, -1, 1);
+    emb_ctx c = {2, &l, NULL, x, y, N, 0};
+    emb_fwd(&c);
+    // the same as a convolution with kernel = stride = p, output (N, D, P) transposed
+    ngd_conv_geom G = {C, H, W, p, p, p, p, 0, 0, 1, 1, 1};
+    conv_naive(&G, D, N, x, l.proj.w, l.proj.b, conv);
+    for (size_t n = 0; n < N; n++)
+        for (size_t q = 0; q < P; q++)
+            for (size_t d = 0; d < D; d++)
+                want[(n * P + q) * D + d] = conv[(n * D + d) * P + q];
+    CHECK_TENSOR(y, want, ny, 1e-5, 1e-6, "patch embedding forward");
+    CHECK(nn_patchembed_backward(&l, w, dx) == NN_OK);
+    ngd_matrix a, gm;
+    nn_linear_stats(&l.proj, &a, &gm);
+    CHECK(a.data == l.patches && a.rows == N * P && a.cols == C * p * p && gm.cols == D);
+    fd_fn f = {emb_fwd, &c, y, ny, w};
+    FD_CHECK(&f, x, dx, nx, FD_H, "patchembed dx");
+    FD_CHECK(&f, l.proj.w, l.proj.dw, D * C * p * p, FD_H, "patchembed dW");
+    FD_CHECK(&f, l.proj.b, l.proj.db, D, FD_H, "patchembed db");
+    free(x), free(y), free(w), free(dx), free(want), free(conv);
+    nn_patchembed_free(&l);
+}
+
+// ---- attention ----
+
+// float64 reference of the whole layer from its weights
+static void attention_naive(const nn_attention *l, const float *x, size_t B, size_t T, double *y) {
+    const size_t C = l->c, nh = l->nh, hs = l->hs;
+    double *qkv = malloc(B * T * 3 * C * sizeof *qkv), *out = malloc(B * T * C * sizeof *out);
+    double *a = malloc(T * sizeof *a);
+    for (size_t r = 0; r < B * T; r++)
+        for (size_t o = 0; o < 3 * C; o++) {
+            double s = (double)l->qkv.b[o];
+            for (size_t j = 0; j < C; j++)
+                s += (double)l->qkv.w[o * C + j] * (double)x[r * C + j];
+            qkv[r * 3 * C + o] = s;
+        }
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < nh; h++)
+            for (size_t i = 0; i < T; i++) {
+                const double *q = qkv + (b * T + i) * 3 * C + h * hs;
+                double mx = -(double)INFINITY, s = 0;
+                const size_t nj = l->causal ? i + 1 : T;
+                for (size_t j = 0; j < nj; j++) {
+                    const double *k = qkv + (b * T + j) * 3 * C + C + h * hs;
+                    double d = 0;
+                    for (size_t e = 0; e < hs; e++)
+                        d += q[e] * k[e];
+                    a[j] = d / sqrt((double)hs);
+                    mx = fmax(mx, a[j]);
+                }
+                for (size_t j = 0; j < nj; j++)
+                    s += (a[j] = exp(a[j] - mx));
+                for (size_t e = 0; e < hs; e++) {
+                    double o = 0;
+                    for (size_t j = 0; j < nj; j++)
+                        o += a[j] / s * qkv[(b * T + j) * 3 * C + 2 * C + h * hs + e];
+                    out[(b * T + i) * C + h * hs + e] = o;
+                }
+            }
+    for (size_t r = 0; r < B * T; r++)
+        for (size_t o = 0; o < C; o++) {
+            double s = (double)l->proj.b[o];
+            for (size_t j = 0; j < C; j++)
+                s += (double)l->proj.w[o * C + j] * out[r * C + j];
+            y[r * C + o] = s;
+        }
+    free(qkv), free(out), free(a);
+}
+
+typedef struct {
+    nn_attention *l;
+    const float *x;
+    float *y;
+    size_t b, t;
+} att_ctx;
+static void att_fwd(void *p) {
+    att_ctx *c = p;
+    nn_attention_forward(c->l, c->x, c->y, c->b, c->t);
+}
+
+static void attention_should_match_naive_and_finite_differences(void) {
+    ref_rng r = {101};
+    for (int causal = 0; causal < 2; causal++) {
+        nn_rng g;
+        nn_rng_seed(&g, 7 + (uint64_t)causal);
+        const size_t B = 2, T = 5, C = 8, nh = 2, n = B * T * C;
+        nn_attention l;
+        CHECK(nn_attention_init(&l, C, nh, causal, B, T + 2, &g) == NN_OK);
+        // larger weights than the default init, so the softmax is far from uniform
+        for (size_t i = 0; i < 3 * C * C; i++)
+            l.qkv.w[i] *= 3.0f;
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *w = malloc(n * sizeof *w);
+        float *dx = zeros(n);
+        double *want = malloc(n * sizeof *want);
+        fill(&r, x, n, -1, 1);
+        fill(&r, w, n, -1, 1);
+        att_ctx c = {&l, x, y, B, T};
+        att_fwd(&c);
+        attention_naive(&l, x, B, T, want);
+        CHECK_TENSOR(y, want, n, 1e-5, 1e-5,
+                     causal ? "causal attention forward" : "attention forward");
+        if (causal) { // the first query sees only itself: its probabilities are (1, 0, ...)
+            CHECK(l.att[0] == 1.0f);
+            for (size_t j = 1; j < T; j++)
+                CHECK(l.att[j] == 0.0f);
+        }
+        nn_attention_backward(&l, w, dx);
+        float *dwq = fdup(l.qkv.dw, 3 * C * C), *dbq = fdup(l.qkv.db, 3 * C);
+        float *dwp = fdup(l.proj.dw, C * C), *dbp = fdup(l.proj.db, C);
+        fd_fn f = {att_fwd, &c, y, n, w};
+        FD_CHECK(&f, x, dx, n, FD_H, causal ? "causal attention dx" : "attention dx");
+        FD_CHECK(&f, l.qkv.w, dwq, 3 * C * C, FD_H, "attention dWqkv");
+        FD_CHECK(&f, l.qkv.b, dbq, 3 * C, FD_H, "attention dbqkv");
+        FD_CHECK(&f, l.proj.w, dwp, C * C, FD_H, "attention dWproj");
+        FD_CHECK(&f, l.proj.b, dbp, C, FD_H, "attention dbproj");
+        // statistics: qkv sees x and dqkv, proj sees the heads' output and dy
+        att_fwd(&c);
+        nn_attention_backward(&l, w, NULL);
+        ngd_matrix a, gm;
+        nn_linear_stats(&l.qkv, &a, &gm);
+        CHECK(a.data == x && a.rows == B * T && gm.data == l.dqkv && gm.cols == 3 * C);
+        nn_linear_stats(&l.proj, &a, &gm);
+        CHECK(a.data == l.atty && gm.data == w);
+        free(x), free(y), free(w), free(dx), free(want), free(dwq), free(dbq), free(dwp), free(dbp);
+        nn_attention_free(&l);
+    }
+}
+
+// ---- loss ----
+
+typedef struct {
+    const float *logits;
+    const int32_t *labels;
+    size_t n, k;
+    float smoothing;
+    float loss;
+} xent_ctx;
+static void xent_fwd(void *p) {
+    xent_ctx *c = p;
+    c->loss = nn_xent_forward(c->logits, c->labels, c->n, c->k, c->smoothing, 1.0f, NULL);
+}
+
+static void cross_entropy_should_match_formula_and_finite_differences(void) {
+    ref_rng r = {111};
+    const size_t N = 4, K = 6;
+    float z[24], dz[24];
+    const int32_t lab[4] = {0, 5, 2, 2};
+    fill(&r, z, 24, -3, 3);
+    for (int s = 0; s < 2; s++) {
+        const float eps = s ? 0.1f : 0.0f;
+        double want = 0;
+        for (size_t i = 0; i < N; i++) {
+            double m = -(double)INFINITY, se = 0;
+            for (size_t j = 0; j < K; j++)
+                m = fmax(m, (double)z[i * K + j]);
+            for (size_t j = 0; j < K; j++)
+                se += exp((double)z[i * K + j] - m);
+            for (size_t j = 0; j < K; j++) {
+                const double logp = (double)z[i * K + j] - m - log(se);
+                const double t = (double)eps / K + ((size_t)lab[i] == j ? 1.0 - (double)eps : 0.0);
+                want -= t * logp;
+            }
+        }
+        want /= (double)N;
+        float loss = nn_xent_forward(z, lab, N, K, eps, 1.0f, dz);
+        CHECK_CLOSE(loss, want, 1e-6, 1e-7);
+        xent_ctx c = {z, lab, N, K, eps, 0};
+        float one = 1.0f;
+        fd_fn f = {xent_fwd, &c, &c.loss, 1, &one};
+        FD_CHECK(&f, z, dz, 24, FD_H, eps > 0 ? "xent smoothed dlogits" : "xent dlogits");
+        // the scale multiplies the gradient, not the loss; rows of dlogits sum to 0
+        float dz2[24];
+        CHECK(nn_xent_forward(z, lab, N, K, eps, 8.0f, dz2) == loss);
+        for (size_t i = 0; i < 24; i++)
+            CHECK_CLOSE(dz2[i], 8 * dz[i], 1e-6, 1e-8);
+        for (size_t i = 0; i < N; i++) {
+            double rs = 0;
+            for (size_t j = 0; j < K; j++)
+                rs += (double)dz[i * K + j];
+            CHECK(fabs(rs) < 1e-7);
+        }
+    }
+    // accuracy: make rows 0 and 2 right, 1 and 3 wrong
+    float zz[12] = {5, 0, 0, 5, 0, 0, 0, 0, 5, 0, 5, 0};
+    const int32_t ll[4] = {0, 1, 2, 0};
+    CHECK(nn_xent_correct(zz, ll, 4, 3) == 2);
+}
+
+// ---- PRNG ----
+
+static void rng_should_be_reproducible_and_unbiased(void) {
+    nn_rng a, b;
+    nn_rng_seed(&a, 42);
+    nn_rng_seed(&b, 42);
+    for (int i = 0; i < 100; i++)
+        CHECK(nn_rng_u64(&a) == nn_rng_u64(&b));
+    size_t hist[5] = {0};
+    double s = 0, ss = 0;
+    for (int i = 0; i < 50000; i++) {
+        hist[nn_rng_below(&a, 5)]++;
+        float u = nn_rng_uniform(&a);
+        CHECK(u >= 0.0f && u < 1.0f);
+        double z = (double)nn_rng_normal(&a);
+        s += z, ss += z * z;
+    }
+    // each bin ~ Binomial(50000, 0.2): sd ~ 89; ±6 sd
+    for (int k = 0; k < 5; k++)
+        CHECK(hist[k] > 10000 - 540 && hist[k] < 10000 + 540);
+    CHECK(fabs(s / 50000) < 0.03 && fabs(ss / 50000 - 1) < 0.05);
+    size_t perm[100], seen[100] = {0};
+    nn_rng_permutation(&a, perm, 100);
+    for (int i = 0; i < 100; i++)
+        seen[perm[i]]++;
+    for (int i = 0; i < 100; i++)
+        CHECK(seen[i] == 1);
+}
+
+static const test_case TESTS[] = {
+    TEST(gemm_should_match_reference_for_all_transposes),
+    TEST(linear_should_match_reference_and_finite_differences),
+    TEST(backward_should_accumulate_and_zero_grads_should_reset),
+    TEST(finite_difference_check_should_catch_a_wrong_gradient),
+    TEST(conv2d_forward_should_match_naive_convolution),
+    TEST(conv2d_backward_should_match_finite_differences),
+    TEST(conv2d_stats_should_match_ngd_unfold_and_permuted_dy),
+    TEST(conv2d_init_should_reject_bad_geometry),
+    TEST(batchnorm_backward_should_match_finite_differences),
+    TEST(batchnorm_forward_should_match_formulas),
+    TEST(layernorm_should_match_formula_and_finite_differences),
+    TEST(activations_should_match_finite_differences),
+    TEST(maxpool_should_match_naive_and_finite_differences),
+    TEST(average_pools_should_match_finite_differences),
+    TEST(dropout_should_scale_kept_units_and_match_finite_differences),
+    TEST(residual_backward_should_send_dy_to_both_branches),
+    TEST(embeddings_should_match_finite_differences),
+    TEST(patch_embedding_should_equal_strided_conv_and_match_finite_differences),
+    TEST(attention_should_match_naive_and_finite_differences),
+    TEST(cross_entropy_should_match_formula_and_finite_differences),
+    TEST(rng_should_be_reproducible_and_unbiased),
+};
+
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
