@@ -14,6 +14,14 @@ const ngd_structure_ops *ngd_structure_get(ngd_structure kind) {
     switch (kind) {
     case NGD_STRUCT_DENSE: t = &ngd_dense_ops; break;
     case NGD_STRUCT_DIAG: t = &ngd_diag_ops; break;
+    case NGD_STRUCT_BLOCKDIAG: t = &ngd_blockdiag_ops; break;
+    case NGD_STRUCT_HIER: t = &ngd_hier_ops; break;
+    case NGD_STRUCT_TRIL_TOEPLITZ: t = &ngd_tril_toeplitz_ops; break;
+    case NGD_STRUCT_TRIU_TOEPLITZ: t = &ngd_triu_toeplitz_ops; break;
+    case NGD_STRUCT_TRIL_TOPLEFT: t = &ngd_tril_topleft_ops; break;
+    case NGD_STRUCT_TRIL_BOTRIGHT: t = &ngd_tril_botright_ops; break;
+    case NGD_STRUCT_TRIU_TOPLEFT: t = &ngd_triu_topleft_ops; break;
+    case NGD_STRUCT_TRIU_BOTRIGHT: t = &ngd_triu_botright_ops; break;
     default: return NULL;
     }
     return t;
@@ -78,6 +86,21 @@ double ngd_s_frob(const ngd_sdesc *s, const float *p) {
 
 double ngd_s_avgtrace(const ngd_sdesc *s, const float *p) {
     return ngd_structure_get(s->kind)->trace(s, p) / (double)s->d;
+}
+
+// partial sums of ngd_s_dot: DOT_LANES independent lanes let the compiler vectorise without
+// reassociating (-ffast-math is banned), and the fixed order keeps the result deterministic
+#define DOT_LANES 16
+
+float ngd_s_dot(const float *a, const float *b, size_t n) {
+    float lane[DOT_LANES] = {0};
+    size_t i = 0;
+    for (; i + DOT_LANES <= n; i += DOT_LANES)
+        for (size_t l = 0; l < DOT_LANES; l++) lane[l] += a[i + l] * b[i + l];
+    float acc = 0.0f;
+    for (; i < n; i++) acc += a[i] * b[i];
+    for (size_t l = 0; l < DOT_LANES; l++) acc += lane[l];
+    return acc;
 }
 
 void ngd_s_to_dense(const ngd_sdesc *s, const float *p, ngd_view out) {

@@ -4,7 +4,7 @@
  * sizes) plus a flat float array of its stored numbers (`count` of them). Every operation
  * works in memory proportional to that storage; nothing is densified except by to_dense.
  *
- * Semantics (dense reference in tests/ref.c; dense.c is the reference structure):
+ * Semantics (dense reference in tests/sref.c; dense.c is the reference structure):
  *   entry(i, j)        index of the stored number at dense position (i, j), or NGD_NO_ENTRY
  *                      (tied positions of Toeplitz classes share an index)
  *   project(S)         Π(S) of §9.1 for any square S: a position whose mirror is in the
@@ -78,7 +78,17 @@ double ngd_s_avgtrace(const ngd_sdesc *s, const float *p);                    //
 // Dense d x d form through `entry` (out fully written).
 void ngd_s_to_dense(const ngd_sdesc *s, const float *p, ngd_view out);
 
-// Per-class implementations (one file each).
+// ⟨a, b⟩ over n contiguous floats, vectorised through fixed partial sums (deterministic).
+float ngd_s_dot(const float *a, const float *b, size_t n);
+// For from_inner implementations: *o = beta·*o + alpha·v, never reading *o when beta == 0
+// (v is a value accumulated in double).
+static inline void ngd_s_accum(float *o, float alpha, float beta, double v) {
+    float x = (float)((double)alpha * v);
+    *o = beta == 0.0f ? x : beta * *o + x;
+}
+
+// Per-class implementations: dense.c, diag.c, blockdiag.c, hier.c, toeplitz.c (tril and
+// triu), corner.c (the four corner-diagonal classes).
 extern const ngd_structure_ops ngd_dense_ops, ngd_diag_ops, ngd_blockdiag_ops, ngd_hier_ops,
     ngd_tril_toeplitz_ops, ngd_triu_toeplitz_ops, ngd_tril_topleft_ops, ngd_tril_botright_ops,
     ngd_triu_topleft_ops, ngd_triu_botright_ops;
