@@ -3,6 +3,7 @@
  * CRC-32. Byte order is explicit, so files move between machines.
  */
 #include "fileio.h"
+#include "ngd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -226,3 +227,16 @@ uint32_t ngd_crc32(const void *p, size_t n) {
     }
     return c ^ 0xffffffffu;
 }
+
+// ---- public wrappers (ngd.h "Files") ----
+
+ngd_status ngd_file_write_atomic(const char *path, const void *data, size_t len, char *msg,
+                                 size_t cap) {
+    if (!path || (!data && len)) return NGD_ERR_ARG;
+    ngd_wbuf w = {(unsigned char *)(uintptr_t)data, len, len, false};
+    char tmp[1];
+    if (!msg || !cap) msg = tmp, cap = sizeof tmp;
+    return ngd_write_atomic(path, &w, msg, cap) ? NGD_ERR_IO : NGD_OK;
+}
+
+uint32_t ngd_file_crc32(const void *data, size_t n) { return ngd_crc32(data, n); }

@@ -1,0 +1,896 @@
+/*
+ * train.c — `ngd train`: trains a model of the engine on an image-classification data set
+ * with any libngd method, and `ngd eval`: a checkpoint on the test set.
+ *
+ * Options come from one table (OPTS) that generates both getopt_long's array and --help, so
+ * the help cannot drift from what is parsed. Logs are JSON lines (cJSON): one "step" record
+ * every --log-every steps (loss, accuracy, lr, samples/s, per-layer health), one "eval"
+ * record per epoch, one "summary" at the end. A progress bar is drawn on stderr only when it
+ * is a terminal; otherwise plain periodic lines. Training checkpoints (docs/formats.md) hold
+ * the model's parameters and buffers, the optimizer state (ngd_optim_save_mem), the step,
+ * and the data order and RNG, so --resume continues bit-identically. A non-finite loss skips
+ * the step; --max-skips consecutive ones stop the run with the last checkpoint intact.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "data.h"
+#include "model.h"
+#include "ngd.h"
+
+// ---- the option table ----
+enum {
+    O_MODEL = 256, O_WIDTHS, O_DATA, O_DATADIR, O_SUBSET, O_OPTIM, O_LR, O_MOM, O_WD, O_NESTEROV,
+    O_BETA1, O_BETA2, O_EPS, O_DAMPING, O_LRCOV, O_ALPHA1, O_T, O_STRUCT, O_APPROX, O_KFACLIKE,
+    O_NORMCOV, O_FDTYPE, O_QUIRK, O_EPOCHS, O_MAXSTEPS, O_BATCH, O_SEED, O_THREADS, O_EVALEVERY,
+    O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP
+};
+
+typedef struct {
+    const char *name;
+    int has_arg;
+    int id;
+    const char *meta;
+    const char *help;
+} opt_def;
+
+static const opt_def OPTS[] = {
+    {"model", 1, O_MODEL, "NAME", "model: mlp, cnn (default mlp)"},
+    {"widths", 1, O_WIDTHS, "W1,W2,..", "hidden widths (mlp) or stage channels (cnn)"},
+    {"data", 1, O_DATA, "NAME", "fashion-mnist (default), mnist, cifar10, cifar100"},
+    {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
+    {"subset", 1, O_SUBSET, "N", "use only the first N training and N/5 test images"},
+    {"optim", 1, O_OPTIM, "NAME", "sgd, adamw, singd (default), ingd, ikfac"},
+    {"lr", 1, O_LR, "X", "learning rate β2 (method default)"},
+    {"momentum", 1, O_MOM, "X", "momentum α2 (method default)"},
+    {"weight-decay", 1, O_WD, "X", "weight decay γ (method default)"},
+    {"nesterov", 0, O_NESTEROV, NULL, "Nesterov momentum (sgd)"},
+    {"beta1", 1, O_BETA1, "X", "AdamW β1 (0.9)"},
+    {"beta2", 1, O_BETA2, "X", "AdamW β2 (0.999)"},
+    {"eps", 1, O_EPS, "X", "AdamW ε (1e-8)"},
+    {"damping", 1, O_DAMPING, "X", "SINGD damping λ (1e-3)"},
+    {"lr-cov", 1, O_LRCOV, "X", "SINGD factor step β1 (1e-2)"},
+    {"alpha1", 1, O_ALPHA1, "X", "SINGD Riemannian momentum α1 (0.5)"},
+    {"T", 1, O_T, "N", "SINGD preconditioner update period (10)"},
+    {"structure", 1, O_STRUCT, "K[,C]", "SINGD factor structures: dense, diagonal, "
+                                        "block30diagonal, hierarchical15_15, triltoeplitz, ..."},
+    {"kfac-approx", 1, O_APPROX, "MODE", "expand (default) or reduce, for conv layers"},
+    {"kfac-like", 0, O_KFACLIKE, NULL, "IKFAC update rule (sets α1 = 0)"},
+    {"normalize-lr-cov", 0, O_NORMCOV, NULL, "normalised factor steps"},
+    {"factor-dtype", 1, O_FDTYPE, "T", "storage of SINGD factors: f32 (default) or bf16"},
+    {"official-blockdiag", 0, O_QUIRK, NULL, "reproduce the official block-diagonal quirk"},
+    {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
+    {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
+    {"batch", 1, O_BATCH, "N", "batch size (default 128)"},
+    {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
+    {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+    {"eval-every", 1, O_EVALEVERY, "N", "evaluate on the test set every N epochs (1; 0 = end only)"},
+    {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<optim>.jsonl)"},
+    {"log-every", 1, O_LOGEVERY, "N", "log a step record every N steps (20)"},
+    {"checkpoint", 1, O_CKPT, "FILE", "write a training checkpoint to FILE (atomically)"},
+    {"checkpoint-every", 1, O_CKPTEVERY, "N", "checkpoint every N steps (default: each epoch)"},
+    {"resume", 1, O_RESUME, "FILE", "continue a run from a checkpoint (bit-identical)"},
+    {"max-skips", 1, O_MAXSKIPS, "N", "stop after N consecutive non-finite steps (5)"},
+    {"augment", 0, O_AUGMENT, NULL, "random crop (pad 4) + horizontal flip (CIFAR)"},
+    {"quiet", 0, O_QUIET, NULL, "no progress output"},
+    {"help", 0, O_HELP, NULL, "this text"},
+};
+#define NOPTS (sizeof OPTS / sizeof OPTS[0])
+
+static void print_help(FILE *f, const char *cmd) {
+    fprintf(f, "usage: ngd %s [options]\n\n", cmd);
+    if (!strcmp(cmd, "train"))
+        fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
+                   "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
+    else
+        fprintf(f, "Evaluates the model of a training checkpoint (--resume FILE) on the test set\n"
+                   "(model and data options must match the run that wrote it).\n\noptions:\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        char left[48];
+        snprintf(left, sizeof left, "--%s%s%s", OPTS[i].name, OPTS[i].meta ? " " : "",
+                 OPTS[i].meta ? OPTS[i].meta : "");
+        fprintf(f, "  %-26s %s\n", left, OPTS[i].help);
+    }
+    fprintf(f, "\nmodels:\n");
+    for (size_t i = 0; nn_model_list(i); i++)
+        fprintf(f, "  %-8s %s\n", nn_model_list(i)->name, nn_model_list(i)->help);
+}
+
+typedef struct {
+    const char *model, *data, *data_dir, *log, *ckpt, *resume;
+    size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
+    ngd_config cfg;
+    size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
+    uint64_t seed;
+    int threads;
+    bool augment, quiet;
+} train_opts;
+
+// ---- option parsing helpers: every bad value is a usage error naming the option ----
+static int parse_f(const char *opt, const char *s, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v)) {
+        cli_error("give a number, e.g. --lr 0.01", "--%s: '%s' is not a number", opt, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static int parse_z(const char *opt, const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || s[0] == '-' || !s[0]) {
+        cli_error("give a whole number >= 0", "--%s: '%s' is not a whole number", opt, s);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, train_opts *t) {
+    memset(t, 0, sizeof *t);
+    t->model = "mlp", t->data = "fashion-mnist";
+    t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
+    const char *optim = "singd";
+    struct option lo[NOPTS + 1];
+    for (size_t i = 0; i < NOPTS; i++)
+        lo[i] = (struct option){OPTS[i].name, OPTS[i].has_arg, NULL, OPTS[i].id};
+    lo[NOPTS] = (struct option){0, 0, 0, 0};
+    // first pass: the method (its defaults are the base the other options edit)
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1)
+        if (c == O_OPTIM) optim = optarg;
+    ngd_method m;
+    if (ngd_method_parse(optim, &m) != NGD_OK || m > NGD_METHOD_IKFAC ||
+        (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC)) {
+        cli_error("methods: sgd, adamw, singd, ingd, ikfac", "--optim: unknown or unavailable "
+                  "method '%s'", optim);
+        return -1;
+    }
+    t->cfg = ngd_config_default(m);
+    optind = 1;
+    opterr = 1;
+    float f;
+    size_t z;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        const char *nm = NULL;
+        for (size_t i = 0; i < NOPTS; i++)
+            if (OPTS[i].id == c) nm = OPTS[i].name;
+        switch (c) {
+        case O_MODEL: t->model = optarg; break;
+        case O_DATA: t->data = optarg; break;
+        case O_DATADIR: t->data_dir = optarg; break;
+        case O_OPTIM: break;
+        case O_LOG: t->log = optarg; break;
+        case O_CKPT: t->ckpt = optarg; break;
+        case O_RESUME: t->resume = optarg; break;
+        case O_NESTEROV: t->cfg.nesterov = true; break;
+        case O_KFACLIKE: t->cfg.kfac_like = true, t->cfg.alpha1 = 0; break;
+        case O_NORMCOV: t->cfg.normalize_lr_cov = true; break;
+        case O_QUIRK: t->cfg.official_blockdiag_quirk = true; break;
+        case O_AUGMENT: t->augment = true; break;
+        case O_QUIET: t->quiet = true; break;
+        case O_HELP:
+        case 'h': print_help(stdout, "train"); exit(NGD_EXIT_OK);
+        case O_WIDTHS: {
+            char *s = optarg, *tok, *save = NULL;
+            t->nwidths = 0;
+            for (tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                if (t->nwidths == NN_MODEL_MAX_WIDTHS || parse_z(nm, tok, &z) || z == 0) {
+                    cli_error("e.g. --widths 256,128", "--widths: bad list");
+                    return -1;
+                }
+                t->widths[t->nwidths++] = z;
+            }
+            break;
+        }
+        case O_STRUCT: {
+            char *comma = strchr(optarg, ',');
+            if (comma) *comma = '\0';
+            ngd_dtype keep = t->cfg.structure_K.dtype;
+            if (ngd_structure_parse(optarg, &t->cfg.structure_K) ||
+                ngd_structure_parse(comma ? comma + 1 : optarg, &t->cfg.structure_C)) {
+                cli_error("structures: dense, diagonal, blockdiag (block30diagonal), hierarchical "
+                          "(hierarchical15_15), triltoeplitz, triutoeplitz, tril_topleft_diag, "
+                          "tril_bottomright_diag, triu_topleft_diag, triu_bottomright_diag",
+                          "--structure: unknown structure in '%s%s%s'", optarg,
+                          comma ? "," : "", comma ? comma + 1 : "");
+                return -1;
+            }
+            t->cfg.structure_K.dtype = t->cfg.structure_C.dtype = keep;
+            break;
+        }
+        case O_APPROX:
+            if (!strcmp(optarg, "expand")) t->cfg.kfac_approx = NGD_KFAC_EXPAND;
+            else if (!strcmp(optarg, "reduce")) t->cfg.kfac_approx = NGD_KFAC_REDUCE;
+            else {
+                cli_error("expand or reduce", "--kfac-approx: unknown mode '%s'", optarg);
+                return -1;
+            }
+            break;
+        case O_FDTYPE:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16")) {
+                cli_error("f32 or bf16", "--factor-dtype: unknown type '%s'", optarg);
+                return -1;
+            }
+            t->cfg.structure_K.dtype = t->cfg.structure_C.dtype =
+                !strcmp(optarg, "bf16") ? NGD_BF16 : NGD_F32;
+            break;
+        case O_LR: if (parse_f(nm, optarg, &t->cfg.lr)) return -1; break;
+        case O_MOM: if (parse_f(nm, optarg, &t->cfg.momentum)) return -1; break;
+        case O_WD: if (parse_f(nm, optarg, &t->cfg.weight_decay)) return -1; break;
+        case O_BETA1: if (parse_f(nm, optarg, &t->cfg.beta1)) return -1; break;
+        case O_BETA2: if (parse_f(nm, optarg, &t->cfg.beta2)) return -1; break;
+        case O_EPS: if (parse_f(nm, optarg, &t->cfg.eps)) return -1; break;
+        case O_DAMPING: if (parse_f(nm, optarg, &t->cfg.damping)) return -1; break;
+        case O_LRCOV: if (parse_f(nm, optarg, &t->cfg.lr_cov)) return -1; break;
+        case O_ALPHA1: if (parse_f(nm, optarg, &f)) return -1; t->cfg.alpha1 = f; break;
+        case O_T: if (parse_z(nm, optarg, &t->cfg.T)) return -1; break;
+        case O_SUBSET: if (parse_z(nm, optarg, &t->subset)) return -1; break;
+        case O_EPOCHS: if (parse_z(nm, optarg, &t->epochs)) return -1; break;
+        case O_MAXSTEPS: if (parse_z(nm, optarg, &t->max_steps)) return -1; break;
+        case O_BATCH: if (parse_z(nm, optarg, &t->batch) || !t->batch) return -1; break;
+        case O_SEED: if (parse_z(nm, optarg, &z)) return -1; t->seed = z; break;
+        case O_THREADS: if (parse_z(nm, optarg, &z) || !z) return -1; t->threads = (int)z; break;
+        case O_EVALEVERY: if (parse_z(nm, optarg, &t->eval_every)) return -1; break;
+        case O_LOGEVERY: if (parse_z(nm, optarg, &t->log_every) || !t->log_every) return -1; break;
+        case O_CKPTEVERY: if (parse_z(nm, optarg, &t->ckpt_every)) return -1; break;
+        case O_MAXSKIPS: if (parse_z(nm, optarg, &t->max_skips) || !t->max_skips) return -1; break;
+        default:
+            fprintf(stderr, "hint: run 'ngd train --help' for the options\n");
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        cli_error("run 'ngd train --help' for the options", "unexpected argument '%s'",
+                  argv[optind]);
+        return -1;
+    }
+    char msg[256];
+    if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {
+        cli_error("run 'ngd train --help' for the options", "%s", msg);
+        return -1;
+    }
+    return 0;
+}
+
+// ---- data ----
+typedef struct {
+    nn_dataset train, test;
+    char name[32];
+} data_sets;
+
+static int file_exists(const char *p) { return access(p, R_OK) == 0; }
+
+static int load_data(const train_opts *t, data_sets *d) {
+    char err[512], a[1024], b[1024];
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", t->data);
+    size_t ntr = t->subset, nte = t->subset ? (t->subset >= 5 ? t->subset / 5 : 1) : 0;
+    nn_status s;
+    if (!strcmp(t->data, "fashion-mnist") || !strcmp(t->data, "mnist")) {
+        bool fashion = t->data[0] == 'f';
+        const char *dir = t->data_dir ? t->data_dir
+                          : fashion   ? "/usr/share/datasets/fashion-mnist"
+                                      : "data/mnist";
+        snprintf(a, sizeof a, "%s/train-images-idx3-ubyte.gz", dir);
+        if (!file_exists(a)) {
+            snprintf(a, sizeof a, "%s/train-images-idx3-ubyte", dir);
+            if (!file_exists(a)) {
+                cli_error(fashion ? "install it: apt-get install dataset-fashion-mnist (or run "
+                                    "scripts/deps.sh), or point --data-dir at your copy"
+                                  : "download MNIST's four IDX files into a folder and pass "
+                                    "--data-dir",
+                          "%s: no %s/train-images-idx3-ubyte[.gz]", t->data, dir);
+                return -1;
+            }
+        }
+        bool gz = strstr(a, ".gz") != NULL;
+        const char *ext = gz ? ".gz" : "";
+        snprintf(a, sizeof a, "%s/train-images-idx3-ubyte%s", dir, ext);
+        snprintf(b, sizeof b, "%s/train-labels-idx1-ubyte%s", dir, ext);
+        s = nn_dataset_load_idx(&d->train, a, b, ntr, err, sizeof err);
+        if (s == NN_OK) {
+            snprintf(a, sizeof a, "%s/t10k-images-idx3-ubyte%s", dir, ext);
+            snprintf(b, sizeof b, "%s/t10k-labels-idx1-ubyte%s", dir, ext);
+            s = nn_dataset_load_idx(&d->test, a, b, nte, err, sizeof err);
+        }
+    } else if (!strcmp(t->data, "cifar100") || !strcmp(t->data, "cifar10")) {
+        bool c100 = !strcmp(t->data, "cifar100");
+        const char *dir = t->data_dir ? t->data_dir
+                          : c100      ? "../shared/data/cifar-100-binary"
+                                      : "data/cifar-10-batches-bin";
+        if (c100) {
+            snprintf(a, sizeof a, "%s/train.bin", dir);
+            const char *p1 = a;
+            s = nn_dataset_load_cifar(&d->train, &p1, 1, NN_CIFAR100_FINE, ntr, err, sizeof err);
+            if (s == NN_OK) {
+                snprintf(b, sizeof b, "%s/test.bin", dir);
+                const char *p2 = b;
+                s = nn_dataset_load_cifar(&d->test, &p2, 1, NN_CIFAR100_FINE, nte, err,
+                                          sizeof err);
+            }
+        } else {
+            char paths[5][1024];
+            const char *pp[5];
+            for (int i = 0; i < 5; i++) {
+                snprintf(paths[i], sizeof paths[i], "%s/data_batch_%d.bin", dir, i + 1);
+                pp[i] = paths[i];
+            }
+            s = nn_dataset_load_cifar(&d->train, pp, 5, NN_CIFAR10, ntr, err, sizeof err);
+            if (s == NN_OK) {
+                snprintf(b, sizeof b, "%s/test_batch.bin", dir);
+                const char *p2 = b;
+                s = nn_dataset_load_cifar(&d->test, &p2, 1, NN_CIFAR10, nte, err, sizeof err);
+            }
+        }
+        if (s != NN_OK && !t->data_dir)
+            fprintf(stderr, "hint: point --data-dir at the folder of the binary files\n");
+    } else {
+        cli_error("data sets: fashion-mnist, mnist, cifar10, cifar100", "--data: unknown data "
+                  "set '%s'", t->data);
+        return -2;
+    }
+    if (s != NN_OK) {
+        cli_error(NULL, "%s", err);
+        nn_dataset_free(&d->train);
+        nn_dataset_free(&d->test);
+        return -1;
+    }
+    nn_dataset_compute_norm(&d->train);
+    nn_dataset_set_norm(&d->test, d->train.mean, d->train.std);
+    return 0;
+}
+
+// ---- training checkpoints (docs/formats.md "Training checkpoint") ----
+#define TRN_MAGIC "NGDTRN\r\n"
+#define TRN_VERSION 1u
+
+typedef struct {
+    unsigned char *b;
+    size_t len, cap;
+    bool oom;
+} wb;
+
+static void wb_put(wb *w, const void *p, size_t n) {
+    if (w->oom) return;
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 1 << 16;
+        while (cap < w->len + n) cap *= 2;
+        unsigned char *nb = realloc(w->b, cap);
+        if (!nb) {
+            w->oom = true;
+            return;
+        }
+        w->b = nb, w->cap = cap;
+    }
+    memcpy(w->b + w->len, p, n);
+    w->len += n;
+}
+// little-endian scalars (x86 and arm64 are little-endian; the format says so explicitly)
+static void wb_u64(wb *w, uint64_t v) {
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
+    wb_put(w, b, 8);
+}
+static void wb_str(wb *w, const char *s) {
+    wb_u64(w, strlen(s));
+    wb_put(w, s, strlen(s));
+}
+static void wb_f32s(wb *w, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8), (unsigned char)(u >> 16),
+                              (unsigned char)(u >> 24)};
+        wb_put(w, b, 4);
+    }
+}
+
+typedef struct {
+    const unsigned char *b;
+    size_t len, pos;
+    bool bad;
+} rb;
+static const unsigned char *rb_get(rb *r, size_t n) {
+    if (r->bad || n > r->len - r->pos) {
+        r->bad = true;
+        return NULL;
+    }
+    r->pos += n;
+    return r->b + r->pos - n;
+}
+static uint64_t rb_u64(rb *r) {
+    const unsigned char *b = rb_get(r, 8);
+    uint64_t v = 0;
+    if (b)
+        for (int i = 0; i < 8; i++) v |= (uint64_t)b[i] << (8 * i);
+    return v;
+}
+static bool rb_str_eq(rb *r, const char *want) {
+    uint64_t n = rb_u64(r);
+    const unsigned char *p = rb_get(r, (size_t)n);
+    return p && n == strlen(want) && !memcmp(p, want, n);
+}
+static void rb_f32s(rb *r, float *x, size_t n) {
+    const unsigned char *b = rb_get(r, 4 * n);
+    if (!b) return;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 |
+                     (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24;
+        memcpy(&x[i], &u, 4);
+    }
+}
+
+typedef struct {
+    size_t step, epoch, skips;
+    double wall;  // seconds of training so far
+} run_state;
+
+// Model state that is not a parameter (BatchNorm running statistics) comes from
+// nn_model_buffers and is saved beside the parameters.
+static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
+                           const nn_loader *ld, const run_state *rs) {
+    wb w = {0};
+    wb_put(&w, TRN_MAGIC, 8);
+    wb_u64(&w, TRN_VERSION);
+    wb_str(&w, t->model);
+    wb_str(&w, t->data);
+    wb_str(&w, ngd_method_name(t->cfg.method));
+    wb_u64(&w, rs->step), wb_u64(&w, rs->epoch), wb_u64(&w, rs->skips);
+    uint64_t wall;
+    memcpy(&wall, &rs->wall, 8);
+    wb_u64(&w, wall);
+    wb_u64(&w, ld->pos), wb_u64(&w, ld->epoch), wb_u64(&w, ld->ds->n);
+    for (int i = 0; i < 4; i++) wb_u64(&w, ld->rng.s[i]);
+    for (size_t i = 0; i < ld->ds->n; i++) wb_u64(&w, ld->order[i]);
+    wb_u64(&w, m->nparams);
+    for (size_t i = 0; i < m->nparams; i++) {
+        wb_u64(&w, m->params[i].n);
+        wb_f32s(&w, m->params[i].p, m->params[i].n);
+    }
+    nn_param bufs[NN_MODEL_MAX_PARAMS];
+    size_t nb = nn_model_buffers(m, bufs);
+    wb_u64(&w, nb);
+    for (size_t i = 0; i < nb; i++) {
+        wb_u64(&w, bufs[i].n);
+        wb_f32s(&w, bufs[i].p, bufs[i].n);
+    }
+    void *ob = NULL;
+    size_t olen = 0;
+    if (ngd_optim_save_mem(o, &ob, &olen) != NGD_OK) w.oom = true;
+    wb_u64(&w, olen);
+    wb_put(&w, ob, olen);
+    free(ob);
+    uint32_t crc = ngd_file_crc32(w.b, w.len);
+    unsigned char cb[4] = {(unsigned char)crc, (unsigned char)(crc >> 8), (unsigned char)(crc >> 16),
+                           (unsigned char)(crc >> 24)};
+    wb_put(&w, cb, 4);
+    char msg[512];
+    int rc = 0;
+    if (w.oom) {
+        cli_error(NULL, "checkpoint %s: out of memory", path);
+        rc = -1;
+    } else if (ngd_file_write_atomic(path, w.b, w.len, msg, sizeof msg) != NGD_OK) {
+        cli_error("check the folder exists and is writable", "checkpoint: %s", msg);
+        rc = -1;
+    }
+    free(w.b);
+    return rc;
+}
+
+static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
+                           nn_loader *ld, run_state *rs) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error(NULL, "--resume %s: %s", path, strerror(errno));
+        return -1;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
+    if (!b || (n > 0 && fread(b, 1, (size_t)n, f) != (size_t)n)) {
+        fclose(f);
+        free(b);
+        cli_error(NULL, "--resume %s: read failed", path);
+        return -1;
+    }
+    fclose(f);
+    size_t len = n > 0 ? (size_t)n : 0;
+    const char *why = NULL;
+    rb r = {b, len, 0, false};
+    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) why = "not an ngd training checkpoint";
+    else {
+        uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 |
+                       (uint32_t)b[len - 2] << 16 | (uint32_t)b[len - 1] << 24;
+        if (ngd_file_crc32(b, len - 4) != crc) why = "checksum mismatch (corrupt or truncated)";
+    }
+    if (!why) {
+        r.len = len - 4;
+        rb_get(&r, 8);
+        if (rb_u64(&r) != TRN_VERSION) why = "unsupported version";
+        else if (!rb_str_eq(&r, t->model)) why = "it was written for another model (--model)";
+        else if (!rb_str_eq(&r, t->data)) why = "it was written for another data set (--data)";
+        else if (!rb_str_eq(&r, ngd_method_name(t->cfg.method)))
+            why = "it was written by another optimizer (--optim)";
+    }
+    if (!why) {
+        rs->step = (size_t)rb_u64(&r), rs->epoch = (size_t)rb_u64(&r), rs->skips = (size_t)rb_u64(&r);
+        uint64_t wall = rb_u64(&r);
+        memcpy(&rs->wall, &wall, 8);
+        size_t pos = (size_t)rb_u64(&r), ep = (size_t)rb_u64(&r), nds = (size_t)rb_u64(&r);
+        if (nds != ld->ds->n) why = "the training set has another size (--subset?)";
+        else {
+            ld->pos = pos, ld->epoch = ep;
+            for (int i = 0; i < 4; i++) ld->rng.s[i] = rb_u64(&r);
+            for (size_t i = 0; i < nds; i++) ld->order[i] = (size_t)rb_u64(&r);
+        }
+    }
+    if (!why && rb_u64(&r) != m->nparams) why = "the model has other parameters (--widths?)";
+    for (size_t i = 0; !why && i < m->nparams; i++) {
+        if (rb_u64(&r) != m->params[i].n) why = "a parameter has another shape (--widths?)";
+        else rb_f32s(&r, m->params[i].p, m->params[i].n);
+    }
+    nn_param bufs[NN_MODEL_MAX_PARAMS];
+    size_t nb = nn_model_buffers(m, bufs);
+    if (!why && rb_u64(&r) != nb) why = "the model has other buffers";
+    for (size_t i = 0; !why && i < nb; i++) {
+        if (rb_u64(&r) != bufs[i].n) why = "a buffer has another shape";
+        else rb_f32s(&r, bufs[i].p, bufs[i].n);
+    }
+    if (!why) {
+        size_t olen = (size_t)rb_u64(&r);
+        const unsigned char *ob = rb_get(&r, olen);
+        if (!ob || r.bad) why = "truncated";
+        else if (ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
+            cli_error(NULL, "--resume %s: optimizer state: %s", path, ngd_optim_errmsg(o));
+            free(b);
+            return -1;
+        }
+    }
+    if (!why && r.bad) why = "truncated";
+    free(b);
+    if (why) {
+        cli_error("resume with the same --model, --widths, --data, --subset and --optim",
+                  "--resume %s: %s", path, why);
+        return -1;
+    }
+    return 0;
+}
+
+// ---- evaluation ----
+static void evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
+                     double *loss, double *acc) {
+    nn_loader ld;
+    double l = 0;
+    size_t correct = 0, n = 0;
+    if (nn_loader_init(&ld, ds, B, false, false, NULL, 0) != NN_OK) {
+        *loss = (double)NAN, *acc = (double)NAN;
+        return;
+    }
+    size_t k;
+    while ((k = nn_loader_next(&ld, x, y)) > 0) {
+        m->ops->forward(m, x, k, false);
+        l += (double)nn_xent_forward(m->logits, y, k, m->cfg.classes, 0.0f, 1.0f, NULL) * (double)k;
+        correct += nn_xent_correct(m->logits, y, k, m->cfg.classes);
+        n += k;
+        if (ld.epoch > 0) break;
+    }
+    nn_loader_free(&ld);
+    *loss = n ? l / (double)n : (double)NAN;
+    *acc = n ? (double)correct / (double)n : (double)NAN;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void log_line(FILE *f, cJSON *o) {
+    if (!f) {
+        cJSON_Delete(o);
+        return;
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) fprintf(f, "%s\n", s);
+    fflush(f);
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+static void progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t per_epoch,
+                     double loss, double acc, double sps, double eta) {
+    if (tty) {
+        int w = 30, fill = per_epoch ? (int)((double)w * (double)it / (double)per_epoch) : w;
+        char bar[64];
+        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+        bar[w] = '\0';
+        fprintf(stderr, "\repoch %zu/%zu [%s] %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs  ",
+                epoch + 1, epochs, bar, it, per_epoch, loss, acc, sps, eta);
+    } else {
+        fprintf(stderr, "epoch %zu/%zu step %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs\n",
+                epoch + 1, epochs, it, per_epoch, loss, acc, sps, eta);
+    }
+}
+
+static cJSON *health_json(const ngd_optim *o) {
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < ngd_optim_count(o); i++) {
+        ngd_layer_health h;
+        if (ngd_optim_layer_health(o, (int)i, &h) != NGD_OK) continue;
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "name", h.name);
+        cJSON_AddNumberToObject(e, "grad_norm", (double)h.grad_norm);
+        cJSON_AddNumberToObject(e, "update_norm", (double)h.update_norm);
+        if (h.updates) {
+            cJSON_AddNumberToObject(e, "updates", (double)h.updates);
+            cJSON_AddNumberToObject(e, "trace_K", (double)h.trace_K);
+            cJSON_AddNumberToObject(e, "trace_C", (double)h.trace_C);
+            cJSON_AddNumberToObject(e, "norm_K", (double)h.norm_K);
+            cJSON_AddNumberToObject(e, "norm_C", (double)h.norm_C);
+        }
+        if (h.skips) cJSON_AddNumberToObject(e, "skips", (double)h.skips);
+        cJSON_AddItemToArray(arr, e);
+    }
+    return arr;
+}
+
+static int mkdir_runs(void) { return mkdir("runs", 0755); }
+
+static FILE *open_log(const train_opts *t, char *path, size_t cap) {
+    if (t->log) snprintf(path, cap, "%s", t->log);
+    else {
+        (void)mkdir_runs();
+        snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
+                 ngd_method_name(t->cfg.method));
+    }
+    FILE *f = fopen(path, t->resume ? "a" : "w");
+    if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
+    return f;
+}
+
+static int run(const train_opts *t, bool eval_only) {
+    if (t->threads) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", t->threads);
+        setenv("OMP_NUM_THREADS", v, 1);
+    }
+    data_sets d;
+    int dl = load_data(t, &d);
+    if (dl) return dl == -2 ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
+    int rc = NGD_EXIT_FAIL;
+    nn_model m;
+    memset(&m, 0, sizeof m);
+    ngd_optim *o = NULL;
+    nn_loader ld;
+    memset(&ld, 0, sizeof ld);
+    FILE *logf = NULL;
+    float *x = NULL;
+    int32_t *y = NULL;
+    float *dlogits = NULL;
+    char err[512], logpath[1024] = "";
+    nn_model_cfg mc = {.name = t->model, .in_c = d.train.c, .in_h = d.train.h, .in_w = d.train.w,
+                       .classes = d.train.num_classes, .max_batch = t->batch, .seed = t->seed};
+    memcpy(mc.widths, t->widths, sizeof mc.widths);
+    mc.nwidths = t->nwidths;
+    nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
+    if (ns != NN_OK) {
+        cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models" : NULL, "%s", err);
+        rc = ns == NN_ERR_ARG ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
+        goto done;
+    }
+    ngd_status st = ngd_optim_create(&t->cfg, &o);
+    if (st == NGD_OK) st = m.ops->attach(&m, o);
+    if (st != NGD_OK) {
+        cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
+        goto done;
+    }
+    nn_augment aug = {t->augment ? 4 : 0, t->augment};
+    if (nn_loader_init(&ld, &d.train, t->batch, true, true, t->augment ? &aug : NULL,
+                       t->seed + 1) != NN_OK) {
+        cli_error(NULL, "out of memory");
+        goto done;
+    }
+    x = malloc(t->batch * d.train.c * d.train.h * d.train.w * sizeof(float));
+    y = malloc(t->batch * sizeof(int32_t));
+    dlogits = malloc(t->batch * d.train.num_classes * sizeof(float));
+    if (!x || !y || !dlogits) {
+        cli_error(NULL, "out of memory");
+        goto done;
+    }
+    run_state rs = {0, 0, 0, 0.0};
+    if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, &rs)) goto done;
+    if (eval_only) {
+        double tl, ta;
+        evaluate(&m, &d.test, t->batch, x, y, &tl, &ta);
+        printf("eval: %s on %s test (%zu images): loss %.4f accuracy %.2f%%\n", t->model, t->data,
+               d.test.n, tl, 100 * ta);
+        rc = NGD_EXIT_OK;
+        goto done;
+    }
+    if (!(logf = open_log(t, logpath, sizeof logpath))) goto done;
+    const bool tty = !t->quiet && isatty(2);
+    const size_t per_epoch = d.train.n / t->batch;
+    if (per_epoch == 0) {
+        cli_error("use a smaller --batch or a larger --subset", "the training set (%zu images) "
+                  "is smaller than one batch (%zu)", d.train.n, t->batch);
+        goto done;
+    }
+    if (!t->quiet)
+        fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
+                "batch %zu, %zu epochs; log %s\n", t->model, nn_model_param_count(&m), t->data,
+                d.train.n, d.test.n, ngd_method_name(t->cfg.method), t->batch, t->epochs, logpath);
+    size_t consecutive_skips = 0, seen = 0;
+    double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
+    size_t run_n = 0;
+    double last_test_acc = (double)NAN, last_test_loss = (double)NAN;
+    bool stop = false;
+    rc = NGD_EXIT_OK;
+    while (rs.epoch < t->epochs && !stop) {
+        size_t k;
+        while ((k = nn_loader_next(&ld, x, y)) > 0) {
+            if (t->max_steps && rs.step >= t->max_steps) {
+                stop = true;
+                break;
+            }
+            nn_model_zero_grad(&m);
+            m.ops->forward(&m, x, k, true);
+            float loss = nn_xent_forward(m.logits, y, k, m.cfg.classes, 0.0f, 1.0f, dlogits);
+            size_t correct = nn_xent_correct(m.logits, y, k, m.cfg.classes);
+            m.ops->backward(&m, dlogits);
+            if (ngd_optim_wants_stats(o) && (st = m.ops->observe(&m, o)) != NGD_OK) {
+                cli_error(NULL, "observe: %s", ngd_optim_errmsg(o));
+                rc = NGD_EXIT_FAIL;
+                stop = true;
+                break;
+            }
+            st = ngd_optim_step(o);
+            rs.step++;
+            if (st == NGD_SKIPPED || !isfinite(loss)) {
+                rs.skips++;
+                if (++consecutive_skips >= t->max_skips) {
+                    cli_error("lower --lr or raise --damping; the last checkpoint is intact",
+                              "%zu consecutive non-finite steps at step %zu: stopping",
+                              consecutive_skips, rs.step);
+                    rc = NGD_EXIT_FAIL;
+                    stop = true;
+                    break;
+                }
+                continue;
+            } else if (st != NGD_OK) {
+                cli_error(NULL, "step: %s", ngd_optim_errmsg(o));
+                rc = NGD_EXIT_FAIL;
+                stop = true;
+                break;
+            }
+            consecutive_skips = 0;
+            seen += k;
+            run_loss += (double)loss * (double)k, run_acc += (double)correct, run_n += k;
+            if (rs.step % t->log_every == 0) {
+                double now = now_s(), sps = (double)seen / (now - t_mark);
+                size_t it = ld.pos / t->batch;
+                double eta = sps > 0 ? (double)((t->epochs - rs.epoch) * per_epoch - it) *
+                                           (double)t->batch / sps : 0;
+                cJSON *j = cJSON_CreateObject();
+                cJSON_AddStringToObject(j, "type", "step");
+                cJSON_AddNumberToObject(j, "step", (double)rs.step);
+                cJSON_AddNumberToObject(j, "epoch", (double)rs.epoch + (double)it / (double)per_epoch);
+                cJSON_AddNumberToObject(j, "loss", run_loss / (double)run_n);
+                cJSON_AddNumberToObject(j, "accuracy", run_acc / (double)run_n);
+                cJSON_AddNumberToObject(j, "lr", (double)t->cfg.lr);
+                cJSON_AddNumberToObject(j, "samples_per_s", sps);
+                cJSON_AddNumberToObject(j, "wall_s", now - t_start);
+                cJSON_AddItemToObject(j, "health", health_json(o));
+                log_line(logf, j);
+                if (!t->quiet && (tty || rs.step % (t->log_every * 10) == 0))
+                    progress(tty, rs.epoch, t->epochs, it, per_epoch, run_loss / (double)run_n,
+                             run_acc / (double)run_n, sps, eta);
+                run_loss = run_acc = 0, run_n = 0, seen = 0, t_mark = now;
+            }
+            if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0) {
+                rs.wall = now_s() - t_start;
+                if (save_checkpoint(t->ckpt, t, &m, o, &ld, &rs)) {
+                    rc = NGD_EXIT_FAIL;
+                    stop = true;
+                    break;
+                }
+            }
+        }
+        if (k == 0) {  // the epoch is complete (the loader reshuffled for the next)
+            rs.epoch++;
+            if (tty) fputc('\n', stderr);
+            bool last = rs.epoch == t->epochs;
+            if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
+                evaluate(&m, &d.test, t->batch, x, y, &last_test_loss, &last_test_acc);
+                cJSON *j = cJSON_CreateObject();
+                cJSON_AddStringToObject(j, "type", "eval");
+                cJSON_AddNumberToObject(j, "step", (double)rs.step);
+                cJSON_AddNumberToObject(j, "epoch", (double)rs.epoch);
+                cJSON_AddNumberToObject(j, "test_loss", last_test_loss);
+                cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
+                cJSON_AddNumberToObject(j, "wall_s", now_s() - t_start);
+                log_line(logf, j);
+                if (!t->quiet)
+                    fprintf(stderr, "epoch %zu: test loss %.4f, test accuracy %.2f%%\n", rs.epoch,
+                            last_test_loss, 100 * last_test_acc);
+            }
+            if (t->ckpt && !t->ckpt_every) {
+                rs.wall = now_s() - t_start;
+                if (save_checkpoint(t->ckpt, t, &m, o, &ld, &rs)) {
+                    rc = NGD_EXIT_FAIL;
+                    break;
+                }
+            }
+        }
+    }
+    if (rc == NGD_EXIT_OK && stop && t->ckpt) {  // --max-steps: leave a checkpoint to resume
+        rs.wall = now_s() - t_start;
+        if (save_checkpoint(t->ckpt, t, &m, o, &ld, &rs)) rc = NGD_EXIT_FAIL;
+    }
+    double wall = now_s() - t_start;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "type", "summary");
+    cJSON_AddStringToObject(j, "model", t->model);
+    cJSON_AddStringToObject(j, "data", t->data);
+    cJSON_AddStringToObject(j, "optim", ngd_method_name(t->cfg.method));
+    cJSON_AddNumberToObject(j, "steps", (double)rs.step);
+    cJSON_AddNumberToObject(j, "epochs", (double)rs.epoch);
+    cJSON_AddNumberToObject(j, "skipped_steps", (double)rs.skips);
+    cJSON_AddNumberToObject(j, "test_loss", last_test_loss);
+    cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
+    cJSON_AddNumberToObject(j, "wall_s", wall);
+    cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
+    log_line(logf, j);
+    if (!t->quiet || rc == NGD_EXIT_OK)
+        printf("%s %s on %s: %zu steps in %.1f s, test accuracy %.2f%% (loss %.4f); log %s%s%s\n",
+               ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall,
+               100 * last_test_acc, last_test_loss, logpath, t->ckpt ? ", checkpoint " : "",
+               t->ckpt ? t->ckpt : "");
+done:
+    if (logf) fclose(logf);
+    free(x), free(y), free(dlogits);
+    nn_loader_free(&ld);
+    ngd_optim_free(o);
+    nn_model_free(&m);
+    nn_dataset_free(&d.train);
+    nn_dataset_free(&d.test);
+    return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_opts t;
+    if (parse_opts(argc, argv, &t)) return NGD_EXIT_USAGE;
+    return run(&t, false);
+}
+
+int cmd_eval(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            print_help(stdout, "eval");
+            return NGD_EXIT_OK;
+        }
+    train_opts t;
+    if (parse_opts(argc, argv, &t)) return NGD_EXIT_USAGE;
+    if (!t.resume) {
+        cli_error("e.g. ngd eval --resume run.ckpt --model mlp", "eval needs --resume FILE");
+        return NGD_EXIT_USAGE;
+    }
+    return run(&t, true);
+}

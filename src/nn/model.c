@@ -1,0 +1,101 @@
+/*
+ * model.c — the model table, creation/teardown, and the glue every model uses to register
+ * its layers with libngd and hand over their statistics.
+ */
+#include "model.h"
+
+#include <stdio.h>
+#include <string.h>
+
+extern const nn_model_ops nn_mlp_ops, nn_cnn_ops;
+
+static const nn_model_ops *const MODELS[] = {&nn_mlp_ops, &nn_cnn_ops};
+
+const nn_model_ops *nn_model_list(size_t i) {
+    return i < sizeof MODELS / sizeof MODELS[0] ? MODELS[i] : NULL;
+}
+
+nn_status nn_model_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap) {
+    memset(m, 0, sizeof *m);
+    for (size_t i = 0; nn_model_list(i); i++) {
+        const nn_model_ops *ops = nn_model_list(i);
+        if (strcmp(ops->name, cfg->name) != 0) continue;
+        m->ops = ops;
+        m->cfg = *cfg;
+        if (!cfg->classes || !cfg->max_batch || !cfg->in_c || !cfg->in_h || !cfg->in_w) {
+            snprintf(err, cap, "model %s: input shape, classes and batch must be non-zero",
+                     cfg->name);
+            return NN_ERR_ARG;
+        }
+        m->logits = nn_malloc(cfg->max_batch * cfg->classes, sizeof(float));
+        if (!m->logits) {
+            snprintf(err, cap, "model %s: out of memory", cfg->name);
+            return NN_ERR_NOMEM;
+        }
+        nn_status s = ops->create(m, cfg, err, cap);
+        if (s != NN_OK) nn_model_free(m);
+        return s;
+    }
+    size_t n = (size_t)snprintf(err, cap, "unknown model '%s' (models:", cfg->name);
+    for (size_t i = 0; nn_model_list(i) && n < cap; i++)
+        n += (size_t)snprintf(err + n, cap - n, " %s", nn_model_list(i)->name);
+    if (n < cap) snprintf(err + n, cap - n, ")");
+    return NN_ERR_ARG;
+}
+
+void nn_model_free(nn_model *m) {
+    if (!m) return;
+    if (m->ops && m->impl) m->ops->destroy(m);
+    free(m->logits);
+    memset(m, 0, sizeof *m);
+}
+
+void nn_model_zero_grad(nn_model *m) { nn_zero_grads(m->params, m->nparams); }
+
+size_t nn_model_param_count(const nn_model *m) { return nn_param_count(m->params, m->nparams); }
+
+void nn_model_add_params(nn_model *m, const nn_param *ps, size_t n) {
+    for (size_t i = 0; i < n && m->nparams < NN_MODEL_MAX_PARAMS; i++) m->params[m->nparams++] = ps[i];
+}
+
+ngd_status nn_attach_linear(ngd_optim *o, const nn_linear *l, const char *name, int *id) {
+    ngd_layer L = nn_linear_ngd_layer(l, name);
+    return ngd_optim_add_layer(o, &L, id);
+}
+
+ngd_status nn_attach_conv2d(ngd_optim *o, const nn_conv2d *l, const char *name, int *id) {
+    ngd_layer L = nn_conv2d_ngd_layer(l, name);
+    return ngd_optim_add_layer(o, &L, id);
+}
+
+ngd_status nn_attach_params(ngd_optim *o, const nn_param *ps, size_t n, const char *prefix) {
+    for (size_t i = 0; i < n; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%s.%s", prefix, ps[i].name);
+        int id;
+        ngd_status s = ngd_optim_add_param(o, name, ps[i].p, ps[i].g, ps[i].n, NULL, &id);
+        if (s != NGD_OK) return s;
+    }
+    return NGD_OK;
+}
+
+ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t batch) {
+    ngd_matrix a, g;
+    nn_linear_stats(l, &a, &g);
+    return ngd_optim_observe(o, id, batch, a, g);
+}
+
+ngd_status nn_observe_conv2d(ngd_optim *o, nn_conv2d *l, int id, size_t batch) {
+    ngd_matrix a, g;
+    if (nn_conv2d_stats(l, &a, &g) != NN_OK) return NGD_ERR_NOMEM;
+    return ngd_optim_observe(o, id, batch, a, g);
+}
+
+void nn_model_add_buffer(nn_model *m, const char *name, float *p, size_t n) {
+    if (m->nbuffers < NN_MODEL_MAX_PARAMS) m->buffers[m->nbuffers++] = (nn_param){name, p, NULL, n};
+}
+
+size_t nn_model_buffers(const nn_model *m, nn_param *out) {
+    memcpy(out, m->buffers, m->nbuffers * sizeof *out);
+    return m->nbuffers;
+}

@@ -1,0 +1,85 @@
+/*
+ * model.h — the engine's models behind one small table (internal, never installed). Each
+ * model file writes its forward and backward out in order (llm.c's gpt2_forward style); the
+ * table only lets `ngd train` pick one by name. Classification models map an input batch
+ * (N, c, h, w) — or token ids for text models — to logits (N·T, classes).
+ *
+ * Every Kronecker-factored layer (Linear, Conv2d) is registered with libngd by `attach`
+ * (ngd_optim_add_layer) and hands over its statistics in `observe` (ngd_optim_observe) after
+ * the backward pass; every other parameter (norm scales and shifts, embeddings) is
+ * registered with ngd_optim_add_param, so the optimizer trains all of them.
+ */
+#ifndef NN_MODEL_H
+#define NN_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ngd.h"
+#include "nn.h"
+
+#define NN_MODEL_MAX_PARAMS 256
+#define NN_MODEL_MAX_WIDTHS 8
+
+typedef struct {
+    const char *name;        // "mlp", "cnn", ...
+    size_t in_c, in_h, in_w; // input image shape (text models: in_h = context length T)
+    size_t classes;          // output classes (text: vocabulary size)
+    size_t max_batch;
+    size_t widths[NN_MODEL_MAX_WIDTHS];  // hidden widths (mlp) / channels (cnn); 0 = default
+    size_t nwidths;
+    float dropout;
+    uint64_t seed;           // initialisation
+} nn_model_cfg;
+
+typedef struct nn_model nn_model;
+
+typedef struct {
+    const char *name;
+    const char *help;
+    nn_status (*create)(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap);
+    // x (N, c, h, w) -> m->logits (N, classes); train selects batchnorm/dropout mode
+    void (*forward)(nn_model *m, const float *x, size_t N, bool train);
+    // dlogits (N, classes): accumulates every parameter gradient (zero them first)
+    void (*backward)(nn_model *m, const float *dlogits);
+    ngd_status (*attach)(nn_model *m, ngd_optim *o);
+    // the statistics of every Kronecker-factored layer of the last backward
+    ngd_status (*observe)(nn_model *m, ngd_optim *o);
+    void (*destroy)(nn_model *m);
+} nn_model_ops;
+
+struct nn_model {
+    const nn_model_ops *ops;
+    nn_model_cfg cfg;
+    float *logits;                         // (max_batch, classes), written by forward
+    nn_param params[NN_MODEL_MAX_PARAMS];  // every parameter, in registration order
+    size_t nparams;
+    nn_param buffers[NN_MODEL_MAX_PARAMS]; // state that is not trained (BN running stats)
+    size_t nbuffers;
+    size_t N;                              // batch of the last forward
+    void *impl;                            // the model's own struct
+};
+
+// Creates the model named cfg->name. Errors: NN_ERR_ARG (unknown name, bad sizes: the
+// message lists the models), NN_ERR_NOMEM.
+nn_status nn_model_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap);
+void nn_model_free(nn_model *m);
+void nn_model_zero_grad(nn_model *m);
+size_t nn_model_param_count(const nn_model *m);
+// The table of models (for --help): returns the i-th, NULL past the end.
+const nn_model_ops *nn_model_list(size_t i);
+
+// Helpers for model files: register a Linear / Conv2d with libngd and remember its id.
+ngd_status nn_attach_linear(ngd_optim *o, const nn_linear *l, const char *name, int *id);
+ngd_status nn_attach_conv2d(ngd_optim *o, const nn_conv2d *l, const char *name, int *id);
+ngd_status nn_attach_params(ngd_optim *o, const nn_param *ps, size_t n, const char *prefix);
+ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t batch);
+ngd_status nn_observe_conv2d(ngd_optim *o, nn_conv2d *l, int id, size_t batch);
+// Appends a layer's parameters to m->params (names must be static strings).
+void nn_model_add_params(nn_model *m, const nn_param *ps, size_t n);
+// Appends a non-trained state array (g = NULL) to m->buffers.
+void nn_model_add_buffer(nn_model *m, const char *name, float *p, size_t n);
+// Copies the buffers into out (NN_MODEL_MAX_PARAMS entries); returns their number.
+size_t nn_model_buffers(const nn_model *m, nn_param *out);
+#endif

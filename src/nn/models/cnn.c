@@ -1,0 +1,212 @@
+/*
+ * cnn.c — a small VGG-style network with batch normalisation:
+ *   [Conv3x3 -> BN -> ReLU -> Conv3x3 -> BN -> ReLU -> MaxPool2] per stage (default channels
+ *   32, 64), flatten, Linear -> ReLU (128) -> Linear (classes).
+ * Convolutions and Linears are Kronecker-factored layers; BN scales/shifts are registered as
+ * plain parameters. Forward in order; backward in reverse.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "model.h"
+
+#define CNN_MAX_STAGES 4
+#define CNN_CONVS (2 * CNN_MAX_STAGES)
+#define CNN_HIDDEN 128
+
+typedef struct {
+    size_t nstages, nconv;
+    nn_conv2d conv[CNN_CONVS];
+    nn_batchnorm bn[CNN_CONVS];
+    nn_relu relu[CNN_CONVS + 1];
+    nn_maxpool2d pool[CNN_MAX_STAGES];
+    nn_linear fc1, fc2;
+    int conv_id[CNN_CONVS], fc1_id, fc2_id;
+    // activations, each (B, C, H, W) of its layer; x_k is the input of conv k
+    float *cz[CNN_CONVS];   // conv output
+    float *bz[CNN_CONVS];   // BN output
+    float *ra[CNN_CONVS];   // ReLU output
+    float *po[CNN_MAX_STAGES];  // pool output
+    float *h1, *a1;         // (B, 128) fc1 output, ReLU output
+    // gradients, same shapes
+    float *dcz[CNN_CONVS], *dbz[CNN_CONVS], *dra[CNN_CONVS], *dpo[CNN_MAX_STAGES];
+    float *dh1, *da1;
+    size_t flat;            // features entering fc1
+} cnn;
+
+static void cnn_destroy(nn_model *m) {
+    cnn *p = m->impl;
+    for (size_t k = 0; k < p->nconv; k++) {
+        nn_conv2d_free(&p->conv[k]);
+        nn_batchnorm_free(&p->bn[k]);
+        free(p->cz[k]), free(p->bz[k]), free(p->ra[k]);
+        free(p->dcz[k]), free(p->dbz[k]), free(p->dra[k]);
+    }
+    for (size_t s = 0; s < p->nstages; s++) {
+        nn_maxpool2d_free(&p->pool[s]);
+        free(p->po[s]), free(p->dpo[s]);
+    }
+    nn_linear_free(&p->fc1);
+    nn_linear_free(&p->fc2);
+    free(p->h1), free(p->a1), free(p->dh1), free(p->da1);
+    free(p);
+    m->impl = NULL;
+}
+
+static float *buf(size_t n) { return nn_malloc(n, sizeof(float)); }
+
+static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap) {
+    cnn *p = nn_calloc(1, sizeof *p);
+    if (!p) return NN_ERR_NOMEM;
+    m->impl = p;
+    size_t chans[CNN_MAX_STAGES] = {32, 64};
+    p->nstages = cfg->nwidths ? cfg->nwidths : 2;
+    if (p->nstages > CNN_MAX_STAGES) {
+        snprintf(err, cap, "cnn: at most %d stages (--widths)", CNN_MAX_STAGES);
+        return NN_ERR_ARG;
+    }
+    if (cfg->nwidths) memcpy(chans, cfg->widths, p->nstages * sizeof chans[0]);
+    nn_rng rng;
+    nn_rng_seed(&rng, cfg->seed);
+    const size_t B = cfg->max_batch;
+    size_t c = cfg->in_c, h = cfg->in_h, w = cfg->in_w;
+    for (size_t s = 0; s < p->nstages; s++) {
+        for (int j = 0; j < 2; j++) {
+            size_t k = p->nconv++;
+            ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+            if (!chans[s] || nn_conv2d_init(&p->conv[k], &g, chans[s], true, B, &rng) != NN_OK ||
+                nn_batchnorm_init(&p->bn[k], chans[s], h * w, B) != NN_OK)
+                goto bad;
+            c = chans[s];
+            size_t n = B * c * h * w;
+            p->cz[k] = buf(n), p->bz[k] = buf(n), p->ra[k] = buf(n);
+            p->dcz[k] = buf(n), p->dbz[k] = buf(n), p->dra[k] = buf(n);
+            if (!p->cz[k] || !p->bz[k] || !p->ra[k] || !p->dcz[k] || !p->dbz[k] || !p->dra[k])
+                goto oom;
+            nn_param ps[2];
+            size_t np = nn_conv2d_params(&p->conv[k], ps);
+            nn_model_add_params(m, ps, np);
+            np = nn_batchnorm_params(&p->bn[k], ps);
+            nn_model_add_params(m, ps, np);
+            nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, chans[s]);
+            nn_model_add_buffer(m, "running_var", p->bn[k].running_var, chans[s]);
+        }
+        if (h < 2 || w < 2 || nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, B) != NN_OK) goto bad;
+        h /= 2, w /= 2;
+        p->po[s] = buf(B * c * h * w), p->dpo[s] = buf(B * c * h * w);
+        if (!p->po[s] || !p->dpo[s]) goto oom;
+    }
+    p->flat = c * h * w;
+    if (nn_linear_init(&p->fc1, p->flat, CNN_HIDDEN, true, &rng) != NN_OK ||
+        nn_linear_init(&p->fc2, CNN_HIDDEN, cfg->classes, true, &rng) != NN_OK)
+        goto oom;
+    nn_param ps[2];
+    size_t np = nn_linear_params(&p->fc1, ps);
+    nn_model_add_params(m, ps, np);
+    np = nn_linear_params(&p->fc2, ps);
+    nn_model_add_params(m, ps, np);
+    p->h1 = buf(B * CNN_HIDDEN), p->a1 = buf(B * CNN_HIDDEN);
+    p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN);
+    if (!p->h1 || !p->a1 || !p->dh1 || !p->da1) goto oom;
+    return NN_OK;
+bad:
+    snprintf(err, cap, "cnn: input %zux%zux%zu too small for %zu stages (or a zero width)",
+             cfg->in_c, cfg->in_h, cfg->in_w, p->nstages);
+    return NN_ERR_ARG;
+oom:
+    snprintf(err, cap, "cnn: out of memory");
+    return NN_ERR_NOMEM;
+}
+
+static size_t act_size(const cnn *p, size_t k, size_t N) {
+    return N * p->conv[k].c_out * p->conv[k].oh * p->conv[k].ow;
+}
+
+static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
+    cnn *p = m->impl;
+    m->N = N;
+    const float *in = x;
+    for (size_t s = 0; s < p->nstages; s++) {
+        for (size_t j = 0; j < 2; j++) {
+            size_t k = 2 * s + j;
+            nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
+            nn_batchnorm_forward(&p->bn[k], p->cz[k], p->bz[k], N, train);
+            nn_relu_forward(&p->relu[k], p->bz[k], p->ra[k], act_size(p, k, N));
+            in = p->ra[k];
+        }
+        nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
+        in = p->po[s];
+    }
+    nn_linear_forward(&p->fc1, in, p->h1, N);  // flatten: NCHW memory is already (N, C*H*W)
+    nn_relu_forward(&p->relu[p->nconv], p->h1, p->a1, N * CNN_HIDDEN);
+    nn_linear_forward(&p->fc2, p->a1, m->logits, N);
+}
+
+static void cnn_backward(nn_model *m, const float *dlogits) {
+    cnn *p = m->impl;
+    const size_t N = m->N;
+    memset(p->da1, 0, N * CNN_HIDDEN * sizeof(float));
+    nn_linear_backward(&p->fc2, dlogits, p->da1);
+    memset(p->dh1, 0, N * CNN_HIDDEN * sizeof(float));
+    nn_relu_backward(&p->relu[p->nconv], p->da1, p->dh1);
+    float *dpo_last = p->dpo[p->nstages - 1];
+    memset(dpo_last, 0, N * p->flat * sizeof(float));
+    nn_linear_backward(&p->fc1, p->dh1, dpo_last);
+    for (size_t s = p->nstages; s-- > 0;) {
+        size_t k2 = 2 * s + 1;
+        memset(p->dra[k2], 0, act_size(p, k2, N) * sizeof(float));
+        nn_maxpool2d_backward(&p->pool[s], p->dpo[s], p->dra[k2]);
+        for (size_t j = 2; j-- > 0;) {
+            size_t k = 2 * s + j, n = act_size(p, k, N);
+            memset(p->dbz[k], 0, n * sizeof(float));
+            nn_relu_backward(&p->relu[k], p->dra[k], p->dbz[k]);
+            memset(p->dcz[k], 0, n * sizeof(float));
+            nn_batchnorm_backward(&p->bn[k], p->dbz[k], p->dcz[k]);
+            float *dx = NULL;  // the image needs no gradient
+            size_t nin = 0;
+            if (k > 0) {
+                dx = (j == 1) ? p->dra[k - 1] : p->dpo[s - 1];
+                nin = N * p->conv[k].geom.c_in * p->conv[k].geom.h * p->conv[k].geom.w;
+                memset(dx, 0, nin * sizeof(float));
+            }
+            nn_conv2d_backward(&p->conv[k], p->dcz[k], dx);
+        }
+    }
+}
+
+static ngd_status cnn_attach(nn_model *m, ngd_optim *o) {
+    cnn *p = m->impl;
+    ngd_status st;
+    for (size_t k = 0; k < p->nconv; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "conv%zu", k + 1);
+        if ((st = nn_attach_conv2d(o, &p->conv[k], name, &p->conv_id[k]))) return st;
+        nn_param ps[2];
+        size_t np = nn_batchnorm_params(&p->bn[k], ps);
+        snprintf(name, sizeof name, "bn%zu", k + 1);
+        if ((st = nn_attach_params(o, ps, np, name))) return st;
+    }
+    if ((st = nn_attach_linear(o, &p->fc1, "fc1", &p->fc1_id))) return st;
+    return nn_attach_linear(o, &p->fc2, "fc2", &p->fc2_id);
+}
+
+static ngd_status cnn_observe(nn_model *m, ngd_optim *o) {
+    cnn *p = m->impl;
+    ngd_status st;
+    for (size_t k = 0; k < p->nconv; k++)
+        if ((st = nn_observe_conv2d(o, &p->conv[k], p->conv_id[k], m->N))) return st;
+    if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, m->N))) return st;
+    return nn_observe_linear(o, &p->fc2, p->fc2_id, m->N);
+}
+
+const nn_model_ops nn_cnn_ops = {
+    .name = "cnn",
+    .help = "VGG-style: [conv3x3-BN-ReLU x2, maxpool] per stage (--widths, default 32,64), "
+            "FC 128, FC",
+    .create = cnn_create,
+    .forward = cnn_forward,
+    .backward = cnn_backward,
+    .attach = cnn_attach,
+    .observe = cnn_observe,
+    .destroy = cnn_destroy,
+};
