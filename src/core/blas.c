@@ -41,6 +41,25 @@ void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C)
         }
 }
 
+// Below this many multiply-adds a plain loop beats a oneDNN call (~10 us of dispatch and a
+// thread-pool wake-up per call: block-diagonal factors with small blocks make many such).
+#define SMALL_GEMM_MACS 16384
+
+static void gemm_small(float alpha, ngd_cview A, ngd_cview B, ngd_view C) {
+    // C already holds beta*C; C += alpha A B, k outer to stream rows of B
+    for (size_t i = 0; i < C.rows; i++)
+        for (size_t l = 0; l < A.cols; l++) {
+            const float a = alpha * NGD_AT(A, i, l);
+            if (B.cs == 1 && C.cs == 1) {
+                const float *b = B.p + (ptrdiff_t)l * B.rs;
+                float *c = C.p + (ptrdiff_t)i * C.rs;
+                for (size_t j = 0; j < C.cols; j++) c[j] += a * b[j];
+            } else {
+                for (size_t j = 0; j < C.cols; j++) NGD_AT(C, i, j) += a * NGD_AT(B, l, j);
+            }
+        }
+}
+
 void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     NGD_ASSERT(A.rows == C.rows && B.cols == C.cols && A.cols == B.rows);
     size_t m = C.rows, n = C.cols, k = A.cols;
@@ -48,6 +67,12 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     if (k == 0 || alpha == 0.0f) {
         if (beta == 0.0f) ngd_view_zero(C);
         else if (beta != 1.0f) ngd_view_scale(C, beta);
+        return;
+    }
+    if (m * n * k <= SMALL_GEMM_MACS) {
+        if (beta == 0.0f) ngd_view_zero(C);
+        else if (beta != 1.0f) ngd_view_scale(C, beta);
+        gemm_small(alpha, A, B, C);
         return;
     }
     char ta, tb, tc;
@@ -160,6 +185,161 @@ int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double
     if (m == 0 || n == 0) return 0;
     return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a,
                           (lapack_int)lda, s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
+}
+
+// ---- LAPACK without allocation (column-major calls; see blas.h) ----
+_Static_assert(sizeof(lapack_int) == sizeof(int), "ngd's *_work wrappers expect a 32-bit "
+                                                  "lapack_int (LP64 LAPACKE)");
+
+// A LAPACK workspace query answer (a float holding an integer) as a count, with headroom
+// for the rounding of large values to float.
+static size_t lwork_from(double q) {
+    if (!(q >= 0) || q > (double)INT_MAX) return 0;
+    size_t n = (size_t)q;
+    return n + n / 1024 + 1;
+}
+
+// In-place transpose of the n x n row-major a (lda >= n).
+static void transpose_sq_f(size_t n, float *a, size_t lda) {
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            float t = a[i * lda + j];
+            a[i * lda + j] = a[j * lda + i];
+            a[j * lda + i] = t;
+        }
+}
+static void transpose_sq_d(size_t n, double *a, size_t lda) {
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            double t = a[i * lda + j];
+            a[i * lda + j] = a[j * lda + i];
+            a[j * lda + i] = t;
+        }
+}
+
+size_t ngd_ssyevd_lwork(size_t n, size_t *liwork) {
+    *liwork = 1;
+    if (n == 0) return 1;
+    if (!fits_int(n)) return 0;
+    float q = 0, a = 0, w = 0;
+    lapack_int iq = 0;
+    // row-major upper == column-major lower of the same symmetric matrix
+    int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a,
+                                   (lapack_int)n, &w, &q, -1, &iq, -1);
+    if (info != 0 || iq < 0) return 0;
+    *liwork = (size_t)iq;
+    return lwork_from((double)q);
+}
+
+int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork,
+                    int *iwork, size_t liwork) {
+    if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
+    if (n == 0) return 0;
+    int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a,
+                                   (lapack_int)lda, w, work, (lapack_int)NGD_MIN(lwork, INT_MAX),
+                                   iwork, (lapack_int)NGD_MIN(liwork, INT_MAX));
+    // column-major eigenvectors are the rows of the row-major buffer: make them columns
+    if (info == 0) transpose_sq_f(n, a, lda);
+    return info;
+}
+
+size_t ngd_dsyevd_lwork(size_t n, size_t *liwork) {
+    *liwork = 1;
+    if (n == 0) return 1;
+    if (!fits_int(n)) return 0;
+    double q = 0, a = 0, w = 0;
+    lapack_int iq = 0;
+    int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a,
+                                   (lapack_int)n, &w, &q, -1, &iq, -1);
+    if (info != 0 || iq < 0) return 0;
+    *liwork = (size_t)iq;
+    return lwork_from(q);
+}
+
+int ngd_dsyevd_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork,
+                    int *iwork, size_t liwork) {
+    if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
+    if (n == 0) return 0;
+    int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a,
+                                   (lapack_int)lda, w, work, (lapack_int)NGD_MIN(lwork, INT_MAX),
+                                   iwork, (lapack_int)NGD_MIN(liwork, INT_MAX));
+    if (info == 0) transpose_sq_d(n, a, lda);
+    return info;
+}
+
+size_t ngd_dsyev_lwork(size_t n) {
+    if (!fits_int(n)) return 0;
+    if (n == 0) return 1;
+    double q = 0, a = 0, w = 0;
+    int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a, (lapack_int)n,
+                                  &w, &q, -1);
+    return info == 0 ? lwork_from(q) : 0;
+}
+
+int ngd_dsyev_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork) {
+    if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
+    if (n == 0) return 0;
+    int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda,
+                                  w, work, (lapack_int)NGD_MIN(lwork, INT_MAX));
+    if (info == 0) transpose_sq_d(n, a, lda);
+    return info;
+}
+
+size_t ngd_sqr_thin_cm_lwork(size_t m, size_t n) {
+    if (!fits_int(m) || !fits_int(n) || m < n) return 0;
+    if (n == 0) return 1;
+    float q1 = 0, q2 = 0, a = 0, tau = 0;
+    int info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, &a,
+                                   (lapack_int)m, &tau, &q1, -1);
+    if (info == 0)
+        info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n,
+                                   &a, (lapack_int)m, &tau, &q2, -1);
+    if (info != 0) return 0;
+    size_t l1 = lwork_from((double)q1), l2 = lwork_from((double)q2);
+    if (l1 == 0 || l2 == 0) return 0;
+    return n + NGD_MAX(l1, l2);
+}
+
+int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr,
+                         float *work, size_t lwork) {
+    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || m < n || lda < m) return -1000;
+    if (n == 0) return 0;
+    if (lwork < n + 1) return -1000;
+    float *tau = work, *w = work + n;
+    lapack_int lw = (lapack_int)NGD_MIN(lwork - n, INT_MAX);
+    int info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, a,
+                                   (lapack_int)lda, tau, w, lw);
+    if (info == 0 && r) {
+        // column-major R(i, j) = a[i + j*lda] for j >= i
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) r[i * ldr + j] = j >= i ? a[i + j * lda] : 0.0f;
+    }
+    if (info == 0)
+        info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n,
+                                   a, (lapack_int)lda, tau, w, lw);
+    return info;
+}
+
+size_t ngd_sgesvd_cm_v_lwork(size_t m, size_t n) {
+    if (!fits_int(m) || !fits_int(n) || m < n) return 0;
+    if (n == 0) return 1;
+    float q = 0, a = 0, s = 0, u = 0, vt = 0;
+    int info = LAPACKE_sgesvd_work(LAPACK_COL_MAJOR, 'N', 'S', (lapack_int)m, (lapack_int)n, &a,
+                                   (lapack_int)m, &s, &u, 1, &vt, (lapack_int)n, &q, -1);
+    return info == 0 ? lwork_from((double)q) : 0;
+}
+
+int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v,
+                         size_t ldv, float *work, size_t lwork) {
+    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldv) || m < n || lda < m ||
+        ldv < n)
+        return -1000;
+    if (n == 0) return 0;
+    float u = 0;
+    // Column-major Vᵀ (n x n, leading dimension ldv) read row-major is V itself.
+    return LAPACKE_sgesvd_work(LAPACK_COL_MAJOR, 'N', 'S', (lapack_int)m, (lapack_int)n, a,
+                               (lapack_int)lda, s, &u, 1, v, (lapack_int)ldv, work,
+                               (lapack_int)NGD_MIN(lwork, INT_MAX));
 }
 
 void ngd_blas_set_threads(int n) {
