@@ -39,19 +39,20 @@ for b in "$@"; do
         if out=$("$e" 2>&1); then total_pass=$((total_pass + 1)); echo "$e: ok"
         else printf '%s\n' "$out" | tail -n 20; echo "FAIL example $e"; total_fail=$((total_fail + 1)); fi
     done
-    if [ -x tests/test_cli.sh ] && [ -x "$b/ngd" ]; then
-        out=$(bash tests/test_cli.sh "$b/ngd" 2>&1)
+    for sh in tests/test_*.sh; do  # command-line tests, given the ngd of this build
+        [ -f "$sh" ] && [ -x "$b/ngd" ] || continue
+        out=$(bash "$sh" "$b/ngd" 2>&1)
         rc=$?
         line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
-        if [ -z "$line" ]; then printf '%s\n' "$out" | tail -n 30; echo "CRASH test_cli.sh ($b)"; total_fail=$((total_fail + 1))
+        if [ -z "$line" ]; then printf '%s\n' "$out" | tail -n 30; echo "CRASH $sh ($b)"; total_fail=$((total_fail + 1))
         else
             p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
             if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
             [ "$f" -ne 0 ] && printf '%s\n' "$out" | tail -n 40
-            echo "tests/test_cli.sh ($b): $p passed, $f failed"
+            echo "$sh ($b): $p passed, $f failed"
             total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
         fi
-    fi
+    done
 done
 echo "${total_pass} passed, ${total_fail} failed"
 [ "$total_fail" -eq 0 ]

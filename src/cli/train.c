@@ -471,6 +471,9 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         wb_u64(&w, bufs[i].n);
         wb_f32s(&w, bufs[i].p, bufs[i].n);
     }
+    wb_u64(&w, m->nrngs);
+    for (size_t i = 0; i < m->nrngs; i++)
+        for (int j = 0; j < 4; j++) wb_u64(&w, m->rngs[i]->s[j]);
     void *ob = NULL;
     size_t olen = 0;
     if (ngd_optim_save_mem(o, &ob, &olen) != NGD_OK) w.oom = true;
@@ -554,6 +557,9 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         if (rb_u64(&r) != bufs[i].n) why = "a buffer has another shape";
         else rb_f32s(&r, bufs[i].p, bufs[i].n);
     }
+    if (!why && rb_u64(&r) != m->nrngs) why = "the model has other random streams";
+    for (size_t i = 0; !why && i < m->nrngs; i++)
+        for (int j = 0; j < 4; j++) m->rngs[i]->s[j] = rb_u64(&r);
     if (!why) {
         size_t olen = (size_t)rb_u64(&r);
         const unsigned char *ob = rb_get(&r, olen);
@@ -720,8 +726,12 @@ static int run(const train_opts *t, bool eval_only) {
     if (eval_only) {
         double tl, ta;
         evaluate(&m, &d.test, t->batch, x, y, &tl, &ta);
-        printf("eval: %s on %s test (%zu images): loss %.4f accuracy %.2f%%\n", t->model, t->data,
-               d.test.n, tl, 100 * ta);
+        // the CRC of the parameters lets two runs be compared bit for bit (resume == no stop)
+        uint32_t crc = 0;
+        for (size_t i = 0; i < m.nparams; i++)
+            crc ^= ngd_file_crc32(m.params[i].p, m.params[i].n * sizeof(float)) + (uint32_t)i;
+        printf("eval: %s on %s test (%zu images): loss %.6f accuracy %.2f%%, parameters crc "
+               "%08x\n", t->model, t->data, d.test.n, tl, 100 * ta, (unsigned)crc);
         rc = NGD_EXIT_OK;
         goto done;
     }
@@ -744,12 +754,15 @@ static int run(const train_opts *t, bool eval_only) {
     bool stop = false;
     rc = NGD_EXIT_OK;
     while (rs.epoch < t->epochs && !stop) {
-        size_t k;
-        while ((k = nn_loader_next(&ld, x, y)) > 0) {
+        size_t k = 0;
+        for (;;) {
+            // the limit is checked before a batch is drawn, so a checkpoint written here
+            // resumes exactly where an uninterrupted run would continue
             if (t->max_steps && rs.step >= t->max_steps) {
                 stop = true;
                 break;
             }
+            if ((k = nn_loader_next(&ld, x, y)) == 0) break;
             nn_model_zero_grad(&m);
             m.ops->forward(&m, x, k, true);
             float loss = nn_xent_forward(m.logits, y, k, m.cfg.classes, 0.0f, 1.0f, dlogits);
@@ -813,7 +826,7 @@ static int run(const train_opts *t, bool eval_only) {
                 }
             }
         }
-        if (k == 0) {  // the epoch is complete (the loader reshuffled for the next)
+        if (!stop && k == 0) {  // the epoch is complete (the loader reshuffled for the next)
             rs.epoch++;
             if (tty) fputc('\n', stderr);
             bool last = rs.epoch == t->epochs;

@@ -99,3 +99,7 @@ size_t nn_model_buffers(const nn_model *m, nn_param *out) {
     memcpy(out, m->buffers, m->nbuffers * sizeof *out);
     return m->nbuffers;
 }
+
+void nn_model_add_rng(nn_model *m, nn_rng *r) {
+    if (m->nrngs < NN_MODEL_MAX_PARAMS) m->rngs[m->nrngs++] = r;
+}

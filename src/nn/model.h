@@ -57,6 +57,8 @@ struct nn_model {
     size_t nparams;
     nn_param buffers[NN_MODEL_MAX_PARAMS]; // state that is not trained (BN running stats)
     size_t nbuffers;
+    nn_rng *rngs[NN_MODEL_MAX_PARAMS];      // random streams used in forward (dropout)
+    size_t nrngs;
     size_t N;                              // batch of the last forward
     void *impl;                            // the model's own struct
 };
@@ -80,6 +82,9 @@ ngd_status nn_observe_conv2d(ngd_optim *o, nn_conv2d *l, int id, size_t batch);
 void nn_model_add_params(nn_model *m, const nn_param *ps, size_t n);
 // Appends a non-trained state array (g = NULL) to m->buffers.
 void nn_model_add_buffer(nn_model *m, const char *name, float *p, size_t n);
+// Registers a random stream the model draws from while training (e.g. a dropout layer's
+// rng) so that checkpoints save it and resuming is bit-identical.
+void nn_model_add_rng(nn_model *m, nn_rng *r);
 // Copies the buffers into out (NN_MODEL_MAX_PARAMS entries); returns their number.
 size_t nn_model_buffers(const nn_model *m, nn_param *out);
 #endif

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# test_train.sh — `ngd train` / `ngd eval` as a user meets them: help, usage errors (exit 2),
+# missing data (exit 1 + hint), a short real run on a Fashion-MNIST subset that must learn,
+# bit-identical resume across an epoch boundary, bad checkpoints, runaway learning rates.
+# Usage: tests/test_train.sh path/to/ngd
+set -u
+NGD=${1:?usage: test_train.sh path/to/ngd}
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+expect_rc() {  # expect_rc RC DESC CMD...
+    local want=$1 desc=$2; shift 2
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" -eq "$want" ]; then ok; else bad "$desc: exit $rc, want $want"; printf '%s\n' "$out" | tail -5; fi
+}
+expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
+    if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
+}
+D=$(mktemp -d)
+trap 'rm -rf "$D"' EXIT
+Q="--quiet --log $D/log.jsonl"
+
+expect_rc 0 "train --help" "$NGD" train --help
+expect_msg "--structure" "help lists options"
+expect_msg "cnn" "help lists models"
+expect_rc 2 "unknown option" "$NGD" train --frobnicate
+expect_rc 2 "bad number" "$NGD" train --lr abc
+expect_msg "--lr: 'abc' is not a number" "bad number message"
+expect_rc 2 "bad method" "$NGD" train --optim adam
+expect_msg "unknown or unavailable method 'adam'" "bad method message"
+expect_rc 2 "bad structure" "$NGD" train --structure nope
+expect_rc 2 "bad data set" "$NGD" train --data imagenet
+expect_rc 2 "bad model" "$NGD" train --model resnet999 --subset 100 $Q
+expect_msg "unknown model 'resnet999'" "bad model message"
+expect_rc 2 "negative lr" "$NGD" train --lr -1
+expect_msg "lr must be finite and >= 0" "config validation message"
+expect_rc 1 "missing data" "$NGD" train --data-dir "$D/nowhere" $Q
+expect_msg "$D/nowhere" "missing data names the path"
+expect_msg "hint:" "missing data gives a hint"
+expect_rc 2 "eval without --resume" "$NGD" eval
+
+# a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
+expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q
+acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
+awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "test accuracy ${acc:-?}% after a short run (want > 60%)"
+first=$(grep '"type":"step"' "$D/log.jsonl" | head -1 | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+last=$(grep '"type":"step"' "$D/log.jsonl" | tail -1 | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+awk -v f="$first" -v l="$last" 'BEGIN{exit !(l < 0.7 * f)}' && ok || bad "training loss $first -> $last did not fall"
+grep -q '"type":"summary"' "$D/log.jsonl" && ok || bad "log has no summary record"
+grep -q '"trace_K"' "$D/log.jsonl" && ok || bad "log has no per-layer health"
+
+# resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary)
+for opt in singd adamw; do
+    A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 3 --optim $opt $Q"
+    "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
+    "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
+    "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
+    c1=$("$NGD" eval --subset 512 --widths 64 --optim $opt --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --subset 512 --widths 64 --optim $opt --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
+done
+
+# bad checkpoints: another shape, corrupt, truncated, foreign
+expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim adamw --widths 32 --resume "$D/full.ckpt"
+expect_msg "another shape" "width mismatch message"
+expect_rc 1 "checkpoint of another optimizer" "$NGD" eval --subset 512 --widths 64 --optim sgd --resume "$D/full.ckpt"
+head -c 1000 "$D/full.ckpt" > "$D/trunc.ckpt"
+expect_rc 1 "truncated checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/trunc.ckpt"
+expect_msg "checksum mismatch" "truncated checkpoint message"
+echo "not a checkpoint at all" > "$D/foreign.ckpt"
+expect_rc 1 "foreign checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/foreign.ckpt"
+expect_msg "not an ngd training checkpoint" "foreign checkpoint message"
+expect_rc 1 "missing checkpoint" "$NGD" eval --subset 512 --resume "$D/none.ckpt"
+
+# a runaway learning rate: non-finite steps are skipped, then the run stops with a message
+expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
+expect_msg "consecutive non-finite steps" "divergence message"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
