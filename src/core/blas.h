@@ -87,6 +87,40 @@ int ngd_sgesvd_thin(size_t m, size_t n, float *a, size_t lda, float *s, float *u
 int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double *u, size_t ldu,
                     double *vt, size_t ldvt);
 
+// ---- LAPACK without allocation: workspace planned once by the caller ----
+// These call LAPACK in column-major form, so LAPACKE makes no transposed copy and allocates
+// nothing (the row-major entry points above allocate inside LAPACKE). Each *_lwork query
+// returns the workspace in elements (0 if a size does not fit LAPACK's int or the query
+// failed); it calls LAPACK with lwork = -1 and allocates nothing either. iwork is LAPACK's
+// int (blas.c checks that it is int).
+
+// Symmetric EVD like ngd_ssyevd / ngd_dsyevd (row-major n x n in, eigenvalues ascending in
+// w, eigenvectors in the COLUMNS of a, only the upper triangle of the row-major input is
+// read), divide and conquer. *liwork receives the int workspace.
+size_t ngd_ssyevd_lwork(size_t n, size_t *liwork);
+int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork,
+                    int *iwork, size_t liwork);
+size_t ngd_dsyevd_lwork(size_t n, size_t *liwork);
+int ngd_dsyevd_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork,
+                    int *iwork, size_t liwork);
+// The same with the QR algorithm (dsyev): O(n) workspace instead of O(n^2), slower; a
+// different algorithm for retries after a failure of the divide-and-conquer one.
+size_t ngd_dsyev_lwork(size_t n);
+int ngd_dsyev_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork);
+// Thin Householder QR of a COLUMN-major m x n matrix (m >= n): element (i, j) at
+// a[i + j*lda], lda >= m; that is the n x m row-major buffer holding aᵀ. a is overwritten
+// by Q (same layout); r (n x n row-major, upper, zeros below) receives R if not NULL.
+// The lwork query counts tau too.
+size_t ngd_sqr_thin_cm_lwork(size_t m, size_t n);
+int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr,
+                         float *work, size_t lwork);
+// Singular values (descending, in s) and right singular vectors of a COLUMN-major m x n
+// matrix (m >= n, layout as above); a is destroyed. v (n x n row-major, ldv >= n) receives
+// V: its column j is the j-th right singular vector.
+size_t ngd_sgesvd_cm_v_lwork(size_t m, size_t n);
+int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v,
+                         size_t ldv, float *work, size_t lwork);
+
 // Sets the number of threads of the GEMM / LAPACK backends (0 = leave as is).
 void ngd_blas_set_threads(int n);
 #endif
