@@ -330,6 +330,7 @@ static const conv_case CONV_CASES[] = {
     {{4, 6, 5, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 6, true},  // groups 2
     {{3, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 3}, 3, true},  // depthwise 1x1
     {{2, 4, 4, 4, 4, 4, 4, 0, 0, 1, 1, 1}, 5, true},  // patchify (k = s)
+    {{2, 3, 1, 1, 1, 1, 3, 2, 2, 1, 1, 2}, 2, true},  // windows wholly in the padding
 };
 
 static void conv2d_forward_should_match_naive_convolution(void) {
@@ -393,7 +394,7 @@ static void conv2d_backward_should_match_finite_differences(void) {
 // (group-averaged for groups > 1); g = dy permuted to (n, o1, o2) x c_out.
 static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
     ref_rng r = {33};
-    const size_t cases[] = {0, 1, 3, 4};
+    const size_t cases[] = {0, 1, 2, 3, 4, 6};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const conv_case *cc = &CONV_CASES[cases[ci]];
         const size_t N = 3;
@@ -415,7 +416,29 @@ static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
         CHECK(a.rows == N * L && a.cols == l.d_in && a.ld == l.d_in && a.dtype == NGD_F32);
         CHECK(gm.rows == N * L && gm.cols == cc->cout);
         CHECK(ngd_unfold(&cc->g, N, x, false, un) == NGD_OK);
-        CHECK_TENSOR((const float *)a.data, un, N * L * l.d_in, 1e-6, 1e-7, "conv a vs ngd_unfold");
+        CHECK_TENSOR((const float *)a.data, un, N * L * l.d_in, 0.0, 0.0, "conv a vs ngd_unfold");
+        // and a naive unfold: row (n, o1, o2), column (c, k1, k2), averaged over groups
+        const ngd_conv_geom *G = &cc->g;
+        const size_t cgr = G->c_in / G->groups;
+        for (size_t nn = 0; nn < N; nn++)
+            for (size_t o1 = 0; o1 < l.oh; o1++)
+                for (size_t o2 = 0; o2 < l.ow; o2++)
+                    for (size_t c = 0; c < cgr; c++)
+                        for (size_t k1 = 0; k1 < G->k1; k1++)
+                            for (size_t k2 = 0; k2 < G->k2; k2++) {
+                                long i1 = (long)(o1 * G->s1 + k1 * G->dil1) - (long)G->p1;
+                                long i2 = (long)(o2 * G->s2 + k2 * G->dil2) - (long)G->p2;
+                                double v = 0;
+                                if (i1 >= 0 && i2 >= 0 && i1 < (long)G->h && i2 < (long)G->w)
+                                    for (size_t gr = 0; gr < G->groups; gr++)
+                                        v += (double)
+                                            x[((nn * G->c_in + gr * cgr + c) * G->h + (size_t)i1) *
+                                                  G->w +
+                                              (size_t)i2];
+                                un[((nn * l.oh + o1) * l.ow + o2) * l.d_in +
+                                   (c * G->k1 + k1) * G->k2 + k2] = (float)(v / (double)G->groups);
+                            }
+        CHECK_TENSOR((const float *)a.data, un, N * L * l.d_in, 1e-6, 1e-7, "conv a vs naive");
         for (size_t n = 0; n < N; n++)
             for (size_t p = 0; p < L; p++)
                 for (size_t o = 0; o < cc->cout; o++)
@@ -424,6 +447,64 @@ static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
         ngd_layer Ly = nn_conv2d_ngd_layer(&l, "conv");
         CHECK(Ly.d_out == cc->cout && Ly.d_in == l.d_in && Ly.weight == l.w);
         free(x), free(y), free(dy), free(un), free(gp);
+        nn_conv2d_free(&l);
+    }
+}
+
+// Sizes above the engine's OpenMP threshold (32K floats per loop), so the threaded im2col
+// and col2im paths run; backward is compared with the naive formulas
+//   dW[co, c, k1, k2] = Σ dy[n, co, o] x[n, g c, i(o, k)],  dx[n, g c, i(o, k)] += Σ dy W
+// instead of finite differences (too many evaluations at this size).
+static void conv2d_threaded_paths_should_match_naive_forward_and_backward(void) {
+    ref_rng r = {34};
+    const conv_case cases[] = {{{16, 17, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 24, true},
+                               {{32, 16, 15, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 8, true}};
+    for (size_t t = 0; t < 2; t++) {
+        const ngd_conv_geom *G = &cases[t].g;
+        const size_t N = 5, cout = cases[t].cout;
+        nn_rng g;
+        nn_rng_seed(&g, 40 + t);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, G, cout, true, N, &g) == NN_OK);
+        const size_t L = l.oh * l.ow, nx = N * G->c_in * G->h * G->w, ny = N * cout * L;
+        const size_t cg = G->c_in / G->groups, cog = cout / G->groups;
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y),
+              *dy = malloc(ny * sizeof *dy);
+        float *dx = zeros(nx);
+        double *want = malloc(ny * sizeof *want), *wdx = calloc(nx, sizeof *wdx);
+        double *wdw = calloc(cout * l.d_in, sizeof *wdw), *wdb = calloc(cout, sizeof *wdb);
+        fill(&r, x, nx, -1, 1);
+        fill(&r, dy, ny, -1, 1);
+        nn_conv2d_forward(&l, x, y, N);
+        conv_naive(G, cout, N, x, l.w, l.b, want);
+        CHECK_TENSOR(y, want, ny, 1e-5, 1e-5, "large conv2d forward");
+        nn_conv2d_backward(&l, dy, dx);
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t o = 0; o < L; o++) {
+                    const double d = (double)dy[(n * cout + co) * L + o];
+                    const size_t o1 = o / l.ow, o2 = o % l.ow, grp = co / cog;
+                    wdb[co] += d;
+                    for (size_t c = 0; c < cg; c++)
+                        for (size_t k1 = 0; k1 < G->k1; k1++)
+                            for (size_t k2 = 0; k2 < G->k2; k2++) {
+                                long i1 = (long)(o1 * G->s1 + k1 * G->dil1) - (long)G->p1;
+                                long i2 = (long)(o2 * G->s2 + k2 * G->dil2) - (long)G->p2;
+                                if (i1 < 0 || i2 < 0 || i1 >= (long)G->h || i2 >= (long)G->w)
+                                    continue;
+                                const size_t xi =
+                                    ((n * G->c_in + grp * cg + c) * G->h + (size_t)i1) * G->w +
+                                    (size_t)i2;
+                                const size_t wi = ((co * cg + c) * G->k1 + k1) * G->k2 + k2;
+                                wdw[wi] += d * (double)x[xi];
+                                wdx[xi] += d * (double)l.w[wi];
+                            }
+                }
+        // sums of up to N*L = 1.4K (dW) or 9*co (dx) products of O(1) terms in float32
+        CHECK_TENSOR(l.dw, wdw, cout * l.d_in, 1e-4, 1e-4, "large conv2d dW");
+        CHECK_TENSOR(l.db, wdb, cout, 1e-4, 1e-4, "large conv2d db");
+        CHECK_TENSOR(dx, wdx, nx, 1e-4, 1e-5, "large conv2d dx");
+        free(x), free(y), free(dy), free(dx), free(want), free(wdx), free(wdw), free(wdb);
         nn_conv2d_free(&l);
     }
 }
@@ -441,7 +522,7 @@ static void conv2d_init_should_reject_bad_geometry(void) {
     G.s1 = 1;
     G.k1 = 9; // kernel larger than the padded image
     CHECK(nn_conv2d_init(&l, &G, 4, true, 2, &g) == NN_ERR_ARG);
-    CHECK(l.w == NULL && l.col == NULL);
+    CHECK(l.w == NULL && l.colt == NULL);
 }
 
 // ---- BatchNorm ----
@@ -1121,6 +1202,7 @@ static const test_case TESTS[] = {
     TEST(conv2d_forward_should_match_naive_convolution),
     TEST(conv2d_backward_should_match_finite_differences),
     TEST(conv2d_stats_should_match_ngd_unfold_and_permuted_dy),
+    TEST(conv2d_threaded_paths_should_match_naive_forward_and_backward),
     TEST(conv2d_init_should_reject_bad_geometry),
     TEST(batchnorm_backward_should_match_finite_differences),
     TEST(batchnorm_forward_should_match_formulas),

@@ -1,20 +1,23 @@
 /*
  * conv2d.c — 2-d convolution (PyTorch nn.Conv2d: stride, zero padding, dilation, groups,
- * optional bias) as im2col + one GEMM per group, forward and backward.
+ * optional bias) as im2col + GEMM, forward and backward.
  *
- * The im2col matrix is kept from forward to backward: it is both the operand of the
- * weight gradient and the K-FAC input `a` (rows (n, o1, o2), columns (c, k1, k2), exactly
- * ngd_unfold's layout), so the layer trades memory (N*L*d_in floats per group) for not
- * recomputing it. Output-gradients are permuted once to (N*L, c_out), which is both the
- * GEMM operand and the K-FAC `g`. No transposed convolution, no non-zero padding modes.
+ * With NCHW images and OIHW weights the natural im2col is the transposed one (Caffe's):
+ * rows (c, k1, k2), columns (n, o1, o2). Its rows are runs of input rows, so it is built
+ * with memcpy-length copies, and y = W · colᵀ lands directly in NCHW order. It is built
+ * for a chunk of samples at a time (about 1024 columns: the GEMM runs near its peak and the
+ * chunk stays in cache) and rebuilt in backward instead of being kept, so the layer holds
+ * no batch-sized activations: x and dy are borrowed. The K-FAC matrices (a: rows (n, o1,
+ * o2) x columns (c, k1, k2), ngd_unfold's layout; g: dy as (N*L, c_out)) are only built
+ * when nn_conv2d_stats asks for them. No transposed convolution, no padding modes other
+ * than zeros.
  */
 #include <math.h>
 #include <string.h>
 
 #include "nn.h"
 
-// rows of dcol processed per backward GEMM: enough for the GEMM to run near its peak
-#define NN_CONV_CHUNK_ROWS 512
+#define NN_CONV_CHUNK_COLS 1024 // target GEMM width (chunk * L)
 
 nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
                          size_t max_batch, nn_rng *rng) {
@@ -30,19 +33,20 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     l->ow = ow;
     l->max_batch = max_batch;
     l->d_in = geom->c_in / geom->groups * geom->k1 * geom->k2;
-    const size_t L = oh * ow, nl = nn_mul(max_batch, L);
-    l->chunk = L >= NN_CONV_CHUNK_ROWS ? 1 : NN_CONV_CHUNK_ROWS / L;
+    const size_t L = oh * ow;
+    l->chunk = L >= NN_CONV_CHUNK_COLS ? 1 : NN_CONV_CHUNK_COLS / L;
     if (l->chunk > max_batch) l->chunk = max_batch;
+    const size_t ncol = l->chunk * L;
     l->w = nn_malloc(nn_mul(c_out, l->d_in), sizeof(float));
     l->dw = nn_calloc(nn_mul(c_out, l->d_in), sizeof(float));
     if (bias) {
         l->b = nn_malloc(c_out, sizeof(float));
         l->db = nn_calloc(c_out, sizeof(float));
     }
-    l->col = nn_malloc(nn_mul(geom->groups, nn_mul(nl, l->d_in)), sizeof(float));
-    l->yg = nn_malloc(nn_mul(nl, c_out), sizeof(float));
-    l->dcol = nn_malloc(nn_mul(l->chunk * L, l->d_in), sizeof(float));
-    if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->col || !l->yg || !l->dcol) {
+    l->colt = nn_malloc(nn_mul(l->d_in, ncol), sizeof(float));
+    l->dcolt = nn_malloc(nn_mul(l->d_in, ncol), sizeof(float));
+    l->ybuf = nn_malloc(nn_mul(c_out, ncol), sizeof(float));
+    if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt || !l->ybuf) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -57,63 +61,93 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dw);
     free(l->b);
     free(l->db);
-    free(l->col);
-    free(l->yg);
-    free(l->dcol);
-    free(l->amean);
+    free(l->colt);
+    free(l->dcolt);
+    free(l->ybuf);
+    free(l->abuf);
+    free(l->gbuf);
     memset(l, 0, sizeof *l);
 }
 
-// ---- im2col / col2im of one sample and one group ----
+// ---- transposed im2col / col2im of a chunk and one group ----
 
-// col (L, d_in) <- patches of x's channels [g*cg, (g+1)*cg); x is one sample (c_in, h, w)
-static void im2col(const nn_conv2d *l, const float *x, size_t g, float *col) {
+// For kernel column k2: output column o2 reads input column o2*s2 + off (off = k2*d2 − p2);
+// [*lo, *hi) are the o2 whose input column lies inside [0, W) (the rest read padding).
+static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, kk = G->k1 * G->k2;
-    for (size_t o1 = 0; o1 < l->oh; o1++)
-        for (size_t o2 = 0; o2 < l->ow; o2++) {
-            float *row = col + (o1 * l->ow + o2) * l->d_in;
-            for (size_t c = 0; c < cg; c++) {
-                const float *xc = x + (g * cg + c) * H * W;
-                for (size_t k1 = 0; k1 < G->k1; k1++) {
-                    // signed input coordinates: outside the image reads the zero padding
-                    ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
-                    float *dst = row + c * kk + k1 * G->k2;
-                    if (i1 < 0 || (size_t)i1 >= H) {
-                        memset(dst, 0, G->k2 * sizeof(float));
-                        continue;
-                    }
-                    const float *xr = xc + (size_t)i1 * W;
-                    for (size_t k2 = 0; k2 < G->k2; k2++) {
-                        ptrdiff_t i2 = (ptrdiff_t)(o2 * G->s2 + k2 * G->dil2) - (ptrdiff_t)G->p2;
-                        dst[k2] = (i2 < 0 || (size_t)i2 >= W) ? 0.0f : xr[i2];
-                    }
-                }
-            }
-        }
+    const ptrdiff_t off = (ptrdiff_t)(k2 * G->dil2) - (ptrdiff_t)G->p2, s = (ptrdiff_t)G->s2;
+    const ptrdiff_t a = off >= 0 ? 0 : (-off + s - 1) / s;
+    const ptrdiff_t last = (ptrdiff_t)G->w - 1 - off; // o2*s2 <= last
+    const ptrdiff_t b = last < 0 ? 0 : last / s + 1;
+    *lo = (size_t)a;
+    *hi = (size_t)(b < (ptrdiff_t)l->ow ? b : (ptrdiff_t)l->ow);
+    if (*hi <= *lo) *lo = *hi = 0;
+    return off;
 }
 
-// dx's channels [g*cg, (g+1)*cg) += the patches of dcol (L, d_in) put back in place
-static void col2im_add(const nn_conv2d *l, const float *dcol, size_t g, float *dx) {
+// colt (d_in, nb*L) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of group g:
+// row (c, k1, k2), column (i, o1, o2)
+static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, float *colt) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, kk = G->k1 * G->k2;
-    for (size_t o1 = 0; o1 < l->oh; o1++)
-        for (size_t o2 = 0; o2 < l->ow; o2++) {
-            const float *row = dcol + (o1 * l->ow + o2) * l->d_in;
-            for (size_t c = 0; c < cg; c++) {
-                float *dxc = dx + (g * cg + c) * H * W;
-                for (size_t k1 = 0; k1 < G->k1; k1++) {
-                    ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
-                    if (i1 < 0 || (size_t)i1 >= H) continue;
-                    const float *src = row + c * kk + k1 * G->k2;
-                    float *dr = dxc + (size_t)i1 * W;
-                    for (size_t k2 = 0; k2 < G->k2; k2++) {
-                        ptrdiff_t i2 = (ptrdiff_t)(o2 * G->s2 + k2 * G->dil2) - (ptrdiff_t)G->p2;
-                        if (i2 >= 0 && (size_t)i2 < W) dr[i2] += src[k2];
+    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OH = l->oh, OW = l->ow;
+    const size_t L = OH * OW, ncol = nb * L, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
+    NN_OMP_FOR(nb * l->d_in * L)
+    for (size_t ic = 0; ic < nb * cg; ic++) {
+        const size_t i = ic / cg, c = ic % cg;
+        const float *xc = x + i * xs + (g * cg + c) * H * W;
+        for (size_t k1 = 0; k1 < K1; k1++)
+            for (size_t k2 = 0; k2 < K2; k2++) {
+                size_t lo, hi;
+                const ptrdiff_t off = col_range(l, k2, &lo, &hi);
+                float *dst = colt + ((c * K1 + k1) * K2 + k2) * ncol + i * L;
+                for (size_t o1 = 0; o1 < OH; o1++) {
+                    float *d = dst + o1 * OW;
+                    const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
+                    if (i1 < 0 || (size_t)i1 >= H) {
+                        memset(d, 0, OW * sizeof(float));
+                        continue;
                     }
+                    const float *src = xc + (size_t)i1 * W;
+                    for (size_t o2 = 0; o2 < lo; o2++)
+                        d[o2] = 0.0f;
+                    if (G->s2 == 1) {
+                        if (hi > lo) memcpy(d + lo, src + (ptrdiff_t)lo + off, (hi - lo) * 4);
+                    } else {
+                        for (size_t o2 = lo; o2 < hi; o2++)
+                            d[o2] = src[(ptrdiff_t)(o2 * G->s2) + off];
+                    }
+                    for (size_t o2 = hi; o2 < OW; o2++)
+                        d[o2] = 0.0f;
                 }
             }
-        }
+    }
+}
+
+// dx's channels of group g, samples [0..nb) += the patches of dcolt (d_in, nb*L) put back
+static void col2im_t_add(const nn_conv2d *l, const float *dcolt, size_t nb, size_t g, float *dx) {
+    const ngd_conv_geom *G = &l->geom;
+    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OH = l->oh, OW = l->ow;
+    const size_t L = OH * OW, ncol = nb * L, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
+    // one (sample, channel) plane per item: items never write the same memory
+    NN_OMP_FOR(nb * l->d_in * L)
+    for (size_t ic = 0; ic < nb * cg; ic++) {
+        const size_t i = ic / cg, c = ic % cg;
+        float *dxc = dx + i * xs + (g * cg + c) * H * W;
+        for (size_t k1 = 0; k1 < K1; k1++)
+            for (size_t k2 = 0; k2 < K2; k2++) {
+                size_t lo, hi;
+                const ptrdiff_t off = col_range(l, k2, &lo, &hi);
+                const float *src = dcolt + ((c * K1 + k1) * K2 + k2) * ncol + i * L;
+                for (size_t o1 = 0; o1 < OH; o1++) {
+                    const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
+                    if (i1 < 0 || (size_t)i1 >= H) continue;
+                    float *dr = dxc + (size_t)i1 * W;
+                    const float *s = src + o1 * OW;
+                    for (size_t o2 = lo; o2 < hi; o2++)
+                        dr[(ptrdiff_t)(o2 * G->s2) + off] += s[o2];
+                }
+            }
+    }
 }
 
 // ---- forward / backward ----
@@ -121,48 +155,38 @@ static void col2im_add(const nn_conv2d *l, const float *dcol, size_t g, float *d
 void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
     NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
     const ngd_conv_geom *G = &l->geom;
-    const size_t L = l->oh * l->ow, nl = N * L, din = l->d_in, cout = l->c_out;
-    const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
-    const size_t gstride = N * L * din; // group blocks of col are packed for this batch
+    const size_t L = l->oh * l->ow, din = l->d_in, cout = l->c_out, groups = G->groups;
+    const size_t cog = cout / groups, xs = G->c_in * G->h * G->w;
+    l->x = x;
+    l->dy = NULL;
     l->n = N;
-    l->has_grad = false;
-    // col (groups, N*L, d_in): one (L, d_in) block per (group, sample)
-    NN_OMP_FOR(N * L * din * groups)
-    for (size_t n = 0; n < N; n++)
-        for (size_t g = 0; g < groups; g++)
-            im2col(l, x + n * xs, g, l->col + g * gstride + n * L * din);
-    // yg (N*L, cout): columns of group g = col_g (N*L, d_in) · W_gᵀ (d_in, cog)
-    for (size_t g = 0; g < groups; g++)
-        nn_sgemm(false, true, nl, cog, din, 1.0f, l->col + g * gstride, din, l->w + g * cog * din,
-                 din, 0.0f, l->yg + g * cog, cout);
-    // y (N, cout, L) = yg permuted + bias
-    NN_OMP_FOR(N * L * cout)
-    for (size_t n = 0; n < N; n++)
-        for (size_t o = 0; o < cout; o++) {
-            const float bo = l->b ? l->b[o] : 0.0f;
-            float *yo = y + (n * cout + o) * L;
-            const float *src = l->yg + n * L * cout + o;
-            for (size_t p = 0; p < L; p++)
-                yo[p] = src[p * cout] + bo;
+    for (size_t n0 = 0; n0 < N; n0 += l->chunk) {
+        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk, ncol = nb * L;
+        for (size_t g = 0; g < groups; g++) {
+            im2col_t(l, x + n0 * xs, nb, g, l->colt);
+            // ybuf rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
+            nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, l->colt, ncol,
+                     0.0f, l->ybuf + g * cog * ncol, ncol);
         }
+        // y[n0 + i, co, :] = ybuf[co, i*L : (i+1)*L] + b[co]
+        NN_OMP_FOR(nb * cout * L)
+        for (size_t ic = 0; ic < nb * cout; ic++) {
+            const size_t i = ic / cout, co = ic % cout;
+            const float *src = l->ybuf + co * ncol + i * L;
+            float *dst = y + ((n0 + i) * cout + co) * L;
+            const float bo = l->b ? l->b[co] : 0.0f;
+            for (size_t p = 0; p < L; p++)
+                dst[p] = src[p] + bo;
+        }
+    }
 }
 
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) {
-    NN_ASSERT(dy && l->n >= 1);
+    NN_ASSERT(dy && l->x && l->n >= 1);
     const ngd_conv_geom *G = &l->geom;
-    const size_t N = l->n, L = l->oh * l->ow, nl = N * L, din = l->d_in, cout = l->c_out;
+    const size_t N = l->n, L = l->oh * l->ow, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
-    const size_t gstride = N * L * din;
-    // yg (N*L, cout) <- dy (N, cout, L) permuted: rows (n, o1, o2), the K-FAC `g`
-    NN_OMP_FOR(N * L * cout)
-    for (size_t n = 0; n < N; n++)
-        for (size_t o = 0; o < cout; o++) {
-            const float *src = dy + (n * cout + o) * L;
-            float *dst = l->yg + n * L * cout + o;
-            for (size_t p = 0; p < L; p++)
-                dst[p * cout] = src[p];
-        }
-    l->has_grad = true;
+    l->dy = dy;
     if (l->db) {
         for (size_t n = 0; n < N; n++)
             for (size_t o = 0; o < cout; o++) {
@@ -173,21 +197,24 @@ void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) {
                 l->db[o] += s;
             }
     }
-    // dW_g (cog, d_in) += yg_gᵀ (cog, N*L) · col_g (N*L, d_in)
-    for (size_t g = 0; g < groups; g++)
-        nn_sgemm(true, false, cog, din, nl, 1.0f, l->yg + g * cog, cout, l->col + g * gstride, din,
-                 1.0f, l->dw + g * cog * din, din);
-    if (!dx) return;
-    // dx += col2im(dcol) with dcol_g (rows, d_in) = yg_g (rows, cog) · W_g (cog, d_in),
-    // a chunk of samples at a time so the scratch stays small
     for (size_t n0 = 0; n0 < N; n0 += l->chunk) {
-        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
+        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk, ncol = nb * L;
+        // ybuf (cout, ncol) <- dy of the chunk, samples side by side
+        for (size_t i = 0; i < nb; i++)
+            for (size_t co = 0; co < cout; co++)
+                memcpy(l->ybuf + co * ncol + i * L, dy + ((n0 + i) * cout + co) * L,
+                       L * sizeof(float));
         for (size_t g = 0; g < groups; g++) {
-            nn_sgemm(false, false, nb * L, din, cog, 1.0f, l->yg + n0 * L * cout + g * cog, cout,
-                     l->w + g * cog * din, din, 0.0f, l->dcol, din);
-            NN_OMP_FOR(nb * L * din)
-            for (size_t i = 0; i < nb; i++)
-                col2im_add(l, l->dcol + i * L * din, g, dx + (n0 + i) * xs);
+            const float *yg = l->ybuf + g * cog * ncol; // (cog, ncol)
+            im2col_t(l, l->x + n0 * xs, nb, g, l->colt);
+            // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
+            nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ncol, l->colt, ncol, 1.0f,
+                     l->dw + g * cog * din, din);
+            if (!dx) continue;
+            // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
+            nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ncol, 0.0f,
+                     l->dcolt, ncol);
+            col2im_t_add(l, l->dcolt, nb, g, dx + n0 * xs);
         }
     }
 }
@@ -206,27 +233,25 @@ ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name) {
 }
 
 nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g) {
-    NN_ASSERT(l->n >= 1 && l->has_grad);
-    const size_t nl = l->n * l->oh * l->ow, din = l->d_in, groups = l->geom.groups;
-    *g = ngd_matrix_f32(l->yg, nl, l->c_out);
-    if (groups == 1) {
-        *a = ngd_matrix_f32(l->col, nl, din);
-        return NN_OK;
-    }
-    if (!l->amean) {
-        l->amean = nn_malloc(nn_mul(l->max_batch * l->oh * l->ow, din), sizeof(float));
-        if (!l->amean) return NN_ERR_NOMEM;
-    }
-    // channels averaged over groups (libngd's convention for grouped convolutions)
-    const float inv = 1.0f / (float)groups;
-    const size_t m = nl * din;
-    for (size_t i = 0; i < m; i++) {
-        float s = 0.0f;
-        for (size_t gr = 0; gr < groups; gr++)
-            s += l->col[gr * m + i];
-        l->amean[i] = s * inv;
-    }
-    *a = ngd_matrix_f32(l->amean, nl, din);
+    NN_ASSERT(l->x && l->dy && l->n >= 1);
+    const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
+    if (!l->abuf) l->abuf = nn_malloc(nn_mul(l->max_batch * L, l->d_in), sizeof(float));
+    if (!l->gbuf) l->gbuf = nn_malloc(nn_mul(l->max_batch * L, cout), sizeof(float));
+    if (!l->abuf || !l->gbuf) return NN_ERR_NOMEM;
+    // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
+    // matrix is by construction the one its documentation describes
+    if (ngd_unfold(&l->geom, N, l->x, false, l->abuf) != NGD_OK) return NN_ERR_ARG;
+    // g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time
+    NN_OMP_FOR(N * L * cout)
+    for (size_t n = 0; n < N; n++)
+        for (size_t o = 0; o < cout; o++) {
+            const float *src = l->dy + (n * cout + o) * L;
+            float *dst = l->gbuf + n * L * cout + o;
+            for (size_t p = 0; p < L; p++)
+                dst[p * cout] = src[p];
+        }
+    *a = ngd_matrix_f32(l->abuf, N * L, l->d_in);
+    *g = ngd_matrix_f32(l->gbuf, N * L, cout);
     return NN_OK;
 }
 

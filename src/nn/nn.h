@@ -156,34 +156,41 @@ size_t nn_linear_params(const nn_linear *l, nn_param *out); // weight, bias; out
 
 // ====== Conv2d (conv2d.c): im2col + GEMM ======
 
+// Works a chunk of samples at a time through a chunk-sized transposed im2col buffer, so it
+// keeps no batch-sized activations of its own: x and dy are borrowed instead, and the
+// K-FAC matrices are built from them only when asked for (nn_conv2d_stats).
 typedef struct {
     ngd_conv_geom geom; // c_in, h, w, kernel, stride, padding, dilation, groups
     size_t c_out, oh, ow, max_batch;
-    size_t d_in;   // (c_in/groups)*k1*k2: columns of the im2col matrix
-    float *w, *dw; // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
-    float *b, *db; // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
-    float *col;    // (groups, N*L, d_in) im2col of the last forward, rows (n, o1, o2)
-    float *yg;     // (N*L, c_out) forward scratch; after backward dy as rows (n, o1, o2)
-    float *dcol;   // (chunk*L, d_in) backward scratch (chunk samples at a time)
-    float *amean;  // (N*L, d_in) groups > 1 only: col averaged over groups (lazy)
-    size_t chunk;  // samples per backward GEMM chunk
-    size_t n;      // batch of the last forward
-    bool has_grad; // backward ran after the last forward: yg holds dy
+    size_t d_in;     // (c_in/groups)*k1*k2: columns of the im2col matrix
+    float *w, *dw;   // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
+    float *b, *db;   // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
+    size_t chunk;    // samples per GEMM
+    float *colt;     // (d_in, chunk*L) transposed im2col of one group and one chunk
+    float *dcolt;    // (d_in, chunk*L) its gradient
+    float *ybuf;     // (c_out, chunk*L) outputs / output gradients of one chunk
+    float *abuf;     // (N*L, d_in) K-FAC `a`, allocated by the first nn_conv2d_stats
+    float *gbuf;     // (N*L, c_out) K-FAC `g`, likewise
+    const float *x;  // (N, c_in, h, w) borrowed from forward
+    const float *dy; // (N, c_out, oh, ow) borrowed from backward
+    size_t n;        // batch of the last forward
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
 // NN_ERR_ARG.
 nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
                          size_t max_batch, nn_rng *rng);
-// x (N, c_in, h, w) -> y (N, c_out, oh, ow). x is not kept (its im2col is).
+// x (N, c_in, h, w) -> y (N, c_out, oh, ow). x is borrowed until backward and the stats.
 void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N);
-// dy (N, c_out, oh, ow): dW += Σ dyᵀ col, db += Σ dy, dx (N, c_in, h, w) += col2im(dy W).
+// dy (N, c_out, oh, ow): dW += Σ dy colᵀ, db += Σ dy, dx (N, c_in, h, w) += col2im(Wᵀ dy).
+// dy is borrowed until the stats have been read.
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx);
 void nn_conv2d_free(nn_conv2d *l);
 ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // After backward: a = im2col rows (n, o1, o2) x columns (c, k1, k2) (channels averaged over
-// groups when groups > 1, as ngd_unfold does), g = dy as (N*L, c_out). NN_ERR_NOMEM only
-// when the group-average buffer cannot be allocated (first call, groups > 1).
+// groups when groups > 1: exactly ngd_unfold's matrix), g = dy as (N*L, c_out). Both are
+// built on the call (a K-FAC step needs them; other steps do not pay for them) into
+// buffers allocated by the first call: NN_ERR_NOMEM if that fails.
 nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g);
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
 
