@@ -1,7 +1,8 @@
 /*
  * gemm.c — the engine's one door to a GEMM backend: row-major sgemm with transpose flags
- * over oneDNN's dnnl_sgemm (measured fastest f32 GEMM here, docs/design.md), plus the plain
- * float64-accumulating reference it falls back to and is tested against. Only this file
+ * over oneDNN's dnnl_sgemm (measured fastest f32 GEMM here, docs/design.md), a plain loop
+ * for tiny products, and the float64-accumulating reference it falls back to and is tested
+ * against. Only this file
  * includes <dnnl.h>. No batching, no bf16.
  */
 #include <dnnl.h>
@@ -22,6 +23,30 @@ void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
             double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];
             C[i * ldc + j] = (float)((double)alpha * s + c);
         }
+}
+
+// Below this many multiply-adds a plain loop beats a oneDNN call (about 10 us of dispatch
+// and thread wake-up per call, measured in src/core's wrapper): small attention heads and
+// the tests make many such calls.
+#define NN_SMALL_GEMM_MACS 16384
+
+// C (already scaled by beta) += alpha op(A) op(B); p outer so rows of a plain B stream
+static void gemm_small(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                       size_t lda, const float *B, size_t ldb, float *C, size_t ldc) {
+    for (size_t i = 0; i < m; i++) {
+        float *c = C + i * ldc;
+        for (size_t p = 0; p < k; p++) {
+            const float a = alpha * AT(A, lda, ta, i, p);
+            if (!tb) {
+                const float *b = B + p * ldb;
+                for (size_t j = 0; j < n; j++)
+                    c[j] += a * b[j];
+            } else {
+                for (size_t j = 0; j < n; j++)
+                    c[j] += a * B[j * ldb + p];
+            }
+        }
+    }
 }
 
 static void zero_rows(float *C, size_t m, size_t n, size_t ldc) {
@@ -48,6 +73,14 @@ void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
               ldb < INT64_MAX && ldc < INT64_MAX);
     // Why: a BLAS may read C even with beta = 0; uninitialised NaN garbage must never leak.
     if (beta == 0.0f) zero_rows(C, m, n, ldc);
+    if (m * n * k <= NN_SMALL_GEMM_MACS) {
+        if (beta != 0.0f && beta != 1.0f)
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < n; j++)
+                    C[i * ldc + j] *= beta;
+        gemm_small(ta, tb, m, n, k, alpha, A, lda, B, ldb, C, ldc);
+        return;
+    }
     dnnl_status_t st =
         dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k,
                    alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
