@@ -10,10 +10,11 @@
  *  - float32, row-major, batch-major. Letters in shape comments: N batch (images), B batch
  *    (sequences), T tokens, C channels / model width, H W image size, OH OW output size,
  *    L = OH*OW output locations, V vocabulary, K classes.
- *  - init plans every buffer once for a maximum batch; forward/backward never allocate
- *    (the only exception, nn_conv2d_stats for grouped convolutions, allocates once on its
- *    first call and keeps the buffer). A batch larger than planned is a caller bug: it
- *    trips NN_ASSERT (abort with file:line), like any other violated precondition.
+ *  - init plans every buffer once for a maximum batch; forward/backward never allocate.
+ *    Two buffers only some runs need are allocated on their first use and kept: the K-FAC
+ *    matrices of nn_conv2d_stats and the patch gradient of nn_patchembed_backward (both
+ *    report NN_ERR_NOMEM). A batch larger than planned is a caller bug: it trips NN_ASSERT
+ *    (abort with file:line), like any other violated precondition.
  *  - forward WRITES its output (=). Its input x (and, where noted, its output y) are
  *    BORROWED: the layer keeps the pointer and reads it again in backward, so the caller
  *    must leave them unchanged until backward has run (llm.c's activation buffers).
