@@ -32,7 +32,8 @@ enum {
     O_MODEL = 256, O_WIDTHS, O_DATA, O_DATADIR, O_SUBSET, O_OPTIM, O_LR, O_MOM, O_WD, O_NESTEROV,
     O_BETA1, O_BETA2, O_EPS, O_DAMPING, O_LRCOV, O_ALPHA1, O_T, O_STRUCT, O_APPROX, O_KFACLIKE,
     O_NORMCOV, O_FDTYPE, O_QUIRK, O_EPOCHS, O_MAXSTEPS, O_BATCH, O_SEED, O_THREADS, O_EVALEVERY,
-    O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP
+    O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
+    O_BUDGET
 };
 
 typedef struct {
@@ -70,6 +71,8 @@ static const opt_def OPTS[] = {
     {"official-blockdiag", 0, O_QUIRK, NULL, "reproduce the official block-diagonal quirk"},
     {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
     {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
+    {"time-budget", 1, O_BUDGET, "SECONDS", "stop training after this much wall time, then "
+                                           "evaluate (0 = no limit)"},
     {"batch", 1, O_BATCH, "N", "batch size (default 128)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
@@ -110,6 +113,7 @@ typedef struct {
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
+    float time_budget;
     uint64_t seed;
     int threads;
     bool augment, quiet;
@@ -244,6 +248,9 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_SUBSET: if (parse_z(nm, optarg, &t->subset)) return -1; break;
         case O_EPOCHS: if (parse_z(nm, optarg, &t->epochs)) return -1; break;
         case O_MAXSTEPS: if (parse_z(nm, optarg, &t->max_steps)) return -1; break;
+        case O_BUDGET:
+            if (parse_f(nm, optarg, &t->time_budget) || t->time_budget < 0) return -1;
+            break;
         case O_BATCH: if (parse_z(nm, optarg, &t->batch) || !t->batch) return -1; break;
         case O_SEED: if (parse_z(nm, optarg, &z)) return -1; t->seed = z; break;
         case O_THREADS: if (parse_z(nm, optarg, &z) || !z) return -1; t->threads = (int)z; break;
@@ -758,7 +765,8 @@ static int run(const train_opts *t, bool eval_only) {
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
             // resumes exactly where an uninterrupted run would continue
-            if (t->max_steps && rs.step >= t->max_steps) {
+            if ((t->max_steps && rs.step >= t->max_steps) ||
+                (t->time_budget > 0 && now_s() - t_start >= (double)t->time_budget)) {
                 stop = true;
                 break;
             }
@@ -852,6 +860,18 @@ static int run(const train_opts *t, bool eval_only) {
                 }
             }
         }
+    }
+    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs) {  // a limit ended the run early:
+        evaluate(&m, &d.test, t->batch, x, y, &last_test_loss, &last_test_acc);  // report it
+        cJSON *je = cJSON_CreateObject();
+        cJSON_AddStringToObject(je, "type", "eval");
+        cJSON_AddNumberToObject(je, "step", (double)rs.step);
+        cJSON_AddNumberToObject(je, "epoch", (double)rs.epoch + (double)(ld.pos / t->batch) /
+                                                               (double)per_epoch);
+        cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
+        cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
+        cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
+        log_line(logf, je);
     }
     if (rc == NGD_EXIT_OK && stop && t->ckpt) {  // --max-steps: leave a checkpoint to resume
         rs.wall = now_s() - t_start;
