@@ -33,7 +33,7 @@ enum {
     O_BETA1, O_BETA2, O_EPS, O_DAMPING, O_LRCOV, O_ALPHA1, O_T, O_STRUCT, O_APPROX, O_KFACLIKE,
     O_NORMCOV, O_FDTYPE, O_QUIRK, O_EPOCHS, O_MAXSTEPS, O_BATCH, O_SEED, O_THREADS, O_EVALEVERY,
     O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
-    O_BUDGET
+    O_BUDGET, O_SCHED
 };
 
 typedef struct {
@@ -71,6 +71,8 @@ static const opt_def OPTS[] = {
     {"official-blockdiag", 0, O_QUIRK, NULL, "reproduce the official block-diagonal quirk"},
     {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
     {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
+    {"schedule", 1, O_SCHED, "NAME", "learning-rate schedule: constant (default) or cosine "
+                                     "(decays to 0 over --epochs)"},
     {"time-budget", 1, O_BUDGET, "SECONDS", "stop training after this much wall time, then "
                                            "evaluate (0 = no limit)"},
     {"batch", 1, O_BATCH, "N", "batch size (default 128)"},
@@ -114,6 +116,7 @@ typedef struct {
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
     float time_budget;
+    bool cosine;
     uint64_t seed;
     int threads;
     bool augment, quiet;
@@ -248,6 +251,13 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_SUBSET: if (parse_z(nm, optarg, &t->subset)) return -1; break;
         case O_EPOCHS: if (parse_z(nm, optarg, &t->epochs)) return -1; break;
         case O_MAXSTEPS: if (parse_z(nm, optarg, &t->max_steps)) return -1; break;
+        case O_SCHED:
+            if (strcmp(optarg, "constant") && strcmp(optarg, "cosine")) {
+                cli_error("constant or cosine", "--schedule: unknown schedule '%s'", optarg);
+                return -1;
+            }
+            t->cosine = !strcmp(optarg, "cosine");
+            break;
         case O_BUDGET:
             if (parse_f(nm, optarg, &t->time_budget) || t->time_budget < 0) return -1;
             break;
@@ -771,6 +781,12 @@ static int run(const train_opts *t, bool eval_only) {
                 break;
             }
             if ((k = nn_loader_next(&ld, x, y)) == 0) break;
+            double lr_scale = 1.0;
+            if (t->cosine) {  // cosine decay over the planned steps, from lr to 0
+                double total = (double)(t->epochs * per_epoch);
+                lr_scale = 0.5 * (1.0 + cos(3.141592653589793 * fmin((double)rs.step / total, 1.0)));
+                ngd_optim_set_lr_scale(o, (float)lr_scale);
+            }
             nn_model_zero_grad(&m);
             m.ops->forward(&m, x, k, true);
             float loss = nn_xent_forward(m.logits, y, k, m.cfg.classes, 0.0f, 1.0f, dlogits);
@@ -815,7 +831,7 @@ static int run(const train_opts *t, bool eval_only) {
                 cJSON_AddNumberToObject(j, "epoch", (double)rs.epoch + (double)it / (double)per_epoch);
                 cJSON_AddNumberToObject(j, "loss", run_loss / (double)run_n);
                 cJSON_AddNumberToObject(j, "accuracy", run_acc / (double)run_n);
-                cJSON_AddNumberToObject(j, "lr", (double)t->cfg.lr);
+                cJSON_AddNumberToObject(j, "lr", (double)t->cfg.lr * lr_scale);
                 cJSON_AddNumberToObject(j, "samples_per_s", sps);
                 cJSON_AddNumberToObject(j, "wall_s", now - t_start);
                 cJSON_AddItemToObject(j, "health", health_json(o));
