@@ -11,6 +11,9 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "impl.h"
 
@@ -340,6 +343,24 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
     return LAPACKE_sgesvd_work(LAPACK_COL_MAJOR, 'N', 'S', (lapack_int)m, (lapack_int)n, a,
                                (lapack_int)lda, s, &u, 1, v, (lapack_int)ldv, work,
                                (lapack_int)NGD_MIN(lwork, INT_MAX));
+}
+
+int ngd_blas_serial_begin(void) {
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+    if (saved != 1) omp_set_num_threads(1);
+    return saved;
+#else
+    return 1;
+#endif
+}
+
+void ngd_blas_serial_end(int saved) {
+#ifdef _OPENMP
+    if (saved != 1 && saved > 0) omp_set_num_threads(saved);
+#else
+    NGD_UNUSED(saved);
+#endif
 }
 
 void ngd_blas_set_threads(int n) {

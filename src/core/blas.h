@@ -121,6 +121,14 @@ size_t ngd_sgesvd_cm_v_lwork(size_t m, size_t n);
 int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v,
                          size_t ldv, float *work, size_t lwork);
 
+// Makes this thread's following BLAS/LAPACK calls single-threaded until ngd_blas_serial_end
+// (the OpenMP nthreads ICV of the calling thread, which oneDNN and OpenBLAS follow). For
+// small decompositions: OpenBLAS opens a parallel region for every dsymv inside dsytrd even
+// at n = 18, which costs more than the work, and a scheduler time slice each when the
+// machine is oversubscribed. Returns the setting to restore. No-op without OpenMP.
+int ngd_blas_serial_begin(void);
+void ngd_blas_serial_end(int saved);
+
 // Sets the number of threads of the GEMM / LAPACK backends (0 = leave as is).
 void ngd_blas_set_threads(int n);
 #endif
