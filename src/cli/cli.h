@@ -15,6 +15,10 @@
 // "ngd: error: <msg>" and, if hint != NULL, "hint: <hint>" on stderr.
 void cli_error(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// Reads a whole file (NUL-terminated, free with free()); on failure prints
+// "ngd: error: <what><path>: <reason>" and returns NULL.
+char *cli_read_file(const char *path, size_t *len, const char *what);
+
 int cmd_replay(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

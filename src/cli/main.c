@@ -3,7 +3,9 @@
  * dispatched by name. Each subcommand parses its own options (getopt_long) and prints
  * its own --help generated from its option table.
  */
+#include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,6 +20,28 @@ void cli_error(const char *hint, const char *fmt, ...) {
     fputc('\n', stderr);
     va_end(ap);
     if (hint) fprintf(stderr, "hint: %s\n", hint);
+}
+
+char *cli_read_file(const char *path, size_t *len, const char *what) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cli_error(NULL, "%s%s: %s", what, path, strerror(errno));
+        return NULL;
+    }
+    char *b = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) b = malloc((size_t)n + 1);
+    if (!b || (n > 0 && fread(b, 1, (size_t)n, f) != (size_t)n)) {
+        cli_error(NULL, "%s%s: read failed", what, path);
+        free(b);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    b[n] = '\0';
+    *len = (size_t)n;
+    return b;
 }
 
 typedef struct {

@@ -308,23 +308,9 @@ typedef struct {
 // Replays one file. Returns 1 pass, 0 fail, -1 error (message printed), 2 skipped.
 static int replay_file(const char *path, const replay_opts *ro) {
     char err[512] = "";
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error(NULL, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc(len > 0 ? (size_t)len + 1 : 1);
-    if (!text || (len > 0 && fread(text, 1, (size_t)len, f) != (size_t)len)) {
-        fclose(f);
-        free(text);
-        cli_error(NULL, "%s: read failed", path);
-        return -1;
-    }
-    text[len > 0 ? len : 0] = '\0';
-    fclose(f);
+    size_t len;
+    char *text = cli_read_file(path, &len, "");
+    if (!text) return -1;
     cJSON *root = cJSON_Parse(text);
     free(text);
     if (!root) {

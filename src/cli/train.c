@@ -516,23 +516,9 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
 
 static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
                            nn_loader *ld, run_state *rs) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cli_error(NULL, "--resume %s: %s", path, strerror(errno));
-        return -1;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
-    if (!b || (n > 0 && fread(b, 1, (size_t)n, f) != (size_t)n)) {
-        fclose(f);
-        free(b);
-        cli_error(NULL, "--resume %s: read failed", path);
-        return -1;
-    }
-    fclose(f);
-    size_t len = n > 0 ? (size_t)n : 0;
+    size_t len;
+    unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
+    if (!b) return -1;
     const char *why = NULL;
     rb r = {b, len, 0, false};
     if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) why = "not an ngd training checkpoint";
