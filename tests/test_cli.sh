@@ -29,6 +29,47 @@ expect_rc 1 "replay broken json" "$NGD" replay "$tmp/broken.json"
 "$NGD" replay "$tmp/broken.json" 2>&1 | grep -q "not valid JSON" && ok || bad "broken json message"
 rm -rf "$tmp"
 
+# plot: usage errors, bad logs, and an SVG of two small logs written here
+tmp=$(mktemp -d)
+expect_rc 0 "plot --help" "$NGD" plot --help
+"$NGD" plot --help | grep -q -- "--output FILE" && ok || bad "plot --help lists --output"
+cat > "$tmp/a.jsonl" <<'EOF'
+{"type":"step","step":10,"epoch":0.5,"loss":2.1,"accuracy":0.3,"lr":0.1,"samples_per_s":900,"wall_s":0.4,"health":[]}
+{"type":"step","step":20,"epoch":1,"loss":1.2,"accuracy":0.6,"lr":0.1,"samples_per_s":900,"wall_s":0.8,"health":[]}
+{"type":"eval","step":20,"epoch":1,"test_loss":1.1,"test_accuracy":0.64,"wall_s":0.9}
+{"type":"summary","model":"mlp","data":"mnist","optim":"sgd","steps":20,"test_accuracy":0.64,"wall_s":0.9}
+EOF
+cat > "$tmp/b.jsonl" <<'EOF'
+{"type":"step","step":10,"epoch":0.5,"loss":1.5,"accuracy":0.5,"lr":0.001,"samples_per_s":500,"wall_s":0.7,"health":[]}
+{"type":"step","step":20,"epoch":1,"loss":0.6,"accuracy":0.8,"lr":0.001,"samples_per_s":500,"wall_s":1.4,"health":[]}
+{"type":"eval","step":20,"epoch":1,"test_loss":0.5,"test_accuracy":0.85,"wall_s":1.5}
+{"type":"summary","model":"mlp","data":"mnist","optim":"singd","steps":20,"test_accuracy":0.85,"wall_s":1.5}
+EOF
+echo '{"type":"summary","model":"mlp","data":"mnist","optim":"sgd","steps":0}' > "$tmp/nosteps.jsonl"
+expect_rc 2 "plot without -o" "$NGD" plot "$tmp/a.jsonl"
+expect_rc 2 "plot without a log" "$NGD" plot -o "$tmp/p.svg"
+expect_rc 2 "plot unknown option" "$NGD" plot --frobnicate "$tmp/a.jsonl" -o "$tmp/p.svg"
+expect_rc 2 "plot to .pdf" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/p.pdf"
+expect_rc 1 "plot of a missing log" "$NGD" plot "$tmp/missing.jsonl" -o "$tmp/p.svg"
+"$NGD" plot "$tmp/missing.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "^hint:" && ok || bad "missing log: no hint"
+expect_rc 1 "plot of a log without steps" "$NGD" plot "$tmp/nosteps.jsonl" -o "$tmp/p.svg"
+"$NGD" plot "$tmp/nosteps.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "no step records" && ok || bad "no-steps message"
+[ ! -e "$tmp/p.svg" ] && ok || bad "a failed plot left $tmp/p.svg"
+PATH=/nonexistent expect_rc 1 "plot to .png without rsvg-convert" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/p.png"
+expect_rc 0 "plot of two logs" "$NGD" plot "$tmp/a.jsonl" "$tmp/b.jsonl" -o "$tmp/p.svg" --title "two runs"
+svg="$tmp/p.svg"
+if [ -s "$svg" ]; then
+    grep -q "<svg" "$svg" && ok || bad "plot: no <svg element"
+    grep -q "sgd mlp mnist" "$svg" && ok || bad "plot: legend lacks run a"
+    grep -q "singd mlp mnist" "$svg" && ok || bad "plot: legend lacks run b"
+    [ "$(grep -c "<polyline" "$svg")" -ge 8 ] && ok || bad "plot: expected a line per run and panel"
+    grep -q "two runs" "$svg" && ok || bad "plot: --title missing"
+    grep -q "<text[^>]*font-weight=\"bold\">singd mlp mnist" "$svg" && ok || bad "plot: best run not marked"
+else
+    bad "plot wrote no $svg"
+fi
+rm -rf "$tmp"
+
 # the reference trajectories of the official implementation: every case must pass
 if [ -d "$SHARED/oracle" ]; then
     out=$("$NGD" replay "$SHARED/oracle" 2>&1); rc=$?
