@@ -1,0 +1,256 @@
+/*
+ * vgg16bn.c — the CIFAR VGG16-BN of the RS-KFAC runs (specs/kfac-family.md §9.1):
+ *   config D = [64,64,M, 128,128,M, 256,256,256,M, 512,512,512,M, 512,512,512,M]
+ *   each number: Conv3x3 (bias, padding 1) -> BatchNorm2d -> ReLU; M: MaxPool 2x2 stride 2
+ *   classifier: flatten -> Linear(512, 512) -> ReLU -> Dropout(0.5) -> Linear(512, classes)
+ * On 3x32x32 inputs with 10 classes this is the spec's 14,990,922-parameter network.
+ *
+ * Width multiplier: cfg->widths[0] = d (default 1) divides every channel count and the
+ * classifier's hidden width (64/d, ..., 512/d), so d = 4 or 8 trains on a laptop.
+ * Inputs smaller than 32x32 skip the pools that would shrink the map below 1x1 (28x28
+ * skips the last one), and the classifier takes whatever the last stage leaves
+ * (c·h·w features). cfg->dropout sets the dropout probability (0 = the spec's 0.5).
+ *
+ * Initialisation (§9.1): conv weights N(0, 2/(9·c_out)) (Kaiming, fan-out), conv biases 0;
+ * BN γ = 1, β = 0; the classifier keeps PyTorch's default Linear init. All 13 Conv2d and
+ * both Linears are Kronecker-factored layers; BN scales/shifts are plain parameters, BN
+ * running statistics are model buffers (saved in checkpoints), the dropout stream is a
+ * model rng. Forward in order, backward in reverse; buffers planned at create.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "model.h"
+
+#define VGG_CONVS 13
+#define VGG_STAGES 5
+static const size_t STAGE_CONVS[VGG_STAGES] = {2, 2, 3, 3, 3};
+static const size_t STAGE_CHANS[VGG_STAGES] = {64, 128, 256, 512, 512};
+#define VGG_HIDDEN 512
+
+typedef struct {
+    size_t div, hidden, flat, maxN;
+    nn_conv2d conv[VGG_CONVS];
+    nn_batchnorm bn[VGG_CONVS];
+    nn_relu relu[VGG_CONVS + 1];
+    nn_maxpool2d pool[VGG_STAGES];
+    bool pooled[VGG_STAGES];      // the stage ends with a pool (false: map already 1 wide)
+    nn_linear fc1, fc2;
+    nn_dropout drop;
+    int conv_id[VGG_CONVS], fc1_id, fc2_id;
+    // activations, each (N, C, H, W) of its layer
+    float *bz[VGG_CONVS];         // BN output (ReLU's borrowed input)
+    float *ra[VGG_CONVS];         // ReLU output (the next conv's or pool's input)
+    float *po[VGG_STAGES];        // pool output (NULL when the stage is not pooled)
+    float *zs;                    // (N, max C·H·W) conv output before BN: BN keeps no input
+    float *h1, *a1, *d1;          // (N, hidden) fc1 output, ReLU output, dropout output
+    // gradients
+    float *dcz[VGG_CONVS];        // conv output gradient: the conv's `g`, kept for observe
+    float *dra[VGG_CONVS];        // ReLU output gradient
+    float *dpo[VGG_STAGES];       // pool output gradient
+    float *gs;                    // (N, max C·H·W) BN output gradient, scratch
+    float *dh1, *da1, *dd1;       // (N, hidden); dh1 is fc1's `g`
+    size_t N;                     // batch of the last forward
+} vgg;
+
+static void vgg_destroy(nn_model *m) {
+    vgg *p = m->impl;
+    for (size_t k = 0; k < VGG_CONVS; k++) {
+        nn_conv2d_free(&p->conv[k]);
+        nn_batchnorm_free(&p->bn[k]);
+        free(p->bz[k]), free(p->ra[k]), free(p->dcz[k]), free(p->dra[k]);
+    }
+    for (size_t s = 0; s < VGG_STAGES; s++) {
+        nn_maxpool2d_free(&p->pool[s]);
+        free(p->po[s]), free(p->dpo[s]);
+    }
+    nn_linear_free(&p->fc1);
+    nn_linear_free(&p->fc2);
+    nn_dropout_free(&p->drop);
+    free(p->zs), free(p->gs);
+    free(p->h1), free(p->a1), free(p->d1), free(p->dh1), free(p->da1), free(p->dd1);
+    free(p);
+    m->impl = NULL;
+}
+
+static float *buf(size_t n, size_t per) { return nn_malloc(nn_mul(n, per), sizeof(float)); }
+
+static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap) {
+    const size_t div = cfg->nwidths > 0 ? cfg->widths[0] : 1;
+    if (cfg->nwidths > 1 || div == 0 || div > 64) {
+        snprintf(err, cap, "vgg16bn: --widths D divides the channels (1 <= D <= 64, e.g. 4 or 8)");
+        return NN_ERR_ARG;
+    }
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f)) {
+        snprintf(err, cap, "vgg16bn: dropout must be in [0, 1)");
+        return NN_ERR_ARG;
+    }
+    vgg *p = nn_calloc(1, sizeof *p);
+    if (!p) goto oom;
+    m->impl = p;
+    p->div = div, p->hidden = VGG_HIDDEN / div, p->maxN = cfg->max_batch;
+    const size_t N = p->maxN;
+    nn_rng rng;
+    nn_rng_seed(&rng, cfg->seed);
+    size_t c = cfg->in_c, h = cfg->in_h, w = cfg->in_w, k = 0, maxact = 0;
+    nn_param ps[2];
+    for (size_t s = 0; s < VGG_STAGES; s++) {
+        const size_t co = STAGE_CHANS[s] / div;
+        for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
+            const ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+            if (nn_conv2d_init(&p->conv[k], &g, co, true, N, &rng) != NN_OK ||
+                nn_batchnorm_init(&p->bn[k], co, h * w, N) != NN_OK)
+                goto oom;
+            // spec §9.1: conv weights N(0, 2/(9 c_out)), biases 0 (PyTorch's init replaced)
+            nn_rng_fill_normal(&rng, p->conv[k].w, co * p->conv[k].d_in, 0.0f,
+                               sqrtf(2.0f / (9.0f * (float)co)));
+            memset(p->conv[k].b, 0, co * sizeof(float));
+            c = co;
+            const size_t act = c * h * w;
+            maxact = act > maxact ? act : maxact;
+            p->bz[k] = buf(N, act), p->ra[k] = buf(N, act);
+            p->dcz[k] = buf(N, act), p->dra[k] = buf(N, act);
+            if (!p->bz[k] || !p->ra[k] || !p->dcz[k] || !p->dra[k]) goto oom;
+            nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
+            nn_model_add_params(m, ps, nn_batchnorm_params(&p->bn[k], ps));
+            nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, co);
+            nn_model_add_buffer(m, "running_var", p->bn[k].running_var, co);
+        }
+        p->pooled[s] = h >= 2 && w >= 2;
+        if (p->pooled[s]) {
+            if (nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, N) != NN_OK) goto oom;
+            h /= 2, w /= 2;
+            p->po[s] = buf(N, c * h * w), p->dpo[s] = buf(N, c * h * w);
+            if (!p->po[s] || !p->dpo[s]) goto oom;
+        }
+    }
+    p->flat = c * h * w;
+    if (nn_linear_init(&p->fc1, p->flat, p->hidden, true, &rng) != NN_OK ||
+        nn_linear_init(&p->fc2, p->hidden, cfg->classes, true, &rng) != NN_OK ||
+        nn_dropout_init(&p->drop, cfg->dropout > 0.0f ? cfg->dropout : 0.5f,
+                        nn_mul(N, p->hidden), cfg->seed ^ 0x5eedd40b0u) != NN_OK)
+        goto oom;
+    nn_model_add_params(m, ps, nn_linear_params(&p->fc1, ps));
+    nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
+    nn_model_add_rng(m, &p->drop.rng);
+    p->zs = buf(N, maxact), p->gs = buf(N, maxact);
+    p->h1 = buf(N, p->hidden), p->a1 = buf(N, p->hidden), p->d1 = buf(N, p->hidden);
+    p->dh1 = buf(N, p->hidden), p->da1 = buf(N, p->hidden), p->dd1 = buf(N, p->hidden);
+    if (!p->zs || !p->gs || !p->h1 || !p->a1 || !p->d1 || !p->dh1 || !p->da1 || !p->dd1) goto oom;
+    return NN_OK;
+oom:
+    snprintf(err, cap, "vgg16bn: out of memory");
+    return NN_ERR_NOMEM;
+}
+
+// (C·H·W) of conv k's output
+static size_t act_size(const vgg *p, size_t k) {
+    return p->conv[k].c_out * p->conv[k].oh * p->conv[k].ow;
+}
+
+// x (N, c, h, w) -> m->logits (N, classes)
+static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
+    vgg *p = m->impl;
+    NN_ASSERT(x && N >= 1 && N <= p->maxN);
+    p->N = N;
+    m->N = N;
+    const float *in = x;
+    size_t k = 0;
+    for (size_t s = 0; s < VGG_STAGES; s++) {
+        for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
+            nn_conv2d_forward(&p->conv[k], in, p->zs, N);
+            nn_batchnorm_forward(&p->bn[k], p->zs, p->bz[k], N, train);
+            nn_relu_forward(&p->relu[k], p->bz[k], p->ra[k], N * act_size(p, k));
+            in = p->ra[k];
+        }
+        if (p->pooled[s]) {
+            nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
+            in = p->po[s];
+        }
+    }
+    // flatten: NCHW memory is already (N, C·H·W)
+    nn_linear_forward(&p->fc1, in, p->h1, N);
+    nn_relu_forward(&p->relu[VGG_CONVS], p->h1, p->a1, N * p->hidden);
+    nn_dropout_forward(&p->drop, p->a1, p->d1, N * p->hidden, train);
+    nn_linear_forward(&p->fc2, p->d1, m->logits, N);
+}
+
+// The gradient buffer of stage s's output: its pool's, or its last ReLU's if not pooled.
+static float *stage_grad(vgg *p, size_t s, size_t last_conv) {
+    return p->pooled[s] ? p->dpo[s] : p->dra[last_conv];
+}
+
+// dlogits (N, classes), borrowed until observe (it is fc2's `g`)
+static void vgg_backward(nn_model *m, const float *dlogits) {
+    vgg *p = m->impl;
+    const size_t N = p->N, nh = N * p->hidden * sizeof(float);
+    memset(p->dd1, 0, nh);
+    nn_linear_backward(&p->fc2, dlogits, p->dd1);
+    memset(p->da1, 0, nh);
+    nn_dropout_backward(&p->drop, p->dd1, p->da1);
+    memset(p->dh1, 0, nh);
+    nn_relu_backward(&p->relu[VGG_CONVS], p->da1, p->dh1);
+    float *dflat = stage_grad(p, VGG_STAGES - 1, VGG_CONVS - 1);
+    memset(dflat, 0, N * p->flat * sizeof(float));
+    nn_linear_backward(&p->fc1, p->dh1, dflat);
+    size_t k = VGG_CONVS; // one past the last conv of stage s
+    for (size_t s = VGG_STAGES; s-- > 0;) {
+        const size_t first = k - STAGE_CONVS[s];
+        if (p->pooled[s]) {
+            memset(p->dra[k - 1], 0, N * act_size(p, k - 1) * sizeof(float));
+            nn_maxpool2d_backward(&p->pool[s], p->dpo[s], p->dra[k - 1]);
+        }
+        while (k-- > first) {
+            const size_t n = N * act_size(p, k) * sizeof(float);
+            memset(p->gs, 0, n);
+            nn_relu_backward(&p->relu[k], p->dra[k], p->gs);
+            memset(p->dcz[k], 0, n);
+            nn_batchnorm_backward(&p->bn[k], p->gs, p->dcz[k]);
+            float *dx = NULL; // the image needs no gradient
+            if (k > 0) {
+                dx = k == first ? stage_grad(p, s - 1, k - 1) : p->dra[k - 1];
+                const ngd_conv_geom *g = &p->conv[k].geom;
+                memset(dx, 0, N * g->c_in * g->h * g->w * sizeof(float));
+            }
+            nn_conv2d_backward(&p->conv[k], p->dcz[k], dx);
+        }
+        k = first;
+    }
+}
+
+static ngd_status vgg_attach(nn_model *m, ngd_optim *o) {
+    vgg *p = m->impl;
+    ngd_status st;
+    char name[32];
+    nn_param ps[2];
+    for (size_t k = 0; k < VGG_CONVS; k++) {
+        snprintf(name, sizeof name, "conv%zu", k + 1);
+        if ((st = nn_attach_conv2d(o, &p->conv[k], name, &p->conv_id[k]))) return st;
+        snprintf(name, sizeof name, "bn%zu", k + 1);
+        if ((st = nn_attach_params(o, ps, nn_batchnorm_params(&p->bn[k], ps), name))) return st;
+    }
+    if ((st = nn_attach_linear(o, &p->fc1, "fc1", &p->fc1_id))) return st;
+    return nn_attach_linear(o, &p->fc2, "fc2", &p->fc2_id);
+}
+
+static ngd_status vgg_observe(nn_model *m, ngd_optim *o) {
+    vgg *p = m->impl;
+    ngd_status st;
+    for (size_t k = 0; k < VGG_CONVS; k++)
+        if ((st = nn_observe_conv2d(o, &p->conv[k], p->conv_id[k], p->N))) return st;
+    if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, p->N))) return st;
+    return nn_observe_linear(o, &p->fc2, p->fc2_id, p->N);
+}
+
+const nn_model_ops nn_vgg16bn_ops = {
+    .name = "vgg16bn",
+    .help = "CIFAR VGG16-BN (13 conv3x3-BN-ReLU, 5 maxpools, FC 512-ReLU-dropout-FC); "
+            "--widths D divides the channels (1)",
+    .create = vgg_create,
+    .forward = vgg_forward,
+    .backward = vgg_backward,
+    .attach = vgg_attach,
+    .observe = vgg_observe,
+    .destroy = vgg_destroy,
+};

@@ -1,0 +1,262 @@
+/*
+ * vit.c — a small vision transformer (ViT, Dosovitskiy et al. 2021) for image
+ * classification, written out in order (llm.c style):
+ *   x = patches(image) Wpᵀ + bp + pos                      (N, P, C)   P = (H/p)(W/p)
+ *   depth pre-norm blocks:  x += attn(ln1(x))               non-causal multi-head attention
+ *                           x += proj(gelu(fc(ln2(x))))     C -> 4C -> C, exact (erf) GELU
+ *   logits = head(mean_tokens(lnf(x)))                      (N, classes)
+ * Sizes from cfg->widths: [0] = C (64), [1] = depth (2), [2] = heads (4), [3] = patch size p
+ * (4: 28x28 -> 49 tokens, 32x32 -> 64 tokens); p must divide the image. No class token
+ * (mean pooling), no dropout.
+ *
+ * Every Linear (patch projection, attention qkv and proj, MLP fc and proj, head) is a
+ * Kronecker-factored layer. All but the head are applied to every token, so their
+ * statistics have N·P rows for a batch of N (weights shared over tokens): observe hands
+ * libngd batch = N and libngd's expand/reduce handles the sharing. The loss is the mean over
+ * the N images, so the default loss_average (NGD_LOSS_BATCH) is the right one. LayerNorm
+ * scales/shifts and the positional embedding are plain parameters (nn_attach_params).
+ * Initialisation: PyTorch defaults for Linear, N(0, 0.02²) for the positional embedding.
+ *
+ * Backward keeps every gradient that is some Linear's output gradient `g` in its own buffer
+ * (dres, dmid, dfch), because observe reads them after the whole backward pass.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "model.h"
+
+#define VIT_MAX_DEPTH 16
+
+typedef struct {
+    nn_layernorm ln1, ln2;
+    nn_attention attn;
+    nn_linear fc, proj;
+    nn_gelu gelu;
+    int qkv_id, aproj_id, fc_id, proj_id;
+    // activations, N·P rows
+    float *ln1o, *atto, *mid;   // (NP, C) ln1 output, attention output, mid = res + atto
+    float *ln2o, *fch, *gel;    // (NP, C), (NP, 4C), (NP, 4C)
+    float *mlpo;                // (NP, C) MLP branch output
+    float *dmid, *dfch;         // (NP, C), (NP, 4C): output gradients kept for observe
+} vit_block;
+
+typedef struct {
+    size_t C, depth, nh, patch, P, maxN;
+    nn_patchembed pe;           // its proj: (C, c·p·p)
+    nn_posembed pos;            // (P, C)
+    vit_block blk[VIT_MAX_DEPTH];
+    nn_layernorm lnf;
+    nn_linear head;             // (classes, C)
+    int pe_id, head_id;
+    float *res[VIT_MAX_DEPTH + 1];  // (NP, C) the residual stream entering block l
+    float *dres[VIT_MAX_DEPTH + 1]; // (NP, C) its gradient (a Linear's `g`: pe / proj)
+    float *lnfo;                    // (NP, C)
+    float *pooled, *dpooled;        // (N, C) mean over tokens and its gradient
+    float *dln, *dgel;              // (NP, C), (NP, 4C) scratch
+    size_t N;                       // batch of the last forward
+} vit;
+
+static void vit_destroy(nn_model *m) {
+    vit *p = m->impl;
+    nn_patchembed_free(&p->pe);
+    nn_posembed_free(&p->pos);
+    for (size_t l = 0; l < p->depth; l++) {
+        vit_block *b = &p->blk[l];
+        nn_layernorm_free(&b->ln1);
+        nn_layernorm_free(&b->ln2);
+        nn_attention_free(&b->attn);
+        nn_linear_free(&b->fc);
+        nn_linear_free(&b->proj);
+        free(b->ln1o), free(b->atto), free(b->mid), free(b->ln2o), free(b->fch);
+        free(b->gel), free(b->mlpo), free(b->dmid), free(b->dfch);
+    }
+    for (size_t l = 0; l <= p->depth; l++) free(p->res[l]), free(p->dres[l]);
+    nn_layernorm_free(&p->lnf);
+    nn_linear_free(&p->head);
+    free(p->lnfo), free(p->pooled), free(p->dpooled), free(p->dln), free(p->dgel);
+    free(p);
+    m->impl = NULL;
+}
+
+static float *buf(size_t rows, size_t cols) { return nn_malloc(nn_mul(rows, cols), sizeof(float)); }
+
+static nn_status vit_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap) {
+    const size_t C = cfg->nwidths > 0 ? cfg->widths[0] : 64;
+    const size_t depth = cfg->nwidths > 1 ? cfg->widths[1] : 2;
+    const size_t nh = cfg->nwidths > 2 ? cfg->widths[2] : 4;
+    const size_t patch = cfg->nwidths > 3 ? cfg->widths[3] : 4;
+    if (cfg->nwidths > 4 || C == 0 || depth == 0 || depth > VIT_MAX_DEPTH || nh == 0 || C % nh) {
+        snprintf(err, cap, "vit: --widths C,DEPTH,HEADS[,PATCH] needs C divisible by HEADS and "
+                 "1 <= DEPTH <= %d (got %zu,%zu,%zu)", VIT_MAX_DEPTH, C, depth, nh);
+        return NN_ERR_ARG;
+    }
+    if (patch == 0 || cfg->in_h % patch || cfg->in_w % patch) {
+        snprintf(err, cap, "vit: the patch size %zu must divide the image (%zux%zu); give it as "
+                 "the 4th --widths entry", patch, cfg->in_h, cfg->in_w);
+        return NN_ERR_ARG;
+    }
+    vit *p = nn_calloc(1, sizeof *p);
+    if (!p) goto oom;
+    m->impl = p;
+    p->C = C, p->depth = depth, p->nh = nh, p->patch = patch, p->maxN = cfg->max_batch;
+    p->P = (cfg->in_h / patch) * (cfg->in_w / patch);
+    const size_t NP = nn_mul(p->maxN, p->P), C4 = nn_mul(4, C);
+    nn_rng rng;
+    nn_rng_seed(&rng, cfg->seed);
+    nn_param ps[2];
+    if (nn_patchembed_init(&p->pe, cfg->in_c, cfg->in_h, cfg->in_w, patch, C, p->maxN, &rng) !=
+            NN_OK ||
+        nn_posembed_init(&p->pos, p->P, C, &rng) != NN_OK)
+        goto oom;
+    nn_model_add_params(m, ps, nn_linear_params(&p->pe.proj, ps));
+    nn_model_add_params(m, ps, nn_posembed_params(&p->pos, ps));
+    for (size_t l = 0; l < depth; l++) {
+        vit_block *b = &p->blk[l];
+        b->gelu.kind = NN_GELU_ERF;
+        if (nn_layernorm_init(&b->ln1, C, NP) != NN_OK ||
+            nn_attention_init(&b->attn, C, nh, false, p->maxN, p->P, &rng) != NN_OK ||
+            nn_layernorm_init(&b->ln2, C, NP) != NN_OK ||
+            nn_linear_init(&b->fc, C, C4, true, &rng) != NN_OK ||
+            nn_linear_init(&b->proj, C4, C, true, &rng) != NN_OK)
+            goto oom;
+        nn_model_add_params(m, ps, nn_layernorm_params(&b->ln1, ps));
+        nn_model_add_params(m, ps, nn_linear_params(&b->attn.qkv, ps));
+        nn_model_add_params(m, ps, nn_linear_params(&b->attn.proj, ps));
+        nn_model_add_params(m, ps, nn_layernorm_params(&b->ln2, ps));
+        nn_model_add_params(m, ps, nn_linear_params(&b->fc, ps));
+        nn_model_add_params(m, ps, nn_linear_params(&b->proj, ps));
+        b->ln1o = buf(NP, C), b->atto = buf(NP, C), b->mid = buf(NP, C), b->ln2o = buf(NP, C);
+        b->fch = buf(NP, C4), b->gel = buf(NP, C4), b->mlpo = buf(NP, C);
+        b->dmid = buf(NP, C), b->dfch = buf(NP, C4);
+        if (!b->ln1o || !b->atto || !b->mid || !b->ln2o || !b->fch || !b->gel || !b->mlpo ||
+            !b->dmid || !b->dfch)
+            goto oom;
+    }
+    if (nn_layernorm_init(&p->lnf, C, NP) != NN_OK ||
+        nn_linear_init(&p->head, C, cfg->classes, true, &rng) != NN_OK)
+        goto oom;
+    nn_model_add_params(m, ps, nn_layernorm_params(&p->lnf, ps));
+    nn_model_add_params(m, ps, nn_linear_params(&p->head, ps));
+    for (size_t l = 0; l <= depth; l++) {
+        p->res[l] = buf(NP, C), p->dres[l] = buf(NP, C);
+        if (!p->res[l] || !p->dres[l]) goto oom;
+    }
+    p->lnfo = buf(NP, C), p->dln = buf(NP, C), p->dgel = buf(NP, C4);
+    p->pooled = buf(p->maxN, C), p->dpooled = buf(p->maxN, C);
+    if (!p->lnfo || !p->dln || !p->dgel || !p->pooled || !p->dpooled) goto oom;
+    return NN_OK;
+oom:
+    snprintf(err, cap, "vit: out of memory");
+    return NN_ERR_NOMEM;
+}
+
+// x (N, c, h, w) -> m->logits (N, classes)
+static void vit_forward(nn_model *m, const float *x, size_t N, bool train) {
+    (void)train; // no dropout, no batch statistics
+    vit *p = m->impl;
+    NN_ASSERT(x && N >= 1 && N <= p->maxN);
+    const size_t P = p->P, NP = N * P, C = p->C;
+    p->N = N;
+    m->N = N;
+    nn_patchembed_forward(&p->pe, x, p->res[0], N);            // (N, P, C)
+    nn_posembed_forward(&p->pos, p->res[0], p->res[0], N, P);  // += pos, in place
+    for (size_t l = 0; l < p->depth; l++) {
+        vit_block *b = &p->blk[l];
+        nn_layernorm_forward(&b->ln1, p->res[l], b->ln1o, NP);
+        nn_attention_forward(&b->attn, b->ln1o, b->atto, N, P);
+        nn_residual_forward(p->res[l], b->atto, b->mid, NP * C);
+        nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, NP);
+        nn_linear_forward(&b->fc, b->ln2o, b->fch, NP);
+        nn_gelu_forward(&b->gelu, b->fch, b->gel, NP * 4 * C);
+        nn_linear_forward(&b->proj, b->gel, b->mlpo, NP);
+        nn_residual_forward(b->mid, b->mlpo, p->res[l + 1], NP * C);
+    }
+    nn_layernorm_forward(&p->lnf, p->res[p->depth], p->lnfo, NP);
+    nn_tokenpool_forward(p->lnfo, p->pooled, N, P, C);         // (N, C)
+    nn_linear_forward(&p->head, p->pooled, m->logits, N);
+}
+
+// dlogits (N, classes), borrowed until observe (it is the head's `g`)
+static void vit_backward(nn_model *m, const float *dlogits) {
+    vit *p = m->impl;
+    const size_t N = p->N, P = p->P, NP = N * P, C = p->C;
+    const size_t nC = NP * C * sizeof(float), n4C = NP * 4 * C * sizeof(float);
+    memset(p->dpooled, 0, N * C * sizeof(float));
+    nn_linear_backward(&p->head, dlogits, p->dpooled);
+    memset(p->dln, 0, nC);
+    nn_tokenpool_backward(p->dpooled, p->dln, N, P, C);
+    memset(p->dres[p->depth], 0, nC);
+    nn_layernorm_backward(&p->lnf, p->dln, p->dres[p->depth]);
+    for (size_t l = p->depth; l-- > 0;) {
+        vit_block *b = &p->blk[l];
+        const float *dout = p->dres[l + 1]; // res[l+1] = mid + mlpo
+        memcpy(b->dmid, dout, nC);          // the residual path
+        memset(p->dgel, 0, n4C);
+        nn_linear_backward(&b->proj, dout, p->dgel);
+        memset(b->dfch, 0, n4C);
+        nn_gelu_backward(&b->gelu, p->dgel, b->dfch);
+        memset(p->dln, 0, nC);
+        nn_linear_backward(&b->fc, b->dfch, p->dln);
+        nn_layernorm_backward(&b->ln2, p->dln, b->dmid);
+        memcpy(p->dres[l], b->dmid, nC);    // mid = res[l] + atto
+        memset(p->dln, 0, nC);
+        nn_attention_backward(&b->attn, b->dmid, p->dln);
+        nn_layernorm_backward(&b->ln1, p->dln, p->dres[l]);
+    }
+    nn_posembed_backward(&p->pos, p->dres[0], NULL);  // res[0] = patches Wpᵀ + bp + pos
+    nn_status s = nn_patchembed_backward(&p->pe, p->dres[0], NULL); // no image gradient
+    NN_ASSERT(s == NN_OK); // only an input gradient can need memory
+}
+
+static ngd_status vit_attach(nn_model *m, ngd_optim *o) {
+    vit *p = m->impl;
+    nn_param ps[2];
+    char name[48];
+    ngd_status s = nn_attach_linear(o, &p->pe.proj, "patch", &p->pe_id);
+    if (s == NGD_OK) s = nn_attach_params(o, ps, nn_posembed_params(&p->pos, ps), "pos");
+    for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
+        vit_block *b = &p->blk[l];
+        snprintf(name, sizeof name, "b%zu.ln1", l);
+        s = nn_attach_params(o, ps, nn_layernorm_params(&b->ln1, ps), name);
+        snprintf(name, sizeof name, "b%zu.attn.qkv", l);
+        if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.qkv, name, &b->qkv_id);
+        snprintf(name, sizeof name, "b%zu.attn.proj", l);
+        if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.proj, name, &b->aproj_id);
+        snprintf(name, sizeof name, "b%zu.ln2", l);
+        if (s == NGD_OK) s = nn_attach_params(o, ps, nn_layernorm_params(&b->ln2, ps), name);
+        snprintf(name, sizeof name, "b%zu.mlp.fc", l);
+        if (s == NGD_OK) s = nn_attach_linear(o, &b->fc, name, &b->fc_id);
+        snprintf(name, sizeof name, "b%zu.mlp.proj", l);
+        if (s == NGD_OK) s = nn_attach_linear(o, &b->proj, name, &b->proj_id);
+    }
+    if (s == NGD_OK) s = nn_attach_params(o, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
+    if (s == NGD_OK) s = nn_attach_linear(o, &p->head, "head", &p->head_id);
+    return s;
+}
+
+static ngd_status vit_observe(nn_model *m, ngd_optim *o) {
+    vit *p = m->impl;
+    const size_t N = p->N; // token Linears saw N·P rows: P weight-sharing positions per image
+    ngd_status s = nn_observe_linear(o, &p->pe.proj, p->pe_id, N);
+    for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
+        vit_block *b = &p->blk[l];
+        s = nn_observe_linear(o, &b->attn.qkv, b->qkv_id, N);
+        if (s == NGD_OK) s = nn_observe_linear(o, &b->attn.proj, b->aproj_id, N);
+        if (s == NGD_OK) s = nn_observe_linear(o, &b->fc, b->fc_id, N);
+        if (s == NGD_OK) s = nn_observe_linear(o, &b->proj, b->proj_id, N);
+    }
+    if (s == NGD_OK) s = nn_observe_linear(o, &p->head, p->head_id, N);
+    return s;
+}
+
+const nn_model_ops nn_vit_ops = {
+    .name = "vit",
+    .help = "vision transformer: 4x4 patches, pre-norm blocks, mean pool; --widths "
+            "C,DEPTH,HEADS[,PATCH] (64,2,4,4)",
+    .create = vit_create,
+    .forward = vit_forward,
+    .backward = vit_backward,
+    .attach = vit_attach,
+    .observe = vit_observe,
+    .destroy = vit_destroy,
+};
