@@ -202,6 +202,43 @@ static void idx_should_reject_truncated_and_oversized_files(void) {
     CHECK(has(err, "truncated: header declares 5 labels, found 3"));
 }
 
+// Data larger than the reader's first 64 KiB chunk is read whole (the buffer grows with the
+// data as it arrives), and a file that declares 4 GiB but holds 100 bytes fails as truncated.
+// (The reader used to allocate the declared size up front: fuzz/fuzz_idx found 25-byte
+// inputs costing hundreds of MB each.)
+static void idx_should_read_large_files_and_not_trust_declared_sizes(void) {
+    const size_t n = 3, h = 700, w = 1000, bytes = n * h * w; // 2.1 MB: six doublings
+    uint8_t *buf = malloc(16 + bytes);
+    const uint32_t dims[3] = {(uint32_t)n, (uint32_t)h, (uint32_t)w};
+    uint8_t *data = malloc(bytes);
+    for (size_t i = 0; i < bytes; i++)
+        data[i] = (uint8_t)(i * 2654435761u >> 13);
+    char err[256];
+    nn_idx f;
+    for (int gz = 0; gz < 2; gz++) {
+        const char *p = td_path(gz ? "big.gz" : "big");
+        write_bytes(p, buf, make_idx(buf, NN_IDX_MAGIC_IMAGES, dims, 3, data, bytes), gz);
+        CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err) == NN_OK);
+        CHECK(f.count == n && f.data && !memcmp(f.data, data, bytes));
+        nn_idx_free(&f);
+        CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 2, &f, err, sizeof err) == NN_OK);
+        CHECK(f.count == 2 && !memcmp(f.data, data, 2 * h * w));
+        nn_idx_free(&f);
+        // one byte short of 2.1 MB
+        write_bytes(p, buf, make_idx(buf, NN_IDX_MAGIC_IMAGES, dims, 3, data, bytes - 1), gz);
+        CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err) == NN_ERR_FORMAT);
+        CHECK(has(err, "header declares 2100000 data bytes, found 2099999"));
+        // 2^22 images of 32 x 32 declared (4 GiB), 100 bytes present
+        const uint32_t huge[3] = {1u << 22, 32, 32};
+        p = td_path(gz ? "huge.gz" : "huge");
+        write_bytes(p, buf, make_idx(buf, NN_IDX_MAGIC_IMAGES, huge, 3, data, 100), gz);
+        CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err) == NN_ERR_FORMAT);
+        CHECK(has(err, "declares 4294967296 data bytes, found 100") && f.data == NULL);
+    }
+    free(data);
+    free(buf);
+}
+
 static void idx_should_reject_corrupt_gzip_missing_files_and_inconsistent_pairs(void) {
     make_img_data();
     char err[256];
@@ -628,6 +665,7 @@ static const test_case TESTS[] = {
     TEST(idx_should_read_plain_and_gzip_files),
     TEST(idx_should_reject_a_wrong_magic_with_its_value),
     TEST(idx_should_reject_truncated_and_oversized_files),
+    TEST(idx_should_read_large_files_and_not_trust_declared_sizes),
     TEST(idx_should_reject_corrupt_gzip_missing_files_and_inconsistent_pairs),
     TEST(cifar_should_read_records_and_reject_wrong_sizes),
     TEST(normalization_should_standardize_each_channel),

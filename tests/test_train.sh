@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_train.sh — `ngd train` / `ngd eval` as a user meets them: help, usage errors (exit 2),
 # missing data (exit 1 + hint), a short real run on a Fashion-MNIST subset that must learn,
-# bit-identical resume across an epoch boundary, bad checkpoints, runaway learning rates.
+# bit-identical resume across an epoch boundary, bad checkpoints, runaway learning rates;
+# and the same for the character transformer on the start of Tiny Shakespeare.
 # Usage: tests/test_train.sh path/to/ngd
 set -u
 NGD=${1:?usage: test_train.sh path/to/ngd}
@@ -76,6 +77,42 @@ expect_rc 1 "missing checkpoint" "$NGD" eval --subset 512 --resume "$D/none.ckpt
 # a runaway learning rate: non-finite steps are skipped, then the run stops with a message
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
 expect_msg "consecutive non-finite steps" "divergence message"
+
+# text: chargpt on the first 100,000 characters of Tiny Shakespeare (skipped without the file);
+# one thread: the model is too small to gain from two, and a busy machine makes them slow
+expect_rc 2 "chargpt on image data" "$NGD" train --model chargpt $Q
+expect_msg "cannot train on" "model/data mismatch message"
+expect_rc 2 "image model on text" "$NGD" train --data shakespeare --model mlp $Q
+expect_rc 1 "missing text" "$NGD" train --data shakespeare --data-dir "$D/nowhere" $Q
+expect_msg "$D/nowhere/input.txt" "missing text names the path"
+expect_msg "hint:" "missing text gives a hint"
+SHK=$(cd "$(dirname "$0")/../.." && pwd)/shared/data/tinyshakespeare
+if [ -f "$SHK/input.txt" ]; then
+    # the unigram baseline: entropy (nats) of the character frequencies of that text
+    uni=$(head -c 100000 "$SHK/input.txt" | od -An -v -tu1 |
+          awk '{for (i = 1; i <= NF; i++) c[$i]++; n += NF} END {for (k in c) {p = c[k] / n; h -= p * log(p)}; printf "%.4f", h}')
+    S="--data shakespeare --data-dir $SHK --subset 100000 --widths 32,1,2 --context 16 --batch 32 --threads 1"
+    expect_rc 0 "short text run" "$NGD" train $S --max-steps 150 --lr 0.01 --damping 0.01 $Q
+    vl=$(grep '"type":"eval"' "$D/log.jsonl" | tail -1 | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')
+    awk -v v="${vl:-99}" -v u="$uni" 'BEGIN{exit !(v < u - 0.3)}' && ok || bad "validation loss ${vl:-?} not below the unigram baseline $uni - 0.3"
+    expect_msg "sample (200 characters" "text run prints a sample"
+    expect_rc 0 "text run, reduce" "$NGD" train $S --max-steps 20 --kfac-approx reduce $Q
+    # resume == no stop, bit for bit (17 steps per epoch on 5,000 characters: crosses one)
+    for opt in singd adamw; do
+        A="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --seed 3 --epochs 3 --optim $opt --threads 1 $Q"
+        E="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --optim $opt --threads 1"
+        "$NGD" train $A --max-steps 24 --checkpoint "$D/tfull.ckpt" >/dev/null 2>&1
+        "$NGD" train $A --max-steps 10 --checkpoint "$D/thalf.ckpt" >/dev/null 2>&1
+        "$NGD" train $A --max-steps 24 --resume "$D/thalf.ckpt" --checkpoint "$D/tres.ckpt" >/dev/null 2>&1
+        c1=$("$NGD" eval $E --resume "$D/tfull.ckpt" 2>&1 | sed -n 's/^eval:.*crc \([0-9a-f]*\).*/\1/p')
+        c2=$("$NGD" eval $E --resume "$D/tres.ckpt" 2>&1 | sed -n 's/^eval:.*crc \([0-9a-f]*\).*/\1/p')
+        [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "chargpt $opt: resumed run ($c2) differs from uninterrupted ($c1)"
+    done
+    expect_rc 1 "text checkpoint of another context" "$NGD" eval $E --context 8 --resume "$D/tfull.ckpt"
+    expect_msg "another shape" "context mismatch message"
+else
+    echo "SKIP: no $SHK/input.txt: text training runs not tested"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,6 +1,7 @@
 /*
  * train.c — `ngd train`: trains a model of the engine on an image-classification data set
- * with any libngd method, and `ngd eval`: a checkpoint on the test set.
+ * (or a character-level model on text) with any libngd method, and `ngd eval`: a checkpoint
+ * on the test set.
  *
  * Options come from one table (OPTS) that generates both getopt_long's array and --help, so
  * the help cannot drift from what is parsed. Logs are JSON lines (cJSON): one "step" record
@@ -21,6 +22,9 @@
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "cli.h"
 #include "data.h"
@@ -33,7 +37,7 @@ enum {
     O_BETA1, O_BETA2, O_EPS, O_DAMPING, O_LRCOV, O_ALPHA1, O_T, O_STRUCT, O_APPROX, O_KFACLIKE,
     O_NORMCOV, O_FDTYPE, O_QUIRK, O_EPOCHS, O_MAXSTEPS, O_BATCH, O_SEED, O_THREADS, O_EVALEVERY,
     O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
-    O_BUDGET, O_SCHED
+    O_BUDGET, O_SCHED, O_CONTEXT
 };
 
 typedef struct {
@@ -45,11 +49,15 @@ typedef struct {
 } opt_def;
 
 static const opt_def OPTS[] = {
-    {"model", 1, O_MODEL, "NAME", "model: mlp, cnn (default mlp)"},
-    {"widths", 1, O_WIDTHS, "W1,W2,..", "hidden widths (mlp) or stage channels (cnn)"},
-    {"data", 1, O_DATA, "NAME", "fashion-mnist (default), mnist, cifar10, cifar100"},
+    {"model", 1, O_MODEL, "NAME", "model: mlp, cnn, chargpt, ... (default mlp; chargpt for "
+                                  "text)"},
+    {"widths", 1, O_WIDTHS, "W1,W2,..", "hidden widths (mlp), stage channels (cnn), C,DEPTH,HEADS "
+                                              "(chargpt)"},
+    {"data", 1, O_DATA, "NAME", "fashion-mnist (default), mnist, cifar10, cifar100, "
+                                "shakespeare (text)"},
     {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
-    {"subset", 1, O_SUBSET, "N", "use only the first N training and N/5 test images"},
+    {"subset", 1, O_SUBSET, "N", "only the first N training and N/5 test images (text: N "
+                                 "characters)"},
     {"optim", 1, O_OPTIM, "NAME", "sgd, adamw, singd (default), ingd, ikfac"},
     {"lr", 1, O_LR, "X", "learning rate β2 (method default)"},
     {"momentum", 1, O_MOM, "X", "momentum α2 (method default)"},
@@ -64,7 +72,8 @@ static const opt_def OPTS[] = {
     {"T", 1, O_T, "N", "SINGD preconditioner update period (10)"},
     {"structure", 1, O_STRUCT, "K[,C]", "SINGD factor structures: dense, diagonal, "
                                         "block30diagonal, hierarchical15_15, triltoeplitz, ..."},
-    {"kfac-approx", 1, O_APPROX, "MODE", "expand (default) or reduce, for conv layers"},
+    {"kfac-approx", 1, O_APPROX, "MODE", "expand (default) or reduce, for conv layers and "
+                                         "sequences"},
     {"kfac-like", 0, O_KFACLIKE, NULL, "IKFAC update rule (sets α1 = 0)"},
     {"normalize-lr-cov", 0, O_NORMCOV, NULL, "normalised factor steps"},
     {"factor-dtype", 1, O_FDTYPE, "T", "storage of SINGD factors: f32 (default) or bf16"},
@@ -75,7 +84,8 @@ static const opt_def OPTS[] = {
                                      "(decays to 0 over --epochs)"},
     {"time-budget", 1, O_BUDGET, "SECONDS", "stop training after this much wall time, then "
                                            "evaluate (0 = no limit)"},
-    {"batch", 1, O_BATCH, "N", "batch size (default 128)"},
+    {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences)"},
+    {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"eval-every", 1, O_EVALEVERY, "N", "evaluate on the test set every N epochs (1; 0 = end only)"},
@@ -115,6 +125,8 @@ typedef struct {
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
+    size_t context; // text models: tokens per sequence
+    bool text;      // the data set is text (token model, loss averaged over batch and sequence)
     float time_budget;
     bool cosine;
     uint64_t seed;
@@ -149,7 +161,8 @@ static int parse_z(const char *opt, const char *s, size_t *out) {
 
 static int parse_opts(int argc, char **argv, train_opts *t) {
     memset(t, 0, sizeof *t);
-    t->model = "mlp", t->data = "fashion-mnist";
+    t->model = NULL, t->data = "fashion-mnist";
+    t->context = 64;
     t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
     const char *optim = "singd";
     struct option lo[NOPTS + 1];
@@ -262,6 +275,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
             if (parse_f(nm, optarg, &t->time_budget) || t->time_budget < 0) return -1;
             break;
         case O_BATCH: if (parse_z(nm, optarg, &t->batch) || !t->batch) return -1; break;
+        case O_CONTEXT: if (parse_z(nm, optarg, &t->context) || !t->context) return -1; break;
         case O_SEED: if (parse_z(nm, optarg, &z)) return -1; t->seed = z; break;
         case O_THREADS: if (parse_z(nm, optarg, &z) || !z) return -1; t->threads = (int)z; break;
         case O_EVALEVERY: if (parse_z(nm, optarg, &t->eval_every)) return -1; break;
@@ -278,6 +292,19 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
                   argv[optind]);
         return -1;
     }
+    // text data goes with a token model (chargpt), image data with the others; the loss of
+    // text is averaged over batch and sequence, which libngd must know
+    t->text = !strcmp(t->data, "shakespeare");
+    if (!t->model) t->model = t->text ? "chargpt" : "mlp";
+    for (size_t i = 0; nn_model_list(i); i++) {
+        const nn_model_ops *mo = nn_model_list(i);
+        if (strcmp(mo->name, t->model) || t->text == (mo->forward_tokens != NULL)) continue;
+        cli_error(t->text ? "text data needs a token model: --model chargpt"
+                          : "token models (chargpt) read text: --data shakespeare",
+                  "--model %s cannot train on --data %s", t->model, t->data);
+        return -1;
+    }
+    if (t->text) t->cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     char msg[256];
     if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {
         cli_error("run 'ngd train --help' for the options", "%s", msg);
@@ -289,10 +316,44 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
 // ---- data ----
 typedef struct {
     nn_dataset train, test;
+    nn_text text; // --data shakespeare: train = the first 90%, validation = the last 10%
     char name[32];
 } data_sets;
 
 static int file_exists(const char *p) { return access(p, R_OK) == 0; }
+
+#define TEXT_VAL_FRAC 0.1f
+#define TEXT_DEFAULT_DIR "../shared/data/tinyshakespeare"
+
+// Tiny Shakespeare (or any text file named input.txt in --data-dir); --subset N keeps the
+// first N characters (the vocabulary is then theirs).
+static int load_text(const train_opts *t, data_sets *d) {
+    char err[512], a[1024];
+    snprintf(a, sizeof a, "%s/input.txt", t->data_dir ? t->data_dir : TEXT_DEFAULT_DIR);
+    if (!file_exists(a)) {
+        cli_error("put Tiny Shakespeare's input.txt (or any text) in a folder and pass "
+                  "--data-dir", "shakespeare: no %s", a);
+        return -1;
+    }
+    nn_status s = nn_text_load(&d->text, a, TEXT_VAL_FRAC, err, sizeof err);
+    if (s == NN_OK && t->subset && t->subset < d->text.n) {
+        char *buf = malloc(t->subset);
+        for (size_t i = 0; buf && i < t->subset; i++) buf[i] = (char)d->text.itos[d->text.ids[i]];
+        nn_text_free(&d->text);
+        if (buf) s = nn_text_from_memory(&d->text, buf, t->subset, TEXT_VAL_FRAC, err, sizeof err);
+        else {
+            s = NN_ERR_NOMEM;
+            snprintf(err, sizeof err, "shakespeare: out of memory");
+        }
+        free(buf);
+    }
+    if (s != NN_OK) {
+        cli_error(NULL, "%s", err);
+        nn_text_free(&d->text);
+        return -1;
+    }
+    return 0;
+}
 
 static int load_data(const train_opts *t, data_sets *d) {
     char err[512], a[1024], b[1024];
@@ -300,6 +361,7 @@ static int load_data(const train_opts *t, data_sets *d) {
     snprintf(d->name, sizeof d->name, "%s", t->data);
     size_t ntr = t->subset, nte = t->subset ? (t->subset >= 5 ? t->subset / 5 : 1) : 0;
     nn_status s;
+    if (t->text) return load_text(t, d);
     if (!strcmp(t->data, "fashion-mnist") || !strcmp(t->data, "mnist")) {
         bool fashion = t->data[0] == 'f';
         const char *dir = t->data_dir ? t->data_dir
@@ -359,8 +421,8 @@ static int load_data(const train_opts *t, data_sets *d) {
         if (s != NN_OK && !t->data_dir)
             fprintf(stderr, "hint: point --data-dir at the folder of the binary files\n");
     } else {
-        cli_error("data sets: fashion-mnist, mnist, cifar10, cifar100", "--data: unknown data "
-                  "set '%s'", t->data);
+        cli_error("data sets: fashion-mnist, mnist, cifar10, cifar100, shakespeare", "--data: "
+                  "unknown data set '%s'", t->data);
         return -2;
     }
     if (s != NN_OK) {
@@ -459,10 +521,19 @@ typedef struct {
     double wall;  // seconds of training so far
 } run_state;
 
+// --data shakespeare: every step draws B random windows of T+1 characters of the training
+// text (nn_text_batch); an "epoch" is n_train/(B·T) steps. Checkpoints keep its position
+// and rng where an image run keeps its loader's (then with no sample order).
+typedef struct {
+    const nn_text *text;
+    size_t pos, epoch, per_epoch; // steps done in the current epoch
+    nn_rng rng;
+} text_iter;
+
 // Model state that is not a parameter (BatchNorm running statistics) comes from
 // nn_model_buffers and is saved beside the parameters.
 static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
-                           const nn_loader *ld, const run_state *rs) {
+                           const nn_loader *ld, const text_iter *ti, const run_state *rs) {
     wb w = {0};
     wb_put(&w, TRN_MAGIC, 8);
     wb_u64(&w, TRN_VERSION);
@@ -473,9 +544,14 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
     wb_u64(&w, wall);
-    wb_u64(&w, ld->pos), wb_u64(&w, ld->epoch), wb_u64(&w, ld->ds->n);
-    for (int i = 0; i < 4; i++) wb_u64(&w, ld->rng.s[i]);
-    for (size_t i = 0; i < ld->ds->n; i++) wb_u64(&w, ld->order[i]);
+    if (ti) {  // text: steps into the epoch, epoch, training characters, rng (no order)
+        wb_u64(&w, ti->pos), wb_u64(&w, ti->epoch), wb_u64(&w, ti->text->n_train);
+        for (int i = 0; i < 4; i++) wb_u64(&w, ti->rng.s[i]);
+    } else {
+        wb_u64(&w, ld->pos), wb_u64(&w, ld->epoch), wb_u64(&w, ld->ds->n);
+        for (int i = 0; i < 4; i++) wb_u64(&w, ld->rng.s[i]);
+        for (size_t i = 0; i < ld->ds->n; i++) wb_u64(&w, ld->order[i]);
+    }
     wb_u64(&w, m->nparams);
     for (size_t i = 0; i < m->nparams; i++) {
         wb_u64(&w, m->params[i].n);
@@ -515,7 +591,7 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
 }
 
 static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
-                           nn_loader *ld, run_state *rs) {
+                           nn_loader *ld, text_iter *ti, run_state *rs) {
     size_t len;
     unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
     if (!b) return -1;
@@ -541,11 +617,20 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         uint64_t wall = rb_u64(&r);
         memcpy(&rs->wall, &wall, 8);
         size_t pos = (size_t)rb_u64(&r), ep = (size_t)rb_u64(&r), nds = (size_t)rb_u64(&r);
-        if (nds != ld->ds->n) why = "the training set has another size (--subset?)";
-        else {
+        if (nds != (ti ? ti->text->n_train : ld->ds->n))
+            why = "the training set has another size (--subset?)";
+        else if (ti) {
+            if (pos > ti->per_epoch) why = "its epoch has another length (--batch, --context?)";
+            ti->pos = pos, ti->epoch = ep;
+            for (int i = 0; i < 4; i++) ti->rng.s[i] = rb_u64(&r);
+        } else {
             ld->pos = pos, ld->epoch = ep;
             for (int i = 0; i < 4; i++) ld->rng.s[i] = rb_u64(&r);
-            for (size_t i = 0; i < nds; i++) ld->order[i] = (size_t)rb_u64(&r);
+            for (size_t i = 0; i < nds; i++) {  // indices into the set: never trusted blindly
+                ld->order[i] = (size_t)rb_u64(&r);
+                if (ld->order[i] >= nds) why = "bad sample order";
+            }
+            if (pos > nds) why = "bad position in the epoch";
         }
     }
     if (!why && rb_u64(&r) != m->nparams) why = "the model has other parameters (--widths?)";
@@ -604,6 +689,89 @@ static void evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int3
     nn_loader_free(&ld);
     *loss = n ? l / (double)n : (double)NAN;
     *acc = n ? (double)correct / (double)n : (double)NAN;
+}
+
+// Text: the mean loss and next-character accuracy over a fixed set of validation windows
+// (TEXT_EVAL_BATCHES batches of B windows from a fixed seed: the same every evaluation, and
+// the same for every --seed).
+#define TEXT_EVAL_BATCHES 32
+#define TEXT_SAMPLE_LEN 200
+#define TEXT_EVAL_SEED 0x5eedULL
+static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, int32_t *ids,
+                          int32_t *y, double *loss, double *acc) {
+    nn_rng r;
+    nn_rng_seed(&r, TEXT_EVAL_SEED);
+    double l = 0;
+    size_t correct = 0, n = 0;
+    for (size_t i = 0; i < TEXT_EVAL_BATCHES; i++) {
+        if (nn_text_batch(tx, NN_SPLIT_VAL, B, T, &r, ids, y) != NN_OK) break;
+        m->ops->forward_tokens(m, ids, B, T, false);
+        const size_t k = B * T;
+        l += (double)nn_xent_forward(m->logits, y, k, m->cfg.classes, 0.0f, 1.0f, NULL) * (double)k;
+        correct += nn_xent_correct(m->logits, y, k, m->cfg.classes);
+        n += k;
+    }
+    *loss = n ? l / (double)n : (double)NAN;
+    *acc = n ? (double)correct / (double)n : (double)NAN;
+}
+
+// Prints `len` characters sampled from the model (softmax at temperature 1, seeded), starting
+// from a newline, each conditioned on the last T characters at most.
+static void print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed, size_t len) {
+    int32_t *ctx = malloc(T * sizeof *ctx);
+    char *out = malloc(len + 1);
+    double *p = malloc(m->cfg.classes * sizeof *p);
+    if (!ctx || !out || !p) {
+        free(ctx), free(out), free(p);
+        return;
+    }
+    nn_rng r;
+    nn_rng_seed(&r, seed);
+    size_t have = 1;
+    ctx[0] = tx->stoi['\n'] >= 0 ? tx->stoi['\n'] : 0;
+    const size_t V = m->cfg.classes;
+    for (size_t i = 0; i < len; i++) {
+        m->ops->forward_tokens(m, ctx, 1, have, false);
+        const float *z = m->logits + (have - 1) * V;
+        double mx = (double)z[0], sum = 0;
+        for (size_t j = 1; j < V; j++) mx = fmax(mx, (double)z[j]);
+        for (size_t j = 0; j < V; j++) sum += p[j] = exp((double)z[j] - mx);
+        double u = nn_rng_uniform_f64(&r) * sum;
+        size_t id = 0;
+        while (id + 1 < V && (u -= p[id]) >= 0) id++;
+        out[i] = (char)tx->itos[id];
+        if (have == T) memmove(ctx, ctx + 1, (T - 1) * sizeof *ctx), have--;
+        ctx[have++] = (int32_t)id;
+    }
+    out[len] = '\0';
+    printf("sample (%zu characters from a newline, seed %llu):\n%s\n", len,
+           (unsigned long long)seed, out);
+    free(ctx), free(out), free(p);
+}
+
+// The run's data behind the calls the loop makes: images through an nn_loader, text
+// through a text_iter (ti != NULL).
+static size_t next_batch(const train_opts *t, nn_loader *ld, text_iter *ti, float *x,
+                         int32_t *ids, int32_t *y) {
+    if (!ti) return nn_loader_next(ld, x, y);
+    if (ti->pos == ti->per_epoch) {  // the epoch is complete: 0, like the loader
+        ti->pos = 0, ti->epoch++;
+        return 0;
+    }
+    if (nn_text_batch(ti->text, NN_SPLIT_TRAIN, t->batch, t->context, &ti->rng, ids, y) != NN_OK)
+        return 0;  // not reached: the split's length is checked before training
+    ti->pos++;
+    return t->batch;
+}
+
+static size_t steps_into_epoch(const train_opts *t, const nn_loader *ld, const text_iter *ti) {
+    return ti ? ti->pos : ld->pos / t->batch;
+}
+
+static void evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, float *x,
+                         int32_t *ids, int32_t *y, double *loss, double *acc) {
+    if (t->text) evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
+    else evaluate(m, &d->test, t->batch, x, y, loss, acc);
 }
 
 static double now_s(void) {
@@ -680,6 +848,11 @@ static int run(const train_opts *t, bool eval_only) {
         char v[16];
         snprintf(v, sizeof v, "%d", t->threads);
         setenv("OMP_NUM_THREADS", v, 1);
+#ifdef _OPENMP
+        // the OpenMP runtime read the variable when it was loaded: tell it directly (oneDNN
+        // and OpenBLAS's OpenMP flavour follow omp_set_num_threads)
+        omp_set_num_threads(t->threads);
+#endif
     }
     data_sets d;
     int dl = load_data(t, &d);
@@ -690,13 +863,18 @@ static int run(const train_opts *t, bool eval_only) {
     ngd_optim *o = NULL;
     nn_loader ld;
     memset(&ld, 0, sizeof ld);
+    text_iter ti = {.text = &d.text};
+    text_iter *tip = t->text ? &ti : NULL;  // text data: windows instead of the loader
     FILE *logf = NULL;
     float *x = NULL;
-    int32_t *y = NULL;
+    int32_t *y = NULL, *ids = NULL;
     float *dlogits = NULL;
     char err[512], logpath[1024] = "";
     nn_model_cfg mc = {.name = t->model, .in_c = d.train.c, .in_h = d.train.h, .in_w = d.train.w,
                        .classes = d.train.num_classes, .max_batch = t->batch, .seed = t->seed};
+    if (t->text)  // a token model: (B, T) ids in, (B·T, V) logits out
+        mc.in_c = 1, mc.in_h = t->context, mc.in_w = 1, mc.classes = d.text.vocab;
+    const size_t rows = t->text ? t->context : 1;  // logits rows per sample
     memcpy(mc.widths, t->widths, sizeof mc.widths);
     mc.nwidths = t->nwidths;
     nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
@@ -711,45 +889,76 @@ static int run(const train_opts *t, bool eval_only) {
         cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
         goto done;
     }
-    nn_augment aug = {t->augment ? 4 : 0, t->augment};
-    if (nn_loader_init(&ld, &d.train, t->batch, true, true, t->augment ? &aug : NULL,
-                       t->seed + 1) != NN_OK) {
-        cli_error(NULL, "out of memory");
-        goto done;
+    if (t->text) {
+        const size_t ntr = d.text.n_train, nval = d.text.n - d.text.n_train;
+        if (ntr < t->context + 1 || nval < t->context + 1) {
+            cli_error("use a smaller --context or a larger --subset", "the text's training (%zu) "
+                      "and validation (%zu) characters must each exceed the context (%zu)", ntr,
+                      nval, t->context);
+            goto done;
+        }
+        ti.per_epoch = ntr / (t->batch * t->context);
+        nn_rng_seed(&ti.rng, t->seed + 1);
+        ids = malloc(t->batch * t->context * sizeof(int32_t));
+    } else {
+        nn_augment aug = {t->augment ? 4 : 0, t->augment};
+        if (nn_loader_init(&ld, &d.train, t->batch, true, true, t->augment ? &aug : NULL,
+                           t->seed + 1) != NN_OK) {
+            cli_error(NULL, "out of memory");
+            goto done;
+        }
+        x = malloc(t->batch * d.train.c * d.train.h * d.train.w * sizeof(float));
     }
-    x = malloc(t->batch * d.train.c * d.train.h * d.train.w * sizeof(float));
-    y = malloc(t->batch * sizeof(int32_t));
-    dlogits = malloc(t->batch * d.train.num_classes * sizeof(float));
-    if (!x || !y || !dlogits) {
+    y = malloc(t->batch * rows * sizeof(int32_t));
+    dlogits = malloc(t->batch * rows * m.cfg.classes * sizeof(float));
+    if (!(x || ids) || !y || !dlogits) {
         cli_error(NULL, "out of memory");
         goto done;
     }
     run_state rs = {0, 0, 0, 0.0};
-    if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, &rs)) goto done;
+    if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     if (eval_only) {
         double tl, ta;
-        evaluate(&m, &d.test, t->batch, x, y, &tl, &ta);
+        evaluate_run(&m, t, &d, x, ids, y, &tl, &ta);
         // the CRC of the parameters lets two runs be compared bit for bit (resume == no stop)
         uint32_t crc = 0;
         for (size_t i = 0; i < m.nparams; i++)
             crc ^= ngd_file_crc32(m.params[i].p, m.params[i].n * sizeof(float)) + (uint32_t)i;
-        printf("eval: %s on %s test (%zu images): loss %.6f accuracy %.2f%%, parameters crc "
-               "%08x\n", t->model, t->data, d.test.n, tl, 100 * ta, (unsigned)crc);
+        if (t->text)
+            printf("eval: %s on %s validation (%d x %zu windows of %zu): loss %.6f accuracy "
+                   "%.2f%%, parameters crc %08x\n", t->model, t->data, TEXT_EVAL_BATCHES,
+                   t->batch, t->context, tl, 100 * ta, (unsigned)crc);
+        else
+            printf("eval: %s on %s test (%zu images): loss %.6f accuracy %.2f%%, parameters crc "
+                   "%08x\n", t->model, t->data, d.test.n, tl, 100 * ta, (unsigned)crc);
+        if (t->text) print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
         rc = NGD_EXIT_OK;
         goto done;
     }
     if (!(logf = open_log(t, logpath, sizeof logpath))) goto done;
     const bool tty = !t->quiet && isatty(2);
-    const size_t per_epoch = d.train.n / t->batch;
+    const size_t per_epoch = t->text ? ti.per_epoch : d.train.n / t->batch;
     if (per_epoch == 0) {
-        cli_error("use a smaller --batch or a larger --subset", "the training set (%zu images) "
-                  "is smaller than one batch (%zu)", d.train.n, t->batch);
+        if (t->text)
+            cli_error("use a smaller --batch or --context, or a larger --subset", "the training "
+                      "text (%zu characters) is smaller than one batch (%zu x %zu)",
+                      d.text.n_train, t->batch, t->context);
+        else
+            cli_error("use a smaller --batch or a larger --subset", "the training set (%zu "
+                      "images) is smaller than one batch (%zu)", d.train.n, t->batch);
         goto done;
     }
-    if (!t->quiet)
+    if (!t->quiet && t->text)
+        fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
+                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epochs of %zu steps; log "
+                "%s\n", t->model, nn_model_param_count(&m), t->data, d.text.n_train,
+                d.text.n - d.text.n_train, d.text.vocab, ngd_method_name(t->cfg.method),
+                t->batch, t->context, t->epochs, per_epoch, logpath);
+    else if (!t->quiet)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
                 "batch %zu, %zu epochs; log %s\n", t->model, nn_model_param_count(&m), t->data,
                 d.train.n, d.test.n, ngd_method_name(t->cfg.method), t->batch, t->epochs, logpath);
+    const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
     size_t run_n = 0;
@@ -766,7 +975,7 @@ static int run(const train_opts *t, bool eval_only) {
                 stop = true;
                 break;
             }
-            if ((k = nn_loader_next(&ld, x, y)) == 0) break;
+            if ((k = next_batch(t, &ld, tip, x, ids, y)) == 0) break;
             double lr_scale = 1.0;
             if (t->cosine) {  // cosine decay over the planned steps, from lr to 0
                 double total = (double)(t->epochs * per_epoch);
@@ -774,9 +983,11 @@ static int run(const train_opts *t, bool eval_only) {
                 ngd_optim_set_lr_scale(o, (float)lr_scale);
             }
             nn_model_zero_grad(&m);
-            m.ops->forward(&m, x, k, true);
-            float loss = nn_xent_forward(m.logits, y, k, m.cfg.classes, 0.0f, 1.0f, dlogits);
-            size_t correct = nn_xent_correct(m.logits, y, k, m.cfg.classes);
+            if (t->text) m.ops->forward_tokens(&m, ids, k, t->context, true);
+            else m.ops->forward(&m, x, k, true);
+            const size_t nr = k * rows;  // text: the mean over batch and sequence
+            float loss = nn_xent_forward(m.logits, y, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
+            size_t correct = nn_xent_correct(m.logits, y, nr, m.cfg.classes);
             m.ops->backward(&m, dlogits);
             if (ngd_optim_wants_stats(o) && (st = m.ops->observe(&m, o)) != NGD_OK) {
                 cli_error(NULL, "observe: %s", ngd_optim_errmsg(o));
@@ -805,10 +1016,10 @@ static int run(const train_opts *t, bool eval_only) {
             }
             consecutive_skips = 0;
             seen += k;
-            run_loss += (double)loss * (double)k, run_acc += (double)correct, run_n += k;
+            run_loss += (double)loss * (double)nr, run_acc += (double)correct, run_n += nr;
             if (rs.step % t->log_every == 0) {
                 double now = now_s(), sps = (double)seen / (now - t_mark);
-                size_t it = ld.pos / t->batch;
+                size_t it = steps_into_epoch(t, &ld, tip);
                 double eta = sps > 0 ? (double)((t->epochs - rs.epoch) * per_epoch - it) *
                                            (double)t->batch / sps : 0;
                 cJSON *j = cJSON_CreateObject();
@@ -819,6 +1030,7 @@ static int run(const train_opts *t, bool eval_only) {
                 cJSON_AddNumberToObject(j, "accuracy", run_acc / (double)run_n);
                 cJSON_AddNumberToObject(j, "lr", (double)t->cfg.lr * lr_scale);
                 cJSON_AddNumberToObject(j, "samples_per_s", sps);
+                if (t->text) cJSON_AddNumberToObject(j, "tokens_per_s", sps * (double)t->context);
                 cJSON_AddNumberToObject(j, "wall_s", now - t_start);
                 cJSON_AddItemToObject(j, "health", health_json(o));
                 log_line(logf, j);
@@ -829,7 +1041,7 @@ static int run(const train_opts *t, bool eval_only) {
             }
             if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0) {
                 rs.wall = now_s() - t_start;
-                if (save_checkpoint(t->ckpt, t, &m, o, &ld, &rs)) {
+                if (save_checkpoint(t->ckpt, t, &m, o, &ld, tip, &rs)) {
                     rc = NGD_EXIT_FAIL;
                     stop = true;
                     break;
@@ -841,7 +1053,7 @@ static int run(const train_opts *t, bool eval_only) {
             if (tty) fputc('\n', stderr);
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
-                evaluate(&m, &d.test, t->batch, x, y, &last_test_loss, &last_test_acc);
+                evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
                 cJSON *j = cJSON_CreateObject();
                 cJSON_AddStringToObject(j, "type", "eval");
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);
@@ -851,12 +1063,12 @@ static int run(const train_opts *t, bool eval_only) {
                 cJSON_AddNumberToObject(j, "wall_s", now_s() - t_start);
                 log_line(logf, j);
                 if (!t->quiet)
-                    fprintf(stderr, "epoch %zu: test loss %.4f, test accuracy %.2f%%\n", rs.epoch,
-                            last_test_loss, 100 * last_test_acc);
+                    fprintf(stderr, "epoch %zu: %s loss %.4f, %s accuracy %.2f%%\n", rs.epoch,
+                            split, last_test_loss, split, 100 * last_test_acc);
             }
             if (t->ckpt && !t->ckpt_every) {
                 rs.wall = now_s() - t_start;
-                if (save_checkpoint(t->ckpt, t, &m, o, &ld, &rs)) {
+                if (save_checkpoint(t->ckpt, t, &m, o, &ld, tip, &rs)) {
                     rc = NGD_EXIT_FAIL;
                     break;
                 }
@@ -864,12 +1076,13 @@ static int run(const train_opts *t, bool eval_only) {
         }
     }
     if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs) {  // a limit ended the run early:
-        evaluate(&m, &d.test, t->batch, x, y, &last_test_loss, &last_test_acc);  // report it
+        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);  // report it
         cJSON *je = cJSON_CreateObject();
         cJSON_AddStringToObject(je, "type", "eval");
         cJSON_AddNumberToObject(je, "step", (double)rs.step);
-        cJSON_AddNumberToObject(je, "epoch", (double)rs.epoch + (double)(ld.pos / t->batch) /
-                                                               (double)per_epoch);
+        cJSON_AddNumberToObject(je, "epoch", (double)rs.epoch +
+                                                 (double)steps_into_epoch(t, &ld, tip) /
+                                                     (double)per_epoch);
         cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
         cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
         cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
@@ -877,7 +1090,7 @@ static int run(const train_opts *t, bool eval_only) {
     }
     if (rc == NGD_EXIT_OK && stop && t->ckpt) {  // --max-steps: leave a checkpoint to resume
         rs.wall = now_s() - t_start;
-        if (save_checkpoint(t->ckpt, t, &m, o, &ld, &rs)) rc = NGD_EXIT_FAIL;
+        if (save_checkpoint(t->ckpt, t, &m, o, &ld, tip, &rs)) rc = NGD_EXIT_FAIL;
     }
     double wall = now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
@@ -894,14 +1107,17 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
     log_line(logf, j);
     if (!t->quiet || rc == NGD_EXIT_OK)
-        printf("%s %s on %s: %zu steps in %.1f s, test accuracy %.2f%% (loss %.4f); log %s%s%s\n",
-               ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall,
+        printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
+               ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall, split,
                100 * last_test_acc, last_test_loss, logpath, t->ckpt ? ", checkpoint " : "",
                t->ckpt ? t->ckpt : "");
+    if (t->text && rc == NGD_EXIT_OK)  // let a person see what it learned
+        print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:
     if (logf) fclose(logf);
-    free(x), free(y), free(dlogits);
+    free(x), free(y), free(ids), free(dlogits);
     nn_loader_free(&ld);
+    nn_text_free(&d.text);
     ngd_optim_free(o);
     nn_model_free(&m);
     nn_dataset_free(&d.train);

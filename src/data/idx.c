@@ -16,6 +16,7 @@
 // gigantic allocations from 4 garbage bytes).
 #define NN_IDX_MAX_DIM   (1u << 28)
 #define NN_IDX_MAX_BYTES ((size_t)1 << 34)
+#define IDX_FIRST_CHUNK ((size_t)1 << 16)
 
 // Reads up to n bytes; returns the number read, or -1 on a read error of the file system,
 // -2 on corrupt compressed data (message in err).
@@ -111,22 +112,34 @@ nn_status nn_idx_read(const char *path, uint32_t magic, size_t max_items, nn_idx
     }
     const size_t count = max_items > 0 && max_items < out->dims[0] ? max_items : out->dims[0];
     const size_t bytes = count * item;
-    out->data = nn_malloc(bytes, 1);
-    if (!out->data) {
-        nn_data_err(err, cap, "%s: out of memory for %zu bytes", path, bytes);
-        st = NN_ERR_NOMEM;
-        goto fail;
+    // The buffer grows with the data actually read (doubling from 64 KiB), so that a short or
+    // corrupt file that declares gigabytes costs about what it holds, not what it claims.
+    size_t have = bytes < IDX_FIRST_CHUNK ? bytes : IDX_FIRST_CHUNK, got = 0;
+    out->data = nn_malloc(have, 1);
+    for (;;) {
+        if (!out->data) {
+            nn_data_err(err, cap, "%s: out of memory for %zu bytes", path, have);
+            st = NN_ERR_NOMEM;
+            goto fail;
+        }
+        r = gz_read_all(f, path, out->data + got, have - got, err, cap);
+        if (r < 0) goto fail_read;
+        got += (size_t)r;
+        if (got < have || have == bytes) break; // the end of the file, or all the data
+        const size_t more = have > bytes / 2 ? bytes : 2 * have;
+        uint8_t *grown = realloc(out->data, more);
+        if (!grown) free(out->data);
+        out->data = grown;
+        have = more;
     }
-    r = gz_read_all(f, path, out->data, bytes, err, cap);
-    if (r < 0) goto fail_read;
-    if ((size_t)r < bytes) {
+    if (got < bytes) {
         if (ndim == 3)
             nn_data_err(err, cap,
-                        "%s: truncated: %zu x %zu x %zu header declares %zu data bytes, found %lld",
-                        path, out->dims[0], out->dims[1], out->dims[2], out->dims[0] * item, r);
+                        "%s: truncated: %zu x %zu x %zu header declares %zu data bytes, found %zu",
+                        path, out->dims[0], out->dims[1], out->dims[2], out->dims[0] * item, got);
         else
-            nn_data_err(err, cap, "%s: truncated: header declares %zu labels, found %lld", path,
-                        out->dims[0], r);
+            nn_data_err(err, cap, "%s: truncated: header declares %zu labels, found %zu", path,
+                        out->dims[0], got);
         goto fail;
     }
     if (count == out->dims[0]) { // a complete read must end exactly here

@@ -7,9 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
-extern const nn_model_ops nn_mlp_ops, nn_cnn_ops;
+extern const nn_model_ops nn_mlp_ops, nn_cnn_ops, nn_chargpt_ops, nn_vit_ops, nn_vgg16bn_ops;
 
-static const nn_model_ops *const MODELS[] = {&nn_mlp_ops, &nn_cnn_ops};
+static const nn_model_ops *const MODELS[] = {&nn_mlp_ops, &nn_cnn_ops, &nn_chargpt_ops,
+                                             &nn_vit_ops, &nn_vgg16bn_ops};
 
 const nn_model_ops *nn_model_list(size_t i) {
     return i < sizeof MODELS / sizeof MODELS[0] ? MODELS[i] : NULL;
@@ -27,7 +28,8 @@ nn_status nn_model_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_
                      cfg->name);
             return NN_ERR_ARG;
         }
-        m->logits = nn_malloc(cfg->max_batch * cfg->classes, sizeof(float));
+        const size_t rows = nn_mul(cfg->max_batch, ops->forward_tokens ? cfg->in_h : 1);
+        m->logits = nn_malloc(nn_mul(rows, cfg->classes), sizeof(float));
         if (!m->logits) {
             snprintf(err, cap, "model %s: out of memory", cfg->name);
             return NN_ERR_NOMEM;

@@ -47,19 +47,25 @@ typedef struct {
     // the statistics of every Kronecker-factored layer of the last backward
     ngd_status (*observe)(nn_model *m, ngd_optim *o);
     void (*destroy)(nn_model *m);
+    // Token models only (NULL for image models; a token model's `forward` is NULL):
+    // ids (B, T) in [0, classes), T <= cfg->in_h -> m->logits (B·T, classes), m->N = B·T.
+    // backward then takes dlogits (B·T, classes), and observe hands libngd batch = B with
+    // B·T rows per Linear (weights shared over tokens: loss_average BATCH_SEQUENCE).
+    void (*forward_tokens)(nn_model *m, const int32_t *ids, size_t B, size_t T, bool train);
 } nn_model_ops;
 
 struct nn_model {
     const nn_model_ops *ops;
     nn_model_cfg cfg;
     float *logits;                         // (max_batch, classes), written by forward
+                                           // (max_batch·in_h rows for token models)
     nn_param params[NN_MODEL_MAX_PARAMS];  // every parameter, in registration order
     size_t nparams;
     nn_param buffers[NN_MODEL_MAX_PARAMS]; // state that is not trained (BN running stats)
     size_t nbuffers;
     nn_rng *rngs[NN_MODEL_MAX_PARAMS];      // random streams used in forward (dropout)
     size_t nrngs;
-    size_t N;                              // batch of the last forward
+    size_t N;                              // rows of the last forward's logits (batch)
     void *impl;                            // the model's own struct
 };
 
