@@ -146,6 +146,41 @@ test: deps
 	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%)
 	@bash tests/run.sh $(BUILD) build-san
 
+# `make fuzz`: the libFuzzer targets fuzz/fuzz_*.c, built with clang 14, ASan and UBSan
+# into build-fuzz/ (library and engine instrumented for coverage), each run FUZZ_SECONDS
+# seconds from its seeds in fuzz/corpus/<target>/ (plus generated ones); new inputs go to
+# build-fuzz/corpus/<target>/, crashes to build-fuzz/artifacts/. Never part of `make test`.
+# Serial (OMP=0: one OpenMP runtime less under the sanitizers), so the warnings of variables
+# used only by `#pragma omp` clauses are off there.
+FUZZ_SECONDS ?= 30
+FUZZ_CC ?= clang-14
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+.PHONY: fuzz
+fuzz:
+	@bash scripts/deps.sh fuzz
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=$(FUZZ_CC) NATIVE=0 OMP=0 HARDEN= \
+	    OPT='-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link' LDSAN='$(FUZZ_SAN)' \
+	    WARN='$(WARN) -Wno-unknown-pragmas -Wno-unused-variable -Wno-unused-but-set-variable' \
+	    --eval '-include $$(shell find build-fuzz -name "*.d" 2>/dev/null)' \
+	    build-fuzz/libngd.a build-fuzz/libngdengine.a
+	@set -e; for src in $(sort $(wildcard fuzz/fuzz_*.c)); do \
+	    t=$$(basename $$src .c); \
+	    mkdir -p build-fuzz/fuzz build-fuzz/corpus/$$t build-fuzz/seeds/$$t build-fuzz/artifacts; \
+	    echo "  FUZZ $$t ($(FUZZ_SECONDS) s)"; \
+	    $(FUZZ_CC) $(WARN) -g -O1 $(FUZZ_SAN) -fsanitize=fuzzer -D_POSIX_C_SOURCE=200809L \
+	        $(INC_TST) -Ifuzz $$src build-fuzz/libngdengine.a build-fuzz/libngd.a $(LIBS) -lcjson -lz \
+	        -o build-fuzz/fuzz/$$t; \
+	    NGD_FUZZ_SEEDS_DIR=build-fuzz/seeds/$$t build-fuzz/fuzz/$$t -runs=0 \
+	        build-fuzz/seeds/$$t 2>/dev/null >/dev/null || true; \
+	    if ! build-fuzz/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=build-fuzz/artifacts/$$t- build-fuzz/corpus/$$t build-fuzz/seeds/$$t \
+	        $$(ls -d fuzz/corpus/$$t 2>/dev/null) >build-fuzz/fuzz/$$t.log 2>&1; then \
+	        tail -n 40 build-fuzz/fuzz/$$t.log; echo "fuzz: $$t: a finding (build-fuzz/artifacts/)"; \
+	        exit 1; fi; \
+	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' build-fuzz/fuzz/$$t.log \
+	        | tr '\n' ' '; echo; \
+	done; echo "fuzz: no findings"
+
 bench: deps all $(BENCH_BIN)
 	@bash bench/run.sh $(BUILD)
 

@@ -7,9 +7,12 @@
 #   JSON (replay, logs)      libcjson-dev
 #   gzip'd IDX files         zlib1g-dev
 #   default data set         dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/)
+#   `make fuzz` (argument fuzz)  clang-14, libclang-rt-14-dev (libFuzzer); not for the tests
 set -eu
 
 pkgs="gcc make libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist"
+# `make fuzz` only (scripts/deps.sh fuzz): clang 14 and its libFuzzer runtime
+if [ "${1:-}" = fuzz ]; then pkgs="$pkgs clang-14 libclang-rt-14-dev"; fi
 missing=""
 for p in $pkgs; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
