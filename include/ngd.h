@@ -346,6 +346,11 @@ typedef struct {
     float beta1_K, beta1_C;    // SINGD: step sizes of the last factor update
     size_t rank_A, rank_G;     // low-rank methods: ranks kept
     size_t state_bytes;        // persistent optimizer bytes of this layer
+    // wall time of the last call of each phase, in seconds (monotonic clock): folding
+    // statistics in (observe, summed over the calls of one step), preconditioner maintenance
+    // (factor updates, decompositions; 0 on steps without any), and preconditioning the
+    // gradient. For benchmarks; not saved in checkpoints.
+    double time_observe, time_update, time_precond;
 } ngd_layer_health;
 
 // Fills *out for layer/param id `id`. Errors: NGD_ERR_LAYER, NGD_ERR_ARG.

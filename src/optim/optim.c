@@ -12,8 +12,15 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <time.h>
 
 #include "method.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 // ---- errors and logging ----
 
@@ -302,7 +309,10 @@ ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_matrix a
     if (s) return s;
     if (!entry_wants(o, e)) return NGD_OK;
     if ((s = plan(o))) return s;
+    if (!e->got_stats) e->h.time_observe = 0.0;
+    const double t0 = now_s();
     s = o->ops->observe(o, e, batch, &a, &g);
+    e->h.time_observe += now_s() - t0;
     if (s == NGD_OK) e->got_stats = true;
     return s;
 }
@@ -513,13 +523,17 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         }
         gather_grad(e, inv_scale, G);
         e->h.grad_norm = (float)sqrt(sumsq(G, e->n));
+        double t0 = now_s();
         if (o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
+        double t1 = now_s();
         if (o->ops->precondition) {
             o->ops->precondition(o, e, G, P, mws);
             Pe = P;
         } else {
             Pe = G;
         }
+        e->h.time_update = t1 - t0;
+        e->h.time_precond = now_s() - t1;
         if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
         apply_rule(o, e, Pe, t);
         e->got_stats = false;
