@@ -196,7 +196,8 @@ typedef struct {
     float corr_frac;      // φ (0.2)
     ngd_brand_truncate brand_truncate;
     size_t reorth_every;  // re-orthonormalise Brand bases every this many updates (50)
-    bool factored_apply;  // linear-cost application for FC Brand-track layers (true)
+    bool factored_apply;  // linear-cost application for FC Brand-track layers (spec §6.3):
+                          // not in the optimizer yet (false; true is refused at add_layer)
     uint64_t seed;        // RNG seed for sketches and corrections
 } ngd_kfac_options;
 

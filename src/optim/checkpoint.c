@@ -177,6 +177,24 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
             size_t bytes = a[k].count * type_size(a[k].type);
             const unsigned char *p = ngd_rbuf_bytes(r, bytes);
             if (!p) return FMT("%s: truncated in '%s' array %s", path, e->name, an);
+            if (an[0] == '#' && a[k].type == NGD_ARR_U64 && o->ops->load_meta && count <= 8) {
+                // shapes decided at run time: let the method re-create them from the saved
+                // values (in the checking pass already, so the arrays after it compare
+                // against the right shapes), then list the arrays again
+                uint64_t v[8];
+                ngd_rbuf sub = {p, bytes, 0, false};
+                for (size_t j = 0; j < count; j++) v[j] = ngd_rbuf_u64(&sub);
+                ngd_status ms = o->ops->load_meta(o, e, v, (size_t)count);
+                if (ms) {
+                    char why[sizeof o->err];
+                    memcpy(why, o->err, sizeof why);
+                    return FMT("%s: %s", path, why);
+                }
+                if (entry_arrays(o, e, a) != want)
+                    return FMT("%s: '%s': inconsistent state arrays", path, e->name);
+                if (apply) memcpy(a[k].p, v, bytes);
+                continue;
+            }
             if (!apply || !a[k].count) continue;
             switch (a[k].type) {
             case NGD_ARR_F32: {

@@ -52,7 +52,7 @@ ngd_config ngd_config_default(ngd_method m) {
         .corr_frac = 0.2f,
         .brand_truncate = NGD_BRAND_TRUNC_AFTER,
         .reorth_every = 50,
-        .factored_apply = true,
+        .factored_apply = false,
         .seed = 0,
     };
     c.kfac = k;

@@ -52,6 +52,8 @@ typedef struct ngd_entry {
     void *ms;
     // retained preconditioned gradient when cfg.keep_last_update
     float *last;
+    // the preconditioned gradient kept between the two passes of the KL clip
+    float *pk;
     ngd_layer_health h;
 } ngd_entry;
 
@@ -68,6 +70,9 @@ struct ngd_optim {
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
     float *ws;
     size_t ws_n;
+    // a byte scratch of the methods (kf_scratch), grown on demand while shapes grow
+    void *scratch;
+    size_t scratch_n;
     size_t gp;          // floats of the Ĝ and P buffers (largest entry)
     char err[512];
 };
@@ -93,11 +98,17 @@ typedef struct ngd_method_ops {
     enum { NGD_RULE_SGD, NGD_RULE_ADAMW, NGD_RULE_KFAC } rule;
     // checkpoint arrays of the method state; returns the count (<= cap)
     size_t (*arrays)(ngd_entry *e, ngd_state_array *out, size_t cap);
+    // checkpoints (optional): called with the values of a U64 array whose name starts with
+    // '#' as soon as it is read, before the entry's other arrays are compared, so a method
+    // can re-create shapes decided at run time (the K-FAC family's tracks). May allocate.
+    ngd_status (*load_meta)(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n);
     // dense forms for introspection (optional)
     ngd_status (*factor_dense)(const ngd_optim *o, const ngd_entry *e, char which, float *out);
 } ngd_method_ops;
 
 extern const ngd_method_ops ngd_sgd_ops, ngd_adamw_ops, ngd_singd_ops;
+extern const ngd_method_ops ngd_kfac_ops, ngd_rskfac_ops, ngd_srekfac_ops, ngd_bkfac_ops,
+    ngd_brkfac_ops, ngd_brckfac_ops;
 
 // ---- driver helpers for methods (optim.c) ----
 // The method's part of the shared workspace (precond_ws floats; valid once planned).

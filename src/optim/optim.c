@@ -55,6 +55,12 @@ static const ngd_method_ops *method_ops(ngd_method m) {
     case NGD_METHOD_SINGD:
     case NGD_METHOD_INGD:
     case NGD_METHOD_IKFAC: return &ngd_singd_ops;
+    case NGD_METHOD_KFAC: return &ngd_kfac_ops;
+    case NGD_METHOD_RSKFAC: return &ngd_rskfac_ops;
+    case NGD_METHOD_SREKFAC: return &ngd_srekfac_ops;
+    case NGD_METHOD_BKFAC: return &ngd_bkfac_ops;
+    case NGD_METHOD_BRKFAC: return &ngd_brkfac_ops;
+    case NGD_METHOD_BRCKFAC: return &ngd_brckfac_ops;
     default: return NULL;
     }
 }
@@ -101,6 +107,7 @@ static void entry_free(const ngd_optim *o, ngd_entry *e) {
     ngd_free(e->buf);
     ngd_free(e->buf2);
     ngd_free(e->last);
+    ngd_free(e->pk);
 }
 
 void ngd_optim_free(ngd_optim *o) {
@@ -108,6 +115,7 @@ void ngd_optim_free(ngd_optim *o) {
     for (size_t i = 0; i < o->n; i++) entry_free(o, &o->e[i]);
     ngd_free(o->e);
     ngd_free(o->ws);
+    ngd_free(o->scratch);
     ngd_free(o);
 }
 
@@ -256,6 +264,16 @@ static ngd_status plan(ngd_optim *o) {
         gp = NGD_MAX(gp, e->n);
         if (e->kind == NGD_ENTRY_LAYER && o->ops->precond_ws)
             mw = NGD_MAX(mw, o->ops->precond_ws(e));
+    }
+    // the global KL clip (K-FAC family) needs every layer's preconditioned gradient before
+    // any update: one buffer per layer
+    if (o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL) {
+        for (size_t i = 0; i < o->n; i++) {
+            ngd_entry *e = &o->e[i];
+            if (e->kind != NGD_ENTRY_LAYER || e->pk) continue;
+            if (!(e->pk = ngd_malloc(e->n, sizeof(float))))
+                return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory for the KL clip");
+        }
     }
     size_t need = 2 * gp + mw;
     if (need > o->ws_n) {
@@ -427,7 +445,7 @@ static double sumsq(const float *x, size_t n) {
 }
 
 // Applies the method's first-order rule to one entry given P (d_out x d_K, or n for params).
-static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t) {
+static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
     const float lr = e->cfg.lr * o->lr_scale;
     e->n_updates++;
     int rule = o->ops->rule;
@@ -438,7 +456,9 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
         bc1 = 1.0f - powf(e->cfg.beta1, (float)e->n_updates);
         bc2s = sqrtf(1.0f - powf(e->cfg.beta2, (float)e->n_updates));
     } else if (rule == NGD_RULE_KFAC) {
-        if (e->cfg.kfac.clip == NGD_CLIP_RMS) {
+        if (nu_kl >= 0.0f) {
+            nu = nu_kl;
+        } else if (e->cfg.kfac.clip == NGD_CLIP_RMS) {
             double rms = sqrt(sumsq(P, e->n) / (double)e->n);
             if (rms > 0.0 && (double)e->cfg.kfac.clip_kappa < rms)
                 nu = (float)((double)e->cfg.kfac.clip_kappa / rms);
@@ -507,6 +527,10 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     }
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
     const float inv_scale = 1.0f / o->scale_cur;
+    // K-FAC family, global KL clip (spec kfac-family.md §2 step 4): every layer is
+    // preconditioned first (into e->pk), ν = min(1, sqrt(κ / Σ lr²·|⟨V, J⟩|)), then updated
+    const bool kl = o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL;
+    double kl_sum = 0.0;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
         const float *Pe;
@@ -518,7 +542,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             }
             e->h.grad_norm = (float)sqrt(sumsq(Pe, e->n));
             if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
-            apply_rule(o, e, Pe, t);
+            apply_rule(o, e, Pe, t, -1.0f);
             continue;
         }
         gather_grad(e, inv_scale, G);
@@ -526,17 +550,35 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         double t0 = now_s();
         if (o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
         double t1 = now_s();
+        float *Pd = kl ? e->pk : P;
         if (o->ops->precondition) {
-            o->ops->precondition(o, e, G, P, mws);
-            Pe = P;
+            o->ops->precondition(o, e, G, Pd, mws);
+            Pe = Pd;
         } else {
             Pe = G;
         }
         e->h.time_update = t1 - t0;
         e->h.time_precond = now_s() - t1;
-        if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
-        apply_rule(o, e, Pe, t);
         e->got_stats = false;
+        if (kl) {
+            double dot = 0.0;
+            for (size_t j = 0; j < e->n; j++) dot += (double)Pe[j] * (double)G[j];
+            const double lr = (double)e->cfg.lr * (double)o->lr_scale;
+            kl_sum += lr * lr * fabs(dot);
+            continue;
+        }
+        if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
+        apply_rule(o, e, Pe, t, -1.0f);
+    }
+    if (kl) {
+        double nu = 1.0;
+        if (kl_sum > 0.0) nu = fmin(1.0, sqrt((double)o->cfg.kfac.clip_kappa / kl_sum));
+        for (size_t i = 0; i < o->n; i++) {
+            ngd_entry *e = &o->e[i];
+            if (e->kind != NGD_ENTRY_LAYER) continue;
+            if (e->last) memcpy(e->last, e->pk, e->n * sizeof(float));
+            apply_rule(o, e, e->pk, t, (float)nu);
+        }
     }
     o->steps++;
     o->scale_prev = o->scale_cur;

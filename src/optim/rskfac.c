@@ -1,0 +1,43 @@
+/*
+ * rskfac.c — RS-KFAC and SRE-KFAC (specs/kfac-family.md §4): the dense exponential averages
+ * of kfac.c are refreshed every T_i steps into a rank-r eigen-representation by randomized
+ * subspace iteration (RSVD, §4.2, the basis Q·W of torch.svd_lowrank) or by the symmetric
+ * randomized EVD (SREVD, §4.3), and applied as a low-rank + scaled identity inverse (§1.6,
+ * kfac.c). Factors no wider than the rank take the exact eigendecomposition (§4.4).
+ * The same refresh serves the RSVD track of the B methods and B-R/BRC's periodic refresh of
+ * their Brand-track factors (bkfac.c). Sketches come from the layer's own random stream
+ * (seeded by kfac.seed and the layer id; saved in checkpoints), so runs are reproducible.
+ */
+#include "kfac.h"
+
+size_t kf_randomized_ws(size_t d, size_t r, size_t p) {
+    return NGD_MAX(ngd_rsvd_sym_ws(d, r, p), ngd_srevd_ws(d, r, p));
+}
+
+ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre) {
+    kf_state *s = e->ms;
+    const ngd_kfac_options *k = &e->cfg.kfac;
+    const size_t d = f->d;
+    if (r >= d) return kf_refresh_evd(o, e, f);
+    const size_t bytes = kf_randomized_ws(d, r, k->oversample);
+    void *ws = bytes ? kf_scratch(o, bytes) : NULL;
+    if (!ws) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for a rank-%zu "
+                                   "sketch of a %zu-wide factor", e->name, r, d);
+    ngd_lowrank L = kf_rep(f);
+    ngd_cview X = ngd_cview_rm(f->ea, d, d, d);
+    ngd_status st = sre ? ngd_srevd(X, r, k->oversample, k->power_iters, k->eig_zero_tol, &s->rng,
+                                    &L, ws, bytes)
+                        : ngd_rsvd_sym(X, r, k->oversample, k->power_iters, k->eig_zero_tol,
+                                       &s->rng, &L, ws, bytes);
+    if (st == NGD_ERR_NUMERIC) {  // keep the previous representation, count it
+        e->h.decomp_failures++;
+        ngd_optim_log(o, "layer '%s': randomized eigendecomposition failed; the previous one is "
+                      "kept", e->name);
+        return NGD_OK;
+    }
+    if (st) return ngd_optim_fail(o, st, "layer '%s': randomized eigendecomposition: bad "
+                                  "arguments", e->name);
+    f->cnt[2] = L.r;
+    f->cnt[3] = f->cnt[0];
+    return NGD_OK;
+}

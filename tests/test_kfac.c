@@ -1,0 +1,462 @@
+/*
+ * test_kfac.c — the K-FAC family through the public API (specs/kfac-family.md §11), each
+ * step checked against a float64 reference written here from the spec's equations:
+ *   A_b = (1/n) Σ āāᵀ (ā = [a, 1]), Γ_b = (1/n) Σ g̃g̃ᵀ with g̃ = n·g (batch-mean loss);
+ *   F̄ := ρF̄ + (1−ρ)F_b from zero, identity term ρ^k (§1.3, §1.4);
+ *   K-FAC exact damping = solve(kron(Γ̄', Ā') + λ_K I, vec_r(J)) (§3.3, P10);
+ *   low-rank methods S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}, λ_F = λ_rel·λ_max(F̄) + ρ^k (§1.6).
+ * The kernels themselves are tested in test_lowrank.c; here the optimizer's statistics
+ * scaling, schedules, tracks, clipping and weight decay are.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "lrref.h"
+#include "ngd.h"
+#include "ref.h"
+#include "tproblem.h"
+
+// ---- a single layer driven by hand, with its f64 shadow ----
+typedef struct {
+    size_t n, din, dA, dG;
+    float *W, *b, *gW, *gb, *a, *g, *P;
+    double *EA, *EG;  // f64 exponential averages from zero (A: dA², G: dG²)
+    size_t k;         // EA updates
+    ref_rng rng;
+} layer_t;
+
+static void layer_init(layer_t *L, size_t n, size_t din, size_t dout, unsigned long long seed) {
+    memset(L, 0, sizeof *L);
+    L->n = n, L->din = din, L->dA = din + 1, L->dG = dout;
+    L->W = calloc(dout * din, 4), L->gW = calloc(dout * din, 4);
+    L->b = calloc(dout, 4), L->gb = calloc(dout, 4);
+    L->a = calloc(n * din, 4), L->g = calloc(n * dout, 4);
+    L->P = calloc(dout * L->dA, 4);
+    L->EA = calloc(L->dA * L->dA, 8), L->EG = calloc(dout * dout, 8);
+    L->rng.s = seed;
+}
+
+static void layer_free(layer_t *L) {
+    free(L->W), free(L->gW), free(L->b), free(L->gb), free(L->a), free(L->g), free(L->P);
+    free(L->EA), free(L->EG);
+}
+
+static int layer_add(layer_t *L, ngd_optim *o) {
+    ngd_layer l = {"fc", L->W, L->gW, L->dG, L->din, L->b, L->gb, NULL};
+    int id = -1;
+    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+    return id;
+}
+
+// New random statistics and gradient; folds them into the f64 EAs when `stats`.
+static void layer_draw(layer_t *L, double rho, bool stats) {
+    double *t = malloc(sizeof(double) * (L->n * (L->din + L->dG) + L->dG * L->dA));
+    double *ta = t, *tg = t + L->n * L->din, *tj = tg + L->n * L->dG;
+    ref_fill(&L->rng, ta, L->n * L->din, -1, 1);
+    ref_fill(&L->rng, tg, L->n * L->dG, -0.2, 0.2);
+    ref_fill(&L->rng, tj, L->dG * L->dA, -1, 1);
+    ref_to_float(ta, L->a, L->n * L->din);
+    ref_to_float(tg, L->g, L->n * L->dG);
+    for (size_t i = 0; i < L->dG; i++) {
+        for (size_t j = 0; j < L->din; j++) L->gW[i * L->din + j] = (float)tj[i * L->dA + j];
+        L->gb[i] = (float)tj[i * L->dA + L->din];
+    }
+    free(t);
+    if (!stats) return;
+    const double nn = (double)L->n;
+    for (size_t x = 0; x < L->dA * L->dA; x++) L->EA[x] *= rho;
+    for (size_t x = 0; x < L->dG * L->dG; x++) L->EG[x] *= rho;
+    for (size_t r = 0; r < L->n; r++) {
+        for (size_t i = 0; i < L->dA; i++) {
+            double ai = i < L->din ? (double)L->a[r * L->din + i] : 1.0;
+            for (size_t j = 0; j < L->dA; j++) {
+                double aj = j < L->din ? (double)L->a[r * L->din + j] : 1.0;
+                L->EA[i * L->dA + j] += (1 - rho) / nn * ai * aj;
+            }
+        }
+        for (size_t i = 0; i < L->dG; i++)
+            for (size_t j = 0; j < L->dG; j++)
+                L->EG[i * L->dG + j] += (1 - rho) / nn * (nn * (double)L->g[r * L->dG + i]) *
+                                        (nn * (double)L->g[r * L->dG + j]);
+    }
+    L->k++;
+}
+
+static void layer_observe(layer_t *L, ngd_optim *o, int id) {
+    if (ngd_optim_layer_wants_stats(o, id))
+        CHECK(ngd_optim_observe(o, id, L->n, ngd_matrix_f32(L->a, L->n, L->din),
+                                ngd_matrix_f32(L->g, L->n, L->dG)) == NGD_OK);
+}
+
+// J as the f64 d_G x d_A matrix [∇W | ∇b].
+static void layer_J(const layer_t *L, double *J) {
+    for (size_t i = 0; i < L->dG; i++) {
+        for (size_t j = 0; j < L->din; j++) J[i * L->dA + j] = (double)L->gW[i * L->din + j];
+        J[i * L->dA + L->din] = (double)L->gb[i];
+    }
+}
+
+// X := (F + lam I)^{-1} X for X d x m (column-wise solve).
+static void solve_shift(size_t d, const double *F, double lam, size_t m, double *X) {
+    double *A = malloc(sizeof(double) * d * d);
+    memcpy(A, F, sizeof(double) * d * d);
+    for (size_t i = 0; i < d; i++) A[i * d + i] += lam;
+    CHECK(lrref_solve(d, A, m, X) == 0);
+    free(A);
+}
+
+// Per-factor reference: S = (EG + lG)^{-1} J (EA + lA)^{-1}.
+static void ref_per_factor(const layer_t *L, double lA, double lG, double *S) {
+    const size_t dA = L->dA, dG = L->dG;
+    double *J = malloc(sizeof(double) * dG * dA), *Jt = malloc(sizeof(double) * dG * dA);
+    layer_J(L, J);
+    solve_shift(dG, L->EG, lG, dA, J);  // (EG + lG)^{-1} J
+    ref_transpose(dG, dA, J, Jt);       // dA x dG
+    solve_shift(dA, L->EA, lA, dG, Jt); // (EA + lA)^{-1} Jᵀ  (EA symmetric)
+    ref_transpose(dA, dG, Jt, S);
+    free(J), free(Jt);
+}
+
+static double max_eig(size_t d, const double *F) { return lrref_sym_norm2(d, F); }
+
+static ngd_config kcfg(ngd_method m) {
+    ngd_config c = ngd_config_default(m);
+    c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.clip = NGD_CLIP_NONE;
+    c.kfac.rho = 0.9f;
+    c.weight_decay = 0.0f;
+    c.keep_last_update = true;
+    return c;
+}
+
+static double rel_err(const float *got, const double *want, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - want[i];
+        num += d * d, den += want[i] * want[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+// Runs `steps` steps of method cfg on one layer; after each, compares the preconditioned
+// gradient with the reference picked by `kind` (0 per-factor, 1 K-FAC exact, 2 π-damping).
+static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, size_t steps,
+                               int kind, bool id_in_factor) {
+    layer_t L;
+    layer_init(&L, n, din, dout, 42 + (unsigned long long)c.method);
+    if (id_in_factor) {
+        c.kfac.identity_init = NGD_IDINIT_IN_FACTOR;
+        for (size_t i = 0; i < L.dA; i++) L.EA[i * L.dA + i] = 1;
+        for (size_t i = 0; i < L.dG; i++) L.EG[i * L.dG + i] = 1;
+    }
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    int id = layer_add(&L, o);
+    const size_t dA = L.dA, dG = L.dG;
+    double *S = malloc(sizeof(double) * dA * dG), worst = 0;
+    for (size_t t = 0; t < steps; t++) {
+        layer_draw(&L, (double)c.kfac.rho, t % c.kfac.T_u == 0);
+        layer_observe(&L, o, id);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        CHECK(ngd_optim_last_update(o, id, L.P, dG * dA) == NGD_OK);
+        const double sh = id_in_factor ? 0.0 : pow((double)c.kfac.rho, (double)L.k);
+        const double lr = (double)c.kfac.damping_rel;
+        if (kind == 0) {
+            ref_per_factor(&L, lr * max_eig(dA, L.EA) + sh, lr * max_eig(dG, L.EG) + sh, S);
+        } else {
+            // shifted factors A' = EA + sh I, G' = EG + sh I
+            for (size_t i = 0; i < dA; i++) L.EA[i * dA + i] += sh;
+            for (size_t i = 0; i < dG; i++) L.EG[i * dG + i] += sh;
+            const double mA = max_eig(dA, L.EA), mG = max_eig(dG, L.EG), lk = lr * mA * mG;
+            if (kind == 1) {
+                // P10: solve(kron(G', A') + λ_K I, vec_r(J))
+                const size_t N = dA * dG;
+                double *K = calloc(N * N, sizeof(double));
+                for (size_t i = 0; i < dG; i++)
+                    for (size_t j = 0; j < dA; j++)
+                        for (size_t p = 0; p < dG; p++)
+                            for (size_t q = 0; q < dA; q++)
+                                K[(i * dA + j) * N + p * dA + q] =
+                                    L.EG[i * dG + p] * L.EA[j * dA + q] + (i == p && j == q ? lk : 0);
+                layer_J(&L, S);
+                CHECK(lrref_solve(N, K, 1, S) == 0);
+                free(K);
+            } else {
+                const double pi = sqrt((lrref_trace(dA, L.EA) / (double)dA) /
+                                       (lrref_trace(dG, L.EG) / (double)dG));
+                const double gp = sqrt(lk);
+                // (G' + gp/π)^{-1} J (A' + π gp)^{-1}: per-factor with those dampings
+                ref_per_factor(&L, pi * gp, gp / pi, S);
+            }
+            for (size_t i = 0; i < dA; i++) L.EA[i * dA + i] -= sh;
+            for (size_t i = 0; i < dG; i++) L.EG[i * dG + i] -= sh;
+        }
+        double e = rel_err(L.P, S, dA * dG);
+        if (e > worst) worst = e;
+    }
+    free(S);
+    ngd_optim_free(o);
+    layer_free(&L);
+    return worst;
+}
+
+static void kfac_exact_damping_should_match_the_kronecker_solve(void) {
+    double e = run_vs_reference(kcfg(NGD_METHOD_KFAC), 3, 5, 4, 5, 1, false);
+    CHECK_MSG(e < 2e-4, "K-FAC exact damping vs kron solve: rel err %.3g", e);
+    // the identity inside the factor (the [C-RS] start) is the same operator (P11)
+    e = run_vs_reference(kcfg(NGD_METHOD_KFAC), 3, 5, 4, 5, 1, true);
+    CHECK_MSG(e < 2e-4, "K-FAC, identity in factor: rel err %.3g", e);
+    // statistics every 2 steps, decompositions every 3: stale inverses are exact too
+    ngd_config c = kcfg(NGD_METHOD_KFAC);
+    c.kfac.T_u = 1, c.kfac.T_i = 1;
+    e = run_vs_reference(c, 6, 7, 3, 4, 1, false);
+    CHECK_MSG(e < 2e-4, "K-FAC n=6 7->3: rel err %.3g", e);
+}
+
+static void kfac_pi_damping_should_match_its_factored_solve(void) {
+    ngd_config c = kcfg(NGD_METHOD_KFAC);
+    c.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
+    double e = run_vs_reference(c, 3, 5, 4, 5, 2, false);
+    CHECK_MSG(e < 2e-4, "K-FAC π-damping: rel err %.3g", e);
+}
+
+// P16: RS-KFAC with r >= d is K-FAC's per-factor damping path.
+static void rskfac_at_full_rank_should_match_per_factor_damping(void) {
+    ngd_config c = kcfg(NGD_METHOD_RSKFAC);
+    c.kfac.rank = 16;
+    double e = run_vs_reference(c, 3, 5, 4, 5, 0, false);
+    CHECK_MSG(e < 2e-4, "RS-KFAC r >= d: rel err %.3g", e);
+    e = run_vs_reference(c, 3, 5, 4, 5, 0, true);
+    CHECK_MSG(e < 2e-4, "RS-KFAC r >= d, identity in factor: rel err %.3g", e);
+}
+
+// Statistics of rank <= 9 < r = 10: the randomized eigendecompositions are exact, so the
+// low-rank + identity inverse (tail zero) is the exact damped inverse.
+static void randomized_methods_should_be_exact_on_low_rank_statistics(void) {
+    const ngd_method ms[2] = {NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC};
+    for (int i = 0; i < 2; i++) {
+        ngd_config c = kcfg(ms[i]);
+        c.kfac.rank = 10;
+        double e = run_vs_reference(c, 3, 30, 25, 3, 0, false);
+        CHECK_MSG(e < 1e-3, "%s on rank-9 statistics: rel err %.3g", ngd_method_name(ms[i]), e);
+    }
+}
+
+// P16: without truncation (r_B >= accumulated rank) every B method is the dense EA.
+static void brand_methods_without_truncation_should_match_the_dense_average(void) {
+    for (int m = NGD_METHOD_BKFAC; m <= NGD_METHOD_BRCKFAC; m++) {
+        ngd_config c = kcfg((ngd_method)m);
+        c.kfac.rank = 12, c.kfac.reorth_every = 2, c.kfac.corr_mult = 1, c.kfac.corr_frac = 1;
+        double e = run_vs_reference(c, 3, 30, 25, 4, 0, false);  // 12 rows in all
+        CHECK_MSG(e < 1e-3, "%s untruncated: rel err %.3g", ngd_method_name((ngd_method)m), e);
+    }
+}
+
+// P4 / P5 at method level: with truncation the kept matrix never exceeds the average.
+static void truncated_brand_factor_should_stay_below_the_average(void) {
+    ngd_config c = kcfg(NGD_METHOD_BKFAC);
+    c.kfac.rank = 6, c.kfac.reorth_every = 5;
+    layer_t L;
+    layer_init(&L, 3, 30, 25, 5);
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    int id = layer_add(&L, o);
+    for (size_t t = 0; t < 40; t++) {
+        layer_draw(&L, (double)c.kfac.rho, true);
+        layer_observe(&L, o, id);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+    }
+    ngd_layer_health h;
+    CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+    CHECK(h.rank_A == 6 && h.rank_G == 6 && h.decomp_failures == 0);
+    const size_t dA = L.dA, dG = L.dG;
+    float *F = malloc(sizeof(float) * dA * dA);
+    double *Dd = malloc(sizeof(double) * dA * dA);
+    const size_t ds[2] = {dA, dG};
+    const char which[2] = {'k', 'c'};
+    const double *ref[2] = {L.EA, L.EG};
+    for (int s = 0; s < 2; s++) {
+        const size_t d = ds[s];
+        CHECK(ngd_optim_factor_dense(o, id, which[s], F, d) == NGD_OK);
+        // the B-KFAC Brand track keeps no dense EA: 'K' is the representation too
+        for (size_t x = 0; x < d * d; x++) Dd[x] = ref[s][x] - (double)F[x];
+        const double nrm = lrref_sym_norm2(d, ref[s]);
+        const double lmin = lrref_sym_min_eig(d, Dd);
+        CHECK_MSG(lmin > -1e-4 * nrm, "factor %c: λ_min(F̄ − F̂) = %.3g (‖F̄‖ %.3g)", which[s],
+                  lmin, nrm);
+        // Weyl (P4): every kept eigenvalue is at most the matching one of the average, and
+        // the kept top eigenvalue is not far below it
+        double *w = malloc(sizeof(double) * d), *V = malloc(sizeof(double) * d * d);
+        double *Fd = malloc(sizeof(double) * d * d), *wf = malloc(sizeof(double) * d);
+        ref_to_double(F, Fd, d * d);
+        lrref_sym_eig(d, ref[s], w, V);  // descending
+        lrref_sym_eig(d, Fd, wf, V);
+        for (size_t i = 0; i < 6; i++)
+            CHECK_MSG(wf[i] <= w[i] + 1e-5 * nrm, "factor %c: δ_%zu %.6g > λ_%zu %.6g",
+                      which[s], i + 1, wf[i], i + 1, w[i]);
+        CHECK_MSG(wf[0] >= 0.5 * w[0], "factor %c: δ_1 %.4g, λ_1 %.4g", which[s], wf[0], w[0]);
+        free(Fd), free(wf);
+        free(w), free(V);
+    }
+    free(F), free(Dd);
+    ngd_optim_free(o);
+    layer_free(&L);
+}
+
+static char g_log[4096];
+static void capture(void *user, const char *msg) {
+    (void)user;
+    strncat(g_log, msg, sizeof g_log - strlen(g_log) - 2);
+    strcat(g_log, "\n");
+}
+
+// P15 at method level: Brand iff fully connected and r_B + n < d.
+static void tracks_should_follow_the_brand_rule(void) {
+    struct {
+        size_t n, R, din, dout;
+        const char *want;
+    } cases[] = {
+        // r_B + n = 12 + 4 = 16: d = 16 is not Brand (RSVD, 12 < 16), d = 17 is
+        {4, 1, 15, 17, "A (16) on the RSVD track, G (17) on the Brand track"},
+        {4, 1, 30, 15, "A (31) on the Brand track, G (15) on the RSVD track"},
+        {4, 1, 30, 12, "A (31) on the Brand track, G (12) on the EVD track"},  // d <= rank
+        {2, 4, 30, 25, "A (31) on the RSVD track, G (25) on the RSVD track"},  // conv-like
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ngd_config c = kcfg(NGD_METHOD_BKFAC);
+        c.kfac.rank = 12;
+        c.log_fn = capture;
+        g_log[0] = 0;
+        const size_t n = cases[i].n, R = cases[i].R, din = cases[i].din, dout = cases[i].dout;
+        layer_t L;
+        layer_init(&L, n * R, din, dout, 9);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        int id = layer_add(&L, o);
+        layer_draw(&L, 0.9, false);
+        CHECK(ngd_optim_observe(o, id, n, ngd_matrix_f32(L.a, n * R, din),
+                                ngd_matrix_f32(L.g, n * R, dout)) == NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        CHECK_MSG(strstr(g_log, cases[i].want) != NULL, "case %zu: log '%s', want '%s'", i, g_log,
+                  cases[i].want);
+        ngd_optim_free(o);
+        layer_free(&L);
+    }
+}
+
+// The K-FAC rule: P scaled by the clip factor, decoupled weight decay from wd_start.
+static void clips_and_weight_decay_should_follow_the_spec(void) {
+    for (int kind = 0; kind < 3; kind++) {  // 0 rms, 1 kl, 2 none + weight decay
+        ngd_config c = kcfg(NGD_METHOD_KFAC);
+        c.lr = 0.5f;
+        c.kfac.clip = kind == 0 ? NGD_CLIP_RMS : kind == 1 ? NGD_CLIP_KL : NGD_CLIP_NONE;
+        c.kfac.clip_kappa = kind == 0 ? 1e-3f : 1e-6f;
+        c.weight_decay = kind == 2 ? 0.1f : 0.0f;
+        c.kfac.wd_start = 2;
+        layer_t L;
+        layer_init(&L, 3, 5, 4, 17);
+        ref_fill(&L.rng, L.EA, 1, 0, 1);  // (advance the stream; EA itself is unused)
+        for (size_t x = 0; x < L.dG * L.din; x++) L.W[x] = 0.1f * (float)((int)(x % 7) - 3);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        int id = layer_add(&L, o);
+        float *W0 = malloc(sizeof(float) * L.dG * L.din);
+        double *J = malloc(sizeof(double) * L.dG * L.dA);
+        for (size_t t = 0; t < 4; t++) {
+            memcpy(W0, L.W, sizeof(float) * L.dG * L.din);
+            layer_draw(&L, 0.9, true);
+            layer_observe(&L, o, id);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            CHECK(ngd_optim_last_update(o, id, L.P, L.dG * L.dA) == NGD_OK);
+            layer_J(&L, J);
+            double ss = 0, dot = 0;
+            for (size_t x = 0; x < L.dG * L.dA; x++)
+                ss += (double)L.P[x] * (double)L.P[x], dot += (double)L.P[x] * J[x];
+            double nu = 1.0;
+            if (kind == 0) nu = fmin(1.0, 1e-3 / sqrt(ss / (double)(L.dG * L.dA)));
+            if (kind == 1) nu = fmin(1.0, sqrt(1e-6 / (0.25 * fabs(dot))));
+            CHECK(nu < 1.0 || kind == 2);  // the clip is active in this test
+            const double wd = (kind == 2 && t >= 2) ? 0.1 : 0.0;
+            double worst = 0;
+            for (size_t i = 0; i < L.dG; i++)
+                for (size_t j = 0; j < L.din; j++) {
+                    const double w0 = (double)W0[i * L.din + j];
+                    const double want = w0 - 0.5 * (nu * (double)L.P[i * L.dA + j] + wd * w0);
+                    worst = fmax(worst, fabs((double)L.W[i * L.din + j] - want));
+                }
+            CHECK_MSG(worst < 1e-6, "clip kind %d step %zu: |W − want| = %.3g (‖P‖² %.3g)", kind, t,
+                      worst, ss);
+        }
+        free(W0), free(J);
+        ngd_optim_free(o);
+        layer_free(&L);
+    }
+}
+
+// Every method trains the small linear problem (MSE falls well below its start).
+static void every_method_should_reduce_the_training_loss(void) {
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++) {
+        ngd_config c = ngd_config_default((ngd_method)m);
+        c.lr = 0.05f, c.kfac.T_u = 2, c.kfac.T_i = 4, c.kfac.rank = 8, c.kfac.wd_start = 1000;
+        tp_problem p;
+        tp_init(&p, 4, 30, 20, 5, 3);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        CHECK(tp_register(&p, o) == NGD_OK);
+        double first = 0, last = 0;
+        for (size_t s = 0; s < 60; s++) {
+            double l = tp_forward_backward(&p, o, s % 4, 1.0f);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            if (s < 4) first += l;
+            if (s >= 56) last += l;
+        }
+        CHECK_MSG(last < 0.5 * first, "%s: loss %.4g -> %.4g", ngd_method_name((ngd_method)m),
+                  first / 4, last / 4);
+        ngd_optim_free(o);
+        tp_free(&p);
+    }
+}
+
+static void bad_settings_should_be_refused_with_a_reason(void) {
+    layer_t L;
+    layer_init(&L, 3, 5, 4, 1);
+    ngd_layer l = {"fc", L.W, L.gW, L.dG, L.din, L.b, L.gb, NULL};
+    int id;
+    ngd_optim *o;
+    ngd_config c = ngd_config_default(NGD_METHOD_BKFAC);
+    c.kfac.identity_init = NGD_IDINIT_IN_FACTOR;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "in_factor") != NULL);
+    ngd_optim_free(o);
+    c = ngd_config_default(NGD_METHOD_KFAC);
+    c.kfac.factored_apply = true;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "factored_apply") != NULL);
+    ngd_optim_free(o);
+    char msg[256];
+    c = ngd_config_default(NGD_METHOD_BRKFAC);
+    c.kfac.brand_mult = 2;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "brand_mult"));
+    c = ngd_config_default(NGD_METHOD_RSKFAC);
+    c.kfac.T_i = 0;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG);
+    layer_free(&L);
+}
+
+static const test_case TESTS[] = {
+    TEST(kfac_exact_damping_should_match_the_kronecker_solve),
+    TEST(kfac_pi_damping_should_match_its_factored_solve),
+    TEST(rskfac_at_full_rank_should_match_per_factor_damping),
+    TEST(randomized_methods_should_be_exact_on_low_rank_statistics),
+    TEST(brand_methods_without_truncation_should_match_the_dense_average),
+    TEST(truncated_brand_factor_should_stay_below_the_average),
+    TEST(tracks_should_follow_the_brand_rule),
+    TEST(clips_and_weight_decay_should_follow_the_spec),
+    TEST(every_method_should_reduce_the_training_loss),
+    TEST(bad_settings_should_be_refused_with_a_reason),
+};
+
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
