@@ -29,7 +29,9 @@ expect_rc 2 "unknown option" "$NGD" train --frobnicate
 expect_rc 2 "bad number" "$NGD" train --lr abc
 expect_msg "--lr: 'abc' is not a number" "bad number message"
 expect_rc 2 "bad method" "$NGD" train --optim adam
-expect_msg "unknown or unavailable method 'adam'" "bad method message"
+expect_msg "unknown method 'adam'" "bad method message"
+expect_rc 2 "bad clip" "$NGD" train --optim kfac --clip sometimes
+expect_msg "rms, kl, none" "bad clip lists the choices"
 expect_rc 2 "bad structure" "$NGD" train --structure nope
 expect_rc 2 "bad data set" "$NGD" train --data imagenet
 expect_rc 2 "bad model" "$NGD" train --model resnet999 --subset 100 $Q
@@ -51,19 +53,29 @@ awk -v f="$first" -v l="$last" 'BEGIN{exit !(l < 0.7 * f)}' && ok || bad "traini
 grep -q '"type":"summary"' "$D/log.jsonl" && ok || bad "log has no summary record"
 grep -q '"trace_K"' "$D/log.jsonl" && ok || bad "log has no per-layer health"
 
-# resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary)
-for opt in singd adamw; do
-    A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 3 --optim $opt $Q"
+# the K-FAC family from the command line: every method learns on the same short run
+for opt in kfac rskfac srekfac bkfac brkfac brckfac; do
+    expect_rc 0 "$opt short run" "$NGD" train --optim $opt --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 --rank 32 --threads 1 $Q
+    acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
+    awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "$opt: test accuracy ${acc:-?}% after a short run (want > 60%)"
+done
+grep -q '"rank_A"' "$D/log.jsonl" && ok || bad "K-FAC log has no ranks in its health"
+
+# resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary;
+# for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time)
+K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5"
+for opt in singd adamw kfac bkfac brckfac; do
+    A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 3 --optim $opt $K $Q"
     "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
-    c1=$("$NGD" eval --subset 512 --widths 64 --optim $opt --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
-    c2=$("$NGD" eval --subset 512 --widths 64 --optim $opt --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c1=$("$NGD" eval --subset 512 --widths 64 --optim $opt $K --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --subset 512 --widths 64 --optim $opt $K --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
 # bad checkpoints: another shape, corrupt, truncated, foreign
-expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim adamw --widths 32 --resume "$D/full.ckpt"
+expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim brckfac $K --widths 32 --resume "$D/full.ckpt"
 expect_msg "another shape" "width mismatch message"
 expect_rc 1 "checkpoint of another optimizer" "$NGD" eval --subset 512 --widths 64 --optim sgd --resume "$D/full.ckpt"
 head -c 1000 "$D/full.ckpt" > "$D/trunc.ckpt"

@@ -37,7 +37,9 @@ enum {
     O_BETA1, O_BETA2, O_EPS, O_DAMPING, O_LRCOV, O_ALPHA1, O_T, O_STRUCT, O_APPROX, O_KFACLIKE,
     O_NORMCOV, O_FDTYPE, O_QUIRK, O_EPOCHS, O_MAXSTEPS, O_BATCH, O_SEED, O_THREADS, O_EVALEVERY,
     O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
-    O_BUDGET, O_SCHED, O_CONTEXT
+    O_BUDGET, O_SCHED, O_CONTEXT, O_RHO, O_TU, O_TI, O_KDAMP, O_CLIP, O_KAPPA, O_WDSTART,
+    O_IDINIT, O_RANK, O_OVERS, O_POWER, O_TAIL, O_BRANK, O_BMULT, O_RMULT, O_CMULT, O_CFRAC,
+    O_BTRUNC, O_REORTH, O_KSEED
 };
 
 typedef struct {
@@ -58,7 +60,8 @@ static const opt_def OPTS[] = {
     {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
     {"subset", 1, O_SUBSET, "N", "only the first N training and N/5 test images (text: N "
                                  "characters)"},
-    {"optim", 1, O_OPTIM, "NAME", "sgd, adamw, singd (default), ingd, ikfac"},
+    {"optim", 1, O_OPTIM, "NAME", "sgd, adamw, singd (default), ingd, ikfac, kfac, rskfac, "
+                                  "srekfac, bkfac, brkfac, brckfac"},
     {"lr", 1, O_LR, "X", "learning rate β2 (method default)"},
     {"momentum", 1, O_MOM, "X", "momentum α2 (method default)"},
     {"weight-decay", 1, O_WD, "X", "weight decay γ (method default)"},
@@ -66,7 +69,8 @@ static const opt_def OPTS[] = {
     {"beta1", 1, O_BETA1, "X", "AdamW β1 (0.9)"},
     {"beta2", 1, O_BETA2, "X", "AdamW β2 (0.999)"},
     {"eps", 1, O_EPS, "X", "AdamW ε (1e-8)"},
-    {"damping", 1, O_DAMPING, "X", "SINGD damping λ (1e-3)"},
+    {"damping", 1, O_DAMPING, "X", "damping: SINGD λ (1e-3); K-FAC family relative λ_rel "
+                                   "(0.1, × the largest eigenvalue)"},
     {"lr-cov", 1, O_LRCOV, "X", "SINGD factor step β1 (1e-2)"},
     {"alpha1", 1, O_ALPHA1, "X", "SINGD Riemannian momentum α1 (0.5)"},
     {"T", 1, O_T, "N", "SINGD preconditioner update period (10)"},
@@ -78,6 +82,31 @@ static const opt_def OPTS[] = {
     {"normalize-lr-cov", 0, O_NORMCOV, NULL, "normalised factor steps"},
     {"factor-dtype", 1, O_FDTYPE, "T", "storage of SINGD factors: f32 (default) or bf16"},
     {"official-blockdiag", 0, O_QUIRK, NULL, "reproduce the official block-diagonal quirk"},
+    {"rho", 1, O_RHO, "X", "K-FAC family: factor average decay ρ (0.95)"},
+    {"T-u", 1, O_TU, "N", "K-FAC family: statistics period T_u (10)"},
+    {"T-i", 1, O_TI, "N", "K-FAC family: inverse / RSVD refresh period T_i (50)"},
+    {"kfac-damping", 1, O_KDAMP, "KIND", "K-FAC: exact (λ_rel·maxγ·maxα on the Kronecker "
+                                        "product, default) or pi (factored π-damping)"},
+    {"clip", 1, O_CLIP, "KIND", "K-FAC family step clip: rms (per layer, default), kl (global), "
+                                "none"},
+    {"clip-kappa", 1, O_KAPPA, "X", "K-FAC family clip κ (0.07)"},
+    {"wd-start", 1, O_WDSTART, "N", "K-FAC family: decoupled weight decay from this step "
+                                    "(200 = 20·T_u)"},
+    {"identity-init", 1, O_IDINIT, "WHERE", "K-FAC family identity start: in_damping (default) "
+                                           "or in_factor (kfac, rskfac, srekfac)"},
+    {"rank", 1, O_RANK, "N", "RS/SRE/B-KFAC target rank r (220)"},
+    {"oversample", 1, O_OVERS, "N", "RSVD oversampling p (10)"},
+    {"power-iters", 1, O_POWER, "N", "RSVD power iterations q (4)"},
+    {"tail", 1, O_TAIL, "MODEL", "low-rank tail: zero (default) or min_kept"},
+    {"brand-rank", 1, O_BRANK, "N", "Brand rank r_B (0 = --rank)"},
+    {"brand-mult", 1, O_BMULT, "N", "Brand update period in statistics steps m_B (1)"},
+    {"refresh-mult", 1, O_RMULT, "N", "B-R/BRC refresh period in T_i's m_BR (1)"},
+    {"corr-mult", 1, O_CMULT, "N", "BRC correction period in Brand steps m_C (5)"},
+    {"corr-frac", 1, O_CFRAC, "X", "BRC corrected fraction φ (0.2)"},
+    {"brand-truncate", 1, O_BTRUNC, "WHEN", "after (each update, default) or before_next"},
+    {"reorth-every", 1, O_REORTH, "N", "re-orthonormalise Brand bases every N updates (50; 0 = "
+                                       "never)"},
+    {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
     {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
     {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
     {"schedule", 1, O_SCHED, "NAME", "learning-rate schedule: constant (default) or cosine "
@@ -159,6 +188,45 @@ static int parse_z(const char *opt, const char *s, size_t *out) {
     return 0;
 }
 
+// The K-FAC family's named choices: --kfac-damping, --clip, --identity-init, --tail,
+// --brand-truncate. Returns -1 (after a usage error) for an unknown name.
+static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
+    static const struct {
+        int opt;
+        const char *name;
+        int value;
+    } T[] = {
+        {O_KDAMP, "exact", NGD_KFAC_DAMP_EXACT_REL}, {O_KDAMP, "pi", NGD_KFAC_DAMP_FACTORED_PI},
+        {O_CLIP, "rms", NGD_CLIP_RMS}, {O_CLIP, "kl", NGD_CLIP_KL}, {O_CLIP, "none", NGD_CLIP_NONE},
+        {O_IDINIT, "in_damping", NGD_IDINIT_IN_DAMPING},
+        {O_IDINIT, "in_factor", NGD_IDINIT_IN_FACTOR},
+        {O_TAIL, "zero", NGD_TAIL_ZERO}, {O_TAIL, "min_kept", NGD_TAIL_MIN_KEPT},
+        {O_BTRUNC, "after", NGD_BRAND_TRUNC_AFTER},
+        {O_BTRUNC, "before_next", NGD_BRAND_TRUNC_BEFORE_NEXT},
+    };
+    char choices[128] = "";
+    const char *flag = "";
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
+        if (T[i].opt != opt) continue;
+        if (!strcmp(v, T[i].name)) {
+            switch (opt) {
+            case O_KDAMP: k->damping_kind = (ngd_kfac_damping)T[i].value; break;
+            case O_CLIP: k->clip = (ngd_clip)T[i].value; break;
+            case O_IDINIT: k->identity_init = (ngd_identity_init)T[i].value; break;
+            case O_TAIL: k->tail = (ngd_tail_model)T[i].value; break;
+            default: k->brand_truncate = (ngd_brand_truncate)T[i].value; break;
+            }
+            return 0;
+        }
+        if (choices[0]) strncat(choices, ", ", sizeof choices - strlen(choices) - 1);
+        strncat(choices, T[i].name, sizeof choices - strlen(choices) - 1);
+    }
+    for (size_t i = 0; i < NOPTS; i++)
+        if (OPTS[i].id == opt) flag = OPTS[i].name;
+    cli_error(choices, "--%s: unknown value '%s'", flag, v);
+    return -1;
+}
+
 static int parse_opts(int argc, char **argv, train_opts *t) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
@@ -176,10 +244,9 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1)
         if (c == O_OPTIM) optim = optarg;
     ngd_method m;
-    if (ngd_method_parse(optim, &m) != NGD_OK || m > NGD_METHOD_IKFAC ||
-        (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC)) {
-        cli_error("methods: sgd, adamw, singd, ingd, ikfac", "--optim: unknown or unavailable "
-                  "method '%s'", optim);
+    if (ngd_method_parse(optim, &m) != NGD_OK) {
+        cli_error("methods: sgd, adamw, singd, ingd, ikfac, kfac, rskfac, srekfac, bkfac, "
+                  "brkfac, brckfac", "--optim: unknown method '%s'", optim);
         return -1;
     }
     t->cfg = ngd_config_default(m);
@@ -257,7 +324,29 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_BETA1: if (parse_f(nm, optarg, &t->cfg.beta1)) return -1; break;
         case O_BETA2: if (parse_f(nm, optarg, &t->cfg.beta2)) return -1; break;
         case O_EPS: if (parse_f(nm, optarg, &t->cfg.eps)) return -1; break;
-        case O_DAMPING: if (parse_f(nm, optarg, &t->cfg.damping)) return -1; break;
+        case O_DAMPING:
+            if (parse_f(nm, optarg, &f)) return -1;
+            if (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC) t->cfg.kfac.damping_rel = f;
+            else t->cfg.damping = f;
+            break;
+        case O_RHO: if (parse_f(nm, optarg, &t->cfg.kfac.rho)) return -1; break;
+        case O_TU: if (parse_z(nm, optarg, &t->cfg.kfac.T_u)) return -1; break;
+        case O_TI: if (parse_z(nm, optarg, &t->cfg.kfac.T_i)) return -1; break;
+        case O_KAPPA: if (parse_f(nm, optarg, &t->cfg.kfac.clip_kappa)) return -1; break;
+        case O_WDSTART: if (parse_z(nm, optarg, &t->cfg.kfac.wd_start)) return -1; break;
+        case O_RANK: if (parse_z(nm, optarg, &t->cfg.kfac.rank)) return -1; break;
+        case O_OVERS: if (parse_z(nm, optarg, &t->cfg.kfac.oversample)) return -1; break;
+        case O_POWER: if (parse_z(nm, optarg, &t->cfg.kfac.power_iters)) return -1; break;
+        case O_BRANK: if (parse_z(nm, optarg, &t->cfg.kfac.brand_rank)) return -1; break;
+        case O_BMULT: if (parse_z(nm, optarg, &t->cfg.kfac.brand_mult)) return -1; break;
+        case O_RMULT: if (parse_z(nm, optarg, &t->cfg.kfac.refresh_mult)) return -1; break;
+        case O_CMULT: if (parse_z(nm, optarg, &t->cfg.kfac.corr_mult)) return -1; break;
+        case O_CFRAC: if (parse_f(nm, optarg, &t->cfg.kfac.corr_frac)) return -1; break;
+        case O_REORTH: if (parse_z(nm, optarg, &t->cfg.kfac.reorth_every)) return -1; break;
+        case O_KSEED: if (parse_z(nm, optarg, &z)) return -1; t->cfg.kfac.seed = z; break;
+        case O_KDAMP: case O_CLIP: case O_IDINIT: case O_TAIL: case O_BTRUNC:
+            if (parse_kfac_enum(c, optarg, &t->cfg.kfac)) return -1;
+            break;
         case O_LRCOV: if (parse_f(nm, optarg, &t->cfg.lr_cov)) return -1; break;
         case O_ALPHA1: if (parse_f(nm, optarg, &f)) return -1; t->cfg.alpha1 = f; break;
         case O_T: if (parse_z(nm, optarg, &t->cfg.T)) return -1; break;
@@ -823,6 +912,12 @@ static cJSON *health_json(const ngd_optim *o) {
             cJSON_AddNumberToObject(e, "norm_K", (double)h.norm_K);
             cJSON_AddNumberToObject(e, "norm_C", (double)h.norm_C);
         }
+        if (h.rank_A || h.rank_G) {  // low-rank K-FAC methods
+            cJSON_AddNumberToObject(e, "rank_A", (double)h.rank_A);
+            cJSON_AddNumberToObject(e, "rank_G", (double)h.rank_G);
+        }
+        if (h.decomp_failures) cJSON_AddNumberToObject(e, "decomp_failures", (double)h.decomp_failures);
+        if (h.decomp_retries) cJSON_AddNumberToObject(e, "decomp_retries", (double)h.decomp_retries);
         if (h.skips) cJSON_AddNumberToObject(e, "skips", (double)h.skips);
         cJSON_AddItemToArray(arr, e);
     }
