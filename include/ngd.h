@@ -196,8 +196,10 @@ typedef struct {
     float corr_frac;      // φ (0.2)
     ngd_brand_truncate brand_truncate;
     size_t reorth_every;  // re-orthonormalise Brand bases every this many updates (50)
-    bool factored_apply;  // linear-cost application for FC Brand-track layers (spec §6.3):
-                          // not in the optimizer yet (false; true is refused at add_layer)
+    bool factored_apply;  // linear-cost application for fully connected layers (spec §6.3;
+                          // false): such a layer then wants statistics EVERY step, and its
+                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
+                          // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
     uint64_t seed;        // RNG seed for sketches and corrections
 } ngd_kfac_options;
 

@@ -418,25 +418,81 @@ static void every_method_should_reduce_the_training_loss(void) {
     }
 }
 
+// §6.3 / P7 at method level: with J = (1/n) 𝒢ᵀ𝒜 (the batch-mean gradient the statistics
+// describe), the factored application gives the dense-J result, on statistics steps and
+// between them (T_u = 2), for the RSVD and the Brand tracks.
+static void factored_application_should_equal_the_dense_one(void) {
+    const ngd_method ms[3] = {NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRCKFAC};
+    for (int i = 0; i < 3; i++) {
+        layer_t L[2];
+        ngd_optim *o[2];
+        int id[2];
+        for (int f = 0; f < 2; f++) {
+            ngd_config c = kcfg(ms[i]);
+            c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
+            c.kfac.factored_apply = f == 1;
+            layer_init(&L[f], 3, 30, 25, 77);
+            CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
+            id[f] = layer_add(&L[f], o[f]);
+        }
+        double worst = 0;
+        for (size_t t = 0; t < 7; t++) {
+            for (int f = 0; f < 2; f++) {
+                layer_t *l = &L[f];
+                layer_draw(l, 0.9, false);
+                for (size_t a = 0; a < l->dG; a++) {  // J = Σ_r g_r [a_r, 1]ᵀ
+                    double sb = 0;
+                    for (size_t b = 0; b < l->din; b++) {
+                        double sum = 0;
+                        for (size_t r = 0; r < l->n; r++)
+                            sum += (double)l->g[r * l->dG + a] * (double)l->a[r * l->din + b];
+                        l->gW[a * l->din + b] = (float)sum;
+                    }
+                    for (size_t r = 0; r < l->n; r++) sb += (double)l->g[r * l->dG + a];
+                    l->gb[a] = (float)sb;
+                }
+                CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
+                layer_observe(l, o[f], id[f]);
+                CHECK(ngd_optim_step(o[f]) == NGD_OK);
+                CHECK(ngd_optim_last_update(o[f], id[f], l->P, l->dG * l->dA) == NGD_OK);
+            }
+            double *ref = malloc(sizeof(double) * L[0].dG * L[0].dA);
+            ref_to_double(L[0].P, ref, L[0].dG * L[0].dA);
+            worst = fmax(worst, rel_err(L[1].P, ref, L[0].dG * L[0].dA));
+            free(ref);
+        }
+        CHECK_MSG(worst < 1e-4, "%s: factored vs dense application: rel err %.3g",
+                  ngd_method_name(ms[i]), worst);
+        double *w0 = malloc(sizeof(double) * L[0].dG * L[0].din);
+        ref_to_double(L[0].W, w0, L[0].dG * L[0].din);
+        CHECK_MSG(rel_err(L[1].W, w0, L[0].dG * L[0].din) < 1e-4, "%s: weights differ",
+                  ngd_method_name(ms[i]));
+        free(w0);
+        for (int f = 0; f < 2; f++) ngd_optim_free(o[f]), layer_free(&L[f]);
+    }
+}
+
 static void bad_settings_should_be_refused_with_a_reason(void) {
     layer_t L;
     layer_init(&L, 3, 5, 4, 1);
     ngd_layer l = {"fc", L.W, L.gW, L.dG, L.din, L.b, L.gb, NULL};
     int id;
     ngd_optim *o;
+    char msg[256];
     ngd_config c = ngd_config_default(NGD_METHOD_BKFAC);
     c.kfac.identity_init = NGD_IDINIT_IN_FACTOR;
-    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
-    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
-    CHECK(strstr(ngd_optim_errmsg(o), "in_factor") != NULL);
-    ngd_optim_free(o);
-    c = ngd_config_default(NGD_METHOD_KFAC);
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "in_factor"));
+    CHECK(ngd_optim_create(&c, &o) == NGD_ERR_ARG);
+    c = ngd_config_default(NGD_METHOD_KFAC);  // factored needs per-factor damping
     c.kfac.factored_apply = true;
-    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "factored_apply"));
+    // the same through a per-layer override
+    ngd_config base = ngd_config_default(NGD_METHOD_KFAC);
+    CHECK(ngd_optim_create(&base, &o) == NGD_OK);
+    l.override = &c;
     CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
     CHECK(strstr(ngd_optim_errmsg(o), "factored_apply") != NULL);
     ngd_optim_free(o);
-    char msg[256];
     c = ngd_config_default(NGD_METHOD_BRKFAC);
     c.kfac.brand_mult = 2;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "brand_mult"));
@@ -456,6 +512,7 @@ static const test_case TESTS[] = {
     TEST(tracks_should_follow_the_brand_rule),
     TEST(clips_and_weight_decay_should_follow_the_spec),
     TEST(every_method_should_reduce_the_training_loss),
+    TEST(factored_application_should_equal_the_dense_one),
     TEST(bad_settings_should_be_refused_with_a_reason),
 };
 

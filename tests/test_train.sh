@@ -60,6 +60,11 @@ for opt in kfac rskfac srekfac bkfac brkfac brckfac; do
     awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "$opt: test accuracy ${acc:-?}% after a short run (want > 60%)"
 done
 grep -q '"rank_A"' "$D/log.jsonl" && ok || bad "K-FAC log has no ranks in its health"
+expect_rc 0 "bkfac --factored" "$NGD" train --optim bkfac --factored --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 --rank 32 --threads 1 $Q
+acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
+awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "bkfac --factored: test accuracy ${acc:-?}%"
+expect_rc 2 "kfac --factored" "$NGD" train --optim kfac --factored --subset 500 $Q
+expect_msg "per-factor" "kfac --factored message"
 
 # resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary;
 # for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time)

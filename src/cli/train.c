@@ -39,7 +39,7 @@ enum {
     O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
     O_BUDGET, O_SCHED, O_CONTEXT, O_RHO, O_TU, O_TI, O_KDAMP, O_CLIP, O_KAPPA, O_WDSTART,
     O_IDINIT, O_RANK, O_OVERS, O_POWER, O_TAIL, O_BRANK, O_BMULT, O_RMULT, O_CMULT, O_CFRAC,
-    O_BTRUNC, O_REORTH, O_KSEED
+    O_BTRUNC, O_REORTH, O_KSEED, O_FACTORED
 };
 
 typedef struct {
@@ -107,6 +107,8 @@ static const opt_def OPTS[] = {
     {"reorth-every", 1, O_REORTH, "N", "re-orthonormalise Brand bases every N updates (50; 0 = "
                                        "never)"},
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
+    {"factored", 0, O_FACTORED, NULL, "RS/SRE/B-KFAC: linear-cost factored application for "
+                                      "fully connected layers (spec §6.3)"},
     {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
     {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
     {"schedule", 1, O_SCHED, "NAME", "learning-rate schedule: constant (default) or cosine "
@@ -270,6 +272,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_KFACLIKE: t->cfg.kfac_like = true, t->cfg.alpha1 = 0; break;
         case O_NORMCOV: t->cfg.normalize_lr_cov = true; break;
         case O_QUIRK: t->cfg.official_blockdiag_quirk = true; break;
+        case O_FACTORED: t->cfg.kfac.factored_apply = true; break;
         case O_AUGMENT: t->augment = true; break;
         case O_QUIET: t->quiet = true; break;
         case O_HELP:

@@ -39,7 +39,8 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
         if (tr == KF_BRAND)
             cap = NGD_MIN(f->d, c->kfac.brand_truncate == NGD_BRAND_TRUNC_BEFORE_NEXT ? rB + n : rB);
         const bool keep_ea = tr != KF_BRAND || c->method != NGD_METHOD_BKFAC;
-        if (!kf_factor_alloc(f, tr, keep_ea, cap, tr == KF_BRAND ? (size_t)s->meta[2] : 0))
+        const bool rows = tr == KF_BRAND || s->meta[5];
+        if (!kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta[2] : 0))
             return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for the factors",
                                   e->name);
     }
@@ -60,7 +61,7 @@ ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t ro
         s->meta[3 + k] = tr;
     }
     s->meta[1] = rows;
-    s->meta[2] = any ? rows : 0;
+    s->meta[2] = any || s->meta[5] ? rows : 0;
     ngd_optim_log(o, "layer '%s': factor A (%zu) on the %s track, G (%zu) on the %s track",
                   e->name, s->f[KF_A].d,
                   s->meta[3] == KF_BRAND ? "Brand" : s->meta[3] == KF_EVD ? "EVD" : "RSVD",
@@ -73,7 +74,7 @@ ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
     kf_state *s = e->ms;
     for (int k = 0; k < 2; k++) {
         kf_factor *f = &s->f[k];
-        if (f->track != KF_BRAND || rows <= f->rows_cap) continue;
+        if ((f->track != KF_BRAND && !s->meta[5]) || rows <= f->rows_cap) continue;
         float *p = ngd_calloc(rows * f->d, sizeof(float));
         if (!p) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for %zu "
                                       "statistics rows", e->name, rows);

@@ -253,6 +253,18 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (k->brand_mult == 0 || k->refresh_mult == 0 || k->corr_mult == 0)
         BAD("kfac.brand_mult, refresh_mult and corr_mult must be >= 1");
     if (!(k->corr_frac > 0.0f && k->corr_frac <= 1.0f)) BAD("kfac.corr_frac must be in (0, 1]");
+    if (k->factored_apply && c->method == NGD_METHOD_KFAC)
+        BAD("kfac.factored_apply needs per-factor damping (RS-KFAC, SRE-KFAC, B methods; spec "
+            "kfac-family.md §6.3), not K-FAC's damping of the Kronecker product");
+    if (k->identity_init == NGD_IDINIT_IN_FACTOR &&
+        (c->method == NGD_METHOD_BKFAC || c->method == NGD_METHOD_BRKFAC ||
+         c->method == NGD_METHOD_BRCKFAC))
+        BAD("kfac.identity_init = in_factor is offered for K-FAC, RS-KFAC and SRE-KFAC only (a "
+            "flat identity has no low-rank form; spec kfac-family.md §1.4)");
+    if ((unsigned)k->identity_init > NGD_IDINIT_IN_FACTOR || (unsigned)k->tail > NGD_TAIL_MIN_KEPT ||
+        (unsigned)k->damping_kind > NGD_KFAC_DAMP_FACTORED_PI ||
+        (unsigned)k->brand_truncate > NGD_BRAND_TRUNC_BEFORE_NEXT)
+        BAD("kfac: unknown identity_init, tail, damping_kind or brand_truncate value");
     if ((c->method == NGD_METHOD_BRKFAC || c->method == NGD_METHOD_BRCKFAC) && k->brand_mult != 1)
         BAD("kfac.brand_mult must be 1 for B-R-KFAC and BRC-KFAC (spec kfac-family.md §7)");
     return NGD_OK;

@@ -15,7 +15,8 @@
  * Preconditioning (§1.5): S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}; K-FAC with full
  * eigendecompositions uses §3.3 (exact damping λ_K = λ_rel·max γ·max α, or factored
  * π-damping); every other combination the low-rank + scaled identity inverse of §1.6 with
- * λ_F = λ_rel·max D_F (+ ρ^k) and the tail model μ.
+ * λ_F = λ_rel·max D_F (+ ρ^k) and the tail model μ; with kfac.factored_apply, fully
+ * connected layers apply it to 𝒜ᵀ and 𝒢ᵀ instead of J (§6.3, `factored` below).
  * Clipping, decoupled weight decay from wd_start, momentum and the step are the driver's
  * (optim.c, NGD_RULE_KFAC).
  */
@@ -83,15 +84,7 @@ static void ea_identity(kf_factor *f) {
 
 static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     const ngd_config *c = &e->cfg;
-    const bool bfam = kf_is_b_family(c->method);
-    if (bfam && c->kfac.identity_init == NGD_IDINIT_IN_FACTOR)
-        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': identity_init = in_factor is offered "
-                              "for K-FAC, RS-KFAC and SRE-KFAC only (a flat identity has no "
-                              "low-rank form; spec kfac-family.md §1.4)", e->name);
-    if (c->kfac.factored_apply)
-        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': kfac.factored_apply is not available "
-                              "in the optimizer yet (the kernel ngd_factored_precond is; the "
-                              "optimizer preconditions the dense gradient)", e->name);
+    const bool bfam = kf_is_b_family(c->method);  // (ngd_config_validate checked the rest)
     kf_state *s = ngd_calloc(1, sizeof *s);
     if (!s) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
     e->ms = s;
@@ -116,7 +109,10 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     return NGD_OK;
 }
 
-static bool kfac_wants(const ngd_entry *e, size_t t) { return t % e->cfg.kfac.T_u == 0; }
+// Statistics steps; every step for the factored application (it needs this step's 𝒜, 𝒢).
+static bool kfac_wants(const ngd_entry *e, size_t t) {
+    return t % e->cfg.kfac.T_u == 0 || e->cfg.kfac.factored_apply;
+}
 
 // Bytes of scratch needed by observe: one chunk of processed rows.
 static size_t observe_ws(const ngd_entry *e) {
@@ -128,10 +124,22 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     kf_state *s = e->ms;
     const size_t rows = ngd_stats_rows(e, batch, g);
     const size_t R = rows / batch;  // 1 for fully connected layers and for reduce
+    const bool stats = o->steps % e->cfg.kfac.T_u == 0;
     ngd_status st;
-    if (!s->meta[0] && (st = kf_decide(o, e, R == 1, rows)) != NGD_OK) return st;
+    if (s->meta[1] == 0) {  // the layer's first statistics
+        // the factored application (§6.3): fully connected layers keep both factors' rows
+        if (e->cfg.kfac.factored_apply && R == 1) s->meta[5] = 1;
+        if (!s->meta[0]) {
+            if ((st = kf_decide(o, e, R == 1, rows)) != NGD_OK) return st;  // B methods
+        } else {
+            s->meta[1] = rows;
+            if (s->meta[5] && (st = kf_grow_rows(o, e, rows)) != NGD_OK) return st;
+        }
+    }
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
-    if (brand && s->pend[1] + rows > s->meta[2] &&
+    const bool keep_rows = s->meta[5] || (brand && stats);
+    if (!stats && !keep_rows) return NGD_OK;  // a factored_apply step of a layer without it
+    if (keep_rows && s->pend[1] + rows > s->meta[2] &&
         (st = kf_grow_rows(o, e, (size_t)s->pend[1] + rows)) != NGD_OK)
         return st;
     float *chunk = kf_scratch(o, observe_ws(e));
@@ -150,24 +158,29 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
             const float w = k == KF_A ? wa : wg;
             if (w != 1.0f)
                 for (size_t i = 0; i < nr * d; i++) chunk[i] *= w;
-            if (f->pend) {  // pend (+)= Xᵀ X, X = the nr x d chunk (seen as d x nr: Xᵀ)
+            if (stats && f->pend) {  // pend (+)= Xᵀ X, X = the nr x d chunk (seen as d x nr)
                 ngd_cview Xt = {chunk, d, nr, 1, (ptrdiff_t)d};
                 ngd_syrk_full(1.0f, Xt, beta, ngd_view_rm(f->pend, d, d, d));
             }
-            if (f->track == KF_BRAND)
+            if (keep_rows && f->rows)
                 memcpy(f->rows + (size_t)(s->pend[1] + r0) * d, chunk, nr * d * sizeof(float));
         }
     }
-    s->pend[0] += batch;
-    if (brand) s->pend[1] += rows;
-    s->has_pend = 1;
+    if (stats) {
+        s->pend[0] += batch;
+        s->has_pend = 1;
+    }
+    if (keep_rows) {
+        s->pend[1] += rows;
+        s->pend[2] = (uint64_t)c;
+    }
     return NGD_OK;
 }
 
 static void kfac_discard(ngd_entry *e) {
     kf_state *s = e->ms;
     s->has_pend = 0;
-    s->pend[0] = s->pend[1] = 0;
+    s->pend[0] = s->pend[1] = s->pend[2] = 0;
 }
 
 // F̄ := ρ F̄ + (1−ρ)/n · pend (§1.3).
@@ -230,7 +243,8 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
             if (f->ea) ea_update(f, k->rho, (double)s->pend[0]);
             if (f->track == KF_BRAND && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
         }
-        kfac_discard(e);
+        s->has_pend = 0;  // the rows stay for the factored application of this step
+        s->pend[0] = 0;
         did = true;
     }
     if (s->meta[0] && t % k->T_i == 0) {
@@ -281,6 +295,31 @@ static size_t kfac_precond_ws(const ngd_entry *e) {
     return e->d_K + e->d_out + (kfac_precond_bytes(e) + sizeof(float) - 1) / sizeof(float);
 }
 
+// The factored application of §6.3 for a fully connected layer: X = LRI_G(𝒢ᵀ) and
+// Y = LRI_A(𝒜ᵀ) cost O(n (d_G r_G + d_A r_A)); then S = (1/c) X Yᵀ, the rank-n product the
+// parameter update needs (O(d_G d_A n), what forming the gradient itself costs). J is taken
+// to be (1/c) 𝒢ᵀ𝒜 of this step's rows (c = n for a batch-mean loss) — the caller's
+// gradient when the loss has no L2 term and the batch was observed once.
+static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, float lG, float mG,
+                           const ngd_lowrank *LA, float lA, float mA, ngd_view S) {
+    kf_state *s = e->ms;
+    const size_t m = (size_t)s->pend[1], dA = e->d_K, dG = e->d_out;
+    const size_t kb = ngd_factored_precond_ws(LG->r, LA->r, m);
+    const size_t xy = (dG + dA) * m;
+    if (!kb || !s->pend[2]) return NGD_ERR_ARG;
+    float *X = kf_scratch(o, xy * sizeof(float) + kb);
+    if (!X) return NGD_ERR_NOMEM;
+    float *Y = X + dG * m;
+    ngd_view Xv = ngd_view_rm(X, dG, m, m), Yv = ngd_view_rm(Y, dA, m, m);
+    ngd_status st = ngd_factored_precond(LG, lG, mG, LA, lA, mA,
+                                         ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
+                                         ngd_cview_rm(s->f[KF_A].rows, m, dA, dA), Xv, Yv,
+                                         X + xy, kb);
+    if (st) return st;
+    ngd_gemm((float)(1.0 / (double)s->pend[2]), ngd_cv(Xv), ngd_cview_t(ngd_cv(Yv)), 0.0f, S);
+    return NGD_OK;
+}
+
 static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
@@ -289,6 +328,7 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
     if (!s->meta[0] || (fA->cnt[2] == 0 && fG->cnt[2] == 0 && k->identity_init ==
                                                                   NGD_IDINIT_IN_FACTOR)) {
         memcpy(P, G, e->n * sizeof(float));  // no curvature yet
+        s->pend[1] = s->pend[2] = 0;
         return;
     }
     float *DA = ws, *DG = ws + dA;
@@ -326,9 +366,14 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
             mu[i] = (k->tail == NGD_TAIL_MIN_KEPT && f->cnt[2]) ? f->D[f->cnt[2] - 1] : 0.0f;
         }
         ngd_lowrank LA = kf_rep(fA), LG = kf_rep(fG);
-        st = ngd_lri_apply2(&LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], J, S, kws,
-                            kbytes);
+        st = NGD_ERR_STATE;
+        if (s->meta[5] && s->pend[1] > 0 && LA.r > 0 && LG.r > 0)
+            st = factored(o, e, &LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], S);
+        if (st != NGD_OK)
+            st = ngd_lri_apply2(&LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], J, S, kws,
+                                kbytes);
     }
+    s->pend[1] = s->pend[2] = 0;  // this step's rows are used up
     if (st) {  // cannot happen with the planned workspace; never leave P undefined
         ngd_optim_log(o, "layer '%s': preconditioning failed (%d); plain gradient used", e->name,
                       (int)st);
@@ -343,7 +388,7 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
     kf_factor *A = &s->f[KF_A], *G = &s->f[KF_G];
 #define EA_N(f) ((f)->ea ? (f)->d * (f)->d : 0)
     ngd_state_array a[] = {
-        {"#meta", s->meta, 5, NGD_ARR_U64},
+        {"#meta", s->meta, 6, NGD_ARR_U64},
         {"A.ea", A->ea, EA_N(A), NGD_ARR_F32},
         {"A.U", A->U, A->U ? A->d * A->cap : 0, NGD_ARR_F32},
         {"A.D", A->D, A->D ? A->cap : 0, NGD_ARR_F32},
@@ -357,7 +402,7 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
         {"~G.pend", G->pend, EA_N(G), NGD_ARR_F32},
         {"~A.rows", A->rows, A->rows_cap * A->d, NGD_ARR_F32},
         {"~G.rows", G->rows, G->rows_cap * G->d, NGD_ARR_F32},
-        {"~pend", s->pend, 2, NGD_ARR_U64},
+        {"~pend", s->pend, 3, NGD_ARR_U64},
         {"~has_pend", &s->has_pend, 1, NGD_ARR_U8},
     };
 #undef EA_N
@@ -369,12 +414,14 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
 
 static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n) {
     kf_state *s = e->ms;
-    if (n != 5) return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
+    if (n != 6 || v[0] > 1 || v[5] > 1 || v[1] > ((uint64_t)1 << 32) ||
+        v[2] > ((uint64_t)1 << 32) || (v[0] && (v[3] < KF_EVD || v[3] > KF_BRAND ||
+                                                v[4] < KF_EVD || v[4] > KF_BRAND)))
+        return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
+    if (v[5] && !e->cfg.kfac.factored_apply)
+        return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': saved with kfac.factored_apply", e->name);
     if (!s->meta[0] && v[0]) {  // an undecided B layer takes the saved tracks
-        if (v[3] < KF_EVD || v[3] > KF_BRAND || v[4] < KF_EVD || v[4] > KF_BRAND ||
-            v[1] > e->d_K + e->d_out || v[2] > ((uint64_t)1 << 32))
-            return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
-        memcpy(s->meta + 1, v + 1, 4 * sizeof *v);
+        memcpy(s->meta + 1, v + 1, 5 * sizeof *v);
         return kf_apply_tracks(o, e);
     }
     if (s->meta[0] != v[0] || (v[0] && (s->meta[3] != v[3] || s->meta[4] != v[4])))
@@ -382,7 +429,9 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
                               "this optimizer has %llu/%llu)", e->name,
                               (unsigned long long)v[3], (unsigned long long)v[4],
                               (unsigned long long)s->meta[3], (unsigned long long)s->meta[4]);
-    if (v[2] > s->meta[2] && v[2] <= ((uint64_t)1 << 32)) return kf_grow_rows(o, e, (size_t)v[2]);
+    if (v[5]) s->meta[5] = 1;
+    if (!s->meta[1]) s->meta[1] = v[1];
+    if (v[2] > s->meta[2]) return kf_grow_rows(o, e, (size_t)v[2]);
     return NGD_OK;
 }
 

@@ -30,7 +30,8 @@ typedef struct {
     kf_track track;
     float *ea;      // d x d dense exponential average (zero start; NULL if not kept)
     float *pend;    // d x d pending Σ x xᵀ of this step's (scaled) rows (with ea)
-    float *rows;    // Brand track: pending scaled rows (rows_cap x d), rows are columns of C
+    float *rows;    // this step's scaled rows (rows_cap x d): the columns of the Brand update's
+                    // C, and 𝒜 / 𝒢 of the factored application
     size_t rows_cap;
     float *U, *D;   // the eigen-representation (d x cap, cap)
     // counters, saved: [0] k = EA updates (ρ^k identity term), [1] Brand updates since the
@@ -42,11 +43,14 @@ typedef struct {
 typedef struct {
     kf_factor f[2];
     // [0] 1 once the tracks are decided, [1] columns per Brand update (the n of §5.4),
-    // [2] rows the pending Brand buffers hold, [3] track of A, [4] track of G; saved first
-    // as "#meta" so that a checkpoint re-creates the same shapes before its arrays are read
-    uint64_t meta[5];
+    // [2] rows the row buffers hold, [3] track of A, [4] track of G, [5] 1 when the layer
+    // uses the factored application (§6.3: fully connected, factored_apply); saved first as
+    // "#meta" so that a checkpoint re-creates the same shapes before its arrays are read
+    uint64_t meta[6];
     ngd_rng rng;         // the layer's random stream (sketches, correction subsets)
-    uint64_t pend[2];    // [0] samples in the pending statistics, [1] pending Brand rows
+    // [0] samples in the pending EA statistics, [1] rows held in the row buffers (Brand
+    // updates, factored application), [2] the per-sample conversion c of those rows
+    uint64_t pend[3];
     uint8_t has_pend;
     size_t id;           // the layer's id (seeds its stream)
 } kf_state;
@@ -80,7 +84,8 @@ size_t kf_randomized_ws(size_t d, size_t r, size_t p);
 ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows);
 // Allocates the state for decided tracks (meta[1..4] set); used by kf_decide and on load.
 ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e);
-// Grows the pending Brand row buffers of both factors to hold `rows` rows.
+// Grows the row buffers (Brand-track factors, or both factors of a factored layer) to hold
+// `rows` rows.
 ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows);
 // The Brand-track part of one statistics step (§6.1, §7, §8) for factor f.
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
