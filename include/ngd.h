@@ -294,8 +294,11 @@ NGD_API ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *ou
 
 // Registers a parameter that is not Kronecker-factored (norm scales, embeddings, ...): it
 // is updated by the AdamW rule under ADAMW, by the SGD rule under every other method (with
-// the optimizer's lr, momentum, weight decay, or those of `override`). Buffers are borrowed.
-// Ids share one sequence with layers. Errors as for add_layer.
+// the optimizer's lr, momentum, weight decay, or those of `override`). Under any method an
+// override whose method is NGD_METHOD_ADAMW or NGD_METHOD_SGD gives the parameter that rule
+// with the override's hyper-parameters (e.g. AdamW for the embeddings and norm scales of a
+// transformer trained by SINGD). Buffers are borrowed. Ids share one sequence with layers.
+// Errors as for add_layer.
 NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param,
                                        const float *grad, size_t n, const ngd_config *override,
                                        int *out_id);

@@ -1,8 +1,8 @@
 /*
  * test_optim_misc.c — the Conv2d unfold helper against a naive loop (spec singd.md §14.3.6:
  * stride, padding, dilation, groups; reduce = mean of the expand patches), per-layer
- * overrides (param groups) equal to separate optimizers (official test_param_groups), and a
- * lr_cov schedule callback.
+ * overrides (param groups) equal to separate optimizers (official test_param_groups), a
+ * lr_cov schedule callback, and plain parameters under AdamW's / SGD's rule beside any method.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -28,10 +28,10 @@ static double naive_patch(const ngd_conv_geom *g, const float *x, size_t n, size
 
 static void unfold_should_match_a_naive_loop(void) {
     const ngd_conv_geom geoms[] = {
-        {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // plain 3x3, padding 1
-        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 2},  // stride, dilation, groups 2, asymmetric kernel
-        {6, 6, 5, 2, 2, 1, 1, 2, 2, 2, 1, 3},  // padding 2, dilation 2, groups 3
-        {2, 5, 5, 5, 5, 1, 1, 0, 0, 1, 1, 1},  // kernel = image: one location
+        {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1}, // plain 3x3, padding 1
+        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 2}, // stride, dilation, groups 2, asymmetric kernel
+        {6, 6, 5, 2, 2, 1, 1, 2, 2, 2, 1, 3}, // padding 2, dilation 2, groups 3
+        {2, 5, 5, 5, 5, 1, 1, 0, 0, 1, 1, 1}, // kernel = image: one location
     };
     ref_rng r = {5};
     for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
@@ -40,7 +40,8 @@ static void unfold_should_match_a_naive_loop(void) {
         const size_t cols = g->c_in / g->groups * g->k1 * g->k2;
         CHECK(oh > 0 && ow > 0);
         float *x = malloc(N * g->c_in * g->h * g->w * 4);
-        for (size_t i = 0; i < N * g->c_in * g->h * g->w; i++) x[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < N * g->c_in * g->h * g->w; i++)
+            x[i] = (float)ref_uniform(&r, -1, 1);
         float *ex = malloc(N * oh * ow * cols * 4), *red = malloc(N * cols * 4);
         double *want = malloc(N * oh * ow * cols * 8), *wred = calloc(N * cols, 8);
         CHECK(ngd_unfold(g, N, x, false, ex) == NGD_OK);
@@ -62,7 +63,7 @@ static void unfold_should_match_a_naive_loop(void) {
         free(x), free(ex), free(red), free(want), free(wred);
     }
     ngd_conv_geom bad = geoms[0];
-    bad.groups = 2;  // 3 channels not divisible by 2
+    bad.groups = 2; // 3 channels not divisible by 2
     float dummy[1];
     CHECK(ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
     bad = geoms[0], bad.s1 = 0;
@@ -85,19 +86,40 @@ static void overrides_should_equal_separate_optimizers(void) {
     // one optimizer, two groups
     ngd_optim *o;
     CHECK(ngd_optim_create(&g2, &o) == NGD_OK);
-    ngd_layer l1 = {.name = "fc1", .weight = a.W1, .weight_grad = a.gW1, .d_out = 5, .d_in = 6,
-                    .bias = a.b1, .bias_grad = a.gb1, .override = &g1};
-    ngd_layer l2 = {.name = "fc2", .weight = a.W2, .weight_grad = a.gW2, .d_out = 4, .d_in = 5,
-                    .bias = a.b2, .bias_grad = a.gb2};
+    ngd_layer l1 = {.name = "fc1",
+                    .weight = a.W1,
+                    .weight_grad = a.gW1,
+                    .d_out = 5,
+                    .d_in = 6,
+                    .bias = a.b1,
+                    .bias_grad = a.gb1,
+                    .override = &g1};
+    ngd_layer l2 = {.name = "fc2",
+                    .weight = a.W2,
+                    .weight_grad = a.gW2,
+                    .d_out = 4,
+                    .d_in = 5,
+                    .bias = a.b2,
+                    .bias_grad = a.gb2};
     CHECK(ngd_optim_add_layer(o, &l1, &a.id1) == NGD_OK);
     CHECK(ngd_optim_add_layer(o, &l2, &a.id2) == NGD_OK);
     // two optimizers
     ngd_optim *o1, *o2;
     CHECK(ngd_optim_create(&g1, &o1) == NGD_OK && ngd_optim_create(&g2, &o2) == NGD_OK);
-    ngd_layer m1 = {.name = "fc1", .weight = b.W1, .weight_grad = b.gW1, .d_out = 5, .d_in = 6,
-                    .bias = b.b1, .bias_grad = b.gb1};
-    ngd_layer m2 = {.name = "fc2", .weight = b.W2, .weight_grad = b.gW2, .d_out = 4, .d_in = 5,
-                    .bias = b.b2, .bias_grad = b.gb2};
+    ngd_layer m1 = {.name = "fc1",
+                    .weight = b.W1,
+                    .weight_grad = b.gW1,
+                    .d_out = 5,
+                    .d_in = 6,
+                    .bias = b.b1,
+                    .bias_grad = b.gb1};
+    ngd_layer m2 = {.name = "fc2",
+                    .weight = b.W2,
+                    .weight_grad = b.gW2,
+                    .d_out = 4,
+                    .d_in = 5,
+                    .bias = b.b2,
+                    .bias_grad = b.gb2};
     CHECK(ngd_optim_add_layer(o1, &m1, &b.id1) == NGD_OK);
     CHECK(ngd_optim_add_layer(o2, &m2, &b.id2) == NGD_OK);
     for (size_t s = 0; s < 20; s++) {
@@ -105,9 +127,11 @@ static void overrides_should_equal_separate_optimizers(void) {
         CHECK(ngd_optim_step(o) == NGD_OK);
         tp_forward_backward(&b, NULL, s, 1.0f);
         if (ngd_optim_wants_stats(o1))
-            ngd_optim_observe(o1, b.id1, 12, ngd_matrix_f32(b.x, 12, 6), ngd_matrix_f32(b.dh, 12, 5));
+            ngd_optim_observe(o1, b.id1, 12, ngd_matrix_f32(b.x, 12, 6),
+                              ngd_matrix_f32(b.dh, 12, 5));
         if (ngd_optim_wants_stats(o2))
-            ngd_optim_observe(o2, b.id2, 12, ngd_matrix_f32(b.h, 12, 5), ngd_matrix_f32(b.dy, 12, 4));
+            ngd_optim_observe(o2, b.id2, 12, ngd_matrix_f32(b.h, 12, 5),
+                              ngd_matrix_f32(b.dy, 12, 4));
         CHECK(ngd_optim_step(o1) == NGD_OK && ngd_optim_step(o2) == NGD_OK);
     }
     CHECK(memcmp(a.W1, b.W1, 30 * 4) == 0 && memcmp(a.W2, b.W2, 20 * 4) == 0);
@@ -120,7 +144,7 @@ static void overrides_should_equal_separate_optimizers(void) {
 static float sched_calls;
 static float lr_cov_schedule(size_t step, void *user) {
     sched_calls += 1.0f;
-    return step < 2 ? 0.0f : *(const float *)user;  // frozen for two steps, then β1
+    return step < 2 ? 0.0f : *(const float *)user; // frozen for two steps, then β1
 }
 
 static void lr_cov_schedule_should_drive_the_factor_step(void) {
@@ -132,8 +156,10 @@ static void lr_cov_schedule_should_drive_the_factor_step(void) {
     ngd_optim *o;
     CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
     float K[25], I[25] = {0};
-    for (int i = 0; i < 5; i++) I[i * 6] = 1.0f;
-    for (size_t s = 0; s < 2; s++) CHECK(tp_step(&p, o, s) == NGD_OK);
+    for (int i = 0; i < 5; i++)
+        I[i * 6] = 1.0f;
+    for (size_t s = 0; s < 2; s++)
+        CHECK(tp_step(&p, o, s) == NGD_OK);
     CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 5) == NGD_OK);
     CHECK_TENSOR(K, I, 25, 0, 0, "K frozen while lr_cov(t) = 0");
     CHECK(tp_step(&p, o, 2) == NGD_OK);
@@ -142,14 +168,100 @@ static void lr_cov_schedule_should_drive_the_factor_step(void) {
     CHECK(h.beta1_K == beta);
     CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 5) == NGD_OK);
     CHECK(memcmp(K, I, sizeof K) != 0);
-    CHECK(sched_calls == 6.0f);  // once per layer per update step
+    CHECK(sched_calls == 6.0f); // once per layer per update step
     ngd_optim_free(o);
     tp_free(&p);
+}
+
+// A plain parameter given AdamW's (or SGD's) rule by its override, under any method, takes
+// exactly the steps a plain AdamW (SGD) optimizer takes, keeps them across a save/load, and
+// a layer cannot take such an override.
+static void params_should_take_adamw_or_sgd_under_any_method(void) {
+    const ngd_method methods[] = {NGD_METHOD_SINGD, NGD_METHOD_KFAC, NGD_METHOD_BKFAC,
+                                  NGD_METHOD_SGD, NGD_METHOD_ADAMW};
+    enum { N = 7, STEPS = 6 };
+    for (size_t mi = 0; mi < sizeof methods / sizeof *methods; mi++) {
+        for (int rule = 0; rule < 2; rule++) {
+            const ngd_method rm = rule ? NGD_METHOD_ADAMW : NGD_METHOD_SGD;
+            ngd_config ov = ngd_config_default(rm);
+            ov.lr = 0.05f, ov.weight_decay = 0.1f, ov.momentum = 0.7f, ov.beta2 = 0.99f;
+            ngd_config main = ngd_config_default(methods[mi]);
+            ngd_optim *o, *ref;
+            CHECK(ngd_optim_create(&main, &o) == NGD_OK && ngd_optim_create(&ov, &ref) == NGD_OK);
+            float p[N], q[N], g[N];
+            for (int i = 0; i < N; i++)
+                p[i] = q[i] = 0.3f * (float)i - 1.0f;
+            int id, idr;
+            CHECK(ngd_optim_add_param(o, "p", p, g, N, &ov, &id) == NGD_OK);
+            CHECK(ngd_optim_add_param(ref, "p", q, g, N, NULL, &idr) == NGD_OK);
+            for (int s = 0; s < STEPS; s++) {
+                for (int i = 0; i < N; i++)
+                    g[i] = sinf(1.3f * (float)(i + 3 * s)) + 0.2f * p[i];
+                CHECK(ngd_optim_step(o) == NGD_OK && ngd_optim_step(ref) == NGD_OK);
+            }
+            CHECK_MSG(memcmp(p, q, sizeof p) == 0, "%s param with %s's rule",
+                      ngd_method_name(methods[mi]), ngd_method_name(rm));
+            CHECK(fabsf(p[0] + 1.0f) > 1e-3f); // it did move
+            ngd_optim_free(o), ngd_optim_free(ref);
+        }
+    }
+    // replay from a checkpoint: SINGD with an AdamW parameter, save after 3 steps
+    {
+        ngd_config main = ngd_config_default(NGD_METHOD_SINGD);
+        ngd_config ov = ngd_config_default(NGD_METHOD_ADAMW);
+        float p[N], r[N], g[N];
+        for (int i = 0; i < N; i++)
+            p[i] = 0.1f * (float)i;
+        ngd_optim *o, *o2;
+        int id, id2;
+        CHECK(ngd_optim_create(&main, &o) == NGD_OK && ngd_optim_create(&main, &o2) == NGD_OK);
+        CHECK(ngd_optim_add_param(o, "p", p, g, N, &ov, &id) == NGD_OK);
+        CHECK(ngd_optim_add_param(o2, "p", r, g, N, &ov, &id2) == NGD_OK);
+        void *buf = NULL;
+        size_t len = 0;
+        for (int s = 0; s < STEPS; s++) {
+            if (s == 3) {
+                CHECK(ngd_optim_save_mem(o, &buf, &len) == NGD_OK);
+                CHECK(ngd_optim_load_mem(o2, buf, len) == NGD_OK);
+                memcpy(r, p, sizeof r);
+            }
+            for (int i = 0; i < N; i++)
+                g[i] = cosf(0.7f * (float)(i * s + 1));
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            if (s >= 3) CHECK(ngd_optim_step(o2) == NGD_OK);
+        }
+        CHECK(memcmp(p, r, sizeof p) == 0);
+        // a checkpoint whose parameter had SGD's rule (no second moment) does not load
+        ngd_config sgd = ngd_config_default(NGD_METHOD_SGD);
+        sgd.momentum = 0.9f;
+        ngd_optim *o3;
+        int id3;
+        CHECK(ngd_optim_create(&main, &o3) == NGD_OK);
+        CHECK(ngd_optim_add_param(o3, "p", r, g, N, &sgd, &id3) == NGD_OK);
+        CHECK(ngd_optim_load_mem(o3, buf, len) != NGD_OK);
+        free(buf);
+        ngd_optim_free(o), ngd_optim_free(o2), ngd_optim_free(o3);
+    }
+    // a layer keeps the optimizer's method; a parameter cannot take a second-order one
+    ngd_config main = ngd_config_default(NGD_METHOD_SINGD);
+    ngd_config adam = ngd_config_default(NGD_METHOD_ADAMW);
+    ngd_config kfac = ngd_config_default(NGD_METHOD_KFAC);
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&main, &o) == NGD_OK);
+    float W[6], gW[6], p[3], gp[3];
+    ngd_layer l = {
+        .name = "fc", .weight = W, .weight_grad = gW, .d_out = 2, .d_in = 3, .override = &adam};
+    int id;
+    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "adamw") != NULL);
+    CHECK(ngd_optim_add_param(o, "p", p, gp, 3, &kfac, &id) == NGD_ERR_ARG);
+    ngd_optim_free(o);
 }
 
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
+    TEST(params_should_take_adamw_or_sgd_under_any_method),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

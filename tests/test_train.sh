@@ -26,6 +26,10 @@ expect_rc 0 "train --help" "$NGD" train --help
 expect_msg "--structure" "help lists options"
 expect_msg "cnn" "help lists models"
 expect_rc 2 "unknown option" "$NGD" train --frobnicate
+expect_rc 2 "unknown plain-parameter rule" "$NGD" train --param-optim lamb
+expect_msg "sgd or adamw" "plain-parameter rule choices"
+expect_rc 2 "bad plain-parameter lr" "$NGD" train --param-optim adamw --param-lr -1
+expect_msg "plain parameters: lr" "plain-parameter lr message"
 expect_rc 2 "bad number" "$NGD" train --lr abc
 expect_msg "--lr: 'abc' is not a number" "bad number message"
 expect_rc 2 "bad method" "$NGD" train --optim adam
@@ -115,7 +119,11 @@ if [ -f "$SHK/input.txt" ]; then
     expect_msg "sample (200 characters" "text run prints a sample"
     expect_rc 0 "text run, reduce" "$NGD" train $S --max-steps 20 --kfac-approx reduce $Q
     # resume == no stop, bit for bit (17 steps per epoch on 5,000 characters: crosses one)
-    for opt in singd adamw; do
+    expect_rc 0 "text run, AdamW plain parameters" "$NGD" train $S --max-steps 150 --lr 0.01 --damping 0.01 --param-optim adamw --param-lr 0.003 $Q
+    vl=$(grep '"type":"eval"' "$D/log.jsonl" | tail -1 | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')
+    awk -v v="${vl:-99}" -v u="$uni" 'BEGIN{exit !(v < u - 0.3)}' && ok || bad "--param-optim adamw: validation loss ${vl:-?} not below $uni - 0.3"
+    grep -q '"param_optim":"adamw","param_lr":0.003' "$D/log.jsonl" && ok || bad "summary lacks the plain parameters' rule"
+    for opt in singd adamw "singd --param-optim adamw"; do
         A="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --seed 3 --epochs 3 --optim $opt --threads 1 $Q"
         E="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --optim $opt --threads 1"
         "$NGD" train $A --max-steps 24 --checkpoint "$D/tfull.ckpt" >/dev/null 2>&1

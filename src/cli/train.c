@@ -39,7 +39,7 @@ enum {
     O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
     O_BUDGET, O_SCHED, O_CONTEXT, O_RHO, O_TU, O_TI, O_KDAMP, O_CLIP, O_KAPPA, O_WDSTART,
     O_IDINIT, O_RANK, O_OVERS, O_POWER, O_TAIL, O_BRANK, O_BMULT, O_RMULT, O_CMULT, O_CFRAC,
-    O_BTRUNC, O_REORTH, O_KSEED, O_FACTORED
+    O_BTRUNC, O_REORTH, O_KSEED, O_FACTORED, O_POPTIM, O_PLR, O_PWD
 };
 
 typedef struct {
@@ -109,6 +109,13 @@ static const opt_def OPTS[] = {
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
     {"factored", 0, O_FACTORED, NULL, "RS/SRE/B-KFAC: linear-cost factored application for "
                                       "fully connected layers (spec §6.3)"},
+    {"param-optim", 1, O_POPTIM, "NAME", "rule of the plain parameters (embeddings, norm "
+                                         "scales): sgd or adamw (default: adamw under adamw, "
+                                         "else sgd with --lr, --momentum, --weight-decay)"},
+    {"param-lr", 1, O_PLR, "X", "their learning rate (--param-optim adamw beside another "
+                                "method: 1e-3; otherwise --lr)"},
+    {"param-wd", 1, O_PWD, "X", "their weight decay (--param-optim adamw beside another "
+                                "method: 0; otherwise --weight-decay)"},
     {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
     {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
     {"schedule", 1, O_SCHED, "NAME", "learning-rate schedule: constant (default) or cosine "
@@ -163,6 +170,11 @@ typedef struct {
     uint64_t seed;
     int threads;
     bool augment, quiet;
+    int param_method;  // --param-optim: NGD_METHOD_SGD / _ADAMW, or -1 (the method's rule)
+    float param_lr, param_wd;
+    bool has_param_lr, has_param_wd;
+    ngd_config param_cfg;  // their add_param override, when has_param_cfg
+    bool has_param_cfg;
 } train_opts;
 
 // ---- option parsing helpers: every bad value is a usage error naming the option ----
@@ -229,11 +241,39 @@ static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
     return -1;
 }
 
+// The plain parameters' rule (--param-optim, --param-lr, --param-wd) as an add_param
+// override: AdamW with its own lr (1e-3) and no weight decay under a second-order method;
+// otherwise the method's rule and hyper-parameters, edited by the two options.
+static int param_rule(train_opts *t) {
+    if (t->param_method < 0 && !t->has_param_lr && !t->has_param_wd) return 0;
+    const bool adam_method = t->cfg.method == NGD_METHOD_ADAMW;
+    const ngd_method pm = t->param_method >= 0 ? (ngd_method)t->param_method
+                          : adam_method        ? NGD_METHOD_ADAMW
+                                               : NGD_METHOD_SGD;
+    ngd_config *p = &t->param_cfg;
+    *p = ngd_config_default(pm);
+    const bool own = pm == NGD_METHOD_ADAMW && !adam_method;  // AdamW beside another method
+    p->lr = own ? 1e-3f : t->cfg.lr;
+    p->weight_decay = own ? 0.0f : t->cfg.weight_decay;
+    p->momentum = t->cfg.momentum, p->nesterov = t->cfg.nesterov;
+    p->beta1 = t->cfg.beta1, p->beta2 = t->cfg.beta2, p->eps = t->cfg.eps;
+    if (t->has_param_lr) p->lr = t->param_lr;
+    if (t->has_param_wd) p->weight_decay = t->param_wd;
+    char msg[256];
+    if (ngd_config_validate(p, msg, sizeof msg) != NGD_OK) {
+        cli_error("see --param-optim, --param-lr, --param-wd", "plain parameters: %s", msg);
+        return -1;
+    }
+    t->has_param_cfg = true;
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, train_opts *t) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
     t->context = 64;
     t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
+    t->param_method = -1;
     const char *optim = "singd";
     struct option lo[NOPTS + 1];
     for (size_t i = 0; i < NOPTS; i++)
@@ -273,6 +313,22 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_NORMCOV: t->cfg.normalize_lr_cov = true; break;
         case O_QUIRK: t->cfg.official_blockdiag_quirk = true; break;
         case O_FACTORED: t->cfg.kfac.factored_apply = true; break;
+        case O_POPTIM:
+            if (!strcmp(optarg, "sgd")) t->param_method = NGD_METHOD_SGD;
+            else if (!strcmp(optarg, "adamw")) t->param_method = NGD_METHOD_ADAMW;
+            else {
+                cli_error("sgd or adamw", "--param-optim: unknown rule '%s'", optarg);
+                return -1;
+            }
+            break;
+        case O_PLR:
+            if (parse_f(nm, optarg, &t->param_lr)) return -1;
+            t->has_param_lr = true;
+            break;
+        case O_PWD:
+            if (parse_f(nm, optarg, &t->param_wd)) return -1;
+            t->has_param_wd = true;
+            break;
         case O_AUGMENT: t->augment = true; break;
         case O_QUIET: t->quiet = true; break;
         case O_HELP:
@@ -402,7 +458,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         cli_error("run 'ngd train --help' for the options", "%s", msg);
         return -1;
     }
-    return 0;
+    return param_rule(t);
 }
 
 // ---- data ----
@@ -982,6 +1038,7 @@ static int run(const train_opts *t, bool eval_only) {
         goto done;
     }
     ngd_status st = ngd_optim_create(&t->cfg, &o);
+    m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
     if (st == NGD_OK) st = m.ops->attach(&m, o);
     if (st != NGD_OK) {
         cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
@@ -1046,16 +1103,22 @@ static int run(const train_opts *t, bool eval_only) {
                       "images) is smaller than one batch (%zu)", d.train.n, t->batch);
         goto done;
     }
+    char optdesc[128];  // the method, and the plain parameters' rule when one was chosen
+    if (t->has_param_cfg)
+        snprintf(optdesc, sizeof optdesc, "%s (plain parameters: %s, lr %g, weight decay %g)",
+                 ngd_method_name(t->cfg.method), ngd_method_name(t->param_cfg.method),
+                 (double)t->param_cfg.lr, (double)t->param_cfg.weight_decay);
+    else
+        snprintf(optdesc, sizeof optdesc, "%s", ngd_method_name(t->cfg.method));
     if (!t->quiet && t->text)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
                 "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epochs of %zu steps; log "
                 "%s\n", t->model, nn_model_param_count(&m), t->data, d.text.n_train,
-                d.text.n - d.text.n_train, d.text.vocab, ngd_method_name(t->cfg.method),
-                t->batch, t->context, t->epochs, per_epoch, logpath);
+                d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs, per_epoch, logpath);
     else if (!t->quiet)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
                 "batch %zu, %zu epochs; log %s\n", t->model, nn_model_param_count(&m), t->data,
-                d.train.n, d.test.n, ngd_method_name(t->cfg.method), t->batch, t->epochs, logpath);
+                d.train.n, d.test.n, optdesc, t->batch, t->epochs, logpath);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
@@ -1196,6 +1259,10 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddStringToObject(j, "model", t->model);
     cJSON_AddStringToObject(j, "data", t->data);
     cJSON_AddStringToObject(j, "optim", ngd_method_name(t->cfg.method));
+    if (t->has_param_cfg) {
+        cJSON_AddStringToObject(j, "param_optim", ngd_method_name(t->param_cfg.method));
+        cJSON_AddNumberToObject(j, "param_lr", (double)t->param_cfg.lr);
+    }
     cJSON_AddNumberToObject(j, "steps", (double)rs.step);
     cJSON_AddNumberToObject(j, "epochs", (double)rs.epoch);
     cJSON_AddNumberToObject(j, "skipped_steps", (double)rs.skips);

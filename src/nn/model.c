@@ -9,8 +9,8 @@
 
 extern const nn_model_ops nn_mlp_ops, nn_cnn_ops, nn_chargpt_ops, nn_vit_ops, nn_vgg16bn_ops;
 
-static const nn_model_ops *const MODELS[] = {&nn_mlp_ops, &nn_cnn_ops, &nn_chargpt_ops,
-                                             &nn_vit_ops, &nn_vgg16bn_ops};
+static const nn_model_ops *const MODELS[] = {&nn_mlp_ops, &nn_cnn_ops, &nn_chargpt_ops, &nn_vit_ops,
+                                             &nn_vgg16bn_ops};
 
 const nn_model_ops *nn_model_list(size_t i) {
     return i < sizeof MODELS / sizeof MODELS[0] ? MODELS[i] : NULL;
@@ -57,7 +57,8 @@ void nn_model_zero_grad(nn_model *m) { nn_zero_grads(m->params, m->nparams); }
 size_t nn_model_param_count(const nn_model *m) { return nn_param_count(m->params, m->nparams); }
 
 void nn_model_add_params(nn_model *m, const nn_param *ps, size_t n) {
-    for (size_t i = 0; i < n && m->nparams < NN_MODEL_MAX_PARAMS; i++) m->params[m->nparams++] = ps[i];
+    for (size_t i = 0; i < n && m->nparams < NN_MODEL_MAX_PARAMS; i++)
+        m->params[m->nparams++] = ps[i];
 }
 
 ngd_status nn_attach_linear(ngd_optim *o, const nn_linear *l, const char *name, int *id) {
@@ -70,12 +71,13 @@ ngd_status nn_attach_conv2d(ngd_optim *o, const nn_conv2d *l, const char *name, 
     return ngd_optim_add_layer(o, &L, id);
 }
 
-ngd_status nn_attach_params(ngd_optim *o, const nn_param *ps, size_t n, const char *prefix) {
+ngd_status nn_attach_params(ngd_optim *o, const ngd_config *ov, const nn_param *ps, size_t n,
+                            const char *prefix) {
     for (size_t i = 0; i < n; i++) {
         char name[128];
         snprintf(name, sizeof name, "%s.%s", prefix, ps[i].name);
         int id;
-        ngd_status s = ngd_optim_add_param(o, name, ps[i].p, ps[i].g, ps[i].n, NULL, &id);
+        ngd_status s = ngd_optim_add_param(o, name, ps[i].p, ps[i].g, ps[i].n, ov, &id);
         if (s != NGD_OK) return s;
     }
     return NGD_OK;

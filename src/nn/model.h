@@ -66,6 +66,9 @@ struct nn_model {
     nn_rng *rngs[NN_MODEL_MAX_PARAMS];      // random streams used in forward (dropout)
     size_t nrngs;
     size_t N;                              // rows of the last forward's logits (batch)
+    const ngd_config *param_override;      // set before attach: the rule of the plain
+                                           // parameters (ngd_optim_add_param's override;
+                                           // NULL = the optimizer's own), borrowed
     void *impl;                            // the model's own struct
 };
 
@@ -81,7 +84,9 @@ const nn_model_ops *nn_model_list(size_t i);
 // Helpers for model files: register a Linear / Conv2d with libngd and remember its id.
 ngd_status nn_attach_linear(ngd_optim *o, const nn_linear *l, const char *name, int *id);
 ngd_status nn_attach_conv2d(ngd_optim *o, const nn_conv2d *l, const char *name, int *id);
-ngd_status nn_attach_params(ngd_optim *o, const nn_param *ps, size_t n, const char *prefix);
+// Registers plain parameters under `prefix.` with the given override (may be NULL).
+ngd_status nn_attach_params(ngd_optim *o, const ngd_config *ov, const nn_param *ps, size_t n,
+                            const char *prefix);
 ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t batch);
 ngd_status nn_observe_conv2d(ngd_optim *o, nn_conv2d *l, int id, size_t batch);
 // Appends a layer's parameters to m->params (names must be static strings).

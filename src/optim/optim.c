@@ -130,8 +130,9 @@ static ngd_status grow_entries(ngd_optim *o) {
 }
 
 // Effective config of a new entry: the optimizer's, or a validated override.
+// A parameter (not a layer) may also take AdamW's or SGD's rule under any method.
 static ngd_status entry_config(ngd_optim *o, const ngd_config *ov, const char *name,
-                               ngd_config *out) {
+                               bool param, ngd_config *out) {
     if (!ov) {
         *out = o->cfg;
         return NGD_OK;
@@ -141,10 +142,12 @@ static ngd_status entry_config(ngd_optim *o, const ngd_config *ov, const char *n
         return ngd_optim_fail(o, NGD_ERR_ARG, "'%s': override: %s", name, msg);
     ngd_config c = *ov;
     normalise_config(o, &c, name);
-    if (c.method != o->cfg.method)
-        return ngd_optim_fail(o, NGD_ERR_ARG, "'%s': override method %s differs from the "
-                              "optimizer's %s", name, ngd_method_name(c.method),
-                              ngd_method_name(o->cfg.method));
+    bool first_order = c.method == NGD_METHOD_SGD || c.method == NGD_METHOD_ADAMW;
+    if (c.method != o->cfg.method && !(param && first_order))
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "'%s': override method %s differs from the optimizer's %s (a "
+                              "parameter may also take sgd or adamw)",
+                              name, ngd_method_name(c.method), ngd_method_name(o->cfg.method));
     *out = c;
     return NGD_OK;
 }
@@ -158,8 +161,16 @@ static ngd_status check_addable(ngd_optim *o, const void *x, int *out_id) {
     return NGD_OK;
 }
 
+// The update rule of an entry: the method's for layers; AdamW's for parameters configured
+// with the AdamW method (the optimizer's or an override's), SGD's for every other parameter.
+static int entry_rule(const ngd_optim *o, const ngd_entry *e) {
+    if (e->kind == NGD_ENTRY_PARAM)
+        return e->cfg.method == NGD_METHOD_ADAMW ? NGD_RULE_ADAMW : NGD_RULE_SGD;
+    return o->ops->rule;
+}
+
 static ngd_status alloc_first_order(ngd_optim *o, ngd_entry *e, size_t count) {
-    bool adam = o->ops->rule == NGD_RULE_ADAMW;
+    bool adam = entry_rule(o, e) == NGD_RULE_ADAMW;
     if (adam || e->cfg.momentum != 0.0f) {
         e->buf = ngd_calloc(count, sizeof(float));
         if (!e->buf) return NGD_ERR_NOMEM;
@@ -196,7 +207,7 @@ ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
     if ((s = grow_entries(o))) return s;
     ngd_entry *e = &o->e[o->n];
     memset(e, 0, sizeof *e);
-    if ((s = entry_config(o, l->override, name, &e->cfg))) return s;
+    if ((s = entry_config(o, l->override, name, false, &e->cfg))) return s;
     e->kind = NGD_ENTRY_LAYER;
     e->name = ngd_strdup(name);
     e->w = l->weight;
@@ -236,7 +247,7 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     if ((s = grow_entries(o))) return s;
     ngd_entry *e = &o->e[o->n];
     memset(e, 0, sizeof *e);
-    if ((s = entry_config(o, override, nm, &e->cfg))) return s;
+    if ((s = entry_config(o, override, nm, true, &e->cfg))) return s;
     e->kind = NGD_ENTRY_PARAM;
     e->name = ngd_strdup(nm);
     e->w = param;
@@ -448,8 +459,7 @@ static double sumsq(const float *x, size_t n) {
 static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
     const float lr = e->cfg.lr * o->lr_scale;
     e->n_updates++;
-    int rule = o->ops->rule;
-    if (e->kind == NGD_ENTRY_PARAM && rule == NGD_RULE_KFAC) rule = NGD_RULE_SGD;
+    const int rule = entry_rule(o, e);
     float bc1 = 1.0f, bc2s = 1.0f, nu = 1.0f;
     bool decay = true;
     if (rule == NGD_RULE_ADAMW) {

@@ -63,7 +63,8 @@ static void gpt_destroy(nn_model *m) {
         free(b->ln1o), free(b->mid), free(b->ln2o), free(b->fch), free(b->gel);
         free(b->atto), free(b->mlpo), free(b->dmid), free(b->dfch);
     }
-    for (size_t l = 0; l <= p->depth; l++) free(p->res[l]), free(p->dres[l]);
+    for (size_t l = 0; l <= p->depth; l++)
+        free(p->res[l]), free(p->dres[l]);
     nn_layernorm_free(&p->lnf);
     nn_linear_free(&p->head);
     free(p->lnfo), free(p->dln), free(p->dgel);
@@ -76,8 +77,10 @@ static nn_status gpt_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     const size_t depth = cfg->nwidths > 1 ? cfg->widths[1] : 2;
     const size_t nh = cfg->nwidths > 2 ? cfg->widths[2] : 4;
     if (cfg->nwidths > 3 || C == 0 || depth == 0 || depth > GPT_MAX_DEPTH || nh == 0 || C % nh) {
-        snprintf(err, cap, "chargpt: --widths C,DEPTH,HEADS needs C divisible by HEADS and "
-                 "1 <= DEPTH <= %d (got %zu,%zu,%zu)", GPT_MAX_DEPTH, C, depth, nh);
+        snprintf(err, cap,
+                 "chargpt: --widths C,DEPTH,HEADS needs C divisible by HEADS and "
+                 "1 <= DEPTH <= %d (got %zu,%zu,%zu)",
+                 GPT_MAX_DEPTH, C, depth, nh);
         return NN_ERR_ARG;
     }
     if (cfg->in_c != 1 || cfg->in_w != 1) {
@@ -202,24 +205,28 @@ static ngd_status gpt_attach(nn_model *m, ngd_optim *o) {
     chargpt *p = m->impl;
     nn_param ps[2];
     char name[48];
-    ngd_status s = nn_attach_params(o, ps, nn_embedding_params(&p->wte, ps), "wte");
-    if (s == NGD_OK) s = nn_attach_params(o, ps, nn_posembed_params(&p->wpe, ps), "wpe");
+    ngd_status s =
+        nn_attach_params(o, m->param_override, ps, nn_embedding_params(&p->wte, ps), "wte");
+    if (s == NGD_OK)
+        s = nn_attach_params(o, m->param_override, ps, nn_posembed_params(&p->wpe, ps), "wpe");
     for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
         gpt_block *b = &p->blk[l];
         snprintf(name, sizeof name, "h%zu.ln1", l);
-        s = nn_attach_params(o, ps, nn_layernorm_params(&b->ln1, ps), name);
+        s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln1, ps), name);
         snprintf(name, sizeof name, "h%zu.attn.qkv", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.qkv, name, &b->qkv_id);
         snprintf(name, sizeof name, "h%zu.attn.proj", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.proj, name, &b->aproj_id);
         snprintf(name, sizeof name, "h%zu.ln2", l);
-        if (s == NGD_OK) s = nn_attach_params(o, ps, nn_layernorm_params(&b->ln2, ps), name);
+        if (s == NGD_OK)
+            s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln2, ps), name);
         snprintf(name, sizeof name, "h%zu.mlp.fc", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->fc, name, &b->fc_id);
         snprintf(name, sizeof name, "h%zu.mlp.proj", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->proj, name, &b->proj_id);
     }
-    if (s == NGD_OK) s = nn_attach_params(o, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
+    if (s == NGD_OK)
+        s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
     if (s == NGD_OK) s = nn_attach_linear(o, &p->head, "head", &p->head_id);
     return s;
 }

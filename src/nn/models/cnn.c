@@ -184,7 +184,7 @@ static ngd_status cnn_attach(nn_model *m, ngd_optim *o) {
         nn_param ps[2];
         size_t np = nn_batchnorm_params(&p->bn[k], ps);
         snprintf(name, sizeof name, "bn%zu", k + 1);
-        if ((st = nn_attach_params(o, ps, np, name))) return st;
+        if ((st = nn_attach_params(o, m->param_override, ps, np, name))) return st;
     }
     if ((st = nn_attach_linear(o, &p->fc1, "fc1", &p->fc1_id))) return st;
     return nn_attach_linear(o, &p->fc2, "fc2", &p->fc2_id);

@@ -23,7 +23,7 @@
 
 #include "model.h"
 
-#define VGG_CONVS 13
+#define VGG_CONVS  13
 #define VGG_STAGES 5
 static const size_t STAGE_CONVS[VGG_STAGES] = {2, 2, 3, 3, 3};
 static const size_t STAGE_CHANS[VGG_STAGES] = {64, 128, 256, 512, 512};
@@ -35,23 +35,23 @@ typedef struct {
     nn_batchnorm bn[VGG_CONVS];
     nn_relu relu[VGG_CONVS + 1];
     nn_maxpool2d pool[VGG_STAGES];
-    bool pooled[VGG_STAGES];      // the stage ends with a pool (false: map already 1 wide)
+    bool pooled[VGG_STAGES]; // the stage ends with a pool (false: map already 1 wide)
     nn_linear fc1, fc2;
     nn_dropout drop;
     int conv_id[VGG_CONVS], fc1_id, fc2_id;
     // activations, each (N, C, H, W) of its layer
-    float *bz[VGG_CONVS];         // BN output (ReLU's borrowed input)
-    float *ra[VGG_CONVS];         // ReLU output (the next conv's or pool's input)
-    float *po[VGG_STAGES];        // pool output (NULL when the stage is not pooled)
-    float *zs;                    // (N, max C·H·W) conv output before BN: BN keeps no input
-    float *h1, *a1, *d1;          // (N, hidden) fc1 output, ReLU output, dropout output
+    float *bz[VGG_CONVS];  // BN output (ReLU's borrowed input)
+    float *ra[VGG_CONVS];  // ReLU output (the next conv's or pool's input)
+    float *po[VGG_STAGES]; // pool output (NULL when the stage is not pooled)
+    float *zs;             // (N, max C·H·W) conv output before BN: BN keeps no input
+    float *h1, *a1, *d1;   // (N, hidden) fc1 output, ReLU output, dropout output
     // gradients
-    float *dcz[VGG_CONVS];        // conv output gradient: the conv's `g`, kept for observe
-    float *dra[VGG_CONVS];        // ReLU output gradient
-    float *dpo[VGG_STAGES];       // pool output gradient
-    float *gs;                    // (N, max C·H·W) BN output gradient, scratch
-    float *dh1, *da1, *dd1;       // (N, hidden); dh1 is fc1's `g`
-    size_t N;                     // batch of the last forward
+    float *dcz[VGG_CONVS];  // conv output gradient: the conv's `g`, kept for observe
+    float *dra[VGG_CONVS];  // ReLU output gradient
+    float *dpo[VGG_STAGES]; // pool output gradient
+    float *gs;              // (N, max C·H·W) BN output gradient, scratch
+    float *dh1, *da1, *dd1; // (N, hidden); dh1 is fc1's `g`
+    size_t N;               // batch of the last forward
 } vgg;
 
 static void vgg_destroy(nn_model *m) {
@@ -128,8 +128,8 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     p->flat = c * h * w;
     if (nn_linear_init(&p->fc1, p->flat, p->hidden, true, &rng) != NN_OK ||
         nn_linear_init(&p->fc2, p->hidden, cfg->classes, true, &rng) != NN_OK ||
-        nn_dropout_init(&p->drop, cfg->dropout > 0.0f ? cfg->dropout : 0.5f,
-                        nn_mul(N, p->hidden), cfg->seed ^ 0x5eedd40b0u) != NN_OK)
+        nn_dropout_init(&p->drop, cfg->dropout > 0.0f ? cfg->dropout : 0.5f, nn_mul(N, p->hidden),
+                        cfg->seed ^ 0x5eedd40b0u) != NN_OK)
         goto oom;
     nn_model_add_params(m, ps, nn_linear_params(&p->fc1, ps));
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
@@ -228,7 +228,9 @@ static ngd_status vgg_attach(nn_model *m, ngd_optim *o) {
         snprintf(name, sizeof name, "conv%zu", k + 1);
         if ((st = nn_attach_conv2d(o, &p->conv[k], name, &p->conv_id[k]))) return st;
         snprintf(name, sizeof name, "bn%zu", k + 1);
-        if ((st = nn_attach_params(o, ps, nn_batchnorm_params(&p->bn[k], ps), name))) return st;
+        if ((st = nn_attach_params(o, m->param_override, ps, nn_batchnorm_params(&p->bn[k], ps),
+                                   name)))
+            return st;
     }
     if ((st = nn_attach_linear(o, &p->fc1, "fc1", &p->fc1_id))) return st;
     return nn_attach_linear(o, &p->fc2, "fc2", &p->fc2_id);

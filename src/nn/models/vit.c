@@ -34,19 +34,19 @@ typedef struct {
     nn_gelu gelu;
     int qkv_id, aproj_id, fc_id, proj_id;
     // activations, N·P rows
-    float *ln1o, *atto, *mid;   // (NP, C) ln1 output, attention output, mid = res + atto
-    float *ln2o, *fch, *gel;    // (NP, C), (NP, 4C), (NP, 4C)
-    float *mlpo;                // (NP, C) MLP branch output
-    float *dmid, *dfch;         // (NP, C), (NP, 4C): output gradients kept for observe
+    float *ln1o, *atto, *mid; // (NP, C) ln1 output, attention output, mid = res + atto
+    float *ln2o, *fch, *gel;  // (NP, C), (NP, 4C), (NP, 4C)
+    float *mlpo;              // (NP, C) MLP branch output
+    float *dmid, *dfch;       // (NP, C), (NP, 4C): output gradients kept for observe
 } vit_block;
 
 typedef struct {
     size_t C, depth, nh, patch, P, maxN;
-    nn_patchembed pe;           // its proj: (C, c·p·p)
-    nn_posembed pos;            // (P, C)
+    nn_patchembed pe; // its proj: (C, c·p·p)
+    nn_posembed pos;  // (P, C)
     vit_block blk[VIT_MAX_DEPTH];
     nn_layernorm lnf;
-    nn_linear head;             // (classes, C)
+    nn_linear head; // (classes, C)
     int pe_id, head_id;
     float *res[VIT_MAX_DEPTH + 1];  // (NP, C) the residual stream entering block l
     float *dres[VIT_MAX_DEPTH + 1]; // (NP, C) its gradient (a Linear's `g`: pe / proj)
@@ -70,7 +70,8 @@ static void vit_destroy(nn_model *m) {
         free(b->ln1o), free(b->atto), free(b->mid), free(b->ln2o), free(b->fch);
         free(b->gel), free(b->mlpo), free(b->dmid), free(b->dfch);
     }
-    for (size_t l = 0; l <= p->depth; l++) free(p->res[l]), free(p->dres[l]);
+    for (size_t l = 0; l <= p->depth; l++)
+        free(p->res[l]), free(p->dres[l]);
     nn_layernorm_free(&p->lnf);
     nn_linear_free(&p->head);
     free(p->lnfo), free(p->pooled), free(p->dpooled), free(p->dln), free(p->dgel);
@@ -86,13 +87,17 @@ static nn_status vit_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     const size_t nh = cfg->nwidths > 2 ? cfg->widths[2] : 4;
     const size_t patch = cfg->nwidths > 3 ? cfg->widths[3] : 4;
     if (cfg->nwidths > 4 || C == 0 || depth == 0 || depth > VIT_MAX_DEPTH || nh == 0 || C % nh) {
-        snprintf(err, cap, "vit: --widths C,DEPTH,HEADS[,PATCH] needs C divisible by HEADS and "
-                 "1 <= DEPTH <= %d (got %zu,%zu,%zu)", VIT_MAX_DEPTH, C, depth, nh);
+        snprintf(err, cap,
+                 "vit: --widths C,DEPTH,HEADS[,PATCH] needs C divisible by HEADS and "
+                 "1 <= DEPTH <= %d (got %zu,%zu,%zu)",
+                 VIT_MAX_DEPTH, C, depth, nh);
         return NN_ERR_ARG;
     }
     if (patch == 0 || cfg->in_h % patch || cfg->in_w % patch) {
-        snprintf(err, cap, "vit: the patch size %zu must divide the image (%zux%zu); give it as "
-                 "the 4th --widths entry", patch, cfg->in_h, cfg->in_w);
+        snprintf(err, cap,
+                 "vit: the patch size %zu must divide the image (%zux%zu); give it as "
+                 "the 4th --widths entry",
+                 patch, cfg->in_h, cfg->in_w);
         return NN_ERR_ARG;
     }
     vit *p = nn_calloc(1, sizeof *p);
@@ -158,8 +163,8 @@ static void vit_forward(nn_model *m, const float *x, size_t N, bool train) {
     const size_t P = p->P, NP = N * P, C = p->C;
     p->N = N;
     m->N = N;
-    nn_patchembed_forward(&p->pe, x, p->res[0], N);            // (N, P, C)
-    nn_posembed_forward(&p->pos, p->res[0], p->res[0], N, P);  // += pos, in place
+    nn_patchembed_forward(&p->pe, x, p->res[0], N);           // (N, P, C)
+    nn_posembed_forward(&p->pos, p->res[0], p->res[0], N, P); // += pos, in place
     for (size_t l = 0; l < p->depth; l++) {
         vit_block *b = &p->blk[l];
         nn_layernorm_forward(&b->ln1, p->res[l], b->ln1o, NP);
@@ -172,7 +177,7 @@ static void vit_forward(nn_model *m, const float *x, size_t N, bool train) {
         nn_residual_forward(b->mid, b->mlpo, p->res[l + 1], NP * C);
     }
     nn_layernorm_forward(&p->lnf, p->res[p->depth], p->lnfo, NP);
-    nn_tokenpool_forward(p->lnfo, p->pooled, N, P, C);         // (N, C)
+    nn_tokenpool_forward(p->lnfo, p->pooled, N, P, C); // (N, C)
     nn_linear_forward(&p->head, p->pooled, m->logits, N);
 }
 
@@ -198,12 +203,12 @@ static void vit_backward(nn_model *m, const float *dlogits) {
         memset(p->dln, 0, nC);
         nn_linear_backward(&b->fc, b->dfch, p->dln);
         nn_layernorm_backward(&b->ln2, p->dln, b->dmid);
-        memcpy(p->dres[l], b->dmid, nC);    // mid = res[l] + atto
+        memcpy(p->dres[l], b->dmid, nC); // mid = res[l] + atto
         memset(p->dln, 0, nC);
         nn_attention_backward(&b->attn, b->dmid, p->dln);
         nn_layernorm_backward(&b->ln1, p->dln, p->dres[l]);
     }
-    nn_posembed_backward(&p->pos, p->dres[0], NULL);  // res[0] = patches Wpᵀ + bp + pos
+    nn_posembed_backward(&p->pos, p->dres[0], NULL); // res[0] = patches Wpᵀ + bp + pos
     nn_status s = nn_patchembed_backward(&p->pe, p->dres[0], NULL); // no image gradient
     NN_ASSERT(s == NN_OK); // only an input gradient can need memory
 }
@@ -213,23 +218,26 @@ static ngd_status vit_attach(nn_model *m, ngd_optim *o) {
     nn_param ps[2];
     char name[48];
     ngd_status s = nn_attach_linear(o, &p->pe.proj, "patch", &p->pe_id);
-    if (s == NGD_OK) s = nn_attach_params(o, ps, nn_posembed_params(&p->pos, ps), "pos");
+    if (s == NGD_OK)
+        s = nn_attach_params(o, m->param_override, ps, nn_posembed_params(&p->pos, ps), "pos");
     for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
         vit_block *b = &p->blk[l];
         snprintf(name, sizeof name, "b%zu.ln1", l);
-        s = nn_attach_params(o, ps, nn_layernorm_params(&b->ln1, ps), name);
+        s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln1, ps), name);
         snprintf(name, sizeof name, "b%zu.attn.qkv", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.qkv, name, &b->qkv_id);
         snprintf(name, sizeof name, "b%zu.attn.proj", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.proj, name, &b->aproj_id);
         snprintf(name, sizeof name, "b%zu.ln2", l);
-        if (s == NGD_OK) s = nn_attach_params(o, ps, nn_layernorm_params(&b->ln2, ps), name);
+        if (s == NGD_OK)
+            s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln2, ps), name);
         snprintf(name, sizeof name, "b%zu.mlp.fc", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->fc, name, &b->fc_id);
         snprintf(name, sizeof name, "b%zu.mlp.proj", l);
         if (s == NGD_OK) s = nn_attach_linear(o, &b->proj, name, &b->proj_id);
     }
-    if (s == NGD_OK) s = nn_attach_params(o, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
+    if (s == NGD_OK)
+        s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
     if (s == NGD_OK) s = nn_attach_linear(o, &p->head, "head", &p->head_id);
     return s;
 }
