@@ -347,8 +347,9 @@ typedef struct {
     size_t decomp_retries;     // K-FAC family: float32 failures retried in float64
     float trace_K, trace_C;    // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
     float norm_K, norm_C;      // Frobenius norms of K and C (SINGD) / of the factors
-    float grad_norm;           // ‖Ĝ‖_F of the last step
-    float update_norm;         // ‖preconditioned update‖_F of the last step
+    float grad_norm;           // ‖Ĝ‖_F of the last step (Inf/NaN when it was skipped)
+    float update_norm;         // ‖preconditioned update‖_F of the last step (after the K-FAC
+                               // family's clip ν)
     float beta1_K, beta1_C;    // SINGD: step sizes of the last factor update
     size_t rank_A, rank_G;     // low-rank methods: ranks kept
     size_t state_bytes;        // persistent optimizer bytes of this layer

@@ -258,10 +258,71 @@ static void params_should_take_adamw_or_sgd_under_any_method(void) {
     ngd_optim_free(o);
 }
 
+// The health's norms against f64: grad_norm = ‖[∇W | ∇b]‖ / s and update_norm = ‖P‖ of the
+// last step, for SINGD (diagonal: the fused path that skips the gather; dense: the generic
+// one), AdamW and K-FAC, under a loss scale s = 4.
+static double norm_f64(const float *a, size_t na, const float *b, size_t nb, double s) {
+    double t = 0;
+    for (size_t i = 0; i < na; i++)
+        t += (double)a[i] * (double)a[i];
+    for (size_t i = 0; i < nb; i++)
+        t += (double)b[i] * (double)b[i];
+    return sqrt(t) / s;
+}
+
+static void health_norms_should_match_f64(void) {
+    const char *structs[] = {"diagonal", "dense", NULL, NULL};
+    const ngd_method methods[] = {NGD_METHOD_SINGD, NGD_METHOD_SINGD, NGD_METHOD_ADAMW,
+                                  NGD_METHOD_KFAC};
+    for (size_t k = 0; k < 4; k++) {
+        ngd_config c = ngd_config_default(methods[k]);
+        if (structs[k]) {
+            ngd_structure_parse(structs[k], &c.structure_K);
+            ngd_structure_parse(structs[k], &c.structure_C);
+            c.T = 1;
+        }
+        c.keep_last_update = true;
+        c.init_grad_scale = 4.0f;
+        tp_problem p;
+        tp_init(&p, 10, 6, 5, 3, 41 + k);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
+        for (size_t s = 0; s < 3; s++) {
+            tp_forward_backward(&p, o, s, 4.0f);
+            CHECK(ngd_optim_set_grad_scale(o, 4.0f) == NGD_OK);
+            // the gradients as the step sees them (the step may not change them)
+            const double g1 = norm_f64(p.gW1, 30, p.gb1, 5, 4.0),
+                         g2 = norm_f64(p.gW2, 15, p.gb2, 3, 4.0);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            ngd_layer_health h1, h2;
+            CHECK(ngd_optim_layer_health(o, p.id1, &h1) == NGD_OK);
+            CHECK(ngd_optim_layer_health(o, p.id2, &h2) == NGD_OK);
+            CHECK_MSG(fabs((double)h1.grad_norm - g1) <= 1e-5 * g1 && fabs((double)h2.grad_norm - g2) <= 1e-5 * g2,
+                      "case %zu step %zu: grad norms %g %g, want %g %g", k, s, (double)h1.grad_norm,
+                      (double)h2.grad_norm, g1, g2);
+            float P1[35], P2[18];
+            CHECK(ngd_optim_last_update(o, p.id1, P1, 35) == NGD_OK);
+            CHECK(ngd_optim_last_update(o, p.id2, P2, 18) == NGD_OK);
+            double u1 = norm_f64(P1, 35, NULL, 0, 1.0), u2 = norm_f64(P2, 18, NULL, 0, 1.0);
+            if (methods[k] == NGD_METHOD_KFAC) {  // the RMS clip: ‖νP‖ ≤ κ·sqrt(n)
+                const double kappa = (double)c.kfac.clip_kappa;
+                u1 = fmin(u1, kappa * sqrt(35.0)), u2 = fmin(u2, kappa * sqrt(18.0));
+            }
+            CHECK_MSG(u1 > 0 && fabs((double)h1.update_norm - u1) <= 1e-5 * u1 &&
+                          fabs((double)h2.update_norm - u2) <= 1e-5 * u2,
+                      "case %zu step %zu: update norms %g %g, want %g %g", k, s,
+                      (double)h1.update_norm, (double)h2.update_norm, u1, u2);
+        }
+        ngd_optim_free(o);
+        tp_free(&p);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
     TEST(params_should_take_adamw_or_sgd_under_any_method),
+    TEST(health_norms_should_match_f64),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -94,6 +94,11 @@ typedef struct ngd_method_ops {
     // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
     size_t (*precond_ws)(const ngd_entry *e);  // floats of ws needed by precondition
+    // optional fast path: when raw_ok(e), precondition_raw writes P straight from the
+    // layer's gradient buffers (scaled by inv_scale), bit-identical to gathering Ĝ and
+    // calling precondition, and the driver skips the gather (a pass over G saved)
+    bool (*raw_ok)(const ngd_entry *e);
+    void (*precondition_raw)(ngd_optim *o, ngd_entry *e, float inv_scale, float *P);
     // which first-order rule turns P into the parameter update (optim.c)
     enum { NGD_RULE_SGD, NGD_RULE_ADAMW, NGD_RULE_KFAC } rule;
     // checkpoint arrays of the method state; returns the count (<= cap)

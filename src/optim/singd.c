@@ -261,6 +261,28 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), ngd_view_rm(P, dC, dK, dK));  // C Cᵀ N1
 }
 
+// diagonal x diagonal: P = c² ⊙ Ĝ ⊙ k² read straight from [∇W | ∇b] (optim.c's gather
+// multiplies by inv_scale first, exactly as here)
+static bool singd_raw_ok(const ngd_entry *e) {
+    const singd_state *s = e->ms;
+    return s->sK.kind == NGD_STRUCT_DIAG && s->sC.kind == NGD_STRUCT_DIAG;
+}
+
+static void singd_precondition_raw(ngd_optim *o, ngd_entry *e, float inv_scale, float *P) {
+    singd_state *s = e->ms;
+    singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+    const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+    const size_t dK = e->d_K, din = e->d_in;
+#pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
+    for (size_t i = 0; i < e->d_out; i++) {
+        const float *g = e->gw + i * din;
+        float *p = P + i * dK, c = Cf[i];
+        for (size_t j = 0; j < din; j++) p[j] = c * (c * (Kf[j] * (Kf[j] * (g[j] * inv_scale))));
+        if (e->gb) p[din] = c * (c * (Kf[din] * (Kf[din] * (e->gb[i] * inv_scale))));
+    }
+}
+
 static size_t singd_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
     singd_state *s = e->ms;
     ngd_arr_type tK = s->dtK == NGD_BF16 ? NGD_ARR_BF16 : NGD_ARR_F32;
@@ -309,6 +331,8 @@ const ngd_method_ops ngd_singd_ops = {
     .update = singd_update,
     .precondition = singd_precondition,
     .precond_ws = singd_ws_size,
+    .raw_ok = singd_raw_ok,
+    .precondition_raw = singd_precondition_raw,
     .rule = NGD_RULE_SGD,
     .arrays = singd_arrays,
     .factor_dense = singd_factor_dense,
