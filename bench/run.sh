@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: the benchmarks (speed and memory are measured here, never in the tests).
+# bench step: optimizer step time of a small MLP; bench precond: preconditioner scaling in
+# the layer width (one thread, so that the slopes are the algorithms', not the threading's;
+# takes several minutes), with its plot in $B/bench-precond.svg.
 set -eu
 B=${1:-build}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 "$B/ngd" bench step
+OMP_NUM_THREADS=1 "$B/ngd" bench precond --plot "$B/bench-precond.svg"

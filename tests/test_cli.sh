@@ -70,6 +70,41 @@ else
 fi
 rm -rf "$tmp"
 
+# bench precond: usage errors, and a tiny run's JSON lines and plot (never its timings)
+tmp=$(mktemp -d)
+expect_rc 0 "bench --help" "$NGD" bench --help
+"$NGD" bench --help | grep -q "precond" && ok || bad "bench --help lists precond"
+expect_rc 0 "bench precond --help" "$NGD" bench precond --help
+"$NGD" bench precond --help | grep -q -- "--plot FILE.svg" && ok || bad "bench precond --help lists --plot"
+expect_rc 2 "bench unknown benchmark" "$NGD" bench frobnicate
+expect_rc 2 "bench precond unknown option" "$NGD" bench precond --frobnicate
+expect_rc 2 "bench precond bad --d" "$NGD" bench precond --d 64,abc
+expect_rc 2 "bench precond repeated --d" "$NGD" bench precond --d 64,64
+expect_rc 2 "bench precond bad --methods" "$NGD" bench precond --methods kfac,nope
+"$NGD" bench precond --methods nope 2>&1 | grep -q "unknown or repeated method 'nope'" && ok || bad "bench precond: bad method message"
+expect_rc 2 "bench precond --reps 0" "$NGD" bench precond --reps 0
+expect_rc 2 "bench precond --plot .png" "$NGD" bench precond --plot "$tmp/p.png"
+expect_rc 2 "bench precond stray argument" "$NGD" bench precond stray
+out=$("$NGD" bench precond --d 64,128 --reps 1 --methods kfac,singd-diagonal --json --plot "$tmp/p.svg" 2>&1); rc=$?
+[ "$rc" -eq 0 ] && ok || { bad "bench precond smoke run: exit $rc"; printf '%s\n' "$out" | tail -5; }
+[ "$(printf '%s\n' "$out" | grep -c '^{"type":"point"')" -eq 4 ] && ok || bad "bench precond: expected 4 point records"
+printf '%s\n' "$out" | grep '^{"type":"point","method":"kfac","d":128,' | grep -q '"maintain_ms":[0-9.e+-]*,"apply_ms":[0-9.e+-]*,' && ok || bad "bench precond: kfac d=128 record lacks maintain_ms/apply_ms"
+printf '%s\n' "$out" | grep -q '^{"type":"slope","method":"singd-diagonal",.*"maintain":null,"apply":null' && ok || bad "bench precond: slope outside the fit range should be null"
+printf '%s\n' "$out" | grep -q '^{"type":"setup","n":128,"rank":220,' && ok || bad "bench precond: setup record"
+if command -v python3 >/dev/null; then
+    printf '%s\n' "$out" | grep '^{' | python3 -c 'import json,sys; [json.loads(l) for l in sys.stdin]' && ok || bad "bench precond: --json lines are not valid JSON"
+fi
+if [ -s "$tmp/p.svg" ]; then
+    grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"
+    [ "$(grep -c "<polyline" "$tmp/p.svg")" -eq 4 ] && ok || bad "bench precond plot: expected a line per method and panel"
+    grep -q "SINGD diagonal" "$tmp/p.svg" && ok || bad "bench precond plot: legend lacks SINGD diagonal"
+else
+    bad "bench precond wrote no $tmp/p.svg"
+fi
+out=$("$NGD" bench precond --d 64 --reps 1 --methods bkfac 2>&1); rc=$?
+[ "$rc" -eq 0 ] && printf '%s\n' "$out" | grep -q "^B-KFAC .*\*" && ok || bad "bench precond table: B-KFAC off the Brand track not marked (exit $rc)"
+rm -rf "$tmp"
+
 # the reference trajectories of the official implementation: every case must pass
 if [ -d "$SHARED/oracle" ]; then
     out=$("$NGD" replay "$SHARED/oracle" 2>&1); rc=$?
