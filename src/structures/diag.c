@@ -58,19 +58,25 @@ static void diag_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M,
 static void diag_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, float alpha,
                             float beta, float *out, float *ws) {
     NGD_UNUSED(ws);
-    for (size_t i = 0; i < s->d; i++) {
-        double acc;
-        if (X.p) {
-            acc = 0;
-            for (size_t j = 0; j < X.cols; j++) {
-                double x = (double)NGD_AT(X, i, j);
-                acc += x * x;
-            }
-        } else {
-            acc = 1.0;
+    // Σ_j X_ij² per row i in f64, j in order; rows in blocks of 64 with j outer, so a
+    // column-major X (the transposed statistics) is read contiguously (a stride-d walk per
+    // element was 3.5x slower at power-of-two d)
+    enum { B = 64 };
+    for (size_t i0 = 0; i0 < s->d; i0 += B) {
+        const size_t nb = NGD_MIN(B, s->d - i0);
+        double acc[B];
+        for (size_t r = 0; r < nb; r++) acc[r] = X.p ? 0.0 : 1.0;
+        if (X.p)
+            for (size_t j = 0; j < X.cols; j++)
+                for (size_t r = 0; r < nb; r++) {
+                    double x = (double)NGD_AT(X, i0 + r, j);
+                    acc[r] += x * x;
+                }
+        for (size_t r = 0; r < nb; r++) {
+            const size_t i = i0 + r;
+            float v = (float)((double)alpha * (double)k[i] * (double)k[i] * acc[r]);
+            out[i] = beta == 0.0f ? v : beta * out[i] + v;
         }
-        float v = (float)((double)alpha * (double)k[i] * (double)k[i] * acc);
-        out[i] = beta == 0.0f ? v : beta * out[i] + v;
     }
 }
 

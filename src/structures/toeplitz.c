@@ -5,8 +5,8 @@
  * Storage: θ (d floats), θ_0 on the diagonal, θ_k on the k-th sub- (tril) or super- (triu)
  * diagonal.
  *
- * Products are truncated convolutions (O(d²) for two structured matrices, O(d² n) for K·M
- * with contiguous row or column axpys). from_inner never forms a d x d matrix: Π only needs
+ * Products are truncated convolutions (O(d²) for two structured matrices, O(d² n) for K·M:
+ * GEMMs with lag blocks of θ from d = 128, contiguous row or column axpys below). from_inner never forms a d x d matrix: Π only needs
  * the sums of the diagonals of S Sᵀ, which are lagged inner products of the rows of
  * S = Kᵀ X; Π(KᵀK) has a closed form in θ. Sums over many terms accumulate in double.
  * Legend: d = dimension, k = diagonal offset (lag), n = columns of M / X.
@@ -82,9 +82,42 @@ static inline void tz_apply_col(const float *th, size_t d, bool lower, const flo
     }
 }
 
+// Blocked T M for d >= TZ_BLOCKED_MIN: with rows split into blocks of B, block (I, J) of a
+// Toeplitz matrix depends only on the lag L = |I − J|, so each of the d/B lag blocks T_L
+// (B x B, from θ: O(d B) work, never a d x d array) is formed once on the stack and applied
+// by GEMM to every block of M it meets: the O(d² n) work runs at GEMM speed instead of as
+// axpys (which made the Toeplitz structures slower than dense). Partial last blocks use the
+// top-left corner of T_L.
+enum { TZ_B = 64, TZ_BLOCKED_MIN = 2 * TZ_B };
+
+static void tz_apply_blocked(const float *th, size_t d, bool lower, ngd_cview M, ngd_view out) {
+    const size_t nb = (d + TZ_B - 1) / TZ_B, n = M.cols;
+    float T[TZ_B * TZ_B];
+    for (size_t L = 0; L < nb; L++) {
+        // lower: T_L(r, c) = θ_{L·B + r − c};  upper: T_L(r, c) = θ_{L·B + c − r}; 0 outside
+        for (size_t r = 0; r < TZ_B; r++)
+            for (size_t c = 0; c < TZ_B; c++) {
+                const ptrdiff_t k = (ptrdiff_t)(L * TZ_B) + (lower ? (ptrdiff_t)r - (ptrdiff_t)c
+                                                                   : (ptrdiff_t)c - (ptrdiff_t)r);
+                T[r * TZ_B + c] = k >= 0 && k < (ptrdiff_t)d ? th[k] : 0.0f;
+            }
+        for (size_t I = lower ? L : 0; I < (lower ? nb : nb - L); I++) {
+            const size_t J = lower ? I - L : I + L;
+            const size_t bI = NGD_MIN((size_t)TZ_B, d - I * TZ_B);
+            const size_t bJ = NGD_MIN((size_t)TZ_B, d - J * TZ_B);
+            ngd_gemm(1.0f, ngd_cview_rm(T, bI, bJ, TZ_B), ngd_cview_sub(M, J * TZ_B, bJ, 0, n),
+                     L == 0 ? 0.0f : 1.0f, ngd_view_sub(out, I * TZ_B, bI, 0, n));
+        }
+    }
+}
+
 // out = T M for the triangular Toeplitz T(θ) (lower or upper); M and out d x n, any strides.
 // spec §9.6: lower (K M)_i = Σ_{j≤i} θ_{i−j} M_j; upper (K M)_i = Σ_{j≥i} θ_{j−i} M_j.
 static void tz_apply(const float *th, size_t d, bool lower, ngd_cview M, ngd_view out) {
+    if (d >= TZ_BLOCKED_MIN && (M.cs == 1 || M.rs == 1) && (out.cs == 1 || out.rs == 1)) {
+        tz_apply_blocked(th, d, lower, M, out);
+        return;
+    }
     const size_t n = M.cols;
     const bool par = d * d * n > 64 * (size_t)NGD_PAR_MIN;
     if (M.cs == 1 && out.cs == 1) {
