@@ -8,6 +8,7 @@
  * The kernels themselves are tested in test_lowrank.c; here the optimizer's statistics
  * scaling, schedules, tracks, clipping and weight decay are.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -502,6 +503,74 @@ static void bad_settings_should_be_refused_with_a_reason(void) {
     layer_free(&L);
 }
 
+// Conv layers (spec §1.2, the author's KFC split): with |T| positions per sample the
+// observe gets n·|T| rows and the factors are A_b = 1/(n|T|²) Σ āāᵀ and
+// Γ_b = |T|/n Σ g̃g̃ᵀ (g̃ = n·g), folded into EAs from zero; checked after three updates
+// for K-FAC and RS-KFAC (both keep the dense average, read back as 'K' / 'C').
+static double max_rel(const double *x, const double *ref, size_t n) {
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs(x[i] - ref[i]));
+        m = fmax(m, fabs(ref[i]));
+    }
+    return e / m;
+}
+
+static void conv_statistics_should_use_the_kfc_split(void) {
+    enum { N = 3, T = 4, DIN = 5, DA = DIN + 1, DG = 3, R = N * T };
+    const ngd_method ms[2] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC};
+    for (int mi = 0; mi < 2; mi++) {
+        ngd_config c = ngd_config_default(ms[mi]);
+        c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.rank = 4;
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        float W[DG * DIN] = {0}, gW[DG * DIN], b[DG] = {0}, gb[DG], a[R * DIN], g[R * DG];
+        ngd_layer l = {"conv", W, gW, DG, DIN, b, gb, NULL};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+        double EA[DA * DA] = {0}, EG[DG * DG] = {0};
+        const double rho = (double)c.kfac.rho;
+        ref_rng rng = {.s = 77 + (unsigned long long)mi};
+        for (int step = 0; step < 3; step++) {
+            double t[R * (DIN + DG) + DG * DA];
+            ref_fill(&rng, t, sizeof t / sizeof *t, -1, 1);
+            for (size_t i = 0; i < R * DIN; i++) a[i] = (float)t[i];
+            for (size_t i = 0; i < R * DG; i++) g[i] = (float)(0.1 * t[R * DIN + i]);
+            for (size_t i = 0; i < DG * DIN; i++) gW[i] = (float)t[R * (DIN + DG) + i];
+            for (size_t i = 0; i < DG; i++) gb[i] = (float)t[R * (DIN + DG) + DG * DIN + i];
+            for (size_t x = 0; x < DA * DA; x++) EA[x] *= rho;
+            for (size_t x = 0; x < DG * DG; x++) EG[x] *= rho;
+            for (size_t r = 0; r < R; r++) {
+                for (size_t i = 0; i < DA; i++)
+                    for (size_t j = 0; j < DA; j++) {
+                        double ai = i < DIN ? (double)a[r * DIN + i] : 1.0;
+                        double aj = j < DIN ? (double)a[r * DIN + j] : 1.0;
+                        EA[i * DA + j] += (1 - rho) / ((double)N * T * T) * ai * aj;
+                    }
+                for (size_t i = 0; i < DG; i++)
+                    for (size_t j = 0; j < DG; j++)
+                        EG[i * DG + j] += (1 - rho) * (double)T / N * (N * (double)g[r * DG + i]) *
+                                          (N * (double)g[r * DG + j]);
+            }
+            CHECK(ngd_optim_layer_wants_stats(o, id));
+            CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, R, DIN),
+                                    ngd_matrix_f32(g, R, DG)) == NGD_OK);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+        }
+        float FA[DA * DA], FG[DG * DG];
+        CHECK(ngd_optim_factor_dense(o, id, 'K', FA, DA) == NGD_OK);
+        CHECK(ngd_optim_factor_dense(o, id, 'C', FG, DG) == NGD_OK);
+        double fa[DA * DA], fg[DG * DG];
+        ref_to_double(FA, fa, DA * DA);
+        ref_to_double(FG, fg, DG * DG);
+        CHECK_MSG(max_rel(fa, EA, DA * DA) < 1e-5, "%s: A factor off by %.3g",
+                  ngd_method_name(ms[mi]), max_rel(fa, EA, DA * DA));
+        CHECK_MSG(max_rel(fg, EG, DG * DG) < 1e-5, "%s: G factor off by %.3g",
+                  ngd_method_name(ms[mi]), max_rel(fg, EG, DG * DG));
+        ngd_optim_free(o);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(kfac_exact_damping_should_match_the_kronecker_solve),
     TEST(kfac_pi_damping_should_match_its_factored_solve),
@@ -514,6 +583,7 @@ static const test_case TESTS[] = {
     TEST(every_method_should_reduce_the_training_loss),
     TEST(factored_application_should_equal_the_dense_one),
     TEST(bad_settings_should_be_refused_with_a_reason),
+    TEST(conv_statistics_should_use_the_kfc_split),
 };
 
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

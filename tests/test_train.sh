@@ -67,6 +67,12 @@ grep -q '"rank_A"' "$D/log.jsonl" && ok || bad "K-FAC log has no ranks in its he
 expect_rc 0 "bkfac --factored" "$NGD" train --optim bkfac --factored --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 --rank 32 --threads 1 $Q
 acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
 awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "bkfac --factored: test accuracy ${acc:-?}%"
+# conv layers (KFC statistics; B-KFAC puts them on the RSVD track) in a small CNN
+for opt in kfac bkfac; do
+    expect_rc 0 "cnn $opt" "$NGD" train --model cnn --widths 8,8 --optim $opt --lr 0.2 --damping 0.01 --subset 2000 --epochs 2 --threads 1 $Q
+    acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
+    awk -v a="${acc:-0}" 'BEGIN{exit !(a > 50)}' && ok || bad "cnn $opt: test accuracy ${acc:-?}% (want > 50%)"
+done
 expect_rc 2 "kfac --factored" "$NGD" train --optim kfac --factored --subset 500 $Q
 expect_msg "per-factor" "kfac --factored message"
 
