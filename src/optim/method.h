@@ -95,7 +95,7 @@ typedef struct ngd_method_ops {
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
     size_t (*precond_ws)(const ngd_entry *e);  // floats of ws needed by precondition
     // optional fast path: when raw_ok(e), precondition_raw writes P straight from the
-    // layer's gradient buffers (scaled by inv_scale), bit-identical to gathering Ĝ and
+    // layer's gradient buffers (scaled by inv_scale), the same products as gathering Ĝ and
     // calling precondition, and the driver skips the gather (a pass over G saved)
     bool (*raw_ok)(const ngd_entry *e);
     void (*precondition_raw)(ngd_optim *o, ngd_entry *e, float inv_scale, float *P);

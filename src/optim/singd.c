@@ -239,17 +239,7 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
     const size_t dK = e->d_K, dC = e->d_out;
-    if (s->sK.kind == NGD_STRUCT_DIAG && s->sC.kind == NGD_STRUCT_DIAG) {
-        // diagonal x diagonal: the four passes fused into one, multiplying in the same
-        // order as the generic path (k, k, c, c), so the result is bit-identical
-#pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
-        for (size_t i = 0; i < dC; i++) {
-            const float *g = G + i * dK;
-            float *p = P + i * dK, c = Cf[i];
-            for (size_t j = 0; j < dK; j++) p[j] = c * (c * (Kf[j] * (Kf[j] * g[j])));
-        }
-        return;
-    }
+    // (diagonal x diagonal never gets here: singd_precondition_raw)
     ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};      // Ĝᵀ, column-major d_K x d_C
     ngd_view T1 = {w.X, dK, dC, 1, (ptrdiff_t)dK};     // Kᵀ Ĝᵀ (memory: Ĝ K)
     s->oK->mm(&s->sK, Kf, true, Gt, T1);
@@ -261,8 +251,9 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), ngd_view_rm(P, dC, dK, dK));  // C Cᵀ N1
 }
 
-// diagonal x diagonal: P = c² ⊙ Ĝ ⊙ k² read straight from [∇W | ∇b] (optim.c's gather
-// multiplies by inv_scale first, exactly as here)
+// diagonal x diagonal: P = c² ⊙ Ĝ ⊙ k² read straight from [∇W | ∇b], the four products
+// fused into one pass in the generic path's order (k, k, c, c), after the same inv_scale
+// multiplication optim.c's gather does
 static bool singd_raw_ok(const ngd_entry *e) {
     const singd_state *s = e->ms;
     return s->sK.kind == NGD_STRUCT_DIAG && s->sC.kind == NGD_STRUCT_DIAG;
