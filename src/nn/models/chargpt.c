@@ -19,26 +19,15 @@
 #include <string.h>
 
 #include "model.h"
+#include "tblock.h"
 
 #define GPT_MAX_DEPTH 16
-
-typedef struct {
-    nn_layernorm ln1, ln2;
-    nn_attention attn;
-    nn_linear fc, proj;
-    nn_gelu gelu;
-    int qkv_id, aproj_id, fc_id, proj_id;
-    // activations (B·T rows)
-    float *ln1o, *mid, *ln2o, *fch, *gel; // (BT, C), (BT, C), (BT, C), (BT, 4C), (BT, 4C)
-    float *atto, *mlpo;                   // (BT, C) attention and MLP branch outputs
-    float *dmid, *dfch;                   // (BT, C), (BT, 4C): output gradients kept for observe
-} gpt_block;
 
 typedef struct {
     size_t C, depth, nh, T, V, maxB;
     nn_embedding wte;
     nn_posembed wpe;
-    gpt_block blk[GPT_MAX_DEPTH];
+    nn_tblock blk[GPT_MAX_DEPTH];
     nn_layernorm lnf;
     nn_linear head;
     int head_id;
@@ -53,16 +42,8 @@ static void gpt_destroy(nn_model *m) {
     chargpt *p = m->impl;
     nn_embedding_free(&p->wte);
     nn_posembed_free(&p->wpe);
-    for (size_t l = 0; l < p->depth; l++) {
-        gpt_block *b = &p->blk[l];
-        nn_layernorm_free(&b->ln1);
-        nn_layernorm_free(&b->ln2);
-        nn_attention_free(&b->attn);
-        nn_linear_free(&b->fc);
-        nn_linear_free(&b->proj);
-        free(b->ln1o), free(b->mid), free(b->ln2o), free(b->fch), free(b->gel);
-        free(b->atto), free(b->mlpo), free(b->dmid), free(b->dfch);
-    }
+    for (size_t l = 0; l < p->depth; l++)
+        nn_tblock_free(&p->blk[l]);
     for (size_t l = 0; l <= p->depth; l++)
         free(p->res[l]), free(p->dres[l]);
     nn_layernorm_free(&p->lnf);
@@ -101,34 +82,9 @@ static nn_status gpt_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         goto oom;
     nn_model_add_params(m, ps, nn_embedding_params(&p->wte, ps));
     nn_model_add_params(m, ps, nn_posembed_params(&p->wpe, ps));
-    for (size_t l = 0; l < depth; l++) {
-        gpt_block *b = &p->blk[l];
-        b->gelu.kind = NN_GELU_TANH;
-        if (nn_layernorm_init(&b->ln1, C, BT) != NN_OK ||
-            nn_attention_init(&b->attn, C, nh, true, p->maxB, p->T, &rng) != NN_OK ||
-            nn_layernorm_init(&b->ln2, C, BT) != NN_OK ||
-            nn_linear_init(&b->fc, C, C4, true, &rng) != NN_OK ||
-            nn_linear_init(&b->proj, C4, C, true, &rng) != NN_OK)
+    for (size_t l = 0; l < depth; l++)
+        if (nn_tblock_init(&p->blk[l], m, C, nh, true, NN_GELU_TANH, p->maxB, p->T, &rng) != NN_OK)
             goto oom;
-        nn_model_add_params(m, ps, nn_layernorm_params(&b->ln1, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->attn.qkv, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->attn.proj, ps));
-        nn_model_add_params(m, ps, nn_layernorm_params(&b->ln2, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->fc, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->proj, ps));
-        b->ln1o = nn_malloc(nn_mul(BT, C), sizeof(float));
-        b->mid = nn_malloc(nn_mul(BT, C), sizeof(float));
-        b->ln2o = nn_malloc(nn_mul(BT, C), sizeof(float));
-        b->fch = nn_malloc(nn_mul(BT, C4), sizeof(float));
-        b->gel = nn_malloc(nn_mul(BT, C4), sizeof(float));
-        b->atto = nn_malloc(nn_mul(BT, C), sizeof(float));
-        b->mlpo = nn_malloc(nn_mul(BT, C), sizeof(float));
-        b->dmid = nn_malloc(nn_mul(BT, C), sizeof(float));
-        b->dfch = nn_malloc(nn_mul(BT, C4), sizeof(float));
-        if (!b->ln1o || !b->mid || !b->ln2o || !b->fch || !b->gel || !b->atto || !b->mlpo ||
-            !b->dmid || !b->dfch)
-            goto oom;
-    }
     if (nn_layernorm_init(&p->lnf, C, BT) != NN_OK ||
         nn_linear_init(&p->head, C, p->V, true, &rng) != NN_OK)
         goto oom;
@@ -153,22 +109,13 @@ static void gpt_forward_tokens(nn_model *m, const int32_t *ids, size_t B, size_t
     (void)train; // no dropout, no batch statistics
     chargpt *p = m->impl;
     NN_ASSERT(ids && B >= 1 && B <= p->maxB && T >= 1 && T <= p->T);
-    const size_t BT = B * T, C = p->C;
+    const size_t BT = B * T;
     p->B = B, p->t = T;
     m->N = BT;
     nn_embedding_forward(&p->wte, ids, p->res[0], BT);
     nn_posembed_forward(&p->wpe, p->res[0], p->res[0], B, T);
-    for (size_t l = 0; l < p->depth; l++) {
-        gpt_block *b = &p->blk[l];
-        nn_layernorm_forward(&b->ln1, p->res[l], b->ln1o, BT);
-        nn_attention_forward(&b->attn, b->ln1o, b->atto, B, T);
-        nn_residual_forward(p->res[l], b->atto, b->mid, BT * C);
-        nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, BT);
-        nn_linear_forward(&b->fc, b->ln2o, b->fch, BT);
-        nn_gelu_forward(&b->gelu, b->fch, b->gel, BT * 4 * C);
-        nn_linear_forward(&b->proj, b->gel, b->mlpo, BT);
-        nn_residual_forward(b->mid, b->mlpo, p->res[l + 1], BT * C);
-    }
+    for (size_t l = 0; l < p->depth; l++)
+        nn_tblock_forward(&p->blk[l], p->res[l], p->res[l + 1], B, T);
     nn_layernorm_forward(&p->lnf, p->res[p->depth], p->lnfo, BT);
     nn_linear_forward(&p->head, p->lnfo, m->logits, BT);
 }
@@ -176,27 +123,13 @@ static void gpt_forward_tokens(nn_model *m, const int32_t *ids, size_t B, size_t
 static void gpt_backward(nn_model *m, const float *dlogits) {
     chargpt *p = m->impl;
     const size_t BT = p->B * p->t, C = p->C;
-    const size_t nC = BT * C * sizeof(float), n4C = BT * 4 * C * sizeof(float);
+    const size_t nC = BT * C * sizeof(float);
     memset(p->dln, 0, nC);
     nn_linear_backward(&p->head, dlogits, p->dln);
     memset(p->dres[p->depth], 0, nC);
     nn_layernorm_backward(&p->lnf, p->dln, p->dres[p->depth]);
-    for (size_t l = p->depth; l-- > 0;) {
-        gpt_block *b = &p->blk[l];
-        const float *dout = p->dres[l + 1]; // res[l+1] = mid + mlpo
-        memcpy(b->dmid, dout, nC);          // the residual path
-        memset(p->dgel, 0, n4C);
-        nn_linear_backward(&b->proj, dout, p->dgel);
-        memset(b->dfch, 0, n4C);
-        nn_gelu_backward(&b->gelu, p->dgel, b->dfch);
-        memset(p->dln, 0, nC);
-        nn_linear_backward(&b->fc, b->dfch, p->dln);
-        nn_layernorm_backward(&b->ln2, p->dln, b->dmid);
-        memcpy(p->dres[l], b->dmid, nC); // mid = res[l] + atto
-        memset(p->dln, 0, nC);
-        nn_attention_backward(&b->attn, b->dmid, p->dln);
-        nn_layernorm_backward(&b->ln1, p->dln, p->dres[l]);
-    }
+    for (size_t l = p->depth; l-- > 0;) // res[l+1] = block(res[l])
+        nn_tblock_backward(&p->blk[l], p->dres[l + 1], p->dres[l], p->dln, p->dgel, BT);
     nn_posembed_backward(&p->wpe, p->dres[0], NULL); // res[0] = wte[ids] + wpe
     nn_embedding_backward(&p->wte, p->dres[0]);
 }
@@ -210,20 +143,8 @@ static ngd_status gpt_attach(nn_model *m, ngd_optim *o) {
     if (s == NGD_OK)
         s = nn_attach_params(o, m->param_override, ps, nn_posembed_params(&p->wpe, ps), "wpe");
     for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
-        gpt_block *b = &p->blk[l];
-        snprintf(name, sizeof name, "h%zu.ln1", l);
-        s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln1, ps), name);
-        snprintf(name, sizeof name, "h%zu.attn.qkv", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.qkv, name, &b->qkv_id);
-        snprintf(name, sizeof name, "h%zu.attn.proj", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.proj, name, &b->aproj_id);
-        snprintf(name, sizeof name, "h%zu.ln2", l);
-        if (s == NGD_OK)
-            s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln2, ps), name);
-        snprintf(name, sizeof name, "h%zu.mlp.fc", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->fc, name, &b->fc_id);
-        snprintf(name, sizeof name, "h%zu.mlp.proj", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->proj, name, &b->proj_id);
+        snprintf(name, sizeof name, "h%zu", l);
+        s = nn_tblock_attach(&p->blk[l], o, m->param_override, name);
     }
     if (s == NGD_OK)
         s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
@@ -235,13 +156,8 @@ static ngd_status gpt_observe(nn_model *m, ngd_optim *o) {
     chargpt *p = m->impl;
     const size_t B = p->B; // each Linear saw B·T rows: T weight-sharing positions per sample
     ngd_status s = NGD_OK;
-    for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
-        gpt_block *b = &p->blk[l];
-        s = nn_observe_linear(o, &b->attn.qkv, b->qkv_id, B);
-        if (s == NGD_OK) s = nn_observe_linear(o, &b->attn.proj, b->aproj_id, B);
-        if (s == NGD_OK) s = nn_observe_linear(o, &b->fc, b->fc_id, B);
-        if (s == NGD_OK) s = nn_observe_linear(o, &b->proj, b->proj_id, B);
-    }
+    for (size_t l = 0; l < p->depth && s == NGD_OK; l++)
+        s = nn_tblock_observe(&p->blk[l], o, B);
     if (s == NGD_OK) s = nn_observe_linear(o, &p->head, p->head_id, B);
     return s;
 }

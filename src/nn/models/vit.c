@@ -24,27 +24,15 @@
 #include <string.h>
 
 #include "model.h"
+#include "tblock.h"
 
 #define VIT_MAX_DEPTH 16
-
-typedef struct {
-    nn_layernorm ln1, ln2;
-    nn_attention attn;
-    nn_linear fc, proj;
-    nn_gelu gelu;
-    int qkv_id, aproj_id, fc_id, proj_id;
-    // activations, N·P rows
-    float *ln1o, *atto, *mid; // (NP, C) ln1 output, attention output, mid = res + atto
-    float *ln2o, *fch, *gel;  // (NP, C), (NP, 4C), (NP, 4C)
-    float *mlpo;              // (NP, C) MLP branch output
-    float *dmid, *dfch;       // (NP, C), (NP, 4C): output gradients kept for observe
-} vit_block;
 
 typedef struct {
     size_t C, depth, nh, patch, P, maxN;
     nn_patchembed pe; // its proj: (C, c·p·p)
     nn_posembed pos;  // (P, C)
-    vit_block blk[VIT_MAX_DEPTH];
+    nn_tblock blk[VIT_MAX_DEPTH];
     nn_layernorm lnf;
     nn_linear head; // (classes, C)
     int pe_id, head_id;
@@ -60,16 +48,8 @@ static void vit_destroy(nn_model *m) {
     vit *p = m->impl;
     nn_patchembed_free(&p->pe);
     nn_posembed_free(&p->pos);
-    for (size_t l = 0; l < p->depth; l++) {
-        vit_block *b = &p->blk[l];
-        nn_layernorm_free(&b->ln1);
-        nn_layernorm_free(&b->ln2);
-        nn_attention_free(&b->attn);
-        nn_linear_free(&b->fc);
-        nn_linear_free(&b->proj);
-        free(b->ln1o), free(b->atto), free(b->mid), free(b->ln2o), free(b->fch);
-        free(b->gel), free(b->mlpo), free(b->dmid), free(b->dfch);
-    }
+    for (size_t l = 0; l < p->depth; l++)
+        nn_tblock_free(&p->blk[l]);
     for (size_t l = 0; l <= p->depth; l++)
         free(p->res[l]), free(p->dres[l]);
     nn_layernorm_free(&p->lnf);
@@ -115,28 +95,9 @@ static nn_status vit_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         goto oom;
     nn_model_add_params(m, ps, nn_linear_params(&p->pe.proj, ps));
     nn_model_add_params(m, ps, nn_posembed_params(&p->pos, ps));
-    for (size_t l = 0; l < depth; l++) {
-        vit_block *b = &p->blk[l];
-        b->gelu.kind = NN_GELU_ERF;
-        if (nn_layernorm_init(&b->ln1, C, NP) != NN_OK ||
-            nn_attention_init(&b->attn, C, nh, false, p->maxN, p->P, &rng) != NN_OK ||
-            nn_layernorm_init(&b->ln2, C, NP) != NN_OK ||
-            nn_linear_init(&b->fc, C, C4, true, &rng) != NN_OK ||
-            nn_linear_init(&b->proj, C4, C, true, &rng) != NN_OK)
+    for (size_t l = 0; l < depth; l++)
+        if (nn_tblock_init(&p->blk[l], m, C, nh, false, NN_GELU_ERF, p->maxN, p->P, &rng) != NN_OK)
             goto oom;
-        nn_model_add_params(m, ps, nn_layernorm_params(&b->ln1, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->attn.qkv, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->attn.proj, ps));
-        nn_model_add_params(m, ps, nn_layernorm_params(&b->ln2, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->fc, ps));
-        nn_model_add_params(m, ps, nn_linear_params(&b->proj, ps));
-        b->ln1o = buf(NP, C), b->atto = buf(NP, C), b->mid = buf(NP, C), b->ln2o = buf(NP, C);
-        b->fch = buf(NP, C4), b->gel = buf(NP, C4), b->mlpo = buf(NP, C);
-        b->dmid = buf(NP, C), b->dfch = buf(NP, C4);
-        if (!b->ln1o || !b->atto || !b->mid || !b->ln2o || !b->fch || !b->gel || !b->mlpo ||
-            !b->dmid || !b->dfch)
-            goto oom;
-    }
     if (nn_layernorm_init(&p->lnf, C, NP) != NN_OK ||
         nn_linear_init(&p->head, C, cfg->classes, true, &rng) != NN_OK)
         goto oom;
@@ -165,17 +126,8 @@ static void vit_forward(nn_model *m, const float *x, size_t N, bool train) {
     m->N = N;
     nn_patchembed_forward(&p->pe, x, p->res[0], N);           // (N, P, C)
     nn_posembed_forward(&p->pos, p->res[0], p->res[0], N, P); // += pos, in place
-    for (size_t l = 0; l < p->depth; l++) {
-        vit_block *b = &p->blk[l];
-        nn_layernorm_forward(&b->ln1, p->res[l], b->ln1o, NP);
-        nn_attention_forward(&b->attn, b->ln1o, b->atto, N, P);
-        nn_residual_forward(p->res[l], b->atto, b->mid, NP * C);
-        nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, NP);
-        nn_linear_forward(&b->fc, b->ln2o, b->fch, NP);
-        nn_gelu_forward(&b->gelu, b->fch, b->gel, NP * 4 * C);
-        nn_linear_forward(&b->proj, b->gel, b->mlpo, NP);
-        nn_residual_forward(b->mid, b->mlpo, p->res[l + 1], NP * C);
-    }
+    for (size_t l = 0; l < p->depth; l++)
+        nn_tblock_forward(&p->blk[l], p->res[l], p->res[l + 1], N, P);
     nn_layernorm_forward(&p->lnf, p->res[p->depth], p->lnfo, NP);
     nn_tokenpool_forward(p->lnfo, p->pooled, N, P, C); // (N, C)
     nn_linear_forward(&p->head, p->pooled, m->logits, N);
@@ -185,29 +137,15 @@ static void vit_forward(nn_model *m, const float *x, size_t N, bool train) {
 static void vit_backward(nn_model *m, const float *dlogits) {
     vit *p = m->impl;
     const size_t N = p->N, P = p->P, NP = N * P, C = p->C;
-    const size_t nC = NP * C * sizeof(float), n4C = NP * 4 * C * sizeof(float);
+    const size_t nC = NP * C * sizeof(float);
     memset(p->dpooled, 0, N * C * sizeof(float));
     nn_linear_backward(&p->head, dlogits, p->dpooled);
     memset(p->dln, 0, nC);
     nn_tokenpool_backward(p->dpooled, p->dln, N, P, C);
     memset(p->dres[p->depth], 0, nC);
     nn_layernorm_backward(&p->lnf, p->dln, p->dres[p->depth]);
-    for (size_t l = p->depth; l-- > 0;) {
-        vit_block *b = &p->blk[l];
-        const float *dout = p->dres[l + 1]; // res[l+1] = mid + mlpo
-        memcpy(b->dmid, dout, nC);          // the residual path
-        memset(p->dgel, 0, n4C);
-        nn_linear_backward(&b->proj, dout, p->dgel);
-        memset(b->dfch, 0, n4C);
-        nn_gelu_backward(&b->gelu, p->dgel, b->dfch);
-        memset(p->dln, 0, nC);
-        nn_linear_backward(&b->fc, b->dfch, p->dln);
-        nn_layernorm_backward(&b->ln2, p->dln, b->dmid);
-        memcpy(p->dres[l], b->dmid, nC); // mid = res[l] + atto
-        memset(p->dln, 0, nC);
-        nn_attention_backward(&b->attn, b->dmid, p->dln);
-        nn_layernorm_backward(&b->ln1, p->dln, p->dres[l]);
-    }
+    for (size_t l = p->depth; l-- > 0;) // res[l+1] = block(res[l])
+        nn_tblock_backward(&p->blk[l], p->dres[l + 1], p->dres[l], p->dln, p->dgel, NP);
     nn_posembed_backward(&p->pos, p->dres[0], NULL); // res[0] = patches Wpᵀ + bp + pos
     nn_status s = nn_patchembed_backward(&p->pe, p->dres[0], NULL); // no image gradient
     NN_ASSERT(s == NN_OK); // only an input gradient can need memory
@@ -221,20 +159,8 @@ static ngd_status vit_attach(nn_model *m, ngd_optim *o) {
     if (s == NGD_OK)
         s = nn_attach_params(o, m->param_override, ps, nn_posembed_params(&p->pos, ps), "pos");
     for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
-        vit_block *b = &p->blk[l];
-        snprintf(name, sizeof name, "b%zu.ln1", l);
-        s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln1, ps), name);
-        snprintf(name, sizeof name, "b%zu.attn.qkv", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.qkv, name, &b->qkv_id);
-        snprintf(name, sizeof name, "b%zu.attn.proj", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.proj, name, &b->aproj_id);
-        snprintf(name, sizeof name, "b%zu.ln2", l);
-        if (s == NGD_OK)
-            s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&b->ln2, ps), name);
-        snprintf(name, sizeof name, "b%zu.mlp.fc", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->fc, name, &b->fc_id);
-        snprintf(name, sizeof name, "b%zu.mlp.proj", l);
-        if (s == NGD_OK) s = nn_attach_linear(o, &b->proj, name, &b->proj_id);
+        snprintf(name, sizeof name, "b%zu", l);
+        s = nn_tblock_attach(&p->blk[l], o, m->param_override, name);
     }
     if (s == NGD_OK)
         s = nn_attach_params(o, m->param_override, ps, nn_layernorm_params(&p->lnf, ps), "lnf");
@@ -246,13 +172,8 @@ static ngd_status vit_observe(nn_model *m, ngd_optim *o) {
     vit *p = m->impl;
     const size_t N = p->N; // token Linears saw N·P rows: P weight-sharing positions per image
     ngd_status s = nn_observe_linear(o, &p->pe.proj, p->pe_id, N);
-    for (size_t l = 0; l < p->depth && s == NGD_OK; l++) {
-        vit_block *b = &p->blk[l];
-        s = nn_observe_linear(o, &b->attn.qkv, b->qkv_id, N);
-        if (s == NGD_OK) s = nn_observe_linear(o, &b->attn.proj, b->aproj_id, N);
-        if (s == NGD_OK) s = nn_observe_linear(o, &b->fc, b->fc_id, N);
-        if (s == NGD_OK) s = nn_observe_linear(o, &b->proj, b->proj_id, N);
-    }
+    for (size_t l = 0; l < p->depth && s == NGD_OK; l++)
+        s = nn_tblock_observe(&p->blk[l], o, N);
     if (s == NGD_OK) s = nn_observe_linear(o, &p->head, p->head_id, N);
     return s;
 }

@@ -1,0 +1,108 @@
+/*
+ * tblock.c — the pre-norm transformer block of chargpt and vit (see tblock.h), forward and
+ * backward side by side, llm.c style.
+ */
+#include "tblock.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static float *rows_of(size_t rows, size_t cols) {
+    return nn_malloc(nn_mul(rows, cols), sizeof(float));
+}
+
+nn_status nn_tblock_init(nn_tblock *b, nn_model *m, size_t C, size_t nh, bool causal,
+                         nn_gelu_kind gelu, size_t max_b, size_t T, nn_rng *rng) {
+    const size_t R = nn_mul(max_b, T), C4 = nn_mul(4, C);
+    memset(b, 0, sizeof *b);
+    b->C = C;
+    b->gelu.kind = gelu;
+    if (nn_layernorm_init(&b->ln1, C, R) != NN_OK ||
+        nn_attention_init(&b->attn, C, nh, causal, max_b, T, rng) != NN_OK ||
+        nn_layernorm_init(&b->ln2, C, R) != NN_OK ||
+        nn_linear_init(&b->fc, C, C4, true, rng) != NN_OK ||
+        nn_linear_init(&b->proj, C4, C, true, rng) != NN_OK)
+        return NN_ERR_NOMEM;
+    nn_param ps[2];
+    nn_model_add_params(m, ps, nn_layernorm_params(&b->ln1, ps));
+    nn_model_add_params(m, ps, nn_linear_params(&b->attn.qkv, ps));
+    nn_model_add_params(m, ps, nn_linear_params(&b->attn.proj, ps));
+    nn_model_add_params(m, ps, nn_layernorm_params(&b->ln2, ps));
+    nn_model_add_params(m, ps, nn_linear_params(&b->fc, ps));
+    nn_model_add_params(m, ps, nn_linear_params(&b->proj, ps));
+    b->ln1o = rows_of(R, C), b->atto = rows_of(R, C), b->mid = rows_of(R, C);
+    b->ln2o = rows_of(R, C), b->fch = rows_of(R, C4), b->gel = rows_of(R, C4);
+    b->mlpo = rows_of(R, C), b->dmid = rows_of(R, C), b->dfch = rows_of(R, C4);
+    if (!b->ln1o || !b->atto || !b->mid || !b->ln2o || !b->fch || !b->gel || !b->mlpo || !b->dmid ||
+        !b->dfch)
+        return NN_ERR_NOMEM;
+    return NN_OK;
+}
+
+void nn_tblock_free(nn_tblock *b) {
+    nn_layernorm_free(&b->ln1);
+    nn_layernorm_free(&b->ln2);
+    nn_attention_free(&b->attn);
+    nn_linear_free(&b->fc);
+    nn_linear_free(&b->proj);
+    free(b->ln1o), free(b->atto), free(b->mid), free(b->ln2o), free(b->fch), free(b->gel);
+    free(b->mlpo), free(b->dmid), free(b->dfch);
+    memset(b, 0, sizeof *b);
+}
+
+void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t T) {
+    const size_t R = B * T, C = b->C;
+    nn_layernorm_forward(&b->ln1, x, b->ln1o, R);
+    nn_attention_forward(&b->attn, b->ln1o, b->atto, B, T);
+    nn_residual_forward(x, b->atto, b->mid, R * C);
+    nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, R);
+    nn_linear_forward(&b->fc, b->ln2o, b->fch, R);
+    nn_gelu_forward(&b->gelu, b->fch, b->gel, R * 4 * C);
+    nn_linear_forward(&b->proj, b->gel, b->mlpo, R);
+    nn_residual_forward(b->mid, b->mlpo, y, R * C);
+}
+
+void nn_tblock_backward(nn_tblock *b, const float *dy, float *dx, float *dln, float *dgel,
+                        size_t rows) {
+    const size_t nC = rows * b->C * sizeof(float), n4C = 4 * nC;
+    memcpy(b->dmid, dy, nC); // y = mid + mlpo: the residual path
+    memset(dgel, 0, n4C);
+    nn_linear_backward(&b->proj, dy, dgel);
+    memset(b->dfch, 0, n4C);
+    nn_gelu_backward(&b->gelu, dgel, b->dfch);
+    memset(dln, 0, nC);
+    nn_linear_backward(&b->fc, b->dfch, dln);
+    nn_layernorm_backward(&b->ln2, dln, b->dmid);
+    memcpy(dx, b->dmid, nC); // mid = x + atto
+    memset(dln, 0, nC);
+    nn_attention_backward(&b->attn, b->dmid, dln);
+    nn_layernorm_backward(&b->ln1, dln, dx);
+}
+
+ngd_status nn_tblock_attach(nn_tblock *b, ngd_optim *o, const ngd_config *param_override,
+                            const char *prefix) {
+    nn_param ps[2];
+    char name[64];
+    snprintf(name, sizeof name, "%s.ln1", prefix);
+    ngd_status s = nn_attach_params(o, param_override, ps, nn_layernorm_params(&b->ln1, ps), name);
+    snprintf(name, sizeof name, "%s.attn.qkv", prefix);
+    if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.qkv, name, &b->qkv_id);
+    snprintf(name, sizeof name, "%s.attn.proj", prefix);
+    if (s == NGD_OK) s = nn_attach_linear(o, &b->attn.proj, name, &b->aproj_id);
+    snprintf(name, sizeof name, "%s.ln2", prefix);
+    if (s == NGD_OK)
+        s = nn_attach_params(o, param_override, ps, nn_layernorm_params(&b->ln2, ps), name);
+    snprintf(name, sizeof name, "%s.mlp.fc", prefix);
+    if (s == NGD_OK) s = nn_attach_linear(o, &b->fc, name, &b->fc_id);
+    snprintf(name, sizeof name, "%s.mlp.proj", prefix);
+    if (s == NGD_OK) s = nn_attach_linear(o, &b->proj, name, &b->proj_id);
+    return s;
+}
+
+ngd_status nn_tblock_observe(const nn_tblock *b, ngd_optim *o, size_t batch) {
+    ngd_status s = nn_observe_linear(o, &b->attn.qkv, b->qkv_id, batch);
+    if (s == NGD_OK) s = nn_observe_linear(o, &b->attn.proj, b->aproj_id, batch);
+    if (s == NGD_OK) s = nn_observe_linear(o, &b->fc, b->fc_id, batch);
+    if (s == NGD_OK) s = nn_observe_linear(o, &b->proj, b->proj_id, batch);
+    return s;
+}
