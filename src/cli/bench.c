@@ -364,15 +364,7 @@ static const pc_method PC_METHODS[] = {
 // ---- the option table (drives getopt_long and --help) ----
 enum { PC_O_D = 256, PC_O_METHODS, PC_O_REPS, PC_O_JSON, PC_O_PLOT };
 
-typedef struct {
-    const char *name;
-    int has_arg;
-    int id;
-    const char *meta;
-    const char *help;
-} pc_opt;
-
-static const pc_opt PC_OPTS[] = {
+static const cli_opt PC_OPTS[] = {
     {"d", 1, PC_O_D, "LIST", "comma-separated widths d (default 256,512,1024,2048,4096)"},
     {"methods", 1, PC_O_METHODS, "LIST", "comma-separated methods (default: all, see below)"},
     {"reps", 1, PC_O_REPS, "N", "measured steps per method and width, median taken (default 7)"},
@@ -398,16 +390,10 @@ static void precond_usage(FILE *f) {
             "[%d, %d] (at least two needed) beside the expected exponent.\n\n"
             "options:\n",
             PC_N, PC_RANK, PC_WARMUP, PC_HEAVY_S, PC_HEAVY_REPS, PC_FIT_LO, PC_FIT_HI);
-    for (size_t i = 0; i < PC_NOPTS; i++) {
-        char left[40];
-        snprintf(left, sizeof left, "%s--%s%s%s", PC_OPTS[i].id == 'h' ? "-h, " : "",
-                 PC_OPTS[i].name, PC_OPTS[i].meta ? " " : "",
-                 PC_OPTS[i].meta ? PC_OPTS[i].meta : "");
-        fprintf(f, "  %-20s %s\n", left, PC_OPTS[i].help);
-    }
+    cli_print_opts(f, PC_OPTS, PC_NOPTS, 24);
     fprintf(f, "\nmethods:\n");
     for (size_t i = 0; i < PC_NMETHODS; i++)
-        fprintf(f, "  %-20s %s (expected slope: maintenance %.0f, application %.0f)\n",
+        fprintf(f, "  %-24s %s (expected slope: maintenance %.0f, application %.0f)\n",
                 PC_METHODS[i].name, PC_METHODS[i].label, PC_METHODS[i].want_mnt,
                 PC_METHODS[i].want_app);
     fprintf(f, "\nexample:\n  OMP_NUM_THREADS=1 ngd bench precond --plot bench-precond.svg\n");
@@ -794,11 +780,7 @@ static int bench_precond(int argc, char **argv) {
     bool json = false;
     const char *plot = NULL;
     struct option opts[PC_NOPTS + 1];
-    for (size_t i = 0; i < PC_NOPTS; i++)
-        opts[i] =
-            (struct option){PC_OPTS[i].name, PC_OPTS[i].has_arg ? required_argument : no_argument,
-                            NULL, PC_OPTS[i].id};
-    opts[PC_NOPTS] = (struct option){0, 0, 0, 0};
+    cli_longopts(PC_OPTS, PC_NOPTS, opts);
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {

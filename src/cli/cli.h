@@ -5,8 +5,10 @@
 #ifndef NGD_CLI_H
 #define NGD_CLI_H
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #define NGD_EXIT_OK 0
 #define NGD_EXIT_FAIL 1
@@ -18,6 +20,22 @@ void cli_error(const char *hint, const char *fmt, ...) __attribute__((format(pri
 // Reads a whole file (NUL-terminated, free with free()); on failure prints
 // "ngd: error: <what><path>: <reason>" and returns NULL.
 char *cli_read_file(const char *path, size_t *len, const char *what);
+
+// One row of a subcommand's option table, which generates both getopt_long's array and the
+// --help text. id: the short option character, or a value >= 256 for long-only options.
+typedef struct {
+    const char *name;
+    int has_arg;
+    int id;
+    const char *meta;  // the argument's name in --help, NULL for a flag
+    const char *help;
+} cli_opt;
+
+// Fills lo[0..n] for getopt_long (lo[n] is the terminating zero entry).
+void cli_longopts(const cli_opt *t, size_t n, struct option *lo);
+// Prints the table's rows, "  -x, --name META   help"; long-only rows line up with the
+// long forms when the table has short ones. `width`: the left column's width.
+void cli_print_opts(FILE *f, const cli_opt *t, size_t n, int width);
 
 int cmd_replay(int argc, char **argv);
 int cmd_train(int argc, char **argv);

@@ -36,15 +36,7 @@
 // ---- the option table (drives getopt_long and --help) ----
 enum { O_TITLE = 256 };
 
-typedef struct {
-    const char *name;
-    int has_arg;
-    int id; // the short option character, or an O_* value for long-only options
-    const char *meta;
-    const char *help;
-} opt_def;
-
-static const opt_def OPTS[] = {
+static const cli_opt OPTS[] = {
     {"output", 1, 'o', "FILE", "write the plot to FILE (required): .svg, or .png through "
                                "rsvg-convert"},
     {"title", 1, O_TITLE, "TEXT", "title above the panels (default: model and data of the runs)"},
@@ -57,16 +49,7 @@ static void print_help(FILE *f) {
                "Plots JSON-lines logs of 'ngd train' (--log FILE, default runs/*.jsonl): training\n"
                "loss and test accuracy against steps and against wall time, one line per run.\n\n"
                "options:\n");
-    for (size_t i = 0; i < NOPTS; i++) {
-        char left[48];
-        if (OPTS[i].id < 256)
-            snprintf(left, sizeof left, "-%c, --%s%s%s", OPTS[i].id, OPTS[i].name,
-                     OPTS[i].meta ? " " : "", OPTS[i].meta ? OPTS[i].meta : "");
-        else
-            snprintf(left, sizeof left, "    --%s%s%s", OPTS[i].name, OPTS[i].meta ? " " : "",
-                     OPTS[i].meta ? OPTS[i].meta : "");
-        fprintf(f, "  %-24s %s\n", left, OPTS[i].help);
-    }
+    cli_print_opts(f, OPTS, NOPTS, 24);
     fprintf(f, "\nexample:\n  ngd plot runs/mlp-fashion-mnist-singd.jsonl "
                "runs/mlp-fashion-mnist-adamw.jsonl -o compare.svg\n");
 }
@@ -592,9 +575,7 @@ done:
 int cmd_plot(int argc, char **argv) {
     const char *output = NULL, *title = NULL;
     struct option lo[NOPTS + 1];
-    for (size_t i = 0; i < NOPTS; i++)
-        lo[i] = (struct option){OPTS[i].name, OPTS[i].has_arg, NULL, OPTS[i].id};
-    lo[NOPTS] = (struct option){0, 0, 0, 0};
+    cli_longopts(OPTS, NOPTS, lo);
     optind = 1;
     opterr = 1;
     int c;

@@ -42,15 +42,7 @@ enum {
     O_BTRUNC, O_REORTH, O_KSEED, O_FACTORED, O_POPTIM, O_PLR, O_PWD
 };
 
-typedef struct {
-    const char *name;
-    int has_arg;
-    int id;
-    const char *meta;
-    const char *help;
-} opt_def;
-
-static const opt_def OPTS[] = {
+static const cli_opt OPTS[] = {
     {"model", 1, O_MODEL, "NAME", "model: mlp, cnn, chargpt, ... (default mlp; chargpt for "
                                   "text)"},
     {"widths", 1, O_WIDTHS, "W1,W2,..", "hidden widths (mlp), stage channels (cnn), C,DEPTH,HEADS "
@@ -147,12 +139,7 @@ static void print_help(FILE *f, const char *cmd) {
     else
         fprintf(f, "Evaluates the model of a training checkpoint (--resume FILE) on the test set\n"
                    "(model and data options must match the run that wrote it).\n\noptions:\n");
-    for (size_t i = 0; i < NOPTS; i++) {
-        char left[48];
-        snprintf(left, sizeof left, "--%s%s%s", OPTS[i].name, OPTS[i].meta ? " " : "",
-                 OPTS[i].meta ? OPTS[i].meta : "");
-        fprintf(f, "  %-26s %s\n", left, OPTS[i].help);
-    }
+    cli_print_opts(f, OPTS, NOPTS, 26);
     fprintf(f, "\nmodels:\n");
     for (size_t i = 0; nn_model_list(i); i++)
         fprintf(f, "  %-8s %s\n", nn_model_list(i)->name, nn_model_list(i)->help);
@@ -276,9 +263,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
     t->param_method = -1;
     const char *optim = "singd";
     struct option lo[NOPTS + 1];
-    for (size_t i = 0; i < NOPTS; i++)
-        lo[i] = (struct option){OPTS[i].name, OPTS[i].has_arg, NULL, OPTS[i].id};
-    lo[NOPTS] = (struct option){0, 0, 0, 0};
+    cli_longopts(OPTS, NOPTS, lo);
     // first pass: the method (its defaults are the base the other options edit)
     optind = 1;
     opterr = 0;
