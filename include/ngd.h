@@ -79,6 +79,11 @@ extern "C" {
 // The library's version as "MAJOR.MINOR.PATCH"; a static string.
 NGD_API const char *ngd_version(void);
 
+// Floating-point operations of the GEMMs libngd has run in this process so far (2·m·n·k per
+// product, counted at its one GEMM door; decompositions and elementwise work not included).
+// For benchmarks: read it before and after a step.
+NGD_API uint64_t ngd_gemm_flop_count(void);
+
 // ====== Status and errors ======
 
 // Values are stable (append only).

@@ -960,7 +960,9 @@ static void bench_usage(FILE *f) {
             "  step      one optimizer step of a 784-512-512-10 MLP, every method and\n"
             "            structure: time, FLOPs, state bytes\n"
             "  precond   preconditioner maintenance and application time against the width\n"
-            "            d of one d x d layer, K-FAC / RS-KFAC / B-KFAC / SINGD, log-log slopes\n\n"
+            "            d of one d x d layer, K-FAC / RS-KFAC / B-KFAC / SINGD, log-log slopes\n"
+            "  train     whole training steps of the engine's models (mlp, cnn, vit, chargpt,\n"
+            "            vgg16bn) x method x structure: phases, GFLOP/s, floor, peak RSS\n\n"
             "'ngd bench BENCHMARK --help' describes each one's options.\n");
 }
 
@@ -971,6 +973,7 @@ int cmd_bench(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "step")) return bench_step(argc - 1, argv + 1);
     if (!strcmp(argv[1], "precond")) return bench_precond(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
     cli_error("run 'ngd bench --help'", "unknown benchmark '%s'", argv[1]);
     return NGD_EXIT_USAGE;
 }

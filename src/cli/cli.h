@@ -42,4 +42,6 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+// `ngd bench train` (benchtrain.c); argv[0] is "train"
+int bench_train(int argc, char **argv);
 #endif

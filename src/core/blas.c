@@ -10,6 +10,7 @@
 #include <lapacke.h>
 #include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -63,10 +64,12 @@ static void gemm_small(float alpha, ngd_cview A, ngd_cview B, ngd_view C) {
         }
 }
 
-void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
-    NGD_ASSERT(A.rows == C.rows && B.cols == C.cols && A.cols == B.rows);
+static atomic_uint_fast64_t gemm_flops;  // ngd_gemm_flop_count
+
+uint64_t ngd_gemm_flop_count(void) { return (uint64_t)atomic_load(&gemm_flops); }
+
+static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     size_t m = C.rows, n = C.cols, k = A.cols;
-    if (m == 0 || n == 0) return;
     if (k == 0 || alpha == 0.0f) {
         if (beta == 0.0f) ngd_view_zero(C);
         else if (beta != 1.0f) ngd_view_scale(C, beta);
@@ -82,7 +85,7 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     int64_t lda, ldb, ldc;
     int ok_c = as_gemm_operand(C.rows, C.cols, C.rs, C.cs, &tc, &ldc);
     if (ok_c && tc == 'T') {  // column-major C: compute Cᵀ = Bᵀ Aᵀ in row-major
-        ngd_gemm(alpha, ngd_cview_t(B), ngd_cview_t(A), beta, ngd_view_t(C));
+        gemm(alpha, ngd_cview_t(B), ngd_cview_t(A), beta, ngd_view_t(C));
         return;
     }
     if (!ok_c || !as_gemm_operand(A.rows, A.cols, A.rs, A.cs, &ta, &lda) ||
@@ -94,6 +97,14 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha,
                                   A.p, lda, B.p, ldb, beta, C.p, ldc);
     if (st != dnnl_success) ngd_gemm_ref(alpha, A, B, beta, C);
+}
+
+void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
+    NGD_ASSERT(A.rows == C.rows && B.cols == C.cols && A.cols == B.rows);
+    if (C.rows == 0 || C.cols == 0) return;
+    atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)C.rows * C.cols * A.cols,
+                              memory_order_relaxed);
+    gemm(alpha, A, B, beta, C);
 }
 
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {

@@ -126,6 +126,10 @@ void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
 // inside an OpenMP parallel region.
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+// Floating-point operations of the engine's products so far (2·m·n·k per GEMM, and the
+// same count for a convolution done without one), for benchmarks; nn_flop_add counts them.
+uint64_t nn_flop_count(void);
+void nn_flop_add(uint64_t n);
 // The plain reference (float64 accumulation) with the same contract.
 void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);

@@ -1,0 +1,529 @@
+/*
+ * benchtrain.c — `ngd bench train`: whole training steps of the engine's models, as
+ * `ngd train` runs them, on synthetic data of the real shapes (no data set needed).
+ *
+ * A step is what the training loop does: draw a batch (uint8 pixels -> normalized floats,
+ * or random text windows), forward + loss, backward, the statistics of the Kronecker-factored
+ * layers when libngd wants them (observe), and ngd_optim_step, which the per-layer health
+ * splits into preconditioner maintenance (factor updates, decompositions), preconditioning,
+ * and the rest (the first-order rule: weight decay, momentum, the update). Each configuration
+ * runs in its own process (fork), so its peak RSS is its own; it measures the machine's sgemm
+ * rate (oneDNN, 1024³) just before, so every ratio comes from one run. Reported: mean ms per
+ * step over whole preconditioner periods (T for SINGD, T_i for the K-FAC family) after the
+ * warm-up, the median, the phase split, samples/s, the GEMM FLOPs of forward+backward
+ * (counted at the engine's GEMM door) and of the optimizer (libngd's), achieved GFLOP/s and
+ * the step's floor (its FLOPs at the sgemm rate). Speed is measured here, never in the tests.
+ */
+#define _DEFAULT_SOURCE // wait4: the child's own peak RSS
+#include <dnnl.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli.h"
+#include "data.h"
+#include "model.h"
+#include "ngd.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+// ---- options ----
+enum { B_MODEL = 256, B_OPTIM, B_STRUCT, B_DATA, B_BATCH, B_CONTEXT, B_WIDTHS, B_STEPS, B_WARMUP,
+       B_T, B_THREADS, B_JSON, B_POPTIM, B_HELP };
+
+static const cli_opt BT_OPTS[] = {
+    {"model", 1, B_MODEL, "LIST", "models, comma-separated (default mlp,cnn): mlp, cnn, vit, "
+                                  "chargpt, vgg16bn"},
+    {"optim", 1, B_OPTIM, "LIST", "methods (default sgd,adamw,singd): any of ngd train --optim"},
+    {"structure", 1, B_STRUCT, "LIST", "SINGD/INGD/IKFAC structures, each a configuration "
+                                       "(default dense,diagonal)"},
+    {"data", 1, B_DATA, "NAME", "image shape: fashion-mnist (1x28x28, 10 classes) or cifar100 "
+                                "(3x32x32, 100); default: fashion-mnist for mlp, cifar100 else"},
+    {"batch", 1, B_BATCH, "N", "batch size (128; text: sequences)"},
+    {"context", 1, B_CONTEXT, "T", "context length of chargpt (64; vocabulary 65)"},
+    {"widths", 1, B_WIDTHS, "W1,W2,..", "model widths as ngd train --widths (default: the model's)"},
+    {"steps", 1, B_STEPS, "N", "timed steps, rounded up to whole preconditioner periods (30)"},
+    {"warmup", 1, B_WARMUP, "N", "untimed steps first (10)"},
+    {"T", 1, B_T, "N", "SINGD preconditioner update period (10)"},
+    {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+    {"param-optim", 1, B_POPTIM, "NAME", "rule of plain parameters (norm scales, embeddings) "
+                                         "under second-order methods: method (default) or "
+                                         "adamw (lr 1e-3)"},
+    {"json", 0, B_JSON, NULL, "one JSON line per configuration instead of the table"},
+    {"help", 0, B_HELP, NULL, "this text"},
+};
+#define BT_NOPTS (sizeof BT_OPTS / sizeof BT_OPTS[0])
+
+#define BT_MAX 64 // configurations per run
+#define BT_TEXT_VOCAB 65
+#define BT_TEXT_LEN 200000
+#define BT_IMAGES_PER_BATCH 4 // synthetic set: this many batches of images
+
+typedef struct {
+    const char *model;
+    bool cifar, text;
+    ngd_method method;
+    char structure[40]; // "" for methods without one
+} bt_cfg;
+
+typedef struct {
+    size_t batch, context, steps, warmup, T, nwidths;
+    size_t widths[NN_MODEL_MAX_WIDTHS];
+    const char *data;
+    bool json, param_adamw;
+} bt_opts;
+
+// What a child sends back: all times in seconds per timed step (means), plus the median.
+typedef struct {
+    int ok;
+    char err[200];
+    size_t steps, period, params;
+    double mean, median, data, fwd, bwd, obs, upd, prec, rule;
+    double fb_flops, opt_flops; // per step
+    double sgemm_gflops;
+    size_t state_bytes;
+} bt_result;
+
+static bool is_singd(ngd_method m) {
+    return m == NGD_METHOD_SINGD || m == NGD_METHOD_INGD || m == NGD_METHOD_IKFAC;
+}
+static bool is_kfac(ngd_method m) { return m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC; }
+
+// The machine's sgemm rate now (oneDNN, 1024³, median of 9 after 2 warm-ups), GFLOP/s.
+static double sgemm_rate(void) {
+    const size_t n = 1024;
+    float *a = malloc(n * n * 4), *b = malloc(n * n * 4), *c = malloc(n * n * 4);
+    if (!a || !b || !c) {
+        free(a), free(b), free(c);
+        return 0;
+    }
+    for (size_t i = 0; i < n * n; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
+    double t[9];
+    for (int r = 0; r < 11; r++) {
+        double t0 = now_s();
+        dnnl_sgemm('N', 'N', (dnnl_dim_t)n, (dnnl_dim_t)n, (dnnl_dim_t)n, 1.0f, a, (dnnl_dim_t)n, b,
+                   (dnnl_dim_t)n, 0.0f, c, (dnnl_dim_t)n);
+        if (r >= 2) t[r - 2] = now_s() - t0;
+    }
+    free(a), free(b), free(c);
+    qsort(t, 9, sizeof t[0], cmp_d);
+    return 2.0 * (double)n * (double)n * (double)n / t[4] / 1e9;
+}
+
+// Synthetic data of the real shapes: random pixels and labels, or random text.
+typedef struct {
+    nn_dataset ds;
+    nn_loader ld;
+    nn_text text;
+    nn_rng rng;
+} bt_data;
+
+static int data_init(bt_data *d, const bt_cfg *c, const bt_opts *o, char *err, size_t cap) {
+    memset(d, 0, sizeof *d);
+    nn_rng_seed(&d->rng, 7);
+    if (c->text) {
+        char *buf = malloc(BT_TEXT_LEN);
+        if (!buf) return snprintf(err, cap, "out of memory"), -1;
+        for (size_t i = 0; i < BT_TEXT_LEN; i++)
+            buf[i] = (char)(' ' + (int)nn_rng_below(&d->rng, BT_TEXT_VOCAB));
+        nn_status s = nn_text_from_memory(&d->text, buf, BT_TEXT_LEN, 0.1f, err, cap);
+        free(buf);
+        return s == NN_OK ? 0 : -1;
+    }
+    nn_dataset *ds = &d->ds;
+    ds->n = BT_IMAGES_PER_BATCH * o->batch;
+    ds->c = c->cifar ? 3 : 1, ds->h = ds->w = c->cifar ? 32 : 28;
+    ds->num_classes = c->cifar ? 100 : 10;
+    ds->pixels = nn_malloc(nn_mul(ds->n, ds->c * ds->h * ds->w), 1);
+    ds->labels = nn_malloc(ds->n, sizeof(int32_t));
+    if (!ds->pixels || !ds->labels) return snprintf(err, cap, "out of memory"), -1;
+    for (size_t i = 0; i < ds->n * ds->c * ds->h * ds->w; i++)
+        ds->pixels[i] = (uint8_t)nn_rng_below(&d->rng, 256);
+    for (size_t i = 0; i < ds->n; i++)
+        ds->labels[i] = (int32_t)nn_rng_below(&d->rng, ds->num_classes);
+    nn_dataset_compute_norm(ds);
+    if (nn_loader_init(&d->ld, ds, o->batch, true, true, NULL, 1) != NN_OK)
+        return snprintf(err, cap, "out of memory"), -1;
+    return 0;
+}
+
+static void data_free(bt_data *d) {
+    nn_loader_free(&d->ld);
+    nn_dataset_free(&d->ds);
+    nn_text_free(&d->text);
+}
+
+static size_t period_of(const ngd_config *cfg) {
+    if (is_singd(cfg->method)) return cfg->T;
+    if (is_kfac(cfg->method)) { // whole refresh periods (T_i is a multiple of T_u by default)
+        size_t a = cfg->kfac.T_u, b = cfg->kfac.T_i;
+        while (b) {
+            size_t r = a % b;
+            a = b, b = r;
+        }
+        return cfg->kfac.T_u / a * cfg->kfac.T_i;
+    }
+    return 1;
+}
+
+// One configuration, in the child process.
+static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
+    memset(r, 0, sizeof *r);
+    r->sgemm_gflops = sgemm_rate();
+    bt_data d;
+    nn_model m;
+    memset(&m, 0, sizeof m);
+    ngd_optim *opt = NULL;
+    float *x = NULL, *dlogits = NULL;
+    int32_t *ids = NULL, *y = NULL;
+    double *tot = NULL;
+    if (data_init(&d, c, o, r->err, sizeof r->err)) goto done;
+    nn_model_cfg mc = {.name = c->model, .max_batch = o->batch, .seed = 1};
+    if (c->text) mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = d.text.vocab;
+    else mc.in_c = d.ds.c, mc.in_h = d.ds.h, mc.in_w = d.ds.w, mc.classes = d.ds.num_classes;
+    memcpy(mc.widths, o->widths, sizeof mc.widths);
+    mc.nwidths = o->nwidths;
+    if (nn_model_create(&m, &mc, r->err, sizeof r->err) != NN_OK) goto done;
+    if ((m.ops->forward_tokens != NULL) != c->text) {
+        snprintf(r->err, sizeof r->err, "%s", c->text ? "not a token model" : "a token model");
+        goto done;
+    }
+    ngd_config cfg = ngd_config_default(c->method), pcfg = ngd_config_default(NGD_METHOD_ADAMW);
+    if (c->structure[0]) {
+        ngd_dtype keep = cfg.structure_K.dtype;
+        ngd_structure_parse(c->structure, &cfg.structure_K);
+        cfg.structure_C = cfg.structure_K;
+        cfg.structure_K.dtype = cfg.structure_C.dtype = keep;
+    }
+    if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
+    if (c->text) cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
+    pcfg.lr = 1e-3f, pcfg.weight_decay = 0;
+    m.param_override = o->param_adamw && c->method != NGD_METHOD_SGD &&
+                               c->method != NGD_METHOD_ADAMW ? &pcfg : NULL;
+    if (ngd_optim_create(&cfg, &opt) != NGD_OK || m.ops->attach(&m, opt) != NGD_OK) {
+        snprintf(r->err, sizeof r->err, "optimizer: %s", ngd_optim_errmsg(opt));
+        goto done;
+    }
+    r->params = nn_model_param_count(&m);
+    const size_t rows = c->text ? o->context : 1;
+    if (c->text) ids = malloc(o->batch * o->context * sizeof *ids);
+    else x = nn_malloc(nn_mul(o->batch, d.ds.c * d.ds.h * d.ds.w), sizeof *x);
+    y = malloc(o->batch * rows * sizeof *y);
+    dlogits = nn_malloc(nn_mul(o->batch * rows, m.cfg.classes), sizeof *dlogits);
+    r->period = period_of(&cfg);
+    r->steps = (o->steps + r->period - 1) / r->period * r->period;
+    tot = malloc(r->steps * sizeof *tot);
+    if (!(x || ids) || !y || !dlogits || !tot) {
+        snprintf(r->err, sizeof r->err, "out of memory");
+        goto done;
+    }
+    const size_t nid = ngd_optim_count(opt), nr = o->batch * rows;
+    uint64_t opt_f0 = 0;
+    for (size_t s = 0; s < o->warmup + r->steps; s++) {
+        const bool timed = s >= o->warmup;
+        if (s == o->warmup) opt_f0 = ngd_gemm_flop_count();
+        double t0 = now_s();
+        if (c->text) nn_text_batch(&d.text, NN_SPLIT_TRAIN, o->batch, o->context, &d.rng, ids, y);
+        else if (!nn_loader_next(&d.ld, x, y)) nn_loader_next(&d.ld, x, y);
+        double t1 = now_s();
+        uint64_t f0 = nn_flop_count();
+        nn_model_zero_grad(&m);
+        if (c->text) m.ops->forward_tokens(&m, ids, o->batch, o->context, true);
+        else m.ops->forward(&m, x, o->batch, true);
+        nn_xent_forward(m.logits, y, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
+        double t2 = now_s();
+        m.ops->backward(&m, dlogits);
+        double t3 = now_s();
+        if (s == 0) r->fb_flops = (double)(nn_flop_count() - f0);
+        if (ngd_optim_wants_stats(opt) && m.ops->observe(&m, opt) != NGD_OK) {
+            snprintf(r->err, sizeof r->err, "observe: %s", ngd_optim_errmsg(opt));
+            goto done;
+        }
+        double t4 = now_s();
+        ngd_status st = ngd_optim_step(opt);
+        double t5 = now_s();
+        if (st != NGD_OK && st != NGD_SKIPPED) {
+            snprintf(r->err, sizeof r->err, "step: %s", ngd_optim_errmsg(opt));
+            goto done;
+        }
+        if (!timed) continue;
+        double upd = 0, prec = 0;
+        for (size_t i = 0; i < nid; i++) {
+            ngd_layer_health h;
+            if (ngd_optim_layer_health(opt, (int)i, &h) != NGD_OK) continue;
+            upd += h.time_update, prec += h.time_precond;
+        }
+        r->data += t1 - t0, r->fwd += t2 - t1, r->bwd += t3 - t2, r->obs += t4 - t3;
+        r->upd += upd, r->prec += prec, r->rule += (t5 - t4) - upd - prec;
+        tot[s - o->warmup] = t5 - t0;
+    }
+    r->opt_flops = (double)(ngd_gemm_flop_count() - opt_f0) / (double)r->steps;
+    const double n = (double)r->steps;
+    r->data /= n, r->fwd /= n, r->bwd /= n, r->obs /= n, r->upd /= n, r->prec /= n, r->rule /= n;
+    for (size_t i = 0; i < r->steps; i++) r->mean += tot[i] / n;
+    qsort(tot, r->steps, sizeof *tot, cmp_d);
+    r->median = r->steps % 2 ? tot[r->steps / 2]
+                             : 0.5 * (tot[r->steps / 2 - 1] + tot[r->steps / 2]);
+    r->state_bytes = ngd_optim_state_bytes(opt);
+    r->ok = 1;
+done:
+    free(x), free(ids), free(y), free(dlogits), free(tot);
+    ngd_optim_free(opt);
+    nn_model_free(&m);
+    data_free(&d);
+}
+
+// Runs c in a child; its peak RSS (KiB) comes back through wait4. -1 if the child failed.
+static int run_forked(const bt_cfg *c, const bt_opts *o, bt_result *r, long *rss_kib) {
+    int fd[2];
+    if (pipe(fd)) return -1;
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) return close(fd[0]), close(fd[1]), -1;
+    if (pid == 0) {
+        close(fd[0]);
+        bt_result res;
+        run_one(c, o, &res);
+        ssize_t w = write(fd[1], &res, sizeof res);
+        _exit(w == (ssize_t)sizeof res ? 0 : 1);
+    }
+    close(fd[1]);
+    size_t got = 0;
+    while (got < sizeof *r) {
+        ssize_t k = read(fd[0], (char *)r + got, sizeof *r - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    close(fd[0]);
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) < 0 || got != sizeof *r) {
+        snprintf(r->err, sizeof r->err, "the benchmark process died (signal %d)",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        r->ok = 0;
+    }
+    *rss_kib = ru.ru_maxrss;
+    return r->ok ? 0 : -1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: ngd bench train [options]\n\n"
+               "Times whole training steps (batch, forward, backward, statistics, optimizer step)\n"
+               "of the engine's models on synthetic data of the real shapes, each configuration\n"
+               "in its own process: ms per step (mean over whole preconditioner periods, and the\n"
+               "median), the phase split, samples/s, GEMM FLOPs of forward+backward and of the\n"
+               "optimizer, achieved GFLOP/s against this machine's sgemm rate measured just\n"
+               "before, the step's floor (its FLOPs at that rate), and peak RSS.\n\noptions:\n");
+    cli_print_opts(f, BT_OPTS, BT_NOPTS, 24);
+}
+
+static int parse_size(const char *opt, const char *s, size_t *out, size_t min) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || !s[0] || s[0] < '0' || s[0] > '9' || v < min) {
+        cli_error("run 'ngd bench train --help'", "--%s: '%s' is not a whole number >= %zu", opt,
+                  s, min);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+// Splits a comma list in place; returns the number of items (at most cap), -1 if more.
+static int split(char *s, char **items, int cap) {
+    int n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(s, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (n == cap) return -1;
+        items[n++] = t;
+    }
+    return n;
+}
+
+static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, long rss) {
+    const double ms = 1e3, fb_rate = r->fb_flops / (r->fwd + r->bwd) / 1e9;
+    const double floor_s = (r->fb_flops + r->opt_flops) / (r->sgemm_gflops * 1e9);
+    const char *st = c->structure[0] ? c->structure : "-";
+    if (o->json) {
+        printf("{\"model\":\"%s\",\"data\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
+               "\"batch\":%zu,\"steps\":%zu,\"period\":%zu,\"ms_mean\":%.4f,\"ms_median\":%.4f,"
+               "\"ms_data\":%.4f,\"ms_forward\":%.4f,\"ms_backward\":%.4f,\"ms_observe\":%.4f,"
+               "\"ms_precond_update\":%.4f,\"ms_precondition\":%.4f,\"ms_rule\":%.4f,"
+               "\"samples_per_s\":%.1f,\"fb_gflop\":%.4f,\"opt_gflop\":%.4f,\"fb_gflops\":%.1f,"
+               "\"sgemm_gflops\":%.1f,\"floor_ms\":%.4f,\"peak_rss_mib\":%.1f,"
+               "\"state_bytes\":%zu,\"params\":%zu}\n",
+               c->model, c->text ? "shakespeare" : c->cifar ? "cifar100" : "fashion-mnist",
+               ngd_method_name(c->method), st, o->batch, r->steps, r->period, r->mean * ms,
+               r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms,
+               r->prec * ms, r->rule * ms, (double)o->batch / r->mean, r->fb_flops / 1e9,
+               r->opt_flops / 1e9, fb_rate, r->sgemm_gflops, floor_s * ms, (double)rss / 1024.0,
+               r->state_bytes, r->params);
+    } else {
+        printf("%-8s %-6s %-9s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
+               "%6.2f %5.0f%% %6.3f %5.2fx %4.0f %6.0f\n",
+               c->model, ngd_method_name(c->method), st, r->mean * ms, r->median * ms,
+               r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms, r->prec * ms,
+               r->rule * ms, (double)o->batch / r->mean, r->fb_flops / 1e9,
+               100 * fb_rate / r->sgemm_gflops, r->opt_flops / 1e9, r->mean / floor_s,
+               r->sgemm_gflops, (double)rss / 1024.0);
+    }
+    fflush(stdout);
+}
+
+int bench_train(int argc, char **argv) {
+    bt_opts o = {.batch = 128, .context = 64, .steps = 30, .warmup = 10, .T = 10};
+    char models_s[256] = "mlp,cnn", optims_s[256] = "sgd,adamw,singd", structs_s[256] =
+                                                                          "dense,diagonal";
+    struct option lo[BT_NOPTS + 1];
+    cli_longopts(BT_OPTS, BT_NOPTS, lo);
+    size_t threads = 0;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (ch) {
+        case B_MODEL: snprintf(models_s, sizeof models_s, "%s", optarg); break;
+        case B_OPTIM: snprintf(optims_s, sizeof optims_s, "%s", optarg); break;
+        case B_STRUCT: snprintf(structs_s, sizeof structs_s, "%s", optarg); break;
+        case B_DATA:
+            if (strcmp(optarg, "fashion-mnist") && strcmp(optarg, "cifar100")) {
+                cli_error("fashion-mnist or cifar100", "--data: unknown shape '%s'", optarg);
+                return NGD_EXIT_USAGE;
+            }
+            o.data = optarg;
+            break;
+        case B_BATCH: if (parse_size("batch", optarg, &o.batch, 1)) return NGD_EXIT_USAGE; break;
+        case B_CONTEXT:
+            if (parse_size("context", optarg, &o.context, 1)) return NGD_EXIT_USAGE;
+            break;
+        case B_STEPS: if (parse_size("steps", optarg, &o.steps, 1)) return NGD_EXIT_USAGE; break;
+        case B_WARMUP: if (parse_size("warmup", optarg, &o.warmup, 1)) return NGD_EXIT_USAGE; break;
+        case B_T: if (parse_size("T", optarg, &o.T, 1)) return NGD_EXIT_USAGE; break;
+        case B_THREADS: if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE; break;
+        case B_WIDTHS: {
+            char *w[NN_MODEL_MAX_WIDTHS + 1];
+            int n = split(optarg, w, NN_MODEL_MAX_WIDTHS);
+            if (n <= 0) {
+                cli_error("e.g. --widths 256,128", "--widths: bad list");
+                return NGD_EXIT_USAGE;
+            }
+            for (int i = 0; i < n; i++)
+                if (parse_size("widths", w[i], &o.widths[i], 1)) return NGD_EXIT_USAGE;
+            o.nwidths = (size_t)n;
+            break;
+        }
+        case B_POPTIM:
+            if (strcmp(optarg, "method") && strcmp(optarg, "adamw")) {
+                cli_error("method or adamw", "--param-optim: unknown rule '%s'", optarg);
+                return NGD_EXIT_USAGE;
+            }
+            o.param_adamw = !strcmp(optarg, "adamw");
+            break;
+        case B_JSON: o.json = true; break;
+        case B_HELP:
+        case 'h': usage(stdout); return NGD_EXIT_OK;
+        default: fprintf(stderr, "hint: run 'ngd bench train --help'\n"); return NGD_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        cli_error("run 'ngd bench train --help'", "unexpected argument '%s'", argv[optind]);
+        return NGD_EXIT_USAGE;
+    }
+    if (threads) {
+        char v[24];
+        snprintf(v, sizeof v, "%zu", threads);
+        setenv("OMP_NUM_THREADS", v, 1); // read by the children's OpenMP runtime
+    }
+    // the configurations: models x methods (x structures for the SINGD family)
+    char *mv[16], *ov[16], *sv[16];
+    int nm = split(models_s, mv, 16), no = split(optims_s, ov, 16), ns = split(structs_s, sv, 16);
+    if (nm <= 0 || no <= 0 || ns <= 0) {
+        cli_error("run 'ngd bench train --help'", "--model, --optim, --structure: bad list");
+        return NGD_EXIT_USAGE;
+    }
+    bt_cfg cfgs[BT_MAX];
+    size_t nc = 0;
+    for (int i = 0; i < nm; i++) {
+        bool known = false, text = false;
+        for (size_t k = 0; nn_model_list(k); k++)
+            if (!strcmp(nn_model_list(k)->name, mv[i]))
+                known = true, text = nn_model_list(k)->forward_tokens != NULL;
+        if (!known) {
+            cli_error("models: mlp, cnn, vit, chargpt, vgg16bn", "--model: unknown model '%s'",
+                      mv[i]);
+            return NGD_EXIT_USAGE;
+        }
+        for (int j = 0; j < no; j++) {
+            ngd_method me;
+            if (ngd_method_parse(ov[j], &me) != NGD_OK) {
+                cli_error("methods: sgd, adamw, singd, ingd, ikfac, kfac, rskfac, srekfac, bkfac, "
+                          "brkfac, brckfac", "--optim: unknown method '%s'", ov[j]);
+                return NGD_EXIT_USAGE;
+            }
+            const bool structured = me == NGD_METHOD_SINGD || me == NGD_METHOD_IKFAC;
+            for (int k = 0; k < (structured ? ns : 1); k++) {
+                if (nc == BT_MAX) {
+                    cli_error("run fewer at a time", "more than %d configurations", BT_MAX);
+                    return NGD_EXIT_USAGE;
+                }
+                bt_cfg *c = &cfgs[nc++];
+                memset(c, 0, sizeof *c);
+                c->model = mv[i], c->method = me, c->text = text;
+                c->cifar = o.data ? !strcmp(o.data, "cifar100") : strcmp(mv[i], "mlp") != 0;
+                if (structured) {
+                    ngd_factor_spec fs;
+                    if (ngd_structure_parse(sv[k], &fs) != NGD_OK) {
+                        cli_error("structures as ngd train --structure", "--structure: unknown "
+                                  "structure '%s'", sv[k]);
+                        return NGD_EXIT_USAGE;
+                    }
+                    snprintf(c->structure, sizeof c->structure, "%s", sv[k]);
+                }
+            }
+        }
+    }
+    if (!o.json)
+        printf("ngd bench train: batch %zu, %zu warm-up steps, >= %zu timed steps (whole "
+               "periods), T = %zu\nms per step; phases in ms: data, forward(+loss), backward, "
+               "observe, preconditioner update, preconditioning, first-order rule;\nfb = forward+"
+               "backward GEMM GFLOP, %%sgemm = its GFLOP/s against the sgemm rate, opt = optimizer "
+               "GEMM GFLOP/step,\nx floor = step time / (all GEMM FLOPs at the sgemm rate)\n\n"
+               "%-8s %-6s %-9s %8s %8s | %5s %7s %7s %6s %6s %6s %6s | %7s %6s %6s %6s %6s %4s "
+               "%6s\n", o.batch, o.warmup, o.steps, o.T, "model", "optim", "structure", "mean",
+               "median", "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb",
+               "%sgemm", "opt", "xfloor", "sgemm", "RSS MiB");
+    int rc = NGD_EXIT_OK;
+    for (size_t i = 0; i < nc; i++) {
+        bt_result r;
+        long rss = 0;
+        if (run_forked(&cfgs[i], &o, &r, &rss)) {
+            cli_error(NULL, "bench train: %s %s: %s", cfgs[i].model,
+                      ngd_method_name(cfgs[i].method), r.err);
+            rc = NGD_EXIT_FAIL;
+            continue;
+        }
+        print_row(&cfgs[i], &o, &r, rss);
+    }
+    return rc;
+}
