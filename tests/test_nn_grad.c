@@ -511,6 +511,86 @@ static void conv2d_threaded_paths_should_match_naive_forward_and_backward(void) 
     }
 }
 
+// The write (=) variants and the fused BN-ReLU the CNNs use equal the plain layers: the same
+// outputs, and the same gradients as the plain backward into a zeroed buffer, whatever the
+// buffer held (NaN here).
+static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
+    ref_rng r = {77};
+    for (int train = 1; train >= 0; train--) { // BatchNorm + ReLU
+        const size_t C = 4, HW = 30, N = 3, n = N * C * HW;
+        nn_batchnorm a, b;
+        CHECK(nn_batchnorm_init(&a, C, HW, N) == NN_OK && nn_batchnorm_init(&b, C, HW, N) == NN_OK);
+        fill(&r, a.w, C, 0.5, 1.5);
+        fill(&r, a.b, C, -0.5, 0.5);
+        memcpy(b.w, a.w, C * sizeof(float)), memcpy(b.b, a.b, C * sizeof(float));
+        float *x = malloc(n * sizeof *x), *y1 = malloc(n * sizeof *y1), *y2 = malloc(n * sizeof *y2);
+        float *dy = malloc(n * sizeof *dy), *g = malloc(n * sizeof *g), *dx1 = zeros(n);
+        float *dx2 = malloc(n * sizeof *dx2);
+        fill(&r, x, n, -2, 2);
+        fill(&r, dy, n, -1, 1);
+        nn_batchnorm_forward(&a, x, y1, N, train);
+        for (size_t i = 0; i < n; i++) { // ReLU after it, by hand
+            g[i] = y1[i] > 0.0f ? dy[i] : 0.0f;
+            y1[i] = y1[i] > 0.0f ? y1[i] : 0.0f;
+        }
+        nn_batchnorm_relu_forward(&b, x, y2, N, train);
+        CHECK(memcmp(y1, y2, n * sizeof(float)) == 0);
+        nn_batchnorm_backward(&a, g, dx1);
+        for (size_t i = 0; i < n; i++)
+            dx2[i] = NAN;
+        nn_batchnorm_relu_backward(&b, dy, dx2);
+        CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
+        CHECK(memcmp(a.dw, b.dw, C * sizeof(float)) == 0 && memcmp(a.db, b.db, C * sizeof(float)) == 0);
+        free(x), free(y1), free(y2), free(dy), free(g), free(dx1), free(dx2);
+        nn_batchnorm_free(&a), nn_batchnorm_free(&b);
+    }
+    for (size_t t = 0; t < 2; t++) { // max pooling 2x2/2: windows tiling the input, or not
+        const size_t N = 2, C = 3, H = t ? 7 : 8, W = 6, n = N * C * H * W;
+        nn_maxpool2d l;
+        CHECK(nn_maxpool2d_init(&l, C, H, W, 2, 2, 0, N) == NN_OK);
+        const size_t ny = N * C * l.oh * l.ow;
+        float *x = malloc(n * sizeof *x), *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
+        float *dx1 = zeros(n), *dx2 = malloc(n * sizeof *dx2);
+        fill(&r, x, n, -1, 1);
+        fill(&r, dy, ny, -1, 1);
+        nn_maxpool2d_forward(&l, x, y, N);
+        nn_maxpool2d_backward(&l, dy, dx1);
+        for (size_t i = 0; i < n; i++)
+            dx2[i] = NAN;
+        nn_maxpool2d_backward_set(&l, dy, dx2);
+        CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
+        free(x), free(y), free(dy), free(dx1), free(dx2);
+        nn_maxpool2d_free(&l);
+    }
+    // Conv2d: one sample per chunk (16x16 outputs), several (6x5), groups
+    const conv_case cases[] = {{{3, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 5, true},
+                               {{4, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 2}, 6, true}};
+    for (size_t t = 0; t < 2; t++) {
+        const ngd_conv_geom *G = &cases[t].g;
+        const size_t N = 5, cout = cases[t].cout;
+        nn_rng g;
+        nn_rng_seed(&g, 50 + t);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, G, cout, true, N, &g) == NN_OK);
+        const size_t nx = N * G->c_in * G->h * G->w, ny = N * cout * l.oh * l.ow;
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
+        float *dx1 = zeros(nx), *dx2 = malloc(nx * sizeof *dx2);
+        fill(&r, x, nx, -1, 1);
+        fill(&r, dy, ny, -1, 1);
+        nn_conv2d_forward(&l, x, y, N);
+        nn_conv2d_backward(&l, dy, dx1);
+        float *dw1 = fdup(l.dw, cout * l.d_in);
+        memset(l.dw, 0, cout * l.d_in * sizeof(float));
+        for (size_t i = 0; i < nx; i++)
+            dx2[i] = NAN;
+        nn_conv2d_backward_set(&l, dy, dx2);
+        CHECK(memcmp(dx1, dx2, nx * sizeof(float)) == 0);
+        CHECK(memcmp(dw1, l.dw, cout * l.d_in * sizeof(float)) == 0);
+        free(x), free(y), free(dy), free(dx1), free(dx2), free(dw1);
+        nn_conv2d_free(&l);
+    }
+}
+
 static void conv2d_init_should_reject_bad_geometry(void) {
     nn_rng g;
     nn_rng_seed(&g, 4);
@@ -1206,6 +1286,7 @@ static const test_case TESTS[] = {
     TEST(conv2d_stats_should_match_ngd_unfold_and_permuted_dy),
     TEST(conv2d_threaded_paths_should_match_naive_forward_and_backward),
     TEST(conv2d_init_should_reject_bad_geometry),
+    TEST(fused_and_writing_variants_should_equal_the_plain_layers),
     TEST(batchnorm_backward_should_match_finite_differences),
     TEST(batchnorm_forward_should_match_formulas),
     TEST(layernorm_should_match_formula_and_finite_differences),

@@ -1,14 +1,25 @@
 /*
  * batchnorm.c — batch normalization (PyTorch nn.BatchNorm1d on (N, C) and nn.BatchNorm2d on
- * (N, C, H, W), affine, track_running_stats): one implementation over (N, C, HW).
+ * (N, C, H, W), affine, track_running_stats): one implementation over (N, C, HW), alone or
+ * followed by a ReLU in the same pass (the conv-BN-ReLU blocks of the CNNs).
  * Training normalizes with the batch mean and biased variance and updates the running
  * statistics (unbiased variance, momentum 0.1); evaluation normalizes with the running
- * statistics. Statistics are summed in float64. No synchronized (multi-process) batch norm.
+ * statistics. Statistics are two passes (mean, then squared deviations: no cancellation),
+ * each summed in float over one (sample, channel) plane and in float64 across planes.
+ * The layer stores no normalized copy of its input: x is borrowed and x̂ recomputed in
+ * backward, and the fused ReLU's mask is recomputed the same way. No synchronized
+ * (multi-process) batch norm.
  */
 #include <math.h>
 #include <string.h>
 
 #include "nn.h"
+
+#ifdef _OPENMP
+#define NN_SIMD_SUM(v) NN_PRAGMA(omp simd reduction(+ : v))
+#else
+#define NN_SIMD_SUM(v)
+#endif
 
 nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_batch) {
     memset(l, 0, sizeof *l);
@@ -24,10 +35,10 @@ nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_bat
     l->db = nn_calloc(c, sizeof(float));
     l->running_mean = nn_calloc(c, sizeof(float));
     l->running_var = nn_malloc(c, sizeof(float));
+    l->mean = nn_malloc(c, sizeof(float));
     l->invstd = nn_malloc(c, sizeof(float));
-    l->xhat = nn_malloc(nn_mul(max_batch, nn_mul(c, hw)), sizeof(float));
-    if (!l->w || !l->dw || !l->b || !l->db || !l->running_mean || !l->running_var || !l->invstd ||
-        !l->xhat) {
+    if (!l->w || !l->dw || !l->b || !l->db || !l->running_mean || !l->running_var || !l->mean ||
+        !l->invstd) {
         nn_batchnorm_free(l);
         return NN_ERR_NOMEM;
     }
@@ -43,94 +54,160 @@ void nn_batchnorm_free(nn_batchnorm *l) {
     free(l->db);
     free(l->running_mean);
     free(l->running_var);
+    free(l->mean);
     free(l->invstd);
-    free(l->xhat);
     memset(l, 0, sizeof *l);
 }
 
-// x (N, C, HW) -> y (N, C, HW)
-void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
+// Σ x over channel c's planes, and Σ (x − mu)² about the float mean mu
+static double plane_sum(const float *x, size_t N, size_t C, size_t HW, size_t c) {
+    double s = 0;
+    for (size_t n = 0; n < N; n++) {
+        const float *xc = x + (n * C + c) * HW;
+        float r = 0.0f;
+        NN_SIMD_SUM(r)
+        for (size_t p = 0; p < HW; p++)
+            r += xc[p];
+        s += (double)r;
+    }
+    return s;
+}
+static double plane_sqdev(const float *x, size_t N, size_t C, size_t HW, size_t c, float mu) {
+    double s = 0;
+    for (size_t n = 0; n < N; n++) {
+        const float *xc = x + (n * C + c) * HW;
+        float r = 0.0f;
+        NN_SIMD_SUM(r)
+        for (size_t p = 0; p < HW; p++) {
+            const float d = xc[p] - mu;
+            r += d * d;
+        }
+        s += (double)r;
+    }
+    return s;
+}
+
+// x (N, C, HW) -> y (N, C, HW), y = γ x̂ + β, then max(0, ·) when relu
+static void forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train, bool relu) {
     NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
     NN_ASSERT(!train || N * l->hw > 1); // a batch variance needs two values per channel
     const size_t C = l->c, HW = l->hw, M = N * HW;
+    l->x = x;
     l->n = N;
     l->train = train;
+    l->relu = relu;
     NN_OMP_FOR(N * C * HW)
     for (size_t c = 0; c < C; c++) {
         float mean, invstd;
         if (train) {
-            double s = 0, ss = 0;
-            for (size_t n = 0; n < N; n++) {
-                const float *xc = x + (n * C + c) * HW;
-                for (size_t p = 0; p < HW; p++)
-                    s += (double)xc[p];
-            }
-            const double mu = s / (double)M;
-            for (size_t n = 0; n < N; n++) {
-                const float *xc = x + (n * C + c) * HW;
-                for (size_t p = 0; p < HW; p++) {
-                    double d = (double)xc[p] - mu;
-                    ss += d * d;
-                }
-            }
-            const double var = ss / (double)M; // two passes: no cancellation
+            const double mu = plane_sum(x, N, C, HW, c) / (double)M;
             mean = (float)mu;
+            // deviations about the float mean, corrected to the exact one
+            const double dm = mu - (double)mean;
+            const double ss = plane_sqdev(x, N, C, HW, c, mean) - (double)M * dm * dm;
+            const double var = ss > 0 ? ss / (double)M : 0.0;
             invstd = (float)(1.0 / sqrt(var + (double)l->eps));
             const float m = l->momentum;
             l->running_mean[c] = (1.0f - m) * l->running_mean[c] + m * mean;
-            l->running_var[c] = (1.0f - m) * l->running_var[c] + m * (float)(ss / (double)(M - 1));
+            l->running_var[c] = (1.0f - m) * l->running_var[c] + m * (float)(var * (double)M /
+                                                                             (double)(M - 1));
         } else {
             mean = l->running_mean[c];
             invstd = 1.0f / sqrtf(l->running_var[c] + l->eps);
         }
+        l->mean[c] = mean;
         l->invstd[c] = invstd;
+        // y = a x + s with a = γ invstd, s = β − γ invstd mean; x̂ is (x − mean) invstd
         const float w = l->w[c], b = l->b[c];
         for (size_t n = 0; n < N; n++) {
-            const size_t off = (n * C + c) * HW;
-            for (size_t p = 0; p < HW; p++) {
-                float xh = (x[off + p] - mean) * invstd;
-                l->xhat[off + p] = xh;
-                y[off + p] = w * xh + b;
+            const float *xc = x + (n * C + c) * HW;
+            float *yc = y + (n * C + c) * HW;
+            if (relu) {
+                for (size_t p = 0; p < HW; p++) {
+                    const float v = w * ((xc[p] - mean) * invstd) + b;
+                    yc[p] = v > 0.0f ? v : 0.0f;
+                }
+            } else {
+                for (size_t p = 0; p < HW; p++)
+                    yc[p] = w * ((xc[p] - mean) * invstd) + b;
             }
         }
     }
 }
 
-// train:  dx = γ·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂))   (the batch statistics depend on x)
-// eval:   dx = γ·invstd · dy
-// and in both: dγ += Σ dy·x̂, dβ += Σ dy.
-void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx) {
-    NN_ASSERT(dy && l->n >= 1);
+void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
+    forward(l, x, y, N, train, false);
+}
+void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
+    forward(l, x, y, N, train, true);
+}
+
+// With g = dy (or dy masked by the ReLU: where γ x̂ + β > 0, recomputed exactly as forward):
+// train:  dx = γ·invstd/M · (M·g − Σg − x̂·Σ(g·x̂))   (the batch statistics depend on x)
+// eval:   dx = γ·invstd · g
+// and in both: dγ += Σ g·x̂, dβ += Σ g. dx is added to, or written when `set`.
+static void backward(nn_batchnorm *l, const float *dy, float *dx, bool set) {
+    NN_ASSERT(dy && l->x && l->n >= 1);
     const size_t C = l->c, HW = l->hw, N = l->n, M = N * HW;
+    const float *x = l->x;
+    const bool relu = l->relu;
     NN_OMP_FOR(N * C * HW)
     for (size_t c = 0; c < C; c++) {
+        const float mean = l->mean[c], invstd = l->invstd[c], w = l->w[c], b = l->b[c];
         double sdy = 0, sdyx = 0;
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
-            for (size_t p = 0; p < HW; p++) {
-                sdy += (double)dy[off + p];
-                sdyx += (double)dy[off + p] * (double)l->xhat[off + p];
+            float r1 = 0.0f, r2 = 0.0f;
+            if (relu) {
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : r1, r2)
+#endif
+                for (size_t p = 0; p < HW; p++) {
+                    const float xh = (x[off + p] - mean) * invstd;
+                    const float g = w * xh + b > 0.0f ? dy[off + p] : 0.0f;
+                    r1 += g;
+                    r2 += g * xh;
+                }
+            } else {
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : r1, r2)
+#endif
+                for (size_t p = 0; p < HW; p++) {
+                    const float xh = (x[off + p] - mean) * invstd;
+                    r1 += dy[off + p];
+                    r2 += dy[off + p] * xh;
+                }
             }
+            sdy += (double)r1;
+            sdyx += (double)r2;
         }
         l->dw[c] += (float)sdyx;
         l->db[c] += (float)sdy;
         if (!dx) continue;
-        const float k = l->w[c] * l->invstd[c];
-        if (l->train) {
-            const float mdy = (float)(sdy / (double)M), mdyx = (float)(sdyx / (double)M);
-            for (size_t n = 0; n < N; n++) {
-                const size_t off = (n * C + c) * HW;
-                for (size_t p = 0; p < HW; p++)
-                    dx[off + p] += k * (dy[off + p] - mdy - l->xhat[off + p] * mdyx);
-            }
-        } else {
-            for (size_t n = 0; n < N; n++) {
-                const size_t off = (n * C + c) * HW;
-                for (size_t p = 0; p < HW; p++)
-                    dx[off + p] += k * dy[off + p];
+        const float k = w * invstd;
+        const float mdy = l->train ? (float)(sdy / (double)M) : 0.0f;
+        const float mdyx = l->train ? (float)(sdyx / (double)M) : 0.0f;
+        for (size_t n = 0; n < N; n++) {
+            const size_t off = (n * C + c) * HW;
+            const float *d = dy + off, *xc = x + off;
+            float *o = dx + off;
+            for (size_t p = 0; p < HW; p++) {
+                const float xh = (xc[p] - mean) * invstd;
+                const float g = !relu || w * xh + b > 0.0f ? d[p] : 0.0f;
+                const float v = k * (g - mdy - xh * mdyx);
+                o[p] = set ? v : o[p] + v;
             }
         }
     }
+}
+
+void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx) {
+    NN_ASSERT(!l->relu);
+    backward(l, dy, dx, false);
+}
+void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx) {
+    NN_ASSERT(l->relu);
+    backward(l, dy, dx, true);
 }
 
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out) {

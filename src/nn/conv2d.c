@@ -4,20 +4,36 @@
  *
  * With NCHW images and OIHW weights the natural im2col is the transposed one (Caffe's):
  * rows (c, k1, k2), columns (n, o1, o2). Its rows are runs of input rows, so it is built
- * with memcpy-length copies, and y = W · colᵀ lands directly in NCHW order. It is built
- * for a chunk of samples at a time (about 1024 columns: the GEMM runs near its peak and the
- * chunk stays in cache) and rebuilt in backward instead of being kept, so the layer holds
- * no batch-sized activations: x and dy are borrowed. The K-FAC matrices (a: rows (n, o1,
- * o2) x columns (c, k1, k2), ngd_unfold's layout; g: dy as (N*L, c_out)) are only built
- * when nn_conv2d_stats asks for them. No transposed convolution, no padding modes other
- * than zeros.
+ * with memcpy-length copies, and y = W · colᵀ lands directly in NCHW order. Threads work
+ * over the batch, each on its own chunk of samples (about NN_CONV_CHUNK_COLS columns, so the
+ * single-threaded GEMM runs near its peak and the chunk stays in the core's cache) in its
+ * own buffers: no barrier inside a layer, no GEMM too small to share between cores. A chunk
+ * of one sample (images of 16x16 and more) multiplies straight into the output image and
+ * reads dy in place. dW is summed per thread and the partial sums are added in thread
+ * order (the same result for the same thread count). The chunk's im2col is rebuilt in
+ * backward instead of being kept, so the layer holds no batch-sized activations: x and dy
+ * are borrowed. The K-FAC matrices (a: rows (n, o1, o2) x columns (c, k1, k2), ngd_unfold's
+ * layout; g: dy as (N*L, c_out)) are only built when nn_conv2d_stats asks for them. No
+ * transposed convolution, no padding modes other than zeros.
  */
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "nn.h"
 
-#define NN_CONV_CHUNK_COLS 1024 // target GEMM width (chunk * L)
+#define NN_CONV_CHUNK_COLS 256 // least GEMM width (chunk * L) of a single-threaded GEMM
+
+static size_t max_threads(void) {
+#ifdef _OPENMP
+    const int t = omp_get_max_threads();
+    return t > 1 ? (size_t)t : 1;
+#else
+    return 1;
+#endif
+}
 
 nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
                          size_t max_batch, nn_rng *rng) {
@@ -34,19 +50,22 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     l->max_batch = max_batch;
     l->d_in = geom->c_in / geom->groups * geom->k1 * geom->k2;
     const size_t L = oh * ow;
-    l->chunk = L >= NN_CONV_CHUNK_COLS ? 1 : NN_CONV_CHUNK_COLS / L;
+    l->chunk = (NN_CONV_CHUNK_COLS + L - 1) / L;
     if (l->chunk > max_batch) l->chunk = max_batch;
-    const size_t ncol = l->chunk * L;
+    const size_t ncol = l->chunk * L, nchunks = (max_batch + l->chunk - 1) / l->chunk;
+    l->nthr = max_threads() < nchunks ? max_threads() : nchunks;
     l->w = nn_malloc(nn_mul(c_out, l->d_in), sizeof(float));
     l->dw = nn_calloc(nn_mul(c_out, l->d_in), sizeof(float));
     if (bias) {
         l->b = nn_malloc(c_out, sizeof(float));
         l->db = nn_calloc(c_out, sizeof(float));
     }
-    l->colt = nn_malloc(nn_mul(l->d_in, ncol), sizeof(float));
-    l->dcolt = nn_malloc(nn_mul(l->d_in, ncol), sizeof(float));
-    l->ybuf = nn_malloc(nn_mul(c_out, ncol), sizeof(float));
-    if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt || !l->ybuf) {
+    l->colt = nn_malloc(nn_mul(l->nthr, nn_mul(l->d_in, ncol)), sizeof(float));
+    l->dcolt = nn_malloc(nn_mul(l->nthr, nn_mul(l->d_in, ncol)), sizeof(float));
+    if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, ncol)), sizeof(float));
+    l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
+    if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
+        (l->chunk > 1 && !l->ybuf) || !l->dwpart) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -64,6 +83,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->colt);
     free(l->dcolt);
     free(l->ybuf);
+    free(l->dwpart);
     free(l->abuf);
     free(l->gbuf);
     memset(l, 0, sizeof *l);
@@ -91,7 +111,6 @@ static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, fl
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OH = l->oh, OW = l->ow;
     const size_t L = OH * OW, ncol = nb * L, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
-    NN_OMP_FOR(nb * l->d_in * L)
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
         const float *xc = x + i * xs + (g * cg + c) * H * W;
@@ -128,8 +147,6 @@ static void col2im_t_add(const nn_conv2d *l, const float *dcolt, size_t nb, size
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OH = l->oh, OW = l->ow;
     const size_t L = OH * OW, ncol = nb * L, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
-    // one (sample, channel) plane per item: items never write the same memory
-    NN_OMP_FOR(nb * l->d_in * L)
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
         float *dxc = dx + i * xs + (g * cg + c) * H * W;
@@ -152,72 +169,137 @@ static void col2im_t_add(const nn_conv2d *l, const float *dcolt, size_t nb, size
 
 // ---- forward / backward ----
 
-void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
-    NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
+// The threads of a layer's parallel region: at most the planned ones and the runtime's.
+static int team(const nn_conv2d *l) {
+    const size_t t = max_threads() < l->nthr ? max_threads() : l->nthr;
+    return (int)t;
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1)
+static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb,
+                          float *colt, float *ybuf) {
     const ngd_conv_geom *G = &l->geom;
     const size_t L = l->oh * l->ow, din = l->d_in, cout = l->c_out, groups = G->groups;
-    const size_t cog = cout / groups, xs = G->c_in * G->h * G->w;
+    const size_t cog = cout / groups, xs = G->c_in * G->h * G->w, ncol = nb * L;
+    float *out = nb == 1 ? y + n0 * cout * L : ybuf; // (cout, ncol)
+    for (size_t g = 0; g < groups; g++) {
+        im2col_t(l, x + n0 * xs, nb, g, colt);
+        // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
+        nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, colt, ncol, 0.0f,
+                 out + g * cog * ncol, ncol);
+    }
+    // y[n0 + i, co, :] = out[co, i*L : (i+1)*L] + b[co]
+    for (size_t i = 0; i < nb; i++)
+        for (size_t co = 0; co < cout; co++) {
+            const float *src = out + co * ncol + i * L;
+            float *dst = y + ((n0 + i) * cout + co) * L;
+            const float bo = l->b ? l->b[co] : 0.0f;
+            if (src == dst) {
+                if (l->b)
+                    for (size_t p = 0; p < L; p++)
+                        dst[p] += bo;
+            } else {
+                for (size_t p = 0; p < L; p++)
+                    dst[p] = src[p] + bo;
+            }
+        }
+}
+
+void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
+    NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
+    const size_t L = l->oh * l->ow, ncol = l->chunk * L, nchunks = (N + l->chunk - 1) / l->chunk;
     l->x = x;
     l->dy = NULL;
     l->n = N;
-    for (size_t n0 = 0; n0 < N; n0 += l->chunk) {
-        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk, ncol = nb * L;
-        for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x + n0 * xs, nb, g, l->colt);
-            // ybuf rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
-            nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, l->colt, ncol,
-                     0.0f, l->ybuf + g * cog * ncol, ncol);
-        }
-        // y[n0 + i, co, :] = ybuf[co, i*L : (i+1)*L] + b[co]
-        NN_OMP_FOR(nb * cout * L)
-        for (size_t ic = 0; ic < nb * cout; ic++) {
-            const size_t i = ic / cout, co = ic % cout;
-            const float *src = l->ybuf + co * ncol + i * L;
-            float *dst = y + ((n0 + i) * cout + co) * L;
-            const float bo = l->b ? l->b[co] : 0.0f;
-            for (size_t p = 0; p < L; p++)
-                dst[p] = src[p] + bo;
-        }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(team(l))
+#endif
+    for (size_t c = 0; c < nchunks; c++) {
+        const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
+        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
+        forward_chunk(l, x, y, n0, nb, l->colt + t * l->d_in * ncol,
+                      l->ybuf ? l->ybuf + t * l->c_out * ncol : NULL);
     }
 }
 
-void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) {
-    NN_ASSERT(dy && l->x && l->n >= 1);
+// dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers
+// (dx written instead when set: the chunk's images are cleared first, while they are hot)
+static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
+                           size_t nb, float *colt, float *dcolt, float *ybuf, float *dwpart) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t N = l->n, L = l->oh * l->ow, din = l->d_in, cout = l->c_out;
-    const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
-    l->dy = dy;
-    if (l->db) {
-        for (size_t n = 0; n < N; n++)
-            for (size_t o = 0; o < cout; o++) {
-                const float *src = dy + (n * cout + o) * L;
-                float s = 0.0f;
-                for (size_t p = 0; p < L; p++)
-                    s += src[p];
-                l->db[o] += s;
-            }
-    }
-    for (size_t n0 = 0; n0 < N; n0 += l->chunk) {
-        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk, ncol = nb * L;
-        // ybuf (cout, ncol) <- dy of the chunk, samples side by side
+    const size_t L = l->oh * l->ow, din = l->d_in, cout = l->c_out, groups = G->groups;
+    const size_t cog = cout / groups, xs = G->c_in * G->h * G->w, ncol = nb * L;
+    const float *dyc = dy + n0 * cout * L; // (cout, ncol) as it stands when nb = 1
+    if (nb > 1) { // samples side by side
         for (size_t i = 0; i < nb; i++)
             for (size_t co = 0; co < cout; co++)
-                memcpy(l->ybuf + co * ncol + i * L, dy + ((n0 + i) * cout + co) * L,
+                memcpy(ybuf + co * ncol + i * L, dy + ((n0 + i) * cout + co) * L,
                        L * sizeof(float));
-        for (size_t g = 0; g < groups; g++) {
-            const float *yg = l->ybuf + g * cog * ncol; // (cog, ncol)
-            im2col_t(l, l->x + n0 * xs, nb, g, l->colt);
-            // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
-            nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ncol, l->colt, ncol, 1.0f,
-                     l->dw + g * cog * din, din);
-            if (!dx) continue;
-            // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
-            nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ncol, 0.0f,
-                     l->dcolt, ncol);
-            col2im_t_add(l, l->dcolt, nb, g, dx + n0 * xs);
-        }
+        dyc = ybuf;
+    }
+    if (dx && set) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
+    for (size_t g = 0; g < groups; g++) {
+        const float *yg = dyc + g * cog * ncol; // (cog, ncol)
+        im2col_t(l, l->x + n0 * xs, nb, g, colt);
+        // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
+        nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ncol, colt, ncol, 1.0f,
+                 dwpart + g * cog * din, din);
+        if (!dx) continue;
+        // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
+        nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ncol, 0.0f,
+                 dcolt, ncol);
+        col2im_t_add(l, dcolt, nb, g, dx + n0 * xs);
     }
 }
+
+static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
+    NN_ASSERT(dy && l->x && l->n >= 1);
+    const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out, din = l->d_in;
+    const size_t ncol = l->chunk * L, nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
+    l->dy = dy;
+    if (l->db) {
+        NN_OMP_FOR(N * cout * L)
+        for (size_t o = 0; o < cout; o++) {
+            float s = 0.0f;
+            for (size_t n = 0; n < N; n++) {
+                const float *src = dy + (n * cout + o) * L;
+                for (size_t p = 0; p < L; p++)
+                    s += src[p];
+            }
+            l->db[o] += s;
+        }
+    }
+    const int nt = team(l);
+    memset(l->dwpart, 0, (size_t)nt * nw * sizeof(float));
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (size_t c = 0; c < nchunks; c++) {
+        const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
+        const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
+        backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * din * ncol, l->dcolt + t * din * ncol,
+                       l->ybuf ? l->ybuf + t * cout * ncol : NULL, l->dwpart + t * nw);
+    }
+    // dW += the threads' parts, in thread order
+    NN_OMP_FOR((size_t)nt * nw)
+    for (size_t i = 0; i < nw; i++) {
+        float s = 0.0f;
+        for (int t = 0; t < nt; t++)
+            s += l->dwpart[(size_t)t * nw + i];
+        l->dw[i] += s;
+    }
+}
+
+void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) { backward(l, dy, dx, false); }
+void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx) { backward(l, dy, dx, true); }
 
 // ---- libngd ----
 

@@ -122,8 +122,9 @@ void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
 // C (m x n) = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k (A itself k x m and
 // stored with lda >= m when ta), op(B) is k x n. beta = 0 never reads C (NaN-safe).
 // Backed by oneDNN's dnnl_sgemm (the fastest f32 GEMM on this machine, docs/design.md);
-// falls back to nn_sgemm_ref if oneDNN reports an error. Threaded: never call it from
-// inside an OpenMP parallel region.
+// falls back to nn_sgemm_ref if oneDNN reports an error. Threaded; called from inside an
+// OpenMP parallel region it runs on the calling thread alone (oneDNN does not nest), which
+// is how layers run one small GEMM per thread (conv2d.c).
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 // Floating-point operations of the engine's products so far (2·m·n·k per GEMM, and the
@@ -161,9 +162,11 @@ size_t nn_linear_params(const nn_linear *l, nn_param *out); // weight, bias; out
 
 // ====== Conv2d (conv2d.c): im2col + GEMM ======
 
-// Works a chunk of samples at a time through a chunk-sized transposed im2col buffer, so it
-// keeps no batch-sized activations of its own: x and dy are borrowed instead, and the
-// K-FAC matrices are built from them only when asked for (nn_conv2d_stats).
+// Threads over the batch: each thread builds the transposed im2col of its own chunk of
+// samples in its own buffer and multiplies it by a single-threaded GEMM (a chunk of a
+// 32x32 image is one sample: its GEMM writes the output image in place). The layer keeps
+// no batch-sized activations of its own: x and dy are borrowed instead, and the K-FAC
+// matrices are built from them only when asked for (nn_conv2d_stats).
 typedef struct {
     ngd_conv_geom geom; // c_in, h, w, kernel, stride, padding, dilation, groups
     size_t c_out, oh, ow, max_batch;
@@ -171,9 +174,12 @@ typedef struct {
     float *w, *dw;   // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
     float *b, *db;   // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
     size_t chunk;    // samples per GEMM
-    float *colt;     // (d_in, chunk*L) transposed im2col of one group and one chunk
-    float *dcolt;    // (d_in, chunk*L) its gradient
-    float *ybuf;     // (c_out, chunk*L) outputs / output gradients of one chunk
+    size_t nthr;     // threads planned for (each has its own buffers below)
+    float *colt;     // nthr x (d_in, chunk*L) transposed im2col of one group and one chunk
+    float *dcolt;    // nthr x (d_in, chunk*L) its gradient
+    float *ybuf;     // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
+                     // (unused when chunk = 1: the GEMM reads and writes the images)
+    float *dwpart;   // nthr x (c_out, d_in) each thread's share of dW, summed in thread order
     float *abuf;     // (N*L, d_in) K-FAC `a`, allocated by the first nn_conv2d_stats
     float *gbuf;     // (N*L, c_out) K-FAC `g`, likewise
     const float *x;  // (N, c_in, h, w) borrowed from forward
@@ -190,6 +196,8 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N);
 // dy (N, c_out, oh, ow): dW += Σ dy colᵀ, db += Σ dy, dx (N, c_in, h, w) += col2im(Wᵀ dy).
 // dy is borrowed until the stats have been read.
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx);
+// The same, but dx is WRITTEN (=), so the caller need not zero it first.
+void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx);
 void nn_conv2d_free(nn_conv2d *l);
 ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // After backward: a = im2col rows (n, o1, o2) x columns (c, k1, k2) (channels averaged over
@@ -208,17 +216,24 @@ typedef struct {
     float *b, *db;           // (C) shift β, init 0
     float *running_mean;     // (C) init 0
     float *running_var;      // (C) init 1; updated with the unbiased batch variance
-    float *xhat;             // (N, C, hw) normalized input of the last forward
-    float *invstd;           // (C) 1/sqrt(var + eps) used by the last forward
+    float *mean, *invstd;    // (C) mean and 1/sqrt(var + eps) used by the last forward
+    const float *x;          // (N, C, hw) borrowed: x̂ is recomputed from it in backward
     size_t n;
     bool train; // mode of the last forward
+    bool relu;  // the last forward was nn_batchnorm_relu_forward
 } nn_batchnorm;
 
 nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_batch);
 // train: normalize with the batch statistics (biased variance) and update the running
-// statistics; eval: normalize with the running statistics. x is not kept.
+// statistics; eval: normalize with the running statistics. x is borrowed until backward
+// (x̂ = (x − mean)·invstd is recomputed there rather than stored).
 void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train);
 void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx);
+// BatchNorm then ReLU in one pass: y = max(0, γ x̂ + β), with no buffer between them. Its
+// backward takes dy of the ReLU's output and WRITES dx (=, not +=: the input of a
+// conv-BN-ReLU block has no other consumer), so the caller need not zero dx.
+void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train);
+void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx);
 void nn_batchnorm_free(nn_batchnorm *l);
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out); // weight, bias
 
@@ -279,6 +294,8 @@ nn_status nn_maxpool2d_init(nn_maxpool2d *l, size_t c, size_t h, size_t w, size_
 void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N);
 // dx += dy routed to the maximum (ties: the first in row-major window order)
 void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx);
+// The same, but dx is WRITTEN (=): the caller need not zero it first.
+void nn_maxpool2d_backward_set(nn_maxpool2d *l, const float *dy, float *dx);
 void nn_maxpool2d_free(nn_maxpool2d *l);
 
 typedef struct {

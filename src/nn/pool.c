@@ -33,11 +33,46 @@ void nn_maxpool2d_free(nn_maxpool2d *l) {
     memset(l, 0, sizeof *l);
 }
 
+// Takes v at `at` when it beats the best so far (a NaN always does: NaNs propagate, the
+// last one wins), the rule of the window scan below.
+#define MAXPOOL_TAKE(v, at)                                                                        \
+    do {                                                                                           \
+        if ((v) > best || isnan(v)) best = (v), arg = (int32_t)(at);                               \
+    } while (0)
+
+// 2x2 windows of stride 2 without padding (every CNN here): two input rows at a time
+static void maxpool_2x2(nn_maxpool2d *l, const float *x, float *y, size_t planes) {
+    const size_t W = l->w, OH = l->oh, OW = l->ow, HW = l->h * l->w;
+    NN_OMP_FOR(planes * HW)
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *xp = x + pl * HW;
+        float *yp = y + pl * OH * OW;
+        int32_t *ap = l->argmax + pl * OH * OW;
+        for (size_t o1 = 0; o1 < OH; o1++) {
+            const size_t r0 = 2 * o1 * W, r1 = r0 + W;
+            for (size_t o2 = 0; o2 < OW; o2++) {
+                const size_t c0 = 2 * o2;
+                float best = xp[r0 + c0];
+                int32_t arg = (int32_t)(r0 + c0);
+                MAXPOOL_TAKE(xp[r0 + c0 + 1], r0 + c0 + 1);
+                MAXPOOL_TAKE(xp[r1 + c0], r1 + c0);
+                MAXPOOL_TAKE(xp[r1 + c0 + 1], r1 + c0 + 1);
+                yp[o1 * OW + o2] = best;
+                ap[o1 * OW + o2] = arg;
+            }
+        }
+    }
+}
+
 // x (N, C, H, W) -> y (N, C, OH, OW)
 void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N) {
     NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
     const size_t H = l->h, W = l->w, OH = l->oh, OW = l->ow, planes = N * l->c;
     l->n = N;
+    if (l->k == 2 && l->s == 2 && l->p == 0) {
+        maxpool_2x2(l, x, y, planes);
+        return;
+    }
     NN_OMP_FOR(planes * l->oh * l->ow * l->k * l->k)
     for (size_t pl = 0; pl < planes; pl++) {
         const float *xp = x + pl * H * W;
@@ -53,10 +88,8 @@ void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N) {
                         if (i2 < 0 || (size_t)i2 >= W) continue;
                         const size_t at = (size_t)i1 * W + (size_t)i2;
                         // `arg < 0` takes the first element even when it is -inf or NaN
-                        if (arg < 0 || xp[at] > best || isnan(xp[at])) {
-                            best = xp[at];
-                            arg = (int32_t)at;
-                        }
+                        if (arg < 0) best = xp[at], arg = (int32_t)at;
+                        else MAXPOOL_TAKE(xp[at], at);
                     }
                 }
                 // p <= k/2 guarantees every window holds at least one input element
@@ -75,6 +108,32 @@ void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx) {
     for (size_t pl = 0; pl < planes; pl++)
         for (size_t o = 0; o < L; o++)
             dx[pl * HW + (size_t)l->argmax[pl * L + o]] += dy[pl * L + o];
+}
+
+void nn_maxpool2d_backward_set(nn_maxpool2d *l, const float *dy, float *dx) {
+    NN_ASSERT(dy && l->n >= 1);
+    if (!dx) return;
+    const size_t H = l->h, W = l->w, OH = l->oh, OW = l->ow, HW = H * W, L = OH * OW;
+    const size_t planes = l->n * l->c;
+    if (!(l->k == 2 && l->s == 2 && l->p == 0 && H == 2 * OH && W == 2 * OW)) {
+        memset(dx, 0, planes * HW * sizeof(float)); // windows do not tile the input
+        nn_maxpool2d_backward(l, dy, dx);
+        return;
+    }
+    // the windows tile the input: write each window whole, dy at its argmax, 0 elsewhere
+    NN_OMP_FOR(planes * HW)
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *dp = dx + pl * HW;
+        const float *gp = dy + pl * L;
+        const int32_t *ap = l->argmax + pl * L;
+        for (size_t o1 = 0; o1 < OH; o1++) {
+            float *r0 = dp + 2 * o1 * W, *r1 = r0 + W;
+            for (size_t o2 = 0; o2 < OW; o2++)
+                r0[2 * o2] = r0[2 * o2 + 1] = r1[2 * o2] = r1[2 * o2 + 1] = 0.0f;
+            for (size_t o2 = 0; o2 < OW; o2++)
+                dp[ap[o1 * OW + o2]] = gp[o1 * OW + o2];
+        }
+    }
 }
 
 // ---- average pooling ----

@@ -3,7 +3,9 @@
  *   [Conv3x3 -> BN -> ReLU -> Conv3x3 -> BN -> ReLU -> MaxPool2] per stage (default channels
  *   32, 64), flatten, Linear -> ReLU (128) -> Linear (classes).
  * Convolutions and Linears are Kronecker-factored layers; BN scales/shifts are registered as
- * plain parameters. Forward in order; backward in reverse.
+ * plain parameters. Forward in order; backward in reverse. BN and ReLU run as one pass
+ * (nn_batchnorm_relu_*), and every backward writes its input gradient, so no activation
+ * gradient is cleared per step; the gradients of the block outputs share one buffer.
  */
 #include <stdio.h>
 #include <string.h>
@@ -18,18 +20,18 @@ typedef struct {
     size_t nstages, nconv;
     nn_conv2d conv[CNN_CONVS];
     nn_batchnorm bn[CNN_CONVS];
-    nn_relu relu[CNN_CONVS + 1];
+    nn_relu relu_fc;
     nn_maxpool2d pool[CNN_MAX_STAGES];
     nn_linear fc1, fc2;
     int conv_id[CNN_CONVS], fc1_id, fc2_id;
     // activations, each (B, C, H, W) of its layer; x_k is the input of conv k
-    float *cz[CNN_CONVS];   // conv output
-    float *bz[CNN_CONVS];   // BN output
-    float *ra[CNN_CONVS];   // ReLU output
+    float *cz[CNN_CONVS];   // conv output (BN's borrowed input)
+    float *ra[CNN_CONVS];   // BN-ReLU output
     float *po[CNN_MAX_STAGES];  // pool output
     float *h1, *a1;         // (B, 128) fc1 output, ReLU output
-    // gradients, same shapes
-    float *dcz[CNN_CONVS], *dbz[CNN_CONVS], *dra[CNN_CONVS], *dpo[CNN_MAX_STAGES];
+    // gradients, same shapes; dcz is the conv's `g` (kept for observe)
+    float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
+    float *gs;              // (B, max C·H·W) gradient of the block output being worked on
     float *dh1, *da1;
     size_t flat;            // features entering fc1
 } cnn;
@@ -39,8 +41,7 @@ static void cnn_destroy(nn_model *m) {
     for (size_t k = 0; k < p->nconv; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->bz[k]), free(p->ra[k]);
-        free(p->dcz[k]), free(p->dbz[k]), free(p->dra[k]);
+        free(p->cz[k]), free(p->ra[k]), free(p->dcz[k]);
     }
     for (size_t s = 0; s < p->nstages; s++) {
         nn_maxpool2d_free(&p->pool[s]);
@@ -48,7 +49,7 @@ static void cnn_destroy(nn_model *m) {
     }
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
-    free(p->h1), free(p->a1), free(p->dh1), free(p->da1);
+    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs);
     free(p);
     m->impl = NULL;
 }
@@ -69,7 +70,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_rng rng;
     nn_rng_seed(&rng, cfg->seed);
     const size_t B = cfg->max_batch;
-    size_t c = cfg->in_c, h = cfg->in_h, w = cfg->in_w;
+    size_t c = cfg->in_c, h = cfg->in_h, w = cfg->in_w, maxact = 0;
     for (size_t s = 0; s < p->nstages; s++) {
         for (int j = 0; j < 2; j++) {
             size_t k = p->nconv++;
@@ -79,10 +80,9 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                 goto bad;
             c = chans[s];
             size_t n = B * c * h * w;
-            p->cz[k] = buf(n), p->bz[k] = buf(n), p->ra[k] = buf(n);
-            p->dcz[k] = buf(n), p->dbz[k] = buf(n), p->dra[k] = buf(n);
-            if (!p->cz[k] || !p->bz[k] || !p->ra[k] || !p->dcz[k] || !p->dbz[k] || !p->dra[k])
-                goto oom;
+            maxact = n > maxact ? n : maxact;
+            p->cz[k] = buf(n), p->ra[k] = buf(n), p->dcz[k] = buf(n);
+            if (!p->cz[k] || !p->ra[k] || !p->dcz[k]) goto oom;
             nn_param ps[2];
             size_t np = nn_conv2d_params(&p->conv[k], ps);
             nn_model_add_params(m, ps, np);
@@ -106,8 +106,8 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     np = nn_linear_params(&p->fc2, ps);
     nn_model_add_params(m, ps, np);
     p->h1 = buf(B * CNN_HIDDEN), p->a1 = buf(B * CNN_HIDDEN);
-    p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN);
-    if (!p->h1 || !p->a1 || !p->dh1 || !p->da1) goto oom;
+    p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN), p->gs = buf(maxact);
+    if (!p->h1 || !p->a1 || !p->dh1 || !p->da1 || !p->gs) goto oom;
     return NN_OK;
 bad:
     snprintf(err, cap, "cnn: input %zux%zux%zu too small for %zu stages (or a zero width)",
@@ -118,10 +118,6 @@ oom:
     return NN_ERR_NOMEM;
 }
 
-static size_t act_size(const cnn *p, size_t k, size_t N) {
-    return N * p->conv[k].c_out * p->conv[k].oh * p->conv[k].ow;
-}
-
 static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
     cnn *p = m->impl;
     m->N = N;
@@ -130,15 +126,14 @@ static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
         for (size_t j = 0; j < 2; j++) {
             size_t k = 2 * s + j;
             nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
-            nn_batchnorm_forward(&p->bn[k], p->cz[k], p->bz[k], N, train);
-            nn_relu_forward(&p->relu[k], p->bz[k], p->ra[k], act_size(p, k, N));
+            nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
             in = p->ra[k];
         }
         nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
         in = p->po[s];
     }
     nn_linear_forward(&p->fc1, in, p->h1, N);  // flatten: NCHW memory is already (N, C*H*W)
-    nn_relu_forward(&p->relu[p->nconv], p->h1, p->a1, N * CNN_HIDDEN);
+    nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * CNN_HIDDEN);
     nn_linear_forward(&p->fc2, p->a1, m->logits, N);
 }
 
@@ -148,28 +143,19 @@ static void cnn_backward(nn_model *m, const float *dlogits) {
     memset(p->da1, 0, N * CNN_HIDDEN * sizeof(float));
     nn_linear_backward(&p->fc2, dlogits, p->da1);
     memset(p->dh1, 0, N * CNN_HIDDEN * sizeof(float));
-    nn_relu_backward(&p->relu[p->nconv], p->da1, p->dh1);
+    nn_relu_backward(&p->relu_fc, p->da1, p->dh1);
     float *dpo_last = p->dpo[p->nstages - 1];
     memset(dpo_last, 0, N * p->flat * sizeof(float));
     nn_linear_backward(&p->fc1, p->dh1, dpo_last);
     for (size_t s = p->nstages; s-- > 0;) {
-        size_t k2 = 2 * s + 1;
-        memset(p->dra[k2], 0, act_size(p, k2, N) * sizeof(float));
-        nn_maxpool2d_backward(&p->pool[s], p->dpo[s], p->dra[k2]);
+        nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         for (size_t j = 2; j-- > 0;) {
-            size_t k = 2 * s + j, n = act_size(p, k, N);
-            memset(p->dbz[k], 0, n * sizeof(float));
-            nn_relu_backward(&p->relu[k], p->dra[k], p->dbz[k]);
-            memset(p->dcz[k], 0, n * sizeof(float));
-            nn_batchnorm_backward(&p->bn[k], p->dbz[k], p->dcz[k]);
-            float *dx = NULL;  // the image needs no gradient
-            size_t nin = 0;
-            if (k > 0) {
-                dx = (j == 1) ? p->dra[k - 1] : p->dpo[s - 1];
-                nin = N * p->conv[k].geom.c_in * p->conv[k].geom.h * p->conv[k].geom.w;
-                memset(dx, 0, nin * sizeof(float));
-            }
-            nn_conv2d_backward(&p->conv[k], p->dcz[k], dx);
+            size_t k = 2 * s + j;
+            nn_batchnorm_relu_backward(&p->bn[k], p->gs, p->dcz[k]);
+            // the gradient of the conv's input: the previous block's output (into gs, now
+            // free) or the previous pool's; the image needs none
+            float *dx = k == 0 ? NULL : j == 1 ? p->gs : p->dpo[s - 1];
+            nn_conv2d_backward_set(&p->conv[k], p->dcz[k], dx);
         }
     }
 }

@@ -15,7 +15,10 @@
  * BN γ = 1, β = 0; the classifier keeps PyTorch's default Linear init. All 13 Conv2d and
  * both Linears are Kronecker-factored layers; BN scales/shifts are plain parameters, BN
  * running statistics are model buffers (saved in checkpoints), the dropout stream is a
- * model rng. Forward in order, backward in reverse; buffers planned at create.
+ * model rng. Forward in order, backward in reverse; buffers planned at create. BN and ReLU
+ * run as one pass (nn_batchnorm_relu_*), and the blocks' backwards write their input
+ * gradients, so no activation gradient is cleared per step; the gradients of the block
+ * outputs share one buffer.
  */
 #include <math.h>
 #include <stdio.h>
@@ -33,23 +36,21 @@ typedef struct {
     size_t div, hidden, flat, maxN;
     nn_conv2d conv[VGG_CONVS];
     nn_batchnorm bn[VGG_CONVS];
-    nn_relu relu[VGG_CONVS + 1];
+    nn_relu relu_fc;
     nn_maxpool2d pool[VGG_STAGES];
     bool pooled[VGG_STAGES]; // the stage ends with a pool (false: map already 1 wide)
     nn_linear fc1, fc2;
     nn_dropout drop;
     int conv_id[VGG_CONVS], fc1_id, fc2_id;
     // activations, each (N, C, H, W) of its layer
-    float *bz[VGG_CONVS];  // BN output (ReLU's borrowed input)
-    float *ra[VGG_CONVS];  // ReLU output (the next conv's or pool's input)
+    float *cz[VGG_CONVS];  // conv output (BN's borrowed input)
+    float *ra[VGG_CONVS];  // BN-ReLU output (the next conv's or pool's input)
     float *po[VGG_STAGES]; // pool output (NULL when the stage is not pooled)
-    float *zs;             // (N, max C·H·W) conv output before BN: BN keeps no input
     float *h1, *a1, *d1;   // (N, hidden) fc1 output, ReLU output, dropout output
     // gradients
     float *dcz[VGG_CONVS];  // conv output gradient: the conv's `g`, kept for observe
-    float *dra[VGG_CONVS];  // ReLU output gradient
     float *dpo[VGG_STAGES]; // pool output gradient
-    float *gs;              // (N, max C·H·W) BN output gradient, scratch
+    float *gs;              // (N, max C·H·W) gradient of the block output being worked on
     float *dh1, *da1, *dd1; // (N, hidden); dh1 is fc1's `g`
     size_t N;               // batch of the last forward
 } vgg;
@@ -59,7 +60,7 @@ static void vgg_destroy(nn_model *m) {
     for (size_t k = 0; k < VGG_CONVS; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->bz[k]), free(p->ra[k]), free(p->dcz[k]), free(p->dra[k]);
+        free(p->cz[k]), free(p->ra[k]), free(p->dcz[k]);
     }
     for (size_t s = 0; s < VGG_STAGES; s++) {
         nn_maxpool2d_free(&p->pool[s]);
@@ -68,7 +69,7 @@ static void vgg_destroy(nn_model *m) {
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
     nn_dropout_free(&p->drop);
-    free(p->zs), free(p->gs);
+    free(p->gs);
     free(p->h1), free(p->a1), free(p->d1), free(p->dh1), free(p->da1), free(p->dd1);
     free(p);
     m->impl = NULL;
@@ -109,9 +110,8 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = co;
             const size_t act = c * h * w;
             maxact = act > maxact ? act : maxact;
-            p->bz[k] = buf(N, act), p->ra[k] = buf(N, act);
-            p->dcz[k] = buf(N, act), p->dra[k] = buf(N, act);
-            if (!p->bz[k] || !p->ra[k] || !p->dcz[k] || !p->dra[k]) goto oom;
+            p->cz[k] = buf(N, act), p->ra[k] = buf(N, act), p->dcz[k] = buf(N, act);
+            if (!p->cz[k] || !p->ra[k] || !p->dcz[k]) goto oom;
             nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
             nn_model_add_params(m, ps, nn_batchnorm_params(&p->bn[k], ps));
             nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, co);
@@ -134,19 +134,14 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_model_add_params(m, ps, nn_linear_params(&p->fc1, ps));
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
     nn_model_add_rng(m, &p->drop.rng);
-    p->zs = buf(N, maxact), p->gs = buf(N, maxact);
+    p->gs = buf(N, maxact);
     p->h1 = buf(N, p->hidden), p->a1 = buf(N, p->hidden), p->d1 = buf(N, p->hidden);
     p->dh1 = buf(N, p->hidden), p->da1 = buf(N, p->hidden), p->dd1 = buf(N, p->hidden);
-    if (!p->zs || !p->gs || !p->h1 || !p->a1 || !p->d1 || !p->dh1 || !p->da1 || !p->dd1) goto oom;
+    if (!p->gs || !p->h1 || !p->a1 || !p->d1 || !p->dh1 || !p->da1 || !p->dd1) goto oom;
     return NN_OK;
 oom:
     snprintf(err, cap, "vgg16bn: out of memory");
     return NN_ERR_NOMEM;
-}
-
-// (C·H·W) of conv k's output
-static size_t act_size(const vgg *p, size_t k) {
-    return p->conv[k].c_out * p->conv[k].oh * p->conv[k].ow;
 }
 
 // x (N, c, h, w) -> m->logits (N, classes)
@@ -159,9 +154,8 @@ static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
     size_t k = 0;
     for (size_t s = 0; s < VGG_STAGES; s++) {
         for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
-            nn_conv2d_forward(&p->conv[k], in, p->zs, N);
-            nn_batchnorm_forward(&p->bn[k], p->zs, p->bz[k], N, train);
-            nn_relu_forward(&p->relu[k], p->bz[k], p->ra[k], N * act_size(p, k));
+            nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
+            nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
             in = p->ra[k];
         }
         if (p->pooled[s]) {
@@ -171,15 +165,14 @@ static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
     }
     // flatten: NCHW memory is already (N, C·H·W)
     nn_linear_forward(&p->fc1, in, p->h1, N);
-    nn_relu_forward(&p->relu[VGG_CONVS], p->h1, p->a1, N * p->hidden);
+    nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * p->hidden);
     nn_dropout_forward(&p->drop, p->a1, p->d1, N * p->hidden, train);
     nn_linear_forward(&p->fc2, p->d1, m->logits, N);
 }
 
-// The gradient buffer of stage s's output: its pool's, or its last ReLU's if not pooled.
-static float *stage_grad(vgg *p, size_t s, size_t last_conv) {
-    return p->pooled[s] ? p->dpo[s] : p->dra[last_conv];
-}
+// The gradient buffer of stage s's output: its pool's, or (not pooled) the block output
+// gradient buffer.
+static float *stage_grad(vgg *p, size_t s) { return p->pooled[s] ? p->dpo[s] : p->gs; }
 
 // dlogits (N, classes), borrowed until observe (it is fc2's `g`)
 static void vgg_backward(nn_model *m, const float *dlogits) {
@@ -190,30 +183,21 @@ static void vgg_backward(nn_model *m, const float *dlogits) {
     memset(p->da1, 0, nh);
     nn_dropout_backward(&p->drop, p->dd1, p->da1);
     memset(p->dh1, 0, nh);
-    nn_relu_backward(&p->relu[VGG_CONVS], p->da1, p->dh1);
-    float *dflat = stage_grad(p, VGG_STAGES - 1, VGG_CONVS - 1);
+    nn_relu_backward(&p->relu_fc, p->da1, p->dh1);
+    float *dflat = stage_grad(p, VGG_STAGES - 1);
     memset(dflat, 0, N * p->flat * sizeof(float));
     nn_linear_backward(&p->fc1, p->dh1, dflat);
     size_t k = VGG_CONVS; // one past the last conv of stage s
     for (size_t s = VGG_STAGES; s-- > 0;) {
         const size_t first = k - STAGE_CONVS[s];
-        if (p->pooled[s]) {
-            memset(p->dra[k - 1], 0, N * act_size(p, k - 1) * sizeof(float));
-            nn_maxpool2d_backward(&p->pool[s], p->dpo[s], p->dra[k - 1]);
-        }
+        // gs <- the gradient of the stage's last block output (already there if not pooled)
+        if (p->pooled[s]) nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         while (k-- > first) {
-            const size_t n = N * act_size(p, k) * sizeof(float);
-            memset(p->gs, 0, n);
-            nn_relu_backward(&p->relu[k], p->dra[k], p->gs);
-            memset(p->dcz[k], 0, n);
-            nn_batchnorm_backward(&p->bn[k], p->gs, p->dcz[k]);
-            float *dx = NULL; // the image needs no gradient
-            if (k > 0) {
-                dx = k == first ? stage_grad(p, s - 1, k - 1) : p->dra[k - 1];
-                const ngd_conv_geom *g = &p->conv[k].geom;
-                memset(dx, 0, N * g->c_in * g->h * g->w * sizeof(float));
-            }
-            nn_conv2d_backward(&p->conv[k], p->dcz[k], dx);
+            nn_batchnorm_relu_backward(&p->bn[k], p->gs, p->dcz[k]);
+            // the conv's input gradient: the previous block's output (into gs, now free) or
+            // the previous stage's; the image needs none
+            float *dx = k == 0 ? NULL : k == first ? stage_grad(p, s - 1) : p->gs;
+            nn_conv2d_backward_set(&p->conv[k], p->dcz[k], dx);
         }
         k = first;
     }
