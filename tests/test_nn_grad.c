@@ -123,6 +123,40 @@ static float *zeros(size_t n) { return calloc(n, sizeof(float)); }
 // largest output; 1e-5 leaves ~10x headroom (as in test_core).
 #define GEMM_RTOL 1e-5
 
+// beta = 0 must never read C: garbage (NaN) there cannot leak into the product, on the
+// oneDNN path (which nn_sgemm no longer clears C for) and on the small-product loop.
+static void gemm_with_beta_zero_should_ignore_nan_in_c(void) {
+    const size_t sz[] = {1, 2, 7, 31, 64, 257, 1024};
+    const size_t ns = sizeof sz / sizeof sz[0];
+    size_t bad = 0, runs = 0;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (size_t a = 0; a < ns; a++)
+                for (size_t b = 0; b < ns; b++)
+                    for (size_t c = 0; c < ns; c += 2) {
+                        const size_t m = sz[a], n = sz[b], k = sz[c];
+                        if (m * n * k > 4000000) continue;
+                        float *A = malloc(m * k * sizeof *A), *B = malloc(k * n * sizeof *B);
+                        float *C = malloc(m * n * sizeof *C);
+                        for (size_t i = 0; i < m * k; i++)
+                            A[i] = 0.5f;
+                        for (size_t i = 0; i < k * n; i++)
+                            B[i] = 2.0f;
+                        for (size_t i = 0; i < m * n; i++)
+                            C[i] = NAN;
+                        nn_sgemm(ta, tb, m, n, k, 1.0f, A, ta ? m : k, B, tb ? k : n, 0.0f, C, n);
+                        for (size_t i = 0; i < m * n; i++)
+                            if (C[i] != (float)k) {
+                                bad++;
+                                break;
+                            }
+                        runs++;
+                        free(A), free(B), free(C);
+                    }
+    CHECK(runs > 300);
+    CHECK(bad == 0);
+}
+
 static void gemm_should_match_reference_for_all_transposes(void) {
     ref_rng r = {11};
     // {m, n, k}: the plain small-product loop (<= 16K multiply-adds) and oneDNN (the rest)
@@ -459,9 +493,13 @@ static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
 // instead of finite differences (too many evaluations at this size).
 static void conv2d_threaded_paths_should_match_naive_forward_and_backward(void) {
     ref_rng r = {34};
+    // one sample per chunk; strided groups (dx by col2im); several samples per chunk with
+    // dx by the transposed convolution, more input than output channels, no padding in one
+    // direction and dilation in the other (its flipped kernel pads unevenly)
     const conv_case cases[] = {{{16, 17, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 24, true},
-                               {{32, 16, 15, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 8, true}};
-    for (size_t t = 0; t < 2; t++) {
+                               {{32, 16, 15, 3, 3, 2, 2, 1, 1, 1, 1, 2}, 8, true},
+                               {{6, 9, 8, 3, 3, 1, 1, 0, 1, 2, 1, 1}, 3, true}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const ngd_conv_geom *G = &cases[t].g;
         const size_t N = 5, cout = cases[t].cout;
         nn_rng g;
@@ -1278,6 +1316,7 @@ static void rng_should_be_reproducible_and_unbiased(void) {
 
 static const test_case TESTS[] = {
     TEST(gemm_should_match_reference_for_all_transposes),
+    TEST(gemm_with_beta_zero_should_ignore_nan_in_c),
     TEST(linear_should_match_reference_and_finite_differences),
     TEST(backward_should_accumulate_and_zero_grads_should_reset),
     TEST(finite_difference_check_should_catch_a_wrong_gradient),

@@ -60,12 +60,31 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         l->b = nn_malloc(c_out, sizeof(float));
         l->db = nn_calloc(c_out, sizeof(float));
     }
+    // dx by the transposed convolution: stride 1, no groups, padding at most the kernel's
+    // reach (so the flipped kernel's padding (k-1)·dil − p is not negative)
+    const bool tconv = geom->s1 == 1 && geom->s2 == 1 && geom->groups == 1 &&
+                       geom->p1 <= (geom->k1 - 1) * geom->dil1 &&
+                       geom->p2 <= (geom->k2 - 1) * geom->dil2;
+    size_t dcol = nn_mul(l->d_in, ncol);
+    if (tconv) {
+        l->tgeom = (ngd_conv_geom){c_out, oh, ow, geom->k1, geom->k2, 1, 1,
+                                   (geom->k1 - 1) * geom->dil1 - geom->p1,
+                                   (geom->k2 - 1) * geom->dil2 - geom->p2, geom->dil1, geom->dil2, 1};
+        const size_t tcol = nn_mul(nn_mul(c_out, geom->k1 * geom->k2), l->chunk * geom->h * geom->w);
+        dcol = tcol > dcol ? tcol : dcol;
+        l->wflip = nn_malloc(nn_mul(c_out, l->d_in), sizeof(float));
+    }
+    // ybuf: a chunk's outputs side by side, and with tconv its input gradients
+    size_t yb = nn_mul(c_out, ncol);
+    if (tconv && nn_mul(geom->c_in, l->chunk * geom->h * geom->w) > yb)
+        yb = nn_mul(geom->c_in, l->chunk * geom->h * geom->w);
+    l->dcol_n = dcol, l->ybuf_n = l->chunk > 1 ? yb : 0;
     l->colt = nn_malloc(nn_mul(l->nthr, nn_mul(l->d_in, ncol)), sizeof(float));
-    l->dcolt = nn_malloc(nn_mul(l->nthr, nn_mul(l->d_in, ncol)), sizeof(float));
-    if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, ncol)), sizeof(float));
+    l->dcolt = nn_malloc(nn_mul(l->nthr, dcol), sizeof(float));
+    if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, yb), sizeof(float));
     l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
-        (l->chunk > 1 && !l->ybuf) || !l->dwpart) {
+        (l->chunk > 1 && !l->ybuf) || !l->dwpart || (tconv && !l->wflip)) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -84,6 +103,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dcolt);
     free(l->ybuf);
     free(l->dwpart);
+    free(l->wflip);
     free(l->abuf);
     free(l->gbuf);
     memset(l, 0, sizeof *l);
@@ -105,12 +125,13 @@ static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi
     return off;
 }
 
-// colt (d_in, nb*L) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of group g:
-// row (c, k1, k2), column (i, o1, o2)
-static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, float *colt) {
+// colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
+// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2)
+static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, size_t r0,
+                     size_t R, float *colt) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OH = l->oh, OW = l->ow;
-    const size_t L = OH * OW, ncol = nb * L, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
+    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
+    const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
         const float *xc = x + i * xs + (g * cg + c) * H * W;
@@ -118,9 +139,9 @@ static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, fl
             for (size_t k2 = 0; k2 < K2; k2++) {
                 size_t lo, hi;
                 const ptrdiff_t off = col_range(l, k2, &lo, &hi);
-                float *dst = colt + ((c * K1 + k1) * K2 + k2) * ncol + i * L;
-                for (size_t o1 = 0; o1 < OH; o1++) {
-                    float *d = dst + o1 * OW;
+                float *dst = colt + ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                for (size_t o1 = r0; o1 < r0 + R; o1++) {
+                    float *d = dst + (o1 - r0) * OW;
                     const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
                     if (i1 < 0 || (size_t)i1 >= H) {
                         memset(d, 0, OW * sizeof(float));
@@ -129,7 +150,7 @@ static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, fl
                     const float *src = xc + (size_t)i1 * W;
                     for (size_t o2 = 0; o2 < lo; o2++)
                         d[o2] = 0.0f;
-                    if (G->s2 == 1) {
+                    if (G->s2 == 1) { // (libc's small copies beat a loop's scalar tail)
                         if (hi > lo) memcpy(d + lo, src + (ptrdiff_t)lo + off, (hi - lo) * 4);
                     } else {
                         for (size_t o2 = lo; o2 < hi; o2++)
@@ -142,11 +163,13 @@ static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, fl
     }
 }
 
-// dx's channels of group g, samples [0..nb) += the patches of dcolt (d_in, nb*L) put back
-static void col2im_t_add(const nn_conv2d *l, const float *dcolt, size_t nb, size_t g, float *dx) {
+// dx's channels of group g, samples [0..nb) += the patches of dcolt (d_in, nb*R*OW) of
+// output rows [r0, r0+R) put back
+static void col2im_t_add(const nn_conv2d *l, const float *dcolt, size_t nb, size_t g, size_t r0,
+                         size_t R, float *dx) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OH = l->oh, OW = l->ow;
-    const size_t L = OH * OW, ncol = nb * L, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
+    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
+    const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
         float *dxc = dx + i * xs + (g * cg + c) * H * W;
@@ -154,14 +177,14 @@ static void col2im_t_add(const nn_conv2d *l, const float *dcolt, size_t nb, size
             for (size_t k2 = 0; k2 < K2; k2++) {
                 size_t lo, hi;
                 const ptrdiff_t off = col_range(l, k2, &lo, &hi);
-                const float *src = dcolt + ((c * K1 + k1) * K2 + k2) * ncol + i * L;
-                for (size_t o1 = 0; o1 < OH; o1++) {
+                const float *src = dcolt + ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                for (size_t o1 = r0; o1 < r0 + R; o1++) {
                     const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
                     if (i1 < 0 || (size_t)i1 >= H) continue;
                     float *dr = dxc + (size_t)i1 * W;
-                    const float *s = src + o1 * OW;
+                    const float *sr = src + (o1 - r0) * OW;
                     for (size_t o2 = lo; o2 < hi; o2++)
-                        dr[(ptrdiff_t)(o2 * G->s2) + off] += s[o2];
+                        dr[(ptrdiff_t)(o2 * G->s2) + off] += sr[o2];
                 }
             }
     }
@@ -183,30 +206,44 @@ static int thread_id(void) {
 #endif
 }
 
-// y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1)
+// Output rows per block of a one-sample chunk: about NN_CONV_CHUNK_COLS columns, so that
+// the block's im2col (d_in x columns) is written and read while it is in the core's cache.
+static size_t block_rows(size_t OW) {
+    const size_t r = NN_CONV_CHUNK_COLS / OW;
+    return r ? r : 1;
+}
+
+// y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
+// sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb,
                           float *colt, float *ybuf) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t L = l->oh * l->ow, din = l->d_in, cout = l->c_out, groups = G->groups;
-    const size_t cog = cout / groups, xs = G->c_in * G->h * G->w, ncol = nb * L;
-    float *out = nb == 1 ? y + n0 * cout * L : ybuf; // (cout, ncol)
-    for (size_t g = 0; g < groups; g++) {
-        im2col_t(l, x + n0 * xs, nb, g, colt);
-        // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
-        nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, colt, ncol, 0.0f,
-                 out + g * cog * ncol, ncol);
+    const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
+    const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
+    const size_t RB = nb == 1 ? block_rows(OW) : OH;
+    for (size_t r0 = 0; r0 < OH; r0 += RB) {
+        const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
+        // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
+        float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
+        const size_t ldo = nb == 1 ? L : ncol;
+        for (size_t g = 0; g < groups; g++) {
+            im2col_t(l, x + n0 * xs, nb, g, r0, R, colt);
+            // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
+            nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, colt, ncol,
+                     0.0f, out + g * cog * ldo, ldo);
+        }
     }
     // y[n0 + i, co, :] = out[co, i*L : (i+1)*L] + b[co]
     for (size_t i = 0; i < nb; i++)
         for (size_t co = 0; co < cout; co++) {
-            const float *src = out + co * ncol + i * L;
             float *dst = y + ((n0 + i) * cout + co) * L;
             const float bo = l->b ? l->b[co] : 0.0f;
-            if (src == dst) {
+            if (nb == 1) {
                 if (l->b)
                     for (size_t p = 0; p < L; p++)
                         dst[p] += bo;
             } else {
+                const float *src = ybuf + co * nb * L + i * L;
                 for (size_t p = 0; p < L; p++)
                     dst[p] = src[p] + bo;
             }
@@ -226,38 +263,71 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->d_in * ncol,
-                      l->ybuf ? l->ybuf + t * l->c_out * ncol : NULL);
+                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL);
     }
 }
 
-// dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers
-// (dx written instead when set: the chunk's images are cleared first, while they are hot)
+// dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows
+// [r0, r0+R) (nb = 1) or all of them (then through ybuf)
+static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
+                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf) {
+    const ngd_conv_geom *G = &l->geom;
+    const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
+    const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
+    const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
+    im2col_t(&t, dy + n0 * cout * L, nb, 0, r0, R, tcolt);
+    float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
+    const size_t ldo = nb == 1 ? HW : ncol;
+    nn_sgemm(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip, tdin, tcolt, ncol,
+             nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    if (nb > 1) // samples side by side -> images
+        for (size_t i = 0; i < nb; i++)
+            for (size_t c = 0; c < G->c_in; c++) {
+                const float *src = ybuf + c * ncol + i * HW;
+                float *dst = dx + (n0 + i) * xs + c * HW;
+                for (size_t p = 0; p < HW; p++)
+                    dst[p] = set ? src[p] : dst[p] + src[p];
+            }
+}
+
+// dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
+// written instead when set). One sample: block by block of output rows, like forward.
 static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
                            size_t nb, float *colt, float *dcolt, float *ybuf, float *dwpart) {
     const ngd_conv_geom *G = &l->geom;
-    const size_t L = l->oh * l->ow, din = l->d_in, cout = l->c_out, groups = G->groups;
-    const size_t cog = cout / groups, xs = G->c_in * G->h * G->w, ncol = nb * L;
-    const float *dyc = dy + n0 * cout * L; // (cout, ncol) as it stands when nb = 1
-    if (nb > 1) { // samples side by side
+    const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
+    const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
+    const float *dyc = dy + n0 * cout * L; // (cout, L) of the sample when nb = 1
+    if (nb > 1) {                          // samples side by side
         for (size_t i = 0; i < nb; i++)
             for (size_t co = 0; co < cout; co++)
-                memcpy(ybuf + co * ncol + i * L, dy + ((n0 + i) * cout + co) * L,
+                memcpy(ybuf + co * nb * L + i * L, dy + ((n0 + i) * cout + co) * L,
                        L * sizeof(float));
         dyc = ybuf;
     }
-    if (dx && set) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
-    for (size_t g = 0; g < groups; g++) {
-        const float *yg = dyc + g * cog * ncol; // (cog, ncol)
-        im2col_t(l, l->x + n0 * xs, nb, g, colt);
-        // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
-        nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ncol, colt, ncol, 1.0f,
-                 dwpart + g * cog * din, din);
-        if (!dx) continue;
-        // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
-        nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ncol, 0.0f,
-                 dcolt, ncol);
-        col2im_t_add(l, dcolt, nb, g, dx + n0 * xs);
+    if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
+    const size_t RB = nb == 1 ? block_rows(OW) : OH;
+    for (size_t r0 = 0; r0 < OH; r0 += RB) {
+        const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
+        const size_t ldy = nb == 1 ? L : ncol;
+        for (size_t g = 0; g < groups; g++) {
+            const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
+            im2col_t(l, l->x + n0 * xs, nb, g, r0, R, colt);
+            // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
+            nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ldy, colt, ncol, 1.0f,
+                     dwpart + g * cog * din, din);
+            if (!dx || l->wflip) continue;
+            // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
+            nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ldy, 0.0f,
+                     dcolt, ncol);
+            col2im_t_add(l, dcolt, nb, g, r0, R, dx + n0 * xs);
+        }
     }
+    if (!dx || !l->wflip) return;
+    // dx by the transposed convolution (its output is the input image: rows of H)
+    const size_t H = G->h, RT = nb == 1 ? block_rows(G->w) : H;
+    for (size_t r0 = 0; r0 < H; r0 += RT)
+        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf);
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
@@ -279,14 +349,24 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     }
     const int nt = team(l);
     memset(l->dwpart, 0, (size_t)nt * nw * sizeof(float));
+    if (dx && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
+        const ngd_conv_geom *G = &l->geom;
+        const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
+        for (size_t co = 0; co < cout; co++)
+            for (size_t c = 0; c < cin; c++)
+                for (size_t a = 0; a < K1; a++)
+                    for (size_t b = 0; b < K2; b++)
+                        l->wflip[c * cout * K1 * K2 + (co * K1 + a) * K2 + b] =
+                            l->w[co * din + (c * K1 + (K1 - 1 - a)) * K2 + (K2 - 1 - b)];
+    }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
 #endif
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
-        backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * din * ncol, l->dcolt + t * din * ncol,
-                       l->ybuf ? l->ybuf + t * cout * ncol : NULL, l->dwpart + t * nw);
+        backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * din * ncol, l->dcolt + t * l->dcol_n,
+                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw);
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)

@@ -175,11 +175,18 @@ typedef struct {
     float *b, *db;   // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
     size_t chunk;    // samples per GEMM
     size_t nthr;     // threads planned for (each has its own buffers below)
+    size_t dcol_n, ybuf_n; // floats of one thread's dcolt and ybuf
     float *colt;     // nthr x (d_in, chunk*L) transposed im2col of one group and one chunk
-    float *dcolt;    // nthr x (d_in, chunk*L) its gradient
+    float *dcolt;    // nthr x (d_in, chunk*L) its gradient (with wflip: the transposed
+                     // convolution's im2col of dy, (c_out·k1·k2, chunk*h*w))
     float *ybuf;     // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
                      // (unused when chunk = 1: the GEMM reads and writes the images)
     float *dwpart;   // nthr x (c_out, d_in) each thread's share of dW, summed in thread order
+    // Stride-1 convolutions without groups take dx as the convolution of dy with the flipped
+    // kernel (geometry tgeom, output h x w): one GEMM of depth c_out·k1·k2 instead of a
+    // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.
+    ngd_conv_geom tgeom;
+    float *wflip;
     float *abuf;     // (N*L, d_in) K-FAC `a`, allocated by the first nn_conv2d_stats
     float *gbuf;     // (N*L, c_out) K-FAC `g`, likewise
     const float *x;  // (N, c_in, h, w) borrowed from forward
