@@ -318,11 +318,79 @@ static void health_norms_should_match_f64(void) {
     }
 }
 
+// SINGD's dense factors keep K Kᵀ and C Cᵀ between preconditioner updates. Loading a
+// checkpoint into a live optimizer whose cache was formed from other factors must not use
+// that cache: B (trained on other data, its cache formed) loads A's checkpoint and both go
+// on bit-identically; and the cached path equals the 4-product path of a structure that is
+// dense in value but not in kind (one 12-wide block) up to float32 rounding.
+static void singd_cached_products_should_follow_loads_and_match_the_plain_path(void) {
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.T = 2, c.lr = 0.05f, c.damping = 0.05f, c.keep_last_update = true;
+    ngd_optim *a, *b;
+    tp_problem pa, pb;
+    tp_init(&pa, 8, 11, 12, 5, 1), tp_init(&pb, 8, 11, 12, 5, 1);
+    pb.seed = 99; // other data: other factors, another cache
+    CHECK(ngd_optim_create(&c, &a) == NGD_OK && ngd_optim_create(&c, &b) == NGD_OK);
+    CHECK(tp_register(&pa, a) == NGD_OK && tp_register(&pb, b) == NGD_OK);
+    for (size_t t = 0; t < 5; t++) {
+        CHECK(tp_step(&pa, a, t) == NGD_OK);
+        CHECK(tp_step(&pb, b, t) == NGD_OK);
+    }
+    CHECK(ngd_optim_workspace_bytes(a) > 0);
+    void *buf;
+    size_t len;
+    CHECK(ngd_optim_save_mem(a, &buf, &len) == NGD_OK);
+    CHECK(ngd_optim_load_mem(b, buf, len) == NGD_OK);
+    free(buf);
+    // the same parameters and data from here on (T = 2: step 5 uses the loaded factors'
+    // products before the next update forms new ones)
+    memcpy(pb.W1, pa.W1, 12 * 11 * sizeof(float)), memcpy(pb.b1, pa.b1, 12 * sizeof(float));
+    memcpy(pb.W2, pa.W2, 5 * 12 * sizeof(float)), memcpy(pb.b2, pa.b2, 5 * sizeof(float));
+    pb.seed = pa.seed;
+    for (size_t t = 5; t < 8; t++) {
+        CHECK(tp_step(&pa, a, t) == NGD_OK);
+        CHECK(tp_step(&pb, b, t) == NGD_OK);
+        CHECK(memcmp(pa.W1, pb.W1, 12 * 11 * sizeof(float)) == 0);
+        CHECK(memcmp(pa.W2, pb.W2, 5 * 12 * sizeof(float)) == 0);
+    }
+    ngd_optim_free(b), tp_free(&pb);
+    // the plain path: one block wider than every factor is dense in value, not in kind
+    ngd_config c2 = c;
+    CHECK(ngd_structure_parse("block64diagonal", &c2.structure_K) == NGD_OK);
+    c2.structure_C = c2.structure_K;
+    ngd_optim *p2;
+    tp_problem pp;
+    tp_init(&pp, 8, 11, 12, 5, 1);
+    CHECK(ngd_optim_create(&c2, &p2) == NGD_OK && tp_register(&pp, p2) == NGD_OK);
+    ngd_optim *d2;
+    tp_problem pd;
+    tp_init(&pd, 8, 11, 12, 5, 1);
+    CHECK(ngd_optim_create(&c, &d2) == NGD_OK && tp_register(&pd, d2) == NGD_OK);
+    float u1[12 * 12], u2[12 * 12];
+    double worst = 0;
+    for (size_t t = 0; t < 7; t++) {
+        CHECK(tp_step(&pp, p2, t) == NGD_OK && tp_step(&pd, d2, t) == NGD_OK);
+        CHECK(ngd_optim_last_update(p2, pp.id1, u1, 12 * 12) == NGD_OK);
+        CHECK(ngd_optim_last_update(d2, pd.id1, u2, 12 * 12) == NGD_OK);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < 12 * 12; i++) {
+            const double x = (double)u1[i], y = (double)u2[i];
+            num += (x - y) * (x - y), den += x * x;
+        }
+        worst = fmax(worst, sqrt(num / den));
+    }
+    CHECK(worst > 0 && worst < 1e-5); // other rounding, the same preconditioner
+    ngd_optim_free(p2), tp_free(&pp);
+    ngd_optim_free(d2), tp_free(&pd);
+    ngd_optim_free(a), tp_free(&pa);
+}
+
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
     TEST(params_should_take_adamw_or_sgd_under_any_method),
     TEST(health_norms_should_match_f64),
+    TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

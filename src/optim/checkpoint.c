@@ -216,6 +216,7 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
         }
         if (apply) {
             e->n_updates = nup;
+            e->loads++;
             e->got_stats = got != 0;
             e->h.updates = (size_t)hu, e->h.skips = (size_t)hs;
             e->h.decomp_failures = (size_t)hf, e->h.decomp_retries = (size_t)hr;

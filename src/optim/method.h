@@ -46,6 +46,8 @@ typedef struct ngd_entry {
     float *buf;       // momentum buffer (SGD / SINGD / K-FAC family), or Adam m
     float *buf2;      // Adam v
     uint64_t n_updates;  // applied updates (Adam bias correction)
+    uint32_t loads;      // checkpoints loaded into the entry (methods' derived caches go
+                         // stale when it changes)
     // statistics bookkeeping
     bool got_stats;   // observe() ran at least once for the coming step
     // method state (owned by the method)
@@ -107,6 +109,8 @@ typedef struct ngd_method_ops {
     // '#' as soon as it is read, before the entry's other arrays are compared, so a method
     // can re-create shapes decided at run time (the K-FAC family's tracks). May allocate.
     ngd_status (*load_meta)(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n);
+    // bytes of derived caches kept beside the state (optional; not saved, not state bytes)
+    size_t (*cache_bytes)(const ngd_entry *e);
     // dense forms for introspection (optional)
     ngd_status (*factor_dense)(const ngd_optim *o, const ngd_entry *e, char which, float *out);
 } ngd_method_ops;

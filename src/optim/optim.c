@@ -670,7 +670,13 @@ size_t ngd_optim_state_bytes(const ngd_optim *o) {
     return total;
 }
 
-size_t ngd_optim_workspace_bytes(const ngd_optim *o) { return o ? o->ws_n * sizeof(float) : 0; }
+size_t ngd_optim_workspace_bytes(const ngd_optim *o) {
+    if (!o) return 0;
+    size_t bytes = o->ws_n * sizeof(float);
+    for (size_t i = 0; o->ops->cache_bytes && i < o->n; i++)
+        if (o->e[i].kind == NGD_ENTRY_LAYER) bytes += o->ops->cache_bytes(&o->e[i]);
+    return bytes;
+}
 
 ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out,
                                   size_t d) {

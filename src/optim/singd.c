@@ -25,6 +25,12 @@ typedef struct {
     void *mK, *mC;  // momenta, same shapes; NULL when alpha1 == 0 (spec §4)
     float *HK, *HC; // pending statistics, f32
     uint8_t has_H;
+    // Dense f32 factors: K Kᵀ and C Cᵀ, formed once per preconditioner update (or after a
+    // load), so that a step preconditions with 2 products instead of 4 (spec §8 in another
+    // order: P = (C Cᵀ) Ĝ (K Kᵀ)). NULL for other structures and for bf16 factors.
+    float *KKt, *CCt;
+    bool cache_ok;
+    uint32_t cache_loads; // e->loads when the cache was formed
 } singd_state;
 
 static size_t elsize(ngd_dtype dt) { return dt == NGD_BF16 ? 2 : 4; }
@@ -52,6 +58,7 @@ static void singd_free(ngd_entry *e) {
     if (!s) return;
     ngd_free(s->K), ngd_free(s->C), ngd_free(s->mK), ngd_free(s->mC);
     ngd_free(s->HK), ngd_free(s->HC);
+    ngd_free(s->KKt), ngd_free(s->CCt);
     ngd_free(s);
     e->ms = NULL;
 }
@@ -82,6 +89,10 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
         s->mC = falloc(nC, s->dtC);
         ok = s->mK && s->mC;
     }
+    if (ok && s->sK.kind == NGD_STRUCT_DENSE && s->dtK == NGD_F32)
+        ok = (s->KKt = ngd_malloc(nK, sizeof(float))) != NULL;
+    if (ok && s->sC.kind == NGD_STRUCT_DENSE && s->dtC == NGD_F32)
+        ok = (s->CCt = ngd_malloc(nC, sizeof(float))) != NULL;
     float *tmp = ok ? ngd_malloc(NGD_MAX(nK, nC), sizeof(float)) : NULL;
     if (!tmp) {
         singd_free(e);
@@ -186,6 +197,23 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
     return beta;
 }
 
+// Forms the products of the dense f32 factors (K Kᵀ, C Cᵀ) if they are stale.
+static void cache_refresh(const ngd_entry *e, singd_state *s) {
+    if (s->cache_ok && s->cache_loads == e->loads) return;
+    const size_t dK = e->d_K, dC = e->d_out;
+    if (s->KKt)
+        ngd_syrk_full(1.0f, ngd_cview_rm(s->K, dK, dK, dK), 0.0f, ngd_view_rm(s->KKt, dK, dK, dK));
+    if (s->CCt)
+        ngd_syrk_full(1.0f, ngd_cview_rm(s->C, dC, dC, dC), 0.0f, ngd_view_rm(s->CCt, dC, dC, dC));
+    s->cache_ok = true;
+    s->cache_loads = e->loads;
+}
+
+static size_t singd_cache_bytes(const ngd_entry *e) {
+    const singd_state *s = e->ms;
+    return ((s->KKt ? s->sK.n : 0) + (s->CCt ? s->sC.n : 0)) * sizeof(float);
+}
+
 static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     if (!singd_wants(e, t)) return NGD_OK;
     singd_state *s = e->ms;
@@ -219,6 +247,8 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
                                beta1, c->normalize_lr_cov, w.fC);
     s->has_H = 0;
     e->h.updates++;
+    s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
+    if (s->KKt || s->CCt) cache_refresh(e, s);
     const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
     e->h.norm_K = (float)ngd_s_frob(&s->sK, Kn);
@@ -228,7 +258,8 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     return NGD_OK;
 }
 
-// spec §8: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1). Every
+// spec §8: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1); a dense f32
+// side multiplies by its cached product instead (N1ᵀ = (K Kᵀ) Ĝᵀ, P = (C Cᵀ) N1). Every
 // intermediate keeps Ĝ's memory layout (d_C x d_K row-major): the K-side products see it as
 // the column-major d_K x d_C matrix Ĝᵀ, so no pass ever transposes data.
 static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P,
@@ -236,19 +267,29 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     NGD_UNUSED(o);
     singd_state *s = e->ms;
     singd_ws w = ws_layout(e, wsp);
-    const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
-    const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
     const size_t dK = e->d_K, dC = e->d_out;
+    if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
     // (diagonal x diagonal never gets here: singd_precondition_raw)
     ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};      // Ĝᵀ, column-major d_K x d_C
-    ngd_view T1 = {w.X, dK, dC, 1, (ptrdiff_t)dK};     // Kᵀ Ĝᵀ (memory: Ĝ K)
-    s->oK->mm(&s->sK, Kf, true, Gt, T1);
     ngd_view T2 = {w.Y, dK, dC, 1, (ptrdiff_t)dK};     // K Kᵀ Ĝᵀ = N1ᵀ (memory: N1)
-    s->oK->mm(&s->sK, Kf, false, ngd_cv(T1), T2);
+    if (s->KKt) {
+        ngd_gemm(1.0f, ngd_cview_rm(s->KKt, dK, dK, dK), Gt, 0.0f, T2);
+    } else {
+        const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+        ngd_view T1 = {w.X, dK, dC, 1, (ptrdiff_t)dK}; // Kᵀ Ĝᵀ (memory: Ĝ K)
+        s->oK->mm(&s->sK, Kf, true, Gt, T1);
+        s->oK->mm(&s->sK, Kf, false, ngd_cv(T1), T2);
+    }
     ngd_cview N1 = ngd_cview_rm(w.Y, dC, dK, dK);      // N1 = Ĝ K Kᵀ, row-major d_C x d_K
-    ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK);        // Cᵀ N1
-    s->oC->mm(&s->sC, Cf, true, N1, T3);
-    s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), ngd_view_rm(P, dC, dK, dK));  // C Cᵀ N1
+    ngd_view Pv = ngd_view_rm(P, dC, dK, dK);
+    if (s->CCt) {
+        ngd_gemm(1.0f, ngd_cview_rm(s->CCt, dC, dC, dC), N1, 0.0f, Pv);
+    } else {
+        const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+        ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK);    // Cᵀ N1
+        s->oC->mm(&s->sC, Cf, true, N1, T3);
+        s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), Pv); // C Cᵀ N1
+    }
 }
 
 // diagonal x diagonal: P = c² ⊙ Ĝ ⊙ k² read straight from [∇W | ∇b], the four products
@@ -321,6 +362,7 @@ const ngd_method_ops ngd_singd_ops = {
     .discard = singd_discard,
     .update = singd_update,
     .precondition = singd_precondition,
+    .cache_bytes = singd_cache_bytes,
     .precond_ws = singd_ws_size,
     .raw_ok = singd_raw_ok,
     .precondition_raw = singd_precondition_raw,
