@@ -4,6 +4,7 @@
 #   make test         the whole suite, plain and under ASan+UBSan; ends with "N passed, N failed"
 #   make check        the plain suite only (faster)
 #   make bench        speed / memory benchmarks (never part of the tests)
+#   make bench-compare  PyTorch (Debian's) and ngd bench train side by side: ms/step, ratios
 #   make install      PREFIX=/usr/local DESTDIR=   (lib, header, pkg-config file, ngd)
 #   make format / format-check / tidy / clean
 #   options: SANITIZE=1 (build into build-san/), NATIVE=0 (no -march=native), OMP=0
@@ -84,7 +85,7 @@ NGD := $(BUILD)/ngd
 # keep test objects between builds
 .SECONDARY:
 
-.PHONY: all run test check bench examples install uninstall clean format format-check tidy deps
+.PHONY: all run test check bench bench-compare examples install uninstall clean format format-check tidy deps
 all: $(LIBA) $(LIBSO) $(NGD)
 
 deps:
@@ -183,6 +184,22 @@ fuzz:
 
 bench: deps all $(BENCH_BIN)
 	@bash bench/run.sh $(BUILD)
+
+# `make bench-compare`: bench/pytorch_reference.py (the same models in Debian's PyTorch, from
+# `scripts/deps.sh bench`) and `ngd bench train`, alternately, ROUNDS times each, on THREADS
+# threads; prints ms per step and PyTorch/ngd ratios, and ngd's SINGD beside the quoted
+# PyTorch+SINGD figures. MODELS of mlp, cnn, chargpt, vit, vgg16bn; COMPARE: more options of
+# bench/compare.py (--steps, --warmup, --optims, --singd, --batch). Never part of the tests.
+MODELS ?= mlp,cnn,chargpt
+THREADS ?= 2
+ROUNDS ?= 3
+COMPARE ?=
+PYTHON ?= /usr/bin/python3
+bench-compare:
+	@bash scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@$(PYTHON) bench/compare.py --ngd $(NGD) --python $(PYTHON) --models $(MODELS) \
+	    --threads $(THREADS) --rounds $(ROUNDS) $(COMPARE)
 
 run: deps all
 	@bash scripts/run.sh $(BUILD)
