@@ -47,6 +47,29 @@ expect_msg "$D/nowhere" "missing data names the path"
 expect_msg "hint:" "missing data gives a hint"
 expect_rc 2 "eval without --resume" "$NGD" eval
 
+# small IDX sets written here: a test set of another image size than the training set must be
+# refused before training, naming the file and both shapes (56 x 56 once overflowed the
+# evaluation's batch buffer; 27 x 27 gave a wrong accuracy)
+be32() { local v=$1; printf "\\$(printf %03o $(((v >> 24) & 255)))\\$(printf %03o $(((v >> 16) & 255)))\\$(printf %03o $(((v >> 8) & 255)))\\$(printf %03o $((v & 255)))"; }
+idx_images() {  # idx_images FILE N H W: random pixels
+    { printf '\000\000\010\003'; be32 "$2"; be32 "$3"; be32 "$4"; head -c $(($2 * $3 * $4)) /dev/urandom; } > "$1"
+}
+idx_labels() {  # idx_labels FILE N: labels i mod 10 (N a multiple of 10)
+    local s=""; for ((i = 0; i < $2 / 10; i++)); do s+='\000\001\002\003\004\005\006\007\010\011'; done
+    { printf '\000\000\010\001'; be32 "$2"; printf "$s"; } > "$1"
+}
+for hw in 56 27; do
+    I="$D/idx$hw"; mkdir -p "$I"
+    idx_images "$I/train-images-idx3-ubyte" 200 28 28; idx_labels "$I/train-labels-idx1-ubyte" 200
+    idx_images "$I/t10k-images-idx3-ubyte" 40 $hw $hw; idx_labels "$I/t10k-labels-idx1-ubyte" 40
+    for model in mlp cnn; do
+        expect_rc 1 "$model: $hw x $hw test images beside 28 x 28" "$NGD" train --model $model --max-steps 3 --batch 16 --data-dir "$I" $Q
+        expect_msg "$I/t10k-images-idx3-ubyte: images of 1 x $hw x $hw, but the training images $I/train-images-idx3-ubyte are 1 x 28 x 28" "$hw x $hw test images message"
+    done
+done
+idx_images "$D/idx56/t10k-images-idx3-ubyte" 40 28 28  # now they match: the run works
+expect_rc 0 "IDX sets written here" "$NGD" train --max-steps 3 --batch 16 --data-dir "$D/idx56" $Q
+
 # a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
 expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q
 acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')

@@ -489,7 +489,8 @@ static int load_text(const train_opts *t, data_sets *d) {
 }
 
 static int load_data(const train_opts *t, data_sets *d) {
-    char err[512], a[1024], b[1024];
+    char err[512], a[1024], b[1024], tra[1024] = "";  // tra: the training images, for messages
+    const char *tea = a;                                // the test images, for messages
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", t->data);
     size_t ntr = t->subset, nte = t->subset ? (t->subset >= 5 ? t->subset / 5 : 1) : 0;
@@ -517,6 +518,7 @@ static int load_data(const train_opts *t, data_sets *d) {
         snprintf(a, sizeof a, "%s/train-images-idx3-ubyte%s", dir, ext);
         snprintf(b, sizeof b, "%s/train-labels-idx1-ubyte%s", dir, ext);
         s = nn_dataset_load_idx(&d->train, a, b, ntr, err, sizeof err);
+        snprintf(tra, sizeof tra, "%s", a);
         if (s == NN_OK) {
             snprintf(a, sizeof a, "%s/t10k-images-idx3-ubyte%s", dir, ext);
             snprintf(b, sizeof b, "%s/t10k-labels-idx1-ubyte%s", dir, ext);
@@ -531,6 +533,7 @@ static int load_data(const train_opts *t, data_sets *d) {
             snprintf(a, sizeof a, "%s/train.bin", dir);
             const char *p1 = a;
             s = nn_dataset_load_cifar(&d->train, &p1, 1, NN_CIFAR100_FINE, ntr, err, sizeof err);
+            snprintf(tra, sizeof tra, "%s", a);
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test.bin", dir);
                 const char *p2 = b;
@@ -545,12 +548,14 @@ static int load_data(const train_opts *t, data_sets *d) {
                 pp[i] = paths[i];
             }
             s = nn_dataset_load_cifar(&d->train, pp, 5, NN_CIFAR10, ntr, err, sizeof err);
+            snprintf(tra, sizeof tra, "%s", pp[0]);
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test_batch.bin", dir);
                 const char *p2 = b;
                 s = nn_dataset_load_cifar(&d->test, &p2, 1, NN_CIFAR10, nte, err, sizeof err);
             }
         }
+        tea = b;
         if (s != NN_OK && !t->data_dir)
             fprintf(stderr, "hint: point --data-dir at the folder of the binary files\n");
     } else {
@@ -558,6 +563,9 @@ static int load_data(const train_opts *t, data_sets *d) {
                   "unknown data set '%s'", t->data);
         return -2;
     }
+    // the test set is fed to the model built for the training set, in the same buffers
+    if (s == NN_OK)
+        s = nn_dataset_check_match(&d->train, tra, &d->test, tea, err, sizeof err);
     if (s != NN_OK) {
         cli_error(NULL, "%s", err);
         nn_dataset_free(&d->train);
@@ -802,14 +810,25 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
 }
 
 // ---- evaluation ----
-static void evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
-                     double *loss, double *acc) {
+// Returns -1 (after an error) for a set the model was not built for: its batches would not
+// fit x (sized for the training images) nor the model's input and classes. load_data checks
+// this already; this check keeps any other path from writing out of bounds.
+static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
+                    double *loss, double *acc) {
     nn_loader ld;
     double l = 0;
     size_t correct = 0, n = 0;
+    if (ds->c != m->cfg.in_c || ds->h != m->cfg.in_h || ds->w != m->cfg.in_w ||
+        ds->num_classes > m->cfg.classes) {
+        cli_error(NULL, "the test set (%zu x %zu x %zu images, %zu classes) does not fit the "
+                  "model (%zu x %zu x %zu, %zu classes)", ds->c, ds->h, ds->w, ds->num_classes,
+                  m->cfg.in_c, m->cfg.in_h, m->cfg.in_w, m->cfg.classes);
+        *loss = (double)NAN, *acc = (double)NAN;
+        return -1;
+    }
     if (nn_loader_init(&ld, ds, B, false, false, NULL, 0) != NN_OK) {
         *loss = (double)NAN, *acc = (double)NAN;
-        return;
+        return 0;
     }
     size_t k;
     while ((k = nn_loader_next(&ld, x, y)) > 0) {
@@ -822,6 +841,7 @@ static void evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int3
     nn_loader_free(&ld);
     *loss = n ? l / (double)n : (double)NAN;
     *acc = n ? (double)correct / (double)n : (double)NAN;
+    return 0;
 }
 
 // Text: the mean loss and next-character accuracy over a fixed set of validation windows
@@ -901,10 +921,11 @@ static size_t steps_into_epoch(const train_opts *t, const nn_loader *ld, const t
     return ti ? ti->pos : ld->pos / t->batch;
 }
 
-static void evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, float *x,
-                         int32_t *ids, int32_t *y, double *loss, double *acc) {
-    if (t->text) evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
-    else evaluate(m, &d->test, t->batch, x, y, loss, acc);
+static int evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, float *x,
+                        int32_t *ids, int32_t *y, double *loss, double *acc) {
+    if (!t->text) return evaluate(m, &d->test, t->batch, x, y, loss, acc);
+    evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
+    return 0;
 }
 
 static double now_s(void) {
@@ -1059,7 +1080,7 @@ static int run(const train_opts *t, bool eval_only) {
     if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     if (eval_only) {
         double tl, ta;
-        evaluate_run(&m, t, &d, x, ids, y, &tl, &ta);
+        if (evaluate_run(&m, t, &d, x, ids, y, &tl, &ta)) goto done;
         // the CRC of the parameters lets two runs be compared bit for bit (resume == no stop)
         uint32_t crc = 0;
         for (size_t i = 0; i < m.nparams; i++)
@@ -1199,7 +1220,10 @@ static int run(const train_opts *t, bool eval_only) {
             if (tty) fputc('\n', stderr);
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
-                evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+                if (evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc)) {
+                    rc = NGD_EXIT_FAIL;
+                    break;
+                }
                 cJSON *j = cJSON_CreateObject();
                 cJSON_AddStringToObject(j, "type", "eval");
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);
@@ -1222,7 +1246,8 @@ static int run(const train_opts *t, bool eval_only) {
         }
     }
     if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs) {  // a limit ended the run early:
-        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);  // report it
+        if (evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc))  // report it
+            rc = NGD_EXIT_FAIL;
         cJSON *je = cJSON_CreateObject();
         cJSON_AddStringToObject(je, "type", "eval");
         cJSON_AddNumberToObject(je, "step", (double)rs.step);
