@@ -124,6 +124,34 @@ expect_rc 1 "foreign checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "
 expect_msg "not an ngd training checkpoint" "foreign checkpoint message"
 expect_rc 1 "missing checkpoint" "$NGD" eval --subset 512 --resume "$D/none.ckpt"
 
+# --checkpoint renames a file onto its path: a FIFO, a symbolic link or a device node there
+# must be refused before the data is loaded (no log written), and left as it was; so must a
+# --log that is the checkpoint file (same path, or a hard link to it)
+C="--subset 256 --widths 16 --batch 64 --max-steps 2 --quiet"
+mkfifo "$D/fifo"; echo keep > "$D/target"; ln -s target "$D/link"; ln "$D/target" "$D/hard"
+for tgt in fifo link; do
+    rm -f "$D/t.jsonl"
+    expect_rc 1 "--checkpoint onto a $tgt" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/$tgt"
+    expect_msg "--checkpoint $D/$tgt: is a" "$tgt target message"
+    [ ! -e "$D/t.jsonl" ] && ok || bad "--checkpoint onto a $tgt: training started (log written)"
+done
+[ -p "$D/fifo" ] && [ -L "$D/link" ] && [ "$(cat "$D/target")" = keep ] && ok || bad "a refused --checkpoint target was replaced"
+if mknod "$D/dev" c 1 3 2>/dev/null; then  # a device node like /dev/null, in our own folder
+    expect_rc 1 "--checkpoint onto a device node" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/dev"
+    expect_msg "is a character device, not a regular file" "device target message"
+    [ -c "$D/dev" ] && ok || bad "the device node was replaced"
+else
+    echo "SKIP: mknod not permitted: --checkpoint onto a device node not tested"
+fi
+expect_rc 2 "--log equal to --checkpoint" "$NGD" train $C --log "$D/same.ckpt" --checkpoint "$D/same.ckpt"
+expect_msg "--log $D/same.ckpt is the --checkpoint file" "log = checkpoint message"
+expect_rc 2 "--log a hard link of --checkpoint" "$NGD" train $C --log "$D/hard" --checkpoint "$D/target"
+expect_rc 2 "--log equal to --resume" "$NGD" train $C --log "$D/full.ckpt" --resume "$D/full.ckpt"
+[ "$(cat "$D/target")" = keep ] && ok || bad "a refused --log was written"
+# resuming from the --checkpoint path itself is the normal use
+expect_rc 0 "checkpoint to resume from" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/own.ckpt"
+expect_rc 0 "--resume PATH --checkpoint PATH" "$NGD" train $C --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt" --checkpoint "$D/own.ckpt"
+
 # a runaway learning rate: non-finite steps are skipped, then the run stops with a message
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
 expect_msg "consecutive non-finite steps" "divergence message"

@@ -671,6 +671,31 @@ typedef struct {
     nn_rng rng;
 } text_iter;
 
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m)    ? "a folder"
+           : S_ISLNK(m)  ? "a symbolic link"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
+}
+
+// The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
+// would replace whatever is there (a device node, a FIFO, a symbolic link) with a regular
+// file: PATH must be a regular file or absent. Checked before the data is loaded and again
+// before every write. Returns -1 after an error.
+static int check_ckpt_target(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        cli_error("give --checkpoint the path of a regular file, or of none yet",
+                  "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
+                  file_kind(sb.st_mode));
+        return -1;
+    }
+    return 0;
+}
+
 // Model state that is not a parameter (BatchNorm running statistics) comes from
 // nn_model_buffers and is saved beside the parameters.
 static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
@@ -720,7 +745,8 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_put(&w, cb, 4);
     char msg[512];
     int rc = 0;
-    if (w.oom) {
+    if (check_ckpt_target(path)) rc = -1;
+    else if (w.oom) {
         cli_error(NULL, "checkpoint %s: out of memory", path);
         rc = -1;
     } else if (ngd_file_write_atomic(path, w.b, w.len, msg, sizeof msg) != NGD_OK) {
@@ -991,16 +1017,42 @@ static cJSON *health_json(const ngd_optim *o) {
 
 static int mkdir_runs(void) { return mkdir("runs", 0755); }
 
-static FILE *open_log(const train_opts *t, char *path, size_t cap) {
+static void log_path(const train_opts *t, char *path, size_t cap) {
     if (t->log) snprintf(path, cap, "%s", t->log);
-    else {
-        (void)mkdir_runs();
-        snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
-                 ngd_method_name(t->cfg.method));
-    }
+    else snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
+                  ngd_method_name(t->cfg.method));
+}
+
+static FILE *open_log(const train_opts *t, char *path, size_t cap) {
+    if (!t->log) (void)mkdir_runs();
+    log_path(t, path, cap);
     FILE *f = fopen(path, t->resume ? "a" : "w");
     if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
     return f;
+}
+
+// Two paths name the same file: the same string, or (both existing) the same inode.
+static bool same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return !strcmp(a, b) || (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                             sa.st_ino == sb.st_ino);
+}
+
+// What a training run will write, checked before any data is loaded: the checkpoint's
+// target, and a log that is not the checkpoint (written or resumed). Returns an exit code.
+static int check_outputs(const train_opts *t) {
+    char lp[1024];
+    log_path(t, lp, sizeof lp);
+    const char *clash = t->ckpt && same_file(lp, t->ckpt)       ? "--checkpoint"
+                        : t->resume && same_file(lp, t->resume) ? "--resume"
+                                                                : NULL;
+    if (clash) {
+        cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s",
+                  lp, clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
+        return NGD_EXIT_USAGE;
+    }
+    if (t->ckpt && check_ckpt_target(t->ckpt)) return NGD_EXIT_FAIL;
+    return NGD_EXIT_OK;
 }
 
 static int run(const train_opts *t, bool eval_only) {
@@ -1013,6 +1065,10 @@ static int run(const train_opts *t, bool eval_only) {
         // and OpenBLAS's OpenMP flavour follow omp_set_num_threads)
         omp_set_num_threads(t->threads);
 #endif
+    }
+    if (!eval_only) {
+        int oc = check_outputs(t);
+        if (oc != NGD_EXIT_OK) return oc;
     }
     data_sets d;
     int dl = load_data(t, &d);
