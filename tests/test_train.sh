@@ -152,6 +152,30 @@ expect_rc 2 "--log equal to --resume" "$NGD" train $C --log "$D/full.ckpt" --res
 expect_rc 0 "checkpoint to resume from" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/own.ckpt"
 expect_rc 0 "--resume PATH --checkpoint PATH" "$NGD" train $C --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt" --checkpoint "$D/own.ckpt"
 
+# the checkpoint's folder is checked before the data is loaded (not at the first checkpoint,
+# an epoch later), and every checkpoint error names the user's path, not the temporary file
+rm -f "$D/t.jsonl"
+expect_rc 1 "--checkpoint in a missing folder" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/nodir/run.ckpt"
+expect_msg "--checkpoint $D/nodir/run.ckpt: folder $D/nodir: No such file or directory" "missing folder message"
+expect_msg "hint:" "missing folder hint"
+[ ! -e "$D/t.jsonl" ] && ok || bad "--checkpoint in a missing folder: training started (log written)"
+expect_rc 1 "--checkpoint under a file" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/target/run.ckpt"
+expect_msg "--checkpoint $D/target/run.ckpt: Not a directory" "file as a folder message"
+if [ "$(id -u)" != 0 ]; then  # root may write anywhere
+    mkdir "$D/ro"; chmod 555 "$D/ro"
+    expect_rc 1 "--checkpoint in a read-only folder" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/ro/run.ckpt"
+    expect_msg "--checkpoint $D/ro/run.ckpt: folder $D/ro is not writable" "read-only folder message"
+fi
+# the folder vanishes during the run: the next checkpoint fails, naming the user's path
+mkdir "$D/gone"
+"$NGD" train $C --max-steps 0 --epochs 100000 --checkpoint-every 1 --log "$D/t.jsonl" --checkpoint "$D/gone/run.ckpt" > "$D/gone.out" 2>&1 &
+pid=$!
+for _ in $(seq 300); do [ -e "$D/gone/run.ckpt" ] && break; sleep 0.05; done
+rm -rf "$D/gone"
+wait $pid; rc=$?; out=$(cat "$D/gone.out")
+[ "$rc" -eq 1 ] && ok || bad "checkpoint folder removed mid-run: exit $rc, want 1"
+expect_msg "ngd: error: --checkpoint $D/gone/run.ckpt: " "mid-run checkpoint error names the path"
+
 # a runaway learning rate: non-finite steps are skipped, then the run stops with a message
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
 expect_msg "consecutive non-finite steps" "divergence message"

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -683,17 +684,43 @@ static const char *file_kind(mode_t m) {
 
 // The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
 // would replace whatever is there (a device node, a FIFO, a symbolic link) with a regular
-// file: PATH must be a regular file or absent. Checked before the data is loaded and again
-// before every write. Returns -1 after an error.
+// file: PATH must be a regular file or absent, in an existing folder we may write (where the
+// temporary goes). Checked before the data is loaded, not at the first checkpoint an epoch
+// later, and again before every write. Returns -1 after an error naming PATH.
 static int check_ckpt_target(const char *path) {
     struct stat sb;
-    if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
-        cli_error("give --checkpoint the path of a regular file, or of none yet",
-                  "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
-                  file_kind(sb.st_mode));
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode)) {
+            cli_error("give --checkpoint the path of a regular file, or of none yet",
+                      "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
+                      file_kind(sb.st_mode));
+            return -1;
+        }
+    } else if (errno != ENOENT) {
+        cli_error("give --checkpoint a path in a folder you can write", "--checkpoint %s: %s",
+                  path, strerror(errno));
         return -1;
     }
-    return 0;
+    char *copy = strdup(path);
+    if (!copy) {
+        cli_error(NULL, "--checkpoint %s: out of memory", path);
+        return -1;
+    }
+    const char *dir = dirname(copy);
+    int rc = 0;
+    errno = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        cli_error("create the folder first, or give --checkpoint another path",
+                  "--checkpoint %s: folder %s: %s", path, dir,
+                  errno ? strerror(errno) : "not a folder");
+        rc = -1;
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        cli_error("give --checkpoint a path in a folder you can write",
+                  "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
+        rc = -1;
+    }
+    free(copy);
+    return rc;
 }
 
 // Model state that is not a parameter (BatchNorm running statistics) comes from
@@ -750,7 +777,7 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         cli_error(NULL, "checkpoint %s: out of memory", path);
         rc = -1;
     } else if (ngd_file_write_atomic(path, w.b, w.len, msg, sizeof msg) != NGD_OK) {
-        cli_error("check the folder exists and is writable", "checkpoint: %s", msg);
+        cli_error("check the folder exists and is writable", "--checkpoint %s: %s", path, msg);
         rc = -1;
     }
     free(w.b);
