@@ -152,6 +152,15 @@ expect_rc 2 "--log equal to --resume" "$NGD" train $C --log "$D/full.ckpt" --res
 expect_rc 0 "checkpoint to resume from" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/own.ckpt"
 expect_rc 0 "--resume PATH --checkpoint PATH" "$NGD" train $C --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt" --checkpoint "$D/own.ckpt"
 
+# a run killed mid-write (kill -9) leaves run.ckpt.tmp.PID: the next checkpoint of that path
+# removes it once PID is dead, and nothing else
+(exit 0) & dead=$!; wait $dead
+echo stale > "$D/own.ckpt.tmp.$dead"; echo keep > "$D/own.ckpt.tmp.$$"; echo keep > "$D/own.ckpt.tmp.${dead}x"
+expect_rc 0 "checkpoint beside a stale temporary" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/own.ckpt"
+[ ! -e "$D/own.ckpt.tmp.$dead" ] && ok || bad "the stale temporary own.ckpt.tmp.$dead was not removed"
+[ -e "$D/own.ckpt.tmp.$$" ] && [ -e "$D/own.ckpt.tmp.${dead}x" ] && ok || bad "a live process's or another name's temporary was removed"
+rm -f "$D/own.ckpt.tmp.$$" "$D/own.ckpt.tmp.${dead}x"
+
 # the checkpoint's folder is checked before the data is loaded (not at the first checkpoint,
 # an epoch later), and every checkpoint error names the user's path, not the temporary file
 rm -f "$D/t.jsonl"
