@@ -185,6 +185,23 @@ wait $pid; rc=$?; out=$(cat "$D/gone.out")
 [ "$rc" -eq 1 ] && ok || bad "checkpoint folder removed mid-run: exit $rc, want 1"
 expect_msg "ngd: error: --checkpoint $D/gone/run.ckpt: " "mid-run checkpoint error names the path"
 
+# output that cannot be written is an error, not a silent exit 0: a log on a full disk
+# (/dev/full) stops the run at its first record; so does stdout on one, at exit
+if [ -w /dev/full ]; then
+    expect_rc 1 "--log /dev/full" "$NGD" train $C --log /dev/full
+    expect_msg "ngd: error: --log /dev/full: No space left on device" "full log message"
+    expect_rc 1 "--log /dev/full, step records" "$NGD" train $C --max-steps 50 --log-every 1 --log /dev/full
+    expect_msg "ngd: error: --log /dev/full: No space left on device" "full log message, step records"
+    [ "$(printf '%s\n' "$out" | grep -c "^ngd: error:")" -eq 1 ] && ok || bad "a full log is reported more than once"
+    out=$("$NGD" train $C --log "$D/t.jsonl" 2>&1 >/dev/full); rc=$?
+    [ "$rc" -eq 1 ] && ok || bad "train > /dev/full: exit $rc, want 1"
+    expect_msg "ngd: error: standard output: No space left on device" "train > /dev/full message"
+    out=$("$NGD" eval --subset 256 --widths 16 --batch 64 --resume "$D/own.ckpt" 2>&1 >/dev/full); rc=$?
+    [ "$rc" -eq 1 ] && ok || bad "eval > /dev/full: exit $rc, want 1"
+else
+    echo "SKIP: no /dev/full: write errors not tested"
+fi
+
 # a runaway learning rate: non-finite steps are skipped, then the run stops with a message
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
 expect_msg "consecutive non-finite steps" "divergence message"

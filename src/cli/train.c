@@ -987,16 +987,24 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void log_line(FILE *f, cJSON *o) {
+// Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
+// /dev/full), with an error naming it the first time.
+static int log_line(FILE *f, const char *path, cJSON *o) {
     if (!f) {
         cJSON_Delete(o);
-        return;
+        return 0;
     }
+    const bool failed_before = ferror(f) != 0;
     char *s = cJSON_PrintUnformatted(o);
-    if (s) fprintf(f, "%s\n", s);
-    fflush(f);
+    errno = 0;
+    const bool bad = failed_before || !s || fprintf(f, "%s\n", s) < 0 || fflush(f) != 0 ||
+                     ferror(f);
+    if (bad && !failed_before)
+        cli_error("free some space, or give --log another file", "--log %s: %s", path,
+                  !s ? "out of memory" : errno ? strerror(errno) : "write error");
     cJSON_free(s);
     cJSON_Delete(o);
+    return bad ? -1 : 0;
 }
 
 static void progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t per_epoch,
@@ -1283,7 +1291,11 @@ static int run(const train_opts *t, bool eval_only) {
                 if (t->text) cJSON_AddNumberToObject(j, "tokens_per_s", sps * (double)t->context);
                 cJSON_AddNumberToObject(j, "wall_s", now - t_start);
                 cJSON_AddItemToObject(j, "health", health_json(o));
-                log_line(logf, j);
+                if (log_line(logf, logpath, j)) {
+                    rc = NGD_EXIT_FAIL;
+                    stop = true;
+                    break;
+                }
                 if (!t->quiet && (tty || rs.step % (t->log_every * 10) == 0))
                     progress(tty, rs.epoch, t->epochs, it, per_epoch, run_loss / (double)run_n,
                              run_acc / (double)run_n, sps, eta);
@@ -1314,7 +1326,10 @@ static int run(const train_opts *t, bool eval_only) {
                 cJSON_AddNumberToObject(j, "test_loss", last_test_loss);
                 cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
                 cJSON_AddNumberToObject(j, "wall_s", now_s() - t_start);
-                log_line(logf, j);
+                if (log_line(logf, logpath, j)) {
+                    rc = NGD_EXIT_FAIL;
+                    break;
+                }
                 if (!t->quiet)
                     fprintf(stderr, "epoch %zu: %s loss %.4f, %s accuracy %.2f%%\n", rs.epoch,
                             split, last_test_loss, split, 100 * last_test_acc);
@@ -1340,7 +1355,7 @@ static int run(const train_opts *t, bool eval_only) {
         cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
         cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
         cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
-        log_line(logf, je);
+        if (log_line(logf, logpath, je)) rc = NGD_EXIT_FAIL;
     }
     if (rc == NGD_EXIT_OK && stop && t->ckpt) {  // --max-steps: leave a checkpoint to resume
         rs.wall = now_s() - t_start;
@@ -1363,7 +1378,7 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
-    log_line(logf, j);
+    if (log_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
     if (!t->quiet || rc == NGD_EXIT_OK)
         printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
                ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall, split,
@@ -1372,7 +1387,14 @@ static int run(const train_opts *t, bool eval_only) {
     if (t->text && rc == NGD_EXIT_OK)  // let a person see what it learned
         print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:
-    if (logf) fclose(logf);
+    if (logf) {  // a failed write was reported already; a failing close is reported here
+        const bool failed_before = ferror(logf) != 0;
+        if (fclose(logf) != 0 && !failed_before) {
+            cli_error("free some space, or give --log another file", "--log %s: %s", logpath,
+                      strerror(errno));
+            rc = NGD_EXIT_FAIL;
+        }
+    }
     free(x), free(y), free(ids), free(dlogits);
     nn_loader_free(&ld);
     nn_text_free(&d.text);
