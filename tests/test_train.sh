@@ -112,6 +112,69 @@ for opt in singd adamw kfac bkfac brckfac; do
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
+# SIGTERM / SIGINT: the step in progress finishes, the checkpoint is written, the run says how
+# to resume and exits 128 + the signal; that checkpoint resumes bit-identically
+A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 1000 --threads 1 $Q"
+wait_for_step() {  # wait_for_step LOG PID: until LOG has a step record (1: the run ended first)
+    for _ in $(seq 600); do
+        grep -q '"type":"step"' "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+rm -f "$D/sig.jsonl"
+"$NGD" train $A --log-every 1 --log "$D/sig.jsonl" --checkpoint "$D/sig.ckpt" > "$D/sig.out" 2>&1 &
+pid=$!
+wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGTERM: the run never logged a step"
+kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+[ "$rc" -eq 143 ] && ok || bad "SIGTERM: exit $rc, want 143"
+expect_msg "ngd: training stopped by SIGTERM at step" "SIGTERM message"
+expect_msg "--resume $D/sig.ckpt" "SIGTERM: how to resume"
+s=$(printf '%s\n' "$out" | sed -n 's/.*stopped by SIGTERM at step \([0-9]*\).*/\1/p')
+if [ -s "$D/sig.ckpt" ] && [ -n "$s" ]; then
+    n=$((s + 5))
+    "$NGD" train $A --max-steps $n --log "$D/t.jsonl" --resume "$D/sig.ckpt" --checkpoint "$D/sig.ckpt" >/dev/null 2>&1
+    "$NGD" train $A --max-steps $n --log "$D/t.jsonl" --checkpoint "$D/nosig.ckpt" >/dev/null 2>&1
+    c1=$("$NGD" eval --subset 512 --widths 64 --resume "$D/nosig.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/sig.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "resumed after SIGTERM at step $s ($c2) differs from uninterrupted to step $n ($c1)"
+else
+    bad "SIGTERM: no checkpoint $D/sig.ckpt or no step in the message"
+fi
+# SIGINT: 130 (job control on, or the shell would start the job with SIGINT ignored)
+set -m
+rm -f "$D/sig.jsonl"
+"$NGD" train $A --log-every 1 --log "$D/sig.jsonl" > "$D/sig.out" 2>&1 &
+pid=$!
+set +m
+wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGINT: the run never logged a step"
+kill -INT $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+[ "$rc" -eq 130 ] && ok || bad "SIGINT: exit $rc, want 130"
+expect_msg "ngd: training stopped by SIGINT at step" "SIGINT message"
+expect_msg "no --checkpoint" "SIGINT without a checkpoint says so"
+# a second signal exits at once: the run is held in a write to a log nobody reads (a FIFO)
+mkfifo "$D/slow.fifo"
+"$NGD" train $A --log-every 1 --log "$D/slow.fifo" > "$D/sig.out" 2>&1 &
+pid=$!
+exec 3< "$D/slow.fifo"
+held=0
+for _ in $(seq 400); do
+    case "$(cat /proc/$pid/wchan 2>/dev/null)" in *pipe_write*) held=1; break ;; esac
+    sleep 0.05
+done
+if [ $held -eq 1 ]; then
+    kill -TERM $pid; sleep 0.3
+    kill -0 $pid 2>/dev/null && ok || bad "the first signal did not wait for the step in progress"
+    kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+    [ "$rc" -eq 143 ] && ok || bad "second SIGTERM: exit $rc, want 143"
+    expect_msg "second signal: exiting at once" "second signal message"
+else
+    echo "SKIP: /proc/$pid/wchan shows no blocked pipe write: the second signal not tested"
+    kill -KILL $pid; wait $pid
+fi
+exec 3<&-
+
 # bad checkpoints: another shape, corrupt, truncated, foreign
 expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim brckfac $K --widths 32 --resume "$D/full.ckpt"
 expect_msg "another shape" "width mismatch message"

@@ -17,6 +17,9 @@
 #include <getopt.h>
 #include <libgen.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -862,10 +865,64 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     return 0;
 }
 
+// ---- stopping on SIGINT / SIGTERM ----
+// The first signal sets stop_signal: the training loop stops where --max-steps stops (before
+// a batch is drawn, so the checkpoint written then resumes bit-identically), an evaluation
+// stops at its next batch; the run then exits 128 + the signal. A second signal exits at once.
+//
+// No handler runs on the computing threads: oneDNN's JIT GEMM kernels point rsp into a heap
+// workspace (oneDNN issue #4845, fixed after 3.11), so a signal frame pushed there corrupts
+// the heap (seen here as "corrupted size vs. prev_size" aborts). The signals are blocked in
+// the main thread before any other thread exists (every later thread inherits the mask) and
+// taken by one thread of our own with sigwait.
+static atomic_int stop_signal;
+
+static void *stop_signal_waiter(void *arg) {
+    const sigset_t *set = arg;
+    for (;;) {
+        int sig;
+        if (sigwait(set, &sig) != 0) continue;
+        if (atomic_load(&stop_signal)) {
+            static const char msg[] = "\nngd: second signal: exiting at once\n";
+            ssize_t w = write(2, msg, sizeof msg - 1);
+            (void)w;
+            _exit(128 + sig);
+        }
+        atomic_store(&stop_signal, sig);
+    }
+    return NULL;
+}
+
+// A signal the shell ignored for us (a background job without job control: SIGINT) stays
+// ignored. Without the waiting thread, the signals keep their default action.
+static void catch_stop_signals(void) {
+    static sigset_t set;
+    sigemptyset(&set);
+    const int sigs[2] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++) {
+        struct sigaction old;
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaddset(&set, sigs[i]);
+    }
+    pthread_t th;
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return;
+    if (pthread_create(&th, NULL, stop_signal_waiter, &set) != 0) {
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+        return;
+    }
+    pthread_detach(th);
+}
+
+static const char *stop_signal_name(void) {
+    const int sig = atomic_load(&stop_signal);
+    return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
+}
+
 // ---- evaluation ----
 // Returns -1 (after an error) for a set the model was not built for: its batches would not
 // fit x (sized for the training images) nor the model's input and classes. load_data checks
-// this already; this check keeps any other path from writing out of bounds.
+// this already; this check keeps any other path from writing out of bounds. Returns 1 when
+// a signal stopped it (loss and accuracy are then NaN).
 static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
                     double *loss, double *acc) {
     nn_loader ld;
@@ -884,7 +941,7 @@ static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32
         return 0;
     }
     size_t k;
-    while ((k = nn_loader_next(&ld, x, y)) > 0) {
+    while (!stop_signal && (k = nn_loader_next(&ld, x, y)) > 0) {
         m->ops->forward(m, x, k, false);
         l += (double)nn_xent_forward(m->logits, y, k, m->cfg.classes, 0.0f, 1.0f, NULL) * (double)k;
         correct += nn_xent_correct(m->logits, y, k, m->cfg.classes);
@@ -892,9 +949,10 @@ static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32
         if (ld.epoch > 0) break;
     }
     nn_loader_free(&ld);
+    if (stop_signal) n = 0;
     *loss = n ? l / (double)n : (double)NAN;
     *acc = n ? (double)correct / (double)n : (double)NAN;
-    return 0;
+    return stop_signal ? 1 : 0;
 }
 
 // Text: the mean loss and next-character accuracy over a fixed set of validation windows
@@ -909,7 +967,7 @@ static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, in
     nn_rng_seed(&r, TEXT_EVAL_SEED);
     double l = 0;
     size_t correct = 0, n = 0;
-    for (size_t i = 0; i < TEXT_EVAL_BATCHES; i++) {
+    for (size_t i = 0; i < TEXT_EVAL_BATCHES && !stop_signal; i++) {
         if (nn_text_batch(tx, NN_SPLIT_VAL, B, T, &r, ids, y) != NN_OK) break;
         m->ops->forward_tokens(m, ids, B, T, false);
         const size_t k = B * T;
@@ -978,7 +1036,8 @@ static int evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, fl
                         int32_t *ids, int32_t *y, double *loss, double *acc) {
     if (!t->text) return evaluate(m, &d->test, t->batch, x, y, loss, acc);
     evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
-    return 0;
+    if (stop_signal) *loss = *acc = (double)NAN;
+    return stop_signal ? 1 : 0;
 }
 
 static double now_s(void) {
@@ -1105,6 +1164,7 @@ static int run(const train_opts *t, bool eval_only) {
         int oc = check_outputs(t);
         if (oc != NGD_EXIT_OK) return oc;
     }
+    catch_stop_signals();
     data_sets d;
     int dl = load_data(t, &d);
     if (dl) return dl == -2 ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
@@ -1171,7 +1231,12 @@ static int run(const train_opts *t, bool eval_only) {
     if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     if (eval_only) {
         double tl, ta;
-        if (evaluate_run(&m, t, &d, x, ids, y, &tl, &ta)) goto done;
+        const int er = evaluate_run(&m, t, &d, x, ids, y, &tl, &ta);
+        if (er > 0) {
+            fprintf(stderr, "ngd: evaluation stopped by %s\n", stop_signal_name());
+            rc = 128 + stop_signal;
+        }
+        if (er) goto done;
         // the CRC of the parameters lets two runs be compared bit for bit (resume == no stop)
         uint32_t crc = 0;
         for (size_t i = 0; i < m.nparams; i++)
@@ -1228,7 +1293,7 @@ static int run(const train_opts *t, bool eval_only) {
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
             // resumes exactly where an uninterrupted run would continue
-            if ((t->max_steps && rs.step >= t->max_steps) ||
+            if ((t->max_steps && rs.step >= t->max_steps) || stop_signal ||
                 (t->time_budget > 0 && now_s() - t_start >= (double)t->time_budget)) {
                 stop = true;
                 break;
@@ -1315,8 +1380,10 @@ static int run(const train_opts *t, bool eval_only) {
             if (tty) fputc('\n', stderr);
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
-                if (evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc)) {
-                    rc = NGD_EXIT_FAIL;
+                const int er = evaluate_run(&m, t, &d, x, ids, y, &last_test_loss,
+                                            &last_test_acc);
+                if (er) {  // > 0: a signal (the checkpoint of this epoch is written below)
+                    if (er < 0) rc = NGD_EXIT_FAIL;
                     break;
                 }
                 cJSON *j = cJSON_CreateObject();
@@ -1343,9 +1410,11 @@ static int run(const train_opts *t, bool eval_only) {
             }
         }
     }
-    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs) {  // a limit ended the run early:
-        if (evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc))  // report it
-            rc = NGD_EXIT_FAIL;
+    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !stop_signal &&
+        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc) < 0)
+        rc = NGD_EXIT_FAIL;
+    // a limit ended the run early: report it (not after a signal, or one during its evaluation)
+    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !stop_signal) {
         cJSON *je = cJSON_CreateObject();
         cJSON_AddStringToObject(je, "type", "eval");
         cJSON_AddNumberToObject(je, "step", (double)rs.step);
@@ -1357,9 +1426,19 @@ static int run(const train_opts *t, bool eval_only) {
         cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
         if (log_line(logf, logpath, je)) rc = NGD_EXIT_FAIL;
     }
-    if (rc == NGD_EXIT_OK && stop && t->ckpt) {  // --max-steps: leave a checkpoint to resume
+    // --max-steps, a signal: leave a checkpoint to resume
+    if (rc == NGD_EXIT_OK && (stop || stop_signal) && t->ckpt) {
         rs.wall = now_s() - t_start;
         if (save_checkpoint(t->ckpt, t, &m, o, &ld, tip, &rs)) rc = NGD_EXIT_FAIL;
+    }
+    if (rc == NGD_EXIT_OK && stop_signal) {
+        if (tty) fputc('\n', stderr);
+        fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
+                rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
+                t->ckpt ? t->ckpt : "");
+        if (t->ckpt)
+            fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
+        rc = 128 + stop_signal;
     }
     double wall = now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
