@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -205,8 +207,76 @@ static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
     rmdir(tmpdir);
 }
 
+// A writer killed mid-write (kill -9) leaves "<path>.tmp.<pid>" behind, as large as the
+// file; the next atomic write of the same path removes it when that pid is dead, and nothing
+// else: live writers' temporaries, other paths' and names not of exactly that form stay.
+static bool exists(const char *dir, const char *name) {
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return lstat(p, &st) == 0;
+}
+static void touch(const char *dir, const char *name) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    if (f) fputs("stale", f), fclose(f);
+}
+static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
+    char dir[64] = "/tmp/ngd_stale_XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK(!"mkdtemp");
+        return;
+    }
+    pid_t dead = fork();  // a process that has exited: its pid names no live process
+    if (dead == 0) _exit(0);
+    CHECK(dead > 0 && waitpid(dead, NULL, 0) == dead);
+    // [0]: the dead writer's temporary of run.ckpt; [1]: of rel.ckpt; [2]: a live writer's
+    // (our parent); the rest are not of the form or belong to another path
+    const char *form[10][2] = {{"run.ckpt.tmp.", ""},   {"rel.ckpt.tmp.", ""},
+                               {"run.ckpt.tmp.", ""},   {"run.ckpt.tmp.", "x"},
+                               {"run.ckpt.tmp.0", ""},  {"run.ckpt.tmp.-", ""},
+                               {"other.ckpt.tmp.", ""}, {"xrun.ckpt.tmp.", ""},
+                               {"run.ckpt.tmp.", ".bak"}, {"run.ckpt.tmp", ""}};
+    char names[10][64];
+    for (int i = 0; i < 10; i++) {
+        snprintf(names[i], sizeof names[i], "%s%ld%s", form[i][0],
+                 i == 2 ? (long)getppid() : (long)dead, form[i][1]);
+        touch(dir, names[i]);
+    }
+    touch(dir, "run.ckpt.tmp.1");  // init: alive
+    char path[128], msg[256];
+    snprintf(path, sizeof path, "%s/run.ckpt", dir);
+    CHECK(ngd_file_write_atomic(path, "new", 3, msg, sizeof msg) == NGD_OK);
+    CHECK(!exists(dir, names[0]));  // the dead writer's temporary of this path
+    for (int i = 2; i < 10; i++) CHECK_MSG(exists(dir, names[i]), "%s was removed", names[i]);
+    CHECK(exists(dir, "run.ckpt.tmp.1") && exists(dir, names[1]) && exists(dir, "run.ckpt"));
+    // a path without a folder: the current one
+    pid_t child = fork();
+    if (child == 0) {
+        int ok = chdir(dir) == 0 && ngd_file_write_atomic("rel.ckpt", "x", 1, NULL, 0) == NGD_OK;
+        _exit(ok ? 0 : 1);
+    }
+    int status = -1;
+    CHECK(child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0);
+    CHECK(!exists(dir, names[1]) && exists(dir, "rel.ckpt"));
+    char p[1024];
+    for (int i = 0; i < 10; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        unlink(p);
+    }
+    const char *rest[3] = {"run.ckpt.tmp.1", "run.ckpt", "rel.ckpt"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, rest[i]);
+        unlink(p);
+    }
+    CHECK(rmdir(dir) == 0);
+}
+
 static const test_case TESTS[] = {
     TEST(resume_should_be_bit_identical_for_every_method),
     TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
+    TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

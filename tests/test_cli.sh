@@ -116,6 +116,27 @@ else
     bad "shared oracle folder $SHARED/oracle not found (set NGD_SHARED)"
 fi
 
+# output that cannot be written (stdout on a full disk) is an error for every command, at exit
+if [ -w /dev/full ]; then
+    for args in "--help" "--version" "plot --help" "bench precond --help" "replay --help"; do
+        out=$("$NGD" $args 2>&1 >/dev/full); rc=$?
+        [ "$rc" -eq 1 ] && ok || bad "ngd $args > /dev/full: exit $rc, want 1"
+        printf '%s\n' "$out" | grep -q "^ngd: error: standard output: " && ok || bad "ngd $args > /dev/full: no message"
+    done
+    out=$("$NGD" bench precond --d 64 --reps 1 --methods kfac --json 2>&1 >/dev/full); rc=$?
+    [ "$rc" -eq 1 ] && ok || bad "bench precond --json > /dev/full: exit $rc, want 1"
+    if [ -d "$SHARED/oracle" ]; then
+        out=$("$NGD" replay "$SHARED/oracle" 2>&1 >/dev/full); rc=$?
+        [ "$rc" -eq 1 ] && ok || bad "replay > /dev/full: exit $rc, want 1"
+    fi
+    "$NGD" --version >&- 2>/dev/null; rc=$?  # closed stdout with output pending: an error too
+    [ "$rc" -eq 1 ] && ok || bad "ngd --version >&-: exit $rc, want 1"
+    "$NGD" frobnicate >&- 2>/dev/null; rc=$?  # nothing to write: the command's own status
+    [ "$rc" -eq 2 ] && ok || bad "ngd frobnicate >&-: exit $rc, want 2"
+else
+    echo "SKIP: no /dev/full: write errors not tested"
+fi
+
 # the shared library exports only ngd_* names (visibility hidden elsewhere)
 so="$(dirname "$NGD")/libngd.so"
 if [ -f "$so" ]; then

@@ -661,6 +661,65 @@ static void real_cifar100_and_shakespeare_should_load_when_present(void) {
     }
 }
 
+// A test set must fit the model built for the training set: the same image shape and
+// classes, its labels in range. (A t10k file of 56 x 56 beside 28 x 28 training images once
+// overflowed the batch buffer of `ngd train`'s evaluation.)
+static void sets_should_match_in_shape_and_classes(void) {
+    make_img_data();
+    char err[256];
+    uint8_t buf[512], big[IMG_N * IMG_H * (IMG_W + 1)] = {0};
+    write_idx_pair("m-train-images", "m-train-labels", 0);
+    write_idx_pair("m-test-images", "m-test-labels", 0);
+    const uint32_t dw[3] = {IMG_N, IMG_H, IMG_W + 1};
+    write_bytes(td_path("m-wide-images"), buf,
+                make_idx(buf, NN_IDX_MAGIC_IMAGES, dw, 3, big, sizeof big), 0);
+    nn_dataset tr, te, wide;
+    CHECK(nn_dataset_load_idx(&tr, td_path("m-train-images"), td_path("m-train-labels"), 0, err,
+                              sizeof err) == NN_OK);
+    CHECK(nn_dataset_load_idx(&te, td_path("m-test-images"), td_path("m-test-labels"), 0, err,
+                              sizeof err) == NN_OK);
+    CHECK(nn_dataset_load_idx(&wide, td_path("m-wide-images"), td_path("m-test-labels"), 0, err,
+                              sizeof err) == NN_OK);
+    CHECK(nn_dataset_check_match(&tr, "train-im", &te, "test-im", err, sizeof err) == NN_OK);
+    CHECK(nn_dataset_check_match(&tr, "train-im", &wide, "test-im", err, sizeof err) ==
+          NN_ERR_FORMAT);
+    CHECK(has(err, "test-im: images of 1 x 3 x 5, but the training images train-im are "
+                   "1 x 3 x 4"));
+    CHECK(nn_dataset_check_match(&wide, "train-im", &te, "test-im", err, sizeof err) ==
+          NN_ERR_FORMAT);
+    // channels
+    te.c = 3;
+    CHECK(nn_dataset_check_match(&tr, "train-im", &te, "test-im", err, sizeof err) ==
+          NN_ERR_FORMAT && has(err, "images of 3 x 3 x 4"));
+    te.c = 1;
+    // classes: CIFAR-100 (100) beside CIFAR-10 (10), same images
+    const size_t rec100 = 2 + NN_CIFAR_PIXELS;
+    uint8_t *cb = malloc(2 * rec100);
+    CHECK(cb != NULL);
+    if (cb) {
+        write_bytes(td_path("m10.bin"), cb, make_cifar(cb, 2, NN_CIFAR10), 0);
+        write_bytes(td_path("m100.bin"), cb, make_cifar(cb, 2, NN_CIFAR100_FINE), 0);
+        const char *p10 = td_path("m10.bin"), *p100 = td_path("m100.bin");
+        nn_dataset c10, c100;
+        CHECK(nn_dataset_load_cifar(&c10, &p10, 1, NN_CIFAR10, 0, err, sizeof err) == NN_OK);
+        CHECK(nn_dataset_load_cifar(&c100, &p100, 1, NN_CIFAR100_FINE, 0, err, sizeof err) ==
+              NN_OK);
+        CHECK(nn_dataset_check_match(&c10, "a.bin", &c10, "b.bin", err, sizeof err) == NN_OK);
+        CHECK(nn_dataset_check_match(&c10, "a.bin", &c100, "b.bin", err, sizeof err) ==
+              NN_ERR_FORMAT && has(err, "b.bin: 100 classes, but the training set a.bin has 10"));
+        nn_dataset_free(&c10);
+        nn_dataset_free(&c100);
+        free(cb);
+    }
+    // a label outside the training set's classes (a set built in memory)
+    te.labels[3] = 10;
+    CHECK(nn_dataset_check_match(&tr, "train-im", &te, "test-im", err, sizeof err) ==
+          NN_ERR_FORMAT && has(err, "test-im: label 10 of item 3 is out of"));
+    nn_dataset_free(&tr);
+    nn_dataset_free(&te);
+    nn_dataset_free(&wide);
+}
+
 static const test_case TESTS[] = {
     TEST(idx_should_read_plain_and_gzip_files),
     TEST(idx_should_reject_a_wrong_magic_with_its_value),
@@ -668,6 +727,7 @@ static const test_case TESTS[] = {
     TEST(idx_should_read_large_files_and_not_trust_declared_sizes),
     TEST(idx_should_reject_corrupt_gzip_missing_files_and_inconsistent_pairs),
     TEST(cifar_should_read_records_and_reject_wrong_sizes),
+    TEST(sets_should_match_in_shape_and_classes),
     TEST(normalization_should_standardize_each_channel),
     TEST(loader_should_shuffle_a_permutation_reproducibly),
     TEST(augmentation_should_crop_and_flip_within_shape),

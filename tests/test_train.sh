@@ -47,6 +47,29 @@ expect_msg "$D/nowhere" "missing data names the path"
 expect_msg "hint:" "missing data gives a hint"
 expect_rc 2 "eval without --resume" "$NGD" eval
 
+# small IDX sets written here: a test set of another image size than the training set must be
+# refused before training, naming the file and both shapes (56 x 56 once overflowed the
+# evaluation's batch buffer; 27 x 27 gave a wrong accuracy)
+be32() { local v=$1; printf "\\$(printf %03o $(((v >> 24) & 255)))\\$(printf %03o $(((v >> 16) & 255)))\\$(printf %03o $(((v >> 8) & 255)))\\$(printf %03o $((v & 255)))"; }
+idx_images() {  # idx_images FILE N H W: random pixels
+    { printf '\000\000\010\003'; be32 "$2"; be32 "$3"; be32 "$4"; head -c $(($2 * $3 * $4)) /dev/urandom; } > "$1"
+}
+idx_labels() {  # idx_labels FILE N: labels i mod 10 (N a multiple of 10)
+    local s=""; for ((i = 0; i < $2 / 10; i++)); do s+='\000\001\002\003\004\005\006\007\010\011'; done
+    { printf '\000\000\010\001'; be32 "$2"; printf "$s"; } > "$1"
+}
+for hw in 56 27; do
+    I="$D/idx$hw"; mkdir -p "$I"
+    idx_images "$I/train-images-idx3-ubyte" 200 28 28; idx_labels "$I/train-labels-idx1-ubyte" 200
+    idx_images "$I/t10k-images-idx3-ubyte" 40 $hw $hw; idx_labels "$I/t10k-labels-idx1-ubyte" 40
+    for model in mlp cnn; do
+        expect_rc 1 "$model: $hw x $hw test images beside 28 x 28" "$NGD" train --model $model --max-steps 3 --batch 16 --data-dir "$I" $Q
+        expect_msg "$I/t10k-images-idx3-ubyte: images of 1 x $hw x $hw, but the training images $I/train-images-idx3-ubyte are 1 x 28 x 28" "$hw x $hw test images message"
+    done
+done
+idx_images "$D/idx56/t10k-images-idx3-ubyte" 40 28 28  # now they match: the run works
+expect_rc 0 "IDX sets written here" "$NGD" train --max-steps 3 --batch 16 --data-dir "$D/idx56" $Q
+
 # a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
 expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q
 acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
@@ -89,6 +112,69 @@ for opt in singd adamw kfac bkfac brckfac; do
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
+# SIGTERM / SIGINT: the step in progress finishes, the checkpoint is written, the run says how
+# to resume and exits 128 + the signal; that checkpoint resumes bit-identically
+A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 1000 --threads 1 $Q"
+wait_for_step() {  # wait_for_step LOG PID: until LOG has a step record (1: the run ended first)
+    for _ in $(seq 600); do
+        grep -q '"type":"step"' "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+rm -f "$D/sig.jsonl"
+"$NGD" train $A --log-every 1 --log "$D/sig.jsonl" --checkpoint "$D/sig.ckpt" > "$D/sig.out" 2>&1 &
+pid=$!
+wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGTERM: the run never logged a step"
+kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+[ "$rc" -eq 143 ] && ok || bad "SIGTERM: exit $rc, want 143"
+expect_msg "ngd: training stopped by SIGTERM at step" "SIGTERM message"
+expect_msg "--resume $D/sig.ckpt" "SIGTERM: how to resume"
+s=$(printf '%s\n' "$out" | sed -n 's/.*stopped by SIGTERM at step \([0-9]*\).*/\1/p')
+if [ -s "$D/sig.ckpt" ] && [ -n "$s" ]; then
+    n=$((s + 5))
+    "$NGD" train $A --max-steps $n --log "$D/t.jsonl" --resume "$D/sig.ckpt" --checkpoint "$D/sig.ckpt" >/dev/null 2>&1
+    "$NGD" train $A --max-steps $n --log "$D/t.jsonl" --checkpoint "$D/nosig.ckpt" >/dev/null 2>&1
+    c1=$("$NGD" eval --subset 512 --widths 64 --resume "$D/nosig.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/sig.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "resumed after SIGTERM at step $s ($c2) differs from uninterrupted to step $n ($c1)"
+else
+    bad "SIGTERM: no checkpoint $D/sig.ckpt or no step in the message"
+fi
+# SIGINT: 130 (job control on, or the shell would start the job with SIGINT ignored)
+set -m
+rm -f "$D/sig.jsonl"
+"$NGD" train $A --log-every 1 --log "$D/sig.jsonl" > "$D/sig.out" 2>&1 &
+pid=$!
+set +m
+wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGINT: the run never logged a step"
+kill -INT $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+[ "$rc" -eq 130 ] && ok || bad "SIGINT: exit $rc, want 130"
+expect_msg "ngd: training stopped by SIGINT at step" "SIGINT message"
+expect_msg "no --checkpoint" "SIGINT without a checkpoint says so"
+# a second signal exits at once: the run is held in a write to a log nobody reads (a FIFO)
+mkfifo "$D/slow.fifo"
+"$NGD" train $A --log-every 1 --log "$D/slow.fifo" > "$D/sig.out" 2>&1 &
+pid=$!
+exec 3< "$D/slow.fifo"
+held=0
+for _ in $(seq 400); do
+    case "$(cat /proc/$pid/wchan 2>/dev/null)" in *pipe_write*) held=1; break ;; esac
+    sleep 0.05
+done
+if [ $held -eq 1 ]; then
+    kill -TERM $pid; sleep 0.3
+    kill -0 $pid 2>/dev/null && ok || bad "the first signal did not wait for the step in progress"
+    kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+    [ "$rc" -eq 143 ] && ok || bad "second SIGTERM: exit $rc, want 143"
+    expect_msg "second signal: exiting at once" "second signal message"
+else
+    echo "SKIP: /proc/$pid/wchan shows no blocked pipe write: the second signal not tested"
+    kill -KILL $pid; wait $pid
+fi
+exec 3<&-
+
 # bad checkpoints: another shape, corrupt, truncated, foreign
 expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim brckfac $K --widths 32 --resume "$D/full.ckpt"
 expect_msg "another shape" "width mismatch message"
@@ -100,6 +186,84 @@ echo "not a checkpoint at all" > "$D/foreign.ckpt"
 expect_rc 1 "foreign checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/foreign.ckpt"
 expect_msg "not an ngd training checkpoint" "foreign checkpoint message"
 expect_rc 1 "missing checkpoint" "$NGD" eval --subset 512 --resume "$D/none.ckpt"
+
+# --checkpoint renames a file onto its path: a FIFO, a symbolic link or a device node there
+# must be refused before the data is loaded (no log written), and left as it was; so must a
+# --log that is the checkpoint file (same path, or a hard link to it)
+C="--subset 256 --widths 16 --batch 64 --max-steps 2 --quiet"
+mkfifo "$D/fifo"; echo keep > "$D/target"; ln -s target "$D/link"; ln "$D/target" "$D/hard"
+for tgt in fifo link; do
+    rm -f "$D/t.jsonl"
+    expect_rc 1 "--checkpoint onto a $tgt" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/$tgt"
+    expect_msg "--checkpoint $D/$tgt: is a" "$tgt target message"
+    [ ! -e "$D/t.jsonl" ] && ok || bad "--checkpoint onto a $tgt: training started (log written)"
+done
+[ -p "$D/fifo" ] && [ -L "$D/link" ] && [ "$(cat "$D/target")" = keep ] && ok || bad "a refused --checkpoint target was replaced"
+if mknod "$D/dev" c 1 3 2>/dev/null; then  # a device node like /dev/null, in our own folder
+    expect_rc 1 "--checkpoint onto a device node" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/dev"
+    expect_msg "is a character device, not a regular file" "device target message"
+    [ -c "$D/dev" ] && ok || bad "the device node was replaced"
+else
+    echo "SKIP: mknod not permitted: --checkpoint onto a device node not tested"
+fi
+expect_rc 2 "--log equal to --checkpoint" "$NGD" train $C --log "$D/same.ckpt" --checkpoint "$D/same.ckpt"
+expect_msg "--log $D/same.ckpt is the --checkpoint file" "log = checkpoint message"
+expect_rc 2 "--log a hard link of --checkpoint" "$NGD" train $C --log "$D/hard" --checkpoint "$D/target"
+expect_rc 2 "--log equal to --resume" "$NGD" train $C --log "$D/full.ckpt" --resume "$D/full.ckpt"
+[ "$(cat "$D/target")" = keep ] && ok || bad "a refused --log was written"
+# resuming from the --checkpoint path itself is the normal use
+expect_rc 0 "checkpoint to resume from" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/own.ckpt"
+expect_rc 0 "--resume PATH --checkpoint PATH" "$NGD" train $C --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt" --checkpoint "$D/own.ckpt"
+
+# a run killed mid-write (kill -9) leaves run.ckpt.tmp.PID: the next checkpoint of that path
+# removes it once PID is dead, and nothing else
+(exit 0) & dead=$!; wait $dead
+echo stale > "$D/own.ckpt.tmp.$dead"; echo keep > "$D/own.ckpt.tmp.$$"; echo keep > "$D/own.ckpt.tmp.${dead}x"
+expect_rc 0 "checkpoint beside a stale temporary" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/own.ckpt"
+[ ! -e "$D/own.ckpt.tmp.$dead" ] && ok || bad "the stale temporary own.ckpt.tmp.$dead was not removed"
+[ -e "$D/own.ckpt.tmp.$$" ] && [ -e "$D/own.ckpt.tmp.${dead}x" ] && ok || bad "a live process's or another name's temporary was removed"
+rm -f "$D/own.ckpt.tmp.$$" "$D/own.ckpt.tmp.${dead}x"
+
+# the checkpoint's folder is checked before the data is loaded (not at the first checkpoint,
+# an epoch later), and every checkpoint error names the user's path, not the temporary file
+rm -f "$D/t.jsonl"
+expect_rc 1 "--checkpoint in a missing folder" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/nodir/run.ckpt"
+expect_msg "--checkpoint $D/nodir/run.ckpt: folder $D/nodir: No such file or directory" "missing folder message"
+expect_msg "hint:" "missing folder hint"
+[ ! -e "$D/t.jsonl" ] && ok || bad "--checkpoint in a missing folder: training started (log written)"
+expect_rc 1 "--checkpoint under a file" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/target/run.ckpt"
+expect_msg "--checkpoint $D/target/run.ckpt: Not a directory" "file as a folder message"
+if [ "$(id -u)" != 0 ]; then  # root may write anywhere
+    mkdir "$D/ro"; chmod 555 "$D/ro"
+    expect_rc 1 "--checkpoint in a read-only folder" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/ro/run.ckpt"
+    expect_msg "--checkpoint $D/ro/run.ckpt: folder $D/ro is not writable" "read-only folder message"
+fi
+# the folder vanishes during the run: the next checkpoint fails, naming the user's path
+mkdir "$D/gone"
+"$NGD" train $C --max-steps 0 --epochs 100000 --checkpoint-every 1 --log "$D/t.jsonl" --checkpoint "$D/gone/run.ckpt" > "$D/gone.out" 2>&1 &
+pid=$!
+for _ in $(seq 300); do [ -e "$D/gone/run.ckpt" ] && break; sleep 0.05; done
+rm -rf "$D/gone"
+wait $pid; rc=$?; out=$(cat "$D/gone.out")
+[ "$rc" -eq 1 ] && ok || bad "checkpoint folder removed mid-run: exit $rc, want 1"
+expect_msg "ngd: error: --checkpoint $D/gone/run.ckpt: " "mid-run checkpoint error names the path"
+
+# output that cannot be written is an error, not a silent exit 0: a log on a full disk
+# (/dev/full) stops the run at its first record; so does stdout on one, at exit
+if [ -w /dev/full ]; then
+    expect_rc 1 "--log /dev/full" "$NGD" train $C --log /dev/full
+    expect_msg "ngd: error: --log /dev/full: No space left on device" "full log message"
+    expect_rc 1 "--log /dev/full, step records" "$NGD" train $C --max-steps 50 --log-every 1 --log /dev/full
+    expect_msg "ngd: error: --log /dev/full: No space left on device" "full log message, step records"
+    [ "$(printf '%s\n' "$out" | grep -c "^ngd: error:")" -eq 1 ] && ok || bad "a full log is reported more than once"
+    out=$("$NGD" train $C --log "$D/t.jsonl" 2>&1 >/dev/full); rc=$?
+    [ "$rc" -eq 1 ] && ok || bad "train > /dev/full: exit $rc, want 1"
+    expect_msg "ngd: error: standard output: No space left on device" "train > /dev/full message"
+    out=$("$NGD" eval --subset 256 --widths 16 --batch 64 --resume "$D/own.ckpt" 2>&1 >/dev/full); rc=$?
+    [ "$rc" -eq 1 ] && ok || bad "eval > /dev/full: exit $rc, want 1"
+else
+    echo "SKIP: no /dev/full: write errors not tested"
+fi
 
 # a runaway learning rate: non-finite steps are skipped, then the run stops with a message
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q

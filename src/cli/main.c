@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "ngd.h"
@@ -93,7 +94,25 @@ static void usage(FILE *f) {
         if (COMMANDS[i].fn) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
 }
 
+// At exit, whatever way the command ends (a return from main, or exit() after --help):
+// output that could not be written (stdout on a full disk, > /dev/full) is an error, exit 1,
+// not a silent success. The last buffered output is written here, so its error shows here.
+// A closed stdout with nothing to write (ngd train >&-) is fine (EBADF at the close only).
+static void close_stdout(void) {
+    errno = 0;
+    bool failed = ferror(stdout) != 0;  // an earlier write failed (its errno is gone)
+    if (!failed && fflush(stdout) != 0) failed = true;
+    int e = failed ? errno : 0;
+    if (fclose(stdout) != 0 && !failed && errno != EBADF) failed = true, e = errno;
+    if (failed) {
+        cli_error(NULL, "standard output: %s", e ? strerror(e) : "write error");
+        fflush(stderr);
+        _exit(NGD_EXIT_FAIL);
+    }
+}
+
 int main(int argc, char **argv) {
+    atexit(close_stdout);
     if (argc < 2) {
         usage(stderr);
         return NGD_EXIT_USAGE;

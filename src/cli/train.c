@@ -15,7 +15,11 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -489,7 +493,8 @@ static int load_text(const train_opts *t, data_sets *d) {
 }
 
 static int load_data(const train_opts *t, data_sets *d) {
-    char err[512], a[1024], b[1024];
+    char err[512], a[1024], b[1024], tra[1024] = "";  // tra: the training images, for messages
+    const char *tea = a;                                // the test images, for messages
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", t->data);
     size_t ntr = t->subset, nte = t->subset ? (t->subset >= 5 ? t->subset / 5 : 1) : 0;
@@ -517,6 +522,7 @@ static int load_data(const train_opts *t, data_sets *d) {
         snprintf(a, sizeof a, "%s/train-images-idx3-ubyte%s", dir, ext);
         snprintf(b, sizeof b, "%s/train-labels-idx1-ubyte%s", dir, ext);
         s = nn_dataset_load_idx(&d->train, a, b, ntr, err, sizeof err);
+        snprintf(tra, sizeof tra, "%s", a);
         if (s == NN_OK) {
             snprintf(a, sizeof a, "%s/t10k-images-idx3-ubyte%s", dir, ext);
             snprintf(b, sizeof b, "%s/t10k-labels-idx1-ubyte%s", dir, ext);
@@ -531,6 +537,7 @@ static int load_data(const train_opts *t, data_sets *d) {
             snprintf(a, sizeof a, "%s/train.bin", dir);
             const char *p1 = a;
             s = nn_dataset_load_cifar(&d->train, &p1, 1, NN_CIFAR100_FINE, ntr, err, sizeof err);
+            snprintf(tra, sizeof tra, "%s", a);
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test.bin", dir);
                 const char *p2 = b;
@@ -545,12 +552,14 @@ static int load_data(const train_opts *t, data_sets *d) {
                 pp[i] = paths[i];
             }
             s = nn_dataset_load_cifar(&d->train, pp, 5, NN_CIFAR10, ntr, err, sizeof err);
+            snprintf(tra, sizeof tra, "%s", pp[0]);
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test_batch.bin", dir);
                 const char *p2 = b;
                 s = nn_dataset_load_cifar(&d->test, &p2, 1, NN_CIFAR10, nte, err, sizeof err);
             }
         }
+        tea = b;
         if (s != NN_OK && !t->data_dir)
             fprintf(stderr, "hint: point --data-dir at the folder of the binary files\n");
     } else {
@@ -558,6 +567,9 @@ static int load_data(const train_opts *t, data_sets *d) {
                   "unknown data set '%s'", t->data);
         return -2;
     }
+    // the test set is fed to the model built for the training set, in the same buffers
+    if (s == NN_OK)
+        s = nn_dataset_check_match(&d->train, tra, &d->test, tea, err, sizeof err);
     if (s != NN_OK) {
         cli_error(NULL, "%s", err);
         nn_dataset_free(&d->train);
@@ -663,6 +675,57 @@ typedef struct {
     nn_rng rng;
 } text_iter;
 
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m)    ? "a folder"
+           : S_ISLNK(m)  ? "a symbolic link"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
+}
+
+// The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
+// would replace whatever is there (a device node, a FIFO, a symbolic link) with a regular
+// file: PATH must be a regular file or absent, in an existing folder we may write (where the
+// temporary goes). Checked before the data is loaded, not at the first checkpoint an epoch
+// later, and again before every write. Returns -1 after an error naming PATH.
+static int check_ckpt_target(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode)) {
+            cli_error("give --checkpoint the path of a regular file, or of none yet",
+                      "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
+                      file_kind(sb.st_mode));
+            return -1;
+        }
+    } else if (errno != ENOENT) {
+        cli_error("give --checkpoint a path in a folder you can write", "--checkpoint %s: %s",
+                  path, strerror(errno));
+        return -1;
+    }
+    char *copy = strdup(path);
+    if (!copy) {
+        cli_error(NULL, "--checkpoint %s: out of memory", path);
+        return -1;
+    }
+    const char *dir = dirname(copy);
+    int rc = 0;
+    errno = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        cli_error("create the folder first, or give --checkpoint another path",
+                  "--checkpoint %s: folder %s: %s", path, dir,
+                  errno ? strerror(errno) : "not a folder");
+        rc = -1;
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        cli_error("give --checkpoint a path in a folder you can write",
+                  "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
+        rc = -1;
+    }
+    free(copy);
+    return rc;
+}
+
 // Model state that is not a parameter (BatchNorm running statistics) comes from
 // nn_model_buffers and is saved beside the parameters.
 static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
@@ -712,11 +775,12 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_put(&w, cb, 4);
     char msg[512];
     int rc = 0;
-    if (w.oom) {
+    if (check_ckpt_target(path)) rc = -1;
+    else if (w.oom) {
         cli_error(NULL, "checkpoint %s: out of memory", path);
         rc = -1;
     } else if (ngd_file_write_atomic(path, w.b, w.len, msg, sizeof msg) != NGD_OK) {
-        cli_error("check the folder exists and is writable", "checkpoint: %s", msg);
+        cli_error("check the folder exists and is writable", "--checkpoint %s: %s", path, msg);
         rc = -1;
     }
     free(w.b);
@@ -801,18 +865,83 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     return 0;
 }
 
+// ---- stopping on SIGINT / SIGTERM ----
+// The first signal sets stop_signal: the training loop stops where --max-steps stops (before
+// a batch is drawn, so the checkpoint written then resumes bit-identically), an evaluation
+// stops at its next batch; the run then exits 128 + the signal. A second signal exits at once.
+//
+// No handler runs on the computing threads: oneDNN's JIT GEMM kernels point rsp into a heap
+// workspace (oneDNN issue #4845, fixed after 3.11), so a signal frame pushed there corrupts
+// the heap (seen here as "corrupted size vs. prev_size" aborts). The signals are blocked in
+// the main thread before any other thread exists (every later thread inherits the mask) and
+// taken by one thread of our own with sigwait.
+static atomic_int stop_signal;
+
+static void *stop_signal_waiter(void *arg) {
+    const sigset_t *set = arg;
+    for (;;) {
+        int sig;
+        if (sigwait(set, &sig) != 0) continue;
+        if (atomic_load(&stop_signal)) {
+            static const char msg[] = "\nngd: second signal: exiting at once\n";
+            ssize_t w = write(2, msg, sizeof msg - 1);
+            (void)w;
+            _exit(128 + sig);
+        }
+        atomic_store(&stop_signal, sig);
+    }
+    return NULL;
+}
+
+// A signal the shell ignored for us (a background job without job control: SIGINT) stays
+// ignored. Without the waiting thread, the signals keep their default action.
+static void catch_stop_signals(void) {
+    static sigset_t set;
+    sigemptyset(&set);
+    const int sigs[2] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++) {
+        struct sigaction old;
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaddset(&set, sigs[i]);
+    }
+    pthread_t th;
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return;
+    if (pthread_create(&th, NULL, stop_signal_waiter, &set) != 0) {
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+        return;
+    }
+    pthread_detach(th);
+}
+
+static const char *stop_signal_name(void) {
+    const int sig = atomic_load(&stop_signal);
+    return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
+}
+
 // ---- evaluation ----
-static void evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
-                     double *loss, double *acc) {
+// Returns -1 (after an error) for a set the model was not built for: its batches would not
+// fit x (sized for the training images) nor the model's input and classes. load_data checks
+// this already; this check keeps any other path from writing out of bounds. Returns 1 when
+// a signal stopped it (loss and accuracy are then NaN).
+static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
+                    double *loss, double *acc) {
     nn_loader ld;
     double l = 0;
     size_t correct = 0, n = 0;
+    if (ds->c != m->cfg.in_c || ds->h != m->cfg.in_h || ds->w != m->cfg.in_w ||
+        ds->num_classes > m->cfg.classes) {
+        cli_error(NULL, "the test set (%zu x %zu x %zu images, %zu classes) does not fit the "
+                  "model (%zu x %zu x %zu, %zu classes)", ds->c, ds->h, ds->w, ds->num_classes,
+                  m->cfg.in_c, m->cfg.in_h, m->cfg.in_w, m->cfg.classes);
+        *loss = (double)NAN, *acc = (double)NAN;
+        return -1;
+    }
     if (nn_loader_init(&ld, ds, B, false, false, NULL, 0) != NN_OK) {
         *loss = (double)NAN, *acc = (double)NAN;
-        return;
+        return 0;
     }
     size_t k;
-    while ((k = nn_loader_next(&ld, x, y)) > 0) {
+    while (!stop_signal && (k = nn_loader_next(&ld, x, y)) > 0) {
         m->ops->forward(m, x, k, false);
         l += (double)nn_xent_forward(m->logits, y, k, m->cfg.classes, 0.0f, 1.0f, NULL) * (double)k;
         correct += nn_xent_correct(m->logits, y, k, m->cfg.classes);
@@ -820,8 +949,10 @@ static void evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int3
         if (ld.epoch > 0) break;
     }
     nn_loader_free(&ld);
+    if (stop_signal) n = 0;
     *loss = n ? l / (double)n : (double)NAN;
     *acc = n ? (double)correct / (double)n : (double)NAN;
+    return stop_signal ? 1 : 0;
 }
 
 // Text: the mean loss and next-character accuracy over a fixed set of validation windows
@@ -836,7 +967,7 @@ static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, in
     nn_rng_seed(&r, TEXT_EVAL_SEED);
     double l = 0;
     size_t correct = 0, n = 0;
-    for (size_t i = 0; i < TEXT_EVAL_BATCHES; i++) {
+    for (size_t i = 0; i < TEXT_EVAL_BATCHES && !stop_signal; i++) {
         if (nn_text_batch(tx, NN_SPLIT_VAL, B, T, &r, ids, y) != NN_OK) break;
         m->ops->forward_tokens(m, ids, B, T, false);
         const size_t k = B * T;
@@ -901,10 +1032,12 @@ static size_t steps_into_epoch(const train_opts *t, const nn_loader *ld, const t
     return ti ? ti->pos : ld->pos / t->batch;
 }
 
-static void evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, float *x,
-                         int32_t *ids, int32_t *y, double *loss, double *acc) {
-    if (t->text) evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
-    else evaluate(m, &d->test, t->batch, x, y, loss, acc);
+static int evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, float *x,
+                        int32_t *ids, int32_t *y, double *loss, double *acc) {
+    if (!t->text) return evaluate(m, &d->test, t->batch, x, y, loss, acc);
+    evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
+    if (stop_signal) *loss = *acc = (double)NAN;
+    return stop_signal ? 1 : 0;
 }
 
 static double now_s(void) {
@@ -913,16 +1046,24 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void log_line(FILE *f, cJSON *o) {
+// Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
+// /dev/full), with an error naming it the first time.
+static int log_line(FILE *f, const char *path, cJSON *o) {
     if (!f) {
         cJSON_Delete(o);
-        return;
+        return 0;
     }
+    const bool failed_before = ferror(f) != 0;
     char *s = cJSON_PrintUnformatted(o);
-    if (s) fprintf(f, "%s\n", s);
-    fflush(f);
+    errno = 0;
+    const bool bad = failed_before || !s || fprintf(f, "%s\n", s) < 0 || fflush(f) != 0 ||
+                     ferror(f);
+    if (bad && !failed_before)
+        cli_error("free some space, or give --log another file", "--log %s: %s", path,
+                  !s ? "out of memory" : errno ? strerror(errno) : "write error");
     cJSON_free(s);
     cJSON_Delete(o);
+    return bad ? -1 : 0;
 }
 
 static void progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t per_epoch,
@@ -970,16 +1111,42 @@ static cJSON *health_json(const ngd_optim *o) {
 
 static int mkdir_runs(void) { return mkdir("runs", 0755); }
 
-static FILE *open_log(const train_opts *t, char *path, size_t cap) {
+static void log_path(const train_opts *t, char *path, size_t cap) {
     if (t->log) snprintf(path, cap, "%s", t->log);
-    else {
-        (void)mkdir_runs();
-        snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
-                 ngd_method_name(t->cfg.method));
-    }
+    else snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
+                  ngd_method_name(t->cfg.method));
+}
+
+static FILE *open_log(const train_opts *t, char *path, size_t cap) {
+    if (!t->log) (void)mkdir_runs();
+    log_path(t, path, cap);
     FILE *f = fopen(path, t->resume ? "a" : "w");
     if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
     return f;
+}
+
+// Two paths name the same file: the same string, or (both existing) the same inode.
+static bool same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return !strcmp(a, b) || (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                             sa.st_ino == sb.st_ino);
+}
+
+// What a training run will write, checked before any data is loaded: the checkpoint's
+// target, and a log that is not the checkpoint (written or resumed). Returns an exit code.
+static int check_outputs(const train_opts *t) {
+    char lp[1024];
+    log_path(t, lp, sizeof lp);
+    const char *clash = t->ckpt && same_file(lp, t->ckpt)       ? "--checkpoint"
+                        : t->resume && same_file(lp, t->resume) ? "--resume"
+                                                                : NULL;
+    if (clash) {
+        cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s",
+                  lp, clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
+        return NGD_EXIT_USAGE;
+    }
+    if (t->ckpt && check_ckpt_target(t->ckpt)) return NGD_EXIT_FAIL;
+    return NGD_EXIT_OK;
 }
 
 static int run(const train_opts *t, bool eval_only) {
@@ -993,6 +1160,11 @@ static int run(const train_opts *t, bool eval_only) {
         omp_set_num_threads(t->threads);
 #endif
     }
+    if (!eval_only) {
+        int oc = check_outputs(t);
+        if (oc != NGD_EXIT_OK) return oc;
+    }
+    catch_stop_signals();
     data_sets d;
     int dl = load_data(t, &d);
     if (dl) return dl == -2 ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
@@ -1059,7 +1231,12 @@ static int run(const train_opts *t, bool eval_only) {
     if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     if (eval_only) {
         double tl, ta;
-        evaluate_run(&m, t, &d, x, ids, y, &tl, &ta);
+        const int er = evaluate_run(&m, t, &d, x, ids, y, &tl, &ta);
+        if (er > 0) {
+            fprintf(stderr, "ngd: evaluation stopped by %s\n", stop_signal_name());
+            rc = 128 + stop_signal;
+        }
+        if (er) goto done;
         // the CRC of the parameters lets two runs be compared bit for bit (resume == no stop)
         uint32_t crc = 0;
         for (size_t i = 0; i < m.nparams; i++)
@@ -1116,7 +1293,7 @@ static int run(const train_opts *t, bool eval_only) {
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
             // resumes exactly where an uninterrupted run would continue
-            if ((t->max_steps && rs.step >= t->max_steps) ||
+            if ((t->max_steps && rs.step >= t->max_steps) || stop_signal ||
                 (t->time_budget > 0 && now_s() - t_start >= (double)t->time_budget)) {
                 stop = true;
                 break;
@@ -1179,7 +1356,11 @@ static int run(const train_opts *t, bool eval_only) {
                 if (t->text) cJSON_AddNumberToObject(j, "tokens_per_s", sps * (double)t->context);
                 cJSON_AddNumberToObject(j, "wall_s", now - t_start);
                 cJSON_AddItemToObject(j, "health", health_json(o));
-                log_line(logf, j);
+                if (log_line(logf, logpath, j)) {
+                    rc = NGD_EXIT_FAIL;
+                    stop = true;
+                    break;
+                }
                 if (!t->quiet && (tty || rs.step % (t->log_every * 10) == 0))
                     progress(tty, rs.epoch, t->epochs, it, per_epoch, run_loss / (double)run_n,
                              run_acc / (double)run_n, sps, eta);
@@ -1199,7 +1380,12 @@ static int run(const train_opts *t, bool eval_only) {
             if (tty) fputc('\n', stderr);
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
-                evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+                const int er = evaluate_run(&m, t, &d, x, ids, y, &last_test_loss,
+                                            &last_test_acc);
+                if (er) {  // > 0: a signal (the checkpoint of this epoch is written below)
+                    if (er < 0) rc = NGD_EXIT_FAIL;
+                    break;
+                }
                 cJSON *j = cJSON_CreateObject();
                 cJSON_AddStringToObject(j, "type", "eval");
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);
@@ -1207,7 +1393,10 @@ static int run(const train_opts *t, bool eval_only) {
                 cJSON_AddNumberToObject(j, "test_loss", last_test_loss);
                 cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
                 cJSON_AddNumberToObject(j, "wall_s", now_s() - t_start);
-                log_line(logf, j);
+                if (log_line(logf, logpath, j)) {
+                    rc = NGD_EXIT_FAIL;
+                    break;
+                }
                 if (!t->quiet)
                     fprintf(stderr, "epoch %zu: %s loss %.4f, %s accuracy %.2f%%\n", rs.epoch,
                             split, last_test_loss, split, 100 * last_test_acc);
@@ -1221,8 +1410,11 @@ static int run(const train_opts *t, bool eval_only) {
             }
         }
     }
-    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs) {  // a limit ended the run early:
-        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);  // report it
+    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !stop_signal &&
+        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc) < 0)
+        rc = NGD_EXIT_FAIL;
+    // a limit ended the run early: report it (not after a signal, or one during its evaluation)
+    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !stop_signal) {
         cJSON *je = cJSON_CreateObject();
         cJSON_AddStringToObject(je, "type", "eval");
         cJSON_AddNumberToObject(je, "step", (double)rs.step);
@@ -1232,11 +1424,21 @@ static int run(const train_opts *t, bool eval_only) {
         cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
         cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
         cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
-        log_line(logf, je);
+        if (log_line(logf, logpath, je)) rc = NGD_EXIT_FAIL;
     }
-    if (rc == NGD_EXIT_OK && stop && t->ckpt) {  // --max-steps: leave a checkpoint to resume
+    // --max-steps, a signal: leave a checkpoint to resume
+    if (rc == NGD_EXIT_OK && (stop || stop_signal) && t->ckpt) {
         rs.wall = now_s() - t_start;
         if (save_checkpoint(t->ckpt, t, &m, o, &ld, tip, &rs)) rc = NGD_EXIT_FAIL;
+    }
+    if (rc == NGD_EXIT_OK && stop_signal) {
+        if (tty) fputc('\n', stderr);
+        fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
+                rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
+                t->ckpt ? t->ckpt : "");
+        if (t->ckpt)
+            fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
+        rc = 128 + stop_signal;
     }
     double wall = now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
@@ -1255,7 +1457,7 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
-    log_line(logf, j);
+    if (log_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
     if (!t->quiet || rc == NGD_EXIT_OK)
         printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
                ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall, split,
@@ -1264,7 +1466,14 @@ static int run(const train_opts *t, bool eval_only) {
     if (t->text && rc == NGD_EXIT_OK)  // let a person see what it learned
         print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:
-    if (logf) fclose(logf);
+    if (logf) {  // a failed write was reported already; a failing close is reported here
+        const bool failed_before = ferror(logf) != 0;
+        if (fclose(logf) != 0 && !failed_before) {
+            cli_error("free some space, or give --log another file", "--log %s: %s", logpath,
+                      strerror(errno));
+            rc = NGD_EXIT_FAIL;
+        }
+    }
     free(x), free(y), free(ids), free(dlogits);
     nn_loader_free(&ld);
     nn_text_free(&d.text);

@@ -5,8 +5,11 @@
 #include "fileio.h"
 #include "ngd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +80,48 @@ void ngd_wbuf_str(ngd_wbuf *w, const char *s) {
     ngd_wbuf_bytes(w, s, n);
 }
 
+// Removes the "<path>.tmp.<pid>" files (ngd_write_atomic's temporaries) of writers of the
+// same path that died before their rename (kill -9, power loss): only names of exactly that
+// form, with a pid (a decimal > 0, no sign or leading zero) that is not ours and names no
+// live process (kill(pid, 0) fails with ESRCH; EPERM means it lives), and only regular files.
+// (A writer in another pid namespace sharing the folder is not seen: don't share one path.)
+static void remove_stale_temporaries(const char *path) {
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    const size_t blen = strlen(base), dlen = slash && slash != path ? (size_t)(slash - path) : 1;
+    char *dir = malloc(dlen + 1);
+    if (!blen || !dir) {
+        free(dir);
+        return;
+    }
+    memcpy(dir, slash ? path : ".", dlen);  // "x": ".", "/x": "/", "a/x": "a"
+    dir[dlen] = '\0';
+    DIR *d = opendir(dir);
+    if (!d) {
+        free(dir);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp.", 5) != 0) continue;
+        const char *digits = n + blen + 5;
+        size_t nd = strspn(digits, "0123456789");
+        if (nd == 0 || nd > 9 || digits[nd] != '\0' || digits[0] == '0') continue;
+        long pid = strtol(digits, NULL, 10);
+        if (pid <= 0 || pid > INT_MAX || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        size_t plen = strlen(dir) + 1 + strlen(n) + 1;
+        char *p = malloc(plen);
+        if (!p) break;
+        snprintf(p, plen, "%s/%s", dir, n);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISREG(st.st_mode)) (void)unlink(p);
+        free(p);
+    }
+    closedir(d);
+    free(dir);
+}
+
 int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap) {
     if (w->oom) {
         snprintf(err, cap, "%s: out of memory while serialising", path);
@@ -89,6 +134,9 @@ int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap)
         return -1;
     }
     snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
+    // first the temporaries of our earlier writes of this path that were killed mid-write
+    // (they can be as large as the file, and nothing else ever removes them)
+    remove_stale_temporaries(path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
         snprintf(err, cap, "open %s: %s", tmp, strerror(errno));

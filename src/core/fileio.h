@@ -24,8 +24,9 @@ void ngd_wbuf_u64(ngd_wbuf *w, uint64_t v);
 void ngd_wbuf_f32(ngd_wbuf *w, float v);
 void ngd_wbuf_f32s(ngd_wbuf *w, const float *p, size_t n);  // little-endian floats
 void ngd_wbuf_str(ngd_wbuf *w, const char *s);               // u32 length + bytes
-// Writes the buffer to `path` atomically. Returns 0, or -1 with a message in err
-// ("write /x/y.tmp: No space left on device").
+// Writes the buffer to `path` atomically (through "<path>.tmp.<pid>"; such temporaries of
+// processes that no longer exist are removed first). Returns 0, or -1 with a message in err
+// ("write /x/y.tmp.123: No space left on device").
 int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap);
 
 typedef struct {

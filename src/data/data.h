@@ -66,8 +66,9 @@ nn_status nn_idx_read(const char *path, uint32_t magic, size_t max_items, nn_idx
                       size_t cap);
 void nn_idx_free(nn_idx *f);
 
-// MNIST / Fashion-MNIST: images (n, 28, 28) + labels (n) in [0, 10) -> ds with c = 1,
-// num_classes = 10. The two files must declare the same count. max_n as for nn_idx_read.
+// MNIST / Fashion-MNIST: images (n, h, w) (28 x 28 for both) + labels (n) in [0, 10) -> ds
+// with c = 1, num_classes = 10. The two files must declare the same count. max_n as for
+// nn_idx_read. A test set must then match its training set: nn_dataset_check_match.
 nn_status nn_dataset_load_idx(nn_dataset *ds, const char *images_path, const char *labels_path,
                               size_t max_n, char *err, size_t cap);
 
@@ -90,6 +91,16 @@ nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t
 // ---- the set, batching, augmentation, shuffling (dataset.c) ----
 
 void nn_dataset_free(nn_dataset *ds); // zero-initialised or freed sets are fine
+
+// Checks that `test` fits a model built for `train` (whose batches it will be fed in the
+// same buffers): the same image shape (c, h, w), the same number of classes, and every test
+// label in range. NN_ERR_FORMAT with a message naming both files (the paths are only used
+// in the message) and both shapes:
+//     "DIR/t10k-images-idx3-ubyte: images of 1 x 56 x 56, but the training images
+//      DIR/train-images-idx3-ubyte are 1 x 28 x 28"
+nn_status nn_dataset_check_match(const nn_dataset *train, const char *train_path,
+                                 const nn_dataset *test, const char *test_path, char *err,
+                                 size_t cap);
 
 // Measures the per-channel mean and (population) std of pixel/255 over the whole set.
 void nn_dataset_compute_norm(nn_dataset *ds);

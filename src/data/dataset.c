@@ -25,6 +25,33 @@ void nn_dataset_free(nn_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
+nn_status nn_dataset_check_match(const nn_dataset *train, const char *train_path,
+                                 const nn_dataset *test, const char *test_path, char *err,
+                                 size_t cap) {
+    if (!train || !test) {
+        nn_data_err(err, cap, "nn_dataset_check_match: bad arguments");
+        return NN_ERR_ARG;
+    }
+    if (test->c != train->c || test->h != train->h || test->w != train->w) {
+        nn_data_err(err, cap, "%s: images of %zu x %zu x %zu, but the training images %s are "
+                    "%zu x %zu x %zu", test_path, test->c, test->h, test->w, train_path,
+                    train->c, train->h, train->w);
+        return NN_ERR_FORMAT;
+    }
+    if (test->num_classes != train->num_classes) {
+        nn_data_err(err, cap, "%s: %zu classes, but the training set %s has %zu", test_path,
+                    test->num_classes, train_path, train->num_classes);
+        return NN_ERR_FORMAT;
+    }
+    for (size_t i = 0; i < test->n; i++)
+        if (test->labels[i] < 0 || (size_t)test->labels[i] >= train->num_classes) {
+            nn_data_err(err, cap, "%s: label %d of item %zu is out of the training set's range "
+                        "[0, %zu)", test_path, (int)test->labels[i], i, train->num_classes);
+            return NN_ERR_FORMAT;
+        }
+    return NN_OK;
+}
+
 void nn_dataset_compute_norm(nn_dataset *ds) {
     NN_ASSERT(ds->c <= NN_DATA_MAX_C);
     const size_t hw = ds->h * ds->w;
