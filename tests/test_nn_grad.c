@@ -873,6 +873,23 @@ static void pool_fwd(void *p) {
         nn_tokenpool_forward(c->x, c->y, c->n, c->hw, c->c);
 }
 
+// GELU's vectorisable tanh, erf and exp against float64 libm over their working ranges
+static void activation_approximations_should_match_libm(void) {
+    double et = 0, ee = 0, ex = 0;
+    for (int i = -200000; i <= 200000; i++) {
+        const float u = (float)i * 1e-4f; // [-20, 20]
+        et = fmax(et, fabs((double)nn_tanh_approx(u) - tanh((double)u)));
+        ee = fmax(ee, fabs((double)nn_erf_approx(u) - erf((double)u)));
+        const float v = (float)i * 4.3e-4f; // [-86, 86]: relative error
+        ex = fmax(ex, fabs((double)nn_exp_approx(v) / exp((double)v) - 1.0));
+    }
+    CHECK(et < 2.5e-7);
+    CHECK(ee < 4e-7);
+    CHECK(ex < 5e-7);
+    CHECK(nn_tanh_approx(1e4f) == 1.0f && nn_tanh_approx(-1e4f) == -1.0f);
+    CHECK(nn_exp_approx(-1e4f) > 0.0f && isfinite(nn_exp_approx(1e4f)));
+}
+
 static void maxpool_should_match_naive_and_finite_differences(void) {
     ref_rng r = {71};
     // {k, s, p}: classic 2x2/2, overlapping 3x3/2 with padding 1
@@ -1330,6 +1347,7 @@ static const test_case TESTS[] = {
     TEST(batchnorm_forward_should_match_formulas),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),
+    TEST(activation_approximations_should_match_libm),
     TEST(maxpool_should_match_naive_and_finite_differences),
     TEST(average_pools_should_match_finite_differences),
     TEST(dropout_should_scale_kept_units_and_match_finite_differences),

@@ -4,10 +4,67 @@
  * borrowed pointer to their input for the backward pass. ReLU may run in place (y == x):
  * relu(x) > 0 exactly when x > 0, so the overwritten input still gives the right mask.
  * GELU may not (its derivative needs x).
+ *
+ * GELU evaluates tanh, erf and exp through the vectorisable approximations below (absolute
+ * errors under 4e-7, tested against float64) rather than libm's scalar calls, which took
+ * half of a character transformer's training step.
  */
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "nn.h"
+
+// e^x for x in float range, relative error about 2e-7: x = k ln2 + r (Cody–Waite split of
+// ln2, |r| <= ln2/2), e^r by its Taylor polynomial to degree 7 (remainder < 5e-9), 2^k
+// through the exponent bits. Inputs are clamped to [-87, 88] (no overflow, no subnormals).
+static inline float exp_fast(float x) {
+    x = x > -87.0f ? x : -87.0f; // (comparisons, not fminf: they vectorise; NaN -> -87)
+    x = x < 88.0f ? x : 88.0f;
+    const float z = x * 1.44269504088896341f; // k = round(z), by a truncating conversion
+    const float k = (float)(int32_t)(z + (z >= 0.0f ? 0.5f : -0.5f)); // (floorf: a call)
+    const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+// tanh u = 1 − 2/(e^{2u} + 1): no cancellation in the absolute error, ±1 at the ends
+static inline float tanh_fast(float u) { return 1.0f - 2.0f / (exp_fast(2.0f * u) + 1.0f); }
+
+// erf, odd in x: its Taylor series to x^11 below |x| = 0.5 (remainder < 2e-8), else
+// Abramowitz & Stegun 7.1.26 (1.5e-7), whose 1 − p·t·e^{-x²} cancels near 0
+static inline float erf_fast(float x) {
+    const float a = fabsf(x), t = 1.0f / (1.0f + 0.3275911f * a);
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    const float big = 1.0f - p * t * exp_fast(-a * a);
+    const float z = a * a; // 2/√π (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
+    float q = -1.0f / 1320.0f;
+    q = q * z + 1.0f / 216.0f;
+    q = q * z - 1.0f / 42.0f;
+    q = q * z + 1.0f / 10.0f;
+    q = q * z - 1.0f / 3.0f;
+    q = q * z + 1.0f;
+    const float e = a < 0.5f ? 1.1283791670955126f * a * q : big;
+    return x < 0.0f ? -e : e;
+}
+
+float nn_tanh_approx(float u) { return tanh_fast(u); }
+float nn_erf_approx(float x) { return erf_fast(x); }
+float nn_exp_approx(float x) { return exp_fast(x); }
 
 // ---- ReLU ----
 
@@ -44,12 +101,12 @@ void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n) {
         NN_OMP_FOR(n)
         for (size_t i = 0; i < n; i++) {
             const float v = x[i], u = NN_SQRT_2_OVER_PI * (v + NN_GELU_C * v * v * v);
-            y[i] = 0.5f * v * (1.0f + tanhf(u));
+            y[i] = 0.5f * v * (1.0f + tanh_fast(u));
         }
     } else {
         NN_OMP_FOR(n)
         for (size_t i = 0; i < n; i++)
-            y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * NN_INV_SQRT_2));
+            y[i] = 0.5f * x[i] * (1.0f + erf_fast(x[i] * NN_INV_SQRT_2));
     }
 }
 
@@ -61,7 +118,7 @@ void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx) {
         NN_OMP_FOR(l->n)
         for (size_t i = 0; i < l->n; i++) {
             const float v = x[i], u = NN_SQRT_2_OVER_PI * (v + NN_GELU_C * v * v * v);
-            const float t = tanhf(u);
+            const float t = tanh_fast(u);
             const float du = NN_SQRT_2_OVER_PI * (1.0f + 3.0f * NN_GELU_C * v * v);
             dx[i] += dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
         }
@@ -70,8 +127,8 @@ void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx) {
         NN_OMP_FOR(l->n)
         for (size_t i = 0; i < l->n; i++) {
             const float v = x[i];
-            const float cdf = 0.5f * (1.0f + erff(v * NN_INV_SQRT_2));
-            const float pdf = NN_INV_SQRT_2PI * expf(-0.5f * v * v);
+            const float cdf = 0.5f * (1.0f + erf_fast(v * NN_INV_SQRT_2));
+            const float pdf = NN_INV_SQRT_2PI * exp_fast(-0.5f * v * v);
             dx[i] += dy[i] * (cdf + v * pdf);
         }
     }

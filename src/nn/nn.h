@@ -284,6 +284,10 @@ typedef struct {
     size_t n;
 } nn_gelu;
 
+// The approximations GELU uses (act.c), exposed for their accuracy test.
+float nn_tanh_approx(float u);
+float nn_erf_approx(float x);
+float nn_exp_approx(float x);
 void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n);
 void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);
 
