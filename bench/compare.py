@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=10, help="warm-up steps per run (10)")
     ap.add_argument("--batch", type=int, default=128, help="batch size (128)")
     ap.add_argument("--context", type=int, default=64, help="chargpt context (64)")
+    ap.add_argument("--momentum", type=float, default=0.9,
+                    help="SGD momentum of both sides (0.9, as the issue's table)")
     ap.add_argument("--params-only", action="store_true",
                     help="only check that both sides' models have the same parameter counts")
     a = ap.parse_args()
@@ -95,9 +97,10 @@ def main():
 
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     py = [a.python, os.path.join(HERE, "pytorch_reference.py"), "--json", "--threads",
-          str(a.threads), "--batch", str(a.batch), "--context", str(a.context)]
+          str(a.threads), "--batch", str(a.batch), "--context", str(a.context),
+          "--sgd-momentum", str(a.momentum)]
     ngd0 = [a.ngd, "bench", "train", "--json", "--threads", str(a.threads), "--context",
-            str(a.context)]
+            str(a.context), "--momentum", str(a.momentum)]
     ngd = ngd0 + ["--batch", str(a.batch)]
     steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
 

@@ -49,7 +49,7 @@ static int cmp_d(const void *a, const void *b) {
 
 // ---- options ----
 enum { B_MODEL = 256, B_OPTIM, B_STRUCT, B_DATA, B_BATCH, B_CONTEXT, B_WIDTHS, B_STEPS, B_WARMUP,
-       B_T, B_THREADS, B_JSON, B_POPTIM, B_HELP };
+       B_T, B_THREADS, B_JSON, B_POPTIM, B_MOM, B_HELP };
 
 static const cli_opt BT_OPTS[] = {
     {"model", 1, B_MODEL, "LIST", "models, comma-separated (default mlp,cnn): mlp, cnn, vit, "
@@ -65,6 +65,7 @@ static const cli_opt BT_OPTS[] = {
     {"steps", 1, B_STEPS, "N", "timed steps, rounded up to whole preconditioner periods (30)"},
     {"warmup", 1, B_WARMUP, "N", "untimed steps first (10)"},
     {"T", 1, B_T, "N", "SINGD preconditioner update period (10)"},
+    {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
     {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"param-optim", 1, B_POPTIM, "NAME", "rule of plain parameters (norm scales, embeddings) "
                                          "under second-order methods: method (default) or "
@@ -91,6 +92,7 @@ typedef struct {
     size_t widths[NN_MODEL_MAX_WIDTHS];
     const char *data;
     bool json, param_adamw;
+    float momentum; // < 0: the method's default
 } bt_opts;
 
 // What a child sends back: all times in seconds per timed step (means), plus the median.
@@ -216,6 +218,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
         cfg.structure_K.dtype = cfg.structure_C.dtype = keep;
     }
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
+    if (c->method == NGD_METHOD_SGD && o->momentum >= 0) cfg.momentum = o->momentum;
     if (c->text) cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     pcfg.lr = 1e-3f, pcfg.weight_decay = 0;
     m.param_override = o->param_adamw && c->method != NGD_METHOD_SGD &&
@@ -393,7 +396,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
 }
 
 int bench_train(int argc, char **argv) {
-    bt_opts o = {.batch = 128, .context = 64, .steps = 30, .warmup = 10, .T = 10};
+    bt_opts o = {.batch = 128, .context = 64, .steps = 30, .warmup = 10, .T = 10, .momentum = -1};
     char models_s[256] = "mlp,cnn", optims_s[256] = "sgd,adamw,singd", structs_s[256] =
                                                                           "dense,diagonal";
     struct option lo[BT_NOPTS + 1];
@@ -440,6 +443,17 @@ int bench_train(int argc, char **argv) {
             }
             o.param_adamw = !strcmp(optarg, "adamw");
             break;
+        case B_MOM: {
+            char *end;
+            errno = 0;
+            const double v = strtod(optarg, &end);
+            if (errno || *end || !optarg[0] || !(v >= 0 && v < 1)) {
+                cli_error("a number in [0, 1)", "--momentum: '%s' is not a momentum", optarg);
+                return NGD_EXIT_USAGE;
+            }
+            o.momentum = (float)v;
+            break;
+        }
         case B_JSON: o.json = true; break;
         case B_HELP:
         case 'h': usage(stdout); return NGD_EXIT_OK;
