@@ -281,6 +281,46 @@ static void every_layer_should_be_observed_and_the_loss_should_fall(void) {
 
 // ---- sizes and configurations ----
 
+// A model created with no_stats (first-order training) shares one buffer for its layers'
+// output gradients: the same gradients bit for bit, two steps running, and an observe that
+// fails rather than hand libngd overwritten gradients.
+static void no_stats_models_should_give_the_same_gradients_and_refuse_observe(void) {
+    for (size_t c = 1; c < NCASES; c += 2) { // cnn, vgg16bn
+        const model_case *mc = &CASES[c];
+        nn_model a, b;
+        char err[256];
+        nn_model_cfg ca = cfg_of(mc, 11), cb = ca;
+        cb.no_stats = true;
+        CHECK(nn_model_create(&a, &ca, err, sizeof err) == NN_OK);
+        CHECK(nn_model_create(&b, &cb, err, sizeof err) == NN_OK);
+        const size_t N = mc->N, K = mc->classes;
+        float *x = malloc(N * mc->c * mc->h * mc->w * sizeof(float));
+        int32_t *y = malloc(N * sizeof(int32_t));
+        float *dl = malloc(N * K * sizeof(float));
+        for (uint64_t step = 0; step < 2; step++) {
+            make_batch(mc, 5 + step, x, y);
+            nn_model *ms[2] = {&a, &b};
+            for (int i = 0; i < 2; i++) {
+                nn_model_zero_grad(ms[i]);
+                ms[i]->ops->forward(ms[i], x, N, true);
+                nn_xent_forward(ms[i]->logits, y, N, K, 0.0f, 1.0f, dl);
+                ms[i]->ops->backward(ms[i], dl);
+            }
+            for (size_t k = 0; k < a.nparams; k++)
+                CHECK_MSG(memcmp(a.params[k].g, b.params[k].g, a.params[k].n * sizeof(float)) == 0,
+                          "%s param %zu", mc->name, k);
+        }
+        ngd_config cfg = ngd_config_default(NGD_METHOD_SINGD);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&cfg, &o) == NGD_OK);
+        CHECK(b.ops->attach(&b, o) == NGD_OK);
+        CHECK(b.ops->observe(&b, o) == NGD_ERR_STATE);
+        ngd_optim_free(o);
+        free(x), free(y), free(dl);
+        nn_model_free(&a), nn_model_free(&b);
+    }
+}
+
 static void vgg16bn_should_have_the_spec_parameter_count(void) {
     nn_model m;
     char err[256];
@@ -367,6 +407,7 @@ static const test_case TESTS[] = {
     TEST(vgg16bn_gradients_should_match_finite_differences),
     TEST(every_layer_should_be_observed_and_the_loss_should_fall),
     TEST(vgg16bn_should_have_the_spec_parameter_count),
+    TEST(no_stats_models_should_give_the_same_gradients_and_refuse_observe),
     TEST(vit_should_have_one_token_per_patch),
     TEST(bad_configurations_should_be_rejected),
 };

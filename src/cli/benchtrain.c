@@ -205,6 +205,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     else mc.in_c = d.ds.c, mc.in_h = d.ds.h, mc.in_w = d.ds.w, mc.classes = d.ds.num_classes;
     memcpy(mc.widths, o->widths, sizeof mc.widths);
     mc.nwidths = o->nwidths;
+    mc.no_stats = c->method == NGD_METHOD_SGD || c->method == NGD_METHOD_ADAMW; // as ngd train
     if (nn_model_create(&m, &mc, r->err, sizeof r->err) != NN_OK) goto done;
     if ((m.ops->forward_tokens != NULL) != c->text) {
         snprintf(r->err, sizeof r->err, "%s", c->text ? "not a token model" : "a token model");

@@ -1188,6 +1188,8 @@ static int run(const train_opts *t, bool eval_only) {
     const size_t rows = t->text ? t->context : 1;  // logits rows per sample
     memcpy(mc.widths, t->widths, sizeof mc.widths);
     mc.nwidths = t->nwidths;
+    // first-order methods never observe: the model may drop its layers' output gradients
+    mc.no_stats = t->cfg.method == NGD_METHOD_SGD || t->cfg.method == NGD_METHOD_ADAMW;
     nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
     if (ns != NN_OK) {
         cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models" : NULL, "%s", err);

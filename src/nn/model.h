@@ -31,6 +31,9 @@ typedef struct {
     size_t nwidths;
     float dropout;
     uint64_t seed;           // initialisation
+    bool no_stats;           // the optimizer never asks for statistics (first-order): the
+                             // conv output gradients need not outlive the backward pass, so
+                             // the CNNs keep one buffer for all of them; observe then fails
 } nn_model_cfg;
 
 typedef struct nn_model nn_model;

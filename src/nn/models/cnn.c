@@ -32,6 +32,7 @@ typedef struct {
     // gradients, same shapes; dcz is the conv's `g` (kept for observe)
     float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
     float *gs;              // (B, max C·H·W) gradient of the block output being worked on
+    float *dz;              // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
     float *dh1, *da1;
     size_t flat;            // features entering fc1
 } cnn;
@@ -41,7 +42,8 @@ static void cnn_destroy(nn_model *m) {
     for (size_t k = 0; k < p->nconv; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->ra[k]), free(p->dcz[k]);
+        free(p->cz[k]), free(p->ra[k]);
+        if (!p->dz) free(p->dcz[k]);
     }
     for (size_t s = 0; s < p->nstages; s++) {
         nn_maxpool2d_free(&p->pool[s]);
@@ -49,7 +51,7 @@ static void cnn_destroy(nn_model *m) {
     }
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
-    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs);
+    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs), free(p->dz);
     free(p);
     m->impl = NULL;
 }
@@ -81,8 +83,9 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = chans[s];
             size_t n = B * c * h * w;
             maxact = n > maxact ? n : maxact;
-            p->cz[k] = buf(n), p->ra[k] = buf(n), p->dcz[k] = buf(n);
-            if (!p->cz[k] || !p->ra[k] || !p->dcz[k]) goto oom;
+            p->cz[k] = buf(n), p->ra[k] = buf(n);
+            if (!cfg->no_stats) p->dcz[k] = buf(n);
+            if (!p->cz[k] || !p->ra[k] || (!cfg->no_stats && !p->dcz[k])) goto oom;
             nn_param ps[2];
             size_t np = nn_conv2d_params(&p->conv[k], ps);
             nn_model_add_params(m, ps, np);
@@ -108,6 +111,11 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     p->h1 = buf(B * CNN_HIDDEN), p->a1 = buf(B * CNN_HIDDEN);
     p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN), p->gs = buf(maxact);
     if (!p->h1 || !p->a1 || !p->dh1 || !p->da1 || !p->gs) goto oom;
+    if (cfg->no_stats) {
+        if (!(p->dz = buf(maxact))) goto oom;
+        for (size_t k = 0; k < p->nconv; k++)
+            p->dcz[k] = p->dz;
+    }
     return NN_OK;
 bad:
     snprintf(err, cap, "cnn: input %zux%zux%zu too small for %zu stages (or a zero width)",
@@ -179,6 +187,7 @@ static ngd_status cnn_attach(nn_model *m, ngd_optim *o) {
 static ngd_status cnn_observe(nn_model *m, ngd_optim *o) {
     cnn *p = m->impl;
     ngd_status st;
+    if (p->dz) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
     for (size_t k = 0; k < p->nconv; k++)
         if ((st = nn_observe_conv2d(o, &p->conv[k], p->conv_id[k], m->N))) return st;
     if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, m->N))) return st;

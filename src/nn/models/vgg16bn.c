@@ -51,6 +51,7 @@ typedef struct {
     float *dcz[VGG_CONVS];  // conv output gradient: the conv's `g`, kept for observe
     float *dpo[VGG_STAGES]; // pool output gradient
     float *gs;              // (N, max C·H·W) gradient of the block output being worked on
+    float *dz;              // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
     float *dh1, *da1, *dd1; // (N, hidden); dh1 is fc1's `g`
     size_t N;               // batch of the last forward
 } vgg;
@@ -60,7 +61,8 @@ static void vgg_destroy(nn_model *m) {
     for (size_t k = 0; k < VGG_CONVS; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->ra[k]), free(p->dcz[k]);
+        free(p->cz[k]), free(p->ra[k]);
+        if (!p->dz) free(p->dcz[k]);
     }
     for (size_t s = 0; s < VGG_STAGES; s++) {
         nn_maxpool2d_free(&p->pool[s]);
@@ -69,7 +71,7 @@ static void vgg_destroy(nn_model *m) {
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
     nn_dropout_free(&p->drop);
-    free(p->gs);
+    free(p->gs), free(p->dz);
     free(p->h1), free(p->a1), free(p->d1), free(p->dh1), free(p->da1), free(p->dd1);
     free(p);
     m->impl = NULL;
@@ -110,8 +112,9 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = co;
             const size_t act = c * h * w;
             maxact = act > maxact ? act : maxact;
-            p->cz[k] = buf(N, act), p->ra[k] = buf(N, act), p->dcz[k] = buf(N, act);
-            if (!p->cz[k] || !p->ra[k] || !p->dcz[k]) goto oom;
+            p->cz[k] = buf(N, act), p->ra[k] = buf(N, act);
+            if (!cfg->no_stats) p->dcz[k] = buf(N, act);
+            if (!p->cz[k] || !p->ra[k] || (!cfg->no_stats && !p->dcz[k])) goto oom;
             nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
             nn_model_add_params(m, ps, nn_batchnorm_params(&p->bn[k], ps));
             nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, co);
@@ -135,6 +138,11 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
     nn_model_add_rng(m, &p->drop.rng);
     p->gs = buf(N, maxact);
+    if (cfg->no_stats) {
+        if (!(p->dz = buf(N, maxact))) goto oom;
+        for (size_t j = 0; j < VGG_CONVS; j++)
+            p->dcz[j] = p->dz;
+    }
     p->h1 = buf(N, p->hidden), p->a1 = buf(N, p->hidden), p->d1 = buf(N, p->hidden);
     p->dh1 = buf(N, p->hidden), p->da1 = buf(N, p->hidden), p->dd1 = buf(N, p->hidden);
     if (!p->gs || !p->h1 || !p->a1 || !p->d1 || !p->dh1 || !p->da1 || !p->dd1) goto oom;
@@ -223,6 +231,7 @@ static ngd_status vgg_attach(nn_model *m, ngd_optim *o) {
 static ngd_status vgg_observe(nn_model *m, ngd_optim *o) {
     vgg *p = m->impl;
     ngd_status st;
+    if (p->dz) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
     for (size_t k = 0; k < VGG_CONVS; k++)
         if ((st = nn_observe_conv2d(o, &p->conv[k], p->conv_id[k], p->N))) return st;
     if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, p->N))) return st;
