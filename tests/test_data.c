@@ -299,6 +299,47 @@ static size_t make_cifar(uint8_t *buf, size_t n, nn_cifar_kind kind) {
     return k;
 }
 
+// A streamed CIFAR set (files kept open, records read per batch) gives the same batches as
+// the set in memory: labels, normalization, plain and augmented batches across two files;
+// a file that shrinks later gives zeros and a failure that names it.
+static void streamed_cifar_should_equal_the_set_in_memory(void) {
+    const size_t rec = 1 + NN_CIFAR_PIXELS, n1 = 5, n2 = 3;
+    uint8_t *buf = malloc((n1 + n2) * rec);
+    make_cifar(buf, n1 + n2, NN_CIFAR10);
+    write_bytes(td_path("s1.bin"), buf, n1 * rec, 0);
+    write_bytes(td_path("s2.bin"), buf + n1 * rec, n2 * rec, 0);
+    const char *paths[2] = {td_path("s1.bin"), td_path("s2.bin")};
+    char err[256];
+    nn_dataset mem, str;
+    CHECK(nn_dataset_load_cifar(&mem, paths, 2, NN_CIFAR10, 7, err, sizeof err) == NN_OK);
+    CHECK(nn_dataset_open_cifar(&str, paths, 2, NN_CIFAR10, 7, err, sizeof err) == NN_OK);
+    CHECK(str.pixels == NULL && str.n == 7 && mem.n == 7);
+    CHECK(memcmp(mem.labels, str.labels, 7 * sizeof(int32_t)) == 0);
+    nn_dataset_compute_norm(&mem), nn_dataset_compute_norm(&str);
+    CHECK(memcmp(mem.mean, str.mean, sizeof mem.mean) == 0 && memcmp(mem.std, str.std, sizeof mem.std) == 0);
+    const size_t idx[4] = {6, 0, 5, 4}; // both files, out of order
+    float *a = malloc(4 * NN_CIFAR_PIXELS * sizeof(float)), *b = malloc(4 * NN_CIFAR_PIXELS * sizeof(float));
+    int32_t ya[4], yb[4];
+    nn_dataset_batch(&mem, idx, 4, NULL, NULL, a, ya);
+    nn_dataset_batch(&str, idx, 4, NULL, NULL, b, yb);
+    CHECK(memcmp(a, b, 4 * NN_CIFAR_PIXELS * sizeof(float)) == 0 && memcmp(ya, yb, sizeof ya) == 0);
+    nn_augment aug = {4, true};
+    nn_rng r1, r2;
+    nn_rng_seed(&r1, 3), nn_rng_seed(&r2, 3);
+    nn_dataset_batch(&mem, idx, 4, &aug, &r1, a, ya);
+    nn_dataset_batch(&str, idx, 4, &aug, &r2, b, yb);
+    CHECK(memcmp(a, b, 4 * NN_CIFAR_PIXELS * sizeof(float)) == 0);
+    CHECK(!nn_dataset_failed(&str, err, sizeof err) && !nn_dataset_failed(&mem, err, sizeof err));
+    // s2.bin loses its records: sample 6 reads as zeros (normalized), and the set says so
+    write_bytes(td_path("s2.bin"), buf, 10, 0);
+    const size_t six = 6;
+    nn_dataset_batch(&str, &six, 1, NULL, NULL, b, yb);
+    CHECK(b[0] == (0.0f - str.mean[0]) / str.std[0]);
+    CHECK(nn_dataset_failed(&str, err, sizeof err) && strstr(err, "s2.bin") != NULL);
+    nn_dataset_free(&mem), nn_dataset_free(&str);
+    free(a), free(b), free(buf);
+}
+
 static void cifar_should_read_records_and_reject_wrong_sizes(void) {
     const size_t rec10 = 1 + NN_CIFAR_PIXELS, rec100 = 2 + NN_CIFAR_PIXELS;
     uint8_t *buf = malloc(8 * rec100);
@@ -727,6 +768,7 @@ static const test_case TESTS[] = {
     TEST(idx_should_read_large_files_and_not_trust_declared_sizes),
     TEST(idx_should_reject_corrupt_gzip_missing_files_and_inconsistent_pairs),
     TEST(cifar_should_read_records_and_reject_wrong_sizes),
+    TEST(streamed_cifar_should_equal_the_set_in_memory),
     TEST(sets_should_match_in_shape_and_classes),
     TEST(normalization_should_standardize_each_channel),
     TEST(loader_should_shuffle_a_permutation_reproducibly),

@@ -536,12 +536,12 @@ static int load_data(const train_opts *t, data_sets *d) {
         if (c100) {
             snprintf(a, sizeof a, "%s/train.bin", dir);
             const char *p1 = a;
-            s = nn_dataset_load_cifar(&d->train, &p1, 1, NN_CIFAR100_FINE, ntr, err, sizeof err);
+            s = nn_dataset_open_cifar(&d->train, &p1, 1, NN_CIFAR100_FINE, ntr, err, sizeof err);
             snprintf(tra, sizeof tra, "%s", a);
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test.bin", dir);
                 const char *p2 = b;
-                s = nn_dataset_load_cifar(&d->test, &p2, 1, NN_CIFAR100_FINE, nte, err,
+                s = nn_dataset_open_cifar(&d->test, &p2, 1, NN_CIFAR100_FINE, nte, err,
                                           sizeof err);
             }
         } else {
@@ -551,12 +551,12 @@ static int load_data(const train_opts *t, data_sets *d) {
                 snprintf(paths[i], sizeof paths[i], "%s/data_batch_%d.bin", dir, i + 1);
                 pp[i] = paths[i];
             }
-            s = nn_dataset_load_cifar(&d->train, pp, 5, NN_CIFAR10, ntr, err, sizeof err);
+            s = nn_dataset_open_cifar(&d->train, pp, 5, NN_CIFAR10, ntr, err, sizeof err);
             snprintf(tra, sizeof tra, "%s", pp[0]);
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test_batch.bin", dir);
                 const char *p2 = b;
-                s = nn_dataset_load_cifar(&d->test, &p2, 1, NN_CIFAR10, nte, err, sizeof err);
+                s = nn_dataset_open_cifar(&d->test, &p2, 1, NN_CIFAR10, nte, err, sizeof err);
             }
         }
         tea = b;
@@ -949,6 +949,12 @@ static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32
         if (ld.epoch > 0) break;
     }
     nn_loader_free(&ld);
+    char err[600];
+    if (nn_dataset_failed(ds, err, sizeof err)) { // a streamed set's file changed
+        cli_error(NULL, "%s", err);
+        *loss = (double)NAN, *acc = (double)NAN;
+        return -1;
+    }
     if (stop_signal) n = 0;
     *loss = n ? l / (double)n : (double)NAN;
     *acc = n ? (double)correct / (double)n : (double)NAN;
@@ -1301,6 +1307,13 @@ static int run(const train_opts *t, bool eval_only) {
                 break;
             }
             if ((k = next_batch(t, &ld, tip, x, ids, y)) == 0) break;
+            if (!t->text && nn_dataset_failed(&d.train, err, sizeof err)) { // streamed CIFAR
+                cli_error("the data files changed during the run; the last checkpoint is intact",
+                          "%s", err);
+                rc = NGD_EXIT_FAIL;
+                stop = true;
+                break;
+            }
             double lr_scale = 1.0;
             if (t->cosine) {  // cosine decay over the planned steps, from lr to 0
                 double total = (double)(t->epochs * per_epoch);

@@ -12,11 +12,12 @@
 
 #include "data.h"
 
-nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t npaths,
-                                nn_cifar_kind kind, size_t max_n, char *err, size_t cap) {
+static nn_status load(nn_dataset *ds, const char *const *paths, size_t npaths,
+                     nn_cifar_kind kind, size_t max_n, bool stream, char *err, size_t cap) {
     if (!ds) return NN_ERR_ARG;
     memset(ds, 0, sizeof *ds);
-    if (!paths || npaths == 0 || kind > NN_CIFAR100_COARSE) {
+    if (!paths || npaths == 0 || kind > NN_CIFAR100_COARSE ||
+        (stream && npaths > NN_DATA_MAX_FILES)) {
         nn_data_err(err, cap, "nn_dataset_load_cifar: bad arguments");
         return NN_ERR_ARG;
     }
@@ -43,11 +44,11 @@ nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t
         total += size / rec;
     }
     const size_t n = max_n > 0 && max_n < total ? max_n : total;
-    ds->pixels = nn_malloc(nn_mul(n, NN_CIFAR_PIXELS), 1);
+    if (!stream) ds->pixels = nn_malloc(nn_mul(n, NN_CIFAR_PIXELS), 1);
     ds->labels = nn_malloc(n, sizeof(int32_t));
     uint8_t *buf = nn_malloc(rec, 1);
     nn_status st = NN_OK;
-    if (!ds->pixels || !ds->labels || !buf) {
+    if ((!stream && !ds->pixels) || !ds->labels || !buf) {
         nn_data_err(err, cap, "%s: out of memory for %zu records", paths[0], n);
         st = NN_ERR_NOMEM;
         goto out;
@@ -59,6 +60,12 @@ nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t
         if (!f) {
             nn_data_err(err, cap, "%s: cannot open: %s", paths[i], strerror(errno));
             st = NN_ERR_IO;
+            goto out;
+        }
+        if (stream && nn_stream_add(ds, paths[i], k, rec, lbytes) != NN_OK) {
+            nn_data_err(err, cap, "%s: cannot open: %s", paths[i], strerror(errno));
+            st = NN_ERR_IO;
+            fclose(f);
             goto out;
         }
         for (size_t r = 0; k < n; r++, k++) {
@@ -90,7 +97,7 @@ nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t
                 goto out;
             }
             ds->labels[k] = buf[which];
-            memcpy(ds->pixels + k * NN_CIFAR_PIXELS, buf + lbytes, NN_CIFAR_PIXELS);
+            if (!stream) memcpy(ds->pixels + k * NN_CIFAR_PIXELS, buf + lbytes, NN_CIFAR_PIXELS);
         }
         fclose(f);
     }
@@ -112,4 +119,14 @@ out:
     free(buf);
     if (st != NN_OK) nn_dataset_free(ds);
     return st;
+}
+
+nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t npaths,
+                                nn_cifar_kind kind, size_t max_n, char *err, size_t cap) {
+    return load(ds, paths, npaths, kind, max_n, false, err, cap);
+}
+
+nn_status nn_dataset_open_cifar(nn_dataset *ds, const char *const *paths, size_t npaths,
+                                nn_cifar_kind kind, size_t max_n, char *err, size_t cap) {
+    return load(ds, paths, npaths, kind, max_n, true, err, cap);
 }

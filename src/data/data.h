@@ -33,13 +33,16 @@ void nn_data_err(char *err, size_t cap, const char *fmt, ...) __attribute__((for
 
 // ====== Image classification sets ======
 
+typedef struct nn_stream nn_stream; // a streamed set's open files (dataset.c)
+
 typedef struct {
     size_t n, c, h, w; // n images of (c, h, w)
-    uint8_t *pixels;   // (n, c, h, w) as stored in the file
+    uint8_t *pixels;   // (n, c, h, w) as stored in the file; NULL when streamed
     int32_t *labels;   // (n) in [0, num_classes)
     size_t num_classes;
     float mean[NN_DATA_MAX_C]; // per-channel normalization of pixel/255 (0 by default)
     float std[NN_DATA_MAX_C];  // (1 by default)
+    nn_stream *stream; // streamed sets: the files the pixels are read from per batch
 } nn_dataset;
 
 // ---- IDX (idx.c) ----
@@ -87,6 +90,20 @@ typedef enum {
 // be a non-zero multiple of the record size; labels must be in range. ds: c = 3, 32 x 32.
 nn_status nn_dataset_load_cifar(nn_dataset *ds, const char *const *paths, size_t npaths,
                                 nn_cifar_kind kind, size_t max_n, char *err, size_t cap);
+// The same checks, but only the labels are kept: the files stay open and each batch reads
+// its records (pread; the page cache keeps them), so the set costs no memory of its own
+// (CIFAR-100's training set held is 150 MB). A read that fails later (the file shrank)
+// zero-fills the image and marks the set: nn_dataset_failed. At most NN_DATA_MAX_FILES files.
+#define NN_DATA_MAX_FILES 8
+nn_status nn_dataset_open_cifar(nn_dataset *ds, const char *const *paths, size_t npaths,
+                                nn_cifar_kind kind, size_t max_n, char *err, size_t cap);
+// (cifar.c's helper) Adds an open file to ds's stream: its records hold samples from
+// `first` on, `rec` bytes each, the pixels `px_off` bytes into a record.
+nn_status nn_stream_add(nn_dataset *ds, const char *path, size_t first, size_t rec,
+                        size_t px_off);
+// A streamed set's first failed read since it was opened: writes "path: reason" into err
+// and returns true; false if none (always for sets in memory).
+bool nn_dataset_failed(const nn_dataset *ds, char *err, size_t cap);
 
 // ---- the set, batching, augmentation, shuffling (dataset.c) ----
 

@@ -4,12 +4,78 @@
  * (random crop with zero padding, horizontal flip), and the epoch iterator with seeded
  * Fisher–Yates shuffling. Also the readers' error formatter.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "data.h"
+
+// ---- streamed sets: records read from their files per batch ----
+
+struct nn_stream {
+    int fd[NN_DATA_MAX_FILES];
+    char *path[NN_DATA_MAX_FILES];
+    size_t first[NN_DATA_MAX_FILES]; // first sample of each file
+    size_t nfiles, rec, px_off;
+    int failed_errno;       // the first failed read: errno (0 = short read)
+    size_t failed_file;
+    bool failed;
+};
+
+nn_status nn_stream_add(nn_dataset *ds, const char *path, size_t first, size_t rec,
+                        size_t px_off) {
+    if (!ds->stream && !(ds->stream = nn_calloc(1, sizeof *ds->stream))) return NN_ERR_NOMEM;
+    nn_stream *s = ds->stream;
+    if (s->nfiles == NN_DATA_MAX_FILES) return NN_ERR_ARG;
+    char *p = nn_malloc(strlen(path) + 1, 1);
+    if (!p) return NN_ERR_NOMEM;
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        free(p);
+        return NN_ERR_IO;
+    }
+    memcpy(p, path, strlen(path) + 1);
+    s->fd[s->nfiles] = fd, s->path[s->nfiles] = p, s->first[s->nfiles] = first;
+    s->rec = rec, s->px_off = px_off;
+    s->nfiles++;
+    return NN_OK;
+}
+
+// The pixels of sample i: in memory, or read from its file into buf (c·h·w bytes);
+// a failed read gives zeros and marks the set.
+static const uint8_t *sample_pixels(const nn_dataset *ds, size_t i, uint8_t *buf) {
+    const size_t bytes = ds->c * ds->h * ds->w;
+    if (ds->pixels) return ds->pixels + i * bytes;
+    nn_stream *s = ds->stream;
+    size_t f = s->nfiles - 1;
+    while (f > 0 && s->first[f] > i)
+        f--;
+    const off_t off = (off_t)((i - s->first[f]) * s->rec + s->px_off);
+    size_t got = 0;
+    while (got < bytes) {
+        const ssize_t r = pread(s->fd[f], buf + got, bytes - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            if (!s->failed) s->failed = true, s->failed_errno = r < 0 ? errno : 0, s->failed_file = f;
+            memset(buf, 0, bytes);
+            return buf;
+        }
+        got += (size_t)r;
+    }
+    return buf;
+}
+
+bool nn_dataset_failed(const nn_dataset *ds, char *err, size_t cap) {
+    const nn_stream *s = ds->stream;
+    if (!s || !s->failed) return false;
+    nn_data_err(err, cap, "%s: reading a record failed: %s", s->path[s->failed_file],
+                s->failed_errno ? strerror(s->failed_errno) : "the file is shorter than it was");
+    return true;
+}
 
 void nn_data_err(char *err, size_t cap, const char *fmt, ...) {
     if (!err || cap == 0) return;
@@ -22,6 +88,13 @@ void nn_data_err(char *err, size_t cap, const char *fmt, ...) {
 void nn_dataset_free(nn_dataset *ds) {
     free(ds->pixels);
     free(ds->labels);
+    if (ds->stream) {
+        for (size_t f = 0; f < ds->stream->nfiles; f++) {
+            close(ds->stream->fd[f]);
+            free(ds->stream->path[f]);
+        }
+        free(ds->stream);
+    }
     memset(ds, 0, sizeof *ds);
 }
 
@@ -55,17 +128,21 @@ nn_status nn_dataset_check_match(const nn_dataset *train, const char *train_path
 void nn_dataset_compute_norm(nn_dataset *ds) {
     NN_ASSERT(ds->c <= NN_DATA_MAX_C);
     const size_t hw = ds->h * ds->w;
-    for (size_t c = 0; c < ds->c; c++) {
-        // integer histogram: exact sums whatever the set size
-        uint64_t hist[256] = {0};
-        for (size_t i = 0; i < ds->n; i++) {
-            const uint8_t *p = ds->pixels + (i * ds->c + c) * hw;
+    // integer histograms: exact sums whatever the set size; one pass over the samples
+    uint64_t hist[NN_DATA_MAX_C][256];
+    memset(hist, 0, sizeof hist);
+    for (size_t i = 0; i < ds->n; i++) {
+        uint8_t buf[NN_CIFAR_PIXELS]; // streamed sets are CIFAR's
+        NN_ASSERT(ds->pixels || ds->c * hw <= sizeof buf);
+        const uint8_t *img = sample_pixels(ds, i, buf);
+        for (size_t c = 0; c < ds->c; c++)
             for (size_t j = 0; j < hw; j++)
-                hist[p[j]]++;
-        }
+                hist[c][img[c * hw + j]]++;
+    }
+    for (size_t c = 0; c < ds->c; c++) {
         double cnt = 0, s = 0, ss = 0;
         for (int v = 0; v < 256; v++) {
-            const double x = v / 255.0, k = (double)hist[v];
+            const double x = v / 255.0, k = (double)hist[c][v];
             cnt += k;
             s += k * x;
             ss += k * x * x;
@@ -100,7 +177,9 @@ void nn_dataset_batch(const nn_dataset *ds, const size_t *idx, size_t B, const n
     }
     for (size_t b = 0; b < B; b++) {
         NN_ASSERT(idx[b] < ds->n);
-        const uint8_t *src = ds->pixels + idx[b] * C * hw;
+        uint8_t buf[NN_CIFAR_PIXELS]; // streamed sets are CIFAR's
+        NN_ASSERT(ds->pixels || C * hw <= sizeof buf);
+        const uint8_t *src = sample_pixels(ds, idx[b], buf);
         float *dst = x + b * C * hw;
         if (y) y[b] = ds->labels[idx[b]];
         if (!augment) {
