@@ -1,7 +1,8 @@
 /*
  * fuzz_trainckpt.c — libFuzzer target for the training-checkpoint reader of `ngd train
  * --resume` (load_checkpoint in src/cli/train.c, a static function: this file includes
- * train.c itself and stands in for main.c's cli_error / cli_read_file). Two small runs are
+ * train.c itself, and opts.c for its option helpers, and stands in for main.c's cli_error /
+ * cli_read_file). Two small runs are
  * set up once: an MLP with SINGD on a 6-image set (loader order in the file) and a chargpt
  * with AdamW on a short text (text position and rng in the file). Input: <mode byte>
  * <checkpoint bytes>: bit 0 picks the run, bit 7 clear means "make the trailing CRC right
@@ -13,6 +14,7 @@
  */
 #include <stdarg.h>
 
+#include "../src/cli/opts.c"
 #include "../src/cli/train.c"
 #include "fuzz_util.h"
 
