@@ -42,6 +42,14 @@ expect_rc 2 "bad model" "$NGD" train --model resnet999 --subset 100 $Q
 expect_msg "unknown model 'resnet999'" "bad model message"
 expect_rc 2 "negative lr" "$NGD" train --lr -1
 expect_msg "lr must be finite and >= 0" "config validation message"
+# out-of-range counts and times: a message naming the option and its range, never silence
+for bad in "--batch 0|--batch must be a whole number >= 1" "--context 0|--context must be a whole number >= 1" \
+           "--threads 0|--threads must be a whole number in [1, 1024]" "--log-every 0|--log-every must be a whole number >= 1" \
+           "--max-skips 0|--max-skips must be a whole number >= 1" "--time-budget -1|--time-budget must be >= 0 seconds"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} $Q
+    expect_msg "${bad#*|}" "${bad%%|*} message"
+done
 expect_rc 1 "missing data" "$NGD" train --data-dir "$D/nowhere" $Q
 expect_msg "$D/nowhere" "missing data names the path"
 expect_msg "hint:" "missing data gives a hint"

@@ -189,6 +189,18 @@ static int parse_z(const char *opt, const char *s, size_t *out) {
     return 0;
 }
 
+// A whole number in [lo, hi] (hi = SIZE_MAX: no upper bound); the error names the range.
+static int parse_zr(const char *opt, const char *s, size_t lo, size_t hi, size_t *out) {
+    if (parse_z(opt, s, out)) return -1;
+    if (*out < lo || *out > hi) {
+        if (hi == SIZE_MAX)
+            cli_error(NULL, "--%s must be a whole number >= %zu (got %s)", opt, lo, s);
+        else cli_error(NULL, "--%s must be a whole number in [%zu, %zu] (got %s)", opt, lo, hi, s);
+        return -1;
+    }
+    return 0;
+}
+
 // The K-FAC family's named choices: --kfac-damping, --clip, --identity-init, --tail,
 // --brand-truncate. Returns -1 (after a usage error) for an unknown name.
 static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
@@ -405,16 +417,24 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
             t->cosine = !strcmp(optarg, "cosine");
             break;
         case O_BUDGET:
-            if (parse_f(nm, optarg, &t->time_budget) || t->time_budget < 0) return -1;
+            if (parse_f(nm, optarg, &t->time_budget)) return -1;
+            if (t->time_budget < 0) {
+                cli_error("0 means no limit", "--time-budget must be >= 0 seconds (got %s)",
+                          optarg);
+                return -1;
+            }
             break;
-        case O_BATCH: if (parse_z(nm, optarg, &t->batch) || !t->batch) return -1; break;
-        case O_CONTEXT: if (parse_z(nm, optarg, &t->context) || !t->context) return -1; break;
+        case O_BATCH: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->batch)) return -1; break;
+        case O_CONTEXT: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->context)) return -1; break;
         case O_SEED: if (parse_z(nm, optarg, &z)) return -1; t->seed = z; break;
-        case O_THREADS: if (parse_z(nm, optarg, &z) || !z) return -1; t->threads = (int)z; break;
+        case O_THREADS:
+            if (parse_zr(nm, optarg, 1, 1024, &z)) return -1;
+            t->threads = (int)z;
+            break;
         case O_EVALEVERY: if (parse_z(nm, optarg, &t->eval_every)) return -1; break;
-        case O_LOGEVERY: if (parse_z(nm, optarg, &t->log_every) || !t->log_every) return -1; break;
+        case O_LOGEVERY: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->log_every)) return -1; break;
         case O_CKPTEVERY: if (parse_z(nm, optarg, &t->ckpt_every)) return -1; break;
-        case O_MAXSKIPS: if (parse_z(nm, optarg, &t->max_skips) || !t->max_skips) return -1; break;
+        case O_MAXSKIPS: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->max_skips)) return -1; break;
         default:
             fprintf(stderr, "hint: run 'ngd train --help' for the options\n");
             return -1;
