@@ -22,6 +22,8 @@ expect_rc 2 "unknown command" "$NGD" frobnicate
 expect_rc 0 "replay --help" "$NGD" replay --help
 expect_rc 2 "replay without path" "$NGD" replay
 expect_rc 2 "replay bad --tol" "$NGD" replay --tol abc "$SHARED/oracle"
+expect_rc 2 "replay hex --tol" "$NGD" replay --tol 0x1p-10 "$SHARED/oracle"
+"$NGD" replay --tol 0x1p-10 "$SHARED/oracle" 2>&1 | grep -q -- "--tol: '0x1p-10' is not a number" && ok || bad "replay hex --tol message"
 expect_rc 1 "replay missing path" "$NGD" replay /nonexistent/path.json
 tmp=$(mktemp -d)
 echo '{ "kind": "singd_linear_trajectory", "problem": ' > "$tmp/broken.json"
@@ -83,6 +85,8 @@ expect_rc 2 "bench precond repeated --d" "$NGD" bench precond --d 64,64
 expect_rc 2 "bench precond bad --methods" "$NGD" bench precond --methods kfac,nope
 "$NGD" bench precond --methods nope 2>&1 | grep -q "unknown or repeated method 'nope'" && ok || bad "bench precond: bad method message"
 expect_rc 2 "bench precond --reps 0" "$NGD" bench precond --reps 0
+expect_rc 2 "bench precond --reps +1" "$NGD" bench precond --reps +1 --d 64 --methods kfac
+expect_rc 2 "bench step --reps ' 5'" "$NGD" bench step --reps " 5" --only nothing
 expect_rc 2 "bench precond --plot .png" "$NGD" bench precond --plot "$tmp/p.png"
 expect_rc 2 "bench precond stray argument" "$NGD" bench precond stray
 out=$("$NGD" bench precond --d 64,128 --reps 1 --methods kfac,singd-diagonal --json --plot "$tmp/p.svg" 2>&1); rc=$?

@@ -32,6 +32,22 @@ expect_rc 2 "bad plain-parameter lr" "$NGD" train --param-optim adamw --param-lr
 expect_msg "plain parameters: lr" "plain-parameter lr message"
 expect_rc 2 "bad number" "$NGD" train --lr abc
 expect_msg "--lr: 'abc' is not a number" "bad number message"
+# numbers are plain decimals, read whole: no empty value, hex, inf/nan, spaces or '+' counts
+for bad in "--lr=" "--lr 0x10" "--lr inf" "--lr nan" "--lr ' 0.1'" "--lr 1e" "--lr ." "--damping 1,5"; do
+    eval "set -- $bad"
+    expect_rc 2 "$bad" "$NGD" train "$@" $Q
+    expect_msg "is not a number" "$bad message"
+done
+for bad in "--subset ' 500'" "--subset +500" "--epochs 1.5" "--seed -1" "--batch 1e2"; do
+    eval "set -- $bad"
+    expect_rc 2 "$bad" "$NGD" train "$@" $Q
+    expect_msg "is not a whole number" "$bad message"
+done
+expect_rc 2 "--lr 1e39 (beyond float)" "$NGD" train --lr 1e39 $Q
+expect_msg "--lr: '1e39' is out of range" "--lr 1e39 message"
+expect_rc 2 "--subset 2^64" "$NGD" train --subset 18446744073709551616 $Q
+expect_msg "is too large" "--subset 2^64 message"
+expect_rc 0 "plain decimals are read" "$NGD" train --lr .5 --momentum -0 --weight-decay 1E-3 --damping 2.e-2 --subset 007 --help
 expect_rc 2 "bad method" "$NGD" train --optim adam
 expect_msg "unknown method 'adam'" "bad method message"
 expect_rc 2 "bad clip" "$NGD" train --optim kfac --clip sometimes

@@ -263,12 +263,8 @@ static int bench_step(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'r': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 5 || v > 100000) {
-                cli_error("--reps takes a whole number >= 5", "bad --reps '%s'", optarg);
-                return NGD_EXIT_USAGE;
-            }
+            unsigned long long v;
+            if (cli_parse_whole("reps", optarg, 5, 100000, &v)) return NGD_EXIT_USAGE;
             reps = (int)v;
             break;
         }
@@ -802,12 +798,8 @@ static int bench_precond(int argc, char **argv) {
             break;
         }
         case PC_O_REPS: {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end || v < 1 || v > 10000) {
-                cli_error("--reps takes a whole number in [1, 10000]", "bad --reps '%s'", optarg);
-                return NGD_EXIT_USAGE;
-            }
+            unsigned long long v;
+            if (cli_parse_whole("reps", optarg, 1, 10000, &v)) return NGD_EXIT_USAGE;
             reps = (int)v;
             break;
         }

@@ -1,9 +1,14 @@
 /*
  * opts.c — the option helpers of the subcommands: getopt_long's array and the --help rows
- * from one cli_opt table. Apart from main.c so that a file that includes a subcommand's
+ * from one cli_opt table, and the parsers of numbers (plain decimals only: strtod alone
+ * would take hex, "inf", "nan" and leading spaces, strtoull a sign and spaces). Apart from main.c so that a file that includes a subcommand's
  * source (fuzz/fuzz_trainckpt.c includes train.c) can include this one too.
  */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cli.h"
 
@@ -25,4 +30,66 @@ void cli_print_opts(FILE *f, const cli_opt *t, size_t n, int width) {
                  t[i].meta ? t[i].meta : "");
         fprintf(f, "  %-*s %s\n", width, left, t[i].help);
     }
+}
+
+bool cli_is_decimal(const char *s, bool whole) {
+    const char *p = s;
+    if (whole) {
+        while (*p >= '0' && *p <= '9') p++;
+        return p != s && *p == '\0';
+    }
+    if (*p == '+' || *p == '-') p++;
+    size_t digits = 0;
+    while (*p >= '0' && *p <= '9') p++, digits++;
+    if (*p == '.')
+        for (p++; *p >= '0' && *p <= '9'; p++) digits++;
+    if (!digits) return false;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (*p < '0' || *p > '9') return false;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return *p == '\0';
+}
+
+int cli_parse_real(const char *opt, const char *s, double *out) {
+    if (!cli_is_decimal(s, false)) {
+        cli_error("give a decimal number, e.g. 0.01, -2 or 1e-3", "--%s: '%s' is not a number",
+                  opt, s);
+        return -1;
+    }
+    errno = 0;
+    double v = strtod(s, NULL);
+    if (errno == ERANGE || !isfinite(v)) {
+        cli_error("give a number of a sensible size", "--%s: '%s' is out of range", opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_whole(const char *opt, const char *s, unsigned long long lo, unsigned long long hi,
+                    unsigned long long *out) {
+    char range[96];
+    if (hi == ULLONG_MAX) snprintf(range, sizeof range, "a whole number >= %llu", lo);
+    else snprintf(range, sizeof range, "a whole number in [%llu, %llu]", lo, hi);
+    if (!cli_is_decimal(s, true)) {
+        char hint[128];
+        snprintf(hint, sizeof hint, "give %.96s (digits only)", range);
+        cli_error(hint, "--%s: '%s' is not a whole number", opt, s);
+        return -1;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (errno == ERANGE && hi == ULLONG_MAX) {
+        cli_error(NULL, "--%s: '%s' is too large (at most %llu)", opt, s, hi);
+        return -1;
+    }
+    if (errno == ERANGE || v < lo || v > hi) {
+        cli_error(NULL, "--%s must be %s (got %s)", opt, range, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }

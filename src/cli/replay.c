@@ -550,9 +550,8 @@ int cmd_replay(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 't': {
-            char *end;
-            ro.tol = strtod(optarg, &end);
-            if (*end || !(ro.tol > 0)) {
+            if (cli_parse_real("tol", optarg, &ro.tol)) return NGD_EXIT_USAGE;
+            if (!(ro.tol > 0)) {
                 cli_error("--tol takes a positive number, e.g. 1e-4", "bad --tol '%s'", optarg);
                 return NGD_EXIT_USAGE;
             }

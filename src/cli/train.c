@@ -14,6 +14,7 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -166,11 +167,10 @@ typedef struct {
 
 // ---- option parsing helpers: every bad value is a usage error naming the option ----
 static int parse_f(const char *opt, const char *s, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || *end || !isfinite(v)) {
-        cli_error("give a number, e.g. --lr 0.01", "--%s: '%s' is not a number", opt, s);
+    double v;
+    if (cli_parse_real(opt, s, &v)) return -1;
+    if (fabs(v) > (double)FLT_MAX) {
+        cli_error("give a number of a sensible size", "--%s: '%s' is out of range", opt, s);
         return -1;
     }
     *out = (float)v;
@@ -178,13 +178,8 @@ static int parse_f(const char *opt, const char *s, float *out) {
 }
 
 static int parse_z(const char *opt, const char *s, size_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || s[0] == '-' || !s[0]) {
-        cli_error("give a whole number >= 0", "--%s: '%s' is not a whole number", opt, s);
-        return -1;
-    }
+    unsigned long long v;
+    if (cli_parse_whole(opt, s, 0, SIZE_MAX, &v)) return -1;
     *out = (size_t)v;
     return 0;
 }
