@@ -71,6 +71,7 @@ static void setup(fz_run *r, int k) {
     nn_model_cfg mc = {.max_batch = 2, .seed = 1};
     if (k == 0) { // mlp, 6 images of 1x2x2, 3 classes, SINGD
         r->t.model = "mlp", r->t.data = "fashion-mnist";
+        r->t.method = NGD_METHOD_SINGD;
         r->t.cfg = ngd_config_default(NGD_METHOD_SINGD);
         r->ds.n = 6, r->ds.c = 1, r->ds.h = r->ds.w = 2, r->ds.num_classes = 3;
         r->ds.pixels = calloc(24, 1);
@@ -84,6 +85,7 @@ static void setup(fz_run *r, int k) {
         mc.widths[0] = 4, mc.nwidths = 1;
     } else { // chargpt, context 4, AdamW
         r->t.model = "chargpt", r->t.data = "shakespeare", r->t.text = true, r->t.context = 4;
+        r->t.method = NGD_METHOD_ADAMW;
         r->t.cfg = ngd_config_default(NGD_METHOD_ADAMW);
         r->t.cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
         const char *s = "hello world, hello fuzz; the quick brown fox\n";

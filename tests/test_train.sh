@@ -26,6 +26,22 @@ expect_rc 0 "train --help" "$NGD" train --help
 expect_msg "--structure" "help lists options"
 expect_msg "cnn" "help lists models"
 expect_rc 2 "unknown option" "$NGD" train --frobnicate
+expect_msg "ngd: error: unknown option '--frobnicate'" "unknown option message in ngd's style"
+expect_msg "hint: run 'ngd train --help'" "unknown option hint"
+printf '%s\n' "$out" | grep -q "unrecognized" && bad "getopt's own message printed" || ok
+expect_rc 2 "option without its value" "$NGD" train --lr
+expect_msg "option '--lr' needs a value" "missing value message"
+expect_rc 2 "flag given a value" "$NGD" train --quiet=yes
+expect_msg "option '--quiet' takes no value" "flag with a value message"
+expect_rc 2 "ambiguous option" "$NGD" train --ep 3
+expect_msg "option '--ep' is ambiguous: --eps, --epochs" "ambiguous option message"
+expect_rc 2 "eval unknown option" "$NGD" eval --frobnicate
+expect_msg "hint: run 'ngd eval --help'" "eval unknown option hint"
+expect_rc 2 "K-FAC negative damping" "$NGD" train --optim kfac --damping -1 $Q
+expect_msg "--damping must be >= 0" "validation names the option"
+printf '%s\n' "$out" | grep -q "kfac\.damping_rel" && bad "validation message names the field kfac.damping_rel" || ok
+expect_rc 2 "K-FAC brand-mult" "$NGD" train --optim brkfac --brand-mult 2 $Q
+expect_msg "--brand-mult must be 1" "brand-mult message names the option"
 expect_rc 2 "unknown plain-parameter rule" "$NGD" train --param-optim lamb
 expect_msg "sgd or adamw" "plain-parameter rule choices"
 expect_rc 2 "bad plain-parameter lr" "$NGD" train --param-optim adamw --param-lr -1
@@ -70,6 +86,19 @@ expect_rc 1 "missing data" "$NGD" train --data-dir "$D/nowhere" $Q
 expect_msg "$D/nowhere" "missing data names the path"
 expect_msg "hint:" "missing data gives a hint"
 expect_rc 2 "eval without --resume" "$NGD" eval
+
+# ingd and ikfac are named as chosen (libngd runs them as SINGD), "1 epoch", and a checkpoint
+# of one resumed as the other says so (not libngd's list of arrays)
+T1="--subset 200 --widths 16 --batch 50 --log $D/m.jsonl"
+expect_rc 0 "ingd tiny run" "$NGD" train --optim ingd $T1 --epochs 1 --checkpoint "$D/ingd.ckpt"
+expect_msg "ingd mlp on fashion-mnist" "ingd run named ingd"
+expect_msg "ingd, batch 50, 1 epoch;" "header names ingd and says 1 epoch"
+grep -q '"optim":"ingd"' "$D/m.jsonl" && ok || bad "log summary names ingd"
+expect_rc 1 "ingd checkpoint resumed as ikfac" "$NGD" train --optim ikfac $T1 --epochs 2 --resume "$D/ingd.ckpt" --quiet
+expect_msg "it was written by ingd, not ikfac (--optim)" "ingd -> ikfac message"
+printf '%s\n' "$out" | grep -q "array" && bad "ingd -> ikfac prints libngd's arrays" || ok
+expect_rc 0 "ikfac tiny run" "$NGD" train --optim ikfac $T1 --max-steps 2 --quiet
+expect_msg "ikfac mlp on fashion-mnist" "ikfac run named ikfac"
 
 # a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
 expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q

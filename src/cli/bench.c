@@ -260,7 +260,8 @@ static int bench_step(int argc, char **argv) {
                                          {0, 0, 0, 0}};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'r': {
             unsigned long long v;
@@ -271,7 +272,7 @@ static int bench_step(int argc, char **argv) {
         case 'j': json = true; break;
         case 'o': only = optarg; break;
         case 'h': step_usage(stdout); return NGD_EXIT_OK;
-        default: step_usage(stderr); return NGD_EXIT_USAGE;
+        default: return cli_opt_error("bench step", opts, c, argv);
         }
     }
     mlp_bufs m;
@@ -779,7 +780,8 @@ static int bench_precond(int argc, char **argv) {
     cli_longopts(PC_OPTS, PC_NOPTS, opts);
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case PC_O_D:
             if (pc_parse_ds(optarg, ds, &nd)) {
@@ -814,7 +816,7 @@ static int bench_precond(int argc, char **argv) {
             break;
         }
         case 'h': precond_usage(stdout); return NGD_EXIT_OK;
-        default: precond_usage(stderr); return NGD_EXIT_USAGE;
+        default: return cli_opt_error("bench precond", opts, c, argv);
         }
     }
     if (optind < argc) {

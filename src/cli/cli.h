@@ -48,6 +48,10 @@ int cli_parse_real(const char *opt, const char *s, double *out);
 // names the option and the range.
 int cli_parse_whole(const char *opt, const char *s, unsigned long long lo, unsigned long long hi,
                     unsigned long long *out);
+// After getopt_long returned c = '?' or ':' (opterr = 0, optstring starting with ':'): prints
+// what was wrong with the option (unknown, ambiguous, missing or unwanted value), naming it,
+// with the hint "run 'ngd <cmd> --help' for its options". Returns NGD_EXIT_USAGE.
+int cli_opt_error(const char *cmd, const struct option *lo, int c, char *const *argv);
 
 int cmd_replay(int argc, char **argv);
 int cmd_train(int argc, char **argv);

@@ -1,14 +1,17 @@
 /*
  * opts.c — the option helpers of the subcommands: getopt_long's array and the --help rows
- * from one cli_opt table, and the parsers of numbers (plain decimals only: strtod alone
- * would take hex, "inf", "nan" and leading spaces, strtoull a sign and spaces). Apart from main.c so that a file that includes a subcommand's
- * source (fuzz/fuzz_trainckpt.c includes train.c) can include this one too.
+ * from one cli_opt table, the parsers of numbers (plain decimals only: strtod alone would
+ * take hex, "inf", "nan" and leading spaces, strtoull a sign and spaces), and the messages
+ * of options getopt_long did not take (opterr = 0: ngd's style, not getopt's). Apart from
+ * main.c so that a file that includes a subcommand's source (fuzz/fuzz_trainckpt.c includes
+ * train.c) can include this one too.
  */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
 
@@ -92,4 +95,40 @@ int cli_parse_whole(const char *opt, const char *s, unsigned long long lo, unsig
     }
     *out = v;
     return 0;
+}
+
+int cli_opt_error(const char *cmd, const struct option *lo, int c, char *const *argv) {
+    char hint[128], name[64];
+    snprintf(hint, sizeof hint, "run 'ngd %s --help' for its options", cmd);
+    const char *word = optind > 0 ? argv[optind - 1] : "";
+    if (strncmp(word, "--", 2) != 0) {  // a short option (getopt keeps it in optopt)
+        snprintf(name, sizeof name, "-%c", optopt);
+        if (c == ':') cli_error(hint, "option '%s' needs a value", name);
+        else cli_error(hint, "unknown option '%s'", name);
+        return NGD_EXIT_USAGE;
+    }
+    const size_t len = strcspn(word + 2, "=");
+    snprintf(name, sizeof name, "--%.*s", (int)(len < 48 ? len : 48), word + 2);
+    if (c == ':') {
+        cli_error(hint, "option '%s' needs a value", name);
+        return NGD_EXIT_USAGE;
+    }
+    // getopt_long takes unique prefixes: say which options an ambiguous one could be
+    char matches[256] = "";
+    size_t n = 0;
+    for (const struct option *o = lo; o->name; o++) {
+        if (strncmp(o->name, word + 2, len) != 0) continue;
+        if (strlen(o->name) == len) {  // the option exists: it was given a value it does not take
+            cli_error(hint, "option '%s' takes no value", name);
+            return NGD_EXIT_USAGE;
+        }
+        size_t used = strlen(matches);
+        snprintf(matches + used, sizeof matches - used, "%s--%s", n ? ", " : "", o->name);
+        n++;
+    }
+    if (n > 1) cli_error(hint, "option '%s' is ambiguous: %s", name, matches);
+    else if (n == 1 && word[2 + len] == '=')
+        cli_error(hint, "option '%s' (%s) takes no value", name, matches);
+    else cli_error(hint, "unknown option '%s'", name);
+    return NGD_EXIT_USAGE;
 }

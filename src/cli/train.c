@@ -149,6 +149,7 @@ static void print_help(FILE *f, const char *cmd) {
 typedef struct {
     const char *model, *data, *data_dir, *log, *ckpt, *resume;
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
+    ngd_method method;  // as chosen (--optim): ingd and ikfac are cfg.method SINGD to libngd
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
     size_t context; // text models: tokens per sequence
@@ -262,7 +263,45 @@ static int param_rule(train_opts *t) {
     return 0;
 }
 
-static int parse_opts(int argc, char **argv, train_opts *t) {
+// ngd_config_validate names the fields of ngd_config ("kfac.damping_rel must be >= 0"); the
+// command names its options ("--damping must be >= 0"): the field names before the verb of
+// the message are replaced by the options that set them.
+static void name_options(const char *msg, char *out, size_t cap) {
+    static const char *const MAP[][2] = {
+        {"lr", "--lr"}, {"momentum", "--momentum"}, {"weight_decay", "--weight-decay"},
+        {"nesterov", "--nesterov"}, {"beta1", "--beta1"}, {"beta2", "--beta2"}, {"eps", "--eps"},
+        {"damping", "--damping"}, {"alpha1", "--alpha1"}, {"T", "--T"}, {"lr_cov", "--lr-cov"},
+        {"kfac_approx", "--kfac-approx"}, {"structure_K", "--structure (K)"},
+        {"structure_C", "--structure (C)"}, {"kfac.rho", "--rho"}, {"kfac.T_u", "--T-u"},
+        {"kfac.T_i", "--T-i"}, {"kfac.damping_rel", "--damping"}, {"kfac.clip", "--clip"},
+        {"kfac.clip_kappa", "--clip-kappa"}, {"kfac.rank", "--rank"},
+        {"kfac.brand_mult", "--brand-mult"}, {"refresh_mult", "--refresh-mult"},
+        {"corr_mult", "--corr-mult"}, {"kfac.corr_frac", "--corr-frac"},
+        {"kfac.factored_apply", "--factored"}, {"kfac.identity_init", "--identity-init"},
+    };
+    size_t subject = strlen(msg);  // the names come before the verb (or a colon)
+    static const char *const VERBS[] = {" must", " needs", " is ", ":"};
+    for (size_t i = 0; i < sizeof VERBS / sizeof VERBS[0]; i++) {
+        const char *v = strstr(msg, VERBS[i]);
+        if (v && (size_t)(v - msg) < subject) subject = (size_t)(v - msg);
+    }
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; msg[i] && o + 1 < cap;) {
+        size_t n = i < subject ? strspn(msg + i, "abcdefghijklmnopqrstuvwxyz"
+                                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
+                               : 0;
+        const char *rep = NULL;
+        for (size_t k = 0; n && k < sizeof MAP / sizeof MAP[0]; k++)
+            if (strlen(MAP[k][0]) == n && !strncmp(msg + i, MAP[k][0], n)) rep = MAP[k][1];
+        int w = rep ? snprintf(out + o, cap - o, "%s", rep)
+                    : snprintf(out + o, cap - o, "%.*s", (int)(n ? n : 1), msg + i);
+        o += (size_t)w < cap - o ? (size_t)w : cap - o - 1;
+        i += n ? n : 1;
+    }
+}
+
+static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
     t->context = 64;
@@ -275,7 +314,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
     optind = 1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1)
+    while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1)
         if (c == O_OPTIM) optim = optarg;
     ngd_method m;
     if (ngd_method_parse(optim, &m) != NGD_OK) {
@@ -283,12 +322,12 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
                   "brkfac, brckfac", "--optim: unknown method '%s'", optim);
         return -1;
     }
+    t->method = m;
     t->cfg = ngd_config_default(m);
     optind = 1;
-    opterr = 1;
     float f;
     size_t z;
-    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         const char *nm = NULL;
         for (size_t i = 0; i < NOPTS; i++)
             if (OPTS[i].id == c) nm = OPTS[i].name;
@@ -324,7 +363,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_AUGMENT: t->augment = true; break;
         case O_QUIET: t->quiet = true; break;
         case O_HELP:
-        case 'h': print_help(stdout, "train"); exit(NGD_EXIT_OK);
+        case 'h': print_help(stdout, cmd); exit(NGD_EXIT_OK);
         case O_WIDTHS: {
             char *s = optarg, *tok, *save = NULL;
             t->nwidths = 0;
@@ -430,14 +469,13 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_LOGEVERY: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->log_every)) return -1; break;
         case O_CKPTEVERY: if (parse_z(nm, optarg, &t->ckpt_every)) return -1; break;
         case O_MAXSKIPS: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->max_skips)) return -1; break;
-        default:
-            fprintf(stderr, "hint: run 'ngd train --help' for the options\n");
-            return -1;
+        default: cli_opt_error(cmd, lo, c, argv); return -1;
         }
     }
     if (optind < argc) {
-        cli_error("run 'ngd train --help' for the options", "unexpected argument '%s'",
-                  argv[optind]);
+        cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
+                                       : "run 'ngd train --help' for the options",
+                  "unexpected argument '%s'", argv[optind]);
         return -1;
     }
     // text data goes with a token model (chargpt), image data with the others; the loss of
@@ -453,9 +491,10 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         return -1;
     }
     if (t->text) t->cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
-    char msg[256];
+    char msg[256], named[320];
     if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {
-        cli_error("run 'ngd train --help' for the options", "%s", msg);
+        name_options(msg, named, sizeof named);
+        cli_error("run 'ngd train --help' for the options", "%s", named);
         return -1;
     }
     return param_rule(t);
@@ -654,6 +693,18 @@ static bool rb_str_eq(rb *r, const char *want) {
     const unsigned char *p = rb_get(r, (size_t)n);
     return p && n == strlen(want) && !memcmp(p, want, n);
 }
+// A string of fewer than cap bytes into s (a longer one: r->bad, s empty).
+static void rb_str(rb *r, char *s, size_t cap) {
+    uint64_t n = rb_u64(r);
+    const unsigned char *p = n < cap ? rb_get(r, (size_t)n) : NULL;
+    s[0] = '\0';
+    if (!p) {
+        r->bad = true;
+        return;
+    }
+    memcpy(s, p, (size_t)n);
+    s[n] = '\0';
+}
 static void rb_f32s(rb *r, float *x, size_t n) {
     const unsigned char *b = rb_get(r, 4 * n);
     if (!b) return;
@@ -687,7 +738,7 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_u64(&w, TRN_VERSION);
     wb_str(&w, t->model);
     wb_str(&w, t->data);
-    wb_str(&w, ngd_method_name(t->cfg.method));
+    wb_str(&w, ngd_method_name(t->method));
     wb_u64(&w, rs->step), wb_u64(&w, rs->epoch), wb_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -744,6 +795,7 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
     if (!b) return -1;
     const char *why = NULL;
+    char whybuf[128];
     rb r = {b, len, 0, false};
     if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) why = "not an ngd training checkpoint";
     else {
@@ -757,8 +809,20 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         if (rb_u64(&r) != TRN_VERSION) why = "unsupported version";
         else if (!rb_str_eq(&r, t->model)) why = "it was written for another model (--model)";
         else if (!rb_str_eq(&r, t->data)) why = "it was written for another data set (--data)";
-        else if (!rb_str_eq(&r, ngd_method_name(t->cfg.method)))
-            why = "it was written by another optimizer (--optim)";
+        else {
+            char name[32];
+            ngd_method wm;
+            rb_str(&r, name, sizeof name);
+            const char *want = ngd_method_name(t->method);
+            // older files of ingd and ikfac runs name them "singd", as libngd's config does
+            const bool old_singd = !strcmp(name, "singd") && t->cfg.method == NGD_METHOD_SINGD;
+            if (strcmp(name, want) != 0 && !old_singd) {
+                snprintf(whybuf, sizeof whybuf, "it was written by %s, not %s (--optim)",
+                         ngd_method_parse(name, &wm) == NGD_OK ? name : "another optimizer",
+                         want);
+                why = whybuf;
+            }
+        }
     }
     if (!why) {
         rs->step = (size_t)rb_u64(&r), rs->epoch = (size_t)rb_u64(&r), rs->skips = (size_t)rb_u64(&r);
@@ -801,7 +865,12 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         const unsigned char *ob = rb_get(&r, olen);
         if (!ob || r.bad) why = "truncated";
         else if (ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
-            cli_error(NULL, "--resume %s: optimizer state: %s", path, ngd_optim_errmsg(o));
+            // libngd's message lists its arrays; what a person needs is which options differ
+            cli_error("resume with the --optim, --structure, --factor-dtype and other optimizer "
+                      "options of the run that wrote it",
+                      "--resume %s: its optimizer state does not fit %s with these options (it "
+                      "was written by another optimizer or with other optimizer options)",
+                      path, ngd_method_name(t->method));
             free(b);
             return -1;
         }
@@ -990,7 +1059,7 @@ static FILE *open_log(const train_opts *t, char *path, size_t cap) {
     else {
         (void)mkdir_runs();
         snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
-                 ngd_method_name(t->cfg.method));
+                 ngd_method_name(t->method));
     }
     FILE *f = fopen(path, t->resume ? "a" : "w");
     if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
@@ -1106,19 +1175,21 @@ static int run(const train_opts *t, bool eval_only) {
     char optdesc[128];  // the method, and the plain parameters' rule when one was chosen
     if (t->has_param_cfg)
         snprintf(optdesc, sizeof optdesc, "%s (plain parameters: %s, lr %g, weight decay %g)",
-                 ngd_method_name(t->cfg.method), ngd_method_name(t->param_cfg.method),
+                 ngd_method_name(t->method), ngd_method_name(t->param_cfg.method),
                  (double)t->param_cfg.lr, (double)t->param_cfg.weight_decay);
     else
-        snprintf(optdesc, sizeof optdesc, "%s", ngd_method_name(t->cfg.method));
+        snprintf(optdesc, sizeof optdesc, "%s", ngd_method_name(t->method));
     if (!t->quiet && t->text)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
-                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epochs of %zu steps; log "
+                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epoch%s of %zu steps; log "
                 "%s\n", t->model, nn_model_param_count(&m), t->data, d.text.n_train,
-                d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs, per_epoch, logpath);
+                d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs,
+                t->epochs == 1 ? "" : "s", per_epoch, logpath);
     else if (!t->quiet)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
-                "batch %zu, %zu epochs; log %s\n", t->model, nn_model_param_count(&m), t->data,
-                d.train.n, d.test.n, optdesc, t->batch, t->epochs, logpath);
+                "batch %zu, %zu epoch%s; log %s\n", t->model, nn_model_param_count(&m), t->data,
+                d.train.n, d.test.n, optdesc, t->batch, t->epochs, t->epochs == 1 ? "" : "s",
+                logpath);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
@@ -1258,7 +1329,7 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddStringToObject(j, "type", "summary");
     cJSON_AddStringToObject(j, "model", t->model);
     cJSON_AddStringToObject(j, "data", t->data);
-    cJSON_AddStringToObject(j, "optim", ngd_method_name(t->cfg.method));
+    cJSON_AddStringToObject(j, "optim", ngd_method_name(t->method));
     if (t->has_param_cfg) {
         cJSON_AddStringToObject(j, "param_optim", ngd_method_name(t->param_cfg.method));
         cJSON_AddNumberToObject(j, "param_lr", (double)t->param_cfg.lr);
@@ -1273,7 +1344,7 @@ static int run(const train_opts *t, bool eval_only) {
     log_line(logf, j);
     if (!t->quiet || rc == NGD_EXIT_OK)
         printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
-               ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall, split,
+               ngd_method_name(t->method), t->model, t->data, rs.step, wall, split,
                100 * last_test_acc, last_test_loss, logpath, t->ckpt ? ", checkpoint " : "",
                t->ckpt ? t->ckpt : "");
     if (t->text && rc == NGD_EXIT_OK)  // let a person see what it learned
@@ -1292,7 +1363,7 @@ done:
 
 int cmd_train(int argc, char **argv) {
     train_opts t;
-    if (parse_opts(argc, argv, &t)) return NGD_EXIT_USAGE;
+    if (parse_opts(argc, argv, &t, "train")) return NGD_EXIT_USAGE;
     return run(&t, false);
 }
 
@@ -1303,7 +1374,7 @@ int cmd_eval(int argc, char **argv) {
             return NGD_EXIT_OK;
         }
     train_opts t;
-    if (parse_opts(argc, argv, &t)) return NGD_EXIT_USAGE;
+    if (parse_opts(argc, argv, &t, "eval")) return NGD_EXIT_USAGE;
     if (!t.resume) {
         cli_error("e.g. ngd eval --resume run.ckpt --model mlp", "eval needs --resume FILE");
         return NGD_EXIT_USAGE;
