@@ -82,6 +82,45 @@ for bad in "--batch 0|--batch must be a whole number >= 1" "--context 0|--contex
     expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} $Q
     expect_msg "${bad#*|}" "${bad%%|*} message"
 done
+# an option the chosen method would ignore is refused, naming the methods that use it; an
+# accepted one gets as far as the (missing) data: exit 1
+for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, brkfac, brckfac, not by sgd" \
+           "--optim kfac --rank 5|--rank is used only by rskfac, srekfac, bkfac, brkfac, brckfac, not by kfac" \
+           "--optim singd --rho 0.9|--rho is used only by kfac, rskfac, srekfac, bkfac, brkfac, brckfac" \
+           "--optim singd --clip kl|--clip is used only by kfac," "--optim adamw --T-u 3|--T-u is used only by kfac," \
+           "--optim kfac --T 3|--T is used only by singd, ingd, ikfac, not by kfac" \
+           "--optim sgd --structure diagonal|--structure is used only by singd, ingd, ikfac" \
+           "--optim kfac --lr-cov 0.1|--lr-cov is used only by singd, ingd, ikfac" \
+           "--optim ikfac --alpha1 0.3|--alpha1 is used only by singd, ingd, not by ikfac" \
+           "--kfac-like --alpha1 0.3|--alpha1 is not used with --kfac-like" \
+           "--optim sgd --beta1 0.8|--beta1 is used only by adamw, not by sgd" \
+           "--optim kfac --eps 1e-6|--eps is used only by adamw" \
+           "--optim adamw --momentum 0.9|--momentum is not used by adamw" \
+           "--optim sgd --damping 0.1|--damping is not used by sgd" \
+           "--optim bkfac --corr-frac 0.3|--corr-frac is used only by brckfac, not by bkfac" \
+           "--optim rskfac --brand-rank 8|--brand-rank is used only by bkfac, brkfac, brckfac" \
+           "--optim srekfac --kfac-damping pi|--kfac-damping is used only by kfac, not by srekfac"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} --data-dir "$D/nowhere" $Q
+    expect_msg "${bad#*|}" "${bad%%|*} message"
+done
+for good in "--optim singd --beta1 0.8 --param-optim adamw" "--optim adamw --momentum 0.9 --param-optim sgd" \
+            "--optim brckfac --corr-frac 0.3 --rank 8 --brand-rank 4" "--optim rskfac --rank 5 --tail min_kept --kfac-seed 3" \
+            "--optim kfac --kfac-damping pi --clip kl" "--optim ikfac --structure diagonal --damping 0" \
+            "--optim ingd --alpha1 0.9 --lr-cov 0.1"; do
+    # shellcheck disable=SC2086
+    expect_rc 1 "$good (accepted)" "$NGD" train $good --data-dir "$D/nowhere" $Q
+done
+# SINGD's damping is a damping (>= 0) and α1 a momentum coefficient in [0, 1); a widths list
+# has no empty entries
+for bad in "--damping -1|--damping must be >= 0" "--optim ingd --damping -0.001|--damping must be >= 0" \
+           "--optim ikfac --damping -1|--damping must be >= 0" "--alpha1 1|--alpha1 must be in [0, 1)" \
+           "--lr-cov -0.1|--lr-cov must be finite and >= 0" \
+           "--widths ,|--widths ','" "--widths 64,,32|--widths '64,,32'" "--widths 64,|--widths '64,'"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} --data-dir "$D/nowhere" $Q
+    expect_msg "${bad#*|}" "${bad%%|*} message"
+done
 expect_rc 1 "missing data" "$NGD" train --data-dir "$D/nowhere" $Q
 expect_msg "$D/nowhere" "missing data names the path"
 expect_msg "hint:" "missing data gives a hint"
@@ -112,7 +151,9 @@ grep -q '"trace_K"' "$D/log.jsonl" && ok || bad "log has no per-layer health"
 
 # the K-FAC family from the command line: every method learns on the same short run
 for opt in kfac rskfac srekfac bkfac brkfac brckfac; do
-    expect_rc 0 "$opt short run" "$NGD" train --optim $opt --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 --rank 32 --threads 1 $Q
+    R="--rank 32"; [ "$opt" = kfac ] && R=""  # K-FAC decomposes fully: no rank
+    # shellcheck disable=SC2086
+    expect_rc 0 "$opt short run" "$NGD" train --optim $opt --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 $R --threads 1 $Q
     acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
     awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "$opt: test accuracy ${acc:-?}% after a short run (want > 60%)"
 done
@@ -131,8 +172,8 @@ expect_msg "per-factor" "kfac --factored message"
 
 # resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary;
 # for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time)
-K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5"
 for opt in singd adamw kfac bkfac brckfac; do
+    case $opt in singd|adamw) K="" ;; kfac) K="--T-u 2 --T-i 4" ;; *) K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5" ;; esac
     A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 3 --optim $opt $K $Q"
     "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1

@@ -132,6 +132,34 @@ static const cli_opt OPTS[] = {
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
+// The methods that use an option (bits 1 << ngd_method); an option not listed is used by
+// every method. One given to a method that would ignore it is a usage error.
+#define MB(x) (1u << NGD_METHOD_##x)
+#define M_SINGDS (MB(SINGD) | MB(INGD) | MB(IKFAC))
+#define M_KFACS (MB(KFAC) | MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+#define M_LOWRANK (MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+#define M_BRAND (MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+static const struct {
+    int id;
+    unsigned methods;
+} OPT_METHODS[] = {
+    // momentum and Nesterov: SGD's rule, which SINGD and the K-FAC family share (AdamW's
+    // plain parameters use it under --param-optim sgd); β1, β2, ε: AdamW's rule (also that of
+    // the plain parameters under --param-optim adamw): see check_methods
+    {O_MOM, MB(SGD) | M_SINGDS | M_KFACS}, {O_NESTEROV, MB(SGD) | M_SINGDS | M_KFACS},
+    {O_BETA1, MB(ADAMW)}, {O_BETA2, MB(ADAMW)}, {O_EPS, MB(ADAMW)},
+    {O_DAMPING, M_SINGDS | M_KFACS}, {O_APPROX, M_SINGDS | M_KFACS},
+    {O_LRCOV, M_SINGDS}, {O_ALPHA1, MB(SINGD) | MB(INGD)}, {O_T, M_SINGDS},
+    {O_STRUCT, M_SINGDS}, {O_KFACLIKE, M_SINGDS}, {O_NORMCOV, M_SINGDS}, {O_FDTYPE, M_SINGDS},
+    {O_QUIRK, M_SINGDS},
+    {O_RHO, M_KFACS}, {O_TU, M_KFACS}, {O_TI, M_KFACS}, {O_KDAMP, MB(KFAC)}, {O_CLIP, M_KFACS},
+    {O_KAPPA, M_KFACS}, {O_WDSTART, M_KFACS}, {O_IDINIT, M_KFACS},
+    {O_RANK, M_LOWRANK}, {O_OVERS, M_LOWRANK}, {O_POWER, M_LOWRANK}, {O_TAIL, M_LOWRANK},
+    {O_KSEED, M_LOWRANK}, {O_FACTORED, M_KFACS},  // kfac: refused by libngd, which says why
+    {O_BRANK, M_BRAND}, {O_BMULT, M_BRAND}, {O_BTRUNC, M_BRAND}, {O_REORTH, M_BRAND},
+    {O_RMULT, MB(BRKFAC) | MB(BRCKFAC)}, {O_CMULT, MB(BRCKFAC)}, {O_CFRAC, MB(BRCKFAC)},
+};
+
 static void print_help(FILE *f, const char *cmd) {
     fprintf(f, "usage: ngd %s [options]\n\n", cmd);
     if (!strcmp(cmd, "train"))
@@ -301,6 +329,50 @@ static void name_options(const char *msg, char *out, size_t cap) {
     }
 }
 
+// Refuses an option given (given[i] for OPTS[i]) to a method that does not use it.
+static int check_methods(const train_opts *t, const bool *given) {
+    static const ngd_method ORDER[] = {  // as --optim lists them
+        NGD_METHOD_SGD,     NGD_METHOD_ADAMW,   NGD_METHOD_SINGD, NGD_METHOD_INGD,
+        NGD_METHOD_IKFAC,   NGD_METHOD_KFAC,    NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC,
+        NGD_METHOD_BKFAC,   NGD_METHOD_BRKFAC,  NGD_METHOD_BRCKFAC};
+    const unsigned me = 1u << t->method;
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (!given[i]) continue;
+        const int id = OPTS[i].id;
+        if (id == O_ALPHA1 && t->cfg.kfac_like && t->method != NGD_METHOD_IKFAC) {
+            cli_error("drop --alpha1, or --kfac-like", "--alpha1 is not used with --kfac-like "
+                      "(the IKFAC rule has no Riemannian momentum: α1 = 0)");
+            return -1;
+        }
+        // the plain parameters' rule takes β1, β2, ε (AdamW) or momentum, Nesterov (SGD)
+        const bool adam_param = t->param_method == NGD_METHOD_ADAMW;
+        const bool sgd_param = t->param_method == NGD_METHOD_SGD;
+        if ((id == O_BETA1 || id == O_BETA2 || id == O_EPS) && adam_param) continue;
+        if ((id == O_MOM || id == O_NESTEROV) && sgd_param) continue;
+        for (size_t k = 0; k < sizeof OPT_METHODS / sizeof OPT_METHODS[0]; k++) {
+            if (OPT_METHODS[k].id != id || (OPT_METHODS[k].methods & me)) continue;
+            char users[160] = "";
+            for (size_t j = 0; j < sizeof ORDER / sizeof ORDER[0]; j++)
+                if (OPT_METHODS[k].methods & (1u << ORDER[j]))
+                    snprintf(users + strlen(users), sizeof users - strlen(users), "%s%s",
+                             users[0] ? ", " : "", ngd_method_name(ORDER[j]));
+            const bool most = __builtin_popcount(OPT_METHODS[k].methods) > 6;
+            char hint[128];
+            snprintf(hint, sizeof hint, "drop --%s, or choose %s with --optim%s", OPTS[i].name,
+                     most ? "another method" : "one of those methods",
+                     id == O_BETA1 || id == O_BETA2 || id == O_EPS ? " (or --param-optim adamw)"
+                     : id == O_MOM || id == O_NESTEROV            ? " (or --param-optim sgd)"
+                                                                  : "");
+            if (most)  // used by most methods: name the exception
+                cli_error(hint, "--%s is not used by %s", OPTS[i].name, ngd_method_name(t->method));
+            else cli_error(hint, "--%s is used only by %s, not by %s", OPTS[i].name, users,
+                           ngd_method_name(t->method));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
@@ -327,10 +399,11 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     optind = 1;
     float f;
     size_t z;
+    bool given[NOPTS] = {false};
     while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         const char *nm = NULL;
         for (size_t i = 0; i < NOPTS; i++)
-            if (OPTS[i].id == c) nm = OPTS[i].name;
+            if (OPTS[i].id == c) nm = OPTS[i].name, given[i] = true;
         switch (c) {
         case O_MODEL: t->model = optarg; break;
         case O_DATA: t->data = optarg; break;
@@ -364,15 +437,22 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_QUIET: t->quiet = true; break;
         case O_HELP:
         case 'h': print_help(stdout, cmd); exit(NGD_EXIT_OK);
-        case O_WIDTHS: {
-            char *s = optarg, *tok, *save = NULL;
+        case O_WIDTHS: {  // whole numbers >= 1, comma-separated: no empty list or entry
+            const char *p = optarg;
             t->nwidths = 0;
-            for (tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                if (t->nwidths == NN_MODEL_MAX_WIDTHS || parse_z(nm, tok, &z) || z == 0) {
-                    cli_error("e.g. --widths 256,128", "--widths: bad list");
+            for (;;) {
+                const size_t n = strcspn(p, ",");
+                char tok[24] = "";
+                if (n < sizeof tok) memcpy(tok, p, n), tok[n] = '\0';
+                if (t->nwidths == NN_MODEL_MAX_WIDTHS || n == 0 || n >= sizeof tok ||
+                    !cli_is_decimal(tok, true) || parse_z(nm, tok, &z) || z == 0) {
+                    cli_error("e.g. --widths 256,128", "--widths '%s': give 1 to %d whole numbers "
+                              ">= 1, separated by commas", optarg, NN_MODEL_MAX_WIDTHS);
                     return -1;
                 }
                 t->widths[t->nwidths++] = z;
+                if (!p[n]) break;
+                p += n + 1;
             }
             break;
         }
@@ -472,6 +552,7 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         default: cli_opt_error(cmd, lo, c, argv); return -1;
         }
     }
+    if (check_methods(t, given)) return -1;
     if (optind < argc) {
         cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
                                        : "run 'ngd train --help' for the options",
