@@ -139,6 +139,18 @@ printf '%s\n' "$out" | grep -q "array" && bad "ingd -> ikfac prints libngd's arr
 expect_rc 0 "ikfac tiny run" "$NGD" train --optim ikfac $T1 --max-steps 2 --quiet
 expect_msg "ikfac mlp on fashion-mnist" "ikfac run named ikfac"
 
+# nothing to train (--epochs 0, or resuming a finished run): said, and the accuracy is real
+expect_rc 0 "--epochs 0" "$NGD" train $T1 --epochs 0
+expect_msg "no training to do: --epochs 0" "--epochs 0 says so"
+printf '%s\n' "$out" | grep -q "nan" && bad "--epochs 0 prints nan" || ok
+printf '%s\n' "$out" | grep -q "test accuracy [0-9][0-9.]*% (loss [0-9]" && ok || bad "--epochs 0: no accuracy reported"
+done_acc=$("$NGD" train --optim ingd $T1 --epochs 1 --quiet 2>&1 | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
+expect_rc 0 "resume a finished run" "$NGD" train --optim ingd $T1 --epochs 1 --resume "$D/ingd.ckpt"
+expect_msg "no training to do: the resumed run has already completed its --epochs" "finished run says so"
+printf '%s\n' "$out" | grep -q "nan" && bad "resuming a finished run prints nan" || ok
+expect_msg "test accuracy ${done_acc:-?}%" "finished run reports the accuracy of its end"
+grep '"type":"summary"' "$D/m.jsonl" | tail -1 | grep -q '"test_accuracy":null' && bad "summary has a null accuracy" || ok
+
 # a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
 expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q
 acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')

@@ -1405,6 +1405,21 @@ static int run(const train_opts *t, bool eval_only) {
         rs.wall = now_s() - t_start;
         if (save_checkpoint(t->ckpt, t, &m, o, &ld, tip, &rs)) rc = NGD_EXIT_FAIL;
     }
+    if (rc == NGD_EXIT_OK && isnan(last_test_acc)) {  // no epoch to train: say so, and report
+        if (!t->quiet)                                  // the model as it is (never "nan%")
+            fprintf(stderr, "ngd train: no training to do: %s\n",
+                    t->epochs == 0 ? "--epochs 0"
+                                   : "the resumed run has already completed its --epochs");
+        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+        cJSON *je = cJSON_CreateObject();
+        cJSON_AddStringToObject(je, "type", "eval");
+        cJSON_AddNumberToObject(je, "step", (double)rs.step);
+        cJSON_AddNumberToObject(je, "epoch", (double)rs.epoch);
+        cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
+        cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
+        cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
+        log_line(logf, je);
+    }
     double wall = now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "type", "summary");
