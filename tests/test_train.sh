@@ -18,6 +18,28 @@ expect_rc() {  # expect_rc RC DESC CMD...
 expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
     if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
 }
+to_v1() {  # to_v1 V2 V1 [METHOD]: the checkpoint V2 in version 1's layout (no widths, subset,
+           # context, batch after the method; METHOD instead of its method's name)
+    local f=$1 off=16 k len m=() n
+    n=$(stat -c %s "$f")
+    for k in 1 2 3; do  # model, data, method: u64 length + bytes
+        len=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
+        m+=("$off" "$len")
+        off=$((off + 8 + len))
+    done
+    local nw; nw=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
+    local rest=$((off + 8 + 8 * nw + 24))
+    {
+        head -c 8 "$f"; printf '\001\000\000\000\000\000\000\000'
+        if [ -n "${3:-}" ]; then
+            head -c "${m[4]}" "$f" | tail -c +17
+            printf "\\$(printf %03o ${#3})\000\000\000\000\000\000\000%s" "$3"
+        else head -c "$off" "$f" | tail -c +17; fi
+        head -c $((n - 4)) "$f" | tail -c +$((rest + 1))
+    } > "$2.body"
+    { cat "$2.body"; gzip -c "$2.body" | tail -c 8 | head -c 4; } > "$2"  # gzip's trailer: CRC-32
+    rm -f "$2.body"
+}
 D=$(mktemp -d)
 trap 'rm -rf "$D"' EXIT
 Q="--quiet --log $D/log.jsonl"
@@ -151,6 +173,41 @@ printf '%s\n' "$out" | grep -q "nan" && bad "resuming a finished run prints nan"
 expect_msg "test accuracy ${done_acc:-?}%" "finished run reports the accuracy of its end"
 grep '"type":"summary"' "$D/m.jsonl" | tail -1 | grep -q '"test_accuracy":null' && bad "summary has a null accuracy" || ok
 
+# ngd eval takes the run from the checkpoint (README's example: a CNN, SINGD diagonal) and
+# prints the CRC of the parameters that training logged; it takes no training option
+C="--model cnn --optim singd --structure diagonal --widths 4,4 --subset 300 --batch 50 --threads 1"
+expect_rc 0 "cnn singd diagonal to a checkpoint" "$NGD" train $C --max-steps 3 --checkpoint "$D/cnn.ckpt" --log "$D/cnn.jsonl" --quiet
+want=$(grep '"type":"summary"' "$D/cnn.jsonl" | sed -n 's/.*"parameters_crc":"\([0-9a-f]*\)".*/\1/p')
+[ -n "$want" ] && ok || bad "the training summary has no parameters_crc"
+expect_rc 0 "eval --resume alone" "$NGD" eval --resume "$D/cnn.ckpt" --threads 1
+expect_msg "eval: cnn on fashion-mnist test (60 images)" "eval uses the run's model, data and subset"
+expect_msg "parameters crc ${want:-none}" "eval's crc is the training run's"
+expect_rc 0 "eval --model cnn" "$NGD" eval --model cnn --resume "$D/cnn.ckpt" --batch 7
+expect_msg "parameters crc ${want:-none}" "eval --model cnn: the training run's crc"
+expect_rc 1 "eval --model mlp of a cnn checkpoint" "$NGD" eval --model mlp --resume "$D/cnn.ckpt"
+expect_msg "it was written for --model cnn, not mlp" "eval model mismatch message"
+expect_rc 1 "eval --widths other than the run's" "$NGD" eval --widths 8,8 --resume "$D/cnn.ckpt"
+expect_msg "it was written with --widths 4,4, not 8,8" "eval widths mismatch message"
+expect_rc 0 "eval with the run's own --widths and --subset" "$NGD" eval --widths 4,4 --subset 300 --resume "$D/cnn.ckpt"
+for opt in "--lr 0.1" "--optim singd" "--structure diagonal" "--epochs 1" "--checkpoint $D/x.ckpt" "--quiet" "--damping 0.1"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "eval $opt" "$NGD" eval --resume "$D/cnn.ckpt" $opt
+    expect_msg "eval does not take ${opt%% *}" "eval $opt message"
+done
+# version 1 (before widths, subset and context were recorded): read with the run's options
+to_v1 "$D/cnn.ckpt" "$D/cnn-v1.ckpt"
+expect_rc 0 "eval of a version-1 checkpoint" "$NGD" eval --resume "$D/cnn-v1.ckpt" --widths 4,4 --subset 300
+expect_msg "parameters crc ${want:-none}" "version-1 checkpoint: the training run's crc"
+expect_rc 1 "version-1 checkpoint without its widths" "$NGD" eval --resume "$D/cnn-v1.ckpt" --subset 300
+expect_msg "does not record the run's --widths" "version-1 checkpoint hint"
+expect_rc 0 "train --resume of a version-1 checkpoint" "$NGD" train $C --max-steps 4 --resume "$D/cnn-v1.ckpt" --log "$D/cnn.jsonl" --quiet
+# version-1 files name ingd and ikfac "singd": resumed as ingd, and refused clearly as ikfac
+to_v1 "$D/ingd.ckpt" "$D/ingd-v1.ckpt" singd
+expect_rc 0 "version-1 ingd checkpoint resumed" "$NGD" train --optim ingd $T1 --epochs 2 --resume "$D/ingd-v1.ckpt" --quiet
+expect_rc 1 "version-1 ingd checkpoint resumed as ikfac" "$NGD" train --optim ikfac $T1 --epochs 2 --resume "$D/ingd-v1.ckpt" --quiet
+expect_msg "its optimizer state does not fit ikfac" "version-1 ingd -> ikfac message"
+printf '%s\n' "$out" | grep -q "array" && bad "version-1 ingd -> ikfac prints libngd's arrays" || ok
+
 # a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
 expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q
 acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
@@ -190,22 +247,23 @@ for opt in singd adamw kfac bkfac brckfac; do
     "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
-    c1=$("$NGD" eval --subset 512 --widths 64 --optim $opt $K --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
-    c2=$("$NGD" eval --subset 512 --widths 64 --optim $opt $K --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c1=$("$NGD" eval --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
 # bad checkpoints: another shape, corrupt, truncated, foreign
-expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim brckfac $K --widths 32 --resume "$D/full.ckpt"
+expect_rc 1 "checkpoint of another width" "$NGD" train --subset 512 --batch 64 --optim brckfac $K --widths 32 --resume "$D/full.ckpt" $Q
 expect_msg "another shape" "width mismatch message"
-expect_rc 1 "checkpoint of another optimizer" "$NGD" eval --subset 512 --widths 64 --optim sgd --resume "$D/full.ckpt"
+expect_rc 1 "checkpoint of another optimizer" "$NGD" train --subset 512 --batch 64 --widths 64 --optim sgd --resume "$D/full.ckpt" $Q
+expect_msg "it was written by brckfac, not sgd (--optim)" "optimizer mismatch message"
 head -c 1000 "$D/full.ckpt" > "$D/trunc.ckpt"
-expect_rc 1 "truncated checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/trunc.ckpt"
+expect_rc 1 "truncated checkpoint" "$NGD" eval --resume "$D/trunc.ckpt"
 expect_msg "checksum mismatch" "truncated checkpoint message"
 echo "not a checkpoint at all" > "$D/foreign.ckpt"
-expect_rc 1 "foreign checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/foreign.ckpt"
+expect_rc 1 "foreign checkpoint" "$NGD" eval --resume "$D/foreign.ckpt"
 expect_msg "not an ngd training checkpoint" "foreign checkpoint message"
-expect_rc 1 "missing checkpoint" "$NGD" eval --subset 512 --resume "$D/none.ckpt"
+expect_rc 1 "missing checkpoint" "$NGD" eval --resume "$D/none.ckpt"
 
 # a runaway learning rate: non-finite steps are skipped, then the run stops with a message
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
@@ -237,7 +295,7 @@ if [ -f "$SHK/input.txt" ]; then
     grep -q '"param_optim":"adamw","param_lr":0.003' "$D/log.jsonl" && ok || bad "summary lacks the plain parameters' rule"
     for opt in singd adamw "singd --param-optim adamw"; do
         A="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --seed 3 --epochs 3 --optim $opt --threads 1 $Q"
-        E="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --optim $opt --threads 1"
+        E="--data-dir $SHK --threads 1"  # the rest is the checkpoint's
         "$NGD" train $A --max-steps 24 --checkpoint "$D/tfull.ckpt" >/dev/null 2>&1
         "$NGD" train $A --max-steps 10 --checkpoint "$D/thalf.ckpt" >/dev/null 2>&1
         "$NGD" train $A --max-steps 24 --resume "$D/thalf.ckpt" --checkpoint "$D/tres.ckpt" >/dev/null 2>&1
@@ -246,7 +304,9 @@ if [ -f "$SHK/input.txt" ]; then
         [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "chargpt $opt: resumed run ($c2) differs from uninterrupted ($c1)"
     done
     expect_rc 1 "text checkpoint of another context" "$NGD" eval $E --context 8 --resume "$D/tfull.ckpt"
-    expect_msg "another shape" "context mismatch message"
+    expect_msg "it was written with --context 16, not 8" "context mismatch message"
+    expect_rc 1 "text checkpoint resumed with another context" "$NGD" train ${A/--context 16/--context 8} --max-steps 30 --resume "$D/tfull.ckpt"
+    expect_msg "another shape" "text context mismatch message"
 else
     echo "SKIP: no $SHK/input.txt: text training runs not tested"
 fi

@@ -160,14 +160,39 @@ static const struct {
     {O_RMULT, MB(BRKFAC) | MB(BRCKFAC)}, {O_CMULT, MB(BRCKFAC)}, {O_CFRAC, MB(BRCKFAC)},
 };
 
+// `ngd eval` takes these options of OPTS only (with its own help); the run's model, data
+// set, widths, subset, context and batch come from the checkpoint (version 2 on).
+static const cli_opt EVAL_OPTS[] = {
+    {"resume", 1, O_RESUME, "FILE", "the training checkpoint to evaluate (required)"},
+    {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
+    {"batch", 1, O_BATCH, "N", "evaluation batch (default: the run's; text: windows per batch)"},
+    {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+    {"seed", 1, O_SEED, "N", "seed of the text sample printed after a text model's eval (0)"},
+    {"model", 1, O_MODEL, "NAME", "check that the checkpoint is of this model"},
+    {"data", 1, O_DATA, "NAME", "check that the checkpoint is of this data set"},
+    {"widths", 1, O_WIDTHS, "W1,W2,..", "the run's widths, for a checkpoint of version 1 (which "
+                                        "does not record them); a newer one is checked"},
+    {"subset", 1, O_SUBSET, "N", "the run's --subset, the same way"},
+    {"context", 1, O_CONTEXT, "T", "the run's --context (text), the same way"},
+    {"help", 0, O_HELP, NULL, "this text"},
+};
+#define NEVAL_OPTS (sizeof EVAL_OPTS / sizeof EVAL_OPTS[0])
+
 static void print_help(FILE *f, const char *cmd) {
+    if (!strcmp(cmd, "eval")) {
+        fprintf(f, "usage: ngd eval --resume FILE [options]\n\n"
+                   "Evaluates the model of a training checkpoint on the test set (text: a fixed\n"
+                   "set of validation windows) and prints its loss, accuracy and the CRC of its\n"
+                   "parameters (the summary record of the training log has the same). The\n"
+                   "model, data set, widths, subset and context are those the checkpoint\n"
+                   "records; no optimizer state is read. Training options are refused.\n\n"
+                   "options:\n");
+        cli_print_opts(f, EVAL_OPTS, NEVAL_OPTS, 20);
+        return;
+    }
     fprintf(f, "usage: ngd %s [options]\n\n", cmd);
-    if (!strcmp(cmd, "train"))
-        fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
-                   "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
-    else
-        fprintf(f, "Evaluates the model of a training checkpoint (--resume FILE) on the test set\n"
-                   "(model and data options must match the run that wrote it).\n\noptions:\n");
+    fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
+               "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
     cli_print_opts(f, OPTS, NOPTS, 26);
     fprintf(f, "\nmodels:\n");
     for (size_t i = 0; nn_model_list(i); i++)
@@ -373,12 +398,28 @@ static int check_methods(const train_opts *t, const bool *given) {
     return 0;
 }
 
+// Text data goes with a token model (chargpt), image data with the others.
+static int check_model_data(const train_opts *t) {
+    for (size_t i = 0; nn_model_list(i); i++) {
+        const nn_model_ops *mo = nn_model_list(i);
+        if (strcmp(mo->name, t->model) || t->text == (mo->forward_tokens != NULL)) continue;
+        cli_error(t->text ? "text data needs a token model: --model chargpt"
+                          : "token models (chargpt) read text: --data shakespeare",
+                  "--model %s cannot train on --data %s", t->model, t->data);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
     t->context = 64;
     t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
     t->param_method = -1;
+    const bool eval = !strcmp(cmd, "eval");
+    if (eval)  // not given: from the checkpoint (eval_setup)
+        t->data = NULL, t->context = 0, t->batch = 0, t->subset = SIZE_MAX;
     const char *optim = "singd";
     struct option lo[NOPTS + 1];
     cli_longopts(OPTS, NOPTS, lo);
@@ -552,25 +593,29 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         default: cli_opt_error(cmd, lo, c, argv); return -1;
         }
     }
-    if (check_methods(t, given)) return -1;
+    for (size_t i = 0; eval && i < NOPTS; i++) {
+        bool takes = false;
+        for (size_t k = 0; k < NEVAL_OPTS; k++) takes |= EVAL_OPTS[k].id == OPTS[i].id;
+        if (given[i] && !takes) {
+            cli_error("run 'ngd eval --help' for its options",
+                      "eval does not take --%s: it is an option of training (eval reads the "
+                      "model from the checkpoint and needs no optimizer)", OPTS[i].name);
+            return -1;
+        }
+    }
+    if (!eval && check_methods(t, given)) return -1;
     if (optind < argc) {
         cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
                                        : "run 'ngd train --help' for the options",
                   "unexpected argument '%s'", argv[optind]);
         return -1;
     }
+    if (eval) return 0;
     // text data goes with a token model (chargpt), image data with the others; the loss of
     // text is averaged over batch and sequence, which libngd must know
     t->text = !strcmp(t->data, "shakespeare");
     if (!t->model) t->model = t->text ? "chargpt" : "mlp";
-    for (size_t i = 0; nn_model_list(i); i++) {
-        const nn_model_ops *mo = nn_model_list(i);
-        if (strcmp(mo->name, t->model) || t->text == (mo->forward_tokens != NULL)) continue;
-        cli_error(t->text ? "text data needs a token model: --model chargpt"
-                          : "token models (chargpt) read text: --data shakespeare",
-                  "--model %s cannot train on --data %s", t->model, t->data);
-        return -1;
-    }
+    if (check_model_data(t)) return -1;
     if (t->text) t->cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     char msg[256], named[320];
     if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {
@@ -706,7 +751,7 @@ static int load_data(const train_opts *t, data_sets *d) {
 
 // ---- training checkpoints (docs/formats.md "Training checkpoint") ----
 #define TRN_MAGIC "NGDTRN\r\n"
-#define TRN_VERSION 1u
+#define TRN_VERSION 2u  // 2: the run's widths, subset, context and batch after the method
 
 typedef struct {
     unsigned char *b;
@@ -769,11 +814,6 @@ static uint64_t rb_u64(rb *r) {
         for (int i = 0; i < 8; i++) v |= (uint64_t)b[i] << (8 * i);
     return v;
 }
-static bool rb_str_eq(rb *r, const char *want) {
-    uint64_t n = rb_u64(r);
-    const unsigned char *p = rb_get(r, (size_t)n);
-    return p && n == strlen(want) && !memcmp(p, want, n);
-}
 // A string of fewer than cap bytes into s (a longer one: r->bad, s empty).
 static void rb_str(rb *r, char *s, size_t cap) {
     uint64_t n = rb_u64(r);
@@ -820,6 +860,9 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_str(&w, t->model);
     wb_str(&w, t->data);
     wb_str(&w, ngd_method_name(t->method));
+    wb_u64(&w, t->nwidths);  // as given (0: the model's defaults), so that eval builds it again
+    for (size_t i = 0; i < t->nwidths; i++) wb_u64(&w, t->widths[i]);
+    wb_u64(&w, t->subset), wb_u64(&w, t->context), wb_u64(&w, t->batch);
     wb_u64(&w, rs->step), wb_u64(&w, rs->epoch), wb_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -870,39 +913,70 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     return rc;
 }
 
+// The run a checkpoint was written by: its header. Version 1 files have no shape fields.
+typedef struct {
+    uint64_t version;
+    char model[32], data[32], method[32];
+    bool has_shape;  // version >= 2: widths (as given), subset, context, batch
+    size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
+} ckpt_head;
+
+// Checks the magic and the CRC of b[0..len) and reads the header into h; r is then the
+// reader past it (without the CRC). Returns NULL, or why the file cannot be read.
+static const char *read_head(const unsigned char *b, size_t len, rb *r, ckpt_head *h) {
+    memset(h, 0, sizeof *h);
+    *r = (rb){b, len, 0, false};
+    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) return "not an ngd training checkpoint";
+    uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 |
+                   (uint32_t)b[len - 2] << 16 | (uint32_t)b[len - 1] << 24;
+    if (ngd_file_crc32(b, len - 4) != crc) return "checksum mismatch (corrupt or truncated)";
+    r->len = len - 4;
+    rb_get(r, 8);
+    h->version = rb_u64(r);
+    if (h->version < 1 || h->version > TRN_VERSION) return "unsupported version";
+    rb_str(r, h->model, sizeof h->model);
+    rb_str(r, h->data, sizeof h->data);
+    rb_str(r, h->method, sizeof h->method);
+    if (h->version >= 2) {
+        h->has_shape = true;
+        h->nwidths = (size_t)rb_u64(r);
+        if (h->nwidths > NN_MODEL_MAX_WIDTHS) return "bad header (widths)";
+        for (size_t i = 0; i < h->nwidths; i++) h->widths[i] = (size_t)rb_u64(r);
+        h->subset = (size_t)rb_u64(r), h->context = (size_t)rb_u64(r);
+        h->batch = (size_t)rb_u64(r);
+        if (!h->context || !h->batch) return "bad header (context, batch)";
+    }
+    return r->bad ? "truncated header" : NULL;
+}
+
+// o NULL: the model only (ngd eval): the optimizer's name and state are not checked or read.
 static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
                            nn_loader *ld, text_iter *ti, run_state *rs) {
     size_t len;
     unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
     if (!b) return -1;
-    const char *why = NULL;
-    char whybuf[128];
-    rb r = {b, len, 0, false};
-    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) why = "not an ngd training checkpoint";
-    else {
-        uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 |
-                       (uint32_t)b[len - 2] << 16 | (uint32_t)b[len - 1] << 24;
-        if (ngd_file_crc32(b, len - 4) != crc) why = "checksum mismatch (corrupt or truncated)";
-    }
-    if (!why) {
-        r.len = len - 4;
-        rb_get(&r, 8);
-        if (rb_u64(&r) != TRN_VERSION) why = "unsupported version";
-        else if (!rb_str_eq(&r, t->model)) why = "it was written for another model (--model)";
-        else if (!rb_str_eq(&r, t->data)) why = "it was written for another data set (--data)";
-        else {
-            char name[32];
-            ngd_method wm;
-            rb_str(&r, name, sizeof name);
-            const char *want = ngd_method_name(t->method);
-            // older files of ingd and ikfac runs name them "singd", as libngd's config does
-            const bool old_singd = !strcmp(name, "singd") && t->cfg.method == NGD_METHOD_SINGD;
-            if (strcmp(name, want) != 0 && !old_singd) {
-                snprintf(whybuf, sizeof whybuf, "it was written by %s, not %s (--optim)",
-                         ngd_method_parse(name, &wm) == NGD_OK ? name : "another optimizer",
-                         want);
-                why = whybuf;
-            }
+    char whybuf[160];
+    rb r;
+    ckpt_head h;
+    const char *why = read_head(b, len, &r, &h);
+    if (!why && strcmp(h.model, t->model) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model,
+                 t->model);
+        why = whybuf;
+    } else if (!why && strcmp(h.data, t->data) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
+        why = whybuf;
+    } else if (!why && o) {
+        ngd_method wm;
+        const char *want = ngd_method_name(t->method);
+        // version 1 files of ingd and ikfac runs name them "singd", as libngd's config does
+        const bool old_singd = h.version == 1 && !strcmp(h.method, "singd") &&
+                               t->cfg.method == NGD_METHOD_SINGD;
+        if (strcmp(h.method, want) != 0 && !old_singd) {
+            snprintf(whybuf, sizeof whybuf, "it was written by %s, not %s (--optim)",
+                     ngd_method_parse(h.method, &wm) == NGD_OK ? h.method : "another optimizer",
+                     want);
+            why = whybuf;
         }
     }
     if (!why) {
@@ -912,8 +986,9 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         size_t pos = (size_t)rb_u64(&r), ep = (size_t)rb_u64(&r), nds = (size_t)rb_u64(&r);
         if (nds != (ti ? ti->text->n_train : ld->ds->n))
             why = "the training set has another size (--subset?)";
-        else if (ti) {
-            if (pos > ti->per_epoch) why = "its epoch has another length (--batch, --context?)";
+        else if (ti) {  // (eval has its own batch: the position is not used there)
+            if (o && pos > ti->per_epoch)
+                why = "its epoch has another length (--batch, --context?)";
             ti->pos = pos, ti->epoch = ep;
             for (int i = 0; i < 4; i++) ti->rng.s[i] = rb_u64(&r);
         } else {
@@ -945,7 +1020,7 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         size_t olen = (size_t)rb_u64(&r);
         const unsigned char *ob = rb_get(&r, olen);
         if (!ob || r.bad) why = "truncated";
-        else if (ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
+        else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
             // libngd's message lists its arrays; what a person needs is which options differ
             cli_error("resume with the --optim, --structure, --factor-dtype and other optimizer "
                       "options of the run that wrote it",
@@ -959,11 +1034,79 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     if (!why && r.bad) why = "truncated";
     free(b);
     if (why) {
-        cli_error("resume with the same --model, --widths, --data, --subset and --optim",
+        cli_error(!o && h.version == 1
+                      ? "this checkpoint (version 1) does not record the run's --widths, "
+                        "--subset and --context: give ngd eval those of the run"
+                  : !o ? NULL
+                       : "resume with the same --model, --widths, --data, --subset and --optim",
                   "--resume %s: %s", path, why);
         return -1;
     }
     return 0;
+}
+
+static void format_widths(const size_t *w, size_t n, char *out, size_t cap) {
+    snprintf(out, cap, "%s", n ? "" : "(the model's defaults)");
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + strlen(out), cap - strlen(out), "%s%zu", i ? "," : "", w[i]);
+}
+
+// ngd eval: the run's model, data set, method, widths, subset, context and batch from the
+// checkpoint's header into t; the ones given must agree with it. Returns an exit code.
+static int eval_setup(train_opts *t) {
+    static ckpt_head h;  // t keeps pointers to its names
+    size_t len;
+    unsigned char *b = (unsigned char *)cli_read_file(t->resume, &len, "--resume ");
+    if (!b) return NGD_EXIT_FAIL;
+    rb r;
+    const char *why = read_head(b, len, &r, &h);
+    free(b);
+    char given[96] = "", had[96] = "", whybuf[320];
+    if (!why && ngd_method_parse(h.method, &t->method) != NGD_OK) why = "bad header (method)";
+    else if (!why && t->model && strcmp(t->model, h.model) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model,
+                 t->model);
+        why = whybuf;
+    } else if (!why && t->data && strcmp(t->data, h.data) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
+        why = whybuf;
+    } else if (!why && h.has_shape) {  // given widths, subset, context: the run's, or refused
+        format_widths(t->widths, t->nwidths, given, sizeof given);
+        format_widths(h.widths, h.nwidths, had, sizeof had);
+        const char *what = t->nwidths && strcmp(given, had) != 0 ? "widths"
+                           : t->subset != SIZE_MAX && t->subset != h.subset ? "subset"
+                           : t->context && t->context != h.context           ? "context"
+                                                                             : NULL;
+        if (what) {
+            if (!strcmp(what, "subset"))
+                snprintf(given, sizeof given, "%zu", t->subset),
+                    snprintf(had, sizeof had, "%zu", h.subset);
+            else if (!strcmp(what, "context"))
+                snprintf(given, sizeof given, "%zu", t->context),
+                    snprintf(had, sizeof had, "%zu", h.context);
+            snprintf(whybuf, sizeof whybuf, "it was written with --%s %s, not %s (eval takes it "
+                     "from the checkpoint: drop --%s)", what, had, given, what);
+            why = whybuf;
+        }
+    }
+    if (why) {
+        cli_error(NULL, "--resume %s: %s", t->resume, why);
+        return NGD_EXIT_FAIL;
+    }
+    t->model = h.model, t->data = h.data;
+    t->cfg = ngd_config_default(t->method);
+    if (h.has_shape) {
+        t->nwidths = h.nwidths;
+        memcpy(t->widths, h.widths, sizeof h.widths);
+        t->subset = h.subset, t->context = h.context;
+        if (!t->batch) t->batch = h.batch;
+    } else {  // version 1: what was given, else the defaults of ngd train
+        if (t->subset == SIZE_MAX) t->subset = 0;
+        if (!t->context) t->context = 64;
+        if (!t->batch) t->batch = 128;
+    }
+    t->text = !strcmp(t->data, "shakespeare");
+    return check_model_data(t) ? NGD_EXIT_FAIL : NGD_EXIT_OK;
 }
 
 // ---- evaluation ----
@@ -1070,6 +1213,15 @@ static void evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, f
                          int32_t *ids, int32_t *y, double *loss, double *acc) {
     if (t->text) evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
     else evaluate(m, &d->test, t->batch, x, y, loss, acc);
+}
+
+// The CRC of a model's parameters (ngd eval prints it; the training summary logs it), so that
+// two runs can be compared bit for bit.
+static uint32_t params_crc(const nn_model *m) {
+    uint32_t crc = 0;
+    for (size_t i = 0; i < m->nparams; i++)
+        crc ^= ngd_file_crc32(m->params[i].p, m->params[i].n * sizeof(float)) + (uint32_t)i;
+    return crc;
 }
 
 static double now_s(void) {
@@ -1187,9 +1339,9 @@ static int run(const train_opts *t, bool eval_only) {
         rc = ns == NN_ERR_ARG ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
         goto done;
     }
-    ngd_status st = ngd_optim_create(&t->cfg, &o);
+    ngd_status st = eval_only ? NGD_OK : ngd_optim_create(&t->cfg, &o);  // eval: no optimizer
     m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
-    if (st == NGD_OK) st = m.ops->attach(&m, o);
+    if (st == NGD_OK && o) st = m.ops->attach(&m, o);
     if (st != NGD_OK) {
         cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
         goto done;
@@ -1437,6 +1589,9 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
+    char crc[16];  // of the final parameters: what `ngd eval` of its checkpoint prints
+    snprintf(crc, sizeof crc, "%08x", (unsigned)params_crc(&m));
+    cJSON_AddStringToObject(j, "parameters_crc", crc);
     log_line(logf, j);
     if (!t->quiet || rc == NGD_EXIT_OK)
         printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
@@ -1472,8 +1627,9 @@ int cmd_eval(int argc, char **argv) {
     train_opts t;
     if (parse_opts(argc, argv, &t, "eval")) return NGD_EXIT_USAGE;
     if (!t.resume) {
-        cli_error("e.g. ngd eval --resume run.ckpt --model mlp", "eval needs --resume FILE");
+        cli_error("e.g. ngd eval --resume run.ckpt", "eval needs --resume FILE");
         return NGD_EXIT_USAGE;
     }
-    return run(&t, true);
+    int rc = eval_setup(&t);
+    return rc != NGD_EXIT_OK ? rc : run(&t, true);
 }
