@@ -148,6 +148,7 @@ $(BUILD)/fuzz/%: $(BUILD)/fuzz/%.o $(BUILD)/fuzz/driver.o $(ENGA) $(LIBA)
 # CLI scripts.
 check: deps
 	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) $(FUZZ_BIN) >/dev/null
+	@$(MAKE) --no-print-directory stage >/dev/null
 	@bash tests/run.sh $(BUILD)
 
 # `make test`: plain suite, then the same under ASan+UBSan, one closing line for both.
@@ -155,7 +156,15 @@ test: deps
 	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) $(FUZZ_BIN)
 	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%) \
 	    $(FUZZ_BIN:$(BUILD)/%=build-san/%)
+	@$(MAKE) --no-print-directory stage >/dev/null
 	@bash tests/run.sh $(BUILD) build-san
+
+# `make install` into $(BUILD)/stage (PREFIX = that folder): tests/install.sh builds the
+# examples against it through pkg-config, shared and static, and runs them
+.PHONY: stage
+stage: all
+	@rm -rf $(BUILD)/stage
+	@$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(BUILD)/stage
 
 # `make fuzz`: the libFuzzer targets fuzz/fuzz_*.c, built with clang 14, ASan and UBSan
 # into build-fuzz/ (library and engine instrumented for coverage), each run FUZZ_SECONDS
@@ -207,7 +216,9 @@ install: all
 	ln -sf libngd.so.$(VERSION_MAJOR) $(DESTDIR)$(PREFIX)/lib/libngd.so
 	install -m 644 include/ngd.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(NGD) $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' ngd.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(LIBS)$(if $(filter 1,$(OMP)), -lgomp)|g' \
+	    ngd.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/lib/libngd.a $(DESTDIR)$(PREFIX)/lib/libngd.so* \

@@ -53,6 +53,19 @@ for b in "$@"; do
         else printf '%s\n' "$out" | tail -n 20; echo "FAIL fuzz target $z"; total_fail=$((total_fail + 1)); fi
         rm -rf "$seeds"
     done
+    if [ -d "$b/stage" ]; then  # the library as installed (make check / make test stage it)
+        out=$(bash tests/install.sh "$(cd "$b/stage" && pwd)" 2>&1)
+        rc=$?
+        line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+        if [ -z "$line" ]; then printf '%s\n' "$out" | tail -n 30; echo "CRASH tests/install.sh ($b)"; total_fail=$((total_fail + 1))
+        else
+            p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+            if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+            [ "$f" -ne 0 ] && printf '%s\n' "$out" | tail -n 40
+            echo "tests/install.sh ($b/stage): $p passed, $f failed"
+            total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+        fi
+    fi
     for sh in tests/test_*.sh; do  # command-line tests, given the ngd of this build
         [ -f "$sh" ] && [ -x "$b/ngd" ] || continue
         out=$(bash "$sh" "$b/ngd" 2>&1)
