@@ -68,6 +68,7 @@ TST_SUP := $(sort $(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 TST_SRC := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 EX_SRC := $(sort $(wildcard examples/*.c))
+FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 ENG_OBJ := $(ENG_SRC:%.c=$(BUILD)/%.o)
@@ -76,6 +77,7 @@ TST_SUP_OBJ := $(TST_SUP:%.c=$(BUILD)/%.o)
 TST_BIN := $(TST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 EX_BIN := $(EX_SRC:examples/%.c=$(BUILD)/examples/%)
+FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(BUILD)/fuzz/%)
 
 LIBA := $(BUILD)/libngd.a
 LIBSO := $(BUILD)/libngd.so.$(VERSION)
@@ -95,6 +97,7 @@ $(BUILD)/src/core/%.o $(BUILD)/src/structures/%.o $(BUILD)/src/optim/%.o: INC = 
 $(BUILD)/src/nn/%.o $(BUILD)/src/data/%.o: INC = $(INC_ENG)
 $(BUILD)/src/cli/%.o: INC = $(INC_CLI)
 $(BUILD)/tests/%.o $(BUILD)/bench/%.o $(BUILD)/examples/%.o: INC = $(INC_TST)
+$(BUILD)/fuzz/%.o: INC = $(INC_TST) -Ifuzz
 
 # objects are rebuilt when the flags change (the stamp is rewritten only when they differ)
 FLAGS_STAMP := $(BUILD)/.cflags
@@ -136,21 +139,39 @@ $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIBA)
 
 examples: $(EX_BIN)
 
-# The plain suite in $(BUILD): every test binary, the examples, the CLI script.
+# The fuzz targets with a plain main() (fuzz/driver.c) instead of libFuzzer, built by the
+# project's compiler: `make check` / `make test` build them (so that they keep compiling and
+# linking) and run them over their seeds (tests/run.sh).
+$(BUILD)/fuzz/%: $(BUILD)/fuzz/%.o $(BUILD)/fuzz/driver.o $(ENGA) $(LIBA)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/fuzz/driver.o $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+
+# The plain suite in $(BUILD): every test binary, the examples, the fuzz targets' seeds, the
+# CLI scripts.
 check: deps
-	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) >/dev/null
+	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) $(FUZZ_BIN) >/dev/null
+	@$(MAKE) --no-print-directory stage >/dev/null
 	@bash tests/run.sh $(BUILD)
 
 # `make test`: plain suite, then the same under ASan+UBSan, one closing line for both.
 test: deps
-	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN)
-	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%)
+	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) $(FUZZ_BIN)
+	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%) \
+	    $(FUZZ_BIN:$(BUILD)/%=build-san/%)
+	@$(MAKE) --no-print-directory stage >/dev/null
 	@bash tests/run.sh $(BUILD) build-san
+
+# `make install` into $(BUILD)/stage (PREFIX = that folder): tests/install.sh builds the
+# examples against it through pkg-config, shared and static, and runs them
+.PHONY: stage
+stage: all
+	@rm -rf $(BUILD)/stage
+	@$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(BUILD)/stage
 
 # `make fuzz`: the libFuzzer targets fuzz/fuzz_*.c, built with clang 14, ASan and UBSan
 # into build-fuzz/ (library and engine instrumented for coverage), each run FUZZ_SECONDS
 # seconds from its seeds in fuzz/corpus/<target>/ (plus generated ones); new inputs go to
-# build-fuzz/corpus/<target>/, crashes to build-fuzz/artifacts/. Never part of `make test`.
+# build-fuzz/corpus/<target>/, crashes to build-fuzz/artifacts/. Never part of `make test`
+# (which builds the same targets with fuzz/driver.c instead of libFuzzer and runs their seeds).
 # Serial (OMP=0: one OpenMP runtime less under the sanitizers), so the warnings of variables
 # used only by `#pragma omp` clauses are off there.
 FUZZ_SECONDS ?= 30
@@ -212,7 +233,9 @@ install: all
 	ln -sf libngd.so.$(VERSION_MAJOR) $(DESTDIR)$(PREFIX)/lib/libngd.so
 	install -m 644 include/ngd.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(NGD) $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' ngd.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(LIBS)$(if $(filter 1,$(OMP)), -lgomp)|g' \
+	    ngd.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/lib/libngd.a $(DESTDIR)$(PREFIX)/lib/libngd.so* \

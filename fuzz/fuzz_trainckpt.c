@@ -1,7 +1,8 @@
 /*
  * fuzz_trainckpt.c — libFuzzer target for the training-checkpoint reader of `ngd train
  * --resume` (load_checkpoint in src/cli/train.c, a static function: this file includes
- * train.c itself and stands in for main.c's cli_error / cli_read_file). Two small runs are
+ * train.c itself, and opts.c for its option helpers, and stands in for main.c's cli_error /
+ * cli_read_file). Two small runs are
  * set up once: an MLP with SINGD on a 6-image set (loader order in the file) and a chargpt
  * with AdamW on a short text (text position and rng in the file). Input: <mode byte>
  * <checkpoint bytes>: bit 0 picks the run, bit 7 clear means "make the trailing CRC right
@@ -13,6 +14,7 @@
  */
 #include <stdarg.h>
 
+#include "../src/cli/opts.c"
 #include "../src/cli/train.c"
 #include "fuzz_util.h"
 
@@ -69,6 +71,7 @@ static void setup(fz_run *r, int k) {
     nn_model_cfg mc = {.max_batch = 2, .seed = 1};
     if (k == 0) { // mlp, 6 images of 1x2x2, 3 classes, SINGD
         r->t.model = "mlp", r->t.data = "fashion-mnist";
+        r->t.method = NGD_METHOD_SINGD;
         r->t.cfg = ngd_config_default(NGD_METHOD_SINGD);
         r->ds.n = 6, r->ds.c = 1, r->ds.h = r->ds.w = 2, r->ds.num_classes = 3;
         r->ds.pixels = calloc(24, 1);
@@ -82,6 +85,7 @@ static void setup(fz_run *r, int k) {
         mc.widths[0] = 4, mc.nwidths = 1;
     } else { // chargpt, context 4, AdamW
         r->t.model = "chargpt", r->t.data = "shakespeare", r->t.text = true, r->t.context = 4;
+        r->t.method = NGD_METHOD_ADAMW;
         r->t.cfg = ngd_config_default(NGD_METHOD_ADAMW);
         r->t.cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
         const char *s = "hello world, hello fuzz; the quick brown fox\n";

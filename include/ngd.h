@@ -222,8 +222,8 @@ typedef struct {
     // AdamW (PyTorch defaults)
     float beta1, beta2, eps;
     // SINGD / INGD / IKFAC (specs/singd.md §3)
-    float damping;        // λ (1e-3)
-    float alpha1;         // Riemannian momentum (0.5); forced to 0 with kfac_like
+    float damping;        // λ (1e-3), >= 0
+    float alpha1;         // Riemannian momentum in [0, 1) (0.5); forced to 0 with kfac_like
     size_t T;             // preconditioner update period (10)
     float lr_cov;         // β1 (1e-2) when lr_cov_fn is NULL
     float (*lr_cov_fn)(size_t step, void *user);  // optional schedule step -> β1

@@ -2,6 +2,7 @@
 # Installs what ngd needs from Debian's archive, only when something is missing.
 # Run by `make run`, `make test` and `make bench` before building; safe to run twice.
 #   compiler + make          gcc, make
+#   pkg-config               the tests build the examples against `make install`'s ngd.pc
 #   GEMM backend             libdnnl-dev (oneDNN: the fastest sgemm on this machine, see docs/design.md)
 #   decompositions           libopenblas-openmp-dev + liblapacke-dev (OpenMP flavour: one threading layer)
 #   JSON (replay, logs)      libcjson-dev
@@ -13,7 +14,7 @@
 #                            not for the tests
 set -eu
 
-pkgs="gcc make libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist"
+pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist"
 # `make fuzz` only (scripts/deps.sh fuzz): clang 14 and its libFuzzer runtime
 if [ "${1:-}" = fuzz ]; then pkgs="$pkgs clang-14 libclang-rt-14-dev"; fi
 # `make bench-compare` only (scripts/deps.sh bench): Debian's PyTorch and an optimized libblas.so.3

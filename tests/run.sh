@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test binary (and example, and the CLI script) of each build folder given,
-# sums their "N passed, N failed" lines, counts a crash or a missing summary as a failure,
-# and prints ONE closing line. Exits non-zero on any failure. Usage: tests/run.sh build [build-san]
+# Runs every test binary (and example, fuzz target over its seeds, and the CLI scripts) of
+# each build folder given, sums their "N passed, N failed" lines, counts a crash or a missing
+# summary as a failure, and prints ONE closing line. Exits non-zero on any failure.
+# Usage: tests/run.sh build [build-san]
 set -u
 # allocator_may_return_null: the out-of-memory paths of libngd are tested, not aborted
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1:${ASAN_OPTIONS:-}"
@@ -39,6 +40,32 @@ for b in "$@"; do
         if out=$("$e" 2>&1); then total_pass=$((total_pass + 1)); echo "$e: ok"
         else printf '%s\n' "$out" | tail -n 20; echo "FAIL example $e"; total_fail=$((total_fail + 1)); fi
     done
+    for z in "$b"/fuzz/fuzz_*; do  # fuzz targets (fuzz/driver.c): their seeds, generated and stored
+        [ -x "$z" ] || continue
+        case "$z" in *.o|*.d) continue ;; esac
+        name=$(basename "$z")
+        seeds=$(mktemp -d)
+        corpus=""
+        [ -d "fuzz/corpus/$name" ] && corpus="fuzz/corpus/$name"
+        # shellcheck disable=SC2086
+        if out=$(NGD_FUZZ_SEEDS_DIR="$seeds" "$z" $corpus "$seeds" 2>&1); then
+            total_pass=$((total_pass + 1)); echo "$z: ok (${out##*: })"
+        else printf '%s\n' "$out" | tail -n 20; echo "FAIL fuzz target $z"; total_fail=$((total_fail + 1)); fi
+        rm -rf "$seeds"
+    done
+    if [ -d "$b/stage" ]; then  # the library as installed (make check / make test stage it)
+        out=$(bash tests/install.sh "$(cd "$b/stage" && pwd)" 2>&1)
+        rc=$?
+        line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+        if [ -z "$line" ]; then printf '%s\n' "$out" | tail -n 30; echo "CRASH tests/install.sh ($b)"; total_fail=$((total_fail + 1))
+        else
+            p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+            if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+            [ "$f" -ne 0 ] && printf '%s\n' "$out" | tail -n 40
+            echo "tests/install.sh ($b/stage): $p passed, $f failed"
+            total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+        fi
+    fi
     for sh in tests/test_*.sh; do  # command-line tests, given the ngd of this build
         [ -f "$sh" ] && [ -x "$b/ngd" ] || continue
         out=$(bash "$sh" "$b/ngd" 2>&1)

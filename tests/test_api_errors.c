@@ -29,6 +29,18 @@ static void config_validation_should_name_the_field(void) {
     c = ngd_config_default(NGD_METHOD_SINGD), c.structure_C.kind = NGD_STRUCT_BLOCKDIAG;
     c.structure_C.block = 0;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "block"));
+    c = ngd_config_default(NGD_METHOD_SINGD), c.damping = -1;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "damping"));
+    c = ngd_config_default(NGD_METHOD_IKFAC), c.damping = -1e-3f;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "damping"));
+    c = ngd_config_default(NGD_METHOD_SINGD), c.damping = 0;  // no damping is allowed
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
+    c = ngd_config_default(NGD_METHOD_SINGD), c.alpha1 = 1.0f;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "alpha1"));
+    c = ngd_config_default(NGD_METHOD_SINGD), c.alpha1 = 0.99f;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
+    c = ngd_config_default(NGD_METHOD_SGD), c.damping = -1;  // not SINGD's: not its business
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
     c = ngd_config_default(NGD_METHOD_SINGD), c.lr_cov = -1;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "lr_cov"));
     c = ngd_config_default(NGD_METHOD_SGD), c.nesterov = true;

@@ -21,12 +21,27 @@ expect_rc 2 "unknown command" "$NGD" frobnicate
 "$NGD" frobnicate 2>&1 | grep -q "ngd: error: unknown command 'frobnicate'" && ok || bad "unknown command message"
 expect_rc 0 "replay --help" "$NGD" replay --help
 expect_rc 2 "replay without path" "$NGD" replay
+expect_rc 2 "replay unknown option" "$NGD" replay --frobnicate "$SHARED/oracle"
+"$NGD" replay --frobnicate 2>&1 | grep -q "ngd: error: unknown option '--frobnicate'" && ok || bad "replay unknown option message"
+"$NGD" replay --tol 2>&1 | grep -q "option '--tol' needs a value" && ok || bad "replay missing value message"
 expect_rc 2 "replay bad --tol" "$NGD" replay --tol abc "$SHARED/oracle"
+expect_rc 2 "replay hex --tol" "$NGD" replay --tol 0x1p-10 "$SHARED/oracle"
+"$NGD" replay --tol 0x1p-10 "$SHARED/oracle" 2>&1 | grep -q -- "--tol: '0x1p-10' is not a number" && ok || bad "replay hex --tol message"
 expect_rc 1 "replay missing path" "$NGD" replay /nonexistent/path.json
 tmp=$(mktemp -d)
 echo '{ "kind": "singd_linear_trajectory", "problem": ' > "$tmp/broken.json"
 expect_rc 1 "replay broken json" "$NGD" replay "$tmp/broken.json"
 "$NGD" replay "$tmp/broken.json" 2>&1 | grep -q "not valid JSON" && ok || bad "broken json message"
+mkdir "$tmp/empty"
+expect_rc 1 "replay of an empty folder" "$NGD" replay "$tmp/empty"
+"$NGD" replay "$tmp/empty" 2>&1 | grep -q "no case files (\*.json) found there" && ok || bad "empty folder message"
+if command -v python3 >/dev/null && [ -f "$SHARED/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" ]; then
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["hyperparameters"]["T"]=0; json.dump(d,open(sys.argv[2],"w"))' \
+        "$SHARED/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" "$tmp/t0.json"
+    out=$("$NGD" replay "$tmp/t0.json" 2>&1); rc=$?
+    [ "$rc" -eq 1 ] && printf '%s\n' "$out" | grep -q "T must be a whole number >= 1" && ok || bad "replay T: 0: exit $rc, $out"
+    printf '%s\n' "$out" | grep -q "NULL" && bad "replay T: 0 mentions NULL" || ok
+fi
 rm -rf "$tmp"
 
 # plot: usage errors, bad logs, and an SVG of two small logs written here
@@ -49,6 +64,8 @@ echo '{"type":"summary","model":"mlp","data":"mnist","optim":"sgd","steps":0}' >
 expect_rc 2 "plot without -o" "$NGD" plot "$tmp/a.jsonl"
 expect_rc 2 "plot without a log" "$NGD" plot -o "$tmp/p.svg"
 expect_rc 2 "plot unknown option" "$NGD" plot --frobnicate "$tmp/a.jsonl" -o "$tmp/p.svg"
+"$NGD" plot --frobnicate "$tmp/a.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "unknown option '--frobnicate'" && ok || bad "plot unknown option message"
+"$NGD" plot "$tmp/a.jsonl" -o 2>&1 | grep -q "option '-o' needs a value" && ok || bad "plot -o without value message"
 expect_rc 2 "plot to .pdf" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/p.pdf"
 expect_rc 1 "plot of a missing log" "$NGD" plot "$tmp/missing.jsonl" -o "$tmp/p.svg"
 "$NGD" plot "$tmp/missing.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "^hint:" && ok || bad "missing log: no hint"
@@ -78,11 +95,15 @@ expect_rc 0 "bench precond --help" "$NGD" bench precond --help
 "$NGD" bench precond --help | grep -q -- "--plot FILE.svg" && ok || bad "bench precond --help lists --plot"
 expect_rc 2 "bench unknown benchmark" "$NGD" bench frobnicate
 expect_rc 2 "bench precond unknown option" "$NGD" bench precond --frobnicate
+"$NGD" bench precond --frobnicate 2>&1 | grep -q "hint: run 'ngd bench precond --help'" && ok || bad "bench precond unknown option hint"
+"$NGD" bench step --frobnicate 2>&1 | grep -q "ngd: error: unknown option '--frobnicate'" && ok || bad "bench step unknown option message"
 expect_rc 2 "bench precond bad --d" "$NGD" bench precond --d 64,abc
 expect_rc 2 "bench precond repeated --d" "$NGD" bench precond --d 64,64
 expect_rc 2 "bench precond bad --methods" "$NGD" bench precond --methods kfac,nope
 "$NGD" bench precond --methods nope 2>&1 | grep -q "unknown or repeated method 'nope'" && ok || bad "bench precond: bad method message"
 expect_rc 2 "bench precond --reps 0" "$NGD" bench precond --reps 0
+expect_rc 2 "bench precond --reps +1" "$NGD" bench precond --reps +1 --d 64 --methods kfac
+expect_rc 2 "bench step --reps ' 5'" "$NGD" bench step --reps " 5" --only nothing
 expect_rc 2 "bench precond --plot .png" "$NGD" bench precond --plot "$tmp/p.png"
 expect_rc 2 "bench precond stray argument" "$NGD" bench precond stray
 out=$("$NGD" bench precond --d 64,128 --reps 1 --methods kfac,singd-diagonal --json --plot "$tmp/p.svg" 2>&1); rc=$?

@@ -18,6 +18,28 @@ expect_rc() {  # expect_rc RC DESC CMD...
 expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
     if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
 }
+to_v1() {  # to_v1 V2 V1 [METHOD]: the checkpoint V2 in version 1's layout (no widths, subset,
+           # context, batch after the method; METHOD instead of its method's name)
+    local f=$1 off=16 k len m=() n
+    n=$(stat -c %s "$f")
+    for k in 1 2 3; do  # model, data, method: u64 length + bytes
+        len=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
+        m+=("$off" "$len")
+        off=$((off + 8 + len))
+    done
+    local nw; nw=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
+    local rest=$((off + 8 + 8 * nw + 24))
+    {
+        head -c 8 "$f"; printf '\001\000\000\000\000\000\000\000'
+        if [ -n "${3:-}" ]; then
+            head -c "${m[4]}" "$f" | tail -c +17
+            printf "\\$(printf %03o ${#3})\000\000\000\000\000\000\000%s" "$3"
+        else head -c "$off" "$f" | tail -c +17; fi
+        head -c $((n - 4)) "$f" | tail -c +$((rest + 1))
+    } > "$2.body"
+    { cat "$2.body"; gzip -c "$2.body" | tail -c 8 | head -c 4; } > "$2"  # gzip's trailer: CRC-32
+    rm -f "$2.body"
+}
 D=$(mktemp -d)
 trap 'rm -rf "$D"' EXIT
 Q="--quiet --log $D/log.jsonl"
@@ -26,12 +48,44 @@ expect_rc 0 "train --help" "$NGD" train --help
 expect_msg "--structure" "help lists options"
 expect_msg "cnn" "help lists models"
 expect_rc 2 "unknown option" "$NGD" train --frobnicate
+expect_msg "ngd: error: unknown option '--frobnicate'" "unknown option message in ngd's style"
+expect_msg "hint: run 'ngd train --help'" "unknown option hint"
+printf '%s\n' "$out" | grep -q "unrecognized" && bad "getopt's own message printed" || ok
+expect_rc 2 "option without its value" "$NGD" train --lr
+expect_msg "option '--lr' needs a value" "missing value message"
+expect_rc 2 "flag given a value" "$NGD" train --quiet=yes
+expect_msg "option '--quiet' takes no value" "flag with a value message"
+expect_rc 2 "ambiguous option" "$NGD" train --ep 3
+expect_msg "option '--ep' is ambiguous: --eps, --epochs" "ambiguous option message"
+expect_rc 2 "eval unknown option" "$NGD" eval --frobnicate
+expect_msg "hint: run 'ngd eval --help'" "eval unknown option hint"
+expect_rc 2 "K-FAC negative damping" "$NGD" train --optim kfac --damping -1 $Q
+expect_msg "--damping must be >= 0" "validation names the option"
+printf '%s\n' "$out" | grep -q "kfac\.damping_rel" && bad "validation message names the field kfac.damping_rel" || ok
+expect_rc 2 "K-FAC brand-mult" "$NGD" train --optim brkfac --brand-mult 2 $Q
+expect_msg "--brand-mult must be 1" "brand-mult message names the option"
 expect_rc 2 "unknown plain-parameter rule" "$NGD" train --param-optim lamb
 expect_msg "sgd or adamw" "plain-parameter rule choices"
 expect_rc 2 "bad plain-parameter lr" "$NGD" train --param-optim adamw --param-lr -1
 expect_msg "plain parameters: lr" "plain-parameter lr message"
 expect_rc 2 "bad number" "$NGD" train --lr abc
 expect_msg "--lr: 'abc' is not a number" "bad number message"
+# numbers are plain decimals, read whole: no empty value, hex, inf/nan, spaces or '+' counts
+for bad in "--lr=" "--lr 0x10" "--lr inf" "--lr nan" "--lr ' 0.1'" "--lr 1e" "--lr ." "--damping 1,5"; do
+    eval "set -- $bad"
+    expect_rc 2 "$bad" "$NGD" train "$@" $Q
+    expect_msg "is not a number" "$bad message"
+done
+for bad in "--subset ' 500'" "--subset +500" "--epochs 1.5" "--seed -1" "--batch 1e2"; do
+    eval "set -- $bad"
+    expect_rc 2 "$bad" "$NGD" train "$@" $Q
+    expect_msg "is not a whole number" "$bad message"
+done
+expect_rc 2 "--lr 1e39 (beyond float)" "$NGD" train --lr 1e39 $Q
+expect_msg "--lr: '1e39' is out of range" "--lr 1e39 message"
+expect_rc 2 "--subset 2^64" "$NGD" train --subset 18446744073709551616 $Q
+expect_msg "is too large" "--subset 2^64 message"
+expect_rc 0 "plain decimals are read" "$NGD" train --lr .5 --momentum -0 --weight-decay 1E-3 --damping 2.e-2 --subset 007 --help
 expect_rc 2 "bad method" "$NGD" train --optim adam
 expect_msg "unknown method 'adam'" "bad method message"
 expect_rc 2 "bad clip" "$NGD" train --optim kfac --clip sometimes
@@ -42,6 +96,53 @@ expect_rc 2 "bad model" "$NGD" train --model resnet999 --subset 100 $Q
 expect_msg "unknown model 'resnet999'" "bad model message"
 expect_rc 2 "negative lr" "$NGD" train --lr -1
 expect_msg "lr must be finite and >= 0" "config validation message"
+# out-of-range counts and times: a message naming the option and its range, never silence
+for bad in "--batch 0|--batch must be a whole number >= 1" "--context 0|--context must be a whole number >= 1" \
+           "--threads 0|--threads must be a whole number in [1, 1024]" "--log-every 0|--log-every must be a whole number >= 1" \
+           "--max-skips 0|--max-skips must be a whole number >= 1" "--time-budget -1|--time-budget must be >= 0 seconds"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} $Q
+    expect_msg "${bad#*|}" "${bad%%|*} message"
+done
+# an option the chosen method would ignore is refused, naming the methods that use it; an
+# accepted one gets as far as the (missing) data: exit 1
+for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, brkfac, brckfac, not by sgd" \
+           "--optim kfac --rank 5|--rank is used only by rskfac, srekfac, bkfac, brkfac, brckfac, not by kfac" \
+           "--optim singd --rho 0.9|--rho is used only by kfac, rskfac, srekfac, bkfac, brkfac, brckfac" \
+           "--optim singd --clip kl|--clip is used only by kfac," "--optim adamw --T-u 3|--T-u is used only by kfac," \
+           "--optim kfac --T 3|--T is used only by singd, ingd, ikfac, not by kfac" \
+           "--optim sgd --structure diagonal|--structure is used only by singd, ingd, ikfac" \
+           "--optim kfac --lr-cov 0.1|--lr-cov is used only by singd, ingd, ikfac" \
+           "--optim ikfac --alpha1 0.3|--alpha1 is used only by singd, ingd, not by ikfac" \
+           "--kfac-like --alpha1 0.3|--alpha1 is not used with --kfac-like" \
+           "--optim sgd --beta1 0.8|--beta1 is used only by adamw, not by sgd" \
+           "--optim kfac --eps 1e-6|--eps is used only by adamw" \
+           "--optim adamw --momentum 0.9|--momentum is not used by adamw" \
+           "--optim sgd --damping 0.1|--damping is not used by sgd" \
+           "--optim bkfac --corr-frac 0.3|--corr-frac is used only by brckfac, not by bkfac" \
+           "--optim rskfac --brand-rank 8|--brand-rank is used only by bkfac, brkfac, brckfac" \
+           "--optim srekfac --kfac-damping pi|--kfac-damping is used only by kfac, not by srekfac"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} --data-dir "$D/nowhere" $Q
+    expect_msg "${bad#*|}" "${bad%%|*} message"
+done
+for good in "--optim singd --beta1 0.8 --param-optim adamw" "--optim adamw --momentum 0.9 --param-optim sgd" \
+            "--optim brckfac --corr-frac 0.3 --rank 8 --brand-rank 4" "--optim rskfac --rank 5 --tail min_kept --kfac-seed 3" \
+            "--optim kfac --kfac-damping pi --clip kl" "--optim ikfac --structure diagonal --damping 0" \
+            "--optim ingd --alpha1 0.9 --lr-cov 0.1"; do
+    # shellcheck disable=SC2086
+    expect_rc 1 "$good (accepted)" "$NGD" train $good --data-dir "$D/nowhere" $Q
+done
+# SINGD's damping is a damping (>= 0) and α1 a momentum coefficient in [0, 1); a widths list
+# has no empty entries
+for bad in "--damping -1|--damping must be >= 0" "--optim ingd --damping -0.001|--damping must be >= 0" \
+           "--optim ikfac --damping -1|--damping must be >= 0" "--alpha1 1|--alpha1 must be in [0, 1)" \
+           "--lr-cov -0.1|--lr-cov must be finite and >= 0" \
+           "--widths ,|--widths ','" "--widths 64,,32|--widths '64,,32'" "--widths 64,|--widths '64,'"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} --data-dir "$D/nowhere" $Q
+    expect_msg "${bad#*|}" "${bad%%|*} message"
+done
 expect_rc 1 "missing data" "$NGD" train --data-dir "$D/nowhere" $Q
 expect_msg "$D/nowhere" "missing data names the path"
 expect_msg "hint:" "missing data gives a hint"
@@ -70,6 +171,66 @@ done
 idx_images "$D/idx56/t10k-images-idx3-ubyte" 40 28 28  # now they match: the run works
 expect_rc 0 "IDX sets written here" "$NGD" train --max-steps 3 --batch 16 --data-dir "$D/idx56" $Q
 
+# ingd and ikfac are named as chosen (libngd runs them as SINGD), "1 epoch", and a checkpoint
+# of one resumed as the other says so (not libngd's list of arrays)
+T1="--subset 200 --widths 16 --batch 50 --log $D/m.jsonl"
+expect_rc 0 "ingd tiny run" "$NGD" train --optim ingd $T1 --epochs 1 --checkpoint "$D/ingd.ckpt"
+expect_msg "ingd mlp on fashion-mnist" "ingd run named ingd"
+expect_msg "ingd, batch 50, 1 epoch;" "header names ingd and says 1 epoch"
+grep -q '"optim":"ingd"' "$D/m.jsonl" && ok || bad "log summary names ingd"
+expect_rc 1 "ingd checkpoint resumed as ikfac" "$NGD" train --optim ikfac $T1 --epochs 2 --resume "$D/ingd.ckpt" --quiet
+expect_msg "it was written by ingd, not ikfac (--optim)" "ingd -> ikfac message"
+printf '%s\n' "$out" | grep -q "array" && bad "ingd -> ikfac prints libngd's arrays" || ok
+expect_rc 0 "ikfac tiny run" "$NGD" train --optim ikfac $T1 --max-steps 2 --quiet
+expect_msg "ikfac mlp on fashion-mnist" "ikfac run named ikfac"
+
+# nothing to train (--epochs 0, or resuming a finished run): said, and the accuracy is real
+expect_rc 0 "--epochs 0" "$NGD" train $T1 --epochs 0
+expect_msg "no training to do: --epochs 0" "--epochs 0 says so"
+printf '%s\n' "$out" | grep -q "nan" && bad "--epochs 0 prints nan" || ok
+printf '%s\n' "$out" | grep -q "test accuracy [0-9][0-9.]*% (loss [0-9]" && ok || bad "--epochs 0: no accuracy reported"
+done_acc=$("$NGD" train --optim ingd $T1 --epochs 1 --quiet 2>&1 | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
+expect_rc 0 "resume a finished run" "$NGD" train --optim ingd $T1 --epochs 1 --resume "$D/ingd.ckpt"
+expect_msg "no training to do: the resumed run has already completed its --epochs" "finished run says so"
+printf '%s\n' "$out" | grep -q "nan" && bad "resuming a finished run prints nan" || ok
+expect_msg "test accuracy ${done_acc:-?}%" "finished run reports the accuracy of its end"
+grep '"type":"summary"' "$D/m.jsonl" | tail -1 | grep -q '"test_accuracy":null' && bad "summary has a null accuracy" || ok
+
+# ngd eval takes the run from the checkpoint (README's example: a CNN, SINGD diagonal) and
+# prints the CRC of the parameters that training logged; it takes no training option
+C="--model cnn --optim singd --structure diagonal --widths 4,4 --subset 300 --batch 50 --threads 1"
+expect_rc 0 "cnn singd diagonal to a checkpoint" "$NGD" train $C --max-steps 3 --checkpoint "$D/cnn.ckpt" --log "$D/cnn.jsonl" --quiet
+want=$(grep '"type":"summary"' "$D/cnn.jsonl" | sed -n 's/.*"parameters_crc":"\([0-9a-f]*\)".*/\1/p')
+[ -n "$want" ] && ok || bad "the training summary has no parameters_crc"
+expect_rc 0 "eval --resume alone" "$NGD" eval --resume "$D/cnn.ckpt" --threads 1
+expect_msg "eval: cnn on fashion-mnist test (60 images)" "eval uses the run's model, data and subset"
+expect_msg "parameters crc ${want:-none}" "eval's crc is the training run's"
+expect_rc 0 "eval --model cnn" "$NGD" eval --model cnn --resume "$D/cnn.ckpt" --batch 7
+expect_msg "parameters crc ${want:-none}" "eval --model cnn: the training run's crc"
+expect_rc 1 "eval --model mlp of a cnn checkpoint" "$NGD" eval --model mlp --resume "$D/cnn.ckpt"
+expect_msg "it was written for --model cnn, not mlp" "eval model mismatch message"
+expect_rc 1 "eval --widths other than the run's" "$NGD" eval --widths 8,8 --resume "$D/cnn.ckpt"
+expect_msg "it was written with --widths 4,4, not 8,8" "eval widths mismatch message"
+expect_rc 0 "eval with the run's own --widths and --subset" "$NGD" eval --widths 4,4 --subset 300 --resume "$D/cnn.ckpt"
+for opt in "--lr 0.1" "--optim singd" "--structure diagonal" "--epochs 1" "--checkpoint $D/x.ckpt" "--quiet" "--damping 0.1"; do
+    # shellcheck disable=SC2086
+    expect_rc 2 "eval $opt" "$NGD" eval --resume "$D/cnn.ckpt" $opt
+    expect_msg "eval does not take ${opt%% *}" "eval $opt message"
+done
+# version 1 (before widths, subset and context were recorded): read with the run's options
+to_v1 "$D/cnn.ckpt" "$D/cnn-v1.ckpt"
+expect_rc 0 "eval of a version-1 checkpoint" "$NGD" eval --resume "$D/cnn-v1.ckpt" --widths 4,4 --subset 300
+expect_msg "parameters crc ${want:-none}" "version-1 checkpoint: the training run's crc"
+expect_rc 1 "version-1 checkpoint without its widths" "$NGD" eval --resume "$D/cnn-v1.ckpt" --subset 300
+expect_msg "does not record the run's --widths" "version-1 checkpoint hint"
+expect_rc 0 "train --resume of a version-1 checkpoint" "$NGD" train $C --max-steps 4 --resume "$D/cnn-v1.ckpt" --log "$D/cnn.jsonl" --quiet
+# version-1 files name ingd and ikfac "singd": resumed as ingd, and refused clearly as ikfac
+to_v1 "$D/ingd.ckpt" "$D/ingd-v1.ckpt" singd
+expect_rc 0 "version-1 ingd checkpoint resumed" "$NGD" train --optim ingd $T1 --epochs 2 --resume "$D/ingd-v1.ckpt" --quiet
+expect_rc 1 "version-1 ingd checkpoint resumed as ikfac" "$NGD" train --optim ikfac $T1 --epochs 2 --resume "$D/ingd-v1.ckpt" --quiet
+expect_msg "its optimizer state does not fit ikfac" "version-1 ingd -> ikfac message"
+printf '%s\n' "$out" | grep -q "array" && bad "version-1 ingd -> ikfac prints libngd's arrays" || ok
+
 # a short real run: the loss falls and accuracy beats chance (10%) by a wide margin
 expect_rc 0 "short training run" "$NGD" train --subset 2000 --widths 128 --epochs 2 --batch 50 --lr 0.01 --damping 0.1 $Q
 acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
@@ -82,7 +243,9 @@ grep -q '"trace_K"' "$D/log.jsonl" && ok || bad "log has no per-layer health"
 
 # the K-FAC family from the command line: every method learns on the same short run
 for opt in kfac rskfac srekfac bkfac brkfac brckfac; do
-    expect_rc 0 "$opt short run" "$NGD" train --optim $opt --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 --rank 32 --threads 1 $Q
+    R="--rank 32"; [ "$opt" = kfac ] && R=""  # K-FAC decomposes fully: no rank
+    # shellcheck disable=SC2086
+    expect_rc 0 "$opt short run" "$NGD" train --optim $opt --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 $R --threads 1 $Q
     acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
     awk -v a="${acc:-0}" 'BEGIN{exit !(a > 60)}' && ok || bad "$opt: test accuracy ${acc:-?}% after a short run (want > 60%)"
 done
@@ -101,14 +264,14 @@ expect_msg "per-factor" "kfac --factored message"
 
 # resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary;
 # for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time)
-K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5"
 for opt in singd adamw kfac bkfac brckfac; do
+    case $opt in singd|adamw) K="" ;; kfac) K="--T-u 2 --T-i 4" ;; *) K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5" ;; esac
     A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 3 --optim $opt $K $Q"
     "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
-    c1=$("$NGD" eval --subset 512 --widths 64 --optim $opt $K --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
-    c2=$("$NGD" eval --subset 512 --widths 64 --optim $opt $K --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c1=$("$NGD" eval --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
@@ -176,16 +339,17 @@ fi
 exec 3<&-
 
 # bad checkpoints: another shape, corrupt, truncated, foreign
-expect_rc 1 "checkpoint of another width" "$NGD" eval --subset 512 --optim brckfac $K --widths 32 --resume "$D/full.ckpt"
+expect_rc 1 "checkpoint of another width" "$NGD" train --subset 512 --batch 64 --optim brckfac $K --widths 32 --resume "$D/full.ckpt" $Q
 expect_msg "another shape" "width mismatch message"
-expect_rc 1 "checkpoint of another optimizer" "$NGD" eval --subset 512 --widths 64 --optim sgd --resume "$D/full.ckpt"
+expect_rc 1 "checkpoint of another optimizer" "$NGD" train --subset 512 --batch 64 --widths 64 --optim sgd --resume "$D/full.ckpt" $Q
+expect_msg "it was written by brckfac, not sgd (--optim)" "optimizer mismatch message"
 head -c 1000 "$D/full.ckpt" > "$D/trunc.ckpt"
-expect_rc 1 "truncated checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/trunc.ckpt"
+expect_rc 1 "truncated checkpoint" "$NGD" eval --resume "$D/trunc.ckpt"
 expect_msg "checksum mismatch" "truncated checkpoint message"
 echo "not a checkpoint at all" > "$D/foreign.ckpt"
-expect_rc 1 "foreign checkpoint" "$NGD" eval --subset 512 --widths 64 --resume "$D/foreign.ckpt"
+expect_rc 1 "foreign checkpoint" "$NGD" eval --resume "$D/foreign.ckpt"
 expect_msg "not an ngd training checkpoint" "foreign checkpoint message"
-expect_rc 1 "missing checkpoint" "$NGD" eval --subset 512 --resume "$D/none.ckpt"
+expect_rc 1 "missing checkpoint" "$NGD" eval --resume "$D/none.ckpt"
 
 # --checkpoint renames a file onto its path: a FIFO, a symbolic link or a device node there
 # must be refused before the data is loaded (no log written), and left as it was; so must a
@@ -295,7 +459,7 @@ if [ -f "$SHK/input.txt" ]; then
     grep -q '"param_optim":"adamw","param_lr":0.003' "$D/log.jsonl" && ok || bad "summary lacks the plain parameters' rule"
     for opt in singd adamw "singd --param-optim adamw"; do
         A="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --seed 3 --epochs 3 --optim $opt --threads 1 $Q"
-        E="--data shakespeare --data-dir $SHK --subset 5000 --widths 16,1,2 --context 16 --batch 16 --optim $opt --threads 1"
+        E="--data-dir $SHK --threads 1"  # the rest is the checkpoint's
         "$NGD" train $A --max-steps 24 --checkpoint "$D/tfull.ckpt" >/dev/null 2>&1
         "$NGD" train $A --max-steps 10 --checkpoint "$D/thalf.ckpt" >/dev/null 2>&1
         "$NGD" train $A --max-steps 24 --resume "$D/thalf.ckpt" --checkpoint "$D/tres.ckpt" >/dev/null 2>&1
@@ -304,7 +468,9 @@ if [ -f "$SHK/input.txt" ]; then
         [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "chargpt $opt: resumed run ($c2) differs from uninterrupted ($c1)"
     done
     expect_rc 1 "text checkpoint of another context" "$NGD" eval $E --context 8 --resume "$D/tfull.ckpt"
-    expect_msg "another shape" "context mismatch message"
+    expect_msg "it was written with --context 16, not 8" "context mismatch message"
+    expect_rc 1 "text checkpoint resumed with another context" "$NGD" train ${A/--context 16/--context 8} --max-steps 30 --resume "$D/tfull.ckpt"
+    expect_msg "another shape" "text context mismatch message"
 else
     echo "SKIP: no $SHK/input.txt: text training runs not tested"
 fi

@@ -260,22 +260,19 @@ static int bench_step(int argc, char **argv) {
                                          {0, 0, 0, 0}};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'r': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 5 || v > 100000) {
-                cli_error("--reps takes a whole number >= 5", "bad --reps '%s'", optarg);
-                return NGD_EXIT_USAGE;
-            }
+            unsigned long long v;
+            if (cli_parse_whole("reps", optarg, 5, 100000, &v)) return NGD_EXIT_USAGE;
             reps = (int)v;
             break;
         }
         case 'j': json = true; break;
         case 'o': only = optarg; break;
         case 'h': step_usage(stdout); return NGD_EXIT_OK;
-        default: step_usage(stderr); return NGD_EXIT_USAGE;
+        default: return cli_opt_error("bench step", opts, c, argv);
         }
     }
     mlp_bufs m;
@@ -783,7 +780,8 @@ static int bench_precond(int argc, char **argv) {
     cli_longopts(PC_OPTS, PC_NOPTS, opts);
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case PC_O_D:
             if (pc_parse_ds(optarg, ds, &nd)) {
@@ -802,12 +800,8 @@ static int bench_precond(int argc, char **argv) {
             break;
         }
         case PC_O_REPS: {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end || v < 1 || v > 10000) {
-                cli_error("--reps takes a whole number in [1, 10000]", "bad --reps '%s'", optarg);
-                return NGD_EXIT_USAGE;
-            }
+            unsigned long long v;
+            if (cli_parse_whole("reps", optarg, 1, 10000, &v)) return NGD_EXIT_USAGE;
             reps = (int)v;
             break;
         }
@@ -822,7 +816,7 @@ static int bench_precond(int argc, char **argv) {
             break;
         }
         case 'h': precond_usage(stdout); return NGD_EXIT_OK;
-        default: precond_usage(stderr); return NGD_EXIT_USAGE;
+        default: return cli_opt_error("bench precond", opts, c, argv);
         }
     }
     if (optind < argc) {

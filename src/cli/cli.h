@@ -37,6 +37,22 @@ void cli_longopts(const cli_opt *t, size_t n, struct option *lo);
 // long forms when the table has short ones. `width`: the left column's width.
 void cli_print_opts(FILE *f, const cli_opt *t, size_t n, int width);
 
+// Whether s is a plain decimal: whole: digits only; else an optional sign, digits with an
+// optional '.', and an optional exponent (e/E, optional sign, digits). No spaces, no hex,
+// no inf/nan.
+bool cli_is_decimal(const char *s, bool whole);
+// The value of option --opt's argument s, a plain decimal (cli_is_decimal) of finite double
+// range; otherwise a usage error naming the option, and -1.
+int cli_parse_real(const char *opt, const char *s, double *out);
+// The same for a whole number in [lo, hi] (hi = ULLONG_MAX: no upper bound); the error
+// names the option and the range.
+int cli_parse_whole(const char *opt, const char *s, unsigned long long lo, unsigned long long hi,
+                    unsigned long long *out);
+// After getopt_long returned c = '?' or ':' (opterr = 0, optstring starting with ':'): prints
+// what was wrong with the option (unknown, ambiguous, missing or unwanted value), naming it,
+// with the hint "run 'ngd <cmd> --help' for its options". Returns NGD_EXIT_USAGE.
+int cli_opt_error(const char *cmd, const struct option *lo, int c, char *const *argv);
+
 int cmd_replay(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

@@ -577,16 +577,14 @@ int cmd_plot(int argc, char **argv) {
     struct option lo[NOPTS + 1];
     cli_longopts(OPTS, NOPTS, lo);
     optind = 1;
-    opterr = 1;
+    opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "ho:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":ho:", lo, NULL)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
         case O_TITLE: title = optarg; break;
         case 'h': print_help(stdout); return NGD_EXIT_OK;
-        default:
-            cli_error("run 'ngd plot --help' for the options", "plot: bad option");
-            return NGD_EXIT_USAGE;
+        default: return cli_opt_error("plot", lo, c, argv);
         }
     }
     if (!output) {

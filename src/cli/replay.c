@@ -211,7 +211,12 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
     c->damping = (float)num(h, "damping", 1e-3);
     c->weight_decay = (float)num(h, "weight_decay", 0);
     c->lr_cov = (float)num(h, "lr_cov", 1e-2);
-    c->T = (size_t)num(h, "T", 10);
+    const double T = num(h, "T", 10);
+    if (!(T >= 1 && T <= 1e9) || T != floor(T)) {  // (size_t) of anything else is undefined
+        snprintf(err, cap, "hyperparameters.T must be a whole number >= 1 (got %g)", T);
+        return -1;
+    }
+    c->T = (size_t)T;
     const cJSON *a1 = cJSON_GetObjectItemCaseSensitive(h, "alpha1_effective");
     if (!a1) a1 = cJSON_GetObjectItemCaseSensitive(h, "alpha1");
     c->alpha1 = cJSON_IsNumber(a1) ? (float)a1->valuedouble : 0.5f;
@@ -252,6 +257,11 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
         if (f[i]->kind == NGD_STRUCT_BLOCKDIAG) c->official_blockdiag_quirk = true;
     }
     c->keep_last_update = true;
+    char msg[256];
+    if (ngd_config_validate(c, msg, sizeof msg) != NGD_OK) {  // a case libngd would refuse
+        snprintf(err, cap, "hyperparameters: %s", msg);
+        return -1;
+    }
     return 0;
 }
 
@@ -521,6 +531,11 @@ static void replay_path(const char *path, const replay_opts *ro, int *pass, int 
         n++;
     }
     closedir(d);
+    if (n == 0) {
+        cli_error("give a folder of trajectory files, e.g. ../shared/oracle",
+                  "%s: no case files (*.json) found there", path);
+        (*errors)++;
+    }
     if (n) qsort(names, n, sizeof *names, cmp_str);
     for (size_t i = 0; i < n; i++) {
         replay_path(names[i], ro, pass, fail, errors);
@@ -547,19 +562,19 @@ int cmd_replay(int argc, char **argv) {
         {"tol", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 't': {
-            char *end;
-            ro.tol = strtod(optarg, &end);
-            if (*end || !(ro.tol > 0)) {
+            if (cli_parse_real("tol", optarg, &ro.tol)) return NGD_EXIT_USAGE;
+            if (!(ro.tol > 0)) {
                 cli_error("--tol takes a positive number, e.g. 1e-4", "bad --tol '%s'", optarg);
                 return NGD_EXIT_USAGE;
             }
             break;
         }
         case 'h': replay_usage(stdout); return NGD_EXIT_OK;
-        default: replay_usage(stderr); return NGD_EXIT_USAGE;
+        default: return cli_opt_error("replay", opts, c, argv);
         }
     }
     if (optind >= argc) {
@@ -570,5 +585,8 @@ int cmd_replay(int argc, char **argv) {
     for (int i = optind; i < argc; i++) replay_path(argv[i], &ro, &pass, &fail, &errors);
     printf("replay: %d passed, %d failed, %d errors (tolerance %.1e)\n", pass, fail, errors,
            ro.tol);
+    if (pass + fail + errors == 0)  // files, but none a trajectory (each said SKIP)
+        cli_error("the files must be trajectories as described in shared/oracle/README.md",
+                  "no replay cases found");
     return (fail || errors || pass == 0) ? NGD_EXIT_FAIL : NGD_EXIT_OK;
 }

@@ -14,6 +14,7 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <math.h>
@@ -135,14 +136,67 @@ static const cli_opt OPTS[] = {
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
+// The methods that use an option (bits 1 << ngd_method); an option not listed is used by
+// every method. One given to a method that would ignore it is a usage error.
+#define MB(x) (1u << NGD_METHOD_##x)
+#define M_SINGDS (MB(SINGD) | MB(INGD) | MB(IKFAC))
+#define M_KFACS (MB(KFAC) | MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+#define M_LOWRANK (MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+#define M_BRAND (MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+static const struct {
+    int id;
+    unsigned methods;
+} OPT_METHODS[] = {
+    // momentum and Nesterov: SGD's rule, which SINGD and the K-FAC family share (AdamW's
+    // plain parameters use it under --param-optim sgd); β1, β2, ε: AdamW's rule (also that of
+    // the plain parameters under --param-optim adamw): see check_methods
+    {O_MOM, MB(SGD) | M_SINGDS | M_KFACS}, {O_NESTEROV, MB(SGD) | M_SINGDS | M_KFACS},
+    {O_BETA1, MB(ADAMW)}, {O_BETA2, MB(ADAMW)}, {O_EPS, MB(ADAMW)},
+    {O_DAMPING, M_SINGDS | M_KFACS}, {O_APPROX, M_SINGDS | M_KFACS},
+    {O_LRCOV, M_SINGDS}, {O_ALPHA1, MB(SINGD) | MB(INGD)}, {O_T, M_SINGDS},
+    {O_STRUCT, M_SINGDS}, {O_KFACLIKE, M_SINGDS}, {O_NORMCOV, M_SINGDS}, {O_FDTYPE, M_SINGDS},
+    {O_QUIRK, M_SINGDS},
+    {O_RHO, M_KFACS}, {O_TU, M_KFACS}, {O_TI, M_KFACS}, {O_KDAMP, MB(KFAC)}, {O_CLIP, M_KFACS},
+    {O_KAPPA, M_KFACS}, {O_WDSTART, M_KFACS}, {O_IDINIT, M_KFACS},
+    {O_RANK, M_LOWRANK}, {O_OVERS, M_LOWRANK}, {O_POWER, M_LOWRANK}, {O_TAIL, M_LOWRANK},
+    {O_KSEED, M_LOWRANK}, {O_FACTORED, M_KFACS},  // kfac: refused by libngd, which says why
+    {O_BRANK, M_BRAND}, {O_BMULT, M_BRAND}, {O_BTRUNC, M_BRAND}, {O_REORTH, M_BRAND},
+    {O_RMULT, MB(BRKFAC) | MB(BRCKFAC)}, {O_CMULT, MB(BRCKFAC)}, {O_CFRAC, MB(BRCKFAC)},
+};
+
+// `ngd eval` takes these options of OPTS only (with its own help); the run's model, data
+// set, widths, subset, context and batch come from the checkpoint (version 2 on).
+static const cli_opt EVAL_OPTS[] = {
+    {"resume", 1, O_RESUME, "FILE", "the training checkpoint to evaluate (required)"},
+    {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
+    {"batch", 1, O_BATCH, "N", "evaluation batch (default: the run's; text: windows per batch)"},
+    {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+    {"seed", 1, O_SEED, "N", "seed of the text sample printed after a text model's eval (0)"},
+    {"model", 1, O_MODEL, "NAME", "check that the checkpoint is of this model"},
+    {"data", 1, O_DATA, "NAME", "check that the checkpoint is of this data set"},
+    {"widths", 1, O_WIDTHS, "W1,W2,..", "the run's widths, for a checkpoint of version 1 (which "
+                                        "does not record them); a newer one is checked"},
+    {"subset", 1, O_SUBSET, "N", "the run's --subset, the same way"},
+    {"context", 1, O_CONTEXT, "T", "the run's --context (text), the same way"},
+    {"help", 0, O_HELP, NULL, "this text"},
+};
+#define NEVAL_OPTS (sizeof EVAL_OPTS / sizeof EVAL_OPTS[0])
+
 static void print_help(FILE *f, const char *cmd) {
+    if (!strcmp(cmd, "eval")) {
+        fprintf(f, "usage: ngd eval --resume FILE [options]\n\n"
+                   "Evaluates the model of a training checkpoint on the test set (text: a fixed\n"
+                   "set of validation windows) and prints its loss, accuracy and the CRC of its\n"
+                   "parameters (the summary record of the training log has the same). The\n"
+                   "model, data set, widths, subset and context are those the checkpoint\n"
+                   "records; no optimizer state is read. Training options are refused.\n\n"
+                   "options:\n");
+        cli_print_opts(f, EVAL_OPTS, NEVAL_OPTS, 20);
+        return;
+    }
     fprintf(f, "usage: ngd %s [options]\n\n", cmd);
-    if (!strcmp(cmd, "train"))
-        fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
-                   "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
-    else
-        fprintf(f, "Evaluates the model of a training checkpoint (--resume FILE) on the test set\n"
-                   "(model and data options must match the run that wrote it).\n\noptions:\n");
+    fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
+               "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
     cli_print_opts(f, OPTS, NOPTS, 26);
     fprintf(f, "\nmodels:\n");
     for (size_t i = 0; nn_model_list(i); i++)
@@ -152,6 +206,7 @@ static void print_help(FILE *f, const char *cmd) {
 typedef struct {
     const char *model, *data, *data_dir, *log, *ckpt, *resume;
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
+    ngd_method method;  // as chosen (--optim): ingd and ikfac are cfg.method SINGD to libngd
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
     size_t context; // text models: tokens per sequence
@@ -170,11 +225,10 @@ typedef struct {
 
 // ---- option parsing helpers: every bad value is a usage error naming the option ----
 static int parse_f(const char *opt, const char *s, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || *end || !isfinite(v)) {
-        cli_error("give a number, e.g. --lr 0.01", "--%s: '%s' is not a number", opt, s);
+    double v;
+    if (cli_parse_real(opt, s, &v)) return -1;
+    if (fabs(v) > (double)FLT_MAX) {
+        cli_error("give a number of a sensible size", "--%s: '%s' is out of range", opt, s);
         return -1;
     }
     *out = (float)v;
@@ -182,14 +236,21 @@ static int parse_f(const char *opt, const char *s, float *out) {
 }
 
 static int parse_z(const char *opt, const char *s, size_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || s[0] == '-' || !s[0]) {
-        cli_error("give a whole number >= 0", "--%s: '%s' is not a whole number", opt, s);
+    unsigned long long v;
+    if (cli_parse_whole(opt, s, 0, SIZE_MAX, &v)) return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+// A whole number in [lo, hi] (hi = SIZE_MAX: no upper bound); the error names the range.
+static int parse_zr(const char *opt, const char *s, size_t lo, size_t hi, size_t *out) {
+    if (parse_z(opt, s, out)) return -1;
+    if (*out < lo || *out > hi) {
+        if (hi == SIZE_MAX)
+            cli_error(NULL, "--%s must be a whole number >= %zu (got %s)", opt, lo, s);
+        else cli_error(NULL, "--%s must be a whole number in [%zu, %zu] (got %s)", opt, lo, hi, s);
         return -1;
     }
-    *out = (size_t)v;
     return 0;
 }
 
@@ -259,12 +320,110 @@ static int param_rule(train_opts *t) {
     return 0;
 }
 
-static int parse_opts(int argc, char **argv, train_opts *t) {
+// ngd_config_validate names the fields of ngd_config ("kfac.damping_rel must be >= 0"); the
+// command names its options ("--damping must be >= 0"): the field names before the verb of
+// the message are replaced by the options that set them.
+static void name_options(const char *msg, char *out, size_t cap) {
+    static const char *const MAP[][2] = {
+        {"lr", "--lr"}, {"momentum", "--momentum"}, {"weight_decay", "--weight-decay"},
+        {"nesterov", "--nesterov"}, {"beta1", "--beta1"}, {"beta2", "--beta2"}, {"eps", "--eps"},
+        {"damping", "--damping"}, {"alpha1", "--alpha1"}, {"T", "--T"}, {"lr_cov", "--lr-cov"},
+        {"kfac_approx", "--kfac-approx"}, {"structure_K", "--structure (K)"},
+        {"structure_C", "--structure (C)"}, {"kfac.rho", "--rho"}, {"kfac.T_u", "--T-u"},
+        {"kfac.T_i", "--T-i"}, {"kfac.damping_rel", "--damping"}, {"kfac.clip", "--clip"},
+        {"kfac.clip_kappa", "--clip-kappa"}, {"kfac.rank", "--rank"},
+        {"kfac.brand_mult", "--brand-mult"}, {"refresh_mult", "--refresh-mult"},
+        {"corr_mult", "--corr-mult"}, {"kfac.corr_frac", "--corr-frac"},
+        {"kfac.factored_apply", "--factored"}, {"kfac.identity_init", "--identity-init"},
+    };
+    size_t subject = strlen(msg);  // the names come before the verb (or a colon)
+    static const char *const VERBS[] = {" must", " needs", " is ", ":"};
+    for (size_t i = 0; i < sizeof VERBS / sizeof VERBS[0]; i++) {
+        const char *v = strstr(msg, VERBS[i]);
+        if (v && (size_t)(v - msg) < subject) subject = (size_t)(v - msg);
+    }
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; msg[i] && o + 1 < cap;) {
+        size_t n = i < subject ? strspn(msg + i, "abcdefghijklmnopqrstuvwxyz"
+                                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
+                               : 0;
+        const char *rep = NULL;
+        for (size_t k = 0; n && k < sizeof MAP / sizeof MAP[0]; k++)
+            if (strlen(MAP[k][0]) == n && !strncmp(msg + i, MAP[k][0], n)) rep = MAP[k][1];
+        int w = rep ? snprintf(out + o, cap - o, "%s", rep)
+                    : snprintf(out + o, cap - o, "%.*s", (int)(n ? n : 1), msg + i);
+        o += (size_t)w < cap - o ? (size_t)w : cap - o - 1;
+        i += n ? n : 1;
+    }
+}
+
+// Refuses an option given (given[i] for OPTS[i]) to a method that does not use it.
+static int check_methods(const train_opts *t, const bool *given) {
+    static const ngd_method ORDER[] = {  // as --optim lists them
+        NGD_METHOD_SGD,     NGD_METHOD_ADAMW,   NGD_METHOD_SINGD, NGD_METHOD_INGD,
+        NGD_METHOD_IKFAC,   NGD_METHOD_KFAC,    NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC,
+        NGD_METHOD_BKFAC,   NGD_METHOD_BRKFAC,  NGD_METHOD_BRCKFAC};
+    const unsigned me = 1u << t->method;
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (!given[i]) continue;
+        const int id = OPTS[i].id;
+        if (id == O_ALPHA1 && t->cfg.kfac_like && t->method != NGD_METHOD_IKFAC) {
+            cli_error("drop --alpha1, or --kfac-like", "--alpha1 is not used with --kfac-like "
+                      "(the IKFAC rule has no Riemannian momentum: α1 = 0)");
+            return -1;
+        }
+        // the plain parameters' rule takes β1, β2, ε (AdamW) or momentum, Nesterov (SGD)
+        const bool adam_param = t->param_method == NGD_METHOD_ADAMW;
+        const bool sgd_param = t->param_method == NGD_METHOD_SGD;
+        if ((id == O_BETA1 || id == O_BETA2 || id == O_EPS) && adam_param) continue;
+        if ((id == O_MOM || id == O_NESTEROV) && sgd_param) continue;
+        for (size_t k = 0; k < sizeof OPT_METHODS / sizeof OPT_METHODS[0]; k++) {
+            if (OPT_METHODS[k].id != id || (OPT_METHODS[k].methods & me)) continue;
+            char users[160] = "";
+            for (size_t j = 0; j < sizeof ORDER / sizeof ORDER[0]; j++)
+                if (OPT_METHODS[k].methods & (1u << ORDER[j]))
+                    snprintf(users + strlen(users), sizeof users - strlen(users), "%s%s",
+                             users[0] ? ", " : "", ngd_method_name(ORDER[j]));
+            const bool most = __builtin_popcount(OPT_METHODS[k].methods) > 6;
+            char hint[128];
+            snprintf(hint, sizeof hint, "drop --%s, or choose %s with --optim%s", OPTS[i].name,
+                     most ? "another method" : "one of those methods",
+                     id == O_BETA1 || id == O_BETA2 || id == O_EPS ? " (or --param-optim adamw)"
+                     : id == O_MOM || id == O_NESTEROV            ? " (or --param-optim sgd)"
+                                                                  : "");
+            if (most)  // used by most methods: name the exception
+                cli_error(hint, "--%s is not used by %s", OPTS[i].name, ngd_method_name(t->method));
+            else cli_error(hint, "--%s is used only by %s, not by %s", OPTS[i].name, users,
+                           ngd_method_name(t->method));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// Text data goes with a token model (chargpt), image data with the others.
+static int check_model_data(const train_opts *t) {
+    for (size_t i = 0; nn_model_list(i); i++) {
+        const nn_model_ops *mo = nn_model_list(i);
+        if (strcmp(mo->name, t->model) || t->text == (mo->forward_tokens != NULL)) continue;
+        cli_error(t->text ? "text data needs a token model: --model chargpt"
+                          : "token models (chargpt) read text: --data shakespeare",
+                  "--model %s cannot train on --data %s", t->model, t->data);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
     t->context = 64;
     t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
     t->param_method = -1;
+    const bool eval = !strcmp(cmd, "eval");
+    if (eval)  // not given: from the checkpoint (eval_setup)
+        t->data = NULL, t->context = 0, t->batch = 0, t->subset = SIZE_MAX;
     const char *optim = "singd";
     struct option lo[NOPTS + 1];
     cli_longopts(OPTS, NOPTS, lo);
@@ -272,7 +431,7 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
     optind = 1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1)
+    while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1)
         if (c == O_OPTIM) optim = optarg;
     ngd_method m;
     if (ngd_method_parse(optim, &m) != NGD_OK) {
@@ -280,15 +439,16 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
                   "brkfac, brckfac", "--optim: unknown method '%s'", optim);
         return -1;
     }
+    t->method = m;
     t->cfg = ngd_config_default(m);
     optind = 1;
-    opterr = 1;
     float f;
     size_t z;
-    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+    bool given[NOPTS] = {false};
+    while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         const char *nm = NULL;
         for (size_t i = 0; i < NOPTS; i++)
-            if (OPTS[i].id == c) nm = OPTS[i].name;
+            if (OPTS[i].id == c) nm = OPTS[i].name, given[i] = true;
         switch (c) {
         case O_MODEL: t->model = optarg; break;
         case O_DATA: t->data = optarg; break;
@@ -321,16 +481,23 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
         case O_AUGMENT: t->augment = true; break;
         case O_QUIET: t->quiet = true; break;
         case O_HELP:
-        case 'h': print_help(stdout, "train"); exit(NGD_EXIT_OK);
-        case O_WIDTHS: {
-            char *s = optarg, *tok, *save = NULL;
+        case 'h': print_help(stdout, cmd); exit(NGD_EXIT_OK);
+        case O_WIDTHS: {  // whole numbers >= 1, comma-separated: no empty list or entry
+            const char *p = optarg;
             t->nwidths = 0;
-            for (tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                if (t->nwidths == NN_MODEL_MAX_WIDTHS || parse_z(nm, tok, &z) || z == 0) {
-                    cli_error("e.g. --widths 256,128", "--widths: bad list");
+            for (;;) {
+                const size_t n = strcspn(p, ",");
+                char tok[24] = "";
+                if (n < sizeof tok) memcpy(tok, p, n), tok[n] = '\0';
+                if (t->nwidths == NN_MODEL_MAX_WIDTHS || n == 0 || n >= sizeof tok ||
+                    !cli_is_decimal(tok, true) || parse_z(nm, tok, &z) || z == 0) {
+                    cli_error("e.g. --widths 256,128", "--widths '%s': give 1 to %d whole numbers "
+                              ">= 1, separated by commas", optarg, NN_MODEL_MAX_WIDTHS);
                     return -1;
                 }
                 t->widths[t->nwidths++] = z;
+                if (!p[n]) break;
+                p += n + 1;
             }
             break;
         }
@@ -409,42 +576,55 @@ static int parse_opts(int argc, char **argv, train_opts *t) {
             t->cosine = !strcmp(optarg, "cosine");
             break;
         case O_BUDGET:
-            if (parse_f(nm, optarg, &t->time_budget) || t->time_budget < 0) return -1;
+            if (parse_f(nm, optarg, &t->time_budget)) return -1;
+            if (t->time_budget < 0) {
+                cli_error("0 means no limit", "--time-budget must be >= 0 seconds (got %s)",
+                          optarg);
+                return -1;
+            }
             break;
-        case O_BATCH: if (parse_z(nm, optarg, &t->batch) || !t->batch) return -1; break;
-        case O_CONTEXT: if (parse_z(nm, optarg, &t->context) || !t->context) return -1; break;
+        case O_BATCH: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->batch)) return -1; break;
+        case O_CONTEXT: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->context)) return -1; break;
         case O_SEED: if (parse_z(nm, optarg, &z)) return -1; t->seed = z; break;
-        case O_THREADS: if (parse_z(nm, optarg, &z) || !z) return -1; t->threads = (int)z; break;
+        case O_THREADS:
+            if (parse_zr(nm, optarg, 1, 1024, &z)) return -1;
+            t->threads = (int)z;
+            break;
         case O_EVALEVERY: if (parse_z(nm, optarg, &t->eval_every)) return -1; break;
-        case O_LOGEVERY: if (parse_z(nm, optarg, &t->log_every) || !t->log_every) return -1; break;
+        case O_LOGEVERY: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->log_every)) return -1; break;
         case O_CKPTEVERY: if (parse_z(nm, optarg, &t->ckpt_every)) return -1; break;
-        case O_MAXSKIPS: if (parse_z(nm, optarg, &t->max_skips) || !t->max_skips) return -1; break;
-        default:
-            fprintf(stderr, "hint: run 'ngd train --help' for the options\n");
+        case O_MAXSKIPS: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->max_skips)) return -1; break;
+        default: cli_opt_error(cmd, lo, c, argv); return -1;
+        }
+    }
+    for (size_t i = 0; eval && i < NOPTS; i++) {
+        bool takes = false;
+        for (size_t k = 0; k < NEVAL_OPTS; k++) takes |= EVAL_OPTS[k].id == OPTS[i].id;
+        if (given[i] && !takes) {
+            cli_error("run 'ngd eval --help' for its options",
+                      "eval does not take --%s: it is an option of training (eval reads the "
+                      "model from the checkpoint and needs no optimizer)", OPTS[i].name);
             return -1;
         }
     }
+    if (!eval && check_methods(t, given)) return -1;
     if (optind < argc) {
-        cli_error("run 'ngd train --help' for the options", "unexpected argument '%s'",
-                  argv[optind]);
+        cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
+                                       : "run 'ngd train --help' for the options",
+                  "unexpected argument '%s'", argv[optind]);
         return -1;
     }
+    if (eval) return 0;
     // text data goes with a token model (chargpt), image data with the others; the loss of
     // text is averaged over batch and sequence, which libngd must know
     t->text = !strcmp(t->data, "shakespeare");
     if (!t->model) t->model = t->text ? "chargpt" : "mlp";
-    for (size_t i = 0; nn_model_list(i); i++) {
-        const nn_model_ops *mo = nn_model_list(i);
-        if (strcmp(mo->name, t->model) || t->text == (mo->forward_tokens != NULL)) continue;
-        cli_error(t->text ? "text data needs a token model: --model chargpt"
-                          : "token models (chargpt) read text: --data shakespeare",
-                  "--model %s cannot train on --data %s", t->model, t->data);
-        return -1;
-    }
+    if (check_model_data(t)) return -1;
     if (t->text) t->cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
-    char msg[256];
+    char msg[256], named[320];
     if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {
-        cli_error("run 'ngd train --help' for the options", "%s", msg);
+        name_options(msg, named, sizeof named);
+        cli_error("run 'ngd train --help' for the options", "%s", named);
         return -1;
     }
     return param_rule(t);
@@ -583,7 +763,7 @@ static int load_data(const train_opts *t, data_sets *d) {
 
 // ---- training checkpoints (docs/formats.md "Training checkpoint") ----
 #define TRN_MAGIC "NGDTRN\r\n"
-#define TRN_VERSION 1u
+#define TRN_VERSION 2u  // 2: the run's widths, subset, context and batch after the method
 
 typedef struct {
     unsigned char *b;
@@ -646,10 +826,17 @@ static uint64_t rb_u64(rb *r) {
         for (int i = 0; i < 8; i++) v |= (uint64_t)b[i] << (8 * i);
     return v;
 }
-static bool rb_str_eq(rb *r, const char *want) {
+// A string of fewer than cap bytes into s (a longer one: r->bad, s empty).
+static void rb_str(rb *r, char *s, size_t cap) {
     uint64_t n = rb_u64(r);
-    const unsigned char *p = rb_get(r, (size_t)n);
-    return p && n == strlen(want) && !memcmp(p, want, n);
+    const unsigned char *p = n < cap ? rb_get(r, (size_t)n) : NULL;
+    s[0] = '\0';
+    if (!p) {
+        r->bad = true;
+        return;
+    }
+    memcpy(s, p, (size_t)n);
+    s[n] = '\0';
 }
 static void rb_f32s(rb *r, float *x, size_t n) {
     const unsigned char *b = rb_get(r, 4 * n);
@@ -735,7 +922,10 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_u64(&w, TRN_VERSION);
     wb_str(&w, t->model);
     wb_str(&w, t->data);
-    wb_str(&w, ngd_method_name(t->cfg.method));
+    wb_str(&w, ngd_method_name(t->method));
+    wb_u64(&w, t->nwidths);  // as given (0: the model's defaults), so that eval builds it again
+    for (size_t i = 0; i < t->nwidths; i++) wb_u64(&w, t->widths[i]);
+    wb_u64(&w, t->subset), wb_u64(&w, t->context), wb_u64(&w, t->batch);
     wb_u64(&w, rs->step), wb_u64(&w, rs->epoch), wb_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -787,27 +977,71 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     return rc;
 }
 
+// The run a checkpoint was written by: its header. Version 1 files have no shape fields.
+typedef struct {
+    uint64_t version;
+    char model[32], data[32], method[32];
+    bool has_shape;  // version >= 2: widths (as given), subset, context, batch
+    size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
+} ckpt_head;
+
+// Checks the magic and the CRC of b[0..len) and reads the header into h; r is then the
+// reader past it (without the CRC). Returns NULL, or why the file cannot be read.
+static const char *read_head(const unsigned char *b, size_t len, rb *r, ckpt_head *h) {
+    memset(h, 0, sizeof *h);
+    *r = (rb){b, len, 0, false};
+    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) return "not an ngd training checkpoint";
+    uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 |
+                   (uint32_t)b[len - 2] << 16 | (uint32_t)b[len - 1] << 24;
+    if (ngd_file_crc32(b, len - 4) != crc) return "checksum mismatch (corrupt or truncated)";
+    r->len = len - 4;
+    rb_get(r, 8);
+    h->version = rb_u64(r);
+    if (h->version < 1 || h->version > TRN_VERSION) return "unsupported version";
+    rb_str(r, h->model, sizeof h->model);
+    rb_str(r, h->data, sizeof h->data);
+    rb_str(r, h->method, sizeof h->method);
+    if (h->version >= 2) {
+        h->has_shape = true;
+        h->nwidths = (size_t)rb_u64(r);
+        if (h->nwidths > NN_MODEL_MAX_WIDTHS) return "bad header (widths)";
+        for (size_t i = 0; i < h->nwidths; i++) h->widths[i] = (size_t)rb_u64(r);
+        h->subset = (size_t)rb_u64(r), h->context = (size_t)rb_u64(r);
+        h->batch = (size_t)rb_u64(r);
+        if (!h->context || !h->batch) return "bad header (context, batch)";
+    }
+    return r->bad ? "truncated header" : NULL;
+}
+
+// o NULL: the model only (ngd eval): the optimizer's name and state are not checked or read.
 static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
                            nn_loader *ld, text_iter *ti, run_state *rs) {
     size_t len;
     unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
     if (!b) return -1;
-    const char *why = NULL;
-    rb r = {b, len, 0, false};
-    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) why = "not an ngd training checkpoint";
-    else {
-        uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 |
-                       (uint32_t)b[len - 2] << 16 | (uint32_t)b[len - 1] << 24;
-        if (ngd_file_crc32(b, len - 4) != crc) why = "checksum mismatch (corrupt or truncated)";
-    }
-    if (!why) {
-        r.len = len - 4;
-        rb_get(&r, 8);
-        if (rb_u64(&r) != TRN_VERSION) why = "unsupported version";
-        else if (!rb_str_eq(&r, t->model)) why = "it was written for another model (--model)";
-        else if (!rb_str_eq(&r, t->data)) why = "it was written for another data set (--data)";
-        else if (!rb_str_eq(&r, ngd_method_name(t->cfg.method)))
-            why = "it was written by another optimizer (--optim)";
+    char whybuf[160];
+    rb r;
+    ckpt_head h;
+    const char *why = read_head(b, len, &r, &h);
+    if (!why && strcmp(h.model, t->model) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model,
+                 t->model);
+        why = whybuf;
+    } else if (!why && strcmp(h.data, t->data) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
+        why = whybuf;
+    } else if (!why && o) {
+        ngd_method wm;
+        const char *want = ngd_method_name(t->method);
+        // version 1 files of ingd and ikfac runs name them "singd", as libngd's config does
+        const bool old_singd = h.version == 1 && !strcmp(h.method, "singd") &&
+                               t->cfg.method == NGD_METHOD_SINGD;
+        if (strcmp(h.method, want) != 0 && !old_singd) {
+            snprintf(whybuf, sizeof whybuf, "it was written by %s, not %s (--optim)",
+                     ngd_method_parse(h.method, &wm) == NGD_OK ? h.method : "another optimizer",
+                     want);
+            why = whybuf;
+        }
     }
     if (!why) {
         rs->step = (size_t)rb_u64(&r), rs->epoch = (size_t)rb_u64(&r), rs->skips = (size_t)rb_u64(&r);
@@ -816,8 +1050,9 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         size_t pos = (size_t)rb_u64(&r), ep = (size_t)rb_u64(&r), nds = (size_t)rb_u64(&r);
         if (nds != (ti ? ti->text->n_train : ld->ds->n))
             why = "the training set has another size (--subset?)";
-        else if (ti) {
-            if (pos > ti->per_epoch) why = "its epoch has another length (--batch, --context?)";
+        else if (ti) {  // (eval has its own batch: the position is not used there)
+            if (o && pos > ti->per_epoch)
+                why = "its epoch has another length (--batch, --context?)";
             ti->pos = pos, ti->epoch = ep;
             for (int i = 0; i < 4; i++) ti->rng.s[i] = rb_u64(&r);
         } else {
@@ -849,8 +1084,13 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         size_t olen = (size_t)rb_u64(&r);
         const unsigned char *ob = rb_get(&r, olen);
         if (!ob || r.bad) why = "truncated";
-        else if (ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
-            cli_error(NULL, "--resume %s: optimizer state: %s", path, ngd_optim_errmsg(o));
+        else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
+            // libngd's message lists its arrays; what a person needs is which options differ
+            cli_error("resume with the --optim, --structure, --factor-dtype and other optimizer "
+                      "options of the run that wrote it",
+                      "--resume %s: its optimizer state does not fit %s with these options (it "
+                      "was written by another optimizer or with other optimizer options)",
+                      path, ngd_method_name(t->method));
             free(b);
             return -1;
         }
@@ -858,7 +1098,11 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     if (!why && r.bad) why = "truncated";
     free(b);
     if (why) {
-        cli_error("resume with the same --model, --widths, --data, --subset and --optim",
+        cli_error(!o && h.version == 1
+                      ? "this checkpoint (version 1) does not record the run's --widths, "
+                        "--subset and --context: give ngd eval those of the run"
+                  : !o ? NULL
+                       : "resume with the same --model, --widths, --data, --subset and --optim",
                   "--resume %s: %s", path, why);
         return -1;
     }
@@ -916,6 +1160,70 @@ static void catch_stop_signals(void) {
 static const char *stop_signal_name(void) {
     const int sig = atomic_load(&stop_signal);
     return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
+}
+
+static void format_widths(const size_t *w, size_t n, char *out, size_t cap) {
+    snprintf(out, cap, "%s", n ? "" : "(the model's defaults)");
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + strlen(out), cap - strlen(out), "%s%zu", i ? "," : "", w[i]);
+}
+
+// ngd eval: the run's model, data set, method, widths, subset, context and batch from the
+// checkpoint's header into t; the ones given must agree with it. Returns an exit code.
+static int eval_setup(train_opts *t) {
+    static ckpt_head h;  // t keeps pointers to its names
+    size_t len;
+    unsigned char *b = (unsigned char *)cli_read_file(t->resume, &len, "--resume ");
+    if (!b) return NGD_EXIT_FAIL;
+    rb r;
+    const char *why = read_head(b, len, &r, &h);
+    free(b);
+    char given[96] = "", had[96] = "", whybuf[320];
+    if (!why && ngd_method_parse(h.method, &t->method) != NGD_OK) why = "bad header (method)";
+    else if (!why && t->model && strcmp(t->model, h.model) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model,
+                 t->model);
+        why = whybuf;
+    } else if (!why && t->data && strcmp(t->data, h.data) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
+        why = whybuf;
+    } else if (!why && h.has_shape) {  // given widths, subset, context: the run's, or refused
+        format_widths(t->widths, t->nwidths, given, sizeof given);
+        format_widths(h.widths, h.nwidths, had, sizeof had);
+        const char *what = t->nwidths && strcmp(given, had) != 0 ? "widths"
+                           : t->subset != SIZE_MAX && t->subset != h.subset ? "subset"
+                           : t->context && t->context != h.context           ? "context"
+                                                                             : NULL;
+        if (what) {
+            if (!strcmp(what, "subset"))
+                snprintf(given, sizeof given, "%zu", t->subset),
+                    snprintf(had, sizeof had, "%zu", h.subset);
+            else if (!strcmp(what, "context"))
+                snprintf(given, sizeof given, "%zu", t->context),
+                    snprintf(had, sizeof had, "%zu", h.context);
+            snprintf(whybuf, sizeof whybuf, "it was written with --%s %s, not %s (eval takes it "
+                     "from the checkpoint: drop --%s)", what, had, given, what);
+            why = whybuf;
+        }
+    }
+    if (why) {
+        cli_error(NULL, "--resume %s: %s", t->resume, why);
+        return NGD_EXIT_FAIL;
+    }
+    t->model = h.model, t->data = h.data;
+    t->cfg = ngd_config_default(t->method);
+    if (h.has_shape) {
+        t->nwidths = h.nwidths;
+        memcpy(t->widths, h.widths, sizeof h.widths);
+        t->subset = h.subset, t->context = h.context;
+        if (!t->batch) t->batch = h.batch;
+    } else {  // version 1: what was given, else the defaults of ngd train
+        if (t->subset == SIZE_MAX) t->subset = 0;
+        if (!t->context) t->context = 64;
+        if (!t->batch) t->batch = 128;
+    }
+    t->text = !strcmp(t->data, "shakespeare");
+    return check_model_data(t) ? NGD_EXIT_FAIL : NGD_EXIT_OK;
 }
 
 // ---- evaluation ----
@@ -1046,6 +1354,15 @@ static int evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, fl
     return stop_signal ? 1 : 0;
 }
 
+// The CRC of a model's parameters (ngd eval prints it; the training summary logs it), so that
+// two runs can be compared bit for bit.
+static uint32_t params_crc(const nn_model *m) {
+    uint32_t crc = 0;
+    for (size_t i = 0; i < m->nparams; i++)
+        crc ^= ngd_file_crc32(m->params[i].p, m->params[i].n * sizeof(float)) + (uint32_t)i;
+    return crc;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1120,7 +1437,7 @@ static int mkdir_runs(void) { return mkdir("runs", 0755); }
 static void log_path(const train_opts *t, char *path, size_t cap) {
     if (t->log) snprintf(path, cap, "%s", t->log);
     else snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
-                  ngd_method_name(t->cfg.method));
+                  ngd_method_name(t->method));
 }
 
 static FILE *open_log(const train_opts *t, char *path, size_t cap) {
@@ -1202,9 +1519,9 @@ static int run(const train_opts *t, bool eval_only) {
         rc = ns == NN_ERR_ARG ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
         goto done;
     }
-    ngd_status st = ngd_optim_create(&t->cfg, &o);
+    ngd_status st = eval_only ? NGD_OK : ngd_optim_create(&t->cfg, &o);  // eval: no optimizer
     m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
-    if (st == NGD_OK) st = m.ops->attach(&m, o);
+    if (st == NGD_OK && o) st = m.ops->attach(&m, o);
     if (st != NGD_OK) {
         cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
         goto done;
@@ -1276,19 +1593,21 @@ static int run(const train_opts *t, bool eval_only) {
     char optdesc[128];  // the method, and the plain parameters' rule when one was chosen
     if (t->has_param_cfg)
         snprintf(optdesc, sizeof optdesc, "%s (plain parameters: %s, lr %g, weight decay %g)",
-                 ngd_method_name(t->cfg.method), ngd_method_name(t->param_cfg.method),
+                 ngd_method_name(t->method), ngd_method_name(t->param_cfg.method),
                  (double)t->param_cfg.lr, (double)t->param_cfg.weight_decay);
     else
-        snprintf(optdesc, sizeof optdesc, "%s", ngd_method_name(t->cfg.method));
+        snprintf(optdesc, sizeof optdesc, "%s", ngd_method_name(t->method));
     if (!t->quiet && t->text)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
-                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epochs of %zu steps; log "
+                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epoch%s of %zu steps; log "
                 "%s\n", t->model, nn_model_param_count(&m), t->data, d.text.n_train,
-                d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs, per_epoch, logpath);
+                d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs,
+                t->epochs == 1 ? "" : "s", per_epoch, logpath);
     else if (!t->quiet)
         fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
-                "batch %zu, %zu epochs; log %s\n", t->model, nn_model_param_count(&m), t->data,
-                d.train.n, d.test.n, optdesc, t->batch, t->epochs, logpath);
+                "batch %zu, %zu epoch%s; log %s\n", t->model, nn_model_param_count(&m), t->data,
+                d.train.n, d.test.n, optdesc, t->batch, t->epochs, t->epochs == 1 ? "" : "s",
+                logpath);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
@@ -1455,12 +1774,27 @@ static int run(const train_opts *t, bool eval_only) {
             fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
         rc = 128 + stop_signal;
     }
+    if (rc == NGD_EXIT_OK && isnan(last_test_acc)) {  // no epoch to train: say so, and report
+        if (!t->quiet)                                  // the model as it is (never "nan%")
+            fprintf(stderr, "ngd train: no training to do: %s\n",
+                    t->epochs == 0 ? "--epochs 0"
+                                   : "the resumed run has already completed its --epochs");
+        evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+        cJSON *je = cJSON_CreateObject();
+        cJSON_AddStringToObject(je, "type", "eval");
+        cJSON_AddNumberToObject(je, "step", (double)rs.step);
+        cJSON_AddNumberToObject(je, "epoch", (double)rs.epoch);
+        cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
+        cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
+        cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
+        if (log_line(logf, logpath, je)) rc = NGD_EXIT_FAIL;
+    }
     double wall = now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "type", "summary");
     cJSON_AddStringToObject(j, "model", t->model);
     cJSON_AddStringToObject(j, "data", t->data);
-    cJSON_AddStringToObject(j, "optim", ngd_method_name(t->cfg.method));
+    cJSON_AddStringToObject(j, "optim", ngd_method_name(t->method));
     if (t->has_param_cfg) {
         cJSON_AddStringToObject(j, "param_optim", ngd_method_name(t->param_cfg.method));
         cJSON_AddNumberToObject(j, "param_lr", (double)t->param_cfg.lr);
@@ -1472,10 +1806,13 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
+    char crc[16];  // of the final parameters: what `ngd eval` of its checkpoint prints
+    snprintf(crc, sizeof crc, "%08x", (unsigned)params_crc(&m));
+    cJSON_AddStringToObject(j, "parameters_crc", crc);
     if (log_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
     if (!t->quiet || rc == NGD_EXIT_OK)
         printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
-               ngd_method_name(t->cfg.method), t->model, t->data, rs.step, wall, split,
+               ngd_method_name(t->method), t->model, t->data, rs.step, wall, split,
                100 * last_test_acc, last_test_loss, logpath, t->ckpt ? ", checkpoint " : "",
                t->ckpt ? t->ckpt : "");
     if (t->text && rc == NGD_EXIT_OK)  // let a person see what it learned
@@ -1501,7 +1838,7 @@ done:
 
 int cmd_train(int argc, char **argv) {
     train_opts t;
-    if (parse_opts(argc, argv, &t)) return NGD_EXIT_USAGE;
+    if (parse_opts(argc, argv, &t, "train")) return NGD_EXIT_USAGE;
     return run(&t, false);
 }
 
@@ -1512,10 +1849,11 @@ int cmd_eval(int argc, char **argv) {
             return NGD_EXIT_OK;
         }
     train_opts t;
-    if (parse_opts(argc, argv, &t)) return NGD_EXIT_USAGE;
+    if (parse_opts(argc, argv, &t, "eval")) return NGD_EXIT_USAGE;
     if (!t.resume) {
-        cli_error("e.g. ngd eval --resume run.ckpt --model mlp", "eval needs --resume FILE");
+        cli_error("e.g. ngd eval --resume run.ckpt", "eval needs --resume FILE");
         return NGD_EXIT_USAGE;
     }
-    return run(&t, true);
+    int rc = eval_setup(&t);
+    return rc != NGD_EXIT_OK ? rc : run(&t, true);
 }

@@ -230,6 +230,14 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (!(c->eps > 0.0f) || !isfinite(c->eps)) BAD("eps must be > 0 (got %g)", (double)c->eps);
     if (!isfinite(c->damping)) BAD("damping must be finite (got %g)", (double)c->damping);
     if (!finite_nonneg(c->alpha1)) BAD("alpha1 must be finite and >= 0 (got %g)", (double)c->alpha1);
+    const bool singd = c->method == NGD_METHOD_SINGD || c->method == NGD_METHOD_INGD ||
+                       c->method == NGD_METHOD_IKFAC;
+    // SINGD (spec singd.md §7): λ damps the curvature in m_K, m_C (KKᵀ ≈ (S_K + λI)⁻¹), so
+    // λ < 0 is no damping; α1 is a momentum coefficient on m_K, m_C like α2 (and the weight
+    // of an EMA with 1 − α1 under normalize_lr_cov): at 1 or above it never forgets
+    if (singd && c->damping < 0.0f)
+        BAD("damping must be >= 0 for SINGD (got %g)", (double)c->damping);
+    if (singd && c->alpha1 >= 1.0f) BAD("alpha1 must be in [0, 1) (got %g)", (double)c->alpha1);
     if (c->T == 0) BAD("T must be >= 1");
     if (!c->lr_cov_fn && !finite_nonneg(c->lr_cov))
         BAD("lr_cov must be finite and >= 0 (got %g)", (double)c->lr_cov);

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# install.sh — libngd as a user installs it: `make install PREFIX=STAGE` (make check and make
+# test stage BUILD/stage), then every examples/*.c compiled against that tree through
+# pkg-config alone, linked with libngd.so (run with LD_LIBRARY_PATH) and with libngd.a
+# (pkg-config --static), and run. Usage: tests/install.sh STAGE
+set -u
+S=${1:?usage: install.sh STAGE (a make install PREFIX)}
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+CC=${CC:-cc}
+export PKG_CONFIG_PATH="$S/lib/pkgconfig"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+if ! pkg-config --exists ngd; then
+    bad "pkg-config finds no ngd in $S/lib/pkgconfig"
+    echo "$pass passed, $fail failed"
+    exit 1
+fi
+[ "$(pkg-config --variable=prefix ngd)" = "$S" ] && ok || bad "ngd.pc's prefix is not $S"
+for ex in examples/*.c; do
+    n=$(basename "$ex" .c)
+    # shared: what the README shows
+    # shellcheck disable=SC2046
+    if $CC -o "$T/$n" "$ex" $(pkg-config --cflags --libs ngd) 2>"$T/err"; then ok
+    else bad "$n: cc \$(pkg-config --cflags --libs ngd) failed"; tail -n 5 "$T/err"; continue; fi
+    LD_LIBRARY_PATH="$S/lib" ldd "$T/$n" | grep -q "$S/lib/libngd.so" && ok || bad "$n: not linked with $S/lib/libngd.so"
+    LD_LIBRARY_PATH="$S/lib" "$T/$n" >"$T/out" 2>&1 && ok || { bad "$n (shared) failed"; tail -n 5 "$T/out"; }
+    # static: libngd.a and its Libs.private
+    # shellcheck disable=SC2046
+    if $CC -o "$T/$n-static" "$ex" $(pkg-config --cflags ngd) \
+        $(pkg-config --static --libs ngd | sed 's/-lngd /-l:libngd.a /') 2>"$T/err"; then ok
+    else bad "$n: static link with pkg-config --static failed"; tail -n 5 "$T/err"; continue; fi
+    ldd "$T/$n-static" | grep -q libngd && bad "$n-static: needs libngd.so" || ok
+    "$T/$n-static" >"$T/out" 2>&1 && ok || { bad "$n (static) failed"; tail -n 5 "$T/out"; }
+done
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
