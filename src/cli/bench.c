@@ -3,7 +3,8 @@
  *
  * `ngd bench step`: the time of one optimizer step for the Kronecker-factored
  * layers of a 784-512-512-10 MLP at batch 128 (statistics 128x785, 128x513, 128x513 with
- * the bias column), for every method and structure. Each configuration is timed as the
+ * the bias column), for SGD, AdamW, SINGD with eight structures and IKFAC (the K-FAC family is
+ * timed by `ngd bench precond` and `ngd bench train`). Each configuration is timed as the
  * median of >= 20 repetitions of (observe + step) at T = 1 (a preconditioner update every
  * step) and as the median of 10-step blocks at T = 10 (amortised). Printed beside it: the
  * FLOP count of the dense path, achieved GFLOP/s, this machine's sgemm GFLOP/s measured in
@@ -238,7 +239,8 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
 static void step_usage(FILE *f) {
     fprintf(f, "usage: ngd bench step [--reps N] [--json] [--only SUBSTR]\n\n"
                "Times one optimizer step (observe + step) for the layers of a 784-512-512-10\n"
-               "MLP at batch 128, for every method and structure: median ms over N runs at\n"
+               "MLP at batch 128, for SGD, AdamW, SINGD (eight structures) and IKFAC (the\n"
+               "K-FAC family: ngd bench precond, ngd bench train): median ms over N runs at\n"
                "T=1 and amortised at T=10, dense FLOPs, GFLOP/s, this machine's sgemm GFLOP/s,\n"
                "and optimizer-state bytes against specs/singd.md §9.8.\n\n"
                "options:\n"

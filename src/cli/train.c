@@ -124,7 +124,7 @@ static const cli_opt OPTS[] = {
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"eval-every", 1, O_EVALEVERY, "N", "evaluate on the test set every N epochs (1; 0 = end only)"},
-    {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<optim>.jsonl)"},
+    {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<data>-<optim>.jsonl)"},
     {"log-every", 1, O_LOGEVERY, "N", "log a step record every N steps (20)"},
     {"checkpoint", 1, O_CKPT, "FILE", "write a training checkpoint to FILE (atomically)"},
     {"checkpoint-every", 1, O_CKPTEVERY, "N", "checkpoint every N steps (default: each epoch)"},
