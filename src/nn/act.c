@@ -17,10 +17,16 @@
 
 // e^x for x in float range, relative error about 2e-7: x = k ln2 + r (Cody–Waite split of
 // ln2, |r| <= ln2/2), e^r by its Taylor polynomial to degree 7 (remainder < 5e-9), 2^k
-// through the exponent bits. Inputs are clamped to [-87, 88] (no overflow, no subnormals).
+// through the exponent bits. Inputs are clamped to [-87, 87] (no overflow, no subnormals).
 static inline float exp_fast(float x) {
-    x = x > -87.0f ? x : -87.0f; // (comparisons, not fminf: they vectorise; NaN -> -87)
-    x = x < 88.0f ? x : 88.0f;
+    // |x| <= 87 by an integer clamp of the magnitude's bits (a float clamp, or fminf, keeps
+    // GCC from vectorising the loops; NaN becomes ±87)
+    uint32_t ux;
+    memcpy(&ux, &x, sizeof ux);
+    uint32_t ax = ux & 0x7fffffffu;
+    ax = ax > 0x42ae0000u ? 0x42ae0000u : ax; // 87.0f
+    ux = (ux & 0x80000000u) | ax;
+    memcpy(&x, &ux, sizeof x);
     const float z = x * 1.44269504088896341f; // k = round(z), by a truncating conversion
     const float k = (float)(int32_t)(z + (z >= 0.0f ? 0.5f : -0.5f)); // (floorf: a call)
     const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-6f;
@@ -59,7 +65,7 @@ static inline float erf_fast(float x) {
     q = q * z - 1.0f / 3.0f;
     q = q * z + 1.0f;
     const float e = a < 0.5f ? 1.1283791670955126f * a * q : big;
-    return x < 0.0f ? -e : e;
+    return copysignf(e, x);
 }
 
 float nn_tanh_approx(float u) { return tanh_fast(u); }
