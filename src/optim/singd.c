@@ -151,16 +151,39 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
     const float alpha_K = (float)(1.0 / (double)rows);
     const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g) / (double)o->scale_prev);
+    // A dense factor seeing more rows than its width (convolutions: N·L rows) sums the Gram
+    // matrix X Xᵀ over the chunks and multiplies by K once: Kᵀ (X Xᵀ) K costs 2d²·rows + 4d³
+    // instead of the 4d²·rows of (Kᵀ X)(Kᵀ X)ᵀ chunk by chunk (the same sum in another order)
+    const size_t dK = e->d_K, dC = e->d_out;
+    const bool gramK = s->sK.kind == NGD_STRUCT_DENSE && rows > dK;
+    const bool gramC = s->sC.kind == NGD_STRUCT_DENSE && rows > dC;
     for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
         size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         float beta = (s->has_H || r0 > 0) ? 1.0f : 0.0f;
         ngd_stats_a_rows(e, batch, a, g, r0, nr, w.chunk);
         // X = chunkᵀ: d_K x nr, a column-major view of the row-major chunk
-        ngd_cview X = {w.chunk, e->d_K, nr, 1, (ptrdiff_t)e->d_K};
-        s->oK->from_inner(&s->sK, Kf, X, alpha_K, beta, s->HK, w.fi);
+        ngd_cview X = {w.chunk, dK, nr, 1, (ptrdiff_t)dK};
+        if (gramK) ngd_syrk_full(1.0f, X, r0 ? 1.0f : 0.0f, ngd_view_rm(w.fK[2], dK, dK, dK));
+        else s->oK->from_inner(&s->sK, Kf, X, alpha_K, beta, s->HK, w.fi);
         ngd_stats_g_rows(e, batch, g, r0, nr, w.chunk);
-        ngd_cview Y = {w.chunk, e->d_out, nr, 1, (ptrdiff_t)e->d_out};
-        s->oC->from_inner(&s->sC, Cf, Y, alpha_C, beta, s->HC, w.fi);
+        ngd_cview Y = {w.chunk, dC, nr, 1, (ptrdiff_t)dC};
+        if (gramC) ngd_syrk_full(1.0f, Y, r0 ? 1.0f : 0.0f, ngd_view_rm(w.fC[2], dC, dC, dC));
+        else s->oC->from_inner(&s->sC, Cf, Y, alpha_C, beta, s->HC, w.fi);
+    }
+    const float beta0 = s->has_H ? 1.0f : 0.0f;
+    if (gramK) { // H_K = β0 H_K + α Kᵀ (X Xᵀ) K
+        ngd_cview K = ngd_cview_rm(Kf, dK, dK, dK);
+        ngd_gemm(1.0f, ngd_cview_t(K), ngd_cview_rm(w.fK[2], dK, dK, dK), 0.0f,
+                 ngd_view_rm(w.fK[3], dK, dK, dK));
+        ngd_gemm(alpha_K, ngd_cview_rm(w.fK[3], dK, dK, dK), K, beta0,
+                 ngd_view_rm(s->HK, dK, dK, dK));
+    }
+    if (gramC) {
+        ngd_cview C = ngd_cview_rm(Cf, dC, dC, dC);
+        ngd_gemm(1.0f, ngd_cview_t(C), ngd_cview_rm(w.fC[2], dC, dC, dC), 0.0f,
+                 ngd_view_rm(w.fC[3], dC, dC, dC));
+        ngd_gemm(alpha_C, ngd_cview_rm(w.fC[3], dC, dC, dC), C, beta0,
+                 ngd_view_rm(s->HC, dC, dC, dC));
     }
     s->has_H = 1;
     return NGD_OK;
