@@ -27,7 +27,8 @@ typedef struct {
     uint8_t has_H;
     // Dense f32 factors: K Kᵀ and C Cᵀ, formed once per preconditioner update (or after a
     // load), so that a step preconditions with 2 products instead of 4 (spec §8 in another
-    // order: P = (C Cᵀ) Ĝ (K Kᵀ)). NULL for other structures and for bf16 factors.
+    // order: P = (C Cᵀ) Ĝ (K Kᵀ)). NULL for other structures, for bf16 factors, and where
+    // forming them costs more than they save (singd_init).
     float *KKt, *CCt;
     bool cache_ok;
     uint32_t cache_loads; // e->loads when the cache was formed
@@ -89,9 +90,12 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
         s->mC = falloc(nC, s->dtC);
         ok = s->mK && s->mC;
     }
-    if (ok && s->sK.kind == NGD_STRUCT_DENSE && s->dtK == NGD_F32)
+    // K Kᵀ costs 2 d_K³ per update and saves 2 products of 2 d_K² d_C per step: kept when
+    // that pays within the T steps of an update (d_K < 2 T d_C); likewise C Cᵀ
+    const size_t dK = e->d_K, dC = e->d_out, T2 = 2 * (c->T ? c->T : 1);
+    if (ok && s->sK.kind == NGD_STRUCT_DENSE && s->dtK == NGD_F32 && dK < T2 * dC)
         ok = (s->KKt = ngd_malloc(nK, sizeof(float))) != NULL;
-    if (ok && s->sC.kind == NGD_STRUCT_DENSE && s->dtC == NGD_F32)
+    if (ok && s->sC.kind == NGD_STRUCT_DENSE && s->dtC == NGD_F32 && dC < T2 * dK)
         ok = (s->CCt = ngd_malloc(nC, sizeof(float))) != NULL;
     float *tmp = ok ? ngd_malloc(NGD_MAX(nK, nC), sizeof(float)) : NULL;
     if (!tmp) {
