@@ -38,7 +38,7 @@
 #include "cli.h"
 #include "ngd.h"
 
-static double now_s(void) {
+double bench_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -49,26 +49,26 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double median(double *v, size_t n) {
+double bench_median(double *v, size_t n) {
     qsort(v, n, sizeof *v, cmp_d);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // The machine's sgemm rate (GFLOP/s) for an m x k by k x n product, median of several runs.
-static double sgemm_gflops(size_t m, size_t k, size_t n) {
+double bench_sgemm_gflops(size_t m, size_t k, size_t n) {
     float *a = calloc(m * k, 4), *b = calloc(k * n, 4), *c = calloc(m * n, 4);
     if (!a || !b || !c) return 0;
     for (size_t i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
     for (size_t i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
     double t[9];
     for (int r = 0; r < 11; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         dnnl_sgemm('N', 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f, a, (dnnl_dim_t)k,
                    b, (dnnl_dim_t)n, 0.0f, c, (dnnl_dim_t)n);
-        if (r >= 2) t[r - 2] = now_s() - t0;
+        if (r >= 2) t[r - 2] = bench_now_s() - t0;
     }
     free(a), free(b), free(c);
-    return 2.0 * (double)m * (double)k * (double)n / median(t, 9) / 1e9;
+    return 2.0 * (double)m * (double)k * (double)n / bench_median(t, 9) / 1e9;
 }
 
 // Stored numbers of a d x d factor (specs/singd.md §9.2-9.8), independent of the library.
@@ -205,7 +205,7 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
         double *t = malloc((size_t)reps * sizeof *t);
         for (int w = 0; w < 3 * block; w++) one_step(o, ids, m);  // warm-up, plans buffers
         for (int i = 0; i < reps; i++) {
-            double t0 = now_s();
+            double t0 = bench_now_s();
             for (int k = 0; k < block; k++)
                 if (one_step(o, ids, m)) {
                     fprintf(stderr, "bench: step failed: %s\n", ngd_optim_errmsg(o));
@@ -213,10 +213,10 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
                     ngd_optim_free(o);
                     return r;
                 }
-            t[i] = (now_s() - t0) / block * 1e3;
+            t[i] = (bench_now_s() - t0) / block * 1e3;
         }
-        if (pass == 0) r.ms_t1 = median(t, (size_t)reps);
-        else r.ms_t10 = median(t, (size_t)reps);
+        if (pass == 0) r.ms_t1 = bench_median(t, (size_t)reps);
+        else r.ms_t10 = bench_median(t, (size_t)reps);
         free(t);
         r.state_bytes = ngd_optim_state_bytes(o);
         double th = 0;
@@ -283,7 +283,7 @@ static int bench_step(int argc, char **argv) {
         cli_error(NULL, "out of memory");
         return NGD_EXIT_FAIL;
     }
-    double peak = sgemm_gflops(512, 512, 512), tall = sgemm_gflops(128, 784, 512);
+    double peak = bench_sgemm_gflops(512, 512, 512), tall = bench_sgemm_gflops(128, 784, 512);
     double f1 = dense_flops(true), f0 = dense_flops(false);
     if (!json) {
         printf("ngd bench step: 784-512-512-10 MLP, batch 128, median of %d runs\n", reps);
@@ -477,18 +477,18 @@ static pc_point pc_measure(const pc_method *pm, size_t d, int reps) {
         // step 0 observes ceil(d/n) batches: the dense averages start at full rank, as after
         // d/n steps of training (a rank-deficient average would flatter the decompositions)
         const size_t batches = step == 0 ? (d + n - 1) / n : 1;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (size_t b = 0; b < batches; b++) {
-            const double tf = now_s();
+            const double tf = bench_now_s();
             pc_fill(X, n * d, 1.0f, &seed);
             pc_fill(G, n * d, 1e-2f, &seed);
-            t0 += now_s() - tf;
+            t0 += bench_now_s() - tf;
             if (ngd_optim_wants_stats(o) && ngd_optim_observe(o, id, n, ngd_matrix_f32(X, n, d),
                                                               ngd_matrix_f32(G, n, d)) != NGD_OK)
                 goto fail;
         }
         if (ngd_optim_step(o) != NGD_OK) goto fail;
-        const double wall = now_s() - t0;
+        const double wall = bench_now_s() - t0;
         ngd_optim_layer_health(o, id, &h);
         if (h.updates != h0.updates + 1) {
             cli_error(NULL, "%s d=%zu: step %d did no preconditioner update", pm->name, d, step);
@@ -510,10 +510,10 @@ static pc_point pc_measure(const pc_method *pm, size_t d, int reps) {
         pt.rank_A = h.rank_A, pt.rank_G = h.rank_G;
         pt.retries = h.decomp_retries, pt.failures = h.decomp_failures;
     }
-    pt.mnt_ms = median(tm, (size_t)reps);
-    pt.app_ms = median(ta, (size_t)reps);
-    pt.step_ms = median(ts, (size_t)reps);
-    pt.obs_ms = median(to, (size_t)reps);
+    pt.mnt_ms = bench_median(tm, (size_t)reps);
+    pt.app_ms = bench_median(ta, (size_t)reps);
+    pt.step_ms = bench_median(ts, (size_t)reps);
+    pt.obs_ms = bench_median(to, (size_t)reps);
     pt.reps = reps;
     pt.ok = true;
     goto done;
@@ -841,7 +841,7 @@ static int bench_precond(int argc, char **argv) {
         return NGD_EXIT_FAIL;
     }
     const int threads = pc_threads();
-    const double gf0 = sgemm_gflops(1024, 1024, 1024);
+    const double gf0 = bench_sgemm_gflops(1024, 1024, 1024);
     const bool progress = !json && isatty(STDERR_FILENO);
     if (json) {
         printf("{\"type\":\"setup\",\"n\":%d,\"rank\":%d,\"threads\":%d,\"reps\":%d,"
@@ -875,10 +875,10 @@ static int bench_precond(int argc, char **argv) {
         const pc_method *pm = &PC_METHODS[ms[i]];
         pc_point *row = pts + i * nd;
         for (size_t j = 0; j < nd; j++) {
-            const double t0 = now_s();
+            const double t0 = bench_now_s();
             if (progress) fprintf(stderr, "  %s d=%zu ...", pm->name, ds[j]);
             row[j] = pc_measure(pm, ds[j], reps);
-            if (progress) fprintf(stderr, " %.1f s\n", now_s() - t0);
+            if (progress) fprintf(stderr, " %.1f s\n", bench_now_s() - t0);
             if (!row[j].ok) {
                 status = NGD_EXIT_FAIL;
                 continue;
@@ -926,7 +926,7 @@ static int bench_precond(int argc, char **argv) {
         }
         fflush(stdout);
     }
-    const double gf1 = sgemm_gflops(1024, 1024, 1024);
+    const double gf1 = bench_sgemm_gflops(1024, 1024, 1024);
     if (json) {
         printf("{\"type\":\"end\",\"sgemm_gflops\":%.1f}\n", gf1);
     } else {

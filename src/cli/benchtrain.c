@@ -15,7 +15,6 @@
  * the step's floor (its FLOPs at the sgemm rate). Speed is measured here, never in the tests.
  */
 #define _DEFAULT_SOURCE // wait4: the child's own peak RSS
-#include <dnnl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -35,17 +34,6 @@
 #include "data.h"
 #include "model.h"
 #include "ngd.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 // ---- options ----
 enum { B_MODEL = 256, B_OPTIM, B_STRUCT, B_DATA, B_BATCH, B_CONTEXT, B_WIDTHS, B_STEPS, B_WARMUP,
@@ -111,27 +99,6 @@ static bool is_singd(ngd_method m) {
 }
 static bool is_kfac(ngd_method m) { return m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC; }
 
-// The machine's sgemm rate now (oneDNN, 1024³, median of 9 after 2 warm-ups), GFLOP/s.
-static double sgemm_rate(void) {
-    const size_t n = 1024;
-    float *a = malloc(n * n * 4), *b = malloc(n * n * 4), *c = malloc(n * n * 4);
-    if (!a || !b || !c) {
-        free(a), free(b), free(c);
-        return 0;
-    }
-    for (size_t i = 0; i < n * n; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
-    double t[9];
-    for (int r = 0; r < 11; r++) {
-        double t0 = now_s();
-        dnnl_sgemm('N', 'N', (dnnl_dim_t)n, (dnnl_dim_t)n, (dnnl_dim_t)n, 1.0f, a, (dnnl_dim_t)n, b,
-                   (dnnl_dim_t)n, 0.0f, c, (dnnl_dim_t)n);
-        if (r >= 2) t[r - 2] = now_s() - t0;
-    }
-    free(a), free(b), free(c);
-    qsort(t, 9, sizeof t[0], cmp_d);
-    return 2.0 * (double)n * (double)n * (double)n / t[4] / 1e9;
-}
-
 // Synthetic data of the real shapes: random pixels and labels, or random text.
 typedef struct {
     nn_dataset ds;
@@ -191,7 +158,7 @@ static size_t period_of(const ngd_config *cfg) {
 // One configuration, in the child process.
 static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     memset(r, 0, sizeof *r);
-    r->sgemm_gflops = sgemm_rate();
+    r->sgemm_gflops = bench_sgemm_gflops(1024, 1024, 1024);
     bt_data d;
     nn_model m;
     memset(&m, 0, sizeof m);
@@ -246,26 +213,26 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     for (size_t s = 0; s < o->warmup + r->steps; s++) {
         const bool timed = s >= o->warmup;
         if (s == o->warmup) opt_f0 = ngd_gemm_flop_count();
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (c->text) nn_text_batch(&d.text, NN_SPLIT_TRAIN, o->batch, o->context, &d.rng, ids, y);
         else if (!nn_loader_next(&d.ld, x, y)) nn_loader_next(&d.ld, x, y);
-        double t1 = now_s();
+        double t1 = bench_now_s();
         uint64_t f0 = nn_flop_count();
         nn_model_zero_grad(&m);
         if (c->text) m.ops->forward_tokens(&m, ids, o->batch, o->context, true);
         else m.ops->forward(&m, x, o->batch, true);
         nn_xent_forward(m.logits, y, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
-        double t2 = now_s();
+        double t2 = bench_now_s();
         m.ops->backward(&m, dlogits);
-        double t3 = now_s();
+        double t3 = bench_now_s();
         if (s == 0) r->fb_flops = (double)(nn_flop_count() - f0);
         if (ngd_optim_wants_stats(opt) && m.ops->observe(&m, opt) != NGD_OK) {
             snprintf(r->err, sizeof r->err, "observe: %s", ngd_optim_errmsg(opt));
             goto done;
         }
-        double t4 = now_s();
+        double t4 = bench_now_s();
         ngd_status st = ngd_optim_step(opt);
-        double t5 = now_s();
+        double t5 = bench_now_s();
         if (st != NGD_OK && st != NGD_SKIPPED) {
             snprintf(r->err, sizeof r->err, "step: %s", ngd_optim_errmsg(opt));
             goto done;
@@ -285,9 +252,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     const double n = (double)r->steps;
     r->data /= n, r->fwd /= n, r->bwd /= n, r->obs /= n, r->upd /= n, r->prec /= n, r->rule /= n;
     for (size_t i = 0; i < r->steps; i++) r->mean += tot[i] / n;
-    qsort(tot, r->steps, sizeof *tot, cmp_d);
-    r->median = r->steps % 2 ? tot[r->steps / 2]
-                             : 0.5 * (tot[r->steps / 2 - 1] + tot[r->steps / 2]);
+    r->median = bench_median(tot, r->steps);
     r->state_bytes = ngd_optim_state_bytes(opt);
     r->ok = 1;
 done:

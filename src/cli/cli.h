@@ -60,4 +60,9 @@ int cmd_bench(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 // `ngd bench train` (benchtrain.c); argv[0] is "train"
 int bench_train(int argc, char **argv);
+// bench.c's helpers, shared with benchtrain.c: a monotonic clock in seconds, the median of v
+// (sorts it), and the machine's sgemm rate now (oneDNN, m x k by k x n, GFLOP/s)
+double bench_now_s(void);
+double bench_median(double *v, size_t n);
+double bench_sgemm_gflops(size_t m, size_t k, size_t n);
 #endif
