@@ -5,8 +5,8 @@
 #   make check        the plain suite only (faster)
 #   make bench        speed / memory benchmarks (never part of the tests)
 #   make mutate       mutation testing: plants the bugs of scripts/mutations.txt one at a time
-#                     in a scratch copy, runs the plain suite, reports which survive (slow;
-#                     never part of the tests; MUTATE_ARGS='-o 1,3' etc., see mutate.sh -h)
+#                     in a scratch copy, runs the plain suite, reports which survive (never
+#                     part of the tests; MUTATE_ARGS='-o 1,3' etc., see scripts/mutate.sh -h)
 #   make install      PREFIX=/usr/local DESTDIR=   (lib, header, pkg-config file, ngd)
 #   make format / format-check / tidy / clean
 #   options: SANITIZE=1 (build into build-san/), NATIVE=0 (no -march=native), OMP=0
