@@ -5,6 +5,9 @@
 #   make check        the plain suite only (faster)
 #   make bench        speed / memory benchmarks (never part of the tests)
 #   make bench-compare  PyTorch (Debian's) and ngd bench train side by side: ms/step, ratios
+#   make mutate       mutation testing: plants the bugs of scripts/mutations.txt one at a time
+#                     in a scratch copy, runs the plain suite, reports which survive (never
+#                     part of the tests; MUTATE_ARGS='-o 1,3' etc., see scripts/mutate.sh -h)
 #   make install      PREFIX=/usr/local DESTDIR=   (lib, header, pkg-config file, ngd)
 #   make format / format-check / tidy / clean
 #   options: SANITIZE=1 (build into build-san/), NATIVE=0 (no -march=native), OMP=0
@@ -87,7 +90,8 @@ NGD := $(BUILD)/ngd
 # keep test objects between builds
 .SECONDARY:
 
-.PHONY: all run test check bench bench-compare examples install uninstall clean format format-check tidy deps
+.PHONY: all run test check bench bench-compare examples install uninstall clean format format-check tidy deps \
+        mutate
 all: $(LIBA) $(LIBSO) $(NGD)
 
 deps:
@@ -202,6 +206,12 @@ fuzz:
 	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' build-fuzz/fuzz/$$t.log \
 	        | tr '\n' ' '; echo; \
 	done; echo "fuzz: no findings"
+
+# `make mutate`: scripts/mutate.sh (a scratch copy of the tree per run; the tree is not
+# touched). Exit 0 when every mutation is killed, 1 when some survive.
+MUTATE_ARGS ?=
+mutate: deps
+	@bash scripts/mutate.sh $(MUTATE_ARGS)
 
 bench: deps all $(BENCH_BIN)
 	@bash bench/run.sh $(BUILD)

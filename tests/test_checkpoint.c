@@ -1,7 +1,8 @@
 /*
  * test_checkpoint.c — optimizer checkpoints: save -> load -> continue is bit-identical to an
- * uninterrupted run, for every method and for bf16 factors; truncated, foreign, corrupted
- * and mismatched files are rejected with a message and leave the optimizer unchanged.
+ * uninterrupted run, for every method and for bf16 factors, between steps and mid-step,
+ * under a changing loss scale; truncated, foreign, corrupted and mismatched files are
+ * rejected with a message and leave the optimizer unchanged.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,10 +53,37 @@ static ngd_config cfg_for(ngd_method m, int variant) {
 
 static bool kfac_family(ngd_method m) { return m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC; }
 
-// Runs 12 steps uninterrupted, and 5 steps + save + fresh optimizer + load + 7 steps;
-// the parameters must agree to the bit.
-static void check_resume(ngd_method m, int variant) {
+// The loss scale of step s in the scaled runs: powers of two that change from step to step,
+// so s_{t-1} != s_t at the save point (step 6: a SINGD update step with T = 3, a K-FAC
+// statistics and decomposition step with T_u = 2, T_i = 3).
+static float scale_at(size_t s) {
+    static const float sc[12] = {4, 2, 16, 2, 8, 8, 1, 32, 4, 2, 16, 8};
+    return sc[s % 12];
+}
+
+// Where in step SAVE_AT the optimizer is saved: between steps (after step 5), after
+// ngd_optim_set_grad_scale for step 6, or after that and step 6's observe (mid-step).
+enum { SAVE_AT = 6, BETWEEN = 0, AFTER_SCALE = 1, AFTER_OBSERVE = 2 };
+
+static void begin_step(ngd_optim *o, size_t s, bool scaled) {
+    if (scaled) CHECK(ngd_optim_set_grad_scale(o, scale_at(s)) == NGD_OK);
+}
+static void backward(tp_problem *p, ngd_optim *o, size_t s, bool scaled) {
+    tp_forward_backward(p, o, s, scaled ? scale_at(s) : 1.0f);
+}
+static void full_step(tp_problem *p, ngd_optim *o, size_t s, bool scaled) {
+    begin_step(o, s, scaled);
+    backward(p, o, s, scaled);
+    CHECK(ngd_optim_step(o) == NGD_OK);
+}
+
+// Runs 12 steps uninterrupted, and the same steps with a save at `phase` of step 6, a fresh
+// optimizer, a load, and the rest; the parameters must agree to the bit. `scaled`: every
+// step's gradients carry that step's loss scale (set with ngd_optim_set_grad_scale), so the
+// checkpoint must restore both s_{t-1} and s_t.
+static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     ngd_config c = cfg_for(m, variant);
+    if (scaled) c.init_grad_scale = scale_at(0);
     tp_problem a, b;
     // K-FAC family: batch 4 and a 30-20-5 net, wide enough for Brand-track factors
     const size_t N = kfac_family(m) ? 4 : 16, din = kfac_family(m) ? 30 : 9,
@@ -65,9 +93,11 @@ static void check_resume(ngd_method m, int variant) {
     ngd_optim *oa, *ob, *oc;
     CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ob) == NGD_OK);
     CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&b, ob) == NGD_OK);
-    for (size_t s = 0; s < 12; s++) CHECK(tp_step(&a, oa, s) == NGD_OK);
-    for (size_t s = 0; s < 5; s++) CHECK(tp_step(&b, ob, s) == NGD_OK);
-    // a step-4 observe that is pending must survive too: observe for step 5 before saving
+    for (size_t s = 0; s < 12; s++) full_step(&a, oa, s, scaled);
+    for (size_t s = 0; s < SAVE_AT; s++) full_step(&b, ob, s, scaled);
+    // mid-step: the new scale (and the pending statistics of step 6) must survive too
+    if (phase >= AFTER_SCALE) begin_step(ob, SAVE_AT, scaled);
+    if (phase >= AFTER_OBSERVE) backward(&b, ob, SAVE_AT, scaled);
     const char *path = tmp_path("resume.ckpt");
     CHECK(ngd_optim_save(ob, path) == NGD_OK);
     ngd_optim_free(ob);
@@ -75,7 +105,7 @@ static void check_resume(ngd_method m, int variant) {
     tp_problem bb = b;  // same parameter buffers, re-registered with a fresh optimizer
     CHECK(tp_register(&bb, oc) == NGD_OK);
     CHECK(ngd_optim_load(oc, path) == NGD_OK);
-    CHECK(ngd_optim_steps(oc) == 5);
+    CHECK(ngd_optim_steps(oc) == SAVE_AT);
     // the in-memory form is the same bytes as the file
     void *mem = NULL;
     size_t mlen = 0;
@@ -83,10 +113,15 @@ static void check_resume(ngd_method m, int variant) {
     CHECK(ngd_optim_load_mem(oc, mem, mlen) == NGD_OK);
     CHECK(ngd_optim_load_mem(oc, mem, mlen / 2) == NGD_ERR_FORMAT);
     free(mem);
-    for (size_t s = 5; s < 12; s++) CHECK(tp_step(&bb, oc, s) == NGD_OK);
-    CHECK(memcmp(a.W1, bb.W1, din * dh * 4) == 0 && memcmp(a.W2, bb.W2, dh * 5 * 4) == 0);
-    CHECK(memcmp(a.b1, bb.b1, dh * 4) == 0 && memcmp(a.b2, bb.b2, 5 * 4) == 0);
-    CHECK_TENSOR(bb.W2, a.W2, dh * 5, 0, 0, ngd_method_name(m));
+    if (phase < AFTER_SCALE) begin_step(oc, SAVE_AT, scaled);
+    if (phase < AFTER_OBSERVE) backward(&bb, oc, SAVE_AT, scaled);
+    CHECK(ngd_optim_step(oc) == NGD_OK);
+    for (size_t s = SAVE_AT + 1; s < 12; s++) full_step(&bb, oc, s, scaled);
+    CHECK_MSG(memcmp(a.W1, bb.W1, din * dh * 4) == 0 && memcmp(a.W2, bb.W2, dh * 5 * 4) == 0 &&
+                  memcmp(a.b1, bb.b1, dh * 4) == 0 && memcmp(a.b2, bb.b2, 5 * 4) == 0,
+              "%s variant %d, %s, saved at phase %d of step %d: parameters differ",
+              ngd_method_name(m), variant, scaled ? "changing loss scale" : "loss scale 1",
+              phase, SAVE_AT);
     ngd_optim_free(oa);
     ngd_optim_free(oc);
     tp_free(&a);
@@ -94,15 +129,22 @@ static void check_resume(ngd_method m, int variant) {
     unlink(path);
 }
 
+static void resume_all(ngd_method m, int variant) {
+    check_resume(m, variant, false, BETWEEN);
+    check_resume(m, variant, true, BETWEEN);
+    check_resume(m, variant, true, AFTER_SCALE);
+    check_resume(m, variant, true, AFTER_OBSERVE);
+}
+
 static void resume_should_be_bit_identical_for_every_method(void) {
-    check_resume(NGD_METHOD_SGD, 0);
-    check_resume(NGD_METHOD_ADAMW, 0);
-    check_resume(NGD_METHOD_SINGD, 0);
-    check_resume(NGD_METHOD_SINGD, 1);
-    check_resume(NGD_METHOD_IKFAC, 0);
+    resume_all(NGD_METHOD_SGD, 0);
+    resume_all(NGD_METHOD_ADAMW, 0);
+    resume_all(NGD_METHOD_SINGD, 0);
+    resume_all(NGD_METHOD_SINGD, 1);
+    resume_all(NGD_METHOD_IKFAC, 0);
     for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++) {
-        check_resume((ngd_method)m, 0);
-        check_resume((ngd_method)m, 1);
+        resume_all((ngd_method)m, 0);
+        resume_all((ngd_method)m, 1);
     }
 }
 

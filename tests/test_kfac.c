@@ -6,7 +6,8 @@
  *   K-FAC exact damping = solve(kron(Γ̄', Ā') + λ_K I, vec_r(J)) (§3.3, P10);
  *   low-rank methods S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}, λ_F = λ_rel·λ_max(F̄) + ρ^k (§1.6).
  * The kernels themselves are tested in test_lowrank.c; here the optimizer's statistics
- * scaling, schedules, tracks, clipping and weight decay are.
+ * scaling, schedules (stale decompositions between T_i steps), tracks, clipping, weight
+ * decay and health readouts are.
  */
 #include <math.h>
 #include <stdio.h>
@@ -108,14 +109,15 @@ static void solve_shift(size_t d, const double *F, double lam, size_t m, double 
     free(A);
 }
 
-// Per-factor reference: S = (EG + lG)^{-1} J (EA + lA)^{-1}.
-static void ref_per_factor(const layer_t *L, double lA, double lG, double *S) {
+// Per-factor reference: S = (EG + lG)^{-1} J (EA + lA)^{-1} for the factors EA, EG.
+static void ref_per_factor(const layer_t *L, const double *EA, const double *EG, double lA,
+                           double lG, double *S) {
     const size_t dA = L->dA, dG = L->dG;
     double *J = malloc(sizeof(double) * dG * dA), *Jt = malloc(sizeof(double) * dG * dA);
     layer_J(L, J);
-    solve_shift(dG, L->EG, lG, dA, J);  // (EG + lG)^{-1} J
-    ref_transpose(dG, dA, J, Jt);       // dA x dG
-    solve_shift(dA, L->EA, lA, dG, Jt); // (EA + lA)^{-1} Jᵀ  (EA symmetric)
+    solve_shift(dG, EG, lG, dA, J);   // (EG + lG)^{-1} J
+    ref_transpose(dG, dA, J, Jt);     // dA x dG
+    solve_shift(dA, EA, lA, dG, Jt);  // (EA + lA)^{-1} Jᵀ  (EA symmetric)
     ref_transpose(dA, dG, Jt, S);
     free(J), free(Jt);
 }
@@ -142,6 +144,10 @@ static double rel_err(const float *got, const double *want, size_t n) {
 
 // Runs `steps` steps of method cfg on one layer; after each, compares the preconditioned
 // gradient with the reference picked by `kind` (0 per-factor, 1 K-FAC exact, 2 π-damping).
+// Statistics arrive every T_u steps; the decompositions (and so the factors and the identity
+// term ρ^k the preconditioner sees) are those of the last step t with t mod T_i == 0: between
+// them the reference keeps a snapshot of the averages and of k, and applies it to the
+// current gradient.
 static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, size_t steps,
                                int kind, bool id_in_factor) {
     layer_t L;
@@ -156,20 +162,27 @@ static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, 
     int id = layer_add(&L, o);
     const size_t dA = L.dA, dG = L.dG;
     double *S = malloc(sizeof(double) * dA * dG), worst = 0;
+    double *SA = malloc(sizeof(double) * dA * dA), *SG = malloc(sizeof(double) * dG * dG);
+    size_t ks = 0;  // k of the snapshot
     for (size_t t = 0; t < steps; t++) {
         layer_draw(&L, (double)c.kfac.rho, t % c.kfac.T_u == 0);
+        if (t % c.kfac.T_i == 0) {  // a decomposition step: the preconditioner's new factors
+            memcpy(SA, L.EA, sizeof(double) * dA * dA);
+            memcpy(SG, L.EG, sizeof(double) * dG * dG);
+            ks = L.k;
+        }
         layer_observe(&L, o, id);
         CHECK(ngd_optim_step(o) == NGD_OK);
         CHECK(ngd_optim_last_update(o, id, L.P, dG * dA) == NGD_OK);
-        const double sh = id_in_factor ? 0.0 : pow((double)c.kfac.rho, (double)L.k);
+        const double sh = id_in_factor ? 0.0 : pow((double)c.kfac.rho, (double)ks);
         const double lr = (double)c.kfac.damping_rel;
         if (kind == 0) {
-            ref_per_factor(&L, lr * max_eig(dA, L.EA) + sh, lr * max_eig(dG, L.EG) + sh, S);
+            ref_per_factor(&L, SA, SG, lr * max_eig(dA, SA) + sh, lr * max_eig(dG, SG) + sh, S);
         } else {
-            // shifted factors A' = EA + sh I, G' = EG + sh I
-            for (size_t i = 0; i < dA; i++) L.EA[i * dA + i] += sh;
-            for (size_t i = 0; i < dG; i++) L.EG[i * dG + i] += sh;
-            const double mA = max_eig(dA, L.EA), mG = max_eig(dG, L.EG), lk = lr * mA * mG;
+            // shifted factors A' = SA + sh I, G' = SG + sh I
+            for (size_t i = 0; i < dA; i++) SA[i * dA + i] += sh;
+            for (size_t i = 0; i < dG; i++) SG[i * dG + i] += sh;
+            const double mA = max_eig(dA, SA), mG = max_eig(dG, SG), lk = lr * mA * mG;
             if (kind == 1) {
                 // P10: solve(kron(G', A') + λ_K I, vec_r(J))
                 const size_t N = dA * dG;
@@ -179,24 +192,24 @@ static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, 
                         for (size_t p = 0; p < dG; p++)
                             for (size_t q = 0; q < dA; q++)
                                 K[(i * dA + j) * N + p * dA + q] =
-                                    L.EG[i * dG + p] * L.EA[j * dA + q] + (i == p && j == q ? lk : 0);
+                                    SG[i * dG + p] * SA[j * dA + q] + (i == p && j == q ? lk : 0);
                 layer_J(&L, S);
                 CHECK(lrref_solve(N, K, 1, S) == 0);
                 free(K);
             } else {
-                const double pi = sqrt((lrref_trace(dA, L.EA) / (double)dA) /
-                                       (lrref_trace(dG, L.EG) / (double)dG));
+                const double pi = sqrt((lrref_trace(dA, SA) / (double)dA) /
+                                       (lrref_trace(dG, SG) / (double)dG));
                 const double gp = sqrt(lk);
                 // (G' + gp/π)^{-1} J (A' + π gp)^{-1}: per-factor with those dampings
-                ref_per_factor(&L, pi * gp, gp / pi, S);
+                ref_per_factor(&L, SA, SG, pi * gp, gp / pi, S);
             }
-            for (size_t i = 0; i < dA; i++) L.EA[i * dA + i] -= sh;
-            for (size_t i = 0; i < dG; i++) L.EG[i * dG + i] -= sh;
+            for (size_t i = 0; i < dA; i++) SA[i * dA + i] -= sh;
+            for (size_t i = 0; i < dG; i++) SG[i * dG + i] -= sh;
         }
         double e = rel_err(L.P, S, dA * dG);
         if (e > worst) worst = e;
     }
-    free(S);
+    free(S), free(SA), free(SG);
     ngd_optim_free(o);
     layer_free(&L);
     return worst;
@@ -208,11 +221,27 @@ static void kfac_exact_damping_should_match_the_kronecker_solve(void) {
     // the identity inside the factor (the [C-RS] start) is the same operator (P11)
     e = run_vs_reference(kcfg(NGD_METHOD_KFAC), 3, 5, 4, 5, 1, true);
     CHECK_MSG(e < 2e-4, "K-FAC, identity in factor: rel err %.3g", e);
-    // statistics every 2 steps, decompositions every 3: stale inverses are exact too
-    ngd_config c = kcfg(NGD_METHOD_KFAC);
-    c.kfac.T_u = 1, c.kfac.T_i = 1;
-    e = run_vs_reference(c, 6, 7, 3, 4, 1, false);
+    // more samples than outputs, a wider input than output
+    e = run_vs_reference(kcfg(NGD_METHOD_KFAC), 6, 7, 3, 4, 1, false);
     CHECK_MSG(e < 2e-4, "K-FAC n=6 7->3: rel err %.3g", e);
+}
+
+// Statistics every 2 steps, decompositions every 3 (T_u != T_i, both != 1, as in the spec's
+// defaults 10 / 50): between decompositions the preconditioner applies the factors, and the
+// identity term ρ^k, of the last decomposition to each new gradient, while k (the EA updates)
+// has moved on. Exact damping, π-damping, and the per-factor path of RS-KFAC at full rank;
+// with the identity in the damping (the default) and inside the factor.
+static void stale_decompositions_should_match_the_reference(void) {
+    for (int v = 0; v < 5; v++) {
+        const ngd_method m = v < 3 ? NGD_METHOD_KFAC : NGD_METHOD_RSKFAC;
+        ngd_config c = kcfg(m);
+        c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 16;
+        if (v == 1) c.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
+        const int kind = v == 0 || v == 2 ? 1 : v == 1 ? 2 : 0;
+        const bool in_factor = v == 2 || v == 4;
+        const double e = run_vs_reference(c, 3, 5, 4, 10, kind, in_factor);
+        CHECK_MSG(e < 2e-4, "%s (case %d), T_u 2, T_i 3: rel err %.3g", ngd_method_name(m), v, e);
+    }
 }
 
 static void kfac_pi_damping_should_match_its_factored_solve(void) {
@@ -571,9 +600,62 @@ static void conv_statistics_should_use_the_kfc_split(void) {
     }
 }
 
+// The factor health of the K-FAC family against the factors: trace_K/C = tr(F)/d and
+// norm_K/C = ‖F‖_F of the average the layer keeps ('K' / 'C': the dense EA, or U D Uᵀ on the
+// B-KFAC Brand track), in float64 after every step; rank_A/G = the ranks kept (d for the
+// full eigendecompositions, r for RS-KFAC, min(r, rows seen) for the Brand track).
+static void kfac_health_should_match_the_factors(void) {
+    const ngd_method ms[3] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC};
+    enum { N = 3, DIN = 30, DOUT = 25, RANK = 8 };
+    for (int mi = 0; mi < 3; mi++) {
+        ngd_config c = kcfg(ms[mi]);
+        c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = RANK;
+        layer_t L;
+        layer_init(&L, N, DIN, DOUT, 21);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        int id = layer_add(&L, o);
+        float *F = malloc(sizeof(float) * L.dA * L.dA);
+        for (size_t t = 0; t < 7; t++) {
+            layer_draw(&L, (double)c.kfac.rho, t % 2 == 0);
+            layer_observe(&L, o, id);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            ngd_layer_health h;
+            CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+            const size_t d[2] = {L.dA, L.dG};
+            const char which[2] = {'K', 'C'};
+            const double tr_got[2] = {(double)h.trace_K, (double)h.trace_C};
+            const double nr_got[2] = {(double)h.norm_K, (double)h.norm_C};
+            const size_t rank_got[2] = {h.rank_A, h.rank_G};
+            const double tol = ms[mi] == NGD_METHOD_BKFAC ? 1e-4 : 1e-5;  // UᵀU ≈ I there
+            for (int f = 0; f < 2; f++) {
+                CHECK(ngd_optim_factor_dense(o, id, which[f], F, d[f]) == NGD_OK);
+                double tr = 0, nn = 0;
+                for (size_t i = 0; i < d[f]; i++) tr += (double)F[i * d[f] + i];
+                for (size_t i = 0; i < d[f] * d[f]; i++) nn += (double)F[i] * (double)F[i];
+                tr /= (double)d[f], nn = sqrt(nn);
+                CHECK_MSG(tr > 0 && fabs(tr_got[f] - tr) <= tol * tr &&
+                              fabs(nr_got[f] - nn) <= tol * nn,
+                          "%s factor %c step %zu: trace %.8g norm %.8g, want %.8g %.8g",
+                          ngd_method_name(ms[mi]), which[f], t, tr_got[f], nr_got[f], tr, nn);
+                const size_t seen = N * L.k;  // rows folded in so far
+                const size_t want = ms[mi] == NGD_METHOD_KFAC    ? d[f]
+                                    : ms[mi] == NGD_METHOD_RSKFAC ? RANK
+                                                                  : (seen < RANK ? seen : RANK);
+                CHECK_MSG(rank_got[f] == want, "%s factor %c step %zu: rank %zu, want %zu",
+                          ngd_method_name(ms[mi]), which[f], t, rank_got[f], want);
+            }
+        }
+        free(F);
+        ngd_optim_free(o);
+        layer_free(&L);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(kfac_exact_damping_should_match_the_kronecker_solve),
     TEST(kfac_pi_damping_should_match_its_factored_solve),
+    TEST(stale_decompositions_should_match_the_reference),
     TEST(rskfac_at_full_rank_should_match_per_factor_damping),
     TEST(randomized_methods_should_be_exact_on_low_rank_statistics),
     TEST(brand_methods_without_truncation_should_match_the_dense_average),
@@ -584,6 +666,7 @@ static const test_case TESTS[] = {
     TEST(factored_application_should_equal_the_dense_one),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),
+    TEST(kfac_health_should_match_the_factors),
 };
 
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -2,7 +2,10 @@
  * test_optim_misc.c — the Conv2d unfold helper against a naive loop (spec singd.md §14.3.6:
  * stride, padding, dilation, groups; reduce = mean of the expand patches), per-layer
  * overrides (param groups) equal to separate optimizers (official test_param_groups), a
- * lr_cov schedule callback, and plain parameters under AdamW's / SGD's rule beside any method.
+ * lr_cov schedule callback, plain parameters under AdamW's / SGD's rule beside any method,
+ * AdamW and SGD (momentum, Nesterov, weight decay, loss and lr scales) against their rules in
+ * float64, and the health readouts (norms of gradient and update, SINGD's factor traces and
+ * norms) against float64.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -385,6 +388,168 @@ static void singd_cached_products_should_follow_loads_and_match_the_plain_path(v
     ngd_optim_free(a), tp_free(&pa);
 }
 
+// AdamW and SGD against the rules written out in float64 (torch.optim semantics, ngd.h):
+//   AdamW: w ← w(1 − η·γ); m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
+//          w ← w − η/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + ε)
+//   SGD:   u ← g + γ w; buf ← μ buf + u (from zero); u ← buf, or u + μ·buf with Nesterov;
+//          w ← w − η u
+// with g = the written gradient / the loss scale s_t and η = lr · lr_scale, for a layer with
+// a bias and a plain parameter in one optimizer, over steps with new gradients, a changing
+// loss scale and an lr scale that changes half-way.
+enum { FO_OUT = 3, FO_IN = 4, FO_NP = 5, FO_N = FO_OUT * FO_IN + FO_OUT + FO_NP, FO_STEPS = 7 };
+
+static void first_order_ref_step(const ngd_config *c, double eta, size_t t, const double *g,
+                                 double *w, double *m, double *v) {
+    for (size_t j = 0; j < FO_N; j++) {
+        if (c->method == NGD_METHOD_ADAMW) {
+            const double b1 = (double)c->beta1, b2 = (double)c->beta2;
+            w[j] *= 1.0 - eta * (double)c->weight_decay;
+            m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+            v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+            const double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+            w[j] -= eta / bc1 * m[j] / (sqrt(v[j]) / sqrt(bc2) + (double)c->eps);
+        } else {
+            const double mu = (double)c->momentum;
+            double u = g[j] + (double)c->weight_decay * w[j];
+            if (mu != 0.0) {
+                m[j] = mu * m[j] + u;
+                u = c->nesterov ? u + mu * m[j] : m[j];
+            }
+            w[j] -= eta * u;
+        }
+    }
+}
+
+// Runs one config; returns the largest |w − w_ref| / (rtol·|w_ref| + atol) over the run (<= 1
+// passes). float32 arithmetic with 1 − β2ᵗ formed in float32 (a cancellation: ~1e-5 relative)
+// stays well inside; a wrong rule is off by a fraction of η ~ 1e-2.
+#define FO_RTOL 1e-5
+#define FO_ATOL 1e-7
+static double first_order_vs_f64(const ngd_config *c) {
+    // the flat f64 shadow: W (row-major), then b, then the parameter
+    float W[FO_OUT * FO_IN], gW[FO_OUT * FO_IN], b[FO_OUT], gb[FO_OUT], p[FO_NP], gp[FO_NP];
+    double w[FO_N], m[FO_N] = {0}, v[FO_N] = {0}, g[FO_N];
+    ref_rng r = {.s = 1234 + (unsigned long long)c->method};
+    for (size_t j = 0; j < FO_N; j++) w[j] = (double)(float)ref_uniform(&r, -1, 1);
+    for (size_t j = 0; j < FO_OUT * FO_IN; j++) W[j] = (float)w[j];
+    for (size_t j = 0; j < FO_OUT; j++) b[j] = (float)w[FO_OUT * FO_IN + j];
+    for (size_t j = 0; j < FO_NP; j++) p[j] = (float)w[FO_OUT * FO_IN + FO_OUT + j];
+    ngd_optim *o;
+    CHECK(ngd_optim_create(c, &o) == NGD_OK);
+    ngd_layer l = {.name = "fc", .weight = W, .weight_grad = gW, .d_out = FO_OUT, .d_in = FO_IN,
+                   .bias = b, .bias_grad = gb};
+    int id;
+    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+    CHECK(ngd_optim_add_param(o, "p", p, gp, FO_NP, NULL, &id) == NGD_OK);
+    // powers of two: the library's g·(1/s) and lr·lr_scale are then exact in float32
+    const float scales[FO_STEPS] = {1.0f, 8.0f, 0.5f, 0.5f, 4.0f, 1.0f, 16.0f};
+    double worst = 0.0;
+    for (size_t t = 0; t < FO_STEPS; t++) {
+        const float lrs = t < FO_STEPS / 2 ? 1.0f : 0.5f;
+        CHECK(ngd_optim_set_lr_scale(o, lrs) == NGD_OK);
+        CHECK(ngd_optim_set_grad_scale(o, scales[t]) == NGD_OK);
+        // gradients over four decades (so that ε matters for the small ones), sign mixed
+        for (size_t j = 0; j < FO_N; j++) {
+            const double mag = pow(10.0, ref_uniform(&r, -4, 0));
+            const float gs = (float)(mag * (ref_uniform(&r, 0, 1) < 0.5 ? -1 : 1)) * scales[t];
+            g[j] = (double)gs / (double)scales[t];
+            if (j < FO_OUT * FO_IN) gW[j] = gs;
+            else if (j < FO_OUT * FO_IN + FO_OUT) gb[j - FO_OUT * FO_IN] = gs;
+            else gp[j - FO_OUT * FO_IN - FO_OUT] = gs;
+        }
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        first_order_ref_step(c, (double)(c->lr * lrs), t + 1, g, w, m, v);
+        for (size_t j = 0; j < FO_N; j++) {
+            const float got = j < FO_OUT * FO_IN ? W[j]
+                              : j < FO_OUT * FO_IN + FO_OUT ? b[j - FO_OUT * FO_IN]
+                                                            : p[j - FO_OUT * FO_IN - FO_OUT];
+            worst = fmax(worst, fabs((double)got - w[j]) / (FO_RTOL * fabs(w[j]) + FO_ATOL));
+        }
+    }
+    ngd_optim_free(o);
+    return worst;
+}
+
+static void adamw_and_sgd_should_follow_their_f64_rules(void) {
+    ngd_config cases[7];
+    int nc = 0;
+    cases[nc] = ngd_config_default(NGD_METHOD_ADAMW);  // PyTorch's defaults
+    cases[nc++].lr = 1e-2f;
+    cases[nc] = ngd_config_default(NGD_METHOD_ADAMW);  // every constant off its default
+    cases[nc].lr = 3e-2f, cases[nc].beta1 = 0.8f, cases[nc].beta2 = 0.95f;
+    cases[nc].eps = 1e-3f, cases[nc++].weight_decay = 0.3f;
+    cases[nc] = ngd_config_default(NGD_METHOD_SGD);  // plain, with coupled weight decay
+    cases[nc].lr = 0.05f, cases[nc++].weight_decay = 0.1f;
+    for (int nest = 0; nest < 2; nest++) {  // momentum, with and without Nesterov
+        for (int wd = 0; wd < 2; wd++) {
+            cases[nc] = ngd_config_default(NGD_METHOD_SGD);
+            cases[nc].lr = 0.05f, cases[nc].momentum = 0.7f, cases[nc].nesterov = nest;
+            cases[nc++].weight_decay = wd ? 0.2f : 0.0f;
+        }
+    }
+    for (int k = 0; k < nc; k++) {
+        const double e = first_order_vs_f64(&cases[k]);
+        CHECK_MSG(e <= 1.0, "case %d (%s, momentum %g, nesterov %d, wd %g): %.3g x tolerance", k,
+                  ngd_method_name(cases[k].method), (double)cases[k].momentum,
+                  (int)cases[k].nesterov, (double)cases[k].weight_decay, e);
+    }
+}
+
+// SINGD's factor health against the factors themselves: after every update, trace_K/C =
+// tr(K)/d and norm_K/C = ‖K‖_F of the dense form (ngd_optim_factor_dense) in float64, for
+// dense factors and for structured ones: Toeplitz (θ_k fills d−k entries), hierarchical,
+// the corner shapes, block-diagonal with a shorter last block (7 = 3 + 3 + 1, 4 = 2 + 2).
+static void singd_health_should_match_the_dense_factors(void) {
+    const char *pairs[][2] = {
+        {"dense", "dense"},
+        {"hierarchical3_2", "triltoeplitz"},
+        {"block3diagonal", "triutoeplitz"},
+        {"diagonal", "tril_topleft_diag"},
+        {"triu_bottomright_diag", "block2diagonal"},
+    };
+    for (size_t k = 0; k < sizeof pairs / sizeof *pairs; k++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        CHECK(ngd_structure_parse(pairs[k][0], &c.structure_K) == NGD_OK);
+        CHECK(ngd_structure_parse(pairs[k][1], &c.structure_C) == NGD_OK);
+        c.T = 2, c.lr_cov = 0.05f, c.lr = 1e-2f;
+        tp_problem p;
+        tp_init(&p, 10, 6, 5, 4, 61 + k);  // K: 7 x 7 and 6 x 6, C: 5 x 5 and 4 x 4
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
+        for (size_t s = 0; s < 5; s++) {
+            CHECK(tp_step(&p, o, s) == NGD_OK);
+            const int ids[2] = {p.id1, p.id2};
+            const size_t dK[2] = {7, 6}, dC[2] = {5, 4};
+            for (int l = 0; l < 2; l++) {
+                ngd_layer_health h;
+                CHECK(ngd_optim_layer_health(o, ids[l], &h) == NGD_OK);
+                CHECK(h.updates == s / 2 + 1);
+                const char which[2] = {'K', 'C'};
+                const size_t d[2] = {dK[l], dC[l]};
+                const float got_tr[2] = {h.trace_K, h.trace_C}, got_nr[2] = {h.norm_K, h.norm_C};
+                for (int f = 0; f < 2; f++) {
+                    float F[49];
+                    CHECK(ngd_optim_factor_dense(o, ids[l], which[f], F, d[f]) == NGD_OK);
+                    double tr = 0, nn = 0, off = 0;
+                    for (size_t i = 0; i < d[f]; i++) tr += (double)F[i * d[f] + i];
+                    for (size_t i = 0; i < d[f] * d[f]; i++) nn += (double)F[i] * (double)F[i];
+                    for (size_t i = 0; i < d[f]; i++)
+                        off = fmax(off, fabs((double)F[i * d[f] + i] - 1.0));
+                    tr /= (double)d[f], nn = sqrt(nn);
+                    CHECK_MSG(fabs((double)got_tr[f] - tr) <= 1e-5 * fabs(tr) &&
+                                  fabs((double)got_nr[f] - nn) <= 1e-5 * nn,
+                              "%s/%s layer %d factor %c step %zu: trace %.8g norm %.8g, want "
+                              "%.8g %.8g", pairs[k][0], pairs[k][1], l, which[f], s,
+                              (double)got_tr[f], (double)got_nr[f], tr, nn);
+                    CHECK(off > 1e-4);  // the factor moved off I: the readout is not trivial
+                }
+            }
+        }
+        ngd_optim_free(o);
+        tp_free(&p);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(overrides_should_equal_separate_optimizers),
@@ -392,5 +557,7 @@ static const test_case TESTS[] = {
     TEST(params_should_take_adamw_or_sgd_under_any_method),
     TEST(health_norms_should_match_f64),
     TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),
+    TEST(adamw_and_sgd_should_follow_their_f64_rules),
+    TEST(singd_health_should_match_the_dense_factors),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
