@@ -35,6 +35,13 @@ static size_t max_threads(void) {
 #endif
 }
 
+// Output rows per block of a one-sample chunk: about NN_CONV_CHUNK_COLS columns, so that
+// the block's im2col (d_in x columns) is written and read while it is in the core's cache.
+static size_t block_rows(size_t OW) {
+    const size_t r = NN_CONV_CHUNK_COLS / OW;
+    return r ? r : 1;
+}
+
 nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
                          size_t max_batch, nn_rng *rng) {
     memset(l, 0, sizeof *l);
@@ -65,12 +72,16 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     const bool tconv = geom->s1 == 1 && geom->s2 == 1 && geom->groups == 1 &&
                        geom->p1 <= (geom->k1 - 1) * geom->dil1 &&
                        geom->p2 <= (geom->k2 - 1) * geom->dil2;
-    size_t dcol = nn_mul(l->d_in, ncol);
+    // a one-sample chunk is worked block by block of output rows: buffers of one block
+    const size_t cols = l->chunk > 1 ? ncol : block_rows(ow) * ow;
+    size_t dcol = nn_mul(l->d_in, cols);
     if (tconv) {
         l->tgeom = (ngd_conv_geom){c_out, oh, ow, geom->k1, geom->k2, 1, 1,
                                    (geom->k1 - 1) * geom->dil1 - geom->p1,
                                    (geom->k2 - 1) * geom->dil2 - geom->p2, geom->dil1, geom->dil2, 1};
-        const size_t tcol = nn_mul(nn_mul(c_out, geom->k1 * geom->k2), l->chunk * geom->h * geom->w);
+        const size_t tcols = l->chunk > 1 ? l->chunk * geom->h * geom->w
+                                          : block_rows(geom->w) * geom->w;
+        const size_t tcol = nn_mul(nn_mul(c_out, geom->k1 * geom->k2), tcols);
         dcol = tcol > dcol ? tcol : dcol;
         l->wflip = nn_malloc(nn_mul(c_out, l->d_in), sizeof(float));
     }
@@ -79,7 +90,8 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     if (tconv && nn_mul(geom->c_in, l->chunk * geom->h * geom->w) > yb)
         yb = nn_mul(geom->c_in, l->chunk * geom->h * geom->w);
     l->dcol_n = dcol, l->ybuf_n = l->chunk > 1 ? yb : 0;
-    l->colt = nn_malloc(nn_mul(l->nthr, nn_mul(l->d_in, ncol)), sizeof(float));
+    l->colt_n = nn_mul(l->d_in, cols);
+    l->colt = nn_malloc(nn_mul(l->nthr, l->colt_n), sizeof(float));
     l->dcolt = nn_malloc(nn_mul(l->nthr, dcol), sizeof(float));
     if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, yb), sizeof(float));
     l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
@@ -206,13 +218,6 @@ static int thread_id(void) {
 #endif
 }
 
-// Output rows per block of a one-sample chunk: about NN_CONV_CHUNK_COLS columns, so that
-// the block's im2col (d_in x columns) is written and read while it is in the core's cache.
-static size_t block_rows(size_t OW) {
-    const size_t r = NN_CONV_CHUNK_COLS / OW;
-    return r ? r : 1;
-}
-
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb,
@@ -252,7 +257,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
 
 void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
     NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
-    const size_t L = l->oh * l->ow, ncol = l->chunk * L, nchunks = (N + l->chunk - 1) / l->chunk;
+    const size_t nchunks = (N + l->chunk - 1) / l->chunk;
     l->x = x;
     l->dy = NULL;
     l->n = N;
@@ -262,7 +267,7 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
-        forward_chunk(l, x, y, n0, nb, l->colt + t * l->d_in * ncol,
+        forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL);
     }
 }
@@ -333,7 +338,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     NN_ASSERT(dy && l->x && l->n >= 1);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out, din = l->d_in;
-    const size_t ncol = l->chunk * L, nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
+    const size_t nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
     l->dy = dy;
     if (l->db) {
         NN_OMP_FOR(N * cout * L)
@@ -365,7 +370,7 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
-        backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * din * ncol, l->dcolt + t * l->dcol_n,
+        backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
                        l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw);
     }
     // dW += the threads' parts, in thread order

@@ -62,12 +62,11 @@ static void zero_rows(float *C, size_t m, size_t n, size_t ldc) {
 static atomic_uint_fast64_t flops;  // nn_flop_count
 
 uint64_t nn_flop_count(void) { return (uint64_t)atomic_load(&flops); }
-void nn_flop_add(uint64_t n) { atomic_fetch_add_explicit(&flops, n, memory_order_relaxed); }
 
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (m == 0 || n == 0) return;
-    nn_flop_add(2 * (uint64_t)m * n * k);
+    atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
     if (k == 0 || alpha == 0.0f) {
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < n; j++)

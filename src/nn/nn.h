@@ -127,10 +127,8 @@ void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
 // is how layers run one small GEMM per thread (conv2d.c).
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
-// Floating-point operations of the engine's products so far (2·m·n·k per GEMM, and the
-// same count for a convolution done without one), for benchmarks; nn_flop_add counts them.
+// Floating-point operations of the engine's GEMMs so far (2·m·n·k each), for benchmarks.
 uint64_t nn_flop_count(void);
-void nn_flop_add(uint64_t n);
 // The plain reference (float64 accumulation) with the same contract.
 void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
@@ -175,8 +173,9 @@ typedef struct {
     float *b, *db;   // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
     size_t chunk;    // samples per GEMM
     size_t nthr;     // threads planned for (each has its own buffers below)
-    size_t dcol_n, ybuf_n; // floats of one thread's dcolt and ybuf
+    size_t colt_n, dcol_n, ybuf_n; // floats of one thread's colt, dcolt and ybuf
     float *colt;     // nthr x (d_in, chunk*L) transposed im2col of one group and one chunk
+                     // (chunk = 1: of one block of output rows)
     float *dcolt;    // nthr x (d_in, chunk*L) its gradient (with wflip: the transposed
                      // convolution's im2col of dy, (c_out·k1·k2, chunk*h*w))
     float *ybuf;     // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
