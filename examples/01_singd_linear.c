@@ -16,7 +16,7 @@ int main(void) {
     static float x[N * DIN], W[DOUT * DIN], b[DOUT], dW[DOUT * DIN], db[DOUT], dy[N * DOUT];
     static int label[N];
     unsigned s = 12345;
-    for (int n = 0; n < N; n++) {  // three Gaussian-ish blobs
+    for (int n = 0; n < N; n++) { // three Gaussian-ish blobs
         label[n] = n % DOUT;
         for (int j = 0; j < DIN; j++) {
             s = s * 1103515245u + 12345u;
@@ -24,13 +24,18 @@ int main(void) {
             x[n * DIN + j] = noise + (j % DOUT == label[n] ? 1.0f : 0.0f);
         }
     }
-    ngd_config cfg = ngd_config_default(NGD_METHOD_SINGD);  // INGD with dense factors
+    ngd_config cfg = ngd_config_default(NGD_METHOD_SINGD); // INGD with dense factors
     cfg.lr = 0.05f;
     cfg.T = 1;
     ngd_optim *opt;
     if (ngd_optim_create(&cfg, &opt) != NGD_OK) return 1;
-    ngd_layer fc = {.name = "fc", .weight = W, .weight_grad = dW, .d_out = DOUT, .d_in = DIN,
-                    .bias = b, .bias_grad = db};
+    ngd_layer fc = {.name = "fc",
+                    .weight = W,
+                    .weight_grad = dW,
+                    .d_out = DOUT,
+                    .d_in = DIN,
+                    .bias = b,
+                    .bias_grad = db};
     int id;
     if (ngd_optim_add_layer(opt, &fc, &id) != NGD_OK) {
         fprintf(stderr, "%s\n", ngd_optim_errmsg(opt));
@@ -38,30 +43,34 @@ int main(void) {
     }
     double first = 0, loss = 0;
     for (int step = 0; step < STEPS; step++) {
-        loss = 0;  // forward: logits = x Wᵀ + b, softmax cross-entropy (mean over the batch)
+        loss = 0; // forward: logits = x Wᵀ + b, softmax cross-entropy (mean over the batch)
         for (int n = 0; n < N; n++) {
             float z[DOUT], m = -INFINITY, sum = 0;
             for (int i = 0; i < DOUT; i++) {
                 z[i] = b[i];
-                for (int j = 0; j < DIN; j++) z[i] += W[i * DIN + j] * x[n * DIN + j];
+                for (int j = 0; j < DIN; j++)
+                    z[i] += W[i * DIN + j] * x[n * DIN + j];
                 m = fmaxf(m, z[i]);
             }
-            for (int i = 0; i < DOUT; i++) sum += expf(z[i] - m);
+            for (int i = 0; i < DOUT; i++)
+                sum += expf(z[i] - m);
             for (int i = 0; i < DOUT; i++) {
                 float p = expf(z[i] - m) / sum;
-                dy[n * DOUT + i] = (p - (i == label[n] ? 1.0f : 0.0f)) / N;  // ∂loss/∂logits
+                dy[n * DOUT + i] = (p - (i == label[n] ? 1.0f : 0.0f)) / N; // ∂loss/∂logits
             }
             loss -= (double)(z[label[n]] - m - logf(sum)) / N;
         }
-        for (int i = 0; i < DOUT; i++) {  // backward: dW = dyᵀ x, db = Σ dy
+        for (int i = 0; i < DOUT; i++) { // backward: dW = dyᵀ x, db = Σ dy
             db[i] = 0;
-            for (int j = 0; j < DIN; j++) dW[i * DIN + j] = 0;
+            for (int j = 0; j < DIN; j++)
+                dW[i * DIN + j] = 0;
             for (int n = 0; n < N; n++) {
                 db[i] += dy[n * DOUT + i];
-                for (int j = 0; j < DIN; j++) dW[i * DIN + j] += dy[n * DOUT + i] * x[n * DIN + j];
+                for (int j = 0; j < DIN; j++)
+                    dW[i * DIN + j] += dy[n * DOUT + i] * x[n * DIN + j];
             }
         }
-        if (ngd_optim_wants_stats(opt))  // the one line where a training loop meets libngd
+        if (ngd_optim_wants_stats(opt)) // the one line where a training loop meets libngd
             ngd_optim_observe(opt, id, N, ngd_matrix_f32(x, N, DIN), ngd_matrix_f32(dy, N, DOUT));
         if (ngd_optim_step(opt) != NGD_OK) {
             fprintf(stderr, "step failed: %s\n", ngd_optim_errmsg(opt));

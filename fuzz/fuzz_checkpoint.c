@@ -61,13 +61,20 @@ typedef struct {
 static fz_model MODELS[NCFG];
 
 static void reset_values(fz_model *m) {
-    for (int i = 0; i < 12; i++) m->w1[i] = 0.1f * (float)(i % 5) - 0.2f, m->gw1[i] = 0.01f * (float)i;
-    for (int i = 0; i < 4; i++) m->b1[i] = 0.0f, m->gb1[i] = -0.02f * (float)i;
-    for (int i = 0; i < 8; i++) m->w2[i] = 0.05f * (float)i, m->gw2[i] = 0.03f - 0.01f * (float)i;
-    for (int i = 0; i < 5; i++) m->p[i] = 1.0f, m->gp[i] = 0.1f;
-    for (int i = 0; i < 6; i++) m->a1[i] = (float)(i % 3) - 1.0f;
-    for (int i = 0; i < 8; i++) m->g1[i] = 0.1f * (float)(i % 4), m->a2[i] = 0.5f - 0.1f * (float)i;
-    for (int i = 0; i < 4; i++) m->g2[i] = 0.2f * (float)i - 0.3f;
+    for (int i = 0; i < 12; i++)
+        m->w1[i] = 0.1f * (float)(i % 5) - 0.2f, m->gw1[i] = 0.01f * (float)i;
+    for (int i = 0; i < 4; i++)
+        m->b1[i] = 0.0f, m->gb1[i] = -0.02f * (float)i;
+    for (int i = 0; i < 8; i++)
+        m->w2[i] = 0.05f * (float)i, m->gw2[i] = 0.03f - 0.01f * (float)i;
+    for (int i = 0; i < 5; i++)
+        m->p[i] = 1.0f, m->gp[i] = 0.1f;
+    for (int i = 0; i < 6; i++)
+        m->a1[i] = (float)(i % 3) - 1.0f;
+    for (int i = 0; i < 8; i++)
+        m->g1[i] = 0.1f * (float)(i % 4), m->a2[i] = 0.5f - 0.1f * (float)i;
+    for (int i = 0; i < 4; i++)
+        m->g2[i] = 0.2f * (float)i - 0.3f;
 }
 
 static ngd_optim *make(size_t k, fz_model *m) {
@@ -80,8 +87,13 @@ static ngd_optim *make(size_t k, fz_model *m) {
     c.T = 2; // preconditioner updates every other step
     ngd_optim *o = NULL;
     REQUIRE(ngd_optim_create(&c, &o) == NGD_OK);
-    ngd_layer l1 = {.name = "fc1", .weight = m->w1, .weight_grad = m->gw1, .d_out = 4, .d_in = 3,
-                    .bias = m->b1, .bias_grad = m->gb1};
+    ngd_layer l1 = {.name = "fc1",
+                    .weight = m->w1,
+                    .weight_grad = m->gw1,
+                    .d_out = 4,
+                    .d_in = 3,
+                    .bias = m->b1,
+                    .bias_grad = m->gb1};
     ngd_layer l2 = {.name = "fc2", .weight = m->w2, .weight_grad = m->gw2, .d_out = 2, .d_in = 4};
     int id;
     REQUIRE(ngd_optim_add_layer(o, &l1, &id) == NGD_OK && id == 0);
@@ -106,7 +118,8 @@ static void write_seeds(const char *dir) {
         memset(&m, 0, sizeof m);
         reset_values(&m);
         m.o = make(k, &m);
-        for (int s = 0; s < 3; s++) REQUIRE(step(&m) == NGD_OK);
+        for (int s = 0; s < 3; s++)
+            REQUIRE(step(&m) == NGD_OK);
         void *buf = NULL;
         size_t len = 0;
         REQUIRE(ngd_optim_save_mem(m.o, &buf, &len) == NGD_OK);
@@ -141,7 +154,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!(data[0] & 0x80) && len >= 4 && len <= sizeof fixed) {
         memcpy(fixed, ck, len);
         const uint32_t crc = ngd_file_crc32(fixed, len - 4);
-        for (int i = 0; i < 4; i++) fixed[len - 4 + (size_t)i] = (unsigned char)(crc >> (8 * i));
+        for (int i = 0; i < 4; i++)
+            fixed[len - 4 + (size_t)i] = (unsigned char)(crc >> (8 * i));
         ck = fixed;
     }
     ngd_status st = ngd_optim_load_mem(m->o, ck, len);

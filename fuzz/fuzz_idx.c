@@ -49,7 +49,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     st = nn_dataset_load_idx(&ds, a, b, max_items, err, sizeof err);
     if (st == NN_OK) {
         REQUIRE(ds.n >= 1 && ds.c == 1 && ds.num_classes == 10);
-        for (size_t i = 0; i < ds.n; i++) REQUIRE(ds.labels[i] >= 0 && ds.labels[i] < 10);
+        for (size_t i = 0; i < ds.n; i++)
+            REQUIRE(ds.labels[i] >= 0 && ds.labels[i] < 10);
         nn_dataset_compute_norm(&ds);
         const size_t idx[2] = {0, ds.n - 1};
         float *x = malloc(2 * ds.h * ds.w * sizeof(float));

@@ -39,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     REQUIRE(!memcmp(t.ids, u.ids, size) && !memcmp(t.itos, u.itos, sizeof t.itos));
     nn_text_free(&u);
     REQUIRE(t.vocab >= 1 && t.vocab <= 256 && t.n_train <= t.n);
-    for (size_t i = 0; i < size; i++) REQUIRE(t.ids[i] < t.vocab);
+    for (size_t i = 0; i < size; i++)
+        REQUIRE(t.ids[i] < t.vocab);
     // encode then decode is the identity
     int32_t *ids = malloc((size ? size : 1) * sizeof *ids);
     char *back = malloc(size + 1);

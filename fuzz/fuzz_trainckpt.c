@@ -29,9 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     } while (0)
 
 // main.c's helpers, quiet
-void cli_error(const char *hint, const char *fmt, ...) {
-    (void)hint, (void)fmt;
-}
+void cli_error(const char *hint, const char *fmt, ...) { (void)hint, (void)fmt; }
 
 char *cli_read_file(const char *path, size_t *len, const char *what) {
     (void)what;
@@ -77,8 +75,10 @@ static void setup(fz_run *r, int k) {
         r->ds.pixels = calloc(24, 1);
         r->ds.labels = calloc(6, sizeof(int32_t));
         REQUIRE(r->ds.pixels && r->ds.labels);
-        for (int i = 0; i < 24; i++) r->ds.pixels[i] = (uint8_t)(i * 11);
-        for (int i = 0; i < 6; i++) r->ds.labels[i] = i % 3;
+        for (int i = 0; i < 24; i++)
+            r->ds.pixels[i] = (uint8_t)(i * 11);
+        for (int i = 0; i < 6; i++)
+            r->ds.labels[i] = i % 3;
         r->ds.std[0] = 1.0f;
         REQUIRE(nn_loader_init(&r->ld, &r->ds, 2, true, true, NULL, 2) == NN_OK);
         mc.name = "mlp", mc.in_c = 1, mc.in_h = 2, mc.in_w = 2, mc.classes = 3;
@@ -136,21 +136,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!(data[0] & 0x80) && len >= 4 && len <= sizeof fixed) {
         memcpy(fixed, ck, len);
         const uint32_t crc = ngd_file_crc32(fixed, len - 4);
-        for (int i = 0; i < 4; i++) fixed[len - 4 + (size_t)i] = (uint8_t)(crc >> (8 * i));
+        for (int i = 0; i < 4; i++)
+            fixed[len - 4 + (size_t)i] = (uint8_t)(crc >> (8 * i));
         ck = fixed;
     }
     run_state rs;
     text_iter *tip = k ? &r->ti : NULL;
-    if (load_checkpoint(fuzz_file(0, ck, len), &r->t, &r->m, r->o, &r->ld, tip, &rs) != 0)
-        return 0;
+    if (load_checkpoint(fuzz_file(0, ck, len), &r->t, &r->m, r->o, &r->ld, tip, &rs) != 0) return 0;
     // the loaded position and order drive the next batch: they must be in range
     float x[2 * 4];
     int32_t ids[2 * 4], y[2 * 4];
     size_t got = next_batch(&r->t, &r->ld, tip, x, ids, y);
     if (got == 0) got = next_batch(&r->t, &r->ld, tip, x, ids, y); // a new epoch
     REQUIRE(got == 2);
-    if (k) r->m.ops->forward_tokens(&r->m, ids, 2, 4, false);
-    else r->m.ops->forward(&r->m, x, 2, false);
+    if (k)
+        r->m.ops->forward_tokens(&r->m, ids, 2, 4, false);
+    else
+        r->m.ops->forward(&r->m, x, 2, false);
     // and what was loaded saves and loads again
     const char *again = fuzz_file(1, NULL, 0);
     REQUIRE(save_checkpoint(again, &r->t, &r->m, r->o, &r->ld, tip, &rs) == 0);

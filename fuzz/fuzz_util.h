@@ -27,7 +27,7 @@ static inline const char *fuzz_file(int slot, const uint8_t *data, size_t size) 
     char *p = fuzz_paths[slot];
     if (!p[0]) {
         // memory-backed when there is one: the readers are fuzzed, not the disk
-        const char *dir = getenv("TMPDIR")               ? getenv("TMPDIR")
+        const char *dir = getenv("TMPDIR")                ? getenv("TMPDIR")
                           : access("/dev/shm", W_OK) == 0 ? "/dev/shm"
                                                           : "/tmp";
         snprintf(p, sizeof fuzz_paths[slot], "%s/ngd-fuzz-%ld-%d-XXXXXX", dir, (long)getpid(),
@@ -46,7 +46,7 @@ static inline const char *fuzz_file(int slot, const uint8_t *data, size_t size) 
 static inline uint64_t fuzz_take(const uint8_t **data, size_t *size, size_t n) {
     uint64_t v = 0;
     for (size_t i = 0; i < n && *size; i++, (*data)++, (*size)--)
-        v |= (uint64_t)**data << (8 * i);
+        v |= (uint64_t) * *data << (8 * i);
     return v;
 }
 #endif

@@ -89,17 +89,17 @@ NGD_API uint64_t ngd_gemm_flop_count(void);
 // Values are stable (append only).
 typedef enum {
     NGD_OK = 0,
-    NGD_ERR_ARG = 1,       // a bad argument: NULL, out-of-range value, unknown option
-    NGD_ERR_SHAPE = 2,     // matrix shapes do not match the layer
-    NGD_ERR_LAYER = 3,     // unknown layer or parameter id
-    NGD_ERR_NOMEM = 4,     // an allocation failed; the state is unchanged
-    NGD_ERR_IO = 5,        // a file could not be opened, read, written or renamed
-    NGD_ERR_FORMAT = 6,    // a file is truncated, foreign, corrupt or from another setup
-    NGD_ERR_STATE = 7,     // the call is not allowed now (e.g. add_layer after the first step,
-                           // or a preconditioner update step with a layer that got no stats)
-    NGD_ERR_NUMERIC = 8,   // a numerical failure that could not be absorbed
-    NGD_ERR_INTERNAL = 9,  // a bug in libngd (an internal invariant broke)
-    NGD_SKIPPED = 10,      // not an error: the step was skipped (non-finite gradient)
+    NGD_ERR_ARG = 1,      // a bad argument: NULL, out-of-range value, unknown option
+    NGD_ERR_SHAPE = 2,    // matrix shapes do not match the layer
+    NGD_ERR_LAYER = 3,    // unknown layer or parameter id
+    NGD_ERR_NOMEM = 4,    // an allocation failed; the state is unchanged
+    NGD_ERR_IO = 5,       // a file could not be opened, read, written or renamed
+    NGD_ERR_FORMAT = 6,   // a file is truncated, foreign, corrupt or from another setup
+    NGD_ERR_STATE = 7,    // the call is not allowed now (e.g. add_layer after the first step,
+                          // or a preconditioner update step with a layer that got no stats)
+    NGD_ERR_NUMERIC = 8,  // a numerical failure that could not be absorbed
+    NGD_ERR_INTERNAL = 9, // a bug in libngd (an internal invariant broke)
+    NGD_SKIPPED = 10,     // not an error: the step was skipped (non-finite gradient)
     NGD_STATUS_COUNT
 } ngd_status;
 
@@ -129,15 +129,15 @@ NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t col
 typedef enum {
     NGD_METHOD_SGD = 0,
     NGD_METHOD_ADAMW = 1,
-    NGD_METHOD_SINGD = 2,    // structured INGD; dense factors = INGD, kfac_like = IKFAC
-    NGD_METHOD_KFAC = 3,     // K-FAC with eigendecomposition (specs/kfac-family.md §3)
-    NGD_METHOD_RSKFAC = 4,   // randomized-SVD K-FAC (§4)
-    NGD_METHOD_SREKFAC = 5,  // symmetric randomized EVD K-FAC (§4.3)
-    NGD_METHOD_BKFAC = 6,    // Brand-updated K-FAC (§6)
-    NGD_METHOD_BRKFAC = 7,   // Brand + periodic RSVD refresh (§7)
-    NGD_METHOD_BRCKFAC = 8,  // B-R-KFAC + Rayleigh–Ritz correction (§8)
-    NGD_METHOD_INGD = 9,     // alias: SINGD with dense factors (ngd_config_default presets it)
-    NGD_METHOD_IKFAC = 10,   // alias: SINGD with kfac_like = true and alpha1 = 0
+    NGD_METHOD_SINGD = 2,   // structured INGD; dense factors = INGD, kfac_like = IKFAC
+    NGD_METHOD_KFAC = 3,    // K-FAC with eigendecomposition (specs/kfac-family.md §3)
+    NGD_METHOD_RSKFAC = 4,  // randomized-SVD K-FAC (§4)
+    NGD_METHOD_SREKFAC = 5, // symmetric randomized EVD K-FAC (§4.3)
+    NGD_METHOD_BKFAC = 6,   // Brand-updated K-FAC (§6)
+    NGD_METHOD_BRKFAC = 7,  // Brand + periodic RSVD refresh (§7)
+    NGD_METHOD_BRCKFAC = 8, // B-R-KFAC + Rayleigh–Ritz correction (§8)
+    NGD_METHOD_INGD = 9,    // alias: SINGD with dense factors (ngd_config_default presets it)
+    NGD_METHOD_IKFAC = 10,  // alias: SINGD with kfac_like = true and alpha1 = 0
     NGD_METHOD_COUNT
 } ngd_method;
 
@@ -145,21 +145,21 @@ typedef enum {
 typedef enum {
     NGD_STRUCT_DENSE = 0,
     NGD_STRUCT_DIAG = 1,
-    NGD_STRUCT_BLOCKDIAG = 2,      // block size: struct_block (30 = official preset)
-    NGD_STRUCT_HIER = 3,           // hierarchical (k1, k2): struct_k1, struct_k2 (15, 15)
+    NGD_STRUCT_BLOCKDIAG = 2, // block size: struct_block (30 = official preset)
+    NGD_STRUCT_HIER = 3,      // hierarchical (k1, k2): struct_k1, struct_k2 (15, 15)
     NGD_STRUCT_TRIL_TOEPLITZ = 4,
     NGD_STRUCT_TRIU_TOEPLITZ = 5,
-    NGD_STRUCT_TRIL_TOPLEFT = 6,   // lower triangular, diagonal top-left, dense last row
-    NGD_STRUCT_TRIL_BOTRIGHT = 7,  // lower triangular, dense first column, diagonal bottom-right
-    NGD_STRUCT_TRIU_TOPLEFT = 8,   // upper triangular, diagonal top-left, dense last column
-    NGD_STRUCT_TRIU_BOTRIGHT = 9,  // upper triangular, dense first row, diagonal bottom-right
+    NGD_STRUCT_TRIL_TOPLEFT = 6,  // lower triangular, diagonal top-left, dense last row
+    NGD_STRUCT_TRIL_BOTRIGHT = 7, // lower triangular, dense first column, diagonal bottom-right
+    NGD_STRUCT_TRIU_TOPLEFT = 8,  // upper triangular, diagonal top-left, dense last column
+    NGD_STRUCT_TRIU_BOTRIGHT = 9, // upper triangular, dense first row, diagonal bottom-right
     NGD_STRUCT_COUNT
 } ngd_structure;
 
 typedef enum {
-    NGD_LOSS_SUM = 0,             // the loss is a sum over samples (and positions)
-    NGD_LOSS_BATCH = 1,           // mean over the batch (sum over positions)
-    NGD_LOSS_BATCH_SEQUENCE = 2,  // mean over batch and positions
+    NGD_LOSS_SUM = 0,            // the loss is a sum over samples (and positions)
+    NGD_LOSS_BATCH = 1,          // mean over the batch (sum over positions)
+    NGD_LOSS_BATCH_SEQUENCE = 2, // mean over batch and positions
 } ngd_loss_average;
 
 typedef enum { NGD_KFAC_EXPAND = 0, NGD_KFAC_REDUCE = 1 } ngd_kfac_approx;
@@ -167,9 +167,9 @@ typedef enum { NGD_KFAC_EXPAND = 0, NGD_KFAC_REDUCE = 1 } ngd_kfac_approx;
 // One Kronecker factor's structure and parameters.
 typedef struct {
     ngd_structure kind;
-    size_t block;   // NGD_STRUCT_BLOCKDIAG block size (>= 1)
-    size_t k1, k2;  // NGD_STRUCT_HIER MAX_K1, MAX_K2 (>= 1)
-    ngd_dtype dtype;  // storage dtype of the factor and its momentum (F32 or BF16)
+    size_t block;    // NGD_STRUCT_BLOCKDIAG block size (>= 1)
+    size_t k1, k2;   // NGD_STRUCT_HIER MAX_K1, MAX_K2 (>= 1)
+    ngd_dtype dtype; // storage dtype of the factor and its momentum (F32 or BF16)
 } ngd_factor_spec;
 
 // K-FAC family options (specs/kfac-family.md §13). Ignored by other methods.
@@ -180,32 +180,32 @@ typedef enum { NGD_IDINIT_IN_DAMPING = 0, NGD_IDINIT_IN_FACTOR = 1 } ngd_identit
 typedef enum { NGD_BRAND_TRUNC_AFTER = 0, NGD_BRAND_TRUNC_BEFORE_NEXT = 1 } ngd_brand_truncate;
 
 typedef struct {
-    float rho;            // EA decay ρ (0.95)
-    size_t T_u;           // statistics period (10)
-    size_t T_i;           // inverse / RSVD refresh period (50)
-    float damping_rel;    // λ_rel (0.1)
+    float rho;         // EA decay ρ (0.95)
+    size_t T_u;        // statistics period (10)
+    size_t T_i;        // inverse / RSVD refresh period (50)
+    float damping_rel; // λ_rel (0.1)
     ngd_kfac_damping damping_kind;
-    ngd_clip clip;        // per-layer RMS clip (default) or global KL clip
-    float clip_kappa;     // κ (0.07)
-    size_t wd_start;      // decoupled weight decay starts at this step (20*T_u)
+    ngd_clip clip;    // per-layer RMS clip (default) or global KL clip
+    float clip_kappa; // κ (0.07)
+    size_t wd_start;  // decoupled weight decay starts at this step (20*T_u)
     ngd_identity_init identity_init;
-    float eig_zero_tol;   // eigenvalues below this are set to 0 (1e-10)
-    size_t rank;          // RSVD target rank r (220)
-    size_t oversample;    // p (10)
-    size_t power_iters;   // q (4)
+    float eig_zero_tol; // eigenvalues below this are set to 0 (1e-10)
+    size_t rank;        // RSVD target rank r (220)
+    size_t oversample;  // p (10)
+    size_t power_iters; // q (4)
     ngd_tail_model tail;
-    size_t brand_rank;    // r_B (0 = same as rank)
-    size_t brand_mult;    // m_B (1)
-    size_t refresh_mult;  // m_BR (1)
-    size_t corr_mult;     // m_C (5)
-    float corr_frac;      // φ (0.2)
+    size_t brand_rank;   // r_B (0 = same as rank)
+    size_t brand_mult;   // m_B (1)
+    size_t refresh_mult; // m_BR (1)
+    size_t corr_mult;    // m_C (5)
+    float corr_frac;     // φ (0.2)
     ngd_brand_truncate brand_truncate;
-    size_t reorth_every;  // re-orthonormalise Brand bases every this many updates (50)
-    bool factored_apply;  // linear-cost application for fully connected layers (spec §6.3;
-                          // false): such a layer then wants statistics EVERY step, and its
-                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
-                          // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
-    uint64_t seed;        // RNG seed for sketches and corrections
+    size_t reorth_every; // re-orthonormalise Brand bases every this many updates (50)
+    bool factored_apply; // linear-cost application for fully connected layers (spec §6.3;
+                         // false): such a layer then wants statistics EVERY step, and its
+                         // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
+                         // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
+    uint64_t seed;       // RNG seed for sketches and corrections
 } ngd_kfac_options;
 
 // Every hyper-parameter of every method. Fill with ngd_config_default(method), then edit.
@@ -214,34 +214,34 @@ typedef struct {
 typedef struct {
     ngd_method method;
     // shared by all methods
-    float lr;             // β2, the parameter learning rate
-    float momentum;       // α2 (SINGD 0.9, SGD 0)
-    float weight_decay;   // γ: coupled L2 for SINGD/SGD, decoupled for AdamW / K-FAC family
+    float lr;           // β2, the parameter learning rate
+    float momentum;     // α2 (SINGD 0.9, SGD 0)
+    float weight_decay; // γ: coupled L2 for SINGD/SGD, decoupled for AdamW / K-FAC family
     // SGD
     bool nesterov;
     // AdamW (PyTorch defaults)
     float beta1, beta2, eps;
     // SINGD / INGD / IKFAC (specs/singd.md §3)
-    float damping;        // λ (1e-3), >= 0
-    float alpha1;         // Riemannian momentum in [0, 1) (0.5); forced to 0 with kfac_like
-    size_t T;             // preconditioner update period (10)
-    float lr_cov;         // β1 (1e-2) when lr_cov_fn is NULL
-    float (*lr_cov_fn)(size_t step, void *user);  // optional schedule step -> β1
+    float damping; // λ (1e-3), >= 0
+    float alpha1;  // Riemannian momentum in [0, 1) (0.5); forced to 0 with kfac_like
+    size_t T;      // preconditioner update period (10)
+    float lr_cov;  // β1 (1e-2) when lr_cov_fn is NULL
+    float (*lr_cov_fn)(size_t step, void *user); // optional schedule step -> β1
     void *lr_cov_user;
     bool normalize_lr_cov;
-    bool kfac_like;       // IKFAC update rule
+    bool kfac_like; // IKFAC update rule
     ngd_loss_average loss_average;
     ngd_kfac_approx kfac_approx;
-    ngd_factor_spec structure_K;  // input-side factor K (d_in(+1) square)
-    ngd_factor_spec structure_C;  // output-side factor C (d_out square)
-    float init_grad_scale;        // loss scale assumed for step 0's backward (1)
-    bool official_blockdiag_quirk;  // reproduce the official block-diagonal transpose quirk
-                                    // (specs/singd.md §9.4); default false = consistent math
-    bool skip_nonfinite;  // skip the step (and discard pending statistics) when a gradient
-                          // is NaN/Inf (true)
-    bool keep_last_update;  // retain each layer's preconditioned gradient for
-                            // ngd_optim_last_update (costs one weight-sized buffer per layer),
-                            // and SINGD's last momenta m_K, m_C even when alpha1 = 0
+    ngd_factor_spec structure_K;   // input-side factor K (d_in(+1) square)
+    ngd_factor_spec structure_C;   // output-side factor C (d_out square)
+    float init_grad_scale;         // loss scale assumed for step 0's backward (1)
+    bool official_blockdiag_quirk; // reproduce the official block-diagonal transpose quirk
+                                   // (specs/singd.md §9.4); default false = consistent math
+    bool skip_nonfinite;           // skip the step (and discard pending statistics) when a gradient
+                                   // is NaN/Inf (true)
+    bool keep_last_update;         // retain each layer's preconditioned gradient for
+                           // ngd_optim_last_update (costs one weight-sized buffer per layer),
+                           // and SINGD's last momenta m_K, m_C even when alpha1 = 0
     // K-FAC family
     ngd_kfac_options kfac;
     // optional log callback (the library never prints)
@@ -269,7 +269,7 @@ NGD_API ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out);
 
 // ====== Optimizer lifecycle ======
 
-typedef struct ngd_optim ngd_optim;  // opaque
+typedef struct ngd_optim ngd_optim; // opaque
 
 // Creates an optimizer from a validated copy of *c (c may be freed afterwards).
 // Returns NGD_ERR_ARG for a bad config (no handle is made; *out = NULL), NGD_ERR_NOMEM.
@@ -282,14 +282,14 @@ NGD_API void ngd_optim_free(ngd_optim *o);
 // A Kronecker-factored layer (Linear or Conv2d). All buffers are borrowed: they must stay
 // valid until ngd_optim_free; libngd never frees them.
 typedef struct {
-    const char *name;       // optional, copied (used in messages and health)
-    float *weight;          // d_out x d_in, row-major; updated in place by step
-    const float *weight_grad;  // d_out x d_in, read by step
+    const char *name;         // optional, copied (used in messages and health)
+    float *weight;            // d_out x d_in, row-major; updated in place by step
+    const float *weight_grad; // d_out x d_in, read by step
     size_t d_out, d_in;
-    float *bias;            // d_out, or NULL for a layer without bias
-    const float *bias_grad; // d_out, or NULL
-    const ngd_config *override;  // optional per-layer hyper-parameters (copied, validated;
-                                 // its method must equal the optimizer's)
+    float *bias;                // d_out, or NULL for a layer without bias
+    const float *bias_grad;     // d_out, or NULL
+    const ngd_config *override; // optional per-layer hyper-parameters (copied, validated;
+                                // its method must equal the optimizer's)
 } ngd_layer;
 
 // Registers a layer; its id (0, 1, ...) is returned in *out_id. Allowed only before the
@@ -345,19 +345,19 @@ NGD_API size_t ngd_optim_steps(const ngd_optim *o);
 // ====== Health and introspection ======
 
 typedef struct {
-    const char *name;          // the layer's name (owned by the optimizer)
-    size_t updates;            // preconditioner updates done
-    size_t skips;              // steps skipped because of non-finite values
-    size_t decomp_failures;    // K-FAC family: failed decompositions (kept last good)
-    size_t decomp_retries;     // K-FAC family: float32 failures retried in float64
-    float trace_K, trace_C;    // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
-    float norm_K, norm_C;      // Frobenius norms of K and C (SINGD) / of the factors
-    float grad_norm;           // ‖Ĝ‖_F of the last step (Inf/NaN when it was skipped)
-    float update_norm;         // ‖preconditioned update‖_F of the last step (after the K-FAC
-                               // family's clip ν)
-    float beta1_K, beta1_C;    // SINGD: step sizes of the last factor update
-    size_t rank_A, rank_G;     // low-rank methods: ranks kept
-    size_t state_bytes;        // persistent optimizer bytes of this layer
+    const char *name;       // the layer's name (owned by the optimizer)
+    size_t updates;         // preconditioner updates done
+    size_t skips;           // steps skipped because of non-finite values
+    size_t decomp_failures; // K-FAC family: failed decompositions (kept last good)
+    size_t decomp_retries;  // K-FAC family: float32 failures retried in float64
+    float trace_K, trace_C; // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
+    float norm_K, norm_C;   // Frobenius norms of K and C (SINGD) / of the factors
+    float grad_norm;        // ‖Ĝ‖_F of the last step (Inf/NaN when it was skipped)
+    float update_norm;      // ‖preconditioned update‖_F of the last step (after the K-FAC
+                            // family's clip ν)
+    float beta1_K, beta1_C; // SINGD: step sizes of the last factor update
+    size_t rank_A, rank_G;  // low-rank methods: ranks kept
+    size_t state_bytes;     // persistent optimizer bytes of this layer
     // wall time of the last call of each phase, in seconds (monotonic clock): folding
     // statistics in (observe, summed over the calls of one step), preconditioner maintenance
     // (factor updates, decompositions; 0 on steps without any), and preconditioning the
@@ -394,12 +394,12 @@ NGD_API const char *ngd_optim_errmsg(const ngd_optim *o);
 // ====== Convolution helpers ======
 
 typedef struct {
-    size_t c_in, h, w;        // input channels and size
-    size_t k1, k2;            // kernel
-    size_t s1, s2;            // stride (>= 1)
-    size_t p1, p2;            // zero padding
-    size_t dil1, dil2;        // dilation (>= 1)
-    size_t groups;            // >= 1, divides c_in
+    size_t c_in, h, w; // input channels and size
+    size_t k1, k2;     // kernel
+    size_t s1, s2;     // stride (>= 1)
+    size_t p1, p2;     // zero padding
+    size_t dil1, dil2; // dilation (>= 1)
+    size_t groups;     // >= 1, divides c_in
 } ngd_conv_geom;
 
 // Output size; 0 on an invalid geometry.
@@ -441,8 +441,8 @@ NGD_API ngd_status ngd_optim_load_mem(ngd_optim *o, const void *buf, size_t len)
 // removed, the old file (if any) is intact, and msg (cap bytes) names the failed call and
 // path. Temporaries of the same path whose process is gone (killed mid-write) are removed
 // first. Errors: NGD_ERR_IO, NGD_ERR_ARG.
-NGD_API ngd_status ngd_file_write_atomic(const char *path, const void *data, size_t len,
-                                         char *msg, size_t cap);
+NGD_API ngd_status ngd_file_write_atomic(const char *path, const void *data, size_t len, char *msg,
+                                         size_t cap);
 // CRC-32 (IEEE 802.3) of n bytes, as used by the checkpoint formats.
 NGD_API uint32_t ngd_file_crc32(const void *data, size_t n);
 

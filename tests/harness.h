@@ -21,53 +21,54 @@ typedef struct {
     void (*fn)(void);
 } test_case;
 
-#define TEST(fn) {#fn, fn}
+#define TEST(fn)                                                                                   \
+    { #fn, fn }
 #define NTESTS(a) (sizeof(a) / sizeof((a)[0]))
 
-static int th_failed_checks;  // failed checks in the current test
+static int th_failed_checks; // failed checks in the current test
 static int th_verbose;
 // after this many failed checks in one test, further ones are counted but not printed
 #define TH_MAX_PRINTED 12
-#define TH_PRINT (th_failed_checks <= TH_MAX_PRINTED)
+#define TH_PRINT       (th_failed_checks <= TH_MAX_PRINTED)
 
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            th_failed_checks++;                                                         \
-            if (TH_PRINT)                                                               \
-                fprintf(stderr, "    %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                               \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            th_failed_checks++;                                                                    \
+            if (TH_PRINT)                                                                          \
+                fprintf(stderr, "    %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);       \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                                                            \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            th_failed_checks++;                                                         \
-            if (TH_PRINT) {                                                             \
-                fprintf(stderr, "    %s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
-                fprintf(stderr, __VA_ARGS__);                                           \
-                fputc('\n', stderr);                                                    \
-            }                                                                           \
-        }                                                                               \
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            th_failed_checks++;                                                                    \
+            if (TH_PRINT) {                                                                        \
+                fprintf(stderr, "    %s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);       \
+                fprintf(stderr, __VA_ARGS__);                                                      \
+                fputc('\n', stderr);                                                               \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 // |got - want| <= atol + rtol * |want|
-#define CHECK_CLOSE(got, want, rtol, atol)                                                    \
-    do {                                                                                      \
-        double th_g_ = (double)(got), th_w_ = (double)(want);                                 \
-        if (!(fabs(th_g_ - th_w_) <= (atol) + (rtol) * fabs(th_w_))) {                        \
-            th_failed_checks++;                                                               \
-            if (TH_PRINT)                                                                     \
-            fprintf(stderr, "    %s:%d: CHECK_CLOSE failed: %s = %.10g, want %s = %.10g\n",   \
-                    __FILE__, __LINE__, #got, th_g_, #want, th_w_);                            \
-        }                                                                                     \
+#define CHECK_CLOSE(got, want, rtol, atol)                                                         \
+    do {                                                                                           \
+        double th_g_ = (double)(got), th_w_ = (double)(want);                                      \
+        if (!(fabs(th_g_ - th_w_) <= (atol) + (rtol)*fabs(th_w_))) {                               \
+            th_failed_checks++;                                                                    \
+            if (TH_PRINT)                                                                          \
+                fprintf(stderr, "    %s:%d: CHECK_CLOSE failed: %s = %.10g, want %s = %.10g\n",    \
+                        __FILE__, __LINE__, #got, th_g_, #want, th_w_);                            \
+        }                                                                                          \
     } while (0)
 
 // Element-wise |got[i] - want[i]| <= atol + rtol * |want[i]| for doubles/floats read through
 // a getter so that float and double arrays both work.
 static inline int th_check_tensor(const char *file, int line, const char *label, const void *got,
-                                  int got_is_double, const void *want, int want_is_double,
-                                  size_t n, double rtol, double atol) {
+                                  int got_is_double, const void *want, int want_is_double, size_t n,
+                                  double rtol, double atol) {
     double maxabs = 0, maxrel = 0, num = 0, den = 0;
     size_t first_bad = (size_t)-1;
     for (size_t i = 0; i < n; i++) {
@@ -99,16 +100,18 @@ static inline int th_check_tensor(const char *file, int line, const char *label,
     return 1;
 }
 
-#define TH_IS_DOUBLE(p) _Generic((p), double *: 1, const double *: 1, default: 0)
-#define CHECK_TENSOR(got, want, n, rtol, atol, label)                                        \
-    th_check_tensor(__FILE__, __LINE__, (label), (got), TH_IS_DOUBLE(got), (want),          \
+#define TH_IS_DOUBLE(p) _Generic((p), double * : 1, const double * : 1, default : 0)
+#define CHECK_TENSOR(got, want, n, rtol, atol, label)                                              \
+    th_check_tensor(__FILE__, __LINE__, (label), (got), TH_IS_DOUBLE(got), (want),                 \
                     TH_IS_DOUBLE(want), (size_t)(n), (rtol), (atol))
 
 static inline int test_main(int argc, char **argv, const test_case *tests, size_t ntests) {
     const char *filter = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc) filter = argv[++i];
-        else if (strcmp(argv[i], "-v") == 0) th_verbose = 1;
+        if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc)
+            filter = argv[++i];
+        else if (strcmp(argv[i], "-v") == 0)
+            th_verbose = 1;
     }
     int passed = 0, failed = 0;
     for (size_t i = 0; i < ntests; i++) {

@@ -5,14 +5,16 @@ void ref_matmul(size_t m, size_t k, size_t n, const double *A, const double *B, 
     for (size_t i = 0; i < m; i++)
         for (size_t j = 0; j < n; j++) {
             double s = 0;
-            for (size_t l = 0; l < k; l++) s += A[i * k + l] * B[l * n + j];
+            for (size_t l = 0; l < k; l++)
+                s += A[i * k + l] * B[l * n + j];
             C[i * n + j] = s;
         }
 }
 
 void ref_transpose(size_t m, size_t n, const double *A, double *B) {
     for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < n; j++) B[j * m + i] = A[i * n + j];
+        for (size_t j = 0; j < n; j++)
+            B[j * m + i] = A[i * n + j];
 }
 
 double ref_uniform(ref_rng *r, double lo, double hi) {
@@ -24,13 +26,16 @@ double ref_uniform(ref_rng *r, double lo, double hi) {
 }
 
 void ref_fill(ref_rng *r, double *x, size_t n, double lo, double hi) {
-    for (size_t i = 0; i < n; i++) x[i] = ref_uniform(r, lo, hi);
+    for (size_t i = 0; i < n; i++)
+        x[i] = ref_uniform(r, lo, hi);
 }
 
 void ref_to_float(const double *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = (float)x[i];
 }
 
 void ref_to_double(const float *x, double *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = (double)x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = (double)x[i];
 }

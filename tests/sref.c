@@ -15,7 +15,8 @@ void sref_params_to_dense(const ngd_sdesc *s, const double *params, double *out)
 
 void sref_to_dense(const ngd_sdesc *s, const float *p, double *out) {
     double *q = malloc((s->n ? s->n : 1) * sizeof *q);
-    for (size_t i = 0; i < s->n; i++) q[i] = (double)p[i];
+    for (size_t i = 0; i < s->n; i++)
+        q[i] = (double)p[i];
     sref_params_to_dense(s, q, out);
     free(q);
 }

@@ -33,13 +33,13 @@ static void config_validation_should_name_the_field(void) {
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "damping"));
     c = ngd_config_default(NGD_METHOD_IKFAC), c.damping = -1e-3f;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "damping"));
-    c = ngd_config_default(NGD_METHOD_SINGD), c.damping = 0;  // no damping is allowed
+    c = ngd_config_default(NGD_METHOD_SINGD), c.damping = 0; // no damping is allowed
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
     c = ngd_config_default(NGD_METHOD_SINGD), c.alpha1 = 1.0f;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "alpha1"));
     c = ngd_config_default(NGD_METHOD_SINGD), c.alpha1 = 0.99f;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
-    c = ngd_config_default(NGD_METHOD_SGD), c.damping = -1;  // not SINGD's: not its business
+    c = ngd_config_default(NGD_METHOD_SGD), c.damping = -1; // not SINGD's: not its business
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
     c = ngd_config_default(NGD_METHOD_SINGD), c.lr_cov = -1;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "lr_cov"));
@@ -112,7 +112,7 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
     ngd_matrix a5 = ngd_matrix_f32(p.x, 8, 5);
     CHECK(ngd_optim_observe(o, p.id1, 8, a5, g) == NGD_ERR_SHAPE);
     CHECK(strstr(ngd_optim_errmsg(o), "a has 5 columns, expected 4") != NULL);
-    CHECK(ngd_optim_observe(o, p.id1, 3, a, g) == NGD_ERR_SHAPE);  // 8 rows not a multiple of 3
+    CHECK(ngd_optim_observe(o, p.id1, 3, a, g) == NGD_ERR_SHAPE); // 8 rows not a multiple of 3
     CHECK(ngd_optim_observe(o, p.id1, 0, a, g) == NGD_ERR_ARG);
     ngd_matrix an = a;
     an.data = NULL;
@@ -159,8 +159,13 @@ static void state_bytes_should_equal_theory(void) {
         CHECK(ngd_structure_parse(names[s], &c.structure_C) == NGD_OK);
         ngd_optim *o;
         CHECK(ngd_optim_create(&c, &o) == NGD_OK);
-        ngd_layer L = {.name = "l", .weight = W, .weight_grad = gW, .d_out = dout, .d_in = din,
-                       .bias = b, .bias_grad = gb};
+        ngd_layer L = {.name = "l",
+                       .weight = W,
+                       .weight_grad = gW,
+                       .d_out = dout,
+                       .d_in = din,
+                       .bias = b,
+                       .bias_grad = gb};
         int id;
         CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
         size_t theory = 4 * (dout * dK + 2 * sizeK[s] + 2 * sizeC[s]);
@@ -168,11 +173,16 @@ static void state_bytes_should_equal_theory(void) {
                   ngd_optim_state_bytes(o), theory);
         ngd_optim_free(o);
     }
-    ngd_config c = ngd_config_default(NGD_METHOD_ADAMW);  // AdamW: 2·d_out·d_K
+    ngd_config c = ngd_config_default(NGD_METHOD_ADAMW); // AdamW: 2·d_out·d_K
     ngd_optim *o;
     CHECK(ngd_optim_create(&c, &o) == NGD_OK);
-    ngd_layer L = {.name = "l", .weight = W, .weight_grad = gW, .d_out = dout, .d_in = din,
-                   .bias = b, .bias_grad = gb};
+    ngd_layer L = {.name = "l",
+                   .weight = W,
+                   .weight_grad = gW,
+                   .d_out = dout,
+                   .d_in = din,
+                   .bias = b,
+                   .bias_grad = gb};
     int id;
     CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
     CHECK(ngd_optim_state_bytes(o) == 4 * 2 * dout * dK);

@@ -16,8 +16,13 @@
 #include "nn.h"
 
 static nn_model_cfg tiny_cfg(size_t V, size_t T, size_t B, size_t C, size_t depth, size_t nh) {
-    nn_model_cfg c = {.name = "chargpt", .in_c = 1, .in_h = T, .in_w = 1, .classes = V,
-                      .max_batch = B, .seed = 5};
+    nn_model_cfg c = {.name = "chargpt",
+                      .in_c = 1,
+                      .in_h = T,
+                      .in_w = 1,
+                      .classes = V,
+                      .max_batch = B,
+                      .seed = 5};
     c.widths[0] = C, c.widths[1] = depth, c.widths[2] = nh;
     c.nwidths = 3;
     return c;
@@ -49,7 +54,7 @@ static double xent64(const float *z, const int32_t *y, size_t N, size_t V) {
 // stays below the tolerance; measured worst error/tolerance 0.18 (run with -v). Broken
 // backwards (tried: the residual copy into dmid or dres dropped, the positional gradient
 // dropped) fail by 10-100x.
-#define FD_H 2e-3f
+#define FD_H          2e-3f
 #define FD_PER_TENSOR 5
 
 static void gradients_should_match_finite_differences(void) {
@@ -228,8 +233,8 @@ static void loss_should_fall_on_a_tiny_text(void) {
         if (step < 5) first += (double)loss / 5;
         if (step >= 55) last += (double)loss / 5;
     }
-    if (th_verbose) fprintf(stderr, "    loss %.3f -> %.3f (ln V = %.3f)\n", first, last,
-                            log((double)t.vocab));
+    if (th_verbose)
+        fprintf(stderr, "    loss %.3f -> %.3f (ln V = %.3f)\n", first, last, log((double)t.vocab));
     CHECK_MSG(last < 0.4 * first, "loss %.3f -> %.3f", first, last);
     free(dl);
     ngd_optim_free(o);

@@ -31,7 +31,7 @@ static ngd_config cfg_for(ngd_method m, int variant) {
     ngd_config c = ngd_config_default(m);
     c.T = 3;
     c.lr = 0.01f;
-    if (variant == 1) {  // structured + bf16 factors + normalize
+    if (variant == 1) { // structured + bf16 factors + normalize
         ngd_structure_parse("diagonal", &c.structure_K);
         c.structure_C.dtype = NGD_BF16;
         c.normalize_lr_cov = true;
@@ -93,8 +93,10 @@ static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     ngd_optim *oa, *ob, *oc;
     CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ob) == NGD_OK);
     CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&b, ob) == NGD_OK);
-    for (size_t s = 0; s < 12; s++) full_step(&a, oa, s, scaled);
-    for (size_t s = 0; s < SAVE_AT; s++) full_step(&b, ob, s, scaled);
+    for (size_t s = 0; s < 12; s++)
+        full_step(&a, oa, s, scaled);
+    for (size_t s = 0; s < SAVE_AT; s++)
+        full_step(&b, ob, s, scaled);
     // mid-step: the new scale (and the pending statistics of step 6) must survive too
     if (phase >= AFTER_SCALE) begin_step(ob, SAVE_AT, scaled);
     if (phase >= AFTER_OBSERVE) backward(&b, ob, SAVE_AT, scaled);
@@ -102,7 +104,7 @@ static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     CHECK(ngd_optim_save(ob, path) == NGD_OK);
     ngd_optim_free(ob);
     CHECK(ngd_optim_create(&c, &oc) == NGD_OK);
-    tp_problem bb = b;  // same parameter buffers, re-registered with a fresh optimizer
+    tp_problem bb = b; // same parameter buffers, re-registered with a fresh optimizer
     CHECK(tp_register(&bb, oc) == NGD_OK);
     CHECK(ngd_optim_load(oc, path) == NGD_OK);
     CHECK(ngd_optim_steps(oc) == SAVE_AT);
@@ -116,12 +118,13 @@ static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     if (phase < AFTER_SCALE) begin_step(oc, SAVE_AT, scaled);
     if (phase < AFTER_OBSERVE) backward(&bb, oc, SAVE_AT, scaled);
     CHECK(ngd_optim_step(oc) == NGD_OK);
-    for (size_t s = SAVE_AT + 1; s < 12; s++) full_step(&bb, oc, s, scaled);
+    for (size_t s = SAVE_AT + 1; s < 12; s++)
+        full_step(&bb, oc, s, scaled);
     CHECK_MSG(memcmp(a.W1, bb.W1, din * dh * 4) == 0 && memcmp(a.W2, bb.W2, dh * 5 * 4) == 0 &&
                   memcmp(a.b1, bb.b1, dh * 4) == 0 && memcmp(a.b2, bb.b2, 5 * 4) == 0,
               "%s variant %d, %s, saved at phase %d of step %d: parameters differ",
-              ngd_method_name(m), variant, scaled ? "changing loss scale" : "loss scale 1",
-              phase, SAVE_AT);
+              ngd_method_name(m), variant, scaled ? "changing loss scale" : "loss scale 1", phase,
+              SAVE_AT);
     ngd_optim_free(oa);
     ngd_optim_free(oc);
     tp_free(&a);
@@ -174,7 +177,8 @@ static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
     ngd_optim *o;
     CHECK(ngd_optim_create(&c, &o) == NGD_OK);
     CHECK(tp_register(&p, o) == NGD_OK);
-    for (size_t s = 0; s < 4; s++) tp_step(&p, o, s);
+    for (size_t s = 0; s < 4; s++)
+        tp_step(&p, o, s);
     char good[512], bad[512];
     snprintf(good, sizeof good, "%s", tmp_path("good.ckpt"));
     snprintf(bad, sizeof bad, "%s", tmp_path("bad.ckpt"));
@@ -184,7 +188,7 @@ static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
     if (!d) abort();
     CHECK(d && n > 100);
     float K0[36];
-    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K0, 6) == NGD_ERR_ARG);  // wrong size
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K0, 6) == NGD_ERR_ARG); // wrong size
     float K[49], K2[49];
     CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 7) == NGD_OK);
     // truncated
@@ -270,15 +274,15 @@ static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
         CHECK(!"mkdtemp");
         return;
     }
-    pid_t dead = fork();  // a process that has exited: its pid names no live process
+    pid_t dead = fork(); // a process that has exited: its pid names no live process
     if (dead == 0) _exit(0);
     CHECK(dead > 0 && waitpid(dead, NULL, 0) == dead);
     // [0]: the dead writer's temporary of run.ckpt; [1]: of rel.ckpt; [2]: a live writer's
     // (our parent); the rest are not of the form or belong to another path
-    const char *form[10][2] = {{"run.ckpt.tmp.", ""},   {"rel.ckpt.tmp.", ""},
-                               {"run.ckpt.tmp.", ""},   {"run.ckpt.tmp.", "x"},
-                               {"run.ckpt.tmp.0", ""},  {"run.ckpt.tmp.-", ""},
-                               {"other.ckpt.tmp.", ""}, {"xrun.ckpt.tmp.", ""},
+    const char *form[10][2] = {{"run.ckpt.tmp.", ""},     {"rel.ckpt.tmp.", ""},
+                               {"run.ckpt.tmp.", ""},     {"run.ckpt.tmp.", "x"},
+                               {"run.ckpt.tmp.0", ""},    {"run.ckpt.tmp.-", ""},
+                               {"other.ckpt.tmp.", ""},   {"xrun.ckpt.tmp.", ""},
                                {"run.ckpt.tmp.", ".bak"}, {"run.ckpt.tmp", ""}};
     char names[10][64];
     for (int i = 0; i < 10; i++) {
@@ -286,12 +290,13 @@ static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
                  i == 2 ? (long)getppid() : (long)dead, form[i][1]);
         touch(dir, names[i]);
     }
-    touch(dir, "run.ckpt.tmp.1");  // init: alive
+    touch(dir, "run.ckpt.tmp.1"); // init: alive
     char path[128], msg[256];
     snprintf(path, sizeof path, "%s/run.ckpt", dir);
     CHECK(ngd_file_write_atomic(path, "new", 3, msg, sizeof msg) == NGD_OK);
-    CHECK(!exists(dir, names[0]));  // the dead writer's temporary of this path
-    for (int i = 2; i < 10; i++) CHECK_MSG(exists(dir, names[i]), "%s was removed", names[i]);
+    CHECK(!exists(dir, names[0])); // the dead writer's temporary of this path
+    for (int i = 2; i < 10; i++)
+        CHECK_MSG(exists(dir, names[i]), "%s was removed", names[i]);
     CHECK(exists(dir, "run.ckpt.tmp.1") && exists(dir, names[1]) && exists(dir, "run.ckpt"));
     // a path without a folder: the current one
     pid_t child = fork();

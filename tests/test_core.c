@@ -31,11 +31,14 @@ static void gemm_should_match_reference_for_all_layouts(void) {
             int ta = layout & 1, tb = (layout >> 1) & 1, tc = (layout >> 2) & 1;
             // store A (and B, C) either row-major or as the transpose of a row-major array
             for (size_t i = 0; i < m; i++)
-                for (size_t j = 0; j < k; j++) a[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
+                for (size_t j = 0; j < k; j++)
+                    a[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
             for (size_t i = 0; i < k; i++)
-                for (size_t j = 0; j < n; j++) b[tb ? j * k + i : i * n + j] = (float)B[i * n + j];
+                for (size_t j = 0; j < n; j++)
+                    b[tb ? j * k + i : i * n + j] = (float)B[i * n + j];
             for (size_t i = 0; i < m; i++)
-                for (size_t j = 0; j < n; j++) c[tc ? j * m + i : i * n + j] = (float)C0[i * n + j];
+                for (size_t j = 0; j < n; j++)
+                    c[tc ? j * m + i : i * n + j] = (float)C0[i * n + j];
             ngd_cview va = ta ? ngd_cview_t(ngd_cview_rm(a, k, m, m)) : ngd_cview_rm(a, m, k, k);
             ngd_cview vb = tb ? ngd_cview_t(ngd_cview_rm(b, n, k, k)) : ngd_cview_rm(b, k, n, n);
             ngd_view vc = tc ? ngd_view_t(ngd_view_rm(c, n, m, m)) : ngd_view_rm(c, m, n, n);
@@ -48,7 +51,8 @@ static void gemm_should_match_reference_for_all_layouts(void) {
             }
             float *got = malloc(m * n * sizeof *got);
             for (size_t i = 0; i < m; i++)
-                for (size_t j = 0; j < n; j++) got[i * n + j] = c[tc ? j * m + i : i * n + j];
+                for (size_t j = 0; j < n; j++)
+                    got[i * n + j] = c[tc ? j * m + i : i * n + j];
             CHECK_TENSOR(got, C, m * n, 0.0, GEMM_RTOL * maxref, "gemm");
             free(got);
         }
@@ -85,7 +89,8 @@ static void rng_should_be_reproducible_and_standard_normal(void) {
     ngd_rng a, b;
     ngd_rng_seed(&a, 42, 7);
     ngd_rng_seed(&b, 42, 7);
-    for (int i = 0; i < 10; i++) CHECK(ngd_rng_u64(&a) == ngd_rng_u64(&b));
+    for (int i = 0; i < 10; i++)
+        CHECK(ngd_rng_u64(&a) == ngd_rng_u64(&b));
     ngd_rng_seed(&b, 42, 8);
     CHECK(ngd_rng_u64(&a) != ngd_rng_u64(&b));
     double s = 0, s2 = 0;

@@ -316,9 +316,11 @@ static void streamed_cifar_should_equal_the_set_in_memory(void) {
     CHECK(str.pixels == NULL && str.n == 7 && mem.n == 7);
     CHECK(memcmp(mem.labels, str.labels, 7 * sizeof(int32_t)) == 0);
     nn_dataset_compute_norm(&mem), nn_dataset_compute_norm(&str);
-    CHECK(memcmp(mem.mean, str.mean, sizeof mem.mean) == 0 && memcmp(mem.std, str.std, sizeof mem.std) == 0);
+    CHECK(memcmp(mem.mean, str.mean, sizeof mem.mean) == 0 &&
+          memcmp(mem.std, str.std, sizeof mem.std) == 0);
     const size_t idx[4] = {6, 0, 5, 4}; // both files, out of order
-    float *a = malloc(4 * NN_CIFAR_PIXELS * sizeof(float)), *b = malloc(4 * NN_CIFAR_PIXELS * sizeof(float));
+    float *a = malloc(4 * NN_CIFAR_PIXELS * sizeof(float)),
+          *b = malloc(4 * NN_CIFAR_PIXELS * sizeof(float));
     int32_t ya[4], yb[4];
     nn_dataset_batch(&mem, idx, 4, NULL, NULL, a, ya);
     nn_dataset_batch(&str, idx, 4, NULL, NULL, b, yb);
@@ -731,7 +733,8 @@ static void sets_should_match_in_shape_and_classes(void) {
     // channels
     te.c = 3;
     CHECK(nn_dataset_check_match(&tr, "train-im", &te, "test-im", err, sizeof err) ==
-          NN_ERR_FORMAT && has(err, "images of 3 x 3 x 4"));
+              NN_ERR_FORMAT &&
+          has(err, "images of 3 x 3 x 4"));
     te.c = 1;
     // classes: CIFAR-100 (100) beside CIFAR-10 (10), same images
     const size_t rec100 = 2 + NN_CIFAR_PIXELS;
@@ -747,7 +750,8 @@ static void sets_should_match_in_shape_and_classes(void) {
               NN_OK);
         CHECK(nn_dataset_check_match(&c10, "a.bin", &c10, "b.bin", err, sizeof err) == NN_OK);
         CHECK(nn_dataset_check_match(&c10, "a.bin", &c100, "b.bin", err, sizeof err) ==
-              NN_ERR_FORMAT && has(err, "b.bin: 100 classes, but the training set a.bin has 10"));
+                  NN_ERR_FORMAT &&
+              has(err, "b.bin: 100 classes, but the training set a.bin has 10"));
         nn_dataset_free(&c10);
         nn_dataset_free(&c100);
         free(cb);
@@ -755,7 +759,8 @@ static void sets_should_match_in_shape_and_classes(void) {
     // a label outside the training set's classes (a set built in memory)
     te.labels[3] = 10;
     CHECK(nn_dataset_check_match(&tr, "train-im", &te, "test-im", err, sizeof err) ==
-          NN_ERR_FORMAT && has(err, "test-im: label 10 of item 3 is out of"));
+              NN_ERR_FORMAT &&
+          has(err, "test-im: label 10 of item 3 is out of"));
     nn_dataset_free(&tr);
     nn_dataset_free(&te);
     nn_dataset_free(&wide);

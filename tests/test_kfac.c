@@ -24,8 +24,8 @@
 typedef struct {
     size_t n, din, dA, dG;
     float *W, *b, *gW, *gb, *a, *g, *P;
-    double *EA, *EG;  // f64 exponential averages from zero (A: dA², G: dG²)
-    size_t k;         // EA updates
+    double *EA, *EG; // f64 exponential averages from zero (A: dA², G: dG²)
+    size_t k;        // EA updates
     ref_rng rng;
 } layer_t;
 
@@ -62,14 +62,17 @@ static void layer_draw(layer_t *L, double rho, bool stats) {
     ref_to_float(ta, L->a, L->n * L->din);
     ref_to_float(tg, L->g, L->n * L->dG);
     for (size_t i = 0; i < L->dG; i++) {
-        for (size_t j = 0; j < L->din; j++) L->gW[i * L->din + j] = (float)tj[i * L->dA + j];
+        for (size_t j = 0; j < L->din; j++)
+            L->gW[i * L->din + j] = (float)tj[i * L->dA + j];
         L->gb[i] = (float)tj[i * L->dA + L->din];
     }
     free(t);
     if (!stats) return;
     const double nn = (double)L->n;
-    for (size_t x = 0; x < L->dA * L->dA; x++) L->EA[x] *= rho;
-    for (size_t x = 0; x < L->dG * L->dG; x++) L->EG[x] *= rho;
+    for (size_t x = 0; x < L->dA * L->dA; x++)
+        L->EA[x] *= rho;
+    for (size_t x = 0; x < L->dG * L->dG; x++)
+        L->EG[x] *= rho;
     for (size_t r = 0; r < L->n; r++) {
         for (size_t i = 0; i < L->dA; i++) {
             double ai = i < L->din ? (double)L->a[r * L->din + i] : 1.0;
@@ -95,7 +98,8 @@ static void layer_observe(layer_t *L, ngd_optim *o, int id) {
 // J as the f64 d_G x d_A matrix [∇W | ∇b].
 static void layer_J(const layer_t *L, double *J) {
     for (size_t i = 0; i < L->dG; i++) {
-        for (size_t j = 0; j < L->din; j++) J[i * L->dA + j] = (double)L->gW[i * L->din + j];
+        for (size_t j = 0; j < L->din; j++)
+            J[i * L->dA + j] = (double)L->gW[i * L->din + j];
         J[i * L->dA + L->din] = (double)L->gb[i];
     }
 }
@@ -104,7 +108,8 @@ static void layer_J(const layer_t *L, double *J) {
 static void solve_shift(size_t d, const double *F, double lam, size_t m, double *X) {
     double *A = malloc(sizeof(double) * d * d);
     memcpy(A, F, sizeof(double) * d * d);
-    for (size_t i = 0; i < d; i++) A[i * d + i] += lam;
+    for (size_t i = 0; i < d; i++)
+        A[i * d + i] += lam;
     CHECK(lrref_solve(d, A, m, X) == 0);
     free(A);
 }
@@ -115,9 +120,9 @@ static void ref_per_factor(const layer_t *L, const double *EA, const double *EG,
     const size_t dA = L->dA, dG = L->dG;
     double *J = malloc(sizeof(double) * dG * dA), *Jt = malloc(sizeof(double) * dG * dA);
     layer_J(L, J);
-    solve_shift(dG, EG, lG, dA, J);   // (EG + lG)^{-1} J
-    ref_transpose(dG, dA, J, Jt);     // dA x dG
-    solve_shift(dA, EA, lA, dG, Jt);  // (EA + lA)^{-1} Jᵀ  (EA symmetric)
+    solve_shift(dG, EG, lG, dA, J);  // (EG + lG)^{-1} J
+    ref_transpose(dG, dA, J, Jt);    // dA x dG
+    solve_shift(dA, EA, lA, dG, Jt); // (EA + lA)^{-1} Jᵀ  (EA symmetric)
     ref_transpose(dA, dG, Jt, S);
     free(J), free(Jt);
 }
@@ -154,8 +159,10 @@ static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, 
     layer_init(&L, n, din, dout, 42 + (unsigned long long)c.method);
     if (id_in_factor) {
         c.kfac.identity_init = NGD_IDINIT_IN_FACTOR;
-        for (size_t i = 0; i < L.dA; i++) L.EA[i * L.dA + i] = 1;
-        for (size_t i = 0; i < L.dG; i++) L.EG[i * L.dG + i] = 1;
+        for (size_t i = 0; i < L.dA; i++)
+            L.EA[i * L.dA + i] = 1;
+        for (size_t i = 0; i < L.dG; i++)
+            L.EG[i * L.dG + i] = 1;
     }
     ngd_optim *o;
     CHECK(ngd_optim_create(&c, &o) == NGD_OK);
@@ -163,10 +170,10 @@ static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, 
     const size_t dA = L.dA, dG = L.dG;
     double *S = malloc(sizeof(double) * dA * dG), worst = 0;
     double *SA = malloc(sizeof(double) * dA * dA), *SG = malloc(sizeof(double) * dG * dG);
-    size_t ks = 0;  // k of the snapshot
+    size_t ks = 0; // k of the snapshot
     for (size_t t = 0; t < steps; t++) {
         layer_draw(&L, (double)c.kfac.rho, t % c.kfac.T_u == 0);
-        if (t % c.kfac.T_i == 0) {  // a decomposition step: the preconditioner's new factors
+        if (t % c.kfac.T_i == 0) { // a decomposition step: the preconditioner's new factors
             memcpy(SA, L.EA, sizeof(double) * dA * dA);
             memcpy(SG, L.EG, sizeof(double) * dG * dG);
             ks = L.k;
@@ -180,8 +187,10 @@ static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, 
             ref_per_factor(&L, SA, SG, lr * max_eig(dA, SA) + sh, lr * max_eig(dG, SG) + sh, S);
         } else {
             // shifted factors A' = SA + sh I, G' = SG + sh I
-            for (size_t i = 0; i < dA; i++) SA[i * dA + i] += sh;
-            for (size_t i = 0; i < dG; i++) SG[i * dG + i] += sh;
+            for (size_t i = 0; i < dA; i++)
+                SA[i * dA + i] += sh;
+            for (size_t i = 0; i < dG; i++)
+                SG[i * dG + i] += sh;
             const double mA = max_eig(dA, SA), mG = max_eig(dG, SG), lk = lr * mA * mG;
             if (kind == 1) {
                 // P10: solve(kron(G', A') + λ_K I, vec_r(J))
@@ -197,14 +206,16 @@ static double run_vs_reference(ngd_config c, size_t n, size_t din, size_t dout, 
                 CHECK(lrref_solve(N, K, 1, S) == 0);
                 free(K);
             } else {
-                const double pi = sqrt((lrref_trace(dA, SA) / (double)dA) /
-                                       (lrref_trace(dG, SG) / (double)dG));
+                const double pi =
+                    sqrt((lrref_trace(dA, SA) / (double)dA) / (lrref_trace(dG, SG) / (double)dG));
                 const double gp = sqrt(lk);
                 // (G' + gp/π)^{-1} J (A' + π gp)^{-1}: per-factor with those dampings
                 ref_per_factor(&L, SA, SG, pi * gp, gp / pi, S);
             }
-            for (size_t i = 0; i < dA; i++) SA[i * dA + i] -= sh;
-            for (size_t i = 0; i < dG; i++) SG[i * dG + i] -= sh;
+            for (size_t i = 0; i < dA; i++)
+                SA[i * dA + i] -= sh;
+            for (size_t i = 0; i < dG; i++)
+                SG[i * dG + i] -= sh;
         }
         double e = rel_err(L.P, S, dA * dG);
         if (e > worst) worst = e;
@@ -278,7 +289,7 @@ static void brand_methods_without_truncation_should_match_the_dense_average(void
     for (int m = NGD_METHOD_BKFAC; m <= NGD_METHOD_BRCKFAC; m++) {
         ngd_config c = kcfg((ngd_method)m);
         c.kfac.rank = 12, c.kfac.reorth_every = 2, c.kfac.corr_mult = 1, c.kfac.corr_frac = 1;
-        double e = run_vs_reference(c, 3, 30, 25, 4, 0, false);  // 12 rows in all
+        double e = run_vs_reference(c, 3, 30, 25, 4, 0, false); // 12 rows in all
         CHECK_MSG(e < 1e-3, "%s untruncated: rel err %.3g", ngd_method_name((ngd_method)m), e);
     }
 }
@@ -310,21 +321,22 @@ static void truncated_brand_factor_should_stay_below_the_average(void) {
         const size_t d = ds[s];
         CHECK(ngd_optim_factor_dense(o, id, which[s], F, d) == NGD_OK);
         // the B-KFAC Brand track keeps no dense EA: 'K' is the representation too
-        for (size_t x = 0; x < d * d; x++) Dd[x] = ref[s][x] - (double)F[x];
+        for (size_t x = 0; x < d * d; x++)
+            Dd[x] = ref[s][x] - (double)F[x];
         const double nrm = lrref_sym_norm2(d, ref[s]);
         const double lmin = lrref_sym_min_eig(d, Dd);
-        CHECK_MSG(lmin > -1e-4 * nrm, "factor %c: λ_min(F̄ − F̂) = %.3g (‖F̄‖ %.3g)", which[s],
-                  lmin, nrm);
+        CHECK_MSG(lmin > -1e-4 * nrm, "factor %c: λ_min(F̄ − F̂) = %.3g (‖F̄‖ %.3g)", which[s], lmin,
+                  nrm);
         // Weyl (P4): every kept eigenvalue is at most the matching one of the average, and
         // the kept top eigenvalue is not far below it
         double *w = malloc(sizeof(double) * d), *V = malloc(sizeof(double) * d * d);
         double *Fd = malloc(sizeof(double) * d * d), *wf = malloc(sizeof(double) * d);
         ref_to_double(F, Fd, d * d);
-        lrref_sym_eig(d, ref[s], w, V);  // descending
+        lrref_sym_eig(d, ref[s], w, V); // descending
         lrref_sym_eig(d, Fd, wf, V);
         for (size_t i = 0; i < 6; i++)
-            CHECK_MSG(wf[i] <= w[i] + 1e-5 * nrm, "factor %c: δ_%zu %.6g > λ_%zu %.6g",
-                      which[s], i + 1, wf[i], i + 1, w[i]);
+            CHECK_MSG(wf[i] <= w[i] + 1e-5 * nrm, "factor %c: δ_%zu %.6g > λ_%zu %.6g", which[s],
+                      i + 1, wf[i], i + 1, w[i]);
         CHECK_MSG(wf[0] >= 0.5 * w[0], "factor %c: δ_1 %.4g, λ_1 %.4g", which[s], wf[0], w[0]);
         free(Fd), free(wf);
         free(w), free(V);
@@ -350,8 +362,8 @@ static void tracks_should_follow_the_brand_rule(void) {
         // r_B + n = 12 + 4 = 16: d = 16 is not Brand (RSVD, 12 < 16), d = 17 is
         {4, 1, 15, 17, "A (16) on the RSVD track, G (17) on the Brand track"},
         {4, 1, 30, 15, "A (31) on the Brand track, G (15) on the RSVD track"},
-        {4, 1, 30, 12, "A (31) on the Brand track, G (12) on the EVD track"},  // d <= rank
-        {2, 4, 30, 25, "A (31) on the RSVD track, G (25) on the RSVD track"},  // conv-like
+        {4, 1, 30, 12, "A (31) on the Brand track, G (12) on the EVD track"}, // d <= rank
+        {2, 4, 30, 25, "A (31) on the RSVD track, G (25) on the RSVD track"}, // conv-like
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         ngd_config c = kcfg(NGD_METHOD_BKFAC);
@@ -377,7 +389,7 @@ static void tracks_should_follow_the_brand_rule(void) {
 
 // The K-FAC rule: P scaled by the clip factor, decoupled weight decay from wd_start.
 static void clips_and_weight_decay_should_follow_the_spec(void) {
-    for (int kind = 0; kind < 3; kind++) {  // 0 rms, 1 kl, 2 none + weight decay
+    for (int kind = 0; kind < 3; kind++) { // 0 rms, 1 kl, 2 none + weight decay
         ngd_config c = kcfg(NGD_METHOD_KFAC);
         c.lr = 0.5f;
         c.kfac.clip = kind == 0 ? NGD_CLIP_RMS : kind == 1 ? NGD_CLIP_KL : NGD_CLIP_NONE;
@@ -386,8 +398,9 @@ static void clips_and_weight_decay_should_follow_the_spec(void) {
         c.kfac.wd_start = 2;
         layer_t L;
         layer_init(&L, 3, 5, 4, 17);
-        ref_fill(&L.rng, L.EA, 1, 0, 1);  // (advance the stream; EA itself is unused)
-        for (size_t x = 0; x < L.dG * L.din; x++) L.W[x] = 0.1f * (float)((int)(x % 7) - 3);
+        ref_fill(&L.rng, L.EA, 1, 0, 1); // (advance the stream; EA itself is unused)
+        for (size_t x = 0; x < L.dG * L.din; x++)
+            L.W[x] = 0.1f * (float)((int)(x % 7) - 3);
         ngd_optim *o;
         CHECK(ngd_optim_create(&c, &o) == NGD_OK);
         int id = layer_add(&L, o);
@@ -406,7 +419,7 @@ static void clips_and_weight_decay_should_follow_the_spec(void) {
             double nu = 1.0;
             if (kind == 0) nu = fmin(1.0, 1e-3 / sqrt(ss / (double)(L.dG * L.dA)));
             if (kind == 1) nu = fmin(1.0, sqrt(1e-6 / (0.25 * fabs(dot))));
-            CHECK(nu < 1.0 || kind == 2);  // the clip is active in this test
+            CHECK(nu < 1.0 || kind == 2); // the clip is active in this test
             const double wd = (kind == 2 && t >= 2) ? 0.1 : 0.0;
             double worst = 0;
             for (size_t i = 0; i < L.dG; i++)
@@ -470,7 +483,7 @@ static void factored_application_should_equal_the_dense_one(void) {
             for (int f = 0; f < 2; f++) {
                 layer_t *l = &L[f];
                 layer_draw(l, 0.9, false);
-                for (size_t a = 0; a < l->dG; a++) {  // J = Σ_r g_r [a_r, 1]ᵀ
+                for (size_t a = 0; a < l->dG; a++) { // J = Σ_r g_r [a_r, 1]ᵀ
                     double sb = 0;
                     for (size_t b = 0; b < l->din; b++) {
                         double sum = 0;
@@ -478,7 +491,8 @@ static void factored_application_should_equal_the_dense_one(void) {
                             sum += (double)l->g[r * l->dG + a] * (double)l->a[r * l->din + b];
                         l->gW[a * l->din + b] = (float)sum;
                     }
-                    for (size_t r = 0; r < l->n; r++) sb += (double)l->g[r * l->dG + a];
+                    for (size_t r = 0; r < l->n; r++)
+                        sb += (double)l->g[r * l->dG + a];
                     l->gb[a] = (float)sb;
                 }
                 CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
@@ -498,7 +512,8 @@ static void factored_application_should_equal_the_dense_one(void) {
         CHECK_MSG(rel_err(L[1].W, w0, L[0].dG * L[0].din) < 1e-4, "%s: weights differ",
                   ngd_method_name(ms[i]));
         free(w0);
-        for (int f = 0; f < 2; f++) ngd_optim_free(o[f]), layer_free(&L[f]);
+        for (int f = 0; f < 2; f++)
+            ngd_optim_free(o[f]), layer_free(&L[f]);
     }
 }
 
@@ -513,7 +528,7 @@ static void bad_settings_should_be_refused_with_a_reason(void) {
     c.kfac.identity_init = NGD_IDINIT_IN_FACTOR;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "in_factor"));
     CHECK(ngd_optim_create(&c, &o) == NGD_ERR_ARG);
-    c = ngd_config_default(NGD_METHOD_KFAC);  // factored needs per-factor damping
+    c = ngd_config_default(NGD_METHOD_KFAC); // factored needs per-factor damping
     c.kfac.factored_apply = true;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "factored_apply"));
     // the same through a per-layer override
@@ -563,12 +578,18 @@ static void conv_statistics_should_use_the_kfc_split(void) {
         for (int step = 0; step < 3; step++) {
             double t[R * (DIN + DG) + DG * DA];
             ref_fill(&rng, t, sizeof t / sizeof *t, -1, 1);
-            for (size_t i = 0; i < R * DIN; i++) a[i] = (float)t[i];
-            for (size_t i = 0; i < R * DG; i++) g[i] = (float)(0.1 * t[R * DIN + i]);
-            for (size_t i = 0; i < DG * DIN; i++) gW[i] = (float)t[R * (DIN + DG) + i];
-            for (size_t i = 0; i < DG; i++) gb[i] = (float)t[R * (DIN + DG) + DG * DIN + i];
-            for (size_t x = 0; x < DA * DA; x++) EA[x] *= rho;
-            for (size_t x = 0; x < DG * DG; x++) EG[x] *= rho;
+            for (size_t i = 0; i < R * DIN; i++)
+                a[i] = (float)t[i];
+            for (size_t i = 0; i < R * DG; i++)
+                g[i] = (float)(0.1 * t[R * DIN + i]);
+            for (size_t i = 0; i < DG * DIN; i++)
+                gW[i] = (float)t[R * (DIN + DG) + i];
+            for (size_t i = 0; i < DG; i++)
+                gb[i] = (float)t[R * (DIN + DG) + DG * DIN + i];
+            for (size_t x = 0; x < DA * DA; x++)
+                EA[x] *= rho;
+            for (size_t x = 0; x < DG * DG; x++)
+                EG[x] *= rho;
             for (size_t r = 0; r < R; r++) {
                 for (size_t i = 0; i < DA; i++)
                     for (size_t j = 0; j < DA; j++) {
@@ -627,19 +648,21 @@ static void kfac_health_should_match_the_factors(void) {
             const double tr_got[2] = {(double)h.trace_K, (double)h.trace_C};
             const double nr_got[2] = {(double)h.norm_K, (double)h.norm_C};
             const size_t rank_got[2] = {h.rank_A, h.rank_G};
-            const double tol = ms[mi] == NGD_METHOD_BKFAC ? 1e-4 : 1e-5;  // UᵀU ≈ I there
+            const double tol = ms[mi] == NGD_METHOD_BKFAC ? 1e-4 : 1e-5; // UᵀU ≈ I there
             for (int f = 0; f < 2; f++) {
                 CHECK(ngd_optim_factor_dense(o, id, which[f], F, d[f]) == NGD_OK);
                 double tr = 0, nn = 0;
-                for (size_t i = 0; i < d[f]; i++) tr += (double)F[i * d[f] + i];
-                for (size_t i = 0; i < d[f] * d[f]; i++) nn += (double)F[i] * (double)F[i];
+                for (size_t i = 0; i < d[f]; i++)
+                    tr += (double)F[i * d[f] + i];
+                for (size_t i = 0; i < d[f] * d[f]; i++)
+                    nn += (double)F[i] * (double)F[i];
                 tr /= (double)d[f], nn = sqrt(nn);
                 CHECK_MSG(tr > 0 && fabs(tr_got[f] - tr) <= tol * tr &&
                               fabs(nr_got[f] - nn) <= tol * nn,
                           "%s factor %c step %zu: trace %.8g norm %.8g, want %.8g %.8g",
                           ngd_method_name(ms[mi]), which[f], t, tr_got[f], nr_got[f], tr, nn);
-                const size_t seen = N * L.k;  // rows folded in so far
-                const size_t want = ms[mi] == NGD_METHOD_KFAC    ? d[f]
+                const size_t seen = N * L.k; // rows folded in so far
+                const size_t want = ms[mi] == NGD_METHOD_KFAC     ? d[f]
                                     : ms[mi] == NGD_METHOD_RSKFAC ? RANK
                                                                   : (seen < RANK ? seen : RANK);
                 CHECK_MSG(rank_got[f] == want, "%s factor %c step %zu: rank %zu, want %zu",

@@ -44,8 +44,13 @@ static const model_case CASES[] = {
 #define NCASES (sizeof CASES / sizeof CASES[0])
 
 static nn_model_cfg cfg_of(const model_case *mc, uint64_t seed) {
-    nn_model_cfg c = {.name = mc->name, .in_c = mc->c, .in_h = mc->h, .in_w = mc->w,
-                      .classes = mc->classes, .max_batch = mc->N, .seed = seed};
+    nn_model_cfg c = {.name = mc->name,
+                      .in_c = mc->c,
+                      .in_h = mc->h,
+                      .in_w = mc->w,
+                      .classes = mc->classes,
+                      .max_batch = mc->N,
+                      .seed = seed};
     memcpy(c.widths, mc->widths, sizeof mc->widths);
     c.nwidths = mc->nwidths;
     return c;
@@ -119,7 +124,7 @@ static double loss_at(nn_model *m, const rng_state *st, const float *x, const in
 // there, and the L2 check over all entries (measured 0.3-3% over 30 seeds and sizes) is
 // the tight one. Worst error/tolerance and the L2 error are printed with -v. Broken
 // backwards (tried: see the commit) fail by far.
-#define FD_L2 0.05
+#define FD_L2         0.05
 #define FD_PER_TENSOR 3
 
 static void check_gradients(const model_case *mc) {
@@ -179,16 +184,18 @@ static void check_gradients(const model_case *mc) {
                                        (lp - l0) / ((double)xp - (double)x0),  // forward
                                        (l0 - lm) / ((double)x0 - (double)xm)}; // backward
                 for (int q = 0; q < 3; q++) {
-                    const double tol = mc->fd_rtol * fabs(num[q]) + mc->fd_gtol * gmax + 5e-4 * gall;
+                    const double tol =
+                        mc->fd_rtol * fabs(num[q]) + mc->fd_gtol * gmax + 5e-4 * gall;
                     const double ratio = fabs(ana - num[q]) / tol;
                     if (ratio < best) best = ratio, num_best = num[q];
                 }
             }
             worst = fmax(worst, best);
             err2 += (ana - num_best) * (ana - num_best), ref2 += num_best * num_best;
-            CHECK_MSG(best <= 1.0, "%s param %zu (%s, n=%zu) entry %zu: analytic %.7g numeric "
-                      "%.7g (tensor max |g| %.3g)", mc->name, i, p->name, p->n, at, ana, num_best,
-                      gmax);
+            CHECK_MSG(best <= 1.0,
+                      "%s param %zu (%s, n=%zu) entry %zu: analytic %.7g numeric "
+                      "%.7g (tensor max |g| %.3g)",
+                      mc->name, i, p->name, p->n, at, ana, num_best, gmax);
         }
     }
     const double l2 = sqrt(err2 / ref2);
@@ -324,15 +331,27 @@ static void no_stats_models_should_give_the_same_gradients_and_refuse_observe(vo
 static void vgg16bn_should_have_the_spec_parameter_count(void) {
     nn_model m;
     char err[256];
-    nn_model_cfg c = {.name = "vgg16bn", .in_c = 3, .in_h = 32, .in_w = 32, .classes = 10,
-                      .max_batch = 2, .seed = 1};
+    nn_model_cfg c = {.name = "vgg16bn",
+                      .in_c = 3,
+                      .in_h = 32,
+                      .in_w = 32,
+                      .classes = 10,
+                      .max_batch = 2,
+                      .seed = 1};
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_OK);
     CHECK_MSG(nn_model_param_count(&m) == 14990922, "%zu", nn_model_param_count(&m));
     CHECK(m.nparams == 13 * 4 + 4 && m.nbuffers == 26 && m.nrngs == 1);
     nn_model_free(&m);
     // a width divisor, and 28x28 images (the fifth pool is skipped: the map is 1x1)
-    c = (nn_model_cfg){.name = "vgg16bn", .in_c = 1, .in_h = 28, .in_w = 28, .classes = 10,
-                       .max_batch = 2, .seed = 1, .widths = {8}, .nwidths = 1};
+    c = (nn_model_cfg){.name = "vgg16bn",
+                       .in_c = 1,
+                       .in_h = 28,
+                       .in_w = 28,
+                       .classes = 10,
+                       .max_batch = 2,
+                       .seed = 1,
+                       .widths = {8},
+                       .nwidths = 1};
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_OK);
     CHECK(m.params[13 * 4].n == 64 * 64); // fc1: 512/8 features in, 512/8 out
     float x[2 * 28 * 28];
@@ -355,15 +374,21 @@ static void vit_should_have_one_token_per_patch(void) {
         const size_t H = sizes[t][0], P = sizes[t][1], c = t ? 3 : 1, C = 64, K = 10;
         nn_model m;
         char err[256];
-        nn_model_cfg cfg = {.name = "vit", .in_c = c, .in_h = H, .in_w = H, .classes = K,
-                            .max_batch = 2, .seed = 1};
+        nn_model_cfg cfg = {.name = "vit",
+                            .in_c = c,
+                            .in_h = H,
+                            .in_w = H,
+                            .classes = K,
+                            .max_batch = 2,
+                            .seed = 1};
         CHECK(nn_model_create(&m, &cfg, err, sizeof err) == NN_OK);
         CHECK(m.params[2].n == P * C); // the positional embedding: one row per token
         // patch (c·16 + 1)·C, pos P·C; per block: 2 LN (4C), qkv 3C²+3C, proj C²+C,
         // fc 4C²+4C, proj 4C²+C; final LN 2C; head (C+1)·K. Default depth 2.
-        const size_t want = (c * 16 + 1) * C + P * C +
-                            2 * (4 * C + 3 * C * C + 3 * C + C * C + C + 4 * C * C + 4 * C +
-                                 4 * C * C + C) + 2 * C + (C + 1) * K;
+        const size_t want =
+            (c * 16 + 1) * C + P * C +
+            2 * (4 * C + 3 * C * C + 3 * C + C * C + C + 4 * C * C + 4 * C + 4 * C * C + C) +
+            2 * C + (C + 1) * K;
         CHECK_MSG(nn_model_param_count(&m) == want, "%zu != %zu", nn_model_param_count(&m), want);
         nn_model_free(&m);
     }
@@ -372,8 +397,8 @@ static void vit_should_have_one_token_per_patch(void) {
 static void bad_configurations_should_be_rejected(void) {
     nn_model m;
     char err[256];
-    nn_model_cfg c = {.name = "vit", .in_c = 1, .in_h = 30, .in_w = 30, .classes = 10,
-                      .max_batch = 2};
+    nn_model_cfg c = {
+        .name = "vit", .in_c = 1, .in_h = 30, .in_w = 30, .classes = 10, .max_batch = 2};
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG); // 4 does not divide 30
     CHECK(strstr(err, "patch") != NULL);
     c.in_h = c.in_w = 28;
@@ -383,8 +408,14 @@ static void bad_configurations_should_be_rejected(void) {
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
     c.widths[1] = 1, c.widths[3] = 5, c.nwidths = 4; // patch 5 does not divide 28
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
-    c = (nn_model_cfg){.name = "vgg16bn", .in_c = 3, .in_h = 32, .in_w = 32, .classes = 10,
-                       .max_batch = 2, .widths = {65}, .nwidths = 1};
+    c = (nn_model_cfg){.name = "vgg16bn",
+                       .in_c = 3,
+                       .in_h = 32,
+                       .in_w = 32,
+                       .classes = 10,
+                       .max_batch = 2,
+                       .widths = {65},
+                       .nwidths = 1};
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
     c.widths[0] = 8, c.widths[1] = 8, c.nwidths = 2; // one entry only
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);

@@ -566,7 +566,8 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
         fill(&r, a.w, C, 0.5, 1.5);
         fill(&r, a.b, C, -0.5, 0.5);
         memcpy(b.w, a.w, C * sizeof(float)), memcpy(b.b, a.b, C * sizeof(float));
-        float *x = malloc(n * sizeof *x), *y1 = malloc(n * sizeof *y1), *y2 = malloc(n * sizeof *y2);
+        float *x = malloc(n * sizeof *x), *y1 = malloc(n * sizeof *y1),
+              *y2 = malloc(n * sizeof *y2);
         float *dy = malloc(n * sizeof *dy), *g = malloc(n * sizeof *g), *dx1 = zeros(n);
         float *dx2 = malloc(n * sizeof *dx2);
         fill(&r, x, n, -2, 2);
@@ -583,7 +584,8 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
             dx2[i] = NAN;
         nn_batchnorm_relu_backward(&b, dy, dx2);
         CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
-        CHECK(memcmp(a.dw, b.dw, C * sizeof(float)) == 0 && memcmp(a.db, b.db, C * sizeof(float)) == 0);
+        CHECK(memcmp(a.dw, b.dw, C * sizeof(float)) == 0 &&
+              memcmp(a.db, b.db, C * sizeof(float)) == 0);
         free(x), free(y1), free(y2), free(dy), free(g), free(dx1), free(dx2);
         nn_batchnorm_free(&a), nn_batchnorm_free(&b);
     }
@@ -592,7 +594,8 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
         nn_maxpool2d l;
         CHECK(nn_maxpool2d_init(&l, C, H, W, 2, 2, 0, N) == NN_OK);
         const size_t ny = N * C * l.oh * l.ow;
-        float *x = malloc(n * sizeof *x), *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
+        float *x = malloc(n * sizeof *x), *y = malloc(ny * sizeof *y),
+              *dy = malloc(ny * sizeof *dy);
         float *dx1 = zeros(n), *dx2 = malloc(n * sizeof *dx2);
         fill(&r, x, n, -1, 1);
         fill(&r, dy, ny, -1, 1);
@@ -616,7 +619,8 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
         nn_conv2d l;
         CHECK(nn_conv2d_init(&l, G, cout, true, N, &g) == NN_OK);
         const size_t nx = N * G->c_in * G->h * G->w, ny = N * cout * l.oh * l.ow;
-        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
+        float *x = malloc(nx * sizeof *x), *y = malloc(ny * sizeof *y),
+              *dy = malloc(ny * sizeof *dy);
         float *dx1 = zeros(nx), *dx2 = malloc(nx * sizeof *dx2);
         fill(&r, x, nx, -1, 1);
         fill(&r, dy, ny, -1, 1);
@@ -1341,7 +1345,7 @@ static void rng_should_be_reproducible_and_unbiased(void) {
     for (int i = 0; i < 2400; i++) {
         size_t p4[4], code = 0;
         nn_rng_permutation(&a, p4, 4);
-        for (size_t x = 0; x < 4; x++) {  // Lehmer code: the ordering's rank, 0..23
+        for (size_t x = 0; x < 4; x++) { // Lehmer code: the ordering's rank, 0..23
             size_t smaller = 0;
             for (size_t z = x + 1; z < 4; z++)
                 smaller += p4[z] < p4[x];

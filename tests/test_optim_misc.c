@@ -300,14 +300,15 @@ static void health_norms_should_match_f64(void) {
             ngd_layer_health h1, h2;
             CHECK(ngd_optim_layer_health(o, p.id1, &h1) == NGD_OK);
             CHECK(ngd_optim_layer_health(o, p.id2, &h2) == NGD_OK);
-            CHECK_MSG(fabs((double)h1.grad_norm - g1) <= 1e-5 * g1 && fabs((double)h2.grad_norm - g2) <= 1e-5 * g2,
+            CHECK_MSG(fabs((double)h1.grad_norm - g1) <= 1e-5 * g1 &&
+                          fabs((double)h2.grad_norm - g2) <= 1e-5 * g2,
                       "case %zu step %zu: grad norms %g %g, want %g %g", k, s, (double)h1.grad_norm,
                       (double)h2.grad_norm, g1, g2);
             float P1[35], P2[18];
             CHECK(ngd_optim_last_update(o, p.id1, P1, 35) == NGD_OK);
             CHECK(ngd_optim_last_update(o, p.id2, P2, 18) == NGD_OK);
             double u1 = norm_f64(P1, 35, NULL, 0, 1.0), u2 = norm_f64(P2, 18, NULL, 0, 1.0);
-            if (methods[k] == NGD_METHOD_KFAC) {  // the RMS clip: ‖νP‖ ≤ κ·sqrt(n)
+            if (methods[k] == NGD_METHOD_KFAC) { // the RMS clip: ‖νP‖ ≤ κ·sqrt(n)
                 const double kappa = (double)c.kfac.clip_kappa;
                 u1 = fmin(u1, kappa * sqrt(35.0)), u2 = fmin(u2, kappa * sqrt(18.0));
             }
@@ -430,14 +431,23 @@ static double first_order_vs_f64(const ngd_config *c) {
     float W[FO_OUT * FO_IN], gW[FO_OUT * FO_IN], b[FO_OUT], gb[FO_OUT], p[FO_NP], gp[FO_NP];
     double w[FO_N], m[FO_N] = {0}, v[FO_N] = {0}, g[FO_N];
     ref_rng r = {.s = 1234 + (unsigned long long)c->method};
-    for (size_t j = 0; j < FO_N; j++) w[j] = (double)(float)ref_uniform(&r, -1, 1);
-    for (size_t j = 0; j < FO_OUT * FO_IN; j++) W[j] = (float)w[j];
-    for (size_t j = 0; j < FO_OUT; j++) b[j] = (float)w[FO_OUT * FO_IN + j];
-    for (size_t j = 0; j < FO_NP; j++) p[j] = (float)w[FO_OUT * FO_IN + FO_OUT + j];
+    for (size_t j = 0; j < FO_N; j++)
+        w[j] = (double)(float)ref_uniform(&r, -1, 1);
+    for (size_t j = 0; j < FO_OUT * FO_IN; j++)
+        W[j] = (float)w[j];
+    for (size_t j = 0; j < FO_OUT; j++)
+        b[j] = (float)w[FO_OUT * FO_IN + j];
+    for (size_t j = 0; j < FO_NP; j++)
+        p[j] = (float)w[FO_OUT * FO_IN + FO_OUT + j];
     ngd_optim *o;
     CHECK(ngd_optim_create(c, &o) == NGD_OK);
-    ngd_layer l = {.name = "fc", .weight = W, .weight_grad = gW, .d_out = FO_OUT, .d_in = FO_IN,
-                   .bias = b, .bias_grad = gb};
+    ngd_layer l = {.name = "fc",
+                   .weight = W,
+                   .weight_grad = gW,
+                   .d_out = FO_OUT,
+                   .d_in = FO_IN,
+                   .bias = b,
+                   .bias_grad = gb};
     int id;
     CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
     CHECK(ngd_optim_add_param(o, "p", p, gp, FO_NP, NULL, &id) == NGD_OK);
@@ -453,14 +463,17 @@ static double first_order_vs_f64(const ngd_config *c) {
             const double mag = pow(10.0, ref_uniform(&r, -4, 0));
             const float gs = (float)(mag * (ref_uniform(&r, 0, 1) < 0.5 ? -1 : 1)) * scales[t];
             g[j] = (double)gs / (double)scales[t];
-            if (j < FO_OUT * FO_IN) gW[j] = gs;
-            else if (j < FO_OUT * FO_IN + FO_OUT) gb[j - FO_OUT * FO_IN] = gs;
-            else gp[j - FO_OUT * FO_IN - FO_OUT] = gs;
+            if (j < FO_OUT * FO_IN)
+                gW[j] = gs;
+            else if (j < FO_OUT * FO_IN + FO_OUT)
+                gb[j - FO_OUT * FO_IN] = gs;
+            else
+                gp[j - FO_OUT * FO_IN - FO_OUT] = gs;
         }
         CHECK(ngd_optim_step(o) == NGD_OK);
         first_order_ref_step(c, (double)(c->lr * lrs), t + 1, g, w, m, v);
         for (size_t j = 0; j < FO_N; j++) {
-            const float got = j < FO_OUT * FO_IN ? W[j]
+            const float got = j < FO_OUT * FO_IN            ? W[j]
                               : j < FO_OUT * FO_IN + FO_OUT ? b[j - FO_OUT * FO_IN]
                                                             : p[j - FO_OUT * FO_IN - FO_OUT];
             worst = fmax(worst, fabs((double)got - w[j]) / (FO_RTOL * fabs(w[j]) + FO_ATOL));
@@ -473,14 +486,14 @@ static double first_order_vs_f64(const ngd_config *c) {
 static void adamw_and_sgd_should_follow_their_f64_rules(void) {
     ngd_config cases[7];
     int nc = 0;
-    cases[nc] = ngd_config_default(NGD_METHOD_ADAMW);  // PyTorch's defaults
+    cases[nc] = ngd_config_default(NGD_METHOD_ADAMW); // PyTorch's defaults
     cases[nc++].lr = 1e-2f;
-    cases[nc] = ngd_config_default(NGD_METHOD_ADAMW);  // every constant off its default
+    cases[nc] = ngd_config_default(NGD_METHOD_ADAMW); // every constant off its default
     cases[nc].lr = 3e-2f, cases[nc].beta1 = 0.8f, cases[nc].beta2 = 0.95f;
     cases[nc].eps = 1e-3f, cases[nc++].weight_decay = 0.3f;
-    cases[nc] = ngd_config_default(NGD_METHOD_SGD);  // plain, with coupled weight decay
+    cases[nc] = ngd_config_default(NGD_METHOD_SGD); // plain, with coupled weight decay
     cases[nc].lr = 0.05f, cases[nc++].weight_decay = 0.1f;
-    for (int nest = 0; nest < 2; nest++) {  // momentum, with and without Nesterov
+    for (int nest = 0; nest < 2; nest++) { // momentum, with and without Nesterov
         for (int wd = 0; wd < 2; wd++) {
             cases[nc] = ngd_config_default(NGD_METHOD_SGD);
             cases[nc].lr = 0.05f, cases[nc].momentum = 0.7f, cases[nc].nesterov = nest;
@@ -513,7 +526,7 @@ static void singd_health_should_match_the_dense_factors(void) {
         CHECK(ngd_structure_parse(pairs[k][1], &c.structure_C) == NGD_OK);
         c.T = 2, c.lr_cov = 0.05f, c.lr = 1e-2f;
         tp_problem p;
-        tp_init(&p, 10, 6, 5, 4, 61 + k);  // K: 7 x 7 and 6 x 6, C: 5 x 5 and 4 x 4
+        tp_init(&p, 10, 6, 5, 4, 61 + k); // K: 7 x 7 and 6 x 6, C: 5 x 5 and 4 x 4
         ngd_optim *o;
         CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
         for (size_t s = 0; s < 5; s++) {
@@ -531,17 +544,20 @@ static void singd_health_should_match_the_dense_factors(void) {
                     float F[49];
                     CHECK(ngd_optim_factor_dense(o, ids[l], which[f], F, d[f]) == NGD_OK);
                     double tr = 0, nn = 0, off = 0;
-                    for (size_t i = 0; i < d[f]; i++) tr += (double)F[i * d[f] + i];
-                    for (size_t i = 0; i < d[f] * d[f]; i++) nn += (double)F[i] * (double)F[i];
+                    for (size_t i = 0; i < d[f]; i++)
+                        tr += (double)F[i * d[f] + i];
+                    for (size_t i = 0; i < d[f] * d[f]; i++)
+                        nn += (double)F[i] * (double)F[i];
                     for (size_t i = 0; i < d[f]; i++)
                         off = fmax(off, fabs((double)F[i * d[f] + i] - 1.0));
                     tr /= (double)d[f], nn = sqrt(nn);
                     CHECK_MSG(fabs((double)got_tr[f] - tr) <= 1e-5 * fabs(tr) &&
                                   fabs((double)got_nr[f] - nn) <= 1e-5 * nn,
                               "%s/%s layer %d factor %c step %zu: trace %.8g norm %.8g, want "
-                              "%.8g %.8g", pairs[k][0], pairs[k][1], l, which[f], s,
-                              (double)got_tr[f], (double)got_nr[f], tr, nn);
-                    CHECK(off > 1e-4);  // the factor moved off I: the readout is not trivial
+                              "%.8g %.8g",
+                              pairs[k][0], pairs[k][1], l, which[f], s, (double)got_tr[f],
+                              (double)got_nr[f], tr, nn);
+                    CHECK(off > 1e-4); // the factor moved off I: the readout is not trivial
                 }
             }
         }

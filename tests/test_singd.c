@@ -14,22 +14,24 @@
 #include "tproblem.h"
 
 // Linear layer y = x Wᵀ + b with loss ½·mean_n ‖y_n − t_n‖²: fills dW, db and dy.
-static double linear_mse(const float *W, const float *b, const float *x, const float *t,
-                         size_t N, size_t din, size_t dout, float *dW, float *db, float *dy) {
+static double linear_mse(const float *W, const float *b, const float *x, const float *t, size_t N,
+                         size_t din, size_t dout, float *dW, float *db, float *dy) {
     double loss = 0;
     memset(dW, 0, dout * din * sizeof *dW);
     memset(db, 0, dout * sizeof *db);
     for (size_t n = 0; n < N; n++)
         for (size_t i = 0; i < dout; i++) {
             double y = (double)b[i];
-            for (size_t j = 0; j < din; j++) y += (double)W[i * din + j] * (double)x[n * din + j];
+            for (size_t j = 0; j < din; j++)
+                y += (double)W[i * din + j] * (double)x[n * din + j];
             double r = y - (double)t[n * dout + i];
             loss += 0.5 * r * r / (double)N;
             dy[n * dout + i] = (float)(r / (double)N);
         }
     for (size_t n = 0; n < N; n++)
         for (size_t i = 0; i < dout; i++) {
-            for (size_t j = 0; j < din; j++) dW[i * din + j] += dy[n * dout + i] * x[n * din + j];
+            for (size_t j = 0; j < din; j++)
+                dW[i * din + j] += dy[n * dout + i] * x[n * din + j];
             db[i] += dy[n * dout + i];
         }
     return loss;
@@ -48,8 +50,13 @@ static void singd_should_reproduce_the_worked_example(void) {
     c.weight_decay = 0.01f, c.T = 1, c.lr_cov = 0.1f, c.keep_last_update = true;
     ngd_optim *o;
     CHECK(ngd_optim_create(&c, &o) == NGD_OK);
-    ngd_layer L = {.name = "fc", .weight = W, .weight_grad = dW, .d_out = 2, .d_in = 2,
-                   .bias = b, .bias_grad = db};
+    ngd_layer L = {.name = "fc",
+                   .weight = W,
+                   .weight_grad = dW,
+                   .d_out = 2,
+                   .d_in = 2,
+                   .bias = b,
+                   .bias_grad = db};
     int id;
     CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
     static const double want_loss[2] = {0.6591666667, 0.4915363365};
@@ -65,9 +72,11 @@ static void singd_should_reproduce_the_worked_example(void) {
         {-0.0821640934, -0.6917774557, -0.4936072035, 0.6054106545, 0.2613320312, -0.2165750030}};
     static const double want_W[2][4] = {{0.1164259742, -0.1068104089, 0.2400552181, 0.3657102951},
                                         {0.1393093344, 0.0463447790, 0.1253237938, 0.3083506473}};
-    static const double want_b[2][2] = {{0.1149460854, -0.0362316649}, {0.2226433365, -0.0021464314}};
-    static const double want_mK0[9] = {-0.2797777778, 0.1647916667, 0, 0.1647916667, 0.0772708333,
-                                       0.3845138889, 0, 0.3845138889, -0.1699166667};
+    static const double want_b[2][2] = {{0.1149460854, -0.0362316649},
+                                        {0.2226433365, -0.0021464314}};
+    static const double want_mK0[9] = {-0.2797777778, 0.1647916667, 0, 0.1647916667,
+                                       0.0772708333,  0.3845138889, 0, 0.3845138889,
+                                       -0.1699166667};
     for (int step = 0; step < 2; step++) {
         double loss = linear_mse(W, b, x, t, 3, 2, 2, dW, db, dy);
         CHECK_CLOSE(loss, want_loss[step], 0, 1e-7);
@@ -93,13 +102,13 @@ static void singd_should_reproduce_the_worked_example(void) {
     ngd_optim_free(o);
 }
 
-
 // ---- small dense f64 helpers for the property tests ----
 // inverse of an n x n matrix by Gauss–Jordan with partial pivoting (n small)
 static void inv_f64(size_t n, const double *A, double *out) {
     double *M = malloc(n * 2 * n * sizeof *M);
     for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < 2 * n; j++) M[i * 2 * n + j] = j < n ? A[i * n + j] : (j - n == i);
+        for (size_t j = 0; j < 2 * n; j++)
+            M[i * 2 * n + j] = j < n ? A[i * n + j] : (j - n == i);
     for (size_t c = 0; c < n; c++) {
         size_t piv = c;
         for (size_t r = c + 1; r < n; r++)
@@ -110,15 +119,18 @@ static void inv_f64(size_t n, const double *A, double *out) {
             M[piv * 2 * n + j] = t;
         }
         double d = M[c * 2 * n + c];
-        for (size_t j = 0; j < 2 * n; j++) M[c * 2 * n + j] /= d;
+        for (size_t j = 0; j < 2 * n; j++)
+            M[c * 2 * n + j] /= d;
         for (size_t r = 0; r < n; r++)
             if (r != c) {
                 double f = M[r * 2 * n + c];
-                for (size_t j = 0; j < 2 * n; j++) M[r * 2 * n + j] -= f * M[c * 2 * n + j];
+                for (size_t j = 0; j < 2 * n; j++)
+                    M[r * 2 * n + j] -= f * M[c * 2 * n + j];
             }
     }
     for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < n; j++) out[i * n + j] = M[i * 2 * n + n + j];
+        for (size_t j = 0; j < n; j++)
+            out[i * n + j] = M[i * 2 * n + n + j];
     free(M);
 }
 
@@ -127,31 +139,39 @@ static void llt(size_t n, const float *L, double *out) {
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++) {
             double s = 0;
-            for (size_t k = 0; k < n; k++) s += (double)L[i * n + k] * (double)L[j * n + k];
+            for (size_t k = 0; k < n; k++)
+                s += (double)L[i * n + k] * (double)L[j * n + k];
             out[i * n + j] = s;
         }
 }
 
 static double max_abs_diff(const double *a, const double *b, size_t n) {
     double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i] - b[i]));
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs(a[i] - b[i]));
     return m;
 }
 
 // Fixed single-layer problem: x (N x din), dy (N x dout), gradients from them; lr = 0 so the
 // statistics never change. Returns the optimizer after `steps` steps.
-static ngd_optim *run_fixed(ngd_config c, size_t N, size_t din, size_t dout, size_t steps,
-                            float *W, float *b, const float *x, const float *dy) {
+static ngd_optim *run_fixed(ngd_config c, size_t N, size_t din, size_t dout, size_t steps, float *W,
+                            float *b, const float *x, const float *dy) {
     float *gW = calloc(dout * din, 4), *gb = calloc(dout, 4);
     for (size_t i = 0; i < dout; i++)
         for (size_t n = 0; n < N; n++) {
             gb[i] += dy[n * dout + i];
-            for (size_t j = 0; j < din; j++) gW[i * din + j] += dy[n * dout + i] * x[n * din + j];
+            for (size_t j = 0; j < din; j++)
+                gW[i * din + j] += dy[n * dout + i] * x[n * din + j];
         }
     ngd_optim *o;
     if (ngd_optim_create(&c, &o) != NGD_OK) abort();
-    ngd_layer L = {.name = "fixed", .weight = W, .weight_grad = gW, .d_out = dout, .d_in = din,
-                   .bias = b, .bias_grad = gb};
+    ngd_layer L = {.name = "fixed",
+                   .weight = W,
+                   .weight_grad = gW,
+                   .d_out = dout,
+                   .d_in = din,
+                   .bias = b,
+                   .bias_grad = gb};
     int id;
     if (ngd_optim_add_layer(o, &L, &id) != NGD_OK) abort();
     for (size_t s = 0; s < steps; s++) {
@@ -179,8 +199,10 @@ static void ikfac_should_converge_to_the_damped_inverse(void) {
     const size_t N = 20, din = 4, dout = 3, dK = 5;
     ref_rng r = {7};
     float x[80], dy[60], W[12] = {0}, b[3] = {0};
-    for (size_t i = 0; i < N * din; i++) x[i] = (float)ref_uniform(&r, -1, 1);
-    for (size_t i = 0; i < N * dout; i++) dy[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
+    for (size_t i = 0; i < N * din; i++)
+        x[i] = (float)ref_uniform(&r, -1, 1);
+    for (size_t i = 0; i < N * dout; i++)
+        dy[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
     ngd_config c = ngd_config_default(NGD_METHOD_IKFAC);
     c.lr = 0, c.momentum = 0, c.T = 1, c.lr_cov = 0.1f, c.damping = 0.1f;
     ngd_optim *o = run_fixed(c, N, din, dout, 3000, W, b, x, dy);
@@ -196,8 +218,10 @@ static void ikfac_should_converge_to_the_damped_inverse(void) {
         for (size_t i = 0; i < dout; i++)
             for (size_t j = 0; j < dout; j++)
                 G[i * dout + j] += (double)N * (double)dy[n * dout + i] * (double)dy[n * dout + j];
-    for (size_t i = 0; i < dK; i++) U[i * dK + i] += 0.1;
-    for (size_t i = 0; i < dout; i++) G[i * dout + i] += 0.1;
+    for (size_t i = 0; i < dK; i++)
+        U[i * dK + i] += 0.1;
+    for (size_t i = 0; i < dout; i++)
+        G[i * dout + i] += 0.1;
     inv_f64(dK, U, Ui);
     inv_f64(dout, G, Gi);
     float K[25], C[9];
@@ -219,8 +243,10 @@ static void ikfac_should_track_kfac_to_second_order(void) {
     const size_t N = 12, din = 4, dout = 2, dK = 5;
     ref_rng r = {9};
     float x[48], dy[24];
-    for (size_t i = 0; i < N * din; i++) x[i] = (float)ref_uniform(&r, -1, 1);
-    for (size_t i = 0; i < N * dout; i++) dy[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
+    for (size_t i = 0; i < N * din; i++)
+        x[i] = (float)ref_uniform(&r, -1, 1);
+    for (size_t i = 0; i < N * dout; i++)
+        dy[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
     const double lam = 0.05;
     double U[25] = {0};
     for (size_t n = 0; n < N; n++)
@@ -240,7 +266,8 @@ static void ikfac_should_track_kfac_to_second_order(void) {
         double KKt[25], S[25], Si[25];
         llt(dK, K, KKt);
         // K = I initially means S + λI = I; KFAC: S_new = (1-β)S + βU
-        for (size_t i = 0; i < 25; i++) S[i] = beta * U[i] + (i % 6 == 0 ? (1 - beta) * (1 - lam) + lam : 0);
+        for (size_t i = 0; i < 25; i++)
+            S[i] = beta * U[i] + (i % 6 == 0 ? (1 - beta) * (1 - lam) + lam : 0);
         inv_f64(dK, S, Si);
         err[k] = max_abs_diff(KKt, Si, 25);
         ngd_optim_free(o);
@@ -286,12 +313,15 @@ static void ingd_should_be_invariant_to_micro_batching(void) {
     const size_t N = 16, din = 5, dout = 3;
     ref_rng r = {13};
     float x[80], dy[48], gW[15] = {0}, gb[3] = {0};
-    for (size_t i = 0; i < N * din; i++) x[i] = (float)ref_uniform(&r, -1, 1);
-    for (size_t i = 0; i < N * dout; i++) dy[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
+    for (size_t i = 0; i < N * din; i++)
+        x[i] = (float)ref_uniform(&r, -1, 1);
+    for (size_t i = 0; i < N * dout; i++)
+        dy[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
     for (size_t i = 0; i < dout; i++)
         for (size_t n = 0; n < N; n++) {
             gb[i] += dy[n * dout + i];
-            for (size_t j = 0; j < din; j++) gW[i * din + j] += dy[n * dout + i] * x[n * din + j];
+            for (size_t j = 0; j < din; j++)
+                gW[i * din + j] += dy[n * dout + i] * x[n * din + j];
         }
     for (int ikfac = 0; ikfac < 2; ikfac++) {
         float K[2][36];
@@ -301,20 +331,24 @@ static void ingd_should_be_invariant_to_micro_batching(void) {
             float W[15] = {0}, b[3] = {0};
             ngd_optim *o;
             CHECK(ngd_optim_create(&c, &o) == NGD_OK);
-            ngd_layer L = {.name = "l", .weight = W, .weight_grad = gW, .d_out = dout,
-                           .d_in = din, .bias = b, .bias_grad = gb};
+            ngd_layer L = {.name = "l",
+                           .weight = W,
+                           .weight_grad = gW,
+                           .d_out = dout,
+                           .d_in = din,
+                           .bias = b,
+                           .bias_grad = gb};
             int id;
             CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
             for (int s = 0; s < 3; s++) {
                 if (!split) {
                     CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(x, N, din),
                                             ngd_matrix_f32(dy, N, dout)) == NGD_OK);
-                } else {  // two micro-batches of 8; their loss is the mini-batch loss · 8/16
+                } else { // two micro-batches of 8; their loss is the mini-batch loss · 8/16
                     for (size_t m = 0; m < 2; m++)
-                        CHECK(ngd_optim_observe(o, id, N / 2,
-                                                ngd_matrix_f32(x + m * 8 * din, 8, din),
-                                                ngd_matrix_f32(dy + m * 8 * dout, 8, dout)) ==
-                              NGD_OK);
+                        CHECK(ngd_optim_observe(
+                                  o, id, N / 2, ngd_matrix_f32(x + m * 8 * din, 8, din),
+                                  ngd_matrix_f32(dy + m * 8 * dout, 8, dout)) == NGD_OK);
                 }
                 CHECK(ngd_optim_step(o) == NGD_OK);
             }
@@ -322,9 +356,12 @@ static void ingd_should_be_invariant_to_micro_batching(void) {
             ngd_optim_free(o);
         }
         double diff = 0;
-        for (int i = 0; i < 36; i++) diff = fmax(diff, fabs((double)K[0][i] - (double)K[1][i]));
-        if (!ikfac) CHECK_MSG(diff < 1e-6, "INGD K differs by %g between 1 and 2 micro-batches", diff);
-        else CHECK_MSG(diff > 1e-4, "IKFAC K should differ under micro-batching (diff %g)", diff);
+        for (int i = 0; i < 36; i++)
+            diff = fmax(diff, fabs((double)K[0][i] - (double)K[1][i]));
+        if (!ikfac)
+            CHECK_MSG(diff < 1e-6, "INGD K differs by %g between 1 and 2 micro-batches", diff);
+        else
+            CHECK_MSG(diff > 1e-4, "IKFAC K should differ under micro-batching (diff %g)", diff);
     }
 }
 
@@ -350,8 +387,8 @@ static void nonfinite_gradient_should_skip_the_step(void) {
     CHECK(ngd_optim_layer_health(o, p.id1, &h) == NGD_OK && h.skips == 1 && h.updates == 1);
     CHECK(ngd_optim_steps(o) == 2);
     p.gb1[0] = INFINITY;
-    CHECK(ngd_optim_step(o) == NGD_SKIPPED);  // stale statistics were discarded: still skips
-    CHECK(tp_step(&p, o, 3) == NGD_OK);       // and training goes on
+    CHECK(ngd_optim_step(o) == NGD_SKIPPED); // stale statistics were discarded: still skips
+    CHECK(tp_step(&p, o, 3) == NGD_OK);      // and training goes on
     CHECK(ngd_optim_layer_health(o, p.id1, &h) == NGD_OK && h.skips == 2 && h.updates == 2);
     ngd_optim_free(o);
     tp_free(&p);
@@ -370,7 +407,7 @@ static void bf16_factors_should_train_like_f32(void) {
         CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
         double l = 0;
         for (size_t s = 0; s < 60; s++) {
-            l = tp_forward_backward(&p, o, 0, 1.0f);  // one fixed batch: a least-squares fit
+            l = tp_forward_backward(&p, o, 0, 1.0f); // one fixed batch: a least-squares fit
             if (s == 0) loss0 = l;
             CHECK(ngd_optim_step(o) == NGD_OK);
         }
@@ -379,7 +416,8 @@ static void bf16_factors_should_train_like_f32(void) {
         ngd_optim_free(o);
         tp_free(&p);
     }
-    if (th_verbose) fprintf(stderr, "    loss %g -> f32 %g, bf16 %g\n", loss0, loss_end[0], loss_end[1]);
+    if (th_verbose)
+        fprintf(stderr, "    loss %g -> f32 %g, bf16 %g\n", loss0, loss_end[0], loss_end[1]);
     CHECK_MSG(loss_end[0] < 0.8 * loss0, "f32 loss %g -> %g", loss0, loss_end[0]);
     CHECK_MSG(loss_end[1] < 0.8 * loss0, "bf16 loss %g -> %g", loss0, loss_end[1]);
     // bf16 keeps ~3 significant digits of K, C; observed agreement 3e-5 relative, so 1e-3

@@ -41,11 +41,13 @@ typedef struct {
     ngd_structure kind;
     size_t b, k1, k2;
     bool quirk;
-    size_t dims[12];  // 0-terminated
+    size_t dims[12]; // 0-terminated
 } sclass;
 
-#define STD_DIMS {1, 2, 4, 5, 7, 8, 13, 31, 65, 0}
-#define TZ_DIMS {1, 2, 4, 5, 7, 8, 13, 31, 65, 200, 0}
+#define STD_DIMS                                                                                   \
+    { 1, 2, 4, 5, 7, 8, 13, 31, 65, 0 }
+#define TZ_DIMS                                                                                    \
+    { 1, 2, 4, 5, 7, 8, 13, 31, 65, 200, 0 }
 static const sclass CLASSES[] = {
     {"dense", NGD_STRUCT_DENSE, 0, 0, 0, false, STD_DIMS},
     {"diagonal", NGD_STRUCT_DIAG, 0, 0, 0, false, STD_DIMS},
@@ -84,7 +86,7 @@ static bool in_pattern(const ngd_sdesc *s, size_t i, size_t j) {
     case NGD_STRUCT_DIAG: return i == j;
     case NGD_STRUCT_BLOCKDIAG: return i / s->b == j / s->b;
     case NGD_STRUCT_HIER: {
-        const size_t t = s->k1, b0 = s->k1 + s->m;  // top [0,t), middle [t,b0), bottom [b0,d)
+        const size_t t = s->k1, b0 = s->k1 + s->m; // top [0,t), middle [t,b0), bottom [b0,d)
         if (i < t) return true;
         if (i < b0) return i == j;
         return j >= t;
@@ -100,7 +102,7 @@ static bool in_pattern(const ngd_sdesc *s, size_t i, size_t j) {
 }
 
 // ---- helpers ----
-static double g_worst_rel;  // worst max|got − ref| / max|ref| over the unit tests
+static double g_worst_rel; // worst max|got − ref| / max|ref| over the unit tests
 
 static const char *lbl(const char *fmt, ...) {
     static char buf[200];
@@ -113,7 +115,8 @@ static const char *lbl(const char *fmt, ...) {
 
 static double maxabs_d(const double *x, size_t n) {
     double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(x[i]));
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs(x[i]));
     return m;
 }
 
@@ -132,11 +135,11 @@ static int check_rel_impl(const char *file, int line, const void *got, int got_d
     if (scale > 0 && !(err / scale <= g_worst_rel)) g_worst_rel = err / scale;
     return th_check_tensor(file, line, label, got, got_d, want, 1, n, 0.0, tol * scale);
 }
-#define CHECK_REL(got, want, n, tol, label)                                                  \
-    check_rel_impl(__FILE__, __LINE__, (got), TH_IS_DOUBLE(got), (want), (size_t)(n), (tol), \
-                   0.0, (label))
-#define CHECK_REL_SCALED(got, want, n, tol, scale, label)                                    \
-    check_rel_impl(__FILE__, __LINE__, (got), TH_IS_DOUBLE(got), (want), (size_t)(n), (tol), \
+#define CHECK_REL(got, want, n, tol, label)                                                        \
+    check_rel_impl(__FILE__, __LINE__, (got), TH_IS_DOUBLE(got), (want), (size_t)(n), (tol), 0.0,  \
+                   (label))
+#define CHECK_REL_SCALED(got, want, n, tol, scale, label)                                          \
+    check_rel_impl(__FILE__, __LINE__, (got), TH_IS_DOUBLE(got), (want), (size_t)(n), (tol),       \
                    (scale), (label))
 
 // uniform [-1, 1) values, stored as float and as the same values in double
@@ -158,11 +161,13 @@ static ngd_view layout_view(float *buf, size_t rows, size_t cols, int layout) {
 }
 static void view_from(ngd_view v, const float *rm) {
     for (size_t i = 0; i < v.rows; i++)
-        for (size_t j = 0; j < v.cols; j++) NGD_AT(v, i, j) = rm[i * v.cols + j];
+        for (size_t j = 0; j < v.cols; j++)
+            NGD_AT(v, i, j) = rm[i * v.cols + j];
 }
 static void view_to(ngd_view v, float *rm) {
     for (size_t i = 0; i < v.rows; i++)
-        for (size_t j = 0; j < v.cols; j++) rm[i * v.cols + j] = NGD_AT(v, i, j);
+        for (size_t j = 0; j < v.cols; j++)
+            rm[i * v.cols + j] = NGD_AT(v, i, j);
 }
 
 // The operands of one (class, d): random non-symmetric S1, S2 and symmetric S3 (f32 values,
@@ -199,7 +204,7 @@ static bool ops_make(operands *o, const sclass *c, size_t d, ref_rng *r) {
     rand_fd(r, o->S1f, o->S1, dd);
     rand_fd(r, o->S2f, o->S2, dd);
     rand_fd(r, o->S3f, o->S3, dd);
-    for (size_t i = 0; i < d; i++)  // S3 symmetric
+    for (size_t i = 0; i < d; i++) // S3 symmetric
         for (size_t j = 0; j < i; j++) {
             o->S3f[j * d + i] = o->S3f[i * d + j];
             o->S3[j * d + i] = o->S3[i * d + j];
@@ -234,27 +239,39 @@ static void counts_should_match_spec_table(void) {
         ngd_structure kind;
         size_t b, k1, k2, d, want;
     } T[] = {
-        {NGD_STRUCT_DENSE, 0, 0, 0, 31, 961},          {NGD_STRUCT_DIAG, 0, 0, 0, 433, 433},
-        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 10, 100},     {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 29, 841},
-        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 30, 900},     {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 31, 901},
-        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 65, 1825},    {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 433, 12769},
-        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 1024, 30616}, {NGD_STRUCT_HIER, 0, 15, 15, 10, 100},
-        {NGD_STRUCT_HIER, 0, 15, 15, 16, 241},         {NGD_STRUCT_HIER, 0, 15, 15, 31, 706},
-        {NGD_STRUCT_HIER, 0, 15, 15, 65, 1760},        {NGD_STRUCT_HIER, 0, 15, 15, 433, 13168},
-        {NGD_STRUCT_HIER, 0, 15, 15, 1024, 31489},     {NGD_STRUCT_TRIL_TOEPLITZ, 0, 0, 0, 65, 65},
-        {NGD_STRUCT_TRIU_TOEPLITZ, 0, 0, 0, 1024, 1024}, {NGD_STRUCT_TRIL_TOPLEFT, 0, 0, 0, 10, 19},
-        {NGD_STRUCT_TRIL_BOTRIGHT, 0, 0, 0, 31, 61},   {NGD_STRUCT_TRIU_TOPLEFT, 0, 0, 0, 65, 129},
-        {NGD_STRUCT_TRIU_BOTRIGHT, 0, 0, 0, 1024, 2047}, {NGD_STRUCT_TRIU_BOTRIGHT, 0, 0, 0, 1, 1},
+        {NGD_STRUCT_DENSE, 0, 0, 0, 31, 961},
+        {NGD_STRUCT_DIAG, 0, 0, 0, 433, 433},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 10, 100},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 29, 841},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 30, 900},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 31, 901},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 65, 1825},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 433, 12769},
+        {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 1024, 30616},
+        {NGD_STRUCT_HIER, 0, 15, 15, 10, 100},
+        {NGD_STRUCT_HIER, 0, 15, 15, 16, 241},
+        {NGD_STRUCT_HIER, 0, 15, 15, 31, 706},
+        {NGD_STRUCT_HIER, 0, 15, 15, 65, 1760},
+        {NGD_STRUCT_HIER, 0, 15, 15, 433, 13168},
+        {NGD_STRUCT_HIER, 0, 15, 15, 1024, 31489},
+        {NGD_STRUCT_TRIL_TOEPLITZ, 0, 0, 0, 65, 65},
+        {NGD_STRUCT_TRIU_TOEPLITZ, 0, 0, 0, 1024, 1024},
+        {NGD_STRUCT_TRIL_TOPLEFT, 0, 0, 0, 10, 19},
+        {NGD_STRUCT_TRIL_BOTRIGHT, 0, 0, 0, 31, 61},
+        {NGD_STRUCT_TRIU_TOPLEFT, 0, 0, 0, 65, 129},
+        {NGD_STRUCT_TRIU_BOTRIGHT, 0, 0, 0, 1024, 2047},
+        {NGD_STRUCT_TRIU_BOTRIGHT, 0, 0, 0, 1, 1},
     };
     for (size_t t = 0; t < sizeof T / sizeof T[0]; t++) {
         ngd_factor_spec f = {T[t].kind, T[t].b, T[t].k1, T[t].k2, NGD_F32};
         ngd_sdesc s;
         CHECK(ngd_sdesc_init(&s, &f, T[t].d, false) == NGD_OK);
-        CHECK_MSG(s.n == T[t].want, "kind %d d=%zu: count %zu, want %zu", (int)T[t].kind,
-                  T[t].d, s.n, T[t].want);
+        CHECK_MSG(s.n == T[t].want, "kind %d d=%zu: count %zu, want %zu", (int)T[t].kind, T[t].d,
+                  s.n, T[t].want);
     }
     // every class is in the table, and bad descriptors are refused
-    for (int k = 0; k < NGD_STRUCT_COUNT; k++) CHECK(ngd_structure_get((ngd_structure)k) != NULL);
+    for (int k = 0; k < NGD_STRUCT_COUNT; k++)
+        CHECK(ngd_structure_get((ngd_structure)k) != NULL);
     ngd_sdesc s;
     ngd_factor_spec bad = {NGD_STRUCT_BLOCKDIAG, 0, 0, 0, NGD_F32};
     CHECK(ngd_sdesc_init(&s, &bad, 5, false) == NGD_ERR_ARG);
@@ -274,11 +291,11 @@ static void entry_body(operands *o, ref_rng *r) {
             ok &= e < o->n;
             if (e < o->n) hits[e]++;
             bool tz = s->kind == NGD_STRUCT_TRIL_TOEPLITZ || s->kind == NGD_STRUCT_TRIU_TOEPLITZ;
-            if (tz) ok &= e == (i > j ? i - j : j - i);  // tied along the diagonals
+            if (tz) ok &= e == (i > j ? i - j : j - i); // tied along the diagonals
         }
     for (size_t e = 0; e < o->n; e++) {
         bool tz = s->kind == NGD_STRUCT_TRIL_TOEPLITZ || s->kind == NGD_STRUCT_TRIU_TOEPLITZ;
-        ok &= tz ? hits[e] == d - e : hits[e] == 1;  // every number is used, untied once
+        ok &= tz ? hits[e] == d - e : hits[e] == 1; // every number is used, untied once
     }
     CHECK_MSG(ok, "%s d=%zu: entry map does not match the pattern", o->c->label, d);
     free(hits);
@@ -293,11 +310,12 @@ static void eye_body(operands *o, ref_rng *r) {
     float *p = malloc(o->n * sizeof(float)), *q = malloc(o->n * sizeof(float));
     float *I = calloc(dd, sizeof(float));
     double *got = malloc(dd * sizeof(double)), *want = calloc(dd, sizeof(double));
-    for (size_t i = 0; i < d; i++) I[i * d + i] = 1.0f, want[i * d + i] = 1.0;
+    for (size_t i = 0; i < d; i++)
+        I[i * d + i] = 1.0f, want[i * d + i] = 1.0;
     o->ops->eye(&o->s, p);
     sref_to_dense(&o->s, p, got);
     CHECK_TENSOR(got, want, dd, 0.0, 0.0, lbl("eye %s d=%zu", o->c->label, d));
-    o->ops->project(&o->s, ngd_cview_rm(I, d, d, d), q);  // Π(I) = I (spec §9.1)
+    o->ops->project(&o->s, ngd_cview_rm(I, d, d, d), q); // Π(I) = I (spec §9.1)
     CHECK_TENSOR(q, p, o->n, 0.0, 0.0, lbl("proj(I) %s d=%zu", o->c->label, d));
     free(p), free(q), free(I), free(got), free(want);
 }
@@ -321,12 +339,14 @@ static void project_body(operands *o, ref_rng *r) {
         // the same matrix seen through a column-major view of its transpose's memory
         ngd_cview T = ngd_cview_t(ngd_cview_rm(Kdf, d, d, d));
         for (size_t i = 0; i < d; i++)
-            for (size_t j = 0; j < d; j++) Kdf[j * d + i] = Sf[v][i * d + j];
+            for (size_t j = 0; j < d; j++)
+                Kdf[j * d + i] = Sf[v][i * d + j];
         o->ops->project(s, T, q);
         CHECK_TENSOR(q, p, n, 0.0, 0.0, lbl("proj colmajor %s d=%zu", o->c->label, d));
         // avgtr(Π S) = tr(S)/d
         double tr = 0, trabs = 0;
-        for (size_t i = 0; i < d; i++) tr += Sd[v][i * d + i], trabs += fabs(Sd[v][i * d + i]);
+        for (size_t i = 0; i < d; i++)
+            tr += Sd[v][i * d + i], trabs += fabs(Sd[v][i * d + i]);
         CHECK_CLOSE(ngd_s_avgtrace(s, p), tr / (double)d, 0.0, 1e-6 * (trabs + 1) / (double)d);
         // residual R = S − sym(Π S) ⟂ sym(E_e) for every basis direction e: the sum over e's
         // positions of (R_ij + R_ji)/2 vanishes
@@ -343,14 +363,16 @@ static void project_body(operands *o, ref_rng *r) {
                 mag[e] += fabs(sij) + fabs(pij);
             }
         bool orth = true;
-        for (size_t e = 0; e < n; e++) orth &= fabs(res[e]) <= TOL_REL * (mag[e] + 1e-30);
+        for (size_t e = 0; e < n; e++)
+            orth &= fabs(res[e]) <= TOL_REL * (mag[e] + 1e-30);
         CHECK_MSG(orth, "%s d=%zu: residual of the projection not orthogonal", o->c->label, d);
         free(res), free(mag), free(Pd);
     }
     // idempotence: Π(to_dense(K)) = K exactly for the non-symmetric member K (the values are
     // copied, added to exact zeros, or averaged over equal copies)
     for (size_t i = 0; i < d; i++)
-        for (size_t j = 0; j < d; j++) Kdf[i * d + j] = (float)o->Kd[i * d + j];
+        for (size_t j = 0; j < d; j++)
+            Kdf[i * d + j] = (float)o->Kd[i * d + j];
     o->ops->project(s, ngd_cview_rm(Kdf, d, d, d), q);
     CHECK_TENSOR(q, o->K, n, 0.0, 0.0, lbl("idempotent %s d=%zu", o->c->label, d));
     free(p), free(q), free(Kdf), free(want);
@@ -380,8 +402,10 @@ static void mul_should_close_and_match_dense(void) { for_each_class(mul_body); }
 
 // the dense operator the class applies for mm(trans) (quirk: K for both)
 static void ref_op(const operands *o, bool trans, double *L) {
-    if (trans && !o->s.quirk) ref_transpose(o->d, o->d, o->Kd, L);
-    else memcpy(L, o->Kd, o->d * o->d * sizeof(double));
+    if (trans && !o->s.quirk)
+        ref_transpose(o->d, o->d, o->Kd, L);
+    else
+        memcpy(L, o->Kd, o->d * o->d * sizeof(double));
 }
 
 static void mm_body(operands *o, ref_rng *r) {
@@ -399,10 +423,11 @@ static void mm_body(operands *o, ref_rng *r) {
             ref_matmul(d, d, n, L, Md, want);
             for (int lm = 0; lm < NLAYOUTS; lm++)
                 for (int lo = 0; lo < NLAYOUTS; lo++) {
-                    if (n > 5 && (lm == 2 || lo == 2)) continue;  // strided: small n is enough
+                    if (n > 5 && (lm == 2 || lo == 2)) continue; // strided: small n is enough
                     ngd_view M = layout_view(mbuf, d, n, lm), out = layout_view(obuf, d, n, lo);
                     view_from(M, Mf);
-                    for (size_t i = 0; i < 2 * d * n; i++) obuf[i] = NAN;  // out is written
+                    for (size_t i = 0; i < 2 * d * n; i++)
+                        obuf[i] = NAN; // out is written
                     o->ops->mm(&o->s, o->K, trans, ngd_cv(M), out);
                     view_to(out, got);
                     CHECK_REL(got, want, d * n, TOL_REL,
@@ -427,7 +452,7 @@ static void from_inner_body(operands *o, ref_rng *r) {
     double *G = malloc(dd * sizeof(double)), *pi = malloc(n * sizeof(double));
     double *want = calloc(n, sizeof(double));
     float *out = malloc(n * sizeof(float));
-    ref_op(o, true, Op);  // the operator applied to X: Kᵀ (quirk: K)
+    ref_op(o, true, Op); // the operator applied to X: Kᵀ (quirk: K)
     ref_transpose(d, d, Op, OpT);
     for (size_t t = 0; t < 3; t++) {
         // t = 0, 1: X of n = 6 / 70 columns; t = 2: no X
@@ -439,19 +464,19 @@ static void from_inner_body(operands *o, ref_rng *r) {
         float *xbuf = malloc((2 * d * nx + 1) * sizeof(float));
         float *ws = malloc((o->ops->ws_from_inner(s, nx) + 1) * sizeof(float));
         rand_fd(r, Xf, Xd, d * nx);
-        if (t < 2) {  // G = T Tᵀ with T = Op X
+        if (t < 2) { // G = T Tᵀ with T = Op X
             ref_matmul(d, d, nx, Op, Xd, T);
             ref_transpose(d, nx, T, Tt);
             ref_matmul(d, nx, d, T, Tt, G);
-        } else {  // G = Op Opᵀ: Kᵀ K (quirk: K Kᵀ)
+        } else { // G = Op Opᵀ: Kᵀ K (quirk: K Kᵀ)
             ref_matmul(d, d, d, Op, OpT, G);
         }
         sref_project(s, G, pi);
         for (int bi = 0; bi < 2; bi++) {
             const float beta = betas[bi];
             for (size_t e = 0; e < n; e++)
-                want[e] = (double)alpha * pi[e] +
-                          (beta == 0.0f ? 0.0 : (double)beta * (double)o->P2[e]);
+                want[e] =
+                    (double)alpha * pi[e] + (beta == 0.0f ? 0.0 : (double)beta * (double)o->P2[e]);
             for (int lx = 0; lx < (t < 2 ? NLAYOUTS : 1); lx++) {
                 ngd_cview X = {NULL, 0, 0, 0, 0};
                 if (t < 2) {
@@ -459,7 +484,8 @@ static void from_inner_body(operands *o, ref_rng *r) {
                     view_from(Xv, Xf);
                     X = ngd_cv(Xv);
                 }
-                for (size_t e = 0; e < n; e++) out[e] = beta == 0.0f ? NAN : o->P2[e];
+                for (size_t e = 0; e < n; e++)
+                    out[e] = beta == 0.0f ? NAN : o->P2[e];
                 o->ops->from_inner(s, o->K, X, alpha, beta, out, ws);
                 CHECK_REL(out, want, n, TOL_REL,
                           lbl("from_inner %s d=%zu nx=%zu beta=%g layout %d", o->c->label, d, nx,
@@ -483,12 +509,15 @@ static void elementwise_body(operands *o, ref_rng *r) {
     // to_dense through the library into a column-major view
     ngd_s_to_dense(s, o->K, ngd_view_t(ngd_view_rm(Df, d, d, d)));
     for (size_t i = 0; i < d; i++)
-        for (size_t j = 0; j < d; j++) got[i * d + j] = (double)Df[j * d + i];
+        for (size_t j = 0; j < d; j++)
+            got[i * d + j] = (double)Df[j * d + i];
     CHECK_TENSOR(got, o->Kd, dd, 0.0, 0.0, lbl("to_dense %s d=%zu", o->c->label, d));
     // trace, Frobenius norm, max-abs
     double tr = 0, trabs = 0, f2 = 0, mx = 0;
-    for (size_t i = 0; i < d; i++) tr += o->Kd[i * d + i], trabs += fabs(o->Kd[i * d + i]);
-    for (size_t i = 0; i < dd; i++) f2 += o->Kd[i] * o->Kd[i], mx = fmax(mx, fabs(o->Kd[i]));
+    for (size_t i = 0; i < d; i++)
+        tr += o->Kd[i * d + i], trabs += fabs(o->Kd[i * d + i]);
+    for (size_t i = 0; i < dd; i++)
+        f2 += o->Kd[i] * o->Kd[i], mx = fmax(mx, fabs(o->Kd[i]));
     CHECK_CLOSE(o->ops->trace(s, o->K), tr, 0.0, TOL_SUM * (trabs + 1e-300));
     CHECK_CLOSE(ngd_s_avgtrace(s, o->K), tr / (double)d, 0.0, TOL_SUM * (trabs + 1e-300));
     CHECK_CLOSE(ngd_s_frob(s, o->K), sqrt(f2), TOL_SUM, 0.0);
@@ -497,13 +526,14 @@ static void elementwise_body(operands *o, ref_rng *r) {
     ngd_s_copy(s, o->K, p);
     o->ops->diag_add(s, p, 0.7f);
     memcpy(want, o->Kd, dd * sizeof(double));
-    for (size_t i = 0; i < d; i++) want[i * d + i] += (double)0.7f;
+    for (size_t i = 0; i < d; i++)
+        want[i * d + i] += (double)0.7f;
     sref_to_dense(s, p, got);
     CHECK_REL(got, want, dd, TOL_REL, lbl("diag_add %s d=%zu", o->c->label, d));
     // axpy: K − 0.3 P1; scale: −1.23 K; zero
     ngd_s_copy(s, o->K, p);
     ngd_s_axpy(s, -0.3f, o->P1, p);
-    double mag = 0;  // K − 0.3 P1 may cancel: scale by the operands
+    double mag = 0; // K − 0.3 P1 may cancel: scale by the operands
     for (size_t i = 0; i < dd; i++) {
         want[i] = o->Kd[i] - (double)0.3f * o->P1d[i];
         mag = fmax(mag, fabs(o->Kd[i]) + 0.3 * fabs(o->P1d[i]));
@@ -512,7 +542,8 @@ static void elementwise_body(operands *o, ref_rng *r) {
     CHECK_REL_SCALED(got, want, dd, TOL_REL, mag, lbl("axpy %s d=%zu", o->c->label, d));
     ngd_s_copy(s, o->K, p);
     ngd_s_scale(s, p, -1.23f);
-    for (size_t i = 0; i < dd; i++) want[i] = (double)-1.23f * o->Kd[i];
+    for (size_t i = 0; i < dd; i++)
+        want[i] = (double)-1.23f * o->Kd[i];
     sref_to_dense(s, p, got);
     CHECK_REL(got, want, dd, TOL_REL, lbl("scale %s d=%zu", o->c->label, d));
     ngd_s_zero(s, p);
@@ -525,15 +556,16 @@ static void elementwise_ops_should_match_dense(void) { for_each_class(elementwis
 
 static void blockdiag_quirk_should_differ_only_for_nonsymmetric_blocks(void) {
     ref_rng r = {5};
-    const sclass *plain = &CLASSES[2], *quirk = &CLASSES[6];  // block3, block3-quirk
+    const sclass *plain = &CLASSES[2], *quirk = &CLASSES[6]; // block3, block3-quirk
     CHECK(plain->b == 3 && !plain->quirk && quirk->b == 3 && quirk->quirk);
     const size_t d = 11, nx = 4;
     operands a = {0}, b = {0};
     ref_rng r2 = r;
-    bool ok = ops_make(&a, plain, d, &r) && ops_make(&b, quirk, d, &r2);  // same operands
+    bool ok = ops_make(&a, plain, d, &r) && ops_make(&b, quirk, d, &r2); // same operands
     if (ok) {
         float X[11 * 4], out_a[11 * 4], out_b[11 * 4], ws[11 * 4];
-        for (size_t i = 0; i < d * nx; i++) X[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < d * nx; i++)
+            X[i] = (float)ref_uniform(&r, -1, 1);
         ngd_cview Xv = ngd_cview_rm(X, d, nx, nx);
         ngd_view Oa = ngd_view_rm(out_a, d, nx, nx), Ob = ngd_view_rm(out_b, d, nx, nx);
         double diff = 0, mag = 0;
@@ -586,9 +618,11 @@ static void toeplitz_should_match_worked_examples(void) {
     // spec §9.6: arange(16) as 4x4 → θ = (7.5, 15, 15, 15); S + Sᵀ → (15, 30, 30, 30);
     // (1,2,3,4)∘(5,6,7,8) = (5,16,34,60) for tril and triu
     float S[16], S2[16], th[4];
-    for (int i = 0; i < 16; i++) S[i] = (float)i;
+    for (int i = 0; i < 16; i++)
+        S[i] = (float)i;
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) S2[i * 4 + j] = S[i * 4 + j] + S[j * 4 + i];
+        for (int j = 0; j < 4; j++)
+            S2[i * 4 + j] = S[i * 4 + j] + S[j * 4 + i];
     const float w1[4] = {7.5f, 15, 15, 15}, w2[4] = {15, 30, 30, 30}, w3[4] = {5, 16, 34, 60};
     const float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
     for (int k = NGD_STRUCT_TRIL_TOEPLITZ; k <= NGD_STRUCT_TRIU_TOEPLITZ; k++) {
@@ -608,15 +642,16 @@ static void toeplitz_should_match_worked_examples(void) {
 static void corner_should_match_worked_projection(void) {
     // spec §9.7 with S = arange(9) as 3x3 (non-symmetric): the line is S_low + S_upᵀ
     float S[9], D[9];
-    for (int i = 0; i < 9; i++) S[i] = (float)i;
+    for (int i = 0; i < 9; i++)
+        S[i] = (float)i;
     static const struct {
         ngd_structure k;
         float want[9];
     } T[] = {
-        {NGD_STRUCT_TRIL_TOPLEFT, {0, 0, 0, 0, 4, 0, 8, 12, 8}},   // last row r_j = S_2j + S_j2
-        {NGD_STRUCT_TRIL_BOTRIGHT, {0, 0, 0, 4, 4, 0, 8, 0, 8}},  // first column S_i0 + S_0i
-        {NGD_STRUCT_TRIU_TOPLEFT, {0, 0, 8, 0, 4, 12, 0, 0, 8}},  // last column
-        {NGD_STRUCT_TRIU_BOTRIGHT, {0, 4, 8, 0, 4, 0, 0, 0, 8}},  // first row
+        {NGD_STRUCT_TRIL_TOPLEFT, {0, 0, 0, 0, 4, 0, 8, 12, 8}}, // last row r_j = S_2j + S_j2
+        {NGD_STRUCT_TRIL_BOTRIGHT, {0, 0, 0, 4, 4, 0, 8, 0, 8}}, // first column S_i0 + S_0i
+        {NGD_STRUCT_TRIU_TOPLEFT, {0, 0, 8, 0, 4, 12, 0, 0, 8}}, // last column
+        {NGD_STRUCT_TRIU_BOTRIGHT, {0, 4, 8, 0, 4, 0, 0, 0, 8}}, // first row
     };
     for (size_t t = 0; t < 4; t++) {
         ngd_factor_spec f = {T[t].k, 0, 0, 0, NGD_F32};
@@ -635,7 +670,7 @@ static const struct {
     const char *structure, *cls;
     ngd_structure kind;
     size_t b, k1, k2;
-    bool quirk;  // the official block-diagonal classes transpose wrongly (spec §9.4)
+    bool quirk; // the official block-diagonal classes transpose wrongly (spec §9.4)
 } ORACLE_CLASSES[] = {
     {"dense", "DenseMatrix", NGD_STRUCT_DENSE, 0, 0, 0, false},
     {"diagonal", "DiagonalMatrix", NGD_STRUCT_DIAG, 0, 0, 0, false},
@@ -646,11 +681,11 @@ static const struct {
     {"triltoeplitz", "TrilToeplitzMatrix", NGD_STRUCT_TRIL_TOEPLITZ, 0, 0, 0, false},
     {"triutoeplitz", "TriuToeplitzMatrix", NGD_STRUCT_TRIU_TOEPLITZ, 0, 0, 0, false},
     {"triltopleftdiagonal", "TrilTopLeftDiagonalMatrix", NGD_STRUCT_TRIL_TOPLEFT, 0, 0, 0, false},
-    {"trilbottomrightdiagonal", "TrilBottomRightDiagonalMatrix", NGD_STRUCT_TRIL_BOTRIGHT, 0, 0,
-     0, false},
+    {"trilbottomrightdiagonal", "TrilBottomRightDiagonalMatrix", NGD_STRUCT_TRIL_BOTRIGHT, 0, 0, 0,
+     false},
     {"triutopleftdiagonal", "TriuTopLeftDiagonalMatrix", NGD_STRUCT_TRIU_TOPLEFT, 0, 0, 0, false},
-    {"triubottomrightdiagonal", "TriuBottomRightDiagonalMatrix", NGD_STRUCT_TRIU_BOTRIGHT, 0, 0,
-     0, false},
+    {"triubottomrightdiagonal", "TriuBottomRightDiagonalMatrix", NGD_STRUCT_TRIU_BOTRIGHT, 0, 0, 0,
+     false},
 };
 
 static char *read_file_text(const char *path) {
@@ -661,8 +696,10 @@ static char *read_file_text(const char *path) {
         long len = ftell(f);
         if (len >= 0 && fseek(f, 0, SEEK_SET) == 0) {
             buf = malloc((size_t)len + 1);
-            if (buf && fread(buf, 1, (size_t)len, f) == (size_t)len) buf[len] = '\0';
-            else free(buf), buf = NULL;
+            if (buf && fread(buf, 1, (size_t)len, f) == (size_t)len)
+                buf[len] = '\0';
+            else
+                free(buf), buf = NULL;
         }
     }
     if (fclose(f) != 0) free(buf), buf = NULL;
@@ -689,9 +726,9 @@ static bool json_matrix(const cJSON *m, size_t rows, size_t cols, double *out) {
 }
 
 typedef struct {
-    double worst;           // worst max|got − ref| / max|ref|
-    char where[160];        // case and output of the worst error
-    size_t outputs, cases;  // counts checked
+    double worst;          // worst max|got − ref| / max|ref|
+    char where[160];       // case and output of the worst error
+    size_t outputs, cases; // counts checked
 } oracle_stats;
 
 // max|entry| of a d x d reference output of the case (0 if absent)
@@ -727,8 +764,8 @@ static void oracle_check(oracle_stats *st, const char *case_label, const cJSON *
             st->worst = rel;
             snprintf(st->where, sizeof st->where, "%s %s", case_label, name);
         }
-        th_check_tensor(__FILE__, __LINE__, lbl("oracle %s %s", case_label, name), got, 1, want,
-                        1, n, 0.0, ORACLE_TOL * scale);
+        th_check_tensor(__FILE__, __LINE__, lbl("oracle %s %s", case_label, name), got, 1, want, 1,
+                        n, 0.0, ORACLE_TOL * scale);
         st->outputs++;
     }
     free(want);
@@ -776,7 +813,7 @@ static void oracle_case(oracle_stats *st, const cJSON *cs) {
     float *AB = malloc(n * sizeof(float)), *T = malloc(n * sizeof(float));
     float *Df = malloc(dd * sizeof(float)), *Rf = malloc(d * nm * sizeof(float));
     float *ws = malloc(ops->ws_from_inner(&s, nx) * sizeof(float) + sizeof(float));
-    double *got = malloc((dd + d * nm) * sizeof(double));  // a d x d or a d x 3 output
+    double *got = malloc((dd + d * nm) * sizeof(double)); // a d x d or a d x 3 output
     if (ok) {
         ref_to_float(S1, S1f, dd), ref_to_float(S2, S2f, dd);
         ref_to_float(X, Xf, d * nx), ref_to_float(M, Mf, d * nm);
@@ -785,23 +822,23 @@ static void oracle_case(oracle_stats *st, const cJSON *cs) {
         ops->project(&s, ngd_cview_rm(S1f, d, d, d), A);
         ops->project(&s, ngd_cview_rm(S2f, d, d, d), B);
         ops->mul(&s, A, B, AB);
-#define DENSE_OUT(name, p)                                                                  \
-    do {                                                                                    \
-        ngd_s_to_dense(&s, (p), ngd_view_rm(Df, d, d, d));                                  \
-        f2d(Df, got, dd);                                                                   \
-        oracle_check(st, case_label, out, (name), got, d, d, 0.0);                          \
+#define DENSE_OUT(name, p)                                                                         \
+    do {                                                                                           \
+        ngd_s_to_dense(&s, (p), ngd_view_rm(Df, d, d, d));                                         \
+        f2d(Df, got, dd);                                                                          \
+        oracle_check(st, case_label, out, (name), got, d, d, 0.0);                                 \
     } while (0)
-#define MM_OUT(name, p, trans)                                                              \
-    do {                                                                                    \
-        ops->mm(&s, (p), (trans), Mv, ngd_view_rm(Rf, d, nm, nm));                          \
-        f2d(Rf, got, d * nm);                                                               \
-        oracle_check(st, case_label, out, (name), got, d, nm, 0.0);                         \
+#define MM_OUT(name, p, trans)                                                                     \
+    do {                                                                                           \
+        ops->mm(&s, (p), (trans), Mv, ngd_view_rm(Rf, d, nm, nm));                                 \
+        f2d(Rf, got, d *nm);                                                                       \
+        oracle_check(st, case_label, out, (name), got, d, nm, 0.0);                                \
     } while (0)
-#define SCALAR_OUT(name, v, matrix)                                                         \
-    do {                                                                                    \
-        got[0] = (v);                                                                       \
-        double sc_ = (matrix) ? oracle_matrix_scale(out, (matrix), d) : 0.0;                \
-        oracle_check(st, case_label, out, (name), got, 1, 1, sc_);                          \
+#define SCALAR_OUT(name, v, matrix)                                                                \
+    do {                                                                                           \
+        got[0] = (v);                                                                              \
+        double sc_ = (matrix) ? oracle_matrix_scale(out, (matrix), d) : 0.0;                       \
+        oracle_check(st, case_label, out, (name), got, 1, 1, sc_);                                 \
     } while (0)
         DENSE_OUT("from_dense_S1", A);
         DENSE_OUT("from_dense_S2", B);
@@ -818,7 +855,7 @@ static void oracle_case(oracle_stats *st, const cJSON *cs) {
         DENSE_OUT("AB_from_inner_X", T);
         ops->from_inner(&s, AB, none, 1.0f, 0.0f, T, ws);
         DENSE_OUT("AB_from_inner_none", T);
-        float *I = B;  // B is no longer needed: Π(X Xᵀ) = from_inner with K = I
+        float *I = B; // B is no longer needed: Π(X Xᵀ) = from_inner with K = I
         ops->eye(&s, I);
         ops->from_inner(&s, I, Xv, 1.0f, 0.0f, T, ws);
         DENSE_OUT("from_mat_inner_X", T);
@@ -865,8 +902,8 @@ static void structures_should_match_official_oracle(void) {
     printf("structures oracle: %zu cases, %zu outputs, largest error %.2e of max|ref| (%s), "
            "tolerance %.0e\n",
            st.cases, st.outputs, st.worst, st.where, ORACLE_TOL);
-    printf("structures unit tests: largest error %.2e of max|ref|, tolerance %.0e\n",
-           g_worst_rel, TOL_REL);
+    printf("structures unit tests: largest error %.2e of max|ref|, tolerance %.0e\n", g_worst_rel,
+           TOL_REL);
     cJSON_Delete(root);
 }
 

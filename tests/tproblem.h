@@ -11,15 +11,16 @@
 
 typedef struct {
     size_t N, din, dhid, dout;
-    float *W1, *b1, *W2, *b2;      // parameters
-    float *gW1, *gb1, *gW2, *gb2;  // gradients
-    float *x, *h, *y, *t, *dy, *dh;  // activations (N x ...)
+    float *W1, *b1, *W2, *b2;       // parameters
+    float *gW1, *gb1, *gW2, *gb2;   // gradients
+    float *x, *h, *y, *t, *dy, *dh; // activations (N x ...)
     int id1, id2;
     unsigned long long seed;
 } tp_problem;
 
 // Allocates and initialises (weights ~ U(-0.3, 0.3) from seed). Free with tp_free.
-void tp_init(tp_problem *p, size_t N, size_t din, size_t dhid, size_t dout, unsigned long long seed);
+void tp_init(tp_problem *p, size_t N, size_t din, size_t dhid, size_t dout,
+             unsigned long long seed);
 void tp_free(tp_problem *p);
 // Registers both layers with the optimizer (ids stored in p).
 ngd_status tp_register(tp_problem *p, ngd_optim *o);

@@ -58,13 +58,15 @@ double bench_median(double *v, size_t n) {
 double bench_sgemm_gflops(size_t m, size_t k, size_t n) {
     float *a = calloc(m * k, 4), *b = calloc(k * n, 4), *c = calloc(m * n, 4);
     if (!a || !b || !c) return 0;
-    for (size_t i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
-    for (size_t i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
+    for (size_t i = 0; i < m * k; i++)
+        a[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < k * n; i++)
+        b[i] = (float)(i % 5) * 0.1f;
     double t[9];
     for (int r = 0; r < 11; r++) {
         double t0 = bench_now_s();
-        dnnl_sgemm('N', 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f, a, (dnnl_dim_t)k,
-                   b, (dnnl_dim_t)n, 0.0f, c, (dnnl_dim_t)n);
+        dnnl_sgemm('N', 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, 1.0f, a, (dnnl_dim_t)k, b,
+                   (dnnl_dim_t)n, 0.0f, c, (dnnl_dim_t)n);
         if (r >= 2) t[r - 2] = bench_now_s() - t0;
     }
     free(a), free(b), free(c);
@@ -84,9 +86,12 @@ static double count(const ngd_factor_spec *f, size_t d) {
     }
     case NGD_STRUCT_HIER: {
         size_t k1, m, k2;
-        if (d <= f->k1) k1 = d, m = 0, k2 = 0;
-        else if (d <= f->k1 + f->k2) k1 = f->k1, m = 0, k2 = d - f->k1;
-        else k1 = f->k1, m = d - f->k1 - f->k2, k2 = f->k2;
+        if (d <= f->k1)
+            k1 = d, m = 0, k2 = 0;
+        else if (d <= f->k1 + f->k2)
+            k1 = f->k1, m = 0, k2 = d - f->k1;
+        else
+            k1 = f->k1, m = d - f->k1 - f->k2, k2 = f->k2;
         return (double)(k1 * k1 + k1 * (m + k2) + m + k2 * m + k2 * k2);
     }
     default: return (double)(2 * d - 1);
@@ -96,7 +101,7 @@ static double count(const ngd_factor_spec *f, size_t d) {
 typedef struct {
     const char *label;
     ngd_method method;
-    const char *structure;  // NULL for first-order methods
+    const char *structure; // NULL for first-order methods
     bool kfac_like;
 } bench_cfg;
 
@@ -151,7 +156,8 @@ static int bufs_init(mlp_bufs *m) {
                 s = s * 1664525u + 1013904223u;
                 all[k][i] = sc[k] * ((float)(s >> 9) / 8388608.0f - 1.0f);
             }
-        for (size_t i = 0; i < DOUT[l]; i++) m->gb[l][i] = 1e-3f;
+        for (size_t i = 0; i < DOUT[l]; i++)
+            m->gb[l][i] = 1e-3f;
     }
     return 0;
 }
@@ -181,7 +187,7 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
     bench_result r = {0};
     for (int pass = 0; pass < 2; pass++) {
         ngd_config c = ngd_config_default(bc->method);
-        c.lr = 1e-6f;  // keep the weights (and so the timings) stationary
+        c.lr = 1e-6f; // keep the weights (and so the timings) stationary
         c.T = pass == 0 ? 1 : 10;
         c.kfac_like = bc->kfac_like;
         if (bc->kfac_like) c.alpha1 = 0;
@@ -193,8 +199,12 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
         int ids[NL];
         if (ngd_optim_create(&c, &o) != NGD_OK) return r;
         for (int l = 0; l < NL; l++) {
-            ngd_layer L = {.weight = m->W[l], .weight_grad = m->gW[l], .d_out = DOUT[l],
-                           .d_in = DIN[l], .bias = m->b[l], .bias_grad = m->gb[l]};
+            ngd_layer L = {.weight = m->W[l],
+                           .weight_grad = m->gW[l],
+                           .d_out = DOUT[l],
+                           .d_in = DIN[l],
+                           .bias = m->b[l],
+                           .bias_grad = m->gb[l]};
             if (ngd_optim_add_layer(o, &L, &ids[l]) != NGD_OK) {
                 fprintf(stderr, "bench: %s\n", ngd_optim_errmsg(o));
                 ngd_optim_free(o);
@@ -203,7 +213,8 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
         }
         int block = pass == 0 ? 1 : 10;
         double *t = malloc((size_t)reps * sizeof *t);
-        for (int w = 0; w < 3 * block; w++) one_step(o, ids, m);  // warm-up, plans buffers
+        for (int w = 0; w < 3 * block; w++)
+            one_step(o, ids, m); // warm-up, plans buffers
         for (int i = 0; i < reps; i++) {
             double t0 = bench_now_s();
             for (int k = 0; k < block; k++)
@@ -215,15 +226,19 @@ static bench_result run_cfg(const bench_cfg *bc, mlp_bufs *m, int reps) {
                 }
             t[i] = (bench_now_s() - t0) / block * 1e3;
         }
-        if (pass == 0) r.ms_t1 = bench_median(t, (size_t)reps);
-        else r.ms_t10 = bench_median(t, (size_t)reps);
+        if (pass == 0)
+            r.ms_t1 = bench_median(t, (size_t)reps);
+        else
+            r.ms_t10 = bench_median(t, (size_t)reps);
         free(t);
         r.state_bytes = ngd_optim_state_bytes(o);
         double th = 0;
         for (int l = 0; l < NL; l++) {
             double w = (double)DOUT[l] * (double)(DIN[l] + 1);
-            if (bc->method == NGD_METHOD_ADAMW) th += 2 * w * 4;
-            else if (bc->method == NGD_METHOD_SGD) th += c.momentum != 0.0f ? w * 4 : 0;
+            if (bc->method == NGD_METHOD_ADAMW)
+                th += 2 * w * 4;
+            else if (bc->method == NGD_METHOD_SGD)
+                th += c.momentum != 0.0f ? w * 4 : 0;
             else {
                 double f = count(&c.structure_K, DIN[l] + 1) + count(&c.structure_C, DOUT[l]);
                 th += 4 * (w + f * (c.alpha1 != 0.0f ? 2 : 1));
@@ -287,11 +302,11 @@ static int bench_step(int argc, char **argv) {
     double f1 = dense_flops(true), f0 = dense_flops(false);
     if (!json) {
         printf("ngd bench step: 784-512-512-10 MLP, batch 128, median of %d runs\n", reps);
-        printf("machine sgemm (oneDNN): %.0f GFLOP/s at 512^3, %.0f GFLOP/s at 128x784x512\n",
-               peak, tall);
+        printf("machine sgemm (oneDNN): %.0f GFLOP/s at 512^3, %.0f GFLOP/s at 128x784x512\n", peak,
+               tall);
         printf("dense SINGD step FLOPs: %.2f GFLOP with a preconditioner update, %.2f GFLOP "
-               "without; floor at %.0f GFLOP/s: %.2f ms (T=1)\n\n", f1 / 1e9, f0 / 1e9, peak,
-               f1 / peak / 1e6);
+               "without; floor at %.0f GFLOP/s: %.2f ms (T=1)\n\n",
+               f1 / 1e9, f0 / 1e9, peak, f1 / peak / 1e6);
         printf("%-28s %10s %10s %9s %14s %14s\n", "method / structure", "T=1 ms", "T=10 ms",
                "GFLOP/s", "state bytes", "theory bytes");
     }

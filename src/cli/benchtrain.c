@@ -36,36 +36,56 @@
 #include "ngd.h"
 
 // ---- options ----
-enum { B_MODEL = 256, B_OPTIM, B_STRUCT, B_DATA, B_BATCH, B_CONTEXT, B_WIDTHS, B_STEPS, B_WARMUP,
-       B_T, B_THREADS, B_JSON, B_POPTIM, B_MOM, B_HELP };
+enum {
+    B_MODEL = 256,
+    B_OPTIM,
+    B_STRUCT,
+    B_DATA,
+    B_BATCH,
+    B_CONTEXT,
+    B_WIDTHS,
+    B_STEPS,
+    B_WARMUP,
+    B_T,
+    B_THREADS,
+    B_JSON,
+    B_POPTIM,
+    B_MOM,
+    B_HELP
+};
 
 static const cli_opt BT_OPTS[] = {
-    {"model", 1, B_MODEL, "LIST", "models, comma-separated (default mlp,cnn): mlp, cnn, vit, "
-                                  "chargpt, vgg16bn"},
+    {"model", 1, B_MODEL, "LIST",
+     "models, comma-separated (default mlp,cnn): mlp, cnn, vit, "
+     "chargpt, vgg16bn"},
     {"optim", 1, B_OPTIM, "LIST", "methods (default sgd,adamw,singd): any of ngd train --optim"},
-    {"structure", 1, B_STRUCT, "LIST", "SINGD/INGD/IKFAC structures, each a configuration "
-                                       "(default dense,diagonal)"},
-    {"data", 1, B_DATA, "NAME", "image shape: fashion-mnist (1x28x28, 10 classes) or cifar100 "
-                                "(3x32x32, 100); default: fashion-mnist for mlp, cifar100 else"},
+    {"structure", 1, B_STRUCT, "LIST",
+     "SINGD/INGD/IKFAC structures, each a configuration "
+     "(default dense,diagonal)"},
+    {"data", 1, B_DATA, "NAME",
+     "image shape: fashion-mnist (1x28x28, 10 classes) or cifar100 "
+     "(3x32x32, 100); default: fashion-mnist for mlp, cifar100 else"},
     {"batch", 1, B_BATCH, "N", "batch size (128; text: sequences)"},
     {"context", 1, B_CONTEXT, "T", "context length of chargpt (64; vocabulary 65)"},
-    {"widths", 1, B_WIDTHS, "W1,W2,..", "model widths as ngd train --widths (default: the model's)"},
+    {"widths", 1, B_WIDTHS, "W1,W2,..",
+     "model widths as ngd train --widths (default: the model's)"},
     {"steps", 1, B_STEPS, "N", "timed steps, rounded up to whole preconditioner periods (30)"},
     {"warmup", 1, B_WARMUP, "N", "untimed steps first (10)"},
     {"T", 1, B_T, "N", "SINGD preconditioner update period (10)"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
     {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
-    {"param-optim", 1, B_POPTIM, "NAME", "rule of plain parameters (norm scales, embeddings) "
-                                         "under second-order methods: method (default) or "
-                                         "adamw (lr 1e-3)"},
+    {"param-optim", 1, B_POPTIM, "NAME",
+     "rule of plain parameters (norm scales, embeddings) "
+     "under second-order methods: method (default) or "
+     "adamw (lr 1e-3)"},
     {"json", 0, B_JSON, NULL, "one JSON line per configuration instead of the table"},
     {"help", 0, B_HELP, NULL, "this text"},
 };
 #define BT_NOPTS (sizeof BT_OPTS / sizeof BT_OPTS[0])
 
-#define BT_MAX 64 // configurations per run
-#define BT_TEXT_VOCAB 65
-#define BT_TEXT_LEN 200000
+#define BT_MAX              64 // configurations per run
+#define BT_TEXT_VOCAB       65
+#define BT_TEXT_LEN         200000
 #define BT_IMAGES_PER_BATCH 4 // synthetic set: this many batches of images
 
 typedef struct {
@@ -168,8 +188,10 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     double *tot = NULL;
     if (data_init(&d, c, o, r->err, sizeof r->err)) goto done;
     nn_model_cfg mc = {.name = c->model, .max_batch = o->batch, .seed = 1};
-    if (c->text) mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = d.text.vocab;
-    else mc.in_c = d.ds.c, mc.in_h = d.ds.h, mc.in_w = d.ds.w, mc.classes = d.ds.num_classes;
+    if (c->text)
+        mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = d.text.vocab;
+    else
+        mc.in_c = d.ds.c, mc.in_h = d.ds.h, mc.in_w = d.ds.w, mc.classes = d.ds.num_classes;
     memcpy(mc.widths, o->widths, sizeof mc.widths);
     mc.nwidths = o->nwidths;
     mc.no_stats = c->method == NGD_METHOD_SGD || c->method == NGD_METHOD_ADAMW; // as ngd train
@@ -189,16 +211,19 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     if (c->method == NGD_METHOD_SGD && o->momentum >= 0) cfg.momentum = o->momentum;
     if (c->text) cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     pcfg.lr = 1e-3f, pcfg.weight_decay = 0;
-    m.param_override = o->param_adamw && c->method != NGD_METHOD_SGD &&
-                               c->method != NGD_METHOD_ADAMW ? &pcfg : NULL;
+    m.param_override =
+        o->param_adamw && c->method != NGD_METHOD_SGD && c->method != NGD_METHOD_ADAMW ? &pcfg
+                                                                                       : NULL;
     if (ngd_optim_create(&cfg, &opt) != NGD_OK || m.ops->attach(&m, opt) != NGD_OK) {
         snprintf(r->err, sizeof r->err, "optimizer: %s", ngd_optim_errmsg(opt));
         goto done;
     }
     r->params = nn_model_param_count(&m);
     const size_t rows = c->text ? o->context : 1;
-    if (c->text) ids = malloc(o->batch * o->context * sizeof *ids);
-    else x = nn_malloc(nn_mul(o->batch, d.ds.c * d.ds.h * d.ds.w), sizeof *x);
+    if (c->text)
+        ids = malloc(o->batch * o->context * sizeof *ids);
+    else
+        x = nn_malloc(nn_mul(o->batch, d.ds.c * d.ds.h * d.ds.w), sizeof *x);
     y = malloc(o->batch * rows * sizeof *y);
     dlogits = nn_malloc(nn_mul(o->batch * rows, m.cfg.classes), sizeof *dlogits);
     r->period = period_of(&cfg);
@@ -214,13 +239,17 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
         const bool timed = s >= o->warmup;
         if (s == o->warmup) opt_f0 = ngd_gemm_flop_count();
         double t0 = bench_now_s();
-        if (c->text) nn_text_batch(&d.text, NN_SPLIT_TRAIN, o->batch, o->context, &d.rng, ids, y);
-        else if (!nn_loader_next(&d.ld, x, y)) nn_loader_next(&d.ld, x, y);
+        if (c->text)
+            nn_text_batch(&d.text, NN_SPLIT_TRAIN, o->batch, o->context, &d.rng, ids, y);
+        else if (!nn_loader_next(&d.ld, x, y))
+            nn_loader_next(&d.ld, x, y);
         double t1 = bench_now_s();
         uint64_t f0 = nn_flop_count();
         nn_model_zero_grad(&m);
-        if (c->text) m.ops->forward_tokens(&m, ids, o->batch, o->context, true);
-        else m.ops->forward(&m, x, o->batch, true);
+        if (c->text)
+            m.ops->forward_tokens(&m, ids, o->batch, o->context, true);
+        else
+            m.ops->forward(&m, x, o->batch, true);
         nn_xent_forward(m.logits, y, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
         double t2 = bench_now_s();
         m.ops->backward(&m, dlogits);
@@ -251,7 +280,8 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     r->opt_flops = (double)(ngd_gemm_flop_count() - opt_f0) / (double)r->steps;
     const double n = (double)r->steps;
     r->data /= n, r->fwd /= n, r->bwd /= n, r->obs /= n, r->upd /= n, r->prec /= n, r->rule /= n;
-    for (size_t i = 0; i < r->steps; i++) r->mean += tot[i] / n;
+    for (size_t i = 0; i < r->steps; i++)
+        r->mean += tot[i] / n;
     r->median = bench_median(tot, r->steps);
     r->state_bytes = ngd_optim_state_bytes(opt);
     r->ok = 1;
@@ -312,8 +342,8 @@ static int parse_size(const char *opt, const char *s, size_t *out, size_t min) {
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || *end || !s[0] || s[0] < '0' || s[0] > '9' || v < min) {
-        cli_error("run 'ngd bench train --help'", "--%s: '%s' is not a whole number >= %zu", opt,
-                  s, min);
+        cli_error("run 'ngd bench train --help'", "--%s: '%s' is not a whole number >= %zu", opt, s,
+                  min);
         return -1;
     }
     *out = (size_t)v;
@@ -343,7 +373,10 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                "\"samples_per_s\":%.1f,\"fb_gflop\":%.4f,\"opt_gflop\":%.4f,\"fb_gflops\":%.1f,"
                "\"sgemm_gflops\":%.1f,\"floor_ms\":%.4f,\"peak_rss_mib\":%.1f,"
                "\"state_bytes\":%zu,\"params\":%zu}\n",
-               c->model, c->text ? "shakespeare" : c->cifar ? "cifar100" : "fashion-mnist",
+               c->model,
+               c->text    ? "shakespeare"
+               : c->cifar ? "cifar100"
+                          : "fashion-mnist",
                ngd_method_name(c->method), st, o->batch, r->steps, r->period, r->mean * ms,
                r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms,
                r->prec * ms, r->rule * ms, (double)o->batch / r->mean, r->fb_flops / 1e9,
@@ -352,19 +385,18 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
     } else {
         printf("%-8s %-6s %-9s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
                "%6.2f %5.0f%% %6.3f %5.2fx %4.0f %6.0f\n",
-               c->model, ngd_method_name(c->method), st, r->mean * ms, r->median * ms,
-               r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms, r->prec * ms,
-               r->rule * ms, (double)o->batch / r->mean, r->fb_flops / 1e9,
-               100 * fb_rate / r->sgemm_gflops, r->opt_flops / 1e9, r->mean / floor_s,
-               r->sgemm_gflops, (double)rss / 1024.0);
+               c->model, ngd_method_name(c->method), st, r->mean * ms, r->median * ms, r->data * ms,
+               r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms, r->prec * ms, r->rule * ms,
+               (double)o->batch / r->mean, r->fb_flops / 1e9, 100 * fb_rate / r->sgemm_gflops,
+               r->opt_flops / 1e9, r->mean / floor_s, r->sgemm_gflops, (double)rss / 1024.0);
     }
     fflush(stdout);
 }
 
 int bench_train(int argc, char **argv) {
     bt_opts o = {.batch = 128, .context = 64, .steps = 30, .warmup = 10, .T = 10, .momentum = -1};
-    char models_s[256] = "mlp,cnn", optims_s[256] = "sgd,adamw,singd", structs_s[256] =
-                                                                          "dense,diagonal";
+    char models_s[256] = "mlp,cnn", optims_s[256] = "sgd,adamw,singd",
+         structs_s[256] = "dense,diagonal";
     struct option lo[BT_NOPTS + 1];
     cli_longopts(BT_OPTS, BT_NOPTS, lo);
     size_t threads = 0;
@@ -382,14 +414,24 @@ int bench_train(int argc, char **argv) {
             }
             o.data = optarg;
             break;
-        case B_BATCH: if (parse_size("batch", optarg, &o.batch, 1)) return NGD_EXIT_USAGE; break;
+        case B_BATCH:
+            if (parse_size("batch", optarg, &o.batch, 1)) return NGD_EXIT_USAGE;
+            break;
         case B_CONTEXT:
             if (parse_size("context", optarg, &o.context, 1)) return NGD_EXIT_USAGE;
             break;
-        case B_STEPS: if (parse_size("steps", optarg, &o.steps, 1)) return NGD_EXIT_USAGE; break;
-        case B_WARMUP: if (parse_size("warmup", optarg, &o.warmup, 1)) return NGD_EXIT_USAGE; break;
-        case B_T: if (parse_size("T", optarg, &o.T, 1)) return NGD_EXIT_USAGE; break;
-        case B_THREADS: if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE; break;
+        case B_STEPS:
+            if (parse_size("steps", optarg, &o.steps, 1)) return NGD_EXIT_USAGE;
+            break;
+        case B_WARMUP:
+            if (parse_size("warmup", optarg, &o.warmup, 1)) return NGD_EXIT_USAGE;
+            break;
+        case B_T:
+            if (parse_size("T", optarg, &o.T, 1)) return NGD_EXIT_USAGE;
+            break;
+        case B_THREADS:
+            if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE;
+            break;
         case B_WIDTHS: {
             char *w[NN_MODEL_MAX_WIDTHS + 1];
             int n = split(optarg, w, NN_MODEL_MAX_WIDTHS);
@@ -458,7 +500,8 @@ int bench_train(int argc, char **argv) {
             ngd_method me;
             if (ngd_method_parse(ov[j], &me) != NGD_OK) {
                 cli_error("methods: sgd, adamw, singd, ingd, ikfac, kfac, rskfac, srekfac, bkfac, "
-                          "brkfac, brckfac", "--optim: unknown method '%s'", ov[j]);
+                          "brkfac, brckfac",
+                          "--optim: unknown method '%s'", ov[j]);
                 return NGD_EXIT_USAGE;
             }
             const bool structured = me == NGD_METHOD_SINGD || me == NGD_METHOD_IKFAC;
@@ -474,8 +517,10 @@ int bench_train(int argc, char **argv) {
                 if (structured) {
                     ngd_factor_spec fs;
                     if (ngd_structure_parse(sv[k], &fs) != NGD_OK) {
-                        cli_error("structures as ngd train --structure", "--structure: unknown "
-                                  "structure '%s'", sv[k]);
+                        cli_error("structures as ngd train --structure",
+                                  "--structure: unknown "
+                                  "structure '%s'",
+                                  sv[k]);
                         return NGD_EXIT_USAGE;
                     }
                     snprintf(c->structure, sizeof c->structure, "%s", sv[k]);
@@ -490,9 +535,10 @@ int bench_train(int argc, char **argv) {
                "backward GEMM GFLOP, %%sgemm = its GFLOP/s against the sgemm rate, opt = optimizer "
                "GEMM GFLOP/step,\nx floor = step time / (all GEMM FLOPs at the sgemm rate)\n\n"
                "%-8s %-6s %-9s %8s %8s | %5s %7s %7s %6s %6s %6s %6s | %7s %6s %6s %6s %6s %4s "
-               "%6s\n", o.batch, o.warmup, o.steps, o.T, "model", "optim", "structure", "mean",
-               "median", "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb",
-               "%sgemm", "opt", "xfloor", "sgemm", "RSS MiB");
+               "%6s\n",
+               o.batch, o.warmup, o.steps, o.T, "model", "optim", "structure", "mean", "median",
+               "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb", "%sgemm", "opt",
+               "xfloor", "sgemm", "RSS MiB");
     int rc = NGD_EXIT_OK;
     for (size_t i = 0; i < nc; i++) {
         bt_result r;

@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#define NGD_EXIT_OK 0
-#define NGD_EXIT_FAIL 1
+#define NGD_EXIT_OK    0
+#define NGD_EXIT_FAIL  1
 #define NGD_EXIT_USAGE 2
 
 // "ngd: error: <msg>" and, if hint != NULL, "hint: <hint>" on stderr.
@@ -27,7 +27,7 @@ typedef struct {
     const char *name;
     int has_arg;
     int id;
-    const char *meta;  // the argument's name in --help, NULL for a flag
+    const char *meta; // the argument's name in --help, NULL for a flag
     const char *help;
 } cli_opt;
 

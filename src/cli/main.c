@@ -5,8 +5,8 @@
  */
 #include <errno.h>
 #include <stdarg.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -67,8 +67,9 @@ static const subcommand COMMANDS[] = {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: ngd <command> [options]   (ngd <command> --help for its options)\n\n"
-               "Natural-gradient training in C (libngd %s).\n\ncommands:\n",
+    fprintf(f,
+            "usage: ngd <command> [options]   (ngd <command> --help for its options)\n\n"
+            "Natural-gradient training in C (libngd %s).\n\ncommands:\n",
             ngd_version());
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         if (COMMANDS[i].fn) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
@@ -80,7 +81,7 @@ static void usage(FILE *f) {
 // A closed stdout with nothing to write (ngd train >&-) is fine (EBADF at the close only).
 static void close_stdout(void) {
     errno = 0;
-    bool failed = ferror(stdout) != 0;  // an earlier write failed (its errno is gone)
+    bool failed = ferror(stdout) != 0; // an earlier write failed (its errno is gone)
     if (!failed && fflush(stdout) != 0) failed = true;
     int e = failed ? errno : 0;
     if (fclose(stdout) != 0 && !failed && errno != EBADF) failed = true, e = errno;

@@ -37,8 +37,9 @@
 enum { O_TITLE = 256 };
 
 static const cli_opt OPTS[] = {
-    {"output", 1, 'o', "FILE", "write the plot to FILE (required): .svg, or .png through "
-                               "rsvg-convert"},
+    {"output", 1, 'o', "FILE",
+     "write the plot to FILE (required): .svg, or .png through "
+     "rsvg-convert"},
     {"title", 1, O_TITLE, "TEXT", "title above the panels (default: model and data of the runs)"},
     {"help", 0, 'h', NULL, "this text"},
 };
@@ -78,7 +79,8 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
             return;
         }
         size_t cap = b->cap ? b->cap : 4096;
-        while (cap <= b->len + (size_t)n) cap *= 2;
+        while (cap <= b->len + (size_t)n)
+            cap *= 2;
         char *s = realloc(b->s, cap);
         if (!s) {
             b->oom = true;
@@ -110,7 +112,7 @@ typedef struct {
 
 typedef struct {
     const char *path;
-    char name[256];     // legend label
+    char name[256]; // legend label
     char model[64], data[64], optim[32];
     bool has_summary;
     double final_acc;   // summary's test accuracy (else the last eval), NaN if none
@@ -127,7 +129,8 @@ static void series_free(series *s) {
 // Appends a point; a step not after the last one (a resumed run re-doing steps) first drops
 // the points it replaces. Returns -1 on allocation failure.
 static int series_add(series *s, double step, double wall, double y) {
-    while (s->n > 0 && s->step[s->n - 1] >= step) s->n--;
+    while (s->n > 0 && s->step[s->n - 1] >= step)
+        s->n--;
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 256;
         double *a = realloc(s->step, cap * sizeof *a);
@@ -161,8 +164,10 @@ static void base_name(const char *path, char *out, size_t cap) {
     b = b ? b + 1 : path;
     snprintf(out, cap, "%s", b);
     size_t n = strlen(out);
-    if (n > 6 && !strcmp(out + n - 6, ".jsonl")) out[n - 6] = '\0';
-    else if (n > 5 && !strcmp(out + n - 5, ".json")) out[n - 5] = '\0';
+    if (n > 6 && !strcmp(out + n - 6, ".jsonl"))
+        out[n - 6] = '\0';
+    else if (n > 5 && !strcmp(out + n - 5, ".json"))
+        out[n - 5] = '\0';
 }
 
 // Reads one log. Returns 0, or prints the error and returns -1.
@@ -170,7 +175,8 @@ static int read_log(const char *path, run *r) {
     FILE *f = fopen(path, "r");
     if (!f) {
         cli_error("give the JSON-lines log written by 'ngd train' (--log FILE; by default "
-                  "runs/<model>-<data>-<optim>.jsonl)", "%s: %s", path, strerror(errno));
+                  "runs/<model>-<data>-<optim>.jsonl)",
+                  "%s: %s", path, strerror(errno));
         return -1;
     }
     r->path = path;
@@ -182,7 +188,8 @@ static int read_log(const char *path, run *r) {
     int rc = 0;
     while ((len = getline(&line, &cap, f)) != -1) {
         lineno++;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
         if (len == 0) continue;
         cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
         const cJSON *type = o ? cJSON_GetObjectItemCaseSensitive(o, "type") : NULL;
@@ -230,8 +237,10 @@ static int read_log(const char *path, run *r) {
         return -1;
     }
     if (bad)
-        fprintf(stderr, "ngd: warning: %s: %zu line%s skipped (not a log record; first: line "
-                "%zu)\n", path, bad, bad > 1 ? "s" : "", first_bad);
+        fprintf(stderr,
+                "ngd: warning: %s: %zu line%s skipped (not a log record; first: line "
+                "%zu)\n",
+                path, bad, bad > 1 ? "s" : "", first_bad);
     if (!isfinite(r->final_acc)) r->final_acc = last_eval_acc;
     if (r->has_summary && r->optim[0])
         snprintf(r->name, sizeof r->name, "%s %s %s", r->optim, r->model, r->data);
@@ -305,8 +314,10 @@ static void tick_label(const axis *a, double v, char *out, size_t cap) {
     }
     if (fabs(v) < 1e-9 * a->step) v = 0;
     int dec = a->step >= 1 ? 0 : (int)ceil(-log10(a->step) - 1e-9);
-    if (fabs(v) >= 1e6) snprintf(out, cap, "%.3g", v);
-    else snprintf(out, cap, "%.*f", dec, v);
+    if (fabs(v) >= 1e6)
+        snprintf(out, cap, "%.3g", v);
+    else
+        snprintf(out, cap, "%.*f", dec, v);
 }
 
 // ---- drawing ----
@@ -329,15 +340,20 @@ static double px_y(const rect *r, const axis *a, double v) {
 
 static void draw_frame(sbuf *b, const rect *r, const axis *ax, const axis *ay, const char *title,
                        const char *xlabel, const char *ylabel) {
-    sb_printf(b, "<g class=\"panel\">\n<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" "
-              "font-size=\"14\" font-weight=\"bold\">", r->x + r->w / 2, r->y - 10);
+    sb_printf(b,
+              "<g class=\"panel\">\n<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" "
+              "font-size=\"14\" font-weight=\"bold\">",
+              r->x + r->w / 2, r->y - 10);
     sb_text(b, title);
-    sb_printf(b, "</text>\n<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
-              "fill=\"#ffffff\" stroke=\"#444444\"/>\n", r->x, r->y, r->w, r->h);
+    sb_printf(b,
+              "</text>\n<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+              "fill=\"#ffffff\" stroke=\"#444444\"/>\n",
+              r->x, r->y, r->w, r->h);
     char lab[32];
     for (double v = ax->lo; v <= ax->hi + 1e-9 * ax->step; v += ax->step) {
         double x = r->x + (v - ax->lo) / (ax->hi - ax->lo) * r->w;
-        sb_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>"
+        sb_printf(b,
+                  "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>"
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#444444\"/>",
                   x, r->y, x, r->y + r->h, x, r->y + r->h, x, r->y + r->h + 5);
         tick_label(ax, v, lab, sizeof lab);
@@ -346,18 +362,21 @@ static void draw_frame(sbuf *b, const rect *r, const axis *ax, const axis *ay, c
     }
     for (double v = ay->lo; v <= ay->hi + 1e-9 * ay->step; v += ay->step) {
         double y = r->y + r->h - (v - ay->lo) / (ay->hi - ay->lo) * r->h;
-        sb_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>"
+        sb_printf(b,
+                  "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>"
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#444444\"/>",
                   r->x, y, r->x + r->w, y, r->x - 5, y, r->x, y);
         tick_label(ay, v, lab, sizeof lab);
-        sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", r->x - 8,
-                  y + 4, lab);
+        sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", r->x - 8, y + 4,
+                  lab);
     }
     sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", r->x + r->w / 2,
               r->y + r->h + 38);
     sb_text(b, xlabel);
-    sb_printf(b, "</text>\n<text transform=\"translate(%.1f %.1f) rotate(-90)\" "
-              "text-anchor=\"middle\">", r->x - 52, r->y + r->h / 2);
+    sb_printf(b,
+              "</text>\n<text transform=\"translate(%.1f %.1f) rotate(-90)\" "
+              "text-anchor=\"middle\">",
+              r->x - 52, r->y + r->h / 2);
     sb_text(b, ylabel);
     sb_printf(b, "</text>\n");
 }
@@ -380,8 +399,10 @@ static void draw_series(sbuf *b, const rect *r, const axis *ax, const axis *ay, 
             continue;
         }
         if (!open)
-            sb_printf(b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.6\" "
-                      "stroke-linejoin=\"round\"%s points=\"", c, dash(color));
+            sb_printf(b,
+                      "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.6\" "
+                      "stroke-linejoin=\"round\"%s points=\"",
+                      c, dash(color));
         sb_printf(b, "%s%.1f,%.1f", open ? " " : "", px_x(r, ax, xs[i]), px_y(r, ay, s->y[i]));
         open = true;
     }
@@ -416,12 +437,14 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
     for (size_t i = 0; i < n; i++)
         if (isfinite(runs[i].final_acc) && (best == n || runs[i].final_acc > runs[best].final_acc))
             best = i;
-    sb_printf(b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    sb_printf(b,
+              "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
               "viewBox=\"0 0 %.0f %.0f\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" "
               "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n"
               "<text x=\"%.0f\" y=\"36\" text-anchor=\"middle\" font-size=\"20\" "
-              "font-weight=\"bold\">", W, H, W, H, W / 2);
+              "font-weight=\"bold\">",
+              W, H, W, H, W / 2);
     sb_text(b, title);
     sb_printf(b, "</text>\n");
     double lo, hi;
@@ -433,30 +456,34 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
         double l1, h1, l2, h2;
         range_of(runs, n, false, xk, &l1, &h1);
         range_of(runs, n, true, xk, &l2, &h2);
-        const axis ax = make_axis(fmin(l1, isfinite(l2) ? l2 : l1), fmax(h1, isfinite(h2) ? h2 : h1),
-                                  true, false, (double)INFINITY);
+        const axis ax = make_axis(fmin(l1, isfinite(l2) ? l2 : l1),
+                                  fmax(h1, isfinite(h2) ? h2 : h1), true, false, (double)INFINITY);
         const char *xlabel = xk == X_STEP ? "step" : "wall time (s)";
         const double y = xk == X_STEP ? Y0 : Y1;
         const rect rl = {X0, y, PW, PH}, ra = {X1, y, PW, PH};
-        draw_frame(b, &rl, &ax, &ay_loss, xk == X_STEP ? "training loss vs step"
-                                                       : "training loss vs wall time",
-                   xlabel, ay_loss.log ? "training loss (log scale)" : "training loss");
+        draw_frame(b, &rl, &ax, &ay_loss,
+                   xk == X_STEP ? "training loss vs step" : "training loss vs wall time", xlabel,
+                   ay_loss.log ? "training loss (log scale)" : "training loss");
         for (size_t i = 0; i < n; i++)
             draw_series(b, &rl, &ax, &ay_loss, &runs[i].loss, xk, i, false);
         sb_printf(b, "</g>\n");
-        draw_frame(b, &ra, &ax, &ay_acc, xk == X_STEP ? "test accuracy vs step"
-                                                      : "test accuracy vs wall time",
-                   xlabel, "test accuracy (%)");
-        for (size_t i = 0; i < n; i++) draw_series(b, &ra, &ax, &ay_acc, &runs[i].acc, xk, i, true);
+        draw_frame(b, &ra, &ax, &ay_acc,
+                   xk == X_STEP ? "test accuracy vs step" : "test accuracy vs wall time", xlabel,
+                   "test accuracy (%)");
+        for (size_t i = 0; i < n; i++)
+            draw_series(b, &ra, &ax, &ay_acc, &runs[i].acc, xk, i, true);
         sb_printf(b, "</g>\n");
     }
     // legend: swatch, name, final test accuracy, steps, wall time; the best run in bold
-    sb_printf(b, "<g class=\"legend\">\n<text x=\"%.0f\" y=\"%.0f\" font-weight=\"bold\">runs "
-              "(final test accuracy, steps, wall time)</text>\n", X0, legend_y - 16);
+    sb_printf(b,
+              "<g class=\"legend\">\n<text x=\"%.0f\" y=\"%.0f\" font-weight=\"bold\">runs "
+              "(final test accuracy, steps, wall time)</text>\n",
+              X0, legend_y - 16);
     for (size_t i = 0; i < n; i++) {
         const double y = legend_y + 22.0 * (double)i;
         const char *c = COLORS[i % NCOLORS];
-        sb_printf(b, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"%s\" "
+        sb_printf(b,
+                  "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"%s\" "
                   "stroke-width=\"3\"%s/><circle cx=\"%.0f\" cy=\"%.0f\" r=\"3.2\" fill=\"%s\"/>",
                   X0, y, X0 + 34, y, c, dash(i), X0 + 17, y, c);
         sb_printf(b, "<text x=\"%.0f\" y=\"%.0f\"%s>", X0 + 44, y + 4,
@@ -553,8 +580,10 @@ static int svg_to_png(const char *svg, size_t len, char **png, size_t *png_len) 
     close(pfd[0]);
     pfd[0] = -1;
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    if (oom) cli_error(NULL, "out of memory reading rsvg-convert's output");
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (oom)
+        cli_error(NULL, "out of memory reading rsvg-convert's output");
     else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || n < 8 || memcmp(out, "\x89PNG", 4))
         cli_error("write an .svg instead (-o FILE.svg)", "rsvg-convert failed (exit status %d)",
                   WIFEXITED(status) ? WEXITSTATUS(status) : -1);
@@ -603,7 +632,8 @@ int cmd_plot(int argc, char **argv) {
     }
     if (png && !on_path("rsvg-convert")) {
         cli_error("write an .svg instead (-o FILE.svg), or install rsvg-convert (Debian: apt-get "
-                  "install librsvg2-bin)", "cannot write %s: rsvg-convert is not on PATH", output);
+                  "install librsvg2-bin)",
+                  "cannot write %s: rsvg-convert is not on PATH", output);
         return NGD_EXIT_FAIL;
     }
     const size_t n = (size_t)(argc - optind);
@@ -629,9 +659,10 @@ int cmd_plot(int argc, char **argv) {
             same = runs[i].has_summary && !strcmp(runs[i].model, runs[0].model) &&
                    !strcmp(runs[i].data, runs[0].data);
         if (same)
-            snprintf(deftitle, sizeof deftitle, "%s on %s: %zu run%s", runs[0].model,
-                     runs[0].data, n, n > 1 ? "s" : "");
-        else snprintf(deftitle, sizeof deftitle, "ngd training runs (%zu)", n);
+            snprintf(deftitle, sizeof deftitle, "%s on %s: %zu run%s", runs[0].model, runs[0].data,
+                     n, n > 1 ? "s" : "");
+        else
+            snprintf(deftitle, sizeof deftitle, "ngd training runs (%zu)", n);
         title = deftitle;
     }
     render(&b, runs, n, title);
@@ -654,7 +685,8 @@ int cmd_plot(int argc, char **argv) {
     printf("plot: %zu run%s -> %s\n", n, n > 1 ? "s" : "", output);
     rc = NGD_EXIT_OK;
 done:
-    for (size_t i = 0; i < n; i++) series_free(&runs[i].loss), series_free(&runs[i].acc);
+    for (size_t i = 0; i < n; i++)
+        series_free(&runs[i].loss), series_free(&runs[i].acc);
     free(runs);
     free(b.s);
     free(pngbuf);

@@ -60,8 +60,8 @@ static int read_tensor(const cJSON *obj, const char *name, tensor *t, char *err,
         t->n *= (size_t)it->valuedouble;
     }
     if ((size_t)cJSON_GetArraySize(data) != t->n) {
-        snprintf(err, cap, "field '%s': %d values for shape of %zu", name,
-                 cJSON_GetArraySize(data), t->n);
+        snprintf(err, cap, "field '%s': %d values for shape of %zu", name, cJSON_GetArraySize(data),
+                 t->n);
         return -1;
     }
     t->data = malloc((t->n ? t->n : 1) * sizeof(float));
@@ -100,8 +100,7 @@ static int pair(const cJSON *o, const char *name, size_t dflt, size_t out[2]) {
 
 // The quantities compared, in report order.
 enum { Q_MK, Q_MC, Q_BETA, Q_K, Q_C, Q_NAT, Q_PARAM, Q_COUNT };
-static const char *const QNAMES[Q_COUNT] = {"m_K", "m_C", "beta1", "K", "C", "nat_grad",
-                                            "weights"};
+static const char *const QNAMES[Q_COUNT] = {"m_K", "m_C", "beta1", "K", "C", "nat_grad", "weights"};
 
 typedef struct {
     double err[Q_COUNT];
@@ -161,8 +160,9 @@ static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap)
                 for (int i = 0; i < 2; i++) {
                     size_t total = d[i] * (k[i] - 1);
                     if (total % 2) {
-                        snprintf(err, cap, "padding 'same' with an even kernel is asymmetric "
-                                           "(unsupported)");
+                        snprintf(err, cap,
+                                 "padding 'same' with an even kernel is asymmetric "
+                                 "(unsupported)");
                         return -1;
                     }
                     pd[i] = total / 2;
@@ -212,7 +212,7 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
     c->weight_decay = (float)num(h, "weight_decay", 0);
     c->lr_cov = (float)num(h, "lr_cov", 1e-2);
     const double T = num(h, "T", 10);
-    if (!(T >= 1 && T <= 1e9) || T != floor(T)) {  // (size_t) of anything else is undefined
+    if (!(T >= 1 && T <= 1e9) || T != floor(T)) { // (size_t) of anything else is undefined
         snprintf(err, cap, "hyperparameters.T must be a whole number >= 1 (got %g)", T);
         return -1;
     }
@@ -223,7 +223,8 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
     c->kfac_like = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "kfac_like"));
     c->normalize_lr_cov = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(h, "normalize_lr_cov"));
     const cJSON *la = cJSON_GetObjectItemCaseSensitive(h, "loss_average");
-    if (cJSON_IsNull(la)) c->loss_average = NGD_LOSS_SUM;
+    if (cJSON_IsNull(la))
+        c->loss_average = NGD_LOSS_SUM;
     else if (cJSON_IsString(la) && !strcmp(la->valuestring, "batch"))
         c->loss_average = NGD_LOSS_BATCH;
     else if (cJSON_IsString(la) && !strcmp(la->valuestring, "batch+sequence"))
@@ -234,7 +235,8 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
     }
     const cJSON *ka = cJSON_GetObjectItemCaseSensitive(h, "kfac_approx");
     if (cJSON_IsString(ka)) {
-        if (!strcmp(ka->valuestring, "reduce")) c->kfac_approx = NGD_KFAC_REDUCE;
+        if (!strcmp(ka->valuestring, "reduce"))
+            c->kfac_approx = NGD_KFAC_REDUCE;
         else if (strcmp(ka->valuestring, "expand") != 0) {
             snprintf(err, cap, "unknown kfac_approx '%s'", ka->valuestring);
             return -1;
@@ -258,7 +260,7 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
     }
     c->keep_last_update = true;
     char msg[256];
-    if (ngd_config_validate(c, msg, sizeof msg) != NGD_OK) {  // a case libngd would refuse
+    if (ngd_config_validate(c, msg, sizeof msg) != NGD_OK) { // a case libngd would refuse
         snprintf(err, cap, "hyperparameters: %s", msg);
         return -1;
     }
@@ -266,11 +268,12 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
 }
 
 // Statistics of one step: a (rows x d_in) and g (rows x d_out) in the layout ngd expects.
-static int build_stats(const layer_desc *L, const tensor *x, const tensor *dy, float **a,
-                       float **g, size_t *rows, char *err, size_t cap) {
+static int build_stats(const layer_desc *L, const tensor *x, const tensor *dy, float **a, float **g,
+                       size_t *rows, char *err, size_t cap) {
     *a = *g = NULL;
     if (!L->conv) {
-        if (x->ndim < 2 || x->shape[x->ndim - 1] != L->d_in || dy->shape[dy->ndim - 1] != L->d_out) {
+        if (x->ndim < 2 || x->shape[x->ndim - 1] != L->d_in ||
+            dy->shape[dy->ndim - 1] != L->d_out) {
             snprintf(err, cap, "x / grad_output shapes do not match the layer");
             return -1;
         }
@@ -355,7 +358,8 @@ static int replay_file(const char *path, const replay_opts *ro) {
     if (L.bias && read_tensor(init, "bias", &B, err, sizeof err)) goto done;
     size_t dK = L.d_in + (L.bias ? 1 : 0), np = L.d_out * dK;
     float *gw = calloc(W.n, sizeof(float)), *gb = calloc(L.d_out, sizeof(float));
-    float *buf = malloc((dK * dK + np) * sizeof(float)), *ref = malloc((dK * dK + np) * sizeof(float));
+    float *buf = malloc((dK * dK + np) * sizeof(float)),
+          *ref = malloc((dK * dK + np) * sizeof(float));
     if (!gw || !gb || !buf || !ref) {
         snprintf(err, sizeof err, "out of memory");
         free(gw), free(gb), free(buf), free(ref);
@@ -363,8 +367,12 @@ static int replay_file(const char *path, const replay_opts *ro) {
     }
     ngd_status st = ngd_optim_create(&cfg, &o);
     int id = -1;
-    ngd_layer layer = {.name = base, .weight = W.data, .weight_grad = gw, .d_out = L.d_out,
-                       .d_in = L.d_in, .bias = L.bias ? B.data : NULL,
+    ngd_layer layer = {.name = base,
+                       .weight = W.data,
+                       .weight_grad = gw,
+                       .d_out = L.d_out,
+                       .d_in = L.d_in,
+                       .bias = L.bias ? B.data : NULL,
                        .bias_grad = L.bias ? gb : NULL};
     if (st == NGD_OK) st = ngd_optim_add_layer(o, &layer, &id);
     if (st != NGD_OK) {
@@ -405,7 +413,9 @@ static int replay_file(const char *path, const replay_opts *ro) {
             char which;
             size_t d;
             int q;
-        } mats[] = {{"K", 'K', dK, Q_K}, {"C", 'C', L.d_out, Q_C}, {"m_K", 'k', dK, Q_MK},
+        } mats[] = {{"K", 'K', dK, Q_K},
+                    {"C", 'C', L.d_out, Q_C},
+                    {"m_K", 'k', dK, Q_MK},
                     {"m_C", 'c', L.d_out, Q_MC}};
         for (size_t i = 0; i < 4; i++) {
             if (!cJSON_GetObjectItemCaseSensitive(s, mats[i].field)) continue;
@@ -413,8 +423,10 @@ static int replay_file(const char *path, const replay_opts *ro) {
             if (read_tensor(s, mats[i].field, &r, err, sizeof err)) goto free_bufs;
             bool ok = r.n == mats[i].d * mats[i].d &&
                       ngd_optim_factor_dense(o, id, mats[i].which, buf, mats[i].d) == NGD_OK;
-            if (ok) note(&rep, mats[i].q, rel_err(buf, r.data, r.n));
-            else note(&rep, mats[i].q, INFINITY);
+            if (ok)
+                note(&rep, mats[i].q, rel_err(buf, r.data, r.n));
+            else
+                note(&rep, mats[i].q, INFINITY);
             tensor_free(&r);
         }
         ngd_layer_health h;
@@ -460,10 +472,9 @@ static int replay_file(const char *path, const replay_opts *ro) {
     }
     {
         bool pass = t > 0;
-        printf("CASE %s (%zu steps, %s%s/%s T=%zu%s%s)\n", base, t,
-               L.conv ? "conv " : "", ngd_structure_name(cfg.structure_K.kind),
-               ngd_structure_name(cfg.structure_C.kind), cfg.T, cfg.kfac_like ? " kfac_like" : "",
-               cfg.normalize_lr_cov ? " normalize" : "");
+        printf("CASE %s (%zu steps, %s%s/%s T=%zu%s%s)\n", base, t, L.conv ? "conv " : "",
+               ngd_structure_name(cfg.structure_K.kind), ngd_structure_name(cfg.structure_C.kind),
+               cfg.T, cfg.kfac_like ? " kfac_like" : "", cfg.normalize_lr_cov ? " normalize" : "");
         printf("    ");
         for (int q = 0; q < Q_COUNT; q++) {
             if (!rep.seen[q]) {
@@ -501,9 +512,12 @@ static void replay_path(const char *path, const replay_opts *ro, int *pass, int 
     }
     if (!S_ISDIR(sb.st_mode)) {
         int r = replay_file(path, ro);
-        if (r == 1) (*pass)++;
-        else if (r == 0) (*fail)++;
-        else if (r < 0) (*errors)++;
+        if (r == 1)
+            (*pass)++;
+        else if (r == 0)
+            (*fail)++;
+        else if (r < 0)
+            (*errors)++;
         return;
     }
     DIR *d = opendir(path);
@@ -582,10 +596,11 @@ int cmd_replay(int argc, char **argv) {
         return NGD_EXIT_USAGE;
     }
     int pass = 0, fail = 0, errors = 0;
-    for (int i = optind; i < argc; i++) replay_path(argv[i], &ro, &pass, &fail, &errors);
+    for (int i = optind; i < argc; i++)
+        replay_path(argv[i], &ro, &pass, &fail, &errors);
     printf("replay: %d passed, %d failed, %d errors (tolerance %.1e)\n", pass, fail, errors,
            ro.tol);
-    if (pass + fail + errors == 0)  // files, but none a trajectory (each said SKIP)
+    if (pass + fail + errors == 0) // files, but none a trajectory (each said SKIP)
         cli_error("the files must be trajectories as described in shared/oracle/README.md",
                   "no replay cases found");
     return (fail || errors || pass == 0) ? NGD_EXIT_FAIL : NGD_EXIT_OK;

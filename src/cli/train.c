@@ -24,8 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,27 +38,90 @@
 
 // ---- the option table ----
 enum {
-    O_MODEL = 256, O_WIDTHS, O_DATA, O_DATADIR, O_SUBSET, O_OPTIM, O_LR, O_MOM, O_WD, O_NESTEROV,
-    O_BETA1, O_BETA2, O_EPS, O_DAMPING, O_LRCOV, O_ALPHA1, O_T, O_STRUCT, O_APPROX, O_KFACLIKE,
-    O_NORMCOV, O_FDTYPE, O_QUIRK, O_EPOCHS, O_MAXSTEPS, O_BATCH, O_SEED, O_THREADS, O_EVALEVERY,
-    O_LOG, O_LOGEVERY, O_CKPT, O_CKPTEVERY, O_RESUME, O_MAXSKIPS, O_AUGMENT, O_QUIET, O_HELP,
-    O_BUDGET, O_SCHED, O_CONTEXT, O_RHO, O_TU, O_TI, O_KDAMP, O_CLIP, O_KAPPA, O_WDSTART,
-    O_IDINIT, O_RANK, O_OVERS, O_POWER, O_TAIL, O_BRANK, O_BMULT, O_RMULT, O_CMULT, O_CFRAC,
-    O_BTRUNC, O_REORTH, O_KSEED, O_FACTORED, O_POPTIM, O_PLR, O_PWD
+    O_MODEL = 256,
+    O_WIDTHS,
+    O_DATA,
+    O_DATADIR,
+    O_SUBSET,
+    O_OPTIM,
+    O_LR,
+    O_MOM,
+    O_WD,
+    O_NESTEROV,
+    O_BETA1,
+    O_BETA2,
+    O_EPS,
+    O_DAMPING,
+    O_LRCOV,
+    O_ALPHA1,
+    O_T,
+    O_STRUCT,
+    O_APPROX,
+    O_KFACLIKE,
+    O_NORMCOV,
+    O_FDTYPE,
+    O_QUIRK,
+    O_EPOCHS,
+    O_MAXSTEPS,
+    O_BATCH,
+    O_SEED,
+    O_THREADS,
+    O_EVALEVERY,
+    O_LOG,
+    O_LOGEVERY,
+    O_CKPT,
+    O_CKPTEVERY,
+    O_RESUME,
+    O_MAXSKIPS,
+    O_AUGMENT,
+    O_QUIET,
+    O_HELP,
+    O_BUDGET,
+    O_SCHED,
+    O_CONTEXT,
+    O_RHO,
+    O_TU,
+    O_TI,
+    O_KDAMP,
+    O_CLIP,
+    O_KAPPA,
+    O_WDSTART,
+    O_IDINIT,
+    O_RANK,
+    O_OVERS,
+    O_POWER,
+    O_TAIL,
+    O_BRANK,
+    O_BMULT,
+    O_RMULT,
+    O_CMULT,
+    O_CFRAC,
+    O_BTRUNC,
+    O_REORTH,
+    O_KSEED,
+    O_FACTORED,
+    O_POPTIM,
+    O_PLR,
+    O_PWD
 };
 
 static const cli_opt OPTS[] = {
-    {"model", 1, O_MODEL, "NAME", "model: mlp, cnn, chargpt, ... (default mlp; chargpt for "
-                                  "text)"},
-    {"widths", 1, O_WIDTHS, "W1,W2,..", "hidden widths (mlp), stage channels (cnn), C,DEPTH,HEADS "
-                                              "(chargpt)"},
-    {"data", 1, O_DATA, "NAME", "fashion-mnist (default), mnist, cifar10, cifar100, "
-                                "shakespeare (text)"},
+    {"model", 1, O_MODEL, "NAME",
+     "model: mlp, cnn, chargpt, ... (default mlp; chargpt for "
+     "text)"},
+    {"widths", 1, O_WIDTHS, "W1,W2,..",
+     "hidden widths (mlp), stage channels (cnn), C,DEPTH,HEADS "
+     "(chargpt)"},
+    {"data", 1, O_DATA, "NAME",
+     "fashion-mnist (default), mnist, cifar10, cifar100, "
+     "shakespeare (text)"},
     {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
-    {"subset", 1, O_SUBSET, "N", "only the first N training and N/5 test images (text: N "
-                                 "characters)"},
-    {"optim", 1, O_OPTIM, "NAME", "sgd, adamw, singd (default), ingd, ikfac, kfac, rskfac, "
-                                  "srekfac, bkfac, brkfac, brckfac"},
+    {"subset", 1, O_SUBSET, "N",
+     "only the first N training and N/5 test images (text: N "
+     "characters)"},
+    {"optim", 1, O_OPTIM, "NAME",
+     "sgd, adamw, singd (default), ingd, ikfac, kfac, rskfac, "
+     "srekfac, bkfac, brkfac, brckfac"},
     {"lr", 1, O_LR, "X", "learning rate β2 (method default)"},
     {"momentum", 1, O_MOM, "X", "momentum α2 (method default)"},
     {"weight-decay", 1, O_WD, "X", "weight decay γ (method default)"},
@@ -66,15 +129,18 @@ static const cli_opt OPTS[] = {
     {"beta1", 1, O_BETA1, "X", "AdamW β1 (0.9)"},
     {"beta2", 1, O_BETA2, "X", "AdamW β2 (0.999)"},
     {"eps", 1, O_EPS, "X", "AdamW ε (1e-8)"},
-    {"damping", 1, O_DAMPING, "X", "damping: SINGD λ (1e-3); K-FAC family relative λ_rel "
-                                   "(0.1, × the largest eigenvalue)"},
+    {"damping", 1, O_DAMPING, "X",
+     "damping: SINGD λ (1e-3); K-FAC family relative λ_rel "
+     "(0.1, × the largest eigenvalue)"},
     {"lr-cov", 1, O_LRCOV, "X", "SINGD factor step β1 (1e-2)"},
     {"alpha1", 1, O_ALPHA1, "X", "SINGD Riemannian momentum α1 (0.5)"},
     {"T", 1, O_T, "N", "SINGD preconditioner update period (10)"},
-    {"structure", 1, O_STRUCT, "K[,C]", "SINGD factor structures: dense, diagonal, "
-                                        "block30diagonal, hierarchical15_15, triltoeplitz, ..."},
-    {"kfac-approx", 1, O_APPROX, "MODE", "expand (default) or reduce, for conv layers and "
-                                         "sequences"},
+    {"structure", 1, O_STRUCT, "K[,C]",
+     "SINGD factor structures: dense, diagonal, "
+     "block30diagonal, hierarchical15_15, triltoeplitz, ..."},
+    {"kfac-approx", 1, O_APPROX, "MODE",
+     "expand (default) or reduce, for conv layers and "
+     "sequences"},
     {"kfac-like", 0, O_KFACLIKE, NULL, "IKFAC update rule (sets α1 = 0)"},
     {"normalize-lr-cov", 0, O_NORMCOV, NULL, "normalised factor steps"},
     {"factor-dtype", 1, O_FDTYPE, "T", "storage of SINGD factors: f32 (default) or bf16"},
@@ -82,15 +148,19 @@ static const cli_opt OPTS[] = {
     {"rho", 1, O_RHO, "X", "K-FAC family: factor average decay ρ (0.95)"},
     {"T-u", 1, O_TU, "N", "K-FAC family: statistics period T_u (10)"},
     {"T-i", 1, O_TI, "N", "K-FAC family: inverse / RSVD refresh period T_i (50)"},
-    {"kfac-damping", 1, O_KDAMP, "KIND", "K-FAC: exact (λ_rel·maxγ·maxα on the Kronecker "
-                                        "product, default) or pi (factored π-damping)"},
-    {"clip", 1, O_CLIP, "KIND", "K-FAC family step clip: rms (per layer, default), kl (global), "
-                                "none"},
+    {"kfac-damping", 1, O_KDAMP, "KIND",
+     "K-FAC: exact (λ_rel·maxγ·maxα on the Kronecker "
+     "product, default) or pi (factored π-damping)"},
+    {"clip", 1, O_CLIP, "KIND",
+     "K-FAC family step clip: rms (per layer, default), kl (global), "
+     "none"},
     {"clip-kappa", 1, O_KAPPA, "X", "K-FAC family clip κ (0.07)"},
-    {"wd-start", 1, O_WDSTART, "N", "K-FAC family: decoupled weight decay from this step "
-                                    "(200 = 20·T_u)"},
-    {"identity-init", 1, O_IDINIT, "WHERE", "K-FAC family identity start: in_damping (default) "
-                                           "or in_factor (kfac, rskfac, srekfac)"},
+    {"wd-start", 1, O_WDSTART, "N",
+     "K-FAC family: decoupled weight decay from this step "
+     "(200 = 20·T_u)"},
+    {"identity-init", 1, O_IDINIT, "WHERE",
+     "K-FAC family identity start: in_damping (default) "
+     "or in_factor (kfac, rskfac, srekfac)"},
     {"rank", 1, O_RANK, "N", "RS/SRE/B-KFAC target rank r (220)"},
     {"oversample", 1, O_OVERS, "N", "RSVD oversampling p (10)"},
     {"power-iters", 1, O_POWER, "N", "RSVD power iterations q (4)"},
@@ -101,29 +171,37 @@ static const cli_opt OPTS[] = {
     {"corr-mult", 1, O_CMULT, "N", "BRC correction period in Brand steps m_C (5)"},
     {"corr-frac", 1, O_CFRAC, "X", "BRC corrected fraction φ (0.2)"},
     {"brand-truncate", 1, O_BTRUNC, "WHEN", "after (each update, default) or before_next"},
-    {"reorth-every", 1, O_REORTH, "N", "re-orthonormalise Brand bases every N updates (50; 0 = "
-                                       "never)"},
+    {"reorth-every", 1, O_REORTH, "N",
+     "re-orthonormalise Brand bases every N updates (50; 0 = "
+     "never)"},
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
-    {"factored", 0, O_FACTORED, NULL, "RS/SRE/B-KFAC: linear-cost factored application for "
-                                      "fully connected layers (spec §6.3)"},
-    {"param-optim", 1, O_POPTIM, "NAME", "rule of the plain parameters (embeddings, norm "
-                                         "scales): sgd or adamw (default: adamw under adamw, "
-                                         "else sgd with --lr, --momentum, --weight-decay)"},
-    {"param-lr", 1, O_PLR, "X", "their learning rate (--param-optim adamw beside another "
-                                "method: 1e-3; otherwise --lr)"},
-    {"param-wd", 1, O_PWD, "X", "their weight decay (--param-optim adamw beside another "
-                                "method: 0; otherwise --weight-decay)"},
+    {"factored", 0, O_FACTORED, NULL,
+     "RS/SRE/B-KFAC: linear-cost factored application for "
+     "fully connected layers (spec §6.3)"},
+    {"param-optim", 1, O_POPTIM, "NAME",
+     "rule of the plain parameters (embeddings, norm "
+     "scales): sgd or adamw (default: adamw under adamw, "
+     "else sgd with --lr, --momentum, --weight-decay)"},
+    {"param-lr", 1, O_PLR, "X",
+     "their learning rate (--param-optim adamw beside another "
+     "method: 1e-3; otherwise --lr)"},
+    {"param-wd", 1, O_PWD, "X",
+     "their weight decay (--param-optim adamw beside another "
+     "method: 0; otherwise --weight-decay)"},
     {"epochs", 1, O_EPOCHS, "N", "epochs (default 2)"},
     {"max-steps", 1, O_MAXSTEPS, "N", "stop after N steps in all (0 = no limit)"},
-    {"schedule", 1, O_SCHED, "NAME", "learning-rate schedule: constant (default) or cosine "
-                                     "(decays to 0 over --epochs)"},
-    {"time-budget", 1, O_BUDGET, "SECONDS", "stop training after this much wall time, then "
-                                           "evaluate (0 = no limit)"},
+    {"schedule", 1, O_SCHED, "NAME",
+     "learning-rate schedule: constant (default) or cosine "
+     "(decays to 0 over --epochs)"},
+    {"time-budget", 1, O_BUDGET, "SECONDS",
+     "stop training after this much wall time, then "
+     "evaluate (0 = no limit)"},
     {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences)"},
     {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
-    {"eval-every", 1, O_EVALEVERY, "N", "evaluate on the test set every N epochs (1; 0 = end only)"},
+    {"eval-every", 1, O_EVALEVERY, "N",
+     "evaluate on the test set every N epochs (1; 0 = end only)"},
     {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<data>-<optim>.jsonl)"},
     {"log-every", 1, O_LOGEVERY, "N", "log a step record every N steps (20)"},
     {"checkpoint", 1, O_CKPT, "FILE", "write a training checkpoint to FILE (atomically)"},
@@ -138,11 +216,11 @@ static const cli_opt OPTS[] = {
 
 // The methods that use an option (bits 1 << ngd_method); an option not listed is used by
 // every method. One given to a method that would ignore it is a usage error.
-#define MB(x) (1u << NGD_METHOD_##x)
-#define M_SINGDS (MB(SINGD) | MB(INGD) | MB(IKFAC))
-#define M_KFACS (MB(KFAC) | MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+#define MB(x)     (1u << NGD_METHOD_##x)
+#define M_SINGDS  (MB(SINGD) | MB(INGD) | MB(IKFAC))
+#define M_KFACS   (MB(KFAC) | MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
 #define M_LOWRANK (MB(RSKFAC) | MB(SREKFAC) | MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
-#define M_BRAND (MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
+#define M_BRAND   (MB(BKFAC) | MB(BRKFAC) | MB(BRCKFAC))
 static const struct {
     int id;
     unsigned methods;
@@ -150,18 +228,42 @@ static const struct {
     // momentum and Nesterov: SGD's rule, which SINGD and the K-FAC family share (AdamW's
     // plain parameters use it under --param-optim sgd); β1, β2, ε: AdamW's rule (also that of
     // the plain parameters under --param-optim adamw): see check_methods
-    {O_MOM, MB(SGD) | M_SINGDS | M_KFACS}, {O_NESTEROV, MB(SGD) | M_SINGDS | M_KFACS},
-    {O_BETA1, MB(ADAMW)}, {O_BETA2, MB(ADAMW)}, {O_EPS, MB(ADAMW)},
-    {O_DAMPING, M_SINGDS | M_KFACS}, {O_APPROX, M_SINGDS | M_KFACS},
-    {O_LRCOV, M_SINGDS}, {O_ALPHA1, MB(SINGD) | MB(INGD)}, {O_T, M_SINGDS},
-    {O_STRUCT, M_SINGDS}, {O_KFACLIKE, M_SINGDS}, {O_NORMCOV, M_SINGDS}, {O_FDTYPE, M_SINGDS},
+    {O_MOM, MB(SGD) | M_SINGDS | M_KFACS},
+    {O_NESTEROV, MB(SGD) | M_SINGDS | M_KFACS},
+    {O_BETA1, MB(ADAMW)},
+    {O_BETA2, MB(ADAMW)},
+    {O_EPS, MB(ADAMW)},
+    {O_DAMPING, M_SINGDS | M_KFACS},
+    {O_APPROX, M_SINGDS | M_KFACS},
+    {O_LRCOV, M_SINGDS},
+    {O_ALPHA1, MB(SINGD) | MB(INGD)},
+    {O_T, M_SINGDS},
+    {O_STRUCT, M_SINGDS},
+    {O_KFACLIKE, M_SINGDS},
+    {O_NORMCOV, M_SINGDS},
+    {O_FDTYPE, M_SINGDS},
     {O_QUIRK, M_SINGDS},
-    {O_RHO, M_KFACS}, {O_TU, M_KFACS}, {O_TI, M_KFACS}, {O_KDAMP, MB(KFAC)}, {O_CLIP, M_KFACS},
-    {O_KAPPA, M_KFACS}, {O_WDSTART, M_KFACS}, {O_IDINIT, M_KFACS},
-    {O_RANK, M_LOWRANK}, {O_OVERS, M_LOWRANK}, {O_POWER, M_LOWRANK}, {O_TAIL, M_LOWRANK},
-    {O_KSEED, M_LOWRANK}, {O_FACTORED, M_KFACS},  // kfac: refused by libngd, which says why
-    {O_BRANK, M_BRAND}, {O_BMULT, M_BRAND}, {O_BTRUNC, M_BRAND}, {O_REORTH, M_BRAND},
-    {O_RMULT, MB(BRKFAC) | MB(BRCKFAC)}, {O_CMULT, MB(BRCKFAC)}, {O_CFRAC, MB(BRCKFAC)},
+    {O_RHO, M_KFACS},
+    {O_TU, M_KFACS},
+    {O_TI, M_KFACS},
+    {O_KDAMP, MB(KFAC)},
+    {O_CLIP, M_KFACS},
+    {O_KAPPA, M_KFACS},
+    {O_WDSTART, M_KFACS},
+    {O_IDINIT, M_KFACS},
+    {O_RANK, M_LOWRANK},
+    {O_OVERS, M_LOWRANK},
+    {O_POWER, M_LOWRANK},
+    {O_TAIL, M_LOWRANK},
+    {O_KSEED, M_LOWRANK},
+    {O_FACTORED, M_KFACS}, // kfac: refused by libngd, which says why
+    {O_BRANK, M_BRAND},
+    {O_BMULT, M_BRAND},
+    {O_BTRUNC, M_BRAND},
+    {O_REORTH, M_BRAND},
+    {O_RMULT, MB(BRKFAC) | MB(BRCKFAC)},
+    {O_CMULT, MB(BRCKFAC)},
+    {O_CFRAC, MB(BRCKFAC)},
 };
 
 // `ngd eval` takes these options of OPTS only (with its own help); the run's model, data
@@ -174,8 +276,9 @@ static const cli_opt EVAL_OPTS[] = {
     {"seed", 1, O_SEED, "N", "seed of the text sample printed after a text model's eval (0)"},
     {"model", 1, O_MODEL, "NAME", "check that the checkpoint is of this model"},
     {"data", 1, O_DATA, "NAME", "check that the checkpoint is of this data set"},
-    {"widths", 1, O_WIDTHS, "W1,W2,..", "the run's widths, for a checkpoint of version 1 (which "
-                                        "does not record them); a newer one is checked"},
+    {"widths", 1, O_WIDTHS, "W1,W2,..",
+     "the run's widths, for a checkpoint of version 1 (which "
+     "does not record them); a newer one is checked"},
     {"subset", 1, O_SUBSET, "N", "the run's --subset, the same way"},
     {"context", 1, O_CONTEXT, "T", "the run's --context (text), the same way"},
     {"help", 0, O_HELP, NULL, "this text"},
@@ -206,7 +309,7 @@ static void print_help(FILE *f, const char *cmd) {
 typedef struct {
     const char *model, *data, *data_dir, *log, *ckpt, *resume;
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
-    ngd_method method;  // as chosen (--optim): ingd and ikfac are cfg.method SINGD to libngd
+    ngd_method method; // as chosen (--optim): ingd and ikfac are cfg.method SINGD to libngd
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
     size_t context; // text models: tokens per sequence
@@ -216,10 +319,10 @@ typedef struct {
     uint64_t seed;
     int threads;
     bool augment, quiet;
-    int param_method;  // --param-optim: NGD_METHOD_SGD / _ADAMW, or -1 (the method's rule)
+    int param_method; // --param-optim: NGD_METHOD_SGD / _ADAMW, or -1 (the method's rule)
     float param_lr, param_wd;
     bool has_param_lr, has_param_wd;
-    ngd_config param_cfg;  // their add_param override, when has_param_cfg
+    ngd_config param_cfg; // their add_param override, when has_param_cfg
     bool has_param_cfg;
 } train_opts;
 
@@ -248,7 +351,8 @@ static int parse_zr(const char *opt, const char *s, size_t lo, size_t hi, size_t
     if (*out < lo || *out > hi) {
         if (hi == SIZE_MAX)
             cli_error(NULL, "--%s must be a whole number >= %zu (got %s)", opt, lo, s);
-        else cli_error(NULL, "--%s must be a whole number in [%zu, %zu] (got %s)", opt, lo, hi, s);
+        else
+            cli_error(NULL, "--%s must be a whole number in [%zu, %zu] (got %s)", opt, lo, hi, s);
         return -1;
     }
     return 0;
@@ -262,11 +366,15 @@ static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
         const char *name;
         int value;
     } T[] = {
-        {O_KDAMP, "exact", NGD_KFAC_DAMP_EXACT_REL}, {O_KDAMP, "pi", NGD_KFAC_DAMP_FACTORED_PI},
-        {O_CLIP, "rms", NGD_CLIP_RMS}, {O_CLIP, "kl", NGD_CLIP_KL}, {O_CLIP, "none", NGD_CLIP_NONE},
+        {O_KDAMP, "exact", NGD_KFAC_DAMP_EXACT_REL},
+        {O_KDAMP, "pi", NGD_KFAC_DAMP_FACTORED_PI},
+        {O_CLIP, "rms", NGD_CLIP_RMS},
+        {O_CLIP, "kl", NGD_CLIP_KL},
+        {O_CLIP, "none", NGD_CLIP_NONE},
         {O_IDINIT, "in_damping", NGD_IDINIT_IN_DAMPING},
         {O_IDINIT, "in_factor", NGD_IDINIT_IN_FACTOR},
-        {O_TAIL, "zero", NGD_TAIL_ZERO}, {O_TAIL, "min_kept", NGD_TAIL_MIN_KEPT},
+        {O_TAIL, "zero", NGD_TAIL_ZERO},
+        {O_TAIL, "min_kept", NGD_TAIL_MIN_KEPT},
         {O_BTRUNC, "after", NGD_BRAND_TRUNC_AFTER},
         {O_BTRUNC, "before_next", NGD_BRAND_TRUNC_BEFORE_NEXT},
     };
@@ -304,7 +412,7 @@ static int param_rule(train_opts *t) {
                                                : NGD_METHOD_SGD;
     ngd_config *p = &t->param_cfg;
     *p = ngd_config_default(pm);
-    const bool own = pm == NGD_METHOD_ADAMW && !adam_method;  // AdamW beside another method
+    const bool own = pm == NGD_METHOD_ADAMW && !adam_method; // AdamW beside another method
     p->lr = own ? 1e-3f : t->cfg.lr;
     p->weight_decay = own ? 0.0f : t->cfg.weight_decay;
     p->momentum = t->cfg.momentum, p->nesterov = t->cfg.nesterov;
@@ -325,18 +433,35 @@ static int param_rule(train_opts *t) {
 // the message are replaced by the options that set them.
 static void name_options(const char *msg, char *out, size_t cap) {
     static const char *const MAP[][2] = {
-        {"lr", "--lr"}, {"momentum", "--momentum"}, {"weight_decay", "--weight-decay"},
-        {"nesterov", "--nesterov"}, {"beta1", "--beta1"}, {"beta2", "--beta2"}, {"eps", "--eps"},
-        {"damping", "--damping"}, {"alpha1", "--alpha1"}, {"T", "--T"}, {"lr_cov", "--lr-cov"},
-        {"kfac_approx", "--kfac-approx"}, {"structure_K", "--structure (K)"},
-        {"structure_C", "--structure (C)"}, {"kfac.rho", "--rho"}, {"kfac.T_u", "--T-u"},
-        {"kfac.T_i", "--T-i"}, {"kfac.damping_rel", "--damping"}, {"kfac.clip", "--clip"},
-        {"kfac.clip_kappa", "--clip-kappa"}, {"kfac.rank", "--rank"},
-        {"kfac.brand_mult", "--brand-mult"}, {"refresh_mult", "--refresh-mult"},
-        {"corr_mult", "--corr-mult"}, {"kfac.corr_frac", "--corr-frac"},
-        {"kfac.factored_apply", "--factored"}, {"kfac.identity_init", "--identity-init"},
+        {"lr", "--lr"},
+        {"momentum", "--momentum"},
+        {"weight_decay", "--weight-decay"},
+        {"nesterov", "--nesterov"},
+        {"beta1", "--beta1"},
+        {"beta2", "--beta2"},
+        {"eps", "--eps"},
+        {"damping", "--damping"},
+        {"alpha1", "--alpha1"},
+        {"T", "--T"},
+        {"lr_cov", "--lr-cov"},
+        {"kfac_approx", "--kfac-approx"},
+        {"structure_K", "--structure (K)"},
+        {"structure_C", "--structure (C)"},
+        {"kfac.rho", "--rho"},
+        {"kfac.T_u", "--T-u"},
+        {"kfac.T_i", "--T-i"},
+        {"kfac.damping_rel", "--damping"},
+        {"kfac.clip", "--clip"},
+        {"kfac.clip_kappa", "--clip-kappa"},
+        {"kfac.rank", "--rank"},
+        {"kfac.brand_mult", "--brand-mult"},
+        {"refresh_mult", "--refresh-mult"},
+        {"corr_mult", "--corr-mult"},
+        {"kfac.corr_frac", "--corr-frac"},
+        {"kfac.factored_apply", "--factored"},
+        {"kfac.identity_init", "--identity-init"},
     };
-    size_t subject = strlen(msg);  // the names come before the verb (or a colon)
+    size_t subject = strlen(msg); // the names come before the verb (or a colon)
     static const char *const VERBS[] = {" must", " needs", " is ", ":"};
     for (size_t i = 0; i < sizeof VERBS / sizeof VERBS[0]; i++) {
         const char *v = strstr(msg, VERBS[i]);
@@ -360,16 +485,18 @@ static void name_options(const char *msg, char *out, size_t cap) {
 
 // Refuses an option given (given[i] for OPTS[i]) to a method that does not use it.
 static int check_methods(const train_opts *t, const bool *given) {
-    static const ngd_method ORDER[] = {  // as --optim lists them
-        NGD_METHOD_SGD,     NGD_METHOD_ADAMW,   NGD_METHOD_SINGD, NGD_METHOD_INGD,
-        NGD_METHOD_IKFAC,   NGD_METHOD_KFAC,    NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC,
-        NGD_METHOD_BKFAC,   NGD_METHOD_BRKFAC,  NGD_METHOD_BRCKFAC};
+    static const ngd_method ORDER[] = {// as --optim lists them
+                                       NGD_METHOD_SGD,    NGD_METHOD_ADAMW,   NGD_METHOD_SINGD,
+                                       NGD_METHOD_INGD,   NGD_METHOD_IKFAC,   NGD_METHOD_KFAC,
+                                       NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC, NGD_METHOD_BKFAC,
+                                       NGD_METHOD_BRKFAC, NGD_METHOD_BRCKFAC};
     const unsigned me = 1u << t->method;
     for (size_t i = 0; i < NOPTS; i++) {
         if (!given[i]) continue;
         const int id = OPTS[i].id;
         if (id == O_ALPHA1 && t->cfg.kfac_like && t->method != NGD_METHOD_IKFAC) {
-            cli_error("drop --alpha1, or --kfac-like", "--alpha1 is not used with --kfac-like "
+            cli_error("drop --alpha1, or --kfac-like",
+                      "--alpha1 is not used with --kfac-like "
                       "(the IKFAC rule has no Riemannian momentum: α1 = 0)");
             return -1;
         }
@@ -390,12 +517,13 @@ static int check_methods(const train_opts *t, const bool *given) {
             snprintf(hint, sizeof hint, "drop --%s, or choose %s with --optim%s", OPTS[i].name,
                      most ? "another method" : "one of those methods",
                      id == O_BETA1 || id == O_BETA2 || id == O_EPS ? " (or --param-optim adamw)"
-                     : id == O_MOM || id == O_NESTEROV            ? " (or --param-optim sgd)"
-                                                                  : "");
-            if (most)  // used by most methods: name the exception
+                     : id == O_MOM || id == O_NESTEROV             ? " (or --param-optim sgd)"
+                                                                   : "");
+            if (most) // used by most methods: name the exception
                 cli_error(hint, "--%s is not used by %s", OPTS[i].name, ngd_method_name(t->method));
-            else cli_error(hint, "--%s is used only by %s, not by %s", OPTS[i].name, users,
-                           ngd_method_name(t->method));
+            else
+                cli_error(hint, "--%s is used only by %s, not by %s", OPTS[i].name, users,
+                          ngd_method_name(t->method));
             return -1;
         }
     }
@@ -422,7 +550,7 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
     t->param_method = -1;
     const bool eval = !strcmp(cmd, "eval");
-    if (eval)  // not given: from the checkpoint (eval_setup)
+    if (eval) // not given: from the checkpoint (eval_setup)
         t->data = NULL, t->context = 0, t->batch = 0, t->subset = SIZE_MAX;
     const char *optim = "singd";
     struct option lo[NOPTS + 1];
@@ -436,7 +564,8 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     ngd_method m;
     if (ngd_method_parse(optim, &m) != NGD_OK) {
         cli_error("methods: sgd, adamw, singd, ingd, ikfac, kfac, rskfac, srekfac, bkfac, "
-                  "brkfac, brckfac", "--optim: unknown method '%s'", optim);
+                  "brkfac, brckfac",
+                  "--optim: unknown method '%s'", optim);
         return -1;
     }
     t->method = m;
@@ -463,8 +592,10 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_QUIRK: t->cfg.official_blockdiag_quirk = true; break;
         case O_FACTORED: t->cfg.kfac.factored_apply = true; break;
         case O_POPTIM:
-            if (!strcmp(optarg, "sgd")) t->param_method = NGD_METHOD_SGD;
-            else if (!strcmp(optarg, "adamw")) t->param_method = NGD_METHOD_ADAMW;
+            if (!strcmp(optarg, "sgd"))
+                t->param_method = NGD_METHOD_SGD;
+            else if (!strcmp(optarg, "adamw"))
+                t->param_method = NGD_METHOD_ADAMW;
             else {
                 cli_error("sgd or adamw", "--param-optim: unknown rule '%s'", optarg);
                 return -1;
@@ -482,7 +613,7 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_QUIET: t->quiet = true; break;
         case O_HELP:
         case 'h': print_help(stdout, cmd); exit(NGD_EXIT_OK);
-        case O_WIDTHS: {  // whole numbers >= 1, comma-separated: no empty list or entry
+        case O_WIDTHS: { // whole numbers >= 1, comma-separated: no empty list or entry
             const char *p = optarg;
             t->nwidths = 0;
             for (;;) {
@@ -491,8 +622,10 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
                 if (n < sizeof tok) memcpy(tok, p, n), tok[n] = '\0';
                 if (t->nwidths == NN_MODEL_MAX_WIDTHS || n == 0 || n >= sizeof tok ||
                     !cli_is_decimal(tok, true) || parse_z(nm, tok, &z) || z == 0) {
-                    cli_error("e.g. --widths 256,128", "--widths '%s': give 1 to %d whole numbers "
-                              ">= 1, separated by commas", optarg, NN_MODEL_MAX_WIDTHS);
+                    cli_error("e.g. --widths 256,128",
+                              "--widths '%s': give 1 to %d whole numbers "
+                              ">= 1, separated by commas",
+                              optarg, NN_MODEL_MAX_WIDTHS);
                     return -1;
                 }
                 t->widths[t->nwidths++] = z;
@@ -510,16 +643,18 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
                 cli_error("structures: dense, diagonal, blockdiag (block30diagonal), hierarchical "
                           "(hierarchical15_15), triltoeplitz, triutoeplitz, tril_topleft_diag, "
                           "tril_bottomright_diag, triu_topleft_diag, triu_bottomright_diag",
-                          "--structure: unknown structure in '%s%s%s'", optarg,
-                          comma ? "," : "", comma ? comma + 1 : "");
+                          "--structure: unknown structure in '%s%s%s'", optarg, comma ? "," : "",
+                          comma ? comma + 1 : "");
                 return -1;
             }
             t->cfg.structure_K.dtype = t->cfg.structure_C.dtype = keep;
             break;
         }
         case O_APPROX:
-            if (!strcmp(optarg, "expand")) t->cfg.kfac_approx = NGD_KFAC_EXPAND;
-            else if (!strcmp(optarg, "reduce")) t->cfg.kfac_approx = NGD_KFAC_REDUCE;
+            if (!strcmp(optarg, "expand"))
+                t->cfg.kfac_approx = NGD_KFAC_EXPAND;
+            else if (!strcmp(optarg, "reduce"))
+                t->cfg.kfac_approx = NGD_KFAC_REDUCE;
             else {
                 cli_error("expand or reduce", "--kfac-approx: unknown mode '%s'", optarg);
                 return -1;
@@ -533,41 +668,103 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             t->cfg.structure_K.dtype = t->cfg.structure_C.dtype =
                 !strcmp(optarg, "bf16") ? NGD_BF16 : NGD_F32;
             break;
-        case O_LR: if (parse_f(nm, optarg, &t->cfg.lr)) return -1; break;
-        case O_MOM: if (parse_f(nm, optarg, &t->cfg.momentum)) return -1; break;
-        case O_WD: if (parse_f(nm, optarg, &t->cfg.weight_decay)) return -1; break;
-        case O_BETA1: if (parse_f(nm, optarg, &t->cfg.beta1)) return -1; break;
-        case O_BETA2: if (parse_f(nm, optarg, &t->cfg.beta2)) return -1; break;
-        case O_EPS: if (parse_f(nm, optarg, &t->cfg.eps)) return -1; break;
+        case O_LR:
+            if (parse_f(nm, optarg, &t->cfg.lr)) return -1;
+            break;
+        case O_MOM:
+            if (parse_f(nm, optarg, &t->cfg.momentum)) return -1;
+            break;
+        case O_WD:
+            if (parse_f(nm, optarg, &t->cfg.weight_decay)) return -1;
+            break;
+        case O_BETA1:
+            if (parse_f(nm, optarg, &t->cfg.beta1)) return -1;
+            break;
+        case O_BETA2:
+            if (parse_f(nm, optarg, &t->cfg.beta2)) return -1;
+            break;
+        case O_EPS:
+            if (parse_f(nm, optarg, &t->cfg.eps)) return -1;
+            break;
         case O_DAMPING:
             if (parse_f(nm, optarg, &f)) return -1;
-            if (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC) t->cfg.kfac.damping_rel = f;
-            else t->cfg.damping = f;
+            if (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC)
+                t->cfg.kfac.damping_rel = f;
+            else
+                t->cfg.damping = f;
             break;
-        case O_RHO: if (parse_f(nm, optarg, &t->cfg.kfac.rho)) return -1; break;
-        case O_TU: if (parse_z(nm, optarg, &t->cfg.kfac.T_u)) return -1; break;
-        case O_TI: if (parse_z(nm, optarg, &t->cfg.kfac.T_i)) return -1; break;
-        case O_KAPPA: if (parse_f(nm, optarg, &t->cfg.kfac.clip_kappa)) return -1; break;
-        case O_WDSTART: if (parse_z(nm, optarg, &t->cfg.kfac.wd_start)) return -1; break;
-        case O_RANK: if (parse_z(nm, optarg, &t->cfg.kfac.rank)) return -1; break;
-        case O_OVERS: if (parse_z(nm, optarg, &t->cfg.kfac.oversample)) return -1; break;
-        case O_POWER: if (parse_z(nm, optarg, &t->cfg.kfac.power_iters)) return -1; break;
-        case O_BRANK: if (parse_z(nm, optarg, &t->cfg.kfac.brand_rank)) return -1; break;
-        case O_BMULT: if (parse_z(nm, optarg, &t->cfg.kfac.brand_mult)) return -1; break;
-        case O_RMULT: if (parse_z(nm, optarg, &t->cfg.kfac.refresh_mult)) return -1; break;
-        case O_CMULT: if (parse_z(nm, optarg, &t->cfg.kfac.corr_mult)) return -1; break;
-        case O_CFRAC: if (parse_f(nm, optarg, &t->cfg.kfac.corr_frac)) return -1; break;
-        case O_REORTH: if (parse_z(nm, optarg, &t->cfg.kfac.reorth_every)) return -1; break;
-        case O_KSEED: if (parse_z(nm, optarg, &z)) return -1; t->cfg.kfac.seed = z; break;
-        case O_KDAMP: case O_CLIP: case O_IDINIT: case O_TAIL: case O_BTRUNC:
+        case O_RHO:
+            if (parse_f(nm, optarg, &t->cfg.kfac.rho)) return -1;
+            break;
+        case O_TU:
+            if (parse_z(nm, optarg, &t->cfg.kfac.T_u)) return -1;
+            break;
+        case O_TI:
+            if (parse_z(nm, optarg, &t->cfg.kfac.T_i)) return -1;
+            break;
+        case O_KAPPA:
+            if (parse_f(nm, optarg, &t->cfg.kfac.clip_kappa)) return -1;
+            break;
+        case O_WDSTART:
+            if (parse_z(nm, optarg, &t->cfg.kfac.wd_start)) return -1;
+            break;
+        case O_RANK:
+            if (parse_z(nm, optarg, &t->cfg.kfac.rank)) return -1;
+            break;
+        case O_OVERS:
+            if (parse_z(nm, optarg, &t->cfg.kfac.oversample)) return -1;
+            break;
+        case O_POWER:
+            if (parse_z(nm, optarg, &t->cfg.kfac.power_iters)) return -1;
+            break;
+        case O_BRANK:
+            if (parse_z(nm, optarg, &t->cfg.kfac.brand_rank)) return -1;
+            break;
+        case O_BMULT:
+            if (parse_z(nm, optarg, &t->cfg.kfac.brand_mult)) return -1;
+            break;
+        case O_RMULT:
+            if (parse_z(nm, optarg, &t->cfg.kfac.refresh_mult)) return -1;
+            break;
+        case O_CMULT:
+            if (parse_z(nm, optarg, &t->cfg.kfac.corr_mult)) return -1;
+            break;
+        case O_CFRAC:
+            if (parse_f(nm, optarg, &t->cfg.kfac.corr_frac)) return -1;
+            break;
+        case O_REORTH:
+            if (parse_z(nm, optarg, &t->cfg.kfac.reorth_every)) return -1;
+            break;
+        case O_KSEED:
+            if (parse_z(nm, optarg, &z)) return -1;
+            t->cfg.kfac.seed = z;
+            break;
+        case O_KDAMP:
+        case O_CLIP:
+        case O_IDINIT:
+        case O_TAIL:
+        case O_BTRUNC:
             if (parse_kfac_enum(c, optarg, &t->cfg.kfac)) return -1;
             break;
-        case O_LRCOV: if (parse_f(nm, optarg, &t->cfg.lr_cov)) return -1; break;
-        case O_ALPHA1: if (parse_f(nm, optarg, &f)) return -1; t->cfg.alpha1 = f; break;
-        case O_T: if (parse_z(nm, optarg, &t->cfg.T)) return -1; break;
-        case O_SUBSET: if (parse_z(nm, optarg, &t->subset)) return -1; break;
-        case O_EPOCHS: if (parse_z(nm, optarg, &t->epochs)) return -1; break;
-        case O_MAXSTEPS: if (parse_z(nm, optarg, &t->max_steps)) return -1; break;
+        case O_LRCOV:
+            if (parse_f(nm, optarg, &t->cfg.lr_cov)) return -1;
+            break;
+        case O_ALPHA1:
+            if (parse_f(nm, optarg, &f)) return -1;
+            t->cfg.alpha1 = f;
+            break;
+        case O_T:
+            if (parse_z(nm, optarg, &t->cfg.T)) return -1;
+            break;
+        case O_SUBSET:
+            if (parse_z(nm, optarg, &t->subset)) return -1;
+            break;
+        case O_EPOCHS:
+            if (parse_z(nm, optarg, &t->epochs)) return -1;
+            break;
+        case O_MAXSTEPS:
+            if (parse_z(nm, optarg, &t->max_steps)) return -1;
+            break;
         case O_SCHED:
             if (strcmp(optarg, "constant") && strcmp(optarg, "cosine")) {
                 cli_error("constant or cosine", "--schedule: unknown schedule '%s'", optarg);
@@ -583,27 +780,44 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
                 return -1;
             }
             break;
-        case O_BATCH: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->batch)) return -1; break;
-        case O_CONTEXT: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->context)) return -1; break;
-        case O_SEED: if (parse_z(nm, optarg, &z)) return -1; t->seed = z; break;
+        case O_BATCH:
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->batch)) return -1;
+            break;
+        case O_CONTEXT:
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->context)) return -1;
+            break;
+        case O_SEED:
+            if (parse_z(nm, optarg, &z)) return -1;
+            t->seed = z;
+            break;
         case O_THREADS:
             if (parse_zr(nm, optarg, 1, 1024, &z)) return -1;
             t->threads = (int)z;
             break;
-        case O_EVALEVERY: if (parse_z(nm, optarg, &t->eval_every)) return -1; break;
-        case O_LOGEVERY: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->log_every)) return -1; break;
-        case O_CKPTEVERY: if (parse_z(nm, optarg, &t->ckpt_every)) return -1; break;
-        case O_MAXSKIPS: if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->max_skips)) return -1; break;
+        case O_EVALEVERY:
+            if (parse_z(nm, optarg, &t->eval_every)) return -1;
+            break;
+        case O_LOGEVERY:
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->log_every)) return -1;
+            break;
+        case O_CKPTEVERY:
+            if (parse_z(nm, optarg, &t->ckpt_every)) return -1;
+            break;
+        case O_MAXSKIPS:
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->max_skips)) return -1;
+            break;
         default: cli_opt_error(cmd, lo, c, argv); return -1;
         }
     }
     for (size_t i = 0; eval && i < NOPTS; i++) {
         bool takes = false;
-        for (size_t k = 0; k < NEVAL_OPTS; k++) takes |= EVAL_OPTS[k].id == OPTS[i].id;
+        for (size_t k = 0; k < NEVAL_OPTS; k++)
+            takes |= EVAL_OPTS[k].id == OPTS[i].id;
         if (given[i] && !takes) {
             cli_error("run 'ngd eval --help' for its options",
                       "eval does not take --%s: it is an option of training (eval reads the "
-                      "model from the checkpoint and needs no optimizer)", OPTS[i].name);
+                      "model from the checkpoint and needs no optimizer)",
+                      OPTS[i].name);
             return -1;
         }
     }
@@ -639,7 +853,7 @@ typedef struct {
 
 static int file_exists(const char *p) { return access(p, R_OK) == 0; }
 
-#define TEXT_VAL_FRAC 0.1f
+#define TEXT_VAL_FRAC    0.1f
 #define TEXT_DEFAULT_DIR "../shared/data/tinyshakespeare"
 
 // Tiny Shakespeare (or any text file named input.txt in --data-dir); --subset N keeps the
@@ -649,15 +863,18 @@ static int load_text(const train_opts *t, data_sets *d) {
     snprintf(a, sizeof a, "%s/input.txt", t->data_dir ? t->data_dir : TEXT_DEFAULT_DIR);
     if (!file_exists(a)) {
         cli_error("put Tiny Shakespeare's input.txt (or any text) in a folder and pass "
-                  "--data-dir", "shakespeare: no %s", a);
+                  "--data-dir",
+                  "shakespeare: no %s", a);
         return -1;
     }
     nn_status s = nn_text_load(&d->text, a, TEXT_VAL_FRAC, err, sizeof err);
     if (s == NN_OK && t->subset && t->subset < d->text.n) {
         char *buf = malloc(t->subset);
-        for (size_t i = 0; buf && i < t->subset; i++) buf[i] = (char)d->text.itos[d->text.ids[i]];
+        for (size_t i = 0; buf && i < t->subset; i++)
+            buf[i] = (char)d->text.itos[d->text.ids[i]];
         nn_text_free(&d->text);
-        if (buf) s = nn_text_from_memory(&d->text, buf, t->subset, TEXT_VAL_FRAC, err, sizeof err);
+        if (buf)
+            s = nn_text_from_memory(&d->text, buf, t->subset, TEXT_VAL_FRAC, err, sizeof err);
         else {
             s = NN_ERR_NOMEM;
             snprintf(err, sizeof err, "shakespeare: out of memory");
@@ -673,8 +890,8 @@ static int load_text(const train_opts *t, data_sets *d) {
 }
 
 static int load_data(const train_opts *t, data_sets *d) {
-    char err[512], a[1024], b[1024], tra[1024] = "";  // tra: the training images, for messages
-    const char *tea = a;                                // the test images, for messages
+    char err[512], a[1024], b[1024], tra[1024] = ""; // tra: the training images, for messages
+    const char *tea = a;                             // the test images, for messages
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", t->data);
     size_t ntr = t->subset, nte = t->subset ? (t->subset >= 5 ? t->subset / 5 : 1) : 0;
@@ -721,8 +938,7 @@ static int load_data(const train_opts *t, data_sets *d) {
             if (s == NN_OK) {
                 snprintf(b, sizeof b, "%s/test.bin", dir);
                 const char *p2 = b;
-                s = nn_dataset_open_cifar(&d->test, &p2, 1, NN_CIFAR100_FINE, nte, err,
-                                          sizeof err);
+                s = nn_dataset_open_cifar(&d->test, &p2, 1, NN_CIFAR100_FINE, nte, err, sizeof err);
             }
         } else {
             char paths[5][1024];
@@ -743,13 +959,14 @@ static int load_data(const train_opts *t, data_sets *d) {
         if (s != NN_OK && !t->data_dir)
             fprintf(stderr, "hint: point --data-dir at the folder of the binary files\n");
     } else {
-        cli_error("data sets: fashion-mnist, mnist, cifar10, cifar100, shakespeare", "--data: "
-                  "unknown data set '%s'", t->data);
+        cli_error("data sets: fashion-mnist, mnist, cifar10, cifar100, shakespeare",
+                  "--data: "
+                  "unknown data set '%s'",
+                  t->data);
         return -2;
     }
     // the test set is fed to the model built for the training set, in the same buffers
-    if (s == NN_OK)
-        s = nn_dataset_check_match(&d->train, tra, &d->test, tea, err, sizeof err);
+    if (s == NN_OK) s = nn_dataset_check_match(&d->train, tra, &d->test, tea, err, sizeof err);
     if (s != NN_OK) {
         cli_error(NULL, "%s", err);
         nn_dataset_free(&d->train);
@@ -762,8 +979,8 @@ static int load_data(const train_opts *t, data_sets *d) {
 }
 
 // ---- training checkpoints (docs/formats.md "Training checkpoint") ----
-#define TRN_MAGIC "NGDTRN\r\n"
-#define TRN_VERSION 2u  // 2: the run's widths, subset, context and batch after the method
+#define TRN_MAGIC   "NGDTRN\r\n"
+#define TRN_VERSION 2u // 2: the run's widths, subset, context and batch after the method
 
 typedef struct {
     unsigned char *b;
@@ -775,7 +992,8 @@ static void wb_put(wb *w, const void *p, size_t n) {
     if (w->oom) return;
     if (w->len + n > w->cap) {
         size_t cap = w->cap ? w->cap : 1 << 16;
-        while (cap < w->len + n) cap *= 2;
+        while (cap < w->len + n)
+            cap *= 2;
         unsigned char *nb = realloc(w->b, cap);
         if (!nb) {
             w->oom = true;
@@ -789,7 +1007,8 @@ static void wb_put(wb *w, const void *p, size_t n) {
 // little-endian scalars (x86 and arm64 are little-endian; the format says so explicitly)
 static void wb_u64(wb *w, uint64_t v) {
     unsigned char b[8];
-    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
     wb_put(w, b, 8);
 }
 static void wb_str(wb *w, const char *s) {
@@ -823,7 +1042,8 @@ static uint64_t rb_u64(rb *r) {
     const unsigned char *b = rb_get(r, 8);
     uint64_t v = 0;
     if (b)
-        for (int i = 0; i < 8; i++) v |= (uint64_t)b[i] << (8 * i);
+        for (int i = 0; i < 8; i++)
+            v |= (uint64_t)b[i] << (8 * i);
     return v;
 }
 // A string of fewer than cap bytes into s (a longer one: r->bad, s empty).
@@ -850,7 +1070,7 @@ static void rb_f32s(rb *r, float *x, size_t n) {
 
 typedef struct {
     size_t step, epoch, skips;
-    double wall;  // seconds of training so far
+    double wall; // seconds of training so far
 } run_state;
 
 // --data shakespeare: every step draws B random windows of T+1 characters of the training
@@ -887,8 +1107,8 @@ static int check_ckpt_target(const char *path) {
             return -1;
         }
     } else if (errno != ENOENT) {
-        cli_error("give --checkpoint a path in a folder you can write", "--checkpoint %s: %s",
-                  path, strerror(errno));
+        cli_error("give --checkpoint a path in a folder you can write", "--checkpoint %s: %s", path,
+                  strerror(errno));
         return -1;
     }
     char *copy = strdup(path);
@@ -923,20 +1143,24 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_str(&w, t->model);
     wb_str(&w, t->data);
     wb_str(&w, ngd_method_name(t->method));
-    wb_u64(&w, t->nwidths);  // as given (0: the model's defaults), so that eval builds it again
-    for (size_t i = 0; i < t->nwidths; i++) wb_u64(&w, t->widths[i]);
+    wb_u64(&w, t->nwidths); // as given (0: the model's defaults), so that eval builds it again
+    for (size_t i = 0; i < t->nwidths; i++)
+        wb_u64(&w, t->widths[i]);
     wb_u64(&w, t->subset), wb_u64(&w, t->context), wb_u64(&w, t->batch);
     wb_u64(&w, rs->step), wb_u64(&w, rs->epoch), wb_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
     wb_u64(&w, wall);
-    if (ti) {  // text: steps into the epoch, epoch, training characters, rng (no order)
+    if (ti) { // text: steps into the epoch, epoch, training characters, rng (no order)
         wb_u64(&w, ti->pos), wb_u64(&w, ti->epoch), wb_u64(&w, ti->text->n_train);
-        for (int i = 0; i < 4; i++) wb_u64(&w, ti->rng.s[i]);
+        for (int i = 0; i < 4; i++)
+            wb_u64(&w, ti->rng.s[i]);
     } else {
         wb_u64(&w, ld->pos), wb_u64(&w, ld->epoch), wb_u64(&w, ld->ds->n);
-        for (int i = 0; i < 4; i++) wb_u64(&w, ld->rng.s[i]);
-        for (size_t i = 0; i < ld->ds->n; i++) wb_u64(&w, ld->order[i]);
+        for (int i = 0; i < 4; i++)
+            wb_u64(&w, ld->rng.s[i]);
+        for (size_t i = 0; i < ld->ds->n; i++)
+            wb_u64(&w, ld->order[i]);
     }
     wb_u64(&w, m->nparams);
     for (size_t i = 0; i < m->nparams; i++) {
@@ -952,7 +1176,8 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     }
     wb_u64(&w, m->nrngs);
     for (size_t i = 0; i < m->nrngs; i++)
-        for (int j = 0; j < 4; j++) wb_u64(&w, m->rngs[i]->s[j]);
+        for (int j = 0; j < 4; j++)
+            wb_u64(&w, m->rngs[i]->s[j]);
     void *ob = NULL;
     size_t olen = 0;
     if (ngd_optim_save_mem(o, &ob, &olen) != NGD_OK) w.oom = true;
@@ -960,12 +1185,13 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     wb_put(&w, ob, olen);
     free(ob);
     uint32_t crc = ngd_file_crc32(w.b, w.len);
-    unsigned char cb[4] = {(unsigned char)crc, (unsigned char)(crc >> 8), (unsigned char)(crc >> 16),
-                           (unsigned char)(crc >> 24)};
+    unsigned char cb[4] = {(unsigned char)crc, (unsigned char)(crc >> 8),
+                           (unsigned char)(crc >> 16), (unsigned char)(crc >> 24)};
     wb_put(&w, cb, 4);
     char msg[512];
     int rc = 0;
-    if (check_ckpt_target(path)) rc = -1;
+    if (check_ckpt_target(path))
+        rc = -1;
     else if (w.oom) {
         cli_error(NULL, "checkpoint %s: out of memory", path);
         rc = -1;
@@ -981,7 +1207,7 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
 typedef struct {
     uint64_t version;
     char model[32], data[32], method[32];
-    bool has_shape;  // version >= 2: widths (as given), subset, context, batch
+    bool has_shape; // version >= 2: widths (as given), subset, context, batch
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
 } ckpt_head;
 
@@ -991,8 +1217,8 @@ static const char *read_head(const unsigned char *b, size_t len, rb *r, ckpt_hea
     memset(h, 0, sizeof *h);
     *r = (rb){b, len, 0, false};
     if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) return "not an ngd training checkpoint";
-    uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 |
-                   (uint32_t)b[len - 2] << 16 | (uint32_t)b[len - 1] << 24;
+    uint32_t crc = (uint32_t)b[len - 4] | (uint32_t)b[len - 3] << 8 | (uint32_t)b[len - 2] << 16 |
+                   (uint32_t)b[len - 1] << 24;
     if (ngd_file_crc32(b, len - 4) != crc) return "checksum mismatch (corrupt or truncated)";
     r->len = len - 4;
     rb_get(r, 8);
@@ -1005,7 +1231,8 @@ static const char *read_head(const unsigned char *b, size_t len, rb *r, ckpt_hea
         h->has_shape = true;
         h->nwidths = (size_t)rb_u64(r);
         if (h->nwidths > NN_MODEL_MAX_WIDTHS) return "bad header (widths)";
-        for (size_t i = 0; i < h->nwidths; i++) h->widths[i] = (size_t)rb_u64(r);
+        for (size_t i = 0; i < h->nwidths; i++)
+            h->widths[i] = (size_t)rb_u64(r);
         h->subset = (size_t)rb_u64(r), h->context = (size_t)rb_u64(r);
         h->batch = (size_t)rb_u64(r);
         if (!h->context || !h->batch) return "bad header (context, batch)";
@@ -1024,8 +1251,7 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     ckpt_head h;
     const char *why = read_head(b, len, &r, &h);
     if (!why && strcmp(h.model, t->model) != 0) {
-        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model,
-                 t->model);
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model, t->model);
         why = whybuf;
     } else if (!why && strcmp(h.data, t->data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
@@ -1034,8 +1260,8 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         ngd_method wm;
         const char *want = ngd_method_name(t->method);
         // version 1 files of ingd and ikfac runs name them "singd", as libngd's config does
-        const bool old_singd = h.version == 1 && !strcmp(h.method, "singd") &&
-                               t->cfg.method == NGD_METHOD_SINGD;
+        const bool old_singd =
+            h.version == 1 && !strcmp(h.method, "singd") && t->cfg.method == NGD_METHOD_SINGD;
         if (strcmp(h.method, want) != 0 && !old_singd) {
             snprintf(whybuf, sizeof whybuf, "it was written by %s, not %s (--optim)",
                      ngd_method_parse(h.method, &wm) == NGD_OK ? h.method : "another optimizer",
@@ -1044,21 +1270,24 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         }
     }
     if (!why) {
-        rs->step = (size_t)rb_u64(&r), rs->epoch = (size_t)rb_u64(&r), rs->skips = (size_t)rb_u64(&r);
+        rs->step = (size_t)rb_u64(&r), rs->epoch = (size_t)rb_u64(&r),
+        rs->skips = (size_t)rb_u64(&r);
         uint64_t wall = rb_u64(&r);
         memcpy(&rs->wall, &wall, 8);
         size_t pos = (size_t)rb_u64(&r), ep = (size_t)rb_u64(&r), nds = (size_t)rb_u64(&r);
         if (nds != (ti ? ti->text->n_train : ld->ds->n))
             why = "the training set has another size (--subset?)";
-        else if (ti) {  // (eval has its own batch: the position is not used there)
+        else if (ti) { // (eval has its own batch: the position is not used there)
             if (o && pos > ti->per_epoch)
                 why = "its epoch has another length (--batch, --context?)";
             ti->pos = pos, ti->epoch = ep;
-            for (int i = 0; i < 4; i++) ti->rng.s[i] = rb_u64(&r);
+            for (int i = 0; i < 4; i++)
+                ti->rng.s[i] = rb_u64(&r);
         } else {
             ld->pos = pos, ld->epoch = ep;
-            for (int i = 0; i < 4; i++) ld->rng.s[i] = rb_u64(&r);
-            for (size_t i = 0; i < nds; i++) {  // indices into the set: never trusted blindly
+            for (int i = 0; i < 4; i++)
+                ld->rng.s[i] = rb_u64(&r);
+            for (size_t i = 0; i < nds; i++) { // indices into the set: never trusted blindly
                 ld->order[i] = (size_t)rb_u64(&r);
                 if (ld->order[i] >= nds) why = "bad sample order";
             }
@@ -1067,23 +1296,29 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     }
     if (!why && rb_u64(&r) != m->nparams) why = "the model has other parameters (--widths?)";
     for (size_t i = 0; !why && i < m->nparams; i++) {
-        if (rb_u64(&r) != m->params[i].n) why = "a parameter has another shape (--widths?)";
-        else rb_f32s(&r, m->params[i].p, m->params[i].n);
+        if (rb_u64(&r) != m->params[i].n)
+            why = "a parameter has another shape (--widths?)";
+        else
+            rb_f32s(&r, m->params[i].p, m->params[i].n);
     }
     nn_param bufs[NN_MODEL_MAX_PARAMS];
     size_t nb = nn_model_buffers(m, bufs);
     if (!why && rb_u64(&r) != nb) why = "the model has other buffers";
     for (size_t i = 0; !why && i < nb; i++) {
-        if (rb_u64(&r) != bufs[i].n) why = "a buffer has another shape";
-        else rb_f32s(&r, bufs[i].p, bufs[i].n);
+        if (rb_u64(&r) != bufs[i].n)
+            why = "a buffer has another shape";
+        else
+            rb_f32s(&r, bufs[i].p, bufs[i].n);
     }
     if (!why && rb_u64(&r) != m->nrngs) why = "the model has other random streams";
     for (size_t i = 0; !why && i < m->nrngs; i++)
-        for (int j = 0; j < 4; j++) m->rngs[i]->s[j] = rb_u64(&r);
+        for (int j = 0; j < 4; j++)
+            m->rngs[i]->s[j] = rb_u64(&r);
     if (!why) {
         size_t olen = (size_t)rb_u64(&r);
         const unsigned char *ob = rb_get(&r, olen);
-        if (!ob || r.bad) why = "truncated";
+        if (!ob || r.bad)
+            why = "truncated";
         else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
             // libngd's message lists its arrays; what a person needs is which options differ
             cli_error("resume with the --optim, --structure, --factor-dtype and other optimizer "
@@ -1171,7 +1406,7 @@ static void format_widths(const size_t *w, size_t n, char *out, size_t cap) {
 // ngd eval: the run's model, data set, method, widths, subset, context and batch from the
 // checkpoint's header into t; the ones given must agree with it. Returns an exit code.
 static int eval_setup(train_opts *t) {
-    static ckpt_head h;  // t keeps pointers to its names
+    static ckpt_head h; // t keeps pointers to its names
     size_t len;
     unsigned char *b = (unsigned char *)cli_read_file(t->resume, &len, "--resume ");
     if (!b) return NGD_EXIT_FAIL;
@@ -1179,21 +1414,21 @@ static int eval_setup(train_opts *t) {
     const char *why = read_head(b, len, &r, &h);
     free(b);
     char given[96] = "", had[96] = "", whybuf[320];
-    if (!why && ngd_method_parse(h.method, &t->method) != NGD_OK) why = "bad header (method)";
+    if (!why && ngd_method_parse(h.method, &t->method) != NGD_OK)
+        why = "bad header (method)";
     else if (!why && t->model && strcmp(t->model, h.model) != 0) {
-        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model,
-                 t->model);
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model, t->model);
         why = whybuf;
     } else if (!why && t->data && strcmp(t->data, h.data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
         why = whybuf;
-    } else if (!why && h.has_shape) {  // given widths, subset, context: the run's, or refused
+    } else if (!why && h.has_shape) { // given widths, subset, context: the run's, or refused
         format_widths(t->widths, t->nwidths, given, sizeof given);
         format_widths(h.widths, h.nwidths, had, sizeof had);
-        const char *what = t->nwidths && strcmp(given, had) != 0 ? "widths"
+        const char *what = t->nwidths && strcmp(given, had) != 0            ? "widths"
                            : t->subset != SIZE_MAX && t->subset != h.subset ? "subset"
-                           : t->context && t->context != h.context           ? "context"
-                                                                             : NULL;
+                           : t->context && t->context != h.context          ? "context"
+                                                                            : NULL;
         if (what) {
             if (!strcmp(what, "subset"))
                 snprintf(given, sizeof given, "%zu", t->subset),
@@ -1201,8 +1436,10 @@ static int eval_setup(train_opts *t) {
             else if (!strcmp(what, "context"))
                 snprintf(given, sizeof given, "%zu", t->context),
                     snprintf(had, sizeof had, "%zu", h.context);
-            snprintf(whybuf, sizeof whybuf, "it was written with --%s %s, not %s (eval takes it "
-                     "from the checkpoint: drop --%s)", what, had, given, what);
+            snprintf(whybuf, sizeof whybuf,
+                     "it was written with --%s %s, not %s (eval takes it "
+                     "from the checkpoint: drop --%s)",
+                     what, had, given, what);
             why = whybuf;
         }
     }
@@ -1217,7 +1454,7 @@ static int eval_setup(train_opts *t) {
         memcpy(t->widths, h.widths, sizeof h.widths);
         t->subset = h.subset, t->context = h.context;
         if (!t->batch) t->batch = h.batch;
-    } else {  // version 1: what was given, else the defaults of ngd train
+    } else { // version 1: what was given, else the defaults of ngd train
         if (t->subset == SIZE_MAX) t->subset = 0;
         if (!t->context) t->context = 64;
         if (!t->batch) t->batch = 128;
@@ -1231,16 +1468,18 @@ static int eval_setup(train_opts *t) {
 // fit x (sized for the training images) nor the model's input and classes. load_data checks
 // this already; this check keeps any other path from writing out of bounds. Returns 1 when
 // a signal stopped it (loss and accuracy are then NaN).
-static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y,
-                    double *loss, double *acc) {
+static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32_t *y, double *loss,
+                    double *acc) {
     nn_loader ld;
     double l = 0;
     size_t correct = 0, n = 0;
     if (ds->c != m->cfg.in_c || ds->h != m->cfg.in_h || ds->w != m->cfg.in_w ||
         ds->num_classes > m->cfg.classes) {
-        cli_error(NULL, "the test set (%zu x %zu x %zu images, %zu classes) does not fit the "
-                  "model (%zu x %zu x %zu, %zu classes)", ds->c, ds->h, ds->w, ds->num_classes,
-                  m->cfg.in_c, m->cfg.in_h, m->cfg.in_w, m->cfg.classes);
+        cli_error(NULL,
+                  "the test set (%zu x %zu x %zu images, %zu classes) does not fit the "
+                  "model (%zu x %zu x %zu, %zu classes)",
+                  ds->c, ds->h, ds->w, ds->num_classes, m->cfg.in_c, m->cfg.in_h, m->cfg.in_w,
+                  m->cfg.classes);
         *loss = (double)NAN, *acc = (double)NAN;
         return -1;
     }
@@ -1273,8 +1512,8 @@ static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32
 // (TEXT_EVAL_BATCHES batches of B windows from a fixed seed: the same every evaluation, and
 // the same for every --seed).
 #define TEXT_EVAL_BATCHES 32
-#define TEXT_SAMPLE_LEN 200
-#define TEXT_EVAL_SEED 0x5eedULL
+#define TEXT_SAMPLE_LEN   200
+#define TEXT_EVAL_SEED    0x5eedULL
 static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, int32_t *ids,
                           int32_t *y, double *loss, double *acc) {
     nn_rng r;
@@ -1312,11 +1551,14 @@ static void print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed
         m->ops->forward_tokens(m, ctx, 1, have, false);
         const float *z = m->logits + (have - 1) * V;
         double mx = (double)z[0], sum = 0;
-        for (size_t j = 1; j < V; j++) mx = fmax(mx, (double)z[j]);
-        for (size_t j = 0; j < V; j++) sum += p[j] = exp((double)z[j] - mx);
+        for (size_t j = 1; j < V; j++)
+            mx = fmax(mx, (double)z[j]);
+        for (size_t j = 0; j < V; j++)
+            sum += p[j] = exp((double)z[j] - mx);
         double u = nn_rng_uniform_f64(&r) * sum;
         size_t id = 0;
-        while (id + 1 < V && (u -= p[id]) >= 0) id++;
+        while (id + 1 < V && (u -= p[id]) >= 0)
+            id++;
         out[i] = (char)tx->itos[id];
         if (have == T) memmove(ctx, ctx + 1, (T - 1) * sizeof *ctx), have--;
         ctx[have++] = (int32_t)id;
@@ -1329,15 +1571,15 @@ static void print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed
 
 // The run's data behind the calls the loop makes: images through an nn_loader, text
 // through a text_iter (ti != NULL).
-static size_t next_batch(const train_opts *t, nn_loader *ld, text_iter *ti, float *x,
-                         int32_t *ids, int32_t *y) {
+static size_t next_batch(const train_opts *t, nn_loader *ld, text_iter *ti, float *x, int32_t *ids,
+                         int32_t *y) {
     if (!ti) return nn_loader_next(ld, x, y);
-    if (ti->pos == ti->per_epoch) {  // the epoch is complete: 0, like the loader
+    if (ti->pos == ti->per_epoch) { // the epoch is complete: 0, like the loader
         ti->pos = 0, ti->epoch++;
         return 0;
     }
     if (nn_text_batch(ti->text, NN_SPLIT_TRAIN, t->batch, t->context, &ti->rng, ids, y) != NN_OK)
-        return 0;  // not reached: the split's length is checked before training
+        return 0; // not reached: the split's length is checked before training
     ti->pos++;
     return t->batch;
 }
@@ -1379,11 +1621,13 @@ static int log_line(FILE *f, const char *path, cJSON *o) {
     const bool failed_before = ferror(f) != 0;
     char *s = cJSON_PrintUnformatted(o);
     errno = 0;
-    const bool bad = failed_before || !s || fprintf(f, "%s\n", s) < 0 || fflush(f) != 0 ||
-                     ferror(f);
+    const bool bad =
+        failed_before || !s || fprintf(f, "%s\n", s) < 0 || fflush(f) != 0 || ferror(f);
     if (bad && !failed_before)
         cli_error("free some space, or give --log another file", "--log %s: %s", path,
-                  !s ? "out of memory" : errno ? strerror(errno) : "write error");
+                  !s      ? "out of memory"
+                  : errno ? strerror(errno)
+                          : "write error");
     cJSON_free(s);
     cJSON_Delete(o);
     return bad ? -1 : 0;
@@ -1394,9 +1638,11 @@ static void progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t pe
     if (tty) {
         int w = 30, fill = per_epoch ? (int)((double)w * (double)it / (double)per_epoch) : w;
         char bar[64];
-        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+        for (int i = 0; i < w; i++)
+            bar[i] = i < fill ? '#' : '.';
         bar[w] = '\0';
-        fprintf(stderr, "\repoch %zu/%zu [%s] %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs  ",
+        fprintf(stderr,
+                "\repoch %zu/%zu [%s] %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs  ",
                 epoch + 1, epochs, bar, it, per_epoch, loss, acc, sps, eta);
     } else {
         fprintf(stderr, "epoch %zu/%zu step %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs\n",
@@ -1420,12 +1666,14 @@ static cJSON *health_json(const ngd_optim *o) {
             cJSON_AddNumberToObject(e, "norm_K", (double)h.norm_K);
             cJSON_AddNumberToObject(e, "norm_C", (double)h.norm_C);
         }
-        if (h.rank_A || h.rank_G) {  // low-rank K-FAC methods
+        if (h.rank_A || h.rank_G) { // low-rank K-FAC methods
             cJSON_AddNumberToObject(e, "rank_A", (double)h.rank_A);
             cJSON_AddNumberToObject(e, "rank_G", (double)h.rank_G);
         }
-        if (h.decomp_failures) cJSON_AddNumberToObject(e, "decomp_failures", (double)h.decomp_failures);
-        if (h.decomp_retries) cJSON_AddNumberToObject(e, "decomp_retries", (double)h.decomp_retries);
+        if (h.decomp_failures)
+            cJSON_AddNumberToObject(e, "decomp_failures", (double)h.decomp_failures);
+        if (h.decomp_retries)
+            cJSON_AddNumberToObject(e, "decomp_retries", (double)h.decomp_retries);
         if (h.skips) cJSON_AddNumberToObject(e, "skips", (double)h.skips);
         cJSON_AddItemToArray(arr, e);
     }
@@ -1435,9 +1683,10 @@ static cJSON *health_json(const ngd_optim *o) {
 static int mkdir_runs(void) { return mkdir("runs", 0755); }
 
 static void log_path(const train_opts *t, char *path, size_t cap) {
-    if (t->log) snprintf(path, cap, "%s", t->log);
-    else snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
-                  ngd_method_name(t->method));
+    if (t->log)
+        snprintf(path, cap, "%s", t->log);
+    else
+        snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data, ngd_method_name(t->method));
 }
 
 static FILE *open_log(const train_opts *t, char *path, size_t cap) {
@@ -1464,8 +1713,8 @@ static int check_outputs(const train_opts *t) {
                         : t->resume && same_file(lp, t->resume) ? "--resume"
                                                                 : NULL;
     if (clash) {
-        cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s",
-                  lp, clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
+        cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s", lp,
+                  clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
         return NGD_EXIT_USAGE;
     }
     if (t->ckpt && check_ckpt_target(t->ckpt)) return NGD_EXIT_FAIL;
@@ -1498,17 +1747,22 @@ static int run(const train_opts *t, bool eval_only) {
     nn_loader ld;
     memset(&ld, 0, sizeof ld);
     text_iter ti = {.text = &d.text};
-    text_iter *tip = t->text ? &ti : NULL;  // text data: windows instead of the loader
+    text_iter *tip = t->text ? &ti : NULL; // text data: windows instead of the loader
     FILE *logf = NULL;
     float *x = NULL;
     int32_t *y = NULL, *ids = NULL;
     float *dlogits = NULL;
     char err[512], logpath[1024] = "";
-    nn_model_cfg mc = {.name = t->model, .in_c = d.train.c, .in_h = d.train.h, .in_w = d.train.w,
-                       .classes = d.train.num_classes, .max_batch = t->batch, .seed = t->seed};
-    if (t->text)  // a token model: (B, T) ids in, (B·T, V) logits out
+    nn_model_cfg mc = {.name = t->model,
+                       .in_c = d.train.c,
+                       .in_h = d.train.h,
+                       .in_w = d.train.w,
+                       .classes = d.train.num_classes,
+                       .max_batch = t->batch,
+                       .seed = t->seed};
+    if (t->text) // a token model: (B, T) ids in, (B·T, V) logits out
         mc.in_c = 1, mc.in_h = t->context, mc.in_w = 1, mc.classes = d.text.vocab;
-    const size_t rows = t->text ? t->context : 1;  // logits rows per sample
+    const size_t rows = t->text ? t->context : 1; // logits rows per sample
     memcpy(mc.widths, t->widths, sizeof mc.widths);
     mc.nwidths = t->nwidths;
     // first-order methods never observe: the model may drop its layers' output gradients
@@ -1519,7 +1773,7 @@ static int run(const train_opts *t, bool eval_only) {
         rc = ns == NN_ERR_ARG ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
         goto done;
     }
-    ngd_status st = eval_only ? NGD_OK : ngd_optim_create(&t->cfg, &o);  // eval: no optimizer
+    ngd_status st = eval_only ? NGD_OK : ngd_optim_create(&t->cfg, &o); // eval: no optimizer
     m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
     if (st == NGD_OK && o) st = m.ops->attach(&m, o);
     if (st != NGD_OK) {
@@ -1529,9 +1783,10 @@ static int run(const train_opts *t, bool eval_only) {
     if (t->text) {
         const size_t ntr = d.text.n_train, nval = d.text.n - d.text.n_train;
         if (ntr < t->context + 1 || nval < t->context + 1) {
-            cli_error("use a smaller --context or a larger --subset", "the text's training (%zu) "
-                      "and validation (%zu) characters must each exceed the context (%zu)", ntr,
-                      nval, t->context);
+            cli_error("use a smaller --context or a larger --subset",
+                      "the text's training (%zu) "
+                      "and validation (%zu) characters must each exceed the context (%zu)",
+                      ntr, nval, t->context);
             goto done;
         }
         ti.per_epoch = ntr / (t->batch * t->context);
@@ -1568,11 +1823,13 @@ static int run(const train_opts *t, bool eval_only) {
             crc ^= ngd_file_crc32(m.params[i].p, m.params[i].n * sizeof(float)) + (uint32_t)i;
         if (t->text)
             printf("eval: %s on %s validation (%d x %zu windows of %zu): loss %.6f accuracy "
-                   "%.2f%%, parameters crc %08x\n", t->model, t->data, TEXT_EVAL_BATCHES,
-                   t->batch, t->context, tl, 100 * ta, (unsigned)crc);
+                   "%.2f%%, parameters crc %08x\n",
+                   t->model, t->data, TEXT_EVAL_BATCHES, t->batch, t->context, tl, 100 * ta,
+                   (unsigned)crc);
         else
             printf("eval: %s on %s test (%zu images): loss %.6f accuracy %.2f%%, parameters crc "
-                   "%08x\n", t->model, t->data, d.test.n, tl, 100 * ta, (unsigned)crc);
+                   "%08x\n",
+                   t->model, t->data, d.test.n, tl, 100 * ta, (unsigned)crc);
         if (t->text) print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
         rc = NGD_EXIT_OK;
         goto done;
@@ -1582,15 +1839,18 @@ static int run(const train_opts *t, bool eval_only) {
     const size_t per_epoch = t->text ? ti.per_epoch : d.train.n / t->batch;
     if (per_epoch == 0) {
         if (t->text)
-            cli_error("use a smaller --batch or --context, or a larger --subset", "the training "
+            cli_error("use a smaller --batch or --context, or a larger --subset",
+                      "the training "
                       "text (%zu characters) is smaller than one batch (%zu x %zu)",
                       d.text.n_train, t->batch, t->context);
         else
-            cli_error("use a smaller --batch or a larger --subset", "the training set (%zu "
-                      "images) is smaller than one batch (%zu)", d.train.n, t->batch);
+            cli_error("use a smaller --batch or a larger --subset",
+                      "the training set (%zu "
+                      "images) is smaller than one batch (%zu)",
+                      d.train.n, t->batch);
         goto done;
     }
-    char optdesc[128];  // the method, and the plain parameters' rule when one was chosen
+    char optdesc[128]; // the method, and the plain parameters' rule when one was chosen
     if (t->has_param_cfg)
         snprintf(optdesc, sizeof optdesc, "%s (plain parameters: %s, lr %g, weight decay %g)",
                  ngd_method_name(t->method), ngd_method_name(t->param_cfg.method),
@@ -1598,16 +1858,19 @@ static int run(const train_opts *t, bool eval_only) {
     else
         snprintf(optdesc, sizeof optdesc, "%s", ngd_method_name(t->method));
     if (!t->quiet && t->text)
-        fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
+        fprintf(stderr,
+                "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
                 "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epoch%s of %zu steps; log "
-                "%s\n", t->model, nn_model_param_count(&m), t->data, d.text.n_train,
+                "%s\n",
+                t->model, nn_model_param_count(&m), t->data, d.text.n_train,
                 d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs,
                 t->epochs == 1 ? "" : "s", per_epoch, logpath);
     else if (!t->quiet)
-        fprintf(stderr, "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
-                "batch %zu, %zu epoch%s; log %s\n", t->model, nn_model_param_count(&m), t->data,
-                d.train.n, d.test.n, optdesc, t->batch, t->epochs, t->epochs == 1 ? "" : "s",
-                logpath);
+        fprintf(stderr,
+                "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "
+                "batch %zu, %zu epoch%s; log %s\n",
+                t->model, nn_model_param_count(&m), t->data, d.train.n, d.test.n, optdesc, t->batch,
+                t->epochs, t->epochs == 1 ? "" : "s", logpath);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
@@ -1634,15 +1897,18 @@ static int run(const train_opts *t, bool eval_only) {
                 break;
             }
             double lr_scale = 1.0;
-            if (t->cosine) {  // cosine decay over the planned steps, from lr to 0
+            if (t->cosine) { // cosine decay over the planned steps, from lr to 0
                 double total = (double)(t->epochs * per_epoch);
-                lr_scale = 0.5 * (1.0 + cos(3.141592653589793 * fmin((double)rs.step / total, 1.0)));
+                lr_scale =
+                    0.5 * (1.0 + cos(3.141592653589793 * fmin((double)rs.step / total, 1.0)));
                 ngd_optim_set_lr_scale(o, (float)lr_scale);
             }
             nn_model_zero_grad(&m);
-            if (t->text) m.ops->forward_tokens(&m, ids, k, t->context, true);
-            else m.ops->forward(&m, x, k, true);
-            const size_t nr = k * rows;  // text: the mean over batch and sequence
+            if (t->text)
+                m.ops->forward_tokens(&m, ids, k, t->context, true);
+            else
+                m.ops->forward(&m, x, k, true);
+            const size_t nr = k * rows; // text: the mean over batch and sequence
             float loss = nn_xent_forward(m.logits, y, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
             size_t correct = nn_xent_correct(m.logits, y, nr, m.cfg.classes);
             m.ops->backward(&m, dlogits);
@@ -1678,11 +1944,13 @@ static int run(const train_opts *t, bool eval_only) {
                 double now = now_s(), sps = (double)seen / (now - t_mark);
                 size_t it = steps_into_epoch(t, &ld, tip);
                 double eta = sps > 0 ? (double)((t->epochs - rs.epoch) * per_epoch - it) *
-                                           (double)t->batch / sps : 0;
+                                           (double)t->batch / sps
+                                     : 0;
                 cJSON *j = cJSON_CreateObject();
                 cJSON_AddStringToObject(j, "type", "step");
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);
-                cJSON_AddNumberToObject(j, "epoch", (double)rs.epoch + (double)it / (double)per_epoch);
+                cJSON_AddNumberToObject(j, "epoch",
+                                        (double)rs.epoch + (double)it / (double)per_epoch);
                 cJSON_AddNumberToObject(j, "loss", run_loss / (double)run_n);
                 cJSON_AddNumberToObject(j, "accuracy", run_acc / (double)run_n);
                 cJSON_AddNumberToObject(j, "lr", (double)t->cfg.lr * lr_scale);
@@ -1709,14 +1977,13 @@ static int run(const train_opts *t, bool eval_only) {
                 }
             }
         }
-        if (!stop && k == 0) {  // the epoch is complete (the loader reshuffled for the next)
+        if (!stop && k == 0) { // the epoch is complete (the loader reshuffled for the next)
             rs.epoch++;
             if (tty) fputc('\n', stderr);
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
-                const int er = evaluate_run(&m, t, &d, x, ids, y, &last_test_loss,
-                                            &last_test_acc);
-                if (er) {  // > 0: a signal (the checkpoint of this epoch is written below)
+                const int er = evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+                if (er) { // > 0: a signal (the checkpoint of this epoch is written below)
                     if (er < 0) rc = NGD_EXIT_FAIL;
                     break;
                 }
@@ -1752,9 +2019,9 @@ static int run(const train_opts *t, bool eval_only) {
         cJSON *je = cJSON_CreateObject();
         cJSON_AddStringToObject(je, "type", "eval");
         cJSON_AddNumberToObject(je, "step", (double)rs.step);
-        cJSON_AddNumberToObject(je, "epoch", (double)rs.epoch +
-                                                 (double)steps_into_epoch(t, &ld, tip) /
-                                                     (double)per_epoch);
+        cJSON_AddNumberToObject(je, "epoch",
+                                (double)rs.epoch +
+                                    (double)steps_into_epoch(t, &ld, tip) / (double)per_epoch);
         cJSON_AddNumberToObject(je, "test_loss", last_test_loss);
         cJSON_AddNumberToObject(je, "test_accuracy", last_test_acc);
         cJSON_AddNumberToObject(je, "wall_s", now_s() - t_start);
@@ -1774,8 +2041,8 @@ static int run(const train_opts *t, bool eval_only) {
             fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
         rc = 128 + stop_signal;
     }
-    if (rc == NGD_EXIT_OK && isnan(last_test_acc)) {  // no epoch to train: say so, and report
-        if (!t->quiet)                                  // the model as it is (never "nan%")
+    if (rc == NGD_EXIT_OK && isnan(last_test_acc)) { // no epoch to train: say so, and report
+        if (!t->quiet)                               // the model as it is (never "nan%")
             fprintf(stderr, "ngd train: no training to do: %s\n",
                     t->epochs == 0 ? "--epochs 0"
                                    : "the resumed run has already completed its --epochs");
@@ -1806,7 +2073,7 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
-    char crc[16];  // of the final parameters: what `ngd eval` of its checkpoint prints
+    char crc[16]; // of the final parameters: what `ngd eval` of its checkpoint prints
     snprintf(crc, sizeof crc, "%08x", (unsigned)params_crc(&m));
     cJSON_AddStringToObject(j, "parameters_crc", crc);
     if (log_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
@@ -1815,10 +2082,10 @@ static int run(const train_opts *t, bool eval_only) {
                ngd_method_name(t->method), t->model, t->data, rs.step, wall, split,
                100 * last_test_acc, last_test_loss, logpath, t->ckpt ? ", checkpoint " : "",
                t->ckpt ? t->ckpt : "");
-    if (t->text && rc == NGD_EXIT_OK)  // let a person see what it learned
+    if (t->text && rc == NGD_EXIT_OK) // let a person see what it learned
         print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:
-    if (logf) {  // a failed write was reported already; a failing close is reported here
+    if (logf) { // a failed write was reported already; a failing close is reported here
         const bool failed_before = ferror(logf) != 0;
         if (fclose(logf) != 0 && !failed_before) {
             cli_error("free some space, or give --log another file", "--log %s: %s", logpath,

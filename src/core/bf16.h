@@ -15,8 +15,8 @@ static inline float ngd_bf16_to_f32(uint16_t h) {
 static inline uint16_t ngd_f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  // NaN: quiet
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); // NaN: quiet
+    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
     return (uint16_t)(u >> 16);
 }
 

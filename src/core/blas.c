@@ -57,34 +57,40 @@ static void gemm_small(float alpha, ngd_cview A, ngd_cview B, ngd_view C) {
             if (B.cs == 1 && C.cs == 1) {
                 const float *b = B.p + (ptrdiff_t)l * B.rs;
                 float *c = C.p + (ptrdiff_t)i * C.rs;
-                for (size_t j = 0; j < C.cols; j++) c[j] += a * b[j];
+                for (size_t j = 0; j < C.cols; j++)
+                    c[j] += a * b[j];
             } else {
-                for (size_t j = 0; j < C.cols; j++) NGD_AT(C, i, j) += a * NGD_AT(B, l, j);
+                for (size_t j = 0; j < C.cols; j++)
+                    NGD_AT(C, i, j) += a * NGD_AT(B, l, j);
             }
         }
 }
 
-static atomic_uint_fast64_t gemm_flops;  // ngd_gemm_flop_count
+static atomic_uint_fast64_t gemm_flops; // ngd_gemm_flop_count
 
 uint64_t ngd_gemm_flop_count(void) { return (uint64_t)atomic_load(&gemm_flops); }
 
 static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     size_t m = C.rows, n = C.cols, k = A.cols;
     if (k == 0 || alpha == 0.0f) {
-        if (beta == 0.0f) ngd_view_zero(C);
-        else if (beta != 1.0f) ngd_view_scale(C, beta);
+        if (beta == 0.0f)
+            ngd_view_zero(C);
+        else if (beta != 1.0f)
+            ngd_view_scale(C, beta);
         return;
     }
     if (m * n * k <= SMALL_GEMM_MACS) {
-        if (beta == 0.0f) ngd_view_zero(C);
-        else if (beta != 1.0f) ngd_view_scale(C, beta);
+        if (beta == 0.0f)
+            ngd_view_zero(C);
+        else if (beta != 1.0f)
+            ngd_view_scale(C, beta);
         gemm_small(alpha, A, B, C);
         return;
     }
     char ta, tb, tc;
     int64_t lda, ldb, ldc;
     int ok_c = as_gemm_operand(C.rows, C.cols, C.rs, C.cs, &tc, &ldc);
-    if (ok_c && tc == 'T') {  // column-major C: compute Cᵀ = Bᵀ Aᵀ in row-major
+    if (ok_c && tc == 'T') { // column-major C: compute Cᵀ = Bᵀ Aᵀ in row-major
         gemm(alpha, ngd_cview_t(B), ngd_cview_t(A), beta, ngd_view_t(C));
         return;
     }
@@ -93,9 +99,9 @@ static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) 
         ngd_gemm_ref(alpha, A, B, beta, C);
         return;
     }
-    if (beta == 0.0f) ngd_view_zero(C);  // so that NaN garbage in C is never read
-    dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha,
-                                  A.p, lda, B.p, ldb, beta, C.p, ldc);
+    if (beta == 0.0f) ngd_view_zero(C); // so that NaN garbage in C is never read
+    dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha, A.p,
+                                  lda, B.p, ldb, beta, C.p, ldc);
     if (st != dnnl_success) ngd_gemm_ref(alpha, A, B, beta, C);
 }
 
@@ -121,22 +127,26 @@ static bool by_columns(ptrdiff_t rs, ptrdiff_t cs) {
 void ngd_view_scale(ngd_view v, float s) {
     if (by_columns(v.rs, v.cs)) {
         for (size_t j = 0; j < v.cols; j++)
-            for (size_t i = 0; i < v.rows; i++) NGD_AT(v, i, j) *= s;
+            for (size_t i = 0; i < v.rows; i++)
+                NGD_AT(v, i, j) *= s;
         return;
     }
     for (size_t i = 0; i < v.rows; i++)
-        for (size_t j = 0; j < v.cols; j++) NGD_AT(v, i, j) *= s;
+        for (size_t j = 0; j < v.cols; j++)
+            NGD_AT(v, i, j) *= s;
 }
 
 void ngd_view_copy(ngd_cview src, ngd_view dst) {
     NGD_ASSERT(src.rows == dst.rows && src.cols == dst.cols);
     if (by_columns(dst.rs, dst.cs)) {
         for (size_t j = 0; j < src.cols; j++)
-            for (size_t i = 0; i < src.rows; i++) NGD_AT(dst, i, j) = NGD_AT(src, i, j);
+            for (size_t i = 0; i < src.rows; i++)
+                NGD_AT(dst, i, j) = NGD_AT(src, i, j);
         return;
     }
     for (size_t i = 0; i < src.rows; i++)
-        for (size_t j = 0; j < src.cols; j++) NGD_AT(dst, i, j) = NGD_AT(src, i, j);
+        for (size_t j = 0; j < src.cols; j++)
+            NGD_AT(dst, i, j) = NGD_AT(src, i, j);
 }
 
 void ngd_view_zero(ngd_view v) {
@@ -144,13 +154,15 @@ void ngd_view_zero(ngd_view v) {
         memset(v.p, 0, v.rows * v.cols * sizeof(float));
         return;
     }
-    if (by_columns(v.rs, v.cs)) {  // (not a scale by 0: that would keep NaNs)
+    if (by_columns(v.rs, v.cs)) { // (not a scale by 0: that would keep NaNs)
         for (size_t j = 0; j < v.cols; j++)
-            for (size_t i = 0; i < v.rows; i++) NGD_AT(v, i, j) = 0.0f;
+            for (size_t i = 0; i < v.rows; i++)
+                NGD_AT(v, i, j) = 0.0f;
         return;
     }
     for (size_t i = 0; i < v.rows; i++)
-        for (size_t j = 0; j < v.cols; j++) NGD_AT(v, i, j) = 0.0f;
+        for (size_t j = 0; j < v.cols; j++)
+            NGD_AT(v, i, j) = 0.0f;
 }
 
 // ---- LAPACK ----
@@ -174,11 +186,12 @@ int ngd_sqr_thin(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr)
     if (n == 0) return 0;
     float *tau = ngd_malloc(n, sizeof(float));
     if (!tau) return -1000;
-    int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a,
-                              (lapack_int)lda, tau);
+    int info =
+        LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a, (lapack_int)lda, tau);
     if (info == 0 && r) {
         for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++) r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0f;
+            for (size_t j = 0; j < n; j++)
+                r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0f;
     }
     if (info == 0)
         info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
@@ -192,11 +205,12 @@ int ngd_dqr_thin(size_t m, size_t n, double *a, size_t lda, double *r, size_t ld
     if (n == 0) return 0;
     double *tau = ngd_malloc(n, sizeof(double));
     if (!tau) return -1000;
-    int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a,
-                              (lapack_int)lda, tau);
+    int info =
+        LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a, (lapack_int)lda, tau);
     if (info == 0 && r) {
         for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++) r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0;
+            for (size_t j = 0; j < n; j++)
+                r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0;
     }
     if (info == 0)
         info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
@@ -210,8 +224,8 @@ int ngd_sgesvd_thin(size_t m, size_t n, float *a, size_t lda, float *s, float *u
     if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldu) || !fits_int(ldvt))
         return -1000;
     if (m == 0 || n == 0) return 0;
-    return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a,
-                          (lapack_int)lda, s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
+    return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a, (lapack_int)lda,
+                          s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
 }
 
 int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double *u, size_t ldu,
@@ -219,8 +233,8 @@ int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double
     if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldu) || !fits_int(ldvt))
         return -1000;
     if (m == 0 || n == 0) return 0;
-    return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a,
-                          (lapack_int)lda, s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
+    return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a, (lapack_int)lda,
+                          s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
 }
 
 // ---- LAPACK without allocation (column-major calls; see blas.h) ----
@@ -260,20 +274,20 @@ size_t ngd_ssyevd_lwork(size_t n, size_t *liwork) {
     float q = 0, a = 0, w = 0;
     lapack_int iq = 0;
     // row-major upper == column-major lower of the same symmetric matrix
-    int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a,
-                                   (lapack_int)n, &w, &q, -1, &iq, -1);
+    int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a, (lapack_int)n, &w,
+                                   &q, -1, &iq, -1);
     if (info != 0 || iq < 0) return 0;
     *liwork = (size_t)iq;
     return lwork_from((double)q);
 }
 
-int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork,
-                    int *iwork, size_t liwork) {
+int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork, int *iwork,
+                    size_t liwork) {
     if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
     if (n == 0) return 0;
-    int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a,
-                                   (lapack_int)lda, w, work, (lapack_int)NGD_MIN(lwork, INT_MAX),
-                                   iwork, (lapack_int)NGD_MIN(liwork, INT_MAX));
+    int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda, w,
+                                   work, (lapack_int)NGD_MIN(lwork, INT_MAX), iwork,
+                                   (lapack_int)NGD_MIN(liwork, INT_MAX));
     // column-major eigenvectors are the rows of the row-major buffer: make them columns
     if (info == 0) transpose_sq_f(n, a, lda);
     return info;
@@ -285,8 +299,8 @@ size_t ngd_dsyevd_lwork(size_t n, size_t *liwork) {
     if (!fits_int(n)) return 0;
     double q = 0, a = 0, w = 0;
     lapack_int iq = 0;
-    int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a,
-                                   (lapack_int)n, &w, &q, -1, &iq, -1);
+    int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a, (lapack_int)n, &w,
+                                   &q, -1, &iq, -1);
     if (info != 0 || iq < 0) return 0;
     *liwork = (size_t)iq;
     return lwork_from(q);
@@ -296,9 +310,9 @@ int ngd_dsyevd_work(size_t n, double *a, size_t lda, double *w, double *work, si
                     int *iwork, size_t liwork) {
     if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
     if (n == 0) return 0;
-    int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a,
-                                   (lapack_int)lda, w, work, (lapack_int)NGD_MIN(lwork, INT_MAX),
-                                   iwork, (lapack_int)NGD_MIN(liwork, INT_MAX));
+    int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda, w,
+                                   work, (lapack_int)NGD_MIN(lwork, INT_MAX), iwork,
+                                   (lapack_int)NGD_MIN(liwork, INT_MAX));
     if (info == 0) transpose_sq_d(n, a, lda);
     return info;
 }
@@ -307,16 +321,16 @@ size_t ngd_dsyev_lwork(size_t n) {
     if (!fits_int(n)) return 0;
     if (n == 0) return 1;
     double q = 0, a = 0, w = 0;
-    int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a, (lapack_int)n,
-                                  &w, &q, -1);
+    int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, &a, (lapack_int)n, &w,
+                                  &q, -1);
     return info == 0 ? lwork_from(q) : 0;
 }
 
 int ngd_dsyev_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork) {
     if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
     if (n == 0) return 0;
-    int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda,
-                                  w, work, (lapack_int)NGD_MIN(lwork, INT_MAX));
+    int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda, w,
+                                  work, (lapack_int)NGD_MIN(lwork, INT_MAX));
     if (info == 0) transpose_sq_d(n, a, lda);
     return info;
 }
@@ -348,11 +362,12 @@ int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, siz
     if (info == 0 && r) {
         // column-major R(i, j) = a[i + j*lda] for j >= i
         for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++) r[i * ldr + j] = j >= i ? a[i + j * lda] : 0.0f;
+            for (size_t j = 0; j < n; j++)
+                r[i * ldr + j] = j >= i ? a[i + j * lda] : 0.0f;
     }
     if (info == 0)
-        info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n,
-                                   a, (lapack_int)lda, tau, w, lw);
+        info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
+                                   (lapack_int)lda, tau, w, lw);
     return info;
 }
 
@@ -371,18 +386,18 @@ size_t ngd_sgesvd_cm_v_lwork(size_t m, size_t n) {
     if (!fits_int(m) || !fits_int(n) || m < n) return 0;
     if (n == 0) return 1;
     float q = 0, a = 0, tau = 0;
-    if (LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, &a, (lapack_int)m,
-                            &tau, &q, -1) != 0)
+    if (LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, &a, (lapack_int)m, &tau,
+                            &q, -1) != 0)
         return 0;
     size_t lqr = lwork_from((double)q), lsvd = gesvd_v_lwork(n, n);
     int ok = 1;
     size_t nn = ngd_mul_size(n, n, &ok);
     if (lqr == 0 || lsvd == 0 || !ok) return 0;
-    return n + nn + NGD_MAX(lqr, lsvd);  // tau, R, the larger of the two workspaces
+    return n + nn + NGD_MAX(lqr, lsvd); // tau, R, the larger of the two workspaces
 }
 
-int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v,
-                         size_t ldv, float *work, size_t lwork) {
+int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v, size_t ldv,
+                         float *work, size_t lwork) {
     if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldv) || m < n || lda < m ||
         ldv < n)
         return -1000;
@@ -393,8 +408,9 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
     int info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, a,
                                    (lapack_int)lda, tau, w, lw);
     if (info != 0) return info;
-    for (size_t j = 0; j < n; j++)  // column-major R (upper triangle), leading dimension n
-        for (size_t i = 0; i < n; i++) R[i + j * n] = i <= j ? a[i + j * lda] : 0.0f;
+    for (size_t j = 0; j < n; j++) // column-major R (upper triangle), leading dimension n
+        for (size_t i = 0; i < n; i++)
+            R[i + j * n] = i <= j ? a[i + j * lda] : 0.0f;
     float u = 0;
     // Σ and Vᵀ of R are those of A; column-major Vᵀ (leading dimension ldv) read row-major is V
     return LAPACKE_sgesvd_work(LAPACK_COL_MAJOR, 'N', 'S', (lapack_int)n, (lapack_int)n, R,
@@ -420,5 +436,6 @@ void ngd_blas_serial_end(int saved) {
 }
 
 void ngd_blas_set_threads(int n) {
-    NGD_UNUSED(n);  // oneDNN and OpenBLAS (OpenMP flavour) follow omp_set_num_threads / OMP_NUM_THREADS
+    NGD_UNUSED(
+        n); // oneDNN and OpenBLAS (OpenMP flavour) follow omp_set_num_threads / OMP_NUM_THREADS
 }

@@ -98,8 +98,8 @@ int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double
 // w, eigenvectors in the COLUMNS of a, only the upper triangle of the row-major input is
 // read), divide and conquer. *liwork receives the int workspace.
 size_t ngd_ssyevd_lwork(size_t n, size_t *liwork);
-int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork,
-                    int *iwork, size_t liwork);
+int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork, int *iwork,
+                    size_t liwork);
 size_t ngd_dsyevd_lwork(size_t n, size_t *liwork);
 int ngd_dsyevd_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork,
                     int *iwork, size_t liwork);
@@ -118,8 +118,8 @@ int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, siz
 // matrix (m >= n, layout as above); a is destroyed. v (n x n row-major, ldv >= n) receives
 // V: its column j is the j-th right singular vector.
 size_t ngd_sgesvd_cm_v_lwork(size_t m, size_t n);
-int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v,
-                         size_t ldv, float *work, size_t lwork);
+int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v, size_t ldv,
+                         float *work, size_t lwork);
 
 // Makes this thread's following BLAS/LAPACK calls single-threaded until ngd_blas_serial_end
 // (the OpenMP nthreads ICV of the calling thread, which oneDNN and OpenBLAS follow). For

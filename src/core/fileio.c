@@ -71,7 +71,8 @@ void ngd_wbuf_f32(ngd_wbuf *w, float v) {
 
 void ngd_wbuf_f32s(ngd_wbuf *w, const float *p, size_t n) {
     if (!n || !wbuf_reserve(w, n * 4)) return;
-    for (size_t i = 0; i < n; i++) ngd_wbuf_f32(w, p[i]);
+    for (size_t i = 0; i < n; i++)
+        ngd_wbuf_f32(w, p[i]);
 }
 
 void ngd_wbuf_str(ngd_wbuf *w, const char *s) {
@@ -93,7 +94,7 @@ static void remove_stale_temporaries(const char *path) {
         free(dir);
         return;
     }
-    memcpy(dir, slash ? path : ".", dlen);  // "x": ".", "/x": "/", "a/x": "a"
+    memcpy(dir, slash ? path : ".", dlen); // "x": ".", "/x": "/", "a/x": "a"
     dir[dlen] = '\0';
     DIR *d = opendir(dir);
     if (!d) {
@@ -169,9 +170,12 @@ int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap)
         if (dir) {
             memcpy(dir, path, plen + 1);
             char *slash = strrchr(dir, '/');
-            if (slash == dir) slash[1] = '\0';
-            else if (slash) *slash = '\0';
-            else strcpy(dir, ".");
+            if (slash == dir)
+                slash[1] = '\0';
+            else if (slash)
+                *slash = '\0';
+            else
+                strcpy(dir, ".");
             int dfd = open(dir, O_RDONLY);
             if (dfd >= 0) {
                 (void)fsync(dfd);
@@ -253,7 +257,8 @@ float ngd_rbuf_f32(ngd_rbuf *r) {
 }
 
 void ngd_rbuf_f32s(ngd_rbuf *r, float *out, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = ngd_rbuf_f32(r);
+    for (size_t i = 0; i < n; i++)
+        out[i] = ngd_rbuf_f32(r);
 }
 
 bool ngd_rbuf_str(ngd_rbuf *r, char *out, size_t cap) {
@@ -271,7 +276,8 @@ uint32_t ngd_crc32(const void *p, size_t n) {
     uint32_t c = 0xffffffffu;
     for (size_t i = 0; i < n; i++) {
         c ^= b[i];
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
     }
     return c ^ 0xffffffffu;
 }

@@ -14,7 +14,7 @@
 typedef struct {
     unsigned char *buf;
     size_t len, cap;
-    bool oom;  // an append failed; the buffer must not be committed
+    bool oom; // an append failed; the buffer must not be committed
 } ngd_wbuf;
 
 void ngd_wbuf_free(ngd_wbuf *w);
@@ -22,8 +22,8 @@ void ngd_wbuf_bytes(ngd_wbuf *w, const void *p, size_t n);
 void ngd_wbuf_u32(ngd_wbuf *w, uint32_t v);
 void ngd_wbuf_u64(ngd_wbuf *w, uint64_t v);
 void ngd_wbuf_f32(ngd_wbuf *w, float v);
-void ngd_wbuf_f32s(ngd_wbuf *w, const float *p, size_t n);  // little-endian floats
-void ngd_wbuf_str(ngd_wbuf *w, const char *s);               // u32 length + bytes
+void ngd_wbuf_f32s(ngd_wbuf *w, const float *p, size_t n); // little-endian floats
+void ngd_wbuf_str(ngd_wbuf *w, const char *s);             // u32 length + bytes
 // Writes the buffer to `path` atomically (through "<path>.tmp.<pid>"; such temporaries of
 // processes that no longer exist are removed first). Returns 0, or -1 with a message in err
 // ("write /x/y.tmp.123: No space left on device").
@@ -32,7 +32,7 @@ int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap)
 typedef struct {
     const unsigned char *buf;
     size_t len, pos;
-    bool bad;  // a read ran past the end
+    bool bad; // a read ran past the end
 } ngd_rbuf;
 
 // Reads a whole file into *data (free with free()). Returns 0, or -1 with a message.
@@ -40,7 +40,7 @@ int ngd_read_file(const char *path, unsigned char **data, size_t *len, char *err
 uint32_t ngd_rbuf_u32(ngd_rbuf *r);
 uint64_t ngd_rbuf_u64(ngd_rbuf *r);
 float ngd_rbuf_f32(ngd_rbuf *r);
-const unsigned char *ngd_rbuf_bytes(ngd_rbuf *r, size_t n);  // NULL (and bad) past the end
+const unsigned char *ngd_rbuf_bytes(ngd_rbuf *r, size_t n); // NULL (and bad) past the end
 void ngd_rbuf_f32s(ngd_rbuf *r, float *out, size_t n);
 // Reads a u32-length string into out (NUL-terminated, truncated to cap-1). false if bad.
 bool ngd_rbuf_str(ngd_rbuf *r, char *out, size_t cap);

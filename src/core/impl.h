@@ -17,26 +17,26 @@
 #define NGD_UNUSED(x) (void)(x)
 // element-wise loops over more elements than this are split across OpenMP threads
 // (never around a BLAS call: one threading layer, DESIGN.md)
-#define NGD_PAR_MIN 32768
+#define NGD_PAR_MIN   32768
 #define NGD_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define NGD_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 #ifdef NDEBUG
 #define NGD_ASSERT(c) ((void)0)
 #else
-#define NGD_ASSERT(c)                                                                    \
-    do {                                                                                 \
-        if (!(c)) {                                                                      \
-            fprintf(stderr, "libngd: internal assertion failed: %s at %s:%d\n", #c,     \
-                    __FILE__, __LINE__);                                                 \
-            abort();                                                                     \
-        }                                                                                \
+#define NGD_ASSERT(c)                                                                              \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "libngd: internal assertion failed: %s at %s:%d\n", #c, __FILE__,      \
+                    __LINE__);                                                                     \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 #endif
 
 // ---- allocation (alloc.c): overflow-checked; NULL on failure or overflow ----
-void *ngd_malloc(size_t n, size_t size);   // n*size bytes, uninitialised
-void *ngd_calloc(size_t n, size_t size);   // zeroed
+void *ngd_malloc(size_t n, size_t size); // n*size bytes, uninitialised
+void *ngd_calloc(size_t n, size_t size); // zeroed
 void ngd_free(void *p);
 // a*b with overflow detection: returns 0 and sets *ok = 0 on overflow
 size_t ngd_mul_size(size_t a, size_t b, int *ok);

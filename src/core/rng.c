@@ -12,7 +12,8 @@ static uint64_t splitmix64(uint64_t *x) {
 
 void ngd_rng_seed(ngd_rng *r, uint64_t seed, uint64_t stream) {
     uint64_t x = seed ^ (stream * 0xd1342543de82ef95ull + 0x2545f4914f6cdd1dull);
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&x);
 }
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -39,5 +40,6 @@ double ngd_rng_normal(ngd_rng *r) {
 }
 
 void ngd_rng_normal_f32(ngd_rng *r, float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = (float)ngd_rng_normal(r);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)ngd_rng_normal(r);
 }

@@ -13,7 +13,7 @@ typedef struct {
 
 void ngd_rng_seed(ngd_rng *r, uint64_t seed, uint64_t stream);
 uint64_t ngd_rng_u64(ngd_rng *r);
-double ngd_rng_uniform(ngd_rng *r);  // [0, 1)
-double ngd_rng_normal(ngd_rng *r);   // standard normal (Box–Muller, one value per call)
+double ngd_rng_uniform(ngd_rng *r); // [0, 1)
+double ngd_rng_normal(ngd_rng *r);  // standard normal (Box–Muller, one value per call)
 void ngd_rng_normal_f32(ngd_rng *r, float *x, size_t n);
 #endif

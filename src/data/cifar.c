@@ -12,8 +12,8 @@
 
 #include "data.h"
 
-static nn_status load(nn_dataset *ds, const char *const *paths, size_t npaths,
-                     nn_cifar_kind kind, size_t max_n, bool stream, char *err, size_t cap) {
+static nn_status load(nn_dataset *ds, const char *const *paths, size_t npaths, nn_cifar_kind kind,
+                      size_t max_n, bool stream, char *err, size_t cap) {
     if (!ds) return NN_ERR_ARG;
     memset(ds, 0, sizeof *ds);
     if (!paths || npaths == 0 || kind > NN_CIFAR100_COARSE ||

@@ -42,7 +42,7 @@ typedef struct {
     size_t num_classes;
     float mean[NN_DATA_MAX_C]; // per-channel normalization of pixel/255 (0 by default)
     float std[NN_DATA_MAX_C];  // (1 by default)
-    nn_stream *stream; // streamed sets: the files the pixels are read from per batch
+    nn_stream *stream;         // streamed sets: the files the pixels are read from per batch
 } nn_dataset;
 
 // ---- IDX (idx.c) ----
@@ -99,8 +99,7 @@ nn_status nn_dataset_open_cifar(nn_dataset *ds, const char *const *paths, size_t
                                 nn_cifar_kind kind, size_t max_n, char *err, size_t cap);
 // (cifar.c's helper) Adds an open file to ds's stream: its records hold samples from
 // `first` on, `rec` bytes each, the pixels `px_off` bytes into a record.
-nn_status nn_stream_add(nn_dataset *ds, const char *path, size_t first, size_t rec,
-                        size_t px_off);
+nn_status nn_stream_add(nn_dataset *ds, const char *path, size_t first, size_t rec, size_t px_off);
 // A streamed set's first failed read since it was opened: writes "path: reason" into err
 // and returns true; false if none (always for sets in memory).
 bool nn_dataset_failed(const nn_dataset *ds, char *err, size_t cap);

@@ -21,13 +21,12 @@ struct nn_stream {
     char *path[NN_DATA_MAX_FILES];
     size_t first[NN_DATA_MAX_FILES]; // first sample of each file
     size_t nfiles, rec, px_off;
-    int failed_errno;       // the first failed read: errno (0 = short read)
+    int failed_errno; // the first failed read: errno (0 = short read)
     size_t failed_file;
     bool failed;
 };
 
-nn_status nn_stream_add(nn_dataset *ds, const char *path, size_t first, size_t rec,
-                        size_t px_off) {
+nn_status nn_stream_add(nn_dataset *ds, const char *path, size_t first, size_t rec, size_t px_off) {
     if (!ds->stream && !(ds->stream = nn_calloc(1, sizeof *ds->stream))) return NN_ERR_NOMEM;
     nn_stream *s = ds->stream;
     if (s->nfiles == NN_DATA_MAX_FILES) return NN_ERR_ARG;
@@ -60,7 +59,8 @@ static const uint8_t *sample_pixels(const nn_dataset *ds, size_t i, uint8_t *buf
         const ssize_t r = pread(s->fd[f], buf + got, bytes - got, off + (off_t)got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
-            if (!s->failed) s->failed = true, s->failed_errno = r < 0 ? errno : 0, s->failed_file = f;
+            if (!s->failed)
+                s->failed = true, s->failed_errno = r < 0 ? errno : 0, s->failed_file = f;
             memset(buf, 0, bytes);
             return buf;
         }
@@ -106,9 +106,10 @@ nn_status nn_dataset_check_match(const nn_dataset *train, const char *train_path
         return NN_ERR_ARG;
     }
     if (test->c != train->c || test->h != train->h || test->w != train->w) {
-        nn_data_err(err, cap, "%s: images of %zu x %zu x %zu, but the training images %s are "
-                    "%zu x %zu x %zu", test_path, test->c, test->h, test->w, train_path,
-                    train->c, train->h, train->w);
+        nn_data_err(err, cap,
+                    "%s: images of %zu x %zu x %zu, but the training images %s are "
+                    "%zu x %zu x %zu",
+                    test_path, test->c, test->h, test->w, train_path, train->c, train->h, train->w);
         return NN_ERR_FORMAT;
     }
     if (test->num_classes != train->num_classes) {
@@ -118,8 +119,10 @@ nn_status nn_dataset_check_match(const nn_dataset *train, const char *train_path
     }
     for (size_t i = 0; i < test->n; i++)
         if (test->labels[i] < 0 || (size_t)test->labels[i] >= train->num_classes) {
-            nn_data_err(err, cap, "%s: label %d of item %zu is out of the training set's range "
-                        "[0, %zu)", test_path, (int)test->labels[i], i, train->num_classes);
+            nn_data_err(err, cap,
+                        "%s: label %d of item %zu is out of the training set's range "
+                        "[0, %zu)",
+                        test_path, (int)test->labels[i], i, train->num_classes);
             return NN_ERR_FORMAT;
         }
     return NN_OK;

@@ -16,7 +16,7 @@
 // gigantic allocations from 4 garbage bytes).
 #define NN_IDX_MAX_DIM   (1u << 28)
 #define NN_IDX_MAX_BYTES ((size_t)1 << 34)
-#define IDX_FIRST_CHUNK ((size_t)1 << 16)
+#define IDX_FIRST_CHUNK  ((size_t)1 << 16)
 
 // Reads up to n bytes; returns the number read, or -1 on a read error of the file system,
 // -2 on corrupt compressed data (message in err).

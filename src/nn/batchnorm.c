@@ -109,8 +109,8 @@ static void forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool tr
             invstd = (float)(1.0 / sqrt(var + (double)l->eps));
             const float m = l->momentum;
             l->running_mean[c] = (1.0f - m) * l->running_mean[c] + m * mean;
-            l->running_var[c] = (1.0f - m) * l->running_var[c] + m * (float)(var * (double)M /
-                                                                             (double)(M - 1));
+            l->running_var[c] =
+                (1.0f - m) * l->running_var[c] + m * (float)(var * (double)M / (double)(M - 1));
         } else {
             mean = l->running_mean[c];
             invstd = 1.0f / sqrtf(l->running_var[c] + l->eps);

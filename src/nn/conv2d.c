@@ -76,11 +76,20 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     const size_t cols = l->chunk > 1 ? ncol : block_rows(ow) * ow;
     size_t dcol = nn_mul(l->d_in, cols);
     if (tconv) {
-        l->tgeom = (ngd_conv_geom){c_out, oh, ow, geom->k1, geom->k2, 1, 1,
+        l->tgeom = (ngd_conv_geom){c_out,
+                                   oh,
+                                   ow,
+                                   geom->k1,
+                                   geom->k2,
+                                   1,
+                                   1,
                                    (geom->k1 - 1) * geom->dil1 - geom->p1,
-                                   (geom->k2 - 1) * geom->dil2 - geom->p2, geom->dil1, geom->dil2, 1};
-        const size_t tcols = l->chunk > 1 ? l->chunk * geom->h * geom->w
-                                          : block_rows(geom->w) * geom->w;
+                                   (geom->k2 - 1) * geom->dil2 - geom->p2,
+                                   geom->dil1,
+                                   geom->dil2,
+                                   1};
+        const size_t tcols =
+            l->chunk > 1 ? l->chunk * geom->h * geom->w : block_rows(geom->w) * geom->w;
         const size_t tcol = nn_mul(nn_mul(c_out, geom->k1 * geom->k2), tcols);
         dcol = tcol > dcol ? tcol : dcol;
         l->wflip = nn_malloc(nn_mul(c_out, l->d_in), sizeof(float));
@@ -139,8 +148,8 @@ static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi
 
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
 // group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2)
-static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, size_t r0,
-                     size_t R, float *colt) {
+static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, size_t r0, size_t R,
+                     float *colt) {
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
     const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
@@ -220,8 +229,8 @@ static int thread_id(void) {
 
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
-static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb,
-                          float *colt, float *ybuf) {
+static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
+                          float *ybuf) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -297,8 +306,8 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
 // written instead when set). One sample: block by block of output rows, like forward.
-static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
-                           size_t nb, float *colt, float *dcolt, float *ybuf, float *dwpart) {
+static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0, size_t nb,
+                           float *colt, float *dcolt, float *ybuf, float *dwpart) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;

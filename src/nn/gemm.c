@@ -59,7 +59,7 @@ static void zero_rows(float *C, size_t m, size_t n, size_t ldc) {
         memset(C + i * ldc, 0, n * sizeof(float));
 }
 
-static atomic_uint_fast64_t flops;  // nn_flop_count
+static atomic_uint_fast64_t flops; // nn_flop_count
 
 uint64_t nn_flop_count(void) { return (uint64_t)atomic_load(&flops); }
 

@@ -27,13 +27,13 @@ typedef struct {
     size_t in_c, in_h, in_w; // input image shape (text models: in_h = context length T)
     size_t classes;          // output classes (text: vocabulary size)
     size_t max_batch;
-    size_t widths[NN_MODEL_MAX_WIDTHS];  // hidden widths (mlp) / channels (cnn); 0 = default
+    size_t widths[NN_MODEL_MAX_WIDTHS]; // hidden widths (mlp) / channels (cnn); 0 = default
     size_t nwidths;
     float dropout;
-    uint64_t seed;           // initialisation
-    bool no_stats;           // the optimizer never asks for statistics (first-order): the
-                             // conv output gradients need not outlive the backward pass, so
-                             // the CNNs keep one buffer for all of them; observe then fails
+    uint64_t seed; // initialisation
+    bool no_stats; // the optimizer never asks for statistics (first-order): the
+                   // conv output gradients need not outlive the backward pass, so
+                   // the CNNs keep one buffer for all of them; observe then fails
 } nn_model_cfg;
 
 typedef struct nn_model nn_model;
@@ -60,19 +60,19 @@ typedef struct {
 struct nn_model {
     const nn_model_ops *ops;
     nn_model_cfg cfg;
-    float *logits;                         // (max_batch, classes), written by forward
-                                           // (max_batch·in_h rows for token models)
-    nn_param params[NN_MODEL_MAX_PARAMS];  // every parameter, in registration order
+    float *logits;                        // (max_batch, classes), written by forward
+                                          // (max_batch·in_h rows for token models)
+    nn_param params[NN_MODEL_MAX_PARAMS]; // every parameter, in registration order
     size_t nparams;
     nn_param buffers[NN_MODEL_MAX_PARAMS]; // state that is not trained (BN running stats)
     size_t nbuffers;
-    nn_rng *rngs[NN_MODEL_MAX_PARAMS];      // random streams used in forward (dropout)
+    nn_rng *rngs[NN_MODEL_MAX_PARAMS]; // random streams used in forward (dropout)
     size_t nrngs;
-    size_t N;                              // rows of the last forward's logits (batch)
-    const ngd_config *param_override;      // set before attach: the rule of the plain
-                                           // parameters (ngd_optim_add_param's override;
-                                           // NULL = the optimizer's own), borrowed
-    void *impl;                            // the model's own struct
+    size_t N;                         // rows of the last forward's logits (batch)
+    const ngd_config *param_override; // set before attach: the rule of the plain
+                                      // parameters (ngd_optim_add_param's override;
+                                      // NULL = the optimizer's own), borrowed
+    void *impl;                       // the model's own struct
 };
 
 // Creates the model named cfg->name. Errors: NN_ERR_ARG (unknown name, bad sizes: the

@@ -168,19 +168,19 @@ size_t nn_linear_params(const nn_linear *l, nn_param *out); // weight, bias; out
 typedef struct {
     ngd_conv_geom geom; // c_in, h, w, kernel, stride, padding, dilation, groups
     size_t c_out, oh, ow, max_batch;
-    size_t d_in;     // (c_in/groups)*k1*k2: columns of the im2col matrix
-    float *w, *dw;   // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
-    float *b, *db;   // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
-    size_t chunk;    // samples per GEMM
-    size_t nthr;     // threads planned for (each has its own buffers below)
+    size_t d_in;   // (c_in/groups)*k1*k2: columns of the im2col matrix
+    float *w, *dw; // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
+    float *b, *db; // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
+    size_t chunk;  // samples per GEMM
+    size_t nthr;   // threads planned for (each has its own buffers below)
     size_t colt_n, dcol_n, ybuf_n; // floats of one thread's colt, dcolt and ybuf
-    float *colt;     // nthr x (d_in, chunk*L) transposed im2col of one group and one chunk
-                     // (chunk = 1: of one block of output rows)
-    float *dcolt;    // nthr x (d_in, chunk*L) its gradient (with wflip: the transposed
-                     // convolution's im2col of dy, (c_out·k1·k2, chunk*h*w))
-    float *ybuf;     // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
-                     // (unused when chunk = 1: the GEMM reads and writes the images)
-    float *dwpart;   // nthr x (c_out, d_in) each thread's share of dW, summed in thread order
+    float *colt;   // nthr x (d_in, chunk*L) transposed im2col of one group and one chunk
+                   // (chunk = 1: of one block of output rows)
+    float *dcolt;  // nthr x (d_in, chunk*L) its gradient (with wflip: the transposed
+                   // convolution's im2col of dy, (c_out·k1·k2, chunk*h*w))
+    float *ybuf;   // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
+                   // (unused when chunk = 1: the GEMM reads and writes the images)
+    float *dwpart; // nthr x (c_out, d_in) each thread's share of dW, summed in thread order
     // Stride-1 convolutions without groups take dx as the convolution of dy with the flipped
     // kernel (geometry tgeom, output h x w): one GEMM of depth c_out·k1·k2 instead of a
     // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.

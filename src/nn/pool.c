@@ -88,8 +88,10 @@ void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N) {
                         if (i2 < 0 || (size_t)i2 >= W) continue;
                         const size_t at = (size_t)i1 * W + (size_t)i2;
                         // `arg < 0` takes the first element even when it is -inf or NaN
-                        if (arg < 0) best = xp[at], arg = (int32_t)at;
-                        else MAXPOOL_TAKE(xp[at], at);
+                        if (arg < 0)
+                            best = xp[at], arg = (int32_t)at;
+                        else
+                            MAXPOOL_TAKE(xp[at], at);
                     }
                 }
                 // p <= k/2 guarantees every window holds at least one input element

@@ -37,7 +37,8 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
         const kf_track tr = (kf_track)s->meta[3 + k];
         size_t cap = tr == KF_EVD ? f->d : NGD_MIN(c->kfac.rank, f->d);
         if (tr == KF_BRAND)
-            cap = NGD_MIN(f->d, c->kfac.brand_truncate == NGD_BRAND_TRUNC_BEFORE_NEXT ? rB + n : rB);
+            cap =
+                NGD_MIN(f->d, c->kfac.brand_truncate == NGD_BRAND_TRUNC_BEFORE_NEXT ? rB + n : rB);
         const bool keep_ea = tr != KF_BRAND || c->method != NGD_METHOD_BKFAC;
         const bool rows = tr == KF_BRAND || s->meta[5];
         if (!kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta[2] : 0))
@@ -45,7 +46,7 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
                                   e->name);
     }
     s->meta[0] = 1;
-    o->planned = false;  // the preconditioner's workspace depends on the ranks
+    o->planned = false; // the preconditioner's workspace depends on the ranks
     return NGD_OK;
 }
 
@@ -62,11 +63,15 @@ ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t ro
     }
     s->meta[1] = rows;
     s->meta[2] = any || s->meta[5] ? rows : 0;
-    ngd_optim_log(o, "layer '%s': factor A (%zu) on the %s track, G (%zu) on the %s track",
-                  e->name, s->f[KF_A].d,
-                  s->meta[3] == KF_BRAND ? "Brand" : s->meta[3] == KF_EVD ? "EVD" : "RSVD",
+    ngd_optim_log(o, "layer '%s': factor A (%zu) on the %s track, G (%zu) on the %s track", e->name,
+                  s->f[KF_A].d,
+                  s->meta[3] == KF_BRAND ? "Brand"
+                  : s->meta[3] == KF_EVD ? "EVD"
+                                         : "RSVD",
                   s->f[KF_G].d,
-                  s->meta[4] == KF_BRAND ? "Brand" : s->meta[4] == KF_EVD ? "EVD" : "RSVD");
+                  s->meta[4] == KF_BRAND ? "Brand"
+                  : s->meta[4] == KF_EVD ? "EVD"
+                                         : "RSVD");
     return kf_apply_tracks(o, e);
 }
 
@@ -76,8 +81,11 @@ ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
         kf_factor *f = &s->f[k];
         if ((f->track != KF_BRAND && !s->meta[5]) || rows <= f->rows_cap) continue;
         float *p = ngd_calloc(rows * f->d, sizeof(float));
-        if (!p) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for %zu "
-                                      "statistics rows", e->name, rows);
+        if (!p)
+            return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                                  "layer '%s': out of memory for %zu "
+                                  "statistics rows",
+                                  e->name, rows);
         if (f->rows) memcpy(p, f->rows, f->rows_cap * f->d * sizeof(float));
         ngd_free(f->rows);
         f->rows = p;
@@ -104,8 +112,11 @@ ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     size_t bytes = NGD_MAX(ngd_brand_update_ws(d, rB, n), ngd_brand_reorth_ws(d, f->cap));
     if (c->method == NGD_METHOD_BRCKFAC) bytes = NGD_MAX(bytes, ngd_rr_correct_ws(d, f->cap, sub));
     void *ws = bytes ? kf_scratch(o, bytes) : NULL;
-    if (!ws) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for a Brand "
-                                   "update", e->name);
+    if (!ws)
+        return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                              "layer '%s': out of memory for a Brand "
+                              "update",
+                              e->name);
     ngd_lowrank L = kf_rep(f);
     const float cs = sqrtf((1.0f - k->rho) / (float)s->pend[0]);
     ngd_status st = NGD_OK;
@@ -116,17 +127,17 @@ ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
             L.r = NGD_MIN(L.r, rB);
             keep = rB + nc;
         }
-        ngd_cview C = {f->rows + j0 * d, d, nc, 1, (ptrdiff_t)d};  // column j = row j0 + j
+        ngd_cview C = {f->rows + j0 * d, d, nc, 1, (ptrdiff_t)d}; // column j = row j0 + j
         st = ngd_brand_update(&L, j0 == 0 ? k->rho : 1.0f, C, cs, keep, NULL, NULL, ws, bytes);
     }
-    if (st == NGD_ERR_NUMERIC) {  // this batch is lost for the factor; the basis is intact
+    if (st == NGD_ERR_NUMERIC) { // this batch is lost for the factor; the basis is intact
         e->h.decomp_failures++;
         ngd_optim_log(o, "layer '%s': Brand update failed at step %zu", e->name, t);
         f->cnt[2] = L.r;
         return NGD_OK;
     }
     if (st) return ngd_optim_fail(o, st, "layer '%s': Brand update: bad arguments", e->name);
-    if (!f->ea) f->cnt[0]++;  // B-KFAC: the Brand representation is the EA (k of ρ^k)
+    if (!f->ea) f->cnt[0]++; // B-KFAC: the Brand representation is the EA (k of ρ^k)
     f->cnt[3] = f->cnt[0];
     if (k->reorth_every && ++f->cnt[1] >= k->reorth_every) {
         if ((st = ngd_brand_reorth(&L, ws, bytes)) == NGD_ERR_NUMERIC) e->h.decomp_failures++;

@@ -10,7 +10,7 @@
 #include "fileio.h"
 #include "method.h"
 
-#define CKPT_MAGIC "NGDOPT\r\n"  // 8 bytes; \r\n catches text-mode mangling (PNG's trick)
+#define CKPT_MAGIC   "NGDOPT\r\n" // 8 bytes; \r\n catches text-mode mangling (PNG's trick)
 #define CKPT_VERSION 1u
 
 static size_t type_size(ngd_arr_type t) {
@@ -47,7 +47,8 @@ static void write_array(ngd_wbuf *w, const ngd_state_array *a) {
         }
         break;
     case NGD_ARR_U64:
-        for (size_t i = 0; i < a->count; i++) ngd_wbuf_u64(w, ((const uint64_t *)a->p)[i]);
+        for (size_t i = 0; i < a->count; i++)
+            ngd_wbuf_u64(w, ((const uint64_t *)a->p)[i]);
         break;
     default: ngd_wbuf_bytes(w, a->p, a->count); break;
     }
@@ -79,7 +80,8 @@ static void serialise(ngd_optim *o, ngd_wbuf *wp) {
         ngd_state_array a[NGD_MAX_ARRAYS];
         size_t na = entry_arrays(o, e, a);
         ngd_wbuf_u32(&w, (uint32_t)na);
-        for (size_t k = 0; k < na; k++) write_array(&w, &a[k]);
+        for (size_t k = 0; k < na; k++)
+            write_array(&w, &a[k]);
     }
     ngd_wbuf_u32(&w, ngd_crc32(w.buf, w.len));
     *wp = w;
@@ -87,7 +89,7 @@ static void serialise(ngd_optim *o, ngd_wbuf *wp) {
 
 ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
     if (!co || !path) return NGD_ERR_ARG;
-    ngd_optim *o = (ngd_optim *)(uintptr_t)co;  // only the message buffer is written
+    ngd_optim *o = (ngd_optim *)(uintptr_t)co; // only the message buffer is written
     ngd_wbuf w = {0};
     serialise(o, &w);
     char err[400];
@@ -121,20 +123,18 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
         return FMT("%s: not an ngd optimizer checkpoint (bad magic)", path);
     uint32_t ver = ngd_rbuf_u32(r);
     if (ver != CKPT_VERSION)
-        return FMT("%s: format version %u, this libngd reads version %u", path, ver,
-                   CKPT_VERSION);
+        return FMT("%s: format version %u, this libngd reads version %u", path, ver, CKPT_VERSION);
     uint32_t method = ngd_rbuf_u32(r);
     if (method != (uint32_t)o->cfg.method)
         return FMT("%s: saved by method '%s', this optimizer is '%s'", path,
                    ngd_method_name((ngd_method)method) ? ngd_method_name((ngd_method)method)
-                                                        : "unknown",
+                                                       : "unknown",
                    ngd_method_name(o->cfg.method));
     uint64_t steps = ngd_rbuf_u64(r);
     float sp = ngd_rbuf_f32(r), sc = ngd_rbuf_f32(r), lrs = ngd_rbuf_f32(r);
     uint32_t n = ngd_rbuf_u32(r);
     if (r->bad) return FMT("%s: truncated header", path);
-    if (n != o->n)
-        return FMT("%s: %u layers/params saved, this optimizer has %zu", path, n, o->n);
+    if (n != o->n) return FMT("%s: %u layers/params saved, this optimizer has %zu", path, n, o->n);
     if (apply) {
         o->steps = (size_t)steps;
         o->scale_prev = sp, o->scale_cur = sc, o->lr_scale = lrs;
@@ -155,7 +155,8 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
         if (r->bad) return FMT("%s: truncated in entry '%s'", path, e->name);
         if (kind != (uint32_t)e->kind || d_out != e->d_out || d_in != e->d_in || d_K != e->d_K)
             return FMT("%s: '%s' was saved as a %s of %llu x %llu%s, this one is a %s of %zu x "
-                       "%zu%s", path, e->name, kind ? "param" : "layer", (unsigned long long)d_out,
+                       "%zu%s",
+                       path, e->name, kind ? "param" : "layer", (unsigned long long)d_out,
                        (unsigned long long)d_in, d_K > d_in ? " + bias" : "",
                        e->kind ? "param" : "layer", e->d_out, e->d_in,
                        e->d_K > e->d_in ? " + bias" : "");
@@ -163,7 +164,8 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
         size_t want = entry_arrays(o, e, a);
         if (na != want)
             return FMT("%s: '%s' has %u state arrays, expected %zu (different hyper-parameters "
-                       "or structures?)", path, e->name, na, want);
+                       "or structures?)",
+                       path, e->name, na, want);
         for (size_t k = 0; k < want; k++) {
             char an[64];
             if (!ngd_rbuf_str(r, an, sizeof an)) return FMT("%s: truncated in '%s'", path, e->name);
@@ -172,8 +174,9 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
             if (r->bad) return FMT("%s: truncated in '%s'", path, e->name);
             if (strcmp(an, a[k].name) != 0 || type != (uint32_t)a[k].type || count != a[k].count)
                 return FMT("%s: '%s' array %zu is %s (type %u, %llu values), expected %s (type "
-                           "%d, %zu values)", path, e->name, k, an, type,
-                           (unsigned long long)count, a[k].name, (int)a[k].type, a[k].count);
+                           "%d, %zu values)",
+                           path, e->name, k, an, type, (unsigned long long)count, a[k].name,
+                           (int)a[k].type, a[k].count);
             size_t bytes = a[k].count * type_size(a[k].type);
             const unsigned char *p = ngd_rbuf_bytes(r, bytes);
             if (!p) return FMT("%s: truncated in '%s' array %s", path, e->name, an);
@@ -183,7 +186,8 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
                 // against the right shapes), then list the arrays again
                 uint64_t v[8];
                 ngd_rbuf sub = {p, bytes, 0, false};
-                for (size_t j = 0; j < count; j++) v[j] = ngd_rbuf_u64(&sub);
+                for (size_t j = 0; j < count; j++)
+                    v[j] = ngd_rbuf_u64(&sub);
                 ngd_status ms = o->ops->load_meta(o, e, v, (size_t)count);
                 if (ms) {
                     char why[sizeof o->err];
@@ -208,7 +212,8 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
                 break;
             case NGD_ARR_U64: {
                 ngd_rbuf sub = {p, bytes, 0, false};
-                for (size_t j = 0; j < a[k].count; j++) ((uint64_t *)a[k].p)[j] = ngd_rbuf_u64(&sub);
+                for (size_t j = 0; j < a[k].count; j++)
+                    ((uint64_t *)a[k].p)[j] = ngd_rbuf_u64(&sub);
                 break;
             }
             default: memcpy(a[k].p, p, bytes); break;
@@ -222,8 +227,8 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
             e->h.decomp_failures = (size_t)hf, e->h.decomp_retries = (size_t)hr;
         }
     }
-    if (r->len - r->pos != 4) return FMT("%s: %zu unexpected bytes at the end", path,
-                                         r->len - r->pos - 4);
+    if (r->len - r->pos != 4)
+        return FMT("%s: %zu unexpected bytes at the end", path, r->len - r->pos - 4);
     return NGD_OK;
 }
 

@@ -97,12 +97,10 @@ ngd_config ngd_config_default(ngd_method m) {
 }
 
 static const char *const METHOD_NAMES[NGD_METHOD_COUNT] = {
-    [NGD_METHOD_SGD] = "sgd",         [NGD_METHOD_ADAMW] = "adamw",
-    [NGD_METHOD_SINGD] = "singd",     [NGD_METHOD_KFAC] = "kfac",
-    [NGD_METHOD_RSKFAC] = "rskfac",   [NGD_METHOD_SREKFAC] = "srekfac",
-    [NGD_METHOD_BKFAC] = "bkfac",     [NGD_METHOD_BRKFAC] = "brkfac",
-    [NGD_METHOD_BRCKFAC] = "brckfac", [NGD_METHOD_INGD] = "ingd",
-    [NGD_METHOD_IKFAC] = "ikfac",
+    [NGD_METHOD_SGD] = "sgd",     [NGD_METHOD_ADAMW] = "adamw",   [NGD_METHOD_SINGD] = "singd",
+    [NGD_METHOD_KFAC] = "kfac",   [NGD_METHOD_RSKFAC] = "rskfac", [NGD_METHOD_SREKFAC] = "srekfac",
+    [NGD_METHOD_BKFAC] = "bkfac", [NGD_METHOD_BRKFAC] = "brkfac", [NGD_METHOD_BRCKFAC] = "brckfac",
+    [NGD_METHOD_INGD] = "ingd",   [NGD_METHOD_IKFAC] = "ikfac",
 };
 
 static const char *const STRUCT_NAMES[NGD_STRUCT_COUNT] = {
@@ -177,8 +175,10 @@ ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out) {
     static const struct {
         const char *name;
         ngd_structure s;
-    } alias[] = {{"diag", NGD_STRUCT_DIAG}, {"block", NGD_STRUCT_BLOCKDIAG},
-                 {"hier", NGD_STRUCT_HIER}, {"blockdiagonal", NGD_STRUCT_BLOCKDIAG}};
+    } alias[] = {{"diag", NGD_STRUCT_DIAG},
+                 {"block", NGD_STRUCT_BLOCKDIAG},
+                 {"hier", NGD_STRUCT_HIER},
+                 {"blockdiagonal", NGD_STRUCT_BLOCKDIAG}};
     for (size_t i = 0; i < sizeof alias / sizeof alias[0]; i++)
         if (strcmp(name, alias[i].name) == 0) {
             f.kind = alias[i].s;
@@ -194,16 +194,15 @@ ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out) {
     return NGD_ERR_ARG;
 }
 
-#define BAD(...)                                                                         \
-    do {                                                                                 \
-        if (msg && cap) snprintf(msg, cap, __VA_ARGS__);                                 \
-        return NGD_ERR_ARG;                                                              \
+#define BAD(...)                                                                                   \
+    do {                                                                                           \
+        if (msg && cap) snprintf(msg, cap, __VA_ARGS__);                                           \
+        return NGD_ERR_ARG;                                                                        \
     } while (0)
 
 static int finite_nonneg(float x) { return isfinite(x) && x >= 0.0f; }
 
-static ngd_status check_factor(const ngd_factor_spec *f, const char *which, char *msg,
-                               size_t cap) {
+static ngd_status check_factor(const ngd_factor_spec *f, const char *which, char *msg, size_t cap) {
     if ((unsigned)f->kind >= NGD_STRUCT_COUNT)
         BAD("structure_%s: unknown structure %d", which, (int)f->kind);
     if (f->kind == NGD_STRUCT_BLOCKDIAG && f->block == 0)
@@ -229,7 +228,8 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (!(c->beta2 >= 0.0f && c->beta2 < 1.0f)) BAD("beta2 must be in [0, 1)");
     if (!(c->eps > 0.0f) || !isfinite(c->eps)) BAD("eps must be > 0 (got %g)", (double)c->eps);
     if (!isfinite(c->damping)) BAD("damping must be finite (got %g)", (double)c->damping);
-    if (!finite_nonneg(c->alpha1)) BAD("alpha1 must be finite and >= 0 (got %g)", (double)c->alpha1);
+    if (!finite_nonneg(c->alpha1))
+        BAD("alpha1 must be finite and >= 0 (got %g)", (double)c->alpha1);
     const bool singd = c->method == NGD_METHOD_SINGD || c->method == NGD_METHOD_INGD ||
                        c->method == NGD_METHOD_IKFAC;
     // SINGD (spec singd.md §7): λ damps the curvature in m_K, m_C (KKᵀ ≈ (S_K + λI)⁻¹), so
@@ -269,7 +269,8 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
          c->method == NGD_METHOD_BRCKFAC))
         BAD("kfac.identity_init = in_factor is offered for K-FAC, RS-KFAC and SRE-KFAC only (a "
             "flat identity has no low-rank form; spec kfac-family.md §1.4)");
-    if ((unsigned)k->identity_init > NGD_IDINIT_IN_FACTOR || (unsigned)k->tail > NGD_TAIL_MIN_KEPT ||
+    if ((unsigned)k->identity_init > NGD_IDINIT_IN_FACTOR ||
+        (unsigned)k->tail > NGD_TAIL_MIN_KEPT ||
         (unsigned)k->damping_kind > NGD_KFAC_DAMP_FACTORED_PI ||
         (unsigned)k->brand_truncate > NGD_BRAND_TRUNC_BEFORE_NEXT)
         BAD("kfac: unknown identity_init, tail, damping_kind or brand_truncate value");

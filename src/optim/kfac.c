@@ -53,7 +53,8 @@ bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, siz
     f->D = ngd_calloc(cap, sizeof(float));
     if (!f->U || !f->D) return false;
     // Brand updates may start from zero with any orthonormal basis (§5.3): I[:, :cap]
-    for (size_t i = 0; i < NGD_MIN(d, cap); i++) f->U[i * cap + i] = 1.0f;
+    for (size_t i = 0; i < NGD_MIN(d, cap); i++)
+        f->U[i * cap + i] = 1.0f;
     if (track == KF_BRAND && rows_cap) {
         f->rows = ngd_calloc(rows_cap * d, sizeof(float));
         if (!f->rows) return false;
@@ -79,12 +80,13 @@ static void kfac_free(ngd_entry *e) {
 // Sets the EA to I for identity_init = in_factor (§1.4, the [C-RS] start).
 static void ea_identity(kf_factor *f) {
     if (!f->ea) return;
-    for (size_t i = 0; i < f->d; i++) f->ea[i * f->d + i] = 1.0f;
+    for (size_t i = 0; i < f->d; i++)
+        f->ea[i * f->d + i] = 1.0f;
 }
 
 static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     const ngd_config *c = &e->cfg;
-    const bool bfam = kf_is_b_family(c->method);  // (ngd_config_validate checked the rest)
+    const bool bfam = kf_is_b_family(c->method); // (ngd_config_validate checked the rest)
     kf_state *s = ngd_calloc(1, sizeof *s);
     if (!s) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
     e->ms = s;
@@ -92,7 +94,7 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     ngd_rng_seed(&s->rng, c->kfac.seed, (uint64_t)s->id);
     s->f[KF_A].d = e->d_K;
     s->f[KF_G].d = e->d_out;
-    if (bfam) return NGD_OK;  // tracks decided at the first observe (kf_decide)
+    if (bfam) return NGD_OK; // tracks decided at the first observe (kf_decide)
     s->meta[0] = 1;
     for (int k = 0; k < 2; k++) {
         kf_factor *f = &s->f[k];
@@ -101,8 +103,10 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
         s->meta[3 + k] = evd ? KF_EVD : KF_RSVD;
         if (!kf_factor_alloc(f, evd ? KF_EVD : KF_RSVD, true, cap, 0)) {
             kfac_free(e);
-            return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for the "
-                                  "factors (%zu and %zu wide)", e->name, e->d_K, e->d_out);
+            return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                                  "layer '%s': out of memory for the "
+                                  "factors (%zu and %zu wide)",
+                                  e->name, e->d_K, e->d_out);
         }
         if (c->kfac.identity_init == NGD_IDINIT_IN_FACTOR) ea_identity(f);
     }
@@ -123,14 +127,14 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
                                const ngd_matrix *g) {
     kf_state *s = e->ms;
     const size_t rows = ngd_stats_rows(e, batch, g);
-    const size_t R = rows / batch;  // 1 for fully connected layers and for reduce
+    const size_t R = rows / batch; // 1 for fully connected layers and for reduce
     const bool stats = o->steps % e->cfg.kfac.T_u == 0;
     ngd_status st;
-    if (s->meta[1] == 0) {  // the layer's first statistics
+    if (s->meta[1] == 0) { // the layer's first statistics
         // the factored application (§6.3): fully connected layers keep both factors' rows
         if (e->cfg.kfac.factored_apply && R == 1) s->meta[5] = 1;
         if (!s->meta[0]) {
-            if ((st = kf_decide(o, e, R == 1, rows)) != NGD_OK) return st;  // B methods
+            if ((st = kf_decide(o, e, R == 1, rows)) != NGD_OK) return st; // B methods
         } else {
             s->meta[1] = rows;
             if (s->meta[5] && (st = kf_grow_rows(o, e, rows)) != NGD_OK) return st;
@@ -138,7 +142,7 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     }
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
     const bool keep_rows = s->meta[5] || (brand && stats);
-    if (!stats && !keep_rows) return NGD_OK;  // a factored_apply step of a layer without it
+    if (!stats && !keep_rows) return NGD_OK; // a factored_apply step of a layer without it
     if (keep_rows && s->pend[1] + rows > s->meta[2] &&
         (st = kf_grow_rows(o, e, (size_t)s->pend[1] + rows)) != NGD_OK)
         return st;
@@ -153,12 +157,15 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
         for (int k = 0; k < 2; k++) {
             kf_factor *f = &s->f[k];
             const size_t d = f->d;
-            if (k == KF_A) ngd_stats_a_rows(e, batch, a, g, r0, nr, chunk);
-            else ngd_stats_g_rows(e, batch, g, r0, nr, chunk);
+            if (k == KF_A)
+                ngd_stats_a_rows(e, batch, a, g, r0, nr, chunk);
+            else
+                ngd_stats_g_rows(e, batch, g, r0, nr, chunk);
             const float w = k == KF_A ? wa : wg;
             if (w != 1.0f)
-                for (size_t i = 0; i < nr * d; i++) chunk[i] *= w;
-            if (stats && f->pend) {  // pend (+)= Xᵀ X, X = the nr x d chunk (seen as d x nr)
+                for (size_t i = 0; i < nr * d; i++)
+                    chunk[i] *= w;
+            if (stats && f->pend) { // pend (+)= Xᵀ X, X = the nr x d chunk (seen as d x nr)
                 ngd_cview Xt = {chunk, d, nr, 1, (ptrdiff_t)d};
                 ngd_syrk_full(1.0f, Xt, beta, ngd_view_rm(f->pend, d, d, d));
             }
@@ -190,7 +197,8 @@ static void ea_update(kf_factor *f, float rho, double n) {
     float *ea = f->ea;
     const float *p = f->pend;
 #pragma omp parallel for schedule(static) if (dd > NGD_PAR_MIN)
-    for (size_t i = 0; i < dd; i++) ea[i] = a * ea[i] + b * p[i];
+    for (size_t i = 0; i < dd; i++)
+        ea[i] = a * ea[i] + b * p[i];
     f->cnt[0]++;
 }
 
@@ -198,17 +206,22 @@ ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
     const size_t d = f->d;
     const size_t bytes = ngd_sym_eig_ws(d, NGD_EIG_F32_THEN_F64);
     void *ws = bytes ? kf_scratch(o, bytes) : NULL;
-    if (!ws) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for a %zu x %zu "
-                                   "eigendecomposition", e->name, d, d);
+    if (!ws)
+        return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                              "layer '%s': out of memory for a %zu x %zu "
+                              "eigendecomposition",
+                              e->name, d, d);
     ngd_lowrank L = kf_rep(f);
     ngd_eig_outcome out;
     ngd_status st = ngd_sym_eig(ngd_cview_rm(f->ea, d, d, d), e->cfg.kfac.eig_zero_tol,
                                 NGD_EIG_F32_THEN_F64, &L, &out, ws, bytes);
     if (st) return ngd_optim_fail(o, st, "layer '%s': eigendecomposition: bad arguments", e->name);
-    if (out == NGD_EIG_FAILED) {  // keep the last good decomposition (spec §3)
+    if (out == NGD_EIG_FAILED) { // keep the last good decomposition (spec §3)
         e->h.decomp_failures++;
-        ngd_optim_log(o, "layer '%s': eigendecomposition of a %zu-wide factor failed; the "
-                      "previous one is kept", e->name, d);
+        ngd_optim_log(o,
+                      "layer '%s': eigendecomposition of a %zu-wide factor failed; the "
+                      "previous one is kept",
+                      e->name, d);
         return NGD_OK;
     }
     if (out == NGD_EIG_RETRIED) e->h.decomp_retries++;
@@ -220,8 +233,10 @@ ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
 static void factor_health(const kf_factor *f, float *trace, float *norm) {
     double tr = 0, nn = 0;
     if (f->ea) {
-        for (size_t i = 0; i < f->d; i++) tr += (double)f->ea[i * f->d + i];
-        for (size_t i = 0; i < f->d * f->d; i++) nn += (double)f->ea[i] * (double)f->ea[i];
+        for (size_t i = 0; i < f->d; i++)
+            tr += (double)f->ea[i * f->d + i];
+        for (size_t i = 0; i < f->d * f->d; i++)
+            nn += (double)f->ea[i] * (double)f->ea[i];
     } else {
         for (size_t i = 0; i < f->cnt[2]; i++) {
             tr += (double)f->D[i];
@@ -243,7 +258,7 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
             if (f->ea) ea_update(f, k->rho, (double)s->pend[0]);
             if (f->track == KF_BRAND && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
         }
-        s->has_pend = 0;  // the rows stay for the factored application of this step
+        s->has_pend = 0; // the rows stay for the factored application of this step
         s->pend[0] = 0;
         did = true;
     }
@@ -311,10 +326,9 @@ static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, fl
     if (!X) return NGD_ERR_NOMEM;
     float *Y = X + dG * m;
     ngd_view Xv = ngd_view_rm(X, dG, m, m), Yv = ngd_view_rm(Y, dA, m, m);
-    ngd_status st = ngd_factored_precond(LG, lG, mG, LA, lA, mA,
-                                         ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
-                                         ngd_cview_rm(s->f[KF_A].rows, m, dA, dA), Xv, Yv,
-                                         X + xy, kb);
+    ngd_status st =
+        ngd_factored_precond(LG, lG, mG, LA, lA, mA, ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
+                             ngd_cview_rm(s->f[KF_A].rows, m, dA, dA), Xv, Yv, X + xy, kb);
     if (st) return st;
     ngd_gemm((float)(1.0 / (double)s->pend[2]), ngd_cv(Xv), ngd_cview_t(ngd_cv(Yv)), 0.0f, S);
     return NGD_OK;
@@ -325,9 +339,9 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t dA = e->d_K, dG = e->d_out;
     const kf_factor *fA = &s->f[KF_A], *fG = &s->f[KF_G];
-    if (!s->meta[0] || (fA->cnt[2] == 0 && fG->cnt[2] == 0 && k->identity_init ==
-                                                                  NGD_IDINIT_IN_FACTOR)) {
-        memcpy(P, G, e->n * sizeof(float));  // no curvature yet
+    if (!s->meta[0] ||
+        (fA->cnt[2] == 0 && fG->cnt[2] == 0 && k->identity_init == NGD_IDINIT_IN_FACTOR)) {
+        memcpy(P, G, e->n * sizeof(float)); // no curvature yet
         s->pend[1] = s->pend[2] = 0;
         return;
     }
@@ -341,8 +355,10 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
         // §3.3 on the full eigendecompositions, eigenvalues shifted by the identity term
         const float sA = id_shift(e, fA), sG = id_shift(e, fG);
         double trA = 0, trG = 0;
-        for (size_t i = 0; i < dA; i++) DA[i] = fA->D[i] + sA, trA += (double)DA[i];
-        for (size_t i = 0; i < dG; i++) DG[i] = fG->D[i] + sG, trG += (double)DG[i];
+        for (size_t i = 0; i < dA; i++)
+            DA[i] = fA->D[i] + sA, trA += (double)DA[i];
+        for (size_t i = 0; i < dG; i++)
+            DG[i] = fG->D[i] + sG, trG += (double)DG[i];
         ngd_lowrank LA = {fA->U, DA, dA, dA, fA->cap}, LG = {fG->U, DG, dG, dG, fG->cap};
         const double lk = (double)k->damping_rel * (double)DA[0] * (double)DG[0];
         if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
@@ -351,8 +367,7 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
             st = ngd_kfac_precond_factored(&LG, &LA, (float)(gp / pi), (float)(pi * gp), J, S, kws,
                                            kbytes);
         } else {
-            st = ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, S, kws,
-                                        kbytes);
+            st = ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, S, kws, kbytes);
         }
     } else {
         // §1.6 on both sides: λ_F = λ_rel·max D_F + ρ^k, μ by the tail model
@@ -362,7 +377,7 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
             const kf_factor *f = fs[i];
             const float dmax = f->cnt[2] ? f->D[0] : 0.0f;
             lam[i] = k->damping_rel * dmax + id_shift(e, f);
-            if (!(lam[i] > 0.0f)) lam[i] = 1.0f;  // nothing to scale against: plain gradient
+            if (!(lam[i] > 0.0f)) lam[i] = 1.0f; // nothing to scale against: plain gradient
             mu[i] = (k->tail == NGD_TAIL_MIN_KEPT && f->cnt[2]) ? f->D[f->cnt[2] - 1] : 0.0f;
         }
         ngd_lowrank LA = kf_rep(fA), LG = kf_rep(fG);
@@ -373,8 +388,8 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
             st = ngd_lri_apply2(&LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], J, S, kws,
                                 kbytes);
     }
-    s->pend[1] = s->pend[2] = 0;  // this step's rows are used up
-    if (st) {  // cannot happen with the planned workspace; never leave P undefined
+    s->pend[1] = s->pend[2] = 0; // this step's rows are used up
+    if (st) { // cannot happen with the planned workspace; never leave P undefined
         ngd_optim_log(o, "layer '%s': preconditioning failed (%d); plain gradient used", e->name,
                       (int)st);
         memcpy(P, G, e->n * sizeof(float));
@@ -398,7 +413,7 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
         {"G.D", G->D, G->D ? G->cap : 0, NGD_ARR_F32},
         {"G.cnt", G->cnt, 4, NGD_ARR_U64},
         {"rng", s->rng.s, 4, NGD_ARR_U64},
-        {"~A.pend", A->pend, EA_N(A), NGD_ARR_F32},  // '~': transient (not state bytes)
+        {"~A.pend", A->pend, EA_N(A), NGD_ARR_F32}, // '~': transient (not state bytes)
         {"~G.pend", G->pend, EA_N(G), NGD_ARR_F32},
         {"~A.rows", A->rows, A->rows_cap * A->d, NGD_ARR_F32},
         {"~G.rows", G->rows, G->rows_cap * G->d, NGD_ARR_F32},
@@ -415,19 +430,20 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
 static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n) {
     kf_state *s = e->ms;
     if (n != 6 || v[0] > 1 || v[5] > 1 || v[1] > ((uint64_t)1 << 32) ||
-        v[2] > ((uint64_t)1 << 32) || (v[0] && (v[3] < KF_EVD || v[3] > KF_BRAND ||
-                                                v[4] < KF_EVD || v[4] > KF_BRAND)))
+        v[2] > ((uint64_t)1 << 32) ||
+        (v[0] && (v[3] < KF_EVD || v[3] > KF_BRAND || v[4] < KF_EVD || v[4] > KF_BRAND)))
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     if (v[5] && !e->cfg.kfac.factored_apply)
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': saved with kfac.factored_apply", e->name);
-    if (!s->meta[0] && v[0]) {  // an undecided B layer takes the saved tracks
+    if (!s->meta[0] && v[0]) { // an undecided B layer takes the saved tracks
         memcpy(s->meta + 1, v + 1, 5 * sizeof *v);
         return kf_apply_tracks(o, e);
     }
     if (s->meta[0] != v[0] || (v[0] && (s->meta[3] != v[3] || s->meta[4] != v[4])))
-        return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': saved with other factor tracks (%llu/%llu, "
-                              "this optimizer has %llu/%llu)", e->name,
-                              (unsigned long long)v[3], (unsigned long long)v[4],
+        return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                              "'%s': saved with other factor tracks (%llu/%llu, "
+                              "this optimizer has %llu/%llu)",
+                              e->name, (unsigned long long)v[3], (unsigned long long)v[4],
                               (unsigned long long)s->meta[3], (unsigned long long)s->meta[4]);
     if (v[5]) s->meta[5] = 1;
     if (!s->meta[1]) s->meta[1] = v[1];
@@ -453,7 +469,8 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
     float *T = ngd_malloc(d * (r ? r : 1), sizeof(float));
     if (!T) return ngd_optim_fail(mo, NGD_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < d; i++)
-        for (size_t j = 0; j < r; j++) T[i * r + j] = f->U[i * f->cap + j] * f->D[j];
+        for (size_t j = 0; j < r; j++)
+            T[i * r + j] = f->U[i * f->cap + j] * f->D[j];
     ngd_view O = ngd_view_rm(out, d, d, d);
     if (r) {
         ngd_gemm(1.0f, ngd_cview_rm(T, d, r, r), ngd_cview_t(ngd_cview_rm(f->U, d, r, f->cap)),
@@ -465,13 +482,12 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
     return NGD_OK;
 }
 
-#define KFAC_OPS(NAME)                                                                          \
-    {                                                                                           \
-        .name = NAME, .layer_init = kfac_init, .layer_free = kfac_free,                         \
-        .wants_stats = kfac_wants, .observe = kfac_observe, .discard = kfac_discard,            \
-        .update = kfac_update, .precondition = kfac_precondition,                               \
-        .precond_ws = kfac_precond_ws, .rule = NGD_RULE_KFAC, .arrays = kfac_arrays,            \
-        .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense,                         \
+#define KFAC_OPS(NAME)                                                                             \
+    {                                                                                              \
+        .name = NAME, .layer_init = kfac_init, .layer_free = kfac_free, .wants_stats = kfac_wants, \
+        .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
+        .precondition = kfac_precondition, .precond_ws = kfac_precond_ws, .rule = NGD_RULE_KFAC,   \
+        .arrays = kfac_arrays, .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense,     \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

@@ -25,15 +25,15 @@ enum { KF_A = 0, KF_G = 1 };
 typedef enum { KF_UNDECIDED = 0, KF_EVD = 1, KF_RSVD = 2, KF_BRAND = 3 } kf_track;
 
 typedef struct {
-    size_t d;       // factor size
-    size_t cap;     // columns of U (kept rank bound)
+    size_t d;   // factor size
+    size_t cap; // columns of U (kept rank bound)
     kf_track track;
-    float *ea;      // d x d dense exponential average (zero start; NULL if not kept)
-    float *pend;    // d x d pending Σ x xᵀ of this step's (scaled) rows (with ea)
-    float *rows;    // this step's scaled rows (rows_cap x d): the columns of the Brand update's
-                    // C, and 𝒜 / 𝒢 of the factored application
+    float *ea;   // d x d dense exponential average (zero start; NULL if not kept)
+    float *pend; // d x d pending Σ x xᵀ of this step's (scaled) rows (with ea)
+    float *rows; // this step's scaled rows (rows_cap x d): the columns of the Brand update's
+                 // C, and 𝒜 / 𝒢 of the factored application
     size_t rows_cap;
-    float *U, *D;   // the eigen-representation (d x cap, cap)
+    float *U, *D; // the eigen-representation (d x cap, cap)
     // counters, saved: [0] k = EA updates (ρ^k identity term), [1] Brand updates since the
     // last re-orthonormalisation, [2] current rank r of (U, D), [3] the k that (U, D)
     // represents (a refresh of the EA at update k; Brand updates keep it current)
@@ -47,12 +47,12 @@ typedef struct {
     // uses the factored application (§6.3: fully connected, factored_apply); saved first as
     // "#meta" so that a checkpoint re-creates the same shapes before its arrays are read
     uint64_t meta[6];
-    ngd_rng rng;         // the layer's random stream (sketches, correction subsets)
+    ngd_rng rng; // the layer's random stream (sketches, correction subsets)
     // [0] samples in the pending EA statistics, [1] rows held in the row buffers (Brand
     // updates, factored application), [2] the per-sample conversion c of those rows
     uint64_t pend[3];
     uint8_t has_pend;
-    size_t id;           // the layer's id (seeds its stream)
+    size_t id; // the layer's id (seeds its stream)
 } kf_state;
 
 static inline ngd_lowrank kf_rep(const kf_factor *f) {

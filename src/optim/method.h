@@ -26,7 +26,7 @@ typedef enum { NGD_ARR_F32 = 0, NGD_ARR_BF16 = 1, NGD_ARR_U8 = 2, NGD_ARR_U64 = 
 typedef struct {
     const char *name;
     void *p;
-    size_t count;  // elements
+    size_t count; // elements
     ngd_arr_type type;
 } ngd_state_array;
 
@@ -35,21 +35,21 @@ typedef struct {
 typedef struct ngd_entry {
     char *name;
     ngd_entry_kind kind;
-    ngd_config cfg;  // effective hyper-parameters (the optimizer's, or the override)
+    ngd_config cfg; // effective hyper-parameters (the optimizer's, or the override)
     // borrowed buffers
-    float *w;         // LAYER: d_out x d_in; PARAM: n
-    const float *gw;  // same shape
-    float *b;         // d_out or NULL
+    float *w;        // LAYER: d_out x d_in; PARAM: n
+    const float *gw; // same shape
+    float *b;        // d_out or NULL
     const float *gb;
-    size_t d_out, d_in, d_K, n;  // PARAM: n elements (d_out = 1, d_in = n, d_K = n)
+    size_t d_out, d_in, d_K, n; // PARAM: n elements (d_out = 1, d_in = n, d_K = n)
     // first-order state (d_out x d_K layout for layers, n for params)
-    float *buf;       // momentum buffer (SGD / SINGD / K-FAC family), or Adam m
-    float *buf2;      // Adam v
-    uint64_t n_updates;  // applied updates (Adam bias correction)
-    uint32_t loads;      // checkpoints loaded into the entry (methods' derived caches go
-                         // stale when it changes)
+    float *buf;         // momentum buffer (SGD / SINGD / K-FAC family), or Adam m
+    float *buf2;        // Adam v
+    uint64_t n_updates; // applied updates (Adam bias correction)
+    uint32_t loads;     // checkpoints loaded into the entry (methods' derived caches go
+                        // stale when it changes)
     // statistics bookkeeping
-    bool got_stats;   // observe() ran at least once for the coming step
+    bool got_stats; // observe() ran at least once for the coming step
     // method state (owned by the method)
     void *ms;
     // retained preconditioned gradient when cfg.keep_last_update
@@ -64,18 +64,18 @@ struct ngd_optim {
     const struct ngd_method_ops *ops;
     ngd_entry *e;
     size_t n, cap;
-    size_t steps;       // completed steps t
-    float scale_prev;   // s_{t-1}: loss scale of the previous step's backward (§6.3)
-    float scale_cur;    // s_t
-    float lr_scale;     // multiplies every β2
-    bool planned;       // workspaces allocated (first step / first observe)
+    size_t steps;     // completed steps t
+    float scale_prev; // s_{t-1}: loss scale of the previous step's backward (§6.3)
+    float scale_cur;  // s_t
+    float lr_scale;   // multiplies every β2
+    bool planned;     // workspaces allocated (first step / first observe)
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
     float *ws;
     size_t ws_n;
     // a byte scratch of the methods (kf_scratch), grown on demand while shapes grow
     void *scratch;
     size_t scratch_n;
-    size_t gp;          // floats of the Ĝ and P buffers (largest entry)
+    size_t gp; // floats of the Ĝ and P buffers (largest entry)
     char err[512];
 };
 
@@ -90,12 +90,12 @@ typedef struct ngd_method_ops {
     // fold statistics into the pending accumulators (only called when wants_stats)
     ngd_status (*observe)(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                           const ngd_matrix *g);
-    void (*discard)(ngd_entry *e);  // drop pending statistics (optional)
+    void (*discard)(ngd_entry *e); // drop pending statistics (optional)
     // preconditioner maintenance for step t (called for every layer before precondition)
     ngd_status (*update)(ngd_optim *o, ngd_entry *e, size_t t);
     // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
-    size_t (*precond_ws)(const ngd_entry *e);  // floats of ws needed by precondition
+    size_t (*precond_ws)(const ngd_entry *e); // floats of ws needed by precondition
     // optional fast path: when raw_ok(e), precondition_raw writes P straight from the
     // layer's gradient buffers (scaled by inv_scale), the same products as gathering Ĝ and
     // calling precondition, and the driver skips the gather (a pass over G saved)
@@ -140,8 +140,8 @@ void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, con
                       size_t r0, size_t nr, float *out);
 // The same for the output gradients (reduce = sum over positions; NOT multiplied by σ):
 // out is nr x d_out.
-void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0,
-                      size_t nr, float *out);
+void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0, size_t nr,
+                      float *out);
 // σ² of specs/singd.md §5.3 (1, N, or N·R), from the unreduced g.
 double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g);
 

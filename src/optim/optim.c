@@ -112,7 +112,8 @@ static void entry_free(const ngd_optim *o, ngd_entry *e) {
 
 void ngd_optim_free(ngd_optim *o) {
     if (!o) return;
-    for (size_t i = 0; i < o->n; i++) entry_free(o, &o->e[i]);
+    for (size_t i = 0; i < o->n; i++)
+        entry_free(o, &o->e[i]);
     ngd_free(o->e);
     ngd_free(o->ws);
     ngd_free(o->scratch);
@@ -131,8 +132,8 @@ static ngd_status grow_entries(ngd_optim *o) {
 
 // Effective config of a new entry: the optimizer's, or a validated override.
 // A parameter (not a layer) may also take AdamW's or SGD's rule under any method.
-static ngd_status entry_config(ngd_optim *o, const ngd_config *ov, const char *name,
-                               bool param, ngd_config *out) {
+static ngd_status entry_config(ngd_optim *o, const ngd_config *ov, const char *name, bool param,
+                               ngd_config *out) {
     if (!ov) {
         *out = o->cfg;
         return NGD_OK;
@@ -196,11 +197,15 @@ ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
         return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': weight and weight_grad are required",
                               name);
     if (l->d_out == 0 || l->d_in == 0)
-        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': d_out and d_in must be >= 1 (got "
-                              "%zu x %zu)", name, l->d_out, l->d_in);
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "layer '%s': d_out and d_in must be >= 1 (got "
+                              "%zu x %zu)",
+                              name, l->d_out, l->d_in);
     if ((l->bias == NULL) != (l->bias_grad == NULL))
-        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': bias and bias_grad must both be set "
-                              "or both be NULL", name);
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "layer '%s': bias and bias_grad must both be set "
+                              "or both be NULL",
+                              name);
     int ok = 1;
     size_t count = ngd_mul_size(l->d_out, l->d_in + (l->bias ? 1 : 0), &ok);
     if (!ok) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': size overflows", name);
@@ -228,7 +233,7 @@ ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
         ngd_free(e->buf);
         ngd_free(e->buf2);
         ngd_free(e->last);
-        return s;  // layer_init set the message and freed its own state
+        return s; // layer_init set the message and freed its own state
     }
     o->planned = false;
     *out_id = (int)o->n++;
@@ -289,8 +294,11 @@ static ngd_status plan(ngd_optim *o) {
     size_t need = 2 * gp + mw;
     if (need > o->ws_n) {
         float *ws = ngd_malloc(need, sizeof(float));
-        if (!ws) return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning %zu floats of "
-                                       "workspace", need);
+        if (!ws)
+            return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                                  "out of memory planning %zu floats of "
+                                  "workspace",
+                                  need);
         ngd_free(o->ws);
         o->ws = ws;
         o->ws_n = need;
@@ -329,11 +337,14 @@ bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer) {
 ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_matrix a, ngd_matrix g) {
     if (!o) return NGD_ERR_ARG;
     ngd_entry *e = get_entry(o, layer);
-    if (!e) return ngd_optim_fail(o, NGD_ERR_LAYER, "observe: unknown layer id %d (have %zu)",
-                                  layer, o->n);
+    if (!e)
+        return ngd_optim_fail(o, NGD_ERR_LAYER, "observe: unknown layer id %d (have %zu)", layer,
+                              o->n);
     if (e->kind != NGD_ENTRY_LAYER)
-        return ngd_optim_fail(o, NGD_ERR_LAYER, "observe: id %d ('%s') is a parameter, not a "
-                              "layer", layer, e->name);
+        return ngd_optim_fail(o, NGD_ERR_LAYER,
+                              "observe: id %d ('%s') is a parameter, not a "
+                              "layer",
+                              layer, e->name);
     ngd_status s = ngd_stats_check(o, e, batch, &a, &g);
     if (s) return s;
     if (!entry_wants(o, e)) return NGD_OK;
@@ -390,7 +401,8 @@ static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
     for (size_t i = 0; i < e->d_out; i++) {
         const float *gw = e->gw + i * e->d_in;
         float *gr = G + i * e->d_K;
-        for (size_t j = 0; j < e->d_in; j++) gr[j] = gw[j] * inv_scale;
+        for (size_t j = 0; j < e->d_in; j++)
+            gr[j] = gw[j] * inv_scale;
         if (e->gb) gr[e->d_in] = e->gb[i] * inv_scale;
     }
 }
@@ -457,10 +469,13 @@ static double sumsq(const float *x, size_t n) {
             lo += u * u;
             hi += v * v;
         }
-        for (; i < e; i++) lo[0] += x[i] * x[i];
+        for (; i < e; i++)
+            lo[0] += x[i] * x[i];
         double blk = 0;
-        for (int k = 0; k < 8; k++) blk += (double)lo[k];
-        for (int k = 0; k < 8; k++) blk += (double)hi[k];
+        for (int k = 0; k < 8; k++)
+            blk += (double)lo[k];
+        for (int k = 0; k < 8; k++)
+            blk += (double)hi[k];
         total += blk;
     }
     return total;
@@ -473,7 +488,7 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
     const int rule = entry_rule(o, e);
     float bc1 = 1.0f, bc2s = 1.0f, nu = 1.0f;
     bool decay = true;
-    double pss = -1.0;  // Σ P² when already known
+    double pss = -1.0; // Σ P² when already known
     if (rule == NGD_RULE_ADAMW) {
         bc1 = 1.0f - powf(e->cfg.beta1, (float)e->n_updates);
         bc2s = sqrtf(1.0f - powf(e->cfg.beta2, (float)e->n_updates));
@@ -509,13 +524,14 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
             case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, w, b1, din); break;
             default: rule_sgd(e, lr, pr, w, b1, din); break;
             }
-            if (want_ss) ss += sumsq(pr, dK);  // the row with its bias entry
+            if (want_ss) ss += sumsq(pr, dK); // the row with its bias entry
         }
         part[c] = ss;
     }
     if (want_ss) {
         pss = 0.0;
-        for (size_t c = 0; c < nch; c++) pss += part[c];
+        for (size_t c = 0; c < nch; c++)
+            pss += part[c];
     }
     if (e->b) {
         // the bias is column d_in of P and of the buffers (stride d_K)
@@ -569,9 +585,11 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
         if (entry_wants(o, e) && !e->got_stats)
-            return ngd_optim_fail(o, NGD_ERR_STATE, "step %zu: layer '%s' (id %zu) needs "
+            return ngd_optim_fail(o, NGD_ERR_STATE,
+                                  "step %zu: layer '%s' (id %zu) needs "
                                   "statistics at this step but ngd_optim_observe was not called "
-                                  "for it", t, e->name, i);
+                                  "for it",
+                                  t, e->name, i);
     }
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
     // K-FAC family, global KL clip (spec kfac-family.md §2 step 4): every layer is
@@ -583,8 +601,9 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         const float *Pe;
         if (e->kind == NGD_ENTRY_PARAM) {
             Pe = e->gw;
-            if (inv_scale != 1.0f) {  // mixed precision: unscale into the planned P buffer
-                for (size_t j = 0; j < e->n; j++) P[j] = e->gw[j] * inv_scale;
+            if (inv_scale != 1.0f) { // mixed precision: unscale into the planned P buffer
+                for (size_t j = 0; j < e->n; j++)
+                    P[j] = e->gw[j] * inv_scale;
                 Pe = P;
             }
             if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
@@ -611,7 +630,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         e->got_stats = false;
         if (kl) {
             double dot = 0.0;
-            for (size_t j = 0; j < e->n; j++) dot += (double)Pe[j] * (double)G[j];
+            for (size_t j = 0; j < e->n; j++)
+                dot += (double)Pe[j] * (double)G[j];
             const double lr = (double)e->cfg.lr * (double)o->lr_scale;
             kl_sum += lr * lr * fabs(dot);
             continue;
@@ -648,9 +668,11 @@ ngd_status ngd_optim_layer_health(const ngd_optim *o, int id, ngd_layer_health *
         ngd_state_array arr[NGD_MAX_ARRAYS];
         size_t k = o->ops->arrays((ngd_entry *)(uintptr_t)e, arr, NGD_MAX_ARRAYS);
         for (size_t i = 0; i < k; i++) {
-            if (arr[i].name[0] == '~') continue;  // transient arrays (pending statistics)
-            size_t el = arr[i].type == NGD_ARR_F32 ? 4 : arr[i].type == NGD_ARR_BF16 ? 2
-                        : arr[i].type == NGD_ARR_U64 ? 8 : 1;
+            if (arr[i].name[0] == '~') continue; // transient arrays (pending statistics)
+            size_t el = arr[i].type == NGD_ARR_F32    ? 4
+                        : arr[i].type == NGD_ARR_BF16 ? 2
+                        : arr[i].type == NGD_ARR_U64  ? 8
+                                                      : 1;
             bytes += arr[i].count * el;
         }
     }
@@ -678,10 +700,9 @@ size_t ngd_optim_workspace_bytes(const ngd_optim *o) {
     return bytes;
 }
 
-ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out,
-                                  size_t d) {
+ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out, size_t d) {
     if (!o || !out) return NGD_ERR_ARG;
-    ngd_optim *mo = (ngd_optim *)(uintptr_t)o;  // the message buffer is the only thing written
+    ngd_optim *mo = (ngd_optim *)(uintptr_t)o; // the message buffer is the only thing written
     if (layer < 0 || (size_t)layer >= o->n || o->e[layer].kind != NGD_ENTRY_LAYER)
         return ngd_optim_fail(mo, NGD_ERR_LAYER, "factor_dense: unknown layer id %d", layer);
     const ngd_entry *e = &o->e[layer];
@@ -689,8 +710,10 @@ ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, flo
     if (which != 'K' && which != 'C' && which != 'k' && which != 'c')
         return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: unknown factor '%c'", which);
     if (d != want)
-        return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: layer '%s' factor '%c' has size "
-                              "%zu, not %zu", e->name, which, want, d);
+        return ngd_optim_fail(mo, NGD_ERR_ARG,
+                              "factor_dense: layer '%s' factor '%c' has size "
+                              "%zu, not %zu",
+                              e->name, which, want, d);
     if (!o->ops->factor_dense)
         return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: method %s keeps no factors",
                               o->ops->name);
@@ -704,11 +727,13 @@ ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size
         return ngd_optim_fail(mo, NGD_ERR_LAYER, "last_update: unknown id %d", layer);
     const ngd_entry *e = &o->e[layer];
     if (!e->last)
-        return ngd_optim_fail(mo, NGD_ERR_STATE, "last_update: '%s' does not keep its update "
-                              "(set keep_last_update)", e->name);
+        return ngd_optim_fail(mo, NGD_ERR_STATE,
+                              "last_update: '%s' does not keep its update "
+                              "(set keep_last_update)",
+                              e->name);
     if (n != e->n)
-        return ngd_optim_fail(mo, NGD_ERR_ARG, "last_update: '%s' has %zu values, not %zu",
-                              e->name, e->n, n);
+        return ngd_optim_fail(mo, NGD_ERR_ARG, "last_update: '%s' has %zu values, not %zu", e->name,
+                              e->n, n);
     memcpy(out, e->last, n * sizeof(float));
     return NGD_OK;
 }

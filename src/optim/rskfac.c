@@ -21,22 +21,30 @@ ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_
     if (r >= d) return kf_refresh_evd(o, e, f);
     const size_t bytes = kf_randomized_ws(d, r, k->oversample);
     void *ws = bytes ? kf_scratch(o, bytes) : NULL;
-    if (!ws) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for a rank-%zu "
-                                   "sketch of a %zu-wide factor", e->name, r, d);
+    if (!ws)
+        return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                              "layer '%s': out of memory for a rank-%zu "
+                              "sketch of a %zu-wide factor",
+                              e->name, r, d);
     ngd_lowrank L = kf_rep(f);
     ngd_cview X = ngd_cview_rm(f->ea, d, d, d);
     ngd_status st = sre ? ngd_srevd(X, r, k->oversample, k->power_iters, k->eig_zero_tol, &s->rng,
                                     &L, ws, bytes)
                         : ngd_rsvd_sym(X, r, k->oversample, k->power_iters, k->eig_zero_tol,
                                        &s->rng, &L, ws, bytes);
-    if (st == NGD_ERR_NUMERIC) {  // keep the previous representation, count it
+    if (st == NGD_ERR_NUMERIC) { // keep the previous representation, count it
         e->h.decomp_failures++;
-        ngd_optim_log(o, "layer '%s': randomized eigendecomposition failed; the previous one is "
-                      "kept", e->name);
+        ngd_optim_log(o,
+                      "layer '%s': randomized eigendecomposition failed; the previous one is "
+                      "kept",
+                      e->name);
         return NGD_OK;
     }
-    if (st) return ngd_optim_fail(o, st, "layer '%s': randomized eigendecomposition: bad "
-                                  "arguments", e->name);
+    if (st)
+        return ngd_optim_fail(o, st,
+                              "layer '%s': randomized eigendecomposition: bad "
+                              "arguments",
+                              e->name);
     f->cnt[2] = L.r;
     f->cnt[3] = f->cnt[0];
     return NGD_OK;

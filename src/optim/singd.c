@@ -100,10 +100,9 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     float *tmp = ok ? ngd_malloc(NGD_MAX(nK, nC), sizeof(float)) : NULL;
     if (!tmp) {
         singd_free(e);
-        return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for factors",
-                              e->name);
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for factors", e->name);
     }
-    s->oK->eye(&s->sK, tmp);  // K = I, C = I (spec §2)
+    s->oK->eye(&s->sK, tmp); // K = I, C = I (spec §2)
     fstore(s->K, s->dtK, nK, tmp);
     s->oC->eye(&s->sC, tmp);
     fstore(s->C, s->dtC, nC, tmp);
@@ -113,10 +112,10 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
 
 // ---- the shared scratch of one layer ----
 typedef struct {
-    float *fK[4], *fC[4];  // 4 x sK.n, 4 x sC.n: decoded K, KᵀK, new m_K, product/temp
-    float *chunk;          // NGD_STATS_CHUNK x max(d_K, d_C): processed statistics rows
-    float *fi;             // from_inner workspace
-    float *X, *Y;          // 2 x d_out*d_K: natural-gradient ping-pong
+    float *fK[4], *fC[4]; // 4 x sK.n, 4 x sC.n: decoded K, KᵀK, new m_K, product/temp
+    float *chunk;         // NGD_STATS_CHUNK x max(d_K, d_C): processed statistics rows
+    float *fi;            // from_inner workspace
+    float *X, *Y;         // 2 x d_out*d_K: natural-gradient ping-pong
 } singd_ws;
 
 static size_t fi_need(const singd_state *s) {
@@ -126,15 +125,17 @@ static size_t fi_need(const singd_state *s) {
 
 static size_t singd_ws_size(const ngd_entry *e) {
     const singd_state *s = e->ms;
-    return 4 * s->sK.n + 4 * s->sC.n + NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) +
-           fi_need(s) + 2 * e->n;
+    return 4 * s->sK.n + 4 * s->sC.n + NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) + fi_need(s) +
+           2 * e->n;
 }
 
 static singd_ws ws_layout(const ngd_entry *e, float *p) {
     const singd_state *s = e->ms;
     singd_ws w;
-    for (int i = 0; i < 4; i++) w.fK[i] = p, p += s->sK.n;
-    for (int i = 0; i < 4; i++) w.fC[i] = p, p += s->sC.n;
+    for (int i = 0; i < 4; i++)
+        w.fK[i] = p, p += s->sK.n;
+    for (int i = 0; i < 4; i++)
+        w.fC[i] = p, p += s->sC.n;
     w.chunk = p, p += NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out);
     w.fi = p, p += fi_need(s);
     w.X = p, p += e->n;
@@ -167,12 +168,16 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
         ngd_stats_a_rows(e, batch, a, g, r0, nr, w.chunk);
         // X = chunkᵀ: d_K x nr, a column-major view of the row-major chunk
         ngd_cview X = {w.chunk, dK, nr, 1, (ptrdiff_t)dK};
-        if (gramK) ngd_syrk_full(1.0f, X, r0 ? 1.0f : 0.0f, ngd_view_rm(w.fK[2], dK, dK, dK));
-        else s->oK->from_inner(&s->sK, Kf, X, alpha_K, beta, s->HK, w.fi);
+        if (gramK)
+            ngd_syrk_full(1.0f, X, r0 ? 1.0f : 0.0f, ngd_view_rm(w.fK[2], dK, dK, dK));
+        else
+            s->oK->from_inner(&s->sK, Kf, X, alpha_K, beta, s->HK, w.fi);
         ngd_stats_g_rows(e, batch, g, r0, nr, w.chunk);
         ngd_cview Y = {w.chunk, dC, nr, 1, (ptrdiff_t)dC};
-        if (gramC) ngd_syrk_full(1.0f, Y, r0 ? 1.0f : 0.0f, ngd_view_rm(w.fC[2], dC, dC, dC));
-        else s->oC->from_inner(&s->sC, Cf, Y, alpha_C, beta, s->HC, w.fi);
+        if (gramC)
+            ngd_syrk_full(1.0f, Y, r0 ? 1.0f : 0.0f, ngd_view_rm(w.fC[2], dC, dC, dC));
+        else
+            s->oC->from_inner(&s->sC, Cf, Y, alpha_C, beta, s->HC, w.fi);
     }
     const float beta0 = s->has_H ? 1.0f : 0.0f;
     if (gramK) { // H_K = β0 H_K + α Kᵀ (X Xᵀ) K
@@ -201,9 +206,9 @@ static void singd_discard(ngd_entry *e) {
 // One side of spec §7: m_new = sc·(cH·H + cD·Π(LᵀL) − I) (+ α1·m_old); L ← L − β·L·m_new.
 // f[0] holds the decoded L (or L is f32 storage), f[1] = Π(LᵀL) (already computed),
 // f[2] receives m_new, f[3] is scratch. Returns the step size β actually used.
-static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_dtype dt,
-                         void *L, void *m, const float *H, float cH, float cD, float sc,
-                         float alpha1, float beta1, bool normalize, float *const f[4]) {
+static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_dtype dt, void *L,
+                         void *m, const float *H, float cH, float cD, float sc, float alpha1,
+                         float beta1, bool normalize, float *const f[4]) {
     float *Lf = dt == NGD_F32 ? (float *)L : f[0];
     float *mn = f[2];
     // official order (spec §7 "Details"): zeros; + cH·H; + cD·KᵀK; − I; · sc; + α1·m_old
@@ -218,7 +223,7 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
     }
     float beta = beta1;
     if (normalize) beta = beta1 / fmaxf(1.0f, ngd_s_maxabs(sd, mn));
-    ops->mul(sd, Lf, mn, f[3]);  // L·m_new, exactly in the class (closure)
+    ops->mul(sd, Lf, mn, f[3]); // L·m_new, exactly in the class (closure)
     ngd_s_axpy(sd, -beta, f[3], Lf);
     fstore(L, dt, sd->n, Lf);
     return beta;
@@ -246,32 +251,34 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     singd_state *s = e->ms;
     const ngd_config *c = &e->cfg;
     if (!s->has_H)
-        return ngd_optim_fail(o, NGD_ERR_STATE, "layer '%s': no statistics for the update at "
-                              "step %zu", e->name, t);
+        return ngd_optim_fail(o, NGD_ERR_STATE,
+                              "layer '%s': no statistics for the update at "
+                              "step %zu",
+                              e->name, t);
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
     ngd_cview none = {NULL, 0, 0, 0, 0};
-    s->oK->from_inner(&s->sK, Kf, none, 1.0f, 0.0f, w.fK[1], w.fi);  // Π_K(KᵀK)
-    s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi);  // Π_C(CᵀC)
+    s->oK->from_inner(&s->sK, Kf, none, 1.0f, 0.0f, w.fK[1], w.fi); // Π_K(KᵀK)
+    s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi); // Π_C(CᵀC)
     // spec §6.3: u = s_{t-1} / s_t² multiplies every use of H_C
     const float u = o->scale_prev / (o->scale_cur * o->scale_cur);
     const float lam = c->damping, a1 = c->alpha1;
     const float sc = c->normalize_lr_cov ? 0.5f * (1.0f - a1) : 0.5f;
     float cKH, cKD, cCH, cCD;
-    if (c->kfac_like) {  // IKFAC (spec §7)
+    if (c->kfac_like) { // IKFAC (spec §7)
         cKH = 1.0f, cKD = lam, cCH = u, cCD = lam;
-    } else {  // INGD / SINGD: traces use the other factor's dimension (spec §7 details)
+    } else { // INGD / SINGD: traces use the other factor's dimension (spec §7 details)
         cKH = u * (float)ngd_s_avgtrace(&s->sC, s->HC);
         cKD = lam * (float)ngd_s_avgtrace(&s->sC, w.fC[1]);
         cCH = u * (float)ngd_s_avgtrace(&s->sK, s->HK);
         cCD = lam * (float)ngd_s_avgtrace(&s->sK, w.fK[1]);
     }
     const float beta1 = c->lr_cov_fn ? c->lr_cov_fn(t, c->lr_cov_user) : c->lr_cov;
-    e->h.beta1_K = update_side(&s->sK, s->oK, s->dtK, s->K, s->mK, s->HK, cKH, cKD, sc, a1,
-                               beta1, c->normalize_lr_cov, w.fK);
-    e->h.beta1_C = update_side(&s->sC, s->oC, s->dtC, s->C, s->mC, s->HC, cCH, cCD, sc, a1,
-                               beta1, c->normalize_lr_cov, w.fC);
+    e->h.beta1_K = update_side(&s->sK, s->oK, s->dtK, s->K, s->mK, s->HK, cKH, cKD, sc, a1, beta1,
+                               c->normalize_lr_cov, w.fK);
+    e->h.beta1_C = update_side(&s->sC, s->oC, s->dtC, s->C, s->mC, s->HC, cCH, cCD, sc, a1, beta1,
+                               c->normalize_lr_cov, w.fC);
     s->has_H = 0;
     e->h.updates++;
     s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
@@ -289,16 +296,15 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
 // side multiplies by its cached product instead (N1ᵀ = (K Kᵀ) Ĝᵀ, P = (C Cᵀ) N1). Every
 // intermediate keeps Ĝ's memory layout (d_C x d_K row-major): the K-side products see it as
 // the column-major d_K x d_C matrix Ĝᵀ, so no pass ever transposes data.
-static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P,
-                               float *wsp) {
+static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *wsp) {
     NGD_UNUSED(o);
     singd_state *s = e->ms;
     singd_ws w = ws_layout(e, wsp);
     const size_t dK = e->d_K, dC = e->d_out;
     if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
     // (diagonal x diagonal never gets here: singd_precondition_raw)
-    ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};      // Ĝᵀ, column-major d_K x d_C
-    ngd_view T2 = {w.Y, dK, dC, 1, (ptrdiff_t)dK};     // K Kᵀ Ĝᵀ = N1ᵀ (memory: N1)
+    ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};  // Ĝᵀ, column-major d_K x d_C
+    ngd_view T2 = {w.Y, dK, dC, 1, (ptrdiff_t)dK}; // K Kᵀ Ĝᵀ = N1ᵀ (memory: N1)
     if (s->KKt) {
         ngd_gemm(1.0f, ngd_cview_rm(s->KKt, dK, dK, dK), Gt, 0.0f, T2);
     } else {
@@ -307,13 +313,13 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         s->oK->mm(&s->sK, Kf, true, Gt, T1);
         s->oK->mm(&s->sK, Kf, false, ngd_cv(T1), T2);
     }
-    ngd_cview N1 = ngd_cview_rm(w.Y, dC, dK, dK);      // N1 = Ĝ K Kᵀ, row-major d_C x d_K
+    ngd_cview N1 = ngd_cview_rm(w.Y, dC, dK, dK); // N1 = Ĝ K Kᵀ, row-major d_C x d_K
     ngd_view Pv = ngd_view_rm(P, dC, dK, dK);
     if (s->CCt) {
         ngd_gemm(1.0f, ngd_cview_rm(s->CCt, dC, dC, dC), N1, 0.0f, Pv);
     } else {
         const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
-        ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK);    // Cᵀ N1
+        ngd_view T3 = ngd_view_rm(w.X, dC, dK, dK); // Cᵀ N1
         s->oC->mm(&s->sC, Cf, true, N1, T3);
         s->oC->mm(&s->sC, Cf, false, ngd_cv(T3), Pv); // C Cᵀ N1
     }
@@ -337,7 +343,8 @@ static void singd_precondition_raw(ngd_optim *o, ngd_entry *e, float inv_scale, 
     for (size_t i = 0; i < e->d_out; i++) {
         const float *g = e->gw + i * din;
         float *p = P + i * dK, c = Cf[i];
-        for (size_t j = 0; j < din; j++) p[j] = c * (c * (Kf[j] * (Kf[j] * (g[j] * inv_scale))));
+        for (size_t j = 0; j < din; j++)
+            p[j] = c * (c * (Kf[j] * (Kf[j] * (g[j] * inv_scale))));
         if (e->gb) p[din] = c * (c * (Kf[din] * (Kf[din] * (e->gb[i] * inv_scale))));
     }
 }
@@ -351,7 +358,7 @@ static size_t singd_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
         {"C", s->C, s->sC.n, tC},
         {"m_K", s->mK, s->mK ? s->sK.n : 0, tK},
         {"m_C", s->mC, s->mC ? s->sC.n : 0, tC},
-        {"~H_K", s->HK, s->sK.n, NGD_ARR_F32},  // '~': transient (not state bytes)
+        {"~H_K", s->HK, s->sK.n, NGD_ARR_F32}, // '~': transient (not state bytes)
         {"~H_C", s->HC, s->sC.n, NGD_ARR_F32},
         {"~has_H", &s->has_H, 1, NGD_ARR_U8},
     };
@@ -370,8 +377,10 @@ static ngd_status singd_factor_dense(const ngd_optim *o, const ngd_entry *e, cha
     ngd_dtype dt = kside ? s->dtK : s->dtC;
     void *store = which == 'K' ? s->K : which == 'C' ? s->C : which == 'k' ? s->mK : s->mC;
     if (!store)
-        return ngd_optim_fail(mo, NGD_ERR_ARG, "layer '%s': momentum '%c' is not kept "
-                              "(alpha1 = 0)", e->name, which);
+        return ngd_optim_fail(mo, NGD_ERR_ARG,
+                              "layer '%s': momentum '%c' is not kept "
+                              "(alpha1 = 0)",
+                              e->name, which);
     float *tmp = ngd_malloc(sd->n, sizeof(float));
     if (!tmp) return ngd_optim_fail(mo, NGD_ERR_NOMEM, "out of memory");
     const float *f = fload(store, dt, sd->n, tmp);

@@ -51,8 +51,7 @@ ngd_status ngd_stats_check(ngd_optim *o, const ngd_entry *e, size_t batch, const
     if (a->rows != g->rows && !(reduce && a->rows == batch))
         return ngd_optim_fail(o, NGD_ERR_SHAPE,
                               "layer '%s': a has %zu rows, expected %zu (= rows of g)%s", nm,
-                              a->rows, g->rows,
-                              reduce ? " or batch (already reduced)" : "");
+                              a->rows, g->rows, reduce ? " or batch (already reduced)" : "");
     NGD_UNUSED(approx_name);
     return NGD_OK;
 }
@@ -76,18 +75,21 @@ void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, con
                 ngd_bf16_decode((const uint16_t *)a->data + row * a->ld, o, din);
         } else {
             // mean over the R positions of sample `row` (spec §5.1 / §5.2 reduce)
-            for (size_t j = 0; j < din; j++) o[j] = 0.0f;
+            for (size_t j = 0; j < din; j++)
+                o[j] = 0.0f;
             for (size_t p = 0; p < R; p++)
-                for (size_t j = 0; j < din; j++) o[j] += mat_at(a, row * R + p, j);
+                for (size_t j = 0; j < din; j++)
+                    o[j] += mat_at(a, row * R + p, j);
             float inv = 1.0f / (float)R;
-            for (size_t j = 0; j < din; j++) o[j] *= inv;
+            for (size_t j = 0; j < din; j++)
+                o[j] *= inv;
         }
-        if (dK > din) o[din] = 1.0f;  // bias column
+        if (dK > din) o[din] = 1.0f; // bias column
     }
 }
 
-void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0,
-                      size_t nr, float *out) {
+void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0, size_t nr,
+                      float *out) {
     size_t dC = e->d_out;
     bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
     size_t R = g->rows / batch;
@@ -101,9 +103,11 @@ void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, siz
                 ngd_bf16_decode((const uint16_t *)g->data + row * g->ld, o, dC);
         } else {
             // sum over the R positions of sample `row` (spec §5.3 step 3)
-            for (size_t j = 0; j < dC; j++) o[j] = 0.0f;
+            for (size_t j = 0; j < dC; j++)
+                o[j] = 0.0f;
             for (size_t p = 0; p < R; p++)
-                for (size_t j = 0; j < dC; j++) o[j] += mat_at(g, row * R + p, j);
+                for (size_t j = 0; j < dC; j++)
+                    o[j] += mat_at(g, row * R + p, j);
         }
     }
 }
@@ -112,7 +116,7 @@ double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g) {
     switch (e->cfg.loss_average) {
     case NGD_LOSS_SUM: return 1.0;
     case NGD_LOSS_BATCH: return (double)batch;
-    case NGD_LOSS_BATCH_SEQUENCE: return (double)g->rows;  // N·R, read before any reduction
+    case NGD_LOSS_BATCH_SEQUENCE: return (double)g->rows; // N·R, read before any reduction
     }
     return 1.0;
 }

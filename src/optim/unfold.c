@@ -52,14 +52,17 @@ ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool
                                 v *= ginv;
                             }
                             size_t col = c * kk + k1 * g->k2 + k2;
-                            if (reduce) row[col] += v;
-                            else row[col] = v;
+                            if (reduce)
+                                row[col] += v;
+                            else
+                                row[col] = v;
                         }
                     }
             }
         if (reduce) {
             const float inv = 1.0f / (float)L;
-            for (size_t j = 0; j < cols; j++) out[n * cols + j] *= inv;
+            for (size_t j = 0; j < cols; j++)
+                out[n * cols + j] *= inv;
         }
     }
     return NGD_OK;

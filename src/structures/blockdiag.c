@@ -48,7 +48,8 @@ static void bd_eye(const ngd_sdesc *s, float *p) {
     memset(p, 0, s->n * sizeof(float));
     for (size_t i = 0; i < bd_nblocks(s); i++) {
         ngd_view B = bd_block(s, p, i);
-        for (size_t k = 0; k < B.rows; k++) NGD_AT(B, k, k) = 1.0f;
+        for (size_t k = 0; k < B.rows; k++)
+            NGD_AT(B, k, k) = 1.0f;
     }
 }
 
@@ -64,7 +65,8 @@ static void bd_project(const ngd_sdesc *s, ngd_cview S, float *p) {
 static void bd_diag_add(const ngd_sdesc *s, float *p, float v) {
     for (size_t i = 0; i < bd_nblocks(s); i++) {
         ngd_view B = bd_block(s, p, i);
-        for (size_t k = 0; k < B.rows; k++) NGD_AT(B, k, k) += v;
+        for (size_t k = 0; k < B.rows; k++)
+            NGD_AT(B, k, k) += v;
     }
 }
 
@@ -72,7 +74,8 @@ static double bd_trace(const ngd_sdesc *s, const float *p) {
     double t = 0;
     for (size_t i = 0; i < bd_nblocks(s); i++) {
         ngd_cview B = bd_cblock(s, p, i);
-        for (size_t k = 0; k < B.rows; k++) t += (double)NGD_AT(B, k, k);
+        for (size_t k = 0; k < B.rows; k++)
+            t += (double)NGD_AT(B, k, k);
     }
     return t;
 }
@@ -97,19 +100,19 @@ static void bd_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, n
 
 // out = beta·out + alpha·Π(Kᵀ X Xᵀ K): with S = Kᵀ X (d x n, in ws), block i is S_i S_iᵀ
 // where S_i = S[o:o+sz, :]. No X: block i is K_iᵀ K_i. Quirk: S = K X and K_i K_iᵀ.
-static void bd_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, float alpha,
-                          float beta, float *out, float *ws) {
+static void bd_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, float alpha, float beta,
+                          float *out, float *ws) {
     if (!X.p) {
         for (size_t i = 0; i < bd_nblocks(s); i++) {
             ngd_cview K = bd_cblock(s, k, i);
-            ngd_cview L = s->quirk ? K : ngd_cview_t(K);  // Π(K Kᵀ) (quirk) or Π(Kᵀ K)
+            ngd_cview L = s->quirk ? K : ngd_cview_t(K); // Π(K Kᵀ) (quirk) or Π(Kᵀ K)
             ngd_gemm(alpha, L, ngd_cview_t(L), beta, bd_block(s, out, i));
         }
         return;
     }
     const size_t n = X.cols;
-    ngd_view S = ngd_view_rm(ws, s->d, n, n);  // (d, n) row-major
-    bd_mm(s, k, true, X, S);                   // S = Kᵀ X (quirk: K X)
+    ngd_view S = ngd_view_rm(ws, s->d, n, n); // (d, n) row-major
+    bd_mm(s, k, true, X, S);                  // S = Kᵀ X (quirk: K X)
     for (size_t i = 0; i < bd_nblocks(s); i++) {
         size_t o = i * s->b, sz = bd_size(s, i);
         ngd_syrk_full(alpha, ngd_cv(ngd_view_sub(S, o, sz, 0, n)), beta, bd_block(s, out, i));
@@ -126,7 +129,7 @@ const ngd_structure_ops ngd_blockdiag_ops = {
     .project = bd_project,
     .diag_add = bd_diag_add,
     .trace = bd_trace,
-    .frob2 = NULL,  // every stored number is one dense entry
+    .frob2 = NULL, // every stored number is one dense entry
     .mul = bd_mul,
     .mm = bd_mm,
     .from_inner = bd_from_inner,

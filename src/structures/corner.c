@@ -20,9 +20,9 @@
 #include "structure.h"
 
 typedef struct {
-    size_t p;       // index of the dense line
-    bool row;       // the line is row p (else column p)
-    size_t j0, j1;  // the line's off-diagonal indices are [j0, j1) = every index but p
+    size_t p;      // index of the dense line
+    bool row;      // the line is row p (else column p)
+    size_t j0, j1; // the line's off-diagonal indices are [j0, j1) = every index but p
 } corner_shape;
 
 static corner_shape corner_of(const ngd_sdesc *s) {
@@ -55,7 +55,8 @@ static size_t corner_entry(const ngd_sdesc *s, size_t i, size_t j) {
 
 static void corner_eye(const ngd_sdesc *s, float *p) {
     memset(p, 0, s->n * sizeof(float));
-    for (size_t i = 0; i < s->d; i++) p[i] = 1.0f;
+    for (size_t i = 0; i < s->d; i++)
+        p[i] = 1.0f;
 }
 
 // spec §9.7 / structure.h rule: D_i = S_ii; the line's mirror is never in the pattern, so
@@ -63,17 +64,21 @@ static void corner_eye(const ngd_sdesc *s, float *p) {
 static void corner_project(const ngd_sdesc *s, ngd_cview S, float *p) {
     corner_shape c = corner_of(s);
     float *r = line_of(s, &c, p);
-    for (size_t i = 0; i < s->d; i++) p[i] = NGD_AT(S, i, i);
-    for (size_t j = c.j0; j < c.j1; j++) r[j] = NGD_AT(S, c.p, j) + NGD_AT(S, j, c.p);
+    for (size_t i = 0; i < s->d; i++)
+        p[i] = NGD_AT(S, i, i);
+    for (size_t j = c.j0; j < c.j1; j++)
+        r[j] = NGD_AT(S, c.p, j) + NGD_AT(S, j, c.p);
 }
 
 static void corner_diag_add(const ngd_sdesc *s, float *p, float v) {
-    for (size_t i = 0; i < s->d; i++) p[i] += v;
+    for (size_t i = 0; i < s->d; i++)
+        p[i] += v;
 }
 
 static double corner_trace(const ngd_sdesc *s, const float *p) {
     double t = 0;
-    for (size_t i = 0; i < s->d; i++) t += (double)p[i];
+    for (size_t i = 0; i < s->d; i++)
+        t += (double)p[i];
     return t;
 }
 
@@ -84,21 +89,25 @@ static void corner_mul(const ngd_sdesc *s, const float *a, const float *b, float
     float *ro = line_of(s, &c, out);
     for (size_t j = c.j0; j < c.j1; j++)
         ro[j] = c.row ? a[c.p] * rb[j] + b[j] * ra[j] : a[j] * rb[j] + b[c.p] * ra[j];
-    for (size_t i = 0; i < s->d; i++) out[i] = a[i] * b[i];
+    for (size_t i = 0; i < s->d; i++)
+        out[i] = a[i] * b[i];
 }
 
 // One contiguous column of out = L M: o = D m, then the line: effective row type
 // o_p += Σ_j r_j m_j; column type o_j += r_j m_p.
-static void corner_col(const float *D, const float *r, const corner_shape *c, bool row,
-                       size_t d, const float *m, float *o) {
-    for (size_t i = 0; i < d; i++) o[i] = D[i] * m[i];
+static void corner_col(const float *D, const float *r, const corner_shape *c, bool row, size_t d,
+                       const float *m, float *o) {
+    for (size_t i = 0; i < d; i++)
+        o[i] = D[i] * m[i];
     if (row) {
         float acc = 0.0f;
-        for (size_t j = c->j0; j < c->j1; j++) acc += r[j] * m[j];
+        for (size_t j = c->j0; j < c->j1; j++)
+            acc += r[j] * m[j];
         o[c->p] += acc;
     } else {
         const float mp = m[c->p];
-        for (size_t j = c->j0; j < c->j1; j++) o[j] += r[j] * mp;
+        for (size_t j = c->j0; j < c->j1; j++)
+            o[j] += r[j] * mp;
     }
 }
 
@@ -110,8 +119,7 @@ static void corner_col(const float *D, const float *r, const corner_shape *c, bo
 // then out_j += r_j M_p. Row-major views work on contiguous rows, column-major ones column
 // by column; mixed layouts go row by row over tiles of CORNER_TILE columns, so that both the
 // strided reads and the writes stay within a few cache lines per row.
-static void corner_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M,
-                      ngd_view out) {
+static void corner_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out) {
     corner_shape c = corner_of(s);
     const float *r = cline_of(s, &c, p);
     const bool row = c.row != trans;
@@ -121,14 +129,16 @@ static void corner_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview 
             corner_col(p, r, &c, row, d, M.p + (ptrdiff_t)k * M.cs, out.p + (ptrdiff_t)k * out.cs);
         return;
     }
-    const size_t tile = M.cs == 1 && out.cs == 1 ? n : CORNER_TILE;  // row-major: whole rows
+    const size_t tile = M.cs == 1 && out.cs == 1 ? n : CORNER_TILE; // row-major: whole rows
     for (size_t k0 = 0; k0 < n; k0 += tile) {
         const size_t nk = NGD_MIN(tile, n - k0);
         for (size_t i = 0; i < d; i++)
-            for (size_t k = k0; k < k0 + nk; k++) NGD_AT(out, i, k) = p[i] * NGD_AT(M, i, k);
+            for (size_t k = k0; k < k0 + nk; k++)
+                NGD_AT(out, i, k) = p[i] * NGD_AT(M, i, k);
         for (size_t j = c.j0; j < c.j1; j++) {
             const size_t dst = row ? c.p : j, src = row ? j : c.p;
-            for (size_t k = k0; k < k0 + nk; k++) NGD_AT(out, dst, k) += r[j] * NGD_AT(M, src, k);
+            for (size_t k = k0; k < k0 + nk; k++)
+                NGD_AT(out, dst, k) += r[j] * NGD_AT(M, src, k);
         }
     }
 }
@@ -145,8 +155,8 @@ static void corner_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, f
     float *ro = line_of(s, &c, out);
     if (X.p) {
         const size_t n = X.cols;
-        corner_mm(s, k, true, X, ngd_view_rm(ws, d, n, n));  // S = Kᵀ X, (d, n) row-major
-        const float *Sp = ws + c.p * n;                        // row p of S
+        corner_mm(s, k, true, X, ngd_view_rm(ws, d, n, n)); // S = Kᵀ X, (d, n) row-major
+        const float *Sp = ws + c.p * n;                     // row p of S
         for (size_t i = 0; i < d; i++)
             ngd_s_accum(&out[i], alpha, beta, (double)ngd_s_dot(ws + i * n, ws + i * n, n));
         for (size_t j = c.j0; j < c.j1; j++)
@@ -154,8 +164,9 @@ static void corner_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, f
         return;
     }
     const float *r = cline_of(s, &c, k);
-    double rr = 0;  // ‖r‖²
-    for (size_t j = c.j0; j < c.j1; j++) rr += (double)r[j] * (double)r[j];
+    double rr = 0; // ‖r‖²
+    for (size_t j = c.j0; j < c.j1; j++)
+        rr += (double)r[j] * (double)r[j];
     for (size_t i = 0; i < d; i++) {
         double v = (double)k[i] * (double)k[i];
         if (c.row && i != c.p) v += (double)r[i] * (double)r[i];
@@ -163,19 +174,19 @@ static void corner_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, f
         ngd_s_accum(&out[i], alpha, beta, v);
     }
     for (size_t j = c.j0; j < c.j1; j++) {
-        const double D = (double)k[c.row ? c.p : j];  // row type: D_p; column type: D_j
+        const double D = (double)k[c.row ? c.p : j]; // row type: D_p; column type: D_j
         ngd_s_accum(&ro[j], alpha, beta, 2.0 * D * (double)r[j]);
     }
 }
 
 static size_t corner_ws(const ngd_sdesc *s, size_t n) { return s->d * n; }
 
-#define CORNER_OPS(NAME)                                                                   \
-    {                                                                                      \
-        .name = NAME, .count = corner_count, .entry = corner_entry, .eye = corner_eye,     \
-        .project = corner_project, .diag_add = corner_diag_add, .trace = corner_trace,     \
-        .frob2 = NULL, .mul = corner_mul, .mm = corner_mm, .from_inner = corner_from_inner, \
-        .ws_from_inner = corner_ws,                                                        \
+#define CORNER_OPS(NAME)                                                                           \
+    {                                                                                              \
+        .name = NAME, .count = corner_count, .entry = corner_entry, .eye = corner_eye,             \
+        .project = corner_project, .diag_add = corner_diag_add, .trace = corner_trace,             \
+        .frob2 = NULL, .mul = corner_mul, .mm = corner_mm, .from_inner = corner_from_inner,        \
+        .ws_from_inner = corner_ws,                                                                \
     }
 const ngd_structure_ops ngd_tril_topleft_ops = CORNER_OPS("tril_topleft_diag");
 const ngd_structure_ops ngd_tril_botright_ops = CORNER_OPS("tril_bottomright_diag");

@@ -14,7 +14,8 @@ static size_t dense_entry(const ngd_sdesc *s, size_t i, size_t j) { return i * s
 
 static void dense_eye(const ngd_sdesc *s, float *p) {
     memset(p, 0, s->d * s->d * sizeof(float));
-    for (size_t i = 0; i < s->d; i++) p[i * s->d + i] = 1.0f;
+    for (size_t i = 0; i < s->d; i++)
+        p[i * s->d + i] = 1.0f;
 }
 
 // Π(S) = S for the dense class: every position's mirror is in the pattern.
@@ -23,12 +24,14 @@ static void dense_project(const ngd_sdesc *s, ngd_cview S, float *p) {
 }
 
 static void dense_diag_add(const ngd_sdesc *s, float *p, float v) {
-    for (size_t i = 0; i < s->d; i++) p[i * s->d + i] += v;
+    for (size_t i = 0; i < s->d; i++)
+        p[i * s->d + i] += v;
 }
 
 static double dense_trace(const ngd_sdesc *s, const float *p) {
     double t = 0;
-    for (size_t i = 0; i < s->d; i++) t += (double)p[i * s->d + i];
+    for (size_t i = 0; i < s->d; i++)
+        t += (double)p[i * s->d + i];
     return t;
 }
 

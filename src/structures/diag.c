@@ -16,43 +16,50 @@ static size_t diag_entry(const ngd_sdesc *s, size_t i, size_t j) {
 }
 
 static void diag_eye(const ngd_sdesc *s, float *p) {
-    for (size_t i = 0; i < s->d; i++) p[i] = 1.0f;
+    for (size_t i = 0; i < s->d; i++)
+        p[i] = 1.0f;
 }
 
 static void diag_project(const ngd_sdesc *s, ngd_cview S, float *p) {
-    for (size_t i = 0; i < s->d; i++) p[i] = NGD_AT(S, i, i);
+    for (size_t i = 0; i < s->d; i++)
+        p[i] = NGD_AT(S, i, i);
 }
 
 static void diag_diag_add(const ngd_sdesc *s, float *p, float v) {
-    for (size_t i = 0; i < s->d; i++) p[i] += v;
+    for (size_t i = 0; i < s->d; i++)
+        p[i] += v;
 }
 
 static double diag_trace(const ngd_sdesc *s, const float *p) {
     double t = 0;
-    for (size_t i = 0; i < s->d; i++) t += (double)p[i];
+    for (size_t i = 0; i < s->d; i++)
+        t += (double)p[i];
     return t;
 }
 
 static void diag_mul(const ngd_sdesc *s, const float *a, const float *b, float *out) {
-    for (size_t i = 0; i < s->d; i++) out[i] = a[i] * b[i];
+    for (size_t i = 0; i < s->d; i++)
+        out[i] = a[i] * b[i];
 }
 
 static void diag_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out) {
-    NGD_UNUSED(trans);  // a diagonal matrix is its own transpose
+    NGD_UNUSED(trans); // a diagonal matrix is its own transpose
     const bool par = s->d * M.cols > NGD_PAR_MIN;
     if (M.cs == 1 && out.cs == 1) {
 #pragma omp parallel for schedule(static) if (par)
         for (size_t i = 0; i < s->d; i++) {
             const float *m = M.p + (ptrdiff_t)i * M.rs;
             float *o = out.p + (ptrdiff_t)i * out.rs, k = p[i];
-            for (size_t j = 0; j < M.cols; j++) o[j] = k * m[j];
+            for (size_t j = 0; j < M.cols; j++)
+                o[j] = k * m[j];
         }
         return;
     }
     // column-major views (e.g. the right-multiplication G K): walk contiguous columns
 #pragma omp parallel for schedule(static) if (par)
     for (size_t j = 0; j < M.cols; j++)
-        for (size_t i = 0; i < s->d; i++) NGD_AT(out, i, j) = p[i] * NGD_AT(M, i, j);
+        for (size_t i = 0; i < s->d; i++)
+            NGD_AT(out, i, j) = p[i] * NGD_AT(M, i, j);
 }
 
 static void diag_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, float alpha,
@@ -65,7 +72,8 @@ static void diag_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, flo
     for (size_t i0 = 0; i0 < s->d; i0 += B) {
         const size_t nb = NGD_MIN(B, s->d - i0);
         double acc[B];
-        for (size_t r = 0; r < nb; r++) acc[r] = X.p ? 0.0 : 1.0;
+        for (size_t r = 0; r < nb; r++)
+            acc[r] = X.p ? 0.0 : 1.0;
         if (X.p)
             for (size_t j = 0; j < X.cols; j++)
                 for (size_t r = 0; r < nb; r++) {

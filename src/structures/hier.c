@@ -22,8 +22,8 @@
 
 // The five parameter blocks of one hierarchical matrix, as views into its storage.
 typedef struct {
-    ngd_view A, B, Bm, Bb, D, E;  // (K1,K1) (K1,m+K2) (K1,m) (K1,K2) (K2,m) (K2,K2)
-    float *c;                     // (m)
+    ngd_view A, B, Bm, Bb, D, E; // (K1,K1) (K1,m+K2) (K1,m) (K1,K2) (K2,m) (K2,K2)
+    float *c;                    // (m)
 } hier_blocks;
 
 typedef struct {
@@ -73,9 +73,12 @@ static size_t hier_entry(const ngd_sdesc *s, size_t i, size_t j) {
 static void hier_eye(const ngd_sdesc *s, float *p) {
     memset(p, 0, s->n * sizeof(float));
     hier_blocks h = hier_split(s, p);
-    for (size_t i = 0; i < s->k1; i++) NGD_AT(h.A, i, i) = 1.0f;
-    for (size_t i = 0; i < s->m; i++) h.c[i] = 1.0f;
-    for (size_t i = 0; i < s->k2; i++) NGD_AT(h.E, i, i) = 1.0f;
+    for (size_t i = 0; i < s->k1; i++)
+        NGD_AT(h.A, i, i) = 1.0f;
+    for (size_t i = 0; i < s->m; i++)
+        h.c[i] = 1.0f;
+    for (size_t i = 0; i < s->k2; i++)
+        NGD_AT(h.E, i, i) = 1.0f;
 }
 
 // out += X + Yᵀ element-wise (X, Y and out the same shape after the transpose)
@@ -93,24 +96,31 @@ static void hier_project(const ngd_sdesc *s, ngd_cview S, float *p) {
     ngd_view_copy(ngd_cview_sub(S, 0, K1, 0, K1), h.A);
     add_plus_transpose(ngd_cview_sub(S, 0, K1, K1, d - K1), ngd_cview_sub(S, K1, d - K1, 0, K1),
                        h.B);
-    for (size_t i = 0; i < m; i++) h.c[i] = NGD_AT(S, K1 + i, K1 + i);
+    for (size_t i = 0; i < m; i++)
+        h.c[i] = NGD_AT(S, K1 + i, K1 + i);
     add_plus_transpose(ngd_cview_sub(S, b0, K2, K1, m), ngd_cview_sub(S, K1, m, b0, K2), h.D);
     ngd_view_copy(ngd_cview_sub(S, b0, K2, b0, K2), h.E);
 }
 
 static void hier_diag_add(const ngd_sdesc *s, float *p, float v) {
     hier_blocks h = hier_split(s, p);
-    for (size_t i = 0; i < s->k1; i++) NGD_AT(h.A, i, i) += v;
-    for (size_t i = 0; i < s->m; i++) h.c[i] += v;
-    for (size_t i = 0; i < s->k2; i++) NGD_AT(h.E, i, i) += v;
+    for (size_t i = 0; i < s->k1; i++)
+        NGD_AT(h.A, i, i) += v;
+    for (size_t i = 0; i < s->m; i++)
+        h.c[i] += v;
+    for (size_t i = 0; i < s->k2; i++)
+        NGD_AT(h.E, i, i) += v;
 }
 
 static double hier_trace(const ngd_sdesc *s, const float *p) {
     hier_cblocks h = hier_csplit(s, p);
     double t = 0;
-    for (size_t i = 0; i < s->k1; i++) t += (double)NGD_AT(h.A, i, i);
-    for (size_t i = 0; i < s->m; i++) t += (double)h.c[i];
-    for (size_t i = 0; i < s->k2; i++) t += (double)NGD_AT(h.E, i, i);
+    for (size_t i = 0; i < s->k1; i++)
+        t += (double)NGD_AT(h.A, i, i);
+    for (size_t i = 0; i < s->m; i++)
+        t += (double)h.c[i];
+    for (size_t i = 0; i < s->k2; i++)
+        t += (double)NGD_AT(h.E, i, i);
     return t;
 }
 
@@ -135,7 +145,8 @@ static void rows_scale(const float *v, ngd_cview M, float beta_out, ngd_view out
 // out(:, j) += X(:, j) · v_j   (X diag(v))
 static void cols_scale_add(ngd_cview X, const float *v, ngd_view out) {
     for (size_t i = 0; i < out.rows; i++)
-        for (size_t j = 0; j < out.cols; j++) NGD_AT(out, i, j) += NGD_AT(X, i, j) * v[j];
+        for (size_t j = 0; j < out.cols; j++)
+            NGD_AT(out, i, j) += NGD_AT(X, i, j) * v[j];
 }
 
 // spec §9.5 product (closed): A'' = A A'; B''_m = A B'_m + B_m diag(c') + B_b D';
@@ -144,13 +155,14 @@ static void hier_mul(const ngd_sdesc *s, const float *a, const float *b, float *
     hier_cblocks x = hier_csplit(s, a), y = hier_csplit(s, b);
     hier_blocks o = hier_split(s, out);
     ngd_gemm(1.0f, x.A, y.A, 0.0f, o.A);
-    ngd_gemm(1.0f, x.A, y.B, 0.0f, o.B);    // A [B'_m | B'_b]
-    ngd_gemm(1.0f, x.Bb, y.D, 1.0f, o.Bm);  // + B_b D'
-    cols_scale_add(x.Bm, y.c, o.Bm);        // + B_m diag(c')
-    ngd_gemm(1.0f, x.Bb, y.E, 1.0f, o.Bb);  // + B_b E'
-    for (size_t i = 0; i < s->m; i++) o.c[i] = x.c[i] * y.c[i];
-    ngd_gemm(1.0f, x.E, y.D, 0.0f, o.D);  // E D'
-    cols_scale_add(x.D, y.c, o.D);        // + D diag(c')
+    ngd_gemm(1.0f, x.A, y.B, 0.0f, o.B);   // A [B'_m | B'_b]
+    ngd_gemm(1.0f, x.Bb, y.D, 1.0f, o.Bm); // + B_b D'
+    cols_scale_add(x.Bm, y.c, o.Bm);       // + B_m diag(c')
+    ngd_gemm(1.0f, x.Bb, y.E, 1.0f, o.Bb); // + B_b E'
+    for (size_t i = 0; i < s->m; i++)
+        o.c[i] = x.c[i] * y.c[i];
+    ngd_gemm(1.0f, x.E, y.D, 0.0f, o.D); // E D'
+    cols_scale_add(x.D, y.c, o.D);       // + D diag(c')
     ngd_gemm(1.0f, x.E, y.E, 0.0f, o.E);
 }
 
@@ -171,7 +183,7 @@ static void hier_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M,
         ngd_gemm(1.0f, h.E, Mb, 1.0f, Ob);
     } else {
         ngd_gemm(1.0f, ngd_cview_t(h.A), Mt, 0.0f, Ot);
-        ngd_gemm(1.0f, ngd_cview_t(h.B), Mt, 0.0f, Omb);  // [B_mᵀ; B_bᵀ] M_t
+        ngd_gemm(1.0f, ngd_cview_t(h.B), Mt, 0.0f, Omb); // [B_mᵀ; B_bᵀ] M_t
         rows_scale(h.c, Mm, 1.0f, Om);
         ngd_gemm(1.0f, ngd_cview_t(h.D), Mb, 1.0f, Om);
         ngd_gemm(1.0f, ngd_cview_t(h.E), Mb, 1.0f, Ob);
@@ -194,9 +206,11 @@ static void hier_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, flo
         ngd_gemm(alpha, ngd_cview_t(h.A), h.A, beta, o.A);
         ngd_gemm(a2, ngd_cview_t(h.A), h.B, beta, o.B);
         for (size_t i = 0; i < m; i++) {
-            double v = sq(h.c[i]);  // f64 accumulation of the column sums of squares
-            for (size_t r = 0; r < K1; r++) v += sq(NGD_AT(h.Bm, r, i));
-            for (size_t r = 0; r < K2; r++) v += sq(NGD_AT(h.D, r, i));
+            double v = sq(h.c[i]); // f64 accumulation of the column sums of squares
+            for (size_t r = 0; r < K1; r++)
+                v += sq(NGD_AT(h.Bm, r, i));
+            for (size_t r = 0; r < K2; r++)
+                v += sq(NGD_AT(h.D, r, i));
             ngd_s_accum(&o.c[i], alpha, beta, v);
         }
         ngd_gemm(a2, ngd_cview_t(h.Bb), h.Bm, beta, o.D);
@@ -206,14 +220,14 @@ static void hier_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, flo
         return;
     }
     const size_t n = X.cols;
-    ngd_view S = ngd_view_rm(ws, d, n, n);  // (d, n) row-major
-    hier_mm(s, k, true, X, S);              // S = Kᵀ X
+    ngd_view S = ngd_view_rm(ws, d, n, n); // (d, n) row-major
+    hier_mm(s, k, true, X, S);             // S = Kᵀ X
     ngd_cview St = ngd_cview_rm(ws, K1, n, n), Sm = ngd_cview_rm(ws + K1 * n, m, n, n);
     ngd_cview Sb = ngd_cview_rm(ws + b0 * n, K2, n, n);
     ngd_cview Smb = ngd_cview_rm(ws + K1 * n, d - K1, n, n);
     ngd_syrk_full(alpha, St, beta, o.A);
     ngd_gemm(a2, St, ngd_cview_t(Smb), beta, o.B);
-    for (size_t i = 0; i < m; i++) {  // ‖row i of S_m‖², S row-major
+    for (size_t i = 0; i < m; i++) { // ‖row i of S_m‖², S row-major
         const float *row = ws + (K1 + i) * n;
         ngd_s_accum(&o.c[i], alpha, beta, (double)ngd_s_dot(row, row, n));
     }
@@ -231,7 +245,7 @@ const ngd_structure_ops ngd_hier_ops = {
     .project = hier_project,
     .diag_add = hier_diag_add,
     .trace = hier_trace,
-    .frob2 = NULL,  // every stored number is one dense entry
+    .frob2 = NULL, // every stored number is one dense entry
     .mul = hier_mul,
     .mm = hier_mm,
     .from_inner = hier_from_inner,

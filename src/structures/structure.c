@@ -60,18 +60,20 @@ void ngd_s_copy(const ngd_sdesc *s, const float *src, float *dst) {
 }
 
 void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y) {
-    for (size_t i = 0; i < s->n; i++) y[i] += alpha * x[i];
+    for (size_t i = 0; i < s->n; i++)
+        y[i] += alpha * x[i];
 }
 
 void ngd_s_scale(const ngd_sdesc *s, float *p, float v) {
-    for (size_t i = 0; i < s->n; i++) p[i] *= v;
+    for (size_t i = 0; i < s->n; i++)
+        p[i] *= v;
 }
 
 float ngd_s_maxabs(const ngd_sdesc *s, const float *p) {
     float m = 0.0f;
     for (size_t i = 0; i < s->n; i++) {
         float a = fabsf(p[i]);
-        if (a > m || a != a) m = a;  // NaN propagates
+        if (a > m || a != a) m = a; // NaN propagates
     }
     return m;
 }
@@ -80,7 +82,8 @@ double ngd_s_frob(const ngd_sdesc *s, const float *p) {
     const ngd_structure_ops *ops = ngd_structure_get(s->kind);
     if (ops->frob2) return sqrt(ops->frob2(s, p));
     double acc = 0;
-    for (size_t i = 0; i < s->n; i++) acc += (double)p[i] * (double)p[i];
+    for (size_t i = 0; i < s->n; i++)
+        acc += (double)p[i] * (double)p[i];
     return sqrt(acc);
 }
 
@@ -96,10 +99,13 @@ float ngd_s_dot(const float *a, const float *b, size_t n) {
     float lane[DOT_LANES] = {0};
     size_t i = 0;
     for (; i + DOT_LANES <= n; i += DOT_LANES)
-        for (size_t l = 0; l < DOT_LANES; l++) lane[l] += a[i + l] * b[i + l];
+        for (size_t l = 0; l < DOT_LANES; l++)
+            lane[l] += a[i + l] * b[i + l];
     float acc = 0.0f;
-    for (; i < n; i++) acc += a[i] * b[i];
-    for (size_t l = 0; l < DOT_LANES; l++) acc += lane[l];
+    for (; i < n; i++)
+        acc += a[i] * b[i];
+    for (size_t l = 0; l < DOT_LANES; l++)
+        acc += lane[l];
     return acc;
 }
 

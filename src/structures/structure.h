@@ -37,11 +37,11 @@
 
 typedef struct {
     ngd_structure kind;
-    size_t d;          // dimension
-    size_t b;          // block-diagonal: block size (>= 1)
-    size_t k1, m, k2;  // hierarchical: resolved (K1, m, K2) with K1 + m + K2 = d
-    size_t n;          // number of stored floats
-    bool quirk;        // official block-diagonal transpose quirk
+    size_t d;         // dimension
+    size_t b;         // block-diagonal: block size (>= 1)
+    size_t k1, m, k2; // hierarchical: resolved (K1, m, K2) with K1 + m + K2 = d
+    size_t n;         // number of stored floats
+    bool quirk;       // official block-diagonal transpose quirk
 } ngd_sdesc;
 
 typedef struct ngd_structure_ops {
@@ -52,7 +52,7 @@ typedef struct ngd_structure_ops {
     void (*project)(const ngd_sdesc *s, ngd_cview S, float *p);
     void (*diag_add)(const ngd_sdesc *s, float *p, float v);
     double (*trace)(const ngd_sdesc *s, const float *p);
-    double (*frob2)(const ngd_sdesc *s, const float *p);  // (optional)
+    double (*frob2)(const ngd_sdesc *s, const float *p); // (optional)
     void (*mul)(const ngd_sdesc *s, const float *a, const float *b, float *out);
     void (*mm)(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out);
     void (*from_inner)(const ngd_sdesc *s, const float *k, ngd_cview X, float alpha, float beta,
@@ -70,11 +70,11 @@ ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, b
 // ---- generic operations (same for every class) ----
 void ngd_s_zero(const ngd_sdesc *s, float *p);
 void ngd_s_copy(const ngd_sdesc *s, const float *src, float *dst);
-void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y);  // y += alpha x
-void ngd_s_scale(const ngd_sdesc *s, float *p, float v);                      // p *= v
-float ngd_s_maxabs(const ngd_sdesc *s, const float *p);                       // ‖L‖∞ (vector)
-double ngd_s_frob(const ngd_sdesc *s, const float *p);                        // ‖L‖_F
-double ngd_s_avgtrace(const ngd_sdesc *s, const float *p);                    // tr / d
+void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y); // y += alpha x
+void ngd_s_scale(const ngd_sdesc *s, float *p, float v);                    // p *= v
+float ngd_s_maxabs(const ngd_sdesc *s, const float *p);                     // ‖L‖∞ (vector)
+double ngd_s_frob(const ngd_sdesc *s, const float *p);                      // ‖L‖_F
+double ngd_s_avgtrace(const ngd_sdesc *s, const float *p);                  // tr / d
 // Dense d x d form through `entry` (out fully written).
 void ngd_s_to_dense(const ngd_sdesc *s, const float *p, ngd_view out);
 

@@ -6,10 +6,10 @@
  * diagonal.
  *
  * Products are truncated convolutions (O(d²) for two structured matrices, O(d² n) for K·M:
- * GEMMs with lag blocks of θ from d = 128, contiguous row or column axpys below). from_inner never forms a d x d matrix: Π only needs
- * the sums of the diagonals of S Sᵀ, which are lagged inner products of the rows of
- * S = Kᵀ X; Π(KᵀK) has a closed form in θ. Sums over many terms accumulate in double.
- * Legend: d = dimension, k = diagonal offset (lag), n = columns of M / X.
+ * GEMMs with lag blocks of θ from d = 128, contiguous row or column axpys below). from_inner never
+ * forms a d x d matrix: Π only needs the sums of the diagonals of S Sᵀ, which are lagged inner
+ * products of the rows of S = Kᵀ X; Π(KᵀK) has a closed form in θ. Sums over many terms accumulate
+ * in double. Legend: d = dimension, k = diagonal offset (lag), n = columns of M / X.
  */
 #include <string.h>
 
@@ -56,7 +56,8 @@ static double tz_trace(const ngd_sdesc *s, const float *p) { return (double)s->d
 // ‖L‖_F² = Σ_k (d−k) θ_k²: θ_k appears d−k times.
 static double tz_frob2(const ngd_sdesc *s, const float *p) {
     double acc = 0;
-    for (size_t k = 0; k < s->d; k++) acc += (double)(s->d - k) * (double)p[k] * (double)p[k];
+    for (size_t k = 0; k < s->d; k++)
+        acc += (double)(s->d - k) * (double)p[k] * (double)p[k];
     return acc;
 }
 
@@ -64,21 +65,24 @@ static double tz_frob2(const ngd_sdesc *s, const float *p) {
 static void tz_mul(const ngd_sdesc *s, const float *a, const float *b, float *out) {
     for (size_t k = 0; k < s->d; k++) {
         double acc = 0;
-        for (size_t j = 0; j <= k; j++) acc += (double)a[j] * (double)b[k - j];
+        for (size_t j = 0; j <= k; j++)
+            acc += (double)a[j] * (double)b[k - j];
         out[k] = (float)acc;
     }
 }
 
 // One column: o_i = Σ_k θ_k m_{i−k} (lower) or Σ_k θ_k m_{i+k} (upper), strides ms / os.
 // Called with constant unit strides for contiguous columns, so the axpys vectorise.
-static inline void tz_apply_col(const float *th, size_t d, bool lower, const float *m,
-                                ptrdiff_t ms, float *o, ptrdiff_t os) {
-    for (size_t i = 0; i < d; i++) o[(ptrdiff_t)i * os] = th[0] * m[(ptrdiff_t)i * ms];
+static inline void tz_apply_col(const float *th, size_t d, bool lower, const float *m, ptrdiff_t ms,
+                                float *o, ptrdiff_t os) {
+    for (size_t i = 0; i < d; i++)
+        o[(ptrdiff_t)i * os] = th[0] * m[(ptrdiff_t)i * ms];
     for (size_t k = 1; k < d; k++) {
         const float t = th[k];
         float *ok = lower ? o + (ptrdiff_t)k * os : o;
         const float *mk = lower ? m : m + (ptrdiff_t)k * ms;
-        for (size_t i = 0; i < d - k; i++) ok[(ptrdiff_t)i * os] += t * mk[(ptrdiff_t)i * ms];
+        for (size_t i = 0; i < d - k; i++)
+            ok[(ptrdiff_t)i * os] += t * mk[(ptrdiff_t)i * ms];
     }
 }
 
@@ -126,12 +130,14 @@ static void tz_apply(const float *th, size_t d, bool lower, ngd_cview M, ngd_vie
         for (size_t i = 0; i < d; i++) {
             float *o = out.p + (ptrdiff_t)i * out.rs;
             const float *m0 = M.p + (ptrdiff_t)i * M.rs;
-            for (size_t j = 0; j < n; j++) o[j] = th[0] * m0[j];
+            for (size_t j = 0; j < n; j++)
+                o[j] = th[0] * m0[j];
             const size_t kmax = lower ? i : d - 1 - i;
             for (size_t k = 1; k <= kmax; k++) {
                 const float *mk = M.p + (ptrdiff_t)(lower ? i - k : i + k) * M.rs;
                 const float t = th[k];
-                for (size_t j = 0; j < n; j++) o[j] += t * mk[j];
+                for (size_t j = 0; j < n; j++)
+                    o[j] += t * mk[j];
             }
         }
     } else if (M.rs == 1 && out.rs == 1) {
@@ -158,10 +164,10 @@ static void tz_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, n
 static double lag_sum(ngd_cview S, size_t k) {
     const size_t d = S.rows, n = S.cols;
     double acc = 0;
-    if (S.cs == 1) {  // rows contiguous
+    if (S.cs == 1) { // rows contiguous
         for (size_t i = 0; i + k < d; i++)
             acc += (double)ngd_s_dot(S.p + (ptrdiff_t)(i + k) * S.rs, S.p + (ptrdiff_t)i * S.rs, n);
-    } else {  // columns contiguous (rs == 1): a lagged autocorrelation per column
+    } else { // columns contiguous (rs == 1): a lagged autocorrelation per column
         for (size_t c = 0; c < n; c++) {
             const float *col = S.p + (ptrdiff_t)c * S.cs;
             acc += (double)ngd_s_dot(col + k, col, d - k);
@@ -175,14 +181,14 @@ static double lag_sum(ngd_cview S, size_t k) {
 // θ_0 = ‖S‖²/d, θ_k = 2 Σ_i ⟨S_{i+k,:}, S_{i,:}⟩/(d−k). No X: Π(KᵀK), whose k-th diagonal
 // sum is Σ_{u=0}^{d−1−k} (d−k−u) θ_u θ_{u+k} for tril and triu alike (LᵀL and L Lᵀ have the
 // same diagonal sums), so θ''_k = (k ? 2 : 1)·Σ_u (d−k−u) θ_u θ_{u+k} / (d−k).
-static void tz_from_inner(const ngd_sdesc *s, const float *th, ngd_cview X, float alpha,
-                          float beta, float *out, float *ws) {
+static void tz_from_inner(const ngd_sdesc *s, const float *th, ngd_cview X, float alpha, float beta,
+                          float *out, float *ws) {
     const size_t d = s->d;
     if (X.p) {
         const size_t n = X.cols;
-        ngd_view S = X.cs == 1 ? ngd_view_rm(ws, d, n, n)
-                               : (ngd_view){ws, d, n, 1, (ptrdiff_t)d};  // (d, n)
-        tz_mm(s, th, true, X, S);                                         // S = Kᵀ X
+        ngd_view S =
+            X.cs == 1 ? ngd_view_rm(ws, d, n, n) : (ngd_view){ws, d, n, 1, (ptrdiff_t)d}; // (d, n)
+        tz_mm(s, th, true, X, S); // S = Kᵀ X
         const bool par = d * d * n > 64 * (size_t)NGD_PAR_MIN;
 #pragma omp parallel for schedule(dynamic, 4) if (par)
         for (size_t k = 0; k < d; k++) {

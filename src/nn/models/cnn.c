@@ -13,8 +13,8 @@
 #include "model.h"
 
 #define CNN_MAX_STAGES 4
-#define CNN_CONVS (2 * CNN_MAX_STAGES)
-#define CNN_HIDDEN 128
+#define CNN_CONVS      (2 * CNN_MAX_STAGES)
+#define CNN_HIDDEN     128
 
 typedef struct {
     size_t nstages, nconv;
@@ -25,16 +25,16 @@ typedef struct {
     nn_linear fc1, fc2;
     int conv_id[CNN_CONVS], fc1_id, fc2_id;
     // activations, each (B, C, H, W) of its layer; x_k is the input of conv k
-    float *cz[CNN_CONVS];   // conv output (BN's borrowed input)
-    float *ra[CNN_CONVS];   // BN-ReLU output
-    float *po[CNN_MAX_STAGES];  // pool output
-    float *h1, *a1;         // (B, 128) fc1 output, ReLU output
+    float *cz[CNN_CONVS];      // conv output (BN's borrowed input)
+    float *ra[CNN_CONVS];      // BN-ReLU output
+    float *po[CNN_MAX_STAGES]; // pool output
+    float *h1, *a1;            // (B, 128) fc1 output, ReLU output
     // gradients, same shapes; dcz is the conv's `g` (kept for observe)
     float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
-    float *gs;              // (B, max C·H·W) gradient of the block output being worked on
-    float *dz;              // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
+    float *gs; // (B, max C·H·W) gradient of the block output being worked on
+    float *dz; // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
     float *dh1, *da1;
-    size_t flat;            // features entering fc1
+    size_t flat; // features entering fc1
 } cnn;
 
 static void cnn_destroy(nn_model *m) {
@@ -94,7 +94,8 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, chans[s]);
             nn_model_add_buffer(m, "running_var", p->bn[k].running_var, chans[s]);
         }
-        if (h < 2 || w < 2 || nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, B) != NN_OK) goto bad;
+        if (h < 2 || w < 2 || nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, B) != NN_OK)
+            goto bad;
         h /= 2, w /= 2;
         p->po[s] = buf(B * c * h * w), p->dpo[s] = buf(B * c * h * w);
         if (!p->po[s] || !p->dpo[s]) goto oom;
@@ -140,7 +141,7 @@ static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
         nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
         in = p->po[s];
     }
-    nn_linear_forward(&p->fc1, in, p->h1, N);  // flatten: NCHW memory is already (N, C*H*W)
+    nn_linear_forward(&p->fc1, in, p->h1, N); // flatten: NCHW memory is already (N, C*H*W)
     nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * CNN_HIDDEN);
     nn_linear_forward(&p->fc2, p->a1, m->logits, N);
 }

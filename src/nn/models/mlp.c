@@ -9,20 +9,22 @@
 #include "model.h"
 
 typedef struct {
-    size_t nl;                              // number of Linear layers (hidden + 1)
+    size_t nl; // number of Linear layers (hidden + 1)
     nn_linear lin[NN_MODEL_MAX_WIDTHS + 1];
     nn_relu relu[NN_MODEL_MAX_WIDTHS];
-    int id[NN_MODEL_MAX_WIDTHS + 1];        // libngd layer ids
-    float *z[NN_MODEL_MAX_WIDTHS];          // (B, width_i) pre-activations of hidden i
-    float *h[NN_MODEL_MAX_WIDTHS];          // (B, width_i) activations
-    float *dh[NN_MODEL_MAX_WIDTHS];         // (B, width_i) gradient of h (then of z, in place)
-    float *dz[NN_MODEL_MAX_WIDTHS];         // (B, width_i)
+    int id[NN_MODEL_MAX_WIDTHS + 1]; // libngd layer ids
+    float *z[NN_MODEL_MAX_WIDTHS];   // (B, width_i) pre-activations of hidden i
+    float *h[NN_MODEL_MAX_WIDTHS];   // (B, width_i) activations
+    float *dh[NN_MODEL_MAX_WIDTHS];  // (B, width_i) gradient of h (then of z, in place)
+    float *dz[NN_MODEL_MAX_WIDTHS];  // (B, width_i)
 } mlp;
 
 static void mlp_destroy(nn_model *m) {
     mlp *p = m->impl;
-    for (size_t i = 0; i < p->nl; i++) nn_linear_free(&p->lin[i]);
-    for (size_t i = 0; i + 1 < p->nl; i++) free(p->z[i]), free(p->h[i]), free(p->dh[i]), free(p->dz[i]);
+    for (size_t i = 0; i < p->nl; i++)
+        nn_linear_free(&p->lin[i]);
+    for (size_t i = 0; i + 1 < p->nl; i++)
+        free(p->z[i]), free(p->h[i]), free(p->dh[i]), free(p->dz[i]);
     free(p);
     m->impl = NULL;
 }
@@ -67,7 +69,7 @@ static void mlp_forward(nn_model *m, const float *x, size_t N, bool train) {
     (void)train;
     mlp *p = m->impl;
     m->N = N;
-    const float *in = x;  // (N, c*h*w): flatten is the identity on NCHW memory
+    const float *in = x; // (N, c*h*w): flatten is the identity on NCHW memory
     for (size_t i = 0; i + 1 < p->nl; i++) {
         nn_linear_forward(&p->lin[i], in, p->z[i], N);
         nn_relu_forward(&p->relu[i], p->z[i], p->h[i], N * p->lin[i].d_out);
@@ -81,7 +83,7 @@ static void mlp_backward(nn_model *m, const float *dlogits) {
     const size_t N = m->N;
     const float *dy = dlogits;
     for (size_t i = p->nl; i-- > 0;) {
-        float *dx = i > 0 ? p->dh[i - 1] : NULL;  // the input of layer 0 needs no gradient
+        float *dx = i > 0 ? p->dh[i - 1] : NULL; // the input of layer 0 needs no gradient
         if (dx) memset(dx, 0, N * p->lin[i].d_in * sizeof(float));
         nn_linear_backward(&p->lin[i], dy, dx);
         if (i > 0) {
