@@ -422,6 +422,28 @@ static void bad_configurations_should_be_rejected(void) {
     c.nwidths = 1, c.dropout = 1.0f;
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
     CHECK(strstr(err, "vgg16bn") != NULL);
+    // maps its pools cannot halve: refused, with the shape named; 1x1 and 3x3 still train
+    const size_t shapes[4][3] = {{1, 784, 0}, {784, 1, 0}, {5, 1, 0}, {1, 2, 0}};
+    for (size_t i = 0; i < 4; i++) {
+        c = (nn_model_cfg){.name = "vgg16bn",
+                           .in_c = 1,
+                           .in_h = shapes[i][0],
+                           .in_w = shapes[i][1],
+                           .classes = 10,
+                           .max_batch = 2,
+                           .widths = {16},
+                           .nwidths = 1};
+        err[0] = 0;
+        CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
+        char want[64];
+        snprintf(want, sizeof want, "%zux%zu map", shapes[i][0], shapes[i][1]);
+        CHECK_MSG(strstr(err, want) && strstr(err, "cannot halve"), "%s", err);
+    }
+    for (size_t hw = 1; hw <= 3; hw += 2) {
+        c.in_h = c.in_w = hw;
+        CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_OK);
+        nn_model_free(&m);
+    }
     // both are listed in the table
     bool vit = false, vgg = false;
     for (size_t i = 0; nn_model_list(i); i++) {

@@ -305,6 +305,15 @@ if [ -s "$D/sig.ckpt" ] && [ -n "$s" ]; then
 else
     bad "SIGTERM: no checkpoint $D/sig.ckpt or no step in the message"
 fi
+# stopped in the first epoch, before any evaluation: the summary says so (never "nan%")
+rm -f "$D/sig.jsonl"
+"$NGD" train --widths 64 --batch 64 --seed 3 --threads 1 --log-every 1 --log "$D/sig.jsonl" > "$D/sig.out" 2>&1 &
+pid=$!
+wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGTERM (full set): the run never logged a step"
+kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+[ "$rc" -eq 143 ] && ok || bad "SIGTERM (full set): exit $rc, want 143"
+expect_msg ", not evaluated; log $D/sig.jsonl" "a run stopped before evaluating says so"
+printf '%s\n' "$out" | grep -q "nan" && bad "a stopped run printed nan: $out" || ok
 # SIGINT: 130 (job control on, or the shell would start the job with SIGINT ignored)
 set -m
 rm -f "$D/sig.jsonl"

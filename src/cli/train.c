@@ -2077,11 +2077,17 @@ static int run(const train_opts *t, bool eval_only) {
     snprintf(crc, sizeof crc, "%08x", (unsigned)params_crc(&m));
     cJSON_AddStringToObject(j, "parameters_crc", crc);
     if (log_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
-    if (!t->quiet || rc == NGD_EXIT_OK)
-        printf("%s %s on %s: %zu steps in %.1f s, %s accuracy %.2f%% (loss %.4f); log %s%s%s\n",
-               ngd_method_name(t->method), t->model, t->data, rs.step, wall, split,
-               100 * last_test_acc, last_test_loss, logpath, t->ckpt ? ", checkpoint " : "",
-               t->ckpt ? t->ckpt : "");
+    if (!t->quiet || rc == NGD_EXIT_OK) { // stopped before any evaluation: no "nan%"
+        char result[96];
+        if (isnan(last_test_acc))
+            snprintf(result, sizeof result, "not evaluated");
+        else
+            snprintf(result, sizeof result, "%s accuracy %.2f%% (loss %.4f)", split,
+                     100 * last_test_acc, last_test_loss);
+        printf("%s %s on %s: %zu step%s in %.1f s, %s; log %s%s%s\n", ngd_method_name(t->method),
+               t->model, t->data, rs.step, rs.step == 1 ? "" : "s", wall, result, logpath,
+               t->ckpt ? ", checkpoint " : "", t->ckpt ? t->ckpt : "");
+    }
     if (t->text && rc == NGD_EXIT_OK) // let a person see what it learned
         print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:

@@ -9,7 +9,9 @@
  * classifier's hidden width (64/d, ..., 512/d), so d = 4 or 8 trains on a laptop.
  * Inputs smaller than 32x32 skip the pools that would shrink the map below 1x1 (28x28
  * skips the last one), and the classifier takes whatever the last stage leaves
- * (c·h·w features). cfg->dropout sets the dropout probability (0 = the spec's 0.5).
+ * (c·h·w features). A map the pools cannot halve that is not 1x1 (a 1x784 "image") is
+ * refused: every later stage would run at its full size (minutes per step). cfg->dropout sets the
+ * dropout probability (0 = the spec's 0.5).
  *
  * Initialisation (§9.1): conv weights N(0, 2/(9·c_out)) (Kaiming, fan-out), conv biases 0;
  * BN γ = 1, β = 0; the classifier keeps PyTorch's default Linear init. All 13 Conv2d and
@@ -121,6 +123,14 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             nn_model_add_buffer(m, "running_var", p->bn[k].running_var, co);
         }
         p->pooled[s] = h >= 2 && w >= 2;
+        if (!p->pooled[s] && h * w > 1) { // a 1xW or Hx1 map: every later stage at full size
+            snprintf(err, cap,
+                     "vgg16bn: its 2x2 pools cannot halve a %zux%zu map (the input is "
+                     "%zux%zux%zu): it takes images of at least 2x2 pixels per pool, e.g. "
+                     "28x28 or 32x32 (a flat image: --model mlp)",
+                     h, w, cfg->in_c, cfg->in_h, cfg->in_w);
+            return NN_ERR_ARG;
+        }
         if (p->pooled[s]) {
             if (nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, N) != NN_OK) goto oom;
             h /= 2, w /= 2;
