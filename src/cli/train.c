@@ -1397,6 +1397,31 @@ static const char *stop_signal_name(void) {
     return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
 }
 
+// An optimizer state of over 1 GiB (dense factors of wide layers: vgg16bn's 4609-wide
+// convolutions take 85 MB per factor matrix and O(d³) work per preconditioner update) is
+// said up front with its largest layer, so that a slow first step is not a mystery.
+static void heavy_state_note(const ngd_optim *o, ngd_method method) {
+    const size_t total = ngd_optim_state_bytes(o);
+    if (!o || total < ((size_t)1 << 30) || method == NGD_METHOD_SGD || method == NGD_METHOD_ADAMW)
+        return;
+    const bool singd =
+        method == NGD_METHOD_SINGD || method == NGD_METHOD_INGD || method == NGD_METHOD_IKFAC;
+    size_t big = 0;
+    const char *name = "?";
+    for (size_t i = 0; i < ngd_optim_count(o); i++) {
+        ngd_layer_health h;
+        if (ngd_optim_layer_health(o, (int)i, &h) == NGD_OK && h.state_bytes > big)
+            big = h.state_bytes, name = h.name;
+    }
+    fprintf(stderr,
+            "ngd train: note: the optimizer state takes %.1f GiB (largest: %s, %.0f MiB); dense "
+            "factors of wide layers cost O(d^3) per preconditioner update%s\n",
+            (double)total / (double)(1u << 30), name, (double)big / (double)(1u << 20),
+            singd ? ": structured factors (--structure diagonal, hierarchical15_15, "
+                    "block30diagonal) are far lighter"
+                  : "");
+}
+
 static void format_widths(const size_t *w, size_t n, char *out, size_t cap) {
     snprintf(out, cap, "%s", n ? "" : "(the model's defaults)");
     for (size_t i = 0; i < n; i++)
@@ -1871,6 +1896,7 @@ static int run(const train_opts *t, bool eval_only) {
                 "batch %zu, %zu epoch%s; log %s\n",
                 t->model, nn_model_param_count(&m), t->data, d.train.n, d.test.n, optdesc, t->batch,
                 t->epochs, t->epochs == 1 ? "" : "s", logpath);
+    if (!t->quiet) heavy_state_note(o, t->method);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
