@@ -13,9 +13,11 @@
 #   options: SANITIZE=1 (build into build-san/), NATIVE=0 (no -march=native), OMP=0
 # Files are found by wildcard: a new src/<layer>/x.c or tests/test_x.c needs no edit here.
 
-VERSION_MAJOR := 0
-VERSION_MINOR := 1
-VERSION_PATCH := 0
+# The version lives in one place, include/ngd.h (NGD_VERSION_MAJOR/MINOR/PATCH): read from there
+ngd_version_part = $(shell sed -n 's/^\#define NGD_VERSION_$(1) \([0-9][0-9]*\)$$/\1/p' include/ngd.h)
+VERSION_MAJOR := $(call ngd_version_part,MAJOR)
+VERSION_MINOR := $(call ngd_version_part,MINOR)
+VERSION_PATCH := $(call ngd_version_part,PATCH)
 VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 
 PREFIX ?= /usr/local
@@ -50,8 +52,7 @@ OMPFLAG := -fopenmp
 endif
 
 BASEFLAGS := $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(HARDEN) -D_POSIX_C_SOURCE=200809L \
-             -fvisibility=hidden -fPIC -fno-math-errno -MMD -MP \
-             -DNGD_VERSION_STRING='"$(VERSION)"'
+             -fvisibility=hidden -fPIC -fno-math-errno -MMD -MP
 CFLAGS ?=
 CFLAGS += $(BASEFLAGS)
 LIBS := -ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lm
@@ -257,8 +258,12 @@ format:
 	clang-format -i $(FMT_SRC)
 format-check:
 	clang-format --dry-run --Werror $(FMT_SRC)
+# `make tidy`: clang-tidy with .clang-tidy's checks, each layer with its own include paths
+# (several minutes; not part of the tests)
 tidy:
 	clang-tidy $(LIB_SRC) -- $(INC_LIB) -std=c11 -D_POSIX_C_SOURCE=200809L
+	clang-tidy $(ENG_SRC) -- $(INC_ENG) -std=c11 -D_POSIX_C_SOURCE=200809L
+	clang-tidy $(CLI_SRC) -- $(INC_CLI) -std=c11 -D_POSIX_C_SOURCE=200809L
 	-cppcheck --quiet --enable=warning,performance,portability $(INC_LIB) $(LIB_SRC)
 
 clean:

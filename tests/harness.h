@@ -7,6 +7,8 @@
  * `--filter SUBSTR` runs only the tests whose name contains SUBSTR. Every binary ends
  * with exactly one line "N passed, N failed" and exits non-zero on any failure.
  * CHECK_TENSOR prints max abs / rel error, nmse and the first bad index on failure.
+ * A test that ran no check at all fails ("ran no checks"): a test that cannot fail is a
+ * defect, and one whose checks were skipped by an early return is one too.
  */
 #ifndef NGD_TEST_HARNESS_H
 #define NGD_TEST_HARNESS_H
@@ -26,6 +28,7 @@ typedef struct {
 #define NTESTS(a) (sizeof(a) / sizeof((a)[0]))
 
 static int th_failed_checks; // failed checks in the current test
+static long th_checks;       // checks run in the current test (passed or failed)
 static int th_verbose;
 // after this many failed checks in one test, further ones are counted but not printed
 #define TH_MAX_PRINTED 12
@@ -33,6 +36,7 @@ static int th_verbose;
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
+        th_checks++;                                                                               \
         if (!(cond)) {                                                                             \
             th_failed_checks++;                                                                    \
             if (TH_PRINT)                                                                          \
@@ -42,6 +46,7 @@ static int th_verbose;
 
 #define CHECK_MSG(cond, ...)                                                                       \
     do {                                                                                           \
+        th_checks++;                                                                               \
         if (!(cond)) {                                                                             \
             th_failed_checks++;                                                                    \
             if (TH_PRINT) {                                                                        \
@@ -56,6 +61,7 @@ static int th_verbose;
 #define CHECK_CLOSE(got, want, rtol, atol)                                                         \
     do {                                                                                           \
         double th_g_ = (double)(got), th_w_ = (double)(want);                                      \
+        th_checks++;                                                                               \
         if (!(fabs(th_g_ - th_w_) <= (atol) + (rtol)*fabs(th_w_))) {                               \
             th_failed_checks++;                                                                    \
             if (TH_PRINT)                                                                          \
@@ -69,6 +75,7 @@ static int th_verbose;
 static inline int th_check_tensor(const char *file, int line, const char *label, const void *got,
                                   int got_is_double, const void *want, int want_is_double, size_t n,
                                   double rtol, double atol) {
+    th_checks++;
     double maxabs = 0, maxrel = 0, num = 0, den = 0;
     size_t first_bad = (size_t)-1;
     for (size_t i = 0; i < n; i++) {
@@ -116,9 +123,12 @@ static inline int test_main(int argc, char **argv, const test_case *tests, size_
     int passed = 0, failed = 0;
     for (size_t i = 0; i < ntests; i++) {
         if (filter && !strstr(tests[i].name, filter)) continue;
-        th_failed_checks = 0;
+        th_failed_checks = 0, th_checks = 0;
         tests[i].fn();
-        if (th_failed_checks) {
+        if (!th_checks) {
+            failed++;
+            fprintf(stderr, "FAIL %s (ran no checks)\n", tests[i].name);
+        } else if (th_failed_checks) {
             failed++;
             fprintf(stderr, "FAIL %s (%d checks)\n", tests[i].name, th_failed_checks);
         } else {

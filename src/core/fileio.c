@@ -175,7 +175,7 @@ int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap)
             else if (slash)
                 *slash = '\0';
             else
-                strcpy(dir, ".");
+                memcpy(dir, ".", 2);
             int dfd = open(dir, O_RDONLY);
             if (dfd >= 0) {
                 (void)fsync(dfd);

@@ -23,10 +23,12 @@ const char *ngd_status_str(ngd_status s) {
     return MESSAGES[s];
 }
 
-#ifndef NGD_VERSION_STRING
-#define NGD_VERSION_STRING "0.1.0"
-#endif
-const char *ngd_version(void) { return NGD_VERSION_STRING; }
+// "MAJOR.MINOR.PATCH" from ngd.h's macros, the one place the version is written
+#define NGD_STR_(x) #x
+#define NGD_STR(x)  NGD_STR_(x)
+const char *ngd_version(void) {
+    return NGD_STR(NGD_VERSION_MAJOR) "." NGD_STR(NGD_VERSION_MINOR) "." NGD_STR(NGD_VERSION_PATCH);
+}
 
 ngd_matrix ngd_matrix_f32(const float *data, size_t rows, size_t cols) {
     ngd_matrix m = {data, rows, cols, cols, NGD_F32};
