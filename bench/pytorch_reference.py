@@ -74,7 +74,8 @@ def vgg16bn(c, h, w, classes, div=1, dropout=0.5):
         co = chans // div
         for _ in range(convs):
             conv = nn.Conv2d(c, co, 3, padding=1, bias=True)
-            # specs/kfac-family.md §9.1 as vgg16bn.c: N(0, 2/(9 c_out)) weights, zero biases
+            # docs/algorithms.md#rs-kfac-paper-setup, as vgg16bn.c: N(0, 2/(9 c_out)) weights,
+            # zero biases
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.BatchNorm2d(co), nn.ReLU()]

@@ -41,7 +41,7 @@
  *    convolution: use ngd_unfold() for the im2col patches). `g` has the same rows and is the
  *    gradient of the loss *as you reduced it* with respect to the layer output;
  *    `loss_average` in the config says how you reduced it (sum / mean over the batch /
- *    mean over batch and positions), exactly as in specs/singd.md §5.3.
+ *    mean over batch and positions), exactly as in docs/algorithms.md#output-gradients.
  *  - For kfac_approx = REDUCE the library averages `a` and sums `g` over each sample's R
  *    rows; you may also pass `a` already reduced (exactly `batch` rows).
  *  - Precision: parameters and gradients are float32. Statistics may be float32 or bf16
@@ -130,18 +130,18 @@ typedef enum {
     NGD_METHOD_SGD = 0,
     NGD_METHOD_ADAMW = 1,
     NGD_METHOD_SINGD = 2,   // structured INGD; dense factors = INGD, kfac_like = IKFAC
-    NGD_METHOD_KFAC = 3,    // K-FAC with eigendecomposition (specs/kfac-family.md §3)
-    NGD_METHOD_RSKFAC = 4,  // randomized-SVD K-FAC (§4)
-    NGD_METHOD_SREKFAC = 5, // symmetric randomized EVD K-FAC (§4.3)
-    NGD_METHOD_BKFAC = 6,   // Brand-updated K-FAC (§6)
-    NGD_METHOD_BRKFAC = 7,  // Brand + periodic RSVD refresh (§7)
-    NGD_METHOD_BRCKFAC = 8, // B-R-KFAC + Rayleigh–Ritz correction (§8)
+    NGD_METHOD_KFAC = 3,    // K-FAC with eigendecomposition (docs/algorithms.md#k-fac)
+    NGD_METHOD_RSKFAC = 4,  // randomized-SVD K-FAC (docs/algorithms.md#rs-kfac)
+    NGD_METHOD_SREKFAC = 5, // symmetric randomized EVD K-FAC (docs/algorithms.md#sre-kfac)
+    NGD_METHOD_BKFAC = 6,   // Brand-updated K-FAC (docs/algorithms.md#b-kfac)
+    NGD_METHOD_BRKFAC = 7,  // Brand + periodic RSVD refresh (docs/algorithms.md#b-r-kfac)
+    NGD_METHOD_BRCKFAC = 8, // B-R-KFAC + Rayleigh–Ritz correction (docs/algorithms.md#brc-kfac)
     NGD_METHOD_INGD = 9,    // alias: SINGD with dense factors (ngd_config_default presets it)
     NGD_METHOD_IKFAC = 10,  // alias: SINGD with kfac_like = true and alpha1 = 0
     NGD_METHOD_COUNT
 } ngd_method;
 
-// Kronecker-factor structures of SINGD (specs/singd.md §9). Stable values.
+// Kronecker-factor structures of SINGD (docs/algorithms.md#structures). Stable values.
 typedef enum {
     NGD_STRUCT_DENSE = 0,
     NGD_STRUCT_DIAG = 1,
@@ -172,7 +172,7 @@ typedef struct {
     ngd_dtype dtype; // storage dtype of the factor and its momentum (F32 or BF16)
 } ngd_factor_spec;
 
-// K-FAC family options (specs/kfac-family.md §13). Ignored by other methods.
+// K-FAC family options (docs/algorithms.md#k-fac-family-options). Ignored by other methods.
 typedef enum { NGD_KFAC_DAMP_EXACT_REL = 0, NGD_KFAC_DAMP_FACTORED_PI = 1 } ngd_kfac_damping;
 typedef enum { NGD_CLIP_NONE = 0, NGD_CLIP_RMS = 1, NGD_CLIP_KL = 2 } ngd_clip;
 typedef enum { NGD_TAIL_ZERO = 0, NGD_TAIL_MIN_KEPT = 1 } ngd_tail_model;
@@ -201,7 +201,7 @@ typedef struct {
     float corr_frac;     // φ (0.2)
     ngd_brand_truncate brand_truncate;
     size_t reorth_every; // re-orthonormalise Brand bases every this many updates (50)
-    bool factored_apply; // linear-cost application for fully connected layers (spec §6.3;
+    bool factored_apply; // linear-cost FC application (docs/algorithms.md#factored-application;
                          // false): such a layer then wants statistics EVERY step, and its
                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
                          // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
@@ -221,7 +221,7 @@ typedef struct {
     bool nesterov;
     // AdamW (PyTorch defaults)
     float beta1, beta2, eps;
-    // SINGD / INGD / IKFAC (specs/singd.md §3)
+    // SINGD / INGD / IKFAC (docs/algorithms.md#singd-options)
     float damping; // λ (1e-3), >= 0
     float alpha1;  // Riemannian momentum in [0, 1) (0.5); forced to 0 with kfac_like
     size_t T;      // preconditioner update period (10)
@@ -236,7 +236,7 @@ typedef struct {
     ngd_factor_spec structure_C;   // output-side factor C (d_out square)
     float init_grad_scale;         // loss scale assumed for step 0's backward (1)
     bool official_blockdiag_quirk; // reproduce the official block-diagonal transpose quirk
-                                   // (specs/singd.md §9.4); default false = consistent math
+                                   // (docs/algorithms.md#block-diagonal); default: consistent math
     bool skip_nonfinite;           // skip the step (and discard pending statistics) when a gradient
                                    // is NaN/Inf (true)
     bool keep_last_update;         // retain each layer's preconditioned gradient for
@@ -249,7 +249,7 @@ typedef struct {
     void *log_user;
 } ngd_config;
 
-// All defaults of specs/singd.md §3 (SINGD/INGD/IKFAC), specs/kfac-family.md §13 (K-FAC
+// All defaults of docs/algorithms.md#singd-options (SINGD/INGD/IKFAC), #k-fac-family-options (K-FAC
 // family), and PyTorch's AdamW/SGD defaults (lr 1e-3, betas 0.9/0.999, eps 1e-8, wd 1e-2
 // for AdamW; lr 1e-2, momentum 0 for SGD). Unknown methods get SGD's defaults.
 NGD_API ngd_config ngd_config_default(ngd_method m);
@@ -325,7 +325,7 @@ NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_
                                      ngd_matrix g);
 
 // Sets the loss scale s_t that multiplied the loss in this step's backward pass (mixed
-// precision; specs/singd.md §6.3). Default 1 (init_grad_scale for step 0's statistics).
+// precision; docs/algorithms.md#loss-scale). Default 1 (init_grad_scale for step 0's statistics).
 NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 
 // Multiplies every learning rate (β2) by `scale` from the next step on (for schedules).
@@ -406,8 +406,8 @@ typedef struct {
 NGD_API size_t ngd_conv_out_h(const ngd_conv_geom *g);
 NGD_API size_t ngd_conv_out_w(const ngd_conv_geom *g);
 
-// im2col for K-FAC statistics (specs/singd.md §5.2): x is [batch, c_in, h, w]; channels are
-// first averaged over the groups, then unfolded into out, batch*oh*ow rows ordered
+// im2col for K-FAC statistics (docs/algorithms.md#conv2d-inputs): x is [batch, c_in, h, w];
+// channels are first averaged over the groups, then unfolded into out, batch*oh*ow rows ordered
 // (n, o1, o2), (c_in/groups)*k1*k2 columns ordered (c, k1, k2). If `reduce`, out instead
 // holds the mean over the oh*ow locations: batch rows. Errors: NGD_ERR_ARG.
 NGD_API ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool reduce,

@@ -8,7 +8,7 @@
 
 #include "structure.h"
 
-// ---- patterns and the projection Π (specs/singd.md §9.1) ----
+// ---- patterns and the projection Π (docs/algorithms.md#projection) ----
 
 int gref_pattern_init(gref_pattern *p, const ngd_factor_spec *spec, size_t d, bool quirk) {
     memset(p, 0, sizeof *p);
@@ -257,7 +257,7 @@ void gref_step(gref_layer *L, const double *G) {
     L->t++;
 }
 
-// ---- processing (specs/singd.md §5.1–§5.3) ----
+// ---- processing (#singd-statistics) ----
 
 size_t gref_process_a(ngd_kfac_approx ap, size_t N, size_t R, size_t din, const double *a_raw,
                       double *out) {

@@ -1,11 +1,11 @@
 /*
- * gref.h — an independent float64 DENSE reference of one SINGD layer, written from the
- * "Exact update equations of the official implementation" of shared/oracle/README.md
- * (specs/singd.md §5–§9). The only thing taken from libngd is each structure's PATTERN
- * (the `entry` map: which dense positions are stored, which positions are tied); the
- * projection Π is built from it by the rule of specs/singd.md §9.1, and everything else —
- * every product, trace, norm and update — is plain dense f64 arithmetic on d x d arrays.
- * No structured operation of the library is called.
+ * gref.h — an independent float64 DENSE reference of one SINGD layer, written from the "Exact
+ * update equations of the official implementation" of shared/oracle/README.md
+ * (docs/algorithms.md#singd-statistics to #structures). The only thing taken from libngd is each
+ * structure's PATTERN (the `entry` map: which dense positions are stored, which positions are
+ * tied); the projection Π is built from it by the rule of #projection, and everything else — every
+ * product, trace, norm and update — is plain dense f64 arithmetic on d x d arrays. No structured
+ * operation of the library is called.
  *
  * Conventions: W is the d_C x d_K matrix [weight | bias column], row-major; statistics are
  * the PROCESSED a (rows x d_K, bias column and 1/sqrt(rows) included) and g (rows x d_C,
@@ -63,7 +63,7 @@ void gref_observe(gref_layer *L, size_t rows_a, const double *a, size_t rows_g, 
 // gradient, coupled weight decay, momentum, lr.
 void gref_step(gref_layer *L, const double *G);
 
-// Processing of specs/singd.md §5.1–§5.3 from raw rows (N samples x R positions, row index
+// Processing of #singd-statistics from raw rows (N samples x R positions, row index
 // n*R + r). a_raw: N*R x d_in -> out N*R x (d_in+1) (expand) or N x (d_in+1) (reduce), bias
 // column 1, divided by sqrt(rows). g_raw: N*R x d_out -> out N*R x d_out (expand) or N x d_out
 // (reduce: summed over positions), times σ = sqrt(1 | N | N*R). Returns the row count.

@@ -1,5 +1,5 @@
 /*
- * sref.h — float64 dense reference for the structured matrices of specs/singd.md §9,
+ * sref.h — float64 dense reference for the structured matrices of docs/algorithms.md#structures,
  * built only from a class's `entry` map (the pattern) and plain dense arithmetic, so it
  * shares no formula with the structure files it checks. All matrices are d x d row-major.
  */

@@ -147,7 +147,8 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
 }
 
 static void state_bytes_should_equal_theory(void) {
-    // spec singd.md §9.8: SINGD = d_out·d_K (momentum) + |K| + |C| + |m_K| + |m_C| (α1 ≠ 0)
+    // docs/algorithms.md#state-memory: SINGD = d_out·d_K (momentum) + |K| + |C| + |m_K| + |m_C|
+    // (α1 ≠ 0)
     const size_t din = 40, dout = 33, dK = 41;
     float *W = calloc(dout * din, 4), *gW = calloc(dout * din, 4), *b = calloc(dout, 4),
           *gb = calloc(dout, 4);

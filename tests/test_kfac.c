@@ -1,10 +1,12 @@
 /*
- * test_kfac.c — the K-FAC family through the public API (specs/kfac-family.md §11), each
- * step checked against a float64 reference written here from the spec's equations:
+ * test_kfac.c — the K-FAC family through the public API
+ * (docs/algorithms.md#k-fac-family-test-properties), each step checked against a float64 reference
+ * written here from those equations:
  *   A_b = (1/n) Σ āāᵀ (ā = [a, 1]), Γ_b = (1/n) Σ g̃g̃ᵀ with g̃ = n·g (batch-mean loss);
- *   F̄ := ρF̄ + (1−ρ)F_b from zero, identity term ρ^k (§1.3, §1.4);
- *   K-FAC exact damping = solve(kron(Γ̄', Ā') + λ_K I, vec_r(J)) (§3.3, P10);
- *   low-rank methods S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}, λ_F = λ_rel·λ_max(F̄) + ρ^k (§1.6).
+ *   F̄ := ρF̄ + (1−ρ)F_b from zero, identity term ρ^k (#exponential-average, #identity-init);
+ *   K-FAC exact damping = solve(kron(Γ̄', Ā') + λ_K I, vec_r(J)) (#k-fac, P10);
+ *   low-rank methods S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}, λ_F = λ_rel·λ_max(F̄) + ρ^k
+ *   (#low-rank-inverse).
  * The kernels themselves are tested in test_lowrank.c; here the optimizer's statistics
  * scaling, schedules (stale decompositions between T_i steps), tracks, clipping, weight
  * decay and health readouts are.
@@ -461,8 +463,8 @@ static void every_method_should_reduce_the_training_loss(void) {
     }
 }
 
-// §6.3 / P7 at method level: with J = (1/n) 𝒢ᵀ𝒜 (the batch-mean gradient the statistics
-// describe), the factored application gives the dense-J result, on statistics steps and
+// #factored-application / P7 at method level: with J = (1/n) 𝒢ᵀ𝒜 (the batch-mean gradient the
+// statistics describe), the factored application gives the dense-J result, on statistics steps and
 // between them (T_u = 2), for the RSVD and the Brand tracks.
 static void factored_application_should_equal_the_dense_one(void) {
     const ngd_method ms[3] = {NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRCKFAC};
@@ -547,7 +549,7 @@ static void bad_settings_should_be_refused_with_a_reason(void) {
     layer_free(&L);
 }
 
-// Conv layers (spec §1.2, the author's KFC split): with |T| positions per sample the
+// Conv layers (#k-fac-statistics, the author's KFC split): with |T| positions per sample the
 // observe gets n·|T| rows and the factors are A_b = 1/(n|T|²) Σ āāᵀ and
 // Γ_b = |T|/n Σ g̃g̃ᵀ (g̃ = n·g), folded into EAs from zero; checked after three updates
 // for K-FAC and RS-KFAC (both keep the dense average, read back as 'K' / 'C').

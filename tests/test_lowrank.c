@@ -1,8 +1,8 @@
 /* test_lowrank.c — the K-FAC family's numerical kernels (src/core/lowrank.c) against float64
- * references, as the testable properties P1–P16 of specs/kfac-family.md §11 (the kernel-level
- * ones; method-level P16 parts belong to the optimizer's tests).
+ * references, as the testable properties P1–P16 of docs/algorithms.md#k-fac-family-test-properties
+ * (the kernel-level ones; method-level P16 parts belong to the optimizer's tests).
  *
- * The spec's tolerances are for f64 kernels. Ours are f32, so every bound here is an f32
+ * The tolerances listed there are for f64 kernels. Ours are f32, so every bound here is an f32
  * one, named below with its reason: eps32 = 6e-8 (unit roundoff) times the growth the
  * computation allows (a condition number, sqrt of a summation length, an update count).
  * Run with -v to print every observed error next to its bound.
@@ -181,9 +181,9 @@ static void reference_eigvals_should_match_lapack(void) {
     free(s), free(A), free(w), free(wl), free(V);
 }
 
-// ==== §1.6 LR+I inverse ====
+// ==== #low-rank-inverse ====
 
-// P6 (first half): §1.6 against a dense solve, μ = 0 and μ = δ_min, left, right, in place.
+// P6 (first half): #low-rank-inverse vs a dense solve, μ = 0 and μ = δ_min, left, right, in place.
 static void lri_should_match_dense_solve(void) {
     ref_rng g = {11};
     const size_t d = 120, r = 15, m = 9;
@@ -341,7 +341,7 @@ static void identity_init_should_move_into_damping(void) {
     lr_free(&F);
 }
 
-// ==== §4 randomized eigendecompositions ====
+// ==== #rsvd, #sre-kfac: randomized eigendecompositions ====
 
 typedef ngd_status (*rand_fn)(ngd_cview, size_t, size_t, size_t, float, ngd_rng *, ngd_lowrank *,
                               void *, size_t);
@@ -503,7 +503,7 @@ static void rsvd_should_be_reproducible_and_handle_edges(void) {
     lr_free(&A), lr_free(&B);
 }
 
-// ==== §5 Brand update ====
+// ==== #brand-update ====
 
 // Checks one Brand result against the dense f64 truth T (d x d) = ρ·U D Uᵀ + C Cᵀ:
 // reconstruction (relative Frobenius), orthonormality, kept eigenvalues vs T's top ones.
@@ -649,7 +649,7 @@ static void brand_truncation_should_be_optimal(void) {
 // P4 + P5: a truncated stream of 200 EA updates (ρ = 0.95) against the dense f64 EA:
 // λ_min(F̄ − F̂) >= −tol‖F̄‖ (Loewner), Weyl δ_i <= λ_i(F̄), the trace identity
 // tr(F̄ − F̂) = Σ_j ρ^{k−j} Σ dropped_j, and ‖F̄ − F̂‖₂ <= Σ_j ρ^{k−j} max dropped_j.
-// Re-orthonormalisation every 50 updates (§13 reorth_every) is part of the stream.
+// Re-orthonormalisation every 50 updates (reorth_every, #brand-update) is part of the stream.
 static void brand_stream_should_stay_below_dense_ea(void) {
     ref_rng g = {34};
     const size_t d = 100, r = 12, n = 6, steps = 200;
@@ -721,7 +721,7 @@ static void brand_stream_should_stay_below_dense_ea(void) {
     CHECK(worst_w <= TOL_STREAM);
     CHECK(worst_tr <= TOL_TRACE);
     CHECK(worst_sp <= TOL_STREAM);
-    CHECK(worst_orth <= 1e-4); // the §5.2 reorth trigger is never reached between reorths
+    CHECK(worst_orth <= 1e-4); // the #brand-update reorth trigger is never reached between reorths
     CHECK(acc_tr > 0.05 * lrref_trace(d, Fb)); // truncation did drop real mass
     free(ws), free(wsr), free(s), free(Q), free(Fb), free(Fh), free(E), free(w), free(z);
     free(C), free(c);
@@ -790,7 +790,7 @@ static void brand_should_survive_degenerate_input(void) {
     free(U), free(D), free(B), free(T), free(Cg), free(c);
 }
 
-// §5.2 last bullet: reorth restores orthonormality and leaves U D Uᵀ unchanged.
+// #brand-update: reorth restores orthonormality and leaves U D Uᵀ unchanged.
 static void brand_reorth_should_keep_the_matrix(void) {
     ref_rng g = {36};
     const size_t d = 80, r = 10;
@@ -841,7 +841,7 @@ static void brand_track_should_follow_the_rule(void) {
     CHECK(!ngd_brand_track(true, 0, 5, 5));
 }
 
-// ==== §8 Rayleigh–Ritz correction ====
+// ==== #brc-kfac: Rayleigh–Ritz correction ====
 
 // P8: U stays orthonormal, ‖F̄ − UDUᵀ‖_F never increases for any subset; φ = 1 gives
 // D = eig(UᵀF̄U) (descending). The representation starts as a perturbed subspace with wrong
@@ -935,7 +935,7 @@ static void rr_subset_size_should_round(void) {
     CHECK(ngd_rr_subset_size(0, 0.5f) == 0);
 }
 
-// ==== §3.3 K-FAC eigen-preconditioning ====
+// ==== #k-fac: eigen-preconditioning ====
 
 // full EVD of the f32 factor a (d x d) into a new ngd_lowrank
 static ngd_lowrank eig_of(const float *a, size_t d, ngd_eig_mode mode) {
@@ -1267,7 +1267,7 @@ static void limits_should_match_dense_paths(void) {
     }
 }
 
-// ==== §6.3 factored application ====
+// ==== #factored-application ====
 
 // P7: (1/n) X Yᵀ equals the two-sided dense LR+I result for J = (1/n) 𝒢ᵀ𝒜, the Gram-matrix
 // Frobenius norm equals ‖S‖_F, ⟨S, J⟩ likewise, and the rank-n update is W := βW + αXYᵀ.

@@ -1,6 +1,7 @@
 /*
- * test_optim_misc.c — the Conv2d unfold helper against a naive loop (spec singd.md §14.3.6:
- * stride, padding, dilation, groups; reduce = mean of the expand patches), per-layer
+ * test_optim_misc.c — the Conv2d unfold helper against a naive loop
+ * (docs/algorithms.md#singd-test-plan item 6: stride, padding, dilation, groups; reduce = mean of
+ * the expand patches), per-layer
  * overrides (param groups) equal to separate optimizers (official test_param_groups), a
  * lr_cov schedule callback, plain parameters under AdamW's / SGD's rule beside any method,
  * AdamW and SGD (momentum, Nesterov, weight decay, loss and lr scales) against their rules in
@@ -73,7 +74,7 @@ static void unfold_should_match_a_naive_loop(void) {
     CHECK(ngd_conv_out_h(&bad) == 0 && ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
 }
 
-// spec singd.md §14.2 test_param_groups: one optimizer with two groups (per-layer overrides)
+// #singd-test-plan item 7 (test_param_groups): one optimizer with two groups (per-layer overrides)
 // equals two separate optimizers, bit for bit.
 static void overrides_should_equal_separate_optimizers(void) {
     ngd_config g1 = ngd_config_default(NGD_METHOD_SINGD);

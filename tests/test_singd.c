@@ -1,8 +1,9 @@
 /*
  * test_singd.c — SINGD / INGD / IKFAC through the public API: the worked example of
- * specs/singd.md §13 (official code, float64), IKFAC's fixed point K Kᵀ = (U + λI)⁻¹ (§7),
- * Theorem 1's O(β1²) tracking of the damped inverse (§12), loss-scale invariance (§6.3),
- * micro-batch invariance of INGD (§14.2), structured-vs-dense agreement, bf16 stability.
+ * docs/algorithms.md#singd-worked-example (official code, float64), IKFAC's fixed point
+ * K Kᵀ = (U + λI)⁻¹ (#singd-update), Theorem 1's O(β1²) tracking of the damped inverse
+ * (#ikfac-and-kfac), loss-scale invariance (#loss-scale), micro-batch invariance of INGD
+ * (#ikfac-and-kfac), structured-vs-dense agreement, bf16 stability.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -193,7 +194,7 @@ static void free_kept(void) {
     ngd_optim_free(run_fixed(c, 1, 1, 1, 0, &W, &b, &x, &dy));
 }
 
-// spec singd.md §7: IKFAC's fixed point is K Kᵀ = (U + λI)⁻¹ with U = (1/N) Σ ã ãᵀ, and
+// #singd-update: IKFAC's fixed point is K Kᵀ = (U + λI)⁻¹ with U = (1/N) Σ ã ãᵀ, and
 // C Cᵀ = (G + λI)⁻¹ with G = N·Σ dy dyᵀ for a batch-mean loss.
 static void ikfac_should_converge_to_the_damped_inverse(void) {
     const size_t N = 20, din = 4, dout = 3, dK = 5;
@@ -237,7 +238,7 @@ static void ikfac_should_converge_to_the_damped_inverse(void) {
     free_kept();
 }
 
-// spec singd.md §12 Theorem 1: after one IKFAC update from K Kᵀ = (S+λI)⁻¹, the error to the
+// #ikfac-and-kfac Theorem 1: after one IKFAC update from K Kᵀ = (S+λI)⁻¹, the error to the
 // KFAC inverse (S_new + λI)⁻¹ is O(β1²): halving β1 divides it by ~4.
 static void ikfac_should_track_kfac_to_second_order(void) {
     const size_t N = 12, din = 4, dout = 2, dK = 5;
@@ -280,7 +281,7 @@ static void ikfac_should_track_kfac_to_second_order(void) {
     free_kept();
 }
 
-// spec singd.md §6.3: a loss scale s (constant or changing) leaves the trajectory unchanged.
+// #loss-scale: a loss scale s (constant or changing) leaves the trajectory unchanged.
 static void singd_should_be_invariant_to_loss_scale(void) {
     ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
     c.T = 2, c.lr = 0.05f;
@@ -307,7 +308,7 @@ static void singd_should_be_invariant_to_loss_scale(void) {
     tp_free(&a), tp_free(&b);
 }
 
-// spec singd.md §14.2: INGD is invariant to splitting a batch into micro-batches (observe
+// #ikfac-and-kfac: INGD is invariant to splitting a batch into micro-batches (observe
 // called once per micro-batch); IKFAC is not (the spec's derivation), and we check that too.
 static void ingd_should_be_invariant_to_micro_batching(void) {
     const size_t N = 16, din = 5, dout = 3;

@@ -92,7 +92,7 @@ static problem conv_problem(void) {
     return p;
 }
 
-// The reference's own im2col (specs/singd.md §5.2): rows (n, o1, o2), columns (c, k1, k2).
+// The reference's im2col (docs/algorithms.md#conv2d-inputs): rows (n, o1, o2), columns (c, k1, k2).
 static void ref_im2col(const problem *p, const double *x, double *out) {
     const ngd_conv_geom *g = &p->geom;
     size_t oh = ngd_conv_out_h(g), ow = ngd_conv_out_w(g);
@@ -725,8 +725,8 @@ static void reference_should_detect_wrong_settings(void) {
     }
 }
 
-// The reference's projection on a hand-checked example (specs/singd.md §9.5 worked example,
-// Hierarchical3_2 at d = 4) and the Toeplitz θ of §9.6, so the reference itself is anchored.
+// The reference's projection on a hand-checked example (#hierarchical example,
+// Hierarchical3_2 at d = 4) and the Toeplitz θ of #toeplitz, so the reference itself is anchored.
 static void reference_projection_should_match_the_spec_examples(void) {
     gref_pattern p;
     ngd_factor_spec h = SPEC(NGD_STRUCT_HIER, 30, 3, 2);
@@ -737,7 +737,7 @@ static void reference_projection_should_match_the_spec_examples(void) {
             S[i * 4 + j] = 5.0 * (i + j);
     static const double want[16] = {0, 5, 10, 30, 5, 10, 15, 40, 10, 15, 20, 50, 0, 0, 0, 30};
     gref_project(&p, S, out);
-    CHECK_TENSOR(out, want, 16, 0, 0, "Π hierarchical3_2 (§9.5)");
+    CHECK_TENSOR(out, want, 16, 0, 0, "Π hierarchical3_2 (#hierarchical)");
     gref_pattern_free(&p);
     // tril Toeplitz of arange(16) (non-symmetric): θ = (7.5, 15, 15, 15)
     ngd_factor_spec tl = SPEC(NGD_STRUCT_TRIL_TOEPLITZ, 30, 15, 15);
@@ -746,7 +746,7 @@ static void reference_projection_should_match_the_spec_examples(void) {
         S[i] = i;
     gref_project(&p, S, out);
     static const double wt[16] = {7.5, 0, 0, 0, 15, 7.5, 0, 0, 15, 15, 7.5, 0, 15, 15, 15, 7.5};
-    CHECK_TENSOR(out, wt, 16, 0, 1e-15, "Π triltoeplitz (§9.6)");
+    CHECK_TENSOR(out, wt, 16, 0, 1e-15, "Π triltoeplitz (#toeplitz)");
     gref_pattern_free(&p);
     // block3 at d = 4: blocks [0,3) and the trailing 1x1
     ngd_factor_spec bl = SPEC(NGD_STRUCT_BLOCKDIAG, 3, 15, 15);
@@ -755,7 +755,7 @@ static void reference_projection_should_match_the_spec_examples(void) {
         S[i] = 1 + i;
     gref_project(&p, S, out);
     static const double wb[16] = {1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 0, 0, 0, 16};
-    CHECK_TENSOR(out, wb, 16, 0, 0, "Π block3 (§9.4)");
+    CHECK_TENSOR(out, wb, 16, 0, 0, "Π block3 (#block-diagonal)");
     gref_pattern_free(&p);
 }
 

@@ -1,11 +1,11 @@
 /*
- * test_structures.c — every structure class of specs/singd.md §9 × every operation against
- * the float64 dense reference of tests/sref.c (Π from the class's entry pattern, plain
- * dense products), on non-symmetric class members K = Π(S1)·Π(S2) (spec §14.3), at the
- * sizes of every regime (block: 1, b−1, b, b+1, 2b+5; hierarchical: d ≤ k1, ≤ k1+k2, >),
- * with M / out / X in row-major, column-major and non-unit-stride layouts. Then the worked
- * examples of §9.5–§9.7 and the replay of ../shared/oracle/structures.json (the official
- * SINGD primitives in float64, 54 cases) in float32.
+ * test_structures.c — every structure class of docs/algorithms.md#structures × every operation
+ * against the float64 dense reference of tests/sref.c (Π from the class's entry pattern, plain
+ * dense products), on non-symmetric class members K = Π(S1)·Π(S2) (#singd-test-plan), at the sizes
+ * of every regime (block: 1, b−1, b, b+1, 2b+5; hierarchical: d ≤ k1, ≤ k1+k2, >), with M / out / X
+ * in row-major, column-major and non-unit-stride layouts. Then the worked examples of
+ * #hierarchical, #toeplitz, #corner-diagonal and the replay of ../shared/oracle/structures.json
+ * (the official SINGD primitives in float64, 54 cases) in float32.
  * Legend: d = dimension, n = columns of M / X, K = the structured operand.
  */
 #include <cjson/cJSON.h>
@@ -78,7 +78,7 @@ static bool make_desc(const sclass *c, size_t d, ngd_sdesc *s) {
     return st == NGD_OK;
 }
 
-// Independent description of each pattern (spec §9.2-§9.7), not derived from entry().
+// Independent description of each pattern (#structures), not derived from entry().
 static bool in_pattern(const ngd_sdesc *s, size_t i, size_t j) {
     const size_t d = s->d;
     switch (s->kind) {
@@ -234,7 +234,7 @@ static void for_each_class(class_body body) {
 // ---- counts and patterns ----
 
 static void counts_should_match_spec_table(void) {
-    // spec §9.8 (and §9.4 / §9.5 examples): stored numbers per factor
+    // #state-memory (and the #block-diagonal / #hierarchical sizes): stored numbers per factor
     static const struct {
         ngd_structure kind;
         size_t b, k1, k2, d, want;
@@ -315,7 +315,7 @@ static void eye_body(operands *o, ref_rng *r) {
     o->ops->eye(&o->s, p);
     sref_to_dense(&o->s, p, got);
     CHECK_TENSOR(got, want, dd, 0.0, 0.0, lbl("eye %s d=%zu", o->c->label, d));
-    o->ops->project(&o->s, ngd_cview_rm(I, d, d, d), q); // Π(I) = I (spec §9.1)
+    o->ops->project(&o->s, ngd_cview_rm(I, d, d, d), q); // Π(I) = I (#projection)
     CHECK_TENSOR(q, p, o->n, 0.0, 0.0, lbl("proj(I) %s d=%zu", o->c->label, d));
     free(p), free(q), free(I), free(got), free(want);
 }
@@ -552,7 +552,7 @@ static void elementwise_body(operands *o, ref_rng *r) {
 }
 static void elementwise_ops_should_match_dense(void) { for_each_class(elementwise_body); }
 
-// ---- the block-diagonal quirk is visible only for non-symmetric blocks (spec §9.4) ----
+// ---- the block-diagonal quirk is visible only for non-symmetric blocks (#block-diagonal) ----
 
 static void blockdiag_quirk_should_differ_only_for_nonsymmetric_blocks(void) {
     ref_rng r = {5};
@@ -598,7 +598,7 @@ static void blockdiag_quirk_should_differ_only_for_nonsymmetric_blocks(void) {
 // ---- worked examples of the spec ----
 
 static void hier_should_match_worked_projection(void) {
-    // spec §9.5: Hierarchical3_2, d = 4 → (K1, m, K2) = (3, 0, 1)
+    // #hierarchical: Hierarchical3_2, d = 4 → (K1, m, K2) = (3, 0, 1)
     const float S[16] = {0, 5, 10, 15, 5, 10, 15, 20, 10, 15, 20, 25, 15, 20, 25, 30};
     const float want[16] = {0, 5, 10, 30, 5, 10, 15, 40, 10, 15, 20, 50, 0, 0, 0, 30};
     ngd_factor_spec f = {NGD_STRUCT_HIER, 0, 3, 2, NGD_F32};
@@ -609,13 +609,13 @@ static void hier_should_match_worked_projection(void) {
     ngd_hier_ops.project(&s, ngd_cview_rm(S, 4, 4, 4), p);
     ngd_s_to_dense(&s, p, ngd_view_rm(D, 4, 4, 4));
     CHECK_TENSOR(D, want, 16, 0.0, 0.0, "hier3_2 worked example");
-    // the regimes of §9.5
+    // the regimes of #hierarchical
     CHECK(ngd_sdesc_init(&s, &f, 9, false) == NGD_OK);
     CHECK(s.k1 == 3 && s.m == 4 && s.k2 == 2);
 }
 
 static void toeplitz_should_match_worked_examples(void) {
-    // spec §9.6: arange(16) as 4x4 → θ = (7.5, 15, 15, 15); S + Sᵀ → (15, 30, 30, 30);
+    // #toeplitz: arange(16) as 4x4 → θ = (7.5, 15, 15, 15); S + Sᵀ → (15, 30, 30, 30);
     // (1,2,3,4)∘(5,6,7,8) = (5,16,34,60) for tril and triu
     float S[16], S2[16], th[4];
     for (int i = 0; i < 16; i++)
@@ -640,7 +640,7 @@ static void toeplitz_should_match_worked_examples(void) {
 }
 
 static void corner_should_match_worked_projection(void) {
-    // spec §9.7 with S = arange(9) as 3x3 (non-symmetric): the line is S_low + S_upᵀ
+    // #corner-diagonal with S = arange(9) as 3x3 (non-symmetric): the line is S_low + S_upᵀ
     float S[9], D[9];
     for (int i = 0; i < 9; i++)
         S[i] = (float)i;
@@ -670,7 +670,7 @@ static const struct {
     const char *structure, *cls;
     ngd_structure kind;
     size_t b, k1, k2;
-    bool quirk; // the official block-diagonal classes transpose wrongly (spec §9.4)
+    bool quirk; // the official block-diagonal classes transpose wrongly (#block-diagonal)
 } ORACLE_CLASSES[] = {
     {"dense", "DenseMatrix", NGD_STRUCT_DENSE, 0, 0, 0, false},
     {"diagonal", "DiagonalMatrix", NGD_STRUCT_DIAG, 0, 0, 0, false},

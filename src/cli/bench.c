@@ -9,7 +9,7 @@
  * step) and as the median of 10-step blocks at T = 10 (amortised). Printed beside it: the
  * FLOP count of the dense path, achieved GFLOP/s, this machine's sgemm GFLOP/s measured in
  * the same run (oneDNN, the backend libngd uses), and optimizer-state bytes against the
- * counts of specs/singd.md §9.8 (computed here independently of the library).
+ * counts of docs/algorithms.md#state-memory (computed here independently of the library).
  *
  * `ngd bench precond`: how the preconditioner's cost scales with the width (issue 3). One
  * d x d fully connected layer without bias (d_A = d_G = d), batch n = 128, rank r = 220,
@@ -73,7 +73,7 @@ double bench_sgemm_gflops(size_t m, size_t k, size_t n) {
     return 2.0 * (double)m * (double)k * (double)n / bench_median(t, 9) / 1e9;
 }
 
-// Stored numbers of a d x d factor (specs/singd.md §9.2-9.8), independent of the library.
+// Stored numbers of a d x d factor (#state-memory), independent of the library.
 static double count(const ngd_factor_spec *f, size_t d) {
     switch (f->kind) {
     case NGD_STRUCT_DENSE: return (double)d * (double)d;
@@ -257,7 +257,7 @@ static void step_usage(FILE *f) {
                "MLP at batch 128, for SGD, AdamW, SINGD (eight structures) and IKFAC (the\n"
                "K-FAC family: ngd bench precond, ngd bench train): median ms over N runs at\n"
                "T=1 and amortised at T=10, dense FLOPs, GFLOP/s, this machine's sgemm GFLOP/s,\n"
-               "and optimizer-state bytes against specs/singd.md §9.8.\n\n"
+               "and optimizer-state bytes against docs/algorithms.md#state-memory.\n\n"
                "options:\n"
                "  --reps N       repetitions per configuration (default 20, minimum 5)\n"
                "  --json         one JSON object per configuration instead of the table\n"

@@ -156,7 +156,7 @@ static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap)
         const cJSON *pad = cJSON_GetObjectItemCaseSensitive(p, "padding");
         if (cJSON_IsString(pad)) {
             if (!strcmp(pad->valuestring, "same")) {
-                // spec singd.md §5.2: total δ(K−1), left = total//2; only symmetric here
+                // docs/algorithms.md#conv2d-inputs: total δ(K−1), left = total//2; symmetric only
                 for (int i = 0; i < 2; i++) {
                     size_t total = d[i] * (k[i] - 1);
                     if (total % 2) {
@@ -255,7 +255,7 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
                      cJSON_IsString(nm) ? nm->valuestring : "?");
             return -1;
         }
-        // the recordings contain the official block-diagonal transpose quirk (§9.4)
+        // the recordings contain the official transpose quirk (docs/algorithms.md#block-diagonal)
         if (f[i]->kind == NGD_STRUCT_BLOCKDIAG) c->official_blockdiag_quirk = true;
     }
     c->keep_last_update = true;
@@ -302,7 +302,7 @@ static int build_stats(const layer_desc *L, const tensor *x, const tensor *dy, f
         snprintf(err, cap, "ngd_unfold rejected the geometry");
         return -1;
     }
-    // "n c o1 o2 -> (n o1 o2) c" (spec singd.md §5.3)
+    // "n c o1 o2 -> (n o1 o2) c" (docs/algorithms.md#output-gradients)
     for (size_t n = 0; n < L->batch; n++)
         for (size_t c = 0; c < L->d_out; c++)
             for (size_t p = 0; p < oh * ow; p++)

@@ -177,7 +177,7 @@ static const cli_opt OPTS[] = {
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
     {"factored", 0, O_FACTORED, NULL,
      "RS/SRE/B-KFAC: linear-cost factored application for "
-     "fully connected layers (spec §6.3)"},
+     "fully connected layers (docs/algorithms.md#factored-application)"},
     {"param-optim", 1, O_POPTIM, "NAME",
      "rule of the plain parameters (embeddings, norm "
      "scales): sgd or adamw (default: adamw under adamw, "

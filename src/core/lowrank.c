@@ -1,8 +1,9 @@
 /*
- * lowrank.c — the numerical kernels of the K-FAC family (specs/kfac-family.md §1.6, §3.3,
- * §4.2–4.3, §5.2, §6.3, §8); the contract of each is in lowrank.h.
+ * lowrank.c — the numerical kernels of the K-FAC family (docs/algorithms.md#low-rank-inverse,
+ * #k-fac, #rsvd, #sre-kfac, #brand-update, #factored-application, #brc-kfac); the contract of
+ * each is in lowrank.h.
  *
- * float32 throughout; float64 only where the spec recommends it or where it is a small
+ * float32 throughout; float64 only where docs/algorithms.md says so or where it is a small
  * (r+n)², r², s² or n² side computation whose accuracy decides the orthogonality of a
  * kept basis (each such place says why). No allocation: every buffer is carved out of the
  * caller's workspace by a *_layout function that both the *_ws query and the kernel run, so
@@ -29,7 +30,7 @@
 
 #define WS_ALIGN 64
 // Rows per block when a d x k basis is rotated in place (U⁺ = [U Q] W): bounds the temporary
-// to WS_ROWS x k floats whatever d is (1024 x 476 floats = 1.9 MB at the spec's r + n),
+// to WS_ROWS x k floats whatever d is (1024 x 476 floats = 1.9 MB at the paper setup's r + n),
 // while keeping the number of GEMM calls at d/1024.
 #define WS_ROWS 1024
 
@@ -185,7 +186,7 @@ static int small_ssyevd(size_t n, float *a, float *w, float *work, size_t lwork,
     return info;
 }
 
-// ---- LR+I inverse, spec §1.6 ----
+// ---- LR+I inverse, #low-rank-inverse ----
 
 size_t ngd_lri_apply_ws(size_t r, size_t m) {
     int ok = 1;
@@ -204,7 +205,7 @@ static bool lri_args_ok(const ngd_lowrank *F, float lambda, float mu) {
     return true;
 }
 
-// spec kfac-family.md §1.6: APPLY_LRI(U, D, λ, μ, X): T := Uᵀ X ;
+// #low-rank-inverse: APPLY_LRI(U, D, λ, μ, X): T := Uᵀ X ;
 // T := diag(1/(δ+λ) − 1/(μ+λ)) T ; return U T + X/(μ+λ). X, Y: d x m; T: r x m.
 static void lri_core(const ngd_lowrank *F, float lambda, float mu, ngd_cview X, ngd_view Y,
                      float *T) {
@@ -261,7 +262,7 @@ size_t ngd_lri_apply2_ws(size_t d_G, size_t r_G, size_t d_A, size_t r_A) {
     return ok ? ngd_lri_apply_ws(NGD_MAX(a, b), 1) : 0;
 }
 
-// spec §4.4 PRECONDITION: S := APPLY_LRI_G(J) ; S := APPLY_LRI_A(Sᵀ)ᵀ (the right variant).
+// PRECONDITION (#rs-kfac): S := APPLY_LRI_G(J) ; S := APPLY_LRI_A(Sᵀ)ᵀ (the right variant).
 ngd_status ngd_lri_apply2(const ngd_lowrank *G, float lambda_G, float mu_G, const ngd_lowrank *A,
                           float lambda_A, float mu_A, ngd_cview J, ngd_view S, void *ws,
                           size_t ws_bytes) {
@@ -273,7 +274,7 @@ ngd_status ngd_lri_apply2(const ngd_lowrank *G, float lambda_G, float mu_G, cons
     return lri_checked(A, lambda_A, mu_A, ngd_cview_t(ngd_cv(S)), ngd_view_t(S), ws, ws_bytes);
 }
 
-// ---- randomized eigendecompositions, spec §4.2 / §4.3 ----
+// ---- randomized eigendecompositions, #rsvd, #sre-kfac ----
 
 typedef struct {
     float *Qa, *Qb; // (ℓ, d) each: column-major d x ℓ bases / products
@@ -341,7 +342,7 @@ static int product_orth(ngd_cview X, float *Q, float *Y, size_t d, size_t l, ran
     return ngd_sqr_thin_cm_work(d, l, Y, d, NULL, 0, b->qrw, b->lqr);
 }
 
-// spec kfac-family.md §4.2 RSVD
+// RSVD (#rsvd)
 ngd_status ngd_rsvd_sym(ngd_cview X, size_t r, size_t p, size_t q, float eig_zero_tol, ngd_rng *rng,
                         ngd_lowrank *out, void *ws, size_t ws_bytes) {
     ngd_status st = rand_check(X, r, eig_zero_tol, rng, out);
@@ -376,7 +377,7 @@ ngd_status ngd_rsvd_sym(ngd_cview X, size_t r, size_t p, size_t q, float eig_zer
     return NGD_OK;
 }
 
-// spec kfac-family.md §4.3 SREVD, with the [R] orthonormalisation between products
+// SREVD (#sre-kfac), with the orthonormalisation between products
 ngd_status ngd_srevd(ngd_cview X, size_t r, size_t p, size_t q, float eig_zero_tol, ngd_rng *rng,
                      ngd_lowrank *out, void *ws, size_t ws_bytes) {
     ngd_status st = rand_check(X, r, eig_zero_tol, rng, out);
@@ -422,7 +423,7 @@ ngd_status ngd_srevd(ngd_cview X, size_t r, size_t p, size_t q, float eig_zero_t
     return NGD_OK;
 }
 
-// ---- Brand update, spec §5.2 ----
+// ---- Brand update, #brand-update ----
 
 typedef struct {
     float *B;   // (N, n) row-major: rows [0, r) = P = UᵀC, rows [r, N) = R
@@ -513,7 +514,7 @@ static float project_out(ngd_cview U, ngd_cview Qk, ngd_view q, float *h) {
 // keeping Z = Q R. Needed when R is (nearly) singular: columns of C in span(U), duplicated
 // or zero columns. Householder then still returns an orthonormal Q, but its columns that
 // multiply R's null space are arbitrary and need not be ⟂ U, which would break [U Q]'s
-// orthonormality (spec §5.2 "degenerate input" holds for Q alone, not for [U Q]).
+// orthonormality (#brand-update "degenerate input" holds for Q alone, not for [U Q]).
 // Method (an SVQB orthonormalisation): Q1 = (I − UUᵀ)Q (two passes), Q1ᵀQ1 = V diag(σ²) Vᵀ;
 // directions with σ >= 1/2 become Q1 V/σ with R̃ = diag(σ) Vᵀ R; the others are junk: since
 // UᵀZ ≈ 0, their rows of VᵀR are O(eps‖Z‖) and are dropped (R̃ rows = 0), and their columns
@@ -584,7 +585,7 @@ static ngd_status brand_repair_q(ngd_cview U, float *Z, size_t d, size_t n, floa
     return NGD_OK;
 }
 
-// spec kfac-family.md §5.2 BRAND_UPDATE
+// BRAND_UPDATE (#brand-update)
 ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_scale,
                             size_t r_keep, float *dropped, size_t *n_dropped, void *ws,
                             size_t ws_bytes) {
@@ -635,7 +636,7 @@ ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_
     // M := [[diag(Dρ) + P Pᵀ, P Rᵀ], [R Pᵀ, R Rᵀ]] = B Bᵀ + diag(Dρ, 0), B = [P; R].
     // [R] in f64: accumulated in f64 from the f32 P and R, so M adds no rounding of its own
     // and the f64 eigenvectors W are orthonormal to f64 accuracy; U⁺ = [U Q] W then loses
-    // only what [U Q] had (spec §5.2 "[R] in f64"). Cost O(N² n + N³), no d in it.
+    // only what [U Q] had (#brand-update: M in f64). Cost O(N² n + N³), no d in it.
     for (size_t i = 0; i < N; i++)
         for (size_t j = 0; j <= i; j++) {
             double s = 0;
@@ -664,7 +665,7 @@ ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_
     return NGD_OK;
 }
 
-// ---- re-orthonormalisation, spec §5.2 last bullet ----
+// ---- re-orthonormalisation, #brand-update ----
 
 typedef struct {
     float *A; // (r, d): U copied column-major, then Q_U
@@ -765,11 +766,11 @@ ngd_status ngd_orth_defect(ngd_cview U, float *defect, void *ws, size_t ws_bytes
 }
 
 bool ngd_brand_track(bool fully_connected, size_t r_B, size_t n, size_t d) {
-    // spec §5.4: Brand-track ⇔ FC and r_B + n < d (written so that it cannot overflow)
+    // #track-selection: Brand-track ⇔ FC and r_B + n < d (written so that it cannot overflow)
     return fully_connected && n < d && r_B < d - n;
 }
 
-// ---- Rayleigh–Ritz correction, spec §8 ----
+// ---- Rayleigh–Ritz correction, #brc-kfac ----
 
 size_t ngd_rr_subset_size(size_t r, float phi) {
     if (r == 0) return 0;
@@ -902,7 +903,7 @@ ngd_status ngd_rr_correct_subset(ngd_lowrank *F, ngd_cview Fbar, const size_t *S
     return rr_core(F, Fbar, S, s, &b);
 }
 
-// spec kfac-family.md §8 CORRECT
+// CORRECT (#brc-kfac)
 ngd_status ngd_rr_correct(ngd_lowrank *F, ngd_cview Fbar, float phi, ngd_rng *rng, void *ws,
                           size_t ws_bytes) {
     ngd_status st = rr_check(F, Fbar);
@@ -928,7 +929,7 @@ ngd_status ngd_rr_correct(ngd_lowrank *F, ngd_cview Fbar, float phi, ngd_rng *rn
     return rr_core(F, Fbar, b.idx, s, &b);
 }
 
-// ---- K-FAC eigen-preconditioning, spec §3.3 ----
+// ---- K-FAC eigen-preconditioning, #k-fac ----
 
 typedef struct {
     void *A; // (d, d) the copy decomposed (float or double)
@@ -1044,7 +1045,7 @@ ngd_status ngd_sym_eig(ngd_cview F, float zero_tol, ngd_eig_mode mode, ngd_lowra
         return NGD_OK;
     }
     // The decomposition is written into `out` only by a successful attempt, so a failure
-    // leaves the caller's previous one in place (spec §13 health: count and keep).
+    // leaves the caller's previous one in place (#k-fac: count and keep).
     if (mode == NGD_EIG_F64) {
         *outcome = eig_attempt(F, zero_tol, true, out, ws, ws_bytes) ? NGD_EIG_OK : NGD_EIG_FAILED;
         return NGD_OK;
@@ -1053,7 +1054,7 @@ ngd_status ngd_sym_eig(ngd_cview F, float zero_tol, ngd_eig_mode mode, ngd_lowra
         *outcome = NGD_EIG_OK;
         return NGD_OK;
     }
-    // f64 retry (STYLE §3.7: decomposition failure is a numerical event, retried in f64),
+    // f64 retry (#k-fac: decomposition failure is a numerical event, retried in f64),
     // with the QR algorithm rather than divide and conquer
     if (mode == NGD_EIG_F32_THEN_F64 && eig_attempt(F, zero_tol, true, out, ws, ws_bytes)) {
         *outcome = NGD_EIG_RETRIED;
@@ -1108,7 +1109,7 @@ static bool eigs_nonneg(const ngd_lowrank *F) {
     return true;
 }
 
-// spec kfac-family.md §3.3 exact damping: S = Q_G[(Q_Gᵀ J Q_A) ⊘ (γαᵀ + λ_K)]Q_Aᵀ
+// #k-fac exact damping: S = Q_G[(Q_Gᵀ J Q_A) ⊘ (γαᵀ + λ_K)]Q_Aᵀ
 ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_K,
                                   ngd_cview J, ngd_view S, void *ws, size_t ws_bytes) {
     if (!finitef(lambda_K) || !(lambda_K > 0) || !eigs_nonneg(G) || !eigs_nonneg(A))
@@ -1116,7 +1117,7 @@ ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, fl
     return kfac_eig_apply(G, A, true, lambda_K, 0.0f, 0.0f, J, S, ws, ws_bytes);
 }
 
-// spec kfac-family.md §3.3 factored damping: denominator (γ + γ_π/π)(α + π γ_π)ᵀ
+// #k-fac factored damping: denominator (γ + γ_π/π)(α + π γ_π)ᵀ
 ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_G,
                                      float lambda_A, ngd_cview J, ngd_view S, void *ws,
                                      size_t ws_bytes) {
@@ -1133,13 +1134,13 @@ float ngd_kfac_pi(double tr_A, size_t d_A, double tr_G, size_t d_G) {
     return isfinite(pi) && pi > 0 ? (float)pi : 1.0f;
 }
 
-// ---- factored application for FC layers, spec §6.3 ----
+// ---- factored application for FC layers, #factored-application ----
 
 size_t ngd_factored_precond_ws(size_t r_G, size_t r_A, size_t n) {
     return ngd_lri_apply_ws(NGD_MAX(r_G, r_A), n);
 }
 
-// spec kfac-family.md §6.3 PRECONDITION_FACTORED: X := APPLY_LRI(U_G, D_G, λ_G, μ_G, 𝒢ᵀ) ;
+// PRECONDITION_FACTORED (#factored-application): X := APPLY_LRI(U_G, D_G, λ_G, μ_G, 𝒢ᵀ) ;
 // Y := APPLY_LRI(U_A, D_A, λ_A, μ_A, 𝒜ᵀ)
 ngd_status ngd_factored_precond(const ngd_lowrank *G, float lambda_G, float mu_G,
                                 const ngd_lowrank *A, float lambda_A, float mu_A, ngd_cview Gcal,
@@ -1163,7 +1164,7 @@ size_t ngd_factored_dot_ws(size_t n1, size_t n2) {
 }
 
 // ⟨X1 Y1ᵀ, X2 Y2ᵀ⟩_F = tr(Y1 X1ᵀ X2 Y2ᵀ) = Σ_ij (X1ᵀX2)_ij (Y1ᵀY2)_ij: two n1 x n2 Grams,
-// O(n1 n2 (d_G + d_A)) (spec §6.3 "‖S‖_F = (1/n) sqrt(Σ_ij (XᵀX)_ij (YᵀY)_ij)").
+// O(n1 n2 (d_G + d_A)) (#factored-application "‖S‖_F = (1/n) sqrt(Σ_ij (XᵀX)_ij (YᵀY)_ij)").
 ngd_status ngd_factored_dot(ngd_cview X1, ngd_cview Y1, ngd_cview X2, ngd_cview Y2, double *out,
                             void *ws, size_t ws_bytes) {
     if (!out || !cview_ok(X1) || !cview_ok(Y1) || !cview_ok(X2) || !cview_ok(Y2))
@@ -1186,7 +1187,7 @@ ngd_status ngd_factored_dot(ngd_cview X1, ngd_cview Y1, ngd_cview X2, ngd_cview 
     return NGD_OK;
 }
 
-// spec §6.3 update: W := W − lr·(ν·(1/n)·X Yᵀ + wd·W) is beta = 1 − lr·wd, alpha = −lr·ν/n.
+// #factored-application: W := W − lr·(ν·(1/n)·X Yᵀ + wd·W) is beta = 1 − lr·wd, alpha = −lr·ν/n.
 ngd_status ngd_factored_update(ngd_view W, float beta, float alpha, ngd_cview X, ngd_cview Y) {
     if (!mview_ok(W) || !cview_ok(X) || !cview_ok(Y) || !finitef(alpha) || !finitef(beta))
         return NGD_ERR_ARG;

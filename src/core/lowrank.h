@@ -1,9 +1,10 @@
 /*
- * lowrank.h — numerical kernels of the K-FAC family (specs/kfac-family.md): the
- * "low-rank + scaled identity" inverse (§1.6), randomized eigendecompositions (§4.2, §4.3),
- * the Brand update and its re-orthonormalisation (§5.2), the Rayleigh–Ritz correction (§8),
- * K-FAC's eigenbasis preconditioners (§3.3) and the factored linear-cost application for FC
- * layers (§6.3). Internal to libngd (never installed).
+ * lowrank.h — numerical kernels of the K-FAC family (docs/algorithms.md#k-fac-family): the
+ * "low-rank + scaled identity" inverse (#low-rank-inverse), randomized eigendecompositions
+ * (#rsvd, #sre-kfac), the Brand update and its re-orthonormalisation (#brand-update), the
+ * Rayleigh–Ritz correction (#brc-kfac), K-FAC's eigenbasis preconditioners (#k-fac) and the
+ * factored linear-cost application for FC layers (#factored-application). Internal to libngd
+ * (never installed).
  *
  * Conventions, everywhere in this file:
  * - float32, row-major; eigenvalues DESCENDING (LAPACK's ascending order is reversed here).
@@ -16,8 +17,8 @@
  *   mismatched views, NGD_ERR_NUMERIC when LAPACK fails. On any error the outputs and the
  *   state passed in are unchanged unless the function says otherwise.
  * - Not thread-safe on a shared workspace or ngd_lowrank; otherwise reentrant.
- * Legend: d factor size, r kept rank, n batch columns (Brand) or samples (§6.3), p
- * oversampling, q power iterations, ℓ = min(r + p, d), s corrected columns (§8).
+ * Legend: d factor size, r kept rank, n batch columns (Brand) or samples (#factored-application), p
+ * oversampling, q power iterations, ℓ = min(r + p, d), s corrected columns (#brc-kfac).
  */
 #ifndef NGD_LOWRANK_H
 #define NGD_LOWRANK_H
@@ -31,7 +32,7 @@
 
 // ====== Low-rank eigen-representation ======
 
-// F̂ = U diag(D) Uᵀ of a d x d symmetric PSD factor (spec §1.6). Borrowed storage: the
+// F̂ = U diag(D) Uᵀ of a d x d symmetric PSD factor (#low-rank-inverse). Borrowed storage: the
 // kernels read and write U and D in place but never allocate or free them.
 typedef struct {
     float *U;   // (d, cap) row-major, ld = cap: orthonormal columns, the first r are valid
@@ -46,7 +47,7 @@ static inline ngd_cview ngd_lowrank_u(const ngd_lowrank *F) {
     return ngd_cview_rm(F->U, F->d, F->r, F->cap);
 }
 
-// ====== LR+I inverse application (spec §1.6) ======
+// ====== LR+I inverse application (#low-rank-inverse) ======
 
 // Y = (U D Uᵀ + mu (I − U Uᵀ) + lambda I)^{-1} X for X, Y d x m (any views with a unit
 // stride). lambda > 0, mu >= 0, F->D[i] + lambda > 0. Y may be X itself (same pointer and
@@ -60,68 +61,68 @@ ngd_status ngd_lri_apply(const ngd_lowrank *F, float lambda, float mu, ngd_cview
 // copy: T = X U, Y = X/(mu+lambda) + T diag(c) Uᵀ). Same aliasing rule and workspace.
 ngd_status ngd_lri_apply_right(const ngd_lowrank *F, float lambda, float mu, ngd_cview X,
                                ngd_view Y, void *ws, size_t ws_bytes);
-// Both sides (RS-KFAC's PRECONDITION, spec §4.4): S = LRI_G(J) · LRI_A for J, S d_G x d_A,
+// Both sides (RS-KFAC's PRECONDITION, #rs-kfac): S = LRI_G(J) · LRI_A for J, S d_G x d_A,
 // S == J allowed. Workspace: ngd_lri_apply2_ws(d_G, r_G, d_A, r_A).
 size_t ngd_lri_apply2_ws(size_t d_G, size_t r_G, size_t d_A, size_t r_A);
 ngd_status ngd_lri_apply2(const ngd_lowrank *G, float lambda_G, float mu_G, const ngd_lowrank *A,
                           float lambda_A, float mu_A, ngd_cview J, ngd_view S, void *ws,
                           size_t ws_bytes);
 
-// ====== Randomized eigendecompositions (spec §4.2, §4.3) ======
+// ====== Randomized eigendecompositions (#rsvd, #sre-kfac) ======
 
 // RSVD (HMT subspace iteration, as torch.svd_lowrank): X d x d symmetric PSD, 1 <= r <= d
 // (the caller clamps r to d), ℓ = min(r + p, d), q power iterations (2q + 2 products with
-// X). Keeps the basis U = (Q W)[:, :r] of §4.2 and D = Σ[:r]; D_i <= eig_zero_tol -> 0.
+// X). Keeps the basis U = (Q W)[:, :r] of #rsvd and D = Σ[:r]; D_i <= eig_zero_tol -> 0.
 // The Gaussian sketch Ω (d x ℓ, column after column) is drawn from rng, which advances.
 // Writes out->U, out->D and sets out->r = r (out->d == d, out->cap >= r required).
 // NGD_ERR_NUMERIC if a QR or the SVD fails (out unchanged). Workspace: ngd_rsvd_sym_ws.
 size_t ngd_rsvd_sym_ws(size_t d, size_t r, size_t p);
 ngd_status ngd_rsvd_sym(ngd_cview X, size_t r, size_t p, size_t q, float eig_zero_tol, ngd_rng *rng,
                         ngd_lowrank *out, void *ws, size_t ws_bytes);
-// SREVD (§4.3): Y = Ω; q times Y = orth(X Y); Q = orth(Y); EVD of Qᵀ X Q (ℓ x ℓ, f32);
+// SREVD (#sre-kfac): Y = Ω; q times Y = orth(X Y); Q = orth(Y); EVD of Qᵀ X Q (ℓ x ℓ, f32);
 // U = (Q W)[:, :r], D = Θ[:r] (descending, <= eig_zero_tol -> 0). q + 1 products with X.
-// The orthonormalisation between products is the spec's [R] (span unchanged, keeps the small
+// The orthonormalisation between products is our choice (span unchanged, keeps the small
 // directions in f32). Same contract as ngd_rsvd_sym.
 size_t ngd_srevd_ws(size_t d, size_t r, size_t p);
 ngd_status ngd_srevd(ngd_cview X, size_t r, size_t p, size_t q, float eig_zero_tol, ngd_rng *rng,
                      ngd_lowrank *out, void *ws, size_t ws_bytes);
 
-// ====== Brand update (spec §5) ======
+// ====== Brand update (#brand-update) ======
 
 // F̂⁺ = d_scale·F̂ + (c_scale·C)(c_scale·C)ᵀ, truncated to r⁺ = min(r_keep, r + n) pairs.
 // C: d x n, any view with a unit stride (for the EA form pass C = 𝒳ᵀ, c_scale =
-// sqrt((1−ρ)/n), d_scale = ρ; spec §5.1). Requires r + n <= d, 1 <= r_keep and
-// r⁺ <= F->cap; F->r may be 0 (start from zero: any U, D = 0 works as well, §5.3).
+// sqrt((1−ρ)/n), d_scale = ρ; #brand-update). Requires r + n <= d, 1 <= r_keep and
+// r⁺ <= F->cap; F->r may be 0 (start from zero: any U, D = 0 works as well, #brand-update).
 // Two Gram–Schmidt passes, Householder QR, M in f64, f64 symmetric EVD sorted descending,
 // U⁺ = [U Q] W[:, :r⁺] written in place over F->U. The dropped eigenvalues (descending,
 // clamped at 0, r + n − r⁺ of them) go to `dropped` if not NULL, their count to *n_dropped
 // if not NULL. Degenerate C (columns in span(U), duplicated or zero columns) is handled: Q
 // is repaired to stay orthonormal and ⟂ U (see lowrank.c). "Truncate before the next
-// update" (§5.3) is done by the caller setting F->r = r_B before the call.
+// update" (#brand-update) is done by the caller setting F->r = r_B before the call.
 // Errors: NGD_ERR_ARG (non-finite C or scales, r + n > d, cap too small, workspace),
 // NGD_ERR_SHAPE, NGD_ERR_NUMERIC (QR / EVD failure; F unchanged).
 size_t ngd_brand_update_ws(size_t d, size_t r, size_t n);
 ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_scale,
                             size_t r_keep, float *dropped, size_t *n_dropped, void *ws,
                             size_t ws_bytes);
-// Re-orthonormalises F without changing F̂ (spec §5.2 last bullet): U = Q_U R_U,
+// Re-orthonormalises F without changing F̂ (#brand-update): U = Q_U R_U,
 // EVD(R_U D R_Uᵀ) = W Θ Wᵀ (f64), U <- Q_U W, D <- Θ (descending, clamped at 0).
 size_t ngd_brand_reorth_ws(size_t d, size_t r);
 ngd_status ngd_brand_reorth(ngd_lowrank *F, void *ws, size_t ws_bytes);
-// *defect = max |UᵀU − I| (f32 GEMM: its floor is about eps·sqrt(d)). The §5.2 trigger for
+// *defect = max |UᵀU − I| (f32 GEMM: its floor is about eps·sqrt(d)). The #brand-update trigger for
 // ngd_brand_reorth is *defect > 1e-4 in f32. Workspace: ngd_orth_defect_ws(r).
 size_t ngd_orth_defect_ws(size_t r);
 ngd_status ngd_orth_defect(ngd_cview U, float *defect, void *ws, size_t ws_bytes);
-// Track selection (spec §5.4): Brand-track iff fully connected and r_B + n < d.
+// Track selection (#track-selection): Brand-track iff fully connected and r_B + n < d.
 bool ngd_brand_track(bool fully_connected, size_t r_B, size_t n, size_t d);
 
-// ====== Rayleigh–Ritz correction (spec §8) ======
+// ====== Rayleigh–Ritz correction (#brc-kfac) ======
 
 // s = round(φ r + 1), clamped to [1, r] (0 when r = 0).
 size_t ngd_rr_subset_size(size_t r, float phi);
 // Draws s = ngd_rr_subset_size(F->r, phi) distinct columns uniformly from rng (which
 // advances), then ngd_rr_correct_subset. Fbar is the CURRENT dense EA factor (d x d,
-// symmetric; spec §12.5). Workspace: ngd_rr_correct_ws(d, r, ngd_rr_subset_size(r, phi)).
+// symmetric; #reading-choices). Workspace: ngd_rr_correct_ws(d, r, ngd_rr_subset_size(r, phi)).
 size_t ngd_rr_correct_ws(size_t d, size_t r, size_t s);
 ngd_status ngd_rr_correct(ngd_lowrank *F, ngd_cview Fbar, float phi, ngd_rng *rng, void *ws,
                           size_t ws_bytes);
@@ -131,7 +132,7 @@ ngd_status ngd_rr_correct(ngd_lowrank *F, ngd_cview Fbar, float phi, ngd_rng *rn
 ngd_status ngd_rr_correct_subset(ngd_lowrank *F, ngd_cview Fbar, const size_t *S, size_t s,
                                  void *ws, size_t ws_bytes);
 
-// ====== K-FAC eigenbasis preconditioning (spec §3.3) ======
+// ====== K-FAC eigenbasis preconditioning (#k-fac) ======
 
 typedef enum {
     NGD_EIG_F32_THEN_F64 = 0, // ssyevd; on failure (info != 0 or non-finite) dsyev in f64
@@ -151,7 +152,7 @@ size_t ngd_sym_eig_ws(size_t d, ngd_eig_mode mode);
 ngd_status ngd_sym_eig(ngd_cview F, float zero_tol, ngd_eig_mode mode, ngd_lowrank *out,
                        ngd_eig_outcome *outcome, void *ws, size_t ws_bytes);
 // Exact damping: S = Q_G [(Q_Gᵀ J Q_A) ⊘ (γ αᵀ + lambda_K)] Q_Aᵀ, where G = (Q_G, γ) and
-// A = (Q_A, α) are FULL eigendecompositions (r == d), lambda_K > 0 (the spec's λ_rel·maxγ·
+// A = (Q_A, α) are FULL eigendecompositions (r == d), lambda_K > 0 (the λ_rel·maxγ·
 // maxα is the caller's). J, S d_G x d_A; S == J allowed. Four GEMMs.
 size_t ngd_kfac_precond_ws(size_t d_G, size_t d_A);
 ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_K,
@@ -161,10 +162,10 @@ ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, fl
 ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_G,
                                      float lambda_A, ngd_cview J, ngd_view S, void *ws,
                                      size_t ws_bytes);
-// π = sqrt((tr_A/d_A) / (tr_G/d_G)) of [MG15] (spec §3.1); 1 when a trace is not positive.
+// π = sqrt((tr_A/d_A) / (tr_G/d_G)) of [MG15] (#k-fac); 1 when a trace is not positive.
 float ngd_kfac_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);
 
-// ====== Factored linear-cost application for FC layers (spec §6.3) ======
+// ====== Factored linear-cost application for FC layers (#factored-application) ======
 
 // X = LRI_G(𝒢ᵀ) (d_G x n), Y = LRI_A(𝒜ᵀ) (d_A x n) for 𝒢 (n x d_G), 𝒜 (n x d_A). Then
 // S = (1/n) X Yᵀ is the preconditioned step, never formed. Workspace: _ws(r_G, r_A, n).

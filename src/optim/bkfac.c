@@ -1,23 +1,23 @@
 /*
- * bkfac.c — B-KFAC, B-R-KFAC and BRC-KFAC (specs/kfac-family.md §5–§8): the Brand track.
+ * bkfac.c — B-KFAC, B-R-KFAC and BRC-KFAC (docs/algorithms.md#b-kfac to #brc-kfac): Brand track.
  *
- * Track choice (§5.4), per factor, at the layer's first statistics: Brand iff the layer is
+ * Track choice (#track-selection), per factor, at the layer's first statistics: Brand iff it is
  * fully connected (one statistics row per sample) and r_B + n < d, n = the rows of that
  * first step; every other factor takes the RSVD track of rskfac.c (or the exact EVD when
  * d <= rank). A Brand-track factor keeps (U, D) only (B-KFAC: no d x d array ever exists)
  * or also the dense EA (B-R / BRC, for their refresh and correction).
  *
- * One statistics step of a Brand-track factor (§6.1): if t is a Brand step (t mod m_B·T_u
- * = 0; other batches are skipped for this factor, §12.7) and not a B-R/BRC refresh step,
+ * One statistics step of a Brand-track factor (#b-kfac): if t is a Brand step (t mod m_B·T_u
+ * = 0; other batches are skipped for this factor, #reading-choices) and not a B-R/BRC refresh step,
  *     (U, D) := BRAND_UPDATE(U, ρ·D, sqrt((1−ρ)/n)·𝒳ᵀ, r_B)        (lowrank.c)
  * in chunks of at most n columns (a step that brings more rows, e.g. several micro-batches,
  * is fed as consecutive updates, the later ones with d_scale = 1: the same sum). Then every
- * reorth_every updates the basis is re-orthonormalised (§5.2), and BRC corrects a random
+ * reorth_every updates the basis is re-orthonormalised (#brand-update), and BRC corrects a random
  * φ-fraction of the pairs by Rayleigh–Ritz against the CURRENT dense EA every m_C Brand
- * steps (§8, without the research code's one-step lag). B-R / BRC replace (U, D) by an RSVD
- * of the dense EA at steps t mod m_BR·T_i = 0, t > T_i (§7).
+ * steps (#brc-kfac, without the research code's one-step lag). B-R / BRC replace (U, D) by an RSVD
+ * of the dense EA at steps t mod m_BR·T_i = 0, t > T_i (#b-r-kfac).
  * Truncation after each update (default) or before the next (the last update's r_B + n
- * pairs are used until then; §5.3).
+ * pairs are used until then; #brand-update).
  */
 #include <math.h>
 #include <string.h>

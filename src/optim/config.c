@@ -1,5 +1,5 @@
 /*
- * config.c — ngd_config defaults (specs/singd.md §3, specs/kfac-family.md §13, PyTorch's
+ * config.c — ngd_config defaults (docs/algorithms.md#singd-options, #k-fac-family-options, torch's
  * AdamW / SGD), validation with messages naming the field, and the name tables used by
  * logs and the command line.
  */
@@ -19,7 +19,7 @@ ngd_config ngd_config_default(ngd_method m) {
     c.beta1 = 0.9f;
     c.beta2 = 0.999f;
     c.eps = 1e-8f;
-    // SINGD (spec singd.md §3)
+    // SINGD (#singd-options)
     c.damping = 1e-3f;
     c.alpha1 = 0.5f;
     c.T = 10;
@@ -29,7 +29,7 @@ ngd_config ngd_config_default(ngd_method m) {
     ngd_factor_spec dense = {NGD_STRUCT_DENSE, 30, 15, 15, NGD_F32};
     c.structure_K = dense;
     c.structure_C = dense;
-    // K-FAC family (spec kfac-family.md §13)
+    // K-FAC family (#k-fac-family-options)
     ngd_kfac_options k = {
         .rho = 0.95f,
         .T_u = 10,
@@ -232,7 +232,7 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
         BAD("alpha1 must be finite and >= 0 (got %g)", (double)c->alpha1);
     const bool singd = c->method == NGD_METHOD_SINGD || c->method == NGD_METHOD_INGD ||
                        c->method == NGD_METHOD_IKFAC;
-    // SINGD (spec singd.md §7): λ damps the curvature in m_K, m_C (KKᵀ ≈ (S_K + λI)⁻¹), so
+    // SINGD (#singd-update): λ damps the curvature in m_K, m_C (KKᵀ ≈ (S_K + λI)⁻¹), so
     // λ < 0 is no damping; α1 is a momentum coefficient on m_K, m_C like α2 (and the weight
     // of an EMA with 1 − α1 under normalize_lr_cov): at 1 or above it never forgets
     if (singd && c->damping < 0.0f)
@@ -262,19 +262,20 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
         BAD("kfac.brand_mult, refresh_mult and corr_mult must be >= 1");
     if (!(k->corr_frac > 0.0f && k->corr_frac <= 1.0f)) BAD("kfac.corr_frac must be in (0, 1]");
     if (k->factored_apply && c->method == NGD_METHOD_KFAC)
-        BAD("kfac.factored_apply needs per-factor damping (RS-KFAC, SRE-KFAC, B methods; spec "
-            "kfac-family.md §6.3), not K-FAC's damping of the Kronecker product");
+        BAD("kfac.factored_apply needs per-factor damping (RS-KFAC, SRE-KFAC, B methods; "
+            "docs/algorithms.md#factored-application), not K-FAC's damping of the Kronecker "
+            "product");
     if (k->identity_init == NGD_IDINIT_IN_FACTOR &&
         (c->method == NGD_METHOD_BKFAC || c->method == NGD_METHOD_BRKFAC ||
          c->method == NGD_METHOD_BRCKFAC))
         BAD("kfac.identity_init = in_factor is offered for K-FAC, RS-KFAC and SRE-KFAC only (a "
-            "flat identity has no low-rank form; spec kfac-family.md §1.4)");
+            "flat identity has no low-rank form; docs/algorithms.md#identity-init)");
     if ((unsigned)k->identity_init > NGD_IDINIT_IN_FACTOR ||
         (unsigned)k->tail > NGD_TAIL_MIN_KEPT ||
         (unsigned)k->damping_kind > NGD_KFAC_DAMP_FACTORED_PI ||
         (unsigned)k->brand_truncate > NGD_BRAND_TRUNC_BEFORE_NEXT)
         BAD("kfac: unknown identity_init, tail, damping_kind or brand_truncate value");
     if ((c->method == NGD_METHOD_BRKFAC || c->method == NGD_METHOD_BRCKFAC) && k->brand_mult != 1)
-        BAD("kfac.brand_mult must be 1 for B-R-KFAC and BRC-KFAC (spec kfac-family.md §7)");
+        BAD("kfac.brand_mult must be 1 for B-R-KFAC and BRC-KFAC (docs/algorithms.md#b-r-kfac)");
     return NGD_OK;
 }

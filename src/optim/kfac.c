@@ -1,22 +1,22 @@
 /*
  * kfac.c — the K-FAC family's common layer machinery and K-FAC itself
- * (specs/kfac-family.md §1–§3); the layer state and the tracks are described in kfac.h.
+ * (docs/algorithms.md#k-fac-family); the layer state and the tracks are described in kfac.h.
  *
- * Statistics (§1.2, in the author's scaling): for a step with n samples and R rows per
+ * Statistics (#k-fac-statistics, the author's scaling): for a step with n samples and R rows per
  * sample (R = 1 for fully connected layers and for kfac_approx = reduce),
  *     A_b = 1/(n R²) Σ_rows ā āᵀ        Γ_b = R/n Σ_rows g̃ g̃ᵀ,   g̃ = c·g / s
  * where c converts the caller's batch-averaged gradient into per-sample gradients (c = n
  * for loss_average BATCH and BATCH_SEQUENCE, 1 for SUM) and s is the loss scale. Each row
  * is scaled once (a by 1/R, g by c·sqrt(R)/s) and then either folded into a dense pending
  * sum (EA tracks) or kept as a column of the Brand update's C (Brand track).
- * EA (§1.3, zero start; §1.4): F̄ := ρ F̄ + (1−ρ) F_b; the identity start is the ρ^k
- * term added to the damping (identity_init = in_damping, the default), or the factor starts
- * at I (in_factor; K-FAC, RS-KFAC and SRE-KFAC only).
- * Preconditioning (§1.5): S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}; K-FAC with full
- * eigendecompositions uses §3.3 (exact damping λ_K = λ_rel·max γ·max α, or factored
- * π-damping); every other combination the low-rank + scaled identity inverse of §1.6 with
- * λ_F = λ_rel·max D_F (+ ρ^k) and the tail model μ; with kfac.factored_apply, fully
- * connected layers apply it to 𝒜ᵀ and 𝒢ᵀ instead of J (§6.3, `factored` below).
+ * EA (#exponential-average, zero start; #identity-init): F̄ := ρ F̄ + (1−ρ) F_b; the identity
+ * start is the ρ^k term added to the damping (identity_init = in_damping, the default), or the
+ * factor starts at I (in_factor; K-FAC, RS-KFAC and SRE-KFAC only).
+ * Preconditioning (#preconditioned-step): S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}; K-FAC with full
+ * eigendecompositions uses #k-fac (exact damping λ_K = λ_rel·max γ·max α, or factored
+ * π-damping); every other combination the low-rank + scaled identity inverse (#low-rank-inverse)
+ * with λ_F = λ_rel·max D_F (+ ρ^k) and the tail model μ; with kfac.factored_apply, fully
+ * connected layers apply it to 𝒜ᵀ and 𝒢ᵀ instead of J (#factored-application, `factored` below).
  * Clipping, decoupled weight decay from wd_start, momentum and the step are the driver's
  * (optim.c, NGD_RULE_KFAC).
  */
@@ -52,7 +52,7 @@ bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, siz
     f->U = ngd_calloc(d * cap, sizeof(float));
     f->D = ngd_calloc(cap, sizeof(float));
     if (!f->U || !f->D) return false;
-    // Brand updates may start from zero with any orthonormal basis (§5.3): I[:, :cap]
+    // Brand updates may start from zero with any orthonormal basis (#brand-update): I[:, :cap]
     for (size_t i = 0; i < NGD_MIN(d, cap); i++)
         f->U[i * cap + i] = 1.0f;
     if (track == KF_BRAND && rows_cap) {
@@ -77,7 +77,7 @@ static void kfac_free(ngd_entry *e) {
     e->ms = NULL;
 }
 
-// Sets the EA to I for identity_init = in_factor (§1.4, the [C-RS] start).
+// Sets the EA to I for identity_init = in_factor (#identity-init, the [C-RS] start).
 static void ea_identity(kf_factor *f) {
     if (!f->ea) return;
     for (size_t i = 0; i < f->d; i++)
@@ -131,7 +131,7 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     const bool stats = o->steps % e->cfg.kfac.T_u == 0;
     ngd_status st;
     if (s->meta[1] == 0) { // the layer's first statistics
-        // the factored application (§6.3): fully connected layers keep both factors' rows
+        // #factored-application: fully connected layers keep both factors' rows
         if (e->cfg.kfac.factored_apply && R == 1) s->meta[5] = 1;
         if (!s->meta[0]) {
             if ((st = kf_decide(o, e, R == 1, rows)) != NGD_OK) return st; // B methods
@@ -190,7 +190,7 @@ static void kfac_discard(ngd_entry *e) {
     s->pend[0] = s->pend[1] = s->pend[2] = 0;
 }
 
-// F̄ := ρ F̄ + (1−ρ)/n · pend (§1.3).
+// F̄ := ρ F̄ + (1−ρ)/n · pend (#exponential-average).
 static void ea_update(kf_factor *f, float rho, double n) {
     const size_t dd = f->d * f->d;
     const float a = rho, b = (float)((1.0 - (double)rho) / n);
@@ -216,7 +216,7 @@ ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
     ngd_status st = ngd_sym_eig(ngd_cview_rm(f->ea, d, d, d), e->cfg.kfac.eig_zero_tol,
                                 NGD_EIG_F32_THEN_F64, &L, &out, ws, bytes);
     if (st) return ngd_optim_fail(o, st, "layer '%s': eigendecomposition: bad arguments", e->name);
-    if (out == NGD_EIG_FAILED) { // keep the last good decomposition (spec §3)
+    if (out == NGD_EIG_FAILED) { // keep the last good decomposition (#k-fac)
         e->h.decomp_failures++;
         ngd_optim_log(o,
                       "layer '%s': eigendecomposition of a %zu-wide factor failed; the "
@@ -290,7 +290,7 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
 
 // ---- preconditioning ----
 
-// The identity term of §1.4 for the representation of f: ρ^k (in_damping) or 0.
+// The identity term of #identity-init for the representation of f: ρ^k (in_damping) or 0.
 static float id_shift(const ngd_entry *e, const kf_factor *f) {
     if (e->cfg.kfac.identity_init != NGD_IDINIT_IN_DAMPING) return 0.0f;
     return (float)pow((double)e->cfg.kfac.rho, (double)f->cnt[3]);
@@ -310,7 +310,7 @@ static size_t kfac_precond_ws(const ngd_entry *e) {
     return e->d_K + e->d_out + (kfac_precond_bytes(e) + sizeof(float) - 1) / sizeof(float);
 }
 
-// The factored application of §6.3 for a fully connected layer: X = LRI_G(𝒢ᵀ) and
+// The factored application of #factored-application for a fully connected layer: X = LRI_G(𝒢ᵀ) and
 // Y = LRI_A(𝒜ᵀ) cost O(n (d_G r_G + d_A r_A)); then S = (1/c) X Yᵀ, the rank-n product the
 // parameter update needs (O(d_G d_A n), what forming the gradient itself costs). J is taken
 // to be (1/c) 𝒢ᵀ𝒜 of this step's rows (c = n for a batch-mean loss) — the caller's
@@ -352,7 +352,7 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
     ngd_view S = ngd_view_rm(P, dG, dA, dA);
     ngd_status st;
     if (e->cfg.method == NGD_METHOD_KFAC && fA->cnt[2] == dA && fG->cnt[2] == dG) {
-        // §3.3 on the full eigendecompositions, eigenvalues shifted by the identity term
+        // #k-fac on the full eigendecompositions, eigenvalues shifted by the identity term
         const float sA = id_shift(e, fA), sG = id_shift(e, fG);
         double trA = 0, trG = 0;
         for (size_t i = 0; i < dA; i++)
@@ -370,7 +370,7 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
             st = ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, S, kws, kbytes);
         }
     } else {
-        // §1.6 on both sides: λ_F = λ_rel·max D_F + ρ^k, μ by the tail model
+        // #low-rank-inverse on both sides: λ_F = λ_rel·max D_F + ρ^k, μ by the tail model
         float lam[2], mu[2];
         const kf_factor *fs[2] = {fA, fG};
         for (int i = 0; i < 2; i++) {

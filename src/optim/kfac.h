@@ -1,17 +1,17 @@
 /*
- * kfac.h — the K-FAC family's shared layer state (specs/kfac-family.md), internal to
+ * kfac.h — the K-FAC family's shared layer state (docs/algorithms.md#k-fac-family), internal to
  * src/optim. kfac.c holds the common machinery (statistics, exponential averages, the
- * preconditioner application, checkpoint arrays, health) and K-FAC itself (§3); rskfac.c
- * the randomized refreshes of RS-KFAC / SRE-KFAC (§4); bkfac.c the Brand track of B-KFAC,
- * B-R-KFAC and BRC-KFAC (§5–§8).
+ * preconditioner application, checkpoint arrays, health) and K-FAC itself (#k-fac); rskfac.c
+ * the randomized refreshes of RS-KFAC / SRE-KFAC (#rs-kfac); bkfac.c the Brand track of B-KFAC,
+ * B-R-KFAC and BRC-KFAC (#brand-update to #brc-kfac).
  *
  * Each layer has two K-factors: f[KF_A] (input side, d_K = d_in (+1)) and f[KF_G] (output
  * side, d_out). Each factor is on one track:
  *   KF_EVD    dense EA + full eigendecomposition every T_i (K-FAC; any factor with d <= rank)
- *   KF_RSVD   dense EA + randomized low-rank eigendecomposition every T_i (§4.2 / §4.3)
- *   KF_BRAND  Brand-updated low-rank eigendecomposition (§5); a dense EA only for B-R/BRC
+ *   KF_RSVD   dense EA + randomized low-rank eigendecomposition every T_i (#rsvd, #sre-kfac)
+ *   KF_BRAND  Brand-updated low-rank eigendecomposition (#brand-update); dense EA only for B-R/BRC
  * The tracks of the B methods depend on the statistics (fully connected? rows per step?),
- * so they are decided at the first observe (§5.4); the "#meta" checkpoint array lets a
+ * so they are decided at the first observe (#track-selection); the "#meta" checkpoint array lets a
  * checkpoint re-create the decision before its other arrays are read.
  */
 #ifndef NGD_KFAC_H
@@ -42,9 +42,9 @@ typedef struct {
 
 typedef struct {
     kf_factor f[2];
-    // [0] 1 once the tracks are decided, [1] columns per Brand update (the n of §5.4),
+    // [0] 1 once the tracks are decided, [1] columns per Brand update (the n of #track-selection),
     // [2] rows the row buffers hold, [3] track of A, [4] track of G, [5] 1 when the layer
-    // uses the factored application (§6.3: fully connected, factored_apply); saved first as
+    // uses the factored application (#factored-application: FC, factored_apply); saved first as
     // "#meta" so that a checkpoint re-creates the same shapes before its arrays are read
     uint64_t meta[6];
     ngd_rng rng; // the layer's random stream (sketches, correction subsets)
@@ -80,14 +80,14 @@ ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_
 size_t kf_randomized_ws(size_t d, size_t r, size_t p);
 
 // ---- bkfac.c ----
-// Decides both tracks of a B-family layer from its first statistics (§5.4) and allocates.
+// Decides both tracks of a B-family layer from its first statistics (#track-selection); allocates.
 ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows);
 // Allocates the state for decided tracks (meta[1..4] set); used by kf_decide and on load.
 ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e);
 // Grows the row buffers (Brand-track factors, or both factors of a factored layer) to hold
 // `rows` rows.
 ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows);
-// The Brand-track part of one statistics step (§6.1, §7, §8) for factor f.
+// The Brand-track part of one statistics step (#b-kfac, #b-r-kfac, #brc-kfac) for factor f.
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
 // Brand-track maintenance (B-R / BRC refresh) at step t.
 ngd_status kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);

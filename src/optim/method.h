@@ -65,7 +65,7 @@ struct ngd_optim {
     ngd_entry *e;
     size_t n, cap;
     size_t steps;     // completed steps t
-    float scale_prev; // s_{t-1}: loss scale of the previous step's backward (§6.3)
+    float scale_prev; // s_{t-1}, loss scale of the last backward (docs/algorithms.md#loss-scale)
     float scale_cur;  // s_t
     float lr_scale;   // multiplies every β2
     bool planned;     // workspaces allocated (first step / first observe)
@@ -126,7 +126,7 @@ ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-// ---- statistics processing (stats.c; specs/singd.md §5) ----
+// ---- statistics processing (stats.c; docs/algorithms.md#singd-statistics) ----
 // Rows of the processed statistics of one observe call:
 //   a: expand -> a->rows (= g->rows), reduce -> batch; g: expand -> g->rows, reduce -> batch.
 // Validates shapes against the layer; fills the error message on failure.
@@ -142,7 +142,7 @@ void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, con
 // out is nr x d_out.
 void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0, size_t nr,
                       float *out);
-// σ² of specs/singd.md §5.3 (1, N, or N·R), from the unreduced g.
+// σ² of docs/algorithms.md#output-gradients (1, N, or N·R), from the unreduced g.
 double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g);
 
 // Row chunk used by streamed statistics (bounds the workspace).

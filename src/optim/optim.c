@@ -2,7 +2,7 @@
  * optim.c — the shared optimizer driver: registration of layers and parameters, the step
  * schedule (statistics steps, preconditioner updates, preconditioning, first-order rule),
  * non-finite skipping (pending statistics discarded, skip counted: DESIGN.md "Numerics"),
- * the loss-scale bookkeeping of specs/singd.md §6.3, per-entry health, and introspection.
+ * the loss-scale bookkeeping of docs/algorithms.md#loss-scale, per-entry health, and introspection.
  * Method-specific work lives in one file per method behind ngd_method_ops (method.h).
  *
  * Memory: per-entry state is allocated when the entry is added; the shared workspace
@@ -66,7 +66,7 @@ static const ngd_method_ops *method_ops(ngd_method m) {
 }
 
 // INGD and IKFAC are presets of SINGD: normalise the method, and force alpha1 = 0 under
-// kfac_like as the official code does (spec singd.md §3, with a logged warning).
+// kfac_like as the official code does (#singd-options, with a logged warning).
 static void normalise_config(const ngd_optim *o, ngd_config *c, const char *who) {
     if (c->method == NGD_METHOD_INGD) c->method = NGD_METHOD_SINGD;
     if (c->method == NGD_METHOD_IKFAC) {
@@ -395,7 +395,7 @@ static bool grads_finite(const ngd_entry *e) {
     return true;
 }
 
-// Ĝ = [∇W | ∇b] / s_t   (d_out x d_K), spec singd.md §8
+// Ĝ = [∇W | ∇b] / s_t   (d_out x d_K), #natural-gradient
 static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
 #pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
     for (size_t i = 0; i < e->d_out; i++) {
@@ -407,7 +407,7 @@ static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
     }
 }
 
-// Coupled weight decay, (Nesterov) momentum, step: SGD and SINGD (spec singd.md §6).
+// Coupled weight decay, (Nesterov) momentum, step: SGD and SINGD (#singd-step).
 static void rule_sgd(const ngd_entry *e, float lr, const float *p_row, float *w, float *buf,
                      size_t n) {
     const float wd = e->cfg.weight_decay, mom = e->cfg.momentum;
@@ -435,7 +435,7 @@ static void rule_adamw(const ngd_entry *e, float lr, float bc1, float bc2s, cons
     }
 }
 
-// K-FAC family (spec kfac-family.md §2 step 4-5): per-layer RMS clip of P, decoupled weight
+// K-FAC family (#k-fac-step-driver steps 4-5): per-layer RMS clip of P, decoupled weight
 // decay from step wd_start, momentum, step.
 static void rule_kfac(const ngd_entry *e, float lr, float nu, bool decay, const float *p_row,
                       float *w, float *buf, size_t n) {
@@ -581,7 +581,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             return NGD_SKIPPED;
         }
     }
-    // every layer due for a preconditioner update must have statistics (spec singd.md §6)
+    // every layer due for a preconditioner update must have statistics (#singd-step)
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
         if (entry_wants(o, e) && !e->got_stats)
@@ -592,7 +592,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                                   t, e->name, i);
     }
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
-    // K-FAC family, global KL clip (spec kfac-family.md §2 step 4): every layer is
+    // K-FAC family, global KL clip (#k-fac-step-driver step 4): every layer is
     // preconditioned first (into e->pk), ν = min(1, sqrt(κ / Σ lr²·|⟨V, J⟩|)), then updated
     const bool kl = o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL;
     double kl_sum = 0.0;

@@ -1,11 +1,11 @@
 /*
- * rskfac.c — RS-KFAC and SRE-KFAC (specs/kfac-family.md §4): the dense exponential averages
+ * rskfac.c — RS-KFAC and SRE-KFAC (docs/algorithms.md#rs-kfac): the dense exponential averages
  * of kfac.c are refreshed every T_i steps into a rank-r eigen-representation by randomized
- * subspace iteration (RSVD, §4.2, the basis Q·W of torch.svd_lowrank) or by the symmetric
- * randomized EVD (SREVD, §4.3), and applied as a low-rank + scaled identity inverse (§1.6,
- * kfac.c). Factors no wider than the rank take the exact eigendecomposition (§4.4).
- * The same refresh serves the RSVD track of the B methods and B-R/BRC's periodic refresh of
- * their Brand-track factors (bkfac.c). Sketches come from the layer's own random stream
+ * subspace iteration (RSVD, #rsvd, the basis Q·W of torch.svd_lowrank) or by the symmetric
+ * randomized EVD (SREVD, #sre-kfac), and applied as a low-rank + scaled identity inverse
+ * (#low-rank-inverse, kfac.c). Factors no wider than the rank take the exact eigendecomposition
+ * (#rs-kfac). The same refresh serves the RSVD track of the B methods and B-R/BRC's periodic
+ * refresh of their Brand-track factors (bkfac.c). Sketches come from the layer's own random stream
  * (seeded by kfac.seed and the layer id; saved in checkpoints), so runs are reproducible.
  */
 #include "kfac.h"

@@ -1,8 +1,8 @@
 /*
  * singd.c — SINGD (structured inverse-free natural gradient), and with it INGD (dense
- * factors) and IKFAC (kfac_like): specs/singd.md §5 (statistics), §7 (preconditioner
- * update), §8 (natural gradient). The first-order part (coupled weight decay, momentum,
- * learning rate; §6) is the driver's rule_sgd in optim.c.
+ * factors) and IKFAC (kfac_like): docs/algorithms.md#singd-statistics, #singd-update (factor
+ * update), #natural-gradient. The first-order part (coupled weight decay, momentum,
+ * learning rate; #singd-step) is the driver's rule_sgd in optim.c.
  *
  * Per layer: K (d_K x d_K, input side) and C (d_C x d_C, output side) in their structure
  * classes, stored in f32 or bf16; momenta m_K, m_C only if alpha1 != 0; pending statistics
@@ -22,11 +22,11 @@ typedef struct {
     const ngd_structure_ops *oK, *oC;
     ngd_dtype dtK, dtC;
     void *K, *C;    // (sK.n) / (sC.n) stored numbers, dtype dtK / dtC
-    void *mK, *mC;  // momenta, same shapes; NULL when alpha1 == 0 (spec §4)
+    void *mK, *mC;  // momenta, same shapes; NULL when alpha1 == 0 (#singd-state)
     float *HK, *HC; // pending statistics, f32
     uint8_t has_H;
     // Dense f32 factors: K Kᵀ and C Cᵀ, formed once per preconditioner update (or after a
-    // load), so that a step preconditions with 2 products instead of 4 (spec §8 in another
+    // load), so that a step preconditions with 2 products, not 4 (#natural-gradient in another
     // order: P = (C Cᵀ) Ĝ (K Kᵀ)). NULL for other structures, for bf16 factors, and where
     // forming them costs more than they save (singd_init).
     float *KKt, *CCt;
@@ -84,7 +84,7 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     s->HK = ngd_calloc(nK, sizeof(float));
     s->HC = ngd_calloc(nC, sizeof(float));
     bool ok = s->K && s->C && s->HK && s->HC;
-    // momenta are kept only if alpha1 != 0 (spec §4), or for inspection (keep_last_update)
+    // momenta are kept only if alpha1 != 0 (#singd-state), or for inspection (keep_last_update)
     if (ok && (c->alpha1 != 0.0f || c->keep_last_update)) {
         s->mK = falloc(nK, s->dtK);
         s->mC = falloc(nC, s->dtC);
@@ -102,7 +102,7 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
         singd_free(e);
         return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for factors", e->name);
     }
-    s->oK->eye(&s->sK, tmp); // K = I, C = I (spec §2)
+    s->oK->eye(&s->sK, tmp); // K = I, C = I (#singd-state)
     fstore(s->K, s->dtK, nK, tmp);
     s->oC->eye(&s->sC, tmp);
     fstore(s->C, s->dtC, nC, tmp);
@@ -145,7 +145,7 @@ static singd_ws ws_layout(const ngd_entry *e, float *p) {
 
 static bool singd_wants(const ngd_entry *e, size_t t) { return t % e->cfg.T == 0; }
 
-// spec §5: H_K += Π_K(Kᵀ aᵀa K) with a = processed inputs / sqrt(rows), and
+// #singd-statistics: H_K += Π_K(Kᵀ aᵀa K) with a = processed inputs / sqrt(rows), and
 // H_C += Π_C(Cᵀ gᵀg C) with g = processed output-gradients · σ / sqrt(s_{t-1}).
 static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                 const ngd_matrix *g) {
@@ -203,7 +203,7 @@ static void singd_discard(ngd_entry *e) {
     s->has_H = 0;
 }
 
-// One side of spec §7: m_new = sc·(cH·H + cD·Π(LᵀL) − I) (+ α1·m_old); L ← L − β·L·m_new.
+// One side of #singd-update: m_new = sc·(cH·H + cD·Π(LᵀL) − I) (+ α1·m_old); L ← L − β·L·m_new.
 // f[0] holds the decoded L (or L is f32 storage), f[1] = Π(LᵀL) (already computed),
 // f[2] receives m_new, f[3] is scratch. Returns the step size β actually used.
 static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_dtype dt, void *L,
@@ -211,7 +211,7 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
                          float beta1, bool normalize, float *const f[4]) {
     float *Lf = dt == NGD_F32 ? (float *)L : f[0];
     float *mn = f[2];
-    // official order (spec §7 "Details"): zeros; + cH·H; + cD·KᵀK; − I; · sc; + α1·m_old
+    // official order (#singd-update): zeros; + cH·H; + cD·KᵀK; − I; · sc; + α1·m_old
     ngd_s_zero(sd, mn);
     ngd_s_axpy(sd, cH, H, mn);
     ngd_s_axpy(sd, cD, f[1], mn);
@@ -261,14 +261,14 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     ngd_cview none = {NULL, 0, 0, 0, 0};
     s->oK->from_inner(&s->sK, Kf, none, 1.0f, 0.0f, w.fK[1], w.fi); // Π_K(KᵀK)
     s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi); // Π_C(CᵀC)
-    // spec §6.3: u = s_{t-1} / s_t² multiplies every use of H_C
+    // #loss-scale: u = s_{t-1} / s_t² multiplies every use of H_C
     const float u = o->scale_prev / (o->scale_cur * o->scale_cur);
     const float lam = c->damping, a1 = c->alpha1;
     const float sc = c->normalize_lr_cov ? 0.5f * (1.0f - a1) : 0.5f;
     float cKH, cKD, cCH, cCD;
-    if (c->kfac_like) { // IKFAC (spec §7)
+    if (c->kfac_like) { // IKFAC (#singd-update)
         cKH = 1.0f, cKD = lam, cCH = u, cCD = lam;
-    } else { // INGD / SINGD: traces use the other factor's dimension (spec §7 details)
+    } else { // INGD / SINGD: traces use the other factor's dimension (#singd-update)
         cKH = u * (float)ngd_s_avgtrace(&s->sC, s->HC);
         cKD = lam * (float)ngd_s_avgtrace(&s->sC, w.fC[1]);
         cCH = u * (float)ngd_s_avgtrace(&s->sK, s->HK);
@@ -292,7 +292,7 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     return NGD_OK;
 }
 
-// spec §8: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1); a dense f32
+// #natural-gradient: P = C Cᵀ Ĝ K Kᵀ, computed as N1 = (K (Kᵀ Ĝᵀ))ᵀ, P = C (Cᵀ N1); a dense f32
 // side multiplies by its cached product instead (N1ᵀ = (K Kᵀ) Ĝᵀ, P = (C Cᵀ) N1). Every
 // intermediate keeps Ĝ's memory layout (d_C x d_K row-major): the K-side products see it as
 // the column-major d_K x d_C matrix Ĝᵀ, so no pass ever transposes data.

@@ -1,7 +1,7 @@
 /*
- * stats.c — turning a layer's (a, g) into the processed statistics of specs/singd.md §5:
+ * stats.c — a layer's (a, g) turned into the statistics of docs/algorithms.md#singd-statistics:
  * bias column of ones, expand (one row per sample and position) or reduce (mean of a, sum
- * of g over each sample's positions), bf16 decoding, and the loss-average factor σ (§5.3).
+ * of g over each sample's positions), bf16 decoding, and the loss-average σ (#output-gradients).
  * Rows are produced in chunks so that no method needs a buffer as large as the caller's
  * im2col matrix. Scaling (1/rows for a, σ² and loss scales for g) is left to the methods.
  */
@@ -74,7 +74,7 @@ void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, con
             else
                 ngd_bf16_decode((const uint16_t *)a->data + row * a->ld, o, din);
         } else {
-            // mean over the R positions of sample `row` (spec §5.1 / §5.2 reduce)
+            // mean over the R positions of sample `row` (#linear-inputs, #conv2d-inputs reduce)
             for (size_t j = 0; j < din; j++)
                 o[j] = 0.0f;
             for (size_t p = 0; p < R; p++)
@@ -102,7 +102,7 @@ void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, siz
             else
                 ngd_bf16_decode((const uint16_t *)g->data + row * g->ld, o, dC);
         } else {
-            // sum over the R positions of sample `row` (spec §5.3 step 3)
+            // sum over the R positions of sample `row` (#output-gradients step 2)
             for (size_t j = 0; j < dC; j++)
                 o[j] = 0.0f;
             for (size_t p = 0; p < R; p++)

@@ -1,5 +1,5 @@
 /*
- * unfold.c — im2col for K-FAC statistics of Conv2d layers (specs/singd.md §5.2): channels
+ * unfold.c — im2col for statistics of Conv2d layers (docs/algorithms.md#conv2d-inputs): channels
  * averaged over groups (channel = g·(C_in/G) + c), then one row per (n, o1, o2) holding the
  * patch x̄[n, c, o1·s1 − p1 + k1·δ1, o2·s2 − p2 + k2·δ2] (zero outside the image), columns
  * ordered (c, k1, k2) like the flattened weight. `reduce` returns the mean over locations.

@@ -1,5 +1,5 @@
 /*
- * blockdiag.c — the block-diagonal structure (specs/singd.md §9.4): ⌊d/b⌋ dense b x b
+ * blockdiag.c — the block-diagonal structure (docs/algorithms.md#block-diagonal): ⌊d/b⌋ dense b x b
  * blocks plus a trailing r x r block, r = d mod b (r = 0: no trailing block; d < b: one
  * dense d x d block). Blocks are general matrices (no symmetry assumed).
  *
@@ -8,7 +8,7 @@
  * Every product (block·block, K·M, Kᵀ·M, S Sᵀ) goes block by block through ngd_gemm on
  * sub-views, so any view layout of M / out / X works.
  *
- * desc->quirk reproduces the official transpose quirk (spec §9.4): mm returns K·M for
+ * desc->quirk reproduces the official transpose quirk (#block-diagonal): mm returns K·M for
  * trans = true, from_inner(X) returns Π(K X Xᵀ Kᵀ) and from_inner() Π(K Kᵀ). With
  * quirk = false every operation is the mathematically consistent one.
  * Legend: d = dimension, b = block size, sz = size of the current block, n = columns of M/X.
@@ -53,7 +53,7 @@ static void bd_eye(const ngd_sdesc *s, float *p) {
     }
 }
 
-// spec §9.4: Π(S) copies the diagonal blocks (every pattern position has its mirror in
+// #block-diagonal: Π(S) copies the diagonal blocks (every pattern position has its mirror in
 // the pattern, so S_ij is kept even for non-symmetric S).
 static void bd_project(const ngd_sdesc *s, ngd_cview S, float *p) {
     for (size_t i = 0; i < bd_nblocks(s); i++) {
@@ -80,13 +80,13 @@ static double bd_trace(const ngd_sdesc *s, const float *p) {
     return t;
 }
 
-// spec §9.4: the product is block by block, (A B)_i = A_i B_i.
+// #block-diagonal: the product is block by block, (A B)_i = A_i B_i.
 static void bd_mul(const ngd_sdesc *s, const float *a, const float *b, float *out) {
     for (size_t i = 0; i < bd_nblocks(s); i++)
         ngd_gemm(1.0f, bd_cblock(s, a, i), bd_cblock(s, b, i), 0.0f, bd_block(s, out, i));
 }
 
-// out rows [o, o+sz) = K_i M[o:o+sz, :] (or K_iᵀ ...; the quirk keeps K_i, spec §9.4).
+// out rows [o, o+sz) = K_i M[o:o+sz, :] (or K_iᵀ ...; the quirk keeps K_i, #block-diagonal).
 static void bd_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out) {
     const bool t = trans && !s->quirk;
     const size_t n = M.cols;

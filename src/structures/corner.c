@@ -1,6 +1,6 @@
 /*
- * corner.c — the four triangular "corner-diagonal" structures (specs/singd.md §9.7), one file
- * because all four are the same family: a diagonal D plus one dense line at index p,
+ * corner.c — the four triangular "corner-diagonal" structures (docs/algorithms.md#corner-diagonal),
+ * one file because all four are the same family: a diagonal D plus one dense line at index p,
  *   row type:    L = D + e_p rᵀ   (dense row p)       column type:  L = D + r e_pᵀ
  *   TrilTopLeft     row p = d−1   [[diag, 0],[rᵀ, c]]   TrilBottomRight  column p = 0
  *   TriuBottomRight row p = 0     [[a, rᵀ],[0, diag]]   TriuTopLeft      column p = d−1
@@ -59,7 +59,7 @@ static void corner_eye(const ngd_sdesc *s, float *p) {
         p[i] = 1.0f;
 }
 
-// spec §9.7 / structure.h rule: D_i = S_ii; the line's mirror is never in the pattern, so
+// #corner-diagonal / structure.h rule: D_i = S_ii; the line's mirror is never in the pattern, so
 // r_j = S_pj + S_jp (row or column alike). Right for non-symmetric S too.
 static void corner_project(const ngd_sdesc *s, ngd_cview S, float *p) {
     corner_shape c = corner_of(s);

@@ -1,5 +1,5 @@
 /*
- * dense.c — the dense structure (specs/singd.md §9.2): a general d x d row-major matrix,
+ * dense.c — the dense structure (docs/algorithms.md#dense): a general d x d row-major matrix,
  * no symmetry assumed. Π(S) = S. The reference every other class is tested against.
  * Legend: d = dimension, n = columns of X or M.
  */

@@ -1,5 +1,5 @@
 /*
- * diag.c — the diagonal structure (specs/singd.md §9.3): vector k of length d.
+ * diag.c — the diagonal structure (docs/algorithms.md#diagonal): vector k of length d.
  * Π(S) = diag(S); products are element-wise; K M = Kᵀ M scales row i of M by k_i;
  * from_inner(X)_i = k_i² Σ_j X_ij²; from_inner() = k ⊙ k.
  */

@@ -1,5 +1,5 @@
 /*
- * hier.c — the hierarchical structure (specs/singd.md §9.5) with resolved block sizes
+ * hier.c — the hierarchical structure (docs/algorithms.md#hierarchical) with resolved block sizes
  * (K1, m, K2) = (desc->k1, desc->m, desc->k2), K1 + m + K2 = d (see ngd_sdesc_init):
  *
  *       [ A   B_m   B_b ]      rows/cols: top t = [0, K1), middle m = [K1, K1+m),
@@ -10,7 +10,7 @@
  *   A (K1, K1) | B = [B_m | B_b] (K1, m+K2) | c (m) | D (K2, m) | E (K2, K2)
  * Count K1² + K1(m+K2) + m + K2·m + K2².
  *
- * Every operation uses the block formulas of §9.5 on sub-views through ngd_gemm; nothing
+ * Every operation uses the block formulas of #hierarchical on sub-views through ngd_gemm; nothing
  * goes through the dense d x d form (the official to_dense→from_dense round trip doubles
  * B and D). Π follows the general rule of structure.h, so it is right for any square S.
  * Legend: d = dimension, K1, m, K2 = block sizes, n = columns of M / X.
@@ -88,7 +88,7 @@ static void add_plus_transpose(ngd_cview X, ngd_cview Yt, ngd_view out) {
             NGD_AT(out, i, j) = NGD_AT(X, i, j) + NGD_AT(Yt, j, i);
 }
 
-// spec §9.5 / structure.h rule: A = S_tt, E = S_bb (mirror in the pattern);
+// #hierarchical / structure.h rule: A = S_tt, E = S_bb (mirror in the pattern);
 // B = S_t,(m∪b) + S_(m∪b),tᵀ and D = S_bm + S_mbᵀ (mirror not in the pattern); c = diag S_mm.
 static void hier_project(const ngd_sdesc *s, ngd_cview S, float *p) {
     const size_t K1 = s->k1, m = s->m, K2 = s->k2, b0 = K1 + m, d = s->d;
@@ -149,7 +149,7 @@ static void cols_scale_add(ngd_cview X, const float *v, ngd_view out) {
             NGD_AT(out, i, j) += NGD_AT(X, i, j) * v[j];
 }
 
-// spec §9.5 product (closed): A'' = A A'; B''_m = A B'_m + B_m diag(c') + B_b D';
+// #hierarchical product (closed): A'' = A A'; B''_m = A B'_m + B_m diag(c') + B_b D';
 // B''_b = A B'_b + B_b E'; c'' = c ⊙ c'; D'' = D diag(c') + E D'; E'' = E E'.
 static void hier_mul(const ngd_sdesc *s, const float *a, const float *b, float *out) {
     hier_cblocks x = hier_csplit(s, a), y = hier_csplit(s, b);
@@ -166,7 +166,7 @@ static void hier_mul(const ngd_sdesc *s, const float *a, const float *b, float *
     ngd_gemm(1.0f, x.E, y.E, 0.0f, o.E);
 }
 
-// spec §9.5: K M: top = A M_t + B M_(m∪b); mid = c ⊙ M_m; bot = D M_m + E M_b.
+// #hierarchical: K M: top = A M_t + B M_(m∪b); mid = c ⊙ M_m; bot = D M_m + E M_b.
 // Kᵀ M: top = Aᵀ M_t; mid = B_mᵀ M_t + c ⊙ M_m + Dᵀ M_b; bot = B_bᵀ M_t + Eᵀ M_b.
 static void hier_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out) {
     const size_t K1 = s->k1, m = s->m, K2 = s->k2, b0 = K1 + m, d = s->d, n = M.cols;
@@ -192,7 +192,7 @@ static void hier_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M,
 
 static double sq(float x) { return (double)x * (double)x; }
 
-// spec §9.5 from_inner. With S = Kᵀ X (d x n, in ws) split by rows into S_t, S_m, S_b:
+// #hierarchical from_inner. With S = Kᵀ X (d x n, in ws) split by rows into S_t, S_m, S_b:
 // A = S_t S_tᵀ; B = 2 S_t S_(m∪b)ᵀ; c_i = ‖(S_m)_i‖²; D = 2 S_b S_mᵀ; E = S_b S_bᵀ.
 // No X, Π(Kᵀ K): A = AᵀA; B = 2AᵀB; c = c⊙c + colsumsq(B_m) + colsumsq(D);
 // D = 2(B_bᵀ B_m + Eᵀ D); E = EᵀE + B_bᵀ B_b. All as out = beta·out + alpha·(...).

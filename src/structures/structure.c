@@ -1,6 +1,6 @@
 /*
  * structure.c — the structure table, descriptors, and the operations that are the same for
- * every class (element-wise on the stored numbers). specs/singd.md §9.1.
+ * every class (element-wise on the stored numbers). docs/algorithms.md#projection.
  */
 #include "structure.h"
 
@@ -40,7 +40,7 @@ ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, b
     }
     if (spec->kind == NGD_STRUCT_HIER) {
         if (spec->k1 == 0 || spec->k2 == 0) return NGD_ERR_ARG;
-        // specs/singd.md §9.5: (d,0,0) if d <= k1; (k1,0,d-k1) if d <= k1+k2; else (k1,d-k1-k2,k2)
+        // #hierarchical: (d,0,0) if d <= k1; (k1,0,d-k1) if d <= k1+k2; else (k1,d-k1-k2,k2)
         if (d <= spec->k1) {
             s->k1 = d, s->m = 0, s->k2 = 0;
         } else if (d <= spec->k1 + spec->k2) {

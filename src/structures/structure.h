@@ -1,13 +1,13 @@
 /*
  * structure.h — one table of operations for the Kronecker-factor structures of SINGD
- * (specs/singd.md §9). A structured d x d matrix is a descriptor (ngd_sdesc: kind, d, block
- * sizes) plus a flat float array of its stored numbers (`count` of them). Every operation
+ * (docs/algorithms.md#structures). A structured d x d matrix is a descriptor (ngd_sdesc: kind, d,
+ * block sizes) plus a flat float array of its stored numbers (`count` of them). Every operation
  * works in memory proportional to that storage; nothing is densified except by to_dense.
  *
  * Semantics (dense reference in tests/sref.c; dense.c is the reference structure):
  *   entry(i, j)        index of the stored number at dense position (i, j), or NGD_NO_ENTRY
  *                      (tied positions of Toeplitz classes share an index)
- *   project(S)         Π(S) of §9.1 for any square S: a position whose mirror is in the
+ *   project(S)         Π(S) of #projection for any square S: a position whose mirror is in the
  *                      pattern takes S_ij, one whose mirror is not takes S_ij + S_ji, tied
  *                      positions average. For symmetric S this is the official from_dense.
  *   mm(K, trans, M)    out = K M or Kᵀ M, M is d x n (any strides, out must not alias M)
@@ -20,7 +20,7 @@
  * Element-wise add / scale / max-abs are the same for every class (ngd_s_axpy etc. below):
  * every stored number is an entry of the dense matrix, so max|param| = ‖L‖∞ (vector norm).
  *
- * The official block-diagonal class transposes wrongly (§9.4); desc.quirk = true reproduces
+ * The official block-diagonal class transposes wrongly (#block-diagonal); quirk = true reproduces
  * it in mm (trans ignored) and from_inner (K instead of Kᵀ). Other classes ignore the flag.
  */
 #ifndef NGD_STRUCTURE_H

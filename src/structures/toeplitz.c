@@ -1,5 +1,5 @@
 /*
- * toeplitz.c — the triangular Toeplitz structures (specs/singd.md §9.6), both in one file
+ * toeplitz.c — the triangular Toeplitz structures (docs/algorithms.md#toeplitz), both in one file
  * because they share everything but the orientation: θ ∈ R^d,
  *   tril: L_ij = θ_{i−j} for i ≥ j;   triu: U_ij = θ_{j−i} for j ≥ i;   triu(θ) = tril(θ)ᵀ.
  * Storage: θ (d floats), θ_0 on the diagonal, θ_k on the k-th sub- (tril) or super- (triu)
@@ -31,7 +31,7 @@ static void tz_eye(const ngd_sdesc *s, float *p) {
     p[0] = 1.0f;
 }
 
-// spec §9.6: θ_0 = tr(S)/d; θ_k = (Σ_i S_{i+k,i} + Σ_i S_{i,i+k})/(d−k). This is the rule of
+// #toeplitz: θ_0 = tr(S)/d; θ_k = (Σ_i S_{i+k,i} + Σ_i S_{i,i+k})/(d−k). This is the rule of
 // structure.h for any S: the k-th diagonal's positions are tied and their mirrors are not in
 // the pattern (k ≥ 1). tril and triu get the same θ.
 static void tz_project(const ngd_sdesc *s, ngd_cview S, float *p) {
@@ -61,7 +61,7 @@ static double tz_frob2(const ngd_sdesc *s, const float *p) {
     return acc;
 }
 
-// spec §9.6: θ''_k = Σ_{j=0}^{k} θ_j θ'_{k−j} (truncated convolution; same for tril and triu).
+// #toeplitz: θ''_k = Σ_{j=0}^{k} θ_j θ'_{k−j} (truncated convolution; same for tril and triu).
 static void tz_mul(const ngd_sdesc *s, const float *a, const float *b, float *out) {
     for (size_t k = 0; k < s->d; k++) {
         double acc = 0;
@@ -116,7 +116,7 @@ static void tz_apply_blocked(const float *th, size_t d, bool lower, ngd_cview M,
 }
 
 // out = T M for the triangular Toeplitz T(θ) (lower or upper); M and out d x n, any strides.
-// spec §9.6: lower (K M)_i = Σ_{j≤i} θ_{i−j} M_j; upper (K M)_i = Σ_{j≥i} θ_{j−i} M_j.
+// #toeplitz: lower (K M)_i = Σ_{j≤i} θ_{i−j} M_j; upper (K M)_i = Σ_{j≥i} θ_{j−i} M_j.
 static void tz_apply(const float *th, size_t d, bool lower, ngd_cview M, ngd_view out) {
     if (d >= TZ_BLOCKED_MIN && (M.cs == 1 || M.rs == 1) && (out.cs == 1 || out.rs == 1)) {
         tz_apply_blocked(th, d, lower, M, out);
@@ -177,7 +177,7 @@ static double lag_sum(ngd_cview S, size_t k) {
 }
 
 // out = beta·out + alpha·Π(Kᵀ X Xᵀ K). With S = Kᵀ X (d x n in ws, laid out like X so the
-// products run on contiguous memory): spec §9.6 Π of the symmetric S Sᵀ is
+// products run on contiguous memory): #toeplitz Π of the symmetric S Sᵀ is
 // θ_0 = ‖S‖²/d, θ_k = 2 Σ_i ⟨S_{i+k,:}, S_{i,:}⟩/(d−k). No X: Π(KᵀK), whose k-th diagonal
 // sum is Σ_{u=0}^{d−1−k} (d−k−u) θ_u θ_{u+k} for tril and triu alike (LᵀL and L Lᵀ have the
 // same diagonal sums), so θ''_k = (k ? 2 : 1)·Σ_u (d−k−u) θ_u θ_{u+k} / (d−k).

@@ -1,20 +1,20 @@
 /*
- * vgg16bn.c — the CIFAR VGG16-BN of the RS-KFAC runs (specs/kfac-family.md §9.1):
+ * vgg16bn.c — the CIFAR VGG16-BN of the RS-KFAC runs (docs/algorithms.md#rs-kfac-paper-setup):
  *   config D = [64,64,M, 128,128,M, 256,256,256,M, 512,512,512,M, 512,512,512,M]
  *   each number: Conv3x3 (bias, padding 1) -> BatchNorm2d -> ReLU; M: MaxPool 2x2 stride 2
  *   classifier: flatten -> Linear(512, 512) -> ReLU -> Dropout(0.5) -> Linear(512, classes)
- * On 3x32x32 inputs with 10 classes this is the spec's 14,990,922-parameter network.
+ * On 3x32x32 inputs with 10 classes this is the paper's 14,990,922-parameter network.
  *
  * Width multiplier: cfg->widths[0] = d (default 1) divides every channel count and the
  * classifier's hidden width (64/d, ..., 512/d), so d = 4 or 8 trains on a laptop.
  * Inputs smaller than 32x32 skip the pools that would shrink the map below 1x1 (28x28
  * skips the last one), and the classifier takes whatever the last stage leaves
  * (c·h·w features). A map the pools cannot halve that is not 1x1 (a 1x784 "image") is
- * refused: every later stage would run at its full size (minutes per step). cfg->dropout sets the
- * dropout probability (0 = the spec's 0.5).
+ * refused: every later stage would run at its full size (minutes per step). cfg->dropout
+ * sets the dropout probability (0 = the paper's 0.5).
  *
- * Initialisation (§9.1): conv weights N(0, 2/(9·c_out)) (Kaiming, fan-out), conv biases 0;
- * BN γ = 1, β = 0; the classifier keeps PyTorch's default Linear init. All 13 Conv2d and
+ * Initialisation (#rs-kfac-paper-setup): conv weights N(0, 2/(9·c_out)) (Kaiming, fan-out), conv
+ * biases 0; BN γ = 1, β = 0; the classifier keeps PyTorch's default Linear init. All 13 Conv2d and
  * both Linears are Kronecker-factored layers; BN scales/shifts are plain parameters, BN
  * running statistics are model buffers (saved in checkpoints), the dropout stream is a
  * model rng. Forward in order, backward in reverse; buffers planned at create. BN and ReLU
@@ -107,7 +107,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             if (nn_conv2d_init(&p->conv[k], &g, co, true, N, &rng) != NN_OK ||
                 nn_batchnorm_init(&p->bn[k], co, h * w, N) != NN_OK)
                 goto oom;
-            // spec §9.1: conv weights N(0, 2/(9 c_out)), biases 0 (PyTorch's init replaced)
+            // #rs-kfac-paper-setup: conv weights N(0, 2/(9 c_out)), biases 0 (not PyTorch's init)
             nn_rng_fill_normal(&rng, p->conv[k].w, co * p->conv[k].d_in, 0.0f,
                                sqrtf(2.0f / (9.0f * (float)co)));
             memset(p->conv[k].b, 0, co * sizeof(float));
