@@ -453,7 +453,8 @@ static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
         nn_conv2d_forward(&l, x, y, N);
         nn_conv2d_backward(&l, dy, NULL);
         ngd_matrix a, gm;
-        CHECK(nn_conv2d_stats(&l, &a, &gm) == NN_OK);
+        float *scratch = malloc(nn_conv2d_stats_size(&l) * sizeof *scratch);
+        CHECK(nn_conv2d_stats(&l, scratch, &a, &gm) == NN_OK);
         CHECK(a.rows == N * L && a.cols == l.d_in && a.ld == l.d_in && a.dtype == NGD_F32);
         CHECK(gm.rows == N * L && gm.cols == cc->cout);
         CHECK(ngd_unfold(&cc->g, N, x, false, un) == NGD_OK);
@@ -487,7 +488,7 @@ static void conv2d_stats_should_match_ngd_unfold_and_permuted_dy(void) {
         CHECK_TENSOR((const float *)gm.data, gp, ny, 0.0, 0.0, "conv g = permuted dy");
         ngd_layer Ly = nn_conv2d_ngd_layer(&l, "conv");
         CHECK(Ly.d_out == cc->cout && Ly.d_in == l.d_in && Ly.weight == l.w);
-        free(x), free(y), free(dy), free(un), free(gp);
+        free(x), free(y), free(dy), free(un), free(gp), free(scratch);
         nn_conv2d_free(&l);
     }
 }

@@ -13,7 +13,8 @@
  * order (the same result for the same thread count). The chunk's im2col is rebuilt in
  * backward instead of being kept, so the layer holds no batch-sized activations: x and dy
  * are borrowed. The K-FAC matrices (a: rows (n, o1, o2) x columns (c, k1, k2), ngd_unfold's
- * layout; g: dy as (N*L, c_out)) are only built when nn_conv2d_stats asks for them. No
+ * layout; g: dy as (N*L, c_out)) are only built when nn_conv2d_stats asks for them, in
+ * the caller's scratch (one per model: its layers are observed one at a time). No
  * transposed convolution, no padding modes other than zeros.
  */
 #include <math.h>
@@ -125,8 +126,6 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->ybuf);
     free(l->dwpart);
     free(l->wflip);
-    free(l->abuf);
-    free(l->gbuf);
     memset(l, 0, sizeof *l);
 }
 
@@ -408,26 +407,28 @@ ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name) {
     return L;
 }
 
-nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g) {
-    NN_ASSERT(l->x && l->dy && l->n >= 1);
+size_t nn_conv2d_stats_size(const nn_conv2d *l) {
+    return nn_mul(nn_mul(l->max_batch, l->oh * l->ow), l->d_in + l->c_out);
+}
+
+nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g) {
+    NN_ASSERT(l->x && l->dy && l->n >= 1 && scratch);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
-    if (!l->abuf) l->abuf = nn_malloc(nn_mul(l->max_batch * L, l->d_in), sizeof(float));
-    if (!l->gbuf) l->gbuf = nn_malloc(nn_mul(l->max_batch * L, cout), sizeof(float));
-    if (!l->abuf || !l->gbuf) return NN_ERR_NOMEM;
+    float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;
     // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
     // matrix is by construction the one its documentation describes
-    if (ngd_unfold(&l->geom, N, l->x, false, l->abuf) != NGD_OK) return NN_ERR_ARG;
+    if (ngd_unfold(&l->geom, N, l->x, false, abuf) != NGD_OK) return NN_ERR_ARG;
     // g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time
     NN_OMP_FOR(N * L * cout)
     for (size_t n = 0; n < N; n++)
         for (size_t o = 0; o < cout; o++) {
             const float *src = l->dy + (n * cout + o) * L;
-            float *dst = l->gbuf + n * L * cout + o;
+            float *dst = gbuf + n * L * cout + o;
             for (size_t p = 0; p < L; p++)
                 dst[p * cout] = src[p];
         }
-    *a = ngd_matrix_f32(l->abuf, N * L, l->d_in);
-    *g = ngd_matrix_f32(l->gbuf, N * L, cout);
+    *a = ngd_matrix_f32(abuf, N * L, l->d_in);
+    *g = ngd_matrix_f32(gbuf, N * L, cout);
     return NN_OK;
 }
 

@@ -49,6 +49,7 @@ void nn_model_free(nn_model *m) {
     if (!m) return;
     if (m->ops && m->impl) m->ops->destroy(m);
     free(m->logits);
+    free(m->stats_buf);
     memset(m, 0, sizeof *m);
 }
 
@@ -89,9 +90,16 @@ ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t ba
     return ngd_optim_observe(o, id, batch, a, g);
 }
 
-ngd_status nn_observe_conv2d(ngd_optim *o, nn_conv2d *l, int id, size_t batch) {
+ngd_status nn_observe_conv2d(ngd_optim *o, nn_model *m, const nn_conv2d *l, int id, size_t batch) {
+    const size_t need = nn_conv2d_stats_size(l);
+    if (need > m->stats_n) { // grown to the largest layer's, on the first statistics step
+        float *p = nn_malloc(need, sizeof(float));
+        if (!p) return NGD_ERR_NOMEM;
+        free(m->stats_buf);
+        m->stats_buf = p, m->stats_n = need;
+    }
     ngd_matrix a, g;
-    if (nn_conv2d_stats(l, &a, &g) != NN_OK) return NGD_ERR_NOMEM;
+    if (nn_conv2d_stats(l, m->stats_buf, &a, &g) != NN_OK) return NGD_ERR_ARG;
     return ngd_optim_observe(o, id, batch, a, g);
 }
 

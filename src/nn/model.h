@@ -72,7 +72,9 @@ struct nn_model {
     const ngd_config *param_override; // set before attach: the rule of the plain
                                       // parameters (ngd_optim_add_param's override;
                                       // NULL = the optimizer's own), borrowed
-    void *impl;                       // the model's own struct
+    float *stats_buf; // Conv2d statistics scratch, shared by the layers (nn_observe_conv2d)
+    size_t stats_n;   // its floats
+    void *impl;       // the model's own struct
 };
 
 // Creates the model named cfg->name. Errors: NN_ERR_ARG (unknown name, bad sizes: the
@@ -91,7 +93,9 @@ ngd_status nn_attach_conv2d(ngd_optim *o, const nn_conv2d *l, const char *name, 
 ngd_status nn_attach_params(ngd_optim *o, const ngd_config *ov, const nn_param *ps, size_t n,
                             const char *prefix);
 ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t batch);
-ngd_status nn_observe_conv2d(ngd_optim *o, nn_conv2d *l, int id, size_t batch);
+// Builds a Conv2d's statistics in m's shared scratch (grown to the largest layer's) and
+// hands them to libngd.
+ngd_status nn_observe_conv2d(ngd_optim *o, nn_model *m, const nn_conv2d *l, int id, size_t batch);
 // Appends a layer's parameters to m->params (names must be static strings).
 void nn_model_add_params(nn_model *m, const nn_param *ps, size_t n);
 // Appends a non-trained state array (g = NULL) to m->buffers.

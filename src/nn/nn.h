@@ -186,8 +186,6 @@ typedef struct {
     // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.
     ngd_conv_geom tgeom;
     float *wflip;
-    float *abuf;     // (N*L, d_in) K-FAC `a`, allocated by the first nn_conv2d_stats
-    float *gbuf;     // (N*L, c_out) K-FAC `g`, likewise
     const float *x;  // (N, c_in, h, w) borrowed from forward
     const float *dy; // (N, c_out, oh, ow) borrowed from backward
     size_t n;        // batch of the last forward
@@ -208,9 +206,11 @@ void nn_conv2d_free(nn_conv2d *l);
 ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // After backward: a = im2col rows (n, o1, o2) x columns (c, k1, k2) (channels averaged over
 // groups when groups > 1: exactly ngd_unfold's matrix), g = dy as (N*L, c_out). Both are
-// built on the call (a K-FAC step needs them; other steps do not pay for them) into
-// buffers allocated by the first call: NN_ERR_NOMEM if that fails.
-nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g);
+// built on the call (a K-FAC step needs them; other steps do not pay for them) into the
+// caller's scratch of nn_conv2d_stats_size(l) floats (a model shares one among its layers,
+// which are observed one at a time: the largest layer's, not the sum).
+size_t nn_conv2d_stats_size(const nn_conv2d *l);
+nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g);
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======

@@ -190,7 +190,7 @@ static ngd_status cnn_observe(nn_model *m, ngd_optim *o) {
     ngd_status st;
     if (p->dz) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
     for (size_t k = 0; k < p->nconv; k++)
-        if ((st = nn_observe_conv2d(o, &p->conv[k], p->conv_id[k], m->N))) return st;
+        if ((st = nn_observe_conv2d(o, m, &p->conv[k], p->conv_id[k], m->N))) return st;
     if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, m->N))) return st;
     return nn_observe_linear(o, &p->fc2, p->fc2_id, m->N);
 }
