@@ -9,6 +9,8 @@
  */
 #include "lrref.h"
 
+#include <lapacke.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,7 +176,9 @@ void lrref_sym_eig(size_t n, const double *A, double *w, double *V) {
     double *a = malloc(n * n * sizeof *a), *wa = malloc(n * sizeof *wa);
     memcpy(a, A, n * n * sizeof *a);
     int saved = ngd_blas_serial_begin(); // small: see blas.h
-    if (ngd_dsyevd(n, a, n, wa) != 0) abort();
+    // row-major 'U' is LAPACK's column-major 'L' of the same symmetric matrix
+    if (LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, a, (lapack_int)n, wa) != 0)
+        abort();
     ngd_blas_serial_end(saved);
     for (size_t j = 0; j < n; j++)
         w[j] = wa[n - 1 - j];

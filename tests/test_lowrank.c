@@ -8,6 +8,9 @@
  * Run with -v to print every observed error next to its bound.
  */
 #include <float.h>
+
+#include <lapacke.h>
+#undef I // <complex.h>, included by lapacke.h: I is a matrix name here
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -806,11 +809,8 @@ static void brand_reorth_should_keep_the_matrix(void) {
     lr_set(&F, U, D, r);
     lr_dense(&F, A);
     double before = lrref_orth_defect(d, r, F.U, F.cap);
-    float defect = -1;
-    size_t wo = ngd_orth_defect_ws(r), wsb = ngd_brand_reorth_ws(d, r);
-    void *wso = wsa(wo), *ws = wsa(wsb);
-    CHECK(ngd_orth_defect(ngd_lowrank_u(&F), &defect, wso, wo) == NGD_OK);
-    CHECK_CLOSE(defect, before, 1e-3, 1e-6);
+    size_t wsb = ngd_brand_reorth_ws(d, r);
+    void *ws = wsa(wsb);
     CHECK(ngd_brand_reorth(&F, ws, wsb) == NGD_OK);
     lr_dense(&F, B);
     double after = lrref_orth_defect(d, r, F.U, F.cap);
@@ -824,9 +824,7 @@ static void brand_reorth_should_keep_the_matrix(void) {
     NOTE("reorth: defect %.2e -> %.2e, rec %.2e, eig %.2e", before, after, rec, ee);
     CHECK(before > 1e-4 && after <= TOL_ORTH);
     CHECK(rec <= TOL_BRAND_REC && ee <= TOL_EIG);
-    CHECK(ngd_orth_defect(ngd_lowrank_u(&F), &defect, wso, wo) == NGD_OK);
-    CHECK((double)defect <= TOL_ORTH);
-    free(wso), free(ws), free(U), free(D), free(A), free(B), free(w);
+    free(ws), free(U), free(D), free(A), free(B), free(w);
     lr_free(&F);
 }
 
@@ -860,7 +858,11 @@ static void rr_correct_should_never_increase_error(void) {
     for (size_t i = 0; i < d; i++)
         for (size_t j = 0; j < r; j++)
             U[i * r + j] = V[i * d + j] + 0.05 * U[i * r + j];
-    CHECK(ngd_dqr_thin(d, r, U, r, NULL, 0) == 0);
+    double tau[20]; // U <- Q of its thin QR (LAPACK, row-major)
+    CHECK(r <= 20 && LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)d, (lapack_int)r, U,
+                                    (lapack_int)r, tau) == 0);
+    CHECK(LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)d, (lapack_int)r, (lapack_int)r, U,
+                         (lapack_int)r, tau) == 0);
     for (size_t j = 0; j < r; j++)
         D[j] = 0.7 * w[j];
     ngd_lowrank F = lr_make(d, r);
@@ -1328,23 +1330,6 @@ static void factored_should_equal_dense(void) {
     double e = rel_err(Sf, Sd, dG * dA);
     NOTE("P7 factored vs dense: rel err %.2e (tol %.0e)", e, TOL_FACT);
     CHECK(e <= TOL_FACT);
-    // ‖S‖_F and ⟨S, J⟩ through the Gram matrices
-    size_t wd = ngd_factored_dot_ws(n, n);
-    void *wsd = wsa(wd);
-    double dot = -1, sj = 0;
-    CHECK(ngd_factored_dot(ngd_cview_rm(X, dG, n, n), ngd_cview_rm(Y, dA, n, n),
-                           ngd_cview_rm(X, dG, n, n), ngd_cview_rm(Y, dA, n, n), &dot, wsd,
-                           wd) == NGD_OK);
-    double nS = sqrt(fmax(dot, 0)) / (double)n, nref = lrref_fro(Sd, dG * dA);
-    NOTE("P7 |S|_F gram %.8g vs dense %.8g", nS, nref);
-    CHECK_CLOSE(nS, nref, TOL_FACT, 0);
-    for (size_t i = 0; i < dG * dA; i++)
-        sj += Sd[i] * J[i];
-    CHECK(ngd_factored_dot(ngd_cview_rm(X, dG, n, n), ngd_cview_rm(Y, dA, n, n),
-                           ngd_cview_t(ngd_cview_rm(gc, n, dG, dG)),
-                           ngd_cview_t(ngd_cview_rm(ac, n, dA, dA)), &dot, wsd, wd) == NGD_OK);
-    NOTE("P7 <S,J> gram %.8g vs dense %.8g", dot / (double)(n * n), sj);
-    CHECK_CLOSE(dot / (double)(n * n), sj, TOL_FACT, 0);
     // the rank-n update W := βW + αXYᵀ
     float *W = falloc(dG * dA);
     double *Wr = dalloc(dG * dA);
@@ -1356,7 +1341,7 @@ static void factored_should_equal_dense(void) {
     CHECK(ngd_factored_update(ngd_view_rm(W, dG, dA, dA), beta, alpha, ngd_cview_rm(X, dG, n, n),
                               ngd_cview_rm(Y, dA, n, n)) == NGD_OK);
     CHECK(rel_err(W, Wr, dG * dA) <= 1e-6); // one GEMM with k = n = 8 terms
-    free(ws), free(wsd), free(UG), free(UA), free(DG), free(DA), free(Gc), free(Ac), free(gc);
+    free(ws), free(UG), free(UA), free(DG), free(DA), free(Gc), free(Ac), free(gc);
     free(ac), free(X), free(Y), free(jf), free(J), free(MG), free(MA), free(Sd), free(St);
     free(Sf), free(W), free(Wr);
     lr_free(&G), lr_free(&A);
@@ -1437,8 +1422,6 @@ static void kernels_should_reject_bad_arguments(void) {
     CHECK(ngd_sym_eig(ngd_cview_rm(a, d, d, d), 0, (ngd_eig_mode)7, &F, &oc, ws, 1 << 20) ==
           NGD_ERR_ARG);
     // factored
-    double dot;
-    CHECK(ngd_factored_dot(X, X, ngd_cview_rm(x, d, 2, n), X, &dot, ws, 1 << 20) == NGD_ERR_SHAPE);
     CHECK(ngd_factored_update(ngd_view_rm(y, d, n, n), 1.0f, 1.0f, X, X) == NGD_ERR_SHAPE);
     CHECK(ngd_kfac_pi(0.0, 3, 1.0, 3) == 1.0f && ngd_kfac_pi(4.0, 1, 1.0, 1) == 2.0f);
     free(ws);

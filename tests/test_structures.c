@@ -523,7 +523,7 @@ static void elementwise_body(operands *o, ref_rng *r) {
     CHECK_CLOSE(ngd_s_frob(s, o->K), sqrt(f2), TOL_SUM, 0.0);
     CHECK((double)ngd_s_maxabs(s, o->K) == mx);
     // diag_add(0.7)
-    ngd_s_copy(s, o->K, p);
+    memcpy(p, o->K, s->n * sizeof(float));
     o->ops->diag_add(s, p, 0.7f);
     memcpy(want, o->Kd, dd * sizeof(double));
     for (size_t i = 0; i < d; i++)
@@ -531,7 +531,7 @@ static void elementwise_body(operands *o, ref_rng *r) {
     sref_to_dense(s, p, got);
     CHECK_REL(got, want, dd, TOL_REL, lbl("diag_add %s d=%zu", o->c->label, d));
     // axpy: K − 0.3 P1; scale: −1.23 K; zero
-    ngd_s_copy(s, o->K, p);
+    memcpy(p, o->K, s->n * sizeof(float));
     ngd_s_axpy(s, -0.3f, o->P1, p);
     double mag = 0; // K − 0.3 P1 may cancel: scale by the operands
     for (size_t i = 0; i < dd; i++) {

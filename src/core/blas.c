@@ -165,79 +165,9 @@ void ngd_view_zero(ngd_view v) {
             NGD_AT(v, i, j) = 0.0f;
 }
 
-// ---- LAPACK ----
+// ---- LAPACK without allocation (column-major calls; see blas.h) ----
 static int fits_int(size_t a) { return a <= (size_t)INT_MAX; }
 
-int ngd_ssyevd(size_t n, float *a, size_t lda, float *w) {
-    if (!fits_int(n) || !fits_int(lda)) return -1000;
-    if (n == 0) return 0;
-    // Row-major with 'U' is LAPACK's column-major 'L' of the same symmetric matrix.
-    return LAPACKE_ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, a, (lapack_int)lda, w);
-}
-
-int ngd_dsyevd(size_t n, double *a, size_t lda, double *w) {
-    if (!fits_int(n) || !fits_int(lda)) return -1000;
-    if (n == 0) return 0;
-    return LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, a, (lapack_int)lda, w);
-}
-
-int ngd_sqr_thin(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr) {
-    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || m < n) return -1000;
-    if (n == 0) return 0;
-    float *tau = ngd_malloc(n, sizeof(float));
-    if (!tau) return -1000;
-    int info =
-        LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a, (lapack_int)lda, tau);
-    if (info == 0 && r) {
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++)
-                r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0f;
-    }
-    if (info == 0)
-        info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
-                              (lapack_int)lda, tau);
-    ngd_free(tau);
-    return info;
-}
-
-int ngd_dqr_thin(size_t m, size_t n, double *a, size_t lda, double *r, size_t ldr) {
-    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || m < n) return -1000;
-    if (n == 0) return 0;
-    double *tau = ngd_malloc(n, sizeof(double));
-    if (!tau) return -1000;
-    int info =
-        LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, a, (lapack_int)lda, tau);
-    if (info == 0 && r) {
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++)
-                r[i * ldr + j] = j >= i ? a[i * lda + j] : 0.0;
-    }
-    if (info == 0)
-        info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
-                              (lapack_int)lda, tau);
-    ngd_free(tau);
-    return info;
-}
-
-int ngd_sgesvd_thin(size_t m, size_t n, float *a, size_t lda, float *s, float *u, size_t ldu,
-                    float *vt, size_t ldvt) {
-    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldu) || !fits_int(ldvt))
-        return -1000;
-    if (m == 0 || n == 0) return 0;
-    return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a, (lapack_int)lda,
-                          s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
-}
-
-int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double *u, size_t ldu,
-                    double *vt, size_t ldvt) {
-    if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldu) || !fits_int(ldvt))
-        return -1000;
-    if (m == 0 || n == 0) return 0;
-    return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, a, (lapack_int)lda,
-                          s, u, (lapack_int)ldu, vt, (lapack_int)ldvt);
-}
-
-// ---- LAPACK without allocation (column-major calls; see blas.h) ----
 _Static_assert(sizeof(lapack_int) == sizeof(int), "ngd's *_work wrappers expect a 32-bit "
                                                   "lapack_int (LP64 LAPACKE)");
 
@@ -433,9 +363,4 @@ void ngd_blas_serial_end(int saved) {
 #else
     NGD_UNUSED(saved);
 #endif
-}
-
-void ngd_blas_set_threads(int n) {
-    NGD_UNUSED(
-        n); // oneDNN and OpenBLAS (OpenMP flavour) follow omp_set_num_threads / OMP_NUM_THREADS
 }

@@ -70,31 +70,15 @@ void ngd_view_scale(ngd_view v, float s);
 void ngd_view_copy(ngd_cview src, ngd_view dst);
 void ngd_view_zero(ngd_view v);
 
-// ---- LAPACK (float32 and float64 symmetric eigendecomposition, QR, SVD) ----
-// Symmetric EVD of the n x n row-major matrix a (lda >= n): eigenvalues ascending in w,
-// eigenvectors in the columns of a. Returns LAPACK's info (0 = ok, > 0 = no convergence,
-// < 0 = bad argument / int overflow / no memory as -1000).
-int ngd_ssyevd(size_t n, float *a, size_t lda, float *w);
-int ngd_dsyevd(size_t n, double *a, size_t lda, double *w);
-// Thin QR of the m x n row-major a (m >= n): a is overwritten by Q (m x n, orthonormal
-// columns); r (n x n row-major, upper) receives R if not NULL. Returns info.
-int ngd_sqr_thin(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr);
-int ngd_dqr_thin(size_t m, size_t n, double *a, size_t lda, double *r, size_t ldr);
-// Thin SVD of the m x n row-major a: s (min(m,n)) descending, u (m x k), vt (k x n), k =
-// min(m,n); a is destroyed. Returns info.
-int ngd_sgesvd_thin(size_t m, size_t n, float *a, size_t lda, float *s, float *u, size_t ldu,
-                    float *vt, size_t ldvt);
-int ngd_dgesvd_thin(size_t m, size_t n, double *a, size_t lda, double *s, double *u, size_t ldu,
-                    double *vt, size_t ldvt);
-
 // ---- LAPACK without allocation: workspace planned once by the caller ----
 // These call LAPACK in column-major form, so LAPACKE makes no transposed copy and allocates
-// nothing (the row-major entry points above allocate inside LAPACKE). Each *_lwork query
-// returns the workspace in elements (0 if a size does not fit LAPACK's int or the query
-// failed); it calls LAPACK with lwork = -1 and allocates nothing either. iwork is LAPACK's
+// nothing (LAPACKE's row-major entry points would allocate inside). Each returns LAPACK's
+// info (0 = ok, > 0 = no convergence, < 0 = bad argument, or -1000 for an int overflow). Each
+// *_lwork query returns the workspace in elements (0 if a size does not fit LAPACK's int or the
+// query failed); it calls LAPACK with lwork = -1 and allocates nothing either. iwork is LAPACK's
 // int (blas.c checks that it is int).
 
-// Symmetric EVD like ngd_ssyevd / ngd_dsyevd (row-major n x n in, eigenvalues ascending in
+// Symmetric EVD (row-major n x n in, eigenvalues ascending in
 // w, eigenvectors in the COLUMNS of a, only the upper triangle of the row-major input is
 // read), divide and conquer. *liwork receives the int workspace.
 size_t ngd_ssyevd_lwork(size_t n, size_t *liwork);
@@ -129,6 +113,4 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
 int ngd_blas_serial_begin(void);
 void ngd_blas_serial_end(int saved);
 
-// Sets the number of threads of the GEMM / LAPACK backends (0 = leave as is).
-void ngd_blas_set_threads(int n);
 #endif

@@ -269,9 +269,9 @@ ngd_status ngd_lri_apply2(const ngd_lowrank *G, float lambda_G, float mu_G, cons
     if (!lri_args_ok(G, lambda_G, mu_G) || !lri_args_ok(A, lambda_A, mu_A)) return NGD_ERR_ARG;
     if (J.rows != G->d || J.cols != A->d || S.rows != J.rows || S.cols != J.cols)
         return NGD_ERR_SHAPE;
-    ngd_status st = lri_checked(G, lambda_G, mu_G, J, S, ws, ws_bytes);
+    ngd_status st = ngd_lri_apply(G, lambda_G, mu_G, J, S, ws, ws_bytes);
     if (st != NGD_OK) return st;
-    return lri_checked(A, lambda_A, mu_A, ngd_cview_t(ngd_cv(S)), ngd_view_t(S), ws, ws_bytes);
+    return ngd_lri_apply_right(A, lambda_A, mu_A, ngd_cv(S), S, ws, ws_bytes);
 }
 
 // ---- randomized eigendecompositions, #rsvd, #sre-kfac ----
@@ -738,33 +738,6 @@ ngd_status ngd_brand_reorth(ngd_lowrank *F, void *ws, size_t ws_bytes) {
     return NGD_OK;
 }
 
-size_t ngd_orth_defect_ws(size_t r) {
-    int ok = 1;
-    size_t rr = ngd_mul_size(r, r, &ok);
-    if (!ok) return 0;
-    wsbuf w = ws_begin(NULL, 0);
-    ws_take(&w, rr, sizeof(float));
-    return ws_total(&w);
-}
-
-ngd_status ngd_orth_defect(ngd_cview U, float *defect, void *ws, size_t ws_bytes) {
-    if (!defect || !cview_ok(U)) return NGD_ERR_ARG;
-    size_t r = U.cols;
-    size_t need = ngd_orth_defect_ws(r);
-    if (need == 0 || !ws || ws_bytes < need) return NGD_ERR_ARG;
-    wsbuf w = ws_begin(ws, ws_bytes);
-    float *G = ws_take(&w, r * r, sizeof(float)); // (r, r) UᵀU
-    ngd_gemm(1.0f, ngd_cview_t(U), U, 0.0f, ngd_view_rm(G, r, r, r));
-    float m = 0.0f;
-    for (size_t i = 0; i < r; i++)
-        for (size_t j = 0; j < r; j++) {
-            float e = fabsf(G[i * r + j] - (i == j ? 1.0f : 0.0f));
-            m = (e > m || e != e) ? e : m;
-        }
-    *defect = m;
-    return NGD_OK;
-}
-
 bool ngd_brand_track(bool fully_connected, size_t r_B, size_t n, size_t d) {
     // #track-selection: Brand-track ⇔ FC and r_B + n < d (written so that it cannot overflow)
     return fully_connected && n < d && r_B < d - n;
@@ -1148,43 +1121,9 @@ ngd_status ngd_factored_precond(const ngd_lowrank *G, float lambda_G, float mu_G
     if (!lri_args_ok(G, lambda_G, mu_G) || !lri_args_ok(A, lambda_A, mu_A)) return NGD_ERR_ARG;
     if (Gcal.rows != Acal.rows || X.cols != Gcal.rows || Y.cols != Acal.rows) return NGD_ERR_SHAPE;
     if (spans_overlap(ngd_cv(X), Y)) return NGD_ERR_ARG;
-    ngd_status st = lri_checked(G, lambda_G, mu_G, ngd_cview_t(Gcal), X, ws, ws_bytes);
+    ngd_status st = ngd_lri_apply(G, lambda_G, mu_G, ngd_cview_t(Gcal), X, ws, ws_bytes);
     if (st != NGD_OK) return st;
-    return lri_checked(A, lambda_A, mu_A, ngd_cview_t(Acal), Y, ws, ws_bytes);
-}
-
-size_t ngd_factored_dot_ws(size_t n1, size_t n2) {
-    int ok = 1;
-    size_t nn = ngd_mul_size(n1, n2, &ok);
-    if (!ok) return 0;
-    wsbuf w = ws_begin(NULL, 0);
-    ws_take(&w, nn, sizeof(float));
-    ws_take(&w, nn, sizeof(float));
-    return ws_total(&w);
-}
-
-// ⟨X1 Y1ᵀ, X2 Y2ᵀ⟩_F = tr(Y1 X1ᵀ X2 Y2ᵀ) = Σ_ij (X1ᵀX2)_ij (Y1ᵀY2)_ij: two n1 x n2 Grams,
-// O(n1 n2 (d_G + d_A)) (#factored-application "‖S‖_F = (1/n) sqrt(Σ_ij (XᵀX)_ij (YᵀY)_ij)").
-ngd_status ngd_factored_dot(ngd_cview X1, ngd_cview Y1, ngd_cview X2, ngd_cview Y2, double *out,
-                            void *ws, size_t ws_bytes) {
-    if (!out || !cview_ok(X1) || !cview_ok(Y1) || !cview_ok(X2) || !cview_ok(Y2))
-        return NGD_ERR_ARG;
-    if (X1.rows != X2.rows || Y1.rows != Y2.rows || X1.cols != Y1.cols || X2.cols != Y2.cols)
-        return NGD_ERR_SHAPE;
-    size_t n1 = X1.cols, n2 = X2.cols;
-    size_t need = ngd_factored_dot_ws(n1, n2);
-    if (need == 0 || !ws || ws_bytes < need) return NGD_ERR_ARG;
-    wsbuf w = ws_begin(ws, ws_bytes);
-    float *Gx = ws_take(&w, n1 * n2, sizeof(float)); // (n1, n2) X1ᵀ X2
-    float *Gy = ws_take(&w, n1 * n2, sizeof(float)); // (n1, n2) Y1ᵀ Y2
-    ngd_gemm(1.0f, ngd_cview_t(X1), X2, 0.0f, ngd_view_rm(Gx, n1, n2, n2));
-    ngd_gemm(1.0f, ngd_cview_t(Y1), Y2, 0.0f, ngd_view_rm(Gy, n1, n2, n2));
-    // the Hadamard sum in f64: n1·n2 terms of both signs, so f32 would cancel badly
-    double s = 0;
-    for (size_t i = 0; i < n1 * n2; i++)
-        s += (double)Gx[i] * (double)Gy[i];
-    *out = s;
-    return NGD_OK;
+    return ngd_lri_apply(A, lambda_A, mu_A, ngd_cview_t(Acal), Y, ws, ws_bytes);
 }
 
 // #factored-application: W := W − lr·(ν·(1/n)·X Yᵀ + wd·W) is beta = 1 − lr·wd, alpha = −lr·ν/n.

@@ -109,10 +109,6 @@ ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_
 // EVD(R_U D R_Uᵀ) = W Θ Wᵀ (f64), U <- Q_U W, D <- Θ (descending, clamped at 0).
 size_t ngd_brand_reorth_ws(size_t d, size_t r);
 ngd_status ngd_brand_reorth(ngd_lowrank *F, void *ws, size_t ws_bytes);
-// *defect = max |UᵀU − I| (f32 GEMM: its floor is about eps·sqrt(d)). The #brand-update trigger for
-// ngd_brand_reorth is *defect > 1e-4 in f32. Workspace: ngd_orth_defect_ws(r).
-size_t ngd_orth_defect_ws(size_t r);
-ngd_status ngd_orth_defect(ngd_cview U, float *defect, void *ws, size_t ws_bytes);
 // Track selection (#track-selection): Brand-track iff fully connected and r_B + n < d.
 bool ngd_brand_track(bool fully_connected, size_t r_B, size_t n, size_t d);
 
@@ -168,17 +164,12 @@ float ngd_kfac_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);
 // ====== Factored linear-cost application for FC layers (#factored-application) ======
 
 // X = LRI_G(𝒢ᵀ) (d_G x n), Y = LRI_A(𝒜ᵀ) (d_A x n) for 𝒢 (n x d_G), 𝒜 (n x d_A). Then
-// S = (1/n) X Yᵀ is the preconditioned step, never formed. Workspace: _ws(r_G, r_A, n).
+// S = (1/n) X Yᵀ is the preconditioned step (formed by ngd_factored_update: the clip and
+// the driver's rule read it like any other). Workspace: _ws(r_G, r_A, n).
 size_t ngd_factored_precond_ws(size_t r_G, size_t r_A, size_t n);
 ngd_status ngd_factored_precond(const ngd_lowrank *G, float lambda_G, float mu_G,
                                 const ngd_lowrank *A, float lambda_A, float mu_A, ngd_cview Gcal,
                                 ngd_cview Acal, ngd_view X, ngd_view Y, void *ws, size_t ws_bytes);
-// *out = ⟨X1 Y1ᵀ, X2 Y2ᵀ⟩_F = Σ_ij (X1ᵀX2)_ij (Y1ᵀY2)_ij without forming either product
-// (X1 d_G x n1, X2 d_G x n2, Y1 d_A x n1, Y2 d_A x n2; Grams in f32, the sum in f64).
-// ‖S‖_F = sqrt(dot(X, Y, X, Y))/n; the KL clip's ⟨S, J⟩ is dot(X, Y, 𝒢ᵀ, 𝒜ᵀ)/n².
-size_t ngd_factored_dot_ws(size_t n1, size_t n2);
-ngd_status ngd_factored_dot(ngd_cview X1, ngd_cview Y1, ngd_cview X2, ngd_cview Y2, double *out,
-                            void *ws, size_t ws_bytes);
 // W := beta W + alpha X Yᵀ (the rank-n weight update; W d_G x d_A, X d_G x n, Y d_A x n).
 ngd_status ngd_factored_update(ngd_view W, float beta, float alpha, ngd_cview X, ngd_cview Y);
 

@@ -330,8 +330,7 @@ static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, fl
         ngd_factored_precond(LG, lG, mG, LA, lA, mA, ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
                              ngd_cview_rm(s->f[KF_A].rows, m, dA, dA), Xv, Yv, X + xy, kb);
     if (st) return st;
-    ngd_gemm((float)(1.0 / (double)s->pend[2]), ngd_cv(Xv), ngd_cview_t(ngd_cv(Yv)), 0.0f, S);
-    return NGD_OK;
+    return ngd_factored_update(S, 0.0f, (float)(1.0 / (double)s->pend[2]), ngd_cv(Xv), ngd_cv(Yv));
 }
 
 static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws) {

@@ -55,10 +55,6 @@ ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, b
 
 void ngd_s_zero(const ngd_sdesc *s, float *p) { memset(p, 0, s->n * sizeof(float)); }
 
-void ngd_s_copy(const ngd_sdesc *s, const float *src, float *dst) {
-    if (src != dst) memcpy(dst, src, s->n * sizeof(float));
-}
-
 void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y) {
     for (size_t i = 0; i < s->n; i++)
         y[i] += alpha * x[i];

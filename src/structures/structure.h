@@ -69,7 +69,6 @@ ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, b
 
 // ---- generic operations (same for every class) ----
 void ngd_s_zero(const ngd_sdesc *s, float *p);
-void ngd_s_copy(const ngd_sdesc *s, const float *src, float *dst);
 void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y); // y += alpha x
 void ngd_s_scale(const ngd_sdesc *s, float *p, float v);                    // p *= v
 float ngd_s_maxabs(const ngd_sdesc *s, const float *p);                     // ‖L‖∞ (vector)
