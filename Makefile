@@ -55,7 +55,7 @@ BASEFLAGS := $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(HARDEN) -D_POSIX_C_SOURCE=20080
              -fvisibility=hidden -fPIC -fno-math-errno -MMD -MP
 CFLAGS ?=
 CFLAGS += $(BASEFLAGS)
-LIBS := -ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lm
+LIBS := -ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lz -lm
 LDFLAGS ?=
 LDFLAGS += $(LDSAN) $(OMPFLAG) -Wl,-z,relro,-z,now
 

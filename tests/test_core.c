@@ -116,6 +116,27 @@ static void status_table_should_name_every_code(void) {
     CHECK_MSG(strcmp(ngd_version(), want) == 0, "%s != %s", ngd_version(), want);
 }
 
+// CRC-32 (IEEE 802.3, reflected 0xEDB88320): the standard check value, and a bitwise
+// reference over lengths that cross every tail case of a table/SIMD implementation
+static void crc32_should_match_the_bitwise_definition(void) {
+    CHECK(ngd_file_crc32("123456789", 9) == 0xCBF43926u);
+    CHECK(ngd_file_crc32("", 0) == 0u);
+    unsigned char buf[1000];
+    uint32_t x = 12345u;
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)((x = x * 1664525u + 1013904223u) >> 24);
+    const size_t lens[] = {1, 3, 7, 8, 15, 16, 17, 63, 64, 65, 999, 1000};
+    for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+        uint32_t c = 0xffffffffu;
+        for (size_t i = 0; i < lens[t]; i++) {
+            c ^= buf[i];
+            for (int k = 0; k < 8; k++)
+                c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+        }
+        CHECK_MSG(ngd_file_crc32(buf, lens[t]) == (c ^ 0xffffffffu), "length %zu", lens[t]);
+    }
+}
+
 static void alloc_should_reject_overflow(void) {
     CHECK(ngd_malloc(SIZE_MAX / 2, 4) == NULL);
     int ok = 1;
@@ -130,6 +151,7 @@ static const test_case TESTS[] = {
     TEST(gemm_should_match_reference_for_all_layouts),
     TEST(gemm_should_ignore_nan_in_c_when_beta_is_zero),
     TEST(bf16_should_round_to_nearest_even),
+    TEST(crc32_should_match_the_bitwise_definition),
     TEST(rng_should_be_reproducible_and_standard_normal),
     TEST(status_table_should_name_every_code),
     TEST(alloc_should_reject_overflow),

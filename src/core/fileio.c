@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 static bool wbuf_reserve(ngd_wbuf *w, size_t n) {
     if (w->oom) return false;
@@ -271,15 +272,17 @@ bool ngd_rbuf_str(ngd_rbuf *r, char *out, size_t cap) {
     return true;
 }
 
+// zlib's CRC-32 (the same polynomial and conditioning as the bitwise loop it replaced, at
+// table/SIMD speed), fed in pieces that fit its uInt length
 uint32_t ngd_crc32(const void *p, size_t n) {
     const unsigned char *b = p;
-    uint32_t c = 0xffffffffu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= b[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+    uLong c = crc32(0L, Z_NULL, 0);
+    while (n > 0) {
+        const uInt k = n > (size_t)UINT_MAX ? UINT_MAX : (uInt)n;
+        c = crc32(c, b, k);
+        b += k, n -= k;
     }
-    return c ^ 0xffffffffu;
+    return (uint32_t)c;
 }
 
 // ---- public wrappers (ngd.h "Files") ----
