@@ -898,6 +898,7 @@ static void activation_approximations_should_match_libm(void) {
     CHECK(ex < 5e-7);
     CHECK(nn_tanh_approx(1e4f) == 1.0f && nn_tanh_approx(-1e4f) == -1.0f);
     CHECK(nn_exp_approx(-1e4f) > 0.0f && isfinite(nn_exp_approx(1e4f)));
+    CHECK(isnan(nn_erf_approx(NAN)) && nn_erf_approx(-0.25f) < 0.0f && nn_erf_approx(-3.0f) < 0.0f);
 }
 
 static void maxpool_should_match_naive_and_finite_differences(void) {

@@ -64,8 +64,17 @@ static inline float erf_fast(float x) {
     q = q * z + 1.0f / 10.0f;
     q = q * z - 1.0f / 3.0f;
     q = q * z + 1.0f;
-    const float e = a < 0.5f ? 1.1283791670955126f * a * q : big;
-    return copysignf(e, x);
+    // the two branches blended by a 0/1 weight and the sign put back through the bits: no
+    // control flow, so GCC vectorises the loops that call this
+    const float w = (float)(a < 0.5f);
+    const float e = w * (1.1283791670955126f * a * q) + (1.0f - w) * big;
+    uint32_t ue, ux;
+    memcpy(&ue, &e, sizeof ue);
+    memcpy(&ux, &x, sizeof ux);
+    ue |= ux & 0x80000000u;
+    float r;
+    memcpy(&r, &ue, sizeof r);
+    return r;
 }
 
 float nn_tanh_approx(float u) { return tanh_fast(u); }
