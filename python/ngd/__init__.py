@@ -117,6 +117,27 @@ def _factor(value, which):
     raise TypeError("structure_%s must be a name or a dict, not %r" % (which, type(value).__name__))
 
 
+class _Callback:
+    """A Python callable called from libngd: an exception is kept (libngd cannot see it)
+    and raised by the Optimizer call that led to it."""
+
+    def __init__(self, fn, fallback, call):
+        self.fn, self.fallback, self.call, self.error, self.c = fn, fallback, call, None, None
+
+    def __call__(self, *args):
+        try:
+            return self.call(self.fn, *args)
+        except BaseException as e:  # noqa: B902 (never unwind through C)
+            if self.error is None:
+                self.error = e
+            return self.fallback
+
+    def reraise(self):
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+
 def make_config(method="singd", **options):
     """An ngd_config for `method` (a name of ngd.METHODS or its number): libngd's defaults
     (ngd_config_default) with `options` applied, validated by ngd_config_validate.
@@ -171,18 +192,18 @@ def make_config(method="singd", **options):
             if v is None:
                 cfg.lr_cov_fn = _lib.LR_COV_FN()
             else:
-                fn = v
-                cb = _lib.LR_COV_FN(lambda step, user: float(fn(int(step))))
+                cb = _Callback(v, 0.0, lambda f, step, user: float(f(int(step))))
                 keep.append(cb)
-                cfg.lr_cov_fn = cb
+                cb.c = _lib.LR_COV_FN(cb)
+                cfg.lr_cov_fn = cb.c
         elif k == "log_fn":
             if v is None:
                 cfg.log_fn = _lib.LOG_FN()
             else:
-                fn = v
-                cb = _lib.LOG_FN(lambda user, msg: fn(msg.decode(errors="replace")))
+                cb = _Callback(v, None, lambda f, user, msg: f(msg.decode(errors="replace")))
                 keep.append(cb)
-                cfg.log_fn = cb
+                cb.c = _lib.LOG_FN(cb)
+                cfg.log_fn = cb.c
         else:
             setattr(cfg, k, v)
     for k, v in kfac.items():
@@ -431,10 +452,16 @@ class Optimizer:
         """One step; the registered weights are updated in place. Returns True, or False
         when the step was skipped for a non-finite gradient. Raises ngd.Error."""
         st = _lib.ngd_optim_step(self.handle)
+        self._reraise()
         if st == _lib.SKIPPED:
             return False
         self._check(st, "step")
         return True
+
+    def _reraise(self):
+        for k in self._keep:
+            if isinstance(k, _Callback):
+                k.reraise()
 
     @property
     def steps(self):

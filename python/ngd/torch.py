@@ -386,6 +386,7 @@ class NGDOptimizer(torch.optim.Optimizer):
             if s != self._scale:
                 self.set_grad_scale(s)
         st = _lib.ngd_optim_step(self._opt.handle)
+        self._opt._reraise()
         skipped = st == _lib.SKIPPED
         if not skipped:
             self._opt._check(st, "step")
