@@ -50,5 +50,33 @@ e=$(printf '%s\n' "$line" | grep -oE '[0-9]+ errors?' | grep -oE '[0-9]+')
 p=${p:-0}
 f=$((${f:-0} + ${e:-0}))
 if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+# installed, not in place: the package `make install` put in the staged tree (make check and
+# make test stage $b/stage) must load the staged libngd, and `pip install` must give a
+# working package (libngd through NGD_LIBRARY)
+smoke='import numpy as np, ngd, ngd._lib as L, ngd.torch, torch
+o = ngd.Optimizer("singd", T=1, lr=0.5); W = np.ones((2, 3), np.float32); G = np.ones_like(W)
+i = o.add_layer(W, G); o.observe(i, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32))
+assert o.step() and W[0, 0] < 1
+print(L.path, ngd.__file__)'
+if [ -d "$b/stage" ]; then
+    site=$(ls -d "$b"/stage/lib/python3*/dist-packages 2>/dev/null | head -n 1)
+    if [ -n "$site" ] && out=$(cd "$tmp" && env -u NGD_LIBRARY PYTHONPATH="$site" "$py" -c "$smoke" 2>&1) &&
+        case "$out" in "$b/stage/lib/libngd.so.0 $site/ngd/__init__.py") true ;; *) false ;; esac; then
+        p=$((p + 1)); echo "ok: make install's Python package ($out)"
+    else
+        f=$((f + 1)); echo "FAIL: make install's Python package in ${site:-$b/stage (none)}: $out"
+    fi
+fi
+if "$py" -m pip --version >/dev/null 2>&1; then
+    cp -r "$root/python" "$tmp/src"
+    rm -rf "$tmp/src/build" "$tmp/src/"*.egg-info
+    if pout=$("$py" -m pip install -q --no-build-isolation --no-index --no-deps --target "$tmp/site" "$tmp/src" 2>&1) &&
+        out=$(cd "$tmp" && NGD_LIBRARY="$b/libngd.so" PYTHONPATH="$tmp/site" "$py" -c "$smoke" 2>&1) &&
+        case "$out" in *"$tmp/site/ngd/__init__.py") true ;; *) false ;; esac; then
+        p=$((p + 1)); echo "ok: pip install ./python ($out)"
+    else
+        f=$((f + 1)); echo "FAIL: pip install ./python: $pout $out"
+    fi
+fi
 echo "$p passed, $f failed"
 [ "$f" -eq 0 ]

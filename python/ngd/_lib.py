@@ -7,7 +7,8 @@ so a change of ngd.h that is not made here too fails the suite instead of corrup
 Finding the library (first hit wins):
   1. $NGD_LIBRARY: the path of a libngd shared object;
   2. the build folder of the source tree this package lies in (<repo>/build/libngd.so);
-  3. the system library libngd.so.0 (``make install``), through the dynamic linker.
+  3. the library folder `make install` recorded in ngd/_install.py;
+  4. the system library libngd.so.0, through the dynamic linker.
 """
 
 import ctypes
@@ -182,6 +183,12 @@ def _candidates():
     out = []
     if os.path.exists(os.path.join(repo, "include", "ngd.h")):
         out.append(os.path.join(repo, "build", "libngd.so"))
+    try:  # written by `make install`: the folder it put libngd in
+        from ._install import LIBDIR
+
+        out.append(os.path.join(LIBDIR, "libngd.so.0"))
+    except ImportError:
+        pass
     out.append("libngd.so.0")
     return out
 
