@@ -46,6 +46,7 @@ skips steps with non-finite gradients. state_dict() includes libngd's state as b
 """
 
 import ctypes
+import weakref
 
 import torch
 import torch.nn as nn
@@ -160,6 +161,15 @@ class NGDOptimizer(torch.optim.Optimizer):
 
         self._entries = []
         self._by_module = {}
+        self._hooks = []
+        self._init_done = False
+        me = weakref.ref(self)  # the hooks must not keep a dropped optimizer alive
+
+        def hook(mod, inputs, output):
+            o = me()
+            if o is not None:
+                o._forward_hook(mod, inputs, output)
+
         seen = {}  # id(param) -> (name, role)
         kf_params, other_params = [], []
         self._regs = []  # (param, grad buffer, storage ptr, name)
@@ -176,7 +186,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                 if owner is None:
                     raise ValueError("ngd.torch: %s shares its weight with a plain parameter" % mname)
                 self._by_module[id(mod)] = owner
-                mod.register_forward_hook(self._forward_hook)
+                self._hooks.append(mod.register_forward_hook(hook))
                 continue
             if isinstance(mod, nn.Conv2d):
                 if mod.padding_mode != "zeros":
@@ -234,10 +244,11 @@ class NGDOptimizer(torch.optim.Optimizer):
                 seen[id(b)] = (mname, "bias", e)
                 kf_params.append(b)
                 self._regs.append((b, gb, b.data_ptr(), mname + ".bias"))
-            mod.register_forward_hook(self._forward_hook)
+            self._hooks.append(mod.register_forward_hook(hook))
         if layer_config:
             raise ValueError("ngd.torch: layer_config names no Linear/Conv2d layer: %s" % ", ".join(layer_config))
         if not self._entries:
+            self.remove_hooks()
             self._opt.close()
             raise ValueError(
                 "ngd.torch: %s has no nn.Linear or nn.Conv2d layer with a trainable weight for "
@@ -267,9 +278,30 @@ class NGDOptimizer(torch.optim.Optimizer):
         if other_params:
             groups.append({"params": other_params, "lr": self._others_lr, "ngd": others})
         super().__init__(groups, {"lr": float(cfg.lr)})
+        self._init_done = True
         self._base_lr = [g["lr"] for g in self.param_groups]
         self._lr_scale = 1.0
         self._scale = 1.0
+
+    def add_param_group(self, param_group):
+        if getattr(self, "_init_done", False):
+            raise NotImplementedError(
+                "ngd.torch: parameters cannot be added after construction (libngd registers "
+                "them once); create the optimizer with the whole model"
+            )
+        super().add_param_group(param_group)
+
+    def remove_hooks(self):
+        """Detaches the optimizer from the model's layers (done when it is deleted)."""
+        for h in getattr(self, "_hooks", ()):
+            h.remove()
+        self._hooks = []
+
+    def __del__(self):
+        try:
+            self.remove_hooks()
+        except Exception:
+            pass
 
     @staticmethod
     def _grad_buffer(p):

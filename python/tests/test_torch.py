@@ -300,3 +300,22 @@ def test_replaced_grad_is_copied_not_lost():
         ((b(x) - y) ** 2).sum(1).mean().backward()
         ob.step()
     assert torch.equal(flat(a), flat(b))
+
+
+def test_a_dropped_optimizer_lets_go_of_the_model():
+    import gc
+    import weakref
+
+    model = mlp()
+    opt = ngd.torch.SINGD(model, lr=0.1, T=1)
+    ref = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert ref() is None
+    assert all(not m._forward_hooks for m in model.modules())
+    opt2 = ngd.torch.SINGD(model, lr=0.1, T=1)  # a new one works alone
+    x, y = data()
+    train(model, opt2, 2, x, y)
+    assert [h["updates"] for h in opt2.health()] == [2, 2]
+    with pytest.raises(NotImplementedError, match="cannot be added"):
+        opt2.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
