@@ -109,6 +109,13 @@ def _matrix(t, cols, what):
     return _lib.Matrix(m.data_ptr(), m.shape[0], cols, ld, dt), m
 
 
+# Linear modules whose owner uses their weight without calling them (MultiheadAttention's
+# out_proj): no hook would see them, so their parameters take the `others` rule
+_NOT_CALLED = tuple(
+    c for c in (getattr(nn.modules.linear, "NonDynamicallyQuantizableLinear", None),) if c is not None
+)
+
+
 class _Entry:
     __slots__ = ("id", "module", "kind", "d_in", "d_out", "params", "geom", "name")
 
@@ -176,7 +183,7 @@ class NGDOptimizer(torch.optim.Optimizer):
         for mname, mod in model.named_modules():
             if mname in excluded or id(mod) in excluded:
                 continue
-            if type(mod) not in (nn.Linear, nn.Conv2d) and not isinstance(mod, (nn.Linear, nn.Conv2d)):
+            if not isinstance(mod, (nn.Linear, nn.Conv2d)) or isinstance(mod, _NOT_CALLED):
                 continue
             w = mod.weight
             if w is None or not w.requires_grad:
@@ -420,6 +427,12 @@ class NGDOptimizer(torch.optim.Optimizer):
         st = _lib.ngd_optim_step(self._opt.handle)
         self._opt._reraise()
         skipped = st == _lib.SKIPPED
+        if st == _lib.ERR_STATE:
+            msg = _lib.ngd_optim_errmsg(self._opt.handle).decode(errors="replace")
+            raise Error(st, msg + " [ngd.torch: the layer's statistics come from its forward hook "
+                        "and its output's gradient; was the module called (not only its weight used) "
+                        "in this step's forward pass, with autograd recording, and backward run? "
+                        "Layers used otherwise can be left to the others rule with exclude=[name]]")
         if not skipped:
             self._opt._check(st, "step")
         self.last_step_skipped = skipped

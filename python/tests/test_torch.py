@@ -319,3 +319,34 @@ def test_a_dropped_optimizer_lets_go_of_the_model():
     assert [h["updates"] for h in opt2.health()] == [2, 2]
     with pytest.raises(NotImplementedError, match="cannot be added"):
         opt2.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+
+
+def test_attention_and_unused_layers():
+    """MultiheadAttention uses its out_proj's weight without calling it: that Linear takes the
+    plain rule; a layer skipped in the forward pass of a statistics step is a clear error."""
+    torch.manual_seed(12)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 3)
+            self.unused = nn.Linear(8, 3)
+
+        def forward(self, x, use=False):
+            h = self.att(x, x, x)[0]
+            return self.fc(h) + (self.unused(h) if use else 0)
+
+    m = M()
+    opt = ngd.torch.SINGD(m, lr=0.05, T=1, exclude=["unused"])
+    assert set(opt.layer_ids) == {"fc"}
+    x = torch.randn(2, 5, 8)
+    for _ in range(2):
+        opt.zero_grad()
+        m(x).square().mean().backward()
+        opt.step()
+    opt = ngd.torch.SINGD(m, lr=0.05, T=1)
+    opt.zero_grad()
+    m(x).square().mean().backward()
+    with pytest.raises(ngd.Error, match="'unused'.*needs statistics.*was the module called"):
+        opt.step()
