@@ -129,8 +129,8 @@ class NGDOptimizer(torch.optim.Optimizer):
     layer_config: {module name: {option: value}} per-layer overrides (e.g. a different
     T or structures). structures (SINGD family): one name or (K, C), or a dict {module
     name: (K, C)} with an optional 'default' key, or a callable (name, module) -> (K, C).
-    exclude: module names (or modules) whose Linear / Conv2d layers are left to the
-    `others` rule. All other keywords are libngd options (ngd.make_config).
+    exclude: module names (or modules) whose Linear / Conv2d layers, their own or inside
+    them, are left to the `others` rule. All other keywords are libngd options (ngd.make_config).
     """
 
     METHOD = None
@@ -162,9 +162,16 @@ class NGDOptimizer(torch.optim.Optimizer):
         cfg = self._opt.config
         self._kfac_reduce = cfg.kfac_approx == _lib.KFAC_APPROX["reduce"]
         layer_config = dict(layer_config or {})
-        excluded = set()
+        if isinstance(exclude, (str, nn.Module)):
+            exclude = [exclude]
+        excluded = set()  # ids of excluded modules and of everything inside them
+        mods = dict(model.named_modules())
         for e in exclude:
-            excluded.add(id(e) if isinstance(e, nn.Module) else e)
+            if not isinstance(e, nn.Module):
+                if e not in mods:
+                    raise ValueError("ngd.torch: exclude names no module of the model: %r" % (e,))
+                e = mods[e]
+            excluded.update(id(m) for m in e.modules())
 
         self._entries = []
         self._by_module = {}
@@ -181,7 +188,7 @@ class NGDOptimizer(torch.optim.Optimizer):
         kf_params, other_params = [], []
         self._regs = []  # (param, grad buffer, storage ptr, name)
         for mname, mod in model.named_modules():
-            if mname in excluded or id(mod) in excluded:
+            if id(mod) in excluded:
                 continue
             if not isinstance(mod, (nn.Linear, nn.Conv2d)) or isinstance(mod, _NOT_CALLED):
                 continue

@@ -350,3 +350,9 @@ def test_attention_and_unused_layers():
     m(x).square().mean().backward()
     with pytest.raises(ngd.Error, match="'unused'.*needs statistics.*was the module called"):
         opt.step()
+    # excluding a parent module excludes the layers inside it
+    seq = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 2))
+    opt = ngd.torch.SINGD(seq, exclude=["1"])
+    assert set(opt.layer_ids) == {"0", "2"} and len(opt.param_groups[1]["params"]) == 4
+    with pytest.raises(ValueError, match="exclude names no module"):
+        ngd.torch.SINGD(seq, exclude=["nope"])
