@@ -356,3 +356,38 @@ def test_attention_and_unused_layers():
     assert set(opt.layer_ids) == {"0", "2"} and len(opt.param_groups[1]["params"]) == 4
     with pytest.raises(ValueError, match="exclude names no module"):
         ngd.torch.SINGD(seq, exclude=["nope"])
+
+
+@pytest.mark.parametrize("geom", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(3, 2), dilation=2, padding="same"),
+                                  dict(kernel_size=2, stride=(1, 2), padding=0)])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_conv2d_statistics_match_torch_unfold(geom, approx):
+    """ngd.torch on an nn.Conv2d against ngd.Optimizer fed with the patches of torch's own
+    F.unfold (an independent im2col) and the output gradient as (n, o1, o2) x channels."""
+    torch.manual_seed(13)
+    conv = nn.Conv2d(3, 4, **geom)
+    ref = copy.deepcopy(conv)
+    w0 = conv.weight.detach().clone()
+    x = torch.randn(2, 3, 7, 8)
+    opt = ngd.torch.SINGD(nn.Sequential(conv), lr=0.1, T=1, kfac_approx=approx)
+    o = ngd.Optimizer("singd", lr=0.1, T=1, kfac_approx=approx)
+    ref.weight.grad, ref.bias.grad = torch.zeros_like(ref.weight), torch.zeros_like(ref.bias)
+    i = o.add_layer(ref.weight.detach().numpy(), ref.weight.grad.numpy(), ref.bias.detach().numpy(), ref.bias.grad.numpy())
+    for _ in range(3):
+        opt.zero_grad()
+        conv(x).square().mean().backward()
+        opt.step()
+        ref.weight.grad.zero_(), ref.bias.grad.zero_()
+        out = ref(x)
+        out.retain_grad()
+        out.square().mean().backward()
+        pad = ref.padding if not isinstance(ref.padding, str) else tuple(d * (k - 1) // 2 for d, k in zip(ref.dilation, ref.kernel_size))
+        cols = nn.functional.unfold(x, ref.kernel_size, dilation=ref.dilation, padding=pad, stride=ref.stride)
+        a = cols.transpose(1, 2)  # (n, L, c*k1*k2)
+        a = a.mean(1) if approx == "reduce" else a.reshape(-1, a.shape[-1])
+        g = out.grad.permute(0, 2, 3, 1).reshape(-1, 4)
+        o.observe(i, a.contiguous().numpy(), g.contiguous().numpy(), batch=2)
+        o.step()
+    torch.testing.assert_close(conv.weight, ref.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv.bias, ref.bias, rtol=1e-5, atol=1e-6)
+    assert (conv.weight - w0).abs().max() > 1e-3  # it moved
