@@ -14,9 +14,9 @@ What is Kronecker-factored: every nn.Linear (inputs of any rank: the leading dim
 flattened into rows, the first one is the batch, the others are weight-sharing positions)
 and nn.Conv2d (zero padding; groups, stride, dilation; kfac_approx 'expand' or 'reduce'),
 with its bias. Every other trainable parameter (norms, embeddings, biases of other layers)
-takes the AdamW rule (others="adamw", the default) or the SGD rule (others="sgd") through
-ngd_optim_add_param, with others_config={...} for its hyper-parameters (default: the lr
-and weight decay of the optimizer).
+takes the AdamW rule (others="adamw", the default: lr 1e-3, no weight decay, as `ngd train
+--param-optim adamw`) or the SGD rule (others="sgd": the method's lr, momentum and weight
+decay) through ngd_optim_add_param, with others_config={...} to set its hyper-parameters.
 
 Statistics: a forward hook on each layer, on steps where libngd wants statistics for it
 (ngd_optim_layer_wants_stats) and autograd is recording, keeps the layer's input and puts a
@@ -272,7 +272,12 @@ class NGDOptimizer(torch.optim.Optimizer):
         # every other trainable parameter: AdamW or SGD through ngd_optim_add_param
         if others not in ("adamw", "sgd"):
             raise ValueError("ngd.torch: others must be 'adamw' or 'sgd', not %r" % (others,))
-        oc = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        # as `ngd train --param-optim`: AdamW beside another method at lr 1e-3 without weight
+        # decay; SGD with the method's lr, momentum and weight decay
+        if others == "adamw" and method != "adamw":
+            oc = {"lr": 1e-3, "weight_decay": 0.0}
+        else:
+            oc = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
         if others == "sgd":
             oc["momentum"] = cfg.momentum
         oc.update(others_config or {})
