@@ -391,3 +391,27 @@ def test_conv2d_statistics_match_torch_unfold(geom, approx):
     torch.testing.assert_close(conv.weight, ref.weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(conv.bias, ref.bias, rtol=1e-5, atol=1e-6)
     assert (conv.weight - w0).abs().max() > 1e-3  # it moved
+
+
+def test_bf16_autocast_statistics(monkeypatch):
+    """Under CPU autocast the output gradients and the inputs of later layers are bfloat16
+    (the model's own input stays float32): they go to libngd as bf16 matrices (no float32
+    copies) beside float32 ones, and training works."""
+    model = mlp(14)
+    opt = ngd.torch.SINGD(model, lr=0.1, T=1, damping=0.01)
+    dtypes = []
+    orig = ngd.torch._matrix
+    monkeypatch.setattr(ngd.torch, "_matrix", lambda t, c, w: dtypes.append(t.dtype) or orig(t, c, w))
+    x, y = data(seed=14)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = ((model(x).float() - y) ** 2).sum(1).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(dtypes) == {torch.bfloat16, torch.float32}
+    assert dtypes.count(torch.bfloat16) == 3 * 15  # g of both layers, a of the second
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
