@@ -8,7 +8,7 @@
 #   make mutate       mutation testing: plants the bugs of scripts/mutations.txt one at a time
 #                     in a scratch copy, runs the plain suite, reports which survive (never
 #                     part of the tests; MUTATE_ARGS='-o 1,3' etc., see scripts/mutate.sh -h)
-#   make install      PREFIX=/usr/local DESTDIR=   (lib, header, pkg-config file, ngd)
+#   make install      PREFIX=/usr/local DESTDIR=   (lib, header, pkg-config file, ngd, Python package)
 #   make format / format-check / tidy / clean
 #   options: SANITIZE=1 (build into build-san/), NATIVE=0 (no -march=native), OMP=0
 # Files are found by wildcard: a new src/<layer>/x.c or tests/test_x.c needs no edit here.
@@ -236,6 +236,10 @@ bench-compare:
 run: deps all
 	@bash scripts/run.sh $(BUILD)
 
+# the Python package (python/ngd) goes where Debian's python3 looks for PREFIX /usr/local and
+# /usr: PREFIX/lib/python3.X/dist-packages (skipped when there is no $(PYTHON))
+PYVER = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PYSITE = $(PREFIX)/lib/python$(PYVER)/dist-packages
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 $(LIBA) $(DESTDIR)$(PREFIX)/lib/
@@ -247,11 +251,17 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
 	    -e 's|@LIBS_PRIVATE@|$(LIBS)$(if $(filter 1,$(OMP)), -lgomp)|g' \
 	    ngd.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
+	@if [ -n "$(PYVER)" ]; then \
+	    install -d $(DESTDIR)$(PYSITE)/ngd && \
+	    install -m 644 python/ngd/__init__.py python/ngd/_lib.py python/ngd/torch.py $(DESTDIR)$(PYSITE)/ngd/ && \
+	    echo 'LIBDIR = "$(PREFIX)/lib"' > $(DESTDIR)$(PYSITE)/ngd/_install.py && \
+	    echo "installed the Python package ngd in $(DESTDIR)$(PYSITE)"; fi
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/lib/libngd.a $(DESTDIR)$(PREFIX)/lib/libngd.so* \
 	      $(DESTDIR)$(PREFIX)/include/ngd.h $(DESTDIR)$(PREFIX)/bin/ngd \
 	      $(DESTDIR)$(PREFIX)/lib/pkgconfig/ngd.pc
+	rm -rf $(DESTDIR)$(PYSITE)/ngd
 
 FMT_SRC = $(shell git ls-files '*.c' '*.h')
 format:

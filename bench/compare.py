@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--context", type=int, default=64, help="chargpt context (64)")
     ap.add_argument("--momentum", type=float, default=0.9,
                     help="SGD momentum of both sides (0.9, as the issue's table)")
+    ap.add_argument("--ngd-torch", type=int, default=1,
+                    help="also time SINGD through ngd.torch in the PyTorch loop (1; 0: no)")
     ap.add_argument("--params-only", action="store_true",
                     help="only check that both sides' models have the same parameter counts")
     a = ap.parse_args()
@@ -118,7 +120,9 @@ def main():
             print(f"{m:8} {counts[m]:>11} {got[m]:>15}  {'equal' if got[m] == counts[m] else 'DIFFER'}")
         return 0
 
-    py_ms, ngd_ms, params, singd_ms = {}, {}, {}, {}
+    py_ms, ngd_ms, params, singd_ms, ngdt_ms = {}, {}, {}, {}, {}
+    # ngd.torch finds the libngd of the ngd binary's build folder
+    tenv = dict(env, NGD_LIBRARY=os.path.join(os.path.dirname(os.path.abspath(a.ngd)), "libngd.so"))
     header = None
     singd_rows = [(m, s) for m in models for s in structs if (m, s) in QUOTED_SINGD]
     for r in range(a.rounds):
@@ -142,6 +146,11 @@ def main():
                 for n in run_json(ngd + steps + ["--model", m, "--optim", "singd",
                                                  "--structure", ",".join(ss)] + extra, env):
                     singd_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
+                if a.ngd_torch:  # the same SINGD in a PyTorch loop: ngd.torch over libngd
+                    for n in run_json(py + steps + ["--model", m, "--optim", "ngd-singd",
+                                                    "--structure", ",".join(ss)], tenv):
+                        if not n.get("header"):
+                            ngdt_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
 
     med = statistics.median
     print(f"\nbench-compare: PyTorch vs ngd bench train; batch {a.batch}, {a.threads} threads, "
@@ -167,14 +176,18 @@ def main():
         print("\nSINGD: the PyTorch figures are QUOTED from the issue's table (official SINGD "
               "0.0.5 on PyTorch 1.13,\nmeasured earlier, NOT now: SINGD is not in Debian); "
               "ngd is measured now (mean over whole periods, T = 10)\n")
+        t = bool(ngdt_ms)
         print(f"{'model':8} {'optimizer':15} {'PyTorch ms':>10} {'ngd ms':>9} {'ngd ms':>9} "
-              f"{'quoted PyTorch/':>15}")
-        print(f"{'':8} {'':15} {'(quoted)':>10} {'(quoted)':>9} {'(now)':>9} {'ngd now':>15}")
+              f"{'quoted PyTorch/':>15}" + (f" {'ngd.torch ms':>12} {'quoted PyTorch/':>15}" if t else ""))
+        print(f"{'':8} {'':15} {'(quoted)':>10} {'(quoted)':>9} {'(now)':>9} {'ngd now':>15}"
+              + (f" {'(now)':>12} {'ngd.torch now':>15}" if t else ""))
         for m, s in singd_rows:
             q_py, q_ngd, note = QUOTED_SINGD[(m, s)]
             now = med(singd_ms[(m, s)])
+            tn = med(ngdt_ms[(m, s)]) if (m, s) in ngdt_ms else None
             print(f"{m:8} {'singd ' + s:15} {q_py:10.4g} {q_ngd:9.4g} {now:9.2f} "
-                  f"{q_py / now:15.2f}" + (f"   ({note})" if note else ""))
+                  f"{q_py / now:15.2f}" + (f" {tn:12.2f} {q_py / tn:15.2f}" if tn else "")
+                  + (f"   ({note})" if note else ""))
     return 0
 
 

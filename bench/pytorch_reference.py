@@ -224,6 +224,21 @@ class Text:
 
 # ---- optimizers: ngd_config_default's values ----
 
+NGD_TORCH = {"singd": "SINGD", "ingd": "INGD", "ikfac": "IKFAC", "kfac": "KFAC", "rskfac": "RSKFAC",
+             "srekfac": "SREKFAC", "bkfac": "BKFAC", "brkfac": "BRKFAC", "brckfac": "BRCKFAC"}
+
+
+def ngd_torch_optimizer(name, model, structure):
+    """ngd-<method>: libngd through ngd.torch (python/ngd, over build/libngd.so or
+    $NGD_LIBRARY) with ngd_config_default's values (SINGD: T = 10, lr 1e-3); parameters
+    outside Linear / Conv2d (norms, embeddings) take AdamW, as `--param-optim adamw`."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import ngd.torch
+    cls = getattr(ngd.torch, NGD_TORCH[name[4:]])
+    kw = {"structures": (structure, structure)} if name[4:] in ("singd", "ikfac") else {}
+    return cls(model, **kw)
+
+
 def optimizer(name, params, sgd_momentum):
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-2, momentum=sgd_momentum, weight_decay=0.0)
@@ -233,14 +248,17 @@ def optimizer(name, params, sgd_momentum):
     raise ValueError(name)
 
 
-def run(name, optim, args):
+def run(name, optim, args, structure="-"):
     torch.manual_seed(1)
     gen = torch.Generator().manual_seed(7)
     model, shape, classes = build(name, args.context)
     model.train()
     data = Text(args.batch, args.context, gen) if shape is None else \
         Images(shape, classes, args.batch, gen)
-    opt = optimizer(optim, model.parameters(), args.sgd_momentum)
+    if optim.startswith("ngd-"):
+        opt = ngd_torch_optimizer(optim, model, structure)
+    else:
+        opt = optimizer(optim, model.parameters(), args.sgd_momentum)
     times = []
     for s in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -259,7 +277,7 @@ def run(name, optim, args):
         "model": name,
         "data": "shakespeare" if shape is None else
                 "fashion-mnist" if name == "mlp" else "cifar100",
-        "optim": optim, "structure": "-", "batch": args.batch,
+        "optim": optim, "structure": structure, "batch": args.batch,
         "context": args.context if shape is None else None,
         "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup,
         "ms_mean": 1e3 * statistics.fmean(times), "ms_median": 1e3 * statistics.median(times),
@@ -322,7 +340,12 @@ def main():
                     "timed like `ngd bench train` (options of the same names and defaults).")
     ap.add_argument("--model", default="mlp,cnn", help="models, comma-separated (mlp,cnn): "
                     + ", ".join(MODELS) + ", or all")
-    ap.add_argument("--optim", default="sgd,adamw", help="sgd, adamw (sgd,adamw)")
+    ap.add_argument("--optim", default="sgd,adamw",
+                    help="sgd, adamw, or ngd-<method> (libngd through ngd.torch: ngd-singd, "
+                         "ngd-kfac, ...; needs `make`) (sgd,adamw)")
+    ap.add_argument("--structure", default="dense",
+                    help="SINGD factor structures of ngd-singd / ngd-ikfac, comma-separated: "
+                         "one run each (dense)")
     ap.add_argument("--batch", type=int, default=128, help="batch size (128; text: sequences)")
     ap.add_argument("--context", type=int, default=64, help="context length of chargpt (64)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (30)")
@@ -344,8 +367,9 @@ def main():
         if m not in MODELS:
             ap.error(f"--model: unknown model '{m}' (models: {', '.join(MODELS)})")
     for o in optims:
-        if o not in ("sgd", "adamw"):
-            ap.error(f"--optim: '{o}' is not sgd or adamw (SINGD is not in Debian)")
+        if o not in ("sgd", "adamw") and not (o.startswith("ngd-") and o[4:] in NGD_TORCH):
+            ap.error(f"--optim: '{o}' is not sgd, adamw or ngd-<method> (methods: "
+                     f"{', '.join(NGD_TORCH)}; the official SINGD is not in Debian)")
     if min(a.batch, a.context, a.steps, a.warmup) < 1:
         ap.error("--batch, --context, --steps, --warmup must be >= 1")
     threads = a.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -378,12 +402,15 @@ def main():
               f"{'median ms':>9}", flush=True)
     for m in models:
         for o in optims:
-            r = run(m, o, a)
-            if a.json:
-                print(json.dumps({k: v for k, v in r.items() if v is not None}), flush=True)
-            else:
-                print(f"{m:8} {o:6} {r['params']:>10} {r['ms_mean']:9.2f} {r['ms_median']:9.2f}",
-                      flush=True)
+            structs = a.structure.split(",") if o in ("ngd-singd", "ngd-ikfac") else ["-"]
+            for st in structs:
+                r = run(m, o, a, st)
+                if a.json:
+                    print(json.dumps({k: v for k, v in r.items() if v is not None}), flush=True)
+                else:
+                    name = o if st == "-" else f"{o}:{st}"
+                    print(f"{m:8} {name:6} {r['params']:>10} {r['ms_mean']:9.2f} "
+                          f"{r['ms_median']:9.2f}", flush=True)
     return 0
 
 

@@ -9,16 +9,17 @@
 #   gzip'd IDX files         zlib1g-dev
 #   default data set         dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/)
 #   `make fuzz` (argument fuzz)  clang-14, libclang-rt-14-dev (libFuzzer); not for the tests
-#   `make bench-compare`     python3-torch, python3-numpy (PyTorch reference), libopenblas0-openmp
-#                            (torch's BLAS is the libblas.so.3 alternative: OpenBLAS, not netlib);
-#                            not for the tests
+#   Python package (tests)   python3-numpy, python3-torch, python3-pytest (python/ngd, ngd.torch,
+#                            tests/test_python.sh), libopenblas0-openmp (torch's BLAS is the
+#                            libblas.so.3 alternative: OpenBLAS, not netlib); also what
+#                            `make bench-compare` needs for its PyTorch reference
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist"
+pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist python3-numpy python3-torch python3-pytest libopenblas0-openmp"
 # `make fuzz` only (scripts/deps.sh fuzz): clang 14 and its libFuzzer runtime
 if [ "${1:-}" = fuzz ]; then pkgs="$pkgs clang-14 libclang-rt-14-dev"; fi
-# `make bench-compare` only (scripts/deps.sh bench): Debian's PyTorch and an optimized libblas.so.3
-if [ "${1:-}" = bench ]; then pkgs="$pkgs python3-torch python3-numpy libopenblas0-openmp"; fi
+# `make bench-compare` (scripts/deps.sh bench): Debian's PyTorch and an optimized libblas.so.3,
+# now in the base list (the tests need them too)
 missing=""
 for p in $pkgs; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

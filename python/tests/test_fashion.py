@@ -1,0 +1,43 @@
+"""examples/python/fashion_mnist.py (an ordinary PyTorch loop with ngd.torch.SINGD) against
+`ngd train` with the same settings on a Fashion-MNIST subset. For the same starting point and
+sample order, `ngd train` runs one step and writes a checkpoint; then `ngd train --resume`
+and the script (--init-from, which loads the parameters, libngd's optimizer state and the
+epoch's order from it) each run the rest of the epoch. Their test accuracies must agree
+within 0.5 points (they differ only by float rounding: torch's forward/backward vs ngd's)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import NGD, REPO
+
+DATA = "/usr/share/datasets/fashion-mnist"
+sys.path.insert(0, os.path.join(REPO, "examples", "python"))
+ARGS = ["--subset", "12000", "--epochs", "1", "--widths", "128,128", "--lr", "0.01", "--damping", "0.01", "--T", "5"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA, "train-images-idx3-ubyte.gz")),
+                                reason="dataset-fashion-mnist is not installed")
+
+
+def test_example_matches_ngd_train(tmp_path):
+    import fashion_mnist
+
+    ck, log = str(tmp_path / "ck"), str(tmp_path / "log.jsonl")
+    common = [NGD, "train"] + ARGS + ["--threads", "2", "--quiet"]
+    subprocess.run(common + ["--max-steps", "1", "--checkpoint", ck, "--log", str(tmp_path / "a.jsonl")], check=True)
+    subprocess.run(common + ["--resume", ck, "--log", log], check=True)
+    evals = [json.loads(l) for l in open(log) if '"eval"' in l]
+    acc_ngd = 100.0 * evals[-1]["test_accuracy"]
+    acc_py = fashion_mnist.main(ARGS + ["--init-from", ck, "--quiet"])
+    print("ngd train %.2f%%, examples/python/fashion_mnist.py %.2f%%" % (acc_ngd, acc_py))
+    assert acc_ngd > 70.0  # it learned something worth comparing
+    assert abs(acc_py - acc_ngd) <= 0.5
+
+
+def test_example_runs_on_its_own():
+    import fashion_mnist
+
+    acc = fashion_mnist.main(["--subset", "2560", "--epochs", "1", "--widths", "64", "--lr", "0.02", "--T", "5", "--quiet"])
+    assert acc > 55.0

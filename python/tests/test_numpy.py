@@ -1,0 +1,249 @@
+"""ngd's numpy API: the same bits as the C API on the same data, the ctypes mirrors against
+ngd.h's layout, options, errors, checkpoints, lifetime of borrowed arrays."""
+import ctypes
+import gc
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import ngd
+from ngd import _lib
+
+CAPI_REF = os.environ.get("NGD_CAPI_REF")  # python/tests/capi_ref.c, built by tests/test_python.sh
+LAYOUT = os.environ.get("NGD_LAYOUT")  # python/tests/layout.c
+
+B, I1, O1, O2, NP, STEPS = 8, 10, 6, 4, 5, 6
+
+
+def problem(seed):
+    r = np.random.default_rng(seed)
+    f = lambda *s: r.standard_normal(s).astype(np.float32)  # noqa: E731
+    init = [f(O1, I1) * 0.3, f(O1) * 0.1, f(O2, O1) * 0.3, f(O2) * 0.1, f(NP)]
+    steps = [[f(O1, I1), f(O1), f(B, I1), f(B, O1), f(O2, O1), f(O2), f(B, O1), f(B, O2), f(NP)] for _ in range(STEPS)]
+    return init, steps
+
+
+def run_numpy(method, init, steps):
+    W1, b1, W2, b2, p = [x.copy() for x in init]
+    gW1, gb1, gW2, gb2, gp = [np.zeros_like(x) for x in (W1, b1, W2, b2, p)]
+    if method == "kfac":
+        opt = ngd.Optimizer("kfac", lr=0.05, weight_decay=1e-3, T_u=1, T_i=2, wd_start=0)
+    else:
+        opt = ngd.Optimizer("singd", lr=0.05, weight_decay=1e-3, T=2, damping=1e-2, lr_cov=5e-2,
+                            structures=("diagonal", "dense"))
+    i1 = opt.add_layer(W1, gW1, b1, gb1, name="fc1")
+    i2 = opt.add_layer(W2, gW2, b2, gb2, name="fc2")
+    opt.add_param(p, gp, name="scale", method="adamw", lr=1e-2)
+    for s in steps:
+        for dst, src in zip((gW1, gb1), s[0:2]):
+            dst[...] = src
+        for dst, src in zip((gW2, gb2), s[4:6]):
+            dst[...] = src
+        gp[...] = s[8]
+        if opt.wants_stats(i1):
+            opt.observe(i1, s[2], s[3])
+        if opt.wants_stats(i2):
+            opt.observe(i2, s[6], s[7])
+        assert opt.step()
+    return [W1, b1, W2, b2, p], opt
+
+
+@pytest.mark.skipif(not CAPI_REF, reason="NGD_CAPI_REF not set (tests/test_python.sh builds it)")
+@pytest.mark.parametrize("method", ["singd", "kfac"])
+def test_same_bits_as_c_api(method, tmp_path):
+    init, steps = problem(7 if method == "singd" else 8)
+    data = tmp_path / "data.bin"
+    with open(data, "wb") as f:
+        for x in init:
+            f.write(x.tobytes())
+        for s in steps:
+            for x in s:
+                f.write(x.tobytes())
+    subprocess.run([CAPI_REF, method, str(data), str(tmp_path / "out.bin"), str(tmp_path / "ck.bin")], check=True)
+    ours, opt = run_numpy(method, init, steps)
+    ref = np.fromfile(tmp_path / "out.bin", np.float32)
+    mine = np.concatenate([x.ravel() for x in ours])
+    assert mine.size == ref.size
+    assert not np.array_equal(mine, np.concatenate([x.ravel() for x in init]))  # it moved
+    assert np.array_equal(mine.view(np.uint32), ref.view(np.uint32)), "max diff %g" % np.max(np.abs(mine - ref))
+    # the whole optimizer state too: the checkpoint bytes are identical
+    assert opt.save_bytes() == (tmp_path / "ck.bin").read_bytes()
+
+
+@pytest.mark.skipif(not LAYOUT, reason="NGD_LAYOUT not set (tests/test_python.sh builds it)")
+def test_ctypes_mirrors_match_header():
+    out = subprocess.run([LAYOUT], check=True, capture_output=True, text=True).stdout.split("\n")
+    n = 0
+    for line in filter(None, out):
+        key, val = line.split()
+        s, _, field = key.partition(".")
+        cls = getattr(_lib, s)
+        got = getattr(cls, field).offset if field else ctypes.sizeof(cls)
+        assert got == int(val), "%s: ctypes %d, ngd.h %s" % (key, got, val)
+        n += 1
+    nfields = sum(len(getattr(_lib, s)._fields_) + 1 for s in ("Matrix", "FactorSpec", "KfacOptions", "Config", "Layer", "LayerHealth", "ConvGeom"))
+    assert n == nfields
+
+
+def test_every_option_reaches_the_config():
+    cfg, _ = ngd.make_config("rskfac", lr=0.3, momentum=0.5, weight_decay=0.2, nesterov=True, beta1=0.8,
+                             beta2=0.99, eps=1e-6, damping=0.05, alpha1=0.25, T=7, lr_cov=0.03,
+                             normalize_lr_cov=True, kfac_like=True, loss_average="batch+sequence",
+                             kfac_approx="reduce", structures=("block20diagonal", "hierarchical3_4:bf16"),
+                             init_grad_scale=4.0, official_blockdiag_quirk=True, skip_nonfinite=False,
+                             keep_last_update=True, rho=0.9, T_u=3, T_i=9, damping_rel=0.2,
+                             damping_kind="pi", clip="kl", clip_kappa=0.1, wd_start=11,
+                             identity_init="in_factor", eig_zero_tol=1e-9, rank=17, oversample=3,
+                             power_iters=2, tail="min_kept", brand_rank=5, brand_mult=2, refresh_mult=3,
+                             corr_mult=4, corr_frac=0.5, brand_truncate="before_next", reorth_every=13,
+                             factored_apply=True, seed=99)
+    d = ngd.config_dict(cfg)
+    assert d["method"] == 4 and d["T"] == 7 and d["nesterov"] and d["loss_average"] == 2 and d["kfac_approx"] == 1
+    assert abs(d["eps"] - 1e-6) < 1e-12 and abs(d["init_grad_scale"] - 4.0) < 1e-7
+    assert d["structure_K"]["kind"] == 2 and d["structure_K"]["block"] == 20
+    assert d["structure_C"] == {"kind": 3, "block": 30, "k1": 3, "k2": 4, "dtype": 1}
+    k = d["kfac"]
+    assert (k["T_u"], k["T_i"], k["damping_kind"], k["clip"], k["wd_start"], k["identity_init"]) == (3, 9, 1, 2, 11, 1)
+    assert (k["rank"], k["oversample"], k["power_iters"], k["tail"], k["brand_rank"]) == (17, 3, 2, 1, 5)
+    assert (k["brand_mult"], k["refresh_mult"], k["corr_mult"], k["brand_truncate"], k["reorth_every"]) == (2, 3, 4, 1, 13)
+    assert k["factored_apply"] and k["seed"] == 99 and abs(k["corr_frac"] - 0.5) < 1e-7
+    # defaults are libngd's
+    d = ngd.config_dict(ngd.make_config("singd")[0])
+    assert abs(d["lr"] - 1e-3) < 1e-9 and d["T"] == 10 and abs(d["alpha1"] - 0.5) < 1e-9
+
+
+def test_lr_cov_fn_and_log_fn_are_called():
+    seen, logs = [], []
+    opt = ngd.Optimizer("singd", T=1, lr_cov_fn=lambda t: seen.append(t) or 0.01, log_fn=logs.append)
+    W = np.zeros((2, 3), np.float32)
+    G = np.ones_like(W)
+    i = opt.add_layer(W, G)
+    for _ in range(3):
+        opt.observe(i, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32))
+        opt.step()
+    assert seen[:3] == [0, 1, 2]
+    G[0, 0] = np.nan
+    opt.observe(i, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32))
+    assert opt.step() is False  # skipped, not an exception
+    assert any("non-finite" in m for m in logs)
+    assert opt.health(i)["skips"] == 1
+
+
+def test_config_errors_carry_libngd_message():
+    with pytest.raises(ngd.Error) as e:
+        ngd.Optimizer("singd", momentum=1.5)
+    assert e.value.status == _lib.ERR_ARG and "momentum must be in [0, 1)" in str(e.value)
+    with pytest.raises(ngd.Error, match="damping must be >= 0"):
+        ngd.Optimizer("singd", damping=-1)
+    with pytest.raises(TypeError, match="unknown libngd option 'learning_rate'"):
+        ngd.Optimizer("singd", learning_rate=1)
+    with pytest.raises(ValueError, match="unknown structure 'banded'"):
+        ngd.Optimizer("singd", structures=("banded", "dense"))
+    with pytest.raises(ValueError, match="method: unknown value 'adam'"):
+        ngd.Optimizer("adam")
+
+
+def test_array_errors_are_exceptions():
+    opt = ngd.Optimizer("singd")
+    W = np.zeros((3, 4), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        opt.add_layer(W.astype(np.float64), W)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.add_layer(np.zeros((4, 3), np.float32).T, W)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        opt.add_layer([[1.0]], W)
+    with pytest.raises(ValueError, match="writeable"):
+        ro = np.zeros((3, 4), np.float32)
+        ro.flags.writeable = False
+        opt.add_layer(ro, W)
+    i = opt.add_layer(W, np.zeros_like(W))
+    with pytest.raises(ValueError, match="4 columns, the layer needs 3|3 columns, the layer needs 4|columns"):
+        opt.observe(i, np.zeros((5, 3), np.float32), np.zeros((5, 3), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        opt.observe(i, np.zeros((5, 4)), np.zeros((5, 3), np.float32))
+    with pytest.raises(ngd.Error) as e:
+        opt.observe(i, np.zeros((5, 4), np.float32), np.zeros((6, 3), np.float32))
+    assert e.value.status == _lib.ERR_SHAPE
+    with pytest.raises(ngd.Error, match="not a layer id"):
+        opt.observe(7, np.zeros((5, 4), np.float32), np.zeros((5, 3), np.float32))
+    # an update step with a layer that got no statistics: libngd's message
+    with pytest.raises(ngd.Error, match="needs statistics") as e:
+        opt.step()
+    assert e.value.status == _lib.ERR_STATE
+
+
+def test_freed_arrays_stay_alive_and_closed_optimizer_raises():
+    opt = ngd.Optimizer("sgd", lr=0.5)
+    W = np.ones((3, 4), np.float32)
+    G = np.full((3, 4), 2.0, np.float32)
+    i = opt.add_layer(W, G, name="fc")
+    view = W[:1]  # shares W's memory
+    del W, G  # the optimizer still holds them: no dangling pointers
+    gc.collect()
+    for _ in range(50):  # churn the allocator
+        np.random.rand(3, 4).astype(np.float32)
+    assert opt.step()
+    np.testing.assert_array_equal(view, 0.0)  # 1 - 0.5*2
+    opt.close()
+    with pytest.raises(ngd.Error, match="closed"):
+        opt.step()
+    with pytest.raises(ngd.Error, match="closed"):
+        opt.observe(i, np.zeros((1, 4), np.float32), np.zeros((1, 3), np.float32))
+
+
+def test_save_load_roundtrip(tmp_path):
+    init, steps = problem(3)
+    _, a = run_numpy("singd", init, steps[:3])
+    path = tmp_path / "opt.ckpt"
+    a.save(path)
+    ours, b = run_numpy("singd", init, steps[:1])
+    b.load(path)
+    assert b.steps == 3 and b.save_bytes() == a.save_bytes()
+    np.testing.assert_array_equal(b.factor(0, "K"), a.factor(0, "K"))
+    with pytest.raises(ngd.Error) as e:
+        b.load(tmp_path / "missing")
+    assert e.value.status == _lib.ERR_IO and "missing" in str(e.value)
+    with pytest.raises(ngd.Error) as e:
+        b.load_bytes(b"garbage" * 10)
+    assert e.value.status == _lib.ERR_FORMAT
+
+
+def test_unfold_matches_a_numpy_im2col():
+    r = np.random.default_rng(1)
+    x = r.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    out = ngd.unfold(x, 3, stride=2, padding=1)
+    oh, ow = ngd.conv_out_size(3, 5, 6, 3, 2, 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.stack([xp[n, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].ravel() for n in range(2) for i in range(oh) for j in range(ow)])
+    np.testing.assert_allclose(out, ref, rtol=0, atol=0)
+    red = ngd.unfold(x, 3, stride=2, padding=1, reduce=True)
+    np.testing.assert_allclose(red, ref.reshape(2, oh * ow, -1).mean(1), rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_statistics_and_strided_rows():
+    """observe takes bfloat16 bits (uint16) and row-strided views without copying; the
+    result equals float32 statistics of the same (bf16-representable) values."""
+    r = np.random.default_rng(2)
+    a = r.standard_normal((6, 8)).astype(np.float32)
+    a = (a.view(np.uint32) & 0xFFFF0000).view(np.float32)  # exactly representable in bf16
+    g = (r.standard_normal((6, 3)).astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32)
+    res = []
+    for kind in ("f32", "bf16", "strided"):
+        W = np.zeros((3, 8), np.float32)
+        G = np.ones_like(W)
+        opt = ngd.Optimizer("singd", T=1, lr=0.1)
+        i = opt.add_layer(W, G)
+        if kind == "f32":
+            opt.observe(i, a, g)
+        elif kind == "bf16":
+            opt.observe(i, (a.view(np.uint32) >> 16).astype(np.uint16), (g.view(np.uint32) >> 16).astype(np.uint16))
+        else:
+            big = np.zeros((6, 20), np.float32)
+            big[:, 5:13] = a
+            opt.observe(i, big[:, 5:13], g)
+        opt.step()
+        res.append(W.copy())
+    np.testing.assert_allclose(res[1], res[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(res[2], res[0])

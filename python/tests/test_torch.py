@@ -1,0 +1,417 @@
+"""ngd.torch on real torch.nn modules: statistics only when wanted, the plain-parameter
+rule against torch.optim.AdamW, lr schedulers, gradient accumulation, loss scaling,
+state_dict, every method, per-layer structures, and clear errors."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import ngd
+import ngd.torch
+
+torch.set_num_threads(1)
+
+
+def data(n=32, d=12, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, k, generator=g)
+    return x, x @ w + 0.1 * torch.randn(n, k, generator=g)
+
+
+def mlp(seed=0, d=12, h=16, k=5):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, k))
+
+
+def train(model, opt, steps, x, y, sched=None):
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).sum(1).mean()
+        loss.backward()
+        opt.step()
+        if sched:
+            sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_statistics_only_on_update_steps(monkeypatch):
+    model = mlp()
+    opt = ngd.torch.SINGD(model, lr=0.05, T=3, damping=0.01)
+    calls = []
+    orig = opt._observe
+    monkeypatch.setattr(opt, "_observe", lambda *a: calls.append(a[0].id) or orig(*a))
+    x, y = data()
+    train(model, opt, 7, x, y)
+    assert sorted(calls) == [0, 0, 0, 1, 1, 1]  # steps 0, 3, 6, each layer once
+    assert [h["updates"] for h in opt.health()] == [3, 3]
+    with torch.no_grad():  # evaluation: no hooks fire, nothing is observed
+        model(x)
+    assert len(calls) == 6
+
+
+def test_matches_the_numpy_api_bit_for_bit():
+    """The same two-layer problem through ngd.torch and through ngd.Optimizer fed by hand
+    with the inputs and output gradients autograd computes."""
+    model = mlp(1)
+    ref = copy.deepcopy(model)
+    x, y = data(seed=1)
+    opt = ngd.torch.SINGD(model, lr=0.05, T=2, damping=0.01, structures=("diagonal", "dense"))
+    train(model, opt, 5, x, y)
+    o = ngd.Optimizer("singd", lr=0.05, T=2, damping=0.01, structures=("diagonal", "dense"))
+    l1, l2 = ref[0], ref[2]
+    ids = []
+    for lin in (l1, l2):
+        lin.weight.grad = torch.zeros_like(lin.weight)
+        lin.bias.grad = torch.zeros_like(lin.bias)
+        ids.append(o.add_layer(lin.weight.detach().numpy(), lin.weight.grad.numpy(), lin.bias.detach().numpy(), lin.bias.grad.numpy()))
+    for _ in range(5):
+        for p in ref.parameters():
+            p.grad.zero_()
+        h = l1(x)
+        h.retain_grad()
+        a2 = torch.tanh(h)
+        a2.retain_grad()
+        out = l2(a2)
+        out.retain_grad()
+        ((out - y) ** 2).sum(1).mean().backward()
+        if o.wants_stats():
+            o.observe(ids[0], x.numpy(), h.grad.numpy())
+            o.observe(ids[1], a2.detach().numpy(), out.grad.numpy())
+        o.step()
+    assert torch.equal(flat(model), flat(ref))
+
+
+def test_other_parameters_follow_torch_adamw():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(12, 8), nn.LayerNorm(8), nn.Linear(8, 5))
+    ln = copy.deepcopy(model[1])
+    opt = ngd.torch.SINGD(model, lr=0.05, T=1, others="adamw", others_config={"lr": 0.01, "weight_decay": 0.02})
+    ref = torch.optim.AdamW(ln.parameters(), lr=0.01, weight_decay=0.02)
+    x, y = data(seed=2)
+    for _ in range(4):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).sum(1).mean().backward()
+        for p, q in zip(ln.parameters(), model[1].parameters()):
+            p.grad = q.grad.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ln.parameters(), model[1].parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(model[1].weight, torch.ones(8))  # it was trained
+    assert len(opt.param_groups) == 2 and opt.param_groups[1]["ngd"] == "adamw"
+
+
+def test_lr_scheduler_scales_every_learning_rate():
+    x, y = data(seed=3)
+    a, b = mlp(3), mlp(3)
+    oa = ngd.torch.SINGD(a, lr=0.1, T=1)
+    sched = torch.optim.lr_scheduler.LambdaLR(oa, lambda e: 0.5)
+    ob = ngd.torch.SINGD(b, lr=0.05, T=1)
+    train(a, oa, 4, x, y, sched)
+    train(b, ob, 4, x, y)
+    torch.testing.assert_close(flat(a), flat(b), rtol=1e-6, atol=1e-7)
+    # a schedule down to 0 freezes the weights
+    sched2 = torch.optim.lr_scheduler.LambdaLR(oa, lambda e: 0.0)
+    w = flat(a)
+    train(a, oa, 2, x, y, sched2)
+    assert torch.equal(flat(a), w)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    x, y = data(n=32, seed=4)
+    a, b = mlp(4), mlp(4)
+    oa = ngd.torch.SINGD(a, lr=0.05, T=1, damping=0.01)
+    ob = ngd.torch.SINGD(b, lr=0.05, T=1, damping=0.01)
+    train(a, oa, 3, x, y)
+    for _ in range(3):
+        ob.zero_grad()
+        for xs, ys in ((x[:16], y[:16]), (x[16:], y[16:])):
+            (((b(xs) - ys) ** 2).sum(1).mean() / 2).backward()
+        ob.step()
+    torch.testing.assert_close(flat(b), flat(a), rtol=1e-5, atol=1e-6)
+
+
+class FakeScaler:
+    """What GradScaler.step hands the optimizer (torch 1.13's GradScaler is CUDA-only)."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def get_scale(self):
+        return self.s
+
+
+def test_loss_scale_is_undone_by_libngd():
+    x, y = data(seed=5)
+    a, b, c = mlp(5), mlp(5), mlp(5)
+    oa = ngd.torch.SINGD(a, lr=0.05, T=1)
+    ob = ngd.torch.SINGD(b, lr=0.05, T=1)
+    oc = ngd.torch.SINGD(c, lr=0.05, T=1)
+    train(a, oa, 3, x, y)
+    for _ in range(3):
+        for m, o in ((b, ob), (c, oc)):
+            o.zero_grad()
+            (1024.0 * ((m(x) - y) ** 2).sum(1).mean()).backward()
+        ob.set_grad_scale(1024.0)
+        ob.step()
+        oc.step(grad_scaler=FakeScaler(1024.0))
+    torch.testing.assert_close(flat(b), flat(a), rtol=1e-5, atol=1e-6)
+    assert torch.equal(flat(c), flat(b))
+    # a non-finite gradient: the step is skipped, nothing changes, no exception
+    w = flat(c)
+    oc.zero_grad()
+    (((c(x) - y) ** 2).sum(1).mean() * float("inf")).backward()
+    oc.step(grad_scaler=FakeScaler(1024.0))
+    assert oc.last_step_skipped and torch.equal(flat(c), w)
+
+
+def test_state_dict_roundtrip_is_exact():
+    x, y = data(seed=6)
+    a = mlp(6)
+    oa = ngd.torch.KFAC(a, lr=0.05, T_u=1, T_i=2)
+    train(a, oa, 3, x, y)
+    sd_model, sd_opt = copy.deepcopy(a.state_dict()), copy.deepcopy(oa.state_dict())
+    train(a, oa, 3, x, y)
+    b = mlp(99)
+    b.load_state_dict(sd_model)
+    ob = ngd.torch.KFAC(b, lr=0.05, T_u=1, T_i=2)
+    ob.load_state_dict(sd_opt)
+    train(b, ob, 3, x, y)
+    assert torch.equal(flat(a), flat(b))
+    with pytest.raises(ValueError, match="from kfac"):
+        ngd.torch.SINGD(mlp(), lr=0.1).load_state_dict(sd_opt)
+
+
+CLASSES = ["SINGD", "INGD", "IKFAC", "KFAC", "RSKFAC", "SREKFAC", "BKFAC", "BRKFAC", "BRCKFAC"]
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_every_method_trains_linear_and_conv(name):
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, groups=2),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(16, 2, 7, 7, generator=g)
+    y = torch.randint(0, 3, (16,), generator=g)
+    kw = {"lr": 0.2, "T": 2, "damping": 0.01} if name in ("SINGD", "INGD", "IKFAC") else {"lr": 0.5, "T_u": 2, "T_i": 4, "rank": 4}
+    opt = getattr(ngd.torch, name)(model, **kw)
+    assert len(opt.layer_ids) == 4
+    losses = []
+    for _ in range(30):
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < 0.1 * losses[0], losses
+    assert all(h["updates"] >= 1 for h in opt.health())
+
+
+def test_per_layer_structures_and_reduce():
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 5 * 5, 4))
+    opt = ngd.torch.IKFAC(model, lr=0.01, T=1, kfac_approx="reduce",
+                          structures={"0": ("diagonal", "dense"), "default": ("dense", "diagonal")})
+    x = torch.randn(4, 2, 7, 7)
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+    K0, C0 = opt.ngd.factor(0, "K"), opt.ngd.factor(0, "C")
+    K2, C2 = opt.ngd.factor(1, "K"), opt.ngd.factor(1, "C")
+    off = lambda m: np.abs(m - np.diag(np.diag(m))).max()  # noqa: E731
+    assert off(K0) == 0 and off(C0) > 0 and off(K2) > 0 and off(C2) == 0
+
+
+def test_weight_shared_linear_on_3d_inputs():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 2))
+    x = torch.randn(4, 7, 6)
+    opt = ngd.torch.SINGD(model, lr=0.05, T=1, loss_average="batch+sequence")
+    losses = train(model, opt, 10, x, torch.zeros(4, 7, 2))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# ---- errors: each a clear exception, never a crash ----
+
+
+def test_error_device():
+    model = nn.Linear(3, 2, device="meta")  # stands for CUDA: any non-CPU device
+    with pytest.raises(TypeError, match="device meta.*CPU"):
+        ngd.torch.SINGD(model)
+
+
+def test_error_float64():
+    with pytest.raises(TypeError, match="float64.*float32"):
+        ngd.torch.SINGD(nn.Linear(3, 2).double())
+
+
+def test_error_non_contiguous():
+    lin = nn.Linear(3, 2)
+    lin.weight = nn.Parameter(torch.randn(3, 2).t())
+    with pytest.raises(ValueError, match="not contiguous"):
+        ngd.torch.KFAC(lin)
+
+
+def test_error_no_supported_layers():
+    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
+        ngd.torch.SINGD(nn.Sequential(nn.LayerNorm(4), nn.ReLU()))
+    with pytest.raises(TypeError, match="nn.Module"):
+        ngd.torch.SINGD([torch.zeros(3)])
+
+
+def test_error_freed_parameter_memory():
+    model = mlp()
+    opt = ngd.torch.SINGD(model, lr=0.1, T=1)
+    x, y = data()
+    train(model, opt, 1, x, y)
+    model[0].weight.data = torch.zeros(16, 12)  # the old memory is gone from the model
+    opt.zero_grad()
+    ((model(x) - y) ** 2).mean().backward()
+    with pytest.raises(ngd.Error, match="memory of parameter 0.weight was replaced"):
+        opt.step()
+
+
+def test_error_bad_option_and_statistics_dtype():
+    with pytest.raises(TypeError, match="unknown libngd option 'lr_schedule'"):
+        ngd.torch.SINGD(mlp(), lr_schedule=1)
+    with pytest.raises(ngd.Error, match="alpha1 must be in"):
+        ngd.torch.SINGD(mlp(), alpha1=2.0)
+    with pytest.raises(ValueError, match="fixed"):
+        ngd.torch.INGD(mlp(), structures="diagonal")
+
+
+def test_replaced_grad_is_copied_not_lost():
+    x, y = data(seed=11)
+    a, b = mlp(11), mlp(11)
+    oa, ob = ngd.torch.SINGD(a, lr=0.05, T=1), ngd.torch.SINGD(b, lr=0.05, T=1)
+    train(a, oa, 2, x, y)
+    for _ in range(2):
+        for p in b.parameters():
+            p.grad = None  # as zero_grad(set_to_none=True) of another optimizer would
+        ((b(x) - y) ** 2).sum(1).mean().backward()
+        ob.step()
+    assert torch.equal(flat(a), flat(b))
+
+
+def test_a_dropped_optimizer_lets_go_of_the_model():
+    import gc
+    import weakref
+
+    model = mlp()
+    opt = ngd.torch.SINGD(model, lr=0.1, T=1)
+    ref = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert ref() is None
+    assert all(not m._forward_hooks for m in model.modules())
+    opt2 = ngd.torch.SINGD(model, lr=0.1, T=1)  # a new one works alone
+    x, y = data()
+    train(model, opt2, 2, x, y)
+    assert [h["updates"] for h in opt2.health()] == [2, 2]
+    with pytest.raises(NotImplementedError, match="cannot be added"):
+        opt2.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+
+
+def test_attention_and_unused_layers():
+    """MultiheadAttention uses its out_proj's weight without calling it: that Linear takes the
+    plain rule; a layer skipped in the forward pass of a statistics step is a clear error."""
+    torch.manual_seed(12)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 3)
+            self.unused = nn.Linear(8, 3)
+
+        def forward(self, x, use=False):
+            h = self.att(x, x, x)[0]
+            return self.fc(h) + (self.unused(h) if use else 0)
+
+    m = M()
+    opt = ngd.torch.SINGD(m, lr=0.05, T=1, exclude=["unused"])
+    assert set(opt.layer_ids) == {"fc"}
+    x = torch.randn(2, 5, 8)
+    for _ in range(2):
+        opt.zero_grad()
+        m(x).square().mean().backward()
+        opt.step()
+    opt = ngd.torch.SINGD(m, lr=0.05, T=1)
+    opt.zero_grad()
+    m(x).square().mean().backward()
+    with pytest.raises(ngd.Error, match="'unused'.*needs statistics.*was the module called"):
+        opt.step()
+    # excluding a parent module excludes the layers inside it
+    seq = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 2))
+    opt = ngd.torch.SINGD(seq, exclude=["1"])
+    assert set(opt.layer_ids) == {"0", "2"} and len(opt.param_groups[1]["params"]) == 4
+    with pytest.raises(ValueError, match="exclude names no module"):
+        ngd.torch.SINGD(seq, exclude=["nope"])
+
+
+@pytest.mark.parametrize("geom", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(3, 2), dilation=2, padding="same"),
+                                  dict(kernel_size=2, stride=(1, 2), padding=0)])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_conv2d_statistics_match_torch_unfold(geom, approx):
+    """ngd.torch on an nn.Conv2d against ngd.Optimizer fed with the patches of torch's own
+    F.unfold (an independent im2col) and the output gradient as (n, o1, o2) x channels."""
+    torch.manual_seed(13)
+    conv = nn.Conv2d(3, 4, **geom)
+    ref = copy.deepcopy(conv)
+    w0 = conv.weight.detach().clone()
+    x = torch.randn(2, 3, 7, 8)
+    opt = ngd.torch.SINGD(nn.Sequential(conv), lr=0.1, T=1, kfac_approx=approx)
+    o = ngd.Optimizer("singd", lr=0.1, T=1, kfac_approx=approx)
+    ref.weight.grad, ref.bias.grad = torch.zeros_like(ref.weight), torch.zeros_like(ref.bias)
+    i = o.add_layer(ref.weight.detach().numpy(), ref.weight.grad.numpy(), ref.bias.detach().numpy(), ref.bias.grad.numpy())
+    for _ in range(3):
+        opt.zero_grad()
+        conv(x).square().mean().backward()
+        opt.step()
+        ref.weight.grad.zero_(), ref.bias.grad.zero_()
+        out = ref(x)
+        out.retain_grad()
+        out.square().mean().backward()
+        pad = ref.padding if not isinstance(ref.padding, str) else tuple(d * (k - 1) // 2 for d, k in zip(ref.dilation, ref.kernel_size))
+        cols = nn.functional.unfold(x, ref.kernel_size, dilation=ref.dilation, padding=pad, stride=ref.stride)
+        a = cols.transpose(1, 2)  # (n, L, c*k1*k2)
+        a = a.mean(1) if approx == "reduce" else a.reshape(-1, a.shape[-1])
+        g = out.grad.permute(0, 2, 3, 1).reshape(-1, 4)
+        o.observe(i, a.contiguous().numpy(), g.contiguous().numpy(), batch=2)
+        o.step()
+    torch.testing.assert_close(conv.weight, ref.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv.bias, ref.bias, rtol=1e-5, atol=1e-6)
+    assert (conv.weight - w0).abs().max() > 1e-3  # it moved
+
+
+def test_bf16_autocast_statistics(monkeypatch):
+    """Under CPU autocast the output gradients and the inputs of later layers are bfloat16
+    (the model's own input stays float32): they go to libngd as bf16 matrices (no float32
+    copies) beside float32 ones, and training works."""
+    model = mlp(14)
+    opt = ngd.torch.SINGD(model, lr=0.1, T=1, damping=0.01)
+    dtypes = []
+    orig = ngd.torch._matrix
+    monkeypatch.setattr(ngd.torch, "_matrix", lambda t, c, w: dtypes.append(t.dtype) or orig(t, c, w))
+    x, y = data(seed=14)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = ((model(x).float() - y) ** 2).sum(1).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(dtypes) == {torch.bfloat16, torch.float32}
+    assert dtypes.count(torch.bfloat16) == 3 * 15  # g of both layers, a of the second
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
