@@ -8,13 +8,14 @@
 #   JSON (replay, logs)      libcjson-dev
 #   gzip'd IDX files         zlib1g-dev
 #   default data set         dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/)
+#   data-parallel training   libopenmpi-dev, openmpi-bin (Open MPI: mpi.h, libmpi, mpirun)
 #   `make fuzz` (argument fuzz)  clang-14, libclang-rt-14-dev (libFuzzer); not for the tests
 #   `make bench-compare`     python3-torch, python3-numpy (PyTorch reference), libopenblas0-openmp
 #                            (torch's BLAS is the libblas.so.3 alternative: OpenBLAS, not netlib);
 #                            not for the tests
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist"
+pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin"
 # `make fuzz` only (scripts/deps.sh fuzz): clang 14 and its libFuzzer runtime
 if [ "${1:-}" = fuzz ]; then pkgs="$pkgs clang-14 libclang-rt-14-dev"; fi
 # `make bench-compare` only (scripts/deps.sh bench): Debian's PyTorch and an optimized libblas.so.3

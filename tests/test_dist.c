@@ -139,10 +139,15 @@ static void replica_init(replica *r, const ngd_config *cfg) {
     for (size_t i = 0; i < 5; i++)
         r->p[i] = unif(&s);
     CHECK(ngd_optim_create(cfg, &r->o) == NGD_OK);
-    ngd_layer l1 = {.name = "fc1", .weight = r->W, .weight_grad = r->gW, .d_out = DOUT,
-                    .d_in = DIN, .bias = r->b, .bias_grad = r->gb};
-    ngd_layer l2 = {.name = "fc2", .weight = r->W2, .weight_grad = r->gW2, .d_out = DOUT2,
-                    .d_in = DIN2};
+    ngd_layer l1 = {.name = "fc1",
+                    .weight = r->W,
+                    .weight_grad = r->gW,
+                    .d_out = DOUT,
+                    .d_in = DIN,
+                    .bias = r->b,
+                    .bias_grad = r->gb};
+    ngd_layer l2 = {
+        .name = "fc2", .weight = r->W2, .weight_grad = r->gW2, .d_out = DOUT2, .d_in = DIN2};
     CHECK(ngd_optim_add_layer(r->o, &l1, &r->id[0]) == NGD_OK);
     CHECK(ngd_optim_add_layer(r->o, &l2, &r->id[1]) == NGD_OK);
     CHECK(ngd_optim_add_param(r->o, "p", r->p, r->gp, 5, NULL, &r->id[2]) == NGD_OK);
@@ -179,8 +184,12 @@ typedef struct {
 static void *worker(void *p) {
     worker_arg *w = p;
     tctx ctx = {w->t, w->rank};
-    ngd_comm comm = {.rank = w->rank, .size = NR, .ctx = &ctx, .allreduce_sum = t_allreduce,
-                     .broadcast = t_bcast, .allgather = t_allgather};
+    ngd_comm comm = {.rank = w->rank,
+                     .size = NR,
+                     .ctx = &ctx,
+                     .allreduce_sum = t_allreduce,
+                     .broadcast = t_bcast,
+                     .allgather = t_allgather};
     CHECK(ngd_optim_set_comm(w->r->o, &comm, w->share) == NGD_OK);
     uint64_t seed = 7;
     batch_data d;
@@ -233,7 +242,8 @@ static uint64_t run_case(const char *label, ngd_config cfg, ngd_share share, boo
     CHECK_MSG(memcmp(rep[0].W, rep[1].W, sizeof rep[0].W) == 0, "%s: replicas differ (fc1)", label);
     CHECK_MSG(memcmp(rep[0].W2, rep[1].W2, sizeof rep[0].W2) == 0, "%s: replicas differ (fc2)",
               label);
-    CHECK_MSG(memcmp(rep[0].b, rep[1].b, sizeof rep[0].b) == 0, "%s: replicas differ (bias)", label);
+    CHECK_MSG(memcmp(rep[0].b, rep[1].b, sizeof rep[0].b) == 0, "%s: replicas differ (bias)",
+              label);
     // and equal the single process on the global batch (float32 reduction order only); the
     // weights moved, so the comparison is not of the initial values
     double e1 = max_rel(rep[0].W, single.W, DOUT * DIN);
@@ -244,8 +254,7 @@ static uint64_t run_case(const char *label, ngd_config cfg, ngd_share share, boo
     replica fresh;
     memset(&fresh, 0, sizeof fresh);
     replica_init(&fresh, &cfg);
-    CHECK_MSG(max_rel(fresh.W, single.W, DOUT * DIN) > 1e-3, "%s: the weights did not move",
-              label);
+    CHECK_MSG(max_rel(fresh.W, single.W, DOUT * DIN) > 1e-3, "%s: the weights did not move", label);
     ngd_optim_free(fresh.o);
     ngd_layer_health h0, hs;
     CHECK(ngd_optim_layer_health(rep[1].o, rep[1].id[0], &h0) == NGD_OK);
@@ -321,8 +330,8 @@ static void dist_singd(void) {
 
 static void dist_kfac_family(void) {
     int own;
-    const ngd_method ms[] = {NGD_METHOD_KFAC,   NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC,
-                             NGD_METHOD_BKFAC,  NGD_METHOD_BRKFAC, NGD_METHOD_BRCKFAC};
+    const ngd_method ms[] = {NGD_METHOD_KFAC,  NGD_METHOD_RSKFAC, NGD_METHOD_SREKFAC,
+                             NGD_METHOD_BKFAC, NGD_METHOD_BRKFAC, NGD_METHOD_BRCKFAC};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
         char label[64];
         ngd_config c = base(ms[i]);
@@ -369,7 +378,7 @@ static void dist_errors(void) {
 }
 
 static const test_case TESTS[] = {
-    TEST(dist_first_order), TEST(dist_singd),  TEST(dist_kfac_family),
+    TEST(dist_first_order),         TEST(dist_singd),  TEST(dist_kfac_family),
     TEST(dist_bytes_bkfac_vs_kfac), TEST(dist_errors),
 };
 
