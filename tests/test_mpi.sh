@@ -18,10 +18,14 @@ if ! command -v mpirun >/dev/null 2>&1; then
     echo "$pass passed, $fail failed"
     exit 1
 fi
-# Under ASan, Open MPI's own start-up leaks and its shared-memory transport trip the
-# sanitizer's checks in libmpi/libopen-pal, not in ngd: the sanitizer build runs the
-# in-process replica test (tests/test_dist.c) and this script only on the plain build.
-case "$NGD" in *build-san*) echo "skipped under the sanitizer build (see the comment)"; echo "0 passed, 0 failed"; exit 0 ;; esac
+# Under the sanitizer build the MPI runs keep ASan and UBSan but not LeakSanitizer: Open MPI
+# loads its transports as plugins and unloads them in MPI_Finalize, so the blocks they leave
+# are reported from "<unknown module>" frames that no suppression by library can name (and
+# libmpi's own start-up allocations besides). ngd's leaks there are still caught: the same
+# libngd code runs leak-checked in tests/test_dist.c, and the engine in test_train.sh. That
+# build runs a shorter list (it is several times slower).
+SAN=0
+case "$NGD" in *build-san*) SAN=1; export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" ;; esac
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 MPI="mpirun --oversubscribe -np 2"
@@ -88,13 +92,36 @@ run_pair() {  # run_pair NAME RTOL OPTIONS...: 1 x 128 against 2 x 64
     if msg=$(compare "$D/$name.1.jsonl" "$D/$name.2.jsonl" "$D/$name.1.ckpt" "$D/$name.2.ckpt" "$rtol" 2>&1); then ok
     else bad "$name: 2 x 64 differs from 1 x 128: $msg"; fi
 }
+fails_cleanly() {
+    # a rank that cannot read its data: rank 1 is given a folder without the files (Open MPI's
+    # MPMD form); the job ends with rank 1's message and a non-zero exit, well before the timeout
+    mkdir -p "$D/empty"
+    start=$(date +%s)
+    out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $COMMON --batch 64 --data-dir "$I" \
+          --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" : -np 1 "$NGD" train $COMMON --batch 64 --data-dir "$D/empty" \
+          --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" 2>&1)
+    rc=$?
+    secs=$(($(date +%s) - start))
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ok || bad "failed rank: exit $rc (124: a hang)"
+    printf '%s\n' "$out" | grep -q "ngd: error: .*$D/empty" && ok || { bad "failed rank's message"; printf '%s\n' "$out" | tail -5; }
+    [ "$secs" -lt 60 ] && ok || bad "failed rank took ${secs}s to end the job"
+    # and a checkpoint from it is not half-written: rank 0 never got to write one
+    [ ! -e "$D/f.ckpt" ] && ok || bad "a checkpoint appeared"
+}
+run_pair kfac 1e-4 --optim kfac --T-u 3 --T-i 6
+run_pair bkfac 1e-4 --optim bkfac --T-u 3 --T-i 6 --rank 8
+if [ "$SAN" = 1 ]; then  # the sanitizer build: these two, and a failing rank
+    COMMON="$COMMON --max-steps 3"
+    fails_cleanly
+    echo "$pass passed, $fail failed"
+    [ "$fail" -eq 0 ]
+    exit
+fi
 run_pair sgd 1e-5 --optim sgd --lr 0.05
 run_pair adamw 1e-5 --optim adamw
 run_pair singd 1e-4 --optim singd --T 3
 run_pair singd-diag 1e-4 --optim singd --structure diagonal --T 3
-run_pair kfac 1e-4 --optim kfac --T-u 3 --T-i 6
 run_pair rskfac 1e-4 --optim rskfac --T-u 3 --T-i 6 --rank 8
-run_pair bkfac 1e-4 --optim bkfac --T-u 3 --T-i 6 --rank 8
 # every rank's factor work replicated instead of owned and broadcast: the same results
 NGD_DIST_SHARE=replicate run_pair kfac-replicate 1e-4 --optim kfac --T-u 3 --T-i 6
 # the 2-rank log is rank 0's only, and its summary says what was sent
@@ -128,19 +155,7 @@ grep -v '"type":"summary"' "$D/kfac.2.jsonl" | grep -v '"type":"eval"' > "$D/k22
 if msg=$(compare "$D/k22.jsonl" "$D/k21.jsonl" "$D/kfac.2.ckpt" "$D/k1.ckpt" 1e-4 2>&1); then ok
 else bad "2-rank checkpoint resumed by 1 process: $msg"; fi
 
-# a rank that cannot read its data: rank 1 is given a folder without the files (Open MPI's
-# MPMD form); the job ends with rank 1's message and a non-zero exit, well before the timeout
-mkdir -p "$D/empty"
-start=$(date +%s)
-out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $COMMON --batch 64 --data-dir "$I" \
-      --log "$D/f.jsonl" : -np 1 "$NGD" train $COMMON --batch 64 --data-dir "$D/empty" --log "$D/f.jsonl" 2>&1)
-rc=$?
-secs=$(($(date +%s) - start))
-[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && ok || bad "failed rank: exit $rc (124: a hang)"
-printf '%s\n' "$out" | grep -q "ngd: error: .*$D/empty" && ok || { bad "failed rank's message"; printf '%s\n' "$out" | tail -5; }
-[ "$secs" -lt 60 ] && ok || bad "failed rank took ${secs}s to end the job"
-# and a checkpoint from it is not half-written: rank 0 never got to write one
-[ ! -e "$D/f.ckpt" ] && ok || bad "a checkpoint appeared"
+fails_cleanly
 # a bad sharing policy is refused clearly
 out=$(timeout 60 env NGD_DIST_SHARE=bogus $MPI "$NGD" train $COMMON --batch 64 --log "$D/g.jsonl" 2>&1); rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && printf '%s\n' "$out" | grep -q "NGD_DIST_SHARE=bogus is not known" && ok || bad "NGD_DIST_SHARE=bogus: exit $rc"

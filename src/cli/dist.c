@@ -91,9 +91,8 @@ int dist_sum_f32(float *v, size_t n) {
 int dist_sum_f64(double *v, size_t n) {
     if (g_size <= 1 || n == 0) return 0;
     g_bytes += n * sizeof(double);
-    if (n > CHUNK ||
-        MPI_Allreduce(MPI_IN_PLACE, v, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) !=
-            MPI_SUCCESS) {
+    if (n > CHUNK || MPI_Allreduce(MPI_IN_PLACE, v, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) !=
+                         MPI_SUCCESS) {
         cli_error(NULL, "rank %d: MPI_Allreduce of %zu doubles failed", g_rank, n);
         return -1;
     }
