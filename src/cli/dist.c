@@ -3,6 +3,25 @@
  */
 #include "dist.h"
 
+#ifdef NGD_NO_MPI
+// A build without MPI (fuzz/fuzz_trainckpt.c includes train.c and this file): one process.
+int dist_init(void) { return 0; }
+bool dist_on(void) { return false; }
+int dist_rank(void) { return 0; }
+int dist_size(void) { return 1; }
+bool dist_root(void) { return true; }
+const ngd_comm *dist_comm(void) { return NULL; }
+int dist_sum_f32(float *v, size_t n) { return (void)v, (void)n, 0; }
+int dist_sum_f64(double *v, size_t n) { return (void)v, (void)n, 0; }
+int dist_max_int(int v) { return v; }
+void dist_shard(size_t k, size_t *k_local, size_t *first) { *k_local = k, *first = 0; }
+int dist_share(ngd_share *out) { return *out = NGD_SHARE_AUTO, 0; }
+int dist_bcast(void *buf, size_t bytes, int root) { return (void)buf, (void)bytes, (void)root, 0; }
+uint64_t dist_bytes(void) { return 0; }
+void dist_abort(int rc) { (void)rc; }
+void dist_finalize(void) {}
+#else
+
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,3 +168,4 @@ void dist_finalize(void) {
     if (g_mpi) MPI_Finalize();
     g_mpi = false;
 }
+#endif
