@@ -156,6 +156,14 @@ if msg=$(compare "$D/k22.jsonl" "$D/k21.jsonl" "$D/kfac.2.ckpt" "$D/k1.ckpt" 1e-
 else bad "2-rank checkpoint resumed by 1 process: $msg"; fi
 
 fails_cleanly
+# --time-budget: the ranks agree to stop (one may see the budget spent a step before the
+# other); the run ends normally, rank 0 alone prints the result line and logs the summary
+out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 --batch 64 --threads 1 \
+      --optim kfac --time-budget 2 --log "$D/tb.jsonl" --checkpoint "$D/tb.ckpt" 2>&1); rc=$?
+[ "$rc" -eq 0 ] && ok || { bad "--time-budget under mpirun: exit $rc"; printf '%s\n' "$out" | tail -5; }
+n=$(printf '%s\n' "$out" | grep -c "^kfac mlp on fashion-mnist: [0-9]* steps"); [ "$n" = 1 ] && ok || bad "$n result lines (want rank 0's only)"
+n=$(grep -c '"type":"summary"' "$D/tb.jsonl"); [ "$n" = 1 ] && ok || bad "--time-budget log has $n summaries"
+[ -s "$D/tb.ckpt" ] && ok || bad "--time-budget left no checkpoint"
 # a bad sharing policy is refused clearly
 out=$(timeout 60 env NGD_DIST_SHARE=bogus $MPI "$NGD" train $COMMON --batch 64 --log "$D/g.jsonl" 2>&1); rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && printf '%s\n' "$out" | grep -q "NGD_DIST_SHARE=bogus is not known" && ok || bad "NGD_DIST_SHARE=bogus: exit $rc"

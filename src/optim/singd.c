@@ -327,7 +327,7 @@ static ngd_status singd_combine(ngd_optim *o, ngd_entry *e) {
 // One factor update costs about 4·n²/d flops per side (n stored numbers of a d-wide factor:
 // 4d³ dense, 4d·b² block-diagonal, 4d diagonal) and an owner broadcasts its n numbers (and
 // the momenta's). It pays where an update does at least 64 flops per number it would send
-// (a dense or block-diagonal factor 64 wide or more); the cheaper structures are replicated.
+// (4n/d >= 64: dense factors and blocks 16 wide or more); the cheaper structures are replicated.
 static double singd_work(const ngd_entry *e, bool *owner_pays) {
     const singd_state *s = e->ms;
     const double nK = (double)s->sK.n, nC = (double)s->sC.n;
