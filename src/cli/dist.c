@@ -3,6 +3,21 @@
  */
 #include "dist.h"
 
+size_t dist_loader_next(nn_loader *ld, float *x, int32_t *y) {
+    const size_t n = ld->ds->n, left = n - ld->pos;
+    const bool augment = ld->aug.crop_pad > 0 || ld->aug.hflip;
+    if (dist_size() <= 1 || augment || left == 0 || (ld->drop_last && left < ld->batch) ||
+        left < ld->batch)
+        return nn_loader_next(ld, x, y); // (the epoch's end: the loader reshuffles)
+    size_t kl, first;
+    dist_shard(ld->batch, &kl, &first);
+    const size_t chw = ld->ds->c * ld->ds->h * ld->ds->w;
+    nn_dataset_batch(ld->ds, ld->order + ld->pos + first, kl, NULL, NULL, x + first * chw,
+                     y + first);
+    ld->pos += ld->batch;
+    return ld->batch;
+}
+
 #ifdef NGD_NO_MPI
 // A build without MPI (fuzz/fuzz_trainckpt.c includes train.c and this file): one process.
 int dist_init(void) { return 0; }

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data.h"
 #include "ngd.h"
 
 // Starts MPI when launched by mpirun. Returns 0, or -1 after an error message.
@@ -39,6 +40,11 @@ void dist_shard(size_t k, size_t *k_local, size_t *first);
 // The sharing policy of the optimizer's factor work: NGD_DIST_SHARE=auto|replicate|owner
 // (auto when unset). Returns -1 after an error naming a bad value.
 int dist_share(ngd_share *out);
+// nn_loader_next for a loader of the global batch: without augmentation only this rank's
+// shard is read and normalised, into its place in x, y (x + first·c·h·w, y + first, as
+// dist_shard says); with augmentation (whose random draws run through the whole batch) the
+// whole batch, so that every rank's loader stream stays the same. Returns the global count.
+size_t dist_loader_next(nn_loader *ld, float *x, int32_t *y);
 // Sends root's bytes to every rank.
 int dist_bcast(void *buf, size_t bytes, int root);
 // Bytes this rank handed to MPI for the engine (gradients, loss sums, stop decisions): what

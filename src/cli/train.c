@@ -197,7 +197,7 @@ static const cli_opt OPTS[] = {
     {"time-budget", 1, O_BUDGET, "SECONDS",
      "stop training after this much wall time, then "
      "evaluate (0 = no limit)"},
-    {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences)"},
+    {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences; mpirun: per rank)"},
     {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
@@ -300,7 +300,11 @@ static void print_help(FILE *f, const char *cmd) {
     }
     fprintf(f, "usage: ngd %s [options]\n\n", cmd);
     fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
-               "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
+               "accuracy, logs JSON lines, writes checkpoints. Under Open MPI's mpirun\n"
+               "(mpirun -np N ngd train ...) each rank trains --batch samples of a global\n"
+               "batch of N x --batch, the run equals one process's with --batch N x --batch,\n"
+               "and rank 0 logs and checkpoints; NGD_DIST_SHARE=auto|replicate|owner says\n"
+               "how the ranks share factor work (docs/distributed.md).\n\noptions:\n");
     cli_print_opts(f, OPTS, NOPTS, 26);
     fprintf(f, "\nmodels:\n");
     for (size_t i = 0; nn_model_list(i); i++)
@@ -1589,8 +1593,8 @@ static void print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed
 // through a text_iter (ti != NULL).
 static size_t next_batch(const train_opts *t, nn_loader *ld, text_iter *ti, float *x, int32_t *ids,
                          int32_t *y) {
-    if (!ti) return nn_loader_next(ld, x, y);
-    if (ti->pos == ti->per_epoch) { // the epoch is complete: 0, like the loader
+    if (!ti) return dist_loader_next(ld, x, y); // mpirun: this rank's shard
+    if (ti->pos == ti->per_epoch) {             // the epoch is complete: 0, like the loader
         ti->pos = 0, ti->epoch++;
         return 0;
     }
