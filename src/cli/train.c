@@ -1858,8 +1858,13 @@ static int run(const train_opts *t, bool eval_only) {
     m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
     if (st == NGD_OK && o) st = m.ops->attach(&m, o);
     ngd_share share;
-    if (st == NGD_OK && o && dist_on()) // mpirun: one replica per rank (dist.c)
-        st = dist_share(&share) ? NGD_ERR_ARG : ngd_optim_set_comm(o, dist_comm(), share);
+    if (st == NGD_OK && o && dist_on()) { // mpirun: one replica per rank (dist.c)
+        if (dist_share(&share)) {
+            rc = NGD_EXIT_USAGE;
+            goto done;
+        }
+        st = ngd_optim_set_comm(o, dist_comm(), share);
+    }
     if (st != NGD_OK) {
         cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
         goto done;
@@ -2131,10 +2136,11 @@ static int run(const train_opts *t, bool eval_only) {
     }
     if (rc == NGD_EXIT_OK && stop_signal) {
         if (tty) fputc('\n', stderr);
-        fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
-                rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
-                t->ckpt ? t->ckpt : "");
-        if (t->ckpt)
+        if (dist_root()) // (mpirun: every rank stopped at this step)
+            fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
+                    rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
+                    t->ckpt ? t->ckpt : "");
+        if (t->ckpt && dist_root())
             fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
         rc = 128 + stop_signal;
     }
