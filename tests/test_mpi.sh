@@ -164,6 +164,24 @@ out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 --
 n=$(printf '%s\n' "$out" | grep -c "^kfac mlp on fashion-mnist: [0-9]* steps"); [ "$n" = 1 ] && ok || bad "$n result lines (want rank 0's only)"
 n=$(grep -c '"type":"summary"' "$D/tb.jsonl"); [ "$n" = 1 ] && ok || bad "--time-budget log has $n summaries"
 [ -s "$D/tb.ckpt" ] && ok || bad "--time-budget left no checkpoint"
+# SIGTERM to mpirun (which passes it on to the ranks): they agree to stop after the same step,
+# rank 0 writes the checkpoint and the summary, and the run resumes from it
+rm -f "$D/s.ckpt" "$D/s.jsonl"
+$MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 --batch 64 --threads 1 --optim kfac \
+    --log-every 1 --log "$D/s.jsonl" --checkpoint "$D/s.ckpt" >"$D/s.out" 2>&1 &
+mpid=$!
+for _ in $(seq 300); do
+    n=$(grep -c '"type":"step"' "$D/s.jsonl" 2>/dev/null); [ "${n:-0}" -ge 15 ] && break; sleep 0.1
+done
+kill -TERM $mpid; wait $mpid
+grep -q "training stopped by SIGTERM at step [0-9]*; checkpoint written to $D/s.ckpt" "$D/s.out" && ok ||
+    { bad "SIGTERM to mpirun: no orderly stop"; tail -5 "$D/s.out"; }
+grep -q '"type":"summary"' "$D/s.jsonl" && ok || bad "SIGTERM to mpirun: no summary"
+stopped=$(grep '"type":"summary"' "$D/s.jsonl" | sed -n 's/.*"steps":\([0-9]*\).*/\1/p')
+timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 --batch 64 --threads 1 --optim kfac \
+    --max-steps $((${stopped:-0} + 3)) --resume "$D/s.ckpt" --log "$D/s2.jsonl" >"$D/out" 2>&1 && ok ||
+    { bad "resume after SIGTERM"; tail -3 "$D/out"; }
+grep -q "\"steps\":$((${stopped:-0} + 3))," "$D/s2.jsonl" && ok || bad "resume after SIGTERM did not continue from step $stopped"
 # a bad sharing policy is refused clearly
 out=$(timeout 60 env NGD_DIST_SHARE=bogus $MPI "$NGD" train $COMMON --batch 64 --log "$D/g.jsonl" 2>&1); rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && printf '%s\n' "$out" | grep -q "NGD_DIST_SHARE=bogus is not known" && ok || bad "NGD_DIST_SHARE=bogus: exit $rc"

@@ -38,6 +38,8 @@ void dist_finalize(void) {}
 #else
 
 #include <mpi.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +87,14 @@ static ngd_status c_allgather(void *ctx, void *buf, size_t bytes) {
 int dist_init(void) {
     const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
     if (!ws || !*ws) return 0; // not started by mpirun: one process, no MPI runtime
+    // MPI starts threads of its own (progress, PMIx): SIGINT and SIGTERM are blocked first so
+    // that those threads inherit the mask and the signals reach train.c's sigwait thread (a
+    // signal delivered to an MPI thread would take its default action and kill the rank)
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     int provided = 0;
     if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         cli_error("run it with Open MPI's mpirun, or without mpirun",
