@@ -56,6 +56,9 @@ BASEFLAGS := $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(HARDEN) -D_POSIX_C_SOURCE=20080
 CFLAGS ?=
 CFLAGS += $(BASEFLAGS)
 LIBS := -ldnnl -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lz -lm
+# Open MPI for `mpirun -np N ngd train` (src/cli/dist.c only; libngd and the engine never see it)
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c)
+MPI_LIBS := $(shell pkg-config --libs ompi-c)
 LDFLAGS ?=
 LDFLAGS += $(LDSAN) $(OMPFLAG) -Wl,-z,relro,-z,now
 
@@ -101,6 +104,7 @@ deps:
 $(BUILD)/src/core/%.o $(BUILD)/src/structures/%.o $(BUILD)/src/optim/%.o: INC = $(INC_LIB)
 $(BUILD)/src/nn/%.o $(BUILD)/src/data/%.o: INC = $(INC_ENG)
 $(BUILD)/src/cli/%.o: INC = $(INC_CLI)
+$(BUILD)/src/cli/dist.o: INC = $(INC_CLI) $(patsubst -I%,-isystem %,$(MPI_CFLAGS))
 $(BUILD)/tests/%.o $(BUILD)/bench/%.o $(BUILD)/examples/%.o: INC = $(INC_TST)
 $(BUILD)/fuzz/%.o: INC = $(INC_TST) -Ifuzz
 
@@ -131,7 +135,7 @@ $(ENGA): $(ENG_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(NGD): $(CLI_OBJ) $(ENGA) $(LIBA)
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(ENGA) $(LIBA) $(LIBS) -lcjson -lz $(MPI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TST_SUP_OBJ) $(ENGA) $(LIBA)
 	$(CC) $(LDFLAGS) -o $@ $< $(TST_SUP_OBJ) $(ENGA) $(LIBA) $(LIBS) -lcjson -lz

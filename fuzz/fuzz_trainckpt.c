@@ -16,6 +16,8 @@
 
 #include "../src/cli/opts.c"
 #include "../src/cli/train.c"
+#define NGD_NO_MPI
+#include "../src/cli/dist.c"
 #include "fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

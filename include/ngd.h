@@ -342,6 +342,49 @@ NGD_API ngd_status ngd_optim_step(ngd_optim *o);
 // Number of completed steps.
 NGD_API size_t ngd_optim_steps(const ngd_optim *o);
 
+// ====== Data-parallel training (docs/distributed.md) ======
+
+// A communicator between the N processes ("ranks") of a data-parallel run, supplied by the
+// caller (the `ngd` command's is MPI; libngd itself knows no transport). A single process
+// never needs one. Every rank calls the callbacks in the same order with the same sizes
+// (they are collectives); each returns NGD_OK, or an error that makes the step fail.
+typedef struct {
+    int rank, size; // this process's rank in [0, size), and the number of ranks
+    void *ctx;      // passed to every callback
+    // buf[0..n) := the element-wise sum of every rank's buf (the same result on every rank)
+    ngd_status (*allreduce_sum)(void *ctx, float *buf, size_t n);
+    // every rank's buf[0..bytes) := root's
+    ngd_status (*broadcast)(void *ctx, void *buf, size_t bytes, int root);
+    // in place: rank r's block buf[r*bytes .. (r+1)*bytes) is sent to every rank; afterwards
+    // every rank holds all `size` blocks in rank order
+    ngd_status (*allgather)(void *ctx, void *buf, size_t bytes);
+} ngd_comm;
+
+// How the ranks share a layer's preconditioner maintenance (factor updates, decompositions).
+typedef enum {
+    NGD_SHARE_AUTO = 0,      // per method and structure (docs/distributed.md): owner where the
+                             // work per stored number is large, replicated where it is not
+    NGD_SHARE_REPLICATE = 1, // every rank does every layer's work on the combined statistics
+    NGD_SHARE_OWNER = 2,     // one owner rank per layer (largest cost first to the least-loaded
+                             // rank) does it and broadcasts the result
+} ngd_share;
+
+// Makes o one of comm->size data-parallel replicas (call it on every rank, before the first
+// step, with the same layers registered everywhere). Each rank then observes the statistics
+// of its own shard of the global batch; ngd_optim_step combines them so that every rank
+// applies the update of single-process training on the global batch (up to the order of
+// float32 sums). The caller averages the gradients (sums them for loss_average SUM) across
+// ranks before ngd_optim_step, and gives every rank the same number of rows. comm is copied;
+// NULL or size 1 is a single process. Errors: NGD_ERR_ARG, NGD_ERR_STATE (after a step).
+NGD_API ngd_status ngd_optim_set_comm(ngd_optim *o, const ngd_comm *comm, ngd_share share);
+
+// Bytes this rank handed to the communicator's callbacks so far (allreduce and allgather: its
+// contribution; broadcast: counted at the root only), and the rank that owns layer `id`'s
+// preconditioner work (-1: replicated on every rank, or a parameter, or not yet planned:
+// owners are chosen at the first statistics step).
+NGD_API uint64_t ngd_optim_comm_bytes(const ngd_optim *o);
+NGD_API int ngd_optim_layer_owner(const ngd_optim *o, int id);
+
 // ====== Health and introspection ======
 
 typedef struct {

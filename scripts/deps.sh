@@ -8,6 +8,7 @@
 #   JSON (replay, logs)      libcjson-dev
 #   gzip'd IDX files         zlib1g-dev
 #   default data set         dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/)
+#   data-parallel training   libopenmpi-dev, openmpi-bin (Open MPI: mpi.h, libmpi, mpirun)
 #   `make fuzz` (argument fuzz)  clang-14, libclang-rt-14-dev (libFuzzer); not for the tests
 #   Python package (tests)   python3-numpy, python3-torch, python3-pytest (python/ngd, ngd.torch,
 #                            tests/test_python.sh), libopenblas0-openmp (torch's BLAS is the
@@ -15,7 +16,7 @@
 #                            `make bench-compare` needs for its PyTorch reference
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist python3-numpy python3-torch python3-pytest libopenblas0-openmp"
+pkgs="gcc make pkg-config libc6-dev libdnnl-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev zlib1g-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin python3-numpy python3-torch python3-pytest libopenblas0-openmp"
 # `make fuzz` only (scripts/deps.sh fuzz): clang 14 and its libFuzzer runtime
 if [ "${1:-}" = fuzz ]; then pkgs="$pkgs clang-14 libclang-rt-14-dev"; fi
 # `make bench-compare` (scripts/deps.sh bench): Debian's PyTorch and an optimized libblas.so.3,

@@ -33,6 +33,7 @@
 
 #include "cli.h"
 #include "data.h"
+#include "dist.h"
 #include "model.h"
 #include "ngd.h"
 
@@ -196,7 +197,7 @@ static const cli_opt OPTS[] = {
     {"time-budget", 1, O_BUDGET, "SECONDS",
      "stop training after this much wall time, then "
      "evaluate (0 = no limit)"},
-    {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences)"},
+    {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences; mpirun: per rank)"},
     {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
@@ -299,7 +300,11 @@ static void print_help(FILE *f, const char *cmd) {
     }
     fprintf(f, "usage: ngd %s [options]\n\n", cmd);
     fprintf(f, "Trains a model on a data set with any libngd optimizer; prints per-epoch test\n"
-               "accuracy, logs JSON lines, writes checkpoints.\n\noptions:\n");
+               "accuracy, logs JSON lines, writes checkpoints. Under Open MPI's mpirun\n"
+               "(mpirun -np N ngd train ...) each rank trains --batch samples of a global\n"
+               "batch of N x --batch, the run equals one process's with --batch N x --batch,\n"
+               "and rank 0 logs and checkpoints; NGD_DIST_SHARE=auto|replicate|owner says\n"
+               "how the ranks share factor work (docs/distributed.md).\n\noptions:\n");
     cli_print_opts(f, OPTS, NOPTS, 26);
     fprintf(f, "\nmodels:\n");
     for (size_t i = 0; nn_model_list(i); i++)
@@ -1137,6 +1142,7 @@ static int check_ckpt_target(const char *path) {
 // nn_model_buffers and is saved beside the parameters.
 static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
                            const nn_loader *ld, const text_iter *ti, const run_state *rs) {
+    if (!dist_root()) return 0; // mpirun: rank 0 writes (every rank holds the same state)
     wb w = {0};
     wb_put(&w, TRN_MAGIC, 8);
     wb_u64(&w, TRN_VERSION);
@@ -1512,15 +1518,20 @@ static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32
         *loss = (double)NAN, *acc = (double)NAN;
         return 0;
     }
-    size_t k;
+    size_t k, bi = 0;
     while (!stop_signal && (k = nn_loader_next(&ld, x, y)) > 0) {
+        if (ld.epoch > 0) break;
+        if (bi++ % (size_t)dist_size() != (size_t)dist_rank()) continue; // mpirun: a share
         m->ops->forward(m, x, k, false);
         l += (double)nn_xent_forward(m->logits, y, k, m->cfg.classes, 0.0f, 1.0f, NULL) * (double)k;
         correct += nn_xent_correct(m->logits, y, k, m->cfg.classes);
         n += k;
-        if (ld.epoch > 0) break;
     }
     nn_loader_free(&ld);
+    double sums[4] = {l, (double)correct, (double)n, stop_signal ? 1.0 : 0.0};
+    if (dist_sum_f64(sums, 4)) return -1;
+    l = sums[0], correct = (size_t)sums[1], n = (size_t)sums[2];
+    if (sums[3] > 0 && !stop_signal) stop_signal = SIGTERM; // another rank's signal
     char err[600];
     if (nn_dataset_failed(ds, err, sizeof err)) { // a streamed set's file changed
         cli_error(NULL, "%s", err);
@@ -1545,13 +1556,22 @@ static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, in
     nn_rng_seed(&r, TEXT_EVAL_SEED);
     double l = 0;
     size_t correct = 0, n = 0;
+    size_t Bl, first; // mpirun: B is the global batch; each rank forwards its shard
+    dist_shard(B, &Bl, &first);
     for (size_t i = 0; i < TEXT_EVAL_BATCHES && !stop_signal; i++) {
         if (nn_text_batch(tx, NN_SPLIT_VAL, B, T, &r, ids, y) != NN_OK) break;
-        m->ops->forward_tokens(m, ids, B, T, false);
-        const size_t k = B * T;
-        l += (double)nn_xent_forward(m->logits, y, k, m->cfg.classes, 0.0f, 1.0f, NULL) * (double)k;
-        correct += nn_xent_correct(m->logits, y, k, m->cfg.classes);
+        m->ops->forward_tokens(m, ids + first * T, Bl, T, false);
+        const size_t k = Bl * T;
+        l +=
+            (double)nn_xent_forward(m->logits, y + first * T, k, m->cfg.classes, 0.0f, 1.0f, NULL) *
+            (double)k;
+        correct += nn_xent_correct(m->logits, y + first * T, k, m->cfg.classes);
         n += k;
+    }
+    double sums[4] = {l, (double)correct, (double)n, stop_signal ? 1.0 : 0.0};
+    if (dist_sum_f64(sums, 4) == 0) {
+        l = sums[0], correct = (size_t)sums[1], n = (size_t)sums[2];
+        if (sums[3] > 0 && !stop_signal) stop_signal = SIGTERM;
     }
     *loss = n ? l / (double)n : (double)NAN;
     *acc = n ? (double)correct / (double)n : (double)NAN;
@@ -1598,8 +1618,8 @@ static void print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed
 // through a text_iter (ti != NULL).
 static size_t next_batch(const train_opts *t, nn_loader *ld, text_iter *ti, float *x, int32_t *ids,
                          int32_t *y) {
-    if (!ti) return nn_loader_next(ld, x, y);
-    if (ti->pos == ti->per_epoch) { // the epoch is complete: 0, like the loader
+    if (!ti) return dist_loader_next(ld, x, y); // mpirun: this rank's shard
+    if (ti->pos == ti->per_epoch) {             // the epoch is complete: 0, like the loader
         ti->pos = 0, ti->epoch++;
         return 0;
     }
@@ -1615,7 +1635,9 @@ static size_t steps_into_epoch(const train_opts *t, const nn_loader *ld, const t
 
 static int evaluate_run(nn_model *m, const train_opts *t, const data_sets *d, float *x,
                         int32_t *ids, int32_t *y, double *loss, double *acc) {
-    if (!t->text) return evaluate(m, &d->test, t->batch, x, y, loss, acc);
+    size_t Bl, first;
+    dist_shard(t->batch, &Bl, &first); // mpirun: the model holds one rank's share
+    if (!t->text) return evaluate(m, &d->test, Bl, x, y, loss, acc);
     evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
     if (stop_signal) *loss = *acc = (double)NAN;
     return stop_signal ? 1 : 0;
@@ -1715,8 +1737,9 @@ static void log_path(const train_opts *t, char *path, size_t cap) {
 }
 
 static FILE *open_log(const train_opts *t, char *path, size_t cap) {
-    if (!t->log) (void)mkdir_runs();
     log_path(t, path, cap);
+    if (!dist_root()) return fopen("/dev/null", "w"); // mpirun: rank 0 logs
+    if (!t->log) (void)mkdir_runs();
     FILE *f = fopen(path, t->resume ? "a" : "w");
     if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
     return f;
@@ -1744,6 +1767,64 @@ static int check_outputs(const train_opts *t) {
     }
     if (t->ckpt && check_ckpt_target(t->ckpt)) return NGD_EXIT_FAIL;
     return NGD_EXIT_OK;
+}
+
+// ---- mpirun (dist.c): the engine's side of a data-parallel step ----
+// Options as for one process; then --batch, the per-rank batch, becomes the global batch
+// (ranks x --batch) that the loader draws and checkpoints record (a checkpoint of N ranks x B
+// is one of 1 x N·B), and only rank 0 talks.
+static int dist_parse(int argc, char **argv, train_opts *t) {
+    if (parse_opts(argc, argv, t, "train")) return NGD_EXIT_USAGE;
+    if (!dist_on()) return NGD_EXIT_OK;
+    const size_t n = (size_t)dist_size();
+    if (t->batch > SIZE_MAX / n) {
+        cli_error(NULL, "--batch %zu x %zu ranks overflows", t->batch, n);
+        return NGD_EXIT_USAGE;
+    }
+    if (!t->quiet && dist_root())
+        fprintf(stderr, "ngd train: %zu ranks (mpirun) x batch %zu = global batch %zu\n", n,
+                t->batch, t->batch * n);
+    t->batch *= n;
+    if (!dist_root()) t->quiet = true;
+    return NGD_EXIT_OK;
+}
+
+// After each rank's backward pass on its shard: the gradients averaged over the ranks (the
+// loss is a mean, so the global batch's gradient is the mean of the shards'), BatchNorm's
+// running statistics averaged too (so that every rank holds the same model), and the loss,
+// correct count and rows summed, so that the log reads the global batch's.
+static int dist_combine(nn_model *m, float *loss, size_t *correct, size_t *nr) {
+    const float inv = 1.0f / (float)dist_size();
+    nn_param bufs[NN_MODEL_MAX_PARAMS];
+    const size_t nb = nn_model_buffers(m, bufs);
+    for (size_t i = 0; i < m->nparams + nb; i++) {
+        const nn_param *p = i < m->nparams ? &m->params[i] : &bufs[i - m->nparams];
+        float *v = i < m->nparams ? p->g : p->p;
+        if (dist_sum_f32(v, p->n)) return -1;
+        for (size_t j = 0; j < p->n; j++)
+            v[j] *= inv;
+    }
+    double s[3] = {(double)*loss * (double)*nr, (double)*correct, (double)*nr};
+    if (dist_sum_f64(s, 3)) return -1;
+    *loss = (float)(s[0] / s[2]), *correct = (size_t)s[1], *nr = (size_t)s[2];
+    return 0;
+}
+
+// The summary's communication record: bytes this rank handed to MPI per step, for the
+// gradients (and the loss) and for the optimizer's statistics and factors.
+static void dist_summary(cJSON *j, const ngd_optim *o, size_t steps) {
+    if (!dist_on()) return;
+    cJSON_AddNumberToObject(j, "ranks", (double)dist_size());
+    const double st = steps ? (double)steps : 1.0;
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddNumberToObject(c, "engine", (double)dist_bytes() / st);
+    cJSON_AddNumberToObject(c, "optimizer", (double)ngd_optim_comm_bytes(o) / st);
+    cJSON_AddItemToObject(j, "comm_bytes_per_step", c);
+    if (dist_root())
+        fprintf(stderr,
+                "ngd train: rank 0 sent %.0f bytes per step (engine %.0f, optimizer %.0f)\n",
+                ((double)dist_bytes() + (double)ngd_optim_comm_bytes(o)) / st,
+                (double)dist_bytes() / st, (double)ngd_optim_comm_bytes(o) / st);
 }
 
 static int run(const train_opts *t, bool eval_only) {
@@ -1783,7 +1864,7 @@ static int run(const train_opts *t, bool eval_only) {
                        .in_h = d.train.h,
                        .in_w = d.train.w,
                        .classes = d.train.num_classes,
-                       .max_batch = t->batch,
+                       .max_batch = t->batch / (size_t)dist_size(), // mpirun: a share
                        .seed = t->seed};
     if (t->text) // a token model: (B, T) ids in, (B·T, V) logits out
         mc.in_c = 1, mc.in_h = t->context, mc.in_w = 1, mc.classes = d.text.vocab;
@@ -1801,6 +1882,14 @@ static int run(const train_opts *t, bool eval_only) {
     ngd_status st = eval_only ? NGD_OK : ngd_optim_create(&t->cfg, &o); // eval: no optimizer
     m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
     if (st == NGD_OK && o) st = m.ops->attach(&m, o);
+    ngd_share share;
+    if (st == NGD_OK && o && dist_on()) { // mpirun: one replica per rank (dist.c)
+        if (dist_share(&share)) {
+            rc = NGD_EXIT_USAGE;
+            goto done;
+        }
+        st = ngd_optim_set_comm(o, dist_comm(), share);
+    }
     if (st != NGD_OK) {
         cli_error(NULL, "optimizer: %s: %s", ngd_status_str(st), ngd_optim_errmsg(o));
         goto done;
@@ -1834,6 +1923,7 @@ static int run(const train_opts *t, bool eval_only) {
     }
     run_state rs = {0, 0, 0, 0.0};
     if (t->resume && load_checkpoint(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
+    const size_t step0 = rs.step;
     if (eval_only) {
         double tl, ta;
         const int er = evaluate_run(&m, t, &d, x, ids, y, &tl, &ta);
@@ -1896,7 +1986,7 @@ static int run(const train_opts *t, bool eval_only) {
                 "batch %zu, %zu epoch%s; log %s\n",
                 t->model, nn_model_param_count(&m), t->data, d.train.n, d.test.n, optdesc, t->batch,
                 t->epochs, t->epochs == 1 ? "" : "s", logpath);
-    if (!t->quiet) heavy_state_note(o, t->method);
+    if (!t->quiet && dist_root()) heavy_state_note(o, t->method);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = now_s() - rs.wall, t_mark = now_s(), run_loss = 0, run_acc = 0;
@@ -1909,8 +1999,10 @@ static int run(const train_opts *t, bool eval_only) {
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
             // resumes exactly where an uninterrupted run would continue
-            if ((t->max_steps && rs.step >= t->max_steps) || stop_signal ||
-                (t->time_budget > 0 && now_s() - t_start >= (double)t->time_budget)) {
+            bool halt = (t->max_steps && rs.step >= t->max_steps) || stop_signal ||
+                        (t->time_budget > 0 && now_s() - t_start >= (double)t->time_budget);
+            if (dist_on()) halt = dist_max_int(halt) != 0; // mpirun: the ranks stop together
+            if (halt) {
                 stop = true;
                 break;
             }
@@ -1930,14 +2022,23 @@ static int run(const train_opts *t, bool eval_only) {
                 ngd_optim_set_lr_scale(o, (float)lr_scale);
             }
             nn_model_zero_grad(&m);
+            size_t kl, first; // mpirun: this rank's shard of the global batch
+            dist_shard(k, &kl, &first);
             if (t->text)
-                m.ops->forward_tokens(&m, ids, k, t->context, true);
+                m.ops->forward_tokens(&m, ids + first * t->context, kl, t->context, true);
             else
-                m.ops->forward(&m, x, k, true);
-            const size_t nr = k * rows; // text: the mean over batch and sequence
-            float loss = nn_xent_forward(m.logits, y, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
-            size_t correct = nn_xent_correct(m.logits, y, nr, m.cfg.classes);
+                m.ops->forward(&m, x + first * (size_t)(d.train.c * d.train.h * d.train.w), kl,
+                               true);
+            size_t nr = kl * rows; // text: the mean over batch and sequence
+            float loss =
+                nn_xent_forward(m.logits, y + first * rows, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
+            size_t correct = nn_xent_correct(m.logits, y + first * rows, nr, m.cfg.classes);
             m.ops->backward(&m, dlogits);
+            if (dist_on() && dist_combine(&m, &loss, &correct, &nr)) {
+                rc = NGD_EXIT_FAIL;
+                stop = true;
+                break;
+            }
             if (ngd_optim_wants_stats(o) && (st = m.ops->observe(&m, o)) != NGD_OK) {
                 cli_error(NULL, "observe: %s", ngd_optim_errmsg(o));
                 rc = NGD_EXIT_FAIL;
@@ -2037,6 +2138,7 @@ static int run(const train_opts *t, bool eval_only) {
             }
         }
     }
+    if (rc == NGD_EXIT_OK && dist_on()) stop_signal = dist_max_int(stop_signal);
     if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !stop_signal &&
         evaluate_run(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc) < 0)
         rc = NGD_EXIT_FAIL;
@@ -2060,10 +2162,11 @@ static int run(const train_opts *t, bool eval_only) {
     }
     if (rc == NGD_EXIT_OK && stop_signal) {
         if (tty) fputc('\n', stderr);
-        fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
-                rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
-                t->ckpt ? t->ckpt : "");
-        if (t->ckpt)
+        if (dist_root()) // (mpirun: every rank stopped at this step)
+            fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
+                    rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
+                    t->ckpt ? t->ckpt : "");
+        if (t->ckpt && dist_root())
             fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
         rc = 128 + stop_signal;
     }
@@ -2099,11 +2202,13 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
+    dist_summary(j, o, rs.step - step0);
     char crc[16]; // of the final parameters: what `ngd eval` of its checkpoint prints
     snprintf(crc, sizeof crc, "%08x", (unsigned)params_crc(&m));
     cJSON_AddStringToObject(j, "parameters_crc", crc);
     if (log_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
-    if (!t->quiet || rc == NGD_EXIT_OK) { // stopped before any evaluation: no "nan%"
+    if (dist_root() &&
+        (!t->quiet || rc == NGD_EXIT_OK)) { // stopped before any evaluation: no "nan%"
         char result[96];
         if (isnan(last_test_acc))
             snprintf(result, sizeof result, "not evaluated");
@@ -2114,7 +2219,7 @@ static int run(const train_opts *t, bool eval_only) {
                t->model, t->data, rs.step, rs.step == 1 ? "" : "s", wall, result, logpath,
                t->ckpt ? ", checkpoint " : "", t->ckpt ? t->ckpt : "");
     }
-    if (t->text && rc == NGD_EXIT_OK) // let a person see what it learned
+    if (t->text && rc == NGD_EXIT_OK && dist_root()) // let a person see what it learned
         print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:
     if (logf) { // a failed write was reported already; a failing close is reported here
@@ -2137,8 +2242,14 @@ done:
 
 int cmd_train(int argc, char **argv) {
     train_opts t;
-    if (parse_opts(argc, argv, &t, "train")) return NGD_EXIT_USAGE;
-    return run(&t, false);
+    if (dist_init()) return NGD_EXIT_FAIL; // mpirun: MPI (dist.c); otherwise nothing
+    int rc = dist_parse(argc, argv, &t);
+    if (rc == NGD_EXIT_OK) rc = run(&t, false);
+    // a failed rank ends every rank (none waits for it in a collective); a signal's stop
+    // and success are reached by every rank together
+    if (rc == NGD_EXIT_FAIL || rc == NGD_EXIT_USAGE) dist_abort(rc);
+    dist_finalize();
+    return rc;
 }
 
 int cmd_eval(int argc, char **argv) {

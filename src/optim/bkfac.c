@@ -100,6 +100,12 @@ static bool refresh_step(const ngd_config *c, size_t t) {
     return t % (c->kfac.refresh_mult * c->kfac.T_i) == 0 && t > c->kfac.T_i;
 }
 
+bool kf_refresh_due(const ngd_config *c, size_t t) { return refresh_step(c, t); }
+
+bool kf_brand_due(const ngd_config *c, size_t t) {
+    return t % (c->kfac.brand_mult * c->kfac.T_u) == 0 && !refresh_step(c, t);
+}
+
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     kf_state *s = e->ms;
     const ngd_config *c = &e->cfg;

@@ -55,7 +55,7 @@ bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, siz
     // Brand updates may start from zero with any orthonormal basis (#brand-update): I[:, :cap]
     for (size_t i = 0; i < NGD_MIN(d, cap); i++)
         f->U[i * cap + i] = 1.0f;
-    if (track == KF_BRAND && rows_cap) {
+    if (rows_cap) { // Brand columns, or the factored application's rows (kf_apply_tracks)
         f->rows = ngd_calloc(rows_cap * d, sizeof(float));
         if (!f->rows) return false;
         f->rows_cap = rows_cap;
@@ -133,11 +133,14 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     if (s->meta[1] == 0) { // the layer's first statistics
         // #factored-application: fully connected layers keep both factors' rows
         if (e->cfg.kfac.factored_apply && R == 1) s->meta[5] = 1;
+        // a data-parallel run decides for the global batch (equal shards; combine gathers
+        // every rank's rows into the buffers)
+        const size_t grows = rows * ngd_optim_world(o);
         if (!s->meta[0]) {
-            if ((st = kf_decide(o, e, R == 1, rows)) != NGD_OK) return st; // B methods
+            if ((st = kf_decide(o, e, R == 1, grows)) != NGD_OK) return st; // B methods
         } else {
-            s->meta[1] = rows;
-            if (s->meta[5] && (st = kf_grow_rows(o, e, rows)) != NGD_OK) return st;
+            s->meta[1] = grows;
+            if (s->meta[5] && (st = kf_grow_rows(o, e, grows)) != NGD_OK) return st;
         }
     }
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
@@ -252,11 +255,19 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
     const ngd_kfac_options *k = &e->cfg.kfac;
     bool did = false;
     ngd_status st;
+    // a data-parallel run: the exponential averages on every rank (cheap, and they keep each
+    // rank's state whole), decompositions and Brand updates by the layer's owner only, which
+    // broadcasts the new (U, D) in kfac_publish (bits of s->pub)
+    const bool mine = ngd_optim_mine(o, e);
+    s->pub = 0;
     if (s->has_pend) {
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
             if (f->ea) ea_update(f, k->rho, (double)s->pend[0]);
-            if (f->track == KF_BRAND && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
+            if (f->track == KF_BRAND && kf_brand_due(&e->cfg, t)) {
+                s->pub |= (uint8_t)(1u << i);
+                if (mine && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
+            }
         }
         s->has_pend = 0; // the rows stay for the factored application of this step
         s->pend[0] = 0;
@@ -265,6 +276,8 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
     if (s->meta[0] && t % k->T_i == 0) {
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
+            if (f->track != KF_BRAND || kf_refresh_due(&e->cfg, t)) s->pub |= (uint8_t)(1u << i);
+            if (!mine) continue;
             switch (f->track) {
             case KF_EVD: st = kf_refresh_evd(o, e, f); break;
             case KF_RSVD:
@@ -285,6 +298,96 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
         e->h.rank_A = (size_t)s->f[KF_A].cnt[2];
         e->h.rank_G = (size_t)s->f[KF_G].cnt[2];
     }
+    return NGD_OK;
+}
+
+// ---- data-parallel runs ----
+
+// The pending sums Σ x xᵀ and the sample count add up over the ranks (each rank scaled its
+// rows to per-sample statistics, so the global batch's are the sums); the rows kept for Brand
+// updates and the factored application are gathered in rank order, which is the global
+// batch's row order (equal shards, rank r's the r-th).
+static ngd_status kfac_combine(ngd_optim *o, ngd_entry *e) {
+    kf_state *s = e->ms;
+    ngd_status st;
+    const size_t P = ngd_optim_world(o);
+    if (s->has_pend) {
+        for (int k = 0; k < 2; k++) {
+            kf_factor *f = &s->f[k];
+            if (f->pend && (st = ngd_comm_allreduce(o, f->pend, f->d * f->d)) != NGD_OK) return st;
+        }
+        s->pend[0] *= P;
+    }
+    const size_t nloc = (size_t)s->pend[1];
+    if (nloc == 0) return NGD_OK;
+    if ((st = kf_grow_rows(o, e, nloc * P)) != NGD_OK) return st;
+    const size_t rank = (size_t)o->comm.rank;
+    for (int k = 0; k < 2; k++) {
+        kf_factor *f = &s->f[k];
+        if (!f->rows) continue;
+        const size_t block = nloc * f->d;
+        if (rank) memmove(f->rows + rank * block, f->rows, block * sizeof(float));
+        if ((st = ngd_comm_allgather(o, f->rows, block * sizeof(float))) != NGD_OK) return st;
+    }
+    s->pend[1] = nloc * P;
+    // the factored application's J = (1/c) 𝒢ᵀ𝒜: c = the global batch for a batch mean
+    if (e->cfg.loss_average != NGD_LOSS_SUM) s->pend[2] *= P;
+    return NGD_OK;
+}
+
+// Flops of one maintenance of each factor: ~9d³ for a full eigendecomposition, ~(2q+3)·2d²(r+p)
+// for a randomized one, ~4d(r+n)² for a Brand update. An owner always pays: what it
+// broadcasts ((U, D): d² or d·r numbers) is no more than the d² sums every rank already
+// all-reduces, while the work is O(d³) or O(d(r+n)²).
+static double kfac_work(const ngd_entry *e, bool *owner_pays) {
+    const kf_state *s = e->ms;
+    const ngd_kfac_options *k = &e->cfg.kfac;
+    double flops = 0.0;
+    for (int i = 0; i < 2; i++) {
+        const kf_factor *f = &s->f[i];
+        const double d = (double)f->d, r = (double)NGD_MIN(k->rank, f->d);
+        switch (f->track) {
+        case KF_EVD: flops += 9.0 * d * d * d; break;
+        case KF_RSVD:
+            flops +=
+                (2.0 * (double)k->power_iters + 3.0) * 2.0 * d * d * (r + (double)k->oversample);
+            break;
+        case KF_BRAND: {
+            const double rn = (double)kf_brand_rank(&e->cfg) + (double)s->meta[1];
+            flops += 4.0 * d * rn * rn;
+            break;
+        }
+        default: break;
+        }
+    }
+    *owner_pays = true;
+    return flops;
+}
+
+static ngd_status kfac_publish(ngd_optim *o, ngd_entry *e) {
+    kf_state *s = e->ms;
+    if (!s->pub) return NGD_OK;
+    const int root = e->owner;
+    ngd_status st;
+    for (int i = 0; i < 2; i++) {
+        kf_factor *f = &s->f[i];
+        if (!(s->pub & (1u << i))) continue;
+        if ((st = ngd_comm_bcast(o, f->U, f->d * f->cap * sizeof(float), root)) != NGD_OK ||
+            (st = ngd_comm_bcast(o, f->D, f->cap * sizeof(float), root)) != NGD_OK ||
+            (st = ngd_comm_bcast(o, f->cnt, sizeof f->cnt, root)) != NGD_OK)
+            return st;
+    }
+    uint64_t extra[6] = {e->h.decomp_failures, e->h.decomp_retries, s->rng.s[0],
+                         s->rng.s[1],          s->rng.s[2],         s->rng.s[3]};
+    if ((st = ngd_comm_bcast(o, extra, sizeof extra, root)) != NGD_OK) return st;
+    s->pub = 0;
+    if (ngd_optim_mine(o, e)) return NGD_OK;
+    e->h.decomp_failures = (size_t)extra[0], e->h.decomp_retries = (size_t)extra[1];
+    memcpy(s->rng.s, extra + 2, sizeof s->rng.s);
+    factor_health(&s->f[KF_A], &e->h.trace_K, &e->h.norm_K);
+    factor_health(&s->f[KF_G], &e->h.trace_C, &e->h.norm_C);
+    e->h.rank_A = (size_t)s->f[KF_A].cnt[2];
+    e->h.rank_G = (size_t)s->f[KF_G].cnt[2];
     return NGD_OK;
 }
 
@@ -487,6 +590,7 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws, .rule = NGD_RULE_KFAC,   \
         .arrays = kfac_arrays, .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense,     \
+        .combine = kfac_combine, .work = kfac_work, .publish = kfac_publish,                       \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

@@ -52,7 +52,9 @@ typedef struct {
     // updates, factored application), [2] the per-sample conversion c of those rows
     uint64_t pend[3];
     uint8_t has_pend;
-    size_t id; // the layer's id (seeds its stream)
+    uint8_t pub; // data-parallel runs: bit k set when factor k's (U, D) changed this step
+                 // (its owner broadcasts it; not saved)
+    size_t id;   // the layer's id (seeds its stream)
 } kf_state;
 
 static inline ngd_lowrank kf_rep(const kf_factor *f) {
@@ -89,6 +91,10 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e);
 ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows);
 // The Brand-track part of one statistics step (#b-kfac, #b-r-kfac, #brc-kfac) for factor f.
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
+// Whether kf_brand_step changes the factor at step t (a Brand step that is not a refresh).
+bool kf_brand_due(const ngd_config *c, size_t t);
+// Whether kf_brand_maintain refreshes it at step t (B-R / BRC).
+bool kf_refresh_due(const ngd_config *c, size_t t);
 // Brand-track maintenance (B-R / BRC refresh) at step t.
 ngd_status kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
 size_t kf_brand_rank(const ngd_config *c);

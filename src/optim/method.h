@@ -57,6 +57,9 @@ typedef struct ngd_entry {
     // the preconditioned gradient kept between the two passes of the KL clip
     float *pk;
     ngd_layer_health h;
+    // data-parallel runs: the rank that does this layer's preconditioner maintenance and
+    // broadcasts it (-1: every rank does it; optim.c plan_owners)
+    int owner;
 } ngd_entry;
 
 struct ngd_optim {
@@ -76,6 +79,12 @@ struct ngd_optim {
     void *scratch;
     size_t scratch_n;
     size_t gp; // floats of the Ĝ and P buffers (largest entry)
+    // data-parallel runs (ngd_optim_set_comm): the communicator (size 1: none), the sharing
+    // policy, whether owners are chosen, and the bytes handed to the communicator
+    ngd_comm comm;
+    ngd_share share;
+    bool owners_planned;
+    uint64_t comm_bytes;
     char err[512];
 };
 
@@ -111,6 +120,15 @@ typedef struct ngd_method_ops {
     ngd_status (*load_meta)(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n);
     // bytes of derived caches kept beside the state (optional; not saved, not state bytes)
     size_t (*cache_bytes)(const ngd_entry *e);
+    // data-parallel runs (optional; docs/distributed.md). combine: make the pending statistics
+    // of this step those of the global batch (called on every rank after every rank's
+    // observe, before update). work: flops of one preconditioner maintenance of the layer,
+    // and whether an owner that broadcasts the result pays off (NGD_SHARE_AUTO). update runs
+    // on every rank and does the costly part only where ngd_optim_mine(); publish then
+    // broadcasts from the owner what that part changed (every rank calls it, in layer order).
+    ngd_status (*combine)(ngd_optim *o, ngd_entry *e);
+    double (*work)(const ngd_entry *e, bool *owner_pays);
+    ngd_status (*publish)(ngd_optim *o, ngd_entry *e);
     // dense forms for introspection (optional)
     ngd_status (*factor_dense)(const ngd_optim *o, const ngd_entry *e, char which, float *out);
 } ngd_method_ops;
@@ -125,6 +143,15 @@ float *ngd_optim_method_ws(ngd_optim *o);
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// ---- data-parallel helpers (optim.c): collectives that count the bytes they hand over ----
+// Ranks of the run (1 without a communicator).
+size_t ngd_optim_world(const ngd_optim *o);
+// Whether this rank does e's preconditioner maintenance (always without a communicator).
+bool ngd_optim_mine(const ngd_optim *o, const ngd_entry *e);
+ngd_status ngd_comm_allreduce(ngd_optim *o, float *buf, size_t n);
+ngd_status ngd_comm_bcast(ngd_optim *o, void *buf, size_t bytes, int root);
+ngd_status ngd_comm_allgather(ngd_optim *o, void *buf, size_t bytes);
 
 // ---- statistics processing (stats.c; docs/algorithms.md#singd-statistics) ----
 // Rows of the processed statistics of one observe call:

@@ -97,6 +97,7 @@ ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
     o->scale_prev = cfg.init_grad_scale;
     o->scale_cur = cfg.init_grad_scale;
     o->lr_scale = 1.0f;
+    o->comm.size = 1;
     *out = o;
     return NGD_OK;
 }
@@ -214,6 +215,7 @@ ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
     memset(e, 0, sizeof *e);
     if ((s = entry_config(o, l->override, name, false, &e->cfg))) return s;
     e->kind = NGD_ENTRY_LAYER;
+    e->owner = -1;
     e->name = ngd_strdup(name);
     e->w = l->weight;
     e->gw = l->weight_grad;
@@ -254,6 +256,7 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     memset(e, 0, sizeof *e);
     if ((s = entry_config(o, override, nm, true, &e->cfg))) return s;
     e->kind = NGD_ENTRY_PARAM;
+    e->owner = -1;
     e->name = ngd_strdup(nm);
     e->w = param;
     e->gw = grad;
@@ -549,6 +552,135 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
     e->h.update_norm = (float)(sqrt(pss) * (double)nu);
 }
 
+// ---- data-parallel runs (docs/distributed.md) ----
+
+ngd_status ngd_optim_set_comm(ngd_optim *o, const ngd_comm *comm, ngd_share share) {
+    if (!o) return NGD_ERR_ARG;
+    if (o->steps > 0)
+        return ngd_optim_fail(o, NGD_ERR_STATE, "set_comm: only before the first step");
+    if (share < NGD_SHARE_AUTO || share > NGD_SHARE_OWNER)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "set_comm: unknown sharing policy %d", (int)share);
+    if (!comm || comm->size <= 1) {
+        memset(&o->comm, 0, sizeof o->comm);
+        o->comm.size = 1;
+        o->share = share;
+        return NGD_OK;
+    }
+    if (comm->rank < 0 || comm->rank >= comm->size || !comm->allreduce_sum || !comm->broadcast ||
+        !comm->allgather)
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "set_comm: rank %d of %d, or a NULL callback (allreduce_sum, "
+                              "broadcast and allgather are all needed)",
+                              comm->rank, comm->size);
+    o->comm = *comm;
+    o->share = share;
+    o->owners_planned = false;
+    return NGD_OK;
+}
+
+uint64_t ngd_optim_comm_bytes(const ngd_optim *o) { return o ? o->comm_bytes : 0; }
+
+int ngd_optim_layer_owner(const ngd_optim *o, int id) {
+    if (!o || id < 0 || (size_t)id >= o->n) return -1;
+    return o->e[id].owner;
+}
+
+size_t ngd_optim_world(const ngd_optim *o) { return (size_t)o->comm.size; }
+
+bool ngd_optim_mine(const ngd_optim *o, const ngd_entry *e) {
+    return o->comm.size <= 1 || e->owner < 0 || e->owner == o->comm.rank;
+}
+
+static ngd_status comm_fail(ngd_optim *o, ngd_status s, const char *what) {
+    return ngd_optim_fail(o, s ? s : NGD_ERR_INTERNAL, "communicator: %s failed (%s)", what,
+                          ngd_status_str(s));
+}
+
+ngd_status ngd_comm_allreduce(ngd_optim *o, float *buf, size_t n) {
+    if (o->comm.size <= 1 || n == 0) return NGD_OK;
+    o->comm_bytes += n * sizeof(float);
+    ngd_status s = o->comm.allreduce_sum(o->comm.ctx, buf, n);
+    return s ? comm_fail(o, s, "allreduce") : NGD_OK;
+}
+
+ngd_status ngd_comm_bcast(ngd_optim *o, void *buf, size_t bytes, int root) {
+    if (o->comm.size <= 1 || bytes == 0) return NGD_OK;
+    if (o->comm.rank == root) o->comm_bytes += bytes;
+    ngd_status s = o->comm.broadcast(o->comm.ctx, buf, bytes, root);
+    return s ? comm_fail(o, s, "broadcast") : NGD_OK;
+}
+
+ngd_status ngd_comm_allgather(ngd_optim *o, void *buf, size_t bytes) {
+    if (o->comm.size <= 1 || bytes == 0) return NGD_OK;
+    o->comm_bytes += bytes;
+    ngd_status s = o->comm.allgather(o->comm.ctx, buf, bytes);
+    return s ? comm_fail(o, s, "allgather") : NGD_OK;
+}
+
+// Owners by cost (KAISA's greedy): the layers whose maintenance an owner should do, largest
+// cost first, each to the rank with the least work so far (ties: the lower rank). The same
+// on every rank: the costs depend only on the registered shapes, the structures and the
+// tracks (decided at the first statistics, from the global batch's rows).
+static ngd_status plan_owners(ngd_optim *o) {
+    const size_t P = (size_t)o->comm.size;
+    double *cost = ngd_calloc(o->n + P, sizeof(double));
+    if (!cost) return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning owners");
+    double *load = cost + o->n;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        e->owner = -1;
+        cost[i] = -1.0;
+        if (e->kind != NGD_ENTRY_LAYER || !o->ops->work || !o->ops->publish) continue;
+        bool pays = false;
+        const double c = o->ops->work(e, &pays);
+        if (o->share == NGD_SHARE_REPLICATE || (o->share == NGD_SHARE_AUTO && !pays)) continue;
+        cost[i] = c;
+    }
+    for (;;) {
+        size_t best = o->n;
+        for (size_t i = 0; i < o->n; i++)
+            if (cost[i] >= 0.0 && o->e[i].owner < 0 && (best == o->n || cost[i] > cost[best]))
+                best = i;
+        if (best == o->n) break;
+        size_t r = 0;
+        for (size_t k = 1; k < P; k++)
+            if (load[k] < load[r]) r = k;
+        o->e[best].owner = (int)r;
+        load[r] += cost[best];
+    }
+    ngd_free(cost);
+    o->owners_planned = true;
+    return NGD_OK;
+}
+
+// A data-parallel step's preconditioner part, before any layer is preconditioned: the
+// statistics of every layer combined into the global batch's, owners chosen (first time),
+// every layer's maintenance (the costly part on its owner only), then the owners' results
+// broadcast. Phases over all layers, so that the owners work at the same time.
+static ngd_status dist_maintain(ngd_optim *o, size_t t) {
+    ngd_status s;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        if (e->kind == NGD_ENTRY_LAYER && e->got_stats && o->ops->combine &&
+            (s = o->ops->combine(o, e)) != NGD_OK)
+            return s;
+    }
+    if (!o->owners_planned && (s = plan_owners(o)) != NGD_OK) return s;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        if (e->kind != NGD_ENTRY_LAYER || !o->ops->update) continue;
+        const double t0 = now_s();
+        if ((s = o->ops->update(o, e, t)) != NGD_OK) return s;
+        e->h.time_update = now_s() - t0;
+    }
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        if (e->kind == NGD_ENTRY_LAYER && e->owner >= 0 && (s = o->ops->publish(o, e)) != NGD_OK)
+            return s;
+    }
+    return NGD_OK;
+}
+
 ngd_status ngd_optim_step(ngd_optim *o) {
     if (!o) return NGD_ERR_ARG;
     ngd_status s = plan(o);
@@ -591,6 +723,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                                   "for it",
                                   t, e->name, i);
     }
+    const bool dist = o->comm.size > 1;
+    if (dist && (s = dist_maintain(o, t)) != NGD_OK) return s;
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
     // K-FAC family, global KL clip (#k-fac-step-driver step 4): every layer is
     // preconditioned first (into e->pk), ν = min(1, sqrt(κ / Σ lr²·|⟨V, J⟩|)), then updated
@@ -613,7 +747,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         const bool raw = o->ops->raw_ok && o->ops->raw_ok(e);
         if (!raw) gather_grad(e, inv_scale, G);
         double t0 = now_s();
-        if (o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
+        if (!dist && o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
         double t1 = now_s();
         float *Pd = kl ? e->pk : P;
         if (raw) {
@@ -625,7 +759,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         } else {
             Pe = G;
         }
-        e->h.time_update = t1 - t0;
+        if (!dist) e->h.time_update = t1 - t0;
         e->h.time_precond = now_s() - t1;
         e->got_stats = false;
         if (kl) {

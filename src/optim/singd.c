@@ -246,9 +246,30 @@ static size_t singd_cache_bytes(const ngd_entry *e) {
     return ((s->KKt ? s->sK.n : 0) + (s->CCt ? s->sC.n : 0)) * sizeof(float);
 }
 
+// After new factors: the cached products and the health readouts.
+static void after_update(ngd_optim *o, ngd_entry *e, singd_state *s) {
+    singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
+    if (s->KKt || s->CCt) cache_refresh(e, s);
+    const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+    e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
+    e->h.norm_K = (float)ngd_s_frob(&s->sK, Kn);
+    const float *Cn = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+    e->h.trace_C = (float)ngd_s_avgtrace(&s->sC, Cn);
+    e->h.norm_C = (float)ngd_s_frob(&s->sC, Cn);
+}
+
 static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     if (!singd_wants(e, t)) return NGD_OK;
     singd_state *s = e->ms;
+    if (!ngd_optim_mine(o, e)) { // another rank's layer: its owner broadcasts the factors
+        if (!s->has_H)
+            return ngd_optim_fail(o, NGD_ERR_STATE, "layer '%s': no statistics at step %zu",
+                                  e->name, t);
+        s->has_H = 0;
+        e->h.updates++;
+        return NGD_OK;
+    }
     const ngd_config *c = &e->cfg;
     if (!s->has_H)
         return ngd_optim_fail(o, NGD_ERR_STATE,
@@ -281,14 +302,55 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
                                c->normalize_lr_cov, w.fC);
     s->has_H = 0;
     e->h.updates++;
-    s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
-    if (s->KKt || s->CCt) cache_refresh(e, s);
-    const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
-    e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
-    e->h.norm_K = (float)ngd_s_frob(&s->sK, Kn);
-    const float *Cn = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
-    e->h.trace_C = (float)ngd_s_avgtrace(&s->sC, Cn);
-    e->h.norm_C = (float)ngd_s_frob(&s->sC, Cn);
+    after_update(o, e, s);
+    return NGD_OK;
+}
+
+// Data-parallel runs. The pending statistics are means over the rows of each rank's shard
+// (H_K: 1/rows; H_C: σ² of the caller's reduction): with equal shards, the global batch's are
+// their mean over the ranks, except H_C of a summed loss (σ² = 1), which is their sum.
+static ngd_status singd_combine(ngd_optim *o, ngd_entry *e) {
+    singd_state *s = e->ms;
+    ngd_status st;
+    if ((st = ngd_comm_allreduce(o, s->HK, s->sK.n)) != NGD_OK ||
+        (st = ngd_comm_allreduce(o, s->HC, s->sC.n)) != NGD_OK)
+        return st;
+    const float inv = 1.0f / (float)ngd_optim_world(o);
+    for (size_t i = 0; i < s->sK.n; i++)
+        s->HK[i] *= inv;
+    if (e->cfg.loss_average != NGD_LOSS_SUM)
+        for (size_t i = 0; i < s->sC.n; i++)
+            s->HC[i] *= inv;
+    return NGD_OK;
+}
+
+// One factor update costs about 4·n²/d flops per side (n stored numbers of a d-wide factor:
+// 4d³ dense, 4d·b² block-diagonal, 4d diagonal) and an owner broadcasts its n numbers (and
+// the momenta's). It pays where an update does at least 64 flops per number it would send
+// (4n/d >= 64: dense factors and blocks 16 wide or more); the cheaper structures are replicated.
+static double singd_work(const ngd_entry *e, bool *owner_pays) {
+    const singd_state *s = e->ms;
+    const double nK = (double)s->sK.n, nC = (double)s->sC.n;
+    const double flops = 4.0 * (nK * nK / (double)e->d_K + nC * nC / (double)e->d_out);
+    *owner_pays = flops >= 64.0 * (nK + nC);
+    return flops;
+}
+
+static ngd_status singd_publish(ngd_optim *o, ngd_entry *e) {
+    if (!singd_wants(e, o->steps)) return NGD_OK;
+    singd_state *s = e->ms;
+    const int root = e->owner;
+    ngd_status st;
+    float betas[2] = {e->h.beta1_K, e->h.beta1_C};
+    if ((st = ngd_comm_bcast(o, s->K, s->sK.n * elsize(s->dtK), root)) != NGD_OK ||
+        (st = ngd_comm_bcast(o, s->C, s->sC.n * elsize(s->dtC), root)) != NGD_OK ||
+        (s->mK && (st = ngd_comm_bcast(o, s->mK, s->sK.n * elsize(s->dtK), root)) != NGD_OK) ||
+        (s->mC && (st = ngd_comm_bcast(o, s->mC, s->sC.n * elsize(s->dtC), root)) != NGD_OK) ||
+        (st = ngd_comm_bcast(o, betas, sizeof betas, root)) != NGD_OK)
+        return st;
+    if (ngd_optim_mine(o, e)) return NGD_OK;
+    e->h.beta1_K = betas[0], e->h.beta1_C = betas[1];
+    after_update(o, e, s);
     return NGD_OK;
 }
 
@@ -405,4 +467,7 @@ const ngd_method_ops ngd_singd_ops = {
     .rule = NGD_RULE_SGD,
     .arrays = singd_arrays,
     .factor_dense = singd_factor_dense,
+    .combine = singd_combine,
+    .work = singd_work,
+    .publish = singd_publish,
 };
