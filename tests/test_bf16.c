@@ -1,0 +1,259 @@
+/*
+ * test_bf16.c — `--precision bf16`: the conversions, the engine's bf16 GEMM (every
+ * transpose the layers use, both oneDNN's kernels and the converting path) and the bf16
+ * Linear / Conv2d layers, against plain float64 code.
+ *
+ * Error bounds. bf16 keeps 8 significant bits: rounding a value x gives x(1 + d), |d| <= u
+ * = 2^-8. A product of two rounded inputs is then a·b·(1 + e), |e| <= 2u + u² (exact in
+ * f32), and summing k such products in f32 adds at most γ_k ≈ k·2^-24 relative to Σ|a||b|.
+ * So each output element of a bf16 GEMM of float inputs obeys
+ *     |C - C64| <= (2u + u² + k·2^-24·(1 + slack)) · |alpha| Σ_p |a_ip||b_pj| + rounding of C,
+ * and against float64 arithmetic on the already-rounded inputs only the k·2^-24 term is
+ * left. Both are checked (the second shows the accumulation is f32, not bf16).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "nn.h"
+
+typedef struct {
+    uint64_t s;
+} trng;
+static double tu(trng *r) { // [0, 1)
+    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(r->s >> 11) / 9007199254740992.0;
+}
+static void tfill(trng *r, float *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(lo + (hi - lo) * tu(r));
+}
+
+static float bits_f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static uint32_t f_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+// The independent reference of round-to-nearest-even: the two bf16 neighbours of x (its
+// truncation and the next value up in magnitude), compared in float64.
+static uint16_t ref_round(float x) {
+    if (isnan(x)) return 0; // checked separately
+    const uint32_t u = f_bits(x);
+    const uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    const double dl = fabs((double)x - (double)bits_f((uint32_t)lo << 16));
+    if ((lo & 0x7f80u) == 0x7f80u) return lo; // inf stays inf
+    // the upper neighbour in magnitude; above the largest finite value it is inf, which
+    // IEEE rounding picks from halfway (2^128 - 2^119) on
+    const double vh = (hi & 0x7f80u) == 0x7f80u ? ldexp(1.0, 128) * (x < 0 ? -1 : 1)
+                                                  : (double)bits_f((uint32_t)hi << 16);
+    const double dh = fabs((double)x - vh);
+    if (dl < dh) return lo;
+    if (dh < dl) return hi;
+    return (lo & 1u) ? hi : lo; // tie: even
+}
+
+static void encode_should_round_to_nearest_even(void) {
+    trng r = {1};
+    enum { N = 200000 };
+    float *x = malloc(N * sizeof *x);
+    uint16_t *y = malloc(N * sizeof *y);
+    for (size_t i = 0; i < N; i++) {
+        // random bit patterns (all exponents), random values, exact ties, edge cases
+        uint32_t u = (uint32_t)(tu(&r) * 4294967296.0);
+        if (i % 4 == 1) u = f_bits((float)(tu(&r) * 8 - 4));
+        if (i % 4 == 2) u = (u & 0xffff0000u) | 0x8000u; // a tie
+        if (i % 4 == 3) u = (u & 0xffff0000u) | (i % 8 == 3 ? 0x7fffu : 0x8001u);
+        x[i] = bits_f(u);
+    }
+    const float edge[] = {0.0f, -0.0f, INFINITY, -INFINITY, 3.4028235e38f, -3.4028235e38f,
+                          1e-40f, -1e-45f, 1.0f, 1.00390625f /* 1 + 2^-8: tie, even: 1 */};
+    memcpy(x, edge, sizeof edge);
+    nn_bf16_encode(x, y, N);
+    size_t bad = 0, nans = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (isnan(x[i])) {
+            nans++;
+            // NaN stays NaN (quiet bit set), sign kept
+            const float back = bits_f((uint32_t)y[i] << 16);
+            if (!isnan(back) || !(y[i] & 0x40u) || (y[i] >> 15) != (f_bits(x[i]) >> 31)) bad++;
+            continue;
+        }
+        if (y[i] != ref_round(x[i])) {
+            if (bad < 5)
+                fprintf(stderr, "    x = %a (0x%08x): got 0x%04x want 0x%04x\n", (double)x[i],
+                        f_bits(x[i]), y[i], ref_round(x[i]));
+            bad++;
+        }
+    }
+    CHECK(bad == 0);
+    CHECK(nans > 100); // random bit patterns include NaNs
+    CHECK(y[9] == 0x3f80u);                         // 1 + 2^-8 ties to 1
+    CHECK(y[4] == 0x7f80u && y[5] == 0xff80u);      // FLT_MAX rounds to inf
+    CHECK(y[1] == 0x8000u && y[6] == 0x0000u + (uint16_t)(f_bits(1e-40f) >> 16)); // subnormal kept
+    // decoding is exact: bf16 -> f32 -> bf16 is the identity on every non-NaN pattern
+    size_t rt = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const uint16_t hv = (uint16_t)h;
+        float f;
+        uint16_t back;
+        nn_bf16_decode(&hv, &f, 1);
+        nn_bf16_encode(&f, &back, 1);
+        if (!isnan(f) && back != hv) rt++;
+        if (f_bits(f) != (h << 16)) rt++;
+    }
+    CHECK(rt == 0);
+    free(x), free(y);
+}
+
+// The rows-with-leading-dimension variant touches only its rows x cols.
+static void encode_rows_should_keep_padding(void) {
+    float x[3 * 5];
+    uint16_t y[3 * 7];
+    for (int i = 0; i < 15; i++)
+        x[i] = (float)i + 0.25f;
+    for (int i = 0; i < 21; i++)
+        y[i] = 0xabcd;
+    nn_bf16_encode_rows(x, 5, y, 7, 3, 4);
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 7; c++) {
+            const uint16_t want = c < 4 ? (uint16_t)(f_bits(x[r * 5 + c]) >> 16) : 0xabcd;
+            CHECK(y[r * 7 + c] == want); // (i + 0.25 with i < 15 is exact in bf16 up to 7.25)
+        }
+}
+
+// One bf16 GEMM case: float inputs rounded to bf16, checked against float64 products of the
+// original inputs and of the rounded ones, with the bounds of the header comment.
+static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k, size_t pad,
+                        float alpha, float beta) {
+    const size_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+    const size_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B), *C0 = malloc(nc * 4);
+    float *C = malloc(nc * 4), *R = malloc(nc * 4);
+    uint16_t *A16 = malloc(na * 2), *B16 = malloc(nb * 2);
+    tfill(r, A, na, -1, 1);
+    tfill(r, B, nb, -2, 2);
+    tfill(r, C0, nc, -1, 1);
+    nn_bf16_encode(A, A16, na);
+    nn_bf16_encode(B, B16, nb);
+    memcpy(C, C0, nc * 4);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < nc; i++)
+            C[i] = NAN; // never read
+    nn_gemm_bf16(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, C, ldc);
+    memcpy(R, C0, nc * 4);
+    nn_gemm_bf16_ref(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, R, ldc);
+    const double u = ldexp(1.0, -8), acc = (double)k * ldexp(1.0, -24) * 1.5;
+    size_t bad = 0;
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0, s16 = 0, mag = 0;
+            for (size_t p = 0; p < k; p++) {
+                const size_t ia = ta ? p * lda + i : i * lda + p;
+                const size_t ib = tb ? j * ldb + p : p * ldb + j;
+                s += (double)A[ia] * (double)B[ib];
+                s16 += (double)bits_f((uint32_t)A16[ia] << 16) * (double)bits_f((uint32_t)B16[ib] << 16);
+                mag += fabs((double)A[ia] * (double)B[ib]);
+            }
+            const double c0 = beta == 0.0f ? 0.0 : (double)beta * (double)C0[i * ldc + j];
+            const double want = (double)alpha * s + c0, want16 = (double)alpha * s16 + c0;
+            const double got = (double)C[i * ldc + j];
+            const double cround = ldexp(1.0, -23) * (fabs(want16) + fabs(c0)); // f32 of C
+            const double b64 = (2 * u + u * u + acc) * fabs((double)alpha) * mag * 1.02 + cround;
+            const double b16 = acc * fabs((double)alpha) * mag * 1.02 + cround;
+            const bool ok = fabs(got - want) <= b64 && fabs(got - want16) <= b16 + 1e-30 &&
+                            fabs((double)R[i * ldc + j] - want16) <= cround + 1e-30;
+            if (!ok) {
+                if (bad < 3)
+                    fprintf(stderr,
+                            "    ta %d tb %d %zux%zux%zu (%zu,%zu): got %.9g want %.9g (bf16 "
+                            "inputs %.9g), bounds %.3g %.3g ref %.9g\n",
+                            ta, tb, m, n, k, i, j, got, want, want16, b64, b16, (double)R[i * ldc + j]);
+                bad++;
+            }
+        }
+    // padding of C untouched
+    if (beta != 0.0f)
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = n; j < ldc; j++)
+                if (f_bits(C[i * ldc + j]) != f_bits(C0[i * ldc + j])) bad++;
+    free(A), free(B), free(C0), free(C), free(R), free(A16), free(B16);
+    return bad;
+}
+
+static const size_t DIMS[][3] = {{1, 1, 1},     {7, 13, 5},   {33, 1, 9},    {64, 70, 3},
+                                 {5, 64, 65},   {130, 70, 40}, {3, 200, 90}, {257, 9, 33},
+                                 {64, 160, 784}, {784, 64, 128}, {24, 100, 1000}};
+
+static void run_gemm_grid(unsigned seed) {
+    trng r = {seed};
+    size_t bad = 0, runs = 0;
+    for (size_t t = 0; t < sizeof DIMS / sizeof DIMS[0]; t++)
+        for (int layout = 0; layout < 4; layout++)
+            for (int bc = 0; bc < 3; bc++) {
+                const float alpha = bc == 2 ? -0.75f : 1.0f;
+                const float beta = bc == 0 ? 0.0f : bc == 1 ? 1.0f : 0.5f;
+                bad += gemm_case(&r, layout & 1, layout & 2, DIMS[t][0], DIMS[t][1], DIMS[t][2],
+                                 (size_t)(t % 3) * 3, alpha, beta);
+                runs++;
+            }
+    CHECK(runs == 4 * 3 * sizeof DIMS / sizeof DIMS[0]);
+    CHECK(bad == 0);
+}
+
+static void gemm_bf16_should_meet_the_bf16_bound_for_all_transposes(void) { run_gemm_grid(5); }
+
+// The path for CPUs without bf16 kernels (converting to f32) under the same bounds.
+static void gemm_bf16_converting_path_should_meet_the_same_bound(void) {
+    nn_gemm_bf16_force_convert(true);
+    run_gemm_grid(6);
+    nn_gemm_bf16_force_convert(false);
+}
+
+// Exactly representable inputs and sums give the exact answer on both paths, and the flop
+// counter counts a bf16 GEMM like an f32 one.
+static void gemm_bf16_should_be_exact_on_representable_values(void) {
+    const size_t m = 64, n = 96, k = 256;
+    float *A = malloc(m * k * 4), *B = malloc(k * n * 4), *C = malloc(m * n * 4);
+    uint16_t *A16 = malloc(m * k * 2), *B16 = malloc(k * n * 2);
+    for (size_t i = 0; i < m * k; i++)
+        A[i] = (float)((int)(i % 7) - 3);
+    for (size_t i = 0; i < k * n; i++)
+        B[i] = (float)((int)(i % 5) - 2) * 0.5f;
+    nn_bf16_encode(A, A16, m * k);
+    nn_bf16_encode(B, B16, k * n);
+    for (int conv = 0; conv < 2; conv++) {
+        nn_gemm_bf16_force_convert(conv);
+        const uint64_t f0 = nn_flop_count();
+        nn_gemm_bf16(false, false, m, n, k, 1.0f, A16, k, B16, n, 0.0f, C, n);
+        CHECK(nn_flop_count() - f0 == 2ull * m * n * k);
+        size_t bad = 0;
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++) {
+                double s = 0;
+                for (size_t p = 0; p < k; p++)
+                    s += (double)A[i * k + p] * (double)B[p * n + j];
+                if ((double)C[i * n + j] != s) bad++;
+            }
+        CHECK(bad == 0);
+    }
+    nn_gemm_bf16_force_convert(false);
+    free(A), free(B), free(C), free(A16), free(B16);
+}
+
+static const test_case TESTS[] = {
+    TEST(encode_should_round_to_nearest_even),
+    TEST(encode_rows_should_keep_padding),
+    TEST(gemm_bf16_should_meet_the_bf16_bound_for_all_transposes),
+    TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
+    TEST(gemm_bf16_should_be_exact_on_representable_values),
+};
+
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
