@@ -53,7 +53,7 @@ static uint16_t ref_round(float x) {
     // the upper neighbour in magnitude; above the largest finite value it is inf, which
     // IEEE rounding picks from halfway (2^128 - 2^119) on
     const double vh = (hi & 0x7f80u) == 0x7f80u ? ldexp(1.0, 128) * (x < 0 ? -1 : 1)
-                                                  : (double)bits_f((uint32_t)hi << 16);
+                                                : (double)bits_f((uint32_t)hi << 16);
     const double dh = fabs((double)x - vh);
     if (dl < dh) return lo;
     if (dh < dl) return hi;
@@ -73,8 +73,8 @@ static void encode_should_round_to_nearest_even(void) {
         if (i % 4 == 3) u = (u & 0xffff0000u) | (i % 8 == 3 ? 0x7fffu : 0x8001u);
         x[i] = bits_f(u);
     }
-    const float edge[] = {0.0f, -0.0f, INFINITY, -INFINITY, 3.4028235e38f, -3.4028235e38f,
-                          1e-40f, -1e-45f, 1.0f, 1.00390625f /* 1 + 2^-8: tie, even: 1 */};
+    const float edge[] = {0.0f,   -0.0f,   INFINITY, -INFINITY,  3.4028235e38f, -3.4028235e38f,
+                          1e-40f, -1e-45f, 1.0f,     1.00390625f /* 1 + 2^-8: tie, even: 1 */};
     memcpy(x, edge, sizeof edge);
     nn_bf16_encode(x, y, N);
     size_t bad = 0, nans = 0;
@@ -94,9 +94,9 @@ static void encode_should_round_to_nearest_even(void) {
         }
     }
     CHECK(bad == 0);
-    CHECK(nans > 100); // random bit patterns include NaNs
-    CHECK(y[9] == 0x3f80u);                         // 1 + 2^-8 ties to 1
-    CHECK(y[4] == 0x7f80u && y[5] == 0xff80u);      // FLT_MAX rounds to inf
+    CHECK(nans > 100);                         // random bit patterns include NaNs
+    CHECK(y[9] == 0x3f80u);                    // 1 + 2^-8 ties to 1
+    CHECK(y[4] == 0x7f80u && y[5] == 0xff80u); // FLT_MAX rounds to inf
     CHECK(y[1] == 0x8000u && y[6] == 0x0000u + (uint16_t)(f_bits(1e-40f) >> 16)); // subnormal kept
     // decoding is exact: bf16 -> f32 -> bf16 is the identity on every non-NaN pattern
     size_t rt = 0;
@@ -159,7 +159,8 @@ static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k,
                 const size_t ia = ta ? p * lda + i : i * lda + p;
                 const size_t ib = tb ? j * ldb + p : p * ldb + j;
                 s += (double)A[ia] * (double)B[ib];
-                s16 += (double)bits_f((uint32_t)A16[ia] << 16) * (double)bits_f((uint32_t)B16[ib] << 16);
+                s16 += (double)bits_f((uint32_t)A16[ia] << 16) *
+                       (double)bits_f((uint32_t)B16[ib] << 16);
                 mag += fabs((double)A[ia] * (double)B[ib]);
             }
             const double c0 = beta == 0.0f ? 0.0 : (double)beta * (double)C0[i * ldc + j];
@@ -175,7 +176,8 @@ static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k,
                     fprintf(stderr,
                             "    ta %d tb %d %zux%zux%zu (%zu,%zu): got %.9g want %.9g (bf16 "
                             "inputs %.9g), bounds %.3g %.3g ref %.9g\n",
-                            ta, tb, m, n, k, i, j, got, want, want16, b64, b16, (double)R[i * ldc + j]);
+                            ta, tb, m, n, k, i, j, got, want, want16, b64, b16,
+                            (double)R[i * ldc + j]);
                 bad++;
             }
         }
@@ -188,8 +190,8 @@ static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k,
     return bad;
 }
 
-static const size_t DIMS[][3] = {{1, 1, 1},     {7, 13, 5},   {33, 1, 9},    {64, 70, 3},
-                                 {5, 64, 65},   {130, 70, 40}, {3, 200, 90}, {257, 9, 33},
+static const size_t DIMS[][3] = {{1, 1, 1},      {7, 13, 5},     {33, 1, 9},     {64, 70, 3},
+                                 {5, 64, 65},    {130, 70, 40},  {3, 200, 90},   {257, 9, 33},
                                  {64, 160, 784}, {784, 64, 128}, {24, 100, 1000}};
 
 static void run_gemm_grid(unsigned seed) {

@@ -168,6 +168,13 @@ typedef struct {
     const float *x;  // (rows, d_in)   the K-FAC input `a`
     const float *dy; // (rows, d_out)  the K-FAC output gradient `g`
     size_t rows;
+    // bf16 mode (nn_linear_use_bf16; all NULL / 0 in float32 mode): the GEMMs take bf16
+    // operands (f32 accumulation, f32 outputs), the input kept for backward is its bf16
+    // copy, and the statistics go to libngd as bf16 matrices. W stays the f32 master.
+    size_t max_rows16;
+    uint16_t *w16;  // (d_out, d_in) W rounded by each forward (once per step)
+    uint16_t *x16;  // (max_rows16, d_in) the input, rounded: backward's and the K-FAC `a`
+    uint16_t *dy16; // (max_rows16, d_out) the output gradient, rounded: the K-FAC `g`
 } nn_linear;
 
 nn_status nn_linear_init(nn_linear *l, size_t d_in, size_t d_out, bool bias, nn_rng *rng);
@@ -182,6 +189,9 @@ ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name);
 // After backward: a = x (rows, d_in), g = dy (rows, d_out).
 void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g);
 size_t nn_linear_params(const nn_linear *l, nn_param *out); // weight, bias; out may be NULL
+// Switches the layer to bf16 GEMMs for at most max_rows rows per forward (allocates its
+// bf16 buffers: NN_ERR_NOMEM). Forward then rounds W and x to bf16; backward rounds dy.
+nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows);
 
 // ====== Conv2d (conv2d.c): im2col + GEMM ======
 

@@ -104,6 +104,9 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     if (nn_linear_init(&p->fc1, p->flat, CNN_HIDDEN, true, &rng) != NN_OK ||
         nn_linear_init(&p->fc2, CNN_HIDDEN, cfg->classes, true, &rng) != NN_OK)
         goto oom;
+    if (cfg->bf16 &&
+        (nn_linear_use_bf16(&p->fc1, B) != NN_OK || nn_linear_use_bf16(&p->fc2, B) != NN_OK))
+        goto oom;
     nn_param ps[2];
     size_t np = nn_linear_params(&p->fc1, ps);
     nn_model_add_params(m, ps, np);
