@@ -250,12 +250,188 @@ static void gemm_bf16_should_be_exact_on_representable_values(void) {
     free(A), free(B), free(C), free(A16), free(B16);
 }
 
+// ---- layers ----
+
+static double bf16_bound(double mag, size_t k, double val) {
+    const double u = ldexp(1.0, -8);
+    return (2 * u + u * u + (double)(k + 16) * ldexp(1.0, -24) * 1.5) * mag * 1.02 +
+           ldexp(1.0, -23) * fabs(val) + 1e-30;
+}
+
+// counts elements of got outside bound of want (mag: Σ|terms|, k: reduction length)
+static size_t out_of_bound(const float *got, const double *want, const double *mag, size_t n,
+                           size_t k, const char *what) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)got[i] - want[i]) <= bf16_bound(mag[i], k, want[i]))) {
+            if (bad < 3)
+                fprintf(stderr, "    %s[%zu]: got %.9g want %.9g bound %.3g\n", what, i,
+                        (double)got[i], want[i], bf16_bound(mag[i], k, want[i]));
+            bad++;
+        }
+    return bad;
+}
+
+// Linear in bf16 mode: y, dW, db, dx within the bf16 bounds of float64 on the f32 inputs,
+// and the statistics are the bf16 copies (a = rounded x, g = rounded dy).
+static void linear_bf16_should_match_float64(void) {
+    const size_t shapes[][3] = {{5, 7, 3}, {64, 100, 30}, {128, 784, 64}}; // rows, din, dout
+    trng r = {9};
+    for (size_t t = 0; t < 3; t++) {
+        const size_t R = shapes[t][0], din = shapes[t][1], dout = shapes[t][2];
+        nn_rng rng;
+        nn_rng_seed(&rng, 3);
+        nn_linear l;
+        CHECK(nn_linear_init(&l, din, dout, true, &rng) == NN_OK);
+        CHECK(nn_linear_use_bf16(&l, R) == NN_OK);
+        float *x = malloc(R * din * 4), *y = malloc(R * dout * 4), *dy = malloc(R * dout * 4);
+        float *dx = calloc(R * din, 4);
+        tfill(&r, x, R * din, -2, 2);
+        tfill(&r, dy, R * dout, -1, 1);
+        nn_linear_forward(&l, x, y, R);
+        nn_linear_backward(&l, dy, dx);
+        double *wy = calloc(R * dout, 8), *my = calloc(R * dout, 8);
+        double *wdw = calloc(dout * din, 8), *mdw = calloc(dout * din, 8);
+        double *wdx = calloc(R * din, 8), *mdx = calloc(R * din, 8);
+        for (size_t i = 0; i < R; i++)
+            for (size_t o = 0; o < dout; o++) {
+                wy[i * dout + o] = (double)l.b[o];
+                my[i * dout + o] = fabs((double)l.b[o]);
+                for (size_t j = 0; j < din; j++) {
+                    const double xw = (double)x[i * din + j] * (double)l.w[o * din + j];
+                    const double dxw = (double)dy[i * dout + o] * (double)x[i * din + j];
+                    const double dww = (double)dy[i * dout + o] * (double)l.w[o * din + j];
+                    wy[i * dout + o] += xw, my[i * dout + o] += fabs(xw);
+                    wdw[o * din + j] += dxw, mdw[o * din + j] += fabs(dxw);
+                    wdx[i * din + j] += dww, mdx[i * din + j] += fabs(dww);
+                }
+            }
+        CHECK(out_of_bound(y, wy, my, R * dout, din, "y") == 0);
+        CHECK(out_of_bound(l.dw, wdw, mdw, dout * din, R, "dW") == 0);
+        CHECK(out_of_bound(dx, wdx, mdx, R * din, dout, "dx") == 0);
+        for (size_t o = 0; o < dout; o++) { // db: f32 sums of the f32 dy
+            double s = 0, m = 0;
+            for (size_t i = 0; i < R; i++)
+                s += (double)dy[i * dout + o], m += fabs((double)dy[i * dout + o]);
+            CHECK(fabs((double)l.db[o] - s) <= (double)R * ldexp(1.0, -24) * m * 1.5 + 1e-30);
+        }
+        ngd_matrix a, g;
+        nn_linear_stats(&l, &a, &g);
+        CHECK(a.dtype == NGD_BF16 && g.dtype == NGD_BF16 && a.rows == R && g.cols == dout);
+        size_t bad = 0;
+        for (size_t i = 0; i < R * din; i++) {
+            uint16_t h;
+            nn_bf16_encode(&x[i], &h, 1);
+            bad += ((const uint16_t *)a.data)[i] != h;
+        }
+        for (size_t i = 0; i < R * dout; i++) {
+            uint16_t h;
+            nn_bf16_encode(&dy[i], &h, 1);
+            bad += ((const uint16_t *)g.data)[i] != h;
+        }
+        CHECK(bad == 0);
+        nn_linear_free(&l);
+        free(x), free(y), free(dy), free(dx);
+        free(wy), free(my), free(wdw), free(mdw), free(wdx), free(mdx);
+    }
+}
+
+// Conv2d in bf16 mode against a direct float64 convolution: forward, dW, db and dx, on
+// the layer's three paths (chunks of several small images; one image block by block; the
+// transposed convolution for dx at stride 1, col2im otherwise and with groups).
+static void conv2d_bf16_should_match_float64(void) {
+    // c_in, h, w, k, s, p, dil, groups, c_out, N
+    const size_t cases[][10] = {{3, 6, 5, 3, 1, 1, 1, 1, 8, 5},   {4, 16, 16, 3, 1, 1, 1, 1, 6, 3},
+                                {4, 9, 9, 3, 2, 1, 1, 1, 5, 4},   {4, 8, 8, 3, 1, 1, 1, 2, 6, 3},
+                                {2, 12, 12, 5, 1, 2, 2, 1, 4, 2}, {3, 17, 17, 3, 1, 0, 1, 1, 7, 2}};
+    trng r = {21};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const size_t *cs = cases[t];
+        const ngd_conv_geom G = {cs[0], cs[1], cs[2], cs[3], cs[3], cs[4],
+                                 cs[4], cs[5], cs[5], cs[6], cs[6], cs[7]};
+        const size_t cout = cs[8], N = cs[9];
+        nn_rng rng;
+        nn_rng_seed(&rng, 5);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, &G, cout, true, N, &rng) == NN_OK);
+        CHECK(nn_conv2d_use_bf16(&l) == NN_OK);
+        const size_t OH = l.oh, OW = l.ow, L = OH * OW, H = G.h, W = G.w, K = G.k1;
+        const size_t cg = G.c_in / G.groups, cog = cout / G.groups, din = l.d_in;
+        const size_t nx = N * G.c_in * H * W, ny = N * cout * L;
+        float *x = malloc(nx * 4), *y = malloc(ny * 4), *dy = malloc(ny * 4);
+        float *dx = calloc(nx, 4);
+        tfill(&r, x, nx, -1, 1);
+        tfill(&r, dy, ny, -1, 1);
+        nn_conv2d_forward(&l, x, y, N);
+        nn_conv2d_backward(&l, dy, dx);
+        double *wy = calloc(ny, 8), *my = calloc(ny, 8), *wdw = calloc(cout * din, 8);
+        double *mdw = calloc(cout * din, 8), *wdx = calloc(nx, 8), *mdx = calloc(nx, 8);
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t o1 = 0; o1 < OH; o1++)
+                    for (size_t o2 = 0; o2 < OW; o2++) {
+                        const size_t iy = ((n * cout + co) * OH + o1) * OW + o2;
+                        wy[iy] = (double)l.b[co], my[iy] = fabs((double)l.b[co]);
+                        const size_t g = co / cog;
+                        for (size_t c = 0; c < cg; c++)
+                            for (size_t k1 = 0; k1 < K; k1++)
+                                for (size_t k2 = 0; k2 < K; k2++) {
+                                    const ptrdiff_t i1 =
+                                        (ptrdiff_t)(o1 * G.s1 + k1 * G.dil1) - (ptrdiff_t)G.p1;
+                                    const ptrdiff_t i2 =
+                                        (ptrdiff_t)(o2 * G.s2 + k2 * G.dil2) - (ptrdiff_t)G.p2;
+                                    if (i1 < 0 || i2 < 0 || (size_t)i1 >= H || (size_t)i2 >= W)
+                                        continue;
+                                    const size_t ix =
+                                        ((n * G.c_in + g * cg + c) * H + (size_t)i1) * W +
+                                        (size_t)i2;
+                                    const size_t iw = co * din + (c * K + k1) * K + k2;
+                                    const double xw = (double)x[ix] * (double)l.w[iw];
+                                    const double gx = (double)dy[iy] * (double)x[ix];
+                                    const double gw = (double)dy[iy] * (double)l.w[iw];
+                                    wy[iy] += xw, my[iy] += fabs(xw);
+                                    wdw[iw] += gx, mdw[iw] += fabs(gx);
+                                    wdx[ix] += gw, mdx[ix] += fabs(gw);
+                                }
+                    }
+        CHECK(out_of_bound(y, wy, my, ny, din, "conv y") == 0);
+        CHECK(out_of_bound(l.dw, wdw, mdw, cout * din, N * L, "conv dW") == 0);
+        CHECK(out_of_bound(dx, wdx, mdx, nx, cout * K * K, "conv dx") == 0);
+        for (size_t co = 0; co < cout; co++) {
+            double s = 0, m = 0;
+            for (size_t n = 0; n < N; n++)
+                for (size_t p = 0; p < L; p++) {
+                    const double v = (double)dy[(n * cout + co) * L + p];
+                    s += v, m += fabs(v);
+                }
+            CHECK(fabs((double)l.db[co] - s) <= (double)(N * L) * ldexp(1.0, -24) * m * 1.5);
+        }
+        ngd_matrix a, g;
+        CHECK(nn_conv2d_stats(&l, &a, &g) == NN_OK);
+        CHECK(g.dtype == NGD_BF16 && g.rows == N * L && g.cols == cout);
+        size_t bad = 0;
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t p = 0; p < L; p++) {
+                    uint16_t h;
+                    nn_bf16_encode(&dy[(n * cout + co) * L + p], &h, 1);
+                    bad += ((const uint16_t *)g.data)[(n * L + p) * cout + co] != h;
+                }
+        CHECK(bad == 0);
+        nn_conv2d_free(&l);
+        free(x), free(y), free(dy), free(dx);
+        free(wy), free(my), free(wdw), free(mdw), free(wdx), free(mdx);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(encode_should_round_to_nearest_even),
     TEST(encode_rows_should_keep_padding),
     TEST(gemm_bf16_should_meet_the_bf16_bound_for_all_transposes),
     TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
     TEST(gemm_bf16_should_be_exact_on_representable_values),
+    TEST(linear_bf16_should_match_float64),
+    TEST(conv2d_bf16_should_match_float64),
 };
 
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -127,7 +127,44 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->wflip);
     free(l->abuf);
     free(l->gbuf);
+    free(l->w16);
+    free(l->wflip16);
+    free(l->col16);
+    free(l->dy16);
+    free(l->gbuf16);
     memset(l, 0, sizeof *l);
+}
+
+nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
+    if (l->w16) return NN_OK;
+    const size_t L = l->oh * l->ow, ncol = l->chunk * L;
+    const size_t cols = l->chunk > 1 ? ncol : block_rows(l->ow) * l->ow;
+    const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
+    l->dy16_n = nn_mul(l->c_out, cols);
+    l->w16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+    if (l->wflip) l->wflip16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+    l->col16 = nn_malloc(nn_mul(l->nthr, nc), sizeof(uint16_t));
+    l->dy16 = nn_malloc(nn_mul(l->nthr, l->dy16_n), sizeof(uint16_t));
+    if (!l->w16 || (l->wflip && !l->wflip16) || !l->col16 || !l->dy16) {
+        free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16);
+        l->w16 = l->wflip16 = l->col16 = l->dy16 = NULL;
+        return NN_ERR_NOMEM;
+    }
+    return NN_OK;
+}
+
+// nn_bf16_encode of one value (inlined in the transposing loop of nn_conv2d_stats)
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// The bf16 column buffer of thread t
+static uint16_t *col16_of(const nn_conv2d *l, size_t t) {
+    const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
+    return l->col16 + t * nc;
 }
 
 // ---- transposed im2col / col2im of a chunk and one group ----
@@ -230,7 +267,7 @@ static int thread_id(void) {
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
-                          float *ybuf) {
+                          float *ybuf, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -243,6 +280,12 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         for (size_t g = 0; g < groups; g++) {
             im2col_t(l, x + n0 * xs, nb, g, r0, R, colt);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
+            if (col16) {
+                nn_bf16_encode(colt, col16, din * ncol);
+                nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
+                             ncol, 0.0f, out + g * cog * ldo, ldo);
+                continue;
+            }
             nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, colt, ncol,
                      0.0f, out + g * cog * ldo, ldo);
         }
@@ -270,6 +313,7 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
     l->x = x;
     l->dy = NULL;
     l->n = N;
+    if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
@@ -277,14 +321,14 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
-                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL);
+                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL);
     }
 }
 
 // dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows
 // [r0, r0+R) (nb = 1) or all of them (then through ybuf)
 static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
-                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf) {
+                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
@@ -292,8 +336,14 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
     im2col_t(&t, dy + n0 * cout * L, nb, 0, r0, R, tcolt);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
-    nn_sgemm(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip, tdin, tcolt, ncol,
-             nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    if (col16) {
+        nn_bf16_encode(tcolt, col16, tdin * ncol);
+        nn_gemm_bf16(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip16, tdin, col16, ncol,
+                     nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    } else {
+        nn_sgemm(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip, tdin, tcolt, ncol,
+                 nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    }
     if (nb > 1) // samples side by side -> images
         for (size_t i = 0; i < nb; i++)
             for (size_t c = 0; c < G->c_in; c++) {
@@ -307,7 +357,8 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
 // written instead when set). One sample: block by block of output rows, like forward.
 static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0, size_t nb,
-                           float *colt, float *dcolt, float *ybuf, float *dwpart) {
+                           float *colt, float *dcolt, float *ybuf, float *dwpart, uint16_t *col16,
+                           uint16_t *dy16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -324,9 +375,22 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
+        // bf16: the block's dy (cout, ncol) rounded once for every group
+        if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
             im2col_t(l, l->x + n0 * xs, nb, g, r0, R, colt);
+            if (dy16) {
+                const uint16_t *yg16 = dy16 + g * cog * ncol;
+                nn_bf16_encode(colt, col16, din * ncol);
+                nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
+                             dwpart + g * cog * din, din);
+                if (!dx || l->wflip) continue;
+                nn_gemm_bf16(true, false, din, ncol, cog, 1.0f, l->w16 + g * cog * din, din, yg16,
+                             ncol, 0.0f, dcolt, ncol);
+                col2im_t_add(l, dcolt, nb, g, r0, R, dx + n0 * xs);
+                continue;
+            }
             // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
             nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ldy, colt, ncol, 1.0f,
                      dwpart + g * cog * din, din);
@@ -341,7 +405,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
-        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf);
+        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16);
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
@@ -372,6 +436,7 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
                     for (size_t b = 0; b < K2; b++)
                         l->wflip[c * cout * K1 * K2 + (co * K1 + a) * K2 + b] =
                             l->w[co * din + (c * K1 + (K1 - 1 - a)) * K2 + (K2 - 1 - b)];
+        if (l->wflip16) nn_bf16_encode(l->wflip, l->wflip16, cout * din);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -380,7 +445,8 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
-                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw);
+                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw,
+                       l->w16 ? col16_of(l, t) : NULL, l->w16 ? l->dy16 + t * l->dy16_n : NULL);
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)
@@ -412,22 +478,33 @@ nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g) {
     NN_ASSERT(l->x && l->dy && l->n >= 1);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
     if (!l->abuf) l->abuf = nn_malloc(nn_mul(l->max_batch * L, l->d_in), sizeof(float));
-    if (!l->gbuf) l->gbuf = nn_malloc(nn_mul(l->max_batch * L, cout), sizeof(float));
-    if (!l->abuf || !l->gbuf) return NN_ERR_NOMEM;
+    if (l->w16) {
+        if (!l->gbuf16) l->gbuf16 = nn_malloc(nn_mul(l->max_batch * L, cout), sizeof(uint16_t));
+    } else if (!l->gbuf) {
+        l->gbuf = nn_malloc(nn_mul(l->max_batch * L, cout), sizeof(float));
+    }
+    if (!l->abuf || (!l->gbuf && !l->gbuf16)) return NN_ERR_NOMEM;
     // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
     // matrix is by construction the one its documentation describes
     if (ngd_unfold(&l->geom, N, l->x, false, l->abuf) != NGD_OK) return NN_ERR_ARG;
     // g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time
+    // (bf16 mode: rounded on the way, the same values as the GEMMs' dy)
     NN_OMP_FOR(N * L * cout)
     for (size_t n = 0; n < N; n++)
         for (size_t o = 0; o < cout; o++) {
             const float *src = l->dy + (n * cout + o) * L;
+            if (l->gbuf16) {
+                uint16_t *dst = l->gbuf16 + n * L * cout + o;
+                for (size_t p = 0; p < L; p++)
+                    dst[p * cout] = to_bf16(src[p]);
+                continue;
+            }
             float *dst = l->gbuf + n * L * cout + o;
             for (size_t p = 0; p < L; p++)
                 dst[p * cout] = src[p];
         }
     *a = ngd_matrix_f32(l->abuf, N * L, l->d_in);
-    *g = ngd_matrix_f32(l->gbuf, N * L, cout);
+    *g = l->gbuf16 ? ngd_matrix_bf16(l->gbuf16, N * L, cout) : ngd_matrix_f32(l->gbuf, N * L, cout);
     return NN_OK;
 }
 

@@ -226,6 +226,15 @@ typedef struct {
     const float *x;  // (N, c_in, h, w) borrowed from forward
     const float *dy; // (N, c_out, oh, ow) borrowed from backward
     size_t n;        // batch of the last forward
+    // bf16 mode (nn_conv2d_use_bf16; NULL otherwise): each chunk's im2col (and the
+    // transposed convolution's) is rounded into col16 and multiplied by bf16 GEMMs with
+    // f32 accumulation; dy is rounded block by block into dy16; W (and wflip) are rounded
+    // once per forward (backward). The K-FAC `g` is handed over in bf16 (gbuf16).
+    uint16_t *w16, *wflip16; // (c_out, d_in), (c_in, c_out·k1·k2)
+    uint16_t *col16;         // nthr x max(colt_n, dcol_n)
+    uint16_t *dy16;          // nthr x dy16_n: a chunk's dy (c_out, columns)
+    size_t dy16_n;
+    uint16_t *gbuf16; // (N*L, c_out) allocated by the first nn_conv2d_stats in bf16 mode
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -247,6 +256,8 @@ ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // buffers allocated by the first call: NN_ERR_NOMEM if that fails.
 nn_status nn_conv2d_stats(nn_conv2d *l, ngd_matrix *a, ngd_matrix *g);
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
+// Switches the layer to bf16 GEMMs (allocates its bf16 buffers: NN_ERR_NOMEM).
+nn_status nn_conv2d_use_bf16(nn_conv2d *l);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 

@@ -78,6 +78,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             size_t k = p->nconv++;
             ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
             if (!chans[s] || nn_conv2d_init(&p->conv[k], &g, chans[s], true, B, &rng) != NN_OK ||
+                (cfg->bf16 && nn_conv2d_use_bf16(&p->conv[k]) != NN_OK) ||
                 nn_batchnorm_init(&p->bn[k], chans[s], h * w, B) != NN_OK)
                 goto bad;
             c = chans[s];
