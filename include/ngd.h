@@ -232,8 +232,14 @@ typedef struct {
     bool kfac_like; // IKFAC update rule
     ngd_loss_average loss_average;
     ngd_kfac_approx kfac_approx;
-    ngd_factor_spec structure_K;   // input-side factor K (d_in(+1) square)
-    ngd_factor_spec structure_C;   // output-side factor C (d_out square)
+    ngd_factor_spec structure_K; // input-side factor K (d_in(+1) square)
+    ngd_factor_spec structure_C; // output-side factor C (d_out square)
+    // Arithmetic of SINGD's factor path: NGD_F32 (default: bf16 factors are decoded and the
+    // products are f32) or NGD_BF16: the products of observe, update and preconditioning
+    // take bf16 operands (the stored K, C, momenta, the statistics, the gradient and the
+    // cached K Kᵀ, C Cᵀ rounded to bf16) with f32 accumulation. NGD_BF16 needs both factors
+    // stored in bf16; it applies where K and C are both dense (others compute in f32).
+    ngd_dtype factor_compute;
     float init_grad_scale;         // loss scale assumed for step 0's backward (1)
     bool official_blockdiag_quirk; // reproduce the official block-diagonal transpose quirk
                                    // (specs/singd.md §9.4); default false = consistent math

@@ -16,8 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "harness.h"
 #include "nn.h"
+
+// The two bf16 GEMMs under test: the engine's (src/nn) and libngd's (src/core)
+typedef void (*gemm16_fn)(bool, bool, size_t, size_t, size_t, float, const uint16_t *, size_t,
+                          const uint16_t *, size_t, float, float *, size_t);
+static gemm16_fn g_gemm = nn_gemm_bf16;
 
 typedef struct {
     uint64_t s;
@@ -147,7 +153,7 @@ static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k,
     if (beta == 0.0f)
         for (size_t i = 0; i < nc; i++)
             C[i] = NAN; // never read
-    nn_gemm_bf16(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, C, ldc);
+    g_gemm(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, C, ldc);
     memcpy(R, C0, nc * 4);
     nn_gemm_bf16_ref(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, R, ldc);
     const double u = ldexp(1.0, -8), acc = (double)k * ldexp(1.0, -24) * 1.5;
@@ -221,6 +227,55 @@ static void gemm_bf16_converting_path_should_meet_the_same_bound(void) {
 
 // Exactly representable inputs and sums give the exact answer on both paths, and the flop
 // counter counts a bf16 GEMM like an f32 one.
+// libngd's own bf16 GEMM (SINGD's bf16 compute), both paths, under the same bounds.
+static void core_gemm_bf16_should_meet_the_same_bound(void) {
+    g_gemm = ngd_gemm_bf16;
+    run_gemm_grid(7);
+    ngd_gemm_bf16_force_convert(true);
+    run_gemm_grid(8);
+    ngd_gemm_bf16_force_convert(false);
+    g_gemm = nn_gemm_bf16;
+}
+
+// ngd_optim_state_bytes: factors (and momenta) stored in bf16 take half the bytes of f32;
+// the first-order buffers (f32 momentum) are the same. bf16 compute needs bf16 storage.
+static void bf16_factor_state_should_be_half(void) {
+    const size_t din = 30, dout = 12, dK = din + 1;
+    float *w = calloc(dout * din, 4), *dw = calloc(dout * din, 4), *b = calloc(dout, 4),
+          *db = calloc(dout, 4);
+    size_t bytes[2];
+    for (int bf = 0; bf < 2; bf++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        c.momentum = 0.9f;
+        if (bf) c.structure_K.dtype = c.structure_C.dtype = NGD_BF16, c.factor_compute = NGD_BF16;
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer L = {.name = "fc",
+                       .weight = w,
+                       .weight_grad = dw,
+                       .d_out = dout,
+                       .d_in = din,
+                       .bias = b,
+                       .bias_grad = db};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        bytes[bf] = ngd_optim_state_bytes(o);
+        ngd_optim_free(o);
+    }
+    const size_t factors = 2 * (dK * dK + dout * dout); // K, C and their momenta (alpha1 != 0)
+    const size_t first = dout * dK * 4;                 // SGD momentum of [W | b], f32
+    CHECK_MSG(bytes[0] == factors * 4 + first, "f32 state %zu, want %zu", bytes[0],
+              factors * 4 + first);
+    CHECK_MSG(bytes[1] == factors * 2 + first, "bf16 state %zu, want %zu", bytes[1],
+              factors * 2 + first);
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.factor_compute = NGD_BF16; // with f32 storage: refused
+    char msg[256];
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG);
+    CHECK(strstr(msg, "factor_compute") != NULL);
+    free(w), free(dw), free(b), free(db);
+}
+
 static void gemm_bf16_should_be_exact_on_representable_values(void) {
     const size_t m = 64, n = 96, k = 256;
     float *A = malloc(m * k * 4), *B = malloc(k * n * 4), *C = malloc(m * n * 4);
@@ -430,6 +485,8 @@ static const test_case TESTS[] = {
     TEST(gemm_bf16_should_meet_the_bf16_bound_for_all_transposes),
     TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
     TEST(gemm_bf16_should_be_exact_on_representable_values),
+    TEST(core_gemm_bf16_should_meet_the_same_bound),
+    TEST(bf16_factor_state_should_be_half),
     TEST(linear_bf16_should_match_float64),
     TEST(conv2d_bf16_should_match_float64),
 };

@@ -328,7 +328,8 @@ typedef struct {
     bool has_param_lr, has_param_wd;
     ngd_config param_cfg; // their add_param override, when has_param_cfg
     bool has_param_cfg;
-    bool bf16; // --precision bf16
+    bool bf16;         // --precision bf16
+    bool fdtype_given; // --factor-dtype was given (then --precision leaves the factors alone)
 } train_opts;
 
 // ---- option parsing helpers: every bad value is a usage error naming the option ----
@@ -679,6 +680,7 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             }
             t->cfg.structure_K.dtype = t->cfg.structure_C.dtype =
                 !strcmp(optarg, "bf16") ? NGD_BF16 : NGD_F32;
+            t->fdtype_given = true;
             break;
         case O_LR:
             if (parse_f(nm, optarg, &t->cfg.lr)) return -1;
@@ -834,6 +836,12 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         }
     }
     if (!eval && check_methods(t, given)) return -1;
+    // --precision bf16: SINGD's factors in bf16, stored and computed (dense K and C; other
+    // structures compute in f32), unless --factor-dtype chose otherwise
+    if (t->bf16 && !t->fdtype_given) {
+        t->cfg.structure_K.dtype = t->cfg.structure_C.dtype = NGD_BF16;
+        t->cfg.factor_compute = NGD_BF16;
+    }
     if (optind < argc) {
         cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
                                        : "run 'ngd train --help' for the options",
