@@ -88,7 +88,7 @@ done
 
 # the benchmark runs both precisions interleaved and ends with their ratio
 expect_rc 0 "bench train --precision f32,bf16" "$NGD" bench train --model mlp --widths 32 --optim singd --structure dense --batch 16 --steps 2 --warmup 1 --T 2 --precision f32,bf16 --repeats 2 --threads 1
-expect_msg "f32 / bf16 step time, median over 2 interleaved rounds" "bench prints the ratio"
+expect_msg "f32 / bf16 step time (wall; CPU time of the process), median over 2 interleaved rounds" "bench prints the ratio"
 n16=$(printf '%s\n' "$out" | grep -c '^mlp .* bf16 ')
 [ "$n16" -eq 2 ] && ok || bad "bench: $n16 bf16 rows, want 2"
 

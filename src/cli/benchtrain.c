@@ -118,6 +118,8 @@ typedef struct {
     char err[200];
     size_t steps, period, params;
     double mean, median, data, fwd, bwd, obs, upd, prec, rule;
+    double cpu; // CPU time of the process per timed step (all its threads): on a loaded
+                // machine with --threads 1 a steadier measure of the work than wall time
     double fb_flops, opt_flops; // per step
     double sgemm_gflops;
     size_t state_bytes;
@@ -184,6 +186,12 @@ static size_t period_of(const ngd_config *cfg) {
     return 1;
 }
 
+static double cpu_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 // One configuration, in the child process.
 static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     memset(r, 0, sizeof *r);
@@ -247,9 +255,10 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     }
     const size_t nid = ngd_optim_count(opt), nr = o->batch * rows;
     uint64_t opt_f0 = 0;
+    double cpu0 = 0;
     for (size_t s = 0; s < o->warmup + r->steps; s++) {
         const bool timed = s >= o->warmup;
-        if (s == o->warmup) opt_f0 = ngd_gemm_flop_count();
+        if (s == o->warmup) opt_f0 = ngd_gemm_flop_count(), cpu0 = cpu_now_s();
         double t0 = bench_now_s();
         if (c->text)
             nn_text_batch(&d.text, NN_SPLIT_TRAIN, o->batch, o->context, &d.rng, ids, y);
@@ -290,6 +299,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
         tot[s - o->warmup] = t5 - t0;
     }
     r->opt_flops = (double)(ngd_gemm_flop_count() - opt_f0) / (double)r->steps;
+    r->cpu = (cpu_now_s() - cpu0) / (double)r->steps;
     const double n = (double)r->steps;
     r->data /= n, r->fwd /= n, r->bwd /= n, r->obs /= n, r->upd /= n, r->prec /= n, r->rule /= n;
     for (size_t i = 0; i < r->steps; i++)
@@ -385,7 +395,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                "\"ms_precond_update\":%.4f,\"ms_precondition\":%.4f,\"ms_rule\":%.4f,"
                "\"samples_per_s\":%.1f,\"fb_gflop\":%.4f,\"opt_gflop\":%.4f,\"fb_gflops\":%.1f,"
                "\"sgemm_gflops\":%.1f,\"floor_ms\":%.4f,\"peak_rss_mib\":%.1f,"
-               "\"state_bytes\":%zu,\"params\":%zu}\n",
+               "\"state_bytes\":%zu,\"params\":%zu,\"ms_cpu\":%.4f}\n",
                c->model,
                c->text    ? "shakespeare"
                : c->cifar ? "cifar100"
@@ -394,7 +404,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                r->period, r->mean * ms, r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms,
                r->obs * ms, r->upd * ms, r->prec * ms, r->rule * ms, (double)o->batch / r->mean,
                r->fb_flops / 1e9, r->opt_flops / 1e9, fb_rate, r->sgemm_gflops, floor_s * ms,
-               (double)rss / 1024.0, r->state_bytes, r->params);
+               (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms);
     } else {
         printf(
             "%-8s %-6s %-9s %-4s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
@@ -578,8 +588,11 @@ int bench_train(int argc, char **argv) {
         fprintf(stderr, "ngd bench train: note: no AVX512-BF16 on this CPU: bf16 converts "
                         "(expect it slower than f32)\n");
     // mean step times of every repeat, for the f32/bf16 ratios (each pair from one round)
-    double *ms_of = calloc(nc * repeats, sizeof *ms_of);
-    if (!ms_of) return NGD_EXIT_FAIL;
+    double *ms_of = calloc(nc * repeats, sizeof *ms_of), *cpu_of = calloc(nc * repeats, 8);
+    if (!ms_of || !cpu_of) {
+        free(ms_of), free(cpu_of);
+        return NGD_EXIT_FAIL;
+    }
     for (size_t rep = 0; rep < repeats; rep++)
         for (size_t i = 0; i < nc; i++) {
             bt_result r;
@@ -591,30 +604,35 @@ int bench_train(int argc, char **argv) {
                 continue;
             }
             ms_of[rep * nc + i] = r.mean;
+            cpu_of[rep * nc + i] = r.cpu;
             print_row(&cfgs[i], &o, &r, rss);
         }
     if (precs == 3) { // configurations come in (f32, bf16) pairs
         if (!o.json)
-            printf("\nf32 / bf16 step time, median over %zu interleaved rounds:\n", repeats);
-        double *rt = malloc(repeats * sizeof *rt);
-        for (size_t i = 0; rt && i + 1 < nc; i += 2) {
+            printf("\nf32 / bf16 step time (wall; CPU time of the process), median over %zu "
+                   "interleaved rounds:\n",
+                   repeats);
+        double *rt = malloc(repeats * sizeof *rt), *rc2 = malloc(repeats * sizeof *rc2);
+        for (size_t i = 0; rt && rc2 && i + 1 < nc; i += 2) {
             size_t k = 0;
             for (size_t rep = 0; rep < repeats; rep++)
-                if (ms_of[rep * nc + i] > 0 && ms_of[rep * nc + i + 1] > 0)
+                if (ms_of[rep * nc + i] > 0 && ms_of[rep * nc + i + 1] > 0) {
+                    rc2[k] = cpu_of[rep * nc + i] / cpu_of[rep * nc + i + 1];
                     rt[k++] = ms_of[rep * nc + i] / ms_of[rep * nc + i + 1];
+                }
             if (!k) continue;
-            const double med = bench_median(rt, k);
+            const double med = bench_median(rt, k), medc = bench_median(rc2, k);
             const char *st = cfgs[i].structure[0] ? cfgs[i].structure : "-";
             if (o.json)
                 printf("{\"model\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
-                       "\"f32_over_bf16\":%.4f,\"rounds\":%zu}\n",
-                       cfgs[i].model, ngd_method_name(cfgs[i].method), st, med, k);
+                       "\"f32_over_bf16\":%.4f,\"f32_over_bf16_cpu\":%.4f,\"rounds\":%zu}\n",
+                       cfgs[i].model, ngd_method_name(cfgs[i].method), st, med, medc, k);
             else
-                printf("%-8s %-6s %-9s %5.2fx\n", cfgs[i].model, ngd_method_name(cfgs[i].method),
-                       st, med);
+                printf("%-8s %-6s %-9s %5.2fx  (CPU %5.2fx)\n", cfgs[i].model,
+                       ngd_method_name(cfgs[i].method), st, med, medc);
         }
-        free(rt);
+        free(rt), free(rc2);
     }
-    free(ms_of);
+    free(ms_of), free(cpu_of);
     return rc;
 }
