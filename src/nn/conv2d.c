@@ -153,18 +153,18 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     return NN_OK;
 }
 
-// nn_bf16_encode of one value (inlined in the transposing loop of nn_conv2d_stats)
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 // The bf16 column buffer of thread t
 static uint16_t *col16_of(const nn_conv2d *l, size_t t) {
     const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
     return l->col16 + t * nc;
+}
+
+// nn_bf16_encode of one value (inlined in im2col and the transposing loop of nn_conv2d_stats)
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
 }
 
 // ---- transposed im2col / col2im of a chunk and one group ----
@@ -184,9 +184,10 @@ static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi
 }
 
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
-// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2)
+// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). With col16
+// (bf16 mode) the patches are rounded into col16 instead, in the same pass (colt unused).
 static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, size_t r0, size_t R,
-                     float *colt) {
+                     float *colt, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
     const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
@@ -197,7 +198,33 @@ static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, si
             for (size_t k2 = 0; k2 < K2; k2++) {
                 size_t lo, hi;
                 const ptrdiff_t off = col_range(l, k2, &lo, &hi);
-                float *dst = colt + ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                const size_t at = ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                if (col16) {
+                    for (size_t o1 = r0; o1 < r0 + R; o1++) {
+                        uint16_t *d = col16 + at + (o1 - r0) * OW;
+                        const ptrdiff_t i1 =
+                            (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
+                        if (i1 < 0 || (size_t)i1 >= H) {
+                            memset(d, 0, OW * sizeof(uint16_t));
+                            continue;
+                        }
+                        const float *src = xc + (size_t)i1 * W;
+                        for (size_t o2 = 0; o2 < lo; o2++)
+                            d[o2] = 0;
+                        if (G->s2 == 1) {
+                            const float *s = src + (ptrdiff_t)lo + off;
+                            for (size_t o2 = lo; o2 < hi; o2++)
+                                d[o2] = to_bf16(s[o2 - lo]);
+                        } else {
+                            for (size_t o2 = lo; o2 < hi; o2++)
+                                d[o2] = to_bf16(src[(ptrdiff_t)(o2 * G->s2) + off]);
+                        }
+                        for (size_t o2 = hi; o2 < OW; o2++)
+                            d[o2] = 0;
+                    }
+                    continue;
+                }
+                float *dst = colt + at;
                 for (size_t o1 = r0; o1 < r0 + R; o1++) {
                     float *d = dst + (o1 - r0) * OW;
                     const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
@@ -278,10 +305,9 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x + n0 * xs, nb, g, r0, R, colt);
+            im2col_t(l, x + n0 * xs, nb, g, r0, R, colt, col16);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
             if (col16) {
-                nn_bf16_encode(colt, col16, din * ncol);
                 nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
                              ncol, 0.0f, out + g * cog * ldo, ldo);
                 continue;
@@ -333,11 +359,10 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
-    im2col_t(&t, dy + n0 * cout * L, nb, 0, r0, R, tcolt);
+    im2col_t(&t, dy + n0 * cout * L, nb, 0, r0, R, tcolt, col16);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
     if (col16) {
-        nn_bf16_encode(tcolt, col16, tdin * ncol);
         nn_gemm_bf16(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip16, tdin, col16, ncol,
                      nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
     } else {
@@ -379,10 +404,9 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
-            im2col_t(l, l->x + n0 * xs, nb, g, r0, R, colt);
+            im2col_t(l, l->x + n0 * xs, nb, g, r0, R, colt, dy16 ? col16 : NULL);
             if (dy16) {
                 const uint16_t *yg16 = dy16 + g * cog * ncol;
-                nn_bf16_encode(colt, col16, din * ncol);
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
                              dwpart + g * cog * din, din);
                 if (!dx || l->wflip) continue;
