@@ -206,6 +206,10 @@ typedef struct {
                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
                          // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
     uint64_t seed;       // RNG seed for sketches and corrections
+    // NGD_BF16: the factor averages (EA) are rounded to bf16 after every update (bf16 values
+    // held in f32 storage, so the EVD / RSVD / Brand steps read them in f32/f64 with no
+    // conversion pass; the state is not smaller). NGD_F32 (default): f32 averages.
+    ngd_dtype ea_dtype;
 } ngd_kfac_options;
 
 // Every hyper-parameter of every method. Fill with ngd_config_default(method), then edit.

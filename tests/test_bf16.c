@@ -276,6 +276,61 @@ static void bf16_factor_state_should_be_half(void) {
     free(w), free(dw), free(b), free(db);
 }
 
+// K-FAC with bf16 factor averages: after statistics steps every entry of the averages is a
+// bf16 value (low 16 bits zero), and they stay within bf16 rounding (2^-8 relative per
+// update, compounded over the updates) of the f32 run's; the f32 run's are not bf16 values.
+static void kfac_bf16_averages_should_be_bf16_values(void) {
+    const size_t din = 20, dout = 6, dK = din + 1, N = 16;
+    trng r = {31};
+    float *a = malloc(N * din * 4), *g = malloc(N * dout * 4);
+    float *K[2] = {malloc(dK * dK * 4), malloc(dK * dK * 4)};
+    for (int bf = 0; bf < 2; bf++) {
+        float *w = calloc(dout * din, 4), *dw = calloc(dout * din, 4), *b = calloc(dout, 4),
+              *db = calloc(dout, 4);
+        ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+        c.kfac.T_u = 1, c.kfac.T_i = 2;
+        if (bf) c.kfac.ea_dtype = NGD_BF16;
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer L = {.name = "fc",
+                       .weight = w,
+                       .weight_grad = dw,
+                       .d_out = dout,
+                       .d_in = din,
+                       .bias = b,
+                       .bias_grad = db};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        trng rr = r; // the same data for both runs
+        for (int s = 0; s < 6; s++) {
+            tfill(&rr, a, N * din, -1, 1);
+            tfill(&rr, g, N * dout, -0.1, 0.1);
+            tfill(&rr, dw, dout * din, -0.01, 0.01);
+            if (ngd_optim_wants_stats(o))
+                CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, din),
+                                        ngd_matrix_f32(g, N, dout)) == NGD_OK);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+        }
+        CHECK(ngd_optim_factor_dense(o, id, 'K', K[bf], dK) == NGD_OK);
+        size_t low = 0;
+        for (size_t i = 0; i < dK * dK; i++)
+            low += (f_bits(K[bf][i]) & 0xffffu) != 0;
+        if (bf)
+            CHECK_MSG(low == 0, "%zu averages are not bf16 values", low);
+        else
+            CHECK(low > dK * dK / 2); // the f32 run's are (a control for the check above)
+        ngd_optim_free(o);
+        free(w), free(dw), free(b), free(db);
+    }
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < dK * dK; i++) {
+        mx = fmax(mx, fabs((double)K[0][i]));
+        err = fmax(err, fabs((double)K[1][i] - (double)K[0][i]));
+    }
+    CHECK_MSG(err <= 6 * ldexp(1.0, -8) * mx, "bf16 averages differ by %g (max %g)", err, mx);
+    free(a), free(g), free(K[0]), free(K[1]);
+}
+
 static void gemm_bf16_should_be_exact_on_representable_values(void) {
     const size_t m = 64, n = 96, k = 256;
     float *A = malloc(m * k * 4), *B = malloc(k * n * 4), *C = malloc(m * n * 4);
@@ -487,6 +542,7 @@ static const test_case TESTS[] = {
     TEST(gemm_bf16_should_be_exact_on_representable_values),
     TEST(core_gemm_bf16_should_meet_the_same_bound),
     TEST(bf16_factor_state_should_be_half),
+    TEST(kfac_bf16_averages_should_be_bf16_values),
     TEST(linear_bf16_should_match_float64),
     TEST(conv2d_bf16_should_match_float64),
 };

@@ -227,7 +227,8 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     }
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
     if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
-        cfg.structure_K.dtype = cfg.structure_C.dtype = cfg.factor_compute = NGD_BF16;
+        cfg.structure_K.dtype = cfg.structure_C.dtype = cfg.factor_compute = cfg.kfac.ea_dtype =
+            NGD_BF16;
     if (c->method == NGD_METHOD_SGD && o->momentum >= 0) cfg.momentum = o->momentum;
     if (c->text) cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     pcfg.lr = 1e-3f, pcfg.weight_decay = 0;

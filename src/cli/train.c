@@ -837,11 +837,13 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     }
     if (!eval && check_methods(t, given)) return -1;
     // --precision bf16: SINGD's factors in bf16, stored and computed (dense K and C; other
-    // structures compute in f32), unless --factor-dtype chose otherwise
+    // structures compute in f32), unless --factor-dtype chose otherwise; the K-FAC family's
+    // factor averages rounded to bf16
     if (t->bf16 && !t->fdtype_given) {
         t->cfg.structure_K.dtype = t->cfg.structure_C.dtype = NGD_BF16;
         t->cfg.factor_compute = NGD_BF16;
     }
+    if (t->bf16) t->cfg.kfac.ea_dtype = NGD_BF16; // the K-FAC family's factor averages
     if (optind < argc) {
         cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
                                        : "run 'ngd train --help' for the options",
