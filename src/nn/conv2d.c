@@ -132,6 +132,8 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->col16);
     free(l->dy16);
     free(l->gbuf16);
+    free(l->x16);
+    free(l->dyx16);
     memset(l, 0, sizeof *l);
 }
 
@@ -145,9 +147,12 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->wflip) l->wflip16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     l->col16 = nn_malloc(nn_mul(l->nthr, nc), sizeof(uint16_t));
     l->dy16 = nn_malloc(nn_mul(l->nthr, l->dy16_n), sizeof(uint16_t));
-    if (!l->w16 || (l->wflip && !l->wflip16) || !l->col16 || !l->dy16) {
-        free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16);
-        l->w16 = l->wflip16 = l->col16 = l->dy16 = NULL;
+    const ngd_conv_geom *G = &l->geom;
+    l->x16 = nn_malloc(nn_mul(l->max_batch, G->c_in * G->h * G->w), sizeof(uint16_t));
+    if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->max_batch, l->c_out * L), sizeof(uint16_t));
+    if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16) {
+        free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
+        l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = NULL;
         return NN_ERR_NOMEM;
     }
     return NN_OK;
@@ -184,22 +189,24 @@ static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi
 }
 
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
-// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). With col16
-// (bf16 mode) the patches are rounded into col16 instead, in the same pass (colt unused).
-static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, size_t r0, size_t R,
-                     float *colt, uint16_t *col16) {
+// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). bf16 mode:
+// the patches of the bf16 samples x16 into col16 instead (plain copies: the samples were
+// rounded once, not each of their k1·k2 copies; x and colt unused).
+static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, size_t nb, size_t g,
+                     size_t r0, size_t R, float *colt, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
     const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
-        const float *xc = x + i * xs + (g * cg + c) * H * W;
+        const float *xc = x16 ? NULL : x + i * xs + (g * cg + c) * H * W;
+        const uint16_t *xc16 = x16 ? x16 + i * xs + (g * cg + c) * H * W : NULL;
         for (size_t k1 = 0; k1 < K1; k1++)
             for (size_t k2 = 0; k2 < K2; k2++) {
                 size_t lo, hi;
                 const ptrdiff_t off = col_range(l, k2, &lo, &hi);
                 const size_t at = ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
-                if (col16) {
+                if (x16) {
                     for (size_t o1 = r0; o1 < r0 + R; o1++) {
                         uint16_t *d = col16 + at + (o1 - r0) * OW;
                         const ptrdiff_t i1 =
@@ -208,16 +215,14 @@ static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, si
                             memset(d, 0, OW * sizeof(uint16_t));
                             continue;
                         }
-                        const float *src = xc + (size_t)i1 * W;
+                        const uint16_t *src = xc16 + (size_t)i1 * W;
                         for (size_t o2 = 0; o2 < lo; o2++)
                             d[o2] = 0;
                         if (G->s2 == 1) {
-                            const float *s = src + (ptrdiff_t)lo + off;
-                            for (size_t o2 = lo; o2 < hi; o2++)
-                                d[o2] = to_bf16(s[o2 - lo]);
+                            if (hi > lo) memcpy(d + lo, src + (ptrdiff_t)lo + off, (hi - lo) * 2);
                         } else {
                             for (size_t o2 = lo; o2 < hi; o2++)
-                                d[o2] = to_bf16(src[(ptrdiff_t)(o2 * G->s2) + off]);
+                                d[o2] = src[(ptrdiff_t)(o2 * G->s2) + off];
                         }
                         for (size_t o2 = hi; o2 < OW; o2++)
                             d[o2] = 0;
@@ -299,13 +304,15 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const size_t RB = nb == 1 ? block_rows(OW) : OH;
+    // bf16: the chunk's samples rounded once, kept for backward's im2col
+    if (col16) nn_bf16_encode(x + n0 * xs, l->x16 + n0 * xs, nb * xs);
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x + n0 * xs, nb, g, r0, R, colt, col16);
+            im2col_t(l, x + n0 * xs, col16 ? l->x16 + n0 * xs : NULL, nb, g, r0, R, colt, col16);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
             if (col16) {
                 nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
@@ -359,7 +366,8 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
-    im2col_t(&t, dy + n0 * cout * L, nb, 0, r0, R, tcolt, col16);
+    im2col_t(&t, dy + n0 * cout * L, col16 ? l->dyx16 + n0 * cout * L : NULL, nb, 0, r0, R, tcolt,
+             col16);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
     if (col16) {
@@ -396,6 +404,9 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         dyc = ybuf;
     }
     if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
+    // bf16 with the transposed convolution: the chunk's dy rounded once for its im2col
+    if (dx && l->wflip && dy16)
+        nn_bf16_encode(dy + n0 * cout * L, l->dyx16 + n0 * cout * L, nb * cout * L);
     const size_t RB = nb == 1 ? block_rows(OW) : OH;
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
@@ -404,7 +415,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
-            im2col_t(l, l->x + n0 * xs, nb, g, r0, R, colt, dy16 ? col16 : NULL);
+            im2col_t(l, l->x + n0 * xs, dy16 ? l->x16 + n0 * xs : NULL, nb, g, r0, R, colt,
+                     dy16 ? col16 : NULL);
             if (dy16) {
                 const uint16_t *yg16 = dy16 + g * cog * ncol;
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
