@@ -264,8 +264,11 @@ def run(name, optim, args, structure="-"):
         t0 = time.perf_counter()
         x, y = data.next()
         opt.zero_grad()
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, classes), y.reshape(-1))
+        # --precision bf16: PyTorch's CPU mixed precision (matmuls and convolutions in bf16,
+        # f32 master weights), the counterpart of ngd train --precision bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, classes).float(), y.reshape(-1))
         loss.backward()
         opt.step()
         t1 = time.perf_counter()
@@ -277,7 +280,7 @@ def run(name, optim, args, structure="-"):
         "model": name,
         "data": "shakespeare" if shape is None else
                 "fashion-mnist" if name == "mlp" else "cifar100",
-        "optim": optim, "structure": structure, "batch": args.batch,
+        "optim": optim, "structure": structure, "precision": args.precision, "batch": args.batch,
         "context": args.context if shape is None else None,
         "threads": torch.get_num_threads(), "steps": args.steps, "warmup": args.warmup,
         "ms_mean": 1e3 * statistics.fmean(times), "ms_median": 1e3 * statistics.median(times),
@@ -359,6 +362,8 @@ def main():
                          "(the \"params\" of `ngd bench train --json`)")
     ap.add_argument("--params-only", action="store_true",
                     help="build the models and print their parameter counts; no timing")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="f32 (default) or bf16: torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--json", action="store_true", help="one JSON line per configuration")
     a = ap.parse_args()
     models = MODELS if a.model == "all" else a.model.split(",")
@@ -397,7 +402,7 @@ def main():
         print(f"# PyTorch {torch.__version__}, {torch.get_num_threads()} threads, BLAS "
               f"{' '.join(info['blas_libs']) or '?'} (core {info['openblas_core']}), "
               f"BLAS_INFO={info.get('blas_info')}, CPU capability {info.get('cpu_capability')}, "
-              f"oneDNN {'on' if info['mkldnn'] else 'off'}; batch {a.batch}, {a.warmup} warm-up "
+              f"oneDNN {'on' if info['mkldnn'] else 'off'}; {a.precision}; batch {a.batch}, {a.warmup} warm-up "
               f"+ {a.steps} timed steps\n{'model':8} {'optim':6} {'params':>10} {'mean ms':>9} "
               f"{'median ms':>9}", flush=True)
     for m in models:

@@ -206,6 +206,10 @@ typedef struct {
                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
                          // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
     uint64_t seed;       // RNG seed for sketches and corrections
+    // NGD_BF16: the factor averages (EA) are rounded to bf16 after every update (bf16 values
+    // held in f32 storage, so the EVD / RSVD / Brand steps read them in f32/f64 with no
+    // conversion pass; the state is not smaller). NGD_F32 (default): f32 averages.
+    ngd_dtype ea_dtype;
 } ngd_kfac_options;
 
 // Every hyper-parameter of every method. Fill with ngd_config_default(method), then edit.
@@ -232,8 +236,14 @@ typedef struct {
     bool kfac_like; // IKFAC update rule
     ngd_loss_average loss_average;
     ngd_kfac_approx kfac_approx;
-    ngd_factor_spec structure_K;   // input-side factor K (d_in(+1) square)
-    ngd_factor_spec structure_C;   // output-side factor C (d_out square)
+    ngd_factor_spec structure_K; // input-side factor K (d_in(+1) square)
+    ngd_factor_spec structure_C; // output-side factor C (d_out square)
+    // Arithmetic of SINGD's factor path: NGD_F32 (default: bf16 factors are decoded and the
+    // products are f32) or NGD_BF16: the products of observe, update and preconditioning
+    // take bf16 operands (the stored K, C, momenta, the statistics, the gradient and the
+    // cached K Kᵀ, C Cᵀ rounded to bf16) with f32 accumulation. NGD_BF16 needs both factors
+    // stored in bf16; it applies where K and C are both dense (others compute in f32).
+    ngd_dtype factor_compute;
     float init_grad_scale;         // loss scale assumed for step 0's backward (1)
     bool official_blockdiag_quirk; // reproduce the official block-diagonal transpose quirk
                                    // (docs/algorithms.md#block-diagonal); default: consistent math

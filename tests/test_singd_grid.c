@@ -649,6 +649,39 @@ static void bf16_factors_should_match_the_reference(void) {
     end_suite("bf16", n, BF16_TOL);
 }
 
+// bf16 compute (dense K and C): the products of observe, update and preconditioning take
+// bf16 operands. The reference rounds only the stored K, C, m (as above), so the rounding
+// of the intermediate products (statistics rows, X·K, LᵀL, m, K Kᵀ, Ĝ, each 2^-9 relative)
+// is what separates them. The momenta m = sc·(cH·H + cD·KᵀK − I) are differences of O(1)
+// terms with an O(0.1) result, so the 2^-9..2^-8 absolute error of a bf16 KᵀK or H is a few
+// 1e-2 of them (observed worst 2.5e-2 on m_C, 2.2e-2 on the step, 7e-3 on K, C); 6e-2 allows
+// that, while a wrong product (side, scale, missing term) is off by O(1).
+#define BF16C_TOL 6e-2
+static void bf16_compute_should_match_the_reference(void) {
+    begin_suite();
+    int n = 0;
+    for (int which = 0; which <= 2; which++) {
+        const gstruct *g = &STRUCTS[0]; // dense
+        ngd_factor_spec sK = g->spec, sC = g->spec;
+        sK.dtype = sC.dtype = NGD_BF16;
+        ngd_config c = base_cfg(sK, sC, false);
+        c.factor_compute = NGD_BF16;
+        if (which == 1) c.T = 2, c.normalize_lr_cov = true;
+        problem pr = which == 2 ? linear_problem(40, 1, g->din, g->dout) // rows > d: Gram path
+                                : linear_problem(8, 1, g->din, g->dout);
+        char name[200];
+        snprintf(name, sizeof name, "bf16 compute %s %s", g->name,
+                 which == 0   ? "K_and_C"
+                 : which == 1 ? "T2_norm1"
+                              : "gram");
+        gcase cs = make_case(name, pr, c, 17000 + (uint64_t)which);
+        cs.tol = BF16C_TOL;
+        check_case(&cs);
+        n++;
+    }
+    end_suite("bf16 compute", n, BF16C_TOL);
+}
+
 // Negative controls: a reference that models a different (plausible but wrong) setting must
 // disagree with libngd by far more than the tolerance, or the comparisons above prove little.
 static void reference_should_detect_wrong_settings(void) {
@@ -1037,6 +1070,7 @@ static const test_case TESTS[] = {
     TEST(large_should_match_the_reference),
     TEST(summed_loss_and_microbatches_should_match_the_reference),
     TEST(bf16_factors_should_match_the_reference),
+    TEST(bf16_compute_should_match_the_reference),
     TEST(reference_should_detect_wrong_settings),
 };
 

@@ -51,6 +51,8 @@ enum {
     B_JSON,
     B_POPTIM,
     B_MOM,
+    B_PREC,
+    B_REPEATS,
     B_HELP
 };
 
@@ -78,6 +80,12 @@ static const cli_opt BT_OPTS[] = {
      "rule of plain parameters (norm scales, embeddings) "
      "under second-order methods: method (default) or "
      "adamw (lr 1e-3)"},
+    {"precision", 1, B_PREC, "LIST",
+     "f32 (default), bf16, or f32,bf16: each configuration in each "
+     "(bf16 as ngd train --precision bf16)"},
+    {"repeats", 1, B_REPEATS, "N",
+     "run the whole list N times, interleaved (1); with f32,bf16 it ends with each "
+     "configuration's median f32/bf16 step-time ratio"},
     {"json", 0, B_JSON, NULL, "one JSON line per configuration instead of the table"},
     {"help", 0, B_HELP, NULL, "this text"},
 };
@@ -93,6 +101,7 @@ typedef struct {
     bool cifar, text;
     ngd_method method;
     char structure[40]; // "" for methods without one
+    bool bf16;          // --precision bf16
 } bt_cfg;
 
 typedef struct {
@@ -109,6 +118,8 @@ typedef struct {
     char err[200];
     size_t steps, period, params;
     double mean, median, data, fwd, bwd, obs, upd, prec, rule;
+    double cpu; // CPU time of the process per timed step (all its threads): on a loaded
+                // machine with --threads 1 a steadier measure of the work than wall time
     double fb_flops, opt_flops; // per step
     double sgemm_gflops;
     size_t state_bytes;
@@ -175,6 +186,12 @@ static size_t period_of(const ngd_config *cfg) {
     return 1;
 }
 
+static double cpu_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 // One configuration, in the child process.
 static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     memset(r, 0, sizeof *r);
@@ -195,6 +212,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     memcpy(mc.widths, o->widths, sizeof mc.widths);
     mc.nwidths = o->nwidths;
     mc.no_stats = c->method == NGD_METHOD_SGD || c->method == NGD_METHOD_ADAMW; // as ngd train
+    mc.bf16 = c->bf16;
     if (nn_model_create(&m, &mc, r->err, sizeof r->err) != NN_OK) goto done;
     if ((m.ops->forward_tokens != NULL) != c->text) {
         snprintf(r->err, sizeof r->err, "%s", c->text ? "not a token model" : "a token model");
@@ -208,6 +226,9 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
         cfg.structure_K.dtype = cfg.structure_C.dtype = keep;
     }
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
+    if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
+        cfg.structure_K.dtype = cfg.structure_C.dtype = cfg.factor_compute = cfg.kfac.ea_dtype =
+            NGD_BF16;
     if (c->method == NGD_METHOD_SGD && o->momentum >= 0) cfg.momentum = o->momentum;
     if (c->text) cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     pcfg.lr = 1e-3f, pcfg.weight_decay = 0;
@@ -235,9 +256,10 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     }
     const size_t nid = ngd_optim_count(opt), nr = o->batch * rows;
     uint64_t opt_f0 = 0;
+    double cpu0 = 0;
     for (size_t s = 0; s < o->warmup + r->steps; s++) {
         const bool timed = s >= o->warmup;
-        if (s == o->warmup) opt_f0 = ngd_gemm_flop_count();
+        if (s == o->warmup) opt_f0 = ngd_gemm_flop_count(), cpu0 = cpu_now_s();
         double t0 = bench_now_s();
         if (c->text)
             nn_text_batch(&d.text, NN_SPLIT_TRAIN, o->batch, o->context, &d.rng, ids, y);
@@ -278,6 +300,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
         tot[s - o->warmup] = t5 - t0;
     }
     r->opt_flops = (double)(ngd_gemm_flop_count() - opt_f0) / (double)r->steps;
+    r->cpu = (cpu_now_s() - cpu0) / (double)r->steps;
     const double n = (double)r->steps;
     r->data /= n, r->fwd /= n, r->bwd /= n, r->obs /= n, r->upd /= n, r->prec /= n, r->rule /= n;
     for (size_t i = 0; i < r->steps; i++)
@@ -367,28 +390,31 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
     const char *st = c->structure[0] ? c->structure : "-";
     if (o->json) {
         printf("{\"model\":\"%s\",\"data\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
-               "\"batch\":%zu,\"steps\":%zu,\"period\":%zu,\"ms_mean\":%.4f,\"ms_median\":%.4f,"
+               "\"precision\":\"%s\",\"batch\":%zu,\"steps\":%zu,\"period\":%zu,\"ms_mean\":%.4f,"
+               "\"ms_median\":%.4f,"
                "\"ms_data\":%.4f,\"ms_forward\":%.4f,\"ms_backward\":%.4f,\"ms_observe\":%.4f,"
                "\"ms_precond_update\":%.4f,\"ms_precondition\":%.4f,\"ms_rule\":%.4f,"
                "\"samples_per_s\":%.1f,\"fb_gflop\":%.4f,\"opt_gflop\":%.4f,\"fb_gflops\":%.1f,"
                "\"sgemm_gflops\":%.1f,\"floor_ms\":%.4f,\"peak_rss_mib\":%.1f,"
-               "\"state_bytes\":%zu,\"params\":%zu}\n",
+               "\"state_bytes\":%zu,\"params\":%zu,\"ms_cpu\":%.4f}\n",
                c->model,
                c->text    ? "shakespeare"
                : c->cifar ? "cifar100"
                           : "fashion-mnist",
-               ngd_method_name(c->method), st, o->batch, r->steps, r->period, r->mean * ms,
-               r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms,
-               r->prec * ms, r->rule * ms, (double)o->batch / r->mean, r->fb_flops / 1e9,
-               r->opt_flops / 1e9, fb_rate, r->sgemm_gflops, floor_s * ms, (double)rss / 1024.0,
-               r->state_bytes, r->params);
+               ngd_method_name(c->method), st, c->bf16 ? "bf16" : "f32", o->batch, r->steps,
+               r->period, r->mean * ms, r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms,
+               r->obs * ms, r->upd * ms, r->prec * ms, r->rule * ms, (double)o->batch / r->mean,
+               r->fb_flops / 1e9, r->opt_flops / 1e9, fb_rate, r->sgemm_gflops, floor_s * ms,
+               (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms);
     } else {
-        printf("%-8s %-6s %-9s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
-               "%6.2f %5.0f%% %6.3f %5.2fx %4.0f %6.0f\n",
-               c->model, ngd_method_name(c->method), st, r->mean * ms, r->median * ms, r->data * ms,
-               r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms, r->prec * ms, r->rule * ms,
-               (double)o->batch / r->mean, r->fb_flops / 1e9, 100 * fb_rate / r->sgemm_gflops,
-               r->opt_flops / 1e9, r->mean / floor_s, r->sgemm_gflops, (double)rss / 1024.0);
+        printf(
+            "%-8s %-6s %-9s %-4s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
+            "%6.2f %5.0f%% %6.3f %5.2fx %4.0f %6.0f\n",
+            c->model, ngd_method_name(c->method), st, c->bf16 ? "bf16" : "f32", r->mean * ms,
+            r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms,
+            r->prec * ms, r->rule * ms, (double)o->batch / r->mean, r->fb_flops / 1e9,
+            100 * fb_rate / r->sgemm_gflops, r->opt_flops / 1e9, r->mean / floor_s, r->sgemm_gflops,
+            (double)rss / 1024.0);
     }
     fflush(stdout);
 }
@@ -399,7 +425,8 @@ int bench_train(int argc, char **argv) {
          structs_s[256] = "dense,diagonal";
     struct option lo[BT_NOPTS + 1];
     cli_longopts(BT_OPTS, BT_NOPTS, lo);
-    size_t threads = 0;
+    size_t threads = 0, repeats = 1;
+    int precs = 1; // bit 0: f32, bit 1: bf16
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -462,6 +489,21 @@ int bench_train(int argc, char **argv) {
             o.momentum = (float)v;
             break;
         }
+        case B_PREC:
+            if (!strcmp(optarg, "f32"))
+                precs = 1;
+            else if (!strcmp(optarg, "bf16"))
+                precs = 2;
+            else if (!strcmp(optarg, "f32,bf16") || !strcmp(optarg, "bf16,f32"))
+                precs = 3;
+            else {
+                cli_error("f32, bf16 or f32,bf16", "--precision: unknown list '%s'", optarg);
+                return NGD_EXIT_USAGE;
+            }
+            break;
+        case B_REPEATS:
+            if (parse_size("repeats", optarg, &repeats, 1)) return NGD_EXIT_USAGE;
+            break;
         case B_JSON: o.json = true; break;
         case B_HELP:
         case 'h': usage(stdout); return NGD_EXIT_OK;
@@ -505,51 +547,93 @@ int bench_train(int argc, char **argv) {
                 return NGD_EXIT_USAGE;
             }
             const bool structured = me == NGD_METHOD_SINGD || me == NGD_METHOD_IKFAC;
-            for (int k = 0; k < (structured ? ns : 1); k++) {
-                if (nc == BT_MAX) {
-                    cli_error("run fewer at a time", "more than %d configurations", BT_MAX);
-                    return NGD_EXIT_USAGE;
-                }
-                bt_cfg *c = &cfgs[nc++];
-                memset(c, 0, sizeof *c);
-                c->model = mv[i], c->method = me, c->text = text;
-                c->cifar = o.data ? !strcmp(o.data, "cifar100") : strcmp(mv[i], "mlp") != 0;
-                if (structured) {
-                    ngd_factor_spec fs;
-                    if (ngd_structure_parse(sv[k], &fs) != NGD_OK) {
-                        cli_error("structures as ngd train --structure",
-                                  "--structure: unknown "
-                                  "structure '%s'",
-                                  sv[k]);
+            for (int k = 0; k < (structured ? ns : 1); k++)
+                for (int pr = 0; pr < 2; pr++) {
+                    if (!(precs & (1 << pr))) continue;
+                    if (nc == BT_MAX) {
+                        cli_error("run fewer at a time", "more than %d configurations", BT_MAX);
                         return NGD_EXIT_USAGE;
                     }
-                    snprintf(c->structure, sizeof c->structure, "%s", sv[k]);
+                    bt_cfg *c = &cfgs[nc++];
+                    memset(c, 0, sizeof *c);
+                    c->model = mv[i], c->method = me, c->text = text, c->bf16 = pr == 1;
+                    c->cifar = o.data ? !strcmp(o.data, "cifar100") : strcmp(mv[i], "mlp") != 0;
+                    if (structured) {
+                        ngd_factor_spec fs;
+                        if (ngd_structure_parse(sv[k], &fs) != NGD_OK) {
+                            cli_error("structures as ngd train --structure",
+                                      "--structure: unknown "
+                                      "structure '%s'",
+                                      sv[k]);
+                            return NGD_EXIT_USAGE;
+                        }
+                        snprintf(c->structure, sizeof c->structure, "%s", sv[k]);
+                    }
                 }
-            }
         }
     }
     if (!o.json)
-        printf("ngd bench train: batch %zu, %zu warm-up steps, >= %zu timed steps (whole "
-               "periods), T = %zu\nms per step; phases in ms: data, forward(+loss), backward, "
-               "observe, preconditioner update, preconditioning, first-order rule;\nfb = forward+"
-               "backward GEMM GFLOP, %%sgemm = its GFLOP/s against the sgemm rate, opt = optimizer "
-               "GEMM GFLOP/step,\nx floor = step time / (all GEMM FLOPs at the sgemm rate)\n\n"
-               "%-8s %-6s %-9s %8s %8s | %5s %7s %7s %6s %6s %6s %6s | %7s %6s %6s %6s %6s %4s "
-               "%6s\n",
-               o.batch, o.warmup, o.steps, o.T, "model", "optim", "structure", "mean", "median",
-               "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb", "%sgemm", "opt",
-               "xfloor", "sgemm", "RSS MiB");
+        printf(
+            "ngd bench train: batch %zu, %zu warm-up steps, >= %zu timed steps (whole "
+            "periods), T = %zu\nms per step; phases in ms: data, forward(+loss), backward, "
+            "observe, preconditioner update, preconditioning, first-order rule;\nfb = forward+"
+            "backward GEMM GFLOP, %%sgemm = its GFLOP/s against the sgemm rate, opt = optimizer "
+            "GEMM GFLOP/step,\nx floor = step time / (all GEMM FLOPs at the sgemm rate)\n\n"
+            "%-8s %-6s %-9s %-4s %8s %8s | %5s %7s %7s %6s %6s %6s %6s | %7s %6s %6s %6s %6s %4s "
+            "%6s\n",
+            o.batch, o.warmup, o.steps, o.T, "model", "optim", "structure", "prec", "mean",
+            "median", "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb", "%sgemm",
+            "opt", "xfloor", "sgemm", "RSS MiB");
     int rc = NGD_EXIT_OK;
-    for (size_t i = 0; i < nc; i++) {
-        bt_result r;
-        long rss = 0;
-        if (run_forked(&cfgs[i], &o, &r, &rss)) {
-            cli_error(NULL, "bench train: %s %s: %s", cfgs[i].model,
-                      ngd_method_name(cfgs[i].method), r.err);
-            rc = NGD_EXIT_FAIL;
-            continue;
-        }
-        print_row(&cfgs[i], &o, &r, rss);
+    if (precs == 3 && !nn_bf16_native())
+        fprintf(stderr, "ngd bench train: note: no AVX512-BF16 on this CPU: bf16 converts "
+                        "(expect it slower than f32)\n");
+    // mean step times of every repeat, for the f32/bf16 ratios (each pair from one round)
+    double *ms_of = calloc(nc * repeats, sizeof *ms_of), *cpu_of = calloc(nc * repeats, 8);
+    if (!ms_of || !cpu_of) {
+        free(ms_of), free(cpu_of);
+        return NGD_EXIT_FAIL;
     }
+    for (size_t rep = 0; rep < repeats; rep++)
+        for (size_t i = 0; i < nc; i++) {
+            bt_result r;
+            long rss = 0;
+            if (run_forked(&cfgs[i], &o, &r, &rss)) {
+                cli_error(NULL, "bench train: %s %s: %s", cfgs[i].model,
+                          ngd_method_name(cfgs[i].method), r.err);
+                rc = NGD_EXIT_FAIL;
+                continue;
+            }
+            ms_of[rep * nc + i] = r.mean;
+            cpu_of[rep * nc + i] = r.cpu;
+            print_row(&cfgs[i], &o, &r, rss);
+        }
+    if (precs == 3) { // configurations come in (f32, bf16) pairs
+        if (!o.json)
+            printf("\nf32 / bf16 step time (wall; CPU time of the process), median over %zu "
+                   "interleaved rounds:\n",
+                   repeats);
+        double *rt = malloc(repeats * sizeof *rt), *rc2 = malloc(repeats * sizeof *rc2);
+        for (size_t i = 0; rt && rc2 && i + 1 < nc; i += 2) {
+            size_t k = 0;
+            for (size_t rep = 0; rep < repeats; rep++)
+                if (ms_of[rep * nc + i] > 0 && ms_of[rep * nc + i + 1] > 0) {
+                    rc2[k] = cpu_of[rep * nc + i] / cpu_of[rep * nc + i + 1];
+                    rt[k++] = ms_of[rep * nc + i] / ms_of[rep * nc + i + 1];
+                }
+            if (!k) continue;
+            const double med = bench_median(rt, k), medc = bench_median(rc2, k);
+            const char *st = cfgs[i].structure[0] ? cfgs[i].structure : "-";
+            if (o.json)
+                printf("{\"model\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
+                       "\"f32_over_bf16\":%.4f,\"f32_over_bf16_cpu\":%.4f,\"rounds\":%zu}\n",
+                       cfgs[i].model, ngd_method_name(cfgs[i].method), st, med, medc, k);
+            else
+                printf("%-8s %-6s %-9s %5.2fx  (CPU %5.2fx)\n", cfgs[i].model,
+                       ngd_method_name(cfgs[i].method), st, med, medc);
+        }
+        free(rt), free(rc2);
+    }
+    free(ms_of), free(cpu_of);
     return rc;
 }

@@ -103,7 +103,8 @@ enum {
     O_FACTORED,
     O_POPTIM,
     O_PLR,
-    O_PWD
+    O_PWD,
+    O_PRECISION
 };
 
 static const cli_opt OPTS[] = {
@@ -201,6 +202,9 @@ static const cli_opt OPTS[] = {
     {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+    {"precision", 1, O_PRECISION, "P",
+     "f32 (default) or bf16: Linear and Conv2d GEMMs on bf16 operands (f32 "
+     "accumulation, f32 master weights; fast with AVX512-BF16)"},
     {"eval-every", 1, O_EVALEVERY, "N",
      "evaluate on the test set every N epochs (1; 0 = end only)"},
     {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<data>-<optim>.jsonl)"},
@@ -329,6 +333,8 @@ typedef struct {
     bool has_param_lr, has_param_wd;
     ngd_config param_cfg; // their add_param override, when has_param_cfg
     bool has_param_cfg;
+    bool bf16;         // --precision bf16
+    bool fdtype_given; // --factor-dtype was given (then --precision leaves the factors alone)
 } train_opts;
 
 // ---- option parsing helpers: every bad value is a usage error naming the option ----
@@ -665,6 +671,13 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
                 return -1;
             }
             break;
+        case O_PRECISION:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16")) {
+                cli_error("f32 or bf16", "--precision: unknown precision '%s'", optarg);
+                return -1;
+            }
+            t->bf16 = !strcmp(optarg, "bf16");
+            break;
         case O_FDTYPE:
             if (strcmp(optarg, "f32") && strcmp(optarg, "bf16")) {
                 cli_error("f32 or bf16", "--factor-dtype: unknown type '%s'", optarg);
@@ -672,6 +685,7 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             }
             t->cfg.structure_K.dtype = t->cfg.structure_C.dtype =
                 !strcmp(optarg, "bf16") ? NGD_BF16 : NGD_F32;
+            t->fdtype_given = true;
             break;
         case O_LR:
             if (parse_f(nm, optarg, &t->cfg.lr)) return -1;
@@ -827,6 +841,14 @@ static int parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         }
     }
     if (!eval && check_methods(t, given)) return -1;
+    // --precision bf16: SINGD's factors in bf16, stored and computed (dense K and C; other
+    // structures compute in f32), unless --factor-dtype chose otherwise; the K-FAC family's
+    // factor averages rounded to bf16
+    if (t->bf16 && !t->fdtype_given) {
+        t->cfg.structure_K.dtype = t->cfg.structure_C.dtype = NGD_BF16;
+        t->cfg.factor_compute = NGD_BF16;
+    }
+    if (t->bf16) t->cfg.kfac.ea_dtype = NGD_BF16; // the K-FAC family's factor averages
     if (optind < argc) {
         cli_error(!strcmp(cmd, "eval") ? "run 'ngd eval --help' for the options"
                                        : "run 'ngd train --help' for the options",
@@ -1873,6 +1895,11 @@ static int run(const train_opts *t, bool eval_only) {
     mc.nwidths = t->nwidths;
     // first-order methods never observe: the model may drop its layers' output gradients
     mc.no_stats = t->cfg.method == NGD_METHOD_SGD || t->cfg.method == NGD_METHOD_ADAMW;
+    mc.bf16 = t->bf16;
+    if (t->bf16 && !t->quiet && !nn_bf16_native())
+        fprintf(stderr, "ngd train: note: this CPU has no AVX512-BF16: --precision bf16 runs "
+                        "oneDNN's emulation or converts to float32 (slower than --precision "
+                        "f32, same numbers)\n");
     nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
     if (ns != NN_OK) {
         cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models" : NULL, "%s", err);
@@ -2191,6 +2218,7 @@ static int run(const train_opts *t, bool eval_only) {
     cJSON_AddStringToObject(j, "model", t->model);
     cJSON_AddStringToObject(j, "data", t->data);
     cJSON_AddStringToObject(j, "optim", ngd_method_name(t->method));
+    cJSON_AddStringToObject(j, "precision", t->bf16 ? "bf16" : "f32");
     if (t->has_param_cfg) {
         cJSON_AddStringToObject(j, "param_optim", ngd_method_name(t->param_cfg.method));
         cJSON_AddNumberToObject(j, "param_lr", (double)t->param_cfg.lr);

@@ -16,6 +16,7 @@
 #include <omp.h>
 #endif
 
+#include "bf16.h"
 #include "impl.h"
 
 // A view as (trans flag, leading dimension) of a row-major GEMM operand; 0 if impossible.
@@ -111,6 +112,77 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)C.rows * C.cols * A.cols,
                               memory_order_relaxed);
     gemm(alpha, A, B, beta, C);
+}
+
+// Exported by oneDNN 2.6 but not declared in its header (DEPS.md): dnnl_sgemm's contract
+// with bf16 A and B.
+extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N,
+                                           dnnl_dim_t K, float alpha, const uint16_t *A,
+                                           dnnl_dim_t lda, const uint16_t *B, dnnl_dim_t ldb,
+                                           float beta, float *C, dnnl_dim_t ldc);
+
+static _Atomic int bf16_convert; // ngd_gemm_bf16_force_convert
+
+void ngd_gemm_bf16_force_convert(bool on) { atomic_store(&bf16_convert, on ? 1 : 0); }
+
+// op(X) of a row-major bf16 operand (rows x cols stored with leading dimension ld), decoded
+static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) {
+    float *f = ngd_malloc(rows * cols, sizeof(float));
+    if (!f) return NULL;
+    for (size_t i = 0; i < rows; i++)
+        ngd_bf16_decode(X + i * ld, f + i * cols, cols);
+    return f;
+}
+
+void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
+                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (m == 0 || n == 0) return;
+    NGD_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
+    ngd_view Cv = ngd_view_rm(C, m, n, ldc);
+    if (k == 0 || alpha == 0.0f || m * n * k <= SMALL_GEMM_MACS) {
+        // the plain loop (products of bf16 values are exact in f32)
+        atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+        if (beta == 0.0f)
+            ngd_view_zero(Cv);
+        else if (beta != 1.0f)
+            ngd_view_scale(Cv, beta);
+        for (size_t i = 0; i < m && alpha != 0.0f; i++)
+            for (size_t p = 0; p < k; p++) {
+                const float a = alpha * ngd_bf16_to_f32(ta ? A[p * lda + i] : A[i * lda + p]);
+                for (size_t j = 0; j < n; j++)
+                    C[i * ldc + j] += a * ngd_bf16_to_f32(tb ? B[j * ldb + p] : B[p * ldb + j]);
+            }
+        return;
+    }
+    dnnl_status_t st =
+        atomic_load(&bf16_convert)
+            ? dnnl_unimplemented
+            : dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n,
+                                    (dnnl_dim_t)k, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb,
+                                    beta, C, (dnnl_dim_t)ldc);
+    if (st == dnnl_success) {
+        atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+        return;
+    }
+    // no bf16 kernel for this CPU: the stored matrices in f32 (ngd_gemm counts the flops)
+    const size_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    float *fa = decode_op(A, ar, ac, lda), *fb = decode_op(B, br, bc, ldb);
+    ngd_cview Av = ngd_cview_rm(fa, ar, ac, ac), Bv = ngd_cview_rm(fb, br, bc, bc);
+    if (fa && fb) {
+        ngd_gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta, Cv);
+    } else { // out of memory: element by element
+        atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++) {
+                double s = 0;
+                for (size_t p = 0; p < k; p++)
+                    s += (double)ngd_bf16_to_f32(ta ? A[p * lda + i] : A[i * lda + p]) *
+                         (double)ngd_bf16_to_f32(tb ? B[j * ldb + p] : B[p * ldb + j]);
+                const double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];
+                C[i * ldc + j] = (float)((double)alpha * s + c);
+            }
+    }
+    ngd_free(fa), ngd_free(fb);
 }
 
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     float *p;
@@ -62,6 +63,15 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
 // The plain-loop reference of ngd_gemm (accumulates in double); used by tests and as the
 // fallback for views without a unit stride.
 void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
+// bf16 GEMM, row-major with transpose flags (as dnnl_sgemm): C (m x n, f32) = alpha
+// op(A) op(B) + beta C, A and B bf16 (uint16_t), products summed in f32. oneDNN's bf16
+// kernels (AVX512-BF16 / AMX; emulated on plain AVX-512); where it has none it converts
+// op(A), op(B) to f32 and multiplies in f32 (the same products; slower, allocates). beta = 0
+// never reads C. Counted in ngd_gemm_flop_count.
+void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
+                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+// Tests: force the converting path of ngd_gemm_bf16 (as on CPUs without bf16 kernels).
+void ngd_gemm_bf16_force_convert(bool on);
 // C = beta*C + alpha * A Aᵀ (full square, both triangles written); A is m x k.
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C);
 

@@ -126,7 +126,48 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->ybuf);
     free(l->dwpart);
     free(l->wflip);
+    free(l->w16);
+    free(l->wflip16);
+    free(l->col16);
+    free(l->dy16);
+    free(l->x16);
+    free(l->dyx16);
     memset(l, 0, sizeof *l);
+}
+
+nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
+    if (l->w16) return NN_OK;
+    const size_t L = l->oh * l->ow, ncol = l->chunk * L;
+    const size_t cols = l->chunk > 1 ? ncol : block_rows(l->ow) * l->ow;
+    const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
+    l->dy16_n = nn_mul(l->c_out, cols);
+    l->w16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+    if (l->wflip) l->wflip16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+    l->col16 = nn_malloc(nn_mul(l->nthr, nc), sizeof(uint16_t));
+    l->dy16 = nn_malloc(nn_mul(l->nthr, l->dy16_n), sizeof(uint16_t));
+    const ngd_conv_geom *G = &l->geom;
+    l->x16 = nn_malloc(nn_mul(l->max_batch, G->c_in * G->h * G->w), sizeof(uint16_t));
+    if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->max_batch, l->c_out * L), sizeof(uint16_t));
+    if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16) {
+        free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
+        l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = NULL;
+        return NN_ERR_NOMEM;
+    }
+    return NN_OK;
+}
+
+// The bf16 column buffer of thread t
+static uint16_t *col16_of(const nn_conv2d *l, size_t t) {
+    const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
+    return l->col16 + t * nc;
+}
+
+// nn_bf16_encode of one value (inlined in im2col and the transposing loop of nn_conv2d_stats)
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
 }
 
 // ---- transposed im2col / col2im of a chunk and one group ----
@@ -146,20 +187,47 @@ static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi
 }
 
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
-// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2)
-static void im2col_t(const nn_conv2d *l, const float *x, size_t nb, size_t g, size_t r0, size_t R,
-                     float *colt) {
+// group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). bf16 mode:
+// the patches of the bf16 samples x16 into col16 instead (plain copies: the samples were
+// rounded once, not each of their k1·k2 copies; x and colt unused).
+static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, size_t nb, size_t g,
+                     size_t r0, size_t R, float *colt, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
     const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
-        const float *xc = x + i * xs + (g * cg + c) * H * W;
+        const float *xc = x16 ? NULL : x + i * xs + (g * cg + c) * H * W;
+        const uint16_t *xc16 = x16 ? x16 + i * xs + (g * cg + c) * H * W : NULL;
         for (size_t k1 = 0; k1 < K1; k1++)
             for (size_t k2 = 0; k2 < K2; k2++) {
                 size_t lo, hi;
                 const ptrdiff_t off = col_range(l, k2, &lo, &hi);
-                float *dst = colt + ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                const size_t at = ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                if (x16) {
+                    for (size_t o1 = r0; o1 < r0 + R; o1++) {
+                        uint16_t *d = col16 + at + (o1 - r0) * OW;
+                        const ptrdiff_t i1 =
+                            (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
+                        if (i1 < 0 || (size_t)i1 >= H) {
+                            memset(d, 0, OW * sizeof(uint16_t));
+                            continue;
+                        }
+                        const uint16_t *src = xc16 + (size_t)i1 * W;
+                        for (size_t o2 = 0; o2 < lo; o2++)
+                            d[o2] = 0;
+                        if (G->s2 == 1) {
+                            if (hi > lo) memcpy(d + lo, src + (ptrdiff_t)lo + off, (hi - lo) * 2);
+                        } else {
+                            for (size_t o2 = lo; o2 < hi; o2++)
+                                d[o2] = src[(ptrdiff_t)(o2 * G->s2) + off];
+                        }
+                        for (size_t o2 = hi; o2 < OW; o2++)
+                            d[o2] = 0;
+                    }
+                    continue;
+                }
+                float *dst = colt + at;
                 for (size_t o1 = r0; o1 < r0 + R; o1++) {
                     float *d = dst + (o1 - r0) * OW;
                     const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
@@ -229,19 +297,26 @@ static int thread_id(void) {
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
-                          float *ybuf) {
+                          float *ybuf, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const size_t RB = nb == 1 ? block_rows(OW) : OH;
+    // bf16: the chunk's samples rounded once, kept for backward's im2col
+    if (col16) nn_bf16_encode(x + n0 * xs, l->x16 + n0 * xs, nb * xs);
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x + n0 * xs, nb, g, r0, R, colt);
+            im2col_t(l, x + n0 * xs, col16 ? l->x16 + n0 * xs : NULL, nb, g, r0, R, colt, col16);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
+            if (col16) {
+                nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
+                             ncol, 0.0f, out + g * cog * ldo, ldo);
+                continue;
+            }
             nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, colt, ncol,
                      0.0f, out + g * cog * ldo, ldo);
         }
@@ -269,6 +344,7 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
     l->x = x;
     l->dy = NULL;
     l->n = N;
+    if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
@@ -276,23 +352,29 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
-                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL);
+                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL);
     }
 }
 
 // dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows
 // [r0, r0+R) (nb = 1) or all of them (then through ybuf)
 static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
-                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf) {
+                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf, uint16_t *col16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
-    im2col_t(&t, dy + n0 * cout * L, nb, 0, r0, R, tcolt);
+    im2col_t(&t, dy + n0 * cout * L, col16 ? l->dyx16 + n0 * cout * L : NULL, nb, 0, r0, R, tcolt,
+             col16);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
-    nn_sgemm(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip, tdin, tcolt, ncol,
-             nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    if (col16) {
+        nn_gemm_bf16(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip16, tdin, col16, ncol,
+                     nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    } else {
+        nn_sgemm(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip, tdin, tcolt, ncol,
+                 nb == 1 && !set ? 1.0f : 0.0f, out, ldo);
+    }
     if (nb > 1) // samples side by side -> images
         for (size_t i = 0; i < nb; i++)
             for (size_t c = 0; c < G->c_in; c++) {
@@ -306,7 +388,8 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
 // written instead when set). One sample: block by block of output rows, like forward.
 static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0, size_t nb,
-                           float *colt, float *dcolt, float *ybuf, float *dwpart) {
+                           float *colt, float *dcolt, float *ybuf, float *dwpart, uint16_t *col16,
+                           uint16_t *dy16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -319,13 +402,29 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         dyc = ybuf;
     }
     if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
+    // bf16 with the transposed convolution: the chunk's dy rounded once for its im2col
+    if (dx && l->wflip && dy16)
+        nn_bf16_encode(dy + n0 * cout * L, l->dyx16 + n0 * cout * L, nb * cout * L);
     const size_t RB = nb == 1 ? block_rows(OW) : OH;
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
+        // bf16: the block's dy (cout, ncol) rounded once for every group
+        if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
-            im2col_t(l, l->x + n0 * xs, nb, g, r0, R, colt);
+            im2col_t(l, l->x + n0 * xs, dy16 ? l->x16 + n0 * xs : NULL, nb, g, r0, R, colt,
+                     dy16 ? col16 : NULL);
+            if (dy16) {
+                const uint16_t *yg16 = dy16 + g * cog * ncol;
+                nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
+                             dwpart + g * cog * din, din);
+                if (!dx || l->wflip) continue;
+                nn_gemm_bf16(true, false, din, ncol, cog, 1.0f, l->w16 + g * cog * din, din, yg16,
+                             ncol, 0.0f, dcolt, ncol);
+                col2im_t_add(l, dcolt, nb, g, r0, R, dx + n0 * xs);
+                continue;
+            }
             // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
             nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ldy, colt, ncol, 1.0f,
                      dwpart + g * cog * din, din);
@@ -340,7 +439,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
-        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf);
+        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16);
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
@@ -371,6 +470,7 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
                     for (size_t b = 0; b < K2; b++)
                         l->wflip[c * cout * K1 * K2 + (co * K1 + a) * K2 + b] =
                             l->w[co * din + (c * K1 + (K1 - 1 - a)) * K2 + (K2 - 1 - b)];
+        if (l->wflip16) nn_bf16_encode(l->wflip, l->wflip16, cout * din);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -379,7 +479,8 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
-                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw);
+                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw,
+                       l->w16 ? col16_of(l, t) : NULL, l->w16 ? l->dy16 + t * l->dy16_n : NULL);
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)
@@ -414,21 +515,29 @@ size_t nn_conv2d_stats_size(const nn_conv2d *l) {
 nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g) {
     NN_ASSERT(l->x && l->dy && l->n >= 1 && scratch);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
-    float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;
+    float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;    // the caller's scratch
+    uint16_t *gbuf16 = l->w16 ? (uint16_t *)(void *)gbuf : NULL; // bf16 mode: g in bf16
     // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
     // matrix is by construction the one its documentation describes
     if (ngd_unfold(&l->geom, N, l->x, false, abuf) != NGD_OK) return NN_ERR_ARG;
     // g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time
+    // (bf16 mode: rounded on the way, the same values as the GEMMs' dy)
     NN_OMP_FOR(N * L * cout)
     for (size_t n = 0; n < N; n++)
         for (size_t o = 0; o < cout; o++) {
             const float *src = l->dy + (n * cout + o) * L;
+            if (gbuf16) {
+                uint16_t *dst = gbuf16 + n * L * cout + o;
+                for (size_t p = 0; p < L; p++)
+                    dst[p * cout] = to_bf16(src[p]);
+                continue;
+            }
             float *dst = gbuf + n * L * cout + o;
             for (size_t p = 0; p < L; p++)
                 dst[p * cout] = src[p];
         }
     *a = ngd_matrix_f32(abuf, N * L, l->d_in);
-    *g = ngd_matrix_f32(gbuf, N * L, cout);
+    *g = gbuf16 ? ngd_matrix_bf16(gbuf16, N * L, cout) : ngd_matrix_f32(gbuf, N * L, cout);
     return NN_OK;
 }
 

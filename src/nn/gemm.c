@@ -3,7 +3,8 @@
  * over oneDNN's dnnl_sgemm (measured fastest f32 GEMM here, docs/design.md), a plain loop
  * for tiny products, and the float64-accumulating reference it falls back to and is tested
  * against. Only this file
- * includes <dnnl.h>. No batching, no bf16.
+ * includes <dnnl.h>. No batching. bf16: nn_gemm_bf16 (bf16 inputs, f32 accumulation and
+ * output) over oneDNN's bf16 GEMM, with the conversions it needs.
  */
 #include <dnnl.h>
 #include <stdatomic.h>
@@ -63,10 +64,18 @@ static atomic_uint_fast64_t flops; // nn_flop_count
 
 uint64_t nn_flop_count(void) { return (uint64_t)atomic_load(&flops); }
 
+static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (m == 0 || n == 0) return;
     atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
+    sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (k == 0 || alpha == 0.0f) {
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < n; j++)
@@ -92,4 +101,138 @@ void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
         dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k,
                    alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
     if (st != dnnl_success) nn_sgemm_ref(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// ====== bf16 ======
+
+// oneDNN 2.6 exports this but does not declare it (DEPS.md): the same contract as
+// dnnl_sgemm (row-major, 'N'/'T' flags, leading dimensions) with bf16 A and B and f32 C.
+// It takes the AVX512-BF16 (and AMX) kernels where the CPU has them, emulates bf16 on plain
+// AVX-512, and answers dnnl_unimplemented below that: then nn_gemm_bf16 converts instead.
+extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N,
+                                           dnnl_dim_t K, float alpha, const uint16_t *A,
+                                           dnnl_dim_t lda, const uint16_t *B, dnnl_dim_t ldb,
+                                           float beta, float *C, dnnl_dim_t ldc);
+
+// Round to nearest even, NaN kept (quietened); written without a branch so that the loop
+// vectorises (16 values per AVX-512 instruction). Identical to libngd's ngd_f32_to_bf16.
+void nn_bf16_encode(const float *x, uint16_t *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        const uint32_t q = (u >> 16) | 0x40u;
+        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+    }
+}
+
+void nn_bf16_decode(const uint16_t *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = (uint32_t)x[i] << 16;
+        memcpy(&y[i], &u, sizeof u);
+    }
+}
+
+// Rows of a row-major matrix (rows, cols) with leading dimensions lds / ldd.
+void nn_bf16_encode_rows(const float *x, size_t lds, uint16_t *y, size_t ldd, size_t rows,
+                         size_t cols) {
+    if (lds == cols && ldd == cols) {
+        nn_bf16_encode(x, y, rows * cols);
+        return;
+    }
+    for (size_t r = 0; r < rows; r++)
+        nn_bf16_encode(x + r * lds, y + r * ldd, cols);
+}
+
+bool nn_bf16_native(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
+static _Atomic int bf16_force_convert; // nn_gemm_bf16_force_convert
+
+void nn_gemm_bf16_force_convert(bool on) { atomic_store(&bf16_force_convert, on ? 1 : 0); }
+
+static float bf(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+#define ATH(M, ld, t, i, j) bf(AT(M, ld, t, i, j))
+
+void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                      float *C, size_t ldc) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0;
+            for (size_t p = 0; p < k; p++)
+                s += (double)ATH(A, lda, ta, i, p) * (double)ATH(B, ldb, tb, p, j);
+            double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];
+            C[i * ldc + j] = (float)((double)alpha * s + c);
+        }
+}
+
+// The converting path: op(A), op(B) decoded to f32 (exact) and multiplied by sgemm. Used
+// where oneDNN has no bf16 kernel for this CPU; it allocates per call (a slow path).
+static bool gemm_bf16_convert(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                              const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
+                              float beta, float *C, size_t ldc) {
+    // the stored matrices: (rows - 1) * ld + cols elements (the last row may end early)
+    const size_t na = ((ta ? k : m) - 1) * lda + (ta ? m : k);
+    const size_t nb = ((tb ? n : k) - 1) * ldb + (tb ? k : n);
+    float *fa = nn_malloc(na, sizeof(float)), *fb = nn_malloc(nb, sizeof(float));
+    if (!fa || !fb) {
+        free(fa), free(fb);
+        return false;
+    }
+    nn_bf16_decode(A, fa, na);
+    nn_bf16_decode(B, fb, nb);
+    sgemm(ta, tb, m, n, k, alpha, fa, lda, fb, ldb, beta, C, ldc);
+    free(fa), free(fb);
+    return true;
+}
+
+void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
+                  size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (m == 0 || n == 0) return;
+    atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
+    if (k == 0 || alpha == 0.0f) {
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++)
+                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    NN_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
+    NN_ASSERT(m < INT64_MAX && n < INT64_MAX && k < INT64_MAX && lda < INT64_MAX &&
+              ldb < INT64_MAX && ldc < INT64_MAX);
+    if (m * n * k <= NN_SMALL_GEMM_MACS) {
+        // products of bf16 values are exact in f32; the sums are f32, as in the kernels
+        for (size_t i = 0; i < m; i++) {
+            float *c = C + i * ldc;
+            for (size_t j = 0; j < n; j++)
+                c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+            for (size_t p = 0; p < k; p++) {
+                const float a = alpha * ATH(A, lda, ta, i, p);
+                for (size_t j = 0; j < n; j++)
+                    c[j] += a * ATH(B, ldb, tb, p, j);
+            }
+        }
+        return;
+    }
+    if (!atomic_load(&bf16_force_convert)) {
+        // beta = 0 never reads C (as dnnl_sgemm; tested in test_bf16 with NaN in C)
+        dnnl_status_t st = dnnl_gemm_bf16bf16f32(
+            ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha, A,
+            (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
+        if (st == dnnl_success) return;
+    }
+    if (!gemm_bf16_convert(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
+        nn_gemm_bf16_ref(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }

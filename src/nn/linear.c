@@ -2,7 +2,9 @@
  * linear.c — fully connected layer y = x Wᵀ + b (PyTorch nn.Linear), forward and backward,
  * as two / three GEMMs. Kronecker-factored for libngd: a = x, g = dy. Rows are whatever
  * the caller batches (samples, or B*T tokens); the layer does not know the difference.
- * No buffers of its own: the input and the output gradient are borrowed.
+ * No buffers of its own: the input and the output gradient are borrowed. In bf16 mode
+ * (nn_linear_use_bf16) it keeps bf16 copies of W, x and dy: the operands of its bf16 GEMMs,
+ * and the statistics libngd reads.
  */
 #include <math.h>
 #include <string.h>
@@ -36,6 +38,9 @@ void nn_linear_free(nn_linear *l) {
     free(l->dw);
     free(l->b);
     free(l->db);
+    free(l->w16);
+    free(l->x16);
+    free(l->dy16);
     memset(l, 0, sizeof *l);
 }
 
@@ -49,6 +54,14 @@ void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {
         for (size_t r = 0; r < rows; r++)
             memcpy(y + r * dout, l->b, dout * sizeof(float));
     }
+    if (l->max_rows16) {
+        NN_ASSERT(rows <= l->max_rows16);
+        nn_bf16_encode(l->w, l->w16, dout * din);
+        nn_bf16_encode(x, l->x16, rows * din);
+        nn_gemm_bf16(false, true, rows, dout, din, 1.0f, l->x16, din, l->w16, din,
+                     l->b ? 1.0f : 0.0f, y, dout);
+        return;
+    }
     // y (rows, dout) = x (rows, din) · Wᵀ (din, dout) [+ y holding the bias]
     nn_sgemm(false, true, rows, dout, din, 1.0f, x, din, l->w, din, l->b ? 1.0f : 0.0f, y, dout);
 }
@@ -57,9 +70,15 @@ void nn_linear_backward(nn_linear *l, const float *dy, float *dx) {
     NN_ASSERT(dy && l->x);
     const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
     l->dy = dy;
-    // dW (dout, din) += dyᵀ (dout, rows) · x (rows, din)
-    nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, 1.0f, l->dw, din);
-    if (l->db) {
+    if (l->max_rows16) {
+        nn_bf16_encode(dy, l->dy16, rows * dout);
+        nn_gemm_bf16(true, false, dout, din, rows, 1.0f, l->dy16, dout, l->x16, din, 1.0f, l->dw,
+                     din);
+    } else {
+        // dW (dout, din) += dyᵀ (dout, rows) · x (rows, din)
+        nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, 1.0f, l->dw, din);
+    }
+    if (l->db) { // (the bias gradient sums the f32 dy)
         for (size_t r = 0; r < rows; r++) {
             const float *d = dy + r * dout;
             for (size_t o = 0; o < dout; o++)
@@ -67,7 +86,28 @@ void nn_linear_backward(nn_linear *l, const float *dy, float *dx) {
         }
     }
     // dx (rows, din) += dy (rows, dout) · W (dout, din)
-    if (dx) nn_sgemm(false, false, rows, din, dout, 1.0f, dy, dout, l->w, din, 1.0f, dx, din);
+    if (dx && l->max_rows16)
+        nn_gemm_bf16(false, false, rows, din, dout, 1.0f, l->dy16, dout, l->w16, din, 1.0f, dx,
+                     din);
+    else if (dx)
+        nn_sgemm(false, false, rows, din, dout, 1.0f, dy, dout, l->w, din, 1.0f, dx, din);
+}
+
+nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows) {
+    if (max_rows == 0) return NN_ERR_ARG;
+    if (l->max_rows16 >= max_rows) return NN_OK;
+    free(l->w16), free(l->x16), free(l->dy16);
+    l->w16 = nn_malloc(nn_mul(l->d_out, l->d_in), sizeof(uint16_t));
+    l->x16 = nn_malloc(nn_mul(max_rows, l->d_in), sizeof(uint16_t));
+    l->dy16 = nn_malloc(nn_mul(max_rows, l->d_out), sizeof(uint16_t));
+    l->max_rows16 = 0;
+    if (!l->w16 || !l->x16 || !l->dy16) {
+        free(l->w16), free(l->x16), free(l->dy16);
+        l->w16 = l->x16 = l->dy16 = NULL;
+        return NN_ERR_NOMEM;
+    }
+    l->max_rows16 = max_rows;
+    return NN_OK;
 }
 
 ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name) {
@@ -83,6 +123,11 @@ ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name) {
 
 void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g) {
     NN_ASSERT(l->x && l->dy);
+    if (l->max_rows16) { // the bf16 operands themselves: no f32 copy
+        *a = ngd_matrix_bf16(l->x16, l->rows, l->d_in);
+        *g = ngd_matrix_bf16(l->dy16, l->rows, l->d_out);
+        return;
+    }
     *a = ngd_matrix_f32(l->x, l->rows, l->d_in);
     *g = ngd_matrix_f32(l->dy, l->rows, l->d_out);
 }

@@ -34,6 +34,8 @@ typedef struct {
     bool no_stats; // the optimizer never asks for statistics (first-order): the
                    // conv output gradients need not outlive the backward pass, so
                    // the CNNs keep one buffer for all of them; observe then fails
+    bool bf16;     // --precision bf16: the Linear (and Conv2d) GEMMs take bf16 operands
+                   // (f32 accumulation, f32 master weights): nn_linear_use_bf16
 } nn_model_cfg;
 
 typedef struct nn_model nn_model;

@@ -133,6 +133,31 @@ uint64_t nn_flop_count(void);
 void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 
+// ---- bf16 (gemm.c): `ngd train --precision bf16` ----
+// bfloat16 is stored as uint16_t (the upper half of a float32). Conversions round to
+// nearest even and keep NaN (quietened); nn_bf16_encode is libngd's ngd_f32_to_bf16,
+// vectorised. Decoding is exact.
+void nn_bf16_encode(const float *x, uint16_t *y, size_t n);
+void nn_bf16_decode(const uint16_t *x, float *y, size_t n);
+// rows x cols of a row-major x (leading dimension lds) into y (leading dimension ldd)
+void nn_bf16_encode_rows(const float *x, size_t lds, uint16_t *y, size_t ldd, size_t rows,
+                         size_t cols);
+// nn_sgemm's contract with bf16 A and B: products of bf16 values summed in f32, C f32.
+// oneDNN's bf16 GEMM (AVX512-BF16 / AMX kernels; emulated on plain AVX-512); where oneDNN
+// has none for the CPU it converts op(A), op(B) to f32 and runs nn_sgemm (slower, and it
+// allocates per call). Counted in nn_flop_count. Callable from a parallel region (runs on
+// the calling thread there, as nn_sgemm).
+void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
+                  size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+// The reference: the same bf16 inputs, float64 accumulation.
+void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                      float *C, size_t ldc);
+// Forces the converting path (tests of the machines without bf16 kernels).
+void nn_gemm_bf16_force_convert(bool on);
+// Does this CPU have AVX512-BF16 (the fast path)?
+bool nn_bf16_native(void);
+
 // ====== Linear (linear.c): y = x Wᵀ + b ======
 
 typedef struct {
@@ -143,6 +168,13 @@ typedef struct {
     const float *x;  // (rows, d_in)   the K-FAC input `a`
     const float *dy; // (rows, d_out)  the K-FAC output gradient `g`
     size_t rows;
+    // bf16 mode (nn_linear_use_bf16; all NULL / 0 in float32 mode): the GEMMs take bf16
+    // operands (f32 accumulation, f32 outputs), the input kept for backward is its bf16
+    // copy, and the statistics go to libngd as bf16 matrices. W stays the f32 master.
+    size_t max_rows16;
+    uint16_t *w16;  // (d_out, d_in) W rounded by each forward (once per step)
+    uint16_t *x16;  // (max_rows16, d_in) the input, rounded: backward's and the K-FAC `a`
+    uint16_t *dy16; // (max_rows16, d_out) the output gradient, rounded: the K-FAC `g`
 } nn_linear;
 
 nn_status nn_linear_init(nn_linear *l, size_t d_in, size_t d_out, bool bias, nn_rng *rng);
@@ -157,6 +189,9 @@ ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name);
 // After backward: a = x (rows, d_in), g = dy (rows, d_out).
 void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g);
 size_t nn_linear_params(const nn_linear *l, nn_param *out); // weight, bias; out may be NULL
+// Switches the layer to bf16 GEMMs for at most max_rows rows per forward (allocates its
+// bf16 buffers: NN_ERR_NOMEM). Forward then rounds W and x to bf16; backward rounds dy.
+nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows);
 
 // ====== Conv2d (conv2d.c): im2col + GEMM ======
 
@@ -189,6 +224,18 @@ typedef struct {
     const float *x;  // (N, c_in, h, w) borrowed from forward
     const float *dy; // (N, c_out, oh, ow) borrowed from backward
     size_t n;        // batch of the last forward
+    // bf16 mode (nn_conv2d_use_bf16; NULL otherwise): each chunk's im2col (and the
+    // transposed convolution's) is rounded into col16 and multiplied by bf16 GEMMs with
+    // f32 accumulation; dy is rounded block by block into dy16; W (and wflip) are rounded
+    // once per forward (backward). The K-FAC `g` is handed over in bf16 (in the scratch).
+    uint16_t *w16, *wflip16; // (c_out, d_in), (c_in, c_out·k1·k2)
+    uint16_t *col16;         // nthr x max(colt_n, dcol_n)
+    uint16_t *dy16;          // nthr x dy16_n: a chunk's dy (c_out, columns)
+    size_t dy16_n;
+    uint16_t *x16;   // (max_batch, c_in, h, w) the input rounded once by forward: the source
+                     // of forward's and backward's im2col
+    uint16_t *dyx16; // (max_batch, c_out, oh, ow) dy rounded once (with wflip only): the
+                     // source of the transposed convolution's im2col
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -212,6 +259,8 @@ ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 size_t nn_conv2d_stats_size(const nn_conv2d *l);
 nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g);
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
+// Switches the layer to bf16 GEMMs (allocates its bf16 buffers: NN_ERR_NOMEM).
+nn_status nn_conv2d_use_bf16(nn_conv2d *l);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 

@@ -212,6 +212,7 @@ static ngd_status check_factor(const ngd_factor_spec *f, const char *which, char
             f->k2);
     if (f->dtype != NGD_F32 && f->dtype != NGD_BF16)
         BAD("structure_%s: dtype must be f32 or bf16 (got %d)", which, (int)f->dtype);
+
     return NGD_OK;
 }
 
@@ -251,7 +252,14 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (s) return s;
     s = check_factor(&c->structure_C, "C", msg, cap);
     if (s) return s;
+    if (c->factor_compute != NGD_F32 && c->factor_compute != NGD_BF16)
+        BAD("factor_compute must be f32 or bf16 (got %d)", (int)c->factor_compute);
+    if (c->factor_compute == NGD_BF16 &&
+        (c->structure_K.dtype != NGD_BF16 || c->structure_C.dtype != NGD_BF16))
+        BAD("factor_compute bf16 needs both factors stored in bf16 (structure_K/C.dtype)");
     const ngd_kfac_options *k = &c->kfac;
+    if (k->ea_dtype != NGD_F32 && k->ea_dtype != NGD_BF16)
+        BAD("kfac.ea_dtype must be f32 or bf16 (got %d)", (int)k->ea_dtype);
     if (!(k->rho >= 0.0f && k->rho < 1.0f)) BAD("kfac.rho must be in [0, 1)");
     if (k->T_u == 0 || k->T_i == 0) BAD("kfac.T_u and kfac.T_i must be >= 1");
     if (!finite_nonneg(k->damping_rel)) BAD("kfac.damping_rel must be >= 0");

@@ -23,6 +23,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "kfac.h"
 
 bool kf_is_b_family(ngd_method m) {
@@ -193,15 +194,18 @@ static void kfac_discard(ngd_entry *e) {
     s->pend[0] = s->pend[1] = s->pend[2] = 0;
 }
 
-// F̄ := ρ F̄ + (1−ρ)/n · pend (#exponential-average).
-static void ea_update(kf_factor *f, float rho, double n) {
+// F̄ := ρ F̄ + (1−ρ)/n · pend (#exponential-average); with bf16 averages each result is
+// rounded to bf16.
+static void ea_update(kf_factor *f, float rho, double n, bool bf16) {
     const size_t dd = f->d * f->d;
     const float a = rho, b = (float)((1.0 - (double)rho) / n);
     float *ea = f->ea;
     const float *p = f->pend;
 #pragma omp parallel for schedule(static) if (dd > NGD_PAR_MIN)
-    for (size_t i = 0; i < dd; i++)
-        ea[i] = a * ea[i] + b * p[i];
+    for (size_t i = 0; i < dd; i++) {
+        const float v = a * ea[i] + b * p[i];
+        ea[i] = bf16 ? ngd_bf16_to_f32(ngd_f32_to_bf16(v)) : v;
+    }
     f->cnt[0]++;
 }
 
@@ -263,7 +267,7 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
     if (s->has_pend) {
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
-            if (f->ea) ea_update(f, k->rho, (double)s->pend[0]);
+            if (f->ea) ea_update(f, k->rho, (double)s->pend[0], k->ea_dtype == NGD_BF16);
             if (f->track == KF_BRAND && kf_brand_due(&e->cfg, t)) {
                 s->pub |= (uint8_t)(1u << i);
                 if (mine && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;

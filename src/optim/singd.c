@@ -9,6 +9,14 @@
  * H_K, H_C in f32. All structured arithmetic goes through the structure table
  * (src/structures/), so no factor is ever densified. bf16 factors are decoded into the
  * shared f32 scratch for each use and rounded back after each update.
+ *
+ * bf16 compute (structure_K/C.compute = BF16, both factors dense and stored in bf16): the
+ * products of observe (K-side (a K)ᵀ(a K) or Kᵀ(aᵀa)K, likewise C), of the update (KᵀK,
+ * K·m) and of the preconditioning ((C Cᵀ) Ĝ (K Kᵀ) with the cached products rounded to
+ * bf16) take bf16 operands with f32 accumulation (ngd_gemm_bf16); intermediate products are
+ * rounded to bf16 before they are multiplied again; H_K, H_C, the element-wise update
+ * arithmetic and the traces stay f32. bf16 statistics (ngd_matrix_bf16) are read as they
+ * are, with no f32 copy.
  */
 #include <math.h>
 #include <string.h>
@@ -32,6 +40,11 @@ typedef struct {
     float *KKt, *CCt;
     bool cache_ok;
     uint32_t cache_loads; // e->loads when the cache was formed
+    // bf16 compute (see the header): the cached K Kᵀ, C Cᵀ in bf16 and two bf16 scratch
+    // buffers of n16 values each; NULL otherwise
+    bool bfc;
+    uint16_t *KKt16, *CCt16, *s16a, *s16b;
+    size_t n16;
 } singd_state;
 
 static size_t elsize(ngd_dtype dt) { return dt == NGD_BF16 ? 2 : 4; }
@@ -60,6 +73,7 @@ static void singd_free(ngd_entry *e) {
     ngd_free(s->K), ngd_free(s->C), ngd_free(s->mK), ngd_free(s->mC);
     ngd_free(s->HK), ngd_free(s->HC);
     ngd_free(s->KKt), ngd_free(s->CCt);
+    ngd_free(s->KKt16), ngd_free(s->CCt16), ngd_free(s->s16a), ngd_free(s->s16b);
     ngd_free(s);
     e->ms = NULL;
 }
@@ -93,6 +107,16 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     // K Kᵀ costs 2 d_K³ per update and saves 2 products of 2 d_K² d_C per step: kept when
     // that pays within the T steps of an update (d_K < 2 T d_C); likewise C Cᵀ
     const size_t dK = e->d_K, dC = e->d_out, T2 = 2 * (c->T ? c->T : 1);
+    s->bfc = s->sK.kind == NGD_STRUCT_DENSE && s->sC.kind == NGD_STRUCT_DENSE &&
+             s->dtK == NGD_BF16 && s->dtC == NGD_BF16 && c->factor_compute == NGD_BF16;
+    if (ok && s->bfc) {
+        s->n16 = NGD_MAX(NGD_MAX(nK, nC), NGD_MAX(dK * dC, NGD_STATS_CHUNK * NGD_MAX(dK, dC)));
+        s->KKt16 = ngd_malloc(nK, sizeof(uint16_t));
+        s->CCt16 = ngd_malloc(nC, sizeof(uint16_t));
+        s->s16a = ngd_malloc(s->n16, sizeof(uint16_t));
+        s->s16b = ngd_malloc(s->n16, sizeof(uint16_t));
+        ok = s->KKt16 && s->CCt16 && s->s16a && s->s16b;
+    }
     if (ok && s->sK.kind == NGD_STRUCT_DENSE && s->dtK == NGD_F32 && dK < T2 * dC)
         ok = (s->KKt = ngd_malloc(nK, sizeof(float))) != NULL;
     if (ok && s->sC.kind == NGD_STRUCT_DENSE && s->dtC == NGD_F32 && dC < T2 * dK)
@@ -147,10 +171,75 @@ static bool singd_wants(const ngd_entry *e, size_t t) { return t % e->cfg.T == 0
 
 // #singd-statistics: H_K += Π_K(Kᵀ aᵀa K) with a = processed inputs / sqrt(rows), and
 // H_C += Π_C(Cᵀ gᵀg C) with g = processed output-gradients · σ / sqrt(s_{t-1}).
+// ---- bf16 compute (dense K and C) ----
+
+// Rows [r0, r0+nr) of the processed statistics of one side, in bf16: a bf16 matrix that
+// needs no reduction is copied as it is (plus the bias column's 1), anything else goes
+// through the f32 rows of stats.c and is rounded.
+static void rows16(const ngd_entry *e, size_t batch, const ngd_matrix *a, const ngd_matrix *g,
+                   bool kside, size_t r0, size_t nr, float *f32, uint16_t *out) {
+    const bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
+    const ngd_matrix *m = kside ? a : g;
+    const size_t d = kside ? e->d_K : e->d_out, dm = kside ? e->d_in : e->d_out;
+    if (m->dtype == NGD_BF16 && (!reduce || m->rows == batch)) {
+        for (size_t r = 0; r < nr; r++) {
+            memcpy(out + r * d, (const uint16_t *)m->data + (r0 + r) * m->ld,
+                   dm * sizeof(uint16_t));
+            if (d > dm) out[r * d + dm] = 0x3f80u; // 1.0: the bias column
+        }
+        return;
+    }
+    if (kside)
+        ngd_stats_a_rows(e, batch, a, g, r0, nr, f32);
+    else
+        ngd_stats_g_rows(e, batch, g, r0, nr, f32);
+    ngd_bf16_encode(f32, out, nr * d);
+}
+
+// H = beta0 H + alpha Lᵀ (Σ_rows x xᵀ) L for one dense side in bf16 (L: the stored factor).
+// f2, f3: d x d f32 scratch.
+static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
+                           const ngd_matrix *g, bool kside, float alpha, float *chunk, float *f2,
+                           float *f3) {
+    const size_t rows = ngd_stats_rows(e, batch, g), d = kside ? e->d_K : e->d_out;
+    const uint16_t *L = kside ? s->K : s->C;
+    float *H = kside ? s->HK : s->HC;
+    const float beta0 = s->has_H ? 1.0f : 0.0f;
+    const bool gram = rows > d; // as the f32 path: Σ x xᵀ first when that is cheaper
+    for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
+        const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
+        rows16(e, batch, a, g, kside, r0, nr, chunk, s->s16a); // X (nr x d)
+        if (gram) {                                            // f2 (+)= Xᵀ X
+            ngd_gemm_bf16(true, false, d, d, nr, 1.0f, s->s16a, d, s->s16a, d, r0 ? 1.0f : 0.0f, f2,
+                          d);
+        } else { // T = X L (nr x d, nr <= rows <= d), H (+)= alpha Tᵀ T
+            ngd_gemm_bf16(false, false, nr, d, d, 1.0f, s->s16a, d, L, d, 0.0f, f3, d);
+            ngd_bf16_encode(f3, s->s16b, nr * d);
+            ngd_gemm_bf16(true, false, d, d, nr, alpha, s->s16b, d, s->s16b, d, r0 ? 1.0f : beta0,
+                          H, d);
+        }
+    }
+    if (gram) { // H = beta0 H + alpha (Lᵀ G16) L
+        ngd_bf16_encode(f2, s->s16a, d * d);
+        ngd_gemm_bf16(true, false, d, d, d, 1.0f, L, d, s->s16a, d, 0.0f, f3, d);
+        ngd_bf16_encode(f3, s->s16b, d * d);
+        ngd_gemm_bf16(false, false, d, d, d, alpha, s->s16b, d, L, d, beta0, H, d);
+    }
+}
+
 static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                 const ngd_matrix *g) {
     singd_state *s = e->ms;
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    if (s->bfc) {
+        const size_t rows = ngd_stats_rows(e, batch, g);
+        const float alpha_K = (float)(1.0 / (double)rows);
+        const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g) / (double)o->scale_prev);
+        observe_side16(e, s, batch, a, g, true, alpha_K, w.chunk, w.fK[2], w.fK[3]);
+        observe_side16(e, s, batch, a, g, false, alpha_C, w.chunk, w.fC[2], w.fC[3]);
+        s->has_H = 1;
+        return NGD_OK;
+    }
     const size_t rows = ngd_stats_rows(e, batch, g);
     const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
@@ -229,6 +318,59 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
     return beta;
 }
 
+// update_side in bf16 compute (dense, bf16 storage): f[1] = LᵀL already holds the bf16
+// product; L·m_new multiplies the stored (rounded) momentum, or m_new rounded into s16.
+static float update_side16(size_t d, uint16_t *L, uint16_t *m, const float *H, float cH, float cD,
+                           float sc, float alpha1, float beta1, bool normalize, float *const f[4],
+                           uint16_t *s16) {
+    const size_t n = d * d;
+    float *mn = f[2];
+    for (size_t i = 0; i < n; i++) // zeros; + cH·H; + cD·LᵀL (the f32 path's order)
+        mn[i] = 0.0f + cH * H[i] + cD * f[1][i];
+    for (size_t i = 0; i < d; i++)
+        mn[i * d + i] += -1.0f;
+    for (size_t i = 0; i < n; i++)
+        mn[i] *= sc;
+    const uint16_t *m16 = s16;
+    if (m) {
+        if (alpha1 != 0.0f) {
+            ngd_bf16_decode(m, f[3], n);
+            for (size_t i = 0; i < n; i++)
+                mn[i] += alpha1 * f[3][i];
+        }
+        ngd_bf16_encode(mn, m, n);
+        m16 = m;
+    } else {
+        ngd_bf16_encode(mn, s16, n);
+    }
+    float beta = beta1;
+    if (normalize) {
+        float mx = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            mx = fmaxf(mx, fabsf(mn[i]));
+        beta = beta1 / fmaxf(1.0f, mx);
+    }
+    ngd_gemm_bf16(false, false, d, d, d, 1.0f, L, d, m16, d, 0.0f, f[3], d); // L·m_new
+    ngd_bf16_decode(L, f[0], n);
+    for (size_t i = 0; i < n; i++)
+        f[0][i] += -beta * f[3][i];
+    ngd_bf16_encode(f[0], L, n);
+    return beta;
+}
+
+// bf16 compute: K Kᵀ and C Cᵀ of the stored bf16 factors (f32 accumulation), rounded.
+// tK, tC: dK² and dC² f32 scratch.
+static void cache16_refresh(const ngd_entry *e, singd_state *s, float *tK, float *tC) {
+    if (s->cache_ok && s->cache_loads == e->loads) return;
+    const size_t dK = e->d_K, dC = e->d_out;
+    ngd_gemm_bf16(false, true, dK, dK, dK, 1.0f, s->K, dK, s->K, dK, 0.0f, tK, dK);
+    ngd_bf16_encode(tK, s->KKt16, dK * dK);
+    ngd_gemm_bf16(false, true, dC, dC, dC, 1.0f, s->C, dC, s->C, dC, 0.0f, tC, dC);
+    ngd_bf16_encode(tC, s->CCt16, dC * dC);
+    s->cache_ok = true;
+    s->cache_loads = e->loads;
+}
+
 // Forms the products of the dense f32 factors (K Kᵀ, C Cᵀ) if they are stale.
 static void cache_refresh(const ngd_entry *e, singd_state *s) {
     if (s->cache_ok && s->cache_loads == e->loads) return;
@@ -250,6 +392,7 @@ static size_t singd_cache_bytes(const ngd_entry *e) {
 static void after_update(ngd_optim *o, ngd_entry *e, singd_state *s) {
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
+    if (s->bfc) cache16_refresh(e, s, w.fK[3], w.fC[3]);
     if (s->KKt || s->CCt) cache_refresh(e, s);
     const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
@@ -277,11 +420,17 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
                               "step %zu",
                               e->name, t);
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
-    const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
-    const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
-    ngd_cview none = {NULL, 0, 0, 0, 0};
-    s->oK->from_inner(&s->sK, Kf, none, 1.0f, 0.0f, w.fK[1], w.fi); // Π_K(KᵀK)
-    s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi); // Π_C(CᵀC)
+    const size_t dK = e->d_K, dC = e->d_out;
+    if (s->bfc) { // Π(KᵀK) = KᵀK of the stored bf16 factors, f32 accumulation
+        ngd_gemm_bf16(true, false, dK, dK, dK, 1.0f, s->K, dK, s->K, dK, 0.0f, w.fK[1], dK);
+        ngd_gemm_bf16(true, false, dC, dC, dC, 1.0f, s->C, dC, s->C, dC, 0.0f, w.fC[1], dC);
+    } else {
+        const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
+        const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
+        ngd_cview none = {NULL, 0, 0, 0, 0};
+        s->oK->from_inner(&s->sK, Kf, none, 1.0f, 0.0f, w.fK[1], w.fi); // Π_K(KᵀK)
+        s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi); // Π_C(CᵀC)
+    }
     // #loss-scale: u = s_{t-1} / s_t² multiplies every use of H_C
     const float u = o->scale_prev / (o->scale_cur * o->scale_cur);
     const float lam = c->damping, a1 = c->alpha1;
@@ -296,10 +445,17 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
         cCD = lam * (float)ngd_s_avgtrace(&s->sK, w.fK[1]);
     }
     const float beta1 = c->lr_cov_fn ? c->lr_cov_fn(t, c->lr_cov_user) : c->lr_cov;
-    e->h.beta1_K = update_side(&s->sK, s->oK, s->dtK, s->K, s->mK, s->HK, cKH, cKD, sc, a1, beta1,
-                               c->normalize_lr_cov, w.fK);
-    e->h.beta1_C = update_side(&s->sC, s->oC, s->dtC, s->C, s->mC, s->HC, cCH, cCD, sc, a1, beta1,
-                               c->normalize_lr_cov, w.fC);
+    if (s->bfc) {
+        e->h.beta1_K = update_side16(dK, s->K, s->mK, s->HK, cKH, cKD, sc, a1, beta1,
+                                     c->normalize_lr_cov, w.fK, s->s16a);
+        e->h.beta1_C = update_side16(dC, s->C, s->mC, s->HC, cCH, cCD, sc, a1, beta1,
+                                     c->normalize_lr_cov, w.fC, s->s16a);
+    } else {
+        e->h.beta1_K = update_side(&s->sK, s->oK, s->dtK, s->K, s->mK, s->HK, cKH, cKD, sc, a1,
+                                   beta1, c->normalize_lr_cov, w.fK);
+        e->h.beta1_C = update_side(&s->sC, s->oC, s->dtC, s->C, s->mC, s->HC, cCH, cCD, sc, a1,
+                                   beta1, c->normalize_lr_cov, w.fC);
+    }
     s->has_H = 0;
     e->h.updates++;
     after_update(o, e, s);
@@ -363,6 +519,14 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     singd_state *s = e->ms;
     singd_ws w = ws_layout(e, wsp);
     const size_t dK = e->d_K, dC = e->d_out;
+    if (s->bfc) { // P = (C Cᵀ)₁₆ (Ĝ₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
+        cache16_refresh(e, s, w.fK[3], w.fC[3]); // (after a load: formed once)
+        ngd_bf16_encode(G, s->s16a, dC * dK);
+        ngd_gemm_bf16(false, false, dC, dK, dK, 1.0f, s->s16a, dK, s->KKt16, dK, 0.0f, w.Y, dK);
+        ngd_bf16_encode(w.Y, s->s16b, dC * dK);
+        ngd_gemm_bf16(false, false, dC, dK, dC, 1.0f, s->CCt16, dC, s->s16b, dK, 0.0f, P, dK);
+        return;
+    }
     if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
     // (diagonal x diagonal never gets here: singd_precondition_raw)
     ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};  // Ĝᵀ, column-major d_K x d_C

@@ -99,6 +99,11 @@ static nn_status gpt_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     p->dln = nn_malloc(nn_mul(BT, C), sizeof(float));
     p->dgel = nn_malloc(nn_mul(BT, C4), sizeof(float));
     if (!p->lnfo || !p->dln || !p->dgel) goto oom;
+    if (cfg->bf16) {
+        for (size_t l = 0; l < depth; l++)
+            if (nn_tblock_use_bf16(&p->blk[l], BT) != NN_OK) goto oom;
+        if (nn_linear_use_bf16(&p->head, BT) != NN_OK) goto oom;
+    }
     return NN_OK;
 oom:
     snprintf(err, cap, "chargpt: out of memory");

@@ -78,6 +78,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             size_t k = p->nconv++;
             ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
             if (!chans[s] || nn_conv2d_init(&p->conv[k], &g, chans[s], true, B, &rng) != NN_OK ||
+                (cfg->bf16 && nn_conv2d_use_bf16(&p->conv[k]) != NN_OK) ||
                 nn_batchnorm_init(&p->bn[k], chans[s], h * w, B) != NN_OK)
                 goto bad;
             c = chans[s];
@@ -103,6 +104,9 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     p->flat = c * h * w;
     if (nn_linear_init(&p->fc1, p->flat, CNN_HIDDEN, true, &rng) != NN_OK ||
         nn_linear_init(&p->fc2, CNN_HIDDEN, cfg->classes, true, &rng) != NN_OK)
+        goto oom;
+    if (cfg->bf16 &&
+        (nn_linear_use_bf16(&p->fc1, B) != NN_OK || nn_linear_use_bf16(&p->fc2, B) != NN_OK))
         goto oom;
     nn_param ps[2];
     size_t np = nn_linear_params(&p->fc1, ps);

@@ -47,6 +47,7 @@ static nn_status mlp_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             return NN_ERR_ARG;
         }
         if (nn_linear_init(&p->lin[i], din, dout, true, &rng) != NN_OK) goto oom;
+        if (cfg->bf16 && nn_linear_use_bf16(&p->lin[i], B) != NN_OK) goto oom;
         nn_param ps[2];
         size_t k = nn_linear_params(&p->lin[i], ps);
         nn_model_add_params(m, ps, k);

@@ -106,3 +106,12 @@ ngd_status nn_tblock_observe(const nn_tblock *b, ngd_optim *o, size_t batch) {
     if (s == NGD_OK) s = nn_observe_linear(o, &b->proj, b->proj_id, batch);
     return s;
 }
+
+nn_status nn_tblock_use_bf16(nn_tblock *b, size_t rows) {
+    nn_linear *ls[4] = {&b->attn.qkv, &b->attn.proj, &b->fc, &b->proj};
+    for (int i = 0; i < 4; i++) {
+        nn_status s = nn_linear_use_bf16(ls[i], rows);
+        if (s != NN_OK) return s;
+    }
+    return NN_OK;
+}

@@ -30,6 +30,8 @@ typedef struct {
 nn_status nn_tblock_init(nn_tblock *b, nn_model *m, size_t C, size_t nh, bool causal,
                          nn_gelu_kind gelu, size_t max_b, size_t T, nn_rng *rng);
 void nn_tblock_free(nn_tblock *b);
+// bf16 GEMMs in the block's four Linears (rows = max_b·T as planned by init).
+nn_status nn_tblock_use_bf16(nn_tblock *b, size_t rows);
 // x -> y (both B·T x C; y must not alias x)
 void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t T);
 // dy (the gradient of y, kept until observe) -> dx (overwritten); dln (rows x C) and dgel

@@ -105,6 +105,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
             const ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
             if (nn_conv2d_init(&p->conv[k], &g, co, true, N, &rng) != NN_OK ||
+                (cfg->bf16 && nn_conv2d_use_bf16(&p->conv[k]) != NN_OK) ||
                 nn_batchnorm_init(&p->bn[k], co, h * w, N) != NN_OK)
                 goto oom;
             // #rs-kfac-paper-setup: conv weights N(0, 2/(9 c_out)), biases 0 (not PyTorch's init)
@@ -143,6 +144,9 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         nn_linear_init(&p->fc2, p->hidden, cfg->classes, true, &rng) != NN_OK ||
         nn_dropout_init(&p->drop, cfg->dropout > 0.0f ? cfg->dropout : 0.5f, nn_mul(N, p->hidden),
                         cfg->seed ^ 0x5eedd40b0u) != NN_OK)
+        goto oom;
+    if (cfg->bf16 &&
+        (nn_linear_use_bf16(&p->fc1, N) != NN_OK || nn_linear_use_bf16(&p->fc2, N) != NN_OK))
         goto oom;
     nn_model_add_params(m, ps, nn_linear_params(&p->fc1, ps));
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));

@@ -110,6 +110,12 @@ static nn_status vit_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     p->lnfo = buf(NP, C), p->dln = buf(NP, C), p->dgel = buf(NP, C4);
     p->pooled = buf(p->maxN, C), p->dpooled = buf(p->maxN, C);
     if (!p->lnfo || !p->dln || !p->dgel || !p->pooled || !p->dpooled) goto oom;
+    if (cfg->bf16) {
+        if (nn_linear_use_bf16(&p->pe.proj, NP) != NN_OK) goto oom;
+        for (size_t l = 0; l < depth; l++)
+            if (nn_tblock_use_bf16(&p->blk[l], NP) != NN_OK) goto oom;
+        if (nn_linear_use_bf16(&p->head, p->maxN) != NN_OK) goto oom;
+    }
     return NN_OK;
 oom:
     snprintf(err, cap, "vit: out of memory");

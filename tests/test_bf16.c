@@ -1,0 +1,550 @@
+/*
+ * test_bf16.c — `--precision bf16`: the conversions, the engine's bf16 GEMM (every
+ * transpose the layers use, both oneDNN's kernels and the converting path) and the bf16
+ * Linear / Conv2d layers, against plain float64 code.
+ *
+ * Error bounds. bf16 keeps 8 significant bits: rounding a value x gives x(1 + d), |d| <= u
+ * = 2^-8. A product of two rounded inputs is then a·b·(1 + e), |e| <= 2u + u² (exact in
+ * f32), and summing k such products in f32 adds at most γ_k ≈ k·2^-24 relative to Σ|a||b|.
+ * So each output element of a bf16 GEMM of float inputs obeys
+ *     |C - C64| <= (2u + u² + k·2^-24·(1 + slack)) · |alpha| Σ_p |a_ip||b_pj| + rounding of C,
+ * and against float64 arithmetic on the already-rounded inputs only the k·2^-24 term is
+ * left. Both are checked (the second shows the accumulation is f32, not bf16).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "harness.h"
+#include "nn.h"
+
+// The two bf16 GEMMs under test: the engine's (src/nn) and libngd's (src/core)
+typedef void (*gemm16_fn)(bool, bool, size_t, size_t, size_t, float, const uint16_t *, size_t,
+                          const uint16_t *, size_t, float, float *, size_t);
+static gemm16_fn g_gemm = nn_gemm_bf16;
+
+typedef struct {
+    uint64_t s;
+} trng;
+static double tu(trng *r) { // [0, 1)
+    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(r->s >> 11) / 9007199254740992.0;
+}
+static void tfill(trng *r, float *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(lo + (hi - lo) * tu(r));
+}
+
+static float bits_f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static uint32_t f_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+// The independent reference of round-to-nearest-even: the two bf16 neighbours of x (its
+// truncation and the next value up in magnitude), compared in float64.
+static uint16_t ref_round(float x) {
+    if (isnan(x)) return 0; // checked separately
+    const uint32_t u = f_bits(x);
+    const uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    const double dl = fabs((double)x - (double)bits_f((uint32_t)lo << 16));
+    if ((lo & 0x7f80u) == 0x7f80u) return lo; // inf stays inf
+    // the upper neighbour in magnitude; above the largest finite value it is inf, which
+    // IEEE rounding picks from halfway (2^128 - 2^119) on
+    const double vh = (hi & 0x7f80u) == 0x7f80u ? ldexp(1.0, 128) * (x < 0 ? -1 : 1)
+                                                : (double)bits_f((uint32_t)hi << 16);
+    const double dh = fabs((double)x - vh);
+    if (dl < dh) return lo;
+    if (dh < dl) return hi;
+    return (lo & 1u) ? hi : lo; // tie: even
+}
+
+static void encode_should_round_to_nearest_even(void) {
+    trng r = {1};
+    enum { N = 200000 };
+    float *x = malloc(N * sizeof *x);
+    uint16_t *y = malloc(N * sizeof *y);
+    for (size_t i = 0; i < N; i++) {
+        // random bit patterns (all exponents), random values, exact ties, edge cases
+        uint32_t u = (uint32_t)(tu(&r) * 4294967296.0);
+        if (i % 4 == 1) u = f_bits((float)(tu(&r) * 8 - 4));
+        if (i % 4 == 2) u = (u & 0xffff0000u) | 0x8000u; // a tie
+        if (i % 4 == 3) u = (u & 0xffff0000u) | (i % 8 == 3 ? 0x7fffu : 0x8001u);
+        x[i] = bits_f(u);
+    }
+    const float edge[] = {0.0f,   -0.0f,   INFINITY, -INFINITY,  3.4028235e38f, -3.4028235e38f,
+                          1e-40f, -1e-45f, 1.0f,     1.00390625f /* 1 + 2^-8: tie, even: 1 */};
+    memcpy(x, edge, sizeof edge);
+    nn_bf16_encode(x, y, N);
+    size_t bad = 0, nans = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (isnan(x[i])) {
+            nans++;
+            // NaN stays NaN (quiet bit set), sign kept
+            const float back = bits_f((uint32_t)y[i] << 16);
+            if (!isnan(back) || !(y[i] & 0x40u) || (y[i] >> 15) != (f_bits(x[i]) >> 31)) bad++;
+            continue;
+        }
+        if (y[i] != ref_round(x[i])) {
+            if (bad < 5)
+                fprintf(stderr, "    x = %a (0x%08x): got 0x%04x want 0x%04x\n", (double)x[i],
+                        f_bits(x[i]), y[i], ref_round(x[i]));
+            bad++;
+        }
+    }
+    CHECK(bad == 0);
+    CHECK(nans > 100);                         // random bit patterns include NaNs
+    CHECK(y[9] == 0x3f80u);                    // 1 + 2^-8 ties to 1
+    CHECK(y[4] == 0x7f80u && y[5] == 0xff80u); // FLT_MAX rounds to inf
+    CHECK(y[1] == 0x8000u && y[6] == 0x0000u + (uint16_t)(f_bits(1e-40f) >> 16)); // subnormal kept
+    // decoding is exact: bf16 -> f32 -> bf16 is the identity on every non-NaN pattern
+    size_t rt = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const uint16_t hv = (uint16_t)h;
+        float f;
+        uint16_t back;
+        nn_bf16_decode(&hv, &f, 1);
+        nn_bf16_encode(&f, &back, 1);
+        if (!isnan(f) && back != hv) rt++;
+        if (f_bits(f) != (h << 16)) rt++;
+    }
+    CHECK(rt == 0);
+    free(x), free(y);
+}
+
+// The rows-with-leading-dimension variant touches only its rows x cols.
+static void encode_rows_should_keep_padding(void) {
+    float x[3 * 5];
+    uint16_t y[3 * 7];
+    for (int i = 0; i < 15; i++)
+        x[i] = (float)i + 0.25f;
+    for (int i = 0; i < 21; i++)
+        y[i] = 0xabcd;
+    nn_bf16_encode_rows(x, 5, y, 7, 3, 4);
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 7; c++) {
+            const uint16_t want = c < 4 ? (uint16_t)(f_bits(x[r * 5 + c]) >> 16) : 0xabcd;
+            CHECK(y[r * 7 + c] == want); // (i + 0.25 with i < 15 is exact in bf16 up to 7.25)
+        }
+}
+
+// One bf16 GEMM case: float inputs rounded to bf16, checked against float64 products of the
+// original inputs and of the rounded ones, with the bounds of the header comment.
+static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k, size_t pad,
+                        float alpha, float beta) {
+    const size_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+    const size_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B), *C0 = malloc(nc * 4);
+    float *C = malloc(nc * 4), *R = malloc(nc * 4);
+    uint16_t *A16 = malloc(na * 2), *B16 = malloc(nb * 2);
+    tfill(r, A, na, -1, 1);
+    tfill(r, B, nb, -2, 2);
+    tfill(r, C0, nc, -1, 1);
+    nn_bf16_encode(A, A16, na);
+    nn_bf16_encode(B, B16, nb);
+    memcpy(C, C0, nc * 4);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < nc; i++)
+            C[i] = NAN; // never read
+    g_gemm(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, C, ldc);
+    memcpy(R, C0, nc * 4);
+    nn_gemm_bf16_ref(ta, tb, m, n, k, alpha, A16, lda, B16, ldb, beta, R, ldc);
+    const double u = ldexp(1.0, -8), acc = (double)k * ldexp(1.0, -24) * 1.5;
+    size_t bad = 0;
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0, s16 = 0, mag = 0;
+            for (size_t p = 0; p < k; p++) {
+                const size_t ia = ta ? p * lda + i : i * lda + p;
+                const size_t ib = tb ? j * ldb + p : p * ldb + j;
+                s += (double)A[ia] * (double)B[ib];
+                s16 += (double)bits_f((uint32_t)A16[ia] << 16) *
+                       (double)bits_f((uint32_t)B16[ib] << 16);
+                mag += fabs((double)A[ia] * (double)B[ib]);
+            }
+            const double c0 = beta == 0.0f ? 0.0 : (double)beta * (double)C0[i * ldc + j];
+            const double want = (double)alpha * s + c0, want16 = (double)alpha * s16 + c0;
+            const double got = (double)C[i * ldc + j];
+            const double cround = ldexp(1.0, -23) * (fabs(want16) + fabs(c0)); // f32 of C
+            const double b64 = (2 * u + u * u + acc) * fabs((double)alpha) * mag * 1.02 + cround;
+            const double b16 = acc * fabs((double)alpha) * mag * 1.02 + cround;
+            const bool ok = fabs(got - want) <= b64 && fabs(got - want16) <= b16 + 1e-30 &&
+                            fabs((double)R[i * ldc + j] - want16) <= cround + 1e-30;
+            if (!ok) {
+                if (bad < 3)
+                    fprintf(stderr,
+                            "    ta %d tb %d %zux%zux%zu (%zu,%zu): got %.9g want %.9g (bf16 "
+                            "inputs %.9g), bounds %.3g %.3g ref %.9g\n",
+                            ta, tb, m, n, k, i, j, got, want, want16, b64, b16,
+                            (double)R[i * ldc + j]);
+                bad++;
+            }
+        }
+    // padding of C untouched
+    if (beta != 0.0f)
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = n; j < ldc; j++)
+                if (f_bits(C[i * ldc + j]) != f_bits(C0[i * ldc + j])) bad++;
+    free(A), free(B), free(C0), free(C), free(R), free(A16), free(B16);
+    return bad;
+}
+
+static const size_t DIMS[][3] = {{1, 1, 1},      {7, 13, 5},     {33, 1, 9},     {64, 70, 3},
+                                 {5, 64, 65},    {130, 70, 40},  {3, 200, 90},   {257, 9, 33},
+                                 {64, 160, 784}, {784, 64, 128}, {24, 100, 1000}};
+
+static void run_gemm_grid(unsigned seed) {
+    trng r = {seed};
+    size_t bad = 0, runs = 0;
+    for (size_t t = 0; t < sizeof DIMS / sizeof DIMS[0]; t++)
+        for (int layout = 0; layout < 4; layout++)
+            for (int bc = 0; bc < 3; bc++) {
+                const float alpha = bc == 2 ? -0.75f : 1.0f;
+                const float beta = bc == 0 ? 0.0f : bc == 1 ? 1.0f : 0.5f;
+                bad += gemm_case(&r, layout & 1, layout & 2, DIMS[t][0], DIMS[t][1], DIMS[t][2],
+                                 (size_t)(t % 3) * 3, alpha, beta);
+                runs++;
+            }
+    CHECK(runs == 4 * 3 * sizeof DIMS / sizeof DIMS[0]);
+    CHECK(bad == 0);
+}
+
+static void gemm_bf16_should_meet_the_bf16_bound_for_all_transposes(void) { run_gemm_grid(5); }
+
+// The path for CPUs without bf16 kernels (converting to f32) under the same bounds.
+static void gemm_bf16_converting_path_should_meet_the_same_bound(void) {
+    nn_gemm_bf16_force_convert(true);
+    run_gemm_grid(6);
+    nn_gemm_bf16_force_convert(false);
+}
+
+// Exactly representable inputs and sums give the exact answer on both paths, and the flop
+// counter counts a bf16 GEMM like an f32 one.
+// libngd's own bf16 GEMM (SINGD's bf16 compute), both paths, under the same bounds.
+static void core_gemm_bf16_should_meet_the_same_bound(void) {
+    g_gemm = ngd_gemm_bf16;
+    run_gemm_grid(7);
+    ngd_gemm_bf16_force_convert(true);
+    run_gemm_grid(8);
+    ngd_gemm_bf16_force_convert(false);
+    g_gemm = nn_gemm_bf16;
+}
+
+// ngd_optim_state_bytes: factors (and momenta) stored in bf16 take half the bytes of f32;
+// the first-order buffers (f32 momentum) are the same. bf16 compute needs bf16 storage.
+static void bf16_factor_state_should_be_half(void) {
+    const size_t din = 30, dout = 12, dK = din + 1;
+    float *w = calloc(dout * din, 4), *dw = calloc(dout * din, 4), *b = calloc(dout, 4),
+          *db = calloc(dout, 4);
+    size_t bytes[2];
+    for (int bf = 0; bf < 2; bf++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        c.momentum = 0.9f;
+        if (bf) c.structure_K.dtype = c.structure_C.dtype = NGD_BF16, c.factor_compute = NGD_BF16;
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer L = {.name = "fc",
+                       .weight = w,
+                       .weight_grad = dw,
+                       .d_out = dout,
+                       .d_in = din,
+                       .bias = b,
+                       .bias_grad = db};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        bytes[bf] = ngd_optim_state_bytes(o);
+        ngd_optim_free(o);
+    }
+    const size_t factors = 2 * (dK * dK + dout * dout); // K, C and their momenta (alpha1 != 0)
+    const size_t first = dout * dK * 4;                 // SGD momentum of [W | b], f32
+    CHECK_MSG(bytes[0] == factors * 4 + first, "f32 state %zu, want %zu", bytes[0],
+              factors * 4 + first);
+    CHECK_MSG(bytes[1] == factors * 2 + first, "bf16 state %zu, want %zu", bytes[1],
+              factors * 2 + first);
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.factor_compute = NGD_BF16; // with f32 storage: refused
+    char msg[256];
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG);
+    CHECK(strstr(msg, "factor_compute") != NULL);
+    free(w), free(dw), free(b), free(db);
+}
+
+// K-FAC with bf16 factor averages: after statistics steps every entry of the averages is a
+// bf16 value (low 16 bits zero), and they stay within bf16 rounding (2^-8 relative per
+// update, compounded over the updates) of the f32 run's; the f32 run's are not bf16 values.
+static void kfac_bf16_averages_should_be_bf16_values(void) {
+    const size_t din = 20, dout = 6, dK = din + 1, N = 16;
+    trng r = {31};
+    float *a = malloc(N * din * 4), *g = malloc(N * dout * 4);
+    float *K[2] = {malloc(dK * dK * 4), malloc(dK * dK * 4)};
+    for (int bf = 0; bf < 2; bf++) {
+        float *w = calloc(dout * din, 4), *dw = calloc(dout * din, 4), *b = calloc(dout, 4),
+              *db = calloc(dout, 4);
+        ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+        c.kfac.T_u = 1, c.kfac.T_i = 2;
+        if (bf) c.kfac.ea_dtype = NGD_BF16;
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer L = {.name = "fc",
+                       .weight = w,
+                       .weight_grad = dw,
+                       .d_out = dout,
+                       .d_in = din,
+                       .bias = b,
+                       .bias_grad = db};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        trng rr = r; // the same data for both runs
+        for (int s = 0; s < 6; s++) {
+            tfill(&rr, a, N * din, -1, 1);
+            tfill(&rr, g, N * dout, -0.1, 0.1);
+            tfill(&rr, dw, dout * din, -0.01, 0.01);
+            if (ngd_optim_wants_stats(o))
+                CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, din),
+                                        ngd_matrix_f32(g, N, dout)) == NGD_OK);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+        }
+        CHECK(ngd_optim_factor_dense(o, id, 'K', K[bf], dK) == NGD_OK);
+        size_t low = 0;
+        for (size_t i = 0; i < dK * dK; i++)
+            low += (f_bits(K[bf][i]) & 0xffffu) != 0;
+        if (bf)
+            CHECK_MSG(low == 0, "%zu averages are not bf16 values", low);
+        else
+            CHECK(low > dK * dK / 2); // the f32 run's are (a control for the check above)
+        ngd_optim_free(o);
+        free(w), free(dw), free(b), free(db);
+    }
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < dK * dK; i++) {
+        mx = fmax(mx, fabs((double)K[0][i]));
+        err = fmax(err, fabs((double)K[1][i] - (double)K[0][i]));
+    }
+    CHECK_MSG(err <= 6 * ldexp(1.0, -8) * mx, "bf16 averages differ by %g (max %g)", err, mx);
+    free(a), free(g), free(K[0]), free(K[1]);
+}
+
+static void gemm_bf16_should_be_exact_on_representable_values(void) {
+    const size_t m = 64, n = 96, k = 256;
+    float *A = malloc(m * k * 4), *B = malloc(k * n * 4), *C = malloc(m * n * 4);
+    uint16_t *A16 = malloc(m * k * 2), *B16 = malloc(k * n * 2);
+    for (size_t i = 0; i < m * k; i++)
+        A[i] = (float)((int)(i % 7) - 3);
+    for (size_t i = 0; i < k * n; i++)
+        B[i] = (float)((int)(i % 5) - 2) * 0.5f;
+    nn_bf16_encode(A, A16, m * k);
+    nn_bf16_encode(B, B16, k * n);
+    for (int conv = 0; conv < 2; conv++) {
+        nn_gemm_bf16_force_convert(conv);
+        const uint64_t f0 = nn_flop_count();
+        nn_gemm_bf16(false, false, m, n, k, 1.0f, A16, k, B16, n, 0.0f, C, n);
+        CHECK(nn_flop_count() - f0 == 2ull * m * n * k);
+        size_t bad = 0;
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++) {
+                double s = 0;
+                for (size_t p = 0; p < k; p++)
+                    s += (double)A[i * k + p] * (double)B[p * n + j];
+                if ((double)C[i * n + j] != s) bad++;
+            }
+        CHECK(bad == 0);
+    }
+    nn_gemm_bf16_force_convert(false);
+    free(A), free(B), free(C), free(A16), free(B16);
+}
+
+// ---- layers ----
+
+static double bf16_bound(double mag, size_t k, double val) {
+    const double u = ldexp(1.0, -8);
+    return (2 * u + u * u + (double)(k + 16) * ldexp(1.0, -24) * 1.5) * mag * 1.02 +
+           ldexp(1.0, -23) * fabs(val) + 1e-30;
+}
+
+// counts elements of got outside bound of want (mag: Σ|terms|, k: reduction length)
+static size_t out_of_bound(const float *got, const double *want, const double *mag, size_t n,
+                           size_t k, const char *what) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)got[i] - want[i]) <= bf16_bound(mag[i], k, want[i]))) {
+            if (bad < 3)
+                fprintf(stderr, "    %s[%zu]: got %.9g want %.9g bound %.3g\n", what, i,
+                        (double)got[i], want[i], bf16_bound(mag[i], k, want[i]));
+            bad++;
+        }
+    return bad;
+}
+
+// Linear in bf16 mode: y, dW, db, dx within the bf16 bounds of float64 on the f32 inputs,
+// and the statistics are the bf16 copies (a = rounded x, g = rounded dy).
+static void linear_bf16_should_match_float64(void) {
+    const size_t shapes[][3] = {{5, 7, 3}, {64, 100, 30}, {128, 784, 64}}; // rows, din, dout
+    trng r = {9};
+    for (size_t t = 0; t < 3; t++) {
+        const size_t R = shapes[t][0], din = shapes[t][1], dout = shapes[t][2];
+        nn_rng rng;
+        nn_rng_seed(&rng, 3);
+        nn_linear l;
+        CHECK(nn_linear_init(&l, din, dout, true, &rng) == NN_OK);
+        CHECK(nn_linear_use_bf16(&l, R) == NN_OK);
+        float *x = malloc(R * din * 4), *y = malloc(R * dout * 4), *dy = malloc(R * dout * 4);
+        float *dx = calloc(R * din, 4);
+        tfill(&r, x, R * din, -2, 2);
+        tfill(&r, dy, R * dout, -1, 1);
+        nn_linear_forward(&l, x, y, R);
+        nn_linear_backward(&l, dy, dx);
+        double *wy = calloc(R * dout, 8), *my = calloc(R * dout, 8);
+        double *wdw = calloc(dout * din, 8), *mdw = calloc(dout * din, 8);
+        double *wdx = calloc(R * din, 8), *mdx = calloc(R * din, 8);
+        for (size_t i = 0; i < R; i++)
+            for (size_t o = 0; o < dout; o++) {
+                wy[i * dout + o] = (double)l.b[o];
+                my[i * dout + o] = fabs((double)l.b[o]);
+                for (size_t j = 0; j < din; j++) {
+                    const double xw = (double)x[i * din + j] * (double)l.w[o * din + j];
+                    const double dxw = (double)dy[i * dout + o] * (double)x[i * din + j];
+                    const double dww = (double)dy[i * dout + o] * (double)l.w[o * din + j];
+                    wy[i * dout + o] += xw, my[i * dout + o] += fabs(xw);
+                    wdw[o * din + j] += dxw, mdw[o * din + j] += fabs(dxw);
+                    wdx[i * din + j] += dww, mdx[i * din + j] += fabs(dww);
+                }
+            }
+        CHECK(out_of_bound(y, wy, my, R * dout, din, "y") == 0);
+        CHECK(out_of_bound(l.dw, wdw, mdw, dout * din, R, "dW") == 0);
+        CHECK(out_of_bound(dx, wdx, mdx, R * din, dout, "dx") == 0);
+        for (size_t o = 0; o < dout; o++) { // db: f32 sums of the f32 dy
+            double s = 0, m = 0;
+            for (size_t i = 0; i < R; i++)
+                s += (double)dy[i * dout + o], m += fabs((double)dy[i * dout + o]);
+            CHECK(fabs((double)l.db[o] - s) <= (double)R * ldexp(1.0, -24) * m * 1.5 + 1e-30);
+        }
+        ngd_matrix a, g;
+        nn_linear_stats(&l, &a, &g);
+        CHECK(a.dtype == NGD_BF16 && g.dtype == NGD_BF16 && a.rows == R && g.cols == dout);
+        size_t bad = 0;
+        for (size_t i = 0; i < R * din; i++) {
+            uint16_t h;
+            nn_bf16_encode(&x[i], &h, 1);
+            bad += ((const uint16_t *)a.data)[i] != h;
+        }
+        for (size_t i = 0; i < R * dout; i++) {
+            uint16_t h;
+            nn_bf16_encode(&dy[i], &h, 1);
+            bad += ((const uint16_t *)g.data)[i] != h;
+        }
+        CHECK(bad == 0);
+        nn_linear_free(&l);
+        free(x), free(y), free(dy), free(dx);
+        free(wy), free(my), free(wdw), free(mdw), free(wdx), free(mdx);
+    }
+}
+
+// Conv2d in bf16 mode against a direct float64 convolution: forward, dW, db and dx, on
+// the layer's three paths (chunks of several small images; one image block by block; the
+// transposed convolution for dx at stride 1, col2im otherwise and with groups).
+static void conv2d_bf16_should_match_float64(void) {
+    // c_in, h, w, k, s, p, dil, groups, c_out, N
+    const size_t cases[][10] = {{3, 6, 5, 3, 1, 1, 1, 1, 8, 5},   {4, 16, 16, 3, 1, 1, 1, 1, 6, 3},
+                                {4, 9, 9, 3, 2, 1, 1, 1, 5, 4},   {4, 8, 8, 3, 1, 1, 1, 2, 6, 3},
+                                {2, 12, 12, 5, 1, 2, 2, 1, 4, 2}, {3, 17, 17, 3, 1, 0, 1, 1, 7, 2}};
+    trng r = {21};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const size_t *cs = cases[t];
+        const ngd_conv_geom G = {cs[0], cs[1], cs[2], cs[3], cs[3], cs[4],
+                                 cs[4], cs[5], cs[5], cs[6], cs[6], cs[7]};
+        const size_t cout = cs[8], N = cs[9];
+        nn_rng rng;
+        nn_rng_seed(&rng, 5);
+        nn_conv2d l;
+        CHECK(nn_conv2d_init(&l, &G, cout, true, N, &rng) == NN_OK);
+        CHECK(nn_conv2d_use_bf16(&l) == NN_OK);
+        const size_t OH = l.oh, OW = l.ow, L = OH * OW, H = G.h, W = G.w, K = G.k1;
+        const size_t cg = G.c_in / G.groups, cog = cout / G.groups, din = l.d_in;
+        const size_t nx = N * G.c_in * H * W, ny = N * cout * L;
+        float *x = malloc(nx * 4), *y = malloc(ny * 4), *dy = malloc(ny * 4);
+        float *dx = calloc(nx, 4);
+        tfill(&r, x, nx, -1, 1);
+        tfill(&r, dy, ny, -1, 1);
+        nn_conv2d_forward(&l, x, y, N);
+        nn_conv2d_backward(&l, dy, dx);
+        double *wy = calloc(ny, 8), *my = calloc(ny, 8), *wdw = calloc(cout * din, 8);
+        double *mdw = calloc(cout * din, 8), *wdx = calloc(nx, 8), *mdx = calloc(nx, 8);
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t o1 = 0; o1 < OH; o1++)
+                    for (size_t o2 = 0; o2 < OW; o2++) {
+                        const size_t iy = ((n * cout + co) * OH + o1) * OW + o2;
+                        wy[iy] = (double)l.b[co], my[iy] = fabs((double)l.b[co]);
+                        const size_t g = co / cog;
+                        for (size_t c = 0; c < cg; c++)
+                            for (size_t k1 = 0; k1 < K; k1++)
+                                for (size_t k2 = 0; k2 < K; k2++) {
+                                    const ptrdiff_t i1 =
+                                        (ptrdiff_t)(o1 * G.s1 + k1 * G.dil1) - (ptrdiff_t)G.p1;
+                                    const ptrdiff_t i2 =
+                                        (ptrdiff_t)(o2 * G.s2 + k2 * G.dil2) - (ptrdiff_t)G.p2;
+                                    if (i1 < 0 || i2 < 0 || (size_t)i1 >= H || (size_t)i2 >= W)
+                                        continue;
+                                    const size_t ix =
+                                        ((n * G.c_in + g * cg + c) * H + (size_t)i1) * W +
+                                        (size_t)i2;
+                                    const size_t iw = co * din + (c * K + k1) * K + k2;
+                                    const double xw = (double)x[ix] * (double)l.w[iw];
+                                    const double gx = (double)dy[iy] * (double)x[ix];
+                                    const double gw = (double)dy[iy] * (double)l.w[iw];
+                                    wy[iy] += xw, my[iy] += fabs(xw);
+                                    wdw[iw] += gx, mdw[iw] += fabs(gx);
+                                    wdx[ix] += gw, mdx[ix] += fabs(gw);
+                                }
+                    }
+        CHECK(out_of_bound(y, wy, my, ny, din, "conv y") == 0);
+        CHECK(out_of_bound(l.dw, wdw, mdw, cout * din, N * L, "conv dW") == 0);
+        CHECK(out_of_bound(dx, wdx, mdx, nx, cout * K * K, "conv dx") == 0);
+        for (size_t co = 0; co < cout; co++) {
+            double s = 0, m = 0;
+            for (size_t n = 0; n < N; n++)
+                for (size_t p = 0; p < L; p++) {
+                    const double v = (double)dy[(n * cout + co) * L + p];
+                    s += v, m += fabs(v);
+                }
+            CHECK(fabs((double)l.db[co] - s) <= (double)(N * L) * ldexp(1.0, -24) * m * 1.5);
+        }
+        ngd_matrix a, g;
+        CHECK(nn_conv2d_stats(&l, &a, &g) == NN_OK);
+        CHECK(g.dtype == NGD_BF16 && g.rows == N * L && g.cols == cout);
+        size_t bad = 0;
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t p = 0; p < L; p++) {
+                    uint16_t h;
+                    nn_bf16_encode(&dy[(n * cout + co) * L + p], &h, 1);
+                    bad += ((const uint16_t *)g.data)[(n * L + p) * cout + co] != h;
+                }
+        CHECK(bad == 0);
+        nn_conv2d_free(&l);
+        free(x), free(y), free(dy), free(dx);
+        free(wy), free(my), free(wdw), free(mdw), free(wdx), free(mdx);
+    }
+}
+
+static const test_case TESTS[] = {
+    TEST(encode_should_round_to_nearest_even),
+    TEST(encode_rows_should_keep_padding),
+    TEST(gemm_bf16_should_meet_the_bf16_bound_for_all_transposes),
+    TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
+    TEST(gemm_bf16_should_be_exact_on_representable_values),
+    TEST(core_gemm_bf16_should_meet_the_same_bound),
+    TEST(bf16_factor_state_should_be_half),
+    TEST(kfac_bf16_averages_should_be_bf16_values),
+    TEST(linear_bf16_should_match_float64),
+    TEST(conv2d_bf16_should_match_float64),
+};
+
+int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

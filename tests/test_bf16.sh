@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# test_bf16.sh — `ngd train --precision bf16` as a user meets it: the option's errors, short
+# runs on a Fashion-MNIST subset (mlp with dense SINGD computing its factors in bf16, the cnn
+# with bf16 convolutions, K-FAC on bf16 statistics) that land within a stated margin of the
+# same run in float32, the state bytes of bf16 factors (half of f32), bit-identical resume of
+# bf16 runs, and `ngd bench train --precision f32,bf16`.
+# Usage: tests/test_bf16.sh path/to/ngd
+set -u
+NGD=${1:?usage: test_bf16.sh path/to/ngd}
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+expect_rc() {  # expect_rc RC DESC CMD...
+    local want=$1 desc=$2; shift 2
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" -eq "$want" ]; then ok; else bad "$desc: exit $rc, want $want"; printf '%s\n' "$out" | tail -5; fi
+}
+expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
+    if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
+}
+summary() {  # summary LOG FIELD: a number of the log's summary record
+    grep '"type":"summary"' "$1" | tail -1 | sed -n "s/.*\"$2\":\([0-9.e+-]*\).*/\1/p"
+}
+D=$(mktemp -d)
+trap 'rm -rf "$D"' EXIT
+
+expect_rc 2 "--precision fp8" "$NGD" train --precision fp8 --quiet
+expect_msg "--precision: unknown precision 'fp8'" "bad precision message"
+expect_msg "f32 or bf16" "bad precision hint"
+expect_rc 0 "train --help lists --precision" "$NGD" train --help
+expect_msg "--precision" "help mentions --precision"
+expect_rc 2 "bench --precision fp8" "$NGD" bench train --precision fp8
+expect_msg "--precision: unknown list 'fp8'" "bench bad precision message"
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] &&
+   [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then
+    echo "SKIP: no Fashion-MNIST (dataset-fashion-mnist): bf16 training runs not tested"
+    echo "$pass passed, $fail failed"
+    [ "$fail" -eq 0 ]
+    exit
+fi
+
+# bf16 vs f32, same seed and options: the test loss after 2 epochs of 8 steps must agree
+# within 0.05 (bf16 rounds every GEMM operand to 8 significant bits; observed differences are
+# below 0.01 on these runs, while a broken bf16 path does not learn: the loss stays near
+# ln 10 = 2.30 or diverges), and the bf16 run must have learnt (test loss < 2.2). The runs
+# avoid chaotic settings (SGD momentum 0.9 at lr 0.1 moves the test loss by 0.1 between 1
+# and 2 threads in f32 alone).
+margin() {  # margin NAME ARGS...: runs f32 and bf16, compares
+    local name=$1; shift
+    "$NGD" train "$@" --precision f32 --quiet --log "$D/f32.jsonl" >/dev/null 2>&1 || bad "$name f32 run failed"
+    "$NGD" train "$@" --precision bf16 --quiet --log "$D/bf16.jsonl" >/dev/null 2>&1 || bad "$name bf16 run failed"
+    l32=$(summary "$D/f32.jsonl" test_loss); l16=$(summary "$D/bf16.jsonl" test_loss)
+    awk -v a="${l32:-9}" -v b="${l16:-99}" 'BEGIN{d = a - b; if (d < 0) d = -d; exit !(d <= 0.05 && b < 2.2)}' &&
+        ok || bad "$name: bf16 test loss ${l16:-?} vs f32 ${l32:-?} (want within 0.05, and < 2.2)"
+    grep -q '"precision":"bf16"' "$D/bf16.jsonl" && ok || bad "$name: summary does not say bf16"
+}
+B="--subset 512 --batch 64 --epochs 2 --seed 4 --threads 2"
+margin "mlp singd dense" --model mlp --widths 64 --optim singd --structure dense --lr 0.05 $B
+s32=$(summary "$D/f32.jsonl" optimizer_state_bytes); s16=$(summary "$D/bf16.jsonl" optimizer_state_bytes)
+# dense K (785² and 65²) and C (64² and 10²) with their momenta: 2 bytes less per number
+nf=$((2 * (785 * 785 + 64 * 64 + 65 * 65 + 10 * 10)))
+[ -n "$s32" ] && [ -n "$s16" ] && [ $((s32 - s16)) -eq $((2 * nf)) ] && [ $((s32 - 4 * nf)) -eq $((s16 - 2 * nf)) ] &&
+    ok || bad "state bytes: f32 ${s32:-?}, bf16 ${s16:-?}: the factors' $((4 * nf)) bytes should halve"
+# (the sanitizer build runs each bf16 code path once: the cnn K-FAC run below covers the
+# bf16 convolutions as well as the cnn SGD run does)
+case "$NGD" in *build-san*) SAN=1 ;; *) SAN=0 ;; esac
+[ "$SAN" -eq 0 ] && margin "cnn sgd" --model cnn --widths 8,8 --optim sgd --lr 0.1 $B
+margin "cnn kfac" --model cnn --widths 4,4 --optim kfac --lr 0.2 --damping 0.01 --T-u 2 --T-i 4 $B
+# --factor-dtype f32 keeps SINGD's factors in f32 under --precision bf16
+"$NGD" train --model mlp --widths 64 --optim singd --subset 256 --batch 64 --max-steps 2 --precision bf16 --factor-dtype f32 --quiet --log "$D/fd.jsonl" >/dev/null 2>&1
+[ "$(summary "$D/fd.jsonl" optimizer_state_bytes)" = "$s32" ] && ok || bad "--factor-dtype f32 under --precision bf16 changed the state bytes"
+
+# resume == no stop, bit for bit, in bf16 (the resume crosses an epoch boundary and, for
+# SINGD, a factor update; for the cnn a K-FAC refresh)
+for run in "--model mlp --widths 32 --optim singd --structure dense" \
+           "--model cnn --widths 4,4 --optim kfac --T-u 2 --T-i 4"; do
+    # shellcheck disable=SC2086
+    A="$run --subset 512 --batch 64 --seed 3 --epochs 3 --precision bf16 --threads 2 --quiet --log $D/r.jsonl"
+    # shellcheck disable=SC2086
+    "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
+    c1=$("$NGD" eval --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "bf16 $run: resumed run ($c2) differs from uninterrupted ($c1)"
+done
+
+# the benchmark runs both precisions interleaved and ends with their ratio
+expect_rc 0 "bench train --precision f32,bf16" "$NGD" bench train --model mlp --widths 32 --optim singd --structure dense --batch 16 --steps 2 --warmup 1 --T 2 --precision f32,bf16 --repeats 2 --threads 1
+expect_msg "f32 / bf16 step time (wall; CPU time of the process), median over 2 interleaved rounds" "bench prints the ratio"
+n16=$(printf '%s\n' "$out" | grep -c '^mlp .* bf16 ')
+[ "$n16" -eq 2 ] && ok || bad "bench: $n16 bf16 rows, want 2"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
