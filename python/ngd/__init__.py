@@ -65,6 +65,7 @@ class Error(RuntimeError):
 _ENUMS = {
     "loss_average": _lib.LOSS_AVERAGE,
     "kfac_approx": _lib.KFAC_APPROX,
+    "factor_compute": _lib.DTYPES,
 }
 _KFAC_ENUMS = {
     "damping_kind": _lib.KFAC_DAMPING,
@@ -72,6 +73,7 @@ _KFAC_ENUMS = {
     "tail": _lib.TAIL,
     "identity_init": _lib.IDENTITY_INIT,
     "brand_truncate": _lib.BRAND_TRUNCATE,
+    "ea_dtype": _lib.DTYPES,
 }
 _TOP = {f for f, _ in _lib.Config._fields_} - {"method", "kfac", "lr_cov_user", "log_user"}
 _KFAC = {f for f, _ in _lib.KfacOptions._fields_}
@@ -146,14 +148,16 @@ def make_config(method="singd", **options):
     nesterov, beta1, beta2, eps, damping, alpha1, T, lr_cov, lr_cov_fn (a Python callable
     step -> float), normalize_lr_cov, kfac_like, loss_average ('sum', 'batch',
     'batch+sequence'), kfac_approx ('expand', 'reduce'), structure_K, structure_C (names as
-    `ngd train --structure` takes them, optionally with ':bf16'), init_grad_scale,
+    `ngd train --structure` takes them, optionally with ':bf16'), factor_compute ('f32', or
+    'bf16': SINGD's dense factor products on bf16 operands), init_grad_scale,
     official_blockdiag_quirk, skip_nonfinite, keep_last_update, log_fn (a callable taking
     the message), and the K-FAC family's options either as kfac={...} or flat (rho, T_u,
     T_i, damping_rel, damping_kind ('exact', 'pi'), clip ('rms', 'kl', 'none'),
     clip_kappa, wd_start, identity_init ('in_damping', 'in_factor'), eig_zero_tol, rank,
     oversample, power_iters, tail ('zero', 'min_kept'), brand_rank, brand_mult,
     refresh_mult, corr_mult, corr_frac, brand_truncate ('after', 'before_next'),
-    reorth_every, factored_apply, seed). structures=(K, C) (or one name for both) is a
+    reorth_every, factored_apply, seed, ea_dtype ('f32', 'bf16': factor averages rounded to
+    bf16)). structures=(K, C) (or one name for both) is a
     shorthand for structure_K, structure_C.
 
     Returns (config, keepalive): keepalive holds the ctypes callbacks that must outlive the

@@ -86,6 +86,7 @@ class KfacOptions(ctypes.Structure):
         ("reorth_every", c_size),
         ("factored_apply", ctypes.c_bool),
         ("seed", ctypes.c_uint64),
+        ("ea_dtype", c_enum),
     ]
 
 
@@ -115,6 +116,7 @@ class Config(ctypes.Structure):
         ("kfac_approx", c_enum),
         ("structure_K", FactorSpec),
         ("structure_C", FactorSpec),
+        ("factor_compute", c_enum),
         ("init_grad_scale", ctypes.c_float),
         ("official_blockdiag_quirk", ctypes.c_bool),
         ("skip_nonfinite", ctypes.c_bool),
