@@ -517,7 +517,8 @@ static void conv2d_bf16_should_match_float64(void) {
             CHECK(fabs((double)l.db[co] - s) <= (double)(N * L) * ldexp(1.0, -24) * m * 1.5);
         }
         ngd_matrix a, g;
-        CHECK(nn_conv2d_stats(&l, &a, &g) == NN_OK);
+        float *scratch = malloc(nn_conv2d_stats_size(&l) * sizeof *scratch);
+        CHECK(scratch && nn_conv2d_stats(&l, scratch, &a, &g) == NN_OK);
         CHECK(g.dtype == NGD_BF16 && g.rows == N * L && g.cols == cout);
         size_t bad = 0;
         for (size_t n = 0; n < N; n++)
@@ -529,6 +530,7 @@ static void conv2d_bf16_should_match_float64(void) {
                 }
         CHECK(bad == 0);
         nn_conv2d_free(&l);
+        free(scratch);
         free(x), free(y), free(dy), free(dx);
         free(wy), free(my), free(wdw), free(mdw), free(wdx), free(mdx);
     }

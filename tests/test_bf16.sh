@@ -89,6 +89,29 @@ for run in "--model mlp --widths 32 --optim singd --structure dense" \
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "bf16 $run: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
+# a checkpoint records its precision (version 3): resuming it in the other one is refused,
+# naming the option; eval takes it from the checkpoint (the training run's parameters and,
+# evaluated in bf16 again, its test loss to the printed digits)
+P="--model mlp --widths 32 --optim sgd --subset 256 --batch 64 --seed 5 --threads 1 --quiet"
+# shellcheck disable=SC2086
+"$NGD" train $P --max-steps 3 --precision bf16 --checkpoint "$D/p16.ckpt" --log "$D/p16.jsonl" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect_rc 1 "bf16 checkpoint resumed in f32" "$NGD" train $P --max-steps 5 --resume "$D/p16.ckpt" --log "$D/p.jsonl"
+expect_msg "it was written with --precision bf16, not f32 (resume it with --precision bf16)" "precision mismatch message"
+# shellcheck disable=SC2086
+"$NGD" train $P --max-steps 3 --checkpoint "$D/p32.ckpt" --log "$D/p.jsonl" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect_rc 1 "f32 checkpoint resumed in bf16" "$NGD" train $P --max-steps 5 --precision bf16 --resume "$D/p32.ckpt" --log "$D/p.jsonl"
+expect_msg "it was written with --precision f32, not bf16" "precision mismatch message (f32)"
+# shellcheck disable=SC2086
+expect_rc 0 "bf16 checkpoint resumed in bf16" "$NGD" train $P --max-steps 5 --precision bf16 --resume "$D/p16.ckpt" --log "$D/p.jsonl"
+crc=$(grep '"type":"summary"' "$D/p16.jsonl" | tail -1 | sed -n 's/.*"parameters_crc":"\([0-9a-f]*\)".*/\1/p')
+tl=$(summary "$D/p16.jsonl" test_loss)
+expect_rc 0 "eval of a bf16 checkpoint" "$NGD" eval --resume "$D/p16.ckpt"
+expect_msg "crc ${crc:-none}" "eval of the bf16 checkpoint: the training run's parameters"
+el=$(printf '%s\n' "$out" | sed -n 's/.* loss \([0-9.]*\) accuracy.*/\1/p')
+awk -v e="$el" -v t="$tl" 'BEGIN { d = e - t; exit !(e != "" && t != "" && d * d < 1e-12) }' && ok || bad "eval of the bf16 checkpoint: loss $el vs the run's $tl (eval must run in bf16)"
+
 # the benchmark runs both precisions interleaved and ends with their ratio
 expect_rc 0 "bench train --precision f32,bf16" "$NGD" bench train --model mlp --widths 32 --optim singd --structure dense --batch 16 --steps 2 --warmup 1 --T 2 --precision f32,bf16 --repeats 2 --threads 1
 expect_msg "f32 / bf16 step time (wall; CPU time of the process), median over 2 interleaved rounds" "bench prints the ratio"

@@ -18,10 +18,11 @@ expect_rc() {  # expect_rc RC DESC CMD...
 expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
     if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
 }
-to_v1() {  # to_v1 V2 V1 [METHOD]: the checkpoint V2 in version 1's layout (no widths, subset,
-           # context, batch after the method; METHOD instead of its method's name)
-    local f=$1 off=16 k len m=() n
+to_v1() {  # to_v1 V3 V1 [METHOD]: the checkpoint V3 (or V2) in version 1's layout (no widths,
+           # subset, context, batch, precision after the method; METHOD instead of its name)
+    local f=$1 off=16 k len m=() n ver
     n=$(stat -c %s "$f")
+    ver=$(od -An -tu8 -j 8 -N8 "$f" | tr -d ' ')
     for k in 1 2 3; do  # model, data, method: u64 length + bytes
         len=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
         m+=("$off" "$len")
@@ -29,6 +30,7 @@ to_v1() {  # to_v1 V2 V1 [METHOD]: the checkpoint V2 in version 1's layout (no w
     done
     local nw; nw=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
     local rest=$((off + 8 + 8 * nw + 24))
+    [ "$ver" -ge 3 ] && rest=$((rest + 8))  # the precision
     {
         head -c 8 "$f"; printf '\001\000\000\000\000\000\000\000'
         if [ -n "${3:-}" ]; then

@@ -91,7 +91,8 @@ class MLP(nn.Module):
 
 
 def read_train_checkpoint(path):
-    """The fields of an `ngd train` checkpoint (docs/formats.md, version 2) this script uses."""
+    """The fields of an `ngd train` checkpoint (docs/formats.md, versions 2 and 3) this script
+    uses."""
     b = open(path, "rb").read()
     if b[:8] != b"NGDTRN\r\n":
         raise ValueError("%s: not an ngd train checkpoint" % path)
@@ -109,11 +110,12 @@ def read_train_checkpoint(path):
         return s
 
     ck = {"version": u64()}
-    if ck["version"] != 2:
-        raise ValueError("%s: training checkpoint version %d (this script reads 2)" % (path, ck["version"]))
+    if ck["version"] not in (2, 3):
+        raise ValueError("%s: training checkpoint version %d (this script reads 2 and 3)" % (path, ck["version"]))
     ck["model"], ck["data"], ck["method"] = string(), string(), string()
     ck["widths"] = [u64() for _ in range(u64())]
     ck["subset"], ck["context"], ck["batch"] = u64(), u64(), u64()
+    ck["precision"] = ("f32", "bf16")[u64()] if ck["version"] >= 3 else "f32"
     ck["step"], ck["epoch"], ck["skips"] = u64(), u64(), u64()
     pos[0] += 8  # wall
     ck["position"], ck["data_epoch"], ck["n"] = u64(), u64(), u64()

@@ -1006,8 +1006,10 @@ static int load_data(const train_opts *t, data_sets *d) {
 }
 
 // ---- training checkpoints (docs/formats.md "Training checkpoint") ----
-#define TRN_MAGIC   "NGDTRN\r\n"
-#define TRN_VERSION 2u // 2: the run's widths, subset, context and batch after the method
+#define TRN_MAGIC "NGDTRN\r\n"
+#define TRN_VERSION                                                                                \
+    3u // 2: the run's widths, subset, context and batch after the method;
+       // 3: its --precision after the batch
 
 typedef struct {
     unsigned char *b;
@@ -1175,6 +1177,7 @@ static int save_checkpoint(const char *path, const train_opts *t, nn_model *m, n
     for (size_t i = 0; i < t->nwidths; i++)
         wb_u64(&w, t->widths[i]);
     wb_u64(&w, t->subset), wb_u64(&w, t->context), wb_u64(&w, t->batch);
+    wb_u64(&w, t->bf16 ? 1u : 0u); // --precision (version 3)
     wb_u64(&w, rs->step), wb_u64(&w, rs->epoch), wb_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -1237,6 +1240,7 @@ typedef struct {
     char model[32], data[32], method[32];
     bool has_shape; // version >= 2: widths (as given), subset, context, batch
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
+    int precision; // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
 } ckpt_head;
 
 // Checks the magic and the CRC of b[0..len) and reads the header into h; r is then the
@@ -1265,6 +1269,12 @@ static const char *read_head(const unsigned char *b, size_t len, rb *r, ckpt_hea
         h->batch = (size_t)rb_u64(r);
         if (!h->context || !h->batch) return "bad header (context, batch)";
     }
+    h->precision = -1;
+    if (h->version >= 3) {
+        const uint64_t p = rb_u64(r);
+        if (p > 1) return "bad header (precision)";
+        h->precision = (int)p;
+    }
     return r->bad ? "truncated header" : NULL;
 }
 
@@ -1283,6 +1293,12 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
         why = whybuf;
     } else if (!why && strcmp(h.data, t->data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
+        why = whybuf;
+    } else if (!why && h.precision >= 0 && (h.precision == 1) != t->bf16) {
+        snprintf(whybuf, sizeof whybuf,
+                 "it was written with --precision %s, not %s (resume it with --precision %s)",
+                 h.precision ? "bf16" : "f32", t->bf16 ? "bf16" : "f32",
+                 h.precision ? "bf16" : "f32");
         why = whybuf;
     } else if (!why && o) {
         ngd_method wm;
@@ -1365,7 +1381,8 @@ static int load_checkpoint(const char *path, const train_opts *t, nn_model *m, n
                       ? "this checkpoint (version 1) does not record the run's --widths, "
                         "--subset and --context: give ngd eval those of the run"
                   : !o ? NULL
-                       : "resume with the same --model, --widths, --data, --subset and --optim",
+                       : "resume with the same --model, --widths, --data, --subset, --optim and "
+                         "--precision",
                   "--resume %s: %s", path, why);
         return -1;
     }
@@ -1502,6 +1519,7 @@ static int eval_setup(train_opts *t) {
     }
     t->model = h.model, t->data = h.data;
     t->cfg = ngd_config_default(t->method);
+    if (h.precision >= 0) t->bf16 = h.precision == 1; // the run's GEMM precision
     if (h.has_shape) {
         t->nwidths = h.nwidths;
         memcpy(t->widths, h.widths, sizeof h.widths);
