@@ -26,12 +26,13 @@ int main(void) {
     K(rho), K(T_u), K(T_i), K(damping_rel), K(damping_kind), K(clip), K(clip_kappa), K(wd_start);
     K(identity_init), K(eig_zero_tol), K(rank), K(oversample), K(power_iters), K(tail);
     K(brand_rank), K(brand_mult), K(refresh_mult), K(corr_mult), K(corr_frac), K(brand_truncate);
-    K(reorth_every), K(factored_apply), K(seed);
+    K(reorth_every), K(factored_apply), K(seed), K(ea_dtype);
 #define C(f) F("Config", ngd_config, f)
     Z("Config", ngd_config);
     C(method), C(lr), C(momentum), C(weight_decay), C(nesterov), C(beta1), C(beta2), C(eps);
     C(damping), C(alpha1), C(T), C(lr_cov), C(lr_cov_fn), C(lr_cov_user), C(normalize_lr_cov);
-    C(kfac_like), C(loss_average), C(kfac_approx), C(structure_K), C(structure_C);
+    C(kfac_like), C(loss_average), C(kfac_approx), C(structure_K), C(structure_C),
+        C(factor_compute);
     C(init_grad_scale), C(official_blockdiag_quirk), C(skip_nonfinite), C(keep_last_update);
     C(kfac), C(log_fn), C(log_user);
 #define L(f) F("Layer", ngd_layer, f)

@@ -74,18 +74,26 @@ void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
     sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
-                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+// The argument checks of both GEMMs, and C = beta·C (beta 0: zeros, never NaN·0) when there
+// is no product to add (k = 0 or alpha = 0). Returns true when that finished the call.
+static bool gemm_prologue(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, size_t lda,
+                          size_t ldb, float beta, float *C, size_t ldc) {
     if (k == 0 || alpha == 0.0f) {
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < n; j++)
                 C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return;
+        return true;
     }
     NN_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
     // oneDNN takes int64 sizes; our sizes are far below that, but say so rather than wrap
     NN_ASSERT(m < INT64_MAX && n < INT64_MAX && k < INT64_MAX && lda < INT64_MAX &&
               ldb < INT64_MAX && ldc < INT64_MAX);
+    return false;
+}
+
+static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (gemm_prologue(ta, tb, m, n, k, alpha, lda, ldb, beta, C, ldc)) return;
     if (m * n * k <= NN_SMALL_GEMM_MACS) {
         if (beta == 0.0f) zero_rows(C, m, n, ldc); // the loop adds into C
         if (beta != 0.0f && beta != 1.0f)
@@ -203,15 +211,7 @@ void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (m == 0 || n == 0) return;
     atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
-    if (k == 0 || alpha == 0.0f) {
-        for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < n; j++)
-                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return;
-    }
-    NN_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
-    NN_ASSERT(m < INT64_MAX && n < INT64_MAX && k < INT64_MAX && lda < INT64_MAX &&
-              ldb < INT64_MAX && ldc < INT64_MAX);
+    if (gemm_prologue(ta, tb, m, n, k, alpha, lda, ldb, beta, C, ldc)) return;
     if (m * n * k <= NN_SMALL_GEMM_MACS) {
         // products of bf16 values are exact in f32; the sums are f32, as in the kernels
         for (size_t i = 0; i < m; i++) {
