@@ -186,6 +186,10 @@ static ptrdiff_t col_range(const nn_conv2d *l, size_t k2, size_t *lo, size_t *hi
     return off;
 }
 
+static size_t clamp_idx(ptrdiff_t v, size_t lo, size_t hi) {
+    return v < (ptrdiff_t)lo ? lo : v > (ptrdiff_t)hi ? hi : (size_t)v;
+}
+
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
 // group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). bf16 mode:
 // the patches of the bf16 samples x16 into col16 instead (plain copies: the samples were
@@ -228,6 +232,33 @@ static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, si
                     continue;
                 }
                 float *dst = colt + at;
+                if (G->s1 == 1 && G->s2 == 1 && OW == W) {
+                    // rows are W apart in x and in colt: one copy for the block's valid
+                    // rows (i1 in [0, H)), from the first row's lo to the last row's hi, then
+                    // the columns outside [lo, hi) (the neighbouring rows' ends) set to zero
+                    const ptrdiff_t sh = (ptrdiff_t)(k1 * G->dil1) - (ptrdiff_t)G->p1;
+                    ptrdiff_t a = (ptrdiff_t)r0, b = (ptrdiff_t)(r0 + R);
+                    if (a + sh < 0) a = -sh;
+                    if (b + sh > (ptrdiff_t)H) b = (ptrdiff_t)H - sh;
+                    const size_t oa = clamp_idx(a, r0, r0 + R), ob = clamp_idx(b, oa, r0 + R);
+                    memset(dst, 0, (oa - r0) * OW * sizeof(float));
+                    memset(dst + (ob - r0) * OW, 0, (r0 + R - ob) * OW * sizeof(float));
+                    if (ob > oa && hi > lo) {
+                        const float *src = xc + (size_t)((ptrdiff_t)oa + sh) * W;
+                        memcpy(dst + (oa - r0) * OW + lo, src + (ptrdiff_t)lo + off,
+                               ((ob - oa - 1) * OW + hi - lo) * sizeof(float));
+                        for (size_t o1 = oa; o1 < ob; o1++) {
+                            float *d = dst + (o1 - r0) * OW;
+                            for (size_t o2 = 0; o2 < lo; o2++)
+                                d[o2] = 0.0f;
+                            for (size_t o2 = hi; o2 < OW; o2++)
+                                d[o2] = 0.0f;
+                        }
+                    } else if (ob > oa) {
+                        memset(dst + (oa - r0) * OW, 0, (ob - oa) * OW * sizeof(float));
+                    }
+                    continue;
+                }
                 for (size_t o1 = r0; o1 < r0 + R; o1++) {
                     float *d = dst + (o1 - r0) * OW;
                     const ptrdiff_t i1 = (ptrdiff_t)(o1 * G->s1 + k1 * G->dil1) - (ptrdiff_t)G->p1;
