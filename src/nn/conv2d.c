@@ -190,6 +190,38 @@ static size_t clamp_idx(ptrdiff_t v, size_t lo, size_t hi) {
     return v < (ptrdiff_t)lo ? lo : v > (ptrdiff_t)hi ? hi : (size_t)v;
 }
 
+// im2col of one (channel, k1, k2) for output rows [r0, r0+R) of a stride-1 convolution whose
+// output is as wide as its input (OW == W, 'same'), for elements of es bytes (f32 or bf16;
+// zero is all-zero bytes in both): rows are W apart in the plane xc and in dst, so the block's
+// valid rows (i1 in [0, H)) are one copy, from the first row's lo to the last row's hi, and
+// the columns outside [lo, hi) (the neighbouring rows' ends) are zeroed after it
+static void im2col_same_rows(const nn_conv2d *l, const void *xc, size_t es, size_t k1, size_t lo,
+                             size_t hi, ptrdiff_t off, size_t r0, size_t R, void *dst) {
+    const ngd_conv_geom *G = &l->geom;
+    const size_t H = G->h, W = G->w, OW = l->ow;
+    unsigned char *d0 = dst;
+    const unsigned char *x0 = xc;
+    const ptrdiff_t sh = (ptrdiff_t)(k1 * G->dil1) - (ptrdiff_t)G->p1;
+    ptrdiff_t a = (ptrdiff_t)r0, b = (ptrdiff_t)(r0 + R);
+    if (a + sh < 0) a = -sh;
+    if (b + sh > (ptrdiff_t)H) b = (ptrdiff_t)H - sh;
+    const size_t oa = clamp_idx(a, r0, r0 + R), ob = clamp_idx(b, oa, r0 + R);
+    memset(d0, 0, (oa - r0) * OW * es);
+    memset(d0 + (ob - r0) * OW * es, 0, (r0 + R - ob) * OW * es);
+    if (ob == oa) return;
+    if (hi <= lo) {
+        memset(d0 + (oa - r0) * OW * es, 0, (ob - oa) * OW * es);
+        return;
+    }
+    const size_t src0 = (size_t)((ptrdiff_t)((size_t)((ptrdiff_t)oa + sh) * W + lo) + off);
+    memcpy(d0 + ((oa - r0) * OW + lo) * es, x0 + src0 * es, ((ob - oa - 1) * OW + hi - lo) * es);
+    for (size_t o1 = oa; o1 < ob; o1++) {
+        unsigned char *d = d0 + (o1 - r0) * OW * es;
+        memset(d, 0, lo * es);
+        memset(d + hi * es, 0, (OW - hi) * es);
+    }
+}
+
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
 // group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). bf16 mode:
 // the patches of the bf16 samples x16 into col16 instead (plain copies: the samples were
@@ -208,6 +240,11 @@ static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, si
                 size_t lo, hi;
                 const ptrdiff_t off = col_range(l, k2, &lo, &hi);
                 const size_t at = ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
+                const bool same = G->s1 == 1 && G->s2 == 1 && OW == W;
+                if (x16 && same) {
+                    im2col_same_rows(l, xc16, sizeof(uint16_t), k1, lo, hi, off, r0, R, col16 + at);
+                    continue;
+                }
                 if (x16) {
                     for (size_t o1 = r0; o1 < r0 + R; o1++) {
                         uint16_t *d = col16 + at + (o1 - r0) * OW;
@@ -232,31 +269,8 @@ static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, si
                     continue;
                 }
                 float *dst = colt + at;
-                if (G->s1 == 1 && G->s2 == 1 && OW == W) {
-                    // rows are W apart in x and in colt: one copy for the block's valid
-                    // rows (i1 in [0, H)), from the first row's lo to the last row's hi, then
-                    // the columns outside [lo, hi) (the neighbouring rows' ends) set to zero
-                    const ptrdiff_t sh = (ptrdiff_t)(k1 * G->dil1) - (ptrdiff_t)G->p1;
-                    ptrdiff_t a = (ptrdiff_t)r0, b = (ptrdiff_t)(r0 + R);
-                    if (a + sh < 0) a = -sh;
-                    if (b + sh > (ptrdiff_t)H) b = (ptrdiff_t)H - sh;
-                    const size_t oa = clamp_idx(a, r0, r0 + R), ob = clamp_idx(b, oa, r0 + R);
-                    memset(dst, 0, (oa - r0) * OW * sizeof(float));
-                    memset(dst + (ob - r0) * OW, 0, (r0 + R - ob) * OW * sizeof(float));
-                    if (ob > oa && hi > lo) {
-                        const float *src = xc + (size_t)((ptrdiff_t)oa + sh) * W;
-                        memcpy(dst + (oa - r0) * OW + lo, src + (ptrdiff_t)lo + off,
-                               ((ob - oa - 1) * OW + hi - lo) * sizeof(float));
-                        for (size_t o1 = oa; o1 < ob; o1++) {
-                            float *d = dst + (o1 - r0) * OW;
-                            for (size_t o2 = 0; o2 < lo; o2++)
-                                d[o2] = 0.0f;
-                            for (size_t o2 = hi; o2 < OW; o2++)
-                                d[o2] = 0.0f;
-                        }
-                    } else if (ob > oa) {
-                        memset(dst + (oa - r0) * OW, 0, (ob - oa) * OW * sizeof(float));
-                    }
+                if (same) {
+                    im2col_same_rows(l, xc, sizeof(float), k1, lo, hi, off, r0, R, dst);
                     continue;
                 }
                 for (size_t o1 = r0; o1 < r0 + R; o1++) {
