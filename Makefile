@@ -94,12 +94,15 @@ NGD := $(BUILD)/ngd
 # keep test objects between builds
 .SECONDARY:
 
-.PHONY: all run test check bench bench-compare examples install uninstall clean format format-check tidy deps \
+.PHONY: all run test check bench bench-compare examples install uninstall clean format format-check tidy deps deps-test \
         mutate
 all: $(LIBA) $(LIBSO) $(NGD)
 
 deps:
 	@bash scripts/deps.sh
+# the tests also need the Python stack (numpy, torch, pytest) that `make run` does not
+deps-test:
+	@bash scripts/deps.sh test
 
 $(BUILD)/src/core/%.o $(BUILD)/src/structures/%.o $(BUILD)/src/optim/%.o: INC = $(INC_LIB)
 $(BUILD)/src/nn/%.o $(BUILD)/src/data/%.o: INC = $(INC_ENG)
@@ -156,13 +159,13 @@ $(BUILD)/fuzz/%: $(BUILD)/fuzz/%.o $(BUILD)/fuzz/driver.o $(ENGA) $(LIBA)
 
 # The plain suite in $(BUILD): every test binary, the examples, the fuzz targets' seeds, the
 # CLI scripts.
-check: deps
+check: deps-test
 	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) $(FUZZ_BIN) >/dev/null
 	@$(MAKE) --no-print-directory stage >/dev/null
 	@bash tests/run.sh $(BUILD)
 
 # `make test`: plain suite, then the same under ASan+UBSan, one closing line for both.
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory all $(TST_BIN) $(EX_BIN) $(FUZZ_BIN)
 	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%) \
 	    $(FUZZ_BIN:$(BUILD)/%=build-san/%)
