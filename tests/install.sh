@@ -5,10 +5,7 @@
 # (pkg-config --static), and run. Usage: tests/install.sh STAGE
 set -u
 S=${1:?usage: install.sh STAGE (a make install PREFIX)}
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/lib.sh"
 CC=${CC:-cc}
 export PKG_CONFIG_PATH="$S/lib/pkgconfig"
 T=$(mktemp -d)

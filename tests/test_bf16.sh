@@ -7,18 +7,7 @@
 # Usage: tests/test_bf16.sh path/to/ngd
 set -u
 NGD=${1:?usage: test_bf16.sh path/to/ngd}
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-expect_rc() {  # expect_rc RC DESC CMD...
-    local want=$1 desc=$2; shift 2
-    out=$("$@" 2>&1); rc=$?
-    if [ "$rc" -eq "$want" ]; then ok; else bad "$desc: exit $rc, want $want"; printf '%s\n' "$out" | tail -5; fi
-}
-expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
-    if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
-}
+. "$(dirname "$0")/lib.sh"
 summary() {  # summary LOG FIELD: a number of the log's summary record
     grep '"type":"summary"' "$1" | tail -1 | sed -n "s/.*\"$2\":\([0-9.e+-]*\).*/\1/p"
 }

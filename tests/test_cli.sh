@@ -4,15 +4,7 @@
 set -u
 NGD=${1:?usage: test_cli.sh path/to/ngd}
 SHARED=${NGD_SHARED:-../shared}
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-expect_rc() {  # expect_rc RC DESC CMD...
-    local want=$1 desc=$2; shift 2
-    out=$("$@" 2>&1); rc=$?
-    if [ "$rc" -eq "$want" ]; then ok; else bad "$desc: exit $rc, want $want"; printf '%s\n' "$out" | tail -5; fi
-}
+. "$(dirname "$0")/lib.sh"
 
 expect_rc 0 "ngd --help" "$NGD" --help
 "$NGD" --help | grep -q "replay" && ok || bad "--help lists replay"

@@ -8,10 +8,7 @@
 # Usage: tests/test_mpi.sh path/to/ngd
 set -u
 NGD=${1:?usage: test_mpi.sh path/to/ngd}
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/lib.sh"
 PY=/usr/bin/python3
 if ! command -v mpirun >/dev/null 2>&1; then
     bad "mpirun not found (scripts/deps.sh installs openmpi-bin)"

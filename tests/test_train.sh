@@ -6,18 +6,7 @@
 # Usage: tests/test_train.sh path/to/ngd
 set -u
 NGD=${1:?usage: test_train.sh path/to/ngd}
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-expect_rc() {  # expect_rc RC DESC CMD...
-    local want=$1 desc=$2; shift 2
-    out=$("$@" 2>&1); rc=$?
-    if [ "$rc" -eq "$want" ]; then ok; else bad "$desc: exit $rc, want $want"; printf '%s\n' "$out" | tail -5; fi
-}
-expect_msg() {  # expect_msg TEXT DESC (in $out of the last expect_rc)
-    if printf '%s\n' "$out" | grep -qF -- "$1"; then ok; else bad "$2: no '$1' in output"; printf '%s\n' "$out" | tail -3; fi
-}
+. "$(dirname "$0")/lib.sh"
 to_v1() {  # to_v1 V3 V1 [METHOD]: the checkpoint V3 (or V2) in version 1's layout (no widths,
            # subset, context, batch, precision after the method; METHOD instead of its name)
     local f=$1 off=16 k len m=() n ver
