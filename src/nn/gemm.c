@@ -15,16 +15,22 @@
 
 #define AT(M, ld, t, i, j) ((t) ? (M)[(size_t)(j) * (ld) + (i)] : (M)[(size_t)(i) * (ld) + (j)])
 
+// The reference loop of both element types: C = alpha op(A) op(B) + beta C, each dot product
+// summed in double; GET(M, ld, t, i, j) reads an element as a float. No allocation (it is the
+// last fallback of both GEMMs).
+#define REF_GEMM_LOOP(GET)                                                                         \
+    for (size_t i = 0; i < m; i++)                                                                 \
+        for (size_t j = 0; j < n; j++) {                                                           \
+            double s = 0;                                                                          \
+            for (size_t p = 0; p < k; p++)                                                         \
+                s += (double)GET(A, lda, ta, i, p) * (double)GET(B, ldb, tb, p, j);                \
+            double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];                 \
+            C[i * ldc + j] = (float)((double)alpha * s + c);                                       \
+        }
+
 void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < n; j++) {
-            double s = 0;
-            for (size_t p = 0; p < k; p++)
-                s += (double)AT(A, lda, ta, i, p) * (double)AT(B, ldb, tb, p, j);
-            double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];
-            C[i * ldc + j] = (float)((double)alpha * s + c);
-        }
+    REF_GEMM_LOOP(AT)
 }
 
 // Below this many multiply-adds a plain loop beats a oneDNN call (about 10 us of dispatch
@@ -177,14 +183,7 @@ static float bf(uint16_t h) {
 void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
                       float *C, size_t ldc) {
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < n; j++) {
-            double s = 0;
-            for (size_t p = 0; p < k; p++)
-                s += (double)ATH(A, lda, ta, i, p) * (double)ATH(B, ldb, tb, p, j);
-            double c = beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j];
-            C[i * ldc + j] = (float)((double)alpha * s + c);
-        }
+    REF_GEMM_LOOP(ATH)
 }
 
 // The converting path: op(A), op(B) decoded to f32 (exact) and multiplied by sgemm. Used
