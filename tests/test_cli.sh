@@ -107,6 +107,12 @@ printf '%s\n' "$out" | grep -q '^{"type":"setup","n":128,"rank":220,' && ok || b
 if command -v python3 >/dev/null; then
     printf '%s\n' "$out" | grep '^{' | python3 -c 'import json,sys; [json.loads(l) for l in sys.stdin]' && ok || bad "bench precond: --json lines are not valid JSON"
 fi
+# bench train --threads N: the children run N OpenMP threads (libgomp reads OMP_NUM_THREADS
+# when the program starts, so setting the variable alone left them at all cores)
+for n in 1 2; do
+    out=$(OMP_NUM_THREADS=3 "$NGD" bench train --model mlp --widths 16 --optim sgd --batch 8 --steps 2 --warmup 1 --threads $n --json 2>&1)
+    printf '%s\n' "$out" | grep -q "\"threads\":$n}" && ok || { bad "bench train --threads $n: the child ran another thread count"; printf '%s\n' "$out" | tail -2; }
+done
 if [ -s "$tmp/p.svg" ]; then
     grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"
     [ "$(grep -c "<polyline" "$tmp/p.svg")" -eq 4 ] && ok || bad "bench precond plot: expected a line per method and panel"

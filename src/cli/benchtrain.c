@@ -123,6 +123,7 @@ typedef struct {
     double fb_flops, opt_flops; // per step
     double sgemm_gflops;
     size_t state_bytes;
+    int threads; // the child's OpenMP thread count
 } bt_result;
 
 static bool is_singd(ngd_method m) {
@@ -195,6 +196,11 @@ static double cpu_now_s(void) {
 // One configuration, in the child process.
 static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     memset(r, 0, sizeof *r);
+#ifdef _OPENMP
+    r->threads = omp_get_max_threads();
+#else
+    r->threads = 1;
+#endif
     r->sgemm_gflops = bench_sgemm_gflops(1024, 1024, 1024);
     bt_data d;
     nn_model m;
@@ -396,7 +402,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                "\"ms_precond_update\":%.4f,\"ms_precondition\":%.4f,\"ms_rule\":%.4f,"
                "\"samples_per_s\":%.1f,\"fb_gflop\":%.4f,\"opt_gflop\":%.4f,\"fb_gflops\":%.1f,"
                "\"sgemm_gflops\":%.1f,\"floor_ms\":%.4f,\"peak_rss_mib\":%.1f,"
-               "\"state_bytes\":%zu,\"params\":%zu,\"ms_cpu\":%.4f}\n",
+               "\"state_bytes\":%zu,\"params\":%zu,\"ms_cpu\":%.4f,\"threads\":%d}\n",
                c->model,
                c->text    ? "shakespeare"
                : c->cifar ? "cifar100"
@@ -405,7 +411,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                r->period, r->mean * ms, r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms,
                r->obs * ms, r->upd * ms, r->prec * ms, r->rule * ms, (double)o->batch / r->mean,
                r->fb_flops / 1e9, r->opt_flops / 1e9, fb_rate, r->sgemm_gflops, floor_s * ms,
-               (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms);
+               (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms, r->threads);
     } else {
         printf(
             "%-8s %-6s %-9s %-4s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
@@ -517,7 +523,12 @@ int bench_train(int argc, char **argv) {
     if (threads) {
         char v[24];
         snprintf(v, sizeof v, "%zu", threads);
-        setenv("OMP_NUM_THREADS", v, 1); // read by the children's OpenMP runtime
+        setenv("OMP_NUM_THREADS", v, 1); // for libraries that read it when they start
+#ifdef _OPENMP
+        // libgomp read OMP_NUM_THREADS when the program started, before the setenv above:
+        // the thread count is set here, and the forked children inherit it
+        omp_set_num_threads((int)threads);
+#endif
     }
     // the configurations: models x methods (x structures for the SINGD family)
     char *mv[16], *ov[16], *sv[16];
