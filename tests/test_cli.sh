@@ -113,6 +113,10 @@ for n in 1 2; do
     out=$(OMP_NUM_THREADS=3 "$NGD" bench train --model mlp --widths 16 --optim sgd --batch 8 --steps 2 --warmup 1 --threads $n --json 2>&1)
     printf '%s\n' "$out" | grep -q "\"threads\":$n}" && ok || { bad "bench train --threads $n: the child ran another thread count"; printf '%s\n' "$out" | tail -2; }
 done
+# bench train --T-u/--T-i reach the K-FAC family's config: timed steps are whole T_i periods
+out=$("$NGD" bench train --model mlp --widths 16 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json 2>&1)
+printf '%s\n' "$out" | grep -q '"steps":6,"period":6,' && ok || { bad "bench train --T-u 2 --T-i 6: period"; printf '%s\n' "$out" | tail -2; }
+expect_rc 2 "bench train --T-u 0" "$NGD" bench train --T-u 0
 if [ -s "$tmp/p.svg" ]; then
     grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"
     [ "$(grep -c "<polyline" "$tmp/p.svg")" -eq 4 ] && ok || bad "bench precond plot: expected a line per method and panel"

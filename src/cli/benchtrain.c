@@ -47,6 +47,8 @@ enum {
     B_STEPS,
     B_WARMUP,
     B_T,
+    B_TU,
+    B_TI,
     B_THREADS,
     B_JSON,
     B_POPTIM,
@@ -74,6 +76,8 @@ static const cli_opt BT_OPTS[] = {
     {"steps", 1, B_STEPS, "N", "timed steps, rounded up to whole preconditioner periods (30)"},
     {"warmup", 1, B_WARMUP, "N", "untimed steps first (10)"},
     {"T", 1, B_T, "N", "SINGD preconditioner update period (10)"},
+    {"T-u", 1, B_TU, "N", "K-FAC family statistics period T_u (the method's default, 10)"},
+    {"T-i", 1, B_TI, "N", "K-FAC family inverse / refresh period T_i (the method's default, 50)"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
     {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"param-optim", 1, B_POPTIM, "NAME",
@@ -105,7 +109,7 @@ typedef struct {
 } bt_cfg;
 
 typedef struct {
-    size_t batch, context, steps, warmup, T, nwidths;
+    size_t batch, context, steps, warmup, T, T_u, T_i, nwidths; // T_u, T_i: 0 = default
     size_t widths[NN_MODEL_MAX_WIDTHS];
     const char *data;
     bool json, param_adamw;
@@ -232,6 +236,8 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
         cfg.structure_K.dtype = cfg.structure_C.dtype = keep;
     }
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
+    if (is_kfac(c->method) && o->T_u) cfg.kfac.T_u = o->T_u;
+    if (is_kfac(c->method) && o->T_i) cfg.kfac.T_i = o->T_i;
     if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
         cfg.structure_K.dtype = cfg.structure_C.dtype = cfg.factor_compute = cfg.kfac.ea_dtype =
             NGD_BF16;
@@ -461,6 +467,12 @@ int bench_train(int argc, char **argv) {
             break;
         case B_T:
             if (parse_size("T", optarg, &o.T, 1)) return NGD_EXIT_USAGE;
+            break;
+        case B_TU:
+            if (parse_size("T-u", optarg, &o.T_u, 1)) return NGD_EXIT_USAGE;
+            break;
+        case B_TI:
+            if (parse_size("T-i", optarg, &o.T_i, 1)) return NGD_EXIT_USAGE;
             break;
         case B_THREADS:
             if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE;
