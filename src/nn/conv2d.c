@@ -190,6 +190,22 @@ static size_t clamp_idx(ptrdiff_t v, size_t lo, size_t hi) {
     return v < (ptrdiff_t)lo ? lo : v > (ptrdiff_t)hi ? hi : (size_t)v;
 }
 
+// memset of the few bytes at a row's ends (a 3x3 kernel with padding 1 leaves one element
+// of 2 or 4 bytes per row and end): fixed-size copies the compiler inlines, instead of a
+// libc call per row (the calls were 8 % of the cnn's step in perf)
+static inline void zero_bytes(unsigned char *d, size_t n) {
+    static const unsigned char z[8] = {0};
+    if (n == 0) return;
+    if (n == 4)
+        memcpy(d, z, 4);
+    else if (n == 2)
+        memcpy(d, z, 2);
+    else if (n == 8)
+        memcpy(d, z, 8);
+    else
+        memset(d, 0, n);
+}
+
 // im2col of one (channel, k1, k2) for output rows [r0, r0+R) of a stride-1 convolution whose
 // output is as wide as its input (OW == W, 'same'), for elements of es bytes (f32 or bf16;
 // zero is all-zero bytes in both): rows are W apart in the plane xc and in dst, so the block's
@@ -206,19 +222,19 @@ static void im2col_same_rows(const nn_conv2d *l, const void *xc, size_t es, size
     if (a + sh < 0) a = -sh;
     if (b + sh > (ptrdiff_t)H) b = (ptrdiff_t)H - sh;
     const size_t oa = clamp_idx(a, r0, r0 + R), ob = clamp_idx(b, oa, r0 + R);
-    memset(d0, 0, (oa - r0) * OW * es);
-    memset(d0 + (ob - r0) * OW * es, 0, (r0 + R - ob) * OW * es);
+    zero_bytes(d0, (oa - r0) * OW * es);
+    zero_bytes(d0 + (ob - r0) * OW * es, (r0 + R - ob) * OW * es);
     if (ob == oa) return;
     if (hi <= lo) {
-        memset(d0 + (oa - r0) * OW * es, 0, (ob - oa) * OW * es);
+        zero_bytes(d0 + (oa - r0) * OW * es, (ob - oa) * OW * es);
         return;
     }
     const size_t src0 = (size_t)((ptrdiff_t)((size_t)((ptrdiff_t)oa + sh) * W + lo) + off);
     memcpy(d0 + ((oa - r0) * OW + lo) * es, x0 + src0 * es, ((ob - oa - 1) * OW + hi - lo) * es);
     for (size_t o1 = oa; o1 < ob; o1++) {
         unsigned char *d = d0 + (o1 - r0) * OW * es;
-        memset(d, 0, lo * es);
-        memset(d + hi * es, 0, (OW - hi) * es);
+        zero_bytes(d, lo * es);
+        zero_bytes(d + hi * es, (OW - hi) * es);
     }
 }
 
