@@ -12,7 +12,6 @@
  *
  * Seeds: with NGD_FUZZ_SEEDS_DIR set, the first call writes a checkpoint of each run there.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

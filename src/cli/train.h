@@ -100,6 +100,7 @@ enum {
     O_PRECISION
 };
 
+// The run, as the options give it (ngd eval: as its checkpoint's header records it).
 typedef struct {
     const char *model, *data, *data_dir, *log, *ckpt, *resume;
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset;
@@ -209,6 +210,7 @@ void train_print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed,
 uint32_t train_params_crc(const nn_model *m);
 
 // ---- trainlog.c ----
+// A monotonic clock in seconds.
 double train_now_s(void);
 // What a training run will write, checked before any data is loaded. Returns an exit code.
 int train_check_outputs(const train_opts *t);
@@ -218,7 +220,8 @@ FILE *trainlog_open(const train_opts *t, char *path, size_t cap);
 int trainlog_line(FILE *f, const char *path, cJSON *o);
 // The per-layer health records of a step record.
 cJSON *trainlog_health(const ngd_optim *o);
-// An "eval" record.
+// Writes an "eval" record (step, epoch, test loss and accuracy, wall seconds); returns as
+// trainlog_line.
 int trainlog_eval(FILE *f, const char *path, size_t step, double epoch, double loss, double acc,
                   double wall);
 // mpirun: the summary's communication record.
