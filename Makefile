@@ -155,7 +155,16 @@ examples: $(EX_BIN)
 # project's compiler: `make check` / `make test` build them (so that they keep compiling and
 # linking) and run them over their seeds (tests/run.sh).
 $(BUILD)/fuzz/%: $(BUILD)/fuzz/%.o $(BUILD)/fuzz/driver.o $(ENGA) $(LIBA)
-	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/fuzz/driver.o $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(ENGA) $(LIBA) $(LIBS) -lcjson -lz
+
+# fuzz_trainckpt links the command's checkpoint reader itself: trainckpt.o, traindata.o (the
+# batches a loaded position and order drive) and dist.c built for one process (NGD_NO_MPI)
+FUZZ_TRAINCKPT_OBJ := src/cli/trainckpt.o src/cli/traindata.o fuzz/dist-nompi.o
+$(BUILD)/fuzz/fuzz_trainckpt: $(FUZZ_TRAINCKPT_OBJ:%=$(BUILD)/%)
+$(BUILD)/fuzz/dist-nompi.o: src/cli/dist.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC $< (NGD_NO_MPI)"
+	@$(CC) $(CFLAGS) $(INC_CLI) -DNGD_NO_MPI -c $< -o $@
 
 # The plain suite in $(BUILD): every test binary, the examples, the fuzz targets' seeds, the
 # CLI scripts.
@@ -196,13 +205,14 @@ fuzz:
 	    OPT='-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link' LDSAN='$(FUZZ_SAN)' \
 	    WARN='$(WARN) -Wno-unknown-pragmas -Wno-unused-variable -Wno-unused-but-set-variable' \
 	    --eval '-include $$(shell find build-fuzz -name "*.d" 2>/dev/null)' \
-	    build-fuzz/libngd.a build-fuzz/libngdengine.a
+	    build-fuzz/libngd.a build-fuzz/libngdengine.a $(FUZZ_TRAINCKPT_OBJ:%=build-fuzz/%)
 	@set -e; for src in $(sort $(wildcard fuzz/fuzz_*.c)); do \
 	    t=$$(basename $$src .c); \
 	    mkdir -p build-fuzz/fuzz build-fuzz/corpus/$$t build-fuzz/seeds/$$t build-fuzz/artifacts; \
+	    case $$t in fuzz_trainckpt) extra="$(FUZZ_TRAINCKPT_OBJ:%=build-fuzz/%)";; *) extra=;; esac; \
 	    echo "  FUZZ $$t ($(FUZZ_SECONDS) s)"; \
 	    $(FUZZ_CC) $(WARN) -g -O1 $(FUZZ_SAN) -fsanitize=fuzzer -D_POSIX_C_SOURCE=200809L \
-	        $(INC_TST) -Ifuzz $$src build-fuzz/libngdengine.a build-fuzz/libngd.a $(LIBS) -lcjson -lz \
+	        $(INC_TST) -Ifuzz $$src $$extra build-fuzz/libngdengine.a build-fuzz/libngd.a $(LIBS) -lcjson -lz \
 	        -o build-fuzz/fuzz/$$t; \
 	    NGD_FUZZ_SEEDS_DIR=build-fuzz/seeds/$$t build-fuzz/fuzz/$$t -runs=0 \
 	        build-fuzz/seeds/$$t 2>/dev/null >/dev/null || true; \

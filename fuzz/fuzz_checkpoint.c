@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fileio.h"
 #include "ngd.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -153,7 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const size_t len = size - 1;
     if (!(data[0] & 0x80) && len >= 4 && len <= sizeof fixed) {
         memcpy(fixed, ck, len);
-        const uint32_t crc = ngd_file_crc32(fixed, len - 4);
+        const uint32_t crc = ngd_crc32(fixed, len - 4);
         for (int i = 0; i < 4; i++)
             fixed[len - 4 + (size_t)i] = (unsigned char)(crc >> (8 * i));
         ck = fixed;

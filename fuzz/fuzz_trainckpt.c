@@ -1,24 +1,24 @@
 /*
  * fuzz_trainckpt.c — libFuzzer target for the training-checkpoint reader of `ngd train
- * --resume` (load_checkpoint in src/cli/train.c, a static function: this file includes
- * train.c itself, and opts.c for its option helpers, and stands in for main.c's cli_error /
- * cli_read_file). Two small runs are
- * set up once: an MLP with SINGD on a 6-image set (loader order in the file) and a chargpt
- * with AdamW on a short text (text position and rng in the file). Input: <mode byte>
- * <checkpoint bytes>: bit 0 picks the run, bit 7 clear means "make the trailing CRC right
- * first" (so that mutations reach the parser). A load must succeed or fail cleanly; after a
- * successful load the next batch and a forward pass must be safe (the position and sample
- * order are used as indices), and the state must save and load again.
+ * --resume` (trainckpt_load in src/cli/trainckpt.c). It links the command's own objects:
+ * trainckpt.o, traindata.o (the batches a loaded position and order drive) and dist.c built
+ * with NGD_NO_MPI (one process), and stands in for main.c's cli_error / cli_read_file. Two
+ * small runs are set up once: an MLP with SINGD on a 6-image set (loader order in the file)
+ * and a chargpt with AdamW on a short text (text position and rng in the file). Input:
+ * <mode byte> <checkpoint bytes>: bit 0 picks the run, bit 7 clear means "make the trailing
+ * CRC right first" (so that mutations reach the parser). A load must succeed or fail
+ * cleanly; after a successful load the next batch and a forward pass must be safe (the
+ * position and sample order are used as indices), and the state must save and load again.
  *
  * Seeds: with NGD_FUZZ_SEEDS_DIR set, the first call writes a checkpoint of each run there.
  */
-#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "../src/cli/opts.c"
-#include "../src/cli/train.c"
-#define NGD_NO_MPI
-#include "../src/cli/dist.c"
+#include "fileio.h"
 #include "fuzz_util.h"
+#include "train.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -111,7 +111,7 @@ static void write_seeds(const char *dir) {
         run_state rs = {3, 1, 0, 2.5};
         char path[1024];
         snprintf(path, sizeof path, "%s/%s.ckpt", dir, r->t.model);
-        REQUIRE(save_checkpoint(path, &r->t, &r->m, r->o, &r->ld, k ? &r->ti : NULL, &rs) == 0);
+        REQUIRE(trainckpt_save(path, &r->t, &r->m, r->o, &r->ld, k ? &r->ti : NULL, &rs) == 0);
         size_t len;
         char *b = cli_read_file(path, &len, "");
         REQUIRE(b);
@@ -137,19 +137,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static uint8_t fixed[1 << 16];
     if (!(data[0] & 0x80) && len >= 4 && len <= sizeof fixed) {
         memcpy(fixed, ck, len);
-        const uint32_t crc = ngd_file_crc32(fixed, len - 4);
+        const uint32_t crc = ngd_crc32(fixed, len - 4);
         for (int i = 0; i < 4; i++)
             fixed[len - 4 + (size_t)i] = (uint8_t)(crc >> (8 * i));
         ck = fixed;
     }
     run_state rs;
     text_iter *tip = k ? &r->ti : NULL;
-    if (load_checkpoint(fuzz_file(0, ck, len), &r->t, &r->m, r->o, &r->ld, tip, &rs) != 0) return 0;
+    if (trainckpt_load(fuzz_file(0, ck, len), &r->t, &r->m, r->o, &r->ld, tip, &rs) != 0) return 0;
     // the loaded position and order drive the next batch: they must be in range
     float x[2 * 4];
     int32_t ids[2 * 4], y[2 * 4];
-    size_t got = next_batch(&r->t, &r->ld, tip, x, ids, y);
-    if (got == 0) got = next_batch(&r->t, &r->ld, tip, x, ids, y); // a new epoch
+    size_t got = train_next_batch(&r->t, &r->ld, tip, x, ids, y);
+    if (got == 0) got = train_next_batch(&r->t, &r->ld, tip, x, ids, y); // a new epoch
     REQUIRE(got == 2);
     if (k)
         r->m.ops->forward_tokens(&r->m, ids, 2, 4, false);
@@ -157,7 +157,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         r->m.ops->forward(&r->m, x, 2, false);
     // and what was loaded saves and loads again
     const char *again = fuzz_file(1, NULL, 0);
-    REQUIRE(save_checkpoint(again, &r->t, &r->m, r->o, &r->ld, tip, &rs) == 0);
-    REQUIRE(load_checkpoint(again, &r->t, &r->m, r->o, &r->ld, tip, &rs) == 0);
+    REQUIRE(trainckpt_save(again, &r->t, &r->m, r->o, &r->ld, tip, &rs) == 0);
+    REQUIRE(trainckpt_load(again, &r->t, &r->m, r->o, &r->ld, tip, &rs) == 0);
     return 0;
 }

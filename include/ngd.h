@@ -487,18 +487,6 @@ NGD_API ngd_status ngd_optim_save_mem(const ngd_optim *o, void **buf, size_t *le
 // Errors: NGD_ERR_FORMAT, NGD_ERR_ARG.
 NGD_API ngd_status ngd_optim_load_mem(ngd_optim *o, const void *buf, size_t len);
 
-// ====== Files ======
-
-// Writes len bytes to path atomically: a temporary file in the same folder
-// ("<path>.tmp.<pid>"), fsync, rename, fsync of the folder; on failure the temporary is
-// removed, the old file (if any) is intact, and msg (cap bytes) names the failed call and
-// path. Temporaries of the same path whose process is gone (killed mid-write) are removed
-// first. Errors: NGD_ERR_IO, NGD_ERR_ARG.
-NGD_API ngd_status ngd_file_write_atomic(const char *path, const void *data, size_t len, char *msg,
-                                         size_t cap);
-// CRC-32 (IEEE 802.3) of n bytes, as used by the checkpoint formats.
-NGD_API uint32_t ngd_file_crc32(const void *data, size_t n);
-
 #ifdef __cplusplus
 }
 #endif

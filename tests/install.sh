@@ -16,6 +16,13 @@ if ! pkg-config --exists ngd; then
     exit 1
 fi
 [ "$(pkg-config --variable=prefix ngd)" = "$S" ] && ok || bad "ngd.pc's prefix is not $S"
+# the file helpers (src/core/fileio.h) are libngd's own while the ABI is 0.x: neither the
+# installed header nor the shared library offers them
+grep -q 'ngd_file_\|ngd_crc32\|ngd_write_atomic' "$S/include/ngd.h" \
+    && bad "the installed ngd.h declares file helpers" || ok
+fx=$(nm -D --defined-only "$S/lib/libngd.so" | awk '{print $3}' \
+     | grep '^ngd_\(file_\|crc32\|write_atomic\|read_file\|wbuf_\|rbuf_\)' || true)
+[ -z "$fx" ] && ok || bad "libngd.so exports file helpers: $fx"
 for ex in examples/*.c; do
     n=$(basename "$ex" .c)
     # shared: what the README shows

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "harness.h"
 #include "ngd.h"
 #include "tproblem.h"
@@ -293,7 +294,7 @@ static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
     touch(dir, "run.ckpt.tmp.1"); // init: alive
     char path[128], msg[256];
     snprintf(path, sizeof path, "%s/run.ckpt", dir);
-    CHECK(ngd_file_write_atomic(path, "new", 3, msg, sizeof msg) == NGD_OK);
+    CHECK(ngd_write_atomic_bytes(path, "new", 3, msg, sizeof msg) == 0);
     CHECK(!exists(dir, names[0])); // the dead writer's temporary of this path
     for (int i = 2; i < 10; i++)
         CHECK_MSG(exists(dir, names[i]), "%s was removed", names[i]);
@@ -301,7 +302,7 @@ static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
     // a path without a folder: the current one
     pid_t child = fork();
     if (child == 0) {
-        int ok = chdir(dir) == 0 && ngd_file_write_atomic("rel.ckpt", "x", 1, NULL, 0) == NGD_OK;
+        int ok = chdir(dir) == 0 && ngd_write_atomic_bytes("rel.ckpt", "x", 1, NULL, 0) == 0;
         _exit(ok ? 0 : 1);
     }
     int status = -1;

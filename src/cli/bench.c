@@ -35,6 +35,7 @@
 #include <omp.h>
 #endif
 
+#include "../core/fileio.h"
 #include "cli.h"
 #include "ngd.h"
 
@@ -723,9 +724,9 @@ static int pc_write_plot(const char *path, const size_t *ds, size_t nd, const si
         return -1;
     }
     char msg[512];
-    ngd_status st = ngd_file_write_atomic(path, buf, len, msg, sizeof msg);
+    const int wr = ngd_write_atomic_bytes(path, buf, len, msg, sizeof msg);
     free(buf);
-    if (st != NGD_OK) {
+    if (wr != 0) {
         cli_error("check that the folder of --plot FILE exists and is writable", "%s", msg);
         return -1;
     }

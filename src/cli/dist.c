@@ -19,7 +19,7 @@ size_t dist_loader_next(nn_loader *ld, float *x, int32_t *y) {
 }
 
 #ifdef NGD_NO_MPI
-// A build without MPI (fuzz/fuzz_trainckpt.c includes train.c and this file): one process.
+// A build without MPI (fuzz/fuzz_trainckpt.c links this file built so): one process.
 int dist_init(void) { return 0; }
 bool dist_on(void) { return false; }
 int dist_rank(void) { return 0; }

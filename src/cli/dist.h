@@ -1,7 +1,7 @@
 /*
  * dist.h — `ngd train` across processes: the MPI side of data-parallel training
- * (docs/distributed.md), kept out of train.c behind this small interface and out of libngd
- * entirely (libngd gets an ngd_comm whose callbacks are MPI collectives).
+ * (docs/distributed.md), kept out of the training loop (train.c) behind this small interface and
+ * out of libngd entirely (libngd gets an ngd_comm whose callbacks are MPI collectives).
  *
  * MPI is initialised only when the process was started by Open MPI's mpirun (the
  * OMPI_COMM_WORLD_SIZE variable is set), so a plain `ngd train` runs as before, with no MPI

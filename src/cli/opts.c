@@ -3,8 +3,8 @@
  * from one cli_opt table, the parsers of numbers (plain decimals only: strtod alone would
  * take hex, "inf", "nan" and leading spaces, strtoull a sign and spaces), and the messages
  * of options getopt_long did not take (opterr = 0: ngd's style, not getopt's). Apart from
- * main.c so that a file that includes a subcommand's source (fuzz/fuzz_trainckpt.c includes
- * train.c) can include this one too.
+ * main.c so that a program that links a subcommand's objects without main.c can link this
+ * one too.
  */
 #include <errno.h>
 #include <limits.h>

@@ -6,8 +6,9 @@
  * and marks the best run, so a reader sees at a glance which optimizer won.
  *
  * The SVG is written by hand (no plotting dependency) into memory and saved atomically with
- * ngd_file_write_atomic. A FILE ending in .png is rendered by the external `rsvg-convert`
- * (librsvg) when it is on PATH; without it the command says so and suggests .svg.
+ * ngd_write_atomic_bytes (libngd's, src/core/fileio.h). A FILE ending in .png is rendered by the
+ * external `rsvg-convert` (librsvg) when it is on PATH; without it the command says so and suggests
+ * .svg.
  *
  * Reading is tolerant where a log legitimately looks odd: a half-written last line (a run
  * still going) is skipped with a warning; a resumed run (the log is appended) that repeats
@@ -30,6 +31,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../core/fileio.h"
 #include "cli.h"
 #include "ngd.h"
 
@@ -678,7 +680,7 @@ int cmd_plot(int argc, char **argv) {
         data = pngbuf, len = plen;
     }
     char msg[512];
-    if (ngd_file_write_atomic(output, data, len, msg, sizeof msg) != NGD_OK) {
+    if (ngd_write_atomic_bytes(output, data, len, msg, sizeof msg) != 0) {
         cli_error("check that the folder of -o FILE exists and is writable", "%s", msg);
         goto done;
     }

@@ -257,9 +257,18 @@ float ngd_rbuf_f32(ngd_rbuf *r) {
     return f;
 }
 
+// all or nothing: out is untouched when the n floats are not all there
 void ngd_rbuf_f32s(ngd_rbuf *r, float *out, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        out[i] = ngd_rbuf_f32(r);
+    const unsigned char *b = n <= SIZE_MAX / 4 ? ngd_rbuf_bytes(r, n * 4) : NULL;
+    if (!b) {
+        r->bad = true;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 |
+                           (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24;
+        memcpy(&out[i], &u, 4);
+    }
 }
 
 bool ngd_rbuf_str(ngd_rbuf *r, char *out, size_t cap) {
@@ -285,15 +294,13 @@ uint32_t ngd_crc32(const void *p, size_t n) {
     return (uint32_t)c;
 }
 
-// ---- public wrappers (ngd.h "Files") ----
-
-ngd_status ngd_file_write_atomic(const char *path, const void *data, size_t len, char *msg,
-                                 size_t cap) {
-    if (!path || (!data && len)) return NGD_ERR_ARG;
+int ngd_write_atomic_bytes(const char *path, const void *data, size_t len, char *err, size_t cap) {
+    if (!path || (!data && len)) {
+        if (err && cap) snprintf(err, cap, "write_atomic: no path or no data");
+        return -1;
+    }
     ngd_wbuf w = {(unsigned char *)(uintptr_t)data, len, len, false};
     char tmp[1];
-    if (!msg || !cap) msg = tmp, cap = sizeof tmp;
-    return ngd_write_atomic(path, &w, msg, cap) ? NGD_ERR_IO : NGD_OK;
+    if (!err || !cap) err = tmp, cap = sizeof tmp;
+    return ngd_write_atomic(path, &w, err, cap);
 }
-
-uint32_t ngd_file_crc32(const void *data, size_t n) { return ngd_crc32(data, n); }

@@ -1,0 +1,324 @@
+/*
+ * trainckpt.c — the training checkpoint of `ngd train --checkpoint/--resume` and `ngd eval`
+ * (docs/formats.md "Training checkpoint", version 3; 1 and 2 are still read): the run's
+ * options that shape the model, the step, the data order and RNG, the model's parameters,
+ * buffers and random streams, and the optimizer state (ngd_optim_save_mem), little-endian,
+ * CRC-32 last, committed atomically.
+ *
+ * Written and read with libngd's buffer writer and reader (src/core/fileio.h: the same code
+ * as the optimizer checkpoints), reached the way the command reaches libngd's other hidden
+ * functions: it links libngd statically. The format's own shape stays: lengths and strings'
+ * lengths are u64 here (u32 in libngd's files), so strings are written as u64 + bytes.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../core/fileio.h"
+#include "dist.h"
+#include "train.h"
+
+#define TRN_MAGIC "NGDTRN\r\n"
+#define TRN_VERSION                                                                                \
+    3u // 2: the run's widths, subset, context and batch after the method;
+       // 3: its --precision after the batch
+
+// a u64-length string (the format's; libngd's ngd_wbuf_str writes a u32 length)
+static void put_str(ngd_wbuf *w, const char *s) {
+    ngd_wbuf_u64(w, strlen(s));
+    ngd_wbuf_bytes(w, s, strlen(s));
+}
+
+// A u64, 0 once a read ran past the end (as every read after it).
+static uint64_t get_u64(ngd_rbuf *r) {
+    const uint64_t v = ngd_rbuf_u64(r);
+    return r->bad ? 0 : v;
+}
+
+// A string of fewer than cap bytes into s (a longer one: r->bad, s empty).
+static void get_str(ngd_rbuf *r, char *s, size_t cap) {
+    const uint64_t n = get_u64(r);
+    const unsigned char *p = n < cap ? ngd_rbuf_bytes(r, (size_t)n) : NULL;
+    s[0] = '\0';
+    if (!p) {
+        r->bad = true;
+        return;
+    }
+    memcpy(s, p, (size_t)n);
+    s[n] = '\0';
+}
+
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m)    ? "a folder"
+           : S_ISLNK(m)  ? "a symbolic link"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
+}
+
+// The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
+// would replace whatever is there (a device node, a FIFO, a symbolic link) with a regular
+// file: PATH must be a regular file or absent, in an existing folder we may write (where the
+// temporary goes). Checked before the data is loaded, not at the first checkpoint an epoch
+// later, and again before every write. Returns -1 after an error naming PATH.
+int trainckpt_check_target(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode)) {
+            cli_error("give --checkpoint the path of a regular file, or of none yet",
+                      "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
+                      file_kind(sb.st_mode));
+            return -1;
+        }
+    } else if (errno != ENOENT) {
+        cli_error("give --checkpoint a path in a folder you can write", "--checkpoint %s: %s", path,
+                  strerror(errno));
+        return -1;
+    }
+    char *copy = strdup(path);
+    if (!copy) {
+        cli_error(NULL, "--checkpoint %s: out of memory", path);
+        return -1;
+    }
+    const char *dir = dirname(copy);
+    int rc = 0;
+    errno = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        cli_error("create the folder first, or give --checkpoint another path",
+                  "--checkpoint %s: folder %s: %s", path, dir,
+                  errno ? strerror(errno) : "not a folder");
+        rc = -1;
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        cli_error("give --checkpoint a path in a folder you can write",
+                  "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
+        rc = -1;
+    }
+    free(copy);
+    return rc;
+}
+
+// Model state that is not a parameter (BatchNorm running statistics) comes from
+// nn_model_buffers and is saved beside the parameters.
+int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,
+                   const nn_loader *ld, const text_iter *ti, const run_state *rs) {
+    if (!dist_root()) return 0; // mpirun: rank 0 writes (every rank holds the same state)
+    ngd_wbuf w = {0};
+    ngd_wbuf_bytes(&w, TRN_MAGIC, 8);
+    ngd_wbuf_u64(&w, TRN_VERSION);
+    put_str(&w, t->model);
+    put_str(&w, t->data);
+    put_str(&w, ngd_method_name(t->method));
+    // the widths as given (0: the model's defaults), so that eval builds the model again
+    ngd_wbuf_u64(&w, t->nwidths);
+    for (size_t i = 0; i < t->nwidths; i++)
+        ngd_wbuf_u64(&w, t->widths[i]);
+    ngd_wbuf_u64(&w, t->subset), ngd_wbuf_u64(&w, t->context), ngd_wbuf_u64(&w, t->batch);
+    ngd_wbuf_u64(&w, t->bf16 ? 1u : 0u); // --precision (version 3)
+    ngd_wbuf_u64(&w, rs->step), ngd_wbuf_u64(&w, rs->epoch), ngd_wbuf_u64(&w, rs->skips);
+    uint64_t wall;
+    memcpy(&wall, &rs->wall, 8);
+    ngd_wbuf_u64(&w, wall);
+    if (ti) { // text: steps into the epoch, epoch, training characters, rng (no order)
+        ngd_wbuf_u64(&w, ti->pos), ngd_wbuf_u64(&w, ti->epoch), ngd_wbuf_u64(&w, ti->text->n_train);
+        for (int i = 0; i < 4; i++)
+            ngd_wbuf_u64(&w, ti->rng.s[i]);
+    } else {
+        ngd_wbuf_u64(&w, ld->pos), ngd_wbuf_u64(&w, ld->epoch), ngd_wbuf_u64(&w, ld->ds->n);
+        for (int i = 0; i < 4; i++)
+            ngd_wbuf_u64(&w, ld->rng.s[i]);
+        for (size_t i = 0; i < ld->ds->n; i++)
+            ngd_wbuf_u64(&w, ld->order[i]);
+    }
+    ngd_wbuf_u64(&w, m->nparams);
+    for (size_t i = 0; i < m->nparams; i++) {
+        ngd_wbuf_u64(&w, m->params[i].n);
+        ngd_wbuf_f32s(&w, m->params[i].p, m->params[i].n);
+    }
+    nn_param bufs[NN_MODEL_MAX_PARAMS];
+    size_t nb = nn_model_buffers(m, bufs);
+    ngd_wbuf_u64(&w, nb);
+    for (size_t i = 0; i < nb; i++) {
+        ngd_wbuf_u64(&w, bufs[i].n);
+        ngd_wbuf_f32s(&w, bufs[i].p, bufs[i].n);
+    }
+    ngd_wbuf_u64(&w, m->nrngs);
+    for (size_t i = 0; i < m->nrngs; i++)
+        for (int j = 0; j < 4; j++)
+            ngd_wbuf_u64(&w, m->rngs[i]->s[j]);
+    void *ob = NULL;
+    size_t olen = 0;
+    if (ngd_optim_save_mem(o, &ob, &olen) != NGD_OK) w.oom = true;
+    ngd_wbuf_u64(&w, olen);
+    ngd_wbuf_bytes(&w, ob, olen);
+    free(ob);
+    if (!w.oom) ngd_wbuf_u32(&w, ngd_crc32(w.buf, w.len));
+    char msg[512];
+    int rc = 0;
+    if (trainckpt_check_target(path))
+        rc = -1;
+    else if (w.oom) {
+        cli_error(NULL, "checkpoint %s: out of memory", path);
+        rc = -1;
+    } else if (ngd_write_atomic(path, &w, msg, sizeof msg) != 0) {
+        cli_error("check the folder exists and is writable", "--checkpoint %s: %s", path, msg);
+        rc = -1;
+    }
+    ngd_wbuf_free(&w);
+    return rc;
+}
+
+// Checks the magic and the CRC of b[0..len) and reads the header into h; r is then the
+// reader past it (without the CRC). Returns NULL, or why the file cannot be read.
+static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, trainckpt_head *h) {
+    memset(h, 0, sizeof *h);
+    *r = (ngd_rbuf){b, len, 0, false};
+    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) return "not an ngd training checkpoint";
+    ngd_rbuf tail = {b, len, len - 4, false}; // the CRC of every byte before it
+    if (ngd_crc32(b, len - 4) != ngd_rbuf_u32(&tail))
+        return "checksum mismatch (corrupt or truncated)";
+    r->len = len - 4;
+    ngd_rbuf_bytes(r, 8);
+    h->version = get_u64(r);
+    if (h->version < 1 || h->version > TRN_VERSION) return "unsupported version";
+    get_str(r, h->model, sizeof h->model);
+    get_str(r, h->data, sizeof h->data);
+    get_str(r, h->method, sizeof h->method);
+    if (h->version >= 2) {
+        h->has_shape = true;
+        h->nwidths = (size_t)get_u64(r);
+        if (h->nwidths > NN_MODEL_MAX_WIDTHS) return "bad header (widths)";
+        for (size_t i = 0; i < h->nwidths; i++)
+            h->widths[i] = (size_t)get_u64(r);
+        h->subset = (size_t)get_u64(r), h->context = (size_t)get_u64(r);
+        h->batch = (size_t)get_u64(r);
+        if (!h->context || !h->batch) return "bad header (context, batch)";
+    }
+    h->precision = -1;
+    if (h->version >= 3) {
+        const uint64_t p = get_u64(r);
+        if (p > 1) return "bad header (precision)";
+        h->precision = (int)p;
+    }
+    return r->bad ? "truncated header" : NULL;
+}
+
+// o NULL: the model only (ngd eval): the optimizer's name and state are not checked or read.
+int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim *o, nn_loader *ld,
+                   text_iter *ti, run_state *rs) {
+    size_t len;
+    unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
+    if (!b) return -1;
+    char whybuf[160];
+    ngd_rbuf r;
+    trainckpt_head h;
+    const char *why = read_head(b, len, &r, &h);
+    if (!why && strcmp(h.model, t->model) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model, t->model);
+        why = whybuf;
+    } else if (!why && strcmp(h.data, t->data) != 0) {
+        snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
+        why = whybuf;
+    } else if (!why && h.precision >= 0 && (h.precision == 1) != t->bf16) {
+        snprintf(whybuf, sizeof whybuf,
+                 "it was written with --precision %s, not %s (resume it with --precision %s)",
+                 h.precision ? "bf16" : "f32", t->bf16 ? "bf16" : "f32",
+                 h.precision ? "bf16" : "f32");
+        why = whybuf;
+    } else if (!why && o) {
+        ngd_method wm;
+        const char *want = ngd_method_name(t->method);
+        // version 1 files of ingd and ikfac runs name them "singd", as libngd's config does
+        const bool old_singd =
+            h.version == 1 && !strcmp(h.method, "singd") && t->cfg.method == NGD_METHOD_SINGD;
+        if (strcmp(h.method, want) != 0 && !old_singd) {
+            snprintf(whybuf, sizeof whybuf, "it was written by %s, not %s (--optim)",
+                     ngd_method_parse(h.method, &wm) == NGD_OK ? h.method : "another optimizer",
+                     want);
+            why = whybuf;
+        }
+    }
+    if (!why) {
+        rs->step = (size_t)get_u64(&r), rs->epoch = (size_t)get_u64(&r),
+        rs->skips = (size_t)get_u64(&r);
+        uint64_t wall = get_u64(&r);
+        memcpy(&rs->wall, &wall, 8);
+        size_t pos = (size_t)get_u64(&r), ep = (size_t)get_u64(&r), nds = (size_t)get_u64(&r);
+        if (nds != (ti ? ti->text->n_train : ld->ds->n))
+            why = "the training set has another size (--subset?)";
+        else if (ti) { // (eval has its own batch: the position is not used there)
+            if (o && pos > ti->per_epoch)
+                why = "its epoch has another length (--batch, --context?)";
+            ti->pos = pos, ti->epoch = ep;
+            for (int i = 0; i < 4; i++)
+                ti->rng.s[i] = get_u64(&r);
+        } else {
+            ld->pos = pos, ld->epoch = ep;
+            for (int i = 0; i < 4; i++)
+                ld->rng.s[i] = get_u64(&r);
+            for (size_t i = 0; i < nds; i++) { // indices into the set: never trusted blindly
+                ld->order[i] = (size_t)get_u64(&r);
+                if (ld->order[i] >= nds) why = "bad sample order";
+            }
+            if (pos > nds) why = "bad position in the epoch";
+        }
+    }
+    if (!why && get_u64(&r) != m->nparams) why = "the model has other parameters (--widths?)";
+    for (size_t i = 0; !why && i < m->nparams; i++) {
+        if (get_u64(&r) != m->params[i].n)
+            why = "a parameter has another shape (--widths?)";
+        else
+            ngd_rbuf_f32s(&r, m->params[i].p, m->params[i].n);
+    }
+    nn_param bufs[NN_MODEL_MAX_PARAMS];
+    size_t nb = nn_model_buffers(m, bufs);
+    if (!why && get_u64(&r) != nb) why = "the model has other buffers";
+    for (size_t i = 0; !why && i < nb; i++) {
+        if (get_u64(&r) != bufs[i].n)
+            why = "a buffer has another shape";
+        else
+            ngd_rbuf_f32s(&r, bufs[i].p, bufs[i].n);
+    }
+    if (!why && get_u64(&r) != m->nrngs) why = "the model has other random streams";
+    for (size_t i = 0; !why && i < m->nrngs; i++)
+        for (int j = 0; j < 4; j++)
+            m->rngs[i]->s[j] = get_u64(&r);
+    if (!why) {
+        size_t olen = (size_t)get_u64(&r);
+        const unsigned char *ob = ngd_rbuf_bytes(&r, olen);
+        if (!ob || r.bad)
+            why = "truncated";
+        else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
+            // libngd's message lists its arrays; what a person needs is which options differ
+            cli_error("resume with the --optim, --structure, --factor-dtype and other optimizer "
+                      "options of the run that wrote it",
+                      "--resume %s: its optimizer state does not fit %s with these options (it "
+                      "was written by another optimizer or with other optimizer options)",
+                      path, ngd_method_name(t->method));
+            free(b);
+            return -1;
+        }
+    }
+    if (!why && r.bad) why = "truncated";
+    free(b);
+    if (why) {
+        cli_error(!o && h.version == 1
+                      ? "this checkpoint (version 1) does not record the run's --widths, "
+                        "--subset and --context: give ngd eval those of the run"
+                  : !o ? NULL
+                       : "resume with the same --model, --widths, --data, --subset, --optim and "
+                         "--precision",
+                  "--resume %s: %s", path, why);
+        return -1;
+    }
+    return 0;
+}
+
+const char *trainckpt_read_head(const unsigned char *b, size_t len, trainckpt_head *h) {
+    ngd_rbuf r;
+    return read_head(b, len, &r, h);
+}

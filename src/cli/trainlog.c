@@ -1,0 +1,160 @@
+/*
+ * trainlog.c — what `ngd train` tells: the JSON-lines log (cJSON; docs/formats.md): one
+ * "step" record every --log-every steps with the per-layer health, one "eval" record per
+ * evaluation, one "summary" at the end, every write and close checked; the progress line on
+ * stderr (redrawn when it is a terminal, plain periodic lines otherwise); and the outputs a
+ * run will write, checked before any data is loaded.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "dist.h"
+#include "train.h"
+
+double train_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
+// /dev/full), with an error naming it the first time.
+int trainlog_line(FILE *f, const char *path, cJSON *o) {
+    if (!f) {
+        cJSON_Delete(o);
+        return 0;
+    }
+    const bool failed_before = ferror(f) != 0;
+    char *s = cJSON_PrintUnformatted(o);
+    errno = 0;
+    const bool bad =
+        failed_before || !s || fprintf(f, "%s\n", s) < 0 || fflush(f) != 0 || ferror(f);
+    if (bad && !failed_before)
+        cli_error("free some space, or give --log another file", "--log %s: %s", path,
+                  !s      ? "out of memory"
+                  : errno ? strerror(errno)
+                          : "write error");
+    cJSON_free(s);
+    cJSON_Delete(o);
+    return bad ? -1 : 0;
+}
+
+void trainlog_progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t per_epoch,
+                       double loss, double acc, double sps, double eta) {
+    if (tty) {
+        int w = 30, fill = per_epoch ? (int)((double)w * (double)it / (double)per_epoch) : w;
+        char bar[64];
+        for (int i = 0; i < w; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[w] = '\0';
+        fprintf(stderr,
+                "\repoch %zu/%zu [%s] %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs  ",
+                epoch + 1, epochs, bar, it, per_epoch, loss, acc, sps, eta);
+    } else {
+        fprintf(stderr, "epoch %zu/%zu step %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs\n",
+                epoch + 1, epochs, it, per_epoch, loss, acc, sps, eta);
+    }
+}
+
+cJSON *trainlog_health(const ngd_optim *o) {
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < ngd_optim_count(o); i++) {
+        ngd_layer_health h;
+        if (ngd_optim_layer_health(o, (int)i, &h) != NGD_OK) continue;
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "name", h.name);
+        cJSON_AddNumberToObject(e, "grad_norm", (double)h.grad_norm);
+        cJSON_AddNumberToObject(e, "update_norm", (double)h.update_norm);
+        if (h.updates) {
+            cJSON_AddNumberToObject(e, "updates", (double)h.updates);
+            cJSON_AddNumberToObject(e, "trace_K", (double)h.trace_K);
+            cJSON_AddNumberToObject(e, "trace_C", (double)h.trace_C);
+            cJSON_AddNumberToObject(e, "norm_K", (double)h.norm_K);
+            cJSON_AddNumberToObject(e, "norm_C", (double)h.norm_C);
+        }
+        if (h.rank_A || h.rank_G) { // low-rank K-FAC methods
+            cJSON_AddNumberToObject(e, "rank_A", (double)h.rank_A);
+            cJSON_AddNumberToObject(e, "rank_G", (double)h.rank_G);
+        }
+        if (h.decomp_failures)
+            cJSON_AddNumberToObject(e, "decomp_failures", (double)h.decomp_failures);
+        if (h.decomp_retries)
+            cJSON_AddNumberToObject(e, "decomp_retries", (double)h.decomp_retries);
+        if (h.skips) cJSON_AddNumberToObject(e, "skips", (double)h.skips);
+        cJSON_AddItemToArray(arr, e);
+    }
+    return arr;
+}
+
+static int mkdir_runs(void) { return mkdir("runs", 0755); }
+
+static void log_path(const train_opts *t, char *path, size_t cap) {
+    if (t->log)
+        snprintf(path, cap, "%s", t->log);
+    else
+        snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data, ngd_method_name(t->method));
+}
+
+FILE *trainlog_open(const train_opts *t, char *path, size_t cap) {
+    log_path(t, path, cap);
+    if (!dist_root()) return fopen("/dev/null", "w"); // mpirun: rank 0 logs
+    if (!t->log) (void)mkdir_runs();
+    FILE *f = fopen(path, t->resume ? "a" : "w");
+    if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
+    return f;
+}
+
+// Two paths name the same file: the same string, or (both existing) the same inode.
+static bool same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return !strcmp(a, b) || (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                             sa.st_ino == sb.st_ino);
+}
+
+// What a training run will write, checked before any data is loaded: the checkpoint's
+// target, and a log that is not the checkpoint (written or resumed). Returns an exit code.
+int train_check_outputs(const train_opts *t) {
+    char lp[1024];
+    log_path(t, lp, sizeof lp);
+    const char *clash = t->ckpt && same_file(lp, t->ckpt)       ? "--checkpoint"
+                        : t->resume && same_file(lp, t->resume) ? "--resume"
+                                                                : NULL;
+    if (clash) {
+        cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s", lp,
+                  clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
+        return NGD_EXIT_USAGE;
+    }
+    if (t->ckpt && trainckpt_check_target(t->ckpt)) return NGD_EXIT_FAIL;
+    return NGD_EXIT_OK;
+}
+
+int trainlog_eval(FILE *f, const char *path, size_t step, double epoch, double loss, double acc,
+                  double wall) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "type", "eval");
+    cJSON_AddNumberToObject(j, "step", (double)step);
+    cJSON_AddNumberToObject(j, "epoch", epoch);
+    cJSON_AddNumberToObject(j, "test_loss", loss);
+    cJSON_AddNumberToObject(j, "test_accuracy", acc);
+    cJSON_AddNumberToObject(j, "wall_s", wall);
+    return trainlog_line(f, path, j);
+}
+
+// The summary's communication record: bytes this rank handed to MPI per step, for the
+// gradients (and the loss) and for the optimizer's statistics and factors.
+void trainlog_dist_summary(cJSON *j, const ngd_optim *o, size_t steps) {
+    if (!dist_on()) return;
+    cJSON_AddNumberToObject(j, "ranks", (double)dist_size());
+    const double st = steps ? (double)steps : 1.0;
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddNumberToObject(c, "engine", (double)dist_bytes() / st);
+    cJSON_AddNumberToObject(c, "optimizer", (double)ngd_optim_comm_bytes(o) / st);
+    cJSON_AddItemToObject(j, "comm_bytes_per_step", c);
+    if (dist_root())
+        fprintf(stderr,
+                "ngd train: rank 0 sent %.0f bytes per step (engine %.0f, optimizer %.0f)\n",
+                ((double)dist_bytes() + (double)ngd_optim_comm_bytes(o)) / st,
+                (double)dist_bytes() / st, (double)ngd_optim_comm_bytes(o) / st);
+}
