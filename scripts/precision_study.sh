@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# precision_study.sh — issue 11's study: the same runs (seed, data subset, hyper-parameters)
+# in float32 and in bf16 (`ngd train --precision bf16`), for SINGD (dense, diagonal,
+# hierarchical, block-diagonal), the K-FAC family (K-FAC, RS-KFAC, B-KFAC: bf16 factor
+# averages, decompositions in float32 from them) and AdamW. Prints one markdown row per run
+# (test accuracy and loss, skipped steps, decomposition failures and float64 retries summed
+# over the layers from the last health record, wall time) as the runs finish, so a cut-short
+# study still reports what ran. Not part of `make test`: minutes to hours of CPU.
+#
+#   scripts/precision_study.sh [NGD] [OUTDIR] [GROUPS]
+#     NGD      the ngd binary (build/ngd)
+#     OUTDIR   logs (runs/precision-study)
+#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (all four)
+# Environment: THREADS (1), CIFAR (../shared/data/cifar-100-binary), REUSE (1: keep the runs
+# whose logs are complete).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ngd=${1:-build/ngd}
+out=${2:-runs/precision-study}
+groups=${3:-mlp,cnn,vit,cifar-cnn}
+threads=${THREADS:-1}
+cifar=${CIFAR:-../shared/data/cifar-100-binary}
+mkdir -p "$out"
+
+# sum of a health counter over the layers of the log's last step record that has health
+health_sum() { # LOG KEY
+    /usr/bin/python3 - "$1" "$2" <<'EOF'
+import json, sys
+last = None
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if r.get("type") == "step" and "health" in r:
+        last = r
+print(sum(h.get(sys.argv[2], 0) for h in last["health"]) if last else 0)
+EOF
+}
+
+summary() { # LOG KEY
+    /usr/bin/python3 - "$1" "$2" <<'EOF'
+import json, sys
+s = None
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if r.get("type") == "summary":
+        s = r
+v = s.get(sys.argv[2]) if s else None
+if isinstance(v, float):
+    print("%.2f%%" % (100 * v) if sys.argv[2] == "test_accuracy" else "%.4g" % v)
+else:
+    print("—" if v is None else v)
+EOF
+}
+
+# run NAME -- ngd train options (without --precision, --log)
+run() {
+    local name=$1 prec
+    shift
+    for prec in f32 bf16; do
+        local log="$out/$name-$prec.jsonl" rc=0
+        # REUSE=1: a run whose log already ends with its summary is not run again
+        if [ "${REUSE:-0}" = 1 ] && [ -f "$log" ] && tail -1 "$log" | grep -q '"type":"summary"'; then
+            :
+        else
+            rm -f "$log"
+            "$ngd" train "$@" --precision "$prec" --threads "$threads" --log "$log" >"$out/$name-$prec.out" 2>&1 || rc=$?
+        fi
+        if [ "$rc" != 0 ]; then
+            echo "| $name | $prec | exit $rc: $(tail -1 "$out/$name-$prec.out") | | | | | |"
+            continue
+        fi
+        echo "| $name | $prec | $(summary "$log" test_accuracy) | $(summary "$log" test_loss) |" \
+            "$(summary "$log" skipped_steps) | $(health_sum "$log" decomp_failures) |" \
+            "$(health_sum "$log" decomp_retries) | $(summary "$log" wall_s) |"
+    done
+}
+
+echo "| run | precision | test acc. | test loss | skipped steps | decomp. failures | f64 retries | wall s |"
+echo "|---|---|---|---|---|---|---|---|"
+singd="--lr 0.003 --damping 0.01"
+kfac="--lr 0.2 --damping 0.01"
+case ",$groups," in *,mlp,*)
+    m="--model mlp --epochs 3 --schedule cosine ${MLP_EXTRA:-}"
+    run mlp-adamw $m --optim adamw --lr 0.001
+    run mlp-singd-dense $m --optim singd $singd
+    run mlp-singd-diagonal $m --optim singd $singd --structure diagonal
+    run mlp-singd-hier $m --optim singd $singd --structure hierarchical15_15
+    run mlp-kfac $m --optim kfac $kfac
+    run mlp-rskfac $m --optim rskfac $kfac
+    run mlp-bkfac $m --optim bkfac $kfac
+    ;;
+esac
+case ",$groups," in *,cnn,*)
+    m="--model cnn --epochs 2 --subset 20000 --schedule cosine"
+    run cnn-adamw $m --optim adamw --lr 0.001
+    run cnn-singd-dense $m --optim singd $singd
+    run cnn-singd-diagonal $m --optim singd $singd --structure diagonal
+    run cnn-kfac $m --optim kfac $kfac
+    ;;
+esac
+case ",$groups," in *,vit,*)
+    m="--model vit --data cifar100 --data-dir $cifar --epochs 2 --subset 10000"
+    p="--param-optim adamw --param-lr 0.001"
+    run vit-adamw $m --optim adamw --lr 0.001
+    run vit-singd-hier $m --optim singd $singd --structure hierarchical15_15 $p
+    run vit-singd-block $m --optim singd $singd --structure block30diagonal $p
+    run vit-kfac $m --optim kfac $kfac $p
+    ;;
+esac
+case ",$groups," in *,cifar-cnn,*)
+    m="--model cnn --data cifar100 --data-dir $cifar --epochs 2 --subset 20000 --augment"
+    p="--param-optim adamw --param-lr 0.001"
+    run cifar-cnn-adamw $m --optim adamw --lr 0.001
+    run cifar-cnn-singd-dense $m --optim singd $singd $p
+    run cifar-cnn-singd-diagonal $m --optim singd $singd --structure diagonal $p
+    run cifar-cnn-kfac $m --optim kfac $kfac $p
+    ;;
+esac
