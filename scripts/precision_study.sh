@@ -11,7 +11,8 @@
 #     NGD      the ngd binary (build/ngd)
 #     OUTDIR   logs (runs/precision-study)
 #     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (all four)
-# Environment: THREADS (1), CIFAR (../shared/data/cifar-100-binary), REUSE (1: keep the runs
+# Environment: THREADS (1), CIFAR (../shared/data/cifar-100-binary), MLP_EXTRA (options added
+# to the MLP runs, e.g. "--max-steps 12 --subset 1000" for a quick check), REUSE (1: keep the runs
 # whose logs are complete).
 set -euo pipefail
 cd "$(dirname "$0")/.."
