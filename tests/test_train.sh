@@ -407,7 +407,9 @@ mkdir "$D/gone"
 "$NGD" train $C --max-steps 0 --epochs 100000 --checkpoint-every 1 --log "$D/t.jsonl" --checkpoint "$D/gone/run.ckpt" > "$D/gone.out" 2>&1 &
 pid=$!
 for _ in $(seq 300); do [ -e "$D/gone/run.ckpt" ] && break; sleep 0.05; done
-rm -rf "$D/gone"
+# renamed away in one step: `rm -rf` raced with the next checkpoint (a new file appeared
+# before its rmdir, the folder stayed, and the run went on for ever)
+mv "$D/gone" "$D/gone.removed"
 wait $pid; rc=$?; out=$(cat "$D/gone.out")
 [ "$rc" -eq 1 ] && ok || bad "checkpoint folder removed mid-run: exit $rc, want 1"
 expect_msg "ngd: error: --checkpoint $D/gone/run.ckpt: " "mid-run checkpoint error names the path"
