@@ -404,7 +404,7 @@ if [ "$(id -u)" != 0 ]; then  # root may write anywhere
 fi
 # the folder vanishes during the run: the next checkpoint fails, naming the user's path
 mkdir "$D/gone"
-"$NGD" train $C --max-steps 0 --epochs 100000 --checkpoint-every 1 --log "$D/t.jsonl" --checkpoint "$D/gone/run.ckpt" > "$D/gone.out" 2>&1 &
+timeout 300 "$NGD" train $C --max-steps 0 --epochs 100000 --checkpoint-every 1 --log "$D/t.jsonl" --checkpoint "$D/gone/run.ckpt" > "$D/gone.out" 2>&1 &
 pid=$!
 for _ in $(seq 300); do [ -e "$D/gone/run.ckpt" ] && break; sleep 0.05; done
 # renamed away in one step: `rm -rf` raced with the next checkpoint (a new file appeared
