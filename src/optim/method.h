@@ -1,8 +1,9 @@
 /*
- * method.h — the optimizer's internals: the handle, per-entry state, and the table of
- * operations each method fills in (sgd.c adamw.c singd.c kfac.c ...). optim.c is the shared
- * driver: registration, the step schedule, non-finite skipping, grad scales, first-order
- * update rules, health; checkpoint.c saves and loads through the `arrays` entry.
+ * method.h — the optimizer's internals: the handle, per-entry state, the table of
+ * operations each method fills in (sgd.c adamw.c singd.c kfac_family.c ...) and the table of
+ * a first-order rule (sgd.c adamw.c kfac_rule.c). optim.c is the shared driver:
+ * registration, the step schedule, non-finite skipping, grad scales, health, calling the
+ * tables; checkpoint.c saves and loads through the `arrays` entry.
  *
  * Legend: d_out = rows of W, d_in = columns of W, d_K = d_in + (bias ? 1 : 0) (input factor
  * size), d_C = d_out. Ĝ = [∇W | ∇b] is d_out x d_K row-major; P (the preconditioned
@@ -88,6 +89,40 @@ struct ngd_optim {
     char err[512];
 };
 
+// ---- first-order rules: P (the preconditioned gradient) -> the parameter update ----
+// Per-entry constants of one update, set by the rule's prepare (zero-initialised but for
+// lr = cfg.lr · lr_scale and nu = 1).
+typedef struct {
+    float lr;        // effective learning rate
+    float bc1, bc2s; // AdamW: 1 − β1^t, sqrt(1 − β2^t)
+    float nu;        // K-FAC family: the clip factor ν
+    bool decay;      // K-FAC family: weight decay active (t >= wd_start)
+} ngd_rule_args;
+
+typedef struct ngd_rule {
+    const char *name;
+    // 2: the rule keeps two moments, buf and buf2, always (AdamW); 0: one momentum buffer,
+    // buf, only when cfg.momentum != 0
+    unsigned moments;
+    // the constants of this entry's update at step t (e->n_updates already counts it); P is
+    // the whole d_out x d_K (or n) update; nu_kl >= 0 is a global clip's ν. May set *pss to
+    // Σ P² when it computes it anyway (the driver then skips its own sum).
+    void (*prepare)(const ngd_entry *e, const float *P, size_t t, float nu_kl, ngd_rule_args *a,
+                    double *pss);
+    // one row: w[0..n) updated from p[0..n); buf, buf2 the same row of the moments (NULL
+    // when not kept)
+    void (*row)(const ngd_entry *e, const ngd_rule_args *a, const float *p, float *w, float *buf,
+                float *buf2, size_t n);
+    // (optional) a global clip: when global(optimizer config), the driver preconditions every
+    // layer first (into e->pk), sums global_term over the layers (lr_scale: the optimizer's),
+    // and updates every layer with nu_kl = global_scale(config, sum)
+    bool (*global)(const ngd_config *c);
+    double (*global_term)(const ngd_entry *e, float lr_scale, const float *P, const float *G);
+    float (*global_scale)(const ngd_config *c, double sum);
+} ngd_rule;
+
+extern const ngd_rule ngd_rule_sgd, ngd_rule_adamw, ngd_rule_kfac;
+
 // The table of operations of one method. Entries marked (optional) may be NULL.
 typedef struct ngd_method_ops {
     const char *name;
@@ -110,8 +145,8 @@ typedef struct ngd_method_ops {
     // calling precondition, and the driver skips the gather (a pass over G saved)
     bool (*raw_ok)(const ngd_entry *e);
     void (*precondition_raw)(ngd_optim *o, ngd_entry *e, float inv_scale, float *P);
-    // which first-order rule turns P into the parameter update (optim.c)
-    enum { NGD_RULE_SGD, NGD_RULE_ADAMW, NGD_RULE_KFAC } rule;
+    // the first-order rule that turns P into the layers' update
+    const ngd_rule *rule;
     // checkpoint arrays of the method state; returns the count (<= cap)
     size_t (*arrays)(ngd_entry *e, ngd_state_array *out, size_t cap);
     // checkpoints (optional): called with the values of a U64 array whose name starts with
@@ -143,6 +178,8 @@ float *ngd_optim_method_ws(ngd_optim *o);
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Σ x² in a fixed order (the same bits on every build and thread count), for health and clips.
+double ngd_sumsq(const float *x, size_t n);
 
 // ---- data-parallel helpers (optim.c): collectives that count the bytes they hand over ----
 // Ranks of the run (1 without a communicator).

@@ -3,7 +3,9 @@
  * schedule (statistics steps, preconditioner updates, preconditioning, first-order rule),
  * non-finite skipping (pending statistics discarded, skip counted: DESIGN.md "Numerics"),
  * the loss-scale bookkeeping of docs/algorithms.md#loss-scale, per-entry health, and introspection.
- * Method-specific work lives in one file per method behind ngd_method_ops (method.h).
+ * No method's arithmetic lives here: preconditioners are behind ngd_method_ops, and the
+ * first-order rules (SGD, AdamW, the K-FAC family's with its clips) behind ngd_rule
+ * (method.h; sgd.c, adamw.c, kfac_rule.c), which the driver calls row by row.
  *
  * Memory: per-entry state is allocated when the entry is added; the shared workspace
  * (Ĝ, P and the method's scratch for the largest layer) is planned once, at the first
@@ -165,14 +167,19 @@ static ngd_status check_addable(ngd_optim *o, const void *x, int *out_id) {
 
 // The update rule of an entry: the method's for layers; AdamW's for parameters configured
 // with the AdamW method (the optimizer's or an override's), SGD's for every other parameter.
-static int entry_rule(const ngd_optim *o, const ngd_entry *e) {
+static const ngd_rule *entry_rule(const ngd_optim *o, const ngd_entry *e) {
     if (e->kind == NGD_ENTRY_PARAM)
-        return e->cfg.method == NGD_METHOD_ADAMW ? NGD_RULE_ADAMW : NGD_RULE_SGD;
+        return e->cfg.method == NGD_METHOD_ADAMW ? &ngd_rule_adamw : &ngd_rule_sgd;
     return o->ops->rule;
 }
 
+// Whether the optimizer's rule is a global clip (every layer preconditioned before any update).
+static bool global_rule(const ngd_optim *o) {
+    return o->ops->rule->global && o->ops->rule->global(&o->cfg);
+}
+
 static ngd_status alloc_first_order(ngd_optim *o, ngd_entry *e, size_t count) {
-    bool adam = entry_rule(o, e) == NGD_RULE_ADAMW;
+    bool adam = entry_rule(o, e)->moments == 2;
     if (adam || e->cfg.momentum != 0.0f) {
         e->buf = ngd_calloc(count, sizeof(float));
         if (!e->buf) return NGD_ERR_NOMEM;
@@ -284,9 +291,9 @@ static ngd_status plan(ngd_optim *o) {
         if (e->kind == NGD_ENTRY_LAYER && o->ops->precond_ws)
             mw = NGD_MAX(mw, o->ops->precond_ws(e));
     }
-    // the global KL clip (K-FAC family) needs every layer's preconditioned gradient before
-    // any update: one buffer per layer
-    if (o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL) {
+    // a global clip (the K-FAC family's KL clip) needs every layer's preconditioned gradient
+    // before any update: one buffer per layer
+    if (global_rule(o)) {
         for (size_t i = 0; i < o->n; i++) {
             ngd_entry *e = &o->e[i];
             if (e->kind != NGD_ENTRY_LAYER || e->pk) continue;
@@ -410,49 +417,6 @@ static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
     }
 }
 
-// Coupled weight decay, (Nesterov) momentum, step: SGD and SINGD (#singd-step).
-static void rule_sgd(const ngd_entry *e, float lr, const float *p_row, float *w, float *buf,
-                     size_t n) {
-    const float wd = e->cfg.weight_decay, mom = e->cfg.momentum;
-    const bool nest = e->cfg.nesterov;
-    for (size_t j = 0; j < n; j++) {
-        float u = p_row[j] + wd * w[j];
-        if (mom != 0.0f) {
-            buf[j] = mom * buf[j] + u;
-            u = nest ? u + mom * buf[j] : buf[j];
-        }
-        w[j] -= lr * u;
-    }
-}
-
-// AdamW (decoupled decay, bias correction), torch.optim.AdamW semantics.
-static void rule_adamw(const ngd_entry *e, float lr, float bc1, float bc2s, const float *g,
-                       float *w, float *m, float *v, size_t n) {
-    const float b1 = e->cfg.beta1, b2 = e->cfg.beta2, eps = e->cfg.eps;
-    const float decay = 1.0f - lr * e->cfg.weight_decay, step = lr / bc1;
-    for (size_t j = 0; j < n; j++) {
-        w[j] *= decay;
-        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-        w[j] -= step * m[j] / (sqrtf(v[j]) / bc2s + eps);
-    }
-}
-
-// K-FAC family (#k-fac-step-driver steps 4-5): per-layer RMS clip of P, decoupled weight
-// decay from step wd_start, momentum, step.
-static void rule_kfac(const ngd_entry *e, float lr, float nu, bool decay, const float *p_row,
-                      float *w, float *buf, size_t n) {
-    const float wd = decay ? e->cfg.weight_decay : 0.0f, mom = e->cfg.momentum;
-    for (size_t j = 0; j < n; j++) {
-        float u = nu * p_row[j] + wd * w[j];
-        if (mom != 0.0f) {
-            buf[j] = mom * buf[j] + u;
-            u = buf[j];
-        }
-        w[j] -= lr * u;
-    }
-}
-
 // Σ x² for health readouts: 16 float lanes (vectorised) over blocks of 1024, each block
 // summed into a double. Fixed order, so deterministic; relative error ~1e-6.
 // Σ x² in 16 float lanes per block of 1024 (lane k takes the elements i ≡ k mod 16, the
@@ -460,7 +424,7 @@ static void rule_kfac(const ngd_entry *e, float lr, float nu, bool decay, const 
 // Written with vector types because GCC does not vectorise the plain 16-lane loop well
 // (it was 37% of a diagonal-SINGD step).
 typedef float sumsq_v8 __attribute__((vector_size(32)));
-static double sumsq(const float *x, size_t n) {
+double ngd_sumsq(const float *x, size_t n) {
     double total = 0;
     for (size_t b = 0; b < n; b += 1024) {
         size_t e = NGD_MIN(n, b + 1024), i = b;
@@ -486,26 +450,12 @@ static double sumsq(const float *x, size_t n) {
 
 // Applies the method's first-order rule to one entry given P (d_out x d_K, or n for params).
 static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
-    const float lr = e->cfg.lr * o->lr_scale;
     e->n_updates++;
-    const int rule = entry_rule(o, e);
-    float bc1 = 1.0f, bc2s = 1.0f, nu = 1.0f;
-    bool decay = true;
+    const ngd_rule *rule = entry_rule(o, e);
+    ngd_rule_args a = {
+        .lr = e->cfg.lr * o->lr_scale, .bc1 = 1.0f, .bc2s = 1.0f, .nu = 1.0f, .decay = true};
     double pss = -1.0; // Σ P² when already known
-    if (rule == NGD_RULE_ADAMW) {
-        bc1 = 1.0f - powf(e->cfg.beta1, (float)e->n_updates);
-        bc2s = sqrtf(1.0f - powf(e->cfg.beta2, (float)e->n_updates));
-    } else if (rule == NGD_RULE_KFAC) {
-        if (nu_kl >= 0.0f) {
-            nu = nu_kl;
-        } else if (e->cfg.kfac.clip == NGD_CLIP_RMS) {
-            pss = sumsq(P, e->n);
-            double rms = sqrt(pss / (double)e->n);
-            if (rms > 0.0 && (double)e->cfg.kfac.clip_kappa < rms)
-                nu = (float)((double)e->cfg.kfac.clip_kappa / rms);
-        }
-        decay = t >= e->cfg.kfac.wd_start;
-    }
+    rule->prepare(e, P, t, nu_kl, &a, &pss);
     size_t rows = e->d_out, dK = e->d_K, din = e->kind == NGD_ENTRY_LAYER ? e->d_in : e->n;
     // Element-wise, in a fixed partition of the rows (a param is one row of n): the same
     // bits for any thread count. Each chunk also sums the squares of its rows of P while
@@ -522,12 +472,8 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
             float *w = e->w + i * din;
             float *b1 = e->buf ? e->buf + i * dK : NULL;
             float *b2 = e->buf2 ? e->buf2 + i * dK : NULL;
-            switch (rule) {
-            case NGD_RULE_ADAMW: rule_adamw(e, lr, bc1, bc2s, pr, w, b1, b2, din); break;
-            case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, w, b1, din); break;
-            default: rule_sgd(e, lr, pr, w, b1, din); break;
-            }
-            if (want_ss) ss += sumsq(pr, dK); // the row with its bias entry
+            rule->row(e, &a, pr, w, b1, b2, din);
+            if (want_ss) ss += ngd_sumsq(pr, dK); // the row with its bias entry
         }
         part[c] = ss;
     }
@@ -542,14 +488,10 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
             const float *pr = P + i * dK + din;
             float *b1 = e->buf ? e->buf + i * dK + din : NULL;
             float *b2 = e->buf2 ? e->buf2 + i * dK + din : NULL;
-            switch (rule) {
-            case NGD_RULE_ADAMW: rule_adamw(e, lr, bc1, bc2s, pr, e->b + i, b1, b2, 1); break;
-            case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, e->b + i, b1, 1); break;
-            default: rule_sgd(e, lr, pr, e->b + i, b1, 1); break;
-            }
+            rule->row(e, &a, pr, e->b + i, b1, b2, 1);
         }
     }
-    e->h.update_norm = (float)(sqrt(pss) * (double)nu);
+    e->h.update_norm = (float)(sqrt(pss) * (double)a.nu);
 }
 
 // ---- data-parallel runs (docs/distributed.md) ----
@@ -693,8 +635,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     bool finite = true;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
-        double ss = sumsq(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n);
-        if (e->gb) ss += sumsq(e->gb, e->d_out);
+        double ss = ngd_sumsq(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n);
+        if (e->gb) ss += ngd_sumsq(e->gb, e->d_out);
         e->h.grad_norm = (float)(sqrt(ss) * (double)inv_scale);
         if (!isfinite(ss) && !grads_finite(e)) finite = false;
     }
@@ -726,9 +668,10 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     const bool dist = o->comm.size > 1;
     if (dist && (s = dist_maintain(o, t)) != NGD_OK) return s;
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
-    // K-FAC family, global KL clip (#k-fac-step-driver step 4): every layer is
-    // preconditioned first (into e->pk), ν = min(1, sqrt(κ / Σ lr²·|⟨V, J⟩|)), then updated
-    const bool kl = o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL;
+    // a global clip (the K-FAC family's KL clip, #k-fac-step-driver step 4): every layer is
+    // preconditioned first (into e->pk), the rule's ν from the sum of its terms, then updated
+    const ngd_rule *lrule = o->ops->rule;
+    const bool kl = global_rule(o);
     double kl_sum = 0.0;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
@@ -763,24 +706,19 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         e->h.time_precond = now_s() - t1;
         e->got_stats = false;
         if (kl) {
-            double dot = 0.0;
-            for (size_t j = 0; j < e->n; j++)
-                dot += (double)Pe[j] * (double)G[j];
-            const double lr = (double)e->cfg.lr * (double)o->lr_scale;
-            kl_sum += lr * lr * fabs(dot);
+            kl_sum += lrule->global_term(e, o->lr_scale, Pe, G);
             continue;
         }
         if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
         apply_rule(o, e, Pe, t, -1.0f);
     }
     if (kl) {
-        double nu = 1.0;
-        if (kl_sum > 0.0) nu = fmin(1.0, sqrt((double)o->cfg.kfac.clip_kappa / kl_sum));
+        const float nu = lrule->global_scale(&o->cfg, kl_sum);
         for (size_t i = 0; i < o->n; i++) {
             ngd_entry *e = &o->e[i];
             if (e->kind != NGD_ENTRY_LAYER) continue;
             if (e->last) memcpy(e->last, e->pk, e->n * sizeof(float));
-            apply_rule(o, e, e->pk, t, (float)nu);
+            apply_rule(o, e, e->pk, t, nu);
         }
     }
     o->steps++;

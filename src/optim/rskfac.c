@@ -1,12 +1,13 @@
 /*
  * rskfac.c — RS-KFAC and SRE-KFAC (docs/algorithms.md#rs-kfac): the dense exponential averages
- * of kfac.c are refreshed every T_i steps into a rank-r eigen-representation by randomized
+ * of kfac_family.c are refreshed every T_i steps into a rank-r eigen-representation by randomized
  * subspace iteration (RSVD, #rsvd, the basis Q·W of torch.svd_lowrank) or by the symmetric
  * randomized EVD (SREVD, #sre-kfac), and applied as a low-rank + scaled identity inverse
- * (#low-rank-inverse, kfac.c). Factors no wider than the rank take the exact eigendecomposition
- * (#rs-kfac). The same refresh serves the RSVD track of the B methods and B-R/BRC's periodic
- * refresh of their Brand-track factors (bkfac.c). Sketches come from the layer's own random stream
- * (seeded by kfac.seed and the layer id; saved in checkpoints), so runs are reproducible.
+ * (#low-rank-inverse, kfac_family.c): the RSVD track of kfac.h. Factors no wider than the rank
+ * take the exact eigendecomposition of the EVD track (#rs-kfac, kfac.c). The same refresh serves
+ * the RSVD track of the B methods and B-R/BRC's periodic refresh of their Brand-track factors
+ * (bkfac.c). Sketches come from the layer's own random stream (seeded by kfac.seed and the layer
+ * id; saved in checkpoints), so runs are reproducible.
  */
 #include "kfac.h"
 
@@ -45,7 +46,7 @@ ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_
                               "layer '%s': randomized eigendecomposition: bad "
                               "arguments",
                               e->name);
-    f->cnt[2] = L.r;
-    f->cnt[3] = f->cnt[0];
+    f->cnt.rank = L.r;
+    f->cnt.rep_k = f->cnt.ea_updates;
     return NGD_OK;
 }
