@@ -47,9 +47,15 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
                 NGD_MIN(f->d, c->kfac.brand_truncate == NGD_BRAND_TRUNC_BEFORE_NEXT ? rB + n : rB);
         const bool keep_ea = tr != KF_BRAND || c->method != NGD_METHOD_BKFAC;
         const bool rows = tr == KF_BRAND || s->meta.factored;
-        if (!kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta.rows_cap : 0))
+        if (!kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta.rows_cap : 0)) {
+            for (int j = 0; j < 2; j++) { // all or nothing: the layer stays undecided
+                const size_t d = s->f[j].d;
+                kf_factor_free(&s->f[j]);
+                s->f[j].d = d;
+            }
             return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for the factors",
                                   e->name);
+        }
     }
     s->meta.decided = 1;
     o->planned = false; // the preconditioner's workspace depends on the ranks
@@ -92,6 +98,26 @@ bool kf_brand_due(const ngd_config *c, size_t t) {
     return t % (c->kfac.brand_mult * c->kfac.T_u) == 0 && !refresh_step(c, t);
 }
 
+size_t kf_brand_ws(const ngd_entry *e, const kf_factor *f) {
+    const ngd_config *c = &e->cfg;
+    const kf_state *s = e->ms;
+    const size_t d = f->d, rB = kf_brand_rank(c), n = (size_t)s->meta.cols;
+    size_t bytes = NGD_MAX(ngd_brand_update_ws(d, rB, n), ngd_brand_reorth_ws(d, f->cap));
+    if (c->method == NGD_METHOD_BRCKFAC) {
+        const size_t sub = ngd_rr_subset_size(f->cap, c->kfac.corr_frac);
+        bytes = NGD_MAX(bytes, ngd_rr_correct_ws(d, f->cap, sub));
+    }
+    if (c->method == NGD_METHOD_BRKFAC || c->method == NGD_METHOD_BRCKFAC) // their refresh
+        bytes = NGD_MAX(bytes, kf_refresh_randomized_ws(e, f, rB));
+    return bytes;
+}
+
+static bool all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return false;
+    return true;
+}
+
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     kf_state *s = e->ms;
     const ngd_config *c = &e->cfg;
@@ -103,12 +129,20 @@ ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     const size_t sub = ngd_rr_subset_size(f->cap, k->corr_frac);
     size_t bytes = NGD_MAX(ngd_brand_update_ws(d, rB, n), ngd_brand_reorth_ws(d, f->cap));
     if (c->method == NGD_METHOD_BRCKFAC) bytes = NGD_MAX(bytes, ngd_rr_correct_ws(d, f->cap, sub));
-    void *ws = bytes ? kf_scratch(o, bytes) : NULL;
+    void *ws = kf_scratch(o, bytes);
     if (!ws)
-        return ngd_optim_fail(o, NGD_ERR_NOMEM,
-                              "layer '%s': out of memory for a Brand "
+        return ngd_optim_fail(o, NGD_ERR_INTERNAL,
+                              "layer '%s': no planned workspace for a Brand "
                               "update",
                               e->name);
+    // non-finite statistics (the gradients were finite): this batch is lost for the factor,
+    // as when the update fails numerically, instead of an error after other layers changed
+    if (!all_finite(f->rows, rows * d)) {
+        e->h.decomp_failures++;
+        ngd_optim_log(o, "layer '%s': non-finite statistics at step %zu; Brand update skipped",
+                      e->name, t);
+        return NGD_OK;
+    }
     ngd_lowrank L = kf_rep(f);
     const float cs = sqrtf((1.0f - k->rho) / (float)s->pend.samples);
     ngd_status st = NGD_OK;

@@ -11,13 +11,15 @@
 
 #include "kfac.h"
 
+size_t kf_refresh_evd_ws(size_t d) { return ngd_sym_eig_ws(d, NGD_EIG_F32_THEN_F64); }
+
 ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
     const size_t d = f->d;
-    const size_t bytes = ngd_sym_eig_ws(d, NGD_EIG_F32_THEN_F64);
-    void *ws = bytes ? kf_scratch(o, bytes) : NULL;
+    const size_t bytes = kf_refresh_evd_ws(d);
+    void *ws = kf_scratch(o, bytes);
     if (!ws)
-        return ngd_optim_fail(o, NGD_ERR_NOMEM,
-                              "layer '%s': out of memory for a %zu x %zu "
+        return ngd_optim_fail(o, NGD_ERR_INTERNAL,
+                              "layer '%s': no planned workspace for a %zu x %zu "
                               "eigendecomposition",
                               e->name, d, d);
     ngd_lowrank L = kf_rep(f);

@@ -98,14 +98,18 @@ static inline ngd_lowrank kf_rep(const kf_factor *f) {
 // ---- kfac_common.c: what every track shares ----
 // Method traits (from the effective config's method).
 bool kf_is_b_family(ngd_method m);
-// A byte workspace of at least `bytes` owned by the optimizer (grown on demand; allocation
-// happens only while shapes grow, i.e. on the first steps). NULL when out of memory.
+// The optimizer's byte scratch when it holds `bytes` (planned by the driver from
+// kfac_scratch_bytes, or reserved by kf_grow_rows); NULL otherwise — a broken invariant
+// (callers fail with NGD_ERR_INTERNAL): nothing allocates once planned.
 void *kf_scratch(ngd_optim *o, size_t bytes);
+// Bytes of scratch of the factored application of m rows (0 when the layer has none).
+size_t kf_factored_ws(const ngd_entry *e, size_t m);
 // Allocates the state of factor f for its (decided) track; false when out of memory.
 bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap);
 void kf_factor_free(kf_factor *f);
 // Grows the row buffers (Brand-track factors, or both factors of a factored layer) to hold
-// `rows` rows.
+// `rows` rows, and the scratch to what their factored application needs; all or nothing
+// (NGD_ERR_NOMEM leaves every buffer as it was).
 ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows);
 // The identity term of #identity-init for the representation of f: ρ^k (in_damping) or 0.
 float kf_id_shift(const ngd_entry *e, const kf_factor *f);
@@ -116,6 +120,7 @@ void kf_health(ngd_entry *e);
 // Full eigendecomposition of the dense EA into (U, D) (float32, float64 retry) with health
 // counting; keeps the last good decomposition on failure.
 ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f);
+size_t kf_refresh_evd_ws(size_t d);
 // Whether K-FAC's eigenbasis preconditioner applies (K-FAC, both decompositions full).
 bool kf_eigenbasis_ok(const ngd_entry *e);
 // #k-fac on the full eigendecompositions: S = precondition(J); DA, DG scratch of d_K and
@@ -132,6 +137,8 @@ float kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);
 // representation and is counted in health.
 ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre);
 size_t kf_randomized_ws(size_t d, size_t r, size_t p);
+// Scratch bytes of kf_refresh_randomized(.., f, r, ..).
+size_t kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r);
 
 // ---- bkfac.c: the Brand track and the track selection ----
 size_t kf_brand_rank(const ngd_config *c);
@@ -140,7 +147,7 @@ bool kf_brand_track_ok(bool fully_connected, size_t r_B, size_t n, size_t d);
 // Decides both tracks of a B-family layer from its first statistics (#track-selection); allocates.
 ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows);
 // Allocates the state for decided tracks (meta.cols, rows_cap, track set); used by kf_decide
-// and on load.
+// and on load. NGD_ERR_NOMEM frees what it allocated (the layer stays undecided).
 ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e);
 // The Brand-track part of one statistics step (#b-kfac, #b-r-kfac, #brc-kfac) for factor f.
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
@@ -150,5 +157,7 @@ bool kf_brand_due(const ngd_config *c, size_t t);
 bool kf_refresh_due(const ngd_config *c, size_t t);
 // Brand-track maintenance (B-R / BRC refresh) at step t.
 ngd_status kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
+// Scratch bytes of kf_brand_step and kf_brand_maintain for a Brand-track factor.
+size_t kf_brand_ws(const ngd_entry *e, const kf_factor *f);
 
 #endif

@@ -13,14 +13,15 @@ bool kf_is_b_family(ngd_method m) {
 }
 
 void *kf_scratch(ngd_optim *o, size_t bytes) {
-    if (bytes > o->scratch_n) {
-        void *p = ngd_malloc(bytes, 1);
-        if (!p) return NULL;
-        ngd_free(o->scratch);
-        o->scratch = p;
-        o->scratch_n = bytes;
-    }
-    return o->scratch;
+    return bytes && bytes <= o->scratch_n ? o->scratch : NULL;
+}
+
+size_t kf_factored_ws(const ngd_entry *e, size_t m) {
+    const kf_state *s = e->ms;
+    if (!s->meta.factored || m == 0) return 0;
+    const size_t rG = s->f[KF_G].cap, rA = s->f[KF_A].cap;
+    return (e->d_out + e->d_K) * m * sizeof(float) +
+           ngd_factored_precond_ws(NGD_MAX(rG, rA), NGD_MAX(rG, rA), m);
 }
 
 bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap) {
@@ -53,18 +54,27 @@ void kf_factor_free(kf_factor *f) {
 
 ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
     kf_state *s = e->ms;
-    for (int k = 0; k < 2; k++) {
+    // both buffers and the scratch the factored application will need first, then commit
+    float *p[2] = {NULL, NULL};
+    bool ok = true;
+    for (int k = 0; k < 2 && ok; k++) {
         kf_factor *f = &s->f[k];
         if ((f->track != KF_BRAND && !s->meta.factored) || rows <= f->rows_cap) continue;
-        float *p = ngd_calloc(rows * f->d, sizeof(float));
-        if (!p)
-            return ngd_optim_fail(o, NGD_ERR_NOMEM,
-                                  "layer '%s': out of memory for %zu "
-                                  "statistics rows",
-                                  e->name, rows);
-        if (f->rows) memcpy(p, f->rows, f->rows_cap * f->d * sizeof(float));
+        ok = (p[k] = ngd_calloc(rows * f->d, sizeof(float))) != NULL;
+    }
+    if (!ok || ngd_optim_reserve_scratch(o, kf_factored_ws(e, rows)) != NGD_OK) {
+        ngd_free(p[0]), ngd_free(p[1]);
+        return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                              "layer '%s': out of memory for %zu "
+                              "statistics rows",
+                              e->name, rows);
+    }
+    for (int k = 0; k < 2; k++) {
+        kf_factor *f = &s->f[k];
+        if (!p[k]) continue;
+        if (f->rows) memcpy(p[k], f->rows, f->rows_cap * f->d * sizeof(float));
         ngd_free(f->rows);
-        f->rows = p;
+        f->rows = p[k];
         f->rows_cap = rows;
     }
     if (rows > s->meta.rows_cap) s->meta.rows_cap = rows;

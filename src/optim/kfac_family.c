@@ -90,17 +90,22 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     const size_t R = rows / batch; // 1 for fully connected layers and for reduce
     const bool stats = o->steps % e->cfg.kfac.T_u == 0;
     ngd_status st;
-    if (s->meta.cols == 0) { // the layer's first statistics
+    if (s->meta.cols == 0) {        // the layer's first statistics
+        const kf_meta m0 = s->meta; // restored when out of memory (all or nothing)
         // #factored-application: fully connected layers keep both factors' rows
         if (e->cfg.kfac.factored_apply && R == 1) s->meta.factored = 1;
         // a data-parallel run decides for the global batch (equal shards; combine gathers
         // every rank's rows into the buffers)
         const size_t grows = rows * ngd_optim_world(o);
         if (!s->meta.decided) {
-            if ((st = kf_decide(o, e, R == 1, grows)) != NGD_OK) return st; // B methods
+            st = kf_decide(o, e, R == 1, grows); // B methods
         } else {
             s->meta.cols = grows;
-            if (s->meta.factored && (st = kf_grow_rows(o, e, grows)) != NGD_OK) return st;
+            st = s->meta.factored ? kf_grow_rows(o, e, grows) : NGD_OK;
+        }
+        if (st != NGD_OK) {
+            s->meta = m0;
+            return st;
         }
     }
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
@@ -110,7 +115,8 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
         (st = kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
         return st;
     float *chunk = kf_scratch(o, observe_ws(e));
-    if (!chunk) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
+    if (!chunk)
+        return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
     const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
     const float wa = (float)(1.0 / (double)R);
     const float wg = (float)(c * sqrt((double)R) / (double)o->scale_cur);
@@ -309,10 +315,31 @@ static size_t kfac_precond_bytes(const ngd_entry *e) {
     const kf_state *s = e->ms;
     const size_t dA = e->d_K, dG = e->d_out;
     // before the B tracks are decided, the largest rank they can take
-    const size_t cA = s->meta.decided ? s->f[KF_A].cap : dA, cG = s->meta.decided ? s->f[KF_G].cap : dG;
+    const size_t cA = s->meta.decided ? s->f[KF_A].cap : dA,
+                 cG = s->meta.decided ? s->f[KF_G].cap : dG;
     size_t b = ngd_lri_apply2_ws(dG, cG, dA, cA);
     if (e->cfg.method == NGD_METHOD_KFAC) b = NGD_MAX(b, ngd_kfac_precond_ws(dG, dA));
     return b;
+}
+
+// The work-size query of the byte scratch (method.h scratch_bytes): observe's chunk, each
+// factor's maintenance on its track, the factored application of rows_cap rows.
+static size_t kfac_scratch_bytes(const ngd_entry *e) {
+    const kf_state *s = e->ms;
+    size_t b = observe_ws(e);
+    if (!s->meta.decided) return b; // the tracks' needs are planned once decided
+    for (int i = 0; i < 2; i++) {
+        const kf_factor *f = &s->f[i];
+        switch (f->track) {
+        case KF_EVD: b = NGD_MAX(b, kf_refresh_evd_ws(f->d)); break;
+        case KF_RSVD:
+            b = NGD_MAX(b, kf_refresh_randomized_ws(e, f, NGD_MIN(e->cfg.kfac.rank, f->d)));
+            break;
+        case KF_BRAND: b = NGD_MAX(b, kf_brand_ws(e, f)); break;
+        default: break;
+        }
+    }
+    return NGD_MAX(b, kf_factored_ws(e, (size_t)s->meta.rows_cap));
 }
 
 static size_t kfac_precond_ws(const ngd_entry *e) {
@@ -332,7 +359,7 @@ static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, fl
     const size_t xy = (dG + dA) * m;
     if (!kb || !s->pend.c) return NGD_ERR_ARG;
     float *X = kf_scratch(o, xy * sizeof(float) + kb);
-    if (!X) return NGD_ERR_NOMEM;
+    if (!X) return NGD_ERR_INTERNAL; // (planned: kf_factored_ws)
     float *Y = X + dG * m;
     ngd_view Xv = ngd_view_rm(X, dG, m, m), Yv = ngd_view_rm(Y, dA, m, m);
     ngd_status st =
@@ -485,9 +512,10 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
     {                                                                                              \
         .name = NAME, .layer_init = kfac_init, .layer_free = kfac_free, .wants_stats = kfac_wants, \
         .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
-        .precondition = kfac_precondition, .precond_ws = kfac_precond_ws, .rule = &ngd_rule_kfac,   \
-        .arrays = kfac_arrays, .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense,     \
-        .combine = kfac_combine, .work = kfac_work, .publish = kfac_publish,                       \
+        .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
+        .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
+        .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense, .combine = kfac_combine,   \
+        .work = kfac_work, .publish = kfac_publish,                                                \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

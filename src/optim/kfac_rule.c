@@ -43,8 +43,7 @@ static void kfac_row(const ngd_entry *e, const ngd_rule_args *a, const float *p_
 static bool kfac_global(const ngd_config *c) { return c->kfac.clip == NGD_CLIP_KL; }
 
 // One layer's term of the KL estimate: lr²·|⟨P, Ĝ⟩|, lr = the layer's effective rate.
-static double kfac_global_term(const ngd_entry *e, float lr_scale, const float *P,
-                               const float *G) {
+static double kfac_global_term(const ngd_entry *e, float lr_scale, const float *P, const float *G) {
     double dot = 0.0;
     for (size_t j = 0; j < e->n; j++)
         dot += (double)P[j] * (double)G[j];

@@ -72,11 +72,13 @@ struct ngd_optim {
     float scale_prev; // s_{t-1}, loss scale of the last backward (docs/algorithms.md#loss-scale)
     float scale_cur;  // s_t
     float lr_scale;   // multiplies every β2
-    bool planned;     // workspaces allocated (first step / first observe)
+    bool planned;     // workspaces allocated (first step / first observe; again after a change
+                      // of shapes: registration, a B layer's tracks, a load)
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
     float *ws;
     size_t ws_n;
-    // a byte scratch of the methods (kf_scratch), grown on demand while shapes grow
+    // a byte scratch of the methods (kf_scratch), sized by their scratch_bytes queries when
+    // planned (ngd_optim_reserve_scratch when a method's shapes grow in observe)
     void *scratch;
     size_t scratch_n;
     size_t gp; // floats of the Ĝ and P buffers (largest entry)
@@ -140,6 +142,10 @@ typedef struct ngd_method_ops {
     // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
     size_t (*precond_ws)(const ngd_entry *e); // floats of ws needed by precondition
+    // (optional) bytes of the optimizer's byte scratch (o->scratch) that any of e's
+    // operations needs with its current shapes (the LAPACK-style work-size query: the driver
+    // allocates the largest once, when planned, so that a step never allocates)
+    size_t (*scratch_bytes)(const ngd_entry *e);
     // optional fast path: when raw_ok(e), precondition_raw writes P straight from the
     // layer's gradient buffers (scaled by inv_scale), the same products as gathering Ĝ and
     // calling precondition, and the driver skips the gather (a pass over G saved)
@@ -175,6 +181,9 @@ extern const ngd_method_ops ngd_kfac_ops, ngd_rskfac_ops, ngd_srekfac_ops, ngd_b
 // ---- driver helpers for methods (optim.c) ----
 // The method's part of the shared workspace (precond_ws floats; valid once planned).
 float *ngd_optim_method_ws(ngd_optim *o);
+// Grows the byte scratch to at least `bytes` now (a method whose shapes grew in observe);
+// NGD_ERR_NOMEM leaves the old scratch in place.
+ngd_status ngd_optim_reserve_scratch(ngd_optim *o, size_t bytes);
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -8,8 +8,15 @@
  * (method.h; sgd.c, adamw.c, kfac_rule.c), which the driver calls row by row.
  *
  * Memory: per-entry state is allocated when the entry is added; the shared workspace
- * (Ĝ, P and the method's scratch for the largest layer) is planned once, at the first
- * observe or step after the last registration. A steady-state step allocates nothing.
+ * (Ĝ, P and the method's scratch for the largest layer, the methods' byte scratch from their
+ * scratch_bytes queries, the global clip's buffers) is planned once, at the first observe or
+ * step after the last registration (again when a B layer's tracks are decided, or a load
+ * changes shapes). After the first step nothing allocates, so no later call fails for memory.
+ *
+ * All-or-nothing (include/ngd.h): every call that fails leaves the parameters and the
+ * optimizer state as they were. A step plans and checks everything that can fail first,
+ * then does every layer's preconditioner maintenance (which cannot fail once planned but
+ * for broken invariants, NGD_ERR_INTERNAL), and only then touches a parameter.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -126,7 +133,7 @@ void ngd_optim_free(ngd_optim *o) {
 static ngd_status grow_entries(ngd_optim *o) {
     if (o->n < o->cap) return NGD_OK;
     size_t cap = o->cap ? 2 * o->cap : 8;
-    ngd_entry *e = realloc(o->e, cap * sizeof *e);
+    ngd_entry *e = ngd_realloc(o->e, cap, sizeof *e);
     if (!e) return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory growing the entry table");
     o->e = e;
     o->cap = cap;
@@ -281,16 +288,34 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     return NGD_OK;
 }
 
+ngd_status ngd_optim_reserve_scratch(ngd_optim *o, size_t bytes) {
+    if (bytes <= o->scratch_n) return NGD_OK;
+    void *p = ngd_malloc(bytes, 1);
+    if (!p)
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning %zu bytes of scratch",
+                              bytes);
+    ngd_free(o->scratch);
+    o->scratch = p;
+    o->scratch_n = bytes;
+    return NGD_OK;
+}
+
 // Plans the shared workspace: Ĝ and P of the largest layer, plus the method's scratch.
+// Either everything is planned or nothing that is visible changed (a buffer is replaced
+// only by a larger one; the KL clip's buffers are not state).
 static ngd_status plan(ngd_optim *o) {
     if (o->planned) return NGD_OK;
-    size_t gp = 0, mw = 0;
+    size_t gp = 0, mw = 0, sb = 0;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
         gp = NGD_MAX(gp, e->n);
         if (e->kind == NGD_ENTRY_LAYER && o->ops->precond_ws)
             mw = NGD_MAX(mw, o->ops->precond_ws(e));
+        if (e->kind == NGD_ENTRY_LAYER && o->ops->scratch_bytes)
+            sb = NGD_MAX(sb, o->ops->scratch_bytes(e));
     }
+    ngd_status s = ngd_optim_reserve_scratch(o, sb);
+    if (s) return s;
     // a global clip (the K-FAC family's KL clip) needs every layer's preconditioned gradient
     // before any update: one buffer per layer
     if (global_rule(o)) {
@@ -666,7 +691,19 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                                   t, e->name, i);
     }
     const bool dist = o->comm.size > 1;
-    if (dist && (s = dist_maintain(o, t)) != NGD_OK) return s;
+    // every layer's preconditioner maintenance before any parameter changes (all-or-nothing:
+    // after planning it fails only on a broken invariant, or a communicator's failure)
+    if (dist) {
+        if ((s = dist_maintain(o, t)) != NGD_OK) return s;
+    } else if (o->ops->update) {
+        for (size_t i = 0; i < o->n; i++) {
+            ngd_entry *e = &o->e[i];
+            if (e->kind != NGD_ENTRY_LAYER) continue;
+            const double t0 = now_s();
+            if ((s = o->ops->update(o, e, t)) != NGD_OK) return s;
+            e->h.time_update = now_s() - t0;
+        }
+    }
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
     // a global clip (the K-FAC family's KL clip, #k-fac-step-driver step 4): every layer is
     // preconditioned first (into e->pk), the rule's ν from the sum of its terms, then updated
@@ -689,9 +726,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         }
         const bool raw = o->ops->raw_ok && o->ops->raw_ok(e);
         if (!raw) gather_grad(e, inv_scale, G);
-        double t0 = now_s();
-        if (!dist && o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
-        double t1 = now_s();
+        const double t1 = now_s();
         float *Pd = kl ? e->pk : P;
         if (raw) {
             o->ops->precondition_raw(o, e, inv_scale, Pd);
@@ -702,7 +737,6 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         } else {
             Pe = G;
         }
-        if (!dist) e->h.time_update = t1 - t0;
         e->h.time_precond = now_s() - t1;
         e->got_stats = false;
         if (kl) {
@@ -766,7 +800,9 @@ size_t ngd_optim_state_bytes(const ngd_optim *o) {
 
 size_t ngd_optim_workspace_bytes(const ngd_optim *o) {
     if (!o) return 0;
-    size_t bytes = o->ws_n * sizeof(float);
+    size_t bytes = o->ws_n * sizeof(float) + o->scratch_n;
+    for (size_t i = 0; i < o->n; i++)
+        if (o->e[i].pk) bytes += o->e[i].n * sizeof(float); // the global clip's buffers
     for (size_t i = 0; o->ops->cache_bytes && i < o->n; i++)
         if (o->e[i].kind == NGD_ENTRY_LAYER) bytes += o->ops->cache_bytes(&o->e[i]);
     return bytes;

@@ -15,16 +15,20 @@ size_t kf_randomized_ws(size_t d, size_t r, size_t p) {
     return NGD_MAX(ngd_rsvd_sym_ws(d, r, p), ngd_srevd_ws(d, r, p));
 }
 
+size_t kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r) {
+    return r >= f->d ? kf_refresh_evd_ws(f->d) : kf_randomized_ws(f->d, r, e->cfg.kfac.oversample);
+}
+
 ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t d = f->d;
     if (r >= d) return kf_refresh_evd(o, e, f);
     const size_t bytes = kf_randomized_ws(d, r, k->oversample);
-    void *ws = bytes ? kf_scratch(o, bytes) : NULL;
+    void *ws = kf_scratch(o, bytes);
     if (!ws)
-        return ngd_optim_fail(o, NGD_ERR_NOMEM,
-                              "layer '%s': out of memory for a rank-%zu "
+        return ngd_optim_fail(o, NGD_ERR_INTERNAL,
+                              "layer '%s': no planned workspace for a rank-%zu "
                               "sketch of a %zu-wide factor",
                               e->name, r, d);
     ngd_lowrank L = kf_rep(f);
