@@ -92,7 +92,8 @@ typedef enum {
     NGD_ERR_ARG = 1,      // a bad argument: NULL, out-of-range value, unknown option
     NGD_ERR_SHAPE = 2,    // matrix shapes do not match the layer
     NGD_ERR_LAYER = 3,    // unknown layer or parameter id
-    NGD_ERR_NOMEM = 4,    // an allocation failed; the state is unchanged
+    NGD_ERR_NOMEM = 4,    // an allocation failed; the state is unchanged (see "Memory and
+                          // failures" below: never after the first step)
     NGD_ERR_IO = 5,       // a file could not be opened, read, written or renamed
     NGD_ERR_FORMAT = 6,   // a file is truncated, foreign, corrupt or from another setup
     NGD_ERR_STATE = 7,    // the call is not allowed now (e.g. add_layer after the first step,
@@ -320,6 +321,21 @@ NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *pa
 
 // ====== Per-step calls ======
 
+// Memory and failures. Every call is all-or-nothing: one that returns an error has changed
+// neither the parameters nor the optimizer state (what ngd_optim_save would write, pending
+// statistics included), so the same call can be retried. Memory is planned: each method
+// states the workspace it needs (a work-size query, as LAPACK's lwork) and the optimizer
+// allocates it all at the first observe or step after the last registration (again after a
+// B-KFAC-family layer's first statistics decide its tracks, after ngd_optim_load, and when
+// an observe brings a layer more statistics rows per step than any before). Once the first
+// step is done nothing else allocates, so NGD_ERR_NOMEM can come only from registration,
+// from the calls of the first step, from a load, or from an observe with more rows than any
+// step before. A step checks everything that can fail (planning, missing statistics) before
+// it changes anything, then does every layer's preconditioner maintenance, whose numerical
+// failures are absorbed (the previous decomposition kept, counted in health) before any
+// parameter changes. Exceptions: NGD_ERR_INTERNAL (a broken invariant of libngd) and a
+// data-parallel communicator's failure leave the state undefined.
+
 // True when the coming step will update a preconditioner, so the caller should pass
 // statistics for every layer through ngd_optim_observe before ngd_optim_step.
 NGD_API bool ngd_optim_wants_stats(const ngd_optim *o);
@@ -329,8 +345,9 @@ NGD_API bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer);
 // Hands layer `layer` its inputs a (batch*R or batch rows, d_in columns) and output-gradients
 // g (batch*R rows, d_out columns) for the coming step. Calls add up (several micro-batches,
 // or a layer used several times per step). The matrices are borrowed for the call only.
-// Errors: NGD_ERR_LAYER, NGD_ERR_SHAPE, NGD_ERR_ARG (NULL data, batch 0, bad dtype);
-// the state is unchanged on error. Ignored (NGD_OK) on steps that need no statistics.
+// Errors: NGD_ERR_LAYER, NGD_ERR_SHAPE, NGD_ERR_ARG (NULL data, batch 0, bad dtype),
+// NGD_ERR_NOMEM (planning, see above); the state is unchanged on error. Ignored (NGD_OK) on
+// steps that need no statistics.
 NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_matrix a,
                                      ngd_matrix g);
 
@@ -346,7 +363,8 @@ NGD_API ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale);
 // gradient is non-finite (and skip_nonfinite), nothing is updated, pending statistics are
 // discarded, the skip is counted and NGD_SKIPPED is returned; the step counter advances
 // either way. Errors: NGD_ERR_STATE (an update step where a layer got no statistics),
-// NGD_ERR_NOMEM (first step only: buffers are planned then).
+// NGD_ERR_NOMEM (first step only, or the first after a load: buffers are planned then). On
+// an error nothing changed (all-or-nothing, above); retry the step.
 NGD_API ngd_status ngd_optim_step(ngd_optim *o);
 
 // Number of completed steps.
@@ -425,7 +443,8 @@ NGD_API ngd_status ngd_optim_layer_health(const ngd_optim *o, int id, ngd_layer_
 NGD_API size_t ngd_optim_count(const ngd_optim *o);
 
 // Total persistent optimizer-state bytes (factors, momenta, buffers), planned workspaces
-// excluded; and the planned workspace bytes.
+// excluded; and the planned workspace bytes (the shared gradient buffers, every method's
+// scratch from its work-size query, the KL clip's per-layer buffers; 0 before planning).
 NGD_API size_t ngd_optim_state_bytes(const ngd_optim *o);
 NGD_API size_t ngd_optim_workspace_bytes(const ngd_optim *o);
 

@@ -7,6 +7,7 @@
 #ifndef NGD_IMPL_H
 #define NGD_IMPL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,5 +42,12 @@ void ngd_free(void *p);
 // a*b with overflow detection: returns 0 and sets *ok = 0 on overflow
 size_t ngd_mul_size(size_t a, size_t b, int *ok);
 char *ngd_strdup(const char *s);
+// Resizes p to n*size bytes (realloc semantics; p unchanged on failure).
+void *ngd_realloc(void *p, size_t n, size_t size);
+// Test hook (tests/test_nomem.c): the k-th allocation from now on fails (k >= 1; 0: none)
+// and the count restarts; while paused, allocations are neither counted nor failed.
+void ngd_alloc_fail_at(uint64_t k);
+void ngd_alloc_pause(bool paused);
+uint64_t ngd_alloc_count(void); // allocations since the last ngd_alloc_fail_at
 
 #endif

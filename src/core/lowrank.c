@@ -738,11 +738,6 @@ ngd_status ngd_brand_reorth(ngd_lowrank *F, void *ws, size_t ws_bytes) {
     return NGD_OK;
 }
 
-bool ngd_brand_track(bool fully_connected, size_t r_B, size_t n, size_t d) {
-    // #track-selection: Brand-track ⇔ FC and r_B + n < d (written so that it cannot overflow)
-    return fully_connected && n < d && r_B < d - n;
-}
-
 // ---- Rayleigh–Ritz correction, #brc-kfac ----
 
 size_t ngd_rr_subset_size(size_t r, float phi) {
@@ -1098,13 +1093,6 @@ ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A,
         !eigs_nonneg(G) || !eigs_nonneg(A))
         return NGD_ERR_ARG;
     return kfac_eig_apply(G, A, false, 0.0f, lambda_G, lambda_A, J, S, ws, ws_bytes);
-}
-
-float ngd_kfac_pi(double tr_A, size_t d_A, double tr_G, size_t d_G) {
-    if (d_A == 0 || d_G == 0 || !(tr_A > 0) || !(tr_G > 0) || !isfinite(tr_A) || !isfinite(tr_G))
-        return 1.0f;
-    double pi = sqrt((tr_A / (double)d_A) / (tr_G / (double)d_G));
-    return isfinite(pi) && pi > 0 ? (float)pi : 1.0f;
 }
 
 // ---- factored application for FC layers, #factored-application ----

@@ -109,8 +109,6 @@ ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_
 // EVD(R_U D R_Uᵀ) = W Θ Wᵀ (f64), U <- Q_U W, D <- Θ (descending, clamped at 0).
 size_t ngd_brand_reorth_ws(size_t d, size_t r);
 ngd_status ngd_brand_reorth(ngd_lowrank *F, void *ws, size_t ws_bytes);
-// Track selection (#track-selection): Brand-track iff fully connected and r_B + n < d.
-bool ngd_brand_track(bool fully_connected, size_t r_B, size_t n, size_t d);
 
 // ====== Rayleigh–Ritz correction (#brc-kfac) ======
 
@@ -154,12 +152,10 @@ size_t ngd_kfac_precond_ws(size_t d_G, size_t d_A);
 ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_K,
                                   ngd_cview J, ngd_view S, void *ws, size_t ws_bytes);
 // Factored damping: denominator (γ_i + lambda_G)(α_j + lambda_A); π-damping is
-// lambda_G = γ_π/π, lambda_A = π γ_π (both > 0).
+// lambda_G = γ_π/π, lambda_A = π γ_π (both > 0; π is K-FAC's policy, src/optim/kfac.c).
 ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_G,
                                      float lambda_A, ngd_cview J, ngd_view S, void *ws,
                                      size_t ws_bytes);
-// π = sqrt((tr_A/d_A) / (tr_G/d_G)) of [MG15] (#k-fac); 1 when a trace is not positive.
-float ngd_kfac_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);
 
 // ====== Factored linear-cost application for FC layers (#factored-application) ======
 

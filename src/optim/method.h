@@ -1,8 +1,9 @@
 /*
- * method.h — the optimizer's internals: the handle, per-entry state, and the table of
- * operations each method fills in (sgd.c adamw.c singd.c kfac.c ...). optim.c is the shared
- * driver: registration, the step schedule, non-finite skipping, grad scales, first-order
- * update rules, health; checkpoint.c saves and loads through the `arrays` entry.
+ * method.h — the optimizer's internals: the handle, per-entry state, the table of
+ * operations each method fills in (sgd.c adamw.c singd.c kfac_family.c ...) and the table of
+ * a first-order rule (sgd.c adamw.c kfac_rule.c). optim.c is the shared driver:
+ * registration, the step schedule, non-finite skipping, grad scales, health, calling the
+ * tables; checkpoint.c saves and loads through the `arrays` entry.
  *
  * Legend: d_out = rows of W, d_in = columns of W, d_K = d_in + (bias ? 1 : 0) (input factor
  * size), d_C = d_out. Ĝ = [∇W | ∇b] is d_out x d_K row-major; P (the preconditioned
@@ -71,11 +72,13 @@ struct ngd_optim {
     float scale_prev; // s_{t-1}, loss scale of the last backward (docs/algorithms.md#loss-scale)
     float scale_cur;  // s_t
     float lr_scale;   // multiplies every β2
-    bool planned;     // workspaces allocated (first step / first observe)
+    bool planned;     // workspaces allocated (first step / first observe; again after a change
+                      // of shapes: registration, a B layer's tracks, a load)
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
     float *ws;
     size_t ws_n;
-    // a byte scratch of the methods (kf_scratch), grown on demand while shapes grow
+    // a byte scratch of the methods (kf_scratch), sized by their scratch_bytes queries when
+    // planned (ngd_optim_reserve_scratch when a method's shapes grow in observe)
     void *scratch;
     size_t scratch_n;
     size_t gp; // floats of the Ĝ and P buffers (largest entry)
@@ -87,6 +90,40 @@ struct ngd_optim {
     uint64_t comm_bytes;
     char err[512];
 };
+
+// ---- first-order rules: P (the preconditioned gradient) -> the parameter update ----
+// Per-entry constants of one update, set by the rule's prepare (zero-initialised but for
+// lr = cfg.lr · lr_scale and nu = 1).
+typedef struct {
+    float lr;        // effective learning rate
+    float bc1, bc2s; // AdamW: 1 − β1^t, sqrt(1 − β2^t)
+    float nu;        // K-FAC family: the clip factor ν
+    bool decay;      // K-FAC family: weight decay active (t >= wd_start)
+} ngd_rule_args;
+
+typedef struct ngd_rule {
+    const char *name;
+    // 2: the rule keeps two moments, buf and buf2, always (AdamW); 0: one momentum buffer,
+    // buf, only when cfg.momentum != 0
+    unsigned moments;
+    // the constants of this entry's update at step t (e->n_updates already counts it); P is
+    // the whole d_out x d_K (or n) update; nu_kl >= 0 is a global clip's ν. May set *pss to
+    // Σ P² when it computes it anyway (the driver then skips its own sum).
+    void (*prepare)(const ngd_entry *e, const float *P, size_t t, float nu_kl, ngd_rule_args *a,
+                    double *pss);
+    // one row: w[0..n) updated from p[0..n); buf, buf2 the same row of the moments (NULL
+    // when not kept)
+    void (*row)(const ngd_entry *e, const ngd_rule_args *a, const float *p, float *w, float *buf,
+                float *buf2, size_t n);
+    // (optional) a global clip: when global(optimizer config), the driver preconditions every
+    // layer first (into e->pk), sums global_term over the layers (lr_scale: the optimizer's),
+    // and updates every layer with nu_kl = global_scale(config, sum)
+    bool (*global)(const ngd_config *c);
+    double (*global_term)(const ngd_entry *e, float lr_scale, const float *P, const float *G);
+    float (*global_scale)(const ngd_config *c, double sum);
+} ngd_rule;
+
+extern const ngd_rule ngd_rule_sgd, ngd_rule_adamw, ngd_rule_kfac;
 
 // The table of operations of one method. Entries marked (optional) may be NULL.
 typedef struct ngd_method_ops {
@@ -105,13 +142,17 @@ typedef struct ngd_method_ops {
     // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
     size_t (*precond_ws)(const ngd_entry *e); // floats of ws needed by precondition
+    // (optional) bytes of the optimizer's byte scratch (o->scratch) that any of e's
+    // operations needs with its current shapes (the LAPACK-style work-size query: the driver
+    // allocates the largest once, when planned, so that a step never allocates)
+    size_t (*scratch_bytes)(const ngd_entry *e);
     // optional fast path: when raw_ok(e), precondition_raw writes P straight from the
     // layer's gradient buffers (scaled by inv_scale), the same products as gathering Ĝ and
     // calling precondition, and the driver skips the gather (a pass over G saved)
     bool (*raw_ok)(const ngd_entry *e);
     void (*precondition_raw)(ngd_optim *o, ngd_entry *e, float inv_scale, float *P);
-    // which first-order rule turns P into the parameter update (optim.c)
-    enum { NGD_RULE_SGD, NGD_RULE_ADAMW, NGD_RULE_KFAC } rule;
+    // the first-order rule that turns P into the layers' update
+    const ngd_rule *rule;
     // checkpoint arrays of the method state; returns the count (<= cap)
     size_t (*arrays)(ngd_entry *e, ngd_state_array *out, size_t cap);
     // checkpoints (optional): called with the values of a U64 array whose name starts with
@@ -140,9 +181,14 @@ extern const ngd_method_ops ngd_kfac_ops, ngd_rskfac_ops, ngd_srekfac_ops, ngd_b
 // ---- driver helpers for methods (optim.c) ----
 // The method's part of the shared workspace (precond_ws floats; valid once planned).
 float *ngd_optim_method_ws(ngd_optim *o);
+// Grows the byte scratch to at least `bytes` now (a method whose shapes grew in observe);
+// NGD_ERR_NOMEM leaves the old scratch in place.
+ngd_status ngd_optim_reserve_scratch(ngd_optim *o, size_t bytes);
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Σ x² in a fixed order (the same bits on every build and thread count), for health and clips.
+double ngd_sumsq(const float *x, size_t n);
 
 // ---- data-parallel helpers (optim.c): collectives that count the bytes they hand over ----
 // Ranks of the run (1 without a communicator).

@@ -3,11 +3,20 @@
  * schedule (statistics steps, preconditioner updates, preconditioning, first-order rule),
  * non-finite skipping (pending statistics discarded, skip counted: DESIGN.md "Numerics"),
  * the loss-scale bookkeeping of docs/algorithms.md#loss-scale, per-entry health, and introspection.
- * Method-specific work lives in one file per method behind ngd_method_ops (method.h).
+ * No method's arithmetic lives here: preconditioners are behind ngd_method_ops, and the
+ * first-order rules (SGD, AdamW, the K-FAC family's with its clips) behind ngd_rule
+ * (method.h; sgd.c, adamw.c, kfac_rule.c), which the driver calls row by row.
  *
  * Memory: per-entry state is allocated when the entry is added; the shared workspace
- * (Ĝ, P and the method's scratch for the largest layer) is planned once, at the first
- * observe or step after the last registration. A steady-state step allocates nothing.
+ * (Ĝ, P and the method's scratch for the largest layer, the methods' byte scratch from their
+ * scratch_bytes queries, the global clip's buffers) is planned once, at the first observe or
+ * step after the last registration (again when a B layer's tracks are decided, or a load
+ * changes shapes). After the first step nothing allocates, so no later call fails for memory.
+ *
+ * All-or-nothing (include/ngd.h): every call that fails leaves the parameters and the
+ * optimizer state as they were. A step plans and checks everything that can fail first,
+ * then does every layer's preconditioner maintenance (which cannot fail once planned but
+ * for broken invariants, NGD_ERR_INTERNAL), and only then touches a parameter.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -124,7 +133,7 @@ void ngd_optim_free(ngd_optim *o) {
 static ngd_status grow_entries(ngd_optim *o) {
     if (o->n < o->cap) return NGD_OK;
     size_t cap = o->cap ? 2 * o->cap : 8;
-    ngd_entry *e = realloc(o->e, cap * sizeof *e);
+    ngd_entry *e = ngd_realloc(o->e, cap, sizeof *e);
     if (!e) return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory growing the entry table");
     o->e = e;
     o->cap = cap;
@@ -165,14 +174,19 @@ static ngd_status check_addable(ngd_optim *o, const void *x, int *out_id) {
 
 // The update rule of an entry: the method's for layers; AdamW's for parameters configured
 // with the AdamW method (the optimizer's or an override's), SGD's for every other parameter.
-static int entry_rule(const ngd_optim *o, const ngd_entry *e) {
+static const ngd_rule *entry_rule(const ngd_optim *o, const ngd_entry *e) {
     if (e->kind == NGD_ENTRY_PARAM)
-        return e->cfg.method == NGD_METHOD_ADAMW ? NGD_RULE_ADAMW : NGD_RULE_SGD;
+        return e->cfg.method == NGD_METHOD_ADAMW ? &ngd_rule_adamw : &ngd_rule_sgd;
     return o->ops->rule;
 }
 
+// Whether the optimizer's rule is a global clip (every layer preconditioned before any update).
+static bool global_rule(const ngd_optim *o) {
+    return o->ops->rule->global && o->ops->rule->global(&o->cfg);
+}
+
 static ngd_status alloc_first_order(ngd_optim *o, ngd_entry *e, size_t count) {
-    bool adam = entry_rule(o, e) == NGD_RULE_ADAMW;
+    bool adam = entry_rule(o, e)->moments == 2;
     if (adam || e->cfg.momentum != 0.0f) {
         e->buf = ngd_calloc(count, sizeof(float));
         if (!e->buf) return NGD_ERR_NOMEM;
@@ -274,19 +288,37 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     return NGD_OK;
 }
 
+ngd_status ngd_optim_reserve_scratch(ngd_optim *o, size_t bytes) {
+    if (bytes <= o->scratch_n) return NGD_OK;
+    void *p = ngd_malloc(bytes, 1);
+    if (!p)
+        return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning %zu bytes of scratch",
+                              bytes);
+    ngd_free(o->scratch);
+    o->scratch = p;
+    o->scratch_n = bytes;
+    return NGD_OK;
+}
+
 // Plans the shared workspace: Ĝ and P of the largest layer, plus the method's scratch.
+// Either everything is planned or nothing that is visible changed (a buffer is replaced
+// only by a larger one; the KL clip's buffers are not state).
 static ngd_status plan(ngd_optim *o) {
     if (o->planned) return NGD_OK;
-    size_t gp = 0, mw = 0;
+    size_t gp = 0, mw = 0, sb = 0;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
         gp = NGD_MAX(gp, e->n);
         if (e->kind == NGD_ENTRY_LAYER && o->ops->precond_ws)
             mw = NGD_MAX(mw, o->ops->precond_ws(e));
+        if (e->kind == NGD_ENTRY_LAYER && o->ops->scratch_bytes)
+            sb = NGD_MAX(sb, o->ops->scratch_bytes(e));
     }
-    // the global KL clip (K-FAC family) needs every layer's preconditioned gradient before
-    // any update: one buffer per layer
-    if (o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL) {
+    ngd_status s = ngd_optim_reserve_scratch(o, sb);
+    if (s) return s;
+    // a global clip (the K-FAC family's KL clip) needs every layer's preconditioned gradient
+    // before any update: one buffer per layer
+    if (global_rule(o)) {
         for (size_t i = 0; i < o->n; i++) {
             ngd_entry *e = &o->e[i];
             if (e->kind != NGD_ENTRY_LAYER || e->pk) continue;
@@ -410,49 +442,6 @@ static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
     }
 }
 
-// Coupled weight decay, (Nesterov) momentum, step: SGD and SINGD (#singd-step).
-static void rule_sgd(const ngd_entry *e, float lr, const float *p_row, float *w, float *buf,
-                     size_t n) {
-    const float wd = e->cfg.weight_decay, mom = e->cfg.momentum;
-    const bool nest = e->cfg.nesterov;
-    for (size_t j = 0; j < n; j++) {
-        float u = p_row[j] + wd * w[j];
-        if (mom != 0.0f) {
-            buf[j] = mom * buf[j] + u;
-            u = nest ? u + mom * buf[j] : buf[j];
-        }
-        w[j] -= lr * u;
-    }
-}
-
-// AdamW (decoupled decay, bias correction), torch.optim.AdamW semantics.
-static void rule_adamw(const ngd_entry *e, float lr, float bc1, float bc2s, const float *g,
-                       float *w, float *m, float *v, size_t n) {
-    const float b1 = e->cfg.beta1, b2 = e->cfg.beta2, eps = e->cfg.eps;
-    const float decay = 1.0f - lr * e->cfg.weight_decay, step = lr / bc1;
-    for (size_t j = 0; j < n; j++) {
-        w[j] *= decay;
-        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-        w[j] -= step * m[j] / (sqrtf(v[j]) / bc2s + eps);
-    }
-}
-
-// K-FAC family (#k-fac-step-driver steps 4-5): per-layer RMS clip of P, decoupled weight
-// decay from step wd_start, momentum, step.
-static void rule_kfac(const ngd_entry *e, float lr, float nu, bool decay, const float *p_row,
-                      float *w, float *buf, size_t n) {
-    const float wd = decay ? e->cfg.weight_decay : 0.0f, mom = e->cfg.momentum;
-    for (size_t j = 0; j < n; j++) {
-        float u = nu * p_row[j] + wd * w[j];
-        if (mom != 0.0f) {
-            buf[j] = mom * buf[j] + u;
-            u = buf[j];
-        }
-        w[j] -= lr * u;
-    }
-}
-
 // Σ x² for health readouts: 16 float lanes (vectorised) over blocks of 1024, each block
 // summed into a double. Fixed order, so deterministic; relative error ~1e-6.
 // Σ x² in 16 float lanes per block of 1024 (lane k takes the elements i ≡ k mod 16, the
@@ -460,7 +449,7 @@ static void rule_kfac(const ngd_entry *e, float lr, float nu, bool decay, const 
 // Written with vector types because GCC does not vectorise the plain 16-lane loop well
 // (it was 37% of a diagonal-SINGD step).
 typedef float sumsq_v8 __attribute__((vector_size(32)));
-static double sumsq(const float *x, size_t n) {
+double ngd_sumsq(const float *x, size_t n) {
     double total = 0;
     for (size_t b = 0; b < n; b += 1024) {
         size_t e = NGD_MIN(n, b + 1024), i = b;
@@ -486,26 +475,12 @@ static double sumsq(const float *x, size_t n) {
 
 // Applies the method's first-order rule to one entry given P (d_out x d_K, or n for params).
 static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
-    const float lr = e->cfg.lr * o->lr_scale;
     e->n_updates++;
-    const int rule = entry_rule(o, e);
-    float bc1 = 1.0f, bc2s = 1.0f, nu = 1.0f;
-    bool decay = true;
+    const ngd_rule *rule = entry_rule(o, e);
+    ngd_rule_args a = {
+        .lr = e->cfg.lr * o->lr_scale, .bc1 = 1.0f, .bc2s = 1.0f, .nu = 1.0f, .decay = true};
     double pss = -1.0; // Σ P² when already known
-    if (rule == NGD_RULE_ADAMW) {
-        bc1 = 1.0f - powf(e->cfg.beta1, (float)e->n_updates);
-        bc2s = sqrtf(1.0f - powf(e->cfg.beta2, (float)e->n_updates));
-    } else if (rule == NGD_RULE_KFAC) {
-        if (nu_kl >= 0.0f) {
-            nu = nu_kl;
-        } else if (e->cfg.kfac.clip == NGD_CLIP_RMS) {
-            pss = sumsq(P, e->n);
-            double rms = sqrt(pss / (double)e->n);
-            if (rms > 0.0 && (double)e->cfg.kfac.clip_kappa < rms)
-                nu = (float)((double)e->cfg.kfac.clip_kappa / rms);
-        }
-        decay = t >= e->cfg.kfac.wd_start;
-    }
+    rule->prepare(e, P, t, nu_kl, &a, &pss);
     size_t rows = e->d_out, dK = e->d_K, din = e->kind == NGD_ENTRY_LAYER ? e->d_in : e->n;
     // Element-wise, in a fixed partition of the rows (a param is one row of n): the same
     // bits for any thread count. Each chunk also sums the squares of its rows of P while
@@ -522,12 +497,8 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
             float *w = e->w + i * din;
             float *b1 = e->buf ? e->buf + i * dK : NULL;
             float *b2 = e->buf2 ? e->buf2 + i * dK : NULL;
-            switch (rule) {
-            case NGD_RULE_ADAMW: rule_adamw(e, lr, bc1, bc2s, pr, w, b1, b2, din); break;
-            case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, w, b1, din); break;
-            default: rule_sgd(e, lr, pr, w, b1, din); break;
-            }
-            if (want_ss) ss += sumsq(pr, dK); // the row with its bias entry
+            rule->row(e, &a, pr, w, b1, b2, din);
+            if (want_ss) ss += ngd_sumsq(pr, dK); // the row with its bias entry
         }
         part[c] = ss;
     }
@@ -542,14 +513,10 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
             const float *pr = P + i * dK + din;
             float *b1 = e->buf ? e->buf + i * dK + din : NULL;
             float *b2 = e->buf2 ? e->buf2 + i * dK + din : NULL;
-            switch (rule) {
-            case NGD_RULE_ADAMW: rule_adamw(e, lr, bc1, bc2s, pr, e->b + i, b1, b2, 1); break;
-            case NGD_RULE_KFAC: rule_kfac(e, lr, nu, decay, pr, e->b + i, b1, 1); break;
-            default: rule_sgd(e, lr, pr, e->b + i, b1, 1); break;
-            }
+            rule->row(e, &a, pr, e->b + i, b1, b2, 1);
         }
     }
-    e->h.update_norm = (float)(sqrt(pss) * (double)nu);
+    e->h.update_norm = (float)(sqrt(pss) * (double)a.nu);
 }
 
 // ---- data-parallel runs (docs/distributed.md) ----
@@ -693,8 +660,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     bool finite = true;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
-        double ss = sumsq(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n);
-        if (e->gb) ss += sumsq(e->gb, e->d_out);
+        double ss = ngd_sumsq(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n);
+        if (e->gb) ss += ngd_sumsq(e->gb, e->d_out);
         e->h.grad_norm = (float)(sqrt(ss) * (double)inv_scale);
         if (!isfinite(ss) && !grads_finite(e)) finite = false;
     }
@@ -724,11 +691,24 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                                   t, e->name, i);
     }
     const bool dist = o->comm.size > 1;
-    if (dist && (s = dist_maintain(o, t)) != NGD_OK) return s;
+    // every layer's preconditioner maintenance before any parameter changes (all-or-nothing:
+    // after planning it fails only on a broken invariant, or a communicator's failure)
+    if (dist) {
+        if ((s = dist_maintain(o, t)) != NGD_OK) return s;
+    } else if (o->ops->update) {
+        for (size_t i = 0; i < o->n; i++) {
+            ngd_entry *e = &o->e[i];
+            if (e->kind != NGD_ENTRY_LAYER) continue;
+            const double t0 = now_s();
+            if ((s = o->ops->update(o, e, t)) != NGD_OK) return s;
+            e->h.time_update = now_s() - t0;
+        }
+    }
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
-    // K-FAC family, global KL clip (#k-fac-step-driver step 4): every layer is
-    // preconditioned first (into e->pk), ν = min(1, sqrt(κ / Σ lr²·|⟨V, J⟩|)), then updated
-    const bool kl = o->ops->rule == NGD_RULE_KFAC && o->cfg.kfac.clip == NGD_CLIP_KL;
+    // a global clip (the K-FAC family's KL clip, #k-fac-step-driver step 4): every layer is
+    // preconditioned first (into e->pk), the rule's ν from the sum of its terms, then updated
+    const ngd_rule *lrule = o->ops->rule;
+    const bool kl = global_rule(o);
     double kl_sum = 0.0;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
@@ -746,9 +726,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         }
         const bool raw = o->ops->raw_ok && o->ops->raw_ok(e);
         if (!raw) gather_grad(e, inv_scale, G);
-        double t0 = now_s();
-        if (!dist && o->ops->update && (s = o->ops->update(o, e, t)) != NGD_OK) return s;
-        double t1 = now_s();
+        const double t1 = now_s();
         float *Pd = kl ? e->pk : P;
         if (raw) {
             o->ops->precondition_raw(o, e, inv_scale, Pd);
@@ -759,28 +737,22 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         } else {
             Pe = G;
         }
-        if (!dist) e->h.time_update = t1 - t0;
         e->h.time_precond = now_s() - t1;
         e->got_stats = false;
         if (kl) {
-            double dot = 0.0;
-            for (size_t j = 0; j < e->n; j++)
-                dot += (double)Pe[j] * (double)G[j];
-            const double lr = (double)e->cfg.lr * (double)o->lr_scale;
-            kl_sum += lr * lr * fabs(dot);
+            kl_sum += lrule->global_term(e, o->lr_scale, Pe, G);
             continue;
         }
         if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
         apply_rule(o, e, Pe, t, -1.0f);
     }
     if (kl) {
-        double nu = 1.0;
-        if (kl_sum > 0.0) nu = fmin(1.0, sqrt((double)o->cfg.kfac.clip_kappa / kl_sum));
+        const float nu = lrule->global_scale(&o->cfg, kl_sum);
         for (size_t i = 0; i < o->n; i++) {
             ngd_entry *e = &o->e[i];
             if (e->kind != NGD_ENTRY_LAYER) continue;
             if (e->last) memcpy(e->last, e->pk, e->n * sizeof(float));
-            apply_rule(o, e, e->pk, t, (float)nu);
+            apply_rule(o, e, e->pk, t, nu);
         }
     }
     o->steps++;
@@ -828,7 +800,9 @@ size_t ngd_optim_state_bytes(const ngd_optim *o) {
 
 size_t ngd_optim_workspace_bytes(const ngd_optim *o) {
     if (!o) return 0;
-    size_t bytes = o->ws_n * sizeof(float);
+    size_t bytes = o->ws_n * sizeof(float) + o->scratch_n;
+    for (size_t i = 0; i < o->n; i++)
+        if (o->e[i].pk) bytes += o->e[i].n * sizeof(float); // the global clip's buffers
     for (size_t i = 0; o->ops->cache_bytes && i < o->n; i++)
         if (o->e[i].kind == NGD_ENTRY_LAYER) bytes += o->ops->cache_bytes(&o->e[i]);
     return bytes;

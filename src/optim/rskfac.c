@@ -1,17 +1,22 @@
 /*
  * rskfac.c — RS-KFAC and SRE-KFAC (docs/algorithms.md#rs-kfac): the dense exponential averages
- * of kfac.c are refreshed every T_i steps into a rank-r eigen-representation by randomized
+ * of kfac_family.c are refreshed every T_i steps into a rank-r eigen-representation by randomized
  * subspace iteration (RSVD, #rsvd, the basis Q·W of torch.svd_lowrank) or by the symmetric
  * randomized EVD (SREVD, #sre-kfac), and applied as a low-rank + scaled identity inverse
- * (#low-rank-inverse, kfac.c). Factors no wider than the rank take the exact eigendecomposition
- * (#rs-kfac). The same refresh serves the RSVD track of the B methods and B-R/BRC's periodic
- * refresh of their Brand-track factors (bkfac.c). Sketches come from the layer's own random stream
- * (seeded by kfac.seed and the layer id; saved in checkpoints), so runs are reproducible.
+ * (#low-rank-inverse, kfac_family.c): the RSVD track of kfac.h. Factors no wider than the rank
+ * take the exact eigendecomposition of the EVD track (#rs-kfac, kfac.c). The same refresh serves
+ * the RSVD track of the B methods and B-R/BRC's periodic refresh of their Brand-track factors
+ * (bkfac.c). Sketches come from the layer's own random stream (seeded by kfac.seed and the layer
+ * id; saved in checkpoints), so runs are reproducible.
  */
 #include "kfac.h"
 
 size_t kf_randomized_ws(size_t d, size_t r, size_t p) {
     return NGD_MAX(ngd_rsvd_sym_ws(d, r, p), ngd_srevd_ws(d, r, p));
+}
+
+size_t kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r) {
+    return r >= f->d ? kf_refresh_evd_ws(f->d) : kf_randomized_ws(f->d, r, e->cfg.kfac.oversample);
 }
 
 ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre) {
@@ -20,10 +25,10 @@ ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_
     const size_t d = f->d;
     if (r >= d) return kf_refresh_evd(o, e, f);
     const size_t bytes = kf_randomized_ws(d, r, k->oversample);
-    void *ws = bytes ? kf_scratch(o, bytes) : NULL;
+    void *ws = kf_scratch(o, bytes);
     if (!ws)
-        return ngd_optim_fail(o, NGD_ERR_NOMEM,
-                              "layer '%s': out of memory for a rank-%zu "
+        return ngd_optim_fail(o, NGD_ERR_INTERNAL,
+                              "layer '%s': no planned workspace for a rank-%zu "
                               "sketch of a %zu-wide factor",
                               e->name, r, d);
     ngd_lowrank L = kf_rep(f);
@@ -45,7 +50,7 @@ ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_
                               "layer '%s': randomized eigendecomposition: bad "
                               "arguments",
                               e->name);
-    f->cnt[2] = L.r;
-    f->cnt[3] = f->cnt[0];
+    f->cnt.rank = L.r;
+    f->cnt.rep_k = f->cnt.ea_updates;
     return NGD_OK;
 }

@@ -2,7 +2,7 @@
  * singd.c — SINGD (structured inverse-free natural gradient), and with it INGD (dense
  * factors) and IKFAC (kfac_like): docs/algorithms.md#singd-statistics, #singd-update (factor
  * update), #natural-gradient. The first-order part (coupled weight decay, momentum,
- * learning rate; #singd-step) is the driver's rule_sgd in optim.c.
+ * learning rate; #singd-step) is SGD's rule (sgd.c, ngd_rule_sgd).
  *
  * Per layer: K (d_K x d_K, input side) and C (d_C x d_C, output side) in their structure
  * classes, stored in f32 or bf16; momenta m_K, m_C only if alpha1 != 0; pending statistics
@@ -628,7 +628,7 @@ const ngd_method_ops ngd_singd_ops = {
     .precond_ws = singd_ws_size,
     .raw_ok = singd_raw_ok,
     .precondition_raw = singd_precondition_raw,
-    .rule = NGD_RULE_SGD,
+    .rule = &ngd_rule_sgd,
     .arrays = singd_arrays,
     .factor_dense = singd_factor_dense,
     .combine = singd_combine,

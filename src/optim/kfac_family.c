@@ -1,0 +1,526 @@
+/*
+ * kfac_family.c — the K-FAC family's methods (K-FAC, RS-KFAC, SRE-KFAC, B-KFAC, B-R-KFAC,
+ * BRC-KFAC; docs/algorithms.md#k-fac-family): their ngd_method_ops, one table for the six,
+ * calling the tracks (kfac.c EVD, rskfac.c RSVD, bkfac.c Brand) for the maintenance of each
+ * factor. The layer state, the tracks and the files are described in kfac.h.
+ *
+ * Statistics (#k-fac-statistics, the author's scaling): for a step with n samples and R rows per
+ * sample (R = 1 for fully connected layers and for kfac_approx = reduce),
+ *     A_b = 1/(n R²) Σ_rows ā āᵀ        Γ_b = R/n Σ_rows g̃ g̃ᵀ,   g̃ = c·g / s
+ * where c converts the caller's batch-averaged gradient into per-sample gradients (c = n
+ * for loss_average BATCH and BATCH_SEQUENCE, 1 for SUM) and s is the loss scale. Each row
+ * is scaled once (a by 1/R, g by c·sqrt(R)/s) and then either folded into a dense pending
+ * sum (EA tracks) or kept as a column of the Brand update's C (Brand track).
+ * EA (#exponential-average, zero start; #identity-init): F̄ := ρ F̄ + (1−ρ) F_b; the identity
+ * start is the ρ^k term added to the damping (identity_init = in_damping, the default), or the
+ * factor starts at I (in_factor; K-FAC, RS-KFAC and SRE-KFAC only).
+ * Preconditioning (#preconditioned-step): S = (Γ̄ + λ_G)^{-1} J (Ā + λ_A)^{-1}; K-FAC with full
+ * eigendecompositions uses #k-fac (kfac.c: exact damping λ_K = λ_rel·max γ·max α, or factored
+ * π-damping); every other combination the low-rank + scaled identity inverse (#low-rank-inverse)
+ * with λ_F = λ_rel·max D_F (+ ρ^k) and the tail model μ; with kfac.factored_apply, fully
+ * connected layers apply it to 𝒜ᵀ and 𝒢ᵀ instead of J (#factored-application, `factored` below).
+ * Clipping, decoupled weight decay from wd_start, momentum and the step are the family's
+ * first-order rule (kfac_rule.c, ngd_rule_kfac), which the driver applies.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "kfac.h"
+
+static void kfac_free(ngd_entry *e) {
+    kf_state *s = e->ms;
+    if (!s) return;
+    kf_factor_free(&s->f[KF_A]);
+    kf_factor_free(&s->f[KF_G]);
+    ngd_free(s);
+    e->ms = NULL;
+}
+
+// Sets the EA to I for identity_init = in_factor (#identity-init, the [C-RS] start).
+static void ea_identity(kf_factor *f) {
+    if (!f->ea) return;
+    for (size_t i = 0; i < f->d; i++)
+        f->ea[i * f->d + i] = 1.0f;
+}
+
+static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
+    const ngd_config *c = &e->cfg;
+    const bool bfam = kf_is_b_family(c->method); // (ngd_config_validate checked the rest)
+    kf_state *s = ngd_calloc(1, sizeof *s);
+    if (!s) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
+    e->ms = s;
+    s->id = o->n;
+    ngd_rng_seed(&s->rng, c->kfac.seed, (uint64_t)s->id);
+    s->f[KF_A].d = e->d_K;
+    s->f[KF_G].d = e->d_out;
+    if (bfam) return NGD_OK; // tracks decided at the first observe (kf_decide)
+    s->meta.decided = 1;
+    for (int k = 0; k < 2; k++) {
+        kf_factor *f = &s->f[k];
+        const bool evd = c->method == NGD_METHOD_KFAC || c->kfac.rank >= f->d;
+        const size_t cap = evd ? f->d : c->kfac.rank;
+        s->meta.track[k] = evd ? KF_EVD : KF_RSVD;
+        if (!kf_factor_alloc(f, evd ? KF_EVD : KF_RSVD, true, cap, 0)) {
+            kfac_free(e);
+            return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                                  "layer '%s': out of memory for the "
+                                  "factors (%zu and %zu wide)",
+                                  e->name, e->d_K, e->d_out);
+        }
+        if (c->kfac.identity_init == NGD_IDINIT_IN_FACTOR) ea_identity(f);
+    }
+    return NGD_OK;
+}
+
+// Statistics steps; every step for the factored application (it needs this step's 𝒜, 𝒢).
+static bool kfac_wants(const ngd_entry *e, size_t t) {
+    return t % e->cfg.kfac.T_u == 0 || e->cfg.kfac.factored_apply;
+}
+
+// Bytes of scratch needed by observe: one chunk of processed rows.
+static size_t observe_ws(const ngd_entry *e) {
+    return (size_t)NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) * sizeof(float);
+}
+
+static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
+                               const ngd_matrix *g) {
+    kf_state *s = e->ms;
+    const size_t rows = ngd_stats_rows(e, batch, g);
+    const size_t R = rows / batch; // 1 for fully connected layers and for reduce
+    const bool stats = o->steps % e->cfg.kfac.T_u == 0;
+    ngd_status st;
+    if (s->meta.cols == 0) {        // the layer's first statistics
+        const kf_meta m0 = s->meta; // restored when out of memory (all or nothing)
+        // #factored-application: fully connected layers keep both factors' rows
+        if (e->cfg.kfac.factored_apply && R == 1) s->meta.factored = 1;
+        // a data-parallel run decides for the global batch (equal shards; combine gathers
+        // every rank's rows into the buffers)
+        const size_t grows = rows * ngd_optim_world(o);
+        if (!s->meta.decided) {
+            st = kf_decide(o, e, R == 1, grows); // B methods
+        } else {
+            s->meta.cols = grows;
+            st = s->meta.factored ? kf_grow_rows(o, e, grows) : NGD_OK;
+        }
+        if (st != NGD_OK) {
+            s->meta = m0;
+            return st;
+        }
+    }
+    const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
+    const bool keep_rows = s->meta.factored || (brand && stats);
+    if (!stats && !keep_rows) return NGD_OK; // a factored_apply step of a layer without it
+    if (keep_rows && s->pend.rows + rows > s->meta.rows_cap &&
+        (st = kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
+        return st;
+    float *chunk = kf_scratch(o, observe_ws(e));
+    if (!chunk)
+        return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
+    const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
+    const float wa = (float)(1.0 / (double)R);
+    const float wg = (float)(c * sqrt((double)R) / (double)o->scale_cur);
+    for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
+        const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
+        const float beta = (s->has_pend || r0 > 0) ? 1.0f : 0.0f;
+        for (int k = 0; k < 2; k++) {
+            kf_factor *f = &s->f[k];
+            const size_t d = f->d;
+            if (k == KF_A)
+                ngd_stats_a_rows(e, batch, a, g, r0, nr, chunk);
+            else
+                ngd_stats_g_rows(e, batch, g, r0, nr, chunk);
+            const float w = k == KF_A ? wa : wg;
+            if (w != 1.0f)
+                for (size_t i = 0; i < nr * d; i++)
+                    chunk[i] *= w;
+            if (stats && f->pend) { // pend (+)= Xᵀ X, X = the nr x d chunk (seen as d x nr)
+                ngd_cview Xt = {chunk, d, nr, 1, (ptrdiff_t)d};
+                ngd_syrk_full(1.0f, Xt, beta, ngd_view_rm(f->pend, d, d, d));
+            }
+            if (keep_rows && f->rows)
+                memcpy(f->rows + (size_t)(s->pend.rows + r0) * d, chunk, nr * d * sizeof(float));
+        }
+    }
+    if (stats) {
+        s->pend.samples += batch;
+        s->has_pend = 1;
+    }
+    if (keep_rows) {
+        s->pend.rows += rows;
+        s->pend.c = (uint64_t)c;
+    }
+    return NGD_OK;
+}
+
+static void kfac_discard(ngd_entry *e) {
+    kf_state *s = e->ms;
+    s->has_pend = 0;
+    s->pend.samples = s->pend.rows = s->pend.c = 0;
+}
+
+// F̄ := ρ F̄ + (1−ρ)/n · pend (#exponential-average); with bf16 averages each result is
+// rounded to bf16.
+static void ea_update(kf_factor *f, float rho, double n, bool bf16) {
+    const size_t dd = f->d * f->d;
+    const float a = rho, b = (float)((1.0 - (double)rho) / n);
+    float *ea = f->ea;
+    const float *p = f->pend;
+#pragma omp parallel for schedule(static) if (dd > NGD_PAR_MIN)
+    for (size_t i = 0; i < dd; i++) {
+        const float v = a * ea[i] + b * p[i];
+        ea[i] = bf16 ? ngd_bf16_to_f32(ngd_f32_to_bf16(v)) : v;
+    }
+    f->cnt.ea_updates++;
+}
+
+static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
+    kf_state *s = e->ms;
+    const ngd_kfac_options *k = &e->cfg.kfac;
+    bool did = false;
+    ngd_status st;
+    // a data-parallel run: the exponential averages on every rank (cheap, and they keep each
+    // rank's state whole), decompositions and Brand updates by the layer's owner only, which
+    // broadcasts the new (U, D) in kfac_publish (bits of s->pub)
+    const bool mine = ngd_optim_mine(o, e);
+    s->pub = 0;
+    if (s->has_pend) {
+        for (int i = 0; i < 2; i++) {
+            kf_factor *f = &s->f[i];
+            if (f->ea) ea_update(f, k->rho, (double)s->pend.samples, k->ea_dtype == NGD_BF16);
+            if (f->track == KF_BRAND && kf_brand_due(&e->cfg, t)) {
+                s->pub |= (uint8_t)(1u << i);
+                if (mine && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
+            }
+        }
+        s->has_pend = 0; // the rows stay for the factored application of this step
+        s->pend.samples = 0;
+        did = true;
+    }
+    if (s->meta.decided && t % k->T_i == 0) {
+        for (int i = 0; i < 2; i++) {
+            kf_factor *f = &s->f[i];
+            if (f->track != KF_BRAND || kf_refresh_due(&e->cfg, t)) s->pub |= (uint8_t)(1u << i);
+            if (!mine) continue;
+            switch (f->track) {
+            case KF_EVD: st = kf_refresh_evd(o, e, f); break;
+            case KF_RSVD:
+                st = kf_refresh_randomized(o, e, f, NGD_MIN(k->rank, f->d),
+                                           e->cfg.method == NGD_METHOD_SREKFAC);
+                break;
+            case KF_BRAND: st = kf_brand_maintain(o, e, f, t); break;
+            default: st = NGD_OK; break;
+            }
+            if (st) return st;
+        }
+        did = true;
+    }
+    if (did) {
+        e->h.updates++;
+        kf_health(e);
+    }
+    return NGD_OK;
+}
+
+// ---- data-parallel runs ----
+
+// The pending sums Σ x xᵀ and the sample count add up over the ranks (each rank scaled its
+// rows to per-sample statistics, so the global batch's are the sums); the rows kept for Brand
+// updates and the factored application are gathered in rank order, which is the global
+// batch's row order (equal shards, rank r's the r-th).
+static ngd_status kfac_combine(ngd_optim *o, ngd_entry *e) {
+    kf_state *s = e->ms;
+    ngd_status st;
+    const size_t P = ngd_optim_world(o);
+    if (s->has_pend) {
+        for (int k = 0; k < 2; k++) {
+            kf_factor *f = &s->f[k];
+            if (f->pend && (st = ngd_comm_allreduce(o, f->pend, f->d * f->d)) != NGD_OK) return st;
+        }
+        s->pend.samples *= P;
+    }
+    const size_t nloc = (size_t)s->pend.rows;
+    if (nloc == 0) return NGD_OK;
+    if ((st = kf_grow_rows(o, e, nloc * P)) != NGD_OK) return st;
+    const size_t rank = (size_t)o->comm.rank;
+    for (int k = 0; k < 2; k++) {
+        kf_factor *f = &s->f[k];
+        if (!f->rows) continue;
+        const size_t block = nloc * f->d;
+        if (rank) memmove(f->rows + rank * block, f->rows, block * sizeof(float));
+        if ((st = ngd_comm_allgather(o, f->rows, block * sizeof(float))) != NGD_OK) return st;
+    }
+    s->pend.rows = nloc * P;
+    // the factored application's J = (1/c) 𝒢ᵀ𝒜: c = the global batch for a batch mean
+    if (e->cfg.loss_average != NGD_LOSS_SUM) s->pend.c *= P;
+    return NGD_OK;
+}
+
+// Flops of one maintenance of each factor: ~9d³ for a full eigendecomposition, ~(2q+3)·2d²(r+p)
+// for a randomized one, ~4d(r+n)² for a Brand update. An owner always pays: what it
+// broadcasts ((U, D): d² or d·r numbers) is no more than the d² sums every rank already
+// all-reduces, while the work is O(d³) or O(d(r+n)²).
+static double kfac_work(const ngd_entry *e, bool *owner_pays) {
+    const kf_state *s = e->ms;
+    const ngd_kfac_options *k = &e->cfg.kfac;
+    double flops = 0.0;
+    for (int i = 0; i < 2; i++) {
+        const kf_factor *f = &s->f[i];
+        const double d = (double)f->d, r = (double)NGD_MIN(k->rank, f->d);
+        switch (f->track) {
+        case KF_EVD: flops += 9.0 * d * d * d; break;
+        case KF_RSVD:
+            flops +=
+                (2.0 * (double)k->power_iters + 3.0) * 2.0 * d * d * (r + (double)k->oversample);
+            break;
+        case KF_BRAND: {
+            const double rn = (double)kf_brand_rank(&e->cfg) + (double)s->meta.cols;
+            flops += 4.0 * d * rn * rn;
+            break;
+        }
+        default: break;
+        }
+    }
+    *owner_pays = true;
+    return flops;
+}
+
+static ngd_status kfac_publish(ngd_optim *o, ngd_entry *e) {
+    kf_state *s = e->ms;
+    if (!s->pub) return NGD_OK;
+    const int root = e->owner;
+    ngd_status st;
+    for (int i = 0; i < 2; i++) {
+        kf_factor *f = &s->f[i];
+        if (!(s->pub & (1u << i))) continue;
+        if ((st = ngd_comm_bcast(o, f->U, f->d * f->cap * sizeof(float), root)) != NGD_OK ||
+            (st = ngd_comm_bcast(o, f->D, f->cap * sizeof(float), root)) != NGD_OK ||
+            (st = ngd_comm_bcast(o, &f->cnt, sizeof f->cnt, root)) != NGD_OK)
+            return st;
+    }
+    uint64_t extra[6] = {e->h.decomp_failures, e->h.decomp_retries, s->rng.s[0],
+                         s->rng.s[1],          s->rng.s[2],         s->rng.s[3]};
+    if ((st = ngd_comm_bcast(o, extra, sizeof extra, root)) != NGD_OK) return st;
+    s->pub = 0;
+    if (ngd_optim_mine(o, e)) return NGD_OK;
+    e->h.decomp_failures = (size_t)extra[0], e->h.decomp_retries = (size_t)extra[1];
+    memcpy(s->rng.s, extra + 2, sizeof s->rng.s);
+    kf_health(e);
+    return NGD_OK;
+}
+
+// ---- preconditioning ----
+
+static size_t kfac_precond_bytes(const ngd_entry *e) {
+    const kf_state *s = e->ms;
+    const size_t dA = e->d_K, dG = e->d_out;
+    // before the B tracks are decided, the largest rank they can take
+    const size_t cA = s->meta.decided ? s->f[KF_A].cap : dA,
+                 cG = s->meta.decided ? s->f[KF_G].cap : dG;
+    size_t b = ngd_lri_apply2_ws(dG, cG, dA, cA);
+    if (e->cfg.method == NGD_METHOD_KFAC) b = NGD_MAX(b, ngd_kfac_precond_ws(dG, dA));
+    return b;
+}
+
+// The work-size query of the byte scratch (method.h scratch_bytes): observe's chunk, each
+// factor's maintenance on its track, the factored application of rows_cap rows.
+static size_t kfac_scratch_bytes(const ngd_entry *e) {
+    const kf_state *s = e->ms;
+    size_t b = observe_ws(e);
+    if (!s->meta.decided) return b; // the tracks' needs are planned once decided
+    for (int i = 0; i < 2; i++) {
+        const kf_factor *f = &s->f[i];
+        switch (f->track) {
+        case KF_EVD: b = NGD_MAX(b, kf_refresh_evd_ws(f->d)); break;
+        case KF_RSVD:
+            b = NGD_MAX(b, kf_refresh_randomized_ws(e, f, NGD_MIN(e->cfg.kfac.rank, f->d)));
+            break;
+        case KF_BRAND: b = NGD_MAX(b, kf_brand_ws(e, f)); break;
+        default: break;
+        }
+    }
+    return NGD_MAX(b, kf_factored_ws(e, (size_t)s->meta.rows_cap));
+}
+
+static size_t kfac_precond_ws(const ngd_entry *e) {
+    return e->d_K + e->d_out + (kfac_precond_bytes(e) + sizeof(float) - 1) / sizeof(float);
+}
+
+// The factored application of #factored-application for a fully connected layer: X = LRI_G(𝒢ᵀ) and
+// Y = LRI_A(𝒜ᵀ) cost O(n (d_G r_G + d_A r_A)); then S = (1/c) X Yᵀ, the rank-n product the
+// parameter update needs (O(d_G d_A n), what forming the gradient itself costs). J is taken
+// to be (1/c) 𝒢ᵀ𝒜 of this step's rows (c = n for a batch-mean loss) — the caller's
+// gradient when the loss has no L2 term and the batch was observed once.
+static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, float lG, float mG,
+                           const ngd_lowrank *LA, float lA, float mA, ngd_view S) {
+    kf_state *s = e->ms;
+    const size_t m = (size_t)s->pend.rows, dA = e->d_K, dG = e->d_out;
+    const size_t kb = ngd_factored_precond_ws(LG->r, LA->r, m);
+    const size_t xy = (dG + dA) * m;
+    if (!kb || !s->pend.c) return NGD_ERR_ARG;
+    float *X = kf_scratch(o, xy * sizeof(float) + kb);
+    if (!X) return NGD_ERR_INTERNAL; // (planned: kf_factored_ws)
+    float *Y = X + dG * m;
+    ngd_view Xv = ngd_view_rm(X, dG, m, m), Yv = ngd_view_rm(Y, dA, m, m);
+    ngd_status st =
+        ngd_factored_precond(LG, lG, mG, LA, lA, mA, ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
+                             ngd_cview_rm(s->f[KF_A].rows, m, dA, dA), Xv, Yv, X + xy, kb);
+    if (st) return st;
+    return ngd_factored_update(S, 0.0f, (float)(1.0 / (double)s->pend.c), ngd_cv(Xv), ngd_cv(Yv));
+}
+
+static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws) {
+    kf_state *s = e->ms;
+    const ngd_kfac_options *k = &e->cfg.kfac;
+    const size_t dA = e->d_K, dG = e->d_out;
+    const kf_factor *fA = &s->f[KF_A], *fG = &s->f[KF_G];
+    if (!s->meta.decided ||
+        (fA->cnt.rank == 0 && fG->cnt.rank == 0 && k->identity_init == NGD_IDINIT_IN_FACTOR)) {
+        memcpy(P, G, e->n * sizeof(float)); // no curvature yet
+        s->pend.rows = s->pend.c = 0;
+        return;
+    }
+    float *DA = ws, *DG = ws + dA;
+    void *kws = ws + dA + dG;
+    const size_t kbytes = kfac_precond_bytes(e);
+    ngd_cview J = ngd_cview_rm(G, dG, dA, dA);
+    ngd_view S = ngd_view_rm(P, dG, dA, dA);
+    ngd_status st;
+    if (kf_eigenbasis_ok(e)) {
+        st = kf_precond_eigenbasis(e, J, S, DA, DG, kws, kbytes); // #k-fac (kfac.c)
+    } else {
+        // #low-rank-inverse on both sides: λ_F = λ_rel·max D_F + ρ^k, μ by the tail model
+        float lam[2], mu[2];
+        const kf_factor *fs[2] = {fA, fG};
+        for (int i = 0; i < 2; i++) {
+            const kf_factor *f = fs[i];
+            const float dmax = f->cnt.rank ? f->D[0] : 0.0f;
+            lam[i] = k->damping_rel * dmax + kf_id_shift(e, f);
+            if (!(lam[i] > 0.0f)) lam[i] = 1.0f; // nothing to scale against: plain gradient
+            mu[i] = (k->tail == NGD_TAIL_MIN_KEPT && f->cnt.rank) ? f->D[f->cnt.rank - 1] : 0.0f;
+        }
+        ngd_lowrank LA = kf_rep(fA), LG = kf_rep(fG);
+        st = NGD_ERR_STATE;
+        if (s->meta.factored && s->pend.rows > 0 && LA.r > 0 && LG.r > 0)
+            st = factored(o, e, &LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], S);
+        if (st != NGD_OK)
+            st = ngd_lri_apply2(&LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], J, S, kws,
+                                kbytes);
+    }
+    s->pend.rows = s->pend.c = 0; // this step's rows are used up
+    if (st) { // cannot happen with the planned workspace; never leave P undefined
+        ngd_optim_log(o, "layer '%s': preconditioning failed (%d); plain gradient used", e->name,
+                      (int)st);
+        memcpy(P, G, e->n * sizeof(float));
+    }
+}
+
+// ---- checkpoints and introspection ----
+
+static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
+    kf_state *s = e->ms;
+    kf_factor *A = &s->f[KF_A], *G = &s->f[KF_G];
+#define EA_N(f) ((f)->ea ? (f)->d * (f)->d : 0)
+    ngd_state_array a[] = {
+        {"#meta", &s->meta, 6, NGD_ARR_U64},
+        {"A.ea", A->ea, EA_N(A), NGD_ARR_F32},
+        {"A.U", A->U, A->U ? A->d * A->cap : 0, NGD_ARR_F32},
+        {"A.D", A->D, A->D ? A->cap : 0, NGD_ARR_F32},
+        {"A.cnt", &A->cnt, 4, NGD_ARR_U64},
+        {"G.ea", G->ea, EA_N(G), NGD_ARR_F32},
+        {"G.U", G->U, G->U ? G->d * G->cap : 0, NGD_ARR_F32},
+        {"G.D", G->D, G->D ? G->cap : 0, NGD_ARR_F32},
+        {"G.cnt", &G->cnt, 4, NGD_ARR_U64},
+        {"rng", s->rng.s, 4, NGD_ARR_U64},
+        {"~A.pend", A->pend, EA_N(A), NGD_ARR_F32}, // '~': transient (not state bytes)
+        {"~G.pend", G->pend, EA_N(G), NGD_ARR_F32},
+        {"~A.rows", A->rows, A->rows_cap * A->d, NGD_ARR_F32},
+        {"~G.rows", G->rows, G->rows_cap * G->d, NGD_ARR_F32},
+        {"~pend", &s->pend, 3, NGD_ARR_U64},
+        {"~has_pend", &s->has_pend, 1, NGD_ARR_U8},
+    };
+#undef EA_N
+    size_t n = sizeof a / sizeof a[0];
+    if (n > cap) n = cap;
+    memcpy(out, a, n * sizeof a[0]);
+    return n;
+}
+
+static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n) {
+    kf_state *s = e->ms;
+    kf_meta m;
+    if (n != 6) return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
+    memcpy(&m, v, sizeof m);
+    if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
+        m.rows_cap > ((uint64_t)1 << 32) ||
+        (m.decided && (m.track[0] < KF_EVD || m.track[0] > KF_BRAND || m.track[1] < KF_EVD ||
+                       m.track[1] > KF_BRAND)))
+        return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
+    if (m.factored && !e->cfg.kfac.factored_apply)
+        return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': saved with kfac.factored_apply", e->name);
+    if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
+        s->meta = m;
+        s->meta.decided = 0; // kf_apply_tracks sets it once the state is allocated
+        return kf_apply_tracks(o, e);
+    }
+    if (s->meta.decided != m.decided ||
+        (m.decided && (s->meta.track[0] != m.track[0] || s->meta.track[1] != m.track[1])))
+        return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                              "'%s': saved with other factor tracks (%llu/%llu, "
+                              "this optimizer has %llu/%llu)",
+                              e->name, (unsigned long long)m.track[0],
+                              (unsigned long long)m.track[1], (unsigned long long)s->meta.track[0],
+                              (unsigned long long)s->meta.track[1]);
+    if (m.factored) s->meta.factored = 1;
+    if (!s->meta.cols) s->meta.cols = m.cols;
+    if (m.rows_cap > s->meta.rows_cap) return kf_grow_rows(o, e, (size_t)m.rows_cap);
+    return NGD_OK;
+}
+
+// 'K' / 'C': the dense EA (zero start, without the identity term) or, on the B-KFAC Brand
+// track, U D Uᵀ; 'k' / 'c': U D Uᵀ, the representation the preconditioner uses.
+static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char which,
+                                    float *out) {
+    ngd_optim *mo = (ngd_optim *)(uintptr_t)o;
+    const kf_state *s = e->ms;
+    const kf_factor *f = &s->f[(which == 'K' || which == 'k') ? KF_A : KF_G];
+    const size_t d = f->d;
+    if (!s->meta.decided)
+        return ngd_optim_fail(mo, NGD_ERR_STATE, "layer '%s': no statistics yet", e->name);
+    if ((which == 'K' || which == 'C') && f->ea) {
+        memcpy(out, f->ea, d * d * sizeof(float));
+        return NGD_OK;
+    }
+    const size_t r = (size_t)f->cnt.rank;
+    float *T = ngd_malloc(d * (r ? r : 1), sizeof(float));
+    if (!T) return ngd_optim_fail(mo, NGD_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < r; j++)
+            T[i * r + j] = f->U[i * f->cap + j] * f->D[j];
+    ngd_view O = ngd_view_rm(out, d, d, d);
+    if (r) {
+        ngd_gemm(1.0f, ngd_cview_rm(T, d, r, r), ngd_cview_t(ngd_cview_rm(f->U, d, r, f->cap)),
+                 0.0f, O);
+    } else {
+        ngd_view_zero(O);
+    }
+    ngd_free(T);
+    return NGD_OK;
+}
+
+#define KFAC_OPS(NAME)                                                                             \
+    {                                                                                              \
+        .name = NAME, .layer_init = kfac_init, .layer_free = kfac_free, .wants_stats = kfac_wants, \
+        .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
+        .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
+        .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
+        .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense, .combine = kfac_combine,   \
+        .work = kfac_work, .publish = kfac_publish,                                                \
+    }
+
+const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");
+const ngd_method_ops ngd_rskfac_ops = KFAC_OPS("rskfac");
+const ngd_method_ops ngd_srekfac_ops = KFAC_OPS("srekfac");
+const ngd_method_ops ngd_bkfac_ops = KFAC_OPS("bkfac");
+const ngd_method_ops ngd_brkfac_ops = KFAC_OPS("brkfac");
+const ngd_method_ops ngd_brckfac_ops = KFAC_OPS("brckfac");
