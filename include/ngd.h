@@ -92,8 +92,8 @@ typedef enum {
     NGD_ERR_ARG = 1,      // a bad argument: NULL, out-of-range value, unknown option
     NGD_ERR_SHAPE = 2,    // matrix shapes do not match the layer
     NGD_ERR_LAYER = 3,    // unknown layer or parameter id
-    NGD_ERR_NOMEM = 4,    // an allocation failed; the state is unchanged (see "Memory and
-                          // failures" below: never after the first step)
+    NGD_ERR_NOMEM = 4,    // an allocation failed; the state is unchanged (when it can
+                          // happen: "Memory and failures" below)
     NGD_ERR_IO = 5,       // a file could not be opened, read, written or renamed
     NGD_ERR_FORMAT = 6,   // a file is truncated, foreign, corrupt or from another setup
     NGD_ERR_STATE = 7,    // the call is not allowed now (e.g. add_layer after the first step,
