@@ -449,8 +449,8 @@ static double first_order_vs_f64(const ngd_config *c) {
                    .d_in = FO_IN,
                    .bias = b,
                    .bias_grad = gb};
-    int id;
-    CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+    int id, lid;
+    CHECK(ngd_optim_add_layer(o, &l, &lid) == NGD_OK);
     CHECK(ngd_optim_add_param(o, "p", p, gp, FO_NP, NULL, &id) == NGD_OK);
     // powers of two: the library's g·(1/s) and lr·lr_scale are then exact in float32
     const float scales[FO_STEPS] = {1.0f, 8.0f, 0.5f, 0.5f, 4.0f, 1.0f, 16.0f};
@@ -472,6 +472,16 @@ static double first_order_vs_f64(const ngd_config *c) {
                 gp[j - FO_OUT * FO_IN - FO_OUT] = gs;
         }
         CHECK(ngd_optim_step(o) == NGD_OK);
+        // the layer's update norm is ‖Ĝ‖ = ‖[∇W | ∇b]‖ / s (read in place at scale 1,
+        // gathered otherwise)
+        double gg = 0.0;
+        for (size_t j = 0; j < FO_OUT * FO_IN + FO_OUT; j++)
+            gg += g[j] * g[j];
+        ngd_layer_health h;
+        CHECK(ngd_optim_layer_health(o, lid, &h) == NGD_OK);
+        CHECK_MSG(fabs((double)h.update_norm - sqrt(gg)) <= 1e-5 * sqrt(gg),
+                  "%s step %zu (scale %g): update norm %.8g, want %.8g", ngd_method_name(c->method),
+                  t, (double)scales[t], (double)h.update_norm, sqrt(gg));
         first_order_ref_step(c, (double)(c->lr * lrs), t + 1, g, w, m, v);
         for (size_t j = 0; j < FO_N; j++) {
             const float got = j < FO_OUT * FO_IN            ? W[j]

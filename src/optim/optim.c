@@ -473,8 +473,23 @@ double ngd_sumsq(const float *x, size_t n) {
     return total;
 }
 
-// Applies the method's first-order rule to one entry given P (d_out x d_K, or n for params).
-static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
+// Where a layer's update P is read: rows of the weight part (row stride ldw) and the bias
+// entries (stride ldb). The gathered P has both in one d_out x d_K matrix (the bias in column
+// d_in); a first-order method reads the gradients in place (∇W rows, ∇b), with no copy.
+typedef struct {
+    const float *w, *b;
+    size_t ldw, ldb;
+} rule_src;
+
+static rule_src src_of(const ngd_entry *e, const float *P) {
+    const size_t din = e->kind == NGD_ENTRY_LAYER ? e->d_in : e->n;
+    return (rule_src){P, P + din, e->d_K, e->d_K};
+}
+
+// Applies the method's first-order rule to one entry given its update (src; P, what the
+// rule's prepare sees, is the d_out x d_K matrix, or NULL when src reads the gradients).
+static void apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, const float *P, size_t t,
+                           float nu_kl) {
     e->n_updates++;
     const ngd_rule *rule = entry_rule(o, e);
     ngd_rule_args a = {
@@ -493,12 +508,17 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
     for (size_t c = 0; c < nch; c++) {
         double ss = 0.0;
         for (size_t i = rows * c / nch; i < rows * (c + 1) / nch; i++) {
-            const float *pr = P + i * dK;
+            const float *pr = src.w + i * src.ldw;
             float *w = e->w + i * din;
             float *b1 = e->buf ? e->buf + i * dK : NULL;
             float *b2 = e->buf2 ? e->buf2 + i * dK : NULL;
             rule->row(e, &a, pr, w, b1, b2, din);
-            if (want_ss) ss += ngd_sumsq(pr, dK); // the row with its bias entry
+            if (want_ss && src.ldw == dK) {
+                ss += ngd_sumsq(pr, dK); // the row with its bias entry
+            } else if (want_ss) {
+                ss += ngd_sumsq(pr, din);
+                if (e->b) ss += (double)src.b[i * src.ldb] * (double)src.b[i * src.ldb];
+            }
         }
         part[c] = ss;
     }
@@ -510,13 +530,17 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
     if (e->b) {
         // the bias is column d_in of P and of the buffers (stride d_K)
         for (size_t i = 0; i < rows; i++) {
-            const float *pr = P + i * dK + din;
+            const float *pr = src.b + i * src.ldb;
             float *b1 = e->buf ? e->buf + i * dK + din : NULL;
             float *b2 = e->buf2 ? e->buf2 + i * dK + din : NULL;
             rule->row(e, &a, pr, e->b + i, b1, b2, 1);
         }
     }
     e->h.update_norm = (float)(sqrt(pss) * (double)a.nu);
+}
+
+static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
+    apply_rule_src(o, e, src_of(e, P), P, t, nu_kl);
 }
 
 // ---- data-parallel runs (docs/distributed.md) ----
@@ -725,6 +749,13 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             continue;
         }
         const bool raw = o->ops->raw_ok && o->ops->raw_ok(e);
+        if (!raw && !o->ops->precondition && !kl && inv_scale == 1.0f && !e->last) {
+            // a first-order method (SGD, AdamW) at loss scale 1: P = Ĝ is read in place,
+            // with no copy into the gathered d_out x d_K matrix
+            e->got_stats = false;
+            apply_rule_src(o, e, (rule_src){e->gw, e->gb, e->d_in, 1}, NULL, t, -1.0f);
+            continue;
+        }
         if (!raw) gather_grad(e, inv_scale, G);
         const double t1 = now_s();
         float *Pd = kl ? e->pk : P;
