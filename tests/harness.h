@@ -30,6 +30,15 @@ typedef struct {
 static int th_failed_checks; // failed checks in the current test
 static long th_checks;       // checks run in the current test (passed or failed)
 static int th_verbose;
+// a progress line on stderr when the test runs verbose
+#define NOTE(...)                                                                                  \
+    do {                                                                                           \
+        if (th_verbose) {                                                                          \
+            fprintf(stderr, "    ");                                                               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
+    } while (0)
 // after this many failed checks in one test, further ones are counted but not printed
 #define TH_MAX_PRINTED 12
 #define TH_PRINT       (th_failed_checks <= TH_MAX_PRINTED)

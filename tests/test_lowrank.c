@@ -64,15 +64,6 @@
 // Gram-matrix norm / inner product (n² f32 Gram entries summed in f64).
 #define TOL_FACT 1e-5
 
-#define NOTE(...)                                                                                  \
-    do {                                                                                           \
-        if (th_verbose) {                                                                          \
-            fprintf(stderr, "    ");                                                               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
-    } while (0)
-
 // ---- helpers ----
 
 static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }

@@ -22,15 +22,6 @@
 
 // Two fully connected layers (one with a bias) and a plain parameter; batch NB. The sizes
 // let the B methods put both factors of the first layer on the Brand track (r_B + n < d).
-#define NOTE(...)                                                                                  \
-    do {                                                                                           \
-        if (th_verbose) {                                                                          \
-            fprintf(stderr, "    ");                                                               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
-    } while (0)
-
 enum { NB = 4, DI1 = 12, DO1 = 8, DI2 = 8, DO2 = 5, NP = 7, STEPS = 6 };
 enum {
     OFF_W1 = 0,
