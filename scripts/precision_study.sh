@@ -23,38 +23,30 @@ threads=${THREADS:-1}
 cifar=${CIFAR:-../shared/data/cifar-100-binary}
 mkdir -p "$out"
 
-# sum of a health counter over the layers of the log's last step record that has health
-health_sum() { # LOG KEY
-    /usr/bin/python3 - "$1" "$2" <<'EOF'
+# the table's cells of one log: test accuracy and loss, skipped steps, wall time from the run
+# summary; decomposition failures and float64 retries summed over the layers of the last
+# step record that has health
+cells() { # LOG
+    /usr/bin/python3 - "$1" <<'EOF'
 import json, sys
-last = None
-for line in open(sys.argv[1]):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    if r.get("type") == "step" and "health" in r:
-        last = r
-print(sum(h.get(sys.argv[2], 0) for h in last["health"]) if last else 0)
-EOF
-}
-
-summary() { # LOG KEY
-    /usr/bin/python3 - "$1" "$2" <<'EOF'
-import json, sys
-s = None
+summ, health = {}, []
 for line in open(sys.argv[1]):
     try:
         r = json.loads(line)
     except ValueError:
         continue
     if r.get("type") == "summary":
-        s = r
-v = s.get(sys.argv[2]) if s else None
-if isinstance(v, float):
-    print("%.2f%%" % (100 * v) if sys.argv[2] == "test_accuracy" else "%.4g" % v)
-else:
-    print("—" if v is None else v)
+        summ = r
+    elif r.get("type") == "step" and "health" in r:
+        health = r["health"]
+def num(v, fmt):
+    return fmt % v if isinstance(v, (int, float)) else "—"
+acc = summ.get("test_accuracy")
+print(" | ".join([num(100 * acc, "%.2f%%") if isinstance(acc, float) else "—",
+                  num(summ.get("test_loss"), "%.4g"), num(summ.get("skipped_steps"), "%d"),
+                  str(sum(h.get("decomp_failures", 0) for h in health)),
+                  str(sum(h.get("decomp_retries", 0) for h in health)),
+                  num(summ.get("wall_s"), "%.4g")]))
 EOF
 }
 
@@ -75,9 +67,7 @@ run() {
             echo "| $name | $prec | exit $rc: $(tail -1 "$out/$name-$prec.out") | | | | | |"
             continue
         fi
-        echo "| $name | $prec | $(summary "$log" test_accuracy) | $(summary "$log" test_loss) |" \
-            "$(summary "$log" skipped_steps) | $(health_sum "$log" decomp_failures) |" \
-            "$(health_sum "$log" decomp_retries) | $(summary "$log" wall_s) |"
+        echo "| $name | $prec | $(cells "$log") |"
     done
 }
 
