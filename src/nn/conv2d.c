@@ -146,8 +146,9 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     l->col16 = nn_malloc(nn_mul(l->nthr, nc), sizeof(uint16_t));
     l->dy16 = nn_malloc(nn_mul(l->nthr, l->dy16_n), sizeof(uint16_t));
     const ngd_conv_geom *G = &l->geom;
-    l->x16 = nn_malloc(nn_mul(l->max_batch, G->c_in * G->h * G->w), sizeof(uint16_t));
-    if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->max_batch, l->c_out * L), sizeof(uint16_t));
+    // per thread: one chunk's samples (x16) and output gradients (dyx16), not the batch's
+    l->x16 = nn_malloc(nn_mul(l->nthr, l->chunk * G->c_in * G->h * G->w), sizeof(uint16_t));
+    if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->nthr, l->chunk * l->c_out * L), sizeof(uint16_t));
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
         l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = NULL;
@@ -160,6 +161,14 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
 static uint16_t *col16_of(const nn_conv2d *l, size_t t) {
     const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
     return l->col16 + t * nc;
+}
+
+// The bf16 copies of thread t's chunk: its samples x and (with wflip) its output gradients dy
+static uint16_t *x16_of(const nn_conv2d *l, size_t t) {
+    return l->x16 + t * l->chunk * l->geom.c_in * l->geom.h * l->geom.w;
+}
+static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
+    return l->dyx16 + t * l->chunk * l->c_out * l->oh * l->ow;
 }
 
 // nn_bf16_encode of one value (inlined in im2col and the transposing loop of nn_conv2d_stats)
@@ -358,20 +367,20 @@ static int thread_id(void) {
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
-                          float *ybuf, uint16_t *col16) {
+                          float *ybuf, uint16_t *col16, uint16_t *x16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const size_t RB = nb == 1 ? block_rows(OW) : OH;
-    // bf16: the chunk's samples rounded once, kept for backward's im2col
-    if (col16) nn_bf16_encode(x + n0 * xs, l->x16 + n0 * xs, nb * xs);
+    // bf16: the chunk's samples rounded once for all its blocks' im2col
+    if (col16) nn_bf16_encode(x + n0 * xs, x16, nb * xs);
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x + n0 * xs, col16 ? l->x16 + n0 * xs : NULL, nb, g, r0, R, colt, col16);
+            im2col_t(l, x + n0 * xs, col16 ? x16 : NULL, nb, g, r0, R, colt, col16);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
             if (col16) {
                 nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
@@ -413,20 +422,21 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
         const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
-                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL);
+                      l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL,
+                      l->w16 ? x16_of(l, t) : NULL);
     }
 }
 
 // dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows
 // [r0, r0+R) (nb = 1) or all of them (then through ybuf)
 static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
-                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf, uint16_t *col16) {
+                       size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf, uint16_t *col16,
+                       const uint16_t *dyx16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
-    im2col_t(&t, dy + n0 * cout * L, col16 ? l->dyx16 + n0 * cout * L : NULL, nb, 0, r0, R, tcolt,
-             col16);
+    im2col_t(&t, dy + n0 * cout * L, col16 ? dyx16 : NULL, nb, 0, r0, R, tcolt, col16);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
     if (col16) {
@@ -450,7 +460,7 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 // written instead when set). One sample: block by block of output rows, like forward.
 static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0, size_t nb,
                            float *colt, float *dcolt, float *ybuf, float *dwpart, uint16_t *col16,
-                           uint16_t *dy16) {
+                           uint16_t *dy16, uint16_t *x16, uint16_t *dyx16) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -463,9 +473,10 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         dyc = ybuf;
     }
     if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
-    // bf16 with the transposed convolution: the chunk's dy rounded once for its im2col
-    if (dx && l->wflip && dy16)
-        nn_bf16_encode(dy + n0 * cout * L, l->dyx16 + n0 * cout * L, nb * cout * L);
+    // bf16: the chunk's samples rounded again (as forward did: the same values; keeping them
+    // from forward would hold a batch of them) and, with the transposed convolution, its dy
+    if (dy16) nn_bf16_encode(l->x + n0 * xs, x16, nb * xs);
+    if (dx && l->wflip && dy16) nn_bf16_encode(dy + n0 * cout * L, dyx16, nb * cout * L);
     const size_t RB = nb == 1 ? block_rows(OW) : OH;
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
@@ -474,8 +485,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
-            im2col_t(l, l->x + n0 * xs, dy16 ? l->x16 + n0 * xs : NULL, nb, g, r0, R, colt,
-                     dy16 ? col16 : NULL);
+            im2col_t(l, l->x + n0 * xs, dy16 ? x16 : NULL, nb, g, r0, R, colt, dy16 ? col16 : NULL);
             if (dy16) {
                 const uint16_t *yg16 = dy16 + g * cog * ncol;
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
@@ -500,7 +510,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
-        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16);
+        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16,
+                   dyx16);
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
@@ -541,7 +552,8 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
                        l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw,
-                       l->w16 ? col16_of(l, t) : NULL, l->w16 ? l->dy16 + t * l->dy16_n : NULL);
+                       l->w16 ? col16_of(l, t) : NULL, l->w16 ? l->dy16 + t * l->dy16_n : NULL,
+                       l->w16 ? x16_of(l, t) : NULL, l->dyx16 ? dyx16_of(l, t) : NULL);
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)

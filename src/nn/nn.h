@@ -232,10 +232,10 @@ typedef struct {
     uint16_t *col16;         // nthr x max(colt_n, dcol_n)
     uint16_t *dy16;          // nthr x dy16_n: a chunk's dy (c_out, columns)
     size_t dy16_n;
-    uint16_t *x16;   // (max_batch, c_in, h, w) the input rounded once by forward: the source
-                     // of forward's and backward's im2col
-    uint16_t *dyx16; // (max_batch, c_out, oh, ow) dy rounded once (with wflip only): the
-                     // source of the transposed convolution's im2col
+    uint16_t *x16;   // nthr x (chunk, c_in, h, w): a chunk's input rounded (by forward, and
+                     // again by backward: no batch of them is kept), the source of its im2col
+    uint16_t *dyx16; // nthr x (chunk, c_out, oh, ow): a chunk's dy rounded (with wflip only),
+                     // the source of the transposed convolution's im2col
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
