@@ -12,7 +12,9 @@
 #   scripts/precision_study.sh [NGD] [OUTDIR] [GROUPS]
 #     NGD      the ngd binary (build/ngd)
 #     OUTDIR   logs (runs/precision-study)
-#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (those four), mlp-b, cnn-b
+#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (those four), mlp-b, cnn-b, and
+#              mlp-b-damping (MLP K-FAC at λ_rel = 1e-3 and 1e-4, near and below bf16's unit
+#              2^-8, in f32, bf16 and bf16-b)
 # Environment: THREADS (1), CIFAR (../shared/data/cifar-100-binary), MLP_EXTRA (options added
 # to the MLP runs, e.g. "--max-steps 12 --subset 1000" for a quick check), REUSE (1: keep the runs
 # whose logs are complete).
@@ -104,6 +106,12 @@ case ",$groups," in *,mlp-b,*)
     PRECS=bf16-b run mlp-kfac $m --optim kfac $kfac
     PRECS=bf16-b run mlp-rskfac $m --optim rskfac $kfac
     PRECS=bf16-b run mlp-bkfac $m --optim bkfac $kfac
+    ;;
+esac
+case ",$groups," in *,mlp-b-damping,*)
+    m="--model mlp --epochs 3 --schedule cosine ${MLP_EXTRA:-}"
+    PRECS="f32 bf16 bf16-b" run mlp-kfac-d1e-3 $m --optim kfac --lr 0.2 --damping 0.001
+    PRECS="f32 bf16 bf16-b" run mlp-kfac-d1e-4 $m --optim kfac --lr 0.2 --damping 0.0001
     ;;
 esac
 case ",$groups," in *,cnn-b,*)
