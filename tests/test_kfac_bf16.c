@@ -180,8 +180,8 @@ static void kfac_step_should_match_the_rounded_float64_reference(void) {
         }
         e16 = sqrt(e16), e32 = sqrt(e32), sn = sqrt(sn);
         const double tol = 4.0 * u * sn;
-        NOTE("seed %u: |S - ref| %.3g (bound %.3g), |S_f32 - S| %.3g, |S| %.3g, min den %.3g",
-             seed, e16, tol, e32, sn, den_min);
+        NOTE("seed %u: |S - ref| %.3g (bound %.3g), |S_f32 - S| %.3g, |S| %.3g, min den %.3g", seed,
+             e16, tol, e32, sn, den_min);
         CHECK_MSG(e16 <= tol, "seed %u: bf16 step %g from the reference (bound %g)", seed, e16,
                   tol);
         // the mode is not ignored: the f32 step is further from it than f32 rounding
@@ -269,8 +269,8 @@ static void nonfinite_statistics_should_be_counted(void) {
         tfill(&r, g, N * dout, -1, 1);
         tfill(&r, dw, dout * din, -0.01, 0.01);
         if (s == 2) a[3] = 3e38f; // its square overflows: Inf in the average
-        CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, din),
-                                ngd_matrix_f32(g, N, dout)) == NGD_OK);
+        CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, din), ngd_matrix_f32(g, N, dout)) ==
+              NGD_OK);
         CHECK(ngd_optim_step(o) == NGD_OK);
     }
     ngd_layer_health h;

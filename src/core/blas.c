@@ -393,7 +393,7 @@ int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, siz
     if (info == 0)
         info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
                                    (lapack_int)lda, tau, w, lw);
-    if (info == 0 && ngd_bf16_emul()) { // emulated bf16: Q and R rounded
+    if (info == 0 && ngd_bf16_emul()) {                 // emulated bf16: Q and R rounded
         ngd_view_round_bf16(ngd_view_rm(a, n, m, lda)); // (column-major m x n)
         if (r) ngd_view_round_bf16(ngd_view_rm(r, n, n, ldr));
     }

@@ -217,7 +217,7 @@ static void lri_core(const ngd_lowrank *F, float lambda, float mu, ngd_cview X, 
     size_t r = F->r, m = X.cols;
     ngd_cview U = ngd_lowrank_u(F);
     ngd_view Tv = ngd_view_rm(T, r, m, m); // (r, m) row-major
-    const bool em = ngd_bf16_emul(); // emulated bf16: each element-wise result rounded
+    const bool em = ngd_bf16_emul();       // emulated bf16: each element-wise result rounded
     if (r > 0) {
         ngd_gemm(1.0f, ngd_cview_t(U), X, 0.0f, Tv);
         for (size_t i = 0; i < r; i++) {

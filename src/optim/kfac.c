@@ -70,12 +70,11 @@ static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
     float lk = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(k->damping_rel) * DA[0]) * DG[0]);
     if (!(lk > 0)) lk = 1e-30f;
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
-        const float pi = ngd_bf16_round1(
-            kf_pi((double)ngd_bf16_round1((float)trA), LA->d, (double)ngd_bf16_round1((float)trG),
-                  LG->d));
+        const float pi = ngd_bf16_round1(kf_pi((double)ngd_bf16_round1((float)trA), LA->d,
+                                               (double)ngd_bf16_round1((float)trG), LG->d));
         const float gp = ngd_bf16_round1(sqrtf(lk));
-        return ngd_kfac_precond_factored(LG, LA, ngd_bf16_round1(gp / pi),
-                                         ngd_bf16_round1(pi * gp), J, S, kws, kbytes);
+        return ngd_kfac_precond_factored(LG, LA, ngd_bf16_round1(gp / pi), ngd_bf16_round1(pi * gp),
+                                         J, S, kws, kbytes);
     }
     return ngd_kfac_precond_exact(LG, LA, lk, J, S, kws, kbytes);
 }
