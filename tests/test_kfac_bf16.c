@@ -26,6 +26,7 @@
 #include "bf16.h"
 #include "harness.h"
 #include "kfac.h"
+#include "lowrank.h"
 #include "lrref.h"
 #include "ngd.h"
 
@@ -306,6 +307,71 @@ static void nonfinite_statistics_should_be_counted(void) {
     ngd_optim_free(o);
 }
 
+// The low-rank application of RS-KFAC, SRE-KFAC and the B methods (ngd_lri_apply, one side)
+// under emulated bf16 arithmetic, against the float64 reference of the same operations each
+// rounded: T = Uᵀ X; the coefficient ((μ − δ)/(δ + λ))/(μ + λ) step by step; T scaled by it;
+// Y = X·(1/(μ + λ)); Y = U T + Y (one GEMM with accumulation). Bound as in the K-FAC test
+// (reductions of length d = 24 or r = 6); with the mode off the same call must differ.
+static void lowrank_application_should_match_the_rounded_reference(void) {
+    enum { D = 24, R = 6, M = 10 };
+    const double u = ldexp(1.0, -8);
+    for (unsigned seed = 1; seed <= 4; seed++) {
+        trng r = {seed * 104729u};
+        float U[D * R], Dv[R], X[D * M], Y16[D * M], Y32[D * M];
+        tfill(&r, U, D * R, -0.5, 0.5);
+        tfill(&r, X, D * M, -1, 1);
+        for (size_t i = 0; i < R; i++)
+            Dv[i] = (float)(8.0 - (double)i - tu(&r)); // descending, positive
+        ngd_bf16_round(U, D * R), ngd_bf16_round(X, D * M), ngd_bf16_round(Dv, R);
+        const float lam = ngd_bf16_round1(0.37f), mu = seed % 2 ? 0.0f : ngd_bf16_round1(1.3f);
+        ngd_lowrank F = {U, Dv, D, R, R};
+        size_t wsb = ngd_lri_apply_ws(R, M);
+        void *ws = malloc(wsb);
+        for (int em = 0; em < 2; em++) {
+            const bool was = ngd_bf16_emul_set(em == 1);
+            CHECK(ngd_lri_apply(&F, lam, mu, ngd_cview_rm(X, D, M, M),
+                                ngd_view_rm(em ? Y16 : Y32, D, M, M), ws, wsb) == NGD_OK);
+            ngd_bf16_emul_set(was);
+        }
+        free(ws);
+        double T[R * M], Y[D * M];
+        for (size_t k = 0; k < R; k++) {
+            const double c =
+                rb(rb(rb((double)mu - (double)Dv[k]) / rb((double)Dv[k] + (double)lam)) /
+                   rb((double)mu + (double)lam));
+            for (size_t j = 0; j < M; j++) {
+                double t = 0;
+                for (size_t i = 0; i < D; i++)
+                    t += (double)U[i * R + k] * (double)X[i * M + j];
+                T[k * M + j] = rb(rb(t) * c);
+            }
+        }
+        const double inv = rb(1.0 / rb((double)mu + (double)lam));
+        double yn = 0, e16 = 0, e32 = 0;
+        size_t differ = 0;
+        for (size_t i = 0; i < D; i++)
+            for (size_t j = 0; j < M; j++) {
+                double y = rb((double)X[i * M + j] * inv);
+                for (size_t k = 0; k < R; k++)
+                    y += (double)U[i * R + k] * T[k * M + j];
+                Y[i * M + j] = rb(y);
+            }
+        for (size_t i = 0; i < D * M; i++) {
+            differ += (double)Y16[i] != Y[i];
+            e16 += ((double)Y16[i] - Y[i]) * ((double)Y16[i] - Y[i]);
+            e32 += ((double)Y32[i] - Y[i]) * ((double)Y32[i] - Y[i]);
+            yn += Y[i] * Y[i];
+        }
+        e16 = sqrt(e16), e32 = sqrt(e32), yn = sqrt(yn);
+        NOTE("seed %u: |Y - ref| %.3g, %zu of %d differ; f32 call %.3g from it; |Y| %.3g", seed,
+             e16, differ, D * M, e32, yn);
+        CHECK_MSG(e16 <= 4.0 * u * yn && differ <= D * M / 10,
+                  "seed %u: %zu entries differ, |Y - ref| %g (|Y| %g)", seed, differ, e16, yn);
+        CHECK_MSG(e32 > 100.0 * 16.0 * ldexp(1.0, -24) * yn, "seed %u: the switch changed nothing",
+                  seed);
+    }
+}
+
 static void config_should_refuse_a_bad_factor_arith(void) {
     ngd_config c = ngd_config_default(NGD_METHOD_RSKFAC);
     char msg[256] = "";
@@ -320,6 +386,7 @@ static const test_case TESTS[] = {
     TEST(kfac_step_should_match_the_rounded_float64_reference),
     TEST(stored_factor_state_should_be_bf16_values),
     TEST(nonfinite_statistics_should_be_counted),
+    TEST(lowrank_application_should_match_the_rounded_reference),
     TEST(config_should_refuse_a_bad_factor_arith),
 };
 
