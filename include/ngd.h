@@ -211,6 +211,21 @@ typedef struct {
     // held in f32 storage, so the EVD / RSVD / Brand steps read them in f32/f64 with no
     // conversion pass; the state is not smaller). NGD_F32 (default): f32 averages.
     ngd_dtype ea_dtype;
+    // Arithmetic of the factor path (docs/algorithms.md#bf16-factor-arithmetic). NGD_F32
+    // (default): float32. NGD_BF16: emulated bf16 arithmetic, as a bf16 tensor program on a
+    // GPU runs it — every OPERATION of the factor path takes bf16 operands and its result is
+    // rounded to bf16 (nearest even); inside one operation the arithmetic is float32 (GEMMs
+    // accumulate in f32, as bf16 tensor cores do). The factor path: the statistics rows and
+    // their products (A, Γ), the exponential average (ρ·old, (1−ρ)/n·new and their sum, each
+    // rounded), every GEMM, QR and SVD of the EVD / RSVD / SREVD / Brand / correction code,
+    // each decomposition's outputs (eigenvalues and vectors rounded as they come out of the
+    // f32 LAPACK call: no bf16 eigensolver exists on GPUs either), the damping additions and
+    // every element-wise step of the preconditioning (the incoming gradient rounded, Q_Gᵀ J,
+    // · Q_A, the denominators and the division, Q_G ·, · Q_Aᵀ; the low-rank application's
+    // products and scalings). No float64 retry of a failed eigendecomposition: a failure is
+    // counted in health (decomp_failures) and the previous decomposition kept. Every stored
+    // factor quantity (EA, U, D) is then exactly bf16-representable (held in f32 storage).
+    ngd_dtype factor_arith;
 } ngd_kfac_options;
 
 // Every hyper-parameter of every method. Fill with ngd_config_default(method), then edit.

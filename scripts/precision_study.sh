@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # precision_study.sh — issue 11's study: the same runs (seed, data subset, hyper-parameters)
 # in float32 and in bf16 (`ngd train --precision bf16`), for SINGD (dense, diagonal,
-# hierarchical, block-diagonal), the K-FAC family (K-FAC, RS-KFAC, B-KFAC: bf16 factor
-# averages, decompositions in float32 from them) and AdamW. Prints one markdown row per run
+# hierarchical, block-diagonal), the K-FAC family (K-FAC, RS-KFAC, B-KFAC: setting (a), bf16
+# factor averages, decompositions in float32 from them) and AdamW; groups mlp-b and cnn-b add
+# the K-FAC family's setting (b), precision "bf16-b": `--precision bf16 --kfac-arith bf16`,
+# every operation of the factor path rounded to bf16 (emulated), no float64 retries. Prints one markdown row per run
 # (test accuracy and loss, skipped steps, decomposition failures and float64 retries summed
 # over the layers from the last health record, wall time) as the runs finish, so a cut-short
 # study still reports what ran. Not part of `make test`: minutes to hours of CPU.
@@ -10,7 +12,9 @@
 #   scripts/precision_study.sh [NGD] [OUTDIR] [GROUPS]
 #     NGD      the ngd binary (build/ngd)
 #     OUTDIR   logs (runs/precision-study)
-#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (all four)
+#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (those four), mlp-b, cnn-b, and
+#              mlp-b-damping (MLP K-FAC at λ_rel = 1e-3 and 1e-4, near and below bf16's unit
+#              2^-8, in f32, bf16 and bf16-b)
 # Environment: THREADS (1), CIFAR (../shared/data/cifar-100-binary), MLP_EXTRA (options added
 # to the MLP runs, e.g. "--max-steps 12 --subset 1000" for a quick check), REUSE (1: keep the runs
 # whose logs are complete).
@@ -50,18 +54,21 @@ print(" | ".join([num(100 * acc, "%.2f%%") if isinstance(acc, float) else "—",
 EOF
 }
 
-# run NAME -- ngd train options (without --precision, --log)
+# run NAME -- ngd train options (without --precision, --log); PRECS: the precisions (f32 bf16;
+# bf16-b: --precision bf16 --kfac-arith bf16)
 run() {
     local name=$1 prec
     shift
-    for prec in f32 bf16; do
-        local log="$out/$name-$prec.jsonl" rc=0
+    for prec in ${PRECS:-f32 bf16}; do
+        local log="$out/$name-$prec.jsonl" rc=0 popt="--precision $prec"
+        [ "$prec" = bf16-b ] && popt="--precision bf16 --kfac-arith bf16"
         # REUSE=1: a run whose log already ends with its summary is not run again
         if [ "${REUSE:-0}" = 1 ] && [ -f "$log" ] && tail -1 "$log" | grep -q '"type":"summary"'; then
             :
         else
             rm -f "$log"
-            "$ngd" train "$@" --precision "$prec" --threads "$threads" --log "$log" >"$out/$name-$prec.out" 2>&1 || rc=$?
+            # shellcheck disable=SC2086 # popt is two options
+            "$ngd" train "$@" $popt --threads "$threads" --log "$log" >"$out/$name-$prec.out" 2>&1 || rc=$?
         fi
         if [ "$rc" != 0 ]; then
             echo "| $name | $prec | exit $rc: $(tail -1 "$out/$name-$prec.out") | | | | | |"
@@ -92,6 +99,24 @@ case ",$groups," in *,cnn,*)
     run cnn-singd-dense $m --optim singd $singd
     run cnn-singd-diagonal $m --optim singd $singd --structure diagonal
     run cnn-kfac $m --optim kfac $kfac
+    ;;
+esac
+case ",$groups," in *,mlp-b,*)
+    m="--model mlp --epochs 3 --schedule cosine ${MLP_EXTRA:-}"
+    PRECS=bf16-b run mlp-kfac $m --optim kfac $kfac
+    PRECS=bf16-b run mlp-rskfac $m --optim rskfac $kfac
+    PRECS=bf16-b run mlp-bkfac $m --optim bkfac $kfac
+    ;;
+esac
+case ",$groups," in *,mlp-b-damping,*)
+    m="--model mlp --epochs 3 --schedule cosine ${MLP_EXTRA:-}"
+    PRECS="f32 bf16 bf16-b" run mlp-kfac-d1e-3 $m --optim kfac --lr 0.2 --damping 0.001
+    PRECS="f32 bf16 bf16-b" run mlp-kfac-d1e-4 $m --optim kfac --lr 0.2 --damping 0.0001
+    ;;
+esac
+case ",$groups," in *,cnn-b,*)
+    m="--model cnn --epochs 2 --subset 20000 --schedule cosine"
+    PRECS=bf16-b run cnn-kfac $m --optim kfac $kfac
     ;;
 esac
 case ",$groups," in *,vit,*)

@@ -19,6 +19,13 @@ expect_msg "--precision: unknown precision 'fp8'" "bad precision message"
 expect_msg "f32 or bf16" "bad precision hint"
 expect_rc 0 "train --help lists --precision" "$NGD" train --help
 expect_msg "--precision" "help mentions --precision"
+expect_rc 2 "--kfac-arith f16" "$NGD" train --optim kfac --kfac-arith f16 --quiet
+expect_msg "--kfac-arith: unknown value 'f16'" "bad --kfac-arith message"
+expect_msg "f32, bf16" "bad --kfac-arith hint"
+expect_rc 2 "--kfac-arith with adamw" "$NGD" train --optim adamw --kfac-arith bf16 --quiet
+expect_msg "--kfac-arith is used only by kfac" "--kfac-arith outside the K-FAC family"
+expect_rc 0 "train --help lists --kfac-arith" "$NGD" train --help
+expect_msg "--kfac-arith A" "help mentions --kfac-arith"
 expect_rc 2 "bench --precision fp8" "$NGD" bench train --precision fp8
 expect_msg "--precision: unknown list 'fp8'" "bench bad precision message"
 
@@ -61,10 +68,27 @@ margin "cnn kfac" --model cnn --widths 4,4 --optim kfac --lr 0.2 --damping 0.01 
 "$NGD" train --model mlp --widths 64 --optim singd --subset 256 --batch 64 --max-steps 2 --precision bf16 --factor-dtype f32 --quiet --log "$D/fd.jsonl" >/dev/null 2>&1
 [ "$(summary "$D/fd.jsonl" optimizer_state_bytes)" = "$s32" ] && ok || bad "--factor-dtype f32 under --precision bf16 changed the state bytes"
 
+# K-FAC with emulated bf16 factor arithmetic (--kfac-arith bf16, every operation of the
+# factor path rounded to bf16): it learns (test loss < 2.2), says so in its summary, and is
+# not the run without it (different parameters)
+K="--model mlp --widths 32 --optim kfac --lr 0.2 --damping 0.01 --T-u 2 --T-i 4 $B --precision bf16 --quiet"
+# shellcheck disable=SC2086
+"$NGD" train $K --kfac-arith bf16 --log "$D/kb.jsonl" >/dev/null 2>&1 || bad "--kfac-arith bf16 run failed"
+# shellcheck disable=SC2086
+"$NGD" train $K --log "$D/ka.jsonl" >/dev/null 2>&1 || bad "--precision bf16 kfac run failed"
+lb=$(summary "$D/kb.jsonl" test_loss)
+awk -v b="${lb:-99}" 'BEGIN{exit !(b < 2.2)}' && ok || bad "--kfac-arith bf16: test loss ${lb:-?} (want < 2.2)"
+grep -q '"kfac_arith":"bf16"' "$D/kb.jsonl" && ok || bad "--kfac-arith bf16: summary does not say so"
+crc() { grep '"type":"summary"' "$1" | sed -n 's/.*"parameters_crc":"\([0-9a-f]*\)".*/\1/p'; }
+[ -n "$(crc "$D/kb.jsonl")" ] && [ "$(crc "$D/kb.jsonl")" != "$(crc "$D/ka.jsonl")" ] && ok ||
+    bad "--kfac-arith bf16 gave the parameters of the run without it"
+
 # resume == no stop, bit for bit, in bf16 (the resume crosses an epoch boundary and, for
-# SINGD, a factor update; for the cnn a K-FAC refresh)
+# SINGD, a factor update; for the cnn and the --kfac-arith runs a K-FAC refresh)
 for run in "--model mlp --widths 32 --optim singd --structure dense" \
-           "--model cnn --widths 4,4 --optim kfac --T-u 2 --T-i 4"; do
+           "--model cnn --widths 4,4 --optim kfac --T-u 2 --T-i 4" \
+           "--model mlp --widths 32 --optim kfac --kfac-arith bf16 --T-u 2 --T-i 4" \
+           "--model mlp --widths 32 --optim bkfac --kfac-arith bf16 --rank 8 --T-u 2 --T-i 4"; do
     # shellcheck disable=SC2086
     A="$run --subset 512 --batch 64 --seed 3 --epochs 3 --precision bf16 --threads 2 --quiet --log $D/r.jsonl"
     # shellcheck disable=SC2086

@@ -74,6 +74,7 @@ _KFAC_ENUMS = {
     "identity_init": _lib.IDENTITY_INIT,
     "brand_truncate": _lib.BRAND_TRUNCATE,
     "ea_dtype": _lib.DTYPES,
+    "factor_arith": _lib.DTYPES,
 }
 _TOP = {f for f, _ in _lib.Config._fields_} - {"method", "kfac", "lr_cov_user", "log_user"}
 _KFAC = {f for f, _ in _lib.KfacOptions._fields_}
@@ -157,7 +158,8 @@ def make_config(method="singd", **options):
     oversample, power_iters, tail ('zero', 'min_kept'), brand_rank, brand_mult,
     refresh_mult, corr_mult, corr_frac, brand_truncate ('after', 'before_next'),
     reorth_every, factored_apply, seed, ea_dtype ('f32', 'bf16': factor averages rounded to
-    bf16)). structures=(K, C) (or one name for both) is a
+    bf16), factor_arith ('f32', 'bf16': emulated bf16 arithmetic of the factor path, every
+    operation's result rounded)). structures=(K, C) (or one name for both) is a
     shorthand for structure_K, structure_C.
 
     Returns (config, keepalive): keepalive holds the ctypes callbacks that must outlive the

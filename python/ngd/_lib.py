@@ -87,6 +87,7 @@ class KfacOptions(ctypes.Structure):
         ("factored_apply", ctypes.c_bool),
         ("seed", ctypes.c_uint64),
         ("ea_dtype", c_enum),
+        ("factor_arith", c_enum),
     ]
 
 

@@ -26,7 +26,7 @@ int main(void) {
     K(rho), K(T_u), K(T_i), K(damping_rel), K(damping_kind), K(clip), K(clip_kappa), K(wd_start);
     K(identity_init), K(eig_zero_tol), K(rank), K(oversample), K(power_iters), K(tail);
     K(brand_rank), K(brand_mult), K(refresh_mult), K(corr_mult), K(corr_frac), K(brand_truncate);
-    K(reorth_every), K(factored_apply), K(seed), K(ea_dtype);
+    K(reorth_every), K(factored_apply), K(seed), K(ea_dtype), K(factor_arith);
 #define C(f) F("Config", ngd_config, f)
     Z("Config", ngd_config);
     C(method), C(lr), C(momentum), C(weight_decay), C(nesterov), C(beta1), C(beta2), C(eps);

@@ -98,7 +98,8 @@ def test_every_option_reaches_the_config():
                              identity_init="in_factor", eig_zero_tol=1e-9, rank=17, oversample=3,
                              power_iters=2, tail="min_kept", brand_rank=5, brand_mult=2, refresh_mult=3,
                              corr_mult=4, corr_frac=0.5, brand_truncate="before_next", reorth_every=13,
-                             factored_apply=True, seed=99, ea_dtype="bf16")
+                             factored_apply=True, seed=99, ea_dtype="bf16",
+                             factor_arith="bf16")
     d = ngd.config_dict(cfg)
     assert d["method"] == 4 and d["T"] == 7 and d["nesterov"] and d["loss_average"] == 2 and d["kfac_approx"] == 1
     assert abs(d["eps"] - 1e-6) < 1e-12 and abs(d["init_grad_scale"] - 4.0) < 1e-7
@@ -109,7 +110,7 @@ def test_every_option_reaches_the_config():
     assert (k["rank"], k["oversample"], k["power_iters"], k["tail"], k["brand_rank"]) == (17, 3, 2, 1, 5)
     assert (k["brand_mult"], k["refresh_mult"], k["corr_mult"], k["brand_truncate"], k["reorth_every"]) == (2, 3, 4, 1, 13)
     assert k["factored_apply"] and k["seed"] == 99 and abs(k["corr_frac"] - 0.5) < 1e-7
-    assert k["ea_dtype"] == 1
+    assert k["ea_dtype"] == 1 and k["factor_arith"] == 1
     # SINGD's bf16 factor arithmetic (needs both factors stored in bf16)
     d = ngd.config_dict(ngd.make_config("singd", structures="dense:bf16", factor_compute="bf16")[0])
     assert d["factor_compute"] == 1 and d["structure_K"]["dtype"] == 1 and d["structure_C"]["dtype"] == 1

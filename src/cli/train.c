@@ -498,6 +498,7 @@ int train_run(const train_opts *t, bool eval_only) {
     cJSON_AddStringToObject(j, "data", t->data);
     cJSON_AddStringToObject(j, "optim", ngd_method_name(t->method));
     cJSON_AddStringToObject(j, "precision", t->bf16 ? "bf16" : "f32");
+    if (t->cfg.kfac.factor_arith == NGD_BF16) cJSON_AddStringToObject(j, "kfac_arith", "bf16");
     if (t->has_param_cfg) {
         cJSON_AddStringToObject(j, "param_optim", ngd_method_name(t->param_cfg.method));
         cJSON_AddNumberToObject(j, "param_lr", (double)t->param_cfg.lr);

@@ -97,7 +97,8 @@ enum {
     O_POPTIM,
     O_PLR,
     O_PWD,
-    O_PRECISION
+    O_PRECISION,
+    O_KARITH
 };
 
 // The run, as the options give it (ngd eval: as its checkpoint's header records it).

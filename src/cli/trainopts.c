@@ -60,6 +60,9 @@ static const cli_opt OPTS[] = {
     {"kfac-damping", 1, O_KDAMP, "KIND",
      "K-FAC: exact (λ_rel·maxγ·maxα on the Kronecker "
      "product, default) or pi (factored π-damping)"},
+    {"kfac-arith", 1, O_KARITH, "A",
+     "K-FAC family factor-path arithmetic: f32 (default) or bf16 (emulated: every "
+     "operation's result rounded to bf16, no float64 retries)"},
     {"clip", 1, O_CLIP, "KIND",
      "K-FAC family step clip: rms (per layer, default), kl (global), "
      "none"},
@@ -203,7 +206,7 @@ static int parse_zr(const char *opt, const char *s, size_t lo, size_t hi, size_t
 }
 
 // The K-FAC family's named choices: --kfac-damping, --clip, --identity-init, --tail,
-// --brand-truncate. Returns -1 (after a usage error) for an unknown name.
+// --brand-truncate, --kfac-arith. Returns -1 (after a usage error) for an unknown name.
 static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
     static const struct {
         int opt;
@@ -221,6 +224,8 @@ static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
         {O_TAIL, "min_kept", NGD_TAIL_MIN_KEPT},
         {O_BTRUNC, "after", NGD_BRAND_TRUNC_AFTER},
         {O_BTRUNC, "before_next", NGD_BRAND_TRUNC_BEFORE_NEXT},
+        {O_KARITH, "f32", NGD_F32},
+        {O_KARITH, "bf16", NGD_BF16},
     };
     char choices[128] = "";
     const char *flag = "";
@@ -232,6 +237,7 @@ static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
             case O_CLIP: k->clip = (ngd_clip)T[i].value; break;
             case O_IDINIT: k->identity_init = (ngd_identity_init)T[i].value; break;
             case O_TAIL: k->tail = (ngd_tail_model)T[i].value; break;
+            case O_KARITH: k->factor_arith = (ngd_dtype)T[i].value; break;
             default: k->brand_truncate = (ngd_brand_truncate)T[i].value; break;
             }
             return 0;
@@ -454,6 +460,7 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_IDINIT:
         case O_TAIL:
         case O_BTRUNC:
+        case O_KARITH:
             if (parse_kfac_enum(c, optarg, &t->cfg.kfac)) return -1;
             break;
         case O_LRCOV:

@@ -42,6 +42,7 @@ static const struct {
     {O_TU, M_KFACS},
     {O_TI, M_KFACS},
     {O_KDAMP, MB(KFAC)},
+    {O_KARITH, M_KFACS},
     {O_CLIP, M_KFACS},
     {O_KAPPA, M_KFACS},
     {O_WDSTART, M_KFACS},
@@ -120,6 +121,7 @@ void train_name_options(const char *msg, char *out, size_t cap) {
         {"kfac.corr_frac", "--corr-frac"},
         {"kfac.factored_apply", "--factored"},
         {"kfac.identity_init", "--identity-init"},
+        {"kfac.factor_arith", "--kfac-arith"},
     };
     size_t subject = strlen(msg); // the names come before the verb (or a colon)
     static const char *const VERBS[] = {" must", " needs", " is ", ":"};

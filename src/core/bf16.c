@@ -15,3 +15,18 @@ void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n) {
         dst[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
     }
 }
+
+void ngd_bf16_round(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = ngd_bf16_round1(x[i]);
+}
+
+static _Thread_local bool emul; // ngd_bf16_emul_set
+
+bool ngd_bf16_emul_set(bool on) {
+    const bool was = emul;
+    emul = on;
+    return was;
+}
+
+bool ngd_bf16_emul(void) { return emul; }

@@ -1,6 +1,7 @@
 /* bf16.h — bfloat16 <-> float32 conversion (round to nearest even; NaN kept quiet). */
 #ifndef NGD_BF16_H
 #define NGD_BF16_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -22,4 +23,16 @@ static inline uint16_t ngd_f32_to_bf16(float f) {
 
 void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n);
 void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n);
+
+// x rounded to the nearest bf16 value (ties to even), as a float.
+static inline float ngd_bf16_round1(float x) { return ngd_bf16_to_f32(ngd_f32_to_bf16(x)); }
+void ngd_bf16_round(float *x, size_t n); // every x[i] := ngd_bf16_round1(x[i])
+
+// Emulated bf16 arithmetic (ngd_kfac_options.factor_arith = NGD_BF16): while it is on in the
+// calling thread, the operations of blas.c (ngd_gemm, ngd_syrk_full, ngd_view_scale,
+// ngd_view_copy, the LAPACK calls' outputs) and the element-wise steps of lowrank.c round
+// their results to bf16. Off by default; ngd_bf16_emul_set returns the previous state so a
+// caller restores it. Thread-local: one layer's factor path, whichever thread runs it.
+bool ngd_bf16_emul_set(bool on);
+bool ngd_bf16_emul(void);
 #endif

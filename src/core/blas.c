@@ -112,6 +112,7 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)C.rows * C.cols * A.cols,
                               memory_order_relaxed);
     gemm(alpha, A, B, beta, C);
+    if (ngd_bf16_emul()) ngd_view_round_bf16(C); // (one test per product, not per element)
 }
 
 // Exported by oneDNN 2.6 but not declared in its header (DEPS.md): dnnl_sgemm's contract
@@ -196,7 +197,24 @@ static bool by_columns(ptrdiff_t rs, ptrdiff_t cs) {
     return (cs < 0 ? -cs : cs) > (rs < 0 ? -rs : rs);
 }
 
+void ngd_view_round_bf16(ngd_view v) {
+    if (by_columns(v.rs, v.cs)) {
+        for (size_t j = 0; j < v.cols; j++)
+            for (size_t i = 0; i < v.rows; i++)
+                NGD_AT(v, i, j) = ngd_bf16_round1(NGD_AT(v, i, j));
+        return;
+    }
+    for (size_t i = 0; i < v.rows; i++)
+        for (size_t j = 0; j < v.cols; j++)
+            NGD_AT(v, i, j) = ngd_bf16_round1(NGD_AT(v, i, j));
+}
+
 void ngd_view_scale(ngd_view v, float s) {
+    ngd_view_scale_f32(v, s);
+    if (ngd_bf16_emul()) ngd_view_round_bf16(v);
+}
+
+void ngd_view_scale_f32(ngd_view v, float s) {
     if (by_columns(v.rs, v.cs)) {
         for (size_t j = 0; j < v.cols; j++)
             for (size_t i = 0; i < v.rows; i++)
@@ -214,11 +232,12 @@ void ngd_view_copy(ngd_cview src, ngd_view dst) {
         for (size_t j = 0; j < src.cols; j++)
             for (size_t i = 0; i < src.rows; i++)
                 NGD_AT(dst, i, j) = NGD_AT(src, i, j);
-        return;
+    } else {
+        for (size_t i = 0; i < src.rows; i++)
+            for (size_t j = 0; j < src.cols; j++)
+                NGD_AT(dst, i, j) = NGD_AT(src, i, j);
     }
-    for (size_t i = 0; i < src.rows; i++)
-        for (size_t j = 0; j < src.cols; j++)
-            NGD_AT(dst, i, j) = NGD_AT(src, i, j);
+    if (ngd_bf16_emul()) ngd_view_round_bf16(dst);
 }
 
 void ngd_view_zero(ngd_view v) {
@@ -292,6 +311,10 @@ int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_
                                    (lapack_int)NGD_MIN(liwork, INT_MAX));
     // column-major eigenvectors are the rows of the row-major buffer: make them columns
     if (info == 0) transpose_sq_f(n, a, lda);
+    if (info == 0 && ngd_bf16_emul()) { // emulated bf16: the outputs rounded
+        ngd_bf16_round(w, n);
+        ngd_view_round_bf16(ngd_view_rm(a, n, n, lda));
+    }
     return info;
 }
 
@@ -370,6 +393,10 @@ int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, siz
     if (info == 0)
         info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)n, (lapack_int)n, a,
                                    (lapack_int)lda, tau, w, lw);
+    if (info == 0 && ngd_bf16_emul()) {                 // emulated bf16: Q and R rounded
+        ngd_view_round_bf16(ngd_view_rm(a, n, m, lda)); // (column-major m x n)
+        if (r) ngd_view_round_bf16(ngd_view_rm(r, n, n, ldr));
+    }
     return info;
 }
 
@@ -415,8 +442,13 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
             R[i + j * n] = i <= j ? a[i + j * lda] : 0.0f;
     float u = 0;
     // Σ and Vᵀ of R are those of A; column-major Vᵀ (leading dimension ldv) read row-major is V
-    return LAPACKE_sgesvd_work(LAPACK_COL_MAJOR, 'N', 'S', (lapack_int)n, (lapack_int)n, R,
+    info = LAPACKE_sgesvd_work(LAPACK_COL_MAJOR, 'N', 'S', (lapack_int)n, (lapack_int)n, R,
                                (lapack_int)n, s, &u, 1, v, (lapack_int)ldv, w, lw);
+    if (info == 0 && ngd_bf16_emul()) { // emulated bf16: Σ and V rounded
+        ngd_bf16_round(s, n);
+        ngd_view_round_bf16(ngd_view_rm(v, n, n, ldv));
+    }
+    return info;
 }
 
 int ngd_blas_serial_begin(void) {

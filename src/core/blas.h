@@ -76,7 +76,9 @@ void ngd_gemm_bf16_force_convert(bool on);
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C);
 
 // v *= s; y += a*x; sum of squares (in double); max |x|
-void ngd_view_scale(ngd_view v, float s);
+void ngd_view_scale(ngd_view v, float s);     // (result rounded under ngd_bf16_emul, bf16.h)
+void ngd_view_scale_f32(ngd_view v, float s); // never rounded
+void ngd_view_round_bf16(ngd_view v);         // every element rounded to bf16
 void ngd_view_copy(ngd_cview src, ngd_view dst);
 void ngd_view_zero(ngd_view v);
 

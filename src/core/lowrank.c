@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "impl.h"
 
 // ---- workspace carving ----
@@ -165,6 +166,10 @@ static void desc_from_asc_d(size_t n, const double *v, const double *w, size_t k
         double x = w[n - 1 - j];
         wd[j] = (x <= tol || x < 0) ? 0.0f : (float)x;
     }
+    if (ngd_bf16_emul()) { // emulated bf16: the decomposition's outputs rounded
+        ngd_bf16_round(vd, n * k);
+        ngd_bf16_round(wd, k);
+    }
 }
 
 // The small symmetric EVDs (N = r+n, n, r, s, ℓ: at most a few hundred) run single-threaded:
@@ -212,21 +217,29 @@ static void lri_core(const ngd_lowrank *F, float lambda, float mu, ngd_cview X, 
     size_t r = F->r, m = X.cols;
     ngd_cview U = ngd_lowrank_u(F);
     ngd_view Tv = ngd_view_rm(T, r, m, m); // (r, m) row-major
+    const bool em = ngd_bf16_emul();       // emulated bf16: each element-wise result rounded
     if (r > 0) {
         ngd_gemm(1.0f, ngd_cview_t(U), X, 0.0f, Tv);
         for (size_t i = 0; i < r; i++) {
             // 1/(δ+λ) − 1/(μ+λ) = (μ − δ)/((δ+λ)(μ+λ)): no cancellation when δ ≈ μ, and
             // divided in two steps so the product cannot overflow.
             float c = ((mu - F->D[i]) / (F->D[i] + lambda)) / (mu + lambda);
+            if (em)
+                c = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(mu - F->D[i]) /
+                                                    ngd_bf16_round1(F->D[i] + lambda)) /
+                                    ngd_bf16_round1(mu + lambda));
             for (size_t j = 0; j < m; j++)
                 T[i * m + j] *= c;
+            if (em) ngd_bf16_round(T + i * m, m);
         }
     }
     float inv_tail = 1.0f / (mu + lambda);
+    if (em) inv_tail = ngd_bf16_round1(1.0f / ngd_bf16_round1(mu + lambda));
     if (same_view(X, Y))
-        ngd_view_scale(Y, inv_tail);
+        ngd_view_scale(Y, inv_tail); // (rounds under emulation)
     else
         scale_copy(X, Y, inv_tail);
+    if (em && !same_view(X, Y)) ngd_view_round_bf16(Y);
     if (r > 0) ngd_gemm(1.0f, U, ngd_cv(Tv), 1.0f, Y);
 }
 
@@ -1060,11 +1073,21 @@ static ngd_status kfac_eig_apply(const ngd_lowrank *G, const ngd_lowrank *A, boo
     ngd_cview QG = ngd_lowrank_u(G), QA = ngd_lowrank_u(A);
     ngd_gemm(1.0f, ngd_cview_t(QG), J, 0.0f, T);
     ngd_gemm(1.0f, ngd_cv(T), QA, 0.0f, S);
-    for (size_t i = 0; i < dG; i++)
-        for (size_t j = 0; j < dA; j++) {
-            float den = exact ? G->D[i] * A->D[j] + lk : (G->D[i] + lg) * (A->D[j] + la);
-            NGD_AT(S, i, j) /= den;
-        }
+    if (ngd_bf16_emul()) { // each element-wise result rounded to bf16: product, sum, quotient
+        for (size_t i = 0; i < dG; i++)
+            for (size_t j = 0; j < dA; j++) {
+                float den = exact ? ngd_bf16_round1(ngd_bf16_round1(G->D[i] * A->D[j]) + lk)
+                                  : ngd_bf16_round1(ngd_bf16_round1(G->D[i] + lg) *
+                                                    ngd_bf16_round1(A->D[j] + la));
+                NGD_AT(S, i, j) = ngd_bf16_round1(NGD_AT(S, i, j) / den);
+            }
+    } else {
+        for (size_t i = 0; i < dG; i++)
+            for (size_t j = 0; j < dA; j++) {
+                float den = exact ? G->D[i] * A->D[j] + lk : (G->D[i] + lg) * (A->D[j] + la);
+                NGD_AT(S, i, j) /= den;
+            }
+    }
     ngd_gemm(1.0f, QG, ngd_cv(S), 0.0f, T);
     ngd_gemm(1.0f, ngd_cv(T), ngd_cview_t(QA), 0.0f, S);
     return NGD_OK;

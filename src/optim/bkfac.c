@@ -23,6 +23,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "kfac.h"
 
 size_t kf_brand_rank(const ngd_config *c) {
@@ -144,7 +145,8 @@ ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
         return NGD_OK;
     }
     ngd_lowrank L = kf_rep(f);
-    const float cs = sqrtf((1.0f - k->rho) / (float)s->pend.samples);
+    float cs = sqrtf((1.0f - k->rho) / (float)s->pend.samples);
+    if (k->factor_arith == NGD_BF16) cs = ngd_bf16_round1(cs); // (a bf16 operand)
     ngd_status st = NGD_OK;
     for (size_t j0 = 0; j0 < rows && st == NGD_OK; j0 += n) {
         const size_t nc = NGD_MIN(n, rows - j0);

@@ -260,6 +260,8 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     const ngd_kfac_options *k = &c->kfac;
     if (k->ea_dtype != NGD_F32 && k->ea_dtype != NGD_BF16)
         BAD("kfac.ea_dtype must be f32 or bf16 (got %d)", (int)k->ea_dtype);
+    if (k->factor_arith != NGD_F32 && k->factor_arith != NGD_BF16)
+        BAD("kfac.factor_arith must be f32 or bf16 (got %d)", (int)k->factor_arith);
     if (!(k->rho >= 0.0f && k->rho < 1.0f)) BAD("kfac.rho must be in [0, 1)");
     if (k->T_u == 0 || k->T_i == 0) BAD("kfac.T_u and kfac.T_i must be >= 1");
     if (!finite_nonneg(k->damping_rel)) BAD("kfac.damping_rel must be >= 0");

@@ -9,6 +9,7 @@
  */
 #include <math.h>
 
+#include "bf16.h"
 #include "kfac.h"
 
 size_t kf_refresh_evd_ws(size_t d) { return ngd_sym_eig_ws(d, NGD_EIG_F32_THEN_F64); }
@@ -24,8 +25,12 @@ ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
                               e->name, d, d);
     ngd_lowrank L = kf_rep(f);
     ngd_eig_outcome out;
-    ngd_status st = ngd_sym_eig(ngd_cview_rm(f->ea, d, d, d), e->cfg.kfac.eig_zero_tol,
-                                NGD_EIG_F32_THEN_F64, &L, &out, ws, bytes);
+    // emulated bf16 arithmetic: no float64 retry (it would hide the failure); the f32
+    // LAPACK call's outputs are rounded to bf16 (blas.c)
+    const ngd_eig_mode mode =
+        e->cfg.kfac.factor_arith == NGD_BF16 ? NGD_EIG_F32 : NGD_EIG_F32_THEN_F64;
+    ngd_status st = ngd_sym_eig(ngd_cview_rm(f->ea, d, d, d), e->cfg.kfac.eig_zero_tol, mode, &L,
+                                &out, ws, bytes);
     if (st) return ngd_optim_fail(o, st, "layer '%s': eigendecomposition: bad arguments", e->name);
     if (out == NGD_EIG_FAILED) { // keep the last good decomposition (#k-fac)
         e->h.decomp_failures++;
@@ -54,6 +59,26 @@ bool kf_eigenbasis_ok(const ngd_entry *e) {
            s->f[KF_G].cnt.rank == e->d_out;
 }
 
+// kf_precond_eigenbasis under emulated bf16 arithmetic (kfac.factor_arith), once the shifted
+// eigenvalues are rounded: λ_K = λ_rel·γ_max·α_max (two products), and for π-damping the
+// traces' quotient, its square root and the scalings, each rounded to bf16 (the traces are
+// reductions: accumulated wide, the result rounded). The kernels round the rest (lowrank.c).
+static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
+                               const ngd_lowrank *LA, double trA, double trG, ngd_cview J,
+                               ngd_view S, void *kws, size_t kbytes) {
+    const float *DA = LA->D, *DG = LG->D;
+    float lk = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(k->damping_rel) * DA[0]) * DG[0]);
+    if (!(lk > 0)) lk = 1e-30f;
+    if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
+        const float pi = ngd_bf16_round1(kf_pi((double)ngd_bf16_round1((float)trA), LA->d,
+                                               (double)ngd_bf16_round1((float)trG), LG->d));
+        const float gp = ngd_bf16_round1(sqrtf(lk));
+        return ngd_kfac_precond_factored(LG, LA, ngd_bf16_round1(gp / pi), ngd_bf16_round1(pi * gp),
+                                         J, S, kws, kbytes);
+    }
+    return ngd_kfac_precond_exact(LG, LA, lk, J, S, kws, kbytes);
+}
+
 ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, ngd_view S, float *DA, float *DG,
                                  void *kws, size_t kbytes) {
     const kf_state *s = e->ms;
@@ -63,11 +88,22 @@ ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, ngd_view S, fl
     // eigenvalues shifted by the identity term
     const float sA = kf_id_shift(e, fA), sG = kf_id_shift(e, fG);
     double trA = 0, trG = 0;
-    for (size_t i = 0; i < dA; i++)
-        DA[i] = fA->D[i] + sA, trA += (double)DA[i];
-    for (size_t i = 0; i < dG; i++)
-        DG[i] = fG->D[i] + sG, trG += (double)DG[i];
+    const bool em = k->factor_arith == NGD_BF16;
+    if (em) { // emulated bf16: the shift and each sum rounded
+        const float rA = ngd_bf16_round1(sA), rG = ngd_bf16_round1(sG);
+        for (size_t i = 0; i < dA; i++)
+            DA[i] = ngd_bf16_round1(fA->D[i] + rA), trA += (double)DA[i];
+        for (size_t i = 0; i < dG; i++)
+            DG[i] = ngd_bf16_round1(fG->D[i] + rG), trG += (double)DG[i];
+    } else {
+        for (size_t i = 0; i < dA; i++)
+            DA[i] = fA->D[i] + sA, trA += (double)DA[i];
+        for (size_t i = 0; i < dG; i++)
+            DG[i] = fG->D[i] + sG, trG += (double)DG[i];
+    }
     ngd_lowrank LA = {fA->U, DA, dA, dA, fA->cap}, LG = {fG->U, DG, dG, dG, fG->cap};
+    if (em) // emulated bf16: each damping operation rounded
+        return precond_bf16(k, &LG, &LA, trA, trG, J, S, kws, kbytes);
     const double lk = (double)k->damping_rel * (double)DA[0] * (double)DG[0];
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
         const double pi = (double)kf_pi(trA, dA, trG, dG);

@@ -118,8 +118,12 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     if (!chunk)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
     const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
-    const float wa = (float)(1.0 / (double)R);
-    const float wg = (float)(c * sqrt((double)R) / (double)o->scale_cur);
+    // emulated bf16 (kfac.factor_arith): the rows, their scaling and the products rounded
+    const bool em = e->cfg.kfac.factor_arith == NGD_BF16;
+    float wa = (float)(1.0 / (double)R);
+    float wg = (float)(c * sqrt((double)R) / (double)o->scale_cur);
+    if (em) wa = ngd_bf16_round1(wa), wg = ngd_bf16_round1(wg);
+    const bool was = ngd_bf16_emul_set(em);
     for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
         const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         const float beta = (s->has_pend || r0 > 0) ? 1.0f : 0.0f;
@@ -130,10 +134,13 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
                 ngd_stats_a_rows(e, batch, a, g, r0, nr, chunk);
             else
                 ngd_stats_g_rows(e, batch, g, r0, nr, chunk);
+            if (em) ngd_bf16_round(chunk, nr * d); // bf16 operands
             const float w = k == KF_A ? wa : wg;
-            if (w != 1.0f)
+            if (w != 1.0f) {
                 for (size_t i = 0; i < nr * d; i++)
                     chunk[i] *= w;
+                if (em) ngd_bf16_round(chunk, nr * d);
+            }
             if (stats && f->pend) { // pend (+)= Xᵀ X, X = the nr x d chunk (seen as d x nr)
                 ngd_cview Xt = {chunk, d, nr, 1, (ptrdiff_t)d};
                 ngd_syrk_full(1.0f, Xt, beta, ngd_view_rm(f->pend, d, d, d));
@@ -142,6 +149,7 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
                 memcpy(f->rows + (size_t)(s->pend.rows + r0) * d, chunk, nr * d * sizeof(float));
         }
     }
+    ngd_bf16_emul_set(was);
     if (stats) {
         s->pend.samples += batch;
         s->has_pend = 1;
@@ -160,12 +168,21 @@ static void kfac_discard(ngd_entry *e) {
 }
 
 // F̄ := ρ F̄ + (1−ρ)/n · pend (#exponential-average); with bf16 averages each result is
-// rounded to bf16.
-static void ea_update(kf_factor *f, float rho, double n, bool bf16) {
+// rounded to bf16; with emulated bf16 arithmetic (em) each operation's result: ρ·F̄,
+// (1−ρ)/n · pend (one scaling, the scalar rounded) and their sum.
+static void ea_update(kf_factor *f, float rho, double n, bool bf16, bool em) {
     const size_t dd = f->d * f->d;
-    const float a = rho, b = (float)((1.0 - (double)rho) / n);
+    float a = rho, b = (float)((1.0 - (double)rho) / n);
     float *ea = f->ea;
     const float *p = f->pend;
+    if (em) {
+        a = ngd_bf16_round1(a), b = ngd_bf16_round1(b);
+#pragma omp parallel for schedule(static) if (dd > NGD_PAR_MIN)
+        for (size_t i = 0; i < dd; i++)
+            ea[i] = ngd_bf16_round1(ngd_bf16_round1(a * ea[i]) + ngd_bf16_round1(b * p[i]));
+        f->cnt.ea_updates++;
+        return;
+    }
 #pragma omp parallel for schedule(static) if (dd > NGD_PAR_MIN)
     for (size_t i = 0; i < dd; i++) {
         const float v = a * ea[i] + b * p[i];
@@ -174,7 +191,14 @@ static void ea_update(kf_factor *f, float rho, double n, bool bf16) {
     f->cnt.ea_updates++;
 }
 
-static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
+// Emulated bf16 (kfac.factor_arith): a decomposition's outputs rounded as they are stored.
+static void round_rep(const ngd_entry *e, kf_factor *f) {
+    if (e->cfg.kfac.factor_arith != NGD_BF16) return;
+    ngd_bf16_round(f->U, f->d * f->cap);
+    ngd_bf16_round(f->D, f->cap);
+}
+
+static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     bool did = false;
@@ -187,10 +211,13 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
     if (s->has_pend) {
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
-            if (f->ea) ea_update(f, k->rho, (double)s->pend.samples, k->ea_dtype == NGD_BF16);
+            if (f->ea)
+                ea_update(f, k->rho, (double)s->pend.samples, k->ea_dtype == NGD_BF16,
+                          k->factor_arith == NGD_BF16);
             if (f->track == KF_BRAND && kf_brand_due(&e->cfg, t)) {
                 s->pub |= (uint8_t)(1u << i);
                 if (mine && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
+                if (mine) round_rep(e, f);
             }
         }
         s->has_pend = 0; // the rows stay for the factored application of this step
@@ -212,6 +239,7 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
             default: st = NGD_OK; break;
             }
             if (st) return st;
+            round_rep(e, f);
         }
         did = true;
     }
@@ -220,6 +248,14 @@ static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
         kf_health(e);
     }
     return NGD_OK;
+}
+
+// The factor maintenance, under emulated bf16 arithmetic when kfac.factor_arith asks for it.
+static ngd_status kfac_update(ngd_optim *o, ngd_entry *e, size_t t) {
+    const bool was = ngd_bf16_emul_set(e->cfg.kfac.factor_arith == NGD_BF16);
+    const ngd_status st = update_core(o, e, t);
+    ngd_bf16_emul_set(was);
+    return st;
 }
 
 // ---- data-parallel runs ----
@@ -369,7 +405,7 @@ static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, fl
     return ngd_factored_update(S, 0.0f, (float)(1.0 / (double)s->pend.c), ngd_cv(Xv), ngd_cv(Yv));
 }
 
-static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws) {
+static void precondition_core(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t dA = e->d_K, dG = e->d_out;
@@ -385,6 +421,12 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
     const size_t kbytes = kfac_precond_bytes(e);
     ngd_cview J = ngd_cview_rm(G, dG, dA, dA);
     ngd_view S = ngd_view_rm(P, dG, dA, dA);
+    const bool em = k->factor_arith == NGD_BF16;
+    if (em) { // bf16 operand: the gradient rounded into P (the kernels allow S = J)
+        for (size_t i = 0; i < e->n; i++)
+            P[i] = ngd_bf16_round1(G[i]);
+        J = ngd_cv(S);
+    }
     ngd_status st;
     if (kf_eigenbasis_ok(e)) {
         st = kf_precond_eigenbasis(e, J, S, DA, DG, kws, kbytes); // #k-fac (kfac.c)
@@ -396,6 +438,9 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
             const kf_factor *f = fs[i];
             const float dmax = f->cnt.rank ? f->D[0] : 0.0f;
             lam[i] = k->damping_rel * dmax + kf_id_shift(e, f);
+            if (em) // the damping's product and sum rounded
+                lam[i] = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(k->damping_rel) * dmax) +
+                                         ngd_bf16_round1(kf_id_shift(e, f)));
             if (!(lam[i] > 0.0f)) lam[i] = 1.0f; // nothing to scale against: plain gradient
             mu[i] = (k->tail == NGD_TAIL_MIN_KEPT && f->cnt.rank) ? f->D[f->cnt.rank - 1] : 0.0f;
         }
@@ -413,6 +458,13 @@ static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float 
                       (int)st);
         memcpy(P, G, e->n * sizeof(float));
     }
+}
+
+// The preconditioning, under emulated bf16 arithmetic when kfac.factor_arith asks for it.
+static void kfac_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws) {
+    const bool was = ngd_bf16_emul_set(e->cfg.kfac.factor_arith == NGD_BF16);
+    precondition_core(o, e, G, P, ws);
+    ngd_bf16_emul_set(was);
 }
 
 // ---- checkpoints and introspection ----
