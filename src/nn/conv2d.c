@@ -26,6 +26,9 @@
 #include "nn.h"
 
 #define NN_CONV_CHUNK_COLS 256 // least GEMM width (chunk * L) of a single-threaded GEMM
+#ifndef NN_CONV_BF16_BWD_COLS
+#define NN_CONV_BF16_BWD_COLS 1024 // bf16 dW blocks: oneDNN's bf16 GEMM wants the longer sum
+#endif
 
 static size_t max_threads(void) {
 #ifdef _OPENMP
@@ -36,11 +39,30 @@ static size_t max_threads(void) {
 #endif
 }
 
-// Output rows per block of a one-sample chunk: about NN_CONV_CHUNK_COLS columns, so that
-// the block's im2col (d_in x columns) is written and read while it is in the core's cache.
-static size_t block_rows(size_t OW) {
-    const size_t r = NN_CONV_CHUNK_COLS / OW;
+// Output rows per block of a one-sample chunk: about `cols` columns (l->fcols, l->bcols), so
+// that the block's im2col (d_in x columns) is written and read while it is in the core's cache.
+static size_t block_rows(size_t cols, size_t OW) {
+    const size_t r = cols / OW;
     return r ? r : 1;
+}
+
+// The columns of one thread's buffers: colt_n (im2col of a block, forward's or backward's),
+// dcol_n (its gradient, or the transposed convolution's im2col) and dy16_n (bf16 dy of a
+// backward block), from the chunk and the block widths fcols and bcols
+static void buffer_sizes(nn_conv2d *l) {
+    const ngd_conv_geom *G = &l->geom;
+    const size_t L = l->oh * l->ow, ncol = l->chunk * L;
+    const size_t fc = l->chunk > 1 ? ncol : block_rows(l->fcols, l->ow) * l->ow;
+    const size_t bc = l->chunk > 1 ? ncol : block_rows(l->bcols, l->ow) * l->ow;
+    l->colt_n = nn_mul(l->d_in, fc > bc ? fc : bc);
+    l->dcol_n = nn_mul(l->d_in, bc);
+    if (l->wflip) {
+        const size_t tcols =
+            l->chunk > 1 ? l->chunk * G->h * G->w : block_rows(l->fcols, G->w) * G->w;
+        const size_t tcol = nn_mul(nn_mul(l->c_out, G->k1 * G->k2), tcols);
+        if (tcol > l->dcol_n) l->dcol_n = tcol;
+    }
+    l->dy16_n = nn_mul(l->c_out, bc);
 }
 
 nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
@@ -74,8 +96,7 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
                        geom->p1 <= (geom->k1 - 1) * geom->dil1 &&
                        geom->p2 <= (geom->k2 - 1) * geom->dil2;
     // a one-sample chunk is worked block by block of output rows: buffers of one block
-    const size_t cols = l->chunk > 1 ? ncol : block_rows(ow) * ow;
-    size_t dcol = nn_mul(l->d_in, cols);
+    l->fcols = l->bcols = NN_CONV_CHUNK_COLS;
     if (tconv) {
         l->tgeom = (ngd_conv_geom){c_out,
                                    oh,
@@ -89,20 +110,16 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
                                    geom->dil1,
                                    geom->dil2,
                                    1};
-        const size_t tcols =
-            l->chunk > 1 ? l->chunk * geom->h * geom->w : block_rows(geom->w) * geom->w;
-        const size_t tcol = nn_mul(nn_mul(c_out, geom->k1 * geom->k2), tcols);
-        dcol = tcol > dcol ? tcol : dcol;
         l->wflip = nn_malloc(nn_mul(c_out, l->d_in), sizeof(float));
     }
+    buffer_sizes(l);
     // ybuf: a chunk's outputs side by side, and with tconv its input gradients
     size_t yb = nn_mul(c_out, ncol);
     if (tconv && nn_mul(geom->c_in, l->chunk * geom->h * geom->w) > yb)
         yb = nn_mul(geom->c_in, l->chunk * geom->h * geom->w);
-    l->dcol_n = dcol, l->ybuf_n = l->chunk > 1 ? yb : 0;
-    l->colt_n = nn_mul(l->d_in, cols);
+    l->ybuf_n = l->chunk > 1 ? yb : 0;
     l->colt = nn_malloc(nn_mul(l->nthr, l->colt_n), sizeof(float));
-    l->dcolt = nn_malloc(nn_mul(l->nthr, dcol), sizeof(float));
+    l->dcolt = nn_malloc(nn_mul(l->nthr, l->dcol_n), sizeof(float));
     if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, yb), sizeof(float));
     l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
@@ -137,10 +154,23 @@ void nn_conv2d_free(nn_conv2d *l) {
 
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
-    const size_t L = l->oh * l->ow, ncol = l->chunk * L;
-    const size_t cols = l->chunk > 1 ? ncol : block_rows(l->ow) * l->ow;
+    const size_t L = l->oh * l->ow;
+    // dW's GEMM over longer blocks (its sum runs over the block's columns); the float
+    // buffers follow the new block size
+    const size_t bcols0 = l->bcols;
+    l->bcols = NN_CONV_BF16_BWD_COLS;
+    buffer_sizes(l);
+    float *colt = nn_malloc(nn_mul(l->nthr, l->colt_n), sizeof(float));
+    float *dcolt = nn_malloc(nn_mul(l->nthr, l->dcol_n), sizeof(float));
+    if (!colt || !dcolt) {
+        free(colt), free(dcolt);
+        l->bcols = bcols0;
+        buffer_sizes(l);
+        return NN_ERR_NOMEM;
+    }
+    free(l->colt), free(l->dcolt);
+    l->colt = colt, l->dcolt = dcolt;
     const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
-    l->dy16_n = nn_mul(l->c_out, cols);
     l->w16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     if (l->wflip) l->wflip16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     l->col16 = nn_malloc(nn_mul(l->nthr, nc), sizeof(uint16_t));
@@ -371,7 +401,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
-    const size_t RB = nb == 1 ? block_rows(OW) : OH;
+    const size_t RB = nb == 1 ? block_rows(l->fcols, OW) : OH;
     // bf16: the chunk's samples rounded once for all its blocks' im2col
     if (col16) nn_bf16_encode(x + n0 * xs, x16, nb * xs);
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
@@ -477,7 +507,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     // from forward would hold a batch of them) and, with the transposed convolution, its dy
     if (dy16) nn_bf16_encode(l->x + n0 * xs, x16, nb * xs);
     if (dx && l->wflip && dy16) nn_bf16_encode(dy + n0 * cout * L, dyx16, nb * cout * L);
-    const size_t RB = nb == 1 ? block_rows(OW) : OH;
+    const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
@@ -508,7 +538,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     }
     if (!dx || !l->wflip) return;
     // dx by the transposed convolution (its output is the input image: rows of H)
-    const size_t H = G->h, RT = nb == 1 ? block_rows(G->w) : H;
+    const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
         tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16,
                    dyx16);

@@ -203,11 +203,13 @@ nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows);
 typedef struct {
     ngd_conv_geom geom; // c_in, h, w, kernel, stride, padding, dilation, groups
     size_t c_out, oh, ow, max_batch;
-    size_t d_in;   // (c_in/groups)*k1*k2: columns of the im2col matrix
-    float *w, *dw; // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
-    float *b, *db; // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
-    size_t chunk;  // samples per GEMM
-    size_t nthr;   // threads planned for (each has its own buffers below)
+    size_t d_in;         // (c_in/groups)*k1*k2: columns of the im2col matrix
+    float *w, *dw;       // (c_out, c_in/groups, k1, k2) = row-major (c_out, d_in)
+    float *b, *db;       // (c_out) or NULL; init as PyTorch: U(-1/sqrt(d_in), 1/sqrt(d_in))
+    size_t chunk;        // samples per GEMM
+    size_t fcols, bcols; // columns per block of a one-sample chunk: forward and the transposed
+                         // convolution (fcols), dW and col2im (bcols; longer in bf16 mode)
+    size_t nthr;         // threads planned for (each has its own buffers below)
     size_t colt_n, dcol_n, ybuf_n; // floats of one thread's colt, dcolt and ybuf
     float *colt;   // nthr x (d_in, chunk*L) transposed im2col of one group and one chunk
                    // (chunk = 1: of one block of output rows)
