@@ -15,12 +15,6 @@
 
 #include "nn.h"
 
-#ifdef _OPENMP
-#define NN_SIMD_SUM(v) NN_PRAGMA(omp simd reduction(+ : v))
-#else
-#define NN_SIMD_SUM(v)
-#endif
-
 nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_batch) {
     memset(l, 0, sizeof *l);
     if (c == 0 || hw == 0 || max_batch == 0) return NN_ERR_ARG;

@@ -551,14 +551,17 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     l->dy = dy;
     if (l->db) {
         NN_OMP_FOR(N * cout * L)
-        for (size_t o = 0; o < cout; o++) {
-            float s = 0.0f;
+        for (size_t o = 0; o < cout; o++) { // per plane a vectorised float sum, then double
+            double s = 0.0;
             for (size_t n = 0; n < N; n++) {
                 const float *src = dy + (n * cout + o) * L;
+                float r = 0.0f;
+                NN_SIMD_SUM(r)
                 for (size_t p = 0; p < L; p++)
-                    s += src[p];
+                    r += src[p];
+                s += (double)r;
             }
-            l->db[o] += s;
+            l->db[o] += (float)s;
         }
     }
     const int nt = team(l);

@@ -78,6 +78,14 @@ const char *nn_status_str(nn_status s);
 #else
 #define NN_OMP_FOR(work)
 #endif
+// A float sum the compiler may vectorise (partial sums in lanes): for a plane's sum, which
+// the caller adds up in double across planes. A plain `s += x[i]` is one dependent add per
+// element (4 cycles each: a conv's bias gradient took 4 % of the cnn step that way).
+#ifdef _OPENMP
+#define NN_SIMD_SUM(v) NN_PRAGMA(omp simd reduction(+ : v))
+#else
+#define NN_SIMD_SUM(v)
+#endif
 
 // ====== Memory and parameter lists (tensor.c) ======
 
