@@ -60,10 +60,11 @@ int main(int argc, char **argv) {
         for (int k = 0; k < 20; k++) {
             for (size_t c = 0; c < C; c++)
                 for (size_t i = 0; i < H; i++)
-                    memcpy(xp + c * Hp * Wp + (i + 1) * Wp + 1, x + c * L + i * W, W * sizeof(float));
+                    memcpy(xp + c * Hp * Wp + (i + 1) * Wp + 1, x + c * L + i * W,
+                           W * sizeof(float));
             for (size_t t = 0; t < 9; t++)
-                nn_sgemm(false, false, CO, Lp, C, 1.0f, w9 + t * CO * C, C, xp + (t / 3) * Wp + t % 3,
-                         Hp * Wp, t ? 1.0f : 0.0f, yp, Lp);
+                nn_sgemm(false, false, CO, Lp, C, 1.0f, w9 + t * CO * C, C,
+                         xp + (t / 3) * Wp + t % 3, Hp * Wp, t ? 1.0f : 0.0f, yp, Lp);
             for (size_t o = 0; o < CO; o++)
                 for (size_t i = 0; i < H; i++)
                     memcpy(y2 + o * L + i * W, yp + o * Lp + i * Wp, W * sizeof(float));
