@@ -569,8 +569,9 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     if (dx && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;
         const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
-        for (size_t co = 0; co < cout; co++)
-            for (size_t c = 0; c < cin; c++)
+        NN_OMP_FOR(cout * din) // (rows of wflip written in order, one channel per iteration)
+        for (size_t c = 0; c < cin; c++)
+            for (size_t co = 0; co < cout; co++)
                 for (size_t a = 0; a < K1; a++)
                     for (size_t b = 0; b < K2; b++)
                         l->wflip[c * cout * K1 * K2 + (co * K1 + a) * K2 + b] =
