@@ -48,14 +48,10 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
     NN_OMP_FOR(rows * C)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * C;
-        // (double sums in vector lanes: the order of double additions, not the float result,
-        // is what the lanes change)
         double s = 0, ss = 0;
-        NN_SIMD_SUM(s)
         for (size_t i = 0; i < C; i++)
             s += (double)xr[i];
         const double mu = s / (double)C;
-        NN_SIMD_SUM(ss)
         for (size_t i = 0; i < C; i++)
             ss += ((double)xr[i] - mu) * ((double)xr[i] - mu);
         const float mean = (float)mu, rstd = (float)(1.0 / sqrt(ss / (double)C + (double)l->eps));
@@ -71,19 +67,13 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
 void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
     NN_ASSERT(dy && l->x);
     const size_t C = l->c, rows = l->rows;
-    // parameter gradients: sums over rows in row order, each thread owning a block of the
-    // C columns (no races, the same arithmetic for any thread count)
-    const size_t CB = 16, nblk = (C + CB - 1) / CB;
-    NN_OMP_FOR(rows * C)
-    for (size_t bk = 0; bk < nblk; bk++) {
-        const size_t i0 = bk * CB, i1 = i0 + CB < C ? i0 + CB : C;
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = l->x + r * C, *dyr = dy + r * C;
-            const float mean = l->mean[r], rstd = l->rstd[r];
-            for (size_t i = i0; i < i1; i++) {
-                l->dw[i] += dyr[i] * (xr[i] - mean) * rstd;
-                l->db[i] += dyr[i];
-            }
+    // parameter gradients: a sum over rows, so loop over rows serially (no races)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = l->x + r * C, *dyr = dy + r * C;
+        const float mean = l->mean[r], rstd = l->rstd[r];
+        for (size_t i = 0; i < C; i++) {
+            l->dw[i] += dyr[i] * (xr[i] - mean) * rstd;
+            l->db[i] += dyr[i];
         }
     }
     if (!dx) return;
@@ -92,9 +82,6 @@ void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
         const float *xr = l->x + r * C, *dyr = dy + r * C;
         const float mean = l->mean[r], rstd = l->rstd[r];
         double sd = 0, sdx = 0;
-#ifdef _OPENMP
-#pragma omp simd reduction(+ : sd, sdx)
-#endif
         for (size_t i = 0; i < C; i++) {
             const double d = (double)dyr[i] * (double)l->w[i];
             sd += d;
