@@ -28,6 +28,8 @@ for line in open(sys.argv[1]):
         j = json.loads(js)
     except ValueError:
         continue
+    if "ms_median" not in j:  # (a closing ratio record, not a configuration)
+        continue
     key = (j["model"], j["optim"], j["structure"], j["precision"])
     rows[key + (who,)].append((j["ms_median"], j["ms_forward"], j["ms_backward"], j["ms_rule"]))
 print("%-8s %-6s %-10s %-5s %-2s %6s %10s %8s %8s %8s" % ("model", "optim", "structure", "prec",
