@@ -102,6 +102,19 @@ for run in "--model mlp --widths 32 --optim singd --structure dense" \
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "bf16 $run: resumed run ($c2) differs from uninterrupted ($c1)"
 done
 
+# ... and its --kfac-arith: a run of the emulated arithmetic continued without it, or the
+# reverse, is refused naming the option (the last checkpoint above is of a bkfac
+# --kfac-arith bf16 run)
+R="--model mlp --widths 32 --optim bkfac --rank 8 --T-u 2 --T-i 4 --subset 512 --batch 64 --seed 3 --epochs 3 --precision bf16 --threads 2 --quiet --log $D/r.jsonl"
+# shellcheck disable=SC2086
+expect_rc 1 "--kfac-arith bf16 checkpoint resumed without it" "$NGD" train $R --max-steps 12 --resume "$D/half.ckpt"
+expect_msg "it was written with --kfac-arith bf16, not f32 (resume it with --kfac-arith bf16)" "--kfac-arith mismatch message"
+# shellcheck disable=SC2086
+"$NGD" train $R --max-steps 3 --checkpoint "$D/k32.ckpt" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect_rc 1 "f32-arithmetic checkpoint resumed with --kfac-arith bf16" "$NGD" train $R --kfac-arith bf16 --max-steps 5 --resume "$D/k32.ckpt"
+expect_msg "it was written with --kfac-arith f32, not bf16" "--kfac-arith mismatch message (f32)"
+
 # a checkpoint records its precision (version 3): resuming it in the other one is refused,
 # naming the option; eval takes it from the checkpoint (the training run's parameters and,
 # evaluated in bf16 again, its test loss to the printed digits)

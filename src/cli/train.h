@@ -152,7 +152,8 @@ typedef struct {
     char model[32], data[32], method[32];
     bool has_shape; // version >= 2: widths (as given), subset, context, batch
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
-    int precision; // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
+    int precision;  // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
+    int kfac_arith; // version >= 3: 1 --kfac-arith bf16, 0 not; -1 not recorded
 } trainckpt_head;
 
 // ---- trainopts.c ----

@@ -118,7 +118,9 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
     for (size_t i = 0; i < t->nwidths; i++)
         ngd_wbuf_u64(&w, t->widths[i]);
     ngd_wbuf_u64(&w, t->subset), ngd_wbuf_u64(&w, t->context), ngd_wbuf_u64(&w, t->batch);
-    ngd_wbuf_u64(&w, t->bf16 ? 1u : 0u); // --precision (version 3)
+    // --precision (version 3): bit 0 bf16; bit 1 --kfac-arith bf16 (0 without it, so a file
+    // of a run without it is what it was before the bit existed)
+    ngd_wbuf_u64(&w, (t->bf16 ? 1u : 0u) | (t->cfg.kfac.factor_arith == NGD_BF16 ? 2u : 0u));
     ngd_wbuf_u64(&w, rs->step), ngd_wbuf_u64(&w, rs->epoch), ngd_wbuf_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -198,11 +200,12 @@ static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, tr
         h->batch = (size_t)get_u64(r);
         if (!h->context || !h->batch) return "bad header (context, batch)";
     }
-    h->precision = -1;
+    h->precision = h->kfac_arith = -1;
     if (h->version >= 3) {
         const uint64_t p = get_u64(r);
-        if (p > 1) return "bad header (precision)";
-        h->precision = (int)p;
+        if (p > 3) return "bad header (precision)";
+        h->precision = (int)(p & 1u);
+        h->kfac_arith = (int)(p >> 1);
     }
     return r->bad ? "truncated header" : NULL;
 }
@@ -241,6 +244,16 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
                      want);
             why = whybuf;
         }
+    }
+    // the same optimizer: its factor arithmetic too (an emulation run continued in f32 would
+    // mix the two settings without a word)
+    const bool karith = t->cfg.kfac.factor_arith == NGD_BF16;
+    if (!why && o && h.kfac_arith >= 0 && (h.kfac_arith == 1) != karith) {
+        snprintf(whybuf, sizeof whybuf,
+                 "it was written with --kfac-arith %s, not %s (resume it with --kfac-arith %s)",
+                 h.kfac_arith ? "bf16" : "f32", karith ? "bf16" : "f32",
+                 h.kfac_arith ? "bf16" : "f32");
+        why = whybuf;
     }
     if (!why) {
         rs->step = (size_t)get_u64(&r), rs->epoch = (size_t)get_u64(&r),
