@@ -447,13 +447,19 @@ static void linear_bf16_should_match_float64(void) {
 }
 
 // Conv2d in bf16 mode against a direct float64 convolution: forward, dW, db and dx, on
-// the layer's three paths (chunks of several small images; one image block by block; the
-// transposed convolution for dx at stride 1, col2im otherwise and with groups).
+// the layer's three paths (chunks of several small images; one image block by block, in
+// forward's blocks of 256 columns and backward's of 1024; the transposed convolution for dx
+// at stride 1, col2im otherwise and with groups).
 static void conv2d_bf16_should_match_float64(void) {
     // c_in, h, w, k, s, p, dil, groups, c_out, N
-    const size_t cases[][10] = {{3, 6, 5, 3, 1, 1, 1, 1, 8, 5},   {4, 16, 16, 3, 1, 1, 1, 1, 6, 3},
-                                {4, 9, 9, 3, 2, 1, 1, 1, 5, 4},   {4, 8, 8, 3, 1, 1, 1, 2, 6, 3},
-                                {2, 12, 12, 5, 1, 2, 2, 1, 4, 2}, {3, 17, 17, 3, 1, 0, 1, 1, 7, 2}};
+    const size_t cases[][10] = {{3, 6, 5, 3, 1, 1, 1, 1, 8, 5},
+                                {4, 16, 16, 3, 1, 1, 1, 1, 6, 3},
+                                {4, 9, 9, 3, 2, 1, 1, 1, 5, 4},
+                                {4, 8, 8, 3, 1, 1, 1, 2, 6, 3},
+                                {2, 12, 12, 5, 1, 2, 2, 1, 4, 2},
+                                {3, 17, 17, 3, 1, 0, 1, 1, 7, 2},
+                                // an image of more than one bf16 backward block (1024 columns)
+                                {2, 40, 40, 3, 1, 1, 1, 1, 3, 2}};
     trng r = {21};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t *cs = cases[t];
