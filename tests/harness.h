@@ -14,6 +14,7 @@
 #define NGD_TEST_HARNESS_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,26 @@ typedef struct {
     const char *name;
     void (*fn)(void);
 } test_case;
+
+// A small seeded generator for test inputs (LCG, the top 53 bits): tu in [0, 1), tfill
+// uniform in [lo, hi)
+typedef struct {
+    uint64_t s;
+} trng;
+static inline double tu(trng *r) {
+    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(r->s >> 11) / 9007199254740992.0;
+}
+static inline void tfill(trng *r, float *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(lo + (hi - lo) * tu(r));
+}
+// the bits of a float
+static inline uint32_t f_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
 
 #define TEST(fn)                                                                                   \
     { #fn, fn }

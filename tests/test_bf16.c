@@ -25,27 +25,10 @@ typedef void (*gemm16_fn)(bool, bool, size_t, size_t, size_t, float, const uint1
                           const uint16_t *, size_t, float, float *, size_t);
 static gemm16_fn g_gemm = nn_gemm_bf16;
 
-typedef struct {
-    uint64_t s;
-} trng;
-static double tu(trng *r) { // [0, 1)
-    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(r->s >> 11) / 9007199254740992.0;
-}
-static void tfill(trng *r, float *x, size_t n, double lo, double hi) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)(lo + (hi - lo) * tu(r));
-}
-
 static float bits_f(uint32_t u) {
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
-}
-static uint32_t f_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
 }
 
 // The independent reference of round-to-nearest-even: the two bf16 neighbours of x (its

@@ -30,24 +30,6 @@
 #include "lrref.h"
 #include "ngd.h"
 
-typedef struct {
-    uint64_t s;
-} trng;
-static double tu(trng *r) { // [0, 1)
-    r->s = r->s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(r->s >> 11) / 9007199254740992.0;
-}
-static void tfill(trng *r, float *x, size_t n, double lo, double hi) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)(lo + (hi - lo) * tu(r));
-}
-
-static uint32_t f_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 // x rounded to bf16 (through float; a float64 value within 2^-24 relative of a bf16 tie may
 // round the other way than a direct rounding would: one of the flips the bound covers)
 static double rb(double x) { return (double)ngd_bf16_round1((float)x); }
