@@ -124,6 +124,18 @@ typedef struct {
 NGD_API ngd_matrix ngd_matrix_f32(const float *data, size_t rows, size_t cols);
 NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t cols);
 
+// The bf16 GEMM libngd's bf16 arithmetic runs, for a client's own bf16 layers: row-major with
+// transpose flags (as cblas/dnnl_sgemm), C (m x n, float32, leading dimension ldc) =
+// alpha·op(A)·op(B) + beta·C, A and B bf16 (bits in uint16_t), products summed in float32.
+// oneDNN's matmul primitive (AMX tiles or AVX512-BF16, whichever the CPU has); without bf16
+// kernels the same products in float32. beta = 0 never reads C. Threaded when called outside
+// an OpenMP parallel region, on the calling thread inside one; each thread keeps the oneDNN
+// primitives of its last 32 shapes. Not counted in ngd_gemm_flop_count (libngd's own work).
+// NGD_ERR_ARG: NULL pointers or a leading dimension below its row length.
+NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                                 const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
+                                 float beta, float *C, size_t ldc);
+
 // ====== Configuration ======
 
 // Stable values (stored in checkpoints).

@@ -1,6 +1,7 @@
 /*
- * test_bf16.c — `--precision bf16`: the conversions, the engine's bf16 GEMM (every
- * transpose the layers use, both oneDNN's kernels and the converting path) and the bf16
+ * test_bf16.c — `--precision bf16`: the conversions, the bf16 GEMM (every transpose the
+ * layers use; oneDNN's matmul primitive, its bf16 GEMM and the converting path; the public
+ * door and the per-thread primitive caches) and the bf16
  * Linear / Conv2d layers, against plain float64 code.
  *
  * Error bounds. bf16 keeps 8 significant bits: rounding a value x gives x(1 + d), |d| <= u
@@ -203,9 +204,86 @@ static void gemm_bf16_should_meet_the_bf16_bound_for_all_transposes(void) { run_
 
 // The path for CPUs without bf16 kernels (converting to f32) under the same bounds.
 static void gemm_bf16_converting_path_should_meet_the_same_bound(void) {
-    nn_gemm_bf16_force_convert(true);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_CONVERT);
     run_gemm_grid(6);
-    nn_gemm_bf16_force_convert(false);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
+}
+
+// oneDNN's AVX512-BF16 GEMM (the path before the matmul primitive, NGD_BF16_GEMM=gemm)
+static void gemm_bf16_gemm_path_should_meet_the_same_bound(void) {
+    ngd_gemm_bf16_path(NGD_BF16_PATH_GEMM);
+    run_gemm_grid(9);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
+}
+
+// The public door (ngd.h): bad arguments are NGD_ERR_ARG and leave C alone; a product is
+// not counted in ngd_gemm_flop_count (that counts libngd's own work) and equals the
+// internal GEMM's bit for bit.
+static void public_bf16_gemm_should_check_arguments_and_not_count(void) {
+    const size_t m = 40, n = 50, k = 60;
+    uint16_t *A = malloc(m * k * 2), *B = malloc(k * n * 2);
+    float *C = malloc(m * n * 4), *D = malloc(m * n * 4), *f = malloc(k * n * 4);
+    trng r = {11};
+    tfill(&r, f, k * n, -1, 1);
+    nn_bf16_encode(f, A, m * k);
+    nn_bf16_encode(f, B, k * n);
+    for (size_t i = 0; i < m * n; i++)
+        C[i] = 7.0f;
+    CHECK(ngd_bf16_gemm(false, false, m, n, k, 1.0f, NULL, k, B, n, 0.0f, C, n) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, NULL, n) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm(false, false, m, n, k, 1.0f, A, k - 1, B, n, 0.0f, C, n) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm(true, false, m, n, k, 1.0f, A, m - 1, B, n, 0.0f, C, n) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm(false, true, m, n, k, 1.0f, A, k, B, k - 1, 0.0f, C, n) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, C, n - 1) == NGD_ERR_ARG);
+    CHECK(C[0] == 7.0f && C[m * n - 1] == 7.0f);
+    CHECK(ngd_bf16_gemm(false, false, 0, n, k, 1.0f, NULL, k, NULL, n, 0.0f, NULL, n) == NGD_OK);
+    const uint64_t f0 = ngd_gemm_flop_count();
+    CHECK(ngd_bf16_gemm(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, C, n) == NGD_OK);
+    CHECK(ngd_gemm_flop_count() == f0);
+    ngd_gemm_bf16(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, D, n);
+    CHECK(ngd_gemm_flop_count() - f0 == 2ull * m * n * k);
+    CHECK(memcmp(C, D, m * n * 4) == 0);
+    free(A), free(B), free(C), free(D), free(f);
+}
+
+// Each thread keeps the primitives of its last 32 shapes: threads running different shapes
+// at once, more shapes than slots (evictions), and the same shape inside and outside a
+// parallel region, all against the float64 reference of the same bf16 inputs.
+static void matmul_cache_should_serve_many_shapes_and_threads(void) {
+    enum { NS = 40 };
+    const size_t kmax = 96, nmax = 80, mmax = 48;
+    uint16_t *A = malloc(mmax * kmax * 2), *B = malloc(kmax * nmax * 2);
+    float *f = malloc(kmax * nmax * 4);
+    trng r = {12};
+    tfill(&r, f, kmax * nmax, -1, 1);
+    nn_bf16_encode(f, A, mmax * kmax);
+    nn_bf16_encode(f, B, kmax * nmax);
+    size_t bad = 0;
+    for (int round = 0; round < 2; round++) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic) num_threads(2) reduction(+ : bad)
+#endif
+        for (int s = 0; s < 2 * NS; s++) {
+            // shape s % NS: m, n, k from the index (every product above the small-loop size)
+            const size_t i = (size_t)(s % NS), m = 24 + i % 24, n = 40 + (i * 7) % 40,
+                         k = 32 + (i * 13) % 64;
+            float *C = malloc(m * n * 4), *R = malloc(m * n * 4);
+            ngd_gemm_bf16(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, C, n);
+            nn_gemm_bf16_ref(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, R, n);
+            for (size_t j = 0; j < m * n; j++)
+                if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
+            free(C), free(R);
+        }
+        // and outside the parallel region
+        float *C = malloc(30 * 50 * 4), *R = malloc(30 * 50 * 4);
+        ngd_gemm_bf16(false, false, 30, 50, 70, 1.0f, A, 70, B, 50, 0.0f, C, 50);
+        nn_gemm_bf16_ref(false, false, 30, 50, 70, 1.0f, A, 70, B, 50, 0.0f, R, 50);
+        for (size_t j = 0; j < 30 * 50; j++)
+            if (fabs((double)C[j] - (double)R[j]) > 1e-5 * 70) bad++;
+        free(C), free(R);
+    }
+    CHECK(bad == 0);
+    free(A), free(B), free(f);
 }
 
 // Exactly representable inputs and sums give the exact answer on both paths, and the flop
@@ -214,9 +292,9 @@ static void gemm_bf16_converting_path_should_meet_the_same_bound(void) {
 static void core_gemm_bf16_should_meet_the_same_bound(void) {
     g_gemm = ngd_gemm_bf16;
     run_gemm_grid(7);
-    ngd_gemm_bf16_force_convert(true);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_CONVERT);
     run_gemm_grid(8);
-    ngd_gemm_bf16_force_convert(false);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
     g_gemm = nn_gemm_bf16;
 }
 
@@ -324,8 +402,8 @@ static void gemm_bf16_should_be_exact_on_representable_values(void) {
         B[i] = (float)((int)(i % 5) - 2) * 0.5f;
     nn_bf16_encode(A, A16, m * k);
     nn_bf16_encode(B, B16, k * n);
-    for (int conv = 0; conv < 2; conv++) {
-        nn_gemm_bf16_force_convert(conv);
+    for (int path = 0; path < 3; path++) {
+        ngd_gemm_bf16_path((ngd_bf16_path)path);
         const uint64_t f0 = nn_flop_count();
         nn_gemm_bf16(false, false, m, n, k, 1.0f, A16, k, B16, n, 0.0f, C, n);
         CHECK(nn_flop_count() - f0 == 2ull * m * n * k);
@@ -339,7 +417,7 @@ static void gemm_bf16_should_be_exact_on_representable_values(void) {
             }
         CHECK(bad == 0);
     }
-    nn_gemm_bf16_force_convert(false);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
     free(A), free(B), free(C), free(A16), free(B16);
 }
 
@@ -530,6 +608,9 @@ static const test_case TESTS[] = {
     TEST(encode_rows_should_keep_padding),
     TEST(gemm_bf16_should_meet_the_bf16_bound_for_all_transposes),
     TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
+    TEST(gemm_bf16_gemm_path_should_meet_the_same_bound),
+    TEST(public_bf16_gemm_should_check_arguments_and_not_count),
+    TEST(matmul_cache_should_serve_many_shapes_and_threads),
     TEST(gemm_bf16_should_be_exact_on_representable_values),
     TEST(core_gemm_bf16_should_meet_the_same_bound),
     TEST(bf16_factor_state_should_be_half),

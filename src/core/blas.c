@@ -10,7 +10,9 @@
 #include <lapacke.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -122,9 +124,185 @@ extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t 
                                            dnnl_dim_t lda, const uint16_t *B, dnnl_dim_t ldb,
                                            float beta, float *C, dnnl_dim_t ldc);
 
-static _Atomic int bf16_convert; // ngd_gemm_bf16_force_convert
+// ---- bf16 products through oneDNN's matmul primitive ----
+// dnnl_gemm_bf16bf16f32 runs AVX512-BF16 kernels only; the matmul primitive also takes AMX
+// tiles (brgemm) where the CPU has them (docs/benchmarks.md: 1.1-1.4x per product, SINGD's
+// bf16 mlp step 1.4x at one thread). A primitive is made for one shape, so each thread keeps
+// those of its last MM_SLOTS shapes (least recently used goes; vgg16bn's bf16 step has 24),
+// each with its memory objects, and one scratchpad for all of them (a thread runs one at a
+// time; no scratchpad is shared between threads). A call inside an OpenMP parallel region
+// runs on the calling thread alone, so that is part of the key. The caches stay until the
+// process ends, reachable from mm_all.
+#define MM_SLOTS 64
 
-void ngd_gemm_bf16_force_convert(bool on) { atomic_store(&bf16_convert, on ? 1 : 0); }
+typedef struct {
+    bool ta, tb, inpar;
+    size_t m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    dnnl_primitive_t p;
+    dnnl_memory_t a, b, c, sp; // sp: the thread's scratchpad, as this primitive's
+    size_t sp_bytes;
+    uint64_t last; // 0: empty
+} mm_slot;
+
+typedef struct mm_cache {
+    dnnl_stream_t strm;
+    void *scratch; // the largest scratchpad of the slots
+    size_t scratch_bytes;
+    mm_slot s[MM_SLOTS];
+    uint64_t tick;
+    struct mm_cache *next;
+} mm_cache;
+
+static dnnl_engine_t mm_engine;
+static pthread_once_t mm_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t mm_lock = PTHREAD_MUTEX_INITIALIZER;
+static mm_cache *mm_all; // every thread's cache
+static _Thread_local mm_cache *mm_mine;
+static _Atomic int bf16_path = -1; // ngd_gemm_bf16_path; -1: not chosen yet
+
+static void mm_init(void) {
+    if (dnnl_engine_create(&mm_engine, dnnl_cpu, 0) != dnnl_success) mm_engine = NULL;
+}
+
+static void mm_slot_free(mm_slot *e) {
+    dnnl_primitive_destroy(e->p); // (each takes NULL)
+    dnnl_memory_destroy(e->a), dnnl_memory_destroy(e->b), dnnl_memory_destroy(e->c);
+    dnnl_memory_destroy(e->sp);
+    memset(e, 0, sizeof *e);
+}
+
+// The primitive of e's key, with its memory objects; false (e cleared) if oneDNN has none
+static bool mm_make(mm_slot *e) {
+    dnnl_memory_desc_t da, db, dc;
+    const dnnl_dim_t m = (dnnl_dim_t)e->m, n = (dnnl_dim_t)e->n, k = (dnnl_dim_t)e->k;
+    const dnnl_dim_t lda = (dnnl_dim_t)e->lda, ldb = (dnnl_dim_t)e->ldb;
+    const dnnl_dims_t sa = {m, k}, sb = {k, n}, sc = {m, n}, tc = {(dnnl_dim_t)e->ldc, 1};
+    const dnnl_dims_t ta = {e->ta ? 1 : lda, e->ta ? lda : 1},
+                      tb = {e->tb ? 1 : ldb, e->tb ? ldb : 1};
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_attr_t at = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    bool ok =
+        dnnl_memory_desc_init_by_strides(&da, 2, sa, dnnl_bf16, ta) == dnnl_success &&
+        dnnl_memory_desc_init_by_strides(&db, 2, sb, dnnl_bf16, tb) == dnnl_success &&
+        dnnl_memory_desc_init_by_strides(&dc, 2, sc, dnnl_f32, tc) == dnnl_success &&
+        dnnl_matmul_desc_init(&md, &da, &db, NULL, &dc) == dnnl_success &&
+        dnnl_primitive_attr_create(&at) == dnnl_success &&
+        dnnl_primitive_attr_set_scratchpad_mode(at, dnnl_scratchpad_mode_user) == dnnl_success;
+    // C = alpha·AB + beta·C: alpha an output scale, beta a sum post-op (absent: C not read)
+    if (ok && e->alpha != 1.0f)
+        ok = dnnl_primitive_attr_set_output_scales(at, 1, 0, &e->alpha) == dnnl_success;
+    if (ok && e->beta != 0.0f)
+        ok = dnnl_post_ops_create(&po) == dnnl_success &&
+             dnnl_post_ops_append_sum(po, e->beta) == dnnl_success &&
+             dnnl_primitive_attr_set_post_ops(at, po) == dnnl_success;
+    ok = ok && dnnl_primitive_desc_create(&pd, &md, at, mm_engine, NULL) == dnnl_success;
+    const dnnl_memory_desc_t *spd =
+        ok ? dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) : NULL;
+    ok = ok && spd && dnnl_primitive_create(&e->p, pd) == dnnl_success &&
+         dnnl_memory_create(&e->sp, spd, mm_engine, DNNL_MEMORY_NONE) == dnnl_success &&
+         dnnl_memory_create(&e->a, &da, mm_engine, DNNL_MEMORY_NONE) == dnnl_success &&
+         dnnl_memory_create(&e->b, &db, mm_engine, DNNL_MEMORY_NONE) == dnnl_success &&
+         dnnl_memory_create(&e->c, &dc, mm_engine, DNNL_MEMORY_NONE) == dnnl_success;
+    if (ok) e->sp_bytes = dnnl_memory_desc_get_size(spd);
+    if (!ok) mm_slot_free(e);
+    dnnl_post_ops_destroy(po);
+    dnnl_primitive_attr_destroy(at);
+    dnnl_primitive_desc_destroy(pd);
+    return ok;
+}
+
+static mm_cache *mm_thread_cache(void) {
+    if (mm_mine) return mm_mine;
+    pthread_once(&mm_once, mm_init);
+    mm_cache *c = mm_engine ? calloc(1, sizeof *c) : NULL;
+    if (!c) return NULL;
+    if (dnnl_stream_create(&c->strm, mm_engine, dnnl_stream_default_flags) != dnnl_success) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_lock(&mm_lock);
+    c->next = mm_all, mm_all = c;
+    pthread_mutex_unlock(&mm_lock);
+    return mm_mine = c;
+}
+
+// C = alpha op(A) op(B) + beta C by this thread's primitive of the shape; false: not done
+static bool matmul_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                        const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                        float *C, size_t ldc) {
+    mm_cache *c = mm_thread_cache();
+    if (!c) return false;
+#ifdef _OPENMP
+    const bool inpar = omp_in_parallel();
+#else
+    const bool inpar = false;
+#endif
+    mm_slot *e = NULL, *lru = &c->s[0];
+    for (int i = 0; i < MM_SLOTS && !e; i++) {
+        mm_slot *s = &c->s[i];
+        if (s->last && s->ta == ta && s->tb == tb && s->inpar == inpar && s->m == m && s->n == n &&
+            s->k == k && s->lda == lda && s->ldb == ldb && s->ldc == ldc && s->alpha == alpha &&
+            s->beta == beta)
+            e = s;
+        else if (s->last < lru->last)
+            lru = s;
+    }
+    if (!e) {
+        mm_slot_free(lru);
+        *lru = (mm_slot){.ta = ta,
+                         .tb = tb,
+                         .inpar = inpar,
+                         .m = m,
+                         .n = n,
+                         .k = k,
+                         .lda = lda,
+                         .ldb = ldb,
+                         .ldc = ldc,
+                         .alpha = alpha,
+                         .beta = beta};
+        if (!mm_make(lru)) return false;
+        e = lru;
+        if (e->sp_bytes > c->scratch_bytes) {
+            void *p = aligned_alloc(64, (e->sp_bytes + 63) / 64 * 64);
+            if (!p) {
+                mm_slot_free(e);
+                return false;
+            }
+            free(c->scratch);
+            c->scratch = p, c->scratch_bytes = e->sp_bytes;
+        }
+    }
+    e->last = ++c->tick;
+    const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->a},
+                                     {DNNL_ARG_WEIGHTS, e->b},
+                                     {DNNL_ARG_DST, e->c},
+                                     {DNNL_ARG_SCRATCHPAD, e->sp}};
+    return dnnl_memory_set_data_handle(e->a, (void *)(uintptr_t)A) == dnnl_success &&
+           dnnl_memory_set_data_handle(e->b, (void *)(uintptr_t)B) == dnnl_success &&
+           dnnl_memory_set_data_handle(e->c, C) == dnnl_success &&
+           dnnl_memory_set_data_handle(e->sp, c->scratch) == dnnl_success &&
+           dnnl_primitive_execute(e->p, c->strm, 4, args) == dnnl_success;
+}
+
+void ngd_gemm_bf16_path(ngd_bf16_path p) { atomic_store(&bf16_path, (int)p); }
+
+// The path in use: set by ngd_gemm_bf16_path, else NGD_BF16_GEMM=gemm|convert from the
+// environment (for side-by-side benchmarks), else the matmul primitive
+static ngd_bf16_path bf16_path_now(void) {
+    int p = atomic_load_explicit(&bf16_path, memory_order_relaxed);
+    if (p < 0) {
+        const char *e = getenv("NGD_BF16_GEMM");
+        p = e && !strcmp(e, "gemm")      ? NGD_BF16_PATH_GEMM
+            : e && !strcmp(e, "convert") ? NGD_BF16_PATH_CONVERT
+                                         : NGD_BF16_PATH_MATMUL;
+        int want = -1;
+        atomic_compare_exchange_strong(&bf16_path, &want, p);
+    }
+    return (ngd_bf16_path)p;
+}
 
 // op(X) of a row-major bf16 operand (rows x cols stored with leading dimension ld), decoded
 static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) {
@@ -135,14 +313,15 @@ static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) 
     return f;
 }
 
-void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
-                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
-    if (m == 0 || n == 0) return;
-    NGD_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
+// ngd_bf16_gemm's work (not counted): small products by a plain loop, then the matmul
+// primitive, oneDNN's bf16 GEMM, or (no bf16 kernel for this CPU) f32 copies of op(A), op(B)
+// and sgemm; element by element if those copies cannot be allocated
+static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                      float *C, size_t ldc) {
     ngd_view Cv = ngd_view_rm(C, m, n, ldc);
     if (k == 0 || alpha == 0.0f || m * n * k <= SMALL_GEMM_MACS) {
         // the plain loop (products of bf16 values are exact in f32)
-        atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
         if (beta == 0.0f)
             ngd_view_zero(Cv);
         else if (beta != 1.0f)
@@ -155,24 +334,22 @@ void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
             }
         return;
     }
-    dnnl_status_t st =
-        atomic_load(&bf16_convert)
-            ? dnnl_unimplemented
-            : dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n,
-                                    (dnnl_dim_t)k, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb,
-                                    beta, C, (dnnl_dim_t)ldc);
-    if (st == dnnl_success) {
-        atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+    const ngd_bf16_path path = bf16_path_now();
+    if (path == NGD_BF16_PATH_MATMUL &&
+        matmul_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
         return;
-    }
-    // no bf16 kernel for this CPU: the stored matrices in f32 (ngd_gemm counts the flops)
+    // beta = 0 never reads C (tested with NaN in C, test_bf16)
+    if (path != NGD_BF16_PATH_CONVERT &&
+        dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n,
+                              (dnnl_dim_t)k, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
+                              (dnnl_dim_t)ldc) == dnnl_success)
+        return;
     const size_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
     float *fa = decode_op(A, ar, ac, lda), *fb = decode_op(B, br, bc, ldb);
     ngd_cview Av = ngd_cview_rm(fa, ar, ac, ac), Bv = ngd_cview_rm(fb, br, bc, bc);
     if (fa && fb) {
-        ngd_gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta, Cv);
-    } else { // out of memory: element by element
-        atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+        gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta, Cv);
+    } else { // out of memory
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < n; j++) {
                 double s = 0;
@@ -184,6 +361,26 @@ void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
             }
     }
     ngd_free(fa), ngd_free(fb);
+}
+
+void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
+                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (m == 0 || n == 0) return;
+    NGD_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
+    atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+    gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                         const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                         float *C, size_t ldc) {
+    if (m == 0 || n == 0) return NGD_OK;
+    if (!C || (k && (!A || !B)) || lda < (ta ? m : k) || ldb < (tb ? k : n) || ldc < n ||
+        m > (size_t)INT64_MAX || n > (size_t)INT64_MAX || k > (size_t)INT64_MAX ||
+        lda > (size_t)INT64_MAX || ldb > (size_t)INT64_MAX || ldc > (size_t)INT64_MAX)
+        return NGD_ERR_ARG;
+    gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    return NGD_OK;
 }
 
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {

@@ -63,15 +63,16 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
 // The plain-loop reference of ngd_gemm (accumulates in double); used by tests and as the
 // fallback for views without a unit stride.
 void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
-// bf16 GEMM, row-major with transpose flags (as dnnl_sgemm): C (m x n, f32) = alpha
-// op(A) op(B) + beta C, A and B bf16 (uint16_t), products summed in f32. oneDNN's bf16
-// kernels (AVX512-BF16 / AMX; emulated on plain AVX-512); where it has none it converts
-// op(A), op(B) to f32 and multiplies in f32 (the same products; slower, allocates). beta = 0
-// never reads C. Counted in ngd_gemm_flop_count.
+// bf16 GEMM: ngd_bf16_gemm's contract (ngd.h), arguments asserted, counted in
+// ngd_gemm_flop_count. The bf16 arithmetic of libngd (SINGD's bf16 compute) runs here.
 void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
                    size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
-// Tests: force the converting path of ngd_gemm_bf16 (as on CPUs without bf16 kernels).
-void ngd_gemm_bf16_force_convert(bool on);
+// Which kernels the bf16 GEMM runs (tests, benchmarks), for every thread: oneDNN's matmul
+// primitive (the default; AMX where the CPU has it), oneDNN's bf16 GEMM (AVX512-BF16), or
+// f32 copies and sgemm (as on a CPU without bf16 kernels). Unset, NGD_BF16_GEMM=gemm or
+// convert in the environment chooses the second or third.
+typedef enum { NGD_BF16_PATH_MATMUL, NGD_BF16_PATH_GEMM, NGD_BF16_PATH_CONVERT } ngd_bf16_path;
+void ngd_gemm_bf16_path(ngd_bf16_path p);
 // C = beta*C + alpha * A Aᵀ (full square, both triangles written); A is m x k.
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C);
 

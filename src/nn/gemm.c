@@ -4,7 +4,7 @@
  * for tiny products, and the float64-accumulating reference it falls back to and is tested
  * against. Only this file
  * includes <dnnl.h>. No batching. bf16: nn_gemm_bf16 (bf16 inputs, f32 accumulation and
- * output) over oneDNN's bf16 GEMM, with the conversions it needs.
+ * output) over libngd's ngd_bf16_gemm.
  */
 #include <dnnl.h>
 #include <stdatomic.h>
@@ -119,15 +119,6 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
 
 // ====== bf16 ======
 
-// oneDNN 2.6 exports this but does not declare it (DEPS.md): the same contract as
-// dnnl_sgemm (row-major, 'N'/'T' flags, leading dimensions) with bf16 A and B and f32 C.
-// It takes the AVX512-BF16 (and AMX) kernels where the CPU has them, emulates bf16 on plain
-// AVX-512, and answers dnnl_unimplemented below that: then nn_gemm_bf16 converts instead.
-extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t M, dnnl_dim_t N,
-                                           dnnl_dim_t K, float alpha, const uint16_t *A,
-                                           dnnl_dim_t lda, const uint16_t *B, dnnl_dim_t ldb,
-                                           float beta, float *C, dnnl_dim_t ldc);
-
 // Round to nearest even, NaN kept (quietened); written without a branch so that the loop
 // vectorises (16 values per AVX-512 instruction). Identical to libngd's ngd_f32_to_bf16.
 void nn_bf16_encode(const float *x, uint16_t *y, size_t n) {
@@ -167,10 +158,6 @@ bool nn_bf16_native(void) {
 #endif
 }
 
-static _Atomic int bf16_force_convert; // nn_gemm_bf16_force_convert
-
-void nn_gemm_bf16_force_convert(bool on) { atomic_store(&bf16_force_convert, on ? 1 : 0); }
-
 static float bf(uint16_t h) {
     const uint32_t u = (uint32_t)h << 16;
     float f;
@@ -186,52 +173,14 @@ void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
     REF_GEMM_LOOP(ATH)
 }
 
-// The converting path: op(A), op(B) decoded to f32 (exact) and multiplied by sgemm. Used
-// where oneDNN has no bf16 kernel for this CPU; it allocates per call (a slow path).
-static bool gemm_bf16_convert(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
-                              const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
-                              float beta, float *C, size_t ldc) {
-    // the stored matrices: (rows - 1) * ld + cols elements (the last row may end early)
-    const size_t na = ((ta ? k : m) - 1) * lda + (ta ? m : k);
-    const size_t nb = ((tb ? n : k) - 1) * ldb + (tb ? k : n);
-    float *fa = nn_malloc(na, sizeof(float)), *fb = nn_malloc(nb, sizeof(float));
-    if (!fa || !fb) {
-        free(fa), free(fb);
-        return false;
-    }
-    nn_bf16_decode(A, fa, na);
-    nn_bf16_decode(B, fb, nb);
-    sgemm(ta, tb, m, n, k, alpha, fa, lda, fb, ldb, beta, C, ldc);
-    free(fa), free(fb);
-    return true;
-}
-
 void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (m == 0 || n == 0) return;
     atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
     if (gemm_prologue(ta, tb, m, n, k, alpha, lda, ldb, beta, C, ldc)) return;
-    if (m * n * k <= NN_SMALL_GEMM_MACS) {
-        // products of bf16 values are exact in f32; the sums are f32, as in the kernels
-        for (size_t i = 0; i < m; i++) {
-            float *c = C + i * ldc;
-            for (size_t j = 0; j < n; j++)
-                c[j] = beta == 0.0f ? 0.0f : beta * c[j];
-            for (size_t p = 0; p < k; p++) {
-                const float a = alpha * ATH(A, lda, ta, i, p);
-                for (size_t j = 0; j < n; j++)
-                    c[j] += a * ATH(B, ldb, tb, p, j);
-            }
-        }
-        return;
-    }
-    if (!atomic_load(&bf16_force_convert)) {
-        // beta = 0 never reads C (as dnnl_sgemm; tested in test_bf16 with NaN in C)
-        dnnl_status_t st = dnnl_gemm_bf16bf16f32(
-            ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha, A,
-            (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
-        if (st == dnnl_success) return;
-    }
-    if (!gemm_bf16_convert(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
-        nn_gemm_bf16_ref(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    // libngd's bf16 GEMM (include/ngd.h): the matmul primitive (AMX or AVX512-BF16), or f32
+    // copies where the CPU has no bf16 kernel
+    const ngd_status st = ngd_bf16_gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    NN_ASSERT(st == NGD_OK);
+    (void)st;
 }

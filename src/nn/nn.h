@@ -151,18 +151,15 @@ void nn_bf16_decode(const uint16_t *x, float *y, size_t n);
 void nn_bf16_encode_rows(const float *x, size_t lds, uint16_t *y, size_t ldd, size_t rows,
                          size_t cols);
 // nn_sgemm's contract with bf16 A and B: products of bf16 values summed in f32, C f32.
-// oneDNN's bf16 GEMM (AVX512-BF16 / AMX kernels; emulated on plain AVX-512); where oneDNN
-// has none for the CPU it converts op(A), op(B) to f32 and runs nn_sgemm (slower, and it
-// allocates per call). Counted in nn_flop_count. Callable from a parallel region (runs on
-// the calling thread there, as nn_sgemm).
+// libngd's ngd_bf16_gemm (oneDNN's matmul primitive: AMX or AVX512-BF16 kernels; f32
+// copies and sgemm where the CPU has none). Counted in nn_flop_count. Callable from a
+// parallel region (runs on the calling thread there, as nn_sgemm).
 void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
 // The reference: the same bf16 inputs, float64 accumulation.
 void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
                       float *C, size_t ldc);
-// Forces the converting path (tests of the machines without bf16 kernels).
-void nn_gemm_bf16_force_convert(bool on);
 // Does this CPU have AVX512-BF16 (the fast path)?
 bool nn_bf16_native(void);
 
