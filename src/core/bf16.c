@@ -2,12 +2,22 @@
  * vectorises these loops; the same results as ngd_f32_to_bf16 / ngd_bf16_to_f32). */
 #include "bf16.h"
 
+#include "impl.h"
+
+// Both directions split long arrays over the threads (SINGD's bf16 preconditioning rounds
+// two d_out x d_in matrices per step; one thread left the other waiting, docs/benchmarks.md)
 void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n > 4 * NGD_PAR_MIN)
+#endif
     for (size_t i = 0; i < n; i++)
         dst[i] = ngd_bf16_to_f32(src[i]);
 }
 
 void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n > 4 * NGD_PAR_MIN)
+#endif
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &src[i], sizeof u);
