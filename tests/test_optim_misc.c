@@ -32,15 +32,18 @@ static double naive_patch(const ngd_conv_geom *g, const float *x, size_t n, size
 
 static void unfold_should_match_a_naive_loop(void) {
     const ngd_conv_geom geoms[] = {
-        {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1}, // plain 3x3, padding 1
-        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 2}, // stride, dilation, groups 2, asymmetric kernel
-        {6, 6, 5, 2, 2, 1, 1, 2, 2, 2, 1, 3}, // padding 2, dilation 2, groups 3
-        {2, 5, 5, 5, 5, 1, 1, 0, 0, 1, 1, 1}, // kernel = image: one location
+        {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1},   // plain 3x3, padding 1
+        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 2},   // stride, dilation, groups 2, asymmetric kernel
+        {6, 6, 5, 2, 2, 1, 1, 2, 2, 2, 1, 3},   // padding 2, dilation 2, groups 3
+        {2, 5, 5, 5, 5, 1, 1, 0, 0, 1, 1, 1},   // kernel = image: one location
+        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 1},   // stride, dilation, one group (the fast path)
+        {3, 6, 7, 3, 3, 2, 1, 0, 3, 1, 1, 1},   // padding wider than a row's reach, stride 2
+        {8, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, // enough work to split over the threads
     };
     ref_rng r = {5};
     for (size_t t = 0; t < sizeof geoms / sizeof geoms[0]; t++) {
         const ngd_conv_geom *g = &geoms[t];
-        const size_t N = 2, oh = ngd_conv_out_h(g), ow = ngd_conv_out_w(g);
+        const size_t N = t == 6 ? 16 : 2, oh = ngd_conv_out_h(g), ow = ngd_conv_out_w(g);
         const size_t cols = g->c_in / g->groups * g->k1 * g->k2;
         CHECK(oh > 0 && ow > 0);
         float *x = malloc(N * g->c_in * g->h * g->w * 4);
