@@ -4,26 +4,50 @@
 
 #include "impl.h"
 
-// Both directions split long arrays over the threads (SINGD's bf16 preconditioning rounds
-// two d_out x d_in matrices per step; one thread left the other waiting, docs/benchmarks.md)
-void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n) {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n > 4 * NGD_PAR_MIN)
-#endif
+static void decode_range(const uint16_t *src, float *dst, size_t n) {
     for (size_t i = 0; i < n; i++)
         dst[i] = ngd_bf16_to_f32(src[i]);
 }
 
-void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n) {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n > 4 * NGD_PAR_MIN)
-#endif
+static void encode_range(const float *src, uint16_t *dst, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &src[i], sizeof u);
         const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
         dst[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
     }
+}
+
+// Both directions split long arrays over the threads in blocks (SINGD's bf16 preconditioning
+// rounds two d_out x d_in matrices per step; one thread left the other waiting). Short ones
+// (a statistics row) never enter a parallel region: even one with a false `if` clause costs
+// libgomp a team allocation per call (the row-by-row decode of a conv's g in perf).
+#define BF16_BLOCK 16384
+
+void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n) {
+    if (n <= 8 * (size_t)BF16_BLOCK) {
+        decode_range(src, dst, n);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (size_t b = 0; b < (n + BF16_BLOCK - 1) / BF16_BLOCK; b++)
+        decode_range(src + b * BF16_BLOCK, dst + b * BF16_BLOCK,
+                     NGD_MIN((size_t)BF16_BLOCK, n - b * BF16_BLOCK));
+}
+
+void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n) {
+    if (n <= 8 * (size_t)BF16_BLOCK) {
+        encode_range(src, dst, n);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (size_t b = 0; b < (n + BF16_BLOCK - 1) / BF16_BLOCK; b++)
+        encode_range(src + b * BF16_BLOCK, dst + b * BF16_BLOCK,
+                     NGD_MIN((size_t)BF16_BLOCK, n - b * BF16_BLOCK));
 }
 
 void ngd_bf16_round(float *x, size_t n) {
