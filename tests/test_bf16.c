@@ -511,6 +511,113 @@ static void linear_bf16_should_match_float64(void) {
 // the layer's three paths (chunks of several small images; one image block by block, in
 // forward's blocks of 256 columns and backward's of 1024; the transposed convolution for dx
 // at stride 1, col2im otherwise and with groups).
+// A bf16 input (nn_conv2d_forward_bf16: the activations a cnn keeps in bf16) gives exactly
+// what the f32 input gives, since the layer rounds that input the same way: y, dW, db and dx
+// bit for bit, the same g, and an `a` that is the unfold of the rounded input.
+static void conv2d_bf16_input_should_equal_rounding_inside(void) {
+    // c_in, h, w, k, s, p, groups, c_out, N: 'same', strided, grouped, several samples per
+    // chunk (a small image) and more than one bf16 backward block (40x40)
+    const size_t cases[][9] = {{3, 6, 5, 3, 1, 1, 1, 8, 5},
+                               {4, 16, 16, 3, 1, 1, 1, 6, 3},
+                               {4, 9, 9, 3, 2, 1, 1, 5, 4},
+                               {4, 8, 8, 3, 1, 1, 2, 6, 3},
+                               {2, 40, 40, 3, 1, 1, 1, 3, 2}};
+    trng r = {23};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const size_t *cs = cases[t];
+        const ngd_conv_geom G = {cs[0], cs[1], cs[2], cs[3], cs[3], cs[4],
+                                 cs[4], cs[5], cs[5], 1,     1,     cs[6]};
+        const size_t cout = cs[7], N = cs[8];
+        nn_conv2d l[2];
+        for (int v = 0; v < 2; v++) {
+            nn_rng rng;
+            nn_rng_seed(&rng, 9);
+            CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
+            CHECK(nn_conv2d_use_bf16(&l[v]) == NN_OK);
+        }
+        const size_t nx = N * G.c_in * G.h * G.w, ny = N * cout * l[0].oh * l[0].ow;
+        float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
+        float *y[2] = {malloc(ny * 4), malloc(ny * 4)}, *dx[2] = {malloc(nx * 4), malloc(nx * 4)};
+        uint16_t *x16 = malloc(nx * 2);
+        tfill(&r, x, nx, -1, 1);
+        tfill(&r, dy, ny, -1, 1);
+        nn_bf16_encode(x, x16, nx);
+        nn_bf16_decode(x16, xr, nx);
+        nn_conv2d_forward(&l[0], x, y[0], N);
+        nn_conv2d_forward_bf16(&l[1], x16, y[1], N);
+        const size_t ns = nn_conv2d_stats_size(&l[1]);
+        CHECK(ns >= nn_conv2d_stats_size(&l[0]));
+        float *sc[2] = {malloc(ns * 4), malloc(ns * 4)}, *un = malloc(ns * 4);
+        ngd_matrix a[2], g[2];
+        for (int v = 0; v < 2; v++) {
+            nn_conv2d_backward_set(&l[v], dy, dx[v]);
+            CHECK(nn_conv2d_stats(&l[v], sc[v], &a[v], &g[v]) == NN_OK);
+        }
+        CHECK(memcmp(y[0], y[1], ny * 4) == 0);
+        CHECK(memcmp(l[0].dw, l[1].dw, cout * l[0].d_in * 4) == 0);
+        CHECK(memcmp(l[0].db, l[1].db, cout * 4) == 0);
+        CHECK(memcmp(dx[0], dx[1], nx * 4) == 0);
+        CHECK(g[1].dtype == NGD_BF16 && memcmp(g[0].data, g[1].data, g[0].rows * cout * 2) == 0);
+        CHECK(a[1].dtype == NGD_F32 && a[1].rows == a[0].rows && a[1].cols == a[0].cols);
+        CHECK(ngd_unfold(&G, N, xr, false, un) == NGD_OK);
+        CHECK(memcmp(a[1].data, un, a[1].rows * a[1].cols * 4) == 0);
+        for (int v = 0; v < 2; v++) {
+            nn_conv2d_free(&l[v]);
+            free(y[v]), free(dx[v]), free(sc[v]);
+        }
+        free(x), free(xr), free(dy), free(x16), free(un);
+    }
+}
+
+// BatchNorm-ReLU and max pooling with bf16 outputs: exactly the f32 outputs rounded, the same
+// running statistics and argmax, and the same backward.
+static void bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones(void) {
+    const size_t N = 3, C = 5, H = 6, W = 4, n = N * C * H * W, L = N * C * (H / 2) * (W / 2);
+    trng r = {24};
+    float *x = malloc(n * 4), *y = malloc(n * 4), *dy = malloc(n * 4), *dx[2];
+    uint16_t *y16 = malloc(n * 2), *want = malloc(n * 2);
+    dx[0] = malloc(n * 4), dx[1] = malloc(n * 4);
+    tfill(&r, x, n, -2, 2);
+    tfill(&r, dy, n, -1, 1);
+    nn_batchnorm bn[2];
+    for (int v = 0; v < 2; v++) {
+        CHECK(nn_batchnorm_init(&bn[v], C, H * W, N) == NN_OK);
+        for (size_t c = 0; c < C; c++)
+            bn[v].w[c] = 0.5f + 0.25f * (float)c, bn[v].b[c] = 0.1f * (float)c - 0.2f;
+    }
+    nn_batchnorm_relu_forward(&bn[0], x, y, N, true);
+    nn_batchnorm_relu_forward_bf16(&bn[1], x, y16, N, true);
+    nn_bf16_encode(y, want, n);
+    CHECK(memcmp(y16, want, n * 2) == 0);
+    CHECK(memcmp(bn[0].running_mean, bn[1].running_mean, C * 4) == 0);
+    CHECK(memcmp(bn[0].running_var, bn[1].running_var, C * 4) == 0);
+    for (int v = 0; v < 2; v++)
+        nn_batchnorm_relu_backward(&bn[v], dy, dx[v]);
+    CHECK(memcmp(dx[0], dx[1], n * 4) == 0);
+    CHECK(memcmp(bn[0].dw, bn[1].dw, C * 4) == 0 && memcmp(bn[0].db, bn[1].db, C * 4) == 0);
+    // pooling: the 2x2 kernel and the general one (3x3, stride 2, padding 1)
+    const size_t geo[2][3] = {{2, 2, 0}, {3, 2, 1}};
+    for (int k = 0; k < 2; k++) {
+        nn_maxpool2d pl[2];
+        for (int v = 0; v < 2; v++)
+            CHECK(nn_maxpool2d_init(&pl[v], C, H, W, geo[k][0], geo[k][1], geo[k][2], N) == NN_OK);
+        const size_t no = N * C * pl[0].oh * pl[0].ow;
+        CHECK(k == 1 || no == L);
+        nn_maxpool2d_forward(&pl[0], y, dx[0], N);
+        nn_maxpool2d_forward_bf16(&pl[1], y, y16, N);
+        nn_bf16_encode(dx[0], want, no);
+        CHECK(memcmp(y16, want, no * 2) == 0);
+        CHECK(memcmp(pl[0].argmax, pl[1].argmax, no * sizeof(int32_t)) == 0);
+        for (int v = 0; v < 2; v++)
+            nn_maxpool2d_free(&pl[v]);
+    }
+    for (int v = 0; v < 2; v++) {
+        nn_batchnorm_free(&bn[v]);
+        free(dx[v]);
+    }
+    free(x), free(y), free(dy), free(y16), free(want);
+}
+
 static void conv2d_bf16_should_match_float64(void) {
     // c_in, h, w, k, s, p, dil, groups, c_out, N
     const size_t cases[][10] = {{3, 6, 5, 3, 1, 1, 1, 1, 8, 5},
@@ -617,6 +724,8 @@ static const test_case TESTS[] = {
     TEST(kfac_bf16_averages_should_be_bf16_values),
     TEST(linear_bf16_should_match_float64),
     TEST(conv2d_bf16_should_match_float64),
+    TEST(conv2d_bf16_input_should_equal_rounding_inside),
+    TEST(bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones),
 };
 
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

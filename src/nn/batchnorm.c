@@ -81,9 +81,11 @@ static double plane_sqdev(const float *x, size_t N, size_t C, size_t HW, size_t 
     return s;
 }
 
-// x (N, C, HW) -> y (N, C, HW), y = γ x̂ + β, then max(0, ·) when relu
-static void forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train, bool relu) {
-    NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
+// x (N, C, HW) -> y (N, C, HW), y = γ x̂ + β, then max(0, ·) when relu; into y16 rounded to
+// bf16 instead when y16 is set (relu only)
+static void forward(nn_batchnorm *l, const float *x, float *y, uint16_t *y16, size_t N, bool train,
+                    bool relu) {
+    NN_ASSERT(x && (y || (y16 && relu)) && N >= 1 && N <= l->max_batch);
     NN_ASSERT(!train || N * l->hw > 1); // a batch variance needs two values per channel
     const size_t C = l->c, HW = l->hw, M = N * HW;
     l->x = x;
@@ -115,6 +117,14 @@ static void forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool tr
         const float w = l->w[c], b = l->b[c];
         for (size_t n = 0; n < N; n++) {
             const float *xc = x + (n * C + c) * HW;
+            if (y16) {
+                uint16_t *yc = y16 + (n * C + c) * HW;
+                for (size_t p = 0; p < HW; p++) {
+                    const float v = w * ((xc[p] - mean) * invstd) + b;
+                    yc[p] = nn_to_bf16(v > 0.0f ? v : 0.0f);
+                }
+                continue;
+            }
             float *yc = y + (n * C + c) * HW;
             if (relu) {
                 for (size_t p = 0; p < HW; p++) {
@@ -130,10 +140,14 @@ static void forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool tr
 }
 
 void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, y, N, train, false);
+    forward(l, x, y, NULL, N, train, false);
 }
 void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, y, N, train, true);
+    forward(l, x, y, NULL, N, train, true);
+}
+void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
+                                    bool train) {
+    forward(l, x, NULL, y, N, train, true);
 }
 
 // With g = dy (or dy masked by the ReLU: where γ x̂ + β > 0, recomputed exactly as forward):

@@ -202,12 +202,6 @@ static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
 }
 
 // nn_bf16_encode of one value (inlined in im2col and the transposing loop of nn_conv2d_stats)
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
-}
 
 // ---- transposed im2col / col2im of a chunk and one group ----
 
@@ -398,19 +392,21 @@ static int thread_id(void) {
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
                           float *ybuf, uint16_t *col16, uint16_t *x16) {
+    // (x NULL: the bf16 input l->xb, read in place)
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const size_t RB = nb == 1 ? block_rows(l->fcols, OW) : OH;
-    // bf16: the chunk's samples rounded once for all its blocks' im2col
-    if (col16) nn_bf16_encode(x + n0 * xs, x16, nb * xs);
+    // bf16: the chunk's samples rounded once for all its blocks' im2col (or the bf16 input)
+    const uint16_t *xs16 = !col16 ? NULL : l->xb ? l->xb + n0 * xs : x16;
+    if (col16 && !l->xb) nn_bf16_encode(x + n0 * xs, x16, nb * xs);
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x + n0 * xs, col16 ? x16 : NULL, nb, g, r0, R, colt, col16);
+            im2col_t(l, x ? x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, col16);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
             if (col16) {
                 nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
@@ -438,10 +434,11 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         }
 }
 
-void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
-    NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
+static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, size_t N) {
+    NN_ASSERT((x || (xb && l->w16)) && y && N >= 1 && N <= l->max_batch);
     const size_t nchunks = (N + l->chunk - 1) / l->chunk;
     l->x = x;
+    l->xb = xb;
     l->dy = NULL;
     l->n = N;
     if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
@@ -455,6 +452,13 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL,
                       l->w16 ? x16_of(l, t) : NULL);
     }
+}
+
+void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
+    forward(l, x, NULL, y, N);
+}
+void nn_conv2d_forward_bf16(nn_conv2d *l, const uint16_t *x, float *y, size_t N) {
+    forward(l, NULL, x, y, N);
 }
 
 // dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows
@@ -504,8 +508,10 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     }
     if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
     // bf16: the chunk's samples rounded again (as forward did: the same values; keeping them
-    // from forward would hold a batch of them) and, with the transposed convolution, its dy
-    if (dy16) nn_bf16_encode(l->x + n0 * xs, x16, nb * xs);
+    // from forward would hold a batch of them; a bf16 input is read in place) and, with the
+    // transposed convolution, its dy
+    const uint16_t *xs16 = !dy16 ? NULL : l->xb ? l->xb + n0 * xs : x16;
+    if (dy16 && !l->xb) nn_bf16_encode(l->x + n0 * xs, x16, nb * xs);
     if (dx && l->wflip && dy16) nn_bf16_encode(dy + n0 * cout * L, dyx16, nb * cout * L);
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
@@ -515,7 +521,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
-            im2col_t(l, l->x + n0 * xs, dy16 ? x16 : NULL, nb, g, r0, R, colt, dy16 ? col16 : NULL);
+            im2col_t(l, l->x ? l->x + n0 * xs : NULL, xs16, nb, g, r0, R, colt,
+                     dy16 ? col16 : NULL);
             if (dy16) {
                 const uint16_t *yg16 = dy16 + g * cog * ncol;
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
@@ -545,7 +552,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
-    NN_ASSERT(dy && l->x && l->n >= 1);
+    NN_ASSERT(dy && (l->x || l->xb) && l->n >= 1);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out, din = l->d_in;
     const size_t nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
     l->dy = dy;
@@ -616,17 +623,26 @@ ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name) {
 }
 
 size_t nn_conv2d_stats_size(const nn_conv2d *l) {
-    return nn_mul(nn_mul(l->max_batch, l->oh * l->ow), l->d_in + l->c_out);
+    // bf16 mode: g's part also holds the f32 input decoded from a bf16 one, for the unfold
+    const size_t L = l->oh * l->ow, xs = l->geom.c_in * l->geom.h * l->geom.w;
+    const size_t gpart = l->w16 && xs > L * l->c_out ? xs : L * l->c_out;
+    return nn_mul(l->max_batch, nn_mul(L, l->d_in) + gpart);
 }
 
 nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g) {
-    NN_ASSERT(l->x && l->dy && l->n >= 1 && scratch);
+    NN_ASSERT((l->x || l->xb) && l->dy && l->n >= 1 && scratch);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
     float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;    // the caller's scratch
     uint16_t *gbuf16 = l->w16 ? (uint16_t *)(void *)gbuf : NULL; // bf16 mode: g in bf16
     // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
-    // matrix is by construction the one its documentation describes
-    if (ngd_unfold(&l->geom, N, l->x, false, abuf) != NGD_OK) return NN_ERR_ARG;
+    // matrix is by construction the one its documentation describes; a bf16 input is
+    // decoded (exactly) into g's part first, which g overwrites after
+    const float *x = l->x;
+    if (!x) {
+        nn_bf16_decode(l->xb, gbuf, N * l->geom.c_in * l->geom.h * l->geom.w);
+        x = gbuf;
+    }
+    if (ngd_unfold(&l->geom, N, x, false, abuf) != NGD_OK) return NN_ERR_ARG;
     // g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time
     // (bf16 mode: rounded on the way, the same values as the GEMMs' dy)
     NN_OMP_FOR(N * L * cout)
@@ -636,7 +652,7 @@ nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd
             if (gbuf16) {
                 uint16_t *dst = gbuf16 + n * L * cout + o;
                 for (size_t p = 0; p < L; p++)
-                    dst[p * cout] = to_bf16(src[p]);
+                    dst[p * cout] = nn_to_bf16(src[p]);
                 continue;
             }
             float *dst = gbuf + n * L * cout + o;

@@ -42,6 +42,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <ngd.h>
 
@@ -145,6 +146,13 @@ void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
 // bfloat16 is stored as uint16_t (the upper half of a float32). Conversions round to
 // nearest even and keep NaN (quietened); nn_bf16_encode is libngd's ngd_f32_to_bf16,
 // vectorised. Decoding is exact.
+// One value (nn_bf16_encode's rounding), for loops that round what they write
+static inline uint16_t nn_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+}
 void nn_bf16_encode(const float *x, uint16_t *y, size_t n);
 void nn_bf16_decode(const uint16_t *x, float *y, size_t n);
 // rows x cols of a row-major x (leading dimension lds) into y (leading dimension ldd)
@@ -228,9 +236,10 @@ typedef struct {
     // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.
     ngd_conv_geom tgeom;
     float *wflip;
-    const float *x;  // (N, c_in, h, w) borrowed from forward
-    const float *dy; // (N, c_out, oh, ow) borrowed from backward
-    size_t n;        // batch of the last forward
+    const float *x;     // (N, c_in, h, w) borrowed from forward (NULL after forward_bf16)
+    const uint16_t *xb; // (N, c_in, h, w) bf16, borrowed from nn_conv2d_forward_bf16 (or NULL)
+    const float *dy;    // (N, c_out, oh, ow) borrowed from backward
+    size_t n;           // batch of the last forward
     // bf16 mode (nn_conv2d_use_bf16; NULL otherwise): each chunk's im2col (and the
     // transposed convolution's) is rounded into col16 and multiplied by bf16 GEMMs with
     // f32 accumulation; dy is rounded block by block into dy16; W (and wflip) are rounded
@@ -251,6 +260,9 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
                          size_t max_batch, nn_rng *rng);
 // x (N, c_in, h, w) -> y (N, c_out, oh, ow). x is borrowed until backward and the stats.
 void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N);
+// bf16 mode: the same from a bf16 input (borrowed likewise): the layer's GEMMs read it as it
+// is, with no rounding pass of its own, and the statistics' `a` is its exact f32 value.
+void nn_conv2d_forward_bf16(nn_conv2d *l, const uint16_t *x, float *y, size_t N);
 // dy (N, c_out, oh, ow): dW += Σ dy colᵀ, db += Σ dy, dx (N, c_in, h, w) += col2im(Wᵀ dy).
 // dy is borrowed until the stats have been read.
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx);
@@ -296,6 +308,10 @@ void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx);
 // conv-BN-ReLU block has no other consumer), so the caller need not zero dx.
 void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train);
 void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx);
+// nn_batchnorm_relu_forward writing its output rounded to bf16 (--precision bf16: the next
+// layer is a bf16 Conv2d, which would round it anyway); backward is the same.
+void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
+                                    bool train);
 void nn_batchnorm_free(nn_batchnorm *l);
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out); // weight, bias
 
@@ -358,6 +374,8 @@ typedef struct {
 nn_status nn_maxpool2d_init(nn_maxpool2d *l, size_t c, size_t h, size_t w, size_t k, size_t s,
                             size_t p, size_t max_batch);
 void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N);
+// The same with the output rounded to bf16 (the maximum is taken in f32; backward is the same)
+void nn_maxpool2d_forward_bf16(nn_maxpool2d *l, const float *x, uint16_t *y, size_t N);
 // dx += dy routed to the maximum (ties: the first in row-major window order)
 void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx);
 // The same, but dx is WRITTEN (=): the caller need not zero it first.

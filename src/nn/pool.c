@@ -41,13 +41,13 @@ void nn_maxpool2d_free(nn_maxpool2d *l) {
     } while (0)
 
 // 2x2 windows of stride 2 without padding (every CNN here): two input rows at a time
-static void maxpool_2x2(nn_maxpool2d *l, const float *x, float *y, size_t planes) {
+static void maxpool_2x2(nn_maxpool2d *l, const float *x, float *y, uint16_t *y16, size_t planes) {
     const size_t W = l->w, OH = l->oh, OW = l->ow, HW = l->h * l->w;
     NN_OMP_FOR(planes * HW)
     for (size_t pl = 0; pl < planes; pl++) {
         const float *xp = x + pl * HW;
-        float *yp = y + pl * OH * OW;
-        int32_t *ap = l->argmax + pl * OH * OW;
+        const size_t yo = pl * OH * OW;
+        int32_t *ap = l->argmax + yo;
         for (size_t o1 = 0; o1 < OH; o1++) {
             const size_t r0 = 2 * o1 * W, r1 = r0 + W;
             for (size_t o2 = 0; o2 < OW; o2++) {
@@ -57,20 +57,23 @@ static void maxpool_2x2(nn_maxpool2d *l, const float *x, float *y, size_t planes
                 MAXPOOL_TAKE(xp[r0 + c0 + 1], r0 + c0 + 1);
                 MAXPOOL_TAKE(xp[r1 + c0], r1 + c0);
                 MAXPOOL_TAKE(xp[r1 + c0 + 1], r1 + c0 + 1);
-                yp[o1 * OW + o2] = best;
+                if (y16)
+                    y16[yo + o1 * OW + o2] = nn_to_bf16(best);
+                else
+                    y[yo + o1 * OW + o2] = best;
                 ap[o1 * OW + o2] = arg;
             }
         }
     }
 }
 
-// x (N, C, H, W) -> y (N, C, OH, OW)
-void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N) {
-    NN_ASSERT(x && y && N >= 1 && N <= l->max_batch);
+// x (N, C, H, W) -> y (N, C, OH, OW), or y16 rounded
+static void maxpool_forward(nn_maxpool2d *l, const float *x, float *y, uint16_t *y16, size_t N) {
+    NN_ASSERT(x && (y || y16) && N >= 1 && N <= l->max_batch);
     const size_t H = l->h, W = l->w, OH = l->oh, OW = l->ow, planes = N * l->c;
     l->n = N;
     if (l->k == 2 && l->s == 2 && l->p == 0) {
-        maxpool_2x2(l, x, y, planes);
+        maxpool_2x2(l, x, y, y16, planes);
         return;
     }
     NN_OMP_FOR(planes * l->oh * l->ow * l->k * l->k)
@@ -96,10 +99,20 @@ void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N) {
                 }
                 // p <= k/2 guarantees every window holds at least one input element
                 const size_t o = pl * OH * OW + o1 * OW + o2;
-                y[o] = best;
+                if (y16)
+                    y16[o] = nn_to_bf16(best);
+                else
+                    y[o] = best;
                 l->argmax[o] = arg;
             }
     }
+}
+
+void nn_maxpool2d_forward(nn_maxpool2d *l, const float *x, float *y, size_t N) {
+    maxpool_forward(l, x, y, NULL, N);
+}
+void nn_maxpool2d_forward_bf16(nn_maxpool2d *l, const float *x, uint16_t *y, size_t N) {
+    maxpool_forward(l, x, NULL, y, N);
 }
 
 void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx) {

@@ -28,7 +28,11 @@ typedef struct {
     float *cz[CNN_CONVS];      // conv output (BN's borrowed input)
     float *ra[CNN_CONVS];      // BN-ReLU output
     float *po[CNN_MAX_STAGES]; // pool output
-    float *h1, *a1;            // (B, 128) fc1 output, ReLU output
+    // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
+    // anyway): ra16 instead of ra for the first block of a stage, po16 instead of po before
+    // the last stage (NULL otherwise)
+    uint16_t *ra16[CNN_CONVS], *po16[CNN_MAX_STAGES];
+    float *h1, *a1; // (B, 128) fc1 output, ReLU output
     // gradients, same shapes; dcz is the conv's `g` (kept for observe)
     float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
     float *gs; // (B, max C·H·W) gradient of the block output being worked on
@@ -42,12 +46,12 @@ static void cnn_destroy(nn_model *m) {
     for (size_t k = 0; k < p->nconv; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->ra[k]);
+        free(p->cz[k]), free(p->ra[k]), free(p->ra16[k]);
         if (!p->dz) free(p->dcz[k]);
     }
     for (size_t s = 0; s < p->nstages; s++) {
         nn_maxpool2d_free(&p->pool[s]);
-        free(p->po[s]), free(p->dpo[s]);
+        free(p->po[s]), free(p->po16[s]), free(p->dpo[s]);
     }
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
@@ -84,9 +88,13 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = chans[s];
             size_t n = B * c * h * w;
             maxact = n > maxact ? n : maxact;
-            p->cz[k] = buf(n), p->ra[k] = buf(n);
+            p->cz[k] = buf(n);
+            if (cfg->bf16 && j == 0)
+                p->ra16[k] = nn_malloc(n, sizeof(uint16_t));
+            else
+                p->ra[k] = buf(n);
             if (!cfg->no_stats) p->dcz[k] = buf(n);
-            if (!p->cz[k] || !p->ra[k] || (!cfg->no_stats && !p->dcz[k])) goto oom;
+            if (!p->cz[k] || (!p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k])) goto oom;
             nn_param ps[2];
             size_t np = nn_conv2d_params(&p->conv[k], ps);
             nn_model_add_params(m, ps, np);
@@ -98,8 +106,12 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         if (h < 2 || w < 2 || nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, B) != NN_OK)
             goto bad;
         h /= 2, w /= 2;
-        p->po[s] = buf(B * c * h * w), p->dpo[s] = buf(B * c * h * w);
-        if (!p->po[s] || !p->dpo[s]) goto oom;
+        if (cfg->bf16 && s + 1 < p->nstages)
+            p->po16[s] = nn_malloc(B * c * h * w, sizeof(uint16_t));
+        else
+            p->po[s] = buf(B * c * h * w);
+        p->dpo[s] = buf(B * c * h * w);
+        if ((!p->po[s] && !p->po16[s]) || !p->dpo[s]) goto oom;
     }
     p->flat = c * h * w;
     if (nn_linear_init(&p->fc1, p->flat, CNN_HIDDEN, true, &rng) != NN_OK ||
@@ -134,16 +146,26 @@ oom:
 static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
     cnn *p = m->impl;
     m->N = N;
-    const float *in = x;
+    const float *in = x;         // the next layer's input: f32,
+    const uint16_t *in16 = NULL; // or bf16
     for (size_t s = 0; s < p->nstages; s++) {
         for (size_t j = 0; j < 2; j++) {
             size_t k = 2 * s + j;
-            nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
-            nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
-            in = p->ra[k];
+            if (in16)
+                nn_conv2d_forward_bf16(&p->conv[k], in16, p->cz[k], N);
+            else
+                nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
+            if (p->ra16[k])
+                nn_batchnorm_relu_forward_bf16(&p->bn[k], p->cz[k], p->ra16[k], N, train);
+            else
+                nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
+            in = p->ra[k], in16 = p->ra16[k];
         }
-        nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
-        in = p->po[s];
+        if (p->po16[s])
+            nn_maxpool2d_forward_bf16(&p->pool[s], in, p->po16[s], N);
+        else
+            nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
+        in = p->po[s], in16 = p->po16[s];
     }
     nn_linear_forward(&p->fc1, in, p->h1, N); // flatten: NCHW memory is already (N, C*H*W)
     nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * CNN_HIDDEN);

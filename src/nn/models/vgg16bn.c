@@ -48,7 +48,10 @@ typedef struct {
     float *cz[VGG_CONVS];  // conv output (BN's borrowed input)
     float *ra[VGG_CONVS];  // BN-ReLU output (the next conv's or pool's input)
     float *po[VGG_STAGES]; // pool output (NULL when the stage is not pooled)
-    float *h1, *a1, *d1;   // (N, hidden) fc1 output, ReLU output, dropout output
+    // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
+    // anyway): ra16 / po16 instead of ra / po where a conv is the consumer (NULL otherwise)
+    uint16_t *ra16[VGG_CONVS], *po16[VGG_STAGES];
+    float *h1, *a1, *d1; // (N, hidden) fc1 output, ReLU output, dropout output
     // gradients
     float *dcz[VGG_CONVS];  // conv output gradient: the conv's `g`, kept for observe
     float *dpo[VGG_STAGES]; // pool output gradient
@@ -63,12 +66,12 @@ static void vgg_destroy(nn_model *m) {
     for (size_t k = 0; k < VGG_CONVS; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->ra[k]);
+        free(p->cz[k]), free(p->ra[k]), free(p->ra16[k]);
         if (!p->dz) free(p->dcz[k]);
     }
     for (size_t s = 0; s < VGG_STAGES; s++) {
         nn_maxpool2d_free(&p->pool[s]);
-        free(p->po[s]), free(p->dpo[s]);
+        free(p->po[s]), free(p->po16[s]), free(p->dpo[s]);
     }
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
@@ -102,6 +105,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_param ps[2];
     for (size_t s = 0; s < VGG_STAGES; s++) {
         const size_t co = STAGE_CHANS[s] / div;
+        const bool pools = h >= 2 && w >= 2, last = s + 1 == VGG_STAGES;
         for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
             const ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
             if (nn_conv2d_init(&p->conv[k], &g, co, true, N, &rng) != NN_OK ||
@@ -115,9 +119,14 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = co;
             const size_t act = c * h * w;
             maxact = act > maxact ? act : maxact;
-            p->cz[k] = buf(N, act), p->ra[k] = buf(N, act);
+            p->cz[k] = buf(N, act);
+            // read by a conv: the next in the stage, or the next stage's first (no pool)
+            if (cfg->bf16 && (j + 1 < STAGE_CONVS[s] || (!pools && !last)))
+                p->ra16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
+            else
+                p->ra[k] = buf(N, act);
             if (!cfg->no_stats) p->dcz[k] = buf(N, act);
-            if (!p->cz[k] || !p->ra[k] || (!cfg->no_stats && !p->dcz[k])) goto oom;
+            if (!p->cz[k] || (!p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k])) goto oom;
             nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
             nn_model_add_params(m, ps, nn_batchnorm_params(&p->bn[k], ps));
             nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, co);
@@ -135,8 +144,12 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         if (p->pooled[s]) {
             if (nn_maxpool2d_init(&p->pool[s], c, h, w, 2, 2, 0, N) != NN_OK) goto oom;
             h /= 2, w /= 2;
-            p->po[s] = buf(N, c * h * w), p->dpo[s] = buf(N, c * h * w);
-            if (!p->po[s] || !p->dpo[s]) goto oom;
+            if (cfg->bf16 && !last)
+                p->po16[s] = nn_malloc(nn_mul(N, c * h * w), sizeof(uint16_t));
+            else
+                p->po[s] = buf(N, c * h * w);
+            p->dpo[s] = buf(N, c * h * w);
+            if ((!p->po[s] && !p->po16[s]) || !p->dpo[s]) goto oom;
         }
     }
     p->flat = c * h * w;
@@ -172,17 +185,27 @@ static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
     NN_ASSERT(x && N >= 1 && N <= p->maxN);
     p->N = N;
     m->N = N;
-    const float *in = x;
+    const float *in = x;         // the next layer's input: f32,
+    const uint16_t *in16 = NULL; // or bf16
     size_t k = 0;
     for (size_t s = 0; s < VGG_STAGES; s++) {
         for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
-            nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
-            nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
-            in = p->ra[k];
+            if (in16)
+                nn_conv2d_forward_bf16(&p->conv[k], in16, p->cz[k], N);
+            else
+                nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
+            if (p->ra16[k])
+                nn_batchnorm_relu_forward_bf16(&p->bn[k], p->cz[k], p->ra16[k], N, train);
+            else
+                nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
+            in = p->ra[k], in16 = p->ra16[k];
         }
         if (p->pooled[s]) {
-            nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
-            in = p->po[s];
+            if (p->po16[s])
+                nn_maxpool2d_forward_bf16(&p->pool[s], in, p->po16[s], N);
+            else
+                nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
+            in = p->po[s], in16 = p->po16[s];
         }
     }
     // flatten: NCHW memory is already (N, C·H·W)
