@@ -329,6 +329,10 @@ done
 if [ $held -eq 1 ]; then
     kill -TERM $pid; sleep 0.3
     kill -0 $pid 2>/dev/null && ok || bad "the first signal did not wait for the step in progress"
+    # a SIGTERM within 2 s of the first is the same request (mpirun sends duplicates)
+    kill -TERM $pid; sleep 0.5
+    kill -0 $pid 2>/dev/null && ok || bad "a SIGTERM repeated within 2 s ended the run"
+    sleep 1.5
     kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
     [ "$rc" -eq 143 ] && ok || bad "second SIGTERM: exit $rc, want 143"
     expect_msg "second signal: exiting at once" "second signal message"
