@@ -16,6 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "blas.h"
 #include "harness.h"
@@ -274,9 +277,16 @@ static void matmul_cache_should_serve_many_shapes_and_threads(void) {
                 if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
             free(C), free(R);
         }
-        // and outside the parallel region
+        // and outside the parallel region (the second round on one thread: another key)
+#ifdef _OPENMP
+        const int nt = omp_get_max_threads();
+        if (round) omp_set_num_threads(1);
+#endif
         float *C = malloc(30 * 50 * 4), *R = malloc(30 * 50 * 4);
         ngd_gemm_bf16(false, false, 30, 50, 70, 1.0f, A, 70, B, 50, 0.0f, C, 50);
+#ifdef _OPENMP
+        omp_set_num_threads(nt);
+#endif
         nn_gemm_bf16_ref(false, false, 30, 50, 70, 1.0f, A, 70, B, 50, 0.0f, R, 50);
         for (size_t j = 0; j < 30 * 50; j++)
             if (fabs((double)C[j] - (double)R[j]) > 1e-5 * 70) bad++;

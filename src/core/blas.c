@@ -131,12 +131,14 @@ extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t 
 // those of its last MM_SLOTS shapes (least recently used goes; vgg16bn's bf16 step has 24),
 // each with its memory objects, and one scratchpad for all of them (a thread runs one at a
 // time; no scratchpad is shared between threads). A call inside an OpenMP parallel region
-// runs on the calling thread alone, so that is part of the key. The caches stay until the
+// runs on the calling thread alone, and oneDNN splits a product for the thread count it sees
+// when the primitive is made, so both are part of the key. The caches stay until the
 // process ends, reachable from mm_all.
 #define MM_SLOTS 64
 
 typedef struct {
     bool ta, tb, inpar;
+    int nthr; // OpenMP's thread count when made (oneDNN plans its split for it)
     size_t m, n, k, lda, ldb, ldc;
     float alpha, beta;
     dnnl_primitive_t p;
@@ -237,15 +239,17 @@ static bool matmul_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float al
     if (!c) return false;
 #ifdef _OPENMP
     const bool inpar = omp_in_parallel();
+    const int nthr = omp_get_max_threads();
 #else
     const bool inpar = false;
+    const int nthr = 1;
 #endif
     mm_slot *e = NULL, *lru = &c->s[0];
     for (int i = 0; i < MM_SLOTS && !e; i++) {
         mm_slot *s = &c->s[i];
-        if (s->last && s->ta == ta && s->tb == tb && s->inpar == inpar && s->m == m && s->n == n &&
-            s->k == k && s->lda == lda && s->ldb == ldb && s->ldc == ldc && s->alpha == alpha &&
-            s->beta == beta)
+        if (s->last && s->ta == ta && s->tb == tb && s->inpar == inpar && s->nthr == nthr &&
+            s->m == m && s->n == n && s->k == k && s->lda == lda && s->ldb == ldb &&
+            s->ldc == ldc && s->alpha == alpha && s->beta == beta)
             e = s;
         else if (s->last < lru->last)
             lru = s;
@@ -255,6 +259,7 @@ static bool matmul_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float al
         *lru = (mm_slot){.ta = ta,
                          .tb = tb,
                          .inpar = inpar,
+                         .nthr = nthr,
                          .m = m,
                          .n = n,
                          .k = k,
