@@ -639,7 +639,10 @@ nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd
     // decoded (exactly) into g's part first, which g overwrites after
     const float *x = l->x;
     if (!x) {
-        nn_bf16_decode(l->xb, gbuf, N * l->geom.c_in * l->geom.h * l->geom.w);
+        const size_t xs = l->geom.c_in * l->geom.h * l->geom.w;
+        NN_OMP_FOR(N * xs)
+        for (size_t n = 0; n < N; n++)
+            nn_bf16_decode(l->xb + n * xs, gbuf + n * xs, xs);
         x = gbuf;
     }
     if (ngd_unfold(&l->geom, N, x, false, abuf) != NGD_OK) return NN_ERR_ARG;
