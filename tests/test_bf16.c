@@ -249,11 +249,55 @@ static void public_bf16_gemm_should_check_arguments_and_not_count(void) {
     free(A), free(B), free(C), free(D), free(f);
 }
 
-// Each thread keeps the primitives of its last 32 shapes: threads running different shapes
-// at once, more shapes than slots (evictions), and the same shape inside and outside a
-// parallel region, all against the float64 reference of the same bf16 inputs.
+// Product number i (m, n, k from the index, every one above the small-loop size; distinct for
+// i < 120) against the float64 reference of the same bf16 inputs: mismatches
+static size_t cache_case(const uint16_t *A, const uint16_t *B, size_t i) {
+    const size_t m = 24 + i % 24, n = 40 + (i * 7) % 40, k = 32 + (i * 13) % 64;
+    float *C = malloc(m * n * 4), *R = malloc(m * n * 4);
+    ngd_gemm_bf16(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, C, n);
+    nn_gemm_bf16_ref(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, R, n);
+    size_t bad = 0;
+    for (size_t j = 0; j < m * n; j++)
+        if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
+    free(C), free(R);
+    return bad;
+}
+
+// Shapes on which oneDNN 2.6's AMX matmul kernel executes an illegal instruction at one
+// thread (k % 32 == 31 with these m, n): they must take the other kernel and be right
+static void k_31_mod_32_shapes_should_not_crash(void) {
+    const size_t shapes[][3] = {{43, 77, 63}, {70, 9, 63}, {70, 260, 2047}};
+    uint16_t *A = malloc(70 * 2047 * 2), *B = malloc(2047 * 260 * 2);
+    float *f = malloc(2047 * 260 * 4);
+    trng r = {13};
+    tfill(&r, f, 2047 * 260, -1, 1);
+    nn_bf16_encode(f, A, 70 * 2047);
+    nn_bf16_encode(f, B, 2047 * 260);
+#ifdef _OPENMP
+    const int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    size_t bad = 0;
+    for (size_t t = 0; t < 3; t++) {
+        const size_t m = shapes[t][0], n = shapes[t][1], k = shapes[t][2];
+        float *C = malloc(m * n * 4), *R = malloc(m * n * 4);
+        ngd_gemm_bf16(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, C, n);
+        nn_gemm_bf16_ref(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, R, n);
+        for (size_t j = 0; j < m * n; j++)
+            if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
+        free(C), free(R);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#endif
+    CHECK(bad == 0);
+    free(A), free(B), free(f);
+}
+
+// Each thread keeps the primitives of its last 64 shapes: two threads running different
+// shapes at once, the same shapes outside a parallel region and at another thread count
+// (other keys), and 100 shapes on one thread (evictions, then the evicted made again).
 static void matmul_cache_should_serve_many_shapes_and_threads(void) {
-    enum { NS = 40 };
     const size_t kmax = 96, nmax = 80, mmax = 48;
     uint16_t *A = malloc(mmax * kmax * 2), *B = malloc(kmax * nmax * 2);
     float *f = malloc(kmax * nmax * 4);
@@ -266,31 +310,17 @@ static void matmul_cache_should_serve_many_shapes_and_threads(void) {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic) num_threads(2) reduction(+ : bad)
 #endif
-        for (int s = 0; s < 2 * NS; s++) {
-            // shape s % NS: m, n, k from the index (every product above the small-loop size)
-            const size_t i = (size_t)(s % NS), m = 24 + i % 24, n = 40 + (i * 7) % 40,
-                         k = 32 + (i * 13) % 64;
-            float *C = malloc(m * n * 4), *R = malloc(m * n * 4);
-            ngd_gemm_bf16(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, C, n);
-            nn_gemm_bf16_ref(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, R, n);
-            for (size_t j = 0; j < m * n; j++)
-                if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
-            free(C), free(R);
-        }
-        // and outside the parallel region (the second round on one thread: another key)
+        for (int s = 0; s < 80; s++)
+            bad += cache_case(A, B, (size_t)(s % 40));
 #ifdef _OPENMP
         const int nt = omp_get_max_threads();
         if (round) omp_set_num_threads(1);
 #endif
-        float *C = malloc(30 * 50 * 4), *R = malloc(30 * 50 * 4);
-        ngd_gemm_bf16(false, false, 30, 50, 70, 1.0f, A, 70, B, 50, 0.0f, C, 50);
+        for (size_t i = 0; i < 100; i++)
+            bad += cache_case(A, B, i);
 #ifdef _OPENMP
         omp_set_num_threads(nt);
 #endif
-        nn_gemm_bf16_ref(false, false, 30, 50, 70, 1.0f, A, 70, B, 50, 0.0f, R, 50);
-        for (size_t j = 0; j < 30 * 50; j++)
-            if (fabs((double)C[j] - (double)R[j]) > 1e-5 * 70) bad++;
-        free(C), free(R);
     }
     CHECK(bad == 0);
     free(A), free(B), free(f);
@@ -728,6 +758,7 @@ static const test_case TESTS[] = {
     TEST(gemm_bf16_gemm_path_should_meet_the_same_bound),
     TEST(public_bf16_gemm_should_check_arguments_and_not_count),
     TEST(matmul_cache_should_serve_many_shapes_and_threads),
+    TEST(k_31_mod_32_shapes_should_not_crash),
     TEST(gemm_bf16_should_be_exact_on_representable_values),
     TEST(core_gemm_bf16_should_meet_the_same_bound),
     TEST(bf16_factor_state_should_be_half),
