@@ -122,13 +122,8 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
 // Round to nearest even, NaN kept (quietened); written without a branch so that the loop
 // vectorises (16 values per AVX-512 instruction). Identical to libngd's ngd_f32_to_bf16.
 void nn_bf16_encode(const float *x, uint16_t *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        const uint32_t q = (u >> 16) | 0x40u;
-        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
-    }
+    for (size_t i = 0; i < n; i++)
+        y[i] = nn_to_bf16(x[i]);
 }
 
 void nn_bf16_decode(const uint16_t *x, float *y, size_t n) {
