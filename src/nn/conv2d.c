@@ -201,8 +201,6 @@ static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
     return l->dyx16 + t * l->chunk * l->c_out * l->oh * l->ow;
 }
 
-// nn_bf16_encode of one value (inlined in im2col and the transposing loop of nn_conv2d_stats)
-
 // ---- transposed im2col / col2im of a chunk and one group ----
 
 // For kernel column k2: output column o2 reads input column o2*s2 + off (off = k2*d2 − p2);
