@@ -249,18 +249,36 @@ static void public_bf16_gemm_should_check_arguments_and_not_count(void) {
     free(A), free(B), free(C), free(D), free(f);
 }
 
-// Product number i (m, n, k from the index, every one above the small-loop size; distinct for
-// i < 120) against the float64 reference of the same bf16 inputs: mismatches
-static size_t cache_case(const uint16_t *A, const uint16_t *B, size_t i) {
-    const size_t m = 24 + i % 24, n = 40 + (i * 7) % 40, k = 32 + (i * 13) % 64;
+// OpenMP's thread count set to n (when n > 0); returns the one before (1 without OpenMP)
+static int set_threads(int n) {
+#ifdef _OPENMP
+    const int before = omp_get_max_threads();
+    if (n > 0) omp_set_num_threads(n);
+    return before;
+#else
+    (void)n;
+    return 1;
+#endif
+}
+
+// ngd_gemm_bf16 of A (m x k) and op(B) (tb: B stored n x k) against the float64 reference of
+// the same bf16 inputs: the elements off by more than the f32 accumulation of k products allows
+static size_t product_mismatches(const uint16_t *A, const uint16_t *B, size_t m, size_t n, size_t k,
+                                 bool tb) {
     float *C = malloc(m * n * 4), *R = malloc(m * n * 4);
-    ngd_gemm_bf16(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, C, n);
-    nn_gemm_bf16_ref(false, i % 2, m, n, k, 1.0f, A, k, B, i % 2 ? k : n, 0.0f, R, n);
+    ngd_gemm_bf16(false, tb, m, n, k, 1.0f, A, k, B, tb ? k : n, 0.0f, C, n);
+    nn_gemm_bf16_ref(false, tb, m, n, k, 1.0f, A, k, B, tb ? k : n, 0.0f, R, n);
     size_t bad = 0;
     for (size_t j = 0; j < m * n; j++)
         if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
     free(C), free(R);
     return bad;
+}
+
+// Product number i (m, n, k from the index, every one above the small-loop size; distinct for
+// i < 120)
+static size_t cache_case(const uint16_t *A, const uint16_t *B, size_t i) {
+    return product_mismatches(A, B, 24 + i % 24, 40 + (i * 7) % 40, 32 + (i * 13) % 64, i % 2);
 }
 
 // Shapes on which oneDNN 2.6's AMX matmul kernel executes an illegal instruction at one
@@ -273,23 +291,11 @@ static void k_31_mod_32_shapes_should_not_crash(void) {
     tfill(&r, f, 2047 * 260, -1, 1);
     nn_bf16_encode(f, A, 70 * 2047);
     nn_bf16_encode(f, B, 2047 * 260);
-#ifdef _OPENMP
-    const int nt = omp_get_max_threads();
-    omp_set_num_threads(1);
-#endif
+    const int nt = set_threads(1);
     size_t bad = 0;
-    for (size_t t = 0; t < 3; t++) {
-        const size_t m = shapes[t][0], n = shapes[t][1], k = shapes[t][2];
-        float *C = malloc(m * n * 4), *R = malloc(m * n * 4);
-        ngd_gemm_bf16(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, C, n);
-        nn_gemm_bf16_ref(false, false, m, n, k, 1.0f, A, k, B, n, 0.0f, R, n);
-        for (size_t j = 0; j < m * n; j++)
-            if (fabs((double)C[j] - (double)R[j]) > 1e-5 * (double)k) bad++;
-        free(C), free(R);
-    }
-#ifdef _OPENMP
-    omp_set_num_threads(nt);
-#endif
+    for (size_t t = 0; t < 3; t++)
+        bad += product_mismatches(A, B, shapes[t][0], shapes[t][1], shapes[t][2], false);
+    set_threads(nt);
     CHECK(bad == 0);
     free(A), free(B), free(f);
 }
@@ -312,23 +318,17 @@ static void matmul_cache_should_serve_many_shapes_and_threads(void) {
 #endif
         for (int s = 0; s < 80; s++)
             bad += cache_case(A, B, (size_t)(s % 40));
-#ifdef _OPENMP
-        const int nt = omp_get_max_threads();
-        if (round) omp_set_num_threads(1);
-#endif
+        const int nt = set_threads(round ? 1 : 0);
         for (size_t i = 0; i < 100; i++)
             bad += cache_case(A, B, i);
-#ifdef _OPENMP
-        omp_set_num_threads(nt);
-#endif
+        set_threads(nt);
     }
     CHECK(bad == 0);
     free(A), free(B), free(f);
 }
 
-// Exactly representable inputs and sums give the exact answer on both paths, and the flop
-// counter counts a bf16 GEMM like an f32 one.
-// libngd's own bf16 GEMM (SINGD's bf16 compute), both paths, under the same bounds.
+// libngd's own bf16 GEMM (SINGD's bf16 compute), matmul and converting paths, under the same
+// bounds.
 static void core_gemm_bf16_should_meet_the_same_bound(void) {
     g_gemm = ngd_gemm_bf16;
     run_gemm_grid(7);
@@ -432,6 +432,8 @@ static void kfac_bf16_averages_should_be_bf16_values(void) {
     free(a), free(g), free(K[0]), free(K[1]);
 }
 
+// Exactly representable inputs and sums give the exact answer on every path, and the flop
+// counter counts a bf16 GEMM like an f32 one.
 static void gemm_bf16_should_be_exact_on_representable_values(void) {
     const size_t m = 64, n = 96, k = 256;
     float *A = malloc(m * k * 4), *B = malloc(k * n * 4), *C = malloc(m * n * 4);

@@ -4,17 +4,21 @@
 
 #include "impl.h"
 
-static void decode_range(const uint16_t *src, float *dst, size_t n) {
+static void decode_range(const void *src, void *dst, size_t n) {
+    const uint16_t *x = src;
+    float *y = dst;
     for (size_t i = 0; i < n; i++)
-        dst[i] = ngd_bf16_to_f32(src[i]);
+        y[i] = ngd_bf16_to_f32(x[i]);
 }
 
-static void encode_range(const float *src, uint16_t *dst, size_t n) {
+static void encode_range(const void *src, void *dst, size_t n) {
+    const float *x = src;
+    uint16_t *y = dst;
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
-        memcpy(&u, &src[i], sizeof u);
+        memcpy(&u, &x[i], sizeof u);
         const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
-        dst[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
     }
 }
 
@@ -24,30 +28,27 @@ static void encode_range(const float *src, uint16_t *dst, size_t n) {
 // libgomp a team allocation per call (the row-by-row decode of a conv's g in perf).
 #define BF16_BLOCK 16384
 
-void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n) {
+// range(src, dst, n) over n elements of ss bytes in src and ds bytes in dst
+static void by_blocks(void (*range)(const void *, void *, size_t), const void *src, size_t ss,
+                      void *dst, size_t ds, size_t n) {
     if (n <= 8 * (size_t)BF16_BLOCK) {
-        decode_range(src, dst, n);
+        range(src, dst, n);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
     for (size_t b = 0; b < (n + BF16_BLOCK - 1) / BF16_BLOCK; b++)
-        decode_range(src + b * BF16_BLOCK, dst + b * BF16_BLOCK,
-                     NGD_MIN((size_t)BF16_BLOCK, n - b * BF16_BLOCK));
+        range((const char *)src + b * BF16_BLOCK * ss, (char *)dst + b * BF16_BLOCK * ds,
+              NGD_MIN((size_t)BF16_BLOCK, n - b * BF16_BLOCK));
+}
+
+void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n) {
+    by_blocks(decode_range, src, sizeof *src, dst, sizeof *dst, n);
 }
 
 void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n) {
-    if (n <= 8 * (size_t)BF16_BLOCK) {
-        encode_range(src, dst, n);
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (size_t b = 0; b < (n + BF16_BLOCK - 1) / BF16_BLOCK; b++)
-        encode_range(src + b * BF16_BLOCK, dst + b * BF16_BLOCK,
-                     NGD_MIN((size_t)BF16_BLOCK, n - b * BF16_BLOCK));
+    by_blocks(encode_range, src, sizeof *src, dst, sizeof *dst, n);
 }
 
 void ngd_bf16_round(float *x, size_t n) {

@@ -90,6 +90,28 @@ ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t ba
     return ngd_optim_observe(o, id, batch, a, g);
 }
 
+nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, float *ra,
+                               uint16_t *ra16, size_t N, bool train) {
+    if (in.h)
+        nn_conv2d_forward_bf16(c, in.h, cz, N);
+    else
+        nn_conv2d_forward(c, in.f, cz, N);
+    if (ra16)
+        nn_batchnorm_relu_forward_bf16(bn, cz, ra16, N, train);
+    else
+        nn_batchnorm_relu_forward(bn, cz, ra, N, train);
+    return (nn_act){ra16 ? NULL : ra, ra16};
+}
+
+nn_act nn_maxpool2d_forward_act(nn_maxpool2d *l, const float *x, float *y, uint16_t *y16,
+                                size_t N) {
+    if (y16)
+        nn_maxpool2d_forward_bf16(l, x, y16, N);
+    else
+        nn_maxpool2d_forward(l, x, y, N);
+    return (nn_act){y16 ? NULL : y, y16};
+}
+
 ngd_status nn_observe_conv2d(ngd_optim *o, nn_model *m, const nn_conv2d *l, int id, size_t batch) {
     const size_t need = nn_conv2d_stats_size(l);
     if (need > m->stats_n) { // grown to the largest layer's, on the first statistics step

@@ -94,6 +94,17 @@ ngd_status nn_attach_conv2d(ngd_optim *o, const nn_conv2d *l, const char *name, 
 // Registers plain parameters under `prefix.` with the given override (may be NULL).
 ngd_status nn_attach_params(ngd_optim *o, const ngd_config *ov, const nn_param *ps, size_t n,
                             const char *prefix);
+// An activation between layers: f32, or (bf16 mode, h set) bf16.
+typedef struct {
+    const float *f;
+    const uint16_t *h;
+} nn_act;
+// A conv-BN-ReLU block: the conv from `in` into cz, then BN-ReLU into ra, or into ra16
+// rounded when ra16 is set (its reader is a bf16 conv); returns that output.
+nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, float *ra,
+                               uint16_t *ra16, size_t N, bool train);
+// Max pooling of x into y, or into y16 rounded when y16 is set; returns that output.
+nn_act nn_maxpool2d_forward_act(nn_maxpool2d *l, const float *x, float *y, uint16_t *y16, size_t N);
 ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t batch);
 // Builds a Conv2d's statistics in m's shared scratch (grown to the largest layer's) and
 // hands them to libngd.

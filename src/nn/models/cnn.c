@@ -146,28 +146,16 @@ oom:
 static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
     cnn *p = m->impl;
     m->N = N;
-    const float *in = x;         // the next layer's input: f32,
-    const uint16_t *in16 = NULL; // or bf16
+    nn_act in = {x, NULL};
     for (size_t s = 0; s < p->nstages; s++) {
         for (size_t j = 0; j < 2; j++) {
             size_t k = 2 * s + j;
-            if (in16)
-                nn_conv2d_forward_bf16(&p->conv[k], in16, p->cz[k], N);
-            else
-                nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
-            if (p->ra16[k])
-                nn_batchnorm_relu_forward_bf16(&p->bn[k], p->cz[k], p->ra16[k], N, train);
-            else
-                nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
-            in = p->ra[k], in16 = p->ra16[k];
+            in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k], p->ra16[k],
+                                         N, train);
         }
-        if (p->po16[s])
-            nn_maxpool2d_forward_bf16(&p->pool[s], in, p->po16[s], N);
-        else
-            nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
-        in = p->po[s], in16 = p->po16[s];
+        in = nn_maxpool2d_forward_act(&p->pool[s], in.f, p->po[s], p->po16[s], N);
     }
-    nn_linear_forward(&p->fc1, in, p->h1, N); // flatten: NCHW memory is already (N, C*H*W)
+    nn_linear_forward(&p->fc1, in.f, p->h1, N); // flatten: NCHW memory is already (N, C*H*W)
     nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * CNN_HIDDEN);
     nn_linear_forward(&p->fc2, p->a1, m->logits, N);
 }

@@ -185,31 +185,16 @@ static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
     NN_ASSERT(x && N >= 1 && N <= p->maxN);
     p->N = N;
     m->N = N;
-    const float *in = x;         // the next layer's input: f32,
-    const uint16_t *in16 = NULL; // or bf16
+    nn_act in = {x, NULL};
     size_t k = 0;
     for (size_t s = 0; s < VGG_STAGES; s++) {
-        for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++) {
-            if (in16)
-                nn_conv2d_forward_bf16(&p->conv[k], in16, p->cz[k], N);
-            else
-                nn_conv2d_forward(&p->conv[k], in, p->cz[k], N);
-            if (p->ra16[k])
-                nn_batchnorm_relu_forward_bf16(&p->bn[k], p->cz[k], p->ra16[k], N, train);
-            else
-                nn_batchnorm_relu_forward(&p->bn[k], p->cz[k], p->ra[k], N, train);
-            in = p->ra[k], in16 = p->ra16[k];
-        }
-        if (p->pooled[s]) {
-            if (p->po16[s])
-                nn_maxpool2d_forward_bf16(&p->pool[s], in, p->po16[s], N);
-            else
-                nn_maxpool2d_forward(&p->pool[s], in, p->po[s], N);
-            in = p->po[s], in16 = p->po16[s];
-        }
+        for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++)
+            in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k], p->ra16[k],
+                                         N, train);
+        if (p->pooled[s]) in = nn_maxpool2d_forward_act(&p->pool[s], in.f, p->po[s], p->po16[s], N);
     }
     // flatten: NCHW memory is already (N, C·H·W)
-    nn_linear_forward(&p->fc1, in, p->h1, N);
+    nn_linear_forward(&p->fc1, in.f, p->h1, N);
     nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * p->hidden);
     nn_dropout_forward(&p->drop, p->a1, p->d1, N * p->hidden, train);
     nn_linear_forward(&p->fc2, p->d1, m->logits, N);
