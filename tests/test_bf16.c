@@ -669,7 +669,11 @@ static void conv2d_bf16_should_match_float64(void) {
                                 {2, 12, 12, 5, 1, 2, 2, 1, 4, 2},
                                 {3, 17, 17, 3, 1, 0, 1, 1, 7, 2},
                                 // an image of more than one bf16 backward block (1024 columns)
-                                {2, 40, 40, 3, 1, 1, 1, 1, 3, 2}};
+                                {2, 40, 40, 3, 1, 1, 1, 1, 3, 2},
+                                // small 'same' planes (zero-bordered copies): rows of 8
+                                // bytes, more output than input channels; of 4, dilated
+                                {3, 4, 4, 3, 1, 1, 1, 1, 8, 5},
+                                {2, 2, 2, 3, 1, 2, 2, 1, 3, 4}};
     trng r = {21};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t *cs = cases[t];
@@ -680,7 +684,6 @@ static void conv2d_bf16_should_match_float64(void) {
         nn_rng_seed(&rng, 5);
         nn_conv2d l;
         CHECK(nn_conv2d_init(&l, &G, cout, true, N, &rng) == NN_OK);
-        CHECK(nn_conv2d_use_bf16(&l) == NN_OK);
         const size_t OH = l.oh, OW = l.ow, L = OH * OW, H = G.h, W = G.w, K = G.k1;
         const size_t cg = G.c_in / G.groups, cog = cout / G.groups, din = l.d_in;
         const size_t nx = N * G.c_in * H * W, ny = N * cout * L;
@@ -688,6 +691,14 @@ static void conv2d_bf16_should_match_float64(void) {
         float *dx = calloc(nx, 4);
         tfill(&r, x, nx, -1, 1);
         tfill(&r, dy, ny, -1, 1);
+        // a float32 step first: the layer's buffers (its zero-bordered planes among them)
+        // then hold f32 data that bf16 mode must not read; dW and db cleared after it
+        nn_conv2d_forward(&l, x, y, N);
+        nn_conv2d_backward_set(&l, dy, dx);
+        memset(l.dw, 0, cout * din * 4);
+        memset(l.db, 0, cout * 4);
+        memset(dx, 0, nx * 4);
+        CHECK(nn_conv2d_use_bf16(&l) == NN_OK);
         nn_conv2d_forward(&l, x, y, N);
         nn_conv2d_backward(&l, dy, dx);
         double *wy = calloc(ny, 8), *my = calloc(ny, 8), *wdw = calloc(cout * din, 8);

@@ -372,6 +372,11 @@ static const conv_case CONV_CASES[] = {
     {{3, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 3}, 3, true},  // depthwise 1x1
     {{2, 4, 4, 4, 4, 4, 4, 0, 0, 1, 1, 1}, 5, true},  // patchify (k = s)
     {{2, 3, 1, 1, 1, 1, 3, 2, 2, 1, 1, 2}, 2, true},  // windows wholly in the padding
+    // small 'same' planes, a chunk of samples through zero-bordered copies: rows of 16
+    // bytes; of 8 with dilation in one direction; of 32 with groups
+    {{3, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 5, true},
+    {{2, 8, 2, 3, 1, 1, 1, 2, 0, 2, 1, 1}, 3, true},
+    {{4, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 2}, 2, true},
 };
 
 static void conv2d_forward_should_match_naive_convolution(void) {

@@ -122,8 +122,18 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     l->dcolt = nn_malloc(nn_mul(l->nthr, l->dcol_n), sizeof(float));
     if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, yb), sizeof(float));
     l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
+    // small planes of a 'same' stride-1 convolution: zero-bordered copies of a chunk (the
+    // transposed convolution's planes have the same shape: its padding (k-1)·dil − p = p)
+    const bool padded = l->chunk > 1 && geom->s1 == 1 && geom->s2 == 1 && oh == geom->h &&
+                        ow == geom->w;
+    if (padded) {
+        const size_t planes = l->chunk * (geom->c_in > c_out ? geom->c_in : c_out);
+        l->pad_n = nn_mul(nn_mul(planes, (geom->h + 2 * geom->p1) * (geom->w + 2 * geom->p2)),
+                          sizeof(float));
+        l->pad = nn_calloc(nn_mul(l->nthr, l->pad_n), 1);
+    }
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
-        (l->chunk > 1 && !l->ybuf) || !l->dwpart || (tconv && !l->wflip)) {
+        (l->chunk > 1 && !l->ybuf) || !l->dwpart || (tconv && !l->wflip) || (padded && !l->pad)) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -149,6 +159,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dy16);
     free(l->x16);
     free(l->dyx16);
+    free(l->pad);
     memset(l, 0, sizeof *l);
 }
 
@@ -170,6 +181,8 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     }
     free(l->colt), free(l->dcolt);
     l->colt = colt, l->dcolt = dcolt;
+    // the zero-bordered planes now hold 2-byte elements: their borders move
+    if (l->pad) memset(l->pad, 0, l->nthr * l->pad_n);
     const size_t nc = l->colt_n > l->dcol_n ? l->colt_n : l->dcol_n;
     l->w16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     if (l->wflip) l->wflip16 = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
@@ -199,6 +212,11 @@ static uint16_t *x16_of(const nn_conv2d *l, size_t t) {
 }
 static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
     return l->dyx16 + t * l->chunk * l->c_out * l->oh * l->ow;
+}
+
+// The zero-bordered planes of thread t (NULL for layers without them)
+static unsigned char *pad_of(const nn_conv2d *l, size_t t) {
+    return l->pad ? l->pad + t * l->pad_n : NULL;
 }
 
 // ---- transposed im2col / col2im of a chunk and one group ----
@@ -269,14 +287,68 @@ static void im2col_same_rows(const nn_conv2d *l, const void *xc, size_t es, size
     }
 }
 
+// n bytes from s to d: fixed sizes are inlined moves (a small plane's rows are 8 to 64
+// bytes; a libc call per row cost more than the copy)
+static inline void copy_row(unsigned char *restrict d, const unsigned char *restrict s, size_t n) {
+    switch (n) {
+    case 4: memcpy(d, s, 4); break;
+    case 8: memcpy(d, s, 8); break;
+    case 16: memcpy(d, s, 16); break;
+    case 32: memcpy(d, s, 32); break;
+    case 64: memcpy(d, s, 64); break;
+    default: memcpy(d, s, n);
+    }
+}
+
+// im2col_t of a whole chunk (all output rows) of a stride-1 'same' convolution through the
+// zero-bordered planes pad (see nn_conv2d.pad): the chunk's planes of group g copied into
+// their interiors, then row (c, k1, k2) of sample i is the plane's window at (k1·d1, k2·d2),
+// H copies of one row each. Elements of es bytes (f32 or bf16); the same values as the
+// general path (zero where it reads padding).
+static void im2col_padded(const ngd_conv_geom *G, const void *x, size_t es, size_t nb, size_t g,
+                          unsigned char *pad, void *dst) {
+    const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, L = H * W;
+    const size_t PW = W + 2 * G->p2, PP = (H + 2 * G->p1) * PW, xs = G->c_in * L, rb = W * es;
+    const size_t K1 = G->k1, K2 = G->k2, ncol = nb * L;
+    const unsigned char *xb = x;
+    unsigned char *db = dst;
+    for (size_t ic = 0; ic < nb * cg; ic++) {
+        const size_t i = ic / cg, c = ic % cg;
+        const unsigned char *src = xb + (i * xs + (g * cg + c) * L) * es;
+        unsigned char *plane = pad + (ic * PP + G->p1 * PW + G->p2) * es;
+        for (size_t r = 0; r < H; r++)
+            copy_row(plane + r * PW * es, src + r * rb, rb);
+    }
+    for (size_t c = 0; c < cg; c++)
+        for (size_t k1 = 0; k1 < K1; k1++)
+            for (size_t k2 = 0; k2 < K2; k2++) {
+                unsigned char *row = db + ((c * K1 + k1) * K2 + k2) * ncol * es;
+                const size_t at = (k1 * G->dil1 * PW + k2 * G->dil2) * es;
+                for (size_t i = 0; i < nb; i++) {
+                    const unsigned char *plane = pad + (i * cg + c) * PP * es + at;
+                    unsigned char *d = row + i * L * es;
+                    for (size_t o1 = 0; o1 < H; o1++)
+                        copy_row(d + o1 * rb, plane + o1 * PW * es, rb);
+                }
+            }
+}
+
 // colt (d_in, nb*R*OW) <- patches of samples x[0..nb) (each (c_in, h, w)), channels of
 // group g, output rows [r0, r0+R): row (c, k1, k2), column (i, o1 - r0, o2). bf16 mode:
 // the patches of the bf16 samples x16 into col16 instead (plain copies: the samples were
-// rounded once, not each of their k1·k2 copies; x and colt unused).
+// rounded once, not each of their k1·k2 copies; x and colt unused). pad: the thread's
+// zero-bordered planes (layers with nn_conv2d.pad, whole chunks only) or NULL.
 static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, size_t nb, size_t g,
-                     size_t r0, size_t R, float *colt, uint16_t *col16) {
+                     size_t r0, size_t R, float *colt, uint16_t *col16, unsigned char *pad) {
     const ngd_conv_geom *G = &l->geom;
     const size_t cg = G->c_in / G->groups, H = G->h, W = G->w, OW = l->ow;
+    if (pad && r0 == 0 && R == l->oh) {
+        if (x16)
+            im2col_padded(G, x16, sizeof(uint16_t), nb, g, pad, col16);
+        else
+            im2col_padded(G, x, sizeof(float), nb, g, pad, colt);
+        return;
+    }
     const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
@@ -389,7 +461,7 @@ static int thread_id(void) {
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
-                          float *ybuf, uint16_t *col16, uint16_t *x16) {
+                          float *ybuf, uint16_t *col16, uint16_t *x16, unsigned char *pad) {
     // (x NULL: the bf16 input l->xb, read in place)
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
@@ -404,7 +476,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
-            im2col_t(l, x ? x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, col16);
+            im2col_t(l, x ? x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, col16, pad);
             // out rows of group g (cog, ncol) = W_g (cog, d_in) · colt (d_in, ncol)
             if (col16) {
                 nn_gemm_bf16(false, false, cog, ncol, din, 1.0f, l->w16 + g * cog * din, din, col16,
@@ -448,7 +520,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL,
-                      l->w16 ? x16_of(l, t) : NULL);
+                      l->w16 ? x16_of(l, t) : NULL, pad_of(l, t));
     }
 }
 
@@ -463,12 +535,12 @@ void nn_conv2d_forward_bf16(nn_conv2d *l, const uint16_t *x, float *y, size_t N)
 // [r0, r0+R) (nb = 1) or all of them (then through ybuf)
 static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
                        size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf, uint16_t *col16,
-                       const uint16_t *dyx16) {
+                       const uint16_t *dyx16, unsigned char *pad) {
     const ngd_conv_geom *G = &l->geom;
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
-    im2col_t(&t, dy + n0 * cout * L, col16 ? dyx16 : NULL, nb, 0, r0, R, tcolt, col16);
+    im2col_t(&t, dy + n0 * cout * L, col16 ? dyx16 : NULL, nb, 0, r0, R, tcolt, col16, pad);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
     if (col16) {
@@ -492,7 +564,7 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 // written instead when set). One sample: block by block of output rows, like forward.
 static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0, size_t nb,
                            float *colt, float *dcolt, float *ybuf, float *dwpart, uint16_t *col16,
-                           uint16_t *dy16, uint16_t *x16, uint16_t *dyx16) {
+                           uint16_t *dy16, uint16_t *x16, uint16_t *dyx16, unsigned char *pad) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -520,7 +592,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
             im2col_t(l, l->x ? l->x + n0 * xs : NULL, xs16, nb, g, r0, R, colt,
-                     dy16 ? col16 : NULL);
+                     dy16 ? col16 : NULL, pad);
             if (dy16) {
                 const uint16_t *yg16 = dy16 + g * cog * ncol;
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
@@ -546,7 +618,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
         tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16,
-                   dyx16);
+                   dyx16, pad);
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
@@ -592,7 +664,8 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
         backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
                        l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw,
                        l->w16 ? col16_of(l, t) : NULL, l->w16 ? l->dy16 + t * l->dy16_n : NULL,
-                       l->w16 ? x16_of(l, t) : NULL, l->dyx16 ? dyx16_of(l, t) : NULL);
+                       l->w16 ? x16_of(l, t) : NULL, l->dyx16 ? dyx16_of(l, t) : NULL,
+                       pad_of(l, t));
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)

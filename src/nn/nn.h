@@ -252,6 +252,12 @@ typedef struct {
                      // again by backward: no batch of them is kept), the source of its im2col
     uint16_t *dyx16; // nthr x (chunk, c_out, oh, ow): a chunk's dy rounded (with wflip only),
                      // the source of the transposed convolution's im2col
+    // Chunks of several samples (small planes) of a stride-1 'same' convolution: each
+    // thread's chunk copied into zero-bordered planes ((h+2p1) x (w+2p2), borders written
+    // once, never overwritten), so that every im2col row is a run of fixed-size row copies
+    // (pad_n bytes per thread; NULL for other layers)
+    unsigned char *pad;
+    size_t pad_n;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
