@@ -124,8 +124,8 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
     // small planes of a 'same' stride-1 convolution: zero-bordered copies of a chunk (the
     // transposed convolution's planes have the same shape: its padding (k-1)·dil − p = p)
-    const bool padded = l->chunk > 1 && geom->s1 == 1 && geom->s2 == 1 && oh == geom->h &&
-                        ow == geom->w;
+    const bool padded =
+        l->chunk > 1 && geom->s1 == 1 && geom->s2 == 1 && oh == geom->h && ow == geom->w;
     if (padded) {
         const size_t planes = l->chunk * (geom->c_in > c_out ? geom->c_in : c_out);
         l->pad_n = nn_mul(nn_mul(planes, (geom->h + 2 * geom->p1) * (geom->w + 2 * geom->p2)),
@@ -591,8 +591,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
         if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
-            im2col_t(l, l->x ? l->x + n0 * xs : NULL, xs16, nb, g, r0, R, colt,
-                     dy16 ? col16 : NULL, pad);
+            im2col_t(l, l->x ? l->x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, dy16 ? col16 : NULL,
+                     pad);
             if (dy16) {
                 const uint16_t *yg16 = dy16 + g * cog * ncol;
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
@@ -617,8 +617,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
-        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16,
-                   dyx16, pad);
+        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16, dyx16,
+                   pad);
 }
 
 static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
