@@ -12,9 +12,10 @@
 #   scripts/precision_study.sh [NGD] [OUTDIR] [GROUPS]
 #     NGD      the ngd binary (build/ngd)
 #     OUTDIR   logs (runs/precision-study)
-#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (those four), mlp-b, cnn-b, and
+#     GROUPS   comma list of: mlp, cnn, vit, cifar-cnn (those four), mlp-b, cnn-b, cifar-cnn-b,
 #              mlp-b-damping (MLP K-FAC at λ_rel = 1e-3 and 1e-4, near and below bf16's unit
-#              2^-8, in f32, bf16 and bf16-b)
+#              2^-8, in f32, bf16 and bf16-b), and cifar-cnn-seeds (the cifar-cnn runs with
+#              each seed of SEEDS, default "1 2", K-FAC also in bf16-b)
 # Environment: THREADS (1), CIFAR (../shared/data/cifar-100-binary), MLP_EXTRA (options added
 # to the MLP runs, e.g. "--max-steps 12 --subset 1000" for a quick check), REUSE (1: keep the runs
 # whose logs are complete).
@@ -126,6 +127,25 @@ case ",$groups," in *,vit,*)
     run vit-singd-hier $m --optim singd $singd --structure hierarchical15_15 $p
     run vit-singd-block $m --optim singd $singd --structure block30diagonal $p
     run vit-kfac $m --optim kfac $kfac $p
+    ;;
+esac
+case ",$groups," in *,cifar-cnn-b,*)
+    m="--model cnn --data cifar100 --data-dir $cifar --epochs 2 --subset 20000 --augment"
+    PRECS=bf16-b run cifar-cnn-kfac $m --optim kfac $kfac --param-optim adamw --param-lr 0.001
+    ;;
+esac
+# cifar-cnn-seeds: the cifar-cnn runs again with the seeds of SEEDS (1 2), K-FAC also in
+# setting (b): the seed-to-seed spread that one seed per cell cannot show
+case ",$groups," in *,cifar-cnn-seeds,*)
+    m="--model cnn --data cifar100 --data-dir $cifar --epochs 2 --subset 20000 --augment"
+    p="--param-optim adamw --param-lr 0.001"
+    for seed in ${SEEDS:-1 2}; do
+        run cifar-cnn-adamw-s$seed $m --optim adamw --lr 0.001 --seed "$seed"
+        run cifar-cnn-singd-dense-s$seed $m --optim singd $singd $p --seed "$seed"
+        run cifar-cnn-singd-diagonal-s$seed $m --optim singd $singd --structure diagonal $p \
+            --seed "$seed"
+        PRECS="f32 bf16 bf16-b" run cifar-cnn-kfac-s$seed $m --optim kfac $kfac $p --seed "$seed"
+    done
     ;;
 esac
 case ",$groups," in *,cifar-cnn,*)

@@ -11,6 +11,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "harness.h"
 #include "ngd.h"
@@ -580,6 +583,56 @@ static void singd_health_should_match_the_dense_factors(void) {
     }
 }
 
+// A layer large enough that the step's gradient check (Σ g², the health's grad_norm) is
+// shared by the threads, over more than one group of 256 blocks: the same bits at 1 and 2
+// threads, the f64 norm to 1e-6, and a NaN in the last block still skips the step.
+static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
+    const size_t dout = 601, din = 523, nw = dout * din; // 314,323 weights: 2 groups
+    float *W = malloc(nw * sizeof *W), *gW = malloc(nw * sizeof *gW), b[601], gb[601];
+    ref_rng r = {91};
+    float norms[2];
+#ifdef _OPENMP
+    const int nthr0 = omp_get_max_threads();
+#endif
+    for (int run = 0; run < 2; run++) {
+#ifdef _OPENMP
+        omp_set_num_threads(run ? 2 : 1);
+#endif
+        r.s = 91;
+        for (size_t i = 0; i < nw; i++)
+            W[i] = (float)ref_uniform(&r, -0.1, 0.1), gW[i] = (float)ref_uniform(&r, -0.5, 0.5);
+        for (size_t i = 0; i < dout; i++)
+            b[i] = 0.0f, gb[i] = (float)ref_uniform(&r, -1.0, 1.0);
+        ngd_config c = ngd_config_default(NGD_METHOD_SGD);
+        ngd_optim *o;
+        int id;
+        ngd_layer l = {.name = "big",
+                       .weight = W,
+                       .weight_grad = gW,
+                       .d_out = dout,
+                       .d_in = din,
+                       .bias = b,
+                       .bias_grad = gb};
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK && ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+        const double want = norm_f64(gW, nw, gb, dout, 1.0);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        ngd_layer_health h;
+        CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+        norms[run] = h.grad_norm;
+        CHECK_MSG(fabs((double)h.grad_norm - want) <= 1e-6 * want, "grad norm %.9g, want %.9g",
+                  (double)h.grad_norm, want);
+        gW[nw - 3] = NAN; // in the last, partial block of the second group
+        CHECK(ngd_optim_step(o) == NGD_SKIPPED);
+        CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK && h.skips == 1);
+        ngd_optim_free(o);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(nthr0);
+#endif
+    CHECK(memcmp(&norms[0], &norms[1], sizeof(float)) == 0);
+    free(W), free(gW);
+}
+
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(overrides_should_equal_separate_optimizers),
@@ -589,5 +642,6 @@ static const test_case TESTS[] = {
     TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),
     TEST(adamw_and_sgd_should_follow_their_f64_rules),
     TEST(singd_health_should_match_the_dense_factors),
+    TEST(grad_norm_of_a_large_layer_should_not_depend_on_threads),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

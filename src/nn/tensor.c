@@ -36,9 +36,24 @@ void *nn_calloc(size_t n, size_t size) {
     return calloc(n, size);
 }
 
+// (large gradients cleared by the threads, in pieces of 16K floats; small ones never enter a
+// parallel region)
 void nn_zero_grads(const nn_param *ps, size_t count) {
-    for (size_t i = 0; i < count; i++)
-        if (ps[i].g) memset(ps[i].g, 0, ps[i].n * sizeof(float));
+    const size_t piece = 16384;
+    for (size_t i = 0; i < count; i++) {
+        float *g = ps[i].g;
+        const size_t n = ps[i].n;
+        if (!g) continue;
+        if (n < 4 * piece) {
+            memset(g, 0, n * sizeof(float));
+            continue;
+        }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (size_t b = 0; b < n; b += piece)
+            memset(g + b, 0, (n - b < piece ? n - b : piece) * sizeof(float));
+    }
 }
 
 size_t nn_param_count(const nn_param *ps, size_t count) {
