@@ -11,6 +11,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "harness.h"
 #include "nn.h"
@@ -1258,6 +1261,69 @@ static void attention_should_match_naive_and_finite_differences(void) {
     }
 }
 
+// Heads large enough to run side by side on the threads (each thread its own datt): forward
+// against the naive attention, and forward and backward bit for bit the same as on one
+// thread (every head is computed by the same code wherever it runs)
+static void attention_heads_on_threads_should_match_one_thread(void) {
+    ref_rng r = {103};
+    const size_t B = 8, T = 16, C = 32, nh = 4, n = B * T * C;
+    float *x = malloc(n * sizeof *x), *w = malloc(n * sizeof *w);
+    float *y[2], *dx[2], *dw[2];
+    fill(&r, x, n, -1, 1);
+    fill(&r, w, n, -1, 1);
+#ifdef _OPENMP
+    const int nthr0 = omp_get_max_threads();
+#endif
+    for (int run = 0; run < 2; run++) {
+#ifdef _OPENMP
+        omp_set_num_threads(run ? 2 : 1);
+#endif
+        nn_rng g;
+        nn_rng_seed(&g, 11);
+        nn_attention l;
+        CHECK(nn_attention_init(&l, C, nh, true, B, T, &g) == NN_OK);
+        for (size_t i = 0; i < 3 * C * C; i++)
+            l.qkv.w[i] *= 3.0f;
+        y[run] = malloc(n * sizeof(float));
+        dx[run] = zeros(n);
+        nn_attention_forward(&l, x, y[run], B, T);
+        if (run) {
+            double *want = malloc(n * sizeof *want);
+            attention_naive(&l, x, B, T, want);
+            CHECK_TENSOR(y[run], want, n, 1e-5, 1e-5, "attention forward on threads");
+            free(want);
+        }
+        nn_attention_backward(&l, w, dx[run]);
+        dw[run] = fdup(l.qkv.dw, 3 * C * C);
+        nn_attention_free(&l);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(nthr0);
+#endif
+    CHECK(memcmp(y[0], y[1], n * sizeof(float)) == 0);
+    CHECK(memcmp(dx[0], dx[1], n * sizeof(float)) == 0);
+    CHECK(memcmp(dw[0], dw[1], 3 * C * C * sizeof(float)) == 0);
+    // scores that overflow (q and k weights 1e20: q kᵀ is inf, inf − inf is NaN) give a
+    // non-finite output, as expf's softmax would, not a finite one from a clamped exp
+    {
+        nn_rng g;
+        nn_rng_seed(&g, 12);
+        nn_attention l;
+        CHECK(nn_attention_init(&l, C, nh, true, B, T, &g) == NN_OK);
+        for (size_t i = 0; i < 2 * C * C; i++)
+            l.qkv.w[i] *= 1e20f;
+        nn_attention_forward(&l, x, y[0], B, T);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++)
+            bad += !isfinite(y[0][i]);
+        CHECK(bad > 0);
+        nn_attention_free(&l);
+    }
+    for (int run = 0; run < 2; run++)
+        free(y[run]), free(dx[run]), free(dw[run]);
+    free(x), free(w);
+}
+
 // ---- loss ----
 
 typedef struct {
@@ -1389,6 +1455,7 @@ static const test_case TESTS[] = {
     TEST(embeddings_should_match_finite_differences),
     TEST(patch_embedding_should_equal_strided_conv_and_match_finite_differences),
     TEST(attention_should_match_naive_and_finite_differences),
+    TEST(attention_heads_on_threads_should_match_one_thread),
     TEST(cross_entropy_should_match_formula_and_finite_differences),
     TEST(rng_should_be_reproducible_and_unbiased),
 };

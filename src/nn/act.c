@@ -15,37 +15,8 @@
 
 #include "nn.h"
 
-// e^x for x in float range, relative error about 2e-7: x = k ln2 + r (Cody–Waite split of
-// ln2, |r| <= ln2/2), e^r by its Taylor polynomial to degree 7 (remainder < 5e-9), 2^k
-// through the exponent bits. Inputs are clamped to [-87, 87] (no overflow, no subnormals).
-static inline float exp_fast(float x) {
-    // |x| <= 87 by an integer clamp of the magnitude's bits (a float clamp, or fminf, keeps
-    // GCC from vectorising the loops; NaN becomes ±87)
-    uint32_t ux;
-    memcpy(&ux, &x, sizeof ux);
-    uint32_t ax = ux & 0x7fffffffu;
-    ax = ax > 0x42ae0000u ? 0x42ae0000u : ax; // 87.0f
-    ux = (ux & 0x80000000u) | ax;
-    memcpy(&x, &ux, sizeof x);
-    const float z = x * 1.44269504088896341f; // k = round(z), by a truncating conversion
-    const float k = (float)(int32_t)(z + (z >= 0.0f ? 0.5f : -0.5f)); // (floorf: a call)
-    const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
-    float s;
-    memcpy(&s, &bits, sizeof s);
-    return p * s;
-}
-
 // tanh u = 1 − 2/(e^{2u} + 1): no cancellation in the absolute error, ±1 at the ends
-static inline float tanh_fast(float u) { return 1.0f - 2.0f / (exp_fast(2.0f * u) + 1.0f); }
+static inline float tanh_fast(float u) { return 1.0f - 2.0f / (nn_exp_fast(2.0f * u) + 1.0f); }
 
 // erf, odd in x: its Taylor series to x^11 below |x| = 0.5 (remainder < 2e-8), else
 // Abramowitz & Stegun 7.1.26 (1.5e-7), whose 1 − p·t·e^{-x²} cancels near 0
@@ -56,7 +27,7 @@ static inline float erf_fast(float x) {
     p = p * t + 1.421413741f;
     p = p * t - 0.284496736f;
     p = p * t + 0.254829592f;
-    const float big = 1.0f - p * t * exp_fast(-a * a);
+    const float big = 1.0f - p * t * nn_exp_fast(-a * a);
     const float z = a * a; // 2/√π (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
     float q = -1.0f / 1320.0f;
     q = q * z + 1.0f / 216.0f;
@@ -79,7 +50,7 @@ static inline float erf_fast(float x) {
 
 float nn_tanh_approx(float u) { return tanh_fast(u); }
 float nn_erf_approx(float x) { return erf_fast(x); }
-float nn_exp_approx(float x) { return exp_fast(x); }
+float nn_exp_approx(float x) { return nn_exp_fast(x); }
 
 // ---- ReLU ----
 
@@ -143,7 +114,7 @@ void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx) {
         for (size_t i = 0; i < l->n; i++) {
             const float v = x[i];
             const float cdf = 0.5f * (1.0f + erf_fast(v * NN_INV_SQRT_2));
-            const float pdf = NN_INV_SQRT_2PI * exp_fast(-0.5f * v * v);
+            const float pdf = NN_INV_SQRT_2PI * nn_exp_fast(-0.5f * v * v);
             dx[i] += dy[i] * (cdf + v * pdf);
         }
     }

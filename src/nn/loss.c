@@ -1,7 +1,9 @@
 /*
  * loss.c — softmax cross-entropy over rows of logits (PyTorch F.cross_entropy with
  * reduction='mean' and label_smoothing), fused with its gradient, plus the accuracy
- * count. Log-sum-exp per row in float64 for the loss value. No class weights, no ignore
+ * count. Log-sum-exp per row in float64 for the loss value, over exponentials by
+ * nn_exp_fast (relative error 2e-7 per term, vectorised; libm's exp was a scalar call per
+ * logit). No class weights, no ignore
  * index (every row counts).
  */
 #include <math.h>
@@ -22,8 +24,9 @@ float nn_xent_forward(const float *logits, const int32_t *labels, size_t N, size
         for (size_t j = 1; j < K; j++)
             mx = z[j] > mx ? z[j] : mx;
         double s = 0.0, zsum = 0.0;
+        NN_SIMD_SUM(s, zsum)
         for (size_t j = 0; j < K; j++) {
-            s += exp((double)(z[j] - mx));
+            s += (double)nn_exp_fast(z[j] - mx); // each term to 2e-7, summed in float64
             zsum += (double)z[j];
         }
         const double lse = (double)mx + log(s);
@@ -33,7 +36,7 @@ float nn_xent_forward(const float *logits, const int32_t *labels, size_t N, size
             float *d = dlogits + i * K;
             const double f = (double)scale / (double)N;
             for (size_t j = 0; j < K; j++) {
-                const double p = exp((double)z[j] - lse);
+                const double p = (double)nn_exp_fast((float)((double)z[j] - lse));
                 const double t = uni + ((size_t)y == j ? 1.0 - eps : 0.0);
                 d[j] = (float)(f * (p - t));
             }

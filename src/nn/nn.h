@@ -83,9 +83,11 @@ const char *nn_status_str(nn_status s);
 // the caller adds up in double across planes. A plain `s += x[i]` is one dependent add per
 // element (4 cycles each: a conv's bias gradient took 4 % of the cnn step that way).
 #ifdef _OPENMP
-#define NN_SIMD_SUM(v) NN_PRAGMA(omp simd reduction(+ : v))
+#define NN_SIMD_SUM(...) NN_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#define NN_SIMD_MAX(v)   NN_PRAGMA(omp simd reduction(max : v))
 #else
-#define NN_SIMD_SUM(v)
+#define NN_SIMD_SUM(...)
+#define NN_SIMD_MAX(v)
 #endif
 
 // ====== Memory and parameter lists (tensor.c) ======
@@ -141,6 +143,37 @@ uint64_t nn_flop_count(void);
 // The plain reference (float64 accumulation) with the same contract.
 void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+
+// ---- fast elementwise math ----
+// e^x for x in float range, relative error about 2e-7 (GELU, softmax; vectorises, where
+// libm's expf is a scalar call): x = k ln2 + r (Cody–Waite split of
+// ln2, |r| <= ln2/2), e^r by its Taylor polynomial to degree 7 (remainder < 5e-9), 2^k
+// through the exponent bits. Inputs are clamped to [-87, 87] (no overflow, no subnormals).
+static inline float nn_exp_fast(float x) {
+    // |x| <= 87 by an integer clamp of the magnitude's bits (a float clamp, or fminf, keeps
+    // GCC from vectorising the loops; NaN becomes ±87)
+    uint32_t ux;
+    memcpy(&ux, &x, sizeof ux);
+    uint32_t ax = ux & 0x7fffffffu;
+    ax = ax > 0x42ae0000u ? 0x42ae0000u : ax; // 87.0f
+    ux = (ux & 0x80000000u) | ax;
+    memcpy(&x, &ux, sizeof x);
+    const float z = x * 1.44269504088896341f; // k = round(z), by a truncating conversion
+    const float k = (float)(int32_t)(z + (z >= 0.0f ? 0.5f : -0.5f)); // (floorf: a call)
+    const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
 
 // ---- bf16 (gemm.c): `ngd train --precision bf16` ----
 // bfloat16 is stored as uint16_t (the upper half of a float32). Conversions round to
@@ -496,7 +529,8 @@ typedef struct {
     float *atty;    // (B, T, C) heads' outputs, concatenated: proj's input
     float *dqkv;    // (B, T, 3C) gradient of qkvbuf: qkv's output gradient `g`
     float *datty;   // (B, T, C)
-    float *datt;    // (T, T) scratch
+    float *datt;    // nthr x (T, T) scratch, one per thread of the heads' loop
+    size_t nthr;    // threads planned for at init
     size_t b, t;
 } nn_attention;
 
