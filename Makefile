@@ -49,6 +49,9 @@ endif
 OMPFLAG :=
 ifeq ($(OMP),1)
 OMPFLAG := -fopenmp
+else
+# serial: the `#pragma omp` lines are ignored, and said to be
+OMPFLAG := -Wno-unknown-pragmas
 endif
 
 BASEFLAGS := $(WARN) $(OPT) $(ARCH) $(OMPFLAG) $(HARDEN) -D_POSIX_C_SOURCE=200809L \

@@ -45,6 +45,7 @@ static void diag_mul(const ngd_sdesc *s, const float *a, const float *b, float *
 static void diag_mm(const ngd_sdesc *s, const float *p, bool trans, ngd_cview M, ngd_view out) {
     NGD_UNUSED(trans); // a diagonal matrix is its own transpose
     const bool par = s->d * M.cols > NGD_PAR_MIN;
+    NGD_UNUSED(par); // (serial builds)
     if (M.cs == 1 && out.cs == 1) {
 #pragma omp parallel for schedule(static) if (par)
         for (size_t i = 0; i < s->d; i++) {

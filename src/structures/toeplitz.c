@@ -124,6 +124,7 @@ static void tz_apply(const float *th, size_t d, bool lower, ngd_cview M, ngd_vie
     }
     const size_t n = M.cols;
     const bool par = d * d * n > 64 * (size_t)NGD_PAR_MIN;
+    NGD_UNUSED(par); // (serial builds)
     if (M.cs == 1 && out.cs == 1) {
         // row-major: out row i is a sum of scaled rows of M (contiguous axpys of length n)
 #pragma omp parallel for schedule(dynamic, 8) if (par)
@@ -190,6 +191,7 @@ static void tz_from_inner(const ngd_sdesc *s, const float *th, ngd_cview X, floa
             X.cs == 1 ? ngd_view_rm(ws, d, n, n) : (ngd_view){ws, d, n, 1, (ptrdiff_t)d}; // (d, n)
         tz_mm(s, th, true, X, S); // S = Kᵀ X
         const bool par = d * d * n > 64 * (size_t)NGD_PAR_MIN;
+        NGD_UNUSED(par); // (serial builds)
 #pragma omp parallel for schedule(dynamic, 4) if (par)
         for (size_t k = 0; k < d; k++) {
             double v = (k ? 2.0 : 1.0) * lag_sum(ngd_cv(S), k) / (double)(d - k);
