@@ -146,8 +146,8 @@ void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, s
     nn_linear_forward(&l->proj, l->atty, y, B * T);
 }
 
-// Head h of sequence b: dv += attᵀ dout, the softmax's backward into datt (the thread's
-// (T, T) scratch), dq += scale · dpre k, dk += scale · dpreᵀ q (the head's own columns)
+// Head h of sequence b: dv = attᵀ dout, the softmax's backward into datt (the thread's
+// (T, T) scratch), dq = scale · dpre k, dk = scale · dpreᵀ q (the head's own columns)
 static void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float scale, float *datt) {
     const size_t C = l->c, C3 = 3 * C, nh = l->nh, hs = l->hs;
     const size_t off = b * T * C3 + h * hs;
@@ -155,9 +155,9 @@ static void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float s
     float *dq = l->dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
     const float *att = l->att + (b * nh + h) * T * T;
     const float *dout = l->datty + b * T * C + h * hs; // (T, hs), row stride C
-    // datt = dout vᵀ ; dv += attᵀ dout
+    // datt = dout vᵀ ; dv = attᵀ dout
     nn_sgemm(false, true, T, T, hs, 1.0f, dout, C, v, C3, 0.0f, datt, T);
-    nn_sgemm(true, false, T, hs, T, 1.0f, att, T, dout, C, 1.0f, dv, C3);
+    nn_sgemm(true, false, T, hs, T, 1.0f, att, T, dout, C, 0.0f, dv, C3);
     // softmax backward, in place: dpre_ij = att_ij (datt_ij − Σ_j' att_ij' datt_ij')
     for (size_t i = 0; i < T; i++) {
         const float *a = att + i * T;
@@ -168,17 +168,17 @@ static void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float s
         for (size_t j = 0; j < T; j++)
             d[j] = a[j] * (d[j] - s);
     }
-    nn_sgemm(false, false, T, hs, T, scale, datt, T, k, C3, 1.0f, dq, C3);
-    nn_sgemm(true, false, T, hs, T, scale, datt, T, q, C3, 1.0f, dk, C3);
+    nn_sgemm(false, false, T, hs, T, scale, datt, T, k, C3, 0.0f, dq, C3);
+    nn_sgemm(true, false, T, hs, T, scale, datt, T, q, C3, 0.0f, dk, C3);
 }
 
 void nn_attention_backward(nn_attention *l, const float *dy, float *dx) {
     NN_ASSERT(dy && l->b >= 1);
-    const size_t B = l->b, T = l->t, C = l->c, C3 = 3 * C, nh = l->nh;
+    const size_t B = l->b, T = l->t, C = l->c, nh = l->nh;
     const float scale = 1.0f / sqrtf((float)l->hs);
-    // the internal gradient buffers accumulate like everything else: start them at zero
+    // datty accumulates (proj's backward adds): start it at zero; every (b, h) writes its
+    // own columns of dqkv once (no clearing)
     memset(l->datty, 0, B * T * C * sizeof(float));
-    memset(l->dqkv, 0, B * T * C3 * sizeof(float));
     nn_linear_backward(&l->proj, dy, l->datty);
     const int nt = heads_team(l, B, T);
     if (nt == 1) {
