@@ -48,10 +48,13 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
     NN_OMP_FOR(rows * C)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * C;
-        double s = 0, ss = 0;
+        double s = 0, ss = 0; // (float64 sums in vector lanes: a 64-wide row's serial sum
+                              // was one dependent add per element)
+        NN_SIMD_SUM(s)
         for (size_t i = 0; i < C; i++)
             s += (double)xr[i];
         const double mu = s / (double)C;
+        NN_SIMD_SUM(ss)
         for (size_t i = 0; i < C; i++)
             ss += ((double)xr[i] - mu) * ((double)xr[i] - mu);
         const float mean = (float)mu, rstd = (float)(1.0 / sqrt(ss / (double)C + (double)l->eps));
@@ -82,6 +85,7 @@ void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
         const float *xr = l->x + r * C, *dyr = dy + r * C;
         const float mean = l->mean[r], rstd = l->rstd[r];
         double sd = 0, sdx = 0;
+        NN_SIMD_SUM(sd, sdx)
         for (size_t i = 0; i < C; i++) {
             const double d = (double)dyr[i] * (double)l->w[i];
             sd += d;
