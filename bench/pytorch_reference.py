@@ -239,6 +239,18 @@ def ngd_torch_optimizer(name, model, structure):
     return cls(model, **kw)
 
 
+def official_singd(model, structure):
+    """singd-official: the official SINGD package (github.com/f-dangel/singd; not in Debian:
+    put it on PYTHONPATH with its dependencies) at its defaults, the structure given for both
+    factors: the reference ngd.torch's SINGD is compared with in the same loop."""
+    try:
+        from singd.optim.optimizer import SINGD
+    except ImportError as e:
+        raise SystemExit(f"pytorch_reference: --optim singd-official needs the official SINGD "
+                         f"package on PYTHONPATH (not in Debian): {e}")
+    return SINGD(model, structures=(structure, structure))
+
+
 def optimizer(name, params, sgd_momentum):
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-2, momentum=sgd_momentum, weight_decay=0.0)
@@ -257,6 +269,8 @@ def run(name, optim, args, structure="-"):
         Images(shape, classes, args.batch, gen)
     if optim.startswith("ngd-"):
         opt = ngd_torch_optimizer(optim, model, structure)
+    elif optim == "singd-official":
+        opt = official_singd(model, structure)
     else:
         opt = optimizer(optim, model.parameters(), args.sgd_momentum)
     times = []
@@ -344,11 +358,12 @@ def main():
     ap.add_argument("--model", default="mlp,cnn", help="models, comma-separated (mlp,cnn): "
                     + ", ".join(MODELS) + ", or all")
     ap.add_argument("--optim", default="sgd,adamw",
-                    help="sgd, adamw, or ngd-<method> (libngd through ngd.torch: ngd-singd, "
-                         "ngd-kfac, ...; needs `make`) (sgd,adamw)")
+                    help="sgd, adamw, ngd-<method> (libngd through ngd.torch: ngd-singd, "
+                         "ngd-kfac, ...; needs `make`), or singd-official (the official SINGD "
+                         "package, which is not in Debian, from PYTHONPATH) (sgd,adamw)")
     ap.add_argument("--structure", default="dense",
-                    help="SINGD factor structures of ngd-singd / ngd-ikfac, comma-separated: "
-                         "one run each (dense)")
+                    help="SINGD factor structures of ngd-singd / ngd-ikfac / singd-official, "
+                         "comma-separated: one run each (dense)")
     ap.add_argument("--batch", type=int, default=128, help="batch size (128; text: sequences)")
     ap.add_argument("--context", type=int, default=64, help="context length of chargpt (64)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (30)")
@@ -372,9 +387,10 @@ def main():
         if m not in MODELS:
             ap.error(f"--model: unknown model '{m}' (models: {', '.join(MODELS)})")
     for o in optims:
-        if o not in ("sgd", "adamw") and not (o.startswith("ngd-") and o[4:] in NGD_TORCH):
-            ap.error(f"--optim: '{o}' is not sgd, adamw or ngd-<method> (methods: "
-                     f"{', '.join(NGD_TORCH)}; the official SINGD is not in Debian)")
+        if o not in ("sgd", "adamw", "singd-official") and not (o.startswith("ngd-") and
+                                                                 o[4:] in NGD_TORCH):
+            ap.error(f"--optim: '{o}' is not sgd, adamw, singd-official or ngd-<method> "
+                     f"(methods: {', '.join(NGD_TORCH)})")
     if min(a.batch, a.context, a.steps, a.warmup) < 1:
         ap.error("--batch, --context, --steps, --warmup must be >= 1")
     threads = a.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -407,7 +423,8 @@ def main():
               f"{'median ms':>9}", flush=True)
     for m in models:
         for o in optims:
-            structs = a.structure.split(",") if o in ("ngd-singd", "ngd-ikfac") else ["-"]
+            structs = a.structure.split(",") if o in ("ngd-singd", "ngd-ikfac",
+                                                      "singd-official") else ["-"]
             for st in structs:
                 r = run(m, o, a, st)
                 if a.json:
