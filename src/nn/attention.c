@@ -6,7 +6,8 @@
  *   y   = out Wprojᵀ + bproj      Linear C -> C
  * The two projections are nn_linear layers, so they register with libngd like any other
  * Linear (a = x or out, g = their output gradients). The per-head products are GEMMs on
- * strided views of qkv; the softmax probabilities are kept for backward. No attention
+ * strided views of qkv, the (b, h) heads side by side on the threads; the softmax
+ * probabilities are kept for backward. No attention
  * dropout, no masks other than causal, no key/value caching.
  */
 #include <math.h>
@@ -65,7 +66,6 @@ void nn_attention_free(nn_attention *l) {
     memset(l, 0, sizeof *l);
 }
 
-// x (B, T, C) -> y (B, T, C)
 // The threads of the heads' loops: the planned ones (one datt each), at most the runtime's;
 // one when the work is small (a parallel region costs more than it saves)
 static int heads_team(const nn_attention *l, size_t B, size_t T) {
@@ -76,14 +76,6 @@ static int heads_team(const nn_attention *l, size_t B, size_t T) {
 #else
     (void)l, (void)B, (void)T;
     return 1;
-#endif
-}
-
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
 #endif
 }
 
@@ -123,8 +115,9 @@ static void head_forward(nn_attention *l, size_t b, size_t h, size_t T, float sc
     nn_sgemm(false, false, T, hs, T, 1.0f, att, T, v, C3, 0.0f, l->atty + b * T * C + h * hs, C);
 }
 
-// The heads run side by side (each thread a (b, h) at a time, its GEMMs single-threaded:
-// no thread wake-up per small GEMM), each writing only its own att and atty columns.
+// x (B, T, C) -> y (B, T, C). The heads run side by side (each thread a (b, h) at a time,
+// its GEMMs single-threaded: no thread wake-up per small GEMM), each writing only its own
+// att and atty columns.
 void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, size_t T) {
     NN_ASSERT(x && y && B >= 1 && T >= 1 && B <= l->max_b && T <= l->max_t);
     const size_t nh = l->nh;
@@ -190,7 +183,7 @@ void nn_attention_backward(nn_attention *l, const float *dy, float *dx) {
 #endif
         for (size_t bh = 0; bh < B * nh; bh++)
             head_backward(l, bh / nh, bh % nh, T, scale,
-                          l->datt + (size_t)thread_id() * l->max_t * l->max_t);
+                          l->datt + (size_t)nn_thread_num() * l->max_t * l->max_t);
     }
     nn_linear_backward(&l->qkv, l->dqkv, dx);
 }

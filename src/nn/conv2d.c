@@ -450,14 +450,6 @@ static int team(const nn_conv2d *l) {
     return (int)t;
 }
 
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
@@ -516,7 +508,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
     for (size_t c = 0; c < nchunks; c++) {
-        const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
+        const size_t t = (size_t)nn_thread_num(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL,
@@ -659,7 +651,7 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
 #pragma omp parallel for schedule(static) num_threads(nt)
 #endif
     for (size_t c = 0; c < nchunks; c++) {
-        const size_t t = (size_t)thread_id(), n0 = c * l->chunk;
+        const size_t t = (size_t)nn_thread_num(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
                        l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw,

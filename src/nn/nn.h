@@ -90,6 +90,9 @@ const char *nn_status_str(nn_status s);
 #define NN_SIMD_MAX(v)
 #endif
 
+// The calling thread's number in the enclosing parallel region (0 outside one, or serial)
+int nn_thread_num(void);
+
 // ====== Memory and parameter lists (tensor.c) ======
 
 // Overflow-checked allocations of n*size bytes (zeroed for calloc); NULL on failure.

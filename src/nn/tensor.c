@@ -6,6 +6,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "nn.h"
 
 const char *nn_status_str(nn_status s) {
@@ -61,4 +65,12 @@ size_t nn_param_count(const nn_param *ps, size_t count) {
     for (size_t i = 0; i < count; i++)
         s += ps[i].n;
     return s;
+}
+
+int nn_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
 }
