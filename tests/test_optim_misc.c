@@ -584,11 +584,12 @@ static void singd_health_should_match_the_dense_factors(void) {
 }
 
 // A layer large enough that the step's gradient check (Σ g², the health's grad_norm) is
-// shared by the threads, over more than one group of 256 blocks: the same bits at 1 and 2
-// threads, the f64 norm to 1e-6, and a NaN in the last block still skips the step.
+// shared by the threads, over more than one group of 4096 blocks of 1024: the same bits at
+// 1 and 2 threads, the f64 norm to 1e-6, and a NaN in the last block still skips the step.
 static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
-    const size_t dout = 601, din = 523, nw = dout * din; // 314,323 weights: 2 groups
-    float *W = malloc(nw * sizeof *W), *gW = malloc(nw * sizeof *gW), b[601], gb[601];
+    enum { DOUT = 2053 };
+    const size_t dout = DOUT, din = 2047, nw = dout * din; // 4,202,491 weights: 2 groups
+    float *W = malloc(nw * sizeof *W), *gW = malloc(nw * sizeof *gW), b[DOUT], gb[DOUT];
     ref_rng r = {91};
     float norms[2];
 #ifdef _OPENMP

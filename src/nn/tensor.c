@@ -40,20 +40,27 @@ void *nn_calloc(size_t n, size_t size) {
     return calloc(n, size);
 }
 
-// (large gradients cleared by the threads, in pieces of 16K floats; small ones never enter a
-// parallel region)
+// Large gradients are cleared by the threads in pieces of 16K floats, all in one parallel
+// region without a barrier between parameters (on a loaded machine each barrier can wait a
+// scheduler slice); a model whose gradients are small never enters a region.
 void nn_zero_grads(const nn_param *ps, size_t count) {
     const size_t piece = 16384;
+    size_t total = 0;
+    for (size_t i = 0; i < count; i++)
+        total += ps[i].g ? ps[i].n : 0;
+    if (total < 4 * piece) {
+        for (size_t i = 0; i < count; i++)
+            if (ps[i].g) memset(ps[i].g, 0, ps[i].n * sizeof(float));
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
     for (size_t i = 0; i < count; i++) {
         float *g = ps[i].g;
-        const size_t n = ps[i].n;
-        if (!g) continue;
-        if (n < 4 * piece) {
-            memset(g, 0, n * sizeof(float));
-            continue;
-        }
+        const size_t n = g ? ps[i].n : 0;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
         for (size_t b = 0; b < n; b += piece)
             memset(g + b, 0, (n - b < piece ? n - b : piece) * sizeof(float));

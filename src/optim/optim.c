@@ -475,9 +475,11 @@ double ngd_sumsq(const float *x, size_t n) {
     return total;
 }
 
-// ngd_sumsq with the blocks shared by the threads, 256 at a time, and their sums added in
-// block order: the same bits as ngd_sumsq. Short arrays never enter a parallel region.
-#define SUMSQ_GROUP 256
+// ngd_sumsq with the blocks shared by the threads, 4096 at a time (one parallel region per
+// gradient of up to 4M floats: on a loaded machine every region's barrier can wait a
+// scheduler slice), their sums added in block order: the same bits as ngd_sumsq. Short
+// arrays never enter a parallel region.
+#define SUMSQ_GROUP 4096
 static double sumsq_threaded(const float *x, size_t n) {
     if (n <= NGD_PAR_MIN) return ngd_sumsq(x, n);
     double total = 0;
