@@ -249,18 +249,6 @@ static void public_bf16_gemm_should_check_arguments_and_not_count(void) {
     free(A), free(B), free(C), free(D), free(f);
 }
 
-// OpenMP's thread count set to n (when n > 0); returns the one before (1 without OpenMP)
-static int set_threads(int n) {
-#ifdef _OPENMP
-    const int before = omp_get_max_threads();
-    if (n > 0) omp_set_num_threads(n);
-    return before;
-#else
-    (void)n;
-    return 1;
-#endif
-}
-
 // ngd_gemm_bf16 of A (m x k) and op(B) (tb: B stored n x k) against the float64 reference of
 // the same bf16 inputs: the elements off by more than the f32 accumulation of k products allows
 static size_t product_mismatches(const uint16_t *A, const uint16_t *B, size_t m, size_t n, size_t k,
@@ -291,11 +279,11 @@ static void k_31_mod_32_shapes_should_not_crash(void) {
     tfill(&r, f, 2047 * 260, -1, 1);
     nn_bf16_encode(f, A, 70 * 2047);
     nn_bf16_encode(f, B, 2047 * 260);
-    const int nt = set_threads(1);
+    const int nt = th_set_threads(1);
     size_t bad = 0;
     for (size_t t = 0; t < 3; t++)
         bad += product_mismatches(A, B, shapes[t][0], shapes[t][1], shapes[t][2], false);
-    set_threads(nt);
+    th_set_threads(nt);
     CHECK(bad == 0);
     free(A), free(B), free(f);
 }
@@ -318,10 +306,10 @@ static void matmul_cache_should_serve_many_shapes_and_threads(void) {
 #endif
         for (int s = 0; s < 80; s++)
             bad += cache_case(A, B, (size_t)(s % 40));
-        const int nt = set_threads(round ? 1 : 0);
+        const int nt = th_set_threads(round ? 1 : 0);
         for (size_t i = 0; i < 100; i++)
             bad += cache_case(A, B, i);
-        set_threads(nt);
+        th_set_threads(nt);
     }
     CHECK(bad == 0);
     free(A), free(B), free(f);

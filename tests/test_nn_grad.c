@@ -11,9 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "harness.h"
 #include "nn.h"
@@ -1271,13 +1268,9 @@ static void attention_heads_on_threads_should_match_one_thread(void) {
     float *y[2], *dx[2], *dw[2];
     fill(&r, x, n, -1, 1);
     fill(&r, w, n, -1, 1);
-#ifdef _OPENMP
-    const int nthr0 = omp_get_max_threads();
-#endif
+    const int nthr0 = th_set_threads(0);
     for (int run = 0; run < 2; run++) {
-#ifdef _OPENMP
-        omp_set_num_threads(run ? 2 : 1);
-#endif
+        th_set_threads(run ? 2 : 1);
         nn_rng g;
         nn_rng_seed(&g, 11);
         nn_attention l;
@@ -1297,9 +1290,7 @@ static void attention_heads_on_threads_should_match_one_thread(void) {
         dw[run] = fdup(l.qkv.dw, 3 * C * C);
         nn_attention_free(&l);
     }
-#ifdef _OPENMP
-    omp_set_num_threads(nthr0);
-#endif
+    th_set_threads(nthr0);
     CHECK(memcmp(y[0], y[1], n * sizeof(float)) == 0);
     CHECK(memcmp(dx[0], dx[1], n * sizeof(float)) == 0);
     CHECK(memcmp(dw[0], dw[1], 3 * C * C * sizeof(float)) == 0);

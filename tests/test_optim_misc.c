@@ -11,9 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "harness.h"
 #include "ngd.h"
@@ -592,13 +589,9 @@ static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
     float *W = malloc(nw * sizeof *W), *gW = malloc(nw * sizeof *gW), b[DOUT], gb[DOUT];
     ref_rng r = {91};
     float norms[2];
-#ifdef _OPENMP
-    const int nthr0 = omp_get_max_threads();
-#endif
+    const int nthr0 = th_set_threads(0);
     for (int run = 0; run < 2; run++) {
-#ifdef _OPENMP
-        omp_set_num_threads(run ? 2 : 1);
-#endif
+        th_set_threads(run ? 2 : 1);
         r.s = 91;
         for (size_t i = 0; i < nw; i++)
             W[i] = (float)ref_uniform(&r, -0.1, 0.1), gW[i] = (float)ref_uniform(&r, -0.5, 0.5);
@@ -627,9 +620,7 @@ static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
         CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK && h.skips == 1);
         ngd_optim_free(o);
     }
-#ifdef _OPENMP
-    omp_set_num_threads(nthr0);
-#endif
+    th_set_threads(nthr0);
     CHECK(memcmp(&norms[0], &norms[1], sizeof(float)) == 0);
     free(W), free(gW);
 }
