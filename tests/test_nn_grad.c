@@ -1210,17 +1210,27 @@ static void att_fwd(void *p) {
     nn_attention_forward(c->l, c->x, c->y, c->b, c->t);
 }
 
+// An attention layer (seeded init) whose first `rows` rows of the qkv weight (q, k, v
+// blocks of C rows each) are scaled by f: larger scores than the default init
+static nn_status attention_scaled(nn_attention *l, size_t C, size_t nh, bool causal, size_t B,
+                                  size_t T, uint64_t seed, size_t rows, float f) {
+    nn_rng g;
+    nn_rng_seed(&g, seed);
+    const nn_status st = nn_attention_init(l, C, nh, causal, B, T, &g);
+    if (st == NN_OK)
+        for (size_t i = 0; i < rows * C; i++)
+            l->qkv.w[i] *= f;
+    return st;
+}
+
 static void attention_should_match_naive_and_finite_differences(void) {
     ref_rng r = {101};
     for (int causal = 0; causal < 2; causal++) {
-        nn_rng g;
-        nn_rng_seed(&g, 7 + (uint64_t)causal);
         const size_t B = 2, T = 5, C = 8, nh = 2, n = B * T * C;
         nn_attention l;
-        CHECK(nn_attention_init(&l, C, nh, causal, B, T + 2, &g) == NN_OK);
         // larger weights than the default init, so the softmax is far from uniform
-        for (size_t i = 0; i < 3 * C * C; i++)
-            l.qkv.w[i] *= 3.0f;
+        CHECK(attention_scaled(&l, C, nh, causal, B, T + 2, 7 + (uint64_t)causal, 3 * C, 3.0f) ==
+              NN_OK);
         float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *w = malloc(n * sizeof *w);
         float *dx = zeros(n);
         double *want = malloc(n * sizeof *want);
@@ -1271,12 +1281,8 @@ static void attention_heads_on_threads_should_match_one_thread(void) {
     const int nthr0 = th_set_threads(0);
     for (int run = 0; run < 2; run++) {
         th_set_threads(run ? 2 : 1);
-        nn_rng g;
-        nn_rng_seed(&g, 11);
         nn_attention l;
-        CHECK(nn_attention_init(&l, C, nh, true, B, T, &g) == NN_OK);
-        for (size_t i = 0; i < 3 * C * C; i++)
-            l.qkv.w[i] *= 3.0f;
+        CHECK(attention_scaled(&l, C, nh, true, B, T, 11, 3 * C, 3.0f) == NN_OK);
         y[run] = malloc(n * sizeof(float));
         dx[run] = zeros(n);
         nn_attention_forward(&l, x, y[run], B, T);
@@ -1297,12 +1303,8 @@ static void attention_heads_on_threads_should_match_one_thread(void) {
     // scores that overflow (q and k weights 1e20: q kᵀ is inf, inf − inf is NaN) give a
     // non-finite output, as expf's softmax would, not a finite one from a clamped exp
     {
-        nn_rng g;
-        nn_rng_seed(&g, 12);
         nn_attention l;
-        CHECK(nn_attention_init(&l, C, nh, true, B, T, &g) == NN_OK);
-        for (size_t i = 0; i < 2 * C * C; i++)
-            l.qkv.w[i] *= 1e20f;
+        CHECK(attention_scaled(&l, C, nh, true, B, T, 12, 2 * C, 1e20f) == NN_OK);
         nn_attention_forward(&l, x, y[0], B, T);
         size_t bad = 0;
         for (size_t i = 0; i < n; i++)

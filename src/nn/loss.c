@@ -3,8 +3,7 @@
  * reduction='mean' and label_smoothing), fused with its gradient, plus the accuracy
  * count. Log-sum-exp per row in float64 for the loss value, over exponentials by
  * nn_exp_fast (relative error 2e-7 per term, vectorised; libm's exp was a scalar call per
- * logit). No class weights, no ignore
- * index (every row counts).
+ * logit). No class weights, no ignore index (every row counts).
  */
 #include <math.h>
 #include <string.h>

@@ -148,10 +148,10 @@ void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 
 // ---- fast elementwise math ----
-// e^x for x in float range, relative error about 2e-7 (GELU, softmax; vectorises, where
-// libm's expf is a scalar call): x = k ln2 + r (Cody–Waite split of
-// ln2, |r| <= ln2/2), e^r by its Taylor polynomial to degree 7 (remainder < 5e-9), 2^k
-// through the exponent bits. Inputs are clamped to [-87, 87] (no overflow, no subnormals).
+// e^x for x in float range, relative error about 2e-7 (GELU, softmax, cross-entropy; it
+// vectorises, where libm's expf is a scalar call): x = k ln2 + r (Cody–Waite split of ln2,
+// |r| <= ln2/2), e^r by its Taylor polynomial to degree 7 (remainder < 5e-9), 2^k through
+// the exponent bits. Inputs are clamped to [-87, 87] (no overflow, no subnormals).
 static inline float nn_exp_fast(float x) {
     // |x| <= 87 by an integer clamp of the magnitude's bits (a float clamp, or fminf, keeps
     // GCC from vectorising the loops; NaN becomes ±87)
