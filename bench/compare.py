@@ -9,8 +9,13 @@ quotes a PyTorch figure for. A run gives its mean ms per step (over whole precon
 periods for SINGD); the table shows the median of the rounds. Before any figure is used the
 parameter counts of the two sides must be equal (the check that the models are the same).
 
-The official SINGD package is not in Debian, so the PyTorch+SINGD figures are QUOTED from the
-issue's table (measured earlier, not now) and printed beside ngd's SINGD figures measured now.
+The official SINGD package is not in Debian, so by default the PyTorch+SINGD figures are QUOTED
+from the issue's table (measured earlier, not now) and printed beside ngd's SINGD figures
+measured now. With --official-singd DIR (a folder holding the official source's `singd`
+package, e.g. a checkout of github.com/f-dangel/singd), the official SINGD is timed too, in
+the same rounds, by pytorch_reference.py --optim singd-official; its `einops` and `einconv`
+dependencies (not in Debian either) come from bench/official_shims, stand-ins for the few
+calls it makes, unless real ones are found on PYTHONPATH first.
 --params-only only builds the models and checks their parameter counts (no timing).
 """
 import argparse
@@ -75,6 +80,9 @@ def main():
     ap.add_argument("--context", type=int, default=64, help="chargpt context (64)")
     ap.add_argument("--momentum", type=float, default=0.9,
                     help="SGD momentum of both sides (0.9, as the issue's table)")
+    ap.add_argument("--official-singd", metavar="DIR", default=None,
+                    help="time the official SINGD package found in DIR (holding singd/) in the "
+                         "same rounds, instead of only quoting the issue's figures")
     ap.add_argument("--ngd-torch", type=int, default=1,
                     help="also time SINGD through ngd.torch in the PyTorch loop (1; 0: no)")
     ap.add_argument("--params-only", action="store_true",
@@ -89,9 +97,13 @@ def main():
     for o in optims:
         if o not in ("sgd", "adamw"):
             fail(f"'{o}' is not sgd or adamw", "SINGD rows come from --singd")
+    off = a.official_singd
     for s in structs:
-        if s not in ("dense", "diagonal"):
-            fail(f"--singd: '{s}' has no quoted figures", "dense, diagonal")
+        if s not in ("dense", "diagonal") and not off:
+            fail(f"--singd: '{s}' has no quoted figures", "dense, diagonal, or --official-singd")
+    if off and not os.path.isfile(os.path.join(off, "singd", "optim", "optimizer.py")):
+        fail(f"--official-singd: no singd/optim/optimizer.py under '{off}'",
+             "give the folder that holds the official source's singd package")
     if min(a.rounds, a.threads, a.steps, a.warmup, a.batch, a.context) < 1:
         fail("--rounds, --threads, --steps, --warmup, --batch, --context must be >= 1")
     if not os.access(a.ngd, os.X_OK):
@@ -124,7 +136,12 @@ def main():
     # ngd.torch finds the libngd of the ngd binary's build folder
     tenv = dict(env, NGD_LIBRARY=os.path.join(os.path.dirname(os.path.abspath(a.ngd)), "libngd.so"))
     header = None
-    singd_rows = [(m, s) for m in models for s in structs if (m, s) in QUOTED_SINGD]
+    singd_rows = [(m, s) for m in models for s in structs if off or (m, s) in QUOTED_SINGD]
+    off_ms = {}
+    # the official package first, then the user's PYTHONPATH, then the stand-ins
+    oenv = dict(env, PYTHONPATH=os.pathsep.join(
+        [x for x in (off, os.environ.get("PYTHONPATH"), os.path.join(HERE, "official_shims"))
+         if x]))
     for r in range(a.rounds):
         print(f"bench-compare: round {r + 1}/{a.rounds}", file=sys.stderr, flush=True)
         for m in models:
@@ -142,7 +159,13 @@ def main():
                 ngd_ms.setdefault((m, o), []).append(n["ms_mean"])
             ss = [s for mm, s in singd_rows if mm == m]
             if ss:
-                extra = ["--param-optim", "adamw"] if QUOTED_SINGD[(m, ss[0])][2] else []
+                if off:  # the official package in the PyTorch loop, then ngd
+                    for n in run_json(py + steps + ["--model", m, "--optim", "singd-official",
+                                                    "--structure", ",".join(ss)], oenv):
+                        if not n.get("header"):
+                            off_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
+                q = QUOTED_SINGD.get((m, ss[0]))
+                extra = ["--param-optim", "adamw"] if (q[2] if q else m in ("chargpt", "vit")) else []
                 for n in run_json(ngd + steps + ["--model", m, "--optim", "singd",
                                                  "--structure", ",".join(ss)] + extra, env):
                     singd_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
@@ -172,7 +195,23 @@ def main():
             pm, nm = med(py_ms[(m, o)]), med(ngd_ms[(m, o)])
             rounds = " ".join(map(fmt, py_ms[(m, o)])) + " | " + " ".join(map(fmt, ngd_ms[(m, o)]))
             print(f"{m:8} {o:10} {params[m]:>9} {pm:11.2f} {nm:9.2f} {pm / nm:11.2f}   {rounds}")
-    if singd_rows:
+    if singd_rows and off:
+        t = bool(ngdt_ms)
+        print("\nSINGD, all measured now: the official package (PyTorch loop, its defaults; "
+              "parameters of\nnorms and embeddings are left untrained by it, trained by AdamW "
+              "in ngd's chargpt/vit), ngd bench train,\nand ngd.torch in the same PyTorch loop "
+              "(mean over whole periods, T = 10)\n")
+        print(f"{'model':8} {'optimizer':15} {'official ms':>11} {'ngd ms':>9} "
+              f"{'official/ngd':>12}" + (f" {'ngd.torch ms':>12} {'official/ngd.torch':>18}"
+                                         if t else "") + "   rounds: official | ngd")
+        for m, s in singd_rows:
+            om, now = med(off_ms[(m, s)]), med(singd_ms[(m, s)])
+            tn = med(ngdt_ms[(m, s)]) if (m, s) in ngdt_ms else None
+            rounds = " ".join(map(fmt, off_ms[(m, s)])) + " | " + " ".join(
+                map(fmt, singd_ms[(m, s)]))
+            print(f"{m:8} {'singd ' + s:15} {om:11.2f} {now:9.2f} {om / now:12.2f}"
+                  + (f" {tn:12.2f} {om / tn:18.2f}" if tn else "") + f"   {rounds}")
+    elif singd_rows:
         print("\nSINGD: the PyTorch figures are QUOTED from the issue's table (official SINGD "
               "0.0.5 on PyTorch 1.13,\nmeasured earlier, NOT now: SINGD is not in Debian); "
               "ngd is measured now (mean over whole periods, T = 10)\n")
