@@ -219,6 +219,53 @@ static void gemm_bf16_gemm_path_should_meet_the_same_bound(void) {
     ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
 }
 
+// ngd_syrk_bf16 (SINGD's bf16 K Kᵀ and KᵀK) against the float64 product of the same bf16
+// operands, for op(A) = A and Aᵀ, below and above its block-row threshold (384 rows), beta = 0
+// over a NaN-filled C and beta != 0 over a symmetric C; above it C is exactly symmetric.
+static void syrk_bf16_should_match_the_reference_and_be_symmetric(void) {
+    const size_t dims[][2] = {{300, 200}, {384, 192}, {700, 350}};
+    trng r = {21};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        const size_t n = dims[t][0], k = dims[t][1];
+        float *f = malloc(n * k * 4), *C = malloc(n * n * 4), *C0 = malloc(n * n * 4);
+        uint16_t *A = malloc(n * k * 2);
+        tfill(&r, f, n * k, -1, 1);
+        nn_bf16_encode(f, A, n * k);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j <= i; j++)
+                C0[i * n + j] = C0[j * n + i] = (float)(2.0 * tu(&r) - 1.0);
+        for (int c = 0; c < 4; c++) {
+            const bool ta = c & 1, b0 = c & 2;
+            const float beta = b0 ? 0.0f : -0.5f;
+            for (size_t i = 0; i < n * n; i++)
+                C[i] = b0 ? NAN : C0[i];
+            // ta: the stored A is k x n (the same values read as its transpose)
+            ngd_syrk_bf16(ta, n, k, 0.5f, A, ta ? n : k, beta, C, n);
+            double maxref = 0, maxerr = 0;
+            size_t asym = 0;
+            for (size_t i = 0; i < n; i++)
+                for (size_t j = 0; j < n; j++) {
+                    double d = 0;
+                    for (size_t p = 0; p < k; p++) {
+                        const size_t ia = ta ? p * n + i : i * k + p,
+                                     ja = ta ? p * n + j : j * k + p;
+                        d += (double)bits_f((uint32_t)A[ia] << 16) *
+                             (double)bits_f((uint32_t)A[ja] << 16);
+                    }
+                    const double want = 0.5 * d + (b0 ? 0.0 : -0.5 * (double)C0[i * n + j]);
+                    maxref = fmax(maxref, fabs(want));
+                    maxerr = fmax(maxerr, fabs((double)C[i * n + j] - want));
+                    asym += j < i && f_bits(C[i * n + j]) != f_bits(C[j * n + i]);
+                }
+            // f32 accumulation of k <= 350 products of entries in [-1, 1]: 1e-5 of the
+            // largest output leaves ~10x headroom (a NaN fails it)
+            CHECK(maxerr <= 1e-5 * maxref);
+            if (n >= 384) CHECK(asym == 0);
+        }
+        free(f), free(C), free(C0), free(A);
+    }
+}
+
 // The public door (ngd.h): bad arguments are NGD_ERR_ARG and leave C alone; a product is
 // not counted in ngd_gemm_flop_count (that counts libngd's own work) and equals the
 // internal GEMM's bit for bit.
@@ -758,6 +805,7 @@ static const test_case TESTS[] = {
     TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
     TEST(gemm_bf16_gemm_path_should_meet_the_same_bound),
     TEST(public_bf16_gemm_should_check_arguments_and_not_count),
+    TEST(syrk_bf16_should_match_the_reference_and_be_symmetric),
     TEST(matmul_cache_should_serve_many_shapes_and_threads),
     TEST(k_31_mod_32_shapes_should_not_crash),
     TEST(gemm_bf16_should_be_exact_on_representable_values),

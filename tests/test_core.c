@@ -61,6 +61,59 @@ static void gemm_should_match_reference_for_all_layouts(void) {
     }
 }
 
+// ngd_syrk_full against the float64 A Aᵀ: below and above its block-row threshold (384 rows
+// and at least half as many columns), A and C row-major or transposed, beta = 0 over a
+// NaN-filled C (not read) and beta != 0 over a symmetric C; above the threshold the result
+// must be exactly symmetric.
+static void syrk_should_match_reference_and_be_symmetric(void) {
+    ref_rng r = {3};
+    const size_t dims[][2] = {{5, 7}, {383, 200}, {384, 192}, {400, 199}, {900, 450}};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        const size_t m = dims[t][0], k = dims[t][1];
+        double *A = malloc(m * k * sizeof *A), *C0 = malloc(m * m * sizeof *C0);
+        double *C = malloc(m * m * sizeof *C), *P = malloc(m * m * sizeof *P);
+        float *a = malloc(m * k * sizeof *a), *c = malloc(m * m * sizeof *c);
+        float *got = malloc(m * m * sizeof *got);
+        ref_fill(&r, A, m * k, -1, 1);
+        for (size_t i = 0; i < m; i++) // a symmetric C0
+            for (size_t j = 0; j <= i; j++)
+                C0[i * m + j] = C0[j * m + i] = ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < m; i++) // P = A Aᵀ
+            for (size_t j = 0; j < m; j++) {
+                double d = 0;
+                for (size_t l = 0; l < k; l++)
+                    d += A[i * k + l] * A[j * k + l];
+                P[i * m + j] = d;
+            }
+        for (int layout = 0; layout < 8; layout++) {
+            const int ta = layout & 1, tc = (layout >> 1) & 1, b0 = (layout >> 2) & 1;
+            const float beta = b0 ? 0.0f : -0.5f;
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < k; j++)
+                    a[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
+            for (size_t i = 0; i < m * m; i++)
+                c[i] = b0 ? NAN : (float)C0[i]; // (C0 symmetric: either layout)
+            ngd_cview va = ta ? ngd_cview_t(ngd_cview_rm(a, k, m, m)) : ngd_cview_rm(a, m, k, k);
+            ngd_view vc = tc ? ngd_view_t(ngd_view_rm(c, m, m, m)) : ngd_view_rm(c, m, m, m);
+            ngd_syrk_full(0.5f, va, beta, vc);
+            double maxref = 0;
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < m; j++) {
+                    C[i * m + j] = 0.5 * P[i * m + j] + (b0 ? 0.0 : -0.5 * C0[i * m + j]);
+                    maxref = fmax(maxref, fabs(C[i * m + j]));
+                    got[i * m + j] = c[tc ? j * m + i : i * m + j];
+                }
+            CHECK_TENSOR(got, C, m * m, 0.0, GEMM_RTOL * maxref, "syrk");
+            size_t asym = 0;
+            for (size_t i = 0; i < m; i++)
+                for (size_t j = 0; j < i; j++)
+                    asym += memcmp(&got[i * m + j], &got[j * m + i], sizeof(float)) != 0;
+            if (m >= 384 && 2 * k >= m) CHECK(asym == 0);
+        }
+        free(A), free(C0), free(C), free(P), free(a), free(c), free(got);
+    }
+}
+
 static void gemm_should_ignore_nan_in_c_when_beta_is_zero(void) {
     float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1}, c[4] = {NAN, NAN, NAN, NAN};
     ngd_gemm(1.0f, ngd_cview_rm(a, 2, 2, 2), ngd_cview_rm(b, 2, 2, 2), 0.0f,
@@ -151,6 +204,7 @@ static void alloc_should_reject_overflow(void) {
 static const test_case TESTS[] = {
     TEST(gemm_should_match_reference_for_all_layouts),
     TEST(gemm_should_ignore_nan_in_c_when_beta_is_zero),
+    TEST(syrk_should_match_reference_and_be_symmetric),
     TEST(bf16_should_round_to_nearest_even),
     TEST(crc32_should_match_the_bitwise_definition),
     TEST(rng_should_be_reproducible_and_standard_normal),

@@ -104,8 +104,9 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
         s->mC = falloc(nC, s->dtC);
         ok = s->mK && s->mC;
     }
-    // K Kᵀ costs 2 d_K³ per update and saves 2 products of 2 d_K² d_C per step: kept when
-    // that pays within the T steps of an update (d_K < 2 T d_C); likewise C Cᵀ
+    // K Kᵀ costs about d_K³ per update (ngd_syrk_full's half product) and turns a step's two
+    // products of 2 d_K² d_C into one: kept when that pays within the T steps of an update
+    // (d_K < 2 T d_C); likewise C Cᵀ
     const size_t dK = e->d_K, dC = e->d_out, T2 = 2 * (c->T ? c->T : 1);
     s->bfc = s->sK.kind == NGD_STRUCT_DENSE && s->sC.kind == NGD_STRUCT_DENSE &&
              s->dtK == NGD_BF16 && s->dtC == NGD_BF16 && c->factor_compute == NGD_BF16;
@@ -363,9 +364,9 @@ static float update_side16(size_t d, uint16_t *L, uint16_t *m, const float *H, f
 static void cache16_refresh(const ngd_entry *e, singd_state *s, float *tK, float *tC) {
     if (s->cache_ok && s->cache_loads == e->loads) return;
     const size_t dK = e->d_K, dC = e->d_out;
-    ngd_gemm_bf16(false, true, dK, dK, dK, 1.0f, s->K, dK, s->K, dK, 0.0f, tK, dK);
+    ngd_syrk_bf16(false, dK, dK, 1.0f, s->K, dK, 0.0f, tK, dK);
     ngd_bf16_encode(tK, s->KKt16, dK * dK);
-    ngd_gemm_bf16(false, true, dC, dC, dC, 1.0f, s->C, dC, s->C, dC, 0.0f, tC, dC);
+    ngd_syrk_bf16(false, dC, dC, 1.0f, s->C, dC, 0.0f, tC, dC);
     ngd_bf16_encode(tC, s->CCt16, dC * dC);
     s->cache_ok = true;
     s->cache_loads = e->loads;
@@ -422,8 +423,8 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     const size_t dK = e->d_K, dC = e->d_out;
     if (s->bfc) { // Π(KᵀK) = KᵀK of the stored bf16 factors, f32 accumulation
-        ngd_gemm_bf16(true, false, dK, dK, dK, 1.0f, s->K, dK, s->K, dK, 0.0f, w.fK[1], dK);
-        ngd_gemm_bf16(true, false, dC, dC, dC, 1.0f, s->C, dC, s->C, dC, 0.0f, w.fC[1], dC);
+        ngd_syrk_bf16(true, dK, dK, 1.0f, s->K, dK, 0.0f, w.fK[1], dK);
+        ngd_syrk_bf16(true, dC, dC, 1.0f, s->C, dC, 0.0f, w.fC[1], dC);
     } else {
         const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
         const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);

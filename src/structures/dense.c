@@ -52,8 +52,8 @@ static void dense_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, fl
     size_t d = s->d;
     ngd_cview K = ngd_cview_rm(k, d, d, d);
     ngd_view O = ngd_view_rm(out, d, d, d);
-    if (!X.p) {
-        ngd_gemm(alpha, ngd_cview_t(K), K, beta, O);
+    if (!X.p) { // Kᵀ K: symmetric, so half the products at large d (ngd_syrk_full)
+        ngd_syrk_full(alpha, ngd_cview_t(K), beta, O);
         return;
     }
     ngd_view S = ngd_view_rm(ws, d, X.cols, X.cols);
