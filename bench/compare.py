@@ -83,6 +83,9 @@ def main():
     ap.add_argument("--official-singd", metavar="DIR", default=None,
                     help="time the official SINGD package found in DIR (holding singd/) in the "
                          "same rounds, instead of only quoting the issue's figures")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="f32 (default) or bf16: ngd's --precision bf16 against PyTorch's CPU "
+                         "autocast to bfloat16, on every row")
     ap.add_argument("--ngd-torch", type=int, default=1,
                     help="also time SINGD through ngd.torch in the PyTorch loop (1; 0: no)")
     ap.add_argument("--params-only", action="store_true",
@@ -112,9 +115,9 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     py = [a.python, os.path.join(HERE, "pytorch_reference.py"), "--json", "--threads",
           str(a.threads), "--batch", str(a.batch), "--context", str(a.context),
-          "--sgd-momentum", str(a.momentum)]
+          "--sgd-momentum", str(a.momentum), "--precision", a.precision]
     ngd0 = [a.ngd, "bench", "train", "--json", "--threads", str(a.threads), "--context",
-            str(a.context), "--momentum", str(a.momentum)]
+            str(a.context), "--momentum", str(a.momentum), "--precision", a.precision]
     ngd = ngd0 + ["--batch", str(a.batch)]
     steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
 
@@ -169,7 +172,8 @@ def main():
                 for n in run_json(ngd + steps + ["--model", m, "--optim", "singd",
                                                  "--structure", ",".join(ss)] + extra, env):
                     singd_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
-                if a.ngd_torch:  # the same SINGD in a PyTorch loop: ngd.torch over libngd
+                if a.ngd_torch and a.precision == "f32":  # the same SINGD in a PyTorch loop:
+                    # ngd.torch over libngd (f32 only: it takes f32 activations)
                     for n in run_json(py + steps + ["--model", m, "--optim", "ngd-singd",
                                                     "--structure", ",".join(ss)], tenv):
                         if not n.get("header"):
@@ -178,7 +182,8 @@ def main():
     med = statistics.median
     print(f"\nbench-compare: PyTorch vs ngd bench train; batch {a.batch}, {a.threads} threads, "
           f"{a.warmup} warm-up + {a.steps} timed steps per run, {a.rounds} rounds (PyTorch, "
-          "ngd alternately)")
+          "ngd alternately)" + ("; bf16: ngd --precision bf16, PyTorch autocast to bfloat16"
+                                if a.precision == "bf16" else ""))
     if header:
         libs = [os.path.basename(x) for x in header.get("blas_libs", [])]
         print(f"PyTorch {header['torch']}: BLAS {' -> '.join(libs) or '?'} (OpenBLAS core "
