@@ -255,6 +255,29 @@ static inline void zero_bytes(unsigned char *d, size_t n) {
         memset(d, 0, n);
 }
 
+// n bytes at d, d + stride, ... (rows of them): a row's end columns. The common sizes (one f32
+// or bf16 element, or two) are a loop of fixed-size stores, not a size switch per row.
+static void zero_cols(unsigned char *d, size_t stride, size_t rows, size_t n) {
+    static const unsigned char z[8] = {0};
+    switch (n) {
+    case 2:
+        for (size_t r = 0; r < rows; r++)
+            memcpy(d + r * stride, z, 2);
+        break;
+    case 4:
+        for (size_t r = 0; r < rows; r++)
+            memcpy(d + r * stride, z, 4);
+        break;
+    case 8:
+        for (size_t r = 0; r < rows; r++)
+            memcpy(d + r * stride, z, 8);
+        break;
+    default:
+        for (size_t r = 0; r < rows; r++)
+            memset(d + r * stride, 0, n);
+    }
+}
+
 // im2col of one (channel, k1, k2) for output rows [r0, r0+R) of a stride-1 convolution whose
 // output is as wide as its input (OW == W, 'same'), for elements of es bytes (f32 or bf16;
 // zero is all-zero bytes in both): rows are W apart in the plane xc and in dst, so the block's
@@ -280,11 +303,8 @@ static void im2col_same_rows(const nn_conv2d *l, const void *xc, size_t es, size
     }
     const size_t src0 = (size_t)((ptrdiff_t)((size_t)((ptrdiff_t)oa + sh) * W + lo) + off);
     memcpy(d0 + ((oa - r0) * OW + lo) * es, x0 + src0 * es, ((ob - oa - 1) * OW + hi - lo) * es);
-    for (size_t o1 = oa; o1 < ob; o1++) {
-        unsigned char *d = d0 + (o1 - r0) * OW * es;
-        zero_bytes(d, lo * es);
-        zero_bytes(d + hi * es, (OW - hi) * es);
-    }
+    if (lo > 0) zero_cols(d0 + (oa - r0) * OW * es, OW * es, ob - oa, lo * es);
+    if (hi < OW) zero_cols(d0 + ((oa - r0) * OW + hi) * es, OW * es, ob - oa, (OW - hi) * es);
 }
 
 // n bytes from s to d: fixed sizes are inlined moves (a small plane's rows are 8 to 64
@@ -350,6 +370,14 @@ static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, si
         return;
     }
     const size_t Lb = R * OW, ncol = nb * Lb, K1 = G->k1, K2 = G->k2, xs = G->c_in * H * W;
+    const bool same = G->s1 == 1 && G->s2 == 1 && OW == W;
+    // each k2's column range, once (two integer divisions: a fifth of this function's time
+    // when they ran per sample, channel and tap)
+    enum { NK2 = 16 };
+    size_t klo[NK2], khi[NK2];
+    ptrdiff_t koff[NK2];
+    for (size_t k2 = 0; k2 < K2 && k2 < NK2; k2++)
+        koff[k2] = col_range(l, k2, &klo[k2], &khi[k2]);
     for (size_t ic = 0; ic < nb * cg; ic++) {
         const size_t i = ic / cg, c = ic % cg;
         const float *xc = x16 ? NULL : x + i * xs + (g * cg + c) * H * W;
@@ -357,9 +385,12 @@ static void im2col_t(const nn_conv2d *l, const float *x, const uint16_t *x16, si
         for (size_t k1 = 0; k1 < K1; k1++)
             for (size_t k2 = 0; k2 < K2; k2++) {
                 size_t lo, hi;
-                const ptrdiff_t off = col_range(l, k2, &lo, &hi);
+                ptrdiff_t off;
+                if (k2 < NK2)
+                    lo = klo[k2], hi = khi[k2], off = koff[k2];
+                else
+                    off = col_range(l, k2, &lo, &hi);
                 const size_t at = ((c * K1 + k1) * K2 + k2) * ncol + i * Lb;
-                const bool same = G->s1 == 1 && G->s2 == 1 && OW == W;
                 if (x16 && same) {
                     im2col_same_rows(l, xc16, sizeof(uint16_t), k1, lo, hi, off, r0, R, col16 + at);
                     continue;
