@@ -241,7 +241,8 @@ bench: deps all $(BENCH_BIN)
 # `scripts/deps.sh bench`) and `ngd bench train`, alternately, ROUNDS times each, on THREADS
 # threads; prints ms per step and PyTorch/ngd ratios, and ngd's SINGD beside the quoted
 # PyTorch+SINGD figures. MODELS of mlp, cnn, chargpt, vit, vgg16bn; COMPARE: more options of
-# bench/compare.py (--steps, --warmup, --optims, --singd, --batch). Never part of the tests.
+# bench/compare.py (--steps, --warmup, --optims, --singd, --batch, --precision bf16, and
+# --official-singd DIR to time the official SINGD package too). Never part of the tests.
 MODELS ?= mlp,cnn,chargpt
 THREADS ?= 2
 ROUNDS ?= 3
