@@ -425,6 +425,14 @@ static void mirror_lower(ngd_view C) {
     }
 }
 
+// The block-row height for an m x m product of m x k operands in at most max_np panels
+// (a multiple of 16), or 0 where one GEMM of the whole square is the better choice.
+static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
+    if (m < SYRK_MIN || 2 * k < m) return 0; // (tall A: the panels and the copy would not pay)
+    const size_t np = NGD_MIN(max_np, (m + SYRK_PANEL / 2) / SYRK_PANEL); // >= 2 here
+    return ((m + np - 1) / np + 15) / 16 * 16;
+}
+
 // C = beta C + alpha A Aᵀ. Large squares go by block rows: row panel [r0, r1) gets
 // C[r0:r1, 0:r1] from one GEMM (the columns up to the panel's diagonal block), then the
 // strictly upper triangle is copied from the lower one: (1 + 1/panels)/2 of the FLOPs of the
@@ -433,13 +441,11 @@ static void mirror_lower(ngd_view C) {
 // products made here, or their averages).
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
-    const size_t m = A.rows, k = A.cols;
-    if (m < SYRK_MIN || 2 * k < m) { // (tall A: the panels' GEMMs and the copy would not pay)
+    const size_t m = A.rows, k = A.cols, b = syrk_panel(m, k, m);
+    if (!b) {
         ngd_gemm(alpha, A, ngd_cview_t(A), beta, C);
         return;
     }
-    const size_t np = (m + SYRK_PANEL / 2) / SYRK_PANEL; // >= 2 (m >= SYRK_MIN)
-    const size_t b = ((m + np - 1) / np + 15) / 16 * 16; // panel rows, a multiple of 16
     for (size_t r0 = 0; r0 < m; r0 += b) {
         const size_t nr = NGD_MIN(b, m - r0), r1 = r0 + nr;
         ngd_gemm(alpha, ngd_cview_sub(A, r0, nr, 0, k), ngd_cview_t(ngd_cview_sub(A, 0, r1, 0, k)),
@@ -452,13 +458,12 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 // k x n A.
 void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                    float beta, float *C, size_t ldc) {
-    if (n < SYRK_MIN || 2 * k < n) {
+    // at most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per thread)
+    const size_t b = syrk_panel(n, k, 4);
+    if (!b) {
         ngd_gemm_bf16(ta, !ta, n, n, k, alpha, A, lda, A, lda, beta, C, ldc);
         return;
     }
-    // at most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per thread)
-    const size_t np = NGD_MIN(4, (n + SYRK_PANEL / 2) / SYRK_PANEL);
-    const size_t b = ((n + np - 1) / np + 15) / 16 * 16;
     for (size_t r0 = 0; r0 < n; r0 += b) {
         const size_t nr = NGD_MIN(b, n - r0), r1 = r0 + nr;
         ngd_gemm_bf16(ta, !ta, nr, r1, k, alpha, ta ? A + r0 : A + r0 * lda, lda, A, lda, beta,
