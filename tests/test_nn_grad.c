@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "model.h"
 #include "nn.h"
 #include "ref.h"
 
@@ -707,6 +708,98 @@ static void batchnorm_backward_should_match_finite_differences(void) {
             free(x), free(y), free(w), free(dx), free(dw), free(db);
             nn_batchnorm_free(&l);
         }
+}
+
+// A conv-BN-ReLU block in training takes BN's statistics from the moments the conv
+// computed per output plane; it must give the two-pass statistics up to float rounding,
+// also far from zero (outputs near 1000 with unit spread: a one-pass Σx² would lose them),
+// on one-sample chunks (planes of 18x18) and several-sample chunks (6x6), with and without
+// a bias, into f32 and bf16 outputs; evaluation keeps the running statistics.
+static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
+    ref_rng r = {91};
+    for (int t = 0; t < 8; t++) {
+        const size_t HW1 = t & 1 ? 6 : 18, N = 7, C = 5, cin = 3;
+        const bool bias = !(t & 2), bf16out = t & 4;
+        const ngd_conv_geom G = {cin, HW1, HW1, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        nn_rng g;
+        nn_rng_seed(&g, 60 + (uint64_t)t);
+        nn_conv2d conv;
+        CHECK(nn_conv2d_init(&conv, &G, C, bias, N, &g) == NN_OK);
+        const size_t HW = conv.oh * conv.ow, nx = N * cin * HW1 * HW1, ny = N * C * HW;
+        nn_batchnorm a, b;
+        CHECK(nn_batchnorm_init(&a, C, HW, N) == NN_OK && nn_batchnorm_init(&b, C, HW, N) == NN_OK);
+        fill(&r, a.w, C, 0.5, 1.5);
+        fill(&r, a.b, C, -0.5, 0.5);
+        memcpy(b.w, a.w, C * sizeof(float)), memcpy(b.b, a.b, C * sizeof(float));
+        float *x = malloc(nx * sizeof *x), *cz = malloc(ny * sizeof *cz);
+        float *cz2 = malloc(ny * sizeof *cz2), *y1 = malloc(ny * sizeof *y1);
+        float *y2 = malloc(ny * sizeof *y2);
+        uint16_t *h1 = malloc(ny * sizeof *h1), *h2 = malloc(ny * sizeof *h2);
+        fill(&r, x, nx, -1, 1);
+        // outputs near 1000: a bias (or, without one, an input offset positive weights sum)
+        if (bias) { // and planes of different means (an offset per sample)
+            for (size_t c = 0; c < C; c++)
+                conv.b[c] = 1000.0f + (float)c;
+            for (size_t i = 0; i < nx; i++)
+                x[i] += (float)(i / (cin * HW1 * HW1));
+        } else {
+            fill(&r, conv.w, C * conv.d_in, 0.02, 0.1);
+            for (size_t i = 0; i < nx; i++)
+                x[i] += 100.0f;
+        }
+        // the fused block (moments) against the conv, then the two-pass BN-ReLU
+        nn_act out = nn_conv_bn_relu_forward(&conv, &a, (nn_act){x, NULL}, cz, y1,
+                                             bf16out ? h1 : NULL, N, true);
+        CHECK(out.f == (bf16out ? NULL : y1) && out.h == (bf16out ? h1 : NULL));
+        CHECK(!conv.moments_on); // switched off again
+        nn_conv2d_forward(&conv, x, cz2, N);
+        CHECK(memcmp(cz, cz2, ny * sizeof(float)) == 0);
+        if (bf16out)
+            nn_batchnorm_relu_forward_bf16(&b, cz, h2, N, true);
+        else
+            nn_batchnorm_relu_forward(&b, cz, y2, N, true);
+        for (size_t c = 0; c < C; c++) {
+            double s = 0, ss = 0;
+            for (size_t n = 0; n < N; n++)
+                for (size_t p = 0; p < HW; p++)
+                    s += (double)cz[(n * C + c) * HW + p];
+            const double mu = s / (double)(N * HW);
+            for (size_t n = 0; n < N; n++)
+                for (size_t p = 0; p < HW; p++) {
+                    const double d = (double)cz[(n * C + c) * HW + p] - mu;
+                    ss += d * d;
+                }
+            const double invstd = 1.0 / sqrt(ss / (double)(N * HW) + 1e-5);
+            CHECK(mu > 50.0 && ss / (double)(N * HW) > 1e-3); // far from zero, some spread
+            CHECK_CLOSE(a.mean[c], mu, 1e-7, 0);
+            CHECK_CLOSE(a.invstd[c], invstd, 2e-5, 0);
+            CHECK_CLOSE(b.invstd[c], invstd, 2e-5, 0);
+            CHECK_CLOSE(a.running_mean[c], b.running_mean[c], 3e-7, 0); // 2 ulps
+            CHECK_CLOSE(a.running_var[c], b.running_var[c], 4e-5, 0);
+        }
+        // the outputs: within the statistics' rounding (about 1e-5 of x − mean's scale)
+        size_t flips = 0;
+        float *u16 = malloc(ny * sizeof *u16), *v16 = malloc(ny * sizeof *v16);
+        nn_bf16_decode(h1, u16, ny), nn_bf16_decode(h2, v16, ny);
+        for (size_t i = 0; i < ny; i++) {
+            if (bf16out) {
+                const float u = u16[i], v = v16[i];
+                flips += u != v;
+                CHECK_CLOSE(u, v, 1.0 / 128, 2e-4);
+            } else {
+                CHECK_CLOSE(y1[i], y2[i], 0, 2e-4);
+            }
+        }
+        CHECK(flips <= ny / 50); // bf16 outputs: only near-ties round the other way
+        free(u16), free(v16);
+        // evaluation: no moments; the running statistics as the plain layer
+        out = nn_conv_bn_relu_forward(&conv, &a, (nn_act){x, NULL}, cz, y1, NULL, N, false);
+        nn_batchnorm_relu_forward(&a, cz, y2, N, false);
+        CHECK(!conv.moments_on && out.f == y1 && memcmp(y1, y2, ny * sizeof(float)) == 0);
+        free(x), free(cz), free(cz2), free(y1), free(y2), free(h1), free(h2);
+        nn_batchnorm_free(&a), nn_batchnorm_free(&b);
+        nn_conv2d_free(&conv);
+    }
 }
 
 static void batchnorm_forward_should_match_formulas(void) {
@@ -1438,6 +1531,7 @@ static const test_case TESTS[] = {
     TEST(fused_and_writing_variants_should_equal_the_plain_layers),
     TEST(batchnorm_backward_should_match_finite_differences),
     TEST(batchnorm_forward_should_match_formulas),
+    TEST(conv_bn_relu_block_statistics_should_match_the_two_pass_ones),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),
     TEST(activation_approximations_should_match_libm),

@@ -81,10 +81,46 @@ static double plane_sqdev(const float *x, size_t N, size_t C, size_t HW, size_t 
     return s;
 }
 
+void nn_plane_moments(const float *v, size_t n, float *out) {
+    float s = 0.0f;
+    NN_SIMD_SUM(s)
+    for (size_t p = 0; p < n; p++)
+        s += v[p];
+    const float a = s / (float)n;
+    float r = 0.0f, q = 0.0f;
+    NN_SIMD_SUM(r, q)
+    for (size_t p = 0; p < n; p++) {
+        const float d = v[p] - a;
+        r += d;
+        q += d * d;
+    }
+    out[0] = a, out[1] = r, out[2] = q;
+}
+
+// Channel c's Σ x and Σ (x − mu)² (mu = the first / M) from its planes' moments: a plane
+// sums to HW a + r, and Σ (x − mu)² = q + 2 (a − mu) r + HW (a − mu)² exactly
+static void channel_from_moments(const float *mom, size_t N, size_t C, size_t HW, size_t c,
+                                 double *sum, double *ss) {
+    double s = 0;
+    for (size_t n = 0; n < N; n++) {
+        const float *m = mom + NN_MOMENTS * (n * C + c);
+        s += (double)HW * (double)m[0] + (double)m[1];
+    }
+    const double mu = s / (double)(N * HW);
+    double q = 0;
+    for (size_t n = 0; n < N; n++) {
+        const float *m = mom + NN_MOMENTS * (n * C + c);
+        const double da = (double)m[0] - mu;
+        q += (double)m[2] + 2.0 * da * (double)m[1] + (double)HW * da * da;
+    }
+    *sum = s, *ss = q;
+}
+
 // x (N, C, HW) -> y (N, C, HW), y = γ x̂ + β, then max(0, ·) when relu; into y16 rounded to
-// bf16 instead when y16 is set (relu only)
-static void forward(nn_batchnorm *l, const float *x, float *y, uint16_t *y16, size_t N, bool train,
-                    bool relu) {
+// bf16 instead when y16 is set (relu only). Training statistics from the planes' moments
+// when mom is set (relu only), else by two passes over x.
+static void forward(nn_batchnorm *l, const float *x, const float *mom, float *y, uint16_t *y16,
+                    size_t N, bool train, bool relu) {
     NN_ASSERT(x && (y || (y16 && relu)) && N >= 1 && N <= l->max_batch);
     NN_ASSERT(!train || N * l->hw > 1); // a batch variance needs two values per channel
     const size_t C = l->c, HW = l->hw, M = N * HW;
@@ -96,11 +132,18 @@ static void forward(nn_batchnorm *l, const float *x, float *y, uint16_t *y16, si
     for (size_t c = 0; c < C; c++) {
         float mean, invstd;
         if (train) {
-            const double mu = plane_sum(x, N, C, HW, c) / (double)M;
-            mean = (float)mu;
-            // deviations about the float mean, corrected to the exact one
-            const double dm = mu - (double)mean;
-            const double ss = plane_sqdev(x, N, C, HW, c, mean) - (double)M * dm * dm;
+            double mu, ss;
+            if (mom) {
+                channel_from_moments(mom, N, C, HW, c, &mu, &ss);
+                mu /= (double)M;
+                mean = (float)mu;
+            } else {
+                mu = plane_sum(x, N, C, HW, c) / (double)M;
+                mean = (float)mu;
+                // deviations about the float mean, corrected to the exact one
+                const double dm = mu - (double)mean;
+                ss = plane_sqdev(x, N, C, HW, c, mean) - (double)M * dm * dm;
+            }
             const double var = ss > 0 ? ss / (double)M : 0.0;
             invstd = (float)(1.0 / sqrt(var + (double)l->eps));
             const float m = l->momentum;
@@ -140,14 +183,19 @@ static void forward(nn_batchnorm *l, const float *x, float *y, uint16_t *y16, si
 }
 
 void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, y, NULL, N, train, false);
+    forward(l, x, NULL, y, NULL, N, train, false);
 }
 void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, y, NULL, N, train, true);
+    forward(l, x, NULL, y, NULL, N, train, true);
 }
 void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
                                     bool train) {
-    forward(l, x, NULL, y, N, train, true);
+    forward(l, x, NULL, NULL, y, N, train, true);
+}
+void nn_batchnorm_relu_forward_moments(nn_batchnorm *l, const float *x, const float *mom, float *y,
+                                       uint16_t *y16, size_t N) {
+    NN_ASSERT(mom);
+    forward(l, x, mom, y16 ? NULL : y, y16, N, true, true);
 }
 
 // With g = dy (or dy masked by the ReLU: where γ x̂ + β > 0, recomputed exactly as forward):

@@ -122,6 +122,7 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     l->dcolt = nn_malloc(nn_mul(l->nthr, l->dcol_n), sizeof(float));
     if (l->chunk > 1) l->ybuf = nn_malloc(nn_mul(l->nthr, yb), sizeof(float));
     l->dwpart = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
+    l->moments = nn_malloc(nn_mul(max_batch, c_out), NN_MOMENTS * sizeof(float));
     // small planes of a 'same' stride-1 convolution: zero-bordered copies of a chunk (the
     // transposed convolution's planes have the same shape: its padding (k-1)·dil − p = p)
     const bool padded =
@@ -133,7 +134,8 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         l->pad = nn_calloc(nn_mul(l->nthr, l->pad_n), 1);
     }
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
-        (l->chunk > 1 && !l->ybuf) || !l->dwpart || (tconv && !l->wflip) || (padded && !l->pad)) {
+        (l->chunk > 1 && !l->ybuf) || !l->dwpart || (tconv && !l->wflip) || (padded && !l->pad) ||
+        !l->moments) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -160,6 +162,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->x16);
     free(l->dyx16);
     free(l->pad);
+    free(l->moments);
     memset(l, 0, sizeof *l);
 }
 
@@ -510,7 +513,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
                      0.0f, out + g * cog * ldo, ldo);
         }
     }
-    // y[n0 + i, co, :] = out[co, i*L : (i+1)*L] + b[co]
+    // y[n0 + i, co, :] = out[co, i*L : (i+1)*L] + b[co], and the plane's moments
     for (size_t i = 0; i < nb; i++)
         for (size_t co = 0; co < cout; co++) {
             float *dst = y + ((n0 + i) * cout + co) * L;
@@ -524,6 +527,8 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
                 for (size_t p = 0; p < L; p++)
                     dst[p] = src[p] + bo;
             }
+            if (l->moments_on)
+                nn_plane_moments(dst, L, l->moments + NN_MOMENTS * ((n0 + i) * cout + co));
         }
 }
 

@@ -92,11 +92,16 @@ ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t ba
 
 nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, float *ra,
                                uint16_t *ra16, size_t N, bool train) {
+    // training: the conv hands over its planes' moments, so BN reads cz once, not three times
+    c->moments_on = train && bn->hw == c->oh * c->ow && bn->c == c->c_out;
     if (in.h)
         nn_conv2d_forward_bf16(c, in.h, cz, N);
     else
         nn_conv2d_forward(c, in.f, cz, N);
-    if (ra16)
+    if (c->moments_on) {
+        c->moments_on = false;
+        nn_batchnorm_relu_forward_moments(bn, cz, c->moments, ra, ra16, N);
+    } else if (ra16)
         nn_batchnorm_relu_forward_bf16(bn, cz, ra16, N, train);
     else
         nn_batchnorm_relu_forward(bn, cz, ra, N, train);

@@ -294,6 +294,11 @@ typedef struct {
     // (pad_n bytes per thread; NULL for other layers)
     unsigned char *pad;
     size_t pad_n;
+    // Set before a forward (by nn_conv_bn_relu_forward in training): forward also writes
+    // each output plane's moments (nn_plane_moments, with the bias added) into moments,
+    // (max_batch, c_out, NN_MOMENTS), while the plane is in cache, for the BatchNorm after it
+    bool moments_on;
+    float *moments;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -354,6 +359,17 @@ void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx);
 // layer is a bf16 Conv2d, which would round it anyway); backward is the same.
 void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
                                     bool train);
+// Training BN-ReLU from the per-plane moments its producer computed while the planes were
+// in cache (nn_plane_moments, e.g. a Conv2d with moments_on): one pass over x instead of
+// three. mom is (N, C, 3); the output goes to y, or to y16 rounded to bf16 when y16 is set.
+// The statistics equal the two-pass ones up to float rounding (the combination is exact:
+// each plane's deviations are taken about its own float mean, then moved to the batch's).
+void nn_batchnorm_relu_forward_moments(nn_batchnorm *l, const float *x, const float *mom, float *y,
+                                       uint16_t *y16, size_t N);
+// A plane's moments for nn_batchnorm_relu_forward_moments: out[0] = a, its float mean
+// (Σ v / n, summed in lanes), out[1] = Σ (v − a) and out[2] = Σ (v − a)²
+#define NN_MOMENTS 3
+void nn_plane_moments(const float *v, size_t n, float *out);
 void nn_batchnorm_free(nn_batchnorm *l);
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out); // weight, bias
 
