@@ -802,6 +802,62 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
     }
 }
 
+// BN-ReLU straight into 2x2 max pooling (the last block of a CNN stage) equals BN-ReLU,
+// then the pool: the same bits of the output, argmax and statistics, in training (two-pass
+// and moments) and evaluation, f32 and bf16 out; with ties, NaN, an odd height (the last
+// row is no window's), and rows wider than the fused kernel's buffer
+static void batchnorm_relu_maxpool_should_equal_bn_relu_then_pool(void) {
+    ref_rng r = {93};
+    const size_t shapes[3][2] = {{8, 6}, {7, 10}, {4, 1030}}; // H, W
+    for (int t = 0; t < 3 * 2 * 3; t++) {
+        const size_t H = shapes[t % 3][0], W = shapes[t % 3][1], HW = H * W, N = 3, C = 4;
+        const bool bf16 = (t / 3) % 2, train = t / 6 != 2, moments = t / 6 == 1;
+        const size_t n = N * C * HW, OH = H / 2, OW = W / 2, no = N * C * OH * OW;
+        nn_batchnorm a, b;
+        nn_maxpool2d pa, pb;
+        CHECK(nn_batchnorm_init(&a, C, HW, N) == NN_OK && nn_batchnorm_init(&b, C, HW, N) == NN_OK);
+        CHECK(nn_maxpool2d_init(&pa, C, H, W, 2, 2, 0, N) == NN_OK &&
+              nn_maxpool2d_init(&pb, C, H, W, 2, 2, 0, N) == NN_OK);
+        fill(&r, a.w, C, -1.5, 1.5); // some negative scales: the ReLU and the max swap order
+        fill(&r, a.b, C, -0.5, 0.5);
+        memcpy(b.w, a.w, C * sizeof(float)), memcpy(b.b, a.b, C * sizeof(float));
+        fill(&r, a.running_mean, C, -0.2, 0.2);
+        memcpy(b.running_mean, a.running_mean, C * sizeof(float));
+        float *x = malloc(n * sizeof *x), *ra = malloc(n * sizeof *ra);
+        float *y1 = malloc(no * sizeof *y1), *y2 = malloc(no * sizeof *y2);
+        uint16_t *h1 = malloc(no * sizeof *h1), *h2 = malloc(no * sizeof *h2);
+        float *mom = malloc(N * C * NN_MOMENTS * sizeof *mom);
+        fill(&r, x, n, -2, 2);
+        for (size_t i = 0; i < n; i += 7) // ties inside windows
+            x[i + 1 < n ? i + 1 : i] = x[i];
+        if (!moments) x[5] = NAN; // ReLU makes it 0 (in training, its whole channel)
+        for (size_t p = 0; p < N * C; p++)
+            nn_plane_moments(x + p * HW, HW, mom + NN_MOMENTS * p);
+        nn_batchnorm_relu_maxpool_forward(&a, &pa, x, moments ? mom : NULL, y1, bf16 ? h1 : NULL, N,
+                                          train);
+        if (moments)
+            nn_batchnorm_relu_forward_moments(&b, x, mom, ra, NULL, N);
+        else
+            nn_batchnorm_relu_forward(&b, x, ra, N, train);
+        if (bf16)
+            nn_maxpool2d_forward_bf16(&pb, ra, h2, N);
+        else
+            nn_maxpool2d_forward(&pb, ra, y2, N);
+        if (bf16)
+            CHECK(memcmp(h1, h2, no * sizeof *h1) == 0);
+        else
+            CHECK(memcmp(y1, y2, no * sizeof *y1) == 0);
+        CHECK(memcmp(pa.argmax, pb.argmax, no * sizeof *pa.argmax) == 0 && pa.n == N);
+        CHECK(memcmp(a.mean, b.mean, C * sizeof(float)) == 0 &&
+              memcmp(a.invstd, b.invstd, C * sizeof(float)) == 0 &&
+              memcmp(a.running_var, b.running_var, C * sizeof(float)) == 0);
+        CHECK(a.x == x && a.n == N && a.relu && a.train == train); // what backward reads
+        free(x), free(ra), free(y1), free(y2), free(h1), free(h2), free(mom);
+        nn_batchnorm_free(&a), nn_batchnorm_free(&b);
+        nn_maxpool2d_free(&pa), nn_maxpool2d_free(&pb);
+    }
+}
+
 static void batchnorm_forward_should_match_formulas(void) {
     ref_rng r = {42};
     const size_t C = 3, HW = 10, N = 4, n = N * C * HW;
@@ -1532,6 +1588,7 @@ static const test_case TESTS[] = {
     TEST(batchnorm_backward_should_match_finite_differences),
     TEST(batchnorm_forward_should_match_formulas),
     TEST(conv_bn_relu_block_statistics_should_match_the_two_pass_ones),
+    TEST(batchnorm_relu_maxpool_should_equal_bn_relu_then_pool),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),
     TEST(activation_approximations_should_match_libm),

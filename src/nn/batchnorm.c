@@ -116,50 +116,117 @@ static void channel_from_moments(const float *mom, size_t N, size_t C, size_t HW
     *sum = s, *ss = q;
 }
 
+// Channel c's mean and 1/sqrt(var + eps) for a forward, into l->mean and l->invstd: in
+// training the batch's (from the planes' moments when mom is set, else by two passes over
+// x), with the running statistics updated; in evaluation the running ones
+static void channel_stats(nn_batchnorm *l, const float *x, const float *mom, size_t N, size_t c,
+                          bool train) {
+    const size_t C = l->c, HW = l->hw, M = N * HW;
+    float mean, invstd;
+    if (train) {
+        double mu, ss;
+        if (mom) {
+            channel_from_moments(mom, N, C, HW, c, &mu, &ss);
+            mu /= (double)M;
+            mean = (float)mu;
+        } else {
+            mu = plane_sum(x, N, C, HW, c) / (double)M;
+            mean = (float)mu;
+            // deviations about the float mean, corrected to the exact one
+            const double dm = mu - (double)mean;
+            ss = plane_sqdev(x, N, C, HW, c, mean) - (double)M * dm * dm;
+        }
+        const double var = ss > 0 ? ss / (double)M : 0.0;
+        invstd = (float)(1.0 / sqrt(var + (double)l->eps));
+        const float m = l->momentum;
+        l->running_mean[c] = (1.0f - m) * l->running_mean[c] + m * mean;
+        l->running_var[c] =
+            (1.0f - m) * l->running_var[c] + m * (float)(var * (double)M / (double)(M - 1));
+    } else {
+        mean = l->running_mean[c];
+        invstd = 1.0f / sqrtf(l->running_var[c] + l->eps);
+    }
+    l->mean[c] = mean;
+    l->invstd[c] = invstd;
+}
+
+// One plane of BN-ReLU, max(0, γ x̂ + β), pooled over 2x2 windows of stride 2 as
+// nn_maxpool2d's 2x2 path (the same values and maxima: ties to the first in window order):
+// y (or y16 rounded) and argmax of the (OH, OW) outputs. The ReLU outputs of a
+// pair of rows go through a buffer of at most BNP_COLS columns, in vector code.
+#define BNP_COLS 512
+static void relu_pool_plane(const float *xp, float w, float b, float mean, float invstd, size_t W,
+                            size_t OH, size_t OW, float *y, uint16_t *y16, int32_t *ap) {
+    float t[2][BNP_COLS];
+    for (size_t o1 = 0; o1 < OH; o1++)
+        for (size_t q0 = 0; q0 < OW; q0 += BNP_COLS / 2) {
+            const size_t nq = OW - q0 < BNP_COLS / 2 ? OW - q0 : BNP_COLS / 2;
+            for (int r = 0; r < 2; r++) {
+                const float *xr = xp + (2 * o1 + (size_t)r) * W + 2 * q0;
+                for (size_t p = 0; p < 2 * nq; p++) {
+                    const float v = w * ((xr[p] - mean) * invstd) + b;
+                    t[r][p] = v > 0.0f ? v : 0.0f;
+                }
+            }
+            // pool.c's MAXPOOL_TAKE rule (the first in window order on ties) as selects; its
+            // NaN case cannot arise: max(0, NaN) is 0 here, as in the unfused BN-ReLU
+            const int32_t r0 = (int32_t)(2 * o1 * W + 2 * q0), r1 = r0 + (int32_t)W;
+            float *yo = y ? y + o1 * OW + q0 : NULL;
+            uint16_t *yo16 = y16 ? y16 + o1 * OW + q0 : NULL;
+            int32_t *ao = ap + o1 * OW + q0;
+            NN_PRAGMA(omp simd)
+            for (size_t q = 0; q < nq; q++) {
+                const int32_t i = 2 * (int32_t)q;
+                float best = t[0][i];
+                int32_t arg = r0 + i;
+                const float v1 = t[0][i + 1], v2 = t[1][i], v3 = t[1][i + 1];
+                const bool k1 = v1 > best;
+                best = k1 ? v1 : best, arg = k1 ? r0 + i + 1 : arg;
+                const bool k2 = v2 > best;
+                best = k2 ? v2 : best, arg = k2 ? r1 + i : arg;
+                const bool k3 = v3 > best;
+                best = k3 ? v3 : best, arg = k3 ? r1 + i + 1 : arg;
+                if (yo16)
+                    yo16[q] = nn_to_bf16(best);
+                else
+                    yo[q] = best;
+                ao[q] = arg;
+            }
+        }
+}
+
 // x (N, C, HW) -> y (N, C, HW), y = γ x̂ + β, then max(0, ·) when relu; into y16 rounded to
-// bf16 instead when y16 is set (relu only). Training statistics from the planes' moments
-// when mom is set (relu only), else by two passes over x.
+// bf16 instead when y16 is set (relu only). With pool (relu only, 2x2 windows of stride 2),
+// y / y16 receive the pooled (N, C, OH, OW) instead, and pool its argmax. Training
+// statistics from the planes' moments when mom is set (relu only), else by two passes.
 static void forward(nn_batchnorm *l, const float *x, const float *mom, float *y, uint16_t *y16,
-                    size_t N, bool train, bool relu) {
+                    nn_maxpool2d *pool, size_t N, bool train, bool relu) {
     NN_ASSERT(x && (y || (y16 && relu)) && N >= 1 && N <= l->max_batch);
     NN_ASSERT(!train || N * l->hw > 1); // a batch variance needs two values per channel
-    const size_t C = l->c, HW = l->hw, M = N * HW;
+    const size_t C = l->c, HW = l->hw;
     l->x = x;
     l->n = N;
     l->train = train;
     l->relu = relu;
+    if (pool) {
+        NN_ASSERT(relu && pool->k == 2 && pool->s == 2 && pool->p == 0 && pool->c == C &&
+                  pool->h * pool->w == HW && N <= pool->max_batch);
+        pool->n = N;
+    }
     NN_OMP_FOR(N * C * HW)
     for (size_t c = 0; c < C; c++) {
-        float mean, invstd;
-        if (train) {
-            double mu, ss;
-            if (mom) {
-                channel_from_moments(mom, N, C, HW, c, &mu, &ss);
-                mu /= (double)M;
-                mean = (float)mu;
-            } else {
-                mu = plane_sum(x, N, C, HW, c) / (double)M;
-                mean = (float)mu;
-                // deviations about the float mean, corrected to the exact one
-                const double dm = mu - (double)mean;
-                ss = plane_sqdev(x, N, C, HW, c, mean) - (double)M * dm * dm;
-            }
-            const double var = ss > 0 ? ss / (double)M : 0.0;
-            invstd = (float)(1.0 / sqrt(var + (double)l->eps));
-            const float m = l->momentum;
-            l->running_mean[c] = (1.0f - m) * l->running_mean[c] + m * mean;
-            l->running_var[c] =
-                (1.0f - m) * l->running_var[c] + m * (float)(var * (double)M / (double)(M - 1));
-        } else {
-            mean = l->running_mean[c];
-            invstd = 1.0f / sqrtf(l->running_var[c] + l->eps);
-        }
-        l->mean[c] = mean;
-        l->invstd[c] = invstd;
+        channel_stats(l, x, mom, N, c, train);
+        const float mean = l->mean[c], invstd = l->invstd[c];
         // y = a x + s with a = γ invstd, s = β − γ invstd mean; x̂ is (x − mean) invstd
         const float w = l->w[c], b = l->b[c];
         for (size_t n = 0; n < N; n++) {
             const float *xc = x + (n * C + c) * HW;
+            if (pool) {
+                const size_t L = pool->oh * pool->ow, o = (n * C + c) * L;
+                relu_pool_plane(xc, w, b, mean, invstd, pool->w, pool->oh, pool->ow,
+                                y16 ? NULL : y + o, y16 ? y16 + o : NULL, pool->argmax + o);
+                continue;
+            }
             if (y16) {
                 uint16_t *yc = y16 + (n * C + c) * HW;
                 for (size_t p = 0; p < HW; p++) {
@@ -183,19 +250,25 @@ static void forward(nn_batchnorm *l, const float *x, const float *mom, float *y,
 }
 
 void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, NULL, y, NULL, N, train, false);
+    forward(l, x, NULL, y, NULL, NULL, N, train, false);
 }
 void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, NULL, y, NULL, N, train, true);
+    forward(l, x, NULL, y, NULL, NULL, N, train, true);
 }
 void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
                                     bool train) {
-    forward(l, x, NULL, NULL, y, N, train, true);
+    forward(l, x, NULL, NULL, y, NULL, N, train, true);
 }
 void nn_batchnorm_relu_forward_moments(nn_batchnorm *l, const float *x, const float *mom, float *y,
                                        uint16_t *y16, size_t N) {
     NN_ASSERT(mom);
-    forward(l, x, mom, y16 ? NULL : y, y16, N, true, true);
+    forward(l, x, mom, y16 ? NULL : y, y16, NULL, N, true, true);
+}
+void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, const float *x,
+                                       const float *mom, float *y, uint16_t *y16, size_t N,
+                                       bool train) {
+    NN_ASSERT(!mom || train);
+    forward(l, x, mom, y16 ? NULL : y, y16, pool, N, train, true);
 }
 
 // With g = dy (or dy masked by the ReLU: where γ x̂ + β > 0, recomputed exactly as forward):

@@ -615,19 +615,24 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
-        // bf16: the block's dy (cout, ncol) rounded once for every group
-        if (dy16) nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
+        // bf16: the block's dy (cout, ncol) rounded once for every group; a one-sample chunk's
+        // with the transposed convolution is in dyx16 already (rows of leading dimension L)
+        const bool in_dyx = dy16 && nb == 1 && dx && l->wflip;
+        const uint16_t *dyb = in_dyx ? dyx16 + r0 * OW : dy16;
+        const size_t ld16 = in_dyx ? L : ncol;
+        if (dy16 && !in_dyx)
+            nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
         for (size_t g = 0; g < groups; g++) {
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
             im2col_t(l, l->x ? l->x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, dy16 ? col16 : NULL,
                      pad);
             if (dy16) {
-                const uint16_t *yg16 = dy16 + g * cog * ncol;
-                nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ncol, col16, ncol, 1.0f,
+                const uint16_t *yg16 = dyb + g * cog * ld16;
+                nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ld16, col16, ncol, 1.0f,
                              dwpart + g * cog * din, din);
                 if (!dx || l->wflip) continue;
                 nn_gemm_bf16(true, false, din, ncol, cog, 1.0f, l->w16 + g * cog * din, din, yg16,
-                             ncol, 0.0f, dcolt, ncol);
+                             ld16, 0.0f, dcolt, ncol);
                 col2im_t_add(l, dcolt, nb, g, r0, R, dx + n0 * xs);
                 continue;
             }

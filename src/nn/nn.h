@@ -370,6 +370,15 @@ void nn_batchnorm_relu_forward_moments(nn_batchnorm *l, const float *x, const fl
 // (Σ v / n, summed in lanes), out[1] = Σ (v − a) and out[2] = Σ (v − a)²
 #define NN_MOMENTS 3
 void nn_plane_moments(const float *v, size_t n, float *out);
+// The last block of a CNN stage without its BN-ReLU output in memory: BN-ReLU of x pooled by
+// pool (2x2 windows, stride 2, no padding) into y (N, C, OH, OW), or y16 rounded to bf16,
+// the same values as nn_batchnorm_relu_forward then nn_maxpool2d_forward; mom as in
+// nn_batchnorm_relu_forward_moments, or NULL (two passes; always in evaluation). Backward is
+// the pool's (nn_maxpool2d_backward_set), then nn_batchnorm_relu_backward.
+typedef struct nn_maxpool2d nn_maxpool2d;
+void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, const float *x,
+                                       const float *mom, float *y, uint16_t *y16, size_t N,
+                                       bool train);
 void nn_batchnorm_free(nn_batchnorm *l);
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out); // weight, bias
 
@@ -422,11 +431,11 @@ void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);
 
 // ====== Pooling (pool.c) ======
 
-typedef struct {
+struct nn_maxpool2d {
     size_t c, h, w, k, s, p, oh, ow, max_batch; // square kernel k, stride s, padding p
     int32_t *argmax; // (N, C, OH, OW) index into the input plane (h*w) of each maximum
     size_t n;
-} nn_maxpool2d;
+};
 
 // p <= k/2 (PyTorch's rule); padding never wins (it is -inf).
 nn_status nn_maxpool2d_init(nn_maxpool2d *l, size_t c, size_t h, size_t w, size_t k, size_t s,

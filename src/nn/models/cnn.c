@@ -26,7 +26,7 @@ typedef struct {
     int conv_id[CNN_CONVS], fc1_id, fc2_id;
     // activations, each (B, C, H, W) of its layer; x_k is the input of conv k
     float *cz[CNN_CONVS];      // conv output (BN's borrowed input)
-    float *ra[CNN_CONVS];      // BN-ReLU output
+    float *ra[CNN_CONVS];      // BN-ReLU output (of a stage's first block; NULL for the second)
     float *po[CNN_MAX_STAGES]; // pool output
     // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
     // anyway): ra16 instead of ra for the first block of a stage, po16 instead of po before
@@ -89,12 +89,14 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             size_t n = B * c * h * w;
             maxact = n > maxact ? n : maxact;
             p->cz[k] = buf(n);
-            if (cfg->bf16 && j == 0)
+            // the first block's output (the second's goes straight into the pool)
+            if (j == 0 && cfg->bf16)
                 p->ra16[k] = nn_malloc(n, sizeof(uint16_t));
-            else
+            else if (j == 0)
                 p->ra[k] = buf(n);
             if (!cfg->no_stats) p->dcz[k] = buf(n);
-            if (!p->cz[k] || (!p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k])) goto oom;
+            if (!p->cz[k] || (j == 0 && !p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k]))
+                goto oom;
             nn_param ps[2];
             size_t np = nn_conv2d_params(&p->conv[k], ps);
             nn_model_add_params(m, ps, np);
@@ -148,12 +150,11 @@ static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
     m->N = N;
     nn_act in = {x, NULL};
     for (size_t s = 0; s < p->nstages; s++) {
-        for (size_t j = 0; j < 2; j++) {
-            size_t k = 2 * s + j;
-            in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k], p->ra16[k],
-                                         N, train);
-        }
-        in = nn_maxpool2d_forward_act(&p->pool[s], in.f, p->po[s], p->po16[s], N);
+        const size_t k = 2 * s;
+        in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k], p->ra16[k], N,
+                                     train);
+        in = nn_conv_bn_relu_pool_forward(&p->conv[k + 1], &p->bn[k + 1], &p->pool[s], in,
+                                          p->cz[k + 1], p->po[s], p->po16[s], N, train);
     }
     nn_linear_forward(&p->fc1, in.f, p->h1, N); // flatten: NCHW memory is already (N, C*H*W)
     nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * CNN_HIDDEN);

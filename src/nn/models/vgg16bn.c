@@ -46,7 +46,7 @@ typedef struct {
     int conv_id[VGG_CONVS], fc1_id, fc2_id;
     // activations, each (N, C, H, W) of its layer
     float *cz[VGG_CONVS];  // conv output (BN's borrowed input)
-    float *ra[VGG_CONVS];  // BN-ReLU output (the next conv's or pool's input)
+    float *ra[VGG_CONVS];  // BN-ReLU output (the next conv's input; NULL before a pool)
     float *po[VGG_STAGES]; // pool output (NULL when the stage is not pooled)
     // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
     // anyway): ra16 / po16 instead of ra / po where a conv is the consumer (NULL otherwise)
@@ -120,13 +120,16 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             const size_t act = c * h * w;
             maxact = act > maxact ? act : maxact;
             p->cz[k] = buf(N, act);
-            // read by a conv: the next in the stage, or the next stage's first (no pool)
+            // read by a conv: the next in the stage, or the next stage's first (no pool); a
+            // stage's last block before a pool stores none (nn_conv_bn_relu_pool_forward)
+            const bool stored = j + 1 < STAGE_CONVS[s] || !pools;
             if (cfg->bf16 && (j + 1 < STAGE_CONVS[s] || (!pools && !last)))
                 p->ra16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
-            else
+            else if (stored)
                 p->ra[k] = buf(N, act);
             if (!cfg->no_stats) p->dcz[k] = buf(N, act);
-            if (!p->cz[k] || (!p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k])) goto oom;
+            if (!p->cz[k] || (stored && !p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k]))
+                goto oom;
             nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
             nn_model_add_params(m, ps, nn_batchnorm_params(&p->bn[k], ps));
             nn_model_add_buffer(m, "running_mean", p->bn[k].running_mean, co);
@@ -189,9 +192,12 @@ static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
     size_t k = 0;
     for (size_t s = 0; s < VGG_STAGES; s++) {
         for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++)
-            in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k], p->ra16[k],
-                                         N, train);
-        if (p->pooled[s]) in = nn_maxpool2d_forward_act(&p->pool[s], in.f, p->po[s], p->po16[s], N);
+            if (p->pooled[s] && j + 1 == STAGE_CONVS[s])
+                in = nn_conv_bn_relu_pool_forward(&p->conv[k], &p->bn[k], &p->pool[s], in, p->cz[k],
+                                                  p->po[s], p->po16[s], N, train);
+            else
+                in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k],
+                                             p->ra16[k], N, train);
     }
     // flatten: NCHW memory is already (N, C·H·W)
     nn_linear_forward(&p->fc1, in.f, p->h1, N);
