@@ -590,7 +590,9 @@ static void linear_bf16_should_match_float64(void) {
 // at stride 1, col2im otherwise and with groups).
 // A bf16 input (nn_conv2d_forward_bf16: the activations a cnn keeps in bf16) gives exactly
 // what the f32 input gives, since the layer rounds that input the same way: y, dW, db and dx
-// bit for bit, the same g, and an `a` that is the unfold of the rounded input.
+// bit for bit, the same g, and an `a` that is the unfold of the rounded input. Likewise a
+// bf16 dy (nn_conv2d_backward_set_bf16: the cnn's BN writes it so) against its f32 values,
+// with dx and without (a first layer).
 static void conv2d_bf16_input_should_equal_rounding_inside(void) {
     // c_in, h, w, k, s, p, groups, c_out, N: 'same', strided, grouped, several samples per
     // chunk (a small image) and more than one bf16 backward block (40x40)
@@ -605,8 +607,8 @@ static void conv2d_bf16_input_should_equal_rounding_inside(void) {
         const ngd_conv_geom G = {cs[0], cs[1], cs[2], cs[3], cs[3], cs[4],
                                  cs[4], cs[5], cs[5], 1,     1,     cs[6]};
         const size_t cout = cs[7], N = cs[8];
-        nn_conv2d l[2];
-        for (int v = 0; v < 2; v++) {
+        nn_conv2d l[4];
+        for (int v = 0; v < 4; v++) {
             nn_rng rng;
             nn_rng_seed(&rng, 9);
             CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
@@ -615,9 +617,12 @@ static void conv2d_bf16_input_should_equal_rounding_inside(void) {
         const size_t nx = N * G.c_in * G.h * G.w, ny = N * cout * l[0].oh * l[0].ow;
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
         float *y[2] = {malloc(ny * 4), malloc(ny * 4)}, *dx[2] = {malloc(nx * 4), malloc(nx * 4)};
-        uint16_t *x16 = malloc(nx * 2);
+        float *dxb = malloc(nx * 4);
+        uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2);
         tfill(&r, x, nx, -1, 1);
         tfill(&r, dy, ny, -1, 1);
+        nn_bf16_encode(dy, dy16, ny); // dy: bf16 values, also in dy16
+        nn_bf16_decode(dy16, dy, ny);
         nn_bf16_encode(x, x16, nx);
         nn_bf16_decode(x16, xr, nx);
         nn_conv2d_forward(&l[0], x, y[0], N);
@@ -638,11 +643,24 @@ static void conv2d_bf16_input_should_equal_rounding_inside(void) {
         CHECK(a[1].dtype == NGD_F32 && a[1].rows == a[0].rows && a[1].cols == a[0].cols);
         CHECK(ngd_unfold(&G, N, xr, false, un) == NGD_OK);
         CHECK(memcmp(a[1].data, un, a[1].rows * a[1].cols * 4) == 0);
-        for (int v = 0; v < 2; v++) {
-            nn_conv2d_free(&l[v]);
-            free(y[v]), free(dx[v]), free(sc[v]);
+        // bf16 dy: with dx (l[2]) and without (l[3]); the same stats' g
+        for (int v = 2; v < 4; v++) {
+            nn_conv2d_forward_bf16(&l[v], x16, y[1], N);
+            for (size_t i = 0; v == 2 && i < nx; i++)
+                dxb[i] = NAN; // written
+            nn_conv2d_backward_set_bf16(&l[v], dy16, v == 2 ? dxb : NULL);
+            CHECK(memcmp(l[0].dw, l[v].dw, cout * l[0].d_in * 4) == 0);
+            CHECK(memcmp(l[0].db, l[v].db, cout * 4) == 0);
+            CHECK(l[v].dyb == dy16 && !l[v].dy);
+            CHECK(nn_conv2d_stats(&l[v], sc[1], &a[1], &g[1]) == NN_OK);
+            CHECK(memcmp(g[0].data, g[1].data, g[0].rows * cout * 2) == 0);
         }
-        free(x), free(xr), free(dy), free(x16), free(un);
+        CHECK(memcmp(dx[0], dxb, nx * 4) == 0);
+        for (int v = 0; v < 4; v++)
+            nn_conv2d_free(&l[v]);
+        for (int v = 0; v < 2; v++)
+            free(y[v]), free(dx[v]), free(sc[v]);
+        free(x), free(xr), free(dy), free(x16), free(un), free(dy16), free(dxb);
     }
 }
 
@@ -672,6 +690,12 @@ static void bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones(void) {
         nn_batchnorm_relu_backward(&bn[v], dy, dx[v]);
     CHECK(memcmp(dx[0], dx[1], n * 4) == 0);
     CHECK(memcmp(bn[0].dw, bn[1].dw, C * 4) == 0 && memcmp(bn[0].db, bn[1].db, C * 4) == 0);
+    // backward into bf16: the f32 dx rounded (and the same parameter gradients)
+    nn_batchnorm_relu_backward_bf16(&bn[1], dy, y16);
+    nn_bf16_encode(dx[0], want, n);
+    CHECK(memcmp(y16, want, n * 2) == 0);
+    for (size_t c = 0; c < C; c++)
+        CHECK(bn[1].dw[c] == 2 * bn[0].dw[c] && bn[1].db[c] == 2 * bn[0].db[c]);
     // pooling: the 2x2 kernel and the general one (3x3, stride 2, padding 1)
     const size_t geo[2][3] = {{2, 2, 0}, {3, 2, 1}};
     for (int k = 0; k < 2; k++) {

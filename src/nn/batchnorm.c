@@ -275,7 +275,7 @@ void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, cons
 // train:  dx = γ·invstd/M · (M·g − Σg − x̂·Σ(g·x̂))   (the batch statistics depend on x)
 // eval:   dx = γ·invstd · g
 // and in both: dγ += Σ g·x̂, dβ += Σ g. dx is added to, or written when `set`.
-static void backward(nn_batchnorm *l, const float *dy, float *dx, bool set) {
+static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16, bool set) {
     NN_ASSERT(dy && l->x && l->n >= 1);
     const size_t C = l->c, HW = l->hw, N = l->n, M = N * HW;
     const float *x = l->x;
@@ -312,13 +312,22 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, bool set) {
         }
         l->dw[c] += (float)sdyx;
         l->db[c] += (float)sdy;
-        if (!dx) continue;
+        if (!dx && !dx16) continue;
         const float k = w * invstd;
         const float mdy = l->train ? (float)(sdy / (double)M) : 0.0f;
         const float mdyx = l->train ? (float)(sdyx / (double)M) : 0.0f;
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
             const float *d = dy + off, *xc = x + off;
+            if (dx16) { // written, rounded
+                uint16_t *o = dx16 + off;
+                for (size_t p = 0; p < HW; p++) {
+                    const float xh = (xc[p] - mean) * invstd;
+                    const float g = !relu || w * xh + b > 0.0f ? d[p] : 0.0f;
+                    o[p] = nn_to_bf16(k * (g - mdy - xh * mdyx));
+                }
+                continue;
+            }
             float *o = dx + off;
             for (size_t p = 0; p < HW; p++) {
                 const float xh = (xc[p] - mean) * invstd;
@@ -332,11 +341,15 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, bool set) {
 
 void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx) {
     NN_ASSERT(!l->relu);
-    backward(l, dy, dx, false);
+    backward(l, dy, dx, NULL, false);
 }
 void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx) {
     NN_ASSERT(l->relu);
-    backward(l, dy, dx, true);
+    backward(l, dy, dx, NULL, true);
+}
+void nn_batchnorm_relu_backward_bf16(nn_batchnorm *l, const float *dy, uint16_t *dx) {
+    NN_ASSERT(l->relu && dx);
+    backward(l, dy, NULL, dx, true);
 }
 
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out) {

@@ -538,6 +538,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->x = x;
     l->xb = xb;
     l->dy = NULL;
+    l->dyb = NULL;
     l->n = N;
     if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
 #ifdef _OPENMP
@@ -568,7 +569,8 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
     const size_t H = G->h, W = G->w, HW = H * W, cout = l->c_out, L = l->oh * l->ow;
     const size_t ncol = nb * R * W, tdin = cout * G->k1 * G->k2, xs = G->c_in * HW;
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
-    im2col_t(&t, dy + n0 * cout * L, col16 ? dyx16 : NULL, nb, 0, r0, R, tcolt, col16, pad);
+    im2col_t(&t, col16 ? NULL : dy + n0 * cout * L, col16 ? dyx16 : NULL, nb, 0, r0, R, tcolt,
+             col16, pad);
     float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
     if (col16) {
@@ -589,45 +591,62 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 }
 
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
-// written instead when set). One sample: block by block of output rows, like forward.
-static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0, size_t nb,
-                           float *colt, float *dcolt, float *ybuf, float *dwpart, uint16_t *col16,
-                           uint16_t *dy16, uint16_t *x16, uint16_t *dyx16, unsigned char *pad) {
+// written instead when set). One sample: block by block of output rows, like forward. dy
+// is f32, or (bf16 mode) dyb, bf16 (N, cout, L) read in place.
+static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, bool set,
+                           size_t n0, size_t nb, float *colt, float *dcolt, float *ybuf,
+                           float *dwpart, uint16_t *col16, uint16_t *dy16, uint16_t *x16,
+                           uint16_t *dyx16, unsigned char *pad) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
-    const float *dyc = dy + n0 * cout * L; // (cout, L) of the sample when nb = 1
-    if (nb > 1) {                          // samples side by side
+    const float *dyc = dy ? dy + n0 * cout * L : NULL; // (cout, L) of the sample when nb = 1
+    if (nb > 1) { // samples side by side (a bf16 dy into the bf16 block buffer)
         for (size_t i = 0; i < nb; i++)
-            for (size_t co = 0; co < cout; co++)
-                memcpy(ybuf + co * nb * L + i * L, dy + ((n0 + i) * cout + co) * L,
-                       L * sizeof(float));
-        dyc = ybuf;
+            for (size_t co = 0; co < cout; co++) {
+                const size_t at = ((n0 + i) * cout + co) * L;
+                if (dyb)
+                    memcpy(dy16 + co * nb * L + i * L, dyb + at, L * sizeof(uint16_t));
+                else
+                    memcpy(ybuf + co * nb * L + i * L, dy + at, L * sizeof(float));
+            }
+        dyc = dyb ? NULL : ybuf;
     }
     if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
     // bf16: the chunk's samples rounded again (as forward did: the same values; keeping them
     // from forward would hold a batch of them; a bf16 input is read in place) and, with the
-    // transposed convolution, its dy
+    // transposed convolution, its dy as images (a bf16 dy in place)
     const uint16_t *xs16 = !dy16 ? NULL : l->xb ? l->xb + n0 * xs : x16;
     if (dy16 && !l->xb) nn_bf16_encode(l->x + n0 * xs, x16, nb * xs);
-    if (dx && l->wflip && dy16) nn_bf16_encode(dy + n0 * cout * L, dyx16, nb * cout * L);
+    const uint16_t *dyx = NULL;
+    if (dx && l->wflip && dy16) {
+        if (dyb) {
+            dyx = dyb + n0 * cout * L;
+        } else {
+            nn_bf16_encode(dy + n0 * cout * L, dyx16, nb * cout * L);
+            dyx = dyx16;
+        }
+    }
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
     for (size_t r0 = 0; r0 < OH; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
-        // bf16: the block's dy (cout, ncol) rounded once for every group; a one-sample chunk's
-        // with the transposed convolution is in dyx16 already (rows of leading dimension L)
-        const bool in_dyx = dy16 && nb == 1 && dx && l->wflip;
-        const uint16_t *dyb = in_dyx ? dyx16 + r0 * OW : dy16;
-        const size_t ld16 = in_dyx ? L : ncol;
-        if (dy16 && !in_dyx)
+        // bf16: the block's dy (cout, ncol), rounded once for every group, or where it is in
+        // bf16 already: one sample's rows (leading dimension L) in dyb or in dyx, or the
+        // chunk side by side in dy16
+        const uint16_t *dyk = dy16;
+        size_t ld16 = ncol;
+        if (dy16 && nb == 1 && (dyb || dyx)) {
+            dyk = (dyb ? dyb + n0 * cout * L : dyx) + r0 * OW;
+            ld16 = L;
+        } else if (dy16 && !dyb) {
             nn_bf16_encode_rows(dyc + (nb == 1 ? r0 * OW : 0), ldy, dy16, ncol, cout, ncol);
+        }
         for (size_t g = 0; g < groups; g++) {
-            const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
             im2col_t(l, l->x ? l->x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, dy16 ? col16 : NULL,
                      pad);
             if (dy16) {
-                const uint16_t *yg16 = dyb + g * cog * ld16;
+                const uint16_t *yg16 = dyk + g * cog * ld16;
                 nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ld16, col16, ncol, 1.0f,
                              dwpart + g * cog * din, din);
                 if (!dx || l->wflip) continue;
@@ -637,6 +656,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
                 continue;
             }
             // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
+            const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
             nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ldy, colt, ncol, 1.0f,
                      dwpart + g * cog * din, din);
             if (!dx || l->wflip) continue;
@@ -650,25 +670,32 @@ static void backward_chunk(nn_conv2d *l, const float *dy, float *dx, bool set, s
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
-        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16, dyx16,
+        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16, dyx,
                    pad);
 }
 
-static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
-    NN_ASSERT(dy && (l->x || l->xb) && l->n >= 1);
+static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, bool set) {
+    NN_ASSERT((dy || (dyb && l->w16)) && (l->x || l->xb) && l->n >= 1);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out, din = l->d_in;
     const size_t nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
     l->dy = dy;
+    l->dyb = dyb;
     if (l->db) {
         NN_OMP_FOR(N * cout * L)
         for (size_t o = 0; o < cout; o++) { // per plane a vectorised float sum, then double
             double s = 0.0;
             for (size_t n = 0; n < N; n++) {
-                const float *src = dy + (n * cout + o) * L;
+                const size_t at = (n * cout + o) * L;
                 float r = 0.0f;
-                NN_SIMD_SUM(r)
-                for (size_t p = 0; p < L; p++)
-                    r += src[p];
+                if (dyb) {
+                    NN_SIMD_SUM(r)
+                    for (size_t p = 0; p < L; p++)
+                        r += nn_from_bf16(dyb[at + p]);
+                } else {
+                    NN_SIMD_SUM(r)
+                    for (size_t p = 0; p < L; p++)
+                        r += dy[at + p];
+                }
                 s += (double)r;
             }
             l->db[o] += (float)s;
@@ -694,11 +721,11 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)nn_thread_num(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
-        backward_chunk(l, dy, dx, set, n0, nb, l->colt + t * l->colt_n, l->dcolt + t * l->dcol_n,
-                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->dwpart + t * nw,
-                       l->w16 ? col16_of(l, t) : NULL, l->w16 ? l->dy16 + t * l->dy16_n : NULL,
-                       l->w16 ? x16_of(l, t) : NULL, l->dyx16 ? dyx16_of(l, t) : NULL,
-                       pad_of(l, t));
+        backward_chunk(l, dy, dyb, dx, set, n0, nb, l->colt + t * l->colt_n,
+                       l->dcolt + t * l->dcol_n, l->ybuf ? l->ybuf + t * l->ybuf_n : NULL,
+                       l->dwpart + t * nw, l->w16 ? col16_of(l, t) : NULL,
+                       l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
+                       l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t));
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)
@@ -710,8 +737,15 @@ static void backward(nn_conv2d *l, const float *dy, float *dx, bool set) {
     }
 }
 
-void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) { backward(l, dy, dx, false); }
-void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx) { backward(l, dy, dx, true); }
+void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) {
+    backward(l, dy, NULL, dx, false);
+}
+void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx) {
+    backward(l, dy, NULL, dx, true);
+}
+void nn_conv2d_backward_set_bf16(nn_conv2d *l, const uint16_t *dy, float *dx) {
+    backward(l, NULL, dy, dx, true);
+}
 
 // ---- libngd ----
 
@@ -734,7 +768,7 @@ size_t nn_conv2d_stats_size(const nn_conv2d *l) {
 }
 
 nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g) {
-    NN_ASSERT((l->x || l->xb) && l->dy && l->n >= 1 && scratch);
+    NN_ASSERT((l->x || l->xb) && (l->dy || l->dyb) && l->n >= 1 && scratch);
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
     float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;    // the caller's scratch
     uint16_t *gbuf16 = l->w16 ? (uint16_t *)(void *)gbuf : NULL; // bf16 mode: g in bf16
@@ -755,6 +789,13 @@ nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd
     NN_OMP_FOR(N * L * cout)
     for (size_t n = 0; n < N; n++)
         for (size_t o = 0; o < cout; o++) {
+            if (l->dyb) { // bf16 already (bf16 mode)
+                const uint16_t *src = l->dyb + (n * cout + o) * L;
+                uint16_t *dst = gbuf16 + n * L * cout + o;
+                for (size_t p = 0; p < L; p++)
+                    dst[p * cout] = src[p];
+                continue;
+            }
             const float *src = l->dy + (n * cout + o) * L;
             if (gbuf16) {
                 uint16_t *dst = gbuf16 + n * L * cout + o;

@@ -116,6 +116,17 @@ nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float 
     return (nn_act){ra16 ? NULL : ra, ra16};
 }
 
+void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, float *dcz,
+                              uint16_t *dcz16, float *dx) {
+    if (dcz16) {
+        nn_batchnorm_relu_backward_bf16(bn, dy, dcz16);
+        nn_conv2d_backward_set_bf16(c, dcz16, dx);
+    } else {
+        nn_batchnorm_relu_backward(bn, dy, dcz);
+        nn_conv2d_backward_set(c, dcz, dx);
+    }
+}
+
 nn_act nn_conv_bn_relu_pool_forward(nn_conv2d *c, nn_batchnorm *bn, nn_maxpool2d *pool, nn_act in,
                                     float *cz, float *po, uint16_t *po16, size_t N, bool train) {
     const float *mom = conv_for_bn(c, bn, in, cz, N, train);

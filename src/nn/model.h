@@ -103,6 +103,11 @@ typedef struct {
 // rounded when ra16 is set (its reader is a bf16 conv); returns that output.
 nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, float *ra,
                                uint16_t *ra16, size_t N, bool train);
+// A conv-BN-ReLU block's backward from dy (of its output): BN-ReLU's gradient into dcz, or
+// into dcz16 rounded to bf16 when set (bf16 mode: the conv reads it in place), then the
+// conv's, dx written (NULL: none)
+void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, float *dcz,
+                              uint16_t *dcz16, float *dx);
 // A conv-BN-ReLU block followed by 2x2 max pooling of stride 2 (the last block of a CNN
 // stage): the BN-ReLU output is never stored (nn_batchnorm_relu_maxpool_forward); the pooled
 // output goes to po, or po16 rounded; returns it. Backward: the pool's, then BN-ReLU's.

@@ -183,6 +183,12 @@ static inline float nn_exp_fast(float x) {
 // nearest even and keep NaN (quietened); nn_bf16_encode is libngd's ngd_f32_to_bf16,
 // vectorised. Decoding is exact.
 // One value (nn_bf16_encode's rounding), for loops that round what they write
+static inline float nn_from_bf16(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 static inline uint16_t nn_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -272,10 +278,11 @@ typedef struct {
     // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.
     ngd_conv_geom tgeom;
     float *wflip;
-    const float *x;     // (N, c_in, h, w) borrowed from forward (NULL after forward_bf16)
-    const uint16_t *xb; // (N, c_in, h, w) bf16, borrowed from nn_conv2d_forward_bf16 (or NULL)
-    const float *dy;    // (N, c_out, oh, ow) borrowed from backward
-    size_t n;           // batch of the last forward
+    const float *x;      // (N, c_in, h, w) borrowed from forward (NULL after forward_bf16)
+    const uint16_t *xb;  // (N, c_in, h, w) bf16, borrowed from nn_conv2d_forward_bf16 (or NULL)
+    const float *dy;     // (N, c_out, oh, ow) borrowed from backward
+    const uint16_t *dyb; // the same in bf16, borrowed from nn_conv2d_backward_set_bf16 (or NULL)
+    size_t n;            // batch of the last forward
     // bf16 mode (nn_conv2d_use_bf16; NULL otherwise): each chunk's im2col (and the
     // transposed convolution's) is rounded into col16 and multiplied by bf16 GEMMs with
     // f32 accumulation; dy is rounded block by block into dy16; W (and wflip) are rounded
@@ -315,6 +322,9 @@ void nn_conv2d_forward_bf16(nn_conv2d *l, const uint16_t *x, float *y, size_t N)
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx);
 // The same, but dx is WRITTEN (=), so the caller need not zero it first.
 void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx);
+// bf16 mode: the same from a bf16 dy (borrowed likewise), read in place by the GEMMs, the
+// transposed convolution and the statistics' `g`; db sums its values in f32.
+void nn_conv2d_backward_set_bf16(nn_conv2d *l, const uint16_t *dy, float *dx);
 void nn_conv2d_free(nn_conv2d *l);
 ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // After backward: a = im2col rows (n, o1, o2) x columns (c, k1, k2) (channels averaged over
@@ -355,6 +365,9 @@ void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx);
 // conv-BN-ReLU block has no other consumer), so the caller need not zero dx.
 void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train);
 void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx);
+// The same with dx written rounded to bf16 (--precision bf16: the conv before it takes a bf16
+// dy: nn_conv2d_backward_set_bf16)
+void nn_batchnorm_relu_backward_bf16(nn_batchnorm *l, const float *dy, uint16_t *dx);
 // nn_batchnorm_relu_forward writing its output rounded to bf16 (--precision bf16: the next
 // layer is a bf16 Conv2d, which would round it anyway); backward is the same.
 void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,

@@ -35,8 +35,10 @@ typedef struct {
     float *h1, *a1; // (B, 128) fc1 output, ReLU output
     // gradients, same shapes; dcz is the conv's `g` (kept for observe)
     float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
-    float *gs; // (B, max C·H·W) gradient of the block output being worked on
-    float *dz; // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
+    uint16_t *dcz16[CNN_CONVS]; // bf16 mode: dcz in bf16 instead (NULL otherwise)
+    float *gs;                  // (B, max C·H·W) gradient of the block output being worked on
+    float *dz;                  // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
+    uint16_t *dz16;             // the same for dcz16 in bf16 mode
     float *dh1, *da1;
     size_t flat; // features entering fc1
 } cnn;
@@ -47,7 +49,7 @@ static void cnn_destroy(nn_model *m) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
         free(p->cz[k]), free(p->ra[k]), free(p->ra16[k]);
-        if (!p->dz) free(p->dcz[k]);
+        if (!p->dz && !p->dz16) free(p->dcz[k]), free(p->dcz16[k]);
     }
     for (size_t s = 0; s < p->nstages; s++) {
         nn_maxpool2d_free(&p->pool[s]);
@@ -55,7 +57,7 @@ static void cnn_destroy(nn_model *m) {
     }
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
-    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs), free(p->dz);
+    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs), free(p->dz), free(p->dz16);
     free(p);
     m->impl = NULL;
 }
@@ -94,8 +96,12 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                 p->ra16[k] = nn_malloc(n, sizeof(uint16_t));
             else if (j == 0)
                 p->ra[k] = buf(n);
-            if (!cfg->no_stats) p->dcz[k] = buf(n);
-            if (!p->cz[k] || (j == 0 && !p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k]))
+            if (!cfg->no_stats && cfg->bf16)
+                p->dcz16[k] = nn_malloc(n, sizeof(uint16_t));
+            else if (!cfg->no_stats)
+                p->dcz[k] = buf(n);
+            if (!p->cz[k] || (j == 0 && !p->ra[k] && !p->ra16[k]) ||
+                (!cfg->no_stats && !p->dcz[k] && !p->dcz16[k]))
                 goto oom;
             nn_param ps[2];
             size_t np = nn_conv2d_params(&p->conv[k], ps);
@@ -130,7 +136,11 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     p->h1 = buf(B * CNN_HIDDEN), p->a1 = buf(B * CNN_HIDDEN);
     p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN), p->gs = buf(maxact);
     if (!p->h1 || !p->a1 || !p->dh1 || !p->da1 || !p->gs) goto oom;
-    if (cfg->no_stats) {
+    if (cfg->no_stats && cfg->bf16) {
+        if (!(p->dz16 = nn_malloc(maxact, sizeof(uint16_t)))) goto oom;
+        for (size_t k = 0; k < p->nconv; k++)
+            p->dcz16[k] = p->dz16;
+    } else if (cfg->no_stats) {
         if (!(p->dz = buf(maxact))) goto oom;
         for (size_t k = 0; k < p->nconv; k++)
             p->dcz[k] = p->dz;
@@ -175,11 +185,10 @@ static void cnn_backward(nn_model *m, const float *dlogits) {
         nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         for (size_t j = 2; j-- > 0;) {
             size_t k = 2 * s + j;
-            nn_batchnorm_relu_backward(&p->bn[k], p->gs, p->dcz[k]);
             // the gradient of the conv's input: the previous block's output (into gs, now
             // free) or the previous pool's; the image needs none
             float *dx = k == 0 ? NULL : j == 1 ? p->gs : p->dpo[s - 1];
-            nn_conv2d_backward_set(&p->conv[k], p->dcz[k], dx);
+            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->dcz[k], p->dcz16[k], dx);
         }
     }
 }
@@ -203,7 +212,7 @@ static ngd_status cnn_attach(nn_model *m, ngd_optim *o) {
 static ngd_status cnn_observe(nn_model *m, ngd_optim *o) {
     cnn *p = m->impl;
     ngd_status st;
-    if (p->dz) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
+    if (p->dz || p->dz16) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
     for (size_t k = 0; k < p->nconv; k++)
         if ((st = nn_observe_conv2d(o, m, &p->conv[k], p->conv_id[k], m->N))) return st;
     if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, m->N))) return st;

@@ -53,12 +53,14 @@ typedef struct {
     uint16_t *ra16[VGG_CONVS], *po16[VGG_STAGES];
     float *h1, *a1, *d1; // (N, hidden) fc1 output, ReLU output, dropout output
     // gradients
-    float *dcz[VGG_CONVS];  // conv output gradient: the conv's `g`, kept for observe
-    float *dpo[VGG_STAGES]; // pool output gradient
-    float *gs;              // (N, max C·H·W) gradient of the block output being worked on
-    float *dz;              // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
-    float *dh1, *da1, *dd1; // (N, hidden); dh1 is fc1's `g`
-    size_t N;               // batch of the last forward
+    float *dcz[VGG_CONVS];      // conv output gradient: the conv's `g`, kept for observe
+    uint16_t *dcz16[VGG_CONVS]; // bf16 mode: dcz in bf16 instead (NULL otherwise)
+    float *dpo[VGG_STAGES];     // pool output gradient
+    float *gs;                  // (N, max C·H·W) gradient of the block output being worked on
+    float *dz;                  // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
+    uint16_t *dz16;             // the same for dcz16 in bf16 mode
+    float *dh1, *da1, *dd1;     // (N, hidden); dh1 is fc1's `g`
+    size_t N;                   // batch of the last forward
 } vgg;
 
 static void vgg_destroy(nn_model *m) {
@@ -67,7 +69,7 @@ static void vgg_destroy(nn_model *m) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
         free(p->cz[k]), free(p->ra[k]), free(p->ra16[k]);
-        if (!p->dz) free(p->dcz[k]);
+        if (!p->dz && !p->dz16) free(p->dcz[k]), free(p->dcz16[k]);
     }
     for (size_t s = 0; s < VGG_STAGES; s++) {
         nn_maxpool2d_free(&p->pool[s]);
@@ -76,7 +78,7 @@ static void vgg_destroy(nn_model *m) {
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
     nn_dropout_free(&p->drop);
-    free(p->gs), free(p->dz);
+    free(p->gs), free(p->dz), free(p->dz16);
     free(p->h1), free(p->a1), free(p->d1), free(p->dh1), free(p->da1), free(p->dd1);
     free(p);
     m->impl = NULL;
@@ -127,8 +129,12 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                 p->ra16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
             else if (stored)
                 p->ra[k] = buf(N, act);
-            if (!cfg->no_stats) p->dcz[k] = buf(N, act);
-            if (!p->cz[k] || (stored && !p->ra[k] && !p->ra16[k]) || (!cfg->no_stats && !p->dcz[k]))
+            if (!cfg->no_stats && cfg->bf16)
+                p->dcz16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
+            else if (!cfg->no_stats)
+                p->dcz[k] = buf(N, act);
+            if (!p->cz[k] || (stored && !p->ra[k] && !p->ra16[k]) ||
+                (!cfg->no_stats && !p->dcz[k] && !p->dcz16[k]))
                 goto oom;
             nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
             nn_model_add_params(m, ps, nn_batchnorm_params(&p->bn[k], ps));
@@ -168,7 +174,11 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
     nn_model_add_rng(m, &p->drop.rng);
     p->gs = buf(N, maxact);
-    if (cfg->no_stats) {
+    if (cfg->no_stats && cfg->bf16) {
+        if (!(p->dz16 = nn_malloc(nn_mul(N, maxact), sizeof(uint16_t)))) goto oom;
+        for (size_t j = 0; j < VGG_CONVS; j++)
+            p->dcz16[j] = p->dz16;
+    } else if (cfg->no_stats) {
         if (!(p->dz = buf(N, maxact))) goto oom;
         for (size_t j = 0; j < VGG_CONVS; j++)
             p->dcz[j] = p->dz;
@@ -229,11 +239,10 @@ static void vgg_backward(nn_model *m, const float *dlogits) {
         // gs <- the gradient of the stage's last block output (already there if not pooled)
         if (p->pooled[s]) nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         while (k-- > first) {
-            nn_batchnorm_relu_backward(&p->bn[k], p->gs, p->dcz[k]);
             // the conv's input gradient: the previous block's output (into gs, now free) or
             // the previous stage's; the image needs none
             float *dx = k == 0 ? NULL : k == first ? stage_grad(p, s - 1) : p->gs;
-            nn_conv2d_backward_set(&p->conv[k], p->dcz[k], dx);
+            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->dcz[k], p->dcz16[k], dx);
         }
         k = first;
     }
@@ -259,7 +268,7 @@ static ngd_status vgg_attach(nn_model *m, ngd_optim *o) {
 static ngd_status vgg_observe(nn_model *m, ngd_optim *o) {
     vgg *p = m->impl;
     ngd_status st;
-    if (p->dz) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
+    if (p->dz || p->dz16) return NGD_ERR_STATE; // created with no_stats: the gradients are gone
     for (size_t k = 0; k < VGG_CONVS; k++)
         if ((st = nn_observe_conv2d(o, m, &p->conv[k], p->conv_id[k], p->N))) return st;
     if ((st = nn_observe_linear(o, &p->fc1, p->fc1_id, p->N))) return st;
