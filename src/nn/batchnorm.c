@@ -5,7 +5,10 @@
  * Training normalizes with the batch mean and biased variance and updates the running
  * statistics (unbiased variance, momentum 0.1); evaluation normalizes with the running
  * statistics. Statistics are two passes (mean, then squared deviations: no cancellation),
- * each summed in float over one (sample, channel) plane and in float64 across planes.
+ * each summed in float over one (sample, channel) plane and in float64 across planes; or,
+ * in a conv-BN-ReLU block, combined in float64 from the moments the conv took of each plane
+ * about the plane's own mean (one pass over x). A stage's last BN-ReLU can pool 2x2 as it
+ * goes (nn_batchnorm_relu_maxpool_forward), so its output is never stored.
  * The layer stores no normalized copy of its input: x is borrowed and x̂ recomputed in
  * backward, and the fused ReLU's mask is recomputed the same way. No synchronized
  * (multi-process) batch norm.
