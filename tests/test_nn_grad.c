@@ -1105,6 +1105,52 @@ static void maxpool_should_match_naive_and_finite_differences(void) {
     CHECK(nn_maxpool2d_init(&bad, 1, 4, 4, 2, 2, 2, 1) == NN_ERR_ARG); // p > k/2
 }
 
+// The 2x2 path's rule, against a plain window scan: ties to the first in window order, a
+// NaN always wins (the last NaN of the window), on ties placed in every position and a
+// window of two NaNs; bf16 output the f32 one rounded, the same argmax
+static void maxpool_2x2_should_keep_the_tie_and_nan_rule(void) {
+    const size_t N = 2, C = 3, H = 6, W = 8, HW = H * W, n = N * C * HW;
+    nn_maxpool2d l;
+    CHECK(nn_maxpool2d_init(&l, C, H, W, 2, 2, 0, N) == NN_OK);
+    const size_t L = l.oh * l.ow, ny = N * C * L;
+    float *x = malloc(n * sizeof *x), *y = malloc(ny * sizeof *y);
+    uint16_t *y16 = malloc(ny * sizeof *y16);
+    int32_t *arg = malloc(ny * sizeof *arg);
+    for (size_t i = 0; i < n; i++) // small integers: many ties
+        x[i] = (float)((i * 5 / 7) % 3);
+    x[3] = NAN, x[1] = NAN, x[W + 1] = NAN, x[HW + 2 * W + 1] = NAN; // x[1], x[W+1]: one window
+    x[HW] = x[HW + 1] = 5, x[HW + W] = x[HW + W + 1] = 1;            // a tie in the top row
+    for (size_t k = 0; k < 4; k++)                                   // all four equal
+        x[2 * HW + (k / 2) * W + 2 + k % 2] = 5;
+    nn_maxpool2d_forward(&l, x, y, N);
+    memcpy(arg, l.argmax, ny * sizeof *arg);
+    nn_maxpool2d_forward_bf16(&l, x, y16, N);
+    CHECK(memcmp(arg, l.argmax, ny * sizeof *arg) == 0);
+    size_t ties = 0, nans = 0;
+    for (size_t pl = 0; pl < N * C; pl++)
+        for (size_t o1 = 0; o1 < l.oh; o1++)
+            for (size_t o2 = 0; o2 < l.ow; o2++) {
+                const size_t at[4] = {2 * o1 * W + 2 * o2, 2 * o1 * W + 2 * o2 + 1,
+                                      (2 * o1 + 1) * W + 2 * o2, (2 * o1 + 1) * W + 2 * o2 + 1};
+                const float *xp = x + pl * HW;
+                size_t want = at[0], eq = 0;
+                for (int k = 1; k < 4; k++)
+                    if (isnan(xp[at[k]]) || xp[at[k]] > xp[want]) want = at[k];
+                for (int k = 0; k < 4; k++)
+                    eq += xp[at[k]] == xp[want];
+                ties += eq > 1, nans += isnan(xp[want]);
+                const size_t o = pl * L + o1 * l.ow + o2;
+                CHECK(arg[o] == (int32_t)want);
+                CHECK(isnan(xp[want]) ? isnan(y[o]) : y[o] == xp[want]);
+                uint16_t h;
+                nn_bf16_encode(&y[o], &h, 1);
+                CHECK(y16[o] == h);
+            }
+    CHECK(ties > 10 && nans == 3); // the cases were there
+    free(x), free(y), free(y16), free(arg);
+    nn_maxpool2d_free(&l);
+}
+
 static void average_pools_should_match_finite_differences(void) {
     ref_rng r = {72};
     const size_t N = 2, C = 3, H = 6, W = 5, n = N * C * H * W;
@@ -1597,6 +1643,7 @@ static const test_case TESTS[] = {
     TEST(activations_should_match_finite_differences),
     TEST(activation_approximations_should_match_libm),
     TEST(maxpool_should_match_naive_and_finite_differences),
+    TEST(maxpool_2x2_should_keep_the_tie_and_nan_rule),
     TEST(average_pools_should_match_finite_differences),
     TEST(dropout_should_scale_kept_units_and_match_finite_differences),
     TEST(residual_backward_should_send_dy_to_both_branches),

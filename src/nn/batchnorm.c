@@ -153,10 +153,10 @@ static void channel_stats(nn_batchnorm *l, const float *x, const float *mom, siz
     l->invstd[c] = invstd;
 }
 
-// One plane of BN-ReLU, max(0, γ x̂ + β), pooled over 2x2 windows of stride 2 as
-// nn_maxpool2d's 2x2 path (the same values and maxima: ties to the first in window order):
-// y (or y16 rounded) and argmax of the (OH, OW) outputs. The ReLU outputs of a
-// pair of rows go through a buffer of at most BNP_COLS columns, in vector code.
+// One plane of BN-ReLU, max(0, γ x̂ + β), pooled over 2x2 windows of stride 2 by
+// nn_maxpool2d's own 2x2 row kernel: y (or y16 rounded) and argmax of the (OH, OW)
+// outputs. The ReLU outputs of a pair of rows go through a buffer of at most BNP_COLS
+// columns, in vector code.
 #define BNP_COLS 512
 static void relu_pool_plane(const float *xp, float w, float b, float mean, float invstd, size_t W,
                             size_t OH, size_t OW, float *y, uint16_t *y16, int32_t *ap) {
@@ -171,30 +171,10 @@ static void relu_pool_plane(const float *xp, float w, float b, float mean, float
                     t[r][p] = v > 0.0f ? v : 0.0f;
                 }
             }
-            // pool.c's MAXPOOL_TAKE rule (the first in window order on ties) as selects; its
-            // NaN case cannot arise: max(0, NaN) is 0 here, as in the unfused BN-ReLU
-            const int32_t r0 = (int32_t)(2 * o1 * W + 2 * q0), r1 = r0 + (int32_t)W;
-            float *yo = y ? y + o1 * OW + q0 : NULL;
-            uint16_t *yo16 = y16 ? y16 + o1 * OW + q0 : NULL;
-            int32_t *ao = ap + o1 * OW + q0;
-            NN_PRAGMA(omp simd)
-            for (size_t q = 0; q < nq; q++) {
-                const int32_t i = 2 * (int32_t)q;
-                float best = t[0][i];
-                int32_t arg = r0 + i;
-                const float v1 = t[0][i + 1], v2 = t[1][i], v3 = t[1][i + 1];
-                const bool k1 = v1 > best;
-                best = k1 ? v1 : best, arg = k1 ? r0 + i + 1 : arg;
-                const bool k2 = v2 > best;
-                best = k2 ? v2 : best, arg = k2 ? r1 + i : arg;
-                const bool k3 = v3 > best;
-                best = k3 ? v3 : best, arg = k3 ? r1 + i + 1 : arg;
-                if (yo16)
-                    yo16[q] = nn_to_bf16(best);
-                else
-                    yo[q] = best;
-                ao[q] = arg;
-            }
+            // the pool's own row kernel (its NaN case cannot arise: max(0, NaN) is 0 here)
+            const size_t r0 = 2 * o1 * W + 2 * q0, o = o1 * OW + q0;
+            nn_maxpool2x2_row(t[0], t[1], nq, (int32_t)r0, (int32_t)(r0 + W), y ? y + o : NULL,
+                              y16 ? y16 + o : NULL, ap + o);
         }
 }
 

@@ -127,10 +127,8 @@ void nn_bf16_encode(const float *x, uint16_t *y, size_t n) {
 }
 
 void nn_bf16_decode(const uint16_t *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        const uint32_t u = (uint32_t)x[i] << 16;
-        memcpy(&y[i], &u, sizeof u);
-    }
+    for (size_t i = 0; i < n; i++)
+        y[i] = nn_from_bf16(x[i]);
 }
 
 // Rows of a row-major matrix (rows, cols) with leading dimensions lds / ldd.
@@ -153,14 +151,7 @@ bool nn_bf16_native(void) {
 #endif
 }
 
-static float bf(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-#define ATH(M, ld, t, i, j) bf(AT(M, ld, t, i, j))
+#define ATH(M, ld, t, i, j) nn_from_bf16(AT(M, ld, t, i, j))
 
 void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,

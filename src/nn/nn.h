@@ -461,6 +461,32 @@ void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx);
 // The same, but dx is WRITTEN (=): the caller need not zero it first.
 void nn_maxpool2d_backward_set(nn_maxpool2d *l, const float *dy, float *dx);
 void nn_maxpool2d_free(nn_maxpool2d *l);
+// One output row of 2x2 / stride-2 max pooling: nq windows over input rows x0 and x1 (2·nq
+// values each), whose plane offsets start at a0 and a1; into y (or y16 rounded) and arg.
+// Ties go to the first in window order; a NaN always wins (NaNs propagate, the last one).
+static inline void nn_maxpool2x2_row(const float *x0, const float *x1, size_t nq, int32_t a0,
+                                     int32_t a1, float *y, uint16_t *y16, int32_t *arg) {
+    // pool.c's MAXPOOL_TAKE rule as selects, in vector lanes (inline: a row is 4 to 16
+    // windows in the CNNs here, and this runs per row pair)
+    NN_PRAGMA(omp simd)
+    for (size_t q = 0; q < nq; q++) {
+        const int32_t i = 2 * (int32_t)q;
+        float best = x0[i];
+        int32_t at = a0 + i;
+        const float v1 = x0[i + 1], v2 = x1[i], v3 = x1[i + 1];
+        const bool k1 = v1 > best || v1 != v1; // v != v: NaN
+        best = k1 ? v1 : best, at = k1 ? a0 + i + 1 : at;
+        const bool k2 = v2 > best || v2 != v2;
+        best = k2 ? v2 : best, at = k2 ? a1 + i : at;
+        const bool k3 = v3 > best || v3 != v3;
+        best = k3 ? v3 : best, at = k3 ? a1 + i + 1 : at;
+        if (y16)
+            y16[q] = nn_to_bf16(best);
+        else
+            y[q] = best;
+        arg[q] = at;
+    }
+}
 
 typedef struct {
     size_t c, h, w, k, s, p, oh, ow; // zero padding counted in the divisor (PyTorch default)

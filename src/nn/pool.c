@@ -47,22 +47,10 @@ static void maxpool_2x2(nn_maxpool2d *l, const float *x, float *y, uint16_t *y16
     for (size_t pl = 0; pl < planes; pl++) {
         const float *xp = x + pl * HW;
         const size_t yo = pl * OH * OW;
-        int32_t *ap = l->argmax + yo;
         for (size_t o1 = 0; o1 < OH; o1++) {
-            const size_t r0 = 2 * o1 * W, r1 = r0 + W;
-            for (size_t o2 = 0; o2 < OW; o2++) {
-                const size_t c0 = 2 * o2;
-                float best = xp[r0 + c0];
-                int32_t arg = (int32_t)(r0 + c0);
-                MAXPOOL_TAKE(xp[r0 + c0 + 1], r0 + c0 + 1);
-                MAXPOOL_TAKE(xp[r1 + c0], r1 + c0);
-                MAXPOOL_TAKE(xp[r1 + c0 + 1], r1 + c0 + 1);
-                if (y16)
-                    y16[yo + o1 * OW + o2] = nn_to_bf16(best);
-                else
-                    y[yo + o1 * OW + o2] = best;
-                ap[o1 * OW + o2] = arg;
-            }
+            const size_t r0 = 2 * o1 * W, o = yo + o1 * OW;
+            nn_maxpool2x2_row(xp + r0, xp + r0 + W, OW, (int32_t)r0, (int32_t)(r0 + W),
+                              y16 ? NULL : y + o, y16 ? y16 + o : NULL, l->argmax + o);
         }
     }
 }
