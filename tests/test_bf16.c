@@ -822,6 +822,105 @@ static void conv2d_bf16_should_match_float64(void) {
     }
 }
 
+// The AMX path of 3x3 'same' bf16 convolutions (conv_amx.c) on the layer's one-sample
+// chunks: y (from f32 and from bf16 inputs) and dx (written from a bf16 dy, and added onto a
+// nonzero dx from an f32 dy) against float64 on the bf16-rounded operands, each within a
+// float32 sum's bound (k+1)·2^-24·Σ|terms| for a sum of k exact products; the same layer on
+// the im2col path (amx, amx_t cleared) within the same bound; dW and db, which do not go
+// through it, equal bit for bit. Shapes: square, rows of 16 (a tile pair spans two rows),
+// more output channels than input and fewer, 64 channels (two K blocks a tap), a batch of
+// one with a 64-pixel image. Without AMX no layer may claim the path.
+static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
+    const size_t cases[][5] = {// c_in, h, w, c_out, N
+                               {32, 16, 16, 32, 2},
+                               {32, 32, 16, 64, 2},
+                               {64, 16, 32, 32, 1},
+                               {32, 4, 16, 32, 1}};
+    const bool usable = nn_amx_usable();
+    if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
+    trng r = {31};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const size_t cin = cases[t][0], H = cases[t][1], W = cases[t][2], cout = cases[t][3];
+        const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
+        const size_t nw = cout * cin * 9;
+        const ngd_conv_geom G = {cin, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        nn_conv2d l[2];
+        for (int v = 0; v < 2; v++) {
+            nn_rng rng;
+            nn_rng_seed(&rng, 11);
+            CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
+            CHECK(nn_conv2d_use_bf16(&l[v]) == NN_OK);
+        }
+        CHECK(l[0].amx == usable && l[0].amx_t == usable);
+        l[1].amx = l[1].amx_t = false;
+        float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
+        float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[2], *dx[2];
+        uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2), *w16 = malloc(nw * 2);
+        tfill(&r, x, nx, -1, 1);
+        tfill(&r, dy, ny, -1, 1);
+        tfill(&r, dx0, nx, -1, 1);
+        nn_bf16_encode(x, x16, nx);
+        nn_bf16_decode(x16, xr, nx);
+        nn_bf16_encode(dy, dy16, ny); // dy: bf16 values, also in dy16
+        nn_bf16_decode(dy16, dy, ny);
+        nn_bf16_encode(l[0].w, w16, nw);
+        nn_bf16_decode(w16, wr, nw);
+        double *wy = calloc(ny, 8), *my = calloc(ny, 8), *wdx = calloc(nx, 8), *mdx = calloc(nx, 8);
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t o = 0; o < L; o++) {
+                    const size_t iy = (n * cout + co) * L + o, o1 = o / W, o2 = o % W;
+                    wy[iy] = (double)l[0].b[co], my[iy] = fabs(wy[iy]);
+                    for (size_t c = 0; c < cin; c++)
+                        for (size_t k = 0; k < 9; k++) {
+                            const size_t i1 = o1 + k / 3, i2 = o2 + k % 3; // padded
+                            if (i1 < 1 || i2 < 1 || i1 > H || i2 > W) continue;
+                            const size_t ix = ((n * cin + c) * H + i1 - 1) * W + i2 - 1;
+                            const double w = (double)wr[(co * cin + c) * 9 + k];
+                            wy[iy] += (double)xr[ix] * w, my[iy] += fabs((double)xr[ix] * w);
+                            wdx[ix] += (double)dy[iy] * w, mdx[ix] += fabs((double)dy[iy] * w);
+                        }
+                }
+        for (int v = 0; v < 2; v++) {
+            y[v] = malloc(ny * 4), dx[v] = malloc(nx * 4);
+            float *yb = malloc(ny * 4);
+            nn_conv2d_forward(&l[v], x, y[v], N);
+            size_t bad = 0;
+            for (size_t i = 0; i < ny; i++)
+                bad += !(fabs((double)y[v][i] - wy[i]) <=
+                         (double)(9 * cin + 2) * ldexp(1.0, -24) * my[i] * 1.02 + 1e-30);
+            CHECK(bad == 0);
+            nn_conv2d_forward_bf16(&l[v], x16, yb, N);
+            CHECK(memcmp(y[v], yb, ny * 4) == 0);
+            free(yb);
+            for (size_t i = 0; i < nx; i++)
+                dx[v][i] = NAN; // written
+            nn_conv2d_backward_set_bf16(&l[v], dy16, dx[v]);
+            bad = 0;
+            for (size_t i = 0; i < nx; i++)
+                bad += !(fabs((double)dx[v][i] - wdx[i]) <=
+                         (double)(9 * cout + 1) * ldexp(1.0, -24) * mdx[i] * 1.02 + 1e-30);
+            CHECK(bad == 0);
+            // added onto a nonzero dx, from an f32 dy
+            nn_conv2d_forward(&l[v], x, y[v], N);
+            memcpy(dx[v], dx0, nx * 4);
+            nn_conv2d_backward(&l[v], dy, dx[v]);
+            bad = 0;
+            for (size_t i = 0; i < nx; i++) {
+                const double want = wdx[i] + (double)dx0[i], m = mdx[i] + fabs((double)dx0[i]);
+                bad += !(fabs((double)dx[v][i] - want) <=
+                         (double)(9 * cout + 2) * ldexp(1.0, -24) * m * 1.02 + 1e-30);
+            }
+            CHECK(bad == 0);
+        }
+        CHECK(memcmp(l[0].dw, l[1].dw, nw * 4) == 0 && memcmp(l[0].db, l[1].db, cout * 4) == 0);
+        for (int v = 0; v < 2; v++)
+            nn_conv2d_free(&l[v]), free(y[v]), free(dx[v]);
+        free(x), free(xr), free(dy), free(wr), free(dx0), free(x16), free(dy16), free(w16);
+        free(wy), free(my), free(wdx), free(mdx);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(encode_should_round_to_nearest_even),
     TEST(encode_rows_should_keep_padding),
@@ -839,6 +938,7 @@ static const test_case TESTS[] = {
     TEST(linear_bf16_should_match_float64),
     TEST(conv2d_bf16_should_match_float64),
     TEST(conv2d_bf16_input_should_equal_rounding_inside),
+    TEST(conv3x3_amx_should_match_float64_and_the_im2col_path),
     TEST(bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones),
 };
 

@@ -163,6 +163,9 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dyx16);
     free(l->pad);
     free(l->moments);
+    free(l->wt);
+    free(l->wtf);
+    free(l->xs);
     memset(l, 0, sizeof *l);
 }
 
@@ -195,13 +198,33 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     // per thread: one chunk's samples (x16) and output gradients (dyx16), not the batch's
     l->x16 = nn_malloc(nn_mul(l->nthr, l->chunk * G->c_in * G->h * G->w), sizeof(uint16_t));
     if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->nthr, l->chunk * l->c_out * L), sizeof(uint16_t));
-    if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16) {
+    // AMX: one-sample chunks of a 3x3 'same' layer (conv_amx.c), forward and dx apart
+    const bool same3 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 &&
+                       G->p2 == 1 && G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 &&
+                       l->chunk == 1 && nn_amx_usable();
+    l->amx = same3 && nn_conv3x3_amx_fits(G->c_in, G->h, G->w, l->c_out);
+    l->amx_t = same3 && l->wflip && nn_conv3x3_amx_fits(l->c_out, G->h, G->w, G->c_in);
+    if (l->amx || l->amx_t) {
+        const size_t cmax = l->amx_t && l->c_out > G->c_in ? l->c_out : G->c_in;
+        l->xs_n = nn_conv3x3_amx_pairs_n(cmax, G->h, G->w);
+        l->xs = nn_malloc(nn_mul(l->nthr, l->xs_n), sizeof(uint32_t));
+        if (l->amx) l->wt = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+        if (l->amx_t) l->wtf = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+    }
+    if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
+        ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) || (l->amx_t && !l->wtf)) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
-        l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = NULL;
+        free(l->xs), free(l->wt), free(l->wtf);
+        l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = l->wt = l->wtf = NULL;
+        l->xs = NULL;
+        l->amx = l->amx_t = false;
         return NN_ERR_NOMEM;
     }
     return NN_OK;
 }
+
+// Thread t's pair layout of an image (AMX layers only)
+static uint32_t *xs_of(const nn_conv2d *l, size_t t) { return l->xs ? l->xs + t * l->xs_n : NULL; }
 
 // The bf16 column buffer of thread t
 static uint16_t *col16_of(const nn_conv2d *l, size_t t) {
@@ -487,7 +510,8 @@ static int team(const nn_conv2d *l) {
 // y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
 // sample: block by block of output rows, each GEMM writing its rows of the image.
 static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
-                          float *ybuf, uint16_t *col16, uint16_t *x16, unsigned char *pad) {
+                          float *ybuf, uint16_t *col16, uint16_t *x16, unsigned char *pad,
+                          uint32_t *xsb) {
     // (x NULL: the bf16 input l->xb, read in place)
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
@@ -496,7 +520,11 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     // bf16: the chunk's samples rounded once for all its blocks' im2col (or the bf16 input)
     const uint16_t *xs16 = !col16 ? NULL : l->xb ? l->xb + n0 * xs : x16;
     if (col16 && !l->xb) nn_bf16_encode(x + n0 * xs, x16, nb * xs);
-    for (size_t r0 = 0; r0 < OH; r0 += RB) {
+    if (col16 && l->amx) { // (one sample) the whole image on the tile unit
+        nn_conv3x3_amx_pairs(xs16, G->c_in, G->h, G->w, xsb);
+        nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, y + n0 * cout * L, false);
+    }
+    for (size_t r0 = 0; r0 < OH && !(col16 && l->amx); r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
@@ -541,6 +569,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->dyb = NULL;
     l->n = N;
     if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
+    if (l->w16 && l->amx) nn_conv3x3_amx_pack(l->w, l->c_out, l->geom.c_in, l->wt);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
@@ -549,7 +578,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL,
-                      l->w16 ? x16_of(l, t) : NULL, pad_of(l, t));
+                      l->w16 ? x16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
     }
 }
 
@@ -596,7 +625,7 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
 static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, bool set,
                            size_t n0, size_t nb, float *colt, float *dcolt, float *ybuf,
                            float *dwpart, uint16_t *col16, uint16_t *dy16, uint16_t *x16,
-                           uint16_t *dyx16, unsigned char *pad) {
+                           uint16_t *dyx16, unsigned char *pad, uint32_t *xsb) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -667,6 +696,11 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         }
     }
     if (!dx || !l->wflip) return;
+    if (dy16 && l->amx_t) { // (one sample) the whole transposed convolution on the tile unit
+        nn_conv3x3_amx_pairs(dyx, cout, G->h, G->w, xsb);
+        nn_conv3x3_amx(xsb, l->wtf, cout, G->h, G->w, G->c_in, dx + n0 * xs, !set);
+        return;
+    }
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
@@ -714,6 +748,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
                         l->wflip[c * cout * K1 * K2 + (co * K1 + a) * K2 + b] =
                             l->w[co * din + (c * K1 + (K1 - 1 - a)) * K2 + (K2 - 1 - b)];
         if (l->wflip16) nn_bf16_encode(l->wflip, l->wflip16, cout * din);
+        if (l->w16 && l->amx_t) nn_conv3x3_amx_pack(l->wflip, cin, cout, l->wtf);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -725,7 +760,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
                        l->dcolt + t * l->dcol_n, l->ybuf ? l->ybuf + t * l->ybuf_n : NULL,
                        l->dwpart + t * nw, l->w16 ? col16_of(l, t) : NULL,
                        l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
-                       l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t));
+                       l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
     }
     // dW += the threads' parts, in thread order
     NN_OMP_FOR((size_t)nt * nw)

@@ -306,6 +306,14 @@ typedef struct {
     // (max_batch, c_out, NN_MOMENTS), while the plane is in cache, for the BatchNorm after it
     bool moments_on;
     float *moments;
+    // bf16 mode, 3x3 'same' layers that nn_conv3x3_amx fits, on a CPU with AMX: a one-sample
+    // chunk's forward (and its transposed convolution for dx, where that fits too) runs on
+    // the tile unit from the image's pair layout (xs: nthr x xs_n) and the packed weights
+    // wt (wflip's: wtf). amx / amx_t may be cleared to take the im2col path instead.
+    bool amx, amx_t;
+    uint16_t *wt, *wtf;
+    uint32_t *xs;
+    size_t xs_n;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -337,6 +345,25 @@ nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
 // Switches the layer to bf16 GEMMs (allocates its bf16 buffers: NN_ERR_NOMEM).
 nn_status nn_conv2d_use_bf16(nn_conv2d *l);
+
+// ====== 3x3 'same' convolution of one bf16 image on AMX tiles (conv_amx.c) ======
+
+#define NN_AMX_MAX_W 1024
+// AMX-BF16 is there and the kernel lets this process use the tiles (asked once), and the
+// environment does not say NGD_CONV_AMX=0
+bool nn_amx_usable(void);
+// c input channels, h x w image, co output channels: c, co multiples of 32, w of 16,
+// h·w of 32
+bool nn_conv3x3_amx_fits(size_t c, size_t h, size_t w, size_t co);
+// uint32 of an image's pair layout, and the layout of the bf16 image x (c, h, w)
+size_t nn_conv3x3_amx_pairs_n(size_t c, size_t h, size_t w);
+void nn_conv3x3_amx_pairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *xs);
+// w (co, c, 3, 3) rounded to bf16 and packed in tiles: wt holds co·c·9 values
+void nn_conv3x3_amx_pack(const float *w, size_t co, size_t c, uint16_t *wt);
+// y (co, h, w) = (add ? y : 0) + the convolution of the image in xs by wt (stride 1,
+// padding 1; no bias)
+void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, size_t w, size_t co,
+                    float *y, bool add);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 

@@ -1,0 +1,182 @@
+/*
+ * conv_amx.c — a 3x3 'same' convolution (stride 1, padding 1, no groups) of one bf16 image
+ * by Intel AMX tiles, without im2col: the bf16 mode's path for the layers whose channel
+ * counts are multiples of 32 and whose rows are multiples of 16 pixels (the cnn's and
+ * vgg16bn's 32x32 and 16x16 convolutions).
+ *
+ * Why: through oneDNN's matmul, the im2col GEMM of a 32-channel layer has M = 32 output
+ * channels and runs at 150-250 GFLOP/s on a core (the primitive reorders the whole im2col
+ * into its blocked layout on every call). Here each 16x16 output tile (16 channels x 16
+ * pixels of a row) is summed over the 9 taps and the input channels straight from a copy of
+ * the image laid out for the tile unit: pairs of channels interleaved (the bf16 dot product
+ * takes its K in pairs), three copies shifted by the tap column so that a tile row is one
+ * aligned 64-byte line. The weights are packed once per pass into whole 1 KiB tiles.
+ *
+ * Each product is of two bf16 values, exact in float32, summed in float32 tiles: the same
+ * contract as nn_gemm_bf16, in another order (tested against it and against float64).
+ * Requires AMX-BF16 and the kernel's permission for the tile state (nn_amx_usable).
+ */
+#define _DEFAULT_SOURCE // syscall(2)
+#include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define NN_HAVE_AMX_CODE 1
+#endif
+#include <stdatomic.h>
+
+#include "nn.h"
+
+#define TILE 16 // rows of a tile; 64 bytes a row: 32 bf16 or 16 f32
+
+// ---- is it there ----
+
+#ifdef NN_HAVE_AMX_CODE
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA  18
+
+static bool amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool bf16 = d & (1u << 22), tile = d & (1u << 24);
+    // the kernel must grant the tile data state to this process (Linux 5.16+)
+    return bf16 && tile && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
+
+bool nn_amx_usable(void) {
+    static atomic_int state; // 0 unknown, 1 usable, 2 not
+    int s = atomic_load_explicit(&state, memory_order_acquire);
+    if (s == 0) {
+        const char *e = getenv("NGD_CONV_AMX");
+        bool ok = !(e && !strcmp(e, "0"));
+#ifdef NN_HAVE_AMX_CODE
+        ok = ok && amx_probe();
+#else
+        ok = false;
+#endif
+        s = ok ? 1 : 2;
+        atomic_store_explicit(&state, s, memory_order_release);
+    }
+    return s == 1;
+}
+
+bool nn_conv3x3_amx_fits(size_t c, size_t h, size_t w, size_t co) {
+    return c && co && c % 32 == 0 && co % 32 == 0 && w % TILE == 0 && w <= NN_AMX_MAX_W &&
+           (h * w) % (2 * TILE) == 0;
+}
+
+size_t nn_conv3x3_amx_pairs_n(size_t c, size_t h, size_t w) { return 3 * (h + 2) * (c / 2) * w; }
+
+// ---- layouts ----
+
+// wt: tiles [co/16][tap][c/32] of 16 rows (output channels) x 32 bf16 (input channels)
+void nn_conv3x3_amx_pack(const float *w, size_t co, size_t c, uint16_t *wt) {
+    const size_t nc = c / 32;
+    for (size_t o = 0; o < co; o++)
+        for (size_t ci = 0; ci < c; ci++)
+            for (size_t k = 0; k < 9; k++)
+                wt[(((o / TILE) * 9 + k) * nc + ci / 32) * 512 + (o % TILE) * 32 + ci % 32] =
+                    nn_to_bf16(w[(o * c + ci) * 9 + k]);
+}
+
+// xs[k2][r][p][j] (r < h+2 padded rows, p < c/2 channel pairs, j < w) = the pair of channels
+// (2p, 2p+1) at padded row r, padded column j + k2 (row 0, row h+1 and the columns outside
+// the image are zeros), low half the even channel
+void nn_conv3x3_amx_pairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *xs) {
+    const size_t RS = (c / 2) * w, KS = (h + 2) * RS, L = h * w;
+    for (size_t k2 = 0; k2 < 3; k2++) {
+        memset(xs + k2 * KS, 0, RS * sizeof(uint32_t));
+        memset(xs + k2 * KS + (h + 1) * RS, 0, RS * sizeof(uint32_t));
+    }
+    uint32_t row[NN_AMX_MAX_W + 2];
+    for (size_t r = 0; r < h; r++)
+        for (size_t p = 0; p < c / 2; p++) {
+            const uint16_t *a = x + 2 * p * L + r * w, *b = a + L;
+            row[0] = row[w + 1] = 0;
+            for (size_t j = 0; j < w; j++)
+                row[j + 1] = (uint32_t)a[j] | (uint32_t)b[j] << 16;
+            for (size_t k2 = 0; k2 < 3; k2++)
+                memcpy(xs + k2 * KS + (r + 1) * RS + p * w, row + k2, w * sizeof(uint32_t));
+        }
+}
+
+// ---- the kernel ----
+
+#ifdef NN_HAVE_AMX_CODE
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+// Tiles 0-3: the sums of 2 channel blocks x 2 pixel segments; 4-5 the weights, 6-7 the
+// image. Every tile is 16 rows of 64 bytes.
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_t *xs,
+                                                                   const uint16_t *wt, size_t c,
+                                                                   size_t h, size_t w, size_t co,
+                                                                   float *y, bool add) {
+    const size_t RS = (c / 2) * w, KS = (h + 2) * RS, L = h * w, nc = c / 32;
+    _Alignas(64) tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++)
+        cfg.rows[i] = TILE, cfg.colsb[i] = 64;
+    __asm__ volatile("" ::: "memory"); // (the tile instructions are asm without memory operands)
+    _tile_loadconfig(&cfg);
+    for (size_t s = 0; s < L / TILE; s += 2) { // two 16-pixel segments of the output
+        const size_t ra = s * TILE / w, ja = s * TILE % w;
+        const size_t rb = (s + 1) * TILE / w, jb = (s + 1) * TILE % w;
+        for (size_t o = 0; o < co; o += 2 * TILE) {
+            float *y00 = y + o * L + s * TILE, *y01 = y00 + TILE;
+            float *y10 = y00 + TILE * L, *y11 = y10 + TILE;
+            if (add) {
+                _tile_loadd(0, y00, L * 4);
+                _tile_loadd(1, y01, L * 4);
+                _tile_loadd(2, y10, L * 4);
+                _tile_loadd(3, y11, L * 4);
+            } else {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            const uint16_t *w0 = wt + (o / TILE) * 9 * nc * 512, *w1 = w0 + 9 * nc * 512;
+            for (size_t k1 = 0; k1 < 3; k1++)
+                for (size_t k2 = 0; k2 < 3; k2++) {
+                    const size_t t = k1 * 3 + k2;
+                    const uint32_t *ba = xs + k2 * KS + (ra + k1) * RS + ja;
+                    const uint32_t *bb = xs + k2 * KS + (rb + k1) * RS + jb;
+                    for (size_t b = 0; b < nc; b++) {
+                        _tile_loadd(4, w0 + (t * nc + b) * 512, 64);
+                        _tile_loadd(5, w1 + (t * nc + b) * 512, 64);
+                        _tile_loadd(6, ba + b * TILE * w, w * 4);
+                        _tile_loadd(7, bb + b * TILE * w, w * 4);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+            _tile_stored(0, y00, L * 4);
+            _tile_stored(1, y01, L * 4);
+            _tile_stored(2, y10, L * 4);
+            _tile_stored(3, y11, L * 4);
+        }
+    }
+    _tile_release();
+    __asm__ volatile("" ::: "memory");
+}
+#endif
+
+void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, size_t w, size_t co,
+                    float *y, bool add) {
+    NN_ASSERT(nn_conv3x3_amx_fits(c, h, w, co) && nn_amx_usable());
+#ifdef NN_HAVE_AMX_CODE
+    amx_image(xs, wt, c, h, w, co, y, add);
+#else
+    (void)xs, (void)wt, (void)y, (void)add;
+#endif
+}
