@@ -15,7 +15,9 @@
  * are borrowed. The K-FAC matrices (a: rows (n, o1, o2) x columns (c, k1, k2), ngd_unfold's
  * layout; g: dy as (N*L, c_out)) are only built when nn_conv2d_stats asks for them, in
  * the caller's scratch (one per model: its layers are observed one at a time). No
- * transposed convolution, no padding modes other than zeros.
+ * transposed convolution, no padding modes other than zeros. In bf16 mode, on a CPU with
+ * AMX, the forward and dx of 3x3 'same' layers with 32k channels and one-sample chunks skip
+ * im2col and run on the tile unit (conv_amx.c); dW stays on im2col + GEMM.
  */
 #include <math.h>
 #include <string.h>
