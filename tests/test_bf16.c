@@ -823,16 +823,17 @@ static void conv2d_bf16_should_match_float64(void) {
 }
 
 // The AMX path of 3x3 'same' bf16 convolutions (conv_amx.c) on the layer's one-sample
-// chunks: y (from f32 and from bf16 inputs) and dx (written from a bf16 dy, and added onto a
-// nonzero dx from an f32 dy) against float64 on the bf16-rounded operands, each within a
-// float32 sum's bound (k+1)·2^-24·Σ|terms| for a sum of k exact products; the same layer on
-// the im2col path (amx, amx_t cleared) within the same bound; dW and db, which do not go
+// chunks: y (from f32 and from bf16 inputs), dx (written from a bf16 dy, and added onto a
+// nonzero dx from an f32 dy) and dW against float64 on the bf16-rounded operands, each within
+// a float32 sum's bound (k+1)·2^-24·Σ|terms| for a sum of k exact products; the same layer
+// on the im2col path (amx, amx_t cleared) within the same bound; db, which does not go
 // through it, equal bit for bit. Shapes: square, rows of 16 (a tile pair spans two rows),
 // more output channels than input and fewer, 64 channels (two K blocks a tap), a batch of
-// one with a 64-pixel image. Without AMX no layer may claim the path.
+// one with a 64-pixel image, and of five (a thread sums several samples' dW). Without AMX no layer
+// may claim the path.
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
-                               {32, 16, 16, 32, 2},
+                               {32, 16, 16, 32, 5},
                                {32, 32, 16, 64, 2},
                                {64, 16, 32, 32, 1},
                                {32, 4, 16, 32, 1}};
@@ -866,6 +867,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         nn_bf16_encode(l[0].w, w16, nw);
         nn_bf16_decode(w16, wr, nw);
         double *wy = calloc(ny, 8), *my = calloc(ny, 8), *wdx = calloc(nx, 8), *mdx = calloc(nx, 8);
+        double *wdw = calloc(nw, 8), *mdw = calloc(nw, 8);
         for (size_t n = 0; n < N; n++)
             for (size_t co = 0; co < cout; co++)
                 for (size_t o = 0; o < L; o++) {
@@ -879,6 +881,9 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                             const double w = (double)wr[(co * cin + c) * 9 + k];
                             wy[iy] += (double)xr[ix] * w, my[iy] += fabs((double)xr[ix] * w);
                             wdx[ix] += (double)dy[iy] * w, mdx[ix] += fabs((double)dy[iy] * w);
+                            const double g = (double)dy[iy] * (double)xr[ix];
+                            wdw[(co * cin + c) * 9 + k] += g,
+                                mdw[(co * cin + c) * 9 + k] += fabs(g);
                         }
                 }
         for (int v = 0; v < 2; v++) {
@@ -912,12 +917,18 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                          (double)(9 * cout + 2) * ldexp(1.0, -24) * m * 1.02 + 1e-30);
             }
             CHECK(bad == 0);
+            // dW: the same sum twice (a bf16 dy, then its f32 values), so exactly doubled
+            bad = 0;
+            for (size_t i = 0; i < nw; i++)
+                bad += !(fabs((double)l[v].dw[i] / 2 - wdw[i]) <=
+                         (double)(N * L + 1) * ldexp(1.0, -24) * mdw[i] * 1.02 + 1e-30);
+            CHECK(bad == 0);
         }
-        CHECK(memcmp(l[0].dw, l[1].dw, nw * 4) == 0 && memcmp(l[0].db, l[1].db, cout * 4) == 0);
+        CHECK(memcmp(l[0].db, l[1].db, cout * 4) == 0);
         for (int v = 0; v < 2; v++)
             nn_conv2d_free(&l[v]), free(y[v]), free(dx[v]);
         free(x), free(xr), free(dy), free(wr), free(dx0), free(x16), free(dy16), free(w16);
-        free(wy), free(my), free(wdx), free(mdx);
+        free(wy), free(my), free(wdx), free(mdx), free(wdw), free(mdw);
     }
 }
 

@@ -168,6 +168,8 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->wt);
     free(l->wtf);
     free(l->xs);
+    free(l->dyp);
+    free(l->dwt);
     memset(l, 0, sizeof *l);
 }
 
@@ -209,14 +211,25 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->amx || l->amx_t) {
         const size_t cmax = l->amx_t && l->c_out > G->c_in ? l->c_out : G->c_in;
         l->xs_n = nn_conv3x3_amx_pairs_n(cmax, G->h, G->w);
+        // (the same buffer holds dW's pair layout of the input)
+        const size_t zn = l->amx ? nn_conv3x3_amx_z_n(G->c_in, G->h, G->w) : 0;
+        if (zn > l->xs_n) l->xs_n = zn;
         l->xs = nn_malloc(nn_mul(l->nthr, l->xs_n), sizeof(uint32_t));
-        if (l->amx) l->wt = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+        if (l->amx) {
+            l->wt = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+            l->dyp_n = nn_mul(l->c_out, nn_conv3x3_amx_dw_q(G->h, G->w));
+            l->dyp = nn_malloc(nn_mul(l->nthr, l->dyp_n), sizeof(uint16_t));
+            l->dwt = nn_malloc(nn_mul(l->nthr, nn_mul(l->c_out, l->d_in)), sizeof(float));
+        }
         if (l->amx_t) l->wtf = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
-        ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) || (l->amx_t && !l->wtf)) {
+        ((l->amx || l->amx_t) && !l->xs) || (l->amx && (!l->wt || !l->dyp || !l->dwt)) ||
+        (l->amx_t && !l->wtf)) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
-        free(l->xs), free(l->wt), free(l->wtf);
+        free(l->xs), free(l->wt), free(l->wtf), free(l->dyp), free(l->dwt);
+        l->dyp = NULL;
+        l->dwt = NULL;
         l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = l->wt = l->wtf = NULL;
         l->xs = NULL;
         l->amx = l->amx_t = false;
@@ -658,8 +671,18 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             dyx = dyx16;
         }
     }
+    // AMX (one sample): dW of the whole image on the tile unit, into the thread's dwt
+    const bool amx = dy16 && l->amx;
+    if (amx) {
+        const size_t t = (size_t)nn_thread_num();
+        uint16_t *dyp = l->dyp + t * l->dyp_n;
+        nn_conv3x3_amx_zpairs(xs16, G->c_in, G->h, G->w, xsb);
+        nn_conv3x3_amx_dypad(dyb ? dyb + n0 * cout * L : NULL, dyb ? NULL : dy + n0 * cout * L,
+                             cout, OH, OW, dyp);
+        nn_conv3x3_amx_dw(xsb, dyp, G->c_in, G->h, G->w, cout, l->dwt + t * cout * din);
+    }
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
-    for (size_t r0 = 0; r0 < OH; r0 += RB) {
+    for (size_t r0 = 0; r0 < OH && !amx; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
         // bf16: the block's dy (cout, ncol), rounded once for every group, or where it is in
@@ -739,6 +762,8 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     }
     const int nt = team(l);
     memset(l->dwpart, 0, (size_t)nt * nw * sizeof(float));
+    const bool amx = l->amx; // (bf16 mode only)
+    if (amx) memset(l->dwt, 0, (size_t)nt * nw * sizeof(float));
     if (dx && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;
         const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
@@ -764,12 +789,15 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
                        l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
                        l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
     }
-    // dW += the threads' parts, in thread order
+    // dW += the threads' parts, in thread order (AMX: by tap, dwt[k][o][c] for dW[o][c][k])
+    const size_t cin = l->geom.c_in;
     NN_OMP_FOR((size_t)nt * nw)
     for (size_t i = 0; i < nw; i++) {
+        const size_t j = amx ? ((i % 9) * cout + i / din) * cin + i % din / 9 : i;
+        const float *part = amx ? l->dwt : l->dwpart;
         float s = 0.0f;
         for (int t = 0; t < nt; t++)
-            s += l->dwpart[(size_t)t * nw + i];
+            s += part[(size_t)t * nw + j];
         l->dw[i] += s;
     }
 }

@@ -12,8 +12,16 @@
  * takes its K in pairs), three copies shifted by the tap column so that a tile row is one
  * aligned 64-byte line. The weights are packed once per pass into whole 1 KiB tiles.
  *
+ * dW is the same unit's work with the sum over pixels: for each tap, dW_tap (c_out x c_in) =
+ * dy (c_out x pixels) times the input shifted by the tap (pixels x c_in). Both run over the
+ * image's rows padded to w+2 columns (dy is zero on the two extra ones), so that every tap's
+ * shift is one offset into a flat array: the input goes to pairs of pixels with the
+ * channels innermost, once for even and once for odd offsets.
+ *
  * Each product is of two bf16 values, exact in float32, summed in float32 tiles: the same
- * contract as nn_gemm_bf16, in another order (tested against it and against float64).
+ * contract as nn_gemm_bf16, in another order (tested against it and against float64). (In
+ * dW, an infinite input value also meets the zeros of dy's extra columns: NaN instead of
+ * an infinity, non-finite either way.)
  * Requires AMX-BF16 and the kernel's permission for the tile state (nn_amx_usable).
  */
 #define _DEFAULT_SOURCE // syscall(2)
@@ -103,6 +111,68 @@ void nn_conv3x3_amx_pairs(const uint16_t *x, size_t c, size_t h, size_t w, uint3
         }
 }
 
+// ---- dW's layouts ----
+
+size_t nn_conv3x3_amx_dw_q(size_t h, size_t w) { return (h * (w + 2) + 31) / 32 * 32; }
+
+// pairs of one parity's layout (the largest pair index read, plus one, and a tile's slack)
+static size_t z_pairs(size_t h, size_t w) { return nn_conv3x3_amx_dw_q(h, w) / 2 + (w + 2) + 16; }
+
+size_t nn_conv3x3_amx_z_n(size_t c, size_t h, size_t w) { return 2 * z_pairs(h, w) * c; }
+
+// z[par][m][ci] = (f[ci][2m+par], f[ci][2m+par+1]), f the image padded by one row and column
+// on each side, flat with rows of w+2
+void nn_conv3x3_amx_zpairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *z) {
+    const size_t PW = w + 2, Mz = z_pairs(h, w), L = h * w, half = PW / 2;
+    for (size_t par = 0; par < 2; par++) { // the padding rows and what lies past them
+        uint32_t *zp = z + par * Mz * c;
+        memset(zp, 0, half * c * sizeof(uint32_t));
+        memset(zp + (h + 1) * half * c, 0, (Mz - (h + 1) * half) * c * sizeof(uint32_t));
+    }
+    uint16_t rows[16][NN_AMX_MAX_W + 4];
+    for (size_t r = 0; r < h; r++) {
+        const size_t mb = (r + 1) * half; // the row's first pair
+        for (size_t cb = 0; cb < c; cb += 16) {
+            for (size_t cc = 0; cc < 16; cc++) {
+                rows[cc][0] = rows[cc][w + 1] = rows[cc][w + 2] = 0;
+                memcpy(&rows[cc][1], x + (cb + cc) * L + r * w, w * sizeof(uint16_t));
+            }
+            for (size_t par = 0; par < 2; par++) {
+                uint32_t *zp = z + par * Mz * c;
+                for (size_t i = 0; i < half; i += 16) {
+                    const size_t ni = half - i < 16 ? half - i : 16;
+                    uint32_t t[16][16];
+                    for (size_t cc = 0; cc < 16; cc++)
+                        for (size_t ii = 0; ii < ni; ii++) {
+                            const size_t j = 2 * (i + ii) + par;
+                            t[ii][cc] = (uint32_t)rows[cc][j] | (uint32_t)rows[cc][j + 1] << 16;
+                        }
+                    for (size_t ii = 0; ii < ni; ii++)
+                        memcpy(zp + (mb + i + ii) * c + cb, t[ii], sizeof t[ii]);
+                }
+            }
+        }
+    }
+}
+
+// dyp (co, q): dy's rows with two zero columns after each, zeros up to q (bf16 dyb, or dyf
+// rounded)
+void nn_conv3x3_amx_dypad(const uint16_t *dyb, const float *dyf, size_t co, size_t h, size_t w,
+                          uint16_t *dyp) {
+    const size_t PW = w + 2, Q = nn_conv3x3_amx_dw_q(h, w), L = h * w;
+    for (size_t o = 0; o < co; o++) {
+        uint16_t *d = dyp + o * Q;
+        for (size_t r = 0; r < h; r++) {
+            if (dyb)
+                memcpy(d + r * PW, dyb + o * L + r * w, w * sizeof(uint16_t));
+            else
+                nn_bf16_encode(dyf + o * L + r * w, d + r * PW, w);
+            d[r * PW + w] = d[r * PW + w + 1] = 0;
+        }
+        memset(d + h * PW, 0, (Q - h * PW) * sizeof(uint16_t));
+    }
+}
+
 // ---- the kernel ----
 
 #ifdef NN_HAVE_AMX_CODE
@@ -169,7 +239,63 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_
     _tile_release();
     __asm__ volatile("" ::: "memory");
 }
+
+// dwt[k][o][ci] += Σ_q dyp[o][q] · f[ci][q + off_k]: tiles 0-3 the sums of 2 output x 2 input
+// channel blocks, 4-5 dy, 6-7 the image
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_dw(const uint32_t *z,
+                                                                const uint16_t *dyp, size_t c,
+                                                                size_t h, size_t w, size_t co,
+                                                                float *dwt) {
+    const size_t PW = w + 2, Q = nn_conv3x3_amx_dw_q(h, w), Mz = z_pairs(h, w);
+    _Alignas(64) tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++)
+        cfg.rows[i] = TILE, cfg.colsb[i] = 64;
+    __asm__ volatile("" ::: "memory");
+    _tile_loadconfig(&cfg);
+    for (size_t k = 0; k < 9; k++) {
+        const size_t off = (k / 3) * PW + k % 3, par = off & 1, mo = (off - par) / 2;
+        const uint32_t *zp = z + par * Mz * c + mo * c;
+        for (size_t o = 0; o < co; o += 2 * TILE)
+            for (size_t cb = 0; cb < c; cb += 2 * TILE) {
+                float *d00 = dwt + (k * co + o) * c + cb, *d01 = d00 + TILE;
+                float *d10 = d00 + TILE * c, *d11 = d10 + TILE;
+                _tile_loadd(0, d00, c * 4);
+                _tile_loadd(1, d01, c * 4);
+                _tile_loadd(2, d10, c * 4);
+                _tile_loadd(3, d11, c * 4);
+                const uint16_t *a0 = dyp + o * Q, *a1 = a0 + TILE * Q;
+                for (size_t q = 0; q < Q; q += 32) {
+                    _tile_loadd(4, a0 + q, Q * 2);
+                    _tile_loadd(5, a1 + q, Q * 2);
+                    _tile_loadd(6, zp + (q / 2) * c + cb, c * 4);
+                    _tile_loadd(7, zp + (q / 2) * c + cb + TILE, c * 4);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                _tile_stored(0, d00, c * 4);
+                _tile_stored(1, d01, c * 4);
+                _tile_stored(2, d10, c * 4);
+                _tile_stored(3, d11, c * 4);
+            }
+    }
+    _tile_release();
+    __asm__ volatile("" ::: "memory");
+}
 #endif
+
+void nn_conv3x3_amx_dw(const uint32_t *z, const uint16_t *dyp, size_t c, size_t h, size_t w,
+                       size_t co, float *dwt) {
+    NN_ASSERT(nn_conv3x3_amx_fits(c, h, w, co) && nn_amx_usable());
+#ifdef NN_HAVE_AMX_CODE
+    amx_dw(z, dyp, c, h, w, co, dwt);
+#else
+    (void)z, (void)dyp, (void)dwt;
+#endif
+}
 
 void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, size_t w, size_t co,
                     float *y, bool add) {

@@ -314,6 +314,11 @@ typedef struct {
     uint16_t *wt, *wtf;
     uint32_t *xs;
     size_t xs_n;
+    // with amx, dW too: each thread's dy padded (dyp: nthr x dyp_n) and its share of dW by
+    // tap (dwt: nthr x (9, c_out, c_in), summed in thread order into dw)
+    uint16_t *dyp;
+    size_t dyp_n;
+    float *dwt;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -360,6 +365,16 @@ size_t nn_conv3x3_amx_pairs_n(size_t c, size_t h, size_t w);
 void nn_conv3x3_amx_pairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *xs);
 // w (co, c, 3, 3) rounded to bf16 and packed in tiles: wt holds co·c·9 values
 void nn_conv3x3_amx_pack(const float *w, size_t co, size_t c, uint16_t *wt);
+// dW: q = nn_conv3x3_amx_dw_q(h, w) (pixels of the rows padded to w+2, rounded to 32); the
+// image x (c, h, w) in pairs of pixels (z: nn_conv3x3_amx_z_n uint32); dy (co, h, w), bf16 dyb
+// or f32 dyf, padded into dyp (co, q); then dwt (9, co, c) += the 9 taps' dW
+size_t nn_conv3x3_amx_dw_q(size_t h, size_t w);
+size_t nn_conv3x3_amx_z_n(size_t c, size_t h, size_t w);
+void nn_conv3x3_amx_zpairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *z);
+void nn_conv3x3_amx_dypad(const uint16_t *dyb, const float *dyf, size_t co, size_t h, size_t w,
+                          uint16_t *dyp);
+void nn_conv3x3_amx_dw(const uint32_t *z, const uint16_t *dyp, size_t c, size_t h, size_t w,
+                       size_t co, float *dwt);
 // y (co, h, w) = (add ? y : 0) + the convolution of the image in xs by wt (stride 1,
 // padding 1; no bias)
 void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, size_t w, size_t co,
