@@ -290,6 +290,7 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_dw(const uint32_t *
 void nn_conv3x3_amx_dw(const uint32_t *z, const uint16_t *dyp, size_t c, size_t h, size_t w,
                        size_t co, float *dwt) {
     NN_ASSERT(nn_conv3x3_amx_fits(c, h, w, co) && nn_amx_usable());
+    nn_flop_add(2 * (uint64_t)(h * w) * co * 9 * c); // (not the padding columns' products)
 #ifdef NN_HAVE_AMX_CODE
     amx_dw(z, dyp, c, h, w, co, dwt);
 #else
@@ -300,6 +301,7 @@ void nn_conv3x3_amx_dw(const uint32_t *z, const uint16_t *dyp, size_t c, size_t 
 void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, size_t w, size_t co,
                     float *y, bool add) {
     NN_ASSERT(nn_conv3x3_amx_fits(c, h, w, co) && nn_amx_usable());
+    nn_flop_add(2 * (uint64_t)(h * w) * co * 9 * c);
 #ifdef NN_HAVE_AMX_CODE
     amx_image(xs, wt, c, h, w, co, y, add);
 #else

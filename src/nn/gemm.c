@@ -70,6 +70,8 @@ static atomic_uint_fast64_t flops; // nn_flop_count
 
 uint64_t nn_flop_count(void) { return (uint64_t)atomic_load(&flops); }
 
+void nn_flop_add(uint64_t f) { atomic_fetch_add_explicit(&flops, f, memory_order_relaxed); }
+
 static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 

@@ -143,6 +143,8 @@ void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 // Floating-point operations of the engine's GEMMs so far (2·m·n·k each), for benchmarks.
 uint64_t nn_flop_count(void);
+// Adds to it the multiply-adds (x2) of work done outside the GEMMs (the AMX convolutions).
+void nn_flop_add(uint64_t flops);
 // The plain reference (float64 accumulation) with the same contract.
 void nn_sgemm_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
