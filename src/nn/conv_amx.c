@@ -120,8 +120,41 @@ static size_t z_pairs(size_t h, size_t w) { return nn_conv3x3_amx_dw_q(h, w) / 2
 
 size_t nn_conv3x3_amx_z_n(size_t c, size_t h, size_t w) { return 2 * z_pairs(h, w) * c; }
 
+#ifdef NN_HAVE_AMX_CODE
+// d[i][j] = the j-th row's i-th uint32 for 16 rows from s, lds uint16 apart (unaligned)
+__attribute__((target("avx512f"))) static void transpose16(const uint16_t *s, size_t lds,
+                                                           uint32_t d[16][16]) {
+    __m512i r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_si512(s + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    }
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_si512(d[i], r[i]);
+}
+#endif
+
 // z[par][m][ci] = (f[ci][2m+par], f[ci][2m+par+1]), f the image padded by one row and column
-// on each side, flat with rows of w+2
+// on each side, flat with rows of w+2. Per image row and 16 channels: the padded rows side by
+// side, read as pairs at the parity's offset and transposed 16 pairs at a time.
 void nn_conv3x3_amx_zpairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *z) {
     const size_t PW = w + 2, Mz = z_pairs(h, w), L = h * w, half = PW / 2;
     for (size_t par = 0; par < 2; par++) { // the padding rows and what lies past them
@@ -129,12 +162,17 @@ void nn_conv3x3_amx_zpairs(const uint16_t *x, size_t c, size_t h, size_t w, uint
         memset(zp, 0, half * c * sizeof(uint32_t));
         memset(zp + (h + 1) * half * c, 0, (Mz - (h + 1) * half) * c * sizeof(uint32_t));
     }
-    uint16_t rows[16][NN_AMX_MAX_W + 4];
+    // a row: its padding, the image row, the padding, and zeros that the last transposed
+    // block reads past the row (not stored)
+    enum { RW = NN_AMX_MAX_W + 36 };
+    static _Thread_local uint16_t rows[16][RW];
+    for (size_t cc = 0; cc < 16; cc++)
+        memset(&rows[cc][w + 1], 0, (RW - w - 1) * sizeof(uint16_t));
     for (size_t r = 0; r < h; r++) {
         const size_t mb = (r + 1) * half; // the row's first pair
         for (size_t cb = 0; cb < c; cb += 16) {
             for (size_t cc = 0; cc < 16; cc++) {
-                rows[cc][0] = rows[cc][w + 1] = rows[cc][w + 2] = 0;
+                rows[cc][0] = 0;
                 memcpy(&rows[cc][1], x + (cb + cc) * L + r * w, w * sizeof(uint16_t));
             }
             for (size_t par = 0; par < 2; par++) {
@@ -142,11 +180,15 @@ void nn_conv3x3_amx_zpairs(const uint16_t *x, size_t c, size_t h, size_t w, uint
                 for (size_t i = 0; i < half; i += 16) {
                     const size_t ni = half - i < 16 ? half - i : 16;
                     uint32_t t[16][16];
+#ifdef NN_HAVE_AMX_CODE
+                    transpose16(&rows[0][2 * i + par], RW, t);
+#else
                     for (size_t cc = 0; cc < 16; cc++)
-                        for (size_t ii = 0; ii < ni; ii++) {
+                        for (size_t ii = 0; ii < 16; ii++) {
                             const size_t j = 2 * (i + ii) + par;
                             t[ii][cc] = (uint32_t)rows[cc][j] | (uint32_t)rows[cc][j + 1] << 16;
                         }
+#endif
                     for (size_t ii = 0; ii < ni; ii++)
                         memcpy(zp + (mb + i + ii) * c + cb, t[ii], sizeof t[ii]);
                 }
