@@ -114,7 +114,8 @@ static const cli_opt OPTS[] = {
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"precision", 1, O_PRECISION, "P",
      "f32 (default) or bf16: Linear and Conv2d GEMMs on bf16 operands (f32 "
-     "accumulation, f32 master weights; fast with AVX512-BF16)"},
+     "accumulation, f32 master weights; fast with AVX512-BF16; 3x3 convolutions on AMX "
+     "tiles where the CPU has them, NGD_CONV_AMX=0 turns that off)"},
     {"eval-every", 1, O_EVALEVERY, "N",
      "evaluate on the test set every N epochs (1; 0 = end only)"},
     {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<data>-<optim>.jsonl)"},
