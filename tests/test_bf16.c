@@ -829,14 +829,22 @@ static void conv2d_bf16_should_match_float64(void) {
 // on the im2col path (amx, amx_t cleared) within the same bound; db, which does not go
 // through it, equal bit for bit. Shapes: square, rows of 16 (a tile pair spans two rows),
 // more output channels than input and fewer, 64 channels (two K blocks a tap), a batch of
-// one with a 64-pixel image, and of five (a thread sums several samples' dW). Without AMX no layer
-// may claim the path.
+// one with a 64-pixel image, and of five (a thread sums several samples' dW); odd segment
+// counts, widths that are not multiples of 16 and small images, several to a chunk (below).
+// Without AMX no layer may claim the path.
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
                                {32, 16, 16, 32, 5},
                                {32, 32, 16, 64, 2},
                                {64, 16, 32, 32, 1},
-                               {32, 4, 16, 32, 1}};
+                               {32, 4, 16, 32, 1},
+                               // rows of 16 with an odd segment last; rows of 28 and of 8
+                               // (planes outermost, segments across rows), several samples
+                               // per chunk; one 16-pixel segment
+                               {32, 7, 16, 64, 2},
+                               {32, 4, 28, 32, 2},
+                               {64, 8, 8, 32, 3},
+                               {32, 4, 4, 64, 5}};
     const bool usable = nn_amx_usable();
     if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
     trng r = {31};

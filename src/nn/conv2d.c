@@ -16,8 +16,8 @@
  * layout; g: dy as (N*L, c_out)) are only built when nn_conv2d_stats asks for them, in
  * the caller's scratch (one per model: its layers are observed one at a time). No
  * transposed convolution, no padding modes other than zeros. In bf16 mode, on a CPU with
- * AMX, the forward and dx of 3x3 'same' layers with 32k channels and one-sample chunks skip
- * im2col and run on the tile unit (conv_amx.c); dW stays on im2col + GEMM.
+ * AMX, 3x3 'same' layers with 32k input and output channels (and 16k pixels) skip im2col:
+ * forward, dx and dW run image by image on the tile unit (conv_amx.c).
  */
 #include <math.h>
 #include <string.h>
@@ -173,6 +173,12 @@ void nn_conv2d_free(nn_conv2d *l) {
     memset(l, 0, sizeof *l);
 }
 
+// dW on the tile unit too (with l->amx): only for one-sample chunks (images of 256 pixels and
+// more). Sample by sample, its sums by tap (c_out·c_in·9 floats) are read and written once per
+// image: at vgg16bn's 512 channels and 8x8 images, 9.4 MB per image, which made its backward
+// 1.45x slower than im2col + GEMM over the chunk.
+static bool amx_dw_on(const nn_conv2d *l) { return l->amx && l->chunk == 1; }
+
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
     const size_t L = l->oh * l->ow;
@@ -202,21 +208,21 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     // per thread: one chunk's samples (x16) and output gradients (dyx16), not the batch's
     l->x16 = nn_malloc(nn_mul(l->nthr, l->chunk * G->c_in * G->h * G->w), sizeof(uint16_t));
     if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->nthr, l->chunk * l->c_out * L), sizeof(uint16_t));
-    // AMX: one-sample chunks of a 3x3 'same' layer (conv_amx.c), forward and dx apart
+    // AMX: a 3x3 'same' layer (conv_amx.c), sample by sample; forward and dW, and dx apart
     const bool same3 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 &&
                        G->p2 == 1 && G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 &&
-                       l->chunk == 1 && nn_amx_usable();
+                       nn_amx_usable();
     l->amx = same3 && nn_conv3x3_amx_fits(G->c_in, G->h, G->w, l->c_out);
     l->amx_t = same3 && l->wflip && nn_conv3x3_amx_fits(l->c_out, G->h, G->w, G->c_in);
     if (l->amx || l->amx_t) {
         const size_t cmax = l->amx_t && l->c_out > G->c_in ? l->c_out : G->c_in;
         l->xs_n = nn_conv3x3_amx_pairs_n(cmax, G->h, G->w);
         // (the same buffer holds dW's pair layout of the input)
-        const size_t zn = l->amx ? nn_conv3x3_amx_z_n(G->c_in, G->h, G->w) : 0;
+        const size_t zn = amx_dw_on(l) ? nn_conv3x3_amx_z_n(G->c_in, G->h, G->w) : 0;
         if (zn > l->xs_n) l->xs_n = zn;
         l->xs = nn_malloc(nn_mul(l->nthr, l->xs_n), sizeof(uint32_t));
-        if (l->amx) {
-            l->wt = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+        if (l->amx) l->wt = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+        if (amx_dw_on(l)) {
             l->dyp_n = nn_mul(l->c_out, nn_conv3x3_amx_dw_q(G->h, G->w));
             l->dyp = nn_malloc(nn_mul(l->nthr, l->dyp_n), sizeof(uint16_t));
             l->dwt = nn_malloc(nn_mul(l->nthr, nn_mul(l->c_out, l->d_in)), sizeof(float));
@@ -224,8 +230,8 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         if (l->amx_t) l->wtf = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
-        ((l->amx || l->amx_t) && !l->xs) || (l->amx && (!l->wt || !l->dyp || !l->dwt)) ||
-        (l->amx_t && !l->wtf)) {
+        ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
+        (amx_dw_on(l) && (!l->dyp || !l->dwt)) || (l->amx_t && !l->wtf)) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
         free(l->xs), free(l->wt), free(l->wtf), free(l->dyp), free(l->dwt);
         l->dyp = NULL;
@@ -535,11 +541,12 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     // bf16: the chunk's samples rounded once for all its blocks' im2col (or the bf16 input)
     const uint16_t *xs16 = !col16 ? NULL : l->xb ? l->xb + n0 * xs : x16;
     if (col16 && !l->xb) nn_bf16_encode(x + n0 * xs, x16, nb * xs);
-    if (col16 && l->amx) { // (one sample) the whole image on the tile unit
-        nn_conv3x3_amx_pairs(xs16, G->c_in, G->h, G->w, xsb);
-        nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, y + n0 * cout * L, false);
+    const bool amx = col16 && l->amx;
+    for (size_t i = 0; amx && i < nb; i++) { // each image on the tile unit, into y
+        nn_conv3x3_amx_pairs(xs16 + i * xs, G->c_in, G->h, G->w, xsb);
+        nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, y + (n0 + i) * cout * L, false);
     }
-    for (size_t r0 = 0; r0 < OH && !(col16 && l->amx); r0 += RB) {
+    for (size_t r0 = 0; r0 < OH && !amx; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
@@ -561,7 +568,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         for (size_t co = 0; co < cout; co++) {
             float *dst = y + ((n0 + i) * cout + co) * L;
             const float bo = l->b ? l->b[co] : 0.0f;
-            if (nb == 1) {
+            if (nb == 1 || amx) { // (in place)
                 if (l->b)
                     for (size_t p = 0; p < L; p++)
                         dst[p] += bo;
@@ -645,7 +652,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const float *dyc = dy ? dy + n0 * cout * L : NULL; // (cout, L) of the sample when nb = 1
-    if (nb > 1) { // samples side by side (a bf16 dy into the bf16 block buffer)
+    const bool amx = dy16 && amx_dw_on(l);             // (dW by sample, below)
+    if (nb > 1 && !amx) { // samples side by side (a bf16 dy into the bf16 block buffer)
         for (size_t i = 0; i < nb; i++)
             for (size_t co = 0; co < cout; co++) {
                 const size_t at = ((n0 + i) * cout + co) * L;
@@ -671,14 +679,12 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             dyx = dyx16;
         }
     }
-    // AMX (one sample): dW of the whole image on the tile unit, into the thread's dwt
-    const bool amx = dy16 && l->amx;
-    if (amx) {
-        const size_t t = (size_t)nn_thread_num();
+    // AMX: dW image by image on the tile unit, into the thread's dwt
+    for (size_t i = 0; amx && i < nb; i++) {
+        const size_t t = (size_t)nn_thread_num(), at = (n0 + i) * cout * L;
         uint16_t *dyp = l->dyp + t * l->dyp_n;
-        nn_conv3x3_amx_zpairs(xs16, G->c_in, G->h, G->w, xsb);
-        nn_conv3x3_amx_dypad(dyb ? dyb + n0 * cout * L : NULL, dyb ? NULL : dy + n0 * cout * L,
-                             cout, OH, OW, dyp);
+        nn_conv3x3_amx_zpairs(xs16 + i * xs, G->c_in, G->h, G->w, xsb);
+        nn_conv3x3_amx_dypad(dyb ? dyb + at : NULL, dyb ? NULL : dy + at, cout, OH, OW, dyp);
         nn_conv3x3_amx_dw(xsb, dyp, G->c_in, G->h, G->w, cout, l->dwt + t * cout * din);
     }
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
@@ -721,9 +727,11 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         }
     }
     if (!dx || !l->wflip) return;
-    if (dy16 && l->amx_t) { // (one sample) the whole transposed convolution on the tile unit
-        nn_conv3x3_amx_pairs(dyx, cout, G->h, G->w, xsb);
-        nn_conv3x3_amx(xsb, l->wtf, cout, G->h, G->w, G->c_in, dx + n0 * xs, !set);
+    if (dy16 && l->amx_t) { // the transposed convolution image by image on the tile unit
+        for (size_t i = 0; i < nb; i++) {
+            nn_conv3x3_amx_pairs(dyx + i * cout * L, cout, G->h, G->w, xsb);
+            nn_conv3x3_amx(xsb, l->wtf, cout, G->h, G->w, G->c_in, dx + (n0 + i) * xs, !set);
+        }
         return;
     }
     // dx by the transposed convolution (its output is the input image: rows of H)
@@ -762,7 +770,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     }
     const int nt = team(l);
     memset(l->dwpart, 0, (size_t)nt * nw * sizeof(float));
-    const bool amx = l->amx; // (bf16 mode only)
+    const bool amx = amx_dw_on(l); // (bf16 mode only)
     if (amx) memset(l->dwt, 0, (size_t)nt * nw * sizeof(float));
     if (dx && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;

@@ -1,16 +1,18 @@
 /*
  * conv_amx.c — a 3x3 'same' convolution (stride 1, padding 1, no groups) of one bf16 image
  * by Intel AMX tiles, without im2col: the bf16 mode's path for the layers whose channel
- * counts are multiples of 32 and whose rows are multiples of 16 pixels (the cnn's and
- * vgg16bn's 32x32 and 16x16 convolutions).
+ * counts are multiples of 32 and whose images have an even width and 16k pixels (the cnn's
+ * convolutions after the first; vgg16bn's down to 4x4).
  *
  * Why: through oneDNN's matmul, the im2col GEMM of a 32-channel layer has M = 32 output
  * channels and runs at 150-250 GFLOP/s on a core (the primitive reorders the whole im2col
  * into its blocked layout on every call). Here each 16x16 output tile (16 channels x 16
- * pixels of a row) is summed over the 9 taps and the input channels straight from a copy of
- * the image laid out for the tile unit: pairs of channels interleaved (the bf16 dot product
- * takes its K in pairs), three copies shifted by the tap column so that a tile row is one
- * aligned 64-byte line. The weights are packed once per pass into whole 1 KiB tiles.
+ * consecutive pixels) is summed over the 9 taps and the input channels straight from a copy
+ * of the image laid out for the tile unit: pairs of channels interleaved (the bf16 dot
+ * product takes its K in pairs), three copies shifted by the tap column so that the 16
+ * pixels a tile row reads are consecutive. The weights are packed once per pass into whole
+ * 1 KiB tiles. The tile loads bound it: on this machine's AMX a load costs about as much
+ * as a tile product, and this blocking (2 x 2 output tiles) loads one tile per product.
  *
  * dW is the same unit's work with the sum over pixels: for each tap, dW_tap (c_out x c_in) =
  * dy (c_out x pixels) times the input shifted by the tap (pixels x c_in). Both run over the
@@ -72,11 +74,11 @@ bool nn_amx_usable(void) {
 }
 
 bool nn_conv3x3_amx_fits(size_t c, size_t h, size_t w, size_t co) {
-    return c && co && c % 32 == 0 && co % 32 == 0 && w % TILE == 0 && w <= NN_AMX_MAX_W &&
-           (h * w) % (2 * TILE) == 0;
+    return c && co && h && c % 32 == 0 && co % 32 == 0 && w % 2 == 0 && w <= NN_AMX_MAX_W &&
+           (h * w) % TILE == 0;
 }
 
-size_t nn_conv3x3_amx_pairs_n(size_t c, size_t h, size_t w) { return 3 * (h + 2) * (c / 2) * w; }
+size_t nn_conv3x3_amx_pairs_n(size_t c, size_t h, size_t w) { return 3 * (c / 2) * (h + 2) * w; }
 
 // ---- layouts ----
 
@@ -90,25 +92,42 @@ void nn_conv3x3_amx_pack(const float *w, size_t co, size_t c, uint16_t *wt) {
                     nn_to_bf16(w[(o * c + ci) * 9 + k]);
 }
 
-// xs[k2][r][p][j] (r < h+2 padded rows, p < c/2 channel pairs, j < w) = the pair of channels
-// (2p, 2p+1) at padded row r, padded column j + k2 (row 0, row h+1 and the columns outside
-// the image are zeros), low half the even channel
+// The pair layout: xs[k2] + r·PR + p·PP + j (p < c/2 channel pairs, r < h+2 padded rows,
+// j < w) holds the pair of channels (2p, 2p+1) at padded row r, padded column j + k2 (row 0,
+// row h+1 and the columns outside the image are zeros), low half the even channel. Rows of
+// 16k pixels: rows outermost (PR = c/2·w, PP = w), so a tile's 16 pairs lie 64·w/16 bytes
+// apart. Other widths: planes outermost (PR = w, PP = (h+2)·w), so that output pixel
+// q = o1·w + o2 reads tap (k1, k2) at xs[k2] + p·PP + k1·w + q: any 16 consecutive pixels,
+// across rows too, are 16 consecutive pairs.
+typedef struct {
+    size_t PR, PP, KS; // uint32 between rows, pairs, and the k2 copies
+} pair_layout;
+
+static pair_layout layout_of(size_t c, size_t h, size_t w) {
+    const bool rows = w % TILE == 0;
+    return (pair_layout){
+        .PR = rows ? (c / 2) * w : w, .PP = rows ? w : (h + 2) * w, .KS = (c / 2) * (h + 2) * w};
+}
+
 void nn_conv3x3_amx_pairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *xs) {
-    const size_t RS = (c / 2) * w, KS = (h + 2) * RS, L = h * w;
-    for (size_t k2 = 0; k2 < 3; k2++) {
-        memset(xs + k2 * KS, 0, RS * sizeof(uint32_t));
-        memset(xs + k2 * KS + (h + 1) * RS, 0, RS * sizeof(uint32_t));
-    }
+    const pair_layout Y = layout_of(c, h, w);
+    const size_t L = h * w;
     uint32_t row[NN_AMX_MAX_W + 2];
-    for (size_t r = 0; r < h; r++)
-        for (size_t p = 0; p < c / 2; p++) {
+    for (size_t p = 0; p < c / 2; p++) {
+        for (size_t k2 = 0; k2 < 3; k2++) {
+            uint32_t *d = xs + k2 * Y.KS + p * Y.PP;
+            memset(d, 0, w * sizeof(uint32_t));
+            memset(d + (h + 1) * Y.PR, 0, w * sizeof(uint32_t));
+        }
+        for (size_t r = 0; r < h; r++) {
             const uint16_t *a = x + 2 * p * L + r * w, *b = a + L;
             row[0] = row[w + 1] = 0;
             for (size_t j = 0; j < w; j++)
                 row[j + 1] = (uint32_t)a[j] | (uint32_t)b[j] << 16;
             for (size_t k2 = 0; k2 < 3; k2++)
-                memcpy(xs + k2 * KS + (r + 1) * RS + p * w, row + k2, w * sizeof(uint32_t));
+                memcpy(xs + k2 * Y.KS + (r + 1) * Y.PR + p * Y.PP, row + k2, w * sizeof(uint32_t));
         }
+    }
 }
 
 // ---- dW's layouts ----
@@ -224,13 +243,14 @@ typedef struct {
     uint8_t rows[16];
 } tile_config;
 
-// Tiles 0-3: the sums of 2 channel blocks x 2 pixel segments; 4-5 the weights, 6-7 the
-// image. Every tile is 16 rows of 64 bytes.
+// Tiles 0-3: the sums of 2 channel blocks x 2 pixel segments (a last odd segment: tiles 0
+// and 2 only); 4-5 the weights, 6-7 the image. Every tile is 16 rows of 64 bytes.
 __attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_t *xs,
                                                                    const uint16_t *wt, size_t c,
                                                                    size_t h, size_t w, size_t co,
                                                                    float *y, bool add) {
-    const size_t RS = (c / 2) * w, KS = (h + 2) * RS, L = h * w, nc = c / 32;
+    const pair_layout Y = layout_of(c, h, w);
+    const size_t L = h * w, nc = c / 32, nseg = L / TILE;
     _Alignas(64) tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -238,17 +258,22 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_
         cfg.rows[i] = TILE, cfg.colsb[i] = 64;
     __asm__ volatile("" ::: "memory"); // (the tile instructions are asm without memory operands)
     _tile_loadconfig(&cfg);
-    for (size_t s = 0; s < L / TILE; s += 2) { // two 16-pixel segments of the output
-        const size_t ra = s * TILE / w, ja = s * TILE % w;
-        const size_t rb = (s + 1) * TILE / w, jb = (s + 1) * TILE % w;
+    for (size_t s = 0; s < nseg; s += 2) { // pixels [16 s, 16 s + 32) of the output
+        const bool two = s + 1 < nseg;
+        // (with rows outermost, both segments lie in one row: w is a multiple of 32, or they
+        // are rows of 16; with planes outermost, pixel q is at q)
+        const size_t pix = (s * TILE / w) * Y.PR + s * TILE % w;
+        const size_t pix1 = ((s + 1) * TILE / w) * Y.PR + (s + 1) * TILE % w;
         for (size_t o = 0; o < co; o += 2 * TILE) {
             float *y00 = y + o * L + s * TILE, *y01 = y00 + TILE;
             float *y10 = y00 + TILE * L, *y11 = y10 + TILE;
             if (add) {
                 _tile_loadd(0, y00, L * 4);
-                _tile_loadd(1, y01, L * 4);
                 _tile_loadd(2, y10, L * 4);
-                _tile_loadd(3, y11, L * 4);
+                if (two) {
+                    _tile_loadd(1, y01, L * 4);
+                    _tile_loadd(3, y11, L * 4);
+                }
             } else {
                 _tile_zero(0);
                 _tile_zero(1);
@@ -259,23 +284,27 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_
             for (size_t k1 = 0; k1 < 3; k1++)
                 for (size_t k2 = 0; k2 < 3; k2++) {
                     const size_t t = k1 * 3 + k2;
-                    const uint32_t *ba = xs + k2 * KS + (ra + k1) * RS + ja;
-                    const uint32_t *bb = xs + k2 * KS + (rb + k1) * RS + jb;
+                    const uint32_t *ba = xs + k2 * Y.KS + k1 * Y.PR + pix;
+                    const uint32_t *bb = xs + k2 * Y.KS + k1 * Y.PR + pix1;
                     for (size_t b = 0; b < nc; b++) {
                         _tile_loadd(4, w0 + (t * nc + b) * 512, 64);
                         _tile_loadd(5, w1 + (t * nc + b) * 512, 64);
-                        _tile_loadd(6, ba + b * TILE * w, w * 4);
-                        _tile_loadd(7, bb + b * TILE * w, w * 4);
+                        _tile_loadd(6, ba + b * TILE * Y.PP, Y.PP * 4);
                         _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
                         _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
+                        if (two) {
+                            _tile_loadd(7, bb + b * TILE * Y.PP, Y.PP * 4);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
                     }
                 }
             _tile_stored(0, y00, L * 4);
-            _tile_stored(1, y01, L * 4);
             _tile_stored(2, y10, L * 4);
-            _tile_stored(3, y11, L * 4);
+            if (two) {
+                _tile_stored(1, y01, L * 4);
+                _tile_stored(3, y11, L * 4);
+            }
         }
     }
     _tile_release();
