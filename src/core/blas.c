@@ -340,6 +340,16 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
         return;
     }
     const ngd_bf16_path path = bf16_path_now();
+    // oneDNN 2.6's matmul runs a product whose m leaves 1 by 32 at a third of its speed (m =
+    // 513 by 513 x 513, 2 threads: 110-220 GFLOP/s; its first 512 rows alone 370-640; other
+    // remainders measured 4-17 made no such difference): SINGD's 513- and 4097-wide dense
+    // factors and their syrk panels. The last row goes apart (each row of C is its own sums).
+    if (path == NGD_BF16_PATH_MATMUL && m > 32 && m % 32 == 1) {
+        gemm_bf16(ta, tb, m - 1, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+        gemm_bf16(ta, tb, 1, n, k, alpha, ta ? A + (m - 1) : A + (m - 1) * lda, lda, B, ldb, beta,
+                  C + (m - 1) * ldc, ldc);
+        return;
+    }
     // oneDNN 2.6's AMX matmul kernel executes an illegal instruction (SIGILL) for some shapes
     // whose k leaves 31 by 32 (43x77 by 63, 70x260 by 2047, mostly at one thread; found by
     // test_bf16's cache test). Scanned here: k 1-300 on 36 (m, n) pairs and every transpose,
