@@ -243,6 +243,18 @@ typedef struct {
     uint8_t rows[16];
 } tile_config;
 
+// Every tile 16 rows of 64 bytes. (The tile instructions are asm statements without memory
+// operands: the barriers keep the compiler from moving loads and stores across a kernel.)
+__attribute__((target("amx-tile"))) static void tiles_on(void) {
+    _Alignas(64) tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++)
+        cfg.rows[i] = TILE, cfg.colsb[i] = 64;
+    __asm__ volatile("" ::: "memory");
+    _tile_loadconfig(&cfg);
+}
+
 // Tiles 0-3: the sums of 2 channel blocks x 2 pixel segments (a last odd segment: tiles 0
 // and 2 only); 4-5 the weights, 6-7 the image. Every tile is 16 rows of 64 bytes.
 __attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_t *xs,
@@ -251,13 +263,7 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_image(const uint32_
                                                                    float *y, bool add) {
     const pair_layout Y = layout_of(c, h, w);
     const size_t L = h * w, nc = c / 32, nseg = L / TILE;
-    _Alignas(64) tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++)
-        cfg.rows[i] = TILE, cfg.colsb[i] = 64;
-    __asm__ volatile("" ::: "memory"); // (the tile instructions are asm without memory operands)
-    _tile_loadconfig(&cfg);
+    tiles_on();
     for (size_t s = 0; s < nseg; s += 2) { // pixels [16 s, 16 s + 32) of the output
         const bool two = s + 1 < nseg;
         // (with rows outermost, both segments lie in one row: w is a multiple of 32, or they
@@ -318,13 +324,7 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_dw(const uint32_t *
                                                                 size_t h, size_t w, size_t co,
                                                                 float *dwt) {
     const size_t PW = w + 2, Q = nn_conv3x3_amx_dw_q(h, w), Mz = z_pairs(h, w);
-    _Alignas(64) tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++)
-        cfg.rows[i] = TILE, cfg.colsb[i] = 64;
-    __asm__ volatile("" ::: "memory");
-    _tile_loadconfig(&cfg);
+    tiles_on();
     for (size_t k = 0; k < 9; k++) {
         const size_t off = (k / 3) * PW + k % 3, par = off & 1, mo = (off - par) / 2;
         const uint32_t *zp = z + par * Mz * c + mo * c;
