@@ -175,6 +175,7 @@ __attribute__((target("avx512f"))) static void transpose16(const uint16_t *s, si
 // on each side, flat with rows of w+2. Per image row and 16 channels: the padded rows side by
 // side, read as pairs at the parity's offset and transposed 16 pairs at a time.
 void nn_conv3x3_amx_zpairs(const uint16_t *x, size_t c, size_t h, size_t w, uint32_t *z) {
+    NN_ASSERT(nn_amx_usable()); // (AVX-512 transposes: every AMX CPU has AVX-512)
     const size_t PW = w + 2, Mz = z_pairs(h, w), L = h * w, half = PW / 2;
     for (size_t par = 0; par < 2; par++) { // the padding rows and what lies past them
         uint32_t *zp = z + par * Mz * c;
