@@ -590,8 +590,10 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->dy = NULL;
     l->dyb = NULL;
     l->n = N;
-    if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
-    if (l->w16 && l->amx) nn_conv3x3_amx_pack(l->w, l->c_out, l->geom.c_in, l->wt);
+    if (l->w16 && l->amx) // (the AMX layers read their weights packed, not w16)
+        nn_conv3x3_amx_pack(l->w, l->c_out, l->geom.c_in, l->wt);
+    else if (l->w16)
+        nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
@@ -769,9 +771,8 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         }
     }
     const int nt = team(l);
-    memset(l->dwpart, 0, (size_t)nt * nw * sizeof(float));
-    const bool amx = amx_dw_on(l); // (bf16 mode only)
-    if (amx) memset(l->dwt, 0, (size_t)nt * nw * sizeof(float));
+    const bool amx = amx_dw_on(l); // (bf16 mode only) the threads' dW parts by tap, in dwt
+    memset(amx ? l->dwt : l->dwpart, 0, (size_t)nt * nw * sizeof(float));
     if (dx && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;
         const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
@@ -782,8 +783,10 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
                     for (size_t b = 0; b < K2; b++)
                         l->wflip[c * cout * K1 * K2 + (co * K1 + a) * K2 + b] =
                             l->w[co * din + (c * K1 + (K1 - 1 - a)) * K2 + (K2 - 1 - b)];
-        if (l->wflip16) nn_bf16_encode(l->wflip, l->wflip16, cout * din);
-        if (l->w16 && l->amx_t) nn_conv3x3_amx_pack(l->wflip, cin, cout, l->wtf);
+        if (l->w16 && l->amx_t)
+            nn_conv3x3_amx_pack(l->wflip, cin, cout, l->wtf);
+        else if (l->wflip16)
+            nn_bf16_encode(l->wflip, l->wflip16, cout * din);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)

@@ -308,16 +308,16 @@ typedef struct {
     // (max_batch, c_out, NN_MOMENTS), while the plane is in cache, for the BatchNorm after it
     bool moments_on;
     float *moments;
-    // bf16 mode, 3x3 'same' layers that nn_conv3x3_amx fits, on a CPU with AMX: a one-sample
-    // chunk's forward (and its transposed convolution for dx, where that fits too) runs on
-    // the tile unit from the image's pair layout (xs: nthr x xs_n) and the packed weights
-    // wt (wflip's: wtf). amx / amx_t may be cleared to take the im2col path instead.
+    // bf16 mode, 3x3 'same' layers that nn_conv3x3_amx fits, on a CPU with AMX: forward (amx)
+    // and the transposed convolution for dx (amx_t) run image by image on the tile unit from
+    // the image's pair layout (xs: nthr x xs_n) and the packed weights wt (wflip's: wtf),
+    // instead of w16 / wflip16. amx / amx_t may be cleared to take the im2col path instead.
     bool amx, amx_t;
     uint16_t *wt, *wtf;
     uint32_t *xs;
     size_t xs_n;
-    // with amx, dW too: each thread's dy padded (dyp: nthr x dyp_n) and its share of dW by
-    // tap (dwt: nthr x (9, c_out, c_in), summed in thread order into dw)
+    // with amx and one-image chunks, dW too: each thread's dy padded (dyp: nthr x dyp_n) and
+    // its share of dW by tap (dwt: nthr x (9, c_out, c_in), summed in thread order into dw)
     uint16_t *dyp;
     size_t dyp_n;
     float *dwt;
@@ -359,8 +359,8 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l);
 // AMX-BF16 is there and the kernel lets this process use the tiles (asked once), and the
 // environment does not say NGD_CONV_AMX=0
 bool nn_amx_usable(void);
-// c input channels, h x w image, co output channels: c, co multiples of 32, w of 16,
-// h·w of 32
+// c input channels, h x w image, co output channels: c, co multiples of 32, w even (at most
+// NN_AMX_MAX_W), h·w a multiple of 16
 bool nn_conv3x3_amx_fits(size_t c, size_t h, size_t w, size_t co);
 // uint32 of an image's pair layout, and the layout of the bf16 image x (c, h, w)
 size_t nn_conv3x3_amx_pairs_n(size_t c, size_t h, size_t w);
