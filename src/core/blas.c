@@ -17,6 +17,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define NGD_HAVE_TR16 1 // AVX-512 code for the tiles of mirror_lower, chosen at run time
+#endif
 
 #include "bf16.h"
 #include "impl.h"
@@ -410,18 +414,76 @@ ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
 #define SYRK_MIN   384
 #define SYRK_PANEL 320
 #define SYRK_TILE  16
+#define SYRK16_MIN 1024 // ngd_syrk_bf16's threshold (see there)
 
-// C's strictly upper triangle = the transpose of its strictly lower one. Each 16 x 16 tile
-// goes through a local buffer: read row by row below the diagonal, written row by row above
-// it, so every cache line is touched once per tile (a column walk at a row stride near a
-// power of two, d = 4097, keeps evicting its own lines). Tile rows are shared by the threads.
+// C's strictly upper triangle = the transpose of its strictly lower one, 16 x 16 tiles at a
+// time: each tile below the diagonal is read row by row and written row by row above it, so
+// every cache line is touched once per tile (a column walk at a row stride near a power of
+// two, d = 4097, keeps evicting its own lines). Row-major C (every caller's) transposes whole
+// tiles in AVX-512 registers where the CPU has them (2x the scalar tile at d = 513-4097,
+// 2 threads); other tiles go through a local buffer. Tile rows are shared by the threads.
+#ifdef NGD_HAVE_TR16
+// d[j * ldd + i] = s[i * lds + j] for a 16 x 16 f32 tile (unaligned rows)
+__attribute__((target("avx512f"))) static void transpose16_f32(const float *s, size_t lds, float *d,
+                                                               size_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(s + (size_t)i * lds);
+    for (int i = 0; i < 16; i += 2) { // pairs of rows, 32-bit interleave
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { // quads, 64-bit interleave
+        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]),
+                      c = _mm512_castps_pd(t[i + 2]), e = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    for (int i = 0; i < 4; i++) { // 128-bit lanes
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(d + (size_t)i * ldd, r[i]);
+}
+
+static bool have_avx512f(void) {
+    static _Atomic int have = -1;
+    int h = atomic_load_explicit(&have, memory_order_relaxed);
+    if (h < 0) {
+        __builtin_cpu_init();
+        h = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        atomic_store_explicit(&have, h, memory_order_relaxed);
+    }
+    return h;
+}
+#endif
+
 static void mirror_lower(ngd_view C) {
     const size_t m = C.rows, nt = (m + SYRK_TILE - 1) / SYRK_TILE;
+    bool vec = false;
+#ifdef NGD_HAVE_TR16
+    vec = C.cs == 1 && have_avx512f();
+#endif
 #pragma omp parallel for schedule(dynamic, 1) if (m >= 512)
     for (size_t ti = 0; ti < nt; ti++) { // source tiles (ti, tj), tj <= ti, of the lower part
         const size_t i0 = ti * SYRK_TILE, ni = NGD_MIN(SYRK_TILE, m - i0);
         float buf[SYRK_TILE][SYRK_TILE];
         for (size_t j0 = 0; j0 < i0; j0 += SYRK_TILE) { // whole tiles below the diagonal
+#ifdef NGD_HAVE_TR16
+            if (vec && ni == SYRK_TILE) {
+                transpose16_f32(&NGD_AT(C, i0, j0), (size_t)C.rs, &NGD_AT(C, j0, i0), (size_t)C.rs);
+                continue;
+            }
+#endif
             for (size_t i = 0; i < ni; i++)
                 for (size_t j = 0; j < SYRK_TILE; j++)
                     buf[j][i] = NGD_AT(C, i0 + i, j0 + j);
@@ -468,8 +530,11 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 // k x n A.
 void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                    float beta, float *C, size_t ldc) {
-    // at most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per thread)
-    const size_t b = syrk_panel(n, k, 4);
+    // At most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per
+    // thread). Below SYRK16_MIN rows one product is as fast or faster (2 threads, against the
+    // panels with their copy: 1.5x at 512-513, 1.0-1.1x at 785 and 1025; the panels 1.1x at
+    // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025.
+    const size_t b = n < SYRK16_MIN ? 0 : syrk_panel(n, k, 4);
     if (!b) {
         ngd_gemm_bf16(ta, !ta, n, n, k, alpha, A, lda, A, lda, beta, C, ldc);
         return;
