@@ -660,22 +660,25 @@ static void bf16_factors_should_match_the_reference(void) {
 static void bf16_compute_should_match_the_reference(void) {
     begin_suite();
     int n = 0;
-    for (int which = 0; which <= 2; which++) {
+    for (int which = 0; which <= 3; which++) {
         const gstruct *g = &STRUCTS[0]; // dense
         ngd_factor_spec sK = g->spec, sC = g->spec;
         sK.dtype = sC.dtype = NGD_BF16;
         ngd_config c = base_cfg(sK, sC, false);
         c.factor_compute = NGD_BF16;
-        if (which == 1) c.T = 2, c.normalize_lr_cov = true;
+        if (which == 1 || which == 3) c.T = 2, c.normalize_lr_cov = true;
+        if (which == 3) c.kfac_like = true; // (with scale 3 below: β1 is cut)
         problem pr = which == 2 ? linear_problem(40, 1, g->din, g->dout) // rows > d: Gram path
                                 : linear_problem(8, 1, g->din, g->dout);
         char name[200];
         snprintf(name, sizeof name, "bf16 compute %s %s", g->name,
                  which == 0   ? "K_and_C"
                  : which == 1 ? "T2_norm1"
-                              : "gram");
+                 : which == 2 ? "gram"
+                              : "T2_kfaclike1_norm1_scale3");
         gcase cs = make_case(name, pr, c, 17000 + (uint64_t)which);
         cs.tol = BF16C_TOL;
+        if (which == 3) cs.scale = 3;
         check_case(&cs);
         n++;
     }

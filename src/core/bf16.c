@@ -14,12 +14,8 @@ static void decode_range(const void *src, void *dst, size_t n) {
 static void encode_range(const void *src, void *dst, size_t n) {
     const float *x = src;
     uint16_t *y = dst;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
-        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
-    }
+    for (size_t i = 0; i < n; i++)
+        y[i] = ngd_f32_to_bf16_vec(x[i]);
 }
 
 // Both directions split long arrays over the threads in blocks (SINGD's bf16 preconditioning

@@ -21,6 +21,14 @@ static inline uint16_t ngd_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+// ngd_f32_to_bf16 without a branch (the same bits), for loops the compiler vectorises
+static inline uint16_t ngd_f32_to_bf16_vec(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+}
+
 void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n);
 void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n);
 

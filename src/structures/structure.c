@@ -74,12 +74,22 @@ float ngd_s_maxabs(const ngd_sdesc *s, const float *p) {
     return m;
 }
 
+#define FROB_LANES 16
+
 double ngd_s_frob(const ngd_sdesc *s, const float *p) {
     const ngd_structure_ops *ops = ngd_structure_get(s->kind);
     if (ops->frob2) return sqrt(ops->frob2(s, p));
-    double acc = 0;
-    for (size_t i = 0; i < s->n; i++)
+    // FROB_LANES partial sums in a fixed order, which the compiler vectorises (one running
+    // sum waited 4 cycles an element: 0.8 ms of a 785-wide K, per preconditioner update)
+    double lane[FROB_LANES] = {0}, acc = 0;
+    size_t i = 0;
+    for (; i + FROB_LANES <= s->n; i += FROB_LANES)
+        for (size_t l = 0; l < FROB_LANES; l++)
+            lane[l] += (double)p[i + l] * (double)p[i + l];
+    for (; i < s->n; i++)
         acc += (double)p[i] * (double)p[i];
+    for (size_t l = 0; l < FROB_LANES; l++)
+        acc += lane[l];
     return sqrt(acc);
 }
 
