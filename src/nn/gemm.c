@@ -10,6 +10,9 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "nn.h"
 
@@ -123,9 +126,30 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
 
 // Round to nearest even, NaN kept (quietened); written without a branch so that the loop
 // vectorises (16 values per AVX-512 instruction). Identical to libngd's ngd_f32_to_bf16.
-void nn_bf16_encode(const float *x, uint16_t *y, size_t n) {
+// Arrays of at least ENC_PAR_MIN numbers are split over the threads in blocks (a Linear
+// rounds its W every forward pass: 0.67 M numbers a step for the mlp, one thread working
+// while the other waited), unless the caller is already in a parallel region; shorter ones
+// never enter one (even a false `if` clause costs libgomp a team per call).
+#define ENC_BLOCK   16384
+#define ENC_PAR_MIN (4 * ENC_BLOCK)
+
+static void encode_range(const float *x, uint16_t *y, size_t n) {
     for (size_t i = 0; i < n; i++)
         y[i] = nn_to_bf16(x[i]);
+}
+
+void nn_bf16_encode(const float *x, uint16_t *y, size_t n) {
+#ifdef _OPENMP
+    if (n >= ENC_PAR_MIN && !omp_in_parallel() && omp_get_max_threads() > 1) {
+        const size_t nb = (n + ENC_BLOCK - 1) / ENC_BLOCK;
+#pragma omp parallel for schedule(static)
+        for (size_t b = 0; b < nb; b++)
+            encode_range(x + b * ENC_BLOCK, y + b * ENC_BLOCK,
+                         (n - b * ENC_BLOCK < ENC_BLOCK ? n - b * ENC_BLOCK : ENC_BLOCK));
+        return;
+    }
+#endif
+    encode_range(x, y, n);
 }
 
 void nn_bf16_decode(const uint16_t *x, float *y, size_t n) {
