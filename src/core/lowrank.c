@@ -598,6 +598,23 @@ static ngd_status brand_repair_q(ngd_cview U, float *Z, size_t d, size_t n, floa
     return NGD_OK;
 }
 
+// Σ a[k] b[k] in f64, in DOT_LANES partial sums of a fixed order that the compiler
+// vectorises (one running sum waits 4 cycles a term: B Bᵀ of a rank-220 B-KFAC update with
+// 128 new columns took 7.8 M of them, about 8 ms a factor, serial)
+#define DOT_LANES 8
+static double dot_f64(const float *a, const float *b, size_t n) {
+    double lane[DOT_LANES] = {0}, s = 0;
+    size_t k = 0;
+    for (; k + DOT_LANES <= n; k += DOT_LANES)
+        for (size_t l = 0; l < DOT_LANES; l++)
+            lane[l] += (double)a[k + l] * (double)b[k + l];
+    for (; k < n; k++)
+        s += (double)a[k] * (double)b[k];
+    for (size_t l = 0; l < DOT_LANES; l++)
+        s += lane[l];
+    return s;
+}
+
 // BRAND_UPDATE (#brand-update)
 ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_scale,
                             size_t r_keep, float *dropped, size_t *n_dropped, void *ws,
@@ -652,10 +669,7 @@ ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_
     // only what [U Q] had (#brand-update: M in f64). Cost O(N² n + N³), no d in it.
     for (size_t i = 0; i < N; i++)
         for (size_t j = 0; j <= i; j++) {
-            double s = 0;
-            const float *bi = b.B + i * n, *bj = b.B + j * n;
-            for (size_t k = 0; k < n; k++)
-                s += (double)bi[k] * (double)bj[k];
+            const double s = dot_f64(b.B + i * n, b.B + j * n, n);
             b.M[i * N + j] = b.M[j * N + i] = s;
         }
     for (size_t i = 0; i < r; i++)
