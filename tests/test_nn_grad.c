@@ -806,6 +806,102 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
     }
 }
 
+// The f32 3x3 'same' convolution without im2col (conv_direct.c: forward, and dx on the
+// flipped weights) against float64 and against the im2col path of the same layer: y, dx
+// written (over NaN) and added, dW, and the FLOPs counted. Shapes: the first layer's 3
+// channels (dx then stays on im2col), rows shorter and longer than a 48-position block,
+// odd sizes, a 1x1 image, several images per chunk. The bound is a float sum's
+// (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
+static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
+    const size_t cases[][5] = {// c_in, h, w, c_out, N
+                               {3, 32, 32, 32, 2}, {32, 16, 16, 64, 3}, {16, 7, 5, 8, 4},
+                               {8, 1, 1, 8, 2},    {64, 4, 4, 32, 5},   {24, 9, 33, 16, 1},
+                               {16, 10, 7, 16, 2}}; // (a vector starting on a row's last pad)
+    const bool usable = nn_conv3x3_direct_usable();
+    if (!usable) fprintf(stderr, "    (AVX-512 is not usable here: the im2col path only)\n");
+    ref_rng r = {37};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const size_t cin = cases[t][0], H = cases[t][1], W = cases[t][2], cout = cases[t][3];
+        const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
+        const size_t nw = cout * cin * 9;
+        const ngd_conv_geom G = {cin, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        nn_conv2d l[2];
+        for (int v = 0; v < 2; v++) {
+            nn_rng rng;
+            nn_rng_seed(&rng, 13);
+            CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
+        }
+        CHECK(l[0].direct == usable && l[0].direct_t == (usable && cin % 8 == 0));
+        l[1].direct = l[1].direct_t = false;
+        float *x = malloc(nx * 4), *dy = malloc(ny * 4), *dx0 = malloc(nx * 4);
+        fill(&r, x, nx, -1, 1);
+        fill(&r, dy, ny, -1, 1);
+        fill(&r, dx0, nx, -1, 1);
+        double *wy = calloc(ny, 8), *my = calloc(ny, 8), *wdx = calloc(nx, 8), *mdx = calloc(nx, 8);
+        double *wdw = calloc(nw, 8), *mdw = calloc(nw, 8);
+        for (size_t n = 0; n < N; n++)
+            for (size_t co = 0; co < cout; co++)
+                for (size_t o = 0; o < L; o++) {
+                    const size_t iy = (n * cout + co) * L + o, o1 = o / W, o2 = o % W;
+                    wy[iy] = (double)l[0].b[co], my[iy] = fabs(wy[iy]);
+                    for (size_t c = 0; c < cin; c++)
+                        for (size_t k = 0; k < 9; k++) {
+                            const size_t i1 = o1 + k / 3, i2 = o2 + k % 3; // padded
+                            if (i1 < 1 || i2 < 1 || i1 > H || i2 > W) continue;
+                            const size_t ix = ((n * cin + c) * H + i1 - 1) * W + i2 - 1;
+                            const double w = (double)l[0].w[(co * cin + c) * 9 + k];
+                            wy[iy] += (double)x[ix] * w, my[iy] += fabs((double)x[ix] * w);
+                            wdx[ix] += (double)dy[iy] * w, mdx[ix] += fabs((double)dy[iy] * w);
+                            const double g = (double)dy[iy] * (double)x[ix];
+                            wdw[(co * cin + c) * 9 + k] += g,
+                                mdw[(co * cin + c) * 9 + k] += fabs(g);
+                        }
+                }
+        uint64_t fl[2];
+        for (int v = 0; v < 2; v++) {
+            float *y = malloc(ny * 4), *dx = malloc(nx * 4);
+            const uint64_t f0 = nn_flop_count();
+            nn_conv2d_forward(&l[v], x, y, N);
+            fl[v] = nn_flop_count() - f0;
+            size_t bad = 0;
+            for (size_t i = 0; i < ny; i++)
+                bad += !(fabs((double)y[i] - wy[i]) <=
+                         (double)(9 * cin + 3) * ldexp(1.0, -24) * my[i] * 1.02 + 1e-30);
+            CHECK_MSG(bad == 0, "case %zu path %d: %zu outputs off", t, v, bad);
+            for (size_t i = 0; i < nx; i++)
+                dx[i] = NAN; // written
+            nn_conv2d_backward_set(&l[v], dy, dx);
+            bad = 0;
+            for (size_t i = 0; i < nx; i++)
+                bad += !(fabs((double)dx[i] - wdx[i]) <=
+                         (double)(9 * cout + 2) * ldexp(1.0, -24) * mdx[i] * 1.02 + 1e-30);
+            CHECK_MSG(bad == 0, "case %zu path %d: %zu dx written off", t, v, bad);
+            // added onto a nonzero dx
+            nn_conv2d_forward(&l[v], x, y, N);
+            memcpy(dx, dx0, nx * 4);
+            nn_conv2d_backward(&l[v], dy, dx);
+            bad = 0;
+            for (size_t i = 0; i < nx; i++) {
+                const double want = wdx[i] + (double)dx0[i], m = mdx[i] + fabs((double)dx0[i]);
+                bad += !(fabs((double)dx[i] - want) <=
+                         (double)(9 * cout + 3) * ldexp(1.0, -24) * m * 1.02 + 1e-30);
+            }
+            CHECK_MSG(bad == 0, "case %zu path %d: %zu dx added off", t, v, bad);
+            // dW: the same sum twice
+            bad = 0;
+            for (size_t i = 0; i < nw; i++)
+                bad += !(fabs((double)l[v].dw[i] / 2 - wdw[i]) <=
+                         (double)(N * L + 2) * ldexp(1.0, -24) * mdw[i] * 1.02 + 1e-30);
+            CHECK(bad == 0);
+            free(y), free(dx);
+        }
+        CHECK(fl[0] == fl[1] && fl[0] == 2 * (uint64_t)N * cout * cin * 9 * L);
+        free(x), free(dy), free(dx0), free(wy), free(my), free(wdx), free(mdx), free(wdw),
+            free(mdw);
+        nn_conv2d_free(&l[0]), nn_conv2d_free(&l[1]);
+    }
+}
+
 // BN-ReLU straight into 2x2 max pooling (the last block of a CNN stage) equals BN-ReLU,
 // then the pool: the same bits of the output, argmax and statistics, in training (two-pass
 // and moments) and evaluation, f32 and bf16 out; with ties, NaN, an odd height (the last
@@ -1639,6 +1735,7 @@ static const test_case TESTS[] = {
     TEST(batchnorm_forward_should_match_formulas),
     TEST(conv_bn_relu_block_statistics_should_match_the_two_pass_ones),
     TEST(batchnorm_relu_maxpool_should_equal_bn_relu_then_pool),
+    TEST(conv3x3_direct_should_match_float64_and_the_im2col_path),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),
     TEST(activation_approximations_should_match_libm),

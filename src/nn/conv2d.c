@@ -135,9 +135,22 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
                           sizeof(float));
         l->pad = nn_calloc(nn_mul(l->nthr, l->pad_n), 1);
     }
+    // f32 3x3 'same' layers without im2col (conv_direct.c): forward and, on wflip, dx
+    const bool same3 = geom->k1 == 3 && geom->k2 == 3 && geom->s1 == 1 && geom->s2 == 1 &&
+                       geom->p1 == 1 && geom->p2 == 1 && geom->dil1 == 1 && geom->dil2 == 1 &&
+                       geom->groups == 1 && nn_conv3x3_direct_usable();
+    l->direct = same3 && nn_conv3x3_direct_fits(geom->c_in, geom->h, geom->w, c_out);
+    l->direct_t = same3 && tconv && nn_conv3x3_direct_fits(c_out, geom->h, geom->w, geom->c_in);
+    if (l->direct || l->direct_t) {
+        const size_t cmax = l->direct_t && c_out > geom->c_in ? c_out : geom->c_in;
+        l->xpd_n = nn_conv3x3_direct_pad_n(cmax, geom->h, geom->w);
+        l->xpd = nn_malloc(nn_mul(l->nthr, l->xpd_n), sizeof(float));
+        for (size_t t = 0; l->xpd && t < l->nthr; t++)
+            nn_conv3x3_direct_pad_init(l->xpd + t * l->xpd_n, cmax, geom->h, geom->w);
+    }
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
         (l->chunk > 1 && !l->ybuf) || !l->dwpart || (tconv && !l->wflip) || (padded && !l->pad) ||
-        !l->moments) {
+        !l->moments || ((l->direct || l->direct_t) && !l->xpd)) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -170,6 +183,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->xs);
     free(l->dyp);
     free(l->dwt);
+    free(l->xpd);
     memset(l, 0, sizeof *l);
 }
 
@@ -260,6 +274,9 @@ static uint16_t *x16_of(const nn_conv2d *l, size_t t) {
 static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
     return l->dyx16 + t * l->chunk * l->c_out * l->oh * l->ow;
 }
+
+// Thread t's zero-bordered f32 planes of the direct path (NULL for other layers)
+static float *xpd_of(const nn_conv2d *l, size_t t) { return l->xpd ? l->xpd + t * l->xpd_n : NULL; }
 
 // The zero-bordered planes of thread t (NULL for layers without them)
 static unsigned char *pad_of(const nn_conv2d *l, size_t t) {
@@ -546,7 +563,11 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         nn_conv3x3_amx_pairs(xs16 + i * xs, G->c_in, G->h, G->w, xsb);
         nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, y + (n0 + i) * cout * L, false);
     }
-    for (size_t r0 = 0; r0 < OH && !amx; r0 += RB) {
+    const bool direct = !col16 && l->direct; // f32: each image without im2col, into y
+    for (size_t i = 0; direct && i < nb; i++)
+        nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->w, cout,
+                          y + (n0 + i) * cout * L, false, xpd_of(l, (size_t)nn_thread_num()));
+    for (size_t r0 = 0; r0 < OH && !amx && !direct; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
         float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
@@ -568,7 +589,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         for (size_t co = 0; co < cout; co++) {
             float *dst = y + ((n0 + i) * cout + co) * L;
             const float bo = l->b ? l->b[co] : 0.0f;
-            if (nb == 1 || amx) { // (in place)
+            if (nb == 1 || amx || direct) { // (in place)
                 if (l->b)
                     for (size_t p = 0; p < L; p++)
                         dst[p] += bo;
@@ -729,6 +750,12 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         }
     }
     if (!dx || !l->wflip) return;
+    if (!dy16 && dy && l->direct_t) { // f32: the transposed convolution image by image
+        for (size_t i = 0; i < nb; i++)
+            nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wflip, G->c_in,
+                              dx + (n0 + i) * xs, !set, xpd_of(l, (size_t)nn_thread_num()));
+        return;
+    }
     if (dy16 && l->amx_t) { // the transposed convolution image by image on the tile unit
         for (size_t i = 0; i < nb; i++) {
             nn_conv3x3_amx_pairs(dyx + i * cout * L, cout, G->h, G->w, xsb);

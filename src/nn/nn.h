@@ -321,6 +321,12 @@ typedef struct {
     uint16_t *dyp;
     size_t dyp_n;
     float *dwt;
+    // f32 mode, 3x3 'same' layers that nn_conv3x3_direct fits, on a CPU with AVX-512: forward
+    // (direct) and the transposed convolution for dx (direct_t, on wflip) run image by image
+    // without im2col, through each thread's zero-bordered planes (xpd: nthr x xpd_n floats)
+    bool direct, direct_t;
+    float *xpd;
+    size_t xpd_n;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -381,6 +387,21 @@ void nn_conv3x3_amx_dw(const uint32_t *z, const uint16_t *dyp, size_t c, size_t 
 // padding 1; no bias)
 void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, size_t w, size_t co,
                     float *y, bool add);
+
+// ====== 3x3 'same' convolution of one f32 image by AVX-512 FMAs (conv_direct.c) ======
+
+// AVX-512F is there and the environment does not say NGD_CONV_DIRECT=0
+bool nn_conv3x3_direct_usable(void);
+// c input channels, h x w image (each at most 4096), co output channels: co a multiple of 8
+bool nn_conv3x3_direct_fits(size_t c, size_t h, size_t w, size_t co);
+// floats of the zero-bordered planes of c channels, and their zeroing (once: only their
+// interiors are written by nn_conv3x3_direct)
+size_t nn_conv3x3_direct_pad_n(size_t c, size_t h, size_t w);
+void nn_conv3x3_direct_pad_init(float *xp, size_t c, size_t h, size_t w);
+// y (co, h, w) = (add ? y : 0) + the convolution of x (c, h, w) by wt (co, c, 3, 3), stride
+// 1, padding 1, no bias; xp: nn_conv3x3_direct_pad_n(c, h, w) floats, zeroed once
+void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
+                       float *y, bool add, float *xp);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 
