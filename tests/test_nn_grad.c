@@ -810,13 +810,16 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
 // flipped weights) against float64 and against the im2col path of the same layer: y, dx
 // written (over NaN) and added, dW, and the FLOPs counted. Shapes: the first layer's 3
 // channels (dx then stays on im2col), rows shorter and longer than a 48-position block,
-// odd sizes, a 1x1 image, several images per chunk. The bound is a float sum's
+// odd sizes, one row, 136 channels (forward on im2col, dx direct), an image too small for
+// the path. The bound is a float sum's
 // (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
 static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
-    const size_t cases[][5] = {// c_in, h, w, c_out, N
-                               {3, 32, 32, 32, 2}, {32, 16, 16, 64, 3}, {16, 7, 5, 8, 4},
-                               {8, 1, 1, 8, 2},    {64, 4, 4, 32, 5},   {24, 9, 33, 16, 1},
-                               {16, 10, 7, 16, 2}}; // (a vector starting on a row's last pad)
+    const size_t cases[][5] = {
+        // c_in, h, w, c_out, N
+        {3, 32, 32, 32, 2},  {32, 16, 16, 64, 3}, {8, 17, 19, 8, 3}, {8, 1, 300, 8, 2},
+        {24, 9, 33, 16, 1},  {16, 10, 27, 16, 2}, // (a vector starting on a row's last pad)
+        {136, 16, 16, 8, 1},                      // (forward on im2col: 136 channels)
+        {16, 7, 5, 8, 4}};                        // (too small: im2col both ways)
     const bool usable = nn_conv3x3_direct_usable();
     if (!usable) fprintf(stderr, "    (AVX-512 is not usable here: the im2col path only)\n");
     ref_rng r = {37};
@@ -831,7 +834,9 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
             nn_rng_seed(&rng, 13);
             CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
         }
-        CHECK(l[0].direct == usable && l[0].direct_t == (usable && cin % 8 == 0));
+        CHECK(l[0].direct == (usable && nn_conv3x3_direct_fits(cin, H, W, cout)) &&
+              l[0].direct_t == (usable && nn_conv3x3_direct_fits(cout, H, W, cin)));
+        if (t < 7) CHECK(l[0].direct || l[0].direct_t || !usable);
         l[1].direct = l[1].direct_t = false;
         float *x = malloc(nx * 4), *dy = malloc(ny * 4), *dx0 = malloc(nx * 4);
         fill(&r, x, nx, -1, 1);

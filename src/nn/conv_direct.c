@@ -1,7 +1,8 @@
 /*
  * conv_direct.c — a 3x3 'same' convolution (stride 1, padding 1, no groups) of one f32 image
  * by AVX-512 FMAs, without im2col: the f32 mode's forward and input gradient (the transposed
- * convolution, on the flipped weights) for layers with a multiple of 8 output channels.
+ * convolution, on the flipped weights) for layers with a multiple of 8 output channels, at
+ * most 128 input channels and images of 256 pixels or more.
  *
  * Why: im2col copies each input value 9 times before its GEMM (13 % of the f32 cnn step in
  * perf, most of it libc's memmove), and the GEMMs of a 32- or 64-channel layer run at
@@ -27,9 +28,17 @@
 
 #include "nn.h"
 
-#define CB    8  // output channels of a block
-#define PV    3  // 16-wide vectors of positions of a block
-#define SLACK 64 // floats after each padded plane: a block's last vectors read past the grid
+#define CB    8 // output channels of a block
+#define PV    3 // 16-wide vectors of positions of a block
+#define SLACK 64
+// Where it pays (vgg16bn, f32, interleaved): on images of fewer pixels a 48-position block is
+// mostly padding (a 2x2 image: 8 of 48 used) and the im2col GEMM of a chunk of images shares
+// its weights, and with many input channels a block's weights (8 x c x 9 floats) leave L1.
+// With every 3x3 layer on this path vgg16bn's forward went 273 -> 565 ms; with these limits
+// it is as before (the cnn's layers all pass).
+#define DIRECT_MIN_HW 256
+#define DIRECT_MAX_C                                                                               \
+    128 // floats after each padded plane: a block's last vectors read past the grid
 
 bool nn_conv3x3_direct_usable(void) {
     static atomic_int state; // 0 unknown, 1 usable, 2 not
@@ -49,7 +58,8 @@ bool nn_conv3x3_direct_usable(void) {
 }
 
 bool nn_conv3x3_direct_fits(size_t c, size_t h, size_t w, size_t co) {
-    return c >= 1 && co % CB == 0 && h >= 1 && w >= 1 && h <= 4096 && w <= 4096;
+    return c >= 1 && co % CB == 0 && h >= 1 && w >= 1 && h <= 4096 && w <= 4096 &&
+           h * w >= DIRECT_MIN_HW && c <= DIRECT_MAX_C;
 }
 
 // floats of one padded plane and its slack

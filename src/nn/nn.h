@@ -392,7 +392,8 @@ void nn_conv3x3_amx(const uint32_t *xs, const uint16_t *wt, size_t c, size_t h, 
 
 // AVX-512F is there and the environment does not say NGD_CONV_DIRECT=0
 bool nn_conv3x3_direct_usable(void);
-// c input channels, h x w image (each at most 4096), co output channels: co a multiple of 8
+// c input channels, h x w image (each at most 4096), co output channels: co a multiple of 8,
+// c at most 128, h·w at least 256 (where it is faster than im2col)
 bool nn_conv3x3_direct_fits(size_t c, size_t h, size_t w, size_t co);
 // floats of the zero-bordered planes of c channels, and their zeroing (once: only their
 // interiors are written by nn_conv3x3_direct)
