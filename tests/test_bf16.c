@@ -835,7 +835,9 @@ static void conv2d_bf16_should_match_float64(void) {
 // more output channels than input and fewer, 64 channels (two K blocks a tap), a batch of
 // one with a 64-pixel image, and of five (a thread sums several samples' dW); odd segment
 // counts, widths that are not multiples of 16 and small images, several to a chunk (below).
-// Without AMX no layer may claim the path.
+// Without AMX no layer may claim the path. The same checks run on the direct AVX512-BF16
+// path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
+// channels (an odd pair: half zero) and a row of 27 among the shapes it takes.
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
                                {32, 16, 16, 32, 5},
@@ -848,26 +850,36 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                                {32, 7, 16, 64, 2},
                                {32, 4, 28, 32, 2},
                                {64, 8, 8, 32, 3},
-                               {32, 4, 4, 64, 5}};
-    const bool usable = nn_amx_usable();
+                               {32, 4, 4, 64, 5},
+                               {3, 16, 16, 32, 2},
+                               {16, 10, 27, 16, 2}};
+    const bool usable = nn_amx_usable(), d16 = nn_conv3x3_direct16_usable();
     if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
+    if (!d16) fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
     trng r = {31};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t cin = cases[t][0], H = cases[t][1], W = cases[t][2], cout = cases[t][3];
         const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
         const size_t nw = cout * cin * 9;
         const ngd_conv_geom G = {cin, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1};
-        nn_conv2d l[2];
-        for (int v = 0; v < 2; v++) {
+        nn_conv2d l[3];
+        for (int v = 0; v < 3; v++) {
             nn_rng rng;
             nn_rng_seed(&rng, 11);
             CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
             CHECK(nn_conv2d_use_bf16(&l[v]) == NN_OK);
         }
-        CHECK(l[0].amx == usable && l[0].amx_t == usable);
-        l[1].amx = l[1].amx_t = false;
+        const bool fits = usable && nn_conv3x3_amx_fits(cin, H, W, cout),
+                   fits_t = usable && nn_conv3x3_amx_fits(cout, H, W, cin);
+        CHECK(l[0].amx == fits && l[0].amx_t == fits_t);
+        CHECK(l[0].direct16 == (!fits && l[0].direct && d16) &&
+              l[0].direct16_t == (!fits_t && l[0].direct_t && d16));
+        l[1].amx = l[1].amx_t = l[1].direct16 = l[1].direct16_t = false; // im2col
+        l[2].amx = l[2].amx_t = false;                                   // direct where it fits
+        l[2].direct16 = l[2].direct && d16, l[2].direct16_t = l[2].direct_t && d16;
+        if (t >= 8) CHECK(!d16 || l[2].direct16 || l[2].direct16_t);
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
-        float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[2], *dx[2];
+        float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[3], *dx[3];
         uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2), *w16 = malloc(nw * 2);
         tfill(&r, x, nx, -1, 1);
         tfill(&r, dy, ny, -1, 1);
@@ -898,10 +910,12 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                                 mdw[(co * cin + c) * 9 + k] += fabs(g);
                         }
                 }
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < 3; v++) {
             y[v] = malloc(ny * 4), dx[v] = malloc(nx * 4);
             float *yb = malloc(ny * 4);
+            const uint64_t f0 = nn_flop_count();
             nn_conv2d_forward(&l[v], x, y[v], N);
+            CHECK(nn_flop_count() - f0 == 2 * (uint64_t)N * cout * cin * 9 * L); // every path
             size_t bad = 0;
             for (size_t i = 0; i < ny; i++)
                 bad += !(fabs((double)y[v][i] - wy[i]) <=
@@ -936,8 +950,8 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                          (double)(N * L + 1) * ldexp(1.0, -24) * mdw[i] * 1.02 + 1e-30);
             CHECK(bad == 0);
         }
-        CHECK(memcmp(l[0].db, l[1].db, cout * 4) == 0);
-        for (int v = 0; v < 2; v++)
+        CHECK(memcmp(l[0].db, l[1].db, cout * 4) == 0 && memcmp(l[2].db, l[1].db, cout * 4) == 0);
+        for (int v = 0; v < 3; v++)
             nn_conv2d_free(&l[v]), free(y[v]), free(dx[v]);
         free(x), free(xr), free(dy), free(wr), free(dx0), free(x16), free(dy16), free(w16);
         free(wy), free(my), free(wdx), free(mdx), free(wdw), free(mdw);

@@ -184,6 +184,8 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dyp);
     free(l->dwt);
     free(l->xpd);
+    free(l->wp);
+    free(l->wpf);
     memset(l, 0, sizeof *l);
 }
 
@@ -242,6 +244,21 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
             l->dwt = nn_malloc(nn_mul(l->nthr, nn_mul(l->c_out, l->d_in)), sizeof(float));
         }
         if (l->amx_t) l->wtf = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
+    }
+    // without AMX, on AVX512-BF16: the direct layers' bf16 twin (conv_direct.c), in pairs
+    // (its buffers also where AMX takes the layer: a test may clear amx and set direct16)
+    const bool d16 = nn_conv3x3_direct16_usable();
+    l->direct16 = l->direct && !l->amx && d16;
+    l->direct16_t = l->direct_t && !l->amx_t && d16;
+    if (l->direct && d16)
+        l->wp = nn_malloc(nn_conv3x3_direct16_wp_n(l->c_out, G->c_in), sizeof(uint32_t));
+    if (l->direct_t && d16)
+        l->wpf = nn_malloc(nn_conv3x3_direct16_wp_n(G->c_in, l->c_out), sizeof(uint32_t));
+    if (l->xpd) memset(l->xpd, 0, l->nthr * l->xpd_n * sizeof(float)); // (pair planes now)
+    if ((l->direct && d16 && !l->wp) || (l->direct_t && d16 && !l->wpf)) {
+        free(l->wp), free(l->wpf);
+        l->wp = l->wpf = NULL;
+        l->direct16 = l->direct16_t = false;
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
@@ -563,10 +580,16 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
         nn_conv3x3_amx_pairs(xs16 + i * xs, G->c_in, G->h, G->w, xsb);
         nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, y + (n0 + i) * cout * L, false);
     }
-    const bool direct = !col16 && l->direct; // f32: each image without im2col, into y
-    for (size_t i = 0; direct && i < nb; i++)
-        nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->w, cout,
-                          y + (n0 + i) * cout * L, false, xpd_of(l, (size_t)nn_thread_num()));
+    // each image without im2col, into y: f32, or bf16 pairs (where AMX is not used)
+    const bool direct = col16 ? l->direct16 && !amx : l->direct;
+    for (size_t i = 0; direct && i < nb; i++) {
+        float *xp = xpd_of(l, (size_t)nn_thread_num()), *yi = y + (n0 + i) * cout * L;
+        if (col16)
+            nn_conv3x3_direct16(xs16 + i * xs, G->c_in, G->h, G->w, l->wp, cout, yi, false,
+                                (uint32_t *)xp);
+        else
+            nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->w, cout, yi, false, xp);
+    }
     for (size_t r0 = 0; r0 < OH && !amx && !direct; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
@@ -615,6 +638,8 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         nn_conv3x3_amx_pack(l->w, l->c_out, l->geom.c_in, l->wt);
     else if (l->w16)
         nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
+    if (l->w16 && l->direct16) // (the direct ones read theirs in pairs)
+        nn_conv3x3_direct16_pack(l->w, l->c_out, l->geom.c_in, l->wp);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
@@ -756,6 +781,13 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
                               dx + (n0 + i) * xs, !set, xpd_of(l, (size_t)nn_thread_num()));
         return;
     }
+    if (dy16 && l->direct16_t) { // bf16 pairs: the transposed convolution image by image
+        for (size_t i = 0; i < nb; i++)
+            nn_conv3x3_direct16(dyx + i * cout * L, cout, G->h, G->w, l->wpf, G->c_in,
+                                dx + (n0 + i) * xs, !set,
+                                (uint32_t *)xpd_of(l, (size_t)nn_thread_num()));
+        return;
+    }
     if (dy16 && l->amx_t) { // the transposed convolution image by image on the tile unit
         for (size_t i = 0; i < nb; i++) {
             nn_conv3x3_amx_pairs(dyx + i * cout * L, cout, G->h, G->w, xsb);
@@ -814,6 +846,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             nn_conv3x3_amx_pack(l->wflip, cin, cout, l->wtf);
         else if (l->wflip16)
             nn_bf16_encode(l->wflip, l->wflip16, cout * din);
+        if (l->w16 && l->direct16_t) nn_conv3x3_direct16_pack(l->wflip, cin, cout, l->wpf);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)

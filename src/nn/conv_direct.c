@@ -80,6 +80,34 @@ static __mmask16 valid_lanes(size_t q, size_t pw, size_t w, size_t nq) {
     return (__mmask16)m;
 }
 
+// The block of positions from q0: each vector's valid lanes, and the output index of its
+// first valid lane (the valid lanes are consecutive outputs: a row's end, the next's start)
+static void block_lanes(size_t q0, size_t pw, size_t w, size_t nq, __mmask16 mk[PV],
+                        size_t at[PV]) {
+    for (int v = 0; v < PV; v++) {
+        const size_t q = q0 + 16 * (size_t)v;
+        mk[v] = valid_lanes(q, pw, w, nq);
+        size_t f = q; // first valid position at or after q (if any lane is valid)
+        if (f % pw >= w) f += pw - f % pw;
+        at[v] = f / pw * w + f % pw;
+    }
+}
+
+// y's planes o0.. (of hw outputs each) get the block's valid lanes, written or added
+__attribute__((target("avx512f"))) static void block_store(__m512 acc[CB][PV], float *y, size_t hw,
+                                                           const __mmask16 mk[PV],
+                                                           const size_t at[PV], bool add) {
+    for (int i = 0; i < CB; i++) {
+        float *yo = y + (size_t)i * hw;
+        for (int v = 0; v < PV; v++) {
+            if (!mk[v]) continue;
+            __m512 r = acc[i][v];
+            if (add) r = _mm512_add_ps(_mm512_maskz_expandloadu_ps(mk[v], yo + at[v]), r);
+            _mm512_mask_compressstoreu_ps(yo + at[v], mk[v], r);
+        }
+    }
+}
+
 __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c, size_t h, size_t w,
                                                       const float *wt, size_t co, float *y,
                                                       bool add) {
@@ -87,14 +115,8 @@ __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c,
     const size_t off[9] = {0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2};
     for (size_t q0 = 0; q0 < nq; q0 += 16 * PV) {
         __mmask16 mk[PV];
-        size_t at[PV]; // the output index of each vector's first valid lane
-        for (int v = 0; v < PV; v++) {
-            const size_t q = q0 + 16 * (size_t)v;
-            mk[v] = valid_lanes(q, pw, w, nq);
-            size_t f = q; // first valid position at or after q (if any lane is valid)
-            if (f % pw >= w) f += pw - f % pw;
-            at[v] = f / pw * w + f % pw;
-        }
+        size_t at[PV];
+        block_lanes(q0, pw, w, nq, mk, at);
         for (size_t o0 = 0; o0 < co; o0 += CB) {
             __m512 acc[CB][PV];
             for (int i = 0; i < CB; i++)
@@ -113,16 +135,44 @@ __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c,
                     }
                 }
             }
-            // the valid lanes are consecutive outputs: a row's end and the next row's start
-            for (int i = 0; i < CB; i++) {
-                float *yo = y + (o0 + (size_t)i) * h * w;
-                for (int v = 0; v < PV; v++) {
-                    if (!mk[v]) continue;
-                    __m512 r = acc[i][v];
-                    if (add) r = _mm512_add_ps(_mm512_maskz_expandloadu_ps(mk[v], yo + at[v]), r);
-                    _mm512_mask_compressstoreu_ps(yo + at[v], mk[v], r);
+            block_store(acc, y + o0 * h * w, h * w, mk, at, add);
+        }
+    }
+}
+
+// The same on bf16 pairs: xp holds pairs of channels (2cp, 2cp+1) interleaved, one uint32
+// per position; wp[(co, cp, tap)] the weights' pairs; vdpbf16ps sums each pair's two
+// products into the f32 lane.
+__attribute__((target("avx512f,avx512bf16"))) static void direct16(const uint32_t *xp, size_t np,
+                                                                   size_t h, size_t w,
+                                                                   const uint32_t *wp, size_t co,
+                                                                   float *y, bool add) {
+    const size_t pw = w + 2, pp = plane_n(h, w), nq = h * pw;
+    const size_t off[9] = {0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2};
+    for (size_t q0 = 0; q0 < nq; q0 += 16 * PV) {
+        __mmask16 mk[PV];
+        size_t at[PV];
+        block_lanes(q0, pw, w, nq, mk, at);
+        for (size_t o0 = 0; o0 < co; o0 += CB) {
+            __m512 acc[CB][PV];
+            for (int i = 0; i < CB; i++)
+                for (int v = 0; v < PV; v++)
+                    acc[i][v] = _mm512_setzero_ps();
+            for (size_t cp = 0; cp < np; cp++) {
+                const uint32_t *xc = xp + cp * pp + q0, *wc = wp + (o0 * np + cp) * 9;
+                for (int t = 0; t < 9; t++) {
+                    __m512bh xv[PV];
+                    for (int v = 0; v < PV; v++)
+                        xv[v] = (__m512bh)_mm512_loadu_si512(xc + off[t] + 16 * (size_t)v);
+                    for (int i = 0; i < CB; i++) {
+                        const __m512bh wb =
+                            (__m512bh)_mm512_set1_epi32((int)wc[(size_t)i * np * 9 + (size_t)t]);
+                        for (int v = 0; v < PV; v++)
+                            acc[i][v] = _mm512_dpbf16_ps(acc[i][v], wb, xv[v]);
+                    }
                 }
             }
+            block_store(acc, y + o0 * h * w, h * w, mk, at, add);
         }
     }
 }
@@ -140,5 +190,66 @@ void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float
     nn_flop_add(2 * (uint64_t)(h * w) * co * 9 * c); // (not the padding columns' products)
 #else
     (void)wt, (void)co, (void)y, (void)add;
+#endif
+}
+
+// ---- bf16 pairs ----
+
+bool nn_conv3x3_direct16_usable(void) {
+    static atomic_int state; // 0 unknown, 1 usable, 2 not
+    int s = atomic_load_explicit(&state, memory_order_relaxed);
+    if (s == 0) {
+        bool ok = nn_conv3x3_direct_usable();
+#ifdef NN_HAVE_DIRECT_CODE
+        ok = ok && __builtin_cpu_supports("avx512bf16");
+#endif
+        s = ok ? 1 : 2;
+        atomic_store_explicit(&state, s, memory_order_relaxed);
+    }
+    return s == 1;
+}
+
+size_t nn_conv3x3_direct16_pad_n(size_t c, size_t h, size_t w) {
+    return (c + 1) / 2 * plane_n(h, w);
+}
+
+size_t nn_conv3x3_direct16_wp_n(size_t co, size_t c) { return co * ((c + 1) / 2) * 9; }
+
+void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp) {
+    const size_t np = (c + 1) / 2;
+    for (size_t o = 0; o < co; o++)
+        for (size_t cp = 0; cp < np; cp++)
+            for (size_t t = 0; t < 9; t++) {
+                const uint32_t lo = nn_to_bf16(wt[(o * c + 2 * cp) * 9 + t]);
+                const uint32_t hi =
+                    2 * cp + 1 < c ? nn_to_bf16(wt[(o * c + 2 * cp + 1) * 9 + t]) : 0;
+                wp[(o * np + cp) * 9 + t] = lo | hi << 16;
+            }
+}
+
+void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
+                         size_t co, float *y, bool add, uint32_t *xp) {
+    NN_ASSERT(nn_conv3x3_direct16_usable() && nn_conv3x3_direct_fits(c, h, w, co));
+    const size_t pw = w + 2, pp = plane_n(h, w), np = (c + 1) / 2, hw = h * w;
+    for (size_t cp = 0; cp < np; cp++) { // the interiors: channels 2cp and 2cp+1 interleaved
+        const uint16_t *a = x + 2 * cp * hw, *b = 2 * cp + 1 < c ? a + hw : NULL;
+        for (size_t r = 0; r < h; r++) {
+            uint32_t *o = xp + cp * pp + (r + 1) * pw + 1;
+            const uint16_t *ar = a + r * w;
+            if (b) {
+                const uint16_t *br = b + r * w;
+                for (size_t i = 0; i < w; i++)
+                    o[i] = (uint32_t)ar[i] | (uint32_t)br[i] << 16;
+            } else {
+                for (size_t i = 0; i < w; i++)
+                    o[i] = ar[i];
+            }
+        }
+    }
+#ifdef NN_HAVE_DIRECT_CODE
+    direct16(xp, np, h, w, wp, co, y, add);
+    nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
+#else
+    (void)wp, (void)co, (void)y, (void)add;
 #endif
 }

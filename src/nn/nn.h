@@ -327,6 +327,11 @@ typedef struct {
     bool direct, direct_t;
     float *xpd;
     size_t xpd_n;
+    // bf16 mode, the same layers where AMX is not used and the CPU has AVX512-BF16
+    // (nn_conv3x3_direct16): xpd holds bf16 pair planes, wp / wpf the weights' / wflip's
+    // pairs, packed each pass
+    bool direct16, direct16_t;
+    uint32_t *wp, *wpf;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -403,6 +408,16 @@ void nn_conv3x3_direct_pad_init(float *xp, size_t c, size_t h, size_t w);
 // 1, padding 1, no bias; xp: nn_conv3x3_direct_pad_n(c, h, w) floats, zeroed once
 void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
                        float *y, bool add, float *xp);
+// The same for bf16 mode on AVX512-BF16 (nn_conv3x3_direct16_usable): the bf16 image x, the
+// weights in bf16 pairs of input channels (wp: nn_conv3x3_direct16_wp_n uint32, packed from
+// f32 (co, c, 3, 3) by nn_conv3x3_direct16_pack), xp: nn_conv3x3_direct16_pad_n(c, h, w)
+// uint32 of zero-bordered pair planes, zeroed once. Same fits.
+bool nn_conv3x3_direct16_usable(void);
+size_t nn_conv3x3_direct16_pad_n(size_t c, size_t h, size_t w);
+size_t nn_conv3x3_direct16_wp_n(size_t co, size_t c);
+void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp);
+void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
+                         size_t co, float *y, bool add, uint32_t *xp);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 
