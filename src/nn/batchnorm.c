@@ -275,8 +275,11 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
 #pragma omp simd reduction(+ : r1, r2)
 #endif
                 for (size_t p = 0; p < HW; p++) {
-                    const float xh = (x[off + p] - mean) * invstd;
-                    const float g = w * xh + b > 0.0f ? dy[off + p] : 0.0f;
+                    // (dy read whatever the mask: a conditional load kept GCC from
+                    // vectorising this loop without AVX, so its sums took another order
+                    // than the plain BatchNorm's, and NATIVE=0 builds differed from it)
+                    const float xh = (x[off + p] - mean) * invstd, d = dy[off + p];
+                    const float g = w * xh + b > 0.0f ? d : 0.0f;
                     r1 += g;
                     r2 += g * xh;
                 }
