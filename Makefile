@@ -300,4 +300,6 @@ tidy:
 clean:
 	rm -rf build build-san
 
--include $(shell find build build-san -name '*.d' 2>/dev/null)
+# (every build folder's header dependencies, BUILD=... ones too: without them an object of a
+# custom BUILD kept an old struct layout after a header changed)
+-include $(shell find $(sort build build-san $(BUILD)) -name '*.d' 2>/dev/null)
