@@ -189,7 +189,7 @@ test: deps-test
 .PHONY: stage
 stage: all
 	@rm -rf $(BUILD)/stage
-	@$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(BUILD)/stage
+	@$(MAKE) --no-print-directory install PREFIX=$(abspath $(BUILD))/stage
 
 # `make fuzz`: the libFuzzer targets fuzz/fuzz_*.c, built with clang 14, ASan and UBSan
 # into build-fuzz/ (library and engine instrumented for coverage), each run FUZZ_SECONDS
