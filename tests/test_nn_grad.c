@@ -1208,9 +1208,10 @@ static void maxpool_should_match_naive_and_finite_differences(void) {
 
 // The 2x2 path's rule, against a plain window scan: ties to the first in window order, a
 // NaN always wins (the last NaN of the window), on ties placed in every position and a
-// window of two NaNs; bf16 output the f32 one rounded, the same argmax
-static void maxpool_2x2_should_keep_the_tie_and_nan_rule(void) {
-    const size_t N = 2, C = 3, H = 6, W = 8, HW = H * W, n = N * C * HW;
+// window of two NaNs; bf16 output the f32 one rounded, the same argmax. Rows of 4 windows
+// and of 21 (a whole 16-lane vector and a masked tail of 5; an odd width)
+static void maxpool_2x2_tie_and_nan_rule(size_t W) {
+    const size_t N = 2, C = 3, H = 6, HW = H * W, n = N * C * HW;
     nn_maxpool2d l;
     CHECK(nn_maxpool2d_init(&l, C, H, W, 2, 2, 0, N) == NN_OK);
     const size_t L = l.oh * l.ow, ny = N * C * L;
@@ -1219,7 +1220,9 @@ static void maxpool_2x2_should_keep_the_tie_and_nan_rule(void) {
     int32_t *arg = malloc(ny * sizeof *arg);
     for (size_t i = 0; i < n; i++) // small integers: many ties
         x[i] = (float)((i * 5 / 7) % 3);
-    x[3] = NAN, x[1] = NAN, x[W + 1] = NAN, x[HW + 2 * W + 1] = NAN; // x[1], x[W+1]: one window
+    x[3] = NAN, x[1] = NAN, x[W + 1] = NAN; // x[1], x[W+1]: one window
+    const uint32_t snan = 0x7f800001u;       // a NaN that bf16 rounding would turn into inf
+    memcpy(&x[HW + 2 * W + 1], &snan, sizeof snan);
     x[HW] = x[HW + 1] = 5, x[HW + W] = x[HW + W + 1] = 1;            // a tie in the top row
     for (size_t k = 0; k < 4; k++)                                   // all four equal
         x[2 * HW + (k / 2) * W + 2 + k % 2] = 5;
@@ -1250,6 +1253,11 @@ static void maxpool_2x2_should_keep_the_tie_and_nan_rule(void) {
     CHECK(ties > 10 && nans == 3); // the cases were there
     free(x), free(y), free(y16), free(arg);
     nn_maxpool2d_free(&l);
+}
+
+static void maxpool_2x2_should_keep_the_tie_and_nan_rule(void) {
+    for (size_t W = 8; W <= 43; W += 35)
+        maxpool_2x2_tie_and_nan_rule(W);
 }
 
 static void average_pools_should_match_finite_differences(void) {

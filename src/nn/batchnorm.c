@@ -155,26 +155,41 @@ static void channel_stats(nn_batchnorm *l, const float *x, const float *mom, siz
 
 // One plane of BN-ReLU, max(0, γ x̂ + β), pooled over 2x2 windows of stride 2 by
 // nn_maxpool2d's own 2x2 row kernel: y (or y16 rounded) and argmax of the (OH, OW)
-// outputs. The ReLU outputs of a pair of rows go through a buffer of at most BNP_COLS
-// columns, in vector code.
-#define BNP_COLS 512
+// outputs. The ReLU outputs go through a buffer of BNP_COLS floats, in vector code: the
+// whole plane at once when it fits (rows of 8 or 16 floats leave a loop per row mostly
+// scalar), else a pair of rows of at most BNP_COLS / 2 columns at a time.
+#define BNP_COLS 1024
 static void relu_pool_plane(const float *xp, float w, float b, float mean, float invstd, size_t W,
                             size_t OH, size_t OW, float *y, uint16_t *y16, int32_t *ap) {
-    float t[2][BNP_COLS];
+    float t[BNP_COLS];
+    if (2 * OH * W <= BNP_COLS) {
+        const size_t n = 2 * OH * W; // (an odd last row is not pooled)
+        for (size_t p = 0; p < n; p++) {
+            const float v = w * ((xp[p] - mean) * invstd) + b;
+            t[p] = v > 0.0f ? v : 0.0f;
+        }
+        for (size_t o1 = 0; o1 < OH; o1++) {
+            const size_t r0 = 2 * o1 * W, o = o1 * OW;
+            nn_maxpool2x2_row(t + r0, t + r0 + W, OW, (int32_t)r0, (int32_t)(r0 + W),
+                              y ? y + o : NULL, y16 ? y16 + o : NULL, ap + o);
+        }
+        return;
+    }
     for (size_t o1 = 0; o1 < OH; o1++)
-        for (size_t q0 = 0; q0 < OW; q0 += BNP_COLS / 2) {
-            const size_t nq = OW - q0 < BNP_COLS / 2 ? OW - q0 : BNP_COLS / 2;
+        for (size_t q0 = 0; q0 < OW; q0 += BNP_COLS / 4) {
+            const size_t nq = OW - q0 < BNP_COLS / 4 ? OW - q0 : BNP_COLS / 4;
             for (int r = 0; r < 2; r++) {
                 const float *xr = xp + (2 * o1 + (size_t)r) * W + 2 * q0;
+                float *tr = t + (size_t)r * (BNP_COLS / 2);
                 for (size_t p = 0; p < 2 * nq; p++) {
                     const float v = w * ((xr[p] - mean) * invstd) + b;
-                    t[r][p] = v > 0.0f ? v : 0.0f;
+                    tr[p] = v > 0.0f ? v : 0.0f;
                 }
             }
             // the pool's own row kernel (its NaN case cannot arise: max(0, NaN) is 0 here)
             const size_t r0 = 2 * o1 * W + 2 * q0, o = o1 * OW + q0;
-            nn_maxpool2x2_row(t[0], t[1], nq, (int32_t)r0, (int32_t)(r0 + W), y ? y + o : NULL,
-                              y16 ? y16 + o : NULL, ap + o);
+            nn_maxpool2x2_row(t, t + BNP_COLS / 2, nq, (int32_t)r0, (int32_t)(r0 + W),
+                              y ? y + o : NULL, y16 ? y16 + o : NULL, ap + o);
         }
 }
 

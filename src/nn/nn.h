@@ -45,6 +45,9 @@
 #include <string.h>
 
 #include <ngd.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 // ====== Status, asserts, OpenMP ======
 
@@ -545,6 +548,49 @@ void nn_maxpool2d_free(nn_maxpool2d *l);
 // One output row of 2x2 / stride-2 max pooling: nq windows over input rows x0 and x1 (2·nq
 // values each), whose plane offsets start at a0 and a1; into y (or y16 rounded) and arg.
 // Ties go to the first in window order; a NaN always wins (NaNs propagate, the last one).
+#if defined(__AVX512F__)
+// In 16 lanes with masked tails (the plain loop below left rows of fewer than 16 windows,
+// the 16x16 planes of the cnn's second stage, to scalar code with a branch per compare:
+// its fused BN-ReLU-pool took 4.2 ms a step against 2.0 for a plane 4x the size)
+static inline void nn_maxpool2x2_row(const float *x0, const float *x1, size_t nq, int32_t a0,
+                                     int32_t a1, float *y, uint16_t *y16, int32_t *arg) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    for (size_t q = 0; q < nq; q += 16) {
+        const unsigned m = nq - q < 16 ? (unsigned)(nq - q) : 16u; // windows in this vector
+        const __mmask16 km = (__mmask16)((1u << m) - 1u);
+        const __mmask16 klo = (__mmask16)(m >= 8 ? 0xffffu : (1u << (2 * m)) - 1u);
+        const __mmask16 khi = (__mmask16)(m <= 8 ? 0u : (1u << (2 * m - 16)) - 1u);
+        const float *p0 = x0 + 2 * q, *p1 = x1 + 2 * q;
+        const __m512 l0 = _mm512_maskz_loadu_ps(klo, p0), h0 = _mm512_maskz_loadu_ps(khi, p0 + 16);
+        const __m512 l1 = _mm512_maskz_loadu_ps(klo, p1), h1 = _mm512_maskz_loadu_ps(khi, p1 + 16);
+        const __m512 v[4] = {_mm512_permutex2var_ps(l0, ev, h0), _mm512_permutex2var_ps(l0, od, h0),
+                             _mm512_permutex2var_ps(l1, ev, h1), _mm512_permutex2var_ps(l1, od, h1)};
+        const __m512i i2 = _mm512_add_epi32(_mm512_set1_epi32(2 * (int32_t)q), ev); // 2q + 2 lane
+        const int32_t off[4] = {a0, a0 + 1, a1, a1 + 1};
+        __m512 best = v[0];
+        __m512i at = _mm512_add_epi32(i2, _mm512_set1_epi32(a0));
+        for (int k = 1; k < 4; k++) { // MAXPOOL_TAKE: greater, or a NaN
+            const __mmask16 t = _mm512_cmp_ps_mask(v[k], best, _CMP_GT_OQ) |
+                                _mm512_cmp_ps_mask(v[k], v[k], _CMP_UNORD_Q);
+            best = _mm512_mask_mov_ps(best, t, v[k]);
+            at = _mm512_mask_add_epi32(at, t, i2, _mm512_set1_epi32(off[k]));
+        }
+        if (y16) { // nn_to_bf16 in lanes: round to nearest even, a NaN kept quiet
+            const __m512i u = _mm512_castps_si512(best), hi = _mm512_srli_epi32(u, 16);
+            const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+            __m512i r = _mm512_srli_epi32(
+                _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+            const __mmask16 nan = _mm512_cmp_ps_mask(best, best, _CMP_UNORD_Q);
+            r = _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40));
+            _mm512_mask_cvtepi32_storeu_epi16(y16 + q, km, r);
+        } else {
+            _mm512_mask_storeu_ps(y + q, km, best);
+        }
+        _mm512_mask_storeu_epi32(arg + q, km, at);
+    }
+}
+#else
 static inline void nn_maxpool2x2_row(const float *x0, const float *x1, size_t nq, int32_t a0,
                                      int32_t a1, float *y, uint16_t *y16, int32_t *arg) {
     // pool.c's MAXPOOL_TAKE rule as selects, in vector lanes (inline: a row is 4 to 16
@@ -568,6 +614,7 @@ static inline void nn_maxpool2x2_row(const float *x0, const float *x1, size_t nq
         arg[q] = at;
     }
 }
+#endif
 
 typedef struct {
     size_t c, h, w, k, s, p, oh, ow; // zero padding counted in the divisor (PyTorch default)
