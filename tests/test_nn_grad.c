@@ -1221,10 +1221,10 @@ static void maxpool_2x2_tie_and_nan_rule(size_t W) {
     for (size_t i = 0; i < n; i++) // small integers: many ties
         x[i] = (float)((i * 5 / 7) % 3);
     x[3] = NAN, x[1] = NAN, x[W + 1] = NAN; // x[1], x[W+1]: one window
-    const uint32_t snan = 0x7f800001u;       // a NaN that bf16 rounding would turn into inf
+    const uint32_t snan = 0x7f800001u;      // a NaN that bf16 rounding would turn into inf
     memcpy(&x[HW + 2 * W + 1], &snan, sizeof snan);
-    x[HW] = x[HW + 1] = 5, x[HW + W] = x[HW + W + 1] = 1;            // a tie in the top row
-    for (size_t k = 0; k < 4; k++)                                   // all four equal
+    x[HW] = x[HW + 1] = 5, x[HW + W] = x[HW + W + 1] = 1; // a tie in the top row
+    for (size_t k = 0; k < 4; k++)                        // all four equal
         x[2 * HW + (k / 2) * W + 2 + k % 2] = 5;
     nn_maxpool2d_forward(&l, x, y, N);
     memcpy(arg, l.argmax, ny * sizeof *arg);

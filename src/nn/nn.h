@@ -565,7 +565,8 @@ static inline void nn_maxpool2x2_row(const float *x0, const float *x1, size_t nq
         const __m512 l0 = _mm512_maskz_loadu_ps(klo, p0), h0 = _mm512_maskz_loadu_ps(khi, p0 + 16);
         const __m512 l1 = _mm512_maskz_loadu_ps(klo, p1), h1 = _mm512_maskz_loadu_ps(khi, p1 + 16);
         const __m512 v[4] = {_mm512_permutex2var_ps(l0, ev, h0), _mm512_permutex2var_ps(l0, od, h0),
-                             _mm512_permutex2var_ps(l1, ev, h1), _mm512_permutex2var_ps(l1, od, h1)};
+                             _mm512_permutex2var_ps(l1, ev, h1),
+                             _mm512_permutex2var_ps(l1, od, h1)};
         const __m512i i2 = _mm512_add_epi32(_mm512_set1_epi32(2 * (int32_t)q), ev); // 2q + 2 lane
         const int32_t off[4] = {a0, a0 + 1, a1, a1 + 1};
         __m512 best = v[0];
