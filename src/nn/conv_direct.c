@@ -93,16 +93,19 @@ static void block_lanes(size_t q0, size_t pw, size_t w, size_t nq, __mmask16 mk[
     }
 }
 
-// y's planes o0.. (of hw outputs each) get the block's valid lanes, written or added
+// y's planes o0.. (of hw outputs each) get the block's valid lanes, written or added, then
+// the bias of each plane added (b: the block's, or NULL)
 __attribute__((target("avx512f"))) static void block_store(__m512 acc[CB][PV], float *y, size_t hw,
                                                            const __mmask16 mk[PV],
-                                                           const size_t at[PV], bool add) {
+                                                           const size_t at[PV], bool add,
+                                                           const float *b) {
     for (int i = 0; i < CB; i++) {
         float *yo = y + (size_t)i * hw;
         for (int v = 0; v < PV; v++) {
             if (!mk[v]) continue;
             __m512 r = acc[i][v];
             if (add) r = _mm512_add_ps(_mm512_maskz_expandloadu_ps(mk[v], yo + at[v]), r);
+            if (b) r = _mm512_add_ps(r, _mm512_set1_ps(b[i]));
             _mm512_mask_compressstoreu_ps(yo + at[v], mk[v], r);
         }
     }
@@ -110,7 +113,7 @@ __attribute__((target("avx512f"))) static void block_store(__m512 acc[CB][PV], f
 
 __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c, size_t h, size_t w,
                                                       const float *wt, size_t co, float *y,
-                                                      bool add) {
+                                                      const float *b, bool add) {
     const size_t pw = w + 2, pp = plane_n(h, w), nq = h * pw;
     const size_t off[9] = {0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2};
     for (size_t q0 = 0; q0 < nq; q0 += 16 * PV) {
@@ -135,7 +138,7 @@ __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c,
                     }
                 }
             }
-            block_store(acc, y + o0 * h * w, h * w, mk, at, add);
+            block_store(acc, y + o0 * h * w, h * w, mk, at, add, b ? b + o0 : NULL);
         }
     }
 }
@@ -143,10 +146,9 @@ __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c,
 // The same on bf16 pairs: xp holds pairs of channels (2cp, 2cp+1) interleaved, one uint32
 // per position; wp[(co, cp, tap)] the weights' pairs; vdpbf16ps sums each pair's two
 // products into the f32 lane.
-__attribute__((target("avx512f,avx512bf16"))) static void direct16(const uint32_t *xp, size_t np,
-                                                                   size_t h, size_t w,
-                                                                   const uint32_t *wp, size_t co,
-                                                                   float *y, bool add) {
+__attribute__((target("avx512f,avx512bf16"))) static void
+direct16(const uint32_t *xp, size_t np, size_t h, size_t w, const uint32_t *wp, size_t co, float *y,
+         const float *b, bool add) {
     const size_t pw = w + 2, pp = plane_n(h, w), nq = h * pw;
     const size_t off[9] = {0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2};
     for (size_t q0 = 0; q0 < nq; q0 += 16 * PV) {
@@ -172,24 +174,24 @@ __attribute__((target("avx512f,avx512bf16"))) static void direct16(const uint32_
                     }
                 }
             }
-            block_store(acc, y + o0 * h * w, h * w, mk, at, add);
+            block_store(acc, y + o0 * h * w, h * w, mk, at, add, b ? b + o0 : NULL);
         }
     }
 }
 #endif
 
 void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
-                       float *y, bool add, float *xp) {
+                       float *y, const float *b, bool add, float *xp) {
     NN_ASSERT(nn_conv3x3_direct_usable() && nn_conv3x3_direct_fits(c, h, w, co));
     const size_t pw = w + 2, pp = plane_n(h, w);
     for (size_t ci = 0; ci < c; ci++) // the interiors (the borders and slack stay zero)
         for (size_t r = 0; r < h; r++)
             memcpy(xp + ci * pp + (r + 1) * pw + 1, x + (ci * h + r) * w, w * sizeof(float));
 #ifdef NN_HAVE_DIRECT_CODE
-    direct(xp, c, h, w, wt, co, y, add);
+    direct(xp, c, h, w, wt, co, y, b, add);
     nn_flop_add(2 * (uint64_t)(h * w) * co * 9 * c); // (not the padding columns' products)
 #else
-    (void)wt, (void)co, (void)y, (void)add;
+    (void)wt, (void)co, (void)y, (void)b, (void)add;
 #endif
 }
 
@@ -228,16 +230,16 @@ void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp
 }
 
 void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
-                         size_t co, float *y, bool add, uint32_t *xp) {
+                         size_t co, float *y, const float *b, bool add, uint32_t *xp) {
     NN_ASSERT(nn_conv3x3_direct16_usable() && nn_conv3x3_direct_fits(c, h, w, co));
     const size_t pw = w + 2, pp = plane_n(h, w), np = (c + 1) / 2, hw = h * w;
     for (size_t cp = 0; cp < np; cp++) { // the interiors: channels 2cp and 2cp+1 interleaved
-        const uint16_t *a = x + 2 * cp * hw, *b = 2 * cp + 1 < c ? a + hw : NULL;
+        const uint16_t *lo = x + 2 * cp * hw, *hi = 2 * cp + 1 < c ? lo + hw : NULL;
         for (size_t r = 0; r < h; r++) {
             uint32_t *o = xp + cp * pp + (r + 1) * pw + 1;
-            const uint16_t *ar = a + r * w;
-            if (b) {
-                const uint16_t *br = b + r * w;
+            const uint16_t *ar = lo + r * w;
+            if (hi) {
+                const uint16_t *br = hi + r * w;
                 for (size_t i = 0; i < w; i++)
                     o[i] = (uint32_t)ar[i] | (uint32_t)br[i] << 16;
             } else {
@@ -247,9 +249,9 @@ void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const 
         }
     }
 #ifdef NN_HAVE_DIRECT_CODE
-    direct16(xp, np, h, w, wp, co, y, add);
+    direct16(xp, np, h, w, wp, co, y, b, add);
     nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
 #else
-    (void)wp, (void)co, (void)y, (void)add;
+    (void)wp, (void)co, (void)y, (void)b, (void)add;
 #endif
 }

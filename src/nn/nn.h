@@ -278,6 +278,7 @@ typedef struct {
     float *ybuf;   // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
                    // (unused when chunk = 1: the GEMM reads and writes the images)
     float *dwpart; // nthr x (c_out, d_in) each thread's share of dW, summed in thread order
+                   // (bf16 mode: per group (d_in, c_out / groups), transposed)
     // Stride-1 convolutions without groups take dx as the convolution of dy with the flipped
     // kernel (geometry tgeom, output h x w): one GEMM of depth c_out·k1·k2 instead of a
     // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.
@@ -408,9 +409,10 @@ bool nn_conv3x3_direct_fits(size_t c, size_t h, size_t w, size_t co);
 size_t nn_conv3x3_direct_pad_n(size_t c, size_t h, size_t w);
 void nn_conv3x3_direct_pad_init(float *xp, size_t c, size_t h, size_t w);
 // y (co, h, w) = (add ? y : 0) + the convolution of x (c, h, w) by wt (co, c, 3, 3), stride
-// 1, padding 1, no bias; xp: nn_conv3x3_direct_pad_n(c, h, w) floats, zeroed once
+// 1, padding 1, then + b (co) when b is not NULL (the same rounding as adding it after);
+// xp: nn_conv3x3_direct_pad_n(c, h, w) floats, zeroed once
 void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
-                       float *y, bool add, float *xp);
+                       float *y, const float *b, bool add, float *xp);
 // The same for bf16 mode on AVX512-BF16 (nn_conv3x3_direct16_usable): the bf16 image x, the
 // weights in bf16 pairs of input channels (wp: nn_conv3x3_direct16_wp_n uint32, packed from
 // f32 (co, c, 3, 3) by nn_conv3x3_direct16_pack), xp: nn_conv3x3_direct16_pad_n(c, h, w)
@@ -420,7 +422,7 @@ size_t nn_conv3x3_direct16_pad_n(size_t c, size_t h, size_t w);
 size_t nn_conv3x3_direct16_wp_n(size_t co, size_t c);
 void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp);
 void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
-                         size_t co, float *y, bool add, uint32_t *xp);
+                         size_t co, float *y, const float *b, bool add, uint32_t *xp);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 
