@@ -474,6 +474,10 @@ NGD_API size_t ngd_optim_count(const ngd_optim *o);
 // scratch from its work-size query, the KL clip's per-layer buffers; 0 before planning).
 NGD_API size_t ngd_optim_state_bytes(const ngd_optim *o);
 NGD_API size_t ngd_optim_workspace_bytes(const ngd_optim *o);
+// Wall time in seconds of the last ngd_optim_step's preconditioner maintenance over all
+// layers (the layers' time_update overlap where their updates ran side by side; 0 before
+// any step). For benchmarks.
+NGD_API double ngd_optim_update_time(const ngd_optim *o);
 
 // Copies the dense d x d form of a SINGD layer's factor into out (row-major, d*d floats):
 // which = 'K', 'C', 'k' (m_K), 'c' (m_C). For inspection and tests; d is d_in+bias or d_out.

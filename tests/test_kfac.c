@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "harness.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "lrref.h"
 #include "ngd.h"
 #include "ref.h"
@@ -463,6 +466,53 @@ static void every_method_should_reduce_the_training_loss(void) {
     }
 }
 
+// Layers' serial-heavy maintenance (decompositions, Brand updates) runs side by side, a
+// layer per thread, with their GEMMs single-threaded (optim.c update_all): on two threads
+// the same parameters, bit for bit, as on one, for every method of the family, over steps
+// with Brand updates, refreshes and the steps between; the second thread has its own
+// scratch slot (a shared one would mix the layers' work)
+static void side_by_side_updates_should_equal_the_serial_ones(void) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++) {
+        float *got[2][4];
+        size_t ws[2];
+        tp_problem p[2];
+        for (int v = 0; v < 2; v++) {
+            omp_set_num_threads(v + 1);
+            ngd_config c = ngd_config_default((ngd_method)m);
+            c.lr = 0.05f, c.kfac.T_u = 2, c.kfac.T_i = 4, c.kfac.rank = 12;
+            c.kfac.wd_start = 1000;
+            tp_init(&p[v], 24, 60, 40, 30, 11);
+            ngd_optim *o;
+            CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+            CHECK(tp_register(&p[v], o) == NGD_OK);
+            for (size_t st = 0; st < 21; st++) {
+                tp_forward_backward(&p[v], o, st, 1.0f);
+                CHECK(ngd_optim_step(o) == NGD_OK);
+            }
+            ws[v] = ngd_optim_workspace_bytes(o);
+            // step 20 refreshed both layers: the step's maintenance took at least each one's
+            ngd_layer_health h1, h2;
+            CHECK(ngd_optim_layer_health(o, p[v].id1, &h1) == NGD_OK &&
+                  ngd_optim_layer_health(o, p[v].id2, &h2) == NGD_OK);
+            const double tu = ngd_optim_update_time(o);
+            CHECK(h1.time_update > 0 && h2.time_update > 0 && tu >= h1.time_update &&
+                  tu >= h2.time_update && tu < 1.0);
+            got[v][0] = p[v].W1, got[v][1] = p[v].b1, got[v][2] = p[v].W2, got[v][3] = p[v].b2;
+            ngd_optim_free(o);
+        }
+        const size_t n[4] = {p[0].dhid * p[0].din, p[0].dhid, p[0].dout * p[0].dhid, p[0].dout};
+        for (int k = 0; k < 4; k++)
+            CHECK_MSG(memcmp(got[0][k], got[1][k], n[k] * sizeof(float)) == 0, "%s: array %d",
+                      ngd_method_name((ngd_method)m), k);
+        CHECK(ws[1] > ws[0]); // (two scratch slots)
+        tp_free(&p[0]), tp_free(&p[1]);
+    }
+    omp_set_num_threads(saved);
+#endif
+}
+
 // #factored-application / P7 at method level: with J = (1/n) 𝒢ᵀ𝒜 (the batch-mean gradient the
 // statistics describe), the factored application gives the dense-J result, on statistics steps and
 // between them (T_u = 2), for the RSVD and the Brand tracks.
@@ -689,6 +739,7 @@ static const test_case TESTS[] = {
     TEST(clips_and_weight_decay_should_follow_the_spec),
     TEST(every_method_should_reduce_the_training_loss),
     TEST(factored_application_should_equal_the_dense_one),
+    TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),
     TEST(kfac_health_should_match_the_factors),

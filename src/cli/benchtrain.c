@@ -331,11 +331,11 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
             goto done;
         }
         if (!timed) continue;
-        double upd = 0, prec = 0;
+        double upd = ngd_optim_update_time(opt), prec = 0; // (layers' updates may overlap)
         for (size_t i = 0; i < nid; i++) {
             ngd_layer_health h;
             if (ngd_optim_layer_health(opt, (int)i, &h) != NGD_OK) continue;
-            upd += h.time_update, prec += h.time_precond;
+            prec += h.time_precond;
         }
         r->data += t1 - t0, r->fwd += t2 - t1, r->bwd += t3 - t2, r->obs += t4 - t3;
         r->upd += upd, r->prec += prec, r->rule += (t5 - t4) - upd - prec;

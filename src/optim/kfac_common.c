@@ -7,13 +7,21 @@
 #include <string.h>
 
 #include "kfac.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 bool kf_is_b_family(ngd_method m) {
     return m == NGD_METHOD_BKFAC || m == NGD_METHOD_BRKFAC || m == NGD_METHOD_BRCKFAC;
 }
 
 void *kf_scratch(ngd_optim *o, size_t bytes) {
-    return bytes && bytes <= o->scratch_n ? o->scratch : NULL;
+    size_t slot = 0; // this thread's slot inside the driver's side-by-side updates
+#ifdef _OPENMP
+    if (omp_in_parallel()) slot = (size_t)omp_get_thread_num();
+#endif
+    if (!bytes || bytes > o->scratch_n || slot >= o->scratch_slots) return NULL;
+    return (char *)o->scratch + slot * o->scratch_n;
 }
 
 size_t kf_factored_ws(const ngd_entry *e, size_t m) {

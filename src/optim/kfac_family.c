@@ -321,6 +321,17 @@ static double kfac_work(const ngd_entry *e, bool *owner_pays) {
     return flops;
 }
 
+// Serial-heavy maintenance at step t (the driver's update_heavy): a Brand update of pending
+// rows, or a refresh step's decompositions
+static bool kfac_heavy(const ngd_entry *e, size_t t) {
+    const kf_state *s = e->ms;
+    if (s->meta.decided && t % e->cfg.kfac.T_i == 0) return true;
+    if (!s->has_pend) return false;
+    for (int i = 0; i < 2; i++)
+        if (s->f[i].track == KF_BRAND && kf_brand_due(&e->cfg, t)) return true;
+    return false;
+}
+
 static ngd_status kfac_publish(ngd_optim *o, ngd_entry *e) {
     kf_state *s = e->ms;
     if (!s->pub) return NGD_OK;
@@ -567,7 +578,7 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
         .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense, .combine = kfac_combine,   \
-        .work = kfac_work, .publish = kfac_publish,                                                \
+        .work = kfac_work, .publish = kfac_publish, .update_heavy = kfac_heavy,                    \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

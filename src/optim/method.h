@@ -78,9 +78,15 @@ struct ngd_optim {
     float *ws;
     size_t ws_n;
     // a byte scratch of the methods (kf_scratch), sized by their scratch_bytes queries when
-    // planned (ngd_optim_reserve_scratch when a method's shapes grow in observe)
+    // planned (ngd_optim_reserve_scratch when a method's shapes grow in observe): scratch_slots
+    // slots of scratch_n bytes, one per thread that runs layers' updates side by side
+    // (update_heavy; slot 0 outside them)
     void *scratch;
-    size_t scratch_n;
+    size_t scratch_n, scratch_slots;
+    // the side-by-side updates' order and results (planned with the entries: o->n each)
+    size_t *upd_idx;
+    ngd_status *upd_st;
+    double time_update; // the last step's maintenance, wall time (ngd_optim_update_time)
     size_t gp; // floats of the Ĝ and P buffers (largest entry)
     // data-parallel runs (ngd_optim_set_comm): the communicator (size 1: none), the sharing
     // policy, whether owners are chosen, and the bytes handed to the communicator
@@ -139,6 +145,12 @@ typedef struct ngd_method_ops {
     void (*discard)(ngd_entry *e); // drop pending statistics (optional)
     // preconditioner maintenance for step t (called for every layer before precondition)
     ngd_status (*update)(ngd_optim *o, ngd_entry *e, size_t t);
+    // (optional) whether e's update at step t does serial-heavy work (LAPACK
+    // decompositions, Brand updates): in a single-process run with several threads the
+    // driver then runs such layers' updates side by side, one thread each (largest `work`
+    // first; their GEMMs then single-threaded), so update must touch only e's state and the
+    // calling thread's scratch slot (kf_scratch)
+    bool (*update_heavy)(const ngd_entry *e, size_t t);
     // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);
     size_t (*precond_ws)(const ngd_entry *e); // floats of ws needed by precondition

@@ -24,6 +24,9 @@
 #include <time.h>
 
 #include "method.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static double now_s(void) {
     struct timespec ts;
@@ -33,10 +36,14 @@ static double now_s(void) {
 
 // ---- errors and logging ----
 
+// (one message at a time: layers' updates may run side by side, see update_all)
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...) {
     if (o) {
         va_list ap;
         va_start(ap, fmt);
+#ifdef _OPENMP
+#pragma omp critical(ngd_optim_msg)
+#endif
         vsnprintf(o->err, sizeof o->err, fmt, ap);
         va_end(ap);
     }
@@ -50,6 +57,9 @@ void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+#ifdef _OPENMP
+#pragma omp critical(ngd_optim_msg)
+#endif
     o->cfg.log_fn(o->cfg.log_user, msg);
 }
 
@@ -127,6 +137,8 @@ void ngd_optim_free(ngd_optim *o) {
     ngd_free(o->e);
     ngd_free(o->ws);
     ngd_free(o->scratch);
+    ngd_free(o->upd_idx);
+    ngd_free(o->upd_st);
     ngd_free(o);
 }
 
@@ -288,15 +300,32 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     return NGD_OK;
 }
 
+// The threads that may run layers' updates side by side (update_heavy): one scratch slot each
+static size_t update_slots(const ngd_optim *o) {
+    size_t layers = 0;
+    for (size_t i = 0; i < o->n; i++)
+        layers += o->e[i].kind == NGD_ENTRY_LAYER;
+    size_t t = 1;
+#ifdef _OPENMP
+    if (o->ops->update_heavy && o->comm.size <= 1) t = (size_t)omp_get_max_threads();
+#endif
+    return NGD_MAX(1, NGD_MIN(t, layers));
+}
+
 ngd_status ngd_optim_reserve_scratch(ngd_optim *o, size_t bytes) {
-    if (bytes <= o->scratch_n) return NGD_OK;
-    void *p = ngd_malloc(bytes, 1);
+    const size_t slots = NGD_MAX(o->scratch_slots, update_slots(o));
+    if (bytes <= o->scratch_n && slots <= o->scratch_slots) return NGD_OK;
+    const size_t n = (NGD_MAX(bytes, o->scratch_n) + 63) / 64 * 64; // (slots on cache lines)
+    int ok = 1;
+    const size_t total = ngd_mul_size(n, slots, &ok);
+    void *p = ok ? ngd_malloc(total, 1) : NULL;
     if (!p)
         return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning %zu bytes of scratch",
                               bytes);
     ngd_free(o->scratch);
     o->scratch = p;
-    o->scratch_n = bytes;
+    o->scratch_n = n;
+    o->scratch_slots = slots;
     return NGD_OK;
 }
 
@@ -316,6 +345,16 @@ static ngd_status plan(ngd_optim *o) {
     }
     ngd_status s = ngd_optim_reserve_scratch(o, sb);
     if (s) return s;
+    if (o->ops->update_heavy) { // the side-by-side updates' order and results
+        size_t *idx = ngd_malloc(NGD_MAX(o->n, 1), sizeof *idx);
+        ngd_status *st = ngd_malloc(NGD_MAX(o->n, 1), sizeof *st);
+        if (!idx || !st) {
+            ngd_free(idx), ngd_free(st);
+            return ngd_optim_fail(o, NGD_ERR_NOMEM, "out of memory planning the updates");
+        }
+        ngd_free(o->upd_idx), ngd_free(o->upd_st);
+        o->upd_idx = idx, o->upd_st = st;
+    }
     // a global clip (the K-FAC family's KL clip) needs every layer's preconditioned gradient
     // before any update: one buffer per layer
     if (global_rule(o)) {
@@ -696,12 +735,73 @@ static ngd_status dist_maintain(ngd_optim *o, size_t t) {
     return NGD_OK;
 }
 
+static ngd_status update_one(ngd_optim *o, ngd_entry *e, size_t t) {
+    const double t0 = now_s();
+    const ngd_status s = o->ops->update(o, e, t);
+    e->h.time_update = now_s() - t0;
+    return s;
+}
+
+// Every layer's preconditioner maintenance of step t in a single-process run. Layers whose
+// update is serial-heavy (update_heavy: LAPACK decompositions, Brand updates) run side by
+// side, one per thread, largest work first, after the others; each layer's result is the
+// same whichever thread runs it (its GEMMs run single-threaded there). Errors: the first
+// failing layer's, in layer order.
+static ngd_status update_all(ngd_optim *o, size_t t) {
+    size_t nh = 0;
+    ngd_status s;
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        if (e->kind != NGD_ENTRY_LAYER) continue;
+        if (o->ops->update_heavy && o->upd_idx && o->ops->update_heavy(e, t)) {
+            o->upd_idx[nh++] = i;
+            continue;
+        }
+        if ((s = update_one(o, e, t)) != NGD_OK) return s;
+    }
+    if (nh == 0) return NGD_OK;
+    int nt = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel()) nt = omp_get_max_threads();
+#endif
+    nt = (int)NGD_MIN((size_t)nt, NGD_MIN(nh, o->scratch_slots));
+    if (nt <= 1) {
+        for (size_t j = 0; j < nh; j++)
+            if ((s = update_one(o, &o->e[o->upd_idx[j]], t)) != NGD_OK) return s;
+        return NGD_OK;
+    }
+    double w[2];
+    bool pays;
+    for (size_t j = 1; j < nh; j++) { // largest work first (insertion sort: few layers)
+        const size_t v = o->upd_idx[j];
+        w[0] = o->ops->work ? o->ops->work(&o->e[v], &pays) : 0.0;
+        size_t k = j;
+        for (; k > 0; k--) {
+            w[1] = o->ops->work ? o->ops->work(&o->e[o->upd_idx[k - 1]], &pays) : 0.0;
+            if (w[1] >= w[0]) break;
+            o->upd_idx[k] = o->upd_idx[k - 1];
+        }
+        o->upd_idx[k] = v;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+#endif
+    for (size_t j = 0; j < nh; j++)
+        o->upd_st[j] = update_one(o, &o->e[o->upd_idx[j]], t);
+    size_t first = SIZE_MAX;
+    for (size_t j = 0; j < nh; j++)
+        if (o->upd_st[j] != NGD_OK && (first == SIZE_MAX || o->upd_idx[j] < o->upd_idx[first]))
+            first = j;
+    return first == SIZE_MAX ? NGD_OK : o->upd_st[first];
+}
+
 ngd_status ngd_optim_step(ngd_optim *o) {
     if (!o) return NGD_ERR_ARG;
     ngd_status s = plan(o);
     if (s) return s;
     const size_t t = o->steps;
     const float inv_scale = 1.0f / o->scale_cur;
+    o->time_update = 0.0;
     // One pass over every gradient: Σ g² gives the health norm ‖Ĝ‖ and the non-finite check
     // (a NaN or Inf makes the sum non-finite; a sum that overflowed on finite values is told
     // apart by the exact scan)
@@ -741,17 +841,13 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     const bool dist = o->comm.size > 1;
     // every layer's preconditioner maintenance before any parameter changes (all-or-nothing:
     // after planning it fails only on a broken invariant, or a communicator's failure)
+    const double tu = now_s();
     if (dist) {
         if ((s = dist_maintain(o, t)) != NGD_OK) return s;
     } else if (o->ops->update) {
-        for (size_t i = 0; i < o->n; i++) {
-            ngd_entry *e = &o->e[i];
-            if (e->kind != NGD_ENTRY_LAYER) continue;
-            const double t0 = now_s();
-            if ((s = o->ops->update(o, e, t)) != NGD_OK) return s;
-            e->h.time_update = now_s() - t0;
-        }
+        if ((s = update_all(o, t)) != NGD_OK) return s;
     }
+    o->time_update = o->ops->update ? now_s() - tu : 0.0;
     float *G = o->ws, *P = o->ws + o->gp, *mws = method_ws(o);
     // a global clip (the K-FAC family's KL clip, #k-fac-step-driver step 4): every layer is
     // preconditioned first (into e->pk), the rule's ν from the sum of its terms, then updated
@@ -853,9 +949,11 @@ size_t ngd_optim_state_bytes(const ngd_optim *o) {
     return total;
 }
 
+double ngd_optim_update_time(const ngd_optim *o) { return o ? o->time_update : 0.0; }
+
 size_t ngd_optim_workspace_bytes(const ngd_optim *o) {
     if (!o) return 0;
-    size_t bytes = o->ws_n * sizeof(float) + o->scratch_n;
+    size_t bytes = o->ws_n * sizeof(float) + o->scratch_n * o->scratch_slots;
     for (size_t i = 0; i < o->n; i++)
         if (o->e[i].pk) bytes += o->e[i].n * sizeof(float); // the global clip's buffers
     for (size_t i = 0; o->ops->cache_bytes && i < o->n; i++)
