@@ -87,7 +87,7 @@ struct ngd_optim {
     size_t *upd_idx;
     ngd_status *upd_st;
     double time_update; // the last step's maintenance, wall time (ngd_optim_update_time)
-    size_t gp; // floats of the Ĝ and P buffers (largest entry)
+    size_t gp;          // floats of the Ĝ and P buffers (largest entry)
     // data-parallel runs (ngd_optim_set_comm): the communicator (size 1: none), the sharing
     // policy, whether owners are chosen, and the bytes handed to the communicator
     ngd_comm comm;
