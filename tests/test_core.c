@@ -191,6 +191,40 @@ static void crc32_should_match_the_bitwise_definition(void) {
     }
 }
 
+// ngd_view_scale_f32 and ngd_view_scale_copy touch exactly the view's elements, each s x, on
+// row-major, transposed, padded (leading dimension > cols) and strided (every other column)
+// views, small and large enough to run over the threads
+static void view_scaling_should_touch_exactly_the_view(void) {
+    const size_t shapes[3][2] = {{3, 5}, {300, 257}, {1, 40000}};
+    for (size_t t = 0; t < 3; t++)
+        for (int lay = 0; lay < 8; lay++) { // bits: transposed, padded, every other column
+            const size_t R = shapes[t][0], C = shapes[t][1], ld = C + (lay & 2 ? 3 : 0);
+            const size_t n = R * ld;
+            float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+            float *z = malloc(n * sizeof *z);
+            unsigned char *in = calloc(n, 1);
+            for (size_t i = 0; i < n; i++)
+                x[i] = (float)(i % 97) - 48.0f, y[i] = -7.0f, z[i] = x[i];
+            ngd_view vx = ngd_view_rm(x, R, C, ld), vy = ngd_view_rm(y, R, C, ld);
+            ngd_view vz = ngd_view_rm(z, R, C, ld);
+            if (lay & 4) // columns 0, 2, 4, ...
+                vx.cols = vy.cols = vz.cols = (C + 1) / 2, vx.cs = vy.cs = vz.cs = 2;
+            for (size_t i = 0; i < vx.rows; i++)
+                for (size_t j = 0; j < vx.cols; j++)
+                    in[(ptrdiff_t)i * vx.rs + (ptrdiff_t)j * vx.cs] = 1;
+            if (lay & 1) vx = ngd_view_t(vx), vy = ngd_view_t(vy), vz = ngd_view_t(vz);
+            ngd_view_scale_copy(ngd_cv(vx), vy, 0.375f);
+            ngd_view_scale_f32(vz, 0.375f);
+            size_t bad = 0;
+            for (size_t i = 0; i < n; i++) {
+                bad += y[i] != (in[i] ? 0.375f * x[i] : -7.0f);
+                bad += z[i] != (in[i] ? 0.375f * x[i] : x[i]);
+            }
+            CHECK_MSG(bad == 0, "shape %zu layout %d: %zu wrong", t, lay, bad);
+            free(x), free(y), free(z), free(in);
+        }
+}
+
 static void alloc_should_reject_overflow(void) {
     CHECK(ngd_malloc(SIZE_MAX / 2, 4) == NULL);
     int ok = 1;
@@ -210,5 +244,6 @@ static const test_case TESTS[] = {
     TEST(rng_should_be_reproducible_and_standard_normal),
     TEST(status_table_should_name_every_code),
     TEST(alloc_should_reject_overflow),
+    TEST(view_scaling_should_touch_exactly_the_view),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

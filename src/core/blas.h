@@ -85,7 +85,9 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
 // v *= s; y += a*x; sum of squares (in double); max |x|
 void ngd_view_scale(ngd_view v, float s);     // (result rounded under ngd_bf16_emul, bf16.h)
 void ngd_view_scale_f32(ngd_view v, float s); // never rounded
-void ngd_view_round_bf16(ngd_view v);         // every element rounded to bf16
+// y = s x element-wise (same shapes, any strides; never rounded)
+void ngd_view_scale_copy(ngd_cview x, ngd_view y, float s);
+void ngd_view_round_bf16(ngd_view v); // every element rounded to bf16
 void ngd_view_copy(ngd_cview src, ngd_view dst);
 void ngd_view_zero(ngd_view v);
 

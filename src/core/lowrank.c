@@ -84,18 +84,6 @@ static bool finite_view(ngd_cview X) {
 static bool finitef(float x) { return isfinite(x) != 0; }
 
 // Y = s X for views of the same shape, looping in Y's memory order.
-static void scale_copy(ngd_cview X, ngd_view Y, float s) {
-    if (Y.rs == 1 && Y.cs != 1) {
-        for (size_t j = 0; j < Y.cols; j++)
-            for (size_t i = 0; i < Y.rows; i++)
-                NGD_AT(Y, i, j) = s * NGD_AT(X, i, j);
-    } else {
-        for (size_t i = 0; i < Y.rows; i++)
-            for (size_t j = 0; j < Y.cols; j++)
-                NGD_AT(Y, i, j) = s * NGD_AT(X, i, j);
-    }
-}
-
 static bool same_view(ngd_cview X, ngd_view Y) {
     return X.p == Y.p && X.rs == Y.rs && X.cs == Y.cs;
 }
@@ -238,7 +226,7 @@ static void lri_core(const ngd_lowrank *F, float lambda, float mu, ngd_cview X, 
     if (same_view(X, Y))
         ngd_view_scale(Y, inv_tail); // (rounds under emulation)
     else
-        scale_copy(X, Y, inv_tail);
+        ngd_view_scale_copy(X, Y, inv_tail);
     if (em && !same_view(X, Y)) ngd_view_round_bf16(Y);
     if (r > 0) ngd_gemm(1.0f, U, ngd_cv(Tv), 1.0f, Y);
 }
@@ -640,7 +628,7 @@ ngd_status ngd_brand_update(ngd_lowrank *F, float d_scale, ngd_cview C, float c_
     ngd_view P2 = ngd_view_rm(b.P2, r, n, n);
     float *R = b.B + r * n; // (n, n) row-major, below P in B
     // Z := c·C ; P := Uᵀ Z ; Z := Z − U P
-    scale_copy(C, Z, c_scale);
+    ngd_view_scale_copy(C, Z, c_scale);
     if (r > 0) {
         ngd_gemm(1.0f, ngd_cview_t(U), ngd_cv(Z), 0.0f, P);
         ngd_gemm(-1.0f, U, ngd_cv(P), 1.0f, Z);

@@ -36,13 +36,14 @@ static double now_s(void) {
 
 // ---- errors and logging ----
 
-// (one message at a time: layers' updates may run side by side, see update_all)
+// (one message at a time: layers' updates may run side by side, see update_all; an unnamed
+// critical section: a named one would export its lock from libngd.so)
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...) {
     if (o) {
         va_list ap;
         va_start(ap, fmt);
 #ifdef _OPENMP
-#pragma omp critical(ngd_optim_msg)
+#pragma omp critical
 #endif
         vsnprintf(o->err, sizeof o->err, fmt, ap);
         va_end(ap);
@@ -58,7 +59,7 @@ void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
 #ifdef _OPENMP
-#pragma omp critical(ngd_optim_msg)
+#pragma omp critical
 #endif
     o->cfg.log_fn(o->cfg.log_user, msg);
 }
