@@ -736,7 +736,10 @@ static void conv2d_bf16_should_match_float64(void) {
                                 // small 'same' planes (zero-bordered copies): rows of 8
                                 // bytes, more output than input channels; of 4, dilated
                                 {3, 4, 4, 3, 1, 1, 1, 1, 8, 5},
-                                {2, 2, 2, 3, 1, 2, 2, 1, 3, 4}};
+                                {2, 2, 2, 3, 1, 2, 2, 1, 3, 4},
+                                // more than NN_CONV_DWT_MAX output channels a group: dW's
+                                // GEMM untransposed (the others compute dWᵀ)
+                                {4, 6, 6, 3, 1, 1, 1, 2, 160, 2}};
     trng r = {21};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t *cs = cases[t];

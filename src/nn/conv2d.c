@@ -28,6 +28,11 @@
 #include "nn.h"
 
 #define NN_CONV_CHUNK_COLS 256 // least GEMM width (chunk * L) of a single-threaded GEMM
+// bf16 dW of layers of at most this many output channels per group as dWᵀ (d_in, cog) +=
+// col · dyᵀ: oneDNN's bf16 kernels ran the cnn's 32- and 64-channel products 1.2-1.3x faster
+// with the channels as columns (the 8-step cnn parameter CRCs were unchanged), but vgg16bn's
+// backward (up to 512 channels) went 360 -> 411 ms with every layer so
+#define NN_CONV_DWT_MAX 64
 #ifndef NN_CONV_BF16_BWD_COLS
 #define NN_CONV_BF16_BWD_COLS 1024 // bf16 dW blocks: oneDNN's bf16 GEMM wants the longer sum
 #endif
@@ -197,6 +202,7 @@ static bool amx_dw_on(const nn_conv2d *l) { return l->amx && l->chunk == 1; }
 
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
+    l->dw_t = l->c_out / l->geom.groups <= NN_CONV_DWT_MAX;
     const size_t L = l->oh * l->ow;
     // dW's GEMM over longer blocks (its sum runs over the block's columns); the float
     // buffers follow the new block size
@@ -756,11 +762,12 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
                      pad);
             if (dy16) {
                 const uint16_t *yg16 = dyk + g * cog * ld16;
-                // dW_gᵀ (d_in, cog) += col16 (d_in, ncol) · dy_gᵀ (ncol, cog): with the
-                // channels as columns oneDNN's bf16 kernels ran 1.2-1.3x faster here (the
-                // same sums: the 8-step cnn parameter CRCs were unchanged here)
-                nn_gemm_bf16(false, true, din, cog, ncol, 1.0f, col16, ncol, yg16, ld16, 1.0f,
-                             dwpart + g * cog * din, cog);
+                if (l->dw_t) // dW_gᵀ (d_in, cog) += col16 (d_in, ncol) · dy_gᵀ (ncol, cog)
+                    nn_gemm_bf16(false, true, din, cog, ncol, 1.0f, col16, ncol, yg16, ld16, 1.0f,
+                                 dwpart + g * cog * din, cog);
+                else
+                    nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ld16, col16, ncol, 1.0f,
+                                 dwpart + g * cog * din, din);
                 if (!dx || l->wflip) continue;
                 nn_gemm_bf16(true, false, din, ncol, cog, 1.0f, l->w16 + g * cog * din, din, yg16,
                              ld16, 0.0f, dcolt, ncol);
@@ -864,19 +871,34 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
                        l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
                        l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
     }
-    // dW += the threads' parts, in thread order (AMX: by tap, dwt[k][o][c] for dW[o][c][k];
-    // other bf16 ones: each group's transposed, (d_in, cog))
-    const size_t cin = l->geom.c_in;
+    // dW += the threads' parts, in thread order
+    const size_t cin = l->geom.c_in, cg = cout / l->geom.groups;
+    if (amx || l->dw_t) {
+        // AMX: by tap, dwt[k][o][c] for dW[o][c][k]; dw_t: each group's transposed,
+        // (d_in, cg). 16 rows of dW at a time, so that the parts are read a
+        // cache line of consecutive o at a time (element by element, vgg16bn's 2.4 M-weight
+        // layers took 18 % longer backward than with untransposed parts)
+        const float *part = amx ? l->dwt : l->dwpart;
+        NN_OMP_FOR((size_t)nt * nw)
+        for (size_t o0 = 0; o0 < cout; o0 += 16) {
+            const size_t o1 = o0 + 16 < cout ? o0 + 16 : cout;
+            for (size_t k = 0; k < din; k++)
+                for (size_t o = o0; o < o1; o++) {
+                    const size_t j = amx ? ((k % 9) * cout + o) * cin + k / 9
+                                         : (o / cg) * cg * din + k * cg + o % cg;
+                    float s = 0.0f;
+                    for (int t = 0; t < nt; t++)
+                        s += part[(size_t)t * nw + j];
+                    l->dw[o * din + k] += s;
+                }
+        }
+        return;
+    }
     NN_OMP_FOR((size_t)nt * nw)
     for (size_t i = 0; i < nw; i++) {
-        const size_t o = i / din, cg = cout / l->geom.groups;
-        const size_t j = amx      ? ((i % 9) * cout + o) * cin + i % din / 9
-                         : l->w16 ? (o / cg) * cg * din + (i % din) * cg + o % cg
-                                  : i;
-        const float *part = amx ? l->dwt : l->dwpart;
         float s = 0.0f;
         for (int t = 0; t < nt; t++)
-            s += part[(size_t)t * nw + j];
+            s += l->dwpart[(size_t)t * nw + i];
         l->dw[i] += s;
     }
 }

@@ -278,7 +278,8 @@ typedef struct {
     float *ybuf;   // nthr x (c_out, chunk*L) outputs / output gradients of one chunk
                    // (unused when chunk = 1: the GEMM reads and writes the images)
     float *dwpart; // nthr x (c_out, d_in) each thread's share of dW, summed in thread order
-                   // (bf16 mode: per group (d_in, c_out / groups), transposed)
+                   // (dw_t: per group (d_in, c_out / groups), transposed)
+    bool dw_t;     // bf16 mode, few output channels: dW's GEMM computes the transpose
     // Stride-1 convolutions without groups take dx as the convolution of dy with the flipped
     // kernel (geometry tgeom, output h x w): one GEMM of depth c_out·k1·k2 instead of a
     // depth-c_out GEMM and a scatter (col2im). wflip: (c_in, c_out·k1·k2), NULL otherwise.
