@@ -208,6 +208,7 @@ static void lri_core(const ngd_lowrank *F, float lambda, float mu, ngd_cview X, 
     const bool em = ngd_bf16_emul();       // emulated bf16: each element-wise result rounded
     if (r > 0) {
         ngd_gemm(1.0f, ngd_cview_t(U), X, 0.0f, Tv);
+#pragma omp parallel for schedule(static) if (r * m >= NGD_PAR_MIN)
         for (size_t i = 0; i < r; i++) {
             // 1/(δ+λ) − 1/(μ+λ) = (μ − δ)/((δ+λ)(μ+λ)): no cancellation when δ ≈ μ, and
             // divided in two steps so the product cannot overflow.
