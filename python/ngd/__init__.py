@@ -496,6 +496,10 @@ class Optimizer:
     def workspace_bytes(self):
         return int(_lib.ngd_optim_workspace_bytes(self.handle))
 
+    def update_time(self):
+        """Wall seconds of the last step's preconditioner maintenance (all layers)."""
+        return float(_lib.ngd_optim_update_time(self.handle))
+
     def factor(self, layer, which="K"):
         """Dense copy of a SINGD factor: 'K', 'C', 'k' (m_K), 'c' (m_C)."""
         d_out, d_in, bias = self._layers[int(layer)]

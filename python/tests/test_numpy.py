@@ -70,6 +70,7 @@ def test_same_bits_as_c_api(method, tmp_path):
     assert np.array_equal(mine.view(np.uint32), ref.view(np.uint32)), "max diff %g" % np.max(np.abs(mine - ref))
     # the whole optimizer state too: the checkpoint bytes are identical
     assert opt.save_bytes() == (tmp_path / "ck.bin").read_bytes()
+    assert 0.0 < opt.update_time() < 10.0  # the last step's maintenance, wall seconds
 
 
 @pytest.mark.skipif(not LAYOUT, reason="NGD_LAYOUT not set (tests/test_python.sh builds it)")
