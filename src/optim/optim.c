@@ -301,8 +301,13 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     return NGD_OK;
 }
 
-// The threads that may run layers' updates side by side (update_heavy): one scratch slot each
-static size_t update_slots(const ngd_optim *o) {
+// At most this many bytes of scratch for the second and further threads of the side-by-side
+// updates (K-FAC on vgg16bn: 170 MB of eigensolver work a slot)
+#define SIDE_SCRATCH_MAX ((size_t)256 << 20)
+
+// The threads that may run layers' updates side by side (update_heavy): one scratch slot of
+// `bytes` each
+static size_t update_slots(const ngd_optim *o, size_t bytes) {
     size_t layers = 0;
     for (size_t i = 0; i < o->n; i++)
         layers += o->e[i].kind == NGD_ENTRY_LAYER;
@@ -310,12 +315,17 @@ static size_t update_slots(const ngd_optim *o) {
 #ifdef _OPENMP
     if (o->ops->update_heavy && o->comm.size <= 1) t = (size_t)omp_get_max_threads();
 #endif
+    if (bytes > 0) t = NGD_MIN(t, 1 + SIDE_SCRATCH_MAX / bytes);
     return NGD_MAX(1, NGD_MIN(t, layers));
 }
 
 ngd_status ngd_optim_reserve_scratch(ngd_optim *o, size_t bytes) {
-    const size_t slots = NGD_MAX(o->scratch_slots, update_slots(o));
+    const size_t slots = update_slots(o, NGD_MAX(bytes, o->scratch_n));
     if (bytes <= o->scratch_n && slots <= o->scratch_slots) return NGD_OK;
+    if (NGD_MAX(bytes, o->scratch_n) == 0) { // nothing to allocate
+        o->scratch_slots = slots;
+        return NGD_OK;
+    }
     const size_t n = (NGD_MAX(bytes, o->scratch_n) + 63) / 64 * 64; // (slots on cache lines)
     int ok = 1;
     const size_t total = ngd_mul_size(n, slots, &ok);
