@@ -95,10 +95,9 @@ static void block_lanes(size_t q0, size_t pw, size_t w, size_t nq, __mmask16 mk[
 
 // y's planes o0.. (of hw outputs each) get the block's valid lanes, written or added, then
 // the bias of each plane added (b: the block's, or NULL)
-__attribute__((target("avx512f"))) static void block_store(__m512 acc[CB][PV], float *y, size_t hw,
-                                                           const __mmask16 mk[PV],
-                                                           const size_t at[PV], bool add,
-                                                           const float *b) {
+__attribute__((target("avx512f"), always_inline)) static inline void
+block_store(__m512 acc[CB][PV], float *y, size_t hw, const __mmask16 mk[PV], const size_t at[PV],
+            bool add, const float *b) {
     for (int i = 0; i < CB; i++) {
         float *yo = y + (size_t)i * hw;
         for (int v = 0; v < PV; v++) {
