@@ -911,6 +911,66 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
 // then the pool: the same bits of the output, argmax and statistics, in training (two-pass
 // and moments) and evaluation, f32 and bf16 out; with ties, NaN, an odd height (the last
 // row is no window's), and rows wider than the fused kernel's buffer
+// nn_conv_bn_relu_backward takes the conv's bias gradient from BN's sums of the dcz it
+// writes (nn_batchnorm.dxsum -> nn_conv2d.dbsum) instead of a pass over dcz: the same bits
+// as BN-ReLU backward then the conv's own backward, in f32 and with a bf16 dcz, after a
+// training forward (where Σ dcz is rounding noise: BN takes out the mean) and an evaluation
+// one; dW, dx and BN's gradients too, and the flags are off again after
+static void conv_bn_relu_backward_should_equal_the_plain_layers(void) {
+    ref_rng r = {95};
+    const size_t shapes[2][3] = {{3, 8, 8}, {5, 16, 16}}; // c_in, H = W, c_out
+    for (int t = 0; t < 8; t++) {
+        const size_t cin = shapes[t % 2][0], H = shapes[t % 2][1], C = shapes[t % 2][2], N = 3;
+        const bool bf16 = t / 2 % 2, train = t / 4;
+        const ngd_conv_geom G = {cin, H, H, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        nn_conv2d cv[2];
+        nn_batchnorm bn[2];
+        const size_t HW = H * H, nx = N * cin * HW, ny = N * C * HW;
+        float *x = malloc(nx * sizeof *x), *dy = malloc(ny * sizeof *dy);
+        fill(&r, x, nx, -1, 1);
+        fill(&r, dy, ny, -1, 1);
+        float *cz[2], *ra[2], *dcz[2], *dx[2];
+        uint16_t *dcz16[2];
+        for (int v = 0; v < 2; v++) {
+            nn_rng g;
+            nn_rng_seed(&g, 7);
+            CHECK(nn_conv2d_init(&cv[v], &G, C, true, N, &g) == NN_OK);
+            CHECK(!bf16 || nn_conv2d_use_bf16(&cv[v]) == NN_OK);
+            CHECK(nn_batchnorm_init(&bn[v], C, HW, N) == NN_OK);
+            for (size_t c = 0; c < C; c++)
+                bn[v].w[c] = 0.5f + 0.1f * (float)c, bn[v].b[c] = 0.05f * (float)c - 0.2f;
+            cz[v] = malloc(ny * sizeof(float)), ra[v] = malloc(ny * sizeof(float));
+            dcz[v] = malloc(ny * sizeof(float)), dx[v] = malloc(nx * sizeof(float));
+            dcz16[v] = malloc(ny * sizeof(uint16_t));
+            nn_conv_bn_relu_forward(&cv[v], &bn[v], (nn_act){x, NULL}, cz[v], ra[v], NULL, N,
+                                    train);
+        }
+        nn_conv_bn_relu_backward(&cv[0], &bn[0], dy, dcz[0], bf16 ? dcz16[0] : NULL, dx[0]);
+        CHECK(!bn[0].want_dxsum && !cv[0].dbsum);
+        if (bf16) {
+            nn_batchnorm_relu_backward_bf16(&bn[1], dy, dcz16[1]);
+            nn_conv2d_backward_set_bf16(&cv[1], dcz16[1], dx[1]);
+        } else {
+            nn_batchnorm_relu_backward(&bn[1], dy, dcz[1]);
+            nn_conv2d_backward_set(&cv[1], dcz[1], dx[1]);
+        }
+        double sdb = 0;
+        for (size_t c = 0; c < C; c++)
+            sdb += fabs((double)cv[1].db[c]);
+        CHECK(train || sdb > 1e-3); // a bias gradient to compare
+        CHECK(memcmp(cv[0].db, cv[1].db, C * sizeof(float)) == 0);
+        CHECK(memcmp(cv[0].dw, cv[1].dw, C * cv[0].d_in * sizeof(float)) == 0);
+        CHECK(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+        CHECK(memcmp(bn[0].dw, bn[1].dw, C * sizeof(float)) == 0 &&
+              memcmp(bn[0].db, bn[1].db, C * sizeof(float)) == 0);
+        for (int v = 0; v < 2; v++) {
+            free(cz[v]), free(ra[v]), free(dcz[v]), free(dx[v]), free(dcz16[v]);
+            nn_conv2d_free(&cv[v]), nn_batchnorm_free(&bn[v]);
+        }
+        free(x), free(dy);
+    }
+}
+
 static void batchnorm_relu_maxpool_should_equal_bn_relu_then_pool(void) {
     ref_rng r = {93};
     const size_t shapes[3][2] = {{8, 6}, {7, 10}, {4, 1030}}; // H, W
@@ -1748,6 +1808,7 @@ static const test_case TESTS[] = {
     TEST(batchnorm_forward_should_match_formulas),
     TEST(conv_bn_relu_block_statistics_should_match_the_two_pass_ones),
     TEST(batchnorm_relu_maxpool_should_equal_bn_relu_then_pool),
+    TEST(conv_bn_relu_backward_should_equal_the_plain_layers),
     TEST(conv3x3_direct_should_match_float64_and_the_im2col_path),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),

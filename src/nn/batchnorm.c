@@ -34,8 +34,9 @@ nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_bat
     l->running_var = nn_malloc(c, sizeof(float));
     l->mean = nn_malloc(c, sizeof(float));
     l->invstd = nn_malloc(c, sizeof(float));
+    l->dxsum = nn_malloc(c, sizeof(double));
     if (!l->w || !l->dw || !l->b || !l->db || !l->running_mean || !l->running_var || !l->mean ||
-        !l->invstd) {
+        !l->invstd || !l->dxsum) {
         nn_batchnorm_free(l);
         return NN_ERR_NOMEM;
     }
@@ -53,6 +54,7 @@ void nn_batchnorm_free(nn_batchnorm *l) {
     free(l->running_var);
     free(l->mean);
     free(l->invstd);
+    free(l->dxsum);
     memset(l, 0, sizeof *l);
 }
 
@@ -317,6 +319,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
         const float k = w * invstd;
         const float mdy = l->train ? (float)(sdy / (double)M) : 0.0f;
         const float mdyx = l->train ? (float)(sdyx / (double)M) : 0.0f;
+        double dsum = 0.0; // (want_dxsum) Σ dx, as nn_conv2d's bias gradient sums its dy
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
             const float *d = dy + off, *xc = x + off;
@@ -327,6 +330,13 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
                     const float g = !relu || w * xh + b > 0.0f ? d[p] : 0.0f;
                     o[p] = nn_to_bf16(k * (g - mdy - xh * mdyx));
                 }
+                if (l->want_dxsum) { // (the plane still in cache)
+                    float r = 0.0f;
+                    NN_SIMD_SUM(r)
+                    for (size_t p = 0; p < HW; p++)
+                        r += nn_from_bf16(o[p]);
+                    dsum += (double)r;
+                }
                 continue;
             }
             float *o = dx + off;
@@ -336,7 +346,15 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
                 const float v = k * (g - mdy - xh * mdyx);
                 o[p] = set ? v : o[p] + v;
             }
+            if (l->want_dxsum) {
+                float r = 0.0f;
+                NN_SIMD_SUM(r)
+                for (size_t p = 0; p < HW; p++)
+                    r += o[p];
+                dsum += (double)r;
+            }
         }
+        l->dxsum[c] = dsum;
     }
 }
 

@@ -819,7 +819,10 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     const size_t nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
     l->dy = dy;
     l->dyb = dyb;
-    if (l->db) {
+    if (l->db && l->dbsum) {
+        for (size_t o = 0; o < cout; o++)
+            l->db[o] += (float)l->dbsum[o];
+    } else if (l->db) {
         NN_OMP_FOR(N * cout * L)
         for (size_t o = 0; o < cout; o++) { // per plane a vectorised float sum, then double
             double s = 0.0;

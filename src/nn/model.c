@@ -118,6 +118,9 @@ nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float 
 
 void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, float *dcz,
                               uint16_t *dcz16, float *dx) {
+    // the conv's bias gradient from BN's sums of the dcz it writes (no pass over dcz for it)
+    bn->want_dxsum = c->db != NULL && bn->c == c->c_out && bn->hw == c->oh * c->ow;
+    c->dbsum = bn->want_dxsum ? bn->dxsum : NULL;
     if (dcz16) {
         nn_batchnorm_relu_backward_bf16(bn, dy, dcz16);
         nn_conv2d_backward_set_bf16(c, dcz16, dx);
@@ -125,6 +128,8 @@ void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, f
         nn_batchnorm_relu_backward(bn, dy, dcz);
         nn_conv2d_backward_set(c, dcz, dx);
     }
+    bn->want_dxsum = false;
+    c->dbsum = NULL;
 }
 
 nn_act nn_conv_bn_relu_pool_forward(nn_conv2d *c, nn_batchnorm *bn, nn_maxpool2d *pool, nn_act in,

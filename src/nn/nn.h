@@ -337,6 +337,10 @@ typedef struct {
     // pairs, packed each pass
     bool direct16, direct16_t;
     uint32_t *wp, *wpf;
+    // set by the caller for one backward (else NULL): each output channel's Σ dy, already
+    // summed as backward would for the bias gradient (nn_batchnorm.dxsum), so it skips that
+    // pass over dy
+    const double *dbsum;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
@@ -439,6 +443,10 @@ typedef struct {
     size_t n;
     bool train; // mode of the last forward
     bool relu;  // the last forward was nn_batchnorm_relu_forward
+    // with want_dxsum, a backward that writes dx also leaves in dxsum (C) each channel's
+    // Σ dx, summed as nn_conv2d's bias gradient sums its dy (for nn_conv2d.dbsum)
+    bool want_dxsum;
+    double *dxsum;
 } nn_batchnorm;
 
 nn_status nn_batchnorm_init(nn_batchnorm *l, size_t c, size_t hw, size_t max_batch);
