@@ -596,8 +596,9 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
         free(x), free(y1), free(y2), free(dy), free(g), free(dx1), free(dx2);
         nn_batchnorm_free(&a), nn_batchnorm_free(&b);
     }
-    for (size_t t = 0; t < 2; t++) { // max pooling 2x2/2: windows tiling the input, or not
-        const size_t N = 2, C = 3, H = t ? 7 : 8, W = 6, n = N * C * H * W;
+    for (size_t t = 0; t < 3; t++) { // max pooling 2x2/2: windows tiling the input, or not;
+        // rows of 3 windows and of 21 (a whole 16-lane vector and a tail)
+        const size_t N = 2, C = 3, H = t == 1 ? 7 : 8, W = t == 2 ? 42 : 6, n = N * C * H * W;
         nn_maxpool2d l;
         CHECK(nn_maxpool2d_init(&l, C, H, W, 2, 2, 0, N) == NN_OK);
         const size_t ny = N * C * l.oh * l.ow;
