@@ -127,6 +127,8 @@ esac
 # bench train --T-u/--T-i reach the K-FAC family's config: timed steps are whole T_i periods
 out=$("$NGD" bench train --model mlp --widths 16 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json 2>&1)
 printf '%s\n' "$out" | grep -q '"steps":6,"period":6,' && ok || { bad "bench train --T-u 2 --T-i 6: period"; printf '%s\n' "$out" | tail -2; }
+# ... and a rounding of more than twice the asked steps says so (a long T_i is a long run)
+printf '%s\n' "$out" | grep -q 'note: --steps 2 rounded up to 6, whole preconditioner periods of 6 steps' && ok || bad "bench train: no note on --steps 2 -> 6"
 expect_rc 2 "bench train --T-u 0" "$NGD" bench train --T-u 0
 if [ -s "$tmp/p.svg" ]; then
     grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"

@@ -291,6 +291,11 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     dlogits = nn_malloc(nn_mul(o->batch * rows, m.cfg.classes), sizeof *dlogits);
     r->period = period_of(&cfg);
     r->steps = (o->steps + r->period - 1) / r->period * r->period;
+    if (r->steps > 2 * o->steps) // (a long period: say why the run takes so long)
+        fprintf(stderr,
+                "ngd bench train: note: --steps %zu rounded up to %zu, whole preconditioner "
+                "periods of %zu steps\n",
+                o->steps, r->steps, r->period);
     tot = malloc(r->steps * sizeof *tot);
     if (!(x || ids) || !y || !dlogits || !tot) {
         snprintf(r->err, sizeof r->err, "out of memory");
