@@ -571,27 +571,12 @@ void ngd_view_scale(ngd_view v, float s) {
     if (ngd_bf16_emul()) ngd_view_round_bf16(v);
 }
 
-// Along the view's lines (its columns or rows, whichever has the smaller stride), over the
-// threads for large views; a unit-stride line as a plain array, which vectorises (with the
-// strides unknown at compile time it did not: K-FAC's low-rank application scaled a 512 x
-// 785 gradient on one thread, one element at a time).
-void ngd_view_scale_f32(ngd_view v, float s) {
-    const bool bc = by_columns(v.rs, v.cs);
-    const size_t nl = bc ? v.cols : v.rows, len = bc ? v.rows : v.cols;
-    const ptrdiff_t ls = bc ? v.cs : v.rs, es = bc ? v.rs : v.cs;
-#pragma omp parallel for schedule(static) if (nl * len >= NGD_PAR_MIN && nl > 1)
-    for (size_t a = 0; a < nl; a++) {
-        float *p = v.p + (ptrdiff_t)a * ls;
-        if (es == 1) {
-            for (size_t b = 0; b < len; b++)
-                p[b] *= s;
-        } else {
-            for (size_t b = 0; b < len; b++)
-                p[(ptrdiff_t)b * es] *= s;
-        }
-    }
-}
+void ngd_view_scale_f32(ngd_view v, float s) { ngd_view_scale_copy(ngd_cv(v), v, s); }
 
+// Along y's lines (its columns or rows, whichever has the smaller stride), over the threads
+// for large views; unit-stride lines as plain arrays, which vectorise (with the strides
+// unknown at compile time they did not: K-FAC's low-rank application scaled a 512 x 785
+// gradient on one thread, one element at a time). x may be y itself.
 void ngd_view_scale_copy(ngd_cview x, ngd_view y, float s) {
     NGD_ASSERT(x.rows == y.rows && x.cols == y.cols);
     const bool bc = by_columns(y.rs, y.cs);

@@ -61,14 +61,8 @@ void nn_batchnorm_free(nn_batchnorm *l) {
 // Σ x over channel c's planes, and Σ (x − mu)² about the float mean mu
 static double plane_sum(const float *x, size_t N, size_t C, size_t HW, size_t c) {
     double s = 0;
-    for (size_t n = 0; n < N; n++) {
-        const float *xc = x + (n * C + c) * HW;
-        float r = 0.0f;
-        NN_SIMD_SUM(r)
-        for (size_t p = 0; p < HW; p++)
-            r += xc[p];
-        s += (double)r;
-    }
+    for (size_t n = 0; n < N; n++)
+        s += (double)nn_plane_sum(x + (n * C + c) * HW, HW);
     return s;
 }
 static double plane_sqdev(const float *x, size_t N, size_t C, size_t HW, size_t c, float mu) {
@@ -87,11 +81,7 @@ static double plane_sqdev(const float *x, size_t N, size_t C, size_t HW, size_t 
 }
 
 void nn_plane_moments(const float *v, size_t n, float *out) {
-    float s = 0.0f;
-    NN_SIMD_SUM(s)
-    for (size_t p = 0; p < n; p++)
-        s += v[p];
-    const float a = s / (float)n;
+    const float a = nn_plane_sum(v, n) / (float)n;
     float r = 0.0f, q = 0.0f;
     NN_SIMD_SUM(r, q)
     for (size_t p = 0; p < n; p++) {
@@ -330,13 +320,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
                     const float g = !relu || w * xh + b > 0.0f ? d[p] : 0.0f;
                     o[p] = nn_to_bf16(k * (g - mdy - xh * mdyx));
                 }
-                if (l->want_dxsum) { // (the plane still in cache)
-                    float r = 0.0f;
-                    NN_SIMD_SUM(r)
-                    for (size_t p = 0; p < HW; p++)
-                        r += nn_from_bf16(o[p]);
-                    dsum += (double)r;
-                }
+                if (l->want_dxsum) dsum += (double)nn_plane_sum_bf16(o, HW); // (in cache)
                 continue;
             }
             float *o = dx + off;
@@ -346,13 +330,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
                 const float v = k * (g - mdy - xh * mdyx);
                 o[p] = set ? v : o[p] + v;
             }
-            if (l->want_dxsum) {
-                float r = 0.0f;
-                NN_SIMD_SUM(r)
-                for (size_t p = 0; p < HW; p++)
-                    r += o[p];
-                dsum += (double)r;
-            }
+            if (l->want_dxsum) dsum += (double)nn_plane_sum(o, HW);
         }
         l->dxsum[c] = dsum;
     }

@@ -828,17 +828,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             double s = 0.0;
             for (size_t n = 0; n < N; n++) {
                 const size_t at = (n * cout + o) * L;
-                float r = 0.0f;
-                if (dyb) {
-                    NN_SIMD_SUM(r)
-                    for (size_t p = 0; p < L; p++)
-                        r += nn_from_bf16(dyb[at + p]);
-                } else {
-                    NN_SIMD_SUM(r)
-                    for (size_t p = 0; p < L; p++)
-                        r += dy[at + p];
-                }
-                s += (double)r;
+                s += (double)(dyb ? nn_plane_sum_bf16(dyb + at, L) : nn_plane_sum(dy + at, L));
             }
             l->db[o] += (float)s;
         }

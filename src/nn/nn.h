@@ -200,6 +200,23 @@ static inline uint16_t nn_to_bf16(float f) {
     const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
 }
+// Σ of one plane (n values, f32 or bf16) as a vectorised float sum: the engine sums a
+// channel over its planes in double, plane by plane, so that a conv's bias gradient and the
+// BatchNorm that hands it its sums (nn_batchnorm.dxsum) add the same way
+static inline float nn_plane_sum(const float *x, size_t n) {
+    float r = 0.0f;
+    NN_SIMD_SUM(r)
+    for (size_t p = 0; p < n; p++)
+        r += x[p];
+    return r;
+}
+static inline float nn_plane_sum_bf16(const uint16_t *x, size_t n) {
+    float r = 0.0f;
+    NN_SIMD_SUM(r)
+    for (size_t p = 0; p < n; p++)
+        r += nn_from_bf16(x[p]);
+    return r;
+}
 void nn_bf16_encode(const float *x, uint16_t *y, size_t n);
 void nn_bf16_decode(const uint16_t *x, float *y, size_t n);
 // rows x cols of a row-major x (leading dimension lds) into y (leading dimension ldd)
