@@ -749,7 +749,7 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
                 x[i] += 100.0f;
         }
         // the fused block (moments) against the conv, then the two-pass BN-ReLU
-        nn_act out = nn_conv_bn_relu_forward(&conv, &a, (nn_act){x, NULL}, cz, y1,
+        nn_act out = nn_conv_bn_relu_forward(&conv, &a, (nn_act){x, NULL}, cz, NULL, y1,
                                              bf16out ? h1 : NULL, N, true);
         CHECK(out.f == (bf16out ? NULL : y1) && out.h == (bf16out ? h1 : NULL));
         CHECK(!conv.moments_on); // switched off again
@@ -798,7 +798,7 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
                 }
         free(u16);
         // evaluation: no moments; the running statistics as the plain layer
-        out = nn_conv_bn_relu_forward(&conv, &a, (nn_act){x, NULL}, cz, y1, NULL, N, false);
+        out = nn_conv_bn_relu_forward(&conv, &a, (nn_act){x, NULL}, cz, NULL, y1, NULL, N, false);
         nn_batchnorm_relu_forward(&a, cz, y2, N, false);
         CHECK(!conv.moments_on && out.f == y1 && memcmp(y1, y2, ny * sizeof(float)) == 0);
         free(x), free(cz), free(cz2), free(y1), free(y2), free(h1), free(h2);
@@ -943,7 +943,7 @@ static void conv_bn_relu_backward_should_equal_the_plain_layers(void) {
             cz[v] = malloc(ny * sizeof(float)), ra[v] = malloc(ny * sizeof(float));
             dcz[v] = malloc(ny * sizeof(float)), dx[v] = malloc(nx * sizeof(float));
             dcz16[v] = malloc(ny * sizeof(uint16_t));
-            nn_conv_bn_relu_forward(&cv[v], &bn[v], (nn_act){x, NULL}, cz[v], ra[v], NULL, N,
+            nn_conv_bn_relu_forward(&cv[v], &bn[v], (nn_act){x, NULL}, cz[v], NULL, ra[v], NULL, N,
                                     train);
         }
         nn_conv_bn_relu_backward(&cv[0], &bn[0], dy, dcz[0], bf16 ? dcz16[0] : NULL, dx[0]);
@@ -969,6 +969,104 @@ static void conv_bn_relu_backward_should_equal_the_plain_layers(void) {
             nn_conv2d_free(&cv[v]), nn_batchnorm_free(&bn[v]);
         }
         free(x), free(dy);
+    }
+}
+
+// bf16 mode with the conv's output kept in bf16 (nn_conv2d_forward16 into cz16, BN-ReLU of a
+// bf16 x): the same bits as the f32 layers run on the conv's output rounded to bf16, i.e. the
+// conv's f32 output (nn_conv2d_forward) rounded, BN-ReLU's output, statistics, running
+// statistics and pool argmax (training from the rounded planes' moments, and evaluation),
+// and in backward dcz, dx, dW, db and BN's gradients; on the direct kernels' layers, with
+// those cleared (im2col, chunks of several images and a short last one) and a strided conv
+static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_path(void) {
+    ref_rng r = {97};
+    // c_in, H = W, c_out, stride, N, direct kernels cleared
+    const size_t shapes[4][6] = {
+        {3, 16, 16, 1, 3, 0}, {5, 8, 6, 1, 6, 0}, {5, 8, 6, 1, 6, 1}, {4, 16, 5, 2, 6, 0}};
+    for (int t = 0; t < 4 * 4; t++) {
+        const size_t *sh = shapes[t % 4], cin = sh[0], H = sh[1], C = sh[2], S = sh[3], N = sh[4];
+        const bool pooled = t / 4 % 2, train = t / 8;
+        const ngd_conv_geom G = {cin, H, H, 3, 3, S, S, 1, 1, 1, 1, 1};
+        const size_t OH = (H - 1) / S + 1, HW = OH * OH, nx = N * cin * H * H, ny = N * C * HW;
+        const size_t no = pooled ? N * C * (OH / 2) * (OH / 2) : ny;
+        nn_conv2d cv[2];
+        nn_batchnorm bn[2];
+        nn_maxpool2d pl[2];
+        float *x = malloc(nx * sizeof *x), *dy = malloc(no * sizeof *dy);
+        float *cz = malloc(ny * sizeof *cz), *dx[2], *dyb = malloc(ny * sizeof *dyb);
+        float *mom = malloc(N * C * NN_MOMENTS * sizeof *mom);
+        uint16_t *cz16[2], *out16[2], *dcz16[2];
+        fill(&r, x, nx, -1, 1);
+        fill(&r, dy, no, -1, 1);
+        for (int v = 0; v < 2; v++) {
+            nn_rng g;
+            nn_rng_seed(&g, 7);
+            CHECK(nn_conv2d_init(&cv[v], &G, C, true, N, &g) == NN_OK);
+            CHECK(nn_conv2d_use_bf16(&cv[v]) == NN_OK);
+            if (sh[5]) cv[v].direct16 = cv[v].amx = false;
+            for (size_t c = 0; c < C; c++)
+                cv[v].b[c] = 0.03f * (float)c - 0.05f;
+            CHECK(nn_batchnorm_init(&bn[v], C, HW, N) == NN_OK);
+            CHECK(nn_maxpool2d_init(&pl[v], C, OH, OH, 2, 2, 0, N) == NN_OK);
+            for (size_t c = 0; c < C; c++)
+                bn[v].w[c] = 0.5f + 0.1f * (float)c, bn[v].b[c] = 0.05f * (float)c - 0.2f;
+            cz16[v] = malloc(ny * sizeof(uint16_t)), out16[v] = malloc(ny * sizeof(uint16_t));
+            dcz16[v] = malloc(ny * sizeof(uint16_t)), dx[v] = malloc(nx * sizeof(float));
+        }
+        // the bf16 output path
+        nn_act in = {x, NULL}, o;
+        if (pooled)
+            o = nn_conv_bn_relu_pool_forward(&cv[0], &bn[0], &pl[0], in, NULL, cz16[0], NULL,
+                                             out16[0], N, train);
+        else
+            o = nn_conv_bn_relu_forward(&cv[0], &bn[0], in, NULL, cz16[0], NULL, out16[0], N,
+                                        train);
+        CHECK(o.h == out16[0] && !o.f && bn[0].x16 == cz16[0] && !bn[0].x);
+        // the f32 layers on the rounded conv output
+        nn_conv2d_forward(&cv[1], x, cz, N);
+        nn_bf16_encode(cz, cz16[1], ny);
+        nn_bf16_decode(cz16[1], cz, ny);
+        CHECK(memcmp(cz16[0], cz16[1], ny * sizeof(uint16_t)) == 0);
+        for (size_t p = 0; p < N * C; p++)
+            nn_plane_moments(cz + p * HW, HW, mom + NN_MOMENTS * p);
+        if (pooled)
+            nn_batchnorm_relu_maxpool_forward(&bn[1], &pl[1], cz, train ? mom : NULL, NULL,
+                                              out16[1], N, train);
+        else if (train)
+            nn_batchnorm_relu_forward_moments(&bn[1], cz, mom, NULL, out16[1], N);
+        else
+            nn_batchnorm_relu_forward_bf16(&bn[1], cz, out16[1], N, false);
+        CHECK(memcmp(out16[0], out16[1], no * sizeof(uint16_t)) == 0);
+        CHECK(memcmp(bn[0].mean, bn[1].mean, C * sizeof(float)) == 0 &&
+              memcmp(bn[0].invstd, bn[1].invstd, C * sizeof(float)) == 0 &&
+              memcmp(bn[0].running_mean, bn[1].running_mean, C * sizeof(float)) == 0 &&
+              memcmp(bn[0].running_var, bn[1].running_var, C * sizeof(float)) == 0);
+        CHECK(!train || bn[0].running_mean[0] != 0.0f); // the batch statistics were taken
+        CHECK(!pooled || memcmp(pl[0].argmax, pl[1].argmax, no * sizeof(int32_t)) == 0);
+        // backward: the pool's (pooled), then BN-ReLU's and the conv's
+        const float *g = dy;
+        if (pooled) {
+            nn_maxpool2d_backward_set(&pl[0], dy, dyb);
+            g = dyb;
+        }
+        nn_conv_bn_relu_backward(&cv[0], &bn[0], g, NULL, dcz16[0], dx[0]);
+        nn_batchnorm_relu_backward_bf16(&bn[1], g, dcz16[1]);
+        nn_conv2d_backward_set_bf16(&cv[1], dcz16[1], dx[1]);
+        CHECK(memcmp(dcz16[0], dcz16[1], ny * sizeof(uint16_t)) == 0);
+        CHECK(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+        CHECK(memcmp(cv[0].dw, cv[1].dw, C * cv[0].d_in * sizeof(float)) == 0 &&
+              memcmp(cv[0].db, cv[1].db, C * sizeof(float)) == 0);
+        CHECK(memcmp(bn[0].dw, bn[1].dw, C * sizeof(float)) == 0 &&
+              memcmp(bn[0].db, bn[1].db, C * sizeof(float)) == 0);
+        double sdw = 0;
+        for (size_t c = 0; c < C; c++)
+            sdw += fabs((double)bn[0].dw[c]);
+        CHECK(sdw > 1e-3); // gradients to compare
+        for (int v = 0; v < 2; v++) {
+            free(cz16[v]), free(out16[v]), free(dcz16[v]), free(dx[v]);
+            nn_conv2d_free(&cv[v]), nn_batchnorm_free(&bn[v]), nn_maxpool2d_free(&pl[v]);
+        }
+        free(x), free(dy), free(cz), free(dyb), free(mom);
     }
 }
 
@@ -1810,6 +1908,7 @@ static const test_case TESTS[] = {
     TEST(conv_bn_relu_block_statistics_should_match_the_two_pass_ones),
     TEST(batchnorm_relu_maxpool_should_equal_bn_relu_then_pool),
     TEST(conv_bn_relu_backward_should_equal_the_plain_layers),
+    TEST(conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_path),
     TEST(conv3x3_direct_should_match_float64_and_the_im2col_path),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),

@@ -185,16 +185,28 @@ static void relu_pool_plane(const float *xp, float w, float b, float mean, float
         }
 }
 
+// One plane of a bf16 x (x16, NULL: none) decoded into buf, or the f32 x's plane in place
+static inline const float *plane_of(const float *x, const uint16_t *x16, size_t off, size_t HW,
+                                    float *buf) {
+    if (!x16) return x + off;
+    for (size_t p = 0; p < HW; p++)
+        buf[p] = nn_from_bf16(x16[off + p]);
+    return buf;
+}
+
 // x (N, C, HW) -> y (N, C, HW), y = γ x̂ + β, then max(0, ·) when relu; into y16 rounded to
 // bf16 instead when y16 is set (relu only). With pool (relu only, 2x2 windows of stride 2),
 // y / y16 receive the pooled (N, C, OH, OW) instead, and pool its argmax. Training
 // statistics from the planes' moments when mom is set (relu only), else by two passes.
-static void forward(nn_batchnorm *l, const float *x, const float *mom, float *y, uint16_t *y16,
-                    nn_maxpool2d *pool, size_t N, bool train, bool relu) {
-    NN_ASSERT(x && (y || (y16 && relu)) && N >= 1 && N <= l->max_batch);
+// x16 instead of x: a bf16 x, plane by plane through a buffer (relu only; training needs mom).
+static void forward(nn_batchnorm *l, const float *x, const uint16_t *x16, const float *mom,
+                    float *y, uint16_t *y16, nn_maxpool2d *pool, size_t N, bool train, bool relu) {
+    NN_ASSERT(!x != !x16 && (y || (y16 && relu)) && N >= 1 && N <= l->max_batch);
     NN_ASSERT(!train || N * l->hw > 1); // a batch variance needs two values per channel
+    NN_ASSERT(!x16 || (relu && l->hw <= NN_BN_X16_MAX_HW && (mom || !train)));
     const size_t C = l->c, HW = l->hw;
     l->x = x;
+    l->x16 = x16;
     l->n = N;
     l->train = train;
     l->relu = relu;
@@ -209,8 +221,9 @@ static void forward(nn_batchnorm *l, const float *x, const float *mom, float *y,
         const float mean = l->mean[c], invstd = l->invstd[c];
         // y = a x + s with a = γ invstd, s = β − γ invstd mean; x̂ is (x − mean) invstd
         const float w = l->w[c], b = l->b[c];
+        float xbuf[NN_BN_X16_MAX_HW]; // (x16 only)
         for (size_t n = 0; n < N; n++) {
-            const float *xc = x + (n * C + c) * HW;
+            const float *xc = plane_of(x, x16, (n * C + c) * HW, HW, xbuf);
             if (pool) {
                 const size_t L = pool->oh * pool->ow, o = (n * C + c) * L;
                 relu_pool_plane(xc, w, b, mean, invstd, pool->w, pool->oh, pool->ow,
@@ -240,25 +253,30 @@ static void forward(nn_batchnorm *l, const float *x, const float *mom, float *y,
 }
 
 void nn_batchnorm_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, NULL, y, NULL, NULL, N, train, false);
+    forward(l, x, NULL, NULL, y, NULL, NULL, N, train, false);
 }
 void nn_batchnorm_relu_forward(nn_batchnorm *l, const float *x, float *y, size_t N, bool train) {
-    forward(l, x, NULL, y, NULL, NULL, N, train, true);
+    forward(l, x, NULL, NULL, y, NULL, NULL, N, train, true);
 }
 void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
                                     bool train) {
-    forward(l, x, NULL, NULL, y, NULL, N, train, true);
+    forward(l, x, NULL, NULL, NULL, y, NULL, N, train, true);
 }
 void nn_batchnorm_relu_forward_moments(nn_batchnorm *l, const float *x, const float *mom, float *y,
                                        uint16_t *y16, size_t N) {
     NN_ASSERT(mom);
-    forward(l, x, mom, y16 ? NULL : y, y16, NULL, N, true, true);
+    forward(l, x, NULL, mom, y16 ? NULL : y, y16, NULL, N, true, true);
 }
 void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, const float *x,
                                        const float *mom, float *y, uint16_t *y16, size_t N,
                                        bool train) {
     NN_ASSERT(!mom || train);
-    forward(l, x, mom, y16 ? NULL : y, y16, pool, N, train, true);
+    forward(l, x, NULL, mom, y16 ? NULL : y, y16, pool, N, train, true);
+}
+void nn_batchnorm_relu_forward16(nn_batchnorm *l, const uint16_t *x, const float *mom, float *y,
+                                 uint16_t *y16, nn_maxpool2d *pool, size_t N, bool train) {
+    NN_ASSERT(!mom || train);
+    forward(l, NULL, x, mom, y16 ? NULL : y, y16, pool, N, train, true);
 }
 
 // With g = dy (or dy masked by the ReLU: where γ x̂ + β > 0, recomputed exactly as forward):
@@ -266,16 +284,19 @@ void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, cons
 // eval:   dx = γ·invstd · g
 // and in both: dγ += Σ g·x̂, dβ += Σ g. dx is added to, or written when `set`.
 static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16, bool set) {
-    NN_ASSERT(dy && l->x && l->n >= 1);
+    NN_ASSERT(dy && (l->x || l->x16) && l->n >= 1);
     const size_t C = l->c, HW = l->hw, N = l->n, M = N * HW;
     const float *x = l->x;
+    const uint16_t *x16 = l->x16;
     const bool relu = l->relu;
     NN_OMP_FOR(N * C * HW)
     for (size_t c = 0; c < C; c++) {
         const float mean = l->mean[c], invstd = l->invstd[c], w = l->w[c], b = l->b[c];
+        float xbuf[NN_BN_X16_MAX_HW]; // (x16 only)
         double sdy = 0, sdyx = 0;
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
+            const float *xc = plane_of(x, x16, off, HW, xbuf);
             float r1 = 0.0f, r2 = 0.0f;
             if (relu) {
 #ifdef _OPENMP
@@ -285,7 +306,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
                     // (dy read whatever the mask: a conditional load kept GCC from
                     // vectorising this loop without AVX, so its sums took another order
                     // than the plain BatchNorm's, and NATIVE=0 builds differed from it)
-                    const float xh = (x[off + p] - mean) * invstd, d = dy[off + p];
+                    const float xh = (xc[p] - mean) * invstd, d = dy[off + p];
                     const float g = w * xh + b > 0.0f ? d : 0.0f;
                     r1 += g;
                     r2 += g * xh;
@@ -295,7 +316,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
 #pragma omp simd reduction(+ : r1, r2)
 #endif
                 for (size_t p = 0; p < HW; p++) {
-                    const float xh = (x[off + p] - mean) * invstd;
+                    const float xh = (xc[p] - mean) * invstd;
                     r1 += dy[off + p];
                     r2 += dy[off + p] * xh;
                 }
@@ -312,7 +333,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
         double dsum = 0.0; // (want_dxsum) Σ dx, as nn_conv2d's bias gradient sums its dy
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
-            const float *d = dy + off, *xc = x + off;
+            const float *d = dy + off, *xc = plane_of(x, x16, off, HW, xbuf);
             if (dx16) { // written, rounded
                 uint16_t *o = dx16 + off;
                 for (size_t p = 0; p < HW; p++) {

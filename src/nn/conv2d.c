@@ -183,6 +183,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dyx16);
     free(l->pad);
     free(l->moments);
+    free(l->yt);
     free(l->wt);
     free(l->wtf);
     free(l->xs);
@@ -230,6 +231,9 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     // per thread: one chunk's samples (x16) and output gradients (dyx16), not the batch's
     l->x16 = nn_malloc(nn_mul(l->nthr, l->chunk * G->c_in * G->h * G->w), sizeof(uint16_t));
     if (l->wflip) l->dyx16 = nn_malloc(nn_mul(l->nthr, l->chunk * l->c_out * L), sizeof(uint16_t));
+    // per thread: a chunk's f32 output before nn_conv2d_forward16 rounds it
+    l->yt_n = nn_mul(l->chunk * L, l->c_out);
+    l->yt = nn_malloc(nn_mul(l->nthr, l->yt_n), sizeof(float));
     // AMX: a 3x3 'same' layer (conv_amx.c), sample by sample; forward and dW, and dx apart
     const bool same3 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 &&
                        G->p2 == 1 && G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 &&
@@ -267,11 +271,12 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         l->direct16 = l->direct16_t = false;
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
-        ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
+        !l->yt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
         (amx_dw_on(l) && (!l->dyp || !l->dwt)) || (l->amx_t && !l->wtf)) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
-        free(l->xs), free(l->wt), free(l->wtf), free(l->dyp), free(l->dwt);
+        free(l->xs), free(l->wt), free(l->wtf), free(l->dyp), free(l->dwt), free(l->yt);
         l->dyp = NULL;
+        l->yt = NULL;
         l->dwt = NULL;
         l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = l->wt = l->wtf = NULL;
         l->xs = NULL;
@@ -568,11 +573,13 @@ static int team(const nn_conv2d *l) {
     return (int)t;
 }
 
-// y of samples [n0, n0+nb) from x, on thread buffers colt (and ybuf when nb > 1). One
-// sample: block by block of output rows, each GEMM writing its rows of the image.
-static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, size_t nb, float *colt,
-                          float *ybuf, uint16_t *col16, uint16_t *x16, unsigned char *pad,
-                          uint32_t *xsb) {
+// y of samples [n0, n0+nb) from x into yc (the chunk's (nb, c_out, L) output), on thread
+// buffers colt (and ybuf when nb > 1). One sample: block by block of output rows, each GEMM
+// writing its rows of the image. With y16 (the batch's output in bf16), each plane of yc is
+// rounded there too (yc then holds the rounded values, of which the moments are taken).
+static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16, size_t n0,
+                          size_t nb, float *colt, float *ybuf, uint16_t *col16, uint16_t *x16,
+                          unsigned char *pad, uint32_t *xsb) {
     // (x NULL: the bf16 input l->xb, read in place)
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
@@ -584,12 +591,12 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     const bool amx = col16 && l->amx;
     for (size_t i = 0; amx && i < nb; i++) { // each image on the tile unit, into y
         nn_conv3x3_amx_pairs(xs16 + i * xs, G->c_in, G->h, G->w, xsb);
-        nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, y + (n0 + i) * cout * L, false);
+        nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, yc + i * cout * L, false);
     }
     // each image without im2col, into y: f32, or bf16 pairs (where AMX is not used)
     const bool direct = col16 ? l->direct16 && !amx : l->direct;
     for (size_t i = 0; direct && i < nb; i++) {
-        float *xp = xpd_of(l, (size_t)nn_thread_num()), *yi = y + (n0 + i) * cout * L;
+        float *xp = xpd_of(l, (size_t)nn_thread_num()), *yi = yc + i * cout * L;
         if (col16) // (the bias added in the kernel's store)
             nn_conv3x3_direct16(xs16 + i * xs, G->c_in, G->h, G->w, l->wp, cout, yi, l->b, false,
                                 (uint32_t *)xp);
@@ -600,7 +607,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     for (size_t r0 = 0; r0 < OH && !amx && !direct; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         // nb = 1: rows [r0, r0+R) of the image (leading dimension L); else the chunk side by side
-        float *out = nb == 1 ? y + n0 * cout * L + r0 * OW : ybuf;
+        float *out = nb == 1 ? yc + r0 * OW : ybuf;
         const size_t ldo = nb == 1 ? L : ncol;
         for (size_t g = 0; g < groups; g++) {
             im2col_t(l, x ? x + n0 * xs : NULL, xs16, nb, g, r0, R, colt, col16, pad);
@@ -617,7 +624,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
     // y[n0 + i, co, :] = out[co, i*L : (i+1)*L] + b[co], and the plane's moments
     for (size_t i = 0; i < nb; i++)
         for (size_t co = 0; co < cout; co++) {
-            float *dst = y + ((n0 + i) * cout + co) * L;
+            float *dst = yc + (i * cout + co) * L;
             const float bo = l->b ? l->b[co] : 0.0f;
             if (nb == 1 || amx || direct) { // (in place; the direct kernels added it)
                 if (l->b && !direct)
@@ -628,13 +635,22 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *y, size_t n0, siz
                 for (size_t p = 0; p < L; p++)
                     dst[p] = src[p] + bo;
             }
+            if (y16) {
+                uint16_t *d16 = y16 + ((n0 + i) * cout + co) * L;
+                for (size_t p = 0; p < L; p++) {
+                    const uint16_t h = nn_to_bf16(dst[p]);
+                    d16[p] = h;
+                    dst[p] = nn_from_bf16(h);
+                }
+            }
             if (l->moments_on)
                 nn_plane_moments(dst, L, l->moments + NN_MOMENTS * ((n0 + i) * cout + co));
         }
 }
 
-static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, size_t N) {
-    NN_ASSERT((x || (xb && l->w16)) && y && N >= 1 && N <= l->max_batch);
+static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, uint16_t *y16,
+                    size_t N) {
+    NN_ASSERT((x || (xb && l->w16)) && (y || (y16 && l->yt)) && N >= 1 && N <= l->max_batch);
     const size_t nchunks = (N + l->chunk - 1) / l->chunk;
     l->x = x;
     l->xb = xb;
@@ -653,17 +669,23 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)nn_thread_num(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
-        forward_chunk(l, x, y, n0, nb, l->colt + t * l->colt_n,
+        float *yc = y16 ? l->yt + t * l->yt_n : y + n0 * l->c_out * l->oh * l->ow;
+        forward_chunk(l, x, yc, y16, n0, nb, l->colt + t * l->colt_n,
                       l->ybuf ? l->ybuf + t * l->ybuf_n : NULL, l->w16 ? col16_of(l, t) : NULL,
                       l->w16 ? x16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
     }
 }
 
 void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N) {
-    forward(l, x, NULL, y, N);
+    forward(l, x, NULL, y, NULL, N);
 }
 void nn_conv2d_forward_bf16(nn_conv2d *l, const uint16_t *x, float *y, size_t N) {
-    forward(l, NULL, x, y, N);
+    forward(l, NULL, x, y, NULL, N);
+}
+void nn_conv2d_forward16(nn_conv2d *l, const float *x, const uint16_t *xb, uint16_t *y16,
+                         size_t N) {
+    NN_ASSERT(!x != !xb && y16);
+    forward(l, x, xb, NULL, y16, N);
 }
 
 // dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows

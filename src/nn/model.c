@@ -90,12 +90,16 @@ ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t ba
     return ngd_optim_observe(o, id, batch, a, g);
 }
 
-// The conv of a conv-BN block from `in` into cz; in training also its planes' moments for
-// the BN (returned; NULL otherwise), so that BN reads cz once, not three times
+// The conv of a conv-BN block from `in` into cz, or cz16 rounded (bf16 mode); in training
+// also its planes' moments for the BN (returned; NULL otherwise), so that BN reads cz once,
+// not three times
 static const float *conv_for_bn(nn_conv2d *c, const nn_batchnorm *bn, nn_act in, float *cz,
-                                size_t N, bool train) {
+                                uint16_t *cz16, size_t N, bool train) {
     c->moments_on = train && bn->hw == c->oh * c->ow && bn->c == c->c_out;
-    if (in.h)
+    NN_ASSERT(!cz16 || !train || c->moments_on); // (the BN of a bf16 x takes them)
+    if (cz16)
+        nn_conv2d_forward16(c, in.f, in.h, cz16, N);
+    else if (in.h)
         nn_conv2d_forward_bf16(c, in.h, cz, N);
     else
         nn_conv2d_forward(c, in.f, cz, N);
@@ -104,10 +108,12 @@ static const float *conv_for_bn(nn_conv2d *c, const nn_batchnorm *bn, nn_act in,
     return mom ? c->moments : NULL;
 }
 
-nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, float *ra,
-                               uint16_t *ra16, size_t N, bool train) {
-    const float *mom = conv_for_bn(c, bn, in, cz, N, train);
-    if (mom)
+nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, uint16_t *cz16,
+                               float *ra, uint16_t *ra16, size_t N, bool train) {
+    const float *mom = conv_for_bn(c, bn, in, cz, cz16, N, train);
+    if (cz16)
+        nn_batchnorm_relu_forward16(bn, cz16, mom, ra, ra16, NULL, N, train);
+    else if (mom)
         nn_batchnorm_relu_forward_moments(bn, cz, mom, ra, ra16, N);
     else if (ra16)
         nn_batchnorm_relu_forward_bf16(bn, cz, ra16, N, train);
@@ -133,9 +139,13 @@ void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, f
 }
 
 nn_act nn_conv_bn_relu_pool_forward(nn_conv2d *c, nn_batchnorm *bn, nn_maxpool2d *pool, nn_act in,
-                                    float *cz, float *po, uint16_t *po16, size_t N, bool train) {
-    const float *mom = conv_for_bn(c, bn, in, cz, N, train);
-    nn_batchnorm_relu_maxpool_forward(bn, pool, cz, mom, po, po16, N, train);
+                                    float *cz, uint16_t *cz16, float *po, uint16_t *po16, size_t N,
+                                    bool train) {
+    const float *mom = conv_for_bn(c, bn, in, cz, cz16, N, train);
+    if (cz16)
+        nn_batchnorm_relu_forward16(bn, cz16, mom, po, po16, pool, N, train);
+    else
+        nn_batchnorm_relu_maxpool_forward(bn, pool, cz, mom, po, po16, N, train);
     return (nn_act){po16 ? NULL : po, po16};
 }
 

@@ -99,10 +99,11 @@ typedef struct {
     const float *f;
     const uint16_t *h;
 } nn_act;
-// A conv-BN-ReLU block: the conv from `in` into cz, then BN-ReLU into ra, or into ra16
-// rounded when ra16 is set (its reader is a bf16 conv); returns that output.
-nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, float *ra,
-                               uint16_t *ra16, size_t N, bool train);
+// A conv-BN-ReLU block: the conv from `in` into cz (or, bf16 mode, cz16 rounded: planes of at
+// most NN_BN_X16_MAX_HW values), then BN-ReLU into ra, or into ra16 rounded when ra16 is set
+// (its reader is a bf16 conv); returns that output. Exactly one of cz, cz16 is set.
+nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, uint16_t *cz16,
+                               float *ra, uint16_t *ra16, size_t N, bool train);
 // A conv-BN-ReLU block's backward from dy (of its output): BN-ReLU's gradient into dcz, or
 // into dcz16 rounded to bf16 when set (bf16 mode: the conv reads it in place), then the
 // conv's, dx written (NULL: none)
@@ -110,9 +111,11 @@ void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, f
                               uint16_t *dcz16, float *dx);
 // A conv-BN-ReLU block followed by 2x2 max pooling of stride 2 (the last block of a CNN
 // stage): the BN-ReLU output is never stored (nn_batchnorm_relu_maxpool_forward); the pooled
-// output goes to po, or po16 rounded; returns it. Backward: the pool's, then BN-ReLU's.
+// output goes to po, or po16 rounded; returns it (cz / cz16 as above). Backward: the pool's,
+// then BN-ReLU's.
 nn_act nn_conv_bn_relu_pool_forward(nn_conv2d *c, nn_batchnorm *bn, nn_maxpool2d *pool, nn_act in,
-                                    float *cz, float *po, uint16_t *po16, size_t N, bool train);
+                                    float *cz, uint16_t *cz16, float *po, uint16_t *po16, size_t N,
+                                    bool train);
 // Max pooling of x into y, or into y16 rounded when y16 is set; returns that output.
 nn_act nn_maxpool2d_forward_act(nn_maxpool2d *l, const float *x, float *y, uint16_t *y16, size_t N);
 ngd_status nn_observe_linear(ngd_optim *o, const nn_linear *l, int id, size_t batch);

@@ -330,6 +330,10 @@ typedef struct {
     // (max_batch, c_out, NN_MOMENTS), while the plane is in cache, for the BatchNorm after it
     bool moments_on;
     float *moments;
+    // bf16 mode: each thread's chunk output in f32 (nthr x yt_n) before nn_conv2d_forward16
+    // rounds it into its bf16 output
+    float *yt;
+    size_t yt_n;
     // bf16 mode, 3x3 'same' layers that nn_conv3x3_amx fits, on a CPU with AMX: forward (amx)
     // and the transposed convolution for dx (amx_t) run image by image on the tile unit from
     // the image's pair layout (xs: nthr x xs_n) and the packed weights wt (wflip's: wtf),
@@ -369,6 +373,10 @@ void nn_conv2d_forward(nn_conv2d *l, const float *x, float *y, size_t N);
 // bf16 mode: the same from a bf16 input (borrowed likewise): the layer's GEMMs read it as it
 // is, with no rounding pass of its own, and the statistics' `a` is its exact f32 value.
 void nn_conv2d_forward_bf16(nn_conv2d *l, const uint16_t *x, float *y, size_t N);
+// bf16 mode: the same from x or xb (exactly one of them) into y16, each output rounded to bf16
+// once the bias is added; with moments_on the moments are those of the rounded planes. The
+// f32 output goes through each thread's yt (in cache), never to memory.
+void nn_conv2d_forward16(nn_conv2d *l, const float *x, const uint16_t *xb, uint16_t *y16, size_t N);
 // dy (N, c_out, oh, ow): dW += Σ dy colᵀ, db += Σ dy, dx (N, c_in, h, w) += col2im(Wᵀ dy).
 // dy is borrowed until the stats have been read.
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx);
@@ -457,6 +465,7 @@ typedef struct {
     float *running_var;      // (C) init 1; updated with the unbiased batch variance
     float *mean, *invstd;    // (C) mean and 1/sqrt(var + eps) used by the last forward
     const float *x;          // (N, C, hw) borrowed: x̂ is recomputed from it in backward
+    const uint16_t *x16;     // the same in bf16 (nn_batchnorm_relu_forward16; x is NULL)
     size_t n;
     bool train; // mode of the last forward
     bool relu;  // the last forward was nn_batchnorm_relu_forward
@@ -504,6 +513,14 @@ typedef struct nn_maxpool2d nn_maxpool2d;
 void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, const float *x,
                                        const float *mom, float *y, uint16_t *y16, size_t N,
                                        bool train);
+// BN-ReLU of a bf16 x (bf16 mode: a conv's output kept in bf16, nn_conv2d_forward16), pooled
+// as nn_batchnorm_relu_maxpool_forward when pool is set, into y or y16: the same values as
+// the f32 functions on x's decoded values. Training needs mom (nn_plane_moments of the
+// decoded planes). Planes of at most NN_BN_X16_MAX_HW values (a buffer on the stack);
+// backward (nn_batchnorm_relu_backward*) reads x in bf16 the same way.
+#define NN_BN_X16_MAX_HW 4096
+void nn_batchnorm_relu_forward16(nn_batchnorm *l, const uint16_t *x, const float *mom, float *y,
+                                 uint16_t *y16, nn_maxpool2d *pool, size_t N, bool train);
 void nn_batchnorm_free(nn_batchnorm *l);
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out); // weight, bias
 

@@ -26,6 +26,7 @@ typedef struct {
     int conv_id[CNN_CONVS], fc1_id, fc2_id;
     // activations, each (B, C, H, W) of its layer; x_k is the input of conv k
     float *cz[CNN_CONVS];      // conv output (BN's borrowed input)
+    uint16_t *cz16[CNN_CONVS]; // bf16 mode: the same rounded, instead (NN_BN_X16_MAX_HW)
     float *ra[CNN_CONVS];      // BN-ReLU output (of a stage's first block; NULL for the second)
     float *po[CNN_MAX_STAGES]; // pool output
     // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
@@ -48,7 +49,7 @@ static void cnn_destroy(nn_model *m) {
     for (size_t k = 0; k < p->nconv; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->ra[k]), free(p->ra16[k]);
+        free(p->cz[k]), free(p->cz16[k]), free(p->ra[k]), free(p->ra16[k]);
         if (!p->dz && !p->dz16) free(p->dcz[k]), free(p->dcz16[k]);
     }
     for (size_t s = 0; s < p->nstages; s++) {
@@ -90,7 +91,10 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = chans[s];
             size_t n = B * c * h * w;
             maxact = n > maxact ? n : maxact;
-            p->cz[k] = buf(n);
+            if (cfg->bf16 && h * w <= NN_BN_X16_MAX_HW)
+                p->cz16[k] = nn_malloc(n, sizeof(uint16_t));
+            else
+                p->cz[k] = buf(n);
             // the first block's output (the second's goes straight into the pool)
             if (j == 0 && cfg->bf16)
                 p->ra16[k] = nn_malloc(n, sizeof(uint16_t));
@@ -100,7 +104,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                 p->dcz16[k] = nn_malloc(n, sizeof(uint16_t));
             else if (!cfg->no_stats)
                 p->dcz[k] = buf(n);
-            if (!p->cz[k] || (j == 0 && !p->ra[k] && !p->ra16[k]) ||
+            if ((!p->cz[k] && !p->cz16[k]) || (j == 0 && !p->ra[k] && !p->ra16[k]) ||
                 (!cfg->no_stats && !p->dcz[k] && !p->dcz16[k]))
                 goto oom;
             nn_param ps[2];
@@ -161,10 +165,11 @@ static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
     nn_act in = {x, NULL};
     for (size_t s = 0; s < p->nstages; s++) {
         const size_t k = 2 * s;
-        in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k], p->ra16[k], N,
-                                     train);
+        in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->cz16[k], p->ra[k],
+                                     p->ra16[k], N, train);
         in = nn_conv_bn_relu_pool_forward(&p->conv[k + 1], &p->bn[k + 1], &p->pool[s], in,
-                                          p->cz[k + 1], p->po[s], p->po16[s], N, train);
+                                          p->cz[k + 1], p->cz16[k + 1], p->po[s], p->po16[s], N,
+                                          train);
     }
     nn_linear_forward(&p->fc1, in.f, p->h1, N); // flatten: NCHW memory is already (N, C*H*W)
     nn_relu_forward(&p->relu_fc, p->h1, p->a1, N * CNN_HIDDEN);

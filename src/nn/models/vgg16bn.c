@@ -45,9 +45,10 @@ typedef struct {
     nn_dropout drop;
     int conv_id[VGG_CONVS], fc1_id, fc2_id;
     // activations, each (N, C, H, W) of its layer
-    float *cz[VGG_CONVS];  // conv output (BN's borrowed input)
-    float *ra[VGG_CONVS];  // BN-ReLU output (the next conv's input; NULL before a pool)
-    float *po[VGG_STAGES]; // pool output (NULL when the stage is not pooled)
+    float *cz[VGG_CONVS];      // conv output (BN's borrowed input)
+    uint16_t *cz16[VGG_CONVS]; // bf16 mode: the same rounded, instead (NN_BN_X16_MAX_HW)
+    float *ra[VGG_CONVS];      // BN-ReLU output (the next conv's input; NULL before a pool)
+    float *po[VGG_STAGES];     // pool output (NULL when the stage is not pooled)
     // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
     // anyway): ra16 / po16 instead of ra / po where a conv is the consumer (NULL otherwise)
     uint16_t *ra16[VGG_CONVS], *po16[VGG_STAGES];
@@ -68,7 +69,7 @@ static void vgg_destroy(nn_model *m) {
     for (size_t k = 0; k < VGG_CONVS; k++) {
         nn_conv2d_free(&p->conv[k]);
         nn_batchnorm_free(&p->bn[k]);
-        free(p->cz[k]), free(p->ra[k]), free(p->ra16[k]);
+        free(p->cz[k]), free(p->cz16[k]), free(p->ra[k]), free(p->ra16[k]);
         if (!p->dz && !p->dz16) free(p->dcz[k]), free(p->dcz16[k]);
     }
     for (size_t s = 0; s < VGG_STAGES; s++) {
@@ -121,7 +122,10 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = co;
             const size_t act = c * h * w;
             maxact = act > maxact ? act : maxact;
-            p->cz[k] = buf(N, act);
+            if (cfg->bf16 && h * w <= NN_BN_X16_MAX_HW)
+                p->cz16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
+            else
+                p->cz[k] = buf(N, act);
             // read by a conv: the next in the stage, or the next stage's first (no pool); a
             // stage's last block before a pool stores none (nn_conv_bn_relu_pool_forward)
             const bool stored = j + 1 < STAGE_CONVS[s] || !pools;
@@ -133,7 +137,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                 p->dcz16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
             else if (!cfg->no_stats)
                 p->dcz[k] = buf(N, act);
-            if (!p->cz[k] || (stored && !p->ra[k] && !p->ra16[k]) ||
+            if ((!p->cz[k] && !p->cz16[k]) || (stored && !p->ra[k] && !p->ra16[k]) ||
                 (!cfg->no_stats && !p->dcz[k] && !p->dcz16[k]))
                 goto oom;
             nn_model_add_params(m, ps, nn_conv2d_params(&p->conv[k], ps));
@@ -204,10 +208,10 @@ static void vgg_forward(nn_model *m, const float *x, size_t N, bool train) {
         for (size_t j = 0; j < STAGE_CONVS[s]; j++, k++)
             if (p->pooled[s] && j + 1 == STAGE_CONVS[s])
                 in = nn_conv_bn_relu_pool_forward(&p->conv[k], &p->bn[k], &p->pool[s], in, p->cz[k],
-                                                  p->po[s], p->po16[s], N, train);
+                                                  p->cz16[k], p->po[s], p->po16[s], N, train);
             else
-                in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->ra[k],
-                                             p->ra16[k], N, train);
+                in = nn_conv_bn_relu_forward(&p->conv[k], &p->bn[k], in, p->cz[k], p->cz16[k],
+                                             p->ra[k], p->ra16[k], N, train);
     }
     // flatten: NCHW memory is already (N, C·H·W)
     nn_linear_forward(&p->fc1, in.f, p->h1, N);
