@@ -946,7 +946,8 @@ static void conv_bn_relu_backward_should_equal_the_plain_layers(void) {
             nn_conv_bn_relu_forward(&cv[v], &bn[v], (nn_act){x, NULL}, cz[v], NULL, ra[v], NULL, N,
                                     train);
         }
-        nn_conv_bn_relu_backward(&cv[0], &bn[0], dy, dcz[0], bf16 ? dcz16[0] : NULL, dx[0]);
+        nn_conv_bn_relu_backward(&cv[0], &bn[0], dy, NULL, dcz[0], bf16 ? dcz16[0] : NULL, dx[0],
+                                 NULL);
         CHECK(!bn[0].want_dxsum && !cv[0].dbsum);
         if (bf16) {
             nn_batchnorm_relu_backward_bf16(&bn[1], dy, dcz16[1]);
@@ -977,15 +978,17 @@ static void conv_bn_relu_backward_should_equal_the_plain_layers(void) {
 // conv's f32 output (nn_conv2d_forward) rounded, BN-ReLU's output, statistics, running
 // statistics and pool argmax (training from the rounded planes' moments, and evaluation),
 // and in backward dcz, dx, dW, db and BN's gradients; on the direct kernels' layers, with
-// those cleared (im2col, chunks of several images and a short last one) and a strided conv
+// those cleared (im2col, chunks of several images and a short last one) and a strided conv.
+// And with the block's gradients in bf16 too (BN-ReLU backward of a bf16 dy, the pool's
+// gradient into bf16, the conv's dx rounded): the f32 functions on the rounded dy, dx rounded.
 static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_path(void) {
     ref_rng r = {97};
     // c_in, H = W, c_out, stride, N, direct kernels cleared
     const size_t shapes[4][6] = {
         {3, 16, 16, 1, 3, 0}, {5, 8, 6, 1, 6, 0}, {5, 8, 6, 1, 6, 1}, {4, 16, 5, 2, 6, 0}};
-    for (int t = 0; t < 4 * 4; t++) {
+    for (int t = 0; t < 4 * 8; t++) {
         const size_t *sh = shapes[t % 4], cin = sh[0], H = sh[1], C = sh[2], S = sh[3], N = sh[4];
-        const bool pooled = t / 4 % 2, train = t / 8;
+        const bool pooled = t / 4 % 2, train = t / 8 % 2, g16 = t / 16;
         const ngd_conv_geom G = {cin, H, H, 3, 3, S, S, 1, 1, 1, 1, 1};
         const size_t OH = (H - 1) / S + 1, HW = OH * OH, nx = N * cin * H * H, ny = N * C * HW;
         const size_t no = pooled ? N * C * (OH / 2) * (OH / 2) : ny;
@@ -995,7 +998,8 @@ static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_pa
         float *x = malloc(nx * sizeof *x), *dy = malloc(no * sizeof *dy);
         float *cz = malloc(ny * sizeof *cz), *dx[2], *dyb = malloc(ny * sizeof *dyb);
         float *mom = malloc(N * C * NN_MOMENTS * sizeof *mom);
-        uint16_t *cz16[2], *out16[2], *dcz16[2];
+        uint16_t *cz16[2], *out16[2], *dcz16[2], *gh = malloc(ny * sizeof *gh);
+        uint16_t *dxh = malloc(nx * sizeof *dxh), *dxr = malloc(nx * sizeof *dxr);
         fill(&r, x, nx, -1, 1);
         fill(&r, dy, no, -1, 1);
         for (int v = 0; v < 2; v++) {
@@ -1044,16 +1048,41 @@ static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_pa
         CHECK(!train || bn[0].running_mean[0] != 0.0f); // the batch statistics were taken
         CHECK(!pooled || memcmp(pl[0].argmax, pl[1].argmax, no * sizeof(int32_t)) == 0);
         // backward: the pool's (pooled), then BN-ReLU's and the conv's
+        // g: the gradient of the BN-ReLU output (f32; with g16, the rounded values)
         const float *g = dy;
         if (pooled) {
             nn_maxpool2d_backward_set(&pl[0], dy, dyb);
             g = dyb;
         }
-        nn_conv_bn_relu_backward(&cv[0], &bn[0], g, NULL, dcz16[0], dx[0]);
+        if (g16) { // the reference reads the rounded dy in f32
+            if (pooled) {
+                nn_maxpool2d_backward_set_bf16(&pl[0], dy, gh);
+            } else {
+                nn_bf16_encode(dy, gh, ny);
+            }
+            if (!pooled) g = dyb;
+            nn_bf16_decode(gh, dyb, ny);
+            if (pooled) { // the bf16 pool gradient is the f32 one rounded
+                uint16_t *e = malloc(ny * sizeof *e);
+                float *f = malloc(ny * sizeof *f);
+                nn_maxpool2d_backward_set(&pl[1], dy, f);
+                nn_bf16_encode(f, e, ny);
+                CHECK(memcmp(e, gh, ny * sizeof *e) == 0);
+                free(e), free(f);
+            }
+            nn_conv_bn_relu_backward(&cv[0], &bn[0], NULL, gh, NULL, dcz16[0], NULL, dxh);
+        } else {
+            nn_conv_bn_relu_backward(&cv[0], &bn[0], g, NULL, NULL, dcz16[0], dx[0], NULL);
+        }
         nn_batchnorm_relu_backward_bf16(&bn[1], g, dcz16[1]);
         nn_conv2d_backward_set_bf16(&cv[1], dcz16[1], dx[1]);
         CHECK(memcmp(dcz16[0], dcz16[1], ny * sizeof(uint16_t)) == 0);
-        CHECK(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+        if (g16) {
+            nn_bf16_encode(dx[1], dxr, nx);
+            CHECK(memcmp(dxh, dxr, nx * sizeof *dxh) == 0);
+        } else {
+            CHECK(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+        }
         CHECK(memcmp(cv[0].dw, cv[1].dw, C * cv[0].d_in * sizeof(float)) == 0 &&
               memcmp(cv[0].db, cv[1].db, C * sizeof(float)) == 0);
         CHECK(memcmp(bn[0].dw, bn[1].dw, C * sizeof(float)) == 0 &&
@@ -1066,7 +1095,7 @@ static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_pa
             free(cz16[v]), free(out16[v]), free(dcz16[v]), free(dx[v]);
             nn_conv2d_free(&cv[v]), nn_batchnorm_free(&bn[v]), nn_maxpool2d_free(&pl[v]);
         }
-        free(x), free(dy), free(cz), free(dyb), free(mom);
+        free(x), free(dy), free(cz), free(dyb), free(mom), free(gh), free(dxh), free(dxr);
     }
 }
 

@@ -282,9 +282,12 @@ void nn_batchnorm_relu_forward16(nn_batchnorm *l, const uint16_t *x, const float
 // With g = dy (or dy masked by the ReLU: where γ x̂ + β > 0, recomputed exactly as forward):
 // train:  dx = γ·invstd/M · (M·g − Σg − x̂·Σ(g·x̂))   (the batch statistics depend on x)
 // eval:   dx = γ·invstd · g
-// and in both: dγ += Σ g·x̂, dβ += Σ g. dx is added to, or written when `set`.
-static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16, bool set) {
-    NN_ASSERT(dy && (l->x || l->x16) && l->n >= 1);
+// and in both: dγ += Σ g·x̂, dβ += Σ g. dx is added to, or written when `set`. dy16 instead
+// of dy: a bf16 dy, plane by plane through a buffer.
+static void backward(nn_batchnorm *l, const float *dy, const uint16_t *dy16, float *dx,
+                     uint16_t *dx16, bool set) {
+    NN_ASSERT(!dy != !dy16 && (l->x || l->x16) && l->n >= 1);
+    NN_ASSERT(!dy16 || l->hw <= NN_BN_X16_MAX_HW);
     const size_t C = l->c, HW = l->hw, N = l->n, M = N * HW;
     const float *x = l->x;
     const uint16_t *x16 = l->x16;
@@ -292,11 +295,12 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
     NN_OMP_FOR(N * C * HW)
     for (size_t c = 0; c < C; c++) {
         const float mean = l->mean[c], invstd = l->invstd[c], w = l->w[c], b = l->b[c];
-        float xbuf[NN_BN_X16_MAX_HW]; // (x16 only)
+        float xbuf[NN_BN_X16_MAX_HW], dbuf[NN_BN_X16_MAX_HW]; // (x16, dy16 only)
         double sdy = 0, sdyx = 0;
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
             const float *xc = plane_of(x, x16, off, HW, xbuf);
+            const float *dc = plane_of(dy, dy16, off, HW, dbuf);
             float r1 = 0.0f, r2 = 0.0f;
             if (relu) {
 #ifdef _OPENMP
@@ -306,7 +310,7 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
                     // (dy read whatever the mask: a conditional load kept GCC from
                     // vectorising this loop without AVX, so its sums took another order
                     // than the plain BatchNorm's, and NATIVE=0 builds differed from it)
-                    const float xh = (xc[p] - mean) * invstd, d = dy[off + p];
+                    const float xh = (xc[p] - mean) * invstd, d = dc[p];
                     const float g = w * xh + b > 0.0f ? d : 0.0f;
                     r1 += g;
                     r2 += g * xh;
@@ -317,8 +321,8 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
 #endif
                 for (size_t p = 0; p < HW; p++) {
                     const float xh = (xc[p] - mean) * invstd;
-                    r1 += dy[off + p];
-                    r2 += dy[off + p] * xh;
+                    r1 += dc[p];
+                    r2 += dc[p] * xh;
                 }
             }
             sdy += (double)r1;
@@ -333,7 +337,8 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
         double dsum = 0.0; // (want_dxsum) Σ dx, as nn_conv2d's bias gradient sums its dy
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
-            const float *d = dy + off, *xc = plane_of(x, x16, off, HW, xbuf);
+            const float *d = plane_of(dy, dy16, off, HW, dbuf),
+                        *xc = plane_of(x, x16, off, HW, xbuf);
             if (dx16) { // written, rounded
                 uint16_t *o = dx16 + off;
                 for (size_t p = 0; p < HW; p++) {
@@ -359,15 +364,19 @@ static void backward(nn_batchnorm *l, const float *dy, float *dx, uint16_t *dx16
 
 void nn_batchnorm_backward(nn_batchnorm *l, const float *dy, float *dx) {
     NN_ASSERT(!l->relu);
-    backward(l, dy, dx, NULL, false);
+    backward(l, dy, NULL, dx, NULL, false);
 }
 void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx) {
     NN_ASSERT(l->relu);
-    backward(l, dy, dx, NULL, true);
+    backward(l, dy, NULL, dx, NULL, true);
 }
 void nn_batchnorm_relu_backward_bf16(nn_batchnorm *l, const float *dy, uint16_t *dx) {
     NN_ASSERT(l->relu && dx);
-    backward(l, dy, NULL, dx, true);
+    backward(l, dy, NULL, NULL, dx, true);
+}
+void nn_batchnorm_relu_backward16(nn_batchnorm *l, const uint16_t *dy, uint16_t *dx) {
+    NN_ASSERT(l->relu && dx);
+    backward(l, NULL, dy, NULL, dx, true);
 }
 
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out) {

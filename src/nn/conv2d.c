@@ -184,6 +184,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->pad);
     free(l->moments);
     free(l->yt);
+    free(l->dxt);
     free(l->wt);
     free(l->wtf);
     free(l->xs);
@@ -234,6 +235,9 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     // per thread: a chunk's f32 output before nn_conv2d_forward16 rounds it
     l->yt_n = nn_mul(l->chunk * L, l->c_out);
     l->yt = nn_malloc(nn_mul(l->nthr, l->yt_n), sizeof(float));
+    // and a chunk's f32 dx before nn_conv2d_backward16 rounds it
+    l->dxt_n = nn_mul(l->chunk, G->c_in * G->h * G->w);
+    l->dxt = nn_malloc(nn_mul(l->nthr, l->dxt_n), sizeof(float));
     // AMX: a 3x3 'same' layer (conv_amx.c), sample by sample; forward and dW, and dx apart
     const bool same3 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 &&
                        G->p2 == 1 && G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 &&
@@ -271,12 +275,13 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         l->direct16 = l->direct16_t = false;
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
-        !l->yt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
+        !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
         (amx_dw_on(l) && (!l->dyp || !l->dwt)) || (l->amx_t && !l->wtf)) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
         free(l->xs), free(l->wt), free(l->wtf), free(l->dyp), free(l->dwt), free(l->yt);
+        free(l->dxt);
         l->dyp = NULL;
-        l->yt = NULL;
+        l->yt = l->dxt = NULL;
         l->dwt = NULL;
         l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = l->wt = l->wtf = NULL;
         l->xs = NULL;
@@ -689,8 +694,8 @@ void nn_conv2d_forward16(nn_conv2d *l, const float *x, const uint16_t *xb, uint1
 }
 
 // dx (written when set) of samples [n0, n0+nb) by the transposed convolution, input rows
-// [r0, r0+R) (nb = 1) or all of them (then through ybuf)
-static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set, size_t n0,
+// [r0, r0+R) (nb = 1) or all of them (then through ybuf); dxc is the chunk's (nb, c_in, h, w)
+static void tconv_rows(const nn_conv2d *l, const float *dy, float *dxc, bool set, size_t n0,
                        size_t nb, size_t r0, size_t R, float *tcolt, float *ybuf, uint16_t *col16,
                        const uint16_t *dyx16, unsigned char *pad) {
     const ngd_conv_geom *G = &l->geom;
@@ -699,7 +704,7 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
     const nn_conv2d t = {.geom = l->tgeom, .oh = H, .ow = W};
     im2col_t(&t, col16 ? NULL : dy + n0 * cout * L, col16 ? dyx16 : NULL, nb, 0, r0, R, tcolt,
              col16, pad);
-    float *out = nb == 1 ? dx + n0 * xs + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
+    float *out = nb == 1 ? dxc + r0 * W : ybuf; // (c_in, ncol), leading dim ldo
     const size_t ldo = nb == 1 ? HW : ncol;
     if (col16) {
         nn_gemm_bf16(false, false, G->c_in, ncol, tdin, 1.0f, l->wflip16, tdin, col16, ncol,
@@ -712,16 +717,17 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dx, bool set,
         for (size_t i = 0; i < nb; i++)
             for (size_t c = 0; c < G->c_in; c++) {
                 const float *src = ybuf + c * ncol + i * HW;
-                float *dst = dx + (n0 + i) * xs + c * HW;
+                float *dst = dxc + i * xs + c * HW;
                 for (size_t p = 0; p < HW; p++)
                     dst[p] = set ? src[p] : dst[p] + src[p];
             }
 }
 
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
-// written instead when set). One sample: block by block of output rows, like forward. dy
-// is f32, or (bf16 mode) dyb, bf16 (N, cout, L) read in place.
-static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, bool set,
+// written instead when set; dxc is the chunk's (nb, c_in, h, w), NULL: no dx). One sample:
+// block by block of output rows, like forward. dy is f32, or (bf16 mode) dyb, bf16
+// (N, cout, L) read in place.
+static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dxc, bool set,
                            size_t n0, size_t nb, float *colt, float *dcolt, float *ybuf,
                            float *dwpart, uint16_t *col16, uint16_t *dy16, uint16_t *x16,
                            uint16_t *dyx16, unsigned char *pad, uint32_t *xsb) {
@@ -741,7 +747,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             }
         dyc = dyb ? NULL : ybuf;
     }
-    if (dx && set && !l->wflip) memset(dx + n0 * xs, 0, nb * xs * sizeof(float));
+    float *dx = dxc; // (only tested for NULL below)
+    if (dx && set && !l->wflip) memset(dxc, 0, nb * xs * sizeof(float));
     // bf16: the chunk's samples rounded again (as forward did: the same values; keeping them
     // from forward would hold a batch of them; a bf16 input is read in place) and, with the
     // transposed convolution, its dy as images (a bf16 dy in place)
@@ -793,7 +800,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
                 if (!dx || l->wflip) continue;
                 nn_gemm_bf16(true, false, din, ncol, cog, 1.0f, l->w16 + g * cog * din, din, yg16,
                              ld16, 0.0f, dcolt, ncol);
-                col2im_t_add(l, dcolt, nb, g, r0, R, dx + n0 * xs);
+                col2im_t_add(l, dcolt, nb, g, r0, R, dxc);
                 continue;
             }
             // dW_g (cog, d_in) += dy_g (cog, ncol) · coltᵀ (ncol, d_in)
@@ -804,39 +811,40 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
             nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ldy, 0.0f,
                      dcolt, ncol);
-            col2im_t_add(l, dcolt, nb, g, r0, R, dx + n0 * xs);
+            col2im_t_add(l, dcolt, nb, g, r0, R, dxc);
         }
     }
     if (!dx || !l->wflip) return;
     if (!dy16 && dy && l->direct_t) { // f32: the transposed convolution image by image
         for (size_t i = 0; i < nb; i++)
             nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wflip, G->c_in,
-                              dx + (n0 + i) * xs, NULL, !set, xpd_of(l, (size_t)nn_thread_num()));
+                              dxc + i * xs, NULL, !set, xpd_of(l, (size_t)nn_thread_num()));
         return;
     }
     if (dy16 && l->direct16_t) { // bf16 pairs: the transposed convolution image by image
         for (size_t i = 0; i < nb; i++)
-            nn_conv3x3_direct16(dyx + i * cout * L, cout, G->h, G->w, l->wpf, G->c_in,
-                                dx + (n0 + i) * xs, NULL, !set,
-                                (uint32_t *)xpd_of(l, (size_t)nn_thread_num()));
+            nn_conv3x3_direct16(dyx + i * cout * L, cout, G->h, G->w, l->wpf, G->c_in, dxc + i * xs,
+                                NULL, !set, (uint32_t *)xpd_of(l, (size_t)nn_thread_num()));
         return;
     }
     if (dy16 && l->amx_t) { // the transposed convolution image by image on the tile unit
         for (size_t i = 0; i < nb; i++) {
             nn_conv3x3_amx_pairs(dyx + i * cout * L, cout, G->h, G->w, xsb);
-            nn_conv3x3_amx(xsb, l->wtf, cout, G->h, G->w, G->c_in, dx + (n0 + i) * xs, !set);
+            nn_conv3x3_amx(xsb, l->wtf, cout, G->h, G->w, G->c_in, dxc + i * xs, !set);
         }
         return;
     }
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
-        tconv_rows(l, dy, dx, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16, dyx,
+        tconv_rows(l, dy, dxc, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16, dyx,
                    pad);
 }
 
-static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, bool set) {
+static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, uint16_t *dx16,
+                     bool set) {
     NN_ASSERT((dy || (dyb && l->w16)) && (l->x || l->xb) && l->n >= 1);
+    NN_ASSERT(!dx16 || (!dx && set && l->dxt));
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out, din = l->d_in;
     const size_t nchunks = (N + l->chunk - 1) / l->chunk, nw = cout * din;
     l->dy = dy;
@@ -858,7 +866,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     const int nt = team(l);
     const bool amx = amx_dw_on(l); // (bf16 mode only) the threads' dW parts by tap, in dwt
     memset(amx ? l->dwt : l->dwpart, 0, (size_t)nt * nw * sizeof(float));
-    if (dx && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
+    if ((dx || dx16) && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;
         const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
         NN_OMP_FOR(cout * din) // (rows of wflip written in order, one channel per iteration)
@@ -880,11 +888,14 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)nn_thread_num(), n0 = c * l->chunk;
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
-        backward_chunk(l, dy, dyb, dx, set, n0, nb, l->colt + t * l->colt_n,
+        const size_t xs = l->geom.c_in * l->geom.h * l->geom.w;
+        float *dxc = dx16 ? l->dxt + t * l->dxt_n : dx ? dx + n0 * xs : NULL;
+        backward_chunk(l, dy, dyb, dxc, set, n0, nb, l->colt + t * l->colt_n,
                        l->dcolt + t * l->dcol_n, l->ybuf ? l->ybuf + t * l->ybuf_n : NULL,
                        l->dwpart + t * nw, l->w16 ? col16_of(l, t) : NULL,
                        l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
                        l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
+        if (dx16) nn_bf16_encode(dxc, dx16 + n0 * xs, nb * xs); // (in cache)
     }
     // dW += the threads' parts, in thread order
     const size_t cin = l->geom.c_in, cg = cout / l->geom.groups;
@@ -919,13 +930,17 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
 }
 
 void nn_conv2d_backward(nn_conv2d *l, const float *dy, float *dx) {
-    backward(l, dy, NULL, dx, false);
+    backward(l, dy, NULL, dx, NULL, false);
 }
 void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx) {
-    backward(l, dy, NULL, dx, true);
+    backward(l, dy, NULL, dx, NULL, true);
 }
 void nn_conv2d_backward_set_bf16(nn_conv2d *l, const uint16_t *dy, float *dx) {
-    backward(l, NULL, dy, dx, true);
+    backward(l, NULL, dy, dx, NULL, true);
+}
+void nn_conv2d_backward16(nn_conv2d *l, const uint16_t *dy, uint16_t *dx16) {
+    NN_ASSERT(dx16);
+    backward(l, NULL, dy, NULL, dx16, true);
 }
 
 // ---- libngd ----

@@ -122,14 +122,21 @@ nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float 
     return (nn_act){ra16 ? NULL : ra, ra16};
 }
 
-void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, float *dcz,
-                              uint16_t *dcz16, float *dx) {
+void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, const uint16_t *dy16,
+                              float *dcz, uint16_t *dcz16, float *dx, uint16_t *dx16) {
+    NN_ASSERT(!dy != !dy16 && !(dx && dx16) && (dcz16 || (!dy16 && !dx16)));
     // the conv's bias gradient from BN's sums of the dcz it writes (no pass over dcz for it)
     bn->want_dxsum = c->db != NULL && bn->c == c->c_out && bn->hw == c->oh * c->ow;
     c->dbsum = bn->want_dxsum ? bn->dxsum : NULL;
     if (dcz16) {
-        nn_batchnorm_relu_backward_bf16(bn, dy, dcz16);
-        nn_conv2d_backward_set_bf16(c, dcz16, dx);
+        if (dy16)
+            nn_batchnorm_relu_backward16(bn, dy16, dcz16);
+        else
+            nn_batchnorm_relu_backward_bf16(bn, dy, dcz16);
+        if (dx16)
+            nn_conv2d_backward16(c, dcz16, dx16);
+        else
+            nn_conv2d_backward_set_bf16(c, dcz16, dx);
     } else {
         nn_batchnorm_relu_backward(bn, dy, dcz);
         nn_conv2d_backward_set(c, dcz, dx);

@@ -334,6 +334,9 @@ typedef struct {
     // rounds it into its bf16 output
     float *yt;
     size_t yt_n;
+    // and each thread's chunk dx in f32 (nthr x dxt_n) before nn_conv2d_backward16 rounds it
+    float *dxt;
+    size_t dxt_n;
     // bf16 mode, 3x3 'same' layers that nn_conv3x3_amx fits, on a CPU with AMX: forward (amx)
     // and the transposed convolution for dx (amx_t) run image by image on the tile unit from
     // the image's pair layout (xs: nthr x xs_n) and the packed weights wt (wflip's: wtf),
@@ -385,6 +388,8 @@ void nn_conv2d_backward_set(nn_conv2d *l, const float *dy, float *dx);
 // bf16 mode: the same from a bf16 dy (borrowed likewise), read in place by the GEMMs, the
 // transposed convolution and the statistics' `g`; db sums its values in f32.
 void nn_conv2d_backward_set_bf16(nn_conv2d *l, const uint16_t *dy, float *dx);
+// The same with dx written rounded to bf16 (through each thread's dxt, in cache)
+void nn_conv2d_backward16(nn_conv2d *l, const uint16_t *dy, uint16_t *dx16);
 void nn_conv2d_free(nn_conv2d *l);
 ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // After backward: a = im2col rows (n, o1, o2) x columns (c, k1, k2) (channels averaged over
@@ -489,6 +494,8 @@ void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx);
 // The same with dx written rounded to bf16 (--precision bf16: the conv before it takes a bf16
 // dy: nn_conv2d_backward_set_bf16)
 void nn_batchnorm_relu_backward_bf16(nn_batchnorm *l, const float *dy, uint16_t *dx);
+// The same from a bf16 dy (planes of at most NN_BN_X16_MAX_HW values)
+void nn_batchnorm_relu_backward16(nn_batchnorm *l, const uint16_t *dy, uint16_t *dx);
 // nn_batchnorm_relu_forward writing its output rounded to bf16 (--precision bf16: the next
 // layer is a bf16 Conv2d, which would round it anyway); backward is the same.
 void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y, size_t N,
@@ -589,6 +596,8 @@ void nn_maxpool2d_forward_bf16(nn_maxpool2d *l, const float *x, uint16_t *y, siz
 void nn_maxpool2d_backward(nn_maxpool2d *l, const float *dy, float *dx);
 // The same, but dx is WRITTEN (=): the caller need not zero it first.
 void nn_maxpool2d_backward_set(nn_maxpool2d *l, const float *dy, float *dx);
+// The same into a bf16 dx (windows that do not overlap: k == s, no padding)
+void nn_maxpool2d_backward_set_bf16(nn_maxpool2d *l, const float *dy, uint16_t *dx);
 void nn_maxpool2d_free(nn_maxpool2d *l);
 // One output row of 2x2 / stride-2 max pooling: nq windows over input rows x0 and x1 (2·nq
 // values each), whose plane offsets start at a0 and a1; into y (or y16 rounded) and arg.

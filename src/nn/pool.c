@@ -139,6 +139,21 @@ void nn_maxpool2d_backward_set(nn_maxpool2d *l, const float *dy, float *dx) {
     }
 }
 
+void nn_maxpool2d_backward_set_bf16(nn_maxpool2d *l, const float *dy, uint16_t *dx) {
+    NN_ASSERT(dy && dx && l->n >= 1 && l->k == l->s && l->p == 0);
+    const size_t HW = l->h * l->w, L = l->oh * l->ow, planes = l->n * l->c;
+    // windows that do not overlap: each input is at most one window's argmax
+    NN_OMP_FOR(planes * HW)
+    for (size_t pl = 0; pl < planes; pl++) {
+        uint16_t *dp = dx + pl * HW;
+        const float *gp = dy + pl * L;
+        const int32_t *ap = l->argmax + pl * L;
+        memset(dp, 0, HW * sizeof *dp);
+        for (size_t o = 0; o < L; o++)
+            dp[ap[o]] = nn_to_bf16(gp[o]);
+    }
+}
+
 // ---- average pooling ----
 
 nn_status nn_avgpool2d_init(nn_avgpool2d *l, size_t c, size_t h, size_t w, size_t k, size_t s,

@@ -38,6 +38,7 @@ typedef struct {
     float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
     uint16_t *dcz16[CNN_CONVS]; // bf16 mode: dcz in bf16 instead (NULL otherwise)
     float *gs;                  // (B, max C·H·W) gradient of the block output being worked on
+    uint16_t *gs16;             // bf16 mode: the same in bf16, instead (NN_BN_X16_MAX_HW)
     float *dz;                  // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
     uint16_t *dz16;             // the same for dcz16 in bf16 mode
     float *dh1, *da1;
@@ -58,7 +59,8 @@ static void cnn_destroy(nn_model *m) {
     }
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
-    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs), free(p->dz), free(p->dz16);
+    free(p->h1), free(p->a1), free(p->dh1), free(p->da1), free(p->gs), free(p->gs16), free(p->dz),
+        free(p->dz16);
     free(p);
     m->impl = NULL;
 }
@@ -138,8 +140,13 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     np = nn_linear_params(&p->fc2, ps);
     nn_model_add_params(m, ps, np);
     p->h1 = buf(B * CNN_HIDDEN), p->a1 = buf(B * CNN_HIDDEN);
-    p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN), p->gs = buf(maxact);
-    if (!p->h1 || !p->a1 || !p->dh1 || !p->da1 || !p->gs) goto oom;
+    p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN);
+    // (every plane fits a bf16 BN's buffer when the first stage's does)
+    if (cfg->bf16 && cfg->in_h * cfg->in_w <= NN_BN_X16_MAX_HW)
+        p->gs16 = nn_malloc(maxact, sizeof(uint16_t));
+    else
+        p->gs = buf(maxact);
+    if (!p->h1 || !p->a1 || !p->dh1 || !p->da1 || (!p->gs && !p->gs16)) goto oom;
     if (cfg->no_stats && cfg->bf16) {
         if (!(p->dz16 = nn_malloc(maxact, sizeof(uint16_t)))) goto oom;
         for (size_t k = 0; k < p->nconv; k++)
@@ -187,13 +194,18 @@ static void cnn_backward(nn_model *m, const float *dlogits) {
     memset(dpo_last, 0, N * p->flat * sizeof(float));
     nn_linear_backward(&p->fc1, p->dh1, dpo_last);
     for (size_t s = p->nstages; s-- > 0;) {
-        nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
+        if (p->gs16)
+            nn_maxpool2d_backward_set_bf16(&p->pool[s], p->dpo[s], p->gs16);
+        else
+            nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         for (size_t j = 2; j-- > 0;) {
             size_t k = 2 * s + j;
-            // the gradient of the conv's input: the previous block's output (into gs, now
-            // free) or the previous pool's; the image needs none
-            float *dx = k == 0 ? NULL : j == 1 ? p->gs : p->dpo[s - 1];
-            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->dcz[k], p->dcz16[k], dx);
+            // the gradient of the conv's input: the previous block's output (into gs / gs16,
+            // now free) or the previous pool's; the image needs none
+            float *dx = k == 0 || j == 1 ? NULL : p->dpo[s - 1];
+            if (j == 1 && !p->gs16) dx = p->gs;
+            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->gs16, p->dcz[k], p->dcz16[k],
+                                     dx, j == 1 ? p->gs16 : NULL);
         }
     }
 }

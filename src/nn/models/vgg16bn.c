@@ -246,7 +246,8 @@ static void vgg_backward(nn_model *m, const float *dlogits) {
             // the conv's input gradient: the previous block's output (into gs, now free) or
             // the previous stage's; the image needs none
             float *dx = k == 0 ? NULL : k == first ? stage_grad(p, s - 1) : p->gs;
-            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->dcz[k], p->dcz16[k], dx);
+            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, NULL, p->dcz[k], p->dcz16[k],
+                                     dx, NULL);
         }
         k = first;
     }
