@@ -58,10 +58,11 @@ typedef struct {
     uint16_t *dcz16[VGG_CONVS]; // bf16 mode: dcz in bf16 instead (NULL otherwise)
     float *dpo[VGG_STAGES];     // pool output gradient
     float *gs;                  // (N, max C·H·W) gradient of the block output being worked on
-    float *dz;                  // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
-    uint16_t *dz16;             // the same for dcz16 in bf16 mode
-    float *dh1, *da1, *dd1;     // (N, hidden); dh1 is fc1's `g`
-    size_t N;                   // batch of the last forward
+    uint16_t *gs16; // bf16 mode, every stage pooled: the same in bf16, instead (NN_BN_X16_MAX_HW)
+    float *dz;      // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
+    uint16_t *dz16; // the same for dcz16 in bf16 mode
+    float *dh1, *da1, *dd1; // (N, hidden); dh1 is fc1's `g`
+    size_t N;               // batch of the last forward
 } vgg;
 
 static void vgg_destroy(nn_model *m) {
@@ -79,7 +80,7 @@ static void vgg_destroy(nn_model *m) {
     nn_linear_free(&p->fc1);
     nn_linear_free(&p->fc2);
     nn_dropout_free(&p->drop);
-    free(p->gs), free(p->dz), free(p->dz16);
+    free(p->gs), free(p->gs16), free(p->dz), free(p->dz16);
     free(p->h1), free(p->a1), free(p->d1), free(p->dh1), free(p->da1), free(p->dd1);
     free(p);
     m->impl = NULL;
@@ -177,7 +178,14 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_model_add_params(m, ps, nn_linear_params(&p->fc1, ps));
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
     nn_model_add_rng(m, &p->drop.rng);
-    p->gs = buf(N, maxact);
+    // (a stage without a pool takes its gradient in gs from the next stage or from fc1, in f32)
+    bool all_pooled = cfg->in_h * cfg->in_w <= NN_BN_X16_MAX_HW;
+    for (size_t s = 0; s < VGG_STAGES; s++)
+        all_pooled = all_pooled && p->pooled[s];
+    if (cfg->bf16 && all_pooled)
+        p->gs16 = nn_malloc(nn_mul(N, maxact), sizeof(uint16_t));
+    else
+        p->gs = buf(N, maxact);
     if (cfg->no_stats && cfg->bf16) {
         if (!(p->dz16 = nn_malloc(nn_mul(N, maxact), sizeof(uint16_t)))) goto oom;
         for (size_t j = 0; j < VGG_CONVS; j++)
@@ -189,7 +197,8 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     }
     p->h1 = buf(N, p->hidden), p->a1 = buf(N, p->hidden), p->d1 = buf(N, p->hidden);
     p->dh1 = buf(N, p->hidden), p->da1 = buf(N, p->hidden), p->dd1 = buf(N, p->hidden);
-    if (!p->gs || !p->h1 || !p->a1 || !p->d1 || !p->dh1 || !p->da1 || !p->dd1) goto oom;
+    if ((!p->gs && !p->gs16) || !p->h1 || !p->a1 || !p->d1 || !p->dh1 || !p->da1 || !p->dd1)
+        goto oom;
     return NN_OK;
 oom:
     snprintf(err, cap, "vgg16bn: out of memory");
@@ -241,13 +250,17 @@ static void vgg_backward(nn_model *m, const float *dlogits) {
     for (size_t s = VGG_STAGES; s-- > 0;) {
         const size_t first = k - STAGE_CONVS[s];
         // gs <- the gradient of the stage's last block output (already there if not pooled)
-        if (p->pooled[s]) nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
+        if (p->gs16)
+            nn_maxpool2d_backward_set_bf16(&p->pool[s], p->dpo[s], p->gs16);
+        else if (p->pooled[s])
+            nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         while (k-- > first) {
-            // the conv's input gradient: the previous block's output (into gs, now free) or
-            // the previous stage's; the image needs none
+            // the conv's input gradient: the previous block's output (into gs / gs16, now
+            // free) or the previous stage's; the image needs none
             float *dx = k == 0 ? NULL : k == first ? stage_grad(p, s - 1) : p->gs;
-            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, NULL, p->dcz[k], p->dcz16[k],
-                                     dx, NULL);
+            nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->gs16, p->dcz[k], p->dcz16[k],
+                                     p->gs16 && k != first ? NULL : dx,
+                                     p->gs16 && k != first ? p->gs16 : NULL);
         }
         k = first;
     }
