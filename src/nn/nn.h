@@ -144,6 +144,10 @@ void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
 // is how layers run one small GEMM per thread (conv2d.c).
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+// The same, not counted in nn_flop_count (the caller counts the products it means: a GEMM
+// over zero-padded rows)
+void nn_sgemm_quiet(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                    size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 // Floating-point operations of the engine's GEMMs so far (2·m·n·k each), for benchmarks.
 uint64_t nn_flop_count(void);
 // Adds to it the multiply-adds (x2) of work done outside the GEMMs (the AMX convolutions).
@@ -350,6 +354,14 @@ typedef struct {
     uint16_t *dyp;
     size_t dyp_n;
     float *dwt;
+    // f32 mode, 3x3 'same' layers of one-image chunks, at least NN_CONV_TAP_MIN_C input
+    // channels and NN_CONV_TAP_MIN_HW pixels: dW image by image and tap by tap, dW_tapᵀ += (the
+    // image's zero-bordered planes from the tap's offset) · dy pixel-major, over the grid padded to
+    // w+2 columns (tdw: nthr x tdw_n floats, zero where the padding is), into dwt (9, c_in, c_out):
+    // no im2col
+    bool dw_tap;
+    float *tdw;
+    size_t tdw_n;
     // f32 mode, 3x3 'same' layers that nn_conv3x3_direct fits, on a CPU with AVX-512: forward
     // (direct) and the transposed convolution for dx (direct_t, on wflip) run image by image
     // without im2col, through each thread's zero-bordered planes (xpd: nthr x xpd_n floats)
