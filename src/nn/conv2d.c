@@ -35,9 +35,9 @@
 #define NN_CONV_DWT_MAX 64
 // f32 dW by tap (nn_conv2d.dw_tap) from this many input channels and pixels an image: one
 // layer's dW of 128 images (2 threads, ms), im2col -> by tap: 32 -> 32 channels at 32x32
-// 10.3 -> 8.1, 16 -> 16 at 32x32 3.8 -> 3.1, 32 -> 32 at 64x64 42.4 -> 32.2, 64 -> 64 at 32x32
-// 32.0 -> 30.9; but at 16x16 (9 short products) 32 -> 64 4.2 -> 4.8, 64 -> 64 8.0 -> 8.5,
-// 128 -> 128 26.2 -> 27.8
+// 10.5-10.8 -> 7.4-7.9, 16 -> 16 at 32x32 3.8 -> 3.1, 32 -> 32 at 64x64 42.4 -> 32.2, 64 -> 64
+// at 32x32 32.0 -> 30.9; but at 16x16 (9 short products) 32 -> 64 4.1-4.4 -> 4.7-5.0, 64 -> 64
+// 8.1-8.6 -> 8.1-9.0, 128 -> 128 26.2 -> 27.8
 #ifndef NN_CONV_TAP_MIN_C
 #define NN_CONV_TAP_MIN_C 8
 #endif
@@ -751,17 +751,62 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dxc, bool set
             }
 }
 
+#ifdef __AVX512F__
+// 16 rows of 16 floats transposed in registers: r[j] becomes column j
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+#endif
+
 // dst[(r·pw + col)·c + ch] = x[ch][r][col]: an image's c planes (h x w) pixel-major, rows of
-// the grid pw wide (the columns past w untouched), 16 channels at a time
+// the grid pw wide (the columns past w untouched), in blocks of 16 channels x 16 columns
+// (AVX-512: transposed in registers, masked at the edges)
 static void pixel_major(const float *x, size_t c, size_t h, size_t w, float *dst, size_t pw) {
     for (size_t r = 0; r < h; r++)
         for (size_t c0 = 0; c0 < c; c0 += 16) {
-            const size_t c1 = c0 + 16 < c ? c0 + 16 : c;
+            const size_t nc = c - c0 < 16 ? c - c0 : 16;
+#ifdef __AVX512F__
+            const __mmask16 cm = (__mmask16)((1u << nc) - 1u);
+            for (size_t q0 = 0; q0 < w; q0 += 16) {
+                const size_t nq = w - q0 < 16 ? w - q0 : 16;
+                const __mmask16 qm = (__mmask16)((1u << nq) - 1u);
+                __m512 v[16];
+                for (size_t i = 0; i < 16; i++)
+                    v[i] = i < nc ? _mm512_maskz_loadu_ps(qm, x + ((c0 + i) * h + r) * w + q0)
+                                  : _mm512_setzero_ps();
+                transpose16(v);
+                for (size_t j = 0; j < nq; j++)
+                    _mm512_mask_storeu_ps(dst + (r * pw + q0 + j) * c + c0, cm, v[j]);
+            }
+#else
             for (size_t col = 0; col < w; col++) {
                 float *d = dst + (r * pw + col) * c;
-                for (size_t ch = c0; ch < c1; ch++)
+                for (size_t ch = c0; ch < c0 + nc; ch++)
                     d[ch] = x[(ch * h + r) * w + col];
             }
+#endif
         }
 }
 
