@@ -751,35 +751,6 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dxc, bool set
             }
 }
 
-#ifdef __AVX512F__
-// 16 rows of 16 floats transposed in registers: r[j] becomes column j
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
-    }
-}
-#endif
-
 // dst[(r·pw + col)·c + ch] = x[ch][r][col]: an image's c planes (h x w) pixel-major, rows of
 // the grid pw wide (the columns past w untouched), in blocks of 16 channels x 16 columns
 // (AVX-512: transposed in registers, masked at the edges)
@@ -792,13 +763,13 @@ static void pixel_major(const float *x, size_t c, size_t h, size_t w, float *dst
             for (size_t q0 = 0; q0 < w; q0 += 16) {
                 const size_t nq = w - q0 < 16 ? w - q0 : 16;
                 const __mmask16 qm = (__mmask16)((1u << nq) - 1u);
-                __m512 v[16];
+                __m512i v[16];
                 for (size_t i = 0; i < 16; i++)
-                    v[i] = i < nc ? _mm512_maskz_loadu_ps(qm, x + ((c0 + i) * h + r) * w + q0)
-                                  : _mm512_setzero_ps();
-                transpose16(v);
+                    v[i] = i < nc ? _mm512_maskz_loadu_epi32(qm, x + ((c0 + i) * h + r) * w + q0)
+                                  : _mm512_setzero_si512();
+                nn_transpose16x32(v);
                 for (size_t j = 0; j < nq; j++)
-                    _mm512_mask_storeu_ps(dst + (r * pw + q0 + j) * c + c0, cm, v[j]);
+                    _mm512_mask_storeu_epi32(dst + (r * pw + q0 + j) * c + c0, cm, v[j]);
             }
 #else
             for (size_t col = 0; col < w; col++) {
