@@ -200,8 +200,7 @@ static inline void prefetch_plane(const float *x, const uint16_t *x16, size_t of
 static inline const float *plane_of(const float *x, const uint16_t *x16, size_t off, size_t HW,
                                     float *buf) {
     if (!x16) return x + off;
-    for (size_t p = 0; p < HW; p++)
-        buf[p] = nn_from_bf16(x16[off + p]);
+    nn_bf16_decode(x16 + off, buf, HW);
     return buf;
 }
 

@@ -668,13 +668,10 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
                 for (size_t p = 0; p < L; p++)
                     dst[p] = src[p] + bo;
             }
-            if (y16) {
+            if (y16) { // rounded into y16, and back (in cache) for the moments
                 uint16_t *d16 = y16 + ((n0 + i) * cout + co) * L;
-                for (size_t p = 0; p < L; p++) {
-                    const uint16_t h = nn_to_bf16(dst[p]);
-                    d16[p] = h;
-                    dst[p] = nn_from_bf16(h);
-                }
+                nn_bf16_encode(dst, d16, L);
+                nn_bf16_decode(d16, dst, L);
             }
             if (l->moments_on)
                 nn_plane_moments(dst, L, l->moments + NN_MOMENTS * ((n0 + i) * cout + co));
@@ -827,15 +824,14 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             }
         dyc = dyb ? NULL : ybuf;
     }
-    float *dx = dxc; // (only tested for NULL below)
-    if (dx && set && !l->wflip) memset(dxc, 0, nb * xs * sizeof(float));
+    if (dxc && set && !l->wflip) memset(dxc, 0, nb * xs * sizeof(float));
     // bf16: the chunk's samples rounded again (as forward did: the same values; keeping them
     // from forward would hold a batch of them; a bf16 input is read in place) and, with the
     // transposed convolution, its dy as images (a bf16 dy in place)
     const uint16_t *xs16 = !dy16 ? NULL : l->xb ? l->xb + n0 * xs : x16;
     if (dy16 && !l->xb) nn_bf16_encode(l->x + n0 * xs, x16, nb * xs);
     const uint16_t *dyx = NULL;
-    if (dx && l->wflip && dy16) {
+    if (dxc && l->wflip && dy16) {
         if (dyb) {
             dyx = dyb + n0 * cout * L;
         } else {
@@ -882,7 +878,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
                 else
                     nn_gemm_bf16(false, true, cog, din, ncol, 1.0f, yg16, ld16, col16, ncol, 1.0f,
                                  dwpart + g * cog * din, din);
-                if (!dx || l->wflip) continue;
+                if (!dxc || l->wflip) continue;
                 nn_gemm_bf16(true, false, din, ncol, cog, 1.0f, l->w16 + g * cog * din, din, yg16,
                              ld16, 0.0f, dcolt, ncol);
                 col2im_t_add(l, dcolt, nb, g, r0, R, dxc);
@@ -892,14 +888,14 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             const float *yg = dyc + g * cog * ldy + (nb == 1 ? r0 * OW : 0); // (cog, ncol)
             nn_sgemm(false, true, cog, din, ncol, 1.0f, yg, ldy, colt, ncol, 1.0f,
                      dwpart + g * cog * din, din);
-            if (!dx || l->wflip) continue;
+            if (!dxc || l->wflip) continue;
             // dcolt (d_in, ncol) = W_gᵀ (d_in, cog) · dy_g (cog, ncol), then back to images
             nn_sgemm(true, false, din, ncol, cog, 1.0f, l->w + g * cog * din, din, yg, ldy, 0.0f,
                      dcolt, ncol);
             col2im_t_add(l, dcolt, nb, g, r0, R, dxc);
         }
     }
-    if (!dx || !l->wflip) return;
+    if (!dxc || !l->wflip) return;
     if (!dy16 && dy && l->direct_t) { // f32: the transposed convolution image by image
         for (size_t i = 0; i < nb; i++)
             nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wflip, G->c_in,
@@ -950,8 +946,8 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     }
     const int nt = team(l);
     // the threads' dW parts by tap, in dwt (bf16: AMX; f32: dw_taps), or in dwpart
-    const bool amx = l->w16 ? amx_dw_on(l) : l->dw_tap;
-    memset(amx ? l->dwt : l->dwpart, 0, (size_t)nt * nw * sizeof(float));
+    const bool bytap = l->w16 ? amx_dw_on(l) : l->dw_tap;
+    memset(bytap ? l->dwt : l->dwpart, 0, (size_t)nt * nw * sizeof(float));
     if ((dx || dx16) && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;
         const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
@@ -985,19 +981,19 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     }
     // dW += the threads' parts, in thread order
     const size_t cin = l->geom.c_in, cg = cout / l->geom.groups;
-    if (amx || l->dw_t) {
+    if (bytap || l->dw_t) {
         // AMX: by tap, dwt[k][o][c] for dW[o][c][k], f32 by tap dwt[k][c][o]; dw_t: each
         // group's transposed,
         // (d_in, cg). 16 rows of dW at a time, so that the parts are read a
         // cache line of consecutive o at a time (element by element, vgg16bn's 2.4 M-weight
         // layers took 18 % longer backward than with untransposed parts)
-        const float *part = amx ? l->dwt : l->dwpart;
+        const float *part = bytap ? l->dwt : l->dwpart;
         NN_OMP_FOR((size_t)nt * nw)
         for (size_t o0 = 0; o0 < cout; o0 += 16) {
             const size_t o1 = o0 + 16 < cout ? o0 + 16 : cout;
             for (size_t k = 0; k < din; k++)
                 for (size_t o = o0; o < o1; o++) {
-                    const size_t j = !amx     ? (o / cg) * cg * din + k * cg + o % cg
+                    const size_t j = !bytap   ? (o / cg) * cg * din + k * cg + o % cg
                                      : l->w16 ? ((k % 9) * cout + o) * cin + k / 9
                                               : ((k % 9) * cin + k / 9) * cout + o;
                     float s = 0.0f;

@@ -200,10 +200,9 @@ static void cnn_backward(nn_model *m, const float *dlogits) {
             nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         for (size_t j = 2; j-- > 0;) {
             size_t k = 2 * s + j;
-            // the gradient of the conv's input: the previous block's output (into gs / gs16,
-            // now free) or the previous pool's; the image needs none
-            float *dx = k == 0 || j == 1 ? NULL : p->dpo[s - 1];
-            if (j == 1 && !p->gs16) dx = p->gs;
+            // the gradient of the conv's input: the previous block's output (into gs or gs16,
+            // whichever there is, now free) or the previous pool's; the image needs none
+            float *dx = k == 0 ? NULL : j == 1 ? p->gs : p->dpo[s - 1];
             nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->gs16, p->dcz[k], p->dcz16[k],
                                      dx, j == 1 ? p->gs16 : NULL);
         }

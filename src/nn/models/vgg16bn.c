@@ -255,12 +255,11 @@ static void vgg_backward(nn_model *m, const float *dlogits) {
         else if (p->pooled[s])
             nn_maxpool2d_backward_set(&p->pool[s], p->dpo[s], p->gs);
         while (k-- > first) {
-            // the conv's input gradient: the previous block's output (into gs / gs16, now
-            // free) or the previous stage's; the image needs none
+            // the conv's input gradient: the previous block's output (into gs or gs16,
+            // whichever there is, now free) or the previous stage's; the image needs none
             float *dx = k == 0 ? NULL : k == first ? stage_grad(p, s - 1) : p->gs;
             nn_conv_bn_relu_backward(&p->conv[k], &p->bn[k], p->gs, p->gs16, p->dcz[k], p->dcz16[k],
-                                     p->gs16 && k != first ? NULL : dx,
-                                     p->gs16 && k != first ? p->gs16 : NULL);
+                                     dx, k != first ? p->gs16 : NULL);
         }
         k = first;
     }
