@@ -840,7 +840,8 @@ static void conv2d_bf16_should_match_float64(void) {
 // counts, widths that are not multiples of 16 and small images, several to a chunk (below).
 // Without AMX no layer may claim the path. The same checks run on the direct AVX512-BF16
 // path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
-// channels (an odd pair: half zero) and a row of 27 among the shapes it takes.
+// channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
+// by image (dw16, set where the layer has its buffers) on images of 1024 pixels and more.
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
                                {32, 16, 16, 32, 5},
@@ -855,7 +856,14 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                                {64, 8, 8, 32, 3},
                                {32, 4, 4, 64, 5},
                                {3, 16, 16, 32, 2},
-                               {16, 10, 27, 16, 2}};
+                               {16, 10, 27, 16, 2},
+                               // dW by image on AVX512-BF16 (nn_conv3x3_dw16): 48 output
+                               // channels (a tile of 3 vectors), an odd input count and 561
+                               // pixel pairs (not a multiple of 16); 16 outputs (a tile of
+                               // one); 64 (two tiles of two) from 3 inputs
+                               {5, 33, 34, 48, 2},
+                               {4, 32, 32, 16, 1},
+                               {3, 32, 32, 64, 2}};
     const bool usable = nn_amx_usable(), d16 = nn_conv3x3_direct16_usable();
     if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
     if (!d16) fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
@@ -877,10 +885,14 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         CHECK(l[0].amx == fits && l[0].amx_t == fits_t);
         CHECK(l[0].direct16 == (!fits && l[0].direct && d16) &&
               l[0].direct16_t == (!fits_t && l[0].direct_t && d16));
-        l[1].amx = l[1].amx_t = l[1].direct16 = l[1].direct16_t = false; // im2col
-        l[2].amx = l[2].amx_t = false;                                   // direct where it fits
+        CHECK(l[0].dw16 == (!(l[0].amx && l[0].chunk == 1) && l[0].chunk == 1 && cout <= 64 &&
+                            nn_conv3x3_dw16_fits(cin, H, W, cout)));
+        l[1].amx = l[1].amx_t = l[1].direct16 = l[1].direct16_t = l[1].dw16 = false; // im2col
+        l[2].amx = l[2].amx_t = false; // direct where it fits
         l[2].direct16 = l[2].direct && d16, l[2].direct16_t = l[2].direct_t && d16;
+        l[2].dw16 = l[2].dwb != NULL;
         if (t >= 8) CHECK(!d16 || l[2].direct16 || l[2].direct16_t);
+        if (t >= 10) CHECK(!d16 || l[2].dw16);
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
         float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[3], *dx[3];
         uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2), *w16 = malloc(nw * 2);

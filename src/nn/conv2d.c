@@ -220,6 +220,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->xpd);
     free(l->wp);
     free(l->wpf);
+    free(l->dwb);
     memset(l, 0, sizeof *l);
 }
 
@@ -301,6 +302,16 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         free(l->wp), free(l->wpf);
         l->wp = l->wpf = NULL;
         l->direct16 = l->direct16_t = false;
+    }
+    // without AMX's dW, on AVX512-BF16: dW image by image (conv_direct.c), where each
+    // thread's parts are dW transposed (dw_t)
+    l->dw16 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 && G->p2 == 1 &&
+              G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 && l->chunk == 1 && l->dw_t &&
+              !amx_dw_on(l) && nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
+    if (l->dw16) {
+        l->dwb_n = nn_conv3x3_dw16_buf_n(G->c_in, G->h, G->w, l->c_out);
+        l->dwb = nn_calloc(nn_mul(l->nthr, l->dwb_n), sizeof(uint32_t));
+        if (!l->dwb) l->dw16 = false; // (im2col and the GEMM instead)
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
@@ -813,6 +824,9 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
     const float *dyc = dy ? dy + n0 * cout * L : NULL; // (cout, L) of the sample when nb = 1
     const bool amx = dy16 && amx_dw_on(l);             // (dW by sample, below)
     const bool taps = !dy16 && l->dw_tap;              // (f32: dW by tap, below)
+    // (bf16 on AVX512-BF16: dW by image, below; the blocks' loop still runs for a dx
+    // without wflip)
+    const bool dw16 = dy16 && l->dw16 && (!dxc || l->wflip);
     if (nb > 1 && !amx) { // samples side by side (a bf16 dy into the bf16 block buffer)
         for (size_t i = 0; i < nb; i++)
             for (size_t co = 0; co < cout; co++) {
@@ -852,8 +866,13 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         dw_taps(l, l->x + (n0 + i) * xs, dy + (n0 + i) * cout * L, l->dwt + t * cout * din,
                 l->tdw + t * l->tdw_n);
     }
+    for (size_t i = 0; dw16 && i < nb; i++) { // bf16: dW by image, into dwpart as dW_t
+        const size_t t = (size_t)nn_thread_num(), at = (n0 + i) * cout * L;
+        nn_conv3x3_dw16(xs16 + i * xs, dyb ? dyb + at : NULL, dyb ? NULL : dy + at, G->c_in, G->h,
+                        G->w, cout, dwpart, l->dwb + t * l->dwb_n);
+    }
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
-    for (size_t r0 = 0; r0 < OH && !amx && !taps; r0 += RB) {
+    for (size_t r0 = 0; r0 < OH && !amx && !taps && !dw16; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
         // bf16: the block's dy (cout, ncol), rounded once for every group, or where it is in

@@ -254,3 +254,123 @@ void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const 
     (void)wp, (void)co, (void)y, (void)b, (void)add;
 #endif
 }
+
+// ---- bf16 weight gradient ----
+//
+// dW of one image without im2col: dwt[(c, tap)][o] += Σ over pixels p of dy[o][p] ·
+// x[c][p + tap], x zero-bordered. The lanes are 16 output channels and vdpbf16ps sums over
+// pairs of horizontally adjacent pixels: dy goes in as its planes' transpose taken as 32-bit
+// words (a pixel pair's 16 channels in one vector), and each x pair is one broadcast 32-bit
+// load from the bordered plane at the tap's offset (2-byte aligned). A tile of 9 taps of one
+// input channel by 16·M output channels keeps 9·M sums in registers over the whole image:
+// M dy vectors and 9 broadcasts feed 9·M vdpbf16ps. Measured (one thread, an image of
+// 32x32, 32 -> 32 channels) 320-380 GFLOP/s against 420 for vdpbf16ps alone, where im2col
+// and oneDNN's bf16 GEMM took 1.2-1.5x longer.
+
+// uint16 of a bordered plane (w even, so every plane starts 4-byte aligned)
+static size_t dw16_plane(size_t h, size_t w) { return (h + 2) * (w + 2); }
+
+#ifndef DW16_MIN_HW
+#define DW16_MIN_HW 1024
+#endif
+bool nn_conv3x3_dw16_fits(size_t c, size_t h, size_t w, size_t co) {
+    return nn_conv3x3_direct16_usable() && c >= 1 && co >= 16 && co % 16 == 0 && w % 2 == 0 &&
+           h >= 1 && h <= 4096 && w <= 4096 && h * w >= DW16_MIN_HW;
+}
+
+size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co) {
+    // dy's pixel pairs, then the bordered planes, then an f32 dy's rounding
+    return co * (h * w / 2) + (c * dw16_plane(h, w) + 1) / 2 + co * (h * w / 2);
+}
+
+#ifdef NN_HAVE_DIRECT_CODE
+// The 9 taps of the plane xc by 16·M output channels from column o0 of dyp (pairs, co a row)
+#define DW16_TILE(M)                                                                               \
+    __attribute__((target("avx512f,avx512bf16"))) static void dw16_tile##M(                        \
+        const uint32_t *dyp, size_t co, const uint16_t *xc, size_t h, size_t w, float *dwt) {     \
+        const size_t pw = w + 2;                                                                   \
+        __m512 acc[M][9];                                                                          \
+        for (int m = 0; m < M; m++)                                                                \
+            for (int t = 0; t < 9; t++)                                                            \
+                acc[m][t] = _mm512_setzero_ps();                                                   \
+        for (size_t r = 0; r < h; r++) {                                                           \
+            const uint32_t *dr = dyp + r * (w / 2) * co;                                           \
+            const uint16_t *xr = xc + r * pw;                                                      \
+            for (size_t j = 0; j < w; j += 2, dr += co) {                                          \
+                __m512bh d[M];                                                                     \
+                for (int m = 0; m < M; m++)                                                        \
+                    d[m] = (__m512bh)_mm512_loadu_si512(dr + 16 * m);                              \
+                for (int t = 0; t < 9; t++) {                                                      \
+                    uint32_t v;                                                                    \
+                    memcpy(&v, xr + (size_t)(t / 3) * pw + j + (size_t)(t % 3), sizeof v);         \
+                    const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)v);                       \
+                    for (int m = 0; m < M; m++)                                                    \
+                        acc[m][t] = _mm512_dpbf16_ps(acc[m][t], d[m], xv);                         \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < 9; t++)                                                                \
+            for (int m = 0; m < M; m++) {                                                          \
+                float *o = dwt + (size_t)t * co + 16 * (size_t)m;                                  \
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[m][t]));                 \
+            }                                                                                      \
+    }
+DW16_TILE(1)
+DW16_TILE(2)
+DW16_TILE(3)
+
+// dyp (pairs, co) <- the bf16 planes dy (co, 2·pairs) as 32-bit words, 16x16 at a time
+__attribute__((target("avx512f"))) static void dw16_pairs(const uint16_t *dy, size_t co,
+                                                          size_t pairs, uint32_t *dyp) {
+    const uint32_t *d = (const uint32_t *)(const void *)dy; // (co, pairs) words
+    const size_t p16 = pairs / 16 * 16;
+    for (size_t o0 = 0; o0 < co; o0 += 16) {
+        for (size_t p0 = 0; p0 < p16; p0 += 16) {
+            __m512i v[16];
+            for (int i = 0; i < 16; i++)
+                v[i] = _mm512_loadu_si512(d + (o0 + (size_t)i) * pairs + p0);
+            nn_transpose16x32(v);
+            for (int j = 0; j < 16; j++)
+                _mm512_storeu_si512(dyp + (p0 + (size_t)j) * co + o0, v[j]);
+        }
+        for (size_t p = p16; p < pairs; p++)
+            for (size_t o = o0; o < o0 + 16; o++)
+                dyp[p * co + o] = d[o * pairs + p];
+    }
+}
+#endif
+
+void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, size_t c, size_t h,
+                     size_t w, size_t co, float *dwt, uint32_t *buf) {
+    NN_ASSERT(nn_conv3x3_dw16_fits(c, h, w, co) && !dy16 != !dy);
+    const size_t pw = w + 2, ps = dw16_plane(h, w), hw = h * w, pairs = hw / 2;
+    uint32_t *dyp = buf;
+    uint16_t *xp = (uint16_t *)(void *)(buf + co * pairs);
+    uint16_t *dyr = (uint16_t *)(void *)(buf + co * pairs + (c * ps + 1) / 2);
+    for (size_t ci = 0; ci < c; ci++) // the interiors (the borders stay zero)
+        for (size_t r = 0; r < h; r++)
+            memcpy(xp + ci * ps + (r + 1) * pw + 1, x + (ci * h + r) * w, w * sizeof *x);
+    if (dy) { // an f32 dy, rounded as the GEMM paths round it
+        nn_bf16_encode(dy, dyr, co * hw);
+        dy16 = dyr;
+    }
+#ifdef NN_HAVE_DIRECT_CODE
+    dw16_pairs(dy16, co, pairs, dyp);
+    for (size_t o0 = 0; o0 < co;) {
+        const size_t m = co - o0 >= 48 && co - o0 != 64 ? 3 : co - o0 >= 32 ? 2 : 1;
+        for (size_t ci = 0; ci < c; ci++) {
+            float *dc = dwt + ci * 9 * co + o0;
+            if (m == 3)
+                dw16_tile3(dyp + o0, co, xp + ci * ps, h, w, dc);
+            else if (m == 2)
+                dw16_tile2(dyp + o0, co, xp + ci * ps, h, w, dc);
+            else
+                dw16_tile1(dyp + o0, co, xp + ci * ps, h, w, dc);
+        }
+        o0 += 16 * m;
+    }
+    nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
+#else
+    (void)dyp, (void)dwt;
+#endif
+}

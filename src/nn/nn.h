@@ -399,6 +399,12 @@ typedef struct {
     // pairs, packed each pass
     bool direct16, direct16_t;
     uint32_t *wp, *wpf;
+    // bf16 mode, one-image chunks of the 3x3 'same' layers that nn_conv3x3_dw16 fits, where
+    // AMX does not take dW: dW image by image on AVX512-BF16 into the threads' dwpart (laid
+    // out as dw_t's), dwb each thread's nn_conv3x3_dw16_buf_n uint32
+    bool dw16;
+    uint32_t *dwb;
+    size_t dwb_n;
     // set by the caller for one backward (else NULL): each output channel's Σ dy, already
     // summed as backward would for the bias gradient (nn_batchnorm.dxsum), so it skips that
     // pass over dy
@@ -496,6 +502,15 @@ size_t nn_conv3x3_direct16_wp_n(size_t co, size_t c);
 void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp);
 void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
                          size_t co, float *y, const float *b, bool add, uint32_t *xp);
+// bf16 dW of one image on AVX512-BF16, without im2col: dwt (c, 3, 3, co) += Σ over pixels of
+// dy · the zero-bordered x at each tap, for x (c, h, w) bf16 and dy (co, h, w) in bf16
+// (dy16) or in f32 (dy, rounded first; exactly one of them); sums of f32 products of bf16
+// values in f32, by pairs of pixels. co a multiple of 16, w even, h·w at least 256; buf:
+// nn_conv3x3_dw16_buf_n uint32 per thread, zeroed once (the planes' borders stay zero).
+bool nn_conv3x3_dw16_fits(size_t c, size_t h, size_t w, size_t co);
+size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co);
+void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, size_t c, size_t h,
+                     size_t w, size_t co, float *dwt, uint32_t *buf);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 
