@@ -287,7 +287,7 @@ size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co) {
 // The 9 taps of the plane xc by 16·M output channels from column o0 of dyp (pairs, co a row)
 #define DW16_TILE(M)                                                                               \
     __attribute__((target("avx512f,avx512bf16"))) static void dw16_tile##M(                        \
-        const uint32_t *dyp, size_t co, const uint16_t *xc, size_t h, size_t w, float *dwt) {     \
+        const uint32_t *dyp, size_t co, const uint16_t *xc, size_t h, size_t w, float *dwt) {      \
         const size_t pw = w + 2;                                                                   \
         __m512 acc[M][9];                                                                          \
         for (int m = 0; m < M; m++)                                                                \
