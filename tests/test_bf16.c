@@ -841,7 +841,7 @@ static void conv2d_bf16_should_match_float64(void) {
 // Without AMX no layer may claim the path. The same checks run on the direct AVX512-BF16
 // path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
 // channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
-// by image (dw16, set where the layer has its buffers) on images of 1024 pixels and more.
+// by image (dw16, set where the layer has its buffers).
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
                                {32, 16, 16, 32, 5},

@@ -308,8 +308,9 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     l->dw16 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 && G->p2 == 1 &&
               G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 && l->chunk == 1 && l->dw_t &&
               !amx_dw_on(l) && nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
-    if (l->dw16) {
-        l->dwb_n = nn_conv3x3_dw16_buf_n(G->c_in, G->h, G->w, l->c_out);
+    if (l->dw16) { // (a multiple of 16: each block starts on a cache line)
+        l->dwb_n = l->c_out * l->d_in + nn_conv3x3_dw16_buf_n(G->c_in, G->h, G->w, l->c_out);
+        l->dwb_n = (l->dwb_n + 15) / 16 * 16;
         l->dwb = nn_calloc(nn_mul(l->nthr, l->dwb_n), sizeof(uint32_t));
         if (!l->dwb) l->dw16 = false; // (im2col and the GEMM instead)
     }
@@ -866,10 +867,10 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         dw_taps(l, l->x + (n0 + i) * xs, dy + (n0 + i) * cout * L, l->dwt + t * cout * din,
                 l->tdw + t * l->tdw_n);
     }
-    for (size_t i = 0; dw16 && i < nb; i++) { // bf16: dW by image, into dwpart as dW_t
-        const size_t t = (size_t)nn_thread_num(), at = (n0 + i) * cout * L;
+    for (size_t i = 0; dw16 && i < nb; i++) {  // bf16: dW by image, into dwpart as dW_t
+        const size_t at = (n0 + i) * cout * L; // (dwpart: the thread's block of dwb)
         nn_conv3x3_dw16(xs16 + i * xs, dyb ? dyb + at : NULL, dyb ? NULL : dy + at, G->c_in, G->h,
-                        G->w, cout, dwpart, l->dwb + t * l->dwb_n);
+                        G->w, cout, dwpart, (uint32_t *)(void *)(dwpart + cout * din));
     }
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
     for (size_t r0 = 0; r0 < OH && !amx && !taps && !dw16; r0 += RB) {
@@ -964,9 +965,17 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         }
     }
     const int nt = team(l);
-    // the threads' dW parts by tap, in dwt (bf16: AMX; f32: dw_taps), or in dwpart
+    // the threads' dW parts by tap, in dwt (bf16: AMX; f32: dw_taps), or in dwpart, or (bf16
+    // by image, backward_chunk's dw16) at the start of each thread's block of dwb: within one
+    // allocation, the two threads' parts side by side made the 16x16-pixel layers' dW 1.2x
+    // slower on 2 threads than blocks of part and buffer (a probe of 128 images, 32 -> 64
+    // channels: 2.0 against 1.6 ms; the same layout in two processes ran 1.6)
     const bool bytap = l->w16 ? amx_dw_on(l) : l->dw_tap;
-    memset(bytap ? l->dwt : l->dwpart, 0, (size_t)nt * nw * sizeof(float));
+    const bool dw16 = l->dw16 && (!(dx || dx16) || l->wflip);
+    const size_t ps = dw16 ? l->dwb_n : nw; // (from one thread's part to the next)
+    float *parts = bytap ? l->dwt : dw16 ? (float *)(void *)l->dwb : l->dwpart;
+    for (int t = 0; t < nt; t++)
+        memset(parts + (size_t)t * ps, 0, nw * sizeof(float));
     if ((dx || dx16) && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
         const ngd_conv_geom *G = &l->geom;
         const size_t K1 = G->k1, K2 = G->k2, cin = G->c_in;
@@ -993,7 +1002,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         float *dxc = dx16 ? l->dxt + t * l->dxt_n : dx ? dx + n0 * xs : NULL;
         backward_chunk(l, dy, dyb, dxc, set, n0, nb, l->colt + t * l->colt_n,
                        l->dcolt + t * l->dcol_n, l->ybuf ? l->ybuf + t * l->ybuf_n : NULL,
-                       l->dwpart + t * nw, l->w16 ? col16_of(l, t) : NULL,
+                       parts + t * ps, l->w16 ? col16_of(l, t) : NULL,
                        l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
                        l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
         if (dx16) nn_bf16_encode(dxc, dx16 + n0 * xs, nb * xs); // (in cache)
@@ -1006,7 +1015,6 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         // (d_in, cg). 16 rows of dW at a time, so that the parts are read a
         // cache line of consecutive o at a time (element by element, vgg16bn's 2.4 M-weight
         // layers took 18 % longer backward than with untransposed parts)
-        const float *part = bytap ? l->dwt : l->dwpart;
         NN_OMP_FOR((size_t)nt * nw)
         for (size_t o0 = 0; o0 < cout; o0 += 16) {
             const size_t o1 = o0 + 16 < cout ? o0 + 16 : cout;
@@ -1017,7 +1025,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
                                               : ((k % 9) * cin + k / 9) * cout + o;
                     float s = 0.0f;
                     for (int t = 0; t < nt; t++)
-                        s += part[(size_t)t * nw + j];
+                        s += parts[(size_t)t * ps + j];
                     l->dw[o * din + k] += s;
                 }
         }

@@ -400,8 +400,9 @@ typedef struct {
     bool direct16, direct16_t;
     uint32_t *wp, *wpf;
     // bf16 mode, one-image chunks of the 3x3 'same' layers that nn_conv3x3_dw16 fits, where
-    // AMX does not take dW: dW image by image on AVX512-BF16 into the threads' dwpart (laid
-    // out as dw_t's), dwb each thread's nn_conv3x3_dw16_buf_n uint32
+    // AMX does not take dW: dW image by image on AVX512-BF16. dwb: each thread's block of
+    // dwb_n: its part of dW (c_out·d_in floats, laid out as dw_t's), then the
+    // nn_conv3x3_dw16_buf_n uint32 of nn_conv3x3_dw16
     bool dw16;
     uint32_t *dwb;
     size_t dwb_n;
