@@ -841,7 +841,7 @@ static void conv2d_bf16_should_match_float64(void) {
 // Without AMX no layer may claim the path. The same checks run on the direct AVX512-BF16
 // path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
 // channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
-// by image (dw16, set where the layer has its buffers).
+// by image (dw16, set where the layer has its f32 twin's buffers).
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
                                {32, 16, 16, 32, 5},
@@ -890,7 +890,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         l[1].amx = l[1].amx_t = l[1].direct16 = l[1].direct16_t = l[1].dw16 = false; // im2col
         l[2].amx = l[2].amx_t = false; // direct where it fits
         l[2].direct16 = l[2].direct && d16, l[2].direct16_t = l[2].direct_t && d16;
-        l[2].dw16 = l[2].dwb != NULL;
+        l[2].dw16 = l[2].dw_direct && l[2].dw_t && nn_conv3x3_dw16_fits(cin, H, W, cout);
         if (t >= 8) CHECK(!d16 || l[2].direct16 || l[2].direct16_t);
         if (t >= 10) CHECK(!d16 || l[2].dw16);
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);

@@ -808,23 +808,23 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
 }
 
 // The f32 3x3 'same' convolution without im2col (conv_direct.c: forward, and dx on the
-// flipped weights; dW by tap, nn_conv2d.dw_tap) against float64 and against the im2col path
-// of the same layer: y, dx written (over NaN) and added, dW, and the FLOPs counted. Shapes:
-// the first layer's 3 channels (dx then stays on im2col), rows shorter and longer than a
-// 48-position block, odd sizes, one row, 136 channels (forward on im2col, dx direct), an
-// image too small for the path; dW by tap on images of 1024 pixels and more: square, 55
-// columns and 12 channels (partial 16-channel groups), one row of 1100, 3 output channels
-// (no direct kernel; dy pixel-major in rows of 3). The bound is a
-// float sum's (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
+// flipped weights; dW by image, nn_conv2d.dw_direct) against float64 and against the im2col
+// path of the same layer: y, dx written (over NaN) and added, dW, and the FLOPs counted.
+// Shapes: the first layer's 3 channels (dx then stays on im2col), rows shorter and longer
+// than a 48-position block, odd sizes, one row, 136 channels (forward on im2col, dx direct),
+// an image too small for the path; dW by image wherever the output channels come in 16s:
+// tiles of 1, 2 and 3 vectors of them (16, 32 and 64, 48, and 80 = 48 + 32, on one row of
+// 1100), pixel counts that are not a multiple of 16 (297, 270, 1100); 3 output channels stay
+// on im2col. The bound is a float sum's (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
 static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {
         // c_in, h, w, c_out, N
-        {3, 32, 32, 32, 2},  {32, 16, 16, 64, 3}, {8, 17, 19, 8, 3},   {8, 1, 300, 8, 2},
+        {3, 32, 32, 32, 2},  {32, 16, 16, 64, 3}, {8, 17, 19, 8, 3},    {8, 1, 300, 8, 2},
         {24, 9, 33, 16, 1},  {16, 10, 27, 16, 2}, // (a vector starting on a row's last pad)
         {136, 16, 16, 8, 1},                      // (forward on im2col: 136 channels)
         {16, 7, 5, 8, 4},                         // (too small: im2col both ways)
-        {8, 32, 32, 8, 2},   {12, 20, 55, 16, 1}, {12, 1, 1100, 8, 1}, // (dW by tap)
-        {8, 32, 32, 3, 1}}; // (dW by tap, dy of 3 channels)
+        {8, 32, 32, 48, 2},  {12, 20, 55, 16, 1}, {12, 1, 1100, 80, 1}, // (dW by image)
+        {8, 32, 32, 3, 1}}; // (dW on im2col: 3 output channels)
     const bool usable = nn_conv3x3_direct_usable();
     if (!usable) fprintf(stderr, "    (AVX-512 is not usable here: the im2col path only)\n");
     ref_rng r = {37};
@@ -842,8 +842,8 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
         CHECK(l[0].direct == (usable && nn_conv3x3_direct_fits(cin, H, W, cout)) &&
               l[0].direct_t == (usable && nn_conv3x3_direct_fits(cout, H, W, cin)));
         if (t < 7) CHECK(l[0].direct || l[0].direct_t || !usable);
-        CHECK(l[0].dw_tap == (cin >= 8 && L >= 1024));
-        l[1].direct = l[1].direct_t = l[1].dw_tap = false;
+        CHECK(l[0].dw_direct == (usable && cout % 16 == 0 && L >= 256));
+        l[1].direct = l[1].direct_t = l[1].dw_direct = false;
         float *x = malloc(nx * 4), *dy = malloc(ny * 4), *dx0 = malloc(nx * 4);
         fill(&r, x, nx, -1, 1);
         fill(&r, dy, ny, -1, 1);

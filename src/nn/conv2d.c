@@ -33,17 +33,6 @@
 // with the channels as columns (the 8-step cnn parameter CRCs were unchanged), but vgg16bn's
 // backward (up to 512 channels) went 360 -> 411 ms with every layer so
 #define NN_CONV_DWT_MAX 64
-// f32 dW by tap (nn_conv2d.dw_tap) from this many input channels and pixels an image: one
-// layer's dW of 128 images (2 threads, ms), im2col -> by tap: 32 -> 32 channels at 32x32
-// 10.5-10.8 -> 7.4-7.9, 16 -> 16 at 32x32 3.8 -> 3.1, 32 -> 32 at 64x64 42.4 -> 32.2, 64 -> 64
-// at 32x32 32.0 -> 30.9; but at 16x16 (9 short products) 32 -> 64 4.1-4.4 -> 4.7-5.0, 64 -> 64
-// 8.1-8.6 -> 8.1-9.0, 128 -> 128 26.2 -> 27.8
-#ifndef NN_CONV_TAP_MIN_C
-#define NN_CONV_TAP_MIN_C 8
-#endif
-#ifndef NN_CONV_TAP_MIN_HW
-#define NN_CONV_TAP_MIN_HW 1024
-#endif
 #ifndef NN_CONV_BF16_BWD_COLS
 #define NN_CONV_BF16_BWD_COLS 1024 // bf16 dW blocks: oneDNN's bf16 GEMM wants the longer sum
 #endif
@@ -82,9 +71,6 @@ static void buffer_sizes(nn_conv2d *l) {
     }
     l->dy16_n = nn_mul(l->c_out, bc);
 }
-
-// The zero-bordered planes of dw_taps: (h+2) rows of pw = w+2, and 2 more (a tap's reach)
-static size_t tap_plane(const ngd_conv_geom *G) { return (G->h + 2) * (G->w + 2) + 2; }
 
 nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, bool bias,
                          size_t max_batch, nn_rng *rng) {
@@ -167,19 +153,19 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         for (size_t t = 0; l->xpd && t < l->nthr; t++)
             nn_conv3x3_direct_pad_init(l->xpd + t * l->xpd_n, cmax, geom->h, geom->w);
     }
-    // f32 dW by tap (dw_taps): one-image chunks of a 3x3 'same' layer
-    const size_t pw = geom->w + 2;
-    l->dw_tap = geom->k1 == 3 && geom->k2 == 3 && geom->s1 == 1 && geom->s2 == 1 && geom->p1 == 1 &&
-                geom->p2 == 1 && geom->dil1 == 1 && geom->dil2 == 1 && geom->groups == 1 &&
-                l->chunk == 1 && geom->c_in >= NN_CONV_TAP_MIN_C &&
-                geom->h * geom->w >= NN_CONV_TAP_MIN_HW;
-    if (l->dw_tap) {
-        l->tdw_n = nn_mul(tap_plane(geom), geom->c_in) + nn_mul(geom->h * pw, c_out);
-        l->tdw = nn_calloc(nn_mul(l->nthr, l->tdw_n), sizeof(float)); // (the padding stays 0)
-        l->dwt = nn_malloc(nn_mul(l->nthr, nn_mul(c_out, l->d_in)), sizeof(float));
+    // dW image by image without im2col (conv_direct.c) in one-image chunks of a 3x3 'same'
+    // layer; each thread's block of dwb: its part of dW, then the kernel's buffer (sized
+    // for nn_conv3x3_dw16 too, which needs less)
+    l->dw_direct =
+        same3 && l->chunk == 1 && nn_conv3x3_dw_fits(geom->c_in, geom->h, geom->w, c_out);
+    if (l->dw_direct) {
+        l->dwb_n =
+            nn_mul(c_out, l->d_in) + nn_conv3x3_dw_buf_n(geom->c_in, geom->h, geom->w, c_out);
+        l->dwb_n = (l->dwb_n + 15) / 16 * 16; // (each block on a cache line)
+        l->dwb = nn_calloc(nn_mul(l->nthr, l->dwb_n), sizeof(float));
     }
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
-        (l->dw_tap && (!l->tdw || !l->dwt)) || (l->chunk > 1 && !l->ybuf) || !l->dwpart ||
+        (l->dw_direct && !l->dwb) || (l->chunk > 1 && !l->ybuf) || !l->dwpart ||
         (tconv && !l->wflip) || (padded && !l->pad) || !l->moments ||
         ((l->direct || l->direct_t) && !l->xpd)) {
         nn_conv2d_free(l);
@@ -216,7 +202,6 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->xs);
     free(l->dyp);
     free(l->dwt);
-    free(l->tdw);
     free(l->xpd);
     free(l->wp);
     free(l->wpf);
@@ -283,8 +268,7 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         if (amx_dw_on(l)) {
             l->dyp_n = nn_mul(l->c_out, nn_conv3x3_amx_dw_q(G->h, G->w));
             l->dyp = nn_malloc(nn_mul(l->nthr, l->dyp_n), sizeof(uint16_t));
-            if (!l->dwt) // (f32 dW by tap has one of the same size)
-                l->dwt = nn_malloc(nn_mul(l->nthr, nn_mul(l->c_out, l->d_in)), sizeof(float));
+            l->dwt = nn_malloc(nn_mul(l->nthr, nn_mul(l->c_out, l->d_in)), sizeof(float));
         }
         if (l->amx_t) l->wtf = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     }
@@ -305,22 +289,17 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     }
     // without AMX's dW, on AVX512-BF16: dW image by image (conv_direct.c), where each
     // thread's parts are dW transposed (dw_t)
-    l->dw16 = G->k1 == 3 && G->k2 == 3 && G->s1 == 1 && G->s2 == 1 && G->p1 == 1 && G->p2 == 1 &&
-              G->dil1 == 1 && G->dil2 == 1 && G->groups == 1 && l->chunk == 1 && l->dw_t &&
-              !amx_dw_on(l) && nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
-    if (l->dw16) { // (a multiple of 16: each block starts on a cache line)
-        l->dwb_n = l->c_out * l->d_in + nn_conv3x3_dw16_buf_n(G->c_in, G->h, G->w, l->c_out);
-        l->dwb_n = (l->dwb_n + 15) / 16 * 16;
-        l->dwb = nn_calloc(nn_mul(l->nthr, l->dwb_n), sizeof(uint32_t));
-        if (!l->dwb) l->dw16 = false; // (im2col and the GEMM instead)
-    }
+    // (in the f32 path's blocks, which are larger: zeroed again, its planes' borders move)
+    l->dw16 = l->dw_direct && l->dw_t && !amx_dw_on(l) &&
+              nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
+    if (l->dw_direct) memset(l->dwb, 0, l->nthr * l->dwb_n * sizeof(float));
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
         (amx_dw_on(l) && (!l->dyp || !l->dwt)) || (l->amx_t && !l->wtf)) {
         free(l->w16), free(l->wflip16), free(l->col16), free(l->dy16), free(l->x16), free(l->dyx16);
         free(l->xs), free(l->wt), free(l->wtf), free(l->dyp), free(l->yt);
         free(l->dxt);
-        if (!l->dw_tap) free(l->dwt), l->dwt = NULL;
+        free(l->dwt), l->dwt = NULL;
         l->dyp = NULL;
         l->yt = l->dxt = NULL;
         l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = l->wt = l->wtf = NULL;
@@ -760,57 +739,6 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dxc, bool set
             }
 }
 
-// dst[(r·pw + col)·c + ch] = x[ch][r][col]: an image's c planes (h x w) pixel-major, rows of
-// the grid pw wide (the columns past w untouched), in blocks of 16 channels x 16 columns
-// (AVX-512: transposed in registers, masked at the edges)
-static void pixel_major(const float *x, size_t c, size_t h, size_t w, float *dst, size_t pw) {
-    for (size_t r = 0; r < h; r++)
-        for (size_t c0 = 0; c0 < c; c0 += 16) {
-            const size_t nc = c - c0 < 16 ? c - c0 : 16;
-#ifdef __AVX512F__
-            const __mmask16 cm = (__mmask16)((1u << nc) - 1u);
-            for (size_t q0 = 0; q0 < w; q0 += 16) {
-                const size_t nq = w - q0 < 16 ? w - q0 : 16;
-                const __mmask16 qm = (__mmask16)((1u << nq) - 1u);
-                __m512i v[16];
-                for (size_t i = 0; i < 16; i++)
-                    v[i] = i < nc ? _mm512_maskz_loadu_epi32(qm, x + ((c0 + i) * h + r) * w + q0)
-                                  : _mm512_setzero_si512();
-                nn_transpose16x32(v);
-                for (size_t j = 0; j < nq; j++)
-                    _mm512_mask_storeu_epi32(dst + (r * pw + q0 + j) * c + c0, cm, v[j]);
-            }
-#else
-            for (size_t col = 0; col < w; col++) {
-                float *d = dst + (r * pw + col) * c;
-                for (size_t ch = c0; ch < c0 + nc; ch++)
-                    d[ch] = x[(ch * h + r) * w + col];
-            }
-#endif
-        }
-}
-
-// f32 dW by tap of one image (l->dw_tap), into dwt (9, c_in, c_out) added to. Over the grid
-// of h rows padded to pw = w+2 columns, output q = r·pw + col reads the zero-bordered image
-// at q + (a·pw + b) for tap (a, b): with dy zero in the two padding columns, each tap is one
-// product dW_tapᵀ (c_in, c_out) += the planes from that offset (c_in, K; leading dimension
-// a plane) · dy pixel-major (K, c_out), K = h·pw, with no im2col. buf: the planes, then dy
-// (their padding written 0 at allocation, never touched).
-static void dw_taps(const nn_conv2d *l, const float *x, const float *dy, float *dwt, float *buf) {
-    const ngd_conv_geom *G = &l->geom;
-    const size_t H = G->h, W = G->w, pw = W + 2, K = H * pw, cin = G->c_in, cout = l->c_out;
-    const size_t ps = tap_plane(G);
-    float *dypm = buf + cin * ps;
-    for (size_t c = 0; c < cin; c++)
-        for (size_t r = 0; r < H; r++)
-            memcpy(buf + c * ps + (r + 1) * pw + 1, x + (c * H + r) * W, W * sizeof(float));
-    pixel_major(dy, cout, H, W, dypm, pw);
-    for (size_t t = 0; t < 9; t++)
-        nn_sgemm_quiet(false, false, cin, cout, K, 1.0f, buf + (t / 3) * pw + t % 3, ps, dypm, cout,
-                       1.0f, dwt + t * cin * cout, cout);
-    nn_flop_add(2 * (uint64_t)(H * W) * cout * cin * 9); // (not the padding's products)
-}
-
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
 // written instead when set; dxc is the chunk's (nb, c_in, h, w), NULL: no dx). One sample:
 // block by block of output rows, like forward. dy is f32, or (bf16 mode) dyb, bf16
@@ -824,10 +752,8 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const float *dyc = dy ? dy + n0 * cout * L : NULL; // (cout, L) of the sample when nb = 1
     const bool amx = dy16 && amx_dw_on(l);             // (dW by sample, below)
-    const bool taps = !dy16 && l->dw_tap;              // (f32: dW by tap, below)
-    // (bf16 on AVX512-BF16: dW by image, below; the blocks' loop still runs for a dx
-    // without wflip)
-    const bool dw16 = dy16 && l->dw16 && (!dxc || l->wflip);
+    // dW by image without im2col (below; the blocks' loop still runs for a dx without wflip)
+    const bool byimg = (dy16 ? l->dw16 : l->dw_direct) && (!dxc || l->wflip);
     if (nb > 1 && !amx) { // samples side by side (a bf16 dy into the bf16 block buffer)
         for (size_t i = 0; i < nb; i++)
             for (size_t co = 0; co < cout; co++) {
@@ -862,18 +788,17 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         nn_conv3x3_amx_dypad(dyb ? dyb + at : NULL, dyb ? NULL : dy + at, cout, OH, OW, dyp);
         nn_conv3x3_amx_dw(xsb, dyp, G->c_in, G->h, G->w, cout, l->dwt + t * cout * din);
     }
-    for (size_t i = 0; taps && i < nb; i++) { // f32: dW by tap, into the thread's dwt
-        const size_t t = (size_t)nn_thread_num();
-        dw_taps(l, l->x + (n0 + i) * xs, dy + (n0 + i) * cout * L, l->dwt + t * cout * din,
-                l->tdw + t * l->tdw_n);
-    }
-    for (size_t i = 0; dw16 && i < nb; i++) {  // bf16: dW by image, into dwpart as dW_t
+    for (size_t i = 0; byimg && i < nb; i++) { // into dwpart (d_in, c_out), then its buffer
         const size_t at = (n0 + i) * cout * L; // (dwpart: the thread's block of dwb)
-        nn_conv3x3_dw16(xs16 + i * xs, dyb ? dyb + at : NULL, dyb ? NULL : dy + at, G->c_in, G->h,
-                        G->w, cout, dwpart, (uint32_t *)(void *)(dwpart + cout * din));
+        if (dy16)
+            nn_conv3x3_dw16(xs16 + i * xs, dyb ? dyb + at : NULL, dyb ? NULL : dy + at, G->c_in,
+                            G->h, G->w, cout, dwpart, (uint32_t *)(void *)(dwpart + cout * din));
+        else
+            nn_conv3x3_dw(l->x + (n0 + i) * xs, dy + at, G->c_in, G->h, G->w, cout, dwpart,
+                          dwpart + cout * din);
     }
     const size_t RB = nb == 1 ? block_rows(l->bcols, OW) : OH;
-    for (size_t r0 = 0; r0 < OH && !amx && !taps && !dw16; r0 += RB) {
+    for (size_t r0 = 0; r0 < OH && !amx && !byimg; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
         const size_t ldy = nb == 1 ? L : ncol;
         // bf16: the block's dy (cout, ncol), rounded once for every group, or where it is in
@@ -965,15 +890,15 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         }
     }
     const int nt = team(l);
-    // the threads' dW parts by tap, in dwt (bf16: AMX; f32: dw_taps), or in dwpart, or (bf16
-    // by image, backward_chunk's dw16) at the start of each thread's block of dwb: within one
+    // the threads' dW parts: by tap in dwt (AMX), or in dwpart, or (by image, backward_chunk's
+    // byimg) at the start of each thread's block of dwb: within one
     // allocation, the two threads' parts side by side made the 16x16-pixel layers' dW 1.2x
     // slower on 2 threads than blocks of part and buffer (a probe of 128 images, 32 -> 64
     // channels: 2.0 against 1.6 ms; the same layout in two processes ran 1.6)
-    const bool bytap = l->w16 ? amx_dw_on(l) : l->dw_tap;
-    const bool dw16 = l->dw16 && (!(dx || dx16) || l->wflip);
-    const size_t ps = dw16 ? l->dwb_n : nw; // (from one thread's part to the next)
-    float *parts = bytap ? l->dwt : dw16 ? (float *)(void *)l->dwb : l->dwpart;
+    const bool bytap = l->w16 && amx_dw_on(l);
+    const bool byimg = (l->w16 ? l->dw16 : l->dw_direct) && (!(dx || dx16) || l->wflip);
+    const size_t ps = byimg ? l->dwb_n : nw; // (from one thread's part to the next)
+    float *parts = bytap ? l->dwt : byimg ? l->dwb : l->dwpart;
     for (int t = 0; t < nt; t++)
         memset(parts + (size_t)t * ps, 0, nw * sizeof(float));
     if ((dx || dx16) && l->wflip) { // wflip[c][(co, a, b)] = W[co][(c, k1-1-a, k2-1-b)]
@@ -1009,10 +934,9 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     }
     // dW += the threads' parts, in thread order
     const size_t cin = l->geom.c_in, cg = cout / l->geom.groups;
-    if (bytap || l->dw_t) {
-        // AMX: by tap, dwt[k][o][c] for dW[o][c][k], f32 by tap dwt[k][c][o]; dw_t: each
-        // group's transposed,
-        // (d_in, cg). 16 rows of dW at a time, so that the parts are read a
+    if (bytap || byimg || l->dw_t) {
+        // AMX: by tap, dwt[k][o][c] for dW[o][c][k]; by image, and dw_t: each group's
+        // transposed, (d_in, cg). 16 rows of dW at a time, so that the parts are read a
         // cache line of consecutive o at a time (element by element, vgg16bn's 2.4 M-weight
         // layers took 18 % longer backward than with untransposed parts)
         NN_OMP_FOR((size_t)nt * nw)
@@ -1020,9 +944,8 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             const size_t o1 = o0 + 16 < cout ? o0 + 16 : cout;
             for (size_t k = 0; k < din; k++)
                 for (size_t o = o0; o < o1; o++) {
-                    const size_t j = !bytap   ? (o / cg) * cg * din + k * cg + o % cg
-                                     : l->w16 ? ((k % 9) * cout + o) * cin + k / 9
-                                              : ((k % 9) * cin + k / 9) * cout + o;
+                    const size_t j = !bytap ? (o / cg) * cg * din + k * cg + o % cg
+                                            : ((k % 9) * cout + o) * cin + k / 9;
                     float s = 0.0f;
                     for (int t = 0; t < nt; t++)
                         s += parts[(size_t)t * ps + j];

@@ -318,23 +318,22 @@ DW16_TILE(1)
 DW16_TILE(2)
 DW16_TILE(3)
 
-// dyp (pairs, co) <- the bf16 planes dy (co, 2·pairs) as 32-bit words, 16x16 at a time
-__attribute__((target("avx512f"))) static void dw16_pairs(const uint16_t *dy, size_t co,
-                                                          size_t pairs, uint32_t *dyp) {
-    const uint32_t *d = (const uint32_t *)(const void *)dy; // (co, pairs) words
-    const size_t p16 = pairs / 16 * 16;
+// dyp (n, co) <- dy (co, n), 16x16 at a time (32-bit values)
+__attribute__((target("avx512f"))) static void dw_pixel_major(const uint32_t *d, size_t co,
+                                                              size_t n, uint32_t *dyp) {
+    const size_t n16 = n / 16 * 16;
     for (size_t o0 = 0; o0 < co; o0 += 16) {
-        for (size_t p0 = 0; p0 < p16; p0 += 16) {
+        for (size_t p0 = 0; p0 < n16; p0 += 16) {
             __m512i v[16];
             for (int i = 0; i < 16; i++)
-                v[i] = _mm512_loadu_si512(d + (o0 + (size_t)i) * pairs + p0);
+                v[i] = _mm512_loadu_si512(d + (o0 + (size_t)i) * n + p0);
             nn_transpose16x32(v);
             for (int j = 0; j < 16; j++)
                 _mm512_storeu_si512(dyp + (p0 + (size_t)j) * co + o0, v[j]);
         }
-        for (size_t p = p16; p < pairs; p++)
+        for (size_t p = n16; p < n; p++)
             for (size_t o = o0; o < o0 + 16; o++)
-                dyp[p * co + o] = d[o * pairs + p];
+                dyp[p * co + o] = d[o * n + p];
     }
 }
 #endif
@@ -354,7 +353,7 @@ void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, s
         dy16 = dyr;
     }
 #ifdef NN_HAVE_DIRECT_CODE
-    dw16_pairs(dy16, co, pairs, dyp);
+    dw_pixel_major((const uint32_t *)(const void *)dy16, co, pairs, dyp); // (pairs as words)
     for (size_t o0 = 0; o0 < co;) {
         const size_t m = co - o0 >= 48 && co - o0 != 64 ? 3 : co - o0 >= 32 ? 2 : 1;
         for (size_t ci = 0; ci < c; ci++) {
@@ -371,5 +370,84 @@ void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, s
     nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
 #else
     (void)dyp, (void)dwt;
+#endif
+}
+
+// ---- f32 weight gradient ----
+//
+// The same sum in f32 by FMAs: dy transposed pixel-major (a pixel's 16 channels in one
+// vector), each x broadcast from the zero-bordered plane at the tap's offset; per pixel M dy
+// vectors and 9 broadcasts feed 9·M FMAs.
+
+bool nn_conv3x3_dw_fits(size_t c, size_t h, size_t w, size_t co) {
+    return nn_conv3x3_direct_usable() && c >= 1 && co >= 16 && co % 16 == 0 && h >= 1 &&
+           h <= 4096 && w <= 4096 && h * w >= DIRECT_MIN_HW;
+}
+
+size_t nn_conv3x3_dw_buf_n(size_t c, size_t h, size_t w, size_t co) {
+    return co * h * w + c * dw16_plane(h, w); // dy pixel-major, then the bordered planes
+}
+
+#ifdef NN_HAVE_DIRECT_CODE
+#define DW32_TILE(M)                                                                               \
+    __attribute__((target("avx512f"))) static void dw32_tile##M(                                   \
+        const float *dyp, size_t co, const float *xc, size_t h, size_t w, float *dwt) {            \
+        const size_t pw = w + 2;                                                                   \
+        __m512 acc[M][9];                                                                          \
+        for (int m = 0; m < M; m++)                                                                \
+            for (int t = 0; t < 9; t++)                                                            \
+                acc[m][t] = _mm512_setzero_ps();                                                   \
+        for (size_t r = 0; r < h; r++) {                                                           \
+            const float *dr = dyp + r * w * co, *xr = xc + r * pw;                                 \
+            for (size_t j = 0; j < w; j++, dr += co) {                                             \
+                __m512 d[M];                                                                       \
+                for (int m = 0; m < M; m++)                                                        \
+                    d[m] = _mm512_loadu_ps(dr + 16 * m);                                           \
+                for (int t = 0; t < 9; t++) {                                                      \
+                    const __m512 xv =                                                              \
+                        _mm512_set1_ps(xr[(size_t)(t / 3) * pw + j + (size_t)(t % 3)]);            \
+                    for (int m = 0; m < M; m++)                                                    \
+                        acc[m][t] = _mm512_fmadd_ps(d[m], xv, acc[m][t]);                          \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < 9; t++)                                                                \
+            for (int m = 0; m < M; m++) {                                                          \
+                float *o = dwt + (size_t)t * co + 16 * (size_t)m;                                  \
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[m][t]));                 \
+            }                                                                                      \
+    }
+DW32_TILE(1)
+DW32_TILE(2)
+DW32_TILE(3)
+
+#endif
+
+void nn_conv3x3_dw(const float *x, const float *dy, size_t c, size_t h, size_t w, size_t co,
+                   float *dwt, float *buf) {
+    NN_ASSERT(nn_conv3x3_dw_fits(c, h, w, co));
+    const size_t pw = w + 2, ps = dw16_plane(h, w), hw = h * w;
+    float *dyp = buf, *xp = buf + co * hw;
+    for (size_t ci = 0; ci < c; ci++) // the interiors (the borders stay zero)
+        for (size_t r = 0; r < h; r++)
+            memcpy(xp + ci * ps + (r + 1) * pw + 1, x + (ci * h + r) * w, w * sizeof *x);
+#ifdef NN_HAVE_DIRECT_CODE
+    dw_pixel_major((const uint32_t *)(const void *)dy, co, hw, (uint32_t *)(void *)dyp);
+    for (size_t o0 = 0; o0 < co;) {
+        const size_t m = co - o0 >= 48 && co - o0 != 64 ? 3 : co - o0 >= 32 ? 2 : 1;
+        for (size_t ci = 0; ci < c; ci++) {
+            float *dc = dwt + ci * 9 * co + o0;
+            if (m == 3)
+                dw32_tile3(dyp + o0, co, xp + ci * ps, h, w, dc);
+            else if (m == 2)
+                dw32_tile2(dyp + o0, co, xp + ci * ps, h, w, dc);
+            else
+                dw32_tile1(dyp + o0, co, xp + ci * ps, h, w, dc);
+        }
+        o0 += 16 * m;
+    }
+    nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
+#else
+    (void)dy, (void)dyp, (void)dwt;
 #endif
 }

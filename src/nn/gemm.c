@@ -85,12 +85,6 @@ void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
     sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void nn_sgemm_quiet(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
-                    size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
-    if (m == 0 || n == 0) return;
-    sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
 // The argument checks of both GEMMs, and C = beta·C (beta 0: zeros, never NaN·0) when there
 // is no product to add (k = 0 or alpha = 0). Returns true when that finished the call.
 static bool gemm_prologue(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, size_t lda,

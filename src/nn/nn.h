@@ -48,7 +48,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 // 16 rows of 16 32-bit values transposed in registers: r[j] becomes the rows' j-th values
-// (for AVX-512 code: conv_amx.c's pair layouts, conv2d.c's pixel-major dy)
+// (for AVX-512 code: conv_amx.c's pair layouts, conv_direct.c's pixel-major dy)
 __attribute__((target("avx512f"), always_inline)) static inline void
 nn_transpose16x32(__m512i r[16]) {
     __m512i t[16];
@@ -170,10 +170,6 @@ void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
 // is how layers run one small GEMM per thread (conv2d.c).
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
-// The same, not counted in nn_flop_count (the caller counts the products it means: a GEMM
-// over zero-padded rows)
-void nn_sgemm_quiet(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
-                    size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 // Floating-point operations of the engine's GEMMs so far (2·m·n·k each), for benchmarks.
 uint64_t nn_flop_count(void);
 // Adds to it the multiply-adds (x2) of work done outside the GEMMs (the AMX convolutions).
@@ -380,14 +376,6 @@ typedef struct {
     uint16_t *dyp;
     size_t dyp_n;
     float *dwt;
-    // f32 mode, 3x3 'same' layers of one-image chunks, at least NN_CONV_TAP_MIN_C input
-    // channels and NN_CONV_TAP_MIN_HW pixels: dW image by image and tap by tap, dW_tapᵀ += (the
-    // image's zero-bordered planes from the tap's offset) · dy pixel-major, over the grid padded to
-    // w+2 columns (tdw: nthr x tdw_n floats, zero where the padding is), into dwt (9, c_in, c_out):
-    // no im2col
-    bool dw_tap;
-    float *tdw;
-    size_t tdw_n;
     // f32 mode, 3x3 'same' layers that nn_conv3x3_direct fits, on a CPU with AVX-512: forward
     // (direct) and the transposed convolution for dx (direct_t, on wflip) run image by image
     // without im2col, through each thread's zero-bordered planes (xpd: nthr x xpd_n floats)
@@ -399,12 +387,12 @@ typedef struct {
     // pairs, packed each pass
     bool direct16, direct16_t;
     uint32_t *wp, *wpf;
-    // bf16 mode, one-image chunks of the 3x3 'same' layers that nn_conv3x3_dw16 fits, where
-    // AMX does not take dW: dW image by image on AVX512-BF16. dwb: each thread's block of
-    // dwb_n: its part of dW (c_out·d_in floats, laid out as dw_t's), then the
-    // nn_conv3x3_dw16_buf_n uint32 of nn_conv3x3_dw16
-    bool dw16;
-    uint32_t *dwb;
+    // one-image chunks of the 3x3 'same' layers that nn_conv3x3_dw fits: dW image by image
+    // without im2col, in f32 (dw_direct) and, where nn_conv3x3_dw16 fits and AMX does not
+    // take dW, in bf16 mode (dw16). dwb: each thread's block of dwb_n floats: its part of dW
+    // (c_out·d_in, laid out (d_in, c_out)), then the kernel's buffer
+    bool dw_direct, dw16;
+    float *dwb;
     size_t dwb_n;
     // set by the caller for one backward (else NULL): each output channel's Σ dy, already
     // summed as backward would for the bias gradient (nn_batchnorm.dxsum), so it skips that
@@ -512,6 +500,13 @@ bool nn_conv3x3_dw16_fits(size_t c, size_t h, size_t w, size_t co);
 size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co);
 void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, size_t c, size_t h,
                      size_t w, size_t co, float *dwt, uint32_t *buf);
+// The same in f32 by FMAs (nn_conv3x3_direct_usable) for x (c, h, w), dy (co, h, w): f32
+// sums of the products in pixel order; co a multiple of 16, h·w at least 256 (any w); buf:
+// nn_conv3x3_dw_buf_n floats per thread, zeroed once.
+bool nn_conv3x3_dw_fits(size_t c, size_t h, size_t w, size_t co);
+size_t nn_conv3x3_dw_buf_n(size_t c, size_t h, size_t w, size_t co);
+void nn_conv3x3_dw(const float *x, const float *dy, size_t c, size_t h, size_t w, size_t co,
+                   float *dwt, float *buf);
 
 // ====== BatchNorm (batchnorm.c): 1d on (N, C), 2d on (N, C, H, W) ======
 
