@@ -413,8 +413,16 @@ ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
 // columns 0.35-1.0x below d = 1153 (the products are small or bound by writing C).
 #define SYRK_MIN   384
 #define SYRK_PANEL 320
-#define SYRK_TILE  16
-#define SYRK16_MIN 1024 // ngd_syrk_bf16's threshold (see there)
+// Long products (k at least SYRK_LONG_K·m: a convolution's Gram matrix over N·L rows) go in
+// block rows of about SYRK_LONG_PANEL from SYRK_LONG_MIN rows. 2 threads, ms, one GEMM or
+// the old panels -> these: m = 288, k = 131072 57-58 -> 45-46 (3 panels); m = 576, k = 32768
+// 43.4 (2 panels) -> 36.4-36.9 (6 panels); at m = 128 one GEMM stays the faster (12.3 ms
+// against 13.0-14.9).
+#define SYRK_LONG_MIN   256
+#define SYRK_LONG_K     8
+#define SYRK_LONG_PANEL 96
+#define SYRK_TILE       16
+#define SYRK16_MIN      1024 // ngd_syrk_bf16's threshold (see there)
 
 // C's strictly upper triangle = the transpose of its strictly lower one, 16 x 16 tiles at a
 // time: each tile below the diagonal is read row by row and written row by row above it, so
@@ -500,6 +508,10 @@ static void mirror_lower(ngd_view C) {
 // The block-row height for an m x m product of m x k operands in at most max_np panels
 // (a multiple of 16), or 0 where one GEMM of the whole square is the better choice.
 static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
+    if (m >= SYRK_LONG_MIN && k >= SYRK_LONG_K * m && max_np >= 2) { // (np >= 2 here too)
+        const size_t np = NGD_MIN(max_np, (m + SYRK_LONG_PANEL / 2) / SYRK_LONG_PANEL);
+        return ((m + np - 1) / np + 15) / 16 * 16;
+    }
     if (m < SYRK_MIN || 2 * k < m) return 0; // (tall A: the panels and the copy would not pay)
     const size_t np = NGD_MIN(max_np, (m + SYRK_PANEL / 2) / SYRK_PANEL); // >= 2 here
     return ((m + np - 1) / np + 15) / 16 * 16;
