@@ -184,18 +184,17 @@ typedef int32_t bn_vi __attribute__((vector_size(64)));
 typedef uint32_t bn_vu __attribute__((vector_size(64)));
 typedef uint16_t bn_vh __attribute__((vector_size(32)));
 
-// The 16 values of a plane from element p, in f32 (f) or, where b, in bf16 (h)
-BN_INLINE bn_vf bn_load16(const float *f, const uint16_t *h, bool b, size_t p) {
-    bn_vf r;
+// *r = the 16 values of a plane from element p, in f32 (f) or, where b, in bf16 (h). (Through
+// a pointer: a returned 64-byte vector changes the ABI where AVX-512 is not enabled.)
+BN_INLINE void bn_load16(bn_vf *r, const float *f, const uint16_t *h, bool b, size_t p) {
     if (b) {
         bn_vh v;
         memcpy(&v, h + p, sizeof v);
         const bn_vu u = __builtin_convertvector(v, bn_vu) << 16;
-        memcpy(&r, &u, sizeof r);
+        memcpy(r, &u, sizeof *r);
     } else {
-        memcpy(&r, f + p, sizeof r);
+        memcpy(r, f + p, sizeof *r);
     }
-    return r;
 }
 
 static void relu_pool_plane(const float *xf, const uint16_t *xh, bool xb, float w, float b,
@@ -355,8 +354,10 @@ BN_INLINE void bwd_sums(const float *xf, const uint16_t *xh, bool xb, const floa
     bn_vf r1 = {0}, r2 = {0};
     const size_t n16 = HW / 16 * 16;
     for (size_t p = 0; p < n16; p += 16) {
-        const bn_vf xh_ = (bn_load16(xf, xh, xb, p) - mean) * invstd;
-        bn_vf g = bn_load16(df, dh, db16, p);
+        bn_vf xv, g;
+        bn_load16(&xv, xf, xh, xb, p);
+        bn_load16(&g, df, dh, db16, p);
+        const bn_vf xh_ = (xv - mean) * invstd;
         if (relu) { // (dy where γ x̂ + β > 0, else +0; a NaN is not > 0)
             const bn_vi on = w * xh_ + b > 0.0f;
             bn_vi gi;
