@@ -338,13 +338,16 @@ static void no_stats_models_should_give_the_same_gradients_and_refuse_observe(vo
 // within 75 % (a gradient routed to the wrong buffer, or lost, is off by 100 % or more);
 // the conv biases that feed a training BatchNorm are left out (their gradient is 0 up to
 // rounding), and none is zero. And each no_stats
-// variant (one bf16 buffer shared by the layers' dcz) gives the bf16 model's bits.
+// variant (one bf16 buffer shared by the layers' dcz) gives the bf16 model's bits. The cnn
+// also at 66x66 (planes of 4356 values: bf16 blocks at any size now, the BatchNorm needing no
+// buffer of its planes).
 static void bf16_models_should_give_the_f32_gradients_within_bf16_noise(void) {
-    for (size_t c = 1; c < NCASES; c += 2) { // cnn, vgg16bn
+    for (size_t v = 0; v < 3; v++) { // cnn, vgg16bn, and a cnn of planes over 4096 values
+        const size_t c = v == 1 ? 3 : 1;
         model_case mcv = CASES[c];
-        mcv.N = 32;
-        if (c == 1) // a cnn of 3x16x16 images, widths 8, 16
-            mcv.c = 3, mcv.h = mcv.w = 16, mcv.widths[0] = 8, mcv.widths[1] = 16;
+        mcv.N = v == 2 ? 16 : 32;
+        if (c == 1) // a cnn of 3x16x16 (3x66x66) images, widths 8, 16
+            mcv.c = 3, mcv.h = mcv.w = v == 2 ? 66 : 16, mcv.widths[0] = 8, mcv.widths[1] = 16;
         const model_case *mc = &mcv;
         nn_model m[3];
         char err[256];

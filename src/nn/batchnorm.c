@@ -274,7 +274,7 @@ static void forward(nn_batchnorm *l, const float *x, const uint16_t *x16, const 
                     float *y, uint16_t *y16, nn_maxpool2d *pool, size_t N, bool train, bool relu) {
     NN_ASSERT(!x != !x16 && (y || (y16 && relu)) && N >= 1 && N <= l->max_batch);
     NN_ASSERT(!train || N * l->hw > 1); // a batch variance needs two values per channel
-    NN_ASSERT(!x16 || (relu && l->hw <= NN_BN_X16_MAX_HW && (mom || !train)));
+    NN_ASSERT(!x16 || (relu && (mom || !train)));
     const size_t C = l->c, HW = l->hw;
     l->x = x;
     l->x16 = x16;
@@ -424,7 +424,6 @@ BN_INLINE void bwd_dx(const float *xf, const uint16_t *xh, bool xb, const float 
 static void backward(nn_batchnorm *l, const float *dy, const uint16_t *dy16, float *dx,
                      uint16_t *dx16, bool set) {
     NN_ASSERT(!dy != !dy16 && (l->x || l->x16) && l->n >= 1);
-    NN_ASSERT(!dy16 || l->hw <= NN_BN_X16_MAX_HW);
     const size_t C = l->c, HW = l->hw, N = l->n, M = N * HW;
     const float *x = l->x;
     const uint16_t *x16 = l->x16;

@@ -99,15 +99,15 @@ typedef struct {
     const float *f;
     const uint16_t *h;
 } nn_act;
-// A conv-BN-ReLU block: the conv from `in` into cz (or, bf16 mode, cz16 rounded: planes of at
-// most NN_BN_X16_MAX_HW values), then BN-ReLU into ra, or into ra16 rounded when ra16 is set
+// A conv-BN-ReLU block: the conv from `in` into cz (or, bf16 mode, cz16 rounded), then
+// BN-ReLU into ra, or into ra16 rounded when ra16 is set
 // (its reader is a bf16 conv); returns that output. Exactly one of cz, cz16 is set.
 nn_act nn_conv_bn_relu_forward(nn_conv2d *c, nn_batchnorm *bn, nn_act in, float *cz, uint16_t *cz16,
                                float *ra, uint16_t *ra16, size_t N, bool train);
 // A conv-BN-ReLU block's backward from dy (of its output): BN-ReLU's gradient into dcz, or
 // into dcz16 rounded to bf16 when set (bf16 mode: the conv reads it in place), then the
 // conv's, dx written (NULL: none). bf16 mode (dcz16) may take dy in bf16 (dy16 instead of
-// dy: planes of at most NN_BN_X16_MAX_HW values) and write dx rounded (dx16 instead of dx).
+// dy) and write dx rounded (dx16 instead of dx).
 void nn_conv_bn_relu_backward(nn_conv2d *c, nn_batchnorm *bn, const float *dy, const uint16_t *dy16,
                               float *dcz, uint16_t *dcz16, float *dx, uint16_t *dx16);
 // A conv-BN-ReLU block followed by 2x2 max pooling of stride 2 (the last block of a CNN

@@ -543,7 +543,7 @@ void nn_batchnorm_relu_backward(nn_batchnorm *l, const float *dy, float *dx);
 // The same with dx written rounded to bf16 (--precision bf16: the conv before it takes a bf16
 // dy: nn_conv2d_backward_set_bf16)
 void nn_batchnorm_relu_backward_bf16(nn_batchnorm *l, const float *dy, uint16_t *dx);
-// The same from a bf16 dy (planes of at most NN_BN_X16_MAX_HW values)
+// The same from a bf16 dy
 void nn_batchnorm_relu_backward16(nn_batchnorm *l, const uint16_t *dy, uint16_t *dx);
 // nn_batchnorm_relu_forward writing its output rounded to bf16 (--precision bf16: the next
 // layer is a bf16 Conv2d, which would round it anyway); backward is the same.
@@ -572,9 +572,7 @@ void nn_batchnorm_relu_maxpool_forward(nn_batchnorm *l, nn_maxpool2d *pool, cons
 // BN-ReLU of a bf16 x (bf16 mode: a conv's output kept in bf16, nn_conv2d_forward16), pooled
 // as nn_batchnorm_relu_maxpool_forward when pool is set, into y or y16: the same values as
 // the f32 functions on x's decoded values. Training needs mom (nn_plane_moments of the
-// decoded planes). Planes of at most NN_BN_X16_MAX_HW values (a buffer on the stack);
-// backward (nn_batchnorm_relu_backward*) reads x in bf16 the same way.
-#define NN_BN_X16_MAX_HW 4096
+// decoded planes). Backward (nn_batchnorm_relu_backward*) reads x in bf16 the same way.
 void nn_batchnorm_relu_forward16(nn_batchnorm *l, const uint16_t *x, const float *mom, float *y,
                                  uint16_t *y16, nn_maxpool2d *pool, size_t N, bool train);
 void nn_batchnorm_free(nn_batchnorm *l);

@@ -26,7 +26,7 @@ typedef struct {
     int conv_id[CNN_CONVS], fc1_id, fc2_id;
     // activations, each (B, C, H, W) of its layer; x_k is the input of conv k
     float *cz[CNN_CONVS];      // conv output (BN's borrowed input)
-    uint16_t *cz16[CNN_CONVS]; // bf16 mode: the same rounded, instead (NN_BN_X16_MAX_HW)
+    uint16_t *cz16[CNN_CONVS]; // bf16 mode: the same rounded, instead
     float *ra[CNN_CONVS];      // BN-ReLU output (of a stage's first block; NULL for the second)
     float *po[CNN_MAX_STAGES]; // pool output
     // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
@@ -38,7 +38,7 @@ typedef struct {
     float *dcz[CNN_CONVS], *dpo[CNN_MAX_STAGES];
     uint16_t *dcz16[CNN_CONVS]; // bf16 mode: dcz in bf16 instead (NULL otherwise)
     float *gs;                  // (B, max C·H·W) gradient of the block output being worked on
-    uint16_t *gs16;             // bf16 mode: the same in bf16, instead (NN_BN_X16_MAX_HW)
+    uint16_t *gs16;             // bf16 mode: the same in bf16, instead
     float *dz;                  // (B, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
     uint16_t *dz16;             // the same for dcz16 in bf16 mode
     float *dh1, *da1;
@@ -93,7 +93,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = chans[s];
             size_t n = B * c * h * w;
             maxact = n > maxact ? n : maxact;
-            if (cfg->bf16 && h * w <= NN_BN_X16_MAX_HW)
+            if (cfg->bf16)
                 p->cz16[k] = nn_malloc(n, sizeof(uint16_t));
             else
                 p->cz[k] = buf(n);
@@ -141,8 +141,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_model_add_params(m, ps, np);
     p->h1 = buf(B * CNN_HIDDEN), p->a1 = buf(B * CNN_HIDDEN);
     p->dh1 = buf(B * CNN_HIDDEN), p->da1 = buf(B * CNN_HIDDEN);
-    // (every plane fits a bf16 BN's buffer when the first stage's does)
-    if (cfg->bf16 && cfg->in_h * cfg->in_w <= NN_BN_X16_MAX_HW)
+    if (cfg->bf16)
         p->gs16 = nn_malloc(maxact, sizeof(uint16_t));
     else
         p->gs = buf(maxact);

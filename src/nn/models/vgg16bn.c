@@ -46,7 +46,7 @@ typedef struct {
     int conv_id[VGG_CONVS], fc1_id, fc2_id;
     // activations, each (N, C, H, W) of its layer
     float *cz[VGG_CONVS];      // conv output (BN's borrowed input)
-    uint16_t *cz16[VGG_CONVS]; // bf16 mode: the same rounded, instead (NN_BN_X16_MAX_HW)
+    uint16_t *cz16[VGG_CONVS]; // bf16 mode: the same rounded, instead
     float *ra[VGG_CONVS];      // BN-ReLU output (the next conv's input; NULL before a pool)
     float *po[VGG_STAGES];     // pool output (NULL when the stage is not pooled)
     // bf16 mode: the activations a conv reads are kept in bf16 (the conv would round them
@@ -58,11 +58,11 @@ typedef struct {
     uint16_t *dcz16[VGG_CONVS]; // bf16 mode: dcz in bf16 instead (NULL otherwise)
     float *dpo[VGG_STAGES];     // pool output gradient
     float *gs;                  // (N, max C·H·W) gradient of the block output being worked on
-    uint16_t *gs16; // bf16 mode, every stage pooled: the same in bf16, instead (NN_BN_X16_MAX_HW)
-    float *dz;      // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
-    uint16_t *dz16; // the same for dcz16 in bf16 mode
-    float *dh1, *da1, *dd1; // (N, hidden); dh1 is fc1's `g`
-    size_t N;               // batch of the last forward
+    uint16_t *gs16;             // bf16 mode, every stage pooled: the same in bf16, instead
+    float *dz;                  // (N, max C·H·W) every dcz[k] when cfg->no_stats (else NULL)
+    uint16_t *dz16;             // the same for dcz16 in bf16 mode
+    float *dh1, *da1, *dd1;     // (N, hidden); dh1 is fc1's `g`
+    size_t N;                   // batch of the last forward
 } vgg;
 
 static void vgg_destroy(nn_model *m) {
@@ -123,7 +123,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
             c = co;
             const size_t act = c * h * w;
             maxact = act > maxact ? act : maxact;
-            if (cfg->bf16 && h * w <= NN_BN_X16_MAX_HW)
+            if (cfg->bf16)
                 p->cz16[k] = nn_malloc(nn_mul(N, act), sizeof(uint16_t));
             else
                 p->cz[k] = buf(N, act);
@@ -179,7 +179,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     nn_model_add_params(m, ps, nn_linear_params(&p->fc2, ps));
     nn_model_add_rng(m, &p->drop.rng);
     // (a stage without a pool takes its gradient in gs from the next stage or from fc1, in f32)
-    bool all_pooled = cfg->in_h * cfg->in_w <= NN_BN_X16_MAX_HW;
+    bool all_pooled = true;
     for (size_t s = 0; s < VGG_STAGES; s++)
         all_pooled = all_pooled && p->pooled[s];
     if (cfg->bf16 && all_pooled)
