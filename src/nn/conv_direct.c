@@ -283,15 +283,25 @@ size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co) {
 }
 
 #ifdef NN_HAVE_DIRECT_CODE
+// dwt[t][16m + lane] += acc[m][t]: a tile's sums onto the thread's dW part (rows of co)
+__attribute__((target("avx512f"), always_inline)) static inline void
+dw_tile_add(float *dwt, size_t co, int M, __m512 acc[][9]) {
+    for (int t = 0; t < 9; t++)
+        for (int m = 0; m < M; m++) {
+            float *o = dwt + (size_t)t * co + 16 * (size_t)m;
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[m][t]));
+        }
+}
+
 // The 9 taps of the plane xc by 16·M output channels from column o0 of dyp (pairs, co a row)
 #define DW16_TILE(M)                                                                               \
     __attribute__((target("avx512f,avx512bf16"))) static void dw16_tile##M(                        \
-        const uint32_t *dyp, size_t co, const uint16_t *xc, size_t h, size_t w, float *dwt) {      \
+        const void *dyv, size_t co, const void *xcv, size_t h, size_t w, float *dwt) {             \
+        const uint32_t *dyp = dyv;                                                                 \
+        const uint16_t *xc = xcv;                                                                  \
         const size_t pw = w + 2;                                                                   \
         __m512 acc[M][9];                                                                          \
-        for (int m = 0; m < M; m++)                                                                \
-            for (int t = 0; t < 9; t++)                                                            \
-                acc[m][t] = _mm512_setzero_ps();                                                   \
+        memset(acc, 0, sizeof acc);                                                                \
         for (size_t r = 0; r < h; r++) {                                                           \
             const uint32_t *dr = dyp + r * (w / 2) * co;                                           \
             const uint16_t *xr = xc + r * pw;                                                      \
@@ -308,11 +318,7 @@ size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co) {
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        for (int t = 0; t < 9; t++)                                                                \
-            for (int m = 0; m < M; m++) {                                                          \
-                float *o = dwt + (size_t)t * co + 16 * (size_t)m;                                  \
-                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[m][t]));                 \
-            }                                                                                      \
+        dw_tile_add(dwt, co, M, acc);                                                              \
     }
 DW16_TILE(1)
 DW16_TILE(2)
@@ -336,38 +342,49 @@ __attribute__((target("avx512f"))) static void dw_pixel_major(const uint32_t *d,
                 dyp[p * co + o] = d[o * n + p];
     }
 }
+
+// One image's dW by tiles: output channels in blocks of 48, 32 or 16 (tile[2], [1], [0]; 64 as
+// two of 32), each by every input channel's 9 taps. dyp: 4-byte elements, co a row; the
+// bordered planes pb bytes apart.
+typedef void (*dw_tile_fn)(const void *dyp, size_t co, const void *xc, size_t h, size_t w,
+                           float *dwt);
+static void dw_tiles(const dw_tile_fn tile[3], const uint32_t *dyp, const char *xp, size_t pb,
+                     size_t c, size_t h, size_t w, size_t co, float *dwt) {
+    for (size_t o0 = 0; o0 < co;) {
+        const size_t m = co - o0 >= 48 && co - o0 != 64 ? 3 : co - o0 >= 32 ? 2 : 1;
+        for (size_t ci = 0; ci < c; ci++)
+            tile[m - 1](dyp + o0, co, xp + ci * pb, h, w, dwt + ci * 9 * co + o0);
+        o0 += 16 * m;
+    }
+    nn_flop_add(2 * (uint64_t)(h * w) * co * 9 * c);
+}
 #endif
+
+// The interiors of c bordered planes of (h+2) x (w+2) elements of es bytes, pb bytes apart
+// (the borders stay zero)
+static void dw_interiors(char *xp, const char *x, size_t es, size_t pb, size_t c, size_t h,
+                         size_t w) {
+    for (size_t ci = 0; ci < c; ci++)
+        for (size_t r = 0; r < h; r++)
+            memcpy(xp + ci * pb + ((r + 1) * (w + 2) + 1) * es, x + (ci * h + r) * w * es, w * es);
+}
 
 void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, size_t c, size_t h,
                      size_t w, size_t co, float *dwt, uint32_t *buf) {
     NN_ASSERT(nn_conv3x3_dw16_fits(c, h, w, co) && !dy16 != !dy);
-    const size_t pw = w + 2, ps = dw16_plane(h, w), hw = h * w, pairs = hw / 2;
+    const size_t ps = dw16_plane(h, w), hw = h * w, pairs = hw / 2;
     uint32_t *dyp = buf;
-    uint16_t *xp = (uint16_t *)(void *)(buf + co * pairs);
+    char *xp = (char *)(buf + co * pairs);
     uint16_t *dyr = (uint16_t *)(void *)(buf + co * pairs + (c * ps + 1) / 2);
-    for (size_t ci = 0; ci < c; ci++) // the interiors (the borders stay zero)
-        for (size_t r = 0; r < h; r++)
-            memcpy(xp + ci * ps + (r + 1) * pw + 1, x + (ci * h + r) * w, w * sizeof *x);
+    dw_interiors(xp, (const char *)x, sizeof *x, ps * sizeof *x, c, h, w);
     if (dy) { // an f32 dy, rounded as the GEMM paths round it
         nn_bf16_encode(dy, dyr, co * hw);
         dy16 = dyr;
     }
 #ifdef NN_HAVE_DIRECT_CODE
+    static const dw_tile_fn tiles[3] = {dw16_tile1, dw16_tile2, dw16_tile3};
     dw_pixel_major((const uint32_t *)(const void *)dy16, co, pairs, dyp); // (pairs as words)
-    for (size_t o0 = 0; o0 < co;) {
-        const size_t m = co - o0 >= 48 && co - o0 != 64 ? 3 : co - o0 >= 32 ? 2 : 1;
-        for (size_t ci = 0; ci < c; ci++) {
-            float *dc = dwt + ci * 9 * co + o0;
-            if (m == 3)
-                dw16_tile3(dyp + o0, co, xp + ci * ps, h, w, dc);
-            else if (m == 2)
-                dw16_tile2(dyp + o0, co, xp + ci * ps, h, w, dc);
-            else
-                dw16_tile1(dyp + o0, co, xp + ci * ps, h, w, dc);
-        }
-        o0 += 16 * m;
-    }
-    nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
+    dw_tiles(tiles, dyp, xp, ps * sizeof *x, c, h, w, co, dwt);
 #else
     (void)dyp, (void)dwt;
 #endif
@@ -391,12 +408,11 @@ size_t nn_conv3x3_dw_buf_n(size_t c, size_t h, size_t w, size_t co) {
 #ifdef NN_HAVE_DIRECT_CODE
 #define DW32_TILE(M)                                                                               \
     __attribute__((target("avx512f"))) static void dw32_tile##M(                                   \
-        const float *dyp, size_t co, const float *xc, size_t h, size_t w, float *dwt) {            \
+        const void *dyv, size_t co, const void *xcv, size_t h, size_t w, float *dwt) {             \
+        const float *dyp = dyv, *xc = xcv;                                                         \
         const size_t pw = w + 2;                                                                   \
         __m512 acc[M][9];                                                                          \
-        for (int m = 0; m < M; m++)                                                                \
-            for (int t = 0; t < 9; t++)                                                            \
-                acc[m][t] = _mm512_setzero_ps();                                                   \
+        memset(acc, 0, sizeof acc);                                                                \
         for (size_t r = 0; r < h; r++) {                                                           \
             const float *dr = dyp + r * w * co, *xr = xc + r * pw;                                 \
             for (size_t j = 0; j < w; j++, dr += co) {                                             \
@@ -411,11 +427,7 @@ size_t nn_conv3x3_dw_buf_n(size_t c, size_t h, size_t w, size_t co) {
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        for (int t = 0; t < 9; t++)                                                                \
-            for (int m = 0; m < M; m++) {                                                          \
-                float *o = dwt + (size_t)t * co + 16 * (size_t)m;                                  \
-                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[m][t]));                 \
-            }                                                                                      \
+        dw_tile_add(dwt, co, M, acc);                                                              \
     }
 DW32_TILE(1)
 DW32_TILE(2)
@@ -426,27 +438,14 @@ DW32_TILE(3)
 void nn_conv3x3_dw(const float *x, const float *dy, size_t c, size_t h, size_t w, size_t co,
                    float *dwt, float *buf) {
     NN_ASSERT(nn_conv3x3_dw_fits(c, h, w, co));
-    const size_t pw = w + 2, ps = dw16_plane(h, w), hw = h * w;
-    float *dyp = buf, *xp = buf + co * hw;
-    for (size_t ci = 0; ci < c; ci++) // the interiors (the borders stay zero)
-        for (size_t r = 0; r < h; r++)
-            memcpy(xp + ci * ps + (r + 1) * pw + 1, x + (ci * h + r) * w, w * sizeof *x);
+    const size_t ps = dw16_plane(h, w), hw = h * w;
+    uint32_t *dyp = (uint32_t *)(void *)buf;
+    char *xp = (char *)(buf + co * hw);
+    dw_interiors(xp, (const char *)x, sizeof *x, ps * sizeof *x, c, h, w);
 #ifdef NN_HAVE_DIRECT_CODE
-    dw_pixel_major((const uint32_t *)(const void *)dy, co, hw, (uint32_t *)(void *)dyp);
-    for (size_t o0 = 0; o0 < co;) {
-        const size_t m = co - o0 >= 48 && co - o0 != 64 ? 3 : co - o0 >= 32 ? 2 : 1;
-        for (size_t ci = 0; ci < c; ci++) {
-            float *dc = dwt + ci * 9 * co + o0;
-            if (m == 3)
-                dw32_tile3(dyp + o0, co, xp + ci * ps, h, w, dc);
-            else if (m == 2)
-                dw32_tile2(dyp + o0, co, xp + ci * ps, h, w, dc);
-            else
-                dw32_tile1(dyp + o0, co, xp + ci * ps, h, w, dc);
-        }
-        o0 += 16 * m;
-    }
-    nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
+    static const dw_tile_fn tiles[3] = {dw32_tile1, dw32_tile2, dw32_tile3};
+    dw_pixel_major((const uint32_t *)(const void *)dy, co, hw, dyp);
+    dw_tiles(tiles, dyp, xp, ps * sizeof *x, c, h, w, co, dwt);
 #else
     (void)dy, (void)dyp, (void)dwt;
 #endif
