@@ -21,6 +21,7 @@
 #include <omp.h>
 #endif
 #include "lrref.h"
+#include "method.h"
 #include "ngd.h"
 #include "ref.h"
 #include "tproblem.h"
@@ -612,24 +613,28 @@ static double max_rel(const double *x, const double *ref, size_t n) {
     return e / m;
 }
 
-static void conv_statistics_should_use_the_kfc_split(void) {
-    enum { N = 3, T = 4, DIN = 5, DA = DIN + 1, DG = 3, R = N * T };
+// T positions per sample: 4 (12 rows, chunk by chunk) and 90 (270 rows: more than a chunk,
+// so the f32 statistics are summed in place, ngd_stats_gram)
+static void conv_stats_case(size_t T) {
+    enum { N = 3, DIN = 5, DA = DIN + 1, DG = 3 };
+    const size_t R = N * T;
     const ngd_method ms[2] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC};
     for (int mi = 0; mi < 2; mi++) {
         ngd_config c = ngd_config_default(ms[mi]);
         c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.rank = 4;
         ngd_optim *o;
         CHECK(ngd_optim_create(&c, &o) == NGD_OK);
-        float W[DG * DIN] = {0}, gW[DG * DIN], b[DG] = {0}, gb[DG], a[R * DIN], g[R * DG];
+        float W[DG * DIN] = {0}, gW[DG * DIN], b[DG] = {0}, gb[DG];
+        float *a = malloc(R * DIN * sizeof *a), *g = malloc(R * DG * sizeof *g);
+        double *t = malloc((R * (DIN + DG) + DG * DA) * sizeof *t);
         ngd_layer l = {"conv", W, gW, DG, DIN, b, gb, NULL};
         int id;
         CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
         double EA[DA * DA] = {0}, EG[DG * DG] = {0};
         const double rho = (double)c.kfac.rho;
-        ref_rng rng = {.s = 77 + (unsigned long long)mi};
+        ref_rng rng = {.s = 77 + (unsigned long long)mi + T};
         for (int step = 0; step < 3; step++) {
-            double t[R * (DIN + DG) + DG * DA];
-            ref_fill(&rng, t, sizeof t / sizeof *t, -1, 1);
+            ref_fill(&rng, t, R * (DIN + DG) + DG * DA, -1, 1);
             for (size_t i = 0; i < R * DIN; i++)
                 a[i] = (float)t[i];
             for (size_t i = 0; i < R * DG; i++)
@@ -665,12 +670,78 @@ static void conv_statistics_should_use_the_kfc_split(void) {
         double fa[DA * DA], fg[DG * DG];
         ref_to_double(FA, fa, DA * DA);
         ref_to_double(FG, fg, DG * DG);
-        CHECK_MSG(max_rel(fa, EA, DA * DA) < 1e-5, "%s: A factor off by %.3g",
-                  ngd_method_name(ms[mi]), max_rel(fa, EA, DA * DA));
-        CHECK_MSG(max_rel(fg, EG, DG * DG) < 1e-5, "%s: G factor off by %.3g",
-                  ngd_method_name(ms[mi]), max_rel(fg, EG, DG * DG));
+        CHECK_MSG(max_rel(fa, EA, DA * DA) < 1e-5, "%s T=%zu: A factor off by %.3g",
+                  ngd_method_name(ms[mi]), T, max_rel(fa, EA, DA * DA));
+        CHECK_MSG(max_rel(fg, EG, DG * DG) < 1e-5, "%s T=%zu: G factor off by %.3g",
+                  ngd_method_name(ms[mi]), T, max_rel(fg, EG, DG * DG));
         ngd_optim_free(o);
+        free(a), free(g), free(t);
     }
+}
+
+static void conv_statistics_should_use_the_kfc_split(void) {
+    conv_stats_case(4);
+    conv_stats_case(90);
+}
+
+// ngd_stats_gram (the in-place Gram matrix of many rows) against float64: G = beta G + alpha
+// Σ x xᵀ with x a row of the f32 matrix and, with a bias, a trailing 1; over a symmetric G
+// (beta 1.3) and over NaN (beta 0: not read); the a side with and without a bias column,
+// the g side; a bf16 matrix, and reduce with positions, are left to the chunked path.
+static void stats_gram_should_match_float64(void) {
+    const size_t rows = 300, ld = 9;
+    ref_rng r = {5};
+    double *t = malloc(rows * ld * sizeof *t);
+    float *m = malloc(rows * ld * sizeof *m);
+    ref_fill(&r, t, rows * ld, -1, 1);
+    for (size_t i = 0; i < rows * ld; i++)
+        m[i] = (float)t[i];
+    for (int v = 0; v < 3; v++) { // a with a bias, a without, g
+        ngd_entry e;
+        memset(&e, 0, sizeof e);
+        e.cfg = ngd_config_default(NGD_METHOD_KFAC);
+        e.d_in = 7, e.d_out = 6, e.d_K = v == 0 ? 8 : 7;
+        const bool kside = v < 2;
+        const size_t dm = kside ? e.d_in : e.d_out, d = kside ? e.d_K : e.d_out;
+        const ngd_matrix mat = {m, rows, dm, ld, NGD_F32};
+        for (int bi = 0; bi < 2; bi++) {
+            const float alpha = 0.7f, beta = bi ? 1.3f : 0.0f;
+            float G[64];
+            double G0[64], want[64];
+            for (size_t i = 0; i < d; i++) // a symmetric G0
+                for (size_t j = 0; j <= i; j++)
+                    G0[i * d + j] = G0[j * d + i] = ref_uniform(&r, -1, 1);
+            for (size_t i = 0; i < d * d; i++) {
+                G[i] = bi ? (float)G0[i] : NAN;
+                want[i] = bi ? (double)beta * (double)(float)G0[i] : 0.0;
+            }
+            for (size_t q = 0; q < rows; q++)
+                for (size_t i = 0; i < d; i++)
+                    for (size_t j = 0; j < d; j++) {
+                        const double xi = i < dm ? (double)m[q * ld + i] : 1.0;
+                        const double xj = j < dm ? (double)m[q * ld + j] : 1.0;
+                        want[i * d + j] += (double)alpha * xi * xj;
+                    }
+            CHECK(ngd_stats_gram(&e, 4, &mat, kside, alpha, beta, G));
+            double err = 0, big = 0;
+            for (size_t i = 0; i < d * d; i++)
+                err = fmax(err, fabs((double)G[i] - want[i])), big = fmax(big, fabs(want[i]));
+            CHECK_MSG(err <= 1e-5 * big, "case %d beta %g: off by %.3g of %.3g", v, (double)beta,
+                      err, big);
+        }
+    }
+    // not in place: bf16 rows, and a reduced g (positions summed per sample)
+    ngd_entry e;
+    memset(&e, 0, sizeof e);
+    e.cfg = ngd_config_default(NGD_METHOD_KFAC);
+    e.d_in = 7, e.d_out = 6, e.d_K = 8;
+    float G[64] = {0};
+    const ngd_matrix h = {m, rows, 7, ld, NGD_BF16};
+    CHECK(!ngd_stats_gram(&e, 4, &h, true, 1.0f, 0.0f, G));
+    e.cfg.kfac_approx = NGD_KFAC_REDUCE;
+    const ngd_matrix gm = {m, rows, 6, ld, NGD_F32};
+    CHECK(!ngd_stats_gram(&e, 4, &gm, false, 1.0f, 0.0f, G));
+    free(t), free(m);
 }
 
 // The factor health of the K-FAC family against the factors: trace_K/C = tr(F)/d and
@@ -742,6 +813,7 @@ static const test_case TESTS[] = {
     TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),
+    TEST(stats_gram_should_match_float64),
     TEST(kfac_health_should_match_the_factors),
 };
 

@@ -124,11 +124,21 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     float wg = (float)(c * sqrt((double)R) / (double)o->scale_cur);
     if (em) wa = ngd_bf16_round1(wa), wg = ngd_bf16_round1(wg);
     const bool was = ngd_bf16_emul_set(em);
-    for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
+    // pend (+)= w² Σ x xᵀ in place, all rows at once, where no rows are kept and the rounding
+    // is not emulated (a convolution's N·L rows; the same sums, scaled after)
+    bool inplace[2] = {false, false};
+    for (int k = 0; k < 2 && stats && !keep_rows && !em; k++) {
+        const float w = k == KF_A ? wa : wg;
+        inplace[k] = s->f[k].pend && rows > NGD_STATS_CHUNK &&
+                     ngd_stats_gram(e, batch, k == KF_A ? a : g, k == KF_A, w * w,
+                                    s->has_pend ? 1.0f : 0.0f, s->f[k].pend);
+    }
+    for (size_t r0 = 0; r0 < rows && !(inplace[0] && inplace[1]); r0 += NGD_STATS_CHUNK) {
         const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         const float beta = (s->has_pend || r0 > 0) ? 1.0f : 0.0f;
         for (int k = 0; k < 2; k++) {
             kf_factor *f = &s->f[k];
+            if (inplace[k]) continue;
             const size_t d = f->d;
             if (k == KF_A)
                 ngd_stats_a_rows(e, batch, a, g, r0, nr, chunk);

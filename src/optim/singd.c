@@ -228,34 +228,6 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
     }
 }
 
-// The Gram matrix Σ x xᵀ of one side's `rows` processed rows into G (d x d, the side's
-// width), read in place from the layer's f32 matrix m where processing them is a copy (no
-// reduction; a bias column of ones enters as m's column sums and the row count): one product
-// over all rows instead of one per chunk through the scratch. Convolutions in expand mode:
-// the cnn's 288-wide 3x3 layer over 131072 rows took 90-130 ms chunk by chunk, 61-66 in place.
-// False (G untouched) where the rows need more than a copy.
-static bool gram_in_place(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool kside,
-                          size_t rows, float *G) {
-    const bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
-    const size_t d = kside ? e->d_K : e->d_out, dm = kside ? e->d_in : e->d_out;
-    if (m->dtype != NGD_F32 || m->rows != rows || (reduce && !(kside && m->rows == batch)))
-        return false;
-    const float *p = m->data;
-    ngd_syrk_full(1.0f, (ngd_cview){p, dm, rows, 1, (ptrdiff_t)m->ld}, 0.0f,
-                  ngd_view_rm(G, dm, dm, d));
-    if (d > dm) { // the bias column: Σ_r x_rj (row by row), and Σ 1·1
-        float *cs = G + dm * d;
-        memset(cs, 0, dm * sizeof(float));
-        for (size_t r = 0; r < rows; r++)
-            for (size_t j = 0; j < dm; j++)
-                cs[j] += p[r * m->ld + j];
-        for (size_t j = 0; j < dm; j++)
-            G[j * d + dm] = cs[j];
-        cs[dm] = (float)rows;
-    }
-    return true;
-}
-
 static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                 const ngd_matrix *g) {
     singd_state *s = e->ms;
@@ -280,8 +252,8 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
     const size_t dK = e->d_K, dC = e->d_out;
     const bool gramK = s->sK.kind == NGD_STRUCT_DENSE && rows > dK;
     const bool gramC = s->sC.kind == NGD_STRUCT_DENSE && rows > dC;
-    const bool inK = gramK && gram_in_place(e, batch, a, true, rows, w.fK[2]);
-    const bool inC = gramC && gram_in_place(e, batch, g, false, rows, w.fC[2]);
+    const bool inK = gramK && ngd_stats_gram(e, batch, a, true, 1.0f, 0.0f, w.fK[2]);
+    const bool inC = gramC && ngd_stats_gram(e, batch, g, false, 1.0f, 0.0f, w.fC[2]);
     for (size_t r0 = 0; r0 < rows && !(inK && inC); r0 += NGD_STATS_CHUNK) {
         size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         float beta = (s->has_H || r0 > 0) ? 1.0f : 0.0f;

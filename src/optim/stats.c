@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "blas.h"
 #include "method.h"
 
 static float mat_at(const ngd_matrix *m, size_t i, size_t j) {
@@ -119,4 +120,29 @@ double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g) {
     case NGD_LOSS_BATCH_SEQUENCE: return (double)g->rows; // N·R, read before any reduction
     }
     return 1.0;
+}
+
+bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool kside, float alpha,
+                    float beta, float *G) {
+    const bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
+    const size_t d = kside ? e->d_K : e->d_out, dm = kside ? e->d_in : e->d_out;
+    const size_t rows = m->rows;
+    if (m->dtype != NGD_F32 || (reduce && !(kside && rows == batch))) return false;
+    const float *p = m->data;
+    ngd_syrk_full(alpha, (ngd_cview){p, dm, rows, 1, (ptrdiff_t)m->ld}, beta,
+                  ngd_view_rm(G, dm, dm, d));
+    if (d > dm) {               // the bias column: Σ_r x_rj (row by row), and Σ 1·1
+        float *cs = G + dm * d; // (its old values kept in the column meanwhile)
+        for (size_t j = 0; j < dm; j++)
+            G[j * d + dm] = beta == 0.0f ? 0.0f : beta * G[j * d + dm];
+        const float last = beta == 0.0f ? 0.0f : beta * cs[dm];
+        memset(cs, 0, dm * sizeof(float));
+        for (size_t r = 0; r < rows; r++)
+            for (size_t j = 0; j < dm; j++)
+                cs[j] += p[r * m->ld + j];
+        for (size_t j = 0; j < dm; j++)
+            G[j * d + dm] = cs[j] = G[j * d + dm] + alpha * cs[j];
+        cs[dm] = last + alpha * (float)rows;
+    }
+    return true;
 }
