@@ -215,6 +215,12 @@ void nn_conv2d_free(nn_conv2d *l) {
 // 1.45x slower than im2col + GEMM over the chunk.
 static bool amx_dw_on(const nn_conv2d *l) { return l->amx && l->chunk == 1; }
 
+// dW by image without im2col (nn_conv3x3_dw, _dw16) in a backward of bf16 operands or not,
+// with a dx or not: not where a dx without wflip needs the im2col blocks anyway
+static bool dw_by_image(const nn_conv2d *l, bool bf16, bool dx) {
+    return (bf16 ? l->dw16 : l->dw_direct) && (!dx || l->wflip);
+}
+
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
     l->dw_t = l->c_out / l->geom.groups <= NN_CONV_DWT_MAX;
@@ -752,8 +758,7 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
     const float *dyc = dy ? dy + n0 * cout * L : NULL; // (cout, L) of the sample when nb = 1
     const bool amx = dy16 && amx_dw_on(l);             // (dW by sample, below)
-    // dW by image without im2col (below; the blocks' loop still runs for a dx without wflip)
-    const bool byimg = (dy16 ? l->dw16 : l->dw_direct) && (!dxc || l->wflip);
+    const bool byimg = dw_by_image(l, dy16 != NULL, dxc != NULL); // (below)
     if (nb > 1 && !amx) { // samples side by side (a bf16 dy into the bf16 block buffer)
         for (size_t i = 0; i < nb; i++)
             for (size_t co = 0; co < cout; co++) {
@@ -896,7 +901,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
     // slower on 2 threads than blocks of part and buffer (a probe of 128 images, 32 -> 64
     // channels: 2.0 against 1.6 ms; the same layout in two processes ran 1.6)
     const bool bytap = l->w16 && amx_dw_on(l);
-    const bool byimg = (l->w16 ? l->dw16 : l->dw_direct) && (!(dx || dx16) || l->wflip);
+    const bool byimg = dw_by_image(l, l->w16 != NULL, dx || dx16);
     const size_t ps = byimg ? l->dwb_n : nw; // (from one thread's part to the next)
     float *parts = bytap ? l->dwt : byimg ? l->dwb : l->dwpart;
     for (int t = 0; t < nt; t++)

@@ -179,13 +179,20 @@ direct16(const uint32_t *xp, size_t np, size_t h, size_t w, const uint32_t *wp, 
 }
 #endif
 
+// The interiors of c bordered planes of (h+2) x (w+2) elements of es bytes, pb bytes apart
+// (the borders stay zero)
+static void bordered_interiors(char *xp, const char *x, size_t es, size_t pb, size_t c, size_t h,
+                               size_t w) {
+    for (size_t ci = 0; ci < c; ci++)
+        for (size_t r = 0; r < h; r++)
+            memcpy(xp + ci * pb + ((r + 1) * (w + 2) + 1) * es, x + (ci * h + r) * w * es, w * es);
+}
+
 void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
                        float *y, const float *b, bool add, float *xp) {
     NN_ASSERT(nn_conv3x3_direct_usable() && nn_conv3x3_direct_fits(c, h, w, co));
-    const size_t pw = w + 2, pp = plane_n(h, w);
-    for (size_t ci = 0; ci < c; ci++) // the interiors (the borders and slack stay zero)
-        for (size_t r = 0; r < h; r++)
-            memcpy(xp + ci * pp + (r + 1) * pw + 1, x + (ci * h + r) * w, w * sizeof(float));
+    // (the borders and slack stay zero)
+    bordered_interiors((char *)xp, (const char *)x, sizeof *x, plane_n(h, w) * sizeof *x, c, h, w);
 #ifdef NN_HAVE_DIRECT_CODE
     direct(xp, c, h, w, wt, co, y, b, add);
     nn_flop_add(2 * (uint64_t)(h * w) * co * 9 * c); // (not the padding columns' products)
@@ -269,17 +276,17 @@ void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const 
 // process, ms): 3 -> 32 channels at 32x32 0.72 -> 0.56, 32 -> 32 at 32x32 4.35 -> 3.59,
 // 32 -> 64 at 16x16 1.90 -> 1.73, 64 -> 64 at 16x16 3.72 -> 3.54.
 
-// uint16 of a bordered plane (w even, so every plane starts 4-byte aligned)
-static size_t dw16_plane(size_t h, size_t w) { return (h + 2) * (w + 2); }
+// Elements of a bordered plane of dW's kernels (bf16: w even, so every plane starts 4-byte
+// aligned)
+static size_t dw_plane(size_t h, size_t w) { return (h + 2) * (w + 2); }
 
 bool nn_conv3x3_dw16_fits(size_t c, size_t h, size_t w, size_t co) {
-    return nn_conv3x3_direct16_usable() && c >= 1 && co >= 16 && co % 16 == 0 && w % 2 == 0 &&
-           h >= 1 && h <= 4096 && w <= 4096 && h * w >= DIRECT_MIN_HW;
+    return nn_conv3x3_direct16_usable() && w % 2 == 0 && nn_conv3x3_dw_fits(c, h, w, co);
 }
 
 size_t nn_conv3x3_dw16_buf_n(size_t c, size_t h, size_t w, size_t co) {
     // dy's pixel pairs, then the bordered planes, then an f32 dy's rounding
-    return co * (h * w / 2) + (c * dw16_plane(h, w) + 1) / 2 + co * (h * w / 2);
+    return co * (h * w / 2) + (c * dw_plane(h, w) + 1) / 2 + co * (h * w / 2);
 }
 
 #ifdef NN_HAVE_DIRECT_CODE
@@ -360,23 +367,14 @@ static void dw_tiles(const dw_tile_fn tile[3], const uint32_t *dyp, const char *
 }
 #endif
 
-// The interiors of c bordered planes of (h+2) x (w+2) elements of es bytes, pb bytes apart
-// (the borders stay zero)
-static void dw_interiors(char *xp, const char *x, size_t es, size_t pb, size_t c, size_t h,
-                         size_t w) {
-    for (size_t ci = 0; ci < c; ci++)
-        for (size_t r = 0; r < h; r++)
-            memcpy(xp + ci * pb + ((r + 1) * (w + 2) + 1) * es, x + (ci * h + r) * w * es, w * es);
-}
-
 void nn_conv3x3_dw16(const uint16_t *x, const uint16_t *dy16, const float *dy, size_t c, size_t h,
                      size_t w, size_t co, float *dwt, uint32_t *buf) {
     NN_ASSERT(nn_conv3x3_dw16_fits(c, h, w, co) && !dy16 != !dy);
-    const size_t ps = dw16_plane(h, w), hw = h * w, pairs = hw / 2;
+    const size_t ps = dw_plane(h, w), hw = h * w, pairs = hw / 2;
     uint32_t *dyp = buf;
     char *xp = (char *)(buf + co * pairs);
     uint16_t *dyr = (uint16_t *)(void *)(buf + co * pairs + (c * ps + 1) / 2);
-    dw_interiors(xp, (const char *)x, sizeof *x, ps * sizeof *x, c, h, w);
+    bordered_interiors(xp, (const char *)x, sizeof *x, ps * sizeof *x, c, h, w);
     if (dy) { // an f32 dy, rounded as the GEMM paths round it
         nn_bf16_encode(dy, dyr, co * hw);
         dy16 = dyr;
@@ -402,7 +400,7 @@ bool nn_conv3x3_dw_fits(size_t c, size_t h, size_t w, size_t co) {
 }
 
 size_t nn_conv3x3_dw_buf_n(size_t c, size_t h, size_t w, size_t co) {
-    return co * h * w + c * dw16_plane(h, w); // dy pixel-major, then the bordered planes
+    return co * h * w + c * dw_plane(h, w); // dy pixel-major, then the bordered planes
 }
 
 #ifdef NN_HAVE_DIRECT_CODE
@@ -438,10 +436,10 @@ DW32_TILE(3)
 void nn_conv3x3_dw(const float *x, const float *dy, size_t c, size_t h, size_t w, size_t co,
                    float *dwt, float *buf) {
     NN_ASSERT(nn_conv3x3_dw_fits(c, h, w, co));
-    const size_t ps = dw16_plane(h, w), hw = h * w;
+    const size_t ps = dw_plane(h, w), hw = h * w;
     uint32_t *dyp = (uint32_t *)(void *)buf;
     char *xp = (char *)(buf + co * hw);
-    dw_interiors(xp, (const char *)x, sizeof *x, ps * sizeof *x, c, h, w);
+    bordered_interiors(xp, (const char *)x, sizeof *x, ps * sizeof *x, c, h, w);
 #ifdef NN_HAVE_DIRECT_CODE
     static const dw_tile_fn tiles[3] = {dw32_tile1, dw32_tile2, dw32_tile3};
     dw_pixel_major((const uint32_t *)(const void *)dy, co, hw, dyp);
