@@ -293,11 +293,9 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         l->wp = l->wpf = NULL;
         l->direct16 = l->direct16_t = false;
     }
-    // without AMX's dW, on AVX512-BF16: dW image by image (conv_direct.c), where each
-    // thread's parts are dW transposed (dw_t)
-    // (in the f32 path's blocks, which are larger: zeroed again, its planes' borders move)
-    l->dw16 = l->dw_direct && l->dw_t && !amx_dw_on(l) &&
-              nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
+    // without AMX's dW, on AVX512-BF16: dW image by image (conv_direct.c), in the f32 path's
+    // blocks (larger: zeroed again, its planes' borders move)
+    l->dw16 = l->dw_direct && !amx_dw_on(l) && nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
     if (l->dw_direct) memset(l->dwb, 0, l->nthr * l->dwb_n * sizeof(float));
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
