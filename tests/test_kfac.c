@@ -687,27 +687,28 @@ static void conv_statistics_should_use_the_kfc_split(void) {
 // ngd_stats_gram (the in-place Gram matrix of many rows) against float64: G = beta G + alpha
 // Σ x xᵀ with x a row of the f32 matrix and, with a bias, a trailing 1; over a symmetric G
 // (beta 1.3) and over NaN (beta 0: not read); the a side with and without a bias column,
-// the g side; a bf16 matrix, and reduce with positions, are left to the chunked path.
+// the g side, and 20 columns with a bias (the column sums in two blocks on the threads, the
+// second partial); a bf16 matrix, and reduce with positions, are left to the chunked path.
 static void stats_gram_should_match_float64(void) {
-    const size_t rows = 300, ld = 9;
+    const size_t rows = 2000, ld = 21;
     ref_rng r = {5};
     double *t = malloc(rows * ld * sizeof *t);
     float *m = malloc(rows * ld * sizeof *m);
     ref_fill(&r, t, rows * ld, -1, 1);
     for (size_t i = 0; i < rows * ld; i++)
         m[i] = (float)t[i];
-    for (int v = 0; v < 3; v++) { // a with a bias, a without, g
+    for (int v = 0; v < 4; v++) { // a with a bias, a without, g; a of 20 columns with a bias
         ngd_entry e;
         memset(&e, 0, sizeof e);
         e.cfg = ngd_config_default(NGD_METHOD_KFAC);
-        e.d_in = 7, e.d_out = 6, e.d_K = v == 0 ? 8 : 7;
-        const bool kside = v < 2;
+        e.d_in = v == 3 ? 20 : 7, e.d_out = 6, e.d_K = v == 0 || v == 3 ? e.d_in + 1 : e.d_in;
+        const bool kside = v != 2;
         const size_t dm = kside ? e.d_in : e.d_out, d = kside ? e.d_K : e.d_out;
         const ngd_matrix mat = {m, rows, dm, ld, NGD_F32};
         for (int bi = 0; bi < 2; bi++) {
             const float alpha = 0.7f, beta = bi ? 1.3f : 0.0f;
-            float G[64];
-            double G0[64], want[64];
+            float G[441];
+            double G0[441], want[441];
             for (size_t i = 0; i < d; i++) // a symmetric G0
                 for (size_t j = 0; j <= i; j++)
                     G0[i * d + j] = G0[j * d + i] = ref_uniform(&r, -1, 1);

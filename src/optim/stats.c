@@ -137,9 +137,19 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
             G[j * d + dm] = beta == 0.0f ? 0.0f : beta * G[j * d + dm];
         const float last = beta == 0.0f ? 0.0f : beta * cs[dm];
         memset(cs, 0, dm * sizeof(float));
-        for (size_t r = 0; r < rows; r++)
-            for (size_t j = 0; j < dm; j++)
-                cs[j] += p[r * m->ld + j];
+        // by blocks of 16 columns on the threads, each column summed row by row (the same bits
+        // on any number of threads): serially, this pass took 9 of 53 ms at 131072 x 288, on 2
+        // threads 6-8
+        const size_t nb = (dm + 15) / 16;
+#pragma omp parallel for schedule(static) if (rows * dm > NGD_PAR_MIN)
+        for (size_t jb = 0; jb < nb; jb++) {
+            const size_t j0 = jb * 16, nj = dm - j0 < 16 ? dm - j0 : 16;
+            float acc[16] = {0};
+            for (size_t r = 0; r < rows; r++)
+                for (size_t j = 0; j < nj; j++)
+                    acc[j] += p[r * m->ld + j0 + j];
+            memcpy(cs + j0, acc, nj * sizeof(float));
+        }
         for (size_t j = 0; j < dm; j++)
             G[j * d + dm] = cs[j] = G[j * d + dm] + alpha * cs[j];
         cs[dm] = last + alpha * (float)rows;
