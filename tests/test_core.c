@@ -115,11 +115,56 @@ static void syrk_should_match_reference_and_be_symmetric(void) {
     }
 }
 
+// beta = 0 never reads C: the small-product loop clears it, and oneDNN's sgemm (above
+// SMALL_GEMM_MACS, every layout of A, B and C) must not read the NaN there either. C is a
+// view of a wider buffer whose padding must come back untouched.
 static void gemm_should_ignore_nan_in_c_when_beta_is_zero(void) {
     float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1}, c[4] = {NAN, NAN, NAN, NAN};
     ngd_gemm(1.0f, ngd_cview_rm(a, 2, 2, 2), ngd_cview_rm(b, 2, 2, 2), 0.0f,
              ngd_view_rm(c, 2, 2, 2));
     CHECK_TENSOR(c, a, 4, 0.0, 0.0, "beta0");
+    ref_rng r = {11};
+    const size_t m = 37, k = 53, n = 29, pad = 3; // 56,869 multiply-adds: oneDNN's path
+    double *A = malloc(m * k * sizeof *A), *B = malloc(k * n * sizeof *B);
+    double *C = malloc(m * n * sizeof *C);
+    float *fa = malloc(m * k * sizeof *fa), *fb = malloc(k * n * sizeof *fb);
+    float *fc = malloc((m + pad) * (n + pad) * sizeof *fc), *got = malloc(m * n * sizeof *got);
+    ref_fill(&r, A, m * k, -1, 1);
+    ref_fill(&r, B, k * n, -1, 1);
+    ref_matmul(m, k, n, A, B, C);
+    double maxref = 0;
+    for (size_t i = 0; i < m * n; i++)
+        maxref = fmax(maxref, fabs(C[i]));
+    for (int layout = 0; layout < 8; layout++) {
+        const int ta = layout & 1, tb = (layout >> 1) & 1, tc = (layout >> 2) & 1;
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < k; j++)
+                fa[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
+        for (size_t i = 0; i < k; i++)
+            for (size_t j = 0; j < n; j++)
+                fb[tb ? j * k + i : i * n + j] = (float)B[i * n + j];
+        for (size_t i = 0; i < (m + pad) * (n + pad); i++)
+            fc[i] = NAN;
+        const size_t ldc = tc ? m + pad : n + pad; // row stride of the stored array
+        ngd_cview va = ta ? ngd_cview_t(ngd_cview_rm(fa, k, m, m)) : ngd_cview_rm(fa, m, k, k);
+        ngd_cview vb = tb ? ngd_cview_t(ngd_cview_rm(fb, n, k, k)) : ngd_cview_rm(fb, k, n, n);
+        ngd_view vc = tc ? ngd_view_t(ngd_view_rm(fc, n, m, ldc)) : ngd_view_rm(fc, m, n, ldc);
+        ngd_gemm(1.0f, va, vb, 0.0f, vc);
+        size_t pad_kept = 0;
+        for (size_t i = 0; i < (tc ? n : m); i++)
+            for (size_t j = 0; j < ldc; j++) {
+                const float v = fc[i * ldc + j];
+                if (j >= (tc ? m : n))
+                    pad_kept += isnan(v) != 0;
+                else if (tc)
+                    got[j * n + i] = v;
+                else
+                    got[i * n + j] = v;
+            }
+        CHECK(pad_kept == (tc ? n : m) * pad);
+        CHECK_TENSOR(got, C, m * n, 0.0, GEMM_RTOL * maxref, "beta0 sgemm");
+    }
+    free(A), free(B), free(C), free(fa), free(fb), free(fc), free(got);
 }
 
 static void bf16_should_round_to_nearest_even(void) {
