@@ -1084,12 +1084,25 @@ static ngd_status kfac_eig_apply(const ngd_lowrank *G, const ngd_lowrank *A, boo
                                                     ngd_bf16_round1(A->D[j] + la));
                 NGD_AT(S, i, j) = ngd_bf16_round1(NGD_AT(S, i, j) / den);
             }
-    } else {
-        for (size_t i = 0; i < dG; i++)
-            for (size_t j = 0; j < dA; j++) {
-                float den = exact ? G->D[i] * A->D[j] + lk : (G->D[i] + lg) * (A->D[j] + la);
-                NGD_AT(S, i, j) /= den;
+    } else { // rows over the threads; a unit-stride row as a plain array, which vectorises
+             // (the division is exact, so the same bits: it was one thread, an element a time)
+        const float *da = A->D;
+#pragma omp parallel for schedule(static) if (dG * dA >= NGD_PAR_MIN)
+        for (size_t i = 0; i < dG; i++) {
+            const float gi = G->D[i];
+            if (S.cs == 1) {
+                float *restrict srow = S.p + (ptrdiff_t)i * S.rs;
+                if (exact)
+                    for (size_t j = 0; j < dA; j++)
+                        srow[j] /= gi * da[j] + lk;
+                else
+                    for (size_t j = 0; j < dA; j++)
+                        srow[j] /= (gi + lg) * (da[j] + la);
+            } else {
+                for (size_t j = 0; j < dA; j++)
+                    NGD_AT(S, i, j) /= exact ? gi * da[j] + lk : (gi + lg) * (da[j] + la);
             }
+        }
     }
     ngd_gemm(1.0f, QG, ngd_cv(S), 0.0f, T);
     ngd_gemm(1.0f, ngd_cv(T), ngd_cview_t(QA), 0.0f, S);
