@@ -217,7 +217,8 @@ typedef struct {
     bool factored_apply; // linear-cost FC application (docs/algorithms.md#factored-application;
                          // false): such a layer then wants statistics EVERY step, and its
                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
-                         // loss, one observe per step). RS-KFAC, SRE-KFAC, B methods only.
+                         // loss, one observe per step). K-FAC: Q_Gᵀ J Q_A from the rows
+                         // where that costs less (n (d_G² + d_A² + d_G d_A) < d_G d_A (d_G+d_A)).
     uint64_t seed;       // RNG seed for sketches and corrections
     // NGD_BF16: the factor averages (EA) are rounded to bf16 after every update (bf16 values
     // held in f32 storage, so the EVD / RSVD / Brand steps read them in f32/f64 with no

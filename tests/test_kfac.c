@@ -516,16 +516,19 @@ static void side_by_side_updates_should_equal_the_serial_ones(void) {
 
 // #factored-application / P7 at method level: with J = (1/n) 𝒢ᵀ𝒜 (the batch-mean gradient the
 // statistics describe), the factored application gives the dense-J result, on statistics steps and
-// between them (T_u = 2), for the RSVD and the Brand tracks.
+// between them (T_u = 2), for the RSVD and the Brand tracks, and for K-FAC's eigenbasis (Q_Gᵀ J Q_A
+// from the rows: 3 rows of a 25 x 31 layer pay) with both dampings.
 static void factored_application_should_equal_the_dense_one(void) {
-    const ngd_method ms[3] = {NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRCKFAC};
-    for (int i = 0; i < 3; i++) {
+    const ngd_method ms[5] = {NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRCKFAC,
+                              NGD_METHOD_KFAC, NGD_METHOD_KFAC};
+    for (int i = 0; i < 5; i++) {
         layer_t L[2];
         ngd_optim *o[2];
         int id[2];
         for (int f = 0; f < 2; f++) {
             ngd_config c = kcfg(ms[i]);
             c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
+            if (i == 4) c.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
             c.kfac.factored_apply = f == 1;
             layer_init(&L[f], 3, 30, 25, 77);
             CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
@@ -581,15 +584,15 @@ static void bad_settings_should_be_refused_with_a_reason(void) {
     c.kfac.identity_init = NGD_IDINIT_IN_FACTOR;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "in_factor"));
     CHECK(ngd_optim_create(&c, &o) == NGD_ERR_ARG);
-    c = ngd_config_default(NGD_METHOD_KFAC); // factored needs per-factor damping
-    c.kfac.factored_apply = true;
-    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "factored_apply"));
+    c = ngd_config_default(NGD_METHOD_KFAC);
+    c.kfac.corr_frac = 0.0f;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "corr_frac"));
     // the same through a per-layer override
     ngd_config base = ngd_config_default(NGD_METHOD_KFAC);
     CHECK(ngd_optim_create(&base, &o) == NGD_OK);
     l.override = &c;
     CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
-    CHECK(strstr(ngd_optim_errmsg(o), "factored_apply") != NULL);
+    CHECK(strstr(ngd_optim_errmsg(o), "corr_frac") != NULL);
     ngd_optim_free(o);
     c = ngd_config_default(NGD_METHOD_BRKFAC);
     c.kfac.brand_mult = 2;

@@ -971,7 +971,7 @@ static void kfac_damping_should_match_kron_solve(void) {
         CHECK(lrref_solve(N, K, 1, x) == 0);
         size_t wsb = ngd_kfac_precond_ws(dG, dA);
         void *ws = wsa(wsb);
-        CHECK(ngd_kfac_precond_exact(&FG, &FA, lamK, ngd_cview_rm(jf, dG, dA, dA),
+        CHECK(ngd_kfac_precond_exact(&FG, &FA, lamK, ngd_cview_rm(jf, dG, dA, dA), NULL,
                                      ngd_view_rm(S, dG, dA, dA), ws, wsb) == NGD_OK);
         double e = rel_err(S, x, N);
         NOTE("P10 exact %zux%zu: rel err %.2e (tol %.0e)", dG, dA, e, TOL_KFAC);
@@ -998,7 +998,7 @@ static void kfac_damping_should_match_kron_solve(void) {
         CHECK(lrref_solve(dA, Ad, dG, Yt) == 0);
         ref_transpose(dA, dG, Yt, Y);
         memcpy(S, jf, N * sizeof *S); // in place: S == J
-        CHECK(ngd_kfac_precond_factored(&FG, &FA, lG, lA, ngd_cview_rm(S, dG, dA, dA),
+        CHECK(ngd_kfac_precond_factored(&FG, &FA, lG, lA, ngd_cview_rm(S, dG, dA, dA), NULL,
                                         ngd_view_rm(S, dG, dA, dA), ws, wsb) == NGD_OK);
         e = rel_err(S, Y, N);
         NOTE("P10 factored %zux%zu: rel err %.2e", dG, dA, e);
@@ -1089,9 +1089,9 @@ static void preconditioners_should_be_scale_invariant(void) {
     size_t wsb = ngd_kfac_precond_ws(dG, dA);
     void *ws = wsa(wsb);
     CHECK(ngd_kfac_precond_exact(&FG, &FA, lrel * FG.D[0] * FA.D[0], ngd_cview_rm(jf, dG, dA, dA),
-                                 ngd_view_rm(S1, dG, dA, dA), ws, wsb) == NGD_OK);
+                                 NULL, ngd_view_rm(S1, dG, dA, dA), ws, wsb) == NGD_OK);
     CHECK(ngd_kfac_precond_exact(&FG, &FC, lrel * FG.D[0] * FC.D[0], ngd_cview_rm(jf, dG, dA, dA),
-                                 ngd_view_rm(S2, dG, dA, dA), ws, wsb) == NGD_OK);
+                                 NULL, ngd_view_rm(S2, dG, dA, dA), ws, wsb) == NGD_OK);
     for (size_t i = 0; i < dG * dA; i++)
         ref[i] = (double)S1[i] / (double)c;
     double e = rel_err(S2, ref, dG * dA);
@@ -1192,7 +1192,7 @@ static void limits_should_match_dense_paths(void) {
         ws = wsa(NGD_MAX(w2, wk));
         CHECK(ngd_lri_apply2(&LG, lG, 0.0f, &LA, lA, 0.0f, ngd_cview_rm(jf, dG, dA, dA),
                              ngd_view_rm(S1, dG, dA, dA), ws, w2) == NGD_OK);
-        CHECK(ngd_kfac_precond_factored(&FG, &FA, lG, lA, ngd_cview_rm(jf, dG, dA, dA),
+        CHECK(ngd_kfac_precond_factored(&FG, &FA, lG, lA, ngd_cview_rm(jf, dG, dA, dA), NULL,
                                         ngd_view_rm(S2, dG, dA, dA), ws, wk) == NGD_OK);
         ref_to_double(S2, ref, dG * dA);
         double e = rel_err(S1, ref, dG * dA);
@@ -1406,8 +1406,8 @@ static void kernels_should_reject_bad_arguments(void) {
     CHECK(ngd_srevd(ngd_cview_rm(a, d, d, d), r, 2, 1, 0, &rng, &F, ws, 16) == NGD_ERR_ARG);
     // K-FAC: truncated representations are refused by the full-EVD formulas
     float j[20 * 20] = {0};
-    CHECK(ngd_kfac_precond_exact(&F, &F, 1.0f, ngd_cview_rm(j, d, d, d), ngd_view_rm(a, d, d, d),
-                                 ws, 1 << 20) == NGD_ERR_SHAPE);
+    CHECK(ngd_kfac_precond_exact(&F, &F, 1.0f, ngd_cview_rm(j, d, d, d), NULL,
+                                 ngd_view_rm(a, d, d, d), ws, 1 << 20) == NGD_ERR_SHAPE);
     ngd_eig_outcome oc;
     CHECK(ngd_sym_eig(ngd_cview_rm(a, d, d, d), 0, NGD_EIG_F32, &F, &oc, ws, 1 << 20) ==
           NGD_ERR_ARG); // cap < d

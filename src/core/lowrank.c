@@ -1057,25 +1057,48 @@ size_t ngd_kfac_precond_ws(size_t d_G, size_t d_A) {
     return ws_total(&w);
 }
 
+// Whether the rows pay (#factored-application in the eigenbasis): (1/c)(𝒢 Q_G)ᵀ(𝒜 Q_A) costs
+// 2n (d_G² + d_A² + d_G d_A) multiply-adds, Q_Gᵀ J Q_A 2 d_G d_A (d_G + d_A).
+static bool kfac_rows_pay(size_t n, size_t dG, size_t dA) {
+    return (double)n * ((double)dG * dG + (double)dA * dA + (double)dG * dA) <
+           (double)dG * dA * ((double)dG + dA);
+}
+
+static bool kfac_rows_ok(const ngd_kfac_rows *R, size_t dG, size_t dA) {
+    const size_t n = R->Gcal.rows;
+    return cview_ok(R->Gcal) && cview_ok(R->Acal) && mview_ok(R->X) && mview_ok(R->Y) && n > 0 &&
+           R->Gcal.cols == dG && R->Acal.rows == n && R->Acal.cols == dA && R->X.rows == n &&
+           R->X.cols == dG && R->Y.rows == n && R->Y.cols == dA && finitef(R->scale) &&
+           !spans_overlap(ngd_cv(R->X), R->Y);
+}
+
 // S = Q_G [(Q_Gᵀ J Q_A) ⊘ den] Q_Aᵀ with den_ij = (γ_i + lg)(α_j + la) (factored) or
 // γ_i α_j + lk (exact). T: (d_G, d_A). Order: T = Q_Gᵀ J; S = T Q_A; S ⊘= den; T = Q_G S;
-// S = T Q_Aᵀ — J is read only by the first product, so S may be J.
+// S = T Q_Aᵀ — J is read only by the first product, so S may be J. With rows (J = scale·𝒢ᵀ𝒜)
+// where they pay, the first two products are X = 𝒢 Q_G, Y = 𝒜 Q_A, S = scale·Xᵀ Y instead.
 static ngd_status kfac_eig_apply(const ngd_lowrank *G, const ngd_lowrank *A, bool exact, float lk,
-                                 float lg, float la, ngd_cview J, ngd_view S, void *ws,
-                                 size_t ws_bytes) {
+                                 float lg, float la, ngd_cview J, const ngd_kfac_rows *R,
+                                 ngd_view S, void *ws, size_t ws_bytes) {
     if (!lowrank_ok(G) || !lowrank_ok(A) || !cview_ok(J) || !mview_ok(S)) return NGD_ERR_ARG;
     if (G->r != G->d || A->r != A->d) return NGD_ERR_SHAPE; // full EVDs only
     size_t dG = G->d, dA = A->d;
     if (J.rows != dG || J.cols != dA || S.rows != dG || S.cols != dA) return NGD_ERR_SHAPE;
     if (!same_view(J, S) && spans_overlap(J, S)) return NGD_ERR_ARG;
+    if (R && !kfac_rows_ok(R, dG, dA)) return NGD_ERR_ARG;
     size_t need = ngd_kfac_precond_ws(dG, dA);
     if (need == 0 || !ws || ws_bytes < need) return NGD_ERR_ARG;
     wsbuf w = ws_begin(ws, ws_bytes);
     float *Tp = ws_take(&w, dG * dA, sizeof(float)); // (d_G, d_A)
     ngd_view T = ngd_view_rm(Tp, dG, dA, dA);
     ngd_cview QG = ngd_lowrank_u(G), QA = ngd_lowrank_u(A);
-    ngd_gemm(1.0f, ngd_cview_t(QG), J, 0.0f, T);
-    ngd_gemm(1.0f, ngd_cv(T), QA, 0.0f, S);
+    if (R && kfac_rows_pay(R->Gcal.rows, dG, dA)) {
+        ngd_gemm(1.0f, R->Gcal, QG, 0.0f, R->X); // 𝒢 Q_G (n x d_G)
+        ngd_gemm(1.0f, R->Acal, QA, 0.0f, R->Y); // 𝒜 Q_A (n x d_A)
+        ngd_gemm(R->scale, ngd_cview_t(ngd_cv(R->X)), ngd_cv(R->Y), 0.0f, S);
+    } else {
+        ngd_gemm(1.0f, ngd_cview_t(QG), J, 0.0f, T);
+        ngd_gemm(1.0f, ngd_cv(T), QA, 0.0f, S);
+    }
     if (ngd_bf16_emul()) { // each element-wise result rounded to bf16: product, sum, quotient
         for (size_t i = 0; i < dG; i++)
             for (size_t j = 0; j < dA; j++) {
@@ -1118,20 +1141,21 @@ static bool eigs_nonneg(const ngd_lowrank *F) {
 
 // #k-fac exact damping: S = Q_G[(Q_Gᵀ J Q_A) ⊘ (γαᵀ + λ_K)]Q_Aᵀ
 ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_K,
-                                  ngd_cview J, ngd_view S, void *ws, size_t ws_bytes) {
+                                  ngd_cview J, const ngd_kfac_rows *rows, ngd_view S, void *ws,
+                                  size_t ws_bytes) {
     if (!finitef(lambda_K) || !(lambda_K > 0) || !eigs_nonneg(G) || !eigs_nonneg(A))
         return NGD_ERR_ARG;
-    return kfac_eig_apply(G, A, true, lambda_K, 0.0f, 0.0f, J, S, ws, ws_bytes);
+    return kfac_eig_apply(G, A, true, lambda_K, 0.0f, 0.0f, J, rows, S, ws, ws_bytes);
 }
 
 // #k-fac factored damping: denominator (γ + γ_π/π)(α + π γ_π)ᵀ
 ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_G,
-                                     float lambda_A, ngd_cview J, ngd_view S, void *ws,
-                                     size_t ws_bytes) {
+                                     float lambda_A, ngd_cview J, const ngd_kfac_rows *rows,
+                                     ngd_view S, void *ws, size_t ws_bytes) {
     if (!finitef(lambda_G) || !finitef(lambda_A) || !(lambda_G > 0) || !(lambda_A > 0) ||
         !eigs_nonneg(G) || !eigs_nonneg(A))
         return NGD_ERR_ARG;
-    return kfac_eig_apply(G, A, false, 0.0f, lambda_G, lambda_A, J, S, ws, ws_bytes);
+    return kfac_eig_apply(G, A, false, 0.0f, lambda_G, lambda_A, J, rows, S, ws, ws_bytes);
 }
 
 // ---- factored application for FC layers, #factored-application ----

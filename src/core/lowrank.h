@@ -145,17 +145,27 @@ typedef enum {
 size_t ngd_sym_eig_ws(size_t d, ngd_eig_mode mode);
 ngd_status ngd_sym_eig(ngd_cview F, float zero_tol, ngd_eig_mode mode, ngd_lowrank *out,
                        ngd_eig_outcome *outcome, void *ws, size_t ws_bytes);
+// The rows J is made of, J = scale·𝒢ᵀ𝒜 (𝒢: n x d_G, 𝒜: n x d_A; #factored-application),
+// and the caller's n x d_G and n x d_A work matrices X, Y (not overlapping each other).
+typedef struct {
+    ngd_cview Gcal, Acal;
+    float scale;
+    ngd_view X, Y;
+} ngd_kfac_rows;
 // Exact damping: S = Q_G [(Q_Gᵀ J Q_A) ⊘ (γ αᵀ + lambda_K)] Q_Aᵀ, where G = (Q_G, γ) and
 // A = (Q_A, α) are FULL eigendecompositions (r == d), lambda_K > 0 (the λ_rel·maxγ·
-// maxα is the caller's). J, S d_G x d_A; S == J allowed. Four GEMMs.
+// maxα is the caller's). J, S d_G x d_A; S == J allowed. Four GEMMs. rows: NULL, or J's
+// rows: where that costs less (n (d_G² + d_A² + d_G d_A) < d_G d_A (d_G + d_A)), Q_Gᵀ J Q_A is
+// scale·(𝒢 Q_G)ᵀ(𝒜 Q_A) and J is not read.
 size_t ngd_kfac_precond_ws(size_t d_G, size_t d_A);
 ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_K,
-                                  ngd_cview J, ngd_view S, void *ws, size_t ws_bytes);
+                                  ngd_cview J, const ngd_kfac_rows *rows, ngd_view S, void *ws,
+                                  size_t ws_bytes);
 // Factored damping: denominator (γ_i + lambda_G)(α_j + lambda_A); π-damping is
 // lambda_G = γ_π/π, lambda_A = π γ_π (both > 0; π is K-FAC's policy, src/optim/kfac.c).
 ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_G,
-                                     float lambda_A, ngd_cview J, ngd_view S, void *ws,
-                                     size_t ws_bytes);
+                                     float lambda_A, ngd_cview J, const ngd_kfac_rows *rows,
+                                     ngd_view S, void *ws, size_t ws_bytes);
 
 // ====== Factored linear-cost application for FC layers (#factored-application) ======
 

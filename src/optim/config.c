@@ -271,10 +271,6 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (k->brand_mult == 0 || k->refresh_mult == 0 || k->corr_mult == 0)
         BAD("kfac.brand_mult, refresh_mult and corr_mult must be >= 1");
     if (!(k->corr_frac > 0.0f && k->corr_frac <= 1.0f)) BAD("kfac.corr_frac must be in (0, 1]");
-    if (k->factored_apply && c->method == NGD_METHOD_KFAC)
-        BAD("kfac.factored_apply needs per-factor damping (RS-KFAC, SRE-KFAC, B methods; "
-            "docs/algorithms.md#factored-application), not K-FAC's damping of the Kronecker "
-            "product");
     if (k->identity_init == NGD_IDINIT_IN_FACTOR &&
         (c->method == NGD_METHOD_BKFAC || c->method == NGD_METHOD_BRKFAC ||
          c->method == NGD_METHOD_BRCKFAC))

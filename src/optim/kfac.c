@@ -74,13 +74,13 @@ static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
                                                (double)ngd_bf16_round1((float)trG), LG->d));
         const float gp = ngd_bf16_round1(sqrtf(lk));
         return ngd_kfac_precond_factored(LG, LA, ngd_bf16_round1(gp / pi), ngd_bf16_round1(pi * gp),
-                                         J, S, kws, kbytes);
+                                         J, NULL, S, kws, kbytes);
     }
-    return ngd_kfac_precond_exact(LG, LA, lk, J, S, kws, kbytes);
+    return ngd_kfac_precond_exact(LG, LA, lk, J, NULL, S, kws, kbytes);
 }
 
-ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, ngd_view S, float *DA, float *DG,
-                                 void *kws, size_t kbytes) {
+ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows,
+                                 ngd_view S, float *DA, float *DG, void *kws, size_t kbytes) {
     const kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t dA = e->d_K, dG = e->d_out;
@@ -108,8 +108,8 @@ ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, ngd_view S, fl
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
         const double pi = (double)kf_pi(trA, dA, trG, dG);
         const double gp = sqrt(lk > 0 ? lk : 1e-30);
-        return ngd_kfac_precond_factored(&LG, &LA, (float)(gp / pi), (float)(pi * gp), J, S, kws,
-                                         kbytes);
+        return ngd_kfac_precond_factored(&LG, &LA, (float)(gp / pi), (float)(pi * gp), J, rows, S,
+                                         kws, kbytes);
     }
-    return ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, S, kws, kbytes);
+    return ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, rows, S, kws, kbytes);
 }

@@ -124,9 +124,10 @@ size_t kf_refresh_evd_ws(size_t d);
 // Whether K-FAC's eigenbasis preconditioner applies (K-FAC, both decompositions full).
 bool kf_eigenbasis_ok(const ngd_entry *e);
 // #k-fac on the full eigendecompositions: S = precondition(J); DA, DG scratch of d_K and
-// d_out floats; kws of kbytes (at least ngd_kfac_precond_ws(d_out, d_K)).
-ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, ngd_view S, float *DA, float *DG,
-                                 void *kws, size_t kbytes);
+// d_out floats; kws of kbytes (at least ngd_kfac_precond_ws(d_out, d_K)); rows: NULL, or
+// J's rows (the factored application, ngd_kfac_precond_exact; not under emulated bf16).
+ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows,
+                                 ngd_view S, float *DA, float *DG, void *kws, size_t kbytes);
 // π of factored π-damping (#k-fac, [MG15]): sqrt((tr_A / d_A) / (tr_G / d_G)); 1 when a trace
 // is not positive or the result not finite.
 float kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);

@@ -449,8 +449,18 @@ static void precondition_core(ngd_optim *o, ngd_entry *e, const float *G, float 
         J = ngd_cv(S);
     }
     ngd_status st;
-    if (kf_eigenbasis_ok(e)) {
-        st = kf_precond_eigenbasis(e, J, S, DA, DG, kws, kbytes); // #k-fac (kfac.c)
+    if (kf_eigenbasis_ok(e)) { // #k-fac (kfac.c); from this step's rows where they pay
+        const size_t m = (size_t)s->pend.rows;
+        float *X = s->meta.factored && m > 0 && s->pend.c && !em
+                       ? kf_scratch(o, (dG + dA) * m * sizeof(float))
+                       : NULL; // (planned: kf_factored_ws)
+        ngd_kfac_rows rows = {0};
+        if (X)
+            rows = (ngd_kfac_rows){ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
+                                   ngd_cview_rm(s->f[KF_A].rows, m, dA, dA),
+                                   (float)(1.0 / (double)s->pend.c), ngd_view_rm(X, m, dG, dG),
+                                   ngd_view_rm(X + dG * m, m, dA, dA)};
+        st = kf_precond_eigenbasis(e, J, X ? &rows : NULL, S, DA, DG, kws, kbytes);
     } else {
         // #low-rank-inverse on both sides: λ_F = λ_rel·max D_F + ρ^k, μ by the tail model
         float lam[2], mu[2];
