@@ -130,6 +130,12 @@ printf '%s\n' "$out" | grep -q '"steps":6,"period":6,' && ok || { bad "bench tra
 # ... and a rounding of more than twice the asked steps says so (a long T_i is a long run)
 printf '%s\n' "$out" | grep -q 'note: --steps 2 rounded up to 6, whole preconditioner periods of 6 steps' && ok || bad "bench train: no note on --steps 2 -> 6"
 expect_rc 2 "bench train --T-u 0" "$NGD" bench train --T-u 0
+# --factored reaches the config: K-FAC's eigenbasis then comes from the rows (8 rows of the
+# 785-wide input layer: fewer optimizer FLOPs than from the gradient), and the row says so
+bt_k="bench train --model mlp --widths 16 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json"
+# shellcheck disable=SC2086
+out1=$("$NGD" $bt_k 2>&1); out2=$("$NGD" $bt_k --factored 2>&1)
+{ printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "factored" and a["structure"] == "-" and 0 < b["opt_gflop"] < 0.9 * a["opt_gflop"] else 1)' && ok || { bad "bench train --factored: row"; printf '%s\n' "$out2" | tail -1; }
 if [ -s "$tmp/p.svg" ]; then
     grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"
     [ "$(grep -c "<polyline" "$tmp/p.svg")" -eq 4 ] && ok || bad "bench precond plot: expected a line per method and panel"

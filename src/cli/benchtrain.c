@@ -50,6 +50,7 @@ enum {
     B_T,
     B_TU,
     B_TI,
+    B_FACTORED,
     B_THREADS,
     B_JSON,
     B_POPTIM,
@@ -79,6 +80,9 @@ static const cli_opt BT_OPTS[] = {
     {"T", 1, B_T, "N", "SINGD preconditioner update period (10)"},
     {"T-u", 1, B_TU, "N", "K-FAC family statistics period T_u (the method's default, 10)"},
     {"T-i", 1, B_TI, "N", "K-FAC family inverse / refresh period T_i (the method's default, 50)"},
+    {"factored", 0, B_FACTORED, NULL,
+     "K-FAC family: the factored application, as ngd train --factored (statistics rows every "
+     "step)"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
     {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"param-optim", 1, B_POPTIM, "NAME",
@@ -113,7 +117,7 @@ typedef struct {
     size_t batch, context, steps, warmup, T, T_u, T_i, nwidths; // T_u, T_i: 0 = default
     size_t widths[NN_MODEL_MAX_WIDTHS];
     const char *data;
-    bool json, param_adamw;
+    bool json, param_adamw, factored;
     float momentum; // < 0: the method's default
 } bt_opts;
 
@@ -268,6 +272,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
     if (is_kfac(c->method) && o->T_u) cfg.kfac.T_u = o->T_u;
     if (is_kfac(c->method) && o->T_i) cfg.kfac.T_i = o->T_i;
+    if (is_kfac(c->method)) cfg.kfac.factored_apply = o->factored;
     if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
         cfg.structure_K.dtype = cfg.structure_C.dtype = cfg.factor_compute = cfg.kfac.ea_dtype =
             NGD_BF16;
@@ -432,10 +437,16 @@ static int split(char *s, char **items, int cap) {
     return n;
 }
 
+// The structure column: SINGD's structure, "factored" for the K-FAC family under --factored.
+static const char *cfg_label(const bt_cfg *c, const bt_opts *o) {
+    if (is_kfac(c->method) && o->factored) return "factored";
+    return c->structure[0] ? c->structure : "-";
+}
+
 static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, long rss) {
     const double ms = 1e3, fb_rate = r->fb_flops / (r->fwd + r->bwd) / 1e9;
     const double floor_s = (r->fb_flops + r->opt_flops) / (r->sgemm_gflops * 1e9);
-    const char *st = c->structure[0] ? c->structure : "-";
+    const char *st = cfg_label(c, o);
     if (o->json) {
         printf("{\"model\":\"%s\",\"data\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
                "\"precision\":\"%s\",\"batch\":%zu,\"steps\":%zu,\"period\":%zu,\"ms_mean\":%.4f,"
@@ -510,6 +521,7 @@ int bench_train(int argc, char **argv) {
         case B_TI:
             if (parse_size("T-i", optarg, &o.T_i, 1)) return NGD_EXIT_USAGE;
             break;
+        case B_FACTORED: o.factored = true; break;
         case B_THREADS:
             if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE;
             break;
@@ -682,7 +694,7 @@ int bench_train(int argc, char **argv) {
                 }
             if (!k) continue;
             const double med = bench_median(rt, k), medc = bench_median(rc2, k);
-            const char *st = cfgs[i].structure[0] ? cfgs[i].structure : "-";
+            const char *st = cfg_label(&cfgs[i], &o);
             if (o.json)
                 printf("{\"model\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
                        "\"f32_over_bf16\":%.4f,\"f32_over_bf16_cpu\":%.4f,\"rounds\":%zu}\n",
