@@ -16,6 +16,14 @@
 // largest output with k <= 70 and entries in [-1, 1] leaves ~10x headroom.
 #define GEMM_RTOL 1e-5
 
+// X (rows x cols, float64 row-major) into out as floats: row-major, or (t) as the transpose of
+// a row-major cols x rows array
+static void store_op(const double *X, size_t rows, size_t cols, int t, float *out) {
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < cols; j++)
+            out[t ? j * rows + i : i * cols + j] = (float)X[i * cols + j];
+}
+
 static void gemm_should_match_reference_for_all_layouts(void) {
     ref_rng r = {1};
     const size_t dims[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 1, 9}, {1, 64, 1}, {65, 31, 70}};
@@ -31,15 +39,9 @@ static void gemm_should_match_reference_for_all_layouts(void) {
         for (int layout = 0; layout < 8; layout++) {
             int ta = layout & 1, tb = (layout >> 1) & 1, tc = (layout >> 2) & 1;
             // store A (and B, C) either row-major or as the transpose of a row-major array
-            for (size_t i = 0; i < m; i++)
-                for (size_t j = 0; j < k; j++)
-                    a[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
-            for (size_t i = 0; i < k; i++)
-                for (size_t j = 0; j < n; j++)
-                    b[tb ? j * k + i : i * n + j] = (float)B[i * n + j];
-            for (size_t i = 0; i < m; i++)
-                for (size_t j = 0; j < n; j++)
-                    c[tc ? j * m + i : i * n + j] = (float)C0[i * n + j];
+            store_op(A, m, k, ta, a);
+            store_op(B, k, n, tb, b);
+            store_op(C0, m, n, tc, c);
             ngd_cview va = ta ? ngd_cview_t(ngd_cview_rm(a, k, m, m)) : ngd_cview_rm(a, m, k, k);
             ngd_cview vb = tb ? ngd_cview_t(ngd_cview_rm(b, n, k, k)) : ngd_cview_rm(b, k, n, n);
             ngd_view vc = tc ? ngd_view_t(ngd_view_rm(c, n, m, m)) : ngd_view_rm(c, m, n, n);
@@ -89,9 +91,7 @@ static void syrk_should_match_reference_and_be_symmetric(void) {
         for (int layout = 0; layout < 8; layout++) {
             const int ta = layout & 1, tc = (layout >> 1) & 1, b0 = (layout >> 2) & 1;
             const float beta = b0 ? 0.0f : -0.5f;
-            for (size_t i = 0; i < m; i++)
-                for (size_t j = 0; j < k; j++)
-                    a[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
+            store_op(A, m, k, ta, a);
             for (size_t i = 0; i < m * m; i++)
                 c[i] = b0 ? NAN : (float)C0[i]; // (C0 symmetric: either layout)
             ngd_cview va = ta ? ngd_cview_t(ngd_cview_rm(a, k, m, m)) : ngd_cview_rm(a, m, k, k);
@@ -137,12 +137,8 @@ static void gemm_should_ignore_nan_in_c_when_beta_is_zero(void) {
         maxref = fmax(maxref, fabs(C[i]));
     for (int layout = 0; layout < 8; layout++) {
         const int ta = layout & 1, tb = (layout >> 1) & 1, tc = (layout >> 2) & 1;
-        for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < k; j++)
-                fa[ta ? j * m + i : i * k + j] = (float)A[i * k + j];
-        for (size_t i = 0; i < k; i++)
-            for (size_t j = 0; j < n; j++)
-                fb[tb ? j * k + i : i * n + j] = (float)B[i * n + j];
+        store_op(A, m, k, ta, fa);
+        store_op(B, k, n, tb, fb);
         for (size_t i = 0; i < (m + pad) * (n + pad); i++)
             fc[i] = NAN;
         const size_t ldc = tc ? m + pad : n + pad; // row stride of the stored array
