@@ -812,6 +812,7 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
 // path of the same layer: y, dx written (over NaN) and added, dW, and the FLOPs counted.
 // Shapes: the first layer's 3 channels (dx then stays on im2col), rows shorter and longer
 // than a 48-position block, odd sizes, one row, 136 channels (forward on im2col, dx direct),
+// widths of 16 and 32 (vectors aligned to rows; last blocks of 1 and of 2 vectors),
 // an image too small for the path; dW by image wherever the output channels come in 16s:
 // tiles of 1, 2 and 3 vectors of them (16, 32 and 64, 48, and 80 = 48 + 32, on one row of
 // 1100), pixel counts that are not a multiple of 16 (297, 270, 1100); 3 output channels stay
@@ -824,7 +825,8 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
         {136, 16, 16, 8, 1},                      // (forward on im2col: 136 channels)
         {16, 7, 5, 8, 4},                         // (too small: im2col both ways)
         {8, 32, 32, 48, 2},  {12, 20, 55, 16, 1}, {12, 1, 1100, 80, 1}, // (dW by image)
-        {8, 32, 32, 3, 1}}; // (dW on im2col: 3 output channels)
+        {8, 32, 32, 3, 1},    // (dW on im2col: 3 output channels)
+        {16, 13, 32, 16, 2}}; // (rows of 2 vectors: the last block holds 2 of its 3)
     const bool usable = nn_conv3x3_direct_usable();
     if (!usable) fprintf(stderr, "    (AVX-512 is not usable here: the im2col path only)\n");
     ref_rng r = {37};
