@@ -548,6 +548,10 @@ static void elementwise_body(operands *o, ref_rng *r) {
     CHECK_REL(got, want, dd, TOL_REL, lbl("scale %s d=%zu", o->c->label, d));
     ngd_s_zero(s, p);
     CHECK(ngd_s_maxabs(s, p) == 0.0f);
+    p[s->n / 2] = -INFINITY; // the maximum sees an infinity, and a NaN anywhere propagates
+    CHECK(ngd_s_maxabs(s, p) == INFINITY);
+    p[s->n - 1] = NAN;
+    CHECK(isnan(ngd_s_maxabs(s, p)));
     free(p), free(Df), free(got), free(want);
 }
 static void elementwise_ops_should_match_dense(void) { for_each_class(elementwise_body); }

@@ -302,9 +302,10 @@ static void singd_discard(ngd_entry *e) {
 // One side of #singd-update: m_new = sc·(cH·H + cD·Π(LᵀL) − I) (+ α1·m_old); L ← L − β·L·m_new.
 // f[0] holds the decoded L (or L is f32 storage), f[1] = Π(LᵀL) (already computed),
 // f[2] receives m_new, f[3] is scratch. Returns the step size β actually used.
-// The element-wise steps keep the official order per element (zeros; + cH·H; + cD·LᵀL; − I;
-// · sc; + α1·m_old), fused into two threaded passes around diag_add: they were eight serial
-// sweeps of n floats (about 2 ms an update of the dense mlp's six factors, 2 threads).
+// m_new's element-wise steps keep the official order per element (zeros; + cH·H; + cD·LᵀL;
+// − I; · sc; + α1·m_old), fused into two threaded passes around diag_add: they were six
+// serial sweeps of n floats (the maximum and L's update are the structure layer's threaded
+// ngd_s_maxabs and ngd_s_axpy).
 static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_dtype dt, void *L,
                          void *m, const float *H, float cH, float cD, float sc, float alpha1,
                          float beta1, bool normalize, float *const f[4]) {
@@ -318,30 +319,18 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
     ops->diag_add(sd, mn, -1.0f);
     const float *mo = m && alpha1 != 0.0f ? fload(m, dt, n, f[3]) : NULL;
     float *mf = m && dt == NGD_F32 ? (float *)m : NULL; // f32 momentum: stored in the pass
-    uint32_t mx = 0; // max |m_new| on the bits (a NaN's are above every number's)
-#pragma omp parallel for schedule(static) reduction(max : mx) if (n > NGD_PAR_MIN)
+#pragma omp parallel for schedule(static) if (n > NGD_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float v = mn[i] * sc;
         if (mo) v += alpha1 * mo[i];
         mn[i] = v;
         if (mf) mf[i] = v;
-        uint32_t a;
-        memcpy(&a, &v, sizeof a);
-        a &= 0x7fffffffu;
-        mx = a > mx ? a : mx;
     }
     if (m && !mf) fstore(m, dt, n, mn);
-    float beta = beta1;
-    if (normalize) { // a NaN in m_new: fmaxf gives 1 (ngd_s_maxabs's NaN, as before)
-        float amax;
-        memcpy(&amax, &mx, sizeof amax);
-        beta = beta1 / fmaxf(1.0f, amax);
-    }
+    float beta = beta1; // (a NaN in m_new: fmaxf gives 1)
+    if (normalize) beta = beta1 / fmaxf(1.0f, ngd_s_maxabs(sd, mn));
     ops->mul(sd, Lf, mn, f[3]); // L·m_new, exactly in the class (closure)
-    const float *restrict lm = f[3];
-#pragma omp parallel for schedule(static) if (n > NGD_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        Lf[i] += -beta * lm[i];
+    ngd_s_axpy(sd, -beta, f[3], Lf);
     fstore(L, dt, n, Lf);
     return beta;
 }

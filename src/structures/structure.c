@@ -55,22 +55,36 @@ ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, b
 
 void ngd_s_zero(const ngd_sdesc *s, float *p) { memset(p, 0, s->n * sizeof(float)); }
 
+// The element-wise operations run over the threads for large factors (the same bits: each
+// element on its own; the maximum is exact in any order).
 void ngd_s_axpy(const ngd_sdesc *s, float alpha, const float *x, float *y) {
-    for (size_t i = 0; i < s->n; i++)
+    const size_t n = s->n;
+#pragma omp parallel for schedule(static) if (n > NGD_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
         y[i] += alpha * x[i];
 }
 
 void ngd_s_scale(const ngd_sdesc *s, float *p, float v) {
-    for (size_t i = 0; i < s->n; i++)
+    const size_t n = s->n;
+#pragma omp parallel for schedule(static) if (n > NGD_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
         p[i] *= v;
 }
 
+// max |p_i| on the bits of |p_i| (ordered as the numbers are, a NaN's above them all, so a
+// NaN anywhere propagates), which vectorises and reduces over the threads
 float ngd_s_maxabs(const ngd_sdesc *s, const float *p) {
-    float m = 0.0f;
-    for (size_t i = 0; i < s->n; i++) {
-        float a = fabsf(p[i]);
-        if (a > m || a != a) m = a; // NaN propagates
+    const size_t n = s->n;
+    uint32_t mx = 0;
+#pragma omp parallel for schedule(static) reduction(max : mx) if (n > NGD_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t a;
+        memcpy(&a, &p[i], sizeof a);
+        a &= 0x7fffffffu;
+        mx = a > mx ? a : mx;
     }
+    float m;
+    memcpy(&m, &mx, sizeof m);
     return m;
 }
 
