@@ -1009,6 +1009,127 @@ static void kfac_damping_should_match_kron_solve(void) {
     }
 }
 
+// F⁻¹ = Q diag(1/(d + λ)) Qᵀ in f64 from the f32 (Q, d) of a full decomposition
+static void inv_op_f64(const ngd_lowrank *F, double lambda, double *out) {
+    const size_t d = F->d;
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < d; j++) {
+            double s = 0;
+            for (size_t k = 0; k < d; k++)
+                s += (double)F->U[i * F->cap + k] * (double)F->U[j * F->cap + k] /
+                     ((double)F->D[k] + lambda);
+            out[i * d + j] = s;
+        }
+}
+
+// The inverse operators of K-FAC's factored damping: ngd_kfac_inv against F⁻¹ formed in f64
+// from the same f32 (Q, d) (300 wide: two blocks of rows); ngd_kfac_precond_inv from J (in
+// place) and from J's rows (where they pay, and where they do not) against the f64 product
+// G⁻¹ J A⁻¹ of those operators, and against the eigenbasis route
+// (ngd_kfac_precond_factored). Tolerance TOL_KFAC: the f32 rounding of d-term sums with
+// κ(F + λ) ≤ 11 (observed about 1e-6). Then the argument checks.
+static void kfac_inverse_operators_should_match_f64(void) {
+    ref_rng g = {57};
+    const size_t sizes[][3] = {{5, 7, 2}, {5, 7, 4}, {40, 300, 8}, {300, 12, 3}}; // dG, dA, n
+    for (size_t t = 0; t < 4; t++) {
+        const size_t dG = sizes[t][0], dA = sizes[t][1], n = sizes[t][2], N = dG * dA;
+        double *Gm = dalloc(dG * dG), *Am = dalloc(dA * dA), *Gi = dalloc(dG * dG);
+        double *Ai = dalloc(dA * dA), *J = dalloc(N), *T = dalloc(N), *ref = dalloc(N);
+        double *GJ = dalloc(N);
+        random_psd(&g, dG, dG / 2 + 1, Gm); // rank-deficient: the damping matters
+        random_psd(&g, dA, dA / 2 + 1, Am);
+        float *gf = round_sym(Gm, dG), *af = round_sym(Am, dA);
+        ngd_lowrank FG = eig_of(gf, dG, NGD_EIG_F32), FA = eig_of(af, dA, NGD_EIG_F32);
+        const float lG = 0.1f * FG.D[0], lA = 0.1f * FA.D[0];
+        float *gi = falloc(dG * dG), *ai = falloc(dA * dA);
+        size_t wi = ngd_kfac_inv_ws(NGD_MAX(dG, dA)), wk = ngd_kfac_precond_ws(dG, dA);
+        void *ws = wsa(NGD_MAX(wi, wk));
+        CHECK(ngd_kfac_inv(&FG, lG, ngd_view_rm(gi, dG, dG, dG), ws, wi) == NGD_OK);
+        CHECK(ngd_kfac_inv(&FA, lA, ngd_view_rm(ai, dA, dA, dA), ws, wi) == NGD_OK);
+        inv_op_f64(&FG, lG, Gi);
+        inv_op_f64(&FA, lA, Ai);
+        double e = fmax(rel_err(gi, Gi, dG * dG), rel_err(ai, Ai, dA * dA));
+        NOTE("F^-1 %zu, %zu: rel err %.2e (tol %.0e)", dG, dA, e, TOL_KFAC);
+        CHECK(e <= TOL_KFAC);
+        // J's rows: J = (1/n) 𝒢ᵀ𝒜, the f32 J rounded from the f64 product
+        float *gc = falloc(n * dG), *ac = falloc(n * dA), *jf = falloc(N), *S = falloc(N);
+        float *S2 = falloc(N), *X = falloc(n * dG), *Y = falloc(n * dA);
+        double *gd = dalloc(n * dG), *ad = dalloc(n * dA);
+        lrref_gauss(&g, gd, n * dG);
+        lrref_gauss(&g, ad, n * dA);
+        ref_to_float(gd, gc, n * dG);
+        ref_to_double(gc, gd, n * dG);
+        ref_to_float(ad, ac, n * dA);
+        ref_to_double(ac, ad, n * dA);
+        for (size_t i = 0; i < dG; i++)
+            for (size_t j = 0; j < dA; j++) {
+                double s = 0;
+                for (size_t k = 0; k < n; k++)
+                    s += gd[k * dG + i] * ad[k * dA + j];
+                J[i * dA + j] = s / (double)n;
+            }
+        ref_to_float(J, jf, N);
+        ngd_kfac_rows R = {ngd_cview_rm(gc, n, dG, dG), ngd_cview_rm(ac, n, dA, dA),
+                           (float)(1.0 / (double)n), ngd_view_rm(X, n, dG, dG),
+                           ngd_view_rm(Y, n, dA, dA)};
+        for (int rows = 0; rows < 2; rows++) {
+            if (!rows) ref_to_double(jf, T, N); // the kernel's J: the f32 one, or the rows
+            const double *Jr = rows ? J : T;
+            // ref = G⁻¹ J A⁻¹ (f64; GJ holds G⁻¹ J)
+            for (size_t i = 0; i < dG; i++)
+                for (size_t j = 0; j < dA; j++) {
+                    double s = 0;
+                    for (size_t k = 0; k < dG; k++)
+                        s += Gi[i * dG + k] * Jr[k * dA + j];
+                    GJ[i * dA + j] = s;
+                }
+            for (size_t i = 0; i < dG; i++)
+                for (size_t j = 0; j < dA; j++) {
+                    double s = 0;
+                    for (size_t k = 0; k < dA; k++)
+                        s += GJ[i * dA + k] * Ai[k * dA + j];
+                    ref[i * dA + j] = s;
+                }
+            memcpy(S, jf, N * sizeof *S); // without rows: in place, S == J
+            CHECK(ngd_kfac_precond_inv(ngd_cview_rm(gi, dG, dG, dG), ngd_cview_rm(ai, dA, dA, dA),
+                                       ngd_cview_rm(S, dG, dA, dA), rows ? &R : NULL,
+                                       ngd_view_rm(S, dG, dA, dA), ws, wk) == NGD_OK);
+            e = rel_err(S, ref, N);
+            NOTE("G^-1 J A^-1 %zux%zu, n %zu, rows %d: rel err %.2e", dG, dA, n, rows, e);
+            CHECK(e <= TOL_KFAC);
+            CHECK(ngd_kfac_precond_factored(&FG, &FA, lG, lA, ngd_cview_rm(jf, dG, dA, dA),
+                                            rows ? &R : NULL, ngd_view_rm(S2, dG, dA, dA), ws,
+                                            wk) == NGD_OK);
+            ref_to_double(S2, GJ, N);
+            e = rel_err(S, GJ, N);
+            NOTE("  against the eigenbasis route: rel err %.2e", e);
+            CHECK(e <= TOL_KFAC);
+        }
+        if (t == 0) { // arguments
+            ngd_view gv = ngd_view_rm(gi, dG, dG, dG);
+            CHECK(ngd_kfac_inv(&FG, 0.0f, gv, ws, wi) == NGD_ERR_ARG);
+            CHECK(ngd_kfac_inv(&FG, NAN, gv, ws, wi) == NGD_ERR_ARG);
+            CHECK(ngd_kfac_inv(&FG, lG, gv, ws, ngd_kfac_inv_ws(dG) - 1) == NGD_ERR_ARG);
+            CHECK(ngd_kfac_inv(&FG, lG, ngd_view_rm(FG.U, dG, dG, dG), ws, wi) == NGD_ERR_ARG);
+            CHECK(ngd_kfac_inv(&FG, lG, ngd_view_rm(gi, dG - 1, dG, dG), ws, wi) == NGD_ERR_SHAPE);
+            FG.r--;
+            CHECK(ngd_kfac_inv(&FG, lG, gv, ws, wi) == NGD_ERR_SHAPE);
+            FG.r++;
+            ngd_cview gc2 = ngd_cview_rm(gi, dG, dG, dG), ac2 = ngd_cview_rm(ai, dA, dA, dA);
+            CHECK(ngd_kfac_precond_inv(gc2, ac2, ngd_cview_rm(jf, dG, dA, dA), NULL,
+                                       ngd_view_rm(gi, dG, dA, dA), ws, wk) == NGD_ERR_ARG);
+            CHECK(ngd_kfac_precond_inv(ac2, gc2, ngd_cview_rm(jf, dG, dA, dA), NULL,
+                                       ngd_view_rm(S, dG, dA, dA), ws, wk) == NGD_ERR_SHAPE);
+            CHECK(ngd_kfac_precond_inv(gc2, ac2, ngd_cview_rm(jf, dG, dA, dA), NULL,
+                                       ngd_view_rm(S, dG, dA, dA), ws, wk - 1) == NGD_ERR_ARG);
+        }
+        free(ws), free(Gm), free(Am), free(Gi), free(Ai), free(J), free(T), free(ref), free(GJ);
+        free(gf), free(af), free(gi), free(ai), free(gc), free(ac), free(jf), free(S), free(S2);
+        free(X), free(Y), free(gd), free(ad);
+        lr_free(&FG), lr_free(&FA);
+    }
+}
+
 // The symmetric EVD helper: descending order, f32 vs f64 agreement, zero tolerance, and a
 // non-finite factor reported as FAILED with the previous decomposition left in place.
 static void sym_eig_should_sort_retry_and_keep_previous(void) {
@@ -1483,6 +1604,7 @@ static const test_case TESTS[] = {
     TEST(rr_correct_should_never_increase_error),
     TEST(rr_subset_size_should_round),
     TEST(kfac_damping_should_match_kron_solve),
+    TEST(kfac_inverse_operators_should_match_f64),
     TEST(sym_eig_should_sort_retry_and_keep_previous),
     TEST(preconditioners_should_be_scale_invariant),
     TEST(ea_spectrum_should_decay),

@@ -51,6 +51,7 @@ enum {
     B_TU,
     B_TI,
     B_FACTORED,
+    B_KDAMP,
     B_THREADS,
     B_JSON,
     B_POPTIM,
@@ -83,6 +84,8 @@ static const cli_opt BT_OPTS[] = {
     {"factored", 0, B_FACTORED, NULL,
      "K-FAC family: the factored application, as ngd train --factored (statistics rows every "
      "step)"},
+    {"kfac-damping", 1, B_KDAMP, "KIND",
+     "K-FAC's damping, as ngd train --kfac-damping: exact (default) or pi"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
     {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"param-optim", 1, B_POPTIM, "NAME",
@@ -117,7 +120,7 @@ typedef struct {
     size_t batch, context, steps, warmup, T, T_u, T_i, nwidths; // T_u, T_i: 0 = default
     size_t widths[NN_MODEL_MAX_WIDTHS];
     const char *data;
-    bool json, param_adamw, factored;
+    bool json, param_adamw, factored, kfac_pi;
     float momentum; // < 0: the method's default
 } bt_opts;
 
@@ -273,6 +276,8 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     if (is_kfac(c->method) && o->T_u) cfg.kfac.T_u = o->T_u;
     if (is_kfac(c->method) && o->T_i) cfg.kfac.T_i = o->T_i;
     if (is_kfac(c->method)) cfg.kfac.factored_apply = o->factored;
+    if (c->method == NGD_METHOD_KFAC && o->kfac_pi)
+        cfg.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
     if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
         cfg.structure_K.dtype = cfg.structure_C.dtype = cfg.factor_compute = cfg.kfac.ea_dtype =
             NGD_BF16;
@@ -437,8 +442,10 @@ static int split(char *s, char **items, int cap) {
     return n;
 }
 
-// The structure column: SINGD's structure, "factored" for the K-FAC family under --factored.
+// The structure column: SINGD's structure, "factored" for the K-FAC family under --factored,
+// "pi" for K-FAC under --kfac-damping pi.
 static const char *cfg_label(const bt_cfg *c, const bt_opts *o) {
+    if (c->method == NGD_METHOD_KFAC && o->kfac_pi) return o->factored ? "factored,pi" : "pi";
     if (is_kfac(c->method) && o->factored) return "factored";
     return c->structure[0] ? c->structure : "-";
 }
@@ -522,6 +529,14 @@ int bench_train(int argc, char **argv) {
             if (parse_size("T-i", optarg, &o.T_i, 1)) return NGD_EXIT_USAGE;
             break;
         case B_FACTORED: o.factored = true; break;
+        case B_KDAMP:
+            if (strcmp(optarg, "pi") && strcmp(optarg, "exact")) {
+                cli_error("e.g. --kfac-damping pi", "--kfac-damping: exact or pi, not '%s'",
+                          optarg);
+                return NGD_EXIT_USAGE;
+            }
+            o.kfac_pi = !strcmp(optarg, "pi");
+            break;
         case B_THREADS:
             if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE;
             break;

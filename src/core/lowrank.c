@@ -1158,6 +1158,63 @@ ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A,
     return kfac_eig_apply(G, A, false, 0.0f, lambda_G, lambda_A, J, rows, S, ws, ws_bytes);
 }
 
+// ---- K-FAC's factored damping through inverse operators, #k-fac ----
+
+#define INV_ROWS 256 // rows of F⁻¹ formed per product
+
+size_t ngd_kfac_inv_ws(size_t d) {
+    int ok = 1;
+    size_t n = ngd_mul_size(NGD_MIN(d, INV_ROWS), d, &ok);
+    return ok && n ? n * sizeof(float) : 0;
+}
+
+// F⁻¹[i0 : i0 + m, :] = (Q[i0 : i0 + m, :] diag(1/(d + λ))) Qᵀ
+ngd_status ngd_kfac_inv(const ngd_lowrank *F, float lambda, ngd_view Finv, void *ws,
+                        size_t ws_bytes) {
+    if (!finitef(lambda) || !(lambda > 0) || !eigs_nonneg(F) || !mview_ok(Finv)) return NGD_ERR_ARG;
+    const size_t d = F->d;
+    if (F->r != d || Finv.rows != d || Finv.cols != d) return NGD_ERR_SHAPE;
+    const size_t need = ngd_kfac_inv_ws(d);
+    if (need == 0 || !ws || ws_bytes < need) return NGD_ERR_ARG;
+    ngd_cview Q = ngd_lowrank_u(F);
+    if (spans_overlap(Q, Finv)) return NGD_ERR_ARG;
+    float *T = ws;
+    for (size_t i0 = 0; i0 < d; i0 += INV_ROWS) {
+        const size_t m = NGD_MIN(INV_ROWS, d - i0);
+        for (size_t i = 0; i < m; i++)
+            for (size_t k = 0; k < d; k++)
+                T[i * d + k] = NGD_AT(Q, i0 + i, k) / (F->D[k] + lambda);
+        ngd_gemm(1.0f, ngd_cview_rm(T, m, d, d), ngd_cview_t(Q), 0.0f,
+                 ngd_view_sub(Finv, i0, m, 0, d));
+    }
+    return NGD_OK;
+}
+
+ngd_status ngd_kfac_precond_inv(ngd_cview Ginv, ngd_cview Ainv, ngd_cview J, const ngd_kfac_rows *R,
+                                ngd_view S, void *ws, size_t ws_bytes) {
+    if (!cview_ok(Ginv) || !cview_ok(Ainv) || !cview_ok(J) || !mview_ok(S)) return NGD_ERR_ARG;
+    const size_t dG = Ginv.rows, dA = Ainv.rows;
+    if (Ginv.cols != dG || Ainv.cols != dA || J.rows != dG || J.cols != dA || S.rows != dG ||
+        S.cols != dA)
+        return NGD_ERR_SHAPE;
+    if ((!same_view(J, S) && spans_overlap(J, S)) || spans_overlap(Ginv, S) ||
+        spans_overlap(Ainv, S))
+        return NGD_ERR_ARG;
+    if (R && !kfac_rows_ok(R, dG, dA)) return NGD_ERR_ARG;
+    if (R && kfac_rows_pay(R->Gcal.rows, dG, dA)) {
+        ngd_gemm(1.0f, R->Gcal, Ginv, 0.0f, R->X); // 𝒢 G⁻¹ (n x d_G)
+        ngd_gemm(1.0f, R->Acal, Ainv, 0.0f, R->Y); // 𝒜 A⁻¹ (n x d_A)
+        ngd_gemm(R->scale, ngd_cview_t(ngd_cv(R->X)), ngd_cv(R->Y), 0.0f, S);
+        return NGD_OK;
+    }
+    const size_t need = ngd_kfac_precond_ws(dG, dA);
+    if (need == 0 || !ws || ws_bytes < need) return NGD_ERR_ARG;
+    ngd_view T = ngd_view_rm(ws, dG, dA, dA);
+    ngd_gemm(1.0f, Ginv, J, 0.0f, T); // J is read only here, so S may be J
+    ngd_gemm(1.0f, ngd_cv(T), Ainv, 0.0f, S);
+    return NGD_OK;
+}
+
 // ---- factored application for FC layers, #factored-application ----
 
 size_t ngd_factored_precond_ws(size_t r_G, size_t r_A, size_t n) {

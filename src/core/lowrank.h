@@ -166,6 +166,16 @@ ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, fl
 ngd_status ngd_kfac_precond_factored(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_G,
                                      float lambda_A, ngd_cview J, const ngd_kfac_rows *rows,
                                      ngd_view S, void *ws, size_t ws_bytes);
+// The same through inverse operators formed once per decomposition: the denominator is the
+// product of the two sides', so S = G⁻¹ J A⁻¹ with F⁻¹ = Q_F diag(1/(d_F + lambda_F)) Q_Fᵀ.
+// ngd_kfac_inv forms F⁻¹ (d x d, F a FULL eigendecomposition, lambda > 0), a block of rows at
+// a time; ngd_kfac_precond_inv applies them: two GEMMs (J, S, ws as ngd_kfac_precond_exact),
+// or with rows where they pay, scale·(𝒢 G⁻¹)ᵀ(𝒜 A⁻¹): no product with a d_G x d_A matrix.
+size_t ngd_kfac_inv_ws(size_t d);
+ngd_status ngd_kfac_inv(const ngd_lowrank *F, float lambda, ngd_view Finv, void *ws,
+                        size_t ws_bytes);
+ngd_status ngd_kfac_precond_inv(ngd_cview Ginv, ngd_cview Ainv, ngd_cview J,
+                                const ngd_kfac_rows *rows, ngd_view S, void *ws, size_t ws_bytes);
 
 // ====== Factored linear-cost application for FC layers (#factored-application) ======
 

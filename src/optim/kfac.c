@@ -79,9 +79,45 @@ static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
     return ngd_kfac_precond_exact(LG, LA, lk, J, NULL, S, kws, kbytes);
 }
 
-ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows,
-                                 ngd_view S, float *DA, float *DG, void *kws, size_t kbytes) {
-    const kf_state *s = e->ms;
+bool kf_inv_wanted(const ngd_entry *e) {
+    const ngd_config *c = &e->cfg;
+    if (c->method != NGD_METHOD_KFAC || c->kfac.damping_kind != NGD_KFAC_DAMP_FACTORED_PI ||
+        c->kfac.factor_arith == NGD_BF16)
+        return false;
+    // each step saves one pair of products, d_G d_A (d_G + d_A) multiply-adds; forming the
+    // operators costs d_G³ + d_A³ once per decomposition (every T_i steps)
+    const double dG = (double)e->d_out, dA = (double)e->d_K;
+    return (dG * dG * dG + dA * dA * dA) / (double)c->kfac.T_i < dG * dA * (dG + dA);
+}
+
+// Factored damping as S = G⁻¹ J A⁻¹ (ngd_kfac_precond_inv), the operators formed again when
+// a refresh or the damping changed them
+static ngd_status precond_inv(kf_state *s, const ngd_lowrank *LG, float lg, const ngd_lowrank *LA,
+                              float la, ngd_cview J, const ngd_kfac_rows *rows, ngd_view S,
+                              void *kws, size_t kbytes) {
+    const ngd_lowrank *L[2] = {LA, LG};
+    const float lam[2] = {la, lg};
+    if (!s->inv_ok || s->inv_lam[KF_A] != la || s->inv_lam[KF_G] != lg) {
+        for (int i = 0; i < 2; i++) {
+            const size_t d = L[i]->d;
+            ngd_status st =
+                ngd_kfac_inv(L[i], lam[i], ngd_view_rm(s->inv[i], d, d, d), kws, kbytes);
+            if (st) {
+                s->inv_ok = 0;
+                return st;
+            }
+            s->inv_lam[i] = lam[i];
+        }
+        s->inv_ok = 1;
+    }
+    const size_t dA = LA->d, dG = LG->d;
+    return ngd_kfac_precond_inv(ngd_cview_rm(s->inv[KF_G], dG, dG, dG),
+                                ngd_cview_rm(s->inv[KF_A], dA, dA, dA), J, rows, S, kws, kbytes);
+}
+
+ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows, ngd_view S,
+                                 float *DA, float *DG, void *kws, size_t kbytes) {
+    kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t dA = e->d_K, dG = e->d_out;
     const kf_factor *fA = &s->f[KF_A], *fG = &s->f[KF_G];
@@ -108,8 +144,10 @@ ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, const ngd_kfac
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
         const double pi = (double)kf_pi(trA, dA, trG, dG);
         const double gp = sqrt(lk > 0 ? lk : 1e-30);
-        return ngd_kfac_precond_factored(&LG, &LA, (float)(gp / pi), (float)(pi * gp), J, rows, S,
-                                         kws, kbytes);
+        const float lg = (float)(gp / pi), la = (float)(pi * gp);
+        if (s->inv[KF_A] && s->inv[KF_G])
+            return precond_inv(s, &LG, lg, &LA, la, J, rows, S, kws, kbytes);
+        return ngd_kfac_precond_factored(&LG, &LA, lg, la, J, rows, S, kws, kbytes);
     }
     return ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, rows, S, kws, kbytes);
 }

@@ -88,6 +88,13 @@ typedef struct {
     uint8_t pub; // data-parallel runs: bit k set when factor k's (U, D) changed this step
                  // (its owner broadcasts it; not saved)
     size_t id;   // the layer's id (seeds its stream)
+    // K-FAC with factored π-damping (kf_inv_wanted): each factor's inverse operator
+    // (F + λ_F I)⁻¹ (d x d), formed from (U, D) by the first preconditioning after a
+    // refresh (NULL otherwise). Derived, so not saved: inv_ok is cleared at each refresh step
+    // and at a checkpoint's load; inv_lam holds the λ_F they were formed with.
+    float *inv[2];
+    float inv_lam[2];
+    uint8_t inv_ok;
 } kf_state;
 
 static inline ngd_lowrank kf_rep(const kf_factor *f) {
@@ -126,8 +133,12 @@ bool kf_eigenbasis_ok(const ngd_entry *e);
 // #k-fac on the full eigendecompositions: S = precondition(J); DA, DG scratch of d_K and
 // d_out floats; kws of kbytes (at least ngd_kfac_precond_ws(d_out, d_K)); rows: NULL, or
 // J's rows (the factored application, ngd_kfac_precond_exact; not under emulated bf16).
-ngd_status kf_precond_eigenbasis(const ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows,
-                                 ngd_view S, float *DA, float *DG, void *kws, size_t kbytes);
+ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows, ngd_view S,
+                                 float *DA, float *DG, void *kws, size_t kbytes);
+// Whether the layer keeps inverse operators: K-FAC with factored π-damping (not under emulated
+// bf16), where forming them every T_i steps costs less than the products they save; kws must
+// then also hold ngd_kfac_inv_ws of the wider factor.
+bool kf_inv_wanted(const ngd_entry *e);
 // π of factored π-damping (#k-fac, [MG15]): sqrt((tr_A / d_A) / (tr_G / d_G)); 1 when a trace
 // is not positive or the result not finite.
 float kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);

@@ -33,6 +33,8 @@ static void kfac_free(ngd_entry *e) {
     if (!s) return;
     kf_factor_free(&s->f[KF_A]);
     kf_factor_free(&s->f[KF_G]);
+    ngd_free(s->inv[KF_A]);
+    ngd_free(s->inv[KF_G]);
     ngd_free(s);
     e->ms = NULL;
 }
@@ -69,6 +71,11 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
                                   e->name, e->d_K, e->d_out);
         }
         if (c->kfac.identity_init == NGD_IDINIT_IN_FACTOR) ea_identity(f);
+        if (kf_inv_wanted(e) && !(s->inv[k] = ngd_malloc(f->d * f->d, sizeof(float)))) {
+            kfac_free(e);
+            return ngd_optim_fail(o, NGD_ERR_NOMEM,
+                                  "layer '%s': out of memory for the inverse operators", e->name);
+        }
     }
     return NGD_OK;
 }
@@ -235,6 +242,7 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
         did = true;
     }
     if (s->meta.decided && t % k->T_i == 0) {
+        s->inv_ok = 0; // (U, D) change, here or by the owner's broadcast
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
             if (f->track != KF_BRAND || kf_refresh_due(&e->cfg, t)) s->pub |= (uint8_t)(1u << i);
@@ -376,6 +384,7 @@ static size_t kfac_precond_bytes(const ngd_entry *e) {
                  cG = s->meta.decided ? s->f[KF_G].cap : dG;
     size_t b = ngd_lri_apply2_ws(dG, cG, dA, cA);
     if (e->cfg.method == NGD_METHOD_KFAC) b = NGD_MAX(b, ngd_kfac_precond_ws(dG, dA));
+    if (kf_inv_wanted(e)) b = NGD_MAX(b, ngd_kfac_inv_ws(NGD_MAX(dG, dA)));
     return b;
 }
 
@@ -532,6 +541,7 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
 static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n) {
     kf_state *s = e->ms;
     kf_meta m;
+    s->inv_ok = 0; // (U, D) come from the checkpoint
     if (n != 6) return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     memcpy(&m, v, sizeof m);
     if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
