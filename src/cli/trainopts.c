@@ -59,7 +59,8 @@ static const cli_opt OPTS[] = {
     {"T-i", 1, O_TI, "N", "K-FAC family: inverse / RSVD refresh period T_i (50)"},
     {"kfac-damping", 1, O_KDAMP, "KIND",
      "K-FAC: exact (λ_rel·maxγ·maxα on the Kronecker "
-     "product, default) or pi (factored π-damping)"},
+     "product, default) or pi (factored π-damping: applied through inverse operators formed "
+     "every T_i steps, half the products a step)"},
     {"kfac-arith", 1, O_KARITH, "A",
      "K-FAC family factor-path arithmetic: f32 (default) or bf16 (emulated: every "
      "operation's result rounded to bf16, no float64 retries)"},
