@@ -152,6 +152,45 @@ static void resume_should_be_bit_identical_for_every_method(void) {
     }
 }
 
+// A checkpoint loaded into an optimizer that has already run (K-FAC with π-damping: its layers
+// hold inverse operators formed from other statistics) continues exactly as the run that saved
+// it: the operators are formed again from the loaded decompositions. Saved after step 7, between
+// the refreshes of steps 6 and 9.
+static void load_into_a_used_optimizer_should_resume_bit_identically(void) {
+    const ngd_config c = cfg_for(NGD_METHOD_KFAC, 1); // π-damping, T_i 3
+    const size_t N = 4, din = 30, dh = 20, dout = 5, at = 8;
+    tp_problem a, u, v;
+    tp_init(&a, N, din, dh, dout, 11);
+    tp_init(&u, N, din, dh, dout, 11);
+    tp_init(&v, N, din, dh, dout, 12); // other weights and data
+    ngd_optim *oa, *ou, *ov;
+    CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ou) == NGD_OK &&
+          ngd_optim_create(&c, &ov) == NGD_OK);
+    CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&u, ou) == NGD_OK &&
+          tp_register(&v, ov) == NGD_OK);
+    for (size_t s = 0; s < 12; s++)
+        full_step(&a, oa, s, false);
+    for (size_t s = 0; s < at; s++) {
+        full_step(&u, ou, s, false);
+        full_step(&v, ov, s, false);
+    }
+    const char *path = tmp_path("used.ckpt");
+    CHECK(ngd_optim_save(ou, path) == NGD_OK);
+    CHECK(ngd_optim_load(ov, path) == NGD_OK);
+    // the saved run's parameters and data
+    memcpy(v.W1, u.W1, din * dh * 4), memcpy(v.b1, u.b1, dh * 4);
+    memcpy(v.W2, u.W2, dh * dout * 4), memcpy(v.b2, u.b2, dout * 4);
+    v.seed = a.seed;
+    for (size_t s = at; s < 12; s++)
+        full_step(&v, ov, s, false);
+    CHECK_MSG(memcmp(a.W1, v.W1, din * dh * 4) == 0 && memcmp(a.W2, v.W2, dh * dout * 4) == 0 &&
+                  memcmp(a.b1, v.b1, dh * 4) == 0 && memcmp(a.b2, v.b2, dout * 4) == 0,
+              "K-FAC π-damping loaded into a used optimizer: parameters differ");
+    ngd_optim_free(oa), ngd_optim_free(ou), ngd_optim_free(ov);
+    tp_free(&a), tp_free(&u), tp_free(&v);
+    unlink(path);
+}
+
 static void write_bytes(const char *path, const unsigned char *d, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) abort();
@@ -324,6 +363,7 @@ static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
 
 static const test_case TESTS[] = {
     TEST(resume_should_be_bit_identical_for_every_method),
+    TEST(load_into_a_used_optimizer_should_resume_bit_identically),
     TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
     TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
 };
