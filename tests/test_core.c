@@ -267,6 +267,35 @@ static void view_scaling_should_touch_exactly_the_view(void) {
         }
 }
 
+// ngd_view_scale_copy from x in the other orientation (x a transposed view, y row-major:
+// the 16 x 16 tile path where 16 lines and 16 elements fit, with tails of lines and elements),
+// s = 0.375 and 1, padded leading dimensions left alone, infinities and NaN carried
+static void view_scale_copy_should_transpose_exactly(void) {
+    const size_t shapes[5][2] = {{3, 5}, {16, 16}, {37, 53}, {300, 257}, {64, 2000}};
+    const float ss[2] = {0.375f, 1.0f};
+    for (size_t t = 0; t < 5; t++)
+        for (int k = 0; k < 2; k++) {
+            const size_t R = shapes[t][0], C = shapes[t][1], ldy = C + 3, ldx = R + 5;
+            float *x = malloc(C * ldx * sizeof *x), *y = malloc(R * ldy * sizeof *y);
+            for (size_t i = 0; i < C * ldx; i++)
+                x[i] = (float)(i % 89) - 44.0f;
+            x[0] = INFINITY, x[C * ldx - ldx + R - 1] = NAN; // corners of the view
+            for (size_t i = 0; i < R * ldy; i++)
+                y[i] = -7.0f;
+            // y (R x C) = s · xᵀ, x stored (C x R) with leading dimension ldx
+            ngd_view_scale_copy(ngd_cview_t(ngd_cview_rm(x, C, R, ldx)), ngd_view_rm(y, R, C, ldy),
+                                ss[k]);
+            size_t bad = 0;
+            for (size_t i = 0; i < R; i++)
+                for (size_t j = 0; j < ldy; j++) {
+                    const float want = j < C ? ss[k] * x[j * ldx + i] : -7.0f, got = y[i * ldy + j];
+                    bad += !(got == want || (isnan(got) && isnan(want)));
+                }
+            CHECK_MSG(bad == 0, "%zu x %zu, s %g: %zu wrong", R, C, (double)ss[k], bad);
+            free(x), free(y);
+        }
+}
+
 static void alloc_should_reject_overflow(void) {
     CHECK(ngd_malloc(SIZE_MAX / 2, 4) == NULL);
     int ok = 1;
@@ -287,5 +316,6 @@ static const test_case TESTS[] = {
     TEST(status_table_should_name_every_code),
     TEST(alloc_should_reject_overflow),
     TEST(view_scaling_should_touch_exactly_the_view),
+    TEST(view_scale_copy_should_transpose_exactly),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

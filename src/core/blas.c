@@ -589,12 +589,47 @@ void ngd_view_scale_f32(ngd_view v, float s) { ngd_view_scale_copy(ngd_cv(v), v,
 // for large views; unit-stride lines as plain arrays, which vectorise (with the strides
 // unknown at compile time they did not: K-FAC's low-rank application scaled a 512 x 785
 // gradient on one thread, one element at a time). x may be y itself.
+// y's lines [a0, a0 + 16) from x in the other orientation (element b of line a at
+// x[a + b·xe]): 16 x 16 tiles transposed in registers, then scaled in place (the same
+// product s·x as the line loop); the tail elements one at a time
+#ifdef NGD_HAVE_TR16
+static void scale_copy_t16(const float *x, size_t xe, float *y, size_t yl, size_t a0, size_t len,
+                           float s) {
+    size_t b0 = 0;
+    for (; b0 + 16 <= len; b0 += 16) {
+        float *d = y + a0 * yl + b0;
+        transpose16_f32(x + a0 + b0 * xe, xe, d, yl);
+        if (s != 1.0f)
+            for (size_t i = 0; i < 16; i++)
+                for (size_t j = 0; j < 16; j++)
+                    d[i * yl + j] *= s;
+    }
+    for (size_t a = a0; a < a0 + 16; a++)
+        for (size_t b = b0; b < len; b++)
+            y[a * yl + b] = s * x[a + b * xe];
+}
+#endif
+
 void ngd_view_scale_copy(ngd_cview x, ngd_view y, float s) {
     NGD_ASSERT(x.rows == y.rows && x.cols == y.cols);
     const bool bc = by_columns(y.rs, y.cs);
     const size_t nl = bc ? y.cols : y.rows, len = bc ? y.rows : y.cols;
     const ptrdiff_t yl = bc ? y.cs : y.rs, ye = bc ? y.rs : y.cs;
     const ptrdiff_t xl = bc ? x.cs : x.rs, xe = bc ? x.rs : x.cs;
+#ifdef NGD_HAVE_TR16
+    // x transposed against y (a K-FAC-family LRI's (1/(μ+λ)) 𝒢ᵀ of a batch's rows): whole
+    // tiles of 16 lines instead of a gather at x's stride per element
+    if (ye == 1 && xl == 1 && xe > 1 && yl > 0 && nl >= 16 && len >= 16 && have_avx512f()) {
+        const size_t nt = nl / 16;
+#pragma omp parallel for schedule(static) if (nl * len >= NGD_PAR_MIN && nt > 1)
+        for (size_t t = 0; t < nt; t++)
+            scale_copy_t16(x.p, (size_t)xe, y.p, (size_t)yl, 16 * t, len, s);
+        for (size_t a = 16 * nt; a < nl; a++) // the last lines
+            for (size_t b = 0; b < len; b++)
+                y.p[(ptrdiff_t)a * yl + (ptrdiff_t)b] = s * x.p[(ptrdiff_t)a + (ptrdiff_t)b * xe];
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static) if (nl * len >= NGD_PAR_MIN && nl > 1)
     for (size_t a = 0; a < nl; a++) {
         float *q = y.p + (ptrdiff_t)a * yl;
