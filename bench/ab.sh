@@ -11,13 +11,15 @@ set -euo pipefail
 [ $# -ge 3 ] || { sed -n '2,8p' "$0" >&2; exit 2; }
 A=$1 B=$2 R=$3
 shift 3
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+out=$(mktemp) err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
 for _ in $(seq "$R"); do
     for who in A B; do
         bin=$A
         [ "$who" = B ] && bin=$B
-        "$bin" bench train --json "$@" 2>/dev/null | sed "s/^/$who /" >>"$out"
+        # (an older binary may not know an option: say which binary failed, and why)
+        "$bin" bench train --json "$@" 2>"$err" | sed "s/^/$who /" >>"$out" ||
+            { echo "bench/ab.sh: $who ($bin) failed:" >&2; tail -3 "$err" >&2; exit 1; }
     done
 done
 /usr/bin/python3 - "$out" <<'PY'
