@@ -1061,13 +1061,12 @@ static void kfac_inverse_operators_should_match_f64(void) {
         ref_to_double(gc, gd, n * dG);
         ref_to_float(ad, ac, n * dA);
         ref_to_double(ac, ad, n * dA);
-        for (size_t i = 0; i < dG; i++)
-            for (size_t j = 0; j < dA; j++) {
-                double s = 0;
-                for (size_t k = 0; k < n; k++)
-                    s += gd[k * dG + i] * ad[k * dA + j];
-                J[i * dA + j] = s / (double)n;
-            }
+        double *gt = dalloc(dG * n); // 𝒢ᵀ
+        ref_transpose(n, dG, gd, gt);
+        ref_matmul(dG, n, dA, gt, ad, J);
+        for (size_t i = 0; i < N; i++)
+            J[i] /= (double)n;
+        free(gt);
         ref_to_float(J, jf, N);
         ngd_kfac_rows R = {ngd_cview_rm(gc, n, dG, dG), ngd_cview_rm(ac, n, dA, dA),
                            (float)(1.0 / (double)n), ngd_view_rm(X, n, dG, dG),
@@ -1076,20 +1075,8 @@ static void kfac_inverse_operators_should_match_f64(void) {
             if (!rows) ref_to_double(jf, T, N); // the kernel's J: the f32 one, or the rows
             const double *Jr = rows ? J : T;
             // ref = G⁻¹ J A⁻¹ (f64; GJ holds G⁻¹ J)
-            for (size_t i = 0; i < dG; i++)
-                for (size_t j = 0; j < dA; j++) {
-                    double s = 0;
-                    for (size_t k = 0; k < dG; k++)
-                        s += Gi[i * dG + k] * Jr[k * dA + j];
-                    GJ[i * dA + j] = s;
-                }
-            for (size_t i = 0; i < dG; i++)
-                for (size_t j = 0; j < dA; j++) {
-                    double s = 0;
-                    for (size_t k = 0; k < dA; k++)
-                        s += GJ[i * dA + k] * Ai[k * dA + j];
-                    ref[i * dA + j] = s;
-                }
+            ref_matmul(dG, dG, dA, Gi, Jr, GJ);
+            ref_matmul(dG, dA, dA, GJ, Ai, ref);
             memcpy(S, jf, N * sizeof *S); // without rows: in place, S == J
             CHECK(ngd_kfac_precond_inv(ngd_cview_rm(gi, dG, dG, dG), ngd_cview_rm(ai, dA, dA, dA),
                                        ngd_cview_rm(S, dG, dA, dA), rows ? &R : NULL,
