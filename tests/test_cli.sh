@@ -144,6 +144,12 @@ bt_k="bench train --model mlp --widths 256 --optim kfac --batch 8 --steps 2 --wa
 out1=$("$NGD" $bt_k 2>&1); out2=$("$NGD" $bt_k --kfac-damping pi 2>&1)
 { printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "pi" and a["structure"] == "-" and 0 < b["opt_gflop"] < 0.8 * a["opt_gflop"] else 1)' && ok || { bad "bench train --kfac-damping pi: row"; printf '%s\n' "$out2" | tail -1; }
 expect_rc 2 "bench train --kfac-damping foo" "$NGD" bench train --kfac-damping foo
+# a method's own option with none of its methods in --optim is an error, as in ngd train
+expect_rc 2 "bench train --optim sgd --kfac-damping pi" "$NGD" bench train --optim sgd --kfac-damping pi
+expect_msg "--kfac-damping: used only by kfac, which --optim 'sgd' does not list" "bench train --kfac-damping without kfac"
+expect_rc 2 "bench train --optim adamw,bkfac --kfac-damping pi" "$NGD" bench train --optim adamw,bkfac --kfac-damping pi
+expect_rc 2 "bench train --optim adamw --factored" "$NGD" bench train --optim adamw --factored
+expect_rc 2 "bench train --optim singd --T-i 5" "$NGD" bench train --optim singd --T-i 5
 if [ -s "$tmp/p.svg" ]; then
     grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"
     [ "$(grep -c "<polyline" "$tmp/p.svg")" -eq 4 ] && ok || bad "bench precond plot: expected a line per method and panel"

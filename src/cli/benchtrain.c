@@ -658,6 +658,29 @@ int bench_train(int argc, char **argv) {
                 }
         }
     }
+    // a method's own option with none of its methods in the list is a mistake, as in ngd train
+    // (not --momentum: a harness such as bench/compare.py passes SGD's to every list)
+    bool any_kfam = false, any_kfac = false;
+    for (size_t i = 0; i < nc; i++) {
+        any_kfam = any_kfam || is_kfac(cfgs[i].method);
+        any_kfac = any_kfac || cfgs[i].method == NGD_METHOD_KFAC;
+    }
+    const struct {
+        bool given, used;
+        const char *opt, *by;
+    } own[] = {
+        {o.kfac_pi, any_kfac, "--kfac-damping", "kfac"},
+        {o.factored, any_kfam, "--factored", "the K-FAC family"},
+        {o.T_u != 0, any_kfam, "--T-u", "the K-FAC family"},
+        {o.T_i != 0, any_kfam, "--T-i", "the K-FAC family"},
+    };
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (own[i].given && !own[i].used) {
+            cli_error("drop it, or add one of those methods to --optim",
+                      "%s: used only by %s, which --optim '%s' does not list", own[i].opt,
+                      own[i].by, optims_s);
+            return NGD_EXIT_USAGE;
+        }
     if (!o.json)
         printf(
             "ngd bench train: batch %zu, %zu warm-up steps, >= %zu timed steps (whole "
