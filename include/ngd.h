@@ -219,7 +219,10 @@ typedef struct {
                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
                          // loss, one observe per step). K-FAC: Q_Gᵀ J Q_A from the rows
                          // where that costs less (n (d_G² + d_A² + d_G d_A) < d_G d_A (d_G+d_A)).
-    uint64_t seed;       // RNG seed for sketches and corrections
+                         // SINGD too (not only the K-FAC family): dense f32 factors give
+                         // P = (1/n)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) where that costs less, in one process
+                         // (docs/algorithms.md#natural-gradient).
+    uint64_t seed; // RNG seed for sketches and corrections
     // NGD_BF16: the factor averages (EA) are rounded to bf16 after every update (bf16 values
     // held in f32 storage, so the EVD / RSVD / Brand steps read them in f32/f64 with no
     // conversion pass; the state is not smaller). NGD_F32 (default): f32 averages.

@@ -573,6 +573,64 @@ static void factored_application_should_equal_the_dense_one(void) {
     }
 }
 
+// SINGD with kfac.factored_apply (dense K and C, both products cached): P = (1/c)(𝒢 C Cᵀ)ᵀ
+// (𝒜 K Kᵀ) from the step's rows, on this file's factored-application harness (J = Σ_r g_r
+// [a_r, 1]ᵀ, as a fully connected layer's gradient is), against C Cᵀ Ĝ K Kᵀ over 7 steps with
+// factor updates every 2: each step's P and the final weights within float32 rounding.
+static void singd_from_rows_should_equal_the_dense_product(void) {
+    layer_t L[2];
+    ngd_optim *o[2];
+    int id[2];
+    for (int f = 0; f < 2; f++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        ngd_structure_parse("dense", &c.structure_K);
+        ngd_structure_parse("dense", &c.structure_C);
+        c.T = 2, c.lr = 0.05f, c.lr_cov = 0.05f, c.keep_last_update = true;
+        c.kfac.factored_apply = f == 1;
+        layer_init(&L[f], 3, 30, 25, 78);
+        CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
+        id[f] = layer_add(&L[f], o[f]);
+    }
+    double worst = 0, moved = 0;
+    for (size_t t = 0; t < 7; t++) {
+        for (int f = 0; f < 2; f++) {
+            layer_t *l = &L[f];
+            layer_draw(l, 0.9, false);
+            for (size_t a = 0; a < l->dG; a++) { // J = Σ_r g_r [a_r, 1]ᵀ
+                double sb = 0;
+                for (size_t b = 0; b < l->din; b++) {
+                    double sum = 0;
+                    for (size_t r = 0; r < l->n; r++)
+                        sum += (double)l->g[r * l->dG + a] * (double)l->a[r * l->din + b];
+                    l->gW[a * l->din + b] = (float)sum;
+                }
+                for (size_t r = 0; r < l->n; r++)
+                    sb += (double)l->g[r * l->dG + a];
+                l->gb[a] = (float)sb;
+            }
+            CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
+            layer_observe(l, o[f], id[f]);
+            CHECK(ngd_optim_step(o[f]) == NGD_OK);
+            CHECK(ngd_optim_last_update(o[f], id[f], l->P, l->dG * l->dA) == NGD_OK);
+        }
+        double *ref = malloc(sizeof(double) * L[0].dG * L[0].dA);
+        ref_to_double(L[0].P, ref, L[0].dG * L[0].dA);
+        worst = fmax(worst, rel_err(L[1].P, ref, L[0].dG * L[0].dA));
+        layer_J(&L[0], ref); // the factors moved away from I: P is not Ĝ
+        moved = fmax(moved, rel_err(L[0].P, ref, L[0].dG * L[0].dA));
+        free(ref);
+    }
+    CHECK_MSG(worst < 1e-5, "SINGD from the rows vs C Cᵀ Ĝ K Kᵀ: rel err %.3g", worst);
+    CHECK_MSG(moved > 1e-2, "SINGD: P stayed Ĝ (rel %.3g): the products are trivial", moved);
+    double *w0 = malloc(sizeof(double) * L[0].dG * L[0].din);
+    ref_to_double(L[0].W, w0, L[0].dG * L[0].din);
+    CHECK_MSG(rel_err(L[1].W, w0, L[0].dG * L[0].din) < 1e-5,
+              "SINGD from the rows: weights differ");
+    free(w0);
+    for (int f = 0; f < 2; f++)
+        ngd_optim_free(o[f]), layer_free(&L[f]);
+}
+
 static void bad_settings_should_be_refused_with_a_reason(void) {
     layer_t L;
     layer_init(&L, 3, 5, 4, 1);
@@ -814,6 +872,7 @@ static const test_case TESTS[] = {
     TEST(clips_and_weight_decay_should_follow_the_spec),
     TEST(every_method_should_reduce_the_training_loss),
     TEST(factored_application_should_equal_the_dense_one),
+    TEST(singd_from_rows_should_equal_the_dense_product),
     TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),

@@ -123,6 +123,9 @@ run_pair rskfac 1e-4 --optim rskfac --T-u 3 --T-i 6 --rank 8
 # K-FAC's eigenbasis from the gathered rows of both ranks (--factored; 128 rows pay for the
 # 785 x 256 first layer: 128 (256² + 785² + 256·785) < 256·785·(256 + 785))
 run_pair kfac-factored 1e-4 --optim kfac --factored --T-u 3 --T-i 6 --widths 256
+# SINGD --factored: the rows are each rank's, so 2 ranks take the step through Ĝ; one process
+# from the rows (the same preconditioner)
+run_pair singd-factored 1e-4 --optim singd --structure dense --factored --T 3 --widths 256
 # π-damping: each rank forms the inverse operators from the broadcast decompositions
 run_pair kfac-pi-factored 1e-4 --optim kfac --kfac-damping pi --factored --T-u 3 --T-i 6 --widths 256
 # every rank's factor work replicated instead of owned and broadcast: the same results

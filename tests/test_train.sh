@@ -264,6 +264,17 @@ for damp in exact pi; do
         ok || bad "kfac $damp --factored: test loss ${kl[1]:-?}, plain ${kl[0]:-?} (want within 1e-4 relative)"
 done
 
+# SINGD from the rows (--factored, dense factors: P = (1/n)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ)) is the same
+# preconditioner: its run's test loss matches the plain run's to float32 rounding
+kl=()
+for f in "" --factored; do
+    # shellcheck disable=SC2086
+    expect_rc 0 "singd dense $f" "$NGD" train --optim singd --structure dense $f --subset 2000 --widths 128 --epochs 2 --batch 50 --T 5 --threads 1 $Q
+    kl+=("$(grep '"type":"summary"' "$D/log.jsonl" | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')")
+done
+awk -v a="${kl[0]:-0}" -v b="${kl[1]:-1}" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(a>0 && d<=1e-4*a)}' &&
+    ok || bad "singd --factored: test loss ${kl[1]:-?}, plain ${kl[0]:-?} (want within 1e-4 relative)"
+
 # resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary;
 # for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time)
 for opt in singd adamw kfac bkfac brckfac; do

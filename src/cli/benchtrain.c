@@ -82,8 +82,8 @@ static const cli_opt BT_OPTS[] = {
     {"T-u", 1, B_TU, "N", "K-FAC family statistics period T_u (the method's default, 10)"},
     {"T-i", 1, B_TI, "N", "K-FAC family inverse / refresh period T_i (the method's default, 50)"},
     {"factored", 0, B_FACTORED, NULL,
-     "K-FAC family: the factored application, as ngd train --factored (statistics rows every "
-     "step)"},
+     "K-FAC family and SINGD: the factored application, as ngd train --factored (statistics "
+     "rows every step)"},
     {"kfac-damping", 1, B_KDAMP, "KIND",
      "K-FAC's damping, as ngd train --kfac-damping: exact (default) or pi"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
@@ -275,7 +275,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
     if (is_kfac(c->method) && o->T_u) cfg.kfac.T_u = o->T_u;
     if (is_kfac(c->method) && o->T_i) cfg.kfac.T_i = o->T_i;
-    if (is_kfac(c->method)) cfg.kfac.factored_apply = o->factored;
+    if (is_kfac(c->method) || is_singd(c->method)) cfg.kfac.factored_apply = o->factored;
     if (c->method == NGD_METHOD_KFAC && o->kfac_pi)
         cfg.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
     if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
@@ -445,8 +445,13 @@ static int split(char *s, char **items, int cap) {
 // The structure column: SINGD's structure, "factored" for the K-FAC family under --factored,
 // "pi" for K-FAC under --kfac-damping pi.
 static const char *cfg_label(const bt_cfg *c, const bt_opts *o) {
+    static char buf[64];
     if (c->method == NGD_METHOD_KFAC && o->kfac_pi) return o->factored ? "factored,pi" : "pi";
     if (is_kfac(c->method) && o->factored) return "factored";
+    if (is_singd(c->method) && o->factored) {
+        snprintf(buf, sizeof buf, "%s,factored", c->structure[0] ? c->structure : "dense");
+        return buf;
+    }
     return c->structure[0] ? c->structure : "-";
 }
 
@@ -660,9 +665,10 @@ int bench_train(int argc, char **argv) {
     }
     // a method's own option with none of its methods in the list is a mistake, as in ngd train
     // (not --momentum: a harness such as bench/compare.py passes SGD's to every list)
-    bool any_kfam = false, any_kfac = false;
+    bool any_kfam = false, any_kfac = false, any_singd = false;
     for (size_t i = 0; i < nc; i++) {
         any_kfam = any_kfam || is_kfac(cfgs[i].method);
+        any_singd = any_singd || is_singd(cfgs[i].method);
         any_kfac = any_kfac || cfgs[i].method == NGD_METHOD_KFAC;
     }
     const struct {
@@ -670,7 +676,7 @@ int bench_train(int argc, char **argv) {
         const char *opt, *by;
     } own[] = {
         {o.kfac_pi, any_kfac, "--kfac-damping", "kfac"},
-        {o.factored, any_kfam, "--factored", "the K-FAC family"},
+        {o.factored, any_kfam || any_singd, "--factored", "the K-FAC family and SINGD"},
         {o.T_u != 0, any_kfam, "--T-u", "the K-FAC family"},
         {o.T_i != 0, any_kfam, "--T-i", "the K-FAC family"},
     };

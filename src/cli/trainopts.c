@@ -89,8 +89,9 @@ static const cli_opt OPTS[] = {
      "never)"},
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
     {"factored", 0, O_FACTORED, NULL,
-     "K-FAC family: precondition fully connected layers from the batch's rows "
-     "instead of the gradient, where that costs less (docs/algorithms.md#factored-application)"},
+     "K-FAC family and SINGD (dense factors): precondition fully connected layers from the "
+     "batch's rows instead of the gradient, where that costs less "
+     "(docs/algorithms.md#factored-application, #natural-gradient)"},
     {"param-optim", 1, O_POPTIM, "NAME",
      "rule of the plain parameters (embeddings, norm "
      "scales): sgd or adamw (default: adamw under adamw, "

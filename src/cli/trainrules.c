@@ -52,7 +52,7 @@ static const struct {
     {O_POWER, M_LOWRANK},
     {O_TAIL, M_LOWRANK},
     {O_KSEED, M_LOWRANK},
-    {O_FACTORED, M_KFACS}, // kfac: refused by libngd, which says why
+    {O_FACTORED, M_KFACS | M_SINGDS},
     {O_BRANK, M_BRAND},
     {O_BMULT, M_BRAND},
     {O_BTRUNC, M_BRAND},

@@ -45,6 +45,17 @@ typedef struct {
     bool bfc;
     uint16_t *KKt16, *CCt16, *s16a, *s16b;
     size_t n16;
+    // The step's rows (kfac.factored_apply; #natural-gradient from the rows): a fully connected
+    // layer with both products cached keeps this step's processed rows, 𝒜 (n x d_K) and 𝒢
+    // (n x d_C, times c over the loss scale), so that P = (1/c)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) where that
+    // costs less. fact: -1 undecided (before the first statistics), 0 no, 1 yes. The rows are
+    // not saved: a step is taken from them only when they were observed once since the last
+    // step or load (robs == 1, rloads == e->loads), else through Ĝ.
+    int8_t fact;
+    float *rA, *rG;
+    size_t rcap, nrows, robs;
+    double rc;
+    uint32_t rloads;
 } singd_state;
 
 static size_t elsize(ngd_dtype dt) { return dt == NGD_BF16 ? 2 : 4; }
@@ -74,6 +85,7 @@ static void singd_free(ngd_entry *e) {
     ngd_free(s->HK), ngd_free(s->HC);
     ngd_free(s->KKt), ngd_free(s->CCt);
     ngd_free(s->KKt16), ngd_free(s->CCt16), ngd_free(s->s16a), ngd_free(s->s16b);
+    ngd_free(s->rA), ngd_free(s->rG);
     ngd_free(s);
     e->ms = NULL;
 }
@@ -90,6 +102,7 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     }
     s->oK = ngd_structure_get(s->sK.kind);
     s->oC = ngd_structure_get(s->sC.kind);
+    s->fact = c->kfac.factored_apply ? -1 : 0;
     s->dtK = c->structure_K.dtype;
     s->dtC = c->structure_C.dtype;
     size_t nK = s->sK.n, nC = s->sC.n;
@@ -168,7 +181,54 @@ static singd_ws ws_layout(const ngd_entry *e, float *p) {
     return w;
 }
 
-static bool singd_wants(const ngd_entry *e, size_t t) { return t % e->cfg.T == 0; }
+// Preconditioner update steps
+static bool update_step(const ngd_entry *e, size_t t) { return t % e->cfg.T == 0; }
+
+// Statistics steps: the update steps; with the step's rows (fact), every step
+static bool singd_wants(const ngd_entry *e, size_t t) {
+    const singd_state *s = e->ms;
+    return update_step(e, t) || s->fact != 0;
+}
+
+// Whether the rows pay: (𝒢 C Cᵀ, 𝒜 K Kᵀ, their product) n (d_C² + d_K² + d_C d_K) against
+// C Cᵀ Ĝ K Kᵀ's d_C d_K (d_C + d_K) multiply-adds. Where they do, X (n x d_C) and Y (n x d_K)
+// fit in the ping-pong buffers' 2 d_C d_K floats.
+static bool rows_pay(size_t n, size_t dC, size_t dK) {
+    return (double)n * ((double)dC * dC + (double)dK * dK + (double)dC * dK) <
+           (double)dC * dK * ((double)dC + dK);
+}
+
+// Keeps the step's processed rows (fact: a fully connected layer, both products cached, one
+// process; decided at its first statistics): 𝒜 as the statistics take it, 𝒢 times c / s_t,
+// c = the batch (a mean loss) or 1, so that Ĝ = (1/c) 𝒢ᵀ𝒜.
+static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
+                      const ngd_matrix *g) {
+    const size_t rows = ngd_stats_rows(e, batch, g), dK = e->d_K, dC = e->d_out;
+    if (s->fact < 0)
+        s->fact = rows == batch && s->KKt && s->CCt && !s->bfc && ngd_optim_world(o) == 1;
+    s->nrows = 0;
+    if (s->fact <= 0 || ngd_optim_world(o) != 1) return; // (data-parallel: the rows are local)
+    s->robs = s->rloads == e->loads ? s->robs + 1 : 1;
+    s->rloads = e->loads;
+    if (s->robs > 1 || !rows_pay(rows, dC, dK)) return; // (Ĝ this step)
+    if (rows > s->rcap) {                               // the first statistics, or a larger batch
+        ngd_free(s->rA), ngd_free(s->rG);
+        s->rA = ngd_malloc(rows, dK * sizeof(float));
+        s->rG = ngd_malloc(rows, dC * sizeof(float));
+        s->rcap = s->rA && s->rG ? rows : 0;
+        if (!s->rcap) return; // (out of memory: Ĝ, as without the option)
+    }
+    const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
+    const float wg = (float)(c / (double)o->scale_cur);
+    for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
+        const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
+        ngd_stats_a_rows(e, batch, a, g, r0, nr, s->rA + r0 * dK);
+        ngd_stats_g_rows(e, batch, g, r0, nr, s->rG + r0 * dC);
+    }
+    ngd_view_scale_f32(ngd_view_rm(s->rG, rows, dC, dC), wg);
+    s->nrows = rows;
+    s->rc = c;
+}
 
 // #singd-statistics: H_K += Π_K(Kᵀ aᵀa K) with a = processed inputs / sqrt(rows), and
 // H_C += Π_C(Cᵀ gᵀg C) with g = processed output-gradients · σ / sqrt(s_{t-1}).
@@ -231,6 +291,10 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
 static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                 const ngd_matrix *g) {
     singd_state *s = e->ms;
+    if (s->fact != 0) {
+        keep_rows(o, e, s, batch, a, g);
+        if (!update_step(e, o->steps)) return NGD_OK; // between updates: the rows only
+    }
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     if (s->bfc) {
         const size_t rows = ngd_stats_rows(e, batch, g);
@@ -297,6 +361,7 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
 static void singd_discard(ngd_entry *e) {
     singd_state *s = e->ms;
     s->has_H = 0;
+    s->nrows = s->robs = 0;
 }
 
 // One side of #singd-update: m_new = sc·(cH·H + cD·Π(LᵀL) − I) (+ α1·m_old); L ← L − β·L·m_new.
@@ -437,7 +502,7 @@ static void after_update(ngd_optim *o, ngd_entry *e, singd_state *s) {
 }
 
 static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
-    if (!singd_wants(e, t)) return NGD_OK;
+    if (!update_step(e, t)) return NGD_OK;
     singd_state *s = e->ms;
     if (!ngd_optim_mine(o, e)) { // another rank's layer: its owner broadcasts the factors
         if (!s->has_H)
@@ -502,6 +567,7 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
 static ngd_status singd_combine(ngd_optim *o, ngd_entry *e) {
     singd_state *s = e->ms;
     ngd_status st;
+    if (!update_step(e, o->steps)) return NGD_OK; // (a rows-only observe: nothing to combine)
     if ((st = ngd_comm_allreduce(o, s->HK, s->sK.n)) != NGD_OK ||
         (st = ngd_comm_allreduce(o, s->HC, s->sC.n)) != NGD_OK)
         return st;
@@ -527,7 +593,7 @@ static double singd_work(const ngd_entry *e, bool *owner_pays) {
 }
 
 static ngd_status singd_publish(ngd_optim *o, ngd_entry *e) {
-    if (!singd_wants(e, o->steps)) return NGD_OK;
+    if (!update_step(e, o->steps)) return NGD_OK;
     singd_state *s = e->ms;
     const int root = e->owner;
     ngd_status st;
@@ -564,6 +630,17 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         return;
     }
     if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
+    const size_t n = s->nrows;
+    const bool rows = n > 0 && s->robs == 1 && s->rloads == e->loads;
+    s->nrows = s->robs = 0; // this step's rows are used up
+    if (rows) { // P = (1/c) (𝒢 C Cᵀ)ᵀ (𝒜 K Kᵀ): keep_rows took them where that pays
+        ngd_view X = ngd_view_rm(w.X, n, dC, dC), Y = ngd_view_rm(w.X + n * dC, n, dK, dK);
+        ngd_gemm(1.0f, ngd_cview_rm(s->rG, n, dC, dC), ngd_cview_rm(s->CCt, dC, dC, dC), 0.0f, X);
+        ngd_gemm(1.0f, ngd_cview_rm(s->rA, n, dK, dK), ngd_cview_rm(s->KKt, dK, dK, dK), 0.0f, Y);
+        ngd_gemm((float)(1.0 / s->rc), ngd_cview_t(ngd_cv(X)), ngd_cv(Y), 0.0f,
+                 ngd_view_rm(P, dC, dK, dK));
+        return;
+    }
     // (diagonal x diagonal never gets here: singd_precondition_raw)
     ngd_cview Gt = {G, dK, dC, 1, (ptrdiff_t)dK};  // Ĝᵀ, column-major d_K x d_C
     ngd_view T2 = {w.Y, dK, dC, 1, (ptrdiff_t)dK}; // K Kᵀ Ĝᵀ = N1ᵀ (memory: N1)
