@@ -152,42 +152,70 @@ static void resume_should_be_bit_identical_for_every_method(void) {
     }
 }
 
+// Three runs of the 30-20-5 net on batches of 4 under one config: a, the reference (12 steps);
+// u, the run that is saved after its first `at` steps; v, other weights and data, the same
+// `at` steps (the used optimizer a checkpoint is then loaded into).
+enum { TR_N = 4, TR_IN = 30, TR_H = 20, TR_OUT = 5 };
+typedef struct {
+    tp_problem a, u, v;
+    ngd_optim *oa, *ou, *ov;
+} three_runs;
+
+static void three_runs_start(three_runs *r, const ngd_config *c, size_t at) {
+    tp_init(&r->a, TR_N, TR_IN, TR_H, TR_OUT, 11);
+    tp_init(&r->u, TR_N, TR_IN, TR_H, TR_OUT, 11);
+    tp_init(&r->v, TR_N, TR_IN, TR_H, TR_OUT, 12);
+    CHECK(ngd_optim_create(c, &r->oa) == NGD_OK && ngd_optim_create(c, &r->ou) == NGD_OK &&
+          ngd_optim_create(c, &r->ov) == NGD_OK);
+    CHECK(tp_register(&r->a, r->oa) == NGD_OK && tp_register(&r->u, r->ou) == NGD_OK &&
+          tp_register(&r->v, r->ov) == NGD_OK);
+    for (size_t s = 0; s < 12; s++)
+        full_step(&r->a, r->oa, s, false);
+    for (size_t s = 0; s < at; s++)
+        full_step(&r->u, r->ou, s, false), full_step(&r->v, r->ov, s, false);
+}
+
+// v takes u's parameters (gradients too, with grads) and the reference's data
+static void three_runs_adopt(three_runs *r, bool grads) {
+    const size_t n1 = TR_IN * TR_H, n2 = TR_H * TR_OUT;
+    memcpy(r->v.W1, r->u.W1, n1 * 4), memcpy(r->v.b1, r->u.b1, TR_H * 4);
+    memcpy(r->v.W2, r->u.W2, n2 * 4), memcpy(r->v.b2, r->u.b2, TR_OUT * 4);
+    if (grads) {
+        memcpy(r->v.gW1, r->u.gW1, n1 * 4), memcpy(r->v.gb1, r->u.gb1, TR_H * 4);
+        memcpy(r->v.gW2, r->u.gW2, n2 * 4), memcpy(r->v.gb2, r->u.gb2, TR_OUT * 4);
+    }
+    r->v.seed = r->a.seed;
+}
+
+static bool three_runs_equal(const three_runs *r) {
+    return memcmp(r->a.W1, r->v.W1, TR_IN * TR_H * 4) == 0 &&
+           memcmp(r->a.W2, r->v.W2, TR_H * TR_OUT * 4) == 0 &&
+           memcmp(r->a.b1, r->v.b1, TR_H * 4) == 0 && memcmp(r->a.b2, r->v.b2, TR_OUT * 4) == 0;
+}
+
+static void three_runs_free(three_runs *r) {
+    ngd_optim_free(r->oa), ngd_optim_free(r->ou), ngd_optim_free(r->ov);
+    tp_free(&r->a), tp_free(&r->u), tp_free(&r->v);
+}
+
 // A checkpoint loaded into an optimizer that has already run (K-FAC with π-damping: its layers
 // hold inverse operators formed from other statistics) continues exactly as the run that saved
 // it: the operators are formed again from the loaded decompositions. Saved after step 7, between
 // the refreshes of steps 6 and 9.
 static void load_into_a_used_optimizer_should_resume_bit_identically(void) {
     const ngd_config c = cfg_for(NGD_METHOD_KFAC, 1); // π-damping, T_i 3
-    const size_t N = 4, din = 30, dh = 20, dout = 5, at = 8;
-    tp_problem a, u, v;
-    tp_init(&a, N, din, dh, dout, 11);
-    tp_init(&u, N, din, dh, dout, 11);
-    tp_init(&v, N, din, dh, dout, 12); // other weights and data
-    ngd_optim *oa, *ou, *ov;
-    CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ou) == NGD_OK &&
-          ngd_optim_create(&c, &ov) == NGD_OK);
-    CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&u, ou) == NGD_OK &&
-          tp_register(&v, ov) == NGD_OK);
-    for (size_t s = 0; s < 12; s++)
-        full_step(&a, oa, s, false);
-    for (size_t s = 0; s < at; s++) {
-        full_step(&u, ou, s, false);
-        full_step(&v, ov, s, false);
-    }
+    const size_t at = 8;
+    three_runs r;
+    three_runs_start(&r, &c, at);
     const char *path = tmp_path("used.ckpt");
-    CHECK(ngd_optim_save(ou, path) == NGD_OK);
-    CHECK(ngd_optim_load(ov, path) == NGD_OK);
-    // the saved run's parameters and data
-    memcpy(v.W1, u.W1, din * dh * 4), memcpy(v.b1, u.b1, dh * 4);
-    memcpy(v.W2, u.W2, dh * dout * 4), memcpy(v.b2, u.b2, dout * 4);
-    v.seed = a.seed;
+    CHECK(ngd_optim_save(r.ou, path) == NGD_OK);
+    CHECK(ngd_optim_load(r.ov, path) == NGD_OK);
+    three_runs_adopt(&r, false);
     for (size_t s = at; s < 12; s++)
-        full_step(&v, ov, s, false);
-    CHECK_MSG(memcmp(a.W1, v.W1, din * dh * 4) == 0 && memcmp(a.W2, v.W2, dh * dout * 4) == 0 &&
-                  memcmp(a.b1, v.b1, dh * 4) == 0 && memcmp(a.b2, v.b2, dout * 4) == 0,
+        full_step(&r.v, r.ov, s, false);
+    CHECK_MSG(three_runs_equal(&r),
               "K-FAC π-damping loaded into a used optimizer: parameters differ");
-    ngd_optim_free(oa), ngd_optim_free(ou), ngd_optim_free(ov);
-    tp_free(&a), tp_free(&u), tp_free(&v);
+    three_runs_free(&r);
     unlink(path);
 }
 
@@ -208,48 +236,31 @@ static void singd_from_rows_should_resume(void) {
     ngd_structure_parse("dense", &c.structure_K);
     ngd_structure_parse("dense", &c.structure_C);
     c.T = 3, c.lr = 0.01f, c.kfac.factored_apply = true;
-    const size_t N = 4, din = 30, dh = 20, dout = 5, nw = din * dh;
     for (int phase = BETWEEN; phase <= AFTER_OBSERVE; phase += AFTER_OBSERVE) {
-        tp_problem a, u, v;
-        tp_init(&a, N, din, dh, dout, 11);
-        tp_init(&u, N, din, dh, dout, 11);
-        tp_init(&v, N, din, dh, dout, 12);
-        ngd_optim *oa, *ou, *ov;
-        CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ou) == NGD_OK &&
-              ngd_optim_create(&c, &ov) == NGD_OK);
-        CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&u, ou) == NGD_OK &&
-              tp_register(&v, ov) == NGD_OK);
-        for (size_t s = 0; s < 12; s++)
-            full_step(&a, oa, s, false);
-        for (size_t s = 0; s < SAVE_AT; s++)
-            full_step(&u, ou, s, false), full_step(&v, ov, s, false);
-        if (phase == AFTER_OBSERVE) backward(&u, ou, SAVE_AT, false);
-        backward(&v, ov, SAVE_AT, false); // rows of other data, observed for this step
+        three_runs r;
+        three_runs_start(&r, &c, SAVE_AT);
+        if (phase == AFTER_OBSERVE) backward(&r.u, r.ou, SAVE_AT, false);
+        backward(&r.v, r.ov, SAVE_AT, false); // rows of other data, observed for this step
         const char *path = tmp_path("singd-rows.ckpt");
-        CHECK(ngd_optim_save(ou, path) == NGD_OK);
-        CHECK(ngd_optim_load(ov, path) == NGD_OK);
-        memcpy(v.W1, u.W1, nw * 4), memcpy(v.b1, u.b1, dh * 4);
-        memcpy(v.W2, u.W2, dh * dout * 4), memcpy(v.b2, u.b2, dout * 4);
-        v.seed = a.seed;
-        if (phase == AFTER_OBSERVE) { // the saved step's gradient, not observed again
-            memcpy(v.gW1, u.gW1, nw * 4), memcpy(v.gb1, u.gb1, dh * 4);
-            memcpy(v.gW2, u.gW2, dh * dout * 4), memcpy(v.gb2, u.gb2, dout * 4);
-            CHECK(ngd_optim_step(ov) == NGD_OK);
-        } else {
-            full_step(&v, ov, SAVE_AT, false);
-        }
+        CHECK(ngd_optim_save(r.ou, path) == NGD_OK);
+        CHECK(ngd_optim_load(r.ov, path) == NGD_OK);
+        three_runs_adopt(&r, phase == AFTER_OBSERVE);
+        if (phase == AFTER_OBSERVE) // the saved step's gradient, not observed again
+            CHECK(ngd_optim_step(r.ov) == NGD_OK);
+        else
+            full_step(&r.v, r.ov, SAVE_AT, false);
         for (size_t s = SAVE_AT + 1; s < 12; s++)
-            full_step(&v, ov, s, false);
+            full_step(&r.v, r.ov, s, false);
+        const size_t n1 = TR_IN * TR_H, n2 = TR_H * TR_OUT;
         if (phase == BETWEEN)
-            CHECK_MSG(memcmp(a.W1, v.W1, nw * 4) == 0 && memcmp(a.W2, v.W2, dh * dout * 4) == 0,
+            CHECK_MSG(three_runs_equal(&r),
                       "SINGD from the rows, saved between steps: parameters differ");
         else
-            CHECK_MSG(max_rel_diff(a.W1, v.W1, nw) < 1e-5 &&
-                          max_rel_diff(a.W2, v.W2, dh * dout) < 1e-5,
+            CHECK_MSG(max_rel_diff(r.a.W1, r.v.W1, n1) < 1e-5 &&
+                          max_rel_diff(r.a.W2, r.v.W2, n2) < 1e-5,
                       "SINGD from the rows, saved after an observe: %.3g, %.3g",
-                      max_rel_diff(a.W1, v.W1, nw), max_rel_diff(a.W2, v.W2, dh * dout));
-        ngd_optim_free(oa), ngd_optim_free(ou), ngd_optim_free(ov);
-        tp_free(&a), tp_free(&u), tp_free(&v);
+                      max_rel_diff(r.a.W1, r.v.W1, n1), max_rel_diff(r.a.W2, r.v.W2, n2));
+        three_runs_free(&r);
         unlink(path);
     }
 }

@@ -518,6 +518,47 @@ static void side_by_side_updates_should_equal_the_serial_ones(void) {
 // statistics describe), the factored application gives the dense-J result, on statistics steps and
 // between them (T_u = 2), for the RSVD and the Brand tracks, and for K-FAC's eigenbasis (Q_Gᵀ J Q_A
 // from the rows: 3 rows of a 25 x 31 layer pay) with both dampings.
+// Seven steps of two runs on the same draws, f = 0 from Ĝ and f = 1 with kfac.factored_apply,
+// the gradient J = Σ_r g_r [a_r, 1]ᵀ (a fully connected layer's), statistics every 2 steps
+// (every step for f = 1); returns the largest relative difference of their P, and in *moved
+// (if set) the largest of run 0's P against its J (the preconditioner is not the identity).
+static double factored_pair_steps(layer_t L[2], ngd_optim *o[2], const int id[2], size_t steps,
+                                  double *moved) {
+    double worst = 0;
+    for (size_t t = 0; t < steps; t++) {
+        for (int f = 0; f < 2; f++) {
+            layer_t *l = &L[f];
+            layer_draw(l, 0.9, false);
+            for (size_t a = 0; a < l->dG; a++) { // J = Σ_r g_r [a_r, 1]ᵀ
+                double sb = 0;
+                for (size_t b = 0; b < l->din; b++) {
+                    double sum = 0;
+                    for (size_t r = 0; r < l->n; r++)
+                        sum += (double)l->g[r * l->dG + a] * (double)l->a[r * l->din + b];
+                    l->gW[a * l->din + b] = (float)sum;
+                }
+                for (size_t r = 0; r < l->n; r++)
+                    sb += (double)l->g[r * l->dG + a];
+                l->gb[a] = (float)sb;
+            }
+            CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
+            layer_observe(l, o[f], id[f]);
+            CHECK(ngd_optim_step(o[f]) == NGD_OK);
+            CHECK(ngd_optim_last_update(o[f], id[f], l->P, l->dG * l->dA) == NGD_OK);
+        }
+        const size_t n = L[0].dG * L[0].dA;
+        double *ref = malloc(sizeof(double) * n);
+        ref_to_double(L[0].P, ref, n);
+        worst = fmax(worst, rel_err(L[1].P, ref, n));
+        if (moved) {
+            layer_J(&L[0], ref);
+            *moved = fmax(*moved, rel_err(L[0].P, ref, n));
+        }
+        free(ref);
+    }
+    return worst;
+}
+
 static void factored_application_should_equal_the_dense_one(void) {
     const ngd_method ms[5] = {NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRCKFAC,
                               NGD_METHOD_KFAC, NGD_METHOD_KFAC};
@@ -534,33 +575,7 @@ static void factored_application_should_equal_the_dense_one(void) {
             CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
             id[f] = layer_add(&L[f], o[f]);
         }
-        double worst = 0;
-        for (size_t t = 0; t < 7; t++) {
-            for (int f = 0; f < 2; f++) {
-                layer_t *l = &L[f];
-                layer_draw(l, 0.9, false);
-                for (size_t a = 0; a < l->dG; a++) { // J = Σ_r g_r [a_r, 1]ᵀ
-                    double sb = 0;
-                    for (size_t b = 0; b < l->din; b++) {
-                        double sum = 0;
-                        for (size_t r = 0; r < l->n; r++)
-                            sum += (double)l->g[r * l->dG + a] * (double)l->a[r * l->din + b];
-                        l->gW[a * l->din + b] = (float)sum;
-                    }
-                    for (size_t r = 0; r < l->n; r++)
-                        sb += (double)l->g[r * l->dG + a];
-                    l->gb[a] = (float)sb;
-                }
-                CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
-                layer_observe(l, o[f], id[f]);
-                CHECK(ngd_optim_step(o[f]) == NGD_OK);
-                CHECK(ngd_optim_last_update(o[f], id[f], l->P, l->dG * l->dA) == NGD_OK);
-            }
-            double *ref = malloc(sizeof(double) * L[0].dG * L[0].dA);
-            ref_to_double(L[0].P, ref, L[0].dG * L[0].dA);
-            worst = fmax(worst, rel_err(L[1].P, ref, L[0].dG * L[0].dA));
-            free(ref);
-        }
+        double worst = factored_pair_steps(L, o, id, 7, NULL);
         CHECK_MSG(worst < 1e-4, "%s: factored vs dense application: rel err %.3g",
                   ngd_method_name(ms[i]), worst);
         double *w0 = malloc(sizeof(double) * L[0].dG * L[0].din);
@@ -591,35 +606,7 @@ static void singd_from_rows_should_equal_the_dense_product(void) {
         CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
         id[f] = layer_add(&L[f], o[f]);
     }
-    double worst = 0, moved = 0;
-    for (size_t t = 0; t < 7; t++) {
-        for (int f = 0; f < 2; f++) {
-            layer_t *l = &L[f];
-            layer_draw(l, 0.9, false);
-            for (size_t a = 0; a < l->dG; a++) { // J = Σ_r g_r [a_r, 1]ᵀ
-                double sb = 0;
-                for (size_t b = 0; b < l->din; b++) {
-                    double sum = 0;
-                    for (size_t r = 0; r < l->n; r++)
-                        sum += (double)l->g[r * l->dG + a] * (double)l->a[r * l->din + b];
-                    l->gW[a * l->din + b] = (float)sum;
-                }
-                for (size_t r = 0; r < l->n; r++)
-                    sb += (double)l->g[r * l->dG + a];
-                l->gb[a] = (float)sb;
-            }
-            CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
-            layer_observe(l, o[f], id[f]);
-            CHECK(ngd_optim_step(o[f]) == NGD_OK);
-            CHECK(ngd_optim_last_update(o[f], id[f], l->P, l->dG * l->dA) == NGD_OK);
-        }
-        double *ref = malloc(sizeof(double) * L[0].dG * L[0].dA);
-        ref_to_double(L[0].P, ref, L[0].dG * L[0].dA);
-        worst = fmax(worst, rel_err(L[1].P, ref, L[0].dG * L[0].dA));
-        layer_J(&L[0], ref); // the factors moved away from I: P is not Ĝ
-        moved = fmax(moved, rel_err(L[0].P, ref, L[0].dG * L[0].dA));
-        free(ref);
-    }
+    double moved = 0, worst = factored_pair_steps(L, o, id, 7, &moved);
     CHECK_MSG(worst < 1e-5, "SINGD from the rows vs C Cᵀ Ĝ K Kᵀ: rel err %.3g", worst);
     CHECK_MSG(moved > 1e-2, "SINGD: P stayed Ĝ (rel %.3g): the products are trivial", moved);
     double *w0 = malloc(sizeof(double) * L[0].dG * L[0].din);
