@@ -91,13 +91,14 @@ bool kf_inv_wanted(const ngd_entry *e) {
 }
 
 // Factored damping as S = G⁻¹ J A⁻¹ (ngd_kfac_precond_inv), the operators formed again when
-// a refresh or the damping changed them
-static ngd_status precond_inv(kf_state *s, const ngd_lowrank *LG, float lg, const ngd_lowrank *LA,
-                              float la, ngd_cview J, const ngd_kfac_rows *rows, ngd_view S,
-                              void *kws, size_t kbytes) {
+// a refresh, a checkpoint's load (e->loads) or the damping changed them
+static ngd_status precond_inv(const ngd_entry *e, kf_state *s, const ngd_lowrank *LG, float lg,
+                              const ngd_lowrank *LA, float la, ngd_cview J,
+                              const ngd_kfac_rows *rows, ngd_view S, void *kws, size_t kbytes) {
     const ngd_lowrank *L[2] = {LA, LG};
     const float lam[2] = {la, lg};
-    if (!s->inv_ok || s->inv_lam[KF_A] != la || s->inv_lam[KF_G] != lg) {
+    if (!s->inv_ok || s->inv_loads != e->loads || s->inv_lam[KF_A] != la ||
+        s->inv_lam[KF_G] != lg) {
         for (int i = 0; i < 2; i++) {
             const size_t d = L[i]->d;
             ngd_status st =
@@ -109,6 +110,7 @@ static ngd_status precond_inv(kf_state *s, const ngd_lowrank *LG, float lg, cons
             s->inv_lam[i] = lam[i];
         }
         s->inv_ok = 1;
+        s->inv_loads = e->loads;
     }
     const size_t dA = LA->d, dG = LG->d;
     return ngd_kfac_precond_inv(ngd_cview_rm(s->inv[KF_G], dG, dG, dG),
@@ -146,7 +148,7 @@ ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows 
         const double gp = sqrt(lk > 0 ? lk : 1e-30);
         const float lg = (float)(gp / pi), la = (float)(pi * gp);
         if (s->inv[KF_A] && s->inv[KF_G])
-            return precond_inv(s, &LG, lg, &LA, la, J, rows, S, kws, kbytes);
+            return precond_inv(e, s, &LG, lg, &LA, la, J, rows, S, kws, kbytes);
         return ngd_kfac_precond_factored(&LG, &LA, lg, la, J, rows, S, kws, kbytes);
     }
     return ngd_kfac_precond_exact(&LG, &LA, (float)(lk > 0 ? lk : 1e-30), J, rows, S, kws, kbytes);

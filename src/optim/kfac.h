@@ -90,10 +90,11 @@ typedef struct {
     size_t id;   // the layer's id (seeds its stream)
     // K-FAC with factored π-damping (kf_inv_wanted): each factor's inverse operator
     // (F + λ_F I)⁻¹ (d x d), formed from (U, D) by the first preconditioning after a
-    // refresh (NULL otherwise). Derived, so not saved: inv_ok is cleared at each refresh step
-    // and at a checkpoint's load; inv_lam holds the λ_F they were formed with.
+    // refresh (NULL otherwise). Derived, so not saved: inv_ok is cleared at each refresh step;
+    // inv_loads (e->loads) and inv_lam (the λ_F) are those they were formed with.
     float *inv[2];
     float inv_lam[2];
+    uint32_t inv_loads;
     uint8_t inv_ok;
 } kf_state;
 

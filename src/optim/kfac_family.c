@@ -541,7 +541,6 @@ static size_t kfac_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
 static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n) {
     kf_state *s = e->ms;
     kf_meta m;
-    s->inv_ok = 0; // (U, D) come from the checkpoint
     if (n != 6) return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     memcpy(&m, v, sizeof m);
     if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
