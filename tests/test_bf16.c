@@ -838,6 +838,61 @@ static void conv2d_bf16_should_match_float64(void) {
 // more output channels than input and fewer, 64 channels (two K blocks a tap), a batch of
 // one with a 64-pixel image, and of five (a thread sums several samples' dW); odd segment
 // counts, widths that are not multiples of 16 and small images, several to a chunk (below).
+// The bf16 direct kernel's rounded output (y16) against its f32 output rounded by the
+// independent reference, bit for bit: planes of whole 16-wide rows (a short last block) and
+// of 20 columns (partial vectors compressed), with and without a bias, on values whose
+// outputs are subnormal (vcvtneps2bf16 would flush them), infinite and NaN (kept quiet).
+static void direct16_bf16_output_should_be_the_f32_output_rounded(void) {
+    if (!nn_conv3x3_direct16_usable()) {
+        fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
+        return;
+    }
+    const size_t cases[][4] = {{5, 16, 16, 16}, {3, 17, 20, 8}, {8, 32, 32, 24}}; // c h w co
+    trng r = {43};
+    for (size_t t = 0; t < 2 * sizeof cases / sizeof cases[0]; t++) {
+        const size_t c = cases[t / 2][0], h = cases[t / 2][1], w = cases[t / 2][2];
+        const size_t co = cases[t / 2][3], L = h * w, nx = c * L, ny = co * L;
+        const bool bias = t % 2;
+        float *x = malloc(nx * 4), *wt = malloc(co * c * 9 * 4), *b = malloc(co * 4);
+        float *y = malloc(ny * 4);
+        uint16_t *x16 = malloc(nx * 2), *y16 = malloc(ny * 2);
+        uint32_t *wp = malloc(nn_conv3x3_direct16_wp_n(co, c) * 4);
+        uint32_t *xp = calloc(nn_conv3x3_direct16_pad_n(c, h, w), 4);
+        tfill(&r, x, nx, -1, 1);
+        tfill(&r, wt, co * c * 9, -1, 1);
+        tfill(&r, b, co, -0.5, 0.5);
+        // output channel 2 from huge weights (some sums overflow), and one input NaN. (The
+        // products and sums of vdpbf16ps flush subnormals to zero: a subnormal output comes
+        // from the bias, channel 1's, onto zero weights; so do ties, channels 3 and 4.)
+        for (size_t k = 0; k < c * 9; k++)
+            wt[1 * c * 9 + k] = wt[3 * c * 9 + k] = wt[4 * c * 9 + k] = 0.0f,
+                           wt[2 * c * 9 + k] *= 0x1p127f;
+        b[1] = 0x1.81p-130f, b[3] = bits_f(0x3f818000u), b[4] = bits_f(0xbf808000u);
+        x[nx / 2] = NAN;
+        nn_bf16_encode(x, x16, nx);
+        nn_conv3x3_direct16_pack(wt, co, c, wp);
+        const float *bb = bias ? b : NULL;
+        nn_conv3x3_direct16(x16, c, h, w, wp, co, y, NULL, bb, false, xp);
+        for (size_t i = 0; i < ny; i++)
+            y16[i] = 0x1234;
+        nn_conv3x3_direct16(x16, c, h, w, wp, co, NULL, y16, bb, false, xp);
+        size_t bad = 0, sub = 0, inf = 0, nan = 0;
+        for (size_t i = 0; i < ny; i++) {
+            if (isnan(y[i])) {
+                nan++;
+                bad += (y16[i] & 0x7fc0u) != 0x7fc0u || (y16[i] >> 15) != (f_bits(y[i]) >> 31);
+                continue;
+            }
+            sub += y[i] != 0.0f && fabsf(y[i]) < 0x1p-126f;
+            inf += isinf(y[i]) != 0;
+            bad += y16[i] != ref_round(y[i]);
+        }
+        CHECK(bad == 0);
+        CHECK((!bias || sub + 9 >= L) && inf > 0 && nan > 0); // (9: outputs by the NaN)
+        free(x), free(wt), free(b), free(y), free(x16), free(y16), free(wp), free(xp);
+    }
+}
+
 // Without AMX no layer may claim the path. The same checks run on the direct AVX512-BF16
 // path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
 // channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
@@ -992,6 +1047,7 @@ static const test_case TESTS[] = {
     TEST(linear_bf16_should_match_float64),
     TEST(conv2d_bf16_should_match_float64),
     TEST(conv2d_bf16_input_should_equal_rounding_inside),
+    TEST(direct16_bf16_output_should_be_the_f32_output_rounded),
     TEST(conv3x3_amx_should_match_float64_and_the_im2col_path),
     TEST(bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones),
 };

@@ -80,18 +80,6 @@ static double plane_sqdev(const float *x, size_t N, size_t C, size_t HW, size_t 
     return s;
 }
 
-void nn_plane_moments(const float *v, size_t n, float *out) {
-    const float a = nn_plane_sum(v, n) / (float)n;
-    float r = 0.0f, q = 0.0f;
-    NN_SIMD_SUM(r, q)
-    for (size_t p = 0; p < n; p++) {
-        const float d = v[p] - a;
-        r += d;
-        q += d * d;
-    }
-    out[0] = a, out[1] = r, out[2] = q;
-}
-
 // Channel c's Σ x and Σ (x − mu)² (mu = the first / M) from its planes' moments: a plane
 // sums to HW a + r, and Σ (x − mu)² = q + 2 (a − mu) r + HW (a − mu)² exactly
 static void channel_from_moments(const float *mom, size_t N, size_t C, size_t HW, size_t c,
@@ -195,6 +183,47 @@ BN_INLINE void bn_load16(bn_vf *r, const float *f, const uint16_t *h, bool b, si
     } else {
         memcpy(r, f + p, sizeof *r);
     }
+}
+
+// The moments of a plane in f32 (f) or, where b, in bf16 (h), in 16 lanes (element p into
+// lane p mod 16, then the lanes in order): the same sums whatever the type and the build, so
+// that a bf16 plane's moments are those of its decoded values
+BN_INLINE void plane_moments(const float *f, const uint16_t *h, bool b, size_t n, float *out) {
+    const size_t n16 = n / 16 * 16;
+    bn_vf s = {0}, r = {0}, q = {0};
+    for (size_t p = 0; p < n16; p += 16) {
+        bn_vf v;
+        bn_load16(&v, f, h, b, p);
+        s += v;
+    }
+    for (size_t p = n16; p < n; p++)
+        s[p - n16] += BN_AT(f, h, b, p);
+    float t = 0.0f;
+    for (int i = 0; i < 16; i++)
+        t += s[i];
+    const float a = t / (float)n;
+    for (size_t p = 0; p < n16; p += 16) {
+        bn_vf v;
+        bn_load16(&v, f, h, b, p);
+        const bn_vf d = v - a;
+        r += d;
+        q += d * d;
+    }
+    for (size_t p = n16; p < n; p++) {
+        const float d = BN_AT(f, h, b, p) - a;
+        r[p - n16] += d;
+        q[p - n16] += d * d;
+    }
+    float tr = 0.0f, tq = 0.0f;
+    for (int i = 0; i < 16; i++)
+        tr += r[i], tq += q[i];
+    out[0] = a, out[1] = tr, out[2] = tq;
+}
+void nn_plane_moments(const float *v, size_t n, float *out) {
+    plane_moments(v, NULL, false, n, out);
+}
+void nn_plane_moments_bf16(const uint16_t *v, size_t n, float *out) {
+    plane_moments(NULL, v, true, n, out);
 }
 
 static void relu_pool_plane(const float *xf, const uint16_t *xh, bool xb, float w, float b,

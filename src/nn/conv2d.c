@@ -625,8 +625,9 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
     const bool direct = col16 ? l->direct16 && !amx : l->direct;
     for (size_t i = 0; direct && i < nb; i++) {
         float *xp = xpd_of(l, (size_t)nn_thread_num()), *yi = yc + i * cout * L;
-        if (col16) // (the bias added in the kernel's store)
-            nn_conv3x3_direct16(xs16 + i * xs, G->c_in, G->h, G->w, l->wp, cout, yi, l->b, false,
+        if (col16) // (the bias added in the kernel's store; a bf16 output written rounded)
+            nn_conv3x3_direct16(xs16 + i * xs, G->c_in, G->h, G->w, l->wp, cout, y16 ? NULL : yi,
+                                y16 ? y16 + (n0 + i) * cout * L : NULL, l->b, false,
                                 (uint32_t *)xp);
         else
             nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->w, cout, yi, l->b, false,
@@ -648,6 +649,12 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
             nn_sgemm(false, false, cog, ncol, din, 1.0f, l->w + g * cog * din, din, colt, ncol,
                      0.0f, out + g * cog * ldo, ldo);
         }
+    }
+    if (direct && y16) { // the kernel wrote y16: only the moments, of its rounded planes
+        for (size_t p = 0; l->moments_on && p < nb * cout; p++)
+            nn_plane_moments_bf16(y16 + (n0 * cout + p) * L, L,
+                                  l->moments + NN_MOMENTS * (n0 * cout + p));
+        return;
     }
     // y[n0 + i, co, :] = out[co, i*L : (i+1)*L] + b[co], and the plane's moments
     for (size_t i = 0; i < nb; i++)
@@ -746,11 +753,13 @@ static void tconv_rows(const nn_conv2d *l, const float *dy, float *dxc, bool set
 // dW part += dy colᵀ and dx += col2im(Wᵀ dy) of samples [n0, n0+nb), on thread buffers (dx
 // written instead when set; dxc is the chunk's (nb, c_in, h, w), NULL: no dx). One sample:
 // block by block of output rows, like forward. dy is f32, or (bf16 mode) dyb, bf16
-// (N, cout, L) read in place.
-static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dxc, bool set,
-                           size_t n0, size_t nb, float *colt, float *dcolt, float *ybuf,
-                           float *dwpart, uint16_t *col16, uint16_t *dy16, uint16_t *x16,
-                           uint16_t *dyx16, unsigned char *pad, uint32_t *xsb) {
+// (N, cout, L) read in place. dx16c: the chunk's dx in bf16 (set only), which the bf16
+// direct kernels write rounded in place of dxc: true when they did.
+static bool backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dxc,
+                           uint16_t *dx16c, bool set, size_t n0, size_t nb, float *colt,
+                           float *dcolt, float *ybuf, float *dwpart, uint16_t *col16,
+                           uint16_t *dy16, uint16_t *x16, uint16_t *dyx16, unsigned char *pad,
+                           uint32_t *xsb) {
     const ngd_conv_geom *G = &l->geom;
     const size_t OH = l->oh, OW = l->ow, L = OH * OW, din = l->d_in, cout = l->c_out;
     const size_t groups = G->groups, cog = cout / groups, xs = G->c_in * G->h * G->w;
@@ -843,31 +852,33 @@ static void backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
             col2im_t_add(l, dcolt, nb, g, r0, R, dxc);
         }
     }
-    if (!dxc || !l->wflip) return;
+    if (!dxc || !l->wflip) return false;
     if (!dy16 && dy && l->direct_t) { // f32: the transposed convolution image by image
         for (size_t i = 0; i < nb; i++)
             nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wflip, G->c_in,
                               dxc + i * xs, NULL, !set, xpd_of(l, (size_t)nn_thread_num()));
-        return;
+        return false;
     }
     if (dy16 && l->direct16_t) { // bf16 pairs: the transposed convolution image by image
         for (size_t i = 0; i < nb; i++)
-            nn_conv3x3_direct16(dyx + i * cout * L, cout, G->h, G->w, l->wpf, G->c_in, dxc + i * xs,
-                                NULL, !set, (uint32_t *)xpd_of(l, (size_t)nn_thread_num()));
-        return;
+            nn_conv3x3_direct16(dyx + i * cout * L, cout, G->h, G->w, l->wpf, G->c_in,
+                                dx16c ? NULL : dxc + i * xs, dx16c ? dx16c + i * xs : NULL, NULL,
+                                !set, (uint32_t *)xpd_of(l, (size_t)nn_thread_num()));
+        return dx16c != NULL;
     }
     if (dy16 && l->amx_t) { // the transposed convolution image by image on the tile unit
         for (size_t i = 0; i < nb; i++) {
             nn_conv3x3_amx_pairs(dyx + i * cout * L, cout, G->h, G->w, xsb);
             nn_conv3x3_amx(xsb, l->wtf, cout, G->h, G->w, G->c_in, dxc + i * xs, !set);
         }
-        return;
+        return false;
     }
     // dx by the transposed convolution (its output is the input image: rows of H)
     const size_t H = G->h, RT = nb == 1 ? block_rows(l->fcols, G->w) : H;
     for (size_t r0 = 0; r0 < H; r0 += RT)
         tconv_rows(l, dy, dxc, set, n0, nb, r0, H - r0 < RT ? H - r0 : RT, dcolt, ybuf, col16, dyx,
                    pad);
+    return false;
 }
 
 static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *dx, uint16_t *dx16,
@@ -928,12 +939,14 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         const size_t nb = N - n0 < l->chunk ? N - n0 : l->chunk;
         const size_t xs = l->geom.c_in * l->geom.h * l->geom.w;
         float *dxc = dx16 ? l->dxt + t * l->dxt_n : dx ? dx + n0 * xs : NULL;
-        backward_chunk(l, dy, dyb, dxc, set, n0, nb, l->colt + t * l->colt_n,
-                       l->dcolt + t * l->dcol_n, l->ybuf ? l->ybuf + t * l->ybuf_n : NULL,
-                       parts + t * ps, l->w16 ? col16_of(l, t) : NULL,
-                       l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
-                       l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
-        if (dx16) nn_bf16_encode(dxc, dx16 + n0 * xs, nb * xs); // (in cache)
+        uint16_t *dx16c = dx16 ? dx16 + n0 * xs : NULL;
+        const bool rounded =
+            backward_chunk(l, dy, dyb, dxc, dx16c, set, n0, nb, l->colt + t * l->colt_n,
+                           l->dcolt + t * l->dcol_n, l->ybuf ? l->ybuf + t * l->ybuf_n : NULL,
+                           parts + t * ps, l->w16 ? col16_of(l, t) : NULL,
+                           l->w16 ? l->dy16 + t * l->dy16_n : NULL, l->w16 ? x16_of(l, t) : NULL,
+                           l->dyx16 ? dyx16_of(l, t) : NULL, pad_of(l, t), xs_of(l, t));
+        if (dx16c && !rounded) nn_bf16_encode(dxc, dx16c, nb * xs); // (in cache)
     }
     // dW += the threads' parts, in thread order
     const size_t cin = l->geom.c_in, cg = cout / l->geom.groups;

@@ -95,6 +95,37 @@ static void block_lanes(size_t q0, size_t pw, size_t w, size_t nq, __mmask16 mk[
 
 // y's planes o0.. (of hw outputs each) get the block's valid lanes, written or added, then
 // the bias of each plane added (b: the block's, or NULL)
+// The same into bf16 planes (written, not added): each value rounded as nn_to_bf16 does (to
+// nearest even, a NaN kept quiet; vcvtneps2bf16 would flush subnormals to zero), packed to
+// 16 bits and stored, a partial vector's valid lanes compressed to the front first
+__attribute__((target("avx512f"), always_inline)) static inline void
+block_store16(__m512 acc[CB][PV], uint16_t *y, size_t hw, const __mmask16 mk[PV],
+              const size_t at[PV], const float *b) {
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+    const __m512i quiet = _mm512_set1_epi32(0x40), abs = _mm512_set1_epi32(0x7fffffff);
+    const __m512i inf = _mm512_set1_epi32(0x7f800000);
+    for (int i = 0; i < CB; i++) {
+        uint16_t *yo = y + (size_t)i * hw;
+        for (int v = 0; v < PV; v++) {
+            if (!mk[v]) continue;
+            __m512 r = acc[i][v];
+            if (b) r = _mm512_add_ps(r, _mm512_set1_ps(b[i]));
+            const __m512i u = _mm512_castps_si512(r), hi = _mm512_srli_epi32(u, 16);
+            const __m512i rn = _mm512_srli_epi32(
+                _mm512_add_epi32(_mm512_add_epi32(u, half), _mm512_and_si512(hi, one)), 16);
+            const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+            __m512i h = _mm512_mask_or_epi32(rn, nan, hi, quiet);
+            if (mk[v] == (__mmask16)0xffff) {
+                _mm256_storeu_si256((__m256i *)(void *)(yo + at[v]), _mm512_cvtepi32_epi16(h));
+            } else {
+                h = _mm512_maskz_compress_epi32(mk[v], h);
+                const int n = __builtin_popcount(mk[v]);
+                _mm512_mask_cvtepi32_storeu_epi16(yo + at[v], (__mmask16)((1u << n) - 1u), h);
+            }
+        }
+    }
+}
+
 __attribute__((target("avx512f"), always_inline)) static inline void
 block_store(__m512 acc[CB][PV], float *y, size_t hw, const __mmask16 mk[PV], const size_t at[PV],
             bool add, const float *b) {
@@ -192,8 +223,8 @@ __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c,
 // products into the f32 lane.
 __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void
 direct16_block(const uint32_t *xp, size_t np, size_t pp, const size_t off[9], const blk *k,
-               const int nv, const uint32_t *wp, size_t o0, float *y, size_t hw, const float *b,
-               bool add) {
+               const int nv, const uint32_t *wp, size_t o0, float *y, uint16_t *y16, size_t hw,
+               const float *b, bool add) {
     __m512 acc[CB][PV];
     for (int i = 0; i < CB; i++)
         for (int v = 0; v < PV; v++)
@@ -212,23 +243,26 @@ direct16_block(const uint32_t *xp, size_t np, size_t pp, const size_t off[9], co
             }
         }
     }
-    block_store(acc, y + o0 * hw, hw, k->mk, k->at, add, b ? b + o0 : NULL);
+    if (y16)
+        block_store16(acc, y16 + o0 * hw, hw, k->mk, k->at, b ? b + o0 : NULL);
+    else
+        block_store(acc, y + o0 * hw, hw, k->mk, k->at, add, b ? b + o0 : NULL);
 }
 
 __attribute__((target("avx512f,avx512bf16"))) static void
 direct16(const uint32_t *xp, size_t np, size_t h, size_t w, const uint32_t *wp, size_t co, float *y,
-         const float *b, bool add) {
+         uint16_t *y16, const float *b, bool add) {
     const size_t pw = w + 2, pp = plane_n(h, w), nvec = block_vectors(h, w);
     const size_t off[9] = {0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2};
     for (size_t j0 = 0; j0 < nvec; j0 += PV) {
         const blk k = block_at(j0, pw, h, w);
         for (size_t o0 = 0; o0 < co; o0 += CB) {
             if (k.nv == PV)
-                direct16_block(xp, np, pp, off, &k, PV, wp, o0, y, h * w, b, add);
+                direct16_block(xp, np, pp, off, &k, PV, wp, o0, y, y16, h * w, b, add);
             else if (k.nv == 2)
-                direct16_block(xp, np, pp, off, &k, 2, wp, o0, y, h * w, b, add);
+                direct16_block(xp, np, pp, off, &k, 2, wp, o0, y, y16, h * w, b, add);
             else
-                direct16_block(xp, np, pp, off, &k, 1, wp, o0, y, h * w, b, add);
+                direct16_block(xp, np, pp, off, &k, 1, wp, o0, y, y16, h * w, b, add);
         }
     }
 }
@@ -291,8 +325,10 @@ void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp
 }
 
 void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
-                         size_t co, float *y, const float *b, bool add, uint32_t *xp) {
+                         size_t co, float *y, uint16_t *y16, const float *b, bool add,
+                         uint32_t *xp) {
     NN_ASSERT(nn_conv3x3_direct16_usable() && nn_conv3x3_direct_fits(c, h, w, co));
+    NN_ASSERT(!y != !y16 && (!y16 || !add));
     const size_t pw = w + 2, pp = plane_n(h, w), np = (c + 1) / 2, hw = h * w;
     for (size_t cp = 0; cp < np; cp++) { // the interiors: channels 2cp and 2cp+1 interleaved
         const uint16_t *lo = x + 2 * cp * hw, *hi = 2 * cp + 1 < c ? lo + hw : NULL;
@@ -310,10 +346,10 @@ void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const 
         }
     }
 #ifdef NN_HAVE_DIRECT_CODE
-    direct16(xp, np, h, w, wp, co, y, b, add);
+    direct16(xp, np, h, w, wp, co, y, y16, b, add);
     nn_flop_add(2 * (uint64_t)hw * co * 9 * c);
 #else
-    (void)wp, (void)co, (void)y, (void)b, (void)add;
+    (void)wp, (void)co, (void)y, (void)y16, (void)b, (void)add;
 #endif
 }
 

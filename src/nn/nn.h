@@ -484,13 +484,16 @@ void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float
 // The same for bf16 mode on AVX512-BF16 (nn_conv3x3_direct16_usable): the bf16 image x, the
 // weights in bf16 pairs of input channels (wp: nn_conv3x3_direct16_wp_n uint32, packed from
 // f32 (co, c, 3, 3) by nn_conv3x3_direct16_pack), xp: nn_conv3x3_direct16_pad_n(c, h, w)
-// uint32 of zero-bordered pair planes, zeroed once. Same fits.
+// uint32 of zero-bordered pair planes, zeroed once. Same fits. The output goes to y (f32,
+// written or added), or where y16 is set instead (y NULL, add false), rounded to bf16 as
+// nn_bf16_encode does, from the same sums.
 bool nn_conv3x3_direct16_usable(void);
 size_t nn_conv3x3_direct16_pad_n(size_t c, size_t h, size_t w);
 size_t nn_conv3x3_direct16_wp_n(size_t co, size_t c);
 void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp);
 void nn_conv3x3_direct16(const uint16_t *x, size_t c, size_t h, size_t w, const uint32_t *wp,
-                         size_t co, float *y, const float *b, bool add, uint32_t *xp);
+                         size_t co, float *y, uint16_t *y16, const float *b, bool add,
+                         uint32_t *xp);
 // bf16 dW of one image on AVX512-BF16, without im2col: dwt (c, 3, 3, co) += Σ over pixels of
 // dy · the zero-bordered x at each tap, for x (c, h, w) bf16 and dy (co, h, w) in bf16
 // (dy16) or in f32 (dy, rounded first; exactly one of them); sums of f32 products of bf16
@@ -557,9 +560,12 @@ void nn_batchnorm_relu_forward_bf16(nn_batchnorm *l, const float *x, uint16_t *y
 void nn_batchnorm_relu_forward_moments(nn_batchnorm *l, const float *x, const float *mom, float *y,
                                        uint16_t *y16, size_t N);
 // A plane's moments for nn_batchnorm_relu_forward_moments: out[0] = a, its float mean
-// (Σ v / n, summed in lanes), out[1] = Σ (v − a) and out[2] = Σ (v − a)²
+// (Σ v / n), out[1] = Σ (v − a) and out[2] = Σ (v − a)², each summed in 16 lanes (element p
+// into lane p mod 16, then the lanes in order); of a bf16 plane, the same sums as of its
+// decoded values
 #define NN_MOMENTS 3
 void nn_plane_moments(const float *v, size_t n, float *out);
+void nn_plane_moments_bf16(const uint16_t *v, size_t n, float *out);
 // The last block of a CNN stage without its BN-ReLU output in memory: BN-ReLU of x pooled by
 // pool (2x2 windows, stride 2, no padding) into y (N, C, OH, OW), or y16 rounded to bf16,
 // the same values as nn_batchnorm_relu_forward then nn_maxpool2d_forward; mom as in
