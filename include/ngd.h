@@ -130,11 +130,18 @@ NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t col
 // oneDNN's matmul primitive (AMX tiles or AVX512-BF16, whichever the CPU has); without bf16
 // kernels the same products in float32. beta = 0 never reads C. Threaded when called outside
 // an OpenMP parallel region, on the calling thread inside one; each thread keeps the oneDNN
-// primitives of its last 32 shapes. Not counted in ngd_gemm_flop_count (libngd's own work).
+// primitives of its last 64 shapes. Not counted in ngd_gemm_flop_count (libngd's own work).
 // NGD_ERR_ARG: NULL pointers or a leading dimension below its row length.
 NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                                  const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
                                  float beta, float *C, size_t ldc);
+// The float32 GEMM libngd's own products run, with the same contract (A, B float32): small
+// products by a plain loop, those with B transposed and 8 to 2048 rows of C by oneDNN's
+// matmul primitive (faster there; outside a parallel region), the rest by dnnl_sgemm. Not
+// counted.
+NGD_API ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                                const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                                float *C, size_t ldc);
 
 // ====== Configuration ======
 

@@ -163,6 +163,93 @@ static void gemm_should_ignore_nan_in_c_when_beta_is_zero(void) {
     free(A), free(B), free(C), free(fa), free(fb), free(fc), free(got);
 }
 
+// ngd_f32_gemm (row-major, transpose flags, leading dimensions 3 past the rows) of one
+// shape against float64: C = 1.5 op(A) op(B) + beta C, over a NaN-filled C when beta = 0;
+// the padding of C must stay as it was. Returns the elements off by more than GEMM_RTOL of the
+// largest (plus a padding element changed, or a call refused).
+static size_t f32_gemm_case(ref_rng *r, size_t m, size_t n, size_t k, bool ta, bool tb,
+                            float beta) {
+    const size_t pad = 3, lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+    const size_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb;
+    float *A = malloc(na * 4), *B = malloc(nb * 4), *C = malloc(m * ldc * 4);
+    double *R = malloc(m * n * 8);
+    for (size_t i = 0; i < na; i++)
+        A[i] = (float)ref_uniform(r, -1, 1);
+    for (size_t i = 0; i < nb; i++)
+        B[i] = (float)ref_uniform(r, -1, 1);
+    for (size_t i = 0; i < m * ldc; i++)
+        C[i] = beta == 0.0f ? NAN : (float)ref_uniform(r, -1, 1);
+    double mx = 0;
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0;
+            for (size_t p = 0; p < k; p++)
+                s += (double)(ta ? A[p * lda + i] : A[i * lda + p]) *
+                     (double)(tb ? B[j * ldb + p] : B[p * ldb + j]);
+            R[i * n + j] = 1.5 * s + (beta == 0.0f ? 0.0 : (double)beta * (double)C[i * ldc + j]);
+            mx = fmax(mx, fabs(R[i * n + j]));
+        }
+    const float c_pad = C[ldc - 1];
+    size_t bad = ngd_f32_gemm(ta, tb, m, n, k, 1.5f, A, lda, B, ldb, beta, C, ldc) != NGD_OK;
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++)
+            bad += !(fabs((double)C[i * ldc + j] - R[i * n + j]) <= GEMM_RTOL * (mx + 1));
+    bad += !(beta == 0.0f ? isnan(C[ldc - 1]) : C[ldc - 1] == c_pad);
+    free(A), free(B), free(C), free(R);
+    return bad;
+}
+
+// libngd's public f32 GEMM on both its kernels: dnnl_sgemm, and the matmul primitive (B
+// transposed, 8 to 2048 rows), on either side of each bound and every transpose; after a bf16
+// primitive of the same shape (the per-thread cache must key on the type); inside a parallel
+// region (dnnl_sgemm on the calling thread); its argument checks; not counted.
+static void f32_gemm_should_match_reference_on_both_kernels(void) {
+    ref_rng r = {23};
+    const size_t dims[][3] = {{8, 40, 100},  {7, 40, 100},   {300, 64, 96},
+                              {130, 70, 40}, {2049, 24, 16}, {2048, 20, 12}};
+    size_t bad = 0;
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++)
+        for (int layout = 0; layout < 8; layout++)
+            bad += f32_gemm_case(&r, dims[t][0], dims[t][1], dims[t][2], layout & 1, layout & 2,
+                                 layout & 4 ? -0.5f : 0.0f);
+    CHECK(bad == 0);
+    // a bf16 product of a new shape first, then the f32 one of the same shape, leading
+    // dimensions and scalars
+    uint16_t *A16 = calloc(9 * 103, 2), *B16 = calloc(40 * 103, 2);
+    float *C16 = malloc(9 * 43 * 4);
+    CHECK(ngd_bf16_gemm(false, true, 9, 40, 100, 1.5f, A16, 103, B16, 103, 0.0f, C16, 43) ==
+          NGD_OK);
+    CHECK(C16[0] == 0.0f);
+    CHECK(f32_gemm_case(&r, 9, 40, 100, false, true, 0.0f) == 0);
+    free(A16), free(B16), free(C16);
+    size_t pbad = 0;
+#pragma omp parallel for num_threads(2) reduction(+ : pbad) schedule(static)
+    for (int i = 0; i < 8; i++) {
+        ref_rng ri = {(uint64_t)(100 + i)};
+        pbad += f32_gemm_case(&ri, 16 + 8 * (size_t)(i % 3), 48, 64, false, true, 0.25f);
+    }
+    CHECK(pbad == 0);
+    // arguments, and nothing counted
+    float *A = calloc(40 * 60, 4), *B = calloc(60 * 50, 4), *C = malloc(40 * 50 * 4);
+    for (size_t i = 0; i < 40 * 50; i++)
+        C[i] = 7.0f;
+    CHECK(ngd_f32_gemm(false, false, 40, 50, 60, 1.0f, NULL, 60, B, 50, 0.0f, C, 50) ==
+          NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm(false, false, 40, 50, 60, 1.0f, A, 60, B, 50, 0.0f, NULL, 50) ==
+          NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm(false, false, 40, 50, 60, 1.0f, A, 59, B, 50, 0.0f, C, 50) == NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm(true, false, 40, 50, 60, 1.0f, A, 39, B, 50, 0.0f, C, 50) == NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm(false, true, 40, 50, 60, 1.0f, A, 60, B, 59, 0.0f, C, 50) == NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm(false, false, 40, 50, 60, 1.0f, A, 60, B, 50, 0.0f, C, 49) == NGD_ERR_ARG);
+    CHECK(C[0] == 7.0f && C[40 * 50 - 1] == 7.0f);
+    CHECK(ngd_f32_gemm(false, false, 0, 50, 60, 1.0f, NULL, 60, NULL, 50, 0.0f, NULL, 50) ==
+          NGD_OK);
+    const uint64_t f0 = ngd_gemm_flop_count();
+    CHECK(ngd_f32_gemm(false, true, 40, 50, 60, 1.0f, A, 60, B, 60, 0.0f, C, 50) == NGD_OK);
+    CHECK(ngd_gemm_flop_count() == f0 && C[0] == 0.0f);
+    free(A), free(B), free(C);
+}
+
 static void bf16_should_round_to_nearest_even(void) {
     CHECK(ngd_f32_to_bf16(1.0f) == 0x3f80);
     CHECK(ngd_bf16_to_f32(0x3f80) == 1.0f);
@@ -309,6 +396,7 @@ static void alloc_should_reject_overflow(void) {
 static const test_case TESTS[] = {
     TEST(gemm_should_match_reference_for_all_layouts),
     TEST(gemm_should_ignore_nan_in_c_when_beta_is_zero),
+    TEST(f32_gemm_should_match_reference_on_both_kernels),
     TEST(syrk_should_match_reference_and_be_symmetric),
     TEST(bf16_should_round_to_nearest_even),
     TEST(crc32_should_match_the_bitwise_definition),

@@ -77,6 +77,33 @@ static atomic_uint_fast64_t gemm_flops; // ngd_gemm_flop_count
 
 uint64_t ngd_gemm_flop_count(void) { return (uint64_t)atomic_load(&gemm_flops); }
 
+static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                   const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,
+                   size_t ldc);
+
+// Whether an f32 product goes through the matmul primitive rather than dnnl_sgemm: B
+// transposed, A not, 8 to 2048 rows of C, and not inside a parallel region (there the small
+// per-thread products of attention heads came out 1.6 % slower on the vit's step). Measured
+// (oneDNN 2.6, AMD Zen 5, 2 threads, best of 200, us, sgemm -> matmul): m x n x k = 128 x 512 x 784
+// 358 -> 294, 128 x 512 x 512 315 -> 204, 33 x 512 x 512 188 -> 64, 256 x 4608 x 512 4445 -> 3372,
+// 512 x 785 x 785 2013 -> 1814, 1024^3 even; but 8192 x 384 x 128 2208 -> 2556 and 1 x 512 x 512 9
+// -> 22, and N-N and T-N products mostly slower (64 x 2048 x 288 N-N 223 -> 291).
+// NGD_F32_GEMM=sgemm in the environment keeps every product on dnnl_sgemm (side-by-side
+// benchmarks).
+static bool matmul_f32_pays(char ta, char tb, size_t m) {
+    static _Atomic int off = -1;
+    int o = atomic_load_explicit(&off, memory_order_relaxed);
+    if (o < 0) {
+        const char *e = getenv("NGD_F32_GEMM");
+        o = e && !strcmp(e, "sgemm");
+        atomic_store_explicit(&off, o, memory_order_relaxed);
+    }
+#ifdef _OPENMP
+    if (omp_in_parallel()) return false;
+#endif
+    return !o && ta == 'N' && tb == 'T' && m >= 8 && m <= 2048;
+}
+
 static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     size_t m = C.rows, n = C.cols, k = A.cols;
     if (k == 0 || alpha == 0.0f) {
@@ -107,6 +134,9 @@ static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) 
         return;
     }
     // beta = 0: oneDNN never reads C (NaN there stays out: test_core), so no clearing pass
+    if (matmul_f32_pays(ta, tb, m) && matmul(true, ta == 'T', tb == 'T', m, n, k, alpha, A.p,
+                                             (size_t)lda, B.p, (size_t)ldb, beta, C.p, (size_t)ldc))
+        return;
     dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha, A.p,
                                   lda, B.p, ldb, beta, C.p, ldc);
     if (st != dnnl_success) ngd_gemm_ref(alpha, A, B, beta, C);
@@ -128,10 +158,12 @@ extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t 
                                            dnnl_dim_t lda, const uint16_t *B, dnnl_dim_t ldb,
                                            float beta, float *C, dnnl_dim_t ldc);
 
-// ---- bf16 products through oneDNN's matmul primitive ----
+// ---- products through oneDNN's matmul primitive ----
 // dnnl_gemm_bf16bf16f32 runs AVX512-BF16 kernels only; the matmul primitive also takes AMX
 // tiles (brgemm) where the CPU has them (docs/benchmarks.md: 1.1-1.4x per product, SINGD's
-// bf16 mlp step 1.4x at one thread). A primitive is made for one shape, so each thread keeps
+// bf16 mlp step 1.4x at one thread). In f32 its brgemm kernels beat dnnl_sgemm on products
+// with a transposed B and few rows (matmul_f32_pays). A primitive is made for one shape (and
+// type), so each thread keeps
 // those of its last MM_SLOTS shapes (least recently used goes; vgg16bn's bf16 step has 24),
 // each with its memory objects, and one scratchpad for all of them (a thread runs one at a
 // time; no scratchpad is shared between threads). A call inside an OpenMP parallel region
@@ -141,8 +173,8 @@ extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t 
 #define MM_SLOTS 64
 
 typedef struct {
-    bool ta, tb, inpar;
-    int nthr; // OpenMP's thread count when made (oneDNN plans its split for it)
+    bool f32, ta, tb, inpar; // f32: A and B float32, else bf16
+    int nthr;                // OpenMP's thread count when made (oneDNN plans its split for it)
     size_t m, n, k, lda, ldb, ldc;
     float alpha, beta;
     dnnl_primitive_t p;
@@ -191,8 +223,10 @@ static bool mm_make(mm_slot *e) {
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
     bool ok =
-        dnnl_memory_desc_init_by_strides(&da, 2, sa, dnnl_bf16, ta) == dnnl_success &&
-        dnnl_memory_desc_init_by_strides(&db, 2, sb, dnnl_bf16, tb) == dnnl_success &&
+        dnnl_memory_desc_init_by_strides(&da, 2, sa, e->f32 ? dnnl_f32 : dnnl_bf16, ta) ==
+            dnnl_success &&
+        dnnl_memory_desc_init_by_strides(&db, 2, sb, e->f32 ? dnnl_f32 : dnnl_bf16, tb) ==
+            dnnl_success &&
         dnnl_memory_desc_init_by_strides(&dc, 2, sc, dnnl_f32, tc) == dnnl_success &&
         dnnl_matmul_desc_init(&md, &da, &db, NULL, &dc) == dnnl_success &&
         dnnl_primitive_attr_create(&at) == dnnl_success &&
@@ -235,10 +269,11 @@ static mm_cache *mm_thread_cache(void) {
     return mm_mine = c;
 }
 
-// C = alpha op(A) op(B) + beta C by this thread's primitive of the shape; false: not done
-static bool matmul_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
-                        const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
-                        float *C, size_t ldc) {
+// C = alpha op(A) op(B) + beta C by this thread's primitive of the shape, A and B float32
+// (f32) or bf16; false: not done
+static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                   const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,
+                   size_t ldc) {
     mm_cache *c = mm_thread_cache();
     if (!c) return false;
 #ifdef _OPENMP
@@ -251,16 +286,17 @@ static bool matmul_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float al
     mm_slot *e = NULL, *lru = &c->s[0];
     for (int i = 0; i < MM_SLOTS && !e; i++) {
         mm_slot *s = &c->s[i];
-        if (s->last && s->ta == ta && s->tb == tb && s->inpar == inpar && s->nthr == nthr &&
-            s->m == m && s->n == n && s->k == k && s->lda == lda && s->ldb == ldb &&
-            s->ldc == ldc && s->alpha == alpha && s->beta == beta)
+        if (s->last && s->f32 == f32 && s->ta == ta && s->tb == tb && s->inpar == inpar &&
+            s->nthr == nthr && s->m == m && s->n == n && s->k == k && s->lda == lda &&
+            s->ldb == ldb && s->ldc == ldc && s->alpha == alpha && s->beta == beta)
             e = s;
         else if (s->last < lru->last)
             lru = s;
     }
     if (!e) {
         mm_slot_free(lru);
-        *lru = (mm_slot){.ta = ta,
+        *lru = (mm_slot){.f32 = f32,
+                         .ta = ta,
                          .tb = tb,
                          .inpar = inpar,
                          .nthr = nthr,
@@ -360,7 +396,7 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
     // k 1-160 on 90 more, up to 2100 on three: only k % 32 == 31 failed. Those k take the
     // AVX512-BF16 GEMM.
     if (path == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
-        matmul_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
+        matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
         return;
     // beta = 0 never reads C (tested with NaN in C, test_bf16)
     if (path != NGD_BF16_PATH_CONVERT &&
@@ -404,6 +440,20 @@ ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
         lda > (size_t)INT64_MAX || ldb > (size_t)INT64_MAX || ldc > (size_t)INT64_MAX)
         return NGD_ERR_ARG;
     gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    return NGD_OK;
+}
+
+ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                        size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (m == 0 || n == 0) return NGD_OK;
+    if (!C || (k && (!A || !B)) || lda < (ta ? m : k) || ldb < (tb ? k : n) || ldc < n ||
+        m > (size_t)INT64_MAX || n > (size_t)INT64_MAX || k > (size_t)INT64_MAX ||
+        lda > (size_t)INT64_MAX || ldb > (size_t)INT64_MAX || ldc > (size_t)INT64_MAX)
+        return NGD_ERR_ARG;
+    const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
+    const ngd_cview Bv = ngd_cview_rm(B, tb ? n : k, tb ? k : n, ldb);
+    gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta,
+         ngd_view_rm(C, m, n, ldc));
     return NGD_OK;
 }
 

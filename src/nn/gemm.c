@@ -1,12 +1,10 @@
 /*
  * gemm.c — the engine's one door to a GEMM backend: row-major sgemm with transpose flags
- * over oneDNN's dnnl_sgemm (measured fastest f32 GEMM here, docs/design.md), a plain loop
- * for tiny products, and the float64-accumulating reference it falls back to and is tested
- * against. Only this file
- * includes <dnnl.h>. No batching. bf16: nn_gemm_bf16 (bf16 inputs, f32 accumulation and
- * output) over libngd's ngd_bf16_gemm.
+ * over libngd's ngd_f32_gemm (oneDNN's dnnl_sgemm, measured fastest f32 GEMM here,
+ * docs/design.md, or its matmul primitive where that is faster), a plain loop for tiny
+ * products, and the float64-accumulating reference it is tested against. No batching.
+ * bf16: nn_gemm_bf16 (bf16 inputs, f32 accumulation and output) over libngd's ngd_bf16_gemm.
  */
-#include <dnnl.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -114,12 +112,13 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
         gemm_small(ta, tb, m, n, k, alpha, A, lda, B, ldb, C, ldc);
         return;
     }
-    // beta = 0: oneDNN writes C without reading it (NaN garbage never leaks: tested over
-    // every transpose and shapes from vectors to 1024, test_nn_grad), so C is not cleared
-    dnnl_status_t st =
-        dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k,
-                   alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C, (dnnl_dim_t)ldc);
-    if (st != dnnl_success) nn_sgemm_ref(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    // libngd's f32 GEMM (include/ngd.h): dnnl_sgemm, or oneDNN's matmul primitive where it is
+    // faster (B transposed, few rows: the Linear layers' forward products). beta = 0: C is
+    // written without being read (NaN garbage never leaks: tested over every transpose and
+    // shapes from vectors to 1024, test_nn_grad), so it is not cleared
+    const ngd_status st = ngd_f32_gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    NN_ASSERT(st == NGD_OK);
+    (void)st;
 }
 
 // ====== bf16 ======

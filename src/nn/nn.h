@@ -164,8 +164,9 @@ void nn_rng_permutation(nn_rng *r, size_t *perm, size_t n);
 
 // C (m x n) = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k (A itself k x m and
 // stored with lda >= m when ta), op(B) is k x n. beta = 0 never reads C (NaN-safe).
-// Backed by oneDNN's dnnl_sgemm (the fastest f32 GEMM on this machine, docs/design.md);
-// falls back to nn_sgemm_ref if oneDNN reports an error. Threaded; called from inside an
+// Backed by libngd's ngd_f32_gemm: oneDNN's dnnl_sgemm (the fastest f32 GEMM on this
+// machine, docs/design.md) or its matmul primitive where that is faster, with libngd's
+// float64 reference if oneDNN reports an error. Threaded; called from inside an
 // OpenMP parallel region it runs on the calling thread alone (oneDNN does not nest), which
 // is how layers run one small GEMM per thread (conv2d.c).
 void nn_sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
