@@ -136,9 +136,9 @@ NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k,
                                  const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
                                  float beta, float *C, size_t ldc);
 // The float32 GEMM libngd's own products run, with the same contract (A, B float32): small
-// products by a plain loop, those with B transposed and 8 to 2048 rows of C by oneDNN's
-// matmul primitive (faster there; outside a parallel region), the rest by dnnl_sgemm. Not
-// counted.
+// products by a plain loop, those with B transposed, 8 rows of C or more and a reduction of
+// 256 or more by oneDNN's matmul primitive (faster there; outside a parallel region), the
+// rest by dnnl_sgemm. Not counted.
 NGD_API ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                                 const float *A, size_t lda, const float *B, size_t ldb, float beta,
                                 float *C, size_t ldc);

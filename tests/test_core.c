@@ -200,13 +200,13 @@ static size_t f32_gemm_case(ref_rng *r, size_t m, size_t n, size_t k, bool ta, b
 }
 
 // libngd's public f32 GEMM on both its kernels: dnnl_sgemm, and the matmul primitive (B
-// transposed, 8 to 2048 rows), on either side of each bound and every transpose; after a bf16
-// primitive of the same shape (the per-thread cache must key on the type); inside a parallel
-// region (dnnl_sgemm on the calling thread); its argument checks; not counted.
+// transposed, 8 rows or more, k of 256 or more), on either side of each bound and every transpose;
+// after a bf16 primitive of the same shape (the per-thread cache must key on the type); inside a
+// parallel region (dnnl_sgemm on the calling thread); its argument checks; not counted.
 static void f32_gemm_should_match_reference_on_both_kernels(void) {
     ref_rng r = {23};
-    const size_t dims[][3] = {{8, 40, 100},  {7, 40, 100},   {300, 64, 96},
-                              {130, 70, 40}, {2049, 24, 16}, {2048, 20, 12}};
+    const size_t dims[][3] = {{8, 40, 300},   {7, 40, 300},    {300, 64, 256},
+                              {130, 70, 255}, {2100, 24, 260}, {20, 30, 40}};
     size_t bad = 0;
     for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++)
         for (int layout = 0; layout < 8; layout++)
@@ -215,18 +215,18 @@ static void f32_gemm_should_match_reference_on_both_kernels(void) {
     CHECK(bad == 0);
     // a bf16 product of a new shape first, then the f32 one of the same shape, leading
     // dimensions and scalars
-    uint16_t *A16 = calloc(9 * 103, 2), *B16 = calloc(40 * 103, 2);
+    uint16_t *A16 = calloc(9 * 303, 2), *B16 = calloc(40 * 303, 2);
     float *C16 = malloc(9 * 43 * 4);
-    CHECK(ngd_bf16_gemm(false, true, 9, 40, 100, 1.5f, A16, 103, B16, 103, 0.0f, C16, 43) ==
+    CHECK(ngd_bf16_gemm(false, true, 9, 40, 300, 1.5f, A16, 303, B16, 303, 0.0f, C16, 43) ==
           NGD_OK);
     CHECK(C16[0] == 0.0f);
-    CHECK(f32_gemm_case(&r, 9, 40, 100, false, true, 0.0f) == 0);
+    CHECK(f32_gemm_case(&r, 9, 40, 300, false, true, 0.0f) == 0);
     free(A16), free(B16), free(C16);
     size_t pbad = 0;
 #pragma omp parallel for num_threads(2) reduction(+ : pbad) schedule(static)
     for (int i = 0; i < 8; i++) {
         ref_rng ri = {(uint64_t)(100 + i)};
-        pbad += f32_gemm_case(&ri, 16 + 8 * (size_t)(i % 3), 48, 64, false, true, 0.25f);
+        pbad += f32_gemm_case(&ri, 16 + 8 * (size_t)(i % 3), 48, 300, false, true, 0.25f);
     }
     CHECK(pbad == 0);
     // arguments, and nothing counted

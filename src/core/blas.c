@@ -82,15 +82,16 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
                    size_t ldc);
 
 // Whether an f32 product goes through the matmul primitive rather than dnnl_sgemm: B
-// transposed, A not, 8 to 2048 rows of C, and not inside a parallel region (there the small
-// per-thread products of attention heads came out 1.6 % slower on the vit's step). Measured
-// (oneDNN 2.6, AMD Zen 5, 2 threads, best of 200, us, sgemm -> matmul): m x n x k = 128 x 512 x 784
-// 358 -> 294, 128 x 512 x 512 315 -> 204, 33 x 512 x 512 188 -> 64, 256 x 4608 x 512 4445 -> 3372,
-// 512 x 785 x 785 2013 -> 1814, 1024^3 even; but 8192 x 384 x 128 2208 -> 2556 and 1 x 512 x 512 9
-// -> 22, and N-N and T-N products mostly slower (64 x 2048 x 288 N-N 223 -> 291).
-// NGD_F32_GEMM=sgemm in the environment keeps every product on dnnl_sgemm (side-by-side
-// benchmarks).
-static bool matmul_f32_pays(char ta, char tb, size_t m) {
+// transposed, A not, 8 rows of C or more, a reduction of 256 or more, and not inside a
+// parallel region (there the small per-thread products of attention heads came out 1.6 %
+// slower on the vit's step). Measured (oneDNN 2.6, AMD Zen 5, 2 threads, best of 200, us,
+// sgemm -> matmul): m x n x k = 128 x 512 x 784 358 -> 294, 128 x 512 x 512 315 -> 204,
+// 33 x 512 x 512 188 -> 64, 256 x 4608 x 512 4445 -> 3372, 512 x 785 x 785 2013 -> 1814,
+// 8192 x 128 x 512 3559 -> 2964, 1024^3 even; but with k = 128 (8192 x 384 x 128 2208 ->
+// 2556; in B-KFAC's step 512 x 785 x 128 337 -> 358), with m = 1 (9 -> 22) and for N-N and
+// T-N products mostly slower (64 x 2048 x 288 N-N 223 -> 291). NGD_F32_GEMM=sgemm in the
+// environment keeps every product on dnnl_sgemm (side-by-side benchmarks).
+static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k) {
     static _Atomic int off = -1;
     int o = atomic_load_explicit(&off, memory_order_relaxed);
     if (o < 0) {
@@ -101,7 +102,7 @@ static bool matmul_f32_pays(char ta, char tb, size_t m) {
 #ifdef _OPENMP
     if (omp_in_parallel()) return false;
 #endif
-    return !o && ta == 'N' && tb == 'T' && m >= 8 && m <= 2048;
+    return !o && ta == 'N' && tb == 'T' && m >= 8 && k >= 256;
 }
 
 static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
@@ -134,8 +135,9 @@ static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) 
         return;
     }
     // beta = 0: oneDNN never reads C (NaN there stays out: test_core), so no clearing pass
-    if (matmul_f32_pays(ta, tb, m) && matmul(true, ta == 'T', tb == 'T', m, n, k, alpha, A.p,
-                                             (size_t)lda, B.p, (size_t)ldb, beta, C.p, (size_t)ldc))
+    if (matmul_f32_pays(ta, tb, m, k) &&
+        matmul(true, ta == 'T', tb == 'T', m, n, k, alpha, A.p, (size_t)lda, B.p, (size_t)ldb, beta,
+               C.p, (size_t)ldc))
         return;
     dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha, A.p,
                                   lda, B.p, ldb, beta, C.p, ldc);
