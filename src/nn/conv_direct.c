@@ -95,6 +95,21 @@ static void block_lanes(size_t q0, size_t pw, size_t w, size_t nq, __mmask16 mk[
 
 // y's planes o0.. (of hw outputs each) get the block's valid lanes, written or added, then
 // the bias of each plane added (b: the block's, or NULL)
+__attribute__((target("avx512f"), always_inline)) static inline void
+block_store(__m512 acc[CB][PV], float *y, size_t hw, const __mmask16 mk[PV], const size_t at[PV],
+            bool add, const float *b) {
+    for (int i = 0; i < CB; i++) {
+        float *yo = y + (size_t)i * hw;
+        for (int v = 0; v < PV; v++) {
+            if (!mk[v]) continue;
+            __m512 r = acc[i][v];
+            if (add) r = _mm512_add_ps(_mm512_maskz_expandloadu_ps(mk[v], yo + at[v]), r);
+            if (b) r = _mm512_add_ps(r, _mm512_set1_ps(b[i]));
+            _mm512_mask_compressstoreu_ps(yo + at[v], mk[v], r);
+        }
+    }
+}
+
 // The same into bf16 planes (written, not added): each value rounded as nn_to_bf16 does (to
 // nearest even, a NaN kept quiet; vcvtneps2bf16 would flush subnormals to zero), packed to
 // 16 bits and stored, a partial vector's valid lanes compressed to the front first
@@ -122,21 +137,6 @@ block_store16(__m512 acc[CB][PV], uint16_t *y, size_t hw, const __mmask16 mk[PV]
                 const int n = __builtin_popcount(mk[v]);
                 _mm512_mask_cvtepi32_storeu_epi16(yo + at[v], (__mmask16)((1u << n) - 1u), h);
             }
-        }
-    }
-}
-
-__attribute__((target("avx512f"), always_inline)) static inline void
-block_store(__m512 acc[CB][PV], float *y, size_t hw, const __mmask16 mk[PV], const size_t at[PV],
-            bool add, const float *b) {
-    for (int i = 0; i < CB; i++) {
-        float *yo = y + (size_t)i * hw;
-        for (int v = 0; v < PV; v++) {
-            if (!mk[v]) continue;
-            __m512 r = acc[i][v];
-            if (add) r = _mm512_add_ps(_mm512_maskz_expandloadu_ps(mk[v], yo + at[v]), r);
-            if (b) r = _mm512_add_ps(r, _mm512_set1_ps(b[i]));
-            _mm512_mask_compressstoreu_ps(yo + at[v], mk[v], r);
         }
     }
 }
