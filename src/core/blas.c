@@ -433,14 +433,19 @@ void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
     gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// The public GEMMs' argument checks (ngd.h): true when the arguments are acceptable
+static bool gemm_args_ok(bool ta, bool tb, size_t m, size_t n, size_t k, const void *A, size_t lda,
+                         const void *B, size_t ldb, const float *C, size_t ldc) {
+    return C && (!k || (A && B)) && lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n &&
+           m <= (size_t)INT64_MAX && n <= (size_t)INT64_MAX && k <= (size_t)INT64_MAX &&
+           lda <= (size_t)INT64_MAX && ldb <= (size_t)INT64_MAX && ldc <= (size_t)INT64_MAX;
+}
+
 ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                          const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
                          float *C, size_t ldc) {
     if (m == 0 || n == 0) return NGD_OK;
-    if (!C || (k && (!A || !B)) || lda < (ta ? m : k) || ldb < (tb ? k : n) || ldc < n ||
-        m > (size_t)INT64_MAX || n > (size_t)INT64_MAX || k > (size_t)INT64_MAX ||
-        lda > (size_t)INT64_MAX || ldb > (size_t)INT64_MAX || ldc > (size_t)INT64_MAX)
-        return NGD_ERR_ARG;
+    if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
     gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     return NGD_OK;
 }
@@ -448,10 +453,7 @@ ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
 ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
                         size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (m == 0 || n == 0) return NGD_OK;
-    if (!C || (k && (!A || !B)) || lda < (ta ? m : k) || ldb < (tb ? k : n) || ldc < n ||
-        m > (size_t)INT64_MAX || n > (size_t)INT64_MAX || k > (size_t)INT64_MAX ||
-        lda > (size_t)INT64_MAX || ldb > (size_t)INT64_MAX || ldc > (size_t)INT64_MAX)
-        return NGD_ERR_ARG;
+    if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
     const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
     const ngd_cview Bv = ngd_cview_rm(B, tb ? n : k, tb ? k : n, ldb);
     gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta,
