@@ -226,7 +226,8 @@ typedef struct {
                          // gradient is taken to be (1/n)𝒢ᵀ𝒜 of them (so: no L2 term in the
                          // loss, one observe per step). K-FAC: Q_Gᵀ J Q_A from the rows
                          // where that costs less (n (d_G² + d_A² + d_G d_A) < d_G d_A (d_G+d_A)).
-                         // SINGD too (not only the K-FAC family): dense f32 factors give
+                         // SINGD too (not only the K-FAC family): dense factors (f32, or
+                         // bf16 under bf16 compute) give
                          // P = (1/n)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) where that costs less, in one process
                          // (docs/algorithms.md#natural-gradient).
     uint64_t seed; // RNG seed for sketches and corrections

@@ -274,12 +274,26 @@ for f in "" --factored; do
 done
 awk -v a="${kl[0]:-0}" -v b="${kl[1]:-1}" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(a>0 && d<=1e-4*a)}' &&
     ok || bad "singd --factored: test loss ${kl[1]:-?}, plain ${kl[0]:-?} (want within 1e-4 relative)"
+# ... and under bf16 compute (--precision bf16: bf16 factors and products), where the two orders
+# round different intermediates to bf16: within 2e-3 (1.4e-4 apart when written)
+kl=()
+for f in "" --factored; do
+    # shellcheck disable=SC2086
+    expect_rc 0 "singd dense bf16 $f" "$NGD" train --optim singd --structure dense --precision bf16 $f --subset 2000 --widths 128 --epochs 2 --batch 50 --T 5 --threads 1 $Q
+    kl+=("$(grep '"type":"summary"' "$D/log.jsonl" | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')")
+done
+awk -v a="${kl[0]:-0}" -v b="${kl[1]:-1}" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(a>0 && d<=2e-3*a)}' &&
+    ok || bad "singd bf16 --factored: test loss ${kl[1]:-?}, plain ${kl[0]:-?} (want within 2e-3 relative)"
 
 # resume == no stop, bit for bit (8 steps per epoch: the resume crosses an epoch boundary;
-# for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time)
-for opt in singd adamw kfac bkfac brckfac; do
-    case $opt in singd|adamw) K="" ;; kfac) K="--T-u 2 --T-i 4" ;; *) K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5" ;; esac
-    A="--subset 512 --widths 64 --batch 64 --seed 3 --epochs 3 --optim $opt $K $Q"
+# for the K-FAC family also statistics, refresh and Brand steps, and tracks decided at run time;
+# bf16 SINGD from the rows, whose first layer takes them at widths 128, batch 32: a step whose
+# rows are not saved)
+for opt in singd "singd --structure dense --precision bf16 --factored" adamw kfac bkfac brckfac; do
+    case $opt in singd*|adamw) K="" ;; kfac) K="--T-u 2 --T-i 4" ;; *) K="--T-u 2 --T-i 4 --rank 16 --kfac-seed 5" ;; esac
+    W="--widths 64 --batch 64"
+    case $opt in *factored) W="--widths 128 --batch 32" ;; esac
+    A="--subset 512 $W --seed 3 --epochs 3 --optim $opt $K $Q"
     "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
     "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
