@@ -561,9 +561,9 @@ static void conv2d_threaded_paths_should_match_naive_forward_and_backward(void) 
     }
 }
 
-// The write (=) variants and the fused BN-ReLU the CNNs use equal the plain layers: the same
-// outputs, and the same gradients as the plain backward into a zeroed buffer, whatever the
-// buffer held (NaN here).
+// The write (=) variants and the fused BN-ReLU the CNNs use (and the mlp's ReLU and Linear)
+// equal the plain layers: the same outputs, and the same gradients as the plain backward into
+// a zeroed buffer, whatever the buffer held (NaN here).
 static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
     ref_rng r = {77};
     for (int train = 1; train >= 0; train--) { // BatchNorm + ReLU
@@ -615,6 +615,47 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
         CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
         free(x), free(y), free(dy), free(dx1), free(dx2);
         nn_maxpool2d_free(&l);
+    }
+    { // ReLU and Linear (with bias; the f32 and the bf16 products): dx written
+        const size_t rows = 9, din = 70, dout = 40, n = rows * din;
+        nn_relu ra = {0}, rb = {0};
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *dy = malloc(n * sizeof *dy);
+        float *dx1 = zeros(n), *dx2 = malloc(n * sizeof *dx2);
+        fill(&r, x, n, -1, 1);
+        fill(&r, dy, n, -1, 1);
+        nn_relu_forward(&ra, x, y, n);
+        nn_relu_forward(&rb, x, y, n);
+        nn_relu_backward(&ra, dy, dx1);
+        for (size_t i = 0; i < n; i++)
+            dx2[i] = NAN;
+        nn_relu_backward_set(&rb, dy, dx2);
+        CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
+        for (int bf = 0; bf < 2; bf++) {
+            nn_linear la, lb;
+            nn_rng g;
+            nn_rng_seed(&g, 61);
+            CHECK(nn_linear_init(&la, din, dout, true, &g) == NN_OK);
+            nn_rng_seed(&g, 61);
+            CHECK(nn_linear_init(&lb, din, dout, true, &g) == NN_OK);
+            if (bf)
+                CHECK(nn_linear_use_bf16(&la, rows) == NN_OK &&
+                      nn_linear_use_bf16(&lb, rows) == NN_OK);
+            float *out = malloc(rows * dout * sizeof *out), *g2 = malloc(rows * dout * sizeof *g2);
+            fill(&r, g2, rows * dout, -1, 1);
+            nn_linear_forward(&la, x, out, rows);
+            nn_linear_forward(&lb, x, out, rows);
+            memset(dx1, 0, n * sizeof *dx1);
+            nn_linear_backward(&la, g2, dx1);
+            for (size_t i = 0; i < n; i++)
+                dx2[i] = NAN;
+            nn_linear_backward_set(&lb, g2, dx2);
+            CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
+            CHECK(memcmp(la.dw, lb.dw, dout * din * sizeof(float)) == 0 &&
+                  memcmp(la.db, lb.db, dout * sizeof(float)) == 0);
+            free(out), free(g2);
+            nn_linear_free(&la), nn_linear_free(&lb);
+        }
+        free(x), free(y), free(dy), free(dx1), free(dx2);
     }
     // Conv2d: one sample per chunk (16x16 outputs), several (6x5), groups
     const conv_case cases[] = {{{3, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, 5, true},

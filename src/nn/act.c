@@ -72,6 +72,14 @@ void nn_relu_backward(nn_relu *l, const float *dy, float *dx) {
         if (x[i] > 0.0f) dx[i] += dy[i];
 }
 
+void nn_relu_backward_set(nn_relu *l, const float *dy, float *dx) {
+    NN_ASSERT(dy && dx && l->x);
+    const float *x = l->x;
+    NN_OMP_FOR(l->n)
+    for (size_t i = 0; i < l->n; i++)
+        dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
 // ---- GELU ----
 
 #define NN_SQRT_2_OVER_PI 0.7978845608028654f // √(2/π)

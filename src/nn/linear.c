@@ -66,7 +66,8 @@ void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {
     nn_sgemm(false, true, rows, dout, din, 1.0f, x, din, l->w, din, l->b ? 1.0f : 0.0f, y, dout);
 }
 
-void nn_linear_backward(nn_linear *l, const float *dy, float *dx) {
+// dx (rows, din) = dy W + beta dx: beta 1 adds, beta 0 writes (dx never read then)
+static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
     NN_ASSERT(dy && l->x);
     const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
     l->dy = dy;
@@ -85,13 +86,16 @@ void nn_linear_backward(nn_linear *l, const float *dy, float *dx) {
                 l->db[o] += d[o];
         }
     }
-    // dx (rows, din) += dy (rows, dout) · W (dout, din)
+    // dx (rows, din) (+)= dy (rows, dout) · W (dout, din)
     if (dx && l->max_rows16)
-        nn_gemm_bf16(false, false, rows, din, dout, 1.0f, l->dy16, dout, l->w16, din, 1.0f, dx,
+        nn_gemm_bf16(false, false, rows, din, dout, 1.0f, l->dy16, dout, l->w16, din, beta, dx,
                      din);
     else if (dx)
-        nn_sgemm(false, false, rows, din, dout, 1.0f, dy, dout, l->w, din, 1.0f, dx, din);
+        nn_sgemm(false, false, rows, din, dout, 1.0f, dy, dout, l->w, din, beta, dx, din);
 }
+
+void nn_linear_backward(nn_linear *l, const float *dy, float *dx) { backward(l, dy, dx, 1.0f); }
+void nn_linear_backward_set(nn_linear *l, const float *dy, float *dx) { backward(l, dy, dx, 0.0f); }
 
 nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows) {
     if (max_rows == 0) return NN_ERR_ARG;

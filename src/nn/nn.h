@@ -287,6 +287,8 @@ void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows);
 // dy (rows, d_out): dW += dyᵀ x, db += Σ_rows dy, dx (rows, d_in) += dy W (dx may be NULL).
 // dy is borrowed until the statistics have been read.
 void nn_linear_backward(nn_linear *l, const float *dy, float *dx);
+// The same with dx written (= dy W), not added to: no clearing pass before it.
+void nn_linear_backward_set(nn_linear *l, const float *dy, float *dx);
 void nn_linear_free(nn_linear *l);
 // For ngd_optim_add_layer (name is borrowed by the struct; libngd copies it).
 ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name);
@@ -613,6 +615,8 @@ typedef struct {
 void nn_relu_forward(nn_relu *l, const float *x, float *y, size_t n);
 // dx += dy * [x > 0] (the derivative at the kink 0 is taken as 0)
 void nn_relu_backward(nn_relu *l, const float *dy, float *dx);
+// dx = dy * [x > 0], written (dx may be dy)
+void nn_relu_backward_set(nn_relu *l, const float *dy, float *dx);
 
 typedef enum {
     NN_GELU_ERF = 0,  // exact: x Φ(x) (PyTorch nn.GELU(), timm's ViT)

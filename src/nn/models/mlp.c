@@ -81,15 +81,12 @@ static void mlp_forward(nn_model *m, const float *x, size_t N, bool train) {
 
 static void mlp_backward(nn_model *m, const float *dlogits) {
     mlp *p = m->impl;
-    const size_t N = m->N;
     const float *dy = dlogits;
     for (size_t i = p->nl; i-- > 0;) {
-        float *dx = i > 0 ? p->dh[i - 1] : NULL; // the input of layer 0 needs no gradient
-        if (dx) memset(dx, 0, N * p->lin[i].d_in * sizeof(float));
-        nn_linear_backward(&p->lin[i], dy, dx);
+        float *dx = i > 0 ? p->dh[i - 1] : NULL;    // the input of layer 0 needs no gradient
+        nn_linear_backward_set(&p->lin[i], dy, dx); // (dx written: nothing to clear)
         if (i > 0) {
-            memset(p->dz[i - 1], 0, N * p->lin[i].d_in * sizeof(float));
-            nn_relu_backward(&p->relu[i - 1], p->dh[i - 1], p->dz[i - 1]);
+            nn_relu_backward_set(&p->relu[i - 1], p->dh[i - 1], p->dz[i - 1]);
             dy = p->dz[i - 1];
         }
     }
