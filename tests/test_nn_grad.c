@@ -561,9 +561,9 @@ static void conv2d_threaded_paths_should_match_naive_forward_and_backward(void) 
     }
 }
 
-// The write (=) variants and the fused BN-ReLU the CNNs use (and the mlp's ReLU and Linear)
-// equal the plain layers: the same outputs, and the same gradients as the plain backward into
-// a zeroed buffer, whatever the buffer held (NaN here).
+// The write (=) variants and the fused BN-ReLU the CNNs use (and the mlp's ReLU and Linear,
+// the transformer block's GELU) equal the plain layers: the same outputs, and the same gradients as
+// the plain backward into a zeroed buffer, whatever the buffer held (NaN here).
 static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
     ref_rng r = {77};
     for (int train = 1; train >= 0; train--) { // BatchNorm + ReLU
@@ -630,6 +630,17 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
             dx2[i] = NAN;
         nn_relu_backward_set(&rb, dy, dx2);
         CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
+        for (int kind = 0; kind < 2; kind++) { // GELU, both forms
+            nn_gelu ga = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF}, gb = ga;
+            nn_gelu_forward(&ga, x, y, n);
+            nn_gelu_forward(&gb, x, y, n);
+            memset(dx1, 0, n * sizeof *dx1);
+            nn_gelu_backward(&ga, dy, dx1);
+            for (size_t i = 0; i < n; i++)
+                dx2[i] = NAN;
+            nn_gelu_backward_set(&gb, dy, dx2);
+            CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
+        }
         for (int bf = 0; bf < 2; bf++) {
             nn_linear la, lb;
             nn_rng g;

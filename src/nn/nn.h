@@ -634,7 +634,8 @@ float nn_tanh_approx(float u);
 float nn_erf_approx(float x);
 float nn_exp_approx(float x);
 void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n);
-void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);
+void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);     // dx += dy GELU'(x)
+void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx); // dx = dy GELU'(x)
 
 // ====== Pooling (pool.c) ======
 

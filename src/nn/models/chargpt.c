@@ -129,8 +129,7 @@ static void gpt_backward(nn_model *m, const float *dlogits) {
     chargpt *p = m->impl;
     const size_t BT = p->B * p->t, C = p->C;
     const size_t nC = BT * C * sizeof(float);
-    memset(p->dln, 0, nC);
-    nn_linear_backward(&p->head, dlogits, p->dln);
+    nn_linear_backward_set(&p->head, dlogits, p->dln);
     memset(p->dres[p->depth], 0, nC);
     nn_layernorm_backward(&p->lnf, p->dln, p->dres[p->depth]);
     for (size_t l = p->depth; l-- > 0;) // res[l+1] = block(res[l])

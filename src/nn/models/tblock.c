@@ -64,14 +64,11 @@ void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t 
 
 void nn_tblock_backward(nn_tblock *b, const float *dy, float *dx, float *dln, float *dgel,
                         size_t rows) {
-    const size_t nC = rows * b->C * sizeof(float), n4C = 4 * nC;
-    memcpy(b->dmid, dy, nC); // y = mid + mlpo: the residual path
-    memset(dgel, 0, n4C);
-    nn_linear_backward(&b->proj, dy, dgel);
-    memset(b->dfch, 0, n4C);
-    nn_gelu_backward(&b->gelu, dgel, b->dfch);
-    memset(dln, 0, nC);
-    nn_linear_backward(&b->fc, b->dfch, dln);
+    const size_t nC = rows * b->C * sizeof(float);
+    memcpy(b->dmid, dy, nC);                    // y = mid + mlpo: the residual path
+    nn_linear_backward_set(&b->proj, dy, dgel); // (the _set variants write: nothing to clear)
+    nn_gelu_backward_set(&b->gelu, dgel, b->dfch);
+    nn_linear_backward_set(&b->fc, b->dfch, dln);
     nn_layernorm_backward(&b->ln2, dln, b->dmid);
     memcpy(dx, b->dmid, nC); // mid = x + atto
     memset(dln, 0, nC);

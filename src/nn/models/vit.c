@@ -144,8 +144,7 @@ static void vit_backward(nn_model *m, const float *dlogits) {
     vit *p = m->impl;
     const size_t N = p->N, P = p->P, NP = N * P, C = p->C;
     const size_t nC = NP * C * sizeof(float);
-    memset(p->dpooled, 0, N * C * sizeof(float));
-    nn_linear_backward(&p->head, dlogits, p->dpooled);
+    nn_linear_backward_set(&p->head, dlogits, p->dpooled);
     memset(p->dln, 0, nC);
     nn_tokenpool_backward(p->dpooled, p->dln, N, P, C);
     memset(p->dres[p->depth], 0, nC);
