@@ -184,14 +184,11 @@ static void cnn_forward(nn_model *m, const float *x, size_t N, bool train) {
 
 static void cnn_backward(nn_model *m, const float *dlogits) {
     cnn *p = m->impl;
-    const size_t N = m->N;
-    memset(p->da1, 0, N * CNN_HIDDEN * sizeof(float));
-    nn_linear_backward(&p->fc2, dlogits, p->da1);
-    memset(p->dh1, 0, N * CNN_HIDDEN * sizeof(float));
-    nn_relu_backward(&p->relu_fc, p->da1, p->dh1);
+    // (the _set variants write their gradients: nothing to clear)
+    nn_linear_backward_set(&p->fc2, dlogits, p->da1);
+    nn_relu_backward_set(&p->relu_fc, p->da1, p->dh1);
     float *dpo_last = p->dpo[p->nstages - 1];
-    memset(dpo_last, 0, N * p->flat * sizeof(float));
-    nn_linear_backward(&p->fc1, p->dh1, dpo_last);
+    nn_linear_backward_set(&p->fc1, p->dh1, dpo_last);
     for (size_t s = p->nstages; s-- > 0;) {
         if (p->gs16)
             nn_maxpool2d_backward_set_bf16(&p->pool[s], p->dpo[s], p->gs16);

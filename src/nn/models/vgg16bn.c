@@ -237,15 +237,12 @@ static float *stage_grad(vgg *p, size_t s) { return p->pooled[s] ? p->dpo[s] : p
 static void vgg_backward(nn_model *m, const float *dlogits) {
     vgg *p = m->impl;
     const size_t N = p->N, nh = N * p->hidden * sizeof(float);
-    memset(p->dd1, 0, nh);
-    nn_linear_backward(&p->fc2, dlogits, p->dd1);
+    nn_linear_backward_set(&p->fc2, dlogits, p->dd1); // (written: nothing to clear)
     memset(p->da1, 0, nh);
     nn_dropout_backward(&p->drop, p->dd1, p->da1);
-    memset(p->dh1, 0, nh);
-    nn_relu_backward(&p->relu_fc, p->da1, p->dh1);
+    nn_relu_backward_set(&p->relu_fc, p->da1, p->dh1);
     float *dflat = stage_grad(p, VGG_STAGES - 1);
-    memset(dflat, 0, N * p->flat * sizeof(float));
-    nn_linear_backward(&p->fc1, p->dh1, dflat);
+    nn_linear_backward_set(&p->fc1, p->dh1, dflat);
     size_t k = VGG_CONVS; // one past the last conv of stage s
     for (size_t s = VGG_STAGES; s-- > 0;) {
         const size_t first = k - STAGE_CONVS[s];
