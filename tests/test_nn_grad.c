@@ -1881,6 +1881,49 @@ typedef struct {
     float smoothing;
     float loss;
 } xent_ctx;
+// The transformer's write (=) variants equal the adding ones into zeros, whatever the buffer
+// held (NaN here): LayerNorm, attention (its Linears' gradients too) and token pooling.
+static void transformer_writing_variants_should_equal_the_adding_ones(void) {
+    ref_rng r = {81};
+    const size_t B = 2, T = 5, C = 8, n = B * T * C;
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *dy = malloc(n * sizeof *dy);
+    float *dx1 = malloc(n * sizeof *dx1), *dx2 = malloc(n * sizeof *dx2);
+    fill(&r, x, n, -1, 1);
+    fill(&r, dy, n, -1, 1);
+    for (int kind = 0; kind < 3; kind++) {
+        memset(dx1, 0, n * sizeof *dx1);
+        for (size_t i = 0; i < n; i++)
+            dx2[i] = NAN;
+        if (kind == 0) {
+            nn_layernorm a, b;
+            CHECK(nn_layernorm_init(&a, C, B * T) == NN_OK &&
+                  nn_layernorm_init(&b, C, B * T) == NN_OK);
+            nn_layernorm_forward(&a, x, y, B * T);
+            nn_layernorm_forward(&b, x, y, B * T);
+            nn_layernorm_backward(&a, dy, dx1);
+            nn_layernorm_backward_set(&b, dy, dx2);
+            CHECK(memcmp(a.dw, b.dw, C * sizeof(float)) == 0);
+            nn_layernorm_free(&a), nn_layernorm_free(&b);
+        } else if (kind == 1) {
+            nn_attention a, b;
+            CHECK(attention_scaled(&a, C, 2, true, B, T, 5, 3 * C, 3.0f) == NN_OK);
+            CHECK(attention_scaled(&b, C, 2, true, B, T, 5, 3 * C, 3.0f) == NN_OK);
+            nn_attention_forward(&a, x, y, B, T);
+            nn_attention_forward(&b, x, y, B, T);
+            nn_attention_backward(&a, dy, dx1);
+            nn_attention_backward_set(&b, dy, dx2);
+            CHECK(memcmp(a.qkv.dw, b.qkv.dw, 3 * C * C * sizeof(float)) == 0 &&
+                  memcmp(a.proj.dw, b.proj.dw, C * C * sizeof(float)) == 0);
+            nn_attention_free(&a), nn_attention_free(&b);
+        } else {
+            nn_tokenpool_backward(dy, dx1, B, T, C); // (dy's first B x C values as pooled)
+            nn_tokenpool_backward_set(dy, dx2, B, T, C);
+        }
+        CHECK_MSG(memcmp(dx1, dx2, n * sizeof(float)) == 0, "writing variant %d", kind);
+    }
+    free(x), free(y), free(dy), free(dx1), free(dx2);
+}
+
 static void xent_fwd(void *p) {
     xent_ctx *c = p;
     c->loss = nn_xent_forward(c->logits, c->labels, c->n, c->k, c->smoothing, 1.0f, NULL);
@@ -2010,6 +2053,7 @@ static const test_case TESTS[] = {
     TEST(patch_embedding_should_equal_strided_conv_and_match_finite_differences),
     TEST(attention_should_match_naive_and_finite_differences),
     TEST(attention_heads_on_threads_should_match_one_thread),
+    TEST(transformer_writing_variants_should_equal_the_adding_ones),
     TEST(cross_entropy_should_match_formula_and_finite_differences),
     TEST(rng_should_be_reproducible_and_unbiased),
 };

@@ -165,14 +165,14 @@ static void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float s
     nn_sgemm(true, false, T, hs, T, scale, datt, T, q, C3, 0.0f, dk, C3);
 }
 
-void nn_attention_backward(nn_attention *l, const float *dy, float *dx) {
+// dx += (or, where set, =) the input gradient
+static void backward(nn_attention *l, const float *dy, float *dx, bool set) {
     NN_ASSERT(dy && l->b >= 1);
-    const size_t B = l->b, T = l->t, C = l->c, nh = l->nh;
+    const size_t B = l->b, T = l->t, nh = l->nh;
     const float scale = 1.0f / sqrtf((float)l->hs);
-    // datty accumulates (proj's backward adds): start it at zero; every (b, h) writes its
-    // own columns of dqkv once (no clearing)
-    memset(l->datty, 0, B * T * C * sizeof(float));
-    nn_linear_backward(&l->proj, dy, l->datty);
+    // proj's backward writes datty; every (b, h) writes its own columns of dqkv once (no
+    // clearing)
+    nn_linear_backward_set(&l->proj, dy, l->datty);
     const int nt = heads_team(l, B, T);
     if (nt == 1) {
         for (size_t bh = 0; bh < B * nh; bh++)
@@ -185,5 +185,15 @@ void nn_attention_backward(nn_attention *l, const float *dy, float *dx) {
             head_backward(l, bh / nh, bh % nh, T, scale,
                           l->datt + (size_t)nn_thread_num() * l->max_t * l->max_t);
     }
-    nn_linear_backward(&l->qkv, l->dqkv, dx);
+    if (set)
+        nn_linear_backward_set(&l->qkv, l->dqkv, dx);
+    else
+        nn_linear_backward(&l->qkv, l->dqkv, dx);
+}
+
+void nn_attention_backward(nn_attention *l, const float *dy, float *dx) {
+    backward(l, dy, dx, false);
+}
+void nn_attention_backward_set(nn_attention *l, const float *dy, float *dx) {
+    backward(l, dy, dx, true);
 }

@@ -67,7 +67,8 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
 }
 
 // dx = rstd · (d − mean(d) − x̂·mean(d·x̂)) with d = dy·w; dw += Σ dy·x̂, db += Σ dy.
-void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
+// dx += (or, where set, =) the input gradient
+static void backward(nn_layernorm *l, const float *dy, float *dx, bool set) {
     NN_ASSERT(dy && l->x);
     const size_t C = l->c, rows = l->rows;
     // parameter gradients: a sum over rows, so loop over rows serially (no races)
@@ -93,11 +94,25 @@ void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
         }
         const float md = (float)(sd / (double)C), mdx = (float)(sdx / (double)C);
         float *dxr = dx + r * C;
-        for (size_t i = 0; i < C; i++) {
-            const float xh = (xr[i] - mean) * rstd;
-            dxr[i] += rstd * (dyr[i] * l->w[i] - md - xh * mdx);
+        if (set) { // (two loops: one flag inside a loop can leave it scalar)
+            for (size_t i = 0; i < C; i++) {
+                const float xh = (xr[i] - mean) * rstd;
+                dxr[i] = rstd * (dyr[i] * l->w[i] - md - xh * mdx);
+            }
+        } else {
+            for (size_t i = 0; i < C; i++) {
+                const float xh = (xr[i] - mean) * rstd;
+                dxr[i] += rstd * (dyr[i] * l->w[i] - md - xh * mdx);
+            }
         }
     }
+}
+
+void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
+    backward(l, dy, dx, false);
+}
+void nn_layernorm_backward_set(nn_layernorm *l, const float *dy, float *dx) {
+    backward(l, dy, dx, true);
 }
 
 size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out) {

@@ -602,6 +602,7 @@ typedef struct {
 nn_status nn_layernorm_init(nn_layernorm *l, size_t c, size_t max_rows);
 void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows);
 void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx);
+void nn_layernorm_backward_set(nn_layernorm *l, const float *dy, float *dx); // dx written
 void nn_layernorm_free(nn_layernorm *l);
 size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out); // weight, bias
 
@@ -746,6 +747,7 @@ void nn_gap_forward(const float *x, float *y, size_t N, size_t C, size_t HW);
 void nn_gap_backward(const float *dy, float *dx, size_t N, size_t C, size_t HW);
 void nn_tokenpool_forward(const float *x, float *y, size_t B, size_t T, size_t C);
 void nn_tokenpool_backward(const float *dy, float *dx, size_t B, size_t T, size_t C);
+void nn_tokenpool_backward_set(const float *dy, float *dx, size_t B, size_t T, size_t C);
 
 // Flatten (N, C, H, W) -> (N, C*H*W) is a no-op: the memory is already in that order, so a
 // model passes the same pointer on (and the same gradient pointer back).
@@ -847,6 +849,7 @@ nn_status nn_attention_init(nn_attention *l, size_t c, size_t nh, bool causal, s
                             size_t max_t, nn_rng *rng);
 void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, size_t T);
 void nn_attention_backward(nn_attention *l, const float *dy, float *dx);
+void nn_attention_backward_set(nn_attention *l, const float *dy, float *dx); // dx written
 void nn_attention_free(nn_attention *l);
 
 // ====== Loss (loss.c): softmax cross-entropy ======

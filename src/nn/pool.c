@@ -257,7 +257,8 @@ void nn_tokenpool_forward(const float *x, float *y, size_t B, size_t T, size_t C
     }
 }
 
-void nn_tokenpool_backward(const float *dy, float *dx, size_t B, size_t T, size_t C) {
+// dx += (or, where set, =) dy / T at every token
+static void tokenpool_backward(const float *dy, float *dx, size_t B, size_t T, size_t C, bool set) {
     NN_ASSERT(dy && T >= 1);
     if (!dx) return;
     const float inv = 1.0f / (float)T;
@@ -265,6 +266,13 @@ void nn_tokenpool_backward(const float *dy, float *dx, size_t B, size_t T, size_
         for (size_t t = 0; t < T; t++) {
             float *dxt = dx + (b * T + t) * C;
             for (size_t c = 0; c < C; c++)
-                dxt[c] += dy[b * C + c] * inv;
+                dxt[c] = (set ? 0.0f : dxt[c]) + dy[b * C + c] * inv;
         }
+}
+
+void nn_tokenpool_backward(const float *dy, float *dx, size_t B, size_t T, size_t C) {
+    tokenpool_backward(dy, dx, B, T, C, false);
+}
+void nn_tokenpool_backward_set(const float *dy, float *dx, size_t B, size_t T, size_t C) {
+    tokenpool_backward(dy, dx, B, T, C, true);
 }

@@ -127,11 +127,9 @@ static void gpt_forward_tokens(nn_model *m, const int32_t *ids, size_t B, size_t
 
 static void gpt_backward(nn_model *m, const float *dlogits) {
     chargpt *p = m->impl;
-    const size_t BT = p->B * p->t, C = p->C;
-    const size_t nC = BT * C * sizeof(float);
+    const size_t BT = p->B * p->t;
     nn_linear_backward_set(&p->head, dlogits, p->dln);
-    memset(p->dres[p->depth], 0, nC);
-    nn_layernorm_backward(&p->lnf, p->dln, p->dres[p->depth]);
+    nn_layernorm_backward_set(&p->lnf, p->dln, p->dres[p->depth]);
     for (size_t l = p->depth; l-- > 0;) // res[l+1] = block(res[l])
         nn_tblock_backward(&p->blk[l], p->dres[l + 1], p->dres[l], p->dln, p->dgel, BT);
     nn_posembed_backward(&p->wpe, p->dres[0], NULL); // res[0] = wte[ids] + wpe

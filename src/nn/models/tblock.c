@@ -71,8 +71,7 @@ void nn_tblock_backward(nn_tblock *b, const float *dy, float *dx, float *dln, fl
     nn_linear_backward_set(&b->fc, b->dfch, dln);
     nn_layernorm_backward(&b->ln2, dln, b->dmid);
     memcpy(dx, b->dmid, nC); // mid = x + atto
-    memset(dln, 0, nC);
-    nn_attention_backward(&b->attn, b->dmid, dln);
+    nn_attention_backward_set(&b->attn, b->dmid, dln);
     nn_layernorm_backward(&b->ln1, dln, dx);
 }
 

@@ -143,12 +143,10 @@ static void vit_forward(nn_model *m, const float *x, size_t N, bool train) {
 static void vit_backward(nn_model *m, const float *dlogits) {
     vit *p = m->impl;
     const size_t N = p->N, P = p->P, NP = N * P, C = p->C;
-    const size_t nC = NP * C * sizeof(float);
+    // (the _set variants write their gradients: nothing to clear)
     nn_linear_backward_set(&p->head, dlogits, p->dpooled);
-    memset(p->dln, 0, nC);
-    nn_tokenpool_backward(p->dpooled, p->dln, N, P, C);
-    memset(p->dres[p->depth], 0, nC);
-    nn_layernorm_backward(&p->lnf, p->dln, p->dres[p->depth]);
+    nn_tokenpool_backward_set(p->dpooled, p->dln, N, P, C);
+    nn_layernorm_backward_set(&p->lnf, p->dln, p->dres[p->depth]);
     for (size_t l = p->depth; l-- > 0;) // res[l+1] = block(res[l])
         nn_tblock_backward(&p->blk[l], p->dres[l + 1], p->dres[l], p->dln, p->dgel, NP);
     nn_posembed_backward(&p->pos, p->dres[0], NULL); // res[0] = patches Wpᵀ + bp + pos
