@@ -1882,7 +1882,8 @@ typedef struct {
     float loss;
 } xent_ctx;
 // The transformer's write (=) variants equal the adding ones into zeros, whatever the buffer
-// held (NaN here): LayerNorm, attention (its Linears' gradients too) and token pooling.
+// held (NaN here): LayerNorm, attention (its Linears' gradients too) and token pooling; and
+// LayerNorm's base + gradient the adding one onto a copy of base.
 static void transformer_writing_variants_should_equal_the_adding_ones(void) {
     ref_rng r = {81};
     const size_t B = 2, T = 5, C = 8, n = B * T * C;
@@ -1903,6 +1904,14 @@ static void transformer_writing_variants_should_equal_the_adding_ones(void) {
             nn_layernorm_backward(&a, dy, dx1);
             nn_layernorm_backward_set(&b, dy, dx2);
             CHECK(memcmp(a.dw, b.dw, C * sizeof(float)) == 0);
+            // base + the gradient (a residual): as the gradient added onto a copy of base
+            float *c1 = fdup(x, n), *c2 = malloc(n * sizeof *c2);
+            for (size_t i = 0; i < n; i++)
+                c2[i] = NAN;
+            nn_layernorm_backward(&a, dy, c1);
+            nn_layernorm_backward_add(&b, dy, x, c2);
+            CHECK(memcmp(c1, c2, n * sizeof(float)) == 0);
+            free(c1), free(c2);
             nn_layernorm_free(&a), nn_layernorm_free(&b);
         } else if (kind == 1) {
             nn_attention a, b;

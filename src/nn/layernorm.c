@@ -67,8 +67,8 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
 }
 
 // dx = rstd · (d − mean(d) − x̂·mean(d·x̂)) with d = dy·w; dw += Σ dy·x̂, db += Σ dy.
-// dx += (or, where set, =) the input gradient
-static void backward(nn_layernorm *l, const float *dy, float *dx, bool set) {
+// dx = base + the input gradient, or (base NULL) the gradient alone; base may be dx
+static void backward(nn_layernorm *l, const float *dy, const float *base, float *dx) {
     NN_ASSERT(dy && l->x);
     const size_t C = l->c, rows = l->rows;
     // parameter gradients: a sum over rows, so loop over rows serially (no races)
@@ -94,25 +94,28 @@ static void backward(nn_layernorm *l, const float *dy, float *dx, bool set) {
         }
         const float md = (float)(sd / (double)C), mdx = (float)(sdx / (double)C);
         float *dxr = dx + r * C;
-        if (set) { // (two loops: one flag inside a loop can leave it scalar)
+        if (!base) { // (two loops: one flag inside a loop can leave it scalar)
             for (size_t i = 0; i < C; i++) {
                 const float xh = (xr[i] - mean) * rstd;
                 dxr[i] = rstd * (dyr[i] * l->w[i] - md - xh * mdx);
             }
         } else {
+            const float *br = base + r * C;
             for (size_t i = 0; i < C; i++) {
                 const float xh = (xr[i] - mean) * rstd;
-                dxr[i] += rstd * (dyr[i] * l->w[i] - md - xh * mdx);
+                dxr[i] = br[i] + rstd * (dyr[i] * l->w[i] - md - xh * mdx);
             }
         }
     }
 }
 
-void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) {
-    backward(l, dy, dx, false);
-}
+void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx) { backward(l, dy, dx, dx); }
 void nn_layernorm_backward_set(nn_layernorm *l, const float *dy, float *dx) {
-    backward(l, dy, dx, true);
+    backward(l, dy, NULL, dx);
+}
+void nn_layernorm_backward_add(nn_layernorm *l, const float *dy, const float *base, float *dx) {
+    NN_ASSERT(base);
+    backward(l, dy, base, dx);
 }
 
 size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out) {

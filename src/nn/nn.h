@@ -603,6 +603,8 @@ nn_status nn_layernorm_init(nn_layernorm *l, size_t c, size_t max_rows);
 void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows);
 void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx);
 void nn_layernorm_backward_set(nn_layernorm *l, const float *dy, float *dx); // dx written
+// dx = base + the input gradient (a residual's other path; base may be dx)
+void nn_layernorm_backward_add(nn_layernorm *l, const float *dy, const float *base, float *dx);
 void nn_layernorm_free(nn_layernorm *l);
 size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out); // weight, bias
 

@@ -64,15 +64,13 @@ void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t 
 
 void nn_tblock_backward(nn_tblock *b, const float *dy, float *dx, float *dln, float *dgel,
                         size_t rows) {
-    const size_t nC = rows * b->C * sizeof(float);
-    memcpy(b->dmid, dy, nC);                    // y = mid + mlpo: the residual path
+    NN_ASSERT(rows == b->ln2.rows && rows == b->ln1.rows); // (the forward's)
     nn_linear_backward_set(&b->proj, dy, dgel); // (the _set variants write: nothing to clear)
     nn_gelu_backward_set(&b->gelu, dgel, b->dfch);
     nn_linear_backward_set(&b->fc, b->dfch, dln);
-    nn_layernorm_backward(&b->ln2, dln, b->dmid);
-    memcpy(dx, b->dmid, nC); // mid = x + atto
+    nn_layernorm_backward_add(&b->ln2, dln, dy, b->dmid); // y = mid + mlpo: dy + LN2's
     nn_attention_backward_set(&b->attn, b->dmid, dln);
-    nn_layernorm_backward(&b->ln1, dln, dx);
+    nn_layernorm_backward_add(&b->ln1, dln, b->dmid, dx); // mid = x + atto: dmid + LN1's
 }
 
 ngd_status nn_tblock_attach(nn_tblock *b, ngd_optim *o, const ngd_config *param_override,
