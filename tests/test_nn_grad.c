@@ -561,6 +561,14 @@ static void conv2d_threaded_paths_should_match_naive_forward_and_backward(void) 
     }
 }
 
+// Before an adding and a writing backward are compared: z zeroed for the adding one, q
+// filled with NaN for the writing one (which must not read it)
+static void zeros_and_nans(float *z, float *q, size_t n) {
+    memset(z, 0, n * sizeof *z);
+    for (size_t i = 0; i < n; i++)
+        q[i] = NAN;
+}
+
 // The write (=) variants and the fused BN-ReLU the CNNs use (and the mlp's ReLU and Linear,
 // the transformer block's GELU) equal the plain layers: the same outputs, and the same gradients as
 // the plain backward into a zeroed buffer, whatever the buffer held (NaN here).
@@ -620,24 +628,21 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
         const size_t rows = 9, din = 70, dout = 40, n = rows * din;
         nn_relu ra = {0}, rb = {0};
         float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *dy = malloc(n * sizeof *dy);
-        float *dx1 = zeros(n), *dx2 = malloc(n * sizeof *dx2);
+        float *dx1 = malloc(n * sizeof *dx1), *dx2 = malloc(n * sizeof *dx2);
         fill(&r, x, n, -1, 1);
         fill(&r, dy, n, -1, 1);
         nn_relu_forward(&ra, x, y, n);
         nn_relu_forward(&rb, x, y, n);
+        zeros_and_nans(dx1, dx2, n);
         nn_relu_backward(&ra, dy, dx1);
-        for (size_t i = 0; i < n; i++)
-            dx2[i] = NAN;
         nn_relu_backward_set(&rb, dy, dx2);
         CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
         for (int kind = 0; kind < 2; kind++) { // GELU, both forms
             nn_gelu ga = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF}, gb = ga;
             nn_gelu_forward(&ga, x, y, n);
             nn_gelu_forward(&gb, x, y, n);
-            memset(dx1, 0, n * sizeof *dx1);
+            zeros_and_nans(dx1, dx2, n);
             nn_gelu_backward(&ga, dy, dx1);
-            for (size_t i = 0; i < n; i++)
-                dx2[i] = NAN;
             nn_gelu_backward_set(&gb, dy, dx2);
             CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
         }
@@ -655,10 +660,8 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
             fill(&r, g2, rows * dout, -1, 1);
             nn_linear_forward(&la, x, out, rows);
             nn_linear_forward(&lb, x, out, rows);
-            memset(dx1, 0, n * sizeof *dx1);
+            zeros_and_nans(dx1, dx2, n);
             nn_linear_backward(&la, g2, dx1);
-            for (size_t i = 0; i < n; i++)
-                dx2[i] = NAN;
             nn_linear_backward_set(&lb, g2, dx2);
             CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
             CHECK(memcmp(la.dw, lb.dw, dout * din * sizeof(float)) == 0 &&
@@ -1892,9 +1895,7 @@ static void transformer_writing_variants_should_equal_the_adding_ones(void) {
     fill(&r, x, n, -1, 1);
     fill(&r, dy, n, -1, 1);
     for (int kind = 0; kind < 3; kind++) {
-        memset(dx1, 0, n * sizeof *dx1);
-        for (size_t i = 0; i < n; i++)
-            dx2[i] = NAN;
+        zeros_and_nans(dx1, dx2, n);
         if (kind == 0) {
             nn_layernorm a, b;
             CHECK(nn_layernorm_init(&a, C, B * T) == NN_OK &&
@@ -1905,9 +1906,9 @@ static void transformer_writing_variants_should_equal_the_adding_ones(void) {
             nn_layernorm_backward_set(&b, dy, dx2);
             CHECK(memcmp(a.dw, b.dw, C * sizeof(float)) == 0);
             // base + the gradient (a residual): as the gradient added onto a copy of base
-            float *c1 = fdup(x, n), *c2 = malloc(n * sizeof *c2);
-            for (size_t i = 0; i < n; i++)
-                c2[i] = NAN;
+            float *c1 = malloc(n * sizeof *c1), *c2 = malloc(n * sizeof *c2);
+            zeros_and_nans(c1, c2, n);
+            memcpy(c1, x, n * sizeof *c1);
             nn_layernorm_backward(&a, dy, c1);
             nn_layernorm_backward_add(&b, dy, x, c2);
             CHECK(memcmp(c1, c2, n * sizeof(float)) == 0);
