@@ -270,11 +270,26 @@ direct16(const uint32_t *xp, size_t np, size_t h, size_t w, const uint32_t *wp, 
 
 // The interiors of c bordered planes of (h+2) x (w+2) elements of es bytes, pb bytes apart
 // (the borders stay zero)
-static void bordered_interiors(char *xp, const char *x, size_t es, size_t pb, size_t c, size_t h,
-                               size_t w) {
+// (rows of a constant 32, 64 or 128 bytes, the cnn's and vgg16bn's, copy inline: through
+// libc, a call per row of 64 bytes was 1.3 % of the bf16 cnn step in perf)
+static inline __attribute__((always_inline)) void interiors_rows(char *xp, const char *x, size_t es,
+                                                                 size_t pb, size_t c, size_t h,
+                                                                 size_t w, size_t rb) {
     for (size_t ci = 0; ci < c; ci++)
         for (size_t r = 0; r < h; r++)
-            memcpy(xp + ci * pb + ((r + 1) * (w + 2) + 1) * es, x + (ci * h + r) * w * es, w * es);
+            memcpy(xp + ci * pb + ((r + 1) * (w + 2) + 1) * es, x + (ci * h + r) * w * es, rb);
+}
+static void bordered_interiors(char *xp, const char *x, size_t es, size_t pb, size_t c, size_t h,
+                               size_t w) {
+    const size_t rb = w * es;
+    if (rb == 32)
+        interiors_rows(xp, x, es, pb, c, h, w, 32);
+    else if (rb == 64)
+        interiors_rows(xp, x, es, pb, c, h, w, 64);
+    else if (rb == 128)
+        interiors_rows(xp, x, es, pb, c, h, w, 128);
+    else
+        interiors_rows(xp, x, es, pb, c, h, w, rb);
 }
 
 void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
