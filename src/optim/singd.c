@@ -13,10 +13,10 @@
  * bf16 compute (structure_K/C.compute = BF16, both factors dense and stored in bf16): the
  * products of observe (K-side (a K)ᵀ(a K) or Kᵀ(aᵀa)K, likewise C), of the update (KᵀK,
  * K·m) and of the preconditioning ((C Cᵀ) Ĝ (K Kᵀ) with the cached products rounded to
- * bf16, or from the step's rows, (𝒢 (C Cᵀ))ᵀ (𝒜 (K Kᵀ))) take bf16 operands with f32 accumulation
- * (ngd_gemm_bf16); intermediate products are rounded to bf16 before they are multiplied again; H_K,
- * H_C, the element-wise update arithmetic and the traces stay f32. bf16 statistics
- * (ngd_matrix_bf16) are read as they are, with no f32 copy.
+ * bf16, or from the step's rows, (𝒢 (C Cᵀ))ᵀ (𝒜 (K Kᵀ))) take bf16 operands with f32
+ * accumulation (ngd_gemm_bf16); intermediate products are rounded to bf16 before they are
+ * multiplied again; H_K, H_C, the element-wise update arithmetic and the traces stay f32.
+ * bf16 statistics (ngd_matrix_bf16) are read as they are, with no f32 copy.
  */
 #include <math.h>
 #include <string.h>
@@ -47,11 +47,11 @@ typedef struct {
     size_t n16;
     // The step's rows (kfac.factored_apply; #natural-gradient from the rows): a fully connected
     // layer with both products cached (in f32, or in bf16 under bf16 compute) keeps this step's
-    // processed rows, 𝒜 (n x d_K) and 𝒢
-    // (n x d_C, times c over the loss scale), so that P = (1/c)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) where that
-    // costs less. fact: -1 undecided (before the first statistics), 0 no, 1 yes. The rows are
-    // not saved: a step is taken from them only when they were observed once since the last
-    // step or load (robs == 1, rloads == e->loads), else through Ĝ.
+    // processed rows, 𝒜 (n x d_K) and 𝒢 (n x d_C, times c over the loss scale), so that
+    // P = (1/c)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) where that costs less. fact: -1 undecided (before the first
+    // statistics), 0 no, 1 yes. The rows are not saved: a step is taken from them only when they
+    // were observed once since the last step or load (robs == 1, rloads == e->loads), else through
+    // Ĝ.
     int8_t fact;
     float *rA, *rG;
     size_t rcap, nrows, robs;
@@ -624,9 +624,9 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     const size_t dK = e->d_K, dC = e->d_out;
     const size_t n = s->nrows;
     const bool rows = n > 0 && s->robs == 1 && s->rloads == e->loads;
-    s->nrows = s->robs = 0; // this step's rows are used up
+    s->nrows = s->robs = 0;                              // this step's rows are used up
+    if (s->bfc) cache16_refresh(e, s, w.fK[3], w.fC[3]); // (after a load: formed once)
     if (s->bfc && rows) { // P = (1/c) ((𝒢₁₆ (C Cᵀ)₁₆)₁₆)ᵀ (𝒜₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
-        cache16_refresh(e, s, w.fK[3], w.fC[3]); // (after a load: formed once)
         // (rows_pay keeps n below d_C and d_K: n x d_C and n x d_K fit in d_C d_K values)
         ngd_bf16_encode(s->rG, s->s16a, n * dC);
         ngd_bf16_encode(s->rA, s->s16b, n * dK);
@@ -639,7 +639,6 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         return;
     }
     if (s->bfc) { // P = (C Cᵀ)₁₆ (Ĝ₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
-        cache16_refresh(e, s, w.fK[3], w.fC[3]); // (after a load: formed once)
         ngd_bf16_encode(G, s->s16a, dC * dK);
         ngd_gemm_bf16(false, false, dC, dK, dK, 1.0f, s->s16a, dK, s->KKt16, dK, 0.0f, w.Y, dK);
         ngd_bf16_encode(w.Y, s->s16b, dC * dK);
