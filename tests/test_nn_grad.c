@@ -1872,6 +1872,81 @@ static void attention_heads_on_threads_should_match_one_thread(void) {
     free(x), free(w);
 }
 
+// Parameter gradients that sum over the rows (a Linear's bias, LayerNorm's γ and β, the
+// positional embedding) are shared by the threads in blocks of columns: on 2 threads they
+// must give the serial row loop's bits (each column summed in row order), here with values
+// of mixed magnitudes (any other order of the sums changes them), a ragged last block and
+// more than one block per thread; and nn_colsum_add agrees with a float64 sum.
+static void row_sums_on_threads_should_give_the_serial_loops_bits(void) {
+    ref_rng r = {211};
+    const size_t rows = 1000, C = 37, n = rows * C; // 37 000 numbers: the threads are taken
+    float *x = malloc(n * sizeof *x), *dy = malloc(n * sizeof *dy);
+    fill(&r, x, n, -2, 3);
+    for (size_t i = 0; i < n; i++) {
+        const double u = ref_uniform(&r, -0.5, 0.5);
+        dy[i] = (float)(u * pow(10.0, ref_uniform(&r, -3.0, 3.0)));
+    }
+    const int nthr0 = th_set_threads(2);
+    // nn_colsum_add onto a start value, against the serial loop and float64
+    float acc[37], want[37];
+    double want64[37];
+    for (size_t j = 0; j < C; j++)
+        acc[j] = want[j] = (float)j, want64[j] = (double)j;
+    nn_colsum_add(dy, rows, C, C, acc);
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < C; j++)
+            want[j] += dy[i * C + j], want64[j] += (double)dy[i * C + j];
+    CHECK(memcmp(acc, want, sizeof acc) == 0);
+    CHECK_TENSOR(acc, want64, C, 1e-3, 1e-4, "nn_colsum_add against float64");
+    // a Linear's bias gradient
+    nn_rng g;
+    nn_rng_seed(&g, 5);
+    nn_linear lin;
+    CHECK(nn_linear_init(&lin, 3, C, true, &g) == NN_OK);
+    float *xin = malloc(rows * 3 * sizeof *xin);
+    fill(&r, xin, rows * 3, -1, 1);
+    nn_linear_forward(&lin, xin, x, rows); // (x: the output, overwritten)
+    nn_linear_backward(&lin, dy, NULL);
+    for (size_t j = 0; j < C; j++)
+        want[j] = 0.0f;
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < C; j++)
+            want[j] += dy[i * C + j];
+    CHECK(memcmp(lin.db, want, sizeof want) == 0);
+    nn_linear_free(&lin);
+    // LayerNorm's γ and β
+    fill(&r, x, n, -2, 3);
+    nn_layernorm l;
+    CHECK(nn_layernorm_init(&l, C, rows) == NN_OK);
+    float *y = malloc(n * sizeof *y), *dx = zeros(n);
+    nn_layernorm_forward(&l, x, y, rows);
+    nn_layernorm_backward(&l, dy, dx);
+    float wdw[37] = {0}, wdb[37] = {0};
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < C; j++) {
+            wdw[j] += dy[i * C + j] * (x[i * C + j] - l.mean[i]) * l.rstd[i];
+            wdb[j] += dy[i * C + j];
+        }
+    CHECK(memcmp(l.dw, wdw, sizeof wdw) == 0);
+    CHECK(memcmp(l.db, wdb, sizeof wdb) == 0);
+    nn_layernorm_free(&l);
+    // the positional embedding: dW[t] = Σ_b dy[b, t], b in order
+    const size_t B = 40, T = 25; // B·T = rows
+    nn_posembed pe;
+    CHECK(nn_posembed_init(&pe, T, C, &g) == NN_OK);
+    nn_posembed_forward(&pe, x, y, B, T);
+    nn_posembed_backward(&pe, dy, NULL);
+    float *wpe = zeros(T * C);
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < T; t++)
+            for (size_t j = 0; j < C; j++)
+                wpe[t * C + j] += dy[(b * T + t) * C + j];
+    CHECK(memcmp(pe.dw, wpe, T * C * sizeof(float)) == 0);
+    nn_posembed_free(&pe);
+    th_set_threads(nthr0);
+    free(x), free(dy), free(xin), free(y), free(dx), free(wpe);
+}
+
 // ---- loss ----
 
 typedef struct {
@@ -2060,6 +2135,7 @@ static const test_case TESTS[] = {
     TEST(patch_embedding_should_equal_strided_conv_and_match_finite_differences),
     TEST(attention_should_match_naive_and_finite_differences),
     TEST(attention_heads_on_threads_should_match_one_thread),
+    TEST(row_sums_on_threads_should_give_the_serial_loops_bits),
     TEST(transformer_writing_variants_should_equal_the_adding_ones),
     TEST(cross_entropy_should_match_formula_and_finite_differences),
     TEST(rng_should_be_reproducible_and_unbiased),

@@ -99,17 +99,19 @@ void nn_posembed_forward(nn_posembed *l, const float *x, float *y, size_t B, siz
         }
 }
 
+// dW[t] += Σ_b dy[b, t] in b's order: the threads take positions t (rows of dW of their own)
 void nn_posembed_backward(nn_posembed *l, const float *dy, float *dx) {
     NN_ASSERT(dy);
     const size_t C = l->c, B = l->b, T = l->t;
-    for (size_t b = 0; b < B; b++)
-        for (size_t t = 0; t < T; t++) {
-            const float *d = dy + (b * T + t) * C;
-            float *dp = l->dw + t * C;
+    NN_OMP_FOR(B * T * C)
+    for (size_t t = 0; t < T; t++)
+        for (size_t b = 0; b < B; b++) {
+            const float *restrict d = dy + (b * T + t) * C;
+            float *restrict dp = l->dw + t * C;
             for (size_t c = 0; c < C; c++)
                 dp[c] += d[c];
             if (dx) {
-                float *dxr = dx + (b * T + t) * C;
+                float *restrict dxr = dx + (b * T + t) * C;
                 for (size_t c = 0; c < C; c++)
                     dxr[c] += d[c];
             }

@@ -71,14 +71,25 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
 static void backward(nn_layernorm *l, const float *dy, const float *base, float *dx) {
     NN_ASSERT(dy && l->x);
     const size_t C = l->c, rows = l->rows;
-    // parameter gradients: a sum over rows, so loop over rows serially (no races)
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = l->x + r * C, *dyr = dy + r * C;
-        const float mean = l->mean[r], rstd = l->rstd[r];
-        for (size_t i = 0; i < C; i++) {
-            l->dw[i] += dyr[i] * (xr[i] - mean) * rstd;
-            l->db[i] += dyr[i];
+    // parameter gradients: sums over the rows, each column's in row order (nn_colsum_add's
+    // blocks of columns over the threads)
+    const size_t nb = nn_col_blocks(C);
+    NN_OMP_FOR(rows * C)
+    for (size_t b = 0; b < nb; b++) {
+        const size_t i0 = b * NN_COL_BLOCK, w = nn_col_width(b, C);
+        float dw[NN_COL_BLOCK], db[NN_COL_BLOCK]; // (on the thread's stack, as nn_colsum_add)
+        memcpy(dw, l->dw + i0, w * sizeof *dw);
+        memcpy(db, l->db + i0, w * sizeof *db);
+        for (size_t r = 0; r < rows; r++) {
+            const float *restrict xr = l->x + r * C + i0, *restrict dyr = dy + r * C + i0;
+            const float mean = l->mean[r], rstd = l->rstd[r];
+            for (size_t i = 0; i < w; i++) {
+                dw[i] += dyr[i] * (xr[i] - mean) * rstd;
+                db[i] += dyr[i];
+            }
         }
+        memcpy(l->dw + i0, dw, w * sizeof *dw);
+        memcpy(l->db + i0, db, w * sizeof *db);
     }
     if (!dx) return;
     NN_OMP_FOR(rows * C)

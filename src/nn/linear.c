@@ -79,13 +79,7 @@ static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
         // dW (dout, din) += dyᵀ (dout, rows) · x (rows, din)
         nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, 1.0f, l->dw, din);
     }
-    if (l->db) { // (the bias gradient sums the f32 dy)
-        for (size_t r = 0; r < rows; r++) {
-            const float *d = dy + r * dout;
-            for (size_t o = 0; o < dout; o++)
-                l->db[o] += d[o];
-        }
-    }
+    if (l->db) nn_colsum_add(dy, rows, dout, dout, l->db); // (the bias gradient sums the f32 dy)
     // dx (rows, din) (+)= dy (rows, dout) · W (dout, din)
     if (dx && l->max_rows16)
         nn_gemm_bf16(false, false, rows, din, dout, 1.0f, l->dy16, dout, l->w16, din, beta, dx,

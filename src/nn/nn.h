@@ -140,6 +140,16 @@ typedef struct {
 
 // Sets every gradient of the list to zero.
 void nn_zero_grads(const nn_param *ps, size_t count);
+// acc[j] += Σ_r x[r·ld + j] for j < cols: every column summed over the rows in row order, so
+// the serial row loop's bits on any thread count; blocks of NN_COL_BLOCK columns are shared
+// by the threads, each walking all the rows (a bias gradient over 8192 rows ran on one thread
+// while the other waited). nn_col_blocks gives the blocks' count for loops written the same way.
+#define NN_COL_BLOCK 16
+void nn_colsum_add(const float *x, size_t rows, size_t cols, size_t ld, float *acc);
+static inline size_t nn_col_blocks(size_t cols) { return (cols + NN_COL_BLOCK - 1) / NN_COL_BLOCK; }
+static inline size_t nn_col_width(size_t b, size_t cols) { // block b's number of columns
+    return (b + 1) * NN_COL_BLOCK < cols ? NN_COL_BLOCK : cols - b * NN_COL_BLOCK;
+}
 // Total number of scalars of the list.
 size_t nn_param_count(const nn_param *ps, size_t count);
 

@@ -63,6 +63,23 @@ void nn_zero_grads(const nn_param *ps, size_t count) {
     }
 }
 
+void nn_colsum_add(const float *x, size_t rows, size_t cols, size_t ld, float *acc) {
+    NN_ASSERT(x && acc && ld >= cols);
+    const size_t nb = nn_col_blocks(cols);
+    NN_OMP_FOR(rows * cols)
+    for (size_t b = 0; b < nb; b++) {
+        const size_t j0 = b * NN_COL_BLOCK, w = nn_col_width(b, cols);
+        float a[NN_COL_BLOCK]; // (the block's sums on the thread's stack: acc's cache lines
+        memcpy(a, acc + j0, w * sizeof *a); //  are not written by both threads row by row)
+        for (size_t r = 0; r < rows; r++) {
+            const float *restrict xr = x + r * ld + j0;
+            for (size_t j = 0; j < w; j++)
+                a[j] += xr[j];
+        }
+        memcpy(acc + j0, a, w * sizeof *a);
+    }
+}
+
 size_t nn_param_count(const nn_param *ps, size_t count) {
     size_t s = 0;
     for (size_t i = 0; i < count; i++)
