@@ -447,6 +447,24 @@ if [ "$(id -u)" != 0 ]; then  # root may write anywhere
     expect_rc 1 "--checkpoint in a read-only folder" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/ro/run.ckpt"
     expect_msg "--checkpoint $D/ro/run.ckpt: folder $D/ro is not writable" "read-only folder message"
 fi
+if [ -d /proc/self ]; then  # a folder whose permission bits do not tell (root, a pseudo file system)
+    expect_rc 1 "--checkpoint in /proc" "$NGD" train $C --log "$D/t.jsonl" --checkpoint /proc/ngd-test.ckpt
+    expect_msg "--checkpoint /proc/ngd-test.ckpt: folder /proc is not writable" "/proc folder message"
+fi
+expect_rc 1 "--checkpoint ''" "$NGD" train $C --log "$D/t.jsonl" --checkpoint ""
+expect_msg "--checkpoint: empty path" "empty checkpoint path message"
+# an existing file of another kind is never replaced: not by --checkpoint (the training data,
+# a log), nor by --log (a checkpoint, a text), written or appended to
+printf 'First Citizen:\n' > "$D/data.txt"
+expect_rc 1 "--checkpoint onto a file that is no checkpoint" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/data.txt"
+expect_msg "--checkpoint $D/data.txt: the file exists and is not an ngd training checkpoint" "foreign checkpoint target message"
+expect_rc 2 "--log onto a checkpoint" "$NGD" train $C --log "$D/own.ckpt"
+expect_msg "--log $D/own.ckpt: the file exists and is not a JSON-lines log" "foreign log target message"
+expect_rc 2 "--log onto a text, resuming" "$NGD" train $C --max-steps 4 --log "$D/data.txt" --resume "$D/own.ckpt"
+[ "$(cat "$D/data.txt")" = "First Citizen:" ] && ok || bad "a refused output file was changed"
+# a resume continues the same trajectory: another --batch is refused, naming the recorded one
+expect_rc 1 "--resume with another --batch" "$NGD" train ${C/--batch 64/--batch 32} --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt"
+expect_msg "it was written with --batch 64, not 32 (resume it with --batch 64)" "batch mismatch message"
 # the folder vanishes during the run: the next checkpoint fails, naming the user's path
 mkdir "$D/gone"
 timeout 300 "$NGD" train $C --max-steps 0 --epochs 100000 --checkpoint-every 1 --log "$D/t.jsonl" --checkpoint "$D/gone/run.ckpt" > "$D/gone.out" 2>&1 &
@@ -476,9 +494,18 @@ else
     echo "SKIP: no /dev/full: write errors not tested"
 fi
 
-# a runaway learning rate: non-finite steps are skipped, then the run stops with a message
+# a runaway learning rate. An update that overflows the parameters stops the run at the next
+# step (skipping steps cannot help it)
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim sgd --lr 1e30 --max-skips 3 $Q
-expect_msg "consecutive non-finite steps" "divergence message"
+expect_msg "the run diverged: the parameters are no longer finite" "divergence message"
+# finite but huge parameters: the outputs overflow, the steps are skipped, --max-skips stops it
+V="--subset 256 --widths 256,256 --batch 32 --lr 1e20 --threads 1"
+expect_rc 1 "non-finite steps stop" "$NGD" train $V --max-skips 3 --epochs 1 $Q
+expect_msg "3 consecutive non-finite steps" "consecutive skips message"
+# ... and a run that ends first neither reports success nor saves the diverged state
+expect_rc 1 "diverged run at its last step" "$NGD" train $V --max-steps 3 --checkpoint "$D/div.ckpt" $Q
+expect_msg "the run diverged: the model's outputs are not finite (evaluation loss nan)" "diverged evaluation message"
+[ ! -e "$D/div.ckpt" ] && ok || bad "a diverged run wrote its checkpoint"
 
 # text: chargpt on the first 100,000 characters of Tiny Shakespeare (skipped without the file);
 # one thread: the model is too small to gain from two, and a busy machine makes them slow
@@ -517,7 +544,7 @@ if [ -f "$SHK/input.txt" ]; then
     expect_rc 1 "text checkpoint of another context" "$NGD" eval $E --context 8 --resume "$D/tfull.ckpt"
     expect_msg "it was written with --context 16, not 8" "context mismatch message"
     expect_rc 1 "text checkpoint resumed with another context" "$NGD" train ${A/--context 16/--context 8} --max-steps 30 --resume "$D/tfull.ckpt"
-    expect_msg "another shape" "text context mismatch message"
+    expect_msg "it was written with --context 16, not 8" "text context mismatch message"
 else
     echo "SKIP: no $SHK/input.txt: text training runs not tested"
 fi

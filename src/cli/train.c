@@ -151,6 +151,54 @@ static int dist_combine(nn_model *m, float *loss, size_t *correct, size_t *nr) {
     return 0;
 }
 
+// Every parameter finite? A step whose loss was finite can still write non-finite weights (an
+// update that overflows: --lr 1e20); every later loss is then non-finite and skipping steps
+// cannot help. Checked where it costs nothing per step: after a skipped step, before a
+// checkpoint is written and at the end, never on a step that went well.
+static bool params_finite(const nn_model *m) {
+    for (size_t i = 0; i < m->nparams; i++)
+        for (size_t j = 0; j < m->params[i].n; j++)
+            if (!isfinite(m->params[i].p[j])) return false;
+    return true;
+}
+
+// The run diverged (what: the parameters, or the outputs an evaluation saw): said once, with
+// the checkpoint still intact on disk, if any. No checkpoint of the diverged state is written.
+static void diverged_error(const train_opts *t, const char *saved, size_t step, const char *what) {
+    char hint[256];
+    snprintf(hint, sizeof hint, "lower --lr (or --lr-cov, --weight-decay) or raise --damping%s%s%s",
+             saved ? "; the last checkpoint (" : "", saved ? saved : "",
+             saved ? ") is intact" : "");
+    cli_error(hint, "the run diverged: %s after step %zu; stopping%s", what, step,
+              t->ckpt ? " without writing --checkpoint" : "");
+}
+#define NONFINITE_PARAMS "the parameters are no longer finite (an update overflowed)"
+
+// An evaluation's loss is finite for any finite logits (log-softmax): a non-finite one means
+// that the model's outputs are, and the run has diverged (true: diverged_error said so).
+static bool eval_diverged(const train_opts *t, const char *saved, size_t step, double loss) {
+    if (isfinite(loss)) return false;
+    char what[96];
+    snprintf(what, sizeof what, "the model's outputs are not finite (evaluation loss %s)",
+             isnan(loss) ? "nan"
+             : loss > 0  ? "inf"
+                         : "-inf");
+    diverged_error(t, saved, step, what);
+    return true;
+}
+
+// The checkpoint, written where the parameters are finite; *saved then names it.
+static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn_loader *ld,
+                        const text_iter *ti, const run_state *rs, const char **saved) {
+    if (!params_finite(m)) {
+        diverged_error(t, *saved, rs->step, NONFINITE_PARAMS);
+        return -1;
+    }
+    if (trainckpt_save(t->ckpt, t, m, o, ld, ti, rs)) return -1;
+    *saved = t->ckpt;
+    return 0;
+}
+
 int train_run(const train_opts *t, bool eval_only) {
     if (t->threads) {
         char v[16];
@@ -252,6 +300,7 @@ int train_run(const train_opts *t, bool eval_only) {
     }
     run_state rs = {0, 0, 0, 0.0};
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
+    const char *saved = t->resume; // the last checkpoint on disk, if any (for messages)
     const size_t step0 = rs.step;
     if (eval_only) {
         double tl, ta;
@@ -376,9 +425,18 @@ int train_run(const train_opts *t, bool eval_only) {
             rs.step++;
             if (st == NGD_SKIPPED || !isfinite(loss)) {
                 rs.skips++;
+                if (!params_finite(&m)) { // (not a passing overflow: the run is lost)
+                    diverged_error(t, saved, rs.step - 1, NONFINITE_PARAMS);
+                    rc = NGD_EXIT_FAIL;
+                    stop = true;
+                    break;
+                }
                 if (++consecutive_skips >= t->max_skips) {
-                    cli_error("lower --lr or raise --damping; the last checkpoint is intact",
-                              "%zu consecutive non-finite steps at step %zu: stopping",
+                    char hint[256];
+                    snprintf(hint, sizeof hint, "lower --lr or raise --damping%s%s%s",
+                             saved ? "; the last checkpoint (" : "", saved ? saved : "",
+                             saved ? ") is intact" : "");
+                    cli_error(hint, "%zu consecutive non-finite steps at step %zu: stopping",
                               consecutive_skips, rs.step);
                     rc = NGD_EXIT_FAIL;
                     stop = true;
@@ -424,7 +482,7 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0) {
                 rs.wall = train_now_s() - t_start;
-                if (trainckpt_save(t->ckpt, t, &m, o, &ld, tip, &rs)) {
+                if (save_checked(t, &m, o, &ld, tip, &rs, &saved)) {
                     rc = NGD_EXIT_FAIL;
                     stop = true;
                     break;
@@ -434,12 +492,21 @@ int train_run(const train_opts *t, bool eval_only) {
         if (!stop && k == 0) { // the epoch is complete (the loader reshuffled for the next)
             rs.epoch++;
             if (tty) fputc('\n', stderr);
+            if (!params_finite(&m)) { // (no evaluation of non-finite weights)
+                diverged_error(t, saved, rs.step, NONFINITE_PARAMS);
+                rc = NGD_EXIT_FAIL;
+                break;
+            }
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
                 const int er =
                     train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
                 if (er) { // > 0: a signal (the checkpoint of this epoch is written below)
                     if (er < 0) rc = NGD_EXIT_FAIL;
+                    break;
+                }
+                if (eval_diverged(t, saved, rs.step, last_test_loss)) {
+                    rc = NGD_EXIT_FAIL;
                     break;
                 }
                 if (trainlog_eval(logf, logpath, rs.step, (double)rs.epoch, last_test_loss,
@@ -453,7 +520,7 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             if (t->ckpt && !t->ckpt_every) {
                 rs.wall = train_now_s() - t_start;
-                if (trainckpt_save(t->ckpt, t, &m, o, &ld, tip, &rs)) {
+                if (save_checked(t, &m, o, &ld, tip, &rs, &saved)) {
                     rc = NGD_EXIT_FAIL;
                     break;
                 }
@@ -461,9 +528,15 @@ int train_run(const train_opts *t, bool eval_only) {
         }
     }
     if (rc == NGD_EXIT_OK && dist_on()) train_stop_signal = dist_max_int(train_stop_signal);
-    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !train_stop_signal &&
-        train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc) < 0)
+    if (rc == NGD_EXIT_OK && !params_finite(&m)) { // (the last step's update overflowed)
+        diverged_error(t, saved, rs.step, NONFINITE_PARAMS);
         rc = NGD_EXIT_FAIL;
+    }
+    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !train_stop_signal) {
+        const int er = train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+        if (er < 0 || (er == 0 && eval_diverged(t, saved, rs.step, last_test_loss)))
+            rc = NGD_EXIT_FAIL;
+    }
     // a limit ended the run early: report it (not after a signal, or one during its evaluation)
     if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !train_stop_signal) {
         const double ep =
@@ -475,7 +548,7 @@ int train_run(const train_opts *t, bool eval_only) {
     // --max-steps, a signal: leave a checkpoint to resume
     if (rc == NGD_EXIT_OK && (stop || train_stop_signal) && t->ckpt) {
         rs.wall = train_now_s() - t_start;
-        if (trainckpt_save(t->ckpt, t, &m, o, &ld, tip, &rs)) rc = NGD_EXIT_FAIL;
+        if (save_checked(t, &m, o, &ld, tip, &rs, &saved)) rc = NGD_EXIT_FAIL;
     }
     if (rc == NGD_EXIT_OK && train_stop_signal) {
         if (tty) fputc('\n', stderr);
@@ -531,7 +604,8 @@ int train_run(const train_opts *t, bool eval_only) {
                      100 * last_test_acc, last_test_loss);
         printf("%s %s on %s: %zu step%s in %.1f s, %s; log %s%s%s\n", ngd_method_name(t->method),
                t->model, t->data, rs.step, rs.step == 1 ? "" : "s", wall, result, logpath,
-               t->ckpt ? ", checkpoint " : "", t->ckpt ? t->ckpt : "");
+               saved && saved == t->ckpt ? ", checkpoint " : "",
+               saved && saved == t->ckpt ? t->ckpt : "");
     }
     if (t->text && rc == NGD_EXIT_OK && dist_root()) // let a person see what it learned
         train_print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);

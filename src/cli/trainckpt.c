@@ -11,6 +11,7 @@
  * lengths are u64 here (u32 in libngd's files), so strings are written as u64 + bytes.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,18 +62,50 @@ static const char *file_kind(mode_t m) {
                          : "not a regular file";
 }
 
+// Creates and removes the temporary a write would create beside path ("<path>.tmp.<pid>",
+// ngd_write_atomic's name): the folder's permission bits do not tell everything (root, a
+// read-only or pseudo file system such as /sys). 0, or -1 with errno set.
+static int probe_create(const char *path) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    const int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) return -1;
+    close(fd);
+    return unlink(tmp);
+}
+
 // The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
 // would replace whatever is there (a device node, a FIFO, a symbolic link) with a regular
-// file: PATH must be a regular file or absent, in an existing folder we may write (where the
-// temporary goes). Checked before the data is loaded, not at the first checkpoint an epoch
-// later, and again before every write. Returns -1 after an error naming PATH.
+// file: PATH must be absent or a regular file (an ngd checkpoint, or empty), in an existing
+// folder we may write (where the temporary goes: tried). Checked before the data is loaded,
+// not at the first checkpoint an epoch later, and again before every write. Returns -1
+// after an error naming PATH.
 int trainckpt_check_target(const char *path) {
     struct stat sb;
+    if (!*path) {
+        cli_error("give --checkpoint a file name", "--checkpoint: empty path");
+        return -1;
+    }
     if (lstat(path, &sb) == 0) {
         if (!S_ISREG(sb.st_mode)) {
             cli_error("give --checkpoint the path of a regular file, or of none yet",
                       "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
                       file_kind(sb.st_mode));
+            return -1;
+        }
+        // a file of another kind (the training data, a log, a source file) is never replaced
+        char head[8];
+        FILE *f = fopen(path, "rb");
+        const size_t got = f ? fread(head, 1, sizeof head, f) : 0;
+        if (f) fclose(f);
+        if (got > 0 && (got < sizeof head || memcmp(head, TRN_MAGIC, sizeof head) != 0)) {
+            cli_error("give --checkpoint a new file, or one an ngd run wrote",
+                      "--checkpoint %s: the file exists and is not an ngd training checkpoint; "
+                      "refusing to replace it",
+                      path);
             return -1;
         }
     } else if (errno != ENOENT) {
@@ -93,7 +126,7 @@ int trainckpt_check_target(const char *path) {
                   "--checkpoint %s: folder %s: %s", path, dir,
                   errno ? strerror(errno) : "not a folder");
         rc = -1;
-    } else if (access(dir, W_OK | X_OK) != 0) {
+    } else if (access(dir, W_OK | X_OK) != 0 || probe_create(path) != 0) {
         cli_error("give --checkpoint a path in a folder you can write",
                   "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
         rc = -1;
@@ -220,6 +253,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     ngd_rbuf r;
     trainckpt_head h;
     const char *why = read_head(b, len, &r, &h);
+    const bool damaged = why != NULL; // (then no option of the run would help)
     if (!why && strcmp(h.model, t->model) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --model %s, not %s", h.model, t->model);
         why = whybuf;
@@ -253,6 +287,30 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
                  "it was written with --kfac-arith %s, not %s (resume it with --kfac-arith %s)",
                  h.kfac_arith ? "bf16" : "f32", karith ? "bf16" : "f32",
                  h.kfac_arith ? "bf16" : "f32");
+        why = whybuf;
+    }
+    // the batch and a text model's context shape the run: another would continue another
+    // trajectory (mpirun: t->batch is already the global batch, ranks x --batch)
+    if (!why && o && h.has_shape && h.batch != t->batch) {
+        const size_t n = (size_t)dist_size();
+        if (n > 1 && h.batch % n == 0)
+            snprintf(whybuf, sizeof whybuf,
+                     "it was written with a global batch of %zu, not %zu (resume it with --batch "
+                     "%zu on %zu ranks)",
+                     h.batch, t->batch, h.batch / n, n);
+        else if (n > 1)
+            snprintf(whybuf, sizeof whybuf,
+                     "it was written with a global batch of %zu, not %zu (ranks x --batch)",
+                     h.batch, t->batch);
+        else
+            snprintf(whybuf, sizeof whybuf,
+                     "it was written with --batch %zu, not %zu (resume it with --batch %zu)",
+                     h.batch, t->batch, h.batch);
+        why = whybuf;
+    } else if (!why && o && t->text && h.has_shape && h.context != t->context) {
+        snprintf(whybuf, sizeof whybuf,
+                 "it was written with --context %zu, not %zu (resume it with --context %zu)",
+                 h.context, t->context, h.context);
         why = whybuf;
     }
     if (!why) {
@@ -307,8 +365,8 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
             why = "truncated";
         else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
             // libngd's message lists its arrays; what a person needs is which options differ
-            cli_error("resume with the --optim, --structure, --factor-dtype and other optimizer "
-                      "options of the run that wrote it",
+            cli_error("resume with the --optim, --structure, --factor-dtype, --param-optim and "
+                      "other optimizer options of the run that wrote it",
                       "--resume %s: its optimizer state does not fit %s with these options (it "
                       "was written by another optimizer or with other optimizer options)",
                       path, ngd_method_name(t->method));
@@ -319,13 +377,15 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     if (!why && r.bad) why = "truncated";
     free(b);
     if (why) {
-        cli_error(!o && h.version == 1
-                      ? "this checkpoint (version 1) does not record the run's --widths, "
-                        "--subset and --context: give ngd eval those of the run"
-                  : !o ? NULL
-                       : "resume with the same --model, --widths, --data, --subset, --optim and "
-                         "--precision",
-                  "--resume %s: %s", path, why);
+        cli_error(
+            damaged ? "the file is damaged or is no checkpoint: give another one"
+            : !o && h.version == 1
+                ? "this checkpoint (version 1) does not record the run's --widths, "
+                  "--subset and --context: give ngd eval those of the run"
+            : !o ? NULL
+                 : "resume with the same --model, --widths, --data, --subset, --batch, --optim and "
+                   "--precision",
+            "--resume %s: %s", path, why);
         return -1;
     }
     return 0;

@@ -114,7 +114,8 @@ static bool same_file(const char *a, const char *b) {
 }
 
 // What a training run will write, checked before any data is loaded: the checkpoint's
-// target, and a log that is not the checkpoint (written or resumed). Returns an exit code.
+// target, and a log that is not the checkpoint (written or resumed) nor a file of another
+// kind. Returns an exit code.
 int train_check_outputs(const train_opts *t) {
     char lp[1024];
     log_path(t, lp, sizeof lp);
@@ -124,6 +125,18 @@ int train_check_outputs(const train_opts *t) {
     if (clash) {
         cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s", lp,
                   clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
+        return NGD_EXIT_USAGE;
+    }
+    // a log is written over (or, resuming, appended to): a regular file that holds something
+    // else (the training data, a checkpoint) is never touched
+    struct stat sb;
+    FILE *f = stat(lp, &sb) == 0 && S_ISREG(sb.st_mode) ? fopen(lp, "rb") : NULL;
+    const int c0 = f ? fgetc(f) : EOF;
+    if (f) fclose(f);
+    if (c0 != EOF && c0 != '{') {
+        cli_error("give --log a new file, or an ngd log",
+                  "--log %s: the file exists and is not a JSON-lines log; refusing to %s it", lp,
+                  t->resume ? "append to" : "replace");
         return NGD_EXIT_USAGE;
     }
     if (t->ckpt && trainckpt_check_target(t->ckpt)) return NGD_EXIT_FAIL;
