@@ -112,7 +112,11 @@ for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, 
            "--optim sgd --damping 0.1|--damping is not used by sgd" \
            "--optim bkfac --corr-frac 0.3|--corr-frac is used only by brckfac, not by bkfac" \
            "--optim rskfac --brand-rank 8|--brand-rank is used only by bkfac, brkfac, brckfac" \
-           "--optim srekfac --kfac-damping pi|--kfac-damping is used only by kfac, not by srekfac"; do
+           "--optim srekfac --kfac-damping pi|--kfac-damping is used only by kfac, not by srekfac" \
+           "--context 16|--context is for text models" "--checkpoint-every 5|--checkpoint-every needs --checkpoint" \
+           "--structure diagonal --factored|--factored is for SINGD's dense factors" \
+           "--official-blockdiag|--official-blockdiag is for block-diagonal factors" \
+           "--data shakespeare --augment|--augment is for image data"; do
     # shellcheck disable=SC2086
     expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} --data-dir "$D/nowhere" $Q
     expect_msg "${bad#*|}" "${bad%%|*} message"
@@ -120,7 +124,8 @@ done
 for good in "--optim singd --beta1 0.8 --param-optim adamw" "--optim adamw --momentum 0.9 --param-optim sgd" \
             "--optim brckfac --corr-frac 0.3 --rank 8 --brand-rank 4" "--optim rskfac --rank 5 --tail min_kept --kfac-seed 3" \
             "--optim kfac --kfac-damping pi --clip kl" "--optim ikfac --structure diagonal --damping 0" \
-            "--optim ingd --alpha1 0.9 --lr-cov 0.1"; do
+            "--optim ingd --alpha1 0.9 --lr-cov 0.1" "--structure block30diagonal --official-blockdiag" \
+            "--optim kfac --factored" "--structure dense --factored"; do
     # shellcheck disable=SC2086
     expect_rc 1 "$good (accepted)" "$NGD" train $good --data-dir "$D/nowhere" $Q
 done

@@ -172,6 +172,7 @@ void train_name_options(const char *msg, char *out, size_t cap);
 int train_param_rule(train_opts *t);
 // Text data goes with a token model (chargpt), image data with the others.
 int train_check_model_data(const train_opts *t);
+int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *given, size_t n);
 
 // ---- traindata.c ----
 // Loads the run's training and test (or text) sets into d. Returns 0, -1 after an error,

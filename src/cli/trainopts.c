@@ -34,7 +34,8 @@ static const cli_opt OPTS[] = {
     {"lr", 1, O_LR, "X", "learning rate β2 (method default)"},
     {"momentum", 1, O_MOM, "X", "momentum α2 (method default)"},
     {"weight-decay", 1, O_WD, "X", "weight decay γ (method default)"},
-    {"nesterov", 0, O_NESTEROV, NULL, "Nesterov momentum (sgd)"},
+    {"nesterov", 0, O_NESTEROV, NULL,
+     "Nesterov momentum (the SGD-type rule of sgd, the SINGD methods and the K-FAC family)"},
     {"beta1", 1, O_BETA1, "X", "AdamW β1 (0.9)"},
     {"beta2", 1, O_BETA2, "X", "AdamW β2 (0.999)"},
     {"eps", 1, O_EPS, "X", "AdamW ε (1e-8)"},
@@ -52,8 +53,10 @@ static const cli_opt OPTS[] = {
      "sequences"},
     {"kfac-like", 0, O_KFACLIKE, NULL, "IKFAC update rule (sets α1 = 0)"},
     {"normalize-lr-cov", 0, O_NORMCOV, NULL, "normalised factor steps"},
-    {"factor-dtype", 1, O_FDTYPE, "T", "storage of SINGD factors: f32 (default) or bf16"},
-    {"official-blockdiag", 0, O_QUIRK, NULL, "reproduce the official block-diagonal quirk"},
+    {"factor-dtype", 1, O_FDTYPE, "T",
+     "storage of SINGD factors: f32 or bf16 (default: f32; bf16 under --precision bf16)"},
+    {"official-blockdiag", 0, O_QUIRK, NULL,
+     "reproduce the official block-diagonal quirk (block-diagonal structures)"},
     {"rho", 1, O_RHO, "X", "K-FAC family: factor average decay ρ (0.95)"},
     {"T-u", 1, O_TU, "N", "K-FAC family: statistics period T_u (10)"},
     {"T-i", 1, O_TI, "N", "K-FAC family: inverse / RSVD refresh period T_i (50)"},
@@ -127,7 +130,9 @@ static const cli_opt OPTS[] = {
     {"checkpoint-every", 1, O_CKPTEVERY, "N", "checkpoint every N steps (default: each epoch)"},
     {"resume", 1, O_RESUME, "FILE", "continue a run from a checkpoint (bit-identical)"},
     {"max-skips", 1, O_MAXSKIPS, "N", "stop after N consecutive non-finite steps (5)"},
-    {"augment", 0, O_AUGMENT, NULL, "random crop (pad 4) + horizontal flip (CIFAR)"},
+    {"augment", 0, O_AUGMENT, NULL,
+     "random crop (pad 4) + horizontal flip of the training images (any image set; meant "
+     "for CIFAR)"},
     {"quiet", 0, O_QUIET, NULL, "no progress output"},
     {"help", 0, O_HELP, NULL, "this text"},
 };
@@ -562,7 +567,7 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     // text is averaged over batch and sequence, which libngd must know
     t->text = !strcmp(t->data, "shakespeare");
     if (!t->model) t->model = t->text ? "chargpt" : "mlp";
-    if (train_check_model_data(t)) return -1;
+    if (train_check_model_data(t) || train_check_pairs(t, OPTS, given, NOPTS)) return -1;
     if (t->text) t->cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     char msg[256], named[320];
     if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {

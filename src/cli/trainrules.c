@@ -204,3 +204,32 @@ int train_check_model_data(const train_opts *t) {
     }
     return 0;
 }
+
+// Options that only mean something beside another option or kind of data: given where they
+// would be ignored, they are refused (as an option of another method is).
+int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *given, size_t n) {
+    const bool singd = (1u << t->method) & M_SINGDS;
+    const ngd_structure kK = t->cfg.structure_K.kind, kC = t->cfg.structure_C.kind;
+    for (size_t i = 0; i < n; i++) {
+        if (!given[i]) continue;
+        const int id = opts[i].id;
+        const char *why = NULL, *hint = NULL;
+        if (id == O_CONTEXT && !t->text)
+            why = "--context is for text models", hint = "drop it, or train on --data shakespeare";
+        else if (id == O_AUGMENT && t->text)
+            why = "--augment is for image data", hint = "drop it";
+        else if (id == O_CKPTEVERY && !t->ckpt)
+            why = "--checkpoint-every needs --checkpoint", hint = "add --checkpoint FILE";
+        else if (id == O_QUIRK && kK != NGD_STRUCT_BLOCKDIAG && kC != NGD_STRUCT_BLOCKDIAG)
+            why = "--official-blockdiag is for block-diagonal factors",
+            hint = "drop it, or choose --structure block30diagonal (or another block size)";
+        else if (id == O_FACTORED && singd && (kK != NGD_STRUCT_DENSE || kC != NGD_STRUCT_DENSE))
+            why = "--factored is for SINGD's dense factors",
+            hint = "drop it, or choose --structure dense";
+        if (why) {
+            cli_error(hint, "%s", why);
+            return -1;
+        }
+    }
+    return 0;
+}
