@@ -11,6 +11,16 @@ expect_rc 0 "ngd --help" "$NGD" --help
 expect_rc 2 "no command" "$NGD"
 expect_rc 2 "unknown command" "$NGD" frobnicate
 "$NGD" frobnicate 2>&1 | grep -q "ngd: error: unknown command 'frobnicate'" && ok || bad "unknown command message"
+# ngd help CMD is CMD's help, not the list of commands
+expect_rc 0 "ngd help train" "$NGD" help train
+expect_msg "usage: ngd train [options]" "ngd help train prints train's help"
+expect_rc 2 "ngd help of an unknown command" "$NGD" help frobnicate
+# a switch of the environment with a value nothing reads is refused, not ignored
+for ev in NGD_F32_GEMM=bogus NGD_BF16_GEMM=fast NGD_CONV_DIRECT=off NGD_CONV_AMX=no; do
+    expect_rc 2 "$ev" env "$ev" "$NGD" train --max-steps 1
+    expect_msg "ngd: error: $ev: not a value it takes" "$ev message"
+done
+expect_rc 0 "NGD_F32_GEMM=sgemm NGD_CONV_DIRECT=0 accepted" env NGD_F32_GEMM=sgemm NGD_CONV_DIRECT=0 "$NGD" --version
 expect_rc 0 "replay --help" "$NGD" replay --help
 expect_rc 2 "replay without path" "$NGD" replay
 expect_rc 2 "replay unknown option" "$NGD" replay --frobnicate "$SHARED/oracle"

@@ -74,6 +74,8 @@ for bad in "--subset ' 500'" "--subset +500" "--epochs 1.5" "--seed -1" "--batch
 done
 expect_rc 2 "--lr 1e39 (beyond float)" "$NGD" train --lr 1e39 $Q
 expect_msg "--lr: '1e39' is out of range" "--lr 1e39 message"
+expect_rc 2 "--eps 1e-50 (below float)" "$NGD" train --optim adamw --eps 1e-50 $Q
+expect_msg "--eps: '1e-50' is out of range" "--eps 1e-50 message"
 expect_rc 2 "--subset 2^64" "$NGD" train --subset 18446744073709551616 $Q
 expect_msg "is too large" "--subset 2^64 message"
 expect_rc 0 "plain decimals are read" "$NGD" train --lr .5 --momentum -0 --weight-decay 1E-3 --damping 2.e-2 --subset 007 --help

@@ -92,16 +92,55 @@ static void close_stdout(void) {
     }
 }
 
+// The switches libngd and the engine read from the environment (README): the library never
+// prints, so a value it does not know would be ignored in silence; the command refuses it.
+// (NGD_DIST_SHARE is dist.c's, checked under mpirun.)
+static int check_env(void) {
+    static const char *const VARS[][2] = {
+        {"NGD_F32_GEMM", "sgemm|matmul"},
+        {"NGD_BF16_GEMM", "matmul|gemm|convert"},
+        {"NGD_CONV_DIRECT", "0|1"},
+        {"NGD_CONV_AMX", "0|1"},
+    };
+    for (size_t i = 0; i < sizeof VARS / sizeof VARS[0]; i++) {
+        const char *v = getenv(VARS[i][0]);
+        if (!v) continue;
+        bool known = false;
+        for (const char *p = VARS[i][1]; *p && !known;) {
+            const size_t n = strcspn(p, "|");
+            known = strlen(v) == n && !strncmp(p, v, n);
+            p += n + (p[n] == '|');
+        }
+        if (!known) {
+            char hint[96];
+            snprintf(hint, sizeof hint, "unset %s, or give it one of %s", VARS[i][0], VARS[i][1]);
+            cli_error(hint, "%s=%s: not a value it takes", VARS[i][0], v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     atexit(close_stdout);
     if (argc < 2) {
         usage(stderr);
         return NGD_EXIT_USAGE;
     }
+    if (!strcmp(argv[1], "help") && argc == 3) { // ngd help CMD = ngd CMD --help
+        static char help_opt[] = "--help";
+        char *args[3] = {argv[2], help_opt, NULL};
+        for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+            if (COMMANDS[i].fn && !strcmp(argv[2], COMMANDS[i].name))
+                return COMMANDS[i].fn(2, args);
+        cli_error("run 'ngd --help' for the list of commands", "unknown command '%s'", argv[2]);
+        return NGD_EXIT_USAGE;
+    }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return NGD_EXIT_OK;
     }
+    if (check_env()) return NGD_EXIT_USAGE;
     if (!strcmp(argv[1], "--version")) {
         printf("ngd %s\n", ngd_version());
         return NGD_EXIT_OK;

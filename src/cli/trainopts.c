@@ -186,8 +186,10 @@ void train_print_help(FILE *f, const char *cmd) {
 static int parse_f(const char *opt, const char *s, float *out) {
     double v;
     if (cli_parse_real(opt, s, &v)) return -1;
-    if (fabs(v) > (double)FLT_MAX) {
-        cli_error("give a number of a sensible size", "--%s: '%s' is out of range", opt, s);
+    if (fabs(v) > (double)FLT_MAX || (v != 0.0 && fabs(v) < (double)FLT_MIN)) {
+        cli_error(
+            "give a number of a sensible size (float32: 1.2e-38 to 3.4e38 in magnitude, or 0)",
+            "--%s: '%s' is out of range", opt, s);
         return -1;
     }
     *out = (float)v;
