@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -631,6 +632,20 @@ static void text_should_build_vocabulary_encode_and_sample_windows(void) {
     nn_text_free(&t);
     CHECK(nn_text_load(&t, td_path("none.txt"), 0.1f, err, sizeof err) == NN_ERR_IO);
     CHECK(has(err, "none.txt: cannot open"));
+    // a folder where a file should be: every reader says so (it read as an empty text, a
+    // CIFAR file of 4096 bytes, an IDX file with a bad header)
+    const char *dir = td_path("folder.bin");
+    CHECK(mkdir(dir, 0755) == 0);
+    CHECK(nn_text_load(&t, dir, 0.1f, err, sizeof err) == NN_ERR_IO);
+    CHECK(has(err, "folder.bin: is a folder, not a data file"));
+    nn_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    CHECK(nn_dataset_load_cifar(&ds, &dir, 1, NN_CIFAR100_FINE, 0, err, sizeof err) == NN_ERR_IO);
+    CHECK(has(err, "folder.bin: is a folder, not a data file"));
+    nn_idx f;
+    CHECK(nn_idx_read(dir, NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err) == NN_ERR_IO);
+    CHECK(has(err, "folder.bin: is a folder, not a data file"));
+    rmdir(dir);
 }
 
 // ---- the real files, when installed ----

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -24,6 +25,11 @@ void cli_error(const char *hint, const char *fmt, ...) {
 }
 
 char *cli_read_file(const char *path, size_t *len, const char *what) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        cli_error(NULL, "%s%s: is a folder, not a file", what, path);
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         cli_error(NULL, "%s%s: %s", what, path, strerror(errno));

@@ -355,6 +355,11 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         }
         case O_STRUCT: {
             char *comma = strchr(optarg, ',');
+            if (comma && strchr(comma + 1, ',')) {
+                cli_error("give one structure for both factors, or K,C",
+                          "--structure: '%s' has more than two entries", optarg);
+                return -1;
+            }
             if (comma) *comma = '\0';
             ngd_dtype keep = t->cfg.structure_K.dtype;
             if (ngd_structure_parse(optarg, &t->cfg.structure_K) ||

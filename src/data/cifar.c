@@ -34,6 +34,7 @@ static nn_status load(nn_dataset *ds, const char *const *paths, size_t npaths, n
                         strerror(errno));
             return NN_ERR_IO;
         }
+        if (nn_data_not_folder(paths[i], err, cap) != NN_OK) return NN_ERR_IO;
         const size_t size = (size_t)sb.st_size;
         if (size == 0 || size % rec != 0) {
             nn_data_err(err, cap,

@@ -30,6 +30,9 @@
 
 // Writes "fmt" into err (if err && cap); always NUL-terminated. For the readers.
 void nn_data_err(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// A path given as a data file that is a folder: its error (NN_ERR_IO), else NN_OK. (Reading a
+// folder "works" through fopen and gives a size or an empty read, which said nothing useful.)
+nn_status nn_data_not_folder(const char *path, char *err, size_t cap);
 
 // ====== Image classification sets ======
 

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "data.h"
@@ -83,6 +84,13 @@ void nn_data_err(char *err, size_t cap, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, cap, fmt, ap);
     va_end(ap);
+}
+
+nn_status nn_data_not_folder(const char *path, char *err, size_t cap) {
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return NN_OK; // (open says the rest)
+    nn_data_err(err, cap, "%s: is a folder, not a data file", path);
+    return NN_ERR_IO;
 }
 
 void nn_dataset_free(nn_dataset *ds) {

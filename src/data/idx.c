@@ -62,6 +62,7 @@ nn_status nn_idx_read(const char *path, uint32_t magic, size_t max_items, nn_idx
     }
     const char *what = magic == NN_IDX_MAGIC_IMAGES ? "IDX images" : "IDX labels";
     const size_t ndim = magic & 0xff;
+    if (nn_data_not_folder(path, err, cap) != NN_OK) return NN_ERR_IO;
     errno = 0;
     gzFile f = gzopen(path, "rb");
     if (!f) {

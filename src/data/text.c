@@ -61,6 +61,7 @@ nn_status nn_text_from_memory(nn_text *t, const char *buf, size_t n, float val_f
 nn_status nn_text_load(nn_text *t, const char *path, float val_frac, char *err, size_t cap) {
     if (!t || !path) return NN_ERR_ARG;
     memset(t, 0, sizeof *t);
+    if (nn_data_not_folder(path, err, cap) != NN_OK) return NN_ERR_IO;
     FILE *f = fopen(path, "rb");
     if (!f) {
         nn_data_err(err, cap, "%s: cannot open: %s", path, strerror(errno));

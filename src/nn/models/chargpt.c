@@ -57,7 +57,12 @@ static nn_status gpt_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     const size_t C = cfg->nwidths > 0 ? cfg->widths[0] : 64;
     const size_t depth = cfg->nwidths > 1 ? cfg->widths[1] : 2;
     const size_t nh = cfg->nwidths > 2 ? cfg->widths[2] : 4;
-    if (cfg->nwidths > 3 || C == 0 || depth == 0 || depth > GPT_MAX_DEPTH || nh == 0 || C % nh) {
+    if (cfg->nwidths > 3) {
+        snprintf(err, cap, "chargpt: --widths C,DEPTH,HEADS takes at most 3 values (got %zu)",
+                 cfg->nwidths);
+        return NN_ERR_ARG;
+    }
+    if (C == 0 || depth == 0 || depth > GPT_MAX_DEPTH || nh == 0 || C % nh) {
         snprintf(err, cap,
                  "chargpt: --widths C,DEPTH,HEADS needs C divisible by HEADS and "
                  "1 <= DEPTH <= %d (got %zu,%zu,%zu)",

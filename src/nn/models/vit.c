@@ -66,7 +66,12 @@ static nn_status vit_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     const size_t depth = cfg->nwidths > 1 ? cfg->widths[1] : 2;
     const size_t nh = cfg->nwidths > 2 ? cfg->widths[2] : 4;
     const size_t patch = cfg->nwidths > 3 ? cfg->widths[3] : 4;
-    if (cfg->nwidths > 4 || C == 0 || depth == 0 || depth > VIT_MAX_DEPTH || nh == 0 || C % nh) {
+    if (cfg->nwidths > 4) {
+        snprintf(err, cap, "vit: --widths C,DEPTH,HEADS[,PATCH] takes at most 4 values (got %zu)",
+                 cfg->nwidths);
+        return NN_ERR_ARG;
+    }
+    if (C == 0 || depth == 0 || depth > VIT_MAX_DEPTH || nh == 0 || C % nh) {
         snprintf(err, cap,
                  "vit: --widths C,DEPTH,HEADS[,PATCH] needs C divisible by HEADS and "
                  "1 <= DEPTH <= %d (got %zu,%zu,%zu)",
