@@ -48,6 +48,13 @@ rm -rf "$tmp"
 
 # plot: usage errors, bad logs, and an SVG of two small logs written here
 tmp=$(mktemp -d)
+# an output that cannot be written is found before the work, and named by its option
+if [ -d /proc/self ]; then
+    expect_rc 1 "plot -o in /proc" "$NGD" plot /nonexistent.jsonl -o /proc/ngd-test.svg
+    expect_msg "-o /proc/ngd-test.svg:" "plot -o in /proc message"
+    expect_rc 1 "bench precond --plot in /proc" "$NGD" bench precond --plot /proc/ngd-test.svg
+    expect_msg "--plot /proc/ngd-test.svg: cannot write into" "bench --plot in /proc message"
+fi
 expect_rc 0 "plot --help" "$NGD" plot --help
 "$NGD" plot --help | grep -q -- "--output FILE" && ok || bad "plot --help lists --output"
 cat > "$tmp/a.jsonl" <<'EOF'

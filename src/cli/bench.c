@@ -727,7 +727,8 @@ static int pc_write_plot(const char *path, const size_t *ds, size_t nd, const si
     const int wr = ngd_write_atomic_bytes(path, buf, len, msg, sizeof msg);
     free(buf);
     if (wr != 0) {
-        cli_error("check that the folder of --plot FILE exists and is writable", "%s", msg);
+        cli_error("check that the folder of --plot FILE exists and is writable", "--plot %s: %s",
+                  path, msg);
         return -1;
     }
     return 0;
@@ -845,9 +846,9 @@ static int bench_precond(int argc, char **argv) {
         char dir[4096];
         const char *slash = strrchr(plot, '/');
         snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - plot) + 1 : 1, slash ? plot : ".");
-        if (access(dir, W_OK) != 0) {
+        if (access(dir, W_OK) != 0 || cli_probe_output(plot) != 0) {
             cli_error("check that the folder of --plot FILE exists and is writable",
-                      "cannot write into '%s': %s", dir, strerror(errno));
+                      "--plot %s: cannot write into '%s': %s", plot, dir, strerror(errno));
             return NGD_EXIT_FAIL;
         }
     }

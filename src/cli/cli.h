@@ -20,6 +20,11 @@ void cli_error(const char *hint, const char *fmt, ...) __attribute__((format(pri
 // Reads a whole file (NUL-terminated, free with free()); on failure prints
 // "ngd: error: <what><path>: <reason>" and returns NULL.
 char *cli_read_file(const char *path, size_t *len, const char *what);
+// An output about to be written atomically (ngd_write_atomic: "<path>.tmp.<pid>", then a
+// rename): tries creating and removing that temporary now, before minutes of work, since a
+// folder's permission bits do not tell everything (root; /sys, /proc, read-only mounts).
+// 0, or -1 with errno set.
+int cli_probe_output(const char *path);
 
 // One row of a subcommand's option table, which generates both getopt_long's array and the
 // --help text. id: the short option character, or a value >= 256 for long-only options.

@@ -4,6 +4,7 @@
  * its own --help generated from its option table.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,18 @@ char *cli_read_file(const char *path, size_t *len, const char *what) {
     b[n] = '\0';
     *len = (size_t)n;
     return b;
+}
+
+int cli_probe_output(const char *path) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    const int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) return -1;
+    close(fd);
+    return unlink(tmp);
 }
 
 typedef struct {

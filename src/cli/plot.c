@@ -638,6 +638,11 @@ int cmd_plot(int argc, char **argv) {
                   "cannot write %s: rsvg-convert is not on PATH", output);
         return NGD_EXIT_FAIL;
     }
+    if (cli_probe_output(output) != 0) { // before the logs are read and drawn
+        cli_error("check that the folder of -o FILE exists and is writable", "-o %s: %s", output,
+                  strerror(errno));
+        return NGD_EXIT_FAIL;
+    }
     const size_t n = (size_t)(argc - optind);
     if (n > 64) {
         cli_error("plot fewer runs at a time", "at most 64 LOG files (got %zu)", n);
@@ -681,7 +686,8 @@ int cmd_plot(int argc, char **argv) {
     }
     char msg[512];
     if (ngd_write_atomic_bytes(output, data, len, msg, sizeof msg) != 0) {
-        cli_error("check that the folder of -o FILE exists and is writable", "%s", msg);
+        cli_error("check that the folder of -o FILE exists and is writable", "-o %s: %s", output,
+                  msg);
         goto done;
     }
     printf("plot: %zu run%s -> %s\n", n, n > 1 ? "s" : "", output);

@@ -11,7 +11,6 @@
  * lengths are u64 here (u32 in libngd's files), so strings are written as u64 + bytes.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,21 +59,6 @@ static const char *file_kind(mode_t m) {
            : S_ISBLK(m)  ? "a block device"
            : S_ISSOCK(m) ? "a socket"
                          : "not a regular file";
-}
-
-// Creates and removes the temporary a write would create beside path ("<path>.tmp.<pid>",
-// ngd_write_atomic's name): the folder's permission bits do not tell everything (root, a
-// read-only or pseudo file system such as /sys). 0, or -1 with errno set.
-static int probe_create(const char *path) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    const int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
-    if (fd < 0) return -1;
-    close(fd);
-    return unlink(tmp);
 }
 
 // The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
@@ -126,7 +110,7 @@ int trainckpt_check_target(const char *path) {
                   "--checkpoint %s: folder %s: %s", path, dir,
                   errno ? strerror(errno) : "not a folder");
         rc = -1;
-    } else if (access(dir, W_OK | X_OK) != 0 || probe_create(path) != 0) {
+    } else if (access(dir, W_OK | X_OK) != 0 || cli_probe_output(path) != 0) {
         cli_error("give --checkpoint a path in a folder you can write",
                   "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
         rc = -1;

@@ -117,8 +117,15 @@ int train_load_data(const train_opts *t, train_sets *d) {
             }
         }
         tea = b;
-        if (s != NN_OK && !t->data_dir)
-            fprintf(stderr, "hint: point --data-dir at the folder of the binary files\n");
+        if (s != NN_OK) { // (the hint after the error, as everywhere)
+            cli_error(t->data_dir ? NULL
+                                  : "point --data-dir at the folder of the binary files (the "
+                                    "default folder is relative to the current one)",
+                      "%s", err);
+            nn_dataset_free(&d->train);
+            nn_dataset_free(&d->test);
+            return -1;
+        }
     } else {
         cli_error("data sets: fashion-mnist, mnist, cifar10, cifar100, shakespeare",
                   "--data: "

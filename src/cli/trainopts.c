@@ -24,7 +24,10 @@ static const cli_opt OPTS[] = {
     {"data", 1, O_DATA, "NAME",
      "fashion-mnist (default), mnist, cifar10, cifar100, "
      "shakespeare (text)"},
-    {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
+    {"data-dir", 1, O_DATADIR, "DIR",
+     "folder of the data files (default: /usr/share/datasets/fashion-mnist, data/mnist, "
+     "data/cifar-10-batches-bin, ../shared/data/cifar-100-binary, "
+     "../shared/data/tinyshakespeare; relative ones from the current folder)"},
     {"subset", 1, O_SUBSET, "N",
      "only the first N training and N/5 test images (text: N "
      "characters)"},
@@ -142,7 +145,8 @@ static const cli_opt OPTS[] = {
 // set, widths, subset, context and batch come from the checkpoint (version 2 on).
 static const cli_opt EVAL_OPTS[] = {
     {"resume", 1, O_RESUME, "FILE", "the training checkpoint to evaluate (required)"},
-    {"data-dir", 1, O_DATADIR, "DIR", "folder of the data files (default: the set's usual place)"},
+    {"data-dir", 1, O_DATADIR, "DIR",
+     "folder of the data files (default: the folder train uses, as ngd train --help lists)"},
     {"batch", 1, O_BATCH, "N", "evaluation batch (default: the run's; text: windows per batch)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"seed", 1, O_SEED, "N", "seed of the text sample printed after a text model's eval (0)"},
