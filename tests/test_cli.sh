@@ -172,6 +172,14 @@ expect_rc 2 "bench train --optim sgd --kfac-damping pi" "$NGD" bench train --opt
 expect_msg "--kfac-damping: used only by kfac, which --optim 'sgd' does not list" "bench train --kfac-damping without kfac"
 expect_rc 2 "bench train --optim adamw,bkfac --kfac-damping pi" "$NGD" bench train --optim adamw,bkfac --kfac-damping pi
 expect_rc 2 "bench train --optim adamw --factored" "$NGD" bench train --optim adamw --factored
+# lists: an empty entry, and a structure whatever --optim lists, are errors naming the option
+expect_rc 2 "bench train --model mlp," "$NGD" bench train --model mlp,
+expect_msg "--model: an empty entry in 'mlp,'" "bench train empty entry message"
+expect_rc 2 "bench train --optim sgd --structure foo" "$NGD" bench train --optim sgd --structure foo
+expect_msg "--structure: unknown structure 'foo'" "bench train structure message"
+expect_rc 2 "bench step --only nothing" "$NGD" bench step --only nothing
+expect_msg "--only 'nothing' matches no configuration" "bench step --only message"
+expect_rc 2 "bench step stray argument" "$NGD" bench step foo
 expect_rc 2 "bench train --optim singd --T-i 5" "$NGD" bench train --optim singd --T-i 5
 if [ -s "$tmp/p.svg" ]; then
     grep -q "<svg" "$tmp/p.svg" && ok || bad "bench precond plot: no <svg element"

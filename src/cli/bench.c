@@ -293,6 +293,23 @@ static int bench_step(int argc, char **argv) {
         default: return cli_opt_error("bench step", opts, c, argv);
         }
     }
+    if (optind < argc) {
+        cli_error("run 'ngd bench step --help'", "unexpected argument '%s'", argv[optind]);
+        return NGD_EXIT_USAGE;
+    }
+    bool any = !only;
+    for (size_t i = 0; !any && i < sizeof CONFIGS / sizeof CONFIGS[0]; i++)
+        any = strstr(CONFIGS[i].label, only) != NULL;
+    if (!any) {
+        char labels[512] = "";
+        for (size_t i = 0; i < sizeof CONFIGS / sizeof CONFIGS[0]; i++)
+            snprintf(labels + strlen(labels), sizeof labels - strlen(labels), "%s%s", i ? ", " : "",
+                     CONFIGS[i].label);
+        char hint[600];
+        snprintf(hint, sizeof hint, "the configurations: %s", labels);
+        cli_error(hint, "--only '%s' matches no configuration", only);
+        return NGD_EXIT_USAGE;
+    }
     mlp_bufs m;
     if (bufs_init(&m)) {
         bufs_free(&m);

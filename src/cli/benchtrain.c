@@ -431,15 +431,29 @@ static int parse_size(const char *opt, const char *s, size_t *out, size_t min) {
     return 0;
 }
 
-// Splits a comma list in place; returns the number of items (at most cap), -1 if more.
-static int split(char *s, char **items, int cap) {
+// Splits the comma list of option opt in place; returns the number of items (1..cap), or -1
+// after an error naming the option (an empty list or entry, more than cap entries).
+static int split(const char *opt, char *s, char **items, int cap) {
+    char copy[256];
+    snprintf(copy, sizeof copy, "%s", s); // (for the message)
     int n = 0;
-    char *save = NULL;
-    for (char *t = strtok_r(s, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (n == cap) return -1;
+    for (char *t = s;; t++) {
+        char *end = strchr(t, ',');
+        if (end) *end = '\0';
+        if (!*t || n == cap) {
+            char why[64];
+            if (n == cap)
+                snprintf(why, sizeof why, "more than %d entries", cap);
+            else
+                snprintf(why, sizeof why, "an empty entry");
+            cli_error("a comma list, e.g. --model mlp,cnn --widths 256,128", "--%s: %s in '%s'",
+                      opt, why, copy);
+            return -1;
+        }
         items[n++] = t;
+        if (!end) return n;
+        t = end;
     }
-    return n;
 }
 
 // The structure column: SINGD's structure, "factored" for the K-FAC family under --factored,
@@ -547,11 +561,8 @@ int bench_train(int argc, char **argv) {
             break;
         case B_WIDTHS: {
             char *w[NN_MODEL_MAX_WIDTHS + 1];
-            int n = split(optarg, w, NN_MODEL_MAX_WIDTHS);
-            if (n <= 0) {
-                cli_error("e.g. --widths 256,128", "--widths: bad list");
-                return NGD_EXIT_USAGE;
-            }
+            const int n = split("widths", optarg, w, NN_MODEL_MAX_WIDTHS);
+            if (n < 0) return NGD_EXIT_USAGE;
             for (int i = 0; i < n; i++)
                 if (parse_size("widths", w[i], &o.widths[i], 1)) return NGD_EXIT_USAGE;
             o.nwidths = (size_t)n;
@@ -612,10 +623,17 @@ int bench_train(int argc, char **argv) {
     }
     // the configurations: models x methods (x structures for the SINGD family)
     char *mv[16], *ov[16], *sv[16];
-    int nm = split(models_s, mv, 16), no = split(optims_s, ov, 16), ns = split(structs_s, sv, 16);
-    if (nm <= 0 || no <= 0 || ns <= 0) {
-        cli_error("run 'ngd bench train --help'", "--model, --optim, --structure: bad list");
-        return NGD_EXIT_USAGE;
+    const int nm = split("model", models_s, mv, 16),
+              no = nm < 0 ? -1 : split("optim", optims_s, ov, 16),
+              ns = no < 0 ? -1 : split("structure", structs_s, sv, 16);
+    if (ns < 0) return NGD_EXIT_USAGE;
+    for (int k = 0; k < ns; k++) { // checked whichever methods --optim lists
+        ngd_factor_spec fs;
+        if (ngd_structure_parse(sv[k], &fs) != NGD_OK) {
+            cli_error("structures as ngd train --structure", "--structure: unknown structure '%s'",
+                      sv[k]);
+            return NGD_EXIT_USAGE;
+        }
     }
     bt_cfg cfgs[BT_MAX];
     size_t nc = 0;
@@ -649,17 +667,7 @@ int bench_train(int argc, char **argv) {
                     memset(c, 0, sizeof *c);
                     c->model = mv[i], c->method = me, c->text = text, c->bf16 = pr == 1;
                     c->cifar = o.data ? !strcmp(o.data, "cifar100") : strcmp(mv[i], "mlp") != 0;
-                    if (structured) {
-                        ngd_factor_spec fs;
-                        if (ngd_structure_parse(sv[k], &fs) != NGD_OK) {
-                            cli_error("structures as ngd train --structure",
-                                      "--structure: unknown "
-                                      "structure '%s'",
-                                      sv[k]);
-                            return NGD_EXIT_USAGE;
-                        }
-                        snprintf(c->structure, sizeof c->structure, "%s", sv[k]);
-                    }
+                    if (structured) snprintf(c->structure, sizeof c->structure, "%s", sv[k]);
                 }
         }
     }
