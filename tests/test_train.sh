@@ -530,10 +530,17 @@ if [ -f "$SHK/input.txt" ]; then
     uni=$(head -c 100000 "$SHK/input.txt" | od -An -v -tu1 |
           awk '{for (i = 1; i <= NF; i++) c[$i]++; n += NF} END {for (k in c) {p = c[k] / n; h -= p * log(p)}; printf "%.4f", h}')
     S="--data shakespeare --data-dir $SHK --subset 100000 --widths 32,1,2 --context 16 --batch 32 --threads 1"
-    expect_rc 0 "short text run" "$NGD" train $S --max-steps 150 --lr 0.01 --damping 0.01 $Q
+    expect_rc 0 "short text run" "$NGD" train $S --max-steps 150 --lr 0.01 --damping 0.01 --log "$D/log.jsonl"
     vl=$(grep '"type":"eval"' "$D/log.jsonl" | tail -1 | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')
     awk -v v="${vl:-99}" -v u="$uni" 'BEGIN{exit !(v < u - 0.3)}' && ok || bad "validation loss ${vl:-?} not below the unigram baseline $uni - 0.3"
     expect_msg "sample (200 characters" "text run prints a sample"
+    # a binary file as the text: the sample shows its control bytes as '?', never raw
+    mkdir -p "$D/bin"
+    python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 40)' > "$D/bin/input.txt"
+    expect_rc 0 "binary text run" "$NGD" train --data shakespeare --data-dir "$D/bin" --widths 16,1,2 --context 8 --batch 4 --max-steps 2 --threads 1 --log "$D/bin.jsonl"
+    [ "$(printf '%s\n' "$out" | tr -d '\n\t' | LC_ALL=C tr -dc '\000-\037\177' | wc -c)" -eq 0 ] && ok || bad "the sample of a binary text printed control bytes"
+    expect_rc 0 "short text run, --quiet" "$NGD" train $S --max-steps 2 $Q
+    printf '%s\n' "$out" | grep -q "sample (" && bad "--quiet printed the text sample" || ok
     expect_rc 0 "text run, reduce" "$NGD" train $S --max-steps 20 --kfac-approx reduce $Q
     # resume == no stop, bit for bit (17 steps per epoch on 5,000 characters: crosses one)
     expect_rc 0 "text run, AdamW plain parameters" "$NGD" train $S --max-steps 150 --lr 0.01 --damping 0.01 --param-optim adamw --param-lr 0.003 $Q

@@ -121,7 +121,8 @@ void train_print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed,
         size_t id = 0;
         while (id + 1 < V && (u -= p[id]) >= 0)
             id++;
-        out[i] = (char)tx->itos[id];
+        const unsigned char ch = (unsigned char)tx->itos[id]; // (a control byte of a binary
+        out[i] = (ch < 0x20 && ch != '\n' && ch != '\t') || ch == 0x7f ? '?' : (char)ch; // input)
         if (have == T) memmove(ctx, ctx + 1, (T - 1) * sizeof *ctx), have--;
         ctx[have++] = (int32_t)id;
     }

@@ -589,7 +589,7 @@ int train_run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
-    trainlog_dist_summary(j, o, rs.step - step0);
+    trainlog_dist_summary(j, o, rs.step - step0, t->quiet);
     char crc[16]; // of the final parameters: what `ngd eval` of its checkpoint prints
     snprintf(crc, sizeof crc, "%08x", (unsigned)train_params_crc(&m));
     cJSON_AddStringToObject(j, "parameters_crc", crc);
@@ -607,7 +607,8 @@ int train_run(const train_opts *t, bool eval_only) {
                saved && saved == t->ckpt ? ", checkpoint " : "",
                saved && saved == t->ckpt ? t->ckpt : "");
     }
-    if (t->text && rc == NGD_EXIT_OK && dist_root()) // let a person see what it learned
+    if (t->text && rc == NGD_EXIT_OK && dist_root() &&
+        !t->quiet) // let a person see what it learned
         train_print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
 done:
     if (logf) { // a failed write was reported already; a failing close is reported here

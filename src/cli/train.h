@@ -228,7 +228,7 @@ cJSON *trainlog_health(const ngd_optim *o);
 int trainlog_eval(FILE *f, const char *path, size_t step, double epoch, double loss, double acc,
                   double wall);
 // mpirun: the summary's communication record.
-void trainlog_dist_summary(cJSON *j, const ngd_optim *o, size_t steps);
+void trainlog_dist_summary(cJSON *j, const ngd_optim *o, size_t steps, bool quiet);
 // The progress line on stderr (redrawn on a terminal).
 void trainlog_progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t per_epoch,
                        double loss, double acc, double sps, double eta);

@@ -157,7 +157,7 @@ int trainlog_eval(FILE *f, const char *path, size_t step, double epoch, double l
 
 // The summary's communication record: bytes this rank handed to MPI per step, for the
 // gradients (and the loss) and for the optimizer's statistics and factors.
-void trainlog_dist_summary(cJSON *j, const ngd_optim *o, size_t steps) {
+void trainlog_dist_summary(cJSON *j, const ngd_optim *o, size_t steps, bool quiet) {
     if (!dist_on()) return;
     cJSON_AddNumberToObject(j, "ranks", (double)dist_size());
     const double st = steps ? (double)steps : 1.0;
@@ -165,7 +165,7 @@ void trainlog_dist_summary(cJSON *j, const ngd_optim *o, size_t steps) {
     cJSON_AddNumberToObject(c, "engine", (double)dist_bytes() / st);
     cJSON_AddNumberToObject(c, "optimizer", (double)ngd_optim_comm_bytes(o) / st);
     cJSON_AddItemToObject(j, "comm_bytes_per_step", c);
-    if (dist_root())
+    if (dist_root() && !quiet)
         fprintf(stderr,
                 "ngd train: rank 0 sent %.0f bytes per step (engine %.0f, optimizer %.0f)\n",
                 ((double)dist_bytes() + (double)ngd_optim_comm_bytes(o)) / st,
