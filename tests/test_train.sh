@@ -458,6 +458,8 @@ if [ -d /proc/self ]; then  # a folder whose permission bits do not tell (root, 
     expect_rc 1 "--checkpoint in /proc" "$NGD" train $C --log "$D/t.jsonl" --checkpoint /proc/ngd-test.ckpt
     expect_msg "--checkpoint /proc/ngd-test.ckpt: folder /proc is not writable" "/proc folder message"
 fi
+expect_rc 1 "eval --context of an image checkpoint" "$NGD" eval --resume "$D/own.ckpt" --context 5
+expect_msg "--context is for text models, and it was written for --data fashion-mnist" "eval --context message"
 expect_rc 1 "--resume of a folder" "$NGD" train $C --log "$D/t.jsonl" --resume "$D"
 expect_msg "--resume $D: is a folder, not a file" "--resume folder message"
 expect_rc 1 "--checkpoint ''" "$NGD" train $C --log "$D/t.jsonl" --checkpoint ""

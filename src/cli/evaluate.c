@@ -175,6 +175,11 @@ static int eval_setup(train_opts *t) {
     } else if (!why && t->data && strcmp(t->data, h.data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
         why = whybuf;
+    } else if (!why && t->context && strcmp(h.data, "shakespeare") != 0) {
+        snprintf(whybuf, sizeof whybuf,
+                 "--context is for text models, and it was written for --data %s: drop --context",
+                 h.data);
+        why = whybuf;
     } else if (!why && h.has_shape) { // given widths, subset, context: the run's, or refused
         format_widths(t->widths, t->nwidths, given, sizeof given);
         format_widths(h.widths, h.nwidths, had, sizeof had);

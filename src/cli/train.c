@@ -336,9 +336,8 @@ int train_run(const train_opts *t, bool eval_only) {
                       d.text.n_train, t->batch, t->context);
         else
             cli_error("use a smaller --batch or a larger --subset",
-                      "the training set (%zu "
-                      "images) is smaller than one batch (%zu)",
-                      d.train.n, t->batch);
+                      "the training set (%zu image%s) is smaller than one batch (%zu)", d.train.n,
+                      d.train.n == 1 ? "" : "s", t->batch);
         goto done;
     }
     char optdesc[128]; // the method, and the plain parameters' rule when one was chosen
@@ -351,11 +350,11 @@ int train_run(const train_opts *t, bool eval_only) {
     if (!t->quiet && t->text)
         fprintf(stderr,
                 "ngd train: %s (%zu parameters) on %s (%zu train / %zu validation "
-                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epoch%s of %zu steps; log "
+                "characters, vocabulary %zu), %s, batch %zu x %zu, %zu epoch%s of %zu step%s; log "
                 "%s\n",
                 t->model, nn_model_param_count(&m), t->data, d.text.n_train,
                 d.text.n - d.text.n_train, d.text.vocab, optdesc, t->batch, t->context, t->epochs,
-                t->epochs == 1 ? "" : "s", per_epoch, logpath);
+                t->epochs == 1 ? "" : "s", per_epoch, per_epoch == 1 ? "" : "s", logpath);
     else if (!t->quiet)
         fprintf(stderr,
                 "ngd train: %s (%zu parameters) on %s (%zu train / %zu test), %s, "

@@ -163,13 +163,16 @@ static const cli_opt EVAL_OPTS[] = {
 
 void train_print_help(FILE *f, const char *cmd) {
     if (!strcmp(cmd, "eval")) {
-        fprintf(f, "usage: ngd eval --resume FILE [options]\n\n"
-                   "Evaluates the model of a training checkpoint on the test set (text: a fixed\n"
-                   "set of validation windows) and prints its loss, accuracy and the CRC of its\n"
-                   "parameters (the summary record of the training log has the same). The\n"
-                   "model, data set, widths, subset and context are those the checkpoint\n"
-                   "records; no optimizer state is read. Training options are refused.\n\n"
-                   "options:\n");
+        fprintf(f,
+                "usage: ngd eval --resume FILE [options]\n\n"
+                "Evaluates the model of a training checkpoint on the test set (text: %d\n"
+                "batches of validation windows drawn with a fixed seed, the same set for the\n"
+                "same --batch) and prints its loss, accuracy and the CRC of its\n"
+                "parameters (the summary record of the training log has the same). The\n"
+                "model, data set, widths, subset and context are those the checkpoint\n"
+                "records; no optimizer state is read. Training options are refused.\n\n"
+                "options:\n",
+                TEXT_EVAL_BATCHES);
         cli_print_opts(f, EVAL_OPTS, NEVAL_OPTS, 20);
         return;
     }
