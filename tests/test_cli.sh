@@ -43,6 +43,15 @@ if command -v python3 >/dev/null && [ -f "$SHARED/oracle/linear_dense_T1_kfaclik
     out=$("$NGD" replay "$tmp/t0.json" 2>&1); rc=$?
     [ "$rc" -eq 1 ] && printf '%s\n' "$out" | grep -q "T must be a whole number >= 1" && ok || bad "replay T: 0: exit $rc, $out"
     printf '%s\n' "$out" | grep -q "NULL" && bad "replay T: 0 mentions NULL" || ok
+    # a field present but not what it must be is an input error naming it, not a default
+    for edit in 'd["hyperparameters"]["lr"]=None|hyperparameters.lr must be a number' \
+                'd["hyperparameters"]["T"]="x"|hyperparameters.T must be a number' \
+                'd["problem"]["d_in"]=-7|problem.d_in must be a whole number >= 0'; do
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); exec(sys.argv[3]); json.dump(d,open(sys.argv[2],"w"))' \
+            "$SHARED/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" "$tmp/e.json" "${edit%%|*}"
+        out=$("$NGD" replay "$tmp/e.json" 2>&1); rc=$?
+        [ "$rc" -eq 1 ] && printf '%s\n' "$out" | grep -qF "${edit#*|}" && ok || bad "replay ${edit%%|*}: exit $rc, $out"
+    done
 fi
 rm -rf "$tmp"
 

@@ -35,6 +35,24 @@ static void tensor_free(tensor *t) {
     memset(t, 0, sizeof *t);
 }
 
+// Fields of a case file: one absent takes its default; one present but not what it must be
+// (a string, null, a negative or fractional size) is an input error naming it, never a
+// silent default nor a cast of a negative double to size_t. jread keeps the first such.
+typedef struct {
+    char bad[96];
+} jread;
+
+static void jbad(jread *r, const char *name, const char *want) {
+    if (!r->bad[0]) snprintf(r->bad, sizeof r->bad, "%s must be %s", name, want);
+}
+
+static size_t whole_of(jread *r, const cJSON *j, const char *name) {
+    const double v = cJSON_IsNumber(j) ? j->valuedouble : -1.0;
+    if (v >= 0 && v <= 1e12 && v == floor(v)) return (size_t)v;
+    jbad(r, name, "a whole number >= 0");
+    return 0;
+}
+
 // Reads {"shape": [...], "data": [...]} into t. Returns 0, or -1 with a message.
 static int read_tensor(const cJSON *obj, const char *name, tensor *t, char *err, size_t cap) {
     memset(t, 0, sizeof *t);
@@ -52,12 +70,14 @@ static int read_tensor(const cJSON *obj, const char *name, tensor *t, char *err,
     t->n = 1;
     const cJSON *it;
     cJSON_ArrayForEach(it, shape) {
-        if (t->ndim >= MAXDIM || !cJSON_IsNumber(it) || it->valuedouble < 0) {
+        jread r = {""};
+        const size_t d = t->ndim < MAXDIM ? whole_of(&r, it, "a dimension") : 0;
+        if (t->ndim >= MAXDIM || r.bad[0] || (d && t->n > SIZE_MAX / d)) {
             snprintf(err, cap, "field '%s': bad shape", name);
             return -1;
         }
-        t->shape[t->ndim++] = (size_t)it->valuedouble;
-        t->n *= (size_t)it->valuedouble;
+        t->shape[t->ndim++] = d;
+        t->n *= d;
     }
     if ((size_t)cJSON_GetArraySize(data) != t->n) {
         snprintf(err, cap, "field '%s': %d values for shape of %zu", name, cJSON_GetArraySize(data),
@@ -74,25 +94,33 @@ static int read_tensor(const cJSON *obj, const char *name, tensor *t, char *err,
     return 0;
 }
 
-static double num(const cJSON *o, const char *name, double dflt) {
+static double num(jread *r, const cJSON *o, const char *name, double dflt) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsNumber(j) ? j->valuedouble : dflt;
+    if (!j) return dflt;
+    if (cJSON_IsNumber(j) && isfinite(j->valuedouble)) return j->valuedouble;
+    jbad(r, name, "a number");
+    return dflt;
+}
+
+static size_t whole(jread *r, const cJSON *o, const char *name, size_t dflt) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
+    return j ? whole_of(r, j, name) : dflt;
 }
 
 // An int or [a, b] pair (Conv2d arguments).
-static int pair(const cJSON *o, const char *name, size_t dflt, size_t out[2]) {
+static int pair(jread *r, const cJSON *o, const char *name, size_t dflt, size_t out[2]) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
     if (!j) {
         out[0] = out[1] = dflt;
         return 0;
     }
     if (cJSON_IsNumber(j)) {
-        out[0] = out[1] = (size_t)j->valuedouble;
+        out[0] = out[1] = whole_of(r, j, name);
         return 0;
     }
     if (cJSON_IsArray(j) && cJSON_GetArraySize(j) == 2) {
-        out[0] = (size_t)cJSON_GetArrayItem(j, 0)->valuedouble;
-        out[1] = (size_t)cJSON_GetArrayItem(j, 1)->valuedouble;
+        out[0] = whole_of(r, cJSON_GetArrayItem(j, 0), name);
+        out[1] = whole_of(r, cJSON_GetArrayItem(j, 1), name);
         return 0;
     }
     return -1;
@@ -133,6 +161,7 @@ typedef struct {
 // Reads the problem block; fills the layer description.
 static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap) {
     memset(L, 0, sizeof *L);
+    jread r = {""};
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "problem");
     const cJSON *layer = cJSON_GetObjectItemCaseSensitive(p, "layer");
     if (!p || !cJSON_IsString(layer)) {
@@ -141,15 +170,16 @@ static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap)
     }
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(p, "bias");
     L->bias = !bias || cJSON_IsTrue(bias);
-    L->batch = (size_t)num(p, "batch_size", 0);
+    L->batch = whole(&r, p, "batch_size", 0);
     if (!strcmp(layer->valuestring, "Linear")) {
-        L->d_in = (size_t)num(p, "d_in", 0);
-        L->d_out = (size_t)num(p, "d_out", 0);
+        L->d_in = whole(&r, p, "d_in", 0);
+        L->d_out = whole(&r, p, "d_out", 0);
     } else if (!strcmp(layer->valuestring, "Conv2d")) {
         L->conv = true;
         ngd_conv_geom *g = &L->geom;
         size_t k[2], s[2], d[2], pd[2] = {0, 0};
-        if (pair(p, "kernel_size", 1, k) || pair(p, "stride", 1, s) || pair(p, "dilation", 1, d)) {
+        if (pair(&r, p, "kernel_size", 1, k) || pair(&r, p, "stride", 1, s) ||
+            pair(&r, p, "dilation", 1, d)) {
             snprintf(err, cap, "bad Conv2d geometry");
             return -1;
         }
@@ -171,12 +201,12 @@ static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap)
                 snprintf(err, cap, "unknown padding '%s'", pad->valuestring);
                 return -1;
             }
-        } else if (pair(p, "padding", 0, pd)) {
+        } else if (pair(&r, p, "padding", 0, pd)) {
             snprintf(err, cap, "bad padding");
             return -1;
         }
-        g->c_in = (size_t)num(p, "c_in", 0);
-        g->groups = (size_t)num(p, "groups", 1);
+        g->c_in = whole(&r, p, "c_in", 0);
+        g->groups = whole(&r, p, "groups", 1);
         g->k1 = k[0], g->k2 = k[1], g->s1 = s[0], g->s2 = s[1];
         g->p1 = pd[0], g->p2 = pd[1], g->dil1 = d[0], g->dil2 = d[1];
         const cJSON *xs = cJSON_GetObjectItemCaseSensitive(p, "x_shape");
@@ -184,12 +214,16 @@ static int read_problem(const cJSON *root, layer_desc *L, char *err, size_t cap)
             snprintf(err, cap, "Conv2d x_shape must have 4 dimensions");
             return -1;
         }
-        g->h = (size_t)cJSON_GetArrayItem(xs, 2)->valuedouble;
-        g->w = (size_t)cJSON_GetArrayItem(xs, 3)->valuedouble;
-        L->d_out = (size_t)num(p, "c_out", 0);
+        g->h = whole_of(&r, cJSON_GetArrayItem(xs, 2), "x_shape[2]");
+        g->w = whole_of(&r, cJSON_GetArrayItem(xs, 3), "x_shape[3]");
+        L->d_out = whole(&r, p, "c_out", 0);
         L->d_in = g->groups ? g->c_in / g->groups * g->k1 * g->k2 : 0;
     } else {
         snprintf(err, cap, "unsupported layer '%s'", layer->valuestring);
+        return -1;
+    }
+    if (r.bad[0]) {
+        snprintf(err, cap, "problem.%s", r.bad);
         return -1;
     }
     if (!L->d_in || !L->d_out || !L->batch) {
@@ -206,12 +240,21 @@ static int read_config(const cJSON *root, ngd_config *c, char *err, size_t cap) 
         return -1;
     }
     *c = ngd_config_default(NGD_METHOD_SINGD);
-    c->lr = (float)num(h, "lr", 1e-3);
-    c->momentum = (float)num(h, "momentum", 0.9);
-    c->damping = (float)num(h, "damping", 1e-3);
-    c->weight_decay = (float)num(h, "weight_decay", 0);
-    c->lr_cov = (float)num(h, "lr_cov", 1e-2);
-    const double T = num(h, "T", 10);
+    jread r = {""};
+    c->lr = (float)num(&r, h, "lr", 1e-3);
+    c->momentum = (float)num(&r, h, "momentum", 0.9);
+    c->damping = (float)num(&r, h, "damping", 1e-3);
+    c->weight_decay = (float)num(&r, h, "weight_decay", 0);
+    c->lr_cov = (float)num(&r, h, "lr_cov", 1e-2);
+    const double T = num(&r, h, "T", 10);
+    if (!cJSON_GetObjectItemCaseSensitive(h, "alpha1_effective"))
+        (void)num(&r, h, "alpha1", 0.5); // (only checked: read below)
+    else
+        (void)num(&r, h, "alpha1_effective", 0.5);
+    if (r.bad[0]) {
+        snprintf(err, cap, "hyperparameters.%s", r.bad);
+        return -1;
+    }
     if (!(T >= 1 && T <= 1e9) || T != floor(T)) { // (size_t) of anything else is undefined
         snprintf(err, cap, "hyperparameters.T must be a whole number >= 1 (got %g)", T);
         return -1;
