@@ -1913,6 +1913,17 @@ static void row_sums_on_threads_should_give_the_serial_loops_bits(void) {
         for (size_t j = 0; j < C; j++)
             want[j] += dy[i * C + j];
     CHECK(memcmp(lin.db, want, sizeof want) == 0);
+    // in bf16 mode the sums come from the pass that rounds dy: the same bits, and dy16 is
+    // nn_bf16_encode's
+    memset(lin.db, 0, sizeof want);
+    CHECK(nn_linear_use_bf16(&lin, rows) == NN_OK);
+    nn_linear_forward(&lin, xin, x, rows);
+    nn_linear_backward(&lin, dy, NULL);
+    CHECK(memcmp(lin.db, want, sizeof want) == 0);
+    uint16_t *dy16 = malloc(n * sizeof *dy16);
+    nn_bf16_encode(dy, dy16, n);
+    CHECK(memcmp(lin.dy16, dy16, n * sizeof *dy16) == 0);
+    free(dy16);
     nn_linear_free(&lin);
     // LayerNorm's γ and β
     fill(&r, x, n, -2, 3);
