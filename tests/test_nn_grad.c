@@ -1958,6 +1958,84 @@ static void row_sums_on_threads_should_give_the_serial_loops_bits(void) {
     free(x), free(dy), free(xin), free(y), free(dx), free(wpe);
 }
 
+// bf16 mode: a producer writing the next Linear's input already rounded (ReLU, both GELUs,
+// LayerNorm) gives what rounding its f32 output gives, bit for bit, and a Linear (and the
+// attention's qkv) run on that input gives nn_linear_forward's output and statistics; on 2
+// threads, at sizes that take them, with NaN, ±inf and ties among the inputs.
+static void bf16_producers_should_equal_rounding_the_f32_outputs(void) {
+    ref_rng r = {223};
+    const size_t rows = 700, C = 48, n = rows * C; // 33 600 numbers: the threads are taken
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    uint16_t *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+    fill(&r, x, n, -4, 4);
+    x[3] = NAN, x[5] = INFINITY, x[7] = -INFINITY;
+    x[9] = 1.00390625f; // 1 + 2^-8: a tie, rounded to even
+    const int nthr0 = th_set_threads(2);
+    nn_relu relu;
+    nn_relu_forward(&relu, x, y, n);
+    nn_bf16_encode(y, want, n);
+    nn_relu_forward16(&relu, x, got, n);
+    CHECK(memcmp(got, want, n * sizeof *got) == 0 && relu.x == x);
+    for (int kind = 0; kind < 2; kind++) {
+        nn_gelu g = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
+        nn_gelu_forward(&g, x, y, n);
+        nn_bf16_encode(y, want, n);
+        nn_gelu_forward16(&g, x, got, n);
+        CHECK(memcmp(got, want, n * sizeof *got) == 0 && g.x == x);
+    }
+    x[3] = 0.5f, x[5] = 2.0f, x[7] = -1.0f; // (LayerNorm: rows of finite values)
+    nn_layernorm ln;
+    CHECK(nn_layernorm_init(&ln, C, rows) == NN_OK);
+    fill(&r, ln.w, C, 0.5, 1.5);
+    fill(&r, ln.b, C, -0.5, 0.5);
+    nn_layernorm_forward(&ln, x, y, rows);
+    nn_bf16_encode(y, want, n);
+    nn_layernorm_forward16(&ln, x, got, rows);
+    CHECK(memcmp(got, want, n * sizeof *got) == 0);
+    nn_layernorm_free(&ln);
+    // a Linear from the rounded input: the same output and statistics as from the f32 one
+    nn_rng g;
+    nn_rng_seed(&g, 9);
+    nn_linear a, b;
+    CHECK(nn_linear_init(&a, C, 40, true, &g) == NN_OK);
+    nn_rng_seed(&g, 9);
+    CHECK(nn_linear_init(&b, C, 40, true, &g) == NN_OK);
+    CHECK(nn_linear_in16(&a) == NULL); // (f32 mode: no such buffer)
+    CHECK(nn_linear_use_bf16(&a, rows) == NN_OK && nn_linear_use_bf16(&b, rows) == NN_OK);
+    float *ya = malloc(rows * 40 * sizeof *ya), *yb = malloc(rows * 40 * sizeof *yb);
+    nn_linear_forward(&a, y, ya, rows);
+    nn_bf16_encode(y, nn_linear_in16(&b), n);
+    nn_linear_forward_in16(&b, yb, rows);
+    CHECK(memcmp(ya, yb, rows * 40 * sizeof *ya) == 0);
+    fill(&r, ya, rows * 40, -1, 1); // (as dy)
+    nn_linear_backward(&a, ya, NULL);
+    nn_linear_backward(&b, ya, NULL);
+    CHECK(memcmp(a.dw, b.dw, 40 * C * sizeof(float)) == 0);
+    ngd_matrix sa, sg, sa2, sg2;
+    nn_linear_stats(&a, &sa, &sg);
+    nn_linear_stats(&b, &sa2, &sg2);
+    CHECK(memcmp(sa.data, sa2.data, n * sizeof(uint16_t)) == 0);
+    nn_linear_free(&a), nn_linear_free(&b);
+    // the attention's qkv from the rounded input
+    const size_t B = 4, T = 25, Ca = 16, na = B * T * Ca; // (B·T = 100 rows)
+    nn_attention at[2];
+    float *yo[2];
+    for (int k = 0; k < 2; k++) {
+        CHECK(attention_scaled(&at[k], Ca, 4, true, B, T, 17, 3 * Ca, 1.0f) == NN_OK);
+        CHECK(nn_linear_use_bf16(&at[k].qkv, B * T) == NN_OK &&
+              nn_linear_use_bf16(&at[k].proj, B * T) == NN_OK);
+        yo[k] = malloc(na * sizeof(float));
+    }
+    nn_attention_forward(&at[0], x, yo[0], B, T);
+    nn_bf16_encode(x, nn_linear_in16(&at[1].qkv), na);
+    nn_attention_forward_in16(&at[1], yo[1], B, T);
+    CHECK(memcmp(yo[0], yo[1], na * sizeof(float)) == 0);
+    for (int k = 0; k < 2; k++)
+        nn_attention_free(&at[k]), free(yo[k]);
+    th_set_threads(nthr0);
+    free(x), free(y), free(want), free(got), free(ya), free(yb);
+}
+
 // ---- loss ----
 
 typedef struct {
@@ -2147,6 +2225,7 @@ static const test_case TESTS[] = {
     TEST(attention_should_match_naive_and_finite_differences),
     TEST(attention_heads_on_threads_should_match_one_thread),
     TEST(row_sums_on_threads_should_give_the_serial_loops_bits),
+    TEST(bf16_producers_should_equal_rounding_the_f32_outputs),
     TEST(transformer_writing_variants_should_equal_the_adding_ones),
     TEST(cross_entropy_should_match_formula_and_finite_differences),
     TEST(rng_should_be_reproducible_and_unbiased),

@@ -63,6 +63,15 @@ void nn_relu_forward(nn_relu *l, const float *x, float *y, size_t n) {
         y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
+void nn_relu_forward16(nn_relu *l, const float *x, uint16_t *y16, size_t n) {
+    NN_ASSERT(x && y16);
+    l->x = x;
+    l->n = n;
+    NN_OMP_FOR(n)
+    for (size_t i = 0; i < n; i++)
+        y16[i] = nn_to_bf16(x[i] > 0.0f ? x[i] : 0.0f);
+}
+
 void nn_relu_backward(nn_relu *l, const float *dy, float *dx) {
     NN_ASSERT(dy && l->x);
     if (!dx) return;
@@ -87,21 +96,46 @@ void nn_relu_backward_set(nn_relu *l, const float *dy, float *dx) {
 #define NN_INV_SQRT_2PI   0.3989422804014327f // 1/√(2π)
 #define NN_GELU_C         0.044715f
 
-void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n) {
-    NN_ASSERT(x && y && x != y); // backward needs the input
+static inline float gelu(bool tanh_kind, float v) {
+    if (tanh_kind) {
+        const float u = NN_SQRT_2_OVER_PI * (v + NN_GELU_C * v * v * v);
+        return 0.5f * v * (1.0f + tanh_fast(u));
+    }
+    return 0.5f * v * (1.0f + erf_fast(v * NN_INV_SQRT_2));
+}
+
+// y = GELU(x), or y16 its bf16 rounding: a plain loop per kind and output (see gelu_backward)
+static void gelu_forward(nn_gelu *l, const float *x, float *y, uint16_t *y16, size_t n) {
+    NN_ASSERT(x && (y || y16) && x != y); // backward needs the input
     l->x = x;
     l->n = n;
-    if (l->kind == NN_GELU_TANH) {
+    const bool tk = l->kind == NN_GELU_TANH;
+    if (tk && y) {
         NN_OMP_FOR(n)
-        for (size_t i = 0; i < n; i++) {
-            const float v = x[i], u = NN_SQRT_2_OVER_PI * (v + NN_GELU_C * v * v * v);
-            y[i] = 0.5f * v * (1.0f + tanh_fast(u));
-        }
+        for (size_t i = 0; i < n; i++)
+            y[i] = gelu(true, x[i]);
+    } else if (y) {
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++)
+            y[i] = gelu(false, x[i]);
+    } else if (tk) {
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++)
+            y16[i] = nn_to_bf16(gelu(true, x[i]));
     } else {
         NN_OMP_FOR(n)
         for (size_t i = 0; i < n; i++)
-            y[i] = 0.5f * x[i] * (1.0f + erf_fast(x[i] * NN_INV_SQRT_2));
+            y16[i] = nn_to_bf16(gelu(false, x[i]));
     }
+}
+
+void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n) {
+    NN_ASSERT(y);
+    gelu_forward(l, x, y, NULL, n);
+}
+void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n) {
+    NN_ASSERT(y16);
+    gelu_forward(l, x, NULL, y16, n);
 }
 
 // GELU'(v): tanh form 0.5 (1 + t) + 0.5 v (1 − t²) du; erf form Φ(v) + v φ(v)

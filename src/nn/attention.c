@@ -118,13 +118,17 @@ static void head_forward(nn_attention *l, size_t b, size_t h, size_t T, float sc
 // x (B, T, C) -> y (B, T, C). The heads run side by side (each thread a (b, h) at a time,
 // its GEMMs single-threaded: no thread wake-up per small GEMM), each writing only its own
 // att and atty columns.
-void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, size_t T) {
-    NN_ASSERT(x && y && B >= 1 && T >= 1 && B <= l->max_b && T <= l->max_t);
+// x NULL: the input is already in nn_linear_in16(&l->qkv)
+static void forward(nn_attention *l, const float *x, float *y, size_t B, size_t T) {
+    NN_ASSERT(y && B >= 1 && T >= 1 && B <= l->max_b && T <= l->max_t);
     const size_t nh = l->nh;
     const float scale = 1.0f / sqrtf((float)l->hs);
     l->b = B;
     l->t = T;
-    nn_linear_forward(&l->qkv, x, l->qkvbuf, B * T); // (B*T, 3C)
+    if (x)
+        nn_linear_forward(&l->qkv, x, l->qkvbuf, B * T); // (B*T, 3C)
+    else
+        nn_linear_forward_in16(&l->qkv, l->qkvbuf, B * T);
     const int nt = heads_team(l, B, T);
     if (nt == 1) {
         for (size_t bh = 0; bh < B * nh; bh++)
@@ -137,6 +141,14 @@ void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, s
             head_forward(l, bh / nh, bh % nh, T, scale);
     }
     nn_linear_forward(&l->proj, l->atty, y, B * T);
+}
+
+void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, size_t T) {
+    NN_ASSERT(x);
+    forward(l, x, y, B, T);
+}
+void nn_attention_forward_in16(nn_attention *l, float *y, size_t B, size_t T) {
+    forward(l, NULL, y, B, T);
 }
 
 // Head h of sequence b: dv = attᵀ dout, the softmax's backward into datt (the thread's

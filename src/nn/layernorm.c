@@ -39,9 +39,9 @@ void nn_layernorm_free(nn_layernorm *l) {
     memset(l, 0, sizeof *l);
 }
 
-// x (rows, C) -> y (rows, C) = (x - mean) * rstd * w + b
-void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows) {
-    NN_ASSERT(x && y && rows <= l->max_rows);
+// x (rows, C) -> y (rows, C) = (x - mean) * rstd * w + b, or y16 its bf16 rounding
+static void forward(nn_layernorm *l, const float *x, float *y, uint16_t *y16, size_t rows) {
+    NN_ASSERT(x && (y || y16) && rows <= l->max_rows);
     const size_t C = l->c;
     l->x = x;
     l->rows = rows;
@@ -60,10 +60,25 @@ void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows
         const float mean = (float)mu, rstd = (float)(1.0 / sqrt(ss / (double)C + (double)l->eps));
         l->mean[r] = mean;
         l->rstd[r] = rstd;
-        float *yr = y + r * C;
-        for (size_t i = 0; i < C; i++)
-            yr[i] = (xr[i] - mean) * rstd * l->w[i] + l->b[i];
+        if (y) {
+            float *yr = y + r * C;
+            for (size_t i = 0; i < C; i++)
+                yr[i] = (xr[i] - mean) * rstd * l->w[i] + l->b[i];
+        } else {
+            uint16_t *yr = y16 + r * C;
+            for (size_t i = 0; i < C; i++)
+                yr[i] = nn_to_bf16((xr[i] - mean) * rstd * l->w[i] + l->b[i]);
+        }
     }
+}
+
+void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows) {
+    NN_ASSERT(y);
+    forward(l, x, y, NULL, rows);
+}
+void nn_layernorm_forward16(nn_layernorm *l, const float *x, uint16_t *y16, size_t rows) {
+    NN_ASSERT(y16);
+    forward(l, x, NULL, y16, rows);
 }
 
 // dx = rstd · (d − mean(d) − x̂·mean(d·x̂)) with d = dy·w; dw += Σ dy·x̂, db += Σ dy.

@@ -44,8 +44,9 @@ void nn_linear_free(nn_linear *l) {
     memset(l, 0, sizeof *l);
 }
 
-void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {
-    NN_ASSERT(x && y);
+// y = x Wᵀ + b: the bias rows, then the GEMM adds onto them; in bf16 mode from x16, which
+// the caller filled
+static void forward(nn_linear *l, const float *x, float *y, size_t rows) {
     const size_t din = l->d_in, dout = l->d_out;
     l->x = x;
     l->rows = rows;
@@ -57,15 +58,26 @@ void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {
             memcpy(y + r * dout, l->b, dout * sizeof(float));
     }
     if (l->max_rows16) {
-        NN_ASSERT(rows <= l->max_rows16);
         nn_bf16_encode(l->w, l->w16, dout * din);
-        nn_bf16_encode(x, l->x16, rows * din);
         nn_gemm_bf16(false, true, rows, dout, din, 1.0f, l->x16, din, l->w16, din,
                      l->b ? 1.0f : 0.0f, y, dout);
         return;
     }
     // y (rows, dout) = x (rows, din) · Wᵀ (din, dout) [+ y holding the bias]
     nn_sgemm(false, true, rows, dout, din, 1.0f, x, din, l->w, din, l->b ? 1.0f : 0.0f, y, dout);
+}
+
+void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {
+    NN_ASSERT(x && y && rows <= (l->max_rows16 ? l->max_rows16 : rows));
+    if (l->max_rows16) nn_bf16_encode(x, l->x16, rows * l->d_in);
+    forward(l, x, y, rows);
+}
+
+uint16_t *nn_linear_in16(nn_linear *l) { return l->max_rows16 ? l->x16 : NULL; }
+
+void nn_linear_forward_in16(nn_linear *l, float *y, size_t rows) {
+    NN_ASSERT(y && l->max_rows16 && rows <= l->max_rows16);
+    forward(l, NULL, y, rows);
 }
 
 // bf16 mode: dy rounded into dy16 and, with a bias, its column sums added to db in the same
@@ -97,7 +109,7 @@ static void encode_dy(nn_linear *l, const float *dy, size_t rows) {
 
 // dx (rows, din) = dy W + beta dx: beta 1 adds, beta 0 writes (dx never read then)
 static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
-    NN_ASSERT(dy && l->x);
+    NN_ASSERT(dy && (l->x || (l->max_rows16 && l->rows))); // (after a forward)
     const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
     l->dy = dy;
     if (l->max_rows16) {
@@ -149,8 +161,8 @@ ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name) {
 }
 
 void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g) {
-    NN_ASSERT(l->x && l->dy);
-    if (l->max_rows16) { // the bf16 operands themselves: no f32 copy
+    NN_ASSERT(l->dy && (l->x || l->max_rows16)); // (bf16: x16 may be all there is)
+    if (l->max_rows16) {                         // the bf16 operands themselves: no f32 copy
         *a = ngd_matrix_bf16(l->x16, l->rows, l->d_in);
         *g = ngd_matrix_bf16(l->dy16, l->rows, l->d_out);
         return;

@@ -294,6 +294,12 @@ typedef struct {
 nn_status nn_linear_init(nn_linear *l, size_t d_in, size_t d_out, bool bias, nn_rng *rng);
 // x (rows, d_in) -> y (rows, d_out). x is borrowed until backward.
 void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows);
+// bf16 mode: the buffer (rows x d_in) into which the layer producing this one's input may
+// write it already rounded (nn_to_bf16 of its f32 values: nn_relu_forward16, nn_gelu_forward16,
+// nn_layernorm_forward16), NULL in float32 mode; nn_linear_forward_in16 then runs on it, with
+// no f32 input written and read again and no encode pass. The same bits as nn_linear_forward.
+uint16_t *nn_linear_in16(nn_linear *l);
+void nn_linear_forward_in16(nn_linear *l, float *y, size_t rows);
 // dy (rows, d_out): dW += dyᵀ x, db += Σ_rows dy, dx (rows, d_in) += dy W (dx may be NULL).
 // dy is borrowed until the statistics have been read.
 void nn_linear_backward(nn_linear *l, const float *dy, float *dx);
@@ -611,6 +617,8 @@ typedef struct {
 
 nn_status nn_layernorm_init(nn_layernorm *l, size_t c, size_t max_rows);
 void nn_layernorm_forward(nn_layernorm *l, const float *x, float *y, size_t rows);
+// The output rounded to bf16 instead (a bf16 Linear's input: nn_linear_in16)
+void nn_layernorm_forward16(nn_layernorm *l, const float *x, uint16_t *y16, size_t rows);
 void nn_layernorm_backward(nn_layernorm *l, const float *dy, float *dx);
 void nn_layernorm_backward_set(nn_layernorm *l, const float *dy, float *dx); // dx written
 // dx = base + the input gradient (a residual's other path; base may be dx)
@@ -626,6 +634,7 @@ typedef struct {
 } nn_relu;
 
 void nn_relu_forward(nn_relu *l, const float *x, float *y, size_t n);
+void nn_relu_forward16(nn_relu *l, const float *x, uint16_t *y16, size_t n); // y rounded
 // dx += dy * [x > 0] (the derivative at the kink 0 is taken as 0)
 void nn_relu_backward(nn_relu *l, const float *dy, float *dx);
 // dx = dy * [x > 0], written (dx may be dy)
@@ -647,8 +656,9 @@ float nn_tanh_approx(float u);
 float nn_erf_approx(float x);
 float nn_exp_approx(float x);
 void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n);
-void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);     // dx += dy GELU'(x)
-void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx); // dx = dy GELU'(x)
+void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n); // y rounded
+void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);               // dx += dy GELU'(x)
+void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx);           // dx = dy GELU'(x)
 
 // ====== Pooling (pool.c) ======
 
@@ -860,6 +870,8 @@ typedef struct {
 nn_status nn_attention_init(nn_attention *l, size_t c, size_t nh, bool causal, size_t max_b,
                             size_t max_t, nn_rng *rng);
 void nn_attention_forward(nn_attention *l, const float *x, float *y, size_t B, size_t T);
+// bf16 mode: the input already rounded into nn_linear_in16(&l->qkv)
+void nn_attention_forward_in16(nn_attention *l, float *y, size_t B, size_t T);
 void nn_attention_backward(nn_attention *l, const float *dy, float *dx);
 void nn_attention_backward_set(nn_attention *l, const float *dy, float *dx); // dx written
 void nn_attention_free(nn_attention *l);

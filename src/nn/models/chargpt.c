@@ -126,8 +126,14 @@ static void gpt_forward_tokens(nn_model *m, const int32_t *ids, size_t B, size_t
     nn_posembed_forward(&p->wpe, p->res[0], p->res[0], B, T);
     for (size_t l = 0; l < p->depth; l++)
         nn_tblock_forward(&p->blk[l], p->res[l], p->res[l + 1], B, T);
-    nn_layernorm_forward(&p->lnf, p->res[p->depth], p->lnfo, BT);
-    nn_linear_forward(&p->head, p->lnfo, m->logits, BT);
+    uint16_t *head16 = nn_linear_in16(&p->head); // (bf16: the final LayerNorm rounds its output)
+    if (head16) {
+        nn_layernorm_forward16(&p->lnf, p->res[p->depth], head16, BT);
+        nn_linear_forward_in16(&p->head, m->logits, BT);
+    } else {
+        nn_layernorm_forward(&p->lnf, p->res[p->depth], p->lnfo, BT);
+        nn_linear_forward(&p->head, p->lnfo, m->logits, BT);
+    }
 }
 
 static void gpt_backward(nn_model *m, const float *dlogits) {

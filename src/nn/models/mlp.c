@@ -71,12 +71,19 @@ static void mlp_forward(nn_model *m, const float *x, size_t N, bool train) {
     mlp *p = m->impl;
     m->N = N;
     const float *in = x; // (N, c*h*w): flatten is the identity on NCHW memory
-    for (size_t i = 0; i + 1 < p->nl; i++) {
-        nn_linear_forward(&p->lin[i], in, p->z[i], N);
-        nn_relu_forward(&p->relu[i], p->z[i], p->h[i], N * p->lin[i].d_out);
-        in = p->h[i];
+    for (size_t i = 0; i < p->nl; i++) {
+        float *y = i + 1 < p->nl ? p->z[i] : m->logits;
+        if (in)
+            nn_linear_forward(&p->lin[i], in, y, N);
+        else // (bf16: the ReLU wrote this input rounded)
+            nn_linear_forward_in16(&p->lin[i], y, N);
+        if (i + 1 == p->nl) break;
+        uint16_t *next16 = nn_linear_in16(&p->lin[i + 1]);
+        if (next16)
+            nn_relu_forward16(&p->relu[i], y, next16, N * p->lin[i].d_out), in = NULL;
+        else
+            nn_relu_forward(&p->relu[i], y, p->h[i], N * p->lin[i].d_out), in = p->h[i];
     }
-    nn_linear_forward(&p->lin[p->nl - 1], in, m->logits, N);
 }
 
 static void mlp_backward(nn_model *m, const float *dlogits) {

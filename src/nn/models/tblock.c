@@ -52,13 +52,23 @@ void nn_tblock_free(nn_tblock *b) {
 
 void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t T) {
     const size_t R = B * T, C = b->C;
-    nn_layernorm_forward(&b->ln1, x, b->ln1o, R);
-    nn_attention_forward(&b->attn, b->ln1o, b->atto, B, T);
-    nn_residual_forward(x, b->atto, b->mid, R * C);
-    nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, R);
-    nn_linear_forward(&b->fc, b->ln2o, b->fch, R);
-    nn_gelu_forward(&b->gelu, b->fch, b->gel, R * 4 * C);
-    nn_linear_forward(&b->proj, b->gel, b->mlpo, R);
+    if (b->fc.max_rows16) { // bf16: LayerNorm and GELU write their Linears' inputs rounded
+        nn_layernorm_forward16(&b->ln1, x, nn_linear_in16(&b->attn.qkv), R);
+        nn_attention_forward_in16(&b->attn, b->atto, B, T);
+        nn_residual_forward(x, b->atto, b->mid, R * C);
+        nn_layernorm_forward16(&b->ln2, b->mid, nn_linear_in16(&b->fc), R);
+        nn_linear_forward_in16(&b->fc, b->fch, R);
+        nn_gelu_forward16(&b->gelu, b->fch, nn_linear_in16(&b->proj), R * 4 * C);
+        nn_linear_forward_in16(&b->proj, b->mlpo, R);
+    } else {
+        nn_layernorm_forward(&b->ln1, x, b->ln1o, R);
+        nn_attention_forward(&b->attn, b->ln1o, b->atto, B, T);
+        nn_residual_forward(x, b->atto, b->mid, R * C);
+        nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, R);
+        nn_linear_forward(&b->fc, b->ln2o, b->fch, R);
+        nn_gelu_forward(&b->gelu, b->fch, b->gel, R * 4 * C);
+        nn_linear_forward(&b->proj, b->gel, b->mlpo, R);
+    }
     nn_residual_forward(b->mid, b->mlpo, y, R * C);
 }
 
