@@ -57,7 +57,7 @@ expect_rc 2 "K-FAC brand-mult" "$NGD" train --optim brkfac --brand-mult 2 $Q
 expect_msg "--brand-mult must be 1" "brand-mult message names the option"
 expect_rc 2 "unknown plain-parameter rule" "$NGD" train --param-optim lamb
 expect_msg "sgd or adamw" "plain-parameter rule choices"
-expect_rc 2 "bad plain-parameter lr" "$NGD" train --param-optim adamw --param-lr -1
+expect_rc 2 "bad plain-parameter lr" "$NGD" train --model cnn --param-optim adamw --param-lr -1
 expect_msg "plain parameters: lr" "plain-parameter lr message"
 expect_rc 2 "bad number" "$NGD" train --lr abc
 expect_msg "--lr: 'abc' is not a number" "bad number message"
@@ -118,12 +118,13 @@ for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, 
            "--context 16|--context is for text models" "--checkpoint-every 5|--checkpoint-every needs --checkpoint" \
            "--structure diagonal --factored|--factored is for SINGD's dense factors" \
            "--official-blockdiag|--official-blockdiag is for block-diagonal factors" \
-           "--data shakespeare --augment|--augment is for image data"; do
+           "--data shakespeare --augment|--augment is for image data" \
+           "--param-optim adamw|the model has no plain parameters" "--kfac-approx reduce|--kfac-approx is for convolutions"; do
     # shellcheck disable=SC2086
     expect_rc 2 "${bad%%|*}" "$NGD" train ${bad%%|*} --data-dir "$D/nowhere" $Q
     expect_msg "${bad#*|}" "${bad%%|*} message"
 done
-for good in "--optim singd --beta1 0.8 --param-optim adamw" "--optim adamw --momentum 0.9 --param-optim sgd" \
+for good in "--model cnn --optim singd --beta1 0.8 --param-optim adamw" "--model cnn --optim adamw --momentum 0.9 --param-optim sgd" \
             "--optim brckfac --corr-frac 0.3 --rank 8 --brand-rank 4" "--optim rskfac --rank 5 --tail min_kept --kfac-seed 3" \
             "--optim kfac --kfac-damping pi --clip kl" "--optim ikfac --structure diagonal --damping 0" \
             "--optim ingd --alpha1 0.9 --lr-cov 0.1" "--structure block30diagonal --official-blockdiag" \

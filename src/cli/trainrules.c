@@ -205,6 +205,12 @@ int train_check_model_data(const train_opts *t) {
     return 0;
 }
 
+static bool model_linear_only(const char *name) {
+    for (size_t i = 0; nn_model_list(i); i++)
+        if (!strcmp(nn_model_list(i)->name, name)) return nn_model_list(i)->linear_only;
+    return false;
+}
+
 // Options that only mean something beside another option or kind of data: given where they
 // would be ignored, they are refused (as an option of another method is).
 int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *given, size_t n) {
@@ -218,6 +224,13 @@ int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *give
             why = "--context is for text models", hint = "drop it, or train on --data shakespeare";
         else if (id == O_AUGMENT && t->text)
             why = "--augment is for image data", hint = "drop it";
+        else if ((id == O_POPTIM || id == O_PLR || id == O_PWD || id == O_APPROX) &&
+                 model_linear_only(t->model))
+            why = id == O_APPROX ? "--kfac-approx is for convolutions and sequences, which "
+                                   "this model does not have"
+                                 : "the model has no plain parameters (every layer is "
+                                   "Kronecker-factored) for --param-optim, --param-lr, --param-wd",
+            hint = "drop it";
         else if (id == O_CKPTEVERY && !t->ckpt)
             why = "--checkpoint-every needs --checkpoint", hint = "add --checkpoint FILE";
         else if (id == O_QUIRK && kK != NGD_STRUCT_BLOCKDIAG && kC != NGD_STRUCT_BLOCKDIAG)

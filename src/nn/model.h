@@ -57,6 +57,9 @@ typedef struct {
     // backward then takes dlogits (B·T, classes), and observe hands libngd batch = B with
     // B·T rows per Linear (weights shared over tokens: loss_average BATCH_SEQUENCE).
     void (*forward_tokens)(nn_model *m, const int32_t *ids, size_t B, size_t T, bool train);
+    // Every layer a Linear over the batch's rows: no plain parameters (the rule of
+    // --param-optim has nothing to act on) and no convolution or sequence (--kfac-approx)
+    bool linear_only;
 } nn_model_ops;
 
 struct nn_model {

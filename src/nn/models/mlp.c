@@ -128,4 +128,5 @@ const nn_model_ops nn_mlp_ops = {
     .attach = mlp_attach,
     .observe = mlp_observe,
     .destroy = mlp_destroy,
+    .linear_only = true,
 };
