@@ -1913,8 +1913,7 @@ static void row_sums_on_threads_should_give_the_serial_loops_bits(void) {
         for (size_t j = 0; j < C; j++)
             want[j] += dy[i * C + j];
     CHECK(memcmp(lin.db, want, sizeof want) == 0);
-    // in bf16 mode the sums come from the pass that rounds dy: the same bits, and dy16 is
-    // nn_bf16_encode's
+    // in bf16 mode too (the sums of the f32 dy), and dy16 is nn_bf16_encode's
     memset(lin.db, 0, sizeof want);
     CHECK(nn_linear_use_bf16(&lin, rows) == NN_OK);
     nn_linear_forward(&lin, xin, x, rows);

@@ -80,47 +80,20 @@ void nn_linear_forward_in16(nn_linear *l, float *y, size_t rows) {
     forward(l, NULL, y, rows);
 }
 
-// bf16 mode: dy rounded into dy16 and, with a bias, its column sums added to db in the same
-// pass (nn_colsum_add's blocks and order: the same bits as the two passes it replaces, which
-// read dy twice: 2.4 % of chargpt's step was the second)
-static void encode_dy(nn_linear *l, const float *dy, size_t rows) {
-    const size_t dout = l->d_out;
-    if (!l->db) {
-        nn_bf16_encode(dy, l->dy16, rows * dout);
-        return;
-    }
-    const size_t nb = nn_col_blocks(dout);
-    NN_OMP_FOR(rows * dout)
-    for (size_t b = 0; b < nb; b++) {
-        const size_t j0 = b * NN_COL_BLOCK, w = nn_col_width(b, dout);
-        float a[NN_COL_BLOCK];
-        memcpy(a, l->db + j0, w * sizeof *a);
-        for (size_t r = 0; r < rows; r++) {
-            const float *restrict d = dy + r * dout + j0;
-            uint16_t *restrict d16 = l->dy16 + r * dout + j0;
-            for (size_t j = 0; j < w; j++) {
-                d16[j] = nn_to_bf16(d[j]);
-                a[j] += d[j];
-            }
-        }
-        memcpy(l->db + j0, a, w * sizeof *a);
-    }
-}
-
 // dx (rows, din) = dy W + beta dx: beta 1 adds, beta 0 writes (dx never read then)
 static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
     NN_ASSERT(dy && (l->x || (l->max_rows16 && l->rows))); // (after a forward)
     const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
     l->dy = dy;
     if (l->max_rows16) {
-        encode_dy(l, dy, rows); // (and the bias gradient: the f32 dy's sums)
+        nn_bf16_encode(dy, l->dy16, rows * dout);
         nn_gemm_bf16(true, false, dout, din, rows, 1.0f, l->dy16, dout, l->x16, din, 1.0f, l->dw,
                      din);
     } else {
         // dW (dout, din) += dyᵀ (dout, rows) · x (rows, din)
         nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, 1.0f, l->dw, din);
-        if (l->db) nn_colsum_add(dy, rows, dout, dout, l->db); // the bias gradient
     }
+    if (l->db) nn_colsum_add(dy, rows, dout, dout, l->db); // (the bias gradient sums the f32 dy)
     // dx (rows, din) (+)= dy (rows, dout) · W (dout, din)
     if (dx && l->max_rows16)
         nn_gemm_bf16(false, false, rows, din, dout, 1.0f, l->dy16, dout, l->w16, din, beta, dx,
