@@ -2147,6 +2147,53 @@ static void cross_entropy_should_match_formula_and_finite_differences(void) {
 
 // ---- PRNG ----
 
+// The loss over many rows (a text model's 8192) runs on the threads in blocks of rows, each
+// block's terms added in row order: one thread and two give the same loss, gradient and
+// count, bit for bit, across block boundaries and a ragged last block; and the loss agrees
+// with a float64 evaluation of its formula.
+static void cross_entropy_on_threads_should_equal_one_thread(void) {
+    ref_rng r = {229};
+    const size_t N = 2500, K = 37; // 92 500 numbers: the threads are taken; 3 blocks of rows
+    float *z = malloc(N * K * sizeof *z), *d[2];
+    int32_t *y = malloc(N * sizeof *y);
+    fill(&r, z, N * K, -6, 6);
+    for (size_t i = 0; i < N; i++)
+        y[i] = (int32_t)(i * 7 % K);
+    float loss[2];
+    size_t correct[2];
+    const int nthr0 = th_set_threads(0);
+    for (int k = 0; k < 2; k++) {
+        th_set_threads(k + 1);
+        d[k] = malloc(N * K * sizeof(float));
+        loss[k] = nn_xent_forward(z, y, N, K, 0.1f, 2.0f, d[k]);
+        correct[k] = nn_xent_correct(z, y, N, K);
+    }
+    th_set_threads(nthr0);
+    CHECK(f_bits(loss[0]) == f_bits(loss[1]));
+    CHECK(memcmp(d[0], d[1], N * K * sizeof(float)) == 0);
+    CHECK(correct[0] == correct[1]);
+    double want = 0.0;
+    size_t want_c = 0;
+    for (size_t i = 0; i < N; i++) {
+        double mx = z[i * K], s = 0.0, zs = 0.0;
+        size_t best = 0;
+        for (size_t j = 0; j < K; j++) {
+            mx = fmax(mx, (double)z[i * K + j]);
+            if (z[i * K + j] > z[i * K + best]) best = j;
+        }
+        for (size_t j = 0; j < K; j++)
+            s += exp((double)z[i * K + j] - mx), zs += (double)z[i * K + j];
+        const double lse = mx + log(s);
+        want += 0.9 * (lse - (double)z[i * K + (size_t)y[i]]) +
+                0.1 / (double)K * ((double)K * lse - zs);
+        want_c += best == (size_t)y[i];
+    }
+    want /= (double)N;
+    CHECK(fabs((double)loss[1] - want) <= 1e-5 * fabs(want));
+    CHECK(correct[1] == want_c);
+    free(z), free(y), free(d[0]), free(d[1]);
+}
+
 static void rng_should_be_reproducible_and_unbiased(void) {
     nn_rng a, b;
     nn_rng_seed(&a, 42);
@@ -2225,6 +2272,7 @@ static const test_case TESTS[] = {
     TEST(attention_heads_on_threads_should_match_one_thread),
     TEST(row_sums_on_threads_should_give_the_serial_loops_bits),
     TEST(bf16_producers_should_equal_rounding_the_f32_outputs),
+    TEST(cross_entropy_on_threads_should_equal_one_thread),
     TEST(transformer_writing_variants_should_equal_the_adding_ones),
     TEST(cross_entropy_should_match_formula_and_finite_differences),
     TEST(rng_should_be_reproducible_and_unbiased),
