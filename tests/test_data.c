@@ -319,13 +319,17 @@ static void streamed_cifar_should_equal_the_set_in_memory(void) {
     nn_dataset_compute_norm(&mem), nn_dataset_compute_norm(&str);
     CHECK(memcmp(mem.mean, str.mean, sizeof mem.mean) == 0 &&
           memcmp(mem.std, str.std, sizeof mem.std) == 0);
-    const size_t idx[4] = {6, 0, 5, 4}; // both files, out of order
-    float *a = malloc(4 * NN_CIFAR_PIXELS * sizeof(float)),
-          *b = malloc(4 * NN_CIFAR_PIXELS * sizeof(float));
-    int32_t ya[4], yb[4];
-    nn_dataset_batch(&mem, idx, 4, NULL, NULL, a, ya);
-    nn_dataset_batch(&str, idx, 4, NULL, NULL, b, yb);
-    CHECK(memcmp(a, b, 4 * NN_CIFAR_PIXELS * sizeof(float)) == 0 && memcmp(ya, yb, sizeof ya) == 0);
+    // both files, out of order; 12 images: the set in memory converts them on the threads
+    const size_t idx[12] = {6, 0, 5, 4, 1, 2, 3, 6, 0, 5, 4, 3};
+    float *a = malloc(12 * NN_CIFAR_PIXELS * sizeof(float)),
+          *b = malloc(12 * NN_CIFAR_PIXELS * sizeof(float));
+    int32_t ya[12], yb[12];
+    const int nthr0 = th_set_threads(2);
+    nn_dataset_batch(&mem, idx, 12, NULL, NULL, a, ya);
+    th_set_threads(nthr0);
+    nn_dataset_batch(&str, idx, 12, NULL, NULL, b, yb);
+    CHECK(memcmp(a, b, 12 * NN_CIFAR_PIXELS * sizeof(float)) == 0 &&
+          memcmp(ya, yb, sizeof ya) == 0);
     nn_augment aug = {4, true};
     nn_rng r1, r2;
     nn_rng_seed(&r1, 3), nn_rng_seed(&r2, 3);

@@ -173,6 +173,14 @@ void nn_dataset_set_norm(nn_dataset *ds, const float *mean, const float *std) {
     }
 }
 
+// One image's C planes of hw pixels through the per-channel lookup table
+static void convert_image(const float (*lut)[256], const uint8_t *src, float *dst, size_t C,
+                          size_t hw) {
+    for (size_t c = 0; c < C; c++)
+        for (size_t j = 0; j < hw; j++)
+            dst[c * hw + j] = lut[c][src[c * hw + j]];
+}
+
 void nn_dataset_batch(const nn_dataset *ds, const size_t *idx, size_t B, const nn_augment *aug,
                       nn_rng *rng, float *x, int32_t *y) {
     NN_ASSERT(ds && idx && x && ds->c <= NN_DATA_MAX_C);
@@ -186,6 +194,16 @@ void nn_dataset_batch(const nn_dataset *ds, const size_t *idx, size_t B, const n
             lut[c][v] = ((float)v / 255.0f - ds->mean[c]) / ds->std[c];
         zero[c] = lut[c][0];
     }
+    if (!augment && ds->pixels) { // in memory, no random draws: the images on the threads
+        NN_OMP_FOR(B * C * hw)
+        for (size_t b = 0; b < B; b++) {
+            NN_ASSERT(idx[b] < ds->n);
+            convert_image((const float(*)[256])lut, sample_pixels(ds, idx[b], NULL), x + b * C * hw,
+                          C, hw);
+            if (y) y[b] = ds->labels[idx[b]];
+        }
+        return;
+    }
     for (size_t b = 0; b < B; b++) {
         NN_ASSERT(idx[b] < ds->n);
         uint8_t buf[NN_CIFAR_PIXELS]; // streamed sets are CIFAR's
@@ -194,9 +212,7 @@ void nn_dataset_batch(const nn_dataset *ds, const size_t *idx, size_t B, const n
         float *dst = x + b * C * hw;
         if (y) y[b] = ds->labels[idx[b]];
         if (!augment) {
-            for (size_t c = 0; c < C; c++)
-                for (size_t j = 0; j < hw; j++)
-                    dst[c * hw + j] = lut[c][src[c * hw + j]];
+            convert_image((const float(*)[256])lut, src, dst, C, hw);
             continue;
         }
         // draw order per image: crop offsets, then flip (fixed, so runs are reproducible)
