@@ -54,22 +54,27 @@ float nn_exp_approx(float x) { return nn_exp_fast(x); }
 
 // ---- ReLU ----
 
-void nn_relu_forward(nn_relu *l, const float *x, float *y, size_t n) {
-    NN_ASSERT(x && y);
+// y = max(x, 0), or y16 its bf16 rounding (a loop each: see gelu_backward)
+static void relu_forward(nn_relu *l, const float *x, float *y, uint16_t *y16, size_t n) {
+    NN_ASSERT(x && (y || y16));
     l->x = x;
     l->n = n;
-    NN_OMP_FOR(n)
-    for (size_t i = 0; i < n; i++)
-        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    if (y) {
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    } else {
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++)
+            y16[i] = nn_to_bf16(x[i] > 0.0f ? x[i] : 0.0f);
+    }
 }
 
+void nn_relu_forward(nn_relu *l, const float *x, float *y, size_t n) {
+    relu_forward(l, x, y, NULL, n);
+}
 void nn_relu_forward16(nn_relu *l, const float *x, uint16_t *y16, size_t n) {
-    NN_ASSERT(x && y16);
-    l->x = x;
-    l->n = n;
-    NN_OMP_FOR(n)
-    for (size_t i = 0; i < n; i++)
-        y16[i] = nn_to_bf16(x[i] > 0.0f ? x[i] : 0.0f);
+    relu_forward(l, x, NULL, y16, n);
 }
 
 void nn_relu_backward(nn_relu *l, const float *dy, float *dx) {
@@ -130,11 +135,9 @@ static void gelu_forward(nn_gelu *l, const float *x, float *y, uint16_t *y16, si
 }
 
 void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n) {
-    NN_ASSERT(y);
     gelu_forward(l, x, y, NULL, n);
 }
 void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n) {
-    NN_ASSERT(y16);
     gelu_forward(l, x, NULL, y16, n);
 }
 
