@@ -159,11 +159,11 @@ int main(int argc, char **argv) {
         usage(stdout);
         return NGD_EXIT_OK;
     }
-    if (check_env()) return NGD_EXIT_USAGE;
     if (!strcmp(argv[1], "--version")) {
         printf("ngd %s\n", ngd_version());
         return NGD_EXIT_OK;
     }
+    if (check_env()) return NGD_EXIT_USAGE;
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         if (COMMANDS[i].fn && !strcmp(argv[1], COMMANDS[i].name))
             return COMMANDS[i].fn(argc - 1, argv + 1);

@@ -162,14 +162,20 @@ static bool params_finite(const nn_model *m) {
     return true;
 }
 
-// The run diverged (what: the parameters, or the outputs an evaluation saw): said once, with
-// the checkpoint still intact on disk, if any. No checkpoint of the diverged state is written.
-static void diverged_error(const train_opts *t, const char *saved, size_t step, const char *what) {
-    char hint[256];
-    snprintf(hint, sizeof hint, "lower --lr (or --lr-cov, --weight-decay) or raise --damping%s%s%s",
+// A divergence's hint: what to change, and the checkpoint still intact on disk, if any
+static const char *divergence_hint(char *buf, size_t cap, const char *saved) {
+    snprintf(buf, cap, "lower --lr (or --lr-cov, --weight-decay) or raise --damping%s%s%s",
              saved ? "; the last checkpoint (" : "", saved ? saved : "",
              saved ? ") is intact" : "");
-    cli_error(hint, "the run diverged: %s after step %zu; stopping%s", what, step,
+    return buf;
+}
+
+// The run diverged (what: the parameters, or the outputs an evaluation saw): said once. No
+// checkpoint of the diverged state is written.
+static void diverged_error(const train_opts *t, const char *saved, size_t step, const char *what) {
+    char hint[256];
+    cli_error(divergence_hint(hint, sizeof hint, saved),
+              "the run diverged: %s after step %zu; stopping%s", what, step,
               t->ckpt ? " without writing --checkpoint" : "");
 }
 #define NONFINITE_PARAMS "the parameters are no longer finite (an update overflowed)"
@@ -432,10 +438,8 @@ int train_run(const train_opts *t, bool eval_only) {
                 }
                 if (++consecutive_skips >= t->max_skips) {
                     char hint[256];
-                    snprintf(hint, sizeof hint, "lower --lr or raise --damping%s%s%s",
-                             saved ? "; the last checkpoint (" : "", saved ? saved : "",
-                             saved ? ") is intact" : "");
-                    cli_error(hint, "%zu consecutive non-finite steps at step %zu: stopping",
+                    cli_error(divergence_hint(hint, sizeof hint, saved),
+                              "%zu consecutive non-finite steps at step %zu: stopping",
                               consecutive_skips, rs.step);
                     rc = NGD_EXIT_FAIL;
                     stop = true;
