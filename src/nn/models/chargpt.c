@@ -108,6 +108,8 @@ static nn_status gpt_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         for (size_t l = 0; l < depth; l++)
             if (nn_tblock_use_bf16(&p->blk[l], BT) != NN_OK) goto oom;
         if (nn_linear_use_bf16(&p->head, BT) != NN_OK) goto oom;
+        free(p->lnfo); // (the final LayerNorm writes the head's bf16 input)
+        p->lnfo = NULL;
     }
     return NN_OK;
 oom:

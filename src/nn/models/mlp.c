@@ -14,7 +14,7 @@ typedef struct {
     nn_relu relu[NN_MODEL_MAX_WIDTHS];
     int id[NN_MODEL_MAX_WIDTHS + 1]; // libngd layer ids
     float *z[NN_MODEL_MAX_WIDTHS];   // (B, width_i) pre-activations of hidden i
-    float *h[NN_MODEL_MAX_WIDTHS];   // (B, width_i) activations
+    float *h[NN_MODEL_MAX_WIDTHS];   // (B, width_i) activations (NULL in bf16 mode)
     float *dh[NN_MODEL_MAX_WIDTHS];  // (B, width_i) gradient of h (then of z, in place)
     float *dz[NN_MODEL_MAX_WIDTHS];  // (B, width_i)
 } mlp;
@@ -53,10 +53,11 @@ static nn_status mlp_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         nn_model_add_params(m, ps, k);
         if (i < nh) {
             p->z[i] = nn_malloc(B * dout, sizeof(float));
-            p->h[i] = nn_malloc(B * dout, sizeof(float));
+            // (bf16: the ReLU writes the next Linear's bf16 input, and no f32 activation)
+            p->h[i] = cfg->bf16 ? NULL : nn_malloc(B * dout, sizeof(float));
             p->dh[i] = nn_malloc(B * dout, sizeof(float));
             p->dz[i] = nn_malloc(B * dout, sizeof(float));
-            if (!p->z[i] || !p->h[i] || !p->dh[i] || !p->dz[i]) goto oom;
+            if (!p->z[i] || (!cfg->bf16 && !p->h[i]) || !p->dh[i] || !p->dz[i]) goto oom;
         }
         din = dout;
     }

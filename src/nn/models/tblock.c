@@ -117,5 +117,8 @@ nn_status nn_tblock_use_bf16(nn_tblock *b, size_t rows) {
         nn_status s = nn_linear_use_bf16(ls[i], rows);
         if (s != NN_OK) return s;
     }
+    // the LayerNorms and GELU now write their Linears' bf16 inputs: no f32 outputs to keep
+    free(b->ln1o), free(b->ln2o), free(b->gel);
+    b->ln1o = b->ln2o = b->gel = NULL;
     return NN_OK;
 }
