@@ -199,6 +199,13 @@ static bool rows_pay(size_t n, size_t dC, size_t dK) {
            (double)dC * dK * ((double)dC + dK);
 }
 
+// Whether this step's rows are there for the preconditioning (taken once since the last step
+// or load)
+static bool rows_ready(const ngd_entry *e) {
+    const singd_state *s = e->ms;
+    return s->nrows > 0 && s->robs == 1 && s->rloads == e->loads;
+}
+
 // Keeps the step's processed rows (fact: a fully connected layer, both products cached, one
 // process; decided at its first statistics): 𝒜 as the statistics take it, 𝒢 times c / s_t,
 // c = the batch (a mean loss) or 1, so that Ĝ = (1/c) 𝒢ᵀ𝒜.
@@ -623,8 +630,9 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     singd_ws w = ws_layout(e, wsp);
     const size_t dK = e->d_K, dC = e->d_out;
     const size_t n = s->nrows;
-    const bool rows = n > 0 && s->robs == 1 && s->rloads == e->loads;
-    s->nrows = s->robs = 0;                              // this step's rows are used up
+    const bool rows = rows_ready(e);
+    s->nrows = s->robs = 0;      // this step's rows are used up
+    NGD_ASSERT(!s->bfc || rows); // (bf16 compute without them: singd_precondition_raw)
     if (s->bfc) cache16_refresh(e, s, w.fK[3], w.fC[3]); // (after a load: formed once)
     if (s->bfc && rows) { // P = (1/c) ((𝒢₁₆ (C Cᵀ)₁₆)₁₆)ᵀ (𝒜₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
         // (rows_pay keeps n below d_C and d_K: n x d_C and n x d_K fit in d_C d_K values)
@@ -636,13 +644,6 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         ngd_bf16_encode(w.Y, s->s16b, n * dK);
         ngd_gemm_bf16(true, false, dC, dK, n, (float)(1.0 / s->rc), s->s16a, dC, s->s16b, dK, 0.0f,
                       P, dK);
-        return;
-    }
-    if (s->bfc) { // P = (C Cᵀ)₁₆ (Ĝ₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
-        ngd_bf16_encode(G, s->s16a, dC * dK);
-        ngd_gemm_bf16(false, false, dC, dK, dK, 1.0f, s->s16a, dK, s->KKt16, dK, 0.0f, w.Y, dK);
-        ngd_bf16_encode(w.Y, s->s16b, dC * dK);
-        ngd_gemm_bf16(false, false, dC, dK, dC, 1.0f, s->CCt16, dC, s->s16b, dK, 0.0f, P, dK);
         return;
     }
     if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
@@ -681,19 +682,41 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
 // diagonal x diagonal: P = c² ⊙ Ĝ ⊙ k² read straight from [∇W | ∇b], the four products
 // fused into one pass in the generic path's order (k, k, c, c), after the same inv_scale
 // multiplication optim.c's gather does
+//
+// bf16 compute without this step's rows: P = (C Cᵀ)₁₆ (Ĝ₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation, with
+// Ĝ₁₆ rounded straight from [∇W | ∇b] · inv_scale (the gather's f32 products, rounded as
+// ngd_bf16_encode rounds them: the same bits, and no f32 Ĝ written and read back)
 static bool singd_raw_ok(const ngd_entry *e) {
     const singd_state *s = e->ms;
-    return s->sK.kind == NGD_STRUCT_DIAG && s->sC.kind == NGD_STRUCT_DIAG;
+    return (s->sK.kind == NGD_STRUCT_DIAG && s->sC.kind == NGD_STRUCT_DIAG) ||
+           (s->bfc && !rows_ready(e));
 }
 
 static void singd_precondition_raw(ngd_optim *o, ngd_entry *e, float inv_scale, float *P) {
     singd_state *s = e->ms;
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    const size_t dK = e->d_K, dC = e->d_out, din = e->d_in;
+    if (s->bfc) {
+        s->nrows = s->robs = 0; // (stale rows, if any, are used up too)
+        cache16_refresh(e, s, w.fK[3], w.fC[3]);
+        uint16_t *G16 = s->s16a;
+#pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
+        for (size_t i = 0; i < dC; i++) {
+            const float *g = e->gw + i * din;
+            uint16_t *r = G16 + i * dK;
+            for (size_t j = 0; j < din; j++)
+                r[j] = ngd_f32_to_bf16_vec(g[j] * inv_scale);
+            if (e->gb) r[din] = ngd_f32_to_bf16_vec(e->gb[i] * inv_scale);
+        }
+        ngd_gemm_bf16(false, false, dC, dK, dK, 1.0f, G16, dK, s->KKt16, dK, 0.0f, w.Y, dK);
+        ngd_bf16_encode(w.Y, s->s16b, dC * dK);
+        ngd_gemm_bf16(false, false, dC, dK, dC, 1.0f, s->CCt16, dC, s->s16b, dK, 0.0f, P, dK);
+        return;
+    }
     const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
-    const size_t dK = e->d_K, din = e->d_in;
 #pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
-    for (size_t i = 0; i < e->d_out; i++) {
+    for (size_t i = 0; i < dC; i++) {
         const float *g = e->gw + i * din;
         float *p = P + i * dK, c = Cf[i];
         for (size_t j = 0; j < din; j++)
