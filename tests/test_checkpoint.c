@@ -367,6 +367,68 @@ static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
     rmdir(tmpdir);
 }
 
+// A B-KFAC layer decides its factor tracks at its first statistics, or takes them from a
+// checkpoint's "#meta" while the load checks the file. A load that fails on a later entry
+// (another name) must leave the layer undecided: the same state bytes and the same steps,
+// bit for bit, as an optimizer that never saw the file.
+typedef struct {
+    float W[2][24], dW[2][24];
+    ngd_optim *o;
+} two_layers;
+
+static void two_layers_make(two_layers *n, const char *second) {
+    ngd_config c = ngd_config_default(NGD_METHOD_BKFAC);
+    c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.rank = 2;
+    CHECK(ngd_optim_create(&c, &n->o) == NGD_OK);
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < 24; i++)
+            n->W[l][i] = 0.1f * (float)(i % 5), n->dW[l][i] = 0.01f * (float)(i % 3);
+    int id;
+    ngd_layer a = {
+        .name = "fc0", .weight = n->W[0], .weight_grad = n->dW[0], .d_out = 4, .d_in = 6};
+    ngd_layer b = {
+        .name = second, .weight = n->W[1], .weight_grad = n->dW[1], .d_out = 4, .d_in = 6};
+    CHECK(ngd_optim_add_layer(n->o, &a, &id) == NGD_OK &&
+          ngd_optim_add_layer(n->o, &b, &id) == NGD_OK);
+}
+
+static void two_layers_train(two_layers *n, size_t rows, int steps) {
+    static float A[8 * 6], G[8 * 4];
+    for (size_t i = 0; i < 8 * 6; i++)
+        A[i] = (float)((i * 37) % 11) * 0.1f - 0.5f;
+    for (size_t i = 0; i < 8 * 4; i++)
+        G[i] = (float)((i * 29) % 7) * 0.1f - 0.3f;
+    for (int s = 0; s < steps; s++) {
+        for (int l = 0; l < 2; l++)
+            CHECK(ngd_optim_observe(n->o, l, rows, ngd_matrix_f32(A, rows, 6),
+                                    ngd_matrix_f32(G, rows, 4)) == NGD_OK);
+        CHECK(ngd_optim_step(n->o) == NGD_OK);
+    }
+}
+
+static void failed_load_should_leave_undecided_tracks_undecided(void) {
+    two_layers src, dst, ref;
+    two_layers_make(&src, "other");
+    two_layers_train(&src, 2, 3); // tracks decided from 2-row statistics
+    void *buf;
+    size_t len;
+    CHECK(ngd_optim_save_mem(src.o, &buf, &len) == NGD_OK);
+    two_layers_make(&dst, "fc1");
+    two_layers_make(&ref, "fc1");
+    CHECK(ngd_optim_load_mem(dst.o, buf, len) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(dst.o), "'other'") != NULL);
+    CHECK(ngd_optim_state_bytes(dst.o) == ngd_optim_state_bytes(ref.o));
+    two_layers_train(&dst, 8, 5); // 8 rows: other tracks than the file's
+    two_layers_train(&ref, 8, 5);
+    CHECK(memcmp(dst.W, ref.W, sizeof dst.W) == 0);
+    ngd_layer_health hd, hr;
+    CHECK(ngd_optim_layer_health(dst.o, 0, &hd) == NGD_OK);
+    CHECK(ngd_optim_layer_health(ref.o, 0, &hr) == NGD_OK);
+    CHECK(hd.rank_A == hr.rank_A && hd.rank_G == hr.rank_G);
+    free(buf);
+    ngd_optim_free(src.o), ngd_optim_free(dst.o), ngd_optim_free(ref.o);
+}
+
 // A writer killed mid-write (kill -9) leaves "<path>.tmp.<pid>" behind, as large as the
 // file; the next atomic write of the same path removes it when that pid is dead, and nothing
 // else: live writers' temporaries, other paths' and names not of exactly that form stay.
@@ -440,6 +502,7 @@ static const test_case TESTS[] = {
     TEST(load_into_a_used_optimizer_should_resume_bit_identically),
     TEST(singd_from_rows_should_resume),
     TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
+    TEST(failed_load_should_leave_undecided_tracks_undecided),
     TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -49,11 +49,7 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
         const bool keep_ea = tr != KF_BRAND || c->method != NGD_METHOD_BKFAC;
         const bool rows = tr == KF_BRAND || s->meta.factored;
         if (!kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta.rows_cap : 0)) {
-            for (int j = 0; j < 2; j++) { // all or nothing: the layer stays undecided
-                const size_t d = s->f[j].d;
-                kf_factor_free(&s->f[j]);
-                s->f[j].d = d;
-            }
+            kf_factors_undecided(s); // all or nothing: the layer stays undecided
             return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for the factors",
                                   e->name);
         }

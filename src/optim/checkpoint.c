@@ -23,6 +23,8 @@ static size_t type_size(ngd_arr_type t) {
 }
 
 // The arrays of an entry: first-order buffers, then the method's.
+#define META_MAX 8 // values of a '#' array (load_meta)
+
 static size_t entry_arrays(const ngd_optim *o, ngd_entry *e, ngd_state_array *a) {
     size_t n = 0;
     if (e->buf) a[n++] = (ngd_state_array){"buf", e->buf, e->n, NGD_ARR_F32};
@@ -180,11 +182,12 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
             size_t bytes = a[k].count * type_size(a[k].type);
             const unsigned char *p = ngd_rbuf_bytes(r, bytes);
             if (!p) return FMT("%s: truncated in '%s' array %s", path, e->name, an);
-            if (an[0] == '#' && a[k].type == NGD_ARR_U64 && o->ops->load_meta && count <= 8) {
+            if (an[0] == '#' && a[k].type == NGD_ARR_U64 && o->ops->load_meta &&
+                count <= META_MAX) {
                 // shapes decided at run time: let the method re-create them from the saved
                 // values (in the checking pass already, so the arrays after it compare
                 // against the right shapes), then list the arrays again
-                uint64_t v[8];
+                uint64_t v[META_MAX];
                 ngd_rbuf sub = {p, bytes, 0, false};
                 for (size_t j = 0; j < count; j++)
                     v[j] = ngd_rbuf_u64(&sub);
@@ -232,6 +235,36 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
     return NGD_OK;
 }
 
+// The checking pass lets a method re-create shapes from a checkpoint's '#' array (load_meta)
+// before the arrays after it are compared: a mismatch found later must undo that, so that a
+// failed load leaves the optimizer as it was. The values of each entry's '#' array (at most
+// META_MAX) before the load, or NULL when out of memory.
+static const ngd_state_array *meta_array(const ngd_optim *o, ngd_entry *e, ngd_state_array *a) {
+    const size_t n = entry_arrays(o, e, a);
+    for (size_t k = 0; k < n; k++)
+        if (a[k].name[0] == '#' && a[k].type == NGD_ARR_U64 && a[k].count <= META_MAX) return &a[k];
+    return NULL;
+}
+
+static uint64_t *meta_snapshot(ngd_optim *o) {
+    uint64_t *v = ngd_calloc(o->n ? o->n * META_MAX : 1, sizeof *v);
+    for (size_t i = 0; v && i < o->n && o->ops->load_undo; i++) {
+        ngd_state_array a[NGD_MAX_ARRAYS];
+        const ngd_state_array *m = meta_array(o, &o->e[i], a);
+        if (m) memcpy(v + i * META_MAX, m->p, m->count * sizeof *v);
+    }
+    return v;
+}
+
+static void meta_undo(ngd_optim *o, const uint64_t *before) {
+    for (size_t i = 0; i < o->n && o->ops->load_undo; i++) {
+        ngd_state_array a[NGD_MAX_ARRAYS];
+        const ngd_state_array *m = meta_array(o, &o->e[i], a);
+        if (m && memcmp(m->p, before + i * META_MAX, m->count * sizeof *before) != 0)
+            o->ops->load_undo(o, &o->e[i], before + i * META_MAX);
+    }
+}
+
 static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char *data,
                              size_t len) {
     ngd_status s = NGD_OK;
@@ -245,9 +278,16 @@ static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char
             s = FMT("%s: not an ngd optimizer checkpoint (bad magic)", path);
         } else if (ngd_crc32(data, len - 4) != stored) {
             s = FMT("%s: checksum mismatch: the file is corrupt or truncated", path);
-        } else if ((s = parse(o, path, &r, false)) == NGD_OK) {
-            ngd_rbuf r2 = {data, len, 0, false};
-            s = parse(o, path, &r2, true);
+        } else {
+            uint64_t *before = meta_snapshot(o);
+            if (!before) return ngd_optim_fail(o, NGD_ERR_NOMEM, "load: out of memory");
+            if ((s = parse(o, path, &r, false)) == NGD_OK) {
+                ngd_rbuf r2 = {data, len, 0, false};
+                s = parse(o, path, &r2, true);
+            } else {
+                meta_undo(o, before);
+            }
+            ngd_free(before);
         }
     }
     return s;

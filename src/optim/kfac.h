@@ -115,6 +115,8 @@ size_t kf_factored_ws(const ngd_entry *e, size_t m);
 // Allocates the state of factor f for its (decided) track; false when out of memory.
 bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap);
 void kf_factor_free(kf_factor *f);
+// Frees both factors' state, keeping their sizes: the state of an undecided layer
+void kf_factors_undecided(kf_state *s);
 // Grows the row buffers (Brand-track factors, or both factors of a factored layer) to hold
 // `rows` rows, and the scratch to what their factored application needs; all or nothing
 // (NGD_ERR_NOMEM leaves every buffer as it was).

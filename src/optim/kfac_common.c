@@ -60,6 +60,14 @@ void kf_factor_free(kf_factor *f) {
     memset(f, 0, sizeof *f);
 }
 
+void kf_factors_undecided(kf_state *s) {
+    for (int j = 0; j < 2; j++) {
+        const size_t d = s->f[j].d;
+        kf_factor_free(&s->f[j]);
+        s->f[j].d = d;
+    }
+}
+
 ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
     kf_state *s = e->ms;
     // both buffers and the scratch the factored application will need first, then commit

@@ -569,6 +569,23 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
     return NGD_OK;
 }
 
+// A failed load's undo: a layer that took the saved tracks goes back to undecided (its
+// factors freed, as kf_apply_tracks leaves them on failure); a decided one gets back its
+// flags (row buffers it grew keep their capacity, which changes no result)
+static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
+    kf_state *s = e->ms;
+    kf_meta b;
+    memcpy(&b, before, sizeof b);
+    if (!b.decided && s->meta.decided) {
+        kf_factors_undecided(s);
+        s->meta = b;
+        o->planned = false;
+        return;
+    }
+    s->meta.factored = b.factored;
+    s->meta.cols = b.cols;
+}
+
 // 'K' / 'C': the dense EA (zero start, without the identity term) or, on the B-KFAC Brand
 // track, U D Uᵀ; 'k' / 'c': U D Uᵀ, the representation the preconditioner uses.
 static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char which,
@@ -606,8 +623,9 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
-        .load_meta = kfac_load_meta, .factor_dense = kfac_factor_dense, .combine = kfac_combine,   \
-        .work = kfac_work, .publish = kfac_publish, .update_heavy = kfac_heavy,                    \
+        .load_meta = kfac_load_meta, .load_undo = kfac_load_undo,                                  \
+        .factor_dense = kfac_factor_dense, .combine = kfac_combine, .work = kfac_work,             \
+        .publish = kfac_publish, .update_heavy = kfac_heavy,                                       \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

@@ -171,6 +171,9 @@ typedef struct ngd_method_ops {
     // '#' as soon as it is read, before the entry's other arrays are compared, so a method
     // can re-create shapes decided at run time (the K-FAC family's tracks). May allocate.
     ngd_status (*load_meta)(ngd_optim *o, ngd_entry *e, const uint64_t *v, size_t n);
+    // undoes what load_meta changed when the load fails after it (the checking pass found a
+    // later mismatch): `before` holds the '#' array's values from before the load
+    void (*load_undo)(ngd_optim *o, ngd_entry *e, const uint64_t *before);
     // bytes of derived caches kept beside the state (optional; not saved, not state bytes)
     size_t (*cache_bytes)(const ngd_entry *e);
     // data-parallel runs (optional; docs/distributed.md). combine: make the pending statistics
