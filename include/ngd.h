@@ -458,7 +458,9 @@ typedef struct {
     const char *name;       // the layer's name (owned by the optimizer)
     size_t updates;         // preconditioner updates done
     size_t skips;           // steps skipped because of non-finite values
-    size_t decomp_failures; // K-FAC family: failed decompositions (kept last good)
+    size_t decomp_failures; // preconditioner updates refused, the last good one kept: the
+                            // K-FAC family's failed decompositions, SINGD's factor updates
+                            // from non-finite statistics
     size_t decomp_retries;  // K-FAC family: float32 failures retried in float64
     float trace_K, trace_C; // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
     float norm_K, norm_C;   // Frobenius norms of K and C (SINGD) / of the factors

@@ -180,6 +180,70 @@ static void lr_cov_schedule_should_drive_the_factor_step(void) {
     tp_free(&p);
 }
 
+// Non-finite statistics with finite gradients (an Inf in a layer's input): SINGD refuses that
+// factor update, counts it in decomp_failures and keeps K and C, so the step's update stays
+// finite; the next clean statistics update the factors again. f32 dense and diagonal
+// factors, and bf16 compute.
+static void singd_should_refuse_non_finite_statistics(void) {
+    for (int v = 0; v < 3; v++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        c.T = 1, c.lr = 0.1f;
+        if (v == 1) ngd_structure_parse("diagonal", &c.structure_K);
+        if (v == 2) {
+            c.structure_K.dtype = c.structure_C.dtype = NGD_BF16;
+            c.factor_compute = NGD_BF16;
+        }
+        float W[4 * 6], dW[4 * 6], b[4] = {0}, db[4], a[3 * 6], g[3 * 4];
+        for (int i = 0; i < 24; i++)
+            W[i] = 0.05f * (float)(i % 7) - 0.1f, dW[i] = 0.01f * (float)(i % 5) - 0.02f;
+        for (int i = 0; i < 4; i++)
+            db[i] = 0.01f * (float)i;
+        for (int i = 0; i < 18; i++)
+            a[i] = 0.1f * (float)(i % 4) - 0.1f;
+        for (int i = 0; i < 12; i++)
+            g[i] = 0.2f * (float)(i % 3) - 0.2f;
+        ngd_optim *o;
+        int id;
+        ngd_layer L = {.name = "fc",
+                       .weight = W,
+                       .weight_grad = dW,
+                       .d_out = 4,
+                       .d_in = 6,
+                       .bias = b,
+                       .bias_grad = db};
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK && ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        float K0[49], K1[49], C0[16], C1[16];
+        CHECK(ngd_optim_factor_dense(o, id, 'K', K0, 7) == NGD_OK);
+        CHECK(ngd_optim_factor_dense(o, id, 'C', C0, 4) == NGD_OK);
+        a[5] = INFINITY;
+        CHECK(ngd_optim_observe(o, id, 3, ngd_matrix_f32(a, 3, 6), ngd_matrix_f32(g, 3, 4)) ==
+              NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        ngd_layer_health h;
+        CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+        CHECK(h.decomp_failures == 1 && h.skips == 0);
+        CHECK(ngd_optim_factor_dense(o, id, 'K', K1, 7) == NGD_OK);
+        CHECK(ngd_optim_factor_dense(o, id, 'C', C1, 4) == NGD_OK);
+        CHECK(memcmp(K0, K1, sizeof K0) == 0 && memcmp(C0, C1, sizeof C0) == 0);
+        bool finite = true;
+        for (int i = 0; i < 24; i++)
+            finite = finite && isfinite(W[i]);
+        CHECK(finite && isfinite(b[0]));
+        a[5] = 0.3f;
+        CHECK(ngd_optim_observe(o, id, 3, ngd_matrix_f32(a, 3, 6), ngd_matrix_f32(g, 3, 4)) ==
+              NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+        CHECK(h.decomp_failures == 1 && h.updates == 1);
+        CHECK(ngd_optim_factor_dense(o, id, 'K', K1, 7) == NGD_OK);
+        CHECK(memcmp(K0, K1, sizeof K0) != 0);
+        for (int i = 0; i < 24; i++)
+            finite = finite && isfinite(W[i]);
+        CHECK(finite);
+        ngd_optim_free(o);
+    }
+}
+
 // A plain parameter given AdamW's (or SGD's) rule by its override, under any method, takes
 // exactly the steps a plain AdamW (SGD) optimizer takes, keeps them across a save/load, and
 // a layer cannot take such an override.
@@ -629,6 +693,7 @@ static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
+    TEST(singd_should_refuse_non_finite_statistics),
     TEST(params_should_take_adamw_or_sgd_under_any_method),
     TEST(health_norms_should_match_f64),
     TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),

@@ -109,12 +109,6 @@ size_t kf_brand_ws(const ngd_entry *e, const kf_factor *f) {
     return bytes;
 }
 
-static bool all_finite(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return false;
-    return true;
-}
-
 ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     kf_state *s = e->ms;
     const ngd_config *c = &e->cfg;
@@ -134,7 +128,7 @@ ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
                               e->name);
     // non-finite statistics (the gradients were finite): this batch is lost for the factor,
     // as when the update fails numerically, instead of an error after other layers changed
-    if (!all_finite(f->rows, rows * d)) {
+    if (!ngd_all_finite(f->rows, rows * d)) {
         e->h.decomp_failures++;
         ngd_optim_log(o, "layer '%s': non-finite statistics at step %zu; Brand update skipped",
                       e->name, t);

@@ -204,6 +204,8 @@ ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...)
 void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 // Σ x² in a fixed order (the same bits on every build and thread count), for health and clips.
 double ngd_sumsq(const float *x, size_t n);
+// Whether no x[i] is Inf or NaN (an exact scan that vectorises)
+bool ngd_all_finite(const float *x, size_t n);
 
 // ---- data-parallel helpers (optim.c): collectives that count the bytes they hand over ----
 // Ranks of the run (1 without a communicator).

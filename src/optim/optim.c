@@ -462,7 +462,7 @@ ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale) {
 
 size_t ngd_optim_steps(const ngd_optim *o) { return o ? o->steps : 0; }
 
-static bool all_finite(const float *x, size_t n) {
+bool ngd_all_finite(const float *x, size_t n) {
     // an exponent field of all ones is Inf or NaN; integer AND/OR reductions vectorise
     // (a float sum would not, without -ffast-math)
     uint32_t bad = 0;
@@ -475,8 +475,9 @@ static bool all_finite(const float *x, size_t n) {
 }
 
 static bool grads_finite(const ngd_entry *e) {
-    if (!all_finite(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n)) return false;
-    if (e->gb && !all_finite(e->gb, e->d_out)) return false;
+    if (!ngd_all_finite(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n))
+        return false;
+    if (e->gb && !ngd_all_finite(e->gb, e->d_out)) return false;
     return true;
 }
 

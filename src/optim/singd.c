@@ -526,6 +526,18 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
                               "layer '%s': no statistics for the update at "
                               "step %zu",
                               e->name, t);
+    if (!ngd_all_finite(s->HK, s->sK.n) || !ngd_all_finite(s->HC, s->sC.n)) {
+        // non-finite statistics with finite gradients (an Inf in a layer's input, say): the
+        // update would make K and C NaN for good, so it is refused and counted, the factors
+        // kept, as the K-FAC family keeps its last good decomposition
+        s->has_H = 0;
+        e->h.decomp_failures++;
+        ngd_optim_log(o,
+                      "step %zu: layer '%s': non-finite curvature statistics, factor update "
+                      "refused (K and C kept)",
+                      t, e->name);
+        return NGD_OK;
+    }
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     const size_t dK = e->d_K, dC = e->d_out;
     if (s->bfc) { // Π(KᵀK) = KᵀK of the stored bf16 factors, f32 accumulation
