@@ -329,10 +329,14 @@ NGD_API ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out);
 // Frees the optimizer and all its state. NULL is a no-op. Registered buffers are not freed.
 NGD_API void ngd_optim_free(ngd_optim *o);
 
+// Longest layer or parameter name, in bytes (checkpoints store the names)
+#define NGD_NAME_MAX 255
+
 // A Kronecker-factored layer (Linear or Conv2d). All buffers are borrowed: they must stay
 // valid until ngd_optim_free; libngd never frees them.
 typedef struct {
-    const char *name;         // optional, copied (used in messages and health)
+    const char *name;         // optional, copied (used in messages, health and checkpoints;
+                              // at most NGD_NAME_MAX bytes)
     float *weight;            // d_out x d_in, row-major; updated in place by step
     const float *weight_grad; // d_out x d_in, read by step
     size_t d_out, d_in;
@@ -343,8 +347,8 @@ typedef struct {
 } ngd_layer;
 
 // Registers a layer; its id (0, 1, ...) is returned in *out_id. Allowed only before the
-// first step. Errors: NGD_ERR_ARG (NULL, zero sizes, bad override), NGD_ERR_STATE,
-// NGD_ERR_NOMEM.
+// first step. Errors: NGD_ERR_ARG (NULL, zero sizes, sizes that overflow, a name longer than
+// NGD_NAME_MAX, bad override), NGD_ERR_STATE, NGD_ERR_NOMEM.
 NGD_API ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id);
 
 // Registers a parameter that is not Kronecker-factored (norm scales, embeddings, ...): it

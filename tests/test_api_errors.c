@@ -4,6 +4,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
@@ -41,6 +42,10 @@ static void config_validation_should_name_the_field(void) {
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
     c = ngd_config_default(NGD_METHOD_SGD), c.damping = -1; // not SINGD's: not its business
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
+    c = ngd_config_default(NGD_METHOD_KFAC), c.kfac.eig_zero_tol = NAN;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "eig_zero_tol"));
+    c = ngd_config_default(NGD_METHOD_KFAC), c.kfac.eig_zero_tol = -1e-3f;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "eig_zero_tol"));
     c = ngd_config_default(NGD_METHOD_SINGD), c.lr_cov = -1;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "lr_cov"));
     c = ngd_config_default(NGD_METHOD_SGD), c.nesterov = true;
@@ -98,6 +103,36 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
     ngd_config ov = ngd_config_default(NGD_METHOD_ADAMW);
     L.bias = NULL, L.override = &ov;
     CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_ERR_ARG && strstr(ngd_optim_errmsg(o), "method"));
+    // names a checkpoint can hold: NGD_NAME_MAX bytes, not one more
+    char longname[NGD_NAME_MAX + 2];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    L.override = NULL, L.name = longname;
+    CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "layer name of 256 bytes") != NULL);
+    CHECK(ngd_optim_add_param(o, longname, p.b2, p.gb2, 2, NULL, &id) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "param name of 256 bytes") != NULL);
+    longname[NGD_NAME_MAX] = '\0'; // NGD_NAME_MAX bytes: registered, saved and loaded back
+    {
+        ngd_optim *o1, *o2;
+        int i1, i2;
+        void *ck;
+        size_t ckn;
+        CHECK(ngd_optim_create(&c, &o1) == NGD_OK && ngd_optim_create(&c, &o2) == NGD_OK);
+        CHECK(ngd_optim_add_param(o1, longname, p.b2, p.gb2, 2, NULL, &i1) == NGD_OK);
+        CHECK(ngd_optim_add_param(o2, longname, p.b2, p.gb2, 2, NULL, &i2) == NGD_OK);
+        CHECK(ngd_optim_save_mem(o1, &ck, &ckn) == NGD_OK);
+        CHECK(ngd_optim_load_mem(o2, ck, ckn) == NGD_OK);
+        free(ck);
+        ngd_optim_free(o1), ngd_optim_free(o2);
+    }
+    L.name = "x";
+    // d_in + 1 (the bias column) must not wrap
+    L.d_in = SIZE_MAX, L.bias = p.b1, L.bias_grad = p.gb1;
+    CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "overflows") != NULL);
+    L.d_in = 4, L.bias = NULL, L.bias_grad = NULL;
+    CHECK(ngd_optim_count(o) == 0);
     // a huge layer: out of memory, reported, nothing registered
     L.override = NULL, L.d_out = (size_t)1 << 31, L.d_in = (size_t)1 << 31;
     CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_ERR_NOMEM);
@@ -133,6 +168,24 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
     // introspection errors
     ngd_layer_health h;
     CHECK(ngd_optim_layer_health(o, 5, &h) == NGD_ERR_LAYER);
+    CHECK(strstr(ngd_optim_errmsg(o), "unknown id 5") != NULL);
+    // every failing call with a handle leaves its own message, not an older one
+    CHECK(ngd_optim_set_lr_scale(o, -1.0f) == NGD_ERR_ARG);
+    CHECK(ngd_optim_layer_health(o, 0, NULL) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "layer_health: out is NULL") != NULL);
+    CHECK(ngd_optim_save(o, NULL) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "save: path is NULL") != NULL);
+    CHECK(ngd_optim_load(o, NULL) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "load: path is NULL") != NULL);
+    CHECK(ngd_optim_load_mem(o, NULL, 0) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "load_mem: buf is NULL") != NULL);
+    void *sb = NULL;
+    CHECK(ngd_optim_save_mem(o, &sb, NULL) == NGD_ERR_ARG && sb == NULL);
+    CHECK(strstr(ngd_optim_errmsg(o), "save_mem") != NULL);
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', NULL, 5) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "factor_dense: out is NULL") != NULL);
+    CHECK(ngd_optim_last_update(o, p.id1, NULL, 15) == NGD_ERR_ARG);
+    CHECK(strstr(ngd_optim_errmsg(o), "last_update: out is NULL") != NULL);
     float buf[64];
     CHECK(ngd_optim_factor_dense(o, p.id1, 'Q', buf, 5) == NGD_ERR_ARG);
     CHECK(ngd_optim_last_update(o, p.id1, buf, 15) == NGD_ERR_STATE);

@@ -9,6 +9,7 @@
  * norms) against float64.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,6 +179,23 @@ static void lr_cov_schedule_should_drive_the_factor_step(void) {
     CHECK(sched_calls == 6.0f); // once per layer per update step
     ngd_optim_free(o);
     tp_free(&p);
+}
+
+// IKFAC forces alpha1 = 0 as the official code does, and says so through the config's own
+// log_fn, for the optimizer's config as for a layer's override
+static char logged[512];
+static void log_to_buffer(void *user, const char *msg) {
+    (void)user;
+    snprintf(logged, sizeof logged, "%s", msg);
+}
+static void kfac_like_alpha1_should_be_logged(void) {
+    ngd_config c = ngd_config_default(NGD_METHOD_IKFAC);
+    c.alpha1 = 0.3f, c.log_fn = log_to_buffer;
+    logged[0] = '\0';
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    CHECK(strstr(logged, "config: kfac_like forces alpha1 = 0 (was 0.3)") != NULL);
+    ngd_optim_free(o);
 }
 
 // Non-finite statistics with finite gradients (an Inf in a layer's input): SINGD refuses that
@@ -694,6 +712,7 @@ static const test_case TESTS[] = {
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
     TEST(singd_should_refuse_non_finite_statistics),
+    TEST(kfac_like_alpha1_should_be_logged),
     TEST(params_should_take_adamw_or_sgd_under_any_method),
     TEST(health_norms_should_match_f64),
     TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),

@@ -90,8 +90,9 @@ static void serialise(ngd_optim *o, ngd_wbuf *wp) {
 }
 
 ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
-    if (!co || !path) return NGD_ERR_ARG;
+    if (!co) return NGD_ERR_ARG;
     ngd_optim *o = (ngd_optim *)(uintptr_t)co; // only the message buffer is written
+    if (!path) return ngd_optim_fail(o, NGD_ERR_ARG, "save: path is NULL");
     ngd_wbuf w = {0};
     serialise(o, &w);
     char err[400];
@@ -102,8 +103,9 @@ ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
 }
 
 ngd_status ngd_optim_save_mem(const ngd_optim *co, void **buf, size_t *len) {
-    if (!co || !buf || !len) return NGD_ERR_ARG;
+    if (!co) return NGD_ERR_ARG;
     ngd_optim *o = (ngd_optim *)(uintptr_t)co;
+    if (!buf || !len) return ngd_optim_fail(o, NGD_ERR_ARG, "save_mem: buf or len is NULL");
     ngd_wbuf w = {0};
     serialise(o, &w);
     if (w.oom) {
@@ -143,7 +145,7 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
     }
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
-        char name[256];
+        char name[NGD_NAME_MAX + 2]; // (one more: a longer saved name differs)
         if (!ngd_rbuf_str(r, name, sizeof name)) return FMT("%s: truncated at entry %zu", path, i);
         if (strcmp(name, e->name) != 0)
             return FMT("%s: entry %zu is '%s', this optimizer has '%s'", path, i, name, e->name);
@@ -294,7 +296,8 @@ static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char
 }
 
 ngd_status ngd_optim_load(ngd_optim *o, const char *path) {
-    if (!o || !path) return NGD_ERR_ARG;
+    if (!o) return NGD_ERR_ARG;
+    if (!path) return ngd_optim_fail(o, NGD_ERR_ARG, "load: path is NULL");
     unsigned char *data;
     size_t len;
     char err[400];
@@ -306,6 +309,7 @@ ngd_status ngd_optim_load(ngd_optim *o, const char *path) {
 }
 
 ngd_status ngd_optim_load_mem(ngd_optim *o, const void *buf, size_t len) {
-    if (!o || !buf) return NGD_ERR_ARG;
+    if (!o) return NGD_ERR_ARG;
+    if (!buf) return ngd_optim_fail(o, NGD_ERR_ARG, "load_mem: buf is NULL");
     return load_bytes(o, "checkpoint", buf, len);
 }

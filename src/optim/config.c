@@ -268,6 +268,7 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if ((unsigned)k->clip > NGD_CLIP_KL) BAD("kfac.clip: unknown value");
     if (!finite_nonneg(k->clip_kappa)) BAD("kfac.clip_kappa must be >= 0");
     if (k->rank == 0) BAD("kfac.rank must be >= 1");
+    if (!finite_nonneg(k->eig_zero_tol)) BAD("kfac.eig_zero_tol must be finite and >= 0");
     if (k->brand_mult == 0 || k->refresh_mult == 0 || k->corr_mult == 0)
         BAD("kfac.brand_mult, refresh_mult and corr_mult must be >= 1");
     if (!(k->corr_frac > 0.0f && k->corr_frac <= 1.0f)) BAD("kfac.corr_frac must be in (0, 1]");

@@ -111,6 +111,7 @@ ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
     if (!ops) return NGD_ERR_ARG;
     ngd_optim *o = ngd_calloc(1, sizeof *o);
     if (!o) return NGD_ERR_NOMEM;
+    o->cfg = cfg; // (first: normalise_config logs through cfg.log_fn)
     normalise_config(o, &cfg, "config");
     o->cfg = cfg;
     o->ops = ops;
@@ -215,12 +216,21 @@ static ngd_status alloc_first_order(ngd_optim *o, ngd_entry *e, size_t count) {
     return NGD_OK;
 }
 
+// A name a checkpoint can hold (ngd.h: NGD_NAME_MAX)
+static ngd_status check_name(ngd_optim *o, const char *what, const char *name) {
+    const size_t n = strlen(name);
+    if (n <= NGD_NAME_MAX) return NGD_OK;
+    return ngd_optim_fail(o, NGD_ERR_ARG, "%s name of %zu bytes ('%.40s...'): at most %d", what, n,
+                          name, NGD_NAME_MAX);
+}
+
 ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
     ngd_status s = check_addable(o, l, out_id);
     if (s) return s;
     char autoname[32];
     snprintf(autoname, sizeof autoname, "layer%zu", o->n);
     const char *name = l->name ? l->name : autoname;
+    if ((s = check_name(o, "layer", name))) return s;
     if (!l->weight || !l->weight_grad)
         return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': weight and weight_grad are required",
                               name);
@@ -236,7 +246,8 @@ ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
                               name);
     int ok = 1;
     size_t count = ngd_mul_size(l->d_out, l->d_in + (l->bias ? 1 : 0), &ok);
-    if (!ok) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': size overflows", name);
+    if (!ok || (l->bias && l->d_in == SIZE_MAX))
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': size overflows", name);
     if ((s = grow_entries(o))) return s;
     ngd_entry *e = &o->e[o->n];
     memset(e, 0, sizeof *e);
@@ -276,6 +287,7 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     char autoname[32];
     snprintf(autoname, sizeof autoname, "param%zu", o->n);
     const char *nm = name ? name : autoname;
+    if ((s = check_name(o, "param", nm))) return s;
     if (!grad) return ngd_optim_fail(o, NGD_ERR_ARG, "param '%s': grad is NULL", nm);
     if (n == 0) return ngd_optim_fail(o, NGD_ERR_ARG, "param '%s': n must be >= 1", nm);
     if ((s = grow_entries(o))) return s;
@@ -926,8 +938,11 @@ ngd_status ngd_optim_step(ngd_optim *o) {
 // ---- health and introspection ----
 
 ngd_status ngd_optim_layer_health(const ngd_optim *o, int id, ngd_layer_health *out) {
-    if (!o || !out) return NGD_ERR_ARG;
-    if (id < 0 || (size_t)id >= o->n) return NGD_ERR_LAYER;
+    if (!o) return NGD_ERR_ARG;
+    ngd_optim *mo = (ngd_optim *)(uintptr_t)o; // the message buffer is the only thing written
+    if (!out) return ngd_optim_fail(mo, NGD_ERR_ARG, "layer_health: out is NULL");
+    if (id < 0 || (size_t)id >= o->n)
+        return ngd_optim_fail(mo, NGD_ERR_LAYER, "layer_health: unknown id %d", id);
     const ngd_entry *e = &o->e[id];
     *out = e->h;
     size_t bytes = 0;
@@ -974,8 +989,9 @@ size_t ngd_optim_workspace_bytes(const ngd_optim *o) {
 }
 
 ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out, size_t d) {
-    if (!o || !out) return NGD_ERR_ARG;
+    if (!o) return NGD_ERR_ARG;
     ngd_optim *mo = (ngd_optim *)(uintptr_t)o; // the message buffer is the only thing written
+    if (!out) return ngd_optim_fail(mo, NGD_ERR_ARG, "factor_dense: out is NULL");
     if (layer < 0 || (size_t)layer >= o->n || o->e[layer].kind != NGD_ENTRY_LAYER)
         return ngd_optim_fail(mo, NGD_ERR_LAYER, "factor_dense: unknown layer id %d", layer);
     const ngd_entry *e = &o->e[layer];
@@ -994,8 +1010,9 @@ ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, flo
 }
 
 ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size_t n) {
-    if (!o || !out) return NGD_ERR_ARG;
+    if (!o) return NGD_ERR_ARG;
     ngd_optim *mo = (ngd_optim *)(uintptr_t)o;
+    if (!out) return ngd_optim_fail(mo, NGD_ERR_ARG, "last_update: out is NULL");
     if (layer < 0 || (size_t)layer >= o->n)
         return ngd_optim_fail(mo, NGD_ERR_LAYER, "last_update: unknown id %d", layer);
     const ngd_entry *e = &o->e[layer];
