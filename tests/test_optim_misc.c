@@ -177,6 +177,23 @@ static void lr_cov_schedule_should_drive_the_factor_step(void) {
     CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 5) == NGD_OK);
     CHECK(memcmp(K, I, sizeof K) != 0);
     CHECK(sched_calls == 6.0f); // once per layer per update step
+    // a schedule's NaN (or negative) fails the step before anything changes; the step can
+    // then be retried
+    float W1[12], K2[25];
+    memcpy(W1, p.W1, sizeof W1);
+    CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K, 5) == NGD_OK);
+    for (int bad = 0; bad < 2; bad++) {
+        beta = bad ? -0.5f : NAN;
+        tp_forward_backward(&p, o, 3, 1.0f);
+        CHECK(ngd_optim_step(o) == NGD_ERR_ARG);
+        CHECK(strstr(ngd_optim_errmsg(o), "lr_cov_fn returned") != NULL);
+        CHECK(ngd_optim_steps(o) == 3 && memcmp(W1, p.W1, sizeof W1) == 0);
+        CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K2, 5) == NGD_OK);
+        CHECK(memcmp(K, K2, sizeof K) == 0);
+    }
+    beta = 0.1f;
+    CHECK(ngd_optim_step(o) == NGD_OK && ngd_optim_steps(o) == 4);
+    CHECK(memcmp(W1, p.W1, sizeof W1) != 0);
     ngd_optim_free(o);
     tp_free(&p);
 }

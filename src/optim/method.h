@@ -143,6 +143,9 @@ typedef struct ngd_method_ops {
     ngd_status (*observe)(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                           const ngd_matrix *g);
     void (*discard)(ngd_entry *e); // drop pending statistics (optional)
+    // (optional) a layer's last check before step t changes anything (after the statistics
+    // check): what can fail must fail here, with a message, for the step to be all-or-nothing
+    ngd_status (*check_step)(ngd_optim *o, ngd_entry *e, size_t t);
     // preconditioner maintenance for step t (called for every layer before precondition)
     ngd_status (*update)(ngd_optim *o, ngd_entry *e, size_t t);
     // (optional) whether e's update at step t does serial-heavy work (LAPACK

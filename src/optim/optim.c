@@ -861,6 +861,9 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                                   "statistics at this step but ngd_optim_observe was not called "
                                   "for it",
                                   t, e->name, i);
+        if (e->kind == NGD_ENTRY_LAYER && o->ops->check_step &&
+            (s = o->ops->check_step(o, e, t)) != NGD_OK)
+            return s;
     }
     const bool dist = o->comm.size > 1;
     // every layer's preconditioner maintenance before any parameter changes (all-or-nothing:

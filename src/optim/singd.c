@@ -33,6 +33,7 @@ typedef struct {
     void *mK, *mC;  // momenta, same shapes; NULL when alpha1 == 0 (#singd-state)
     float *HK, *HC; // pending statistics, f32
     uint8_t has_H;
+    float beta1; // the factor step size β1 of this step's update (singd_check_step)
     // Dense f32 factors: K Kᵀ and C Cᵀ, formed once per preconditioner update (or after a
     // load), so that a step preconditions with 2 products, not 4 (#natural-gradient in another
     // order: P = (C Cᵀ) Ĝ (K Kᵀ)). NULL for other structures, for bf16 factors, and where
@@ -509,6 +510,21 @@ static void after_update(ngd_optim *o, ngd_entry *e, singd_state *s) {
     e->h.norm_C = (float)ngd_s_frob(&s->sC, Cn);
 }
 
+// β1 of an update step, read once per layer and step before the step changes anything: a
+// schedule's NaN, Inf or negative value (or, from Python, its exception) fails the step
+static ngd_status singd_check_step(ngd_optim *o, ngd_entry *e, size_t t) {
+    singd_state *s = e->ms;
+    const ngd_config *c = &e->cfg;
+    if (!update_step(e, t)) return NGD_OK;
+    s->beta1 = c->lr_cov_fn ? c->lr_cov_fn(t, c->lr_cov_user) : c->lr_cov;
+    if (!(s->beta1 >= 0.0f) || !isfinite(s->beta1))
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "step %zu: layer '%s': lr_cov_fn returned %g (a step size must be "
+                              "finite and >= 0); nothing was changed",
+                              t, e->name, (double)s->beta1);
+    return NGD_OK;
+}
+
 static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     if (!update_step(e, t)) return NGD_OK;
     singd_state *s = e->ms;
@@ -563,7 +579,7 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
         cCH = u * (float)ngd_s_avgtrace(&s->sK, s->HK);
         cCD = lam * (float)ngd_s_avgtrace(&s->sK, w.fK[1]);
     }
-    const float beta1 = c->lr_cov_fn ? c->lr_cov_fn(t, c->lr_cov_user) : c->lr_cov;
+    const float beta1 = s->beta1; // (singd_check_step: lr_cov, or lr_cov_fn(t))
     if (s->bfc) {
         e->h.beta1_K = update_side16(dK, s->K, s->mK, s->HK, cKH, cKD, sc, a1, beta1,
                                      c->normalize_lr_cov, w.fK, s->s16a);
@@ -784,6 +800,7 @@ const ngd_method_ops ngd_singd_ops = {
     .wants_stats = singd_wants,
     .observe = singd_observe,
     .discard = singd_discard,
+    .check_step = singd_check_step,
     .update = singd_update,
     .precondition = singd_precondition,
     .cache_bytes = singd_cache_bytes,
