@@ -24,12 +24,13 @@ Errors of libngd are raised as ``ngd.Error`` (``.status`` is the ngd_status code
 """
 
 import ctypes
+import os
 
 import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "Optimizer", "make_config", "version", "unfold", "conv_out_size", "METHODS"]
+__all__ = ["Error", "Optimizer", "make_config", "merge_options", "version", "unfold", "conv_out_size", "METHODS"]
 
 METHODS = tuple(_lib.METHODS)
 STRUCTURES = (
@@ -80,6 +81,32 @@ _TOP = {f for f, _ in _lib.Config._fields_} - {"method", "kfac", "lr_cov_user", 
 _KFAC = {f for f, _ in _lib.KfacOptions._fields_}
 
 
+def _int_in(value, lo, hi, what):
+    """value as an int in [lo, hi] (a C field's range), or ValueError / TypeError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError("%s must be an integer, not %r" % (what, value))
+    v = int(value)
+    if not lo <= v <= hi:
+        raise ValueError("%s = %d is out of range [%d, %d]" % (what, v, lo, hi))
+    return v
+
+
+# the ranges of the config's integer fields (ctypes would wrap a negative value silently)
+_INT_RANGE = {
+    ctypes.c_size_t: (0, 2**64 - 1),
+    ctypes.c_uint64: (0, 2**64 - 1),
+    ctypes.c_uint32: (0, 2**32 - 1),
+    ctypes.c_int: (-(2**31), 2**31 - 1),
+}
+
+
+def _set_field(struct, name, value, what):
+    ctype = dict(struct._fields_)[name]
+    if ctype in _INT_RANGE:
+        value = _int_in(value, *_INT_RANGE[ctype], what)
+    setattr(struct, name, value)
+
+
 def _enum(table, name, value):
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
@@ -106,14 +133,15 @@ def _factor(value, which):
         return spec
     if isinstance(value, dict):
         d = dict(value)
-        base = _factor(d.pop("kind", "dense") if isinstance(d.get("kind", "dense"), str) else "dense", which)
-        if "kind" in value and not isinstance(value["kind"], str):
-            base.kind = int(value["kind"])
+        kind = d.pop("kind", "dense")
+        base = _factor(kind if isinstance(kind, str) else "dense", which)
+        if not isinstance(kind, str):
+            base.kind = _int_in(kind, 0, len(STRUCTURES) - 1, "structure_%s.kind" % which)
         for k, v in d.items():
             if k == "dtype":
                 base.dtype = _enum(_lib.DTYPES, "structure_%s.dtype" % which, v)
             elif k in ("block", "k1", "k2"):
-                setattr(base, k, int(v))
+                setattr(base, k, _int_in(v, 0, 2**64 - 1, "structure_%s.%s" % (which, k)))
             else:
                 raise ValueError("structure_%s: unknown field %r (kind, block, k1, k2, dtype)" % (which, k))
         return base
@@ -169,22 +197,11 @@ def make_config(method="singd", **options):
     if isinstance(method, str):
         m = _enum(_lib.METHODS, "method", method)
     else:
-        m = int(method)
+        m = _int_in(method, 0, len(METHODS) - 1, "method")
     cfg = _lib.ngd_config_default(m).cfg
     keep = []
-    opts = dict(options)
-    if "structures" in opts:
-        s = opts.pop("structures")
-        if isinstance(s, (str, dict)):
-            s = (s, s)
-        if len(s) != 2:
-            raise ValueError("structures must be one name or a pair (K, C), got %r" % (s,))
-        opts.setdefault("structure_K", s[0])
-        opts.setdefault("structure_C", s[1])
-    kfac = dict(opts.pop("kfac", None) or {})
-    for k in list(opts):
-        if k in _KFAC and k not in _TOP:
-            kfac[k] = opts.pop(k)
+    opts = _normal_options(options)
+    kfac = opts.pop("kfac", {})
     for k, v in opts.items():
         if k not in _TOP:
             raise TypeError(
@@ -198,7 +215,9 @@ def make_config(method="singd", **options):
             if v is None:
                 cfg.lr_cov_fn = _lib.LR_COV_FN()
             else:
-                cb = _Callback(v, 0.0, lambda f, step, user: float(f(int(step))))
+                # (an exception returns NaN, which fails the step before it changes anything;
+                #  step() then raises the exception)
+                cb = _Callback(v, float("nan"), lambda f, step, user: float(f(int(step))))
                 keep.append(cb)
                 cb.c = _lib.LR_COV_FN(cb)
                 cfg.lr_cov_fn = cb.c
@@ -211,16 +230,51 @@ def make_config(method="singd", **options):
                 cb.c = _lib.LOG_FN(cb)
                 cfg.log_fn = cb.c
         else:
-            setattr(cfg, k, v)
+            _set_field(cfg, k, v, k)
     for k, v in kfac.items():
         if k not in _KFAC:
             raise TypeError("unknown K-FAC option %r (options: %s)" % (k, ", ".join(sorted(_KFAC))))
-        setattr(cfg.kfac, k, _enum(_KFAC_ENUMS[k], "kfac." + k, v) if k in _KFAC_ENUMS else v)
+        if k in _KFAC_ENUMS:
+            setattr(cfg.kfac, k, _enum(_KFAC_ENUMS[k], "kfac." + k, v))
+        else:
+            _set_field(cfg.kfac, k, v, "kfac." + k)
     msg = ctypes.create_string_buffer(512)
     st = _lib.ngd_config_validate(ctypes.byref(cfg), msg, len(msg))
     if st != _lib.OK:
         raise Error(st, "invalid config: " + msg.value.decode())
     return cfg, keep
+
+
+def _normal_options(options):
+    """Options with `structures` spelled as structure_K / structure_C and the K-FAC family's
+    options gathered in one `kfac` dict (flat names win over the dict's), so that two sets
+    of options can be merged key by key."""
+    opts = dict(options)
+    if "structures" in opts:
+        s = opts.pop("structures")
+        if isinstance(s, (str, dict)):
+            s = (s, s)
+        if len(s) != 2:
+            raise ValueError("structures must be one name or a pair (K, C), got %r" % (s,))
+        opts.setdefault("structure_K", s[0])
+        opts.setdefault("structure_C", s[1])
+    kfac = dict(opts.pop("kfac", None) or {})
+    for k in list(opts):
+        if k in _KFAC and k not in _TOP:
+            kfac[k] = opts.pop(k)
+    opts["kfac"] = kfac
+    return opts
+
+
+def merge_options(base, override):
+    """The options `base` with those of `override` on top (a per-layer override starts from
+    the optimizer's own options): structure_K / structure_C and each K-FAC option separately."""
+    b, o = _normal_options(base), _normal_options(override)
+    kfac = dict(b.pop("kfac"))
+    kfac.update(o.pop("kfac"))
+    b.update(o)
+    b["kfac"] = kfac
+    return b
 
 
 def config_dict(cfg):
@@ -258,6 +312,14 @@ def _check_array(x, what, writeable=False, ndim=None):
     return x
 
 
+def _name(name, default):
+    if name is None:
+        name = default
+    if not isinstance(name, str):
+        raise TypeError("name must be a str, not %s" % type(name).__name__)
+    return name.encode()
+
+
 def _ptr(x):
     return x.ctypes.data
 
@@ -273,7 +335,13 @@ def _matrix_np(x, cols, what):
         dt = _lib.BF16  # bfloat16 bits
     else:
         raise TypeError("%s must be float32 (or uint16 holding bfloat16), not %s" % (what, x.dtype))
-    if x.ndim == 2 and x.strides[1] == x.itemsize and x.strides[0] % x.itemsize == 0 and x.strides[0] >= 0:
+    if (
+        x.ndim == 2
+        and x.strides[1] == x.itemsize
+        and x.strides[0] % x.itemsize == 0
+        and (x.shape[0] <= 1 or x.strides[0] >= x.shape[1] * x.itemsize)
+    ):  # rows apart, each contiguous (a broadcast or overlapping view is not: libngd reads
+        # rows x ld values)
         rows, c = x.shape
         ld = x.strides[0] // x.itemsize if rows > 1 else c
     elif x.flags.c_contiguous and x.ndim >= 1:
@@ -281,7 +349,10 @@ def _matrix_np(x, cols, what):
         rows = x.size // c if c else 0
         ld = c
     else:
-        raise ValueError("%s: each row must be contiguous (pass np.ascontiguousarray(...))" % what)
+        raise ValueError(
+            "%s: each row must be contiguous and the rows must not overlap (a broadcast or "
+            "strided view; pass np.ascontiguousarray(...))" % what
+        )
     if c != cols:
         raise ValueError("%s has %d columns, the layer needs %d" % (what, c, cols))
     if rows == 0:
@@ -307,6 +378,7 @@ class Optimizer:
         self._h = None
         cfg, cbs = make_config(method, **config)
         self._keep.extend(cbs)
+        self._options = dict(config)
         self.config = cfg
         self.method = method if isinstance(method, str) else _lib.ngd_method_name(method).decode()
         h = ctypes.c_void_p()
@@ -353,7 +425,9 @@ class Optimizer:
     def _override(self, override, method=None):
         if not override and method is None:
             return None
-        o = dict(override or {})
+        # an override is a whole config: under the optimizer's method it starts from the
+        # optimizer's own options; another rule (add_param's method) from that rule's defaults
+        o = merge_options(self._options, override or {}) if method is None else dict(override or {})
         m = method or self.method
         cfg, cbs = make_config(m, **o)
         self._keep.append(cfg)
@@ -366,7 +440,8 @@ class Optimizer:
         """Registers a Kronecker-factored layer: weight (d_out, d_in) float32 C-contiguous
         (a Conv2d weight [C_out, C_in/G, k1, k2] is taken as d_out x the rest), its gradient
         of the same shape, optional bias (d_out,) and bias gradient. Keyword options are a
-        per-layer override of the config (same method). Returns the layer id."""
+        per-layer override of the optimizer's options (same method; those not given keep the
+        optimizer's values). Returns the layer id."""
         h = self.handle
         _check_array(weight, "weight", writeable=True)
         if weight.ndim < 2:
@@ -383,7 +458,7 @@ class Optimizer:
             _check_array(bias_grad, "bias_grad")
             if bias.size != d_out or bias_grad.size != d_out:
                 raise ValueError("bias and bias_grad must have d_out = %d elements" % d_out)
-        nm = (name if name is not None else "layer%d" % len(self._names)).encode()
+        nm = _name(name, "layer%d" % len(self._names))
         L = _lib.Layer(
             nm,
             _ptr(weight),
@@ -404,14 +479,15 @@ class Optimizer:
     def add_param(self, param, grad, name=None, method=None, **override):
         """Registers a plain parameter (any shape, float32 C-contiguous) and its gradient.
         It takes the AdamW rule under 'adamw', the SGD rule otherwise; method='adamw' or
-        'sgd' (with keyword hyper-parameters) chooses the rule and its settings. Returns
-        the id (ids are shared with layers)."""
+        'sgd' (with keyword hyper-parameters, from that rule's defaults) chooses the rule and
+        its settings; keyword options alone override the optimizer's. Returns the id (ids are
+        shared with layers)."""
         h = self.handle
         _check_array(param, "param", writeable=True)
         _check_array(grad, "grad")
         if grad.size != param.size:
             raise ValueError("grad has %d elements, param %d" % (grad.size, param.size))
-        nm = (name if name is not None else "param%d" % len(self._names)).encode()
+        nm = _name(name, "param%d" % len(self._names))
         out = ctypes.c_int()
         ov = self._override(override, method)
         self._check(
@@ -434,7 +510,8 @@ class Optimizer:
         """Hands layer `layer` its inputs a (rows x d_in) and output gradients g (rows x
         d_out) for the coming step; the arrays are read during the call only. 3-D or larger
         arrays are flattened to rows (e.g. (batch, positions, d)); `batch` defaults to the
-        first dimension of `a` (give it for weight-shared rows passed as 2-D)."""
+        first dimension of `a` (1 for a 1-D `a`; give it for weight-shared rows passed as
+        2-D)."""
         h = self.handle
         layer = int(layer)
         if layer not in self._layers:
@@ -443,8 +520,9 @@ class Optimizer:
         A = _matrix_np(a, d_in, "a")
         G = _matrix_np(g, d_out, "g")
         if batch is None:
-            batch = a.shape[0]
-        self._check(_lib.ngd_optim_observe(h, layer, int(batch), A, G), "observe")
+            batch = a.shape[0] if a.ndim >= 2 else 1
+        batch = _int_in(batch, 1, 2**64 - 1, "observe: batch")
+        self._check(_lib.ngd_optim_observe(h, layer, batch, A, G), "observe")
 
     def set_grad_scale(self, scale):
         """The loss scale that multiplied this step's loss (mixed precision)."""
@@ -502,7 +580,9 @@ class Optimizer:
 
     def factor(self, layer, which="K"):
         """Dense copy of a SINGD factor: 'K', 'C', 'k' (m_K), 'c' (m_C)."""
-        d_out, d_in, bias = self._layers[int(layer)]
+        if which not in ("K", "C", "k", "c"):
+            raise ValueError("factor: which must be 'K', 'C', 'k' or 'c', not %r" % (which,))
+        d_out, d_in, bias = self._layer(layer, "factor")
         d = d_in + bias if which in "Kk" else d_out
         out = np.empty((d, d), np.float32)
         self._check(_lib.ngd_optim_factor_dense(self.handle, int(layer), which.encode(), _ptr(out), d))
@@ -511,18 +591,25 @@ class Optimizer:
     def last_update(self, layer):
         """The preconditioned gradient of the last step, d_out x (d_in + bias) (needs
         keep_last_update=True)."""
-        d_out, d_in, bias = self._layers[int(layer)]
+        d_out, d_in, bias = self._layer(layer, "last_update")
         out = np.empty((d_out, d_in + bias), np.float32)
         self._check(_lib.ngd_optim_last_update(self.handle, int(layer), _ptr(out), out.size))
         return out
 
+    def _layer(self, layer, what):
+        if int(layer) not in self._layers:
+            raise Error(_lib.ERR_LAYER, "%s: %r is not a layer id" % (what, layer))
+        return self._layers[int(layer)]
+
     # --- checkpoints ---
 
     def save(self, path):
-        self._check(_lib.ngd_optim_save(self.handle, str(path).encode()), "save")
+        """Writes the state to `path` (str, bytes or os.PathLike), atomically."""
+        self._check(_lib.ngd_optim_save(self.handle, os.fsencode(path)), "save")
 
     def load(self, path):
-        self._check(_lib.ngd_optim_load(self.handle, str(path).encode()), "load")
+        """Restores the state from `path` (validated; unchanged on error)."""
+        self._check(_lib.ngd_optim_load(self.handle, os.fsencode(path)), "load")
 
     def save_bytes(self):
         """The optimizer state (ngd_optim_save_mem) as bytes."""

@@ -195,10 +195,11 @@ class NGDOptimizer(torch.optim.Optimizer):
             w = mod.weight
             if w is None or not w.requires_grad:
                 continue
+            label = mname or "(the model, a %s)" % type(mod).__name__  # (messages)
             if id(w) in seen:  # a layer sharing another layer's weight: observe into that one
                 owner = seen[id(w)][2]
                 if owner is None:
-                    raise ValueError("ngd.torch: %s shares its weight with a plain parameter" % mname)
+                    raise ValueError("ngd.torch: %s shares its weight with a plain parameter" % label)
                 self._by_module[id(mod)] = owner
                 self._hooks.append(mod.register_forward_hook(hook))
                 continue
@@ -206,7 +207,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                 if mod.padding_mode != "zeros":
                     raise ValueError(
                         "ngd.torch: Conv2d %s has padding_mode %r; only zero padding is supported "
-                        "(exclude=[...] it to train it with the %s rule)" % (mname, mod.padding_mode, others)
+                        "(exclude=[...] it to train it with the %s rule)" % (label, mod.padding_mode, others)
                     )
                 pad = mod.padding
                 if isinstance(pad, str):
@@ -215,7 +216,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                     else:  # 'same': symmetric only
                         tot = [mod.dilation[i] * (mod.kernel_size[i] - 1) for i in range(2)]
                         if any(t % 2 for t in tot):
-                            raise ValueError("ngd.torch: Conv2d %s: padding='same' with an even kernel is asymmetric (unsupported)" % mname)
+                            raise ValueError("ngd.torch: Conv2d %s: padding='same' with an even kernel is asymmetric (unsupported)" % label)
                         pad = (tot[0] // 2, tot[1] // 2)
             for pn, p in (("weight", w), ("bias", mod.bias)):
                 if p is not None:
@@ -226,11 +227,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                 s = per_layer_struct(mname, mod) if callable(per_layer_struct) else per_layer_struct.get(mname)
                 if s is not None:
                     ov["structures"] = s
-            if ov:
-                # an override is a whole config: start from the optimizer's own options
-                base = {k: v for k, v in config.items()}
-                base.update(ov)
-                ov = base
+            # (an override starts from the optimizer's own options: ngd.Optimizer merges them)
             gw = self._grad_buffer(w)
             gb = self._grad_buffer(b) if b is not None else None
             wv = w.detach().view(w.shape[0], -1)
@@ -261,7 +258,7 @@ class NGDOptimizer(torch.optim.Optimizer):
             self._hooks.append(mod.register_forward_hook(hook))
         if layer_config:
             raise ValueError("ngd.torch: layer_config names no Linear/Conv2d layer: %s" % ", ".join(layer_config))
-        if not self._entries:
+        if not self._entries and method not in ("sgd", "adamw"):
             self.remove_hooks()
             self._opt.close()
             raise ValueError(

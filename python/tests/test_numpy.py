@@ -253,3 +253,111 @@ def test_bf16_statistics_and_strided_rows():
         res.append(W.copy())
     np.testing.assert_allclose(res[1], res[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(res[2], res[0])
+
+
+def test_overlapping_rows_are_refused():
+    """A broadcast (row stride 0) or overlapping view would make libngd read past the
+    buffer: refused, as a non-contiguous row is."""
+    opt = ngd.Optimizer("singd", T=1)
+    W = np.zeros((2, 3), np.float32)
+    i = opt.add_layer(W, np.ones_like(W))
+    g = np.ones((1000, 2), np.float32)
+    for a in (np.broadcast_to(np.float32([1, 2, 3]), (1000, 3)),
+              np.lib.stride_tricks.as_strided(np.zeros(1002, np.float32), (1000, 3), (4, 4))):
+        with pytest.raises(ValueError, match="must not overlap"):
+            opt.observe(i, a, g)
+    opt.observe(i, np.ascontiguousarray(np.broadcast_to(np.float32([1, 2, 3]), (1000, 3))), g)
+    assert opt.step() and np.isfinite(W).all()
+    # one row: any stride; a 1-D a is one row (batch 1)
+    opt2 = ngd.Optimizer("singd", T=1)
+    i2 = opt2.add_layer(np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32))
+    opt2.observe(i2, np.float32([1, 2, 3]), np.float32([1, 1]))
+
+
+def test_overrides_start_from_the_optimizers_options():
+    """A layer's keyword override changes only what it names: the rest is the optimizer's
+    (lr, structures, T, K-FAC options), not the method's defaults."""
+    def moved(**override):
+        opt = ngd.Optimizer("singd", lr=0.5, structures="diagonal", T=3)
+        W = np.zeros((2, 3), np.float32)
+        i = opt.add_layer(W, np.ones_like(W), **override)
+        assert opt.wants_stats(i)
+        opt.observe(i, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32))
+        opt.step()
+        return float(np.abs(W).max()), opt, i
+
+    plain, _, _ = moved()
+    same, opt, i = moved(damping=1e-3)  # the default damping: the same steps
+    assert same == plain and plain > 0.1
+    half, _, _ = moved(lr=0.25)
+    assert abs(half - plain / 2) < 1e-6 * plain
+    assert opt.factor(i, "K").shape == (3, 3) and np.count_nonzero(opt.factor(i, "K") - np.diag(np.diag(opt.factor(i, "K")))) == 0
+    b = ngd.merge_options({"structures": ("diagonal", "dense"), "rank": 5, "kfac": {"T_u": 2}},
+                          {"structure_C": "diagonal", "kfac": {"rank": 7}})
+    assert b == {"structure_K": "diagonal", "structure_C": "diagonal", "kfac": {"T_u": 2, "rank": 7}}
+
+
+def test_a_failing_lr_cov_fn_changes_nothing():
+    """The schedule's exception is raised by step(), which changed nothing: the step can be
+    retried. A NaN from it is libngd's error."""
+    calls = []
+
+    def sched(t):
+        calls.append(t)
+        if len(calls) == 1:
+            raise KeyError("boom")
+        return float("nan") if len(calls) == 2 else 0.01
+
+    opt = ngd.Optimizer("singd", T=1, lr_cov_fn=sched)
+    W = np.zeros((2, 3), np.float32)
+    i = opt.add_layer(W, np.ones_like(W))
+    opt.observe(i, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32))
+    with pytest.raises(KeyError, match="boom"):
+        opt.step()
+    assert opt.steps == 0 and not W.any()
+    with pytest.raises(ngd.Error, match="lr_cov_fn returned nan"):
+        opt.step()
+    assert opt.steps == 0 and not W.any()
+    assert opt.step() and opt.steps == 1 and W.any()
+
+
+def test_bad_integers_names_and_ids_are_python_errors(tmp_path):
+    with pytest.raises(ValueError, match="T = -1 is out of range"):
+        ngd.Optimizer("singd", T=-1)
+    with pytest.raises(ValueError, match="kfac.rank = 18446744073709551616 is out of range"):
+        ngd.Optimizer("kfac", rank=2**64)
+    with pytest.raises(ValueError, match="method = 99 is out of range"):
+        ngd.make_config(99)
+    with pytest.raises(ValueError, match="method = -1"):
+        ngd.Optimizer(-1)
+    cfg, _ = ngd.make_config("singd", structures={"kind": 1})
+    assert ngd.config_dict(cfg)["structure_K"]["kind"] == 1
+    with pytest.raises(ValueError, match="structure_K.kind = 42"):
+        ngd.make_config("singd", structures={"kind": 42})
+    opt = ngd.Optimizer("singd", keep_last_update=True)
+    W = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="name must be a str"):
+        opt.add_layer(W, np.ones_like(W), name=5)
+    i = opt.add_layer(W, np.ones_like(W), name="fc")
+    with pytest.raises(ValueError, match="observe: batch = -1"):
+        opt.observe(i, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32), batch=-1)
+    for which in ("", "Kk", "Q"):
+        with pytest.raises(ValueError, match="which must be"):
+            opt.factor(i, which)
+    for call in (lambda: opt.factor(9), lambda: opt.last_update(9)):
+        with pytest.raises(ngd.Error, match="9 is not a layer id"):
+            call()
+    with pytest.raises(ngd.Error, match="unknown id 99"):  # libngd's own message, not an older one
+        opt.health(99)
+    with pytest.raises(ngd.Error, match="layer name of 300 bytes"):
+        opt.add_layer(np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32), name="x" * 300)
+    path = os.fsencode(str(tmp_path / "o.ckpt"))
+    opt.save(path)
+    assert os.path.exists(tmp_path / "o.ckpt")
+    opt.load(path)
+
+
+def test_ikfac_logs_that_alpha1_is_forced():
+    logs = []
+    ngd.Optimizer("ikfac", alpha1=0.3, log_fn=logs.append)
+    assert any("kfac_like forces alpha1 = 0" in m for m in logs)

@@ -268,6 +268,29 @@ def test_error_no_supported_layers():
         ngd.torch.SINGD([torch.zeros(3)])
 
 
+def test_first_order_rules_take_models_without_layers():
+    """ngd.torch.AdamW and SGD are rules over every parameter: a model with no Linear or
+    Conv2d is theirs too, and AdamW's steps equal torch.optim.AdamW's."""
+    torch.manual_seed(3)
+    model = nn.Embedding(10, 4)
+    ref = copy.deepcopy(model)
+    opt = ngd.torch.AdamW(model, lr=1e-2, weight_decay=0.0)
+    topt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
+    idx = torch.tensor([1, 3, 3, 7])
+    for m, o in ((model, opt), (ref, topt)):
+        for _ in range(3):
+            o.zero_grad()
+            m(idx).square().sum().backward()
+            o.step()
+    torch.testing.assert_close(model.weight, ref.weight, rtol=1e-5, atol=1e-6)
+    ngd.torch.SGD(nn.Sequential(nn.LayerNorm(4)), lr=0.1)
+
+
+def test_error_names_a_top_level_conv():
+    with pytest.raises(ValueError, match=r"Conv2d \(the model, a Conv2d\): padding='same'"):
+        ngd.torch.SINGD(nn.Conv2d(2, 3, 4, padding="same"))
+
+
 def test_error_freed_parameter_memory():
     model = mlp()
     opt = ngd.torch.SINGD(model, lr=0.1, T=1)
