@@ -218,16 +218,18 @@ static void kfac_like_alpha1_should_be_logged(void) {
 // Non-finite statistics with finite gradients (an Inf in a layer's input): SINGD refuses that
 // factor update, counts it in decomp_failures and keeps K and C, so the step's update stays
 // finite; the next clean statistics update the factors again. f32 dense and diagonal
-// factors, and bf16 compute.
+// factors, and bf16 compute; with factored_apply, the step's non-finite rows are not used
+// either (Ĝ is).
 static void singd_should_refuse_non_finite_statistics(void) {
-    for (int v = 0; v < 3; v++) {
+    for (int v = 0; v < 5; v++) {
         ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
         c.T = 1, c.lr = 0.1f;
         if (v == 1) ngd_structure_parse("diagonal", &c.structure_K);
-        if (v == 2) {
+        if (v == 2 || v == 4) {
             c.structure_K.dtype = c.structure_C.dtype = NGD_BF16;
             c.factor_compute = NGD_BF16;
         }
+        if (v >= 3) c.kfac.factored_apply = true; // the step's rows (f32, bf16) are not used
         float W[4 * 6], dW[4 * 6], b[4] = {0}, db[4], a[3 * 6], g[3 * 4];
         for (int i = 0; i < 24; i++)
             W[i] = 0.05f * (float)(i % 7) - 0.1f, dW[i] = 0.01f * (float)(i % 5) - 0.02f;

@@ -22,9 +22,9 @@ static size_t type_size(ngd_arr_type t) {
     }
 }
 
-// The arrays of an entry: first-order buffers, then the method's.
 #define META_MAX 8 // values of a '#' array (load_meta)
 
+// The arrays of an entry: first-order buffers, then the method's.
 static size_t entry_arrays(const ngd_optim *o, ngd_entry *e, ngd_state_array *a) {
     size_t n = 0;
     if (e->buf) a[n++] = (ngd_state_array){"buf", e->buf, e->n, NGD_ARR_F32};

@@ -235,6 +235,9 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
         ngd_stats_g_rows(e, batch, g, r0, nr, s->rG + r0 * dC);
     }
     ngd_view_scale_f32(ngd_view_rm(s->rG, rows, dC, dC), wg);
+    // (non-finite rows would make P NaN while Ĝ is finite: Ĝ then, as the update refuses
+    //  such statistics)
+    if (!ngd_all_finite(s->rA, rows * dK) || !ngd_all_finite(s->rG, rows * dC)) return;
     s->nrows = rows;
     s->rc = c;
 }
