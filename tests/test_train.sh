@@ -360,6 +360,32 @@ kill -INT $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
 [ "$rc" -eq 130 ] && ok || bad "SIGINT: exit $rc, want 130"
 expect_msg "ngd: training stopped by SIGINT at step" "SIGINT message"
 expect_msg "no --checkpoint" "SIGINT without a checkpoint says so"
+# a new run stopped before its first step writes no checkpoint over the one already there (it
+# is held opening its log, a FIFO, when the signal comes)
+"$NGD" train $A --max-steps 3 --log "$D/t.jsonl" --checkpoint "$D/keep.ckpt" >/dev/null 2>&1
+c1=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+rm -f "$D/hold.fifo" && mkfifo "$D/hold.fifo"
+set -m
+"$NGD" train $A --log "$D/hold.fifo" --checkpoint "$D/keep.ckpt" > "$D/sig.out" 2>&1 &
+pid=$!
+set +m
+for _ in $(seq 400); do
+    case "$(cat /proc/$pid/wchan 2>/dev/null)" in *partner*|*fifo*|*pipe*) break ;; esac
+    sleep 0.05
+done
+kill -INT $pid; sleep 0.3
+cat "$D/hold.fifo" >/dev/null &
+wait $pid; rc=$?; out=$(cat "$D/sig.out")
+[ "$rc" -eq 130 ] && ok || bad "SIGINT before the first step: exit $rc, want 130"
+expect_msg "before its first step: nothing saved ($D/keep.ckpt is untouched)" "SIGINT before the first step says nothing was saved"
+c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+[ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "a run stopped before its first step replaced the checkpoint ($c1 -> $c2)"
+# --checkpoint-every N: the run's last step is saved too when it is not a multiple of N (the
+# summary's CRC is the checkpoint's)
+"$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --checkpoint-every 3 --log "$D/every.jsonl" --checkpoint "$D/every.ckpt" --quiet >/dev/null 2>&1
+c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/every.jsonl" | tail -1 | sed 's/.*:"\(.*\)"/\1/')
+c2=$("$NGD" eval --subset 640 --widths 16 --resume "$D/every.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+[ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "--checkpoint-every 3 over 5 steps: the checkpoint ($c2) is not the final state ($c1)"
 # a SIGINT after the first signal exits at once, a repeated SIGTERM never does: the run is
 # held in a write to a log nobody reads (a FIFO)
 mkfifo "$D/slow.fifo"

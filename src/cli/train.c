@@ -193,15 +193,18 @@ static bool eval_diverged(const train_opts *t, const char *saved, size_t step, d
     return true;
 }
 
-// The checkpoint, written where the parameters are finite; *saved then names it.
+// The checkpoint, written where the parameters are finite; *saved then names it, and
+// *saved_step is the step it holds.
 static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn_loader *ld,
-                        const text_iter *ti, const run_state *rs, const char **saved) {
+                        const text_iter *ti, const run_state *rs, const char **saved,
+                        size_t *saved_step) {
     if (!params_finite(m)) {
         diverged_error(t, *saved, rs->step, NONFINITE_PARAMS);
         return -1;
     }
     if (trainckpt_save(t->ckpt, t, m, o, ld, ti, rs)) return -1;
     *saved = t->ckpt;
+    *saved_step = rs->step;
     return 0;
 }
 
@@ -308,6 +311,7 @@ int train_run(const train_opts *t, bool eval_only) {
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     const char *saved = t->resume; // the last checkpoint on disk, if any (for messages)
     const size_t step0 = rs.step;
+    size_t saved_step = SIZE_MAX; // the step --checkpoint holds (SIZE_MAX: not written yet)
     if (eval_only) {
         double tl, ta;
         const int er = train_evaluate(&m, t, &d, x, ids, y, &tl, &ta);
@@ -485,7 +489,7 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0) {
                 rs.wall = train_now_s() - t_start;
-                if (save_checked(t, &m, o, &ld, tip, &rs, &saved)) {
+                if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) {
                     rc = NGD_EXIT_FAIL;
                     stop = true;
                     break;
@@ -523,7 +527,7 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             if (t->ckpt && !t->ckpt_every) {
                 rs.wall = train_now_s() - t_start;
-                if (save_checked(t, &m, o, &ld, tip, &rs, &saved)) {
+                if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) {
                     rc = NGD_EXIT_FAIL;
                     break;
                 }
@@ -548,18 +552,27 @@ int train_run(const train_opts *t, bool eval_only) {
                           train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
     }
-    // --max-steps, a signal: leave a checkpoint to resume
-    if (rc == NGD_EXIT_OK && (stop || train_stop_signal) && t->ckpt) {
+    // --max-steps, a signal, or the end of a run saved every N steps: leave a checkpoint of
+    // the last step. Not for a new run stopped before its first step: that would replace the
+    // file given to --checkpoint with an untrained model.
+    if (rc == NGD_EXIT_OK && t->ckpt && saved_step != rs.step &&
+        (rs.step > step0 || (t->resume && (stop || train_stop_signal)))) {
         rs.wall = train_now_s() - t_start;
-        if (save_checked(t, &m, o, &ld, tip, &rs, &saved)) rc = NGD_EXIT_FAIL;
+        if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) rc = NGD_EXIT_FAIL;
     }
     if (rc == NGD_EXIT_OK && train_stop_signal) {
         if (tty) fputc('\n', stderr);
-        if (dist_root()) // (mpirun: every rank stopped at this step)
+        // (mpirun: every rank stopped at this step; rank 0 says so)
+        if (dist_root() && t->ckpt && saved_step != rs.step) // (a new run: no step done)
+            fprintf(stderr,
+                    "ngd: training stopped by %s before its first step: nothing saved (%s is "
+                    "untouched)\n",
+                    stop_signal_name(), t->ckpt);
+        else if (dist_root())
             fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
                     rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
                     t->ckpt ? t->ckpt : "");
-        if (t->ckpt && dist_root())
+        if (t->ckpt && saved_step == rs.step && dist_root())
             fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
         rc = 128 + train_stop_signal;
     }
