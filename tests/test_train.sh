@@ -386,6 +386,18 @@ c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 
 c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/every.jsonl" | tail -1 | sed 's/.*:"\(.*\)"/\1/')
 c2=$("$NGD" eval --subset 640 --widths 16 --resume "$D/every.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
 [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "--checkpoint-every 3 over 5 steps: the checkpoint ($c2) is not the final state ($c1)"
+# a log whose last line a killed run left unfinished: the resumed run cuts it before appending,
+# so that every line is a record again (its first new record is not glued onto it)
+"$NGD" train --subset 640 --widths 16 --threads 1 --max-steps 3 --log-every 1 --log "$D/cut.jsonl" --checkpoint "$D/cut.ckpt" --quiet >/dev/null 2>&1
+printf '{"type":"step","step":99,"lo' >> "$D/cut.jsonl"
+"$NGD" train --subset 640 --widths 16 --threads 1 --max-steps 5 --log-every 1 --log "$D/cut.jsonl" --resume "$D/cut.ckpt" --checkpoint "$D/cut.ckpt" --quiet >/dev/null 2>&1
+bad_lines=$(python3 -c 'import json, sys
+n = 0
+for line in open(sys.argv[1]):
+    try: json.loads(line)
+    except ValueError: n += 1
+print(n)' "$D/cut.jsonl")
+[ "$bad_lines" = 0 ] && grep -q '"step":4,' "$D/cut.jsonl" && ! grep -q '"step":99' "$D/cut.jsonl" && ok || bad "resume after an unfinished log line: $bad_lines bad lines"
 # a SIGINT after the first signal exits at once, a repeated SIGTERM never does: the run is
 # held in a write to a log nobody reads (a FIFO)
 mkfifo "$D/slow.fifo"

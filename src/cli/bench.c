@@ -744,8 +744,9 @@ static int pc_write_plot(const char *path, const size_t *ds, size_t nd, const si
     const int wr = ngd_write_atomic_bytes(path, buf, len, msg, sizeof msg);
     free(buf);
     if (wr != 0) {
-        cli_error("check that the folder of --plot FILE exists and is writable", "--plot %s: %s",
-                  path, msg);
+        cli_error(
+            cli_write_hint(msg, "check that the folder of --plot FILE exists and is writable"),
+            "--plot %s: %s", path, msg);
         return -1;
     }
     return 0;

@@ -25,6 +25,9 @@ char *cli_read_file(const char *path, size_t *len, const char *what);
 // folder's permission bits do not tell everything (root; /sys, /proc, read-only mounts).
 // 0, or -1 with errno set.
 int cli_probe_output(const char *path);
+// The hint of a failed write whose message is msg: for a full disk (or quota) "free some
+// space", otherwise `otherwise`
+const char *cli_write_hint(const char *msg, const char *otherwise);
 
 // One row of a subcommand's option table, which generates both getopt_long's array and the
 // --help text. id: the short option character, or a value >= 256 for long-only options.

@@ -64,6 +64,12 @@ int cli_probe_output(const char *path) {
     return unlink(tmp);
 }
 
+const char *cli_write_hint(const char *msg, const char *otherwise) {
+    if (strstr(msg, strerror(ENOSPC)) || strstr(msg, strerror(EDQUOT)))
+        return "the disk is full: free some space there, or write to another disk";
+    return otherwise;
+}
+
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);

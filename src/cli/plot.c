@@ -686,8 +686,8 @@ int cmd_plot(int argc, char **argv) {
     }
     char msg[512];
     if (ngd_write_atomic_bytes(output, data, len, msg, sizeof msg) != 0) {
-        cli_error("check that the folder of -o FILE exists and is writable", "-o %s: %s", output,
-                  msg);
+        cli_error(cli_write_hint(msg, "check that the folder of -o FILE exists and is writable"),
+                  "-o %s: %s", output, msg);
         goto done;
     }
     printf("plot: %zu run%s -> %s\n", n, n > 1 ? "s" : "", output);

@@ -184,7 +184,8 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
         cli_error(NULL, "checkpoint %s: out of memory", path);
         rc = -1;
     } else if (ngd_write_atomic(path, &w, msg, sizeof msg) != 0) {
-        cli_error("check the folder exists and is writable", "--checkpoint %s: %s", path, msg);
+        cli_error(cli_write_hint(msg, "check the folder exists and is writable"),
+                  "--checkpoint %s: %s", path, msg);
         rc = -1;
     }
     ngd_wbuf_free(&w);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dist.h"
 #include "train.h"
@@ -97,12 +98,52 @@ static void log_path(const train_opts *t, char *path, size_t cap) {
         snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data, ngd_method_name(t->method));
 }
 
+// A resumed run appends to its log. A run killed mid-write (or a full disk) may have left a
+// last line without its newline: it is cut back to the last complete line, or the first new
+// record would be glued to it and lost with it (the reader skips a bad line).
+static int trim_partial_line(FILE *f) {
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return 0;
+    off_t end = st.st_size;
+    char buf[4096];
+    while (end > 0) {
+        const off_t at = end > (off_t)sizeof buf ? end - (off_t)sizeof buf : 0;
+        const size_t n = (size_t)(end - at);
+        if (fseeko(f, at, SEEK_SET) != 0 || fread(buf, 1, n, f) != n) return -1;
+        size_t i = n;
+        while (i > 0 && buf[i - 1] != '\n')
+            i--;
+        if (i > 0) {
+            end = at + (off_t)i;
+            break;
+        }
+        end = at;
+    }
+    if (end == st.st_size) return 0;
+    fflush(f);
+    return ftruncate(fileno(f), end);
+}
+
 FILE *trainlog_open(const train_opts *t, char *path, size_t cap) {
     log_path(t, path, cap);
     if (!dist_root()) return fopen("/dev/null", "w"); // mpirun: rank 0 logs
-    if (!t->log) (void)mkdir_runs();
-    FILE *f = fopen(path, t->resume ? "a" : "w");
-    if (!f) cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
+    if (!t->log && mkdir_runs() != 0 && errno != EEXIST) {
+        cli_error("use --log FILE in a folder you can write",
+                  "cannot create the folder runs/ for "
+                  "the log: %s",
+                  strerror(errno));
+        return NULL;
+    }
+    FILE *f = fopen(path, t->resume ? "a+" : "w");
+    if (!f) {
+        cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (t->resume && trim_partial_line(f) != 0) {
+        cli_error(NULL, "--log %s: cannot cut its unfinished last line: %s", path, strerror(errno));
+        fclose(f);
+        return NULL;
+    }
     return f;
 }
 
