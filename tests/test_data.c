@@ -165,9 +165,9 @@ static void idx_should_reject_truncated_and_oversized_files(void) {
         CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err) == NN_ERR_FORMAT);
         CHECK(has(err, p) &&
               has(err, "truncated: 5 x 3 x 4 header declares 60 data bytes, found 59"));
-        // reading only the first records of it is fine
-        CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 4, &f, err, sizeof err) == NN_OK);
-        nn_idx_free(&f);
+        // so is reading only its first records: the rest is read too (a damaged file)
+        CHECK(nn_idx_read(p, NN_IDX_MAGIC_IMAGES, 4, &f, err, sizeof err) == NN_ERR_FORMAT);
+        CHECK(has(err, "truncated: header declares 5 items, found 4"));
         // header cut inside the dimensions
         p = td_path(gz ? "hdr.gz" : "hdr");
         write_bytes(p, buf, 9, gz);
@@ -256,6 +256,23 @@ static void idx_should_reject_corrupt_gzip_missing_files_and_inconsistent_pairs(
     }
     nn_status st = nn_idx_read(td_path("c-images.gz"), NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err);
     CHECK(st == NN_ERR_FORMAT && has(err, "c-images.gz"));
+    // a wrong checksum at the end of the file: found by a read of the first records too (the
+    // data before it inflates without error), and the path is named once
+    write_idx_pair("e-images.gz", "e-labels.gz", 1);
+    fp = fopen(td_path("e-images.gz"), "r+b");
+    CHECK(fp != NULL);
+    if (fp) {
+        CHECK(fseek(fp, -8, SEEK_END) == 0);
+        const int b = fgetc(fp);
+        CHECK(fseek(fp, -8, SEEK_END) == 0 && fputc(b ^ 0x5a, fp) != EOF);
+        fclose(fp);
+    }
+    for (size_t first = 0; first < 3; first += 2) {
+        st = nn_idx_read(td_path("e-images.gz"), NN_IDX_MAGIC_IMAGES, first, &f, err, sizeof err);
+        CHECK(st == NN_ERR_FORMAT &&
+              has(err, "e-images.gz: corrupt gzip data: incorrect data check"));
+        CHECK(strstr(strstr(err, "e-images.gz") + 1, "e-images.gz") == NULL);
+    }
     // missing file
     st = nn_idx_read(td_path("nope.gz"), NN_IDX_MAGIC_IMAGES, 0, &f, err, sizeof err);
     CHECK(st == NN_ERR_IO && has(err, "nope.gz: cannot open"));

@@ -34,6 +34,9 @@ static long long gz_read_all(gzFile f, const char *path, uint8_t *buf, size_t n,
                 nn_data_err(err, cap, "%s: read error: %s", path, strerror(errno));
                 return -1;
             }
+            // (zlib's message may start with the path already)
+            const size_t pl = strlen(path);
+            if (!strncmp(msg, path, pl) && !strncmp(msg + pl, ": ", 2)) msg += pl + 2;
             nn_data_err(err, cap, "%s: corrupt gzip data: %s", path, msg);
             return -2;
         }
@@ -143,7 +146,28 @@ nn_status nn_idx_read(const char *path, uint32_t magic, size_t max_items, nn_idx
                         out->dims[0], got);
         goto fail;
     }
-    if (count == out->dims[0]) { // a complete read must end exactly here
+    if (count < out->dims[0]) {
+        // a subset: the rest is read too (into a scratch buffer), so that gzip's checksum at
+        // the end of the file is checked and a truncated file is found: corrupt compressed
+        // data can inflate into wrong bytes without any other error (about 0.3 s for
+        // Fashion-MNIST's 47 MB of training images)
+        uint8_t skip[1 << 16];
+        const size_t rest = (out->dims[0] - count) * item;
+        size_t seen = 0;
+        while (seen < rest) {
+            r = gz_read_all(f, path, skip, rest - seen < sizeof skip ? rest - seen : sizeof skip,
+                            err, cap);
+            if (r < 0) goto fail_read;
+            if (r == 0) break;
+            seen += (size_t)r;
+        }
+        if (seen < rest) {
+            nn_data_err(err, cap, "%s: truncated: header declares %zu items, found %zu", path,
+                        out->dims[0], count + seen / item);
+            goto fail;
+        }
+    }
+    { // a complete read must end exactly here
         uint8_t extra[64];
         r = gz_read_all(f, path, extra, sizeof extra, err, cap);
         if (r < 0) goto fail_read;
