@@ -132,6 +132,12 @@ for good in "--model cnn --optim singd --beta1 0.8 --param-optim adamw" "--model
     # shellcheck disable=SC2086
     expect_rc 1 "$good (accepted)" "$NGD" train $good --data-dir "$D/nowhere" $Q
 done
+# the log is a file (not "-"), and a word where a count goes gets the option's range
+expect_rc 2 "--log -" "$NGD" train --data-dir "$D/nowhere" --quiet --log -
+expect_msg "--log -: the log is written to a file, not to the standard output" "--log - is refused"
+[ ! -e ./- ] && ok || bad "--log - made a file named '-'"
+expect_rc 2 "--batch -1" "$NGD" train --batch -1 $Q
+expect_msg "hint: give a whole number >= 1 (digits only)" "--batch -1 hints the range of --batch"
 # SINGD's damping is a damping (>= 0) and α1 a momentum coefficient in [0, 1); a widths list
 # has no empty entries
 for bad in "--damping -1|--damping must be >= 0" "--optim ingd --damping -0.001|--damping must be >= 0" \
@@ -431,7 +437,7 @@ exec 3<&-
 
 # bad checkpoints: another shape, corrupt, truncated, foreign
 expect_rc 1 "checkpoint of another width" "$NGD" train --subset 512 --batch 64 --optim brckfac $K --widths 32 --resume "$D/full.ckpt" $Q
-expect_msg "another shape" "width mismatch message"
+expect_msg "its parameter 0 (weight) has 50176 numbers, here 25088 (other --widths?)" "width mismatch message"
 expect_rc 1 "checkpoint of another optimizer" "$NGD" train --subset 512 --batch 64 --widths 64 --optim sgd --resume "$D/full.ckpt" $Q
 expect_msg "it was written by brckfac, not sgd (--optim)" "optimizer mismatch message"
 head -c 1000 "$D/full.ckpt" > "$D/trunc.ckpt"
@@ -598,6 +604,14 @@ if [ -f "$SHK/input.txt" ]; then
         c2=$("$NGD" eval $E --resume "$D/tres.ckpt" 2>&1 | sed -n 's/^eval:.*crc \([0-9a-f]*\).*/\1/p')
         [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "chargpt $opt: resumed run ($c2) differs from uninterrupted ($c1)"
     done
+    # a checkpoint read with another text: the error says what differs (its alphabet, its size)
+    mkdir -p "$D/voc" "$D/short"
+    head -c 5000 "$SHK/input.txt" | tr 'a' 'b' > "$D/voc/input.txt"
+    head -c 4500 "$SHK/input.txt" > "$D/short/input.txt"
+    expect_rc 1 "eval on a text with another alphabet" "$NGD" eval --data-dir "$D/voc" --threads 1 --resume "$D/tfull.ckpt"
+    expect_msg "has 848 numbers, here 832 (other --widths, or a text with another set of characters: this one has 52)" "another alphabet is named"
+    expect_rc 1 "eval on a shorter text" "$NGD" eval --data-dir "$D/short" --threads 1 --resume "$D/tfull.ckpt"
+    expect_msg "it was written for a training set of 4500 characters, this one has 4050" "another text size is named"
     expect_rc 1 "text checkpoint of another context" "$NGD" eval $E --context 8 --resume "$D/tfull.ckpt"
     expect_msg "it was written with --context 16, not 8" "context mismatch message"
     expect_rc 1 "text checkpoint resumed with another context" "$NGD" train ${A/--context 16/--context 8} --max-steps 30 --resume "$D/tfull.ckpt"

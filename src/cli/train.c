@@ -50,7 +50,9 @@ static void *stop_signal_waiter(void *arg) {
         const int prev = atomic_load(&train_stop_signal);
         if (prev && sig == SIGTERM) continue; // the same request again
         if (prev) {
-            static const char msg[] = "\nngd: second signal: exiting at once\n";
+            static const char msg[] =
+                "\nngd: second signal: exiting at once (a checkpoint being written is left as "
+                "its .tmp.<pid> file, which the next write of that checkpoint removes)\n";
             ssize_t w = write(2, msg, sizeof msg - 1);
             (void)w;
             _exit(128 + sig);

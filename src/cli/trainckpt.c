@@ -234,7 +234,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     size_t len;
     unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
     if (!b) return -1;
-    char whybuf[160];
+    char whybuf[256];
     ngd_rbuf r;
     trainckpt_head h;
     const char *why = read_head(b, len, &r, &h);
@@ -304,9 +304,14 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         uint64_t wall = get_u64(&r);
         memcpy(&rs->wall, &wall, 8);
         size_t pos = (size_t)get_u64(&r), ep = (size_t)get_u64(&r), nds = (size_t)get_u64(&r);
-        if (nds != (ti ? ti->text->n_train : ld->ds->n))
-            why = "the training set has another size (--subset?)";
-        else if (ti) { // (eval has its own batch: the position is not used there)
+        const size_t here = ti ? ti->text->n_train : ld->ds->n;
+        if (nds != here) {
+            snprintf(whybuf, sizeof whybuf,
+                     "it was written for a training set of %zu %s, this one has %zu (another "
+                     "--subset, or other data files?)",
+                     nds, ti ? "characters" : "items", here);
+            why = whybuf;
+        } else if (ti) { // (eval has its own batch: the position is not used there)
             if (o && pos > ti->per_epoch)
                 why = "its epoch has another length (--batch, --context?)";
             ti->pos = pos, ti->epoch = ep;
@@ -325,9 +330,19 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     }
     if (!why && get_u64(&r) != m->nparams) why = "the model has other parameters (--widths?)";
     for (size_t i = 0; !why && i < m->nparams; i++) {
-        if (get_u64(&r) != m->params[i].n)
-            why = "a parameter has another shape (--widths?)";
-        else
+        const size_t n = (size_t)get_u64(&r);
+        if (n != m->params[i].n) {
+            if (t->text) // (the embedding and the head are as wide as the text's alphabet)
+                snprintf(whybuf, sizeof whybuf,
+                         "its parameter %zu (%s) has %zu numbers, here %zu (other --widths, or "
+                         "a text with another set of characters: this one has %zu)",
+                         i, m->params[i].name, n, m->params[i].n, m->cfg.classes);
+            else
+                snprintf(whybuf, sizeof whybuf,
+                         "its parameter %zu (%s) has %zu numbers, here %zu (other --widths?)", i,
+                         m->params[i].name, n, m->params[i].n);
+            why = whybuf;
+        } else
             ngd_rbuf_f32s(&r, m->params[i].p, m->params[i].n);
     }
     nn_param bufs[NN_MODEL_MAX_PARAMS];

@@ -160,6 +160,11 @@ static bool same_file(const char *a, const char *b) {
 int train_check_outputs(const train_opts *t) {
     char lp[1024];
     log_path(t, lp, sizeof lp);
+    if (t->log && !strcmp(t->log, "-")) { // (not a file named "-" in the current folder)
+        cli_error("give the log a file's path (ngd plot and ngd train --resume read it back)",
+                  "--log -: the log is written to a file, not to the standard output");
+        return NGD_EXIT_USAGE;
+    }
     const char *clash = t->ckpt && same_file(lp, t->ckpt)       ? "--checkpoint"
                         : t->resume && same_file(lp, t->resume) ? "--resume"
                                                                 : NULL;

@@ -212,14 +212,9 @@ static int parse_z(const char *opt, const char *s, size_t *out) {
 
 // A whole number in [lo, hi] (hi = SIZE_MAX: no upper bound); the error names the range.
 static int parse_zr(const char *opt, const char *s, size_t lo, size_t hi, size_t *out) {
-    if (parse_z(opt, s, out)) return -1;
-    if (*out < lo || *out > hi) {
-        if (hi == SIZE_MAX)
-            cli_error(NULL, "--%s must be a whole number >= %zu (got %s)", opt, lo, s);
-        else
-            cli_error(NULL, "--%s must be a whole number in [%zu, %zu] (got %s)", opt, lo, hi, s);
-        return -1;
-    }
+    unsigned long long v; // (the range in the messages of bad words too)
+    if (cli_parse_whole(opt, s, lo, hi, &v)) return -1;
+    *out = (size_t)v;
     return 0;
 }
 
