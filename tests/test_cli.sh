@@ -46,7 +46,9 @@ if command -v python3 >/dev/null && [ -f "$SHARED/oracle/linear_dense_T1_kfaclik
     # a field present but not what it must be is an input error naming it, not a default
     for edit in 'd["hyperparameters"]["lr"]=None|hyperparameters.lr must be a number' \
                 'd["hyperparameters"]["T"]="x"|hyperparameters.T must be a number' \
-                'd["problem"]["d_in"]=-7|problem.d_in must be a whole number >= 0'; do
+                'd["problem"]["d_in"]=-7|problem.d_in must be a whole number >= 0' \
+                'd["steps"][1]["x"]["data"][3]="0.5"|field '"'"'x'"'"': value 3 is not a number' \
+                'd["problem"]["steps"]=1000|6 recorded steps, problem.steps says 1000'; do
         python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); exec(sys.argv[3]); json.dump(d,open(sys.argv[2],"w"))' \
             "$SHARED/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" "$tmp/e.json" "${edit%%|*}"
         out=$("$NGD" replay "$tmp/e.json" 2>&1); rc=$?

@@ -90,7 +90,15 @@ static int read_tensor(const cJSON *obj, const char *name, tensor *t, char *err,
         return -1;
     }
     size_t i = 0;
-    cJSON_ArrayForEach(it, data) t->data[i++] = (float)it->valuedouble;
+    cJSON_ArrayForEach(it, data) {
+        if (!cJSON_IsNumber(it)) { // (cJSON gives a string or null the value 0)
+            snprintf(err, cap, "field '%s': value %zu is not a number", name, i);
+            free(t->data);
+            t->data = NULL;
+            return -1;
+        }
+        t->data[i++] = (float)it->valuedouble;
+    }
     return 0;
 }
 
@@ -423,6 +431,15 @@ static int replay_file(const char *path, const replay_opts *ro) {
         goto free_bufs;
     }
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(root, "steps"), *s;
+    const cJSON *pj = cJSON_GetObjectItemCaseSensitive(root, "problem");
+    const cJSON *want = cJSON_GetObjectItemCaseSensitive(pj, "steps");
+    if (!cJSON_IsArray(steps) || cJSON_GetArraySize(steps) == 0 ||
+        (cJSON_IsNumber(want) && want->valuedouble != (double)cJSON_GetArraySize(steps))) {
+        snprintf(err, sizeof err, "%d recorded steps%s%.0f", cJSON_GetArraySize(steps),
+                 cJSON_IsNumber(want) ? ", problem.steps says " : "",
+                 cJSON_IsNumber(want) ? want->valuedouble : 0.0);
+        goto free_bufs;
+    }
     size_t t = 0;
     cJSON_ArrayForEach(s, steps) {
         tensor x, dy, tgw, tgb = {0};
