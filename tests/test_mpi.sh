@@ -162,6 +162,10 @@ if msg=$(compare "$D/k22.jsonl" "$D/k21.jsonl" "$D/kfac.2.ckpt" "$D/k1.ckpt" 1e-
 else bad "2-rank checkpoint resumed by 1 process: $msg"; fi
 
 fails_cleanly
+# a usage error every rank finds in the same options is printed once (rank 0), not per rank
+out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --damping -1 --threads 1 2>&1); rc=$?
+n=$(printf '%s\n' "$out" | grep -c "ngd: error: --damping must be >= 0")
+[ "$rc" -ne 0 ] && [ "$n" = 1 ] && ok || { bad "a usage error under mpirun: exit $rc, printed $n times"; printf '%s\n' "$out" | tail -5; }
 # --time-budget: the ranks agree to stop (one may see the budget spent a step before the
 # other); the run ends normally, rank 0 alone prints the result line and logs the summary
 out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 --batch 64 --threads 1 \

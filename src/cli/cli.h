@@ -16,6 +16,9 @@
 
 // "ngd: error: <msg>" and, if hint != NULL, "hint: <hint>" on stderr.
 void cli_error(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// While on, cli_error prints nothing: mpirun's other ranks parse the same options and would
+// repeat rank 0's usage errors (cli_errors_quiet returns the previous state)
+bool cli_errors_quiet(bool on);
 
 // Reads a whole file (NUL-terminated, free with free()); on failure prints
 // "ngd: error: <what><path>: <reason>" and returns NULL.

@@ -15,7 +15,16 @@
 #include "cli.h"
 #include "ngd.h"
 
+static bool errors_quiet;
+
+bool cli_errors_quiet(bool on) {
+    const bool was = errors_quiet;
+    errors_quiet = on;
+    return was;
+}
+
 void cli_error(const char *hint, const char *fmt, ...) {
+    if (errors_quiet) return;
     va_list ap;
     va_start(ap, fmt);
     fputs("ngd: error: ", stderr);

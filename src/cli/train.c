@@ -117,7 +117,10 @@ static void heavy_state_note(const ngd_optim *o, ngd_method method) {
 // (ranks x --batch) that the loader draws and checkpoints record (a checkpoint of N ranks x B
 // is one of 1 x N·B), and only rank 0 talks.
 static int dist_parse(int argc, char **argv, train_opts *t) {
-    if (train_parse_opts(argc, argv, t, "train")) return NGD_EXIT_USAGE;
+    const bool was = cli_errors_quiet(dist_on() && !dist_root()); // (rank 0 says it)
+    const int bad = train_parse_opts(argc, argv, t, "train");
+    cli_errors_quiet(was);
+    if (bad) return NGD_EXIT_USAGE;
     if (!dist_on()) return NGD_EXIT_OK;
     const size_t n = (size_t)dist_size();
     if (t->batch > SIZE_MAX / n) {
