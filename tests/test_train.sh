@@ -392,6 +392,26 @@ c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 
 c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/every.jsonl" | tail -1 | sed 's/.*:"\(.*\)"/\1/')
 c2=$("$NGD" eval --subset 640 --widths 16 --resume "$D/every.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
 [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "--checkpoint-every 3 over 5 steps: the checkpoint ($c2) is not the final state ($c1)"
+# a checkpoint written while a signal cut the epoch's evaluation short records it pending (bit
+# 2 of its precision field, docs/formats.md): the resumed run evaluates that epoch first, logs
+# it, and saves the checkpoint without the bit (set here by hand, with the CRC)
+"$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --log "$D/pend.jsonl" --checkpoint "$D/pend.ckpt" --quiet >/dev/null 2>&1
+python3 - "$D/pend.ckpt" <<'PY'
+import struct, sys, zlib
+b = bytearray(open(sys.argv[1], "rb").read())
+o = 16  # magic, version
+for _ in range(3):  # model, data, method: u64 length + bytes
+    o += 8 + struct.unpack_from("<Q", b, o)[0]
+o += 8 + 8 * struct.unpack_from("<Q", b, o)[0] + 24  # widths, subset, context, batch
+struct.pack_into("<Q", b, o, struct.unpack_from("<Q", b, o)[0] | 4)
+struct.pack_into("<I", b, len(b) - 4, zlib.crc32(bytes(b[:-4])))
+open(sys.argv[1], "wb").write(b)
+PY
+expect_rc 0 "resume with the evaluation pending" "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --log "$D/pend.jsonl" --resume "$D/pend.ckpt" --checkpoint "$D/pend.ckpt"
+expect_msg "epoch 1: test loss" "the pending evaluation is done first"
+[ "$(grep -c '"type":"eval"' "$D/pend.jsonl")" = 2 ] && ok || bad "the pending evaluation was not logged"
+expect_rc 0 "resume after it" "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --log "$D/pend.jsonl" --resume "$D/pend.ckpt"
+expect_msg "no training to do" "the checkpoint no longer has the evaluation pending"
 # a log whose last line a killed run left unfinished: the resumed run cuts it before appending,
 # so that every line is a record again (its first new record is not glued onto it)
 "$NGD" train --subset 640 --widths 16 --threads 1 --max-steps 3 --log-every 1 --log "$D/cut.jsonl" --checkpoint "$D/cut.ckpt" --quiet >/dev/null 2>&1

@@ -213,6 +213,24 @@ static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn
     return 0;
 }
 
+// The evaluation at the end of epoch rs->epoch: logged and printed. Returns 0, > 0 when a
+// signal cut it short (nothing logged), < 0 on a failure (its message printed).
+static int epoch_eval(nn_model *m, const train_opts *t, const train_sets *d, float *x, int32_t *ids,
+                      int32_t *y, FILE *logf, const char *logpath, const run_state *rs,
+                      double t_start, const char *saved, double *loss, double *acc) {
+    const int er = train_evaluate(m, t, d, x, ids, y, loss, acc);
+    if (er) return er;
+    if (eval_diverged(t, saved, rs->step, *loss)) return -1;
+    if (trainlog_eval(logf, logpath, rs->step, (double)rs->epoch, *loss, *acc,
+                      train_now_s() - t_start))
+        return -1;
+    if (!t->quiet)
+        fprintf(stderr, "epoch %zu: %s loss %.4f, %s accuracy %.2f%%\n", rs->epoch,
+                t->text ? "validation" : "test", *loss, t->text ? "validation" : "test",
+                100 * *acc);
+    return 0;
+}
+
 int train_run(const train_opts *t, bool eval_only) {
     if (t->threads) {
         char v[16];
@@ -312,7 +330,7 @@ int train_run(const train_opts *t, bool eval_only) {
         cli_error(NULL, "out of memory");
         goto done;
     }
-    run_state rs = {0, 0, 0, 0.0};
+    run_state rs = {0, 0, 0, 0.0, false};
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     const char *saved = t->resume; // the last checkpoint on disk, if any (for messages)
     const size_t step0 = rs.step;
@@ -384,7 +402,14 @@ int train_run(const train_opts *t, bool eval_only) {
     double last_test_acc = (double)NAN, last_test_loss = (double)NAN;
     bool stop = false;
     rc = NGD_EXIT_OK;
-    while (rs.epoch < t->epochs && !stop) {
+    const bool was_pending = rs.eval_pending;
+    if (rs.eval_pending) { // the evaluation a signal cut short before the checkpoint was written
+        const int er = epoch_eval(&m, t, &d, x, ids, y, logf, logpath, &rs, t_start, saved,
+                                  &last_test_loss, &last_test_acc);
+        if (er < 0) rc = NGD_EXIT_FAIL;
+        if (er == 0) rs.eval_pending = false; // (cut again: still pending in the checkpoint)
+    }
+    while (rc == NGD_EXIT_OK && rs.epoch < t->epochs && !stop && !rs.eval_pending) {
         size_t k = 0;
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
@@ -511,24 +536,13 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             bool last = rs.epoch == t->epochs;
             if ((t->eval_every && rs.epoch % t->eval_every == 0) || last) {
-                const int er =
-                    train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
-                if (er) { // > 0: a signal (the checkpoint of this epoch is written below)
+                const int er = epoch_eval(&m, t, &d, x, ids, y, logf, logpath, &rs, t_start, saved,
+                                          &last_test_loss, &last_test_acc);
+                if (er) { // > 0: a signal (the checkpoint written below records it pending)
                     if (er < 0) rc = NGD_EXIT_FAIL;
+                    rs.eval_pending = er > 0;
                     break;
                 }
-                if (eval_diverged(t, saved, rs.step, last_test_loss)) {
-                    rc = NGD_EXIT_FAIL;
-                    break;
-                }
-                if (trainlog_eval(logf, logpath, rs.step, (double)rs.epoch, last_test_loss,
-                                  last_test_acc, train_now_s() - t_start)) {
-                    rc = NGD_EXIT_FAIL;
-                    break;
-                }
-                if (!t->quiet)
-                    fprintf(stderr, "epoch %zu: %s loss %.4f, %s accuracy %.2f%%\n", rs.epoch,
-                            split, last_test_loss, split, 100 * last_test_acc);
             }
             if (t->ckpt && !t->ckpt_every) {
                 rs.wall = train_now_s() - t_start;
@@ -561,7 +575,8 @@ int train_run(const train_opts *t, bool eval_only) {
     // the last step. Not for a new run stopped before its first step: that would replace the
     // file given to --checkpoint with an untrained model.
     if (rc == NGD_EXIT_OK && t->ckpt && saved_step != rs.step &&
-        (rs.step > step0 || (t->resume && (stop || train_stop_signal)))) {
+        (rs.step > step0 || (t->resume && (stop || train_stop_signal)) ||
+         was_pending != rs.eval_pending)) { // (the resumed run did the pending evaluation)
         rs.wall = train_now_s() - t_start;
         if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) rc = NGD_EXIT_FAIL;
     }

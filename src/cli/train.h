@@ -127,7 +127,9 @@ typedef struct {
 // Where a run is: checkpoints save it, --resume restores it.
 typedef struct {
     size_t step, epoch, skips;
-    double wall; // seconds of training so far
+    double wall;       // seconds of training so far
+    bool eval_pending; // a signal stopped the evaluation of the epoch just completed: a
+                       // resumed run does it first
 } run_state;
 
 // --data shakespeare: every step draws B random windows of T+1 characters of the training
@@ -152,8 +154,9 @@ typedef struct {
     char model[32], data[32], method[32];
     bool has_shape; // version >= 2: widths (as given), subset, context, batch
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
-    int precision;  // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
-    int kfac_arith; // version >= 3: 1 --kfac-arith bf16, 0 not; -1 not recorded
+    int precision;     // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
+    int kfac_arith;    // version >= 3: 1 --kfac-arith bf16, 0 not; -1 not recorded
+    bool eval_pending; // the evaluation of the epoch completed last was cut by a signal
 } trainckpt_head;
 
 // ---- trainopts.c ----

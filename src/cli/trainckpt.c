@@ -135,9 +135,11 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
     for (size_t i = 0; i < t->nwidths; i++)
         ngd_wbuf_u64(&w, t->widths[i]);
     ngd_wbuf_u64(&w, t->subset), ngd_wbuf_u64(&w, t->context), ngd_wbuf_u64(&w, t->batch);
-    // --precision (version 3): bit 0 bf16; bit 1 --kfac-arith bf16 (0 without it, so a file
-    // of a run without it is what it was before the bit existed)
-    ngd_wbuf_u64(&w, (t->bf16 ? 1u : 0u) | (t->cfg.kfac.factor_arith == NGD_BF16 ? 2u : 0u));
+    // --precision (version 3): bit 0 bf16; bit 1 --kfac-arith bf16; bit 2 the completed
+    // epoch's evaluation is pending (each 0 when unused, so a file is what it was before the
+    // bit existed)
+    ngd_wbuf_u64(&w, (t->bf16 ? 1u : 0u) | (t->cfg.kfac.factor_arith == NGD_BF16 ? 2u : 0u) |
+                         (rs->eval_pending ? 4u : 0u));
     ngd_wbuf_u64(&w, rs->step), ngd_wbuf_u64(&w, rs->epoch), ngd_wbuf_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -219,11 +221,13 @@ static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, tr
         if (!h->context || !h->batch) return "bad header (context, batch)";
     }
     h->precision = h->kfac_arith = -1;
+    h->eval_pending = false;
     if (h->version >= 3) {
         const uint64_t p = get_u64(r);
-        if (p > 3) return "bad header (precision)";
+        if (p > 7) return "bad header (precision)";
         h->precision = (int)(p & 1u);
-        h->kfac_arith = (int)(p >> 1);
+        h->kfac_arith = (int)(p >> 1 & 1u);
+        h->eval_pending = (p & 4u) != 0;
     }
     return r->bad ? "truncated header" : NULL;
 }
@@ -299,6 +303,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         why = whybuf;
     }
     if (!why) {
+        rs->eval_pending = h.eval_pending;
         rs->step = (size_t)get_u64(&r), rs->epoch = (size_t)get_u64(&r),
         rs->skips = (size_t)get_u64(&r);
         uint64_t wall = get_u64(&r);
