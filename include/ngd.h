@@ -165,8 +165,8 @@ typedef enum {
 typedef enum {
     NGD_STRUCT_DENSE = 0,
     NGD_STRUCT_DIAG = 1,
-    NGD_STRUCT_BLOCKDIAG = 2, // block size: struct_block (30 = official preset)
-    NGD_STRUCT_HIER = 3,      // hierarchical (k1, k2): struct_k1, struct_k2 (15, 15)
+    NGD_STRUCT_BLOCKDIAG = 2, // block size: ngd_factor_spec.block (30 = official preset)
+    NGD_STRUCT_HIER = 3,      // hierarchical: ngd_factor_spec.k1, k2 (15, 15)
     NGD_STRUCT_TRIL_TOEPLITZ = 4,
     NGD_STRUCT_TRIU_TOEPLITZ = 5,
     NGD_STRUCT_TRIL_TOPLEFT = 6,  // lower triangular, diagonal top-left, dense last row
@@ -207,7 +207,8 @@ typedef struct {
     ngd_kfac_damping damping_kind;
     ngd_clip clip;    // per-layer RMS clip (default) or global KL clip
     float clip_kappa; // κ (0.07)
-    size_t wd_start;  // decoupled weight decay starts at this step (20*T_u)
+    size_t wd_start;  // decoupled weight decay starts at this step (200: 20·T_u at the
+                      // default T_u, fixed, not recomputed from T_u)
     ngd_identity_init identity_init;
     float eig_zero_tol; // eigenvalues below this are set to 0 (1e-10)
     size_t rank;        // RSVD target rank r (220)
@@ -308,7 +309,7 @@ NGD_API ngd_config ngd_config_default(ngd_method m);
 // naming the field into msg (at most cap bytes, NUL-terminated).
 NGD_API ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap);
 
-// Names for logs and the command line: "singd", "diag", ... NULL for out-of-range values.
+// Names for logs and the command line: "singd", "diagonal", ... NULL for out-of-range values.
 NGD_API const char *ngd_method_name(ngd_method m);
 NGD_API const char *ngd_structure_name(ngd_structure s);
 // Parses the names above (and "block30diagonal", "hierarchical15_15", "triltoeplitz", ...
@@ -545,14 +546,14 @@ NGD_API ngd_status ngd_optim_save(const ngd_optim *o, const char *path);
 // Loads a state saved by ngd_optim_save into an optimizer with the same method and the same
 // registered layers/params (names, shapes, structures). Validates magic, version, shapes
 // and length; on any error the optimizer is unchanged and the message names what is wrong.
-// Errors: NGD_ERR_IO, NGD_ERR_FORMAT.
+// Errors: NGD_ERR_IO, NGD_ERR_FORMAT, NGD_ERR_NOMEM, NGD_ERR_ARG (a NULL path).
 NGD_API ngd_status ngd_optim_load(ngd_optim *o, const char *path);
 
 // The same state as ngd_optim_save, into a buffer that the caller frees with free():
 // for embedding the optimizer in a larger file (e.g. with the model). Errors: NGD_ERR_NOMEM.
 NGD_API ngd_status ngd_optim_save_mem(const ngd_optim *o, void **buf, size_t *len);
 // Loads a buffer written by ngd_optim_save_mem, with the validation of ngd_optim_load.
-// Errors: NGD_ERR_FORMAT, NGD_ERR_ARG.
+// Errors: NGD_ERR_FORMAT, NGD_ERR_NOMEM, NGD_ERR_ARG (a NULL buffer).
 NGD_API ngd_status ngd_optim_load_mem(ngd_optim *o, const void *buf, size_t len);
 
 #ifdef __cplusplus

@@ -95,7 +95,9 @@ WEAK int cmd_plot(int argc, char **argv);
 static const subcommand COMMANDS[] = {
     {"train", cmd_train, "train a model on a data set with any optimizer"},
     {"eval", cmd_eval, "evaluate a checkpoint on the test set"},
-    {"bench", cmd_bench, "benchmarks: optimizer step time, preconditioner scaling"},
+    {"bench", cmd_bench,
+     "benchmarks: whole training steps, optimizer step time, preconditioner "
+     "scaling"},
     {"plot", cmd_plot, "plot training logs (loss, accuracy vs steps and wall time)"},
     {"replay", cmd_replay, "replay reference SINGD trajectories and report the largest errors"},
 };
@@ -107,6 +109,7 @@ static void usage(FILE *f) {
             ngd_version());
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         if (COMMANDS[i].fn) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+    fprintf(f, "\nngd --version prints the version; ngd help <command> is <command> --help.\n");
 }
 
 // At exit, whatever way the command ends (a return from main, or exit() after --help):

@@ -76,7 +76,7 @@ static const cli_opt OPTS[] = {
     {"clip-kappa", 1, O_KAPPA, "X", "K-FAC family clip κ (0.07)"},
     {"wd-start", 1, O_WDSTART, "N",
      "K-FAC family: decoupled weight decay from this step "
-     "(200 = 20·T_u)"},
+     "(200: 20·T_u at the default T_u; not changed by --T-u)"},
     {"identity-init", 1, O_IDINIT, "WHERE",
      "K-FAC family identity start: in_damping (default) "
      "or in_factor (kfac, rskfac, srekfac)"},
