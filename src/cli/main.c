@@ -25,13 +25,24 @@ bool cli_errors_quiet(bool on) {
 
 void cli_error(const char *hint, const char *fmt, ...) {
     if (errors_quiet) return;
+    // one write: under mpirun the forwarded stderr of a rank that aborts can be cut between
+    // writes and interleaved with mpirun's own report (the prefix went one way, the text another)
+    char buf[2048];
     va_list ap;
     va_start(ap, fmt);
-    fputs("ngd: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    int n = snprintf(buf, sizeof buf, "ngd: error: ");
+    n += vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
     va_end(ap);
-    if (hint) fprintf(stderr, "hint: %s\n", hint);
+    if (n < (int)sizeof buf) n += snprintf(buf + n, sizeof buf - (size_t)n, "\n");
+    if (hint && n < (int)sizeof buf)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, "hint: %s\n", hint);
+    if (n >= (int)sizeof buf) { // (cut: still ends its line)
+        n = (int)sizeof buf - 1;
+        buf[n - 1] = '\n';
+    }
+    fflush(stdout);
+    fwrite(buf, 1, (size_t)n, stderr);
+    fflush(stderr);
 }
 
 char *cli_read_file(const char *path, size_t *len, const char *what) {

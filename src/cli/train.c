@@ -120,8 +120,13 @@ static int dist_parse(int argc, char **argv, train_opts *t) {
     const bool was = cli_errors_quiet(dist_on() && !dist_root()); // (rank 0 says it)
     const int bad = train_parse_opts(argc, argv, t, "train");
     cli_errors_quiet(was);
-    if (bad) return NGD_EXIT_USAGE;
-    if (!dist_on()) return NGD_EXIT_OK;
+    if (!dist_on()) return bad ? NGD_EXIT_USAGE : NGD_EXIT_OK;
+    // every rank agrees before any ends: a rank that ended at once on its (quiet) copy of
+    // the error aborted the job while rank 0 was still printing it
+    if (dist_max_int(bad != 0)) {
+        if (!bad && dist_root()) cli_error(NULL, "another rank refused the options");
+        return NGD_EXIT_USAGE;
+    }
     const size_t n = (size_t)dist_size();
     if (t->batch > SIZE_MAX / n) {
         cli_error(NULL, "--batch %zu x %zu ranks overflows", t->batch, n);
@@ -668,11 +673,13 @@ done:
 int cmd_train(int argc, char **argv) {
     train_opts t;
     if (dist_init()) return NGD_EXIT_FAIL; // mpirun: MPI (dist.c); otherwise nothing
-    int rc = dist_parse(argc, argv, &t);
-    if (rc == NGD_EXIT_OK) rc = train_run(&t, false);
-    // a failed rank ends every rank (none waits for it in a collective); a signal's stop
-    // and success are reached by every rank together
-    if (rc == NGD_EXIT_FAIL || rc == NGD_EXIT_USAGE) dist_abort(rc);
+    int rc = dist_parse(argc, argv, &t);   // (a usage error there is every rank's: all end)
+    if (rc == NGD_EXIT_OK) {
+        rc = train_run(&t, false);
+        // a failed rank ends every rank (none waits for it in a collective); a signal's
+        // stop and success are reached by every rank together
+        if (rc == NGD_EXIT_FAIL || rc == NGD_EXIT_USAGE) dist_abort(rc);
+    }
     dist_finalize();
     return rc;
 }
