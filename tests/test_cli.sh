@@ -92,6 +92,12 @@ expect_rc 1 "plot of a missing log" "$NGD" plot "$tmp/missing.jsonl" -o "$tmp/p.
 expect_rc 1 "plot of a log without steps" "$NGD" plot "$tmp/nosteps.jsonl" -o "$tmp/p.svg"
 "$NGD" plot "$tmp/nosteps.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "no step records" && ok || bad "no-steps message"
 [ ! -e "$tmp/p.svg" ] && ok || bad "a failed plot left $tmp/p.svg"
+# -o on a symbolic link is refused (the rename would replace the link), as --checkpoint does
+echo keep > "$tmp/target.svg"; ln -s "$tmp/target.svg" "$tmp/link.svg"
+expect_rc 1 "plot -o on a symbolic link" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/link.svg"
+expect_msg "is a symbolic link, not a regular file; refusing to replace it" "plot -o symlink message"
+[ -L "$tmp/link.svg" ] && [ "$(cat "$tmp/target.svg")" = keep ] && ok || bad "plot -o replaced a symbolic link"
+rm -f "$tmp/link.svg" "$tmp/target.svg"
 PATH=/nonexistent expect_rc 1 "plot to .png without rsvg-convert" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/p.png"
 expect_rc 0 "plot of two logs" "$NGD" plot "$tmp/a.jsonl" "$tmp/b.jsonl" -o "$tmp/p.svg" --title "two runs"
 svg="$tmp/p.svg"

@@ -72,6 +72,17 @@ char *cli_read_file(const char *path, size_t *len, const char *what) {
     return b;
 }
 
+const char *cli_file_kind(unsigned mode) {
+    const mode_t m = (mode_t)mode;
+    return S_ISDIR(m)    ? "a folder"
+           : S_ISLNK(m)  ? "a symbolic link"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
+}
+
 int cli_probe_output(const char *path) {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -636,6 +637,13 @@ int cmd_plot(int argc, char **argv) {
         cli_error("write an .svg instead (-o FILE.svg), or install rsvg-convert (Debian: apt-get "
                   "install librsvg2-bin)",
                   "cannot write %s: rsvg-convert is not on PATH", output);
+        return NGD_EXIT_FAIL;
+    }
+    struct stat sb; // the image is committed by a rename, which would replace a link or a FIFO
+    if (lstat(output, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        cli_error("give -o the path of a regular file, or of none yet",
+                  "-o %s: is %s, not a regular file; refusing to replace it", output,
+                  cli_file_kind(sb.st_mode));
         return NGD_EXIT_FAIL;
     }
     if (cli_probe_output(output) != 0) { // before the logs are read and drawn

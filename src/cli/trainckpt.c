@@ -51,16 +51,6 @@ static void get_str(ngd_rbuf *r, char *s, size_t cap) {
     s[n] = '\0';
 }
 
-static const char *file_kind(mode_t m) {
-    return S_ISDIR(m)    ? "a folder"
-           : S_ISLNK(m)  ? "a symbolic link"
-           : S_ISFIFO(m) ? "a FIFO"
-           : S_ISCHR(m)  ? "a character device"
-           : S_ISBLK(m)  ? "a block device"
-           : S_ISSOCK(m) ? "a socket"
-                         : "not a regular file";
-}
-
 // The checkpoint is committed by renaming a temporary file onto --checkpoint PATH, which
 // would replace whatever is there (a device node, a FIFO, a symbolic link) with a regular
 // file: PATH must be absent or a regular file (an ngd checkpoint, or empty), in an existing
@@ -77,7 +67,7 @@ int trainckpt_check_target(const char *path) {
         if (!S_ISREG(sb.st_mode)) {
             cli_error("give --checkpoint the path of a regular file, or of none yet",
                       "--checkpoint %s: is %s, not a regular file; refusing to replace it", path,
-                      file_kind(sb.st_mode));
+                      cli_file_kind(sb.st_mode));
             return -1;
         }
         // a file of another kind (the training data, a log, a source file) is never replaced
