@@ -175,10 +175,14 @@ n=$(printf '%s\n' "$out" | grep -c "^kfac mlp on fashion-mnist: [0-9]* steps"); 
 n=$(grep -c '"type":"summary"' "$D/tb.jsonl"); [ "$n" = 1 ] && ok || bad "--time-budget log has $n summaries"
 [ -s "$D/tb.ckpt" ] && ok || bad "--time-budget left no checkpoint"
 # SIGTERM to mpirun (which passes it on to the ranks): they agree to stop after the same step,
-# rank 0 writes the checkpoint and the summary, and the run resumes from it
+# rank 0 writes the checkpoint and the summary, and the run resumes from it. Open MPI 4.1's
+# mpirun sends SIGCONT, waits odls_base_sigkill_timeout seconds, sends SIGTERM, waits as long
+# again, then SIGKILL: by default the ranks have 1 s for the step in progress, the all-reduce,
+# a 7 MB checkpoint with two fsyncs and the summary, which a loaded machine took 0.8 s for
+# (and sometimes more: the ranks were killed with nothing written). 5 s each way here.
 rm -f "$D/s.ckpt" "$D/s.jsonl"
-$MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 --batch 64 --threads 1 --optim kfac \
-    --log-every 1 --log "$D/s.jsonl" --checkpoint "$D/s.ckpt" >"$D/s.out" 2>&1 &
+OMPI_MCA_odls_base_sigkill_timeout=5 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1000 \
+    --batch 64 --threads 1 --optim kfac --log-every 1 --log "$D/s.jsonl" --checkpoint "$D/s.ckpt" >"$D/s.out" 2>&1 &
 mpid=$!
 for _ in $(seq 300); do
     n=$(grep -c '"type":"step"' "$D/s.jsonl" 2>/dev/null); [ "${n:-0}" -ge 15 ] && break; sleep 0.1

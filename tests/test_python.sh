@@ -54,7 +54,7 @@ if [ "$san" -eq 1 ]; then
     echo "test_python: $(basename "$b"): the numpy tests under ASan+UBSan (LD_PRELOAD=$preload)"
 fi
 # shellcheck disable=SC2086
-out=$(cd "$root/python/tests" && env "${envs[@]}" "$py" -m pytest -q -p no:cacheprovider -rfEs $tests 2>&1)
+out=$(cd "$root/python/tests" && env "${envs[@]}" "$py" -m pytest -q -p no:cacheprovider --basetemp="$tmp/pytest" -rfEs $tests 2>&1)
 rc=$?
 printf '%s\n' "$out" | tail -n 60
 line=$(printf '%s\n' "$out" | grep -E '[0-9]+ (passed|failed|error)' | tail -n 1)
