@@ -90,7 +90,11 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
 // 8192 x 128 x 512 3559 -> 2964, 1024^3 even; but with k = 128 (8192 x 384 x 128 2208 ->
 // 2556; in B-KFAC's step 512 x 785 x 128 337 -> 358), with m = 1 (9 -> 22) and for N-N and
 // T-N products mostly slower (64 x 2048 x 288 N-N 223 -> 291). NGD_F32_GEMM=sgemm in the
-// environment keeps every product on dnnl_sgemm (side-by-side benchmarks).
+// environment keeps every product on dnnl_sgemm (side-by-side benchmarks). A thread between
+// ngd_blas_serial_begin and _end chooses as a one-thread run does, in a parallel region too
+// (the K-FAC family's layers maintained side by side: the same bits as at one thread).
+static _Thread_local int serial_depth; // ngd_blas_serial_begin minus _end on this thread
+
 static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k) {
     static _Atomic int off = -1;
     int o = atomic_load_explicit(&off, memory_order_relaxed);
@@ -100,7 +104,7 @@ static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k) {
         atomic_store_explicit(&off, o, memory_order_relaxed);
     }
 #ifdef _OPENMP
-    if (omp_in_parallel()) return false;
+    if (omp_in_parallel() && serial_depth == 0) return false;
 #endif
     return !o && ta == 'N' && tb == 'T' && m >= 8 && k >= 256;
 }
@@ -924,6 +928,7 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
 }
 
 int ngd_blas_serial_begin(void) {
+    serial_depth++;
 #ifdef _OPENMP
     int saved = omp_get_max_threads();
     if (saved != 1) omp_set_num_threads(1);
@@ -934,6 +939,7 @@ int ngd_blas_serial_begin(void) {
 }
 
 void ngd_blas_serial_end(int saved) {
+    serial_depth--;
 #ifdef _OPENMP
     if (saved != 1 && saved > 0) omp_set_num_threads(saved);
 #else

@@ -130,7 +130,8 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
 // (the OpenMP nthreads ICV of the calling thread, which oneDNN and OpenBLAS follow). For
 // small decompositions: OpenBLAS opens a parallel region for every dsymv inside dsytrd even
 // at n = 18, which costs more than the work, and a scheduler time slice each when the
-// machine is oversubscribed. Returns the setting to restore. No-op without OpenMP.
+// machine is oversubscribed. Inside a parallel region the products then take the same
+// kernels as a one-thread run's (the same bits). Returns the setting to restore.
 int ngd_blas_serial_begin(void);
 void ngd_blas_serial_end(int saved);
 

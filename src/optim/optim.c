@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blas.h"
 #include "method.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -769,8 +770,9 @@ static ngd_status update_one(ngd_optim *o, ngd_entry *e, size_t t) {
 // Every layer's preconditioner maintenance of step t in a single-process run. Layers whose
 // update is serial-heavy (update_heavy: LAPACK decompositions, Brand updates) run side by
 // side, one per thread, largest work first, after the others; each layer's result is the
-// same whichever thread runs it (its GEMMs run single-threaded there). Errors: the first
-// failing layer's, in layer order.
+// same whichever thread runs it, and the same as a one-thread run's (its products run
+// single-threaded there, with the kernels a one-thread run takes: ngd_blas_serial_begin). Errors:
+// the first failing layer's, in layer order.
 static ngd_status update_all(ngd_optim *o, size_t t) {
     size_t nh = 0;
     ngd_status s;
@@ -810,8 +812,11 @@ static ngd_status update_all(ngd_optim *o, size_t t) {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
 #endif
-    for (size_t j = 0; j < nh; j++)
+    for (size_t j = 0; j < nh; j++) {
+        const int saved = ngd_blas_serial_begin(); // (its products as a 1-thread run's)
         o->upd_st[j] = update_one(o, &o->e[o->upd_idx[j]], t);
+        ngd_blas_serial_end(saved);
+    }
     size_t first = SIZE_MAX;
     for (size_t j = 0; j < nh; j++)
         if (o->upd_st[j] != NGD_OK && (first == SIZE_MAX || o->upd_idx[j] < o->upd_idx[first]))
