@@ -42,6 +42,19 @@ QUOTED_SINGD = {
 }
 
 
+def split_list(opt, s, may_be_empty):
+    """The entries of a comma list: none empty, none twice ('' is no entry where allowed)."""
+    if s == "" and may_be_empty:
+        return []
+    items = s.split(",")
+    for i, x in enumerate(items):
+        if not x:
+            fail(f"--{opt}: an empty entry in '{s}'", "a comma list, e.g. mlp,cnn")
+        if x in items[:i]:
+            fail(f"--{opt}: '{x}' is repeated in '{s}'", "name each once")
+    return items
+
+
 def fmt(ms):
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
 
@@ -91,9 +104,9 @@ def main():
     ap.add_argument("--params-only", action="store_true",
                     help="only check that both sides' models have the same parameter counts")
     a = ap.parse_args()
-    models = [m for m in a.models.split(",") if m]
-    optims = [o for o in a.optims.split(",") if o]
-    structs = [s for s in a.singd.split(",") if s]
+    models = split_list("models", a.models, False)
+    optims = split_list("optims", a.optims, True)
+    structs = split_list("singd", a.singd, True)
     for m in models:
         if m not in MODELS:
             fail(f"unknown model '{m}'", "models: " + ", ".join(MODELS))
@@ -225,13 +238,21 @@ def main():
               f"{'quoted PyTorch/':>15}" + (f" {'ngd.torch ms':>12} {'quoted PyTorch/':>15}" if t else ""))
         print(f"{'':8} {'':15} {'(quoted)':>10} {'(quoted)':>9} {'(now)':>9} {'ngd now':>15}"
               + (f" {'(now)':>12} {'ngd.torch now':>15}" if t else ""))
+        # the quoted figures are batch 128, 2 threads, f32 (chargpt: context 64): at other
+        # settings a ratio against them would compare different work
+        other = [f"{k} {v}" for k, v, q in (("--batch", a.batch, 128), ("--threads", a.threads, 2),
+                                              ("--precision", a.precision, "f32")) if v != q]
         for m, s in singd_rows:
             q_py, q_ngd, note = QUOTED_SINGD[(m, s)]
             now = med(singd_ms[(m, s)])
             tn = med(ngdt_ms[(m, s)]) if (m, s) in ngdt_ms else None
-            print(f"{m:8} {'singd ' + s:15} {q_py:10.4g} {q_ngd:9.4g} {now:9.2f} "
-                  f"{q_py / now:15.2f}" + (f" {tn:12.2f} {q_py / tn:15.2f}" if tn else "")
-                  + (f"   ({note})" if note else ""))
+            diff = other + ([f"--context {a.context}"] if m == "chargpt" and a.context != 64 else [])
+            r1 = f"{q_py / now:15.2f}" if not diff else f"{'-':>15}"
+            r2 = (f"{q_py / tn:15.2f}" if not diff else f"{'-':>15}") if tn else ""
+            print(f"{m:8} {'singd ' + s:15} {q_py:10.4g} {q_ngd:9.4g} {now:9.2f} {r1}"
+                  + (f" {tn:12.2f} {r2}" if tn else "") + (f"   ({note})" if note else "")
+                  + (f"   (no ratio: quoted at batch 128, 2 threads, f32, context 64; here "
+                     + ", ".join(diff) + ")" if diff else ""))
     return 0
 
 

@@ -6,14 +6,11 @@
  *   implicit: the input copied once into a zero-bordered (H+2) x (W+2) plane per channel,
  *     then nine GEMMs y' (c_out, H·(W+2)) += W_tap (c_out, c_in) · X_pad shifted by the tap
  *     (a strided view, no copy), and y' cropped to (c_out, H·W).
- * The two outputs are compared (they differ only by the order of the sum). Not built by
- * make and no part of ngd: the evidence behind docs/benchmarks.md's note on it. Build after
- * `make` and run (arguments: c_in c_out H; best of 5 repetitions of 20):
+ * The two outputs are compared (they differ only by the order of the sum). No part of ngd:
+ * the evidence behind docs/benchmarks.md's note on it. `make bench` builds it
+ * (build/bench/implicit_conv_probe); run it with c_in c_out H (best of 5 repetitions of 20):
  *
- *   cc -O2 -fopenmp -Iinclude -Isrc/nn -o /tmp/iprobe bench/implicit_conv_probe.c \
- *      build/libngdengine.a build/libngd.a -ldnnl \
- *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lz -lm
- *   OMP_NUM_THREADS=1 /tmp/iprobe 64 64 32
+ *   OMP_NUM_THREADS=1 build/bench/implicit_conv_probe 64 64 32
  */
 #include <math.h>
 #include <stdio.h>
@@ -34,7 +31,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s c_in c_out H\n", argv[0]);
         return 2;
     }
-    const size_t C = (size_t)atoi(argv[1]), CO = (size_t)atoi(argv[2]), H = (size_t)atoi(argv[3]);
+    size_t dims[3];
+    for (int i = 0; i < 3; i++) {
+        char *end;
+        const long v = strtol(argv[i + 1], &end, 10);
+        if (*end || end == argv[i + 1] || v < 1 || v > 4096) {
+            fprintf(stderr, "%s: '%s' is not a size in [1, 4096] (usage: %s c_in c_out H)\n",
+                    argv[0], argv[i + 1], argv[0]);
+            return 2;
+        }
+        dims[i] = (size_t)v;
+    }
+    const size_t C = dims[0], CO = dims[1], H = dims[2];
     const size_t W = H, L = H * W, Wp = W + 2, Hp = H + 2, Lp = H * Wp, din = C * 9;
     nn_rng rng;
     nn_rng_seed(&rng, 1);

@@ -2,14 +2,12 @@
  * onednn_conv_probe.c — measures oneDNN 2.6's convolution primitives against the engine's
  * im2col + GEMM convolution (nn_conv2d) on the cnn's four 3x3 'same' convolutions (or, with
  * VGG=1 in the environment, four vgg16bn-sized ones), forward + backward-data +
- * backward-weights, batch 128 (NB=...), interleaved round by round. Not built by make and no
- * part of ngd: the evidence behind docs/benchmarks.md's "oneDNN convolution primitives"
- * section. Build after `make` and run (argument 1: 0 = f32, 1 = bf16; argument 2: rounds):
+ * backward-weights, batch 128 (NB=...), interleaved round by round. No part of ngd: the
+ * evidence behind docs/benchmarks.md's "oneDNN convolution primitives" section. `make bench`
+ * builds it (build/bench/onednn_conv_probe); run it with argument 1: 0 = f32, 1 = bf16, and
+ * argument 2: rounds:
  *
- *   cc -O2 -fopenmp -Iinclude -Isrc/nn -Isrc/data -o /tmp/probe bench/onednn_conv_probe.c \
- *      build/libngdengine.a build/libngd.a -ldnnl \
- *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lz -lm
- *   OMP_NUM_THREADS=2 /tmp/probe 0 3      # ONEDNN_VERBOSE=1: per-primitive times
+ *   OMP_NUM_THREADS=2 build/bench/onednn_conv_probe 0 3   # ONEDNN_VERBOSE=1: per-primitive times
  *
  * Two oneDNN set-ups per layer: "nchw" (plain NCHW activations and OIHW weights, what the
  * engine holds: oneDNN 2.6 answers with its gemm-based x64:gemm:jit) and "any" (the

@@ -143,6 +143,9 @@ expect_rc 0 "bench train --precision f32,bf16" "$NGD" bench train --model mlp --
 expect_msg "f32 / bf16 step time (wall; CPU time of the process), median over 2 interleaved rounds" "bench prints the ratio"
 n16=$(printf '%s\n' "$out" | grep -c '^mlp .* bf16 ')
 [ "$n16" -eq 2 ] && ok || bad "bench: $n16 bf16 rows, want 2"
+# with --json the ratio is a record of its own type, told apart from the configurations'
+out=$("$NGD" bench train --model mlp --widths 32 --optim sgd --batch 16 --steps 2 --warmup 1 --precision f32,bf16 --threads 1 --json 2>&1)
+printf '%s\n' "$out" | grep '^{' | python3 -c 'import json, sys; r = [json.loads(l) for l in sys.stdin]; sys.exit(0 if len(r) == 3 and [x.get("type") for x in r] == [None, None, "ratio"] and r[2]["f32_over_bf16"] > 0 else 1)' && ok || { bad "bench --json: the ratio record"; printf '%s\n' "$out" | tail -2; }
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

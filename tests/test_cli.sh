@@ -164,6 +164,19 @@ printf '%s\n' "$out" | grep -q '"steps":6,"period":6,' && ok || { bad "bench tra
 # ... and a rounding of more than twice the asked steps says so (a long T_i is a long run)
 printf '%s\n' "$out" | grep -q 'note: --steps 2 rounded up to 6, whole preconditioner periods of 6 steps' && ok || bad "bench train: no note on --steps 2 -> 6"
 expect_rc 2 "bench train --T-u 0" "$NGD" bench train --T-u 0
+# counts out of range are refused before anything runs (2^61 steps wrapped the timing array's
+# size: a heap overflow), as are a thread count libgomp cannot start and a repeated entry
+expect_rc 2 "bench train --steps 2^61" "$NGD" bench train --model mlp --optim sgd --steps 2305843009213693952
+expect_msg "--steps: '2305843009213693952' is too large (at most 1000000)" "bench train --steps 2^61 message"
+expect_rc 2 "bench train --steps 2^64" "$NGD" bench train --model mlp --optim sgd --steps 18446744073709551616
+expect_rc 2 "bench train --threads 100000" "$NGD" bench train --model mlp --optim sgd --threads 100000
+expect_msg "--threads: '100000' is too large (at most 1024)" "bench train --threads message"
+expect_rc 2 "OMP_NUM_THREADS=100000" env OMP_NUM_THREADS=100000 "$NGD" train --max-steps 1
+expect_msg "OMP_NUM_THREADS=100000: more threads than ngd runs (1024)" "OMP_NUM_THREADS message"
+expect_rc 2 "bench train --optim sgd,sgd" "$NGD" bench train --model mlp --optim sgd,sgd
+expect_msg "--optim: 'sgd' is repeated in 'sgd,sgd'" "bench train repeated entry message"
+expect_rc 1 "bench train: a period past 10^6" "$NGD" bench train --model mlp --widths 16 --optim bkfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 999999 --T-i 1000000
+expect_msg "a preconditioner period of 999999000000 steps (the lcm of --T-u and --T-i): at most 1000000" "bench train period message"
 # --factored reaches the config: K-FAC's eigenbasis then comes from the rows (8 rows of the
 # 785-wide input layer: fewer optimizer FLOPs than from the gradient), and the row says so
 bt_k="bench train --model mlp --widths 16 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json"

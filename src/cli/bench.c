@@ -339,10 +339,12 @@ static int bench_step(int argc, char **argv) {
         }
         bool dense = bc->structure && !strcmp(bc->structure, "dense");
         double gf = dense ? f1 / (r.ms_t1 * 1e6) : 0;
-        if (json) {
-            printf("{\"config\":\"%s\",\"ms_T1\":%.4f,\"ms_T10\":%.4f,\"gflops\":%.1f,"
+        if (json) { // (GFLOP/s of dense products only: null for the others, as "-" in the table)
+            char gfj[32] = "null";
+            if (dense) snprintf(gfj, sizeof gfj, "%.1f", gf);
+            printf("{\"config\":\"%s\",\"ms_T1\":%.4f,\"ms_T10\":%.4f,\"gflops\":%s,"
                    "\"sgemm_gflops\":%.1f,\"state_bytes\":%zu,\"theory_bytes\":%.0f}\n",
-                   bc->label, r.ms_t1, r.ms_t10, gf, peak, r.state_bytes, r.theory_bytes);
+                   bc->label, r.ms_t1, r.ms_t10, gfj, peak, r.state_bytes, r.theory_bytes);
         } else {
             char gfs[16] = "-";
             if (dense) snprintf(gfs, sizeof gfs, "%.0f", gf);

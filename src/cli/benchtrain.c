@@ -76,8 +76,9 @@ static const cli_opt BT_OPTS[] = {
     {"context", 1, B_CONTEXT, "T", "context length of chargpt (64; vocabulary 65)"},
     {"widths", 1, B_WIDTHS, "W1,W2,..",
      "model widths as ngd train --widths (default: the model's)"},
-    {"steps", 1, B_STEPS, "N", "timed steps, rounded up to whole preconditioner periods (30)"},
-    {"warmup", 1, B_WARMUP, "N", "untimed steps first (10)"},
+    {"steps", 1, B_STEPS, "N",
+     "timed steps, rounded up to whole preconditioner periods (30; at most 1000000)"},
+    {"warmup", 1, B_WARMUP, "N", "untimed steps first (10; 1 to 1000000)"},
     {"T", 1, B_T, "N", "SINGD preconditioner update period (10)"},
     {"T-u", 1, B_TU, "N", "K-FAC family statistics period T_u (the method's default, 10)"},
     {"T-i", 1, B_TI, "N", "K-FAC family inverse / refresh period T_i (the method's default, 50)"},
@@ -87,7 +88,8 @@ static const cli_opt BT_OPTS[] = {
     {"kfac-damping", 1, B_KDAMP, "KIND",
      "K-FAC's damping, as ngd train --kfac-damping: exact (default) or pi"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
-    {"threads", 1, B_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+    {"threads", 1, B_THREADS, "N",
+     "OpenMP threads, 1 to 1024 (default: OMP_NUM_THREADS or all cores)"},
     {"param-optim", 1, B_POPTIM, "NAME",
      "rule of plain parameters (norm scales, embeddings) "
      "under second-order methods: method (default) or "
@@ -103,7 +105,11 @@ static const cli_opt BT_OPTS[] = {
 };
 #define BT_NOPTS (sizeof BT_OPTS / sizeof BT_OPTS[0])
 
-#define BT_MAX              64 // configurations per run
+#define BT_MAX 64 // configurations per run
+// bounds of the counts (a benchmark of more steps, or of a longer period, is not one of minutes)
+#define BT_STEPS_MAX        1000000
+#define BT_PERIOD_MAX       1000000
+#define BT_THREADS_MAX      1024
 #define BT_TEXT_VOCAB       65
 #define BT_TEXT_LEN         200000
 #define BT_IMAGES_PER_BATCH 4 // synthetic set: this many batches of images
@@ -300,7 +306,13 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     y = malloc(o->batch * rows * sizeof *y);
     dlogits = nn_malloc(nn_mul(o->batch * rows, m.cfg.classes), sizeof *dlogits);
     r->period = period_of(&cfg);
-    r->steps = (o->steps + r->period - 1) / r->period * r->period;
+    if (r->period > BT_PERIOD_MAX) { // (an RS/B-KFAC period is a multiple of T-u and T-i)
+        snprintf(r->err, sizeof r->err,
+                 "a preconditioner period of %zu steps (the lcm of --T-u and --T-i): at most %d",
+                 r->period, BT_PERIOD_MAX);
+        goto done;
+    }
+    r->steps = (o->steps + r->period - 1) / r->period * r->period; // (both <= 10^6)
     if (r->steps > 2 * o->steps) // (a long period: say why the run takes so long)
         fprintf(stderr,
                 "ngd bench train: note: --steps %zu rounded up to %zu, whole preconditioner "
@@ -418,13 +430,18 @@ static void usage(FILE *f) {
     cli_print_opts(f, BT_OPTS, BT_NOPTS, 24);
 }
 
-static int parse_size(const char *opt, const char *s, size_t *out, size_t min) {
+static int parse_size(const char *opt, const char *s, size_t *out, size_t min, size_t max) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
+    if (errno == ERANGE || (!errno && *end == '\0' && s[0] >= '0' && s[0] <= '9' && v > max)) {
+        cli_error("run 'ngd bench train --help'", "--%s: '%s' is too large (at most %zu)", opt, s,
+                  max);
+        return -1;
+    }
     if (errno || *end || !s[0] || s[0] < '0' || s[0] > '9' || v < min) {
-        cli_error("run 'ngd bench train --help'", "--%s: '%s' is not a whole number >= %zu", opt, s,
-                  min);
+        cli_error("run 'ngd bench train --help'", "--%s: '%s' is not a whole number in [%zu, %zu]",
+                  opt, s, min, max);
         return -1;
     }
     *out = (size_t)v;
@@ -432,8 +449,9 @@ static int parse_size(const char *opt, const char *s, size_t *out, size_t min) {
 }
 
 // Splits the comma list of option opt in place; returns the number of items (1..cap), or -1
-// after an error naming the option (an empty list or entry, more than cap entries).
-static int split(const char *opt, char *s, char **items, int cap) {
+// after an error naming the option (an empty list or entry, more than cap entries, and with
+// unique an entry named twice).
+static int split(const char *opt, char *s, char **items, int cap, bool unique) {
     char copy[256];
     snprintf(copy, sizeof copy, "%s", s); // (for the message)
     int n = 0;
@@ -450,6 +468,11 @@ static int split(const char *opt, char *s, char **items, int cap) {
                       opt, why, copy);
             return -1;
         }
+        for (int i = 0; unique && i < n; i++)
+            if (!strcmp(items[i], t)) { // (a configuration run twice is a mistake)
+                cli_error("name each once", "--%s: '%s' is repeated in '%s'", opt, t, copy);
+                return -1;
+            }
         items[n++] = t;
         if (!end) return n;
         t = end;
@@ -527,25 +550,25 @@ int bench_train(int argc, char **argv) {
             o.data = optarg;
             break;
         case B_BATCH:
-            if (parse_size("batch", optarg, &o.batch, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("batch", optarg, &o.batch, 1, SIZE_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_CONTEXT:
-            if (parse_size("context", optarg, &o.context, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("context", optarg, &o.context, 1, SIZE_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_STEPS:
-            if (parse_size("steps", optarg, &o.steps, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("steps", optarg, &o.steps, 1, BT_STEPS_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_WARMUP:
-            if (parse_size("warmup", optarg, &o.warmup, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("warmup", optarg, &o.warmup, 1, BT_STEPS_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_T:
-            if (parse_size("T", optarg, &o.T, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("T", optarg, &o.T, 1, BT_PERIOD_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_TU:
-            if (parse_size("T-u", optarg, &o.T_u, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("T-u", optarg, &o.T_u, 1, BT_PERIOD_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_TI:
-            if (parse_size("T-i", optarg, &o.T_i, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("T-i", optarg, &o.T_i, 1, BT_PERIOD_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_FACTORED: o.factored = true; break;
         case B_KDAMP:
@@ -557,14 +580,14 @@ int bench_train(int argc, char **argv) {
             o.kfac_pi = !strcmp(optarg, "pi");
             break;
         case B_THREADS:
-            if (parse_size("threads", optarg, &threads, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("threads", optarg, &threads, 1, BT_THREADS_MAX)) return NGD_EXIT_USAGE;
             break;
         case B_WIDTHS: {
             char *w[NN_MODEL_MAX_WIDTHS + 1];
-            const int n = split("widths", optarg, w, NN_MODEL_MAX_WIDTHS);
+            const int n = split("widths", optarg, w, NN_MODEL_MAX_WIDTHS, false);
             if (n < 0) return NGD_EXIT_USAGE;
             for (int i = 0; i < n; i++)
-                if (parse_size("widths", w[i], &o.widths[i], 1)) return NGD_EXIT_USAGE;
+                if (parse_size("widths", w[i], &o.widths[i], 1, SIZE_MAX)) return NGD_EXIT_USAGE;
             o.nwidths = (size_t)n;
             break;
         }
@@ -599,7 +622,7 @@ int bench_train(int argc, char **argv) {
             }
             break;
         case B_REPEATS:
-            if (parse_size("repeats", optarg, &repeats, 1)) return NGD_EXIT_USAGE;
+            if (parse_size("repeats", optarg, &repeats, 1, 1000)) return NGD_EXIT_USAGE;
             break;
         case B_JSON: o.json = true; break;
         case B_HELP:
@@ -623,9 +646,9 @@ int bench_train(int argc, char **argv) {
     }
     // the configurations: models x methods (x structures for the SINGD family)
     char *mv[16], *ov[16], *sv[16];
-    const int nm = split("model", models_s, mv, 16),
-              no = nm < 0 ? -1 : split("optim", optims_s, ov, 16),
-              ns = no < 0 ? -1 : split("structure", structs_s, sv, 16);
+    const int nm = split("model", models_s, mv, 16, true),
+              no = nm < 0 ? -1 : split("optim", optims_s, ov, 16, true),
+              ns = no < 0 ? -1 : split("structure", structs_s, sv, 16, true);
     if (ns < 0) return NGD_EXIT_USAGE;
     for (int k = 0; k < ns; k++) { // checked whichever methods --optim lists
         ngd_factor_spec fs;
@@ -748,8 +771,9 @@ int bench_train(int argc, char **argv) {
             const double med = bench_median(rt, k), medc = bench_median(rc2, k);
             const char *st = cfg_label(&cfgs[i], &o);
             if (o.json)
-                printf("{\"model\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
-                       "\"f32_over_bf16\":%.4f,\"f32_over_bf16_cpu\":%.4f,\"rounds\":%zu}\n",
+                printf("{\"type\":\"ratio\",\"model\":\"%s\",\"optim\":\"%s\","
+                       "\"structure\":\"%s\",\"f32_over_bf16\":%.4f,\"f32_over_bf16_cpu\":%.4f,"
+                       "\"rounds\":%zu}\n",
                        cfgs[i].model, ngd_method_name(cfgs[i].method), st, med, medc, k);
             else
                 printf("%-8s %-6s %-9s %5.2fx  (CPU %5.2fx)\n", cfgs[i].model,

@@ -14,6 +14,9 @@
 
 #include "cli.h"
 #include "ngd.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static bool errors_quiet;
 
@@ -177,6 +180,16 @@ static int check_env(void) {
             return -1;
         }
     }
+#ifdef _OPENMP
+    // libgomp takes any OMP_NUM_THREADS and then fails to start that many threads (a crash
+    // in the first parallel region): ngd's --threads range, 1 to 1024, holds here too
+    if (omp_get_max_threads() > 1024) {
+        const char *v = getenv("OMP_NUM_THREADS");
+        cli_error("give OMP_NUM_THREADS (or --threads) at most 1024",
+                  "OMP_NUM_THREADS=%s: more threads than ngd runs (1024)", v ? v : "?");
+        return -1;
+    }
+#endif
     return 0;
 }
 

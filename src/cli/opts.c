@@ -65,8 +65,7 @@ bool cli_is_decimal(const char *s, bool whole) {
 
 int cli_parse_real(const char *opt, const char *s, double *out) {
     if (!cli_is_decimal(s, false)) {
-        cli_error("give a decimal number, e.g. 0.01, -2 or 1e-3", "--%s: '%s' is not a number", opt,
-                  s);
+        cli_error("give a decimal number, e.g. 0.01 or 1e-3", "--%s: '%s' is not a number", opt, s);
         return -1;
     }
     errno = 0;
