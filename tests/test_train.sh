@@ -379,13 +379,32 @@ for _ in $(seq 400); do
     case "$(cat /proc/$pid/wchan 2>/dev/null)" in *partner*|*fifo*|*pipe*) break ;; esac
     sleep 0.05
 done
-kill -INT $pid; sleep 0.3
+kill -INT $pid
+# the stop must be recorded before the open returns: wait until ngd's signal thread has taken
+# the SIGINT (no longer pending in /proc), not a fixed 0.3 s that a loaded machine may exceed
+for _ in $(seq 200); do
+    grep -q '^ShdPnd:[[:space:]]*0*$' /proc/$pid/status 2>/dev/null && break
+    sleep 0.05
+done
+sleep 0.1
 cat "$D/hold.fifo" >/dev/null &
 wait $pid; rc=$?; out=$(cat "$D/sig.out")
 [ "$rc" -eq 130 ] && ok || bad "SIGINT before the first step: exit $rc, want 130"
 expect_msg "before its first step: nothing saved ($D/keep.ckpt is untouched)" "SIGINT before the first step says nothing was saved"
 c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
 [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "a run stopped before its first step replaced the checkpoint ($c1 -> $c2)"
+# the K-FAC family's layers maintained side by side at 2 threads give the same bits as one
+# thread doing them in order (their products take a one-thread run's kernels)
+for opt in "kfac" "kfac --clip kl" "rskfac" "srekfac" "bkfac --factored"; do
+    # shellcheck disable=SC2086
+    for th in 1 2; do
+        "$NGD" train --subset 256 --batch 128 --max-steps 4 --T-u 2 --T-i 3 --optim $opt --threads $th --log "$D/th$th.jsonl" --quiet >/dev/null 2>&1
+    done
+    c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th1.jsonl" | tail -1)
+    c2=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th2.jsonl" | tail -1)
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: 2 threads ($c2) differ from 1 ($c1)"
+    rm -f "$D/th1.jsonl" "$D/th2.jsonl"
+done
 # --checkpoint-every N: the run's last step is saved too when it is not a multiple of N (the
 # summary's CRC is the checkpoint's)
 "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --checkpoint-every 3 --log "$D/every.jsonl" --checkpoint "$D/every.ckpt" --quiet >/dev/null 2>&1
@@ -606,6 +625,8 @@ if [ -f "$SHK/input.txt" ]; then
     python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 40)' > "$D/bin/input.txt"
     expect_rc 0 "binary text run" "$NGD" train --data shakespeare --data-dir "$D/bin" --widths 16,1,2 --context 8 --batch 4 --max-steps 2 --threads 1 --log "$D/bin.jsonl"
     [ "$(printf '%s\n' "$out" | tr -d '\n\t' | LC_ALL=C tr -dc '\000-\037\177' | wc -c)" -eq 0 ] && ok || bad "the sample of a binary text printed control bytes"
+    # nor C1 controls or bytes of no character: what it prints is UTF-8 without U+0080..U+009F
+    printf '%s\n' "$out" | python3 -c 'import re, sys; t = sys.stdin.buffer.read().decode("utf-8"); sys.exit(1 if re.search("[\x80-\x9f]", t) else 0)' && ok || bad "the sample of a binary text is not printable UTF-8"
     expect_rc 0 "short text run, --quiet" "$NGD" train $S --max-steps 2 $Q
     printf '%s\n' "$out" | grep -q "sample (" && bad "--quiet printed the text sample" || ok
     expect_rc 0 "text run, reduce" "$NGD" train $S --max-steps 20 --kfac-approx reduce $Q

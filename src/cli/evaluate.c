@@ -96,6 +96,44 @@ static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, in
 
 // Prints `len` characters sampled from the model (softmax at temperature 1, seeded), starting
 // from a newline, each conditioned on the last T characters at most.
+// The length of the well-formed UTF-8 sequence at s (n bytes left) that is printable: not a C1
+// control (U+0080..U+009F), an overlong form, a surrogate or above U+10FFFF; 0 otherwise.
+static size_t utf8_printable(const unsigned char *s, size_t n) {
+    const unsigned c = s[0];
+    const size_t k = c >= 0xf0 && c <= 0xf4   ? 4
+                     : c >= 0xe0 && c <= 0xef ? 3
+                     : c >= 0xc2 && c <= 0xdf ? 2
+                                              : 0;
+    if (k == 0 || k > n) return 0;
+    uint32_t cp = c & (k == 2 ? 0x1f : k == 3 ? 0x0f : 0x07);
+    for (size_t i = 1; i < k; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    const uint32_t lo = k == 2 ? 0xa0 : k == 3 ? 0x800 : 0x10000; // (C1 controls below 0xa0)
+    if (cp < lo || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return k;
+}
+
+// s (n bytes) made safe for a terminal in place: control bytes but newline and tab, DEL, and
+// bytes of no printable UTF-8 character (a binary "text", a sample cut inside a character)
+// become '?'; well-formed printable UTF-8 stays
+static void sanitize_text(char *s, size_t n) {
+    unsigned char *u = (unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        if (u[i] < 0x80) {
+            if ((u[i] < 0x20 && u[i] != '\n' && u[i] != '\t') || u[i] == 0x7f) u[i] = '?';
+            i++;
+            continue;
+        }
+        const size_t k = utf8_printable(u + i, n - i);
+        if (k == 0)
+            u[i++] = '?';
+        else
+            i += k;
+    }
+}
+
 void train_print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed, size_t len) {
     int32_t *ctx = malloc(T * sizeof *ctx);
     char *out = malloc(len + 1);
@@ -121,12 +159,12 @@ void train_print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed,
         size_t id = 0;
         while (id + 1 < V && (u -= p[id]) >= 0)
             id++;
-        const unsigned char ch = (unsigned char)tx->itos[id]; // (a control byte of a binary
-        out[i] = (ch < 0x20 && ch != '\n' && ch != '\t') || ch == 0x7f ? '?' : (char)ch; // input)
+        out[i] = (char)tx->itos[id];
         if (have == T) memmove(ctx, ctx + 1, (T - 1) * sizeof *ctx), have--;
         ctx[have++] = (int32_t)id;
     }
     out[len] = '\0';
+    sanitize_text(out, len); // (the characters of a binary input, or cut UTF-8, as '?')
     printf("sample (%zu characters from a newline, seed %llu):\n%s\n", len,
            (unsigned long long)seed, out);
     free(ctx), free(out), free(p);

@@ -31,9 +31,9 @@
 // a batch is drawn, so the checkpoint written then resumes bit-identically), an evaluation
 // stops at its next batch; the run then exits 128 + the signal. A SIGINT after the first signal
 // exits at once (a second Ctrl-C); a repeated SIGTERM is the same request, however late:
-// process managers send duplicates (mpirun passes its SIGTERM on to the ranks and then
-// terminates the job with another one, seconds apart on a loaded machine, which cut the
-// ranks' orderly stop short while a second SIGTERM exited at once).
+// process managers send duplicates (a second SIGTERM that exited at once cut an orderly stop
+// short). Open MPI 4.1's mpirun sends the ranks SIGCONT, then SIGTERM and SIGKILL each
+// odls_base_sigkill_timeout seconds (1 by default) later: docs/distributed.md.
 //
 // No handler runs on the computing threads: oneDNN's JIT GEMM kernels point rsp into a heap
 // workspace (oneDNN issue #4845, fixed after 3.11), so a signal frame pushed there corrupts
@@ -356,9 +356,10 @@ int train_run(const train_opts *t, bool eval_only) {
                    t->model, t->data, TEXT_EVAL_BATCHES, t->batch, t->context, tl, 100 * ta,
                    (unsigned)crc);
         else
-            printf("eval: %s on %s test (%zu images): loss %.6f accuracy %.2f%%, parameters crc "
+            printf("eval: %s on %s test (%zu image%s): loss %.6f accuracy %.2f%%, parameters crc "
                    "%08x\n",
-                   t->model, t->data, d.test.n, tl, 100 * ta, (unsigned)crc);
+                   t->model, t->data, d.test.n, d.test.n == 1 ? "" : "s", tl, 100 * ta,
+                   (unsigned)crc);
         if (t->text) train_print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
         rc = NGD_EXIT_OK;
         goto done;
