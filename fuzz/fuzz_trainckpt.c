@@ -33,6 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 // main.c's helpers, quiet
 void cli_error(const char *hint, const char *fmt, ...) { (void)hint, (void)fmt; }
 int cli_probe_output(const char *path) { return path ? 0 : -1; } // (the checkpoint's target)
+const char *cli_file_kind(unsigned mode) { return (void)mode, "not a regular file"; }
 const char *cli_write_hint(const char *msg, const char *otherwise) {
     return msg ? otherwise : NULL;
 }
