@@ -7,8 +7,9 @@
 set -u
 NGD=${1:?usage: test_train.sh path/to/ngd}
 . "$(dirname "$0")/lib.sh"
-to_v1() {  # to_v1 V3 V1 [METHOD]: the checkpoint V3 (or V2) in version 1's layout (no widths,
-           # subset, context, batch, precision after the method; METHOD instead of its name)
+to_v1() {  # to_v1 V4 V1 [METHOD]: the checkpoint V4 (or V3, V2) in version 1's layout (no widths,
+           # subset, context, batch, precision after the method, no log record sums after the
+           # wall time; METHOD instead of its name)
     local f=$1 off=16 k len m=() n ver
     n=$(stat -c %s "$f")
     ver=$(od -An -tu8 -j 8 -N8 "$f" | tr -d ' ')
@@ -26,7 +27,10 @@ to_v1() {  # to_v1 V3 V1 [METHOD]: the checkpoint V3 (or V2) in version 1's layo
             head -c "${m[4]}" "$f" | tail -c +17
             printf "\\$(printf %03o ${#3})\000\000\000\000\000\000\000%s" "$3"
         else head -c "$off" "$f" | tail -c +17; fi
-        head -c $((n - 4)) "$f" | tail -c +$((rest + 1))
+        if [ "$ver" -ge 4 ]; then  # step, epoch, skips, wall; then past the 3 record sums
+            head -c $((rest + 32)) "$f" | tail -c +$((rest + 1))
+            head -c $((n - 4)) "$f" | tail -c +$((rest + 57))
+        else head -c $((n - 4)) "$f" | tail -c +$((rest + 1)); fi
     } > "$2.body"
     { cat "$2.body"; gzip -c "$2.body" | tail -c 8 | head -c 4; } > "$2"  # gzip's trailer: CRC-32
     rm -f "$2.body"
@@ -315,6 +319,15 @@ for opt in singd "singd --structure dense --precision bf16 --factored" adamw kfa
     c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
+# the resumed log's step records are the unbroken run's: a record whose steps a checkpoint
+# cut (every 3 steps, stopped after 5) averages all of them (the sums are in the checkpoint)
+A="--subset 512 --widths 16 --batch 64 --seed 3 --epochs 3 --threads 1 --log-every 3 --quiet"
+"$NGD" train $A --max-steps 12 --log "$D/rl-full.jsonl" >/dev/null 2>&1
+"$NGD" train $A --max-steps 5 --log "$D/rl-res.jsonl" --checkpoint "$D/rl.ckpt" >/dev/null 2>&1
+"$NGD" train $A --max-steps 12 --log "$D/rl-res.jsonl" --resume "$D/rl.ckpt" >/dev/null 2>&1
+r1=$(grep '"type":"step"' "$D/rl-full.jsonl" | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),"accuracy":\([^,]*\),.*/\1 \2 \3/')
+r2=$(grep '"type":"step"' "$D/rl-res.jsonl" | sed 's/.*"step":\([0-9]*\),.*"loss":\([^,]*\),"accuracy":\([^,]*\),.*/\1 \2 \3/')
+[ "$(printf '%s\n' "$r1" | wc -l)" -eq 4 ] && [ "$r1" = "$r2" ] && ok || bad "resumed log's step records differ: $(printf '%s' "$r1" | tr '\n' ';') / $(printf '%s' "$r2" | tr '\n' ';')"
 
 # SIGTERM / SIGINT: the step in progress finishes, the checkpoint is written, the run says how
 # to resume and exits 128 + the signal; that checkpoint resumes bit-identically

@@ -91,7 +91,7 @@ class MLP(nn.Module):
 
 
 def read_train_checkpoint(path):
-    """The fields of an `ngd train` checkpoint (docs/formats.md, versions 2 and 3) this script
+    """The fields of an `ngd train` checkpoint (docs/formats.md, versions 2 to 4) this script
     uses."""
     b = open(path, "rb").read()
     if b[:8] != b"NGDTRN\r\n":
@@ -110,14 +110,17 @@ def read_train_checkpoint(path):
         return s
 
     ck = {"version": u64()}
-    if ck["version"] not in (2, 3):
-        raise ValueError("%s: training checkpoint version %d (this script reads 2 and 3)" % (path, ck["version"]))
+    if ck["version"] not in (2, 3, 4):
+        raise ValueError("%s: training checkpoint version %d (this script reads 2 to 4)" % (path, ck["version"]))
     ck["model"], ck["data"], ck["method"] = string(), string(), string()
     ck["widths"] = [u64() for _ in range(u64())]
     ck["subset"], ck["context"], ck["batch"] = u64(), u64(), u64()
-    ck["precision"] = ("f32", "bf16")[u64()] if ck["version"] >= 3 else "f32"
+    # (bit 0: bf16; the other bits are --kfac-arith and a pending evaluation)
+    ck["precision"] = ("f32", "bf16")[u64() & 1] if ck["version"] >= 3 else "f32"
     ck["step"], ck["epoch"], ck["skips"] = u64(), u64(), u64()
     pos[0] += 8  # wall
+    if ck["version"] >= 4:
+        pos[0] += 24  # the log record's sums
     ck["position"], ck["data_epoch"], ck["n"] = u64(), u64(), u64()
     pos[0] += 32  # data rng
     ck["order"] = np.frombuffer(b, "<u8", ck["n"], pos[0]).astype(np.int64)

@@ -335,7 +335,7 @@ int train_run(const train_opts *t, bool eval_only) {
         cli_error(NULL, "out of memory");
         goto done;
     }
-    run_state rs = {0, 0, 0, 0.0, false};
+    run_state rs = {0};
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     const char *saved = t->resume; // the last checkpoint on disk, if any (for messages)
     const size_t step0 = rs.step;
@@ -403,8 +403,7 @@ int train_run(const train_opts *t, bool eval_only) {
     if (!t->quiet && dist_root()) heavy_state_note(o, t->method);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
-    double t_start = train_now_s() - rs.wall, t_mark = train_now_s(), run_loss = 0, run_acc = 0;
-    size_t run_n = 0;
+    double t_start = train_now_s() - rs.wall, t_mark = train_now_s();
     double last_test_acc = (double)NAN, last_test_loss = (double)NAN;
     bool stop = false;
     rc = NGD_EXIT_OK;
@@ -494,7 +493,8 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             consecutive_skips = 0;
             seen += k;
-            run_loss += (double)loss * (double)nr, run_acc += (double)correct, run_n += nr;
+            rs.rec_loss += (double)loss * (double)nr, rs.rec_acc += (double)correct;
+            rs.rec_n += nr;
             if (rs.step % t->log_every == 0) {
                 double now = train_now_s(), sps = (double)seen / (now - t_mark);
                 size_t it = train_steps_into_epoch(t, &ld, tip);
@@ -506,8 +506,8 @@ int train_run(const train_opts *t, bool eval_only) {
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);
                 cJSON_AddNumberToObject(j, "epoch",
                                         (double)rs.epoch + (double)it / (double)per_epoch);
-                cJSON_AddNumberToObject(j, "loss", run_loss / (double)run_n);
-                cJSON_AddNumberToObject(j, "accuracy", run_acc / (double)run_n);
+                cJSON_AddNumberToObject(j, "loss", rs.rec_loss / (double)rs.rec_n);
+                cJSON_AddNumberToObject(j, "accuracy", rs.rec_acc / (double)rs.rec_n);
                 cJSON_AddNumberToObject(j, "lr", (double)t->cfg.lr * lr_scale);
                 cJSON_AddNumberToObject(j, "samples_per_s", sps);
                 if (t->text) cJSON_AddNumberToObject(j, "tokens_per_s", sps * (double)t->context);
@@ -520,8 +520,9 @@ int train_run(const train_opts *t, bool eval_only) {
                 }
                 if (!t->quiet && (tty || rs.step % (t->log_every * 10) == 0))
                     trainlog_progress(tty, rs.epoch, t->epochs, it, per_epoch,
-                                      run_loss / (double)run_n, run_acc / (double)run_n, sps, eta);
-                run_loss = run_acc = 0, run_n = 0, seen = 0, t_mark = now;
+                                      rs.rec_loss / (double)rs.rec_n, rs.rec_acc / (double)rs.rec_n,
+                                      sps, eta);
+                rs.rec_loss = rs.rec_acc = 0, rs.rec_n = 0, seen = 0, t_mark = now;
             }
             if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0) {
                 rs.wall = train_now_s() - t_start;

@@ -130,6 +130,10 @@ typedef struct {
     double wall;       // seconds of training so far
     bool eval_pending; // a signal stopped the evaluation of the epoch just completed: a
                        // resumed run does it first
+    // the log's next step record: Σ loss·rows, Σ correct and the rows of the steps since the
+    // last record (a resumed run's first record averages the same steps as an unbroken run's)
+    double rec_loss, rec_acc;
+    size_t rec_n;
 } run_state;
 
 // --data shakespeare: every step draws B random windows of T+1 characters of the training

@@ -1,6 +1,6 @@
 /*
  * trainckpt.c — the training checkpoint of `ngd train --checkpoint/--resume` and `ngd eval`
- * (docs/formats.md "Training checkpoint", version 3; 1 and 2 are still read): the run's
+ * (docs/formats.md "Training checkpoint", version 4; 1 to 3 are still read): the run's
  * options that shape the model, the step, the data order and RNG, the model's parameters,
  * buffers and random streams, and the optimizer state (ngd_optim_save_mem), little-endian,
  * CRC-32 last, committed atomically.
@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,8 +24,8 @@
 
 #define TRN_MAGIC "NGDTRN\r\n"
 #define TRN_VERSION                                                                                \
-    3u // 2: the run's widths, subset, context and batch after the method;
-       // 3: its --precision after the batch
+    4u // 2: the run's widths, subset, context and batch after the method;
+       // 3: its --precision after the batch; 4: the log record's sums after the wall time
 
 // a u64-length string (the format's; libngd's ngd_wbuf_str writes a u32 length)
 static void put_str(ngd_wbuf *w, const char *s) {
@@ -134,6 +135,9 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
     ngd_wbuf_u64(&w, wall);
+    uint64_t sums[2]; // (version 4) the next log record's sums
+    memcpy(&sums[0], &rs->rec_loss, 8), memcpy(&sums[1], &rs->rec_acc, 8);
+    ngd_wbuf_u64(&w, sums[0]), ngd_wbuf_u64(&w, sums[1]), ngd_wbuf_u64(&w, rs->rec_n);
     if (ti) { // text: steps into the epoch, epoch, training characters, rng (no order)
         ngd_wbuf_u64(&w, ti->pos), ngd_wbuf_u64(&w, ti->epoch), ngd_wbuf_u64(&w, ti->text->n_train);
         for (int i = 0; i < 4; i++)
@@ -298,6 +302,15 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         rs->skips = (size_t)get_u64(&r);
         uint64_t wall = get_u64(&r);
         memcpy(&rs->wall, &wall, 8);
+        rs->rec_loss = rs->rec_acc = 0, rs->rec_n = 0; // (before version 4: the record restarts)
+        if (h.version >= 4) {
+            const uint64_t sl = get_u64(&r), sa = get_u64(&r);
+            memcpy(&rs->rec_loss, &sl, 8), memcpy(&rs->rec_acc, &sa, 8);
+            rs->rec_n = (size_t)get_u64(&r);
+            if (!isfinite(rs->rec_acc) || rs->rec_acc < 0 || rs->rec_acc > (double)rs->rec_n ||
+                (rs->rec_n == 0 && (rs->rec_loss != 0 || rs->rec_acc != 0)))
+                why = "bad log record sums";
+        }
         size_t pos = (size_t)get_u64(&r), ep = (size_t)get_u64(&r), nds = (size_t)get_u64(&r);
         const size_t here = ti ? ti->text->n_train : ld->ds->n;
         if (nds != here) {
