@@ -3,7 +3,7 @@
 # replay of shared/oracle (exit 0, every case PASS), bad paths. Usage: tests/test_cli.sh NGD
 set -u
 NGD=${1:?usage: test_cli.sh path/to/ngd}
-SHARED=${NGD_SHARED:-../shared}
+SHARED=${NGD_SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}  # (beside the checkout, from any folder)
 . "$(dirname "$0")/lib.sh"
 
 expect_rc 0 "ngd --help" "$NGD" --help

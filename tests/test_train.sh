@@ -6,6 +6,15 @@
 # Usage: tests/test_train.sh path/to/ngd
 set -u
 NGD=${1:?usage: test_train.sh path/to/ngd}
+# the signal tests send SIGINT: a shell started with SIGINT ignored (nohup, a background job)
+# cannot take it back, so the script runs again with its default action restored
+ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status 2>/dev/null)
+if [ -n "$ign" ] && [ $((0x$ign & 2)) -ne 0 ] && [ -z "${NGD_TEST_SIGINT_RESET:-}" ]; then
+    exec env NGD_TEST_SIGINT_RESET=1 python3 -c 'import os, signal, sys
+for s in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):  # (Python ignores the other two)
+    signal.signal(s, signal.SIG_DFL)
+os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
 . "$(dirname "$0")/lib.sh"
 to_v1() {  # to_v1 V4 V1 [METHOD]: the checkpoint V4 (or V3, V2) in version 1's layout (no widths,
            # subset, context, batch, precision after the method, no log record sums after the
