@@ -6,6 +6,8 @@ NGD=${1:?usage: test_cli.sh path/to/ngd}
 SHARED=${NGD_SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}  # (beside the checkout, from any folder)
 . "$(dirname "$0")/lib.sh"
 
+# make mutate's list still names code that exists (its dry run only looks the fragments up)
+expect_rc 0 "scripts/mutate.sh -n: the mutation list is current" bash "$(dirname "$0")/../scripts/mutate.sh" -n
 expect_rc 0 "ngd --help" "$NGD" --help
 "$NGD" --help | grep -q "replay" && ok || bad "--help lists replay"
 expect_rc 2 "no command" "$NGD"

@@ -174,16 +174,24 @@ int train_check_outputs(const train_opts *t) {
         return NGD_EXIT_USAGE;
     }
     // a log is written over (or, resuming, appended to): a regular file that holds something
-    // else (the training data, a checkpoint) is never touched
+    // else (the training data, a checkpoint, another program's JSON) is never touched. An ngd
+    // log starts with one of its records, {"type":"step"|"eval"|"summary", … (also a killed
+    // run's unfinished first line)
     struct stat sb;
     FILE *f = stat(lp, &sb) == 0 && S_ISREG(sb.st_mode) ? fopen(lp, "rb") : NULL;
-    const int c0 = f ? fgetc(f) : EOF;
+    char head[32] = {0};
+    const size_t got = f ? fread(head, 1, sizeof head - 1, f) : 0;
     if (f) fclose(f);
-    if (c0 != EOF && c0 != '{') {
+    bool ours = got == 0;
+    static const char *const FIRST[] = {"{\"type\":\"step\"", "{\"type\":\"eval\"",
+                                        "{\"type\":\"summary\""};
+    for (size_t i = 0; i < 3 && !ours; i++)
+        ours = !strncmp(head, FIRST[i], strlen(FIRST[i]));
+    if (!ours) { // (exit 1, as --checkpoint's refusal of a foreign file)
         cli_error("give --log a new file, or an ngd log",
-                  "--log %s: the file exists and is not a JSON-lines log; refusing to %s it", lp,
+                  "--log %s: the file exists and is not an ngd training log; refusing to %s it", lp,
                   t->resume ? "append to" : "replace");
-        return NGD_EXIT_USAGE;
+        return NGD_EXIT_FAIL;
     }
     if (t->ckpt && trainckpt_check_target(t->ckpt)) return NGD_EXIT_FAIL;
     return NGD_EXIT_OK;
