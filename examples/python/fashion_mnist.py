@@ -113,6 +113,9 @@ def read_train_checkpoint(path):
     if ck["version"] not in (2, 3, 4):
         raise ValueError("%s: training checkpoint version %d (this script reads 2 to 4)" % (path, ck["version"]))
     ck["model"], ck["data"], ck["method"] = string(), string(), string()
+    if ck["model"] != "mlp" or ck["data"] != "fashion-mnist":  # (before the body is read)
+        raise ValueError("%s: a run of --model %s on %s; this script trains the mlp on fashion-mnist"
+                         % (path, ck["model"], ck["data"]))
     ck["widths"] = [u64() for _ in range(u64())]
     ck["subset"], ck["context"], ck["batch"] = u64(), u64(), u64()
     # (bit 0: bf16; the other bits are --kfac-arith and a pending evaluation)
@@ -176,17 +179,18 @@ def main(argv=None):
         opts["structures"] = (s[0], s[-1])
     opt = getattr(ngd.torch, METHODS[a.optim])(model, **opts)
     steps_per_epoch = len(xtr) // a.batch
-    sched = None
-    if a.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda t: 0.5 * (1 + np.cos(np.pi * min(t, a.epochs * steps_per_epoch) / (a.epochs * steps_per_epoch)))
-        )
-    start_epoch, start_pos, order = 0, 0, None
+    start_epoch, start_pos, start_step, order = 0, 0, 0, None
     if a.init_from:
-        ck = read_train_checkpoint(a.init_from)
-        if ck["model"] != "mlp" or ck["n"] != len(xtr) or ck["batch"] != a.batch:
-            raise SystemExit("%s: a run of model %s on %d images, batch %d; this one: mlp, %d, %d"
-                             % (a.init_from, ck["model"], ck["n"], ck["batch"], len(xtr), a.batch))
+        try:
+            ck = read_train_checkpoint(a.init_from)
+        except ValueError as e:
+            raise SystemExit(str(e))
+        if ck["n"] != len(xtr) or ck["batch"] != a.batch:
+            raise SystemExit("%s: a run on %d images, batch %d; this one: %d, %d"
+                             % (a.init_from, ck["n"], ck["batch"], len(xtr), a.batch))
+        if ck["method"] != a.optim or ck["precision"] != "f32":
+            raise SystemExit("%s: a run of --optim %s in %s; this one: --optim %s in f32"
+                             % (a.init_from, ck["method"], ck["precision"], a.optim))
         with torch.no_grad():
             for p, v in zip(model.parameters(), ck["params"]):
                 if p.numel() != v.size:
@@ -194,6 +198,13 @@ def main(argv=None):
                 p.copy_(torch.from_numpy(v).view_as(p))
         opt.ngd.load_bytes(ck["optimizer"])
         start_epoch, start_pos, order = ck["epoch"], ck["position"], torch.from_numpy(ck["order"])
+        start_step = ck["step"]
+    sched = None
+    if a.schedule == "cosine":  # (over the whole run: a continued run is start_step steps in)
+        total = a.epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1 + np.cos(np.pi * min(t + start_step, total) / total))
+        )
     g = torch.Generator().manual_seed(a.seed)
     loss_fn = nn.CrossEntropyLoss()
     acc = float("nan")

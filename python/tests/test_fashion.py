@@ -1,6 +1,6 @@
 """examples/python/fashion_mnist.py (an ordinary PyTorch loop with ngd.torch.SINGD) against
 `ngd train` with the same settings on a Fashion-MNIST subset. For the same starting point and
-sample order, `ngd train` runs one step and writes a checkpoint; then `ngd train --resume`
+sample order, `ngd train` runs 40 steps and writes a checkpoint; then `ngd train --resume`
 and the script (--init-from, which loads the parameters, libngd's optimizer state and the
 epoch's order from it) each run the rest of the epoch. Their test accuracies must agree
 within 0.5 points (they differ only by float rounding: torch's forward/backward vs ngd's)."""
@@ -21,16 +21,18 @@ pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(DATA, "train-ima
                                 reason="dataset-fashion-mnist is not installed")
 
 
-def test_example_matches_ngd_train(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_example_matches_ngd_train(tmp_path, schedule):
     import fashion_mnist
 
     ck, log = str(tmp_path / "ck"), str(tmp_path / "log.jsonl")
-    common = [NGD, "train"] + ARGS + ["--threads", "2", "--quiet"]
-    subprocess.run(common + ["--max-steps", "1", "--checkpoint", ck, "--log", str(tmp_path / "a.jsonl")], check=True)
+    args = ARGS + ["--schedule", schedule]
+    common = [NGD, "train"] + args + ["--threads", "2", "--quiet"]
+    subprocess.run(common + ["--max-steps", "40", "--checkpoint", ck, "--log", str(tmp_path / "a.jsonl")], check=True)
     subprocess.run(common + ["--resume", ck, "--log", log], check=True)
     evals = [json.loads(l) for l in open(log) if '"eval"' in l]
     acc_ngd = 100.0 * evals[-1]["test_accuracy"]
-    acc_py = fashion_mnist.main(ARGS + ["--init-from", ck, "--quiet"])
+    acc_py = fashion_mnist.main(args + ["--init-from", ck, "--quiet"])
     print("ngd train %.2f%%, examples/python/fashion_mnist.py %.2f%%" % (acc_ngd, acc_py))
     assert acc_ngd > 70.0  # it learned something worth comparing
     assert abs(acc_py - acc_ngd) <= 0.5
