@@ -328,6 +328,10 @@ for opt in singd "singd --structure dense --precision bf16 --factored" adamw kfa
     c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
+# a batch larger than the training set is said as such, before the model is sized for it (a
+# huge one was the model's "out of memory")
+expect_rc 1 "--batch larger than the training set" "$NGD" train --subset 300 --batch 100000000 $Q
+expect_msg "the training set (300 images) is smaller than one batch (100000000)" "batch larger than the set: message"
 # the resumed log's step records are the unbroken run's: a record whose steps a checkpoint
 # cut (every 3 steps, stopped after 5) averages all of them (the sums are in the checkpoint)
 A="--subset 512 --widths 16 --batch 64 --seed 3 --epochs 3 --threads 1 --log-every 3 --quiet"

@@ -287,6 +287,25 @@ int train_run(const train_opts *t, bool eval_only) {
         fprintf(stderr, "ngd train: note: this CPU has no AVX512-BF16: --precision bf16 runs "
                         "oneDNN's emulation or converts to float32 (slower than --precision "
                         "f32, same numbers)\n");
+    // a training set smaller than one batch, said before the model is sized for that batch
+    // (a huge --batch was reported as the model's "out of memory"); an unknown model is
+    // nn_model_create's to say
+    bool known = false;
+    for (size_t i = 0; nn_model_list(i); i++)
+        known = known || !strcmp(nn_model_list(i)->name, t->model);
+    if (known && !eval_only &&
+        (t->text ? d.text.n_train / t->batch / t->context : d.train.n / t->batch) == 0) {
+        if (t->text)
+            cli_error("use a smaller --batch or --context, or a larger --subset",
+                      "the training "
+                      "text (%zu characters) is smaller than one batch (%zu x %zu)",
+                      d.text.n_train, t->batch, t->context);
+        else
+            cli_error("use a smaller --batch or a larger --subset",
+                      "the training set (%zu image%s) is smaller than one batch (%zu)", d.train.n,
+                      d.train.n == 1 ? "" : "s", t->batch);
+        goto done;
+    }
     nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
     if (ns != NN_OK) {
         cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models" : NULL, "%s", err);
@@ -367,18 +386,6 @@ int train_run(const train_opts *t, bool eval_only) {
     if (!(logf = trainlog_open(t, logpath, sizeof logpath))) goto done;
     const bool tty = !t->quiet && isatty(2);
     const size_t per_epoch = t->text ? ti.per_epoch : d.train.n / t->batch;
-    if (per_epoch == 0) {
-        if (t->text)
-            cli_error("use a smaller --batch or --context, or a larger --subset",
-                      "the training "
-                      "text (%zu characters) is smaller than one batch (%zu x %zu)",
-                      d.text.n_train, t->batch, t->context);
-        else
-            cli_error("use a smaller --batch or a larger --subset",
-                      "the training set (%zu image%s) is smaller than one batch (%zu)", d.train.n,
-                      d.train.n == 1 ? "" : "s", t->batch);
-        goto done;
-    }
     char optdesc[128]; // the method, and the plain parameters' rule when one was chosen
     if (t->has_param_cfg)
         snprintf(optdesc, sizeof optdesc, "%s (plain parameters: %s, lr %g, weight decay %g)",
