@@ -298,7 +298,7 @@ tidy:
 	-cppcheck --quiet --enable=warning,performance,portability $(INC_LIB) $(LIB_SRC)
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 # (every build folder's header dependencies, BUILD=... ones too: without them an object of a
 # custom BUILD kept an old struct layout after a header changed)

@@ -28,7 +28,11 @@ int main(void) {
     cfg.lr = 0.05f;
     cfg.T = 1;
     ngd_optim *opt;
-    if (ngd_optim_create(&cfg, &opt) != NGD_OK) return 1;
+    ngd_status st = ngd_optim_create(&cfg, &opt);
+    if (st != NGD_OK) {
+        fprintf(stderr, "ngd_optim_create: %s\n", ngd_status_str(st));
+        return 1;
+    }
     ngd_layer fc = {.name = "fc",
                     .weight = W,
                     .weight_grad = dW,
@@ -70,8 +74,12 @@ int main(void) {
                     dW[i * DIN + j] += dy[n * DOUT + i] * x[n * DIN + j];
             }
         }
-        if (ngd_optim_wants_stats(opt)) // the one line where a training loop meets libngd
-            ngd_optim_observe(opt, id, N, ngd_matrix_f32(x, N, DIN), ngd_matrix_f32(dy, N, DOUT));
+        if (ngd_optim_wants_stats(opt) && // the one line where a training loop meets libngd
+            ngd_optim_observe(opt, id, N, ngd_matrix_f32(x, N, DIN), ngd_matrix_f32(dy, N, DOUT)) !=
+                NGD_OK) {
+            fprintf(stderr, "observe failed: %s\n", ngd_optim_errmsg(opt));
+            return 1;
+        }
         if (ngd_optim_step(opt) != NGD_OK) {
             fprintf(stderr, "step failed: %s\n", ngd_optim_errmsg(opt));
             return 1;

@@ -68,6 +68,10 @@ if [ -d /proc/self ]; then
     expect_rc 1 "bench precond --plot in /proc" "$NGD" bench precond --plot /proc/ngd-test.svg
     expect_msg "--plot /proc/ngd-test.svg: cannot write into" "bench --plot in /proc message"
 fi
+expect_rc 1 "plot of a folder" "$NGD" plot "$tmp" -o "$tmp/p.svg"
+expect_msg "$tmp: is a folder, not a file" "plot of a folder: message"
+expect_rc 0 "ngd help bench step" "$NGD" help bench step
+expect_msg "usage: ngd bench step" "ngd help bench step prints that subcommand's help"
 expect_rc 0 "plot --help" "$NGD" plot --help
 "$NGD" plot --help | grep -q -- "--output FILE" && ok || bad "plot --help lists --output"
 cat > "$tmp/a.jsonl" <<'EOF'

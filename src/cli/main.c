@@ -199,12 +199,12 @@ int main(int argc, char **argv) {
         usage(stderr);
         return NGD_EXIT_USAGE;
     }
-    if (!strcmp(argv[1], "help") && argc == 3) { // ngd help CMD = ngd CMD --help
-        static char help_opt[] = "--help";
-        char *args[3] = {argv[2], help_opt, NULL};
+    if (!strcmp(argv[1], "help") && (argc == 3 || argc == 4)) { // ngd help CMD [SUB] = ngd
+        static char help_opt[] = "--help";                      // CMD [SUB] --help
+        char *args[4] = {argv[2], argc == 4 ? argv[3] : help_opt, help_opt, NULL};
         for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
             if (COMMANDS[i].fn && !strcmp(argv[2], COMMANDS[i].name))
-                return COMMANDS[i].fn(2, args);
+                return COMMANDS[i].fn(argc == 4 ? 3 : 2, args);
         cli_error("run 'ngd --help' for the list of commands", "unknown command '%s'", argv[2]);
         return NGD_EXIT_USAGE;
     }

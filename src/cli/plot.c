@@ -175,6 +175,12 @@ static void base_name(const char *path, char *out, size_t cap) {
 
 // Reads one log. Returns 0, or prints the error and returns -1.
 static int read_log(const char *path, run *r) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) { // (fopen takes a folder; reads fail)
+        cli_error("give the JSON-lines log written by 'ngd train' (--log FILE)",
+                  "%s: is a folder, not a file", path);
+        return -1;
+    }
     FILE *f = fopen(path, "r");
     if (!f) {
         cli_error("give the JSON-lines log written by 'ngd train' (--log FILE; by default "
