@@ -583,6 +583,10 @@ expect_rc 1 "--log onto a checkpoint" "$NGD" train $C --log "$D/own.ckpt"
 expect_msg "--log $D/own.ckpt: the file exists and is not an ngd training log" "foreign log target message"
 expect_rc 1 "--log onto a text, resuming" "$NGD" train $C --max-steps 4 --log "$D/data.txt" --resume "$D/own.ckpt"
 [ "$(cat "$D/data.txt")" = "First Citizen:" ] && ok || bad "a refused output file was changed"
+# an optimizer checkpoint (ngd_optim_save's) given to --resume is named as such
+printf 'NGDOPT\r\n0123456789abcdef' > "$D/opt.ckpt"
+expect_rc 1 "eval of an optimizer checkpoint" "$NGD" eval --resume "$D/opt.ckpt"
+expect_msg "a libngd optimizer checkpoint (ngd_optim_save), not a training checkpoint" "optimizer checkpoint message"
 # nor another program's JSON (its first byte is '{' too): an oracle trajectory stays
 cp "$(dirname "$0")/../../shared/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" "$D/traj.json"
 expect_rc 1 "--log onto another JSON file" "$NGD" train $C --log "$D/traj.json"

@@ -193,6 +193,9 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
 static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, trainckpt_head *h) {
     memset(h, 0, sizeof *h);
     *r = (ngd_rbuf){b, len, 0, false};
+    if (len >= 8 && memcmp(b, "NGDOPT\r\n", 8) == 0) // (what ngd_optim_save writes)
+        return "a libngd optimizer checkpoint (ngd_optim_save), not a training checkpoint: "
+               "--resume reads what ngd train --checkpoint writes";
     if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) return "not an ngd training checkpoint";
     ngd_rbuf tail = {b, len, len - 4, false}; // the CRC of every byte before it
     if (ngd_crc32(b, len - 4) != ngd_rbuf_u32(&tail))
