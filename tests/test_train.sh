@@ -230,6 +230,12 @@ expect_msg "it was written for --model cnn, not mlp" "eval model mismatch messag
 expect_rc 1 "eval --widths other than the run's" "$NGD" eval --widths 8,8 --resume "$D/cnn.ckpt"
 expect_msg "it was written with --widths 4,4, not 8,8" "eval widths mismatch message"
 expect_rc 0 "eval with the run's own --widths and --subset" "$NGD" eval --widths 4,4 --subset 300 --resume "$D/cnn.ckpt"
+# a run of the model's default widths: eval takes them written out (as train --resume does),
+# and refuses others by the parameters' shapes
+"$NGD" train --subset 300 --max-steps 2 --threads 1 --checkpoint "$D/defw.ckpt" $Q >/dev/null 2>&1
+expect_rc 0 "eval --widths 512,512 of a default-widths mlp run" "$NGD" eval --widths 512,512 --resume "$D/defw.ckpt"
+expect_rc 1 "eval --widths 256,512 of a default-widths mlp run" "$NGD" eval --widths 256,512 --resume "$D/defw.ckpt"
+expect_msg "(other --widths?)" "eval of default widths with other widths: message"
 for opt in "--lr 0.1" "--optim singd" "--structure diagonal" "--epochs 1" "--checkpoint $D/x.ckpt" "--quiet" "--damping 0.1"; do
     # shellcheck disable=SC2086
     expect_rc 2 "eval $opt" "$NGD" eval --resume "$D/cnn.ckpt" $opt

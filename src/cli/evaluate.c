@@ -221,10 +221,12 @@ static int eval_setup(train_opts *t) {
     } else if (!why && h.has_shape) { // given widths, subset, context: the run's, or refused
         format_widths(t->widths, t->nwidths, given, sizeof given);
         format_widths(h.widths, h.nwidths, had, sizeof had);
-        const char *what = t->nwidths && strcmp(given, had) != 0            ? "widths"
-                           : t->subset != SIZE_MAX && t->subset != h.subset ? "subset"
-                           : t->context && t->context != h.context          ? "context"
-                                                                            : NULL;
+        // (a run of the model's default widths: given ones are checked by the parameters'
+        // shapes when the checkpoint is read, as ngd train --resume does)
+        const char *what = t->nwidths && h.nwidths && strcmp(given, had) != 0 ? "widths"
+                           : t->subset != SIZE_MAX && t->subset != h.subset   ? "subset"
+                           : t->context && t->context != h.context            ? "context"
+                                                                              : NULL;
         if (what) {
             if (!strcmp(what, "subset"))
                 snprintf(given, sizeof given, "%zu", t->subset),
@@ -247,8 +249,10 @@ static int eval_setup(train_opts *t) {
     t->cfg = ngd_config_default(t->method);
     if (h.precision >= 0) t->bf16 = h.precision == 1; // the run's GEMM precision
     if (h.has_shape) {
-        t->nwidths = h.nwidths;
-        memcpy(t->widths, h.widths, sizeof h.widths);
+        if (h.nwidths || !t->nwidths) { // (else the given ones, the defaults' shapes or refused)
+            t->nwidths = h.nwidths;
+            memcpy(t->widths, h.widths, sizeof h.widths);
+        }
         t->subset = h.subset, t->context = h.context;
         if (!t->batch) t->batch = h.batch;
     } else { // version 1: what was given, else the defaults of ngd train
