@@ -161,6 +161,10 @@ grep -v '"type":"summary"' "$D/kfac.2.jsonl" | grep -v '"type":"eval"' > "$D/k22
 if msg=$(compare "$D/k22.jsonl" "$D/k21.jsonl" "$D/kfac.2.ckpt" "$D/k1.ckpt" 1e-4 2>&1); then ok
 else bad "2-rank checkpoint resumed by 1 process: $msg"; fi
 
+# ngd eval under mpirun: rank 0 evaluates and prints, once
+out=$(timeout 120 $MPI "$NGD" eval --data-dir "$I" --threads 1 --resume "$D/k1.ckpt" 2>&1); rc=$?
+n=$(printf '%s\n' "$out" | grep -c "^eval: ")
+[ "$rc" -eq 0 ] && [ "$n" = 1 ] && ok || { bad "ngd eval under mpirun: exit $rc, $n eval lines"; printf '%s\n' "$out" | tail -3; }
 fails_cleanly
 # a usage error every rank finds in the same options is printed once (rank 0), not per rank
 out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --damping -1 --threads 1 2>&1); rc=$?

@@ -338,6 +338,9 @@ done
 # huge one was the model's "out of memory")
 expect_rc 1 "--batch larger than the training set" "$NGD" train --subset 300 --batch 100000000 $Q
 expect_msg "the training set (300 images) is smaller than one batch (100000000)" "batch larger than the set: message"
+# a --subset above the set's size uses all of it, and says so
+expect_rc 0 "--subset above the set's size" "$NGD" train --subset 100000 --max-steps 1 --threads 1 --log "$D/sub.jsonl"
+expect_msg "note: --subset 100000 is more than the 60000 training images: all of them are used (and 10000 test images)" "--subset capped: note"
 # the resumed log's step records are the unbroken run's: a record whose steps a checkpoint
 # cut (every 3 steps, stopped after 5) averages all of them (the sums are in the checkpoint)
 A="--subset 512 --widths 16 --batch 64 --seed 3 --epochs 3 --threads 1 --log-every 3 --quiet"

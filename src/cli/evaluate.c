@@ -265,6 +265,10 @@ static int eval_setup(train_opts *t) {
 }
 
 int cmd_eval(int argc, char **argv) {
+    // one process evaluates: under mpirun every rank would evaluate the whole set and print
+    // it, so ranks other than 0 (Open MPI's OMPI_COMM_WORLD_RANK) leave it to rank 0
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (rank && strcmp(rank, "0") != 0) return NGD_EXIT_OK;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             train_print_help(stdout, "eval");

@@ -143,6 +143,11 @@ int train_load_data(const train_opts *t, train_sets *d) {
     }
     nn_dataset_compute_norm(&d->train);
     nn_dataset_set_norm(&d->test, d->train.mean, d->train.std);
+    if (t->subset > d->train.n && !t->quiet && dist_root()) // (capped: say so)
+        fprintf(stderr,
+                "ngd: note: --subset %zu is more than the %zu training images: all of them are "
+                "used (and %zu test images)\n",
+                t->subset, d->train.n, d->test.n);
     return 0;
 }
 
