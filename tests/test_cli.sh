@@ -72,6 +72,8 @@ expect_rc 1 "plot of a folder" "$NGD" plot "$tmp" -o "$tmp/p.svg"
 expect_msg "$tmp: is a folder, not a file" "plot of a folder: message"
 expect_rc 0 "ngd help bench step" "$NGD" help bench step
 expect_msg "usage: ngd bench step" "ngd help bench step prints that subcommand's help"
+expect_rc 2 "ngd help train extra" "$NGD" help train extra
+expect_msg "ngd help train: 'extra' is not one of its subcommands" "ngd help CMD with a stray word"
 expect_rc 0 "plot --help" "$NGD" plot --help
 "$NGD" plot --help | grep -q -- "--output FILE" && ok || bad "plot --help lists --output"
 cat > "$tmp/a.jsonl" <<'EOF'

@@ -201,6 +201,11 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "help") && (argc == 3 || argc == 4)) { // ngd help CMD [SUB] = ngd
         static char help_opt[] = "--help";                      // CMD [SUB] --help
+        if (argc == 4 && strcmp(argv[2], "bench") != 0) {       // (only bench has subcommands)
+            cli_error("e.g. ngd help train, ngd help bench step",
+                      "ngd help %s: '%s' is not one of its subcommands", argv[2], argv[3]);
+            return NGD_EXIT_USAGE;
+        }
         char *args[4] = {argv[2], argc == 4 ? argv[3] : help_opt, help_opt, NULL};
         for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
             if (COMMANDS[i].fn && !strcmp(argv[2], COMMANDS[i].name))
