@@ -236,6 +236,9 @@ expect_rc 0 "eval with the run's own --widths and --subset" "$NGD" eval --widths
 expect_rc 0 "eval --widths 512,512 of a default-widths mlp run" "$NGD" eval --widths 512,512 --resume "$D/defw.ckpt"
 expect_rc 1 "eval --widths 256,512 of a default-widths mlp run" "$NGD" eval --widths 256,512 --resume "$D/defw.ckpt"
 expect_msg "(other --widths?)" "eval of default widths with other widths: message"
+# eval's batch is at most the test set (a huge --batch was the model's "out of memory")
+expect_rc 0 "eval --batch 100000000" "$NGD" eval --batch 100000000 --resume "$D/defw.ckpt"
+expect_msg "eval: mlp on fashion-mnist test (60 images)" "eval --batch 100000000: the whole test set"
 for opt in "--lr 0.1" "--optim singd" "--structure diagonal" "--epochs 1" "--checkpoint $D/x.ckpt" "--quiet" "--damping 0.1"; do
     # shellcheck disable=SC2086
     expect_rc 2 "eval $opt" "$NGD" eval --resume "$D/cnn.ckpt" $opt

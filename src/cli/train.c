@@ -255,6 +255,14 @@ int train_run(const train_opts *t, bool eval_only) {
     train_sets d;
     int dl = train_load_data(t, &d);
     if (dl) return dl == -2 ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
+    // ngd eval of images: no batch larger than the test set (the model and the buffers are
+    // sized for it: --batch 100000000 was the model's "out of memory")
+    train_opts capped;
+    if (eval_only && !t->text && d.test.n > 0 && t->batch > d.test.n) {
+        capped = *t;
+        capped.batch = d.test.n;
+        t = &capped;
+    }
     int rc = NGD_EXIT_FAIL;
     nn_model m;
     memset(&m, 0, sizeof m);
