@@ -94,8 +94,6 @@ static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, in
     *acc = n ? (double)correct / (double)n : (double)NAN;
 }
 
-// Prints `len` characters sampled from the model (softmax at temperature 1, seeded), starting
-// from a newline, each conditioned on the last T characters at most.
 // The length of the well-formed UTF-8 sequence at s (n bytes left) that is printable: not a C1
 // control (U+0080..U+009F), an overlong form, a surrogate or above U+10FFFF; 0 otherwise.
 static size_t utf8_printable(const unsigned char *s, size_t n) {
@@ -134,6 +132,8 @@ static void sanitize_text(char *s, size_t n) {
     }
 }
 
+// Prints `len` characters sampled from the model (softmax at temperature 1, seeded), starting
+// from a newline, each conditioned on the last T characters at most.
 void train_print_sample(nn_model *m, const nn_text *tx, size_t T, uint64_t seed, size_t len) {
     int32_t *ctx = malloc(T * sizeof *ctx);
     char *out = malloc(len + 1);
