@@ -661,11 +661,9 @@ int bench_train(int argc, char **argv) {
     bt_cfg cfgs[BT_MAX];
     size_t nc = 0;
     for (int i = 0; i < nm; i++) {
-        bool known = false, text = false;
-        for (size_t k = 0; nn_model_list(k); k++)
-            if (!strcmp(nn_model_list(k)->name, mv[i]))
-                known = true, text = nn_model_list(k)->forward_tokens != NULL;
-        if (!known) {
+        const nn_model_ops *mo = nn_model_find(mv[i]);
+        const bool text = mo && mo->forward_tokens != NULL;
+        if (!mo) {
             cli_error("models: mlp, cnn, vit, chargpt, vgg16bn", "--model: unknown model '%s'",
                       mv[i]);
             return NGD_EXIT_USAGE;

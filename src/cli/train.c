@@ -298,10 +298,7 @@ int train_run(const train_opts *t, bool eval_only) {
     // a training set smaller than one batch, said before the model is sized for that batch
     // (a huge --batch was reported as the model's "out of memory"); an unknown model is
     // nn_model_create's to say
-    bool known = false;
-    for (size_t i = 0; nn_model_list(i); i++)
-        known = known || !strcmp(nn_model_list(i)->name, t->model);
-    if (known && !eval_only &&
+    if (nn_model_find(t->model) && !eval_only &&
         (t->text ? d.text.n_train / t->batch / t->context : d.train.n / t->batch) == 0) {
         if (t->text)
             cli_error("use a smaller --batch or --context, or a larger --subset",

@@ -16,33 +16,37 @@ const nn_model_ops *nn_model_list(size_t i) {
     return i < sizeof MODELS / sizeof MODELS[0] ? MODELS[i] : NULL;
 }
 
+const nn_model_ops *nn_model_find(const char *name) {
+    for (size_t i = 0; nn_model_list(i); i++)
+        if (!strcmp(nn_model_list(i)->name, name)) return nn_model_list(i);
+    return NULL;
+}
+
 nn_status nn_model_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap) {
     memset(m, 0, sizeof *m);
-    for (size_t i = 0; nn_model_list(i); i++) {
-        const nn_model_ops *ops = nn_model_list(i);
-        if (strcmp(ops->name, cfg->name) != 0) continue;
-        m->ops = ops;
-        m->cfg = *cfg;
-        if (!cfg->classes || !cfg->max_batch || !cfg->in_c || !cfg->in_h || !cfg->in_w) {
-            snprintf(err, cap, "model %s: input shape, classes and batch must be non-zero",
-                     cfg->name);
-            return NN_ERR_ARG;
-        }
-        const size_t rows = nn_mul(cfg->max_batch, ops->forward_tokens ? cfg->in_h : 1);
-        m->logits = nn_malloc(nn_mul(rows, cfg->classes), sizeof(float));
-        if (!m->logits) {
-            snprintf(err, cap, "model %s: out of memory", cfg->name);
-            return NN_ERR_NOMEM;
-        }
-        nn_status s = ops->create(m, cfg, err, cap);
-        if (s != NN_OK) nn_model_free(m);
-        return s;
+    const nn_model_ops *ops = nn_model_find(cfg->name);
+    if (!ops) {
+        size_t n = (size_t)snprintf(err, cap, "unknown model '%s' (models:", cfg->name);
+        for (size_t i = 0; nn_model_list(i) && n < cap; i++)
+            n += (size_t)snprintf(err + n, cap - n, " %s", nn_model_list(i)->name);
+        if (n < cap) snprintf(err + n, cap - n, ")");
+        return NN_ERR_ARG;
     }
-    size_t n = (size_t)snprintf(err, cap, "unknown model '%s' (models:", cfg->name);
-    for (size_t i = 0; nn_model_list(i) && n < cap; i++)
-        n += (size_t)snprintf(err + n, cap - n, " %s", nn_model_list(i)->name);
-    if (n < cap) snprintf(err + n, cap - n, ")");
-    return NN_ERR_ARG;
+    m->ops = ops;
+    m->cfg = *cfg;
+    if (!cfg->classes || !cfg->max_batch || !cfg->in_c || !cfg->in_h || !cfg->in_w) {
+        snprintf(err, cap, "model %s: input shape, classes and batch must be non-zero", cfg->name);
+        return NN_ERR_ARG;
+    }
+    const size_t rows = nn_mul(cfg->max_batch, ops->forward_tokens ? cfg->in_h : 1);
+    m->logits = nn_malloc(nn_mul(rows, cfg->classes), sizeof(float));
+    if (!m->logits) {
+        snprintf(err, cap, "model %s: out of memory", cfg->name);
+        return NN_ERR_NOMEM;
+    }
+    nn_status s = ops->create(m, cfg, err, cap);
+    if (s != NN_OK) nn_model_free(m);
+    return s;
 }
 
 void nn_model_free(nn_model *m) {

@@ -90,6 +90,8 @@ void nn_model_zero_grad(nn_model *m);
 size_t nn_model_param_count(const nn_model *m);
 // The table of models (for --help): returns the i-th, NULL past the end.
 const nn_model_ops *nn_model_list(size_t i);
+// The model named `name`, or NULL.
+const nn_model_ops *nn_model_find(const char *name);
 
 // Helpers for model files: register a Linear / Conv2d with libngd and remember its id.
 ngd_status nn_attach_linear(ngd_optim *o, const nn_linear *l, const char *name, int *id);
