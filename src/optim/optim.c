@@ -112,9 +112,8 @@ ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
     if (!ops) return NGD_ERR_ARG;
     ngd_optim *o = ngd_calloc(1, sizeof *o);
     if (!o) return NGD_ERR_NOMEM;
-    o->cfg = cfg; // (first: normalise_config logs through cfg.log_fn)
-    normalise_config(o, &cfg, "config");
     o->cfg = cfg;
+    normalise_config(o, &o->cfg, "config"); // (in place: it logs through o->cfg.log_fn)
     o->ops = ops;
     o->scale_prev = cfg.init_grad_scale;
     o->scale_cur = cfg.init_grad_scale;
