@@ -29,6 +29,7 @@
 // ---- a single layer driven by hand, with its f64 shadow ----
 typedef struct {
     size_t n, din, dA, dG;
+    size_t batch; // samples the n rows belong to (0: n, a fully connected layer's)
     float *W, *b, *gW, *gb, *a, *g, *P;
     double *EA, *EG; // f64 exponential averages from zero (A: dA², G: dG²)
     size_t k;        // EA updates
@@ -97,7 +98,8 @@ static void layer_draw(layer_t *L, double rho, bool stats) {
 
 static void layer_observe(layer_t *L, ngd_optim *o, int id) {
     if (ngd_optim_layer_wants_stats(o, id))
-        CHECK(ngd_optim_observe(o, id, L->n, ngd_matrix_f32(L->a, L->n, L->din),
+        CHECK(ngd_optim_observe(o, id, L->batch ? L->batch : L->n,
+                                ngd_matrix_f32(L->a, L->n, L->din),
                                 ngd_matrix_f32(L->g, L->n, L->dG)) == NGD_OK);
 }
 
@@ -541,7 +543,9 @@ static double factored_pair_steps(layer_t L[2], ngd_optim *o[2], const int id[2]
                     sb += (double)l->g[r * l->dG + a];
                 l->gb[a] = (float)sb;
             }
-            CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (f == 1 || t % 2 == 0));
+            // (every step for f = 1, unless the first statistics showed a sequence layer)
+            CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) ==
+                  ((f == 1 && (t == 0 || !l->batch)) || t % 2 == 0));
             layer_observe(l, o[f], id[f]);
             CHECK(ngd_optim_step(o[f]) == NGD_OK);
             CHECK(ngd_optim_last_update(o[f], id[f], l->P, l->dG * l->dA) == NGD_OK);
@@ -621,6 +625,41 @@ static void singd_from_rows_should_equal_the_dense_product(void) {
         CHECK_MSG(rel_err(L[1].W, w0, L[0].dG * L[0].din) < tol,
                   "SINGD (bf16 %d) from the rows: weights differ", bf);
         free(w0);
+        for (int f = 0; f < 2; f++)
+            ngd_optim_free(o[f]), layer_free(&L[f]);
+    }
+}
+
+// A sequence layer (3 samples of 4 positions: 12 rows) under kfac_approx = reduce: the statistics
+// take one reduced row per sample, but the gradient is Σ over all 12 rows, not (1/n) 𝒢ᵀ𝒜 of the
+// reduced rows, so factored_apply must leave the layer on its gradient: the same P as without it
+// (within float32 rounding). It took the reduced rows' product instead (a 1e-1-sized difference).
+static void factored_apply_should_skip_reduced_sequence_layers(void) {
+    const ngd_method ms[4] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC,
+                              NGD_METHOD_SINGD};
+    for (int i = 0; i < 4; i++) {
+        layer_t L[2];
+        ngd_optim *o[2];
+        int id[2];
+        for (int f = 0; f < 2; f++) {
+            ngd_config c = kcfg(ms[i]);
+            if (ms[i] == NGD_METHOD_SINGD) {
+                c = ngd_config_default(NGD_METHOD_SINGD);
+                c.T = 2, c.lr = 0.05f, c.lr_cov = 0.05f, c.keep_last_update = true;
+            } else {
+                c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
+            }
+            c.kfac_approx = NGD_KFAC_REDUCE;
+            c.kfac.factored_apply = f == 1;
+            layer_init(&L[f], 12, 30, 25, 79);
+            L[f].batch = 3;
+            CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
+            id[f] = layer_add(&L[f], o[f]);
+        }
+        double moved = 0, worst = factored_pair_steps(L, o, id, 5, &moved);
+        CHECK_MSG(worst < 1e-5, "%s, reduce, 4 rows a sample: factored vs plain: rel err %.3g",
+                  ngd_method_name(ms[i]), worst);
+        CHECK_MSG(moved > 1e-2, "%s: P stayed J (rel %.3g)", ngd_method_name(ms[i]), moved);
         for (int f = 0; f < 2; f++)
             ngd_optim_free(o[f]), layer_free(&L[f]);
     }
@@ -868,6 +907,7 @@ static const test_case TESTS[] = {
     TEST(every_method_should_reduce_the_training_loss),
     TEST(factored_application_should_equal_the_dense_one),
     TEST(singd_from_rows_should_equal_the_dense_product),
+    TEST(factored_apply_should_skip_reduced_sequence_layers),
     TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),

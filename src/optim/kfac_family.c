@@ -80,9 +80,12 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     return NGD_OK;
 }
 
-// Statistics steps; every step for the factored application (it needs this step's 𝒜, 𝒢).
+// Statistics steps; every step for the factored application (it needs this step's 𝒜, 𝒢),
+// until the layer's first statistics show it does not take it (a convolution, a sequence)
 static bool kfac_wants(const ngd_entry *e, size_t t) {
-    return t % e->cfg.kfac.T_u == 0 || e->cfg.kfac.factored_apply;
+    const kf_state *s = e->ms;
+    return t % e->cfg.kfac.T_u == 0 ||
+           (e->cfg.kfac.factored_apply && (s->meta.cols == 0 || s->meta.factored));
 }
 
 // Bytes of scratch needed by observe: one chunk of processed rows.
@@ -99,8 +102,10 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     ngd_status st;
     if (s->meta.cols == 0) {        // the layer's first statistics
         const kf_meta m0 = s->meta; // restored when out of memory (all or nothing)
-        // #factored-application: fully connected layers keep both factors' rows
-        if (e->cfg.kfac.factored_apply && R == 1) s->meta.factored = 1;
+        // #factored-application: fully connected layers keep both factors' rows (one row a
+        // sample as observed: a sequence's rows reduced to one a sample are not ones whose
+        // product is the gradient)
+        if (e->cfg.kfac.factored_apply && g->rows == batch) s->meta.factored = 1;
         // a data-parallel run decides for the global batch (equal shards; combine gathers
         // every rank's rows into the buffers)
         const size_t grows = rows * ngd_optim_world(o);

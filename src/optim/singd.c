@@ -207,14 +207,15 @@ static bool rows_ready(const ngd_entry *e) {
     return s->nrows > 0 && s->robs == 1 && s->rloads == e->loads;
 }
 
-// Keeps the step's processed rows (fact: a fully connected layer, both products cached, one
-// process; decided at its first statistics): 𝒜 as the statistics take it, 𝒢 times c / s_t,
+// Keeps the step's processed rows (fact: a fully connected layer, i.e. one observed row a
+// sample, not a sequence's rows reduced to one; both products cached, one process; decided at
+// its first statistics): 𝒜 as the statistics take it, 𝒢 times c / s_t,
 // c = the batch (a mean loss) or 1, so that Ĝ = (1/c) 𝒢ᵀ𝒜.
 static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
                       const ngd_matrix *g) {
     const size_t rows = ngd_stats_rows(e, batch, g), dK = e->d_K, dC = e->d_out;
     if (s->fact < 0)
-        s->fact = rows == batch && ((s->KKt && s->CCt) || s->bfc) && ngd_optim_world(o) == 1;
+        s->fact = g->rows == batch && ((s->KKt && s->CCt) || s->bfc) && ngd_optim_world(o) == 1;
     s->nrows = 0;
     if (s->fact <= 0 || ngd_optim_world(o) != 1) return; // (data-parallel: the rows are local)
     s->robs = s->rloads == e->loads ? s->robs + 1 : 1;
