@@ -185,16 +185,19 @@ expect_rc 2 "bench train --optim sgd,sgd" "$NGD" bench train --model mlp --optim
 expect_msg "--optim: 'sgd' is repeated in 'sgd,sgd'" "bench train repeated entry message"
 expect_rc 1 "bench train: a period past 10^6" "$NGD" bench train --model mlp --widths 16 --optim bkfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 999999 --T-i 1000000
 expect_msg "a preconditioner period of 999999000000 steps (the lcm of --T-u and --T-i): at most 1000000" "bench train period message"
-# --factored reaches the config: K-FAC's eigenbasis then comes from the rows (8 rows of the
-# 785-wide input layer: fewer optimizer FLOPs than from the gradient), and the row says so
+# The factored application (the K-FAC family's default, as in ngd train; --no-factored turns it
+# off): K-FAC's eigenbasis then comes from the rows (8 rows of the 785-wide input layer: fewer
+# optimizer FLOPs than from the gradient), and the row says so
 bt_k="bench train --model mlp --widths 16 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json"
 # shellcheck disable=SC2086
-out1=$("$NGD" $bt_k 2>&1); out2=$("$NGD" $bt_k --factored 2>&1)
-{ printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "factored" and a["structure"] == "-" and 0 < b["opt_gflop"] < 0.9 * a["opt_gflop"] else 1)' && ok || { bad "bench train --factored: row"; printf '%s\n' "$out2" | tail -1; }
+out1=$("$NGD" $bt_k --no-factored 2>&1); out2=$("$NGD" $bt_k 2>&1)
+{ printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "factored" and a["structure"] == "-" and 0 < b["opt_gflop"] < 0.9 * a["opt_gflop"] else 1)' && ok || { bad "bench train kfac (factored by default) against --no-factored: row"; printf '%s\n' "$out2" | tail -1; }
+expect_rc 2 "bench train --factored --no-factored" "$NGD" bench train --optim kfac --factored --no-factored
+expect_msg "--factored or --no-factored given twice" "bench train --factored --no-factored message"
 # --kfac-damping pi reaches the config: the 256 x 785 first layer is then preconditioned
 # through inverse operators formed every T_i = 6 steps, two products a step instead of four
 # (fewer optimizer FLOPs, about 0.7x), and the row says so
-bt_k="bench train --model mlp --widths 256 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json"
+bt_k="bench train --model mlp --widths 256 --optim kfac --no-factored --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json"
 # shellcheck disable=SC2086
 out1=$("$NGD" $bt_k 2>&1); out2=$("$NGD" $bt_k --kfac-damping pi 2>&1)
 { printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "pi" and a["structure"] == "-" and 0 < b["opt_gflop"] < 0.8 * a["opt_gflop"] else 1)' && ok || { bad "bench train --kfac-damping pi: row"; printf '%s\n' "$out2" | tail -1; }

@@ -130,6 +130,8 @@ for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, 
            "--optim srekfac --kfac-damping pi|--kfac-damping is used only by kfac, not by srekfac" \
            "--context 16|--context is for text models" "--checkpoint-every 5|--checkpoint-every needs --checkpoint" \
            "--structure diagonal --factored|--factored is for SINGD's dense factors" \
+           "--optim kfac --factored --no-factored|--factored and --no-factored contradict each other" \
+           "--optim sgd --no-factored|--no-factored is not used by sgd" \
            "--official-blockdiag|--official-blockdiag is for block-diagonal factors" \
            "--data shakespeare --augment|--augment is for image data" \
            "--param-optim adamw|the model has no plain parameters" "--kfac-approx reduce|--kfac-approx is for convolutions"; do
@@ -141,7 +143,7 @@ for good in "--model cnn --optim singd --beta1 0.8 --param-optim adamw" "--model
             "--optim brckfac --corr-frac 0.3 --rank 8 --brand-rank 4" "--optim rskfac --rank 5 --tail min_kept --kfac-seed 3" \
             "--optim kfac --kfac-damping pi --clip kl" "--optim ikfac --structure diagonal --damping 0" \
             "--optim ingd --alpha1 0.9 --lr-cov 0.1" "--structure block30diagonal --official-blockdiag" \
-            "--optim kfac --factored" "--structure dense --factored"; do
+            "--optim kfac --factored" "--optim bkfac --no-factored" "--structure dense --factored"; do
     # shellcheck disable=SC2086
     expect_rc 1 "$good (accepted)" "$NGD" train $good --data-dir "$D/nowhere" $Q
 done
@@ -286,18 +288,22 @@ for opt in kfac bkfac; do
     acc=$(printf '%s\n' "$out" | sed -n 's/.*test accuracy \([0-9.]*\)%.*/\1/p')
     awk -v a="${acc:-0}" 'BEGIN{exit !(a > 50)}' && ok || bad "cnn $opt: test accuracy ${acc:-?}% (want > 50%)"
 done
-# K-FAC from the rows (--factored: Q_Gᵀ J Q_A as (𝒢 Q_G)ᵀ(𝒜 Q_A)/n where that costs less; with
-# π-damping (𝒢 G⁻¹)ᵀ(𝒜 A⁻¹)/n against G⁻¹ J A⁻¹) is the same preconditioner: its run's test loss
-# matches the plain run's to float32 rounding
+# K-FAC from the rows (--factored, the K-FAC family's default: Q_Gᵀ J Q_A as (𝒢 Q_G)ᵀ(𝒜 Q_A)/n
+# where that costs less; with π-damping (𝒢 G⁻¹)ᵀ(𝒜 A⁻¹)/n against G⁻¹ J A⁻¹) is the same
+# preconditioner: its run's test loss matches the plain (--no-factored) run's to float32
+# rounding, and the default run is the --factored one, bit for bit
 for damp in exact pi; do
-    kl=()
-    for f in "" --factored; do
+    kl=() kc=()
+    for f in --no-factored "" --factored; do
         # shellcheck disable=SC2086
         expect_rc 0 "kfac $damp $f" "$NGD" train --optim kfac --kfac-damping $damp $f --subset 2000 --widths 128 --epochs 2 --batch 50 --T-u 2 --T-i 10 --threads 1 $Q
         kl+=("$(grep '"type":"summary"' "$D/log.jsonl" | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')")
+        kc+=("$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/log.jsonl" | tail -1)")
     done
     awk -v a="${kl[0]:-0}" -v b="${kl[1]:-1}" 'BEGIN{d=a-b; if(d<0)d=-d; exit !(a>0 && d<=1e-4*a)}' &&
-        ok || bad "kfac $damp --factored: test loss ${kl[1]:-?}, plain ${kl[0]:-?} (want within 1e-4 relative)"
+        ok || bad "kfac $damp: test loss ${kl[1]:-?}, --no-factored ${kl[0]:-?} (want within 1e-4 relative)"
+    [ -n "${kc[1]}" ] && [ "${kc[1]}" = "${kc[2]}" ] && [ "${kc[0]}" != "${kc[1]}" ] && ok ||
+        bad "kfac $damp: the default run (${kc[1]:-?}) is not the --factored one (${kc[2]:-?}), or --no-factored took the same path (${kc[0]:-?})"
 done
 
 # SINGD from the rows (--factored, dense factors: P = (1/n)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ)) is the same
@@ -433,7 +439,7 @@ c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 
 [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "a run stopped before its first step replaced the checkpoint ($c1 -> $c2)"
 # the K-FAC family's layers maintained side by side at 2 threads give the same bits as one
 # thread doing them in order (their products take a one-thread run's kernels)
-for opt in "kfac" "kfac --clip kl" "rskfac" "srekfac" "bkfac --factored"; do
+for opt in "kfac --no-factored" "kfac" "kfac --clip kl" "rskfac" "srekfac --no-factored" "bkfac"; do
     # shellcheck disable=SC2086
     for th in 1 2; do
         "$NGD" train --subset 256 --batch 128 --max-steps 4 --T-u 2 --T-i 3 --optim $opt --threads $th --log "$D/th$th.jsonl" --quiet >/dev/null 2>&1

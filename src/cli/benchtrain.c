@@ -51,6 +51,7 @@ enum {
     B_TU,
     B_TI,
     B_FACTORED,
+    B_NOFACTORED,
     B_KDAMP,
     B_THREADS,
     B_JSON,
@@ -84,7 +85,9 @@ static const cli_opt BT_OPTS[] = {
     {"T-i", 1, B_TI, "N", "K-FAC family inverse / refresh period T_i (the method's default, 50)"},
     {"factored", 0, B_FACTORED, NULL,
      "K-FAC family and SINGD: the factored application, as ngd train --factored (statistics "
-     "rows every step)"},
+     "rows every step; the K-FAC family's default, as in ngd train)"},
+    {"no-factored", 0, B_NOFACTORED, NULL,
+     "the K-FAC family from the gradient, as ngd train --no-factored"},
     {"kfac-damping", 1, B_KDAMP, "KIND",
      "K-FAC's damping, as ngd train --kfac-damping: exact (default) or pi"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
@@ -126,7 +129,8 @@ typedef struct {
     size_t batch, context, steps, warmup, T, T_u, T_i, nwidths; // T_u, T_i: 0 = default
     size_t widths[NN_MODEL_MAX_WIDTHS];
     const char *data;
-    bool json, param_adamw, factored, kfac_pi;
+    bool json, param_adamw, kfac_pi;
+    int factored;   // --factored 1, --no-factored 0, neither -1 (as ngd train: the K-FAC family's)
     float momentum; // < 0: the method's default
 } bt_opts;
 
@@ -149,6 +153,10 @@ static bool is_singd(ngd_method m) {
     return m == NGD_METHOD_SINGD || m == NGD_METHOD_INGD || m == NGD_METHOD_IKFAC;
 }
 static bool is_kfac(ngd_method m) { return m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC; }
+// kfac.factored_apply of a row: as given, else ngd train's default (on for the K-FAC family)
+static bool bt_factored(const bt_cfg *c, const bt_opts *o) {
+    return o->factored < 0 ? is_kfac(c->method) : o->factored == 1;
+}
 
 // Synthetic data of the real shapes: random pixels and labels, or random text.
 typedef struct {
@@ -281,7 +289,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     if (is_singd(c->method)) cfg.T = o->T, cfg.lr = 3e-3f, cfg.damping = 1e-2f;
     if (is_kfac(c->method) && o->T_u) cfg.kfac.T_u = o->T_u;
     if (is_kfac(c->method) && o->T_i) cfg.kfac.T_i = o->T_i;
-    if (is_kfac(c->method) || is_singd(c->method)) cfg.kfac.factored_apply = o->factored;
+    if (is_kfac(c->method) || is_singd(c->method)) cfg.kfac.factored_apply = bt_factored(c, o);
     if (c->method == NGD_METHOD_KFAC && o->kfac_pi)
         cfg.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
     if (c->bf16) // as ngd train --precision bf16: SINGD's factors stored and computed in bf16
@@ -479,13 +487,15 @@ static int split(const char *opt, char *s, char **items, int cap, bool unique) {
     }
 }
 
-// The structure column: SINGD's structure, "factored" for the K-FAC family under --factored,
+// The structure column: SINGD's structure, "factored" for the K-FAC family's factored application
+// (its default),
 // "pi" for K-FAC under --kfac-damping pi.
 static const char *cfg_label(const bt_cfg *c, const bt_opts *o) {
     static char buf[64];
-    if (c->method == NGD_METHOD_KFAC && o->kfac_pi) return o->factored ? "factored,pi" : "pi";
-    if (is_kfac(c->method) && o->factored) return "factored";
-    if (is_singd(c->method) && o->factored) {
+    const bool factored = bt_factored(c, o);
+    if (c->method == NGD_METHOD_KFAC && o->kfac_pi) return factored ? "factored,pi" : "pi";
+    if (is_kfac(c->method) && factored) return "factored";
+    if (is_singd(c->method) && factored) {
         snprintf(buf, sizeof buf, "%s,factored", c->structure[0] ? c->structure : "dense");
         return buf;
     }
@@ -528,7 +538,13 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
 }
 
 int bench_train(int argc, char **argv) {
-    bt_opts o = {.batch = 128, .context = 64, .steps = 30, .warmup = 10, .T = 10, .momentum = -1};
+    bt_opts o = {.batch = 128,
+                 .context = 64,
+                 .steps = 30,
+                 .warmup = 10,
+                 .T = 10,
+                 .momentum = -1,
+                 .factored = -1};
     char models_s[256] = "mlp,cnn", optims_s[256] = "sgd,adamw,singd",
          structs_s[256] = "dense,diagonal";
     struct option lo[BT_NOPTS + 1];
@@ -570,7 +586,14 @@ int bench_train(int argc, char **argv) {
         case B_TI:
             if (parse_size("T-i", optarg, &o.T_i, 1, BT_PERIOD_MAX)) return NGD_EXIT_USAGE;
             break;
-        case B_FACTORED: o.factored = true; break;
+        case B_FACTORED:
+        case B_NOFACTORED:
+            if (o.factored >= 0) {
+                cli_error("give one of them once", "--factored or --no-factored given twice");
+                return NGD_EXIT_USAGE;
+            }
+            o.factored = ch == B_FACTORED;
+            break;
         case B_KDAMP:
             if (strcmp(optarg, "pi") && strcmp(optarg, "exact")) {
                 cli_error("e.g. --kfac-damping pi", "--kfac-damping: exact or pi, not '%s'",
@@ -705,7 +728,8 @@ int bench_train(int argc, char **argv) {
         const char *opt, *by;
     } own[] = {
         {o.kfac_pi, any_kfac, "--kfac-damping", "kfac"},
-        {o.factored, any_kfam || any_singd, "--factored", "the K-FAC family and SINGD"},
+        {o.factored == 1, any_kfam || any_singd, "--factored", "the K-FAC family and SINGD"},
+        {o.factored == 0, any_kfam || any_singd, "--no-factored", "the K-FAC family and SINGD"},
         {o.T_u != 0, any_kfam, "--T-u", "the K-FAC family"},
         {o.T_i != 0, any_kfam, "--T-i", "the K-FAC family"},
     };

@@ -94,6 +94,7 @@ enum {
     O_REORTH,
     O_KSEED,
     O_FACTORED,
+    O_NOFACTORED,
     O_POPTIM,
     O_PLR,
     O_PWD,

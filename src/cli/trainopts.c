@@ -95,9 +95,12 @@ static const cli_opt OPTS[] = {
      "never)"},
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
     {"factored", 0, O_FACTORED, NULL,
-     "K-FAC family and SINGD (dense factors): precondition fully connected layers from the "
-     "batch's rows instead of the gradient, where that costs less "
-     "(docs/algorithms.md#factored-application, #natural-gradient)"},
+     "precondition fully connected layers from the batch's rows instead of the gradient, "
+     "where that costs less: the same preconditioner up to rounding (on by default for the "
+     "K-FAC family; SINGD: dense factors, off by default; "
+     "docs/algorithms.md#factored-application, #natural-gradient)"},
+    {"no-factored", 0, O_NOFACTORED, NULL,
+     "precondition every layer from its gradient (the K-FAC family's default is --factored)"},
     {"param-optim", 1, O_POPTIM, "NAME",
      "rule of the plain parameters (embeddings, norm "
      "scales): sgd or adamw (default: adamw under adamw, "
@@ -291,6 +294,11 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     }
     t->method = m;
     t->cfg = ngd_config_default(m);
+    // The K-FAC family applies its preconditioner from the batch's rows where that pays, as
+    // kfac-family.md §12-13 has it (factored_apply on where valid): the trainer's gradient of
+    // a fully connected layer is (1/n) 𝒢ᵀ𝒜 of the rows it observes, every step. (libngd's
+    // default stays off: a caller's gradient need not be that.)
+    if (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC) t->cfg.kfac.factored_apply = true;
     optind = 1;
     float f;
     size_t z;
@@ -312,6 +320,7 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_NORMCOV: t->cfg.normalize_lr_cov = true; break;
         case O_QUIRK: t->cfg.official_blockdiag_quirk = true; break;
         case O_FACTORED: t->cfg.kfac.factored_apply = true; break;
+        case O_NOFACTORED: t->cfg.kfac.factored_apply = false; break;
         case O_POPTIM:
             if (!strcmp(optarg, "sgd"))
                 t->param_method = NGD_METHOD_SGD;

@@ -53,6 +53,7 @@ static const struct {
     {O_TAIL, M_LOWRANK},
     {O_KSEED, M_LOWRANK},
     {O_FACTORED, M_KFACS | M_SINGDS},
+    {O_NOFACTORED, M_KFACS | M_SINGDS},
     {O_BRANK, M_BRAND},
     {O_BMULT, M_BRAND},
     {O_BTRUNC, M_BRAND},
@@ -216,6 +217,13 @@ static bool model_linear_only(const char *name) {
 int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *given, size_t n) {
     const bool singd = (1u << t->method) & M_SINGDS;
     const ngd_structure kK = t->cfg.structure_K.kind, kC = t->cfg.structure_C.kind;
+    int factored = 0; // --factored and --no-factored both given: which one wins is not clear
+    for (size_t i = 0; i < n; i++)
+        if (given[i] && (opts[i].id == O_FACTORED || opts[i].id == O_NOFACTORED)) factored++;
+    if (factored > 1) {
+        cli_error("give one of them", "--factored and --no-factored contradict each other");
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!given[i]) continue;
         const int id = opts[i].id;
