@@ -691,7 +691,23 @@ static void bad_settings_should_be_refused_with_a_reason(void) {
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "brand_mult"));
     c = ngd_config_default(NGD_METHOD_RSKFAC);
     c.kfac.T_i = 0;
-    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG);
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "T_i") &&
+          !strstr(msg, "T_u"));
+    // periods whose product wraps (a division by 0 in the step), and sketches past any use
+    c = ngd_config_default(NGD_METHOD_BKFAC);
+    c.kfac.T_u = 2, c.kfac.brand_mult = (SIZE_MAX >> 1) + 1;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "brand_mult"));
+    c.kfac.brand_mult = SIZE_MAX / 2; // the largest that fits
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_OK);
+    c = ngd_config_default(NGD_METHOD_BRKFAC);
+    c.kfac.T_i = 2, c.kfac.refresh_mult = (SIZE_MAX >> 1) + 1;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "refresh_mult"));
+    c = ngd_config_default(NGD_METHOD_RSKFAC);
+    c.kfac.oversample = SIZE_MAX;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "oversample"));
+    c = ngd_config_default(NGD_METHOD_RSKFAC);
+    c.kfac.power_iters = 1001;
+    CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "power_iters"));
     layer_free(&L);
 }
 

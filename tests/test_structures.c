@@ -248,12 +248,19 @@ static void counts_should_match_spec_table(void) {
         {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 65, 1825},
         {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 433, 12769},
         {NGD_STRUCT_BLOCKDIAG, 30, 0, 0, 1024, 30616},
+        // a block of SIZE_MAX is one dense block (its count wrapped to 0 blocks: K = 0)
+        {NGD_STRUCT_BLOCKDIAG, SIZE_MAX, 0, 0, 31, 961},
+        {NGD_STRUCT_BLOCKDIAG, SIZE_MAX - 29, 0, 0, 31, 961},
         {NGD_STRUCT_HIER, 0, 15, 15, 10, 100},
         {NGD_STRUCT_HIER, 0, 15, 15, 16, 241},
         {NGD_STRUCT_HIER, 0, 15, 15, 31, 706},
         {NGD_STRUCT_HIER, 0, 15, 15, 65, 1760},
         {NGD_STRUCT_HIER, 0, 15, 15, 433, 13168},
         {NGD_STRUCT_HIER, 0, 15, 15, 1024, 31489},
+        // k1 + k2 past SIZE_MAX is (k1, 0, d - k1), as any k2 >= d - k1 (the sum wrapped: a
+        // middle block of about d + 2 numbers, a count too small for it)
+        {NGD_STRUCT_HIER, 0, 1, SIZE_MAX, 31, 931},
+        {NGD_STRUCT_HIER, 0, 1, 30, 31, 931},
         {NGD_STRUCT_TRIL_TOEPLITZ, 0, 0, 0, 65, 65},
         {NGD_STRUCT_TRIU_TOEPLITZ, 0, 0, 0, 1024, 1024},
         {NGD_STRUCT_TRIL_TOPLEFT, 0, 0, 0, 10, 19},
@@ -268,6 +275,17 @@ static void counts_should_match_spec_table(void) {
         CHECK(ngd_sdesc_init(&s, &f, T[t].d, false) == NGD_OK);
         CHECK_MSG(s.n == T[t].want, "kind %d d=%zu: count %zu, want %zu", (int)T[t].kind, T[t].d,
                   s.n, T[t].want);
+        // and its identity is the d x d identity (a wrapped block count made it zero)
+        float *p = calloc(s.n, sizeof(float)), *D = calloc(T[t].d * T[t].d, sizeof(float));
+        ngd_structure_get(s.kind)->eye(&s, p);
+        ngd_s_to_dense(&s, p, ngd_view_rm(D, T[t].d, T[t].d, T[t].d));
+        double off = 0;
+        for (size_t i = 0; i < T[t].d; i++)
+            for (size_t j = 0; j < T[t].d; j++)
+                off = fmax(off, fabs((double)D[i * T[t].d + j] - (i == j ? 1.0 : 0.0)));
+        CHECK_MSG(off == 0, "kind %d d=%zu: eye is not the identity (off by %g)", (int)T[t].kind,
+                  T[t].d, off);
+        free(p), free(D);
     }
     // every class is in the table, and bad descriptors are refused
     for (int k = 0; k < NGD_STRUCT_COUNT; k++)

@@ -118,6 +118,9 @@ void train_name_options(const char *msg, char *out, size_t cap) {
         {"kfac.rank", "--rank"},
         {"kfac.brand_mult", "--brand-mult"},
         {"refresh_mult", "--refresh-mult"},
+        {"kfac.refresh_mult", "--refresh-mult"},
+        {"kfac.oversample", "--oversample"},
+        {"kfac.power_iters", "--power-iters"},
         {"corr_mult", "--corr-mult"},
         {"kfac.corr_frac", "--corr-frac"},
         {"kfac.factored_apply", "--factored"},
@@ -244,6 +247,10 @@ int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *give
         else if (id == O_QUIRK && kK != NGD_STRUCT_BLOCKDIAG && kC != NGD_STRUCT_BLOCKDIAG)
             why = "--official-blockdiag is for block-diagonal factors",
             hint = "drop it, or choose --structure block30diagonal (or another block size)";
+        else if (id == O_KAPPA && t->cfg.kfac.clip == NGD_CLIP_NONE)
+            why = "--clip-kappa is not used with --clip none", hint = "drop one of them";
+        else if (id == O_WDSTART && t->cfg.weight_decay == 0.0f)
+            why = "--wd-start is not used with --weight-decay 0", hint = "drop one of them";
         else if (id == O_FACTORED && singd && (kK != NGD_STRUCT_DENSE || kC != NGD_STRUCT_DENSE))
             why = "--factored is for SINGD's dense factors",
             hint = "drop it, or choose --structure dense";

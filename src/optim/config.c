@@ -202,6 +202,11 @@ ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out) {
 
 static int finite_nonneg(float x) { return isfinite(x) && x >= 0.0f; }
 
+// Bounds that keep a sketch's size (the rank, clamped to the factor's width, plus the
+// oversampling) and the power iterations sensible: far above any use, far below an overflow.
+#define KFAC_SKETCH_MAX (1 << 30)
+#define KFAC_POWER_MAX  1000
+
 static ngd_status check_factor(const ngd_factor_spec *f, const char *which, char *msg, size_t cap) {
     if ((unsigned)f->kind >= NGD_STRUCT_COUNT)
         BAD("structure_%s: unknown structure %d", which, (int)f->kind);
@@ -225,8 +230,10 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (!finite_nonneg(c->weight_decay))
         BAD("weight_decay must be finite and >= 0 (got %g)", (double)c->weight_decay);
     if (c->nesterov && c->momentum <= 0.0f) BAD("nesterov needs momentum > 0");
-    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f)) BAD("beta1 must be in [0, 1)");
-    if (!(c->beta2 >= 0.0f && c->beta2 < 1.0f)) BAD("beta2 must be in [0, 1)");
+    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f))
+        BAD("beta1 must be in [0, 1) (got %g)", (double)c->beta1);
+    if (!(c->beta2 >= 0.0f && c->beta2 < 1.0f))
+        BAD("beta2 must be in [0, 1) (got %g)", (double)c->beta2);
     if (!(c->eps > 0.0f) || !isfinite(c->eps)) BAD("eps must be > 0 (got %g)", (double)c->eps);
     if (!isfinite(c->damping)) BAD("damping must be finite (got %g)", (double)c->damping);
     if (!finite_nonneg(c->alpha1))
@@ -262,8 +269,10 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
         BAD("kfac.ea_dtype must be f32 or bf16 (got %d)", (int)k->ea_dtype);
     if (k->factor_arith != NGD_F32 && k->factor_arith != NGD_BF16)
         BAD("kfac.factor_arith must be f32 or bf16 (got %d)", (int)k->factor_arith);
-    if (!(k->rho >= 0.0f && k->rho < 1.0f)) BAD("kfac.rho must be in [0, 1)");
-    if (k->T_u == 0 || k->T_i == 0) BAD("kfac.T_u and kfac.T_i must be >= 1");
+    if (!(k->rho >= 0.0f && k->rho < 1.0f))
+        BAD("kfac.rho must be in [0, 1) (got %g)", (double)k->rho);
+    if (k->T_u == 0) BAD("kfac.T_u must be >= 1");
+    if (k->T_i == 0) BAD("kfac.T_i must be >= 1");
     if (!finite_nonneg(k->damping_rel)) BAD("kfac.damping_rel must be >= 0");
     if ((unsigned)k->clip > NGD_CLIP_KL) BAD("kfac.clip: unknown value");
     if (!finite_nonneg(k->clip_kappa)) BAD("kfac.clip_kappa must be >= 0");
@@ -271,6 +280,16 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (!finite_nonneg(k->eig_zero_tol)) BAD("kfac.eig_zero_tol must be finite and >= 0");
     if (k->brand_mult == 0 || k->refresh_mult == 0 || k->corr_mult == 0)
         BAD("kfac.brand_mult, refresh_mult and corr_mult must be >= 1");
+    // the Brand period m_B·T_u and the refresh period m_BR·T_i are step counts (a product
+    // that wrapped would divide by 0 or by a wrong period)
+    if (k->brand_mult > SIZE_MAX / k->T_u)
+        BAD("kfac.brand_mult x kfac.T_u is too large (%zu x %zu)", k->brand_mult, k->T_u);
+    if (k->refresh_mult > SIZE_MAX / k->T_i)
+        BAD("kfac.refresh_mult x kfac.T_i is too large (%zu x %zu)", k->refresh_mult, k->T_i);
+    if (k->oversample > KFAC_SKETCH_MAX)
+        BAD("kfac.oversample must be at most %d (got %zu)", KFAC_SKETCH_MAX, k->oversample);
+    if (k->power_iters > KFAC_POWER_MAX)
+        BAD("kfac.power_iters must be at most %d (got %zu)", KFAC_POWER_MAX, k->power_iters);
     if (!(k->corr_frac > 0.0f && k->corr_frac <= 1.0f)) BAD("kfac.corr_frac must be in (0, 1]");
     if (k->identity_init == NGD_IDINIT_IN_FACTOR &&
         (c->method == NGD_METHOD_BKFAC || c->method == NGD_METHOD_BRKFAC ||

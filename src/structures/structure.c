@@ -36,14 +36,14 @@ ngd_status ngd_sdesc_init(ngd_sdesc *s, const ngd_factor_spec *spec, size_t d, b
     s->quirk = quirk && spec->kind == NGD_STRUCT_BLOCKDIAG;
     if (spec->kind == NGD_STRUCT_BLOCKDIAG) {
         if (spec->block == 0) return NGD_ERR_ARG;
-        s->b = spec->block;
+        s->b = NGD_MIN(spec->block, d); // (a block of d or more: one dense d x d block)
     }
     if (spec->kind == NGD_STRUCT_HIER) {
         if (spec->k1 == 0 || spec->k2 == 0) return NGD_ERR_ARG;
         // #hierarchical: (d,0,0) if d <= k1; (k1,0,d-k1) if d <= k1+k2; else (k1,d-k1-k2,k2)
         if (d <= spec->k1) {
             s->k1 = d, s->m = 0, s->k2 = 0;
-        } else if (d <= spec->k1 + spec->k2) {
+        } else if (d - spec->k1 <= spec->k2) { // (d <= k1 + k2, without the sum's overflow)
             s->k1 = spec->k1, s->m = 0, s->k2 = d - spec->k1;
         } else {
             s->k1 = spec->k1, s->m = d - spec->k1 - spec->k2, s->k2 = spec->k2;
