@@ -132,6 +132,9 @@ for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, 
            "--structure diagonal --factored|--factored is for SINGD's dense factors" \
            "--optim kfac --factored --no-factored|--factored and --no-factored contradict each other" \
            "--optim sgd --no-factored|--no-factored is not used by sgd" \
+           "--optim kfac --clip none --clip-kappa 0.5|--clip-kappa is not used with --clip none" \
+           "--momentum 0.99999999|--momentum: '0.99999999' rounds to 1 in float32" \
+           "--optim kfac --weight-decay 0 --wd-start 5|--wd-start is not used with --weight-decay 0" \
            "--official-blockdiag|--official-blockdiag is for block-diagonal factors" \
            "--data shakespeare --augment|--augment is for image data" \
            "--param-optim adamw|the model has no plain parameters" "--kfac-approx reduce|--kfac-approx is for convolutions"; do
@@ -653,6 +656,17 @@ expect_msg "3 consecutive non-finite steps" "consecutive skips message"
 expect_rc 1 "diverged run at its last step" "$NGD" train $V --max-steps 3 --checkpoint "$D/div.ckpt" $Q
 expect_msg "the run diverged: the model's outputs are not finite (evaluation loss nan)" "diverged evaluation message"
 [ ! -e "$D/div.ckpt" ] && ok || bad "a diverged run wrote its checkpoint"
+# a checkpoint written after the first step, whose update made the outputs overflow: ngd eval
+# says so and fails (it printed "loss -nan" and exited 0)
+expect_rc 1 "checkpoint of a diverging run" "$NGD" train $V --max-skips 2 --epochs 1 --checkpoint "$D/div.ckpt" --checkpoint-every 1 $Q
+[ -e "$D/div.ckpt" ] && ok || bad "no checkpoint after the first (finite) step"
+expect_rc 1 "eval of a diverged checkpoint" "$NGD" eval --subset 256 --widths 256,256 --resume "$D/div.ckpt"
+expect_msg "the model's outputs are not finite (loss nan)" "eval of a diverged checkpoint: message"
+# a huge --epochs under the cosine schedule (to mean "until --max-steps") keeps the lr: 2^60 x 16
+# steps an epoch wrapped to 0 in size_t, and every step's lr was 0
+expect_rc 0 "cosine over 2^60 epochs" "$NGD" train --subset 1024 --widths 32 --batch 64 --optim sgd --lr 0.1 --epochs 1152921504606846976 --schedule cosine --max-steps 10 --log-every 5 --quiet --log "$D/cos.jsonl"
+lrs=$(grep -o '"lr":[0-9.e+-]*' "$D/cos.jsonl" | sed 's/"lr"://' | tr '\n' ' ')
+awk -v l="$lrs" 'BEGIN{n = split(l, a, " "); for (i = 1; i <= n; i++) if (!(a[i] > 0.0999)) exit 1; exit !(n == 2)}' && ok || bad "cosine over 2^60 epochs: lrs $lrs (want 2 records at 0.1)"
 
 # text: chargpt on the first 100,000 characters of Tiny Shakespeare (skipped without the file);
 # one thread: the model is too small to gain from two, and a busy machine makes them slow

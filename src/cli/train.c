@@ -384,6 +384,14 @@ int train_run(const train_opts *t, bool eval_only) {
                    "%08x\n",
                    t->model, t->data, d.test.n, d.test.n == 1 ? "" : "s", tl, 100 * ta,
                    (unsigned)crc);
+        if (!isfinite(tl)) { // (a loss is finite for any finite outputs)
+            cli_error("the run that wrote it diverged: resume from an earlier checkpoint, or "
+                      "train again with a lower --lr",
+                      "%s: the model's outputs are not finite (loss %s)", t->resume,
+                      isnan(tl) ? "nan" : "inf");
+            rc = NGD_EXIT_FAIL;
+            goto done;
+        }
         if (t->text) train_print_sample(&m, &d.text, t->context, t->seed, TEXT_SAMPLE_LEN);
         rc = NGD_EXIT_OK;
         goto done;
@@ -448,7 +456,9 @@ int train_run(const train_opts *t, bool eval_only) {
             }
             double lr_scale = 1.0;
             if (t->cosine) { // cosine decay over the planned steps, from lr to 0
-                double total = (double)(t->epochs * per_epoch);
+                // (in doubles: a size_t product wraps for a huge --epochs, e.g. 2^60 meaning
+                // "until --max-steps", and a wrapped 0 made every lr 0)
+                double total = (double)t->epochs * (double)per_epoch;
                 lr_scale =
                     0.5 * (1.0 + cos(3.141592653589793 * fmin((double)rs.step / total, 1.0)));
                 ngd_optim_set_lr_scale(o, (float)lr_scale);
@@ -510,9 +520,10 @@ int train_run(const train_opts *t, bool eval_only) {
             if (rs.step % t->log_every == 0) {
                 double now = train_now_s(), sps = (double)seen / (now - t_mark);
                 size_t it = train_steps_into_epoch(t, &ld, tip);
-                double eta = sps > 0 ? (double)((t->epochs - rs.epoch) * per_epoch - it) *
-                                           (double)t->batch / sps
-                                     : 0;
+                double eta =
+                    sps > 0 ? ((double)(t->epochs - rs.epoch) * (double)per_epoch - (double)it) *
+                                  (double)t->batch / sps
+                            : 0;
                 cJSON *j = cJSON_CreateObject();
                 cJSON_AddStringToObject(j, "type", "step");
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);

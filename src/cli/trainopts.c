@@ -206,6 +206,19 @@ static int parse_f(const char *opt, const char *s, float *out) {
     return 0;
 }
 
+// A coefficient in [0, 1) (momentum, α1, β1, β2, ρ): a number just below 1 that float32 rounds
+// to 1 is named as such (the library's range message would say "got 1" of what was typed below)
+static int parse_unit(const char *opt, const char *s, float *out) {
+    double v;
+    if (cli_parse_real(opt, s, &v)) return -1;
+    if (v < 1.0 && (float)v >= 1.0f) {
+        cli_error("give at most 0.99999994, the largest float32 below 1",
+                  "--%s: '%s' rounds to 1 in float32, and the coefficient must be below 1", opt, s);
+        return -1;
+    }
+    return parse_f(opt, s, out);
+}
+
 static int parse_z(const char *opt, const char *s, size_t *out) {
     unsigned long long v;
     if (cli_parse_whole(opt, s, 0, SIZE_MAX, &v)) return -1;
@@ -415,16 +428,16 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             if (parse_f(nm, optarg, &t->cfg.lr)) return -1;
             break;
         case O_MOM:
-            if (parse_f(nm, optarg, &t->cfg.momentum)) return -1;
+            if (parse_unit(nm, optarg, &t->cfg.momentum)) return -1;
             break;
         case O_WD:
             if (parse_f(nm, optarg, &t->cfg.weight_decay)) return -1;
             break;
         case O_BETA1:
-            if (parse_f(nm, optarg, &t->cfg.beta1)) return -1;
+            if (parse_unit(nm, optarg, &t->cfg.beta1)) return -1;
             break;
         case O_BETA2:
-            if (parse_f(nm, optarg, &t->cfg.beta2)) return -1;
+            if (parse_unit(nm, optarg, &t->cfg.beta2)) return -1;
             break;
         case O_EPS:
             if (parse_f(nm, optarg, &t->cfg.eps)) return -1;
@@ -437,13 +450,13 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
                 t->cfg.damping = f;
             break;
         case O_RHO:
-            if (parse_f(nm, optarg, &t->cfg.kfac.rho)) return -1;
+            if (parse_unit(nm, optarg, &t->cfg.kfac.rho)) return -1;
             break;
         case O_TU:
-            if (parse_z(nm, optarg, &t->cfg.kfac.T_u)) return -1;
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->cfg.kfac.T_u)) return -1;
             break;
         case O_TI:
-            if (parse_z(nm, optarg, &t->cfg.kfac.T_i)) return -1;
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->cfg.kfac.T_i)) return -1;
             break;
         case O_KAPPA:
             if (parse_f(nm, optarg, &t->cfg.kfac.clip_kappa)) return -1;
@@ -452,7 +465,7 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             if (parse_z(nm, optarg, &t->cfg.kfac.wd_start)) return -1;
             break;
         case O_RANK:
-            if (parse_z(nm, optarg, &t->cfg.kfac.rank)) return -1;
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->cfg.kfac.rank)) return -1;
             break;
         case O_OVERS:
             if (parse_z(nm, optarg, &t->cfg.kfac.oversample)) return -1;
@@ -464,13 +477,13 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             if (parse_z(nm, optarg, &t->cfg.kfac.brand_rank)) return -1;
             break;
         case O_BMULT:
-            if (parse_z(nm, optarg, &t->cfg.kfac.brand_mult)) return -1;
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->cfg.kfac.brand_mult)) return -1;
             break;
         case O_RMULT:
-            if (parse_z(nm, optarg, &t->cfg.kfac.refresh_mult)) return -1;
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->cfg.kfac.refresh_mult)) return -1;
             break;
         case O_CMULT:
-            if (parse_z(nm, optarg, &t->cfg.kfac.corr_mult)) return -1;
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->cfg.kfac.corr_mult)) return -1;
             break;
         case O_CFRAC:
             if (parse_f(nm, optarg, &t->cfg.kfac.corr_frac)) return -1;
@@ -494,7 +507,7 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             if (parse_f(nm, optarg, &t->cfg.lr_cov)) return -1;
             break;
         case O_ALPHA1:
-            if (parse_f(nm, optarg, &f)) return -1;
+            if (parse_unit(nm, optarg, &f)) return -1;
             t->cfg.alpha1 = f;
             break;
         case O_T:
