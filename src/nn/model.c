@@ -169,7 +169,11 @@ nn_act nn_maxpool2d_forward_act(nn_maxpool2d *l, const float *x, float *y, uint1
     return (nn_act){y16 ? NULL : y, y16};
 }
 
+// (A layer that wants no statistics this step is skipped before its rows are unfolded: the
+// optimizer wants them every step from fully connected layers of the factored application,
+// and the convolutions' unfold is most of an observe.)
 ngd_status nn_observe_conv2d(ngd_optim *o, nn_model *m, const nn_conv2d *l, int id, size_t batch) {
+    if (!ngd_optim_layer_wants_stats(o, id)) return NGD_OK;
     const size_t need = nn_conv2d_stats_size(l);
     if (need > m->stats_n) { // grown to the largest layer's, on the first statistics step
         float *p = nn_malloc(need, sizeof(float));
