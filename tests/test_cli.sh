@@ -202,12 +202,16 @@ bt_k="bench train --model mlp --widths 256 --optim kfac --no-factored --batch 8 
 out1=$("$NGD" $bt_k 2>&1); out2=$("$NGD" $bt_k --kfac-damping pi 2>&1)
 { printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "pi" and a["structure"] == "-" and 0 < b["opt_gflop"] < 0.8 * a["opt_gflop"] else 1)' && ok || { bad "bench train --kfac-damping pi: row"; printf '%s\n' "$out2" | tail -1; }
 expect_rc 2 "bench train --kfac-damping foo" "$NGD" bench train --kfac-damping foo
-# --factored reaches SINGD's config too: dense factors then precondition the 256 x 785 first
-# layer from its 8 rows (fewer optimizer FLOPs), and the row says so
+# SINGD's dense factors take the factored application by default too: the 256 x 785 first layer
+# is preconditioned from its 8 rows (fewer optimizer FLOPs than --no-factored's), and the row
+# says so; a diagonal structure does not take it
 bt_s="bench train --model mlp --widths 256 --optim singd --structure dense --batch 8 --steps 2 --warmup 1 --threads 1 --T 2 --json"
 # shellcheck disable=SC2086
-out1=$("$NGD" $bt_s 2>&1); out2=$("$NGD" $bt_s --factored 2>&1)
-{ printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "dense,factored" and a["structure"] == "dense" and 0 < b["opt_gflop"] < 0.9 * a["opt_gflop"] else 1)' && ok || { bad "bench train singd --factored: row"; printf '%s\n' "$out2" | tail -1; }
+out1=$("$NGD" $bt_s --no-factored 2>&1); out2=$("$NGD" $bt_s 2>&1)
+{ printf '%s\n' "$out1" | grep '^{'; printf '%s\n' "$out2" | grep '^{'; } | python3 -c 'import json,sys; a,b=(json.loads(l) for l in sys.stdin); sys.exit(0 if b["structure"] == "dense,factored" and a["structure"] == "dense" and 0 < b["opt_gflop"] < 0.9 * a["opt_gflop"] else 1)' && ok || { bad "bench train singd (factored by default) against --no-factored: row"; printf '%s\n' "$out2" | tail -1; }
+# shellcheck disable=SC2086
+out1=$("$NGD" ${bt_s/dense/diagonal} 2>&1)
+printf '%s\n' "$out1" | grep '^{' | python3 -c 'import json,sys; a=json.loads(sys.stdin.readline()); sys.exit(0 if a["structure"] == "diagonal" else 1)' && ok || bad "bench train singd diagonal: row $(printf '%s\n' "$out1" | tail -1)"
 # a method's own option with none of its methods in --optim is an error, as in ngd train
 expect_rc 2 "bench train --optim sgd --kfac-damping pi" "$NGD" bench train --optim sgd --kfac-damping pi
 expect_msg "--kfac-damping: used only by kfac, which --optim 'sgd' does not list" "bench train --kfac-damping without kfac"

@@ -85,9 +85,9 @@ static const cli_opt BT_OPTS[] = {
     {"T-i", 1, B_TI, "N", "K-FAC family inverse / refresh period T_i (the method's default, 50)"},
     {"factored", 0, B_FACTORED, NULL,
      "K-FAC family and SINGD: the factored application, as ngd train --factored (statistics "
-     "rows every step; the K-FAC family's default, as in ngd train)"},
-    {"no-factored", 0, B_NOFACTORED, NULL,
-     "the K-FAC family from the gradient, as ngd train --no-factored"},
+     "rows every step; the default of the K-FAC family and of SINGD's dense factors, as in "
+     "ngd train)"},
+    {"no-factored", 0, B_NOFACTORED, NULL, "from the gradient, as ngd train --no-factored"},
     {"kfac-damping", 1, B_KDAMP, "KIND",
      "K-FAC's damping, as ngd train --kfac-damping: exact (default) or pi"},
     {"momentum", 1, B_MOM, "X", "SGD momentum (default: the method's, 0)"},
@@ -153,9 +153,15 @@ static bool is_singd(ngd_method m) {
     return m == NGD_METHOD_SINGD || m == NGD_METHOD_INGD || m == NGD_METHOD_IKFAC;
 }
 static bool is_kfac(ngd_method m) { return m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC; }
-// kfac.factored_apply of a row: as given, else ngd train's default (on for the K-FAC family)
+// kfac.factored_apply of a row: as given, else ngd train's default (on for the K-FAC family
+// and for SINGD with dense factors)
 static bool bt_factored(const bt_cfg *c, const bt_opts *o) {
-    return o->factored < 0 ? is_kfac(c->method) : o->factored == 1;
+    if (o->factored >= 0) return o->factored == 1;
+    if (is_kfac(c->method)) return true;
+    if (!is_singd(c->method)) return false;
+    ngd_factor_spec f = {.kind = NGD_STRUCT_DENSE}; // (ingd: dense, no structure column)
+    return !c->structure[0] ||
+           (ngd_structure_parse(c->structure, &f) == NGD_OK && f.kind == NGD_STRUCT_DENSE);
 }
 
 // Synthetic data of the real shapes: random pixels and labels, or random text.
