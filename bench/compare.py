@@ -182,7 +182,10 @@ def main():
                             off_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
                 q = QUOTED_SINGD.get((m, ss[0]))
                 extra = ["--param-optim", "adamw"] if (q[2] if q else m in ("chargpt", "vit")) else []
-                for n in run_json(ngd + steps + ["--model", m, "--optim", "singd",
+                # --no-factored: the official SINGD's order of products (C Cᵀ Ĝ K Kᵀ), so that
+                # the rows compare the same arithmetic (ngd train's default for dense factors
+                # takes the batch's rows, docs/algorithms.md#natural-gradient)
+                for n in run_json(ngd + steps + ["--model", m, "--optim", "singd", "--no-factored",
                                                  "--structure", ",".join(ss)] + extra, env):
                     singd_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
                 if a.ngd_torch and a.precision == "f32":  # the same SINGD in a PyTorch loop:
