@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #ifdef _OPENMP
@@ -665,6 +666,66 @@ static void factored_apply_should_skip_reduced_sequence_layers(void) {
     }
 }
 
+// The factored application only where it pays, and only from one row a sample:
+// - 200 rows of a 25 x 31 layer cost more than its gradient: the layer is not factored (it
+//   wants statistics on T_u steps only) and P is the plain run's;
+// - a layer factored at first (12 rows of 12 samples) whose later steps observe a sequence's
+//   rows (12 rows of 3 samples, reduce), as a checkpoint of a build that took those for a fully
+//   connected layer's would: it drops to the gradient, the plain run's P;
+// - a checkpoint saved factored is refused by an optimizer without factored_apply, naming it.
+static void factored_apply_should_pay_and_follow_the_rows(void) {
+    const ngd_method ms[2] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC};
+    for (int i = 0; i < 2; i++) {
+        for (int c2 = 0; c2 < 2; c2++) {
+            layer_t L[2];
+            ngd_optim *o[2];
+            int id[2];
+            for (int f = 0; f < 2; f++) {
+                ngd_config c = kcfg(ms[i]);
+                c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.lr = 0.1f;
+                c.kfac_approx = NGD_KFAC_REDUCE;
+                c.kfac.factored_apply = f == 1;
+                layer_init(&L[f], c2 == 0 ? 200 : 12, 30, 25, 80);
+                CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
+                id[f] = layer_add(&L[f], o[f]);
+            }
+            double worst = 0;
+            if (c2 == 0) { // (the harness expects f = 1 to want rows every step: checked here)
+                for (size_t t = 0; t < 4; t++)
+                    for (int f = 0; f < 2; f++) {
+                        layer_draw(&L[f], 0.9, false);
+                        CHECK(ngd_optim_layer_wants_stats(o[f], id[f]) == (t % 2 == 0 || t == 0));
+                        layer_observe(&L[f], o[f], id[f]);
+                        CHECK(ngd_optim_step(o[f]) == NGD_OK);
+                        CHECK(ngd_optim_last_update(o[f], id[f], L[f].P, L[f].dG * L[f].dA) ==
+                              NGD_OK);
+                    }
+                double *ref = malloc(sizeof(double) * L[0].dG * L[0].dA);
+                ref_to_double(L[0].P, ref, L[0].dG * L[0].dA);
+                worst = rel_err(L[1].P, ref, L[0].dG * L[0].dA);
+                free(ref);
+            } else {
+                factored_pair_steps(L, o, id, 2, NULL); // 12 samples: factored
+                // saved factored, loaded without factored_apply: refused with the reason
+                char path[] = "/tmp/ngd_test_kfac_fac_XXXXXX";
+                int fd = mkstemp(path);
+                CHECK(fd >= 0);
+                close(fd);
+                CHECK(ngd_optim_save(o[1], path) == NGD_OK);
+                CHECK(ngd_optim_load(o[0], path) == NGD_ERR_FORMAT &&
+                      strstr(ngd_optim_errmsg(o[0]), "factored_apply"));
+                remove(path);
+                L[0].batch = L[1].batch = 3; // then 3 samples of 4 rows
+                worst = factored_pair_steps(L, o, id, 4, NULL);
+            }
+            CHECK_MSG(worst < 1e-5, "%s case %d: factored_apply vs plain: rel err %.3g",
+                      ngd_method_name(ms[i]), c2, worst);
+            for (int f = 0; f < 2; f++)
+                ngd_optim_free(o[f]), layer_free(&L[f]);
+        }
+    }
+}
+
 static void bad_settings_should_be_refused_with_a_reason(void) {
     layer_t L;
     layer_init(&L, 3, 5, 4, 1);
@@ -924,6 +985,7 @@ static const test_case TESTS[] = {
     TEST(factored_application_should_equal_the_dense_one),
     TEST(singd_from_rows_should_equal_the_dense_product),
     TEST(factored_apply_should_skip_reduced_sequence_layers),
+    TEST(factored_apply_should_pay_and_follow_the_rows),
     TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),

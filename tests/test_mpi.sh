@@ -107,6 +107,9 @@ fails_cleanly() {
     [ ! -e "$D/f.ckpt" ] && ok || bad "a checkpoint appeared"
 }
 run_pair kfac 1e-4 --optim kfac --T-u 3 --T-i 6
+# (--no-factored: every layer from the gradient; by default the wide layers take the batch's
+# rows, gathered from both ranks)
+run_pair kfac-gradient 1e-4 --optim kfac --no-factored --T-u 3 --T-i 6
 run_pair bkfac 1e-4 --optim bkfac --T-u 3 --T-i 6 --rank 8
 if [ "$SAN" = 1 ]; then  # the sanitizer build: these two, and a failing rank
     COMMON="$COMMON --max-steps 3"

@@ -132,6 +132,7 @@ for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, 
            "--structure diagonal --factored|--factored is for SINGD's dense factors" \
            "--optim kfac --factored --no-factored|--factored and --no-factored contradict each other" \
            "--optim sgd --no-factored|--no-factored is not used by sgd" \
+           "--structure diagonal --no-factored|--no-factored is for SINGD's dense factors" \
            "--optim kfac --clip none --clip-kappa 0.5|--clip-kappa is not used with --clip none" \
            "--momentum 0.99999999|--momentum: '0.99999999' rounds to 1 in float32" \
            "--optim kfac --weight-decay 0 --wd-start 5|--wd-start is not used with --weight-decay 0" \

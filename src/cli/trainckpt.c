@@ -376,8 +376,9 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
             why = "truncated";
         else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
             // libngd's message lists its arrays; what a person needs is which options differ
-            cli_error("resume with the --optim, --structure, --factor-dtype, --param-optim and "
-                      "other optimizer options of the run that wrote it",
+            cli_error("resume with the --optim, --structure, --factor-dtype, --param-optim, "
+                      "--factored or --no-factored and other optimizer options of the run that "
+                      "wrote it",
                       "--resume %s: its optimizer state does not fit %s with these options (it "
                       "was written by another optimizer or with other optimizer options)",
                       path, ngd_method_name(t->method));

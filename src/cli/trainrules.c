@@ -251,8 +251,11 @@ int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *give
             why = "--clip-kappa is not used with --clip none", hint = "drop one of them";
         else if (id == O_WDSTART && t->cfg.weight_decay == 0.0f)
             why = "--wd-start is not used with --weight-decay 0", hint = "drop one of them";
-        else if (id == O_FACTORED && singd && (kK != NGD_STRUCT_DENSE || kC != NGD_STRUCT_DENSE))
-            why = "--factored is for SINGD's dense factors",
+        else if ((id == O_FACTORED || id == O_NOFACTORED) && singd &&
+                 (kK != NGD_STRUCT_DENSE || kC != NGD_STRUCT_DENSE))
+            why = id == O_FACTORED ? "--factored is for SINGD's dense factors"
+                                   : "--no-factored is for SINGD's dense factors (other "
+                                     "structures always precondition the gradient)",
             hint = "drop it, or choose --structure dense";
         if (why) {
             cli_error(hint, "%s", why);

@@ -93,6 +93,27 @@ static size_t observe_ws(const ngd_entry *e) {
     return (size_t)NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) * sizeof(float);
 }
 
+// #factored-application: whether n rows cost fewer multiply-adds than the gradient, with
+// sides of rank rG, rA (low-rank inverses on both sides: 2n(d_G r_G + d_A r_A) + n d_G d_A
+// against 2 d_G d_A (r_G + r_A)); for K-FAC's eigenbases or inverse operators (full rank) the
+// first half's n(d_G² + d_A² + d_G d_A) against d_G d_A (d_G + d_A), as ngd_kfac_precond_exact
+// decides. At a large batch the gradient costs less.
+static bool factored_pays(const ngd_entry *e, size_t n, size_t rG, size_t rA) {
+    const double N = (double)n, dG = (double)e->d_out, dA = (double)e->d_K;
+    if (e->cfg.method == NGD_METHOD_KFAC && rG >= e->d_out && rA >= e->d_K)
+        return N * (dG * dG + dA * dA + dG * dA) < dG * dA * (dG + dA);
+    return N * (2.0 * (dG * (double)rG + dA * (double)rA) + dG * dA) <
+           2.0 * dG * dA * ((double)rG + (double)rA);
+}
+
+// The ranks a layer's sides are configured for (K-FAC: full; Brand track: r_B; else r)
+static bool factored_pays_cfg(const ngd_entry *e, size_t n) {
+    const ngd_config *c = &e->cfg;
+    if (c->method == NGD_METHOD_KFAC) return factored_pays(e, n, e->d_out, e->d_K);
+    const size_t r = NGD_MAX(c->kfac.rank, kf_brand_rank(c));
+    return factored_pays(e, n, NGD_MIN(r, e->d_out), NGD_MIN(r, e->d_K));
+}
+
 static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                const ngd_matrix *g) {
     kf_state *s = e->ms;
@@ -102,13 +123,14 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     ngd_status st;
     if (s->meta.cols == 0) {        // the layer's first statistics
         const kf_meta m0 = s->meta; // restored when out of memory (all or nothing)
-        // #factored-application: fully connected layers keep both factors' rows (one row a
-        // sample as observed: a sequence's rows reduced to one a sample are not ones whose
-        // product is the gradient)
-        if (e->cfg.kfac.factored_apply && g->rows == batch) s->meta.factored = 1;
         // a data-parallel run decides for the global batch (equal shards; combine gathers
         // every rank's rows into the buffers)
         const size_t grows = rows * ngd_optim_world(o);
+        // #factored-application: fully connected layers keep both factors' rows (one row a
+        // sample as observed: a sequence's rows reduced to one a sample are not ones whose
+        // product is the gradient), where they cost less than the gradient
+        if (e->cfg.kfac.factored_apply && g->rows == batch && factored_pays_cfg(e, grows))
+            s->meta.factored = 1;
         if (!s->meta.decided) {
             st = kf_decide(o, e, R == 1, grows); // B methods
         } else {
@@ -120,6 +142,9 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
             return st;
         }
     }
+    // (a checkpoint of a build that took a sequence's reduced rows for a fully connected
+    // layer's: the gradient from here on)
+    if (s->meta.factored && g->rows != batch) s->meta.factored = 0;
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
     const bool keep_rows = s->meta.factored || (brand && stats);
     if (!stats && !keep_rows) return NGD_OK; // a factored_apply step of a layer without it
@@ -491,7 +516,8 @@ static void precondition_core(ngd_optim *o, ngd_entry *e, const float *G, float 
         }
         ngd_lowrank LA = kf_rep(fA), LG = kf_rep(fG);
         st = NGD_ERR_STATE;
-        if (s->meta.factored && s->pend.rows > 0 && LA.r > 0 && LG.r > 0)
+        if (s->meta.factored && s->pend.rows > 0 && LA.r > 0 && LG.r > 0 &&
+            factored_pays(e, (size_t)s->pend.rows, LG.r, LA.r))
             st = factored(o, e, &LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], S);
         if (st != NGD_OK)
             st = ngd_lri_apply2(&LG, lam[KF_G], mu[KF_G], &LA, lam[KF_A], mu[KF_A], J, S, kws,
@@ -548,13 +574,17 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
     kf_meta m;
     if (n != 6) return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     memcpy(&m, v, sizeof m);
+    // (the state of a layer taken from its rows has their buffers: it needs factored_apply)
+    if (m.factored == 1 && !e->cfg.kfac.factored_apply)
+        return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                              "'%s': saved from the batch's rows (kfac.factored_apply): load it "
+                              "with kfac.factored_apply on",
+                              e->name);
     if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
         m.rows_cap > ((uint64_t)1 << 32) ||
         (m.decided && (m.track[0] < KF_EVD || m.track[0] > KF_BRAND || m.track[1] < KF_EVD ||
                        m.track[1] > KF_BRAND)))
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
-    if (m.factored && !e->cfg.kfac.factored_apply)
-        return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': saved with kfac.factored_apply", e->name);
     if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
         s->meta = m;
         s->meta.decided = 0; // kf_apply_tracks sets it once the state is allocated
