@@ -517,6 +517,19 @@ static void side_by_side_updates_should_equal_the_serial_ones(void) {
 #endif
 }
 
+// Two runs on the same draws: f = 0 with c as it is and f = 1 with kfac.factored_apply, on a
+// 25 x 31 layer of n rows
+static void factored_pair_init(const ngd_config *c, size_t n, unsigned long long seed, layer_t L[2],
+                               ngd_optim *o[2], int id[2]) {
+    for (int f = 0; f < 2; f++) {
+        ngd_config cf = *c;
+        cf.kfac.factored_apply = f == 1;
+        layer_init(&L[f], n, 30, 25, seed);
+        CHECK(ngd_optim_create(&cf, &o[f]) == NGD_OK);
+        id[f] = layer_add(&L[f], o[f]);
+    }
+}
+
 // #factored-application / P7 at method level: with J = (1/n) 𝒢ᵀ𝒜 (the batch-mean gradient the
 // statistics describe), the factored application gives the dense-J result, on statistics steps and
 // between them (T_u = 2), for the RSVD and the Brand tracks, and for K-FAC's eigenbasis (Q_Gᵀ J Q_A
@@ -571,15 +584,10 @@ static void factored_application_should_equal_the_dense_one(void) {
         layer_t L[2];
         ngd_optim *o[2];
         int id[2];
-        for (int f = 0; f < 2; f++) {
-            ngd_config c = kcfg(ms[i]);
-            c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
-            if (i == 4) c.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
-            c.kfac.factored_apply = f == 1;
-            layer_init(&L[f], 3, 30, 25, 77);
-            CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
-            id[f] = layer_add(&L[f], o[f]);
-        }
+        ngd_config c = kcfg(ms[i]);
+        c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
+        if (i == 4) c.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
+        factored_pair_init(&c, 3, 77, L, o, id);
         double worst = factored_pair_steps(L, o, id, 7, NULL);
         CHECK_MSG(worst < 1e-4, "%s: factored vs dense application: rel err %.3g",
                   ngd_method_name(ms[i]), worst);
@@ -604,18 +612,12 @@ static void singd_from_rows_should_equal_the_dense_product(void) {
         layer_t L[2];
         ngd_optim *o[2];
         int id[2];
-        for (int f = 0; f < 2; f++) {
-            ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
-            ngd_structure_parse("dense", &c.structure_K);
-            ngd_structure_parse("dense", &c.structure_C);
-            if (bf)
-                c.structure_K.dtype = c.structure_C.dtype = NGD_BF16, c.factor_compute = NGD_BF16;
-            c.T = 2, c.lr = 0.05f, c.lr_cov = 0.05f, c.keep_last_update = true;
-            c.kfac.factored_apply = f == 1;
-            layer_init(&L[f], 3, 30, 25, 78);
-            CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
-            id[f] = layer_add(&L[f], o[f]);
-        }
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        ngd_structure_parse("dense", &c.structure_K);
+        ngd_structure_parse("dense", &c.structure_C);
+        if (bf) c.structure_K.dtype = c.structure_C.dtype = NGD_BF16, c.factor_compute = NGD_BF16;
+        c.T = 2, c.lr = 0.05f, c.lr_cov = 0.05f, c.keep_last_update = true;
+        factored_pair_init(&c, 3, 78, L, o, id);
         const double tol = bf ? 2e-2 : 1e-5;
         double moved = 0, worst = factored_pair_steps(L, o, id, 7, &moved);
         CHECK_MSG(worst < tol, "SINGD (bf16 %d) from the rows vs C Cᵀ Ĝ K Kᵀ: rel err %.3g", bf,
@@ -642,21 +644,16 @@ static void factored_apply_should_skip_reduced_sequence_layers(void) {
         layer_t L[2];
         ngd_optim *o[2];
         int id[2];
-        for (int f = 0; f < 2; f++) {
-            ngd_config c = kcfg(ms[i]);
-            if (ms[i] == NGD_METHOD_SINGD) {
-                c = ngd_config_default(NGD_METHOD_SINGD);
-                c.T = 2, c.lr = 0.05f, c.lr_cov = 0.05f, c.keep_last_update = true;
-            } else {
-                c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
-            }
-            c.kfac_approx = NGD_KFAC_REDUCE;
-            c.kfac.factored_apply = f == 1;
-            layer_init(&L[f], 12, 30, 25, 79);
-            L[f].batch = 3;
-            CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
-            id[f] = layer_add(&L[f], o[f]);
+        ngd_config c = kcfg(ms[i]);
+        if (ms[i] == NGD_METHOD_SINGD) {
+            c = ngd_config_default(NGD_METHOD_SINGD);
+            c.T = 2, c.lr = 0.05f, c.lr_cov = 0.05f, c.keep_last_update = true;
+        } else {
+            c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.momentum = 0.5f, c.lr = 0.1f;
         }
+        c.kfac_approx = NGD_KFAC_REDUCE;
+        factored_pair_init(&c, 12, 79, L, o, id);
+        L[0].batch = L[1].batch = 3;
         double moved = 0, worst = factored_pair_steps(L, o, id, 5, &moved);
         CHECK_MSG(worst < 1e-5, "%s, reduce, 4 rows a sample: factored vs plain: rel err %.3g",
                   ngd_method_name(ms[i]), worst);
@@ -680,15 +677,10 @@ static void factored_apply_should_pay_and_follow_the_rows(void) {
             layer_t L[2];
             ngd_optim *o[2];
             int id[2];
-            for (int f = 0; f < 2; f++) {
-                ngd_config c = kcfg(ms[i]);
-                c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.lr = 0.1f;
-                c.kfac_approx = NGD_KFAC_REDUCE;
-                c.kfac.factored_apply = f == 1;
-                layer_init(&L[f], c2 == 0 ? 200 : 12, 30, 25, 80);
-                CHECK(ngd_optim_create(&c, &o[f]) == NGD_OK);
-                id[f] = layer_add(&L[f], o[f]);
-            }
+            ngd_config c = kcfg(ms[i]);
+            c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 10, c.lr = 0.1f;
+            c.kfac_approx = NGD_KFAC_REDUCE;
+            factored_pair_init(&c, c2 == 0 ? 200 : 12, 80, L, o, id);
             double worst = 0;
             if (c2 == 0) { // (the harness expects f = 1 to want rows every step: checked here)
                 for (size_t t = 0; t < 4; t++)
