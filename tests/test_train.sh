@@ -659,6 +659,7 @@ expect_msg "the run diverged: the model's outputs are not finite (evaluation los
 # a checkpoint written after the first step, whose update made the outputs overflow: ngd eval
 # says so and fails (it printed "loss -nan" and exited 0)
 expect_rc 1 "checkpoint of a diverging run" "$NGD" train $V --max-skips 2 --epochs 1 --checkpoint "$D/div.ckpt" --checkpoint-every 1 $Q
+expect_msg "($D/div.ckpt) is intact, but if a resume from it diverges too, train from the start" "diverging run: the hint does not promise a good checkpoint"
 [ -e "$D/div.ckpt" ] && ok || bad "no checkpoint after the first (finite) step"
 expect_rc 1 "eval of a diverged checkpoint" "$NGD" eval --subset 256 --widths 256,256 --resume "$D/div.ckpt"
 expect_msg "the model's outputs are not finite (loss nan)" "eval of a diverged checkpoint: message"

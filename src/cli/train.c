@@ -174,9 +174,11 @@ static bool params_finite(const nn_model *m) {
 
 // A divergence's hint: what to change, and the checkpoint still intact on disk, if any
 static const char *divergence_hint(char *buf, size_t cap, const char *saved) {
+    // (the checkpoint was written at a finite step, but its model may be on its way out: say so)
     snprintf(buf, cap, "lower --lr (or --lr-cov, --weight-decay) or raise --damping%s%s%s",
              saved ? "; the last checkpoint (" : "", saved ? saved : "",
-             saved ? ") is intact" : "");
+             saved ? ") is intact, but if a resume from it diverges too, train from the start"
+                   : "");
     return buf;
 }
 
