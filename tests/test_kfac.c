@@ -669,11 +669,13 @@ static void factored_apply_should_skip_reduced_sequence_layers(void) {
 // - a layer factored at first (12 rows of 12 samples) whose later steps observe a sequence's
 //   rows (12 rows of 3 samples, reduce), as a checkpoint of a build that took those for a fully
 //   connected layer's would: it drops to the gradient, the plain run's P;
-// - a checkpoint saved factored is refused by an optimizer without factored_apply, naming it.
+// - a checkpoint saved factored is refused by an optimizer without factored_apply, naming it;
+// - a checkpoint saved without the rows, loaded by a new optimizer with factored_apply, takes
+//   them from its next statistics (it stayed on the gradient, --factored silently ignored).
 static void factored_apply_should_pay_and_follow_the_rows(void) {
     const ngd_method ms[2] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC};
     for (int i = 0; i < 2; i++) {
-        for (int c2 = 0; c2 < 2; c2++) {
+        for (int c2 = 0; c2 < 3; c2++) {
             layer_t L[2];
             ngd_optim *o[2];
             int id[2];
@@ -696,6 +698,26 @@ static void factored_apply_should_pay_and_follow_the_rows(void) {
                 ref_to_double(L[0].P, ref, L[0].dG * L[0].dA);
                 worst = rel_err(L[1].P, ref, L[0].dG * L[0].dA);
                 free(ref);
+            } else if (c2 == 2) {
+                factored_pair_steps(L, o, id, 2, NULL);
+                // run 0's state (no rows) into a new optimizer with factored_apply: loaded, and
+                // from its next statistics (step 2) it wants the rows every step (the harness
+                // checks that for f = 1) and gives the plain run's P
+                char path[] = "/tmp/ngd_test_kfac_fac_XXXXXX";
+                int fd = mkstemp(path);
+                CHECK(fd >= 0);
+                close(fd);
+                CHECK(ngd_optim_save(o[0], path) == NGD_OK);
+                ngd_config cf = c;
+                cf.kfac.factored_apply = true;
+                ngd_optim *o2;
+                CHECK(ngd_optim_create(&cf, &o2) == NGD_OK);
+                const int id2 = layer_add(&L[1], o2);
+                CHECK_MSG(ngd_optim_load(o2, path) == NGD_OK, "load: %s", ngd_optim_errmsg(o2));
+                remove(path);
+                ngd_optim_free(o[1]);
+                o[1] = o2, id[1] = id2;
+                worst = factored_pair_steps(L, o, id, 4, NULL);
             } else {
                 factored_pair_steps(L, o, id, 2, NULL); // 12 samples: factored
                 // saved factored, loaded without factored_apply: refused with the reason

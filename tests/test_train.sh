@@ -346,6 +346,18 @@ for opt in singd "singd --no-factored" "singd --structure dense --precision bf16
     c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
 done
+# a --no-factored checkpoint resumed without it (ngd train's default, or --factored) takes the
+# batch's rows from its next statistics: it was silently kept on the gradient
+A="--subset 512 --widths 128 --batch 32 --seed 3 --epochs 3 --optim kfac --T-u 2 --T-i 4 $Q"
+# shellcheck disable=SC2086
+"$NGD" train $A --no-factored --max-steps 12 --checkpoint "$D/nf.ckpt" >/dev/null 2>&1
+# shellcheck disable=SC2086
+"$NGD" train $A --no-factored --max-steps 5 --checkpoint "$D/nfh.ckpt" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect_rc 0 "--no-factored checkpoint resumed with --factored" "$NGD" train $A --factored --max-steps 12 --resume "$D/nfh.ckpt" --checkpoint "$D/nfr.ckpt"
+c1=$("$NGD" eval --resume "$D/nf.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+c2=$("$NGD" eval --resume "$D/nfr.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
+[ -n "$c1" ] && [ -n "$c2" ] && [ "$c1" != "$c2" ] && ok || bad "--factored on a --no-factored checkpoint was ignored ($c2 = $c1)"
 # a batch larger than the training set is said as such, before the model is sized for it (a
 # huge one was the model's "out of memory")
 expect_rc 1 "--batch larger than the training set" "$NGD" train --subset 300 --batch 100000000 $Q

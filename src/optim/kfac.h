@@ -85,9 +85,11 @@ typedef struct {
     ngd_rng rng; // the layer's random stream (sketches, correction subsets)
     kf_pending pend;
     uint8_t has_pend;
-    uint8_t pub; // data-parallel runs: bit k set when factor k's (U, D) changed this step
-                 // (its owner broadcasts it; not saved)
-    size_t id;   // the layer's id (seeds its stream)
+    uint8_t pub;      // data-parallel runs: bit k set when factor k's (U, D) changed this step
+                      // (its owner broadcasts it; not saved)
+    uint8_t redecide; // loaded without the batch's rows into an optimizer with factored_apply:
+                      // decided at its next statistics, as the first ones would (not saved)
+    size_t id;        // the layer's id (seeds its stream)
     // K-FAC with factored π-damping (kf_inv_wanted): each factor's inverse operator
     // (F + λ_F I)⁻¹ (d x d), formed from (U, D) by the first preconditioning after a
     // refresh (NULL otherwise). Derived, so not saved: inv_ok is cleared at each refresh step;

@@ -145,6 +145,20 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     // (a checkpoint of a build that took a sequence's reduced rows for a fully connected
     // layer's: the gradient from here on)
     if (s->meta.factored && g->rows != batch) s->meta.factored = 0;
+    // a layer loaded without the rows, now with factored_apply (--factored, or ngd train's
+    // default, on a checkpoint of --no-factored or of an earlier build): decided as its first
+    // statistics would have
+    if (s->redecide) {
+        s->redecide = 0;
+        if (g->rows == batch && factored_pays_cfg(e, (size_t)s->meta.cols)) {
+            s->meta.factored = 1;
+            if ((st = kf_grow_rows(o, e, (size_t)s->meta.cols)) != NGD_OK) {
+                s->meta.factored = 0;
+                return st;
+            }
+            o->planned = false; // (the workspace of the factored application)
+        }
+    }
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
     const bool keep_rows = s->meta.factored || (brand && stats);
     if (!stats && !keep_rows) return NGD_OK; // a factored_apply step of a layer without it
@@ -580,6 +594,7 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
                               "'%s': saved from the batch's rows (kfac.factored_apply): load it "
                               "with kfac.factored_apply on",
                               e->name);
+    s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
     if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
         m.rows_cap > ((uint64_t)1 << 32) ||
         (m.decided && (m.track[0] < KF_EVD || m.track[0] > KF_BRAND || m.track[1] < KF_EVD ||
@@ -611,6 +626,7 @@ static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
     kf_state *s = e->ms;
     kf_meta b;
     memcpy(&b, before, sizeof b);
+    s->redecide = 0;
     if (!b.decided && s->meta.decided) {
         kf_factors_undecided(s);
         s->meta = b;
