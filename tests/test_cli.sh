@@ -100,6 +100,14 @@ expect_rc 1 "plot of a missing log" "$NGD" plot "$tmp/missing.jsonl" -o "$tmp/p.
 expect_rc 1 "plot of a log without steps" "$NGD" plot "$tmp/nosteps.jsonl" -o "$tmp/p.svg"
 "$NGD" plot "$tmp/nosteps.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "no step records" && ok || bad "no-steps message"
 [ ! -e "$tmp/p.svg" ] && ok || bad "a failed plot left $tmp/p.svg"
+# beside other runs, a run that ended before its first step record is left out with a warning
+# (it made the whole plot fail); all of them such runs: an error
+expect_rc 0 "plot of a short run beside a full one" "$NGD" plot "$tmp/nosteps.jsonl" "$tmp/a.jsonl" -o "$tmp/p.svg"
+expect_msg "nosteps.jsonl: no step records (the run ended before its first): left out of the plot" "short run: warning"
+expect_msg "plot: 1 run ->" "short run: the other run plotted"
+expect_rc 1 "plot of two short runs" "$NGD" plot "$tmp/nosteps.jsonl" "$tmp/nosteps.jsonl" -o "$tmp/p2.svg"
+expect_msg "none of the 2 logs has a step record" "two short runs: message"
+rm -f "$tmp/p.svg"
 # -o on a symbolic link is refused (the rename would replace the link), as --checkpoint does
 echo keep > "$tmp/target.svg"; ln -s "$tmp/target.svg" "$tmp/link.svg"
 expect_rc 1 "plot -o on a symbolic link" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/link.svg"

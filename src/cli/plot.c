@@ -51,7 +51,9 @@ static const cli_opt OPTS[] = {
 static void print_help(FILE *f) {
     fprintf(f, "usage: ngd plot LOG... -o FILE [options]\n\n"
                "Plots JSON-lines logs of 'ngd train' (--log FILE, default runs/*.jsonl): training\n"
-               "loss and test accuracy against steps and against wall time, one line per run.\n\n"
+               "loss and test accuracy against steps and against wall time, one line per run.\n"
+               "A run that ended before its first step record (shorter than --log-every) is\n"
+               "left out, with a warning, when other runs are plotted.\n\n"
                "options:\n");
     cli_print_opts(f, OPTS, NOPTS, 24);
     fprintf(f, "\nexample:\n  ngd plot runs/mlp-fashion-mnist-singd.jsonl "
@@ -238,6 +240,9 @@ static int read_log(const char *path, run *r) {
         cli_error(NULL, "%s: read failed", path);
         return -1;
     }
+    if (r->loss.n == 0 && (r->has_summary || r->acc.n > 0))
+        return 1; // a run shorter than
+                  // --log-every
     if (r->loss.n == 0) {
         cli_error("plot the JSON-lines log of 'ngd train' (--log FILE); a run writes its first "
                   "step record after --log-every steps (20)",
@@ -670,23 +675,51 @@ int cmd_plot(int argc, char **argv) {
         cli_error(NULL, "out of memory");
         return NGD_EXIT_FAIL;
     }
-    for (size_t i = 0; i < n; i++)
-        if (read_log(argv[optind + (int)i], &runs[i])) goto done;
-    disambiguate(runs, n);
+    // a run that ended before its first step record (shorter than --log-every) is left out of
+    // a plot of several, with a warning; alone, it is an error
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *path = argv[optind + (int)i];
+        const int r = read_log(path, &runs[kept]);
+        if (r < 0) goto done;
+        if (r == 0) {
+            kept++;
+            continue;
+        }
+        series_free(&runs[kept].loss), series_free(&runs[kept].acc);
+        memset(&runs[kept], 0, sizeof runs[kept]);
+        if (n == 1) {
+            cli_error("a run writes its first step record after --log-every steps (20): train "
+                      "longer, or with a smaller --log-every",
+                      "%s: no step records (the run ended before its first)", path);
+            goto done;
+        }
+        fprintf(stderr,
+                "ngd: warning: %s: no step records (the run ended before its first): "
+                "left out of the plot\n",
+                path);
+    }
+    if (kept == 0) {
+        cli_error("a run writes its first step record after --log-every steps (20)",
+                  "none of the %zu logs has a step record", n);
+        goto done;
+    }
+    const size_t nr = kept; // the runs plotted
+    disambiguate(runs, nr);
     char deftitle[256];
     if (!title) { // "model on data" when all runs share them
         bool same = runs[0].has_summary;
-        for (size_t i = 1; i < n && same; i++)
+        for (size_t i = 1; i < nr && same; i++)
             same = runs[i].has_summary && !strcmp(runs[i].model, runs[0].model) &&
                    !strcmp(runs[i].data, runs[0].data);
         if (same)
             snprintf(deftitle, sizeof deftitle, "%s on %s: %zu run%s", runs[0].model, runs[0].data,
-                     n, n > 1 ? "s" : "");
+                     nr, nr > 1 ? "s" : "");
         else
-            snprintf(deftitle, sizeof deftitle, "ngd training runs (%zu)", n);
+            snprintf(deftitle, sizeof deftitle, "ngd training runs (%zu)", nr);
         title = deftitle;
     }
-    render(&b, runs, n, title);
+    render(&b, runs, nr, title);
     if (b.oom) {
         cli_error(NULL, "out of memory");
         goto done;
@@ -704,7 +737,7 @@ int cmd_plot(int argc, char **argv) {
                   "-o %s: %s", output, msg);
         goto done;
     }
-    printf("plot: %zu run%s -> %s\n", n, n > 1 ? "s" : "", output);
+    printf("plot: %zu run%s -> %s\n", nr, nr > 1 ? "s" : "", output);
     rc = NGD_EXIT_OK;
 done:
     for (size_t i = 0; i < n; i++)
