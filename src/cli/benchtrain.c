@@ -153,15 +153,12 @@ static bool is_singd(ngd_method m) {
     return m == NGD_METHOD_SINGD || m == NGD_METHOD_INGD || m == NGD_METHOD_IKFAC;
 }
 static bool is_kfac(ngd_method m) { return m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC; }
-// kfac.factored_apply of a row: as given, else ngd train's default (on for the K-FAC family
-// and for SINGD with dense factors)
+// kfac.factored_apply of a row: as given, else ngd train's default
 static bool bt_factored(const bt_cfg *c, const bt_opts *o) {
     if (o->factored >= 0) return o->factored == 1;
-    if (is_kfac(c->method)) return true;
-    if (!is_singd(c->method)) return false;
-    ngd_factor_spec f = {.kind = NGD_STRUCT_DENSE}; // (ingd: dense, no structure column)
-    return !c->structure[0] ||
-           (ngd_structure_parse(c->structure, &f) == NGD_OK && f.kind == NGD_STRUCT_DENSE);
+    ngd_factor_spec f = {.kind = NGD_STRUCT_DENSE}; // (no structure column: dense, as ingd's)
+    if (c->structure[0] && ngd_structure_parse(c->structure, &f) != NGD_OK) return false;
+    return cli_factored_default(c->method, f.kind, f.kind);
 }
 
 // Synthetic data of the real shapes: random pixels and labels, or random text.

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "ngd.h"
+
 #define NGD_EXIT_OK    0
 #define NGD_EXIT_FAIL  1
 #define NGD_EXIT_USAGE 2
@@ -33,6 +35,11 @@ const char *cli_file_kind(unsigned mode);
 // The hint of a failed write whose message is msg: for a full disk (or quota) "free some
 // space", otherwise `otherwise`
 const char *cli_write_hint(const char *msg, const char *otherwise);
+
+// kfac.factored_apply in ngd train and ngd bench train unless --factored or --no-factored
+// says: on for the K-FAC family and for SINGD with dense K and C, whose gradients there are
+// (1/n) 𝒢ᵀ𝒜 of the rows observed (libngd's own default is off; docs/algorithms.md)
+bool cli_factored_default(ngd_method m, ngd_structure K, ngd_structure C);
 
 // One row of a subcommand's option table, which generates both getopt_long's array and the
 // --help text. id: the short option character, or a value >= 256 for long-only options.

@@ -308,12 +308,6 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     }
     t->method = m;
     t->cfg = ngd_config_default(m);
-    // The K-FAC family applies its preconditioner from the batch's rows where that pays, as
-    // kfac-family.md §12-13 has it (factored_apply on where valid): the trainer's gradient of
-    // a fully connected layer is (1/n) 𝒢ᵀ𝒜 of the rows it observes, every step. (libngd's
-    // default stays off: a caller's gradient need not be that.) SINGD's below, once the
-    // structures are known.
-    if (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC) t->cfg.kfac.factored_apply = true;
     optind = 1;
     float f;
     size_t z;
@@ -601,14 +595,14 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     t->text = !strcmp(t->data, "shakespeare");
     if (!t->model) t->model = t->text ? "chargpt" : "mlp";
     if (train_check_model_data(t) || train_check_pairs(t, OPTS, given, NOPTS)) return -1;
-    // SINGD with dense K and C (f32 or bf16 compute) preconditions a fully connected layer
-    // from the batch's rows where that pays too, unless --factored or --no-factored said
+    // the factored application where the trainer's gradients allow it (kfac-family.md §12-13:
+    // on where valid), unless --factored or --no-factored said
     bool fac_given = false;
     for (size_t i = 0; i < NOPTS; i++)
         fac_given |= given[i] && (OPTS[i].id == O_FACTORED || OPTS[i].id == O_NOFACTORED);
-    if (!fac_given && t->cfg.method == NGD_METHOD_SINGD &&
-        t->cfg.structure_K.kind == NGD_STRUCT_DENSE && t->cfg.structure_C.kind == NGD_STRUCT_DENSE)
-        t->cfg.kfac.factored_apply = true;
+    if (!fac_given)
+        t->cfg.kfac.factored_apply =
+            cli_factored_default(t->cfg.method, t->cfg.structure_K.kind, t->cfg.structure_C.kind);
     if (t->text) t->cfg.loss_average = NGD_LOSS_BATCH_SEQUENCE;
     char msg[256], named[320];
     if (ngd_config_validate(&t->cfg, msg, sizeof msg) != NGD_OK) {

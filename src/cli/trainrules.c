@@ -63,6 +63,12 @@ static const struct {
     {O_CFRAC, MB(BRCKFAC)},
 };
 
+bool cli_factored_default(ngd_method m, ngd_structure K, ngd_structure C) {
+    if (m >= NGD_METHOD_KFAC && m <= NGD_METHOD_BRCKFAC) return true;
+    const bool singd = m == NGD_METHOD_SINGD || m == NGD_METHOD_INGD || m == NGD_METHOD_IKFAC;
+    return singd && K == NGD_STRUCT_DENSE && C == NGD_STRUCT_DENSE;
+}
+
 // The plain parameters' rule (--param-optim, --param-lr, --param-wd) as an add_param
 // override: AdamW with its own lr (1e-3) and no weight decay under a second-order method;
 // otherwise the method's rule and hyper-parameters, edited by the two options.

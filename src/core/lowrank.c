@@ -1059,7 +1059,7 @@ size_t ngd_kfac_precond_ws(size_t d_G, size_t d_A) {
 
 // Whether the rows pay (#factored-application in the eigenbasis): (1/c)(𝒢 Q_G)ᵀ(𝒜 Q_A) costs
 // 2n (d_G² + d_A² + d_G d_A) multiply-adds, Q_Gᵀ J Q_A 2 d_G d_A (d_G + d_A).
-static bool kfac_rows_pay(size_t n, size_t dG, size_t dA) {
+bool ngd_kfac_rows_pay(size_t n, size_t dG, size_t dA) {
     return (double)n * ((double)dG * dG + (double)dA * dA + (double)dG * dA) <
            (double)dG * dA * ((double)dG + dA);
 }
@@ -1091,7 +1091,7 @@ static ngd_status kfac_eig_apply(const ngd_lowrank *G, const ngd_lowrank *A, boo
     float *Tp = ws_take(&w, dG * dA, sizeof(float)); // (d_G, d_A)
     ngd_view T = ngd_view_rm(Tp, dG, dA, dA);
     ngd_cview QG = ngd_lowrank_u(G), QA = ngd_lowrank_u(A);
-    if (R && kfac_rows_pay(R->Gcal.rows, dG, dA)) {
+    if (R && ngd_kfac_rows_pay(R->Gcal.rows, dG, dA)) {
         ngd_gemm(1.0f, R->Gcal, QG, 0.0f, R->X); // 𝒢 Q_G (n x d_G)
         ngd_gemm(1.0f, R->Acal, QA, 0.0f, R->Y); // 𝒜 Q_A (n x d_A)
         ngd_gemm(R->scale, ngd_cview_t(ngd_cv(R->X)), ngd_cv(R->Y), 0.0f, S);
@@ -1201,7 +1201,7 @@ ngd_status ngd_kfac_precond_inv(ngd_cview Ginv, ngd_cview Ainv, ngd_cview J, con
         spans_overlap(Ainv, S))
         return NGD_ERR_ARG;
     if (R && !kfac_rows_ok(R, dG, dA)) return NGD_ERR_ARG;
-    if (R && kfac_rows_pay(R->Gcal.rows, dG, dA)) {
+    if (R && ngd_kfac_rows_pay(R->Gcal.rows, dG, dA)) {
         ngd_gemm(1.0f, R->Gcal, Ginv, 0.0f, R->X); // 𝒢 G⁻¹ (n x d_G)
         ngd_gemm(1.0f, R->Acal, Ainv, 0.0f, R->Y); // 𝒜 A⁻¹ (n x d_A)
         ngd_gemm(R->scale, ngd_cview_t(ngd_cv(R->X)), ngd_cv(R->Y), 0.0f, S);

@@ -158,6 +158,8 @@ typedef struct {
 // rows: where that costs less (n (d_G² + d_A² + d_G d_A) < d_G d_A (d_G + d_A)), Q_Gᵀ J Q_A is
 // scale·(𝒢 Q_G)ᵀ(𝒜 Q_A) and J is not read.
 size_t ngd_kfac_precond_ws(size_t d_G, size_t d_A);
+// Whether n rows pay for Q_Gᵀ J Q_A (that rule; the K-FAC family's layers decide with it too)
+bool ngd_kfac_rows_pay(size_t n, size_t dG, size_t dA);
 ngd_status ngd_kfac_precond_exact(const ngd_lowrank *G, const ngd_lowrank *A, float lambda_K,
                                   ngd_cview J, const ngd_kfac_rows *rows, ngd_view S, void *ws,
                                   size_t ws_bytes);

@@ -99,9 +99,9 @@ static size_t observe_ws(const ngd_entry *e) {
 // first half's n(d_G² + d_A² + d_G d_A) against d_G d_A (d_G + d_A), as ngd_kfac_precond_exact
 // decides. At a large batch the gradient costs less.
 static bool factored_pays(const ngd_entry *e, size_t n, size_t rG, size_t rA) {
-    const double N = (double)n, dG = (double)e->d_out, dA = (double)e->d_K;
     if (e->cfg.method == NGD_METHOD_KFAC && rG >= e->d_out && rA >= e->d_K)
-        return N * (dG * dG + dA * dA + dG * dA) < dG * dA * (dG + dA);
+        return ngd_kfac_rows_pay(n, e->d_out, e->d_K);
+    const double N = (double)n, dG = (double)e->d_out, dA = (double)e->d_K;
     return N * (2.0 * (dG * (double)rG + dA * (double)rA) + dG * dA) <
            2.0 * dG * dA * ((double)rG + (double)rA);
 }
@@ -594,12 +594,12 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
                               "'%s': saved from the batch's rows (kfac.factored_apply): load it "
                               "with kfac.factored_apply on",
                               e->name);
-    s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
     if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
         m.rows_cap > ((uint64_t)1 << 32) ||
         (m.decided && (m.track[0] < KF_EVD || m.track[0] > KF_BRAND || m.track[1] < KF_EVD ||
                        m.track[1] > KF_BRAND)))
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
+    s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
     if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
         s->meta = m;
         s->meta.decided = 0; // kf_apply_tracks sets it once the state is allocated
