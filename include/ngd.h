@@ -535,6 +535,18 @@ NGD_API size_t ngd_conv_out_w(const ngd_conv_geom *g);
 NGD_API ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool reduce,
                               float *out);
 
+// A convolution's statistics from its input images, without its unfolded matrix: the same as
+// ngd_optim_observe(o, layer, batch, a, g) with a = ngd_unfold(geom, batch, x) (batch*oh*ow
+// rows), whose batch*oh*ow x d_in floats (151 MB for 32 channels of 32x32 at batch 128) are
+// never formed: libngd unfolds the rows a block at a time as it reads them. x: batch rows
+// (samples) of c_in*h*w values ([c_in, h, w] each, ld >= c_in*h*w), f32 or bf16; g as for
+// ngd_optim_observe (batch*oh*ow rows of d_out). The results equal ngd_optim_observe's up to
+// float32 rounding (sums taken in blocks). Errors: as ngd_optim_observe, and NGD_ERR_ARG (NULL
+// geometry or data, an invalid geometry), NGD_ERR_SHAPE (x not batch x c_in*h*w, or the
+// geometry's (c_in/groups)*k1*k2 not the layer's d_in).
+NGD_API ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch,
+                                          const ngd_conv_geom *geom, ngd_matrix x, ngd_matrix g);
+
 // ====== Checkpoints ======
 
 // Saves the complete optimizer state (steps, grad scales, factors, momenta, pending

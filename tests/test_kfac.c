@@ -909,7 +909,7 @@ static void stats_gram_should_match_float64(void) {
                         const double xj = j < dm ? (double)m[q * ld + j] : 1.0;
                         want[i * d + j] += (double)alpha * xi * xj;
                     }
-            CHECK(ngd_stats_gram(&e, 4, &mat, kside, alpha, beta, G));
+            CHECK(ngd_stats_gram(&e, 4, &mat, kside, alpha, beta, G, NULL));
             double err = 0, big = 0;
             for (size_t i = 0; i < d * d; i++)
                 err = fmax(err, fabs((double)G[i] - want[i])), big = fmax(big, fabs(want[i]));
@@ -924,10 +924,55 @@ static void stats_gram_should_match_float64(void) {
     e.d_in = 7, e.d_out = 6, e.d_K = 8;
     float G[64] = {0};
     const ngd_matrix h = {m, rows, 7, ld, NGD_BF16};
-    CHECK(!ngd_stats_gram(&e, 4, &h, true, 1.0f, 0.0f, G));
+    CHECK(!ngd_stats_gram(&e, 4, &h, true, 1.0f, 0.0f, G, NULL));
     e.cfg.kfac_approx = NGD_KFAC_REDUCE;
     const ngd_matrix gm = {m, rows, 6, ld, NGD_F32};
-    CHECK(!ngd_stats_gram(&e, 4, &gm, false, 1.0f, 0.0f, G));
+    CHECK(!ngd_stats_gram(&e, 4, &gm, false, 1.0f, 0.0f, G, NULL));
+    // a convolution's rows unfolded as read (ngd_optim_observe_conv), in two blocks of
+    // ngd_stats_block_rows with the bias column's ones in them, from f32 and from bf16 images,
+    // against float64 sums of ngd_unfold's rows; reduce is left to the chunked path
+    const ngd_conv_geom geom = {2, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}; // 256 rows an image, 18 cols
+    const size_t N = 900, xs = 2 * 16 * 16, urows = N * 256;
+    e.cfg.kfac_approx = NGD_KFAC_EXPAND;
+    e.d_in = 18, e.d_out = 4, e.d_K = 19;
+    CHECK(urows > ngd_stats_block_rows(19) && urows < 2 * ngd_stats_block_rows(19));
+    float *x = malloc(N * xs * sizeof *x), *un = malloc(urows * 18 * sizeof *un);
+    float *scratch = malloc(ngd_stats_scratch(19) * sizeof *scratch);
+    uint16_t *x16 = malloc(N * xs * sizeof *x16);
+    for (size_t i = 0; i < N * xs; i++) { // bf16 values, so that both inputs hold the same
+        x[i] = (float)ref_uniform(&r, -1, 1);
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u &= 0xffff0000u;
+        memcpy(&x[i], &u, 4);
+        x16[i] = (uint16_t)(u >> 16);
+    }
+    CHECK(ngd_unfold(&geom, N, x, false, un) == NGD_OK);
+    double want[19 * 19] = {0};
+    for (size_t q = 0; q < urows; q++)
+        for (size_t i = 0; i < 19; i++)
+            for (size_t j = 0; j < 19; j++)
+                want[i * 19 + j] += 0.5 * (i < 18 ? (double)un[q * 18 + i] : 1.0) *
+                                    (j < 18 ? (double)un[q * 18 + j] : 1.0);
+    for (int b16 = 0; b16 < 2; b16++) {
+        ngd_unfold_src u;
+        CHECK(ngd_unfold_src_init(&u, &geom, N,
+                                  b16 ? ngd_matrix_bf16(x16, N, xs) : ngd_matrix_f32(x, N, xs)));
+        const ngd_matrix um = {&u, urows, 18, 18, NGD_DT_UNFOLD};
+        float Gu[19 * 19];
+        for (size_t i = 0; i < 19 * 19; i++)
+            Gu[i] = NAN; // (beta 0: not read)
+        CHECK(ngd_stats_gram(&e, N, &um, true, 0.5f, 0.0f, Gu, scratch));
+        double err = 0, big = 0;
+        for (size_t i = 0; i < 19 * 19; i++)
+            err = fmax(err, fabs((double)Gu[i] - want[i])), big = fmax(big, fabs(want[i]));
+        CHECK_MSG(err <= 1e-5 * big, "unfolded rows (%s): off by %.3g of %.3g",
+                  b16 ? "bf16" : "f32", err, big);
+        e.cfg.kfac_approx = NGD_KFAC_REDUCE;
+        CHECK(!ngd_stats_gram(&e, N, &um, true, 0.5f, 0.0f, Gu, scratch));
+        e.cfg.kfac_approx = NGD_KFAC_EXPAND;
+    }
+    free(x), free(x16), free(un), free(scratch);
     free(t), free(m);
 }
 

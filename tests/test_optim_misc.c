@@ -78,6 +78,178 @@ static void unfold_should_match_a_naive_loop(void) {
     CHECK(ngd_conv_out_h(&bad) == 0 && ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
 }
 
+// ngd_optim_observe_conv (rows unfolded as libngd reads them) against ngd_optim_observe of
+// ngd_unfold's matrix: the same preconditioned gradients after three statistics steps, for
+// every path that reads a convolution's rows (SINGD's dense Gram product in blocks, its
+// structured chunks, its bf16 products; K-FAC's Gram product, its emulated-bf16 chunks;
+// reduce; B-KFAC's conv factors), geometries with stride, dilation, padding and groups, f32
+// and bf16 inputs. Chunked paths take the same rows in the same order: the same bits. Block
+// sums (dense Gram products) round otherwise: within 1e-5 (measured: at most 8e-7).
+static uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static float bf16_val(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+typedef struct {
+    const char *name;
+    ngd_method m;
+    const char *structure;
+    bool bf16_compute, emulate, reduce;
+    double tol; // 0: the same bits
+} oc_case;
+
+static void oc_run(const oc_case *k, const ngd_conv_geom *geom, size_t N, bool xb16, bool conv,
+                   float *P) {
+    const size_t oh = ngd_conv_out_h(geom), ow = ngd_conv_out_w(geom), L = oh * ow;
+    const size_t cols = geom->c_in / geom->groups * geom->k1 * geom->k2, cout = 6;
+    const size_t xs = geom->c_in * geom->h * geom->w;
+    ngd_config c = ngd_config_default(k->m);
+    c.keep_last_update = true;
+    c.T = 1, c.kfac.T_u = 1, c.kfac.T_i = 1, c.lr = 1e-2f, c.damping = 1e-2f;
+    c.kfac_approx = k->reduce ? NGD_KFAC_REDUCE : NGD_KFAC_EXPAND;
+    if (k->structure) {
+        CHECK(ngd_structure_parse(k->structure, &c.structure_K) == NGD_OK);
+        c.structure_C = c.structure_K;
+    }
+    if (k->bf16_compute) {
+        c.structure_K.dtype = c.structure_C.dtype = NGD_BF16;
+        c.factor_compute = NGD_BF16;
+    }
+    if (k->emulate) c.kfac.factor_arith = NGD_BF16;
+    float *w = calloc(cout * cols, 4), *dw = malloc(cout * cols * 4);
+    float *b = calloc(cout, 4), *db = malloc(cout * 4);
+    float *x = malloc(N * xs * 4), *a = malloc(N * L * cols * 4), *g = malloc(N * L * cout * 4);
+    uint16_t *x16 = malloc(N * xs * 2);
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    ngd_layer Ly = {.name = "conv",
+                    .weight = w,
+                    .weight_grad = dw,
+                    .d_out = cout,
+                    .d_in = cols,
+                    .bias = b,
+                    .bias_grad = db};
+    int id;
+    CHECK(ngd_optim_add_layer(o, &Ly, &id) == NGD_OK);
+    ref_rng r = {77};
+    for (int s = 0; s < 3; s++) {
+        for (size_t i = 0; i < N * xs; i++) {
+            x16[i] = bf16_rne((float)ref_uniform(&r, -1, 1));
+            x[i] = xb16 ? bf16_val(x16[i]) : (float)ref_uniform(&r, -1, 1);
+        }
+        for (size_t i = 0; i < N * L * cout; i++)
+            g[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
+        for (size_t i = 0; i < cout * cols; i++)
+            dw[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < cout; i++)
+            db[i] = (float)ref_uniform(&r, -1, 1);
+        ngd_matrix gm = ngd_matrix_f32(g, N * L, cout);
+        if (conv) {
+            ngd_matrix xm = xb16 ? ngd_matrix_bf16(x16, N, xs) : ngd_matrix_f32(x, N, xs);
+            CHECK(ngd_optim_observe_conv(o, id, N, geom, xm, gm) == NGD_OK);
+        } else {
+            CHECK(ngd_unfold(geom, N, x, false, a) == NGD_OK);
+            CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N * L, cols), gm) == NGD_OK);
+        }
+        CHECK(ngd_optim_step(o) == NGD_OK);
+    }
+    CHECK(ngd_optim_last_update(o, id, P, cout * (cols + 1)) == NGD_OK);
+    ngd_optim_free(o);
+    free(w), free(dw), free(b), free(db), free(x), free(a), free(g), free(x16);
+}
+
+static void observe_conv_should_equal_observe_of_the_unfolded_matrix(void) {
+    const oc_case cases[] = {
+        {"singd dense", NGD_METHOD_SINGD, "dense", false, false, false, 1e-5},
+        {"singd diagonal", NGD_METHOD_SINGD, "diagonal", false, false, false, 0},
+        {"singd block3", NGD_METHOD_SINGD, "block3diagonal", false, false, false, 0},
+        {"singd bf16 compute", NGD_METHOD_SINGD, "dense", true, false, false, 0},
+        {"singd reduce", NGD_METHOD_SINGD, "dense", false, false, true, 0},
+        {"kfac", NGD_METHOD_KFAC, NULL, false, false, false, 1e-5},
+        {"kfac emulated bf16", NGD_METHOD_KFAC, NULL, false, true, false, 0},
+        {"kfac reduce", NGD_METHOD_KFAC, NULL, false, false, true, 0},
+        {"bkfac", NGD_METHOD_BKFAC, NULL, false, false, false, 1e-5},
+    };
+    const ngd_conv_geom geoms[] = {
+        {4, 9, 8, 3, 2, 2, 3, 1, 0, 1, 2, 2},   // stride, dilation, groups 2, asymmetric kernel
+        {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1},   // plain 3x3, padding 1: rows cross chunks
+        {3, 6, 7, 3, 3, 2, 1, 0, 3, 1, 1, 1},   // padding wider than a row's reach, stride 2
+        {2, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, // N = 1000: 256000 rows, two Gram blocks (d 19)
+    };
+    for (size_t gi = 0; gi < sizeof geoms / sizeof geoms[0]; gi++) {
+        const ngd_conv_geom *geom = &geoms[gi];
+        const size_t N = gi == 3 ? 1000 : 12; // (12: chunks of 256 rows that start mid-row)
+        const size_t n = 6 * (geom->c_in / geom->groups * geom->k1 * geom->k2 + 1);
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+            for (int xb16 = 0; xb16 < 2; xb16++) {
+                const oc_case *k = &cases[ci];
+                if (gi == 3 && k->tol == 0 && !k->bf16_compute) continue; // (the blocks' cases)
+                float *p0 = malloc(n * 4), *p1 = malloc(n * 4);
+                oc_run(k, geom, N, xb16, false, p0);
+                oc_run(k, geom, N, xb16, true, p1);
+                double num = 0, den = 0;
+                for (size_t i = 0; i < n; i++) {
+                    const double u = (double)p0[i], v = (double)p1[i];
+                    num += (v - u) * (v - u), den += u * u;
+                }
+                const double rel = sqrt(num / den);
+                const bool ok =
+                    den > 0 && (k->tol == 0 ? memcmp(p0, p1, n * 4) == 0 : rel <= k->tol);
+                if (!ok || getenv("OC_SHOW"))
+                    fprintf(stderr, "  %s, geometry %zu, %s x: relative difference %.3g\n", k->name,
+                            gi, xb16 ? "bf16" : "f32", rel);
+                CHECK(ok);
+                free(p0), free(p1);
+            }
+    }
+}
+
+// The errors of ngd_optim_observe_conv, each naming what is wrong; the public observe refuses
+// the internal dtype that carries its rows
+static void observe_conv_should_refuse_bad_input(void) {
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    float w[4 * 28] = {0}, dw[4 * 28] = {0}, x[2 * 3 * 25] = {0}, gbuf[2 * 25 * 4] = {0};
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    ngd_layer Ly = {.name = "conv", .weight = w, .weight_grad = dw, .d_out = 4, .d_in = 27};
+    int id;
+    CHECK(ngd_optim_add_layer(o, &Ly, &id) == NGD_OK);
+    ngd_conv_geom geom = {3, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1}; // 25 locations, 27 columns
+    ngd_matrix xm = ngd_matrix_f32(x, 2, 75), gm = ngd_matrix_f32(gbuf, 50, 4);
+    CHECK(ngd_optim_observe_conv(o, id, 2, &geom, xm, gm) == NGD_OK);
+    CHECK(ngd_optim_observe_conv(o, 9, 2, &geom, xm, gm) == NGD_ERR_LAYER);
+    CHECK(ngd_optim_observe_conv(o, id, 2, NULL, xm, gm) == NGD_ERR_ARG &&
+          strstr(ngd_optim_errmsg(o), "geometry"));
+    ngd_conv_geom bad = geom;
+    bad.groups = 2;
+    CHECK(ngd_optim_observe_conv(o, id, 2, &bad, xm, gm) == NGD_ERR_ARG &&
+          strstr(ngd_optim_errmsg(o), "invalid convolution geometry"));
+    bad = geom, bad.k1 = 9; // larger than the padded image
+    CHECK(ngd_optim_observe_conv(o, id, 2, &bad, xm, gm) == NGD_ERR_ARG);
+    CHECK(ngd_optim_observe_conv(o, id, 2, &geom, ngd_matrix_f32(x, 2, 74), gm) == NGD_ERR_SHAPE &&
+          strstr(ngd_optim_errmsg(o), "c_in*h*w = 75"));
+    CHECK(ngd_optim_observe_conv(o, id, 3, &geom, xm, gm) == NGD_ERR_SHAPE);
+    CHECK(ngd_optim_observe_conv(o, id, 2, &geom, ngd_matrix_f32(NULL, 2, 75), gm) == NGD_ERR_ARG);
+    bad = geom, bad.k2 = 2; // 18 columns, the layer has 27
+    CHECK(ngd_optim_observe_conv(o, id, 2, &bad, xm, ngd_matrix_f32(gbuf, 2 * 3 * 4, 4)) ==
+              NGD_ERR_SHAPE &&
+          strstr(ngd_optim_errmsg(o), "expected 27"));
+    CHECK(ngd_optim_observe_conv(o, id, 2, &geom, xm, ngd_matrix_f32(gbuf, 48, 4)) ==
+          NGD_ERR_SHAPE);
+    ngd_matrix inner = {&geom, 50, 27, 27, (ngd_dtype)0x55};
+    CHECK(ngd_optim_observe(o, id, 2, inner, gm) == NGD_ERR_ARG &&
+          strstr(ngd_optim_errmsg(o), "unknown dtype"));
+    ngd_optim_free(o);
+}
+
 // #singd-test-plan item 7 (test_param_groups): one optimizer with two groups (per-layer overrides)
 // equals two separate optimizers, bit for bit.
 static void overrides_should_equal_separate_optimizers(void) {
@@ -728,6 +900,8 @@ static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
 
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
+    TEST(observe_conv_should_equal_observe_of_the_unfolded_matrix),
+    TEST(observe_conv_should_refuse_bad_input),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
     TEST(singd_should_refuse_non_finite_statistics),

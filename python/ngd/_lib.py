@@ -265,6 +265,9 @@ ngd_optim_errmsg = _fn("ngd_optim_errmsg", ctypes.c_char_p, P)
 ngd_conv_out_h = _fn("ngd_conv_out_h", c_size, ctypes.POINTER(ConvGeom))
 ngd_conv_out_w = _fn("ngd_conv_out_w", c_size, ctypes.POINTER(ConvGeom))
 ngd_unfold = _fn("ngd_unfold", ST, ctypes.POINTER(ConvGeom), c_size, P, ctypes.c_bool, P)
+ngd_optim_observe_conv = _fn(
+    "ngd_optim_observe_conv", ST, P, ctypes.c_int, c_size, ctypes.POINTER(ConvGeom), Matrix, Matrix
+)
 ngd_optim_save = _fn("ngd_optim_save", ST, P, ctypes.c_char_p)
 ngd_optim_load = _fn("ngd_optim_load", ST, P, ctypes.c_char_p)
 ngd_optim_save_mem = _fn("ngd_optim_save_mem", ST, P, PP, ctypes.POINTER(c_size))

@@ -357,22 +357,23 @@ class NGDOptimizer(torch.optim.Optimizer):
             c_in, k, s, p, d, groups = e.geom
             if x.dim() == 3:
                 x = x.unsqueeze(0)
-            if x.dtype != torch.float32 or x.device.type != "cpu":
-                raise TypeError("ngd.torch: the input of %s is %s on %s; Conv2d statistics need float32 CPU inputs" % (e.name, x.dtype, x.device))
+            if x.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu":
+                raise TypeError("ngd.torch: the input of %s is %s on %s; Conv2d statistics need float32 or bfloat16 CPU inputs" % (e.name, x.dtype, x.device))
             x = x.contiguous()
             n, c, h, w = x.shape
             geom = _lib.ConvGeom(c, h, w, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], groups)
-            oh, ow = _lib.ngd_conv_out_h(ctypes.byref(geom)), _lib.ngd_conv_out_w(ctypes.byref(geom))
-            rows = n if self._kfac_reduce else n * oh * ow
-            a = torch.empty((rows, e.d_in), dtype=torch.float32)
-            st = _lib.ngd_unfold(ctypes.byref(geom), n, x.data_ptr(), self._kfac_reduce, a.data_ptr())
-            if st != _lib.OK:
-                raise Error(st, "ngd_unfold rejected the geometry of %s" % e.name)
             if g.dim() == 3:
                 g = g.unsqueeze(0)
             gm = g.permute(0, 2, 3, 1).reshape(-1, e.d_out)  # (n, o1, o2) rows, channels columns
-            A, a_keep = _matrix(a, e.d_in, "unfolded input")
+            # the images themselves: libngd unfolds their rows as it reads them, so the im2col
+            # matrix (n*oh*ow x d_in floats) is never formed
+            X, a_keep = _matrix(x.reshape(n, c * h * w), c * h * w, "the input of %s" % e.name)
             G, g_keep = _matrix(gm, e.d_out, "the output gradient of %s" % e.name)
+            st = _lib.ngd_optim_observe_conv(self._opt.handle, e.id, int(batch), ctypes.byref(geom), X, G)
+            if st != _lib.OK:
+                self._opt._check(st, "observe")
+            del a_keep, g_keep
+            return
         st = _lib.ngd_optim_observe(self._opt.handle, e.id, int(batch), A, G)
         if st != _lib.OK:
             self._opt._check(st, "observe")

@@ -1013,25 +1013,14 @@ size_t nn_conv2d_stats_size(const nn_conv2d *l) {
     return nn_mul(l->max_batch, nn_mul(L, l->d_in) + gpart);
 }
 
-nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g) {
-    NN_ASSERT((l->x || l->xb) && (l->dy || l->dyb) && l->n >= 1 && scratch);
+size_t nn_conv2d_stats_g_size(const nn_conv2d *l) {
+    return nn_mul(l->max_batch, l->oh * l->ow * l->c_out);
+}
+
+// g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time, into gbuf (f32) or, in
+// bf16 mode, gbuf16 (rounded on the way: the same values as the GEMMs' dy)
+static ngd_matrix stats_g(const nn_conv2d *l, float *gbuf, uint16_t *gbuf16) {
     const size_t N = l->n, L = l->oh * l->ow, cout = l->c_out;
-    float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;    // the caller's scratch
-    uint16_t *gbuf16 = l->w16 ? (uint16_t *)(void *)gbuf : NULL; // bf16 mode: g in bf16
-    // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
-    // matrix is by construction the one its documentation describes; a bf16 input is
-    // decoded (exactly) into g's part first, which g overwrites after
-    const float *x = l->x;
-    if (!x) {
-        const size_t xs = l->geom.c_in * l->geom.h * l->geom.w;
-        NN_OMP_FOR(N * xs)
-        for (size_t n = 0; n < N; n++)
-            nn_bf16_decode(l->xb + n * xs, gbuf + n * xs, xs);
-        x = gbuf;
-    }
-    if (ngd_unfold(&l->geom, N, x, false, abuf) != NGD_OK) return NN_ERR_ARG;
-    // g (N*L, cout) <- dy (N, cout, L), one sample's transpose at a time
-    // (bf16 mode: rounded on the way, the same values as the GEMMs' dy)
     NN_OMP_FOR(N * L * cout)
     for (size_t n = 0; n < N; n++)
         for (size_t o = 0; o < cout; o++) {
@@ -1053,8 +1042,36 @@ nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd
             for (size_t p = 0; p < L; p++)
                 dst[p * cout] = src[p];
         }
+    return gbuf16 ? ngd_matrix_bf16(gbuf16, N * L, cout) : ngd_matrix_f32(gbuf, N * L, cout);
+}
+
+nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g) {
+    NN_ASSERT((l->x || l->xb) && (l->dy || l->dyb) && l->n >= 1 && scratch);
+    const size_t N = l->n, L = l->oh * l->ow;
+    float *abuf = scratch, *gbuf = scratch + N * L * l->d_in;    // the caller's scratch
+    uint16_t *gbuf16 = l->w16 ? (uint16_t *)(void *)gbuf : NULL; // bf16 mode: g in bf16
+    // a: libngd's own unfold (rows (n, o1, o2), columns (c, k1, k2), group-averaged), so the
+    // matrix is by construction the one its documentation describes; a bf16 input is
+    // decoded (exactly) into g's part first, which g overwrites after
+    const float *x = l->x;
+    if (!x) {
+        const size_t xs = l->geom.c_in * l->geom.h * l->geom.w;
+        NN_OMP_FOR(N * xs)
+        for (size_t n = 0; n < N; n++)
+            nn_bf16_decode(l->xb + n * xs, gbuf + n * xs, xs);
+        x = gbuf;
+    }
+    if (ngd_unfold(&l->geom, N, x, false, abuf) != NGD_OK) return NN_ERR_ARG;
     *a = ngd_matrix_f32(abuf, N * L, l->d_in);
-    *g = gbuf16 ? ngd_matrix_bf16(gbuf16, N * L, cout) : ngd_matrix_f32(gbuf, N * L, cout);
+    *g = stats_g(l, gbuf, gbuf16);
+    return NN_OK;
+}
+
+nn_status nn_conv2d_stats_xg(const nn_conv2d *l, float *scratch, ngd_matrix *x, ngd_matrix *g) {
+    NN_ASSERT((l->x || l->xb) && (l->dy || l->dyb) && l->n >= 1 && scratch);
+    const size_t xs = l->geom.c_in * l->geom.h * l->geom.w;
+    *x = l->x ? ngd_matrix_f32(l->x, l->n, xs) : ngd_matrix_bf16(l->xb, l->n, xs);
+    *g = stats_g(l, scratch, l->w16 ? (uint16_t *)(void *)scratch : NULL);
     return NN_OK;
 }
 

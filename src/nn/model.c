@@ -174,16 +174,18 @@ nn_act nn_maxpool2d_forward_act(nn_maxpool2d *l, const float *x, float *y, uint1
 // and the convolutions' unfold is most of an observe.)
 ngd_status nn_observe_conv2d(ngd_optim *o, nn_model *m, const nn_conv2d *l, int id, size_t batch) {
     if (!ngd_optim_layer_wants_stats(o, id)) return NGD_OK;
-    const size_t need = nn_conv2d_stats_size(l);
+    const size_t need = nn_conv2d_stats_g_size(l);
     if (need > m->stats_n) { // grown to the largest layer's, on the first statistics step
         float *p = nn_malloc(need, sizeof(float));
         if (!p) return NGD_ERR_NOMEM;
         free(m->stats_buf);
         m->stats_buf = p, m->stats_n = need;
     }
-    ngd_matrix a, g;
-    if (nn_conv2d_stats(l, m->stats_buf, &a, &g) != NN_OK) return NGD_ERR_ARG;
-    return ngd_optim_observe(o, id, batch, a, g);
+    // (the input's rows are unfolded by libngd as it reads them: the unfolded matrix, the
+    //  largest buffer of a convolution's statistics, is never formed)
+    ngd_matrix x, g;
+    if (nn_conv2d_stats_xg(l, m->stats_buf, &x, &g) != NN_OK) return NGD_ERR_ARG;
+    return ngd_optim_observe_conv(o, id, batch, &l->geom, x, g);
 }
 
 void nn_model_add_buffer(nn_model *m, const char *name, float *p, size_t n) {

@@ -451,6 +451,12 @@ ngd_layer nn_conv2d_ngd_layer(const nn_conv2d *l, const char *name);
 // which are observed one at a time: the largest layer's, not the sum).
 size_t nn_conv2d_stats_size(const nn_conv2d *l);
 nn_status nn_conv2d_stats(const nn_conv2d *l, float *scratch, ngd_matrix *a, ngd_matrix *g);
+// The same statistics for ngd_optim_observe_conv, without a: x = the layer's input as batch
+// rows of c_in*h*w (f32, or bf16 in bf16 mode; borrowed), g as above, in the caller's scratch
+// of nn_conv2d_stats_g_size(l) floats (batch*L*c_out: 17 MB where a and g took 168 for the
+// cnn's second convolution at batch 128).
+size_t nn_conv2d_stats_g_size(const nn_conv2d *l);
+nn_status nn_conv2d_stats_xg(const nn_conv2d *l, float *scratch, ngd_matrix *x, ngd_matrix *g);
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out);
 // Switches the layer to bf16 GEMMs (allocates its bf16 buffers: NN_ERR_NOMEM).
 nn_status nn_conv2d_use_bf16(nn_conv2d *l);

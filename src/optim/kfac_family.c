@@ -88,9 +88,9 @@ static bool kfac_wants(const ngd_entry *e, size_t t) {
            (e->cfg.kfac.factored_apply && (s->meta.cols == 0 || s->meta.factored));
 }
 
-// Bytes of scratch needed by observe: one chunk of processed rows.
+// Bytes of scratch needed by observe: one chunk (or a Gram block) of processed rows.
 static size_t observe_ws(const ngd_entry *e) {
-    return (size_t)NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) * sizeof(float);
+    return ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out)) * sizeof(float);
 }
 
 // #factored-application: whether n rows cost fewer multiply-adds than the gradient, with
@@ -182,7 +182,7 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
         const float w = k == KF_A ? wa : wg;
         inplace[k] = s->f[k].pend && rows > NGD_STATS_CHUNK &&
                      ngd_stats_gram(e, batch, k == KF_A ? a : g, k == KF_A, w * w,
-                                    s->has_pend ? 1.0f : 0.0f, s->f[k].pend);
+                                    s->has_pend ? 1.0f : 0.0f, s->f[k].pend, chunk);
     }
     for (size_t r0 = 0; r0 < rows && !(inplace[0] && inplace[1]); r0 += NGD_STATS_CHUNK) {
         const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);

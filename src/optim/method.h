@@ -240,12 +240,43 @@ void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, siz
 // (no reduction; a bias column of ones enters as m's column sums and the row count): one
 // product over all rows instead of one per chunk through a scratch (a conv layer's 131072
 // rows of 288: 90-130 ms chunk by chunk, 61-66 in place). With beta != 0, G is symmetric on
-// entry. False, G untouched, where the rows need more than a copy.
+// entry. A convolution's unfolded a (NGD_DT_UNFOLD) is taken a block of ngd_stats_block_rows
+// rows at a time through scratch (ngd_stats_scratch(d) floats). False, G untouched, where the
+// rows need more than a copy.
 bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool kside, float alpha,
-                    float beta, float *G);
+                    float beta, float *G, float *scratch);
 // σ² of docs/algorithms.md#output-gradients (1, N, or N·R), from the unreduced g.
 double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g);
 
 // Row chunk used by streamed statistics (bounds the workspace).
 #define NGD_STATS_CHUNK 256
+// A Gram product over a convolution's rows unfolded as they are read (ngd_optim_observe_conv)
+// takes them a block of about this many floats at a time (16 MB: 14513 rows of 289, so that
+// the products stay long), at least NGD_STATS_CHUNK rows. (The cnn's dense-SINGD observe, ms a
+// step: 17.5-18.5 from the whole unfolded matrix; blocks of 1 MB 23.6-25.5, 4 MB 20.4-21.2,
+// 16 MB 18.5-20.2.)
+#define NGD_STATS_BLOCK_FLOATS ((size_t)1 << 22)
+static inline size_t ngd_stats_block_rows(size_t d) {
+    const size_t r = NGD_STATS_BLOCK_FLOATS / (d ? d : 1);
+    return r > NGD_STATS_CHUNK ? r : NGD_STATS_CHUNK;
+}
+// The floats of an observe's row scratch for statistics of width up to d: a chunk, or a block
+static inline size_t ngd_stats_scratch(size_t d) { return ngd_stats_block_rows(d) * d; }
+
+// ---- a convolution's input, unfolded as it is read (unfold.c) ----
+// ngd_optim_observe_conv hands the methods `a` as a matrix of this internal dtype, whose data
+// is a const ngd_unfold_src *: its rows are those of ngd_unfold (rows (n, o1, o2), columns
+// (c, k1, k2)), never formed whole. ngd_stats_a_rows and ngd_stats_gram read it.
+#define NGD_DT_UNFOLD ((ngd_dtype)0x55)
+typedef struct {
+    ngd_conv_geom g;
+    ngd_matrix x; // batch rows of c_in·h·w (an image each), f32 or bf16
+    size_t oh, ow, cols;
+} ngd_unfold_src;
+// False where the geometry or x does not fit (see ngd_optim_observe_conv)
+bool ngd_unfold_src_init(ngd_unfold_src *u, const ngd_conv_geom *g, size_t batch, ngd_matrix x);
+// Rows [r0, r0+nr) of the unfolded matrix into out (row r at out + (r - r0)·ldo, cols floats)
+void ngd_unfold_rows(const ngd_unfold_src *u, size_t r0, size_t nr, float *out, size_t ldo);
+// The mean of sample n's rows (ngd_unfold's reduce row), cols floats
+void ngd_unfold_mean_row(const ngd_unfold_src *u, size_t n, float *out);
 #endif

@@ -431,17 +431,66 @@ bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer) {
     return entry_wants(o, &o->e[layer]);
 }
 
+// The layer entry of an observe call, or NULL with the message set
+static ngd_entry *observe_entry(ngd_optim *o, int layer, const char *fn) {
+    ngd_entry *e = get_entry(o, layer);
+    if (!e) {
+        ngd_optim_fail(o, NGD_ERR_LAYER, "%s: unknown layer id %d (have %zu)", fn, layer, o->n);
+        return NULL;
+    }
+    if (e->kind != NGD_ENTRY_LAYER) {
+        ngd_optim_fail(o, NGD_ERR_LAYER, "%s: id %d ('%s') is a parameter, not a layer", fn, layer,
+                       e->name);
+        return NULL;
+    }
+    return e;
+}
+
+static ngd_status observe_checked(ngd_optim *o, ngd_entry *e, size_t batch, ngd_matrix a,
+                                  ngd_matrix g);
+
 ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_matrix a, ngd_matrix g) {
     if (!o) return NGD_ERR_ARG;
-    ngd_entry *e = get_entry(o, layer);
-    if (!e)
-        return ngd_optim_fail(o, NGD_ERR_LAYER, "observe: unknown layer id %d (have %zu)", layer,
-                              o->n);
-    if (e->kind != NGD_ENTRY_LAYER)
-        return ngd_optim_fail(o, NGD_ERR_LAYER,
-                              "observe: id %d ('%s') is a parameter, not a "
-                              "layer",
-                              layer, e->name);
+    ngd_entry *e = observe_entry(o, layer, "observe");
+    if (!e) return NGD_ERR_LAYER;
+    if (a.dtype == NGD_DT_UNFOLD) // (libngd's own, for ngd_optim_observe_conv only)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': a has unknown dtype %d", e->name,
+                              (int)a.dtype);
+    return observe_checked(o, e, batch, a, g);
+}
+
+ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch, const ngd_conv_geom *geom,
+                                  ngd_matrix x, ngd_matrix g) {
+    if (!o) return NGD_ERR_ARG;
+    ngd_entry *e = observe_entry(o, layer, "observe_conv");
+    if (!e) return NGD_ERR_LAYER;
+    const char *nm = e->name;
+    if (!geom) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': the geometry is NULL", nm);
+    if (!x.data) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': x has NULL data", nm);
+    if (x.dtype != NGD_F32 && x.dtype != NGD_BF16)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': x has unknown dtype %d", nm,
+                              (int)x.dtype);
+    if (batch == 0) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': batch is 0", nm);
+    ngd_unfold_src u;
+    if (!ngd_unfold_src_init(&u, geom, batch, x)) {
+        if (x.rows != batch || x.cols != geom->c_in * geom->h * geom->w || x.ld < x.cols)
+            return ngd_optim_fail(o, NGD_ERR_SHAPE,
+                                  "layer '%s': x is %zu x %zu (ld %zu), expected batch %zu rows "
+                                  "of c_in*h*w = %zu",
+                                  nm, x.rows, x.cols, x.ld, batch, geom->c_in * geom->h * geom->w);
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "layer '%s': invalid convolution geometry (c_in %zu, groups %zu, "
+                              "input %zux%zu, kernel %zux%zu, stride %zux%zu, padding %zux%zu, "
+                              "dilation %zux%zu)",
+                              nm, geom->c_in, geom->groups, geom->h, geom->w, geom->k1, geom->k2,
+                              geom->s1, geom->s2, geom->p1, geom->p2, geom->dil1, geom->dil2);
+    }
+    ngd_matrix a = {&u, batch * u.oh * u.ow, u.cols, u.cols, NGD_DT_UNFOLD};
+    return observe_checked(o, e, batch, a, g);
+}
+
+static ngd_status observe_checked(ngd_optim *o, ngd_entry *e, size_t batch, ngd_matrix a,
+                                  ngd_matrix g) {
     ngd_status s = ngd_stats_check(o, e, batch, &a, &g);
     if (s) return s;
     if (!entry_wants(o, e)) return NGD_OK;

@@ -161,7 +161,7 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
 // was never written).
 typedef struct {
     float *fK[4], *fC[4]; // slots of sK.n / sC.n floats, as above
-    float *chunk;         // NGD_STATS_CHUNK x max(d_K, d_C): processed statistics rows
+    float *chunk;         // ngd_stats_scratch(max(d_K, d_C)): processed statistics rows
     float *fi;            // from_inner workspace
     float *X, *Y;         // 2 x d_out*d_K: natural-gradient ping-pong
 } singd_ws;
@@ -179,7 +179,7 @@ static size_t side_slots(const singd_state *s, ngd_dtype dt) { return own_decode
 static size_t singd_ws_size(const ngd_entry *e) {
     const singd_state *s = e->ms;
     return side_slots(s, s->dtK) * s->sK.n + side_slots(s, s->dtC) * s->sC.n +
-           NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out) + fi_need(s) + 2 * e->n;
+           ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out)) + fi_need(s) + 2 * e->n;
 }
 
 static float *side_layout(const singd_state *s, ngd_dtype dt, size_t n, float *p, float *f[4]) {
@@ -195,7 +195,7 @@ static singd_ws ws_layout(const ngd_entry *e, float *p) {
     singd_ws w;
     p = side_layout(s, s->dtK, s->sK.n, p, w.fK);
     p = side_layout(s, s->dtC, s->sC.n, p, w.fC);
-    w.chunk = p, p += NGD_STATS_CHUNK * NGD_MAX(e->d_K, e->d_out);
+    w.chunk = p, p += ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out));
     w.fi = p, p += fi_need(s);
     w.X = p, p += e->n;
     w.Y = p;
@@ -348,8 +348,8 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
     const size_t dK = e->d_K, dC = e->d_out;
     const bool gramK = s->sK.kind == NGD_STRUCT_DENSE && rows > dK;
     const bool gramC = s->sC.kind == NGD_STRUCT_DENSE && rows > dC;
-    const bool inK = gramK && ngd_stats_gram(e, batch, a, true, 1.0f, 0.0f, w.fK[2]);
-    const bool inC = gramC && ngd_stats_gram(e, batch, g, false, 1.0f, 0.0f, w.fC[2]);
+    const bool inK = gramK && ngd_stats_gram(e, batch, a, true, 1.0f, 0.0f, w.fK[2], w.chunk);
+    const bool inC = gramC && ngd_stats_gram(e, batch, g, false, 1.0f, 0.0f, w.fC[2], w.chunk);
     for (size_t r0 = 0; r0 < rows && !(inK && inC); r0 += NGD_STATS_CHUNK) {
         size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         float beta = (s->has_H || r0 > 0) ? 1.0f : 0.0f;

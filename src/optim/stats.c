@@ -31,7 +31,8 @@ ngd_status ngd_stats_check(ngd_optim *o, const ngd_entry *e, size_t batch, const
     for (int i = 0; i < 2; i++) {
         if (!ms[i]->data)
             return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': %s has NULL data", nm, which[i]);
-        if (ms[i]->dtype != NGD_F32 && ms[i]->dtype != NGD_BF16)
+        if (ms[i]->dtype != NGD_F32 && ms[i]->dtype != NGD_BF16 &&
+            !(i == 0 && ms[i]->dtype == NGD_DT_UNFOLD)) // (ngd_optim_observe_conv's a)
             return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': %s has unknown dtype %d", nm,
                                   which[i], (int)ms[i]->dtype);
         if (ms[i]->ld < ms[i]->cols)
@@ -66,10 +67,19 @@ void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, con
     size_t dK = e->d_K, din = e->d_in;
     bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
     size_t R = g->rows / batch;
+    if (a->dtype == NGD_DT_UNFOLD && !reduce) { // (all nr rows at once, on the threads)
+        ngd_unfold_rows(a->data, r0, nr, out, dK);
+        if (dK > din)
+            for (size_t r = 0; r < nr; r++)
+                out[r * dK + din] = 1.0f;
+        return;
+    }
     for (size_t r = 0; r < nr; r++) {
         float *o = out + r * dK;
         size_t row = r0 + r;
-        if (!reduce || a->rows == batch) {
+        if (a->dtype == NGD_DT_UNFOLD) {          // a convolution's rows, unfolded as read
+            ngd_unfold_mean_row(a->data, row, o); // (reduce: the sample's mean row)
+        } else if (!reduce || a->rows == batch) {
             if (a->dtype == NGD_F32)
                 memcpy(o, (const float *)a->data + row * a->ld, din * sizeof(float));
             else
@@ -123,10 +133,21 @@ double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g) {
 }
 
 bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool kside, float alpha,
-                    float beta, float *G) {
+                    float beta, float *G, float *scratch) {
     const bool reduce = e->cfg.kfac_approx == NGD_KFAC_REDUCE;
     const size_t d = kside ? e->d_K : e->d_out, dm = kside ? e->d_in : e->d_out;
     const size_t rows = m->rows;
+    if (m->dtype == NGD_DT_UNFOLD) { // blocks of unfolded rows (the bias column's ones with them)
+        if (reduce) return false;
+        const size_t br = ngd_stats_block_rows(d);
+        for (size_t r0 = 0; r0 < rows; r0 += br) {
+            const size_t nr = NGD_MIN(br, rows - r0);
+            ngd_stats_a_rows(e, batch, m, m, r0, nr, scratch);
+            ngd_syrk_full(alpha, (ngd_cview){scratch, d, nr, 1, (ptrdiff_t)d}, r0 ? 1.0f : beta,
+                          ngd_view_rm(G, d, d, d));
+        }
+        return true;
+    }
     if (m->dtype != NGD_F32 || (reduce && !(kside && rows == batch))) return false;
     const float *p = m->data;
     ngd_syrk_full(alpha, (ngd_cview){p, dm, rows, 1, (ptrdiff_t)m->ld}, beta,
