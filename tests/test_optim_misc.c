@@ -666,6 +666,73 @@ static void singd_cached_products_should_follow_loads_and_match_the_plain_path(v
     ngd_optim_free(a), tp_free(&pa);
 }
 
+// Dense factors wider than 1024 take their d x d products by row panels (singd.c
+// panel_rows: the update's L·m_new, the observe's Kᵀ (X Xᵀ) K, bf16 compute's too): P
+// against the plain path, one block as wide as the factor (block-diagonal, dense in value,
+// not in kind), with 1200 rows (the Gram product) on a 1100 -> 1030 layer: two panels a side.
+// bf16 compute against the f32 panels: within bf16's rounding.
+static void singd_run_wide(const char *structure, bool bf16, float *P) {
+    enum { DI = 1100, DO = 1030, NB = 1200 };
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.T = 1, c.lr = 1e-2f, c.damping = 1e-2f, c.keep_last_update = true, c.lr_cov = 0.1f;
+    CHECK(ngd_structure_parse(structure, &c.structure_K) == NGD_OK);
+    c.structure_C = c.structure_K;
+    if (bf16) c.structure_K.dtype = c.structure_C.dtype = c.factor_compute = NGD_BF16;
+    float *w = calloc((size_t)DO * DI, 4), *dw = malloc((size_t)DO * DI * 4);
+    float *b = calloc(DO, 4), *db = malloc(DO * 4);
+    float *a = malloc((size_t)NB * DI * 4), *g = malloc((size_t)NB * DO * 4);
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    ngd_layer Ly = {.name = "wide",
+                    .weight = w,
+                    .weight_grad = dw,
+                    .d_out = DO,
+                    .d_in = DI,
+                    .bias = b,
+                    .bias_grad = db};
+    int id;
+    CHECK(ngd_optim_add_layer(o, &Ly, &id) == NGD_OK);
+    ref_rng r = {31};
+    for (int s = 0; s < 3; s++) {
+        for (size_t i = 0; i < (size_t)NB * DI; i++)
+            a[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < (size_t)NB * DO; i++)
+            g[i] = (float)ref_uniform(&r, -1, 1) / NB;
+        for (size_t i = 0; i < (size_t)DO * DI; i++)
+            dw[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < DO; i++)
+            db[i] = (float)ref_uniform(&r, -1, 1);
+        CHECK(ngd_optim_observe(o, id, NB, ngd_matrix_f32(a, NB, DI), ngd_matrix_f32(g, NB, DO)) ==
+              NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+    }
+    CHECK(ngd_optim_last_update(o, id, P, (size_t)DO * (DI + 1)) == NGD_OK);
+    ngd_optim_free(o);
+    free(w), free(dw), free(b), free(db), free(a), free(g);
+}
+
+static double rel_diff(const float *x, const float *y, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double u = (double)x[i], v = (double)y[i];
+        num += (u - v) * (u - v), den += u * u;
+    }
+    return den > 0 ? sqrt(num / den) : (double)INFINITY;
+}
+
+static void singd_wide_dense_panels_should_match_the_plain_path(void) {
+    const size_t n = (size_t)1030 * 1101;
+    float *pd = malloc(n * 4), *pb = malloc(n * 4), *p16 = malloc(n * 4);
+    singd_run_wide("dense", false, pd);
+    singd_run_wide("block2000diagonal", false, pb);
+    singd_run_wide("dense", true, p16);
+    const double e32 = rel_diff(pb, pd, n), e16 = rel_diff(pd, p16, n);
+    if (getenv("OC_SHOW")) fprintf(stderr, "e32 %.3g e16 %.3g\n", e32, e16);
+    CHECK_MSG(e32 < 1e-5, "f32 panels against the plain path: %.3g", e32);
+    CHECK_MSG(e16 < 3e-2, "bf16 panels against f32: %.3g", e16);
+    free(pd), free(pb), free(p16);
+}
+
 // AdamW and SGD against the rules written out in float64 (torch.optim semantics, ngd.h):
 //   AdamW: w ← w(1 − η·γ); m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
 //          w ← w − η/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + ε)
@@ -909,6 +976,7 @@ static const test_case TESTS[] = {
     TEST(params_should_take_adamw_or_sgd_under_any_method),
     TEST(health_norms_should_match_f64),
     TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),
+    TEST(singd_wide_dense_panels_should_match_the_plain_path),
     TEST(adamw_and_sgd_should_follow_their_f64_rules),
     TEST(singd_health_should_match_the_dense_factors),
     TEST(grad_norm_of_a_large_layer_should_not_depend_on_threads),

@@ -151,16 +151,17 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
 }
 
 // ---- the shared scratch of one layer ----
-// A side's slots of its n stored numbers: [0] its decoded factor, [1] Π(LᵀL), [2] the new
-// momentum (update) or Σ x xᵀ (observe), [3] a product. [2] is [1]: m_new is formed in place
+// A side's slots: [0] its decoded factor, [1] Π(LᵀL), [2] the new momentum (update) or Σ x xᵀ
+// (observe), each of its n stored numbers, and [3] a product: n numbers, or for a dense side a
+// panel of panel_rows(d) rows (products by row panels). [2] is [1]: m_new is formed in place
 // of Π(LᵀL), element by element, and observe uses no Π(LᵀL). [0] has a slot of its own only
 // for bf16 storage in f32 compute, where the decoded L and Π(LᵀL) meet in the update: f32
 // storage is read in place, and bf16 compute decodes only for the health readouts after an
-// update, into [1]. So a dense f32 side holds 2 d² floats, not 4 (the cnn's 4097-wide fc1:
-// 134 MB less allocated; the peak RSS of its dense-SINGD run 67 MB less, as the unused [0]
-// was never written).
+// update, into [1]. So a dense side of d > 1024 holds d² floats and a panel, where it held
+// 4 d² (the cnn's 4097-wide fc1: 197 MB less allocated, 130 MB less peak RSS, as the unused
+// [0] was never written).
 typedef struct {
-    float *fK[4], *fC[4]; // slots of sK.n / sC.n floats, as above
+    float *fK[4], *fC[4]; // the slots, as above
     float *chunk;         // ngd_stats_scratch(max(d_K, d_C)): processed statistics rows
     float *fi;            // from_inner workspace
     float *X, *Y;         // 2 x d_out*d_K: natural-gradient ping-pong
@@ -171,20 +172,36 @@ static size_t fi_need(const singd_state *s) {
                    s->oC->ws_from_inner(&s->sC, NGD_STATS_CHUNK));
 }
 
+// A dense side's products go by row panels of at least NGD_STATS_CHUNK rows and about 1 M
+// floats (slot [3]): the whole d x d product for d up to 1024, 16 panels of 256 rows for the
+// cnn's 4097-wide fc1 (67 MB of scratch less)
+static size_t panel_rows(size_t d) {
+    const size_t r = NGD_MAX(((size_t)1 << 20) / d, (size_t)NGD_STATS_CHUNK);
+    return NGD_MIN(r, d);
+}
+
+static size_t slot3_n(const ngd_sdesc *sd) {
+    return sd->kind == NGD_STRUCT_DENSE ? panel_rows(sd->d) * sd->d : sd->n;
+}
+
 // Whether a side's slot [0] is its own (bf16 storage decoded for f32 compute)
 static bool own_decode(const singd_state *s, ngd_dtype dt) { return dt == NGD_BF16 && !s->bfc; }
 
-static size_t side_slots(const singd_state *s, ngd_dtype dt) { return own_decode(s, dt) ? 3 : 2; }
+static size_t side_floats(const singd_state *s, ngd_dtype dt, const ngd_sdesc *sd) {
+    return (own_decode(s, dt) ? 2 : 1) * sd->n + slot3_n(sd);
+}
 
 static size_t singd_ws_size(const ngd_entry *e) {
     const singd_state *s = e->ms;
-    return side_slots(s, s->dtK) * s->sK.n + side_slots(s, s->dtC) * s->sC.n +
+    return side_floats(s, s->dtK, &s->sK) + side_floats(s, s->dtC, &s->sC) +
            ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out)) + fi_need(s) + 2 * e->n;
 }
 
-static float *side_layout(const singd_state *s, ngd_dtype dt, size_t n, float *p, float *f[4]) {
+static float *side_layout(const singd_state *s, ngd_dtype dt, const ngd_sdesc *sd, float *p,
+                          float *f[4]) {
+    const size_t n = sd->n;
     f[1] = f[2] = p, p += n;
-    f[3] = p, p += n;
+    f[3] = p, p += slot3_n(sd);
     f[0] = f[1];
     if (own_decode(s, dt)) f[0] = p, p += n;
     return p;
@@ -193,8 +210,8 @@ static float *side_layout(const singd_state *s, ngd_dtype dt, size_t n, float *p
 static singd_ws ws_layout(const ngd_entry *e, float *p) {
     const singd_state *s = e->ms;
     singd_ws w;
-    p = side_layout(s, s->dtK, s->sK.n, p, w.fK);
-    p = side_layout(s, s->dtC, s->sC.n, p, w.fC);
+    p = side_layout(s, s->dtK, &s->sK, p, w.fK);
+    p = side_layout(s, s->dtC, &s->sC, p, w.fC);
     w.chunk = p, p += ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out));
     w.fi = p, p += fi_need(s);
     w.X = p, p += e->n;
@@ -290,7 +307,7 @@ static void rows16(const ngd_entry *e, size_t batch, const ngd_matrix *a, const 
 }
 
 // H = beta0 H + alpha Lᵀ (Σ_rows x xᵀ) L for one dense side in bf16 (L: the stored factor).
-// f2, f3: d x d f32 scratch.
+// f2: d x d f32 scratch, f3: a panel (slot [3]).
 static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
                            const ngd_matrix *g, bool kside, float alpha, float *chunk, float *f2,
                            float *f3) {
@@ -312,11 +329,28 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
                           H, d);
         }
     }
-    if (gram) { // H = beta0 H + alpha (Lᵀ G16) L
+    if (gram) { // H = beta0 H + alpha (Lᵀ G16) L, Lᵀ G16 by row panels through f3
         ngd_bf16_encode(f2, s->s16a, d * d);
-        ngd_gemm_bf16(true, false, d, d, d, 1.0f, L, d, s->s16a, d, 0.0f, f3, d);
-        ngd_bf16_encode(f3, s->s16b, d * d);
+        const size_t pr = panel_rows(d);
+        for (size_t r0 = 0; r0 < d; r0 += pr) {
+            const size_t nr = NGD_MIN(pr, d - r0);
+            ngd_gemm_bf16(true, false, nr, d, d, 1.0f, L + r0, d, s->s16a, d, 0.0f, f3, d);
+            ngd_bf16_encode(f3, s->s16b + r0 * d, nr * d);
+        }
         ngd_gemm_bf16(false, false, d, d, d, alpha, s->s16b, d, L, d, beta0, H, d);
+    }
+}
+
+// H = β0 H + α Lᵀ G L (dense, d x d), by row panels of Lᵀ G through t (slot [3])
+static void gram_sandwich(size_t d, const float *L, const float *G, float alpha, float beta0,
+                          float *H, float *t) {
+    const ngd_cview Lv = ngd_cview_rm(L, d, d, d), Lt = ngd_cview_t(Lv);
+    const size_t pr = panel_rows(d);
+    for (size_t r0 = 0; r0 < d; r0 += pr) {
+        const size_t nr = NGD_MIN(pr, d - r0);
+        ngd_gemm(1.0f, ngd_cview_sub(Lt, r0, nr, 0, d), ngd_cview_rm(G, d, d, d), 0.0f,
+                 ngd_view_rm(t, nr, d, d));
+        ngd_gemm(alpha, ngd_cview_rm(t, nr, d, d), Lv, beta0, ngd_view_rm(H + r0 * d, nr, d, d));
     }
 }
 
@@ -372,20 +406,9 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
         }
     }
     const float beta0 = s->has_H ? 1.0f : 0.0f;
-    if (gramK) { // H_K = β0 H_K + α Kᵀ (X Xᵀ) K
-        ngd_cview K = ngd_cview_rm(Kf, dK, dK, dK);
-        ngd_gemm(1.0f, ngd_cview_t(K), ngd_cview_rm(w.fK[2], dK, dK, dK), 0.0f,
-                 ngd_view_rm(w.fK[3], dK, dK, dK));
-        ngd_gemm(alpha_K, ngd_cview_rm(w.fK[3], dK, dK, dK), K, beta0,
-                 ngd_view_rm(s->HK, dK, dK, dK));
-    }
-    if (gramC) {
-        ngd_cview C = ngd_cview_rm(Cf, dC, dC, dC);
-        ngd_gemm(1.0f, ngd_cview_t(C), ngd_cview_rm(w.fC[2], dC, dC, dC), 0.0f,
-                 ngd_view_rm(w.fC[3], dC, dC, dC));
-        ngd_gemm(alpha_C, ngd_cview_rm(w.fC[3], dC, dC, dC), C, beta0,
-                 ngd_view_rm(s->HC, dC, dC, dC));
-    }
+    if (gramK) // H_K = β0 H_K + α Kᵀ (X Xᵀ) K
+        gram_sandwich(dK, Kf, w.fK[2], alpha_K, beta0, s->HK, w.fK[3]);
+    if (gramC) gram_sandwich(dC, Cf, w.fC[2], alpha_C, beta0, s->HC, w.fC[3]);
     s->has_H = 1;
     return NGD_OK;
 }
@@ -415,20 +438,37 @@ static float update_side(const ngd_sdesc *sd, const ngd_structure_ops *ops, ngd_
     for (size_t i = 0; i < n; i++)
         mn[i] = (0.0f + cH * H[i]) + cD * mn[i];
     ops->diag_add(sd, mn, -1.0f);
-    const float *mo = m && alpha1 != 0.0f ? fload(m, dt, n, f[3]) : NULL;
+    // (the old momentum read in the pass: bf16 widened as ngd_bf16_decode does)
+    const bool mom = m && alpha1 != 0.0f;
+    const float *mo = mom && dt == NGD_F32 ? (const float *)m : NULL;
+    const uint16_t *mo16 = mom && dt == NGD_BF16 ? (const uint16_t *)m : NULL;
     float *mf = m && dt == NGD_F32 ? (float *)m : NULL; // f32 momentum: stored in the pass
 #pragma omp parallel for schedule(static) if (n > NGD_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float v = mn[i] * sc;
         if (mo) v += alpha1 * mo[i];
+        if (mo16) v += alpha1 * ngd_bf16_to_f32(mo16[i]);
         mn[i] = v;
         if (mf) mf[i] = v;
     }
     if (m && !mf) fstore(m, dt, n, mn);
     float beta = beta1; // (a NaN in m_new: fmaxf gives 1)
     if (normalize) beta = beta1 / fmaxf(1.0f, ngd_s_maxabs(sd, mn));
-    ops->mul(sd, Lf, mn, f[3]); // L·m_new, exactly in the class (closure)
-    ngd_s_axpy(sd, -beta, f[3], Lf);
+    if (sd->kind == NGD_STRUCT_DENSE) { // by row panels: rows r of L·m_new need rows r of L
+        const size_t d = sd->d, pr = panel_rows(d);
+        for (size_t r0 = 0; r0 < d; r0 += pr) {
+            const size_t nr = NGD_MIN(pr, d - r0), np = nr * d;
+            float *Lr = Lf + r0 * d, *t = f[3];
+            ngd_gemm(1.0f, ngd_cview_rm(Lr, nr, d, d), ngd_cview_rm(mn, d, d, d), 0.0f,
+                     ngd_view_rm(t, nr, d, d));
+#pragma omp parallel for schedule(static) if (np > NGD_PAR_MIN)
+            for (size_t i = 0; i < np; i++) // (ngd_s_axpy's arithmetic)
+                Lr[i] += -beta * t[i];
+        }
+    } else {
+        ops->mul(sd, Lf, mn, f[3]); // L·m_new, exactly in the class (closure)
+        ngd_s_axpy(sd, -beta, f[3], Lf);
+    }
     fstore(L, dt, n, Lf);
     return beta;
 }
@@ -482,11 +522,16 @@ static float update_side16(size_t d, uint16_t *L, uint16_t *m, const float *H, f
         mx = mx > r ? mx : r;
     }
     const float beta = normalize ? beta1 / fmaxf(1.0f, mx) : beta1;
-    ngd_gemm_bf16(false, false, d, d, d, 1.0f, L, d, m16, d, 0.0f, f[3], d); // L·m_new
-    const float *Lm = f[3];
-#pragma omp parallel for schedule(static) if (n > NGD_PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        L[i] = ngd_f32_to_bf16_vec(ngd_bf16_to_f32(L[i]) + -beta * Lm[i]);
+    const size_t pr = panel_rows(d); // L·m_new by row panels (rows r need rows r of L)
+    for (size_t r0 = 0; r0 < d; r0 += pr) {
+        const size_t nr = NGD_MIN(pr, d - r0), np = nr * d;
+        uint16_t *Lr = L + r0 * d;
+        const float *Lm = f[3];
+        ngd_gemm_bf16(false, false, nr, d, d, 1.0f, Lr, d, m16, d, 0.0f, f[3], d);
+#pragma omp parallel for schedule(static) if (np > NGD_PAR_MIN)
+        for (size_t i = 0; i < np; i++)
+            Lr[i] = ngd_f32_to_bf16_vec(ngd_bf16_to_f32(Lr[i]) + -beta * Lm[i]);
+    }
     return beta;
 }
 
@@ -524,7 +569,7 @@ static size_t singd_cache_bytes(const ngd_entry *e) {
 static void after_update(ngd_optim *o, ngd_entry *e, singd_state *s) {
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
-    if (s->bfc) cache16_refresh(e, s, w.fK[3], w.fC[3]);
+    if (s->bfc) cache16_refresh(e, s, w.fK[1], w.fC[1]);
     if (s->KKt || s->CCt) cache_refresh(e, s);
     const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
@@ -685,7 +730,7 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     const bool rows = rows_ready(e);
     s->nrows = s->robs = 0;      // this step's rows are used up
     NGD_ASSERT(!s->bfc || rows); // (bf16 compute without them: singd_precondition_raw)
-    if (s->bfc) cache16_refresh(e, s, w.fK[3], w.fC[3]); // (after a load: formed once)
+    if (s->bfc) cache16_refresh(e, s, w.fK[1], w.fC[1]); // (after a load: formed once)
     if (s->bfc && rows) { // P = (1/c) ((𝒢₁₆ (C Cᵀ)₁₆)₁₆)ᵀ (𝒜₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
         // (rows_pay keeps n below d_C and d_K: n x d_C and n x d_K fit in d_C d_K values)
         ngd_bf16_encode(s->rG, s->s16a, n * dC);
@@ -750,7 +795,7 @@ static void singd_precondition_raw(ngd_optim *o, ngd_entry *e, float inv_scale, 
     const size_t dK = e->d_K, dC = e->d_out, din = e->d_in;
     if (s->bfc) {
         s->nrows = s->robs = 0; // (stale rows, if any, are used up too)
-        cache16_refresh(e, s, w.fK[3], w.fC[3]);
+        cache16_refresh(e, s, w.fK[1], w.fC[1]);
         uint16_t *G16 = s->s16a;
 #pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN)
         for (size_t i = 0; i < dC; i++) {
