@@ -370,12 +370,13 @@ NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *pa
 // statistics included), so the same call can be retried. Memory is planned: each method
 // states the workspace it needs (a work-size query, as LAPACK's lwork) and the optimizer
 // allocates it all at the first observe or step after the last registration (again after a
-// B-KFAC-family layer's first statistics decide its tracks, after ngd_optim_load, and when
-// an observe brings a layer more statistics rows per step than any before). Once the first
-// step is done nothing else allocates, so NGD_ERR_NOMEM can come only from registration,
-// from the calls of the first step, from a load, or from an observe with more rows than any
-// step before. A step checks everything that can fail (planning, missing statistics) before
-// it changes anything, then does every layer's preconditioner maintenance, whose numerical
+// B-KFAC-family layer's first statistics decide its tracks, after ngd_optim_load, when an
+// observe brings a layer more statistics rows per step than any before, and at a layer's
+// first ngd_optim_observe_conv). Once the first step is done nothing else allocates, so
+// NGD_ERR_NOMEM can come only from registration, from the calls of the first step, from a
+// load, from an observe with more rows than any step before, or from a layer's first
+// ngd_optim_observe_conv. A step checks everything that can fail (planning, missing statistics)
+// before it changes anything, then does every layer's preconditioner maintenance, whose numerical
 // failures are absorbed (the previous decomposition kept, counted in health) before any
 // parameter changes. Exceptions: NGD_ERR_INTERNAL (a broken invariant of libngd) and a
 // data-parallel communicator's failure leave the state undefined.
@@ -541,9 +542,11 @@ NGD_API ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float 
 // never formed: libngd unfolds the rows a block at a time as it reads them. x: batch rows
 // (samples) of c_in*h*w values ([c_in, h, w] each, ld >= c_in*h*w), f32 or bf16; g as for
 // ngd_optim_observe (batch*oh*ow rows of d_out). The results equal ngd_optim_observe's up to
-// float32 rounding (sums taken in blocks). Errors: as ngd_optim_observe, and NGD_ERR_ARG (NULL
-// geometry or data, an invalid geometry), NGD_ERR_SHAPE (x not batch x c_in*h*w, or the
-// geometry's (c_in/groups)*k1*k2 not the layer's d_in).
+// float32 rounding (sums taken in blocks). A layer's first call plans the workspace again (a
+// block of about 16 MB for its rows): NGD_ERR_NOMEM can come from it. Errors: as
+// ngd_optim_observe, and NGD_ERR_ARG (NULL geometry or data, an invalid geometry),
+// NGD_ERR_SHAPE (x not batch x c_in*h*w, the geometry's (c_in/groups)*k1*k2 not the layer's
+// d_in, g not batch*oh*ow rows).
 NGD_API ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch,
                                           const ngd_conv_geom *geom, ngd_matrix x, ngd_matrix g);
 

@@ -935,9 +935,10 @@ static void stats_gram_should_match_float64(void) {
     const size_t N = 900, xs = 2 * 16 * 16, urows = N * 256;
     e.cfg.kfac_approx = NGD_KFAC_EXPAND;
     e.d_in = 18, e.d_out = 4, e.d_K = 19;
+    e.unfolded = true; // (as ngd_optim_observe_conv marks its layers)
     CHECK(urows > ngd_stats_block_rows(19) && urows < 2 * ngd_stats_block_rows(19));
     float *x = malloc(N * xs * sizeof *x), *un = malloc(urows * 18 * sizeof *un);
-    float *scratch = malloc(ngd_stats_scratch(19) * sizeof *scratch);
+    float *scratch = malloc(ngd_stats_observe_scratch(&e) * sizeof *scratch);
     uint16_t *x16 = malloc(N * xs * sizeof *x16);
     for (size_t i = 0; i < N * xs; i++) { // bf16 values, so that both inputs hold the same
         x[i] = (float)ref_uniform(&r, -1, 1);

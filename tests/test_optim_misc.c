@@ -212,6 +212,48 @@ static void observe_conv_should_equal_observe_of_the_unfolded_matrix(void) {
     }
 }
 
+// A layer whose output side is wider than its input side (1x1 convolution, d_K = 256 without a
+// bias, d_out = 257): its Gram block of 16384 rows x 256 = 2^22 floats must fit the observe
+// scratch, which a review found sized for the wider side's blocks (16320 x 257, 64 floats
+// fewer: a heap overflow under ASan, an abort without). K-FAC, its P against the plain path.
+static void observe_conv_should_fit_a_block_of_the_narrower_side(void) {
+    const size_t N = 16, cin = 256, L = 32 * 32, cout = 257, n = cout * cin;
+    const ngd_conv_geom geom = {cin, 32, 32, 1, 1, 1, 1, 0, 0, 1, 1, 1};
+    float *x = malloc(N * cin * L * 4), *a = malloc(N * L * cin * 4), *g = malloc(N * L * cout * 4);
+    float *w = calloc(n, 4), *dw = malloc(n * 4), *P[2] = {malloc(n * 4), malloc(n * 4)};
+    ref_rng r = {3};
+    for (size_t i = 0; i < N * cin * L; i++)
+        x[i] = (float)ref_uniform(&r, -1, 1);
+    for (size_t i = 0; i < N * L * cout; i++)
+        g[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
+    for (size_t i = 0; i < n; i++)
+        dw[i] = (float)ref_uniform(&r, -1, 1);
+    CHECK(ngd_unfold(&geom, N, x, false, a) == NGD_OK);
+    for (int conv = 0; conv < 2; conv++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+        c.kfac.T_u = 1, c.kfac.T_i = 1, c.keep_last_update = true;
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer Ly = {.name = "c1x1", .weight = w, .weight_grad = dw, .d_out = cout, .d_in = cin};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &Ly, &id) == NGD_OK);
+        const ngd_matrix gm = ngd_matrix_f32(g, N * L, cout);
+        CHECK((conv ? ngd_optim_observe_conv(o, id, N, &geom, ngd_matrix_f32(x, N, cin * L), gm)
+                    : ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N * L, cin), gm)) == NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        CHECK(ngd_optim_last_update(o, id, P[conv], n) == NGD_OK);
+        ngd_optim_free(o);
+        memset(w, 0, n * 4);
+    }
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double u = (double)P[0][i], v = (double)P[1][i];
+        num += (v - u) * (v - u), den += u * u;
+    }
+    CHECK_MSG(den > 0 && sqrt(num / den) < 1e-5, "P off by %.3g", sqrt(num / den));
+    free(x), free(a), free(g), free(w), free(dw), free(P[0]), free(P[1]);
+}
+
 // The errors of ngd_optim_observe_conv, each naming what is wrong; the public observe refuses
 // the internal dtype that carries its rows
 static void observe_conv_should_refuse_bad_input(void) {
@@ -241,9 +283,10 @@ static void observe_conv_should_refuse_bad_input(void) {
     bad = geom, bad.k2 = 2; // 18 columns, the layer has 27
     CHECK(ngd_optim_observe_conv(o, id, 2, &bad, xm, ngd_matrix_f32(gbuf, 2 * 3 * 4, 4)) ==
               NGD_ERR_SHAPE &&
-          strstr(ngd_optim_errmsg(o), "expected 27"));
+          strstr(ngd_optim_errmsg(o), "(c_in/groups)*k1*k2 = 18, the layer's d_in is 27"));
     CHECK(ngd_optim_observe_conv(o, id, 2, &geom, xm, ngd_matrix_f32(gbuf, 48, 4)) ==
-          NGD_ERR_SHAPE);
+              NGD_ERR_SHAPE &&
+          strstr(ngd_optim_errmsg(o), "g has 48 rows, expected batch*oh*ow = 2*5*5 = 50"));
     ngd_matrix inner = {&geom, 50, 27, 27, (ngd_dtype)0x55};
     CHECK(ngd_optim_observe(o, id, 2, inner, gm) == NGD_ERR_ARG &&
           strstr(ngd_optim_errmsg(o), "unknown dtype"));
@@ -968,6 +1011,7 @@ static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(observe_conv_should_equal_observe_of_the_unfolded_matrix),
+    TEST(observe_conv_should_fit_a_block_of_the_narrower_side),
     TEST(observe_conv_should_refuse_bad_input),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),

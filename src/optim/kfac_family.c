@@ -90,7 +90,7 @@ static bool kfac_wants(const ngd_entry *e, size_t t) {
 
 // Bytes of scratch needed by observe: one chunk (or a Gram block) of processed rows.
 static size_t observe_ws(const ngd_entry *e) {
-    return ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out)) * sizeof(float);
+    return ngd_stats_observe_scratch(e) * sizeof(float);
 }
 
 // #factored-application: whether n rows cost fewer multiply-adds than the gradient, with

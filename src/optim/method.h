@@ -51,6 +51,9 @@ typedef struct ngd_entry {
                         // stale when it changes)
     // statistics bookkeeping
     bool got_stats; // observe() ran at least once for the coming step
+    bool unfolded;  // observed through ngd_optim_observe_conv: the observe scratch holds a Gram
+                    // block (ngd_stats_observe_scratch); set, and the workspace planned again,
+                    // at its first such call
     // method state (owned by the method)
     void *ms;
     // retained preconditioned gradient when cfg.keep_last_update
@@ -260,8 +263,18 @@ static inline size_t ngd_stats_block_rows(size_t d) {
     const size_t r = NGD_STATS_BLOCK_FLOATS / (d ? d : 1);
     return r > NGD_STATS_CHUNK ? r : NGD_STATS_CHUNK;
 }
-// The floats of an observe's row scratch for statistics of width up to d: a chunk, or a block
-static inline size_t ngd_stats_scratch(size_t d) { return ngd_stats_block_rows(d) * d; }
+// The floats of a row scratch that holds a chunk of rows, or a Gram block, of any width up to d
+// (a block of width w < d takes ngd_stats_block_rows(w)·w <= max(BLOCK, CHUNK·w) floats)
+static inline size_t ngd_stats_scratch(size_t d) {
+    const size_t c = (size_t)NGD_STATS_CHUNK * d;
+    return c > NGD_STATS_BLOCK_FLOATS ? c : NGD_STATS_BLOCK_FLOATS;
+}
+// An observe's row scratch for entry e's statistics: chunks of 256 rows of its widths, or
+// for a convolution observed through ngd_optim_observe_conv (e->unfolded) a Gram block too
+static inline size_t ngd_stats_observe_scratch(const struct ngd_entry *e) {
+    const size_t d = e->d_K > e->d_out ? e->d_K : e->d_out;
+    return e->unfolded ? ngd_stats_scratch(d) : (size_t)NGD_STATS_CHUNK * d;
+}
 
 // ---- a convolution's input, unfolded as it is read (unfold.c) ----
 // ngd_optim_observe_conv hands the methods `a` as a matrix of this internal dtype, whose data

@@ -485,7 +485,23 @@ ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch, const n
                               nm, geom->c_in, geom->groups, geom->h, geom->w, geom->k1, geom->k2,
                               geom->s1, geom->s2, geom->p1, geom->p2, geom->dil1, geom->dil2);
     }
-    ngd_matrix a = {&u, batch * u.oh * u.ow, u.cols, u.cols, NGD_DT_UNFOLD};
+    // (the shapes in the caller's terms: the unfolded matrix is libngd's own)
+    const size_t rows = batch * u.oh * u.ow;
+    if (u.cols != e->d_in)
+        return ngd_optim_fail(o, NGD_ERR_SHAPE,
+                              "layer '%s': the geometry's (c_in/groups)*k1*k2 = %zu, the layer's "
+                              "d_in is %zu",
+                              nm, u.cols, e->d_in);
+    if (g.rows != rows)
+        return ngd_optim_fail(o, NGD_ERR_SHAPE,
+                              "layer '%s': g has %zu rows, expected batch*oh*ow = %zu*%zu*%zu = "
+                              "%zu",
+                              nm, g.rows, batch, u.oh, u.ow, rows);
+    if (!e->unfolded) { // its observe scratch grows to hold a Gram block (planned again)
+        e->unfolded = true;
+        o->planned = false;
+    }
+    ngd_matrix a = {&u, rows, u.cols, u.cols, NGD_DT_UNFOLD};
     return observe_checked(o, e, batch, a, g);
 }
 

@@ -162,7 +162,7 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
 // [0] was never written).
 typedef struct {
     float *fK[4], *fC[4]; // the slots, as above
-    float *chunk;         // ngd_stats_scratch(max(d_K, d_C)): processed statistics rows
+    float *chunk;         // ngd_stats_observe_scratch: processed statistics rows
     float *fi;            // from_inner workspace
     float *X, *Y;         // 2 x d_out*d_K: natural-gradient ping-pong
 } singd_ws;
@@ -194,7 +194,7 @@ static size_t side_floats(const singd_state *s, ngd_dtype dt, const ngd_sdesc *s
 static size_t singd_ws_size(const ngd_entry *e) {
     const singd_state *s = e->ms;
     return side_floats(s, s->dtK, &s->sK) + side_floats(s, s->dtC, &s->sC) +
-           ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out)) + fi_need(s) + 2 * e->n;
+           ngd_stats_observe_scratch(e) + fi_need(s) + 2 * e->n;
 }
 
 static float *side_layout(const singd_state *s, ngd_dtype dt, const ngd_sdesc *sd, float *p,
@@ -212,7 +212,7 @@ static singd_ws ws_layout(const ngd_entry *e, float *p) {
     singd_ws w;
     p = side_layout(s, s->dtK, &s->sK, p, w.fK);
     p = side_layout(s, s->dtC, &s->sC, p, w.fC);
-    w.chunk = p, p += ngd_stats_scratch(NGD_MAX(e->d_K, e->d_out));
+    w.chunk = p, p += ngd_stats_observe_scratch(e);
     w.fi = p, p += fi_need(s);
     w.X = p, p += e->n;
     w.Y = p;

@@ -139,6 +139,7 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
     const size_t rows = m->rows;
     if (m->dtype == NGD_DT_UNFOLD) { // blocks of unfolded rows (the bias column's ones with them)
         if (reduce) return false;
+        NGD_ASSERT(e->unfolded && scratch); // (a block fits ngd_stats_observe_scratch)
         const size_t br = ngd_stats_block_rows(d);
         for (size_t r0 = 0; r0 < rows; r0 += br) {
             const size_t nr = NGD_MIN(br, rows - r0);
