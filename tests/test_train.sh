@@ -339,12 +339,25 @@ for opt in singd "singd --no-factored" "singd --structure dense --precision bf16
     W="--widths 64 --batch 64"
     case $opt in *factored) W="--widths 128 --batch 32" ;; esac
     A="--subset 512 $W --seed 3 --epochs 3 --optim $opt $K $Q"
-    "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" >/dev/null 2>&1
+    "$NGD" train $A --max-steps 12 --checkpoint "$D/full.ckpt" --log "$D/full.jsonl" --log-every 1 >/dev/null 2>&1
     "$NGD" train $A --max-steps 5 --checkpoint "$D/half.ckpt" >/dev/null 2>&1
-    "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" >/dev/null 2>&1
+    "$NGD" train $A --max-steps 12 --resume "$D/half.ckpt" --checkpoint "$D/res.ckpt" --log "$D/res.jsonl" --log-every 1 >/dev/null 2>&1
     c1=$("$NGD" eval --resume "$D/full.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     c2=$("$NGD" eval --resume "$D/res.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: resumed run ($c2) differs from uninterrupted ($c1)"
+    # and the resumed steps' health records (factor traces, norms, ranks: they were 0 until the
+    # next preconditioner update)
+    hc=$(/usr/bin/python3 - "$D/full.jsonl" "$D/res.jsonl" <<'PY'
+import json, sys
+def health(p):
+    return {r["step"]: r.get("health") for r in map(json.loads, open(p)) if r.get("type") == "step"}
+a, b = health(sys.argv[1]), health(sys.argv[2])
+same = [k for k in b if k in a]
+print(len(same) if same and all(a[k] == b[k] and a[k] for k in same) else "differ:%s" %
+      [k for k in same if a[k] != b[k]][:3])
+PY
+)
+    [ "$hc" = 7 ] && ok || bad "$opt: the resumed run's health records are not the uninterrupted run's ($hc)"
 done
 # a --no-factored checkpoint resumed without it (ngd train's default, or --factored) takes the
 # batch's rows from its next statistics: it was silently kept on the gradient

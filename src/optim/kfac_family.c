@@ -674,7 +674,7 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
-        .load_meta = kfac_load_meta, .load_undo = kfac_load_undo,                                  \
+        .loaded = kf_health, .load_meta = kfac_load_meta, .load_undo = kfac_load_undo,             \
         .factor_dense = kfac_factor_dense, .combine = kfac_combine, .work = kfac_work,             \
         .publish = kfac_publish, .update_heavy = kfac_heavy,                                       \
     }

@@ -565,18 +565,33 @@ static size_t singd_cache_bytes(const ngd_entry *e) {
     return ((s->KKt ? s->sK.n : 0) + (s->CCt ? s->sC.n : 0)) * sizeof(float);
 }
 
+// The health readouts of the factors (tK, tC: scratch of their sizes, for bf16 storage)
+static void readouts(ngd_entry *e, const singd_state *s, float *tK, float *tC) {
+    const float *Kn = fload(s->K, s->dtK, s->sK.n, tK);
+    e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
+    e->h.norm_K = (float)ngd_s_frob(&s->sK, Kn);
+    const float *Cn = fload(s->C, s->dtC, s->sC.n, tC);
+    e->h.trace_C = (float)ngd_s_avgtrace(&s->sC, Cn);
+    e->h.norm_C = (float)ngd_s_frob(&s->sC, Cn);
+}
+
 // After new factors: the cached products and the health readouts.
 static void after_update(ngd_optim *o, ngd_entry *e, singd_state *s) {
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     s->cache_ok = false; // formed here, so that a step's preconditioning stays 2 products
     if (s->bfc) cache16_refresh(e, s, w.fK[1], w.fC[1]);
     if (s->KKt || s->CCt) cache_refresh(e, s);
-    const float *Kn = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
-    e->h.trace_K = (float)ngd_s_avgtrace(&s->sK, Kn);
-    e->h.norm_K = (float)ngd_s_frob(&s->sK, Kn);
-    const float *Cn = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
-    e->h.trace_C = (float)ngd_s_avgtrace(&s->sC, Cn);
-    e->h.norm_C = (float)ngd_s_frob(&s->sC, Cn);
+    readouts(e, s, w.fK[0], w.fC[0]);
+}
+
+// After a load: the readouts of the loaded factors (no workspace may be planned yet)
+static void singd_loaded(ngd_entry *e) {
+    const singd_state *s = e->ms;
+    const bool b16 = s->dtK == NGD_BF16 || s->dtC == NGD_BF16;
+    float *t = b16 ? ngd_malloc(NGD_MAX(s->sK.n, s->sC.n), sizeof(float)) : NULL;
+    if (b16 && !t) return; // (out of memory: the readouts stay as they were)
+    readouts(e, s, t, t);
+    ngd_free(t);
 }
 
 // β1 of an update step, read once per layer and step before the step changes anything: a
@@ -878,6 +893,7 @@ const ngd_method_ops ngd_singd_ops = {
     .precondition_raw = singd_precondition_raw,
     .rule = &ngd_rule_sgd,
     .arrays = singd_arrays,
+    .loaded = singd_loaded,
     .factor_dense = singd_factor_dense,
     .combine = singd_combine,
     .work = singd_work,
