@@ -610,6 +610,36 @@ if [ "$(id -u)" != 0 ]; then  # root may write anywhere
     expect_rc 1 "--checkpoint in a read-only folder" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/ro/run.ckpt"
     expect_msg "--checkpoint $D/ro/run.ckpt: folder $D/ro is not writable" "read-only folder message"
 fi
+# a read-only checkpoint is refused, as a read-only log is (the rename would replace it): as
+# another user where we are root (root's access() passes), else as ourselves
+"$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/rock.ckpt" >/dev/null 2>&1
+chmod 444 "$D/rock.ckpt"
+if [ "$(id -u)" != 0 ]; then
+    expect_rc 1 "read-only --checkpoint" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/rock.ckpt"
+    expect_msg "--checkpoint $D/rock.ckpt: Permission denied; refusing to replace it" "read-only checkpoint message"
+elif command -v setpriv >/dev/null && chmod 755 "$D" &&
+    setpriv --reuid=nobody --regid=nogroup --clear-groups "$NGD" --version >/dev/null 2>&1; then
+    mkdir "$D/nb"; cp -p "$D/rock.ckpt" "$D/nb/"; chown -R nobody "$D/nb"
+    expect_rc 1 "read-only --checkpoint (as nobody)" setpriv --reuid=nobody --regid=nogroup --clear-groups \
+        "$NGD" train $C --log "$D/nb/t.jsonl" --checkpoint "$D/nb/rock.ckpt"
+    expect_msg "--checkpoint $D/nb/rock.ckpt: Permission denied; refusing to replace it" "read-only checkpoint message"
+    [ "$(stat -c %a "$D/nb/rock.ckpt")" = 444 ] && ok || bad "the read-only checkpoint was replaced"
+else
+    echo "SKIP: no setpriv to run as another user: read-only --checkpoint not tested"
+fi
+# a name whose temporary file (NAME.tmp.<pid>) is over the file system's 255 bytes
+long=$(printf 'c%.0s' $(seq 250))
+expect_rc 1 "--checkpoint of a 250-byte name" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/$long"
+expect_msg "the name with '.tmp.<pid>' (the temporary file written first) is too long" "long checkpoint name message"
+# a file-size limit (ulimit -f, in KiB) below the checkpoint's size: a message naming the
+# file and the limit, exit 1, no temporary left (it was a silent SIGXFSZ, exit 153)
+rm -rf "$D/fs"; mkdir "$D/fs"
+( ulimit -f 300; "$NGD" train --subset 256 --widths 256 --batch 64 --max-steps 2 --quiet \
+    --log "$D/fs/t.jsonl" --checkpoint "$D/fs/big.ckpt" ) >"$D/out" 2>&1
+rc=$?
+[ "$rc" = 1 ] && grep -q -- "--checkpoint $D/fs/big.ckpt: .*File too large" "$D/out" &&
+    grep -q "ulimit -f" "$D/out" && ok || bad "file-size limit: rc $rc, $(tail -2 "$D/out")"
+[ -z "$(ls "$D/fs" | grep tmp)" ] && ok || bad "file-size limit: a temporary file was left: $(ls "$D/fs")"
 if [ -d /proc/self ]; then  # a folder whose permission bits do not tell (root, a pseudo file system)
     expect_rc 1 "--checkpoint in /proc" "$NGD" train $C --log "$D/t.jsonl" --checkpoint /proc/ngd-test.ckpt
     expect_msg "--checkpoint /proc/ngd-test.ckpt: folder /proc is not writable" "/proc folder message"

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +64,11 @@ char *cli_read_file(const char *path, size_t *len, const char *what) {
     long n = -1;
     if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
     if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) b = malloc((size_t)n + 1);
+    if (!b && n >= 0) { // (not the file's fault: say so)
+        cli_error(NULL, "%s%s: out of memory reading its %ld bytes", what, path, n);
+        fclose(f);
+        return NULL;
+    }
     if (!b || (n > 0 && fread(b, 1, (size_t)n, f) != (size_t)n)) {
         cli_error(NULL, "%s%s: read failed", what, path);
         free(b);
@@ -100,7 +106,11 @@ int cli_probe_output(const char *path) {
 
 const char *cli_write_hint(const char *msg, const char *otherwise) {
     if (strstr(msg, strerror(ENOSPC)) || strstr(msg, strerror(EDQUOT)))
-        return "the disk is full: free some space there, or write to another disk";
+        return "the disk is full (a checkpoint is written beside the old one, so it needs room "
+               "for both): free some space there, or write to another disk";
+    if (strstr(msg, strerror(EFBIG)))
+        return "the file is larger than this process may write (ulimit -f): raise the limit, "
+               "or write where none applies";
     return otherwise;
 }
 
@@ -195,6 +205,9 @@ static int check_env(void) {
 
 int main(int argc, char **argv) {
     atexit(close_stdout);
+    // a file-size limit (ulimit -f) makes a write fail with EFBIG, which every writer reports
+    // with the file's name and cleans up after, instead of killing the process unannounced
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return NGD_EXIT_USAGE;

@@ -83,6 +83,12 @@ int trainckpt_check_target(const char *path) {
                       path);
             return -1;
         }
+        // (the rename would replace it regardless of its mode: as a read-only log is refused)
+        if (access(path, W_OK) != 0) {
+            cli_error("make it writable, or give --checkpoint another path",
+                      "--checkpoint %s: %s; refusing to replace it", path, strerror(errno));
+            return -1;
+        }
     } else if (errno != ENOENT) {
         cli_error("give --checkpoint a path in a folder you can write", "--checkpoint %s: %s", path,
                   strerror(errno));
@@ -102,8 +108,14 @@ int trainckpt_check_target(const char *path) {
                   errno ? strerror(errno) : "not a folder");
         rc = -1;
     } else if (access(dir, W_OK | X_OK) != 0 || cli_probe_output(path) != 0) {
-        cli_error("give --checkpoint a path in a folder you can write",
-                  "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
+        if (errno == ENAMETOOLONG) // (the temporary file's name, PATH.tmp.<pid>, is longer)
+            cli_error("give --checkpoint a shorter file name",
+                      "--checkpoint %s: the name with '.tmp.<pid>' (the temporary file written "
+                      "first) is too long",
+                      path);
+        else
+            cli_error("give --checkpoint a path in a folder you can write",
+                      "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
         rc = -1;
     }
     free(copy);
