@@ -174,6 +174,14 @@ case "$NGD" in
     printf '%s\n' "$out" | grep '^{' | python3 -c 'import json,sys; j=json.loads(sys.stdin.readline()); sys.exit(0 if 0 < j["peak_rss_mib"] < 36 and j["sgemm_gflops"] > 0 else 1)' && ok || { bad "bench train: peak RSS counts the sgemm buffers"; printf '%s\n' "$out" | tail -1; }
     ;;
 esac
+# a SIGTERM to bench train ends the configuration's process too (it ran on to its end, taking
+# the cores): the child is found by its unusual step count
+"$NGD" bench train --model mlp --widths 16 --optim sgd --batch 8 --steps 987653 --warmup 1 --threads 1 >/dev/null 2>&1 &
+bp=$!
+for _ in $(seq 50); do pgrep -f -- '--steps 987653' | grep -qv "^$bp\$" && break; sleep 0.1; done
+kill -TERM $bp; wait $bp 2>/dev/null
+for _ in $(seq 50); do pgrep -f -- '--steps 987653' >/dev/null || break; sleep 0.1; done
+pgrep -f -- '--steps 987653' >/dev/null && { bad "bench train: its child outlived a SIGTERM"; pkill -f -- '--steps 987653'; } || ok
 # bench train --T-u/--T-i reach the K-FAC family's config: timed steps are whole T_i periods
 out=$("$NGD" bench train --model mlp --widths 16 --optim kfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 2 --T-i 6 --json 2>&1)
 printf '%s\n' "$out" | grep -q '"steps":6,"period":6,' && ok || { bad "bench train --T-u 2 --T-i 6: period"; printf '%s\n' "$out" | tail -2; }

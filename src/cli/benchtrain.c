@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -401,9 +402,13 @@ static int run_forked(const bt_cfg *c, const bt_opts *o, bt_result *r, long *rss
     int fd[2];
     if (pipe(fd)) return -1;
     fflush(stdout), fflush(stderr);
+    const pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) return close(fd[0]), close(fd[1]), -1;
     if (pid == 0) {
+        // ends with its parent (a SIGINT / SIGTERM to ngd bench train, or a kill): a configuration
+        // no one waits for would run on, taking the cores
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(1);
         close(fd[0]);
         bt_result res;
         run_one(c, o, &res);
