@@ -423,6 +423,12 @@ rm -f "$D/sig.jsonl"
 "$NGD" train --widths 64 --batch 64 --seed 3 --threads 1 --log-every 1 --log "$D/sig.jsonl" > "$D/sig.out" 2>&1 &
 pid=$!
 wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGTERM (full set): the run never logged a step"
+# a second run on a log that a run is writing is refused, before it touches it (two runs on
+# one path, e.g. the default runs/<model>-<data>-<optim>.jsonl, interleaved their records; a
+# new run's "w" emptied the other's log at once)
+expect_rc 1 "a second run on a log in use" "$NGD" train --subset 256 --widths 16 --max-steps 2 --quiet --log "$D/sig.jsonl"
+expect_msg "--log $D/sig.jsonl: another ngd run is writing this log" "log in use message"
+grep -q '"type":"step"' "$D/sig.jsonl" && ok || bad "the refused run emptied the other run's log"
 kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
 [ "$rc" -eq 143 ] && ok || bad "SIGTERM (full set): exit $rc, want 143"
 expect_msg ", not evaluated; log $D/sig.jsonl" "a run stopped before evaluating says so"
@@ -730,6 +736,9 @@ expect_rc 2 "chargpt on image data" "$NGD" train --model chargpt $Q
 expect_msg "cannot train on" "model/data mismatch message"
 expect_rc 2 "image model on text" "$NGD" train --data shakespeare --model mlp $Q
 expect_rc 1 "missing text" "$NGD" train --data shakespeare --data-dir "$D/nowhere" $Q
+# a batch's activations that do not fit (attention's context² a head: 40 GB here) say what to lower
+expect_rc 1 "--context 100000" "$NGD" train --data shakespeare --context 100000 --batch 1 --max-steps 1 $Q
+expect_msg "use a smaller --batch or --context" "out-of-memory hint of a text model"
 expect_msg "$D/nowhere/input.txt" "missing text names the path"
 expect_msg "hint:" "missing text gives a hint"
 SHK=$(cd "$(dirname "$0")/../.." && pwd)/shared/data/tinyshakespeare

@@ -314,8 +314,14 @@ int train_run(const train_opts *t, bool eval_only) {
         goto done;
     }
     nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
-    if (ns != NN_OK) {
-        cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models" : NULL, "%s", err);
+    if (ns != NN_OK) { // (out of memory: the activations of one batch did not fit)
+        cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models"
+                  : ns == NN_ERR_NOMEM
+                      ? (t->text ? "a batch's activations did not fit: use a smaller --batch or "
+                                   "--context (attention holds context² values a head)"
+                                 : "a batch's activations did not fit: use a smaller --batch")
+                      : NULL,
+                  "%s", err);
         rc = ns == NN_ERR_ARG ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
         goto done;
     }
@@ -661,7 +667,14 @@ int train_run(const train_opts *t, bool eval_only) {
     char crc[16]; // of the final parameters: what `ngd eval` of its checkpoint prints
     snprintf(crc, sizeof crc, "%08x", (unsigned)train_params_crc(&m));
     cJSON_AddStringToObject(j, "parameters_crc", crc);
-    if (trainlog_line(logf, logpath, j)) rc = NGD_EXIT_FAIL;
+    // a new run that ends (a signal, a failure) before its first step leaves the log as it was
+    // (as it leaves the checkpoint): no record of a run that did nothing replaces a run's log
+    const bool abandoned =
+        (rc != NGD_EXIT_OK || train_stop_signal) && rs.step == 0 && trainlog_abandon(logf, logpath);
+    if (abandoned)
+        cJSON_Delete(j);
+    else if (trainlog_line(logf, logpath, j))
+        rc = NGD_EXIT_FAIL;
     if (dist_root() &&
         (!t->quiet || rc == NGD_EXIT_OK)) { // stopped before any evaluation: no "nan%"
         char result[96];
@@ -671,7 +684,8 @@ int train_run(const train_opts *t, bool eval_only) {
             snprintf(result, sizeof result, "%s accuracy %.2f%% (loss %.4f)", split,
                      100 * last_test_acc, last_test_loss);
         printf("%s %s on %s: %zu step%s in %.1f s, %s; log %s%s%s\n", ngd_method_name(t->method),
-               t->model, t->data, rs.step, rs.step == 1 ? "" : "s", wall, result, logpath,
+               t->model, t->data, rs.step, rs.step == 1 ? "" : "s", wall, result,
+               abandoned ? "none written" : logpath,
                saved && saved == t->ckpt ? ", checkpoint " : "",
                saved && saved == t->ckpt ? t->ckpt : "");
     }

@@ -227,6 +227,9 @@ double train_now_s(void);
 int train_check_outputs(const train_opts *t);
 // Opens the log (its path into path); NULL after an error.
 FILE *trainlog_open(const train_opts *t, char *path, size_t cap);
+// A new run that ends before writing any record: its log is left as it was (or, created by
+// the run, removed). False (nothing done) once a record was written, and for a resumed run.
+bool trainlog_abandon(FILE *f, const char *path);
 // Writes one record o (and frees it) and flushes. -1 when the log cannot be written.
 int trainlog_line(FILE *f, const char *path, cJSON *o);
 // The per-layer health records of a step record.

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,10 +23,24 @@ double train_now_s(void) {
 
 // Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
 // /dev/full), with an error naming it the first time.
+// A new run's log is opened without truncating it and emptied at its first record, so that a
+// run stopped (or failed) before writing any leaves an earlier log at that path as it was
+// (trainlog_abandon); created: it did not exist before.
+static bool log_unwritten, log_created;
+
 int trainlog_line(FILE *f, const char *path, cJSON *o) {
     if (!f) {
         cJSON_Delete(o);
         return 0;
+    }
+    struct stat sb;
+    if (log_unwritten) { // (a FIFO or a device is not truncated: "w" did not either)
+        log_unwritten = false;
+        if (fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode) && ftruncate(fileno(f), 0) != 0) {
+            cli_error("give --log another file", "--log %s: %s", path, strerror(errno));
+            cJSON_Delete(o);
+            return -1;
+        }
     }
     const bool failed_before = ferror(f) != 0;
     char *s = cJSON_PrintUnformatted(o);
@@ -134,17 +149,39 @@ FILE *trainlog_open(const train_opts *t, char *path, size_t cap) {
                   strerror(errno));
         return NULL;
     }
-    FILE *f = fopen(path, t->resume ? "a+" : "w");
+    struct stat sb;
+    const bool existed = stat(path, &sb) == 0;
+    FILE *f = fopen(path, t->resume ? "a+" : "a"); // (a new run's: emptied at its first record)
     if (!f) {
         cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
         return NULL;
     }
+    // one run a log: two runs on one path (the default runs/<model>-<data>-<optim>.jsonl of
+    // two runs started side by side) interleaved their records
+    if (flock(fileno(f), LOCK_EX | LOCK_NB) != 0) {
+        const int e = errno;
+        if (e == EWOULDBLOCK)
+            cli_error("give this run another --log (and --checkpoint), or wait for the other",
+                      "--log %s: another ngd run is writing this log", path);
+        else
+            cli_error("use --log FILE on a local disk", "--log %s: cannot lock it: %s", path,
+                      strerror(e));
+        fclose(f);
+        return NULL;
+    }
+    log_unwritten = !t->resume, log_created = !existed;
     if (t->resume && trim_partial_line(f) != 0) {
         cli_error(NULL, "--log %s: cannot cut its unfinished last line: %s", path, strerror(errno));
         fclose(f);
         return NULL;
     }
     return f;
+}
+
+bool trainlog_abandon(FILE *f, const char *path) {
+    if (!f || !log_unwritten) return false;
+    if (log_created) unlink(path); // (created by this run, and still empty)
+    return true;
 }
 
 // Two paths name the same file: the same string, or (both existing) the same inode.
