@@ -216,6 +216,39 @@ def test_every_method_trains_linear_and_conv(name):
     assert all(h["updates"] >= 1 for h in opt.health())
 
 
+def test_bf16_autocast_conv_inputs(monkeypatch):
+    """Under CPU autocast a later convolution's input is bfloat16: it goes to libngd as the
+    bf16 images (ngd_optim_observe_conv unfolds them as it reads them; it was refused with a
+    TypeError), and training works, the same as from the float32 images within bf16's rounding."""
+    orig = ngd.torch._matrix
+
+    def run(autocast):
+        torch.manual_seed(7)
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+        g = torch.Generator().manual_seed(8)
+        x = torch.randn(16, 2, 7, 7, generator=g)
+        y = torch.randint(0, 3, (16,), generator=g)
+        opt = ngd.torch.KFAC(model, lr=0.5, T_u=1, T_i=2)
+        dtypes = []
+        monkeypatch.setattr(ngd.torch, "_matrix", lambda t, c, w: (dtypes.append((w, t.dtype)), orig(t, c, w))[1])
+        losses = []
+        for _ in range(20):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, dtypes
+    l16, d16 = run(True)
+    l32, _ = run(False)
+    conv2_x = {t for w, t in d16 if w == "the input of 2"}
+    assert conv2_x == {torch.bfloat16}, d16[:6]
+    assert np.isfinite(l16).all() and l16[-1] < 0.3 * l16[0], l16
+    assert abs(l16[-1] - l32[-1]) < 0.1 * l32[0], (l16[-1], l32[-1])
+
+
 def test_per_layer_structures_and_reduce():
     torch.manual_seed(9)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 5 * 5, 4))
