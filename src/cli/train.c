@@ -447,7 +447,12 @@ int train_run(const train_opts *t, bool eval_only) {
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
             // resumes exactly where an uninterrupted run would continue
-            bool halt = (t->max_steps && rs.step >= t->max_steps) || train_stop_signal ||
+            // (--max-steps equal to the planned steps: the last epoch still ends as an epoch,
+            // with its evaluation, and the run is complete, not stopped)
+            const bool all_drawn =
+                rs.epoch + 1 == t->epochs && train_steps_into_epoch(t, &ld, tip) >= per_epoch;
+            bool halt = (t->max_steps && rs.step >= t->max_steps && !all_drawn) ||
+                        train_stop_signal ||
                         (t->time_budget > 0 && train_now_s() - t_start >= (double)t->time_budget);
             if (dist_on()) halt = dist_max_int(halt) != 0; // mpirun: the ranks stop together
             if (halt) {
