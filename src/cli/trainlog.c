@@ -21,13 +21,13 @@ double train_now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
-// /dev/full), with an error naming it the first time.
 // A new run's log is opened without truncating it and emptied at its first record, so that a
 // run stopped (or failed) before writing any leaves an earlier log at that path as it was
 // (trainlog_abandon); created: it did not exist before.
 static bool log_unwritten, log_created;
 
+// Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
+// /dev/full), with an error naming it the first time.
 int trainlog_line(FILE *f, const char *path, cJSON *o) {
     if (!f) {
         cJSON_Delete(o);
@@ -158,14 +158,10 @@ FILE *trainlog_open(const train_opts *t, char *path, size_t cap) {
     }
     // one run a log: two runs on one path (the default runs/<model>-<data>-<optim>.jsonl of
     // two runs started side by side) interleaved their records
-    if (flock(fileno(f), LOCK_EX | LOCK_NB) != 0) {
-        const int e = errno;
-        if (e == EWOULDBLOCK)
-            cli_error("give this run another --log (and --checkpoint), or wait for the other",
-                      "--log %s: another ngd run is writing this log", path);
-        else
-            cli_error("use --log FILE on a local disk", "--log %s: cannot lock it: %s", path,
-                      strerror(e));
+    // (a file system without locks, ENOLCK on some NFS mounts: the run goes on unguarded)
+    if (flock(fileno(f), LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        cli_error("give this run another --log (and --checkpoint), or wait for the other",
+                  "--log %s: another ngd run is writing this log", path);
         fclose(f);
         return NULL;
     }
