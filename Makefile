@@ -5,6 +5,7 @@
 #   make check        the plain suite only (faster)
 #   make bench        speed / memory benchmarks (never part of the tests)
 #   make bench-compare  PyTorch (Debian's) and ngd bench train side by side: ms/step, ratios
+#   make bench-kfac-author AUTHOR=DIR  the author's K-FAC / B-KFAC code and ngd train: one epoch
 #   make mutate       mutation testing: plants the bugs of scripts/mutations.txt one at a time
 #                     in a scratch copy, runs the plain suite, reports which survive (never
 #                     part of the tests; MUTATE_ARGS='-o 1,3' etc., see scripts/mutate.sh -h)
@@ -97,7 +98,7 @@ NGD := $(BUILD)/ngd
 # keep test objects between builds
 .SECONDARY:
 
-.PHONY: all run test check bench bench-compare examples install uninstall clean format format-check tidy deps deps-test \
+.PHONY: all run test check bench bench-compare bench-kfac-author examples install uninstall clean format format-check tidy deps deps-test \
         mutate
 all: $(LIBA) $(LIBSO) $(NGD)
 
@@ -253,6 +254,20 @@ bench-compare:
 	@$(MAKE) --no-print-directory all
 	@$(PYTHON) bench/compare.py --ngd $(NGD) --python $(PYTHON) --models $(MODELS) \
 	    --threads $(THREADS) --rounds $(ROUNDS) $(COMPARE)
+
+# `make bench-kfac-author AUTHOR=DIR`: bench/kfac_author.py times one Fashion-MNIST epoch of the
+# MLP (T_u 20, T_i 100) with the author's K-FAC and B-KFAC (DIR: a checkout of
+# github.com/ConstantinPuiu/Distributed_Brand_and_Randomized_KFACs, not in Debian; run on the
+# CPU) and with `ngd train`, alternately, ROUNDS times on THREADS threads; prints seconds, author
+# / ngd and test accuracies. Never part of the tests.
+AUTHOR ?=
+bench-kfac-author:
+	@test -n "$(AUTHOR)" || { echo "make bench-kfac-author: give AUTHOR=DIR, a checkout of" \
+	    "github.com/ConstantinPuiu/Distributed_Brand_and_Randomized_KFACs" >&2; exit 1; }
+	@bash scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@$(PYTHON) bench/kfac_author.py --author $(AUTHOR) --ngd $(NGD) --python $(PYTHON) \
+	    --threads $(THREADS) --rounds $(ROUNDS)
 
 run: deps all
 	@bash scripts/run.sh $(BUILD)
