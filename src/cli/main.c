@@ -167,7 +167,7 @@ static void close_stdout(void) {
 // The switches libngd and the engine read from the environment (README): the library never
 // prints, so a value it does not know would be ignored in silence; the command refuses it.
 // (NGD_DIST_SHARE is dist.c's, checked under mpirun.)
-static int check_env(void) {
+static int check_env(int argc, char **argv) {
     static const char *const VARS[][2] = {
         {"NGD_F32_GEMM", "sgemm|matmul"},
         {"NGD_BF16_GEMM", "matmul|gemm|convert"},
@@ -192,13 +192,20 @@ static int check_env(void) {
     }
 #ifdef _OPENMP
     // libgomp takes any OMP_NUM_THREADS and then fails to start that many threads (a crash
-    // in the first parallel region): ngd's --threads range, 1 to 1024, holds here too
-    if (omp_get_max_threads() > 1024) {
+    // in the first parallel region): ngd's --threads range, 1 to 1024, holds here too, unless
+    // the command line gives --threads, which the command applies (omp_set_num_threads) before
+    // its first parallel region
+    bool threads_opt = false;
+    for (int i = 2; i < argc && strcmp(argv[i], "--"); i++)
+        threads_opt |= !strcmp(argv[i], "--threads") || !strncmp(argv[i], "--threads=", 10);
+    if (omp_get_max_threads() > 1024 && !threads_opt) {
         const char *v = getenv("OMP_NUM_THREADS");
         cli_error("give OMP_NUM_THREADS (or --threads) at most 1024",
                   "OMP_NUM_THREADS=%s: more threads than ngd runs (1024)", v ? v : "?");
         return -1;
     }
+#else
+    (void)argc, (void)argv;
 #endif
     return 0;
 }
@@ -234,7 +241,7 @@ int main(int argc, char **argv) {
         printf("ngd %s\n", ngd_version());
         return NGD_EXIT_OK;
     }
-    if (check_env()) return NGD_EXIT_USAGE;
+    if (check_env(argc, argv)) return NGD_EXIT_USAGE;
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         if (COMMANDS[i].fn && !strcmp(argv[1], COMMANDS[i].name))
             return COMMANDS[i].fn(argc - 1, argv + 1);
