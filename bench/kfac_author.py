@@ -41,6 +41,7 @@ DATA = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 METHODS = {  # ngd's name: (the author's module in solvers/, its class)
     "kfac": ("distributed_kfac_lean_Kfactors_batchsize", "KFACOptimizer"),
     "bkfac": ("distributed_B_kfac_lean_Kfactors_batchsize", "B_KFACOptimizer"),
+    "rskfac": ("distributed_R_kfac_lean_Kfactors_batchsize", "R_KFACOptimizer"),
 }
 
 
@@ -68,8 +69,8 @@ def count(data, split):
         return int.from_bytes(f.read(8)[4:8], "big")
 
 
-def author_modules(author):
-    """Imports the author's K-FAC and B-KFAC modules from the checkout, for the CPU."""
+def author_optimizer(author, method):
+    """The author's optimizer class of method, imported from the checkout, for the CPU."""
     import importlib
     import torch
     import types
@@ -89,12 +90,10 @@ def author_modules(author):
         def device(spec, *a):
             return torch.device("cpu") if str(spec).startswith("cuda") else torch.device(spec, *a)
 
-    mods = {}
-    for m, (modname, cls) in METHODS.items():
-        mod = importlib.import_module(f"{PKG}.solvers.{modname}")
-        mod.torch = CpuTorch("torch")
-        mods[m] = getattr(mod, cls)
-    return mods
+    modname, cls = METHODS[method]
+    mod = importlib.import_module(f"{PKG}.solvers.{modname}")
+    mod.torch = CpuTorch("torch")
+    return getattr(mod, cls)
 
 
 def worker(a):
@@ -106,7 +105,7 @@ def worker(a):
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    opt_cls = author_modules(a.author)[a.worker]
+    opt_cls = author_optimizer(a.author, a.worker)
     with tempfile.TemporaryDirectory() as d:
         dist.init_process_group("gloo", init_method="file://" + os.path.join(d, "pg"), rank=0,
                                 world_size=1)
@@ -132,10 +131,13 @@ def worker(a):
         kw = dict(rank=0, world_size=1, batch_size=a.batch, lr_function=lr_exp, momentum=0.0,
                   stat_decay=0.95, damping=0.1, kl_clip=0.07, weight_decay=7e-4, TCov=a.T_u,
                   TInv=a.T_i)
-        if a.worker == "bkfac":
+        if a.worker == "bkfac":  # fixed ranks (ngd's), each Brand update every TCov (ngd's m_B 1)
             kw.update(rsvd_rank=220, brand_update_multiplier_to_TCov=1,
                       B_truncate_before_inversion=False, adaptable_rsvd_rank=False,
                       adaptable_B_rank=False)
+        elif a.worker == "rskfac":  # its RSVD: rank 220, oversampling 10, 3 power iterations
+            kw.update(rsvd_rank=220, adaptable_rsvd_rank=False,
+                      work_eff_alloc_with_time_measurement=False)
         opt = opt_cls(model, **kw)
         loss_fn = nn.CrossEntropyLoss()
         steps = xtr.shape[0] // a.batch  # full batches, as ngd
@@ -194,7 +196,7 @@ def main():
     ap.add_argument("--ngd", default="build/ngd", help="the ngd binary (build/ngd)")
     ap.add_argument("--python", default="/usr/bin/python3",
                     help="the Python with Debian's torch (/usr/bin/python3)")
-    ap.add_argument("--methods", default="kfac,bkfac", help="kfac, bkfac (kfac,bkfac)")
+    ap.add_argument("--methods", default="kfac,bkfac", help="kfac, bkfac, rskfac (kfac,bkfac)")
     ap.add_argument("--rounds", type=int, default=3, help="author/ngd alternations (3)")
     ap.add_argument("--threads", type=int, default=2, help="threads of both sides (2)")
     ap.add_argument("--batch", type=int, default=128, help="batch size (128)")

@@ -58,6 +58,10 @@ class KFACOptimizer(torch.optim.Optimizer):
 
 class B_KFACOptimizer(KFACOptimizer):
     pass
+
+
+class R_KFACOptimizer(KFACOptimizer):
+    pass
 '''
 
 
@@ -86,7 +90,8 @@ def make_author(d):
     for f in ("__init__.py", os.path.join("solvers", "__init__.py")):
         open(os.path.join(pkg, f), "w").close()
     for mod in ("distributed_kfac_lean_Kfactors_batchsize",
-                "distributed_B_kfac_lean_Kfactors_batchsize"):
+                "distributed_B_kfac_lean_Kfactors_batchsize",
+                "distributed_R_kfac_lean_Kfactors_batchsize"):
         with open(os.path.join(pkg, "solvers", mod + ".py"), "w") as f:
             f.write(STAND_IN)
     return pkg
@@ -102,7 +107,9 @@ def test_worker_runs_the_author_code_on_the_cpu(tmp_path):
     author = make_author(str(tmp_path))
     for method, extra in (("kfac", ""), ("bkfac", "B_truncate_before_inversion,adaptable_B_rank,"
                                          "adaptable_rsvd_rank,brand_update_multiplier_to_TCov,"
-                                         "rsvd_rank")):
+                                         "rsvd_rank"),
+                          ("rskfac", "adaptable_rsvd_rank,rsvd_rank,"
+                                     "work_eff_alloc_with_time_measurement")):
         p = run(["--worker", method, "--author", author, "--data", str(tmp_path), "--batch", "64",
                  "--threads", "1"])
         assert p.returncode == 0, p.stderr
@@ -132,4 +139,4 @@ def test_refuses_a_folder_without_the_author_code(tmp_path):
     assert p.returncode == 1
     assert "no solvers/distributed_B_kfac_lean_Kfactors_batchsize.py" in p.stderr, p.stderr
     p = run(["--author", str(tmp_path), "--methods", "kfac,sgd", "--ngd", NGD])
-    assert p.returncode == 1 and "'sgd' is not one of kfac, bkfac" in p.stderr, p.stderr
+    assert p.returncode == 1 and "'sgd' is not one of kfac, bkfac, rskfac" in p.stderr, p.stderr
