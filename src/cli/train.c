@@ -238,6 +238,12 @@ static int epoch_eval(nn_model *m, const train_opts *t, const train_sets *d, flo
     return 0;
 }
 
+// The run's fractional epoch: whole epochs done and the share of the current one drawn.
+static double run_epoch(const train_opts *t, const nn_loader *ld, const text_iter *ti,
+                        const run_state *rs, size_t per_epoch) {
+    return (double)rs->epoch + (double)train_steps_into_epoch(t, ld, ti) / (double)per_epoch;
+}
+
 int train_run(const train_opts *t, bool eval_only) {
     if (t->threads) {
         char v[16];
@@ -404,7 +410,7 @@ int train_run(const train_opts *t, bool eval_only) {
         rc = NGD_EXIT_OK;
         goto done;
     }
-    if (!(logf = trainlog_open(t, logpath, sizeof logpath))) goto done;
+    if (!(logf = trainlog_open(t, rs.step, logpath, sizeof logpath))) goto done;
     const bool tty = !t->quiet && isatty(2);
     const size_t per_epoch = t->text ? ti.per_epoch : d.train.n / t->batch;
     char optdesc[128]; // the method, and the plain parameters' rule when one was chosen
@@ -433,27 +439,32 @@ int train_run(const train_opts *t, bool eval_only) {
     size_t consecutive_skips = 0, seen = 0;
     double t_start = train_now_s() - rs.wall, t_mark = train_now_s();
     double last_test_acc = (double)NAN, last_test_loss = (double)NAN;
+    size_t evaluated_at = SIZE_MAX; // the step of this run's last evaluation (logged)
     bool stop = false;
     rc = NGD_EXIT_OK;
     const bool was_pending = rs.eval_pending;
+    const bool complete0 = // a resumed run with nothing left to train
+        t->resume && rs.epoch >= t->epochs && !rs.eval_pending;
     if (rs.eval_pending) { // the evaluation a signal cut short before the checkpoint was written
         const int er = epoch_eval(&m, t, &d, x, ids, y, logf, logpath, &rs, t_start, saved,
                                   &last_test_loss, &last_test_acc);
         if (er < 0) rc = NGD_EXIT_FAIL;
-        if (er == 0) rs.eval_pending = false; // (cut again: still pending in the checkpoint)
+        if (er == 0) rs.eval_pending = false, evaluated_at = rs.step; // (cut again: pending)
     }
     while (rc == NGD_EXIT_OK && rs.epoch < t->epochs && !stop && !rs.eval_pending) {
         size_t k = 0;
         for (;;) {
             // the limit is checked before a batch is drawn, so a checkpoint written here
             // resumes exactly where an uninterrupted run would continue
-            // (--max-steps equal to the planned steps: the last epoch still ends as an epoch,
-            // with its evaluation, and the run is complete, not stopped)
-            const bool all_drawn =
-                rs.epoch + 1 == t->epochs && train_steps_into_epoch(t, &ld, tip) >= per_epoch;
-            bool halt = (t->max_steps && rs.step >= t->max_steps && !all_drawn) ||
+            // (a limit reached with the epoch's last batch drawn lets the epoch end as one,
+            // with its evaluation and checkpoint, before the run stops: --max-steps equal to
+            // the planned steps completes the run, and a resume of a run stopped at an epoch's
+            // end neither evaluates that epoch again nor logs its step twice)
+            const bool epoch_drawn = train_steps_into_epoch(t, &ld, tip) >= per_epoch;
+            bool halt = (t->max_steps && rs.step >= t->max_steps && !epoch_drawn) ||
                         train_stop_signal ||
-                        (t->time_budget > 0 && train_now_s() - t_start >= (double)t->time_budget);
+                        (t->time_budget > 0 && !epoch_drawn &&
+                         train_now_s() - t_start >= (double)t->time_budget);
             if (dist_on()) halt = dist_max_int(halt) != 0; // mpirun: the ranks stop together
             if (halt) {
                 stop = true;
@@ -474,8 +485,10 @@ int train_run(const train_opts *t, bool eval_only) {
                 double total = (double)t->epochs * (double)per_epoch;
                 lr_scale =
                     0.5 * (1.0 + cos(3.141592653589793 * fmin((double)rs.step / total, 1.0)));
-                ngd_optim_set_lr_scale(o, (float)lr_scale);
             }
+            // set every step, 1 for the constant schedule: a checkpoint of a cosine run carries
+            // its last scale, which a resume with --schedule constant must not keep
+            ngd_optim_set_lr_scale(o, (float)lr_scale);
             nn_model_zero_grad(&m);
             size_t kl, first; // mpirun: this rank's shard of the global batch
             dist_shard(k, &kl, &first);
@@ -586,6 +599,7 @@ int train_run(const train_opts *t, bool eval_only) {
                     rs.eval_pending = er > 0;
                     break;
                 }
+                evaluated_at = rs.step;
             }
             if (t->ckpt && !t->ckpt_every) {
                 rs.wall = train_now_s() - t_start;
@@ -601,24 +615,38 @@ int train_run(const train_opts *t, bool eval_only) {
         diverged_error(t, saved, rs.step, NONFINITE_PARAMS);
         rc = NGD_EXIT_FAIL;
     }
-    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !train_stop_signal) {
+    if (rc == NGD_EXIT_OK && stop && !train_stop_signal && rs.step == step0 && t->resume &&
+        !t->quiet) { // a limit already reached where the run resumes
+        if (t->max_steps && rs.step >= t->max_steps)
+            fprintf(stderr,
+                    "ngd train: no training to do: the resumed run is at step %zu, --max-steps "
+                    "%zu (it counts the run's steps in all)\n",
+                    rs.step, t->max_steps);
+        else
+            fprintf(stderr,
+                    "ngd train: no training to do: the resumed run has spent its --time-budget "
+                    "(%.0f s of training so far; it counts the run's time in all)\n",
+                    rs.wall);
+    }
+    // a limit ended the run early: evaluate and report the model (not after a signal, or one
+    // during its evaluation; not again when the epoch that just ended evaluated it)
+    const bool limit_eval =
+        stop && rs.epoch < t->epochs && !train_stop_signal && evaluated_at != rs.step;
+    if (rc == NGD_EXIT_OK && limit_eval) {
         const int er = train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
         if (er < 0 || (er == 0 && eval_diverged(t, saved, rs.step, last_test_loss)))
             rc = NGD_EXIT_FAIL;
     }
-    // a limit ended the run early: report it (not after a signal, or one during its evaluation)
-    if (rc == NGD_EXIT_OK && stop && rs.epoch < t->epochs && !train_stop_signal) {
-        const double ep =
-            (double)rs.epoch + (double)train_steps_into_epoch(t, &ld, tip) / (double)per_epoch;
-        if (trainlog_eval(logf, logpath, rs.step, ep, last_test_loss, last_test_acc,
-                          train_now_s() - t_start))
+    if (rc == NGD_EXIT_OK && limit_eval && !train_stop_signal) {
+        if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
+                          last_test_loss, last_test_acc, train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
     }
     // --max-steps, a signal, or the end of a run saved every N steps: leave a checkpoint of
     // the last step. Not for a new run stopped before its first step: that would replace the
     // file given to --checkpoint with an untrained model.
     if (rc == NGD_EXIT_OK && t->ckpt && saved_step != rs.step &&
-        (rs.step > step0 || (t->resume && (stop || train_stop_signal)) ||
+        (rs.step > step0 || (t->resume && !complete0 && (stop || train_stop_signal)) ||
          was_pending != rs.eval_pending)) { // (the resumed run did the pending evaluation)
         rs.wall = train_now_s() - t_start;
         if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) rc = NGD_EXIT_FAIL;
@@ -626,7 +654,12 @@ int train_run(const train_opts *t, bool eval_only) {
     if (rc == NGD_EXIT_OK && train_stop_signal) {
         if (tty) fputc('\n', stderr);
         // (mpirun: every rank stopped at this step; rank 0 says so)
-        if (dist_root() && t->ckpt && saved_step != rs.step) // (a new run: no step done)
+        if (dist_root() && complete0)
+            fprintf(stderr,
+                    "ngd: stopped by %s at step %zu: the resumed run had already completed its "
+                    "--epochs (nothing saved)\n",
+                    stop_signal_name(), rs.step);
+        else if (dist_root() && t->ckpt && saved_step != rs.step) // (a new run: no step done)
             fprintf(stderr,
                     "ngd: training stopped by %s before its first step: nothing saved (%s is "
                     "untouched)\n",
@@ -635,7 +668,7 @@ int train_run(const train_opts *t, bool eval_only) {
             fprintf(stderr, "ngd: training stopped by %s at step %zu%s%s\n", stop_signal_name(),
                     rs.step, t->ckpt ? "; checkpoint written to " : " (no --checkpoint: not saved)",
                     t->ckpt ? t->ckpt : "");
-        if (t->ckpt && saved_step == rs.step && dist_root())
+        if (t->ckpt && saved_step == rs.step && dist_root() && !complete0)
             fprintf(stderr, "hint: continue it with the same options and --resume %s\n", t->ckpt);
         rc = 128 + train_stop_signal;
     }
@@ -645,8 +678,8 @@ int train_run(const train_opts *t, bool eval_only) {
                     t->epochs == 0 ? "--epochs 0"
                                    : "the resumed run has already completed its --epochs");
         train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
-        if (trainlog_eval(logf, logpath, rs.step, (double)rs.epoch, last_test_loss, last_test_acc,
-                          train_now_s() - t_start))
+        if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
+                          last_test_loss, last_test_acc, train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
     }
     double wall = train_now_s() - t_start;
@@ -673,10 +706,12 @@ int train_run(const train_opts *t, bool eval_only) {
     snprintf(crc, sizeof crc, "%08x", (unsigned)train_params_crc(&m));
     cJSON_AddStringToObject(j, "parameters_crc", crc);
     // a new run that ends (a signal, a failure) before its first step leaves the log as it was
-    // (as it leaves the checkpoint): no record of a run that did nothing replaces a run's log
+    // (as it leaves the checkpoint): no record of a run that did nothing replaces a run's log;
+    // nor does a resumed run that a signal stopped before any step or evaluation of its own
+    // append a summary that says "not evaluated" after the run's real one
     const bool abandoned =
         (rc != NGD_EXIT_OK || train_stop_signal) && rs.step == 0 && trainlog_abandon(logf, logpath);
-    if (abandoned)
+    if (abandoned || (train_stop_signal && rs.step == step0 && isnan(last_test_acc) && t->resume))
         cJSON_Delete(j);
     else if (trainlog_line(logf, logpath, j))
         rc = NGD_EXIT_FAIL;

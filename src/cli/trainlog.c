@@ -139,7 +139,39 @@ static int trim_partial_line(FILE *f) {
     return ftruncate(fileno(f), end);
 }
 
-FILE *trainlog_open(const train_opts *t, char *path, size_t cap) {
+// A resumed run appends to its log from its checkpoint's step: records of later steps were
+// written by a run stopped without saving them (kill -9, a second Ctrl-C, a crash after
+// --checkpoint-every's last save), and would appear twice. The log is cut before the first
+// "step" or "eval" record past the checkpoint's step. (Records are read by their "step"
+// number, the first key after "type" in every record ngd writes; summaries have "steps".)
+static int cut_after_step(FILE *f, size_t step) {
+    if (fseeko(f, 0, SEEK_SET) != 0) return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    off_t at = 0;
+    ssize_t n;
+    int rc = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        const char *k = strstr(line, "\"step\":");
+        static const char STEP[] = "{\"type\":\"step\",", EVAL[] = "{\"type\":\"eval\",";
+        if (k && (!strncmp(line, STEP, sizeof STEP - 1) || !strncmp(line, EVAL, sizeof EVAL - 1))) {
+            char *end;
+            const unsigned long long v = strtoull(k + 7, &end, 10);
+            if (end != k + 7 && v > step) {
+                fflush(f);
+                rc = ftruncate(fileno(f), at);
+                break;
+            }
+        }
+        at += n;
+    }
+    if (ferror(f)) rc = -1;
+    free(line);
+    if (fseeko(f, 0, SEEK_END) != 0) rc = -1; // (from reading to appending)
+    return rc;
+}
+
+FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t cap) {
     log_path(t, path, cap);
     if (!dist_root()) return fopen("/dev/null", "w"); // mpirun: rank 0 logs
     if (!t->log && mkdir_runs() != 0 && errno != EEXIST) {
@@ -168,6 +200,14 @@ FILE *trainlog_open(const train_opts *t, char *path, size_t cap) {
     log_unwritten = !t->resume, log_created = !existed;
     if (t->resume && trim_partial_line(f) != 0) {
         cli_error(NULL, "--log %s: cannot cut its unfinished last line: %s", path, strerror(errno));
+        fclose(f);
+        return NULL;
+    }
+    struct stat st;
+    if (t->resume && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
+        cut_after_step(f, resume_step) != 0) {
+        cli_error(NULL, "--log %s: cannot cut its records past the checkpoint's step %zu: %s",
+                  path, resume_step, strerror(errno));
         fclose(f);
         return NULL;
     }

@@ -118,8 +118,8 @@ static const cli_opt OPTS[] = {
      "learning-rate schedule: constant (default) or cosine "
      "(decays to 0 over --epochs)"},
     {"time-budget", 1, O_BUDGET, "SECONDS",
-     "stop training after this much wall time, then "
-     "evaluate (0 = no limit)"},
+     "stop training after this much wall time in all (a resumed run's earlier training time "
+     "counts), then evaluate (0 = no limit)"},
     {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences; mpirun: per rank)"},
     {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
@@ -135,7 +135,9 @@ static const cli_opt OPTS[] = {
     {"log-every", 1, O_LOGEVERY, "N", "log a step record every N steps (20)"},
     {"checkpoint", 1, O_CKPT, "FILE", "write a training checkpoint to FILE (atomically)"},
     {"checkpoint-every", 1, O_CKPTEVERY, "N", "checkpoint every N steps (default: each epoch)"},
-    {"resume", 1, O_RESUME, "FILE", "continue a run from a checkpoint (bit-identical)"},
+    {"resume", 1, O_RESUME, "FILE",
+     "continue a run from a checkpoint (bit-identical with the same options; README: what a "
+     "resume may change)"},
     {"max-skips", 1, O_MAXSKIPS, "N", "stop after N consecutive non-finite steps (5)"},
     {"augment", 0, O_AUGMENT, NULL,
      "random crop (pad 4) + horizontal flip of the training images (any image set; meant "

@@ -1,0 +1,60 @@
+#!/bin/bash
+# Long runs and their resumes (README, "What a resume takes from the checkpoint"): a schedule
+# changed on resume, limits that land on an epoch's end, limits already spent, and the log of a
+# run resumed from a checkpoint older than its last records. Small MLP runs on Fashion-MNIST.
+NGD=${1:?usage: test_resume.sh path/to/ngd}
+. "$(dirname "$0")/lib.sh"
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    echo "SKIP: dataset-fashion-mnist is not installed"
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+D=$(mktemp -d)
+trap 'rm -rf "$D"' EXIT
+C="--widths 64,64 --subset 2000 --batch 64 --threads 2"   # 31 steps an epoch
+# the step and eval records of a log, without their times: "type step epoch loss/test_loss"
+records() { grep -o '"type":"[a-z]*","step":[0-9]*,"epoch":[0-9.e+-]*,"\(test_\)*loss":[0-9.e+-]*' "$1"; }
+test_loss() { grep '"type":"summary"' "$1" | tail -1 | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/'; }
+
+# --schedule constant on the resume of a cosine run trains at --lr: the checkpoint carries the
+# cosine's last scale (2.8e-4 of the lr after 3 of 3 epochs), which the constant schedule kept,
+# while the log said lr 0.001
+expect_rc 0 "cosine run" "$NGD" train $C --epochs 3 --schedule cosine --log "$D/a.jsonl" --checkpoint "$D/a.ckpt" --quiet
+l0=$(test_loss "$D/a.jsonl")
+expect_rc 0 "resumed with --schedule constant" "$NGD" train $C --epochs 6 --schedule constant --log "$D/b.jsonl" --checkpoint "$D/a.ckpt" --resume "$D/a.ckpt" --quiet
+l1=$(test_loss "$D/b.jsonl")
+awk -v a="$l0" -v b="$l1" 'BEGIN { exit !(b < 0.8 * a) }' && ok || bad "constant schedule after cosine: test loss $l0 -> $l1, it did not train at --lr"
+grep '"type":"step"' "$D/b.jsonl" | grep -qv '"lr":0.00100000' && bad "constant schedule after cosine: a step record's lr is not --lr" || ok
+
+# --max-steps at an epoch's end (not the last): the epoch ends as one (its evaluation, the
+# summary's epochs), and the resume neither evaluates it again nor logs its step twice
+expect_rc 0 "--max-steps at the end of epoch 1" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/m.jsonl" --checkpoint "$D/m.ckpt" --max-steps 31
+expect_msg "epoch 1: test loss" "--max-steps at an epoch's end: the epoch's line"
+grep '"type":"summary"' "$D/m.jsonl" | grep -q '"steps":31,"epochs":1,' && ok || bad "--max-steps at an epoch's end: the summary's epochs are not 1"
+cp "$D/m.ckpt" "$D/m31.ckpt"
+expect_rc 0 "resumed to the end of epoch 2" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/m.jsonl" --checkpoint "$D/m.ckpt" --resume "$D/m.ckpt" --max-steps 62
+[ "$(grep -c '"type":"eval","step":31,' "$D/m.jsonl")" = 1 ] && ok || bad "--max-steps at an epoch's end: step 31 evaluated twice"
+
+# a resume from a checkpoint older than the log's last records (a run killed with kill -9
+# after its last save): the log is cut back to the checkpoint's step, so each step is logged
+# once and the records are the uninterrupted run's
+expect_rc 0 "resumed from step 31 again" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/m.jsonl" --checkpoint "$D/m.ckpt" --resume "$D/m31.ckpt"
+expect_rc 0 "uninterrupted run" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/ref.jsonl"
+if diff <(records "$D/ref.jsonl") <(records "$D/m.jsonl") >/dev/null; then ok; else
+    bad "log resumed from an older checkpoint: its records are not the uninterrupted run's"
+    diff <(records "$D/ref.jsonl") <(records "$D/m.jsonl") | head -5
+fi
+[ "$(grep -c '"type":"summary"' "$D/m.jsonl")" = 2 ] && ok || bad "log resumed from an older checkpoint: the summary of the cut records is kept"
+
+# a limit already spent where the run resumes: said (it counts the run in all)
+expect_rc 0 "resume past --max-steps" "$NGD" train $C --epochs 3 --log "$D/m.jsonl" --checkpoint "$D/m31.ckpt" --resume "$D/m31.ckpt" --max-steps 10
+expect_msg "no training to do: the resumed run is at step 31, --max-steps 10" "resume past --max-steps says so"
+
+# "no training to do" logs the run's fractional epoch (a checkpoint at step 40 is 1.29 epochs)
+expect_rc 0 "run to step 40" "$NGD" train $C --epochs 3 --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --max-steps 40 --quiet
+expect_rc 0 "resumed with --epochs 1" "$NGD" train $C --epochs 1 --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --resume "$D/f.ckpt"
+expect_msg "no training to do: the resumed run has already completed its --epochs" "--epochs 1 at epoch 1.29"
+tail -2 "$D/f.jsonl" | grep -q '"type":"eval","step":40,"epoch":1.29' && ok || bad "no training to do: the eval record's epoch is not 1.29"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
