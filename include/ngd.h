@@ -554,8 +554,9 @@ NGD_API ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch,
 
 // Saves the complete optimizer state (steps, grad scales, factors, momenta, pending
 // statistics, moment buffers, RNG). Versioned little-endian format (docs/formats.md),
-// written atomically: temporary file, fsync, rename. Parameters are not saved (they belong
-// to the caller). Errors: NGD_ERR_IO (path named in the message).
+// written atomically: temporary file, fsync, rename; streamed through a 1 MiB buffer (no copy
+// of the state in memory). Parameters are not saved (they belong to the caller). Errors:
+// NGD_ERR_IO (path named in the message).
 NGD_API ngd_status ngd_optim_save(const ngd_optim *o, const char *path);
 
 // Loads a state saved by ngd_optim_save into an optimizer with the same method and the same

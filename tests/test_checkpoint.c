@@ -4,13 +4,17 @@
  * under a changing loss scale; truncated, foreign, corrupted and mismatched files are
  * rejected with a message and leave the optimizer unchanged.
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "fileio.h"
 #include "harness.h"
 #include "ngd.h"
@@ -20,7 +24,8 @@ static char tmpdir[256];
 
 static const char *tmp_path(const char *name) {
     static char buf[512];
-    if (!tmpdir[0]) {
+    struct stat st;
+    if (!tmpdir[0] || stat(tmpdir, &st) != 0) { // (a test may have removed it)
         snprintf(tmpdir, sizeof tmpdir, "/tmp/ngd_ckpt_XXXXXX");
         if (!mkdtemp(tmpdir)) abort();
     }
@@ -78,6 +83,30 @@ static void full_step(tp_problem *p, ngd_optim *o, size_t s, bool scaled) {
     CHECK(ngd_optim_step(o) == NGD_OK);
 }
 
+static unsigned char *read_bytes(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *d = malloc(*n);
+    if (fread(d, 1, *n, f) != *n) abort();
+    fclose(f);
+    return d;
+}
+
+// The file ngd_optim_save wrote at path (streamed) is the bytes of ngd_optim_save_mem.
+static bool file_equals_save_mem(const ngd_optim *o, const char *path) {
+    size_t n = 0, mlen = 0;
+    unsigned char *d = read_bytes(path, &n);
+    void *mem = NULL;
+    const bool same =
+        d && ngd_optim_save_mem(o, &mem, &mlen) == NGD_OK && mlen == n && memcmp(d, mem, n) == 0;
+    free(d);
+    free(mem);
+    return same;
+}
+
 // Runs 12 steps uninterrupted, and the same steps with a save at `phase` of step 6, a fresh
 // optimizer, a load, and the rest; the parameters must agree to the bit. `scaled`: every
 // step's gradients carry that step's loss scale (set with ngd_optim_set_grad_scale), so the
@@ -103,6 +132,8 @@ static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     if (phase >= AFTER_OBSERVE) backward(&b, ob, SAVE_AT, scaled);
     const char *path = tmp_path("resume.ckpt");
     CHECK(ngd_optim_save(ob, path) == NGD_OK);
+    CHECK_MSG(file_equals_save_mem(ob, path), "%s variant %d: the file is not save_mem's bytes",
+              ngd_method_name(m), variant);
     ngd_optim_free(ob);
     CHECK(ngd_optim_create(&c, &oc) == NGD_OK);
     tp_problem bb = b; // same parameter buffers, re-registered with a fresh optimizer
@@ -270,18 +301,6 @@ static void write_bytes(const char *path, const unsigned char *d, size_t n) {
     if (!f) abort();
     fwrite(d, 1, n, f);
     fclose(f);
-}
-
-static unsigned char *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *d = malloc(*n);
-    if (fread(d, 1, *n, f) != *n) abort();
-    fclose(f);
-    return d;
 }
 
 static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
@@ -497,6 +516,210 @@ static void atomic_write_should_remove_stale_temporaries_of_dead_writers(void) {
     CHECK(rmdir(dir) == 0);
 }
 
+// ---- the streamed writer: what goes through its small buffer is what memory would hold ----
+
+// The same values into any writer: every kind, arrays longer than a small stream buffer, and
+// a part with a CRC of its own in the middle (as a training checkpoint holds the optimizer's).
+// Returns the part's CRC; its offset and length in *at and *len.
+static uint32_t write_mix(ngd_wbuf *w, uint64_t *at, uint64_t *len) {
+    static float f[1000];
+    static uint16_t h[777];
+    static uint64_t q[300];
+    static unsigned char b[333];
+    for (size_t i = 0; i < 1000; i++)
+        f[i] = (float)i * 0.37f - 100.0f;
+    for (size_t i = 0; i < 777; i++)
+        h[i] = (uint16_t)(i * 40503u);
+    for (size_t i = 0; i < 300; i++)
+        q[i] = (uint64_t)i * 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < 333; i++)
+        b[i] = (unsigned char)(i * 7);
+    ngd_wbuf_bytes(w, "MIX\r\n", 5);
+    ngd_wbuf_u32(w, 0xdeadbeefu);
+    ngd_wbuf_u64(w, 0x0102030405060708ull);
+    ngd_wbuf_f32(w, -1.5f);
+    ngd_wbuf_str(w, "name");
+    ngd_wbuf_f32s(w, f, 1000);
+    *at = ngd_wbuf_size(w);
+    ngd_wbuf_part_begin(w);
+    ngd_wbuf_u16s(w, h, 777);
+    ngd_wbuf_bytes(w, b, 333);
+    ngd_wbuf_u64s(w, q, 300);
+    ngd_wbuf_f32s(w, f, 3);
+    *len = ngd_wbuf_size(w) - *at;
+    const uint32_t part = ngd_wbuf_part_crc(w);
+    ngd_wbuf_u32(w, part);
+    ngd_wbuf_u64s(w, q, 7);
+    return part;
+}
+
+static void streamed_writer_should_write_the_bytes_of_the_memory_one(void) {
+    ngd_wbuf m = {0};
+    uint64_t at, len, at2, len2;
+    const uint32_t part = write_mix(&m, &at, &len);
+    const uint32_t crc = ngd_wbuf_crc(&m);
+    CHECK(!m.oom && m.len == 5 + 4 + 8 + 4 + 8 + 4000 + len + 4 + 56 && len == 1554 + 333 + 2412);
+    CHECK(crc == ngd_crc32(m.buf, m.len));
+    CHECK(part == ngd_crc32(m.buf + at, len));
+    // little-endian, whatever the host
+    CHECK(m.buf[5] == 0xef && m.buf[8] == 0xde && m.buf[9] == 0x08 && m.buf[16] == 0x01);
+    CHECK(m.buf[at] == 0 && m.buf[at + 2] == (unsigned char)40503u &&
+          m.buf[at + 3] == (unsigned char)(40503u >> 8));
+    ngd_wbuf c = ngd_wbuf_count();
+    write_mix(&c, &at2, &len2);
+    CHECK(c.len == m.len && at2 == at && len2 == len && !c.oom);
+    char path[512], msg[256];
+    snprintf(path, sizeof path, "%s", tmp_path("mix.bin"));
+    // buffers smaller than one array, of odd sizes, and the default
+    const size_t sizes[] = {8, 9, 13, 64, 1000, 4096, 0};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        ngd_wbuf w;
+        CHECK(ngd_wbuf_open(&w, path, sizes[k], msg, sizeof msg) == 0);
+        const uint32_t p2 = write_mix(&w, &at2, &len2);
+        const uint32_t c2 = ngd_wbuf_crc(&w);
+        CHECK_MSG(p2 == part && c2 == crc && at2 == at && len2 == len,
+                  "stream of %zu bytes: CRCs %08x %08x, want %08x %08x", sizes[k], p2, c2, part,
+                  crc);
+        CHECK(ngd_wbuf_commit(&w, path, msg, sizeof msg) == 0);
+        CHECK(w.buf == NULL && w.tmp == NULL); // freed
+        size_t n = 0;
+        unsigned char *d = read_bytes(path, &n);
+        CHECK_MSG(d && n == m.len && memcmp(d, m.buf, n) == 0,
+                  "stream of %zu bytes: the file differs from memory", sizes[k]);
+        free(d);
+    }
+    // the in-memory buffer committed whole: the same file
+    unlink(path);
+    CHECK(ngd_write_atomic(path, &m, msg, sizeof msg) == 0);
+    size_t n = 0;
+    unsigned char *d = read_bytes(path, &n);
+    CHECK(d && n == m.len && memcmp(d, m.buf, n) == 0);
+    free(d);
+    // a streamed write abandoned (ngd_wbuf_free before the commit) leaves no temporary
+    ngd_wbuf w;
+    CHECK(ngd_wbuf_open(&w, path, 64, msg, sizeof msg) == 0);
+    write_mix(&w, &at2, &len2);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    CHECK(access(tmp, F_OK) == 0);
+    ngd_wbuf_free(&w);
+    CHECK(access(tmp, F_OK) != 0 && errno == ENOENT);
+    d = read_bytes(path, &n); // and the file as it was
+    CHECK(d && n == m.len && memcmp(d, m.buf, n) == 0);
+    free(d);
+    ngd_wbuf_free(&m);
+    unlink(path);
+}
+
+// A 700-600-10 net: optimizer states of several MiB, larger than the stream's buffer.
+enum { BIG_N = 8, BIG_IN = 700, BIG_H = 600, BIG_OUT = 10 };
+
+static ngd_config big_config(int which) {
+    static const ngd_method ms[] = {NGD_METHOD_SINGD, NGD_METHOD_SINGD, NGD_METHOD_KFAC,
+                                    NGD_METHOD_BKFAC, NGD_METHOD_ADAMW};
+    ngd_config c = ngd_config_default(ms[which]);
+    c.lr = 1e-4f, c.lr_cov = 1e-5f;
+    c.T = 1, c.kfac.T_u = 1, c.kfac.T_i = 2, c.kfac.rank = 300, c.kfac.seed = 3;
+    if (ms[which] != NGD_METHOD_ADAMW) c.momentum = 0.9f;
+    if (which == 1) c.structure_K.dtype = c.structure_C.dtype = NGD_BF16; // dense, bf16
+    return c;
+}
+static const char *const big_names[] = {"SINGD dense f32", "SINGD dense bf16", "K-FAC", "B-KFAC",
+                                        "AdamW"};
+
+// An optimizer of big_config(which) after 3 steps on p (initialised here).
+static ngd_optim *big_trained(int which, tp_problem *p) {
+    const ngd_config c = big_config(which);
+    ngd_optim *o = NULL;
+    tp_init(p, BIG_N, BIG_IN, BIG_H, BIG_OUT, 21);
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(p, o) == NGD_OK);
+    for (size_t s = 0; s < 3; s++) {
+        const ngd_status st = tp_step(p, o, s);
+        CHECK_MSG(st == NGD_OK, "%s: step %zu: status %d %s", big_names[which], s, (int)st,
+                  ngd_optim_errmsg(o));
+    }
+    return o;
+}
+
+// ngd_optim_save streams the state into the file: the file is ngd_optim_save_mem's bytes, for
+// states several times the stream's buffer (dense and bf16 SINGD factors, K-FAC's
+// decompositions, B-KFAC's low-rank tracks, AdamW's moments), and it loads back to the same
+// state (its ngd_optim_save_mem bytes again).
+static void large_checkpoint_should_stream_and_round_trip(void) {
+    for (int which = 0; which < 5; which++) {
+        tp_problem p, q;
+        ngd_optim *o = big_trained(which, &p), *o2 = NULL;
+        const char *path = tmp_path("big.ckpt");
+        CHECK(ngd_optim_save(o, path) == NGD_OK);
+        size_t n = 0;
+        unsigned char *d = read_bytes(path, &n);
+        CHECK_MSG(d && n > 3 * NGD_WBUF_STREAM, "%s: %zu bytes, want several MiB", big_names[which],
+                  n);
+        CHECK_MSG(file_equals_save_mem(o, path), "%s: the file is not save_mem's bytes",
+                  big_names[which]);
+        const ngd_config c = big_config(which);
+        tp_init(&q, BIG_N, BIG_IN, BIG_H, BIG_OUT, 22);
+        CHECK(ngd_optim_create(&c, &o2) == NGD_OK && tp_register(&q, o2) == NGD_OK);
+        CHECK_MSG(ngd_optim_load(o2, path) == NGD_OK, "%s: %s", big_names[which],
+                  ngd_optim_errmsg(o2));
+        CHECK_MSG(file_equals_save_mem(o2, path), "%s: loaded, it saves other bytes",
+                  big_names[which]);
+        free(d);
+        ngd_optim_free(o), ngd_optim_free(o2);
+        tp_free(&p), tp_free(&q);
+        unlink(path);
+    }
+}
+
+// A write that fails mid-stream (the file-size limit, RLIMIT_FSIZE, between the first and
+// the second MiB written out): the error names the temporary file and errno as before
+// ("save: write PATH.tmp.PID: File too large"), the temporary is removed, and the checkpoint
+// already at the path is untouched.
+static void failed_streamed_save_should_keep_the_old_file(void) {
+    tp_problem p;
+    ngd_optim *o = big_trained(0, &p);
+    char path[512], tmp[600], want[800];
+    snprintf(path, sizeof path, "%s", tmp_path("keep.ckpt"));
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    CHECK(ngd_optim_save(o, path) == NGD_OK); // the checkpoint that must survive
+    size_t n0 = 0;
+    unsigned char *old = read_bytes(path, &n0);
+    CHECK(old && n0 > 2 * NGD_WBUF_STREAM);
+    CHECK(tp_step(&p, o, 3) == NGD_OK); // other state to write
+    struct rlimit lim, small;
+    CHECK(getrlimit(RLIMIT_FSIZE, &lim) == 0);
+    small = lim;
+    small.rlim_cur = NGD_WBUF_STREAM + 1000;
+    if (lim.rlim_max != RLIM_INFINITY && lim.rlim_max < small.rlim_cur)
+        small.rlim_cur = lim.rlim_max;
+    void (*was)(int) = signal(SIGXFSZ, SIG_IGN); // (else the process is killed: ngd ignores it)
+    CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+    const ngd_status s = ngd_optim_save(o, path);
+    // the in-memory path's message is the same
+    ngd_wbuf m = {0};
+    ngd_optim_write(o, &m);
+    char msg[800];
+    const int rc = ngd_write_atomic(path, &m, msg, sizeof msg);
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    signal(SIGXFSZ, was);
+    ngd_wbuf_free(&m);
+    snprintf(want, sizeof want, "save: write %s: %s", tmp, strerror(EFBIG));
+    CHECK(s == NGD_ERR_IO);
+    CHECK_MSG(strcmp(ngd_optim_errmsg(o), want) == 0, "message '%s', want '%s'",
+              ngd_optim_errmsg(o), want);
+    CHECK(rc == -1 && strcmp(msg, want + 6) == 0);
+    CHECK(access(tmp, F_OK) != 0 && errno == ENOENT);
+    size_t n = 0;
+    unsigned char *now = read_bytes(path, &n);
+    CHECK(now && n == n0 && memcmp(now, old, n) == 0);
+    // unlimited again, the save goes through
+    CHECK(ngd_optim_save(o, path) == NGD_OK && file_equals_save_mem(o, path));
+    free(old), free(now);
+    ngd_optim_free(o);
+    tp_free(&p);
+    unlink(path);
+}
+
 static const test_case TESTS[] = {
     TEST(resume_should_be_bit_identical_for_every_method),
     TEST(load_into_a_used_optimizer_should_resume_bit_identically),
@@ -504,5 +727,8 @@ static const test_case TESTS[] = {
     TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
     TEST(failed_load_should_leave_undecided_tracks_undecided),
     TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
+    TEST(streamed_writer_should_write_the_bytes_of_the_memory_one),
+    TEST(large_checkpoint_should_stream_and_round_trip),
+    TEST(failed_streamed_save_should_keep_the_old_file),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

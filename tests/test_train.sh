@@ -654,6 +654,21 @@ rc=$?
 [ "$rc" = 1 ] && grep -q -- "--checkpoint $D/fs/big.ckpt: .*File too large" "$D/out" &&
     grep -q "ulimit -f" "$D/out" && ok || bad "file-size limit: rc $rc, $(tail -2 "$D/out")"
 [ -z "$(ls "$D/fs" | grep tmp)" ] && ok || bad "file-size limit: a temporary file was left: $(ls "$D/fs")"
+# the same, over a checkpoint of the run written before: the write fails part way through the
+# stream (past the first MiB), and the old checkpoint stays as it was and still resumes
+"$NGD" train --subset 256 --widths 1024 --batch 64 --max-steps 1 --quiet \
+    --log "$D/fs/t.jsonl" --checkpoint "$D/fs/big.ckpt" >/dev/null 2>&1
+cp "$D/fs/big.ckpt" "$D/fs-old.ckpt"
+( ulimit -f 2000; "$NGD" train --subset 256 --widths 1024 --batch 64 --max-steps 2 --quiet \
+    --log "$D/fs/t.jsonl" --resume "$D/fs/big.ckpt" --checkpoint "$D/fs/big.ckpt" ) >"$D/out" 2>&1
+rc=$?
+[ "$rc" = 1 ] && grep -q -- "--checkpoint $D/fs/big.ckpt: write $D/fs/big.ckpt.tmp.[0-9]*: File too large" "$D/out" &&
+    grep -q "ulimit -f" "$D/out" && ok || bad "file-size limit, old checkpoint: rc $rc, $(tail -2 "$D/out")"
+[ "$(stat -c %s "$D/fs-old.ckpt")" -gt 2200000 ] && cmp -s "$D/fs/big.ckpt" "$D/fs-old.ckpt" && ok ||
+    bad "file-size limit: the checkpoint written before was changed (or is too small to test)"
+[ -z "$(ls "$D/fs" | grep tmp)" ] && ok || bad "file-size limit, old checkpoint: a temporary was left: $(ls "$D/fs")"
+expect_rc 0 "the checkpoint kept resumes" "$NGD" train --subset 256 --widths 1024 --batch 64 --max-steps 2 \
+    --quiet --log "$D/fs/t.jsonl" --resume "$D/fs/big.ckpt"
 if [ -d /proc/self ]; then  # a folder whose permission bits do not tell (root, a pseudo file system)
     expect_rc 1 "--checkpoint in /proc" "$NGD" train $C --log "$D/t.jsonl" --checkpoint /proc/ngd-test.ckpt
     expect_msg "--checkpoint /proc/ngd-test.ckpt: folder /proc is not writable" "/proc folder message"

@@ -1,6 +1,7 @@
 /*
- * fileio.c — little-endian buffers, atomic commit (temp + fsync + rename + fsync dir), and
- * CRC-32. Byte order is explicit, so files move between machines.
+ * fileio.c — little-endian writers (in memory, or streamed through a small buffer into the
+ * temporary of an atomic commit: temp + fsync + rename + fsync dir), a bounds-checked reader,
+ * and CRC-32, kept as the bytes go. Byte order is explicit, so files move between machines.
  */
 #include "fileio.h"
 #include "ngd.h"
@@ -16,6 +17,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+
+// CRC-32 of n more bytes after those whose CRC is c, in pieces that fit zlib's uInt length
+static uint32_t crc_update(uint32_t c, const unsigned char *p, size_t n) {
+    uLong u = c;
+    while (n > 0) {
+        const uInt k = n > (size_t)UINT_MAX ? UINT_MAX : (uInt)n;
+        u = crc32(u, p, k);
+        p += k, n -= k;
+    }
+    return (uint32_t)u;
+}
 
 static bool wbuf_reserve(ngd_wbuf *w, size_t n) {
     if (w->oom) return false;
@@ -42,15 +54,149 @@ static bool wbuf_reserve(ngd_wbuf *w, size_t n) {
     return true;
 }
 
+// Takes the bytes of buf that are not in the running CRC (the part's, during a part) into it.
+static void wbuf_fold(ngd_wbuf *w) {
+    if (w->counting) return;
+    if (w->in_part) {
+        w->part = crc_update(w->part, w->buf + w->part_pos, w->len - w->part_pos);
+        w->part_pos = w->len;
+    } else {
+        w->crc = crc_update(w->crc, w->buf + w->crc_pos, w->len - w->crc_pos);
+        w->crc_pos = w->len;
+    }
+}
+
+// Writes n bytes to the streamed writer's file; the first failure is kept in werr (and what
+// comes after it is dropped).
+static void wbuf_write_out(ngd_wbuf *w, const unsigned char *p, size_t n) {
+    while (n > 0 && !w->werr) {
+        ssize_t k = write(w->fd, p, n);
+        if (k < 0) {
+            if (errno != EINTR) w->werr = errno;
+            continue;
+        }
+        p += k, n -= (size_t)k;
+    }
+}
+
+// A streamed writer's buffer, written out and emptied (its bytes are in the CRCs first).
+static void wbuf_flush(ngd_wbuf *w) {
+    wbuf_fold(w);
+    wbuf_write_out(w, w->buf, w->len);
+    w->out += w->len;
+    w->len = w->crc_pos = w->part_pos = 0;
+}
+
+// Room at the end of buf for n > 0 bytes: where, with *got of them (all n in memory, where
+// buf grows; 8 to n when streamed, for at least one whole value of any size), or NULL when
+// the bytes are dropped (out of memory, a failed write). Not for counting writers.
+static unsigned char *wbuf_room(ngd_wbuf *w, size_t n, size_t *got) {
+    if (w->tmp) {
+        if (w->oom || w->werr) return NULL;
+        if (w->cap - w->len < 8) wbuf_flush(w);
+        if (w->werr) return NULL;
+        const size_t k = w->cap - w->len;
+        *got = n < k ? n : k;
+        return w->buf + w->len;
+    }
+    if (!wbuf_reserve(w, n)) return NULL;
+    *got = n;
+    return w->buf + w->len;
+}
+
+// A counting writer counts n bytes (true); any other returns false.
+static bool wbuf_counted(ngd_wbuf *w, size_t n) {
+    if (!w->counting) return false;
+    if (n > SIZE_MAX - w->len)
+        w->oom = true;
+    else
+        w->len += n;
+    return true;
+}
+
+ngd_wbuf ngd_wbuf_count(void) { return (ngd_wbuf){.counting = true}; }
+
+uint64_t ngd_wbuf_size(const ngd_wbuf *w) { return w->out + w->len; }
+
+uint32_t ngd_wbuf_crc(ngd_wbuf *w) {
+    if (w->in_part) return 0; // (a misuse: the part's bytes are not in it yet)
+    wbuf_fold(w);
+    return w->crc;
+}
+
+void ngd_wbuf_part_begin(ngd_wbuf *w) {
+    wbuf_fold(w); // the bytes before the part into the running CRC
+    w->in_part = true;
+    w->part = 0;
+    w->part_pos = w->len;
+    w->part_start = ngd_wbuf_size(w);
+}
+
+uint32_t ngd_wbuf_part_crc(ngd_wbuf *w) {
+    if (!w->in_part) return 0;
+    wbuf_fold(w);
+    w->in_part = false;
+    // the running CRC continues over the part's bytes without a second pass over them
+    w->crc = (uint32_t)crc32_combine(w->crc, w->part, (z_off_t)(ngd_wbuf_size(w) - w->part_start));
+    w->crc_pos = w->len;
+    return w->part;
+}
+
 void ngd_wbuf_free(ngd_wbuf *w) {
+    if (w->tmp) { // a streamed write abandoned: its temporary goes
+        if (w->fd >= 0) close(w->fd);
+        unlink(w->tmp);
+        free(w->tmp);
+    }
     free(w->buf);
     memset(w, 0, sizeof *w);
 }
 
 void ngd_wbuf_bytes(ngd_wbuf *w, const void *p, size_t n) {
-    if (!n || !wbuf_reserve(w, n)) return;
-    memcpy(w->buf + w->len, p, n);
-    w->len += n;
+    if (!n || wbuf_counted(w, n)) return;
+    const unsigned char *s = p;
+    while (n > 0) {
+        size_t k;
+        unsigned char *d = wbuf_room(w, n, &k);
+        if (!d) return;
+        memcpy(d, s, k);
+        w->len += k, s += k, n -= k;
+    }
+}
+
+// n values of `size` bytes (2, 4 or 8) at p, little-endian: in memory all or nothing, as
+// many as fit at a time when streamed
+static void wbuf_values(ngd_wbuf *w, const void *p, size_t n, size_t size) {
+    if (!n) return;
+    if (n > SIZE_MAX / size) {
+        w->oom = true;
+        return;
+    }
+    if (wbuf_counted(w, n * size)) return;
+    const unsigned char *s = p;
+    while (n > 0) {
+        size_t got;
+        unsigned char *d = wbuf_room(w, n * size, &got);
+        if (!d) return;
+        const size_t k = got / size;
+        for (size_t i = 0; i < k; i++, s += size, d += size) {
+            uint64_t v;
+            if (size == 2) {
+                uint16_t h;
+                memcpy(&h, s, 2);
+                v = h;
+            } else if (size == 4) {
+                uint32_t u;
+                memcpy(&u, s, 4);
+                v = u;
+            } else {
+                memcpy(&v, s, 8);
+            }
+            for (size_t b = 0; b < size; b++)
+                d[b] = (unsigned char)(v >> (8 * b));
+        }
+        w->len += k * size, n -= k;
+    }
 }
 
 void ngd_wbuf_u32(ngd_wbuf *w, uint32_t v) {
@@ -70,11 +216,9 @@ void ngd_wbuf_f32(ngd_wbuf *w, float v) {
     ngd_wbuf_u32(w, u);
 }
 
-void ngd_wbuf_f32s(ngd_wbuf *w, const float *p, size_t n) {
-    if (!n || !wbuf_reserve(w, n * 4)) return;
-    for (size_t i = 0; i < n; i++)
-        ngd_wbuf_f32(w, p[i]);
-}
+void ngd_wbuf_f32s(ngd_wbuf *w, const float *p, size_t n) { wbuf_values(w, p, n, 4); }
+void ngd_wbuf_u16s(ngd_wbuf *w, const uint16_t *p, size_t n) { wbuf_values(w, p, n, 2); }
+void ngd_wbuf_u64s(ngd_wbuf *w, const uint64_t *p, size_t n) { wbuf_values(w, p, n, 8); }
 
 void ngd_wbuf_str(ngd_wbuf *w, const char *s) {
     size_t n = s ? strlen(s) : 0;
@@ -124,15 +268,18 @@ static void remove_stale_temporaries(const char *path) {
     free(dir);
 }
 
-int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap) {
-    if (w->oom) {
-        snprintf(err, cap, "%s: out of memory while serialising", path);
-        return -1;
-    }
+int ngd_wbuf_open(ngd_wbuf *w, const char *path, size_t stream, char *err, size_t cap) {
+    memset(w, 0, sizeof *w);
+    w->fd = -1;
+    if (!stream) stream = NGD_WBUF_STREAM;
+    if (stream < 8) stream = 8;
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 32);
-    if (!tmp) {
+    unsigned char *buf = malloc(stream);
+    if (!tmp || !buf) {
         snprintf(err, cap, "%s: out of memory", path);
+        free(tmp);
+        free(buf);
         return -1;
     }
     snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
@@ -143,56 +290,77 @@ int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap)
     if (fd < 0) {
         snprintf(err, cap, "open %s: %s", tmp, strerror(errno));
         free(tmp);
+        free(buf);
         return -1;
     }
-    const char *op = "write";
-    size_t off = 0;
-    while (off < w->len) {
-        ssize_t k = write(fd, w->buf + off, w->len - off);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            goto fail;
-        }
-        off += (size_t)k;
-    }
-    op = "fsync";
-    if (fsync(fd) != 0) goto fail;
-    op = "close";
-    if (close(fd) != 0) {
-        fd = -1;
-        goto fail;
-    }
-    fd = -1;
-    op = "rename";
-    if (rename(tmp, path) != 0) goto fail;
-    // make the rename itself durable: fsync the containing folder
-    {
-        char *dir = malloc(plen + 2);
-        if (dir) {
-            memcpy(dir, path, plen + 1);
-            char *slash = strrchr(dir, '/');
-            if (slash == dir)
-                slash[1] = '\0';
-            else if (slash)
-                *slash = '\0';
-            else
-                memcpy(dir, ".", 2);
-            int dfd = open(dir, O_RDONLY);
-            if (dfd >= 0) {
-                (void)fsync(dfd);
-                close(dfd);
-            }
-            free(dir);
-        }
-    }
-    free(tmp);
+    w->buf = buf, w->cap = stream;
+    w->fd = fd, w->tmp = tmp;
     return 0;
+}
+
+// makes a rename in path's folder durable: fsync of the folder (best effort)
+static void fsync_folder(const char *path) {
+    const size_t plen = strlen(path);
+    char *dir = malloc(plen + 2);
+    if (!dir) return;
+    memcpy(dir, path, plen + 1);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        memcpy(dir, ".", 2);
+    int dfd = open(dir, O_RDONLY);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    free(dir);
+}
+
+int ngd_wbuf_commit(ngd_wbuf *w, const char *path, char *err, size_t cap) {
+    if (!w->tmp || w->oom || w->in_part) { // (no stream, or a part left open: a bug)
+        snprintf(err, cap, "%s: out of memory while serialising", path);
+        ngd_wbuf_free(w);
+        return -1;
+    }
+    wbuf_flush(w);
+    const char *op = "write";
+    int e = w->werr;
+    if (e) goto fail;
+    op = "fsync";
+    if (fsync(w->fd) != 0) goto fail_errno;
+    op = "close";
+    {
+        const int rc = close(w->fd);
+        w->fd = -1;
+        if (rc != 0) goto fail_errno;
+    }
+    op = "rename";
+    if (rename(w->tmp, path) != 0) goto fail_errno;
+    fsync_folder(path);
+    free(w->tmp);
+    w->tmp = NULL; // (it is the file now)
+    ngd_wbuf_free(w);
+    return 0;
+fail_errno:
+    e = errno;
 fail:
-    snprintf(err, cap, "%s %s: %s", op, tmp, strerror(errno));
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    free(tmp);
+    snprintf(err, cap, "%s %s: %s", op, w->tmp, strerror(e));
+    ngd_wbuf_free(w); // closes and removes the temporary
     return -1;
+}
+
+int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap) {
+    if (w->oom) {
+        snprintf(err, cap, "%s: out of memory while serialising", path);
+        return -1;
+    }
+    ngd_wbuf s;
+    if (ngd_wbuf_open(&s, path, 8, err, cap)) return -1;
+    wbuf_write_out(&s, w->buf, w->len); // straight from the caller's buffer
+    return ngd_wbuf_commit(&s, path, err, cap);
 }
 
 int ngd_read_file(const char *path, unsigned char **data, size_t *len, char *err, size_t cap) {
@@ -282,24 +450,15 @@ bool ngd_rbuf_str(ngd_rbuf *r, char *out, size_t cap) {
 }
 
 // zlib's CRC-32 (the same polynomial and conditioning as the bitwise loop it replaced, at
-// table/SIMD speed), fed in pieces that fit its uInt length
-uint32_t ngd_crc32(const void *p, size_t n) {
-    const unsigned char *b = p;
-    uLong c = crc32(0L, Z_NULL, 0);
-    while (n > 0) {
-        const uInt k = n > (size_t)UINT_MAX ? UINT_MAX : (uInt)n;
-        c = crc32(c, b, k);
-        b += k, n -= k;
-    }
-    return (uint32_t)c;
-}
+// table/SIMD speed)
+uint32_t ngd_crc32(const void *p, size_t n) { return crc_update(0, p, n); }
 
 int ngd_write_atomic_bytes(const char *path, const void *data, size_t len, char *err, size_t cap) {
     if (!path || (!data && len)) {
         if (err && cap) snprintf(err, cap, "write_atomic: no path or no data");
         return -1;
     }
-    ngd_wbuf w = {(unsigned char *)(uintptr_t)data, len, len, false};
+    ngd_wbuf w = {.buf = (unsigned char *)(uintptr_t)data, .len = len, .cap = len};
     char tmp[1];
     if (!err || !cap) err = tmp, cap = sizeof tmp;
     return ngd_write_atomic(path, &w, err, cap);

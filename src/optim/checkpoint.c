@@ -1,13 +1,14 @@
 /*
  * checkpoint.c — ngd_optim_save / ngd_optim_load: the complete optimizer state in a
- * versioned little-endian file (docs/formats.md), written atomically (fileio.c), and
+ * versioned little-endian file (docs/formats.md), streamed into a file committed atomically
+ * (fileio.c: a 1 MiB buffer, not a copy of the state), or into memory (ngd_optim_save_mem), and
  * validated on load in a first pass that changes nothing (magic, version, checksum, method,
  * every entry's name, kind and shape, every array's name, type and length); only a file
  * that passes is applied in a second pass. Parameters are the caller's and are not saved.
  */
 #include <string.h>
 
-#include "fileio.h"
+#include "checkpoint.h"
 #include "method.h"
 
 #define CKPT_MAGIC   "NGDOPT\r\n" // 8 bytes; \r\n catches text-mode mangling (PNG's trick)
@@ -38,66 +39,64 @@ static void write_array(ngd_wbuf *w, const ngd_state_array *a) {
     ngd_wbuf_str(w, a->name);
     ngd_wbuf_u32(w, (uint32_t)a->type);
     ngd_wbuf_u64(w, a->count);
-    if (!a->count) return;
     switch (a->type) {
     case NGD_ARR_F32: ngd_wbuf_f32s(w, a->p, a->count); break;
-    case NGD_ARR_BF16:
-        for (size_t i = 0; i < a->count; i++) {
-            uint16_t v = ((const uint16_t *)a->p)[i];
-            unsigned char b[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
-            ngd_wbuf_bytes(w, b, 2);
-        }
-        break;
-    case NGD_ARR_U64:
-        for (size_t i = 0; i < a->count; i++)
-            ngd_wbuf_u64(w, ((const uint64_t *)a->p)[i]);
-        break;
+    case NGD_ARR_BF16: ngd_wbuf_u16s(w, a->p, a->count); break;
+    case NGD_ARR_U64: ngd_wbuf_u64s(w, a->p, a->count); break;
     default: ngd_wbuf_bytes(w, a->p, a->count); break;
     }
 }
 
-static void serialise(ngd_optim *o, ngd_wbuf *wp) {
-    ngd_wbuf w = *wp;
-    ngd_wbuf_bytes(&w, CKPT_MAGIC, 8);
-    ngd_wbuf_u32(&w, CKPT_VERSION);
-    ngd_wbuf_u32(&w, (uint32_t)o->cfg.method);
-    ngd_wbuf_u64(&w, o->steps);
-    ngd_wbuf_f32(&w, o->scale_prev);
-    ngd_wbuf_f32(&w, o->scale_cur);
-    ngd_wbuf_f32(&w, o->lr_scale);
-    ngd_wbuf_u32(&w, (uint32_t)o->n);
+void ngd_optim_write(const ngd_optim *o, ngd_wbuf *w) {
+    ngd_wbuf_part_begin(w); // the CRC at the end covers this file's bytes only
+    ngd_wbuf_bytes(w, CKPT_MAGIC, 8);
+    ngd_wbuf_u32(w, CKPT_VERSION);
+    ngd_wbuf_u32(w, (uint32_t)o->cfg.method);
+    ngd_wbuf_u64(w, o->steps);
+    ngd_wbuf_f32(w, o->scale_prev);
+    ngd_wbuf_f32(w, o->scale_cur);
+    ngd_wbuf_f32(w, o->lr_scale);
+    ngd_wbuf_u32(w, (uint32_t)o->n);
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
-        ngd_wbuf_str(&w, e->name);
-        ngd_wbuf_u32(&w, (uint32_t)e->kind);
-        ngd_wbuf_u64(&w, e->d_out);
-        ngd_wbuf_u64(&w, e->d_in);
-        ngd_wbuf_u64(&w, e->d_K);
-        ngd_wbuf_u64(&w, e->n_updates);
-        ngd_wbuf_u32(&w, e->got_stats);
-        ngd_wbuf_u64(&w, e->h.updates);
-        ngd_wbuf_u64(&w, e->h.skips);
-        ngd_wbuf_u64(&w, e->h.decomp_failures);
-        ngd_wbuf_u64(&w, e->h.decomp_retries);
+        ngd_wbuf_str(w, e->name);
+        ngd_wbuf_u32(w, (uint32_t)e->kind);
+        ngd_wbuf_u64(w, e->d_out);
+        ngd_wbuf_u64(w, e->d_in);
+        ngd_wbuf_u64(w, e->d_K);
+        ngd_wbuf_u64(w, e->n_updates);
+        ngd_wbuf_u32(w, e->got_stats);
+        ngd_wbuf_u64(w, e->h.updates);
+        ngd_wbuf_u64(w, e->h.skips);
+        ngd_wbuf_u64(w, e->h.decomp_failures);
+        ngd_wbuf_u64(w, e->h.decomp_retries);
         ngd_state_array a[NGD_MAX_ARRAYS];
         size_t na = entry_arrays(o, e, a);
-        ngd_wbuf_u32(&w, (uint32_t)na);
+        ngd_wbuf_u32(w, (uint32_t)na);
         for (size_t k = 0; k < na; k++)
-            write_array(&w, &a[k]);
+            write_array(w, &a[k]);
     }
-    ngd_wbuf_u32(&w, ngd_crc32(w.buf, w.len));
-    *wp = w;
+    ngd_wbuf_u32(w, ngd_wbuf_part_crc(w));
 }
 
+uint64_t ngd_optim_write_size(const ngd_optim *o) {
+    ngd_wbuf c = ngd_wbuf_count();
+    ngd_optim_write(o, &c);
+    return c.oom ? UINT64_MAX : ngd_wbuf_size(&c);
+}
+
+// Streamed into the file (fileio.c): no copy of the state in memory, however large it is.
 ngd_status ngd_optim_save(const ngd_optim *co, const char *path) {
     if (!co) return NGD_ERR_ARG;
     ngd_optim *o = (ngd_optim *)(uintptr_t)co; // only the message buffer is written
     if (!path) return ngd_optim_fail(o, NGD_ERR_ARG, "save: path is NULL");
-    ngd_wbuf w = {0};
-    serialise(o, &w);
     char err[400];
-    int rc = ngd_write_atomic(path, &w, err, sizeof err);
-    ngd_wbuf_free(&w);
+    ngd_wbuf w;
+    int rc = ngd_wbuf_open(&w, path, 0, err, sizeof err);
+    if (!rc) {
+        ngd_optim_write(o, &w);
+        rc = ngd_wbuf_commit(&w, path, err, sizeof err);
+    }
     if (rc) return ngd_optim_fail(o, NGD_ERR_IO, "save: %s", err);
     return NGD_OK;
 }
@@ -107,7 +106,7 @@ ngd_status ngd_optim_save_mem(const ngd_optim *co, void **buf, size_t *len) {
     ngd_optim *o = (ngd_optim *)(uintptr_t)co;
     if (!buf || !len) return ngd_optim_fail(o, NGD_ERR_ARG, "save_mem: buf or len is NULL");
     ngd_wbuf w = {0};
-    serialise(o, &w);
+    ngd_optim_write(o, &w);
     if (w.oom) {
         ngd_wbuf_free(&w);
         return ngd_optim_fail(o, NGD_ERR_NOMEM, "save: out of memory");
