@@ -245,9 +245,10 @@ static int read_log(const char *path, run *r) {
                   // --log-every
     if (r->loss.n == 0) {
         cli_error("plot the JSON-lines log of 'ngd train' (--log FILE); a run writes its first "
-                  "step record after --log-every steps (20)",
-                  "%s: no step records (%zu lines%s)", path, lineno,
-                  bad ? ", none of them a log record" : "");
+                  "step record after --log-every steps (20 by default)",
+                  "%s: no step records (%zu line%s%s)", path, lineno, lineno == 1 ? "" : "s",
+                  bad ? (lineno == 1 ? ", not a log record" : ", none of them a log record")
+                      : "");
         return -1;
     }
     if (bad)
@@ -689,7 +690,7 @@ int cmd_plot(int argc, char **argv) {
         series_free(&runs[kept].loss), series_free(&runs[kept].acc);
         memset(&runs[kept], 0, sizeof runs[kept]);
         if (n == 1) {
-            cli_error("a run writes its first step record after --log-every steps (20): train "
+            cli_error("a run writes its first step record after --log-every steps (20 by default): train "
                       "longer, or with a smaller --log-every",
                       "%s: no step records (the run ended before its first)", path);
             goto done;
@@ -700,7 +701,7 @@ int cmd_plot(int argc, char **argv) {
                 path);
     }
     if (kept == 0) {
-        cli_error("a run writes its first step record after --log-every steps (20)",
+        cli_error("a run writes its first step record after --log-every steps (20 by default)",
                   "none of the %zu logs has a step record", n);
         goto done;
     }
