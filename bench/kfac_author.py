@@ -239,7 +239,8 @@ def main():
             print(f"round {r + 1}: {m}: author {j['wall_s']:.2f} s, ngd {w:.2f} s",
                   file=sys.stderr)
     print(f"# the author's code on PyTorch {j['torch']}, BLAS {j['blas'] or '?'} (core "
-          f"{j['openblas_core']}); ngd {a.ngd}")
+          f"{j['openblas_core']}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}); "
+          f"ngd {a.ngd}")
     print(f"one Fashion-MNIST epoch ({count(a.data, 'train') // a.batch} steps of {a.batch}), T_u {a.T_u}, "
           f"T_i {a.T_i}, {a.threads} threads; medians of {a.rounds} alternated rounds")
     print("| method | author's code s | ngd s | author / ngd | test accuracy author / ngd | "
