@@ -56,5 +56,13 @@ expect_rc 0 "resumed with --epochs 1" "$NGD" train $C --epochs 1 --log "$D/f.jso
 expect_msg "no training to do: the resumed run has already completed its --epochs" "--epochs 1 at epoch 1.29"
 tail -2 "$D/f.jsonl" | grep -q '"type":"eval","step":40,"epoch":1.29' && ok || bad "no training to do: the eval record's epoch is not 1.29"
 
+# --widths that give the same parameter shapes are still another model (vit's head count):
+# the run's recorded widths, or refused (as ngd eval does)
+V="--model vit --optim adamw --subset 256 --batch 32 --threads 2 --epochs 2 --quiet --log $D/v.jsonl"
+expect_rc 0 "vit with 4 heads" "$NGD" train $V --widths 32,1,4 --checkpoint "$D/v.ckpt" --max-steps 3
+expect_rc 1 "vit resumed with 2 heads" "$NGD" train $V --widths 32,1,2 --checkpoint "$D/v.ckpt" --resume "$D/v.ckpt" --max-steps 6
+expect_msg "it was written with --widths 32,1,4, not 32,1,2 (resume it with --widths 32,1,4)" "another head count: message"
+expect_rc 0 "vit resumed with its widths" "$NGD" train $V --widths 32,1,4 --checkpoint "$D/v.ckpt" --resume "$D/v.ckpt" --max-steps 6
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

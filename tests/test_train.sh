@@ -562,7 +562,7 @@ exec 3<&-
 
 # bad checkpoints: another shape, corrupt, truncated, foreign
 expect_rc 1 "checkpoint of another width" "$NGD" train --subset 512 --batch 64 --optim brckfac $K --widths 32 --resume "$D/full.ckpt" $Q
-expect_msg "its parameter 0 (weight) has 50176 numbers, here 25088 (other --widths?)" "width mismatch message"
+expect_msg "it was written with --widths 64, not 32 (resume it with --widths 64)" "width mismatch message"
 expect_rc 1 "checkpoint of another optimizer" "$NGD" train --subset 512 --batch 64 --widths 64 --optim sgd --resume "$D/full.ckpt" $Q
 expect_msg "it was written by brckfac, not sgd (--optim)" "optimizer mismatch message"
 head -c 1000 "$D/full.ckpt" > "$D/trunc.ckpt"

@@ -189,12 +189,6 @@ uint32_t train_params_crc(const nn_model *m) {
     return crc;
 }
 
-static void format_widths(const size_t *w, size_t n, char *out, size_t cap) {
-    snprintf(out, cap, "%s", n ? "" : "(the model's defaults)");
-    for (size_t i = 0; i < n; i++)
-        snprintf(out + strlen(out), cap - strlen(out), "%s%zu", i ? "," : "", w[i]);
-}
-
 // ngd eval: the run's model, data set, method, widths, subset, context and batch from the
 // checkpoint's header into t; the ones given must agree with it. Returns an exit code.
 static int eval_setup(train_opts *t) {
@@ -219,8 +213,8 @@ static int eval_setup(train_opts *t) {
                  h.data);
         why = whybuf;
     } else if (!why && h.has_shape) { // given widths, subset, context: the run's, or refused
-        format_widths(t->widths, t->nwidths, given, sizeof given);
-        format_widths(h.widths, h.nwidths, had, sizeof had);
+        trainckpt_format_widths(t->widths, t->nwidths, given, sizeof given);
+        trainckpt_format_widths(h.widths, h.nwidths, had, sizeof had);
         // (a run of the model's default widths: given ones are checked by the parameters'
         // shapes when the checkpoint is read, as ngd train --resume does)
         const char *what = t->nwidths && h.nwidths && strcmp(given, had) != 0 ? "widths"

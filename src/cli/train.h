@@ -203,6 +203,8 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
 // Checks the magic and the CRC of the file's bytes b[0..len) and reads its header into h.
 // Returns NULL, or why the file cannot be read.
 const char *trainckpt_read_head(const unsigned char *b, size_t len, trainckpt_head *h);
+// "64,64" (or "(the model's defaults)" for none) into out.
+void trainckpt_format_widths(const size_t *w, size_t n, char *out, size_t cap);
 // Loads a checkpoint into the run (o NULL: the model only, for ngd eval). Returns 0, or -1
 // after an error naming path.
 int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim *o, nn_loader *ld,

@@ -259,13 +259,19 @@ static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, tr
     return r->bad ? "truncated header" : NULL;
 }
 
+void trainckpt_format_widths(const size_t *w, size_t n, char *out, size_t cap) {
+    snprintf(out, cap, "%s", n ? "" : "(the model's defaults)");
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + strlen(out), cap - strlen(out), "%s%zu", i ? "," : "", w[i]);
+}
+
 // o NULL: the model only (ngd eval): the optimizer's name and state are not checked or read.
 int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim *o, nn_loader *ld,
                    text_iter *ti, run_state *rs) {
     size_t len;
     unsigned char *b = (unsigned char *)cli_read_file(path, &len, "--resume ");
     if (!b) return -1;
-    char whybuf[256];
+    char whybuf[384];
     ngd_rbuf r;
     trainckpt_head h;
     const char *why = read_head(b, len, &r, &h);
@@ -276,7 +282,20 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     } else if (!why && strcmp(h.data, t->data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
         why = whybuf;
-    } else if (!why && h.precision >= 0 && (h.precision == 1) != t->bf16) {
+    } else if (!why && o && h.has_shape && h.nwidths) {
+        // widths that give the same parameter shapes may still be another model (a
+        // transformer's head count): the run's own, when it recorded them, or refused
+        char had[96], given[96];
+        trainckpt_format_widths(h.widths, h.nwidths, had, sizeof had);
+        trainckpt_format_widths(t->widths, t->nwidths, given, sizeof given);
+        if (strcmp(had, given) != 0) {
+            snprintf(whybuf, sizeof whybuf,
+                     "it was written with --widths %s, not %s (resume it with --widths %s)", had,
+                     given, had);
+            why = whybuf;
+        }
+    }
+    if (!why && h.precision >= 0 && (h.precision == 1) != t->bf16) {
         snprintf(whybuf, sizeof whybuf,
                  "it was written with --precision %s, not %s (resume it with --precision %s)",
                  h.precision ? "bf16" : "f32", t->bf16 ? "bf16" : "f32",
