@@ -64,5 +64,12 @@ expect_rc 1 "vit resumed with 2 heads" "$NGD" train $V --widths 32,1,2 --checkpo
 expect_msg "it was written with --widths 32,1,4, not 32,1,2 (resume it with --widths 32,1,4)" "another head count: message"
 expect_rc 0 "vit resumed with its widths" "$NGD" train $V --widths 32,1,4 --checkpoint "$D/v.ckpt" --resume "$D/v.ckpt" --max-steps 6
 
+# an optimizer option that shapes the state (B-KFAC's --rank): refused, with the first
+# difference and the options that could cause it
+expect_rc 0 "bkfac run" "$NGD" train $C --optim bkfac --epochs 1 --max-steps 3 --checkpoint "$D/r.ckpt" --log "$D/r.jsonl" --quiet
+expect_rc 1 "bkfac resumed with --rank 8" "$NGD" train $C --optim bkfac --rank 8 --epochs 1 --max-steps 6 --checkpoint "$D/r.ckpt" --resume "$D/r.ckpt" --log "$D/r.jsonl"
+expect_msg "the first difference: 'fc1' array 2 is A.U (type 0, 172700 values), expected A.U (type 0, 6280 values)" "--rank 8: the first difference"
+expect_msg "and those that shape its state (--rank," "--rank 8: the hint names --rank"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -424,13 +424,17 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         if (!ob || r.bad)
             why = "truncated";
         else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
-            // libngd's message lists its arrays; what a person needs is which options differ
-            cli_error("resume with the --optim, --structure, --factor-dtype, --param-optim, "
-                      "--factored or --no-factored and other optimizer options of the run that "
-                      "wrote it",
+            // what a person needs is which options differ (the header does not record the
+            // ones that shape the state): the kinds are named, and libngd's first mismatch
+            const char *lm = ngd_optim_errmsg(o), *colon = lm ? strstr(lm, ": ") : NULL;
+            cli_error("resume with the optimizer options of the run that wrote it: --optim, "
+                      "--structure, --factor-dtype, --param-optim, --factored or --no-factored, "
+                      "and those that shape its state (--rank, --brand-rank, --oversample, "
+                      "--kfac-like, --momentum...)",
                       "--resume %s: its optimizer state does not fit %s with these options (it "
-                      "was written by another optimizer or with other optimizer options)",
-                      path, ngd_method_name(t->method));
+                      "was written by another optimizer or with other optimizer options; the "
+                      "first difference: %s)",
+                      path, ngd_method_name(t->method), colon ? colon + 2 : "?");
             free(b);
             return -1;
         }
