@@ -71,5 +71,9 @@ expect_rc 1 "bkfac resumed with --rank 8" "$NGD" train $C --optim bkfac --rank 8
 expect_msg "the first difference: 'fc1' array 2 is A.U (type 0, 172700 values), expected A.U (type 0, 6280 values)" "--rank 8: the first difference"
 expect_msg "and those that shape its state (--rank," "--rank 8: the hint names --rank"
 
+# a new run on an earlier run's checkpoint (a forgotten --resume): said before it is replaced
+expect_rc 0 "new run on an earlier checkpoint" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/r.ckpt" --log "$D/r2.jsonl"
+expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this new run replaces it at its first save (to continue that run instead, stop this one and add --resume $D/r.ckpt)" "forgotten --resume: the note"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

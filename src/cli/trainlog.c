@@ -267,6 +267,15 @@ int train_check_outputs(const train_opts *t) {
         return NGD_EXIT_FAIL;
     }
     if (t->ckpt && trainckpt_check_target(t->ckpt)) return NGD_EXIT_FAIL;
+    // a new run on the checkpoint of an earlier one (a forgotten --resume): allowed (ngd wrote
+    // the file), but said before the first save replaces it
+    if (t->ckpt && !t->resume && !t->quiet && dist_root() && stat(t->ckpt, &sb) == 0 &&
+        S_ISREG(sb.st_mode) && sb.st_size > 0)
+        fprintf(stderr,
+                "ngd train: note: --checkpoint %s holds an earlier run; this new run replaces "
+                "it at its first save (to continue that run instead, stop this one and add "
+                "--resume %s)\n",
+                t->ckpt, t->ckpt);
     return NGD_EXIT_OK;
 }
 
