@@ -107,6 +107,13 @@ expect_msg "nosteps.jsonl: no step records (the run ended before its first): lef
 expect_msg "plot: 1 run ->" "short run: the other run plotted"
 expect_rc 1 "plot of two short runs" "$NGD" plot "$tmp/nosteps.jsonl" "$tmp/nosteps.jsonl" -o "$tmp/p2.svg"
 expect_msg "none of the 2 logs has a step record" "two short runs: message"
+# a run evaluated but shorter than --log-every: plotted by its test accuracy alone
+printf '%s\n' '{"type":"eval","step":16,"epoch":1,"test_loss":2.2,"test_accuracy":0.2,"wall_s":0.1}' \
+    '{"type":"eval","step":32,"epoch":2,"test_loss":2.1,"test_accuracy":0.25,"wall_s":0.2}' \
+    '{"type":"summary","model":"mlp","data":"mnist","optim":"sgd","steps":32,"test_accuracy":0.25}' > "$tmp/evalonly.jsonl"
+expect_rc 0 "plot of an evaluated run without step records" "$NGD" plot "$tmp/evalonly.jsonl" -o "$tmp/p3.svg"
+expect_msg "evalonly.jsonl: no step records (the run ended before its first, or logged with a large --log-every): only its test accuracy is plotted" "evaluated short run: warning"
+[ "$(grep -c '<polyline' "$tmp/p3.svg")" = 2 ] && ok || bad "evaluated short run: not its two accuracy lines"
 rm -f "$tmp/p.svg"
 # -o on a symbolic link is refused (the rename would replace the link), as --checkpoint does
 echo keep > "$tmp/target.svg"; ln -s "$tmp/target.svg" "$tmp/link.svg"

@@ -53,7 +53,8 @@ static void print_help(FILE *f) {
                "Plots JSON-lines logs of 'ngd train' (--log FILE, default runs/*.jsonl): training\n"
                "loss and test accuracy against steps and against wall time, one line per run.\n"
                "A run that ended before its first step record (shorter than --log-every) is\n"
-               "left out, with a warning, when other runs are plotted.\n\n"
+               "plotted by its test accuracy alone, or, not evaluated either, left out with a\n"
+               "warning when other runs are plotted.\n\n"
                "options:\n");
     cli_print_opts(f, OPTS, NOPTS, 24);
     fprintf(f, "\nexample:\n  ngd plot runs/mlp-fashion-mnist-singd.jsonl "
@@ -240,10 +241,14 @@ static int read_log(const char *path, run *r) {
         cli_error(NULL, "%s: read failed", path);
         return -1;
     }
-    if (r->loss.n == 0 && (r->has_summary || r->acc.n > 0))
-        return 1; // a run shorter than
-                  // --log-every
-    if (r->loss.n == 0) {
+    if (r->loss.n == 0 && r->acc.n == 0 && r->has_summary)
+        return 1; // a run shorter than --log-every, with no evaluation either
+    if (r->loss.n == 0 && r->acc.n > 0) // (a run shorter than --log-every, evaluated)
+        fprintf(stderr,
+                "ngd: warning: %s: no step records (the run ended before its first, or logged "
+                "with a large --log-every): only its test accuracy is plotted\n",
+                path);
+    if (r->loss.n == 0 && r->acc.n == 0) {
         cli_error("plot the JSON-lines log of 'ngd train' (--log FILE); a run writes its first "
                   "step record after --log-every steps (20 by default)",
                   "%s: no step records (%zu line%s%s)", path, lineno, lineno == 1 ? "" : "s",
