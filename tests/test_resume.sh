@@ -35,16 +35,26 @@ cp "$D/m.ckpt" "$D/m31.ckpt"
 expect_rc 0 "resumed to the end of epoch 2" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/m.jsonl" --checkpoint "$D/m.ckpt" --resume "$D/m.ckpt" --max-steps 62
 [ "$(grep -c '"type":"eval","step":31,' "$D/m.jsonl")" = 1 ] && ok || bad "--max-steps at an epoch's end: step 31 evaluated twice"
 
-# a resume from a checkpoint older than the log's last records (a run killed with kill -9
-# after its last save): the log is cut back to the checkpoint's step, so each step is logged
-# once and the records are the uninterrupted run's
+# a resume from a checkpoint older than the log's last records, which no summary ends (a run
+# killed with kill -9 after its last save: here the run to step 62 without its summary line):
+# the log is cut back to the checkpoint's step, so each step is logged once and the records
+# are the uninterrupted run's
+cp "$D/m.jsonl" "$D/branch.jsonl"
+sed -i '$d' "$D/m.jsonl"
 expect_rc 0 "resumed from step 31 again" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/m.jsonl" --checkpoint "$D/m.ckpt" --resume "$D/m31.ckpt"
+expect_msg "m.jsonl: 7 records past the checkpoint's step 31 cut (the run that wrote them stopped before saving them)" "log cut: said"
 expect_rc 0 "uninterrupted run" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/ref.jsonl"
 if diff <(records "$D/ref.jsonl") <(records "$D/m.jsonl") >/dev/null; then ok; else
     bad "log resumed from an older checkpoint: its records are not the uninterrupted run's"
     diff <(records "$D/ref.jsonl") <(records "$D/m.jsonl") | head -5
 fi
-[ "$(grep -c '"type":"summary"' "$D/m.jsonl")" = 2 ] && ok || bad "log resumed from an older checkpoint: the summary of the cut records is kept"
+# ... but records that a summary ends are a run that ended (a branch from the older checkpoint,
+# or another run on this log): kept, the resumed run's appended after them
+n0=$(wc -l < "$D/branch.jsonl"); sum0=$(md5sum < "$D/branch.jsonl")
+expect_rc 0 "branch from step 31" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --lr 0.002 --log "$D/branch.jsonl" --checkpoint "$D/m31b.ckpt" --resume "$D/m31.ckpt" --max-steps 40
+printf '%s\n' "$out" | grep -q "cut" && bad "branch: records were cut" || ok
+[ "$(head -n "$n0" "$D/branch.jsonl" | md5sum)" = "$sum0" ] && ok || bad "branch: the ended run's records changed"
+[ "$(grep -c '"type":"step","step":35,' "$D/branch.jsonl")" = 2 ] && ok || bad "branch: the ended run's step 35 is not kept beside the branch's"
 
 # a limit already spent where the run resumes: said (it counts the run in all)
 expect_rc 0 "resume past --max-steps" "$NGD" train $C --epochs 3 --log "$D/m.jsonl" --checkpoint "$D/m31.ckpt" --resume "$D/m31.ckpt" --max-steps 10

@@ -228,7 +228,7 @@ double train_now_s(void);
 // What a training run will write, checked before any data is loaded. Returns an exit code.
 int train_check_outputs(const train_opts *t);
 // Opens the log (its path into path); NULL after an error. A resumed run's log is cut back
-// to its records up to resume_step (the checkpoint's).
+// to its records up to resume_step (the checkpoint's) when no summary follows the later ones.
 FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t cap);
 // A new run that ends before writing any record: its log is left as it was (or, created by
 // the run, removed). False (nothing done) once a record was written, and for a resumed run.

@@ -139,34 +139,41 @@ static int trim_partial_line(FILE *f) {
     return ftruncate(fileno(f), end);
 }
 
-// A resumed run appends to its log from its checkpoint's step: records of later steps were
-// written by a run stopped without saving them (kill -9, a second Ctrl-C, a crash after
-// --checkpoint-every's last save), and would appear twice. The log is cut before the first
-// "step" or "eval" record past the checkpoint's step. (Records are read by their "step"
-// number, the first key after "type" in every record ngd writes; summaries have "steps".)
-static int cut_after_step(FILE *f, size_t step) {
+// A resumed run appends to its log from its checkpoint's step. A run stopped without saving
+// its last steps (kill -9, a second Ctrl-C, a crash after --checkpoint-every's last save) left
+// records of steps past the checkpoint, which would appear twice: they are cut, from the first
+// "step" or "eval" record past the checkpoint's step, when no summary follows it. A summary
+// there is a run that ended (another run on this log, or a branch from an older checkpoint):
+// nothing is cut then. Records are read by their "step" number, the first key after "type" in
+// every record ngd writes (summaries have "steps"). *cut: the records removed.
+static int cut_after_step(FILE *f, size_t step, size_t *cut) {
+    static const char STEP[] = "{\"type\":\"step\",", EVAL[] = "{\"type\":\"eval\",",
+                      SUMMARY[] = "{\"type\":\"summary\",";
+    *cut = 0;
     if (fseeko(f, 0, SEEK_SET) != 0) return -1;
     char *line = NULL;
-    size_t cap = 0;
-    off_t at = 0;
+    size_t cap = 0, after = 0;
+    off_t at = 0, from = -1;
     ssize_t n;
-    int rc = 0;
+    bool summary = false;
     while ((n = getline(&line, &cap, f)) > 0) {
         const char *k = strstr(line, "\"step\":");
-        static const char STEP[] = "{\"type\":\"step\",", EVAL[] = "{\"type\":\"eval\",";
-        if (k && (!strncmp(line, STEP, sizeof STEP - 1) || !strncmp(line, EVAL, sizeof EVAL - 1))) {
+        if (from < 0 && k &&
+            (!strncmp(line, STEP, sizeof STEP - 1) || !strncmp(line, EVAL, sizeof EVAL - 1))) {
             char *end;
             const unsigned long long v = strtoull(k + 7, &end, 10);
-            if (end != k + 7 && v > step) {
-                fflush(f);
-                rc = ftruncate(fileno(f), at);
-                break;
-            }
+            if (end != k + 7 && v > step) from = at;
         }
+        if (from >= 0) after++, summary |= !strncmp(line, SUMMARY, sizeof SUMMARY - 1);
         at += n;
     }
-    if (ferror(f)) rc = -1;
+    int rc = ferror(f) ? -1 : 0;
     free(line);
+    if (rc == 0 && from >= 0 && !summary) {
+        fflush(f);
+        rc = ftruncate(fileno(f), from);
+        if (rc == 0) *cut = after;
+    }
     if (fseeko(f, 0, SEEK_END) != 0) rc = -1; // (from reading to appending)
     return rc;
 }
@@ -204,13 +211,19 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
         return NULL;
     }
     struct stat st;
+    size_t cut = 0;
     if (t->resume && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
-        cut_after_step(f, resume_step) != 0) {
+        cut_after_step(f, resume_step, &cut) != 0) {
         cli_error(NULL, "--log %s: cannot cut its records past the checkpoint's step %zu: %s",
                   path, resume_step, strerror(errno));
         fclose(f);
         return NULL;
     }
+    if (cut && !t->quiet)
+        fprintf(stderr,
+                "ngd train: --log %s: %zu record%s past the checkpoint's step %zu cut (the run "
+                "that wrote them stopped before saving them)\n",
+                path, cut, cut == 1 ? "" : "s", resume_step);
     return f;
 }
 
