@@ -207,6 +207,7 @@ expect_msg "OMP_NUM_THREADS=100000: more threads than ngd runs (1024)" "OMP_NUM_
 # ... unless --threads overrides it, as its message says
 expect_rc 0 "OMP_NUM_THREADS=100000 with --threads 1" env OMP_NUM_THREADS=100000 "$NGD" bench train --model mlp --widths 16 --optim sgd --steps 2 --warmup 1 --threads 1
 expect_rc 0 "OMP_NUM_THREADS=100000 with --threads=1" env OMP_NUM_THREADS=100000 "$NGD" bench train --model mlp --widths 16 --optim sgd --steps 2 --warmup 1 --threads=1
+expect_rc 0 "OMP_NUM_THREADS=100000 with --thread 1 (a prefix getopt takes)" env OMP_NUM_THREADS=100000 "$NGD" bench train --model mlp --widths 16 --optim sgd --steps 2 --warmup 1 --thread 1
 expect_rc 2 "bench train --optim sgd,sgd" "$NGD" bench train --model mlp --optim sgd,sgd
 expect_msg "--optim: 'sgd' is repeated in 'sgd,sgd'" "bench train repeated entry message"
 expect_rc 1 "bench train: a period past 10^6" "$NGD" bench train --model mlp --widths 16 --optim bkfac --batch 8 --steps 2 --warmup 1 --threads 1 --T-u 999999 --T-i 1000000

@@ -85,5 +85,27 @@ expect_msg "and those that shape its state (--rank," "--rank 8: the hint names -
 expect_rc 0 "new run on an earlier checkpoint" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/r.ckpt" --log "$D/r2.jsonl"
 expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this new run replaces it at its first save (to continue that run instead, stop this one and add --resume $D/r.ckpt)" "forgotten --resume: the note"
 
+# --checkpoint-every landing on an epoch's last batch saves after the epoch's end: the resume
+# does not end that epoch (and log its evaluation) again
+E="$C --epochs 3 --log-every 5 --checkpoint-every 31 --quiet"
+expect_rc 0 "--checkpoint-every 31 to step 31" "$NGD" train $E --log "$D/ce.jsonl" --checkpoint "$D/ce.ckpt" --max-steps 31
+expect_rc 0 "--checkpoint-every 31 resumed" "$NGD" train $E --log "$D/ce.jsonl" --checkpoint "$D/ce.ckpt" --resume "$D/ce.ckpt" --max-steps 62
+[ "$(grep -c '"type":"eval","step":31,' "$D/ce.jsonl")" = 1 ] && ok || bad "--checkpoint-every at an epoch's end: step 31 evaluated twice"
+# a resume with nothing to do leaves its checkpoint as it was
+sum0=$(md5sum < "$D/m31.ckpt")
+expect_rc 0 "nothing to do again" "$NGD" train $C --epochs 3 --log "$D/m.jsonl" --checkpoint "$D/m31.ckpt" --resume "$D/m31.ckpt" --max-steps 31
+[ "$(md5sum < "$D/m31.ckpt")" = "$sum0" ] && ok || bad "a resume with nothing to do rewrote its checkpoint"
+# a damaged optimizer state (its CRC made to match the damage) is said to be damaged, not
+# another option's
+python3 - "$D/r.ckpt" "$D/rd.ckpt" <<'PY'
+import sys, zlib
+d = bytearray(open(sys.argv[1], "rb").read())
+d[len(d) - 100] ^= 0xFF
+d[-4:] = (zlib.crc32(bytes(d[:-4])) & 0xFFFFFFFF).to_bytes(4, "little")
+open(sys.argv[2], "wb").write(d)
+PY
+expect_rc 1 "damaged optimizer state" "$NGD" train $C --epochs 1 --max-steps 6 --checkpoint "$D/rd.ckpt" --resume "$D/rd.ckpt" --log "$D/r2.jsonl"
+expect_msg "its optimizer state cannot be read: checksum mismatch: the file is corrupt or truncated" "damaged optimizer state: message"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -196,8 +196,10 @@ static int check_env(int argc, char **argv) {
     // the command line gives --threads, which the command applies (omp_set_num_threads) before
     // its first parallel region
     bool threads_opt = false;
-    for (int i = 2; i < argc && strcmp(argv[i], "--"); i++)
-        threads_opt |= !strcmp(argv[i], "--threads") || !strncmp(argv[i], "--threads=", 10);
+    for (int i = 2; i < argc && strcmp(argv[i], "--"); i++) { // (or a prefix getopt takes)
+        const size_t n = strcspn(argv[i], "=");
+        threads_opt |= n >= 5 && n <= 9 && !strncmp(argv[i], "--threads", n);
+    }
     if (omp_get_max_threads() > 1024 && !threads_opt) {
         const char *v = getenv("OMP_NUM_THREADS");
         cli_error("give OMP_NUM_THREADS (or --threads) at most 1024",

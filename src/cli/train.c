@@ -573,7 +573,10 @@ int train_run(const train_opts *t, bool eval_only) {
                                       sps, eta);
                 rs.rec_loss = rs.rec_acc = 0, rs.rec_n = 0, seen = 0, t_mark = now;
             }
-            if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0) {
+            // (a save due on an epoch's last batch waits for the epoch's end, below: saved
+            // before it, a resume would end the epoch and log its evaluation again)
+            if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0 &&
+                train_steps_into_epoch(t, &ld, tip) < per_epoch) {
                 rs.wall = train_now_s() - t_start;
                 if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) {
                     rc = NGD_EXIT_FAIL;
@@ -601,7 +604,7 @@ int train_run(const train_opts *t, bool eval_only) {
                 }
                 evaluated_at = rs.step;
             }
-            if (t->ckpt && !t->ckpt_every) {
+            if (t->ckpt && (!t->ckpt_every || rs.step % t->ckpt_every == 0)) {
                 rs.wall = train_now_s() - t_start;
                 if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) {
                     rc = NGD_EXIT_FAIL;
@@ -646,7 +649,7 @@ int train_run(const train_opts *t, bool eval_only) {
     // the last step. Not for a new run stopped before its first step: that would replace the
     // file given to --checkpoint with an untrained model.
     if (rc == NGD_EXIT_OK && t->ckpt && saved_step != rs.step &&
-        (rs.step > step0 || (t->resume && !complete0 && (stop || train_stop_signal)) ||
+        (rs.step > step0 || (t->resume && !complete0 && train_stop_signal) ||
          was_pending != rs.eval_pending)) { // (the resumed run did the pending evaluation)
         rs.wall = train_now_s() - t_start;
         if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) rc = NGD_EXIT_FAIL;

@@ -419,14 +419,30 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         for (int j = 0; j < 4; j++)
             m->rngs[i]->s[j] = get_u64(&r);
     if (!why) {
+        ngd_status ost;
         size_t olen = (size_t)get_u64(&r);
         const unsigned char *ob = ngd_rbuf_bytes(&r, olen);
         if (!ob || r.bad)
             why = "truncated";
-        else if (o && ngd_optim_load_mem(o, ob, olen) != NGD_OK) {
+        else if (o && (ost = ngd_optim_load_mem(o, ob, olen)) != NGD_OK) {
             // what a person needs is which options differ (the header does not record the
-            // ones that shape the state): the kinds are named, and libngd's first mismatch
+            // ones that shape the state): the kinds are named, and libngd's first mismatch;
+            // a damaged state (checksum, magic, version, truncation) or no memory is no
+            // option's fault
             const char *lm = ngd_optim_errmsg(o), *colon = lm ? strstr(lm, ": ") : NULL;
+            const char *d = colon ? colon + 2 : "?";
+            if (ost == NGD_ERR_NOMEM) {
+                cli_error("lower --batch, or free memory", "--resume %s: out of memory", path);
+                free(b);
+                return -1;
+            }
+            if (ost != NGD_ERR_FORMAT || strstr(d, "checksum") || strstr(d, "magic") ||
+                strstr(d, "truncated") || strstr(d, "format version")) {
+                cli_error("the file is damaged: resume from another checkpoint",
+                          "--resume %s: its optimizer state cannot be read: %s", path, d);
+                free(b);
+                return -1;
+            }
             cli_error("resume with the optimizer options of the run that wrote it: --optim, "
                       "--structure, --factor-dtype, --param-optim, --factored or --no-factored, "
                       "and those that shape its state (--rank, --brand-rank, --oversample, "
@@ -434,7 +450,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
                       "--resume %s: its optimizer state does not fit %s with these options (it "
                       "was written by another optimizer or with other optimizer options; the "
                       "first difference: %s)",
-                      path, ngd_method_name(t->method), colon ? colon + 2 : "?");
+                      path, ngd_method_name(t->method), d);
             free(b);
             return -1;
         }
