@@ -242,7 +242,7 @@ static int read_log(const char *path, run *r) {
         return -1;
     }
     if (r->loss.n == 0 && r->acc.n == 0 && r->has_summary)
-        return 1; // a run shorter than --log-every, with no evaluation either
+        return 1;                       // a run shorter than --log-every, with no evaluation either
     if (r->loss.n == 0 && r->acc.n > 0) // (a run shorter than --log-every, evaluated)
         fprintf(stderr,
                 "ngd: warning: %s: no step records (the run ended before its first, or logged "
@@ -252,8 +252,7 @@ static int read_log(const char *path, run *r) {
         cli_error("plot the JSON-lines log of 'ngd train' (--log FILE); a run writes its first "
                   "step record after --log-every steps (20 by default)",
                   "%s: no step records (%zu line%s%s)", path, lineno, lineno == 1 ? "" : "s",
-                  bad ? (lineno == 1 ? ", not a log record" : ", none of them a log record")
-                      : "");
+                  bad ? (lineno == 1 ? ", not a log record" : ", none of them a log record") : "");
         return -1;
     }
     if (bad)
@@ -695,9 +694,10 @@ int cmd_plot(int argc, char **argv) {
         series_free(&runs[kept].loss), series_free(&runs[kept].acc);
         memset(&runs[kept], 0, sizeof runs[kept]);
         if (n == 1) {
-            cli_error("a run writes its first step record after --log-every steps (20 by default): train "
-                      "longer, or with a smaller --log-every",
-                      "%s: no step records (the run ended before its first)", path);
+            cli_error(
+                "a run writes its first step record after --log-every steps (20 by default): train "
+                "longer, or with a smaller --log-every",
+                "%s: no step records (the run ended before its first)", path);
             goto done;
         }
         fprintf(stderr,

@@ -214,8 +214,8 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
     size_t cut = 0;
     if (t->resume && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
         cut_after_step(f, resume_step, &cut) != 0) {
-        cli_error(NULL, "--log %s: cannot cut its records past the checkpoint's step %zu: %s",
-                  path, resume_step, strerror(errno));
+        cli_error(NULL, "--log %s: cannot cut its records past the checkpoint's step %zu: %s", path,
+                  resume_step, strerror(errno));
         fclose(f);
         return NULL;
     }
