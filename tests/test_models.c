@@ -523,7 +523,47 @@ static void bad_configurations_should_be_rejected(void) {
     CHECK(vit && vgg);
 }
 
+// m->widths: the widths a model was built with, its defaults filled in for the ones not given
+// (what ngd train --resume compares)
+static void models_should_record_the_widths_they_were_built_with(void) {
+    static const struct {
+        const char *name;
+        size_t c, given[4], ngiven, want[4], nwant;
+    } cases[] = {
+        {"mlp", 1, {0}, 0, {512, 512}, 2},
+        {"mlp", 1, {7, 5, 3}, 3, {7, 5, 3}, 3},
+        {"cnn", 3, {0}, 0, {32, 64}, 2},
+        {"cnn", 3, {4}, 1, {4}, 1},
+        {"vit", 3, {0}, 0, {64, 2, 4, 4}, 4},
+        {"vit", 3, {32}, 1, {32, 2, 4, 4}, 4},
+        {"vit", 3, {32, 1, 2}, 3, {32, 1, 2, 4}, 4},
+        {"vgg16bn", 3, {0}, 0, {1}, 1},
+        {"vgg16bn", 3, {8}, 1, {8}, 1},
+    };
+    char err[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nn_model_cfg c = {.name = cases[i].name,
+                          .in_c = cases[i].c,
+                          .in_h = 32,
+                          .in_w = 32,
+                          .classes = 10,
+                          .max_batch = 1,
+                          .nwidths = cases[i].ngiven,
+                          .seed = 1};
+        memcpy(c.widths, cases[i].given, sizeof cases[i].given);
+        nn_model m;
+        CHECK_MSG(nn_model_create(&m, &c, err, sizeof err) == NN_OK, "%s: %s", cases[i].name, err);
+        CHECK_MSG(m.nwidths == cases[i].nwant, "%s case %zu: %zu widths", cases[i].name, i,
+                  m.nwidths);
+        for (size_t k = 0; k < cases[i].nwant && k < m.nwidths; k++)
+            CHECK_MSG(m.widths[k] == cases[i].want[k], "%s case %zu: width %zu is %zu",
+                      cases[i].name, i, k, m.widths[k]);
+        nn_model_free(&m);
+    }
+}
+
 static const test_case TESTS[] = {
+    TEST(models_should_record_the_widths_they_were_built_with),
     TEST(mlp_gradients_should_match_finite_differences),
     TEST(cnn_gradients_should_match_finite_differences),
     TEST(vit_gradients_should_match_finite_differences),

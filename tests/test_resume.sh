@@ -71,8 +71,15 @@ tail -2 "$D/f.jsonl" | grep -q '"type":"eval","step":40,"epoch":1.29' && ok || b
 V="--model vit --optim adamw --subset 256 --batch 32 --threads 2 --epochs 2 --quiet --log $D/v.jsonl"
 expect_rc 0 "vit with 4 heads" "$NGD" train $V --widths 32,1,4 --checkpoint "$D/v.ckpt" --max-steps 3
 expect_rc 1 "vit resumed with 2 heads" "$NGD" train $V --widths 32,1,2 --checkpoint "$D/v.ckpt" --resume "$D/v.ckpt" --max-steps 6
-expect_msg "it was written with --widths 32,1,4, not 32,1,2 (resume it with --widths 32,1,4)" "another head count: message"
+expect_msg "it was written with --widths 32,1,4, not 32,1,2 (resume it with --widths 32,1,4,4)" "another head count: message"
 expect_rc 0 "vit resumed with its widths" "$NGD" train $V --widths 32,1,4 --checkpoint "$D/v.ckpt" --resume "$D/v.ckpt" --max-steps 6
+# ... compared as the models were built (defaults filled in): a run of the default widths
+# (64,2,4,4) resumed with 2 heads is refused, and one given the defaults resumes without them
+expect_rc 0 "vit of the default widths" "$NGD" train $V --checkpoint "$D/vd.ckpt" --max-steps 3
+expect_rc 1 "default vit resumed with 2 heads" "$NGD" train $V --widths 64,2,2 --checkpoint "$D/vd.ckpt" --resume "$D/vd.ckpt" --max-steps 6
+expect_msg "it was written with --widths (the model's defaults), not 64,2,2 (resume it with --widths 64,2,4,4)" "default vit, 2 heads: message"
+expect_rc 0 "vit given its default widths" "$NGD" train $V --widths 64,2,4 --checkpoint "$D/ve.ckpt" --max-steps 3
+expect_rc 0 "... resumed without them" "$NGD" train $V --checkpoint "$D/ve.ckpt" --resume "$D/ve.ckpt" --max-steps 6
 
 # an optimizer option that shapes the state (B-KFAC's --rank): refused, with the first
 # difference and the options that could cause it

@@ -282,17 +282,31 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     } else if (!why && strcmp(h.data, t->data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
         why = whybuf;
-    } else if (!why && o && h.has_shape && h.nwidths) {
+    } else if (!why && o && h.has_shape) {
         // widths that give the same parameter shapes may still be another model (a
-        // transformer's head count): the run's own, when it recorded them, or refused
-        char had[96], given[96];
+        // transformer's head count): the widths the run's model was built with (its given
+        // ones, the defaults filled in: a model of them, one sample wide, tells) must be these
+        char had[96], given[96], built[96], errm[256];
         trainckpt_format_widths(h.widths, h.nwidths, had, sizeof had);
         trainckpt_format_widths(t->widths, t->nwidths, given, sizeof given);
         if (strcmp(had, given) != 0) {
-            snprintf(whybuf, sizeof whybuf,
-                     "it was written with --widths %s, not %s (resume it with --widths %s)", had,
-                     given, had);
-            why = whybuf;
+            nn_model_cfg c = m->cfg;
+            c.nwidths = h.nwidths, c.max_batch = 1;
+            memcpy(c.widths, h.widths, sizeof c.widths);
+            nn_model hm;
+            const nn_status ms = nn_model_create(&hm, &c, errm, sizeof errm);
+            const bool same = ms == NN_OK && hm.nwidths == m->nwidths &&
+                              !memcmp(hm.widths, m->widths, m->nwidths * sizeof m->widths[0]);
+            if (ms == NN_OK) trainckpt_format_widths(hm.widths, hm.nwidths, built, sizeof built);
+            nn_model_free(&hm);
+            if (ms == NN_ERR_NOMEM) {
+                why = "out of memory";
+            } else if (!same) {
+                snprintf(whybuf, sizeof whybuf,
+                         "it was written with --widths %s, not %s (resume it with --widths %s)",
+                         had, given, ms == NN_OK ? built : had);
+                why = whybuf;
+            }
         }
     }
     if (!why && h.precision >= 0 && (h.precision == 1) != t->bf16) {

@@ -49,6 +49,11 @@ nn_status nn_model_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_
     return s;
 }
 
+void nn_model_set_widths(nn_model *m, const size_t *w, size_t n) {
+    m->nwidths = n < NN_MODEL_MAX_WIDTHS ? n : NN_MODEL_MAX_WIDTHS;
+    memcpy(m->widths, w, m->nwidths * sizeof w[0]);
+}
+
 void nn_model_free(nn_model *m) {
     if (!m) return;
     if (m->ops && m->impl) m->ops->destroy(m);

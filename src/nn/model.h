@@ -79,13 +79,17 @@ struct nn_model {
                                       // NULL = the optimizer's own), borrowed
     float *stats_buf; // Conv2d statistics scratch, shared by the layers (nn_observe_conv2d)
     size_t stats_n;   // its floats
-    void *impl;       // the model's own struct
+    size_t widths[NN_MODEL_MAX_WIDTHS]; // the widths it was built with, defaults filled in
+    size_t nwidths;                     // (cfg.widths: as given, 0 = default)
+    void *impl;                         // the model's own struct
 };
 
 // Creates the model named cfg->name. Errors: NN_ERR_ARG (unknown name, bad sizes: the
 // message lists the models), NN_ERR_NOMEM.
 nn_status nn_model_create(nn_model *m, const nn_model_cfg *cfg, char *err, size_t cap);
 void nn_model_free(nn_model *m);
+// Records the widths a model is built with (its create, after checking them): m->widths.
+void nn_model_set_widths(nn_model *m, const size_t *w, size_t n);
 void nn_model_zero_grad(nn_model *m);
 size_t nn_model_param_count(const nn_model *m);
 // The table of models (for --help): returns the i-th, NULL past the end.

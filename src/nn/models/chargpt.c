@@ -62,6 +62,7 @@ static nn_status gpt_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                  cfg->nwidths);
         return NN_ERR_ARG;
     }
+    nn_model_set_widths(m, (const size_t[]){C, depth, nh}, 3);
     if (C == 0 || depth == 0 || depth > GPT_MAX_DEPTH || nh == 0 || C % nh) {
         snprintf(err, cap,
                  "chargpt: --widths C,DEPTH,HEADS needs C divisible by HEADS and "

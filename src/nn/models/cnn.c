@@ -78,6 +78,7 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         return NN_ERR_ARG;
     }
     if (cfg->nwidths) memcpy(chans, cfg->widths, p->nstages * sizeof chans[0]);
+    nn_model_set_widths(m, chans, p->nstages);
     nn_rng rng;
     nn_rng_seed(&rng, cfg->seed);
     const size_t B = cfg->max_batch;

@@ -36,6 +36,7 @@ static nn_status mlp_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     size_t widths[NN_MODEL_MAX_WIDTHS] = {512, 512};
     size_t nh = cfg->nwidths ? cfg->nwidths : 2;
     if (cfg->nwidths) memcpy(widths, cfg->widths, nh * sizeof widths[0]);
+    nn_model_set_widths(m, widths, nh);
     nn_rng rng;
     nn_rng_seed(&rng, cfg->seed);
     size_t din = cfg->in_c * cfg->in_h * cfg->in_w, B = cfg->max_batch;

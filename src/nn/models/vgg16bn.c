@@ -94,6 +94,7 @@ static nn_status vgg_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         snprintf(err, cap, "vgg16bn: --widths D divides the channels (1 <= D <= 64, e.g. 4 or 8)");
         return NN_ERR_ARG;
     }
+    nn_model_set_widths(m, &div, 1);
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f)) {
         snprintf(err, cap, "vgg16bn: dropout must be in [0, 1)");
         return NN_ERR_ARG;

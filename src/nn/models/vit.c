@@ -71,6 +71,7 @@ static nn_status vit_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
                  cfg->nwidths);
         return NN_ERR_ARG;
     }
+    nn_model_set_widths(m, (const size_t[]){C, depth, nh, patch}, 4);
     if (C == 0 || depth == 0 || depth > VIT_MAX_DEPTH || nh == 0 || C % nh) {
         snprintf(err, cap,
                  "vit: --widths C,DEPTH,HEADS[,PATCH] needs C divisible by HEADS and "
