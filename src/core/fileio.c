@@ -75,6 +75,10 @@ static void wbuf_write_out(ngd_wbuf *w, const unsigned char *p, size_t n) {
             if (errno != EINTR) w->werr = errno;
             continue;
         }
+        if (k == 0) { // (no progress and no error: never so for a regular file; not spun on)
+            w->werr = EIO;
+            break;
+        }
         p += k, n -= (size_t)k;
     }
 }
