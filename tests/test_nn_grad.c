@@ -1405,6 +1405,31 @@ static void activation_approximations_should_match_libm(void) {
     CHECK(nn_tanh_approx(1e4f) == 1.0f && nn_tanh_approx(-1e4f) == -1.0f);
     CHECK(nn_exp_approx(-1e4f) > 0.0f && isfinite(nn_exp_approx(1e4f)));
     CHECK(isnan(nn_erf_approx(NAN)) && nn_erf_approx(-0.25f) < 0.0f && nn_erf_approx(-3.0f) < 0.0f);
+    // far out erf is ±1 (its small-x series overflowed to -inf past |x| ~ 6000, and its 0
+    // weight made that NaN)
+    CHECK(nn_erf_approx(1e4f) == 1.0f && nn_erf_approx(-3e4f) == -1.0f);
+    CHECK(nn_erf_approx(INFINITY) == 1.0f && nn_erf_approx(-INFINITY) == -1.0f);
+    // GELU and GELU' of both kinds far out, through the layer (the vectorised loops, f32 and
+    // bf16 outputs): x and 1 above, 0 below; NaN stays NaN
+    const float xs[] = {1e4f, 3e4f, 1e30f, 3e38f, -1e4f, -3e4f, -1e30f, NAN};
+    enum { NX = sizeof xs / sizeof xs[0] };
+    for (int kind = 0; kind < 2; kind++) {
+        nn_gelu g = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
+        float y[NX], dx[NX], dy[NX];
+        uint16_t y16[NX];
+        for (int i = 0; i < NX; i++)
+            dy[i] = 1.0f;
+        nn_gelu_forward(&g, xs, y, NX);
+        nn_gelu_backward_set(&g, dy, dx);
+        nn_gelu_forward16(&g, xs, y16, NX);
+        for (int i = 0; i < NX - 1; i++) {
+            const bool pos = xs[i] > 0.0f;
+            CHECK(y[i] == (pos ? xs[i] : 0.0f));
+            CHECK(fabsf(dx[i] - (pos ? 1.0f : 0.0f)) <= 1e-30f); // (e⁻⁸⁷·1e4 at most)
+            CHECK(y16[i] == nn_to_bf16(y[i]));
+        }
+        CHECK(isnan(y[NX - 1]) && isnan(dx[NX - 1]) && (y16[NX - 1] & 0x7fffu) > 0x7f80u);
+    }
 }
 
 static void maxpool_should_match_naive_and_finite_differences(void) {
@@ -2139,6 +2164,19 @@ static void cross_entropy_should_match_formula_and_finite_differences(void) {
             CHECK(fabs(rs) < 1e-7);
         }
     }
+    // a NaN or infinite logit (NaN of either sign: x86's default NaN is negative): the loss
+    // and that row's gradient are NaN, the other rows' gradients as they were
+    const float bad[] = {NAN, -NAN, INFINITY, -INFINITY};
+    for (int b = 0; b < 4; b++)
+        for (int at = 0; at < 3; at++) { // at the label (0) or elsewhere
+            float zb[6] = {0.5f, -0.25f, 1.0f, 0.3f, 0.1f, -0.7f}, db[6], dref[6];
+            const int32_t lb[2] = {0, 2};
+            CHECK(isfinite(nn_xent_forward(zb, lb, 2, 3, 0.1f, 1.0f, dref)));
+            zb[at] = bad[b];
+            CHECK(!isfinite(nn_xent_forward(zb, lb, 2, 3, 0.1f, 1.0f, db)));
+            CHECK(isnan(db[0]) && isnan(db[1]) && isnan(db[2]));
+            CHECK(db[3] == dref[3] && db[4] == dref[4] && db[5] == dref[5]);
+        }
     // accuracy: make rows 0 and 2 right, 1 and 3 wrong
     float zz[12] = {5, 0, 0, 5, 0, 0, 0, 0, 5, 0, 5, 0};
     const int32_t ll[4] = {0, 1, 2, 0};

@@ -28,7 +28,10 @@ static inline float erf_fast(float x) {
     p = p * t - 0.284496736f;
     p = p * t + 0.254829592f;
     const float big = 1.0f - p * t * nn_exp_fast(-a * a);
-    const float z = a * a; // 2/√π (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
+    // the series at min(a, 0.5): beyond that its weight is 0, and at |x| above ~6000 its
+    // value overflowed to -inf, which the 0 weight made NaN (GELU(1e4) was NaN)
+    const float as = a < 0.5f ? a : 0.5f;
+    const float z = as * as; // 2/√π (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
     float q = -1.0f / 1320.0f;
     q = q * z + 1.0f / 216.0f;
     q = q * z - 1.0f / 42.0f;
@@ -38,7 +41,7 @@ static inline float erf_fast(float x) {
     // the two branches blended by a 0/1 weight and the sign put back through the bits: no
     // control flow, so GCC vectorises the loops that call this
     const float w = (float)(a < 0.5f);
-    const float e = w * (1.1283791670955126f * a * q) + (1.0f - w) * big;
+    const float e = w * (1.1283791670955126f * as * q) + (1.0f - w) * big;
     uint32_t ue, ux;
     memcpy(&ue, &e, sizeof ue);
     memcpy(&ux, &x, sizeof ux);
@@ -141,16 +144,20 @@ void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n) {
     gelu_forward(l, x, NULL, y16, n);
 }
 
-// GELU'(v): tanh form 0.5 (1 + t) + 0.5 v (1 − t²) du; erf form Φ(v) + v φ(v)
+// GELU'(v): tanh form 0.5 (1 + t) + 0.5 v (1 − t²) du; erf form Φ(v) + v φ(v). The second
+// terms take v clamped to ±1e4, where they are 0 to float precision: unclamped, du overflowed
+// past |v| ~ 1.8e19 (0 · inf: NaN) and v φ(v) kept nn_exp_fast's floor e⁻⁸⁷ times v (GELU'
+// of 3e38 was 2.97). A NaN v stays NaN.
 static inline float gelu_grad(bool tanh_kind, float v) {
+    const float vc = v > 1e4f ? 1e4f : (v < -1e4f ? -1e4f : v);
     if (tanh_kind) {
         const float u = NN_SQRT_2_OVER_PI * (v + NN_GELU_C * v * v * v), t = tanh_fast(u);
-        const float du = NN_SQRT_2_OVER_PI * (1.0f + 3.0f * NN_GELU_C * v * v);
-        return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+        const float du = NN_SQRT_2_OVER_PI * (1.0f + 3.0f * NN_GELU_C * vc * vc);
+        return 0.5f * (1.0f + t) + 0.5f * vc * (1.0f - t * t) * du;
     }
     const float cdf = 0.5f * (1.0f + erf_fast(v * NN_INV_SQRT_2));
-    const float pdf = NN_INV_SQRT_2PI * nn_exp_fast(-0.5f * v * v);
-    return cdf + v * pdf;
+    const float pdf = NN_INV_SQRT_2PI * nn_exp_fast(-0.5f * vc * vc);
+    return cdf + vc * pdf;
 }
 
 // dx += (or, where set, =) dy · GELU'(x): four plain loops (one flag inside a loop, GCC left it

@@ -24,14 +24,19 @@ static double xent_row(const float *z, int32_t y, size_t K, double eps, double u
         zsum += (double)z[j];
     }
     const double lse = (double)mx + log(s);
-    if (d)
+    // -Σ_j target_j log p_j with target = (1-ε) onehot + ε/K and Σ target = 1
+    const double loss = (1.0 - eps) * (lse - (double)z[y]) + uni * ((double)K * lse - zsum);
+    if (d && !isfinite(loss)) {        // a NaN or infinite logit (the max and nn_exp_fast skip NaN,
+        for (size_t j = 0; j < K; j++) // and zsum makes the loss NaN): the row's gradient is
+            d[j] = NAN;                // NaN too, not finite numbers a step would take
+    } else if (d) {
         for (size_t j = 0; j < K; j++) {
             const double p = (double)nn_exp_fast((float)((double)z[j] - lse));
             const double t = uni + ((size_t)y == j ? 1.0 - eps : 0.0);
             d[j] = (float)(f * (p - t));
         }
-    // -Σ_j target_j log p_j with target = (1-ε) onehot + ε/K and Σ target = 1
-    return (1.0 - eps) * (lse - (double)z[y]) + uni * ((double)K * lse - zsum);
+    }
+    return loss;
 }
 
 // The rows in blocks: each block's row terms on the threads into a buffer, then added to the
