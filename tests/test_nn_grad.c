@@ -1182,7 +1182,7 @@ static void batchnorm_relu_maxpool_should_equal_bn_relu_then_pool(void) {
         fill(&r, x, n, -2, 2);
         for (size_t i = 0; i < n; i += 7) // ties inside windows
             x[i + 1 < n ? i + 1 : i] = x[i];
-        if (!moments) x[5] = NAN; // ReLU makes it 0 (in training, its whole channel)
+        if (!moments) x[5] = NAN; // kept by the ReLU (in training, in its whole channel)
         for (size_t p = 0; p < N * C; p++)
             nn_plane_moments(x + p * HW, HW, mom + NN_MOMENTS * p);
         nn_batchnorm_relu_maxpool_forward(&a, &pa, x, moments ? mom : NULL, y1, bf16 ? h1 : NULL, N,
@@ -1199,6 +1199,12 @@ static void batchnorm_relu_maxpool_should_equal_bn_relu_then_pool(void) {
             CHECK(memcmp(h1, h2, no * sizeof *h1) == 0);
         else
             CHECK(memcmp(y1, y2, no * sizeof *y1) == 0);
+        if (!moments && !bf16) { // the NaN reached the output (its window's, in eval)
+            size_t nans = 0;
+            for (size_t i = 0; i < no; i++)
+                nans += isnan(y1[i]);
+            CHECK(train ? nans >= no / C : nans == 1);
+        }
         CHECK(memcmp(pa.argmax, pb.argmax, no * sizeof *pa.argmax) == 0 && pa.n == N);
         CHECK(memcmp(a.mean, b.mean, C * sizeof(float)) == 0 &&
               memcmp(a.invstd, b.invstd, C * sizeof(float)) == 0 &&
@@ -1351,6 +1357,20 @@ static void activations_should_match_finite_differences(void) {
     float dxi[50] = {0};
     nn_relu_backward(&relu, w, dxi);
     CHECK_TENSOR(dxi, dx, n, 0.0, 0.0, "relu in place");
+    // NaN passes the forward (f32 and bf16 outputs; it used to become 0 and train on as a
+    // 0 activation), -0 gives +0, and the backward sends nothing through either
+    {
+        const float xs[4] = {NAN, -NAN, -0.0f, 2.0f}, dys[4] = {1, 1, 1, 1};
+        float ys[4], dxs[4] = {0};
+        uint16_t y16[4];
+        nn_relu rl = {0};
+        nn_relu_forward16(&rl, xs, y16, 4);
+        nn_relu_forward(&rl, xs, ys, 4);
+        nn_relu_backward(&rl, dys, dxs);
+        CHECK(isnan(ys[0]) && isnan(ys[1]) && f_bits(ys[2]) == 0 && ys[3] == 2.0f);
+        CHECK((y16[0] & 0x7fffu) > 0x7f80u && (y16[1] & 0x7fffu) > 0x7f80u && y16[2] == 0);
+        CHECK(dxs[0] == 0.0f && dxs[1] == 0.0f && dxs[2] == 0.0f && dxs[3] == 1.0f);
+    }
     // GELU, both forms
     for (int kind = 0; kind < 2; kind++) {
         nn_gelu gelu = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};

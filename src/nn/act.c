@@ -65,11 +65,11 @@ static void relu_forward(nn_relu *l, const float *x, float *y, uint16_t *y16, si
     if (y) {
         NN_OMP_FOR(n)
         for (size_t i = 0; i < n; i++)
-            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+            y[i] = NN_RELU(x[i]);
     } else {
         NN_OMP_FOR(n)
         for (size_t i = 0; i < n; i++)
-            y16[i] = nn_to_bf16(x[i] > 0.0f ? x[i] : 0.0f);
+            y16[i] = nn_to_bf16(NN_RELU(x[i]));
     }
 }
 

@@ -234,7 +234,7 @@ static void relu_pool_plane(const float *xf, const uint16_t *xh, bool xb, float 
         const size_t n = 2 * OH * W; // (an odd last row is not pooled)
         BN_EACH(xf, xh, xb, n, x_, {
             const float v = w * ((x_ - mean) * invstd) + b;
-            t[p] = v > 0.0f ? v : 0.0f;
+            t[p] = NN_RELU(v);
         });
         for (size_t o1 = 0; o1 < OH; o1++) {
             const size_t r0 = 2 * o1 * W, o = o1 * OW;
@@ -253,10 +253,10 @@ static void relu_pool_plane(const float *xf, const uint16_t *xh, bool xb, float 
                 float *tr = t + (size_t)r * (BNP_COLS / 2);
                 for (size_t p = 0; p < 2 * nq; p++) {
                     const float v = w * ((BN_AT(xr, hr, xb, p) - mean) * invstd) + b;
-                    tr[p] = v > 0.0f ? v : 0.0f;
+                    tr[p] = NN_RELU(v);
                 }
             }
-            // the pool's own row kernel (its NaN case cannot arise: max(0, NaN) is 0 here)
+            // the pool's own row kernel (a NaN wins its window, as in nn_maxpool2d)
             const size_t r0 = 2 * o1 * W + 2 * q0, o = o1 * OW + q0;
             nn_maxpool2x2_row(t, t + BNP_COLS / 2, nq, (int32_t)r0, (int32_t)(r0 + W),
                               y ? y + o : NULL, y16 ? y16 + o : NULL, ap + o);
@@ -280,12 +280,12 @@ static void fwd_plane(const float *xf, const uint16_t *xh, bool xb, size_t HW, f
     if (y16) {
         BN_EACH(xf, xh, xb, HW, x_, {
             const float v = w * ((x_ - mean) * invstd) + b;
-            y16[p] = nn_to_bf16(v > 0.0f ? v : 0.0f);
+            y16[p] = nn_to_bf16(NN_RELU(v));
         });
     } else if (relu) {
         BN_EACH(xf, xh, xb, HW, x_, {
             const float v = w * ((x_ - mean) * invstd) + b;
-            y[p] = v > 0.0f ? v : 0.0f;
+            y[p] = NN_RELU(v);
         });
     } else {
         BN_EACH(xf, xh, xb, HW, x_, { y[p] = w * ((x_ - mean) * invstd) + b; });

@@ -231,6 +231,10 @@ static inline float nn_from_bf16(uint16_t h) {
     memcpy(&f, &u, sizeof f);
     return f;
 }
+// ReLU of one value, as every ReLU of the engine computes it: max(0, v) with a NaN kept (as
+// PyTorch's), so a NaN activation reaches the loss rather than being trained on as 0; -0
+// gives +0. (Its backward passes dy where v > 0: none through a NaN.)
+#define NN_RELU(v) (!((v) <= 0.0f) ? (v) : 0.0f)
 static inline uint16_t nn_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
