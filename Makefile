@@ -183,6 +183,8 @@ test: deps-test
 	@$(MAKE) --no-print-directory SANITIZE=1 all $(TST_BIN:$(BUILD)/%=build-san/%) $(EX_BIN:$(BUILD)/%=build-san/%) \
 	    $(FUZZ_BIN:$(BUILD)/%=build-san/%)
 	@$(MAKE) --no-print-directory stage >/dev/null
+	@echo "  the library and ngd built with OMP=0 (README's option; the warnings are errors there too)"
+	@$(MAKE) --no-print-directory BUILD=build-omp0 OMP=0 all >/dev/null
 	@bash tests/run.sh $(BUILD) build-san
 
 # `make install` into $(BUILD)/stage (PREFIX = that folder): tests/install.sh builds the
@@ -313,7 +315,7 @@ tidy:
 	-cppcheck --quiet --enable=warning,performance,portability $(INC_LIB) $(LIB_SRC)
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-omp0
 
 # (every build folder's header dependencies, BUILD=... ones too: without them an object of a
 # custom BUILD kept an old struct layout after a header changed)

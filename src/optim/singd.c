@@ -511,11 +511,10 @@ static float m_new_row(size_t d, size_t i, const float *restrict h, const float 
 static float update_side16(size_t d, uint16_t *L, uint16_t *m, const float *H, float cH, float cD,
                            float sc, float alpha1, float beta1, bool normalize, float *const f[4],
                            uint16_t *s16) {
-    const size_t n = d * d;
     const bool mom = m && alpha1 != 0.0f;
     uint16_t *m16 = m ? m : s16; // m_new, rounded: the stored momentum or the scratch
     float mx = 0.0f;
-#pragma omp parallel for schedule(static) reduction(max : mx) if (n > NGD_PAR_MIN)
+#pragma omp parallel for schedule(static) reduction(max : mx) if (d * d > NGD_PAR_MIN)
     for (size_t i = 0; i < d; i++) {
         const float r =
             m_new_row(d, i, H + i * d, f[1] + i * d, cH, cD, sc, mom ? alpha1 : 0.0f, m16 + i * d);
