@@ -745,16 +745,21 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     s->nrows = s->robs = 0;      // this step's rows are used up
     NGD_ASSERT(!s->bfc || rows); // (bf16 compute without them: singd_precondition_raw)
     if (s->bfc) cache16_refresh(e, s, w.fK[1], w.fC[1]); // (after a load: formed once)
-    if (s->bfc && rows) { // P = (1/c) ((𝒢₁₆ (C Cᵀ)₁₆)₁₆)ᵀ (𝒜₁₆ (K Kᵀ)₁₆)₁₆, f32 accumulation
-        // (rows_pay keeps n below d_C and d_K: n x d_C and n x d_K fit in d_C d_K values)
+    if (s->bfc && rows) { // P = (1/c) ((C Cᵀ)₁₆ 𝒢₁₆ᵀ)₁₆ ((K Kᵀ)₁₆ 𝒜₁₆ᵀ)₁₆ᵀ, f32 accumulation
+        // (rows_pay keeps n below d_C and d_K: n x d_C and n x d_K fit in d_C d_K values).
+        // (C Cᵀ)₁₆ is symmetric to its product's rounding (exactly, at the sizes tried, with
+        // oneDNN's kernel: the same sums), so (C Cᵀ)₁₆ 𝒢ᵀ is (𝒢 (C Cᵀ)₁₆)ᵀ to that rounding: the
+        // d x n products with the rows as B transposed ran 1.2x faster than the n x d ones at
+        // the mlp's d = 513-785, n = 128 (oneDNN's bf16 matmul, 2 threads), and so did the
+        // last product as NT (docs/benchmarks.md, twenty-first session).
         ngd_bf16_encode(s->rG, s->s16a, n * dC);
         ngd_bf16_encode(s->rA, s->s16b, n * dK);
-        ngd_gemm_bf16(false, false, n, dC, dC, 1.0f, s->s16a, dC, s->CCt16, dC, 0.0f, w.X, dC);
-        ngd_gemm_bf16(false, false, n, dK, dK, 1.0f, s->s16b, dK, s->KKt16, dK, 0.0f, w.Y, dK);
-        ngd_bf16_encode(w.X, s->s16a, n * dC);
-        ngd_bf16_encode(w.Y, s->s16b, n * dK);
-        ngd_gemm_bf16(true, false, dC, dK, n, (float)(1.0 / s->rc), s->s16a, dC, s->s16b, dK, 0.0f,
-                      P, dK);
+        ngd_gemm_bf16(false, true, dC, n, dC, 1.0f, s->CCt16, dC, s->s16a, dC, 0.0f, w.X, n);
+        ngd_gemm_bf16(false, true, dK, n, dK, 1.0f, s->KKt16, dK, s->s16b, dK, 0.0f, w.Y, n);
+        ngd_bf16_encode(w.X, s->s16a, dC * n);
+        ngd_bf16_encode(w.Y, s->s16b, dK * n);
+        ngd_gemm_bf16(false, true, dC, dK, n, (float)(1.0 / s->rc), s->s16a, n, s->s16b, n, 0.0f, P,
+                      dK);
         return;
     }
     if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
