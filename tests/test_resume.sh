@@ -114,5 +114,19 @@ PY
 expect_rc 1 "damaged optimizer state" "$NGD" train $C --epochs 1 --max-steps 6 --checkpoint "$D/rd.ckpt" --resume "$D/rd.ckpt" --log "$D/r2.jsonl"
 expect_msg "its optimizer state cannot be read: checksum mismatch: the file is corrupt or truncated" "damaged optimizer state: message"
 
+# --augment is the run's (it draws from the data stream): a resume that drops it or adds it is
+# refused, both ways, naming the option; with it as written the run continues bit for bit
+expect_rc 0 "run with --augment" "$NGD" train $C --epochs 2 --augment --max-steps 8 --checkpoint "$D/au.ckpt" --log "$D/au.jsonl" --quiet
+expect_rc 1 "--augment dropped on resume" "$NGD" train $C --epochs 2 --max-steps 16 --checkpoint "$D/au.ckpt" --resume "$D/au.ckpt" --log "$D/au.jsonl"
+expect_msg "it was written with --augment (resume it with --augment)" "--augment dropped: message"
+expect_rc 0 "run without --augment" "$NGD" train $C --epochs 2 --max-steps 8 --checkpoint "$D/na.ckpt" --log "$D/na.jsonl" --quiet
+expect_rc 1 "--augment added on resume" "$NGD" train $C --epochs 2 --augment --max-steps 16 --checkpoint "$D/na.ckpt" --resume "$D/na.ckpt" --log "$D/na.jsonl"
+expect_msg "it was written without --augment (resume it without --augment)" "--augment added: message"
+expect_rc 0 "--augment resumed with it" "$NGD" train $C --epochs 2 --augment --max-steps 16 --checkpoint "$D/au.ckpt" --resume "$D/au.ckpt" --log "$D/au.jsonl" --quiet
+expect_rc 0 "--augment uninterrupted" "$NGD" train $C --epochs 2 --augment --max-steps 16 --log "$D/au2.jsonl" --quiet
+crc() { grep -o '"parameters_crc":"[0-9a-f]*"' "$1" | tail -1; }
+[ -n "$(crc "$D/au.jsonl")" ] && [ "$(crc "$D/au.jsonl")" = "$(crc "$D/au2.jsonl")" ] && ok ||
+    bad "--augment resumed: parameters $(crc "$D/au.jsonl"), uninterrupted $(crc "$D/au2.jsonl")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

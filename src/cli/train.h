@@ -161,6 +161,7 @@ typedef struct {
     size_t widths[NN_MODEL_MAX_WIDTHS], nwidths, subset, context, batch;
     int precision;     // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
     int kfac_arith;    // version >= 3: 1 --kfac-arith bf16, 0 not; -1 not recorded
+    int augment;       // version >= 5: 1 --augment, 0 not; -1 not recorded
     bool eval_pending; // the evaluation of the epoch completed last was cut by a signal
 } trainckpt_head;
 

@@ -26,8 +26,9 @@
 
 #define TRN_MAGIC "NGDTRN\r\n"
 #define TRN_VERSION                                                                                \
-    4u // 2: the run's widths, subset, context and batch after the method;
-       // 3: its --precision after the batch; 4: the log record's sums after the wall time
+    5u // 2: the run's widths, subset, context and batch after the method;
+       // 3: its --precision after the batch; 4: the log record's sums after the wall time;
+       // 5: --augment in bit 3 of the precision field
 
 // a u64-length string (the format's; libngd's ngd_wbuf_str writes a u32 length)
 static void put_str(ngd_wbuf *w, const char *s) {
@@ -156,9 +157,9 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
     ngd_wbuf_u64(&w, t->subset), ngd_wbuf_u64(&w, t->context), ngd_wbuf_u64(&w, t->batch);
     // --precision (version 3): bit 0 bf16; bit 1 --kfac-arith bf16; bit 2 the completed
     // epoch's evaluation is pending (each 0 when unused, so a file is what it was before the
-    // bit existed)
+    // bit existed); bit 3 (version 5) --augment
     ngd_wbuf_u64(&w, (t->bf16 ? 1u : 0u) | (t->cfg.kfac.factor_arith == NGD_BF16 ? 2u : 0u) |
-                         (rs->eval_pending ? 4u : 0u));
+                         (rs->eval_pending ? 4u : 0u) | (t->augment ? 8u : 0u));
     ngd_wbuf_u64(&w, rs->step), ngd_wbuf_u64(&w, rs->epoch), ngd_wbuf_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -247,14 +248,15 @@ static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, tr
         h->batch = (size_t)get_u64(r);
         if (!h->context || !h->batch) return "bad header (context, batch)";
     }
-    h->precision = h->kfac_arith = -1;
+    h->precision = h->kfac_arith = h->augment = -1;
     h->eval_pending = false;
     if (h->version >= 3) {
         const uint64_t p = get_u64(r);
-        if (p > 7) return "bad header (precision)";
+        if (p > (h->version >= 5 ? 15u : 7u)) return "bad header (precision)";
         h->precision = (int)(p & 1u);
         h->kfac_arith = (int)(p >> 1 & 1u);
         h->eval_pending = (p & 4u) != 0;
+        if (h->version >= 5) h->augment = (int)(p >> 3 & 1u);
     }
     return r->bad ? "truncated header" : NULL;
 }
@@ -336,6 +338,13 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
                  "it was written with --kfac-arith %s, not %s (resume it with --kfac-arith %s)",
                  h.kfac_arith ? "bf16" : "f32", karith ? "bf16" : "f32",
                  h.kfac_arith ? "bf16" : "f32");
+        why = whybuf;
+    }
+    // --augment draws from the data stream and changes what is trained on: a resume that
+    // adds or drops it would continue another run
+    if (!why && o && h.augment >= 0 && (h.augment == 1) != t->augment) {
+        snprintf(whybuf, sizeof whybuf, "it was written %s --augment (resume it %s --augment)",
+                 h.augment ? "with" : "without", h.augment ? "with" : "without");
         why = whybuf;
     }
     // the batch and a text model's context shape the run: another would continue another
@@ -478,8 +487,8 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
                 ? "this checkpoint (version 1) does not record the run's --widths, "
                   "--subset and --context: give ngd eval those of the run"
             : !o ? NULL
-                 : "resume with the same --model, --widths, --data, --subset, --batch, --optim and "
-                   "--precision",
+                 : "resume with the same --model, --widths, --data, --subset, --batch, --optim, "
+                   "--precision and --augment",
             "--resume %s: %s", path, why);
         return -1;
     }
