@@ -91,7 +91,7 @@ class MLP(nn.Module):
 
 
 def read_train_checkpoint(path):
-    """The fields of an `ngd train` checkpoint (docs/formats.md, versions 2 to 4) this script
+    """The fields of an `ngd train` checkpoint (docs/formats.md, versions 2 to 5) this script
     uses."""
     b = open(path, "rb").read()
     if b[:8] != b"NGDTRN\r\n":
@@ -110,16 +110,17 @@ def read_train_checkpoint(path):
         return s
 
     ck = {"version": u64()}
-    if ck["version"] not in (2, 3, 4):
-        raise ValueError("%s: training checkpoint version %d (this script reads 2 to 4)" % (path, ck["version"]))
+    if ck["version"] not in (2, 3, 4, 5):
+        raise ValueError("%s: training checkpoint version %d (this script reads 2 to 5)" % (path, ck["version"]))
     ck["model"], ck["data"], ck["method"] = string(), string(), string()
     if ck["model"] != "mlp" or ck["data"] != "fashion-mnist":  # (before the body is read)
         raise ValueError("%s: a run of --model %s on %s; this script trains the mlp on fashion-mnist"
                          % (path, ck["model"], ck["data"]))
     ck["widths"] = [u64() for _ in range(u64())]
     ck["subset"], ck["context"], ck["batch"] = u64(), u64(), u64()
-    # (bit 0: bf16; the other bits are --kfac-arith and a pending evaluation)
-    ck["precision"] = ("f32", "bf16")[u64() & 1] if ck["version"] >= 3 else "f32"
+    # (bit 0: bf16; bit 3, version 5: --augment; the others --kfac-arith and a pending evaluation)
+    flags = u64() if ck["version"] >= 3 else 0
+    ck["precision"], ck["augment"] = ("f32", "bf16")[flags & 1], bool(flags & 8)
     ck["step"], ck["epoch"], ck["skips"] = u64(), u64(), u64()
     pos[0] += 8  # wall
     if ck["version"] >= 4:
@@ -188,6 +189,8 @@ def main(argv=None):
         if ck["n"] != len(xtr) or ck["batch"] != a.batch:
             raise SystemExit("%s: a run on %d images, batch %d; this one: %d, %d"
                              % (a.init_from, ck["n"], ck["batch"], len(xtr), a.batch))
+        if ck["augment"]:
+            raise SystemExit("%s: a run with --augment; this script does not augment" % a.init_from)
         if ck["method"] != a.optim or ck["precision"] != "f32":
             raise SystemExit("%s: a run of --optim %s in %s; this one: --optim %s in f32"
                              % (a.init_from, ck["method"], ck["precision"], a.optim))

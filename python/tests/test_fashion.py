@@ -43,3 +43,16 @@ def test_example_runs_on_its_own():
 
     acc = fashion_mnist.main(["--subset", "2560", "--epochs", "1", "--widths", "64", "--lr", "0.02", "--T", "5", "--quiet"])
     assert acc > 55.0
+
+
+def test_example_refuses_an_augmented_run(tmp_path):
+    """A checkpoint of an `ngd train --augment` run (version 5 records it) is refused: the
+    script trains without augmentation, so it would continue another run."""
+    import fashion_mnist
+
+    ck = str(tmp_path / "ck")
+    args = ["--subset", "2560", "--epochs", "1", "--widths", "64", "--T", "5"]
+    subprocess.run([NGD, "train"] + args + ["--augment", "--max-steps", "2", "--threads", "1", "--quiet",
+                                            "--checkpoint", ck, "--log", str(tmp_path / "a.jsonl")], check=True)
+    with pytest.raises(SystemExit, match="a run with --augment; this script does not augment"):
+        fashion_mnist.main(args + ["--init-from", ck, "--quiet"])
