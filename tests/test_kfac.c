@@ -981,6 +981,80 @@ static void stats_gram_should_match_float64(void) {
 // norm_K/C = ‖F‖_F of the average the layer keeps ('K' / 'C': the dense EA, or U D Uᵀ on the
 // B-KFAC Brand track), in float64 after every step; rank_A/G = the ranks kept (d for the
 // full eigendecompositions, r for RS-KFAC, min(r, rows seen) for the Brand track).
+// A statistics step whose input holds a finite 1e20 (its square overflows float32), the
+// gradients finite: every method refuses those statistics and counts one failure, its factors
+// stay finite and keep training. The K-FAC family folded them into its averages (non-finite
+// for good, every later refresh failing), and RS-KFAC, B-R-KFAC and BRC-KFAC then never
+// returned: LAPACK's sgesvd spun on the NaN of the RSVD.
+static uint32_t lcg_state;
+static float lcg(void) {
+    lcg_state = lcg_state * 1664525u + 1013904223u;
+    return (float)((lcg_state >> 8) / 16777216.0 - 0.5);
+}
+static void overflowing_statistics_should_be_refused_and_counted(void) {
+    const ngd_method ms[] = {NGD_METHOD_SINGD,   NGD_METHOD_KFAC,  NGD_METHOD_RSKFAC,
+                             NGD_METHOD_SREKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRKFAC,
+                             NGD_METHOD_BRCKFAC};
+    enum { DIN = 4, DOUT = 3, N = 4, DA = DIN + 1 };
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+        ngd_config c = ngd_config_default(ms[mi]);
+        c.T = 1, c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.rank = 2;
+        float W[DOUT * DIN], b[DOUT], gW[DOUT * DIN], gb[DOUT], a[N * DIN], g[N * DOUT];
+        float F1[DA * DA], F2[DA * DA];
+        lcg_state = 5;
+        for (size_t i = 0; i < DOUT * DIN; i++)
+            W[i] = lcg();
+        for (size_t i = 0; i < DOUT; i++)
+            b[i] = lcg();
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer L = {.name = "l",
+                       .weight = W,
+                       .weight_grad = gW,
+                       .d_out = DOUT,
+                       .d_in = DIN,
+                       .bias = b,
+                       .bias_grad = gb};
+        int id = -1;
+        CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        for (int st = 0; st < 8; st++) {
+            for (size_t i = 0; i < N * DIN; i++)
+                a[i] = lcg();
+            if (st == 2) a[0] = 1e20f;
+            for (size_t i = 0; i < N * DOUT; i++)
+                g[i] = lcg() / N;
+            for (size_t i = 0; i < DOUT; i++) { // the gradient of these rows (finite)
+                double sb = 0;
+                for (size_t j = 0; j < DIN; j++) {
+                    double sw = 0;
+                    for (size_t n = 0; n < N; n++)
+                        sw += (double)g[n * DOUT + i] * (double)a[n * DIN + j];
+                    gW[i * DIN + j] = (float)sw;
+                }
+                for (size_t n = 0; n < N; n++)
+                    sb += (double)g[n * DOUT + i];
+                gb[i] = (float)sb;
+            }
+            CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, DIN),
+                                    ngd_matrix_f32(g, N, DOUT)) == NGD_OK);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            float *F = st == 1 ? F1 : F2;
+            CHECK(ngd_optim_factor_dense(o, id, 'K', F, DA) == NGD_OK);
+            if (st == 2 && ms[mi] != NGD_METHOD_SINGD) // (SINGD's K moves with its momentum)
+                CHECK(memcmp(F1, F2, sizeof F1) == 0); // the refused step left the factor
+        }
+        ngd_layer_health h;
+        CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+        CHECK(h.decomp_failures == 1);
+        CHECK(isfinite(h.trace_K) && isfinite(h.trace_C));
+        for (size_t i = 0; i < DA * DA; i++)
+            CHECK(isfinite(F2[i]));
+        for (size_t i = 0; i < DOUT * DIN; i++)
+            CHECK(isfinite(W[i]));
+        ngd_optim_free(o);
+    }
+}
+
 static void kfac_health_should_match_the_factors(void) {
     const ngd_method ms[3] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC};
     enum { N = 3, DIN = 30, DOUT = 25, RANK = 8 };
@@ -1051,6 +1125,7 @@ static const test_case TESTS[] = {
     TEST(conv_statistics_should_use_the_kfc_split),
     TEST(stats_gram_should_match_float64),
     TEST(kfac_health_should_match_the_factors),
+    TEST(overflowing_statistics_should_be_refused_and_counted),
 };
 
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -476,8 +476,39 @@ static void rsvd_should_be_reproducible_and_handle_edges(void) {
         CHECK(all_finite(A.U, d * d));
         for (size_t i = 0; i < r; i++)
             CHECK(A.D[i] == 0.0f);
+        // a NaN or an infinity anywhere: a numerical failure, A as it was (LAPACK's sgesvd
+        // never returned on the NaN the sketch carried to it)
+        memcpy(B.U, A.U, d * d * sizeof(float)), memcpy(B.D, A.D, d * sizeof(float));
+        B.r = A.r;
+        const float bad[2] = {NAN, INFINITY};
+        for (int k = 0; k < 2; k++) {
+            memcpy(z, x, d * d * sizeof(float));
+            z[(size_t)k * 7 * d + 3] = bad[k];
+            CHECK(fn(ngd_cview_rm(z, d, d, d), r, p, 2, 1e-5f, &r1, &A, w2, wr) == NGD_ERR_NUMERIC);
+            CHECK(A.r == B.r && memcmp(A.U, B.U, d * d * sizeof(float)) == 0 &&
+                  memcmp(A.D, B.D, d * sizeof(float)) == 0);
+        }
         free(z);
         free(w2);
+    }
+    // ... and at 5 x 5 with the NaN or infinity at (0, 0), r = 2, ℓ = d, q = 4: where sgesvd
+    // spun for good
+    for (int k = 0; k < 4; k++) {
+        const size_t d5 = 5;
+        float x5[25], U5[10], D5[2] = {7.0f, 7.0f};
+        for (size_t i = 0; i < 25; i++)
+            x5[i] = i % 6 == 0 ? 1.0f : 0.1f;
+        x5[0] = k & 1 ? INFINITY : NAN;
+        ngd_lowrank L5 = {U5, D5, d5, 0, 2};
+        ngd_rng r5;
+        ngd_rng_seed(&r5, 0, 0);
+        rand_fn fn = k & 2 ? ngd_srevd : ngd_rsvd_sym;
+        const size_t w5b = k & 2 ? ngd_srevd_ws(d5, 2, 10) : ngd_rsvd_sym_ws(d5, 2, 10);
+        void *w5 = wsa(w5b);
+        CHECK(fn(ngd_cview_rm(x5, d5, d5, d5), 2, 10, 4, 1e-10f, &r5, &L5, w5, w5b) ==
+              NGD_ERR_NUMERIC);
+        CHECK(L5.r == 0 && D5[0] == 7.0f && D5[1] == 7.0f);
+        free(w5);
     }
     // r = d (ℓ = d): exact eigendecomposition up to f32
     for (int srevd = 0; srevd < 2; srevd++) {

@@ -335,7 +335,9 @@ static ngd_status rand_check(ngd_cview X, size_t r, float tol, const ngd_rng *rn
     if (!rng || !lowrank_ok(out) || !cview_ok(X) || !finitef(tol)) return NGD_ERR_ARG;
     if (X.rows != X.cols || out->d != X.rows) return NGD_ERR_SHAPE;
     if (r == 0 || r > X.rows || r > out->cap) return NGD_ERR_ARG;
-    return NGD_OK;
+    // a non-finite matrix is a numerical event, as in ngd_sym_eig: LAPACK is not called on it
+    // (sgesvd never returned on a NaN that the QR steps carried through)
+    return finite_view(X) ? NGD_OK : NGD_ERR_NUMERIC;
 }
 
 // Y (col-major d x ℓ) := X · Q (col-major d x ℓ), then orth(Y) by Householder QR in place.
@@ -868,7 +870,7 @@ static ngd_status rr_core(ngd_lowrank *F, ngd_cview Fbar, const size_t *S, size_
 static ngd_status rr_check(const ngd_lowrank *F, ngd_cview Fbar) {
     if (!lowrank_ok(F) || !cview_ok(Fbar)) return NGD_ERR_ARG;
     if (Fbar.rows != F->d || Fbar.cols != F->d) return NGD_ERR_SHAPE;
-    return NGD_OK;
+    return finite_view(Fbar) ? NGD_OK : NGD_ERR_NUMERIC; // (no LAPACK call on non-finite F̄)
 }
 
 ngd_status ngd_rr_correct_subset(ngd_lowrank *F, ngd_cview Fbar, const size_t *S, size_t s,

@@ -259,6 +259,16 @@ static void round_rep(const ngd_entry *e, kf_factor *f) {
     ngd_bf16_round(f->D, f->cap);
 }
 
+// Whether this step's pending statistics are finite: the dense sums of the averaged factors
+// (a Brand factor's rows are checked by its update, bkfac.c)
+static bool pend_finite(const kf_state *s) {
+    for (int i = 0; i < 2; i++) {
+        const kf_factor *f = &s->f[i];
+        if (f->ea && !ngd_all_finite(f->pend, f->d * f->d)) return false;
+    }
+    return true;
+}
+
 static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
@@ -269,6 +279,19 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
     // broadcasts the new (U, D) in kfac_publish (bits of s->pub)
     const bool mine = ngd_optim_mine(o, e);
     s->pub = 0;
+    if (s->has_pend && !pend_finite(s)) {
+        // non-finite statistics with finite gradients (an overflowing square of a large
+        // input, say): folded in, they would leave the averages non-finite for good, every
+        // later decomposition failing; refused and counted, averages and decompositions kept,
+        // as SINGD refuses its factor update
+        s->has_pend = 0;
+        s->pend.samples = 0;
+        e->h.decomp_failures++;
+        ngd_optim_log(o,
+                      "step %zu: layer '%s': non-finite curvature statistics, not averaged "
+                      "(the factors kept)",
+                      t, e->name);
+    }
     if (s->has_pend) {
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
