@@ -9,6 +9,10 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1
 export LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0:${LSAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# a hang (a LAPACK call spinning on a NaN, say) fails its binary or script after this long,
+# named, instead of holding the run until CI's own limit (the slowest, test_train.sh under the
+# sanitizers, takes a few minutes)
+LIMIT=${NGD_TEST_TIMEOUT:-1200}
 total_pass=0
 total_fail=0
 for b in "$@"; do
@@ -16,8 +20,10 @@ for b in "$@"; do
         [ -x "$t" ] || continue
         case "$t" in *.o|*.d) continue ;; esac
         start=$(date +%s.%N)
-        out=$("$t" 2>&1)
+        out=$(timeout "$LIMIT" "$t" 2>&1)
         rc=$?
+        [ "$rc" -eq 124 ] && out="$out
+timed out after ${LIMIT}s"
         line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
         secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
         if [ -z "$line" ]; then
@@ -68,8 +74,10 @@ for b in "$@"; do
     fi
     for sh in tests/test_*.sh; do  # command-line tests, given the ngd of this build
         [ -f "$sh" ] && [ -x "$b/ngd" ] || continue
-        out=$(bash "$sh" "$b/ngd" 2>&1)
+        out=$(timeout "$LIMIT" bash "$sh" "$b/ngd" 2>&1)
         rc=$?
+        [ "$rc" -eq 124 ] && out="$out
+timed out after ${LIMIT}s"
         line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
         if [ -z "$line" ]; then printf '%s\n' "$out" | tail -n 30; echo "CRASH $sh ($b)"; total_fail=$((total_fail + 1))
         else
