@@ -26,6 +26,17 @@ l1=$(test_loss "$D/b.jsonl")
 awk -v a="$l0" -v b="$l1" 'BEGIN { exit !(b < 0.8 * a) }' && ok || bad "constant schedule after cosine: test loss $l0 -> $l1, it did not train at --lr"
 grep '"type":"step"' "$D/b.jsonl" | grep -qv '"lr":0.00100000' && bad "constant schedule after cosine: a step record's lr is not --lr" || ok
 
+# a resume that changes the schedule, or a cosine's --epochs, says how the lr moves: more
+# epochs of a cosine raise it again (a warm restart); the same schedule says nothing
+expect_rc 0 "cosine run of 3 epochs" "$NGD" train $C --epochs 3 --schedule cosine --log "$D/w.jsonl" --checkpoint "$D/w.ckpt" --quiet
+expect_rc 0 "cosine run resumed for 6 epochs" "$NGD" train $C --epochs 6 --schedule cosine --log "$D/w.jsonl" --checkpoint "$D/w.ckpt" --resume "$D/w.ckpt" --max-steps 94
+expect_msg "note: the checkpoint's schedule was cosine over 3 epochs, this run's is cosine over 6 epochs: at step 93 the learning rate goes from 0 to 0.5 of --lr (a warm restart)" "cosine warm restart note"
+expect_rc 0 "cosine resumed as it was" "$NGD" train $C --epochs 6 --schedule cosine --log "$D/w.jsonl" --checkpoint "$D/w.ckpt" --resume "$D/w.ckpt" --max-steps 95
+printf '%s\n' "$out" | grep -q "checkpoint's schedule" && bad "the same schedule: a schedule note" || ok
+expect_rc 0 "constant run" "$NGD" train $C --epochs 2 --max-steps 40 --log "$D/k.jsonl" --checkpoint "$D/k.ckpt" --quiet
+expect_rc 0 "constant run resumed with cosine" "$NGD" train $C --epochs 4 --schedule cosine --log "$D/k.jsonl" --checkpoint "$D/k.ckpt" --resume "$D/k.ckpt" --max-steps 41
+expect_msg "note: the checkpoint's schedule was constant, this run's is cosine over 4 epochs: at step 40 the learning rate goes from 1 to 0.764 of --lr" "constant to cosine note"
+
 # --max-steps at an epoch's end (not the last): the epoch ends as one (its evaluation, the
 # summary's epochs), and the resume neither evaluates it again nor logs its step twice
 expect_rc 0 "--max-steps at the end of epoch 1" "$NGD" train $C --epochs 3 --log-every 5 --schedule cosine --log "$D/m.jsonl" --checkpoint "$D/m.ckpt" --max-steps 31

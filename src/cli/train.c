@@ -161,6 +161,41 @@ static int dist_combine(nn_model *m, float *loss, size_t *correct, size_t *nr) {
     return 0;
 }
 
+// The learning rate's scale at a step: 1 for the constant schedule, cosine decay from 1 to 0
+// over the planned steps (in doubles: a size_t product wraps for a huge --epochs, e.g. 2^60
+// meaning "until --max-steps", and a wrapped 0 made every lr 0)
+static double lr_scale_at(bool cosine, size_t epochs, size_t per_epoch, size_t step) {
+    if (!cosine) return 1.0;
+    const double total = (double)epochs * (double)per_epoch;
+    return 0.5 * (1.0 + cos(3.141592653589793 * fmin((double)step / total, 1.0)));
+}
+
+// A resume whose schedule (--schedule, or a cosine's --epochs) differs from the checkpoint's
+// run moves the learning rate at once (more epochs of a cosine raise it again: a warm
+// restart): said, with the scales before and after (version 5 checkpoints record both)
+static void schedule_note(const train_opts *t, const run_state *rs, size_t per_epoch) {
+    if (rs->ck_cosine < 0 || !rs->ck_epochs) return;
+    const bool was_cos = rs->ck_cosine == 1;
+    if (was_cos == t->cosine && (!t->cosine || rs->ck_epochs == t->epochs)) return;
+    const double before = lr_scale_at(was_cos, rs->ck_epochs, per_epoch, rs->step),
+                 after = lr_scale_at(t->cosine, t->epochs, per_epoch, rs->step);
+    char was[64], now[64];
+    if (was_cos)
+        snprintf(was, sizeof was, "cosine over %zu epoch%s", rs->ck_epochs,
+                 rs->ck_epochs == 1 ? "" : "s");
+    else
+        snprintf(was, sizeof was, "constant");
+    if (t->cosine)
+        snprintf(now, sizeof now, "cosine over %zu epoch%s", t->epochs, t->epochs == 1 ? "" : "s");
+    else
+        snprintf(now, sizeof now, "constant");
+    fprintf(stderr,
+            "ngd train: note: the checkpoint's schedule was %s, this run's is %s: at step %zu "
+            "the learning rate goes from %.3g to %.3g of --lr%s\n",
+            was, now, rs->step, before, after,
+            after > before * 1.5 && after > 0.01 ? " (a warm restart)" : "");
+}
+
 // Every parameter finite? A step whose loss was finite can still write non-finite weights (an
 // update that overflows: --lr 1e20); every later loss is then non-finite and skipping steps
 // cannot help. Checked where it costs nothing per step: after a skipped step, before a
@@ -373,7 +408,7 @@ int train_run(const train_opts *t, bool eval_only) {
         cli_error(NULL, "out of memory");
         goto done;
     }
-    run_state rs = {0};
+    run_state rs = {.ck_cosine = -1};
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     const char *saved = t->resume; // the last checkpoint on disk, if any (for messages)
     const size_t step0 = rs.step;
@@ -435,6 +470,8 @@ int train_run(const train_opts *t, bool eval_only) {
                 t->model, nn_model_param_count(&m), t->data, d.train.n, d.test.n, optdesc, t->batch,
                 t->epochs, t->epochs == 1 ? "" : "s", logpath);
     if (!t->quiet && dist_root()) heavy_state_note(o, t->method);
+    if (!t->quiet && dist_root() && t->resume && rs.epoch < t->epochs)
+        schedule_note(t, &rs, per_epoch);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = train_now_s() - rs.wall, t_mark = train_now_s();
@@ -478,14 +515,7 @@ int train_run(const train_opts *t, bool eval_only) {
                 stop = true;
                 break;
             }
-            double lr_scale = 1.0;
-            if (t->cosine) { // cosine decay over the planned steps, from lr to 0
-                // (in doubles: a size_t product wraps for a huge --epochs, e.g. 2^60 meaning
-                // "until --max-steps", and a wrapped 0 made every lr 0)
-                double total = (double)t->epochs * (double)per_epoch;
-                lr_scale =
-                    0.5 * (1.0 + cos(3.141592653589793 * fmin((double)rs.step / total, 1.0)));
-            }
+            const double lr_scale = lr_scale_at(t->cosine, t->epochs, per_epoch, rs.step);
             // set every step, 1 for the constant schedule: a checkpoint of a cosine run carries
             // its last scale, which a resume with --schedule constant must not keep
             ngd_optim_set_lr_scale(o, (float)lr_scale);

@@ -135,6 +135,10 @@ typedef struct {
     // last record (a resumed run's first record averages the same steps as an unbroken run's)
     double rec_loss, rec_acc;
     size_t rec_n;
+    // a resumed run: the checkpoint's schedule (1 cosine, 0 constant, -1 not recorded) and
+    // planned --epochs (0: not recorded), for the note when the lr's schedule changes
+    int ck_cosine;
+    size_t ck_epochs;
 } run_state;
 
 // --data shakespeare: every step draws B random windows of T+1 characters of the training
@@ -162,6 +166,8 @@ typedef struct {
     int precision;     // version >= 3: 0 f32, 1 bf16; -1 not recorded (the run was f32 or bf16)
     int kfac_arith;    // version >= 3: 1 --kfac-arith bf16, 0 not; -1 not recorded
     int augment;       // version >= 5: 1 --augment, 0 not; -1 not recorded
+    int cosine;        // version >= 5: 1 --schedule cosine, 0 constant; -1 not recorded
+    size_t epochs;     // version >= 5: the run's --epochs; 0 not recorded
     bool eval_pending; // the evaluation of the epoch completed last was cut by a signal
 } trainckpt_head;
 

@@ -28,7 +28,8 @@
 #define TRN_VERSION                                                                                \
     5u // 2: the run's widths, subset, context and batch after the method;
        // 3: its --precision after the batch; 4: the log record's sums after the wall time;
-       // 5: --augment in bit 3 of the precision field
+       // 5: --augment and the cosine schedule in bits 3 and 4 of the precision field, the
+       // planned --epochs after it
 
 // a u64-length string (the format's; libngd's ngd_wbuf_str writes a u32 length)
 static void put_str(ngd_wbuf *w, const char *s) {
@@ -157,9 +158,11 @@ int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim
     ngd_wbuf_u64(&w, t->subset), ngd_wbuf_u64(&w, t->context), ngd_wbuf_u64(&w, t->batch);
     // --precision (version 3): bit 0 bf16; bit 1 --kfac-arith bf16; bit 2 the completed
     // epoch's evaluation is pending (each 0 when unused, so a file is what it was before the
-    // bit existed); bit 3 (version 5) --augment
+    // bit existed); (version 5) bit 3 --augment, bit 4 --schedule cosine, then --epochs
     ngd_wbuf_u64(&w, (t->bf16 ? 1u : 0u) | (t->cfg.kfac.factor_arith == NGD_BF16 ? 2u : 0u) |
-                         (rs->eval_pending ? 4u : 0u) | (t->augment ? 8u : 0u));
+                         (rs->eval_pending ? 4u : 0u) | (t->augment ? 8u : 0u) |
+                         (t->cosine ? 16u : 0u));
+    ngd_wbuf_u64(&w, t->epochs);
     ngd_wbuf_u64(&w, rs->step), ngd_wbuf_u64(&w, rs->epoch), ngd_wbuf_u64(&w, rs->skips);
     uint64_t wall;
     memcpy(&wall, &rs->wall, 8);
@@ -248,15 +251,21 @@ static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, tr
         h->batch = (size_t)get_u64(r);
         if (!h->context || !h->batch) return "bad header (context, batch)";
     }
-    h->precision = h->kfac_arith = h->augment = -1;
+    h->precision = h->kfac_arith = h->augment = h->cosine = -1;
+    h->epochs = 0;
     h->eval_pending = false;
     if (h->version >= 3) {
         const uint64_t p = get_u64(r);
-        if (p > (h->version >= 5 ? 15u : 7u)) return "bad header (precision)";
+        if (p > (h->version >= 5 ? 31u : 7u)) return "bad header (precision)";
         h->precision = (int)(p & 1u);
         h->kfac_arith = (int)(p >> 1 & 1u);
         h->eval_pending = (p & 4u) != 0;
-        if (h->version >= 5) h->augment = (int)(p >> 3 & 1u);
+        if (h->version >= 5) {
+            h->augment = (int)(p >> 3 & 1u);
+            h->cosine = (int)(p >> 4 & 1u);
+            h->epochs = (size_t)get_u64(r);
+            if (h->epochs == 0) return "bad header (epochs)";
+        }
     }
     return r->bad ? "truncated header" : NULL;
 }
@@ -373,6 +382,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     }
     if (!why) {
         rs->eval_pending = h.eval_pending;
+        rs->ck_cosine = h.cosine, rs->ck_epochs = h.epochs;
         rs->step = (size_t)get_u64(&r), rs->epoch = (size_t)get_u64(&r),
         rs->skips = (size_t)get_u64(&r);
         uint64_t wall = get_u64(&r);
