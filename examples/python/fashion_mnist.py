@@ -118,9 +118,12 @@ def read_train_checkpoint(path):
                          % (path, ck["model"], ck["data"]))
     ck["widths"] = [u64() for _ in range(u64())]
     ck["subset"], ck["context"], ck["batch"] = u64(), u64(), u64()
-    # (bit 0: bf16; bit 3, version 5: --augment; the others --kfac-arith and a pending evaluation)
+    # (bit 0: bf16; version 5: bit 3 --augment, bit 4 cosine; the others --kfac-arith and a
+    # pending evaluation)
     flags = u64() if ck["version"] >= 3 else 0
     ck["precision"], ck["augment"] = ("f32", "bf16")[flags & 1], bool(flags & 8)
+    if ck["version"] >= 5:
+        u64()  # the run's --epochs (its schedule: bit 4)
     ck["step"], ck["epoch"], ck["skips"] = u64(), u64(), u64()
     pos[0] += 8  # wall
     if ck["version"] >= 4:
