@@ -113,7 +113,7 @@ static void setup(fz_run *r, int k) {
 static void write_seeds(const char *dir) {
     for (int k = 0; k < 2; k++) {
         fz_run *r = &RUNS[k];
-        run_state rs = {3, 1, 0, 2.5, false, 1.5, 2, 4};
+        run_state rs = {3, 1, 0, 2.5, false, 1.5, 2, 4, -1, 0};
         char path[1024];
         snprintf(path, sizeof path, "%s/%s.ckpt", dir, r->t.model);
         REQUIRE(trainckpt_save(path, &r->t, &r->m, r->o, &r->ld, k ? &r->ti : NULL, &rs) == 0);
