@@ -63,7 +63,7 @@ def params(p):
     for _ in range(3): n = u(); o += 8 + n
     nw = u(); o += 8 + 8 * nw
     ver = struct.unpack_from("<Q", b, 8)[0]
-    o += 8 * 3 + 8 * (ver >= 3) + 8 * 4 + 24 * (ver >= 4)  # subset context batch [precision]; step epoch skips wall [record sums]
+    o += 8 * 3 + 8 * (ver >= 3) + 8 * (ver >= 5) + 8 * 4 + 24 * (ver >= 4)  # subset context batch [precision] [epochs]; step epoch skips wall [record sums]
     o += 8 * 2; n = u(); o += 8 + 32 + 8 * n   # pos epoch n, rng, order
     np_ = u(); o += 8; out = []
     for _ in range(np_):

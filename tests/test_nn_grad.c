@@ -2197,6 +2197,18 @@ static void cross_entropy_should_match_formula_and_finite_differences(void) {
             CHECK(isnan(db[0]) && isnan(db[1]) && isnan(db[2]));
             CHECK(db[3] == dref[3] && db[4] == dref[4] && db[5] == dref[5]);
         }
+    // a -inf logit off the label without smoothing is a probability of 0, as in PyTorch: the
+    // loss and gradient of the row without it (its own entry 0)
+    {
+        const float zi[4] = {1.0f, 2.0f, -INFINITY, 0.5f}, z3[3] = {1.0f, 2.0f, 0.5f};
+        const int32_t li = 1;
+        float di[4], d3[3];
+        const float Li = nn_xent_forward(zi, &li, 1, 4, 0.0f, 1.0f, di);
+        const float L3 = nn_xent_forward(z3, &li, 1, 3, 0.0f, 1.0f, d3);
+        CHECK(fabsf(Li - L3) <= 1e-7f && fabs((double)Li - 0.4643688) < 1e-6);
+        CHECK(fabsf(di[0] - d3[0]) <= 1e-7f && fabsf(di[1] - d3[1]) <= 1e-7f &&
+              fabsf(di[2]) < 1e-30f && fabsf(di[3] - d3[2]) <= 1e-7f);
+    }
     // accuracy: make rows 0 and 2 right, 1 and 3 wrong
     float zz[12] = {5, 0, 0, 5, 0, 0, 0, 0, 5, 0, 5, 0};
     const int32_t ll[4] = {0, 1, 2, 0};

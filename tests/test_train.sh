@@ -16,9 +16,9 @@ for s in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):  # (Python ignores the
 os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
 fi
 . "$(dirname "$0")/lib.sh"
-to_v1() {  # to_v1 V4 V1 [METHOD]: the checkpoint V4 (or V3, V2) in version 1's layout (no widths,
-           # subset, context, batch, precision after the method, no log record sums after the
-           # wall time; METHOD instead of its name)
+to_v1() {  # to_v1 V5 V1 [METHOD]: the checkpoint V5 (or V4, V3, V2) in version 1's layout (no
+           # widths, subset, context, batch, precision, epochs after the method, no log record
+           # sums after the wall time; METHOD instead of its name)
     local f=$1 off=16 k len m=() n ver
     n=$(stat -c %s "$f")
     ver=$(od -An -tu8 -j 8 -N8 "$f" | tr -d ' ')
@@ -30,6 +30,7 @@ to_v1() {  # to_v1 V4 V1 [METHOD]: the checkpoint V4 (or V3, V2) in version 1's 
     local nw; nw=$(od -An -tu8 -j "$off" -N8 "$f" | tr -d ' ')
     local rest=$((off + 8 + 8 * nw + 24))
     [ "$ver" -ge 3 ] && rest=$((rest + 8))  # the precision
+    [ "$ver" -ge 5 ] && rest=$((rest + 8))  # the epochs
     {
         head -c 8 "$f"; printf '\001\000\000\000\000\000\000\000'
         if [ -n "${3:-}" ]; then
