@@ -2186,17 +2186,21 @@ static void cross_entropy_should_match_formula_and_finite_differences(void) {
     }
     // a NaN or infinite logit (NaN of either sign: x86's default NaN is negative): the loss
     // and that row's gradient are NaN, the other rows' gradients as they were
+    // (-inf only with smoothing, whose target puts mass on it: without, it is a probability
+    // of 0, below)
     const float bad[] = {NAN, -NAN, INFINITY, -INFINITY};
-    for (int b = 0; b < 4; b++)
-        for (int at = 0; at < 3; at++) { // at the label (0) or elsewhere
-            float zb[6] = {0.5f, -0.25f, 1.0f, 0.3f, 0.1f, -0.7f}, db[6], dref[6];
-            const int32_t lb[2] = {0, 2};
-            CHECK(isfinite(nn_xent_forward(zb, lb, 2, 3, 0.1f, 1.0f, dref)));
-            zb[at] = bad[b];
-            CHECK(!isfinite(nn_xent_forward(zb, lb, 2, 3, 0.1f, 1.0f, db)));
-            CHECK(isnan(db[0]) && isnan(db[1]) && isnan(db[2]));
-            CHECK(db[3] == dref[3] && db[4] == dref[4] && db[5] == dref[5]);
-        }
+    for (int sm = 0; sm < 2; sm++)
+        for (int b = 0; b < 4 - (sm == 0); b++)
+            for (int at = 0; at < 3; at++) { // at the label (0) or elsewhere
+                float zb[6] = {0.5f, -0.25f, 1.0f, 0.3f, 0.1f, -0.7f}, db[6], dref[6];
+                const int32_t lb[2] = {0, 2};
+                const float eps = sm ? 0.1f : 0.0f;
+                CHECK(isfinite(nn_xent_forward(zb, lb, 2, 3, eps, 1.0f, dref)));
+                zb[at] = bad[b];
+                CHECK(!isfinite(nn_xent_forward(zb, lb, 2, 3, eps, 1.0f, db)));
+                CHECK(isnan(db[0]) && isnan(db[1]) && isnan(db[2]));
+                CHECK(db[3] == dref[3] && db[4] == dref[4] && db[5] == dref[5]);
+            }
     // a -inf logit off the label without smoothing is a probability of 0, as in PyTorch: the
     // loss and gradient of the row without it (its own entry 0)
     {

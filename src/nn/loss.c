@@ -24,13 +24,18 @@ static double xent_row(const float *z, int32_t y, size_t K, double eps, double u
         zsum += (double)z[j];
     }
     const double lse = (double)mx + log(s);
-    // -Σ_j target_j log p_j with target = (1-ε) onehot + ε/K and Σ target = 1 (the smoothing
-    // term only with ε > 0: a -inf logit, probability 0, made it 0 · inf = NaN without it)
-    const double loss =
-        (1.0 - eps) * (lse - (double)z[y]) + (uni > 0.0 ? uni * ((double)K * lse - zsum) : 0.0);
-    if (d && !isfinite(loss)) {        // a NaN or infinite logit (the max and nn_exp_fast skip NaN,
-        for (size_t j = 0; j < K; j++) // and zsum makes the loss NaN): the row's gradient is
-            d[j] = NAN;                // NaN too, not finite numbers a step would take
+    // -Σ_j target_j log p_j with target = (1-ε) onehot + ε/K and Σ target = 1, the smoothing
+    // term only with ε > 0 (a -inf logit, a probability of 0, made it 0 · inf = NaN). A NaN or
+    // +inf logit (zsum NaN or +inf) makes the row's loss NaN: the max and nn_exp_fast skip NaN,
+    // so lse alone stayed finite. A non-finite loss gives a NaN gradient row, not finite
+    // numbers a step would take.
+    const bool bad = isnan(zsum) || zsum == (double)INFINITY;
+    const double loss = bad ? (double)NAN
+                            : (1.0 - eps) * (lse - (double)z[y]) +
+                                  (uni > 0.0 ? uni * ((double)K * lse - zsum) : 0.0);
+    if (d && !isfinite(loss)) {
+        for (size_t j = 0; j < K; j++)
+            d[j] = NAN;
     } else if (d) {
         for (size_t j = 0; j < K; j++) {
             const double p = (double)nn_exp_fast((float)((double)z[j] - lse));
