@@ -986,11 +986,6 @@ static void stats_gram_should_match_float64(void) {
 // stay finite and keep training. The K-FAC family folded them into its averages (non-finite
 // for good, every later refresh failing), and RS-KFAC, B-R-KFAC and BRC-KFAC then never
 // returned: LAPACK's sgesvd spun on the NaN of the RSVD.
-static uint32_t lcg_state;
-static float lcg(void) {
-    lcg_state = lcg_state * 1664525u + 1013904223u;
-    return (float)((lcg_state >> 8) / 16777216.0 - 0.5);
-}
 static void overflowing_statistics_should_be_refused_and_counted(void) {
     const ngd_method ms[] = {NGD_METHOD_SINGD,   NGD_METHOD_KFAC,  NGD_METHOD_RSKFAC,
                              NGD_METHOD_SREKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRKFAC,
@@ -1001,11 +996,11 @@ static void overflowing_statistics_should_be_refused_and_counted(void) {
         c.T = 1, c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.rank = 2;
         float W[DOUT * DIN], b[DOUT], gW[DOUT * DIN], gb[DOUT], a[N * DIN], g[N * DOUT];
         float F1[DA * DA], F2[DA * DA];
-        lcg_state = 5;
+        ref_rng r = {5};
         for (size_t i = 0; i < DOUT * DIN; i++)
-            W[i] = lcg();
+            W[i] = (float)ref_uniform(&r, -0.5, 0.5);
         for (size_t i = 0; i < DOUT; i++)
-            b[i] = lcg();
+            b[i] = (float)ref_uniform(&r, -0.5, 0.5);
         ngd_optim *o = NULL;
         CHECK(ngd_optim_create(&c, &o) == NGD_OK);
         ngd_layer L = {.name = "l",
@@ -1019,10 +1014,10 @@ static void overflowing_statistics_should_be_refused_and_counted(void) {
         CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
         for (int st = 0; st < 8; st++) {
             for (size_t i = 0; i < N * DIN; i++)
-                a[i] = lcg();
+                a[i] = (float)ref_uniform(&r, -0.5, 0.5);
             if (st == 2) a[0] = 1e20f;
             for (size_t i = 0; i < N * DOUT; i++)
-                g[i] = lcg() / N;
+                g[i] = (float)ref_uniform(&r, -0.5, 0.5) / N;
             for (size_t i = 0; i < DOUT; i++) { // the gradient of these rows (finite)
                 double sb = 0;
                 for (size_t j = 0; j < DIN; j++) {
