@@ -465,7 +465,8 @@ typedef struct {
     size_t updates;         // preconditioner updates done
     size_t skips;           // steps skipped because of non-finite values
     size_t decomp_failures; // preconditioner updates refused, the last good one kept: the
-                            // K-FAC family's failed decompositions, SINGD's factor updates
+                            // K-FAC family's failed decompositions and its steps of
+                            // non-finite statistics (not averaged), SINGD's factor updates
                             // from non-finite statistics
     size_t decomp_retries;  // K-FAC family: float32 failures retried in float64
     float trace_K, trace_C; // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors

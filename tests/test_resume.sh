@@ -33,6 +33,8 @@ expect_rc 0 "cosine run resumed for 6 epochs" "$NGD" train $C --epochs 6 --sched
 expect_msg "note: the checkpoint's schedule was cosine over 3 epochs, this run's is cosine over 6 epochs: at step 93 the learning rate goes from 0 to 0.5 of --lr (a warm restart)" "cosine warm restart note"
 expect_rc 0 "cosine resumed as it was" "$NGD" train $C --epochs 6 --schedule cosine --log "$D/w.jsonl" --checkpoint "$D/w.ckpt" --resume "$D/w.ckpt" --max-steps 95
 printf '%s\n' "$out" | grep -q "checkpoint's schedule" && bad "the same schedule: a schedule note" || ok
+expect_rc 0 "cosine resumed, --max-steps spent" "$NGD" train $C --epochs 7 --schedule cosine --log "$D/w.jsonl" --checkpoint "$D/w.ckpt" --resume "$D/w.ckpt" --max-steps 95
+printf '%s\n' "$out" | grep -q "checkpoint's schedule" && bad "no training to do: a schedule note" || ok
 expect_rc 0 "constant run" "$NGD" train $C --epochs 2 --max-steps 40 --log "$D/k.jsonl" --checkpoint "$D/k.ckpt" --quiet
 expect_rc 0 "constant run resumed with cosine" "$NGD" train $C --epochs 4 --schedule cosine --log "$D/k.jsonl" --checkpoint "$D/k.ckpt" --resume "$D/k.ckpt" --max-steps 41
 expect_msg "note: the checkpoint's schedule was constant, this run's is cosine over 4 epochs: at step 40 the learning rate goes from 1 to 0.764 of --lr" "constant to cosine note"

@@ -470,7 +470,9 @@ int train_run(const train_opts *t, bool eval_only) {
                 t->model, nn_model_param_count(&m), t->data, d.train.n, d.test.n, optdesc, t->batch,
                 t->epochs, t->epochs == 1 ? "" : "s", logpath);
     if (!t->quiet && dist_root()) heavy_state_note(o, t->method);
-    if (!t->quiet && dist_root() && t->resume && rs.epoch < t->epochs)
+    if (!t->quiet && dist_root() && t->resume && rs.epoch < t->epochs &&
+        !(t->max_steps && rs.step >= t->max_steps) &&
+        !(t->time_budget > 0 && rs.wall >= (double)t->time_budget)) // (training follows)
         schedule_note(t, &rs, per_epoch);
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;

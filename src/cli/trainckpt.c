@@ -1,6 +1,6 @@
 /*
  * trainckpt.c — the training checkpoint of `ngd train --checkpoint/--resume` and `ngd eval`
- * (docs/formats.md "Training checkpoint", version 4; 1 to 3 are still read): the run's
+ * (docs/formats.md "Training checkpoint", version 5; 1 to 4 are still read): the run's
  * options that shape the model, the step, the data order and RNG, the model's parameters,
  * buffers and random streams, and the optimizer state (ngd_optim_save_mem's bytes),
  * little-endian, CRC-32 last, streamed into a file committed atomically.

@@ -75,7 +75,8 @@ ngd_status ngd_lri_apply2(const ngd_lowrank *G, float lambda_G, float mu_G, cons
 // X). Keeps the basis U = (Q W)[:, :r] of #rsvd and D = Σ[:r]; D_i <= eig_zero_tol -> 0.
 // The Gaussian sketch Ω (d x ℓ, column after column) is drawn from rng, which advances.
 // Writes out->U, out->D and sets out->r = r (out->d == d, out->cap >= r required).
-// NGD_ERR_NUMERIC if a QR or the SVD fails (out unchanged). Workspace: ngd_rsvd_sym_ws.
+// NGD_ERR_NUMERIC if X is not finite (checked first: rng not advanced, no LAPACK call) or a QR
+// or the SVD fails (out unchanged). Workspace: ngd_rsvd_sym_ws.
 size_t ngd_rsvd_sym_ws(size_t d, size_t r, size_t p);
 ngd_status ngd_rsvd_sym(ngd_cview X, size_t r, size_t p, size_t q, float eig_zero_tol, ngd_rng *rng,
                         ngd_lowrank *out, void *ws, size_t ws_bytes);
@@ -116,7 +117,8 @@ ngd_status ngd_brand_reorth(ngd_lowrank *F, void *ws, size_t ws_bytes);
 size_t ngd_rr_subset_size(size_t r, float phi);
 // Draws s = ngd_rr_subset_size(F->r, phi) distinct columns uniformly from rng (which
 // advances), then ngd_rr_correct_subset. Fbar is the CURRENT dense EA factor (d x d,
-// symmetric; #reading-choices). Workspace: ngd_rr_correct_ws(d, r, ngd_rr_subset_size(r, phi)).
+// symmetric; #reading-choices); NGD_ERR_NUMERIC if it is not finite (F unchanged, rng not
+// advanced). Workspace: ngd_rr_correct_ws(d, r, ngd_rr_subset_size(r, phi)).
 size_t ngd_rr_correct_ws(size_t d, size_t r, size_t s);
 ngd_status ngd_rr_correct(ngd_lowrank *F, ngd_cview Fbar, float phi, ngd_rng *rng, void *ws,
                           size_t ws_bytes);

@@ -22,6 +22,7 @@
  * Clipping, decoupled weight decay from wd_start, momentum and the step are the family's
  * first-order rule (kfac_rule.c, ngd_rule_kfac), which the driver applies.
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -259,12 +260,16 @@ static void round_rep(const ngd_entry *e, kf_factor *f) {
     ngd_bf16_round(f->D, f->cap);
 }
 
-// Whether this step's pending statistics are finite: the dense sums of the averaged factors
-// (a Brand factor's rows are checked by its update, bkfac.c)
+// Whether this step's pending statistics are finite: the dense sums of the averaged factors,
+// and a Brand factor's rows, whose squares must stay below FLT_MAX (every product of the
+// update is bounded by their sum; 1e20 rows are finite, their products not)
 static bool pend_finite(const kf_state *s) {
     for (int i = 0; i < 2; i++) {
         const kf_factor *f = &s->f[i];
         if (f->ea && !ngd_all_finite(f->pend, f->d * f->d)) return false;
+        if (f->track == KF_BRAND && f->rows && s->pend.rows &&
+            !(ngd_sumsq(f->rows, (size_t)s->pend.rows * f->d) < (double)FLT_MAX))
+            return false;
     }
     return true;
 }
