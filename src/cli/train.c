@@ -170,6 +170,14 @@ static double lr_scale_at(bool cosine, size_t epochs, size_t per_epoch, size_t s
     return 0.5 * (1.0 + cos(3.141592653589793 * fmin((double)step / total, 1.0)));
 }
 
+// "constant", or "cosine over N epochs"
+static void schedule_desc(char *out, size_t cap, bool cosine, size_t epochs) {
+    if (cosine)
+        snprintf(out, cap, "cosine over %zu epoch%s", epochs, epochs == 1 ? "" : "s");
+    else
+        snprintf(out, cap, "constant");
+}
+
 // A resume whose schedule (--schedule, or a cosine's --epochs) differs from the checkpoint's
 // run moves the learning rate at once (more epochs of a cosine raise it again: a warm
 // restart): said, with the scales before and after (version 5 checkpoints record both)
@@ -180,15 +188,8 @@ static void schedule_note(const train_opts *t, const run_state *rs, size_t per_e
     const double before = lr_scale_at(was_cos, rs->ck_epochs, per_epoch, rs->step),
                  after = lr_scale_at(t->cosine, t->epochs, per_epoch, rs->step);
     char was[64], now[64];
-    if (was_cos)
-        snprintf(was, sizeof was, "cosine over %zu epoch%s", rs->ck_epochs,
-                 rs->ck_epochs == 1 ? "" : "s");
-    else
-        snprintf(was, sizeof was, "constant");
-    if (t->cosine)
-        snprintf(now, sizeof now, "cosine over %zu epoch%s", t->epochs, t->epochs == 1 ? "" : "s");
-    else
-        snprintf(now, sizeof now, "constant");
+    schedule_desc(was, sizeof was, was_cos, rs->ck_epochs);
+    schedule_desc(now, sizeof now, t->cosine, t->epochs);
     fprintf(stderr,
             "ngd train: note: the checkpoint's schedule was %s, this run's is %s: at step %zu "
             "the learning rate goes from %.3g to %.3g of --lr%s\n",
