@@ -2,7 +2,8 @@
 # bench/ab.sh — two ngd binaries interleaved on the same `ngd bench train` configuration:
 # A B A B … for ROUNDS rounds, then per binary and precision the median over the rounds of
 # the step's median ms, its mean over whole periods (with the preconditioner updates), and
-# its forward, backward, statistics (observe) and first-order-rule phases. On a shared machine a ratio
+# its forward, backward, statistics (observe), preconditioner update, preconditioning and
+# first-order-rule phases. On a shared machine a ratio
 # from one interleaved run means something; two absolute times measured apart do not.
 # Usage: bench/ab.sh NGD_A NGD_B ROUNDS [ngd bench train options...]
 #   e.g. bench/ab.sh /tmp/ngd-before build/ngd 5 --model cnn --optim sgd --precision bf16 \
@@ -35,12 +36,14 @@ for line in open(sys.argv[1]):
         continue
     key = (j["model"], j["optim"], j["structure"], j["precision"])
     rows[key + (who,)].append((j["ms_median"], j["ms_mean"], j["ms_forward"], j["ms_backward"],
-                               j["ms_observe"], j["ms_rule"]))
-print("%-8s %-6s %-10s %-5s %-2s %6s %10s %8s %8s %8s %8s %8s" % ("model", "optim", "structure",
-      "prec", "", "rounds", "median ms", "mean", "fwd", "bwd", "observe", "rule"))
+                               j["ms_observe"], j["ms_precond_update"], j["ms_precondition"],
+                               j["ms_rule"]))
+print("%-8s %-6s %-10s %-5s %-2s %6s %10s %8s %8s %8s %8s %8s %8s %8s" % ("model", "optim",
+      "structure", "prec", "", "rounds", "median ms", "mean", "fwd", "bwd", "observe", "update",
+      "precond", "rule"))
 for k in sorted(rows):
     v = rows[k]
-    med = [statistics.median(x[i] for x in v) for i in range(6)]
-    print("%-8s %-6s %-10s %-5s %-2s %6d %10.2f %8.2f %8.2f %8.2f %8.2f %8.2f" %
+    med = [statistics.median(x[i] for x in v) for i in range(8)]
+    print("%-8s %-6s %-10s %-5s %-2s %6d %10.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f" %
           (k + (len(v),) + tuple(med)))
 PY

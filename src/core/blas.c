@@ -18,6 +18,7 @@
 #include <omp.h>
 #endif
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define NGD_HAVE_TR16 1 // AVX-512 code for the tiles of mirror_lower, chosen at run time
 #endif
@@ -364,6 +365,45 @@ static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) 
     return f;
 }
 
+// Two threads, no AMX: a bf16 product of 64 rows or more and 2^21 multiply-adds or more goes
+// to the threads as two halves of C's rows, each a one-thread matmul, rather than as one
+// matmul that oneDNN splits: oneDNN 2.6's AVX512-BF16 kernels ran at 1.3-1.4x their one-thread
+// speed on two threads, the halves at 1.6-1.9x (AMD Zen 5, medians of 300 calls, us, oneDNN's
+// split -> halves: 128 x 512 x 784 with B transposed 203 -> 156, 785 x 785 x 785 Aᵀ A 1957 ->
+// 1442, A Aᵀ 1899 -> 1462, A B 1678 -> 1473, 785 x 785 x 128 Aᵀ A 348 -> 249, 785 x 128 x 785
+// with B transposed 265 -> 230; docs/benchmarks.md, twenty-second session). With AMX oneDNN's
+// own split is kept (not measured here), as at other thread counts. Every row of C is its own
+// sums, taken in the one-thread kernel's order. NGD_BF16_SPLIT=0 in the environment turns it
+// off (side-by-side runs).
+#ifdef _OPENMP
+#define SPLIT16_ROWS 64
+#define SPLIT16_MACS ((size_t)1 << 21)
+
+static bool cpu_has_amx(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)); // AMX-BF16
+#else
+    return false;
+#endif
+}
+
+static bool split_rows(size_t m, size_t n, size_t k) {
+    static _Atomic int on = -1;
+    int o = atomic_load_explicit(&on, memory_order_relaxed);
+    if (o < 0) {
+        const char *e = getenv("NGD_BF16_SPLIT");
+        o = !(e && !strcmp(e, "0")) && !cpu_has_amx();
+        atomic_store_explicit(&on, o, memory_order_relaxed);
+    }
+    return o && m >= SPLIT16_ROWS && m * n * k >= SPLIT16_MACS && !omp_in_parallel() &&
+           serial_depth == 0 && omp_get_max_threads() == 2;
+}
+
+// The first half's rows: half of m rounded up to 16
+static size_t split_at(size_t m) { return (m / 2 + 15) / 16 * 16; }
+#endif
+
 // ngd_bf16_gemm's work (not counted): small products by a plain loop, then the matmul
 // primitive, oneDNN's bf16 GEMM, or (no bf16 kernel for this CPU) f32 copies of op(A), op(B)
 // and sgemm; element by element if those copies cannot be allocated
@@ -401,6 +441,19 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
     // test_bf16's cache test). Scanned here: k 1-300 on 36 (m, n) pairs and every transpose,
     // k 1-160 on 90 more, up to 2100 on three: only k % 32 == 31 failed. Those k take the
     // AVX512-BF16 GEMM.
+#ifdef _OPENMP
+    if (path == NGD_BF16_PATH_MATMUL && k % 32 != 31 && split_rows(m, n, k)) {
+        // each thread its half of C's rows, by a one-thread product (the same path below)
+        const size_t h = split_at(m);
+#pragma omp parallel num_threads(2)
+        {
+            const size_t r0 = omp_get_thread_num() ? h : 0, nr = r0 ? m - h : h;
+            gemm_bf16(ta, tb, nr, n, k, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb, beta,
+                      C + r0 * ldc, ldc);
+        }
+        return;
+    }
+#endif
     if (path == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
         matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc))
         return;
