@@ -114,6 +114,46 @@ printf '%s\n' '{"type":"eval","step":16,"epoch":1,"test_loss":2.2,"test_accuracy
 expect_rc 0 "plot of an evaluated run without step records" "$NGD" plot "$tmp/evalonly.jsonl" -o "$tmp/p3.svg"
 expect_msg "evalonly.jsonl: no step records (the run ended before its first, or logged with a large --log-every): only its test accuracy is plotted" "evaluated short run: warning"
 [ "$(grep -c '<polyline' "$tmp/p3.svg")" = 2 ] && ok || bad "evaluated short run: not its two accuracy lines"
+# the legend's accuracy is the last evaluation that stands: a resumed run still going (no
+# summary yet) is past its earlier segment's summary; a branch resumed from an older checkpoint
+# drops the other branch's evaluations past its own steps, in the panel and in the legend
+printf '%s\n' '{"type":"step","step":10,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":10,"test_accuracy":0.1765,"wall_s":0.5}' \
+    '{"type":"summary","model":"mlp","data":"d","optim":"singd","steps":10,"test_accuracy":0.1765,"wall_s":0.5}' \
+    '{"type":"step","step":16,"loss":2.0,"wall_s":0.8}' '{"type":"eval","step":16,"test_accuracy":0.255,"wall_s":0.9}' \
+    '{"type":"step","step":32,"loss":1.5,"wall_s":1.4}' '{"type":"eval","step":32,"test_accuracy":0.4314,"wall_s":1.5}' > "$tmp/going.jsonl"
+expect_rc 0 "plot of a resumed run still going" "$NGD" plot "$tmp/going.jsonl" -o "$tmp/g.svg"
+grep -q '43.14%, 32 steps' "$tmp/g.svg" && ok || bad "resumed run: the legend is not its last evaluation's 43.14%"
+printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":16,"test_accuracy":0.30,"wall_s":0.5}' \
+    '{"type":"step","step":16,"loss":2.0,"wall_s":0.8}' '{"type":"step","step":200,"loss":1.0,"wall_s":5}' \
+    '{"type":"eval","step":200,"test_accuracy":0.7149,"wall_s":5.1}' \
+    '{"type":"summary","model":"mlp","data":"d","optim":"singd","steps":200,"test_accuracy":0.7149,"wall_s":5.1}' \
+    '{"type":"step","step":24,"loss":1.9,"wall_s":1.0}' '{"type":"step","step":152,"loss":1.2,"wall_s":4}' > "$tmp/branch.jsonl"
+expect_rc 0 "plot of a branch" "$NGD" plot "$tmp/branch.jsonl" -o "$tmp/b.svg"
+grep -q '30.00%, 152 steps' "$tmp/b.svg" && ok || bad "branch: the legend is not the surviving evaluation's 30.00%"
+! grep -q '71.49' "$tmp/b.svg" && ok || bad "branch: the other branch's evaluation at step 200 is still drawn"
+# an empty log (a run that has not written its first record) beside another: left out
+: > "$tmp/empty.jsonl"
+expect_rc 0 "plot of an empty log beside a run" "$NGD" plot "$tmp/empty.jsonl" "$tmp/going.jsonl" -o "$tmp/e.svg"
+expect_msg "empty.jsonl: empty (a run that has not written its first record yet): left out of the plot" "empty log: warning"
+expect_rc 1 "plot of an empty log alone" "$NGD" plot "$tmp/empty.jsonl" -o "$tmp/e2.svg"
+# one evaluation at 95 %: the accuracy axis stops at 100; a title with a control character and
+# a Latin-1 file name still make well-formed XML (U+FFFD in their place)
+printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.95,"wall_s":0.5}' > "$tmp/hi.jsonl"
+cp "$tmp/hi.jsonl" "$tmp/lat"$'\xe9'".jsonl"
+expect_rc 0 "plot with a control character in the title" "$NGD" plot "$tmp/hi.jsonl" "$tmp/lat"$'\xe9'".jsonl" -o "$tmp/hi.svg" --title $'T \x07 & <x>'
+grep -q '>100</text>' "$tmp/hi.svg" && ! grep -q '>105</text>' "$tmp/hi.svg" && ok || bad "accuracy axis past 100 %"
+! LC_ALL=C grep -q $'\x07' "$tmp/hi.svg" && grep -q $'T \xef\xbf\xbd &amp; &lt;x&gt;' "$tmp/hi.svg" && ok || bad "title's control character not replaced"
+! LC_ALL=C grep -q $'lat\xe9' "$tmp/hi.svg" && grep -q $'lat\xef\xbf\xbd' "$tmp/hi.svg" && ok || bad "Latin-1 file name not replaced"
+# a character model's accuracy is the validation windows'
+printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.35,"wall_s":0.5}' \
+    '{"type":"summary","model":"chargpt","data":"shakespeare","optim":"adamw","steps":8,"test_accuracy":0.35,"wall_s":0.5}' > "$tmp/gpt.jsonl"
+expect_rc 0 "plot of a chargpt run" "$NGD" plot "$tmp/gpt.jsonl" -o "$tmp/gpt.svg"
+grep -q 'validation accuracy (%)' "$tmp/gpt.svg" && ! grep -q 'test accuracy' "$tmp/gpt.svg" && ok || bad "chargpt: the panel is not named validation accuracy"
+# 21 runs: the third ten has a dash pattern of its own (not the first ten's solid lines)
+many=()
+for i in $(seq 21); do sed "s/\"loss\":2.1/\"loss\":$i/" "$tmp/hi.jsonl" > "$tmp/m$i.jsonl"; many+=("$tmp/m$i.jsonl"); done
+expect_rc 0 "plot of 21 runs" "$NGD" plot "${many[@]}" -o "$tmp/many.svg"
+[ "$(grep -c 'stroke-dasharray="2 2"' "$tmp/many.svg")" -ge 1 ] && ok || bad "21 runs: the 21st run looks like the first"
 rm -f "$tmp/p.svg"
 # -o on a symbolic link is refused (the rename would replace the link), as --checkpoint does
 echo keep > "$tmp/target.svg"; ln -s "$tmp/target.svg" "$tmp/link.svg"

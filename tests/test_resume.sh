@@ -102,8 +102,37 @@ expect_msg "the first difference: 'fc1' array 2 is A.U (type 0, 172700 values), 
 expect_msg "and those that shape its state (--rank," "--rank 8: the hint names --rank"
 
 # a new run on an earlier run's checkpoint (a forgotten --resume): said before it is replaced
-expect_rc 0 "new run on an earlier checkpoint" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/r.ckpt" --log "$D/r2.jsonl"
-expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this new run replaces it at its first save (to continue that run instead, stop this one and add --resume $D/r.ckpt)" "forgotten --resume: the note"
+# (and its first save keeps it as PATH.prev; a new run's log over an earlier one's records
+# keeps those as LOG.prev: nothing of a forgotten --resume is lost)
+sum_ck=$(md5sum < "$D/r.ckpt") sum_log=$(md5sum < "$D/r.jsonl")
+expect_rc 0 "new run on an earlier checkpoint" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/r.ckpt" --log "$D/r.jsonl"
+expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this run's first save keeps it as $D/r.ckpt.prev (to continue that run instead, stop this one and add --resume $D/r.ckpt, or --resume $D/r.ckpt.prev once this one has saved)" "forgotten --resume: the note"
+[ "$(md5sum < "$D/r.ckpt.prev")" = "$sum_ck" ] && ok || bad "forgotten --resume: the earlier checkpoint is not kept as .prev"
+[ "$(md5sum < "$D/r.jsonl.prev")" = "$sum_log" ] && ok || bad "forgotten --resume: the earlier log is not kept as .prev"
+[ "$(md5sum < "$D/r.ckpt")" != "$sum_ck" ] && grep -q '"steps":2,' "$D/r.jsonl" && ! grep -q '"steps":3,' "$D/r.jsonl" && ok || bad "forgotten --resume: the new run did not replace the checkpoint and log"
+# a resume into another run's checkpoint keeps that one too
+cp "$D/r.ckpt" "$D/r4.ckpt"
+expect_rc 0 "resume into another run's checkpoint" "$NGD" train $C --optim bkfac --epochs 1 --max-steps 4 --resume "$D/r.ckpt.prev" --checkpoint "$D/r4.ckpt" --log "$D/r3.jsonl"
+expect_msg "note: --checkpoint $D/r4.ckpt holds another run; this run's first save keeps it as $D/r4.ckpt.prev" "resume into another checkpoint: the note"
+cmp -s "$D/r.ckpt" "$D/r4.ckpt.prev" && ok || bad "resume into another checkpoint: it is not kept as .prev"
+# a --log in a folder that does not exist fails before the data loads, as --checkpoint does
+expect_rc 1 "--log in a missing folder" "$NGD" train $C --epochs 1 --log "$D/nodir/x.jsonl"
+expect_msg "ngd: error: --log $D/nodir/x.jsonl: folder $D/nodir: No such file or directory" "--log in a missing folder: message"
+printf '%s\n' "$out" | grep -q "parameters) on" && bad "--log in a missing folder: the data was loaded first" || ok
+
+# the progress line: accuracy in percent, and an ETA to --max-steps (not to the 1000th epoch)
+expect_rc 0 "progress line" "$NGD" train $C --epochs 1000 --log-every 1 --max-steps 12 --log "$D/pg.jsonl"
+printf '%s\n' "$out" | grep -q "^epoch 1/1000 step 10/31 loss [0-9.]* acc [0-9.]*% [0-9]* samples/s ETA 0s$" && ok || bad "progress line: $(printf '%s\n' "$out" | grep '^epoch 1/1000 step')"
+# a branch: a run that ended (its summary) after step 8, then records of a killed branch
+# (steps 12, 16, no summary): a resume from step 8 cuts the branch's records, not the ended
+# run's (its first record past step 8 is before a summary: nothing was cut)
+B="$C --epochs 1 --log-every 4 --quiet"
+expect_rc 0 "branch: the run to step 16" "$NGD" train $B --max-steps 16 --log "$D/br.jsonl" --checkpoint "$D/br16.ckpt"
+expect_rc 0 "branch: a checkpoint at step 8" "$NGD" train $B --max-steps 8 --log "$D/br8.jsonl" --checkpoint "$D/br8.ckpt"
+printf '%s\n' '{"type":"step","step":12,"epoch":0.4,"loss":2,"accuracy":0.1,"wall_s":1}' '{"type":"step","step":16,"epoch":0.5,"loss":2,"accuracy":0.1,"wall_s":1}' >> "$D/br.jsonl"
+expect_rc 0 "branch: resumed from step 8" "$NGD" train $C --epochs 1 --log-every 4 --max-steps 12 --log "$D/br.jsonl" --checkpoint "$D/br8.ckpt" --resume "$D/br8.ckpt"
+expect_msg "--log $D/br.jsonl: 2 records past the checkpoint's step 8 cut" "branch: the killed branch's records cut"
+[ "$(grep -o '"type":"step","step":[0-9]*' "$D/br.jsonl" | tr '\n' ' ')" = '"type":"step","step":4 "type":"step","step":8 "type":"step","step":12 "type":"step","step":16 "type":"step","step":12 ' ] && ok || bad "branch: step records $(grep -o '"type":"step","step":[0-9]*' "$D/br.jsonl" | tr '\n' ' ')"
 
 # --checkpoint-every landing on an epoch's last batch saves after the epoch's end: the resume
 # does not end that epoch (and log its evaluation) again

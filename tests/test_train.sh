@@ -427,6 +427,22 @@ if [ -s "$D/sig.ckpt" ] && [ -n "$s" ]; then
 else
     bad "SIGTERM: no checkpoint $D/sig.ckpt or no step in the message"
 fi
+# stopped after an evaluation: the summary's test figures name their step (test_step), and
+# the result line says which step they are of when the run went on after it
+rm -f "$D/sig.jsonl"
+"$NGD" train ${A% $Q} --log-every 1 --log "$D/sig.jsonl" > "$D/sig.out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do grep -q '"type":"eval"' "$D/sig.jsonl" 2>/dev/null && break; kill -0 $pid 2>/dev/null || break; sleep 0.05; done
+kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+sum=$(grep '"type":"summary"' "$D/sig.jsonl" | tail -n 1)
+ts=$(printf '%s' "$sum" | sed -n 's/.*"test_step":\([0-9]*\).*/\1/p')
+st=$(printf '%s' "$sum" | sed -n 's/.*"steps":\([0-9]*\).*/\1/p')
+[ "$rc" -eq 143 ] && [ -n "$ts" ] && [ "$ts" -le "$st" ] && [ "$((ts % 8))" -eq 0 ] && ok || bad "SIGTERM after an evaluation: exit $rc, summary test_step '$ts' of $st steps"
+if [ -n "$ts" ] && [ "$ts" != "$st" ]; then
+    expect_msg "% at step $ts (loss" "SIGTERM after an evaluation: the result names its step"
+else
+    ok
+fi
 # stopped in the first epoch, before any evaluation: the summary says so (never "nan%")
 rm -f "$D/sig.jsonl"
 "$NGD" train --widths 64 --batch 64 --seed 3 --threads 1 --log-every 1 --log "$D/sig.jsonl" > "$D/sig.out" 2>&1 &
@@ -743,6 +759,11 @@ expect_msg "3 consecutive non-finite steps" "consecutive skips message"
 expect_rc 1 "diverged run at its last step" "$NGD" train $V --max-steps 3 --checkpoint "$D/div.ckpt" $Q
 expect_msg "the run diverged: the model's outputs are not finite (evaluation loss nan)" "diverged evaluation message"
 [ ! -e "$D/div.ckpt" ] && ok || bad "a diverged run wrote its checkpoint"
+# ... nor reports the diverged evaluation's accuracy as its result
+expect_rc 1 "diverged run, logged" "$NGD" train $V --max-steps 3 --log "$D/div.jsonl"
+expect_msg "3 steps in" "diverged run: its summary line"
+expect_msg ", not evaluated; log" "diverged run: not evaluated"
+grep '"type":"summary"' "$D/div.jsonl" | grep -q '"test_accuracy":null' && ! grep -q '"test_step"' "$D/div.jsonl" && ok || bad "diverged run: the summary reports an accuracy"
 # a checkpoint written after the first step, whose update made the outputs overflow: ngd eval
 # says so and fails (it printed "loss -nan" and exited 0)
 expect_rc 1 "checkpoint of a diverging run" "$NGD" train $V --max-skips 2 --epochs 1 --checkpoint "$D/div.ckpt" --checkpoint-every 1 $Q

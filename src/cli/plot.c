@@ -96,17 +96,44 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
     }
 }
 
-// Appends s with the five XML special characters escaped.
+// The length of the well-formed UTF-8 sequence at s (1-4), or 0 if it is not one (overlong
+// forms, surrogates and code points past U+10FFFF included)
+static size_t utf8_len(const unsigned char *s) {
+    const unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t n = c >= 0xc2 && c <= 0xdf   ? 2
+               : c >= 0xe0 && c <= 0xef ? 3
+               : c >= 0xf0 && c <= 0xf4 ? 4
+                                        : 0;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80) return 0;
+    if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f) || (c == 0xf0 && s[1] < 0x90) ||
+        (c == 0xf4 && s[1] > 0x8f))
+        return 0;
+    return n;
+}
+
+// Appends s with the five XML special characters escaped, and what XML 1.0 cannot hold
+// (control characters other than tab and newline, bytes that are not UTF-8: a file name in
+// Latin-1, say) written as U+FFFD, so that the SVG stays well-formed.
 static void sb_text(sbuf *b, const char *s) {
-    for (; *s; s++) {
-        switch (*s) {
+    while (*s) {
+        const unsigned char c = (unsigned char)*s;
+        const size_t n = utf8_len((const unsigned char *)s);
+        if (n == 0 || (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f) {
+            sb_printf(b, "\xef\xbf\xbd"); // U+FFFD
+            s++;
+            continue;
+        }
+        switch (c) {
         case '&': sb_printf(b, "&amp;"); break;
         case '<': sb_printf(b, "&lt;"); break;
         case '>': sb_printf(b, "&gt;"); break;
         case '"': sb_printf(b, "&quot;"); break;
         case '\'': sb_printf(b, "&apos;"); break;
-        default: sb_printf(b, "%c", *s);
+        default: sb_printf(b, "%.*s", (int)n, s);
         }
+        s += n;
     }
 }
 
@@ -121,7 +148,7 @@ typedef struct {
     char name[256]; // legend label
     char model[64], data[64], optim[32];
     bool has_summary;
-    double final_acc;   // summary's test accuracy (else the last eval), NaN if none
+    double final_acc;   // the last finite evaluation's accuracy, NaN if none
     double steps, wall; // from the summary, else the last record
     series loss;        // step records: training loss
     series acc;         // eval records: test accuracy in percent
@@ -196,7 +223,6 @@ static int read_log(const char *path, run *r) {
     char *line = NULL;
     size_t cap = 0, lineno = 0, bad = 0, first_bad = 0;
     ssize_t len;
-    double last_eval_acc = (double)NAN;
     int rc = 0;
     while ((len = getline(&line, &cap, f)) != -1) {
         lineno++;
@@ -213,18 +239,21 @@ static int read_log(const char *path, run *r) {
         const char *t = type->valuestring;
         double step = num(o, "step"), wall = num(o, "wall_s");
         if (!strcmp(t, "step") && isfinite(step)) {
+            // a resumed run re-doing steps (from an earlier checkpoint: a branch): the other
+            // branch's evaluations past this point go with its losses
+            if (r->loss.n > 0 && step <= r->loss.step[r->loss.n - 1])
+                while (r->acc.n > 0 && r->acc.step[r->acc.n - 1] >= step)
+                    r->acc.n--;
             if (series_add(&r->loss, step, wall, num(o, "loss"))) rc = -1;
             r->steps = step, r->wall = wall;
         } else if (!strcmp(t, "eval") && isfinite(step)) {
             double a = 100.0 * num(o, "test_accuracy");
             if (series_add(&r->acc, step, wall, a)) rc = -1;
-            if (isfinite(a)) last_eval_acc = a;
         } else if (!strcmp(t, "summary")) { // the last one wins (a resumed run appends)
             r->has_summary = true;
             str_field(o, "model", r->model, sizeof r->model);
             str_field(o, "data", r->data, sizeof r->data);
             str_field(o, "optim", r->optim, sizeof r->optim);
-            r->final_acc = 100.0 * num(o, "test_accuracy");
             r->steps = num(o, "steps"), r->wall = num(o, "wall_s");
         }
         cJSON_Delete(o);
@@ -243,6 +272,7 @@ static int read_log(const char *path, run *r) {
     }
     if (r->loss.n == 0 && r->acc.n == 0 && r->has_summary)
         return 1;                       // a run shorter than --log-every, with no evaluation either
+    if (lineno == 0) return 2;          // empty: a run that has not written its first record yet
     if (r->loss.n == 0 && r->acc.n > 0) // (a run shorter than --log-every, evaluated)
         fprintf(stderr,
                 "ngd: warning: %s: no step records (the run ended before its first, or logged "
@@ -260,7 +290,10 @@ static int read_log(const char *path, run *r) {
                 "ngd: warning: %s: %zu line%s skipped (not a log record; first: line "
                 "%zu)\n",
                 path, bad, bad > 1 ? "s" : "", first_bad);
-    if (!isfinite(r->final_acc)) r->final_acc = last_eval_acc;
+    // the last evaluation that stands (a summary's accuracy is its run's last evaluation's, and
+    // a run still going, or stopped, has evaluations after an earlier run's summary)
+    for (size_t i = r->acc.n; i-- > 0 && !isfinite(r->final_acc);)
+        r->final_acc = r->acc.y[i];
     if (r->has_summary && r->optim[0])
         snprintf(r->name, sizeof r->name, "%s %s %s", r->optim, r->model, r->data);
     else
@@ -301,6 +334,7 @@ static double nice_step(double range, int target) {
 static axis make_axis(double lo, double hi, bool from_zero, bool log_ok, double clamp_hi) {
     axis a = {0, 1, 0.2, false};
     if (!isfinite(lo) || !isfinite(hi)) return a;
+    const double lo0 = lo, hi0 = hi; // the data's own range (the band below widens it)
     if (log_ok && lo > 0 && hi / lo > LOG_SCALE_RATIO) {
         a.log = true;
         a.lo = floor(log10(lo)), a.hi = ceil(log10(hi));
@@ -316,8 +350,8 @@ static axis make_axis(double lo, double hi, bool from_zero, bool log_ok, double 
     a.step = nice_step(hi - lo, 5);
     a.lo = floor(lo / a.step) * a.step;
     a.hi = ceil(hi / a.step) * a.step;
-    if (a.hi > clamp_hi && hi <= clamp_hi) a.hi = clamp_hi;
-    if (a.lo < 0 && lo >= 0) a.lo = 0;
+    if (a.hi > clamp_hi && hi0 <= clamp_hi) a.hi = clamp_hi;
+    if (a.lo < 0 && lo0 >= 0) a.lo = 0;
     return a;
 }
 
@@ -343,8 +377,18 @@ static void tick_label(const axis *a, double v, char *out, size_t cap) {
 static const char *const COLORS[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
                                      "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
 #define NCOLORS (sizeof COLORS / sizeof COLORS[0])
-// runs past the tenth reuse the colours with a dash pattern
-static const char *dash(size_t i) { return i / NCOLORS % 2 ? " stroke-dasharray=\"6 3\"" : ""; }
+// runs past the tenth reuse the colours with a dash pattern, another one for each ten (the 64
+// logs ngd plot takes: seven tens, so that no two runs look the same)
+static const char *dash(size_t i) {
+    static const char *const D[] = {"",
+                                    " stroke-dasharray=\"6 3\"",
+                                    " stroke-dasharray=\"2 2\"",
+                                    " stroke-dasharray=\"8 3 2 3\"",
+                                    " stroke-dasharray=\"1 4\"",
+                                    " stroke-dasharray=\"12 4\"",
+                                    " stroke-dasharray=\"4 2 1 2 1 2\""};
+    return D[i / NCOLORS % (sizeof D / sizeof D[0])];
+}
 
 typedef struct {
     double x, y, w, h; // the plotting area in SVG pixels
@@ -470,7 +514,13 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
     range_of(runs, n, false, -1, &lo, &hi);
     const axis ay_loss = make_axis(lo, hi, false, true, (double)INFINITY);
     range_of(runs, n, true, -1, &lo, &hi);
-    const axis ay_acc = make_axis(lo, hi, false, false, 100.0);
+    const bool evaluated = isfinite(lo) && isfinite(hi); // (else an empty 0-100 % panel)
+    const axis ay_acc =
+        make_axis(evaluated ? lo : 0.0, evaluated ? hi : 100.0, false, false, 100.0);
+    bool text = n > 0; // every run a character model: its accuracy is the validation windows'
+    for (size_t i = 0; i < n; i++)
+        text = text && !strcmp(runs[i].model, "chargpt");
+    const char *acc_name = text ? "validation accuracy" : "test accuracy";
     for (int xk = X_STEP; xk <= X_WALL; xk++) {
         double l1, h1, l2, h2;
         range_of(runs, n, false, xk, &l1, &h1);
@@ -486,9 +536,10 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
         for (size_t i = 0; i < n; i++)
             draw_series(b, &rl, &ax, &ay_loss, &runs[i].loss, xk, i, false);
         sb_printf(b, "</g>\n");
-        draw_frame(b, &ra, &ax, &ay_acc,
-                   xk == X_STEP ? "test accuracy vs step" : "test accuracy vs wall time", xlabel,
-                   "test accuracy (%)");
+        char atitle[64], alabel[48];
+        snprintf(atitle, sizeof atitle, "%s vs %s", acc_name, xk == X_STEP ? "step" : "wall time");
+        snprintf(alabel, sizeof alabel, "%s (%%)", acc_name);
+        draw_frame(b, &ra, &ax, &ay_acc, atitle, xlabel, alabel);
         for (size_t i = 0; i < n; i++)
             draw_series(b, &ra, &ax, &ay_acc, &runs[i].acc, xk, i, true);
         sb_printf(b, "</g>\n");
@@ -496,8 +547,8 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
     // legend: swatch, name, final test accuracy, steps, wall time; the best run in bold
     sb_printf(b,
               "<g class=\"legend\">\n<text x=\"%.0f\" y=\"%.0f\" font-weight=\"bold\">runs "
-              "(final test accuracy, steps, wall time)</text>\n",
-              X0, legend_y - 16);
+              "(final %s, steps, wall time)</text>\n",
+              X0, legend_y - 16, acc_name);
     for (size_t i = 0; i < n; i++) {
         const double y = legend_y + 22.0 * (double)i;
         const char *c = COLORS[i % NCOLORS];
@@ -693,17 +744,16 @@ int cmd_plot(int argc, char **argv) {
         }
         series_free(&runs[kept].loss), series_free(&runs[kept].acc);
         memset(&runs[kept], 0, sizeof runs[kept]);
+        const char *why = r == 2 ? "empty (a run that has not written its first record yet)"
+                                 : "no step records (the run ended before its first)";
         if (n == 1) {
             cli_error(
                 "a run writes its first step record after --log-every steps (20 by default): train "
                 "longer, or with a smaller --log-every",
-                "%s: no step records (the run ended before its first)", path);
+                "%s: %s", path, why);
             goto done;
         }
-        fprintf(stderr,
-                "ngd: warning: %s: no step records (the run ended before its first): "
-                "left out of the plot\n",
-                path);
+        fprintf(stderr, "ngd: warning: %s: %s: left out of the plot\n", path, why);
     }
     if (kept == 0) {
         cli_error("a run writes its first step record after --log-every steps (20 by default)",

@@ -250,7 +250,7 @@ static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn
         diverged_error(t, *saved, rs->step, NONFINITE_PARAMS);
         return -1;
     }
-    if (trainckpt_save(t->ckpt, t, m, o, ld, ti, rs)) return -1;
+    if (trainlog_keep_earlier_ckpt() || trainckpt_save(t->ckpt, t, m, o, ld, ti, rs)) return -1;
     *saved = t->ckpt;
     *saved_step = rs->step;
     return 0;
@@ -263,7 +263,10 @@ static int epoch_eval(nn_model *m, const train_opts *t, const train_sets *d, flo
                       double t_start, const char *saved, double *loss, double *acc) {
     const int er = train_evaluate(m, t, d, x, ids, y, loss, acc);
     if (er) return er;
-    if (eval_diverged(t, saved, rs->step, *loss)) return -1;
+    if (eval_diverged(t, saved, rs->step, *loss)) {
+        *acc = (double)NAN; // (not a result: the summary says "not evaluated")
+        return -1;
+    }
     if (trainlog_eval(logf, logpath, rs->step, (double)rs->epoch, *loss, *acc,
                       train_now_s() - t_start))
         return -1;
@@ -579,10 +582,14 @@ int train_run(const train_opts *t, bool eval_only) {
             if (rs.step % t->log_every == 0) {
                 double now = train_now_s(), sps = (double)seen / (now - t_mark);
                 size_t it = train_steps_into_epoch(t, &ld, tip);
-                double eta =
-                    sps > 0 ? ((double)(t->epochs - rs.epoch) * (double)per_epoch - (double)it) *
-                                  (double)t->batch / sps
-                            : 0;
+                // (the steps left: to the last epoch's end, or to --max-steps; and no later
+                // than --time-budget allows)
+                double left = (double)(t->epochs - rs.epoch) * (double)per_epoch - (double)it;
+                if (t->max_steps > rs.step && (double)(t->max_steps - rs.step) < left)
+                    left = (double)(t->max_steps - rs.step);
+                double eta = sps > 0 ? left * (double)t->batch / sps : 0;
+                if (t->time_budget > 0)
+                    eta = fmin(eta, fmax(0.0, (double)t->time_budget - (now - t_start)));
                 cJSON *j = cJSON_CreateObject();
                 cJSON_AddStringToObject(j, "type", "step");
                 cJSON_AddNumberToObject(j, "step", (double)rs.step);
@@ -670,8 +677,12 @@ int train_run(const train_opts *t, bool eval_only) {
         stop && rs.epoch < t->epochs && !train_stop_signal && evaluated_at != rs.step;
     if (rc == NGD_EXIT_OK && limit_eval) {
         const int er = train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
-        if (er < 0 || (er == 0 && eval_diverged(t, saved, rs.step, last_test_loss)))
-            rc = NGD_EXIT_FAIL;
+        const bool diverged = er == 0 && eval_diverged(t, saved, rs.step, last_test_loss);
+        if (diverged)
+            last_test_acc = (double)NAN; // (not a result)
+        else if (er == 0)
+            evaluated_at = rs.step;
+        if (er < 0 || diverged) rc = NGD_EXIT_FAIL;
     }
     if (rc == NGD_EXIT_OK && limit_eval && !train_stop_signal) {
         if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
@@ -713,7 +724,8 @@ int train_run(const train_opts *t, bool eval_only) {
             fprintf(stderr, "ngd train: no training to do: %s\n",
                     t->epochs == 0 ? "--epochs 0"
                                    : "the resumed run has already completed its --epochs");
-        train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
+        if (train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc) == 0)
+            evaluated_at = rs.step;
         if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
                           last_test_loss, last_test_acc, train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
@@ -735,6 +747,8 @@ int train_run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "skipped_steps", (double)rs.skips);
     cJSON_AddNumberToObject(j, "test_loss", last_test_loss);
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
+    if (!isnan(last_test_acc)) // the step the test figures are of (a stop may come later)
+        cJSON_AddNumberToObject(j, "test_step", (double)evaluated_at);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
     trainlog_dist_summary(j, o, rs.step - step0, t->quiet);
@@ -756,9 +770,12 @@ int train_run(const train_opts *t, bool eval_only) {
         char result[96];
         if (isnan(last_test_acc))
             snprintf(result, sizeof result, "not evaluated");
-        else
+        else if (evaluated_at == rs.step)
             snprintf(result, sizeof result, "%s accuracy %.2f%% (loss %.4f)", split,
                      100 * last_test_acc, last_test_loss);
+        else // (a signal stopped it after its last evaluation)
+            snprintf(result, sizeof result, "%s accuracy %.2f%% at step %zu (loss %.4f)", split,
+                     100 * last_test_acc, evaluated_at, last_test_loss);
         printf("%s %s on %s: %zu step%s in %.1f s, %s; log %s%s%s\n", ngd_method_name(t->method),
                t->model, t->data, rs.step, rs.step == 1 ? "" : "s", wall, result,
                abandoned ? "none written" : logpath,

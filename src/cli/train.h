@@ -234,6 +234,9 @@ uint32_t train_params_crc(const nn_model *m);
 double train_now_s(void);
 // What a training run will write, checked before any data is loaded. Returns an exit code.
 int train_check_outputs(const train_opts *t);
+// Before a run's first save: the earlier run's checkpoint that --checkpoint held (the note
+// of train_check_outputs) is kept as PATH.prev. 0, or -1 after an error.
+int trainlog_keep_earlier_ckpt(void);
 // Opens the log (its path into path); NULL after an error. A resumed run's log is cut back
 // to its records up to resume_step (the checkpoint's) when no summary follows the later ones.
 FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t cap);

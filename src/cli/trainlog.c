@@ -6,6 +6,8 @@
  * run will write, checked before any data is loaded.
  */
 #include <errno.h>
+#include <libgen.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -25,6 +27,40 @@ double train_now_s(void) {
 // run stopped (or failed) before writing any leaves an earlier log at that path as it was
 // (trainlog_abandon); created: it did not exist before.
 static bool log_unwritten, log_created;
+// A new run's log over an earlier run's records: those are copied to PATH.prev before the
+// first record empties the log (nothing of a forgotten --resume is lost).
+static bool log_keep;
+
+// PATH.prev into out; false if it does not fit
+static bool prev_path(const char *path, char *out, size_t cap) {
+    return (size_t)snprintf(out, cap, "%s.prev", path) < cap;
+}
+
+// Copies the file at path to PATH.prev (replacing an older one). 0, or -1 with an error.
+static int copy_to_prev(const char *path) {
+    char prev[1100];
+    if (!prev_path(path, prev, sizeof prev)) {
+        cli_error("give --log a shorter path", "--log %s: its .prev name is too long", path);
+        return -1;
+    }
+    FILE *in = fopen(path, "rb"), *out = in ? fopen(prev, "wb") : NULL;
+    char buf[65536];
+    size_t n;
+    bool ok = in && out;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
+    ok = ok && !ferror(in);
+    const int e = errno;
+    if (in) fclose(in);
+    if (out && fclose(out) != 0) ok = false;
+    if (!ok) {
+        cli_error("free some space, or give --log another file",
+                  "--log %s: cannot keep the earlier run's records as %s: %s", path, prev,
+                  e ? strerror(e) : "write error");
+        return -1;
+    }
+    return 0;
+}
 
 // Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
 // /dev/full), with an error naming it the first time.
@@ -36,7 +72,12 @@ int trainlog_line(FILE *f, const char *path, cJSON *o) {
     struct stat sb;
     if (log_unwritten) { // (a FIFO or a device is not truncated: "w" did not either)
         log_unwritten = false;
-        if (fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode) && ftruncate(fileno(f), 0) != 0) {
+        const bool reg = fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode);
+        if (reg && log_keep && sb.st_size > 0 && copy_to_prev(path) != 0) {
+            cJSON_Delete(o);
+            return -1;
+        }
+        if (reg && ftruncate(fileno(f), 0) != 0) {
             cli_error("give --log another file", "--log %s: %s", path, strerror(errno));
             cJSON_Delete(o);
             return -1;
@@ -66,11 +107,12 @@ void trainlog_progress(bool tty, size_t epoch, size_t epochs, size_t it, size_t 
             bar[i] = i < fill ? '#' : '.';
         bar[w] = '\0';
         fprintf(stderr,
-                "\repoch %zu/%zu [%s] %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs  ",
-                epoch + 1, epochs, bar, it, per_epoch, loss, acc, sps, eta);
+                "\repoch %zu/%zu [%s] %zu/%zu loss %.4f acc %.1f%% %.0f samples/s ETA %.0fs  ",
+                epoch + 1, epochs, bar, it, per_epoch, loss, 100 * acc, sps, eta);
     } else {
-        fprintf(stderr, "epoch %zu/%zu step %zu/%zu loss %.4f acc %.3f %.0f samples/s ETA %.0fs\n",
-                epoch + 1, epochs, it, per_epoch, loss, acc, sps, eta);
+        fprintf(stderr,
+                "epoch %zu/%zu step %zu/%zu loss %.4f acc %.1f%% %.0f samples/s ETA %.0fs\n",
+                epoch + 1, epochs, it, per_epoch, loss, 100 * acc, sps, eta);
     }
 }
 
@@ -142,10 +184,10 @@ static int trim_partial_line(FILE *f) {
 // A resumed run appends to its log from its checkpoint's step. A run stopped without saving
 // its last steps (kill -9, a second Ctrl-C, a crash after --checkpoint-every's last save) left
 // records of steps past the checkpoint, which would appear twice: they are cut, from the first
-// "step" or "eval" record past the checkpoint's step, when no summary follows it. A summary
-// there is a run that ended (another run on this log, or a branch from an older checkpoint):
-// nothing is cut then. Records are read by their "step" number, the first key after "type" in
-// every record ngd writes (summaries have "steps"). *cut: the records removed.
+// "step" or "eval" record past the checkpoint's step after the log's last summary. Records up
+// to a summary are a run that ended (another run on this log, or a branch from an older
+// checkpoint): never cut. Records are read by their "step" number, the first key after "type"
+// in every record ngd writes (summaries have "steps"). *cut: the records removed.
 static int cut_after_step(FILE *f, size_t step, size_t *cut) {
     static const char STEP[] = "{\"type\":\"step\",", EVAL[] = "{\"type\":\"eval\",",
                       SUMMARY[] = "{\"type\":\"summary\",";
@@ -155,8 +197,12 @@ static int cut_after_step(FILE *f, size_t step, size_t *cut) {
     size_t cap = 0, after = 0;
     off_t at = 0, from = -1;
     ssize_t n;
-    bool summary = false;
     while ((n = getline(&line, &cap, f)) > 0) {
+        if (!strncmp(line, SUMMARY, sizeof SUMMARY - 1)) { // records up to here: runs that ended
+            from = -1, after = 0;
+            at += n;
+            continue;
+        }
         const char *k = strstr(line, "\"step\":");
         if (from < 0 && k &&
             (!strncmp(line, STEP, sizeof STEP - 1) || !strncmp(line, EVAL, sizeof EVAL - 1))) {
@@ -164,12 +210,12 @@ static int cut_after_step(FILE *f, size_t step, size_t *cut) {
             const unsigned long long v = strtoull(k + 7, &end, 10);
             if (end != k + 7 && v > step) from = at;
         }
-        if (from >= 0) after++, summary |= !strncmp(line, SUMMARY, sizeof SUMMARY - 1);
+        if (from >= 0) after++;
         at += n;
     }
     int rc = ferror(f) ? -1 : 0;
     free(line);
-    if (rc == 0 && from >= 0 && !summary) {
+    if (rc == 0 && from >= 0) {
         fflush(f);
         rc = ftruncate(fileno(f), from);
         if (rc == 0) *cut = after;
@@ -205,6 +251,7 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
         return NULL;
     }
     log_unwritten = !t->resume, log_created = !existed;
+    log_keep = !t->resume && existed && S_ISREG(sb.st_mode) && sb.st_size > 0;
     if (t->resume && trim_partial_line(f) != 0) {
         cli_error(NULL, "--log %s: cannot cut its unfinished last line: %s", path, strerror(errno));
         fclose(f);
@@ -231,6 +278,43 @@ bool trainlog_abandon(FILE *f, const char *path) {
     if (!f || !log_unwritten) return false;
     if (log_created) unlink(path); // (created by this run, and still empty)
     return true;
+}
+
+// The checkpoint an earlier run left at --checkpoint, to keep as PATH.prev at this run's
+// first save; empty: none
+static char ckpt_keep[1024];
+
+// The log's target: an existing log must be writable, a new one's folder (runs/ by default,
+// made at the start: then the current folder) must exist and be writable. true after an
+// error naming it.
+static bool log_target_bad(const train_opts *t, const char *lp) {
+    struct stat sb;
+    if (stat(lp, &sb) == 0) {
+        if (S_ISREG(sb.st_mode) && access(lp, W_OK) != 0) {
+            cli_error("make it writable, or give --log another file", "--log %s: %s", lp,
+                      strerror(errno));
+            return true;
+        }
+        return false;
+    }
+    char *copy = strdup(lp);
+    if (!copy) return false; // (the open will say)
+    const char *dir = dirname(copy);
+    if (!t->log && stat(dir, &sb) != 0) dir = "."; // (runs/ is made at the start)
+    bool bad = false;
+    errno = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        cli_error("create the folder first, or give --log another path", "--log %s: folder %s: %s",
+                  lp, dir, errno ? strerror(errno) : "not a folder");
+        bad = true;
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        cli_error(t->log ? "give --log a path in a folder you can write"
+                         : "run from a folder you can write, or give --log FILE",
+                  "--log %s: folder %s is not writable: %s", lp, dir, strerror(errno));
+        bad = true;
+    }
+    free(copy);
+    return bad;
 }
 
 // Two paths name the same file: the same string, or (both existing) the same inode.
@@ -279,17 +363,56 @@ int train_check_outputs(const train_opts *t) {
                   t->resume ? "append to" : "replace");
         return NGD_EXIT_FAIL;
     }
+    // the log's folder (runs/, made at the start, in the current one), before the data loads
+    if (dist_root() && log_target_bad(t, lp)) return NGD_EXIT_FAIL;
     if (t->ckpt && trainckpt_check_target(t->ckpt)) return NGD_EXIT_FAIL;
-    // a new run on the checkpoint of an earlier one (a forgotten --resume): allowed (ngd wrote
-    // the file), but said before the first save replaces it
-    if (t->ckpt && !t->resume && !t->quiet && dist_root() && stat(t->ckpt, &sb) == 0 &&
-        S_ISREG(sb.st_mode) && sb.st_size > 0)
-        fprintf(stderr,
-                "ngd train: note: --checkpoint %s holds an earlier run; this new run replaces "
-                "it at its first save (to continue that run instead, stop this one and add "
-                "--resume %s)\n",
-                t->ckpt, t->ckpt);
+    // a run on the checkpoint of an earlier one (a forgotten --resume, or a resume into
+    // another run's file): allowed (ngd wrote the file), but its first save keeps it as
+    // PATH.prev, and this says so before
+    ckpt_keep[0] = '\0';
+    if (t->ckpt && dist_root() && stat(t->ckpt, &sb) == 0 && S_ISREG(sb.st_mode) &&
+        sb.st_size > 0 && !(t->resume && same_file(t->resume, t->ckpt))) {
+        char prev[1100];
+        if (strlen(t->ckpt) >= sizeof ckpt_keep || !prev_path(t->ckpt, prev, sizeof prev)) {
+            cli_error("give --checkpoint a shorter path",
+                      "--checkpoint %s: its .prev name is too long", t->ckpt);
+            return NGD_EXIT_FAIL;
+        }
+        snprintf(ckpt_keep, sizeof ckpt_keep, "%s", t->ckpt);
+        if (!t->quiet && t->resume)
+            fprintf(stderr,
+                    "ngd train: note: --checkpoint %s holds another run; this run's first save "
+                    "keeps it as %s\n",
+                    t->ckpt, prev);
+        else if (!t->quiet)
+            fprintf(stderr,
+                    "ngd train: note: --checkpoint %s holds an earlier run; this run's first save "
+                    "keeps it as %s (to continue that run instead, stop this one and add "
+                    "--resume %s, or --resume %s once this one has saved)\n",
+                    t->ckpt, prev, t->ckpt, prev);
+    }
     return NGD_EXIT_OK;
+}
+
+int trainlog_keep_earlier_ckpt(void) {
+    if (!ckpt_keep[0]) return 0;
+    char prev[1100];
+    prev_path(ckpt_keep, prev, sizeof prev); // (fits: checked with the note)
+    // a hard link keeps the earlier file as PATH.prev while the save replaces PATH (which
+    // stays as it was if the save fails); where links are not allowed, a rename
+    if (unlink(prev) != 0 && errno != ENOENT) {
+        cli_error("remove it, or give --checkpoint another path",
+                  "--checkpoint %s: cannot replace %s: %s", ckpt_keep, prev, strerror(errno));
+        return -1;
+    }
+    if (link(ckpt_keep, prev) != 0 && rename(ckpt_keep, prev) != 0) {
+        cli_error("give --checkpoint another path",
+                  "--checkpoint %s: cannot keep the earlier run's checkpoint as %s: %s", ckpt_keep,
+                  prev, strerror(errno));
+        return -1;
+    }
+    ckpt_keep[0] = '\0';
+    return 0;
 }
 
 int trainlog_eval(FILE *f, const char *path, size_t step, double epoch, double loss, double acc,

@@ -174,7 +174,9 @@ void train_print_help(FILE *f, const char *cmd) {
                 "Evaluates the model of a training checkpoint on the test set (text: %d\n"
                 "batches of validation windows drawn with a fixed seed, the same set for the\n"
                 "same --batch) and prints its loss, accuracy and the CRC of its\n"
-                "parameters (the summary record of the training log has the same). The\n"
+                "parameters (the training log's summary record has the same CRC; its test\n"
+                "figures are those of its test_step, which is before the last step in a\n"
+                "run that a signal stopped after its last evaluation). The\n"
                 "model, data set, widths, subset and context are those the checkpoint\n"
                 "records; no optimizer state is read. Training options are refused.\n\n"
                 "options:\n",
