@@ -50,8 +50,17 @@
  * Errors: every fallible call returns an ngd_status; the handle keeps a message naming the
  * problem (ngd_optim_errmsg). Numerical events (a non-finite gradient, a failed
  * decomposition) are not errors: they are counted in the per-layer health.
- * The library never prints, never exits, has no global state; one handle may be used by
- * one thread at a time; different handles are independent.
+ * The library never prints and never exits. One handle may be used by one thread at a time;
+ * different handles are independent, from any threads (each its own, at once), including
+ * the threads of the client's own OpenMP parallel region (there each handle's products run on
+ * its thread alone). What is shared by the process: a counter of libngd's GEMM FLOPs, the
+ * switches read once from the environment (NGD_F32_GEMM, NGD_BF16_GEMM, NGD_BF16_SPLIT), a
+ * lock of libngd's own around error messages and log callbacks (so a log_fn is never called
+ * by two threads at once), and each thread's cache of oneDNN primitives (freed when the
+ * thread ends). Threads: libngd's products run with OpenMP's dynamic adjustment turned off
+ * and at most OMP_THREAD_LIMIT threads (oneDNN computes only the parts of a product whose
+ * threads it gets); client threads that share a thread limit should together ask for no more
+ * threads than it allows.
  */
 #ifndef NGD_H
 #define NGD_H
@@ -130,8 +139,11 @@ NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t col
 // oneDNN's matmul primitive (AMX tiles or AVX512-BF16, whichever the CPU has); without bf16
 // kernels the same products in float32. beta = 0 never reads C. Threaded when called outside
 // an OpenMP parallel region, on the calling thread inside one; each thread keeps the oneDNN
-// primitives of its last 64 shapes. Not counted in ngd_gemm_flop_count (libngd's own work).
-// NGD_ERR_ARG: NULL pointers or a leading dimension below its row length.
+// primitives of its last 64 shapes (keyed by shape, alpha and beta: a product whose alpha or
+// beta changes every call builds a primitive every call). At two threads without AMX, a
+// product of 64 rows or more and 2^21 multiply-adds or more runs as two halves of C's rows,
+// one per thread (NGD_BF16_SPLIT=0: one oneDNN product). Not counted in ngd_gemm_flop_count
+// (libngd's own work). NGD_ERR_ARG: NULL pointers or a leading dimension below its row length.
 NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                                  const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
                                  float beta, float *C, size_t ldc);

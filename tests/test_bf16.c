@@ -13,9 +13,11 @@
  * left. Both are checked (the second shows the accumulation is f32, not bf16).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -272,6 +274,47 @@ static void syrk_bf16_should_match_the_reference_and_be_symmetric(void) {
         }
         free(f), free(C), free(C0), free(A);
     }
+}
+
+// A client's worker threads made and joined one after another: each thread that runs a
+// product keeps oneDNN's primitives in a cache of its own, freed when it ends (they stayed
+// until the process ended: about 150 KiB a thread, a review's program grew 51 MB over 500
+// threads). A product that two threads split runs on an OpenMP worker of the client thread's
+// own team too, which ends with it.
+static void *one_product(void *arg) {
+    float *C = arg;
+    uint16_t *A = malloc(128 * 256 * 2), *B = malloc(256 * 256 * 2);
+    for (size_t i = 0; i < 128 * 256; i++)
+        A[i] = 0x3f80; // 1.0
+    for (size_t i = 0; i < 256 * 256; i++)
+        B[i] = 0x3f00; // 0.5
+    ngd_bf16_gemm(false, false, 128, 256, 256, 1.0f, A, 256, B, 256, 0.0f, C, 256);
+    free(A), free(B);
+    return NULL;
+}
+
+static void thread_caches_should_be_freed_when_threads_end(void) {
+    float *C = malloc(128 * 256 * sizeof(float));
+    one_product(C); // (this thread's cache, and its workers')
+    const size_t before = ngd_blas_thread_caches();
+    size_t ok = 0;
+    for (int i = 0; i < 20; i++) {
+        pthread_t th;
+        C[0] = 0.0f;
+        if (pthread_create(&th, NULL, one_product, C) != 0) break;
+        pthread_join(th, NULL);
+        ok += C[0] == 128.0f && C[128 * 256 - 1] == 128.0f; // (256 products of 1 · 0.5)
+    }
+    CHECK(ok == 20);
+    // (a worker of an ended thread's team ends a moment after it: allow a few in flight)
+    size_t after = ngd_blas_thread_caches();
+    for (int w = 0; w < 100 && after > before; w++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        after = ngd_blas_thread_caches();
+    }
+    CHECK_MSG(after <= before + 2, "caches %zu before 20 threads, %zu after", before, after);
+    free(C);
 }
 
 // The public door (ngd.h): bad arguments are NGD_ERR_ARG and leave C alone; a product is
@@ -1041,6 +1084,7 @@ static const test_case TESTS[] = {
     TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
     TEST(gemm_bf16_gemm_path_should_meet_the_same_bound),
     TEST(public_bf16_gemm_should_check_arguments_and_not_count),
+    TEST(thread_caches_should_be_freed_when_threads_end),
     TEST(syrk_bf16_should_match_the_reference_and_be_symmetric),
     TEST(matmul_cache_should_serve_many_shapes_and_threads),
     TEST(k_31_mod_32_shapes_should_not_crash),

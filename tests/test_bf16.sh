@@ -138,6 +138,29 @@ expect_msg "crc ${crc:-none}" "eval of the bf16 checkpoint: the training run's p
 el=$(printf '%s\n' "$out" | sed -n 's/.* loss \([0-9.]*\) accuracy.*/\1/p')
 awk -v e="$el" -v t="$tl" 'BEGIN { d = e - t; exit !(e != "" && t != "" && d * d < 1e-12) }' && ok || bad "eval of the bf16 checkpoint: loss $el vs the run's $tl (eval must run in bf16)"
 
+# oneDNN splits a product for the thread count and computes only the parts of the threads it
+# gets: under an OMP_THREAD_LIMIT below --threads, or OMP_DYNAMIC=true, whose teams may be
+# smaller, the products run with full teams of at most the limit's threads (the run was
+# other numbers: parts of C left unwritten). The limit makes the run a one-thread run; dynamic
+# teams leave it as it was (the mlp's own passes are the same bits at any team size)
+crc_of() { grep '"type":"summary"' "$1" | tail -1 | sed -n 's/.*"parameters_crc":"\([0-9a-f]*\)".*/\1/p'; }
+TL="--subset 512 --epochs 1 --precision bf16 --quiet"
+expect_rc 0 "bf16 run at 1 thread" "$NGD" train $TL --threads 1 --log "$D/tl1.jsonl"
+expect_rc 0 "bf16 run at 2 threads" "$NGD" train $TL --threads 2 --log "$D/tl2.jsonl"
+OMP_THREAD_LIMIT=1 expect_rc 0 "bf16 run at 2 threads under OMP_THREAD_LIMIT=1" "$NGD" train $TL --threads 2 --log "$D/tll.jsonl"
+OMP_DYNAMIC=true expect_rc 0 "bf16 run at 2 threads under OMP_DYNAMIC=true" "$NGD" train $TL --threads 2 --log "$D/tld.jsonl"
+c1=$(crc_of "$D/tl1.jsonl") c2=$(crc_of "$D/tl2.jsonl")
+[ -n "$c1" ] && [ "$(crc_of "$D/tll.jsonl")" = "$c1" ] && ok || bad "OMP_THREAD_LIMIT=1: parameters $(crc_of "$D/tll.jsonl"), a one-thread run's $c1"
+[ -n "$c2" ] && [ "$(crc_of "$D/tld.jsonl")" = "$c2" ] && ok || bad "OMP_DYNAMIC=true: parameters $(crc_of "$D/tld.jsonl"), the run's $c2"
+# the products themselves against float64, under the limit (the test binaries beside ngd)
+T16="$(dirname "$NGD")/tests/test_bf16" TC="$(dirname "$NGD")/tests/test_core"
+if [ -x "$T16" ] && [ -x "$TC" ]; then
+    OMP_NUM_THREADS=2 OMP_THREAD_LIMIT=1 expect_rc 0 "bf16 GEMMs under OMP_THREAD_LIMIT=1" "$T16" --filter gemm_bf16_should_meet
+    OMP_NUM_THREADS=2 OMP_THREAD_LIMIT=1 expect_rc 0 "f32 GEMMs under OMP_THREAD_LIMIT=1" "$TC" --filter f32_gemm_should_match
+else
+    echo "SKIP: no $T16 or $TC: the GEMMs under OMP_THREAD_LIMIT not tested"
+fi
+
 # the benchmark runs both precisions interleaved and ends with their ratio
 expect_rc 0 "bench train --precision f32,bf16" "$NGD" bench train --model mlp --widths 32 --optim singd --structure dense --batch 16 --steps 2 --warmup 1 --T 2 --precision f32,bf16 --repeats 2 --threads 1
 expect_msg "f32 / bf16 step time (wall; CPU time of the process), median over 2 interleaved rounds" "bench prints the ratio"

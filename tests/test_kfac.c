@@ -517,6 +517,124 @@ static void side_by_side_updates_should_equal_the_serial_ones(void) {
 #endif
 }
 
+// One run of method m on the two-layer problem (big: 320 inputs, 288 hidden, 64 outputs, 128
+// rows, whose products oneDNN splits by thread; else 60, 40, 30 and 24), 9 steps (refreshes at
+// 4 and 8); threads[s]: the thread count of step s (0: as it is). The parameters into out
+// (W1, b1, W2, b2 in turn).
+static bool run_steps(int m, bool big, const int threads[9], float *out) {
+    ngd_config c = ngd_config_default((ngd_method)m);
+    c.lr = 0.05f, c.kfac.T_u = 2, c.kfac.T_i = 4, c.kfac.rank = 12, c.kfac.wd_start = 1000;
+    tp_problem p;
+    if (big)
+        tp_init(&p, 128, 320, 288, 64, 11);
+    else
+        tp_init(&p, 24, 60, 40, 30, 11);
+    ngd_optim *o;
+    bool ok = ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK;
+    for (size_t st = 0; st < 9 && ok; st++) {
+#ifdef _OPENMP
+        if (threads && threads[st]) omp_set_num_threads(threads[st]);
+#endif
+        tp_forward_backward(&p, o, st, 1.0f);
+        ok = ngd_optim_step(o) == NGD_OK;
+    }
+    const size_t n[4] = {p.dhid * p.din, p.dhid, p.dout * p.dhid, p.dout};
+    const float *a[4] = {p.W1, p.b1, p.W2, p.b2};
+    for (int k = 0; k < 4; k++, out += n[k - 1])
+        memcpy(out, a[k], n[k] * sizeof(float));
+    ngd_optim_free(o);
+    tp_free(&p);
+    return ok;
+}
+#define RUN_FLOATS (40 * 60 + 40 + 30 * 40 + 30)     // (small)
+#define BIG_FLOATS (288 * 320 + 288 + 64 * 288 + 64) // (big)
+
+// A run whose first step (when the scratch is planned) was at one thread and the later ones at
+// two: its layers' maintenance has one scratch slot, and runs one layer after another with a
+// one-thread run's products, the same bits as at one thread throughout (RS-KFAC and B-KFAC
+// took both threads' products there: other bits, a review's program)
+static void a_thread_count_grown_after_planning_should_keep_the_bits(void) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    const int one[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1}, grown[9] = {1, 2, 2, 2, 2, 2, 2, 2, 2};
+    float *a = malloc(BIG_FLOATS * sizeof(float)), *b = malloc(BIG_FLOATS * sizeof(float));
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++) {
+        CHECK(run_steps(m, true, one, a) && run_steps(m, true, grown, b));
+        CHECK_MSG(memcmp(a, b, BIG_FLOATS * sizeof(float)) == 0, "%s",
+                  ngd_method_name((ngd_method)m));
+    }
+    free(a), free(b);
+    omp_set_num_threads(saved);
+#endif
+}
+
+// A client's own parallel region, each thread its own optimizer: the K-FAC family's scratch
+// slot is this optimizer's first, not the client thread's number (thread 2 of 3 found no
+// planned workspace and failed), and each thread's run is the same bits as the same run made
+// outside the region (its products on its thread alone, as a one-thread run's)
+static void each_thread_of_a_client_region_should_run_its_own_optimizer(void) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    float *want = malloc(RUN_FLOATS * sizeof(float)), *got = malloc(3 * RUN_FLOATS * sizeof(float));
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++) {
+        CHECK(run_steps(m, false, NULL, want));
+        int ok[3] = {0, 0, 0};
+        omp_set_num_threads(3);
+#pragma omp parallel num_threads(3)
+        {
+            const int t = omp_get_thread_num();
+            if (t < 3) ok[t] = run_steps(m, false, NULL, got + (size_t)t * RUN_FLOATS);
+        }
+        omp_set_num_threads(1);
+        for (int t = 0; t < 3; t++) {
+            CHECK_MSG(ok[t], "%s: thread %d failed", ngd_method_name((ngd_method)m), t);
+            CHECK_MSG(memcmp(want, got + (size_t)t * RUN_FLOATS, RUN_FLOATS * sizeof(float)) == 0,
+                      "%s: thread %d", ngd_method_name((ngd_method)m), t);
+        }
+    }
+    free(want), free(got);
+    omp_set_num_threads(saved);
+#endif
+}
+
+// libngd's messages (an error, a log line) take a lock of libngd's own: they were an unnamed
+// OpenMP critical section, the same lock as every unnamed critical section of the program, so
+// an error raised inside the client's own critical section, or a log callback that wrote
+// through one, waited on itself for ever. (A hang here ends the binary by SIGALRM.)
+static int crit_logs;
+static void crit_log(void *user, const char *msg) {
+    (void)user, (void)msg;
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+    crit_logs++;
+}
+
+static void messages_should_not_wait_on_the_clients_critical_sections(void) {
+    alarm(120);
+    ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+    c.log_fn = crit_log;
+    tp_problem p;
+    tp_init(&p, 8, 6, 5, 4, 3);
+    ngd_optim *o;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
+    ngd_layer_health h;
+    ngd_status st = NGD_OK;
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+    st = ngd_optim_layer_health(o, 99, &h); // an error inside the client's critical section
+    CHECK(st == NGD_ERR_LAYER && strstr(ngd_optim_errmsg(o), "unknown id 99"));
+    crit_logs = 0;
+    tp_forward_backward(&p, o, 0, 1.0f);
+    p.gW1[0] = NAN; // a non-finite gradient: the step is skipped, and logged
+    CHECK(ngd_optim_step(o) == NGD_SKIPPED && crit_logs == 1);
+    ngd_optim_free(o);
+    tp_free(&p);
+    alarm(0);
+}
+
 // Two runs on the same draws: f = 0 with c as it is and f = 1 with kfac.factored_apply, on a
 // 25 x 31 layer of n rows
 static void factored_pair_init(const ngd_config *c, size_t n, unsigned long long seed, layer_t L[2],
@@ -1119,6 +1237,9 @@ static const test_case TESTS[] = {
     TEST(factored_apply_should_skip_reduced_sequence_layers),
     TEST(factored_apply_should_pay_and_follow_the_rows),
     TEST(side_by_side_updates_should_equal_the_serial_ones),
+    TEST(a_thread_count_grown_after_planning_should_keep_the_bits),
+    TEST(each_thread_of_a_client_region_should_run_its_own_optimizer),
+    TEST(messages_should_not_wait_on_the_clients_critical_sections),
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),
     TEST(stats_gram_should_match_float64),

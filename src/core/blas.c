@@ -74,6 +74,43 @@ static void gemm_small(float alpha, ngd_cview A, ngd_cview B, ngd_view C) {
         }
 }
 
+// oneDNN 2.6 splits a product for omp_get_max_threads() threads and computes only the parts
+// of the threads it gets: under OMP_DYNAMIC=true, or an OMP_THREAD_LIMIT below the thread
+// count, a smaller team left parts of C unwritten (half of it, in a review's program,
+// 2026-12-05). So a product outside a parallel region runs with dynamic adjustment off and at
+// most the thread limit's threads, the caller's settings restored after. (Several threads of
+// the caller sharing a thread limit can still get smaller teams: ngd.h says so.)
+typedef struct {
+    bool dyn;
+    int nthr; // the caller's thread count to restore, 0: unchanged
+} team_guard;
+
+static team_guard team_begin(void) {
+    team_guard g = {false, 0};
+#ifdef _OPENMP
+    if (omp_in_parallel()) return g;
+    if (omp_get_dynamic()) {
+        g.dyn = true;
+        omp_set_dynamic(0);
+    }
+    const int lim = omp_get_thread_limit(), mx = omp_get_max_threads();
+    if (lim < mx) {
+        g.nthr = mx;
+        omp_set_num_threads(lim);
+    }
+#endif
+    return g;
+}
+
+static void team_end(team_guard g) {
+#ifdef _OPENMP
+    if (g.nthr) omp_set_num_threads(g.nthr);
+    if (g.dyn) omp_set_dynamic(1);
+#else
+    NGD_UNUSED(g);
+#endif
+}
+
 static atomic_uint_fast64_t gemm_flops; // ngd_gemm_flop_count
 
 uint64_t ngd_gemm_flop_count(void) { return (uint64_t)atomic_load(&gemm_flops); }
@@ -154,7 +191,9 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
     if (C.rows == 0 || C.cols == 0) return;
     atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)C.rows * C.cols * A.cols,
                               memory_order_relaxed);
+    const team_guard g = team_begin();
     gemm(alpha, A, B, beta, C);
+    team_end(g);
     if (ngd_bf16_emul()) ngd_view_round_bf16(C); // (one test per product, not per element)
 }
 
@@ -206,8 +245,13 @@ static mm_cache *mm_all; // every thread's cache
 static _Thread_local mm_cache *mm_mine;
 static _Atomic int bf16_path = -1; // ngd_gemm_bf16_path; -1: not chosen yet
 
+static void mm_thread_exit(void *p);
+static pthread_key_t mm_key; // its destructor frees an exiting thread's cache
+static bool mm_key_ok;
+
 static void mm_init(void) {
     if (dnnl_engine_create(&mm_engine, dnnl_cpu, 0) != dnnl_success) mm_engine = NULL;
+    mm_key_ok = pthread_key_create(&mm_key, mm_thread_exit) == 0;
 }
 
 static void mm_slot_free(mm_slot *e) {
@@ -261,6 +305,36 @@ static bool mm_make(mm_slot *e) {
     return ok;
 }
 
+// A thread that ends (a client's worker pthread) takes its cache with it: unlinked and freed
+// (the primitives, memory objects, stream and scratchpad), so that threads made and joined
+// one after another do not grow the process. Caches of threads that never end (the OpenMP
+// workers, the main thread) stay reachable from mm_all until the process ends.
+static void mm_thread_exit(void *p) {
+    mm_cache *c = p;
+    pthread_mutex_lock(&mm_lock);
+    for (mm_cache **q = &mm_all; *q; q = &(*q)->next)
+        if (*q == c) {
+            *q = c->next;
+            break;
+        }
+    pthread_mutex_unlock(&mm_lock);
+    for (int i = 0; i < MM_SLOTS; i++)
+        mm_slot_free(&c->s[i]);
+    dnnl_stream_destroy(c->strm);
+    free(c->scratch);
+    free(c);
+    mm_mine = NULL;
+}
+
+size_t ngd_blas_thread_caches(void) {
+    size_t n = 0;
+    pthread_mutex_lock(&mm_lock);
+    for (const mm_cache *c = mm_all; c; c = c->next)
+        n++;
+    pthread_mutex_unlock(&mm_lock);
+    return n;
+}
+
 static mm_cache *mm_thread_cache(void) {
     if (mm_mine) return mm_mine;
     pthread_once(&mm_once, mm_init);
@@ -273,6 +347,7 @@ static mm_cache *mm_thread_cache(void) {
     pthread_mutex_lock(&mm_lock);
     c->next = mm_all, mm_all = c;
     pthread_mutex_unlock(&mm_lock);
+    if (mm_key_ok) pthread_setspecific(mm_key, c);
     return mm_mine = c;
 }
 
@@ -446,8 +521,8 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
         // each thread its half of C's rows, by a one-thread product (the same path below)
         const size_t h = split_at(m);
 #pragma omp parallel num_threads(2)
-        {
-            const size_t r0 = omp_get_thread_num() ? h : 0, nr = r0 ? m - h : h;
+        for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) { // (any team)
+            const size_t r0 = p ? h : 0, nr = p ? m - h : h;
             gemm_bf16(ta, tb, nr, n, k, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb, beta,
                       C + r0 * ldc, ldc);
         }
@@ -487,7 +562,9 @@ void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
     if (m == 0 || n == 0) return;
     NGD_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
     atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+    const team_guard g = team_begin();
     gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    team_end(g);
 }
 
 // The public GEMMs' argument checks (ngd.h): true when the arguments are acceptable
@@ -503,7 +580,9 @@ ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
                          float *C, size_t ldc) {
     if (m == 0 || n == 0) return NGD_OK;
     if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
+    const team_guard g = team_begin();
     gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    team_end(g);
     return NGD_OK;
 }
 
@@ -513,8 +592,10 @@ ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float al
     if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
     const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
     const ngd_cview Bv = ngd_cview_rm(B, tb ? n : k, tb ? k : n, ldb);
+    const team_guard g = team_begin();
     gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta,
          ngd_view_rm(C, m, n, ldc));
+    team_end(g);
     return NGD_OK;
 }
 

@@ -135,4 +135,8 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
 int ngd_blas_serial_begin(void);
 void ngd_blas_serial_end(int saved);
 
+// The oneDNN primitive caches of live threads (one per thread that ran a matmul product; a
+// thread that ends frees its own): for tests.
+size_t ngd_blas_thread_caches(void);
+
 #endif

@@ -7,19 +7,16 @@
 #include <string.h>
 
 #include "kfac.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 bool kf_is_b_family(ngd_method m) {
     return m == NGD_METHOD_BKFAC || m == NGD_METHOD_BRKFAC || m == NGD_METHOD_BRCKFAC;
 }
 
 void *kf_scratch(ngd_optim *o, size_t bytes) {
-    size_t slot = 0; // this thread's slot inside the driver's side-by-side updates
-#ifdef _OPENMP
-    if (omp_in_parallel()) slot = (size_t)omp_get_thread_num();
-#endif
+    // this thread's slot inside the driver's side-by-side updates, 0 anywhere else (a client
+    // calling from its own parallel region, each thread its own optimizer: its thread number
+    // is not a slot of that optimizer's scratch)
+    const size_t slot = ngd_update_slot;
     if (!bytes || bytes > o->scratch_n || slot >= o->scratch_slots) return NULL;
     return (char *)o->scratch + slot * o->scratch_n;
 }

@@ -199,6 +199,10 @@ typedef struct ngd_method_ops {
     ngd_status (*factor_dense)(const ngd_optim *o, const ngd_entry *e, char which, float *out);
 } ngd_method_ops;
 
+// The scratch slot of the calling thread inside the driver's side-by-side updates
+// (update_all sets it around each layer's update; 0 on every other thread and call)
+extern _Thread_local size_t ngd_update_slot;
+
 extern const ngd_method_ops ngd_sgd_ops, ngd_adamw_ops, ngd_singd_ops;
 extern const ngd_method_ops ngd_kfac_ops, ngd_rskfac_ops, ngd_srekfac_ops, ngd_bkfac_ops,
     ngd_brkfac_ops, ngd_brckfac_ops;

@@ -19,6 +19,7 @@
  * for broken invariants, NGD_ERR_INTERNAL), and only then touches a parameter.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -37,16 +38,34 @@ static double now_s(void) {
 
 // ---- errors and logging ----
 
-// (one message at a time: layers' updates may run side by side, see update_all; an unnamed
-// critical section: a named one would export its lock from libngd.so)
+// One message at a time: layers' updates may run side by side (update_all). libngd's own
+// lock, recursive (a log callback may fail or log again): an unnamed OpenMP critical section
+// was the lock of every unnamed critical section in the program, so a client that called
+// libngd from inside one of its own (or logged through one) waited on itself for ever (a
+// review's programs, 2026-12-05); a named one would export its lock from libngd.so.
+static pthread_mutex_t msg_lock;
+static pthread_once_t msg_once = PTHREAD_ONCE_INIT;
+
+static void msg_lock_init(void) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&msg_lock, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+static void msg_begin(void) {
+    pthread_once(&msg_once, msg_lock_init);
+    pthread_mutex_lock(&msg_lock);
+}
+
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...) {
     if (o) {
         va_list ap;
         va_start(ap, fmt);
-#ifdef _OPENMP
-#pragma omp critical
-#endif
+        msg_begin();
         vsnprintf(o->err, sizeof o->err, fmt, ap);
+        pthread_mutex_unlock(&msg_lock);
         va_end(ap);
     }
     return s;
@@ -59,10 +78,9 @@ void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-#ifdef _OPENMP
-#pragma omp critical
-#endif
+    msg_begin();
     o->cfg.log_fn(o->cfg.log_user, msg);
+    pthread_mutex_unlock(&msg_lock);
 }
 
 const char *ngd_optim_errmsg(const ngd_optim *o) { return o ? o->err : "optimizer is NULL"; }
@@ -312,6 +330,8 @@ ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param, con
     *out_id = (int)o->n++;
     return NGD_OK;
 }
+
+_Thread_local size_t ngd_update_slot;
 
 // At most this many bytes of scratch for the second and further threads of the side-by-side
 // updates (K-FAC on vgg16bn: 170 MB of eigensolver work a slot)
@@ -854,10 +874,21 @@ static ngd_status update_all(ngd_optim *o, size_t t) {
 #ifdef _OPENMP
     if (!omp_in_parallel()) nt = omp_get_max_threads();
 #endif
+    // one slot where several threads could run the layers: the scratch was planned at one
+    // thread (the thread count grew since), or its slots are too large for more. Planned at
+    // one thread, the layers still take a one-thread run's products, one after another, so
+    // that their bits do not depend on the thread count of the first step (a review's
+    // program, 2026-12-05); too large, they take every thread (docs/design.md)
+    const bool one_planned = nt > 1 && nh >= 2 && o->scratch_slots == 1 &&
+                             (o->scratch_n == 0 || SIDE_SCRATCH_MAX / o->scratch_n >= 1);
     nt = (int)NGD_MIN((size_t)nt, NGD_MIN(nh, o->scratch_slots));
     if (nt <= 1) {
-        for (size_t j = 0; j < nh; j++)
-            if ((s = update_one(o, &o->e[o->upd_idx[j]], t)) != NGD_OK) return s;
+        for (size_t j = 0; j < nh; j++) {
+            const int saved = one_planned ? ngd_blas_serial_begin() : 0;
+            s = update_one(o, &o->e[o->upd_idx[j]], t);
+            if (one_planned) ngd_blas_serial_end(saved);
+            if (s != NGD_OK) return s;
+        }
         return NGD_OK;
     }
     double w[2];
@@ -878,7 +909,11 @@ static ngd_status update_all(ngd_optim *o, size_t t) {
 #endif
     for (size_t j = 0; j < nh; j++) {
         const int saved = ngd_blas_serial_begin(); // (its products as a 1-thread run's)
+#ifdef _OPENMP
+        ngd_update_slot = (size_t)omp_get_thread_num(); // (kf_scratch: this thread's slot)
+#endif
         o->upd_st[j] = update_one(o, &o->e[o->upd_idx[j]], t);
+        ngd_update_slot = 0;
         ngd_blas_serial_end(saved);
     }
     size_t first = SIZE_MAX;
