@@ -169,6 +169,9 @@ typedef struct ngd_method_ops {
     // calling precondition, and the driver skips the gather (a pass over G saved)
     bool (*raw_ok)(const ngd_entry *e);
     void (*precondition_raw)(ngd_optim *o, ngd_entry *e, float inv_scale, float *P);
+    // (optional) true when precondition will not read G at this step (SINGD from the step's
+    // rows): the driver then skips the gather, unless a global rule reads G too
+    bool (*grad_unused)(const ngd_entry *e);
     // the first-order rule that turns P into the layers' update
     const ngd_rule *rule;
     // checkpoint arrays of the method state; returns the count (<= cap)

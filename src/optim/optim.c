@@ -1007,7 +1007,9 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             apply_rule_src(o, e, (rule_src){e->gw, e->gb, e->d_in, 1}, NULL, t, -1.0f);
             continue;
         }
-        if (!raw) gather_grad(e, inv_scale, G);
+        // (a method's preconditioning from the step's rows reads no Ĝ: no gather then)
+        if (!raw && (kl || !o->ops->grad_unused || !o->ops->grad_unused(e)))
+            gather_grad(e, inv_scale, G);
         const double t1 = now_s();
         float *Pd = kl ? e->pk : P;
         if (raw) {

@@ -894,6 +894,7 @@ const ngd_method_ops ngd_singd_ops = {
     .cache_bytes = singd_cache_bytes,
     .precond_ws = singd_ws_size,
     .raw_ok = singd_raw_ok,
+    .grad_unused = rows_ready, // (P from the rows: singd_precondition's first branches)
     .precondition_raw = singd_precondition_raw,
     .rule = &ngd_rule_sgd,
     .arrays = singd_arrays,
