@@ -149,14 +149,18 @@ expect_rc 0 "bf16 run at 1 thread" "$NGD" train $TL --threads 1 --log "$D/tl1.js
 expect_rc 0 "bf16 run at 2 threads" "$NGD" train $TL --threads 2 --log "$D/tl2.jsonl"
 OMP_THREAD_LIMIT=1 expect_rc 0 "bf16 run at 2 threads under OMP_THREAD_LIMIT=1" "$NGD" train $TL --threads 2 --log "$D/tll.jsonl"
 OMP_DYNAMIC=true expect_rc 0 "bf16 run at 2 threads under OMP_DYNAMIC=true" "$NGD" train $TL --threads 2 --log "$D/tld.jsonl"
+OMP_MAX_ACTIVE_LEVELS=0 expect_rc 0 "bf16 run at 2 threads under OMP_MAX_ACTIVE_LEVELS=0" "$NGD" train $TL --threads 2 --log "$D/tlm.jsonl"
 c1=$(crc_of "$D/tl1.jsonl") c2=$(crc_of "$D/tl2.jsonl")
 [ -n "$c1" ] && [ "$(crc_of "$D/tll.jsonl")" = "$c1" ] && ok || bad "OMP_THREAD_LIMIT=1: parameters $(crc_of "$D/tll.jsonl"), a one-thread run's $c1"
 [ -n "$c2" ] && [ "$(crc_of "$D/tld.jsonl")" = "$c2" ] && ok || bad "OMP_DYNAMIC=true: parameters $(crc_of "$D/tld.jsonl"), the run's $c2"
+[ -n "$c1" ] && [ "$(crc_of "$D/tlm.jsonl")" = "$c1" ] && ok || bad "OMP_MAX_ACTIVE_LEVELS=0: parameters $(crc_of "$D/tlm.jsonl"), a one-thread run's $c1"
 # the products themselves against float64, under the limit (the test binaries beside ngd)
 T16="$(dirname "$NGD")/tests/test_bf16" TC="$(dirname "$NGD")/tests/test_core"
 if [ -x "$T16" ] && [ -x "$TC" ]; then
     OMP_NUM_THREADS=2 OMP_THREAD_LIMIT=1 expect_rc 0 "bf16 GEMMs under OMP_THREAD_LIMIT=1" "$T16" --filter gemm_bf16_should_meet
     OMP_NUM_THREADS=2 OMP_THREAD_LIMIT=1 expect_rc 0 "f32 GEMMs under OMP_THREAD_LIMIT=1" "$TC" --filter f32_gemm_should_match
+    OMP_NUM_THREADS=2 OMP_MAX_ACTIVE_LEVELS=0 expect_rc 0 "bf16 GEMMs under OMP_MAX_ACTIVE_LEVELS=0" "$T16" --filter gemm_bf16_should_meet
+    OMP_NUM_THREADS=2 OMP_MAX_ACTIVE_LEVELS=0 expect_rc 0 "f32 GEMMs under OMP_MAX_ACTIVE_LEVELS=0" "$TC" --filter f32_gemm_should_match
 else
     echo "SKIP: no $T16 or $TC: the GEMMs under OMP_THREAD_LIMIT not tested"
 fi

@@ -59,6 +59,10 @@ if command -v python3 >/dev/null && [ -f "$SHARED/oracle/linear_dense_T1_kfaclik
 fi
 rm -rf "$tmp"
 
+# a --log path longer than the trainer holds is refused (it was cut and another file written)
+long=$(printf 'l%.0s' $(seq 1100))
+expect_rc 2 "--log path too long" "$NGD" train --subset 64 --max-steps 1 --log "/tmp/$long.jsonl"
+expect_msg "--log: the path is longer than 1023 bytes" "--log path too long: message"
 # plot: usage errors, bad logs, and an SVG of two small logs written here
 tmp=$(mktemp -d)
 # an output that cannot be written is found before the work, and named by its option
@@ -140,15 +144,29 @@ expect_rc 1 "plot of an empty log alone" "$NGD" plot "$tmp/empty.jsonl" -o "$tmp
 # a Latin-1 file name still make well-formed XML (U+FFFD in their place)
 printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.95,"wall_s":0.5}' > "$tmp/hi.jsonl"
 cp "$tmp/hi.jsonl" "$tmp/lat"$'\xe9'".jsonl"
-expect_rc 0 "plot with a control character in the title" "$NGD" plot "$tmp/hi.jsonl" "$tmp/lat"$'\xe9'".jsonl" -o "$tmp/hi.svg" --title $'T \x07 & <x>'
+expect_rc 0 "plot with a control character in the title" "$NGD" plot "$tmp/hi.jsonl" "$tmp/lat"$'\xe9'".jsonl" -o "$tmp/hi.svg" --title $'T \x07 & <x> \xef\xbf\xbe'
 grep -q '>100</text>' "$tmp/hi.svg" && ! grep -q '>105</text>' "$tmp/hi.svg" && ok || bad "accuracy axis past 100 %"
-! LC_ALL=C grep -q $'\x07' "$tmp/hi.svg" && grep -q $'T \xef\xbf\xbd &amp; &lt;x&gt;' "$tmp/hi.svg" && ok || bad "title's control character not replaced"
+! LC_ALL=C grep -q $'\x07' "$tmp/hi.svg" && ! LC_ALL=C grep -q $'\xef\xbf\xbe' "$tmp/hi.svg" && grep -q $'T \xef\xbf\xbd &amp; &lt;x&gt; \xef\xbf\xbd' "$tmp/hi.svg" && ok || bad "title's control character or U+FFFE not replaced"
 ! LC_ALL=C grep -q $'lat\xe9' "$tmp/hi.svg" && grep -q $'lat\xef\xbf\xbd' "$tmp/hi.svg" && ok || bad "Latin-1 file name not replaced"
+# a run whose last summary says it diverged: its last evaluation is said to come before, and
+# it is not the best run (its accuracy, 40.20 %, above the other's)
+printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.402,"wall_s":0.5}' \
+    '{"type":"summary","model":"mlp","data":"d","optim":"sgd","steps":8,"test_accuracy":0.402,"wall_s":0.5}' \
+    '{"type":"step","step":12,"loss":9.9,"wall_s":0.8}' \
+    '{"type":"summary","model":"mlp","data":"d","optim":"sgd","steps":13,"test_accuracy":null,"diverged":true,"wall_s":0.9}' > "$tmp/div.jsonl"
+printf '%s\n' '{"type":"step","step":8,"loss":2.0,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.3824,"wall_s":0.5}' \
+    '{"type":"summary","model":"mlp","data":"d","optim":"adamw","steps":8,"test_accuracy":0.3824,"wall_s":0.5}' > "$tmp/ok.jsonl"
+expect_rc 0 "plot of a diverged run beside another" "$NGD" plot "$tmp/div.jsonl" "$tmp/ok.jsonl" -o "$tmp/d.svg"
+grep -q 'diverged (40.20% before), 13 steps' "$tmp/d.svg" && grep -q '<text[^>]*font-weight="bold">adamw mlp d' "$tmp/d.svg" && ok || bad "diverged run: not said so, or marked best"
 # a character model's accuracy is the validation windows'
 printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.35,"wall_s":0.5}' \
     '{"type":"summary","model":"chargpt","data":"shakespeare","optim":"adamw","steps":8,"test_accuracy":0.35,"wall_s":0.5}' > "$tmp/gpt.jsonl"
 expect_rc 0 "plot of a chargpt run" "$NGD" plot "$tmp/gpt.jsonl" -o "$tmp/gpt.svg"
 grep -q 'validation accuracy (%)' "$tmp/gpt.svg" && ! grep -q 'test accuracy' "$tmp/gpt.svg" && ok || bad "chargpt: the panel is not named validation accuracy"
+# (a character model's run still going, before its summary: told by its step records' tokens_per_s)
+printf '%s\n' '{"type":"step","step":8,"loss":2.1,"tokens_per_s":9000,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.35,"wall_s":0.5}' > "$tmp/gpt2.jsonl"
+expect_rc 0 "plot of a chargpt run without its summary" "$NGD" plot "$tmp/gpt2.jsonl" -o "$tmp/gpt2.svg"
+grep -q 'validation accuracy (%)' "$tmp/gpt2.svg" && ok || bad "chargpt without summary: the panel is not named validation accuracy"
 # 21 runs: the third ten has a dash pattern of its own (not the first ten's solid lines)
 many=()
 for i in $(seq 21); do sed "s/\"loss\":2.1/\"loss\":$i/" "$tmp/hi.jsonl" > "$tmp/m$i.jsonl"; many+=("$tmp/m$i.jsonl"); done

@@ -106,7 +106,8 @@ expect_msg "and those that shape its state (--rank," "--rank 8: the hint names -
 # keeps those as LOG.prev: nothing of a forgotten --resume is lost)
 sum_ck=$(md5sum < "$D/r.ckpt") sum_log=$(md5sum < "$D/r.jsonl")
 expect_rc 0 "new run on an earlier checkpoint" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/r.ckpt" --log "$D/r.jsonl"
-expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this run's first save keeps it as $D/r.ckpt.prev (to continue that run instead, stop this one and add --resume $D/r.ckpt, or --resume $D/r.ckpt.prev once this one has saved)" "forgotten --resume: the note"
+expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this run's first save keeps it as $D/r.ckpt.prev (to continue that run instead, stop this one and add --resume $D/r.ckpt; once this one has saved, --resume $D/r.ckpt.prev --log $D/r.jsonl.prev)" "forgotten --resume: the note"
+expect_msg "note: --log $D/r.jsonl holds an earlier run's records; this run's first record keeps them as $D/r.jsonl.prev" "forgotten --resume: the log's note"
 [ "$(md5sum < "$D/r.ckpt.prev")" = "$sum_ck" ] && ok || bad "forgotten --resume: the earlier checkpoint is not kept as .prev"
 [ "$(md5sum < "$D/r.jsonl.prev")" = "$sum_log" ] && ok || bad "forgotten --resume: the earlier log is not kept as .prev"
 [ "$(md5sum < "$D/r.ckpt")" != "$sum_ck" ] && grep -q '"steps":2,' "$D/r.jsonl" && ! grep -q '"steps":3,' "$D/r.jsonl" && ok || bad "forgotten --resume: the new run did not replace the checkpoint and log"
@@ -115,6 +116,18 @@ cp "$D/r.ckpt" "$D/r4.ckpt"
 expect_rc 0 "resume into another run's checkpoint" "$NGD" train $C --optim bkfac --epochs 1 --max-steps 4 --resume "$D/r.ckpt.prev" --checkpoint "$D/r4.ckpt" --log "$D/r3.jsonl"
 expect_msg "note: --checkpoint $D/r4.ckpt holds another run; this run's first save keeps it as $D/r4.ckpt.prev" "resume into another checkpoint: the note"
 cmp -s "$D/r.ckpt" "$D/r4.ckpt.prev" && ok || bad "resume into another checkpoint: it is not kept as .prev"
+# a save that fails (here a file size limit, as a full disk) leaves both the checkpoint and its
+# .prev as they were: resuming the kept run into its old path loses neither
+ck=$(md5sum < "$D/r.ckpt") ckp=$(md5sum < "$D/r.ckpt.prev")
+out=$(trap '' XFSZ; ulimit -f 60; "$NGD" train $C --optim bkfac --epochs 1 --max-steps 4 --resume "$D/r.ckpt.prev" --checkpoint "$D/r.ckpt" --log "$D/r5.jsonl" 2>&1); rc=$?
+[ "$rc" -eq 1 ] && [ "$(md5sum < "$D/r.ckpt")" = "$ck" ] && [ "$(md5sum < "$D/r.ckpt.prev")" = "$ckp" ] && ok || bad "a failed save: exit $rc, the checkpoint or its .prev changed"
+# a .prev that is a folder, and outputs that are each other's .prev: refused before the data loads
+cp "$D/r.ckpt" "$D/f.ckpt" && mkdir "$D/f.ckpt.prev"
+expect_rc 1 "a .prev that is a folder" "$NGD" train $C --epochs 1 --checkpoint "$D/f.ckpt" --log "$D/f.jsonl"
+expect_msg "--checkpoint $D/f.ckpt holds an earlier run, to be kept as $D/f.ckpt.prev, which is a folder" "a .prev that is a folder: message"
+expect_rc 0 "a log beside" "$NGD" train $C --epochs 1 --max-steps 2 --log "$D/g.jsonl" --checkpoint "$D/g.jsonl.prev" --quiet
+expect_rc 2 "--checkpoint the log's .prev" "$NGD" train $C --epochs 1 --max-steps 2 --log "$D/g.jsonl" --checkpoint "$D/g.jsonl.prev"
+expect_msg "--log $D/g.jsonl and --checkpoint $D/g.jsonl.prev: one's earlier run would be kept over the other" "outputs that are each other's .prev: message"
 # a --log in a folder that does not exist fails before the data loads, as --checkpoint does
 expect_rc 1 "--log in a missing folder" "$NGD" train $C --epochs 1 --log "$D/nodir/x.jsonl"
 expect_msg "ngd: error: --log $D/nodir/x.jsonl: folder $D/nodir: No such file or directory" "--log in a missing folder: message"

@@ -110,6 +110,8 @@ static size_t utf8_len(const unsigned char *s) {
     if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f) || (c == 0xf0 && s[1] < 0x90) ||
         (c == 0xf4 && s[1] > 0x8f))
         return 0;
+    // U+FFFE and U+FFFF: not characters XML 1.0 allows
+    if (c == 0xef && s[1] == 0xbf && (s[2] == 0xbe || s[2] == 0xbf)) return 0;
     return n;
 }
 
@@ -149,6 +151,8 @@ typedef struct {
     char model[64], data[64], optim[32];
     bool has_summary;
     double final_acc;   // the last finite evaluation's accuracy, NaN if none
+    bool diverged;      // the log ends with the summary of a run that diverged
+    bool text;          // a character model's run (its accuracy: validation windows)
     double steps, wall; // from the summary, else the last record
     series loss;        // step records: training loss
     series acc;         // eval records: test accuracy in percent
@@ -246,11 +250,15 @@ static int read_log(const char *path, run *r) {
                     r->acc.n--;
             if (series_add(&r->loss, step, wall, num(o, "loss"))) rc = -1;
             r->steps = step, r->wall = wall;
+            r->diverged = false; // (a run resumed after it)
+            r->text |= cJSON_GetObjectItemCaseSensitive(o, "tokens_per_s") != NULL;
         } else if (!strcmp(t, "eval") && isfinite(step)) {
             double a = 100.0 * num(o, "test_accuracy");
             if (series_add(&r->acc, step, wall, a)) rc = -1;
+            r->diverged = false;
         } else if (!strcmp(t, "summary")) { // the last one wins (a resumed run appends)
             r->has_summary = true;
+            r->diverged = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "diverged"));
             str_field(o, "model", r->model, sizeof r->model);
             str_field(o, "data", r->data, sizeof r->data);
             str_field(o, "optim", r->optim, sizeof r->optim);
@@ -498,7 +506,8 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
     // the best run: highest final test accuracy
     size_t best = n;
     for (size_t i = 0; i < n; i++)
-        if (isfinite(runs[i].final_acc) && (best == n || runs[i].final_acc > runs[best].final_acc))
+        if (isfinite(runs[i].final_acc) && !runs[i].diverged &&
+            (best == n || runs[i].final_acc > runs[best].final_acc))
             best = i;
     sb_printf(b,
               "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
@@ -519,7 +528,7 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
         make_axis(evaluated ? lo : 0.0, evaluated ? hi : 100.0, false, false, 100.0);
     bool text = n > 0; // every run a character model: its accuracy is the validation windows'
     for (size_t i = 0; i < n; i++)
-        text = text && !strcmp(runs[i].model, "chargpt");
+        text = text && (runs[i].text || !strcmp(runs[i].model, "chargpt"));
     const char *acc_name = text ? "validation accuracy" : "test accuracy";
     for (int xk = X_STEP; xk <= X_WALL; xk++) {
         double l1, h1, l2, h2;
@@ -559,8 +568,13 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
         sb_printf(b, "<text x=\"%.0f\" y=\"%.0f\"%s>", X0 + 44, y + 4,
                   i == best ? " font-weight=\"bold\"" : "");
         sb_text(b, runs[i].name);
-        char acc[32] = "no evaluation";
-        if (isfinite(runs[i].final_acc)) snprintf(acc, sizeof acc, "%.2f%%", runs[i].final_acc);
+        char acc[64] = "no evaluation";
+        if (runs[i].diverged && isfinite(runs[i].final_acc))
+            snprintf(acc, sizeof acc, "diverged (%.2f%% before)", runs[i].final_acc);
+        else if (runs[i].diverged)
+            snprintf(acc, sizeof acc, "diverged");
+        else if (isfinite(runs[i].final_acc))
+            snprintf(acc, sizeof acc, "%.2f%%", runs[i].final_acc);
         sb_printf(b, ": %s, %.0f steps, %.1f s%s</text>\n", acc,
                   isfinite(runs[i].steps) ? runs[i].steps : 0.0,
                   isfinite(runs[i].wall) ? runs[i].wall : 0.0,

@@ -220,8 +220,12 @@ static const char *divergence_hint(char *buf, size_t cap, const char *saved) {
 
 // The run diverged (what: the parameters, or the outputs an evaluation saw): said once. No
 // checkpoint of the diverged state is written.
+// The run stopped because it diverged (its summary says so: "diverged": true)
+static bool run_diverged;
+
 static void diverged_error(const train_opts *t, const char *saved, size_t step, const char *what) {
     char hint[256];
+    run_diverged = true;
     cli_error(divergence_hint(hint, sizeof hint, saved),
               "the run diverged: %s after step %zu; stopping%s", what, step,
               t->ckpt ? " without writing --checkpoint" : "");
@@ -250,7 +254,10 @@ static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn
         diverged_error(t, *saved, rs->step, NONFINITE_PARAMS);
         return -1;
     }
-    if (trainlog_keep_earlier_ckpt() || trainckpt_save(t->ckpt, t, m, o, ld, ti, rs)) return -1;
+    trainlog_keep_begin();
+    const int sv = trainckpt_save(t->ckpt, t, m, o, ld, ti, rs);
+    trainlog_keep_end(sv == 0);
+    if (sv) return -1;
     *saved = t->ckpt;
     *saved_step = rs->step;
     return 0;
@@ -261,12 +268,14 @@ static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn
 static int epoch_eval(nn_model *m, const train_opts *t, const train_sets *d, float *x, int32_t *ids,
                       int32_t *y, FILE *logf, const char *logpath, const run_state *rs,
                       double t_start, const char *saved, double *loss, double *acc) {
-    const int er = train_evaluate(m, t, d, x, ids, y, loss, acc);
+    double l, a; // (a signal cutting it short keeps the last evaluation's figures)
+    const int er = train_evaluate(m, t, d, x, ids, y, &l, &a);
     if (er) return er;
-    if (eval_diverged(t, saved, rs->step, *loss)) {
-        *acc = (double)NAN; // (not a result: the summary says "not evaluated")
+    if (eval_diverged(t, saved, rs->step, l)) {
+        *loss = l, *acc = (double)NAN; // (not a result: the summary says "not evaluated")
         return -1;
     }
+    *loss = l, *acc = a;
     if (trainlog_eval(logf, logpath, rs->step, (double)rs->epoch, *loss, *acc,
                       train_now_s() - t_start))
         return -1;
@@ -561,6 +570,7 @@ int train_run(const train_opts *t, bool eval_only) {
                 }
                 if (++consecutive_skips >= t->max_skips) {
                     char hint[256];
+                    run_diverged = true;
                     cli_error(divergence_hint(hint, sizeof hint, saved),
                               "%zu consecutive non-finite steps at step %zu: stopping",
                               consecutive_skips, rs.step);
@@ -585,7 +595,7 @@ int train_run(const train_opts *t, bool eval_only) {
                 // (the steps left: to the last epoch's end, or to --max-steps; and no later
                 // than --time-budget allows)
                 double left = (double)(t->epochs - rs.epoch) * (double)per_epoch - (double)it;
-                if (t->max_steps > rs.step && (double)(t->max_steps - rs.step) < left)
+                if (t->max_steps >= rs.step && (double)(t->max_steps - rs.step) < left)
                     left = (double)(t->max_steps - rs.step);
                 double eta = sps > 0 ? left * (double)t->batch / sps : 0;
                 if (t->time_budget > 0)
@@ -676,12 +686,13 @@ int train_run(const train_opts *t, bool eval_only) {
     const bool limit_eval =
         stop && rs.epoch < t->epochs && !train_stop_signal && evaluated_at != rs.step;
     if (rc == NGD_EXIT_OK && limit_eval) {
-        const int er = train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc);
-        const bool diverged = er == 0 && eval_diverged(t, saved, rs.step, last_test_loss);
+        double l, a; // (a signal cutting it short keeps the last evaluation's figures)
+        const int er = train_evaluate(&m, t, &d, x, ids, y, &l, &a);
+        const bool diverged = er == 0 && eval_diverged(t, saved, rs.step, l);
         if (diverged)
-            last_test_acc = (double)NAN; // (not a result)
+            last_test_loss = l, last_test_acc = (double)NAN; // (not a result)
         else if (er == 0)
-            evaluated_at = rs.step;
+            last_test_loss = l, last_test_acc = a, evaluated_at = rs.step;
         if (er < 0 || diverged) rc = NGD_EXIT_FAIL;
     }
     if (rc == NGD_EXIT_OK && limit_eval && !train_stop_signal) {
@@ -724,8 +735,9 @@ int train_run(const train_opts *t, bool eval_only) {
             fprintf(stderr, "ngd train: no training to do: %s\n",
                     t->epochs == 0 ? "--epochs 0"
                                    : "the resumed run has already completed its --epochs");
-        if (train_evaluate(&m, t, &d, x, ids, y, &last_test_loss, &last_test_acc) == 0)
-            evaluated_at = rs.step;
+        double l, a;
+        if (train_evaluate(&m, t, &d, x, ids, y, &l, &a) == 0)
+            last_test_loss = l, last_test_acc = a, evaluated_at = rs.step;
         if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
                           last_test_loss, last_test_acc, train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
@@ -749,6 +761,7 @@ int train_run(const train_opts *t, bool eval_only) {
     cJSON_AddNumberToObject(j, "test_accuracy", last_test_acc);
     if (!isnan(last_test_acc)) // the step the test figures are of (a stop may come later)
         cJSON_AddNumberToObject(j, "test_step", (double)evaluated_at);
+    if (run_diverged) cJSON_AddBoolToObject(j, "diverged", 1);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
     trainlog_dist_summary(j, o, rs.step - step0, t->quiet);

@@ -234,9 +234,11 @@ uint32_t train_params_crc(const nn_model *m);
 double train_now_s(void);
 // What a training run will write, checked before any data is loaded. Returns an exit code.
 int train_check_outputs(const train_opts *t);
-// Before a run's first save: the earlier run's checkpoint that --checkpoint held (the note
-// of train_check_outputs) is kept as PATH.prev. 0, or -1 after an error.
-int trainlog_keep_earlier_ckpt(void);
+// Around a run's first save: the other run's checkpoint that --checkpoint held (the note of
+// train_check_outputs) is linked aside before it, and kept as PATH.prev once the save
+// succeeded (saved), or left as it was. A failure is a warning: the save goes on. Returns 0.
+int trainlog_keep_begin(void);
+void trainlog_keep_end(bool saved);
 // Opens the log (its path into path); NULL after an error. A resumed run's log is cut back
 // to its records up to resume_step (the checkpoint's) when no summary follows the later ones.
 FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t cap);

@@ -27,39 +27,45 @@ double train_now_s(void) {
 // run stopped (or failed) before writing any leaves an earlier log at that path as it was
 // (trainlog_abandon); created: it did not exist before.
 static bool log_unwritten, log_created;
-// A new run's log over an earlier run's records: those are copied to PATH.prev before the
-// first record empties the log (nothing of a forgotten --resume is lost).
+// A new run's log over an earlier run's records: those are copied to LOG.prev before the
+// first record empties the log (a forgotten --resume loses nothing). Decided, and the target
+// checked, before the data loads (train_check_outputs); a copy that fails then (a full disk)
+// is said, and the log is replaced as it was before LOG.prev existed.
 static bool log_keep;
 
-// PATH.prev into out; false if it does not fit
-static bool prev_path(const char *path, char *out, size_t cap) {
-    return (size_t)snprintf(out, cap, "%s.prev", path) < cap;
+// PATH.prev, allocated (NULL: out of memory)
+static char *prev_of(const char *path) {
+    const size_t n = strlen(path);
+    char *p = malloc(n + 6);
+    if (p) memcpy(p, path, n), memcpy(p + n, ".prev", 6);
+    return p;
 }
 
-// Copies the file at path to PATH.prev (replacing an older one). 0, or -1 with an error.
+// Copies the file at path to PATH.prev (replacing an older one, through a temporary, so that
+// a failed copy leaves the older one). 0, or -1 with errno set.
 static int copy_to_prev(const char *path) {
-    char prev[1100];
-    if (!prev_path(path, prev, sizeof prev)) {
-        cli_error("give --log a shorter path", "--log %s: its .prev name is too long", path);
+    char *prev = prev_of(path), *tmp = prev ? malloc(strlen(prev) + 32) : NULL;
+    if (!tmp) {
+        free(prev);
+        errno = ENOMEM;
         return -1;
     }
-    FILE *in = fopen(path, "rb"), *out = in ? fopen(prev, "wb") : NULL;
+    snprintf(tmp, strlen(prev) + 32, "%s.tmp.%ld", prev, (long)getpid());
+    FILE *in = fopen(path, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
     char buf[65536];
     size_t n;
     bool ok = in && out;
+    int e = ok ? 0 : errno;
     while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        ok = fwrite(buf, 1, n, out) == n;
-    ok = ok && !ferror(in);
-    const int e = errno;
+        if (fwrite(buf, 1, n, out) != n) ok = false, e = errno;
+    if (ok && ferror(in)) ok = false, e = EIO;
     if (in) fclose(in);
-    if (out && fclose(out) != 0) ok = false;
-    if (!ok) {
-        cli_error("free some space, or give --log another file",
-                  "--log %s: cannot keep the earlier run's records as %s: %s", path, prev,
-                  e ? strerror(e) : "write error");
-        return -1;
-    }
-    return 0;
+    if (out && fclose(out) != 0 && ok) ok = false, e = errno;
+    if (ok && rename(tmp, prev) != 0) ok = false, e = errno;
+    if (!ok && out) unlink(tmp);
+    free(prev), free(tmp);
+    errno = e;
+    return ok ? 0 : -1;
 }
 
 // Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
@@ -73,10 +79,11 @@ int trainlog_line(FILE *f, const char *path, cJSON *o) {
     if (log_unwritten) { // (a FIFO or a device is not truncated: "w" did not either)
         log_unwritten = false;
         const bool reg = fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode);
-        if (reg && log_keep && sb.st_size > 0 && copy_to_prev(path) != 0) {
-            cJSON_Delete(o);
-            return -1;
-        }
+        if (reg && log_keep && sb.st_size > 0 && copy_to_prev(path) != 0)
+            fprintf(stderr,
+                    "ngd train: warning: --log %s: the earlier run's records could not be kept "
+                    "as %s.prev (%s): this run replaces them\n",
+                    path, path, strerror(errno));
         if (reg && ftruncate(fileno(f), 0) != 0) {
             cli_error("give --log another file", "--log %s: %s", path, strerror(errno));
             cJSON_Delete(o);
@@ -148,11 +155,12 @@ cJSON *trainlog_health(const ngd_optim *o) {
 
 static int mkdir_runs(void) { return mkdir("runs", 0755); }
 
-static void log_path(const train_opts *t, char *path, size_t cap) {
-    if (t->log)
-        snprintf(path, cap, "%s", t->log);
-    else
-        snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data, ngd_method_name(t->method));
+// The log's path into path; false if it does not fit (train_check_outputs refuses that)
+static bool log_path(const train_opts *t, char *path, size_t cap) {
+    const int n = t->log ? snprintf(path, cap, "%s", t->log)
+                         : snprintf(path, cap, "runs/%s-%s-%s.jsonl", t->model, t->data,
+                                    ngd_method_name(t->method));
+    return n >= 0 && (size_t)n < cap;
 }
 
 // A resumed run appends to its log. A run killed mid-write (or a full disk) may have left a
@@ -251,7 +259,7 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
         return NULL;
     }
     log_unwritten = !t->resume, log_created = !existed;
-    log_keep = !t->resume && existed && S_ISREG(sb.st_mode) && sb.st_size > 0;
+    log_keep = log_keep && !t->resume && existed && S_ISREG(sb.st_mode) && sb.st_size > 0;
     if (t->resume && trim_partial_line(f) != 0) {
         cli_error(NULL, "--log %s: cannot cut its unfinished last line: %s", path, strerror(errno));
         fclose(f);
@@ -280,9 +288,55 @@ bool trainlog_abandon(FILE *f, const char *path) {
     return true;
 }
 
-// The checkpoint an earlier run left at --checkpoint, to keep as PATH.prev at this run's
-// first save; empty: none
-static char ckpt_keep[1024];
+// The checkpoint another run left at --checkpoint, kept as PATH.prev by this run's first save
+// (NULL: none). The save links it to a temporary name first and renames that over PATH.prev
+// only once the new checkpoint is written: a failed save leaves both files as they were.
+static char *ckpt_keep, *ckpt_keep_tmp;
+
+// A .prev target checked at the start: absent, a regular file or a symbolic link (replaced,
+// not followed). true after an error naming it.
+static bool prev_target_bad(const char *opt, const char *path, const char *prev) {
+    struct stat sb;
+    if (lstat(prev, &sb) != 0 || S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode)) return false;
+    cli_error("remove it, or give another path",
+              "%s %s holds an earlier run, to be kept as %s, which is %s", opt, path, prev,
+              cli_file_kind(sb.st_mode));
+    return true;
+}
+
+int trainlog_keep_begin(void) {
+    if (!ckpt_keep) return 0;
+    const size_t n = strlen(ckpt_keep) + 48;
+    free(ckpt_keep_tmp);
+    ckpt_keep_tmp = malloc(n);
+    if (ckpt_keep_tmp) snprintf(ckpt_keep_tmp, n, "%s.prev.tmp.%ld", ckpt_keep, (long)getpid());
+    if (!ckpt_keep_tmp || link(ckpt_keep, ckpt_keep_tmp) != 0) {
+        // (a file system without hard links, say): the save replaces it, as before .prev
+        fprintf(stderr,
+                "ngd train: warning: --checkpoint %s: the earlier run's checkpoint could not be "
+                "kept (%s): this run's save replaces it\n",
+                ckpt_keep, ckpt_keep_tmp ? strerror(errno) : "out of memory");
+        free(ckpt_keep), free(ckpt_keep_tmp);
+        ckpt_keep = ckpt_keep_tmp = NULL;
+    }
+    return 0;
+}
+
+void trainlog_keep_end(bool saved) {
+    if (!ckpt_keep || !ckpt_keep_tmp) return;
+    char *prev = saved ? prev_of(ckpt_keep) : NULL;
+    if (saved && (!prev || rename(ckpt_keep_tmp, prev) != 0))
+        fprintf(stderr,
+                "ngd train: warning: --checkpoint %s: the earlier run's checkpoint could not be "
+                "kept as %s (%s)\n",
+                ckpt_keep, prev ? prev : "PATH.prev", prev ? strerror(errno) : "out of memory");
+    unlink(ckpt_keep_tmp); // (gone after the rename; the link of a failed save)
+    free(prev);
+    if (saved) { // kept once: later saves replace this run's own checkpoint
+        free(ckpt_keep), free(ckpt_keep_tmp);
+        ckpt_keep = ckpt_keep_tmp = NULL;
+    }
+}
 
 // The log's target: an existing log must be writable, a new one's folder (runs/ by default,
 // made at the start: then the current folder) must exist and be writable. true after an
@@ -329,7 +383,11 @@ static bool same_file(const char *a, const char *b) {
 // kind. Returns an exit code.
 int train_check_outputs(const train_opts *t) {
     char lp[1024];
-    log_path(t, lp, sizeof lp);
+    if (!log_path(t, lp, sizeof lp)) { // (it was cut, and another file written)
+        cli_error("give --log a shorter path", "--log: the path is longer than %zu bytes",
+                  sizeof lp - 1);
+        return NGD_EXIT_USAGE;
+    }
     if (t->log && !strcmp(t->log, "-")) { // (not a file named "-" in the current folder)
         cli_error("give the log a file's path (ngd plot and ngd train --resume read it back)",
                   "--log -: the log is written to a file, not to the standard output");
@@ -366,53 +424,64 @@ int train_check_outputs(const train_opts *t) {
     // the log's folder (runs/, made at the start, in the current one), before the data loads
     if (dist_root() && log_target_bad(t, lp)) return NGD_EXIT_FAIL;
     if (t->ckpt && trainckpt_check_target(t->ckpt)) return NGD_EXIT_FAIL;
-    // a run on the checkpoint of an earlier one (a forgotten --resume, or a resume into
-    // another run's file): allowed (ngd wrote the file), but its first save keeps it as
-    // PATH.prev, and this says so before
-    ckpt_keep[0] = '\0';
-    if (t->ckpt && dist_root() && stat(t->ckpt, &sb) == 0 && S_ISREG(sb.st_mode) &&
-        sb.st_size > 0 && !(t->resume && same_file(t->resume, t->ckpt))) {
-        char prev[1100];
-        if (strlen(t->ckpt) >= sizeof ckpt_keep || !prev_path(t->ckpt, prev, sizeof prev)) {
-            cli_error("give --checkpoint a shorter path",
-                      "--checkpoint %s: its .prev name is too long", t->ckpt);
-            return NGD_EXIT_FAIL;
-        }
-        snprintf(ckpt_keep, sizeof ckpt_keep, "%s", t->ckpt);
+    // a run on the checkpoint of another (a forgotten --resume, or a resume into another run's
+    // file): allowed (ngd wrote the file); its first save keeps it as PATH.prev. A new run's
+    // log over an earlier run's records keeps those as LOG.prev. Both said here, and their
+    // .prev names checked: not a folder, and not the other output.
+    free(ckpt_keep), ckpt_keep = NULL;
+    log_keep = false;
+    if (!dist_root()) return NGD_EXIT_OK; // (rank 0 writes both)
+    const bool ck_other = t->ckpt && stat(t->ckpt, &sb) == 0 && S_ISREG(sb.st_mode) &&
+                          sb.st_size > 0 && !(t->resume && same_file(t->resume, t->ckpt));
+    const bool lg_other = !t->resume && stat(lp, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0;
+    char *cprev = ck_other ? prev_of(t->ckpt) : NULL, *lprev = lg_other ? prev_of(lp) : NULL;
+    int rc = NGD_EXIT_OK;
+    if ((ck_other && !cprev) || (lg_other && !lprev)) {
+        cli_error(NULL, "out of memory");
+        rc = NGD_EXIT_FAIL;
+    } else if ((cprev && same_file(lp, cprev)) || (lprev && t->ckpt && same_file(lprev, t->ckpt))) {
+        cli_error("give --log and --checkpoint names that are not each other's .prev",
+                  "--log %s and --checkpoint %s: one's earlier run would be kept over the other",
+                  lp, t->ckpt);
+        rc = NGD_EXIT_USAGE;
+    } else if ((cprev && prev_target_bad("--checkpoint", t->ckpt, cprev)) ||
+               (lprev && prev_target_bad("--log", lp, lprev))) {
+        rc = NGD_EXIT_FAIL;
+    }
+    if (rc == NGD_EXIT_OK && lprev) { // (PATH.prev is made beside it: its folder writable?)
+        char *copy = strdup(lp);
+        const char *dir = copy ? dirname(copy) : ".";
+        log_keep = access(dir, W_OK | X_OK) == 0;
+        if (!t->quiet && log_keep)
+            fprintf(stderr,
+                    "ngd train: note: --log %s holds an earlier run's records; this run's first "
+                    "record keeps them as %s\n",
+                    lp, lprev);
+        else if (!t->quiet)
+            fprintf(
+                stderr,
+                "ngd train: note: --log %s holds an earlier run's records, which cannot be kept "
+                "as %s (folder %s: %s): this run replaces them at its first record\n",
+                lp, lprev, dir, strerror(errno));
+        free(copy);
+    }
+    if (rc == NGD_EXIT_OK && cprev) {
+        ckpt_keep = strdup(t->ckpt);
         if (!t->quiet && t->resume)
             fprintf(stderr,
                     "ngd train: note: --checkpoint %s holds another run; this run's first save "
                     "keeps it as %s\n",
-                    t->ckpt, prev);
+                    t->ckpt, cprev);
         else if (!t->quiet)
             fprintf(stderr,
                     "ngd train: note: --checkpoint %s holds an earlier run; this run's first save "
                     "keeps it as %s (to continue that run instead, stop this one and add "
-                    "--resume %s, or --resume %s once this one has saved)\n",
-                    t->ckpt, prev, t->ckpt, prev);
+                    "--resume %s; once this one has saved, --resume %s%s%s)\n",
+                    t->ckpt, cprev, t->ckpt, cprev, lprev && log_keep ? " --log " : "",
+                    lprev && log_keep ? lprev : "");
     }
-    return NGD_EXIT_OK;
-}
-
-int trainlog_keep_earlier_ckpt(void) {
-    if (!ckpt_keep[0]) return 0;
-    char prev[1100];
-    prev_path(ckpt_keep, prev, sizeof prev); // (fits: checked with the note)
-    // a hard link keeps the earlier file as PATH.prev while the save replaces PATH (which
-    // stays as it was if the save fails); where links are not allowed, a rename
-    if (unlink(prev) != 0 && errno != ENOENT) {
-        cli_error("remove it, or give --checkpoint another path",
-                  "--checkpoint %s: cannot replace %s: %s", ckpt_keep, prev, strerror(errno));
-        return -1;
-    }
-    if (link(ckpt_keep, prev) != 0 && rename(ckpt_keep, prev) != 0) {
-        cli_error("give --checkpoint another path",
-                  "--checkpoint %s: cannot keep the earlier run's checkpoint as %s: %s", ckpt_keep,
-                  prev, strerror(errno));
-        return -1;
-    }
-    ckpt_keep[0] = '\0';
-    return 0;
+    free(cprev), free(lprev);
+    return rc;
 }
 
 int trainlog_eval(FILE *f, const char *path, size_t step, double epoch, double loss, double acc,

@@ -75,10 +75,11 @@ static void gemm_small(float alpha, ngd_cview A, ngd_cview B, ngd_view C) {
 }
 
 // oneDNN 2.6 splits a product for omp_get_max_threads() threads and computes only the parts
-// of the threads it gets: under OMP_DYNAMIC=true, or an OMP_THREAD_LIMIT below the thread
-// count, a smaller team left parts of C unwritten (half of it, in a review's program,
-// 2026-12-05). So a product outside a parallel region runs with dynamic adjustment off and at
-// most the thread limit's threads, the caller's settings restored after. (Several threads of
+// of the threads it gets: under OMP_DYNAMIC=true, an OMP_THREAD_LIMIT below the thread count
+// or OMP_MAX_ACTIVE_LEVELS=0, a smaller team left parts of C unwritten (half of it, in a
+// review's program, 2026-12-05). So a product outside a parallel region runs with dynamic
+// adjustment off and at most the thread limit's threads (one where no region may be active),
+// the caller's settings restored after. (Several threads of
 // the caller sharing a thread limit can still get smaller teams: ngd.h says so.)
 typedef struct {
     bool dyn;
@@ -93,7 +94,10 @@ static team_guard team_begin(void) {
         g.dyn = true;
         omp_set_dynamic(0);
     }
-    const int lim = omp_get_thread_limit(), mx = omp_get_max_threads();
+    // (OMP_MAX_ACTIVE_LEVELS=0: every parallel region inactive, a team of one)
+    const int mx = omp_get_max_threads();
+    const int lim =
+        omp_get_active_level() >= omp_get_max_active_levels() ? 1 : omp_get_thread_limit();
     if (lim < mx) {
         g.nthr = mx;
         omp_set_num_threads(lim);
@@ -335,6 +339,14 @@ size_t ngd_blas_thread_caches(void) {
     return n;
 }
 
+// A client that unloads libngd (dlclose) and then ends a thread would call a destructor that
+// is no longer mapped: the key goes with the library (the caches of live threads are then
+// left, as before the key existed).
+__attribute__((destructor)) static void mm_unload(void) {
+    if (mm_key_ok) pthread_key_delete(mm_key);
+    mm_key_ok = false;
+}
+
 static mm_cache *mm_thread_cache(void) {
     if (mm_mine) return mm_mine;
     pthread_once(&mm_once, mm_init);
@@ -448,8 +460,10 @@ static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) 
 // 1442, A Aᵀ 1899 -> 1462, A B 1678 -> 1473, 785 x 785 x 128 Aᵀ A 348 -> 249, 785 x 128 x 785
 // with B transposed 265 -> 230; docs/benchmarks.md, twenty-second session). With AMX oneDNN's
 // own split is kept (not measured here), as at other thread counts. Every row of C is its own
-// sums, taken in the one-thread kernel's order. NGD_BF16_SPLIT=0 in the environment turns it
-// off (side-by-side runs).
+// sums, in the order of the one-thread kernel for its half's shape: with A transposed that
+// order can differ from the whole product's (AᵀA then symmetric to within float32 rounding,
+// not exactly; with A as it is, the same bits as one thread at the shapes tried).
+// NGD_BF16_SPLIT=0 in the environment turns it off (side-by-side runs).
 #ifdef _OPENMP
 #define SPLIT16_ROWS 64
 #define SPLIT16_MACS ((size_t)1 << 21)
@@ -737,7 +751,8 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
     // At most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per
     // thread). Below SYRK16_MIN rows one product is as fast or faster (2 threads, against the
     // panels with their copy: 1.5x at 512-513, 1.0-1.1x at 785 and 1025; the panels 1.1x at
-    // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025.
+    // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025 (A Aᵀ;
+    // AᵀA split over two threads, gemm_bf16, is symmetric to within float32 rounding).
     const size_t b = n < SYRK16_MIN ? 0 : syrk_panel(n, k, 4);
     if (!b) {
         ngd_gemm_bf16(ta, !ta, n, n, k, alpha, A, lda, A, lda, beta, C, ldc);
