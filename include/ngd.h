@@ -140,9 +140,7 @@ NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t col
 // kernels the same products in float32. beta = 0 never reads C. Threaded when called outside
 // an OpenMP parallel region, on the calling thread inside one; each thread keeps the oneDNN
 // primitives of its last 64 shapes (keyed by shape, alpha and beta: a product whose alpha or
-// beta changes every call builds a primitive every call). At two threads without AMX, a
-// product of 64 rows or more and 2^21 multiply-adds or more runs as two halves of C's rows,
-// one per thread (NGD_BF16_SPLIT=0: one oneDNN product). Not counted in ngd_gemm_flop_count
+// beta changes every call builds a primitive every call). Not counted in ngd_gemm_flop_count
 // (libngd's own work). NGD_ERR_ARG: NULL pointers or a leading dimension below its row length.
 NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                                  const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
