@@ -154,6 +154,14 @@ c1=$(crc_of "$D/tl1.jsonl") c2=$(crc_of "$D/tl2.jsonl")
 [ -n "$c1" ] && [ "$(crc_of "$D/tll.jsonl")" = "$c1" ] && ok || bad "OMP_THREAD_LIMIT=1: parameters $(crc_of "$D/tll.jsonl"), a one-thread run's $c1"
 [ -n "$c2" ] && [ "$(crc_of "$D/tld.jsonl")" = "$c2" ] && ok || bad "OMP_DYNAMIC=true: parameters $(crc_of "$D/tld.jsonl"), the run's $c2"
 [ -n "$c1" ] && [ "$(crc_of "$D/tlm.jsonl")" = "$c1" ] && ok || bad "OMP_MAX_ACTIVE_LEVELS=0: parameters $(crc_of "$D/tlm.jsonl"), a one-thread run's $c1"
+# the K-FAC family's decompositions (OpenBLAS's LAPACK, which plans for the thread count as
+# oneDNN does) spun for ever under the same settings: a one-thread run's bits now
+TK="--optim kfac --subset 512 --epochs 1 --max-steps 6 --quiet"
+expect_rc 0 "K-FAC at 1 thread" timeout 120 "$NGD" train $TK --threads 1 --log "$D/tk1.jsonl"
+OMP_THREAD_LIMIT=1 expect_rc 0 "K-FAC at 2 threads under OMP_THREAD_LIMIT=1 (no hang)" timeout 120 "$NGD" train $TK --threads 2 --log "$D/tkl.jsonl"
+OMP_DYNAMIC=true expect_rc 0 "K-FAC at 2 threads under OMP_DYNAMIC=true (no hang)" timeout 120 "$NGD" train $TK --threads 2 --log "$D/tkd.jsonl"
+k1=$(crc_of "$D/tk1.jsonl")
+[ -n "$k1" ] && [ "$(crc_of "$D/tkl.jsonl")" = "$k1" ] && ok || bad "K-FAC under OMP_THREAD_LIMIT=1: parameters $(crc_of "$D/tkl.jsonl"), a one-thread run's $k1"
 # the products themselves against float64, under the limit (the test binaries beside ngd)
 T16="$(dirname "$NGD")/tests/test_bf16" TC="$(dirname "$NGD")/tests/test_core"
 if [ -x "$T16" ] && [ -x "$TC" ]; then

@@ -12,6 +12,7 @@
  * decay and health readouts are.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -611,6 +612,22 @@ static void crit_log(void *user, const char *msg) {
     crit_logs++;
 }
 
+// A callback of one handle that waits for a thread failing on another handle: each handle
+// has its lock (one lock for all handles, held through the callback, hung the thread)
+static ngd_optim *other_optim;
+static ngd_status other_status;
+static void *fail_on_other(void *arg) {
+    (void)arg;
+    ngd_layer_health h;
+    other_status = ngd_optim_layer_health(other_optim, 77, &h);
+    return NULL;
+}
+static void wait_for_other(void *user, const char *msg) {
+    (void)user, (void)msg;
+    pthread_t th;
+    if (pthread_create(&th, NULL, fail_on_other, NULL) == 0) pthread_join(th, NULL);
+}
+
 static void messages_should_not_wait_on_the_clients_critical_sections(void) {
     alarm(120);
     ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
@@ -630,6 +647,17 @@ static void messages_should_not_wait_on_the_clients_critical_sections(void) {
     tp_forward_backward(&p, o, 0, 1.0f);
     p.gW1[0] = NAN; // a non-finite gradient: the step is skipped, and logged
     CHECK(ngd_optim_step(o) == NGD_SKIPPED && crit_logs == 1);
+    ngd_optim_free(o);
+    // a log callback of o waiting for a thread that fails on another handle
+    ngd_config c2 = ngd_config_default(NGD_METHOD_SGD);
+    c.log_fn = wait_for_other;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
+    CHECK(ngd_optim_create(&c2, &other_optim) == NGD_OK);
+    other_status = NGD_OK;
+    tp_forward_backward(&p, o, 1, 1.0f);
+    p.gW1[0] = NAN;
+    CHECK(ngd_optim_step(o) == NGD_SKIPPED && other_status == NGD_ERR_LAYER);
+    ngd_optim_free(other_optim);
     ngd_optim_free(o);
     tp_free(&p);
     alarm(0);

@@ -207,5 +207,9 @@ grep -q "\"steps\":$((${stopped:-0} + 3))," "$D/s2.jsonl" && ok || bad "resume a
 out=$(timeout 60 env NGD_DIST_SHARE=bogus $MPI "$NGD" train $COMMON --batch 64 --log "$D/g.jsonl" 2>&1); rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && printf '%s\n' "$out" | grep -q "NGD_DIST_SHARE=bogus is not known" && ok || bad "NGD_DIST_SHARE=bogus: exit $rc"
 
+# a diverged run is said once (rank 0), not by every rank
+out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1 --optim sgd --lr 1e30 --max-skips 2 --threads 1 2>&1); rc=$?
+[ "$rc" -ne 0 ] && [ "$(printf '%s\n' "$out" | grep -c 'consecutive non-finite steps\|the run diverged')" -eq 1 ] && ok || bad "diverged under mpirun: exit $rc, said $(printf '%s\n' "$out" | grep -c 'consecutive non-finite steps\|the run diverged') times"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

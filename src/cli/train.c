@@ -226,6 +226,7 @@ static bool run_diverged;
 static void diverged_error(const train_opts *t, const char *saved, size_t step, const char *what) {
     char hint[256];
     run_diverged = true;
+    if (!dist_root()) return; // (mpirun: every rank sees the same divergence; rank 0 says so)
     cli_error(divergence_hint(hint, sizeof hint, saved),
               "the run diverged: %s after step %zu; stopping%s", what, step,
               t->ckpt ? " without writing --checkpoint" : "");
@@ -571,9 +572,10 @@ int train_run(const train_opts *t, bool eval_only) {
                 if (++consecutive_skips >= t->max_skips) {
                     char hint[256];
                     run_diverged = true;
-                    cli_error(divergence_hint(hint, sizeof hint, saved),
-                              "%zu consecutive non-finite steps at step %zu: stopping",
-                              consecutive_skips, rs.step);
+                    if (dist_root())
+                        cli_error(divergence_hint(hint, sizeof hint, saved),
+                                  "%zu consecutive non-finite steps at step %zu: stopping",
+                                  consecutive_skips, rs.step);
                     rc = NGD_EXIT_FAIL;
                     stop = true;
                     break;

@@ -939,8 +939,8 @@ size_t ngd_ssyevd_lwork(size_t n, size_t *liwork) {
     return lwork_from((double)q);
 }
 
-int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork, int *iwork,
-                    size_t liwork) {
+static int ngd_ssyevd_work_impl(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork,
+                                int *iwork, size_t liwork) {
     if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
     if (n == 0) return 0;
     int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda, w,
@@ -952,6 +952,16 @@ int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_
         ngd_bf16_round(w, n);
         ngd_view_round_bf16(ngd_view_rm(a, n, n, lda));
     }
+    return info;
+}
+
+// (with full OpenMP teams: OpenBLAS, as oneDNN, plans for omp_get_max_threads() threads
+//  and spun for ever when a team came smaller; team_begin)
+int ngd_ssyevd_work(size_t n, float *a, size_t lda, float *w, float *work, size_t lwork, int *iwork,
+                    size_t liwork) {
+    const team_guard g = team_begin();
+    const int info = ngd_ssyevd_work_impl(n, a, lda, w, work, lwork, iwork, liwork);
+    team_end(g);
     return info;
 }
 
@@ -968,14 +978,22 @@ size_t ngd_dsyevd_lwork(size_t n, size_t *liwork) {
     return lwork_from(q);
 }
 
-int ngd_dsyevd_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork,
-                    int *iwork, size_t liwork) {
+static int ngd_dsyevd_work_impl(size_t n, double *a, size_t lda, double *w, double *work,
+                                size_t lwork, int *iwork, size_t liwork) {
     if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
     if (n == 0) return 0;
     int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda, w,
                                    work, (lapack_int)NGD_MIN(lwork, INT_MAX), iwork,
                                    (lapack_int)NGD_MIN(liwork, INT_MAX));
     if (info == 0) transpose_sq_d(n, a, lda);
+    return info;
+}
+
+int ngd_dsyevd_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork,
+                    int *iwork, size_t liwork) {
+    const team_guard g = team_begin();
+    const int info = ngd_dsyevd_work_impl(n, a, lda, w, work, lwork, iwork, liwork);
+    team_end(g);
     return info;
 }
 
@@ -988,12 +1006,20 @@ size_t ngd_dsyev_lwork(size_t n) {
     return info == 0 ? lwork_from(q) : 0;
 }
 
-int ngd_dsyev_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork) {
+static int ngd_dsyev_work_impl(size_t n, double *a, size_t lda, double *w, double *work,
+                               size_t lwork) {
     if (!fits_int(n) || !fits_int(lda) || lda < n) return -1000;
     if (n == 0) return 0;
     int info = LAPACKE_dsyev_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, a, (lapack_int)lda, w,
                                   work, (lapack_int)NGD_MIN(lwork, INT_MAX));
     if (info == 0) transpose_sq_d(n, a, lda);
+    return info;
+}
+
+int ngd_dsyev_work(size_t n, double *a, size_t lda, double *w, double *work, size_t lwork) {
+    const team_guard g = team_begin();
+    const int info = ngd_dsyev_work_impl(n, a, lda, w, work, lwork);
+    team_end(g);
     return info;
 }
 
@@ -1012,8 +1038,8 @@ size_t ngd_sqr_thin_cm_lwork(size_t m, size_t n) {
     return n + NGD_MAX(l1, l2);
 }
 
-int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr,
-                         float *work, size_t lwork) {
+static int ngd_sqr_thin_cm_work_impl(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr,
+                                     float *work, size_t lwork) {
     if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || m < n || lda < m) return -1000;
     if (n == 0) return 0;
     if (lwork < n + 1) return -1000;
@@ -1034,6 +1060,14 @@ int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, siz
         ngd_view_round_bf16(ngd_view_rm(a, n, m, lda)); // (column-major m x n)
         if (r) ngd_view_round_bf16(ngd_view_rm(r, n, n, ldr));
     }
+    return info;
+}
+
+int ngd_sqr_thin_cm_work(size_t m, size_t n, float *a, size_t lda, float *r, size_t ldr,
+                         float *work, size_t lwork) {
+    const team_guard g = team_begin();
+    const int info = ngd_sqr_thin_cm_work_impl(m, n, a, lda, r, ldr, work, lwork);
+    team_end(g);
     return info;
 }
 
@@ -1062,8 +1096,8 @@ size_t ngd_sgesvd_cm_v_lwork(size_t m, size_t n) {
     return n + nn + NGD_MAX(lqr, lsvd); // tau, R, the larger of the two workspaces
 }
 
-int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v, size_t ldv,
-                         float *work, size_t lwork) {
+static int ngd_sgesvd_cm_v_work_impl(size_t m, size_t n, float *a, size_t lda, float *s, float *v,
+                                     size_t ldv, float *work, size_t lwork) {
     if (!fits_int(m) || !fits_int(n) || !fits_int(lda) || !fits_int(ldv) || m < n || lda < m ||
         ldv < n)
         return -1000;
@@ -1085,6 +1119,14 @@ int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, flo
         ngd_bf16_round(s, n);
         ngd_view_round_bf16(ngd_view_rm(v, n, n, ldv));
     }
+    return info;
+}
+
+int ngd_sgesvd_cm_v_work(size_t m, size_t n, float *a, size_t lda, float *s, float *v, size_t ldv,
+                         float *work, size_t lwork) {
+    const team_guard g = team_begin();
+    const int info = ngd_sgesvd_cm_v_work_impl(m, n, a, lda, s, v, ldv, work, lwork);
+    team_end(g);
     return info;
 }
 

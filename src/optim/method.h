@@ -12,6 +12,7 @@
 #ifndef NGD_METHOD_H
 #define NGD_METHOD_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,6 +99,9 @@ struct ngd_optim {
     bool owners_planned;
     uint64_t comm_bytes;
     char err[512];
+    // one message at a time (err, and the log callback): recursive, the handle's own (a
+    // callback of one handle may wait on threads that log through another)
+    pthread_mutex_t msg_lock;
 };
 
 // ---- first-order rules: P (the preconditioned gradient) -> the parameter update ----

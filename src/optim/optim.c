@@ -38,34 +38,27 @@ static double now_s(void) {
 
 // ---- errors and logging ----
 
-// One message at a time: layers' updates may run side by side (update_all). libngd's own
-// lock, recursive (a log callback may fail or log again): an unnamed OpenMP critical section
-// was the lock of every unnamed critical section in the program, so a client that called
-// libngd from inside one of its own (or logged through one) waited on itself for ever (a
-// review's programs, 2026-12-05); a named one would export its lock from libngd.so.
-static pthread_mutex_t msg_lock;
-static pthread_once_t msg_once = PTHREAD_ONCE_INIT;
-
-static void msg_lock_init(void) {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&msg_lock, &a);
-    pthread_mutexattr_destroy(&a);
+// One message at a time per handle: layers' updates may run side by side (update_all). The
+// handle's own recursive lock (a log callback may fail or log again): an unnamed OpenMP
+// critical section was the lock of every unnamed critical section in the program, so a client
+// that called libngd from inside one of its own (or logged through one) waited on itself for
+// ever; one lock for all handles hung a callback of one handle that waited for another's
+// threads logging (reviews' programs, 2026-12-05). (A named critical section would export its
+// lock from libngd.so.)
+static void msg_begin(const ngd_optim *o) {
+    pthread_mutex_lock((pthread_mutex_t *)(uintptr_t)&o->msg_lock);
 }
-
-static void msg_begin(void) {
-    pthread_once(&msg_once, msg_lock_init);
-    pthread_mutex_lock(&msg_lock);
+static void msg_end(const ngd_optim *o) {
+    pthread_mutex_unlock((pthread_mutex_t *)(uintptr_t)&o->msg_lock);
 }
 
 ngd_status ngd_optim_fail(ngd_optim *o, ngd_status s, const char *fmt, ...) {
     if (o) {
         va_list ap;
         va_start(ap, fmt);
-        msg_begin();
+        msg_begin(o);
         vsnprintf(o->err, sizeof o->err, fmt, ap);
-        pthread_mutex_unlock(&msg_lock);
+        msg_end(o);
         va_end(ap);
     }
     return s;
@@ -78,9 +71,9 @@ void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    msg_begin();
+    msg_begin(o);
     o->cfg.log_fn(o->cfg.log_user, msg);
-    pthread_mutex_unlock(&msg_lock);
+    msg_end(o);
 }
 
 const char *ngd_optim_errmsg(const ngd_optim *o) { return o ? o->err : "optimizer is NULL"; }
@@ -130,6 +123,15 @@ ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
     if (!ops) return NGD_ERR_ARG;
     ngd_optim *o = ngd_calloc(1, sizeof *o);
     if (!o) return NGD_ERR_NOMEM;
+    pthread_mutexattr_t ma;
+    bool lock_ok = pthread_mutexattr_init(&ma) == 0;
+    lock_ok = lock_ok && pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE) == 0 &&
+              pthread_mutex_init(&o->msg_lock, &ma) == 0;
+    pthread_mutexattr_destroy(&ma);
+    if (!lock_ok) {
+        ngd_free(o);
+        return NGD_ERR_NOMEM;
+    }
     o->cfg = cfg;
     normalise_config(o, &o->cfg, "config"); // (in place: it logs through o->cfg.log_fn)
     o->ops = ops;
@@ -159,6 +161,7 @@ void ngd_optim_free(ngd_optim *o) {
     ngd_free(o->scratch);
     ngd_free(o->upd_idx);
     ngd_free(o->upd_st);
+    pthread_mutex_destroy(&o->msg_lock);
     ngd_free(o);
 }
 
