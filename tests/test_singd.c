@@ -308,6 +308,38 @@ static void singd_should_be_invariant_to_loss_scale(void) {
     tp_free(&a), tp_free(&b);
 }
 
+// The same from the batch's rows (factored_apply; 4 rows against widths 16-21, where rows
+// pay), with the scale set after the step's observe calls (ngd.torch's order), in f32 and in
+// bf16 compute: the kept rows were divided by the last step's scale (the first step's P
+// 1024x too large, a review's program)
+static void singd_rows_should_be_invariant_to_a_scale_set_after_observe(void) {
+    for (int bf = 0; bf < 2; bf++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+        c.T = 2, c.lr = 0.05f, c.kfac.factored_apply = true;
+        if (bf) c.structure_K.dtype = c.structure_C.dtype = c.factor_compute = NGD_BF16;
+        tp_problem a, b;
+        tp_init(&a, 4, 20, 16, 12, 23);
+        tp_init(&b, 4, 20, 16, 12, 23);
+        ngd_optim *oa, *ob;
+        CHECK(ngd_optim_create(&c, &oa) == NGD_OK && ngd_optim_create(&c, &ob) == NGD_OK);
+        CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&b, ob) == NGD_OK);
+        const float scales[] = {1024, 1024, 64, 4096, 1, 256, 256, 8};
+        for (size_t st = 0; st < 8; st++) {
+            tp_forward_backward(&a, oa, st, 1.0f);
+            CHECK(ngd_optim_step(oa) == NGD_OK);
+            tp_forward_backward(&b, ob, st, scales[st]);
+            CHECK(ngd_optim_set_grad_scale(ob, scales[st]) == NGD_OK);
+            CHECK(ngd_optim_step(ob) == NGD_OK);
+        }
+        // (powers of two: the scaled products are the same up to the f32 and bf16 roundings
+        //  of the Gram terms; 1e-3 relative to O(0.3) weights)
+        CHECK_TENSOR(b.W1, a.W1, 16 * 20, 1e-3, 1e-5, "W1 scaled vs unscaled");
+        CHECK_TENSOR(b.W2, a.W2, 12 * 16, 1e-3, 1e-5, "W2 scaled vs unscaled");
+        ngd_optim_free(oa), ngd_optim_free(ob);
+        tp_free(&a), tp_free(&b);
+    }
+}
+
 // #ikfac-and-kfac: INGD is invariant to splitting a batch into micro-batches (observe
 // called once per micro-batch); IKFAC is not (the spec's derivation), and we check that too.
 static void ingd_should_be_invariant_to_micro_batching(void) {
@@ -431,6 +463,7 @@ static const test_case TESTS[] = {
     TEST(ikfac_should_converge_to_the_damped_inverse),
     TEST(ikfac_should_track_kfac_to_second_order),
     TEST(singd_should_be_invariant_to_loss_scale),
+    TEST(singd_rows_should_be_invariant_to_a_scale_set_after_observe),
     TEST(ingd_should_be_invariant_to_micro_batching),
     TEST(nonfinite_gradient_should_skip_the_step),
     TEST(bf16_factors_should_train_like_f32),

@@ -264,8 +264,10 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
         s->rcap = s->rA && s->rG ? rows : 0;
         if (!s->rcap) return; // (out of memory: Ĝ, as without the option)
     }
+    // (the loss scale divides P at the step, singd_precondition: a client may set this step's
+    // scale after its observe calls, ngd.torch's order, and scale_cur is still the last one's)
     const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
-    const float wg = (float)(c / (double)o->scale_cur);
+    const float wg = (float)c;
     for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
         const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         ngd_stats_a_rows(e, batch, a, g, r0, nr, s->rA + r0 * dK);
@@ -736,8 +738,8 @@ static ngd_status singd_publish(ngd_optim *o, ngd_entry *e) {
 // symmetric (ngd_syrk_full mirrors it), so Ĝ (K Kᵀ) reads it row-major: oneDNN's NN kernel
 // ran that product 10-15 % faster than Ĝ (K Kᵀ)ᵀ at the mlp's 512 x 785.
 static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *wsp) {
-    NGD_UNUSED(o);
     singd_state *s = e->ms;
+    const float inv_cs = (float)(1.0 / (s->rc * (double)o->scale_cur)); // rows: 1 / (c s_t)
     singd_ws w = ws_layout(e, wsp);
     const size_t dK = e->d_K, dC = e->d_out;
     const size_t n = s->nrows;
@@ -758,8 +760,7 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         ngd_gemm_bf16(false, true, dK, n, dK, 1.0f, s->KKt16, dK, s->s16b, dK, 0.0f, w.Y, n);
         ngd_bf16_encode(w.X, s->s16a, dC * n);
         ngd_bf16_encode(w.Y, s->s16b, dK * n);
-        ngd_gemm_bf16(false, true, dC, dK, n, (float)(1.0 / s->rc), s->s16a, n, s->s16b, n, 0.0f, P,
-                      dK);
+        ngd_gemm_bf16(false, true, dC, dK, n, inv_cs, s->s16a, n, s->s16b, n, 0.0f, P, dK);
         return;
     }
     if (s->KKt || s->CCt) cache_refresh(e, s); // (after a load: formed once)
@@ -767,8 +768,7 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         ngd_view X = ngd_view_rm(w.X, n, dC, dC), Y = ngd_view_rm(w.X + n * dC, n, dK, dK);
         ngd_gemm(1.0f, ngd_cview_rm(s->rG, n, dC, dC), ngd_cview_rm(s->CCt, dC, dC, dC), 0.0f, X);
         ngd_gemm(1.0f, ngd_cview_rm(s->rA, n, dK, dK), ngd_cview_rm(s->KKt, dK, dK, dK), 0.0f, Y);
-        ngd_gemm((float)(1.0 / s->rc), ngd_cview_t(ngd_cv(X)), ngd_cv(Y), 0.0f,
-                 ngd_view_rm(P, dC, dK, dK));
+        ngd_gemm(inv_cs, ngd_cview_t(ngd_cv(X)), ngd_cv(Y), 0.0f, ngd_view_rm(P, dC, dK, dK));
         return;
     }
     // (diagonal x diagonal never gets here: singd_precondition_raw)
