@@ -471,6 +471,50 @@ static void every_method_should_reduce_the_training_loss(void) {
     }
 }
 
+// #loss-scale: training with a loss scale that changes every step (powers of two, from 2^16
+// at step 0 with the default init_grad_scale of 1, as a GradScaler starts) equals unscaled
+// training, whether the scale is set before the step's observe calls or only after them
+// (ngd.torch's order: a GradScaler's scale reaches libngd at step()), for every method of
+// the family, with and without the factored application from the batch's rows.
+static void every_method_should_be_invariant_to_when_the_scale_is_set(void) {
+    const float scales[10] = {65536, 65536, 1024, 4096, 1, 256, 256, 8, 32768, 2};
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++)
+        for (int fa = 0; fa < 2; fa++) {
+            ngd_config c = ngd_config_default((ngd_method)m);
+            c.lr = 0.05f, c.kfac.T_u = 2, c.kfac.T_i = 3, c.kfac.rank = 8, c.kfac.wd_start = 1000;
+            c.kfac.factored_apply = fa;
+            tp_problem p[3];
+            ngd_optim *o[3];
+            for (int v = 0; v < 3; v++) { // unscaled, scale set before observe, after observe
+                tp_init(&p[v], 4, 30, 20, 5, 3);
+                CHECK(ngd_optim_create(&c, &o[v]) == NGD_OK);
+                CHECK(tp_register(&p[v], o[v]) == NGD_OK);
+            }
+            for (size_t st = 0; st < 10; st++) {
+                tp_forward_backward(&p[0], o[0], st % 4, 1.0f);
+                CHECK(ngd_optim_step(o[0]) == NGD_OK);
+                CHECK(ngd_optim_set_grad_scale(o[1], scales[st]) == NGD_OK);
+                tp_forward_backward(&p[1], o[1], st % 4, scales[st]);
+                CHECK(ngd_optim_step(o[1]) == NGD_OK);
+                tp_forward_backward(&p[2], o[2], st % 4, scales[st]);
+                CHECK(ngd_optim_set_grad_scale(o[2], scales[st]) == NGD_OK);
+                CHECK(ngd_optim_step(o[2]) == NGD_OK);
+            }
+            // (the same arithmetic up to the f32 roundings of the scaled statistics and their
+            //  decompositions; a statistic off by (s_t/s_{t-1})² moves W by O(0.1))
+            for (int v = 1; v < 3; v++) {
+                char what[96];
+                snprintf(what, sizeof what, "%s factored %d, scale set %s observe: W1",
+                         ngd_method_name((ngd_method)m), fa, v == 1 ? "before" : "after");
+                CHECK_TENSOR(p[v].W1, p[0].W1, 20 * 30, 2e-3, 1e-4, what);
+                what[strlen(what) - 1] = '2';
+                CHECK_TENSOR(p[v].W2, p[0].W2, 5 * 20, 2e-3, 1e-4, what);
+            }
+            for (int v = 0; v < 3; v++)
+                ngd_optim_free(o[v]), tp_free(&p[v]);
+        }
+}
+
 // Layers' serial-heavy maintenance (decompositions, Brand updates) runs side by side, a
 // layer per thread, with their GEMMs single-threaded (optim.c update_all): on two threads
 // the same parameters, bit for bit, as on one, for every method of the family, over steps
@@ -1264,6 +1308,7 @@ static const test_case TESTS[] = {
     TEST(singd_from_rows_should_equal_the_dense_product),
     TEST(factored_apply_should_skip_reduced_sequence_layers),
     TEST(factored_apply_should_pay_and_follow_the_rows),
+    TEST(every_method_should_be_invariant_to_when_the_scale_is_set),
     TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(a_thread_count_grown_after_planning_should_keep_the_bits),
     TEST(each_thread_of_a_client_region_should_run_its_own_optimizer),

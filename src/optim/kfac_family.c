@@ -115,6 +115,28 @@ static bool factored_pays_cfg(const ngd_entry *e, size_t n) {
     return factored_pays(e, n, NGD_MIN(r, e->d_out), NGD_MIN(r, e->d_K));
 }
 
+// #loss-scale: the G statistics and rows are divided by the loss scale set when they are
+// observed, which a client may set only after its observe calls (ngd.torch's order, from a
+// GradScaler): the pending G Gram is then rescaled by (s_obs/s)², its rows by s_obs/s, to
+// the scale s now set (this step's at its update, a later observe's own). A scalar on this
+// step's statistics only: the pending ones are consumed by every step's update.
+static void kf_rescale_pending(ngd_entry *e, float s) {
+    kf_state *st = e->ms;
+    const float s0 = st->obs_scale;
+    st->obs_scale = s;
+    if (s0 == 0.0f || s0 == s || (!st->has_pend && !st->pend.rows)) return;
+    const double r = (double)s0 / (double)s;
+    kf_factor *f = &st->f[KF_G];
+    if (st->has_pend && f->pend)
+        ngd_view_scale_f32(ngd_view_rm(f->pend, f->d, f->d, f->d), (float)(r * r));
+    if (st->pend.rows && f->rows)
+        ngd_view_scale_f32(ngd_view_rm(f->rows, (size_t)st->pend.rows, f->d, f->d), (float)r);
+    if (e->cfg.kfac.factor_arith == NGD_BF16) { // (emulated bf16: operands stay bf16)
+        if (st->has_pend && f->pend) ngd_bf16_round(f->pend, f->d * f->d);
+        if (st->pend.rows && f->rows) ngd_bf16_round(f->rows, (size_t)st->pend.rows * f->d);
+    }
+}
+
 static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                const ngd_matrix *g) {
     kf_state *s = e->ms;
@@ -166,6 +188,7 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     if (keep_rows && s->pend.rows + rows > s->meta.rows_cap &&
         (st = kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
         return st;
+    kf_rescale_pending(e, o->scale_cur); // (statistics of this step observed at another scale)
     float *chunk = kf_scratch(o, observe_ws(e));
     if (!chunk)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
@@ -284,6 +307,7 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
     // broadcasts the new (U, D) in kfac_publish (bits of s->pub)
     const bool mine = ngd_optim_mine(o, e);
     s->pub = 0;
+    kf_rescale_pending(e, o->scale_cur);
     if (s->has_pend && !pend_finite(s)) {
         // non-finite statistics with finite gradients (an overflowing square of a large
         // input, say): folded in, they would leave the averages non-finite for good, every
