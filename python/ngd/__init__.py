@@ -388,6 +388,11 @@ class Optimizer:
         self._h = h
         self._layers = {}  # id -> (d_out, d_in, has_bias)
         self._names = []
+        try:  # a callback (log_fn) that raised while libngd created the optimizer
+            self._reraise()
+        except BaseException:
+            self.close()
+            raise
 
     # --- lifecycle ---
 
@@ -417,6 +422,7 @@ class Optimizer:
         return self._h
 
     def _check(self, st, what=""):
+        self._reraise()  # a callback's exception first: it led to what follows
         if st != _lib.OK:
             msg = _lib.ngd_optim_errmsg(self._h).decode(errors="replace") if self._h else ""
             raise Error(st, msg or what)

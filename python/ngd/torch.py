@@ -435,8 +435,13 @@ class NGDOptimizer(torch.optim.Optimizer):
             if s != self._scale:
                 self.set_grad_scale(s)
         st = _lib.ngd_optim_step(self._opt.handle)
-        self._opt._reraise()
         skipped = st == _lib.SKIPPED
+        if st in (_lib.OK, _lib.SKIPPED):
+            # the step is taken (or skipped) even when a callback raised during it: said
+            # before that exception goes up, so a GradScaler still learns of a skip
+            self.last_step_skipped = skipped
+            self._report_found_inf(grad_scaler, skipped)
+        self._opt._reraise()
         if st == _lib.ERR_STATE:
             msg = _lib.ngd_optim_errmsg(self._opt.handle).decode(errors="replace")
             raise Error(st, msg + " [ngd.torch: the layer's statistics come from its forward hook "
@@ -445,7 +450,9 @@ class NGDOptimizer(torch.optim.Optimizer):
                         "Layers used otherwise can be left to the others rule with exclude=[name]]")
         if not skipped:
             self._opt._check(st, "step")
-        self.last_step_skipped = skipped
+        return loss
+
+    def _report_found_inf(self, grad_scaler, skipped):
         if grad_scaler is not None and hasattr(grad_scaler, "_per_optimizer_states"):
             try:
                 dev = grad_scaler._scale.device
@@ -454,7 +461,6 @@ class NGDOptimizer(torch.optim.Optimizer):
                 }
             except Exception:
                 pass
-        return loss
 
     def zero_grad(self, set_to_none=False):
         """Zeroes the registered gradient buffers in place (set_to_none is ignored: libngd

@@ -357,6 +357,15 @@ def test_bad_integers_names_and_ids_are_python_errors(tmp_path):
     opt.load(path)
 
 
+def test_a_log_fn_raising_while_the_optimizer_is_created_raises_there():
+    def boom(msg):
+        raise KeyError("log_fn: " + msg)
+
+    with pytest.raises(KeyError, match="kfac_like forces alpha1"):
+        ngd.Optimizer("ikfac", alpha1=0.3, log_fn=boom)
+    ngd.Optimizer("ikfac", alpha1=0.0, log_fn=boom).close()  # nothing logged, nothing raised
+
+
 def test_ikfac_logs_that_alpha1_is_forced():
     logs = []
     ngd.Optimizer("ikfac", alpha1=0.3, log_fn=logs.append)

@@ -1,6 +1,7 @@
 """ngd.torch on real torch.nn modules: statistics only when wanted, the plain-parameter
 rule against torch.optim.AdamW, lr schedulers, gradient accumulation, loss scaling,
 state_dict, every method, per-layer structures, and clear errors."""
+import collections
 import copy
 
 import numpy as np
@@ -172,6 +173,50 @@ def test_loss_scale_is_undone_by_libngd():
     (((c(x) - y) ** 2).sum(1).mean() * float("inf")).backward()
     oc.step(grad_scaler=FakeScaler(1024.0))
     assert oc.last_step_skipped and torch.equal(flat(c), w)
+
+
+class StateScaler(FakeScaler):
+    """A FakeScaler with the per-optimizer state GradScaler.step reads found_inf from."""
+
+    def __init__(self, s):
+        super().__init__(s)
+        self._scale = torch.full((1,), float(s))
+        self._per_optimizer_states = collections.defaultdict(dict)
+
+
+def test_a_skip_is_reported_even_when_log_fn_raises():
+    x, y = data(seed=8)
+    m = mlp(8)
+
+    def boom(msg):
+        raise KeyError(msg)
+
+    o = ngd.torch.SINGD(m, lr=0.05, T=1, log_fn=boom)
+    sc = StateScaler(1024.0)
+    w = flat(m)
+    o.zero_grad()
+    (((m(x) - y) ** 2).sum(1).mean() * float("inf")).backward()
+    with pytest.raises(KeyError, match="non-finite"):
+        o.step(grad_scaler=sc)
+    assert o.last_step_skipped and torch.equal(flat(m), w)
+    (found,) = sc._per_optimizer_states[id(o)]["found_inf_per_device"].values()
+    assert found.item() == 1.0
+
+
+def test_kfac_loss_scale_handed_over_at_step_is_undone():
+    # ngd.torch hands the scale to libngd at step(), after the backward's statistics: the
+    # K-FAC family's G statistics must still be unscaled by this step's scale
+    x, y = data(seed=9)
+    a, b = mlp(9), mlp(9)
+    oa = ngd.torch.KFAC(a, lr=0.05, T_u=1, T_i=2)
+    ob = ngd.torch.KFAC(b, lr=0.05, T_u=1, T_i=2)
+    for s in (65536.0, 65536.0, 1024.0, 4096.0, 8.0):
+        for m, o, k in ((a, oa, 1.0), (b, ob, s)):
+            o.zero_grad()
+            (k * ((m(x) - y) ** 2).sum(1).mean()).backward()
+        oa.step()
+        ob.step(grad_scaler=FakeScaler(s))
+    torch.testing.assert_close(flat(b), flat(a), rtol=1e-4, atol=1e-5)
 
 
 def test_state_dict_roundtrip_is_exact():
