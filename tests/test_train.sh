@@ -534,6 +534,35 @@ expect_msg "epoch 1: test loss" "the pending evaluation is done first"
 [ "$(grep -c '"type":"eval"' "$D/pend.jsonl")" = 2 ] && ok || bad "the pending evaluation was not logged"
 expect_rc 0 "resume after it" "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --log "$D/pend.jsonl" --resume "$D/pend.ckpt"
 expect_msg "no training to do" "the checkpoint no longer has the evaluation pending"
+# a signal during an epoch's evaluation (a real one: 64 training images, one step an epoch, and
+# 20000 test images at widths 1024 take ~0.5 s to evaluate): the run stops at once, its
+# summary keeps the previous evaluation's figures and names their step, and the checkpoint
+# records the cut evaluation pending: the resumed run does it first, then goes on
+I="$D/sigeval"; mkdir -p "$I"
+idx_images "$I/train-images-idx3-ubyte" 64 28 28
+{ printf '\000\000\010\001'; be32 64; head -c 64 /dev/zero; } > "$I/train-labels-idx1-ubyte" # (class 0)
+idx_images "$I/t10k-images-idx3-ubyte" 20000 28 28; idx_labels "$I/t10k-labels-idx1-ubyte" 20000
+SE="--data-dir $I --batch 64 --widths 1024,1024 --threads 1 --optim sgd --epochs 3 --log-every 1 --log $D/sigev.jsonl --checkpoint $D/sigev.ckpt"
+rm -f "$D/sigev.jsonl" "$D/sigev.ckpt"
+# shellcheck disable=SC2086
+"$NGD" train $SE > "$D/sig.out" 2>&1 &
+pid=$!
+# the step after the first evaluation is the second epoch's only step: its evaluation follows
+for _ in $(seq 1200); do
+    [ "$(grep -A1 '"type":"eval"' "$D/sigev.jsonl" 2>/dev/null | grep -c '"type":"step"')" -ge 1 ] && break
+    kill -0 $pid 2>/dev/null || break; sleep 0.01
+done
+kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
+sum=$(grep '"type":"summary"' "$D/sigev.jsonl" | tail -n 1)
+ev1=$(grep '"type":"eval"' "$D/sigev.jsonl" | head -n 1 | sed -n 's/.*"test_accuracy":\([0-9.e-]*\).*/\1/p')
+[ "$rc" -eq 143 ] && [ "$(grep -c '"type":"eval"' "$D/sigev.jsonl")" = 1 ] && ok || bad "SIGTERM during the second evaluation: exit $rc, $(grep -c '"type":"eval"' "$D/sigev.jsonl") evaluations logged (want 143 and 1: the signal came after it?)"
+printf '%s' "$sum" | grep -q "\"test_accuracy\":$ev1,\"test_step\":1," && printf '%s' "$sum" | grep -q '"steps":2,' && ok || bad "SIGTERM during an evaluation: the summary does not keep the first evaluation's figures ($ev1 at step 1): $sum"
+expect_msg "ngd: training stopped by SIGTERM at step 2" "SIGTERM during an evaluation: the message"
+expect_msg "% at step 1 (loss" "SIGTERM during an evaluation: the result names the step of its figures"
+# shellcheck disable=SC2086
+expect_rc 0 "resume after a signal during an evaluation" "$NGD" train $SE --resume "$D/sigev.ckpt"
+expect_msg "epoch 2: test loss" "the evaluation the signal cut is done first"
+[ "$(grep '"type":"eval"' "$D/sigev.jsonl" | sed -n 's/.*"step":\([0-9]*\),.*/\1/p' | tr '\n' ' ')" = "1 2 3 " ] && ok || bad "after the resume the evaluations are not those of steps 1, 2, 3: $(grep '"type":"eval"' "$D/sigev.jsonl" | cut -c1-60)"
 # a log whose last line a killed run left unfinished: the resumed run cuts it before appending,
 # so that every line is a record again (its first new record is not glued onto it)
 "$NGD" train --subset 640 --widths 16 --threads 1 --max-steps 3 --log-every 1 --log "$D/cut.jsonl" --checkpoint "$D/cut.ckpt" --quiet >/dev/null 2>&1
