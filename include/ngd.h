@@ -409,6 +409,8 @@ NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_
 
 // Sets the loss scale s_t that multiplied the loss in this step's backward pass (mixed
 // precision; docs/algorithms.md#loss-scale). Default 1 (init_grad_scale for step 0's statistics).
+// It may be called before or after the step's ngd_optim_observe calls (the pending statistics
+// are rescaled to it).
 NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 
 // Multiplies every learning rate (β2) by `scale` from the next step on (for schedules).

@@ -68,8 +68,17 @@ static float scale_at(size_t s) {
 }
 
 // Where in step SAVE_AT the optimizer is saved: between steps (after step 5), after
-// ngd_optim_set_grad_scale for step 6, or after that and step 6's observe (mid-step).
-enum { SAVE_AT = 6, BETWEEN = 0, AFTER_SCALE = 1, AFTER_OBSERVE = 2 };
+// ngd_optim_set_grad_scale for step 6, after that and step 6's observe (mid-step), or after
+// step 6's observe with its scale set only after the load, or set after that observe and
+// before the save (ngd.torch's order: the pending statistics were observed at step 5's scale).
+enum {
+    SAVE_AT = 6,
+    BETWEEN = 0,
+    AFTER_SCALE = 1,
+    AFTER_OBSERVE = 2,
+    OBSERVE_UNSCALED = 3,
+    OBSERVE_THEN_SCALE = 4
+};
 
 static void begin_step(ngd_optim *o, size_t s, bool scaled) {
     if (scaled) CHECK(ngd_optim_set_grad_scale(o, scale_at(s)) == NGD_OK);
@@ -128,8 +137,11 @@ static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     for (size_t s = 0; s < SAVE_AT; s++)
         full_step(&b, ob, s, scaled);
     // mid-step: the new scale (and the pending statistics of step 6) must survive too
-    if (phase >= AFTER_SCALE) begin_step(ob, SAVE_AT, scaled);
-    if (phase >= AFTER_OBSERVE) backward(&b, ob, SAVE_AT, scaled);
+    const bool scaled_before = phase == AFTER_SCALE || phase == AFTER_OBSERVE;
+    const bool observed = phase >= AFTER_OBSERVE;
+    if (scaled_before) begin_step(ob, SAVE_AT, scaled);
+    if (observed) backward(&b, ob, SAVE_AT, scaled);
+    if (phase == OBSERVE_THEN_SCALE) begin_step(ob, SAVE_AT, scaled);
     const char *path = tmp_path("resume.ckpt");
     CHECK(ngd_optim_save(ob, path) == NGD_OK);
     CHECK_MSG(file_equals_save_mem(ob, path), "%s variant %d: the file is not save_mem's bytes",
@@ -147,8 +159,8 @@ static void check_resume(ngd_method m, int variant, bool scaled, int phase) {
     CHECK(ngd_optim_load_mem(oc, mem, mlen) == NGD_OK);
     CHECK(ngd_optim_load_mem(oc, mem, mlen / 2) == NGD_ERR_FORMAT);
     free(mem);
-    if (phase < AFTER_SCALE) begin_step(oc, SAVE_AT, scaled);
-    if (phase < AFTER_OBSERVE) backward(&bb, oc, SAVE_AT, scaled);
+    if (!scaled_before && phase != OBSERVE_THEN_SCALE) begin_step(oc, SAVE_AT, scaled);
+    if (!observed) backward(&bb, oc, SAVE_AT, scaled);
     CHECK(ngd_optim_step(oc) == NGD_OK);
     for (size_t s = SAVE_AT + 1; s < 12; s++)
         full_step(&bb, oc, s, scaled);
@@ -169,6 +181,8 @@ static void resume_all(ngd_method m, int variant) {
     check_resume(m, variant, true, BETWEEN);
     check_resume(m, variant, true, AFTER_SCALE);
     check_resume(m, variant, true, AFTER_OBSERVE);
+    check_resume(m, variant, true, OBSERVE_UNSCALED); // (powers of two: rescaled exactly)
+    check_resume(m, variant, true, OBSERVE_THEN_SCALE);
 }
 
 static void resume_should_be_bit_identical_for_every_method(void) {

@@ -509,6 +509,21 @@ static void every_method_should_be_invariant_to_when_the_scale_is_set(void) {
                 CHECK_TENSOR(p[v].W1, p[0].W1, 20 * 30, 2e-3, 1e-4, what);
                 what[strlen(what) - 1] = '2';
                 CHECK_TENSOR(p[v].W2, p[0].W2, 5 * 20, 2e-3, 1e-4, what);
+                // the G factors themselves (the average, or the kept low-rank form): B-KFAC's
+                // steps here barely use them, the statistics must still be unscaled
+                const int ids[2] = {p[0].id1, p[0].id2};
+                const size_t dG[2] = {20, 5};
+                for (int l = 0; l < 2; l++) {
+                    float G0[400], Gv[400];
+                    CHECK(ngd_optim_factor_dense(o[0], ids[l], 'C', G0, dG[l]) == NGD_OK &&
+                          ngd_optim_factor_dense(o[v], ids[l], 'C', Gv, dG[l]) == NGD_OK);
+                    double mx = 0;
+                    for (size_t i = 0; i < dG[l] * dG[l]; i++)
+                        mx = fmax(mx, fabs((double)G0[i]));
+                    snprintf(what, sizeof what, "%s factored %d, scale set %s observe: layer %d G",
+                             ngd_method_name((ngd_method)m), fa, v == 1 ? "before" : "after", l);
+                    CHECK_TENSOR(Gv, G0, dG[l] * dG[l], 1e-3, 1e-3 * mx, what);
+                }
             }
             for (int v = 0; v < 3; v++)
                 ngd_optim_free(o[v]), tp_free(&p[v]);

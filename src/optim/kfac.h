@@ -89,9 +89,6 @@ typedef struct {
                       // (its owner broadcasts it; not saved)
     uint8_t redecide; // loaded without the batch's rows into an optimizer with factored_apply:
                       // decided at its next statistics, as the first ones would (not saved)
-    float obs_scale;  // the loss scale the pending G statistics and rows were divided by (the
-                      // one set when they were observed; 0: unknown, taken as this step's).
-                      // Rescaled to the step's own at its update (kf_rescale_pending; not saved)
     size_t id;        // the layer's id (seeds its stream)
     // K-FAC with factored π-damping (kf_inv_wanted): each factor's inverse operator
     // (F + λ_F I)⁻¹ (d x d), formed from (U, D) by the first preconditioning after a

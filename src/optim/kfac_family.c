@@ -116,24 +116,23 @@ static bool factored_pays_cfg(const ngd_entry *e, size_t n) {
 }
 
 // #loss-scale: the G statistics and rows are divided by the loss scale set when they are
-// observed, which a client may set only after its observe calls (ngd.torch's order, from a
-// GradScaler): the pending G Gram is then rescaled by (s_obs/s)², its rows by s_obs/s, to
-// the scale s now set (this step's at its update, a later observe's own). A scalar on this
-// step's statistics only: the pending ones are consumed by every step's update.
-static void kf_rescale_pending(ngd_entry *e, float s) {
+// observed, and a client may set this step's scale only after its observe calls (ngd.torch's
+// order, from a GradScaler): the pending G Gram is then rescaled by (s0/s1)², its rows by
+// s0/s1, so that the pending statistics are always those of the scale now set (and a
+// checkpoint saved mid-step holds them with its s_t).
+static void kfac_rescale(ngd_entry *e, float s0, float s1) {
     kf_state *st = e->ms;
-    const float s0 = st->obs_scale;
-    st->obs_scale = s;
-    if (s0 == 0.0f || s0 == s || (!st->has_pend && !st->pend.rows)) return;
-    const double r = (double)s0 / (double)s;
+    if (!st || (!st->has_pend && !st->pend.rows)) return;
+    const double r = (double)s0 / (double)s1;
     kf_factor *f = &st->f[KF_G];
-    if (st->has_pend && f->pend)
+    const bool em = e->cfg.kfac.factor_arith == NGD_BF16; // (emulated bf16: operands stay bf16)
+    if (st->has_pend && f->pend) {
         ngd_view_scale_f32(ngd_view_rm(f->pend, f->d, f->d, f->d), (float)(r * r));
-    if (st->pend.rows && f->rows)
+        if (em) ngd_bf16_round(f->pend, f->d * f->d);
+    }
+    if (st->pend.rows && f->rows) {
         ngd_view_scale_f32(ngd_view_rm(f->rows, (size_t)st->pend.rows, f->d, f->d), (float)r);
-    if (e->cfg.kfac.factor_arith == NGD_BF16) { // (emulated bf16: operands stay bf16)
-        if (st->has_pend && f->pend) ngd_bf16_round(f->pend, f->d * f->d);
-        if (st->pend.rows && f->rows) ngd_bf16_round(f->rows, (size_t)st->pend.rows * f->d);
+        if (em) ngd_bf16_round(f->rows, (size_t)st->pend.rows * f->d);
     }
 }
 
@@ -188,7 +187,6 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     if (keep_rows && s->pend.rows + rows > s->meta.rows_cap &&
         (st = kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
         return st;
-    kf_rescale_pending(e, o->scale_cur); // (statistics of this step observed at another scale)
     float *chunk = kf_scratch(o, observe_ws(e));
     if (!chunk)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
@@ -307,7 +305,6 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
     // broadcasts the new (U, D) in kfac_publish (bits of s->pub)
     const bool mine = ngd_optim_mine(o, e);
     s->pub = 0;
-    kf_rescale_pending(e, o->scale_cur);
     if (s->has_pend && !pend_finite(s)) {
         // non-finite statistics with finite gradients (an overflowing square of a large
         // input, say): folded in, they would leave the averages non-finite for good, every
@@ -726,9 +723,9 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
-        .loaded = kf_health, .load_meta = kfac_load_meta, .load_undo = kfac_load_undo,             \
-        .factor_dense = kfac_factor_dense, .combine = kfac_combine, .work = kfac_work,             \
-        .publish = kfac_publish, .update_heavy = kfac_heavy,                                       \
+        .loaded = kf_health, .rescale = kfac_rescale, .load_meta = kfac_load_meta,                 \
+        .load_undo = kfac_load_undo, .factor_dense = kfac_factor_dense, .combine = kfac_combine,   \
+        .work = kfac_work, .publish = kfac_publish, .update_heavy = kfac_heavy,                    \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

@@ -150,6 +150,9 @@ typedef struct ngd_method_ops {
     ngd_status (*observe)(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                           const ngd_matrix *g);
     void (*discard)(ngd_entry *e); // drop pending statistics (optional)
+    // (optional) the loss scale changes from s0 to s1 (ngd_optim_set_grad_scale): pending
+    // statistics divided by s0 are brought to s1
+    void (*rescale)(ngd_entry *e, float s0, float s1);
     // (optional) a layer's last check before step t changes anything (after the statistics
     // check): what can fail must fail here, with a message, for the step to be all-or-nothing
     ngd_status (*check_step)(ngd_optim *o, ngd_entry *e, size_t t);

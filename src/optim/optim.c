@@ -547,6 +547,8 @@ ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale) {
     if (!(scale > 0.0f) || !isfinite(scale))
         return ngd_optim_fail(o, NGD_ERR_ARG, "grad scale must be finite and > 0 (got %g)",
                               (double)scale);
+    for (size_t i = 0; i < o->n && o->ops->rescale && scale != o->scale_cur; i++)
+        if (o->e[i].kind == NGD_ENTRY_LAYER) o->ops->rescale(&o->e[i], o->scale_cur, scale);
     o->scale_cur = scale;
     return NGD_OK;
 }
