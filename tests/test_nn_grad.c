@@ -1450,6 +1450,36 @@ static void activation_approximations_should_match_libm(void) {
         }
         CHECK(isnan(y[NX - 1]) && isnan(dx[NX - 1]) && (y16[NX - 1] & 0x7fffu) > 0x7f80u);
     }
+    // GELU' of both kinds against float64 over [-12, 12] (the tanh form's 1 − t² lost to
+    // cancellation near |u| ~ 3: 2e-6 where PyTorch's float32 has 1e-6)
+    enum { NG = 24001 };
+    float *gx = malloc(NG * sizeof *gx), *g1 = malloc(NG * sizeof *g1),
+          *gd = malloc(NG * sizeof *gd);
+    for (int i = 0; i < NG; i++)
+        gx[i] = (float)(i - NG / 2) * 1e-3f, g1[i] = 1.0f;
+    for (int kind = 0; kind < 2; kind++) {
+        nn_gelu g = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
+        float yy[NG];
+        nn_gelu_forward(&g, gx, yy, NG);
+        nn_gelu_backward_set(&g, g1, gd);
+        double worst = 0;
+        for (int i = 0; i < NG; i++) {
+            const double v = gx[i];
+            double want;
+            if (kind) {
+                const double c = sqrt(2.0 / 3.14159265358979324),
+                             u = c * (v + 0.044715 * v * v * v);
+                const double t = tanh(u);
+                want = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * v * v);
+            } else {
+                want = 0.5 * (1.0 + erf(v / sqrt(2.0))) +
+                       v * exp(-0.5 * v * v) / sqrt(2.0 * 3.14159265358979324);
+            }
+            worst = fmax(worst, fabs((double)gd[i] - want));
+        }
+        CHECK_MSG(worst < 1.2e-6, "GELU' (%s) off float64 by %.3g", kind ? "tanh" : "erf", worst);
+    }
+    free(gx), free(g1), free(gd);
 }
 
 static void maxpool_should_match_naive_and_finite_differences(void) {
