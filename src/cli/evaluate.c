@@ -212,20 +212,18 @@ static int eval_setup(train_opts *t) {
                  "--context is for text models, and it was written for --data %s: drop --context",
                  h.data);
         why = whybuf;
-    } else if (!why && h.has_shape) { // given widths, subset, context: the run's, or refused
-        trainckpt_format_widths(t->widths, t->nwidths, given, sizeof given);
-        trainckpt_format_widths(h.widths, h.nwidths, had, sizeof had);
-        // (a run of the model's default widths: given ones are checked by the parameters'
-        // shapes when the checkpoint is read, as ngd train --resume does)
-        const char *what = t->nwidths && h.nwidths && strcmp(given, had) != 0 ? "widths"
-                           : t->subset != SIZE_MAX && t->subset != h.subset   ? "subset"
-                           : t->context && t->context != h.context            ? "context"
-                                                                              : NULL;
+    } else if (!why && h.has_shape) { // given subset, context: the run's, or refused
+        // (given widths: the model they build must be the run's, checked when the checkpoint
+        // is read, as ngd train --resume does: 64,2,4,4 is chargpt's 64,2,4, and 64,2,2 of a
+        // default-widths vit run has its parameters' shapes but another head count)
+        const char *what = t->subset != SIZE_MAX && t->subset != h.subset ? "subset"
+                           : t->context && t->context != h.context        ? "context"
+                                                                          : NULL;
         if (what) {
             if (!strcmp(what, "subset"))
                 snprintf(given, sizeof given, "%zu", t->subset),
                     snprintf(had, sizeof had, "%zu", h.subset);
-            else if (!strcmp(what, "context"))
+            else
                 snprintf(given, sizeof given, "%zu", t->context),
                     snprintf(had, sizeof had, "%zu", h.context);
             snprintf(whybuf, sizeof whybuf,
@@ -243,7 +241,7 @@ static int eval_setup(train_opts *t) {
     t->cfg = ngd_config_default(t->method);
     if (h.precision >= 0) t->bf16 = h.precision == 1; // the run's GEMM precision
     if (h.has_shape) {
-        if (h.nwidths || !t->nwidths) { // (else the given ones, the defaults' shapes or refused)
+        if (!t->nwidths) { // (else the given ones: the run's model, or refused at the load)
             t->nwidths = h.nwidths;
             memcpy(t->widths, h.widths, sizeof h.widths);
         }

@@ -293,7 +293,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     } else if (!why && strcmp(h.data, t->data) != 0) {
         snprintf(whybuf, sizeof whybuf, "it was written for --data %s, not %s", h.data, t->data);
         why = whybuf;
-    } else if (!why && o && h.has_shape) {
+    } else if (!why && h.has_shape) {
         // widths that give the same parameter shapes may still be another model (a
         // transformer's head count): the widths the run's model was built with (its given
         // ones, the defaults filled in: a model of them, one sample wide, tells) must be these
@@ -312,6 +312,12 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
             nn_model_free(&hm);
             if (ms == NN_ERR_NOMEM) {
                 why = "out of memory";
+            } else if (!same && !o) { // ngd eval
+                snprintf(whybuf, sizeof whybuf,
+                         "it was written with --widths %s, not %s (eval takes them from the "
+                         "checkpoint: drop --widths)",
+                         had, given);
+                why = whybuf;
             } else if (!same) {
                 snprintf(whybuf, sizeof whybuf,
                          "it was written with --widths %s, not %s (resume it with --widths %s)",
