@@ -256,8 +256,17 @@ class NGDOptimizer(torch.optim.Optimizer):
                 kf_params.append(b)
                 self._regs.append((b, gb, b.data_ptr(), mname + ".bias"))
             self._hooks.append(mod.register_forward_hook(hook))
-        if layer_config:
-            raise ValueError("ngd.torch: layer_config names no Linear/Conv2d layer: %s" % ", ".join(layer_config))
+        # names that match no layer (a mistyped one would leave its layer at the defaults)
+        named = {e.name for e in self._entries}
+        stray_s = [k for k in (per_layer_struct if isinstance(per_layer_struct, dict) else ()) if k != "default" and k not in named]
+        for what, stray in (("layer_config", list(layer_config)), ("structures", stray_s)):
+            if stray:
+                self.remove_hooks()
+                self._opt.close()
+                raise ValueError(
+                    "ngd.torch: %s names no Linear/Conv2d layer: %s (the layers: %s)"
+                    % (what, ", ".join(map(str, stray)), ", ".join(sorted(named)) or "none")
+                )
         if not self._entries and method not in ("sgd", "adamw"):
             self.remove_hooks()
             self._opt.close()

@@ -364,6 +364,18 @@ def test_first_order_rules_take_models_without_layers():
     ngd.torch.SGD(nn.Sequential(nn.LayerNorm(4)), lr=0.1)
 
 
+def test_error_names_that_match_no_layer():
+    # a mistyped layer name in structures= or layer_config= is refused, naming the layers,
+    # and the refused optimizer leaves no hook on the model
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"structures names no Linear/Conv2d layer: fc1 \(the layers: 0, 2\)"):
+        ngd.torch.SINGD(model, structures={"fc1": ("diagonal", "diagonal"), "default": "dense"})
+    with pytest.raises(ValueError, match=r"layer_config names no Linear/Conv2d layer: fc2"):
+        ngd.torch.SINGD(model, layer_config={"fc2": {"T": 5}})
+    assert not model[0]._forward_hooks and not model[2]._forward_hooks
+    ngd.torch.SINGD(model, structures={"2": "diagonal", "default": "dense"})  # (right names)
+
+
 def test_error_names_a_top_level_conv():
     with pytest.raises(ValueError, match=r"Conv2d \(the model, a Conv2d\): padding='same'"):
         ngd.torch.SINGD(nn.Conv2d(2, 3, 4, padding="same"))
