@@ -208,11 +208,14 @@ static bool params_finite(const nn_model *m) {
     return true;
 }
 
-// A divergence's hint: what to change, and the checkpoint still intact on disk, if any
-static const char *divergence_hint(char *buf, size_t cap, const char *saved) {
+// A divergence's hint: what to change (the options the method uses), and the checkpoint
+// still intact on disk, if any
+static const char *divergence_hint(char *buf, size_t cap, ngd_method m, const char *saved) {
+    const bool cov = train_method_uses(m, O_LRCOV), damp = train_method_uses(m, O_DAMPING);
     // (the checkpoint was written at a finite step, but its model may be on its way out: say so)
-    snprintf(buf, cap, "lower --lr (or --lr-cov, --weight-decay) or raise --damping%s%s%s",
-             saved ? "; the last checkpoint (" : "", saved ? saved : "",
+    snprintf(buf, cap, "lower --lr (or %s--weight-decay)%s%s%s%s", cov ? "--lr-cov, " : "",
+             damp ? " or raise --damping" : "", saved ? "; the last checkpoint (" : "",
+             saved ? saved : "",
              saved ? ") is intact, but if a resume from it diverges too, train from the start"
                    : "");
     return buf;
@@ -227,7 +230,7 @@ static void diverged_error(const train_opts *t, const char *saved, size_t step, 
     char hint[256];
     run_diverged = true;
     if (!dist_root()) return; // (mpirun: every rank sees the same divergence; rank 0 says so)
-    cli_error(divergence_hint(hint, sizeof hint, saved),
+    cli_error(divergence_hint(hint, sizeof hint, t->method, saved),
               "the run diverged: %s after step %zu; stopping%s", what, step,
               t->ckpt ? " without writing --checkpoint" : "");
 }
@@ -573,7 +576,7 @@ int train_run(const train_opts *t, bool eval_only) {
                     char hint[256];
                     run_diverged = true;
                     if (dist_root())
-                        cli_error(divergence_hint(hint, sizeof hint, saved),
+                        cli_error(divergence_hint(hint, sizeof hint, t->method, saved),
                                   "%zu consecutive non-finite steps at step %zu: stopping",
                                   consecutive_skips, rs.step);
                     rc = NGD_EXIT_FAIL;

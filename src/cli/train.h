@@ -181,6 +181,8 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd);
 // ---- trainrules.c ----
 // Refuses an option given (given[i] for opts[i], n rows) to a method that does not use it.
 int train_check_methods(const train_opts *t, const cli_opt *opts, const bool *given, size_t n);
+// Whether method m uses the option of id (O_*): the rule train_check_methods applies
+bool train_method_uses(ngd_method m, int id);
 // ngd_config_validate's message msg with libngd's field names replaced by the options.
 void train_name_options(const char *msg, char *out, size_t cap);
 // The plain parameters' rule (--param-optim, --param-lr, --param-wd) into t->param_cfg.

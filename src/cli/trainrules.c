@@ -155,6 +155,12 @@ void train_name_options(const char *msg, char *out, size_t cap) {
     }
 }
 
+bool train_method_uses(ngd_method m, int id) {
+    for (size_t k = 0; k < sizeof OPT_METHODS / sizeof OPT_METHODS[0]; k++)
+        if (OPT_METHODS[k].id == id) return (OPT_METHODS[k].methods & (1u << m)) != 0;
+    return true;
+}
+
 // Refuses an option given (given[i] for opts[i]) to a method that does not use it.
 int train_check_methods(const train_opts *t, const cli_opt *opts, const bool *given, size_t n) {
     static const ngd_method ORDER[] = {// as --optim lists them
