@@ -253,6 +253,16 @@ printf '%s\n' "$out" | grep -q '"steps":6,"period":6,' && ok || { bad "bench tra
 # ... and a rounding of more than twice the asked steps says so (a long T_i is a long run)
 printf '%s\n' "$out" | grep -q 'note: --steps 2 rounded up to 6, whole preconditioner periods of 6 steps' && ok || bad "bench train: no note on --steps 2 -> 6"
 expect_rc 2 "bench train --T-u 0" "$NGD" bench train --T-u 0
+# a model's own option with none of its models listed is refused, as in ngd train (chargpt ran
+# on its text, the mlp at context 64, without a word); widths a model refuses exit 2 before
+# any child runs
+expect_rc 2 "bench train chargpt --data cifar100" "$NGD" bench train --model chargpt --data cifar100 --optim sgd --steps 1 --warmup 1
+expect_msg "--data: used only by the image models (mlp, cnn, vit, vgg16bn), which --model 'chargpt' does not list" "bench train --data for text: message"
+expect_rc 2 "bench train mlp --context 32" "$NGD" bench train --model mlp --context 32 --optim sgd --steps 1 --warmup 1
+expect_msg "--context: used only by chargpt, which --model 'mlp' does not list" "bench train --context for images: message"
+expect_rc 2 "bench train chargpt --widths 64,2,3" "$NGD" bench train --model chargpt --widths 64,2,3 --optim sgd --steps 1 --warmup 1
+expect_msg "--model chargpt: chargpt: --widths C,DEPTH,HEADS needs C divisible by HEADS" "bench train bad widths: message"
+printf '%s\n' "$out" | grep -q "sgemm\|ms per step" && bad "bench train with bad widths ran a configuration" || ok
 # counts out of range are refused before anything runs (2^61 steps wrapped the timing array's
 # size: a heap overflow), as are a thread count libgomp cannot start and a repeated entry
 expect_rc 2 "bench train --steps 2^61" "$NGD" bench train --model mlp --optim sgd --steps 2305843009213693952

@@ -246,11 +246,21 @@ expect_rc 1 "eval --widths other than the run's" "$NGD" eval --widths 8,8 --resu
 expect_msg "it was written with --widths 4,4, not 8,8" "eval widths mismatch message"
 expect_rc 0 "eval with the run's own --widths and --subset" "$NGD" eval --widths 4,4 --subset 300 --resume "$D/cnn.ckpt"
 # a run of the model's default widths: eval takes them written out (as train --resume does),
-# and refuses others by the parameters' shapes
+# and refuses others: by the model they build, not their text
 "$NGD" train --subset 300 --max-steps 2 --threads 1 --checkpoint "$D/defw.ckpt" $Q >/dev/null 2>&1
 expect_rc 0 "eval --widths 512,512 of a default-widths mlp run" "$NGD" eval --widths 512,512 --resume "$D/defw.ckpt"
 expect_rc 1 "eval --widths 256,512 of a default-widths mlp run" "$NGD" eval --widths 256,512 --resume "$D/defw.ckpt"
-expect_msg "(other --widths?)" "eval of default widths with other widths: message"
+expect_msg "it was written with --widths (the model's defaults), not 256,512 (eval takes them from the checkpoint: drop --widths)" "eval of default widths with other widths: message"
+# a transformer's head count changes no parameter's shape: 64,2,2 of a default-widths vit run
+# (64,2,4,4) was evaluated as another model; 64,2,4 is that model spelt without its patch
+"$NGD" train --model vit --optim sgd --subset 300 --max-steps 1 --threads 1 --checkpoint "$D/vit.ckpt" $Q >/dev/null 2>&1
+expect_rc 1 "eval --widths 64,2,2 of a default-widths vit run" "$NGD" eval --widths 64,2,2 --threads 1 --resume "$D/vit.ckpt"
+expect_msg "it was written with --widths (the model's defaults), not 64,2,2 (eval takes them" "eval of another head count: message"
+expect_rc 0 "eval --widths 64,2,4 of a default-widths vit run" "$NGD" eval --widths 64,2,4 --threads 1 --resume "$D/vit.ckpt"
+"$NGD" train --model vit --optim sgd --widths 64,2,4 --subset 300 --max-steps 1 --threads 1 --checkpoint "$D/vit3.ckpt" $Q >/dev/null 2>&1
+expect_rc 0 "eval --widths 64,2,4,4 of a --widths 64,2,4 vit run" "$NGD" eval --widths 64,2,4,4 --threads 1 --resume "$D/vit3.ckpt"
+expect_rc 1 "eval --widths 64,2,1 of a --widths 64,2,4 vit run" "$NGD" eval --widths 64,2,1 --threads 1 --resume "$D/vit3.ckpt"
+expect_msg "it was written with --widths 64,2,4, not 64,2,1" "eval of another head count: message"
 # eval's batch is at most the test set (a huge --batch was the model's "out of memory")
 expect_rc 0 "eval --batch 100000000" "$NGD" eval --batch 100000000 --resume "$D/defw.ckpt"
 expect_msg "eval: mlp on fashion-mnist test (60 images)" "eval --batch 100000000: the whole test set"
@@ -780,6 +790,9 @@ fi
 # and --max-skips stops it, below)
 expect_rc 1 "divergence stops" "$NGD" train --subset 512 --widths 32 --batch 64 --optim adamw --lr 3.4e38 --max-skips 3 $Q
 expect_msg "the run diverged: the parameters are no longer finite (an update overflowed) after step 1" "divergence message"
+# its hint names only what AdamW uses (--damping and --lr-cov are refused there)
+expect_msg "hint: lower --lr (or --weight-decay)" "AdamW's divergence hint"
+printf '%s\n' "$out" | grep -q -- "--damping\|--lr-cov" && bad "AdamW's divergence hint names --damping or --lr-cov: $out" || ok
 # finite but huge parameters: the outputs overflow, the steps are skipped, --max-skips stops it
 V="--subset 256 --widths 256,256 --batch 32 --lr 1e20 --threads 1"
 expect_rc 1 "non-finite steps stop" "$NGD" train $V --max-skips 3 --epochs 1 $Q

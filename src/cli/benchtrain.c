@@ -245,6 +245,23 @@ static long hwm_kib(void) {
 }
 
 // One configuration, in the child process.
+// The model of c with o's widths, one sample wide: NN_ERR_ARG (err says why) for widths the
+// model refuses
+static nn_status check_widths(const bt_cfg *c, const bt_opts *o, char *err, size_t cap) {
+    nn_model_cfg mc = {.name = c->model, .max_batch = 1, .seed = 1, .no_stats = true};
+    if (c->text)
+        mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = BT_TEXT_VOCAB;
+    else
+        mc.in_c = c->cifar ? 3 : 1, mc.in_h = mc.in_w = c->cifar ? 32 : 28,
+        mc.classes = c->cifar ? 100 : 10;
+    memcpy(mc.widths, o->widths, sizeof mc.widths);
+    mc.nwidths = o->nwidths;
+    nn_model m;
+    const nn_status s = nn_model_create(&m, &mc, err, cap);
+    if (s == NN_OK) nn_model_free(&m);
+    return s == NN_ERR_ARG ? s : NN_OK; // (out of memory: the child says so)
+}
+
 static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     memset(r, 0, sizeof *r);
 #ifdef _OPENMP
@@ -558,6 +575,7 @@ int bench_train(int argc, char **argv) {
     struct option lo[BT_NOPTS + 1];
     cli_longopts(BT_OPTS, BT_NOPTS, lo);
     size_t threads = 0, repeats = 1;
+    bool context_given = false;
     int precs = 1; // bit 0: f32, bit 1: bf16
     int ch;
     optind = 1;
@@ -578,6 +596,7 @@ int bench_train(int argc, char **argv) {
             break;
         case B_CONTEXT:
             if (parse_size("context", optarg, &o.context, 1, SIZE_MAX)) return NGD_EXIT_USAGE;
+            context_given = true;
             break;
         case B_STEPS:
             if (parse_size("steps", optarg, &o.steps, 1, BT_STEPS_MAX)) return NGD_EXIT_USAGE;
@@ -748,6 +767,28 @@ int bench_train(int argc, char **argv) {
                       own[i].by, optims_s);
             return NGD_EXIT_USAGE;
         }
+    // ... and a model's own option with none of its models in the list; --widths the models
+    // refuse, before any child is forked (exit 2, as ngd train)
+    bool any_text = false, any_image = false;
+    for (size_t i = 0; i < nc; i++)
+        any_text = any_text || cfgs[i].text, any_image = any_image || !cfgs[i].text;
+    if ((o.data && !any_image) || (context_given && !any_text)) {
+        cli_error("drop it, or add such a model to --model",
+                  "%s: used only by %s, which --model "
+                  "'%s' does not list",
+                  o.data ? "--data" : "--context",
+                  o.data ? "the image models (mlp, cnn, vit, vgg16bn)" : "chargpt", models_s);
+        return NGD_EXIT_USAGE;
+    }
+    for (size_t i = 0; i < nc && o.nwidths; i++) {
+        if (i && !strcmp(cfgs[i].model, cfgs[i - 1].model)) continue; // (a model's configs follow)
+        char err[256];
+        if (check_widths(&cfgs[i], &o, err, sizeof err) != NN_OK) {
+            cli_error("run 'ngd train --help' for each model's widths", "--model %s: %s",
+                      cfgs[i].model, err);
+            return NGD_EXIT_USAGE;
+        }
+    }
     if (!o.json)
         printf(
             "ngd bench train: batch %zu, %zu warm-up steps, >= %zu timed steps (whole "
