@@ -686,8 +686,9 @@ static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
     s->meta.cols = b.cols;
 }
 
-// 'K' / 'C': the dense EA (zero start, without the identity term) or, on the B-KFAC Brand
-// track, U D Uᵀ; 'k' / 'c': U D Uᵀ, the representation the preconditioner uses.
+// 'K' / 'C': the dense EA (zero start, without the identity term; started at I under
+// identity_init = in_factor) or, on the B-KFAC Brand track, U D Uᵀ; 'k' / 'c': U D Uᵀ, the
+// representation the preconditioner uses.
 static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char which,
                                     float *out) {
     ngd_optim *mo = (ngd_optim *)(uintptr_t)o;
