@@ -530,6 +530,87 @@ static void every_method_should_be_invariant_to_when_the_scale_is_set(void) {
         }
 }
 
+// A factor without curvature (a layer whose inputs are all 0: dead units upstream, no bias;
+// or whose output gradients are all 0): its damping is the identity term ρ^k alone, which
+// underflowed (ρ = 0.5: within 130 statistics steps; the default 0.95: ~1700), and 0·(1/λ) =
+// NaN went into the weights with NGD_OK. Every method, π-damping too: the weights stay as
+// they are (a zero gradient) and finite, nothing counted.
+static void a_factor_without_curvature_should_keep_the_weights_finite(void) {
+    enum { DI = 6, DO = 4, N = 8 };
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC + 1; m++)
+        for (int dead = 0; dead < 2; dead++) { // dead inputs, or zero output gradients
+            const bool pi = m > NGD_METHOD_BRCKFAC;
+            ngd_config c = ngd_config_default(pi ? NGD_METHOD_KFAC : (ngd_method)m);
+            c.kfac.T_u = 1, c.kfac.T_i = 1, c.kfac.rho = 0.5f, c.kfac.rank = 2;
+            c.weight_decay = 0.0f;
+            if (pi) c.kfac.damping_kind = NGD_KFAC_DAMP_FACTORED_PI;
+            float W[DO * DI], W0[DO * DI], gW[DO * DI] = {0}, a[N * DI] = {0}, g[N * DO] = {0};
+            for (int i = 0; i < DO * DI; i++)
+                W[i] = W0[i] = 0.1f * (float)(i % 7 - 3);
+            for (int i = 0; i < N * (dead ? DI : DO); i++)
+                (dead ? g : a)[i] = (float)cos(i * 0.7) / N; // (the other side stays 0)
+            ngd_optim *o;
+            CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+            ngd_layer l = {"fc", W, gW, DO, DI, NULL, NULL, NULL};
+            int id;
+            CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+            bool ok = true;
+            for (int t = 0; t < 300 && ok; t++) {
+                if (ngd_optim_wants_stats(o))
+                    CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, DI),
+                                            ngd_matrix_f32(g, N, DO)) == NGD_OK);
+                ok = ngd_optim_step(o) == NGD_OK && memcmp(W, W0, sizeof W) == 0;
+            }
+            ngd_layer_health h;
+            CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+            CHECK_MSG(ok && h.decomp_failures == 0,
+                      "%s%s, %s: W moved or not finite (W[0] %g), %zu "
+                      "failures",
+                      ngd_method_name(c.method), pi ? " (pi)" : "",
+                      dead ? "dead inputs" : "zero output gradients", (double)W[0],
+                      h.decomp_failures);
+            ngd_optim_free(o);
+        }
+}
+
+// A finite gradient so large that Σ P² overflowed float (|P| ~ 1e20): the RMS clip's ν was 0
+// and the step did nothing; now it is taken, clipped, and its update norm is finite
+static void a_huge_finite_gradient_should_still_be_clipped_and_taken(void) {
+    enum { DI = 5, DO = 3, N = 4 };
+    for (int k = 0; k < 2; k++) {
+        const float gs = k ? 1e20f : 1e2f;
+        ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+        c.kfac.T_u = 1, c.kfac.T_i = 1, c.weight_decay = 0.0f;
+        float W[DO * DI], W0[DO * DI], gW[DO * DI], b[DO] = {0}, gb[DO], a[N * DI], g[N * DO];
+        for (int i = 0; i < DO * DI; i++)
+            W[i] = W0[i] = 0.1f * (float)(i % 7 - 3), gW[i] = gs * (float)sin(i * 1.1);
+        for (int i = 0; i < DO; i++)
+            gb[i] = gs * (float)cos(i * 0.3);
+        for (int i = 0; i < N * DI; i++)
+            a[i] = (float)sin(i * 0.9);
+        for (int i = 0; i < N * DO; i++)
+            g[i] = (float)cos(i * 0.4);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_layer l = {"fc", W, gW, DO, DI, b, gb, NULL};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+        CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, DI), ngd_matrix_f32(g, N, DO)) ==
+              NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        ngd_layer_health h;
+        CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+        double moved = 0;
+        for (int i = 0; i < DO * DI; i++)
+            moved += fabs((double)W[i] - (double)W0[i]);
+        // the clip bounds the step by κ·lr whatever the scale: the same order at both scales
+        CHECK_MSG(moved > 1e-4 && isfinite(h.update_norm) && isfinite(h.grad_norm),
+                  "gradient scale %g: Σ|ΔW| %g, update norm %g, grad norm %g", (double)gs, moved,
+                  (double)h.update_norm, (double)h.grad_norm);
+        ngd_optim_free(o);
+    }
+}
+
 // Layers' serial-heavy maintenance (decompositions, Brand updates) runs side by side, a
 // layer per thread, with their GEMMs single-threaded (optim.c update_all): on two threads
 // the same parameters, bit for bit, as on one, for every method of the family, over steps
@@ -969,6 +1050,16 @@ static void bad_settings_should_be_refused_with_a_reason(void) {
     c = ngd_config_default(NGD_METHOD_BRKFAC);
     c.kfac.brand_mult = 2;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "brand_mult"));
+    // λ_rel = 0: the low-rank methods' complement would be scaled by 1/ρ^k without bound;
+    // K-FAC's exact inverse takes it
+    for (int m = NGD_METHOD_KFAC; m <= NGD_METHOD_BRCKFAC; m++) {
+        c = ngd_config_default((ngd_method)m);
+        c.kfac.damping_rel = 0.0f;
+        const ngd_status want = m == NGD_METHOD_KFAC ? NGD_OK : NGD_ERR_ARG;
+        CHECK_MSG(ngd_config_validate(&c, msg, sizeof msg) == want &&
+                      (want == NGD_OK || strstr(msg, "damping_rel must be > 0")),
+                  "%s damping_rel 0: %s", ngd_method_name((ngd_method)m), msg);
+    }
     c = ngd_config_default(NGD_METHOD_RSKFAC);
     c.kfac.T_i = 0;
     CHECK(ngd_config_validate(&c, msg, sizeof msg) == NGD_ERR_ARG && strstr(msg, "T_i") &&
@@ -1324,6 +1415,8 @@ static const test_case TESTS[] = {
     TEST(factored_apply_should_skip_reduced_sequence_layers),
     TEST(factored_apply_should_pay_and_follow_the_rows),
     TEST(every_method_should_be_invariant_to_when_the_scale_is_set),
+    TEST(a_factor_without_curvature_should_keep_the_weights_finite),
+    TEST(a_huge_finite_gradient_should_still_be_clipped_and_taken),
     TEST(side_by_side_updates_should_equal_the_serial_ones),
     TEST(a_thread_count_grown_after_planning_should_keep_the_bits),
     TEST(each_thread_of_a_client_region_should_run_its_own_optimizer),

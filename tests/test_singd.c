@@ -340,6 +340,67 @@ static void singd_rows_should_be_invariant_to_a_scale_set_after_observe(void) {
     }
 }
 
+// Inputs of 1e6 (finite statistics): the factor update overshoots and K, C grow until P
+// overflows; that P went into the weights as NaN with NGD_OK. Now a non-finite P from a finite
+// gradient is replaced by the plain gradient, counted (decomp_failures) and logged, every
+// structure, f32 and bf16 factors.
+static void keep_log(void *user, const char *msg) { // the last message, cut to 255 bytes
+    snprintf((char *)user, 256, "%s", msg);
+}
+
+static void a_preconditioned_gradient_that_overflows_should_not_reach_the_weights(void) {
+    enum { DI = 6, DO = 4, N = 8 };
+    const char *structs[] = {"dense",        "diagonal",     "blockdiagonal",
+                             "hierarchical", "triltoeplitz", "triutoeplitz"};
+    for (size_t k = 0; k < sizeof structs / sizeof structs[0]; k++)
+        for (int bf = 0; bf < 2; bf++) {
+            float W[DO * DI], b[DO] = {0}, gW[DO * DI], gb[DO] = {0}, a[N * DI], g[N * DO];
+            for (int i = 0; i < DO * DI; i++)
+                W[i] = 0.1f * (float)(i % 7 - 3);
+            for (int i = 0; i < N * DI; i++)
+                a[i] = 1e6f * (float)sin(i * 1.3);
+            for (int i = 0; i < N * DO; i++)
+                g[i] = (float)cos(i * 0.7) / N;
+            for (int i = 0; i < DO; i++) {
+                for (int n = 0; n < N; n++)
+                    gb[i] += g[n * DO + i];
+                for (int j = 0; j < DI; j++) {
+                    double sum = 0;
+                    for (int n = 0; n < N; n++)
+                        sum += (double)g[n * DO + i] * (double)a[n * DI + j];
+                    gW[i * DI + j] = (float)sum;
+                }
+            }
+            ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+            CHECK(ngd_structure_parse(structs[k], &c.structure_K) == NGD_OK);
+            c.structure_C = c.structure_K;
+            if (bf) c.structure_K.dtype = c.structure_C.dtype = NGD_BF16;
+            char logs[256] = "";
+            c.log_fn = keep_log, c.log_user = logs;
+            ngd_optim *o;
+            CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+            ngd_layer l = {"fc", W, gW, DO, DI, b, gb, NULL};
+            int id;
+            CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+            bool finite = true;
+            for (int t = 0; t < 3; t++) {
+                if (ngd_optim_wants_stats(o))
+                    CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, DI),
+                                            ngd_matrix_f32(g, N, DO)) == NGD_OK);
+                CHECK(ngd_optim_step(o) == NGD_OK);
+                for (int i = 0; i < DO * DI; i++)
+                    finite = finite && isfinite(W[i]);
+            }
+            ngd_layer_health h;
+            CHECK(ngd_optim_layer_health(o, id, &h) == NGD_OK);
+            // (where P stayed finite the update is SINGD's own, however large)
+            CHECK_MSG(finite && (h.decomp_failures == 0 || strstr(logs, "not finite")),
+                      "%s%s: W finite %d, %zu failures, log '%s'", structs[k], bf ? " bf16" : "",
+                      finite, h.decomp_failures, logs);
+            ngd_optim_free(o);
+        }
+}
+
 // #ikfac-and-kfac: INGD is invariant to splitting a batch into micro-batches (observe
 // called once per micro-batch); IKFAC is not (the spec's derivation), and we check that too.
 static void ingd_should_be_invariant_to_micro_batching(void) {
@@ -464,6 +525,7 @@ static const test_case TESTS[] = {
     TEST(ikfac_should_track_kfac_to_second_order),
     TEST(singd_should_be_invariant_to_loss_scale),
     TEST(singd_rows_should_be_invariant_to_a_scale_set_after_observe),
+    TEST(a_preconditioned_gradient_that_overflows_should_not_reach_the_weights),
     TEST(ingd_should_be_invariant_to_micro_batching),
     TEST(nonfinite_gradient_should_skip_the_step),
     TEST(bf16_factors_should_train_like_f32),

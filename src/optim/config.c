@@ -274,6 +274,11 @@ ngd_status ngd_config_validate(const ngd_config *c, char *msg, size_t cap) {
     if (k->T_u == 0) BAD("kfac.T_u must be >= 1");
     if (k->T_i == 0) BAD("kfac.T_i must be >= 1");
     if (!finite_nonneg(k->damping_rel)) BAD("kfac.damping_rel must be >= 0");
+    // the low-rank inverses scale the complement of the kept eigenvectors by 1/λ_F: with
+    // λ_rel = 0 that is 1/ρ^k, which grows without bound (updates clipped to nothing, then NaN)
+    if (k->damping_rel == 0.0f && c->method >= NGD_METHOD_RSKFAC && c->method <= NGD_METHOD_BRCKFAC)
+        BAD("kfac.damping_rel must be > 0 for the low-rank methods (rskfac, srekfac, bkfac, "
+            "brkfac, brckfac: 1/damping scales the rest of the space)");
     if ((unsigned)k->clip > NGD_CLIP_KL) BAD("kfac.clip: unknown value");
     if (!finite_nonneg(k->clip_kappa)) BAD("kfac.clip_kappa must be >= 0");
     if (k->rank == 0) BAD("kfac.rank must be >= 1");

@@ -73,8 +73,9 @@ static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
         const float pi = ngd_bf16_round1(kf_pi((double)ngd_bf16_round1((float)trA), LA->d,
                                                (double)ngd_bf16_round1((float)trG), LG->d));
         const float gp = ngd_bf16_round1(sqrtf(lk));
-        return ngd_kfac_precond_factored(LG, LA, ngd_bf16_round1(gp / pi), ngd_bf16_round1(pi * gp),
-                                         J, NULL, S, kws, kbytes);
+        return ngd_kfac_precond_factored(LG, LA, kf_lam_floor(ngd_bf16_round1(gp / pi)),
+                                         kf_lam_floor(ngd_bf16_round1(pi * gp)), J, NULL, S, kws,
+                                         kbytes);
     }
     return ngd_kfac_precond_exact(LG, LA, lk, J, NULL, S, kws, kbytes);
 }
@@ -146,7 +147,7 @@ ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows 
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
         const double pi = (double)kf_pi(trA, dA, trG, dG);
         const double gp = sqrt(lk > 0 ? lk : 1e-30);
-        const float lg = (float)(gp / pi), la = (float)(pi * gp);
+        const float lg = kf_lam_floor((float)(gp / pi)), la = kf_lam_floor((float)(pi * gp));
         if (s->inv[KF_A] && s->inv[KF_G])
             return precond_inv(e, s, &LG, lg, &LA, la, J, rows, S, kws, kbytes);
         return ngd_kfac_precond_factored(&LG, &LA, lg, la, J, rows, S, kws, kbytes);

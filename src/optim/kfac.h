@@ -100,6 +100,12 @@ typedef struct {
     uint8_t inv_ok;
 } kf_state;
 
+// A side's damping is at least this (1/λ of both sides then stays below float's 3.4e38): a
+// factor without curvature (dead inputs, zero output gradients) has λ = ρ^k alone, which
+// underflows after ~1700 statistics steps at ρ = 0.95, and 0·(1/λ) = 0·Inf made P NaN.
+#define KF_LAMBDA_MIN 1e-19f
+static inline float kf_lam_floor(float l) { return l < KF_LAMBDA_MIN ? KF_LAMBDA_MIN : l; }
+
 static inline ngd_lowrank kf_rep(const kf_factor *f) {
     ngd_lowrank L = {f->U, f->D, f->d, (size_t)f->cnt.rank, f->cap};
     return L;

@@ -575,6 +575,7 @@ static void precondition_core(ngd_optim *o, ngd_entry *e, const float *G, float 
                 lam[i] = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(k->damping_rel) * dmax) +
                                          ngd_bf16_round1(kf_id_shift(e, f)));
             if (!(lam[i] > 0.0f)) lam[i] = 1.0f; // nothing to scale against: plain gradient
+            lam[i] = kf_lam_floor(lam[i]);
             mu[i] = (k->tail == NGD_TAIL_MIN_KEPT && f->cnt.rank) ? f->D[f->cnt.rank - 1] : 0.0f;
         }
         ngd_lowrank LA = kf_rep(fA), LG = kf_rep(fG);

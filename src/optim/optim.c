@@ -595,30 +595,51 @@ static void gather_grad(const ngd_entry *e, float inv_scale, float *G) {
     }
 }
 
-// Σ x² for health readouts: 16 float lanes (vectorised) over blocks of 1024, each block
-// summed into a double. Fixed order, so deterministic; relative error ~1e-6.
-// Σ x² in 16 float lanes per block of 1024 (lane k takes the elements i ≡ k mod 16, the
-// tail goes to lane 0), the lanes summed in f64 in lane order: the same bits on every build.
-// Written with vector types because GCC does not vectorise the plain 16-lane loop well
-// (it was 37% of a diagonal-SINGD step).
+// Rows [r0, r1) of P (d_out x d_K, the step's preconditioned gradient) that are not finite,
+// replaced in place by the gradient's rows (gather_grad's values); how many. A finite gradient
+// whose preconditioned form is not (SINGD's K, C grown by a diverging factor update until P
+// overflows; a damping that underflowed) would otherwise write NaN into the weights.
+static size_t plain_rows(const ngd_entry *e, float *P, float inv_scale, size_t r0, size_t r1) {
+    size_t n = 0;
+    for (size_t i = r0; i < r1; i++) {
+        float *pr = P + i * e->d_K;
+        if (ngd_all_finite(pr, e->d_K)) continue;
+        const float *gw = e->gw + i * e->d_in;
+        for (size_t j = 0; j < e->d_in; j++)
+            pr[j] = gw[j] * inv_scale;
+        if (e->gb) pr[e->d_in] = e->gb[i] * inv_scale;
+        n++;
+    }
+    return n;
+}
+
+// Σ x² in 16 double lanes per block of 1024 (lane k takes the elements i ≡ k mod 16, the tail
+// goes to lane 0), the lanes summed in lane order: the same bits on every build. The squares
+// are exact and cannot overflow (float lanes made Σ x² Inf past |x| ~ 1.8e19, and with it
+// the K-FAC RMS clip's ν 0: a large update silently dropped). Written with vector types
+// because GCC does not vectorise the plain 16-lane loop well (it was 37% of a diagonal-SINGD
+// step).
 typedef float sumsq_v8 __attribute__((vector_size(32)));
+typedef double sumsq_v8d __attribute__((vector_size(64)));
 static double sumsq_block(const float *x, size_t b, size_t e) {
     size_t i = b;
-    sumsq_v8 lo = {0}, hi = {0};
+    sumsq_v8d lo = {0}, hi = {0};
     for (; i + 16 <= e; i += 16) {
         sumsq_v8 u, v;
         memcpy(&u, x + i, sizeof u);
         memcpy(&v, x + i + 8, sizeof v);
-        lo += u * u;
-        hi += v * v;
+        const sumsq_v8d ud = __builtin_convertvector(u, sumsq_v8d),
+                        vd = __builtin_convertvector(v, sumsq_v8d);
+        lo += ud * ud;
+        hi += vd * vd;
     }
     for (; i < e; i++)
-        lo[0] += x[i] * x[i];
+        lo[0] += (double)x[i] * (double)x[i];
     double blk = 0;
     for (int k = 0; k < 8; k++)
-        blk += (double)lo[k];
+        blk += lo[k];
     for (int k = 0; k < 8; k++)
-        blk += (double)hi[k];
+        blk += hi[k];
     return blk;
 }
 double ngd_sumsq(const float *x, size_t n) {
@@ -665,26 +686,40 @@ static rule_src src_of(const ngd_entry *e, const float *P) {
 
 // Applies the method's first-order rule to one entry given its update (src; P, what the
 // rule's prepare sees, is the d_out x d_K matrix, or NULL when src reads the gradients).
-static void apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, const float *P, size_t t,
-                           float nu_kl) {
+// fix: P itself, writable, where its rows that are not finite may take the gradient's
+// instead (plain_rows; fix_scale its unscaling): found by the rule's own pass over P (the
+// K-FAC RMS clip's Σ P²) or row by row as they are applied, never by a pass of its own (one
+// cost 5 % of the mlp's SINGD step). Returns the rows so replaced.
+static size_t apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, const float *P,
+                             size_t t, float nu_kl, float *fix, float fix_scale) {
     e->n_updates++;
     const ngd_rule *rule = entry_rule(o, e);
-    ngd_rule_args a = {
+    const ngd_rule_args a0 = {
         .lr = e->cfg.lr * o->lr_scale, .bc1 = 1.0f, .bc2s = 1.0f, .nu = 1.0f, .decay = true};
+    ngd_rule_args a = a0;
     double pss = -1.0; // Σ P² when already known
     rule->prepare(e, P, t, nu_kl, &a, &pss);
+    size_t fixed = 0;
+    if (fix && pss >= 0.0 && !isfinite(pss)) { // (finite Σ P²: every P finite)
+        fixed = plain_rows(e, fix, fix_scale, 0, e->d_out);
+        a = a0, pss = -1.0;
+        rule->prepare(e, P, t, nu_kl, &a, &pss);
+    }
+    const bool row_check = fix && pss < 0.0;
     size_t rows = e->d_out, dK = e->d_K, din = e->kind == NGD_ENTRY_LAYER ? e->d_in : e->n;
     // Element-wise, in a fixed partition of the rows (a param is one row of n): the same
     // bits for any thread count. Each chunk also sums the squares of its rows of P while
     // they are in cache (the health's update norm), unless the clip already did.
     enum { CHUNKS = 64 };
     double part[CHUNKS] = {0};
+    size_t nfix[CHUNKS] = {0};
     const size_t nch = rows < CHUNKS ? rows : CHUNKS;
     const bool want_ss = pss < 0.0;
 #pragma omp parallel for schedule(static) if (e->n > NGD_PAR_MIN && rows > 1)
     for (size_t c = 0; c < nch; c++) {
         double ss = 0.0;
         for (size_t i = rows * c / nch; i < rows * (c + 1) / nch; i++) {
+            if (row_check) nfix[c] += plain_rows(e, fix, fix_scale, i, i + 1); // (in cache)
             const float *pr = src.w + i * src.ldw;
             float *w = e->w + i * din;
             float *b1 = e->buf ? e->buf + i * dK : NULL;
@@ -704,6 +739,8 @@ static void apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, const
         for (size_t c = 0; c < nch; c++)
             pss += part[c];
     }
+    for (size_t c = 0; c < nch; c++)
+        fixed += nfix[c];
     if (e->b) {
         // the bias is column d_in of P and of the buffers (stride d_K)
         for (size_t i = 0; i < rows; i++) {
@@ -714,10 +751,21 @@ static void apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, const
         }
     }
     e->h.update_norm = (float)(sqrt(pss) * (double)a.nu);
+    return fixed;
 }
 
 static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
-    apply_rule_src(o, e, src_of(e, P), P, t, nu_kl);
+    apply_rule_src(o, e, src_of(e, P), P, t, nu_kl, NULL, 1.0f);
+}
+
+// A layer some of whose preconditioned rows took the gradient's: counted and said
+static void plain_rows_said(ngd_optim *o, ngd_entry *e, size_t t, size_t n) {
+    if (!n) return;
+    e->h.decomp_failures++;
+    ngd_optim_log(o,
+                  "step %zu: layer '%s': the preconditioned gradient is not finite in %zu of "
+                  "its %zu rows (a factor overflowed); the plain gradient used there",
+                  t, e->name, n, e->d_out);
 }
 
 // ---- data-parallel runs (docs/distributed.md) ----
@@ -1009,7 +1057,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             // a first-order method (SGD, AdamW) at loss scale 1: P = Ĝ is read in place,
             // with no copy into the gathered d_out x d_K matrix
             e->got_stats = false;
-            apply_rule_src(o, e, (rule_src){e->gw, e->gb, e->d_in, 1}, NULL, t, -1.0f);
+            apply_rule_src(o, e, (rule_src){e->gw, e->gb, e->d_in, 1}, NULL, t, -1.0f, NULL, 1.0f);
             continue;
         }
         // (a method's preconditioning from the step's rows reads no Ĝ: no gather then)
@@ -1028,12 +1076,19 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         }
         e->h.time_precond = now_s() - t1;
         e->got_stats = false;
+        // (P's rows that are not finite, of a finite gradient: the gradient's, plain_rows)
+        float *fix = finite && Pe != G ? Pd : NULL;
         if (kl) {
-            kl_sum += lrule->global_term(e, o->lr_scale, Pe, G);
+            double term = lrule->global_term(e, o->lr_scale, Pe, G);
+            if (fix && !isfinite(term)) {
+                plain_rows_said(o, e, t, plain_rows(e, fix, inv_scale, 0, e->d_out));
+                term = lrule->global_term(e, o->lr_scale, Pe, G);
+            }
+            kl_sum += term;
             continue;
         }
-        if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
-        apply_rule(o, e, Pe, t, -1.0f);
+        plain_rows_said(o, e, t, apply_rule_src(o, e, src_of(e, Pe), Pe, t, -1.0f, fix, inv_scale));
+        if (e->last) memcpy(e->last, Pe, e->n * sizeof(float)); // (P as it was applied)
     }
     if (kl) {
         const float nu = lrule->global_scale(&o->cfg, kl_sum);
