@@ -129,6 +129,7 @@ class NGDOptimizer(torch.optim.Optimizer):
     layer_config: {module name: {option: value}} per-layer overrides (e.g. a different
     T or structures). structures (SINGD family): one name or (K, C), or a dict {module
     name: (K, C)} with an optional 'default' key, or a callable (name, module) -> (K, C).
+    A layer_config or structures name that matches no Linear / Conv2d layer is a ValueError.
     exclude: module names (or modules) whose Linear / Conv2d layers, their own or inside
     them, are left to the `others` rule. All other keywords are libngd options (ngd.make_config).
     """
