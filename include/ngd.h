@@ -408,7 +408,8 @@ NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_
                                      ngd_matrix g);
 
 // Sets the loss scale s_t that multiplied the loss in this step's backward pass (mixed
-// precision; docs/algorithms.md#loss-scale). Default 1 (init_grad_scale for step 0's statistics).
+// precision; docs/algorithms.md#loss-scale). It stays until set again; 1 until first set
+// (init_grad_scale is s₋₁ only: the scale step 0's statistics assume).
 // It may be called before or after the step's ngd_optim_observe calls (the pending statistics
 // are rescaled to it).
 NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);

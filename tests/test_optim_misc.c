@@ -953,6 +953,37 @@ static void singd_health_should_match_the_dense_factors(void) {
 // A layer large enough that the step's gradient check (Σ g², the health's grad_norm) is
 // shared by the threads, over more than one group of 4096 blocks of 1024: the same bits at
 // 1 and 2 threads, the f64 norm to 1e-6, and a NaN in the last block still skips the step.
+// #loss-scale: init_grad_scale is s₋₁ only (step 0's statistics); a step whose scale is never
+// set has s_t = 1 (the official package: "the scale supplied for this step, or 1"). It was
+// taken for every step's s_t: SGD's gradients divided by 4 at every step, SINGD's P by 4 and
+// H_C by 1/16. A run that never sets the scale equals one that sets 1 at every step.
+static void init_grad_scale_should_be_the_previous_scale_only(void) {
+    const ngd_method ms[] = {NGD_METHOD_SGD, NGD_METHOD_ADAMW, NGD_METHOD_SINGD, NGD_METHOD_KFAC,
+                             NGD_METHOD_BKFAC};
+    for (size_t k = 0; k < sizeof ms / sizeof ms[0]; k++) {
+        ngd_config c = ngd_config_default(ms[k]);
+        c.init_grad_scale = 4.0f, c.T = 1, c.kfac.T_u = 1, c.kfac.T_i = 2, c.kfac.rank = 8;
+        tp_problem p[2];
+        ngd_optim *o[2];
+        for (int v = 0; v < 2; v++) {
+            tp_init(&p[v], 4, 30, 20, 5, 9);
+            CHECK(ngd_optim_create(&c, &o[v]) == NGD_OK && tp_register(&p[v], o[v]) == NGD_OK);
+        }
+        for (size_t st = 0; st < 6; st++)
+            for (int v = 0; v < 2; v++) {
+                tp_forward_backward(&p[v], o[v], st % 3, 1.0f);
+                if (v) CHECK(ngd_optim_set_grad_scale(o[v], 1.0f) == NGD_OK);
+                CHECK(ngd_optim_step(o[v]) == NGD_OK);
+            }
+        CHECK_MSG(memcmp(p[0].W1, p[1].W1, 20 * 30 * sizeof(float)) == 0 &&
+                      memcmp(p[0].W2, p[1].W2, 5 * 20 * sizeof(float)) == 0,
+                  "%s: init_grad_scale 4, the scale never set, differs from s_t = 1",
+                  ngd_method_name(ms[k]));
+        for (int v = 0; v < 2; v++)
+            ngd_optim_free(o[v]), tp_free(&p[v]);
+    }
+}
+
 static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
     enum { DOUT = 2053 };
     const size_t dout = DOUT, din = 2047, nw = dout * din; // 4,202,491 weights: 2 groups
@@ -1011,5 +1042,6 @@ static const test_case TESTS[] = {
     TEST(adamw_and_sgd_should_follow_their_f64_rules),
     TEST(singd_health_should_match_the_dense_factors),
     TEST(grad_norm_of_a_large_layer_should_not_depend_on_threads),
+    TEST(init_grad_scale_should_be_the_previous_scale_only),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -135,8 +135,10 @@ ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
     o->cfg = cfg;
     normalise_config(o, &o->cfg, "config"); // (in place: it logs through o->cfg.log_fn)
     o->ops = ops;
+    // s₋₁ (step 0's statistics assume it); s_t is 1 until ngd_optim_set_grad_scale says
+    // otherwise (the official package: "the scale supplied for this step, or 1")
     o->scale_prev = cfg.init_grad_scale;
-    o->scale_cur = cfg.init_grad_scale;
+    o->scale_cur = 1.0f;
     o->lr_scale = 1.0f;
     o->comm.size = 1;
     *out = o;
