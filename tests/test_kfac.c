@@ -547,7 +547,7 @@ static void a_factor_without_curvature_should_keep_the_weights_finite(void) {
             float W[DO * DI], W0[DO * DI], gW[DO * DI] = {0}, a[N * DI] = {0}, g[N * DO] = {0};
             for (int i = 0; i < DO * DI; i++)
                 W[i] = W0[i] = 0.1f * (float)(i % 7 - 3);
-            for (int i = 0; i < N * (dead ? DI : DO); i++)
+            for (int i = 0; i < N * (dead ? DO : DI); i++)
                 (dead ? g : a)[i] = (float)cos(i * 0.7) / N; // (the other side stays 0)
             ngd_optim *o;
             CHECK(ngd_optim_create(&c, &o) == NGD_OK);
