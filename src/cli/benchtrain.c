@@ -245,17 +245,25 @@ static long hwm_kib(void) {
 }
 
 // One configuration, in the child process.
-// The model of c with o's widths, one sample wide: NN_ERR_ARG (err says why) for widths the
-// model refuses
-static nn_status check_widths(const bt_cfg *c, const bt_opts *o, char *err, size_t cap) {
-    nn_model_cfg mc = {.name = c->model, .max_batch = 1, .seed = 1, .no_stats = true};
+// The model configuration of c with o's widths for batches of max_batch; classes: the text's
+// vocabulary (text models) or 0 for the image shape's
+static nn_model_cfg model_cfg(const bt_cfg *c, const bt_opts *o, size_t max_batch, size_t classes) {
+    nn_model_cfg mc = {.name = c->model, .max_batch = max_batch, .seed = 1};
     if (c->text)
-        mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = BT_TEXT_VOCAB;
+        mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = classes;
     else
         mc.in_c = c->cifar ? 3 : 1, mc.in_h = mc.in_w = c->cifar ? 32 : 28,
         mc.classes = c->cifar ? 100 : 10;
     memcpy(mc.widths, o->widths, sizeof mc.widths);
     mc.nwidths = o->nwidths;
+    mc.no_stats = c->method == NGD_METHOD_SGD || c->method == NGD_METHOD_ADAMW; // as ngd train
+    mc.bf16 = c->bf16;
+    return mc;
+}
+
+// NN_ERR_ARG (err says why) for widths the model of c refuses (made one sample wide)
+static nn_status check_widths(const bt_cfg *c, const bt_opts *o, char *err, size_t cap) {
+    const nn_model_cfg mc = model_cfg(c, o, 1, BT_TEXT_VOCAB);
     nn_model m;
     const nn_status s = nn_model_create(&m, &mc, err, cap);
     if (s == NN_OK) nn_model_free(&m);
@@ -286,15 +294,7 @@ static void run_one(const bt_cfg *c, const bt_opts *o, bt_result *r) {
     int32_t *ids = NULL, *y = NULL;
     double *tot = NULL;
     if (data_init(&d, c, o, r->err, sizeof r->err)) goto done;
-    nn_model_cfg mc = {.name = c->model, .max_batch = o->batch, .seed = 1};
-    if (c->text)
-        mc.in_c = 1, mc.in_h = o->context, mc.in_w = 1, mc.classes = d.text.vocab;
-    else
-        mc.in_c = d.ds.c, mc.in_h = d.ds.h, mc.in_w = d.ds.w, mc.classes = d.ds.num_classes;
-    memcpy(mc.widths, o->widths, sizeof mc.widths);
-    mc.nwidths = o->nwidths;
-    mc.no_stats = c->method == NGD_METHOD_SGD || c->method == NGD_METHOD_ADAMW; // as ngd train
-    mc.bf16 = c->bf16;
+    const nn_model_cfg mc = model_cfg(c, o, o->batch, c->text ? d.text.vocab : 0);
     if (nn_model_create(&m, &mc, r->err, sizeof r->err) != NN_OK) goto done;
     if ((m.ops->forward_tokens != NULL) != c->text) {
         snprintf(r->err, sizeof r->err, "%s", c->text ? "not a token model" : "a token model");
