@@ -483,7 +483,8 @@ typedef struct {
                             // non-finite statistics (not averaged), SINGD's factor updates
                             // from non-finite statistics; and steps whose preconditioned
                             // gradient was not finite in some rows while the gradient was
-                            // (a factor that overflowed): those rows took the plain gradient
+                            // (a factor that overflowed): those rows took the plain gradient,
+                            // and SINGD's factors restarted from K = C = I
     size_t decomp_retries;  // K-FAC family: float32 failures retried in float64
     float trace_K, trace_C; // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
     float norm_K, norm_C;   // Frobenius norms of K and C (SINGD) / of the factors

@@ -401,6 +401,83 @@ static void a_preconditioned_gradient_that_overflows_should_not_reach_the_weight
         }
 }
 
+// Inputs of 1e15 (finite statistics, H_K ~ 1e30) at one step: K and C grow to ~1e27 or
+// overflow, P is not finite, and such factors never recovered (their statistics Kᵀ A K
+// overflow, so every later update was refused and every step fell back to the plain
+// gradient). Now the layer's factors restart from K = C = I (momenta 0), said in the log, and
+// the updates from ordinary inputs after it are accepted and precondition again: every
+// structure, f32 and bf16 factors, SINGD and IKFAC.
+static void add_log(void *user, const char *msg) { // every message, up to 1023 bytes
+    char *l = user;
+    const size_t n = strlen(l);
+    snprintf(l + n, 1024 - n, "%s\n", msg);
+}
+
+static void factors_that_overflow_should_restart_from_the_identity(void) {
+    enum { DI = 6, DO = 4, N = 8, STEPS = 6 };
+    const char *structs[] = {"dense",        "diagonal",     "blockdiagonal",
+                             "hierarchical", "triltoeplitz", "triutoeplitz"};
+    for (size_t k = 0; k < sizeof structs / sizeof structs[0]; k++)
+        for (int v = 0; v < 4; v++) { // bit 0: bf16 factors (and compute); bit 1: IKFAC
+            float W[DO * DI], b[DO] = {0}, gW[DO * DI], gb[DO], a[N * DI], g[N * DO];
+            for (int i = 0; i < DO * DI; i++)
+                W[i] = 0.1f * (float)(i % 7 - 3);
+            ngd_config c = ngd_config_default(v & 2 ? NGD_METHOD_IKFAC : NGD_METHOD_SINGD);
+            CHECK(ngd_structure_parse(structs[k], &c.structure_K) == NGD_OK);
+            c.structure_C = c.structure_K;
+            if (v & 1) c.structure_K.dtype = c.structure_C.dtype = c.factor_compute = NGD_BF16;
+            c.T = 1;
+            char logs[1024] = "";
+            c.log_fn = add_log, c.log_user = logs;
+            ngd_optim *o;
+            CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+            ngd_layer l = {"fc", W, gW, DO, DI, b, gb, NULL};
+            int id;
+            CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+            ngd_layer_health h[STEPS];
+            bool wfin = true;
+            for (int t = 0; t < STEPS; t++) { // t = 1: the huge inputs
+                for (int i = 0; i < N * DI; i++)
+                    a[i] = (float)((t == 1 ? 1e15 : 1.0) * sin(i * 1.3 + t));
+                for (int i = 0; i < N * DO; i++)
+                    g[i] = (float)cos(i * 0.7 + t) / N;
+                for (int i = 0; i < DO; i++) {
+                    double sb = 0;
+                    for (int n = 0; n < N; n++)
+                        sb += (double)g[n * DO + i];
+                    gb[i] = (float)sb;
+                    for (int j = 0; j < DI; j++) {
+                        double sum = 0;
+                        for (int n = 0; n < N; n++)
+                            sum += (double)g[n * DO + i] * (double)a[n * DI + j];
+                        gW[i * DI + j] = (float)sum;
+                    }
+                }
+                CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, DI),
+                                        ngd_matrix_f32(g, N, DO)) == NGD_OK);
+                CHECK(ngd_optim_step(o) == NGD_OK);
+                CHECK(ngd_optim_layer_health(o, id, &h[t]) == NGD_OK);
+                for (int i = 0; i < DO * DI; i++)
+                    wfin = wfin && isfinite(W[i]);
+            }
+            // the restart was said; the last two steps each made an update and added no
+            // failure (P finite: preconditioned, not the plain gradient), the factors finite
+            // and, in f32, no longer the identity (‖I‖ = √d; a bf16 factor's small steps from
+            // I can round away)
+            const ngd_layer_health *z = &h[STEPS - 3], *y = &h[STEPS - 1];
+            CHECK_MSG(strstr(logs, "reset to I") && h[0].decomp_failures == 0 &&
+                          y->decomp_failures == z->decomp_failures &&
+                          y->updates == z->updates + 2 && isfinite(y->norm_K) &&
+                          isfinite(y->norm_C) && y->norm_K < 1e3f && y->norm_C < 1e3f &&
+                          ((v & 1) || y->norm_K != sqrtf(DI + 1) || y->norm_C != sqrtf(DO)) && wfin,
+                      "%s v%d: ‖K‖ %g ‖C‖ %g, failures %zu -> %zu, updates %zu -> %zu, W finite "
+                      "%d, log:\n%s",
+                      structs[k], v, (double)y->norm_K, (double)y->norm_C, z->decomp_failures,
+                      y->decomp_failures, z->updates, y->updates, wfin, logs);
+            ngd_optim_free(o);
+        }
+}
+
 // #ikfac-and-kfac: INGD is invariant to splitting a batch into micro-batches (observe
 // called once per micro-batch); IKFAC is not (the spec's derivation), and we check that too.
 static void ingd_should_be_invariant_to_micro_batching(void) {
@@ -526,6 +603,7 @@ static const test_case TESTS[] = {
     TEST(singd_should_be_invariant_to_loss_scale),
     TEST(singd_rows_should_be_invariant_to_a_scale_set_after_observe),
     TEST(a_preconditioned_gradient_that_overflows_should_not_reach_the_weights),
+    TEST(factors_that_overflow_should_restart_from_the_identity),
     TEST(ingd_should_be_invariant_to_micro_batching),
     TEST(nonfinite_gradient_should_skip_the_step),
     TEST(bf16_factors_should_train_like_f32),

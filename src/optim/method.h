@@ -179,6 +179,10 @@ typedef struct ngd_method_ops {
     // (optional) true when precondition will not read G at this step (SINGD from the step's
     // rows): the driver then skips the gather, unless a global rule reads G too
     bool (*grad_unused)(const ngd_entry *e);
+    // (optional) P of a finite gradient was not finite in some of e's rows at this step (the
+    // driver used the gradient's rows there): the method may restart the layer's
+    // preconditioner; returns what it did, for the log, or NULL
+    const char *(*restart)(ngd_optim *o, ngd_entry *e);
     // the first-order rule that turns P into the layers' update
     const ngd_rule *rule;
     // checkpoint arrays of the method state; returns the count (<= cap)

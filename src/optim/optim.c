@@ -761,13 +761,15 @@ static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t 
 }
 
 // A layer some of whose preconditioned rows took the gradient's: counted and said
+// (and the method may restart the layer's preconditioner)
 static void plain_rows_said(ngd_optim *o, ngd_entry *e, size_t t, size_t n) {
     if (!n) return;
     e->h.decomp_failures++;
+    const char *re = o->ops->restart ? o->ops->restart(o, e) : NULL;
     ngd_optim_log(o,
                   "step %zu: layer '%s': the preconditioned gradient is not finite in %zu of "
-                  "its %zu rows (a factor overflowed); the plain gradient used there",
-                  t, e->name, n, e->d_out);
+                  "its %zu rows (a factor overflowed); the plain gradient used there%s%s",
+                  t, e->name, n, e->d_out, re ? "; " : "", re ? re : "");
 }
 
 // ---- data-parallel runs (docs/distributed.md) ----

@@ -92,6 +92,17 @@ static void singd_free(ngd_entry *e) {
     e->ms = NULL;
 }
 
+// K = I, C = I, their momenta 0 (#singd-state): a layer's factors as they start. tK, tC:
+// float scratch of K's and C's stored sizes (they may be the same).
+static void factors_eye(singd_state *s, float *tK, float *tC) {
+    s->oK->eye(&s->sK, tK);
+    fstore(s->K, s->dtK, s->sK.n, tK);
+    s->oC->eye(&s->sC, tC);
+    fstore(s->C, s->dtC, s->sC.n, tC);
+    if (s->mK) memset(s->mK, 0, s->sK.n * elsize(s->dtK));
+    if (s->mC) memset(s->mC, 0, s->sC.n * elsize(s->dtC));
+}
+
 static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     singd_state *s = ngd_calloc(1, sizeof *s);
     if (!s) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
@@ -142,10 +153,7 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
         singd_free(e);
         return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for factors", e->name);
     }
-    s->oK->eye(&s->sK, tmp); // K = I, C = I (#singd-state)
-    fstore(s->K, s->dtK, nK, tmp);
-    s->oC->eye(&s->sC, tmp);
-    fstore(s->C, s->dtC, nC, tmp);
+    factors_eye(s, tmp, tmp);
     ngd_free(tmp);
     return NGD_OK;
 }
@@ -682,6 +690,18 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
     return NGD_OK;
 }
 
+// P of a finite gradient was not finite in some rows (the driver used the gradient's there):
+// K or C overflowed, or grew past float's range for the products (K ~ 1e27 after inputs of
+// 1e15). Such factors never recover (their statistics Kᵀ A K overflow too, so every update is
+// refused), so the layer's preconditioner restarts: K = C = I, momenta 0.
+static const char *singd_restart(ngd_optim *o, ngd_entry *e) {
+    singd_state *s = e->ms;
+    singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
+    factors_eye(s, w.fK[1], w.fC[1]);
+    after_update(o, e, s);
+    return "K and C reset to I and their momenta to 0";
+}
+
 // Data-parallel runs. The pending statistics are means over the rows of each rank's shard
 // (H_K: 1/rows; H_C: σ² of the caller's reduction): with equal shards, the global batch's are
 // their mean over the ranks, except H_C of a summed loss (σ² = 1), which is their sum.
@@ -895,6 +915,7 @@ const ngd_method_ops ngd_singd_ops = {
     .precond_ws = singd_ws_size,
     .raw_ok = singd_raw_ok,
     .grad_unused = rows_ready, // (P from the rows: singd_precondition's first branches)
+    .restart = singd_restart,
     .precondition_raw = singd_precondition_raw,
     .rule = &ngd_rule_sgd,
     .arrays = singd_arrays,
