@@ -295,6 +295,27 @@ static void backward_should_accumulate_and_zero_grads_should_reset(void) {
         CHECK(l.dw[i] == 0.0f);
     for (size_t i = 0; i < 3; i++)
         CHECK(l.db[i] == 0.0f);
+    // after nn_zero_grads the next backward writes dW (never reads it: a NaN put there is
+    // gone), and the one after adds again; f32 and bf16 mode
+    for (int bf = 0; bf < 2; bf++) {
+        if (bf) {
+            CHECK(nn_linear_use_bf16(&l, 2) == NN_OK);
+            nn_linear_forward(&l, x, y, 2);
+            nn_zero_grads(ps, np);
+            nn_linear_backward(&l, dy, NULL);
+            memcpy(dw1, l.dw, sizeof(float) * 12); // (bf16 products: their own dW)
+        }
+        nn_zero_grads(ps, np);
+        for (size_t i = 0; i < 12; i++)
+            l.dw[i] = NAN;
+        nn_linear_backward(&l, dy, NULL);
+        for (size_t i = 0; i < 12; i++)
+            CHECK_MSG(l.dw[i] == dw1[i], "bf16 %d: dW[%zu] %g, want %g", bf, i, (double)l.dw[i],
+                      (double)dw1[i]);
+        nn_linear_backward(&l, dy, NULL);
+        for (size_t i = 0; i < 12; i++)
+            CHECK_CLOSE(l.dw[i], 2 * dw1[i], 1e-6, 1e-7);
+    }
     free(dw1);
     nn_linear_free(&l);
 }

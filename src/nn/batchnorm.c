@@ -511,8 +511,8 @@ void nn_batchnorm_relu_backward16(nn_batchnorm *l, const uint16_t *dy, uint16_t 
 
 size_t nn_batchnorm_params(const nn_batchnorm *l, nn_param *out) {
     if (out) {
-        out[0] = (nn_param){"weight", l->w, l->dw, l->c};
-        out[1] = (nn_param){"bias", l->b, l->db, l->c};
+        out[0] = (nn_param){"weight", l->w, l->dw, l->c, NULL};
+        out[1] = (nn_param){"bias", l->b, l->db, l->c, NULL};
     }
     return 2;
 }

@@ -1077,10 +1077,10 @@ nn_status nn_conv2d_stats_xg(const nn_conv2d *l, float *scratch, ngd_matrix *x, 
 
 size_t nn_conv2d_params(const nn_conv2d *l, nn_param *out) {
     size_t k = 0;
-    if (out) out[k] = (nn_param){"weight", l->w, l->dw, l->c_out * l->d_in};
+    if (out) out[k] = (nn_param){"weight", l->w, l->dw, l->c_out * l->d_in, NULL};
     k++;
     if (l->b) {
-        if (out) out[k] = (nn_param){"bias", l->b, l->db, l->c_out};
+        if (out) out[k] = (nn_param){"bias", l->b, l->db, l->c_out, NULL};
         k++;
     }
     return k;

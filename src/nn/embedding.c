@@ -57,7 +57,7 @@ void nn_embedding_backward(nn_embedding *l, const float *dy) {
 }
 
 size_t nn_embedding_params(const nn_embedding *l, nn_param *out) {
-    if (out) out[0] = (nn_param){"weight", l->w, l->dw, l->v * l->c};
+    if (out) out[0] = (nn_param){"weight", l->w, l->dw, l->v * l->c, NULL};
     return 1;
 }
 
@@ -119,6 +119,6 @@ void nn_posembed_backward(nn_posembed *l, const float *dy, float *dx) {
 }
 
 size_t nn_posembed_params(const nn_posembed *l, nn_param *out) {
-    if (out) out[0] = (nn_param){"weight", l->w, l->dw, l->max_t * l->c};
+    if (out) out[0] = (nn_param){"weight", l->w, l->dw, l->max_t * l->c, NULL};
     return 1;
 }

@@ -144,8 +144,8 @@ void nn_layernorm_backward_add(nn_layernorm *l, const float *dy, const float *ba
 
 size_t nn_layernorm_params(const nn_layernorm *l, nn_param *out) {
     if (out) {
-        out[0] = (nn_param){"weight", l->w, l->dw, l->c};
-        out[1] = (nn_param){"bias", l->b, l->db, l->c};
+        out[0] = (nn_param){"weight", l->w, l->dw, l->c, NULL};
+        out[1] = (nn_param){"bias", l->b, l->db, l->c, NULL};
     }
     return 2;
 }

@@ -85,13 +85,15 @@ static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
     NN_ASSERT(dy && (l->x || (l->max_rows16 && l->rows))); // (after a forward)
     const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
     l->dy = dy;
+    const float bw = l->dw_zeroed ? 0.0f : 1.0f; // (dW zero: written, not read)
+    l->dw_zeroed = false;
     if (l->max_rows16) {
         nn_bf16_encode(dy, l->dy16, rows * dout);
-        nn_gemm_bf16(true, false, dout, din, rows, 1.0f, l->dy16, dout, l->x16, din, 1.0f, l->dw,
+        nn_gemm_bf16(true, false, dout, din, rows, 1.0f, l->dy16, dout, l->x16, din, bw, l->dw,
                      din);
     } else {
-        // dW (dout, din) += dyᵀ (dout, rows) · x (rows, din)
-        nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, 1.0f, l->dw, din);
+        // dW (dout, din) (+)= dyᵀ (dout, rows) · x (rows, din)
+        nn_sgemm(true, false, dout, din, rows, 1.0f, dy, dout, l->x, din, bw, l->dw, din);
     }
     if (l->db) nn_colsum_add(dy, rows, dout, dout, l->db); // (the bias gradient sums the f32 dy)
     // dx (rows, din) (+)= dy (rows, dout) · W (dout, din)
@@ -144,12 +146,12 @@ void nn_linear_stats(const nn_linear *l, ngd_matrix *a, ngd_matrix *g) {
     *g = ngd_matrix_f32(l->dy, l->rows, l->d_out);
 }
 
-size_t nn_linear_params(const nn_linear *l, nn_param *out) {
+size_t nn_linear_params(nn_linear *l, nn_param *out) {
     size_t k = 0;
-    if (out) out[k] = (nn_param){"weight", l->w, l->dw, l->d_out * l->d_in};
+    if (out) out[k] = (nn_param){"weight", l->w, l->dw, l->d_out * l->d_in, &l->dw_zeroed};
     k++;
     if (l->b) {
-        if (out) out[k] = (nn_param){"bias", l->b, l->db, l->d_out};
+        if (out) out[k] = (nn_param){"bias", l->b, l->db, l->d_out, NULL};
         k++;
     }
     return k;

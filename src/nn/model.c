@@ -194,7 +194,8 @@ ngd_status nn_observe_conv2d(ngd_optim *o, nn_model *m, const nn_conv2d *l, int 
 }
 
 void nn_model_add_buffer(nn_model *m, const char *name, float *p, size_t n) {
-    if (m->nbuffers < NN_MODEL_MAX_PARAMS) m->buffers[m->nbuffers++] = (nn_param){name, p, NULL, n};
+    if (m->nbuffers < NN_MODEL_MAX_PARAMS)
+        m->buffers[m->nbuffers++] = (nn_param){name, p, NULL, n, NULL};
 }
 
 size_t nn_model_buffers(const nn_model *m, nn_param *out) {

@@ -61,6 +61,8 @@ void nn_zero_grads(const nn_param *ps, size_t count) {
         for (size_t b = 0; b < n; b += piece)
             memset(g + b, 0, (n - b < piece ? n - b : piece) * sizeof(float));
     }
+    for (size_t i = 0; i < count; i++)
+        if (ps[i].zeroed && ps[i].g) *ps[i].zeroed = true;
 }
 
 void nn_colsum_add(const float *x, size_t rows, size_t cols, size_t ld, float *acc) {
