@@ -643,6 +643,35 @@ static void health_norms_should_match_f64(void) {
     }
 }
 
+// SGD and AdamW at loss scale 1 read the gradients in place, and their update norm (‖P‖ =
+// ‖Ĝ‖) is taken from the step's first pass over the gradients, not summed again.
+static void first_order_update_norms_should_be_the_gradient_norms(void) {
+    const ngd_method methods[] = {NGD_METHOD_SGD, NGD_METHOD_ADAMW};
+    for (size_t k = 0; k < 2; k++) {
+        ngd_config c = ngd_config_default(methods[k]);
+        tp_problem p;
+        tp_init(&p, 10, 6, 5, 3, 51 + k);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK && tp_register(&p, o) == NGD_OK);
+        for (size_t s = 0; s < 2; s++) {
+            tp_forward_backward(&p, o, s, 1.0f);
+            const double g1 = norm_f64(p.gW1, 30, p.gb1, 5, 1.0),
+                         g2 = norm_f64(p.gW2, 15, p.gb2, 3, 1.0);
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            ngd_layer_health h1, h2;
+            CHECK(ngd_optim_layer_health(o, p.id1, &h1) == NGD_OK);
+            CHECK(ngd_optim_layer_health(o, p.id2, &h2) == NGD_OK);
+            CHECK_MSG(g1 > 0 && fabs((double)h1.update_norm - g1) <= 1e-6 * g1 &&
+                          fabs((double)h2.update_norm - g2) <= 1e-6 * g2 &&
+                          h1.update_norm == h1.grad_norm && h2.update_norm == h2.grad_norm,
+                      "method %zu step %zu: update norms %g %g, want %g %g", k, s,
+                      (double)h1.update_norm, (double)h2.update_norm, g1, g2);
+        }
+        ngd_optim_free(o);
+        tp_free(&p);
+    }
+}
+
 // SINGD's dense factors keep K Kᵀ and C Cᵀ between preconditioner updates. Loading a
 // checkpoint into a live optimizer whose cache was formed from other factors must not use
 // that cache: B (trained on other data, its cache formed) loads A's checkpoint and both go
@@ -1037,6 +1066,7 @@ static const test_case TESTS[] = {
     TEST(kfac_like_alpha1_should_be_logged),
     TEST(params_should_take_adamw_or_sgd_under_any_method),
     TEST(health_norms_should_match_f64),
+    TEST(first_order_update_norms_should_be_the_gradient_norms),
     TEST(singd_cached_products_should_follow_loads_and_match_the_plain_path),
     TEST(singd_wide_dense_panels_should_match_the_plain_path),
     TEST(adamw_and_sgd_should_follow_their_f64_rules),

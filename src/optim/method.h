@@ -62,6 +62,7 @@ typedef struct ngd_entry {
     // the preconditioned gradient kept between the two passes of the KL clip
     float *pk;
     ngd_layer_health h;
+    double grad_ss; // Σ of the step's squared gradients (unscaled), from the step's first pass
     // data-parallel runs: the rank that does this layer's preconditioner maintenance and
     // broadcasts it (-1: every rank does it; optim.c plan_owners)
     int owner;

@@ -693,13 +693,13 @@ static rule_src src_of(const ngd_entry *e, const float *P) {
 // K-FAC RMS clip's Σ P²) or row by row as they are applied, never by a pass of its own (one
 // cost 5 % of the mlp's SINGD step). Returns the rows so replaced.
 static size_t apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, const float *P,
-                             size_t t, float nu_kl, float *fix, float fix_scale) {
+                             size_t t, float nu_kl, float *fix, float fix_scale, double pss0) {
     e->n_updates++;
     const ngd_rule *rule = entry_rule(o, e);
     const ngd_rule_args a0 = {
         .lr = e->cfg.lr * o->lr_scale, .bc1 = 1.0f, .bc2s = 1.0f, .nu = 1.0f, .decay = true};
     ngd_rule_args a = a0;
-    double pss = -1.0; // Σ P² when already known
+    double pss = pss0; // Σ P² when already known (pss0 < 0: not known)
     rule->prepare(e, P, t, nu_kl, &a, &pss);
     size_t fixed = 0;
     if (fix && pss >= 0.0 && !isfinite(pss)) { // (finite Σ P²: every P finite)
@@ -756,8 +756,9 @@ static size_t apply_rule_src(const ngd_optim *o, ngd_entry *e, rule_src src, con
     return fixed;
 }
 
-static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl) {
-    apply_rule_src(o, e, src_of(e, P), P, t, nu_kl, NULL, 1.0f);
+static void apply_rule(const ngd_optim *o, ngd_entry *e, const float *P, size_t t, float nu_kl,
+                       double pss0) {
+    apply_rule_src(o, e, src_of(e, P), P, t, nu_kl, NULL, 1.0f, pss0);
 }
 
 // A layer some of whose preconditioned rows took the gradient's: counted and said
@@ -995,6 +996,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         ngd_entry *e = &o->e[i];
         double ss = sumsq_threaded(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n);
         if (e->gb) ss += ngd_sumsq(e->gb, e->d_out);
+        e->grad_ss = ss;
         e->h.grad_norm = (float)(sqrt(ss) * (double)inv_scale);
         if (!isfinite(ss) && !grads_finite(e)) finite = false;
     }
@@ -1053,7 +1055,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                 Pe = P;
             }
             if (e->last) memcpy(e->last, Pe, e->n * sizeof(float));
-            apply_rule(o, e, Pe, t, -1.0f);
+            // (P = the gradient at scale 1: its Σ P² is the first pass's)
+            apply_rule(o, e, Pe, t, -1.0f, inv_scale == 1.0f ? e->grad_ss : -1.0);
             continue;
         }
         const bool raw = o->ops->raw_ok && o->ops->raw_ok(e);
@@ -1061,7 +1064,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             // a first-order method (SGD, AdamW) at loss scale 1: P = Ĝ is read in place,
             // with no copy into the gathered d_out x d_K matrix
             e->got_stats = false;
-            apply_rule_src(o, e, (rule_src){e->gw, e->gb, e->d_in, 1}, NULL, t, -1.0f, NULL, 1.0f);
+            apply_rule_src(o, e, (rule_src){e->gw, e->gb, e->d_in, 1}, NULL, t, -1.0f, NULL, 1.0f,
+                           e->grad_ss);
             continue;
         }
         // (a method's preconditioning from the step's rows reads no Ĝ: no gather then)
@@ -1091,7 +1095,8 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             kl_sum += term;
             continue;
         }
-        plain_rows_said(o, e, t, apply_rule_src(o, e, src_of(e, Pe), Pe, t, -1.0f, fix, inv_scale));
+        plain_rows_said(o, e, t,
+                        apply_rule_src(o, e, src_of(e, Pe), Pe, t, -1.0f, fix, inv_scale, -1.0));
         if (e->last) memcpy(e->last, Pe, e->n * sizeof(float)); // (P as it was applied)
     }
     if (kl) {
@@ -1100,7 +1105,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
             ngd_entry *e = &o->e[i];
             if (e->kind != NGD_ENTRY_LAYER) continue;
             if (e->last) memcpy(e->last, e->pk, e->n * sizeof(float));
-            apply_rule(o, e, e->pk, t, nu);
+            apply_rule(o, e, e->pk, t, nu, -1.0);
         }
     }
     o->steps++;
