@@ -153,6 +153,17 @@ NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k,
 NGD_API ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                                 const float *A, size_t lda, const float *B, size_t ldb, float beta,
                                 float *C, size_t ldc);
+// A layer's forward, y = x Wᵀ + b, in one call: C = op(A)·op(B) + 1·biasᵀ (bias: n floats
+// added to every row of C; NULL: none), C written, never read. The matmul primitive adds the
+// bias in its kernel where it runs the product (at its own point of the sums: equal to
+// float32 rounding, not bit for bit, to setting C's rows to the bias and adding the product);
+// elsewhere the rows of C are set to the bias and the product added onto them.
+NGD_API ngd_status ngd_bf16_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k,
+                                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
+                                      const float *bias, float *C, size_t ldc);
+NGD_API ngd_status ngd_f32_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const float *A,
+                                     size_t lda, const float *B, size_t ldb, const float *bias,
+                                     float *C, size_t ldc);
 
 // ====== Configuration ======
 

@@ -225,6 +225,100 @@ static void gemm_bf16_gemm_path_should_meet_the_same_bound(void) {
     ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
 }
 
+// ngd_f32_gemm_bias and ngd_bf16_gemm_bias (a Linear's forward): over a NaN-filled C (never
+// read), within k·2^-23 Σ|a||b| + 2^-23|C| of float64 on the same inputs, as is setting C's
+// rows to the bias and adding the product (ngd_*_gemm, beta 1), whichever path runs the shape
+// (the matmul primitive with its bias; dnnl_sgemm for f32 products with k < 256 or A
+// transposed; the small loop; k % 32 = 31; m % 32 = 1; k = 0). Not bit for bit: at k = 784
+// the primitive adds the bias at another point of its sums than the sum post-op adds C (a
+// third of the elements differ in the last bits). A NULL bias is the beta 0 product, bit for
+// bit; bad arguments are refused.
+static void gemm_bias_should_equal_the_bias_rows_plus_the_product(void) {
+    static const size_t D[][3] = {{128, 512, 784}, {9, 40, 300}, {64, 192, 64}, {33, 70, 31},
+                                  {65, 64, 256},   {3, 5, 7},    {20, 30, 0},   {130, 96, 95}};
+    trng r = {41};
+    size_t bad = 0, cases = 0;
+    for (size_t t = 0; t < sizeof D / sizeof D[0]; t++)
+        for (int layout = 0; layout < 4; layout++)
+            for (int bf = 0; bf < 2; bf++) {
+                const bool ta = layout & 1, tb = layout & 2;
+                const size_t m = D[t][0], n = D[t][1], k = D[t][2], ldc = n + 3;
+                const size_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 2;
+                const size_t na = (ta ? k : m) * lda + 1, nb = (tb ? n : k) * ldb + 1;
+                float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
+                float *bias = malloc(n * sizeof(float)), *C1 = malloc(m * ldc * sizeof(float)),
+                      *C2 = malloc(m * ldc * sizeof(float));
+                uint16_t *A16 = malloc(na * 2), *B16 = malloc(nb * 2);
+                tfill(&r, A, na, -1, 1), tfill(&r, B, nb, -1, 1), tfill(&r, bias, n, -2, 2);
+                nn_bf16_encode(A, A16, na), nn_bf16_encode(B, B16, nb);
+                if (bf) { // the reference reads the rounded inputs
+                    nn_bf16_decode(A16, A, na), nn_bf16_decode(B16, B, nb);
+                }
+                for (size_t i = 0; i < m * ldc; i++)
+                    C1[i] = NAN, C2[i] = -7.0f; // (C2's padding: compared below)
+                for (size_t i = 0; i < m; i++)
+                    memcpy(C2 + i * ldc, bias, n * sizeof(float));
+                ngd_status s1, s2;
+                if (bf) {
+                    s1 = ngd_bf16_gemm_bias(ta, tb, m, n, k, A16, lda, B16, ldb, bias, C1, ldc);
+                    s2 = ngd_bf16_gemm(ta, tb, m, n, k, 1.0f, A16, lda, B16, ldb, 1.0f, C2, ldc);
+                } else {
+                    s1 = ngd_f32_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C1, ldc);
+                    s2 = ngd_f32_gemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 1.0f, C2, ldc);
+                }
+                CHECK(s1 == NGD_OK && s2 == NGD_OK);
+                size_t diff = 0, far = 0;
+                for (size_t i = 0; i < m; i++) {
+                    for (size_t j = 0; j < n; j++) {
+                        double sum = bias[j], mag = 0;
+                        for (size_t p = 0; p < k; p++) {
+                            const double a = ta ? A[p * lda + i] : A[i * lda + p],
+                                         b = tb ? B[j * ldb + p] : B[p * ldb + j];
+                            sum += a * b, mag += fabs(a * b);
+                        }
+                        const double bound =
+                            ldexp((double)k + 1, -23) * mag + ldexp(fabs(sum), -23) + 1e-30;
+                        far += !(fabs((double)C1[i * ldc + j] - sum) <= bound) +
+                               !(fabs((double)C2[i * ldc + j] - sum) <= bound);
+                    }
+                    for (size_t j = n; j < ldc; j++) // (C's padding untouched)
+                        diff += !isnan(C1[i * ldc + j]);
+                }
+                if (diff || far) {
+                    if (bad < 4)
+                        fprintf(stderr, "    %s ta %d tb %d %zux%zux%zu: %zu differ, %zu far\n",
+                                bf ? "bf16" : "f32", ta, tb, m, n, k, diff, far);
+                    bad++;
+                }
+                cases++;
+                // no bias: the beta 0 product
+                for (size_t i = 0; i < m * ldc; i++)
+                    C1[i] = NAN, C2[i] = NAN;
+                if (bf) {
+                    s1 = ngd_bf16_gemm_bias(ta, tb, m, n, k, A16, lda, B16, ldb, NULL, C1, ldc);
+                    s2 = ngd_bf16_gemm(ta, tb, m, n, k, 1.0f, A16, lda, B16, ldb, 0.0f, C2, ldc);
+                } else {
+                    s1 = ngd_f32_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, NULL, C1, ldc);
+                    s2 = ngd_f32_gemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C2, ldc);
+                }
+                CHECK(s1 == NGD_OK && s2 == NGD_OK);
+                for (size_t i = 0; i < m; i++)
+                    for (size_t j = 0; j < n; j++)
+                        bad += f_bits(C1[i * ldc + j]) != f_bits(C2[i * ldc + j]);
+                free(A), free(B), free(bias), free(C1), free(C2), free(A16), free(B16);
+            }
+    CHECK(cases == 64);
+    CHECK(bad == 0);
+    float A[12] = {0}, B[12] = {0}, b[4] = {0}, C[12];
+    uint16_t A16[12] = {0}, B16[12] = {0};
+    CHECK(ngd_f32_gemm_bias(false, false, 3, 4, 3, NULL, 3, B, 4, b, C, 4) == NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm_bias(false, false, 3, 4, 3, A, 2, B, 4, b, C, 4) == NGD_ERR_ARG);
+    CHECK(ngd_f32_gemm_bias(false, false, 3, 4, 3, A, 3, B, 4, b, NULL, 4) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm_bias(false, true, 3, 4, 3, A16, 3, B16, 2, b, C, 4) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm_bias(false, false, 3, 4, 3, A16, 3, B16, 4, b, C, 3) == NGD_ERR_ARG);
+    CHECK(ngd_bf16_gemm_bias(false, false, 0, 4, 3, NULL, 3, NULL, 4, b, NULL, 4) == NGD_OK);
+}
+
 // ngd_syrk_bf16 (SINGD's bf16 K Kᵀ and KᵀK) against the float64 product of the same bf16
 // operands, for op(A) = A and Aᵀ, below and above its block-row threshold (1024 rows), beta = 0
 // over a NaN-filled C and beta != 0 over a symmetric C; above it C is exactly symmetric. Above
@@ -1084,6 +1178,7 @@ static const test_case TESTS[] = {
     TEST(gemm_bf16_converting_path_should_meet_the_same_bound),
     TEST(gemm_bf16_gemm_path_should_meet_the_same_bound),
     TEST(public_bf16_gemm_should_check_arguments_and_not_count),
+    TEST(gemm_bias_should_equal_the_bias_rows_plus_the_product),
     TEST(thread_caches_should_be_freed_when_threads_end),
     TEST(syrk_bf16_should_match_the_reference_and_be_symmetric),
     TEST(matmul_cache_should_serve_many_shapes_and_threads),

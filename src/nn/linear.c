@@ -44,27 +44,20 @@ void nn_linear_free(nn_linear *l) {
     memset(l, 0, sizeof *l);
 }
 
-// y = x Wᵀ + b: the bias rows, then the GEMM adds onto them; in bf16 mode from x16, which
-// the caller filled
+// y = x Wᵀ + b, the bias added by the GEMM (nn_sgemm_bias); in bf16 mode from x16, which the
+// caller filled
 static void forward(nn_linear *l, const float *x, float *y, size_t rows) {
     const size_t din = l->d_in, dout = l->d_out;
     l->x = x;
     l->rows = rows;
     l->dy = NULL;
-    if (l->b) { // (the GEMM then adds x Wᵀ onto the bias rows; the copy on the threads: it
-                //  was 2 % of chargpt's step on one, the other waiting)
-        NN_OMP_FOR(rows * dout)
-        for (size_t r = 0; r < rows; r++)
-            memcpy(y + r * dout, l->b, dout * sizeof(float));
-    }
     if (l->max_rows16) {
         nn_bf16_encode(l->w, l->w16, dout * din);
-        nn_gemm_bf16(false, true, rows, dout, din, 1.0f, l->x16, din, l->w16, din,
-                     l->b ? 1.0f : 0.0f, y, dout);
+        nn_gemm_bf16_bias(false, true, rows, dout, din, l->x16, din, l->w16, din, l->b, y, dout);
         return;
     }
-    // y (rows, dout) = x (rows, din) · Wᵀ (din, dout) [+ y holding the bias]
-    nn_sgemm(false, true, rows, dout, din, 1.0f, x, din, l->w, din, l->b ? 1.0f : 0.0f, y, dout);
+    // y (rows, dout) = x (rows, din) · Wᵀ (din, dout) + b
+    nn_sgemm_bias(false, true, rows, dout, din, x, din, l->w, din, l->b, y, dout);
 }
 
 void nn_linear_forward(nn_linear *l, const float *x, float *y, size_t rows) {

@@ -271,6 +271,13 @@ void nn_bf16_encode_rows(const float *x, size_t lds, uint16_t *y, size_t ldd, si
 // parallel region (runs on the calling thread there, as nn_sgemm).
 void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+// C = op(A) op(B) + 1 biasᵀ (bias: n floats added to every row; NULL: none), C written and not
+// read: libngd's ngd_f32_gemm_bias / ngd_bf16_gemm_bias (a layer's forward). Counted.
+void nn_sgemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const float *A, size_t lda,
+                   const float *B, size_t ldb, const float *bias, float *C, size_t ldc);
+void nn_gemm_bf16_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const uint16_t *A,
+                       size_t lda, const uint16_t *B, size_t ldb, const float *bias, float *C,
+                       size_t ldc);
 // The reference: the same bf16 inputs, float64 accumulation.
 void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
