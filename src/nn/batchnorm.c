@@ -319,7 +319,8 @@ static void forward(nn_batchnorm *l, const float *x, const uint16_t *x16, const 
     for (size_t c = 0; c < C; c++) {
         channel_stats(l, x, mom, N, c, train);
         const float mean = l->mean[c], invstd = l->invstd[c];
-        // y = a x + s with a = γ invstd, s = β − γ invstd mean; x̂ is (x − mean) invstd
+        // y = γ x̂ + β with x̂ = (x − mean) invstd (not a x + s with s = β − γ invstd mean: that
+        // cancels when the mean is large against the spread)
         const float w = l->w[c], b = l->b[c];
         for (size_t n = 0; n < N; n++) {
             const size_t off = (n * C + c) * HW;
