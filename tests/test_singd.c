@@ -354,23 +354,14 @@ static void a_preconditioned_gradient_that_overflows_should_not_reach_the_weight
                              "hierarchical", "triltoeplitz", "triutoeplitz"};
     for (size_t k = 0; k < sizeof structs / sizeof structs[0]; k++)
         for (int bf = 0; bf < 2; bf++) {
-            float W[DO * DI], b[DO] = {0}, gW[DO * DI], gb[DO] = {0}, a[N * DI], g[N * DO];
+            float W[DO * DI], b[DO] = {0}, gW[DO * DI], gb[DO], a[N * DI], g[N * DO];
             for (int i = 0; i < DO * DI; i++)
                 W[i] = 0.1f * (float)(i % 7 - 3);
             for (int i = 0; i < N * DI; i++)
                 a[i] = 1e6f * (float)sin(i * 1.3);
             for (int i = 0; i < N * DO; i++)
                 g[i] = (float)cos(i * 0.7) / N;
-            for (int i = 0; i < DO; i++) {
-                for (int n = 0; n < N; n++)
-                    gb[i] += g[n * DO + i];
-                for (int j = 0; j < DI; j++) {
-                    double sum = 0;
-                    for (int n = 0; n < N; n++)
-                        sum += (double)g[n * DO + i] * (double)a[n * DI + j];
-                    gW[i * DI + j] = (float)sum;
-                }
-            }
+            tp_lin_bwd(a, W, g, gW, gb, NULL, N, DI, DO);
             ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
             CHECK(ngd_structure_parse(structs[k], &c.structure_K) == NGD_OK);
             c.structure_C = c.structure_K;
@@ -441,18 +432,7 @@ static void factors_that_overflow_should_restart_from_the_identity(void) {
                     a[i] = (float)((t == 1 ? 1e15 : 1.0) * sin(i * 1.3 + t));
                 for (int i = 0; i < N * DO; i++)
                     g[i] = (float)cos(i * 0.7 + t) / N;
-                for (int i = 0; i < DO; i++) {
-                    double sb = 0;
-                    for (int n = 0; n < N; n++)
-                        sb += (double)g[n * DO + i];
-                    gb[i] = (float)sb;
-                    for (int j = 0; j < DI; j++) {
-                        double sum = 0;
-                        for (int n = 0; n < N; n++)
-                            sum += (double)g[n * DO + i] * (double)a[n * DI + j];
-                        gW[i * DI + j] = (float)sum;
-                    }
-                }
+                tp_lin_bwd(a, W, g, gW, gb, NULL, N, DI, DO);
                 CHECK(ngd_optim_observe(o, id, N, ngd_matrix_f32(a, N, DI),
                                         ngd_matrix_f32(g, N, DO)) == NGD_OK);
                 CHECK(ngd_optim_step(o) == NGD_OK);

@@ -68,8 +68,8 @@ static void lin_fwd(const float *x, const float *W, const float *b, float *y, si
 }
 
 // gW = dyᵀ x, gb = Σ dy, dx = dy W
-static void lin_bwd(const float *x, const float *W, const float *dy, float *gW, float *gb,
-                    float *dx, size_t N, size_t din, size_t dout) {
+void tp_lin_bwd(const float *x, const float *W, const float *dy, float *gW, float *gb, float *dx,
+                size_t N, size_t din, size_t dout) {
     for (size_t i = 0; i < dout; i++) {
         double sb = 0;
         for (size_t n = 0; n < N; n++)
@@ -106,8 +106,8 @@ double tp_forward_backward(tp_problem *p, ngd_optim *o, size_t step, float loss_
         loss += 0.5 * d * d / (double)p->N;
         p->dy[i] = (float)(d / (double)p->N * (double)loss_scale);
     }
-    lin_bwd(p->h, p->W2, p->dy, p->gW2, p->gb2, p->dh, p->N, p->dhid, p->dout);
-    lin_bwd(p->x, p->W1, p->dh, p->gW1, p->gb1, NULL, p->N, p->din, p->dhid);
+    tp_lin_bwd(p->h, p->W2, p->dy, p->gW2, p->gb2, p->dh, p->N, p->dhid, p->dout);
+    tp_lin_bwd(p->x, p->W1, p->dh, p->gW1, p->gb1, NULL, p->N, p->din, p->dhid);
     if (o && ngd_optim_wants_stats(o)) {
         ngd_optim_observe(o, p->id1, p->N, ngd_matrix_f32(p->x, p->N, p->din),
                           ngd_matrix_f32(p->dh, p->N, p->dhid));

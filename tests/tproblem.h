@@ -29,4 +29,8 @@ ngd_status tp_register(tp_problem *p, ngd_optim *o);
 double tp_forward_backward(tp_problem *p, ngd_optim *o, size_t step, float loss_scale);
 // One full step: forward/backward, observe, ngd_optim_step. Returns the status of the step.
 ngd_status tp_step(tp_problem *p, ngd_optim *o, size_t step);
+// A Linear layer's backward in float64 sums: gW = dyᵀ x, gb = Σ_n dy, dx = dy W (dx may be
+// NULL); x (N, din), W and gW (dout, din), dy (N, dout).
+void tp_lin_bwd(const float *x, const float *W, const float *dy, float *gW, float *gb, float *dx,
+                size_t N, size_t din, size_t dout);
 #endif

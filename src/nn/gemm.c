@@ -130,19 +130,30 @@ static void bias_rows(float *C, size_t m, size_t n, size_t ldc, const float *bia
         memcpy(C + i * ldc, bias, n * sizeof(float));
 }
 
-void nn_sgemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const float *A, size_t lda,
-                   const float *B, size_t ldb, const float *bias, float *C, size_t ldc) {
-    if (!bias || k == 0 || m * n * k <= NN_SMALL_GEMM_MACS) {
+// The two below: small products (f32) and k = 0 set the rows and add the product
+static void gemm_bias(bool bf, bool ta, bool tb, size_t m, size_t n, size_t k, const void *A,
+                      size_t lda, const void *B, size_t ldb, const float *bias, float *C,
+                      size_t ldc) {
+    if (!bias || k == 0 || (!bf && m * n * k <= NN_SMALL_GEMM_MACS)) {
         if (bias) bias_rows(C, m, n, ldc, bias);
-        nn_sgemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, C, ldc);
+        if (bf)
+            nn_gemm_bf16(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, C, ldc);
+        else
+            nn_sgemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, C, ldc);
         return;
     }
     if (m == 0 || n == 0) return;
     atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
     NN_ASSERT(!gemm_prologue(ta, tb, m, n, k, 1.0f, lda, ldb, 0.0f, C, ldc));
-    const ngd_status st = ngd_f32_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc);
+    const ngd_status st = bf ? ngd_bf16_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc)
+                             : ngd_f32_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc);
     NN_ASSERT(st == NGD_OK);
     (void)st;
+}
+
+void nn_sgemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const float *A, size_t lda,
+                   const float *B, size_t ldb, const float *bias, float *C, size_t ldc) {
+    gemm_bias(false, ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc);
 }
 
 // ====== bf16 ======
@@ -211,17 +222,7 @@ void nn_gemm_bf16_ref(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
 void nn_gemm_bf16_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const uint16_t *A,
                        size_t lda, const uint16_t *B, size_t ldb, const float *bias, float *C,
                        size_t ldc) {
-    if (!bias || k == 0) {
-        if (bias) bias_rows(C, m, n, ldc, bias);
-        nn_gemm_bf16(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, C, ldc);
-        return;
-    }
-    if (m == 0 || n == 0) return;
-    atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
-    NN_ASSERT(!gemm_prologue(ta, tb, m, n, k, 1.0f, lda, ldb, 0.0f, C, ldc));
-    const ngd_status st = ngd_bf16_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc);
-    NN_ASSERT(st == NGD_OK);
-    (void)st;
+    gemm_bias(true, ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc);
 }
 
 void nn_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
