@@ -576,6 +576,70 @@ static void bf16_factors_should_train_like_f32(void) {
     CHECK_CLOSE(loss_end[1], loss_end[0], 1e-3, 0);
 }
 
+// bf16 compute: a layer's bf16 rows (more rows than the factor's width) take one product
+// over all of them, with the bias column's sums apart (gram16_direct), where f32 rows go by
+// chunks of 256, rounded and copied with the bias column's 1s. The same values both ways must
+// give the same factors to the rounding of K and C (a bf16 unit, 2^-8 relative): batches of
+// 300 rows, one row a sample and 10 rows a sample (rows expanded), two updates.
+static uint16_t to_bf16(float x) { // round to nearest even (finite x)
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static void bf16_rows_should_give_the_factors_of_the_same_f32_rows(void) {
+    enum { DI = 6, DO = 4, N = 300 };
+    const size_t batches[] = {N, N / 10};
+    for (size_t bi = 0; bi < 2; bi++) {
+        float K[2][(DI + 1) * (DI + 1)], C[2][DO * DO];
+        for (int v = 0; v < 2; v++) { // v = 1: the rows as bf16 matrices
+            float W[DO * DI] = {0}, b[DO] = {0}, gW[DO * DI] = {0}, gb[DO] = {0};
+            float a[N * DI], g[N * DO];
+            uint16_t a16[N * DI], g16[N * DO];
+            ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+            c.structure_K.dtype = c.structure_C.dtype = c.factor_compute = NGD_BF16;
+            c.T = 1;
+            ngd_optim *o;
+            CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+            ngd_layer l = {"fc", W, gW, DO, DI, b, gb, NULL};
+            int id;
+            CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+            for (int t = 0; t < 2; t++) {
+                for (int i = 0; i < N * DI; i++) {
+                    a16[i] = to_bf16((float)(sin(i * 0.37 + t) + 0.3));
+                    const uint32_t u = (uint32_t)a16[i] << 16;
+                    memcpy(&a[i], &u, sizeof u);
+                }
+                for (int i = 0; i < N * DO; i++) {
+                    g16[i] = to_bf16((float)cos(i * 0.71 + t) / N);
+                    const uint32_t u = (uint32_t)g16[i] << 16;
+                    memcpy(&g[i], &u, sizeof u);
+                }
+                const ngd_matrix am = v ? ngd_matrix_bf16(a16, N, DI) : ngd_matrix_f32(a, N, DI),
+                                 gm = v ? ngd_matrix_bf16(g16, N, DO) : ngd_matrix_f32(g, N, DO);
+                CHECK(ngd_optim_observe(o, id, batches[bi], am, gm) == NGD_OK);
+                CHECK(ngd_optim_step(o) == NGD_OK);
+            }
+            CHECK(ngd_optim_factor_dense(o, id, 'K', K[v], DI + 1) == NGD_OK);
+            CHECK(ngd_optim_factor_dense(o, id, 'C', C[v], DO) == NGD_OK);
+            ngd_optim_free(o);
+        }
+        size_t bad = 0;
+        double moved = 0;
+        for (int i = 0; i < (DI + 1) * (DI + 1); i++) {
+            bad += !(fabs((double)K[1][i] - (double)K[0][i]) <=
+                     ldexp(fabs((double)K[0][i]), -7) + 1e-6);
+            moved = fmax(moved, fabs((double)K[0][i] - (i % (DI + 2) == 0 ? 1.0 : 0.0)));
+        }
+        for (int i = 0; i < DO * DO; i++)
+            bad += !(fabs((double)C[1][i] - (double)C[0][i]) <=
+                     ldexp(fabs((double)C[0][i]), -7) + 1e-6);
+        CHECK_MSG(bad == 0 && moved > 1e-3, "batch %zu: %zu entries apart, K moved %g", batches[bi],
+                  bad, moved);
+    }
+}
+
 static const test_case TESTS[] = {
     TEST(singd_should_reproduce_the_worked_example),
     TEST(ikfac_should_converge_to_the_damped_inverse),
@@ -587,5 +651,6 @@ static const test_case TESTS[] = {
     TEST(ingd_should_be_invariant_to_micro_batching),
     TEST(nonfinite_gradient_should_skip_the_step),
     TEST(bf16_factors_should_train_like_f32),
+    TEST(bf16_rows_should_give_the_factors_of_the_same_f32_rows),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }
