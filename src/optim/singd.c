@@ -355,14 +355,22 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
     const bool direct =
         gram && m->dtype == NGD_BF16 && (e->cfg.kfac_approx != NGD_KFAC_REDUCE || m->rows == batch);
     if (direct) gram16_direct(m, d, f2);
-    for (size_t r0 = 0; r0 < rows && !direct; r0 += NGD_STATS_CHUNK) {
-        const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
-        rows16(e, batch, a, g, kside, r0, nr, chunk, s->s16a); // X (nr x d)
-        if (gram) {                                            // f2 (+)= Xᵀ X
-            ngd_gemm_bf16(true, false, d, d, nr, 1.0f, s->s16a, d, s->s16a, d, r0 ? 1.0f : 0.0f, f2,
-                          d);
+    // Blocks of 256 rows, rounded into s16a; a convolution's Gram (its scratch holds a Gram
+    // block of 16 MB) takes as many rows as fit in the scratch's first two thirds, rounded into
+    // its last third: the cnn's 131072 rows went by 512 products of 256 rows a side and layer
+    size_t br = NGD_STATS_CHUNK;
+    uint16_t *x16 = s->s16a;
+    if (gram && e->unfolded) {
+        const size_t big = ngd_stats_observe_scratch(e) * 2 / (3 * d);
+        if (big > br) br = big, x16 = (uint16_t *)(void *)(chunk + big * d);
+    }
+    for (size_t r0 = 0; r0 < rows && !direct; r0 += br) {
+        const size_t nr = NGD_MIN(br, rows - r0);
+        rows16(e, batch, a, g, kside, r0, nr, chunk, x16); // X (nr x d)
+        if (gram) {                                        // f2 (+)= Xᵀ X
+            ngd_gemm_bf16(true, false, d, d, nr, 1.0f, x16, d, x16, d, r0 ? 1.0f : 0.0f, f2, d);
         } else { // T = X L (nr x d, nr <= rows <= d), H (+)= alpha Tᵀ T
-            ngd_gemm_bf16(false, false, nr, d, d, 1.0f, s->s16a, d, L, d, 0.0f, f3, d);
+            ngd_gemm_bf16(false, false, nr, d, d, 1.0f, x16, d, L, d, 0.0f, f3, d);
             ngd_bf16_encode(f3, s->s16b, nr * d);
             ngd_gemm_bf16(true, false, d, d, nr, alpha, s->s16b, d, s->s16b, d, r0 ? 1.0f : beta0,
                           H, d);
