@@ -262,7 +262,8 @@ void ngd_stats_a_rows(const ngd_entry *e, size_t batch, const ngd_matrix *a, con
 void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t r0, size_t nr,
                       float *out);
 // G (d x d, d = d_K or d_out) = beta G + alpha Σ x xᵀ over one side's processed rows (kside:
-// a's, else g's), read in place from the layer's f32 matrix m where processing them is a copy
+// a's, else g's), read in place from the layer's f32 or bf16 matrix m (bf16: products of its
+// values summed in f32, ngd_syrk_bf16) where processing them is a copy
 // (no reduction; a bias column of ones enters as m's column sums and the row count): one
 // product over all rows instead of one per chunk through a scratch (a conv layer's 131072
 // rows of 288: 90-130 ms chunk by chunk, 61-66 in place). With beta != 0, G is symmetric on

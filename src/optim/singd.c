@@ -316,31 +316,6 @@ static void rows16(const ngd_entry *e, size_t batch, const ngd_matrix *a, const 
     ngd_bf16_encode(f32, out, nr * d);
 }
 
-// f2 (d x d) = Xᵀ X of the side's bf16 matrix m as it is (rows x dm, no reduction), one
-// product over all its rows with no copy, and, when the side has a bias column (d = dm + 1),
-// its entries: Σ_r x_rj (each column summed row by row in f32, by blocks of 16 columns on the
-// threads: the same bits at any thread count) and the row count. The chunked copies were 32
-// products of 256 rows a side and layer at vit's 8192 rows (its observe 4.0 ms a step in
-// bf16 against 2.2 in f32, which has taken this way from the start).
-static void gram16_direct(const ngd_matrix *m, size_t d, float *f2) {
-    const size_t rows = m->rows, dm = m->cols, ld = m->ld;
-    const uint16_t *p = m->data;
-    ngd_syrk_bf16(true, dm, rows, 1.0f, p, ld, 0.0f, f2, d);
-    if (d == dm) return;
-    const size_t nb = (dm + 15) / 16;
-#pragma omp parallel for schedule(static) if (rows * dm > NGD_PAR_MIN)
-    for (size_t jb = 0; jb < nb; jb++) {
-        const size_t j0 = jb * 16, nj = dm - j0 < 16 ? dm - j0 : 16;
-        float acc[16] = {0};
-        for (size_t r = 0; r < rows; r++)
-            for (size_t j = 0; j < nj; j++)
-                acc[j] += ngd_bf16_to_f32(p[r * ld + j0 + j]);
-        for (size_t j = 0; j < nj; j++)
-            f2[(j0 + j) * d + dm] = f2[dm * d + j0 + j] = acc[j];
-    }
-    f2[dm * d + dm] = (float)rows;
-}
-
 // H = beta0 H + alpha Lᵀ (Σ_rows x xᵀ) L for one dense side in bf16 (L: the stored factor).
 // f2: d x d f32 scratch, f3: a panel (slot [3]).
 static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
@@ -351,10 +326,13 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
     float *H = kside ? s->HK : s->HC;
     const float beta0 = s->has_H ? 1.0f : 0.0f;
     const bool gram = rows > d; // as the f32 path: Σ x xᵀ first when that is cheaper
+    // a layer's bf16 rows (more than the width: vit's and chargpt's 8192 tokens) go to one
+    // Xᵀ X product with no copy, the bias column's entries summed apart (ngd_stats_gram); they
+    // were copied by chunks of 256 rows, one product each (observe 4.0 ms a step against f32's
+    // 2.2, which took that way from the start)
     const ngd_matrix *m = kside ? a : g;
     const bool direct =
-        gram && m->dtype == NGD_BF16 && (e->cfg.kfac_approx != NGD_KFAC_REDUCE || m->rows == batch);
-    if (direct) gram16_direct(m, d, f2);
+        gram && m->dtype == NGD_BF16 && ngd_stats_gram(e, batch, m, kside, 1.0f, 0.0f, f2, chunk);
     // Blocks of 256 rows, rounded into s16a; a convolution's Gram (its scratch holds a Gram
     // block of 16 MB) takes as many rows as fit in the scratch's first two thirds, rounded into
     // its last third: the cnn's 131072 rows went by 512 products of 256 rows a side and layer

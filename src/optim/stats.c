@@ -149,10 +149,15 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
         }
         return true;
     }
-    if (m->dtype != NGD_F32 || (reduce && !(kside && rows == batch))) return false;
+    const bool b16 = m->dtype == NGD_BF16; // (products of bf16 values, summed in f32)
+    if ((m->dtype != NGD_F32 && !b16) || (reduce && !(kside && rows == batch))) return false;
     const float *p = m->data;
-    ngd_syrk_full(alpha, (ngd_cview){p, dm, rows, 1, (ptrdiff_t)m->ld}, beta,
-                  ngd_view_rm(G, dm, dm, d));
+    const uint16_t *p16 = m->data;
+    if (b16)
+        ngd_syrk_bf16(true, dm, rows, alpha, p16, m->ld, beta, G, d);
+    else
+        ngd_syrk_full(alpha, (ngd_cview){p, dm, rows, 1, (ptrdiff_t)m->ld}, beta,
+                      ngd_view_rm(G, dm, dm, d));
     if (d > dm) {               // the bias column: Σ_r x_rj (row by row), and Σ 1·1
         float *cs = G + dm * d; // (its old values kept in the column meanwhile)
         for (size_t j = 0; j < dm; j++)
@@ -167,9 +172,14 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
         for (size_t jb = 0; jb < nb; jb++) {
             const size_t j0 = jb * 16, nj = dm - j0 < 16 ? dm - j0 : 16;
             float acc[16] = {0};
-            for (size_t r = 0; r < rows; r++)
-                for (size_t j = 0; j < nj; j++)
-                    acc[j] += p[r * m->ld + j0 + j];
+            if (b16)
+                for (size_t r = 0; r < rows; r++)
+                    for (size_t j = 0; j < nj; j++)
+                        acc[j] += ngd_bf16_to_f32(p16[r * m->ld + j0 + j]);
+            else
+                for (size_t r = 0; r < rows; r++)
+                    for (size_t j = 0; j < nj; j++)
+                        acc[j] += p[r * m->ld + j0 + j];
             memcpy(cs + j0, acc, nj * sizeof(float));
         }
         for (size_t j = 0; j < dm; j++)
