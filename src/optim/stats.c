@@ -140,12 +140,25 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
     if (m->dtype == NGD_DT_UNFOLD) { // blocks of unfolded rows (the bias column's ones with them)
         if (reduce) return false;
         NGD_ASSERT(e->unfolded && scratch); // (a block fits ngd_stats_observe_scratch)
-        const size_t br = ngd_stats_block_rows(d);
+        // bf16 images: their unfolded rows are bf16 values, so the block is rounded into the
+        // scratch's last third (exactly) and multiplied by the bf16 kernels: the same products,
+        // summed in f32 (the cnn's bf16 observe, ms a step: K-FAC 22.2 -> 16.1, B-KFAC 19.3 ->
+        // 16.2)
+        const ngd_unfold_src *src = m->data;
+        const bool x16 = src->x.dtype == NGD_BF16;
+        const size_t br =
+            x16 ? ngd_stats_observe_scratch(e) * 2 / (3 * d) : ngd_stats_block_rows(d);
         for (size_t r0 = 0; r0 < rows; r0 += br) {
             const size_t nr = NGD_MIN(br, rows - r0);
             ngd_stats_a_rows(e, batch, m, m, r0, nr, scratch);
-            ngd_syrk_full(alpha, (ngd_cview){scratch, d, nr, 1, (ptrdiff_t)d}, r0 ? 1.0f : beta,
-                          ngd_view_rm(G, d, d, d));
+            if (x16) {
+                uint16_t *b = (uint16_t *)(void *)(scratch + br * d);
+                ngd_bf16_encode(scratch, b, nr * d);
+                ngd_syrk_bf16(true, d, nr, alpha, b, d, r0 ? 1.0f : beta, G, d);
+            } else {
+                ngd_syrk_full(alpha, (ngd_cview){scratch, d, nr, 1, (ptrdiff_t)d}, r0 ? 1.0f : beta,
+                              ngd_view_rm(G, d, d, d));
+            }
         }
         return true;
     }
