@@ -121,33 +121,24 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
     (void)st;
 }
 
-// C = op(A) op(B) + 1 biasᵀ (bias NULL: none), C written: libngd's ngd_*_gemm_bias, where
-// the matmul primitive adds the bias in its kernel (no pass setting C's rows to the bias, no
-// product reading C back); small products and k = 0 set the rows and add the product.
-static void bias_rows(float *C, size_t m, size_t n, size_t ldc, const float *bias) {
-    NN_OMP_FOR(m * n)
-    for (size_t i = 0; i < m; i++)
-        memcpy(C + i * ldc, bias, n * sizeof(float));
-}
-
-// The two below: small products (f32) and k = 0 set the rows and add the product
+// C = op(A) op(B) + 1 biasᵀ (bias NULL: the beta 0 product), C written: libngd's
+// ngd_*_gemm_bias, where the matmul primitive adds the bias in its kernel (no pass setting C's
+// rows to the bias, no product reading C back); libngd sets the rows and adds the product on
+// its other paths (small products, k = 0, dnnl_sgemm's shapes)
 static void gemm_bias(bool bf, bool ta, bool tb, size_t m, size_t n, size_t k, const void *A,
                       size_t lda, const void *B, size_t ldb, const float *bias, float *C,
                       size_t ldc) {
-    if (!bias || k == 0 || (!bf && m * n * k <= NN_SMALL_GEMM_MACS)) {
-        if (bias) bias_rows(C, m, n, ldc, bias);
+    if (!bias) {
         if (bf)
-            nn_gemm_bf16(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, C, ldc);
+            nn_gemm_bf16(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
         else
-            nn_sgemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, C, ldc);
+            nn_sgemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
         return;
     }
-    if (m == 0 || n == 0) return;
     atomic_fetch_add_explicit(&flops, 2 * (uint64_t)m * n * k, memory_order_relaxed);
-    NN_ASSERT(!gemm_prologue(ta, tb, m, n, k, 1.0f, lda, ldb, 0.0f, C, ldc));
     const ngd_status st = bf ? ngd_bf16_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc)
                              : ngd_f32_gemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc);
-    NN_ASSERT(st == NGD_OK);
+    NN_ASSERT(st == NGD_OK); // (NGD_ERR_ARG: a leading dimension below its row length)
     (void)st;
 }
 
