@@ -293,6 +293,12 @@ static inline size_t ngd_stats_scratch(size_t d) {
     const size_t c = (size_t)NGD_STATS_CHUNK * d;
     return c > NGD_STATS_BLOCK_FLOATS ? c : NGD_STATS_BLOCK_FLOATS;
 }
+// The rows of width d that fit in a scratch of `floats` together with their bf16 copy, which
+// goes in after them (at scratch + rows·d): a Gram block taken in f32 and rounded for the bf16
+// kernels (a convolution's unfolded rows)
+static inline size_t ngd_stats_block16_rows(size_t floats, size_t d) {
+    return floats * 2 / (3 * (d ? d : 1));
+}
 // An observe's row scratch for entry e's statistics: chunks of 256 rows of its widths, or
 // for a convolution observed through ngd_optim_observe_conv (e->unfolded) a Gram block too
 static inline size_t ngd_stats_observe_scratch(const struct ngd_entry *e) {

@@ -339,7 +339,7 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
     size_t br = NGD_STATS_CHUNK;
     uint16_t *x16 = s->s16a;
     if (gram && e->unfolded) {
-        const size_t big = ngd_stats_observe_scratch(e) * 2 / (3 * d);
+        const size_t big = ngd_stats_block16_rows(ngd_stats_observe_scratch(e), d);
         if (big > br) br = big, x16 = (uint16_t *)(void *)(chunk + big * d);
     }
     for (size_t r0 = 0; r0 < rows && !direct; r0 += br) {

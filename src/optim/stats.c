@@ -147,7 +147,7 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
         const ngd_unfold_src *src = m->data;
         const bool x16 = src->x.dtype == NGD_BF16;
         const size_t br =
-            x16 ? ngd_stats_observe_scratch(e) * 2 / (3 * d) : ngd_stats_block_rows(d);
+            x16 ? ngd_stats_block16_rows(ngd_stats_observe_scratch(e), d) : ngd_stats_block_rows(d);
         for (size_t r0 = 0; r0 < rows; r0 += br) {
             const size_t nr = NGD_MIN(br, rows - r0);
             ngd_stats_a_rows(e, batch, m, m, r0, nr, scratch);
