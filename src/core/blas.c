@@ -603,36 +603,6 @@ static bool gemm_args_ok(bool ta, bool tb, size_t m, size_t n, size_t k, const v
            lda <= (size_t)INT64_MAX && ldb <= (size_t)INT64_MAX && ldc <= (size_t)INT64_MAX;
 }
 
-ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
-                         const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
-                         float *C, size_t ldc) {
-    if (m == 0 || n == 0) return NGD_OK;
-    if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
-    const team_guard g = team_begin();
-#ifdef _OPENMP
-    public_call = true;
-#endif
-    gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-#ifdef _OPENMP
-    public_call = false;
-#endif
-    team_end(g);
-    return NGD_OK;
-}
-
-ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
-                        size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
-    if (m == 0 || n == 0) return NGD_OK;
-    if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
-    const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
-    const ngd_cview Bv = ngd_cview_rm(B, tb ? n : k, tb ? k : n, ldb);
-    const team_guard g = team_begin();
-    gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta,
-         ngd_view_rm(C, m, n, ldc));
-    team_end(g);
-    return NGD_OK;
-}
-
 // ---- products with a bias row (ngd.h: a layer's forward, y = x Wᵀ + b) ----
 // The matmul primitive adds the bias in its kernel, so C is written once and never read:
 // without it the rows of C were set to the bias and the product added onto them (a pass over
@@ -647,26 +617,53 @@ static void rows_set(float *C, size_t m, size_t n, size_t ldc, const float *bias
         memcpy(C + i * ldc, bias, n * sizeof(float));
 }
 
-ngd_status ngd_bf16_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const uint16_t *A,
-                              size_t lda, const uint16_t *B, size_t ldb, const float *bias,
-                              float *C, size_t ldc) {
-    if (!bias) return ngd_bf16_gemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
+// The public bf16 GEMM, with the bias row or without (bias NULL): the layers' and clients'
+// products keep oneDNN's own split over the threads (public_call)
+static ngd_status bf16_public(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                              const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
+                              float beta, float *C, size_t ldc, const float *bias) {
     if (m == 0 || n == 0) return NGD_OK;
     if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
     const team_guard g = team_begin();
 #ifdef _OPENMP
     public_call = true;
 #endif
-    // (the shapes gemm_bf16 sends elsewhere than the matmul primitive go its way, below)
-    const bool mm = bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
+    // (with a bias: the shapes gemm_bf16 sends elsewhere than the matmul primitive set the
+    // rows and go its way)
+    const bool mm = bias && bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
                     m * n * k > SMALL_GEMM_MACS && !(m > 32 && m % 32 == 1);
     if (!(mm && matmul(false, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias))) {
-        rows_set(C, m, n, ldc, bias);
-        gemm_bf16(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+        if (bias) rows_set(C, m, n, ldc, bias);
+        gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, bias ? 1.0f : beta, C, ldc);
     }
 #ifdef _OPENMP
     public_call = false;
 #endif
+    team_end(g);
+    return NGD_OK;
+}
+
+ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                         const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                         float *C, size_t ldc) {
+    return bf16_public(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+}
+
+ngd_status ngd_bf16_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, const uint16_t *A,
+                              size_t lda, const uint16_t *B, size_t ldb, const float *bias,
+                              float *C, size_t ldc) {
+    return bf16_public(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias);
+}
+
+ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *A,
+                        size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc) {
+    if (m == 0 || n == 0) return NGD_OK;
+    if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
+    const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
+    const ngd_cview Bv = ngd_cview_rm(B, tb ? n : k, tb ? k : n, ldb);
+    const team_guard g = team_begin();
+    gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta,
+         ngd_view_rm(C, m, n, ldc));
     team_end(g);
     return NGD_OK;
 }
