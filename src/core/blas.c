@@ -121,7 +121,7 @@ uint64_t ngd_gemm_flop_count(void) { return (uint64_t)atomic_load(&gemm_flops); 
 
 static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                    const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,
-                   size_t ldc, const float *bias);
+                   size_t ldc, const float *bias, uint16_t *C16);
 
 // Whether an f32 product goes through the matmul primitive rather than dnnl_sgemm: B
 // transposed, A not, 8 rows of C or more, a reduction of 256 or more, and not inside a
@@ -183,7 +183,7 @@ static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) 
     // beta = 0: oneDNN never reads C (NaN there stays out: test_core), so no clearing pass
     if (matmul_f32_pays(ta, tb, m, k) &&
         matmul(true, ta == 'T', tb == 'T', m, n, k, alpha, A.p, (size_t)lda, B.p, (size_t)ldb, beta,
-               C.p, (size_t)ldc, NULL))
+               C.p, (size_t)ldc, NULL, NULL))
         return;
     dnnl_status_t st = dnnl_sgemm(ta, tb, (dnnl_dim_t)m, (dnnl_dim_t)n, (dnnl_dim_t)k, alpha, A.p,
                                   lda, B.p, ldb, beta, C.p, ldc);
@@ -225,6 +225,7 @@ extern dnnl_status_t dnnl_gemm_bf16bf16f32(char transa, char transb, dnnl_dim_t 
 typedef struct {
     bool f32, ta, tb, inpar; // f32: A and B float32, else bf16
     bool bias;               // a bias row (n floats) added to every row of C
+    bool c16;                // C bf16 (rounded from the f32 sums; beta 0), else float32
     int nthr;                // OpenMP's thread count when made (oneDNN plans its split for it)
     size_t m, n, k, lda, ldb, ldc;
     float alpha, beta;
@@ -284,7 +285,8 @@ static bool mm_make(mm_slot *e) {
             dnnl_success &&
         dnnl_memory_desc_init_by_strides(&db, 2, sb, e->f32 ? dnnl_f32 : dnnl_bf16, tb) ==
             dnnl_success &&
-        dnnl_memory_desc_init_by_strides(&dc, 2, sc, dnnl_f32, tc) == dnnl_success &&
+        dnnl_memory_desc_init_by_strides(&dc, 2, sc, e->c16 ? dnnl_bf16 : dnnl_f32, tc) ==
+            dnnl_success &&
         dnnl_memory_desc_init_by_strides(&dbias, 2, sbias, dnnl_f32, tbias) == dnnl_success &&
         dnnl_matmul_desc_init(&md, &da, &db, e->bias ? &dbias : NULL, &dc) == dnnl_success &&
         dnnl_primitive_attr_create(&at) == dnnl_success &&
@@ -369,10 +371,11 @@ static mm_cache *mm_thread_cache(void) {
 }
 
 // C = alpha op(A) op(B) + beta C (+ the row bias, n floats, in every row: alpha 1, beta 0 then)
-// by this thread's primitive of the shape, A and B float32 (f32) or bf16; false: not done
+// by this thread's primitive of the shape, A and B float32 (f32) or bf16; false: not done.
+// C16 given (C unused, beta 0): the result rounded to bf16 there instead.
 static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                    const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,
-                   size_t ldc, const float *bias) {
+                   size_t ldc, const float *bias, uint16_t *C16) {
     mm_cache *c = mm_thread_cache();
     if (!c) return false;
 #ifdef _OPENMP
@@ -386,8 +389,9 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
     for (int i = 0; i < MM_SLOTS && !e; i++) {
         mm_slot *s = &c->s[i];
         if (s->last && s->f32 == f32 && s->ta == ta && s->tb == tb && s->inpar == inpar &&
-            s->bias == (bias != NULL) && s->nthr == nthr && s->m == m && s->n == n && s->k == k &&
-            s->lda == lda && s->ldb == ldb && s->ldc == ldc && s->alpha == alpha && s->beta == beta)
+            s->bias == (bias != NULL) && s->c16 == (C16 != NULL) && s->nthr == nthr && s->m == m &&
+            s->n == n && s->k == k && s->lda == lda && s->ldb == ldb && s->ldc == ldc &&
+            s->alpha == alpha && s->beta == beta)
             e = s;
         else if (s->last < lru->last)
             lru = s;
@@ -407,7 +411,8 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
                          .ldc = ldc,
                          .alpha = alpha,
                          .beta = beta,
-                         .bias = bias != NULL};
+                         .bias = bias != NULL,
+                         .c16 = C16 != NULL};
         if (!mm_make(lru)) return false;
         e = lru;
         if (e->sp_bytes > c->scratch_bytes) {
@@ -429,7 +434,7 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
     return (!bias || dnnl_memory_set_data_handle(e->bm, (void *)(uintptr_t)bias) == dnnl_success) &&
            dnnl_memory_set_data_handle(e->a, (void *)(uintptr_t)A) == dnnl_success &&
            dnnl_memory_set_data_handle(e->b, (void *)(uintptr_t)B) == dnnl_success &&
-           dnnl_memory_set_data_handle(e->c, C) == dnnl_success &&
+           dnnl_memory_set_data_handle(e->c, C16 ? (void *)C16 : (void *)C) == dnnl_success &&
            dnnl_memory_set_data_handle(e->sp, c->scratch) == dnnl_success &&
            dnnl_primitive_execute(e->p, c->strm, bias ? 5 : 4, args) == dnnl_success;
 }
@@ -558,7 +563,7 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
     }
 #endif
     if (path == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
-        matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL))
+        matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL))
         return;
     // beta = 0 never reads C (tested with NaN in C, test_bf16)
     if (path != NGD_BF16_PATH_CONVERT &&
@@ -592,6 +597,65 @@ void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
     atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
     const team_guard g = team_begin();
     gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    team_end(g);
+}
+
+// gemm_bf16 with the result rounded to bf16 (beta 0): the matmul primitive writes it so (its
+// f32 sums rounded as ngd_bf16_encode rounds, in its store); other paths through f32 and
+// ngd_bf16_encode. The same paths and splits as gemm_bf16 above.
+static void gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                         const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, uint16_t *C,
+                         size_t ldc) {
+    const bool mm = bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 && alpha != 0.0f &&
+                    m * n * k > SMALL_GEMM_MACS;
+    if (mm && m > 32 && m % 32 == 1) {
+        gemm_bf16_16(ta, tb, m - 1, n, k, alpha, A, lda, B, ldb, C, ldc);
+        gemm_bf16_16(ta, tb, 1, n, k, alpha, ta ? A + (m - 1) : A + (m - 1) * lda, lda, B, ldb,
+                     C + (m - 1) * ldc, ldc);
+        return;
+    }
+#ifdef _OPENMP
+    if (mm && split_rows(m, n, k)) {
+        const size_t h = split_at(m);
+#pragma omp parallel num_threads(2)
+        for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) {
+            const size_t r0 = p ? h : 0, nr = p ? m - h : h;
+            gemm_bf16_16(ta, tb, nr, n, k, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb,
+                         C + r0 * ldc, ldc);
+        }
+        return;
+    }
+#endif
+    if (mm && matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, NULL, ldc, NULL, C))
+        return;
+    float *f = ngd_malloc(m * n, sizeof(float));
+    if (f) {
+        gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, f, n);
+        if (ldc == n)
+            ngd_bf16_encode(f, C, m * n);
+        else
+            for (size_t i = 0; i < m; i++)
+                ngd_bf16_encode(f + i * n, C + i * ldc, n);
+        ngd_free(f);
+        return;
+    }
+    for (size_t i = 0; i < m; i++) // out of memory: element by element
+        for (size_t j = 0; j < n; j++) {
+            float c;
+            gemm_bf16(ta, tb, 1, 1, k, alpha, ta ? A + i : A + i * lda, lda,
+                      tb ? B + j * ldb : B + j, ldb, 0.0f, &c, 1);
+            C[i * ldc + j] = ngd_f32_to_bf16_vec(c);
+        }
+}
+
+void ngd_gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, uint16_t *C,
+                      size_t ldc) {
+    if (m == 0 || n == 0) return;
+    NGD_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
+    atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
+    const team_guard g = team_begin();
+    gemm_bf16_16(ta, tb, m, n, k, alpha, A, lda, B, ldb, C, ldc);
     team_end(g);
 }
 
@@ -632,7 +696,7 @@ static ngd_status bf16_public(bool ta, bool tb, size_t m, size_t n, size_t k, fl
     // rows and go its way)
     const bool mm = bias && bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
                     m * n * k > SMALL_GEMM_MACS && !(m > 32 && m % 32 == 1);
-    if (!(mm && matmul(false, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias))) {
+    if (!(mm && matmul(false, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias, NULL))) {
         if (bias) rows_set(C, m, n, ldc, bias);
         gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, bias ? 1.0f : beta, C, ldc);
     }
@@ -677,7 +741,7 @@ ngd_status ngd_f32_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, con
     const team_guard g = team_begin();
     if (!(k > 0 && m * n * k > SMALL_GEMM_MACS &&
           matmul_f32_pays(ta ? 'T' : 'N', tb ? 'T' : 'N', m, k) &&
-          matmul(true, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias))) {
+          matmul(true, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias, NULL))) {
         rows_set(C, m, n, ldc, bias);
         const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
         const ngd_cview Bv = ngd_cview_rm(B, tb ? n : k, tb ? k : n, ldb);

@@ -67,6 +67,11 @@ void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C)
 // ngd_gemm_flop_count. The bf16 arithmetic of libngd (SINGD's bf16 compute) runs here.
 void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
                    size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc);
+// The same with C bf16 (row-major, ldc) and beta 0: each element the f32 sum rounded as
+// ngd_bf16_encode rounds it (no f32 C written and read back for rounding)
+void ngd_gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, uint16_t *C,
+                      size_t ldc);
 // Which kernels the bf16 GEMM runs (tests, benchmarks), for every thread: oneDNN's matmul
 // primitive (the default; AMX where the CPU has it), oneDNN's bf16 GEMM (AVX512-BF16), or
 // f32 copies and sgemm (as on a CPU without bf16 kernels). Unset, NGD_BF16_GEMM=gemm or

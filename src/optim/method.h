@@ -235,6 +235,7 @@ void ngd_optim_log(const ngd_optim *o, const char *fmt, ...) __attribute__((form
 double ngd_sumsq(const float *x, size_t n);
 // Whether no x[i] is Inf or NaN (an exact scan that vectorises)
 bool ngd_all_finite(const float *x, size_t n);
+bool ngd_bf16_all_finite(const uint16_t *x, size_t n); // the same for bf16 values
 
 // ---- data-parallel helpers (optim.c): collectives that count the bytes they hand over ----
 // Ranks of the run (1 without a communicator).

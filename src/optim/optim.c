@@ -578,6 +578,13 @@ bool ngd_all_finite(const float *x, size_t n) {
     return bad == 0;
 }
 
+bool ngd_bf16_all_finite(const uint16_t *x, size_t n) {
+    uint32_t bad = 0; // (as ngd_all_finite, on bf16's exponent field)
+    for (size_t i = 0; i < n; i++)
+        bad |= (uint32_t)((x[i] & 0x7f80u) == 0x7f80u);
+    return bad == 0;
+}
+
 static bool grads_finite(const ngd_entry *e) {
     if (!ngd_all_finite(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n))
         return false;

@@ -52,9 +52,10 @@ typedef struct {
     // P = (1/c)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) where that costs less. fact: -1 undecided (before the first
     // statistics), 0 no, 1 yes. The rows are not saved: a step is taken from them only when they
     // were observed once since the last step or load (robs == 1, rloads == e->loads), else through
-    // Ĝ.
+    // Ĝ. rA and rG: float, or under bf16 compute the bf16 rows (𝒢 not multiplied by c: the
+    // product that takes them scales by it).
     int8_t fact;
-    float *rA, *rG;
+    void *rA, *rG;
     size_t rcap, nrows, robs;
     double rc;
     uint32_t rloads;
@@ -255,8 +256,12 @@ static bool rows_ready(const ngd_entry *e) {
 // sample, not a sequence's rows reduced to one; both products cached, one process; decided at
 // its first statistics): 𝒜 as the statistics take it, 𝒢 times c / s_t,
 // c = the batch (a mean loss) or 1, so that Ĝ = (1/c) 𝒢ᵀ𝒜.
+static void rows16(const ngd_entry *e, size_t batch, const ngd_matrix *a, const ngd_matrix *g,
+                   bool kside, size_t r0, size_t nr, float *f32, uint16_t *out);
+
+// chunk: f32 scratch of NGD_STATS_CHUNK rows (bf16 compute's rows from f32 matrices)
 static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
-                      const ngd_matrix *g) {
+                      const ngd_matrix *g, float *chunk) {
     const size_t rows = ngd_stats_rows(e, batch, g), dK = e->d_K, dC = e->d_out;
     if (s->fact < 0)
         s->fact = g->rows == batch && ((s->KKt && s->CCt) || s->bfc) && ngd_optim_world(o) == 1;
@@ -265,10 +270,11 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
     s->robs = s->rloads == e->loads ? s->robs + 1 : 1;
     s->rloads = e->loads;
     if (s->robs > 1 || !rows_pay(rows, dC, dK)) return; // (Ĝ this step)
-    if (rows > s->rcap) {                               // the first statistics, or a larger batch
+    const size_t el = s->bfc ? sizeof(uint16_t) : sizeof(float);
+    if (rows > s->rcap) { // the first statistics, or a larger batch
         ngd_free(s->rA), ngd_free(s->rG);
-        s->rA = ngd_malloc(rows, dK * sizeof(float));
-        s->rG = ngd_malloc(rows, dC * sizeof(float));
+        s->rA = ngd_malloc(rows, dK * el);
+        s->rG = ngd_malloc(rows, dC * el);
         s->rcap = s->rA && s->rG ? rows : 0;
         if (!s->rcap) return; // (out of memory: Ĝ, as without the option)
     }
@@ -276,15 +282,28 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
     // scale after its observe calls, ngd.torch's order, and scale_cur is still the last one's)
     const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
     const float wg = (float)c;
+    if (s->bfc) { // bf16 rows as they come (bf16 matrices copied, others rounded)
+        uint16_t *A16 = s->rA, *G16 = s->rG;
+        for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
+            const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
+            rows16(e, batch, a, g, true, r0, nr, chunk, A16 + r0 * dK);
+            rows16(e, batch, a, g, false, r0, nr, chunk, G16 + r0 * dC);
+        }
+        if (!ngd_bf16_all_finite(A16, rows * dK) || !ngd_bf16_all_finite(G16, rows * dC)) return;
+        s->nrows = rows;
+        s->rc = c;
+        return;
+    }
+    float *rA = s->rA, *rG = s->rG;
     for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
         const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
-        ngd_stats_a_rows(e, batch, a, g, r0, nr, s->rA + r0 * dK);
-        ngd_stats_g_rows(e, batch, g, r0, nr, s->rG + r0 * dC);
+        ngd_stats_a_rows(e, batch, a, g, r0, nr, rA + r0 * dK);
+        ngd_stats_g_rows(e, batch, g, r0, nr, rG + r0 * dC);
     }
-    ngd_view_scale_f32(ngd_view_rm(s->rG, rows, dC, dC), wg);
+    ngd_view_scale_f32(ngd_view_rm(rG, rows, dC, dC), wg);
     // (non-finite rows would make P NaN while Ĝ is finite: Ĝ then, as the update refuses
     //  such statistics)
-    if (!ngd_all_finite(s->rA, rows * dK) || !ngd_all_finite(s->rG, rows * dC)) return;
+    if (!ngd_all_finite(rA, rows * dK) || !ngd_all_finite(rG, rows * dC)) return;
     s->nrows = rows;
     s->rc = c;
 }
@@ -383,7 +402,7 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
                                 const ngd_matrix *g) {
     singd_state *s = e->ms;
     if (s->fact != 0) {
-        keep_rows(o, e, s, batch, a, g);
+        keep_rows(o, e, s, batch, a, g, ws_layout(e, ngd_optim_method_ws(o)).chunk);
         if (!update_step(e, o->steps)) return NGD_OK; // between updates: the rows only
     }
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
@@ -789,12 +808,11 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
         // d x n products with the rows as B transposed ran 1.2x faster than the n x d ones at
         // the mlp's d = 513-785, n = 128 (oneDNN's bf16 matmul, 2 threads), and so did the
         // last product as NT (docs/benchmarks.md, twenty-first session).
-        ngd_bf16_encode(s->rG, s->s16a, n * dC);
-        ngd_bf16_encode(s->rA, s->s16b, n * dK);
-        ngd_gemm_bf16(false, true, dC, n, dC, 1.0f, s->CCt16, dC, s->s16a, dC, 0.0f, w.X, n);
-        ngd_gemm_bf16(false, true, dK, n, dK, 1.0f, s->KKt16, dK, s->s16b, dK, 0.0f, w.Y, n);
-        ngd_bf16_encode(w.X, s->s16a, dC * n);
-        ngd_bf16_encode(w.Y, s->s16b, dK * n);
+        // The rows are kept in bf16 and the first two products write bf16 (the f32 sums
+        // rounded in oneDNN's store): four serial rounding passes fewer (𝒢 times c there, as
+        // in the f32 rows)
+        ngd_gemm_bf16_16(false, true, dC, n, dC, (float)s->rc, s->CCt16, dC, s->rG, dC, s->s16a, n);
+        ngd_gemm_bf16_16(false, true, dK, n, dK, 1.0f, s->KKt16, dK, s->rA, dK, s->s16b, n);
         ngd_gemm_bf16(false, true, dC, dK, n, inv_cs, s->s16a, n, s->s16b, n, 0.0f, P, dK);
         return;
     }
