@@ -336,10 +336,9 @@ static void rows16(const ngd_entry *e, size_t batch, const ngd_matrix *a, const 
 }
 
 // H = beta0 H + alpha Lᵀ (Σ_rows x xᵀ) L for one dense side in bf16 (L: the stored factor).
-// f2: d x d f32 scratch, f3: a panel (slot [3]).
+// f2: d x d f32 scratch.
 static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
-                           const ngd_matrix *g, bool kside, float alpha, float *chunk, float *f2,
-                           float *f3) {
+                           const ngd_matrix *g, bool kside, float alpha, float *chunk, float *f2) {
     const size_t rows = ngd_stats_rows(e, batch, g), d = kside ? e->d_K : e->d_out;
     const uint16_t *L = kside ? s->K : s->C;
     float *H = kside ? s->HK : s->HC;
@@ -367,19 +366,18 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
         if (gram) {                                        // f2 (+)= Xᵀ X
             ngd_gemm_bf16(true, false, d, d, nr, 1.0f, x16, d, x16, d, r0 ? 1.0f : 0.0f, f2, d);
         } else { // T = X L (nr x d, nr <= rows <= d), H (+)= alpha Tᵀ T
-            ngd_gemm_bf16(false, false, nr, d, d, 1.0f, x16, d, L, d, 0.0f, f3, d);
-            ngd_bf16_encode(f3, s->s16b, nr * d);
+            ngd_gemm_bf16_16(false, false, nr, d, d, 1.0f, x16, d, L, d, s->s16b, d);
             ngd_gemm_bf16(true, false, d, d, nr, alpha, s->s16b, d, s->s16b, d, r0 ? 1.0f : beta0,
                           H, d);
         }
     }
-    if (gram) { // H = beta0 H + alpha (Lᵀ G16) L, Lᵀ G16 by row panels through f3
+    if (gram) { // H = beta0 H + alpha (Lᵀ G16) L, Lᵀ G16 by row panels (as the f32 path)
         ngd_bf16_encode(f2, s->s16a, d * d);
         const size_t pr = panel_rows(d);
         for (size_t r0 = 0; r0 < d; r0 += pr) {
             const size_t nr = NGD_MIN(pr, d - r0);
-            ngd_gemm_bf16(true, false, nr, d, d, 1.0f, L + r0, d, s->s16a, d, 0.0f, f3, d);
-            ngd_bf16_encode(f3, s->s16b + r0 * d, nr * d);
+            ngd_gemm_bf16_16(true, false, nr, d, d, 1.0f, L + r0, d, s->s16a, d, s->s16b + r0 * d,
+                             d);
         }
         ngd_gemm_bf16(false, false, d, d, d, alpha, s->s16b, d, L, d, beta0, H, d);
     }
@@ -410,8 +408,8 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
         const size_t rows = ngd_stats_rows(e, batch, g);
         const float alpha_K = (float)(1.0 / (double)rows);
         const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g) / (double)o->scale_prev);
-        observe_side16(e, s, batch, a, g, true, alpha_K, w.chunk, w.fK[2], w.fK[3]);
-        observe_side16(e, s, batch, a, g, false, alpha_C, w.chunk, w.fC[2], w.fC[3]);
+        observe_side16(e, s, batch, a, g, true, alpha_K, w.chunk, w.fK[2]);
+        observe_side16(e, s, batch, a, g, false, alpha_C, w.chunk, w.fC[2]);
         s->has_H = 1;
         return NGD_OK;
     }
@@ -877,8 +875,7 @@ static void singd_precondition_raw(ngd_optim *o, ngd_entry *e, float inv_scale, 
                 r[j] = ngd_f32_to_bf16_vec(g[j] * inv_scale);
             if (e->gb) r[din] = ngd_f32_to_bf16_vec(e->gb[i] * inv_scale);
         }
-        ngd_gemm_bf16(false, false, dC, dK, dK, 1.0f, G16, dK, s->KKt16, dK, 0.0f, w.Y, dK);
-        ngd_bf16_encode(w.Y, s->s16b, dC * dK);
+        ngd_gemm_bf16_16(false, false, dC, dK, dK, 1.0f, G16, dK, s->KKt16, dK, s->s16b, dK);
         ngd_gemm_bf16(false, false, dC, dK, dC, 1.0f, s->CCt16, dC, s->s16b, dK, 0.0f, P, dK);
         return;
     }
