@@ -885,6 +885,56 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 
 // ngd_syrk_full's block rows for bf16 operands (f32 C): op(A) = A (n x k) or, ta, Aᵀ of the
 // k x n A.
+#ifdef _OPENMP
+// Two threads, no AMX (split_rows' conditions), n from SYRK16_BLOCKS_MIN to SYRK16_MIN: C in
+// 2 x 2 blocks at h = n/2 (rounded to 16), the upper right one not computed: thread 0 takes C11
+// and the first half of C21's rows, thread 1 C22 and the rest, each by one-thread products,
+// and each mirrors its rows of C21 into C12 and its block's lower triangle: three quarters of
+// the multiply-adds of one product, exactly symmetric, every element a sum over k as a
+// one-thread product sums it. 2 threads, AMD Zen 5, medians of 61 calls alternated, one
+// product / blocks: 1.13-1.22 at n = k = 640, 785, 900 and 1000 (AᵀA and A Aᵀ); 0.9-1.08 at
+// 300-513 (the one-thread products of 256 rows, and the mirrors, cost what they save).
+#define SYRK16_BLOCKS_MIN 640
+
+// C[j][i] = C[i][j] for rows i in [r0, r0 + nr) and columns j < h (h <= r0), by 16 x 16 tiles
+// (a column walk at a power-of-two ldc would keep to a few cache sets)
+static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
+    float buf[SYRK_TILE][SYRK_TILE];
+    for (size_t i0 = r0; i0 < r0 + nr; i0 += SYRK_TILE) {
+        const size_t ni = NGD_MIN((size_t)SYRK_TILE, r0 + nr - i0);
+        for (size_t j0 = 0; j0 < h; j0 += SYRK_TILE) {
+            const size_t nj = NGD_MIN((size_t)SYRK_TILE, h - j0);
+            for (size_t i = 0; i < ni; i++)
+                for (size_t j = 0; j < nj; j++)
+                    buf[j][i] = C[(i0 + i) * ldc + j0 + j];
+            for (size_t j = 0; j < nj; j++)
+                for (size_t i = 0; i < ni; i++)
+                    C[(j0 + j) * ldc + i0 + i] = buf[j][i];
+        }
+    }
+}
+
+static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
+                          float beta, float *C, size_t ldc) {
+    const size_t h = (n / 2 + 15) / 16 * 16, n2 = n - h, q = (n2 + 1) / 2;
+#define COLS(c0) (ta ? A + (c0) : A + (c0)*lda) // A's rows (columns, ta) from c0
+#pragma omp parallel num_threads(2)
+    for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) { // (any team)
+        const size_t d0 = p ? h : 0, nd = p ? n2 : h;                       // its diagonal block
+        const size_t r0 = p ? h + q : h, nr = p ? n2 - q : q;               // its rows of C21
+        gemm_bf16(ta, !ta, nd, nd, k, alpha, COLS(d0), lda, COLS(d0), lda, beta, C + d0 * ldc + d0,
+                  ldc);
+        mirror_lower(ngd_view_rm(C + d0 * ldc + d0, nd, nd, ldc)); // (a product's rows
+        // and columns may sum in other orders: m = 32j + 1's last row goes apart)
+        if (nr) {
+            gemm_bf16(ta, !ta, nr, h, k, alpha, COLS(r0), lda, A, lda, beta, C + r0 * ldc, ldc);
+            mirror_rows(C, ldc, r0, nr, h); // C12's columns r0.. from C21's rows
+        }
+    }
+#undef COLS
+}
+#endif
+
 void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                    float beta, float *C, size_t ldc) {
     // At most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per
@@ -892,6 +942,12 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
     // panels with their copy: 1.5x at 512-513, 1.0-1.1x at 785 and 1025; the panels 1.1x at
     // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025 (A Aᵀ;
     // AᵀA split over two threads, gemm_bf16, is symmetric to within float32 rounding).
+#ifdef _OPENMP
+    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && split_rows(n, n, k)) {
+        syrk16_blocks(ta, n, k, alpha, A, lda, beta, C, ldc);
+        return;
+    }
+#endif
     const size_t b = n < SYRK16_MIN ? 0 : syrk_panel(n, k, 4);
     if (!b) {
         ngd_gemm_bf16(ta, !ta, n, n, k, alpha, A, lda, A, lda, beta, C, ldc);
