@@ -852,6 +852,28 @@ static void mirror_lower(ngd_view C) {
 
 // The block-row height for an m x m product of m x k operands in at most max_np panels
 // (a multiple of 16), or 0 where one GEMM of the whole square is the better choice.
+// C[j][i] = C[i][j] for rows i in [r0, r0 + nr) and columns j < h (h <= r0), by 16 x 16 tiles
+// (a column walk at a power-of-two ldc would keep to a few cache sets)
+static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
+    float buf[SYRK_TILE][SYRK_TILE];
+    for (size_t i0 = r0; i0 < r0 + nr; i0 += SYRK_TILE) {
+        const size_t ni = NGD_MIN((size_t)SYRK_TILE, r0 + nr - i0);
+        for (size_t j0 = 0; j0 < h; j0 += SYRK_TILE) {
+            const size_t nj = NGD_MIN((size_t)SYRK_TILE, h - j0);
+            for (size_t i = 0; i < ni; i++)
+                for (size_t j = 0; j < nj; j++)
+                    buf[j][i] = C[(i0 + i) * ldc + j0 + j];
+            for (size_t j = 0; j < nj; j++)
+                for (size_t i = 0; i < ni; i++)
+                    C[(j0 + j) * ldc + i0 + i] = buf[j][i];
+        }
+    }
+}
+
+// ngd_syrk_full's 2 x 2 blocks (syrk32_blocks) from SYRK32_BLOCKS_MIN to SYRK32_BLOCKS_MAX rows
+#define SYRK32_BLOCKS_MIN 384
+#define SYRK32_BLOCKS_MAX 1024
+
 static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
     if (m >= SYRK_LONG_MIN && k >= SYRK_LONG_K * m && max_np >= 2) { // (np >= 2 here too)
         const size_t np = NGD_MIN(max_np, (m + SYRK_LONG_PANEL / 2) / SYRK_LONG_PANEL);
@@ -868,9 +890,50 @@ static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
 // full product, and C comes out exactly symmetric. With beta != 0 only C's lower triangle and
 // diagonal blocks are read, so C must be symmetric on entry (every caller accumulates
 // products made here, or their averages).
+#ifdef _OPENMP
+// ngd_syrk_full's 2 x 2 blocks on two threads (syrk16_blocks' scheme, one-thread sgemm)
+static bool syrk32_blocks_on(size_t m, size_t k) {
+    static _Atomic int on = -1;
+    int o = atomic_load_explicit(&on, memory_order_relaxed);
+    if (o < 0) {
+        const char *e = getenv("NGD_SYRK_BLOCKS");
+        o = !(e && !strcmp(e, "0"));
+        atomic_store_explicit(&on, o, memory_order_relaxed);
+    }
+    return o && m >= SYRK32_BLOCKS_MIN && m < SYRK32_BLOCKS_MAX && 2 * k >= m &&
+           !omp_in_parallel() && serial_depth == 0 && omp_get_max_threads() == 2;
+}
+
+static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
+    const size_t n = A.rows, k = A.cols, h = (n / 2 + 15) / 16 * 16, n2 = n - h, q = (n2 + 1) / 2;
+#pragma omp parallel num_threads(2)
+    for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) { // (any team)
+        const size_t d0 = p ? h : 0, nd = p ? n2 : h;                       // its diagonal block
+        const size_t r0 = p ? h + q : h, nr = p ? n2 - q : q;               // its rows of C21
+        const ngd_cview Ad = ngd_cview_sub(A, d0, nd, 0, k);
+        const ngd_view Cd = ngd_view_sub(C, d0, nd, d0, nd);
+        gemm(alpha, Ad, ngd_cview_t(Ad), beta, Cd);
+        mirror_lower(Cd);
+        if (nr) {
+            gemm(alpha, ngd_cview_sub(A, r0, nr, 0, k), ngd_cview_t(ngd_cview_sub(A, 0, h, 0, k)),
+                 beta, ngd_view_sub(C, r0, nr, 0, h));
+            mirror_rows(C.p, (size_t)C.rs, r0, nr, h);
+        }
+    }
+}
+#endif
+
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
     const size_t m = A.rows, k = A.cols, b = syrk_panel(m, k, m);
+#ifdef _OPENMP
+    if (C.cs == 1 && C.rs > 0 && syrk32_blocks_on(m, k)) {
+        const team_guard g = team_begin();
+        syrk32_blocks(alpha, A, beta, C);
+        team_end(g);
+        return;
+    }
+#endif
     if (!b) {
         ngd_gemm(alpha, A, ngd_cview_t(A), beta, C);
         return;
@@ -895,24 +958,6 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 // product / blocks: 1.13-1.22 at n = k = 640, 785, 900 and 1000 (AᵀA and A Aᵀ); 0.9-1.08 at
 // 300-513 (the one-thread products of 256 rows, and the mirrors, cost what they save).
 #define SYRK16_BLOCKS_MIN 640
-
-// C[j][i] = C[i][j] for rows i in [r0, r0 + nr) and columns j < h (h <= r0), by 16 x 16 tiles
-// (a column walk at a power-of-two ldc would keep to a few cache sets)
-static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
-    float buf[SYRK_TILE][SYRK_TILE];
-    for (size_t i0 = r0; i0 < r0 + nr; i0 += SYRK_TILE) {
-        const size_t ni = NGD_MIN((size_t)SYRK_TILE, r0 + nr - i0);
-        for (size_t j0 = 0; j0 < h; j0 += SYRK_TILE) {
-            const size_t nj = NGD_MIN((size_t)SYRK_TILE, h - j0);
-            for (size_t i = 0; i < ni; i++)
-                for (size_t j = 0; j < nj; j++)
-                    buf[j][i] = C[(i0 + i) * ldc + j0 + j];
-            for (size_t j = 0; j < nj; j++)
-                for (size_t i = 0; i < ni; i++)
-                    C[(j0 + j) * ldc + i0 + i] = buf[j][i];
-        }
-    }
-}
 
 static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                           float beta, float *C, size_t ldc) {
