@@ -18,7 +18,7 @@ expect_rc 0 "ngd help train" "$NGD" help train
 expect_msg "usage: ngd train [options]" "ngd help train prints train's help"
 expect_rc 2 "ngd help of an unknown command" "$NGD" help frobnicate
 # a switch of the environment with a value nothing reads is refused, not ignored
-for ev in NGD_F32_GEMM=bogus NGD_BF16_GEMM=fast NGD_BF16_SPLIT=yes NGD_CONV_DIRECT=off NGD_CONV_AMX=no; do
+for ev in NGD_F32_GEMM=bogus NGD_BF16_GEMM=fast NGD_BF16_SPLIT=yes NGD_CONV_DIRECT=off NGD_CONV_AMX=no NGD_SYRK_BLOCKS=on; do
     expect_rc 2 "$ev" env "$ev" "$NGD" train --max-steps 1
     expect_msg "ngd: error: $ev: not a value it takes" "$ev message"
 done

@@ -892,7 +892,8 @@ static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
 // products made here, or their averages).
 #ifdef _OPENMP
 // ngd_syrk_full's 2 x 2 blocks on two threads (syrk16_blocks' scheme, one-thread sgemm)
-static bool syrk32_blocks_on(size_t m, size_t k) {
+// (NGD_SYRK_BLOCKS=0 in the environment turns the blocks off, f32 and bf16)
+static bool syrk_blocks_env(void) {
     static _Atomic int on = -1;
     int o = atomic_load_explicit(&on, memory_order_relaxed);
     if (o < 0) {
@@ -900,7 +901,11 @@ static bool syrk32_blocks_on(size_t m, size_t k) {
         o = !(e && !strcmp(e, "0"));
         atomic_store_explicit(&on, o, memory_order_relaxed);
     }
-    return o && m >= SYRK32_BLOCKS_MIN && m < SYRK32_BLOCKS_MAX && 2 * k >= m &&
+    return o;
+}
+
+static bool syrk32_blocks_on(size_t m, size_t k) {
+    return syrk_blocks_env() && m >= SYRK32_BLOCKS_MIN && m < SYRK32_BLOCKS_MAX && 2 * k >= m &&
            !omp_in_parallel() && serial_depth == 0 && omp_get_max_threads() == 2;
 }
 
@@ -988,7 +993,7 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
     // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025 (A Aᵀ;
     // AᵀA split over two threads, gemm_bf16, is symmetric to within float32 rounding).
 #ifdef _OPENMP
-    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && split_rows(n, n, k)) {
+    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && syrk_blocks_env() && split_rows(n, n, k)) {
         syrk16_blocks(ta, n, k, alpha, A, lda, beta, C, ldc);
         return;
     }
