@@ -993,7 +993,8 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
     // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025 (A Aᵀ;
     // AᵀA split over two threads, gemm_bf16, is symmetric to within float32 rounding).
 #ifdef _OPENMP
-    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && syrk_blocks_env() && split_rows(n, n, k)) {
+    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && 2 * k >= n && syrk_blocks_env() &&
+        split_rows(n, n, k)) { // (k = 128 at n = 785: 0.82x)
         syrk16_blocks(ta, n, k, alpha, A, lda, beta, C, ldc);
         return;
     }
