@@ -663,6 +663,20 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
                 nn_gelu_backward(&ga, dy, dx1), nn_gelu_backward_set(&gb, dy, dx2);
             }
             CHECK_MSG(memcmp(dx1, dx2, n * sizeof(float)) == 0, "activation %d", kind);
+            // the _set16 twins: the same dx, and dx16 its rounding (the next Linear's dy16)
+            float *dx3 = malloc(n * sizeof *dx3);
+            uint16_t *d16 = malloc(n * sizeof *d16), *want16 = malloc(n * sizeof *want16);
+            for (size_t i = 0; i < n; i++)
+                dx3[i] = NAN, d16[i] = 0x7fc1u;
+            if (kind == 0)
+                nn_relu_backward_set16(&rb, dy, dx3, d16);
+            else
+                nn_gelu_backward_set16(&gb, dy, dx3, d16);
+            nn_bf16_encode(dx2, want16, n);
+            CHECK_MSG(memcmp(dx3, dx2, n * sizeof(float)) == 0 &&
+                          memcmp(d16, want16, n * sizeof(uint16_t)) == 0,
+                      "activation %d, bf16 twin", kind);
+            free(dx3), free(d16), free(want16);
         }
         for (int bf = 0; bf < 2; bf++) {
             nn_linear la, lb;
@@ -684,6 +698,28 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
             CHECK(memcmp(dx1, dx2, n * sizeof(float)) == 0);
             CHECK(memcmp(la.dw, lb.dw, dout * din * sizeof(float)) == 0 &&
                   memcmp(la.db, lb.db, dout * sizeof(float)) == 0);
+            CHECK((nn_linear_dy16(&la) != NULL) == (bf == 1));
+            if (bf) { // dy16 filled by the caller: the same dW, db, dx and statistics
+                float *dx3 = malloc(n * sizeof *dx3);
+                for (size_t i = 0; i < n; i++)
+                    dx3[i] = NAN;
+                nn_linear_forward(&la, x, out, rows);
+                nn_zero_grads((nn_param[]){{"w", la.w, la.dw, dout * din, &la.dw_zeroed},
+                                           {"b", la.b, la.db, dout, NULL}},
+                              2);
+                nn_bf16_encode(g2, nn_linear_dy16(&la), rows * dout);
+                nn_linear_backward_set_in16(&la, g2, dx3);
+                nn_linear_forward(&lb, x, out, rows);
+                nn_zero_grads((nn_param[]){{"w", lb.w, lb.dw, dout * din, &lb.dw_zeroed},
+                                           {"b", lb.b, lb.db, dout, NULL}},
+                              2);
+                nn_linear_backward_set(&lb, g2, dx2);
+                CHECK(memcmp(dx3, dx2, n * sizeof(float)) == 0 &&
+                      memcmp(la.dw, lb.dw, dout * din * sizeof(float)) == 0 &&
+                      memcmp(la.db, lb.db, dout * sizeof(float)) == 0 &&
+                      memcmp(la.dy16, lb.dy16, rows * dout * sizeof(uint16_t)) == 0);
+                free(dx3);
+            }
             free(out), free(g2);
             nn_linear_free(&la), nn_linear_free(&lb);
         }

@@ -97,6 +97,17 @@ void nn_relu_backward_set(nn_relu *l, const float *dy, float *dx) {
         dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+void nn_relu_backward_set16(nn_relu *l, const float *dy, float *dx, uint16_t *dx16) {
+    NN_ASSERT(dy && dx && dx16 && l->x);
+    const float *x = l->x;
+    NN_OMP_FOR(l->n)
+    for (size_t i = 0; i < l->n; i++) {
+        const float v = x[i] > 0.0f ? dy[i] : 0.0f;
+        dx[i] = v;
+        dx16[i] = nn_to_bf16(v);
+    }
+}
+
 // ---- GELU ----
 
 #define NN_SQRT_2_OVER_PI 0.7978845608028654f // √(2/π)
@@ -167,14 +178,28 @@ static inline float gelu_grad(bool tanh_kind, float v) {
     return cdf + vc * pdf;
 }
 
-// dx += (or, where set, =) dy · GELU'(x): four plain loops (one flag inside a loop, GCC left it
-// scalar: chargpt's step 50 -> 78 ms)
-static void gelu_backward(nn_gelu *l, const float *dy, float *dx, bool set) {
-    NN_ASSERT(dy && l->x);
+// dx += (or, where set, =) dy · GELU'(x), and dx16 = dx rounded where given (set only): plain
+// loops (one flag inside a loop, GCC left it scalar: chargpt's step 50 -> 78 ms)
+static void gelu_backward(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16, bool set) {
+    NN_ASSERT(dy && l->x && (!dx16 || (set && dx)));
     if (!dx) return;
     const float *x = l->x;
     const size_t n = l->n;
-    if (l->kind == NN_GELU_TANH && set) {
+    if (dx16 && l->kind == NN_GELU_TANH) {
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++) {
+            const float v = dy[i] * gelu_grad(true, x[i]);
+            dx[i] = v;
+            dx16[i] = nn_to_bf16(v);
+        }
+    } else if (dx16) {
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++) {
+            const float v = dy[i] * gelu_grad(false, x[i]);
+            dx[i] = v;
+            dx16[i] = nn_to_bf16(v);
+        }
+    } else if (l->kind == NN_GELU_TANH && set) {
         NN_OMP_FOR(n)
         for (size_t i = 0; i < n; i++)
             dx[i] = dy[i] * gelu_grad(true, x[i]);
@@ -193,7 +218,12 @@ static void gelu_backward(nn_gelu *l, const float *dy, float *dx, bool set) {
     }
 }
 
-void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx) { gelu_backward(l, dy, dx, false); }
+void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx) {
+    gelu_backward(l, dy, dx, NULL, false);
+}
 void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx) {
-    gelu_backward(l, dy, dx, true);
+    gelu_backward(l, dy, dx, NULL, true);
+}
+void nn_gelu_backward_set16(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16) {
+    gelu_backward(l, dy, dx, dx16, true);
 }

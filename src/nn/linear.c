@@ -73,15 +73,16 @@ void nn_linear_forward_in16(nn_linear *l, float *y, size_t rows) {
     forward(l, NULL, y, rows);
 }
 
-// dx (rows, din) = dy W + beta dx: beta 1 adds, beta 0 writes (dx never read then)
-static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
+// dx (rows, din) = dy W + beta dx: beta 1 adds, beta 0 writes (dx never read then);
+// in16: dy16 already holds dy rounded (bf16 mode)
+static void backward(nn_linear *l, const float *dy, float *dx, float beta, bool in16) {
     NN_ASSERT(dy && (l->x || (l->max_rows16 && l->rows))); // (after a forward)
     const size_t din = l->d_in, dout = l->d_out, rows = l->rows;
     l->dy = dy;
     const float bw = l->dw_zeroed ? 0.0f : 1.0f; // (dW zero: written, not read)
     l->dw_zeroed = false;
     if (l->max_rows16) {
-        nn_bf16_encode(dy, l->dy16, rows * dout);
+        if (!in16) nn_bf16_encode(dy, l->dy16, rows * dout);
         nn_gemm_bf16(true, false, dout, din, rows, 1.0f, l->dy16, dout, l->x16, din, bw, l->dw,
                      din);
     } else {
@@ -97,8 +98,19 @@ static void backward(nn_linear *l, const float *dy, float *dx, float beta) {
         nn_sgemm(false, false, rows, din, dout, 1.0f, dy, dout, l->w, din, beta, dx, din);
 }
 
-void nn_linear_backward(nn_linear *l, const float *dy, float *dx) { backward(l, dy, dx, 1.0f); }
-void nn_linear_backward_set(nn_linear *l, const float *dy, float *dx) { backward(l, dy, dx, 0.0f); }
+void nn_linear_backward(nn_linear *l, const float *dy, float *dx) {
+    backward(l, dy, dx, 1.0f, false);
+}
+void nn_linear_backward_set(nn_linear *l, const float *dy, float *dx) {
+    backward(l, dy, dx, 0.0f, false);
+}
+
+uint16_t *nn_linear_dy16(nn_linear *l) { return l->max_rows16 ? l->dy16 : NULL; }
+
+void nn_linear_backward_set_in16(nn_linear *l, const float *dy, float *dx) {
+    NN_ASSERT(l->max_rows16);
+    backward(l, dy, dx, 0.0f, true);
+}
 
 nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows) {
     if (max_rows == 0) return NN_ERR_ARG;

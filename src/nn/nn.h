@@ -323,6 +323,12 @@ void nn_linear_forward_in16(nn_linear *l, float *y, size_t rows);
 void nn_linear_backward(nn_linear *l, const float *dy, float *dx);
 // The same with dx written (= dy W), not added to: no clearing pass before it.
 void nn_linear_backward_set(nn_linear *l, const float *dy, float *dx);
+// bf16 mode: the buffer (rows x d_out) into which the layer after this one may write the
+// output gradient already rounded as it writes dy (nn_relu_backward_set16,
+// nn_gelu_backward_set16), NULL in float32 mode; nn_linear_backward_set_in16 then takes it, with
+// no encode pass over dy. The same bits as nn_linear_backward_set.
+uint16_t *nn_linear_dy16(nn_linear *l);
+void nn_linear_backward_set_in16(nn_linear *l, const float *dy, float *dx);
 void nn_linear_free(nn_linear *l);
 // For ngd_optim_add_layer (name is borrowed by the struct; libngd copies it).
 ngd_layer nn_linear_ngd_layer(const nn_linear *l, const char *name);
@@ -663,6 +669,8 @@ void nn_relu_forward16(nn_relu *l, const float *x, uint16_t *y16, size_t n); // 
 void nn_relu_backward(nn_relu *l, const float *dy, float *dx);
 // dx = dy * [x > 0], written (dx may be dy)
 void nn_relu_backward_set(nn_relu *l, const float *dy, float *dx);
+// The same, and dx16 = dx rounded to bf16 (a bf16 Linear's output gradient: nn_linear_dy16)
+void nn_relu_backward_set16(nn_relu *l, const float *dy, float *dx, uint16_t *dx16);
 
 typedef enum {
     NN_GELU_ERF = 0,  // exact: x Φ(x) (PyTorch nn.GELU(), timm's ViT)
@@ -683,6 +691,8 @@ void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n);
 void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n); // y rounded
 void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);               // dx += dy GELU'(x)
 void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx);           // dx = dy GELU'(x)
+// The same, and dx16 = dx rounded to bf16 (nn_linear_dy16)
+void nn_gelu_backward_set16(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16);
 
 // ====== Pooling (pool.c) ======
 

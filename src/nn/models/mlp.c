@@ -91,11 +91,20 @@ static void mlp_forward(nn_model *m, const float *x, size_t N, bool train) {
 static void mlp_backward(nn_model *m, const float *dlogits) {
     mlp *p = m->impl;
     const float *dy = dlogits;
+    bool in16 = false; // (bf16: the ReLU's backward wrote the next layer's dy rounded too)
     for (size_t i = p->nl; i-- > 0;) {
-        float *dx = i > 0 ? p->dh[i - 1] : NULL;    // the input of layer 0 needs no gradient
-        nn_linear_backward_set(&p->lin[i], dy, dx); // (dx written: nothing to clear)
+        float *dx = i > 0 ? p->dh[i - 1] : NULL; // the input of layer 0 needs no gradient
+        if (in16)                                // (dx written: nothing to clear)
+            nn_linear_backward_set_in16(&p->lin[i], dy, dx);
+        else
+            nn_linear_backward_set(&p->lin[i], dy, dx);
         if (i > 0) {
-            nn_relu_backward_set(&p->relu[i - 1], p->dh[i - 1], p->dz[i - 1]);
+            uint16_t *d16 = nn_linear_dy16(&p->lin[i - 1]);
+            if (d16)
+                nn_relu_backward_set16(&p->relu[i - 1], p->dh[i - 1], p->dz[i - 1], d16);
+            else
+                nn_relu_backward_set(&p->relu[i - 1], p->dh[i - 1], p->dz[i - 1]);
+            in16 = d16 != NULL;
             dy = p->dz[i - 1];
         }
     }

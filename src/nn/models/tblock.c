@@ -76,8 +76,14 @@ void nn_tblock_backward(nn_tblock *b, const float *dy, float *dx, float *dln, fl
                         size_t rows) {
     NN_ASSERT(rows == b->ln2.rows && rows == b->ln1.rows); // (the forward's)
     nn_linear_backward_set(&b->proj, dy, dgel); // (the _set variants write: nothing to clear)
-    nn_gelu_backward_set(&b->gelu, dgel, b->dfch);
-    nn_linear_backward_set(&b->fc, b->dfch, dln);
+    uint16_t *d16 = nn_linear_dy16(&b->fc);     // (bf16: GELU's backward writes it rounded too)
+    if (d16) {
+        nn_gelu_backward_set16(&b->gelu, dgel, b->dfch, d16);
+        nn_linear_backward_set_in16(&b->fc, b->dfch, dln);
+    } else {
+        nn_gelu_backward_set(&b->gelu, dgel, b->dfch);
+        nn_linear_backward_set(&b->fc, b->dfch, dln);
+    }
     nn_layernorm_backward_add(&b->ln2, dln, dy, b->dmid); // y = mid + mlpo: dy + LN2's
     nn_attention_backward_set(&b->attn, b->dmid, dln);
     nn_layernorm_backward_add(&b->ln1, dln, b->dmid, dx); // mid = x + atto: dmid + LN1's
