@@ -208,7 +208,9 @@ static double run_case(const gcase *cs, double worst[Q_N]) {
     double *araw = xcalloc(rows * din, sizeof *araw), *tgt = xcalloc(rows * dout, sizeof *tgt);
     double *dyd = xcalloc(rows * dout, sizeof *dyd);
     double *A = xcalloc(rows * dK, sizeof *A), *Gp = xcalloc(rows * dC, sizeof *Gp);
-    float *fb = xcalloc(dK * dK > np ? dK * dK : np, sizeof *fb);
+    // (the dense factors' and the step's buffer: d_C may exceed d_K)
+    const size_t nfb = dK * dK > dC * dC ? dK * dK : dC * dC;
+    float *fb = xcalloc(nfb > np ? nfb : np, sizeof *fb);
     float *wl = xcalloc(np, sizeof *wl);
     const ngd_loss_average la = cfg.loss_average;
     const double Lscale = la == NGD_LOSS_SUM     ? 1.0
@@ -657,10 +659,12 @@ static void bf16_factors_should_match_the_reference(void) {
 // 1e-2 of them (observed worst 2.5e-2 on m_C, 2.2e-2 on the step, 7e-3 on K, C); 6e-2 allows
 // that, while a wrong product (side, scale, missing term) is off by O(1).
 #define BF16C_TOL 6e-2
+// which 4 and 5: a side whose K Kᵀ (C Cᵀ) costs more to form than it saves in T steps
+// (d_K >= 2 T d_C: 41 x 5; d_C >= 2 T d_K: 4 x 30) preconditions by its factor twice.
 static void bf16_compute_should_match_the_reference(void) {
     begin_suite();
     int n = 0;
-    for (int which = 0; which <= 3; which++) {
+    for (int which = 0; which <= 5; which++) {
         const gstruct *g = &STRUCTS[0]; // dense
         ngd_factor_spec sK = g->spec, sC = g->spec;
         sK.dtype = sC.dtype = NGD_BF16;
@@ -668,14 +672,18 @@ static void bf16_compute_should_match_the_reference(void) {
         c.factor_compute = NGD_BF16;
         if (which == 1 || which == 3) c.T = 2, c.normalize_lr_cov = true;
         if (which == 3) c.kfac_like = true; // (with scale 3 below: β1 is cut)
-        problem pr = which == 2 ? linear_problem(40, 1, g->din, g->dout) // rows > d: Gram path
-                                : linear_problem(8, 1, g->din, g->dout);
+        problem pr = which == 2   ? linear_problem(40, 1, g->din, g->dout) // rows > d: Gram path
+                     : which == 4 ? linear_problem(8, 1, 40, 5)
+                     : which == 5 ? linear_problem(8, 1, 3, 30)
+                                  : linear_problem(8, 1, g->din, g->dout);
         char name[200];
         snprintf(name, sizeof name, "bf16 compute %s %s", g->name,
                  which == 0   ? "K_and_C"
                  : which == 1 ? "T2_norm1"
                  : which == 2 ? "gram"
-                              : "T2_kfaclike1_norm1_scale3");
+                 : which == 3 ? "T2_kfaclike1_norm1_scale3"
+                 : which == 4 ? "41x5_K_uncached"
+                              : "4x30_C_uncached");
         gcase cs = make_case(name, pr, c, 17000 + (uint64_t)which);
         cs.tol = BF16C_TOL;
         if (which == 3) cs.scale = 3;
