@@ -520,7 +520,8 @@ NGD_API size_t ngd_optim_count(const ngd_optim *o);
 
 // Total persistent optimizer-state bytes (factors, momenta, buffers), planned workspaces
 // excluded; and the planned workspace bytes (the shared gradient buffers, every method's
-// scratch from its work-size query, the KL clip's per-layer buffers; 0 before planning).
+// scratch from its work-size query, the KL clip's per-layer buffers, SINGD's cached factor
+// products, bf16 scratch and kept rows; 0 before planning).
 NGD_API size_t ngd_optim_state_bytes(const ngd_optim *o);
 NGD_API size_t ngd_optim_workspace_bytes(const ngd_optim *o);
 // Wall time in seconds of the last ngd_optim_step's preconditioner maintenance over all
