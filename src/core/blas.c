@@ -544,6 +544,15 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
                   C + (m - 1) * ldc, ldc);
         return;
     }
+    // So does one whose n leaves 1 by 32 (2 threads, us: 128 x 4097 x 4097 16767 -> 9009 for
+    // its first 4096 columns, with B as it is; 128 x 513 x 513 131 -> 108; with B transposed
+    // 10266 -> 9663, 129 -> 110): the last column goes apart (each element its own sums)
+    if (path == NGD_BF16_PATH_MATMUL && n > 32 && n % 32 == 1) {
+        gemm_bf16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, beta, C, ldc);
+        gemm_bf16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb, beta,
+                  C + (n - 1), ldc);
+        return;
+    }
     // oneDNN 2.6's AMX matmul kernel executes an illegal instruction (SIGILL) for some shapes
     // whose k leaves 31 by 32 (43x77 by 63, 70x260 by 2047, mostly at one thread; found by
     // test_bf16's cache test). Scanned here: k 1-300 on 36 (m, n) pairs and every transpose,
@@ -612,6 +621,12 @@ static void gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float a
         gemm_bf16_16(ta, tb, m - 1, n, k, alpha, A, lda, B, ldb, C, ldc);
         gemm_bf16_16(ta, tb, 1, n, k, alpha, ta ? A + (m - 1) : A + (m - 1) * lda, lda, B, ldb,
                      C + (m - 1) * ldc, ldc);
+        return;
+    }
+    if (mm && n > 32 && n % 32 == 1) {
+        gemm_bf16_16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, C, ldc);
+        gemm_bf16_16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb,
+                     C + (n - 1), ldc);
         return;
     }
 #ifdef _OPENMP
@@ -695,7 +710,8 @@ static ngd_status bf16_public(bool ta, bool tb, size_t m, size_t n, size_t k, fl
     // (with a bias: the shapes gemm_bf16 sends elsewhere than the matmul primitive set the
     // rows and go its way)
     const bool mm = bias && bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
-                    m * n * k > SMALL_GEMM_MACS && !(m > 32 && m % 32 == 1);
+                    m * n * k > SMALL_GEMM_MACS && !(m > 32 && m % 32 == 1) &&
+                    !(n > 32 && n % 32 == 1);
     if (!(mm && matmul(false, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias, NULL))) {
         if (bias) rows_set(C, m, n, ldc, bias);
         gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, bias ? 1.0f : beta, C, ldc);
