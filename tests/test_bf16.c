@@ -192,7 +192,7 @@ static size_t gemm_case(trng *r, bool ta, bool tb, size_t m, size_t n, size_t k,
 static const size_t DIMS[][3] = {{1, 1, 1},       {7, 13, 5},     {33, 1, 9},      {64, 70, 3},
                                  {5, 64, 65},     {130, 70, 40},  {3, 200, 90},    {257, 9, 33},
                                  {64, 160, 784},  {784, 64, 128}, {24, 100, 1000}, {513, 96, 64},
-                                 {130, 130, 130}, {65, 300, 120}, {200, 64, 200}};
+                                 {130, 130, 130}, {65, 300, 120}, {200, 64, 200},  {40, 545, 70}};
 
 static void run_gemm_grid(unsigned seed) {
     trng r = {seed};
@@ -530,12 +530,13 @@ static void core_gemm_bf16_should_meet_the_same_bound(void) {
 // rounded by ngd_bf16_encode: the same bits on the paths tried (the matmul primitive rounds
 // its f32 sums in its store; the others round an f32 C), at most one bf16 unit apart allowed
 // where oneDNN plans the two types' products with other blockings. Shapes: small (the plain
-// loop), m = 32j + 1 (split), k = 32j + 31 (not the matmul), the two threads' row halves,
-// every transpose, a padded ldc whose padding must stay; 1 and 2 threads, every path.
+// loop), m = 32j + 1 and n = 32j + 1 (split), k = 32j + 31 (not the matmul), the two threads'
+// row halves, every transpose, a padded ldc whose padding must stay; 1 and 2 threads, every
+// path.
 static void gemm_bf16_16_should_be_the_f32_product_rounded(void) {
     static const size_t shapes[][3] = {{5, 7, 9},      {33, 20, 40},   {97, 130, 64},
                                        {128, 512, 96}, {200, 70, 127}, {513, 128, 160},
-                                       {64, 200, 300}, {130, 66, 785}};
+                                       {64, 200, 300}, {130, 66, 785}, {64, 545, 100}};
     const ngd_bf16_path paths[] = {NGD_BF16_PATH_MATMUL, NGD_BF16_PATH_GEMM, NGD_BF16_PATH_CONVERT};
     trng r = {77};
     size_t diff1 = 0, total = 0;

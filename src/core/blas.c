@@ -512,6 +512,17 @@ static bool split_rows(size_t m, size_t n, size_t k) {
 static size_t split_at(size_t m) { return (m / 2 + 15) / 16 * 16; }
 #endif
 
+// Whether a bf16 product on the matmul primitive computes its last column apart: oneDNN 2.6
+// ran some products whose n leaves 1 by 32 far slower than their first n - 1 columns, others
+// not, and the column apart costs a call (2 threads, us, one product -> the column apart,
+// B as it is: 128 x 4097 x 4097 16767 -> 9009, 512 x 4609 x 4609 44231 -> 34470, 512 x 2305
+// x 2305 11311 -> 9552, 256 x 1153 x 1153 1336 -> 1162, 128 x 1025 x 1025 519 -> 435, 128 x 513
+// x 513 129 -> 114; but 512 x 1025 x 1025 1680 -> 2986, 64 x 257 x 257 21 -> 31, 192 x 65 x 65
+// 13 -> 52, 32 x 289 x 289 22 -> 55, and 128 x 577 x 577 even)
+static bool split_col(size_t m, size_t n) {
+    return n % 32 == 1 && (n >= 1153 || (n >= 513 && m <= 128));
+}
+
 // ngd_bf16_gemm's work (not counted): small products by a plain loop, then the matmul
 // primitive, oneDNN's bf16 GEMM, or (no bf16 kernel for this CPU) f32 copies of op(A), op(B)
 // and sgemm; element by element if those copies cannot be allocated
@@ -544,10 +555,9 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
                   C + (m - 1) * ldc, ldc);
         return;
     }
-    // So does one whose n leaves 1 by 32 (2 threads, us: 128 x 4097 x 4097 16767 -> 9009 for
-    // its first 4096 columns, with B as it is; 128 x 513 x 513 131 -> 108; with B transposed
-    // 10266 -> 9663, 129 -> 110): the last column goes apart (each element its own sums)
-    if (path == NGD_BF16_PATH_MATMUL && n > 32 && n % 32 == 1) {
+    // So, at some shapes, does one whose n leaves 1 by 32: the last column goes apart (each
+    // element its own sums) where that measured faster (split_col)
+    if (path == NGD_BF16_PATH_MATMUL && split_col(m, n)) {
         gemm_bf16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, beta, C, ldc);
         gemm_bf16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb, beta,
                   C + (n - 1), ldc);
@@ -623,7 +633,7 @@ static void gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float a
                      C + (m - 1) * ldc, ldc);
         return;
     }
-    if (mm && n > 32 && n % 32 == 1) {
+    if (mm && split_col(m, n)) {
         gemm_bf16_16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, C, ldc);
         gemm_bf16_16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb,
                      C + (n - 1), ldc);
@@ -710,8 +720,7 @@ static ngd_status bf16_public(bool ta, bool tb, size_t m, size_t n, size_t k, fl
     // (with a bias: the shapes gemm_bf16 sends elsewhere than the matmul primitive set the
     // rows and go its way)
     const bool mm = bias && bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
-                    m * n * k > SMALL_GEMM_MACS && !(m > 32 && m % 32 == 1) &&
-                    !(n > 32 && n % 32 == 1);
+                    m * n * k > SMALL_GEMM_MACS && !(m > 32 && m % 32 == 1) && !split_col(m, n);
     if (!(mm && matmul(false, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias, NULL))) {
         if (bias) rows_set(C, m, n, ldc, bias);
         gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, bias ? 1.0f : beta, C, ldc);
