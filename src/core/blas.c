@@ -875,8 +875,6 @@ static void mirror_lower(ngd_view C) {
     }
 }
 
-// The block-row height for an m x m product of m x k operands in at most max_np panels
-// (a multiple of 16), or 0 where one GEMM of the whole square is the better choice.
 // C[j][i] = C[i][j] for rows i in [r0, r0 + nr) and columns j < h (h <= r0), by 16 x 16 tiles
 // (a column walk at a power-of-two ldc would keep to a few cache sets)
 static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
@@ -899,6 +897,8 @@ static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
 #define SYRK32_BLOCKS_MIN 384
 #define SYRK32_BLOCKS_MAX 1024
 
+// The block-row height for an m x m product of m x k operands in at most max_np panels
+// (a multiple of 16), or 0 where one GEMM of the whole square is the better choice.
 static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
     if (m >= SYRK_LONG_MIN && k >= SYRK_LONG_K * m && max_np >= 2) { // (np >= 2 here too)
         const size_t np = NGD_MIN(max_np, (m + SYRK_LONG_PANEL / 2) / SYRK_LONG_PANEL);
@@ -909,15 +909,12 @@ static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
     return ((m + np - 1) / np + 15) / 16 * 16;
 }
 
-// C = beta C + alpha A Aᵀ. Large squares go by block rows: row panel [r0, r1) gets
-// C[r0:r1, 0:r1] from one GEMM (the columns up to the panel's diagonal block), then the
-// strictly upper triangle is copied from the lower one: (1 + 1/panels)/2 of the FLOPs of the
-// full product, and C comes out exactly symmetric. With beta != 0 only C's lower triangle and
-// diagonal blocks are read, so C must be symmetric on entry (every caller accumulates
-// products made here, or their averages).
 #ifdef _OPENMP
-// ngd_syrk_full's 2 x 2 blocks on two threads (syrk16_blocks' scheme, one-thread sgemm)
-// (NGD_SYRK_BLOCKS=0 in the environment turns the blocks off, f32 and bf16)
+// ngd_syrk_full's 2 x 2 blocks on two threads (syrk16_blocks' scheme below, one-thread sgemm):
+// 2 threads, AMD Zen 5, medians of 31 calls, one product / syrk: 512 rows 1.10-1.19, 513
+// 1.17-1.24, 785 1.30-1.35, where the block rows gave 0.79-1.16; at 1025 both about 1.2, so
+// the block rows stay from 1024. NGD_SYRK_BLOCKS=0 in the environment turns the blocks off
+// (f32 and bf16).
 static bool syrk_blocks_env(void) {
     static _Atomic int on = -1;
     int o = atomic_load_explicit(&on, memory_order_relaxed);
@@ -953,6 +950,12 @@ static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
 }
 #endif
 
+// C = beta C + alpha A Aᵀ. Large squares go by block rows: row panel [r0, r1) gets
+// C[r0:r1, 0:r1] from one GEMM (the columns up to the panel's diagonal block), then the
+// strictly upper triangle is copied from the lower one: (1 + 1/panels)/2 of the FLOPs of the
+// full product, and C comes out exactly symmetric. With beta != 0 only C's lower triangle and
+// diagonal blocks are read, so C must be symmetric on entry (every caller accumulates
+// products made here, or their averages).
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
     const size_t m = A.rows, k = A.cols, b = syrk_panel(m, k, m);
@@ -976,8 +979,6 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     mirror_lower(C);
 }
 
-// ngd_syrk_full's block rows for bf16 operands (f32 C): op(A) = A (n x k) or, ta, Aᵀ of the
-// k x n A.
 #ifdef _OPENMP
 // Two threads, no AMX (split_rows' conditions), n from SYRK16_BLOCKS_MIN to SYRK16_MIN: C in
 // 2 x 2 blocks at h = n/2 (rounded to 16), the upper right one not computed: thread 0 takes C11
@@ -1010,6 +1011,8 @@ static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16
 }
 #endif
 
+// ngd_syrk_full's block rows for bf16 operands (f32 C): op(A) = A (n x k) or, ta, Aᵀ of the
+// k x n A.
 void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                    float beta, float *C, size_t ldc) {
     // At most 4 panels: each shape is a matmul primitive of its own (JIT code, kept per
