@@ -875,8 +875,9 @@ static void mirror_lower(ngd_view C) {
     }
 }
 
+#ifdef _OPENMP
 // C[j][i] = C[i][j] for rows i in [r0, r0 + nr) and columns j < h (h <= r0), by 16 x 16 tiles
-// (a column walk at a power-of-two ldc would keep to a few cache sets)
+// (a column walk at a power-of-two ldc would keep to a few cache sets; the blocks' mirror)
 static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
     float buf[SYRK_TILE][SYRK_TILE];
     for (size_t i0 = r0; i0 < r0 + nr; i0 += SYRK_TILE) {
@@ -896,6 +897,7 @@ static void mirror_rows(float *C, size_t ldc, size_t r0, size_t nr, size_t h) {
 // ngd_syrk_full's 2 x 2 blocks (syrk32_blocks) from SYRK32_BLOCKS_MIN to SYRK32_BLOCKS_MAX rows
 #define SYRK32_BLOCKS_MIN 384
 #define SYRK32_BLOCKS_MAX 1024
+#endif
 
 // The block-row height for an m x m product of m x k operands in at most max_np panels
 // (a multiple of 16), or 0 where one GEMM of the whole square is the better choice.
