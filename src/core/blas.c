@@ -791,8 +791,19 @@ ngd_status ngd_f32_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, con
 #define SYRK_LONG_MIN   256
 #define SYRK_LONG_K     8
 #define SYRK_LONG_PANEL 96
-#define SYRK_TILE       16
-#define SYRK16_MIN      1024 // ngd_syrk_bf16's threshold (see there)
+// f32 squares A Aᵀ of a row-major A from SYRK_BIG_MIN rows go in block rows of at most
+// SYRK_BIG_PANEL, whatever k (from SYRK_BIG_K): the 320-row panels ran at 60-70 % of one
+// GEMM's rate there. 2 threads, AMD Zen 5, ms, one GEMM / 320-row panels -> these: m = k =
+// 4609 615 / 506-532 -> 349-362 (5 panels); 4097 327 / 303 -> 247-259 (4); 2305 72 / 60.7 ->
+// 51-53 (3); 2048 46.3 / 39.6 -> 37.8 (2); m = 4609, k = 2048 240 -> 147-150, k = 512 66 ->
+// 37-39, k = 128 18.9 -> 9.5 (one GEMM each). Aᵀ of a row-major matrix (KᵀK, a convolution's
+// Gram XᵀX) keeps the 320-row panels, which run at the GEMM's rate there: m = k = 4609 283-291
+// against 308-327 for these.
+#define SYRK_BIG_MIN   2048
+#define SYRK_BIG_PANEL 1040
+#define SYRK_BIG_K     128
+#define SYRK_TILE      16
+#define SYRK16_MIN     1024 // ngd_syrk_bf16's threshold (see there)
 
 // C's strictly upper triangle = the transpose of its strictly lower one, 16 x 16 tiles at a
 // time: each tile below the diagonal is read row by row and written row by row above it, so
@@ -960,7 +971,10 @@ static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
 // products made here, or their averages).
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
-    const size_t m = A.rows, k = A.cols, b = syrk_panel(m, k, m);
+    const size_t m = A.rows, k = A.cols;
+    const size_t nbig = (m + SYRK_BIG_PANEL - 1) / SYRK_BIG_PANEL;
+    const bool big = m >= SYRK_BIG_MIN && k >= SYRK_BIG_K && A.cs == 1;
+    const size_t b = big ? ((m + nbig - 1) / nbig + 15) / 16 * 16 : syrk_panel(m, k, m);
 #ifdef _OPENMP
     if (C.cs == 1 && C.rs > 0 && syrk32_blocks_on(m, k)) {
         const team_guard g = team_begin();
