@@ -797,8 +797,9 @@ ngd_status ngd_f32_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, con
 // 4609 615 / 506-532 -> 349-362 (5 panels); 4097 327 / 303 -> 247-259 (4); 2305 72 / 60.7 ->
 // 51-53 (3); 2048 46.3 / 39.6 -> 37.8 (2); m = 4609, k = 2048 240 -> 147-150, k = 512 66 ->
 // 37-39, k = 128 18.9 -> 9.5 (one GEMM each). Aᵀ of a row-major matrix (KᵀK, a convolution's
-// Gram XᵀX) keeps the 320-row panels, which run at the GEMM's rate there: m = k = 4609 283-291
-// against 308-327 for these.
+// Gram XᵀX) goes by the 320-row panels, which run at the GEMM's rate there (m = k = 4609
+// 283-291 against 308-327 for these), however few columns A has: m = 4609, k = 256 30-41 ->
+// 17 (one GEMM before), k = 512 71 -> 34, k = 2048 237 -> 144.
 #define SYRK_BIG_MIN   2048
 #define SYRK_BIG_PANEL 1040
 #define SYRK_BIG_K     128
@@ -884,6 +885,11 @@ static void mirror_lower(ngd_view C) {
             for (size_t j = 0; j < i; j++)
                 NGD_AT(C, i0 + j, i0 + i) = NGD_AT(C, i0 + i, i0 + j);
     }
+}
+
+void ngd_mirror_lower(ngd_view C) {
+    NGD_ASSERT(C.rows == C.cols);
+    mirror_lower(C);
 }
 
 #ifdef _OPENMP
@@ -973,8 +979,9 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
     const size_t m = A.rows, k = A.cols;
     const size_t nbig = (m + SYRK_BIG_PANEL - 1) / SYRK_BIG_PANEL;
-    const bool big = m >= SYRK_BIG_MIN && k >= SYRK_BIG_K && A.cs == 1;
-    const size_t b = big ? ((m + nbig - 1) / nbig + 15) / 16 * 16 : syrk_panel(m, k, m);
+    const bool big = m >= SYRK_BIG_MIN && k >= SYRK_BIG_K;
+    const size_t np = A.cs == 1 ? nbig : (m + SYRK_PANEL / 2) / SYRK_PANEL;
+    const size_t b = big ? ((m + np - 1) / np + 15) / 16 * 16 : syrk_panel(m, k, m);
 #ifdef _OPENMP
     if (C.cs == 1 && C.rs > 0 && syrk32_blocks_on(m, k)) {
         const team_guard g = team_begin();

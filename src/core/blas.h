@@ -81,6 +81,9 @@ void ngd_gemm_bf16_path(ngd_bf16_path p);
 // C = beta*C + alpha * A Aᵀ (full square, both triangles written, exactly symmetric); A is
 // m x k. Large m computes the lower block rows only (about half the FLOPs of ngd_gemm) and
 // mirrors them, so with beta != 0 C must be symmetric on entry.
+// C's strictly upper triangle = the transpose of its strictly lower one (C square)
+void ngd_mirror_lower(ngd_view C);
+
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C);
 // The same for bf16 operands, f32 accumulation: C (n x n, row-major, ldc) = beta C +
 // alpha op(A) op(A)ᵀ with op(A) = A (n x k, lda) or, ta, the transpose of A (k x n, lda).

@@ -56,9 +56,13 @@ static void dense_from_inner(const ngd_sdesc *s, const float *k, ngd_cview X, fl
         ngd_syrk_full(alpha, ngd_cview_t(K), beta, O);
         return;
     }
-    ngd_view S = ngd_view_rm(ws, d, X.cols, X.cols);
-    ngd_gemm(1.0f, ngd_cview_t(K), X, 0.0f, S);
-    ngd_syrk_full(alpha, ngd_cv(S), beta, O);
+    // Sᵀ = Xᵀ K (n x d, row-major), then S Sᵀ from it: for the statistics' X (a column-major
+    // view of row-major rows) both products read memory in their kernels' faster order. d =
+    // 4609, n = 256, 2 threads, ms: Kᵀ X 40-52 -> 32-34; S Sᵀ 31-34 -> 17 (ngd_syrk_full's
+    // panels of Aᵀ): vgg16bn's deep convolutions' statistics
+    ngd_view St = ngd_view_rm(ws, X.cols, d, d);
+    ngd_gemm(1.0f, ngd_cview_t(X), K, 0.0f, St);
+    ngd_syrk_full(alpha, ngd_cview_t(ngd_cv(St)), beta, O);
 }
 
 static size_t dense_ws(const ngd_sdesc *s, size_t n) { return s->d * n; }
