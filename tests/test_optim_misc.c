@@ -741,59 +741,64 @@ static void singd_cached_products_should_follow_loads_and_match_the_plain_path(v
 // Dense factors wider than 1024 take their d x d products by row panels (singd.c
 // panel_rows: the update's L·m_new, the observe's Kᵀ (X Xᵀ) K, bf16 compute's too): P
 // against the plain path, one block as wide as the factor (block-diagonal, dense in value,
-// not in kind), with 1200 rows (the Gram product) on a 1100 -> 1030 layer: two panels a side.
-// bf16 compute against the f32 panels: within bf16's rounding.
-static void singd_run_wide(const char *structure, bool bf16, float *P) {
-    enum { DI = 1100, DO = 1030, NB = 1200 };
+// not in kind), with 1200 rows (the Gram product) on a 1100 -> 1030 layer: two panels a side;
+// and with 64 rows (chunks: S = Kᵀ X, S Sᵀ) on a 2100 -> 16 layer, whose K bf16 compute
+// updates by panels of update_rows (two of 1051 rows). bf16 compute against the f32 panels:
+// within bf16's rounding.
+static void singd_run_wide(const char *structure, bool bf16, size_t di, size_t dout, size_t nb,
+                           float *P) {
     ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
     c.T = 1, c.lr = 1e-2f, c.damping = 1e-2f, c.keep_last_update = true, c.lr_cov = 0.1f;
     CHECK(ngd_structure_parse(structure, &c.structure_K) == NGD_OK);
     c.structure_C = c.structure_K;
     if (bf16) c.structure_K.dtype = c.structure_C.dtype = c.factor_compute = NGD_BF16;
-    float *w = calloc((size_t)DO * DI, 4), *dw = malloc((size_t)DO * DI * 4);
-    float *b = calloc(DO, 4), *db = malloc(DO * 4);
-    float *a = malloc((size_t)NB * DI * 4), *g = malloc((size_t)NB * DO * 4);
+    float *w = calloc((size_t)dout * di, 4), *dw = malloc((size_t)dout * di * 4);
+    float *b = calloc(dout, 4), *db = malloc(dout * 4);
+    float *a = malloc((size_t)nb * di * 4), *g = malloc((size_t)nb * dout * 4);
     ngd_optim *o = NULL;
     CHECK(ngd_optim_create(&c, &o) == NGD_OK);
     ngd_layer Ly = {.name = "wide",
                     .weight = w,
                     .weight_grad = dw,
-                    .d_out = DO,
-                    .d_in = DI,
+                    .d_out = dout,
+                    .d_in = di,
                     .bias = b,
                     .bias_grad = db};
     int id;
     CHECK(ngd_optim_add_layer(o, &Ly, &id) == NGD_OK);
     ref_rng r = {31};
     for (int s = 0; s < 3; s++) {
-        for (size_t i = 0; i < (size_t)NB * DI; i++)
+        for (size_t i = 0; i < (size_t)nb * di; i++)
             a[i] = (float)ref_uniform(&r, -1, 1);
-        for (size_t i = 0; i < (size_t)NB * DO; i++)
-            g[i] = (float)ref_uniform(&r, -1, 1) / NB;
-        for (size_t i = 0; i < (size_t)DO * DI; i++)
+        for (size_t i = 0; i < (size_t)nb * dout; i++)
+            g[i] = (float)ref_uniform(&r, -1, 1) / nb;
+        for (size_t i = 0; i < (size_t)dout * di; i++)
             dw[i] = (float)ref_uniform(&r, -1, 1);
-        for (size_t i = 0; i < DO; i++)
+        for (size_t i = 0; i < dout; i++)
             db[i] = (float)ref_uniform(&r, -1, 1);
-        CHECK(ngd_optim_observe(o, id, NB, ngd_matrix_f32(a, NB, DI), ngd_matrix_f32(g, NB, DO)) ==
-              NGD_OK);
+        CHECK(ngd_optim_observe(o, id, nb, ngd_matrix_f32(a, nb, di),
+                                ngd_matrix_f32(g, nb, dout)) == NGD_OK);
         CHECK(ngd_optim_step(o) == NGD_OK);
     }
-    CHECK(ngd_optim_last_update(o, id, P, (size_t)DO * (DI + 1)) == NGD_OK);
+    CHECK(ngd_optim_last_update(o, id, P, (size_t)dout * (di + 1)) == NGD_OK);
     ngd_optim_free(o);
     free(w), free(dw), free(b), free(db), free(a), free(g);
 }
 
 static void singd_wide_dense_panels_should_match_the_plain_path(void) {
-    const size_t n = (size_t)1030 * 1101;
-    float *pd = malloc(n * 4), *pb = malloc(n * 4), *p16 = malloc(n * 4);
-    singd_run_wide("dense", false, pd);
-    singd_run_wide("block2000diagonal", false, pb);
-    singd_run_wide("dense", true, p16);
-    const double e32 = rel_diff(pb, pd, n), e16 = rel_diff(pd, p16, n);
-    if (getenv("OC_SHOW")) fprintf(stderr, "e32 %.3g e16 %.3g\n", e32, e16);
-    CHECK_MSG(e32 < 1e-5, "f32 panels against the plain path: %.3g", e32);
-    CHECK_MSG(e16 < 3e-2, "bf16 panels against f32: %.3g", e16);
-    free(pd), free(pb), free(p16);
+    const size_t dims[][3] = {{1100, 1030, 1200}, {2100, 16, 64}};
+    for (size_t c = 0; c < 2; c++) {
+        const size_t di = dims[c][0], dout = dims[c][1], nb = dims[c][2], n = dout * (di + 1);
+        float *pd = malloc(n * 4), *pb = malloc(n * 4), *p16 = malloc(n * 4);
+        singd_run_wide("dense", false, di, dout, nb, pd);
+        singd_run_wide("block3000diagonal", false, di, dout, nb, pb);
+        singd_run_wide("dense", true, di, dout, nb, p16);
+        const double e32 = rel_diff(pb, pd, n), e16 = rel_diff(pd, p16, n);
+        if (getenv("OC_SHOW")) fprintf(stderr, "%zu: e32 %.3g e16 %.3g\n", di, e32, e16);
+        CHECK_MSG(e32 < 1e-5, "f32 panels against the plain path (%zu): %.3g", di, e32);
+        CHECK_MSG(e16 < 3e-2, "bf16 panels against f32 (%zu): %.3g", di, e16);
+        free(pd), free(pb), free(p16);
+    }
 }
 
 // AdamW and SGD against the rules written out in float64 (torch.optim semantics, ngd.h):
