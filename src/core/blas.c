@@ -523,15 +523,82 @@ static bool split_col(size_t m, size_t n) {
     return n % 32 == 1 && (n >= 1153 || (n >= 513 && m <= 128));
 }
 
-// ngd_bf16_gemm's work (not counted): small products by a plain loop, then the matmul
-// primitive, oneDNN's bf16 GEMM, or (no bf16 kernel for this CPU) f32 copies of op(A), op(B)
-// and sgemm; element by element if those copies cannot be allocated
-static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
-                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
-                      float *C, size_t ldc) {
+// ngd_bf16_gemm's and ngd_gemm_bf16_16's work (not counted): C (f32) = alpha op(A) op(B) +
+// beta C, or, C16 given (C NULL, beta 0), C16 = that product rounded to bf16. Small products
+// by a plain loop, then the matmul primitive, oneDNN's bf16 GEMM, or (no bf16 kernel for this
+// CPU) f32 copies of op(A), op(B) and sgemm; element by element if those copies cannot be
+// allocated. A bf16 C16 comes from the matmul primitive (its f32 sums rounded as
+// ngd_bf16_encode rounds, in its store), or from any other path's f32 result and
+// ngd_bf16_encode: the same bits either way.
+static void gemm16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
+                   size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, uint16_t *C16,
+                   size_t ldc) {
+    const bool small = k == 0 || alpha == 0.0f || m * n * k <= SMALL_GEMM_MACS;
+    const bool mm = !small && bf16_path_now() == NGD_BF16_PATH_MATMUL;
+#define SUB_C(i, j) (C ? C + (i)*ldc + (j) : NULL), (C16 ? C16 + (i)*ldc + (j) : NULL)
+    // oneDNN 2.6's matmul runs a product whose m leaves 1 by 32 at a third of its speed (m =
+    // 513 by 513 x 513, 2 threads: 110-220 GFLOP/s; its first 512 rows alone 370-640; other
+    // remainders measured 4-17 made no such difference): SINGD's 513- and 4097-wide dense
+    // factors and their syrk panels. The last row goes apart (each row of C is its own sums).
+    if (mm && m > 32 && m % 32 == 1) {
+        gemm16(ta, tb, m - 1, n, k, alpha, A, lda, B, ldb, beta, SUB_C(0, 0), ldc);
+        gemm16(ta, tb, 1, n, k, alpha, ta ? A + (m - 1) : A + (m - 1) * lda, lda, B, ldb, beta,
+               SUB_C(m - 1, 0), ldc);
+        return;
+    }
+    // So, at some shapes, does one whose n leaves 1 by 32: the last column goes apart (each
+    // element its own sums) where that measured faster (split_col)
+    if (mm && split_col(m, n)) {
+        gemm16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, beta, SUB_C(0, 0), ldc);
+        gemm16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb, beta,
+               SUB_C(0, n - 1), ldc);
+        return;
+    }
+    // oneDNN 2.6's AMX matmul kernel executes an illegal instruction (SIGILL) for some shapes
+    // whose k leaves 31 by 32 (43x77 by 63, 70x260 by 2047, mostly at one thread; found by
+    // test_bf16's cache test). Scanned here: k 1-300 on 36 (m, n) pairs and every transpose,
+    // k 1-160 on 90 more, up to 2100 on three: only k % 32 == 31 failed. Those k take the
+    // AVX512-BF16 GEMM.
+    const bool prim = mm && k % 32 != 31;
+#ifdef _OPENMP
+    if (prim && split_rows(m, n, k)) {
+        // each thread its half of C's rows, by a one-thread product (the same path below)
+        const size_t h = split_at(m);
+#pragma omp parallel num_threads(2)
+        for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) { // (any team)
+            const size_t r0 = p ? h : 0, nr = p ? m - h : h;
+            gemm16(ta, tb, nr, n, k, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb, beta,
+                   SUB_C(r0, 0), ldc);
+        }
+        return;
+    }
+#endif
+#undef SUB_C
+    if (prim && matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL, C16))
+        return;
+    if (C16) { // through f32
+        float *f = ngd_malloc(m * n, sizeof(float));
+        if (f) {
+            gemm16(ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, f, NULL, n);
+            if (ldc == n)
+                ngd_bf16_encode(f, C16, m * n);
+            else
+                for (size_t i = 0; i < m; i++)
+                    ngd_bf16_encode(f + i * n, C16 + i * ldc, n);
+            ngd_free(f);
+            return;
+        }
+        for (size_t i = 0; i < m; i++) // out of memory: element by element
+            for (size_t j = 0; j < n; j++) {
+                float c;
+                gemm16(ta, tb, 1, 1, k, alpha, ta ? A + i : A + i * lda, lda,
+                       tb ? B + j * ldb : B + j, ldb, 0.0f, &c, NULL, 1);
+                C16[i * ldc + j] = ngd_f32_to_bf16_vec(c);
+            }
+        return;
+    }
     ngd_view Cv = ngd_view_rm(C, m, n, ldc);
-    if (k == 0 || alpha == 0.0f || m * n * k <= SMALL_GEMM_MACS) {
-        // the plain loop (products of bf16 values are exact in f32)
+    if (small) { // the plain loop (products of bf16 values are exact in f32)
         if (beta == 0.0f)
             ngd_view_zero(Cv);
         else if (beta != 1.0f)
@@ -544,48 +611,8 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
             }
         return;
     }
-    const ngd_bf16_path path = bf16_path_now();
-    // oneDNN 2.6's matmul runs a product whose m leaves 1 by 32 at a third of its speed (m =
-    // 513 by 513 x 513, 2 threads: 110-220 GFLOP/s; its first 512 rows alone 370-640; other
-    // remainders measured 4-17 made no such difference): SINGD's 513- and 4097-wide dense
-    // factors and their syrk panels. The last row goes apart (each row of C is its own sums).
-    if (path == NGD_BF16_PATH_MATMUL && m > 32 && m % 32 == 1) {
-        gemm_bf16(ta, tb, m - 1, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-        gemm_bf16(ta, tb, 1, n, k, alpha, ta ? A + (m - 1) : A + (m - 1) * lda, lda, B, ldb, beta,
-                  C + (m - 1) * ldc, ldc);
-        return;
-    }
-    // So, at some shapes, does one whose n leaves 1 by 32: the last column goes apart (each
-    // element its own sums) where that measured faster (split_col)
-    if (path == NGD_BF16_PATH_MATMUL && split_col(m, n)) {
-        gemm_bf16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, beta, C, ldc);
-        gemm_bf16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb, beta,
-                  C + (n - 1), ldc);
-        return;
-    }
-    // oneDNN 2.6's AMX matmul kernel executes an illegal instruction (SIGILL) for some shapes
-    // whose k leaves 31 by 32 (43x77 by 63, 70x260 by 2047, mostly at one thread; found by
-    // test_bf16's cache test). Scanned here: k 1-300 on 36 (m, n) pairs and every transpose,
-    // k 1-160 on 90 more, up to 2100 on three: only k % 32 == 31 failed. Those k take the
-    // AVX512-BF16 GEMM.
-#ifdef _OPENMP
-    if (path == NGD_BF16_PATH_MATMUL && k % 32 != 31 && split_rows(m, n, k)) {
-        // each thread its half of C's rows, by a one-thread product (the same path below)
-        const size_t h = split_at(m);
-#pragma omp parallel num_threads(2)
-        for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) { // (any team)
-            const size_t r0 = p ? h : 0, nr = p ? m - h : h;
-            gemm_bf16(ta, tb, nr, n, k, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb, beta,
-                      C + r0 * ldc, ldc);
-        }
-        return;
-    }
-#endif
-    if (path == NGD_BF16_PATH_MATMUL && k % 32 != 31 &&
-        matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL))
-        return;
     // beta = 0 never reads C (tested with NaN in C, test_bf16)
-    if (path != NGD_BF16_PATH_CONVERT &&
+    if (bf16_path_now() != NGD_BF16_PATH_CONVERT &&
         dnnl_gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', (dnnl_dim_t)m, (dnnl_dim_t)n,
                               (dnnl_dim_t)k, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
                               (dnnl_dim_t)ldc) == dnnl_success)
@@ -609,6 +636,12 @@ static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
     ngd_free(fa), ngd_free(fb);
 }
 
+static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                      const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, float beta,
+                      float *C, size_t ldc) {
+    gemm16(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, NULL, ldc);
+}
+
 void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,
                    size_t lda, const uint16_t *B, size_t ldb, float beta, float *C, size_t ldc) {
     if (m == 0 || n == 0) return;
@@ -619,60 +652,6 @@ void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
     team_end(g);
 }
 
-// gemm_bf16 with the result rounded to bf16 (beta 0): the matmul primitive writes it so (its
-// f32 sums rounded as ngd_bf16_encode rounds, in its store); other paths through f32 and
-// ngd_bf16_encode. The same paths and splits as gemm_bf16 above.
-static void gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
-                         const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, uint16_t *C,
-                         size_t ldc) {
-    const bool mm = bf16_path_now() == NGD_BF16_PATH_MATMUL && k % 32 != 31 && alpha != 0.0f &&
-                    m * n * k > SMALL_GEMM_MACS;
-    if (mm && m > 32 && m % 32 == 1) {
-        gemm_bf16_16(ta, tb, m - 1, n, k, alpha, A, lda, B, ldb, C, ldc);
-        gemm_bf16_16(ta, tb, 1, n, k, alpha, ta ? A + (m - 1) : A + (m - 1) * lda, lda, B, ldb,
-                     C + (m - 1) * ldc, ldc);
-        return;
-    }
-    if (mm && split_col(m, n)) {
-        gemm_bf16_16(ta, tb, m, n - 1, k, alpha, A, lda, B, ldb, C, ldc);
-        gemm_bf16_16(ta, tb, m, 1, k, alpha, A, lda, tb ? B + (n - 1) * ldb : B + (n - 1), ldb,
-                     C + (n - 1), ldc);
-        return;
-    }
-#ifdef _OPENMP
-    if (mm && split_rows(m, n, k)) {
-        const size_t h = split_at(m);
-#pragma omp parallel num_threads(2)
-        for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) {
-            const size_t r0 = p ? h : 0, nr = p ? m - h : h;
-            gemm_bf16_16(ta, tb, nr, n, k, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb,
-                         C + r0 * ldc, ldc);
-        }
-        return;
-    }
-#endif
-    if (mm && matmul(false, ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, NULL, ldc, NULL, C))
-        return;
-    float *f = ngd_malloc(m * n, sizeof(float));
-    if (f) {
-        gemm_bf16(ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, f, n);
-        if (ldc == n)
-            ngd_bf16_encode(f, C, m * n);
-        else
-            for (size_t i = 0; i < m; i++)
-                ngd_bf16_encode(f + i * n, C + i * ldc, n);
-        ngd_free(f);
-        return;
-    }
-    for (size_t i = 0; i < m; i++) // out of memory: element by element
-        for (size_t j = 0; j < n; j++) {
-            float c;
-            gemm_bf16(ta, tb, 1, 1, k, alpha, ta ? A + i : A + i * lda, lda,
-                      tb ? B + j * ldb : B + j, ldb, 0.0f, &c, 1);
-            C[i * ldc + j] = ngd_f32_to_bf16_vec(c);
-        }
-}
-
 void ngd_gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, uint16_t *C,
                       size_t ldc) {
@@ -680,7 +659,7 @@ void ngd_gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
     NGD_ASSERT(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n);
     atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)m * n * k, memory_order_relaxed);
     const team_guard g = team_begin();
-    gemm_bf16_16(ta, tb, m, n, k, alpha, A, lda, B, ldb, C, ldc);
+    gemm16(ta, tb, m, n, k, alpha, A, lda, B, ldb, 0.0f, NULL, C, ldc);
     team_end(g);
 }
 
