@@ -151,12 +151,15 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
         ok = (s->KKt = ngd_malloc(nK, sizeof(float))) != NULL;
     if (ok && s->sC.kind == NGD_STRUCT_DENSE && s->dtC == NGD_F32 && dC < T2 * dK)
         ok = (s->CCt = ngd_malloc(nC, sizeof(float))) != NULL;
-    float *tmp = ok ? ngd_malloc(NGD_MAX(nK, nC), sizeof(float)) : NULL;
-    if (!tmp) {
+    // f32 factors are written in place; bf16 ones go through f32 scratch (an f32 copy of
+    // vgg16bn's 4609-wide K was 85 MB more to allocate and fault in: 0.67 s a layer at start)
+    const bool f32K = s->dtK == NGD_F32, f32C = s->dtC == NGD_F32;
+    float *tmp = ok && !(f32K && f32C) ? ngd_malloc(NGD_MAX(nK, nC), sizeof(float)) : NULL;
+    if (!ok || (!tmp && !(f32K && f32C))) {
         singd_free(e);
         return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for factors", e->name);
     }
-    factors_eye(s, tmp, tmp);
+    factors_eye(s, f32K ? (float *)s->K : tmp, f32C ? (float *)s->C : tmp);
     ngd_free(tmp);
     return NGD_OK;
 }
