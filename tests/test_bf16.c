@@ -320,6 +320,53 @@ static void gemm_bias_should_equal_the_bias_rows_plus_the_product(void) {
     CHECK(ngd_bf16_gemm_bias(false, false, 0, 4, 3, NULL, 3, NULL, 4, b, NULL, 4) == NGD_OK);
 }
 
+// ngd_syrk_bf16_lower (the bf16 statistics' chunks of wide factors): C's lower triangle and
+// diagonal against the float64 product of the same bf16 values (beta 0 over NaN, and beta !=
+// 0); above the diagonal only the block rows' diagonal blocks may be written (as the product
+// with that C's values), so most of the strictly upper triangle stays as it was: 700 rows go
+// by three block rows, which leave two thirds of it.
+static void syrk_bf16_lower_should_write_the_lower_triangle_only(void) {
+    const size_t n = 700, k = 130;
+    const float mark = 12345.0f; // (the upper triangle's values on entry)
+    trng r = {23};
+    float *f = malloc(n * k * 4), *C = malloc(n * n * 4), *C0 = malloc(n * n * 4);
+    uint16_t *A = malloc(n * k * 2);
+    tfill(&r, f, n * k, -1, 1);
+    nn_bf16_encode(f, A, n * k);
+    tfill(&r, C0, n * n, -1, 1);
+    for (int c = 0; c < 4; c++) {
+        const bool ta = c & 1, b0 = c & 2;
+        const float beta = b0 ? 0.0f : -0.5f;
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++)
+                C[i * n + j] = j > i ? mark : b0 ? NAN : C0[i * n + j];
+        ngd_syrk_bf16_lower(ta, n, k, 0.5f, A, ta ? n : k, beta, C, n);
+        double maxref = 0, maxerr = 0;
+        size_t kept = 0;
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                if (j > i && C[i * n + j] == mark) {
+                    kept++;
+                    continue;
+                }
+                double d = 0;
+                for (size_t p = 0; p < k; p++)
+                    d += (double)bits_f((uint32_t)A[ta ? p * n + i : i * k + p] << 16) *
+                         (double)bits_f((uint32_t)A[ta ? p * n + j : j * k + p] << 16);
+                const double c0 = j > i ? (double)mark : (double)C0[i * n + j];
+                const double want = 0.5 * d + (b0 ? 0.0 : -0.5 * c0);
+                maxref = fmax(maxref, fabs(j > i ? 0.5 * d : want));
+                maxerr = fmax(maxerr, fabs((double)C[i * n + j] - want));
+            }
+        // f32 accumulation of 130 products of entries in [-1, 1] (as the test below); the
+        // written upper entries' beta C term is 6172.5, whose f32 ulp is 5e-4
+        CHECK_MSG(maxerr <= 1e-5 * maxref + (b0 ? 0.0 : 1e-3), "ta %d beta %g: error %.3g of %.3g",
+                  ta, (double)beta, maxerr, maxref);
+        CHECK_MSG(kept >= n * (n - 1) / 2 * 6 / 10, "ta %d: %zu upper entries kept", ta, kept);
+    }
+    free(f), free(C), free(C0), free(A);
+}
+
 // ngd_syrk_bf16 (SINGD's bf16 K Kᵀ and KᵀK) against the float64 product of the same bf16
 // operands, for op(A) = A and Aᵀ, below and above its block-row threshold (1024 rows), beta = 0
 // over a NaN-filled C and beta != 0 over a symmetric C; above it C is exactly symmetric, and so
@@ -1248,6 +1295,7 @@ static const test_case TESTS[] = {
     TEST(gemm_bias_should_equal_the_bias_rows_plus_the_product),
     TEST(thread_caches_should_be_freed_when_threads_end),
     TEST(syrk_bf16_should_match_the_reference_and_be_symmetric),
+    TEST(syrk_bf16_lower_should_write_the_lower_triangle_only),
     TEST(matmul_cache_should_serve_many_shapes_and_threads),
     TEST(k_31_mod_32_shapes_should_not_crash),
     TEST(gemm_bf16_should_be_exact_on_representable_values),

@@ -742,9 +742,9 @@ static void singd_cached_products_should_follow_loads_and_match_the_plain_path(v
 // panel_rows: the update's L·m_new, the observe's Kᵀ (X Xᵀ) K, bf16 compute's too): P
 // against the plain path, one block as wide as the factor (block-diagonal, dense in value,
 // not in kind), with 1200 rows (the Gram product) on a 1100 -> 1030 layer: two panels a side;
-// and with 64 rows (chunks: S = Kᵀ X, S Sᵀ) on a 2100 -> 16 layer, whose K bf16 compute
-// updates by panels of update_rows (two of 1051 rows). bf16 compute against the f32 panels:
-// within bf16's rounding.
+// and with 192 rows (chunks: S = Kᵀ X, S Sᵀ; in bf16 compute by ngd_syrk_bf16_lower) on a
+// 2100 -> 16 layer, whose K bf16 compute updates by panels of update_rows (two of 1051 rows). bf16
+// compute against the f32 panels: within bf16's rounding.
 static void singd_run_wide(const char *structure, bool bf16, size_t di, size_t dout, size_t nb,
                            float *P) {
     ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
@@ -786,7 +786,7 @@ static void singd_run_wide(const char *structure, bool bf16, size_t di, size_t d
 }
 
 static void singd_wide_dense_panels_should_match_the_plain_path(void) {
-    const size_t dims[][3] = {{1100, 1030, 1200}, {2100, 16, 64}};
+    const size_t dims[][3] = {{1100, 1030, 1200}, {2100, 16, 192}};
     for (size_t c = 0; c < 2; c++) {
         const size_t di = dims[c][0], dout = dims[c][1], nb = dims[c][2], n = dout * (di + 1);
         float *pd = malloc(n * 4), *pb = malloc(n * 4), *p16 = malloc(n * 4);

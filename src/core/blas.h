@@ -78,17 +78,22 @@ void ngd_gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
 // convert in the environment chooses the second or third.
 typedef enum { NGD_BF16_PATH_MATMUL, NGD_BF16_PATH_GEMM, NGD_BF16_PATH_CONVERT } ngd_bf16_path;
 void ngd_gemm_bf16_path(ngd_bf16_path p);
-// C = beta*C + alpha * A Aᵀ (full square, both triangles written, exactly symmetric); A is
-// m x k. Large m computes the lower block rows only (about half the FLOPs of ngd_gemm) and
-// mirrors them, so with beta != 0 C must be symmetric on entry.
 // C's strictly upper triangle = the transpose of its strictly lower one (C square)
 void ngd_mirror_lower(ngd_view C);
 
+// C = beta*C + alpha * A Aᵀ (full square, both triangles written, exactly symmetric); A is
+// m x k. Large m computes the lower block rows only (about half the FLOPs of ngd_gemm) and
+// mirrors them, so with beta != 0 C must be symmetric on entry.
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C);
 // The same for bf16 operands, f32 accumulation: C (n x n, row-major, ldc) = beta C +
 // alpha op(A) op(A)ᵀ with op(A) = A (n x k, lda) or, ta, the transpose of A (k x n, lda).
 void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                    float beta, float *C, size_t ldc);
+// The same by block rows of about 336, each up to and including its diagonal block: the rest
+// of the upper triangle is neither read nor written, for a caller that sums several such
+// products and mirrors once (ngd_mirror_lower).
+void ngd_syrk_bf16_lower(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
+                         float beta, float *C, size_t ldc);
 
 // v *= s; y += a*x; sum of squares (in double); max |x|
 void ngd_view_scale(ngd_view v, float s);     // (result rounded under ngd_bf16_emul, bf16.h)
