@@ -1017,15 +1017,20 @@ static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16
 // (336-1152 rows alike); n = 2305: 3.3 -> 2.1-2.6
 #define SYRK16_LOWER_PANEL 336
 
-void ngd_syrk_bf16_lower(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
-                         float beta, float *C, size_t ldc) {
-    const size_t np = (n + SYRK16_LOWER_PANEL - 1) / SYRK16_LOWER_PANEL;
-    const size_t b = ((n + np - 1) / np + 15) / 16 * 16;
+// C's block rows of b rows, each up to and including its diagonal block (bf16 operands)
+static void syrk16_rows(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
+                        float beta, float *C, size_t ldc, size_t b) {
     for (size_t r0 = 0; r0 < n; r0 += b) {
         const size_t nr = NGD_MIN(b, n - r0), r1 = r0 + nr;
         ngd_gemm_bf16(ta, !ta, nr, r1, k, alpha, ta ? A + r0 : A + r0 * lda, lda, A, lda, beta,
                       C + r0 * ldc, ldc);
     }
+}
+
+void ngd_syrk_bf16_lower(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
+                         float beta, float *C, size_t ldc) {
+    const size_t np = (n + SYRK16_LOWER_PANEL - 1) / SYRK16_LOWER_PANEL;
+    syrk16_rows(ta, n, k, alpha, A, lda, beta, C, ldc, ((n + np - 1) / np + 15) / 16 * 16);
 }
 
 // ngd_syrk_full's block rows for bf16 operands (f32 C): op(A) = A (n x k) or, ta, Aᵀ of the
@@ -1049,11 +1054,7 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
         ngd_gemm_bf16(ta, !ta, n, n, k, alpha, A, lda, A, lda, beta, C, ldc);
         return;
     }
-    for (size_t r0 = 0; r0 < n; r0 += b) {
-        const size_t nr = NGD_MIN(b, n - r0), r1 = r0 + nr;
-        ngd_gemm_bf16(ta, !ta, nr, r1, k, alpha, ta ? A + r0 : A + r0 * lda, lda, A, lda, beta,
-                      C + r0 * ldc, ldc);
-    }
+    syrk16_rows(ta, n, k, alpha, A, lda, beta, C, ldc, b);
     mirror_lower(ngd_view_rm(C, n, n, ldc));
 }
 
