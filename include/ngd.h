@@ -146,6 +146,14 @@ NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t col
 NGD_API ngd_status ngd_bf16_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                                  const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
                                  float beta, float *C, size_t ldc);
+// Whether this CPU runs bf16 products faster as float32 ones: its bf16 dot-product
+// instructions (AVX512-BF16, no AMX) reach less than 0.75 of its f32 FMAs' FLOP rate, one
+// core, measured once per process (about a millisecond; an Intel Xeon without AMX: 0.5, an
+// AMD Zen 5: 2). ngd_bf16_gemm then decodes its operands to float32 and runs the f32 GEMM
+// (the products of bf16 values are exact in float32: only the order of the sums differs),
+// unless NGD_BF16_GEMM=matmul|gemm|convert in the environment chooses. *ratio (NULL: not
+// wanted) gets the measured ratio; 0 without AVX512-BF16.
+NGD_API bool ngd_bf16_dot_slow(double *ratio);
 // The float32 GEMM libngd's own products run, with the same contract (A, B float32): small
 // products by a plain loop, those with B transposed, 8 rows of C or more and a reduction of
 // 256 or more by oneDNN's matmul primitive (faster there; outside a parallel region), the

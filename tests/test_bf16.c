@@ -219,6 +219,40 @@ static void gemm_bf16_converting_path_should_meet_the_same_bound(void) {
     ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
 }
 
+// The bf16 dot-product probe: measured once (the same figure every call), 0 exactly where the
+// CPU has no AVX512-BF16, else a rate ratio within reason; ngd_bf16_dot_slow reports that
+// figure and says slow only below NGD_BF16_SLOW; the default GEMM path follows it, and
+// NGD_BF16_GEMM overrides it
+static void bf16_dot_probe_should_choose_the_path(void) {
+    const double r = ngd_bf16_dot_ratio();
+    double r2 = -1.0;
+    const bool slow = ngd_bf16_dot_slow(&r2);
+    printf("  bf16 dot products at %.3fx the f32 FMAs' FLOP rate: %s\n", r,
+           slow ? "slow (products in f32)" : "not slow");
+    CHECK(r2 == r && ngd_bf16_dot_ratio() == r);
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    CHECK((r == 0.0) ==
+          !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")));
+#endif
+    CHECK(r == 0.0 || (r > 0.05 && r < 20.0));
+    CHECK(!slow || (r > 0.0 && r < NGD_BF16_SLOW));
+    const char *was = getenv("NGD_BF16_GEMM");
+    char *keep = was ? strdup(was) : NULL;
+    unsetenv("NGD_BF16_GEMM");
+    CHECK(ngd_gemm_bf16_path_default() == (slow ? NGD_BF16_PATH_CONVERT : NGD_BF16_PATH_MATMUL));
+    static const char *names[] = {"matmul", "gemm", "convert"};
+    for (int i = 0; i < 3; i++) {
+        setenv("NGD_BF16_GEMM", names[i], 1);
+        CHECK(ngd_gemm_bf16_path_default() == (ngd_bf16_path)i);
+    }
+    if (keep)
+        setenv("NGD_BF16_GEMM", keep, 1);
+    else
+        unsetenv("NGD_BF16_GEMM");
+    free(keep);
+}
+
 // oneDNN's AVX512-BF16 GEMM (the path before the matmul primitive, NGD_BF16_GEMM=gemm)
 static void gemm_bf16_gemm_path_should_meet_the_same_bound(void) {
     ngd_gemm_bf16_path(NGD_BF16_PATH_GEMM);
@@ -1176,7 +1210,9 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                                {3, 32, 32, 64, 2},
                                // 80 output channels (tiles of 3 + 2 vectors)
                                {8, 16, 16, 80, 2}};
-    const bool usable = nn_amx_usable(), d16 = nn_conv3x3_direct16_usable();
+    const bool usable = nn_amx_usable(), d16 = nn_conv3x3_direct16_usable(),
+               pays = nn_conv3x3_direct16_pays();
+    CHECK(pays == (d16 && !ngd_bf16_dot_slow(NULL)));
     if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
     if (!d16) fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
     trng r = {31};
@@ -1195,9 +1231,9 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         const bool fits = usable && nn_conv3x3_amx_fits(cin, H, W, cout),
                    fits_t = usable && nn_conv3x3_amx_fits(cout, H, W, cin);
         CHECK(l[0].amx == fits && l[0].amx_t == fits_t);
-        CHECK(l[0].direct16 == (!fits && l[0].direct && d16) &&
-              l[0].direct16_t == (!fits_t && l[0].direct_t && d16));
-        CHECK(l[0].dw16 == (!(l[0].amx && l[0].chunk == 1) && l[0].chunk == 1 &&
+        CHECK(l[0].direct16 == (!fits && l[0].direct && pays) &&
+              l[0].direct16_t == (!fits_t && l[0].direct_t && pays));
+        CHECK(l[0].dw16 == (pays && !(l[0].amx && l[0].chunk == 1) && l[0].chunk == 1 &&
                             nn_conv3x3_dw16_fits(cin, H, W, cout)));
         l[1].amx = l[1].amx_t = l[1].direct16 = l[1].direct16_t = l[1].dw16 = false; // im2col
         l[2].amx = l[2].amx_t = false; // direct where it fits
@@ -1307,6 +1343,7 @@ static const test_case TESTS[] = {
     TEST(conv2d_bf16_should_match_float64),
     TEST(conv2d_bf16_input_should_equal_rounding_inside),
     TEST(direct16_bf16_output_should_be_the_f32_output_rounded),
+    TEST(bf16_dot_probe_should_choose_the_path),
     TEST(conv3x3_amx_should_match_float64_and_the_im2col_path),
     TEST(bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones),
 };

@@ -154,6 +154,13 @@ c1=$(crc_of "$D/tl1.jsonl") c2=$(crc_of "$D/tl2.jsonl")
 [ -n "$c1" ] && [ "$(crc_of "$D/tll.jsonl")" = "$c1" ] && ok || bad "OMP_THREAD_LIMIT=1: parameters $(crc_of "$D/tll.jsonl"), a one-thread run's $c1"
 [ -n "$c2" ] && [ "$(crc_of "$D/tld.jsonl")" = "$c2" ] && ok || bad "OMP_DYNAMIC=true: parameters $(crc_of "$D/tld.jsonl"), the run's $c2"
 [ -n "$c1" ] && [ "$(crc_of "$D/tlm.jsonl")" = "$c1" ] && ok || bad "OMP_MAX_ACTIVE_LEVELS=0: parameters $(crc_of "$D/tlm.jsonl"), a one-thread run's $c1"
+# the same on the f32 copies' path (the default where bf16 dot products are slow): its f32
+# products inside SINGD's two-thread blocks planned for --threads under the limit (other
+# numbers, until they ran under the limit's team)
+NGD_BF16_GEMM=convert expect_rc 0 "bf16 run (f32 copies) at 1 thread" "$NGD" train $TL --threads 1 --log "$D/tc1.jsonl"
+NGD_BF16_GEMM=convert OMP_THREAD_LIMIT=1 expect_rc 0 "bf16 run (f32 copies) at 2 threads under OMP_THREAD_LIMIT=1" "$NGD" train $TL --threads 2 --log "$D/tcl.jsonl"
+cc1=$(crc_of "$D/tc1.jsonl")
+[ -n "$cc1" ] && [ "$(crc_of "$D/tcl.jsonl")" = "$cc1" ] && ok || bad "f32 copies under OMP_THREAD_LIMIT=1: parameters $(crc_of "$D/tcl.jsonl"), a one-thread run's $cc1"
 # the K-FAC family's decompositions (OpenBLAS's LAPACK, which plans for the thread count as
 # oneDNN does) spun for ever under the same settings: a one-thread run's bits now
 TK="--optim kfac --subset 512 --epochs 1 --max-steps 6 --quiet"

@@ -802,9 +802,16 @@ int bench_train(int argc, char **argv) {
             "median", "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb", "%sgemm",
             "opt", "xfloor", "sgemm", "RSS MiB");
     int rc = NGD_EXIT_OK;
-    if (precs == 3 && !nn_bf16_native())
+    double dot_ratio = 0.0;
+    if ((precs & 2) && !nn_bf16_native())
         fprintf(stderr, "ngd bench train: note: no AVX512-BF16 on this CPU: bf16 converts "
                         "(expect it slower than f32)\n");
+    else if ((precs & 2) && ngd_bf16_dot_slow(&dot_ratio))
+        fprintf(stderr,
+                "ngd bench train: note: bf16 dot products run at %.2fx the f32 FMAs' FLOP "
+                "rate on this CPU (no AMX): bf16 products are computed in f32 from bf16 values "
+                "(expect bf16 slower than f32)\n",
+                dot_ratio);
     // mean step times of every repeat, for the f32/bf16 ratios (each pair from one round)
     double *ms_of = calloc(nc * repeats, sizeof *ms_of), *cpu_of = calloc(nc * repeats, 8);
     if (!ms_of || !cpu_of) {

@@ -4,6 +4,12 @@
 
 #include "impl.h"
 
+#include <stdatomic.h>
+#include <time.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 static void decode_range(const void *src, void *dst, size_t n) {
     const uint16_t *x = src;
     float *y = dst;
@@ -61,3 +67,85 @@ bool ngd_bf16_emul_set(bool on) {
 }
 
 bool ngd_bf16_emul(void) { return emul; }
+
+// ---- the CPU's bf16 dot-product rate against its f32 FMA rate ----
+// Some CPUs with AVX512-BF16 run vdpbf16ps at a quarter of their FMA instruction rate, half
+// the FLOP rate: an Intel Xeon (family 6, model 207) without AMX measured 86 GFLOP/s for
+// vdpbf16ps against 176 for vfmadd (one core, 12 independent sums each), and oneDNN's bf16
+// GEMM 150-165 against sgemm's 290-310 at 2 threads; an AMD Zen 5 runs vdpbf16ps at twice the
+// FMA's FLOPs. Measured once per process: 12 independent chains of each instruction, in
+// turns, the best of NGD_DOT_TURNS turns each (about a millisecond in all).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define NGD_DOT_TURNS 7
+#define NGD_DOT_ITERS 4096
+
+static double dot_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// Twelve sums a0..a11, each its own chain; the asm statement keeps them apart (the compiler
+// would merge equal chains) and in registers (an array of them went to memory every turn)
+#define DOT_12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define DOT_KEEP()                                                                                 \
+    __asm__ volatile(""                                                                            \
+                     : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),       \
+                       "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11))
+#define DOT_ZERO(j) __m512 a##j = _mm512_setzero_ps();
+#define DOT_FMA(j)  a##j = _mm512_fmadd_ps(x, y, a##j);
+#define DOT_BF16(j) a##j = _mm512_dpbf16_ps(a##j, (__m512bh)p, (__m512bh)q);
+#define DOT_SUM(j)  s += _mm512_reduce_add_ps(a##j);
+
+// Seconds for NGD_DOT_ITERS x 12 vfmadd231ps (bf16 false) or vdpbf16ps (true); *sink keeps
+// the sums live
+__attribute__((target("avx512f,avx512bf16"))) static double dot_turn(bool bf16, float *sink) {
+    DOT_12(DOT_ZERO)
+    __m512 x = _mm512_set1_ps(1e-3f), y = _mm512_set1_ps(1e-3f);
+    __m512i p = _mm512_set1_epi16(0x3a83), q = _mm512_set1_epi16(0x3a83); // 1e-3 in bf16
+    __asm__ volatile("" : "+v"(x), "+v"(y), "+v"(p), "+v"(q));
+    const double t0 = dot_now();
+    if (bf16)
+        for (int i = 0; i < NGD_DOT_ITERS; i++) {
+            DOT_12(DOT_BF16)
+            DOT_KEEP();
+        }
+    else
+        for (int i = 0; i < NGD_DOT_ITERS; i++) {
+            DOT_12(DOT_FMA)
+            DOT_KEEP();
+        }
+    const double t = dot_now() - t0;
+    float s = 0.0f;
+    DOT_12(DOT_SUM)
+    *sink += s;
+    return t;
+}
+
+static double dot_ratio_measure(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bf16")) return 0.0;
+    double fma = 1e30, dot = 1e30;
+    float sink = 0.0f;
+    for (int t = 0; t < NGD_DOT_TURNS; t++) {
+        fma = NGD_MIN(fma, dot_turn(false, &sink));
+        dot = NGD_MIN(dot, dot_turn(true, &sink));
+    }
+    __asm__ volatile("" : : "m"(sink));
+    // FLOPs: 32 per vfmadd231ps (16 lanes), 64 per vdpbf16ps (16 lanes x 2 pairs)
+    return fma > 0.0 && dot > 0.0 ? (64.0 / dot) / (32.0 / fma) : 0.0;
+}
+#else
+static double dot_ratio_measure(void) { return 0.0; }
+#endif
+
+static _Atomic double dot_ratio = -1.0;
+
+double ngd_bf16_dot_ratio(void) {
+    double r = atomic_load_explicit(&dot_ratio, memory_order_relaxed);
+    if (r < 0.0) { // (two threads may both measure; either figure is kept)
+        r = dot_ratio_measure();
+        atomic_store_explicit(&dot_ratio, r, memory_order_relaxed);
+    }
+    return r;
+}

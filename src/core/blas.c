@@ -239,6 +239,8 @@ typedef struct mm_cache {
     dnnl_stream_t strm;
     void *scratch; // the largest scratchpad of the slots
     size_t scratch_bytes;
+    float *conv; // the bf16 convert path's f32 operands (convert_buf), conv_n floats
+    size_t conv_n;
     mm_slot s[MM_SLOTS];
     uint64_t tick;
     struct mm_cache *next;
@@ -333,6 +335,7 @@ static void mm_thread_exit(void *p) {
         mm_slot_free(&c->s[i]);
     dnnl_stream_destroy(c->strm);
     free(c->scratch);
+    free(c->conv);
     free(c);
     mm_mine = NULL;
 }
@@ -439,30 +442,75 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
            dnnl_primitive_execute(e->p, c->strm, bias ? 5 : 4, args) == dnnl_success;
 }
 
+static bool cpu_has_amx(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)); // AMX-BF16
+#else
+    return false;
+#endif
+}
+
+bool ngd_bf16_dot_slow(double *ratio) {
+    const double r = ngd_bf16_dot_ratio();
+    if (ratio) *ratio = r;
+    return r > 0.0 && r < NGD_BF16_SLOW && !cpu_has_amx();
+}
+
 void ngd_gemm_bf16_path(ngd_bf16_path p) { atomic_store(&bf16_path, (int)p); }
 
-// The path in use: set by ngd_gemm_bf16_path, else NGD_BF16_GEMM=gemm|convert from the
-// environment (for side-by-side benchmarks), else the matmul primitive
+// The path in use: set by ngd_gemm_bf16_path, else NGD_BF16_GEMM=matmul|gemm|convert from the
+// environment (side-by-side benchmarks), else the matmul primitive, or f32 copies and sgemm
+// where the CPU's bf16 dot products are slower than its f32 FMAs (ngd_bf16_dot_slow). At 2
+// threads on the Xeon of ngd_bf16_dot_ratio, GFLOP/s matmul -> convert: 128 x 512 x 784 with
+// B transposed 131 -> 163 (decoded row by row, one thread) -> 235 (decoded by the threads,
+// into a kept buffer); 785 x 785 x 785 A B 160 -> 193 -> 270, Aᵀ A 163 -> 180 -> 262; sgemm
+// 290-310 there.
+ngd_bf16_path ngd_gemm_bf16_path_default(void) {
+    const char *e = getenv("NGD_BF16_GEMM");
+    return e && !strcmp(e, "gemm")      ? NGD_BF16_PATH_GEMM
+           : e && !strcmp(e, "convert") ? NGD_BF16_PATH_CONVERT
+           : e && !strcmp(e, "matmul")  ? NGD_BF16_PATH_MATMUL
+           : ngd_bf16_dot_slow(NULL)    ? NGD_BF16_PATH_CONVERT
+                                        : NGD_BF16_PATH_MATMUL;
+}
+
 static ngd_bf16_path bf16_path_now(void) {
     int p = atomic_load_explicit(&bf16_path, memory_order_relaxed);
     if (p < 0) {
-        const char *e = getenv("NGD_BF16_GEMM");
-        p = e && !strcmp(e, "gemm")      ? NGD_BF16_PATH_GEMM
-            : e && !strcmp(e, "convert") ? NGD_BF16_PATH_CONVERT
-                                         : NGD_BF16_PATH_MATMUL;
+        p = (int)ngd_gemm_bf16_path_default();
         int want = -1;
         atomic_compare_exchange_strong(&bf16_path, &want, p);
     }
     return (ngd_bf16_path)p;
 }
 
-// op(X) of a row-major bf16 operand (rows x cols stored with leading dimension ld), decoded
-static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) {
-    float *f = ngd_malloc(rows * cols, sizeof(float));
-    if (!f) return NULL;
+// The convert path's f32 copies of op(A) and op(B), n floats: this thread's buffer, kept
+// between calls (its cache's conv), or, without one, a fresh one that *own says to free
+static float *convert_buf(size_t n, bool *own) {
+    mm_cache *c = mm_thread_cache();
+    *own = false;
+    if (c && c->conv_n < n) {
+        float *p = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        if (p) free(c->conv), c->conv = p, c->conv_n = n;
+    }
+    if (c && c->conv_n >= n) return c->conv;
+    *own = true;
+    return ngd_malloc(n, sizeof(float));
+}
+
+// f (rows x cols, row-major, dense) = the bf16 operand X (rows x cols stored with leading
+// dimension ld), decoded: one pass over the threads
+static void decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld, float *f) {
+    if (ld == cols) {
+        ngd_bf16_decode(X, f, rows * cols);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (rows * cols > NGD_PAR_MIN && !omp_in_parallel())
+#endif
     for (size_t i = 0; i < rows; i++)
         ngd_bf16_decode(X + i * ld, f + i * cols, cols);
-    return f;
 }
 
 // Two threads, no AMX: a bf16 product of 64 rows or more and 2^21 multiply-adds or more goes
@@ -480,15 +528,6 @@ static float *decode_op(const uint16_t *X, size_t rows, size_t cols, size_t ld) 
 #ifdef _OPENMP
 #define SPLIT16_ROWS 64
 #define SPLIT16_MACS ((size_t)1 << 21)
-
-static bool cpu_has_amx(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    unsigned a, b, c, d;
-    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)); // AMX-BF16
-#else
-    return false;
-#endif
-}
 
 // Set around the public ngd_bf16_gemm: the engine's Linear layers (and clients) keep
 // oneDNN's own split. In the step the halves lost there what they won in isolation (mlp SGD
@@ -618,10 +657,16 @@ static void gemm16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
                               (dnnl_dim_t)ldc) == dnnl_success)
         return;
     const size_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
-    float *fa = decode_op(A, ar, ac, lda), *fb = decode_op(B, br, bc, ldb);
-    ngd_cview Av = ngd_cview_rm(fa, ar, ac, ac), Bv = ngd_cview_rm(fb, br, bc, bc);
-    if (fa && fb) {
+    bool own;
+    float *fa = convert_buf(ar * ac + br * bc, &own), *fb = fa ? fa + ar * ac : NULL;
+    if (fa) {
+        decode_op(A, ar, ac, lda, fa), decode_op(B, br, bc, ldb, fb);
+        const ngd_cview Av = ngd_cview_rm(fa, ar, ac, ac), Bv = ngd_cview_rm(fb, br, bc, bc);
+        // (under the thread limit's team: a caller's inactive region, ngd_syrk_bf16's
+        // blocks under OMP_THREAD_LIMIT=1, still sees --threads as its thread count)
+        const team_guard g = team_begin();
         gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta, Cv);
+        team_end(g);
     } else { // out of memory
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < n; j++) {
@@ -633,7 +678,7 @@ static void gemm16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
                 C[i * ldc + j] = (float)((double)alpha * s + c);
             }
     }
-    ngd_free(fa), ngd_free(fb);
+    if (own) ngd_free(fa);
 }
 
 static void gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,

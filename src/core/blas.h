@@ -73,11 +73,19 @@ void ngd_gemm_bf16_16(bool ta, bool tb, size_t m, size_t n, size_t k, float alph
                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, uint16_t *C,
                       size_t ldc);
 // Which kernels the bf16 GEMM runs (tests, benchmarks), for every thread: oneDNN's matmul
-// primitive (the default; AMX where the CPU has it), oneDNN's bf16 GEMM (AVX512-BF16), or
-// f32 copies and sgemm (as on a CPU without bf16 kernels). Unset, NGD_BF16_GEMM=gemm or
-// convert in the environment chooses the second or third.
+// primitive (AMX where the CPU has it), oneDNN's bf16 GEMM (AVX512-BF16), or f32 copies and
+// sgemm (as on a CPU without bf16 kernels: the products of bf16 values are exact in f32, so
+// only the order of the f32 sums differs). Unset, NGD_BF16_GEMM=matmul, gemm or convert in
+// the environment chooses; without it, the matmul primitive, or the f32 copies where
+// ngd_bf16_dot_slow.
 typedef enum { NGD_BF16_PATH_MATMUL, NGD_BF16_PATH_GEMM, NGD_BF16_PATH_CONVERT } ngd_bf16_path;
 void ngd_gemm_bf16_path(ngd_bf16_path p);
+// The path taken where ngd_gemm_bf16_path was never called (read once, at the first product)
+ngd_bf16_path ngd_gemm_bf16_path_default(void);
+// ngd_bf16_dot_slow (ngd.h): no AMX, and ngd_bf16_dot_ratio (bf16.h) in (0, NGD_BF16_SLOW).
+// Measured 0.49 on an Intel Xeon without AMX and about 2 on an AMD Zen 5; the f32 copies
+// cost a pass over each operand.
+#define NGD_BF16_SLOW 0.75
 // C's strictly upper triangle = the transpose of its strictly lower one (C square)
 void ngd_mirror_lower(ngd_view C);
 

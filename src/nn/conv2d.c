@@ -278,11 +278,11 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         }
         if (l->amx_t) l->wtf = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(uint16_t));
     }
-    // without AMX, on AVX512-BF16: the direct layers' bf16 twin (conv_direct.c), in pairs
-    // (its buffers also where AMX takes the layer: a test may clear amx and set direct16)
-    const bool d16 = nn_conv3x3_direct16_usable();
-    l->direct16 = l->direct && !l->amx && d16;
-    l->direct16_t = l->direct_t && !l->amx_t && d16;
+    // without AMX, on AVX512-BF16: the direct layers' bf16 twin (conv_direct.c), in pairs,
+    // where it pays (its buffers wherever it is usable: a test may clear amx and set direct16)
+    const bool d16 = nn_conv3x3_direct16_usable(), pays = nn_conv3x3_direct16_pays();
+    l->direct16 = l->direct && !l->amx && pays;
+    l->direct16_t = l->direct_t && !l->amx_t && pays;
     if (l->direct && d16)
         l->wp = nn_malloc(nn_conv3x3_direct16_wp_n(l->c_out, G->c_in), sizeof(uint32_t));
     if (l->direct_t && d16)
@@ -295,7 +295,8 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     }
     // without AMX's dW, on AVX512-BF16: dW image by image (conv_direct.c), in the f32 path's
     // blocks (larger: zeroed again, its planes' borders move)
-    l->dw16 = l->dw_direct && !amx_dw_on(l) && nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
+    l->dw16 = pays && l->dw_direct && !amx_dw_on(l) &&
+              nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
     if (l->dw_direct) memset(l->dwb, 0, l->nthr * l->dwb_n * sizeof(float));
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||

@@ -321,6 +321,10 @@ bool nn_conv3x3_direct16_usable(void) {
     return s == 1;
 }
 
+bool nn_conv3x3_direct16_pays(void) {
+    return nn_conv3x3_direct16_usable() && !ngd_bf16_dot_slow(NULL);
+}
+
 size_t nn_conv3x3_direct16_pad_n(size_t c, size_t h, size_t w) {
     return (c + 1) / 2 * plane_n(h, w);
 }

@@ -537,6 +537,11 @@ void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float
 // written or added), or where y16 is set instead (y NULL, add false), rounded to bf16 as
 // nn_bf16_encode does, from the same sums.
 bool nn_conv3x3_direct16_usable(void);
+// Whether a layer takes the bf16 twins (nn_conv3x3_direct16, _dw16): usable, and the CPU's
+// bf16 dot products not slower than its f32 FMAs (ngd_bf16_dot_slow; where they are, its
+// layers go by bf16 im2col and ngd_bf16_gemm, which then runs in f32: cnn SGD bf16 step 137
+// -> 106 ms on an Intel Xeon without AMX, f32 94)
+bool nn_conv3x3_direct16_pays(void);
 size_t nn_conv3x3_direct16_pad_n(size_t c, size_t h, size_t w);
 size_t nn_conv3x3_direct16_wp_n(size_t co, size_t c);
 void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp);
