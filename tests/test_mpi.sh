@@ -44,7 +44,14 @@ idx_images "$I/train-images-idx3-ubyte" 1280 28 28 1; idx_labels "$I/train-label
 idx_images "$I/t10k-images-idx3-ubyte" 200 28 28 2; idx_labels "$I/t10k-labels-idx1-ubyte" 200
 
 # compare LOG1 LOG2 CKPT1 CKPT2 RTOL: every step's loss and accuracy, then the parameters of
-# the two training checkpoints (docs/formats.md), max |a-b| <= RTOL * max |a| per tensor
+# the two training checkpoints (docs/formats.md), max |a-b| <= RTOL * max |a| per tensor, but
+# for at most 1/16 of a tensor's elements, which may reach FLIP * max |a|: a ReLU gate whose
+# pre-activation lies within float32 rounding of 0 can open in one run only. Found on an Intel
+# Xeon (kfac-pi-factored): at step 7 one sample's unit 231 had z = -4e-8 from terms of
+# Σ|w x| = 12 (the next smallest |z| of the step 3e-5); its weight row then differed by 9e-4
+# relative (1.8e-4 at step 30), every other row by 3e-7, the losses by 8e-7. The ranks'
+# products, rows, π, λ and operators were the same to rounding. A fault of the reduction
+# moves every element, and the loss.
 compare() {
     $PY - "$@" <<'EOF'
 import json, struct, sys
@@ -71,10 +78,13 @@ def params(p):
     return out
 pa, pb = params(c1), params(c2)
 if len(pa) != len(pb): sys.exit("parameter counts differ")
+FLIP = 2e-3
 for i, (x, y) in enumerate(zip(pa, pb)):
     scale = max(abs(v) for v in x) or 1.0
-    err = max(abs(u - v) for u, v in zip(x, y))
-    if err > rtol * scale: sys.exit(f"parameter {i}: max error {err:.3g} (scale {scale:.3g})")
+    off = [abs(u - v) for u, v in zip(x, y) if abs(u - v) > rtol * scale]
+    if off and (16 * len(off) > len(x) or max(off) > FLIP * scale):
+        sys.exit(f"parameter {i}: max error {max(off):.3g} (scale {scale:.3g}), "
+                 f"{len(off)} of {len(x)} elements beyond {rtol:g} of it")
 EOF
 }
 
