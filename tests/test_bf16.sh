@@ -188,6 +188,9 @@ n16=$(printf '%s\n' "$out" | grep -c '^mlp .* bf16 ')
 # with --json the ratio is a record of its own type, told apart from the configurations'
 out=$("$NGD" bench train --model mlp --widths 32 --optim sgd --batch 16 --steps 2 --warmup 1 --precision f32,bf16 --threads 1 --json 2>&1)
 printf '%s\n' "$out" | grep '^{' | python3 -c 'import json, sys; r = [json.loads(l) for l in sys.stdin]; sys.exit(0 if len(r) == 3 and [x.get("type") for x in r] == [None, None, "ratio"] and r[2]["f32_over_bf16"] > 0 else 1)' && ok || { bad "bench --json: the ratio record"; printf '%s\n' "$out" | tail -2; }
+# each configuration's record carries the CPU's bf16 dot-product ratio (bf16 products run in
+# f32 below 0.75 without AMX): the same figure in both, 0 exactly without AVX512-BF16
+printf '%s\n' "$out" | grep '^{' | python3 -c 'import json, sys; r = [json.loads(l) for l in sys.stdin][:2]; q = [x["bf16_dot_ratio"] for x in r]; no = "avx512_bf16" not in open("/proc/cpuinfo").read(); sys.exit(0 if q[0] == q[1] and ((q[0] == 0) == no) and 0 <= q[0] < 20 else 1)' && ok || { bad "bench --json: bf16_dot_ratio"; printf '%s\n' "$out" | tail -2; }
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

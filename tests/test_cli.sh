@@ -226,7 +226,7 @@ fi
 # when the program starts, so setting the variable alone left them at all cores)
 for n in 1 2; do
     out=$(OMP_NUM_THREADS=3 "$NGD" bench train --model mlp --widths 16 --optim sgd --batch 8 --steps 2 --warmup 1 --threads $n --json 2>&1)
-    printf '%s\n' "$out" | grep -q "\"threads\":$n}" && ok || { bad "bench train --threads $n: the child ran another thread count"; printf '%s\n' "$out" | tail -2; }
+    printf '%s\n' "$out" | grep -q "\"threads\":$n," && ok || { bad "bench train --threads $n: the child ran another thread count"; printf '%s\n' "$out" | tail -2; }
 done
 # bench train's peak RSS is the configuration's own: the sgemm rate's buffers (1536² x 3
 # floats, 27 MiB) are freed and the high-water mark reset before the run (a tiny mlp then

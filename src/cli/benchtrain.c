@@ -531,6 +531,8 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
     const double ms = 1e3, fb_rate = r->fb_flops / (r->fwd + r->bwd) / 1e9;
     const double floor_s = (r->fb_flops + r->opt_flops) / (r->sgemm_gflops * 1e9);
     const char *st = cfg_label(c, o);
+    double dot_ratio = 0.0; // (bf16 products run in f32 where ngd_bf16_dot_slow says so)
+    (void)ngd_bf16_dot_slow(&dot_ratio);
     if (o->json) {
         printf("{\"model\":\"%s\",\"data\":\"%s\",\"optim\":\"%s\",\"structure\":\"%s\","
                "\"precision\":\"%s\",\"batch\":%zu,\"steps\":%zu,\"period\":%zu,\"ms_mean\":%.4f,"
@@ -539,7 +541,8 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                "\"ms_precond_update\":%.4f,\"ms_precondition\":%.4f,\"ms_rule\":%.4f,"
                "\"samples_per_s\":%.1f,\"fb_gflop\":%.4f,\"opt_gflop\":%.4f,\"fb_gflops\":%.1f,"
                "\"sgemm_gflops\":%.1f,\"floor_ms\":%.4f,\"peak_rss_mib\":%.1f,"
-               "\"state_bytes\":%zu,\"params\":%zu,\"ms_cpu\":%.4f,\"threads\":%d}\n",
+               "\"state_bytes\":%zu,\"params\":%zu,\"ms_cpu\":%.4f,\"threads\":%d,"
+               "\"bf16_dot_ratio\":%.3f}\n",
                c->model,
                c->text    ? "shakespeare"
                : c->cifar ? "cifar100"
@@ -548,7 +551,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                r->period, r->mean * ms, r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms,
                r->obs * ms, r->upd * ms, r->prec * ms, r->rule * ms, (double)o->batch / r->mean,
                r->fb_flops / 1e9, r->opt_flops / 1e9, fb_rate, r->sgemm_gflops, floor_s * ms,
-               (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms, r->threads);
+               (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms, r->threads, dot_ratio);
     } else {
         printf(
             "%-8s %-6s %-9s %-4s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
