@@ -462,10 +462,10 @@ void ngd_gemm_bf16_path(ngd_bf16_path p) { atomic_store(&bf16_path, (int)p); }
 // The path in use: set by ngd_gemm_bf16_path, else NGD_BF16_GEMM=matmul|gemm|convert from the
 // environment (side-by-side benchmarks), else the matmul primitive, or f32 copies and sgemm
 // where the CPU's bf16 dot products are slower than its f32 FMAs (ngd_bf16_dot_slow). At 2
-// threads on the Xeon of ngd_bf16_dot_ratio, GFLOP/s matmul -> convert: 128 x 512 x 784 with
-// B transposed 131 -> 163 (decoded row by row, one thread) -> 235 (decoded by the threads,
-// into a kept buffer); 785 x 785 x 785 A B 160 -> 193 -> 270, Aᵀ A 163 -> 180 -> 262; sgemm
-// 290-310 there.
+// threads on the Xeon of ngd_bf16_dot_ratio, GFLOP/s, the matmul primitive -> f32 copies
+// (sgemm on the same f32 values): 128 x 512 x 784 with B transposed 163 -> 239 (294); 785³
+// A B 150 -> 250 (302), Aᵀ A 160 -> 250 (283); 785 x 785 x 128 Aᵀ A 164 -> 248 (297). The
+// copies made by one thread, row by row, into a fresh allocation gave 163, 193 and 180.
 ngd_bf16_path ngd_gemm_bf16_path_default(void) {
     const char *e = getenv("NGD_BF16_GEMM");
     return e && !strcmp(e, "gemm")      ? NGD_BF16_PATH_GEMM
@@ -486,9 +486,12 @@ static ngd_bf16_path bf16_path_now(void) {
 }
 
 // The convert path's f32 copies of op(A) and op(B), n floats: this thread's buffer, kept
-// between calls (its cache's conv), or, without one, a fresh one that *own says to free
+// between calls (its cache's conv) up to CONVERT_KEEP floats, or a fresh one that *own says to
+// free (larger ones: a 4609-wide SINGD factor's products would keep 170 MB per thread)
+#define CONVERT_KEEP ((size_t)4 << 20)
+
 static float *convert_buf(size_t n, bool *own) {
-    mm_cache *c = mm_thread_cache();
+    mm_cache *c = n <= CONVERT_KEEP ? mm_thread_cache() : NULL;
     *own = false;
     if (c && c->conv_n < n) {
         float *p = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
