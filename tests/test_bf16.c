@@ -596,6 +596,22 @@ static void matmul_cache_should_serve_many_shapes_and_threads(void) {
     free(A), free(B), free(f);
 }
 
+// The converting path's operands beyond the 4M floats a thread keeps (copied into a fresh
+// buffer per product; 4200 x 1000 A), every transpose, and a kept-size product after them
+// (the thread's buffer reused), under the same bounds, through libngd's own GEMM.
+static void converting_path_should_take_operands_of_any_size(void) {
+    trng r = {91};
+    g_gemm = ngd_gemm_bf16;
+    ngd_gemm_bf16_path(NGD_BF16_PATH_CONVERT);
+    size_t bad = 0;
+    for (int t = 0; t < 4; t++)
+        bad += gemm_case(&r, t & 1, t & 2, 4200, 4, 1000, 3, 1.0f, 0.5f);
+    bad += gemm_case(&r, false, true, 300, 200, 100, 0, 1.0f, 0.0f);
+    ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
+    g_gemm = nn_gemm_bf16;
+    CHECK(bad == 0);
+}
+
 // libngd's own bf16 GEMM (SINGD's bf16 compute), matmul and converting paths, under the same
 // bounds.
 static void core_gemm_bf16_should_meet_the_same_bound(void) {
@@ -1344,6 +1360,7 @@ static const test_case TESTS[] = {
     TEST(conv2d_bf16_input_should_equal_rounding_inside),
     TEST(direct16_bf16_output_should_be_the_f32_output_rounded),
     TEST(bf16_dot_probe_should_choose_the_path),
+    TEST(converting_path_should_take_operands_of_any_size),
     TEST(conv3x3_amx_should_match_float64_and_the_im2col_path),
     TEST(bn_relu_and_pool_bf16_outputs_should_be_the_rounded_f32_ones),
 };
