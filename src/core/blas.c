@@ -4,6 +4,7 @@
  * decompositions. Views with a unit stride in either dimension map onto row-major GEMM with
  * transpose flags; anything else takes the plain loop. Int ranges are checked here.
  */
+#define _DEFAULT_SOURCE // syscall(2): cpu_has_amx
 #include "blas.h"
 
 #include <dnnl.h>
@@ -20,6 +21,10 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define NGD_HAVE_TR16 1 // AVX-512 code for the tiles of mirror_lower, chosen at run time
 #endif
 
@@ -442,13 +447,25 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
            dnnl_primitive_execute(e->p, c->strm, bias ? 5 : 4, args) == dnnl_success;
 }
 
+// Whether oneDNN can take the tile unit: AMX-BF16 and AMX-TILE, and (Linux 5.16+) the tile
+// data state granted to this process, which oneDNN asks for itself (else it runs AVX512-BF16,
+// which ngd_bf16_dot_slow must then judge). Asked once.
 static bool cpu_has_amx(void) {
+    static _Atomic int state = -1;
+    int s = atomic_load_explicit(&state, memory_order_relaxed);
+    if (s < 0) {
+        s = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    unsigned a, b, c, d;
-    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)); // AMX-BF16
-#else
-    return false;
+        unsigned a, b, c, d;
+        s = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)) && (d & (1u << 24));
+#if defined(__linux__)
+        s = s && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                         18 /* XFEATURE_XTILEDATA */) == 0;
 #endif
+#endif
+        atomic_store_explicit(&state, s, memory_order_relaxed);
+    }
+    return s == 1;
 }
 
 bool ngd_bf16_dot_slow(double *ratio) {
