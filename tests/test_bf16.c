@@ -1201,7 +1201,10 @@ static void direct16_bf16_output_should_be_the_f32_output_rounded(void) {
 // Without AMX no layer may claim the path. The same checks run on the direct AVX512-BF16
 // path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
 // channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
-// by image (dw16, set where the layer has its f32 twin's buffers).
+// by image (dw16, set where the layer has its f32 twin's buffers), and on the f32 kernels
+// fed decoded bf16 values (dw32, direct32_t: the choice where the bf16 twins do not pay).
+// NV variants of each layer: as chosen, im2col, the bf16 twins, the f32 kernels.
+#define NV 4
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {// c_in, h, w, c_out, N
                                {32, 16, 16, 32, 5},
@@ -1232,13 +1235,14 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
     if (!d16) fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
     trng r = {31};
+    size_t n32t = 0; // cases whose dx took the f32 transposed kernel on decoded values
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t cin = cases[t][0], H = cases[t][1], W = cases[t][2], cout = cases[t][3];
         const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
         const size_t nw = cout * cin * 9;
         const ngd_conv_geom G = {cin, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1};
-        nn_conv2d l[3];
-        for (int v = 0; v < 3; v++) {
+        nn_conv2d l[NV];
+        for (int v = 0; v < NV; v++) {
             nn_rng rng;
             nn_rng_seed(&rng, 11);
             CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
@@ -1257,8 +1261,15 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         l[2].dw16 = l[2].dw_direct && nn_conv3x3_dw16_fits(cin, H, W, cout);
         if (t >= 8) CHECK(!d16 || l[2].direct16 || l[2].direct16_t);
         if (t >= 10) CHECK(!d16 || l[2].dw16);
+        // the f32 kernels on decoded bf16 values, chosen where the bf16 twins do not pay
+        CHECK(l[0].dw32 == (!pays && l[0].dw_direct && !(l[0].amx && l[0].chunk == 1)) &&
+              l[0].direct32_t == (!pays && l[0].direct_t && !fits_t));
+        l[3].amx = l[3].amx_t = l[3].direct16 = l[3].direct16_t = l[3].dw16 = false;
+        l[3].dw32 = l[3].dw_direct, l[3].direct32_t = l[3].direct_t;
+        if (t >= 10) CHECK(l[3].dw32);
+        n32t += l[3].direct32_t;
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
-        float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[3], *dx[3];
+        float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[NV], *dx[NV];
         uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2), *w16 = malloc(nw * 2);
         tfill(&r, x, nx, -1, 1);
         tfill(&r, dy, ny, -1, 1);
@@ -1289,7 +1300,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                                 mdw[(co * cin + c) * 9 + k] += fabs(g);
                         }
                 }
-        for (int v = 0; v < 3; v++) {
+        for (int v = 0; v < NV; v++) {
             y[v] = malloc(ny * 4), dx[v] = malloc(nx * 4);
             float *yb = malloc(ny * 4);
             const uint64_t f0 = nn_flop_count();
@@ -1329,12 +1340,14 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
                          (double)(N * L + 1) * ldexp(1.0, -24) * mdw[i] * 1.02 + 1e-30);
             CHECK(bad == 0);
         }
-        CHECK(memcmp(l[0].db, l[1].db, cout * 4) == 0 && memcmp(l[2].db, l[1].db, cout * 4) == 0);
-        for (int v = 0; v < 3; v++)
+        CHECK(memcmp(l[0].db, l[1].db, cout * 4) == 0 && memcmp(l[2].db, l[1].db, cout * 4) == 0 &&
+              memcmp(l[3].db, l[1].db, cout * 4) == 0);
+        for (int v = 0; v < NV; v++)
             nn_conv2d_free(&l[v]), free(y[v]), free(dx[v]);
         free(x), free(xr), free(dy), free(wr), free(dx0), free(x16), free(dy16), free(w16);
         free(wy), free(my), free(wdx), free(mdx), free(wdw), free(mdw);
     }
+    CHECK(n32t > 0);
 }
 
 static const test_case TESTS[] = {

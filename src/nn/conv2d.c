@@ -206,6 +206,8 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->wp);
     free(l->wpf);
     free(l->dwb);
+    free(l->dec);
+    free(l->wflipr);
     memset(l, 0, sizeof *l);
 }
 
@@ -218,7 +220,7 @@ static bool amx_dw_on(const nn_conv2d *l) { return l->amx && l->chunk == 1; }
 // dW by image without im2col (nn_conv3x3_dw, _dw16) in a backward of bf16 operands or not,
 // with a dx or not: not where a dx without wflip needs the im2col blocks anyway
 static bool dw_by_image(const nn_conv2d *l, bool bf16, bool dx) {
-    return (bf16 ? l->dw16 : l->dw_direct) && (!dx || l->wflip);
+    return (bf16 ? l->dw16 || l->dw32 : l->dw_direct) && (!dx || l->wflip);
 }
 
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
@@ -298,6 +300,20 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     l->dw16 = pays && l->dw_direct && !amx_dw_on(l) &&
               nn_conv3x3_dw16_fits(G->c_in, G->h, G->w, l->c_out);
     if (l->dw_direct) memset(l->dwb, 0, l->nthr * l->dwb_n * sizeof(float));
+    // where those do not pay, the f32 kernels on decoded bf16 values (their buffers wherever
+    // the kernels fit: a test may set dw32 and direct32_t)
+    l->dw32 = !pays && l->dw_direct && !amx_dw_on(l);
+    l->direct32_t = !pays && l->direct_t && !l->amx_t;
+    if (l->dw_direct || l->direct_t) {
+        l->dec_n = G->c_in * G->h * G->w + l->c_out * L;
+        l->dec = nn_malloc(nn_mul(l->nthr, l->dec_n), sizeof(float));
+    }
+    if (l->direct_t) l->wflipr = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(float));
+    if (((l->dw_direct || l->direct_t) && !l->dec) || (l->direct_t && !l->wflipr)) {
+        free(l->dec), free(l->wflipr);
+        l->dec = l->wflipr = NULL;
+        l->dw32 = l->direct32_t = false;
+    }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
         (amx_dw_on(l) && (!l->dyp || !l->dwt)) || (l->amx_t && !l->wtf)) {
@@ -331,6 +347,9 @@ static uint16_t *x16_of(const nn_conv2d *l, size_t t) {
 static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
     return l->dyx16 + t * l->chunk * l->c_out * l->oh * l->ow;
 }
+
+// Thread t's decoded image and dy (dw32, direct32_t)
+static float *dec_of(const nn_conv2d *l, size_t t) { return l->dec + t * l->dec_n; }
 
 // Thread t's zero-bordered f32 planes of the direct path (NULL for other layers)
 static float *xpd_of(const nn_conv2d *l, size_t t) { return l->xpd ? l->xpd + t * l->xpd_n : NULL; }
@@ -803,7 +822,16 @@ static bool backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
     }
     for (size_t i = 0; byimg && i < nb; i++) { // into dwpart (d_in, c_out), then its buffer
         const size_t at = (n0 + i) * cout * L; // (dwpart: the thread's block of dwb)
-        if (dy16)
+        if (dy16 && l->dw32) { // the image and dy decoded (an f32 dy rounded), f32 kernel
+            float *xf = dec_of(l, (size_t)nn_thread_num()), *df = xf + xs;
+            nn_bf16_decode(xs16 + i * xs, xf, xs);
+            if (dyb)
+                nn_bf16_decode(dyb + at, df, cout * L);
+            else
+                for (size_t p = 0; p < cout * L; p++)
+                    df[p] = nn_from_bf16(nn_to_bf16(dy[at + p]));
+            nn_conv3x3_dw(xf, df, G->c_in, G->h, G->w, cout, dwpart, dwpart + cout * din);
+        } else if (dy16)
             nn_conv3x3_dw16(xs16 + i * xs, dyb ? dyb + at : NULL, dyb ? NULL : dy + at, G->c_in,
                             G->h, G->w, cout, dwpart, (uint32_t *)(void *)(dwpart + cout * din));
         else
@@ -858,6 +886,15 @@ static bool backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         for (size_t i = 0; i < nb; i++)
             nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wflip, G->c_in,
                               dxc + i * xs, NULL, !set, xpd_of(l, (size_t)nn_thread_num()));
+        return false;
+    }
+    if (dy16 && l->direct32_t) { // the same in f32 on each dy decoded, into dxc
+        float *df = dec_of(l, (size_t)nn_thread_num());
+        for (size_t i = 0; i < nb; i++) {
+            nn_bf16_decode(dyx + i * cout * L, df, cout * L);
+            nn_conv3x3_direct(df, cout, G->h, G->w, l->wflipr, G->c_in, dxc + i * xs, NULL, !set,
+                              xpd_of(l, (size_t)nn_thread_num()));
+        }
         return false;
     }
     if (dy16 && l->direct16_t) { // bf16 pairs: the transposed convolution image by image
@@ -931,6 +968,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         else if (l->wflip16)
             nn_bf16_encode(l->wflip, l->wflip16, cout * din);
         if (l->w16 && l->direct16_t) nn_conv3x3_direct16_pack(l->wflip, cin, cout, l->wpf);
+        if (l->w16 && l->direct32_t) nn_bf16_decode(l->wflip16, l->wflipr, cout * din);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
