@@ -596,16 +596,20 @@ static void matmul_cache_should_serve_many_shapes_and_threads(void) {
     free(A), free(B), free(f);
 }
 
-// The converting path's operands beyond the 4M floats a thread keeps (copied into a fresh
-// buffer per product; 4200 x 1000 A), every transpose, and a kept-size product after them
-// (the thread's buffer reused), under the same bounds, through libngd's own GEMM.
+// The converting path's operands beyond the 16M floats a thread keeps: by two panels of the
+// reduction (8192 x 2100 A: C scaled by beta once, the second panel added), or, where a
+// panel would be under 256 products long, copied whole into a fresh buffer (66000 x 260 A);
+// every transpose; then a kept-size product (the thread's buffer reused). Under the same
+// bounds, through libngd's own GEMM.
 static void converting_path_should_take_operands_of_any_size(void) {
     trng r = {91};
     g_gemm = ngd_gemm_bf16;
     ngd_gemm_bf16_path(NGD_BF16_PATH_CONVERT);
     size_t bad = 0;
-    for (int t = 0; t < 4; t++)
-        bad += gemm_case(&r, t & 1, t & 2, 4200, 4, 1000, 3, 1.0f, 0.5f);
+    for (int t = 0; t < 4; t++) {
+        bad += gemm_case(&r, t & 1, t & 2, 8192, 4, 2100, 3, 1.0f, 0.5f);
+        bad += gemm_case(&r, t & 1, t & 2, 66000, 2, 260, 1, -0.75f, t & 1 ? 0.0f : 1.0f);
+    }
     bad += gemm_case(&r, false, true, 300, 200, 100, 0, 1.0f, 0.0f);
     ngd_gemm_bf16_path(NGD_BF16_PATH_MATMUL);
     g_gemm = nn_gemm_bf16;

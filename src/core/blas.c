@@ -504,8 +504,12 @@ static ngd_bf16_path bf16_path_now(void) {
 
 // The convert path's f32 copies of op(A) and op(B), n floats: this thread's buffer, kept
 // between calls (its cache's conv) up to CONVERT_KEEP floats, or a fresh one that *own says to
-// free (larger ones: a 4609-wide SINGD factor's products would keep 170 MB per thread)
-#define CONVERT_KEEP ((size_t)4 << 20)
+// free. Larger products go by panels of the reduction that fit it (convert_panel): a
+// 4609-wide SINGD factor's products would otherwise keep 170 MB per thread, and copies made
+// per product cost the cnn's bf16 SINGD step (4097-wide fc1: preconditioning 47 -> 72 ms,
+// update 85 -> 95, alternated on the Xeon without AMX: each 134 MB mapped afresh).
+#define CONVERT_KEEP  ((size_t)16 << 20)
+#define CONVERT_PANEL 256 // the smallest reduction panel taken (below: one copy per product)
 
 static float *convert_buf(size_t n, bool *own) {
     mm_cache *c = n <= CONVERT_KEEP ? mm_thread_cache() : NULL;
@@ -676,16 +680,29 @@ static void gemm16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
                               (dnnl_dim_t)k, alpha, A, (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, beta, C,
                               (dnnl_dim_t)ldc) == dnnl_success)
         return;
-    const size_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    // by panels of kb of the k products where the copies of the whole would not fit the kept
+    // buffer (C = alpha op(A)[:, panel] op(B)[panel, :] + beta C, then + 1 C for the rest)
+    size_t kb = k;
+    if ((m + n) * k > CONVERT_KEEP && CONVERT_KEEP / (m + n) >= CONVERT_PANEL) {
+        const size_t np = (k * (m + n) + CONVERT_KEEP - 1) / CONVERT_KEEP; // panels
+        kb = ((k + np - 1) / np + 15) / 16 * 16;
+    }
     bool own;
-    float *fa = convert_buf(ar * ac + br * bc, &own), *fb = fa ? fa + ar * ac : NULL;
+    float *fa = convert_buf((m + n) * kb, &own);
     if (fa) {
-        decode_op(A, ar, ac, lda, fa), decode_op(B, br, bc, ldb, fb);
-        const ngd_cview Av = ngd_cview_rm(fa, ar, ac, ac), Bv = ngd_cview_rm(fb, br, bc, bc);
         // (under the thread limit's team: a caller's inactive region, ngd_syrk_bf16's
         // blocks under OMP_THREAD_LIMIT=1, still sees --threads as its thread count)
         const team_guard g = team_begin();
-        gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, beta, Cv);
+        for (size_t p0 = 0; p0 < k; p0 += kb) {
+            const size_t kp = NGD_MIN(kb, k - p0);
+            const size_t ar = ta ? kp : m, ac = ta ? m : kp, br = tb ? n : kp, bc = tb ? kp : n;
+            float *fb = fa + ar * ac;
+            decode_op(ta ? A + p0 * lda : A + p0, ar, ac, lda, fa);
+            decode_op(tb ? B + p0 : B + p0 * ldb, br, bc, ldb, fb);
+            const ngd_cview Av = ngd_cview_rm(fa, ar, ac, ac), Bv = ngd_cview_rm(fb, br, bc, bc);
+            gemm(alpha, ta ? ngd_cview_t(Av) : Av, tb ? ngd_cview_t(Bv) : Bv, p0 == 0 ? beta : 1.0f,
+                 Cv);
+        }
         team_end(g);
     } else { // out of memory
         for (size_t i = 0; i < m; i++)
