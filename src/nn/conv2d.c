@@ -152,6 +152,10 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         l->xpd = nn_malloc(nn_mul(l->nthr, l->xpd_n), sizeof(float));
         for (size_t t = 0; l->xpd && t < l->nthr; t++)
             nn_conv3x3_direct_pad_init(l->xpd + t * l->xpd_n, cmax, geom->h, geom->w);
+        if (l->direct)
+            l->wpk = nn_malloc(nn_conv3x3_direct_wpk_n(c_out, geom->c_in), sizeof(float));
+        if (l->direct_t)
+            l->wpkf = nn_malloc(nn_conv3x3_direct_wpk_n(geom->c_in, c_out), sizeof(float));
     }
     // dW image by image without im2col (conv_direct.c) in one-image chunks of a 3x3 'same'
     // layer; each thread's block of dwb: its part of dW, then the kernel's buffer (sized
@@ -167,7 +171,8 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     if (!l->w || !l->dw || (bias && (!l->b || !l->db)) || !l->colt || !l->dcolt ||
         (l->dw_direct && !l->dwb) || (l->chunk > 1 && !l->ybuf) || !l->dwpart ||
         (tconv && !l->wflip) || (padded && !l->pad) || !l->moments ||
-        ((l->direct || l->direct_t) && !l->xpd)) {
+        ((l->direct || l->direct_t) && !l->xpd) || (l->direct && !l->wpk) ||
+        (l->direct_t && !l->wpkf)) {
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
@@ -202,7 +207,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->xs);
     free(l->dyp);
     free(l->dwt);
-    free(l->xpd);
+    free(l->xpd), free(l->wpk), free(l->wpkf);
     free(l->wp);
     free(l->wpf);
     free(l->dwb);
@@ -650,7 +655,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
                                 y16 ? y16 + (n0 + i) * cout * L : NULL, l->b, false,
                                 (uint32_t *)xp);
         else
-            nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->w, cout, yi, l->b, false,
+            nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->wpk, cout, yi, l->b, false,
                               xp);
     }
     for (size_t r0 = 0; r0 < OH && !amx && !direct; r0 += RB) {
@@ -715,6 +720,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
     if (l->w16 && l->direct16) // (the direct ones read theirs in pairs)
         nn_conv3x3_direct16_pack(l->w, l->c_out, l->geom.c_in, l->wp);
+    if (!l->w16 && l->direct) nn_conv3x3_direct_pack(l->w, l->c_out, l->geom.c_in, l->wpk);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team(l))
 #endif
@@ -884,7 +890,7 @@ static bool backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
     if (!dxc || !l->wflip) return false;
     if (!dy16 && dy && l->direct_t) { // f32: the transposed convolution image by image
         for (size_t i = 0; i < nb; i++)
-            nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wflip, G->c_in,
+            nn_conv3x3_direct(dy + (n0 + i) * cout * L, cout, G->h, G->w, l->wpkf, G->c_in,
                               dxc + i * xs, NULL, !set, xpd_of(l, (size_t)nn_thread_num()));
         return false;
     }
@@ -892,7 +898,7 @@ static bool backward_chunk(nn_conv2d *l, const float *dy, const uint16_t *dyb, f
         float *df = dec_of(l, (size_t)nn_thread_num());
         for (size_t i = 0; i < nb; i++) {
             nn_bf16_decode(dyx + i * cout * L, df, cout * L);
-            nn_conv3x3_direct(df, cout, G->h, G->w, l->wflipr, G->c_in, dxc + i * xs, NULL, !set,
+            nn_conv3x3_direct(df, cout, G->h, G->w, l->wpkf, G->c_in, dxc + i * xs, NULL, !set,
                               xpd_of(l, (size_t)nn_thread_num()));
         }
         return false;
@@ -968,7 +974,11 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         else if (l->wflip16)
             nn_bf16_encode(l->wflip, l->wflip16, cout * din);
         if (l->w16 && l->direct16_t) nn_conv3x3_direct16_pack(l->wflip, cin, cout, l->wpf);
-        if (l->w16 && l->direct32_t) nn_bf16_decode(l->wflip16, l->wflipr, cout * din);
+        if (l->w16 && l->direct32_t) {
+            nn_bf16_decode(l->wflip16, l->wflipr, cout * din);
+            nn_conv3x3_direct_pack(l->wflipr, cin, cout, l->wpkf);
+        }
+        if (!l->w16 && l->direct_t) nn_conv3x3_direct_pack(l->wflip, cin, cout, l->wpkf);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)

@@ -422,8 +422,10 @@ typedef struct {
     // f32 mode, 3x3 'same' layers that nn_conv3x3_direct fits, on a CPU with AVX-512: forward
     // (direct) and the transposed convolution for dx (direct_t, on wflip) run image by image
     // without im2col, through each thread's zero-bordered planes (xpd: nthr x xpd_n floats)
+    // (wpk / wpkf: w's / wflip's packing for the kernel, nn_conv3x3_direct_pack, each pass;
+    // wpkf also serves direct32_t, packed from wflipr)
     bool direct, direct_t;
-    float *xpd;
+    float *xpd, *wpk, *wpkf;
     size_t xpd_n;
     // bf16 mode, the same layers where AMX is not used and the CPU has AVX512-BF16
     // (nn_conv3x3_direct16): xpd holds bf16 pair planes, wp / wpf the weights' / wflip's
@@ -533,10 +535,13 @@ bool nn_conv3x3_direct_fits(size_t c, size_t h, size_t w, size_t co);
 // interiors are written by nn_conv3x3_direct)
 size_t nn_conv3x3_direct_pad_n(size_t c, size_t h, size_t w);
 void nn_conv3x3_direct_pad_init(float *xp, size_t c, size_t h, size_t w);
-// y (co, h, w) = (add ? y : 0) + the convolution of x (c, h, w) by wt (co, c, 3, 3), stride
-// 1, padding 1, then + b (co) when b is not NULL (the same rounding as adding it after);
-// xp: nn_conv3x3_direct_pad_n(c, h, w) floats, zeroed once
-void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wt, size_t co,
+// The weights wt (co, c, 3, 3) packed for nn_conv3x3_direct: wpk, nn_conv3x3_direct_wpk_n floats
+size_t nn_conv3x3_direct_wpk_n(size_t co, size_t c);
+void nn_conv3x3_direct_pack(const float *wt, size_t co, size_t c, float *wpk);
+// y (co, h, w) = (add ? y : 0) + the convolution of x (c, h, w) by wt (co, c, 3, 3) (given
+// packed: wpk), stride 1, padding 1, then + b (co) when b is not NULL (the same rounding as
+// adding it after); xp: nn_conv3x3_direct_pad_n(c, h, w) floats, zeroed once
+void nn_conv3x3_direct(const float *x, size_t c, size_t h, size_t w, const float *wpk, size_t co,
                        float *y, const float *b, bool add, float *xp);
 // The same for bf16 mode on AVX512-BF16 (nn_conv3x3_direct16_usable): the bf16 image x, the
 // weights in bf16 pairs of input channels (wp: nn_conv3x3_direct16_wp_n uint32, packed from

@@ -28,16 +28,28 @@ size_t nn_mul(size_t a, size_t b) {
     return a * b;
 }
 
+// Arrays of 256 bytes or more start on a cache line (64 bytes): malloc gives 16, and its
+// large blocks (mmap) start 16 bytes past a page, so every 64-byte vector of such an array
+// straddled two lines. The f32 dW kernel of the cnn's layers (one core, its dy transposed in
+// such a block): 111-139 -> 137-149 GFLOP/s. (free() takes them as it takes malloc's.)
+#define NN_ALIGN_MIN 256
+
 void *nn_malloc(size_t n, size_t size) {
     size_t bytes = nn_mul(n, size);
     if (bytes == SIZE_MAX) return NULL;
-    return malloc(bytes ? bytes : 1);
+    if (bytes < NN_ALIGN_MIN) return malloc(bytes ? bytes : 1);
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes) ? NULL : p;
 }
 
 void *nn_calloc(size_t n, size_t size) {
     if (n == 0 || size == 0) return calloc(1, 1);
-    if (nn_mul(n, size) == SIZE_MAX) return NULL;
-    return calloc(n, size);
+    const size_t bytes = nn_mul(n, size);
+    if (bytes == SIZE_MAX) return NULL;
+    if (bytes < NN_ALIGN_MIN) return calloc(n, size);
+    void *p = nn_malloc(n, size);
+    if (p) memset(p, 0, bytes);
+    return p;
 }
 
 // Gradients are cleared in pieces of 16K floats, shared by the threads in one parallel region
