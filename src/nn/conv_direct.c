@@ -233,25 +233,30 @@ __attribute__((target("avx512f"))) static void direct(const float *xp, size_t c,
 // The same on bf16 pairs: xp holds pairs of channels (2cp, 2cp+1) interleaved, one uint32
 // per position; wp[(co, cp, tap)] the weights' pairs; vdpbf16ps sums each pair's two
 // products into the f32 lane.
+// (wp packed as direct_block's weights: for each block of CB output channels, [pair][tap][CB])
 __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void
-direct16_block(const uint32_t *xp, size_t np, size_t pp, const size_t off[9], const blk *k,
-               const int nv, const uint32_t *wp, size_t o0, float *y, uint16_t *y16, size_t hw,
-               const float *b, bool add) {
+direct16_block(const uint32_t *xp, size_t np, size_t pp, size_t pw, const blk *k, const int nv,
+               const uint32_t *wb, size_t o0, float *y, uint16_t *y16, size_t hw, const float *b,
+               bool add) {
     __m512 acc[CB][PV];
     for (int i = 0; i < CB; i++)
         for (int v = 0; v < PV; v++)
             acc[i][v] = _mm512_setzero_ps();
+    const uint32_t *src[PV];
+    for (int v = 0; v < PV; v++)
+        src[v] = xp + k->src[v];
     for (size_t cp = 0; cp < np; cp++) {
-        const uint32_t *xc = xp + cp * pp, *wc = wp + (o0 * np + cp) * 9;
+        const uint32_t *wc = wb + cp * 9 * CB;
+#pragma GCC unroll 9
         for (int t = 0; t < 9; t++) {
+            const size_t o = cp * pp + (size_t)(t / 3) * pw + (size_t)(t % 3);
             __m512bh xv[PV];
             for (int v = 0; v < nv; v++)
-                xv[v] = (__m512bh)_mm512_loadu_si512(xc + k->src[v] + off[t]);
+                xv[v] = (__m512bh)_mm512_loadu_si512(src[v] + o);
             for (int i = 0; i < CB; i++) {
-                const __m512bh wb =
-                    (__m512bh)_mm512_set1_epi32((int)wc[(size_t)i * np * 9 + (size_t)t]);
+                const __m512bh wv = (__m512bh)_mm512_set1_epi32((int)wc[t * CB + i]);
                 for (int v = 0; v < nv; v++)
-                    acc[i][v] = _mm512_dpbf16_ps(acc[i][v], wb, xv[v]);
+                    acc[i][v] = _mm512_dpbf16_ps(acc[i][v], wv, xv[v]);
             }
         }
     }
@@ -265,16 +270,16 @@ __attribute__((target("avx512f,avx512bf16"))) static void
 direct16(const uint32_t *xp, size_t np, size_t h, size_t w, const uint32_t *wp, size_t co, float *y,
          uint16_t *y16, const float *b, bool add) {
     const size_t pw = w + 2, pp = plane_n(h, w), nvec = block_vectors(h, w);
-    const size_t off[9] = {0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2};
     for (size_t j0 = 0; j0 < nvec; j0 += PV) {
         const blk k = block_at(j0, pw, h, w);
         for (size_t o0 = 0; o0 < co; o0 += CB) {
+            const uint32_t *wb = wp + o0 * np * 9;
             if (k.nv == PV)
-                direct16_block(xp, np, pp, off, &k, PV, wp, o0, y, y16, h * w, b, add);
+                direct16_block(xp, np, pp, pw, &k, PV, wb, o0, y, y16, h * w, b, add);
             else if (k.nv == 2)
-                direct16_block(xp, np, pp, off, &k, 2, wp, o0, y, y16, h * w, b, add);
+                direct16_block(xp, np, pp, pw, &k, 2, wb, o0, y, y16, h * w, b, add);
             else
-                direct16_block(xp, np, pp, off, &k, 1, wp, o0, y, y16, h * w, b, add);
+                direct16_block(xp, np, pp, pw, &k, 1, wb, o0, y, y16, h * w, b, add);
         }
     }
 }
@@ -360,7 +365,7 @@ void nn_conv3x3_direct16_pack(const float *wt, size_t co, size_t c, uint32_t *wp
                 const uint32_t lo = nn_to_bf16(wt[(o * c + 2 * cp) * 9 + t]);
                 const uint32_t hi =
                     2 * cp + 1 < c ? nn_to_bf16(wt[(o * c + 2 * cp + 1) * 9 + t]) : 0;
-                wp[(o * np + cp) * 9 + t] = lo | hi << 16;
+                wp[((o / CB * np + cp) * 9 + t) * CB + o % CB] = lo | hi << 16;
             }
 }
 
