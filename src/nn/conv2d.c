@@ -721,8 +721,11 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     if (l->w16 && l->direct16) // (the direct ones read theirs in pairs)
         nn_conv3x3_direct16_pack(l->w, l->c_out, l->geom.c_in, l->wp);
     if (!l->w16 && l->direct) nn_conv3x3_direct_pack(l->w, l->c_out, l->geom.c_in, l->wpk);
+        // (images to whichever thread is free: each output is the same on any thread, and where a
+        // core is slowed by its neighbours, as on this 2-core VM, a static half each left the
+        // other thread waiting: cnn SGD f32 forward 33.0 -> 28.8 ms, interleaved, 7 rounds)
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(team(l))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team(l))
 #endif
     for (size_t c = 0; c < nchunks; c++) {
         const size_t t = (size_t)nn_thread_num(), n0 = c * l->chunk;
