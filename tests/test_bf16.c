@@ -1206,7 +1206,8 @@ static void direct16_bf16_output_should_be_the_f32_output_rounded(void) {
 // path (conv_direct.c: amx cleared, direct16 set, where the CPU has it), with 3 input
 // channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
 // by image (dw16, set where the layer has its f32 twin's buffers), and on the f32 kernels
-// fed decoded bf16 values (dw32, direct32_t: the choice where the bf16 twins do not pay).
+// fed decoded bf16 values (direct32, dw32, direct32_t: the choice where the bf16 twins do not
+// pay).
 // NV variants of each layer: as chosen, im2col, the bf16 twins, the f32 kernels.
 #define NV 4
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
@@ -1240,6 +1241,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     if (!d16) fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
     trng r = {31};
     size_t n32t = 0; // cases whose dx took the f32 transposed kernel on decoded values
+    size_t n32 = 0;  // and whose forward took the f32 kernel
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t cin = cases[t][0], H = cases[t][1], W = cases[t][2], cout = cases[t][3];
         const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
@@ -1267,11 +1269,13 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         if (t >= 10) CHECK(!d16 || l[2].dw16);
         // the f32 kernels on decoded bf16 values, chosen where the bf16 twins do not pay
         CHECK(l[0].dw32 == (!pays && l[0].dw_direct && !(l[0].amx && l[0].chunk == 1)) &&
-              l[0].direct32_t == (!pays && l[0].direct_t && !fits_t));
+              l[0].direct32_t == (!pays && l[0].direct_t && !fits_t) &&
+              l[0].direct32 == (!pays && l[0].direct && !fits));
         l[3].amx = l[3].amx_t = l[3].direct16 = l[3].direct16_t = l[3].dw16 = false;
         l[3].dw32 = l[3].dw_direct, l[3].direct32_t = l[3].direct_t;
+        l[3].direct32 = l[3].direct;
         if (t >= 10) CHECK(l[3].dw32);
-        n32t += l[3].direct32_t;
+        n32t += l[3].direct32_t, n32 += l[3].direct32;
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
         float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[NV], *dx[NV];
         uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2), *w16 = malloc(nw * 2);
@@ -1351,7 +1355,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         free(x), free(xr), free(dy), free(wr), free(dx0), free(x16), free(dy16), free(w16);
         free(wy), free(my), free(wdx), free(mdx), free(wdw), free(mdw);
     }
-    CHECK(n32t > 0);
+    CHECK(n32t > 0 && n32 > 0);
 }
 
 static const test_case TESTS[] = {

@@ -1123,7 +1123,7 @@ static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_pa
             nn_rng_seed(&g, 7);
             CHECK(nn_conv2d_init(&cv[v], &G, C, true, N, &g) == NN_OK);
             CHECK(nn_conv2d_use_bf16(&cv[v]) == NN_OK);
-            if (sh[5]) cv[v].direct16 = cv[v].amx = false;
+            if (sh[5]) cv[v].direct16 = cv[v].direct32 = cv[v].amx = false;
             for (size_t c = 0; c < C; c++)
                 cv[v].b[c] = 0.03f * (float)c - 0.05f;
             CHECK(nn_batchnorm_init(&bn[v], C, HW, N) == NN_OK);

@@ -307,17 +307,18 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->dw_direct) memset(l->dwb, 0, l->nthr * l->dwb_n * sizeof(float));
     // where those do not pay, the f32 kernels on decoded bf16 values (their buffers wherever
     // the kernels fit: a test may set dw32 and direct32_t)
+    l->direct32 = !pays && l->direct && !l->amx;
     l->dw32 = !pays && l->dw_direct && !amx_dw_on(l);
     l->direct32_t = !pays && l->direct_t && !l->amx_t;
-    if (l->dw_direct || l->direct_t) {
+    if (l->direct || l->dw_direct || l->direct_t) {
         l->dec_n = G->c_in * G->h * G->w + l->c_out * L;
         l->dec = nn_malloc(nn_mul(l->nthr, l->dec_n), sizeof(float));
     }
     if (l->direct_t) l->wflipr = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(float));
-    if (((l->dw_direct || l->direct_t) && !l->dec) || (l->direct_t && !l->wflipr)) {
+    if (((l->direct || l->dw_direct || l->direct_t) && !l->dec) || (l->direct_t && !l->wflipr)) {
         free(l->dec), free(l->wflipr);
         l->dec = l->wflipr = NULL;
-        l->dw32 = l->direct32_t = false;
+        l->direct32 = l->dw32 = l->direct32_t = false;
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
         !l->yt || !l->dxt || ((l->amx || l->amx_t) && !l->xs) || (l->amx && !l->wt) ||
@@ -353,7 +354,7 @@ static uint16_t *dyx16_of(const nn_conv2d *l, size_t t) {
     return l->dyx16 + t * l->chunk * l->c_out * l->oh * l->ow;
 }
 
-// Thread t's decoded image and dy (dw32, direct32_t)
+// Thread t's decoded image and dy (direct32, dw32, direct32_t)
 static float *dec_of(const nn_conv2d *l, size_t t) { return l->dec + t * l->dec_n; }
 
 // Thread t's zero-bordered f32 planes of the direct path (NULL for other layers)
@@ -646,17 +647,22 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
         nn_conv3x3_amx_pairs(xs16 + i * xs, G->c_in, G->h, G->w, xsb);
         nn_conv3x3_amx(xsb, l->wt, G->c_in, G->h, G->w, cout, yc + i * cout * L, false);
     }
-    // each image without im2col, into y: f32, or bf16 pairs (where AMX is not used)
-    const bool direct = col16 ? l->direct16 && !amx : l->direct;
+    // each image without im2col, into y: f32, bf16 pairs (where AMX is not used), or the f32
+    // kernel on the bf16 image decoded (direct32: its output rounded below, as the GEMM's)
+    const bool d16 = col16 && l->direct16 && !amx, d32 = col16 && l->direct32 && !amx;
+    const bool direct = col16 ? d16 || d32 : l->direct;
     for (size_t i = 0; direct && i < nb; i++) {
-        float *xp = xpd_of(l, (size_t)nn_thread_num()), *yi = yc + i * cout * L;
-        if (col16) // (the bias added in the kernel's store; a bf16 output written rounded)
+        const size_t t = (size_t)nn_thread_num();
+        float *xp = xpd_of(l, t), *yi = yc + i * cout * L;
+        if (d16) { // (the bias added in the kernel's store; a bf16 output written rounded)
             nn_conv3x3_direct16(xs16 + i * xs, G->c_in, G->h, G->w, l->wp, cout, y16 ? NULL : yi,
                                 y16 ? y16 + (n0 + i) * cout * L : NULL, l->b, false,
                                 (uint32_t *)xp);
-        else
-            nn_conv3x3_direct(x + (n0 + i) * xs, G->c_in, G->h, G->w, l->wpk, cout, yi, l->b, false,
-                              xp);
+            continue;
+        }
+        const float *xi = x ? x + (n0 + i) * xs : NULL;
+        if (d32) nn_bf16_decode(xs16 + i * xs, dec_of(l, t), xs), xi = dec_of(l, t);
+        nn_conv3x3_direct(xi, G->c_in, G->h, G->w, l->wpk, cout, yi, l->b, false, xp);
     }
     for (size_t r0 = 0; r0 < OH && !amx && !direct; r0 += RB) {
         const size_t R = OH - r0 < RB ? OH - r0 : RB, ncol = nb * R * OW;
@@ -675,7 +681,7 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
                      0.0f, out + g * cog * ldo, ldo);
         }
     }
-    if (direct && y16) { // the kernel wrote y16: only the moments, of its rounded planes
+    if (d16 && y16) { // the kernel wrote y16: only the moments, of its rounded planes
         for (size_t p = 0; l->moments_on && p < nb * cout; p++)
             nn_plane_moments_bf16(y16 + (n0 * cout + p) * L, L,
                                   l->moments + NN_MOMENTS * (n0 * cout + p));
@@ -696,9 +702,9 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
                     dst[p] = src[p] + bo;
             }
             if (y16) { // rounded into y16, and back (in cache) for the moments
-                uint16_t *d16 = y16 + ((n0 + i) * cout + co) * L;
-                nn_bf16_encode(dst, d16, L);
-                nn_bf16_decode(d16, dst, L);
+                uint16_t *h16 = y16 + ((n0 + i) * cout + co) * L;
+                nn_bf16_encode(dst, h16, L);
+                nn_bf16_decode(h16, dst, L);
             }
             if (l->moments_on)
                 nn_plane_moments(dst, L, l->moments + NN_MOMENTS * ((n0 + i) * cout + co));
@@ -720,10 +726,15 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
     if (l->w16 && l->direct16) // (the direct ones read theirs in pairs)
         nn_conv3x3_direct16_pack(l->w, l->c_out, l->geom.c_in, l->wp);
-    if (!l->w16 && l->direct) nn_conv3x3_direct_pack(l->w, l->c_out, l->geom.c_in, l->wpk);
-        // (images to whichever thread is free: each output is the same on any thread, and where a
-        // core is slowed by its neighbours, as on this 2-core VM, a static half each left the
-        // other thread waiting: cnn SGD f32 forward 33.0 -> 28.8 ms, interleaved, 7 rounds)
+    if (l->direct && (!l->w16 || l->direct32)) {
+        const size_t nw = l->c_out * l->d_in;
+        nn_conv3x3_direct_pack(l->w, l->c_out, l->geom.c_in, l->wpk);
+        for (size_t i = 0; l->w16 && i < nw; i++) // (direct32: the weights' bf16 values)
+            l->wpk[i] = nn_from_bf16(nn_to_bf16(l->wpk[i]));
+    }
+    // (images to whichever thread is free: each output is the same on any thread, and where a
+    // core is slowed by its neighbours, as on this 2-core VM, a static half each left the
+    // other thread waiting: cnn SGD f32 forward 33.0 -> 28.8 ms, interleaved, 7 rounds)
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team(l))
 #endif

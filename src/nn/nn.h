@@ -440,11 +440,12 @@ typedef struct {
     float *dwb;
     size_t dwb_n;
     // bf16 mode where the bf16 twins do not pay (nn_conv3x3_direct16_pays: a CPU whose bf16
-    // dot products are slower than its FMAs): dW by image (dw32) and dx by the transposed
-    // convolution (direct32_t) through the f32 kernels, on each image and dy decoded into the
-    // thread's dec (nthr x dec_n floats: an image, then a dy) and on wflipr (wflip16 decoded):
-    // the bf16 values, summed in f32 as the im2col path's products are
-    bool dw32, direct32_t;
+    // dot products are slower than its FMAs): the forward (direct32), dW by image (dw32) and
+    // dx by the transposed convolution (direct32_t) through the f32 kernels, on each image
+    // and dy decoded into the thread's dec (nthr x dec_n floats: an image, then a dy), on the
+    // weights rounded to bf16 (wpk) and on wflipr (wflip16 decoded): the bf16 values, summed
+    // in f32 as the im2col path's products are
+    bool direct32, dw32, direct32_t;
     float *dec, *wflipr;
     size_t dec_n;
     // set by the caller for one backward (else NULL): each output channel's Σ dy, already
