@@ -129,16 +129,19 @@ def main():
     py = [a.python, os.path.join(HERE, "pytorch_reference.py"), "--json", "--threads",
           str(a.threads), "--batch", str(a.batch), "--context", str(a.context),
           "--sgd-momentum", str(a.momentum), "--precision", a.precision]
-    ngd0 = [a.ngd, "bench", "train", "--json", "--threads", str(a.threads), "--context",
-            str(a.context), "--momentum", str(a.momentum), "--precision", a.precision]
+    ngd0 = [a.ngd, "bench", "train", "--json", "--threads", str(a.threads), "--momentum",
+            str(a.momentum), "--precision", a.precision]
     ngd = ngd0 + ["--batch", str(a.batch)]
+
+    def ctx(m):  # ngd refuses --context for a model without one
+        return ["--context", str(a.context)] if m == "chargpt" else []
     steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
 
     if a.params_only:
         counts = {}
         for m in models:  # a tiny batch and one step: only the count is read
-            r = run_json(ngd0 + ["--batch", "4", "--model", m, "--optim", "sgd", "--steps", "1",
-                                 "--warmup", "1"], env)
+            r = run_json(ngd0 + ctx(m) + ["--batch", "4", "--model", m, "--optim", "sgd",
+                                          "--steps", "1", "--warmup", "1"], env)
             counts[m] = r[0]["params"]
         expect = ",".join(f"{m}={n}" for m, n in counts.items())
         got = {r["model"]: r["params"] for r in run_json(
@@ -165,7 +168,7 @@ def main():
                 out = run_json(py + steps + ["--model", m, "--optim", o], env)
                 header = header or next((x for x in out if x.get("header")), None)
                 p = next(x for x in out if not x.get("header"))
-                n = run_json(ngd + steps + ["--model", m, "--optim", o], env)[0]
+                n = run_json(ngd + ctx(m) + steps + ["--model", m, "--optim", o], env)[0]
                 if p["params"] != n["params"]:
                     fail(f"{m}: {p['params']} parameters in PyTorch, {n['params']} in ngd: "
                          "the models differ", "bench/pytorch_reference.py must follow "
@@ -185,8 +188,9 @@ def main():
                 # --no-factored: the official SINGD's order of products (C Cᵀ Ĝ K Kᵀ), so that
                 # the rows compare the same arithmetic (ngd train's default for dense factors
                 # takes the batch's rows, docs/algorithms.md#natural-gradient)
-                for n in run_json(ngd + steps + ["--model", m, "--optim", "singd", "--no-factored",
-                                                 "--structure", ",".join(ss)] + extra, env):
+                for n in run_json(ngd + ctx(m) + steps + ["--model", m, "--optim", "singd",
+                                                          "--no-factored", "--structure",
+                                                          ",".join(ss)] + extra, env):
                     singd_ms.setdefault((m, n["structure"]), []).append(n["ms_mean"])
                 if a.ngd_torch and a.precision == "f32":  # the same SINGD in a PyTorch loop:
                     # ngd.torch over libngd (f32 only: it takes f32 activations)
@@ -207,6 +211,13 @@ def main():
               f"{header.get('OPENBLAS_CORETYPE') or 'unset'}), BLAS_INFO="
               f"{header.get('blas_info')}, oneDNN {'on' if header.get('mkldnn') else 'off'}, "
               f"CPU capability {header.get('cpu_capability')}")
+        core = str(header.get("openblas_core") or "")
+        if core.lower() in ("prescott", "katmai", "core2", "penryn", "dunnington", "nehalem"):
+            # (OpenBLAS 0.3.21 does not know some newer CPUs, e.g. an Intel Xeon of family 6
+            # model 207, and falls back to its SSE3 kernels)
+            print(f"note: OpenBLAS chose its old '{core}' kernels on this CPU, so PyTorch's "
+                  "BLAS products (Linear layers) run far below the machine's rate: for a fair "
+                  "comparison set OPENBLAS_CORETYPE=SKYLAKEX (AVX-512) or HASWELL (AVX2)")
     print("ms per step: median over the rounds of each run's mean step; "
           "PyTorch/ngd > 1 means ngd is faster\n")
     print(f"{'model':8} {'optimizer':10} {'params':>9} {'PyTorch ms':>11} {'ngd ms':>9} "
