@@ -126,6 +126,31 @@ static float *zeros(size_t n) { return calloc(n, sizeof(float)); }
 
 // beta = 0 must never read C: garbage (NaN) there cannot leak into the product, on the
 // oneDNN path (which nn_sgemm no longer clears C for) and on the small-product loop.
+// The engine's arrays: 256 bytes or more start on a cache line (nn_malloc, nn_calloc: the
+// kernels' vector loads would straddle two lines otherwise), nn_calloc's are zero, sizes that
+// overflow give NULL, and all of them go back with free()
+static void engine_arrays_should_be_aligned_zeroed_and_checked(void) {
+    const size_t sizes[] = {1, 63, 64, 65, 1000, 4096, 100000, 1 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        const size_t n = sizes[i];
+        float *a = nn_malloc(n, sizeof(float));
+        unsigned char *z = nn_calloc(n, sizeof(float));
+        CHECK(a && z);
+        if (n * sizeof(float) >= 256) CHECK((uintptr_t)a % 64 == 0 && (uintptr_t)z % 64 == 0);
+        size_t nz = 0;
+        for (size_t j = 0; z && j < n * sizeof(float); j++)
+            nz += z[j] != 0;
+        CHECK(nz == 0);
+        for (size_t j = 0; a && j < n; j++)
+            a[j] = (float)j; // (the whole array is writable)
+        free(a), free(z);
+    }
+    CHECK(nn_malloc(SIZE_MAX / 2, 4) == NULL && nn_calloc(SIZE_MAX / 2, 4) == NULL);
+    void *e = nn_calloc(0, 4);
+    CHECK(e != NULL);
+    free(e);
+}
+
 static void gemm_with_beta_zero_should_ignore_nan_in_c(void) {
     const size_t sz[] = {1, 2, 7, 31, 64, 257, 1024};
     const size_t ns = sizeof sz / sizeof sz[0];
@@ -2401,6 +2426,7 @@ static void rng_should_be_reproducible_and_unbiased(void) {
 }
 
 static const test_case TESTS[] = {
+    TEST(engine_arrays_should_be_aligned_zeroed_and_checked),
     TEST(gemm_should_match_reference_for_all_transposes),
     TEST(gemm_with_beta_zero_should_ignore_nan_in_c),
     TEST(linear_should_match_reference_and_finite_differences),
