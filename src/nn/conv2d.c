@@ -212,7 +212,6 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->wpf);
     free(l->dwb);
     free(l->dec);
-    free(l->wflipr);
     memset(l, 0, sizeof *l);
 }
 
@@ -314,10 +313,7 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         l->dec_n = G->c_in * G->h * G->w + l->c_out * L;
         l->dec = nn_malloc(nn_mul(l->nthr, l->dec_n), sizeof(float));
     }
-    if (l->direct_t) l->wflipr = nn_malloc(nn_mul(l->c_out, l->d_in), sizeof(float));
-    if (((l->direct || l->dw_direct || l->direct_t) && !l->dec) || (l->direct_t && !l->wflipr)) {
-        free(l->dec), free(l->wflipr);
-        l->dec = l->wflipr = NULL;
+    if ((l->direct || l->dw_direct || l->direct_t) && !l->dec) {
         l->direct32 = l->dw32 = l->direct32_t = false;
     }
     if (!l->w16 || (l->wflip && (!l->wflip16 || !l->dyx16)) || !l->col16 || !l->dy16 || !l->x16 ||
@@ -711,6 +707,14 @@ static void forward_chunk(nn_conv2d *l, const float *x, float *yc, uint16_t *y16
         }
 }
 
+// The f32 direct kernel's packing of w (co, c, 3, 3), of its bf16 values where r16 (direct32,
+// direct32_t: the values w16 and wflip16 hold)
+static void direct_pack(const float *w, size_t co, size_t c, bool r16, float *wpk) {
+    nn_conv3x3_direct_pack(w, co, c, wpk);
+    for (size_t i = 0; r16 && i < co * c * 9; i++)
+        wpk[i] = nn_from_bf16(nn_to_bf16(wpk[i]));
+}
+
 static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, uint16_t *y16,
                     size_t N) {
     NN_ASSERT((x || (xb && l->w16)) && (y || (y16 && l->yt)) && N >= 1 && N <= l->max_batch);
@@ -726,15 +730,11 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
     if (l->w16 && l->direct16) // (the direct ones read theirs in pairs)
         nn_conv3x3_direct16_pack(l->w, l->c_out, l->geom.c_in, l->wp);
-    if (l->direct && (!l->w16 || l->direct32)) {
-        const size_t nw = l->c_out * l->d_in;
-        nn_conv3x3_direct_pack(l->w, l->c_out, l->geom.c_in, l->wpk);
-        for (size_t i = 0; l->w16 && i < nw; i++) // (direct32: the weights' bf16 values)
-            l->wpk[i] = nn_from_bf16(nn_to_bf16(l->wpk[i]));
-    }
-    // (images to whichever thread is free: each output is the same on any thread, and where a
-    // core is slowed by its neighbours, as on this 2-core VM, a static half each left the
-    // other thread waiting: cnn SGD f32 forward 33.0 -> 28.8 ms, interleaved, 7 rounds)
+    if (l->direct && (!l->w16 || l->direct32))
+        direct_pack(l->w, l->c_out, l->geom.c_in, l->w16 != NULL, l->wpk);
+        // (images to whichever thread is free: each output is the same on any thread, and where a
+        // core is slowed by its neighbours, as on this 2-core VM, a static half each left the
+        // other thread waiting: cnn SGD f32 forward 33.0 -> 28.8 ms, interleaved, 7 rounds)
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team(l))
 #endif
@@ -988,11 +988,8 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         else if (l->wflip16)
             nn_bf16_encode(l->wflip, l->wflip16, cout * din);
         if (l->w16 && l->direct16_t) nn_conv3x3_direct16_pack(l->wflip, cin, cout, l->wpf);
-        if (l->w16 && l->direct32_t) {
-            nn_bf16_decode(l->wflip16, l->wflipr, cout * din);
-            nn_conv3x3_direct_pack(l->wflipr, cin, cout, l->wpkf);
-        }
-        if (!l->w16 && l->direct_t) nn_conv3x3_direct_pack(l->wflip, cin, cout, l->wpkf);
+        if (l->direct_t && (!l->w16 || l->direct32_t))
+            direct_pack(l->wflip, cin, cout, l->w16 != NULL, l->wpkf);
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)

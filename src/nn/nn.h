@@ -423,7 +423,7 @@ typedef struct {
     // (direct) and the transposed convolution for dx (direct_t, on wflip) run image by image
     // without im2col, through each thread's zero-bordered planes (xpd: nthr x xpd_n floats)
     // (wpk / wpkf: w's / wflip's packing for the kernel, nn_conv3x3_direct_pack, each pass;
-    // wpkf also serves direct32_t, packed from wflipr)
+    // in bf16 mode, of their bf16 values for direct32 and direct32_t)
     bool direct, direct_t;
     float *xpd, *wpk, *wpkf;
     size_t xpd_n;
@@ -443,10 +443,10 @@ typedef struct {
     // dot products are slower than its FMAs): the forward (direct32), dW by image (dw32) and
     // dx by the transposed convolution (direct32_t) through the f32 kernels, on each image
     // and dy decoded into the thread's dec (nthr x dec_n floats: an image, then a dy), on the
-    // weights rounded to bf16 (wpk) and on wflipr (wflip16 decoded): the bf16 values, summed
-    // in f32 as the im2col path's products are
+    // weights' and wflip's bf16 values (wpk, wpkf): the bf16 values, summed in f32 as the
+    // im2col path's products are
     bool direct32, dw32, direct32_t;
-    float *dec, *wflipr;
+    float *dec;
     size_t dec_n;
     // set by the caller for one backward (else NULL): each output channel's Σ dy, already
     // summed as backward would for the bias gradient (nn_batchnorm.dxsum), so it skips that
