@@ -852,8 +852,10 @@ static void batchnorm_backward_should_match_finite_differences(void) {
 // a bias, into f32 and bf16 outputs; evaluation keeps the running statistics.
 static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
     ref_rng r = {91};
-    for (int t = 0; t < 8; t++) {
-        const size_t HW1 = t & 1 ? 6 : 18, N = 7, C = 5, cin = 3;
+    for (int t = 0; t < 12; t++) {
+        // (t >= 8: 16 channels in and out, the Winograd layers' moments from their output)
+        const bool big = t >= 8;
+        const size_t HW1 = t & 1 ? 6 : 18, N = 7, C = big ? 16 : 5, cin = big ? 16 : 3;
         const bool bias = !(t & 2), bf16out = t & 4;
         const ngd_conv_geom G = {cin, HW1, HW1, 3, 3, 1, 1, 1, 1, 1, 1, 1};
         nn_rng g;
@@ -887,6 +889,8 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
                                              bf16out ? h1 : NULL, N, true);
         CHECK(out.f == (bf16out ? NULL : y1) && out.h == (bf16out ? h1 : NULL));
         CHECK(!conv.moments_on); // switched off again
+        CHECK(conv.wino_fwd == (conv.wino != NULL) && (big || !conv.wino));
+        if (big && nn_conv3x3_direct_usable()) CHECK(conv.wino_fwd);
         nn_conv2d_forward(&conv, x, cz2, N);
         CHECK(memcmp(cz, cz2, ny * sizeof(float)) == 0);
         if (bf16out)
@@ -969,12 +973,19 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
         const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
         const size_t nw = cout * cin * 9;
         const ngd_conv_geom G = {cin, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1};
-        nn_conv2d l[2];
-        for (int v = 0; v < 2; v++) {
+        nn_conv2d l[3];
+        for (int v = 0; v < 3; v++) {
             nn_rng rng;
             nn_rng_seed(&rng, 13);
             CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
         }
+        // l[2]: Winograd where the layer takes it (16+ channels both ways, 4x4+ images;
+        // oneDNN has it wherever AVX-512 is), else nothing more to test
+        const bool wino = cin >= 16 && cout >= 16 && H >= 4 && W >= 4;
+        CHECK(!l[2].wino == !(wino && (l[2].wino || !usable)));
+        if (wino && usable) CHECK(l[2].wino != NULL);
+        for (int v = 0; v < 2; v++)
+            nn_conv_wino_free(l[v].wino), l[v].wino = NULL;
         CHECK(l[0].direct == (usable && nn_conv3x3_direct_fits(cin, H, W, cout)) &&
               l[0].direct_t == (usable && nn_conv3x3_direct_fits(cout, H, W, cin)));
         if (t < 7) CHECK(l[0].direct || l[0].direct_t || !usable);
@@ -1004,8 +1015,9 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
                                 mdw[(co * cin + c) * 9 + k] += fabs(g);
                         }
                 }
-        uint64_t fl[2];
-        for (int v = 0; v < 2; v++) {
+        uint64_t fl[3] = {0};
+        const int nv = l[2].wino ? 3 : 2;
+        for (int v = 0; v < nv; v++) {
             float *y = malloc(ny * 4), *dx = malloc(nx * 4);
             const uint64_t f0 = nn_flop_count();
             nn_conv2d_forward(&l[v], x, y, N);
@@ -1015,6 +1027,7 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
                 bad += !(fabs((double)y[i] - wy[i]) <=
                          (double)(9 * cin + 3) * ldexp(1.0, -24) * my[i] * 1.02 + 1e-30);
             CHECK_MSG(bad == 0, "case %zu path %d: %zu outputs off", t, v, bad);
+            CHECK(l[v].wino_fwd == (v == 2));
             for (size_t i = 0; i < nx; i++)
                 dx[i] = NAN; // written
             nn_conv2d_backward_set(&l[v], dy, dx);
@@ -1043,10 +1056,59 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
             free(y), free(dx);
         }
         CHECK(fl[0] == fl[1] && fl[0] == 2 * (uint64_t)N * cout * cin * 9 * L);
+        CHECK(nv == 2 || fl[2] == fl[0]);
         free(x), free(dy), free(dx0), free(wy), free(my), free(wdx), free(mdx), free(wdw),
             free(mdw);
-        nn_conv2d_free(&l[0]), nn_conv2d_free(&l[1]);
+        nn_conv2d_free(&l[0]), nn_conv2d_free(&l[1]), nn_conv2d_free(&l[2]);
     }
+}
+
+// Winograd (conv_wino.c) takes full batches only: a partial one runs the layer's own
+// kernels, with their bits (those of a layer made with nn_conv_set_winograd(false), which
+// has none); a full one is within float32 rounding of them, and its dW adds onto dW
+static void conv_winograd_should_take_full_batches_only_and_be_switchable(void) {
+    const ngd_conv_geom G = {16, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+    const size_t N = 4, n = N * 16 * 64, nw = 16 * 16 * 9;
+    nn_rng rng;
+    nn_conv2d a, b;
+    nn_rng_seed(&rng, 3);
+    CHECK(nn_conv2d_init(&a, &G, 16, true, N, &rng) == NN_OK);
+    nn_conv_set_winograd(false);
+    nn_rng_seed(&rng, 3);
+    CHECK(nn_conv2d_init(&b, &G, 16, true, N, &rng) == NN_OK);
+    nn_conv_set_winograd(true);
+    CHECK(!b.wino && nn_conv_winograd());
+    if (nn_conv3x3_direct_usable()) CHECK(a.wino != NULL);
+    ref_rng r = {17};
+    float *x = malloc(n * 4), *dy = malloc(n * 4), *y1 = malloc(n * 4), *y2 = malloc(n * 4);
+    float *dx1 = malloc(n * 4), *dx2 = malloc(n * 4);
+    fill(&r, x, n, -1, 1);
+    fill(&r, dy, n, -1, 1);
+    for (size_t nb = N - 1; nb <= N; nb++) {
+        const size_t m = nb * 16 * 64;
+        memset(a.dw, 0, nw * 4), memset(b.dw, 0, nw * 4);
+        nn_conv2d_forward(&a, x, y1, nb);
+        nn_conv2d_forward(&b, x, y2, nb);
+        CHECK(a.wino_fwd == (a.wino && nb == N) && !b.wino_fwd);
+        for (int k = 0; k < 2; k++) { // dW added twice
+            nn_conv2d_backward_set(&a, dy, dx1);
+            nn_conv2d_backward_set(&b, dy, dx2);
+        }
+        if (!a.wino_fwd) {
+            CHECK(memcmp(y1, y2, m * 4) == 0 && memcmp(dx1, dx2, m * 4) == 0 &&
+                  memcmp(a.dw, b.dw, nw * 4) == 0 && memcmp(a.db, b.db, 16 * 4) == 0);
+            continue;
+        }
+        size_t bad = 0;
+        for (size_t i = 0; i < m; i++)
+            bad += !(fabsf(y1[i] - y2[i]) <= 1e-5f * (1.0f + fabsf(y2[i]))) +
+                   !(fabsf(dx1[i] - dx2[i]) <= 1e-5f * (1.0f + fabsf(dx2[i])));
+        for (size_t i = 0; i < nw; i++)
+            bad += !(fabsf(a.dw[i] - b.dw[i]) <= 1e-4f * (1.0f + fabsf(b.dw[i])));
+        CHECK_MSG(bad == 0, "%zu values off", bad);
+    }
+    free(x), free(dy), free(y1), free(y2), free(dx1), free(dx2);
+    nn_conv2d_free(&a), nn_conv2d_free(&b);
 }
 
 // BN-ReLU straight into 2x2 max pooling (the last block of a CNN stage) equals BN-ReLU,
@@ -1060,7 +1122,8 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
 // one; dW, dx and BN's gradients too, and the flags are off again after
 static void conv_bn_relu_backward_should_equal_the_plain_layers(void) {
     ref_rng r = {95};
-    const size_t shapes[2][3] = {{3, 8, 8}, {5, 16, 16}}; // c_in, H = W, c_out
+    // c_in, H = W, c_out (the second: Winograd in f32 where oneDNN has it)
+    const size_t shapes[2][3] = {{3, 8, 8}, {16, 16, 16}};
     for (int t = 0; t < 8; t++) {
         const size_t cin = shapes[t % 2][0], H = shapes[t % 2][1], C = shapes[t % 2][2], N = 3;
         const bool bf16 = t / 2 % 2, train = t / 4;
@@ -2445,6 +2508,7 @@ static const test_case TESTS[] = {
     TEST(conv_bn_relu_backward_should_equal_the_plain_layers),
     TEST(conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_path),
     TEST(conv3x3_direct_should_match_float64_and_the_im2col_path),
+    TEST(conv_winograd_should_take_full_batches_only_and_be_switchable),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),
     TEST(activation_approximations_should_match_libm),

@@ -172,6 +172,7 @@ static int check_env(int argc, char **argv) {
         {"NGD_F32_GEMM", "sgemm|matmul"}, {"NGD_BF16_GEMM", "matmul|gemm|convert"},
         {"NGD_BF16_SPLIT", "0|1"},        {"NGD_CONV_DIRECT", "0|1"},
         {"NGD_CONV_AMX", "0|1"},          {"NGD_SYRK_BLOCKS", "0|1"},
+        {"NGD_CONV_WINOGRAD", "0|1"},
     };
     for (size_t i = 0; i < sizeof VARS / sizeof VARS[0]; i++) {
         const char *v = getenv(VARS[i][0]);

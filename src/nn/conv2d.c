@@ -20,6 +20,7 @@
  * forward, dx and dW run image by image on the tile unit (conv_amx.c).
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -176,6 +177,12 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
+    // full f32 batches by Winograd F(4x4, 3x3) (conv_wino.c) where it was measured to pay:
+    // 16+ channels in and out (the blocked layouts' width), images of 4x4 and more (one
+    // 6x6 tile for a 2x2 image ran 0.7x). NULL: oneDNN has none here; the kernels above run.
+    if (same3 && nn_conv_winograd() && geom->c_in >= 16 && c_out >= 16 && geom->h >= 4 &&
+        geom->w >= 4)
+        l->wino = nn_conv_wino_new(max_batch, geom->c_in, geom->h, geom->w, c_out, bias);
     const float bound = 1.0f / sqrtf((float)l->d_in); // PyTorch default, as for Linear
     nn_rng_fill_uniform(rng, l->w, c_out * l->d_in, -bound, bound);
     if (bias) nn_rng_fill_uniform(rng, l->b, c_out, -bound, bound);
@@ -212,6 +219,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->wpf);
     free(l->dwb);
     free(l->dec);
+    nn_conv_wino_free(l->wino);
     memset(l, 0, sizeof *l);
 }
 
@@ -227,8 +235,17 @@ static bool dw_by_image(const nn_conv2d *l, bool bf16, bool dx) {
     return (bf16 ? l->dw16 || l->dw32 : l->dw_direct) && (!dx || l->wflip);
 }
 
+static _Atomic bool wino_on = true;
+void nn_conv_set_winograd(bool on) { wino_on = on; }
+bool nn_conv_winograd(void) {
+    const char *e = getenv("NGD_CONV_WINOGRAD");
+    return wino_on && !(e && !strcmp(e, "0"));
+}
+
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
+    nn_conv_wino_free(l->wino); // (f32 only)
+    l->wino = NULL;
     l->dw_t = l->c_out / l->geom.groups <= NN_CONV_DWT_MAX;
     const size_t L = l->oh * l->ow;
     // dW's GEMM over longer blocks (its sum runs over the block's columns); the float
@@ -724,6 +741,17 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->dy = NULL;
     l->dyb = NULL;
     l->n = N;
+    l->wino_fwd = l->wino && x && y && N % nn_conv_wino_sub(l->wino) == 0;
+    if (l->wino_fwd) {
+        nn_conv_wino_forward(l->wino, x, l->w, l->b, y, N);
+        if (l->moments_on) {
+            const size_t L = l->oh * l->ow, np = N * l->c_out;
+            NN_OMP_FOR(np * L)
+            for (size_t i = 0; i < np; i++)
+                nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
+        }
+        return;
+    }
     if (l->w16 && l->amx) // (the AMX layers read their weights packed, not w16)
         nn_conv3x3_amx_pack(l->w, l->c_out, l->geom.c_in, l->wt);
     else if (l->w16)
@@ -960,6 +988,10 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             }
             l->db[o] += (float)s;
         }
+    }
+    if (l->wino_fwd && dy && !dx16) {
+        nn_conv_wino_backward(l->wino, l->x, dy, l->w, dx, set, l->dw, N);
+        return;
     }
     const int nt = team(l);
     // the threads' dW parts: by tap in dwt (AMX), or in dwpart, or (by image, backward_chunk's

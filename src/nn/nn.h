@@ -339,6 +339,28 @@ size_t nn_linear_params(nn_linear *l, nn_param *out); // weight, bias; out may b
 // bf16 buffers: NN_ERR_NOMEM). Forward then rounds W and x to bf16; backward rounds dy.
 nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows);
 
+// ====== 3x3 'same' convolutions by Winograd F(4x4, 3x3) (conv_wino.c: oneDNN's) ======
+
+// One layer's primitives for batches of up to n images (c_in, h, w) -> (c_out, h, w), stride
+// 1, padding 1, no groups or dilation, f32, run nn_conv_wino_sub(c) images at a time (a
+// divisor of n). NULL where oneDNN has no Winograd primitive for the shape on this CPU, or
+// memory ran out: the caller keeps its own kernels.
+typedef struct nn_conv_wino nn_conv_wino;
+nn_conv_wino *nn_conv_wino_new(size_t n, size_t c_in, size_t h, size_t w, size_t c_out, bool bias);
+size_t nn_conv_wino_sub(const nn_conv_wino *c);
+// y = conv(x, w) + b (b NULL without bias) of a batch of n images, n a multiple of the sub-batch
+void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const float *w, const float *b, float *y,
+                          size_t n);
+// dw += dW (OIHW) and dx (NULL: none) = (set) or += the input gradient, of a batch of n
+// (as in forward), x the forward's input
+void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const float *dy, const float *w,
+                           float *dx, bool set, float *dw, size_t n);
+void nn_conv_wino_free(nn_conv_wino *c);
+// Whether Conv2d layers initialised from now on may take Winograd primitives: yes unless
+// cleared here or the environment says NGD_CONV_WINOGRAD=0
+void nn_conv_set_winograd(bool on);
+bool nn_conv_winograd(void);
+
 // ====== Conv2d (conv2d.c): im2col + GEMM ======
 
 // Threads over the batch: each thread builds the transposed im2col of its own chunk of
@@ -452,6 +474,11 @@ typedef struct {
     // summed as backward would for the bias gradient (nn_batchnorm.dxsum), so it skips that
     // pass over dy
     const double *dbsum;
+    // f32 3x3 'same' layers of 16+ channels in and out and images of 4x4 or more (unless
+    // nn_conv_winograd() says no): batches that its sub-batch divides by oneDNN's Winograd
+    // primitives (conv_wino.c); wino_fwd: the last forward ran there (so does its backward)
+    nn_conv_wino *wino;
+    bool wino_fwd;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
