@@ -52,9 +52,9 @@ struct nn_conv_wino {
     dnnl_memory_t ux, uw, uy, udy, udx, udw, ub;
     dnnl_memory_t bx, bwf, bwd, by, bdy, bdx, bdw;
     dnnl_memory_t spf, spd, spw; // each primitive's scratchpad (all in the arena)
-    size_t s;             // images per sub-batch
-    size_t need[NPARTS];  // bytes of each arena part
-    size_t xs, ys;        // floats of one image's input, output
+    size_t s;                    // images per sub-batch
+    size_t need[NPARTS];         // bytes of each arena part
+    size_t xs, ys;               // floats of one image's input, output
 };
 
 // The arena's parts and the engine, process-wide
@@ -111,7 +111,8 @@ static dnnl_primitive_t reorder(dnnl_memory_t a, dnnl_memory_t b, bool add) {
     bool good = true;
     if (add)
         good = ok(dnnl_primitive_attr_create(&at)) && ok(dnnl_post_ops_create(&po)) &&
-               ok(dnnl_post_ops_append_sum(po, 1.0f)) && ok(dnnl_primitive_attr_set_post_ops(at, po));
+               ok(dnnl_post_ops_append_sum(po, 1.0f)) &&
+               ok(dnnl_primitive_attr_set_post_ops(at, po));
     if (good && ok(dnnl_reorder_primitive_desc_create(&pd, da, A.eng, db, A.eng, at)))
         good = ok(dnnl_primitive_create(&p, pd));
     dnnl_primitive_desc_destroy(pd);
@@ -122,12 +123,12 @@ static dnnl_primitive_t reorder(dnnl_memory_t a, dnnl_memory_t b, bool add) {
 
 void nn_conv_wino_free(nn_conv_wino *c) {
     if (!c) return;
-    dnnl_primitive_t *ps[] = {&c->f,  &c->bd,  &c->bw, &c->rx,   &c->rw, &c->ry,
+    dnnl_primitive_t *ps[] = {&c->f,   &c->bd,  &c->bw,  &c->rx,   &c->rw, &c->ry,
                               &c->rdy, &c->rwd, &c->rdx, &c->rdxa, &c->rdw};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         dnnl_primitive_destroy(*ps[i]);
-    dnnl_memory_t ms[] = {c->ux, c->uw,  c->uy,  c->udy, c->udx, c->udw, c->ub, c->bx,
-                          c->bwf, c->bwd, c->by, c->bdy, c->bdx, c->bdw, c->spf, c->spd, c->spw};
+    dnnl_memory_t ms[] = {c->ux,  c->uw, c->uy,  c->udy, c->udx, c->udw, c->ub,  c->bx, c->bwf,
+                          c->bwd, c->by, c->bdy, c->bdx, c->bdw, c->spf, c->spd, c->spw};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
         dnnl_memory_destroy(ms[i]);
     pthread_mutex_lock(&A.lock);
@@ -175,8 +176,8 @@ static bool build(nn_conv_wino *c) {
         ok(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_winograd, &xa,
                                                             &wa, &ya, s, d, p, p)) &&
         ok(dnnl_primitive_desc_create(&bdpd, &cd, at, A.eng, fpd)) &&
-        ok(dnnl_dilated_convolution_backward_weights_desc_init(
-            &cd, dnnl_convolution_winograd, &xa, &wa, NULL, &ya, s, d, p, p)) &&
+        ok(dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_winograd, &xa,
+                                                               &wa, NULL, &ya, s, d, p, p)) &&
         ok(dnnl_primitive_desc_create(&bwpd, &cd, at, A.eng, fpd)) &&
         ok(dnnl_primitive_create(&c->f, fpd)) && ok(dnnl_primitive_create(&c->bd, bdpd)) &&
         ok(dnnl_primitive_create(&c->bw, bwpd));
@@ -194,8 +195,8 @@ static bool build(nn_conv_wino *c) {
                                  *wx = dnnl_primitive_desc_query_md(bwpd, dnnl_query_src_md, 0),
                                  *wdy =
                                      dnnl_primitive_desc_query_md(bwpd, dnnl_query_diff_dst_md, 0),
-                                 *wdw = dnnl_primitive_desc_query_md(
-                                     bwpd, dnnl_query_diff_weights_md, 0);
+                                 *wdw = dnnl_primitive_desc_query_md(bwpd,
+                                                                     dnnl_query_diff_weights_md, 0);
         good = fx && fw && fy && ddy && dw && ddx && wx && wdy && wdw &&
                dnnl_memory_desc_equal(fx, wx) && dnnl_memory_desc_equal(ddy, wdy);
         if (good) {
@@ -239,8 +240,7 @@ static void engine_once(void) {
     if (A.eng && !ok(dnnl_stream_create(&A.st, A.eng, dnnl_stream_default_flags))) A.st = NULL;
 }
 
-nn_conv_wino *nn_conv_wino_new(size_t n, size_t c_in, size_t h, size_t w, size_t c_out,
-                               bool bias) {
+nn_conv_wino *nn_conv_wino_new(size_t n, size_t c_in, size_t h, size_t w, size_t c_out, bool bias) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, engine_once);
     if (!A.eng || !A.st || n == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0) return NULL;
@@ -294,8 +294,8 @@ static uint64_t pass_flops(const nn_conv_wino *c, size_t n) {
     return 2 * (uint64_t)n * c->co * c->c * 9 * c->h * c->w;
 }
 
-void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const float *w, const float *b,
-                          float *y, size_t n) {
+void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const float *w, const float *b, float *y,
+                          size_t n) {
     NN_ASSERT(c && x && w && y && (!c->bias || b) && n >= 1 && n <= c->n && n % c->s == 0);
     nn_flop_add(pass_flops(c, n));
     pthread_mutex_lock(&A.lock);
