@@ -1207,7 +1207,8 @@ static void direct16_bf16_output_should_be_the_f32_output_rounded(void) {
 // channels (an odd pair: half zero) and a row of 27 among the shapes it takes, and on its dW
 // by image (dw16, set where the layer has its f32 twin's buffers), and on the f32 kernels
 // fed decoded bf16 values (direct32, dw32, direct32_t: the choice where the bf16 twins do not
-// pay).
+// pay), and there, where the layer takes it, on Winograd (variant 0: its f32 and bf16 inputs
+// give the same bits as elsewhere, its results the same float64 bounds).
 // NV variants of each layer: as chosen, im2col, the bf16 twins, the f32 kernels.
 #define NV 4
 static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
@@ -1240,8 +1241,9 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
     if (!usable) fprintf(stderr, "    (AMX is not usable here: the im2col path only)\n");
     if (!d16) fprintf(stderr, "    (AVX512-BF16 is not usable here: no direct bf16 path)\n");
     trng r = {31};
-    size_t n32t = 0; // cases whose dx took the f32 transposed kernel on decoded values
-    size_t n32 = 0;  // and whose forward took the f32 kernel
+    size_t n32t = 0;  // cases whose dx took the f32 transposed kernel on decoded values
+    size_t n32 = 0;   // and whose forward took the f32 kernel
+    size_t nwino = 0; // and that took Winograd
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const size_t cin = cases[t][0], H = cases[t][1], W = cases[t][2], cout = cases[t][3];
         const size_t N = cases[t][4], L = H * W, nx = N * cin * L, ny = N * cout * L;
@@ -1276,6 +1278,14 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         l[3].direct32 = l[3].direct;
         if (t >= 10) CHECK(l[3].dw32);
         n32t += l[3].direct32_t, n32 += l[3].direct32;
+        // Winograd (conv_wino.c) on bf16 values where the bf16 twins do not pay: l[0] as
+        // chosen; the other variants without it
+        const bool wino = !pays && cin >= 16 && cout >= 16 && H >= 4 && W >= 4;
+        if (!wino) CHECK(!l[0].wino);
+        if (wino && nn_conv3x3_direct_usable()) CHECK(l[0].wino != NULL);
+        nwino += l[0].wino != NULL;
+        for (int v = 1; v < NV; v++)
+            nn_conv_wino_free(l[v].wino), l[v].wino = NULL;
         float *x = malloc(nx * 4), *xr = malloc(nx * 4), *dy = malloc(ny * 4);
         float *wr = malloc(nw * 4), *dx0 = malloc(nx * 4), *y[NV], *dx[NV];
         uint16_t *x16 = malloc(nx * 2), *dy16 = malloc(ny * 2), *w16 = malloc(nw * 2);
@@ -1314,6 +1324,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
             const uint64_t f0 = nn_flop_count();
             nn_conv2d_forward(&l[v], x, y[v], N);
             CHECK(nn_flop_count() - f0 == 2 * (uint64_t)N * cout * cin * 9 * L); // every path
+            CHECK(l[v].wino_fwd == (l[v].wino != NULL));
             size_t bad = 0;
             for (size_t i = 0; i < ny; i++)
                 bad += !(fabs((double)y[v][i] - wy[i]) <=
@@ -1356,6 +1367,7 @@ static void conv3x3_amx_should_match_float64_and_the_im2col_path(void) {
         free(wy), free(my), free(wdx), free(mdx), free(wdw), free(mdw);
     }
     CHECK(n32t > 0 && n32 > 0);
+    if (!pays && nn_conv3x3_direct_usable()) CHECK(nwino > 0);
 }
 
 static const test_case TESTS[] = {

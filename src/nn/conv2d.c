@@ -244,8 +244,12 @@ bool nn_conv_winograd(void) {
 
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
-    nn_conv_wino_free(l->wino); // (f32 only)
-    l->wino = NULL;
+    // Winograd in bf16 mode only where the bf16 kernels do not pay (a CPU whose bf16 dot
+    // products are slower than its FMAs: the f32 kernels run there anyway, on bf16 values)
+    if (l->wino && (nn_conv3x3_direct16_pays() || !nn_conv_wino_use_bf16(l->wino))) {
+        nn_conv_wino_free(l->wino);
+        l->wino = NULL;
+    }
     l->dw_t = l->c_out / l->geom.groups <= NN_CONV_DWT_MAX;
     const size_t L = l->oh * l->ow;
     // dW's GEMM over longer blocks (its sum runs over the block's columns); the float
@@ -741,14 +745,20 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->dy = NULL;
     l->dyb = NULL;
     l->n = N;
-    l->wino_fwd = l->wino && x && y && N % nn_conv_wino_sub(l->wino) == 0;
+    l->wino_fwd = l->wino && N % nn_conv_wino_sub(l->wino) == 0;
     if (l->wino_fwd) {
-        nn_conv_wino_forward(l->wino, x, l->w, l->b, y, N);
-        if (l->moments_on) {
+        if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
+        nn_conv_wino_forward(l->wino, x, x ? NULL : xb, l->w16 ? NULL : l->w, l->w16, l->b, y, y16,
+                             N);
+        if (l->moments_on) { // (of the rounded planes where y16)
             const size_t L = l->oh * l->ow, np = N * l->c_out;
             NN_OMP_FOR(np * L)
-            for (size_t i = 0; i < np; i++)
-                nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
+            for (size_t i = 0; i < np; i++) {
+                if (y16)
+                    nn_plane_moments_bf16(y16 + i * L, L, l->moments + NN_MOMENTS * i);
+                else
+                    nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
+            }
         }
         return;
     }
@@ -989,8 +999,9 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             l->db[o] += (float)s;
         }
     }
-    if (l->wino_fwd && dy && !dx16) {
-        nn_conv_wino_backward(l->wino, l->x, dy, l->w, dx, set, l->dw, N);
+    if (l->wino_fwd) {
+        nn_conv_wino_backward(l->wino, l->x, l->x ? NULL : l->xb, dy, dy ? NULL : dyb,
+                              l->w16 ? NULL : l->w, l->w16, dx, dx16, set, l->dw, N);
         return;
     }
     const int nt = team(l);

@@ -38,8 +38,8 @@
 #include "nn.h"
 
 // the arena's parts: a sub-batch's x, y or dy, dx (blocked), the weights blocked for forward
-// and backward-data, dW blocked, the scratchpad
-enum { P_X, P_Y, P_DX, P_WF, P_WD, P_DW, P_SP, NPARTS };
+// and backward-data, dW blocked, the scratchpad; in bf16 mode an f32 x or dy rounded (NCHW)
+enum { P_X, P_Y, P_DX, P_WF, P_WD, P_DW, P_SP, P_H, NPARTS };
 
 struct nn_conv_wino {
     size_t n, c, h, w, co;
@@ -52,9 +52,14 @@ struct nn_conv_wino {
     dnnl_memory_t ux, uw, uy, udy, udx, udw, ub;
     dnnl_memory_t bx, bwf, bwd, by, bdy, bdx, bdw;
     dnnl_memory_t spf, spd, spw; // each primitive's scratchpad (all in the arena)
-    size_t s;                    // images per sub-batch
-    size_t need[NPARTS];         // bytes of each arena part
-    size_t xs, ys;               // floats of one image's input, output
+    // bf16 mode (nn_conv_wino_use_bf16; NULL before): x, w, y, dy, dx as bf16 NCHW / OIHW,
+    // converted by the reorders (f32 to bf16: rounded to nearest even); an f32 x or dy is
+    // rounded first (h2x, h2dy into the arena's P_H), so that it gives its bf16 values' bits
+    dnnl_memory_t hx, hw, hy, hdy, hdx;
+    dnnl_primitive_t hrx, hrw, hry, hrdy, hrwd, hrdx, h2x, h2dy;
+    size_t s;            // images per sub-batch
+    size_t need[NPARTS]; // bytes of each arena part
+    size_t xs, ys;       // floats of one image's input, output
 };
 
 // The arena's parts and the engine, process-wide
@@ -123,12 +128,14 @@ static dnnl_primitive_t reorder(dnnl_memory_t a, dnnl_memory_t b, bool add) {
 
 void nn_conv_wino_free(nn_conv_wino *c) {
     if (!c) return;
-    dnnl_primitive_t *ps[] = {&c->f,   &c->bd,  &c->bw,  &c->rx,   &c->rw, &c->ry,
-                              &c->rdy, &c->rwd, &c->rdx, &c->rdxa, &c->rdw};
+    dnnl_primitive_t *ps[] = {&c->f,    &c->bd,   &c->bw,   &c->rx,  &c->rw,  &c->ry,  &c->rdy,
+                              &c->rwd,  &c->rdx,  &c->rdxa, &c->rdw, &c->hrx, &c->hrw, &c->hry,
+                              &c->hrdy, &c->hrwd, &c->hrdx, &c->h2x, &c->h2dy};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         dnnl_primitive_destroy(*ps[i]);
-    dnnl_memory_t ms[] = {c->ux,  c->uw, c->uy,  c->udy, c->udx, c->udw, c->ub,  c->bx, c->bwf,
-                          c->bwd, c->by, c->bdy, c->bdx, c->bdw, c->spf, c->spd, c->spw};
+    dnnl_memory_t ms[] = {c->ux,  c->uw,  c->uy, c->udy, c->udx, c->udw, c->ub,  c->bx,
+                          c->bwf, c->bwd, c->by, c->bdy, c->bdx, c->bdw, c->spf, c->spd,
+                          c->spw, c->hx,  c->hw, c->hy,  c->hdy, c->hdx};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
         dnnl_memory_destroy(ms[i]);
     pthread_mutex_lock(&A.lock);
@@ -275,6 +282,39 @@ nn_conv_wino *nn_conv_wino_new(size_t n, size_t c_in, size_t h, size_t w, size_t
 
 size_t nn_conv_wino_sub(const nn_conv_wino *c) { return c->s; }
 
+bool nn_conv_wino_use_bf16(nn_conv_wino *c) {
+    if (c->hx) return true;
+    const dnnl_dim_t N = (dnnl_dim_t)c->s, C = (dnnl_dim_t)c->c, H = (dnnl_dim_t)c->h,
+                     W = (dnnl_dim_t)c->w, O = (dnnl_dim_t)c->co;
+    const dnnl_dims_t xd = {N, C, H, W}, wd = {O, C, 3, 3}, yd = {N, O, H, W};
+    dnnl_memory_desc_t xm, wm, ym;
+    if (!ok(dnnl_memory_desc_init_by_tag(&xm, 4, xd, dnnl_bf16, dnnl_nchw)) ||
+        !ok(dnnl_memory_desc_init_by_tag(&wm, 4, wd, dnnl_bf16, dnnl_oihw)) ||
+        !ok(dnnl_memory_desc_init_by_tag(&ym, 4, yd, dnnl_bf16, dnnl_nchw)))
+        return false;
+    c->hx = mem(&xm), c->hw = mem(&wm), c->hy = mem(&ym), c->hdy = mem(&ym), c->hdx = mem(&xm);
+    if (c->hx && c->hw && c->hy && c->hdy && c->hdx) {
+        c->hrx = reorder(c->hx, c->bx, false), c->hrw = reorder(c->hw, c->bwf, false);
+        c->hry = reorder(c->by, c->hy, false), c->hrdy = reorder(c->hdy, c->bdy, false);
+        c->hrwd = reorder(c->hw, c->bwd, false), c->hrdx = reorder(c->bdx, c->hdx, false);
+        c->h2x = reorder(c->ux, c->hx, false), c->h2dy = reorder(c->udy, c->hdy, false);
+    }
+    const size_t hn = (c->xs > c->ys ? c->xs : c->ys) * c->s * sizeof(uint16_t);
+    pthread_mutex_lock(&A.lock);
+    const bool got = grow(&A.p[P_H], &A.n[P_H], hn);
+    pthread_mutex_unlock(&A.lock);
+    if (got && c->hrx && c->hrw && c->hry && c->hrdy && c->hrwd && c->hrdx && c->h2x && c->h2dy)
+        return true;
+    dnnl_memory_t *ms[] = {&c->hx, &c->hw, &c->hy, &c->hdy, &c->hdx};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        dnnl_memory_destroy(*ms[i]), *ms[i] = NULL;
+    dnnl_primitive_t *ps[] = {&c->hrx,  &c->hrw,  &c->hry, &c->hrdy,
+                              &c->hrwd, &c->hrdx, &c->h2x, &c->h2dy};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+        dnnl_primitive_destroy(*ps[i]), *ps[i] = NULL;
+    return false;
+}
+
 static void set(dnnl_memory_t m, const void *p) {
     NN_ASSERT(ok(dnnl_memory_set_data_handle(m, mut(p))));
 }
@@ -294,60 +334,88 @@ static uint64_t pass_flops(const nn_conv_wino *c, size_t n) {
     return 2 * (uint64_t)n * c->co * c->c * 9 * c->h * c->w;
 }
 
-void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const float *w, const float *b, float *y,
-                          size_t n) {
-    NN_ASSERT(c && x && w && y && (!c->bias || b) && n >= 1 && n <= c->n && n % c->s == 0);
+// A sub-batch's x or dy (f32 at f, else bf16 at h) into its blocked memory b: through the
+// f32 reorder r, or the bf16 one hr, after rounding into the arena (h2) in bf16 mode
+static void load(const nn_conv_wino *c, const float *f, const uint16_t *h, dnnl_memory_t uf,
+                 dnnl_memory_t uh, dnnl_primitive_t r, dnnl_primitive_t hr, dnnl_primitive_t h2,
+                 dnnl_memory_t b) {
+    if (f && !c->hx) {
+        set(uf, f);
+        run_reorder(r, uf, b);
+        return;
+    }
+    if (f) {
+        set(uf, f), set(uh, A.p[P_H]);
+        run_reorder(h2, uf, uh);
+    } else {
+        set(uh, h);
+    }
+    run_reorder(hr, uh, b);
+}
+
+void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const uint16_t *x16, const float *w,
+                          const uint16_t *w16, const float *b, float *y, uint16_t *y16, size_t n) {
+    NN_ASSERT(c && !x != !x16 && !w != !w16 && !y != !y16 && (!c->bias || b) && n >= 1 &&
+              n <= c->n && n % c->s == 0 && (c->hx || (!x16 && !w16 && !y16)));
     nn_flop_add(pass_flops(c, n));
     pthread_mutex_lock(&A.lock);
-    set(c->uw, w), set(c->bwf, A.p[P_WF]);
-    run_reorder(c->rw, c->uw, c->bwf);
+    dnnl_memory_t uw = w ? c->uw : c->hw, uy = y ? c->uy : c->hy;
+    set(uw, w ? (const void *)w : (const void *)w16), set(c->bwf, A.p[P_WF]);
+    run_reorder(w ? c->rw : c->hrw, uw, c->bwf);
     set(c->bx, A.p[P_X]), set(c->by, A.p[P_Y]), set(c->spf, A.p[P_SP]);
     if (c->bias) set(c->ub, b);
     for (size_t i = 0; i < n; i += c->s) {
-        set(c->ux, x + i * c->xs), set(c->uy, y + i * c->ys);
-        run_reorder(c->rx, c->ux, c->bx);
+        set(uy, y ? (void *)(y + i * c->ys) : (void *)(y16 + i * c->ys));
+        load(c, x ? x + i * c->xs : NULL, x ? NULL : x16 + i * c->xs, c->ux, c->hx, c->rx, c->hrx,
+             c->h2x, c->bx);
         const dnnl_exec_arg_t a[5] = {{DNNL_ARG_SCRATCHPAD, c->spf},
                                       {DNNL_ARG_SRC, c->bx},
                                       {DNNL_ARG_WEIGHTS, c->bwf},
                                       {DNNL_ARG_DST, c->by},
                                       {DNNL_ARG_BIAS, c->ub}};
         run(c->f, c->bias ? 5 : 4, a);
-        run_reorder(c->ry, c->by, c->uy);
+        run_reorder(y ? c->ry : c->hry, c->by, uy);
     }
     NN_ASSERT(ok(dnnl_stream_wait(A.st)));
     pthread_mutex_unlock(&A.lock);
 }
 
-void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const float *dy, const float *w,
-                           float *dx, bool set_dx, float *dw, size_t n) {
-    NN_ASSERT(c && x && dy && w && dw && n >= 1 && n <= c->n && n % c->s == 0);
-    nn_flop_add(pass_flops(c, n) * (dx ? 2 : 1));
+void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const uint16_t *x16, const float *dy,
+                           const uint16_t *dy16, const float *w, const uint16_t *w16, float *dx,
+                           uint16_t *dx16, bool set_dx, float *dw, size_t n) {
+    NN_ASSERT(c && !x != !x16 && !dy != !dy16 && !w != !w16 && !(dx && dx16) && dw && n >= 1 &&
+              n <= c->n && n % c->s == 0 && (!dx16 || set_dx) &&
+              (c->hx || (!x16 && !dy16 && !w16 && !dx16)));
+    const bool gx = dx || dx16;
+    nn_flop_add(pass_flops(c, n) * (gx ? 2 : 1));
     pthread_mutex_lock(&A.lock);
+    dnnl_memory_t uw = w ? c->uw : c->hw, udx = dx16 ? c->hdx : c->udx;
     set(c->bx, A.p[P_X]), set(c->bdy, A.p[P_Y]), set(c->bdx, A.p[P_DX]);
     set(c->spw, A.p[P_SP]), set(c->spd, A.p[P_SP]);
     set(c->bdw, A.p[P_DW]), set(c->udw, dw);
-    if (dx) {
-        set(c->uw, w), set(c->bwd, A.p[P_WD]);
-        run_reorder(c->rwd, c->uw, c->bwd);
+    if (gx) {
+        set(uw, w ? (const void *)w : (const void *)w16), set(c->bwd, A.p[P_WD]);
+        run_reorder(w ? c->rwd : c->hrwd, uw, c->bwd);
     }
     for (size_t i = 0; i < n; i += c->s) {
-        set(c->ux, x + i * c->xs), set(c->udy, dy + i * c->ys);
-        run_reorder(c->rx, c->ux, c->bx);
-        run_reorder(c->rdy, c->udy, c->bdy);
+        load(c, x ? x + i * c->xs : NULL, x ? NULL : x16 + i * c->xs, c->ux, c->hx, c->rx, c->hrx,
+             c->h2x, c->bx);
+        load(c, dy ? dy + i * c->ys : NULL, dy ? NULL : dy16 + i * c->ys, c->udy, c->hdy, c->rdy,
+             c->hrdy, c->h2dy, c->bdy);
         const dnnl_exec_arg_t aw[4] = {{DNNL_ARG_SCRATCHPAD, c->spw},
                                        {DNNL_ARG_SRC, c->bx},
                                        {DNNL_ARG_DIFF_DST, c->bdy},
                                        {DNNL_ARG_DIFF_WEIGHTS, c->bdw}};
         run(c->bw, 4, aw);
         run_reorder(c->rdw, c->bdw, c->udw); // dW += (the sum post-op), sub-batch by sub-batch
-        if (!dx) continue;
-        set(c->udx, dx + i * c->xs);
+        if (!gx) continue;
+        set(udx, dx ? (void *)(dx + i * c->xs) : (void *)(dx16 + i * c->xs));
         const dnnl_exec_arg_t ad[4] = {{DNNL_ARG_SCRATCHPAD, c->spd},
                                        {DNNL_ARG_DIFF_DST, c->bdy},
                                        {DNNL_ARG_WEIGHTS, c->bwd},
                                        {DNNL_ARG_DIFF_SRC, c->bdx}};
         run(c->bd, 4, ad);
-        run_reorder(set_dx ? c->rdx : c->rdxa, c->bdx, c->udx);
+        run_reorder(dx16 ? c->hrdx : set_dx ? c->rdx : c->rdxa, c->bdx, udx);
     }
     NN_ASSERT(ok(dnnl_stream_wait(A.st)));
     pthread_mutex_unlock(&A.lock);

@@ -348,13 +348,19 @@ nn_status nn_linear_use_bf16(nn_linear *l, size_t max_rows);
 typedef struct nn_conv_wino nn_conv_wino;
 nn_conv_wino *nn_conv_wino_new(size_t n, size_t c_in, size_t h, size_t w, size_t c_out, bool bias);
 size_t nn_conv_wino_sub(const nn_conv_wino *c);
-// y = conv(x, w) + b (b NULL without bias) of a batch of n images, n a multiple of the sub-batch
-void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const float *w, const float *b, float *y,
-                          size_t n);
-// dw += dW (OIHW) and dx (NULL: none) = (set) or += the input gradient, of a batch of n
-// (as in forward), x the forward's input
-void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const float *dy, const float *w,
-                           float *dx, bool set, float *dw, size_t n);
+// bf16 mode: the calls below may also take x, w, y, dy and dx as bf16 (their values converted
+// to f32 on the way in, results rounded to nearest even on the way out), and an f32 x or dy
+// is rounded to bf16 first (the same bits as its bf16 values); false: not here
+bool nn_conv_wino_use_bf16(nn_conv_wino *c);
+// y = conv(x, w) + b (b NULL without bias) of a batch of n images, n a multiple of the
+// sub-batch; of each pair (x, x16), (w, w16), (y, y16) exactly one is given
+void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const uint16_t *x16, const float *w,
+                          const uint16_t *w16, const float *b, float *y, uint16_t *y16, size_t n);
+// dw += dW (OIHW) and dx = (set) or += the input gradient (dx16: = rounded; neither: none),
+// of a batch of n (as in forward), x the forward's input
+void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const uint16_t *x16, const float *dy,
+                           const uint16_t *dy16, const float *w, const uint16_t *w16, float *dx,
+                           uint16_t *dx16, bool set, float *dw, size_t n);
 void nn_conv_wino_free(nn_conv_wino *c);
 // Whether Conv2d layers initialised from now on may take Winograd primitives: yes unless
 // cleared here or the environment says NGD_CONV_WINOGRAD=0
