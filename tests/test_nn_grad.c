@@ -954,7 +954,7 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
 // an image too small for the path; dW by image wherever the output channels come in 16s:
 // tiles of 1, 2 and 3 vectors of them (16, 32 and 64, 48, and 80 = 48 + 32, on one row of
 // 1100), pixel counts that are not a multiple of 16 (297, 270, 1100); 3 output channels stay
-// on im2col. The bound is a float sum's (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
+// on im2col; images of 2x2, 1x1, 2x1 and 1x2 on the dense map (nn_conv2d.dense). The bound is a float sum's (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
 static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {
         // c_in, h, w, c_out, N
@@ -964,7 +964,9 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
         {16, 7, 5, 8, 4},                         // (too small: im2col both ways)
         {8, 32, 32, 48, 2},  {12, 20, 55, 16, 1}, {12, 1, 1100, 80, 1}, // (dW by image)
         {8, 32, 32, 3, 1},    // (dW on im2col: 3 output channels)
-        {16, 13, 32, 16, 2}}; // (rows of 2 vectors: the last block holds 2 of its 3)
+        {16, 13, 32, 16, 2}, // (rows of 2 vectors: the last block holds 2 of its 3)
+        // images of at most 2x2: the dense map (path 0), against im2col (path 1)
+        {16, 2, 2, 32, 3},  {8, 1, 1, 8, 2},    {5, 2, 1, 7, 2},     {3, 1, 2, 16, 1}};
     const bool usable = nn_conv3x3_direct_usable();
     if (!usable) fprintf(stderr, "    (AVX-512 is not usable here: the im2col path only)\n");
     ref_rng r = {37};
@@ -986,6 +988,8 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
         if (wino && usable) CHECK(l[2].wino != NULL);
         for (int v = 0; v < 2; v++)
             nn_conv_wino_free(l[v].wino), l[v].wino = NULL;
+        CHECK(l[0].dense == (H <= 2 && W <= 2) && l[2].dense == l[0].dense);
+        l[1].dense = false;
         CHECK(l[0].direct == (usable && nn_conv3x3_direct_fits(cin, H, W, cout)) &&
               l[0].direct_t == (usable && nn_conv3x3_direct_fits(cout, H, W, cin)));
         if (t < 7) CHECK(l[0].direct || l[0].direct_t || !usable);
@@ -1027,7 +1031,7 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
                 bad += !(fabs((double)y[i] - wy[i]) <=
                          (double)(9 * cin + 3) * ldexp(1.0, -24) * my[i] * 1.02 + 1e-30);
             CHECK_MSG(bad == 0, "case %zu path %d: %zu outputs off", t, v, bad);
-            CHECK(l[v].wino_fwd == (v == 2));
+            CHECK(l[v].wino_fwd == (v == 2) && l[v].dense_fwd == (v != 1 && l[0].dense));
             for (size_t i = 0; i < nx; i++)
                 dx[i] = NAN; // written
             nn_conv2d_backward_set(&l[v], dy, dx);

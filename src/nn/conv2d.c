@@ -177,12 +177,30 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         nn_conv2d_free(l);
         return NN_ERR_NOMEM;
     }
-    // full f32 batches by Winograd F(4x4, 3x3) (conv_wino.c) where it was measured to pay:
-    // 16+ channels in and out (the blocked layouts' width), images of 4x4 and more (one
-    // 6x6 tile for a 2x2 image ran 0.7x). NULL: oneDNN has none here; the kernels above run.
+    // batches that its sub-batch divides by Winograd F(4x4, 3x3) (conv_wino.c) where it was
+    // measured to pay: 16+ channels in and out (the blocked layouts' width), images of 4x4
+    // and more (one 6x6 tile for a 2x2 image ran 0.7x). NULL: oneDNN has none here; the
+    // kernels above run.
     if (same3 && nn_conv_winograd() && geom->c_in >= 16 && c_out >= 16 && geom->h >= 4 &&
         geom->w >= 4)
         l->wino = nn_conv_wino_new(max_batch, geom->c_in, geom->h, geom->w, c_out, bias);
+    // 3x3 'same' layers on images of at most 2x2: every output pixel reaches every input
+    // pixel, so the layer is a dense map of (c_in·L) -> (c_out·L) values per image, W' (im2col
+    // multiplies the padding's zeros: 9 taps where 4 are real at 2x2)
+    const bool dense = geom->k1 == 3 && geom->k2 == 3 && geom->s1 == 1 && geom->s2 == 1 &&
+                       geom->p1 == 1 && geom->p2 == 1 && geom->dil1 == 1 && geom->dil2 == 1 &&
+                       geom->groups == 1 && oh == geom->h && ow == geom->w && geom->h <= 2 &&
+                       geom->w <= 2 && nn_mul(c_out * L, geom->c_in * L) <= ((size_t)1 << 24);
+    if (dense) {
+        l->wd = nn_malloc(nn_mul(c_out * L, geom->c_in * L), sizeof(float));
+        l->dwd = nn_malloc(nn_mul(c_out * L, geom->c_in * L), sizeof(float));
+        if (bias) l->bd = nn_malloc(c_out * L, sizeof(float));
+        if (!l->wd || !l->dwd || (bias && !l->bd)) {
+            nn_conv2d_free(l);
+            return NN_ERR_NOMEM;
+        }
+        l->dense = true;
+    }
     const float bound = 1.0f / sqrtf((float)l->d_in); // PyTorch default, as for Linear
     nn_rng_fill_uniform(rng, l->w, c_out * l->d_in, -bound, bound);
     if (bias) nn_rng_fill_uniform(rng, l->b, c_out, -bound, bound);
@@ -220,6 +238,7 @@ void nn_conv2d_free(nn_conv2d *l) {
     free(l->dwb);
     free(l->dec);
     nn_conv_wino_free(l->wino);
+    free(l->wd), free(l->dwd), free(l->bd);
     memset(l, 0, sizeof *l);
 }
 
@@ -736,6 +755,28 @@ static void direct_pack(const float *w, size_t co, size_t c, bool r16, float *wp
         wpk[i] = nn_from_bf16(nn_to_bf16(wpk[i]));
 }
 
+// The dense layers' tap of output pixel p from input pixel q (images of at most 2x2): the
+// kernel offset (q − p) + 1 in each direction
+static size_t dense_tap(const nn_conv2d *l, size_t p, size_t q) {
+    const size_t W = l->geom.w;
+    return (q / W + 1 - p / W) * 3 + (q % W + 1 - p % W);
+}
+
+// W'[(co, p)][(c, q)] = W[co][c][tap(p, q)], and the bias per (co, p)
+static void dense_expand(nn_conv2d *l) {
+    const size_t L = l->oh * l->ow, cin = l->geom.c_in, cout = l->c_out, nq = cin * L;
+    NN_OMP_FOR(cout * L * nq)
+    for (size_t r = 0; r < cout * L; r++) {
+        const size_t co = r / L, p = r % L;
+        float *row = l->wd + r * nq;
+        for (size_t c = 0; c < cin; c++)
+            for (size_t q = 0; q < L; q++)
+                row[c * L + q] = l->w[co * l->d_in + c * 9 + dense_tap(l, p, q)];
+    }
+    for (size_t r = 0; l->bd && r < cout * L; r++)
+        l->bd[r] = l->b[r / L];
+}
+
 static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, uint16_t *y16,
                     size_t N) {
     NN_ASSERT((x || (xb && l->w16)) && (y || (y16 && l->yt)) && N >= 1 && N <= l->max_batch);
@@ -745,6 +786,17 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->dy = NULL;
     l->dyb = NULL;
     l->n = N;
+    l->dense_fwd = l->dense && !l->w16;
+    if (l->dense_fwd) { // y = x W'ᵀ (+ bias): images are rows of c_in·L and c_out·L values
+        const size_t L = l->oh * l->ow, nq = l->geom.c_in * L, np = l->c_out * L;
+        dense_expand(l);
+        NN_ASSERT(ngd_f32_gemm_bias(false, true, N, np, nq, x, nq, l->wd, nq, l->bd, y, np) ==
+                  NGD_OK);
+        nn_flop_add(2 * (uint64_t)N * l->c_out * l->d_in * L); // (the convolution's count)
+        for (size_t i = 0; l->moments_on && i < N * l->c_out; i++)
+            nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
+        return;
+    }
     l->wino_fwd = l->wino && N % nn_conv_wino_sub(l->wino) == 0;
     if (l->wino_fwd) {
         if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
@@ -998,6 +1050,26 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             }
             l->db[o] += (float)s;
         }
+    }
+    if (l->dense_fwd) { // dW' = dyᵀ x summed by tap into dW; dx = dy W'
+        const size_t cin = l->geom.c_in, nq = cin * L, np = cout * L;
+        NN_ASSERT(ngd_f32_gemm(true, false, np, nq, N, 1.0f, dy, np, l->x, nq, 0.0f, l->dwd, nq) ==
+                  NGD_OK);
+        NN_OMP_FOR(np * nq)
+        for (size_t co = 0; co < cout; co++)
+            for (size_t c = 0; c < cin; c++) {
+                float t[9] = {0};
+                for (size_t p = 0; p < L; p++)
+                    for (size_t q = 0; q < L; q++)
+                        t[dense_tap(l, p, q)] += l->dwd[(co * L + p) * nq + c * L + q];
+                for (size_t k = 0; k < 9; k++)
+                    l->dw[co * din + c * 9 + k] += t[k];
+            }
+        if (dx)
+            NN_ASSERT(ngd_f32_gemm(false, false, N, nq, np, 1.0f, dy, np, l->wd, nq,
+                                   set ? 0.0f : 1.0f, dx, nq) == NGD_OK);
+        nn_flop_add(2 * (uint64_t)N * cout * din * L * (dx ? 2 : 1));
+        return;
     }
     if (l->wino_fwd) {
         nn_conv_wino_backward(l->wino, l->x, l->x ? NULL : l->xb, dy, dy ? NULL : dyb,

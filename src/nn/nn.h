@@ -485,6 +485,11 @@ typedef struct {
     // primitives (conv_wino.c); wino_fwd: the last forward ran there (so does its backward)
     nn_conv_wino *wino;
     bool wino_fwd;
+    // f32 3x3 'same' layers on images of at most 2x2 (dense): one GEMM per pass on the dense
+    // map W' ((c_out·L) x (c_in·L), built each forward from w; bd the bias per (c_out, pixel);
+    // dwd dW' before its sum by tap); dense_fwd: the last forward ran so
+    bool dense, dense_fwd;
+    float *wd, *dwd, *bd;
 } nn_conv2d;
 
 // geom->groups must divide c_in and c_out; zero stride/dilation or an empty output are
