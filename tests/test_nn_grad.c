@@ -954,19 +954,29 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
 // an image too small for the path; dW by image wherever the output channels come in 16s:
 // tiles of 1, 2 and 3 vectors of them (16, 32 and 64, 48, and 80 = 48 + 32, on one row of
 // 1100), pixel counts that are not a multiple of 16 (297, 270, 1100); 3 output channels stay
-// on im2col; images of 2x2, 1x1, 2x1 and 1x2 on the dense map (nn_conv2d.dense). The bound is a float sum's (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
+// on im2col; images of 2x2, 1x1, 2x1 and 1x2 on the dense map (nn_conv2d.dense). The bound is a
+// float sum's (k+2)·2⁻²⁴·Σ|terms| (products rounded too).
 static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
     const size_t cases[][5] = {
         // c_in, h, w, c_out, N
-        {3, 32, 32, 32, 2},  {32, 16, 16, 64, 3}, {8, 17, 19, 8, 3},    {8, 1, 300, 8, 2},
-        {24, 9, 33, 16, 1},  {16, 10, 27, 16, 2}, // (a vector starting on a row's last pad)
-        {136, 16, 16, 8, 1},                      // (forward on im2col: 136 channels)
-        {16, 7, 5, 8, 4},                         // (too small: im2col both ways)
-        {8, 32, 32, 48, 2},  {12, 20, 55, 16, 1}, {12, 1, 1100, 80, 1}, // (dW by image)
+        {3, 32, 32, 32, 2},
+        {32, 16, 16, 64, 3},
+        {8, 17, 19, 8, 3},
+        {8, 1, 300, 8, 2},
+        {24, 9, 33, 16, 1},
+        {16, 10, 27, 16, 2}, // (a vector starting on a row's last pad)
+        {136, 16, 16, 8, 1}, // (forward on im2col: 136 channels)
+        {16, 7, 5, 8, 4},    // (too small: im2col both ways)
+        {8, 32, 32, 48, 2},
+        {12, 20, 55, 16, 1},
+        {12, 1, 1100, 80, 1}, // (dW by image)
         {8, 32, 32, 3, 1},    // (dW on im2col: 3 output channels)
-        {16, 13, 32, 16, 2}, // (rows of 2 vectors: the last block holds 2 of its 3)
+        {16, 13, 32, 16, 2},  // (rows of 2 vectors: the last block holds 2 of its 3)
         // images of at most 2x2: the dense map (path 0), against im2col (path 1)
-        {16, 2, 2, 32, 3},  {8, 1, 1, 8, 2},    {5, 2, 1, 7, 2},     {3, 1, 2, 16, 1}};
+        {16, 2, 2, 32, 3},
+        {8, 1, 1, 8, 2},
+        {5, 2, 1, 7, 2},
+        {3, 1, 2, 16, 1}};
     const bool usable = nn_conv3x3_direct_usable();
     if (!usable) fprintf(stderr, "    (AVX-512 is not usable here: the im2col path only)\n");
     ref_rng r = {37};

@@ -755,23 +755,28 @@ static void direct_pack(const float *w, size_t co, size_t c, bool r16, float *wp
         wpk[i] = nn_from_bf16(nn_to_bf16(wpk[i]));
 }
 
-// The dense layers' tap of output pixel p from input pixel q (images of at most 2x2): the
-// kernel offset (q − p) + 1 in each direction
-static size_t dense_tap(const nn_conv2d *l, size_t p, size_t q) {
-    const size_t W = l->geom.w;
-    return (q / W + 1 - p / W) * 3 + (q % W + 1 - p % W);
+// The dense layers' taps: tap[p·L + q] of output pixel p from input pixel q (images of at
+// most 2x2, L <= 4), the kernel offset (q − p) + 1 in each direction
+static void dense_taps(const nn_conv2d *l, unsigned char tap[16]) {
+    const size_t W = l->geom.w, L = l->oh * l->ow;
+    for (size_t p = 0; p < L; p++)
+        for (size_t q = 0; q < L; q++)
+            tap[p * L + q] = (unsigned char)((q / W + 1 - p / W) * 3 + (q % W + 1 - p % W));
 }
 
 // W'[(co, p)][(c, q)] = W[co][c][tap(p, q)], and the bias per (co, p)
 static void dense_expand(nn_conv2d *l) {
     const size_t L = l->oh * l->ow, cin = l->geom.c_in, cout = l->c_out, nq = cin * L;
+    unsigned char tap[16];
+    dense_taps(l, tap);
     NN_OMP_FOR(cout * L * nq)
     for (size_t r = 0; r < cout * L; r++) {
-        const size_t co = r / L, p = r % L;
+        const unsigned char *tp = tap + (r % L) * L;
+        const float *wr = l->w + (r / L) * l->d_in;
         float *row = l->wd + r * nq;
         for (size_t c = 0; c < cin; c++)
             for (size_t q = 0; q < L; q++)
-                row[c * L + q] = l->w[co * l->d_in + c * 9 + dense_tap(l, p, q)];
+                row[c * L + q] = wr[c * 9 + tp[q]];
     }
     for (size_t r = 0; l->bd && r < cout * L; r++)
         l->bd[r] = l->b[r / L];
@@ -1055,16 +1060,19 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
         const size_t cin = l->geom.c_in, nq = cin * L, np = cout * L;
         NN_ASSERT(ngd_f32_gemm(true, false, np, nq, N, 1.0f, dy, np, l->x, nq, 0.0f, l->dwd, nq) ==
                   NGD_OK);
+        unsigned char tap[16];
+        dense_taps(l, tap);
         NN_OMP_FOR(np * nq)
-        for (size_t co = 0; co < cout; co++)
-            for (size_t c = 0; c < cin; c++) {
-                float t[9] = {0};
-                for (size_t p = 0; p < L; p++)
+        for (size_t co = 0; co < cout; co++) {
+            float *dwr = l->dw + co * din;
+            for (size_t p = 0; p < L; p++) { // (rows in order, each in place: in L passes)
+                const float *g = l->dwd + (co * L + p) * nq;
+                const unsigned char *tp = tap + p * L;
+                for (size_t c = 0; c < cin; c++)
                     for (size_t q = 0; q < L; q++)
-                        t[dense_tap(l, p, q)] += l->dwd[(co * L + p) * nq + c * L + q];
-                for (size_t k = 0; k < 9; k++)
-                    l->dw[co * din + c * 9 + k] += t[k];
+                        dwr[c * 9 + tp[q]] += g[c * L + q];
             }
+        }
         if (dx)
             NN_ASSERT(ngd_f32_gemm(false, false, N, nq, np, 1.0f, dy, np, l->wd, nq,
                                    set ? 0.0f : 1.0f, dx, nq) == NGD_OK);
