@@ -74,9 +74,13 @@ bool ngd_bf16_emul(void) { return emul; }
 // vdpbf16ps against 176 for vfmadd (one core, 12 independent sums each), and oneDNN's bf16
 // GEMM 150-165 against sgemm's 290-310 at 2 threads; an AMD Zen 5 runs vdpbf16ps at twice the
 // FMA's FLOPs. Measured once per process: 12 independent chains of each instruction, in
-// turns, the best of NGD_DOT_TURNS turns each (about a millisecond in all).
+// turns, the best of NGD_DOT_TURNS turns each (about 2 ms in all). The choice must not
+// depend on the moment: a run and its resumption must take the same kernels to give the same
+// bits. With 7 turns, 200 processes on that Xeon read 0.125-0.779 (threshold 0.75: one of
+// them would have chosen the bf16 kernels; test_bf16.sh's K-FAC resume once differed so); with
+// 48, 800 processes read 0.18-0.56.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define NGD_DOT_TURNS 7
+#define NGD_DOT_TURNS 48
 #define NGD_DOT_ITERS 4096
 
 static double dot_now(void) {

@@ -45,6 +45,6 @@ bool ngd_bf16_emul_set(bool on);
 bool ngd_bf16_emul(void);
 
 // The CPU's bf16 dot-product rate (vdpbf16ps, FLOP/s) over its f32 FMA rate (vfmadd231ps), one
-// core, measured once per process (about a millisecond); 0 without AVX512-BF16 (or off x86-64)
+// core, measured once per process (about 2 ms); 0 without AVX512-BF16 (or off x86-64)
 double ngd_bf16_dot_ratio(void);
 #endif
