@@ -1,15 +1,17 @@
 /*
- * conv_wino.c — 3x3 'same' stride-1 convolutions (no groups, no dilation) of a full batch in
- * float32 by oneDNN's Winograd F(4x4, 3x3) primitives (jit_wino_4x3): forward, backward-data
- * and backward-weights, on oneDNN's blocked layouts (nChw16c activations), with reorders from
- * and to the engine's NCHW activations and OIHW weights.
+ * conv_wino.c — 3x3 'same' stride-1 convolutions (no groups, no dilation) in float32 by
+ * oneDNN's Winograd F(4x4, 3x3) primitives (jit_wino_4x3): forward, backward-data and
+ * backward-weights, a sub-batch at a time, on oneDNN's blocked layouts (nChw16c
+ * activations), with reorders from and to the engine's NCHW activations and OIHW weights (in
+ * bf16 mode from and to bf16 ones: nn_conv_wino_use_bf16).
  *
  * Why: a 6x6 input tile makes a 4x4 output tile with 36 multiplications per channel pair
  * where the direct convolution takes 144, so the three passes of vgg16bn's 64- to
  * 512-channel layers ran 1.8-2.5x faster than the engine's direct / im2col + GEMM kernels,
  * reorders included, and the cnn's 32- and 64-channel layers 1.2-1.8x
  * (docs/benchmarks.md, "Winograd convolutions"). Images of 2x2 (one tile for 4 outputs) ran
- * 0.7x: nn_conv2d leaves those, bf16 mode and partial batches on its own kernels.
+ * 0.7x: nn_conv2d keeps those (as dense GEMMs), batches the sub-batch does not divide, and bf16
+ * mode where the CPU's bf16 kernels pay, on its own kernels.
  *
  * The arithmetic is not the direct sum's: inputs, weights and products go through the
  * transforms, so results differ from the direct convolution's by a few float32 roundings of
@@ -59,7 +61,7 @@ struct nn_conv_wino {
     dnnl_primitive_t hrx, hrw, hry, hrdy, hrwd, hrdx, h2x, h2dy;
     size_t s;            // images per sub-batch
     size_t need[NPARTS]; // bytes of each arena part
-    size_t xs, ys;       // floats of one image's input, output
+    size_t xs, ys;       // elements of one image's input, output
 };
 
 // The arena's parts and the engine, process-wide
@@ -189,8 +191,8 @@ static bool build(nn_conv_wino *c) {
         ok(dnnl_primitive_create(&c->f, fpd)) && ok(dnnl_primitive_create(&c->bd, bdpd)) &&
         ok(dnnl_primitive_create(&c->bw, bwpd));
     if (good) {
-        // the primitives' layouts (the blocked input of backward-weights must be forward's,
-        // which is kept; its output gradient must be backward-data's, which is shared)
+        // the primitives' layouts (backward-weights reads its input and output gradient
+        // through forward's and backward-data's memories: they must be theirs)
         const dnnl_memory_desc_t *fx = dnnl_primitive_desc_query_md(fpd, dnnl_query_src_md, 0),
                                  *fw = dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0),
                                  *fy = dnnl_primitive_desc_query_md(fpd, dnnl_query_dst_md, 0),

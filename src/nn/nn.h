@@ -481,8 +481,9 @@ typedef struct {
     // pass over dy
     const double *dbsum;
     // f32 3x3 'same' layers of 16+ channels in and out and images of 4x4 or more (unless
-    // nn_conv_winograd() says no): batches that its sub-batch divides by oneDNN's Winograd
-    // primitives (conv_wino.c); wino_fwd: the last forward ran there (so does its backward)
+    // nn_conv_winograd() says no; in bf16 mode kept only where the bf16 kernels do not pay):
+    // batches that its sub-batch divides by oneDNN's Winograd primitives (conv_wino.c);
+    // wino_fwd: the last forward ran there (so does its backward)
     nn_conv_wino *wino;
     bool wino_fwd;
     // f32 3x3 'same' layers on images of at most 2x2 (dense): one GEMM per pass on the dense
