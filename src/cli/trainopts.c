@@ -128,9 +128,10 @@ static const cli_opt OPTS[] = {
      "f32 (default) or bf16: Linear and Conv2d GEMMs on bf16 operands (f32 "
      "accumulation, f32 master weights; fast with AVX512-BF16; 3x3 convolutions on AMX "
      "tiles where the CPU has them, NGD_CONV_AMX=0 turns that off; without AMX, and in "
-     "f32, they skip im2col on AVX-512, NGD_CONV_DIRECT=0 turns that off; in f32, full "
-     "batches of those with 16+ channels and images of 4x4 or more run as Winograd F(4x4,3x3) "
-     "(oneDNN), NGD_CONV_WINOGRAD=0 turns that off)"},
+     "f32, they skip im2col on AVX-512, NGD_CONV_DIRECT=0 turns that off; those with 16+ "
+     "channels on images of 4x4 or more run as Winograd F(4x4,3x3) (oneDNN) in f32, and in "
+     "bf16 where the CPU's bf16 products are slow, NGD_CONV_WINOGRAD=0 turns that off; on "
+     "images of 2x2 or less, in f32, as one dense GEMM)"},
     {"eval-every", 1, O_EVALEVERY, "N",
      "evaluate on the test set every N epochs (1; 0 = end only)"},
     {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<data>-<optim>.jsonl)"},
