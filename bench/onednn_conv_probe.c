@@ -8,6 +8,11 @@
  * argument 2: rounds:
  *
  *   OMP_NUM_THREADS=2 build/bench/onednn_conv_probe 0 3   # ONEDNN_VERBOSE=1: per-primitive times
+ *   NGD_CONV_WINOGRAD=0 WINO=1 PERLAYER=1 OMP_NUM_THREADS=2 build/bench/onednn_conv_probe 0 5
+ *
+ * WINO=1 asks oneDNN for Winograd in the "any" set-up; PERLAYER=1 times one layer at a time
+ * over the cnn's and vgg16bn's shapes (NGD_CONV_WINOGRAD=0: nn_conv2d's own kernels, as the
+ * engine ran before conv_wino.c; the 2x2 layer is nn_conv2d's dense map since 1450b4f).
  *
  * Two oneDNN set-ups per layer: "nchw" (plain NCHW activations and OIHW weights, what the
  * engine holds: oneDNN 2.6 answers with its gemm-based x64:gemm:jit) and "any" (the
@@ -116,14 +121,16 @@ static void setup(conv *c, int N, int C, int H, int W, int O, int bf16, int any)
     CK(dnnl_memory_desc_init_by_tag(&dxa, 4, xd, dnnl_f32, tag));
     CK(dnnl_memory_desc_init_by_tag(&dwa, 4, wd, dnnl_f32, wtag));
     dnnl_convolution_desc_t cd;
-    CK(dnnl_dilated_convolution_forward_desc_init(
-        &cd, dnnl_forward_training, dnnl_convolution_direct, &xa, &wa, &bm, &ya, s, d, p, p));
+    // WINO=1: the "any" set-up asks for Winograd F(4x4, 3x3) (jit_wino_4x3) instead
+    const dnnl_alg_kind_t alg =
+        any && getenv("WINO") ? dnnl_convolution_winograd : dnnl_convolution_direct;
+    CK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, alg, &xa, &wa, &bm,
+                                                  &ya, s, d, p, p));
     CK(dnnl_primitive_desc_create(&c->fpd, &cd, attr, eng, NULL));
-    CK(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &dxa, &wa,
-                                                        &dya, s, d, p, p));
+    CK(dnnl_dilated_convolution_backward_data_desc_init(&cd, alg, &dxa, &wa, &dya, s, d, p, p));
     CK(dnnl_primitive_desc_create(&c->bdpd, &cd, attr, eng, c->fpd));
-    CK(dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &xa, &dwa,
-                                                           &bm, &dya, s, d, p, p));
+    CK(dnnl_dilated_convolution_backward_weights_desc_init(&cd, alg, &xa, &dwa, &bm, &dya, s, d, p,
+                                                           p));
     CK(dnnl_primitive_desc_create(&c->bwpd, &cd, attr, eng, c->fpd));
     CK(dnnl_primitive_create(&c->f, c->fpd));
     CK(dnnl_primitive_create(&c->bd, c->bdpd));
@@ -181,6 +188,47 @@ static void step(conv *c) {
     CK(dnnl_stream_wait(st));
 }
 
+// PERLAYER=1: one layer at a time over the cnn's and vgg16bn's 3x3 shapes, best of the rounds
+// of nn_conv2d (forward + backward_set) against the "any" set-up with its reorders
+static int per_layer(int N, int R) {
+    static const int geo[][4] = {{32, 32, 32, 32}, {32, 16, 16, 64},  {64, 16, 16, 64},
+                                 {64, 32, 32, 64}, {64, 16, 16, 128}, {128, 16, 16, 128},
+                                 {128, 8, 8, 256}, {256, 8, 8, 256},  {256, 4, 4, 512},
+                                 {512, 4, 4, 512}, {512, 2, 2, 512}};
+    nn_rng rng;
+    nn_rng_seed(&rng, 1);
+    for (size_t l = 0; l < sizeof geo / sizeof geo[0]; l++) {
+        nn_conv2d L;
+        const ngd_conv_geom g = {
+            (size_t)geo[l][0], (size_t)geo[l][1], (size_t)geo[l][2], 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        if (nn_conv2d_init(&L, &g, (size_t)geo[l][3], true, (size_t)N, &rng) != NN_OK) return 1;
+        const size_t xn = (size_t)N * geo[l][0] * geo[l][1] * geo[l][2];
+        const size_t yn = (size_t)N * geo[l][3] * geo[l][1] * geo[l][2];
+        float *x = calloc(xn, 4), *y = calloc(yn, 4), *dx = calloc(xn, 4);
+        if (!x || !y || !dx) return 1;
+        for (size_t i = 0; i < xn; i++)
+            x[i] = (float)(i % 7) * 0.1f;
+        static conv c;
+        setup(&c, N, geo[l][0], geo[l][1], geo[l][2], geo[l][3], 0, 1);
+        double best[2] = {1e30, 1e30};
+        for (int r = 0; r < R; r++) {
+            double t0 = now();
+            nn_conv2d_forward(&L, x, y, (size_t)N);
+            nn_conv2d_backward_set(&L, y, dx);
+            const double t1 = now();
+            step(&c);
+            const double t2 = now();
+            best[0] = t1 - t0 < best[0] ? t1 - t0 : best[0];
+            best[1] = t2 - t1 < best[1] ? t2 - t1 : best[1];
+        }
+        printf("%3d@%2dx%2d->%3d  nn_conv2d %7.2f  oneDNN any+reorders %7.2f ms  ratio %.2f\n",
+               geo[l][0], geo[l][1], geo[l][2], geo[l][3], best[0] * 1e3, best[1] * 1e3,
+               best[0] / best[1]);
+        nn_conv2d_free(&L), free(x), free(y), free(dx);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     const int bf16 = argc > 1 ? atoi(argv[1]) : 0, R = argc > 2 ? atoi(argv[2]) : 3;
@@ -194,6 +242,7 @@ int main(int argc, char **argv) {
     CK(dnnl_stream_create(&st, eng, dnnl_stream_default_flags));
     CK(dnnl_primitive_attr_create(&attr));
     CK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    if (getenv("PERLAYER")) return per_layer(N, R);
     static conv cs[2][4];
     nn_conv2d L[4];
     nn_rng rng;

@@ -1041,7 +1041,7 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
                 bad += !(fabs((double)y[i] - wy[i]) <=
                          (double)(9 * cin + 3) * ldexp(1.0, -24) * my[i] * 1.02 + 1e-30);
             CHECK_MSG(bad == 0, "case %zu path %d: %zu outputs off", t, v, bad);
-            CHECK(l[v].wino_fwd == (v == 2) && l[v].dense_fwd == (v != 1 && l[0].dense));
+            CHECK(l[v].wino_fwd == (v == 2) && l[v].dense == (v != 1 && l[0].dense));
             for (size_t i = 0; i < nx; i++)
                 dx[i] = NAN; // written
             nn_conv2d_backward_set(&l[v], dy, dx);

@@ -269,6 +269,9 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         nn_conv_wino_free(l->wino);
         l->wino = NULL;
     }
+    free(l->wd), free(l->dwd), free(l->bd); // (the dense map is f32 only)
+    l->wd = l->dwd = l->bd = NULL;
+    l->dense = false;
     l->dw_t = l->c_out / l->geom.groups <= NN_CONV_DWT_MAX;
     const size_t L = l->oh * l->ow;
     // dW's GEMM over longer blocks (its sum runs over the block's columns); the float
@@ -782,6 +785,20 @@ static void dense_expand(nn_conv2d *l) {
         l->bd[r] = l->b[r / L];
 }
 
+// Each output plane's moments (moments_on) after a forward that wrote the whole output (the
+// dense map, Winograd): of y, or of the rounded planes of y16
+static void plane_moments_all(nn_conv2d *l, const float *y, const uint16_t *y16, size_t N) {
+    if (!l->moments_on) return;
+    const size_t L = l->oh * l->ow, np = N * l->c_out;
+    NN_OMP_FOR(np * L)
+    for (size_t i = 0; i < np; i++) {
+        if (y16)
+            nn_plane_moments_bf16(y16 + i * L, L, l->moments + NN_MOMENTS * i);
+        else
+            nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
+    }
+}
+
 static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, uint16_t *y16,
                     size_t N) {
     NN_ASSERT((x || (xb && l->w16)) && (y || (y16 && l->yt)) && N >= 1 && N <= l->max_batch);
@@ -791,15 +808,13 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     l->dy = NULL;
     l->dyb = NULL;
     l->n = N;
-    l->dense_fwd = l->dense && !l->w16;
-    if (l->dense_fwd) { // y = x W'ᵀ (+ bias): images are rows of c_in·L and c_out·L values
+    if (l->dense) { // y = x W'ᵀ (+ bias): images are rows of c_in·L and c_out·L values
         const size_t L = l->oh * l->ow, nq = l->geom.c_in * L, np = l->c_out * L;
         dense_expand(l);
         NN_ASSERT(ngd_f32_gemm_bias(false, true, N, np, nq, x, nq, l->wd, nq, l->bd, y, np) ==
                   NGD_OK);
         nn_flop_add(2 * (uint64_t)N * l->c_out * l->d_in * L); // (the convolution's count)
-        for (size_t i = 0; l->moments_on && i < N * l->c_out; i++)
-            nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
+        plane_moments_all(l, y, NULL, N);
         return;
     }
     l->wino_fwd = l->wino && N % nn_conv_wino_sub(l->wino) == 0;
@@ -807,16 +822,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
         if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
         nn_conv_wino_forward(l->wino, x, x ? NULL : xb, l->w16 ? NULL : l->w, l->w16, l->b, y, y16,
                              N);
-        if (l->moments_on) { // (of the rounded planes where y16)
-            const size_t L = l->oh * l->ow, np = N * l->c_out;
-            NN_OMP_FOR(np * L)
-            for (size_t i = 0; i < np; i++) {
-                if (y16)
-                    nn_plane_moments_bf16(y16 + i * L, L, l->moments + NN_MOMENTS * i);
-                else
-                    nn_plane_moments(y + i * L, L, l->moments + NN_MOMENTS * i);
-            }
-        }
+        plane_moments_all(l, y, y16, N);
         return;
     }
     if (l->w16 && l->amx) // (the AMX layers read their weights packed, not w16)
@@ -1056,7 +1062,7 @@ static void backward(nn_conv2d *l, const float *dy, const uint16_t *dyb, float *
             l->db[o] += (float)s;
         }
     }
-    if (l->dense_fwd) { // dW' = dyᵀ x summed by tap into dW; dx = dy W'
+    if (l->dense) { // dW' = dyᵀ x summed by tap into dW; dx = dy W'
         const size_t cin = l->geom.c_in, nq = cin * L, np = cout * L;
         NN_ASSERT(ngd_f32_gemm(true, false, np, nq, N, 1.0f, dy, np, l->x, nq, 0.0f, l->dwd, nq) ==
                   NGD_OK);

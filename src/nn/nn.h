@@ -486,10 +486,10 @@ typedef struct {
     // wino_fwd: the last forward ran there (so does its backward)
     nn_conv_wino *wino;
     bool wino_fwd;
-    // f32 3x3 'same' layers on images of at most 2x2 (dense): one GEMM per pass on the dense
-    // map W' ((c_out·L) x (c_in·L), built each forward from w; bd the bias per (c_out, pixel);
-    // dwd dW' before its sum by tap); dense_fwd: the last forward ran so
-    bool dense, dense_fwd;
+    // f32 3x3 'same' layers on images of at most 2x2 (dense; cleared in bf16 mode): one GEMM
+    // per pass on the dense map W' ((c_out·L) x (c_in·L), built each forward from w; bd the
+    // bias per (c_out, pixel); dwd dW' before its sum by tap)
+    bool dense;
     float *wd, *dwd, *bd;
 } nn_conv2d;
 
