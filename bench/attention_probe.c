@@ -2,14 +2,15 @@
  * attention_probe.c — times one nn_attention layer's forward and backward (the per-head
  * part: scores, softmax, att v and their gradients, plus the two Linear projections) at the
  * shapes of `ngd train --model chargpt` (causal, C 64, 4 heads of 16, T 64, batch 128) or
- * whatever the environment asks: C=, NH=, T=, B=, CAUSAL=0|1, REPS=. No part of ngd: the
+ * whatever the environment asks: C=, NH=, T=, B=, CAUSAL=0|1, REPS=, KERNELS=0 (the per-head
+ * GEMM path of CPUs without AVX-512, nn_attention_set_kernels(false)). No part of ngd: the
  * evidence behind docs/benchmarks.md's attention figures. `make bench` builds it:
  *
  *   OMP_NUM_THREADS=2 build/bench/attention_probe            # chargpt's layer
  *   OMP_NUM_THREADS=2 CAUSAL=0 build/bench/attention_probe   # vit's (64 patches)
  *
- * Prints the median over REPS of forward and of backward, in ms, and the products' FLOPs
- * (nn_flop_count: the two projections, and the per-head products counted in full T x T).
+ * Prints the median over REPS of forward and of backward, in ms, those of the layer's two
+ * projections (Linears) alone, and the FLOPs nn_flop_count saw per forward + backward.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@ int main(void) {
     const size_t C = env_size("C", 64), nh = env_size("NH", 4), T = env_size("T", 64);
     const size_t B = env_size("B", 128), reps = env_size("REPS", 30);
     const bool causal = env_size("CAUSAL", 1) != 0;
+    nn_attention_set_kernels(env_size("KERNELS", 1) != 0);
     nn_rng g;
     nn_rng_seed(&g, 1);
     nn_attention l;
@@ -49,7 +51,8 @@ int main(void) {
     float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *dy = malloc(n * sizeof *dy);
     float *dx = malloc(n * sizeof *dx);
     double *tf = malloc(reps * sizeof *tf), *tb = malloc(reps * sizeof *tb);
-    if (!x || !y || !dy || !dx || !tf || !tb) return 1;
+    double *lf = malloc(reps * sizeof *lf), *lb = malloc(reps * sizeof *lb);
+    if (!x || !y || !dy || !dx || !tf || !tb || !lf || !lb) return 1;
     for (size_t i = 0; i < n; i++) {
         x[i] = nn_rng_uniform(&g) * 2.0f - 1.0f;
         dy[i] = nn_rng_uniform(&g) * 2.0f - 1.0f;
@@ -68,15 +71,31 @@ int main(void) {
         tb[r] = now_ms() - t1;
     }
     const double gflop = (double)(nn_flop_count() - f0) / (double)reps * 1e-9;
+    // the two projections alone (the layer's own Linears on its own buffers), interleaved
+    // the same way: what the heads take is the layer's time less these
+    for (size_t r = 0; r < reps; r++) {
+        const double t0 = now_ms();
+        nn_linear_forward(&l.qkv, x, l.qkvbuf, B * T);
+        nn_linear_forward(&l.proj, l.atty, y, B * T);
+        const double t1 = now_ms();
+        nn_linear_backward_set(&l.proj, dy, l.datty);
+        nn_linear_backward_set(&l.qkv, l.dqkv, dx);
+        lf[r] = t1 - t0;
+        lb[r] = now_ms() - t1;
+    }
     qsort(tf, reps, sizeof *tf, cmp_double);
     qsort(tb, reps, sizeof *tb, cmp_double);
+    qsort(lf, reps, sizeof *lf, cmp_double);
+    qsort(lb, reps, sizeof *lb, cmp_double);
     double cs = 0;
     for (size_t i = 0; i < n; i++)
         cs += (double)y[i] + (double)dx[i];
     printf("attention C %zu heads %zu T %zu B %zu %s: forward %.3f ms, backward %.3f ms "
-           "(medians of %zu), %.3f GFLOP counted, checksum %.6g\n",
-           C, nh, T, B, causal ? "causal" : "full", tf[reps / 2], tb[reps / 2], reps, gflop, cs);
+           "(medians of %zu; the projections alone %.3f and %.3f), %.3f GFLOP counted, "
+           "checksum %.6g\n",
+           C, nh, T, B, causal ? "causal" : "full", tf[reps / 2], tb[reps / 2], reps, lf[reps / 2],
+           lb[reps / 2], gflop, cs);
     nn_attention_free(&l);
-    free(x), free(y), free(dy), free(dx), free(tf), free(tb);
+    free(x), free(y), free(dy), free(dx), free(tf), free(tb), free(lf), free(lb);
     return 0;
 }

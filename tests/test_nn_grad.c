@@ -2031,9 +2031,12 @@ static void attention_should_match_naive_and_finite_differences(void) {
         CHECK_TENSOR(y, want, n, 1e-5, 1e-5,
                      causal ? "causal attention forward" : "attention forward");
         if (causal) { // the first query sees only itself: its probabilities are (1, 0, ...)
+            const size_t tp = (T + 15) / 16 * 16; // (att is kept transposed, rows of tp)
             CHECK(l.att[0] == 1.0f);
             for (size_t j = 1; j < T; j++)
-                CHECK(l.att[j] == 0.0f);
+                CHECK(l.att[j * tp] == 0.0f);
+            for (size_t i = T; i < tp; i++) // (lanes past T)
+                CHECK(l.att[i] == 0.0f);
         }
         nn_attention_backward(&l, w, dx);
         float *dwq = fdup(l.qkv.dw, 3 * C * C), *dbq = fdup(l.qkv.db, 3 * C);
@@ -2057,7 +2060,141 @@ static void attention_should_match_naive_and_finite_differences(void) {
     }
 }
 
-// Heads large enough to run side by side on the threads (each thread its own datt): forward
+// float64 reference of the whole layer's backward for the loss Σ w·y: dx (B·T x C) and dWqkv
+// (3C x C), from the layer's weights and its input x
+static void attention_naive_backward(const nn_attention *l, const float *x, const float *w,
+                                     size_t B, size_t T, double *dx, double *dwq) {
+    const size_t C = l->c, C3 = 3 * C, nh = l->nh, hs = l->hs, BT = B * T;
+    const double sc = 1.0 / sqrt((double)hs);
+    double *qkv = calloc(BT * C3, sizeof(double)), *dqkv = calloc(BT * C3, sizeof(double));
+    double *dout = calloc(BT * C, sizeof(double)), *A = calloc(T * T, sizeof(double));
+    double *dpre = calloc(T * T, sizeof(double));
+    for (size_t r = 0; r < BT; r++)
+        for (size_t o = 0; o < C3; o++) {
+            double s = (double)l->qkv.b[o];
+            for (size_t j = 0; j < C; j++)
+                s += (double)l->qkv.w[o * C + j] * (double)x[r * C + j];
+            qkv[r * C3 + o] = s;
+        }
+    for (size_t r = 0; r < BT; r++) // dout = w Wproj
+        for (size_t j = 0; j < C; j++) {
+            double s = 0;
+            for (size_t o = 0; o < C; o++)
+                s += (double)w[r * C + o] * (double)l->proj.w[o * C + j];
+            dout[r * C + j] = s;
+        }
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < nh; h++) {
+            const double *q = qkv + b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+            double *dq = dqkv + b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+            const double *dO = dout + b * T * C + h * hs;
+            for (size_t i = 0; i < T; i++) { // probabilities
+                const size_t nj = l->causal ? i + 1 : T;
+                double mx = -(double)INFINITY, s = 0;
+                for (size_t j = 0; j < T; j++) {
+                    double d = 0;
+                    for (size_t e = 0; e < hs; e++)
+                        d += q[i * C3 + e] * k[j * C3 + e];
+                    A[i * T + j] = d * sc;
+                    if (j < nj) mx = fmax(mx, A[i * T + j]);
+                }
+                for (size_t j = 0; j < T; j++)
+                    s += (A[i * T + j] = j < nj ? exp(A[i * T + j] - mx) : 0.0);
+                for (size_t j = 0; j < T; j++)
+                    A[i * T + j] /= s;
+            }
+            for (size_t i = 0; i < T; i++) { // dpre = A ⊙ (datt − Σ_j A datt), datt = dO vᵀ
+                double sd = 0;
+                for (size_t j = 0; j < T; j++) {
+                    double d = 0;
+                    for (size_t e = 0; e < hs; e++)
+                        d += dO[i * C + e] * v[j * C3 + e];
+                    dpre[i * T + j] = d;
+                    sd += A[i * T + j] * d;
+                }
+                for (size_t j = 0; j < T; j++)
+                    dpre[i * T + j] = A[i * T + j] * (dpre[i * T + j] - sd);
+            }
+            for (size_t i = 0; i < T; i++)
+                for (size_t e = 0; e < hs; e++) {
+                    double sq = 0, sk = 0, sv = 0;
+                    for (size_t j = 0; j < T; j++) {
+                        sq += dpre[i * T + j] * k[j * C3 + e];
+                        sk += dpre[j * T + i] * q[j * C3 + e];
+                        sv += A[j * T + i] * dO[j * C + e];
+                    }
+                    dq[i * C3 + e] = sq * sc, dk[i * C3 + e] = sk * sc, dv[i * C3 + e] = sv;
+                }
+        }
+    for (size_t r = 0; r < BT; r++)
+        for (size_t c = 0; c < C; c++) {
+            double s = 0;
+            for (size_t o = 0; o < C3; o++)
+                s += dqkv[r * C3 + o] * (double)l->qkv.w[o * C + c];
+            dx[r * C + c] = s;
+        }
+    for (size_t o = 0; o < C3; o++)
+        for (size_t c = 0; c < C; c++) {
+            double s = 0;
+            for (size_t r = 0; r < BT; r++)
+                s += dqkv[r * C3 + o] * (double)x[r * C + c];
+            dwq[o * C + c] = s;
+        }
+    free(qkv), free(dqkv), free(dout), free(A), free(dpre);
+}
+
+// The heads' kernels at the shapes their vectors are cut for: hs a multiple of 16 (rows read
+// in place) or not (padded copies, a last block of columns narrower than 16), T not a
+// multiple of 16 (partial query blocks, padded lanes) and above 64 (more than four blocks of
+// keys), causal or not: forward and backward against float64, and the kept probabilities
+// (transposed rows of tp) summing to 1 over the allowed keys, masked ones exactly 0; and the
+// same for the per-head GEMM path of CPUs without AVX-512
+static void attention_heads_should_match_float64_at_vector_edges(void) {
+    ref_rng r = {107};
+    const struct {
+        size_t C, nh, T;
+    } cs[] = {{32, 2, 37}, {64, 2, 70}, {40, 2, 21}, {16, 1, 16}, {48, 1, 3}};
+    for (int path = 0; path < 2; path++) // the AVX-512 kernels (where the CPU has them), GEMMs
+        for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+            for (int causal = 0; causal < 2; causal++) {
+                nn_attention_set_kernels(path == 0);
+                const size_t C = cs[ci].C, nh = cs[ci].nh, T = cs[ci].T, B = 2, n = B * T * C;
+                const size_t tp = (T + 15) / 16 * 16;
+                nn_attention l;
+                CHECK(attention_scaled(&l, C, nh, causal, B, T, 31 + ci, 3 * C, 2.0f) == NN_OK);
+                float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+                float *w = malloc(n * sizeof *w), *dx = malloc(n * sizeof *dx);
+                double *want = malloc(n * sizeof *want), *wdx = malloc(n * sizeof *wdx);
+                double *wdw = malloc(3 * C * C * sizeof *wdw);
+                fill(&r, x, n, -1, 1);
+                fill(&r, w, n, -1, 1);
+                nn_attention_forward(&l, x, y, B, T);
+                attention_naive(&l, x, B, T, want);
+                CHECK_TENSOR(y, want, n, 2e-5, 2e-5, "attention heads forward");
+                size_t bad = 0;
+                for (size_t bh = 0; bh < B * nh; bh++)
+                    for (size_t i = 0; i < tp; i++) {
+                        double s = 0;
+                        for (size_t j = 0; j < T; j++) {
+                            const float p = l.att[(bh * T + j) * tp + i];
+                            const bool masked = i >= T || (causal && j > i);
+                            bad += masked ? p != 0.0f : !(p >= 0.0f);
+                            s += (double)p;
+                        }
+                        bad += i < T ? !(fabs(s - 1.0) < 1e-5) : s != 0.0;
+                    }
+                CHECK(bad == 0);
+                nn_attention_backward_set(&l, w, dx);
+                attention_naive_backward(&l, x, w, B, T, wdx, wdw);
+                CHECK_TENSOR(dx, wdx, n, 5e-5, 5e-5, "attention heads dx");
+                CHECK_TENSOR(l.qkv.dw, wdw, 3 * C * C, 5e-5, 5e-5, "attention heads dWqkv");
+                free(x), free(y), free(w), free(dx), free(want), free(wdx), free(wdw);
+                nn_attention_free(&l);
+            }
+    nn_attention_set_kernels(true);
+}
+
+// Heads large enough to run side by side on the threads (each thread its own scratch): forward
 // against the naive attention, and forward and backward bit for bit the same as on one
 // thread (every head is computed by the same code wherever it runs)
 static void attention_heads_on_threads_should_match_one_thread(void) {
@@ -2535,6 +2672,7 @@ static const test_case TESTS[] = {
     TEST(patch_embedding_should_equal_strided_conv_and_match_finite_differences),
     TEST(attention_should_match_naive_and_finite_differences),
     TEST(attention_heads_on_threads_should_match_one_thread),
+    TEST(attention_heads_should_match_float64_at_vector_edges),
     TEST(row_sums_on_threads_should_give_the_serial_loops_bits),
     TEST(bf16_producers_should_equal_rounding_the_f32_outputs),
     TEST(cross_entropy_on_threads_should_equal_one_thread),

@@ -950,11 +950,13 @@ typedef struct {
     nn_linear qkv;  // (3C, C); output columns [q | k | v], head h at columns h*hs..
     nn_linear proj; // (C, C)
     float *qkvbuf;  // (B, T, 3C)
-    float *att;     // (B, nh, T, T) softmax probabilities
+    float *att;     // (B, nh, T, tp) softmax probabilities, transposed: row j holds key j's
+                    // probability for each query i (tp = T rounded up to 16; lanes past T 0)
     float *atty;    // (B, T, C) heads' outputs, concatenated: proj's input
     float *dqkv;    // (B, T, 3C) gradient of qkvbuf: qkv's output gradient `g`
     float *datty;   // (B, T, C)
-    float *datt;    // nthr x (T, T) scratch, one per thread of the heads' loop
+    float *scr;     // nthr x scr_n floats of scratch, one block per thread of the heads' loop
+    size_t scr_n;   // (the heads' kernels' copies of q, k, v, dout and a T x T matrix)
     size_t nthr;    // threads planned for at init
     size_t b, t;
 } nn_attention;
@@ -967,6 +969,9 @@ void nn_attention_forward_in16(nn_attention *l, float *y, size_t B, size_t T);
 void nn_attention_backward(nn_attention *l, const float *dy, float *dx);
 void nn_attention_backward_set(nn_attention *l, const float *dy, float *dx); // dx written
 void nn_attention_free(nn_attention *l);
+// Whether the heads may take the AVX-512 kernels (where the CPU has AVX-512; else, or after
+// nn_attention_set_kernels(false), per-head GEMMs): for the tests, process-wide
+void nn_attention_set_kernels(bool on);
 
 // ====== Loss (loss.c): softmax cross-entropy ======
 
