@@ -312,13 +312,23 @@ ATT_K void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float sc
     for (size_t i0 = 0; i0 < T; i0 += 16) {
         const size_t n = l->causal ? minz(T, i0 + 16) : T;
         lanes_dot(v, C3, hs, dot + i0, tp, n, 1.0f, s); // s[j][t] = datt_{i0+t, j}
-        att_v16 sd = {0}, a, x;
-        for (size_t j = 0; j < n; j++) {
+        att_v16 sd0 = {0}, sd1 = {0}, a, x;             // (two chains: one waited on every add)
+        size_t j = 0;
+        for (; j + 2 <= n; j += 2) {
             ATT_LD(a, P + j * tp + i0);
             ATT_LD(x, s + j * 16);
-            sd += a * x;
+            sd0 += a * x;
+            ATT_LD(a, P + (j + 1) * tp + i0);
+            ATT_LD(x, s + (j + 1) * 16);
+            sd1 += a * x;
         }
-        for (size_t j = 0; j < n; j++) {
+        if (j < n) {
+            ATT_LD(a, P + j * tp + i0);
+            ATT_LD(x, s + j * 16);
+            sd0 += a * x;
+        }
+        const att_v16 sd = sd0 + sd1;
+        for (j = 0; j < n; j++) {
             ATT_LD(a, P + j * tp + i0);
             ATT_LD(x, s + j * 16);
             x = a * (x - sd);
