@@ -79,6 +79,9 @@ void nn_layernorm_forward16(nn_layernorm *l, const float *x, uint16_t *y16, size
     forward(l, x, NULL, y16, rows);
 }
 
+typedef float ln_v8f __attribute__((vector_size(32)));
+typedef double ln_v8d __attribute__((vector_size(64)));
+
 // dx = rstd · (d − mean(d) − x̂·mean(d·x̂)) with d = dy·w; dw += Σ dy·x̂, db += Σ dy.
 // dx = base + the input gradient, or (base NULL) the gradient alone; base may be dx
 static void backward(nn_layernorm *l, const float *dy, const float *base, float *dx) {
@@ -109,13 +112,29 @@ static void backward(nn_layernorm *l, const float *dy, const float *base, float 
     for (size_t r = 0; r < rows; r++) {
         const float *xr = l->x + r * C, *dyr = dy + r * C;
         const float mean = l->mean[r], rstd = l->rstd[r];
-        double sd = 0, sdx = 0;
-        NN_SIMD_SUM(sd, sdx)
-        for (size_t i = 0; i < C; i++) {
-            const double d = (double)dyr[i] * (double)l->w[i];
-            sd += d;
-            sdx += d * (double)((xr[i] - mean) * rstd);
+        // Σ d and Σ d·x̂ in float64, 8 lanes each (element i in lane i mod 8, the tail in lane
+        // 0, the lanes added in order): GCC left the `omp simd` loop scalar, one dependent
+        // add per element (5 % of a chargpt step)
+        ln_v8d sd8 = {0}, sdx8 = {0};
+        size_t i8 = 0;
+        for (; i8 + 8 <= C; i8 += 8) {
+            ln_v8f dy8, w8, x8;
+            memcpy(&dy8, dyr + i8, sizeof dy8);
+            memcpy(&w8, l->w + i8, sizeof w8);
+            memcpy(&x8, xr + i8, sizeof x8);
+            const ln_v8d d =
+                __builtin_convertvector(dy8, ln_v8d) * __builtin_convertvector(w8, ln_v8d);
+            sd8 += d;
+            sdx8 += d * __builtin_convertvector((x8 - mean) * rstd, ln_v8d);
         }
+        for (; i8 < C; i8++) {
+            const double d = (double)dyr[i8] * (double)l->w[i8];
+            sd8[0] += d;
+            sdx8[0] += d * (double)((xr[i8] - mean) * rstd);
+        }
+        double sd = 0, sdx = 0;
+        for (int k = 0; k < 8; k++)
+            sd += sd8[k], sdx += sdx8[k];
         const float md = (float)(sd / (double)C), mdx = (float)(sdx / (double)C);
         float *dxr = dx + r * C;
         if (!base) { // (two loops: one flag inside a loop can leave it scalar)
