@@ -165,7 +165,9 @@ NGD_API ngd_status ngd_f32_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, 
 // added to every row of C; NULL: none), C written, never read. The matmul primitive adds the
 // bias in its kernel where it runs the product (at its own point of the sums: equal to
 // float32 rounding, not bit for bit, to setting C's rows to the bias and adding the product);
-// elsewhere the rows of C are set to the bias and the product added onto them.
+// elsewhere the rows of C are set to the bias and the product added onto them. In f32 the
+// primitive takes, with a bias, the products ngd_f32_gemm would plus those of a reduction of
+// 32 to 255 (setting the rows and reading them back cost more there).
 NGD_API ngd_status ngd_bf16_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k,
                                       const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb,
                                       const float *bias, float *C, size_t ldc);

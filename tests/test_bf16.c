@@ -263,7 +263,7 @@ static void gemm_bf16_gemm_path_should_meet_the_same_bound(void) {
 // ngd_f32_gemm_bias and ngd_bf16_gemm_bias (a Linear's forward): over a NaN-filled C (never
 // read), within k·2^-23 Σ|a||b| + 2^-23|C| of float64 on the same inputs, as is setting C's
 // rows to the bias and adding the product (ngd_*_gemm, beta 1), whichever path runs the shape
-// (the matmul primitive with its bias; dnnl_sgemm for f32 products with k < 256 or A
+// (the matmul primitive with its bias; dnnl_sgemm for f32 products with k < 32 or A
 // transposed; the small loop; k % 32 = 31; m % 32 = 1; k = 0). Not bit for bit: at k = 784
 // the primitive adds the bias at another point of its sums than the sum post-op adds C (a
 // third of the elements differ in the last bits). A NULL bias is the beta 0 product, bit for

@@ -140,9 +140,15 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
 // environment keeps every product on dnnl_sgemm (side-by-side benchmarks). A thread between
 // ngd_blas_serial_begin and _end chooses as a one-thread run does, in a parallel region too
 // (the K-FAC family's layers maintained side by side: the same bits as at one thread).
+// With a bias row (a layer's forward, ngd_f32_gemm_bias) from a reduction of 32: dnnl_sgemm
+// needs C's rows set to the bias first and reads them back, which cost more than the
+// primitive's slower kernel at k of 64 and 128 (Intel Xeon 6/207, 2 threads, best of 30, us,
+// rows set + sgemm -> matmul: 8192 x 192 x 64 1000-1046 -> 751-845, 8192 x 256 x 64
+// 1105-1436 -> 929-1111, 512 x 785 x 128 410-516 -> 326-401, 64 x 128 x 128 19-21 -> 11;
+// chargpt's whole step 51.3 -> 42.8 ms).
 static _Thread_local int serial_depth; // ngd_blas_serial_begin minus _end on this thread
 
-static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k) {
+static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k, bool bias) {
     static _Atomic int off = -1;
     int o = atomic_load_explicit(&off, memory_order_relaxed);
     if (o < 0) {
@@ -153,7 +159,7 @@ static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k) {
 #ifdef _OPENMP
     if (omp_in_parallel() && serial_depth == 0) return false;
 #endif
-    return !o && ta == 'N' && tb == 'T' && m >= 8 && k >= 256;
+    return !o && ta == 'N' && tb == 'T' && m >= 8 && k >= (bias ? 32 : 256);
 }
 
 static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) {
@@ -186,7 +192,7 @@ static void gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C) 
         return;
     }
     // beta = 0: oneDNN never reads C (NaN there stays out: test_core), so no clearing pass
-    if (matmul_f32_pays(ta, tb, m, k) &&
+    if (matmul_f32_pays(ta, tb, m, k, false) &&
         matmul(true, ta == 'T', tb == 'T', m, n, k, alpha, A.p, (size_t)lda, B.p, (size_t)ldb, beta,
                C.p, (size_t)ldc, NULL, NULL))
         return;
@@ -826,7 +832,7 @@ ngd_status ngd_f32_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, con
     if (!gemm_args_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc)) return NGD_ERR_ARG;
     const team_guard g = team_begin();
     if (!(k > 0 && m * n * k > SMALL_GEMM_MACS &&
-          matmul_f32_pays(ta ? 'T' : 'N', tb ? 'T' : 'N', m, k) &&
+          matmul_f32_pays(ta ? 'T' : 'N', tb ? 'T' : 'N', m, k, true) &&
           matmul(true, ta, tb, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias, NULL))) {
         rows_set(C, m, n, ldc, bias);
         const ngd_cview Av = ngd_cview_rm(A, ta ? k : m, ta ? m : k, lda);
