@@ -81,6 +81,7 @@ void nn_layernorm_forward16(nn_layernorm *l, const float *x, uint16_t *y16, size
 
 typedef float ln_v8f __attribute__((vector_size(32)));
 typedef double ln_v8d __attribute__((vector_size(64)));
+typedef float ln_v16 __attribute__((vector_size(64)));
 
 // dx = rstd · (d − mean(d) − x̂·mean(d·x̂)) with d = dy·w; dw += Σ dy·x̂, db += Σ dy.
 // dx = base + the input gradient, or (base NULL) the gradient alone; base may be dx
@@ -93,6 +94,20 @@ static void backward(nn_layernorm *l, const float *dy, const float *base, float 
     NN_OMP_FOR(rows * C)
     for (size_t b = 0; b < nb; b++) {
         const size_t i0 = b * NN_COL_BLOCK, w = nn_col_width(b, C);
+        if (w == NN_COL_BLOCK) {   // (the sums in vector registers, the same arithmetic: as
+            ln_v16 dw, db, xv, gv; //  arrays they went through the stack every row)
+            memcpy(&dw, l->dw + i0, sizeof dw);
+            memcpy(&db, l->db + i0, sizeof db);
+            for (size_t r = 0; r < rows; r++) {
+                memcpy(&xv, l->x + r * C + i0, sizeof xv);
+                memcpy(&gv, dy + r * C + i0, sizeof gv);
+                dw += gv * (xv - l->mean[r]) * l->rstd[r];
+                db += gv;
+            }
+            memcpy(l->dw + i0, &dw, sizeof dw);
+            memcpy(l->db + i0, &db, sizeof db);
+            continue;
+        }
         float dw[NN_COL_BLOCK], db[NN_COL_BLOCK]; // (on the thread's stack, as nn_colsum_add)
         memcpy(dw, l->dw + i0, w * sizeof *dw);
         memcpy(db, l->db + i0, w * sizeof *db);

@@ -77,12 +77,24 @@ void nn_zero_grads(const nn_param *ps, size_t count) {
         if (ps[i].zeroed && ps[i].g) *ps[i].zeroed = true;
 }
 
+typedef float nn_colsum_v16 __attribute__((vector_size(64)));
+
 void nn_colsum_add(const float *x, size_t rows, size_t cols, size_t ld, float *acc) {
     NN_ASSERT(x && acc && ld >= cols);
     const size_t nb = nn_col_blocks(cols);
     NN_OMP_FOR(rows * cols)
     for (size_t b = 0; b < nb; b++) {
         const size_t j0 = b * NN_COL_BLOCK, w = nn_col_width(b, cols);
+        if (w == NN_COL_BLOCK) { // (the sums in one vector register: as an array they went
+            nn_colsum_v16 a, v;  //  through the stack every row)
+            memcpy(&a, acc + j0, sizeof a);
+            for (size_t r = 0; r < rows; r++) {
+                memcpy(&v, x + r * ld + j0, sizeof v);
+                a += v;
+            }
+            memcpy(acc + j0, &a, sizeof a);
+            continue;
+        }
         float a[NN_COL_BLOCK]; // (the block's sums on the thread's stack: acc's cache lines
         memcpy(a, acc + j0, w * sizeof *a); //  are not written by both threads row by row)
         for (size_t r = 0; r < rows; r++) {
