@@ -46,11 +46,11 @@ static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 static size_t minz(size_t a, size_t b) { return a < b ? a : b; }
 
 // floats of one thread's scratch: a transposed block (hp x tp), three padded row blocks
-// (tp x hp each), the gradient of the scores and the backward's transposes of it and of the
-// probabilities (tp x tp each) and one block of 16-lane scores
+// (tp x hp each), the gradient of the scores (tp x tp), one block of 16-lane scores and the
+// backward's two strips of 16-wide rows (tp x 16 each)
 static size_t scratch_floats(size_t hs, size_t max_t) {
     const size_t hp = round16(hs), tp = round16(max_t);
-    return nn_mul(nn_mul(4, hp), tp) + nn_mul(nn_mul(3, tp), tp) + nn_mul(tp, 16);
+    return nn_mul(nn_mul(4, hp), tp) + nn_mul(tp, tp) + nn_mul(3 * 16, tp);
 }
 
 // dst rows (n of them, stride hp) = src rows (stride lds, hs floats), zero-padded to hp
@@ -198,22 +198,22 @@ ATT_KI void lanes_dot(const float *y, size_t ldy, size_t hs, const float *xt, si
     }
 }
 
-// dst[i][j] = src[j][i] for the 16 x 16 blocks a head's backward reads (rows of tp; src's
-// rows from T on read as 0; causal: blocks with i's block at or after j's only, the rest
-// being masked)
-ATT_KI void transpose_blocks(const float *src, float *dst, size_t tp, size_t T, bool causal) {
-    for (size_t jb = 0; jb < tp; jb += 16)
-        for (size_t ib = causal ? jb : 0; ib < tp; ib += 16) {
-            att_v16 r[16];
-            for (size_t t = 0; t < 16; t++)
-                if (jb + t < T)
-                    ATT_LD(r[t], src + (jb + t) * tp + ib);
-                else
-                    r[t] = (att_v16){0};
-            tr16(r);
-            for (size_t t = 0; t < 16; t++)
-                ATT_ST(dst + (ib + t) * tp + jb, r[t]);
-        }
+// strip[i - i0][t] = src[j0 + t][i] for i0 <= i < tp, t < 16 (src: rows of tp, those from
+// T on read as 0): 16 rows of src turned into a strip of 16-wide rows, block by block in
+// registers
+ATT_KI void transpose_strip(const float *src, size_t tp, size_t T, size_t j0, size_t i0,
+                            float *strip) {
+    for (size_t ib = i0; ib < tp; ib += 16) {
+        att_v16 r[16];
+        for (size_t t = 0; t < 16; t++)
+            if (j0 + t < T)
+                ATT_LD(r[t], src + (j0 + t) * tp + ib);
+            else
+                r[t] = (att_v16){0};
+        tr16(r);
+        for (size_t t = 0; t < 16; t++)
+            ATT_ST(strip + (ib - i0 + t) * 16, r[t]);
+    }
 }
 
 // The softmax of 16 queries' scores s[j][t] (j < n keys; query i0 + t) down the keys, written
@@ -303,7 +303,7 @@ ATT_K void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float sc
     const float *dout = l->datty + b * T * C + h * hs; // (T, hs), row stride C
     float *dot = scr, *qp = scr + hp * tp, *kp = qp + tp * hp, *dop = kp + tp * hp;
     float *dp = scr + 4 * hp * tp, *s = dp + tp * tp; // dp[j][i] = dpre_ij
-    float *Pt = s + 16 * tp, *dpt = Pt + tp * tp;     // Pt[i][j] = att_ij, dpt[i][j] = dpre_ij
+    float *Pt = s + 16 * tp, *dpt = Pt + 16 * tp;     // strips: Pt[i][t] = att_{i,j0+t}, dpt dpre
     size_t ldq, ldk, ldo;
     transpose_rows(dot, tp, dout, C, hs, T);
     const float *qr = head_rows(qp, hp, q, C3, hs, T, &ldq);
@@ -336,14 +336,15 @@ ATT_K void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float sc
         }
         lanes_comb(dp, tp, i0, n, kr, ldk, hs, scale, dq, C3, minz(16, T - i0));
     }
-    // dv, dk for 16 keys at a time, in lanes: the probabilities and dpre transposed so that
-    // a query's row holds the keys side by side (causal: queries from the block's first key)
-    transpose_blocks(P, Pt, tp, T, l->causal);
-    transpose_blocks(dp, dpt, tp, T, l->causal);
+    // dv, dk for 16 keys at a time, in lanes: the block's rows of the probabilities and of
+    // dpre turned into strips whose rows hold the 16 keys side by side, one a query (causal:
+    // queries from the block's first key on)
     for (size_t j0 = 0; j0 < T; j0 += 16) {
         const size_t i0 = l->causal ? j0 : 0, m = minz(16, T - j0);
-        lanes_comb(Pt + i0 * tp, tp, j0, T - i0, dor + i0 * ldo, ldo, hs, 1.0f, dv, C3, m);
-        lanes_comb(dpt + i0 * tp, tp, j0, T - i0, qr + i0 * ldq, ldq, hs, scale, dk, C3, m);
+        transpose_strip(P, tp, T, j0, i0, Pt);
+        transpose_strip(dp, tp, T, j0, i0, dpt);
+        lanes_comb(Pt, 16, 0, T - i0, dor + i0 * ldo, ldo, hs, 1.0f, dv + j0 * C3, C3, m);
+        lanes_comb(dpt, 16, 0, T - i0, qr + i0 * ldq, ldq, hs, scale, dk + j0 * C3, C3, m);
     }
 }
 
