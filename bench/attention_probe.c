@@ -2,8 +2,9 @@
  * attention_probe.c — times one nn_attention layer's forward and backward (the per-head
  * part: scores, softmax, att v and their gradients, plus the two Linear projections) at the
  * shapes of `ngd train --model chargpt` (causal, C 64, 4 heads of 16, T 64, batch 128) or
- * whatever the environment asks: C=, NH=, T=, B=, CAUSAL=0|1, REPS=, KERNELS=0 (the per-head
- * GEMM path of CPUs without AVX-512, nn_attention_set_kernels(false)). No part of ngd: the
+ * whatever the environment asks: C=, NH=, T=, B=, CAUSAL=0|1, REPS=, KERNELS=0 (every pass on
+ * per-head GEMMs), 1 (the default: the AVX-512 kernels where they pay) or 2 (every pass on
+ * them), as nn_attention_set_kernels. No part of ngd: the
  * evidence behind docs/benchmarks.md's attention figures. `make bench` builds it:
  *
  *   OMP_NUM_THREADS=2 build/bench/attention_probe            # chargpt's layer
@@ -39,7 +40,7 @@ int main(void) {
     const size_t C = env_size("C", 64), nh = env_size("NH", 4), T = env_size("T", 64);
     const size_t B = env_size("B", 128), reps = env_size("REPS", 30);
     const bool causal = env_size("CAUSAL", 1) != 0;
-    nn_attention_set_kernels(env_size("KERNELS", 1) != 0);
+    nn_attention_set_kernels((int)env_size("KERNELS", NN_ATT_AUTO));
     nn_rng g;
     nn_rng_seed(&g, 1);
     nn_attention l;

@@ -2155,8 +2155,9 @@ static void attention_naive_backward(const nn_attention *l, const float *x, cons
 // in place) or not (padded copies, a last block of columns narrower than 16), T not a
 // multiple of 16 (partial query blocks, padded lanes) and above 64 (more than four blocks of
 // keys), causal or not: forward and backward against float64, and the kept probabilities
-// (transposed rows of tp) summing to 1 over the allowed keys, masked ones exactly 0; and the
-// same for the per-head GEMM path of CPUs without AVX-512
+// (transposed rows of tp) summing to 1 over the allowed keys, masked ones exactly 0; every
+// pass on the kernels, then every pass on the per-head GEMMs (the default mixes the two by
+// the heads' sizes)
 static void attention_heads_should_match_float64_at_vector_edges(void) {
     ref_rng r = {107};
     const struct {
@@ -2165,7 +2166,7 @@ static void attention_heads_should_match_float64_at_vector_edges(void) {
     for (int path = 0; path < 2; path++) // the AVX-512 kernels (where the CPU has them), GEMMs
         for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
             for (int causal = 0; causal < 2; causal++) {
-                nn_attention_set_kernels(path == 0);
+                nn_attention_set_kernels(path == 0 ? NN_ATT_KERNELS : NN_ATT_GEMM);
                 const size_t C = cs[ci].C, nh = cs[ci].nh, T = cs[ci].T, B = 2, n = B * T * C;
                 const size_t tp = (T + 15) / 16 * 16;
                 nn_attention l;
@@ -2199,7 +2200,7 @@ static void attention_heads_should_match_float64_at_vector_edges(void) {
                 free(x), free(y), free(w), free(dx), free(want), free(wdx), free(wdw);
                 nn_attention_free(&l);
             }
-    nn_attention_set_kernels(true);
+    nn_attention_set_kernels(NN_ATT_AUTO);
 }
 
 // Heads large enough to run side by side on the threads (each thread its own scratch): forward

@@ -6,8 +6,9 @@
  *   y   = out Wprojᵀ + bproj      Linear C -> C
  * The two projections are nn_linear layers, so they register with libngd like any other
  * Linear (a = x or out, g = their output gradients). Each (b, h) head is one pass of the
- * heads' AVX-512 kernels below (scores, softmax and att v; or their gradients), or where the
- * CPU lacks AVX-512, per-head GEMMs and plain loops; the heads run side by side on the
+ * heads' AVX-512 kernels below (scores, softmax and att v; or their gradients), or of
+ * per-head GEMMs and plain loops (larger heads without a mask; CPUs without AVX-512: see
+ * use_kernels); the heads run side by side on the
  * threads, and the softmax probabilities are kept, transposed, for backward. No attention
  * dropout, no masks other than causal, no key/value caching.
  */
@@ -38,7 +39,8 @@
 //   broadcast element of v, k, q or dout (read in place, or from zero-padded copies of
 //   hp = hs rounded up to 16 floats); the 16 x 16 result is transposed back into rows.
 // Sums run in another order than a GEMM's: tested against float64 (test_nn_grad), where
-// the per-head GEMM path (CPUs without AVX-512, nn_attention_set_kernels(false)) is too.
+// the per-head GEMM path (CPUs without AVX-512, larger heads without a mask: use_kernels) is
+// too.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define NN_HAVE_HEAD_KERNELS 1
 #endif
@@ -416,11 +418,17 @@ static void head_backward_gemm(nn_attention *l, size_t b, size_t h, size_t T, fl
     nn_sgemm(false, false, T, hs, T, 1.0f, P, tp, dout, C, 0.0f, dv, C3);
 }
 
-// Whether the heads take the AVX-512 kernels: where the CPU has AVX-512 and the tests have
-// not asked for the GEMM path
-static atomic_bool kernels_off;
-void nn_attention_set_kernels(bool on) { atomic_store(&kernels_off, !on); }
-static bool use_kernels(void) {
+// Whether a pass takes the AVX-512 kernels (where the CPU has AVX-512). They pay where a
+// head's products are small or half masked: causal heads, and the forward of heads of
+// T·T·hs <= 65536 (chargpt's and the vit's T 64, hs 16). Larger heads without a mask run
+// their per-head GEMMs faster (Intel Xeon 6/207, 2 threads, bench/attention_probe, ms
+// forward / backward, GEMMs against kernels: T 128 hs 16 2.0 / 2.75 against 2.1 / 3.5; T 64
+// hs 32 3.0 / 5.4 against 3.15 / 6.2; T 64 hs 16 3.4 / 4.7 against 2.6 / 4.7); causal ones
+// (T 64 hs 64 6.1 / 11.7 against 4.7 / 8.9) not. nn_attention_set_kernels sets the mode
+// for the tests: NN_ATT_AUTO (this rule), NN_ATT_GEMM or NN_ATT_KERNELS (every pass).
+static atomic_int kernels_mode = NN_ATT_AUTO;
+void nn_attention_set_kernels(int mode) { atomic_store(&kernels_mode, mode); }
+static bool use_kernels(const nn_attention *l, size_t T, bool bwd) {
 #ifdef NN_HAVE_HEAD_KERNELS
     static atomic_int cpu; // 0 unknown, 1 AVX-512, 2 not
     int s = atomic_load_explicit(&cpu, memory_order_relaxed);
@@ -429,8 +437,11 @@ static bool use_kernels(void) {
         s = __builtin_cpu_supports("avx512f") ? 1 : 2;
         atomic_store_explicit(&cpu, s, memory_order_relaxed);
     }
-    return s == 1 && !atomic_load(&kernels_off);
+    const int mode = atomic_load(&kernels_mode);
+    if (s != 1 || mode == NN_ATT_GEMM) return false;
+    return mode == NN_ATT_KERNELS || l->causal || (!bwd && T * T * l->hs <= 65536);
 #else
+    (void)l, (void)T, (void)bwd;
     return false;
 #endif
 }
@@ -512,7 +523,7 @@ static void forward(nn_attention *l, const float *x, float *y, size_t B, size_t 
         nn_linear_forward_in16(&l->qkv, l->qkvbuf, B * T);
     void (*head)(nn_attention *, size_t, size_t, size_t, float, float *) = head_forward_gemm;
 #ifdef NN_HAVE_HEAD_KERNELS
-    if (use_kernels()) {
+    if (use_kernels(l, T, false)) {
         head = head_forward;
         // (counted as the two T x T x hs GEMMs per head they replace, masked half included:
         // the same figures as the GEMM path's)
@@ -551,7 +562,7 @@ static void backward(nn_attention *l, const float *dy, float *dx, bool set) {
     nn_linear_backward_set(&l->proj, dy, l->datty);
     void (*head)(nn_attention *, size_t, size_t, size_t, float, float *) = head_backward_gemm;
 #ifdef NN_HAVE_HEAD_KERNELS
-    if (use_kernels()) {
+    if (use_kernels(l, T, true)) {
         head = head_backward;
         nn_flop_add(4 * 2 * (uint64_t)B * nh * T * T * l->hs); // (four products; see forward)
     }

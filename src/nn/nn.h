@@ -969,9 +969,11 @@ void nn_attention_forward_in16(nn_attention *l, float *y, size_t B, size_t T);
 void nn_attention_backward(nn_attention *l, const float *dy, float *dx);
 void nn_attention_backward_set(nn_attention *l, const float *dy, float *dx); // dx written
 void nn_attention_free(nn_attention *l);
-// Whether the heads may take the AVX-512 kernels (where the CPU has AVX-512; else, or after
-// nn_attention_set_kernels(false), per-head GEMMs): for the tests, process-wide
-void nn_attention_set_kernels(bool on);
+// Which passes of the heads take the AVX-512 kernels (where the CPU has AVX-512; the others
+// run per-head GEMMs): NN_ATT_AUTO (the default: where they pay, attention.c), NN_ATT_GEMM
+// (none) or NN_ATT_KERNELS (all). For the tests and bench/attention_probe; process-wide.
+enum { NN_ATT_GEMM = 0, NN_ATT_AUTO = 1, NN_ATT_KERNELS = 2 };
+void nn_attention_set_kernels(int mode);
 
 // ====== Loss (loss.c): softmax cross-entropy ======
 
