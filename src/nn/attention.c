@@ -352,7 +352,7 @@ ATT_K void head_backward(nn_attention *l, size_t b, size_t h, size_t T, float sc
 
 #endif // NN_HAVE_HEAD_KERNELS
 
-// ---- the per-head GEMM path (CPUs without AVX-512) ----
+// ---- the per-head GEMM path (larger heads without a mask; CPUs without AVX-512) ----
 // The same layout: P[j][i] = att_ij in rows of tp. Forward: P = scale · k qᵀ, the softmax
 // down each column (the loops run along a key's row, over the queries), out = Pᵀ v.
 static void head_forward_gemm(nn_attention *l, size_t b, size_t h, size_t T, float scale,
