@@ -2479,6 +2479,45 @@ static void xent_fwd(void *p) {
     c->loss = nn_xent_forward(c->logits, c->labels, c->n, c->k, c->smoothing, 1.0f, NULL);
 }
 
+// Wider rows (K = 21, labels at both ends and inside), with and without smoothing: the loss
+// and every dlogit against float64; a NaN inside a row makes the loss and that row's
+// gradient NaN, the other rows' finite
+static void cross_entropy_of_wide_rows_should_match_float64(void) {
+    ref_rng r = {113};
+    enum { N = 5, K = 21 };
+    float z[N * K], dz[N * K];
+    double want_d[N * K];
+    const int32_t lab[N] = {0, 7, 8, 16, 20};
+    fill(&r, z, N * K, -6, 6);
+    for (int s = 0; s < 2; s++) {
+        const double eps = s ? 0.1 : 0.0;
+        double want = 0;
+        for (size_t i = 0; i < N; i++) {
+            double m = -(double)INFINITY, se = 0;
+            for (size_t j = 0; j < K; j++)
+                m = fmax(m, (double)z[i * K + j]);
+            for (size_t j = 0; j < K; j++)
+                se += exp((double)z[i * K + j] - m);
+            for (size_t j = 0; j < K; j++) {
+                const double logp = (double)z[i * K + j] - m - log(se);
+                const double tj = eps / K + ((size_t)lab[i] == j ? 1.0 - eps : 0.0);
+                want -= tj * logp;
+                want_d[i * K + j] = (exp(logp) - tj) / N;
+            }
+        }
+        want /= (double)N;
+        const float loss = nn_xent_forward(z, lab, N, K, (float)eps, 1.0f, dz);
+        CHECK_CLOSE(loss, want, 1e-6, 1e-7);
+        CHECK_TENSOR(dz, want_d, N * K, 1e-5, 1e-8, "xent dlogits of wide rows");
+    }
+    z[K + 10] = NAN; // (row 1)
+    CHECK(isnan(nn_xent_forward(z, lab, N, K, 0.0f, 1.0f, dz)));
+    size_t nans = 0;
+    for (size_t j = 0; j < K; j++)
+        nans += isnan(dz[K + j]) != 0;
+    CHECK(nans == K && isfinite(dz[0]) && isfinite(dz[2 * K]));
+}
+
 static void cross_entropy_should_match_formula_and_finite_differences(void) {
     ref_rng r = {111};
     const size_t N = 4, K = 6;
@@ -2687,6 +2726,7 @@ static const test_case TESTS[] = {
     TEST(cross_entropy_on_threads_should_equal_one_thread),
     TEST(transformer_writing_variants_should_equal_the_adding_ones),
     TEST(cross_entropy_should_match_formula_and_finite_differences),
+    TEST(cross_entropy_of_wide_rows_should_match_float64),
     TEST(rng_should_be_reproducible_and_unbiased),
 };
 
