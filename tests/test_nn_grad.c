@@ -2154,7 +2154,8 @@ static void attention_naive_backward(const nn_attention *l, const float *x, cons
 // The heads' kernels at the shapes their vectors are cut for: hs a multiple of 16 (rows read
 // in place) or not (padded copies, a last block of columns narrower than 16), T not a
 // multiple of 16 (partial query blocks, padded lanes) and above 64 (more than four blocks of
-// keys), causal or not: forward and backward against float64, and the kept probabilities
+// keys), down to one query and heads of 1 or 2 values, causal or not: forward and backward
+// against float64, and the kept probabilities
 // (transposed rows of tp) summing to 1 over the allowed keys, masked ones exactly 0; every
 // pass on the kernels, then every pass on the per-head GEMMs (the default mixes the two by
 // the heads' sizes)
@@ -2162,7 +2163,8 @@ static void attention_heads_should_match_float64_at_vector_edges(void) {
     ref_rng r = {107};
     const struct {
         size_t C, nh, T;
-    } cs[] = {{32, 2, 37}, {64, 2, 70}, {40, 2, 21}, {16, 1, 16}, {48, 1, 3}};
+    } cs[] = {{32, 2, 37}, {64, 2, 70}, {40, 2, 21}, {16, 1, 16},
+              {48, 1, 3},  {2, 2, 1},   {6, 3, 17}};
     for (int path = 0; path < 2; path++) // the AVX-512 kernels (where the CPU has them), GEMMs
         for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
             for (int causal = 0; causal < 2; causal++) {
