@@ -360,9 +360,9 @@ int train_run(const train_opts *t, bool eval_only) {
         fprintf(stderr,
                 "ngd train: note: this CPU's bf16 dot products run at %.2fx the FLOP rate of "
                 "its f32 FMAs (AVX512-BF16 without AMX): --precision bf16 computes its "
-                "products in float32 from the bf16 values here; it halves the memory of "
-                "activations and factors, not the time (expect it slower than --precision "
-                "f32)\n",
+                "products in float32 from the bf16 values here; it halves the memory of the "
+                "activations and factors it keeps, not the time, and the float32 copies its "
+                "products take can raise the peak (expect it slower than --precision f32)\n",
                 dot_ratio);
     // a training set smaller than one batch, said before the model is sized for that batch
     // (a huge --batch was reported as the model's "out of memory"); an unknown model is
