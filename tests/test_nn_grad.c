@@ -688,6 +688,17 @@ static void fused_and_writing_variants_should_equal_the_plain_layers(void) {
                 nn_gelu_backward(&ga, dy, dx1), nn_gelu_backward_set(&gb, dy, dx2);
             }
             CHECK_MSG(memcmp(dx1, dx2, n * sizeof(float)) == 0, "activation %d", kind);
+            // the adding backward onto a start other than zero: start + the written gradient
+            for (size_t i = 0; i < n; i++)
+                dx1[i] = 0.25f * (float)(i % 7) - 0.5f;
+            if (kind == 0)
+                nn_relu_backward(&ra, dy, dx1);
+            else
+                nn_gelu_backward(&ga, dy, dx1);
+            size_t off = 0;
+            for (size_t i = 0; i < n; i++)
+                off += dx1[i] != (0.25f * (float)(i % 7) - 0.5f) + dx2[i];
+            CHECK_MSG(off == 0, "activation %d added onto a start", kind);
             // the _set16 twins: the same dx, and dx16 its rounding (the next Linear's dy16)
             float *dx3 = malloc(n * sizeof *dx3);
             uint16_t *d16 = malloc(n * sizeof *d16), *want16 = malloc(n * sizeof *want16);
@@ -1441,39 +1452,45 @@ static void ln_fwd(void *p) {
     nn_layernorm_forward(c->l, c->x, c->y, c->rows);
 }
 
+// widths 8, 13 and 21: the backward's 8-lane row sums with and without a tail, and its
+// column blocks of 16 whole and partial
 static void layernorm_should_match_formula_and_finite_differences(void) {
     ref_rng r = {51};
-    const size_t rows = 5, C = 8, n = rows * C;
-    nn_layernorm l;
-    CHECK(nn_layernorm_init(&l, C, rows) == NN_OK);
-    fill(&r, l.w, C, 0.5, 1.5);
-    fill(&r, l.b, C, -0.5, 0.5);
-    float x[40], y[40], w[40], dx[40] = {0};
-    double want[40];
-    fill(&r, x, n, -2, 3);
-    fill(&r, w, n, -1, 1);
-    ln_ctx c = {&l, x, y, rows};
-    ln_fwd(&c);
-    for (size_t i = 0; i < rows; i++) {
-        double s = 0, ss = 0;
-        for (size_t j = 0; j < C; j++)
-            s += (double)x[i * C + j];
-        const double mu = s / (double)C;
-        for (size_t j = 0; j < C; j++)
-            ss += ((double)x[i * C + j] - mu) * ((double)x[i * C + j] - mu);
-        const double rs = 1.0 / sqrt(ss / (double)C + 1e-5);
-        for (size_t j = 0; j < C; j++)
-            want[i * C + j] = ((double)x[i * C + j] - mu) * rs * (double)l.w[j] + (double)l.b[j];
+    const size_t Cs[] = {8, 13, 21};
+    for (size_t ci = 0; ci < 3; ci++) {
+        const size_t rows = 5, C = Cs[ci], n = rows * C;
+        nn_layernorm l;
+        CHECK(nn_layernorm_init(&l, C, rows) == NN_OK);
+        fill(&r, l.w, C, 0.5, 1.5);
+        fill(&r, l.b, C, -0.5, 0.5);
+        float x[105], y[105], w[105], dx[105] = {0};
+        double want[105];
+        fill(&r, x, n, -2, 3);
+        fill(&r, w, n, -1, 1);
+        ln_ctx c = {&l, x, y, rows};
+        ln_fwd(&c);
+        for (size_t i = 0; i < rows; i++) {
+            double s = 0, ss = 0;
+            for (size_t j = 0; j < C; j++)
+                s += (double)x[i * C + j];
+            const double mu = s / (double)C;
+            for (size_t j = 0; j < C; j++)
+                ss += ((double)x[i * C + j] - mu) * ((double)x[i * C + j] - mu);
+            const double rs = 1.0 / sqrt(ss / (double)C + 1e-5);
+            for (size_t j = 0; j < C; j++)
+                want[i * C + j] =
+                    ((double)x[i * C + j] - mu) * rs * (double)l.w[j] + (double)l.b[j];
+        }
+        CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "layernorm forward");
+        nn_layernorm_backward(&l, w, dx);
+        float *dw = fdup(l.dw, C), *db = fdup(l.db, C);
+        fd_fn f = {ln_fwd, &c, y, n, w};
+        FD_CHECK(&f, x, dx, n, FD_H, "layernorm dx");
+        FD_CHECK(&f, l.w, dw, C, FD_H, "layernorm dgamma");
+        FD_CHECK(&f, l.b, db, C, FD_H, "layernorm dbeta");
+        free(dw), free(db);
+        nn_layernorm_free(&l);
     }
-    CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "layernorm forward");
-    nn_layernorm_backward(&l, w, dx);
-    float *dw = fdup(l.dw, C), *db = fdup(l.db, C);
-    fd_fn f = {ln_fwd, &c, y, n, w};
-    FD_CHECK(&f, x, dx, n, FD_H, "layernorm dx");
-    FD_CHECK(&f, l.w, dw, C, FD_H, "layernorm dgamma");
-    FD_CHECK(&f, l.b, db, C, FD_H, "layernorm dbeta");
-    free(dw), free(db);
-    nn_layernorm_free(&l);
 }
 
 // ---- activations ----
@@ -1588,11 +1605,14 @@ static void activation_approximations_should_match_libm(void) {
     // weight made that NaN)
     CHECK(nn_erf_approx(1e4f) == 1.0f && nn_erf_approx(-3e4f) == -1.0f);
     CHECK(nn_erf_approx(INFINITY) == 1.0f && nn_erf_approx(-INFINITY) == -1.0f);
-    // GELU and GELU' of both kinds far out, through the layer (the vectorised loops, f32 and
-    // bf16 outputs): x and 1 above, 0 below; NaN stays NaN
-    const float xs[] = {1e4f, 3e4f, 1e30f, 3e38f, -1e4f, -3e4f, -1e30f, NAN};
+    // GELU and GELU' of both kinds far out, through the layer (its AVX-512 loops where the
+    // CPU has them, then the plain ones; f32 and bf16 outputs): x and 1 above, +inf included,
+    // 0 below; NaN stays NaN
+    const float xs[] = {1e4f, 3e4f, 1e30f, 3e38f, INFINITY, -1e4f, -3e4f, -1e30f, NAN};
     enum { NX = sizeof xs / sizeof xs[0] };
-    for (int kind = 0; kind < 2; kind++) {
+    for (int kv = 0; kv < 4; kv++) {
+        const int kind = kv & 1;
+        nn_gelu_set_vector(kv < 2);
         nn_gelu g = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
         float y[NX], dx[NX], dy[NX];
         uint16_t y16[NX];
@@ -1609,6 +1629,7 @@ static void activation_approximations_should_match_libm(void) {
         }
         CHECK(isnan(y[NX - 1]) && isnan(dx[NX - 1]) && (y16[NX - 1] & 0x7fffu) > 0x7f80u);
     }
+    nn_gelu_set_vector(true);
     // GELU' of both kinds against float64 over [-12, 12] (the tanh form's 1 − t² lost to
     // cancellation near |u| ~ 3: 2e-6 where PyTorch's float32 has 1e-6), and GELU; through
     // the layer, so on a CPU with AVX-512 its vector code with reciprocal estimates)
@@ -1617,7 +1638,9 @@ static void activation_approximations_should_match_libm(void) {
           *gd = malloc(NG * sizeof *gd);
     for (int i = 0; i < NG; i++)
         gx[i] = (float)(i - NG / 2) * 1e-3f, g1[i] = 1.0f;
-    for (int kind = 0; kind < 2; kind++) {
+    for (int kv = 0; kv < 4; kv++) { // (the AVX-512 loops where the CPU has them, the plain)
+        const int kind = kv & 1;
+        nn_gelu_set_vector(kv < 2);
         nn_gelu g = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
         float yy[NG];
         nn_gelu_forward(&g, gx, yy, NG);
@@ -1646,6 +1669,7 @@ static void activation_approximations_should_match_libm(void) {
         CHECK_MSG(worst_y < 5e-7, "GELU (%s) off float64 by %.3g (1 + |x|)", kind ? "tanh" : "erf",
                   worst_y);
     }
+    nn_gelu_set_vector(true);
     free(gx), free(g1), free(gd);
 }
 
@@ -2216,42 +2240,76 @@ static void attention_heads_on_threads_should_match_one_thread(void) {
     fill(&r, x, n, -1, 1);
     fill(&r, w, n, -1, 1);
     const int nthr0 = th_set_threads(0);
-    for (int run = 0; run < 2; run++) {
-        th_set_threads(run ? 2 : 1);
-        nn_attention l;
-        CHECK(attention_scaled(&l, C, nh, true, B, T, 11, 3 * C, 3.0f) == NN_OK);
-        y[run] = malloc(n * sizeof(float));
-        dx[run] = zeros(n);
-        nn_attention_forward(&l, x, y[run], B, T);
-        if (run) {
-            double *want = malloc(n * sizeof *want);
-            attention_naive(&l, x, B, T, want);
-            CHECK_TENSOR(y[run], want, n, 1e-5, 1e-5, "attention forward on threads");
-            free(want);
+    for (int causal = 0; causal < 2; causal++) { // (without a mask: kernels forward, GEMMs back)
+        for (int run = 0; run < 2; run++) {
+            th_set_threads(run ? 2 : 1);
+            nn_attention l;
+            CHECK(attention_scaled(&l, C, nh, causal, B, T, 11, 3 * C, 3.0f) == NN_OK);
+            y[run] = malloc(n * sizeof(float));
+            dx[run] = zeros(n);
+            nn_attention_forward(&l, x, y[run], B, T);
+            if (run) {
+                double *want = malloc(n * sizeof *want);
+                attention_naive(&l, x, B, T, want);
+                CHECK_TENSOR(y[run], want, n, 1e-5, 1e-5, "attention forward on threads");
+                free(want);
+            }
+            nn_attention_backward(&l, w, dx[run]);
+            dw[run] = fdup(l.qkv.dw, 3 * C * C);
+            nn_attention_free(&l);
         }
-        nn_attention_backward(&l, w, dx[run]);
-        dw[run] = fdup(l.qkv.dw, 3 * C * C);
-        nn_attention_free(&l);
+        CHECK(memcmp(y[0], y[1], n * sizeof(float)) == 0);
+        CHECK(memcmp(dx[0], dx[1], n * sizeof(float)) == 0);
+        CHECK(memcmp(dw[0], dw[1], 3 * C * C * sizeof(float)) == 0);
+        for (int run = 0; run < 2; run++)
+            free(y[run]), free(dx[run]), free(dw[run]);
     }
     th_set_threads(nthr0);
-    CHECK(memcmp(y[0], y[1], n * sizeof(float)) == 0);
-    CHECK(memcmp(dx[0], dx[1], n * sizeof(float)) == 0);
-    CHECK(memcmp(dw[0], dw[1], 3 * C * C * sizeof(float)) == 0);
-    // scores that overflow (q and k weights 1e20: q kᵀ is inf, inf − inf is NaN) give a
-    // non-finite output, as expf's softmax would, not a finite one from a clamped exp
-    {
-        nn_attention l;
-        CHECK(attention_scaled(&l, C, nh, true, B, T, 12, 2 * C, 1e20f) == NN_OK);
-        nn_attention_forward(&l, x, y[0], B, T);
-        size_t bad = 0;
-        for (size_t i = 0; i < n; i++)
-            bad += !isfinite(y[0][i]);
-        CHECK(bad > 0);
-        nn_attention_free(&l);
-    }
-    for (int run = 0; run < 2; run++)
-        free(y[run]), free(dx[run]), free(dw[run]);
     free(x), free(w);
+}
+
+// A score that overflows makes its query's output NaN, as expf's softmax would (not a finite
+// one from a clamped exp), and only that query's: the other rows stay finite, and a causal
+// layer keeps the entries its mask hides exactly 0 (those of that query too) and the value
+// gradients of keys after it finite. Both paths, with and without a mask.
+static void attention_nonfinite_scores_should_stay_in_their_query(void) {
+    ref_rng r = {109};
+    const size_t B = 1, T = 20, C = 32, nh = 2, n = B * T * C, q = 5;
+    const size_t tp = (T + 15) / 16 * 16;
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *w = malloc(n * sizeof *w);
+    for (int mode = 0; mode < 2; mode++)
+        for (int causal = 0; causal < 2; causal++) {
+            nn_attention_set_kernels(mode ? NN_ATT_GEMM : NN_ATT_KERNELS);
+            fill(&r, x, n, -1, 1);
+            fill(&r, w, n, -1, 1);
+            for (size_t j = 0; j < C; j++) // query q's scores: about 1e40 with itself
+                x[q * C + j] = 1e20f;
+            nn_attention l;
+            CHECK(attention_scaled(&l, C, nh, causal, B, T, 13, 3 * C, 1.0f) == NN_OK);
+            nn_attention_forward(&l, x, y, B, T);
+            size_t wrong = 0;
+            for (size_t i = 0; i < T; i++)
+                for (size_t j = 0; j < C; j++)
+                    wrong += i == q ? !isnan(y[i * C + j]) : !isfinite(y[i * C + j]);
+            CHECK_MSG(wrong == 0, "mode %d causal %d: %zu outputs", mode, causal, wrong);
+            if (causal) {
+                size_t nz = 0;
+                for (size_t h = 0; h < nh; h++)
+                    for (size_t j = 0; j < T; j++)
+                        for (size_t i = 0; i < j; i++) // key j after query i
+                            nz += l.att[(h * T + j) * tp + i] != 0.0f;
+                CHECK_MSG(nz == 0, "mode %d: %zu masked entries not 0", mode, nz);
+                nn_attention_backward_set(&l, w, x);
+                size_t bad = 0;
+                for (size_t j = q + 1; j < T; j++) // dv of keys after q
+                    for (size_t e = 0; e < C; e++)
+                        bad += !isfinite(l.dqkv[j * 3 * C + 2 * C + e]);
+                CHECK_MSG(bad == 0, "mode %d: %zu value gradients", mode, bad);
+            }
+            nn_attention_free(&l);
+        }
+    nn_attention_set_kernels(NN_ATT_AUTO);
+    free(x), free(y), free(w);
 }
 
 // Parameter gradients that sum over the rows (a Linear's bias, LayerNorm's γ and β, the
@@ -2722,6 +2780,7 @@ static const test_case TESTS[] = {
     TEST(patch_embedding_should_equal_strided_conv_and_match_finite_differences),
     TEST(attention_should_match_naive_and_finite_differences),
     TEST(attention_heads_on_threads_should_match_one_thread),
+    TEST(attention_nonfinite_scores_should_stay_in_their_query),
     TEST(attention_heads_should_match_float64_at_vector_edges),
     TEST(row_sums_on_threads_should_give_the_serial_loops_bits),
     TEST(bf16_producers_should_equal_rounding_the_f32_outputs),

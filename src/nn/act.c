@@ -245,7 +245,7 @@ G16 __m512 gelu_grad16(bool tk, __m512 v) {
         const __m512 du = _mm512_mul_ps(
             g16_set(NN_SQRT_2_OVER_PI),
             _mm512_add_ps(g16_set(1.0f), _mm512_mul_ps(g16_set(3.0f * NN_GELU_C), vc2)));
-        const __m512 ser = _mm512_mul_ps(_mm512_mul_ps(g16_set(4.0f), e), _mm512_mul_ps(r, r));
+        const __m512 ser = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(4.0f), e), r), r);
         const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(0.5f), vc), ser), du);
         return _mm512_add_ps(_mm512_mul_ps(g16_set(0.5f), onept), t2);
     }
@@ -304,17 +304,21 @@ __attribute__((target("avx512f"))) static void gelu_bwd16(bool tk, const float *
     }
 }
 
-// Whether GELU's f32 loops take the AVX-512 versions (the CPU has AVX-512F)
+// Whether GELU takes the AVX-512 versions: the CPU has AVX-512F and the tests have not
+// turned them off (nn_gelu_set_vector)
+static _Atomic bool gelu16_off;
 static bool gelu16_ok(void) {
     static _Atomic int s; // 0 unknown, 1 yes, 2 no
     int v = s;
     if (v == 0) {
-        __builtin_cpu_init();
         v = __builtin_cpu_supports("avx512f") ? 1 : 2;
         s = v;
     }
-    return v == 1;
+    return v == 1 && !gelu16_off;
 }
+void nn_gelu_set_vector(bool on) { gelu16_off = !on; }
+#else
+void nn_gelu_set_vector(bool on) { (void)on; }
 #endif
 
 // Blocks of GELU16_BLOCK values, on the threads where the array is long (NN_OMP_FOR's bound)

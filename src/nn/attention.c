@@ -45,7 +45,6 @@
 #define NN_HAVE_HEAD_KERNELS 1
 #endif
 static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
-static size_t minz(size_t a, size_t b) { return a < b ? a : b; }
 
 // floats of one thread's scratch: a transposed block (hp x tp), three padded row blocks
 // (tp x hp each), the gradient of the scores (tp x tp), one block of 16-lane scores and the
@@ -54,6 +53,9 @@ static size_t scratch_floats(size_t hs, size_t max_t) {
     const size_t hp = round16(hs), tp = round16(max_t);
     return nn_mul(nn_mul(4, hp), tp) + nn_mul(tp, tp) + nn_mul(3 * 16, tp);
 }
+
+#ifdef NN_HAVE_HEAD_KERNELS
+static size_t minz(size_t a, size_t b) { return a < b ? a : b; }
 
 // dst rows (n of them, stride hp) = src rows (stride lds, hs floats), zero-padded to hp
 static void pad_rows(float *dst, size_t hp, const float *src, size_t lds, size_t hs, size_t n) {
@@ -77,7 +79,6 @@ static const float *head_rows(float *dst, size_t hp, const float *src, size_t ld
     return dst;
 }
 
-#ifdef NN_HAVE_HEAD_KERNELS
 typedef float att_v16 __attribute__((vector_size(64)));
 #define ATT_LD(v, p) memcpy(&(v), (p), sizeof(att_v16))
 #define ATT_ST(p, v) memcpy((p), &(v), sizeof(att_v16))
@@ -105,8 +106,8 @@ ATT_KI void tr16(att_v16 *r) {
         for (int a = 0; a < 16; a++) {
             if (a & m) continue;
             const att_v16 x = r[a], y = r[a | m];
-            r[a] = __builtin_shuffle(x, y, lo[k]);
-            r[a | m] = __builtin_shuffle(x, y, hi[k]);
+            r[a] = (att_v16)_mm512_permutex2var_ps((__m512)x, (__m512i)lo[k], (__m512)y);
+            r[a | m] = (att_v16)_mm512_permutex2var_ps((__m512)x, (__m512i)hi[k], (__m512)y);
         }
     }
 }
@@ -261,9 +262,10 @@ ATT_KI void softmax_lanes(float *s, size_t n, size_t i0, size_t T, bool causal, 
         inv[t] = i0 + (size_t)t < T ? 1.0f / (c[t] != 0.0f ? c[t] : sm[t]) : 0.0f;
     att_v16 iv;
     ATT_LD(iv, inv);
-    for (size_t j = 0; j < n; j++) {
+    for (size_t j = 0; j < n; j++) { // (masked entries 0 again: a NaN inv made them NaN)
         ATT_LD(r, s + j * 16);
         r *= iv;
+        if (j >= nfull) r = (att_v16)((att_i16)r & ((int)(j - i0) <= lane));
         ATT_ST(P + j * tp + i0, r);
     }
 }
@@ -522,14 +524,14 @@ static void forward(nn_attention *l, const float *x, float *y, size_t B, size_t 
     else
         nn_linear_forward_in16(&l->qkv, l->qkvbuf, B * T);
     void (*head)(nn_attention *, size_t, size_t, size_t, float, float *) = head_forward_gemm;
-#ifdef NN_HAVE_HEAD_KERNELS
     if (use_kernels(l, T, false)) {
+#ifdef NN_HAVE_HEAD_KERNELS
         head = head_forward;
         // (counted as the two T x T x hs GEMMs per head they replace, masked half included:
         // the same figures as the GEMM path's)
         nn_flop_add(2 * 2 * (uint64_t)B * nh * T * T * l->hs);
-    }
 #endif
+    }
     const int nt = heads_team(l, B, T);
     if (nt == 1) {
         for (size_t bh = 0; bh < B * nh; bh++)
@@ -561,12 +563,12 @@ static void backward(nn_attention *l, const float *dy, float *dx, bool set) {
     // clearing)
     nn_linear_backward_set(&l->proj, dy, l->datty);
     void (*head)(nn_attention *, size_t, size_t, size_t, float, float *) = head_backward_gemm;
-#ifdef NN_HAVE_HEAD_KERNELS
     if (use_kernels(l, T, true)) {
+#ifdef NN_HAVE_HEAD_KERNELS
         head = head_backward;
         nn_flop_add(4 * 2 * (uint64_t)B * nh * T * T * l->hs); // (four products; see forward)
-    }
 #endif
+    }
     const int nt = heads_team(l, B, T);
     if (nt == 1) {
         for (size_t bh = 0; bh < B * nh; bh++)

@@ -751,6 +751,9 @@ void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);               // 
 void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx);           // dx = dy GELU'(x)
 // The same, and dx16 = dx rounded to bf16 (nn_linear_dy16)
 void nn_gelu_backward_set16(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16);
+// Whether GELU may take its AVX-512 loops (where the CPU has AVX-512F; the default) or must
+// take the plain ones: for the tests, process-wide
+void nn_gelu_set_vector(bool on);
 
 // ====== Pooling (pool.c) ======
 
