@@ -89,27 +89,14 @@ typedef float att_v16 __attribute__((vector_size(64)));
 #define ATT_KI __attribute__((target("avx512f"), always_inline)) static inline
 #define ATT_K  __attribute__((target("avx512f"))) static
 
-// r[i][j] <-> r[j][i] for a 16 x 16 block in registers: four rounds of two-vector shuffles,
-// round k swapping bit k of the row index with bit k of the column index
+// r[i][j] <-> r[j][i] for a 16 x 16 block in registers (nn.h's nn_transpose16x32)
 ATT_KI void tr16(att_v16 *r) {
-    typedef int att_i16 __attribute__((vector_size(64)));
-    static const att_i16 lo[4] = {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
-                                  {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-                                  {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-                                  {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}};
-    static const att_i16 hi[4] = {{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31},
-                                  {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
-                                  {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
-                                  {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}};
-    for (int k = 0; k < 4; k++) {
-        const int m = 1 << k;
-        for (int a = 0; a < 16; a++) {
-            if (a & m) continue;
-            const att_v16 x = r[a], y = r[a | m];
-            r[a] = (att_v16)_mm512_permutex2var_ps((__m512)x, (__m512i)lo[k], (__m512)y);
-            r[a | m] = (att_v16)_mm512_permutex2var_ps((__m512)x, (__m512i)hi[k], (__m512)y);
-        }
-    }
+    __m512i t[16];
+    for (int i = 0; i < 16; i++)
+        t[i] = (__m512i)r[i];
+    nn_transpose16x32(t);
+    for (int i = 0; i < 16; i++)
+        r[i] = (att_v16)t[i];
 }
 
 // dst (hs x tp) = srcᵀ for src's n rows (stride lds, hs floats), columns n..tp zero; whole
