@@ -2539,6 +2539,27 @@ static void xent_fwd(void *p) {
     c->loss = nn_xent_forward(c->logits, c->labels, c->n, c->k, c->smoothing, 1.0f, NULL);
 }
 
+// float64 softmax cross-entropy of N rows of K logits with smoothing eps: the mean loss,
+// and (want_d not NULL) each dlogit, (p − target) / N
+static double xent_ref(const float *z, const int32_t *lab, size_t N, size_t K, double eps,
+                       double *want_d) {
+    double want = 0;
+    for (size_t i = 0; i < N; i++) {
+        double m = -(double)INFINITY, se = 0;
+        for (size_t j = 0; j < K; j++)
+            m = fmax(m, (double)z[i * K + j]);
+        for (size_t j = 0; j < K; j++)
+            se += exp((double)z[i * K + j] - m);
+        for (size_t j = 0; j < K; j++) {
+            const double logp = (double)z[i * K + j] - m - log(se);
+            const double tj = eps / (double)K + ((size_t)lab[i] == j ? 1.0 - eps : 0.0);
+            want -= tj * logp;
+            if (want_d) want_d[i * K + j] = (exp(logp) - tj) / (double)N;
+        }
+    }
+    return want / (double)N;
+}
+
 // Wider rows (K = 21, labels at both ends and inside), with and without smoothing: the loss
 // and every dlogit against float64; a NaN inside a row makes the loss and that row's
 // gradient NaN, the other rows' finite
@@ -2551,21 +2572,7 @@ static void cross_entropy_of_wide_rows_should_match_float64(void) {
     fill(&r, z, N * K, -6, 6);
     for (int s = 0; s < 2; s++) {
         const double eps = s ? 0.1 : 0.0;
-        double want = 0;
-        for (size_t i = 0; i < N; i++) {
-            double m = -(double)INFINITY, se = 0;
-            for (size_t j = 0; j < K; j++)
-                m = fmax(m, (double)z[i * K + j]);
-            for (size_t j = 0; j < K; j++)
-                se += exp((double)z[i * K + j] - m);
-            for (size_t j = 0; j < K; j++) {
-                const double logp = (double)z[i * K + j] - m - log(se);
-                const double tj = eps / K + ((size_t)lab[i] == j ? 1.0 - eps : 0.0);
-                want -= tj * logp;
-                want_d[i * K + j] = (exp(logp) - tj) / N;
-            }
-        }
-        want /= (double)N;
+        const double want = xent_ref(z, lab, N, K, eps, want_d);
         const float loss = nn_xent_forward(z, lab, N, K, (float)eps, 1.0f, dz);
         CHECK_CLOSE(loss, want, 1e-6, 1e-7);
         CHECK_TENSOR(dz, want_d, N * K, 1e-5, 1e-8, "xent dlogits of wide rows");
@@ -2586,20 +2593,7 @@ static void cross_entropy_should_match_formula_and_finite_differences(void) {
     fill(&r, z, 24, -3, 3);
     for (int s = 0; s < 2; s++) {
         const float eps = s ? 0.1f : 0.0f;
-        double want = 0;
-        for (size_t i = 0; i < N; i++) {
-            double m = -(double)INFINITY, se = 0;
-            for (size_t j = 0; j < K; j++)
-                m = fmax(m, (double)z[i * K + j]);
-            for (size_t j = 0; j < K; j++)
-                se += exp((double)z[i * K + j] - m);
-            for (size_t j = 0; j < K; j++) {
-                const double logp = (double)z[i * K + j] - m - log(se);
-                const double t = (double)eps / K + ((size_t)lab[i] == j ? 1.0 - (double)eps : 0.0);
-                want -= t * logp;
-            }
-        }
-        want /= (double)N;
+        const double want = xent_ref(z, lab, N, K, (double)eps, NULL);
         float loss = nn_xent_forward(z, lab, N, K, eps, 1.0f, dz);
         CHECK_CLOSE(loss, want, 1e-6, 1e-7);
         xent_ctx c = {z, lab, N, K, eps, 0};
