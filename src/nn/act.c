@@ -304,18 +304,10 @@ __attribute__((target("avx512f"))) static void gelu_bwd16(bool tk, const float *
     }
 }
 
-// Whether GELU takes the AVX-512 versions: the CPU has AVX-512F and the tests have not
-// turned them off (nn_gelu_set_vector)
+// Whether GELU takes the AVX-512 versions: the CPU has AVX-512F (libgcc's CPU model, read
+// once at start-up) and the tests have not turned them off (nn_gelu_set_vector)
 static _Atomic bool gelu16_off;
-static bool gelu16_ok(void) {
-    static _Atomic int s; // 0 unknown, 1 yes, 2 no
-    int v = s;
-    if (v == 0) {
-        v = __builtin_cpu_supports("avx512f") ? 1 : 2;
-        s = v;
-    }
-    return v == 1 && !gelu16_off;
-}
+static bool gelu16_ok(void) { return __builtin_cpu_supports("avx512f") && !gelu16_off; }
 void nn_gelu_set_vector(bool on) { gelu16_off = !on; }
 #else
 void nn_gelu_set_vector(bool on) { (void)on; }

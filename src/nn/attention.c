@@ -419,15 +419,8 @@ static atomic_int kernels_mode = NN_ATT_AUTO;
 void nn_attention_set_kernels(int mode) { atomic_store(&kernels_mode, mode); }
 static bool use_kernels(const nn_attention *l, size_t T, bool bwd) {
 #ifdef NN_HAVE_HEAD_KERNELS
-    static atomic_int cpu; // 0 unknown, 1 AVX-512, 2 not
-    int s = atomic_load_explicit(&cpu, memory_order_relaxed);
-    if (s == 0) {
-        __builtin_cpu_init();
-        s = __builtin_cpu_supports("avx512f") ? 1 : 2;
-        atomic_store_explicit(&cpu, s, memory_order_relaxed);
-    }
-    const int mode = atomic_load(&kernels_mode);
-    if (s != 1 || mode == NN_ATT_GEMM) return false;
+    const int mode = atomic_load(&kernels_mode); // (the CPU: libgcc's model, read at start-up)
+    if (!__builtin_cpu_supports("avx512f") || mode == NN_ATT_GEMM) return false;
     return mode == NN_ATT_KERNELS || l->causal || (!bwd && T * T * l->hs <= 65536);
 #else
     (void)l, (void)T, (void)bwd;
