@@ -65,8 +65,8 @@ static void gemm_should_match_reference_for_all_layouts(void) {
 
 // ngd_syrk_full against the float64 A Aᵀ: below and above its block-row threshold (384 rows
 // and at least half as many columns), and a long product (256+ rows, 8x as many columns: its
-// own block rows, 3 of them here), a square of 2048+ rows from A of 128+ columns (block rows
-// of about 1040 rows for a row-major A, 320 for a transposed one, however few the columns), A and C
+// own block rows, 3 of them here), a square of 2048+ rows from A of 128+ columns (by halves
+// down to diagonal blocks of at most 320 rows, however few the columns), A and C
 // row-major or transposed, beta = 0 over a NaN-filled C (not read) and beta != 0 over a symmetric
 // C; with block rows the result must be exactly symmetric. Each shape at 2 threads (from 384 to
 // 1024 rows a row-major C goes by 2 x 2 blocks there, one per thread) and at 1.

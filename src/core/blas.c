@@ -858,20 +858,20 @@ ngd_status ngd_f32_gemm_bias(bool ta, bool tb, size_t m, size_t n, size_t k, con
 #define SYRK_LONG_MIN   256
 #define SYRK_LONG_K     8
 #define SYRK_LONG_PANEL 96
-// f32 squares A Aᵀ of a row-major A from SYRK_BIG_MIN rows go in block rows of at most
-// SYRK_BIG_PANEL, whatever k (from SYRK_BIG_K): the 320-row panels ran at 60-70 % of one
-// GEMM's rate there. 2 threads, AMD Zen 5, ms, one GEMM / 320-row panels -> these: m = k =
-// 4609 615 / 506-532 -> 349-362 (5 panels); 4097 327 / 303 -> 247-259 (4); 2305 72 / 60.7 ->
-// 51-53 (3); 2048 46.3 / 39.6 -> 37.8 (2); m = 4609, k = 2048 240 -> 147-150, k = 512 66 ->
-// 37-39, k = 128 18.9 -> 9.5 (one GEMM each). Aᵀ of a row-major matrix (KᵀK, a convolution's
-// Gram XᵀX) goes by the 320-row panels, which run at the GEMM's rate there (m = k = 4609
-// 283-291 against 308-327 for these), however few columns A has: m = 4609, k = 256 30-41 ->
-// 17 (one GEMM before), k = 512 71 -> 34, k = 2048 237 -> 144.
-#define SYRK_BIG_MIN   2048
-#define SYRK_BIG_PANEL 1040
-#define SYRK_BIG_K     128
-#define SYRK_TILE      16
-#define SYRK16_MIN     1024 // ngd_syrk_bf16's threshold (see there)
+// f32 squares from SYRK_BIG_MIN rows and SYRK_BIG_K columns (K Kᵀ, KᵀK, the statistics' S Sᵀ
+// of a wide factor) go by halves (syrk_halves): most of their multiply-adds are in a few large
+// GEMMs (m = 4609: 2305 x 2304, then two of 1153 x 1152, ...), the diagonal blocks of at most
+// SYRK_PANEL rows. Before, block rows: A Aᵀ of a row-major A by panels of at most 1040 rows
+// (the 320-row panels ran at 60-70 % of one GEMM's rate there on an AMD Zen 5: m = k = 4609
+// 506-532 -> 349-362 ms), Aᵀ A by the 320-row panels. The halves, 2 threads, Intel Xeon (family
+// 6 model 207), best of 3, alternated twice, ms, block rows -> halves: m = k = 4609 A Aᵀ
+// 392-410 -> 339-350, Aᵀ A 378-393 -> 347-352; 4097 290-292 -> 250-251, 270-271 -> 248-255;
+// 2305 59-60 -> 48-51, 53-64 -> 51-52; m = 4609, k = 2048 184-189 -> 170-175 (A Aᵀ), 190-198 ->
+// 166 (Aᵀ A); k = 256 and 512 within the noise (30-59 ms both ways).
+#define SYRK_BIG_MIN 2048
+#define SYRK_BIG_K   128
+#define SYRK_TILE    16
+#define SYRK16_MIN   1024 // ngd_syrk_bf16's threshold (see there)
 
 // C's strictly upper triangle = the transpose of its strictly lower one, 16 x 16 tiles at a
 // time: each tile below the diagonal is read row by row and written row by row above it, so
@@ -1042,13 +1042,33 @@ static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
 // full product, and C comes out exactly symmetric. With beta != 0 only C's lower triangle and
 // diagonal blocks are read, so C must be symmetric on entry (every caller accumulates
 // products made here, or their averages).
+// Rows [r0, r0 + n) of C's lower triangle and diagonal blocks, by halves: the block below the
+// diagonal is one GEMM, each half the same again, down to diagonal blocks of at most
+// SYRK_PANEL rows (one GEMM each, both their triangles)
+static void syrk_halves(float alpha, ngd_cview A, float beta, ngd_view C, size_t r0, size_t n) {
+    const size_t k = A.cols;
+    if (n <= SYRK_PANEL) {
+        const ngd_cview Ad = ngd_cview_sub(A, r0, n, 0, k);
+        ngd_gemm(alpha, Ad, ngd_cview_t(Ad), beta, ngd_view_sub(C, r0, n, r0, n));
+        return;
+    }
+    const size_t h = (n / 2 + 15) / 16 * 16;
+    syrk_halves(alpha, A, beta, C, r0, h);
+    ngd_gemm(alpha, ngd_cview_sub(A, r0 + h, n - h, 0, k),
+             ngd_cview_t(ngd_cview_sub(A, r0, h, 0, k)), beta,
+             ngd_view_sub(C, r0 + h, n - h, r0, h));
+    syrk_halves(alpha, A, beta, C, r0 + h, n - h);
+}
+
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
     const size_t m = A.rows, k = A.cols;
-    const size_t nbig = (m + SYRK_BIG_PANEL - 1) / SYRK_BIG_PANEL;
-    const bool big = m >= SYRK_BIG_MIN && k >= SYRK_BIG_K;
-    const size_t np = A.cs == 1 ? nbig : (m + SYRK_PANEL / 2) / SYRK_PANEL;
-    const size_t b = big ? ((m + np - 1) / np + 15) / 16 * 16 : syrk_panel(m, k, m);
+    if (m >= SYRK_BIG_MIN && k >= SYRK_BIG_K) {
+        syrk_halves(alpha, A, beta, C, 0, m);
+        mirror_lower(C);
+        return;
+    }
+    const size_t b = syrk_panel(m, k, m);
 #ifdef _OPENMP
     if (C.cs == 1 && C.rs > 0 && syrk32_blocks_on(m, k)) {
         const team_guard g = team_begin();
