@@ -1036,12 +1036,6 @@ static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
 }
 #endif
 
-// C = beta C + alpha A Aᵀ. Large squares go by block rows: row panel [r0, r1) gets
-// C[r0:r1, 0:r1] from one GEMM (the columns up to the panel's diagonal block), then the
-// strictly upper triangle is copied from the lower one: (1 + 1/panels)/2 of the FLOPs of the
-// full product, and C comes out exactly symmetric. With beta != 0 only C's lower triangle and
-// diagonal blocks are read, so C must be symmetric on entry (every caller accumulates
-// products made here, or their averages).
 // Rows [r0, r0 + n) of C's lower triangle and diagonal blocks, by halves: the block below the
 // diagonal is one GEMM, each half the same again, down to diagonal blocks of at most
 // SYRK_PANEL rows (one GEMM each, both their triangles)
@@ -1060,6 +1054,13 @@ static void syrk_halves(float alpha, ngd_cview A, float beta, ngd_view C, size_t
     syrk_halves(alpha, A, beta, C, r0 + h, n - h);
 }
 
+// C = beta C + alpha A Aᵀ. Squares of SYRK_BIG_MIN rows or more go by halves (syrk_halves),
+// smaller large ones by block rows: row panel [r0, r1) gets C[r0:r1, 0:r1] from one GEMM (the
+// columns up to the panel's diagonal block); then the strictly upper triangle is copied from
+// the lower one: (1 + 1/panels)/2 of the FLOPs of the
+// full product, and C comes out exactly symmetric. With beta != 0 only C's lower triangle and
+// diagonal blocks are read, so C must be symmetric on entry (every caller accumulates
+// products made here, or their averages).
 void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     NGD_ASSERT(C.rows == A.rows && C.cols == A.rows);
     const size_t m = A.rows, k = A.cols;
