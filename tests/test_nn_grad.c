@@ -901,7 +901,7 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
         CHECK(out.f == (bf16out ? NULL : y1) && out.h == (bf16out ? h1 : NULL));
         CHECK(!conv.moments_on); // switched off again
         CHECK(conv.wino_fwd == (conv.wino != NULL) && (big || !conv.wino));
-        if (big && nn_conv3x3_direct_usable()) CHECK(conv.wino_fwd);
+        if (big && nn_conv3x3_direct_usable() && nn_conv_winograd()) CHECK(conv.wino_fwd);
         nn_conv2d_forward(&conv, x, cz2, N);
         CHECK(memcmp(cz, cz2, ny * sizeof(float)) == 0);
         if (bf16out)
@@ -1003,10 +1003,11 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
             CHECK(nn_conv2d_init(&l[v], &G, cout, true, N, &rng) == NN_OK);
         }
         // l[2]: Winograd where the layer takes it (16+ channels both ways, 4x4+ images;
-        // oneDNN has it wherever AVX-512 is), else nothing more to test
+        // oneDNN has it wherever AVX-512 is, unless NGD_CONV_WINOGRAD=0), else nothing more
+        // to test
         const bool wino = cin >= 16 && cout >= 16 && H >= 4 && W >= 4;
-        CHECK(!l[2].wino == !(wino && (l[2].wino || !usable)));
-        if (wino && usable) CHECK(l[2].wino != NULL);
+        CHECK(wino || !l[2].wino);
+        if (wino && usable && nn_conv_winograd()) CHECK(l[2].wino != NULL);
         for (int v = 0; v < 2; v++)
             nn_conv_wino_free(l[v].wino), l[v].wino = NULL;
         CHECK(l[0].dense == (H <= 2 && W <= 2) && l[2].dense == l[0].dense);
@@ -1090,50 +1091,114 @@ static void conv3x3_direct_should_match_float64_and_the_im2col_path(void) {
 
 // Winograd (conv_wino.c) takes full batches only: a partial one runs the layer's own
 // kernels, with their bits (those of a layer made with nn_conv_set_winograd(false), which
-// has none); a full one is within float32 rounding of them, and its dW adds onto dW
+// has none); a full one is within float32 rounding of them, also where it goes by several
+// sub-batches (16 images of 32x32 at a time), and its dW adds onto dW, with or without dx.
+// NGD_CONV_WINOGRAD=0 in the environment keeps new layers off it.
 static void conv_winograd_should_take_full_batches_only_and_be_switchable(void) {
-    const ngd_conv_geom G = {16, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1};
-    const size_t N = 4, n = N * 16 * 64, nw = 16 * 16 * 9;
-    nn_rng rng;
-    nn_conv2d a, b;
-    nn_rng_seed(&rng, 3);
-    CHECK(nn_conv2d_init(&a, &G, 16, true, N, &rng) == NN_OK);
-    nn_conv_set_winograd(false);
-    nn_rng_seed(&rng, 3);
-    CHECK(nn_conv2d_init(&b, &G, 16, true, N, &rng) == NN_OK);
-    nn_conv_set_winograd(true);
-    CHECK(!b.wino && nn_conv_winograd());
-    if (nn_conv3x3_direct_usable()) CHECK(a.wino != NULL);
-    ref_rng r = {17};
-    float *x = malloc(n * 4), *dy = malloc(n * 4), *y1 = malloc(n * 4), *y2 = malloc(n * 4);
-    float *dx1 = malloc(n * 4), *dx2 = malloc(n * 4);
-    fill(&r, x, n, -1, 1);
-    fill(&r, dy, n, -1, 1);
-    for (size_t nb = N - 1; nb <= N; nb++) {
-        const size_t m = nb * 16 * 64;
-        memset(a.dw, 0, nw * 4), memset(b.dw, 0, nw * 4);
-        nn_conv2d_forward(&a, x, y1, nb);
-        nn_conv2d_forward(&b, x, y2, nb);
-        CHECK(a.wino_fwd == (a.wino && nb == N) && !b.wino_fwd);
-        for (int k = 0; k < 2; k++) { // dW added twice
-            nn_conv2d_backward_set(&a, dy, dx1);
-            nn_conv2d_backward_set(&b, dy, dx2);
-        }
-        if (!a.wino_fwd) {
-            CHECK(memcmp(y1, y2, m * 4) == 0 && memcmp(dx1, dx2, m * 4) == 0 &&
-                  memcmp(a.dw, b.dw, nw * 4) == 0 && memcmp(a.db, b.db, 16 * 4) == 0);
-            continue;
-        }
-        size_t bad = 0;
-        for (size_t i = 0; i < m; i++)
-            bad += !(fabsf(y1[i] - y2[i]) <= 1e-5f * (1.0f + fabsf(y2[i]))) +
-                   !(fabsf(dx1[i] - dx2[i]) <= 1e-5f * (1.0f + fabsf(dx2[i])));
-        for (size_t i = 0; i < nw; i++)
-            bad += !(fabsf(a.dw[i] - b.dw[i]) <= 1e-4f * (1.0f + fabsf(b.dw[i])));
-        CHECK_MSG(bad == 0, "%zu values off", bad);
+    const char *env = getenv("NGD_CONV_WINOGRAD");
+    char *saved = env ? strdup(env) : NULL;
+    CHECK(setenv("NGD_CONV_WINOGRAD", "0", 1) == 0);
+    {
+        const ngd_conv_geom G = {16, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        nn_rng rng;
+        nn_rng_seed(&rng, 3);
+        nn_conv2d c;
+        CHECK(!nn_conv_winograd());
+        CHECK(nn_conv2d_init(&c, &G, 16, true, 4, &rng) == NN_OK && !c.wino);
+        nn_conv2d_free(&c);
     }
-    free(x), free(dy), free(y1), free(y2), free(dx1), free(dx2);
-    nn_conv2d_free(&a), nn_conv2d_free(&b);
+    CHECK((saved ? setenv("NGD_CONV_WINOGRAD", saved, 1) : unsetenv("NGD_CONV_WINOGRAD")) == 0);
+    free(saved);
+    const bool on = nn_conv_winograd();               // (the environment's choice for the rest)
+    const size_t geo[][3] = {{8, 4, 0}, {32, 32, 1}}; // H = W, N, several sub-batches
+    for (int t = 0; t < 2; t++) {
+        const size_t H = geo[t][0], N = geo[t][1], L = H * H;
+        const ngd_conv_geom G = {16, H, H, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        const size_t n = N * 16 * L, nw = 16 * 16 * 9;
+        nn_rng rng;
+        nn_conv2d a, b;
+        nn_rng_seed(&rng, 3);
+        CHECK(nn_conv2d_init(&a, &G, 16, true, N, &rng) == NN_OK);
+        nn_conv_set_winograd(false);
+        nn_rng_seed(&rng, 3);
+        CHECK(nn_conv2d_init(&b, &G, 16, true, N, &rng) == NN_OK);
+        nn_conv_set_winograd(true);
+        CHECK(!b.wino && on == nn_conv_winograd());
+        if (!on) CHECK(!a.wino);
+        if (nn_conv3x3_direct_usable() && on) CHECK(a.wino != NULL);
+        if (a.wino) CHECK(geo[t][2] ? nn_conv_wino_sub(a.wino) < N : nn_conv_wino_sub(a.wino) == N);
+        ref_rng r = {17};
+        float *x = malloc(n * 4), *dy = malloc(n * 4), *y1 = malloc(n * 4), *y2 = malloc(n * 4);
+        float *dx1 = malloc(n * 4), *dx2 = malloc(n * 4);
+        fill(&r, x, n, -1, 1);
+        fill(&r, dy, n, -1, 1);
+        for (size_t nb = N - 1; nb <= N; nb++) {
+            const size_t m = nb * 16 * L;
+            memset(a.dw, 0, nw * 4), memset(b.dw, 0, nw * 4);
+            nn_conv2d_forward(&a, x, y1, nb);
+            nn_conv2d_forward(&b, x, y2, nb);
+            CHECK(a.wino_fwd == (a.wino && nb == N) && !b.wino_fwd);
+            for (int k = 0; k < 3; k++) { // dW added three times, the last without dx
+                nn_conv2d_backward_set(&a, dy, k < 2 ? dx1 : NULL);
+                nn_conv2d_backward_set(&b, dy, k < 2 ? dx2 : NULL);
+            }
+            if (!a.wino_fwd) {
+                CHECK(memcmp(y1, y2, m * 4) == 0 && memcmp(dx1, dx2, m * 4) == 0 &&
+                      memcmp(a.dw, b.dw, nw * 4) == 0 && memcmp(a.db, b.db, 16 * 4) == 0);
+                continue;
+            }
+            size_t bad = 0;
+            for (size_t i = 0; i < m; i++)
+                bad += !(fabsf(y1[i] - y2[i]) <= 1e-5f * (1.0f + fabsf(y2[i]))) +
+                       !(fabsf(dx1[i] - dx2[i]) <= 1e-5f * (1.0f + fabsf(dx2[i])));
+            const float tw = 1e-4f * (float)N / 4.0f; // (dW sums N·L products)
+            for (size_t i = 0; i < nw; i++)
+                bad += !(fabsf(a.dw[i] - b.dw[i]) <= tw * (1.0f + fabsf(b.dw[i])));
+            CHECK_MSG(bad == 0, "H %zu: %zu values off", H, bad);
+        }
+        free(x), free(dy), free(y1), free(y2), free(dx1), free(dx2);
+        nn_conv2d_free(&a), nn_conv2d_free(&b);
+    }
+}
+
+// A layer whose switch to bf16 runs out of memory stays an f32 layer, Winograd included (it
+// had been left in bf16 mode, rounding every f32 input: errors of 1e-3), for every
+// allocation that can fail
+static void conv_use_bf16_out_of_memory_should_leave_an_f32_layer(void) {
+    const ngd_conv_geom G = {16, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+    const size_t N = 2, n = N * 16 * 256;
+    ref_rng r = {23};
+    float *x = malloc(n * 4), *y0 = malloc(n * 4), *y = malloc(n * 4);
+    fill(&r, x, n, -1, 1);
+    nn_rng rng;
+    nn_conv2d ref;
+    nn_rng_seed(&rng, 5);
+    CHECK(nn_conv2d_init(&ref, &G, 16, true, N, &rng) == NN_OK);
+    nn_conv2d_forward(&ref, x, y0, N);
+    int fails = 0, k = 1;
+    for (; k < 400; k++) {
+        nn_conv2d l;
+        nn_rng_seed(&rng, 5);
+        CHECK(nn_conv2d_init(&l, &G, 16, true, N, &rng) == NN_OK);
+        nn_alloc_fail_at(k);
+        const nn_status st = nn_conv2d_use_bf16(&l);
+        nn_alloc_fail_at(0);
+        if (st == NN_OK) {
+            nn_conv2d_free(&l);
+            break;
+        }
+        CHECK(st == NN_ERR_NOMEM && !l.w16);
+        fails++;
+        nn_conv2d_forward(&l, x, y, N);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++)
+            bad += !(fabsf(y[i] - y0[i]) <= 2e-5f * (1.0f + fabsf(y0[i])));
+        CHECK_MSG(bad == 0, "allocation %d failing: %zu outputs off", k, bad);
+        nn_conv2d_free(&l);
+    }
+    CHECK(fails > 0 && k < 400);
+    free(x), free(y0), free(y);
+    nn_conv2d_free(&ref);
 }
 
 // BN-ReLU straight into 2x2 max pooling (the last block of a CNN stage) equals BN-ReLU,
@@ -2762,6 +2827,7 @@ static const test_case TESTS[] = {
     TEST(conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_path),
     TEST(conv3x3_direct_should_match_float64_and_the_im2col_path),
     TEST(conv_winograd_should_take_full_batches_only_and_be_switchable),
+    TEST(conv_use_bf16_out_of_memory_should_leave_an_f32_layer),
     TEST(layernorm_should_match_formula_and_finite_differences),
     TEST(activations_should_match_finite_differences),
     TEST(activation_approximations_should_match_libm),

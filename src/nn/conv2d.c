@@ -142,9 +142,10 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
         l->pad = nn_calloc(nn_mul(l->nthr, l->pad_n), 1);
     }
     // f32 3x3 'same' layers without im2col (conv_direct.c): forward and, on wflip, dx
-    const bool same3 = geom->k1 == 3 && geom->k2 == 3 && geom->s1 == 1 && geom->s2 == 1 &&
-                       geom->p1 == 1 && geom->p2 == 1 && geom->dil1 == 1 && geom->dil2 == 1 &&
-                       geom->groups == 1 && nn_conv3x3_direct_usable();
+    const bool shape3 = geom->k1 == 3 && geom->k2 == 3 && geom->s1 == 1 && geom->s2 == 1 &&
+                        geom->p1 == 1 && geom->p2 == 1 && geom->dil1 == 1 && geom->dil2 == 1 &&
+                        geom->groups == 1;
+    const bool same3 = shape3 && nn_conv3x3_direct_usable();
     l->direct = same3 && nn_conv3x3_direct_fits(geom->c_in, geom->h, geom->w, c_out);
     l->direct_t = same3 && tconv && nn_conv3x3_direct_fits(c_out, geom->h, geom->w, geom->c_in);
     if (l->direct || l->direct_t) {
@@ -180,8 +181,8 @@ nn_status nn_conv2d_init(nn_conv2d *l, const ngd_conv_geom *geom, size_t c_out, 
     // batches that its sub-batch divides by Winograd F(4x4, 3x3) (conv_wino.c) where it was
     // measured to pay: 16+ channels in and out (the blocked layouts' width), images of 4x4
     // and more (one 6x6 tile for a 2x2 image ran 0.7x). NULL: oneDNN has none here; the
-    // kernels above run.
-    if (same3 && nn_conv_winograd() && geom->c_in >= 16 && c_out >= 16 && geom->h >= 4 &&
+    // kernels above run. (Not tied to those kernels: NGD_CONV_DIRECT=0 keeps it.)
+    if (shape3 && nn_conv_winograd() && geom->c_in >= 16 && c_out >= 16 && geom->h >= 4 &&
         geom->w >= 4)
         l->wino = nn_conv_wino_new(max_batch, geom->c_in, geom->h, geom->w, c_out, bias);
     // 3x3 'same' layers on images of at most 2x2: every output pixel reaches every input
@@ -261,14 +262,21 @@ bool nn_conv_winograd(void) {
     return wino_on && !(e && !strcmp(e, "0"));
 }
 
+// The layer's own kernels from now on (a forward made on Winograd is not followed by its
+// backward there)
+static void wino_drop(nn_conv2d *l) {
+    nn_conv_wino_free(l->wino);
+    l->wino = NULL;
+    l->wino_fwd = false;
+}
+
 nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
     if (l->w16) return NN_OK;
     // Winograd in bf16 mode only where the bf16 kernels do not pay (a CPU whose bf16 dot
-    // products are slower than its FMAs: the f32 kernels run there anyway, on bf16 values)
-    if (l->wino && (nn_conv3x3_direct16_pays() || !nn_conv_wino_use_bf16(l->wino))) {
-        nn_conv_wino_free(l->wino);
-        l->wino = NULL;
-    }
+    // products are slower than its FMAs: the f32 kernels run there anyway, on bf16 values).
+    // Out of memory below, the layer stays f32 without it (its bf16 mode would round every
+    // f32 input)
+    if (l->wino && (nn_conv3x3_direct16_pays() || !nn_conv_wino_use_bf16(l->wino))) wino_drop(l);
     free(l->wd), free(l->dwd), free(l->bd); // (the dense map is f32 only)
     l->wd = l->dwd = l->bd = NULL;
     l->dense = false;
@@ -285,6 +293,7 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         free(colt), free(dcolt);
         l->bcols = bcols0;
         buffer_sizes(l);
+        wino_drop(l);
         return NN_ERR_NOMEM;
     }
     free(l->colt), free(l->dcolt);
@@ -371,6 +380,7 @@ nn_status nn_conv2d_use_bf16(nn_conv2d *l) {
         l->w16 = l->wflip16 = l->col16 = l->dy16 = l->x16 = l->dyx16 = l->wt = l->wtf = NULL;
         l->xs = NULL;
         l->amx = l->amx_t = false;
+        wino_drop(l);
         return NN_ERR_NOMEM;
     }
     return NN_OK;

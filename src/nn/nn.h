@@ -127,6 +127,9 @@ int nn_thread_num(void);
 // Overflow-checked allocations of n*size bytes (zeroed for calloc); NULL on failure.
 void *nn_malloc(size_t n, size_t size);
 void *nn_calloc(size_t n, size_t size);
+// Test hook: the k-th nn_malloc from now returns NULL, nn_calloc's of 256 bytes or more
+// included (k <= 0: none)
+void nn_alloc_fail_at(long k);
 // a*b, or SIZE_MAX on overflow (so that a following allocation fails cleanly)
 size_t nn_mul(size_t a, size_t b);
 

@@ -3,6 +3,7 @@
  * lists (nn_param) and explicit gradient zeroing, status names. No tensor type: buffers
  * are plain float arrays with shape comments, as in llm.c.
  */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -34,9 +35,16 @@ size_t nn_mul(size_t a, size_t b) {
 // such a block): 111-139 -> 137-149 GFLOP/s. (free() takes them as it takes malloc's.)
 #define NN_ALIGN_MIN 256
 
+static _Atomic long fail_at; // nn_alloc_fail_at: allocations to go before one fails (0: none)
+
+void nn_alloc_fail_at(long k) { atomic_store(&fail_at, k); }
+
 void *nn_malloc(size_t n, size_t size) {
     size_t bytes = nn_mul(n, size);
     if (bytes == SIZE_MAX) return NULL;
+    if (atomic_load_explicit(&fail_at, memory_order_relaxed) > 0 &&
+        atomic_fetch_sub(&fail_at, 1) == 1)
+        return NULL;
     if (bytes < NN_ALIGN_MIN) return malloc(bytes ? bytes : 1);
     void *p = NULL;
     return posix_memalign(&p, 64, bytes) ? NULL : p;
