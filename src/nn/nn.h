@@ -366,7 +366,8 @@ void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const uint16_t *x16,
                            uint16_t *dx16, bool set, float *dw, size_t n);
 void nn_conv_wino_free(nn_conv_wino *c);
 // Whether Conv2d layers initialised from now on may take Winograd primitives: yes unless
-// cleared here or the environment says NGD_CONV_WINOGRAD=0
+// cleared here or the environment says NGD_CONV_WINOGRAD=0 (NGD_CONV_DIRECT=0, which turns the
+// direct kernels off, leaves it)
 void nn_conv_set_winograd(bool on);
 bool nn_conv_winograd(void);
 
