@@ -823,9 +823,10 @@ static void bn_fwd(void *p) {
 
 static void batchnorm_backward_should_match_finite_differences(void) {
     ref_rng r = {41};
-    // {C, HW, N}: BatchNorm1d (HW = 1) and BatchNorm2d, in training and evaluation mode
-    const size_t shapes[][3] = {{5, 1, 6}, {3, 12, 3}};
-    for (size_t s = 0; s < 2; s++)
+    // {C, HW, N}: BatchNorm1d (HW = 1) and BatchNorm2d, in training and evaluation mode;
+    // planes of 33: the backward's 16-lane sums twice and a tail
+    const size_t shapes[][3] = {{5, 1, 6}, {3, 12, 3}, {2, 33, 2}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int train = 1; train >= 0; train--) {
             const size_t C = shapes[s][0], HW = shapes[s][1], N = shapes[s][2], n = N * C * HW;
             nn_batchnorm l;
@@ -1395,10 +1396,10 @@ static void conv_bn_relu_with_a_bf16_conv_output_should_equal_the_rounded_f32_pa
 
 static void batchnorm_relu_maxpool_should_equal_bn_relu_then_pool(void) {
     ref_rng r = {93};
-    const size_t shapes[3][2] = {{8, 6}, {7, 10}, {4, 1030}}; // H, W
-    for (int t = 0; t < 3 * 2 * 3; t++) {
-        const size_t H = shapes[t % 3][0], W = shapes[t % 3][1], HW = H * W, N = 3, C = 4;
-        const bool bf16 = (t / 3) % 2, train = t / 6 != 2, moments = t / 6 == 1;
+    const size_t shapes[4][2] = {{8, 6}, {7, 10}, {4, 1030}, {5, 9}}; // H, W
+    for (int t = 0; t < 4 * 2 * 3; t++) {
+        const size_t H = shapes[t % 4][0], W = shapes[t % 4][1], HW = H * W, N = 3, C = 4;
+        const bool bf16 = (t / 4) % 2, train = t / 8 != 2, moments = t / 8 == 1;
         const size_t n = N * C * HW, OH = H / 2, OW = W / 2, no = N * C * OH * OW;
         nn_batchnorm a, b;
         nn_maxpool2d pa, pb;
@@ -1443,6 +1444,7 @@ static void batchnorm_relu_maxpool_should_equal_bn_relu_then_pool(void) {
         CHECK(memcmp(pa.argmax, pb.argmax, no * sizeof *pa.argmax) == 0 && pa.n == N);
         CHECK(memcmp(a.mean, b.mean, C * sizeof(float)) == 0 &&
               memcmp(a.invstd, b.invstd, C * sizeof(float)) == 0 &&
+              memcmp(a.running_mean, b.running_mean, C * sizeof(float)) == 0 &&
               memcmp(a.running_var, b.running_var, C * sizeof(float)) == 0);
         CHECK(a.x == x && a.n == N && a.relu && a.train == train); // what backward reads
         free(x), free(ra), free(y1), free(y2), free(h1), free(h2), free(mom);
@@ -1487,7 +1489,8 @@ static void batchnorm_forward_should_match_formulas(void) {
         CHECK_CLOSE(l.running_var[c], 0.9 + 0.1 * unbiased, 1e-5, 1e-6);
     }
     CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "batchnorm train forward");
-    // evaluation: the running statistics
+    // evaluation: the running statistics (a channel's variance 0: eps alone keeps it finite)
+    l.running_var[1] = 0.0f;
     nn_batchnorm_forward(&l, x, y, N, false);
     for (size_t i = 0; i < N; i++)
         for (size_t c = 0; c < C; c++)
@@ -1498,6 +1501,19 @@ static void batchnorm_forward_should_match_formulas(void) {
                           (double)l.b[c];
             }
     CHECK_TENSOR(y, want, n, 1e-5, 1e-5, "batchnorm eval forward");
+    // a NaN or an Inf in training makes both running statistics of its channel non-finite
+    // (and no other channel's), as the mean is
+    for (int k = 0; k < 2; k++) {
+        const float rm1 = l.running_mean[1], rv1 = l.running_var[1];
+        x[3] = k ? INFINITY : NAN; // image 0, channel 0
+        nn_batchnorm_forward(&l, x, y, N, true);
+        CHECK(!isfinite(l.running_mean[0]) && !isfinite(l.running_var[0]) &&
+              !isfinite(l.invstd[0]));
+        CHECK(isfinite(l.running_mean[1]) && isfinite(l.running_var[1]) &&
+              (l.running_mean[1] != rm1 || l.running_var[1] != rv1));
+        l.running_mean[0] = 0.0f, l.running_var[0] = 1.0f;
+        x[3] = 0.5f;
+    }
     nn_param ps[2];
     CHECK(nn_batchnorm_params(&l, ps) == 2 && ps[0].p == l.w && ps[1].g == l.db);
     free(x), free(y), free(want);

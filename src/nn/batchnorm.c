@@ -119,7 +119,9 @@ static void channel_stats(nn_batchnorm *l, const float *x, const float *mom, siz
             const double dm = mu - (double)mean;
             ss = plane_sqdev(x, N, C, HW, c, mean) - (double)M * dm * dm;
         }
-        const double var = ss > 0 ? ss / (double)M : 0.0;
+        // (rounding can leave ss a little below 0; a NaN or Inf stays, as in the mean: a
+        // variance of 0 there had kept running_var finite beside a NaN running_mean)
+        const double var = ss < 0 ? 0.0 : ss / (double)M;
         invstd = (float)(1.0 / sqrt(var + (double)l->eps));
         const float m = l->momentum;
         l->running_mean[c] = (1.0f - m) * l->running_mean[c] + m * mean;
