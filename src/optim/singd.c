@@ -167,8 +167,8 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
 // ---- the shared scratch of one layer ----
 // A side's slots: [0] its decoded factor, [1] Π(LᵀL), [2] the new momentum (update) or Σ x xᵀ
 // (observe), each of its n stored numbers, and [3] a product: n numbers, or for a dense side a
-// panel of panel_rows(d) rows (bf16 compute: or of update_rows(d), the larger; products by row
-// panels). [2] is [1]: m_new is formed in place of Π(LᵀL), element by element, and observe uses
+// panel of panel_rows(d) rows (f32 statistics' Lᵀ (X Xᵀ) by row panels; the update's L·m_new goes
+// into H). [2] is [1]: m_new is formed in place of Π(LᵀL), element by element, and observe uses
 // no Π(LᵀL). [0] has a slot of its own only for bf16 storage in f32 compute, where the decoded L
 // and Π(LᵀL) meet in the update: f32 storage is read in place, and bf16 compute decodes only for
 // the health readouts after an update, into [1]. So a dense side of d > 1024 holds d² floats and
@@ -186,34 +186,24 @@ static size_t fi_need(const singd_state *s) {
                    s->oC->ws_from_inner(&s->sC, NGD_STATS_CHUNK));
 }
 
-// A dense side's products go by row panels of at least NGD_STATS_CHUNK rows and about 1 M
-// floats (slot [3]): the whole d x d product for d up to 1024, 16 panels of 256 rows for the
-// cnn's 4097-wide fc1 (67 MB of scratch less)
+// A dense side's statistics products (gram_sandwich) go by row panels of at least
+// NGD_STATS_CHUNK rows and about 1 M floats (slot [3]): the whole d x d product for d up to
+// 1024, 16 panels of 256 rows at 4097 (67 MB of scratch less)
 static size_t panel_rows(size_t d) {
     const size_t r = NGD_MAX(((size_t)1 << 20) / d, (size_t)NGD_STATS_CHUNK);
     return NGD_MIN(r, d);
 }
 
-// bf16 compute's L·m_new goes by row panels of about 4 M floats, as many rows each: at d =
-// 4609 (2 threads, one panel's product) 256 rows ran at 538-553 GFLOP/s, 769 rows at 676
-// (vgg16bn's deep convolutions, alternated: 371-390 -> 312-332 ms an update a layer). In f32
-// (328-342 -> 351 GFLOP/s) the update measured no faster: it keeps panel_rows.
-static size_t update_rows(size_t d) {
-    const size_t r = NGD_MIN(NGD_MAX(((size_t)1 << 22) / d, (size_t)NGD_STATS_CHUNK), d);
-    const size_t np = (d + r - 1) / r;
-    return (d + np - 1) / np;
-}
-
-static size_t slot3_n(const singd_state *s, const ngd_sdesc *sd) {
+static size_t slot3_n(const ngd_sdesc *sd) {
     if (sd->kind != NGD_STRUCT_DENSE) return sd->n;
-    return (s->bfc ? NGD_MAX(panel_rows(sd->d), update_rows(sd->d)) : panel_rows(sd->d)) * sd->d;
+    return panel_rows(sd->d) * sd->d;
 }
 
 // Whether a side's slot [0] is its own (bf16 storage decoded for f32 compute)
 static bool own_decode(const singd_state *s, ngd_dtype dt) { return dt == NGD_BF16 && !s->bfc; }
 
 static size_t side_floats(const singd_state *s, ngd_dtype dt, const ngd_sdesc *sd) {
-    return (own_decode(s, dt) ? 2 : 1) * sd->n + slot3_n(s, sd);
+    return (own_decode(s, dt) ? 2 : 1) * sd->n + slot3_n(sd);
 }
 
 static size_t singd_ws_size(const ngd_entry *e) {
@@ -226,7 +216,7 @@ static float *side_layout(const singd_state *s, ngd_dtype dt, const ngd_sdesc *s
                           float *f[4]) {
     const size_t n = sd->n;
     f[1] = f[2] = p, p += n;
-    f[3] = p, p += slot3_n(s, sd);
+    f[3] = p, p += slot3_n(sd);
     f[0] = f[1];
     if (own_decode(s, dt)) f[0] = p, p += n;
     return p;
@@ -578,7 +568,7 @@ static float m_new_row(size_t d, size_t i, const float *restrict h, const float 
 // product; L·m_new multiplies the stored (rounded) momentum, or m_new rounded into s16. The
 // f32 path's element-wise steps in its order, fused into two passes over the threads (each
 // pass was a serial sweep of d² floats: 3.3 ms an update of the bf16 mlp, 2 threads).
-static float update_side16(size_t d, uint16_t *L, uint16_t *m, const float *H, float cH, float cD,
+static float update_side16(size_t d, uint16_t *L, uint16_t *m, float *H, float cH, float cD,
                            float sc, float alpha1, float beta1, bool normalize, float *const f[4],
                            uint16_t *s16) {
     const bool mom = m && alpha1 != 0.0f;
@@ -591,16 +581,12 @@ static float update_side16(size_t d, uint16_t *L, uint16_t *m, const float *H, f
         mx = mx > r ? mx : r;
     }
     const float beta = normalize ? beta1 / fmaxf(1.0f, mx) : beta1;
-    const size_t pr = update_rows(d); // L·m_new by row panels (rows r need rows r of L)
-    for (size_t r0 = 0; r0 < d; r0 += pr) {
-        const size_t nr = NGD_MIN(pr, d - r0), np = nr * d;
-        uint16_t *Lr = L + r0 * d;
-        const float *Lm = f[3];
-        ngd_gemm_bf16(false, false, nr, d, d, 1.0f, Lr, d, m16, d, 0.0f, f[3], d);
-#pragma omp parallel for schedule(static) if (np > NGD_PAR_MIN)
-        for (size_t i = 0; i < np; i++)
-            Lr[i] = ngd_f32_to_bf16_vec(ngd_bf16_to_f32(Lr[i]) + -beta * Lm[i]);
-    }
+    // L·m_new as one product into H (used up by m_new), as the f32 path does
+    const size_t nn = d * d;
+    ngd_gemm_bf16(false, false, d, d, d, 1.0f, L, d, m16, d, 0.0f, H, d);
+#pragma omp parallel for schedule(static) if (nn > NGD_PAR_MIN)
+    for (size_t i = 0; i < nn; i++)
+        L[i] = ngd_f32_to_bf16_vec(ngd_bf16_to_f32(L[i]) + -beta * H[i]);
     return beta;
 }
 
