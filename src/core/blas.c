@@ -1017,6 +1017,14 @@ static bool syrk32_blocks_on(size_t m, size_t k) {
            !omp_in_parallel() && serial_depth == 0 && omp_get_max_threads() == 2;
 }
 
+// The multiply-adds of syrk32_blocks and syrk16_blocks (their one-thread products go past
+// the counting doors), counted as the products they make
+static void count_blocks(size_t n, size_t k) {
+    const size_t h = (n / 2 + 15) / 16 * 16, n2 = n - h;
+    atomic_fetch_add_explicit(&gemm_flops, 2 * (uint_fast64_t)k * (h * h + n2 * n2 + n2 * h),
+                              memory_order_relaxed);
+}
+
 static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
     const size_t n = A.rows, k = A.cols, h = (n / 2 + 15) / 16 * 16, n2 = n - h, q = (n2 + 1) / 2;
 #pragma omp parallel num_threads(2)
@@ -1072,14 +1080,17 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
     const size_t b = syrk_panel(m, k, m);
 #ifdef _OPENMP
     if (C.cs == 1 && C.rs > 0 && syrk32_blocks_on(m, k)) {
+        count_blocks(m, k);
         const team_guard g = team_begin();
         syrk32_blocks(alpha, A, beta, C);
         team_end(g);
+        if (ngd_bf16_emul()) ngd_view_round_bf16(C); // (as ngd_gemm does; still symmetric)
         return;
     }
 #endif
-    if (!b) {
+    if (!b) { // (alpha folds into one operand: mirrored, C[i][j] and C[j][i] could differ)
         ngd_gemm(alpha, A, ngd_cview_t(A), beta, C);
+        if (m > 1) mirror_lower(C);
         return;
     }
     for (size_t r0 = 0; r0 < m; r0 += b) {
@@ -1138,6 +1149,7 @@ static void syrk16_rows(bool ta, size_t n, size_t k, float alpha, const uint16_t
 
 void ngd_syrk_bf16_lower(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                          float beta, float *C, size_t ldc) {
+    if (n == 0) return;
     const size_t np = (n + SYRK16_LOWER_PANEL - 1) / SYRK16_LOWER_PANEL;
     syrk16_rows(ta, n, k, alpha, A, lda, beta, C, ldc, ((n + np - 1) / np + 15) / 16 * 16);
 }
@@ -1154,13 +1166,17 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
 #ifdef _OPENMP
     if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && 2 * k >= n && syrk_blocks_env() &&
         split_rows(n, n, k)) { // (k = 128 at n = 785: 0.82x)
+        count_blocks(n, k);
+        const team_guard g = team_begin();
         syrk16_blocks(ta, n, k, alpha, A, lda, beta, C, ldc);
+        team_end(g);
         return;
     }
 #endif
     const size_t b = n < SYRK16_MIN ? 0 : syrk_panel(n, k, 4);
-    if (!b) {
+    if (!b) { // (mirrored: see ngd_syrk_full)
         ngd_gemm_bf16(ta, !ta, n, n, k, alpha, A, lda, A, lda, beta, C, ldc);
+        if (n > 1) mirror_lower(ngd_view_rm(C, n, n, ldc));
         return;
     }
     syrk16_rows(ta, n, k, alpha, A, lda, beta, C, ldc, b);
