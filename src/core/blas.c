@@ -692,6 +692,8 @@ static void gemm16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, 
     if ((m + n) * k > CONVERT_KEEP && CONVERT_KEEP / (m + n) >= CONVERT_PANEL) {
         const size_t np = (k * (m + n) + CONVERT_KEEP - 1) / CONVERT_KEEP; // panels
         kb = ((k + np - 1) / np + 15) / 16 * 16;
+        // (rounded up, the panel could pass the kept buffer: a fresh one every call)
+        if ((m + n) * kb > CONVERT_KEEP) kb = CONVERT_KEEP / (m + n) / 16 * 16;
     }
     bool own;
     float *fa = convert_buf((m + n) * kb, &own);
