@@ -13,7 +13,10 @@
  *   mm(K, trans, M)    out = K M or Kᵀ M, M is d x n (any strides, out must not alias M)
  *   mul(A, B)          out = A B, exactly in the class (closure); out aliases neither
  *   from_inner(K, X)   out = beta*out + alpha * Π(Kᵀ X Xᵀ K), X is d x n; with X.p == NULL:
- *                      Π(Kᵀ K). ws has ws_from_inner(s, n) floats.
+ *                      Π(Kᵀ K). ws has ws_from_inner(s, n) floats. With beta != 0, out must
+ *                      hold the class's member of a symmetric matrix (what the optimizers
+ *                      accumulate): the dense class's symmetric products read its lower
+ *                      triangle only (ngd_syrk_full).
  *   diag_add(v)        L += v I
  *   trace(L)           tr(L) (avgtr = trace / d)
  *   frob2(L)           ‖L‖_F² (optional: NULL means "sum of squares of the stored numbers")
