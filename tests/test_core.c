@@ -137,6 +137,48 @@ static void syrk_should_match_reference_and_be_symmetric(void) {
     }
 }
 
+// ngd_syrk_full's products of 384-1023 rows (K Kᵀ and KᵀK of the mlp's factors) have the same
+// bits at 1, 2 and 3 threads and inside a parallel region (the 2 x 2 blocks of one-thread
+// products everywhere; at one thread the whole product had rounded differently)
+static void syrk_should_give_the_same_bits_at_any_thread_count(void) {
+    ref_rng r = {5};
+    const int nthr0 = th_set_threads(0);
+    const size_t dims[][2] = {{384, 192}, {513, 400}, {785, 785}};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        const size_t m = dims[t][0], k = dims[t][1];
+        float *a = malloc(m * k * sizeof *a), *c[5];
+        for (size_t i = 0; i < m * k; i++)
+            a[i] = (float)ref_uniform(&r, -1, 1);
+        for (int v = 0; v < 5; v++) {
+            c[v] = malloc(m * m * sizeof(float));
+            const bool ta = v == 4; // (Aᵀ A of the same numbers stored k x m: its own reference)
+            const ngd_cview va =
+                ta ? ngd_cview_t(ngd_cview_rm(a, k, m, m)) : ngd_cview_rm(a, m, k, k);
+            const int before = th_set_threads(v == 1 ? 2 : v == 2 ? 3 : v == 4 ? 2 : 1);
+            if (v == 3) {
+                th_set_threads(2);
+#pragma omp parallel num_threads(2)
+#pragma omp single
+                ngd_syrk_full(0.3f, va, 0.0f, ngd_view_rm(c[v], m, m, m));
+            } else {
+                ngd_syrk_full(0.3f, va, 0.0f, ngd_view_rm(c[v], m, m, m));
+            }
+            th_set_threads(before);
+        }
+        for (int v = 1; v < 4; v++)
+            CHECK_MSG(memcmp(c[0], c[v], m * m * sizeof(float)) == 0,
+                      "m %zu k %zu: run %d differs from one thread's", m, k, v);
+        th_set_threads(1); // Aᵀ A at one thread against two
+        float *c1 = malloc(m * m * sizeof *c1);
+        ngd_syrk_full(0.3f, ngd_cview_t(ngd_cview_rm(a, k, m, m)), 0.0f, ngd_view_rm(c1, m, m, m));
+        th_set_threads(nthr0);
+        CHECK_MSG(memcmp(c1, c[4], m * m * sizeof(float)) == 0, "m %zu k %zu: AᵀA differs", m, k);
+        for (int v = 0; v < 5; v++)
+            free(c[v]);
+        free(a), free(c1);
+    }
+}
+
 // beta = 0 never reads C: the small-product loop clears it, and oneDNN's sgemm (above
 // SMALL_GEMM_MACS, every layout of A, B and C) must not read the NaN there either. C is a
 // view of a wider buffer whose padding must come back untouched.
@@ -420,6 +462,7 @@ static const test_case TESTS[] = {
     TEST(gemm_should_ignore_nan_in_c_when_beta_is_zero),
     TEST(f32_gemm_should_match_reference_on_both_kernels),
     TEST(syrk_should_match_reference_and_be_symmetric),
+    TEST(syrk_should_give_the_same_bits_at_any_thread_count),
     TEST(bf16_should_round_to_nearest_even),
     TEST(crc32_should_match_the_bitwise_definition),
     TEST(rng_should_be_reproducible_and_standard_normal),

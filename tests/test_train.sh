@@ -518,6 +518,18 @@ for opt in "kfac --no-factored" "kfac" "kfac --clip kl" "rskfac" "srekfac --no-f
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: 2 threads ($c2) differ from 1 ($c1)"
     rm -f "$D/th1.jsonl" "$D/th2.jsonl"
 done
+# dense SINGD on the default mlp (factors of 513 and 785: the 2 x 2 blocks of one-thread
+# products at every thread count) gives the same bits at 1 and 2 threads, as README says
+for opt in "singd" "singd --no-factored"; do
+    # shellcheck disable=SC2086
+    for th in 1 2; do
+        "$NGD" train --subset 256 --batch 128 --max-steps 4 --T 2 --optim $opt --threads $th --log "$D/th$th.jsonl" --quiet >/dev/null 2>&1
+    done
+    c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th1.jsonl" | tail -1)
+    c2=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th2.jsonl" | tail -1)
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: 2 threads ($c2) differ from 1 ($c1)"
+    rm -f "$D/th1.jsonl" "$D/th2.jsonl"
+done
 # --checkpoint-every N: the run's last step is saved too when it is not a multiple of N (the
 # summary's CRC is the checkpoint's)
 "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --checkpoint-every 3 --log "$D/every.jsonl" --checkpoint "$D/every.ckpt" --quiet >/dev/null 2>&1

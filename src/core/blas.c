@@ -147,6 +147,7 @@ static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, flo
 // 1105-1436 -> 929-1111, 512 x 785 x 128 410-516 -> 326-401, 64 x 128 x 128 19-21 -> 11;
 // the forward of chargpt's step 18.0 -> 16.0 ms, the vit's 18.7 -> 15.8).
 static _Thread_local int serial_depth; // ngd_blas_serial_begin minus _end on this thread
+static _Thread_local bool sgemm_only;  // syrk32_blocks' products: dnnl_sgemm on every team
 
 static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k, bool bias) {
     static _Atomic int off = -1;
@@ -159,6 +160,7 @@ static bool matmul_f32_pays(char ta, char tb, size_t m, size_t k, bool bias) {
 #ifdef _OPENMP
     if (omp_in_parallel() && serial_depth == 0) return false;
 #endif
+    if (sgemm_only) return false;
     return !o && ta == 'N' && tb == 'T' && m >= 8 && k >= (bias ? 32 : 256);
 }
 
@@ -1002,7 +1004,10 @@ static size_t syrk_panel(size_t m, size_t k, size_t max_np) {
 // 2 threads, AMD Zen 5, medians of 31 calls, one product / syrk: 512 rows 1.10-1.19, 513
 // 1.17-1.24, 785 1.30-1.35, where the block rows gave 0.79-1.16; at 1025 both about 1.2, so
 // the block rows stay from 1024. NGD_SYRK_BLOCKS=0 in the environment turns the blocks off
-// (f32 and bf16).
+// (f32 and bf16). In f32 the blocks are taken at every thread count, in a parallel region too
+// (then one thread does both halves, in the same one-thread dnnl_sgemm products), so that
+// K Kᵀ and KᵀK of 384-1023 rows have the same bits at any --threads: at one thread the
+// whole product had rounded differently (the mlp's dense SINGD, widths 300-512).
 static bool syrk_blocks_env(void) {
     static _Atomic int on = -1;
     int o = atomic_load_explicit(&on, memory_order_relaxed);
@@ -1015,8 +1020,7 @@ static bool syrk_blocks_env(void) {
 }
 
 static bool syrk32_blocks_on(size_t m, size_t k) {
-    return syrk_blocks_env() && m >= SYRK32_BLOCKS_MIN && m < SYRK32_BLOCKS_MAX && 2 * k >= m &&
-           !omp_in_parallel() && serial_depth == 0 && omp_get_max_threads() == 2;
+    return syrk_blocks_env() && m >= SYRK32_BLOCKS_MIN && m < SYRK32_BLOCKS_MAX && 2 * k >= m;
 }
 
 // The multiply-adds of syrk32_blocks and syrk16_blocks (their one-thread products go past
@@ -1029,10 +1033,13 @@ static void count_blocks(size_t n, size_t k) {
 
 static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
     const size_t n = A.rows, k = A.cols, h = (n / 2 + 15) / 16 * 16, n2 = n - h, q = (n2 + 1) / 2;
-#pragma omp parallel num_threads(2)
+    const int nthr = omp_get_max_threads() >= 2 ? 2 : 1; // (--threads 1: one thread)
+#pragma omp parallel num_threads(nthr)
     for (int p = omp_get_thread_num(); p < 2; p += omp_get_num_threads()) { // (any team)
         const size_t d0 = p ? h : 0, nd = p ? n2 : h;                       // its diagonal block
         const size_t r0 = p ? h + q : h, nr = p ? n2 - q : q;               // its rows of C21
+        const bool was = sgemm_only;
+        sgemm_only = true; // (a team of one is no parallel region: the same kernel anyway)
         const ngd_cview Ad = ngd_cview_sub(A, d0, nd, 0, k);
         const ngd_view Cd = ngd_view_sub(C, d0, nd, d0, nd);
         gemm(alpha, Ad, ngd_cview_t(Ad), beta, Cd);
@@ -1042,6 +1049,7 @@ static void syrk32_blocks(float alpha, ngd_cview A, float beta, ngd_view C) {
                  beta, ngd_view_sub(C, r0, nr, 0, h));
             mirror_rows(C.p, (size_t)C.rs, r0, nr, h);
         }
+        sgemm_only = was;
     }
 }
 #endif
