@@ -492,6 +492,18 @@ static void bad_configurations_should_be_rejected(void) {
     c.nwidths = 1, c.dropout = 1.0f;
     CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
     CHECK(strstr(err, "vgg16bn") != NULL);
+    // a cnn of 5 stages (at most 4): refused, and its teardown stays within the 4 (it walked
+    // 5 stages: an out-of-bounds index under UBSan)
+    c = (nn_model_cfg){.name = "cnn",
+                       .in_c = 1,
+                       .in_h = 28,
+                       .in_w = 28,
+                       .classes = 10,
+                       .max_batch = 2,
+                       .widths = {4, 4, 4, 4, 4},
+                       .nwidths = 5};
+    CHECK(nn_model_create(&m, &c, err, sizeof err) == NN_ERR_ARG);
+    CHECK(strstr(err, "at most 4 stages") != NULL);
     // maps its pools cannot halve: refused, with the shape named; 1x1 and 3x3 still train
     const size_t shapes[4][3] = {{1, 784, 0}, {784, 1, 0}, {5, 1, 0}, {1, 2, 0}};
     for (size_t i = 0; i < 4; i++) {

@@ -72,11 +72,12 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
     if (!p) return NN_ERR_NOMEM;
     m->impl = p;
     size_t chans[CNN_MAX_STAGES] = {32, 64};
-    p->nstages = cfg->nwidths ? cfg->nwidths : 2;
-    if (p->nstages > CNN_MAX_STAGES) {
+    const size_t ns = cfg->nwidths ? cfg->nwidths : 2;
+    if (ns > CNN_MAX_STAGES) { // (before nstages: cnn_destroy walks the stages it says)
         snprintf(err, cap, "cnn: at most %d stages (--widths)", CNN_MAX_STAGES);
         return NN_ERR_ARG;
     }
+    p->nstages = ns;
     if (cfg->nwidths) memcpy(chans, cfg->widths, p->nstages * sizeof chans[0]);
     nn_model_set_widths(m, chans, p->nstages);
     nn_rng rng;
