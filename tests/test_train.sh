@@ -518,6 +518,13 @@ for opt in "kfac --no-factored" "kfac" "kfac --clip kl" "rskfac" "srekfac --no-f
     [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: 2 threads ($c2) differ from 1 ($c1)"
     rm -f "$D/th1.jsonl" "$D/th2.jsonl"
 done
+# on a terminal, a run that --max-steps stops within an epoch ends its progress line before
+# the result's (the result was printed after "ETA 0s" on the same line)
+if command -v script >/dev/null 2>&1; then
+    out=$(script -qc "$NGD train --subset 512 --widths 16 --max-steps 6 --log-every 2 --threads 1 --log $D/tty.jsonl" /dev/null 2>&1 | tr -d '\r')
+    printf '%s\n' "$out" | grep -q '^singd mlp on fashion-mnist: 6 steps' && ok ||
+        bad "the result line shares the progress line on a terminal: $(printf '%s' "$out" | tail -2)"
+fi
 # dense SINGD on the default mlp (factors of 513 and 785: the 2 x 2 blocks of one-thread
 # products at every thread count) gives the same bits at 1 and 2 threads, as README says
 for opt in "singd" "singd --no-factored"; do

@@ -473,6 +473,7 @@ int train_run(const train_opts *t, bool eval_only) {
     }
     if (!(logf = trainlog_open(t, rs.step, logpath, sizeof logpath))) goto done;
     const bool tty = !t->quiet && isatty(2);
+    bool line_open = false; // a progress line printed on the terminal, not yet ended
     const size_t per_epoch = t->text ? ti.per_epoch : d.train.n / t->batch;
     char optdesc[128]; // the method, and the plain parameters' rule when one was chosen
     if (t->has_param_cfg)
@@ -631,10 +632,12 @@ int train_run(const train_opts *t, bool eval_only) {
                     stop = true;
                     break;
                 }
-                if (!t->quiet && (tty || rs.step % (t->log_every * 10) == 0))
+                if (!t->quiet && (tty || rs.step % (t->log_every * 10) == 0)) {
                     trainlog_progress(tty, rs.epoch, t->epochs, it, per_epoch,
                                       rs.rec_loss / (double)rs.rec_n, rs.rec_acc / (double)rs.rec_n,
                                       sps, eta);
+                    line_open = tty;
+                }
                 rs.rec_loss = rs.rec_acc = 0, rs.rec_n = 0, seen = 0, t_mark = now;
             }
             // (a save due on an epoch's last batch waits for the epoch's end, below: saved
@@ -652,6 +655,7 @@ int train_run(const train_opts *t, bool eval_only) {
         if (!stop && k == 0) { // the epoch is complete (the loader reshuffled for the next)
             rs.epoch++;
             if (tty) fputc('\n', stderr);
+            line_open = false;
             if (!params_finite(&m)) { // (no evaluation of non-finite weights)
                 diverged_error(t, saved, rs.step, NONFINITE_PARAMS);
                 rc = NGD_EXIT_FAIL;
@@ -677,6 +681,9 @@ int train_run(const train_opts *t, bool eval_only) {
             }
         }
     }
+    // (a limit stopped the run within an epoch: its progress line ends before the result's;
+    // a signal's message ends it below)
+    if (line_open && !train_stop_signal) fputc('\n', stderr);
     if (rc == NGD_EXIT_OK && dist_on()) train_stop_signal = dist_max_int(train_stop_signal);
     if (rc == NGD_EXIT_OK && !params_finite(&m)) { // (the last step's update overflowed)
         diverged_error(t, saved, rs.step, NONFINITE_PARAMS);
