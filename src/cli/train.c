@@ -351,12 +351,12 @@ int train_run(const train_opts *t, bool eval_only) {
     // first-order methods never observe: the model may drop its layers' output gradients
     mc.no_stats = t->cfg.method == NGD_METHOD_SGD || t->cfg.method == NGD_METHOD_ADAMW;
     mc.bf16 = t->bf16;
-    double dot_ratio = 0.0;
-    if (t->bf16 && !t->quiet && !nn_bf16_native())
+    double dot_ratio = 0.0; // (ngd eval of a bf16 checkpoint: no note about a training option)
+    if (t->bf16 && !t->quiet && !eval_only && !nn_bf16_native())
         fprintf(stderr, "ngd train: note: this CPU has no AVX512-BF16: --precision bf16 runs "
                         "oneDNN's emulation or converts to float32 (slower than --precision "
                         "f32, same numbers)\n");
-    else if (t->bf16 && !t->quiet && ngd_bf16_dot_slow(&dot_ratio))
+    else if (t->bf16 && !t->quiet && !eval_only && ngd_bf16_dot_slow(&dot_ratio))
         fprintf(stderr,
                 "ngd train: note: this CPU's bf16 dot products run at %.2fx the FLOP rate of "
                 "its f32 FMAs (AVX512-BF16 without AMX): --precision bf16 computes its "
