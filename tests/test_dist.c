@@ -154,8 +154,11 @@ static void replica_init(replica *r, const ngd_config *cfg) {
 }
 
 // One step of a replica that holds samples [n0, n0 + nb) of the batch: observes them with
-// output-gradients scaled as its own loss would (mean over its nb samples, or the sum).
-static void replica_step(replica *r, const batch_data *d, size_t n0, size_t nb, bool sum) {
+// output-gradients scaled as its own loss would (mean over its nb samples, or the sum); late:
+// the communicator, set between the observes and the step (the API allows it until the
+// first step), or NULL.
+static void replica_step(replica *r, const batch_data *d, size_t n0, size_t nb, bool sum,
+                         const ngd_comm *late, ngd_share share) {
     global_grads(r, d, sum);
     if (ngd_optim_wants_stats(r->o)) {
         float g1[B * DOUT], g2[B * DOUT2];
@@ -169,6 +172,7 @@ static void replica_step(replica *r, const batch_data *d, size_t n0, size_t nb, 
         CHECK(ngd_optim_observe(r->o, r->id[1], nb, ngd_matrix_f32(d->a2 + n0 * DIN2, nb, DIN2),
                                 ngd_matrix_f32(g2, nb, DOUT2)) == NGD_OK);
     }
+    if (late) CHECK(ngd_optim_set_comm(r->o, late, share) == NGD_OK);
     ngd_status s = ngd_optim_step(r->o);
     CHECK_MSG(s == NGD_OK, "%s: %s", ngd_status_str(s), ngd_optim_errmsg(r->o));
 }
@@ -181,6 +185,8 @@ typedef struct {
     bool sum;
 } worker_arg;
 
+static bool late_comm; // the replicas set their communicator after step 0's observes
+
 static void *worker(void *p) {
     worker_arg *w = p;
     tctx ctx = {w->t, w->rank};
@@ -190,12 +196,13 @@ static void *worker(void *p) {
                      .allreduce_sum = t_allreduce,
                      .broadcast = t_bcast,
                      .allgather = t_allgather};
-    CHECK(ngd_optim_set_comm(w->r->o, &comm, w->share) == NGD_OK);
+    if (!late_comm) CHECK(ngd_optim_set_comm(w->r->o, &comm, w->share) == NGD_OK);
     uint64_t seed = 7;
     batch_data d;
     for (int t = 0; t < STEPS; t++) {
         draw(&seed, &d);
-        replica_step(w->r, &d, (size_t)w->rank * (B / NR), B / NR, w->sum);
+        replica_step(w->r, &d, (size_t)w->rank * (B / NR), B / NR, w->sum,
+                     late_comm && t == 0 ? &comm : NULL, w->share);
     }
     return NULL;
 }
@@ -223,7 +230,7 @@ static uint64_t run_case(const char *label, ngd_config cfg, ngd_share share, boo
     batch_data d;
     for (int t = 0; t < STEPS; t++) {
         draw(&seed, &d);
-        replica_step(&single, &d, 0, B, sum);
+        replica_step(&single, &d, 0, B, sum, NULL, share);
     }
     tcomm tc;
     pthread_barrier_init(&tc.bar, NULL, NR);
@@ -322,6 +329,17 @@ static void dist_singd(void) {
     CHECK(own == 3);
     c.structure_K.kind = c.structure_C.kind = NGD_STRUCT_TRIL_TOEPLITZ;
     run_case("singd tril toeplitz", c, NGD_SHARE_AUTO, false, &own);
+    // dense, preconditioned from the batch's rows where that pays (one process only), with
+    // the communicator set after step 0's observes: its rows are a replica's own, so they must
+    // not precondition the global gradient (the replicas parted by 0.06)
+    c = base(NGD_METHOD_SINGD);
+    c.kfac.factored_apply = true;
+    for (int late = 0; late < 2; late++) {
+        late_comm = late;
+        run_case(late ? "singd rows, comm set late" : "singd rows", c, NGD_SHARE_REPLICATE, false,
+                 &own);
+    }
+    late_comm = false;
     ngd_config ik = base(NGD_METHOD_IKFAC);
     ik.structure_K.kind = ik.structure_C.kind = NGD_STRUCT_BLOCKDIAG;
     ik.structure_K.block = ik.structure_C.block = 5;

@@ -48,8 +48,8 @@ typedef struct ngd_entry {
     float *buf;         // momentum buffer (SGD / SINGD / K-FAC family), or Adam m
     float *buf2;        // Adam v
     uint64_t n_updates; // applied updates (Adam bias correction)
-    uint32_t loads;     // checkpoints loaded into the entry (methods' derived caches go
-                        // stale when it changes)
+    uint32_t loads; // checkpoints loaded into the entry, and communicators set (methods' derived
+                    // caches go stale when it changes)
     // statistics bookkeeping
     bool got_stats; // observe() ran at least once for the coming step
     bool unfolded;  // observed through ngd_optim_observe_conv: the observe scratch holds a Gram

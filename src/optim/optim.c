@@ -803,6 +803,11 @@ ngd_status ngd_optim_set_comm(ngd_optim *o, const ngd_comm *comm, ngd_share shar
     o->comm = *comm;
     o->share = share;
     o->owners_planned = false;
+    // what a method derived from this process's own data before (SINGD's rows of an observe
+    // made before this call) must not stand for the global batch's: the derived state goes
+    // as after a load
+    for (size_t i = 0; i < o->n; i++)
+        o->e[i].loads++;
     return NGD_OK;
 }
 

@@ -274,6 +274,9 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
                   ngd_optim_world(o) == 1;
     s->nrows = 0;
     if (s->fact <= 0 || ngd_optim_world(o) != 1) return; // (data-parallel: the rows are local)
+    // (a later batch of several rows a sample, reduced: their mean a and summed g do not make
+    // the gradient, so Ĝ this step, as the K-FAC family does)
+    if (g->rows != batch) return;
     s->robs = s->rloads == e->loads ? s->robs + 1 : 1;
     s->rloads = e->loads;
     if (s->robs > 1 || !rows_pay(rows, dC, dK)) return; // (Ĝ this step)
