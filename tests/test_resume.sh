@@ -111,6 +111,11 @@ expect_msg "note: --log $D/r.jsonl holds an earlier run's records; this run's fi
 [ "$(md5sum < "$D/r.ckpt.prev")" = "$sum_ck" ] && ok || bad "forgotten --resume: the earlier checkpoint is not kept as .prev"
 [ "$(md5sum < "$D/r.jsonl.prev")" = "$sum_log" ] && ok || bad "forgotten --resume: the earlier log is not kept as .prev"
 [ "$(md5sum < "$D/r.ckpt")" != "$sum_ck" ] && grep -q '"steps":2,' "$D/r.jsonl" && ! grep -q '"steps":3,' "$D/r.jsonl" && ok || bad "forgotten --resume: the new run did not replace the checkpoint and log"
+# one generation is kept: a further new run says that the older .prev there goes
+for f in ckpt ckpt.prev jsonl jsonl.prev; do cp "$D/r.$f" "$D/q.$f"; done
+expect_rc 0 "a second new run on the same paths" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/q.ckpt" --log "$D/q.jsonl"
+expect_msg "this run's first save keeps it as $D/q.ckpt.prev in place of the older one there (to continue" "a second new run: the checkpoint's note"
+expect_msg "this run's first record keeps them as $D/q.jsonl.prev in place of the older one there" "a second new run: the log's note"
 # a resume into another run's checkpoint keeps that one too
 cp "$D/r.ckpt" "$D/r4.ckpt"
 expect_rc 0 "resume into another run's checkpoint" "$NGD" train $C --optim bkfac --epochs 1 --max-steps 4 --resume "$D/r.ckpt.prev" --checkpoint "$D/r4.ckpt" --log "$D/r3.jsonl"

@@ -448,6 +448,9 @@ int train_check_outputs(const train_opts *t) {
                (lprev && prev_target_bad("--log", lp, lprev))) {
         rc = NGD_EXIT_FAIL;
     }
+    // (one generation is kept: an older PATH.prev there goes, and the notes say so)
+    const char *lold = lprev && access(lprev, F_OK) == 0 ? " in place of the older one there" : "";
+    const char *cold = cprev && access(cprev, F_OK) == 0 ? " in place of the older one there" : "";
     if (rc == NGD_EXIT_OK && lprev) { // (PATH.prev is made beside it: its folder writable?)
         char *copy = strdup(lp);
         const char *dir = copy ? dirname(copy) : ".";
@@ -455,8 +458,8 @@ int train_check_outputs(const train_opts *t) {
         if (!t->quiet && log_keep)
             fprintf(stderr,
                     "ngd train: note: --log %s holds an earlier run's records; this run's first "
-                    "record keeps them as %s\n",
-                    lp, lprev);
+                    "record keeps them as %s%s\n",
+                    lp, lprev, lold);
         else if (!t->quiet)
             fprintf(
                 stderr,
@@ -470,14 +473,14 @@ int train_check_outputs(const train_opts *t) {
         if (!t->quiet && t->resume)
             fprintf(stderr,
                     "ngd train: note: --checkpoint %s holds another run; this run's first save "
-                    "keeps it as %s\n",
-                    t->ckpt, cprev);
+                    "keeps it as %s%s\n",
+                    t->ckpt, cprev, cold);
         else if (!t->quiet)
             fprintf(stderr,
                     "ngd train: note: --checkpoint %s holds an earlier run; this run's first save "
-                    "keeps it as %s (to continue that run instead, stop this one and add "
+                    "keeps it as %s%s (to continue that run instead, stop this one and add "
                     "--resume %s; once this one has saved, --resume %s%s%s)\n",
-                    t->ckpt, cprev, t->ckpt, cprev, lprev && log_keep ? " --log " : "",
+                    t->ckpt, cprev, cold, t->ckpt, cprev, lprev && log_keep ? " --log " : "",
                     lprev && log_keep ? lprev : "");
     }
     free(cprev), free(lprev);
