@@ -729,7 +729,7 @@ int bench_train(int argc, char **argv) {
                           "--optim: unknown method '%s'", ov[j]);
                 return NGD_EXIT_USAGE;
             }
-            const bool structured = me == NGD_METHOD_SINGD || me == NGD_METHOD_IKFAC;
+            const bool structured = is_singd(me); // (ingd takes --structure as ngd train does)
             for (int k = 0; k < (structured ? ns : 1); k++)
                 for (int pr = 0; pr < 2; pr++) {
                     if (!(precs & (1 << pr))) continue;
