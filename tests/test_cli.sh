@@ -94,6 +94,15 @@ cat > "$tmp/b.jsonl" <<'EOF'
 EOF
 echo '{"type":"summary","model":"mlp","data":"mnist","optim":"sgd","steps":0}' > "$tmp/nosteps.jsonl"
 expect_rc 2 "plot without -o" "$NGD" plot "$tmp/a.jsonl"
+# -o never replaces a log it draws, nor an existing file that is not an image (a log named
+# .svg was replaced by its own plot)
+cp "$tmp/a.jsonl" "$tmp/log.svg"
+expect_rc 2 "plot -o onto its own log" "$NGD" plot "$tmp/log.svg" -o "$tmp/log.svg"
+expect_msg "-o $tmp/log.svg is one of the logs to plot" "plot -o onto its own log: message"
+expect_rc 1 "plot -o onto a file that is no image" "$NGD" plot "$tmp/a.jsonl" -o "$tmp/log.svg"
+expect_msg "exists and is not an SVG image; refusing to replace it" "plot -o onto a non-image: message"
+cmp -s "$tmp/a.jsonl" "$tmp/log.svg" && ok || bad "plot -o replaced a log named .svg"
+rm -f "$tmp/log.svg"
 expect_rc 2 "plot without a log" "$NGD" plot -o "$tmp/p.svg"
 expect_rc 2 "plot unknown option" "$NGD" plot --frobnicate "$tmp/a.jsonl" -o "$tmp/p.svg"
 "$NGD" plot --frobnicate "$tmp/a.jsonl" -o "$tmp/p.svg" 2>&1 | grep -q "unknown option '--frobnicate'" && ok || bad "plot unknown option message"

@@ -30,6 +30,8 @@ char *cli_read_file(const char *path, size_t *len, const char *what);
 // folder's permission bits do not tell everything (root; /sys, /proc, read-only mounts).
 // 0, or -1 with errno set.
 int cli_probe_output(const char *path);
+// Two paths name the same file: the same string, or (both existing) the same inode
+bool cli_same_file(const char *a, const char *b);
 // What a file of st_mode `mode` is, for messages: "a folder", "a symbolic link", "a FIFO"…
 const char *cli_file_kind(unsigned mode);
 // The hint of a failed write whose message is msg: for a full disk (or quota) "free some

@@ -104,6 +104,12 @@ int cli_probe_output(const char *path) {
     return unlink(tmp);
 }
 
+bool cli_same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return !strcmp(a, b) || (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                             sa.st_ino == sb.st_ino);
+}
+
 const char *cli_write_hint(const char *msg, const char *otherwise) {
     if (strstr(msg, strerror(ENOSPC)) || strstr(msg, strerror(EDQUOT)))
         return "the disk is full (a checkpoint is written beside the old one, so it needs room "

@@ -371,13 +371,6 @@ static bool log_target_bad(const train_opts *t, const char *lp) {
     return bad;
 }
 
-// Two paths name the same file: the same string, or (both existing) the same inode.
-static bool same_file(const char *a, const char *b) {
-    struct stat sa, sb;
-    return !strcmp(a, b) || (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-                             sa.st_ino == sb.st_ino);
-}
-
 // What a training run will write, checked before any data is loaded: the checkpoint's
 // target, and a log that is not the checkpoint (written or resumed) nor a file of another
 // kind. Returns an exit code.
@@ -393,9 +386,9 @@ int train_check_outputs(const train_opts *t) {
                   "--log -: the log is written to a file, not to the standard output");
         return NGD_EXIT_USAGE;
     }
-    const char *clash = t->ckpt && same_file(lp, t->ckpt)       ? "--checkpoint"
-                        : t->resume && same_file(lp, t->resume) ? "--resume"
-                                                                : NULL;
+    const char *clash = t->ckpt && cli_same_file(lp, t->ckpt)       ? "--checkpoint"
+                        : t->resume && cli_same_file(lp, t->resume) ? "--resume"
+                                                                    : NULL;
     if (clash) {
         cli_error("give --log and the checkpoint different files", "--log %s is the %s file %s", lp,
                   clash, !strcmp(clash, "--checkpoint") ? t->ckpt : t->resume);
@@ -432,14 +425,15 @@ int train_check_outputs(const train_opts *t) {
     log_keep = false;
     if (!dist_root()) return NGD_EXIT_OK; // (rank 0 writes both)
     const bool ck_other = t->ckpt && stat(t->ckpt, &sb) == 0 && S_ISREG(sb.st_mode) &&
-                          sb.st_size > 0 && !(t->resume && same_file(t->resume, t->ckpt));
+                          sb.st_size > 0 && !(t->resume && cli_same_file(t->resume, t->ckpt));
     const bool lg_other = !t->resume && stat(lp, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0;
     char *cprev = ck_other ? prev_of(t->ckpt) : NULL, *lprev = lg_other ? prev_of(lp) : NULL;
     int rc = NGD_EXIT_OK;
     if ((ck_other && !cprev) || (lg_other && !lprev)) {
         cli_error(NULL, "out of memory");
         rc = NGD_EXIT_FAIL;
-    } else if ((cprev && same_file(lp, cprev)) || (lprev && t->ckpt && same_file(lprev, t->ckpt))) {
+    } else if ((cprev && cli_same_file(lp, cprev)) ||
+               (lprev && t->ckpt && cli_same_file(lprev, t->ckpt))) {
         cli_error("give --log and --checkpoint names that are not each other's .prev",
                   "--log %s and --checkpoint %s: one's earlier run would be kept over the other",
                   lp, t->ckpt);
