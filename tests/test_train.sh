@@ -506,17 +506,22 @@ wait $pid; rc=$?; out=$(cat "$D/sig.out")
 expect_msg "before its first step: nothing saved ($D/keep.ckpt is untouched)" "SIGINT before the first step says nothing was saved"
 c2=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
 [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "a run stopped before its first step replaced the checkpoint ($c1 -> $c2)"
+# same_bits_at_1_and_2_threads OPTIONS...: a short mlp run's final parameters at --threads 1
+# and 2 must have one CRC
+same_bits_at_1_and_2_threads() {
+    for th in 1 2; do
+        "$NGD" train --subset 256 --batch 128 --max-steps 4 "$@" --threads $th --log "$D/th$th.jsonl" --quiet >/dev/null 2>&1
+    done
+    c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th1.jsonl" | tail -1)
+    c2=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th2.jsonl" | tail -1)
+    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$*: 2 threads ($c2) differ from 1 ($c1)"
+    rm -f "$D/th1.jsonl" "$D/th2.jsonl"
+}
 # the K-FAC family's layers maintained side by side at 2 threads give the same bits as one
 # thread doing them in order (their products take a one-thread run's kernels)
 for opt in "kfac --no-factored" "kfac" "kfac --clip kl" "rskfac" "srekfac --no-factored" "bkfac"; do
     # shellcheck disable=SC2086
-    for th in 1 2; do
-        "$NGD" train --subset 256 --batch 128 --max-steps 4 --T-u 2 --T-i 3 --optim $opt --threads $th --log "$D/th$th.jsonl" --quiet >/dev/null 2>&1
-    done
-    c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th1.jsonl" | tail -1)
-    c2=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th2.jsonl" | tail -1)
-    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: 2 threads ($c2) differ from 1 ($c1)"
-    rm -f "$D/th1.jsonl" "$D/th2.jsonl"
+    same_bits_at_1_and_2_threads --T-u 2 --T-i 3 --optim $opt
 done
 # on a terminal, a run that --max-steps stops within an epoch ends its progress line before
 # the result's (the result was printed after "ETA 0s" on the same line)
@@ -527,16 +532,8 @@ if command -v script >/dev/null 2>&1; then
 fi
 # dense SINGD on the default mlp (factors of 513 and 785: the 2 x 2 blocks of one-thread
 # products at every thread count) gives the same bits at 1 and 2 threads, as README says
-for opt in "singd" "singd --no-factored"; do
-    # shellcheck disable=SC2086
-    for th in 1 2; do
-        "$NGD" train --subset 256 --batch 128 --max-steps 4 --T 2 --optim $opt --threads $th --log "$D/th$th.jsonl" --quiet >/dev/null 2>&1
-    done
-    c1=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th1.jsonl" | tail -1)
-    c2=$(grep -o '"parameters_crc":"[0-9a-f]*"' "$D/th2.jsonl" | tail -1)
-    [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "$opt: 2 threads ($c2) differ from 1 ($c1)"
-    rm -f "$D/th1.jsonl" "$D/th2.jsonl"
-done
+same_bits_at_1_and_2_threads --T 2 --optim singd
+same_bits_at_1_and_2_threads --T 2 --optim singd --no-factored
 # --checkpoint-every N: the run's last step is saved too when it is not a multiple of N (the
 # summary's CRC is the checkpoint's)
 "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --checkpoint-every 3 --log "$D/every.jsonl" --checkpoint "$D/every.ckpt" --quiet >/dev/null 2>&1
