@@ -89,53 +89,48 @@ static double dot_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// Twelve sums a0..a11, each its own chain; the asm statement keeps them apart (the compiler
-// would merge equal chains) and in registers (an array of them went to memory every turn)
-#define DOT_12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-#define DOT_KEEP()                                                                                 \
-    __asm__ volatile(""                                                                            \
-                     : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),       \
-                       "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11))
-#define DOT_ZERO(j) __m512 a##j = _mm512_setzero_ps();
-#define DOT_FMA(j)  a##j = _mm512_fmadd_ps(x, y, a##j);
-#define DOT_BF16(j) a##j = _mm512_dpbf16_ps(a##j, (__m512bh)p, (__m512bh)q);
-#define DOT_SUM(j)  s += _mm512_reduce_add_ps(a##j);
+// The timed loop of NGD_DOT_ITERS x 12 instructions I (vfmadd231ps or vdpbf16ps), twelve
+// independent sums in zmm0..zmm11 from zmm16 and zmm17 (all zero: no denormals), written in
+// assembly so that the compiler's optimisation level cannot change it: compiled at -O1 (the
+// sanitizer build) the intrinsics' loop read 1.3 where -O2 read 0.50 on the same Xeon, so
+// that build chose the other bf16 path, and now and then, at 0.7, the first one (test_bf16.sh's
+// runs under OMP_THREAD_LIMIT then differed in their last bits)
+#define DOT_LOOP(I)                                                                                \
+    __asm__ volatile("vpxord %%zmm16, %%zmm16, %%zmm16\n\t"                                        \
+                     "vpxord %%zmm17, %%zmm17, %%zmm17\n\t"                                        \
+                     "1:\n\t" I " %%zmm16, %%zmm17, %%zmm0\n\t" I                                  \
+                     " %%zmm16, %%zmm17, %%zmm1\n\t" I " %%zmm16, %%zmm17, %%zmm2\n\t" I           \
+                     " %%zmm16, %%zmm17, %%zmm3\n\t" I " %%zmm16, %%zmm17, %%zmm4\n\t" I           \
+                     " %%zmm16, %%zmm17, %%zmm5\n\t" I " %%zmm16, %%zmm17, %%zmm6\n\t" I           \
+                     " %%zmm16, %%zmm17, %%zmm7\n\t" I " %%zmm16, %%zmm17, %%zmm8\n\t" I           \
+                     " %%zmm16, %%zmm17, %%zmm9\n\t" I " %%zmm16, %%zmm17, %%zmm10\n\t" I          \
+                     " %%zmm16, %%zmm17, %%zmm11\n\t"                                              \
+                     "dec %0\n\t"                                                                  \
+                     "jnz 1b"                                                                      \
+                     : "+r"(n)                                                                     \
+                     :                                                                             \
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",     \
+                       "xmm9", "xmm10", "xmm11", "xmm16", "xmm17", "cc")
 
-// Seconds for NGD_DOT_ITERS x 12 vfmadd231ps (bf16 false) or vdpbf16ps (true); *sink keeps
-// the sums live
-__attribute__((target("avx512f,avx512bf16"))) static double dot_turn(bool bf16, float *sink) {
-    DOT_12(DOT_ZERO)
-    __m512 x = _mm512_set1_ps(1e-3f), y = _mm512_set1_ps(1e-3f);
-    __m512i p = _mm512_set1_epi16(0x3a83), q = _mm512_set1_epi16(0x3a83); // 1e-3 in bf16
-    __asm__ volatile("" : "+v"(x), "+v"(y), "+v"(p), "+v"(q));
+// Seconds for NGD_DOT_ITERS x 12 vfmadd231ps (bf16 false) or vdpbf16ps (true)
+__attribute__((target("avx512f,avx512bf16"))) static double dot_turn(bool bf16) {
+    long n = NGD_DOT_ITERS;
     const double t0 = dot_now();
     if (bf16)
-        for (int i = 0; i < NGD_DOT_ITERS; i++) {
-            DOT_12(DOT_BF16)
-            DOT_KEEP();
-        }
+        DOT_LOOP("vdpbf16ps");
     else
-        for (int i = 0; i < NGD_DOT_ITERS; i++) {
-            DOT_12(DOT_FMA)
-            DOT_KEEP();
-        }
-    const double t = dot_now() - t0;
-    float s = 0.0f;
-    DOT_12(DOT_SUM)
-    *sink += s;
-    return t;
+        DOT_LOOP("vfmadd231ps");
+    return dot_now() - t0;
 }
 
 static double dot_ratio_measure(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bf16")) return 0.0;
     double fma = 1e30, dot = 1e30;
-    float sink = 0.0f;
     for (int t = 0; t < NGD_DOT_TURNS; t++) {
-        fma = NGD_MIN(fma, dot_turn(false, &sink));
-        dot = NGD_MIN(dot, dot_turn(true, &sink));
+        fma = NGD_MIN(fma, dot_turn(false));
+        dot = NGD_MIN(dot, dot_turn(true));
     }
-    __asm__ volatile("" : : "m"(sink));
     // FLOPs: 32 per vfmadd231ps (16 lanes), 64 per vdpbf16ps (16 lanes x 2 pairs)
     return fma > 0.0 && dot > 0.0 ? (64.0 / dot) / (32.0 / fma) : 0.0;
 }
