@@ -1287,6 +1287,101 @@ static void stats_gram_should_match_float64(void) {
     free(t), free(m);
 }
 
+// ngd_unfold_gram_shifts (a 3x3 "same" convolution's Gram matrix by shifts of the image)
+// against float64 sums of ngd_unfold's rows: with and without the bias column, H != W, beta 0
+// and 1.3, chunks of one, two and all samples; exactly symmetric; and the geometries, dtypes
+// and scratch sizes it leaves to the unfolded rows (false, G untouched)
+static void gram_by_shifts_should_match_the_unfolded_rows(void) {
+    ref_rng r = {77};
+    const struct {
+        size_t c, h, w, n;
+        bool bias;
+    } cs[] = {{5, 8, 11, 7, true}, {4, 9, 8, 5, false}, {6, 12, 10, 3, true}};
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+        const size_t C = cs[ci].c, H = cs[ci].h, W = cs[ci].w, N = cs[ci].n;
+        const size_t nf = 9 * C, d = nf + cs[ci].bias, rows = N * H * W;
+        const ngd_conv_geom geom = {C, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+        float *x = malloc(N * C * H * W * sizeof *x), *un = malloc(rows * nf * sizeof *un);
+        float *G = malloc(d * d * sizeof *G);
+        double *G0 = malloc(d * d * sizeof *G0), *want = malloc(d * d * sizeof *want);
+        for (size_t i = 0; i < N * C * H * W; i++)
+            x[i] = (float)ref_uniform(&r, -1, 2); // (mostly positive, as after a ReLU)
+        CHECK(ngd_unfold(&geom, N, x, false, un) == NGD_OK);
+        ngd_unfold_src u;
+        CHECK(ngd_unfold_src_init(&u, &geom, N, ngd_matrix_f32(x, N, C * H * W)));
+        // the scratch of one sample's chunk, of two, and of all (one chunk)
+        const size_t per = (C + 1) * (H + 2) * (W + 4) + W + 4;
+        const size_t sizes[3] = {per + 8, 2 * per + 8, N * per + 8};
+        float *scratch = malloc(sizes[2] * sizeof *scratch);
+        for (int bi = 0; bi < 2; bi++)
+            for (int si = 0; si < 3; si++) {
+                const float alpha = 0.7f, beta = bi ? 1.3f : 0.0f;
+                for (size_t i = 0; i < d; i++)
+                    for (size_t j = 0; j <= i; j++)
+                        G0[i * d + j] = G0[j * d + i] = ref_uniform(&r, -1, 1);
+                for (size_t i = 0; i < d * d; i++) {
+                    G[i] = bi ? (float)G0[i] : NAN;
+                    want[i] = bi ? (double)beta * (double)(float)G0[i] : 0.0;
+                }
+                double big = 0;
+                for (size_t q = 0; q < rows; q++)
+                    for (size_t i = 0; i < d; i++)
+                        for (size_t j = 0; j < d; j++) {
+                            const double xi = i < nf ? (double)un[q * nf + i] : 1.0;
+                            const double xj = j < nf ? (double)un[q * nf + j] : 1.0;
+                            want[i * d + j] += (double)alpha * xi * xj;
+                            big = fmax(big, fabs((double)alpha * xi * xj));
+                        }
+                CHECK(ngd_unfold_gram_shifts(&u, d, alpha, beta, G, scratch, sizes[si]));
+                double err = 0;
+                bool sym = true;
+                for (size_t i = 0; i < d; i++)
+                    for (size_t j = 0; j < d; j++) {
+                        err = fmax(err, fabs((double)G[i * d + j] - want[i * d + j]));
+                        sym = sym && G[i * d + j] == G[j * d + i];
+                    }
+                // a sum of `rows` products (each at most `big`) in float32: a few ulps of rows·big
+                CHECK_MSG(err <= 4e-6 * (double)rows * big + 1e-6,
+                          "C %zu %zux%zu bias %d beta %g scratch %d: off by %.3g (rows x big %.3g)",
+                          C, H, W, (int)cs[ci].bias, (double)beta, si, err, (double)rows * big);
+                CHECK(sym);
+            }
+        // left to the unfolded rows: G untouched
+        for (size_t i = 0; i < d * d; i++)
+            G[i] = 5.0f;
+        ngd_conv_geom bad[5] = {geom, geom, geom, geom, geom};
+        bad[0].s1 = 2, bad[1].p2 = 0, bad[2].k1 = 5, bad[3].dil2 = 2, bad[4].h = 7;
+        for (int b = 0; b < 5; b++) {
+            ngd_unfold_src ub;
+            if (!ngd_unfold_src_init(&ub, &bad[b], N, ngd_matrix_f32(x, N, C * bad[b].h * W)))
+                continue;
+            CHECK(!ngd_unfold_gram_shifts(&ub, d, 1.0f, 0.0f, G, scratch, sizes[2]));
+        }
+        CHECK(!ngd_unfold_gram_shifts(&u, d, 1.0f, 0.0f, G, scratch, per / 2)); // no sample fits
+        CHECK(!ngd_unfold_gram_shifts(&u, nf + 2, 1.0f, 0.0f, G, scratch, sizes[2])); // width
+        uint16_t *x16 = malloc(N * C * H * W * sizeof *x16);
+        for (size_t i = 0; i < N * C * H * W; i++) { // (truncated: any bf16 values do)
+            uint32_t b;
+            memcpy(&b, &x[i], 4);
+            x16[i] = (uint16_t)(b >> 16);
+        }
+        ngd_unfold_src u16;
+        CHECK(ngd_unfold_src_init(&u16, &geom, N, ngd_matrix_bf16(x16, N, C * H * W)));
+        CHECK(!ngd_unfold_gram_shifts(&u16, d, 1.0f, 0.0f, G, scratch, sizes[2]));
+        bool same = true;
+        for (size_t i = 0; i < d * d; i++)
+            same = same && G[i] == 5.0f;
+        CHECK(same);
+        free(x16), free(x), free(un), free(G), free(G0), free(want), free(scratch);
+    }
+    // fewer than 4 channels: the unfolded rows
+    const ngd_conv_geom g3 = {3, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+    float x3[3 * 64] = {0}, G3[28 * 28], sc[4096];
+    ngd_unfold_src u3;
+    CHECK(ngd_unfold_src_init(&u3, &g3, 1, ngd_matrix_f32(x3, 1, 192)));
+    CHECK(!ngd_unfold_gram_shifts(&u3, 28, 1.0f, 0.0f, G3, sc, 4096));
+}
+
 // A statistics step whose input holds a finite 1e20 (its square overflows float32), the
 // gradients finite: every method refuses those statistics and counts one failure, its factors
 // stay finite and keep training. The K-FAC family folded them into its averages (non-finite
@@ -1438,6 +1533,7 @@ static const test_case TESTS[] = {
     TEST(bad_settings_should_be_refused_with_a_reason),
     TEST(conv_statistics_should_use_the_kfc_split),
     TEST(stats_gram_should_match_float64),
+    TEST(gram_by_shifts_should_match_the_unfolded_rows),
     TEST(kfac_health_should_match_the_factors),
     TEST(overflowing_statistics_should_be_refused_and_counted),
 };

@@ -145,6 +145,8 @@ bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool 
         // summed in f32 (the cnn's bf16 observe, ms a step: K-FAC 22.2 -> 16.1, B-KFAC 19.3 ->
         // 16.2)
         const ngd_unfold_src *src = m->data;
+        if (ngd_unfold_gram_shifts(src, d, alpha, beta, G, scratch, ngd_stats_observe_scratch(e)))
+            return true;
         const bool x16 = src->x.dtype == NGD_BF16;
         const size_t br =
             x16 ? ngd_stats_block16_rows(ngd_stats_observe_scratch(e), d) : ngd_stats_block_rows(d);

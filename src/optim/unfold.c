@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "blas.h"
 #include "method.h"
 
 static size_t out_size(size_t in, size_t k, size_t s, size_t p, size_t dil) {
@@ -176,4 +177,160 @@ void ngd_unfold_rows(const ngd_unfold_src *u, size_t r0, size_t nr, float *out, 
 
 void ngd_unfold_mean_row(const ngd_unfold_src *u, size_t n, float *out) {
     unfold_mean(&u->g, sample(u, n), u->x.dtype == NGD_BF16, u->oh, u->ow, u->cols, out);
+}
+
+// ---- the Gram matrix of a 3x3 "same" convolution's rows, by shifts ----
+// In padded coordinates (the image at rows 1..H, columns 1..W, zeros around it), feature
+// (c, k1, k2) of output (n, o1, o2) reads x_c(n, o1 + k1, o2 + k2). The Gram entry of features
+// (c, k) and (c', k') is then Σ x_c(n, q) x_c'(n, q + δ), δ = k' − k, over the positions q of
+// the box [k1, k1 + H) x [k2, k2 + W): that is the sum over every q, F(δ) (the zeros keep it to
+// the image), less the image's row H when k1 = 0 and its row 1 when k1 = 2 (only where δ1 = 0:
+// elsewhere the partner of that row lies outside the image), less the image's column W or 1
+// likewise where δ2 = 0, plus the corner both took away. F(−δ) = F(δ)ᵀ, so 13 shifts make the
+// 81 blocks: about 13 / 40.5 of the multiply-adds of the unfolded rows' symmetric product
+// (a little more: the padded rows are longer), and no unfolded rows to write and read.
+// x is copied per chunk of samples, channel-major and zero-padded: X[c][q1][n][q2] (q1 < H + 2,
+// q2 < W + 2), so that a shift δ is the pointer offset δ1·nb·(W + 2) + δ2 and every F(δ) one
+// GEMM (ld: a channel's block); the two edge columns again column by column, Y[c][j][q1][n],
+// for their corrections. A bias column (the ones of every row) is one more channel, of ones
+// on the image, read at k = (1, 1).
+#define GS_NF 13 // F(δ) kept: δ1 > 0, or δ1 = 0 and δ2 >= 0
+#define GS_NS (GS_NF + 6 + 6 + 4)
+// Where the shifts are taken (smaller images and fewer channels keep the unfolded rows)
+#define GS_MIN_HW 8
+#define GS_MIN_C  4
+
+static size_t gs_index(int d1, int d2) {
+    return d1 == 0 ? (size_t)d2 : (size_t)(3 + (d1 - 1) * 5 + (d2 + 2));
+}
+
+// The sums of one chunk added to S (beta 0 on the first chunk): F, then the rows 1 and H at
+// δ = (0, 0..2), the columns 1 and W at δ = (0..2, 0), and the 4 corners at δ = 0
+static void gs_chunk(size_t cb, size_t H, size_t nb, size_t W, const float *X, const float *Y,
+                     float beta, float *S) {
+    const size_t Wp = W + 2, Hp = H + 2, row = nb * Wp, bs = Hp * row, ldy = 2 * Hp * nb;
+    const size_t c2 = cb * cb;
+    float *F = S, *R = S + GS_NF * c2, *Cl = R + 6 * c2, *P = Cl + 6 * c2;
+    for (int d1 = 0; d1 <= 2; d1++)
+        for (int d2 = d1 ? -2 : 0; d2 <= 2; d2++) {
+            const float *a = X + row, *b = a + (ptrdiff_t)d1 * (ptrdiff_t)row + d2;
+            ngd_gemm(1.0f, ngd_cview_rm(a, cb, H * row, bs),
+                     ngd_cview_t(ngd_cview_rm(b, cb, H * row, bs)), beta,
+                     ngd_view_rm(F + gs_index(d1, d2) * c2, cb, cb, cb));
+        }
+    for (size_t r = 0; r < 2; r++)
+        for (size_t d = 0; d <= 2; d++) {
+            const float *a = X + (r ? H : 1) * row;
+            ngd_gemm(1.0f, ngd_cview_rm(a, cb, row, bs),
+                     ngd_cview_t(ngd_cview_rm(a + d, cb, row, bs)), beta,
+                     ngd_view_rm(R + (r * 3 + d) * c2, cb, cb, cb));
+            const float *y = Y + r * Hp * nb + nb;
+            ngd_gemm(1.0f, ngd_cview_rm(y, cb, H * nb, ldy),
+                     ngd_cview_t(ngd_cview_rm(y + d * nb, cb, H * nb, ldy)), beta,
+                     ngd_view_rm(Cl + (r * 3 + d) * c2, cb, cb, cb));
+        }
+    for (size_t r = 0; r < 2; r++)
+        for (size_t j = 0; j < 2; j++) {
+            const float *y = Y + j * Hp * nb + (r ? H : 1) * nb;
+            ngd_gemm(1.0f, ngd_cview_rm(y, cb, nb, ldy), ngd_cview_t(ngd_cview_rm(y, cb, nb, ldy)),
+                     beta, ngd_view_rm(P + (r * 2 + j) * c2, cb, cb, cb));
+        }
+}
+
+// The Gram entry of features (c, k1, k2) and (e, l1, l2) from the sums S
+static double gs_value(const float *S, size_t cb, size_t c, int k1, int k2, size_t e, int l1,
+                       int l2) {
+    const size_t c2 = cb * cb;
+    const float *R = S + GS_NF * c2, *Cl = R + 6 * c2, *P = Cl + 6 * c2;
+    const int d1 = l1 - k1, d2 = l2 - k2;
+    const bool fl = d1 < 0 || (d1 == 0 && d2 < 0); // F(δ)[c][e] = F(−δ)[e][c]
+    const size_t i = fl ? e : c, j = fl ? c : e;
+    double v = S[gs_index(fl ? -d1 : d1, fl ? -d2 : d2) * c2 + i * cb + j];
+    if (d1 == 0 && k1 != 1) { // row H (k1 = 0) or row 1 (k1 = 2) is not in the box
+        const size_t r = k1 == 0 ? 1 : 0, d = (size_t)(d2 < 0 ? -d2 : d2);
+        v -= (double)R[(r * 3 + d) * c2 + (d2 < 0 ? e * cb + c : c * cb + e)];
+    }
+    if (d2 == 0 && k2 != 1) { // column W or 1
+        const size_t r = k2 == 0 ? 1 : 0, d = (size_t)(d1 < 0 ? -d1 : d1);
+        v -= (double)Cl[(r * 3 + d) * c2 + (d1 < 0 ? e * cb + c : c * cb + e)];
+    }
+    if (d1 == 0 && d2 == 0 && k1 != 1 && k2 != 1) // the corner taken away twice
+        v += (double)P[((k1 == 0 ? 1 : 0) * 2 + (k2 == 0 ? 1 : 0)) * c2 + c * cb + e];
+    return v;
+}
+
+// The floats of X and Y for nb samples
+static size_t gs_floats(size_t cb, size_t H, size_t W, size_t nb) {
+    const size_t Hp = H + 2, Wp = W + 2;
+    return cb * Hp * nb * Wp + nb * Wp + 2 + 2 * cb * Hp * nb + nb;
+}
+
+bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, float beta, float *G,
+                            float *scratch, size_t floats) {
+    const ngd_conv_geom *g = &u->g;
+    const size_t C = g->c_in, H = g->h, W = g->w, N = u->x.rows;
+    if (u->x.dtype != NGD_F32 || g->k1 != 3 || g->k2 != 3 || g->s1 != 1 || g->s2 != 1 ||
+        g->p1 != 1 || g->p2 != 1 || g->dil1 != 1 || g->dil2 != 1 || g->groups != 1 ||
+        H < GS_MIN_HW || W < GS_MIN_HW || C < GS_MIN_C || (d != 9 * C && d != 9 * C + 1))
+        return false;
+    const size_t cb = C + (d > 9 * C), Hp = H + 2, Wp = W + 2;
+    size_t nbmax = 0;
+    while (nbmax < N && gs_floats(cb, H, W, nbmax + 1) <= floats)
+        nbmax++;
+    if (nbmax == 0) return false;
+    float *S = ngd_malloc(GS_NS * cb * cb, sizeof(float));
+    if (!S) return false;
+    const size_t nch = (N + nbmax - 1) / nbmax;
+    const float *x = u->x.data;
+    const size_t hw = H * W, ld = u->x.ld;
+    for (size_t ch = 0, n0 = 0; ch < nch; ch++) {
+        const size_t nb = (N - n0 + (nch - ch) - 1) / (nch - ch);
+        const size_t row = nb * Wp, bs = Hp * row;
+        float *X = scratch, *Y = scratch + cb * bs + row + 2;
+#pragma omp parallel for schedule(static) if (cb * bs > NGD_PAR_MIN)
+        for (size_t cr = 0; cr < cb * Hp; cr++) {
+            const size_t c = cr / Hp, q1 = cr % Hp;
+            float *o = X + c * bs + q1 * row;
+            if (q1 == 0 || q1 == H + 1) {
+                memset(o, 0, row * sizeof(float));
+                continue;
+            }
+            for (size_t n = 0; n < nb; n++, o += Wp) {
+                o[0] = o[W + 1] = 0.0f;
+                if (c == C)
+                    for (size_t q2 = 1; q2 <= W; q2++)
+                        o[q2] = 1.0f;
+                else
+                    memcpy(o + 1, x + (n0 + n) * ld + c * hw + (q1 - 1) * W, W * sizeof(float));
+            }
+        }
+        memset(X + cb * bs, 0, (row + 2) * sizeof(float));
+#pragma omp parallel for schedule(static) if (cb * bs > NGD_PAR_MIN)
+        for (size_t cj = 0; cj < 2 * cb; cj++) {
+            const size_t c = cj / 2, q2 = cj % 2 ? W : 1;
+            float *y = Y + cj * Hp * nb;
+            for (size_t q1 = 0; q1 < Hp; q1++)
+                for (size_t n = 0; n < nb; n++)
+                    y[q1 * nb + n] = X[c * bs + q1 * row + n * Wp + q2];
+        }
+        memset(Y + 2 * cb * Hp * nb, 0, nb * sizeof(float));
+        gs_chunk(cb, H, nb, W, X, Y, ch ? 1.0f : 0.0f, S);
+        n0 += nb;
+    }
+    // G's lower triangle (feature i >= j) from the sums, then mirrored: exactly symmetric
+    const size_t nf = 9 * C;
+#pragma omp parallel for schedule(dynamic, 16) if (d * d > NGD_PAR_MIN)
+    for (size_t i = 0; i < d; i++) {
+        const size_t c = i < nf ? i / 9 : C;
+        const int k1 = i < nf ? (int)(i % 9 / 3) : 1, k2 = i < nf ? (int)(i % 3) : 1;
+        for (size_t j = 0; j <= i; j++) {
+            const size_t e = j < nf ? j / 9 : C;
+            const int l1 = j < nf ? (int)(j % 9 / 3) : 1, l2 = j < nf ? (int)(j % 3) : 1;
+            const float v = alpha * (float)gs_value(S, cb, c, k1, k2, e, l1, l2);
+            G[i * d + j] = beta == 0.0f ? v : v + beta * G[i * d + j];
+        }
+    }
+    ngd_mirror_lower(ngd_view_rm(G, d, d, d));
+    ngd_free(S);
+    return true;
 }
