@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bf16.h"
 #include "harness.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -1304,24 +1305,40 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
         float *x = malloc(N * C * H * W * sizeof *x), *un = malloc(rows * nf * sizeof *un);
         float *G = malloc(d * d * sizeof *G);
         double *G0 = malloc(d * d * sizeof *G0), *want = malloc(d * d * sizeof *want);
-        for (size_t i = 0; i < N * C * H * W; i++)
-            x[i] = (float)ref_uniform(&r, -1, 2); // (mostly positive, as after a ReLU)
+        uint16_t *x16 = malloc(N * C * H * W * sizeof *x16);
+        for (size_t i = 0; i < N * C * H * W; i++) { // bf16 values: the same in x and x16
+            x[i] = (float)ref_uniform(&r, -1, 2);    // (mostly positive, as after a ReLU)
+            uint32_t b;
+            memcpy(&b, &x[i], 4);
+            b &= 0xffff0000u;
+            memcpy(&x[i], &b, 4);
+            x16[i] = (uint16_t)(b >> 16);
+        }
         CHECK(ngd_unfold(&geom, N, x, false, un) == NGD_OK);
-        ngd_unfold_src u;
+        ngd_unfold_src u, u16;
         CHECK(ngd_unfold_src_init(&u, &geom, N, ngd_matrix_f32(x, N, C * H * W)));
+        CHECK(ngd_unfold_src_init(&u16, &geom, N, ngd_matrix_bf16(x16, N, C * H * W)));
         // the scratch of one sample's chunk, of two, and of all (one chunk)
-        const size_t per = (C + 1) * (H + 2) * (W + 4) + W + 4;
-        const size_t sizes[3] = {per + 8, 2 * per + 8, N * per + 8};
+        const size_t sizes[3] = {ngd_unfold_gram_shifts_floats(&u, d, 1),
+                                 ngd_unfold_gram_shifts_floats(&u, d, 2),
+                                 ngd_unfold_gram_shifts_floats(&u, d, N)};
+        if (!sizes[0]) { // (no AVX-512: the shifts are never taken)
+            printf("  (gram by shifts: not on this CPU, no AVX-512)\n");
+            CHECK(!ngd_unfold_gram_shifts(&u, d, 1.0f, 0.0f, G, un, rows * nf));
+            free(x), free(x16), free(un), free(G), free(G0), free(want);
+            return;
+        }
         float *scratch = malloc(sizes[2] * sizeof *scratch);
-        for (int bi = 0; bi < 2; bi++)
+        CHECK(sizes[0] < sizes[1] && sizes[1] < sizes[2]);
+        for (int bi = 0; bi < 4; bi++) // beta 0, 1.3; f32 images, bf16 images
             for (int si = 0; si < 3; si++) {
-                const float alpha = 0.7f, beta = bi ? 1.3f : 0.0f;
+                const float alpha = 0.7f, beta = bi % 2 ? 1.3f : 0.0f;
                 for (size_t i = 0; i < d; i++)
                     for (size_t j = 0; j <= i; j++)
                         G0[i * d + j] = G0[j * d + i] = ref_uniform(&r, -1, 1);
                 for (size_t i = 0; i < d * d; i++) {
-                    G[i] = bi ? (float)G0[i] : NAN;
-                    want[i] = bi ? (double)beta * (double)(float)G0[i] : 0.0;
+                    G[i] = bi % 2 ? (float)G0[i] : NAN;
+                    want[i] = bi % 2 ? (double)beta * (double)(float)G0[i] : 0.0;
                 }
                 double big = 0;
                 for (size_t q = 0; q < rows; q++)
@@ -1332,7 +1349,8 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
                             want[i * d + j] += (double)alpha * xi * xj;
                             big = fmax(big, fabs((double)alpha * xi * xj));
                         }
-                CHECK(ngd_unfold_gram_shifts(&u, d, alpha, beta, G, scratch, sizes[si]));
+                CHECK(ngd_unfold_gram_shifts(bi < 2 ? &u : &u16, d, alpha, beta, G, scratch,
+                                             sizes[si]));
                 double err = 0;
                 bool sym = true;
                 for (size_t i = 0; i < d; i++)
@@ -1341,9 +1359,11 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
                         sym = sym && G[i * d + j] == G[j * d + i];
                     }
                 // a sum of `rows` products (each at most `big`) in float32: a few ulps of rows·big
-                CHECK_MSG(err <= 4e-6 * (double)rows * big + 1e-6,
-                          "C %zu %zux%zu bias %d beta %g scratch %d: off by %.3g (rows x big %.3g)",
-                          C, H, W, (int)cs[ci].bias, (double)beta, si, err, (double)rows * big);
+                CHECK_MSG(
+                    err <= 4e-6 * (double)rows * big + 1e-6,
+                    "C %zu %zux%zu bias %d beta %g%s scratch %d: off by %.3g (rows x big %.3g)", C,
+                    H, W, (int)cs[ci].bias, (double)beta, bi < 2 ? "" : " bf16", si, err,
+                    (double)rows * big);
                 CHECK(sym);
             }
         // left to the unfolded rows: G untouched
@@ -1357,17 +1377,12 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
                 continue;
             CHECK(!ngd_unfold_gram_shifts(&ub, d, 1.0f, 0.0f, G, scratch, sizes[2]));
         }
-        CHECK(!ngd_unfold_gram_shifts(&u, d, 1.0f, 0.0f, G, scratch, per / 2)); // no sample fits
+        CHECK(
+            !ngd_unfold_gram_shifts(&u, d, 1.0f, 0.0f, G, scratch, sizes[0] - 1)); // no sample fits
         CHECK(!ngd_unfold_gram_shifts(&u, nf + 2, 1.0f, 0.0f, G, scratch, sizes[2])); // width
-        uint16_t *x16 = malloc(N * C * H * W * sizeof *x16);
-        for (size_t i = 0; i < N * C * H * W; i++) { // (truncated: any bf16 values do)
-            uint32_t b;
-            memcpy(&b, &x[i], 4);
-            x16[i] = (uint16_t)(b >> 16);
-        }
-        ngd_unfold_src u16;
-        CHECK(ngd_unfold_src_init(&u16, &geom, N, ngd_matrix_bf16(x16, N, C * H * W)));
-        CHECK(!ngd_unfold_gram_shifts(&u16, d, 1.0f, 0.0f, G, scratch, sizes[2]));
+        const bool was = ngd_bf16_emul_set(true); // (the K-FAC family's emulated bf16 rounding)
+        CHECK(!ngd_unfold_gram_shifts(&u, d, 1.0f, 0.0f, G, scratch, sizes[2]));
+        ngd_bf16_emul_set(was);
         bool same = true;
         for (size_t i = 0; i < d * d; i++)
             same = same && G[i] == 5.0f;

@@ -123,6 +123,9 @@ static void team_end(team_guard g) {
 static atomic_uint_fast64_t gemm_flops; // ngd_gemm_flop_count
 
 uint64_t ngd_gemm_flop_count(void) { return (uint64_t)atomic_load(&gemm_flops); }
+void ngd_gemm_flops_add(uint64_t flops) {
+    atomic_fetch_add_explicit(&gemm_flops, (uint_fast64_t)flops, memory_order_relaxed);
+}
 
 static bool matmul(bool f32, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                    const void *A, size_t lda, const void *B, size_t ldb, float beta, float *C,

@@ -63,6 +63,9 @@ void ngd_gemm(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
 // The plain-loop reference of ngd_gemm (accumulates in double); used by tests and as the
 // fallback for views without a unit stride.
 void ngd_gemm_ref(float alpha, ngd_cview A, ngd_cview B, float beta, ngd_view C);
+// Adds to ngd_gemm_flop_count the FLOPs of products made outside the GEMMs (the shift kernels
+// of a convolution's Gram matrix, unfold.c)
+void ngd_gemm_flops_add(uint64_t flops);
 // bf16 GEMM: ngd_bf16_gemm's contract (ngd.h), arguments asserted, counted in
 // ngd_gemm_flop_count. The bf16 arithmetic of libngd (SINGD's bf16 compute) runs here.
 void ngd_gemm_bf16(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const uint16_t *A,

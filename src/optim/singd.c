@@ -358,9 +358,14 @@ static void observe_side16(const ngd_entry *e, singd_state *s, size_t batch, con
     // Xᵀ X product with no copy, the bias column's entries summed apart (ngd_stats_gram); they
     // were copied by chunks of 256 rows, one product each (observe 4.0 ms a step against f32's
     // 2.2, which took that way from the start)
+    // So do a convolution's rows from bf16 images (their values, unrounded, are bf16 already):
+    // a 3x3 one's by the shifts of ngd_unfold_gram_shifts
     const ngd_matrix *m = kside ? a : g;
+    const bool b16rows =
+        m->dtype == NGD_BF16 ||
+        (m->dtype == NGD_DT_UNFOLD && ((const ngd_unfold_src *)m->data)->x.dtype == NGD_BF16);
     const bool direct =
-        gram && m->dtype == NGD_BF16 && ngd_stats_gram(e, batch, m, kside, 1.0f, 0.0f, f2, chunk);
+        gram && b16rows && ngd_stats_gram(e, batch, m, kside, 1.0f, 0.0f, f2, chunk);
     // Blocks of 256 rows, rounded into s16a; a convolution's Gram (its scratch holds a Gram
     // block of 16 MB) takes as many rows as fit in the scratch's first two thirds, rounded into
     // its last third: the cnn's 131072 rows went by 512 products of 256 rows a side and layer

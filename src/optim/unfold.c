@@ -4,7 +4,12 @@
  * patch x̄[n, c, o1·s1 − p1 + k1·δ1, o2·s2 − p2 + k2·δ2] (zero outside the image), columns
  * ordered (c, k1, k2) like the flattened weight. `reduce` returns the mean over locations.
  */
+#include <stdatomic.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GS_CODE 1 // (the Gram matrix by shifts: AVX-512 kernels)
+#endif
 
 #include "bf16.h"
 #include "blas.h"
@@ -190,10 +195,13 @@ void ngd_unfold_mean_row(const ngd_unfold_src *u, size_t n, float *out) {
 // 81 blocks: about 13 / 40.5 of the multiply-adds of the unfolded rows' symmetric product
 // (a little more: the padded rows are longer), and no unfolded rows to write and read.
 // x is copied per chunk of samples, channel-major and zero-padded: X[c][q1][n][q2] (q1 < H + 2,
-// q2 < W + 2), so that a shift δ is the pointer offset δ1·nb·(W + 2) + δ2 and every F(δ) one
-// GEMM (ld: a channel's block); the two edge columns again column by column, Y[c][j][q1][n],
-// for their corrections. A bias column (the ones of every row) is one more channel, of ones
-// on the image, read at k = (1, 1).
+// q2 < W + 2), so that a shift δ is the pointer offset δ1·row + δ2 (row: a padded image row of
+// the chunk's samples) and F(δ) a product of the channels' rows with the same rows offset
+// (gs_corr, all 3 or 5 shifts of a δ1 at once); the two edge columns again column by column,
+// Y[c][j][q1][n], for their corrections. A bias column (the ones of every row) is one more
+// channel, of ones on the image, read at k = (1, 1). Inputs with an Inf give NaN where the
+// unfolded rows give Inf (either way the statistics are not finite and refused).
+#ifdef GS_CODE
 #define GS_NF 13 // F(δ) kept: δ1 > 0, or δ1 = 0 and δ2 >= 0
 #define GS_NS (GS_NF + 6 + 6 + 4)
 // Where the shifts are taken (smaller images and fewer channels keep the unfolded rows)
@@ -204,36 +212,151 @@ static size_t gs_index(int d1, int d2) {
     return d1 == 0 ? (size_t)d2 : (size_t)(3 + (d1 - 1) * 5 + (d2 + 2));
 }
 
+// A chunk of nb samples in the scratch: X[c][q1][n][q2] with rows of `row` floats (nb·(W + 2),
+// rounded up to 16: every row starts on a cache line, as X does, so that a tile's loads are
+// aligned), a channel's block `bs` floats; then Y[c][j][q1][n], n padded to nbp (16s) with
+// zeros; each with a margin of zeros for the shifts' reads past its end
+typedef struct {
+    size_t Hp, Wp, row, bs, nbp, ldy, xf, total;
+} gs_layout;
+
+static size_t gs_up16(size_t n) { return (n + 15) / 16 * 16; }
+
+static gs_layout gs_lay(size_t cb, size_t H, size_t W, size_t nb) {
+    gs_layout l;
+    l.Hp = H + 2, l.Wp = W + 2, l.row = gs_up16(nb * l.Wp), l.bs = l.Hp * l.row;
+    l.nbp = gs_up16(nb), l.ldy = 2 * l.Hp * l.nbp;
+    l.xf = gs_up16(cb * l.bs + l.row + 2);
+    l.total = 15 + l.xf + 2 * cb * l.Hp * l.nbp + l.nbp; // (15: X aligned to 64 bytes)
+    return l;
+}
+
+// out[s][c·cb + e] (+)= Σ_{i < L} a_c[i] · a_e[i + off[s]], a_c = A + c·ld, for the ns <= 5
+// offsets (all >= 0), every pair of the cb channels: the products of every shift at once, by
+// tiles of 4 rows a_c (8 at 3 shifts or 1) against one row a_e (4·5 accumulators: 4 + 5 loads
+// a vector of 16 for 20 FMAs), over blocks of L that keep every row's block in L2 and a tile's in
+// L1. Threads take the (tile, e) pairs; each sum is added block by block in the order of L on any
+// number of threads. oneDNN's sgemm ran these 33 x 33 products of 139 k at 70 GFLOP/s on a thread.
+#define GS_MAXA 8 // rows a tile: 4 at 5 shifts, 8 at 3 or 1 (4·5 or 8·3 accumulators)
+#define GS_MAXS 5
+
+__attribute__((target("avx512f"), always_inline)) static inline void
+gs_tile(const float *A, size_t ld, size_t c0, size_t e, size_t k0, size_t kn, const ptrdiff_t *off,
+        const int na, const int ns, float *const *out, size_t cb) {
+    __m512 acc[GS_MAXA][GS_MAXS];
+    for (int a = 0; a < na; a++)
+        for (int s = 0; s < ns; s++)
+            acc[a][s] = _mm512_setzero_ps();
+    const float *b = A + e * ld + k0;
+    const float *ar[GS_MAXA];
+    for (int a = 0; a < na; a++)
+        ar[a] = A + (c0 + (size_t)a) * ld + k0;
+    size_t i = 0;
+    for (; i + 16 <= kn; i += 16) {
+        __m512 bv[GS_MAXS];
+        for (int s = 0; s < ns; s++)
+            bv[s] = _mm512_loadu_ps(b + (ptrdiff_t)i + off[s]);
+        for (int a = 0; a < na; a++) {
+            const __m512 av = _mm512_loadu_ps(ar[a] + i);
+            for (int s = 0; s < ns; s++)
+                acc[a][s] = _mm512_fmadd_ps(av, bv[s], acc[a][s]);
+        }
+    }
+    if (i < kn) {
+        const __mmask16 m = (__mmask16)((1u << (kn - i)) - 1u);
+        __m512 bv[GS_MAXS];
+        for (int s = 0; s < ns; s++)
+            bv[s] = _mm512_maskz_loadu_ps(m, b + (ptrdiff_t)i + off[s]);
+        for (int a = 0; a < na; a++) {
+            const __m512 av = _mm512_maskz_loadu_ps(m, ar[a] + i);
+            for (int s = 0; s < ns; s++)
+                acc[a][s] = _mm512_fmadd_ps(av, bv[s], acc[a][s]);
+        }
+    }
+    for (int a = 0; a < na; a++)
+        for (int s = 0; s < ns; s++)
+            out[s][(c0 + (size_t)a) * cb + e] += _mm512_reduce_add_ps(acc[a][s]);
+}
+
+#define GS_CASE(NA, NS)                                                                            \
+    case (NA)*8 + (NS):                                                                            \
+        gs_tile(A, ld, c0, e, k0, kn, off, NA, NS, out, cb);                                       \
+        return
+#define GS_CASES(NS)                                                                               \
+    GS_CASE(1, NS);                                                                                \
+    GS_CASE(2, NS);                                                                                \
+    GS_CASE(3, NS);                                                                                \
+    GS_CASE(4, NS)
+#define GS_CASES8(NS)                                                                              \
+    GS_CASES(NS);                                                                                  \
+    GS_CASE(5, NS);                                                                                \
+    GS_CASE(6, NS);                                                                                \
+    GS_CASE(7, NS);                                                                                \
+    GS_CASE(8, NS)
+
+__attribute__((target("avx512f"))) static void gs_tile_any(const float *A, size_t ld, size_t c0,
+                                                           size_t e, size_t k0, size_t kn,
+                                                           const ptrdiff_t *off, int na, int ns,
+                                                           float *const *out, size_t cb) {
+    switch (na * 8 + ns) {
+        GS_CASES(5);
+        GS_CASES8(3);
+        GS_CASES8(1);
+    default: NGD_ASSERT(0 && "gs_tile_any: 1-4 rows at 5 shifts, 1-8 at 3 or 1");
+    }
+}
+
+static void gs_corr(const float *A, size_t ld, size_t cb, size_t L, const ptrdiff_t *off, int ns,
+                    float beta, float *const *out) {
+    const size_t ta = ns == 5 ? 4 : 8, c2 = cb * cb, nt = (cb + ta - 1) / ta, np = nt * cb;
+    for (int s = 0; s < ns; s++)
+        for (size_t i = 0; i < c2; i++)
+            out[s][i] = beta == 0.0f ? 0.0f : beta * out[s][i];
+    ngd_gemm_flops_add(2 * (uint64_t)ns * c2 * L); // (counted as the products they are)
+    // blocks of L: every row's block within 1 MB (L2), a tile's within 32 KB (L1)
+    size_t kb = ((size_t)1 << 18) / cb / 16 * 16;
+    kb = kb > 2048 ? 2048 : kb < 256 ? 256 : kb;
+#pragma omp parallel if (np * L > NGD_PAR_MIN)
+    for (size_t k0 = 0; k0 < L; k0 += kb) {
+        const size_t kn = L - k0 < kb ? L - k0 : kb;
+#pragma omp for schedule(static) nowait
+        for (size_t p = 0; p < np; p++) {
+            const size_t c0 = p / cb * ta, e = p % cb;
+            const int na = (int)(cb - c0 < ta ? cb - c0 : ta);
+            gs_tile_any(A, ld, c0, e, k0, kn, off, na, ns, out, cb);
+        }
+    }
+}
+
 // The sums of one chunk added to S (beta 0 on the first chunk): F, then the rows 1 and H at
 // δ = (0, 0..2), the columns 1 and W at δ = (0..2, 0), and the 4 corners at δ = 0
-static void gs_chunk(size_t cb, size_t H, size_t nb, size_t W, const float *X, const float *Y,
+static void gs_chunk(size_t cb, size_t H, const gs_layout *l, const float *X, const float *Y,
                      float beta, float *S) {
-    const size_t Wp = W + 2, Hp = H + 2, row = nb * Wp, bs = Hp * row, ldy = 2 * Hp * nb;
+    const size_t Hp = l->Hp, row = l->row, bs = l->bs, nb = l->nbp, ldy = l->ldy;
     const size_t c2 = cb * cb;
     float *F = S, *R = S + GS_NF * c2, *Cl = R + 6 * c2, *P = Cl + 6 * c2;
-    for (int d1 = 0; d1 <= 2; d1++)
-        for (int d2 = d1 ? -2 : 0; d2 <= 2; d2++) {
-            const float *a = X + row, *b = a + (ptrdiff_t)d1 * (ptrdiff_t)row + d2;
-            ngd_gemm(1.0f, ngd_cview_rm(a, cb, H * row, bs),
-                     ngd_cview_t(ngd_cview_rm(b, cb, H * row, bs)), beta,
-                     ngd_view_rm(F + gs_index(d1, d2) * c2, cb, cb, cb));
+    for (int d1 = 0; d1 <= 2; d1++) { // F(d1, d2), d2 from 0 (d1 = 0) or -2 to 2
+        const int lo = d1 ? -2 : 0, ns = 3 - lo;
+        ptrdiff_t off[GS_MAXS];
+        float *out[GS_MAXS];
+        for (int s = 0; s < ns; s++) {
+            off[s] = (ptrdiff_t)d1 * (ptrdiff_t)row + lo + s;
+            out[s] = F + gs_index(d1, lo + s) * c2;
         }
-    for (size_t r = 0; r < 2; r++)
-        for (size_t d = 0; d <= 2; d++) {
-            const float *a = X + (r ? H : 1) * row;
-            ngd_gemm(1.0f, ngd_cview_rm(a, cb, row, bs),
-                     ngd_cview_t(ngd_cview_rm(a + d, cb, row, bs)), beta,
-                     ngd_view_rm(R + (r * 3 + d) * c2, cb, cb, cb));
-            const float *y = Y + r * Hp * nb + nb;
-            ngd_gemm(1.0f, ngd_cview_rm(y, cb, H * nb, ldy),
-                     ngd_cview_t(ngd_cview_rm(y + d * nb, cb, H * nb, ldy)), beta,
-                     ngd_view_rm(Cl + (r * 3 + d) * c2, cb, cb, cb));
-        }
+        gs_corr(X + row, bs, cb, H * row, off, ns, beta, out);
+    }
+    for (size_t r = 0; r < 2; r++) {
+        const ptrdiff_t offr[3] = {0, 1, 2}, offc[3] = {0, (ptrdiff_t)nb, 2 * (ptrdiff_t)nb};
+        float *outr[3] = {R + r * 3 * c2, R + (r * 3 + 1) * c2, R + (r * 3 + 2) * c2};
+        float *outc[3] = {Cl + r * 3 * c2, Cl + (r * 3 + 1) * c2, Cl + (r * 3 + 2) * c2};
+        gs_corr(X + (r ? H : 1) * row, bs, cb, row, offr, 3, beta, outr);
+        gs_corr(Y + r * Hp * nb + nb, ldy, cb, H * nb, offc, 3, beta, outc);
+    }
     for (size_t r = 0; r < 2; r++)
         for (size_t j = 0; j < 2; j++) {
-            const float *y = Y + j * Hp * nb + (r ? H : 1) * nb;
-            ngd_gemm(1.0f, ngd_cview_rm(y, cb, nb, ldy), ngd_cview_t(ngd_cview_rm(y, cb, nb, ldy)),
-                     beta, ngd_view_rm(P + (r * 2 + j) * c2, cb, cb, cb));
+            const ptrdiff_t off0[1] = {0};
+            float *out[1] = {P + (r * 2 + j) * c2};
+            gs_corr(Y + j * Hp * nb + (r ? H : 1) * nb, ldy, cb, nb, off0, 1, beta, out);
         }
 }
 
@@ -259,34 +382,48 @@ static double gs_value(const float *S, size_t cb, size_t c, int k1, int k2, size
     return v;
 }
 
-// The floats of X and Y for nb samples
-static size_t gs_floats(size_t cb, size_t H, size_t W, size_t nb) {
-    const size_t Hp = H + 2, Wp = W + 2;
-    return cb * Hp * nb * Wp + nb * Wp + 2 + 2 * cb * Hp * nb + nb;
+// 1 where the CPU runs the kernels (AVX-512), else 2 (then the unfolded rows)
+static int gs_cpu(void) {
+    static atomic_int avx; // 0 unknown
+    int av = atomic_load_explicit(&avx, memory_order_relaxed);
+    if (av == 0) {
+        __builtin_cpu_init();
+        av = __builtin_cpu_supports("avx512f") ? 1 : 2;
+        atomic_store_explicit(&avx, av, memory_order_relaxed);
+    }
+    return av;
+}
+
+size_t ngd_unfold_gram_shifts_floats(const ngd_unfold_src *u, size_t d, size_t nb) {
+    if (gs_cpu() != 1) return 0;
+    return gs_lay(u->g.c_in + (d > 9 * u->g.c_in), u->g.h, u->g.w, nb).total;
 }
 
 bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, float beta, float *G,
                             float *scratch, size_t floats) {
     const ngd_conv_geom *g = &u->g;
     const size_t C = g->c_in, H = g->h, W = g->w, N = u->x.rows;
-    if (u->x.dtype != NGD_F32 || g->k1 != 3 || g->k2 != 3 || g->s1 != 1 || g->s2 != 1 ||
+    const int av = gs_cpu();
+    if (av != 1 || ngd_bf16_emul() || g->k1 != 3 || g->k2 != 3 || g->s1 != 1 || g->s2 != 1 ||
         g->p1 != 1 || g->p2 != 1 || g->dil1 != 1 || g->dil2 != 1 || g->groups != 1 ||
         H < GS_MIN_HW || W < GS_MIN_HW || C < GS_MIN_C || (d != 9 * C && d != 9 * C + 1))
         return false;
     const size_t cb = C + (d > 9 * C), Hp = H + 2, Wp = W + 2;
+    float *X = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     size_t nbmax = 0;
-    while (nbmax < N && gs_floats(cb, H, W, nbmax + 1) <= floats)
+    while (nbmax < N && gs_lay(cb, H, W, nbmax + 1).total <= floats)
         nbmax++;
     if (nbmax == 0) return false;
     float *S = ngd_malloc(GS_NS * cb * cb, sizeof(float));
     if (!S) return false;
     const size_t nch = (N + nbmax - 1) / nbmax;
-    const float *x = u->x.data;
+    const bool b16 = u->x.dtype == NGD_BF16; // (bf16 values widen exactly: the same products)
     const size_t hw = H * W, ld = u->x.ld;
     for (size_t ch = 0, n0 = 0; ch < nch; ch++) {
         const size_t nb = (N - n0 + (nch - ch) - 1) / (nch - ch);
-        const size_t row = nb * Wp, bs = Hp * row;
-        float *X = scratch, *Y = scratch + cb * bs + row + 2;
+        const gs_layout l = gs_lay(cb, H, W, nb);
+        const size_t row = l.row, bs = l.bs, nbp = l.nbp;
+        float *Y = X + l.xf;
 #pragma omp parallel for schedule(static) if (cb * bs > NGD_PAR_MIN)
         for (size_t cr = 0; cr < cb * Hp; cr++) {
             const size_t c = cr / Hp, q1 = cr % Hp;
@@ -295,26 +432,35 @@ bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, floa
                 memset(o, 0, row * sizeof(float));
                 continue;
             }
+            memset(o + nb * Wp, 0, (row - nb * Wp) * sizeof(float));
             for (size_t n = 0; n < nb; n++, o += Wp) {
                 o[0] = o[W + 1] = 0.0f;
                 if (c == C)
                     for (size_t q2 = 1; q2 <= W; q2++)
                         o[q2] = 1.0f;
+                else if (b16)
+                    ngd_bf16_decode((const uint16_t *)u->x.data + (n0 + n) * ld + c * hw +
+                                        (q1 - 1) * W,
+                                    o + 1, W);
                 else
-                    memcpy(o + 1, x + (n0 + n) * ld + c * hw + (q1 - 1) * W, W * sizeof(float));
+                    memcpy(o + 1, (const float *)u->x.data + (n0 + n) * ld + c * hw + (q1 - 1) * W,
+                           W * sizeof(float));
             }
         }
-        memset(X + cb * bs, 0, (row + 2) * sizeof(float));
+        memset(X + cb * bs, 0, (l.xf - cb * bs) * sizeof(float));
 #pragma omp parallel for schedule(static) if (cb * bs > NGD_PAR_MIN)
         for (size_t cj = 0; cj < 2 * cb; cj++) {
             const size_t c = cj / 2, q2 = cj % 2 ? W : 1;
-            float *y = Y + cj * Hp * nb;
-            for (size_t q1 = 0; q1 < Hp; q1++)
+            float *y = Y + cj * Hp * nbp;
+            for (size_t q1 = 0; q1 < Hp; q1++) {
                 for (size_t n = 0; n < nb; n++)
-                    y[q1 * nb + n] = X[c * bs + q1 * row + n * Wp + q2];
+                    y[q1 * nbp + n] = X[c * bs + q1 * row + n * Wp + q2];
+                for (size_t n = nb; n < nbp; n++)
+                    y[q1 * nbp + n] = 0.0f;
+            }
         }
-        memset(Y + 2 * cb * Hp * nb, 0, nb * sizeof(float));
-        gs_chunk(cb, H, nb, W, X, Y, ch ? 1.0f : 0.0f, S);
+        memset(Y + 2 * cb * Hp * nbp, 0, nbp * sizeof(float));
+        gs_chunk(cb, H, &l, X, Y, ch ? 1.0f : 0.0f, S);
         n0 += nb;
     }
     // G's lower triangle (feature i >= j) from the sums, then mirrored: exactly symmetric
@@ -334,3 +480,14 @@ bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, floa
     ngd_free(S);
     return true;
 }
+#else
+size_t ngd_unfold_gram_shifts_floats(const ngd_unfold_src *u, size_t d, size_t nb) {
+    (void)u, (void)d, (void)nb;
+    return 0;
+}
+bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, float beta, float *G,
+                            float *scratch, size_t floats) {
+    (void)u, (void)d, (void)alpha, (void)beta, (void)G, (void)scratch, (void)floats;
+    return false;
+}
+#endif
