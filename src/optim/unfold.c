@@ -202,8 +202,8 @@ void ngd_unfold_mean_row(const ngd_unfold_src *u, size_t n, float *out) {
 // channel, of ones on the image, read at k = (1, 1). Inputs with an Inf give NaN where the
 // unfolded rows give Inf (either way the statistics are not finite and refused).
 #ifdef GS_CODE
-#define GS_NF 13 // F(δ) kept: δ1 > 0, or δ1 = 0 and δ2 >= 0
-#define GS_NS (GS_NF + 6 + 6 + 4)
+#define GS_NF 13                      // F(δ) kept: δ1 > 0, or δ1 = 0 and δ2 >= 0
+#define GS_NS (GS_NF + 6 + 6 + 4 + 2) // (+ 2: F(0, 1), F(0, 2) transposed, gs_chunk)
 // Where the shifts are taken (smaller images and fewer channels keep the unfolded rows)
 #define GS_MIN_HW 8
 #define GS_MIN_C  4
@@ -306,24 +306,49 @@ __attribute__((target("avx512f"))) static void gs_tile_any(const float *A, size_
     }
 }
 
-static void gs_corr(const float *A, size_t ld, size_t cb, size_t L, const ptrdiff_t *off, int ns,
-                    float beta, float *const *out) {
-    const size_t ta = ns == 5 ? 4 : 8, c2 = cb * cb, nt = (cb + ta - 1) / ta, np = nt * cb;
-    for (int s = 0; s < ns; s++)
-        for (size_t i = 0; i < c2; i++)
-            out[s][i] = beta == 0.0f ? 0.0f : beta * out[s][i];
-    ngd_gemm_flops_add(2 * (uint64_t)ns * c2 * L); // (counted as the products they are)
+// One set of shifts for gs_corr: ns offsets, the sums' arrays
+typedef struct {
+    int ns;
+    bool tri; // only the pairs with e at or past the tile's first row
+    ptrdiff_t off[GS_MAXS];
+    float *out[GS_MAXS];
+} gs_pass;
+
+// gs_corr's sums for np passes over the same rows, by blocks of L, every pass of a block before
+// the next block: the three passes of F read rows up to 2 image rows ahead of the block, which
+// are still in L2 when the block that starts there comes (2 threads, C 32 at 32x32: 24.7 ms a
+// Gram when each pass went over the whole chunk)
+static void gs_corr(const float *A, size_t ld, size_t cb, size_t L, int npass, const gs_pass *ps,
+                    float beta) {
+    const size_t c2 = cb * cb;
+    for (int q = 0; q < npass; q++) {
+        for (int s = 0; s < ps[q].ns; s++)
+            for (size_t i = 0; i < c2; i++)
+                ps[q].out[s][i] = beta == 0.0f ? 0.0f : beta * ps[q].out[s][i];
+        ngd_gemm_flops_add(2 * (uint64_t)ps[q].ns * c2 * L); // (counted as the products they are)
+    }
     // blocks of L: every row's block within 1 MB (L2), a tile's within 32 KB (L1)
     size_t kb = ((size_t)1 << 18) / cb / 16 * 16;
     kb = kb > 2048 ? 2048 : kb < 256 ? 256 : kb;
-#pragma omp parallel if (np * L > NGD_PAR_MIN)
+#pragma omp parallel if (cb * cb * L > NGD_PAR_MIN)
     for (size_t k0 = 0; k0 < L; k0 += kb) {
         const size_t kn = L - k0 < kb ? L - k0 : kb;
+        for (int q = 0; q < npass; q++) {
+            const int ns = ps[q].ns;
+            const size_t ta = ns == 5 ? 4 : 8, nt = (cb + ta - 1) / ta;
+            const size_t np = ps[q].tri ? nt * cb - ta * nt * (nt - 1) / 2 : nt * cb;
 #pragma omp for schedule(static) nowait
-        for (size_t p = 0; p < np; p++) {
-            const size_t c0 = p / cb * ta, e = p % cb;
-            const int na = (int)(cb - c0 < ta ? cb - c0 : ta);
-            gs_tile_any(A, ld, c0, e, k0, kn, off, na, ns, out, cb);
+            for (size_t p = 0; p < np; p++) {
+                size_t c0 = 0, e = p; // pair p: tile of rows c0.., row e (tri: e >= c0)
+                if (ps[q].tri)
+                    while (e >= cb - c0)
+                        e -= cb - c0, c0 += ta;
+                else
+                    c0 = p / cb * ta, e = p % cb;
+                if (ps[q].tri) e += c0;
+                const int na = (int)(cb - c0 < ta ? cb - c0 : ta);
+                gs_tile_any(A, ld, c0, e, k0, kn, ps[q].off, na, ns, ps[q].out, cb);
+            }
         }
     }
 }
@@ -334,29 +359,46 @@ static void gs_chunk(size_t cb, size_t H, const gs_layout *l, const float *X, co
                      float beta, float *S) {
     const size_t Hp = l->Hp, row = l->row, bs = l->bs, nb = l->nbp, ldy = l->ldy;
     const size_t c2 = cb * cb;
-    float *F = S, *R = S + GS_NF * c2, *Cl = R + 6 * c2, *P = Cl + 6 * c2;
-    for (int d1 = 0; d1 <= 2; d1++) { // F(d1, d2), d2 from 0 (d1 = 0) or -2 to 2
-        const int lo = d1 ? -2 : 0, ns = 3 - lo;
-        ptrdiff_t off[GS_MAXS];
-        float *out[GS_MAXS];
-        for (int s = 0; s < ns; s++) {
-            off[s] = (ptrdiff_t)d1 * (ptrdiff_t)row + lo + s;
-            out[s] = F + gs_index(d1, lo + s) * c2;
+    float *F = S, *R = S + GS_NF * c2, *Cl = R + 6 * c2, *P = Cl + 6 * c2, *T = P + 4 * c2;
+    gs_pass pf[3], pr[2], pc[2], pp[2];
+    // F(d1, d2) at d2 = -2..2. At d1 = 0 only the pairs (c, e) with e past c's tile start: the
+    // shifts -1 and -2 give F(0, 1) and F(0, 2) transposed (into T, gs_unfold0), the rest is
+    // F(0, 0)'s mirror; so the 5-shift tiles, which ran at twice the rate of 3-shift ones
+    for (int d1 = 0; d1 <= 2; d1++) {
+        pf[d1].ns = 5, pf[d1].tri = d1 == 0;
+        for (int s = 0; s < 5; s++) {
+            pf[d1].off[s] = (ptrdiff_t)d1 * (ptrdiff_t)row - 2 + s;
+            pf[d1].out[s] = d1 == 0 && s < 2 ? T + (size_t)s * c2 : F + gs_index(d1, s - 2) * c2;
         }
-        gs_corr(X + row, bs, cb, H * row, off, ns, beta, out);
     }
-    for (size_t r = 0; r < 2; r++) {
-        const ptrdiff_t offr[3] = {0, 1, 2}, offc[3] = {0, (ptrdiff_t)nb, 2 * (ptrdiff_t)nb};
-        float *outr[3] = {R + r * 3 * c2, R + (r * 3 + 1) * c2, R + (r * 3 + 2) * c2};
-        float *outc[3] = {Cl + r * 3 * c2, Cl + (r * 3 + 1) * c2, Cl + (r * 3 + 2) * c2};
-        gs_corr(X + (r ? H : 1) * row, bs, cb, row, offr, 3, beta, outr);
-        gs_corr(Y + r * Hp * nb + nb, ldy, cb, H * nb, offc, 3, beta, outc);
+    gs_corr(X + row, bs, cb, H * row, 3, pf, beta);
+    for (size_t r = 0; r < 2; r++) { // rows 1 and H at d2 0..2, columns 1 and W at d1 0..2
+        pr[r].ns = pc[r].ns = 3, pr[r].tri = pc[r].tri = false;
+        for (int s = 0; s < 3; s++) {
+            pr[r].off[s] = s, pr[r].out[s] = R + (r * 3 + (size_t)s) * c2;
+            pc[r].off[s] = s * (ptrdiff_t)nb, pc[r].out[s] = Cl + (r * 3 + (size_t)s) * c2;
+        }
+        gs_corr(X + (r ? H : 1) * row, bs, cb, row, 1, &pr[r], beta);
+        gs_corr(Y + r * Hp * nb + nb, ldy, cb, H * nb, 1, &pc[r], beta);
     }
-    for (size_t r = 0; r < 2; r++)
+    for (size_t r = 0; r < 2; r++) // the corners (rows 1 and H of columns 1 and W) at δ = 0
         for (size_t j = 0; j < 2; j++) {
-            const ptrdiff_t off0[1] = {0};
-            float *out[1] = {P + (r * 2 + j) * c2};
-            gs_corr(Y + j * Hp * nb + (r ? H : 1) * nb, ldy, cb, nb, off0, 1, beta, out);
+            pp[j].ns = 1, pp[j].tri = false, pp[j].off[0] = 0, pp[j].out[0] = P + (r * 2 + j) * c2;
+            gs_corr(Y + j * Hp * nb + (r ? H : 1) * nb, ldy, cb, nb, 1, &pp[j], beta);
+        }
+}
+
+// F(0, ·) at the pairs gs_chunk left out (e before the start of c's 4-row tile): F(0, 0) by
+// symmetry, F(0, 1) and F(0, 2) from the -1 and -2 shifts (T[s][e][c] = F(0, 2 - s)[c][e])
+static void gs_unfold0(size_t cb, float *S) {
+    const size_t c2 = cb * cb;
+    float *F00 = S + gs_index(0, 0) * c2, *F01 = S + gs_index(0, 1) * c2;
+    float *F02 = S + gs_index(0, 2) * c2, *T = S + (GS_NF + 16) * c2;
+    for (size_t c = 0; c < cb; c++)
+        for (size_t e = 0; e < c / 4 * 4; e++) {
+            F00[c * cb + e] = F00[e * cb + c];
+            F01[c * cb + e] = T[c2 + e * cb + c];
+            F02[c * cb + e] = T[e * cb + c];
         }
 }
 
@@ -463,6 +505,7 @@ bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, floa
         gs_chunk(cb, H, &l, X, Y, ch ? 1.0f : 0.0f, S);
         n0 += nb;
     }
+    gs_unfold0(cb, S);
     // G's lower triangle (feature i >= j) from the sums, then mirrored: exactly symmetric
     const size_t nf = 9 * C;
 #pragma omp parallel for schedule(dynamic, 16) if (d * d > NGD_PAR_MIN)
