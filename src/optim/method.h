@@ -323,8 +323,8 @@ bool ngd_unfold_src_init(ngd_unfold_src *u, const ngd_conv_geom *g, size_t batch
 void ngd_unfold_rows(const ngd_unfold_src *u, size_t r0, size_t nr, float *out, size_t ldo);
 // G (d x d, row-major) = beta·G + alpha·Xᵀ X of the unfolded rows X (a bias column of ones
 // after them where d = cols + 1), for 3x3 convolutions of stride 1, padding 1, dilation 1, one
-// group, f32 or bf16 images (the products of bf16 values are exact in f32), at least 8x8 and 4
-// channels, not under bf16 emulation, computed by shifts of the image (unfold.c)
+// group, f32 or bf16 images (the products of bf16 values are exact in f32), at least 8x8, not
+// under bf16 emulation, computed by shifts of the image (unfold.c)
 // in chunks of samples that fit `floats` of scratch. With beta != 0, G's lower triangle is read
 // (G symmetric on entry). False, with G untouched, where it does not apply.
 bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, float beta, float *G,
