@@ -1297,7 +1297,10 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
     const struct {
         size_t c, h, w, n;
         bool bias;
-    } cs[] = {{5, 8, 11, 7, true}, {4, 9, 8, 5, false}, {6, 12, 10, 3, true}, {1, 8, 8, 4, true},
+    } cs[] = {{5, 8, 11, 7, true},
+              {4, 9, 8, 5, false},
+              {6, 12, 10, 3, true},
+              {1, 8, 8, 4, true},
               {3, 10, 9, 2, false}};
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         const size_t C = cs[ci].c, H = cs[ci].h, W = cs[ci].w, N = cs[ci].n;
