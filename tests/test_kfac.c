@@ -1301,7 +1301,10 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
               {4, 9, 8, 5, false},
               {6, 12, 10, 3, true},
               {1, 8, 8, 4, true},
-              {3, 10, 9, 2, false}};
+              {3, 10, 9, 2, false},
+              {2, 8, 14, 8, true}, // (rows of 16 x 8: no padding)
+              // tiles of 5-8 rows, the threads, rows longer than a block (2048 floats)
+              {12, 32, 32, 4, true}};
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         const size_t C = cs[ci].c, H = cs[ci].h, W = cs[ci].w, N = cs[ci].n;
         const size_t nf = 9 * C, d = nf + cs[ci].bias, rows = N * H * W;
@@ -1334,6 +1337,17 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
         }
         float *scratch = malloc(sizes[2] * sizeof *scratch);
         CHECK(sizes[0] < sizes[1] && sizes[1] <= sizes[2]);
+        // Σ x xᵀ over the unfolded rows (the bias: 1), and the largest product
+        double *xtx = calloc(d * d, sizeof *xtx), xbig = 0;
+        for (size_t q = 0; q < rows; q++)
+            for (size_t i = 0; i < d; i++) {
+                const double xi = i < nf ? (double)un[q * nf + i] : 1.0;
+                for (size_t j = 0; j < d; j++) {
+                    const double p = xi * (j < nf ? (double)un[q * nf + j] : 1.0);
+                    xtx[i * d + j] += p;
+                    xbig = fmax(xbig, fabs(p));
+                }
+            }
         for (int bi = 0; bi < 4; bi++) // beta 0, 1.3; f32 images, bf16 images
             for (int si = 0; si < 3; si++) {
                 const float alpha = 0.7f, beta = bi % 2 ? 1.3f : 0.0f;
@@ -1344,17 +1358,25 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
                     G[i] = bi % 2 ? (float)G0[i] : NAN;
                     want[i] = bi % 2 ? (double)beta * (double)(float)G0[i] : 0.0;
                 }
-                double big = 0;
-                for (size_t q = 0; q < rows; q++)
-                    for (size_t i = 0; i < d; i++)
-                        for (size_t j = 0; j < d; j++) {
-                            const double xi = i < nf ? (double)un[q * nf + i] : 1.0;
-                            const double xj = j < nf ? (double)un[q * nf + j] : 1.0;
-                            want[i * d + j] += (double)alpha * xi * xj;
-                            big = fmax(big, fabs((double)alpha * xi * xj));
-                        }
+                for (size_t i = 0; i < d * d; i++)
+                    want[i] += (double)alpha * xtx[i];
+                const double big = (double)alpha * xbig;
+                float *G1 = malloc(d * d * sizeof *G1);
+                memcpy(G1, G, d * d * sizeof *G1);
+#ifdef _OPENMP
+                const int nt = omp_get_max_threads();
+                omp_set_num_threads(2);
+#endif
                 CHECK(ngd_unfold_gram_shifts(bi < 2 ? &u : &u16, d, alpha, beta, G, scratch,
                                              sizes[si]));
+#ifdef _OPENMP // one thread: the same bits (every sum in one order)
+                omp_set_num_threads(1);
+                CHECK(ngd_unfold_gram_shifts(bi < 2 ? &u : &u16, d, alpha, beta, G1, scratch,
+                                             sizes[si]));
+                omp_set_num_threads(nt);
+                CHECK(!memcmp(G, G1, d * d * sizeof *G));
+#endif
+                free(G1);
                 double err = 0;
                 bool sym = true;
                 for (size_t i = 0; i < d; i++)
@@ -1391,7 +1413,7 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
         for (size_t i = 0; i < d * d; i++)
             same = same && G[i] == 5.0f;
         CHECK(same);
-        free(x16), free(x), free(un), free(G), free(G0), free(want), free(scratch);
+        free(x16), free(x), free(un), free(G), free(G0), free(want), free(scratch), free(xtx);
     }
 }
 

@@ -200,7 +200,11 @@ void ngd_unfold_mean_row(const ngd_unfold_src *u, size_t n, float *out) {
 // (gs_corr, all 3 or 5 shifts of a δ1 at once); the two edge columns again column by column,
 // Y[c][j][q1][n], for their corrections. A bias column (the ones of every row) is one more
 // channel, of ones on the image, read at k = (1, 1). Inputs with an Inf give NaN where the
-// unfolded rows give Inf (either way the statistics are not finite and refused).
+// unfolded rows give Inf (either way the statistics are not finite and refused). An entry
+// with an edge correction is a difference of f32 sums, so its rounding error is relative to
+// the whole image's sum F(δ): where an edge row or column is orders of magnitude larger than
+// the rest (1000 against 1e-3), entries that leave it out lose digits the unfolded rows keep,
+// and values near 1e19 can overflow F where the box's sum does not (then refused).
 #ifdef GS_CODE
 #define GS_NF 13                      // F(δ) kept: δ1 > 0, or δ1 = 0 and δ2 >= 0
 #define GS_NS (GS_NF + 6 + 6 + 4 + 2) // (+ 2: F(0, 1), F(0, 2) transposed, gs_chunk)
@@ -251,24 +255,12 @@ gs_tile(const float *A, size_t ld, size_t c0, size_t e, size_t k0, size_t kn, co
     const float *ar[GS_MAXA];
     for (int a = 0; a < na; a++)
         ar[a] = A + (c0 + (size_t)a) * ld + k0;
-    size_t i = 0;
-    for (; i + 16 <= kn; i += 16) {
+    for (size_t i = 0; i < kn; i += 16) { // (kn: a multiple of 16, as every row length is)
         __m512 bv[GS_MAXS];
         for (int s = 0; s < ns; s++)
             bv[s] = _mm512_loadu_ps(b + (ptrdiff_t)i + off[s]);
         for (int a = 0; a < na; a++) {
             const __m512 av = _mm512_loadu_ps(ar[a] + i);
-            for (int s = 0; s < ns; s++)
-                acc[a][s] = _mm512_fmadd_ps(av, bv[s], acc[a][s]);
-        }
-    }
-    if (i < kn) {
-        const __mmask16 m = (__mmask16)((1u << (kn - i)) - 1u);
-        __m512 bv[GS_MAXS];
-        for (int s = 0; s < ns; s++)
-            bv[s] = _mm512_maskz_loadu_ps(m, b + (ptrdiff_t)i + off[s]);
-        for (int a = 0; a < na; a++) {
-            const __m512 av = _mm512_maskz_loadu_ps(m, ar[a] + i);
             for (int s = 0; s < ns; s++)
                 acc[a][s] = _mm512_fmadd_ps(av, bv[s], acc[a][s]);
         }
@@ -327,7 +319,9 @@ static void gs_corr(const float *A, size_t ld, size_t cb, size_t L, int npass, c
                 ps[q].out[s][i] = beta == 0.0f ? 0.0f : beta * ps[q].out[s][i];
         ngd_gemm_flops_add(2 * (uint64_t)ps[q].ns * c2 * L); // (counted as the products they are)
     }
-    // blocks of L: every row's block within 1 MB (L2), a tile's within 32 KB (L1)
+    // blocks of L: every row's block within 1 MB (L2), a tile's within 32 KB (L1); L and the
+    // blocks are multiples of 16 (the layout's rows, nbp), so the tiles need no masked tail
+    NGD_ASSERT(L % 16 == 0);
     size_t kb = ((size_t)1 << 18) / cb / 16 * 16;
     kb = kb > 2048 ? 2048 : kb < 256 ? 256 : kb;
 #pragma omp parallel if (cb * cb * L > NGD_PAR_MIN)
