@@ -3,6 +3,8 @@
  * averaged over groups (channel = g·(C_in/G) + c), then one row per (n, o1, o2) holding the
  * patch x̄[n, c, o1·s1 − p1 + k1·δ1, o2·s2 − p2 + k2·δ2] (zero outside the image), columns
  * ordered (c, k1, k2) like the flattened weight. `reduce` returns the mean over locations.
+ * At the end: a 3x3 "same" convolution's Gram matrix of those rows, from shifts of the image
+ * instead (ngd_unfold_gram_shifts, AVX-512; docs/algorithms.md#conv2d-inputs).
  */
 #include <stdatomic.h>
 #include <string.h>
