@@ -1167,6 +1167,19 @@ static void conv_statistics_should_use_the_kfc_split(void) {
     conv_stats_case(90);
 }
 
+// n uniform values in [lo, hi) truncated to bf16 values: x holds them in f32, x16 in bf16
+static void uniform_bf16_values(ref_rng *r, double lo, double hi, float *x, uint16_t *x16,
+                                size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        x[i] = (float)ref_uniform(r, lo, hi);
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        b &= 0xffff0000u;
+        memcpy(&x[i], &b, 4);
+        x16[i] = (uint16_t)(b >> 16);
+    }
+}
+
 // ngd_stats_gram (the in-place Gram matrix of many rows) against float64: G = beta G + alpha
 // Σ x xᵀ with x a row of the f32 or bf16 matrix and, with a bias, a trailing 1; over a
 // symmetric G (beta 1.3) and over NaN (beta 0: not read); the a side with and without a bias
@@ -1251,14 +1264,7 @@ static void stats_gram_should_match_float64(void) {
     float *x = malloc(N * xs * sizeof *x), *un = malloc(urows * 18 * sizeof *un);
     float *scratch = malloc(ngd_stats_observe_scratch(&e) * sizeof *scratch);
     uint16_t *x16 = malloc(N * xs * sizeof *x16);
-    for (size_t i = 0; i < N * xs; i++) { // bf16 values, so that both inputs hold the same
-        x[i] = (float)ref_uniform(&r, -1, 1);
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        u &= 0xffff0000u;
-        memcpy(&x[i], &u, 4);
-        x16[i] = (uint16_t)(u >> 16);
-    }
+    uniform_bf16_values(&r, -1, 1, x, x16, N * xs); // (both inputs hold the same values)
     CHECK(ngd_unfold(&geom, N, x, false, un) == NGD_OK);
     double want[19 * 19] = {0};
     for (size_t q = 0; q < urows; q++)
@@ -1313,14 +1319,7 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
         float *G = malloc(d * d * sizeof *G);
         double *G0 = malloc(d * d * sizeof *G0), *want = malloc(d * d * sizeof *want);
         uint16_t *x16 = malloc(N * C * H * W * sizeof *x16);
-        for (size_t i = 0; i < N * C * H * W; i++) { // bf16 values: the same in x and x16
-            x[i] = (float)ref_uniform(&r, -1, 2);    // (mostly positive, as after a ReLU)
-            uint32_t b;
-            memcpy(&b, &x[i], 4);
-            b &= 0xffff0000u;
-            memcpy(&x[i], &b, 4);
-            x16[i] = (uint16_t)(b >> 16);
-        }
+        uniform_bf16_values(&r, -1, 2, x, x16, N * C * H * W); // (mostly positive, as after ReLU)
         CHECK(ngd_unfold(&geom, N, x, false, un) == NGD_OK);
         ngd_unfold_src u, u16;
         CHECK(ngd_unfold_src_init(&u, &geom, N, ngd_matrix_f32(x, N, C * H * W)));
