@@ -861,13 +861,19 @@ static void batchnorm_backward_should_match_finite_differences(void) {
 // computed per output plane; it must give the two-pass statistics up to float rounding,
 // also far from zero (outputs near 1000 with unit spread: a one-pass Σx² would lose them),
 // on one-sample chunks (planes of 18x18) and several-sample chunks (6x6), with and without
-// a bias, into f32 and bf16 outputs; evaluation keeps the running statistics.
+// a bias, into f32 and bf16 outputs; evaluation keeps the running statistics. Each plane's
+// moments are nn_plane_moments' of the conv's output, bit for bit, also where Winograd takes
+// them sub-batch by sub-batch.
 static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
     ref_rng r = {91};
-    for (int t = 0; t < 12; t++) {
-        // (t >= 8: 16 channels in and out, the Winograd layers' moments from their output)
-        const bool big = t >= 8;
-        const size_t HW1 = t & 1 ? 6 : 18, N = 7, C = big ? 16 : 5, cin = big ? 16 : 3;
+    for (int t = 0; t < 14; t++) {
+        // (t >= 8: 16 channels in and out, the Winograd layers' moments from their output;
+        // t >= 12: 64x64 planes, in Winograd sub-batches of 4 images)
+        const bool big = t >= 8, subs = t >= 12;
+        const size_t HW1 = subs    ? 64
+                           : t & 1 ? 6
+                                   : 18,
+                     N = subs ? 8 : 7, C = big ? 16 : 5, cin = big ? 16 : 3;
         const bool bias = !(t & 2), bf16out = t & 4;
         const ngd_conv_geom G = {cin, HW1, HW1, 3, 3, 1, 1, 1, 1, 1, 1, 1};
         nn_rng g;
@@ -903,6 +909,12 @@ static void conv_bn_relu_block_statistics_should_match_the_two_pass_ones(void) {
         CHECK(!conv.moments_on); // switched off again
         CHECK(conv.wino_fwd == (conv.wino != NULL) && (big || !conv.wino));
         if (big && nn_conv3x3_direct_usable() && nn_conv_winograd()) CHECK(conv.wino_fwd);
+        if (conv.wino) CHECK(nn_conv_wino_sub(conv.wino) == (subs ? 4 : N));
+        for (size_t pl = 0; pl < N * C; pl++) {
+            float m[NN_MOMENTS];
+            nn_plane_moments(cz + pl * HW, HW, m);
+            CHECK(memcmp(m, conv.moments + NN_MOMENTS * pl, sizeof m) == 0);
+        }
         nn_conv2d_forward(&conv, x, cz2, N);
         CHECK(memcmp(cz, cz2, ny * sizeof(float)) == 0);
         if (bf16out)

@@ -831,8 +831,7 @@ static void forward(nn_conv2d *l, const float *x, const uint16_t *xb, float *y, 
     if (l->wino_fwd) {
         if (l->w16) nn_bf16_encode(l->w, l->w16, l->c_out * l->d_in);
         nn_conv_wino_forward(l->wino, x, x ? NULL : xb, l->w16 ? NULL : l->w, l->w16, l->b, y, y16,
-                             N);
-        plane_moments_all(l, y, y16, N);
+                             N, l->moments_on ? l->moments : NULL);
         return;
     }
     if (l->w16 && l->amx) // (the AMX layers read their weights packed, not w16)

@@ -356,9 +356,12 @@ size_t nn_conv_wino_sub(const nn_conv_wino *c);
 // is rounded to bf16 first (the same bits as its bf16 values); false: not here
 bool nn_conv_wino_use_bf16(nn_conv_wino *c);
 // y = conv(x, w) + b (b NULL without bias) of a batch of n images, n a multiple of the
-// sub-batch; of each pair (x, x16), (w, w16), (y, y16) exactly one is given
+// sub-batch; of each pair (x, x16), (w, w16), (y, y16) exactly one is given. mom (or NULL):
+// each output plane's nn_plane_moments (of y16's values where y16), (n, c_out, NN_MOMENTS),
+// taken sub-batch by sub-batch as it is written
 void nn_conv_wino_forward(nn_conv_wino *c, const float *x, const uint16_t *x16, const float *w,
-                          const uint16_t *w16, const float *b, float *y, uint16_t *y16, size_t n);
+                          const uint16_t *w16, const float *b, float *y, uint16_t *y16, size_t n,
+                          float *mom);
 // dw += dW (OIHW) and dx = (set) or += the input gradient (dx16: = rounded; neither: none),
 // of a batch of n (as in forward), x the forward's input
 void nn_conv_wino_backward(nn_conv_wino *c, const float *x, const uint16_t *x16, const float *dy,
