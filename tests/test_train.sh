@@ -464,6 +464,26 @@ wait_for_step "$D/sig.jsonl" $pid && ok || bad "SIGTERM (full set): the run neve
 expect_rc 1 "a second run on a log in use" "$NGD" train --subset 256 --widths 16 --max-steps 2 --quiet --log "$D/sig.jsonl"
 expect_msg "--log $D/sig.jsonl: another ngd run is writing this log" "log in use message"
 grep -q '"type":"step"' "$D/sig.jsonl" && ok || bad "the refused run emptied the other run's log"
+# one run a checkpoint: a second run with a log of its own but the same --checkpoint is
+# refused before it loads anything (their saves replaced each other's); the lock file
+# (PATH.lock) goes when the holder ends, and one that a killed run left does not block
+"$NGD" train --subset 512 --widths 16 --batch 32 --epochs 50 --seed 3 --threads 1 --log-every 1 \
+    --log "$D/lk1.jsonl" --checkpoint "$D/lk.ckpt" > "$D/lk.out" 2>&1 &
+lpid=$!
+wait_for_step "$D/lk1.jsonl" $lpid && [ -e "$D/lk.ckpt.lock" ] && ok || bad "checkpoint lock: no step logged, or no lock file"
+expect_rc 1 "a second run on a checkpoint in use" "$NGD" train --subset 256 --widths 16 --max-steps 2 --quiet --log "$D/lk2.jsonl" --checkpoint "$D/lk.ckpt"
+expect_msg "--checkpoint $D/lk.ckpt: another ngd run is writing this checkpoint" "checkpoint in use message"
+[ ! -e "$D/lk2.jsonl" ] && ok || bad "the run refused for the checkpoint wrote its log"
+kill -TERM $lpid; wait $lpid; rc=$?
+[ "$rc" -eq 143 ] && [ -s "$D/lk.ckpt" ] && [ ! -e "$D/lk.ckpt.lock" ] && ok || bad "checkpoint lock: exit $rc (want 143), checkpoint written, lock file removed?"
+echo stale > "$D/lk.ckpt.lock"
+expect_rc 0 "a run after a stale lock file" "$NGD" train --subset 256 --widths 16 --max-steps 2 --quiet --log "$D/lk2.jsonl" --checkpoint "$D/lk.ckpt"
+[ ! -e "$D/lk.ckpt.lock" ] && ok || bad "the stale lock file was left"
+ln -s "$D/elsewhere" "$D/ln.ckpt.lock"
+expect_rc 1 "a lock file that is a symbolic link" "$NGD" train --subset 256 --widths 16 --max-steps 2 --quiet --log "$D/lk3.jsonl" --checkpoint "$D/ln.ckpt"
+expect_msg "--checkpoint $D/ln.ckpt: cannot open its lock file $D/ln.ckpt.lock" "lock file link message"
+[ ! -e "$D/elsewhere" ] && ok || bad "the lock file's link was followed"
+rm -f "$D/lk.ckpt" "$D/lk.ckpt.prev" "$D/lk1.jsonl" "$D/lk2.jsonl" "$D/lk.out" "$D/ln.ckpt.lock"
 kill -TERM $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
 [ "$rc" -eq 143 ] && ok || bad "SIGTERM (full set): exit $rc, want 143"
 expect_msg ", not evaluated; log $D/sig.jsonl" "a run stopped before evaluating says so"

@@ -205,6 +205,10 @@ size_t train_steps_into_epoch(const train_opts *t, const nn_loader *ld, const te
 // Whether --checkpoint PATH may be written (a regular file or none, in a writable folder).
 // Returns -1 after an error naming PATH.
 int trainckpt_check_target(const char *path);
+// One run a checkpoint: takes an exclusive lock on PATH.lock, held until the process ends
+// (and the file removed at exit). Returns -1 after an error naming PATH (another run holds
+// it; the lock file cannot be made); 0 also where the file system has no locks.
+int trainckpt_lock(const char *path);
 // Writes the run's checkpoint to path atomically (mpirun: rank 0 only). Returns 0, or -1
 // after an error.
 int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,

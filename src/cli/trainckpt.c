@@ -12,10 +12,13 @@
  * so strings are written as u64 + bytes.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -124,6 +127,62 @@ int trainckpt_check_target(const char *path) {
     }
     free(copy);
     return rc;
+}
+
+// Two runs on one --checkpoint (with different logs, which are locked on their own) replaced
+// each other's saves, and a --resume took whichever came last. So a run holds an exclusive
+// flock on PATH.lock from before its data loads until it ends: the kernel releases it however
+// the process ends, and a normal end removes the file (while still holding it: a run that
+// opened it meanwhile finds its name gone or another file there, and opens again).
+static int lock_fd = -1;
+static char *lock_name;
+
+static void lock_release(void) {
+    if (lock_fd < 0) return;
+    unlink(lock_name);
+    close(lock_fd);
+    lock_fd = -1;
+    free(lock_name), lock_name = NULL;
+}
+
+int trainckpt_lock(const char *path) {
+    static bool registered;
+    if (lock_fd >= 0) return 0;
+    const size_t n = strlen(path) + sizeof ".lock";
+    char *name = malloc(n);
+    if (!name) {
+        cli_error(NULL, "--checkpoint %s: out of memory", path);
+        return -1;
+    }
+    snprintf(name, n, "%s.lock", path);
+    for (;;) {
+        // (not through a symbolic link: the lock is this folder's file)
+        const int fd = open(name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0) {
+            cli_error("give --checkpoint a path in a folder you can write",
+                      "--checkpoint %s: cannot open its lock file %s: %s", path, name,
+                      strerror(errno));
+            free(name);
+            return -1;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            const int e = errno;
+            close(fd);
+            free(name);
+            if (e != EWOULDBLOCK) return 0; // (ENOLCK on some NFS mounts: unguarded, as the log)
+            cli_error("give this run another --checkpoint, or wait for the other",
+                      "--checkpoint %s: another ngd run is writing this checkpoint", path);
+            return -1;
+        }
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(name, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            lock_fd = fd, lock_name = name;
+            if (!registered) registered = atexit(lock_release) == 0;
+            return 0;
+        }
+        close(fd); // (removed by the run that held it, after we opened it: again)
+    }
 }
 
 // Model state that is not a parameter (BatchNorm running statistics) comes from

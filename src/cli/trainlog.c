@@ -424,6 +424,7 @@ int train_check_outputs(const train_opts *t) {
     free(ckpt_keep), ckpt_keep = NULL;
     log_keep = false;
     if (!dist_root()) return NGD_EXIT_OK; // (rank 0 writes both)
+    if (t->ckpt && trainckpt_lock(t->ckpt)) return NGD_EXIT_FAIL;
     const bool ck_other = t->ckpt && stat(t->ckpt, &sb) == 0 && S_ISREG(sb.st_mode) &&
                           sb.st_size > 0 && !(t->resume && cli_same_file(t->resume, t->ckpt));
     const bool lg_other = !t->resume && stat(lp, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0;

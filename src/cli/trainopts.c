@@ -136,7 +136,8 @@ static const cli_opt OPTS[] = {
      "evaluate on the test set every N epochs (1; 0 = end only)"},
     {"log", 1, O_LOG, "FILE", "JSON-lines log (default runs/<model>-<data>-<optim>.jsonl)"},
     {"log-every", 1, O_LOGEVERY, "N", "log a step record every N steps (20)"},
-    {"checkpoint", 1, O_CKPT, "FILE", "write a training checkpoint to FILE (atomically)"},
+    {"checkpoint", 1, O_CKPT, "FILE",
+     "write a training checkpoint to FILE (atomically; the run holds FILE.lock, one run a file)"},
     {"checkpoint-every", 1, O_CKPTEVERY, "N", "checkpoint every N steps (default: each epoch)"},
     {"resume", 1, O_RESUME, "FILE",
      "continue a run from a checkpoint (bit-identical with the same options; README: what a "
