@@ -11,6 +11,7 @@
  * scaling, schedules (stale decompositions between T_i steps), tracks, clipping, weight
  * decay and health readouts are.
  */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1542,7 +1543,41 @@ static void kfac_health_should_match_the_factors(void) {
     }
 }
 
+// The finiteness check of a large buffer goes over the threads: an Inf or a NaN anywhere
+// (first, last, in any thread's half) is found at 1 and 2 threads; finite extremes are not
+// flagged.
+static void all_finite_should_find_any_inf_or_nan(void) {
+    const size_t n = 300001;
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = i % 3 ? FLT_MAX : -FLT_MIN;
+    const size_t at[] = {0, 1, n / 2, n / 2 + 1, n - 1};
+    const float bad[] = {INFINITY, -INFINITY, NAN};
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+#endif
+    for (int v = 0; v < 2; v++) {
+#ifdef _OPENMP
+        omp_set_num_threads(v + 1);
+#endif
+        CHECK(ngd_all_finite(x, n));
+        for (size_t a = 0; a < sizeof at / sizeof at[0]; a++)
+            for (size_t b = 0; b < 3; b++) {
+                const float keep = x[at[a]];
+                x[at[a]] = bad[b];
+                CHECK_MSG(!ngd_all_finite(x, n), "%g at %zu, %d threads", (double)bad[b], at[a],
+                          v + 1);
+                x[at[a]] = keep;
+            }
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+    free(x);
+}
+
 static const test_case TESTS[] = {
+    TEST(all_finite_should_find_any_inf_or_nan),
     TEST(kfac_exact_damping_should_match_the_kronecker_solve),
     TEST(kfac_pi_damping_should_match_its_factored_solve),
     TEST(stale_decompositions_should_match_the_reference),

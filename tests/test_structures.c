@@ -10,6 +10,9 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -939,7 +942,42 @@ static void structures_should_match_official_oracle(void) {
     cJSON_Delete(root);
 }
 
+// The Frobenius norm of a large factor goes by blocks of 65536 numbers over the threads: it
+// must match float64 (every square is exact in double; the sum of n terms within n·ε), give
+// the same bits at 1 and 2 threads, and cover a last block of a few numbers.
+static void frob_should_match_float64_by_blocks_at_any_thread_count(void) {
+    ref_rng r = {77};
+    const size_t ds[] = {257, 1000, 3};
+    for (size_t t = 0; t < sizeof ds / sizeof ds[0]; t++) {
+        const size_t d = ds[t];
+        ngd_factor_spec f = {NGD_STRUCT_DENSE, 0, 0, 0, NGD_F32};
+        ngd_sdesc s;
+        CHECK(ngd_sdesc_init(&s, &f, d, false) == NGD_OK && s.n == d * d);
+        float *p = malloc(s.n * sizeof *p);
+        double want = 0;
+        for (size_t i = 0; i < s.n; i++) {
+            p[i] = (float)ref_uniform(&r, -2.0, 2.0) * (i % 7 == 0 ? 1e3f : 1.0f);
+            want += (double)p[i] * (double)p[i];
+        }
+        double got[2];
+#ifdef _OPENMP
+        const int saved = omp_get_max_threads();
+        for (int v = 0; v < 2; v++) {
+            omp_set_num_threads(v + 1);
+            got[v] = ngd_s_frob(&s, p);
+        }
+        omp_set_num_threads(saved);
+#else
+        got[0] = got[1] = ngd_s_frob(&s, p);
+#endif
+        CHECK_CLOSE(got[0], sqrt(want), 1e-13, 0.0);
+        CHECK(memcmp(&got[0], &got[1], sizeof got[0]) == 0);
+        free(p);
+    }
+}
+
 static const test_case TESTS[] = {
+    TEST(frob_should_match_float64_by_blocks_at_any_thread_count),
     TEST(counts_should_match_spec_table),
     TEST(entry_map_should_match_pattern),
     TEST(eye_should_be_identity_and_fixed_by_projection),

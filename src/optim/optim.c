@@ -569,7 +569,9 @@ size_t ngd_optim_steps(const ngd_optim *o) { return o ? o->steps : 0; }
 bool ngd_all_finite(const float *x, size_t n) {
     // an exponent field of all ones is Inf or NaN; integer AND/OR reductions vectorise
     // (a float sum would not, without -ffast-math)
+    // (over the threads for large n: SINGD's 4097-wide statistics, 5.5 ms an update on one)
     uint32_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n > NGD_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &x[i], sizeof u);
