@@ -165,18 +165,18 @@ int trainckpt_lock(const char *path) {
             free(name);
             return -1;
         }
-        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-            const int e = errno;
+        // (ENOLCK on some NFS mounts: unguarded, as the log, the file kept until the end)
+        const bool locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
+        if (!locked && errno == EWOULDBLOCK) {
             close(fd);
             free(name);
-            if (e != EWOULDBLOCK) return 0; // (ENOLCK on some NFS mounts: unguarded, as the log)
             cli_error("give this run another --checkpoint, or wait for the other",
                       "--checkpoint %s: another ngd run is writing this checkpoint", path);
             return -1;
         }
         struct stat a, b;
-        if (fstat(fd, &a) == 0 && stat(name, &b) == 0 && a.st_dev == b.st_dev &&
-            a.st_ino == b.st_ino) {
+        if (!locked || (fstat(fd, &a) == 0 && stat(name, &b) == 0 && a.st_dev == b.st_dev &&
+                        a.st_ino == b.st_ino)) {
             lock_fd = fd, lock_name = name;
             if (!registered) registered = atexit(lock_release) == 0;
             return 0;
