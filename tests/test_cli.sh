@@ -70,8 +70,20 @@ if [ -d /proc/self ]; then
     expect_rc 1 "plot -o in /proc" "$NGD" plot /nonexistent.jsonl -o /proc/ngd-test.svg
     expect_msg "-o /proc/ngd-test.svg:" "plot -o in /proc message"
     expect_rc 1 "bench precond --plot in /proc" "$NGD" bench precond --plot /proc/ngd-test.svg
-    expect_msg "--plot /proc/ngd-test.svg: cannot write into" "bench --plot in /proc message"
+    expect_msg "--plot /proc/ngd-test.svg:" "bench --plot in /proc message"
 fi
+# bench precond's --plot, like plot's -o, never replaces a file of another kind, nor a folder,
+# and says so before the benchmark runs
+printf '{"type":"step","step":1}\n' > "$tmp/keep.svg"
+expect_rc 1 "bench --plot onto a log" "$NGD" bench precond --d 64 --methods kfac --reps 1 --plot "$tmp/keep.svg"
+expect_msg "--plot $tmp/keep.svg exists and is not an SVG image; refusing to replace it" "bench --plot onto a log: message"
+grep -q '"type":"step"' "$tmp/keep.svg" && ok || bad "bench --plot replaced a log"
+printf '%s\n' "$out" | grep -q "kfac" && bad "bench --plot onto a log ran the benchmark first" || ok
+mkdir "$tmp/dir.svg"
+expect_rc 1 "bench --plot onto a folder" "$NGD" bench precond --d 64 --methods kfac --reps 1 --plot "$tmp/dir.svg"
+expect_msg "--plot $tmp/dir.svg: is a folder, not a regular file; refusing to replace it" "bench --plot onto a folder: message"
+rmdir "$tmp/dir.svg"
+rm -f "$tmp/keep.svg"
 expect_rc 1 "plot of a folder" "$NGD" plot "$tmp" -o "$tmp/p.svg"
 expect_msg "$tmp: is a folder, not a file" "plot of a folder: message"
 expect_rc 0 "ngd help bench step" "$NGD" help bench step

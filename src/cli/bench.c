@@ -862,16 +862,9 @@ static int bench_precond(int argc, char **argv) {
         cli_error("run 'ngd bench precond --help'", "unexpected argument '%s'", argv[optind]);
         return NGD_EXIT_USAGE;
     }
-    if (plot) { // the folder must be writable now, not after a run of minutes
-        char dir[4096];
-        const char *slash = strrchr(plot, '/');
-        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - plot) + 1 : 1, slash ? plot : ".");
-        if (access(dir, W_OK) != 0 || cli_probe_output(plot) != 0) {
-            cli_error("check that the folder of --plot FILE exists and is writable",
-                      "--plot %s: cannot write into '%s': %s", plot, dir, strerror(errno));
-            return NGD_EXIT_FAIL;
-        }
-    }
+    // (the target checked now, not after a run of minutes: a folder we can write, and no file
+    // of another kind to replace)
+    if (plot && cli_image_target("--plot", plot, false)) return NGD_EXIT_FAIL;
     pc_point *pts = calloc(nm * nd, sizeof *pts);
     if (!pts) {
         cli_error(NULL, "out of memory");

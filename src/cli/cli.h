@@ -30,6 +30,10 @@ char *cli_read_file(const char *path, size_t *len, const char *what);
 // folder's permission bits do not tell everything (root; /sys, /proc, read-only mounts).
 // 0, or -1 with errno set.
 int cli_probe_output(const char *path);
+// An image about to be written (atomically) at path, given as option opt ("-o", "--plot"):
+// absent, or a regular file that is already an image of its kind (SVG, or PNG where png), in
+// a folder it can be written into (cli_probe_output). 0, or NGD_EXIT_FAIL after an error.
+int cli_image_target(const char *opt, const char *path, bool png);
 // Two paths name the same file: the same string, or (both existing) the same inode
 bool cli_same_file(const char *a, const char *b);
 // What a file of st_mode `mode` is, for messages: "a folder", "a symbolic link", "a FIFO"…

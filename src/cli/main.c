@@ -104,6 +104,47 @@ int cli_probe_output(const char *path) {
     return unlink(tmp);
 }
 
+// Whether the file at path begins as a PNG (png) or an SVG image does (an XML tag after
+// white space); an empty or unreadable one passes (the write says what is wrong)
+static bool looks_like_image(const char *path, bool png) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return true;
+    unsigned char h[8];
+    size_t n = fread(h, 1, sizeof h, f);
+    fclose(f);
+    if (n == 0) return true;
+    if (png) return n == 8 && !memcmp(h, "\x89PNG\r\n\x1a\n", 8);
+    size_t i = 0;
+    while (i < n && (h[i] == ' ' || h[i] == '\n' || h[i] == '\r' || h[i] == '\t'))
+        i++;
+    return i == n || h[i] == '<';
+}
+
+int cli_image_target(const char *opt, const char *path, bool png) {
+    struct stat sb = {0}; // the image is committed by a rename: it would replace a link or a FIFO
+    if (lstat(path, &sb) != 0) sb.st_mode = 0; // (none yet)
+    char hint[128];
+    if (sb.st_mode && !S_ISREG(sb.st_mode)) {
+        snprintf(hint, sizeof hint, "give %s the path of a regular file, or of none yet", opt);
+        cli_error(hint, "%s %s: is %s, not a regular file; refusing to replace it", opt, path,
+                  cli_file_kind(sb.st_mode));
+        return NGD_EXIT_FAIL;
+    }
+    if (sb.st_mode && !looks_like_image(path, png)) { // (an existing file of another kind)
+        snprintf(hint, sizeof hint, "give %s the path of an image, or of none yet", opt);
+        cli_error(hint, "%s %s exists and is not %s image; refusing to replace it", opt, path,
+                  png ? "a PNG" : "an SVG");
+        return NGD_EXIT_FAIL;
+    }
+    if (cli_probe_output(path) != 0) { // (before minutes of work)
+        const int e = errno;
+        snprintf(hint, sizeof hint, "check that the folder of %s FILE exists and is writable", opt);
+        cli_error(hint, "%s %s: %s", opt, path, strerror(e));
+        return NGD_EXIT_FAIL;
+    }
+    return 0;
+}
+
 bool cli_same_file(const char *a, const char *b) {
     struct stat sa, sb;
     return !strcmp(a, b) || (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&

@@ -586,20 +586,6 @@ static void render(sbuf *b, const run *runs, size_t n, const char *title) {
 // ---- PNG through rsvg-convert ----
 // Whether an existing FILE holds an image of the kind: PNG's signature, or an SVG's markup
 // (its first non-blank character '<'); an empty file counts as one (nothing to lose)
-static bool looks_like_image(const char *path, bool png) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return true; // (unreadable: the write will say what is wrong)
-    unsigned char h[8];
-    size_t n = fread(h, 1, sizeof h, f);
-    fclose(f);
-    if (n == 0) return true;
-    if (png) return n == 8 && !memcmp(h, "\x89PNG\r\n\x1a\n", 8);
-    size_t i = 0;
-    while (i < n && (h[i] == ' ' || h[i] == '\n' || h[i] == '\r' || h[i] == '\t'))
-        i++;
-    return i == n || h[i] == '<';
-}
-
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n > k && !strcasecmp(s + n - k, suffix);
@@ -736,30 +722,12 @@ int cmd_plot(int argc, char **argv) {
                   "cannot write %s: rsvg-convert is not on PATH", output);
         return NGD_EXIT_FAIL;
     }
-    struct stat sb = {0}; // the image is committed by a rename: it would replace a link or a FIFO
-    if (lstat(output, &sb) != 0) sb.st_mode = 0; // (none yet)
-    if (sb.st_mode && !S_ISREG(sb.st_mode)) {
-        cli_error("give -o the path of a regular file, or of none yet",
-                  "-o %s: is %s, not a regular file; refusing to replace it", output,
-                  cli_file_kind(sb.st_mode));
-        return NGD_EXIT_FAIL;
-    }
     for (int i = optind; i < argc; i++) // (the image would replace the log it draws)
         if (cli_same_file(argv[i], output)) {
             cli_error("give -o another file's path", "-o %s is one of the logs to plot", output);
             return NGD_EXIT_USAGE;
         }
-    if (sb.st_mode && !looks_like_image(output, png)) { // (an existing file of another kind)
-        cli_error("give -o the path of an image, or of none yet",
-                  "-o %s exists and is not %s image; refusing to replace it", output,
-                  png ? "a PNG" : "an SVG");
-        return NGD_EXIT_FAIL;
-    }
-    if (cli_probe_output(output) != 0) { // before the logs are read and drawn
-        cli_error("check that the folder of -o FILE exists and is writable", "-o %s: %s", output,
-                  strerror(errno));
-        return NGD_EXIT_FAIL;
-    }
+    if (cli_image_target("-o", output, png)) return NGD_EXIT_FAIL; // (before the logs are read)
     const size_t n = (size_t)(argc - optind);
     if (n > 64) {
         cli_error("plot fewer runs at a time", "at most 64 LOG files (got %zu)", n);
