@@ -242,6 +242,12 @@ expect_rc 0 "eval --model cnn" "$NGD" eval --model cnn --resume "$D/cnn.ckpt" --
 expect_msg "parameters crc ${want:-none}" "eval --model cnn: the training run's crc"
 expect_rc 1 "eval --model mlp of a cnn checkpoint" "$NGD" eval --model mlp --resume "$D/cnn.ckpt"
 expect_msg "it was written for --model cnn, not mlp" "eval model mismatch message"
+# train --resume with another model or data set is refused from the checkpoint's header,
+# before it looks for that data (a wrong --data was reported as that data's missing files)
+expect_rc 1 "train --resume of a cnn checkpoint as the default mlp" "$NGD" train --subset 300 --threads 1 --resume "$D/cnn.ckpt" --quiet
+expect_msg "--resume $D/cnn.ckpt: it was written for --model cnn, not mlp" "train --resume model mismatch message"
+expect_rc 1 "train --resume with another --data" "$NGD" train $C --data cifar100 --data-dir "$D/none" --resume "$D/cnn.ckpt" --quiet
+expect_msg "--resume $D/cnn.ckpt: it was written for --data fashion-mnist, not cifar100" "train --resume data mismatch message"
 expect_rc 1 "eval --widths other than the run's" "$NGD" eval --widths 8,8 --resume "$D/cnn.ckpt"
 expect_msg "it was written with --widths 4,4, not 8,8" "eval widths mismatch message"
 expect_rc 0 "eval with the run's own --widths and --subset" "$NGD" eval --widths 4,4 --subset 300 --resume "$D/cnn.ckpt"

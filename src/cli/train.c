@@ -310,6 +310,7 @@ int train_run(const train_opts *t, bool eval_only) {
     if (!eval_only) {
         int oc = train_check_outputs(t);
         if (oc != NGD_EXIT_OK) return oc;
+        if (t->resume && trainckpt_precheck(t->resume, t)) return NGD_EXIT_FAIL;
     }
     catch_stop_signals();
     train_sets d;

@@ -209,6 +209,10 @@ int trainckpt_check_target(const char *path);
 // (and the file removed at exit). Returns -1 after an error naming PATH (another run holds
 // it; the lock file cannot be made); 0 also where the file system has no locks.
 int trainckpt_lock(const char *path);
+// Before the data loads, from the header of --resume PATH alone: the run's --model and --data
+// must be the checkpoint's (another data set was looked for first, and its error told of
+// files missing). -1 after an error naming them; 0 also for a file trainckpt_load will refuse.
+int trainckpt_precheck(const char *path, const train_opts *t);
 // Writes the run's checkpoint to path atomically (mpirun: rank 0 only). Returns 0, or -1
 // after an error.
 int trainckpt_save(const char *path, const train_opts *t, nn_model *m, ngd_optim *o,

@@ -570,6 +570,28 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
     return 0;
 }
 
+int trainckpt_precheck(const char *path, const train_opts *t) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0; // (trainckpt_load says why)
+    unsigned char b[1024];
+    const size_t len = fread(b, 1, sizeof b, f);
+    fclose(f);
+    if (len < 12 || memcmp(b, TRN_MAGIC, 8) != 0) return 0;
+    ngd_rbuf r = {b, len, 8, false};
+    const uint64_t version = get_u64(&r);
+    char model[32], data[32];
+    get_str(&r, model, sizeof model);
+    get_str(&r, data, sizeof data);
+    if (r.bad || version < 1 || version > TRN_VERSION) return 0;
+    const bool om = strcmp(model, t->model) != 0;
+    if (!om && !strcmp(data, t->data)) return 0;
+    cli_error("resume with the same --model, --widths, --data, --subset, --batch, --optim, "
+              "--precision and --augment",
+              "--resume %s: it was written for --%s %s, not %s", path, om ? "model" : "data",
+              om ? model : data, om ? t->model : t->data);
+    return -1;
+}
+
 const char *trainckpt_read_head(const unsigned char *b, size_t len, trainckpt_head *h) {
     ngd_rbuf r;
     return read_head(b, len, &r, h);
