@@ -337,6 +337,11 @@ expect_rc 2 "bench train --optim sgd --kfac-damping pi" "$NGD" bench train --opt
 expect_msg "--kfac-damping: used only by kfac, which --optim 'sgd' does not list" "bench train --kfac-damping without kfac"
 expect_rc 2 "bench train --optim adamw,bkfac --kfac-damping pi" "$NGD" bench train --optim adamw,bkfac --kfac-damping pi
 expect_rc 2 "bench train --optim adamw --factored" "$NGD" bench train --optim adamw --factored
+# (--T and --structure too: a list without SINGD, INGD or IKFAC ran them silently unused)
+expect_rc 2 "bench train --optim sgd --T 3" "$NGD" bench train --optim sgd --T 3
+expect_msg "--T: used only by SINGD, INGD and IKFAC, which --optim 'sgd' does not list" "bench train --T without SINGD"
+expect_rc 2 "bench train --optim kfac --structure diagonal" "$NGD" bench train --optim kfac --structure diagonal
+expect_msg "--structure: used only by SINGD, INGD and IKFAC, which --optim 'kfac' does not list" "bench train --structure without SINGD"
 # lists: an empty entry, and a structure whatever --optim lists, are errors naming the option
 expect_rc 2 "bench train --model mlp," "$NGD" bench train --model mlp,
 expect_msg "--model: an empty entry in 'mlp,'" "bench train empty entry message"

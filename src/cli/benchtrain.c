@@ -578,7 +578,7 @@ int bench_train(int argc, char **argv) {
     struct option lo[BT_NOPTS + 1];
     cli_longopts(BT_OPTS, BT_NOPTS, lo);
     size_t threads = 0, repeats = 1;
-    bool context_given = false;
+    bool context_given = false, T_given = false, structs_given = false;
     int precs = 1; // bit 0: f32, bit 1: bf16
     int ch;
     optind = 1;
@@ -586,7 +586,10 @@ int bench_train(int argc, char **argv) {
         switch (ch) {
         case B_MODEL: snprintf(models_s, sizeof models_s, "%s", optarg); break;
         case B_OPTIM: snprintf(optims_s, sizeof optims_s, "%s", optarg); break;
-        case B_STRUCT: snprintf(structs_s, sizeof structs_s, "%s", optarg); break;
+        case B_STRUCT:
+            snprintf(structs_s, sizeof structs_s, "%s", optarg);
+            structs_given = true;
+            break;
         case B_DATA:
             if (strcmp(optarg, "fashion-mnist") && strcmp(optarg, "cifar100")) {
                 cli_error("fashion-mnist or cifar100", "--data: unknown shape '%s'", optarg);
@@ -609,6 +612,7 @@ int bench_train(int argc, char **argv) {
             break;
         case B_T:
             if (parse_size("T", optarg, &o.T, 1, BT_PERIOD_MAX)) return NGD_EXIT_USAGE;
+            T_given = true;
             break;
         case B_TU:
             if (parse_size("T-u", optarg, &o.T_u, 1, BT_PERIOD_MAX)) return NGD_EXIT_USAGE;
@@ -760,6 +764,8 @@ int bench_train(int argc, char **argv) {
         {o.kfac_pi, any_kfac, "--kfac-damping", "kfac"},
         {o.factored == 1, any_kfam || any_singd, "--factored", "the K-FAC family and SINGD"},
         {o.factored == 0, any_kfam || any_singd, "--no-factored", "the K-FAC family and SINGD"},
+        {T_given, any_singd, "--T", "SINGD, INGD and IKFAC"},
+        {structs_given, any_singd, "--structure", "SINGD, INGD and IKFAC"},
         {o.T_u != 0, any_kfam, "--T-u", "the K-FAC family"},
         {o.T_i != 0, any_kfam, "--T-i", "the K-FAC family"},
     };
