@@ -794,6 +794,21 @@ expect_msg "a libngd optimizer checkpoint (ngd_optim_save), not a training check
 cp "$(dirname "$0")/../../shared/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" "$D/traj.json"
 expect_rc 1 "--log onto another JSON file" "$NGD" train $C --log "$D/traj.json"
 cmp -s "$D/traj.json" "$(dirname "$0")/../../shared/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" && ok || bad "--log replaced a JSON file that is no ngd log"
+# a resume into another run's log (a mistyped --log): its records are kept and the resumed
+# run's follow them, which the trainer says at its start and ngd plot when it draws them as
+# one line; a resume into its own log says nothing of the kind
+R="--threads 1 --widths 16 --subset 256 --log-every 1 --quiet"
+expect_rc 0 "run a (singd)" "$NGD" train $R --max-steps 2 --log "$D/ra.jsonl" --checkpoint "$D/ra.ckpt"
+expect_rc 0 "run b (adamw)" "$NGD" train $R --optim adamw --max-steps 2 --log "$D/rb.jsonl" --checkpoint "$D/rb.ckpt"
+expect_rc 0 "resume a into b's log" "$NGD" train ${R% --quiet} --max-steps 3 --resume "$D/ra.ckpt" --checkpoint "$D/ra.ckpt" --log "$D/rb.jsonl"
+expect_msg "note: --log $D/rb.jsonl ends with another run's records (adamw mlp fashion-mnist); this run's (singd mlp fashion-mnist) follow them" "resume into another run's log: note"
+expect_rc 0 "plot of the mixed log" "$NGD" plot "$D/rb.jsonl" -o "$D/rb.svg"
+expect_msg "warning: $D/rb.jsonl: holds the records of more than one run (adamw mlp fashion-mnist, then singd mlp fashion-mnist)" "plot of a mixed log: warning"
+expect_rc 0 "resume a into its own log" "$NGD" train ${R% --quiet} --max-steps 4 --resume "$D/ra.ckpt" --checkpoint "$D/ra.ckpt" --log "$D/ra.jsonl"
+printf '%s\n' "$out" | grep -q "another run's records" && bad "a resume into its own log was told of another run" || ok
+expect_rc 0 "plot of a resumed run's log" "$NGD" plot "$D/ra.jsonl" -o "$D/ra.svg"
+printf '%s\n' "$out" | grep -q "more than one run" && bad "a resumed run's log was taken for two runs" || ok
+rm -f "$D"/ra.* "$D"/rb.*
 # a resume continues the same trajectory: another --batch is refused, naming the recorded one
 expect_rc 1 "--resume with another --batch" "$NGD" train ${C/--batch 64/--batch 32} --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt"
 expect_msg "it was written with --batch 64, not 32 (resume it with --batch 64)" "batch mismatch message"

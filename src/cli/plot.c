@@ -150,6 +150,8 @@ typedef struct {
     char name[256]; // legend label
     char model[64], data[64], optim[32];
     bool has_summary;
+    bool mixed; // summaries of other runs before the last (first: the first of them)
+    char first[168];
     double final_acc;   // the last finite evaluation's accuracy, NaN if none
     bool diverged;      // the log ends with the summary of a run that diverged
     bool text;          // a character model's run (its accuracy: validation windows)
@@ -257,12 +259,20 @@ static int read_log(const char *path, run *r) {
             if (series_add(&r->acc, step, wall, a)) rc = -1;
             r->diverged = false;
         } else if (!strcmp(t, "summary")) { // the last one wins (a resumed run appends)
+            char was[3][sizeof r->model];
+            memcpy(was[0], r->model, sizeof was[0]), memcpy(was[1], r->data, sizeof was[1]);
+            memcpy(was[2], r->optim, sizeof r->optim);
+            const bool had = r->has_summary;
             r->has_summary = true;
             r->diverged = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "diverged"));
             str_field(o, "model", r->model, sizeof r->model);
             str_field(o, "data", r->data, sizeof r->data);
             str_field(o, "optim", r->optim, sizeof r->optim);
             r->steps = num(o, "steps"), r->wall = num(o, "wall_s");
+            if (had && !r->mixed &&
+                (strcmp(was[0], r->model) || strcmp(was[1], r->data) || strcmp(was[2], r->optim)))
+                r->mixed = true,
+                snprintf(r->first, sizeof r->first, "%s %s %s", was[2], was[0], was[1]);
         }
         cJSON_Delete(o);
         if (rc) break;
@@ -298,6 +308,11 @@ static int read_log(const char *path, run *r) {
                 "ngd: warning: %s: %zu line%s skipped (not a log record; first: line "
                 "%zu)\n",
                 path, bad, bad > 1 ? "s" : "", first_bad);
+    if (r->mixed) // (a resume into another run's log: ngd train said so too)
+        fprintf(stderr,
+                "ngd: warning: %s: holds the records of more than one run (%s, then %s %s %s), "
+                "drawn as one line: give each run its own --log\n",
+                path, r->first, r->optim, r->model, r->data);
     // the last evaluation that stands (a summary's accuracy is its run's last evaluation's, and
     // a run still going, or stopped, has evaluations after an earlier run's summary)
     for (size_t i = r->acc.n; i-- > 0 && !isfinite(r->final_acc);)

@@ -195,8 +195,9 @@ static int trim_partial_line(FILE *f) {
 // "step" or "eval" record past the checkpoint's step after the log's last summary. Records up
 // to a summary are a run that ended (another run on this log, or a branch from an older
 // checkpoint): never cut. Records are read by their "step" number, the first key after "type"
-// in every record ngd writes (summaries have "steps"). *cut: the records removed.
-static int cut_after_step(FILE *f, size_t step, size_t *cut) {
+// in every record ngd writes (summaries have "steps"). *cut: the records removed. who: the
+// last summary's "optim model data" (empty without one).
+static int cut_after_step(FILE *f, size_t step, size_t *cut, char *who, size_t who_cap) {
     static const char STEP[] = "{\"type\":\"step\",", EVAL[] = "{\"type\":\"eval\",",
                       SUMMARY[] = "{\"type\":\"summary\",";
     *cut = 0;
@@ -209,6 +210,14 @@ static int cut_after_step(FILE *f, size_t step, size_t *cut) {
         if (!strncmp(line, SUMMARY, sizeof SUMMARY - 1)) { // records up to here: runs that ended
             from = -1, after = 0;
             at += n;
+            cJSON *o = cJSON_Parse(line);
+            const cJSON *v[3] = {cJSON_GetObjectItemCaseSensitive(o, "optim"),
+                                 cJSON_GetObjectItemCaseSensitive(o, "model"),
+                                 cJSON_GetObjectItemCaseSensitive(o, "data")};
+            if (cJSON_IsString(v[0]) && cJSON_IsString(v[1]) && cJSON_IsString(v[2]))
+                snprintf(who, who_cap, "%s %s %s", v[0]->valuestring, v[1]->valuestring,
+                         v[2]->valuestring);
+            cJSON_Delete(o);
             continue;
         }
         const char *k = strstr(line, "\"step\":");
@@ -267,13 +276,23 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
     }
     struct stat st;
     size_t cut = 0;
+    char who[128] = "";
     if (t->resume && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
-        cut_after_step(f, resume_step, &cut) != 0) {
+        cut_after_step(f, resume_step, &cut, who, sizeof who) != 0) {
         cli_error(NULL, "--log %s: cannot cut its records past the checkpoint's step %zu: %s", path,
                   resume_step, strerror(errno));
         fclose(f);
         return NULL;
     }
+    // (a resume into another run's log: its records stay and this run's follow them, which
+    // ngd plot would draw as one line)
+    char mine[128];
+    snprintf(mine, sizeof mine, "%s %s %s", ngd_method_name(t->method), t->model, t->data);
+    if (who[0] && strcmp(who, mine) != 0 && !t->quiet)
+        fprintf(stderr,
+                "ngd train: note: --log %s ends with another run's records (%s); this run's "
+                "(%s) follow them: give each run its own --log to plot them apart\n",
+                path, who, mine);
     if (cut && !t->quiet)
         fprintf(stderr,
                 "ngd train: --log %s: %zu record%s past the checkpoint's step %zu cut (the run "
