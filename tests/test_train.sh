@@ -923,6 +923,10 @@ if [ -f "$SHK/input.txt" ]; then
         c2=$("$NGD" eval $E --resume "$D/tres.ckpt" 2>&1 | sed -n 's/^eval:.*crc \([0-9a-f]*\).*/\1/p')
         [ -n "$c1" ] && [ "$c1" = "$c2" ] && ok || bad "chargpt $opt: resumed run ($c2) differs from uninterrupted ($c1)"
     done
+    # eval's batch is capped at the validation text's windows (500 characters, context 16), as an
+    # image eval's at the test set (--batch 100000000 asked for gigabytes, for minutes)
+    expect_rc 0 "text eval with a batch past the validation windows" "$NGD" eval $E --batch 100000000 --resume "$D/tfull.ckpt"
+    expect_msg "validation (32 x 484 windows of 16)" "text eval batch capped at the validation windows"
     # a checkpoint read with another text: the error says what differs (its alphabet, its size)
     mkdir -p "$D/voc" "$D/short"
     head -c 5000 "$SHK/input.txt" | tr 'a' 'b' > "$D/voc/input.txt"

@@ -316,12 +316,16 @@ int train_run(const train_opts *t, bool eval_only) {
     train_sets d;
     int dl = train_load_data(t, &d);
     if (dl) return dl == -2 ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
-    // ngd eval of images: no batch larger than the test set (the model and the buffers are
-    // sized for it: --batch 100000000 was the model's "out of memory")
+    // ngd eval: no batch larger than the test set (the model and the buffers are sized for it:
+    // --batch 100000000 was the model's "out of memory"), nor, for text, than the validation
+    // text's windows (its 32 batches are windows drawn from them: --batch 100000 of a 2000-
+    // character text ran for minutes towards 12 GB)
+    const size_t nvt = t->text ? d.text.n - d.text.n_train : 0;
+    const size_t most = !t->text ? d.test.n : nvt > t->context + 1 ? nvt - t->context : 1;
     train_opts capped;
-    if (eval_only && !t->text && d.test.n > 0 && t->batch > d.test.n) {
+    if (eval_only && most > 0 && t->batch > most) {
         capped = *t;
-        capped.batch = d.test.n;
+        capped.batch = most;
         t = &capped;
     }
     int rc = NGD_EXIT_FAIL;
