@@ -293,6 +293,14 @@ expect_rc 2 "bench train --threads 100000" "$NGD" bench train --model mlp --opti
 expect_msg "--threads: '100000' is too large (at most 1024)" "bench train --threads message"
 expect_rc 2 "OMP_NUM_THREADS=100000" env OMP_NUM_THREADS=100000 "$NGD" train --max-steps 1
 expect_msg "OMP_NUM_THREADS=100000: more threads than ngd runs (1024)" "OMP_NUM_THREADS message"
+expect_msg "hint: give OMP_NUM_THREADS (or --threads) at most 1024" "OMP_NUM_THREADS hint of a command with --threads"
+# a command without --threads is not told to give it; ngd plot runs no threads and ignores it
+expect_rc 2 "OMP_NUM_THREADS=100000 bench step" env OMP_NUM_THREADS=100000 "$NGD" bench step --only nothing
+expect_msg "hint: give OMP_NUM_THREADS at most 1024, or unset it" "OMP_NUM_THREADS hint of a command without --threads"
+tmp_omp=$(mktemp -u /tmp/ngd-omp.XXXXXX)
+printf '{"type":"step","step":1,"loss":2.0}\n' > "$tmp_omp.jsonl"
+expect_rc 0 "OMP_NUM_THREADS=100000 plot" env OMP_NUM_THREADS=100000 "$NGD" plot "$tmp_omp.jsonl" -o "$tmp_omp.svg"
+rm -f "$tmp_omp.jsonl" "$tmp_omp.svg"
 # ... unless --threads overrides it, as its message says
 expect_rc 0 "OMP_NUM_THREADS=100000 with --threads 1" env OMP_NUM_THREADS=100000 "$NGD" bench train --model mlp --widths 16 --optim sgd --steps 2 --warmup 1 --threads 1
 expect_rc 0 "OMP_NUM_THREADS=100000 with --threads=1" env OMP_NUM_THREADS=100000 "$NGD" bench train --model mlp --widths 16 --optim sgd --steps 2 --warmup 1 --threads=1

@@ -157,7 +157,9 @@ static const cli_opt EVAL_OPTS[] = {
     {"resume", 1, O_RESUME, "FILE", "the training checkpoint to evaluate (required)"},
     {"data-dir", 1, O_DATADIR, "DIR",
      "folder of the data files (default: the folder train uses, as ngd train --help lists)"},
-    {"batch", 1, O_BATCH, "N", "evaluation batch (default: the run's; text: windows per batch)"},
+    {"batch", 1, O_BATCH, "N",
+     "evaluation batch (default: the run's; at most the test set, text: windows per batch, at "
+     "most the validation text's)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"seed", 1, O_SEED, "N", "seed of the text sample printed after a text model's eval (0)"},
     {"model", 1, O_MODEL, "NAME", "check that the checkpoint is of this model"},
