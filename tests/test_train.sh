@@ -752,6 +752,8 @@ rc=$?
 [ "$rc" = 1 ] && grep -q -- "--checkpoint $D/fs/big.ckpt: .*File too large" "$D/out" &&
     grep -q "ulimit -f" "$D/out" && ok || bad "file-size limit: rc $rc, $(tail -2 "$D/out")"
 [ -z "$(ls "$D/fs" | grep tmp)" ] && ok || bad "file-size limit: a temporary file was left: $(ls "$D/fs")"
+# ... and the log's summary says the checkpoint was not written (--checkpoint holds another state)
+grep '"type":"summary"' "$D/fs/t.jsonl" | tail -1 | grep -q '"checkpoint_failed":true' && ok || bad "a failed checkpoint write is not in the log's summary"
 # the same, over a checkpoint of the run written before: the write fails part way through the
 # stream (past the first MiB), and the old checkpoint stays as it was and still resumes
 "$NGD" train --subset 256 --widths 1024 --batch 64 --max-steps 1 --quiet \
@@ -767,6 +769,7 @@ rc=$?
 [ -z "$(ls "$D/fs" | grep tmp)" ] && ok || bad "file-size limit, old checkpoint: a temporary was left: $(ls "$D/fs")"
 expect_rc 0 "the checkpoint kept resumes" "$NGD" train --subset 256 --widths 1024 --batch 64 --max-steps 2 \
     --quiet --log "$D/fs/t.jsonl" --resume "$D/fs/big.ckpt"
+grep '"type":"summary"' "$D/fs/t.jsonl" | tail -1 | grep -q '"checkpoint_failed"' && bad "a run without a failed write has checkpoint_failed in its summary" || ok
 if [ -d /proc/self ]; then  # a folder whose permission bits do not tell (root, a pseudo file system)
     expect_rc 1 "--checkpoint in /proc" "$NGD" train $C --log "$D/t.jsonl" --checkpoint /proc/ngd-test.ckpt
     expect_msg "--checkpoint /proc/ngd-test.ckpt: folder /proc is not writable" "/proc folder message"

@@ -249,6 +249,10 @@ static bool eval_diverged(const train_opts *t, const char *saved, size_t step, d
     return true;
 }
 
+// A checkpoint write of this run failed (its error printed): the log's summary says so, since
+// --checkpoint then holds an earlier state, or another run's
+static bool save_failed;
+
 // The checkpoint, written where the parameters are finite; *saved then names it, and
 // *saved_step is the step it holds.
 static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn_loader *ld,
@@ -261,7 +265,10 @@ static int save_checked(const train_opts *t, nn_model *m, ngd_optim *o, const nn
     trainlog_keep_begin();
     const int sv = trainckpt_save(t->ckpt, t, m, o, ld, ti, rs);
     trainlog_keep_end(sv == 0);
-    if (sv) return -1;
+    if (sv) {
+        save_failed = true;
+        return -1;
+    }
     *saved = t->ckpt;
     *saved_step = rs->step;
     return 0;
@@ -297,6 +304,7 @@ static double run_epoch(const train_opts *t, const nn_loader *ld, const text_ite
 }
 
 int train_run(const train_opts *t, bool eval_only) {
+    save_failed = false;
     if (t->threads) {
         char v[16];
         snprintf(v, sizeof v, "%d", t->threads);
@@ -788,6 +796,7 @@ int train_run(const train_opts *t, bool eval_only) {
     if (!isnan(last_test_acc)) // the step the test figures are of (a stop may come later)
         cJSON_AddNumberToObject(j, "test_step", (double)evaluated_at);
     if (run_diverged) cJSON_AddBoolToObject(j, "diverged", 1);
+    if (save_failed) cJSON_AddBoolToObject(j, "checkpoint_failed", 1);
     cJSON_AddNumberToObject(j, "wall_s", wall);
     cJSON_AddNumberToObject(j, "optimizer_state_bytes", (double)ngd_optim_state_bytes(o));
     trainlog_dist_summary(j, o, rs.step - step0, t->quiet);
