@@ -50,7 +50,11 @@ if command -v python3 >/dev/null && [ -f "$SHARED/oracle/linear_dense_T1_kfaclik
                 'd["hyperparameters"]["T"]="x"|hyperparameters.T must be a number' \
                 'd["problem"]["d_in"]=-7|problem.d_in must be a whole number >= 0' \
                 'd["steps"][1]["x"]["data"][3]="0.5"|field '"'"'x'"'"': value 3 is not a number' \
-                'd["problem"]["steps"]=1000|6 recorded steps, problem.steps says 1000'; do
+                'd["problem"]["steps"]=1000|6 recorded steps, problem.steps says 1000' \
+                'd["kind"]="singd_conv2d_trajectory"|kind '"'"'singd_conv2d_trajectory'"'"' does not match problem.layer (Linear' \
+                'd["initial"]["K"]["shape"]=[3,3]|field '"'"'K'"'"': 169 values for shape of 9' \
+                'd["initial"]["K"]["shape"]=[169,1]|initial.K is not the 13 x 13 identity' \
+                'd["initial"]["C"]["data"][1]=0.5|initial.C is not the 7 x 7 identity'; do
         python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); exec(sys.argv[3]); json.dump(d,open(sys.argv[2],"w"))' \
             "$SHARED/oracle/linear_dense_T1_kfaclike0_alpha0p5_norm0.json" "$tmp/e.json" "${edit%%|*}"
         out=$("$NGD" replay "$tmp/e.json" 2>&1); rc=$?

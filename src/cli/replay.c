@@ -408,6 +408,34 @@ static int replay_file(const char *path, const replay_opts *ro) {
     }
     if (L.bias && read_tensor(init, "bias", &B, err, sizeof err)) goto done;
     size_t dK = L.d_in + (L.bias ? 1 : 0), np = L.d_out * dK;
+    // the kind names the layer the problem describes; the initial factors, where recorded,
+    // are the identities the optimizer starts from (of the layer's sizes)
+    const char *want_kind = L.conv ? "singd_conv2d_trajectory" : "singd_linear_trajectory";
+    if (strcmp(kind->valuestring, want_kind) != 0) {
+        snprintf(err, sizeof err, "kind '%s' does not match problem.layer (%s: '%s')",
+                 kind->valuestring, L.conv ? "Conv2d" : "Linear", want_kind);
+        goto done;
+    }
+    const struct {
+        const char *name;
+        size_t d;
+    } facs[2] = {{"K", dK}, {"C", L.d_out}};
+    for (int i = 0; i < 2; i++) {
+        if (!cJSON_GetObjectItemCaseSensitive(init, facs[i].name)) continue;
+        tensor F;
+        if (read_tensor(init, facs[i].name, &F, err, sizeof err)) goto done;
+        bool eye = F.ndim == 2 && F.shape[0] == facs[i].d && F.shape[1] == facs[i].d;
+        for (size_t r = 0; eye && r < facs[i].d; r++)
+            for (size_t c = 0; c < facs[i].d; c++)
+                eye = eye && F.data[r * facs[i].d + c] == (r == c ? 1.0f : 0.0f);
+        tensor_free(&F);
+        if (!eye) {
+            snprintf(err, sizeof err,
+                     "initial.%s is not the %zu x %zu identity the optimizer starts from",
+                     facs[i].name, facs[i].d, facs[i].d);
+            goto done;
+        }
+    }
     float *gw = calloc(W.n, sizeof(float)), *gb = calloc(L.d_out, sizeof(float));
     float *buf = malloc((dK * dK + np) * sizeof(float)),
           *ref = malloc((dK * dK + np) * sizeof(float));
