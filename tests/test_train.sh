@@ -811,6 +811,9 @@ expect_rc 0 "resume a into its own log" "$NGD" train ${R% --quiet} --max-steps 4
 printf '%s\n' "$out" | grep -q "another run's records" && bad "a resume into its own log was told of another run" || ok
 expect_rc 0 "plot of a resumed run's log" "$NGD" plot "$D/ra.jsonl" -o "$D/ra.svg"
 printf '%s\n' "$out" | grep -q "more than one run" && bad "a resumed run's log was taken for two runs" || ok
+# a resume without --checkpoint trains on and saves nothing: it says so
+expect_rc 0 "resume without --checkpoint" "$NGD" train ${R% --quiet} --epochs 5 --max-steps 6 --resume "$D/ra.ckpt" --log "$D/ra.jsonl"
+expect_msg "note: --resume without --checkpoint: the steps of this run are not saved (give --checkpoint $D/ra.ckpt" "resume without --checkpoint: note"
 rm -f "$D"/ra.* "$D"/rb.*
 # a resume continues the same trajectory: another --batch is refused, naming the recorded one
 expect_rc 1 "--resume with another --batch" "$NGD" train ${C/--batch 64/--batch 32} --max-steps 4 --log "$D/t.jsonl" --resume "$D/own.ckpt"

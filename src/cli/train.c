@@ -512,8 +512,14 @@ int train_run(const train_opts *t, bool eval_only) {
     if (!t->quiet && dist_root()) heavy_state_note(o, t->method);
     if (!t->quiet && dist_root() && t->resume && rs.epoch < t->epochs &&
         !(t->max_steps && rs.step >= t->max_steps) &&
-        !(t->time_budget > 0 && rs.wall >= (double)t->time_budget)) // (training follows)
+        !(t->time_budget > 0 && rs.wall >= (double)t->time_budget)) { // (training follows)
         schedule_note(t, &rs, per_epoch);
+        if (!t->ckpt) // (a resume that saves nothing is rarely what was meant)
+            fprintf(stderr,
+                    "ngd train: note: --resume without --checkpoint: the steps of this run are "
+                    "not saved (give --checkpoint %s to go on in that file)\n",
+                    t->resume);
+    }
     const char *split = t->text ? "validation" : "test";
     size_t consecutive_skips = 0, seen = 0;
     double t_start = train_now_s() - rs.wall, t_mark = train_now_s();
