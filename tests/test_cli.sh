@@ -183,6 +183,15 @@ printf '%s\n' '{"type":"step","step":8,"loss":2.0,"wall_s":0.4}' '{"type":"eval"
     '{"type":"summary","model":"mlp","data":"d","optim":"adamw","steps":8,"test_accuracy":0.3824,"wall_s":0.5}' > "$tmp/ok.jsonl"
 expect_rc 0 "plot of a diverged run beside another" "$NGD" plot "$tmp/div.jsonl" "$tmp/ok.jsonl" -o "$tmp/d.svg"
 grep -q 'diverged (40.20% before), 13 steps' "$tmp/d.svg" && grep -q '<text[^>]*font-weight="bold">adamw mlp d' "$tmp/d.svg" && ok || bad "diverged run: not said so, or marked best"
+# runs on different data sets (an image test accuracy against a text validation one): no
+# run is marked best
+printf '%s\n' '{"type":"step","step":8,"loss":2.0,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.9,"wall_s":0.5}' \
+    '{"type":"summary","model":"mlp","data":"fashion-mnist","optim":"sgd","steps":8,"test_accuracy":0.9,"wall_s":0.5}' > "$tmp/img.jsonl"
+printf '%s\n' '{"type":"step","step":8,"loss":2.0,"wall_s":0.4,"tokens_per_s":1000}' '{"type":"eval","step":8,"test_accuracy":0.3,"wall_s":0.5}' \
+    '{"type":"summary","model":"chargpt","data":"shakespeare","optim":"sgd","steps":8,"test_accuracy":0.3,"wall_s":0.5}' > "$tmp/txt.jsonl"
+expect_rc 0 "plot of runs on two data sets" "$NGD" plot "$tmp/img.jsonl" "$tmp/txt.jsonl" -o "$tmp/m.svg"
+grep -q 'best' "$tmp/m.svg" && bad "runs on different data sets: one was marked best" || ok
+rm -f "$tmp/img.jsonl" "$tmp/txt.jsonl" "$tmp/m.svg"
 # a character model's accuracy is the validation windows'
 printf '%s\n' '{"type":"step","step":8,"loss":2.1,"wall_s":0.4}' '{"type":"eval","step":8,"test_accuracy":0.35,"wall_s":0.5}' \
     '{"type":"summary","model":"chargpt","data":"shakespeare","optim":"adamw","steps":8,"test_accuracy":0.35,"wall_s":0.5}' > "$tmp/gpt.jsonl"

@@ -518,9 +518,13 @@ static void range_of(const run *runs, size_t n, bool acc, int xkind, double *lo,
 static void render(sbuf *b, const run *runs, size_t n, const char *title) {
     const double W = 1120, PW = 440, PH = 250, X0 = 90, X1 = 630, Y0 = 80, Y1 = 420;
     const double legend_y = 770, H = legend_y + 22.0 * (double)n + 20;
-    // the best run: highest final test accuracy
+    // the best run: highest final test accuracy, among runs on one data set (a text model's
+    // validation accuracy is no image test accuracy: runs on different data get no mark)
     size_t best = n;
-    for (size_t i = 0; i < n; i++)
+    bool one_data = true;
+    for (size_t i = 1; i < n; i++)
+        one_data = one_data && runs[i].text == runs[0].text && !strcmp(runs[i].data, runs[0].data);
+    for (size_t i = 0; i < n && one_data; i++)
         if (isfinite(runs[i].final_acc) && !runs[i].diverged &&
             (best == n || runs[i].final_acc > runs[best].final_acc))
             best = i;
