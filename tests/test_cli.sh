@@ -63,6 +63,9 @@ if command -v python3 >/dev/null && [ -f "$SHARED/oracle/linear_dense_T1_kfaclik
 fi
 rm -rf "$tmp"
 
+# an empty --log is refused by name, as an empty --checkpoint
+expect_rc 2 "--log ''" "$NGD" train --subset 64 --max-steps 1 --log ""
+expect_msg "--log: empty path" "--log '' message"
 # a --log path longer than the trainer holds is refused (it was cut and another file written)
 long=$(printf 'l%.0s' $(seq 1100))
 expect_rc 2 "--log path too long" "$NGD" train --subset 64 --max-steps 1 --log "/tmp/$long.jsonl"

@@ -30,7 +30,7 @@ static const cli_opt OPTS[] = {
      "../shared/data/tinyshakespeare; relative ones from the current folder)"},
     {"subset", 1, O_SUBSET, "N",
      "only the first N training and N/5 test images (text: N "
-     "characters)"},
+     "characters; 0: all, the default)"},
     {"optim", 1, O_OPTIM, "NAME",
      "sgd, adamw, singd (default), ingd, ikfac, kfac, rskfac, "
      "srekfac, bkfac, brkfac, brckfac"},
@@ -331,7 +331,13 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_DATA: t->data = optarg; break;
         case O_DATADIR: t->data_dir = optarg; break;
         case O_OPTIM: break;
-        case O_LOG: t->log = optarg; break;
+        case O_LOG:
+            if (!*optarg) { // (as --checkpoint: not "--log : No such file or directory")
+                cli_error("give --log a file name", "--log: empty path");
+                return NGD_EXIT_USAGE;
+            }
+            t->log = optarg;
+            break;
         case O_CKPT: t->ckpt = optarg; break;
         case O_RESUME: t->resume = optarg; break;
         case O_NESTEROV: t->cfg.nesterov = true; break;
