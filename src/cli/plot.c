@@ -151,7 +151,7 @@ typedef struct {
     char model[64], data[64], optim[32];
     bool has_summary;
     bool mixed; // summaries of other runs before the last (first: the first of them)
-    char first[168];
+    char first[200];
     double final_acc;   // the last finite evaluation's accuracy, NaN if none
     bool diverged;      // the log ends with the summary of a run that diverged
     bool text;          // a character model's run (its accuracy: validation windows)
