@@ -75,9 +75,44 @@ expect_msg "no training to do: the resumed run is at step 31, --max-steps 10" "r
 
 # "no training to do" logs the run's fractional epoch (a checkpoint at step 40 is 1.29 epochs)
 expect_rc 0 "run to step 40" "$NGD" train $C --epochs 3 --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --max-steps 40 --quiet
-expect_rc 0 "resumed with --epochs 1" "$NGD" train $C --epochs 1 --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --resume "$D/f.ckpt"
+# (into a log of its own: the run's own log already ends with its summary at step 40)
+expect_rc 0 "resumed with --epochs 1" "$NGD" train $C --epochs 1 --log "$D/f1.jsonl" --checkpoint "$D/f.ckpt" --resume "$D/f.ckpt"
 expect_msg "no training to do: the resumed run has already completed its --epochs" "--epochs 1 at epoch 1.29"
-tail -2 "$D/f.jsonl" | grep -q '"type":"eval","step":40,"epoch":1.29' && ok || bad "no training to do: the eval record's epoch is not 1.29"
+printf '%s\n' "$out" | grep -q "already ends with" && bad "a log without the run's summary: said to end with it" || ok
+tail -2 "$D/f1.jsonl" | grep -q '"type":"eval","step":40,"epoch":1.29' && ok || bad "no training to do: the eval record's epoch is not 1.29"
+tail -1 "$D/f1.jsonl" | grep -q '"type":"summary".*"steps":40,' && ok || bad "no training to do: no summary in a log without one"
+
+# a resume of a run that ended where it resumes (its log's last record is its summary, of the
+# same parameters) reports the model again but appends nothing: each such resume appended
+# another eval and summary of the same model (a QA finding); training on appends as before
+sum0=$(md5sum < "$D/f.jsonl")
+for lim in "--epochs 1" "--epochs 3 --max-steps 40" "--epochs 3 --max-steps 40"; do
+    expect_rc 0 "ended run resumed ($lim)" "$NGD" train $C $lim --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --resume "$D/f.ckpt"
+    expect_msg "already ends with this run's summary at step 40: nothing is appended" "ended run resumed ($lim): said"
+    expect_msg "40 steps in" "ended run resumed ($lim): its result printed"
+    [ "$(md5sum < "$D/f.jsonl")" = "$sum0" ] && ok || bad "ended run resumed ($lim): its log changed"
+done
+expect_rc 0 "ended run, trained on" "$NGD" train $C --epochs 3 --max-steps 45 --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --resume "$D/f.ckpt" --quiet
+[ "$(grep -c '"type":"summary"' "$D/f.jsonl")" = 2 ] && ok || bad "trained on: not a second summary"
+tail -1 "$D/f.jsonl" | grep -q '"type":"summary".*"steps":45,' && ok || bad "trained on: the last summary is not at step 45"
+# ... and a summary of other parameters (another run on the log) is not this run's
+cp "$D/f.jsonl" "$D/crc.jsonl"
+sed -i '$ s/"parameters_crc":"[0-9a-f]*"/"parameters_crc":"00000000"/' "$D/crc.jsonl"
+expect_rc 0 "ended run, another crc" "$NGD" train $C --epochs 3 --max-steps 45 --log "$D/crc.jsonl" --checkpoint "$D/f.ckpt" --resume "$D/f.ckpt"
+printf '%s\n' "$out" | grep -q "already ends with" && bad "another CRC: said to be this run's summary" || ok
+[ "$(grep -c '"type":"summary"' "$D/crc.jsonl")" = 3 ] && ok || bad "another CRC: no summary appended"
+
+# --time-budget: the run stops, saves, and a resume with the budget spent says so, to a tenth
+# of a second ("0 s" for 0.4 s before), appending nothing (saved at the stop only: an epoch's
+# save may hold a little less time than the budget, which a resume would then spend)
+expect_rc 0 "--time-budget 0.4" "$NGD" train $C --epochs 1000 --time-budget 0.4 --log "$D/tb.jsonl" --checkpoint "$D/tb.ckpt" --checkpoint-every 1000000 --quiet
+n=$(sed -n 's/.*"type":"summary".*"steps":\([0-9]*\),.*/\1/p' "$D/tb.jsonl")
+[ -n "$n" ] && [ "$n" -gt 0 ] && [ "$n" -lt 31000 ] && ok || bad "--time-budget 0.4: summary steps '$n'"
+[ -s "$D/tb.ckpt" ] && ok || bad "--time-budget: no checkpoint"
+sum0=$(md5sum < "$D/tb.jsonl")
+expect_rc 0 "--time-budget spent, resumed" "$NGD" train $C --epochs 1000 --time-budget 0.4 --log "$D/tb.jsonl" --checkpoint "$D/tb.ckpt" --checkpoint-every 1000000 --resume "$D/tb.ckpt"
+printf '%s\n' "$out" | grep -Eq "has spent its --time-budget \(0\.[4-9] s|has spent its --time-budget \([1-9][0-9.]* s" && ok || bad "--time-budget spent: not said to a tenth of a second: $(printf '%s' "$out" | grep budget)"
+[ "$(md5sum < "$D/tb.jsonl")" = "$sum0" ] && ok || bad "--time-budget spent, resumed: its log changed"
 
 # --widths that give the same parameter shapes are still another model (vit's head count):
 # the run's recorded widths, or refused (as ngd eval does)

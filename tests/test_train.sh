@@ -586,6 +586,24 @@ expect_msg "epoch 1: test loss" "the pending evaluation is done first"
 [ "$(grep -c '"type":"eval"' "$D/pend.jsonl")" = 2 ] && ok || bad "the pending evaluation was not logged"
 expect_rc 0 "resume after it" "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --log "$D/pend.jsonl" --resume "$D/pend.ckpt"
 expect_msg "no training to do" "the checkpoint no longer has the evaluation pending"
+# counts no run reaches, in a file whose CRC holds (crafted, or damaged before its CRC was
+# taken): refused as a bad header (a step of 2^64 - 1 wrapped to 0 at the next step)
+for f in "0 18446744073709551615" "1 99" "2 99"; do  # step, epoch, skips (5 steps run)
+    cp "$D/pend.ckpt" "$D/bad.ckpt"
+    python3 - "$D/bad.ckpt" $f <<'PY'
+import struct, sys, zlib
+b = bytearray(open(sys.argv[1], "rb").read())
+o = 16
+for _ in range(3):
+    o += 8 + struct.unpack_from("<Q", b, o)[0]
+o += 8 + 8 * struct.unpack_from("<Q", b, o)[0] + 24 + 16  # ... batch, precision, epochs
+struct.pack_into("<Q", b, o + 8 * int(sys.argv[2]), int(sys.argv[3]))
+struct.pack_into("<I", b, len(b) - 4, zlib.crc32(bytes(b[:-4])))
+open(sys.argv[1], "wb").write(b)
+PY
+    expect_rc 1 "a checkpoint's count out of reach ($f)" "$NGD" train --subset 640 --widths 16 --threads 1 --epochs 1 --log "$D/bad.jsonl" --resume "$D/bad.ckpt"
+    expect_msg "bad header (step, epoch, skipped steps or wall time)" "a checkpoint's count out of reach ($f): message"
+done
 # a signal during an epoch's evaluation (a real one: 64 training images, one step an epoch, and
 # 20000 test images at widths 1024 take ~0.5 s to evaluate): the run stops at once, its
 # summary keeps the previous evaluation's figures and names their step, and the checkpoint
@@ -776,6 +794,9 @@ if [ -d /proc/self ]; then  # a folder whose permission bits do not tell (root, 
 fi
 expect_rc 1 "eval --context of an image checkpoint" "$NGD" eval --resume "$D/own.ckpt" --context 5
 expect_msg "--context is for text models, and it was written for --data fashion-mnist" "eval --context message"
+# --seed only seeds a text model's sample: refused for an image checkpoint (it was ignored)
+expect_rc 1 "eval --seed of an image checkpoint" "$NGD" eval --resume "$D/own.ckpt" --seed 3
+expect_msg "--seed is for text models (the sample printed after the evaluation), and it was written for --data fashion-mnist: drop --seed" "eval --seed message"
 expect_rc 1 "--resume of a folder" "$NGD" train $C --log "$D/t.jsonl" --resume "$D"
 expect_msg "--resume $D: is a folder, not a file" "--resume folder message"
 expect_rc 1 "--checkpoint ''" "$NGD" train $C --log "$D/t.jsonl" --checkpoint ""
@@ -933,6 +954,8 @@ if [ -f "$SHK/input.txt" ]; then
     # image eval's at the test set (--batch 100000000 asked for gigabytes, for minutes)
     expect_rc 0 "text eval with a batch past the validation windows" "$NGD" eval $E --batch 100000000 --resume "$D/tfull.ckpt"
     expect_msg "validation (32 x 484 windows of 16)" "text eval batch capped at the validation windows"
+    expect_rc 0 "text eval --seed" "$NGD" eval $E --seed 5 --resume "$D/tfull.ckpt"
+    expect_msg "from a newline, seed 5)" "text eval --seed seeds its sample"
     # a checkpoint read with another text: the error says what differs (its alphabet, its size)
     mkdir -p "$D/voc" "$D/short"
     head -c 5000 "$SHK/input.txt" | tr 'a' 'b' > "$D/voc/input.txt"

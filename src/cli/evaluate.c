@@ -212,6 +212,12 @@ static int eval_setup(train_opts *t) {
                  "--context is for text models, and it was written for --data %s: drop --context",
                  h.data);
         why = whybuf;
+    } else if (!why && t->seed_given && strcmp(h.data, "shakespeare") != 0) {
+        snprintf(whybuf, sizeof whybuf,
+                 "--seed is for text models (the sample printed after the evaluation), and it "
+                 "was written for --data %s: drop --seed",
+                 h.data);
+        why = whybuf;
     } else if (!why && h.has_shape) { // given subset, context: the run's, or refused
         // (given widths: the model they build must be the run's, checked when the checkpoint
         // is read, as ngd train --resume does: 64,2,4,4 is chargpt's 64,2,4, and 64,2,2 of a

@@ -718,9 +718,16 @@ int train_run(const train_opts *t, bool eval_only) {
         else
             fprintf(stderr,
                     "ngd train: no training to do: the resumed run has spent its --time-budget "
-                    "(%.0f s of training so far; it counts the run's time in all)\n",
-                    rs.wall);
+                    "(%.*f s of training so far; it counts the run's time in all)\n",
+                    rs.wall < 10 ? 1 : 0, rs.wall);
     }
+    // a resume of a run that had ended here (its log's last record is that run's summary, of
+    // these very parameters) evaluates and reports the model again, but logs nothing: each
+    // such resume would otherwise append another eval and summary of the same model
+    char crc0[16];
+    snprintf(crc0, sizeof crc0, "%08x", (unsigned)train_params_crc(&m));
+    const bool logged_end = rc == NGD_EXIT_OK && t->resume && rs.step == step0 && !was_pending &&
+                            !train_stop_signal && trainlog_ends_with(rs.step, crc0);
     // a limit ended the run early: evaluate and report the model (not after a signal, or one
     // during its evaluation; not again when the epoch that just ended evaluated it)
     const bool limit_eval =
@@ -735,7 +742,7 @@ int train_run(const train_opts *t, bool eval_only) {
             last_test_loss = l, last_test_acc = a, evaluated_at = rs.step;
         if (er < 0 || diverged) rc = NGD_EXIT_FAIL;
     }
-    if (rc == NGD_EXIT_OK && limit_eval && !train_stop_signal) {
+    if (rc == NGD_EXIT_OK && limit_eval && !train_stop_signal && !logged_end) {
         if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
                           last_test_loss, last_test_acc, train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
@@ -778,10 +785,16 @@ int train_run(const train_opts *t, bool eval_only) {
         double l, a;
         if (train_evaluate(&m, t, &d, x, ids, y, &l, &a) == 0)
             last_test_loss = l, last_test_acc = a, evaluated_at = rs.step;
-        if (trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
+        if (!logged_end &&
+            trainlog_eval(logf, logpath, rs.step, run_epoch(t, &ld, tip, &rs, per_epoch),
                           last_test_loss, last_test_acc, train_now_s() - t_start))
             rc = NGD_EXIT_FAIL;
     }
+    if (logged_end && rc == NGD_EXIT_OK && !t->quiet)
+        fprintf(stderr,
+                "ngd train: note: --log %s already ends with this run's summary at step %zu: "
+                "nothing is appended\n",
+                logpath, rs.step);
     double wall = train_now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "type", "summary");
@@ -815,7 +828,8 @@ int train_run(const train_opts *t, bool eval_only) {
     // append a summary that says "not evaluated" after the run's real one
     const bool abandoned =
         (rc != NGD_EXIT_OK || train_stop_signal) && rs.step == 0 && trainlog_abandon(logf, logpath);
-    if (abandoned || (train_stop_signal && rs.step == step0 && isnan(last_test_acc) && t->resume))
+    if (abandoned || logged_end ||
+        (train_stop_signal && rs.step == step0 && isnan(last_test_acc) && t->resume))
         cJSON_Delete(j);
     else if (trainlog_line(logf, logpath, j))
         rc = NGD_EXIT_FAIL;

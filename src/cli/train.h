@@ -114,6 +114,7 @@ typedef struct {
     float time_budget;
     bool cosine;
     uint64_t seed;
+    bool seed_given; // --seed was given (ngd eval: only a text model's sample uses it)
     int threads;
     bool augment, quiet;
     int param_method; // --param-optim: NGD_METHOD_SGD / _ADAMW, or -1 (the method's rule)
@@ -252,6 +253,9 @@ void trainlog_keep_end(bool saved);
 // Opens the log (its path into path); NULL after an error. A resumed run's log is cut back
 // to its records up to resume_step (the checkpoint's) when no summary follows the later ones.
 FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t cap);
+// The resumed run's log (as trainlog_open left it) ends with a summary of this many steps
+// and this "parameters_crc": the run that wrote it ended where this one resumes.
+bool trainlog_ends_with(size_t steps, const char *crc);
 // A new run that ends before writing any record: its log is left as it was (or, created by
 // the run, removed). False (nothing done) once a record was written, and for a resumed run.
 bool trainlog_abandon(FILE *f, const char *path);

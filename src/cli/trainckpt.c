@@ -452,6 +452,11 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         rs->skips = (size_t)get_u64(&r);
         uint64_t wall = get_u64(&r);
         memcpy(&rs->wall, &wall, 8);
+        // (counts that a run cannot reach: a crafted or damaged file whose CRC holds, which
+        // would wrap the step's count; a wall time that is not a time)
+        if (rs->step > (size_t)1 << 52 || rs->epoch > rs->step || rs->skips > rs->step ||
+            !isfinite(rs->wall) || rs->wall < 0)
+            why = "bad header (step, epoch, skipped steps or wall time)";
         rs->rec_loss = rs->rec_acc = 0, rs->rec_n = 0; // (before version 4: the record restarts)
         if (h.version >= 4) {
             const uint64_t sl = get_u64(&r), sa = get_u64(&r);

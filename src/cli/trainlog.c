@@ -27,6 +27,11 @@ double train_now_s(void) {
 // run stopped (or failed) before writing any leaves an earlier log at that path as it was
 // (trainlog_abandon); created: it did not exist before.
 static bool log_unwritten, log_created;
+// A resumed run's log whose last record is a summary: its "steps" and "parameters_crc" (a
+// resume of a run that had ended appends no second summary of the same model, see
+// trainlog_ends_with)
+static long long last_sum_steps = -1;
+static char last_sum_crc[16];
 // A new run's log over an earlier run's records: those are copied to LOG.prev before the
 // first record empties the log (a forgotten --resume loses nothing). Decided, and the target
 // checked, before the data loads (train_check_outputs); a copy that fails then (a full disk)
@@ -217,9 +222,17 @@ static int cut_after_step(FILE *f, size_t step, size_t *cut, char *who, size_t w
             if (cJSON_IsString(v[0]) && cJSON_IsString(v[1]) && cJSON_IsString(v[2]))
                 snprintf(who, who_cap, "%s %s %s", v[0]->valuestring, v[1]->valuestring,
                          v[2]->valuestring);
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "steps"),
+                        *crc = cJSON_GetObjectItemCaseSensitive(o, "parameters_crc");
+            last_sum_steps = -1;
+            if (cJSON_IsNumber(st) && st->valuedouble >= 0 && cJSON_IsString(crc)) {
+                last_sum_steps = (long long)st->valuedouble;
+                snprintf(last_sum_crc, sizeof last_sum_crc, "%s", crc->valuestring);
+            }
             cJSON_Delete(o);
             continue;
         }
+        if (line[0] == '{') last_sum_steps = -1; // (a record after it: not the last one)
         const char *k = strstr(line, "\"step\":");
         if (from < 0 && k &&
             (!strncmp(line, STEP, sizeof STEP - 1) || !strncmp(line, EVAL, sizeof EVAL - 1))) {
@@ -299,6 +312,11 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
                 "that wrote them stopped before saving them)\n",
                 path, cut, cut == 1 ? "" : "s", resume_step);
     return f;
+}
+
+bool trainlog_ends_with(size_t steps, const char *crc) {
+    return last_sum_steps >= 0 && (unsigned long long)last_sum_steps == steps &&
+           !strcmp(last_sum_crc, crc);
 }
 
 bool trainlog_abandon(FILE *f, const char *path) {

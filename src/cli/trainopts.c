@@ -557,7 +557,7 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
             break;
         case O_SEED:
             if (parse_z(nm, optarg, &z)) return -1;
-            t->seed = z;
+            t->seed = z, t->seed_given = true;
             break;
         case O_THREADS:
             if (parse_zr(nm, optarg, 1, 1024, &z)) return -1;
