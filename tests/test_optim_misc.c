@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "method.h" // (ngd_unfold_taps)
 #include "ngd.h"
 #include "ref.h"
 #include "tproblem.h"
@@ -257,6 +258,110 @@ static void observe_conv_should_fit_a_block_of_the_narrower_side(void) {
     const double rel = rel_diff(P[0], P[1], n);
     CHECK_MSG(rel < 1e-5, "P off by %.3g", rel);
     free(x), free(a), free(g), free(w), free(dw), free(P[0]), free(P[1]);
+}
+
+// SINGD's preconditioning from a convolution's images (kfac.factored_apply, dense K and C,
+// both products cached): where its rows pay counting only the kernel taps inside the image
+// (small images), P = (1/c)(𝒢 C Cᵀ)ᵀ(𝒜 K Kᵀ) with 𝒜 K Kᵀ by ngd_unfold_times, which skips the
+// padding's zeros. Against the same run from the gradient (J = Σ_r g_r [a_r, 1]ᵀ of ngd_unfold's
+// rows, a convolution's weight gradient, in float64): every step's P within float32 rounding,
+// over 7 steps with factor updates every 3; the layer wants its statistics every step. Where
+// the rows do not pay (8x8 images) it wants them on update steps only, as without the option.
+typedef struct {
+    ngd_conv_geom g;
+    bool bias, pays;
+} cr_case;
+
+static void conv_rows_run(const cr_case *k, bool fact, size_t steps, float *Ps, double *moved) {
+    const ngd_conv_geom *geom = &k->g;
+    const size_t N = 4, cout = 16, L = ngd_conv_out_h(geom) * ngd_conv_out_w(geom);
+    const size_t cols = geom->c_in * geom->k1 * geom->k2, dK = cols + k->bias;
+    const size_t xs = geom->c_in * geom->h * geom->w, n = N * L;
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    CHECK(ngd_structure_parse("dense", &c.structure_K) == NGD_OK);
+    CHECK(ngd_structure_parse("dense", &c.structure_C) == NGD_OK);
+    c.T = 3, c.lr = 0.05f, c.lr_cov = 0.05f, c.damping = 1e-2f, c.keep_last_update = true;
+    c.kfac.factored_apply = fact;
+    float *w = calloc(cout * cols, 4), *dw = malloc(cout * cols * 4);
+    float *b = calloc(cout, 4), *db = malloc(cout * 4);
+    float *x = malloc(N * xs * 4), *a = malloc(n * cols * 4), *g = malloc(n * cout * 4);
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    ngd_layer Ly = {.name = "conv", .weight = w, .weight_grad = dw, .d_out = cout, .d_in = cols};
+    if (k->bias) Ly.bias = b, Ly.bias_grad = db;
+    int id;
+    CHECK(ngd_optim_add_layer(o, &Ly, &id) == NGD_OK);
+    ref_rng r = {91};
+    for (size_t t = 0; t < steps; t++) {
+        for (size_t i = 0; i < N * xs; i++)
+            x[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < n * cout; i++)
+            g[i] = (float)ref_uniform(&r, -1, 1) / (float)N;
+        CHECK(ngd_unfold(geom, N, x, false, a) == NGD_OK);
+        for (size_t i = 0; i < cout; i++) { // J = Σ_r g_r [a_r, 1]ᵀ
+            for (size_t j = 0; j < cols; j++) {
+                double sum = 0;
+                for (size_t q = 0; q < n; q++)
+                    sum += (double)g[q * cout + i] * (double)a[q * cols + j];
+                dw[i * cols + j] = (float)sum;
+            }
+            double sb = 0;
+            for (size_t q = 0; q < n; q++)
+                sb += (double)g[q * cout + i];
+            db[i] = (float)sb;
+        }
+        const bool wants = ngd_optim_layer_wants_stats(o, id);
+        CHECK_MSG(wants == (t % 3 == 0 || (fact && (t == 0 || k->pays))),
+                  "step %zu (factored %d, pays %d): wants statistics %d", t, fact, k->pays, wants);
+        if (wants)
+            CHECK(ngd_optim_observe_conv(o, id, N, geom, ngd_matrix_f32(x, N, xs),
+                                         ngd_matrix_f32(g, n, cout)) == NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        float *P = Ps + t * cout * dK;
+        CHECK(ngd_optim_last_update(o, id, P, cout * dK) == NGD_OK);
+        if (moved) { // against the gradient itself (the preconditioner is not the identity)
+            float *J = malloc(cout * dK * 4);
+            for (size_t i = 0; i < cout; i++) {
+                memcpy(J + i * dK, dw + i * cols, cols * 4);
+                if (k->bias) J[i * dK + cols] = db[i];
+            }
+            *moved = fmax(*moved, rel_diff(J, P, cout * dK));
+            free(J);
+        }
+    }
+    ngd_optim_free(o);
+    free(w), free(dw), free(b), free(db), free(x), free(a), free(g);
+}
+
+static void singd_from_conv_images_should_equal_the_gradient_path(void) {
+    const cr_case cases[] = {
+        {{8, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1}, true, true},  // 2x2, padding 1: 16 of 36 taps
+        {{8, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1}, false, true}, // the same without a bias
+        {{8, 3, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1}, true, true},  // stride 2 onto 2x2
+        {{8, 2, 2, 3, 3, 1, 1, 2, 2, 2, 2, 1}, true, true},  // dilation 2, padding 2: 4 taps
+        {{8, 2, 3, 3, 2, 1, 1, 1, 0, 1, 1, 1}, true, true},  // 2x3, a 3x2 kernel
+        {{8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1}, true, false}, // 8x8: the gradient
+    };
+    const size_t steps = 7;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const cr_case *k = &cases[ci];
+        const size_t np = 16 * (k->g.c_in * k->g.k1 * k->g.k2 + k->bias) * steps;
+        float *P0 = malloc(np * 4), *P1 = malloc(np * 4);
+        double moved = 0;
+        conv_rows_run(k, false, steps, P0, &moved);
+        conv_rows_run(k, true, steps, P1, NULL);
+        const double rel = rel_diff(P0, P1, np);
+        CHECK_MSG(rel < 1e-5, "case %zu: P from the images vs from the gradient: rel %.3g", ci,
+                  rel);
+        CHECK_MSG(moved > 1e-2, "case %zu: P stayed the gradient (rel %.3g)", ci, moved);
+        if (getenv("OC_SHOW"))
+            fprintf(stderr, "  case %zu: rel %.3g, moved %.3g\n", ci, rel, moved);
+        free(P0), free(P1);
+    }
+    // ngd_unfold_times' tap count: 16 of 36 on a 2x2 image with padding 1, all 9 per position
+    // without padding
+    const ngd_conv_geom g22 = cases[0].g, g8 = {2, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1, 1};
+    CHECK(ngd_unfold_taps(&g22) == 16 && ngd_unfold_taps(&g8) == 36 * 9);
 }
 
 // The errors of ngd_optim_observe_conv, each naming what is wrong; the public observe refuses
@@ -1068,6 +1173,7 @@ static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(observe_conv_should_equal_observe_of_the_unfolded_matrix),
     TEST(observe_conv_should_fit_a_block_of_the_narrower_side),
+    TEST(singd_from_conv_images_should_equal_the_gradient_path),
     TEST(observe_conv_should_refuse_bad_input),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),

@@ -334,4 +334,20 @@ bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, floa
 size_t ngd_unfold_gram_shifts_floats(const ngd_unfold_src *u, size_t d, size_t nb);
 // The mean of sample n's rows (ngd_unfold's reduce row), cols floats
 void ngd_unfold_mean_row(const ngd_unfold_src *u, size_t n, float *out);
+// The (output position, kernel tap) pairs whose tap lies inside the image: the nonzero blocks
+// of an unfolded row, summed over a sample's rows (oh·ow·k1·k2 without padding)
+size_t ngd_unfold_taps(const ngd_conv_geom *g);
+// The batch's images as [n][h][w][c] f32 (batch·h·w·c_in floats), for ngd_unfold_times
+void ngd_unfold_nhwc(const ngd_unfold_src *u, size_t batch, float *xt);
+// Y (batch·oh·ow x dn, row-major, rows (n, o1, o2)) = X M for the unfolded rows X of one
+// group's images xt (ngd_unfold_nhwc) with a bias column of ones last where d = cols + 1, and
+// M (d x dn, row-major), skipping the padding's zeros: one product a (position, tap) inside
+// the image, of the batch's channel vectors there with M's rows of that tap (ngd_unfold_taps
+// of them, each batch x c_in x dn). The same sums as the dense product up to float32 rounding
+// (taps added one after another, after the bias row).
+void ngd_unfold_times(const ngd_conv_geom *g, size_t batch, const float *xt, size_t d,
+                      const float *M, size_t dn, float *Y);
+// Output position l's rows of that product alone (l = o1·ow + o2), sample n's at Y + n·ldy
+void ngd_unfold_times_at(const ngd_conv_geom *g, size_t batch, const float *xt, size_t d,
+                         const float *M, size_t dn, size_t l, float *Y, size_t ldy);
 #endif

@@ -54,9 +54,16 @@ typedef struct {
     // were observed once since the last step or load (robs == 1, rloads == e->loads), else through
     // Ĝ. rA and rG: float, or under bf16 compute the bf16 rows (𝒢 not multiplied by c: the
     // product that takes them scales by it).
+    // A convolution (observed through ngd_optim_observe_conv, one group, expand, f32 products)
+    // keeps its images instead of 𝒜 (rconv; rA: ngd_unfold_nhwc's batch·h·w·c_in floats, its
+    // geometry in cg) where the rows pay counting only the taps inside the image (small
+    // images: a 2x2 one's unfolded rows are 5/9 zeros): 𝒜 K Kᵀ skips the padding's zeros.
     int8_t fact;
+    bool rconv;
+    ngd_conv_geom cg;
+    size_t rbatch;
     void *rA, *rG;
-    size_t rcap, nrows, robs;
+    size_t rcap, racap, nrows, robs;
     double rc;
     uint32_t rloads;
 } singd_state;
@@ -251,6 +258,26 @@ static bool rows_pay(size_t n, size_t dC, size_t dK) {
            (double)dC * dK * ((double)dC + dK);
 }
 
+// The same for a convolution's n = batch·oh·ow rows through ngd_unfold_times: 𝒜 K Kᵀ costs
+// batch·taps·c_in·d_K (the taps inside the image) instead of n·d_K². X and Y must fit in the
+// ping-pong buffers (no longer implied where few taps are inside).
+static bool conv_rows_pay(const ngd_conv_geom *g, size_t batch, size_t n, size_t dC, size_t dK) {
+    const double taps = (double)ngd_unfold_taps(g);
+    return (double)n * ((double)dC * dC + (double)dC * dK) +
+                   (double)batch * taps * (double)g->c_in * dK <
+               (double)dC * dK * ((double)dC + dK) &&
+           (double)n * ((double)dC + dK) <= 2.0 * dC * dK;
+}
+
+// Whether the layer's statistics can come as a convolution's images for ngd_unfold_times
+static bool conv_rows_ok(const ngd_entry *e, const singd_state *s, const ngd_matrix *a) {
+    if (a->dtype != NGD_DT_UNFOLD || e->cfg.kfac_approx == NGD_KFAC_REDUCE || s->bfc || !s->KKt ||
+        !s->CCt)
+        return false;
+    const ngd_unfold_src *u = a->data;
+    return u->g.groups == 1 && (e->d_K == u->cols || e->d_K == u->cols + 1);
+}
+
 // Whether this step's rows are there for the preconditioning (taken once since the last step
 // or load)
 static bool rows_ready(const ngd_entry *e) {
@@ -269,25 +296,32 @@ static void rows16(const ngd_entry *e, size_t batch, const ngd_matrix *a, const 
 static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
                       const ngd_matrix *g, float *chunk) {
     const size_t rows = ngd_stats_rows(e, batch, g), dK = e->d_K, dC = e->d_out;
-    if (s->fact < 0)
-        s->fact = g->rows == batch && ((s->KKt && s->CCt) || (s->KKt16 && s->CCt16)) &&
-                  ngd_optim_world(o) == 1;
+    const bool conv = conv_rows_ok(e, s, a); // (a convolution's images, not its rows)
+    const ngd_conv_geom *cg = conv ? &((const ngd_unfold_src *)a->data)->g : NULL;
+    if (s->fact < 0) // (a convolution: where its rows pay at this batch, as they are every step)
+        s->fact = (g->rows == batch || (conv && conv_rows_pay(cg, batch, rows, dC, dK))) &&
+                  ((s->KKt && s->CCt) || (s->KKt16 && s->CCt16)) && ngd_optim_world(o) == 1;
     s->nrows = 0;
     if (s->fact <= 0 || ngd_optim_world(o) != 1) return; // (data-parallel: the rows are local)
     // (a later batch of several rows a sample, reduced: their mean a and summed g do not make
     // the gradient, so Ĝ this step, as the K-FAC family does)
-    if (g->rows != batch) return;
+    if (g->rows != batch && !conv) return;
     s->robs = s->rloads == e->loads ? s->robs + 1 : 1;
     s->rloads = e->loads;
-    if (s->robs > 1 || !rows_pay(rows, dC, dK)) return; // (Ĝ this step)
+    if (s->robs > 1 || !(conv ? conv_rows_pay(cg, batch, rows, dC, dK) : rows_pay(rows, dC, dK)))
+        return; // (Ĝ this step)
     const size_t el = s->bfc ? sizeof(uint16_t) : sizeof(float);
-    if (rows > s->rcap) { // the first statistics, or a larger batch
+    // (a convolution keeps batch·h·w·c_in floats of images in place of the n x d_K rows)
+    const size_t acap = conv ? batch * cg->h * cg->w * cg->c_in : rows * dK;
+    if (rows > s->rcap || acap > s->racap) { // the first statistics, or a larger batch
         ngd_free(s->rA), ngd_free(s->rG);
-        s->rA = ngd_malloc(rows, dK * el);
+        s->rA = ngd_malloc(acap, el);
         s->rG = ngd_malloc(rows, dC * el);
         s->rcap = s->rA && s->rG ? rows : 0;
+        s->racap = s->rcap ? acap : 0;
         if (!s->rcap) return; // (out of memory: Ĝ, as without the option)
     }
+    s->rconv = conv;
     // (the loss scale divides P at the step, singd_precondition: a client may set this step's
     // scale after its observe calls, ngd.torch's order, and scale_cur is still the last one's)
     const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
@@ -305,15 +339,19 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
         return;
     }
     float *rA = s->rA, *rG = s->rG;
+    if (conv) {
+        ngd_unfold_nhwc(a->data, batch, rA);
+        s->cg = *cg, s->rbatch = batch;
+    }
     for (size_t r0 = 0; r0 < rows; r0 += NGD_STATS_CHUNK) {
         const size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
-        ngd_stats_a_rows(e, batch, a, g, r0, nr, rA + r0 * dK);
+        if (!conv) ngd_stats_a_rows(e, batch, a, g, r0, nr, rA + r0 * dK);
         ngd_stats_g_rows(e, batch, g, r0, nr, rG + r0 * dC);
     }
     ngd_view_scale_f32(ngd_view_rm(rG, rows, dC, dC), wg);
     // (non-finite rows would make P NaN while Ĝ is finite: Ĝ then, as the update refuses
     //  such statistics)
-    if (!ngd_all_finite(rA, rows * dK) || !ngd_all_finite(rG, rows * dC)) return;
+    if (!ngd_all_finite(rA, conv ? acap : rows * dK) || !ngd_all_finite(rG, rows * dC)) return;
     s->nrows = rows;
     s->rc = c;
 }
@@ -875,7 +913,11 @@ static void singd_precondition(ngd_optim *o, ngd_entry *e, const float *G, float
     if (rows) { // P = (1/c) (𝒢 C Cᵀ)ᵀ (𝒜 K Kᵀ): keep_rows took them where that pays
         ngd_view X = ngd_view_rm(w.X, n, dC, dC), Y = ngd_view_rm(w.X + n * dC, n, dK, dK);
         ngd_gemm(1.0f, ngd_cview_rm(s->rG, n, dC, dC), ngd_cview_rm(s->CCt, dC, dC, dC), 0.0f, X);
-        ngd_gemm(1.0f, ngd_cview_rm(s->rA, n, dK, dK), ngd_cview_rm(s->KKt, dK, dK, dK), 0.0f, Y);
+        if (s->rconv) // (a convolution's images: the unfolded rows' products, less the padding)
+            ngd_unfold_times(&s->cg, s->rbatch, s->rA, dK, s->KKt, dK, Y.p);
+        else
+            ngd_gemm(1.0f, ngd_cview_rm(s->rA, n, dK, dK), ngd_cview_rm(s->KKt, dK, dK, dK), 0.0f,
+                     Y);
         ngd_gemm(inv_cs, ngd_cview_t(ngd_cv(X)), ngd_cv(Y), 0.0f, ngd_view_rm(P, dC, dK, dK));
         return;
     }

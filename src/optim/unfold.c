@@ -530,3 +530,77 @@ bool ngd_unfold_gram_shifts(const ngd_unfold_src *u, size_t d, float alpha, floa
     return false;
 }
 #endif
+
+// ---- the unfolded rows times a matrix, without the padding's zeros ----
+
+// Whether input position o·s − p + k·dil lies in [0, in); its index in *i
+static bool tap_in(size_t o, size_t k, size_t s, size_t p, size_t dil, size_t in, size_t *i) {
+    const ptrdiff_t v = (ptrdiff_t)(o * s + k * dil) - (ptrdiff_t)p;
+    if (v < 0 || (size_t)v >= in) return false;
+    *i = (size_t)v;
+    return true;
+}
+
+size_t ngd_unfold_taps(const ngd_conv_geom *g) {
+    if (!geom_ok(g)) return 0;
+    const size_t oh = ngd_conv_out_h(g), ow = ngd_conv_out_w(g);
+    size_t n = 0, i;
+    for (size_t o1 = 0; o1 < oh; o1++)
+        for (size_t k1 = 0; k1 < g->k1; k1++)
+            if (tap_in(o1, k1, g->s1, g->p1, g->dil1, g->h, &i))
+                for (size_t o2 = 0; o2 < ow; o2++)
+                    for (size_t k2 = 0; k2 < g->k2; k2++)
+                        n += tap_in(o2, k2, g->s2, g->p2, g->dil2, g->w, &i);
+    return n;
+}
+
+void ngd_unfold_nhwc(const ngd_unfold_src *u, size_t batch, float *xt) {
+    const ngd_conv_geom *g = &u->g;
+    const size_t C = g->c_in, hw = g->h * g->w;
+    const bool b16 = u->x.dtype == NGD_BF16;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (batch * C * hw > NGD_PAR_MIN)
+#endif
+    for (size_t n = 0; n < batch; n++) {
+        const void *xn = sample(u, n);
+        float *o = xt + n * hw * C;
+        for (size_t c = 0; c < C; c++)
+            for (size_t p = 0; p < hw; p++)
+                o[p * C + c] = xval(xn, b16, c * hw + p);
+    }
+}
+
+void ngd_unfold_times_at(const ngd_conv_geom *g, size_t batch, const float *xt, size_t d,
+                         const float *M, size_t dn, size_t l, float *Y, size_t ldy) {
+    const size_t ow = ngd_conv_out_w(g), o1 = l / ow, o2 = l % ow;
+    const size_t C = g->c_in, KK = g->k1 * g->k2, cols = C * KK, xs = g->h * g->w * C;
+    NGD_ASSERT(g->groups == 1 && (d == cols || d == cols + 1));
+    // the bias row of M where there is a bias column (a row of ones), else zeros; then each
+    // tap inside the image
+    const ngd_view Yl = {Y, batch, dn, (ptrdiff_t)ldy, 1};
+    for (size_t n = 0; n < batch; n++) {
+        if (d > cols)
+            memcpy(Y + n * ldy, M + cols * dn, dn * sizeof(float));
+        else
+            memset(Y + n * ldy, 0, dn * sizeof(float));
+    }
+    size_t i1, i2;
+    for (size_t k1 = 0; k1 < g->k1; k1++) {
+        if (!tap_in(o1, k1, g->s1, g->p1, g->dil1, g->h, &i1)) continue;
+        for (size_t k2 = 0; k2 < g->k2; k2++) {
+            if (!tap_in(o2, k2, g->s2, g->p2, g->dil2, g->w, &i2)) continue;
+            // the batch's channel vectors at input (i1, i2): batch x C, a row a sample
+            const ngd_cview A = {xt + (i1 * g->w + i2) * C, batch, C, (ptrdiff_t)xs, 1};
+            // M's rows (c, k1, k2) for c = 0..C-1: C x dn, KK rows apart
+            const ngd_cview B = {M + (k1 * g->k2 + k2) * dn, C, dn, (ptrdiff_t)(KK * dn), 1};
+            ngd_gemm(1.0f, A, B, 1.0f, Yl);
+        }
+    }
+}
+
+void ngd_unfold_times(const ngd_conv_geom *g, size_t batch, const float *xt, size_t d,
+                      const float *M, size_t dn, float *Y) {
+    const size_t L = ngd_conv_out_h(g) * ngd_conv_out_w(g);
+    for (size_t l = 0; l < L; l++) // (position l's rows: one a sample, L rows apart)
+        ngd_unfold_times_at(g, batch, xt, d, M, dn, l, Y + l * dn, L * dn);
+}
