@@ -595,8 +595,10 @@ NGD_API ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch,
 // Saves the complete optimizer state (steps, grad scales, factors, momenta, pending
 // statistics, moment buffers, RNG). Versioned little-endian format (docs/formats.md),
 // written atomically: temporary file, fsync, rename; streamed through a 1 MiB buffer (no copy
-// of the state in memory). Parameters are not saved (they belong to the caller). Errors:
-// NGD_ERR_IO (path named in the message).
+// of the state in memory). Parameters are not saved (they belong to the caller). path must be
+// absent or a regular file: the rename would replace anything else (a FIFO, a device node, a
+// symbolic link rather than its target, a folder), which is refused. Errors: NGD_ERR_IO (path
+// named in the message).
 NGD_API ngd_status ngd_optim_save(const ngd_optim *o, const char *path);
 
 // Loads a state saved by ngd_optim_save into an optimizer with the same method and the same

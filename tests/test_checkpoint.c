@@ -361,6 +361,29 @@ static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
     CHECK(strstr(ngd_optim_errmsg(o), "does-not-exist") != NULL);
     // unwritable destination
     CHECK(ngd_optim_save(o, "/nonexistent-dir/x.ckpt") == NGD_ERR_IO);
+    // a destination that is not a regular file: refused, and left as it was (the commit's
+    // rename replaced a FIFO, a symbolic link, a device node such as /dev/full, as root)
+    {
+        char fifo[512], link[512], dir[512];
+        snprintf(fifo, sizeof fifo, "%s", tmp_path("a.fifo"));
+        snprintf(link, sizeof link, "%s", tmp_path("a.link"));
+        snprintf(dir, sizeof dir, "%s", tmp_path("a.dir"));
+        unlink(fifo), unlink(link), rmdir(dir);
+        CHECK(mkfifo(fifo, 0600) == 0 && symlink(good, link) == 0 && mkdir(dir, 0700) == 0);
+        const char *paths[3] = {fifo, link, dir},
+                   *kinds[3] = {"a FIFO", "a symbolic link", "a folder"};
+        for (int i = 0; i < 3; i++) {
+            CHECK(ngd_optim_save(o, paths[i]) == NGD_ERR_IO);
+            CHECK_MSG(strstr(ngd_optim_errmsg(o), kinds[i]) &&
+                          strstr(ngd_optim_errmsg(o), "refusing to replace it"),
+                      "save to %s: %s", kinds[i], ngd_optim_errmsg(o));
+        }
+        struct stat sb;
+        CHECK(lstat(fifo, &sb) == 0 && S_ISFIFO(sb.st_mode));
+        CHECK(lstat(link, &sb) == 0 && S_ISLNK(sb.st_mode));
+        CHECK(lstat(dir, &sb) == 0 && S_ISDIR(sb.st_mode));
+        unlink(fifo), unlink(link), rmdir(dir);
+    }
     // state unchanged by all of the above
     CHECK(ngd_optim_factor_dense(o, p.id1, 'K', K2, 7) == NGD_OK);
     CHECK(memcmp(K, K2, sizeof K) == 0);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../core/fileio.h" // (ngd_file_kind)
 #include "cli.h"
 #include "ngd.h"
 #ifdef _OPENMP
@@ -81,16 +82,7 @@ char *cli_read_file(const char *path, size_t *len, const char *what) {
     return b;
 }
 
-const char *cli_file_kind(unsigned mode) {
-    const mode_t m = (mode_t)mode;
-    return S_ISDIR(m)    ? "a folder"
-           : S_ISLNK(m)  ? "a symbolic link"
-           : S_ISFIFO(m) ? "a FIFO"
-           : S_ISCHR(m)  ? "a character device"
-           : S_ISBLK(m)  ? "a block device"
-           : S_ISSOCK(m) ? "a socket"
-                         : "not a regular file";
-}
+const char *cli_file_kind(unsigned mode) { return ngd_file_kind(mode); }
 
 int cli_probe_output(const char *path) {
     char tmp[4096];

@@ -272,11 +272,30 @@ static void remove_stale_temporaries(const char *path) {
     free(dir);
 }
 
+const char *ngd_file_kind(unsigned mode) {
+    const mode_t m = (mode_t)mode;
+    return S_ISDIR(m)    ? "a folder"
+           : S_ISLNK(m)  ? "a symbolic link"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
+}
+
 int ngd_wbuf_open(ngd_wbuf *w, const char *path, size_t stream, char *err, size_t cap) {
     memset(w, 0, sizeof *w);
     w->fd = -1;
     if (!stream) stream = NGD_WBUF_STREAM;
     if (stream < 8) stream = 8;
+    // the commit renames the temporary onto path, which would replace whatever is there: a
+    // device node (/dev/full, as root), a FIFO, a symbolic link (not its target), a folder
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        snprintf(err, cap, "%s: is %s, not a regular file; refusing to replace it", path,
+                 ngd_file_kind(sb.st_mode));
+        return -1;
+    }
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 32);
     unsigned char *buf = malloc(stream);

@@ -99,4 +99,6 @@ bool ngd_rbuf_str(ngd_rbuf *r, char *out, size_t cap);
 
 // CRC-32 (IEEE 802.3; zlib's crc32) of n bytes, as used by every checkpoint format.
 uint32_t ngd_crc32(const void *p, size_t n);
+// What a non-regular file is, for messages ("a FIFO", "a symbolic link", ...); st_mode of lstat
+const char *ngd_file_kind(unsigned mode);
 #endif
