@@ -506,7 +506,7 @@ kill -INT $pid; wait $pid; rc=$?; out=$(cat "$D/sig.out")
 expect_msg "ngd: training stopped by SIGINT at step" "SIGINT message"
 expect_msg "no --checkpoint" "SIGINT without a checkpoint says so"
 # a new run stopped before its first step writes no checkpoint over the one already there (it
-# is held opening its log, a FIFO, when the signal comes)
+# is held waiting for a reader of its log, a FIFO, when the signal comes: it stops there)
 "$NGD" train $A --max-steps 3 --log "$D/t.jsonl" --checkpoint "$D/keep.ckpt" >/dev/null 2>&1
 c1=$("$NGD" eval --subset 512 --widths 64 --resume "$D/keep.ckpt" 2>&1 | sed -n 's/.*crc \([0-9a-f]*\).*/\1/p')
 rm -f "$D/hold.fifo" && mkfifo "$D/hold.fifo"
@@ -515,7 +515,7 @@ set -m
 pid=$!
 set +m
 for _ in $(seq 400); do
-    case "$(cat /proc/$pid/wchan 2>/dev/null)" in *partner*|*fifo*|*pipe*) break ;; esac
+    case "$(cat /proc/$pid/wchan 2>/dev/null)" in *partner*|*fifo*|*pipe*|*sleep*) break ;; esac
     sleep 0.05
 done
 kill -INT $pid
@@ -525,8 +525,6 @@ for _ in $(seq 200); do
     grep -q '^ShdPnd:[[:space:]]*0*$' /proc/$pid/status 2>/dev/null && break
     sleep 0.05
 done
-sleep 0.1
-cat "$D/hold.fifo" >/dev/null &
 wait $pid; rc=$?; out=$(cat "$D/sig.out")
 [ "$rc" -eq 130 ] && ok || bad "SIGINT before the first step: exit $rc, want 130"
 expect_msg "before its first step: nothing saved ($D/keep.ckpt is untouched)" "SIGINT before the first step says nothing was saved"
@@ -701,6 +699,22 @@ for tgt in fifo link; do
     [ ! -e "$D/t.jsonl" ] && ok || bad "--checkpoint onto a $tgt: training started (log written)"
 done
 [ -p "$D/fifo" ] && [ -L "$D/link" ] && [ "$(cat "$D/target")" = keep ] && ok || bad "a refused --checkpoint target was replaced"
+# --log onto a FIFO: it waits for a process to read it, says so, and writes the run there
+# once one does (the SIGINT while it waits: below, "before its first step")
+"$NGD" train ${C/--quiet/} --log "$D/fifo" > "$D/fifo.err" 2>&1 & fpid=$!
+for _ in $(seq 400); do
+    grep -q "is a FIFO: waiting for a process to read it" "$D/fifo.err" && break
+    sleep 0.05
+done
+grep -q "ngd train: --log $D/fifo is a FIFO: waiting for a process to read it (Ctrl-C stops)" "$D/fifo.err" && ok || bad "--log FIFO without a reader: no note ($(cat "$D/fifo.err"))"
+exec 3<>"$D/fifo"  # (this shell reads it: open read-write, which does not wait for a writer)
+got=""
+while IFS= read -r -t 60 line <&3; do
+    case $line in *'"type":"summary"'*) got=1; break ;; esac
+done
+wait "$fpid"; rc=$?
+exec 3<&-
+[ "$rc" -eq 0 ] && [ -n "$got" ] && ok || bad "--log FIFO: exit $rc, summary read '$got'"
 if mknod "$D/dev" c 1 3 2>/dev/null; then  # a device node like /dev/null, in our own folder
     expect_rc 1 "--checkpoint onto a device node" "$NGD" train $C --log "$D/t.jsonl" --checkpoint "$D/dev"
     expect_msg "is a character device, not a regular file" "device target message"

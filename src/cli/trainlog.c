@@ -6,6 +6,7 @@
  * run will write, checked before any data is loaded.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,7 +267,34 @@ FILE *trainlog_open(const train_opts *t, size_t resume_step, char *path, size_t 
     }
     struct stat sb;
     const bool existed = stat(path, &sb) == 0;
-    FILE *f = fopen(path, t->resume ? "a+" : "a"); // (a new run's: emptied at its first record)
+    // (a new run's: emptied at its first record). A FIFO waits for a process to read it, as
+    // a shell's redirection does, but says so and stops at SIGINT or SIGTERM: its blocking
+    // open held the run until a reader came, whatever the signals (kill -9 only). Stopped
+    // while waiting, it opens the FIFO read-write (no wait): the run ends before its first
+    // step and writes nothing there.
+    FILE *f = NULL;
+    if (existed && S_ISFIFO(sb.st_mode)) {
+        bool said = false;
+        int fd;
+        while ((fd = open(path, O_WRONLY | O_APPEND | O_NONBLOCK)) < 0 && errno == ENXIO) {
+            if (train_stop_signal) {
+                fd = open(path, O_RDWR | O_APPEND | O_NONBLOCK);
+                break;
+            }
+            if (!said && !t->quiet)
+                fprintf(stderr,
+                        "ngd train: --log %s is a FIFO: waiting for a process to read it "
+                        "(Ctrl-C stops)\n",
+                        path);
+            said = true;
+            nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+        }
+        if (fd >= 0 &&
+            (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0 || !(f = fdopen(fd, "a"))))
+            close(fd);
+    } else {
+        f = fopen(path, t->resume ? "a+" : "a");
+    }
     if (!f) {
         cli_error("use --log FILE with a writable path", "--log %s: %s", path, strerror(errno));
         return NULL;
