@@ -217,6 +217,30 @@ grep -q "\"steps\":$((${stopped:-0} + 3))," "$D/s2.jsonl" && ok || bad "resume a
 out=$(timeout 60 env NGD_DIST_SHARE=bogus $MPI "$NGD" train $COMMON --batch 64 --log "$D/g.jsonl" 2>&1); rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && printf '%s\n' "$out" | grep -q "NGD_DIST_SHARE=bogus is not known" && ok || bad "NGD_DIST_SHARE=bogus: exit $rc"
 
+# ranks given different options (Open MPI's "-np 1 A : -np 1 B") are refused before they
+# build anything: other methods, widths or T exchanged buffers of other sizes (a heap
+# corruption, an abort) and another --lr or --seed trained apart without a word; what a rank
+# may have of its own (--threads, --quiet, --log) is not compared
+B="--data-dir $I --widths 16 --epochs 1 --batch 64 --max-steps 2 --threads 1 --log $D/mm.jsonl"
+for diff in "--optim singd|--optim kfac" "--widths 16|--widths 32" "--T 10|--T 1" "--lr 1e-3|--lr 1e-1" "--seed 0|--seed 1"; do
+    a=${diff%%|*} b=${diff#*|}
+    # shellcheck disable=SC2086
+    out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B $a : -np 1 "$NGD" train $B $b 2>&1); rc=$?
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(printf '%s\n' "$out" | grep -c "the ranks were given different options")" = 1 ] &&
+        ! printf '%s\n' "$out" | grep -qi "smashing\|invalid next\|Segmentation\|free()" && ok ||
+        { bad "ranks with $a / $b: exit $rc"; printf '%s\n' "$out" | tail -4; }
+done
+# shellcheck disable=SC2086
+out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B --quiet : -np 1 "$NGD" train $B --threads 1 --log "$D/mm1.jsonl" 2>&1); rc=$?
+[ "$rc" -eq 0 ] && ok || { bad "ranks differing in --quiet and --log only: exit $rc"; printf '%s\n' "$out" | tail -3; }
+# ... and each must start from the same checkpoint
+"$NGD" train $B --max-steps 1 --checkpoint "$D/mm1.ckpt" --quiet >/dev/null 2>&1
+"$NGD" train $B --max-steps 1 --seed 9 --checkpoint "$D/mm2.ckpt" --quiet >/dev/null 2>&1
+# shellcheck disable=SC2086
+out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B --batch 32 --resume "$D/mm1.ckpt" : -np 1 "$NGD" train $B --batch 32 --resume "$D/mm2.ckpt" 2>&1); rc=$?
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && printf '%s\n' "$out" | grep -q "the ranks' models differ where the run starts" && ok ||
+    { bad "ranks resuming other checkpoints: exit $rc"; printf '%s\n' "$out" | tail -4; }
+
 # a diverged run is said once (rank 0), not by every rank
 out=$(timeout 120 $MPI "$NGD" train --data-dir "$I" --widths 16 --epochs 1 --optim sgd --lr 1e30 --max-skips 2 --threads 1 2>&1); rc=$?
 [ "$rc" -ne 0 ] && [ "$(printf '%s\n' "$out" | grep -c 'consecutive non-finite steps\|the run diverged')" -eq 1 ] && ok || bad "diverged under mpirun: exit $rc, said $(printf '%s\n' "$out" | grep -c 'consecutive non-finite steps\|the run diverged') times"

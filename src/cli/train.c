@@ -127,6 +127,17 @@ static int dist_parse(int argc, char **argv, train_opts *t) {
         if (!bad && dist_root()) cli_error(NULL, "another rank refused the options");
         return NGD_EXIT_USAGE;
     }
+    // ... and every rank has the same options: ranks given others (mpirun's "-np 1 A : -np 1
+    // B") built other models or optimizers and exchanged buffers of other sizes (a heap
+    // corruption, an abort) or trained apart without a word (another --lr, --seed, --batch)
+    const int h = (int)(t->opts_hash & 0x7fffffffu);
+    if (dist_max_int(h) != -dist_max_int(-h)) {
+        if (dist_root())
+            cli_error("give every rank the same options (each may have its own --data-dir, "
+                      "--threads, --quiet, --log, --checkpoint and --resume path)",
+                      "the ranks were given different options (or NGD_DIST_SHARE)");
+        return NGD_EXIT_USAGE;
+    }
     const size_t n = (size_t)dist_size();
     if (t->batch > SIZE_MAX / n) {
         cli_error(NULL, "--batch %zu x %zu ranks overflows", t->batch, n);
@@ -449,6 +460,18 @@ int train_run(const train_opts *t, bool eval_only) {
     }
     run_state rs = {.ck_cosine = -1};
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
+    if (dist_on()) { // the replicas start equal (not: another --resume file on one rank)
+        const int c = (int)(train_params_crc(&m) & 0x7fffffffu);
+        if (dist_max_int(c) != -dist_max_int(-c) ||
+            dist_max_int((int)(rs.step & 0x7fffffff)) !=
+                -dist_max_int(-(int)(rs.step & 0x7fffffff))) {
+            if (dist_root())
+                cli_error("give every rank the same checkpoint",
+                          "the ranks' models differ where the run starts (another --resume file "
+                          "on a rank?)");
+            goto done;
+        }
+    }
     const char *saved = t->resume; // the last checkpoint on disk, if any (for messages)
     const size_t step0 = rs.step;
     size_t saved_step = SIZE_MAX; // the step --checkpoint holds (SIZE_MAX: not written yet)

@@ -124,6 +124,10 @@ typedef struct {
     bool has_param_cfg;
     bool bf16;         // --precision bf16
     bool fdtype_given; // --factor-dtype was given (then --precision leaves the factors alone)
+    // A hash of the options given, in any order, but those a rank of mpirun may have of its
+    // own (--data-dir, --threads, --quiet, --log, --checkpoint, --resume), and of
+    // NGD_DIST_SHARE: the ranks of one run must agree on it
+    uint32_t opts_hash;
 } train_opts;
 
 // Where a run is: checkpoints save it, --resume restores it.

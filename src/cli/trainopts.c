@@ -291,6 +291,17 @@ static int parse_kfac_enum(int opt, const char *v, ngd_kfac_options *k) {
     return -1;
 }
 
+// FNV-1a of an option's id and value (train_opts.opts_hash)
+static uint32_t opt_hash(int id, const char *v) {
+    uint32_t h = 2166136261u;
+    const unsigned char *b = (const unsigned char *)&id;
+    for (size_t i = 0; i < sizeof id; i++)
+        h = (h ^ b[i]) * 16777619u;
+    for (const char *p = v ? v : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h;
+}
+
 int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
@@ -322,10 +333,14 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     float f;
     size_t z;
     bool given[NOPTS] = {false};
+    t->opts_hash = opt_hash(-1, getenv("NGD_DIST_SHARE"));
     while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
         const char *nm = NULL;
         for (size_t i = 0; i < NOPTS; i++)
             if (OPTS[i].id == c) nm = OPTS[i].name, given[i] = true;
+        if (c != O_DATADIR && c != O_THREADS && c != O_QUIET && c != O_LOG && c != O_CKPT &&
+            c != O_RESUME) // (summed: the order of the options does not matter)
+            t->opts_hash += opt_hash(c, optarg);
         switch (c) {
         case O_MODEL: t->model = optarg; break;
         case O_DATA: t->data = optarg; break;
