@@ -483,7 +483,8 @@ typedef enum {
 // applies the update of single-process training on the global batch (up to the order of
 // float32 sums). The caller averages the gradients (sums them for loss_average SUM) across
 // ranks before ngd_optim_step, and gives every rank the same number of rows. comm is copied;
-// NULL or size 1 is a single process. Errors: NGD_ERR_ARG, NGD_ERR_STATE (after a step).
+// NULL or size 1 is a single process. Errors: NGD_ERR_ARG (a size below 1, a rank outside
+// it, a NULL callback), NGD_ERR_STATE (after a step).
 NGD_API ngd_status ngd_optim_set_comm(ngd_optim *o, const ngd_comm *comm, ngd_share share);
 
 // Bytes this rank handed to the communicator's callbacks so far (allreduce and allgather: its
@@ -539,9 +540,14 @@ NGD_API size_t ngd_optim_workspace_bytes(const ngd_optim *o);
 // any step). For benchmarks.
 NGD_API double ngd_optim_update_time(const ngd_optim *o);
 
-// Copies the dense d x d form of a SINGD layer's factor into out (row-major, d*d floats):
-// which = 'K', 'C', 'k' (m_K), 'c' (m_C). For inspection and tests; d is d_in+bias or d_out.
-// Errors: NGD_ERR_LAYER, NGD_ERR_ARG (wrong method, unknown factor, momentum not kept).
+// Copies the dense d x d form of a layer's factor into out (row-major, d*d floats). SINGD
+// methods: which = 'K', 'C', 'k' (m_K), 'c' (m_C). The K-FAC family: 'K' the input side's
+// Kronecker factor as averaged (where a dense average is kept, else as 'k'), 'C' the output
+// side's; 'k' and 'c' their kept eigen-representation U D Uᵀ (rank r for the low-rank
+// methods; the same as 'K' and 'C' up to rounding for K-FAC's full decomposition); all
+// NGD_ERR_STATE before the layer's first statistics. For inspection and tests; d is d_in+bias
+// or d_out. Errors: NGD_ERR_LAYER, NGD_ERR_STATE, NGD_ERR_ARG (a method without factors, SGD
+// or AdamW; an unknown factor; SINGD's momentum where it is not kept).
 NGD_API ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out,
                                           size_t d);
 

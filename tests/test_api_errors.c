@@ -154,6 +154,11 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
     CHECK(ngd_optim_observe(o, p.id1, 8, an, g) == NGD_ERR_ARG);
     an = a, an.dtype = (ngd_dtype)5;
     CHECK(ngd_optim_observe(o, p.id1, 8, an, g) == NGD_ERR_ARG);
+    // rows whose size overflows (a segfault in the reads, a QA pass found)
+    ngd_matrix ah = a, gh = g;
+    ah.rows = gh.rows = SIZE_MAX / 32 * 8;
+    CHECK(ngd_optim_observe(o, p.id1, 8, ah, gh) == NGD_ERR_SHAPE &&
+          strstr(ngd_optim_errmsg(o), "its size overflows"));
     // a preconditioner-update step without statistics: NGD_ERR_STATE naming the layer
     CHECK(ngd_optim_step(o) == NGD_ERR_STATE && strstr(ngd_optim_errmsg(o), "fc1"));
     CHECK(ngd_optim_steps(o) == 0);

@@ -387,6 +387,9 @@ static void dist_errors(void) {
     ngd_comm bad = {.rank = 2, .size = 2};
     CHECK(ngd_optim_set_comm(o, &bad, NGD_SHARE_AUTO) == NGD_ERR_ARG);
     CHECK(strstr(ngd_optim_errmsg(o), "rank 2 of 2") != NULL);
+    ngd_comm none = {.rank = 0, .size = 0}; // (taken as a single process, without a word)
+    CHECK(ngd_optim_set_comm(o, &none, NGD_SHARE_AUTO) == NGD_ERR_ARG &&
+          strstr(ngd_optim_errmsg(o), "size 0"));
     CHECK(ngd_optim_set_comm(o, NULL, NGD_SHARE_AUTO) == NGD_OK);
     CHECK(ngd_optim_set_comm(o, NULL, (ngd_share)7) == NGD_ERR_ARG);
     CHECK(ngd_optim_set_comm(NULL, NULL, NGD_SHARE_AUTO) == NGD_ERR_ARG);

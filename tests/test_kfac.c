@@ -1149,6 +1149,15 @@ static void conv_stats_case(size_t T) {
             CHECK(ngd_optim_step(o) == NGD_OK);
         }
         float FA[DA * DA], FG[DG * DG];
+        // (K-FAC decides its tracks at the start: its all-zero factors were returned before
+        // the first statistics, a QA pass found)
+        ngd_optim *o0;
+        CHECK(ngd_optim_create(&c, &o0) == NGD_OK);
+        int id0;
+        CHECK(ngd_optim_add_layer(o0, &l, &id0) == NGD_OK);
+        CHECK(ngd_optim_factor_dense(o0, id0, 'K', FA, DA) == NGD_ERR_STATE &&
+              strstr(ngd_optim_errmsg(o0), "no statistics yet"));
+        ngd_optim_free(o0);
         CHECK(ngd_optim_factor_dense(o, id, 'K', FA, DA) == NGD_OK);
         CHECK(ngd_optim_factor_dense(o, id, 'C', FG, DG) == NGD_OK);
         double fa[DA * DA], fg[DG * DG];

@@ -77,6 +77,11 @@ static void unfold_should_match_a_naive_loop(void) {
     CHECK(ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
     bad = geoms[0], bad.s1 = 0;
     CHECK(ngd_conv_out_h(&bad) == 0 && ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
+    // sizes whose arithmetic wrapped (a padding of SIZE_MAX/2 gave an output size of 1)
+    bad = geoms[0], bad.p1 = SIZE_MAX / 2;
+    CHECK(ngd_conv_out_h(&bad) == 0 && ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
+    bad = geoms[0], bad.dil2 = SIZE_MAX / 2 + 2;
+    CHECK(ngd_conv_out_w(&bad) == 0);
 }
 
 // ngd_optim_observe_conv (rows unfolded as libngd reads them) against ngd_optim_observe of

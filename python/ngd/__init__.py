@@ -104,7 +104,10 @@ def _set_field(struct, name, value, what):
     ctype = dict(struct._fields_)[name]
     if ctype in _INT_RANGE:
         value = _int_in(value, *_INT_RANGE[ctype], what)
-    setattr(struct, name, value)
+    try:
+        setattr(struct, name, value)
+    except TypeError:  # (ctypes said "must be real number, not str", naming no option)
+        raise TypeError("%s: %s must be a number, not %r" % (what, name, value)) from None
 
 
 def _enum(table, name, value):
@@ -301,10 +304,10 @@ def _check_array(x, what, writeable=False, ndim=None):
         raise TypeError("%s must be a numpy.ndarray of float32, not %s" % (what, type(x).__name__))
     if x.dtype != np.float32:
         raise TypeError("%s must be float32 (libngd's parameter dtype), not %s" % (what, x.dtype))
+    if writeable and not x.flags.writeable:  # (first: a broadcast view is neither)
+        raise ValueError("%s must be writeable (libngd updates it in place)" % what)
     if not x.flags.c_contiguous:
         raise ValueError("%s must be C-contiguous (libngd reads and writes it in place; pass np.ascontiguousarray(...))" % what)
-    if writeable and not x.flags.writeable:
-        raise ValueError("%s must be writeable (libngd updates it in place)" % what)
     if ndim is not None and x.ndim not in ndim:
         raise ValueError("%s must have %s dimensions, has shape %s" % (what, " or ".join(map(str, ndim)), x.shape))
     if x.size == 0:
@@ -408,6 +411,18 @@ class Optimizer:
             self.close()
         except Exception:
             pass
+
+    def __copy__(self):  # (a copy shared libngd's handle: both freed it)
+        raise TypeError(
+            "ngd.Optimizer cannot be copied: it owns libngd's state for the arrays it was given; "
+            "save() and load() it into a new optimizer over other arrays"
+        )
+
+    def __deepcopy__(self, memo):
+        self.__copy__()
+
+    def __reduce__(self):
+        raise TypeError("ngd.Optimizer cannot be pickled: use save() / save_bytes()")
 
     def __enter__(self):
         return self
@@ -585,7 +600,9 @@ class Optimizer:
         return float(_lib.ngd_optim_update_time(self.handle))
 
     def factor(self, layer, which="K"):
-        """Dense copy of a SINGD factor: 'K', 'C', 'k' (m_K), 'c' (m_C)."""
+        """Dense copy of a layer's factor. SINGD: 'K', 'C', 'k' (m_K), 'c' (m_C). The K-FAC
+        family: 'K' and 'C' the input and output sides' factors as averaged, 'k' and 'c' their
+        kept eigen-representation U D Uᵀ (ngd.h, ngd_optim_factor_dense)."""
         if which not in ("K", "C", "k", "c"):
             raise ValueError("factor: which must be 'K', 'C', 'k' or 'c', not %r" % (which,))
         d_out, d_in, bias = self._layer(layer, "factor")

@@ -38,7 +38,10 @@ param_groups: group 0 holds the Kronecker-factored layers' parameters, group 1 (
 others. A torch lr scheduler changes group['lr']; step() turns the ratio to the initial lr
 into ngd_optim_set_lr_scale (libngd has one lr scale for all parameters: groups must keep
 the same ratio). Gradient accumulation: call backward several times before step(); the
-statistics of every backward add up. Mixed precision: step(grad_scaler=scaler) (what
+statistics of every backward add up, each scaled by its own rows: with M micro-batches whose
+mean losses are divided by M, INGD and SINGD take the whole batch's step (up to rounding);
+with sum losses, IKFAC and the K-FAC family they do not (docs/algorithms.md, "Gradient
+accumulation"). Mixed precision: step(grad_scaler=scaler) (what
 GradScaler.step does for this optimizer: _step_supports_amp_scaling) or
 set_grad_scale(s) tells libngd the loss scale; libngd unscales the gradients itself and
 skips steps with non-finite gradients. state_dict() includes libngd's state as bytes
@@ -411,7 +414,20 @@ class NGDOptimizer(torch.optim.Optimizer):
                 g.copy_(pg)
             p.grad = g
         # lr schedules: one libngd lr scale, the ratio of each group's lr to its initial lr
-        scales = [g["lr"] / b if b > 0 else 1.0 for g, b in zip(self.param_groups, self._base_lr)]
+        # (a group created with lr 0 has none: libngd's lr times any scale stays 0)
+        scales = []
+        for i, (g, b) in enumerate(zip(self.param_groups, self._base_lr)):
+            if b > 0:
+                scales.append(g["lr"] / b)
+            elif g["lr"] != 0:
+                raise ValueError(
+                    "ngd.torch: param group %d was created with lr 0 and now has lr %g: libngd "
+                    "scales the lr it was created with, so it would not move; create the "
+                    "optimizer with the lr to reach (a warm-up may set the groups' lr to 0 "
+                    "first)" % (i, g["lr"])
+                )
+        if not scales:
+            return
         s = scales[0]
         for x in scales[1:]:
             if abs(x - s) > 1e-6 * max(1.0, abs(s)):
@@ -517,6 +533,15 @@ class NGDOptimizer(torch.optim.Optimizer):
 
     def __repr__(self):
         return "ngd.torch.%s(%d layers, %d parameters)" % (type(self).__name__, len(self._entries), len(self._regs))
+
+    def __copy__(self):  # (a copy was half-built: AttributeError on its repr, on step)
+        raise TypeError(
+            "ngd.torch optimizers cannot be copied: libngd's state is bound to the model's "
+            "parameter memory; state_dict() into a new optimizer over the copied model"
+        )
+
+    def __deepcopy__(self, memo):
+        self.__copy__()
 
 
 # ---- one class per method ----

@@ -370,3 +370,21 @@ def test_ikfac_logs_that_alpha1_is_forced():
     logs = []
     ngd.Optimizer("ikfac", alpha1=0.3, log_fn=logs.append)
     assert any("kfac_like forces alpha1 = 0" in m for m in logs)
+
+
+def test_copies_and_bad_option_types_say_what():
+    import copy
+    import pickle
+    o = ngd.Optimizer("sgd", lr=0.1)
+    W = np.zeros((2, 3), np.float32)
+    o.add_layer(W, np.zeros_like(W), name="a")
+    # (a copy shared libngd's handle, which both would free)
+    for f in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be"):
+            f(o)
+    with pytest.raises(TypeError, match="lr must be a number, not '0.1'"):
+        ngd.Optimizer("sgd", lr="0.1")
+    # a read-only (broadcast) weight is said to be read-only, not "not C-contiguous"
+    B = np.broadcast_to(np.float32(0), (2, 3))
+    with pytest.raises(ValueError, match="must be writeable"):
+        o.add_layer(B, np.zeros((2, 3), np.float32), name="b")

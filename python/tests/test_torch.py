@@ -528,3 +528,34 @@ def test_bf16_autocast_statistics(monkeypatch):
     assert dtypes.count(torch.bfloat16) == 3 * 15  # g of both layers, a of the second
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_group_created_with_lr_zero_is_refused_when_raised():
+    # (its lr times libngd's scale stayed 0: a hand-written warm-up from 0 never trained)
+    x, y = data()
+    model = mlp()
+    opt = ngd.torch.SINGD(model, lr=0.0)
+    for g in opt.param_groups:
+        g["lr"] = 0.1
+    with pytest.raises(ValueError, match="created with lr 0 and now has lr 0.1"):
+        train(model, opt, 1, x, y)
+    # the way that works: created with the lr to reach, set to 0, then raised
+    model = mlp()
+    w0 = model[0].weight.detach().clone()
+    opt = ngd.torch.SINGD(model, lr=0.1)
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    train(model, opt, 1, x, y)
+    assert torch.equal(model[0].weight, w0)
+    for g in opt.param_groups:
+        g["lr"] = 0.1
+    train(model, opt, 1, x, y)
+    assert not torch.equal(model[0].weight, w0)
+
+
+def test_copies_are_refused():
+    # (a deepcopy was half-built: AttributeError '_entries' on its repr, '_regs' on step)
+    opt = ngd.torch.SINGD(mlp())
+    for f in (copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="cannot be copied"):
+            f(opt)

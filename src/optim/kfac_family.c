@@ -696,7 +696,7 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
     const kf_state *s = e->ms;
     const kf_factor *f = &s->f[(which == 'K' || which == 'k') ? KF_A : KF_G];
     const size_t d = f->d;
-    if (!s->meta.decided)
+    if (!s->meta.decided || f->cnt.ea_updates == 0) // (K-FAC and RS-KFAC decide at the start)
         return ngd_optim_fail(mo, NGD_ERR_STATE, "layer '%s': no statistics yet", e->name);
     if ((which == 'K' || which == 'C') && f->ea) {
         memcpy(out, f->ea, d * d * sizeof(float));

@@ -790,7 +790,9 @@ ngd_status ngd_optim_set_comm(ngd_optim *o, const ngd_comm *comm, ngd_share shar
         return ngd_optim_fail(o, NGD_ERR_STATE, "set_comm: only before the first step");
     if (share < NGD_SHARE_AUTO || share > NGD_SHARE_OWNER)
         return ngd_optim_fail(o, NGD_ERR_ARG, "set_comm: unknown sharing policy %d", (int)share);
-    if (!comm || comm->size <= 1) {
+    if (comm && comm->size < 1) // (a size of 0 or less is no communicator: said, not taken as 1)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "set_comm: size %d (at least 1)", comm->size);
+    if (!comm || comm->size == 1) {
         memset(&o->comm, 0, sizeof o->comm);
         o->comm.size = 1;
         o->share = share;

@@ -38,6 +38,11 @@ ngd_status ngd_stats_check(ngd_optim *o, const ngd_entry *e, size_t batch, const
         if (ms[i]->ld < ms[i]->cols)
             return ngd_optim_fail(o, NGD_ERR_SHAPE, "layer '%s': %s has ld %zu < cols %zu", nm,
                                   which[i], ms[i]->ld, ms[i]->cols);
+        // (rows x ld elements past the address space: the reads wrapped, a segfault)
+        if (ms[i]->dtype != NGD_DT_UNFOLD && ms[i]->ld && ms[i]->rows > SIZE_MAX / 4 / ms[i]->ld)
+            return ngd_optim_fail(o, NGD_ERR_SHAPE,
+                                  "layer '%s': %s has %zu rows of ld %zu: its size overflows", nm,
+                                  which[i], ms[i]->rows, ms[i]->ld);
     }
     if (a->cols != e->d_in)
         return ngd_optim_fail(o, NGD_ERR_SHAPE, "layer '%s': a has %zu columns, expected %zu", nm,

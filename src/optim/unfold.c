@@ -17,8 +17,12 @@
 #include "blas.h"
 #include "method.h"
 
+// (sizes past 2^30 are refused as invalid: in + 2p and dil·(k − 1) wrapped, so a padding of
+// SIZE_MAX/2 gave an output size of 1)
+#define GEOM_MAX ((size_t)1 << 30)
 static size_t out_size(size_t in, size_t k, size_t s, size_t p, size_t dil) {
     if (s == 0 || dil == 0 || k == 0) return 0;
+    if (in > GEOM_MAX || k > GEOM_MAX || s > GEOM_MAX || p > GEOM_MAX || dil > GEOM_MAX) return 0;
     size_t span = dil * (k - 1) + 1;
     if (in + 2 * p < span) return 0;
     return (in + 2 * p - span) / s + 1;
