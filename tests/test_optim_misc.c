@@ -199,6 +199,9 @@ static void observe_conv_should_equal_observe_of_the_unfolded_matrix(void) {
         {3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1},   // plain 3x3, padding 1: rows cross chunks
         {3, 6, 7, 3, 3, 2, 1, 0, 3, 1, 1, 1},   // padding wider than a row's reach, stride 2
         {2, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1}, // N = 1000: 256000 rows, two Gram blocks (d 19)
+        {16, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // 48 rows of d 145, 16 of 36 taps inside: SINGD
+                                                // dense's S = X K from the images
+        {12, 3, 2, 3, 2, 2, 1, 1, 0, 1, 1, 1},  // stride 2, a 3x2 kernel onto 2x1: the same
     };
     for (size_t gi = 0; gi < sizeof geoms / sizeof geoms[0]; gi++) {
         const ngd_conv_geom *geom = &geoms[gi];

@@ -64,6 +64,12 @@ typedef struct {
     size_t rbatch;
     void *rA, *rG;
     size_t rcap, racap, nrows, robs;
+    // A dense K side of a convolution seeing fewer rows than its width (vgg16bn's 4x4 and 2x2
+    // images) takes Π(Kᵀ X Xᵀ K) from its images (NHWC, ngd_unfold_nhwc) by
+    // ngd_unfold_times_at, skipping the padding's zeros: xt, xtcap floats (or rA, when the
+    // step's rows kept them)
+    float *xt;
+    size_t xtcap;
     double rc;
     uint32_t rloads;
 } singd_state;
@@ -95,7 +101,7 @@ static void singd_free(ngd_entry *e) {
     ngd_free(s->HK), ngd_free(s->HC);
     ngd_free(s->KKt), ngd_free(s->CCt);
     ngd_free(s->KKt16), ngd_free(s->CCt16), ngd_free(s->s16a), ngd_free(s->s16b);
-    ngd_free(s->rA), ngd_free(s->rG);
+    ngd_free(s->rA), ngd_free(s->rG), ngd_free(s->xt);
     ngd_free(s);
     e->ms = NULL;
 }
@@ -461,6 +467,55 @@ static void gram_sandwich(size_t d, const float *L, const float *G, float alpha,
     if (pr < d) ngd_mirror_lower(ngd_view_rm(H, d, d, d));
 }
 
+// The images of a convolution whose dense K side sees fewer rows than its width, for
+// Sᵀ = X K skipping the padding's zeros where that has fewer multiply-adds (taps inside the
+// image against every position's k1·k2): the step's kept images (rA) or xt; NULL otherwise
+// (then the unfolded rows, as before; also without memory for xt)
+static const float *stat_images(const ngd_entry *e, singd_state *s, size_t batch,
+                                const ngd_matrix *a) {
+    if (a->dtype != NGD_DT_UNFOLD || e->cfg.kfac_approx == NGD_KFAC_REDUCE ||
+        s->sK.kind != NGD_STRUCT_DENSE)
+        return NULL;
+    const ngd_unfold_src *u = a->data;
+    const ngd_conv_geom *g = &u->g;
+    if (g->groups != 1 || (e->d_K != u->cols && e->d_K != u->cols + 1) ||
+        ngd_unfold_taps(g) >= u->oh * u->ow * g->k1 * g->k2)
+        return NULL;
+    if (s->rconv && s->nrows > 0) return s->rA; // (keep_rows made them this step)
+    const size_t n = batch * g->h * g->w * g->c_in;
+    if (n > s->xtcap) {
+        ngd_free(s->xt);
+        s->xt = ngd_malloc(n, sizeof(float));
+        s->xtcap = s->xt ? n : 0;
+        if (!s->xt) return NULL;
+    }
+    ngd_unfold_nhwc(u, batch, s->xt);
+    return s->xt;
+}
+
+// H_K = beta·H_K + alpha·Π(Kᵀ X Xᵀ K) (dense: S Sᵀ) of a convolution's rows from its images
+// xt: Sᵀ = X K for blocks of at most NGD_STATS_CHUNK rows (whole positions of a block of
+// samples) into ws, then S Sᵀ, as dense from_inner does with the unfolded rows
+static void stat_from_images(const ngd_entry *e, singd_state *s, size_t batch, const ngd_matrix *a,
+                             const float *xt, const float *Kf, float alpha, float *ws) {
+    const ngd_unfold_src *u = a->data;
+    const ngd_conv_geom *g = &u->g;
+    const size_t dK = e->d_K, L = u->oh * u->ow, xs = g->h * g->w * g->c_in;
+    const size_t nb = NGD_MIN(batch, (size_t)NGD_STATS_CHUNK), per = NGD_STATS_CHUNK / nb;
+    bool first = !s->has_H;
+    for (size_t n0 = 0; n0 < batch; n0 += nb) {
+        const size_t bn = NGD_MIN(nb, batch - n0);
+        for (size_t l0 = 0; l0 < L; l0 += per) {
+            const size_t np = NGD_MIN(per, L - l0);
+            for (size_t p = 0; p < np; p++)
+                ngd_unfold_times_at(g, bn, xt + n0 * xs, dK, Kf, dK, l0 + p, ws + p * bn * dK, dK);
+            ngd_syrk_full(alpha, ngd_cview_t(ngd_cview_rm(ws, np * bn, dK, dK)),
+                          first ? 0.0f : 1.0f, ngd_view_rm(s->HK, dK, dK, dK));
+            first = false;
+        }
+    }
+}
+
 static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const ngd_matrix *a,
                                 const ngd_matrix *g) {
     singd_state *s = e->ms;
@@ -489,8 +544,13 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
     const size_t dK = e->d_K, dC = e->d_out;
     const bool gramK = s->sK.kind == NGD_STRUCT_DENSE && rows > dK;
     const bool gramC = s->sC.kind == NGD_STRUCT_DENSE && rows > dC;
-    const bool inK = gramK && ngd_stats_gram(e, batch, a, true, 1.0f, 0.0f, w.fK[2], w.chunk);
+    bool inK = gramK && ngd_stats_gram(e, batch, a, true, 1.0f, 0.0f, w.fK[2], w.chunk);
     const bool inC = gramC && ngd_stats_gram(e, batch, g, false, 1.0f, 0.0f, w.fC[2], w.chunk);
+    const float *xt = gramK ? NULL : stat_images(e, s, batch, a);
+    if (xt) { // (a convolution's images: the padding's zeros skipped)
+        stat_from_images(e, s, batch, a, xt, Kf, alpha_K, w.fi);
+        inK = true;
+    }
     for (size_t r0 = 0; r0 < rows && !(inK && inC); r0 += NGD_STATS_CHUNK) {
         size_t nr = NGD_MIN((size_t)NGD_STATS_CHUNK, rows - r0);
         float beta = (s->has_H || r0 > 0) ? 1.0f : 0.0f;
