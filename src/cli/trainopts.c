@@ -95,9 +95,10 @@ static const cli_opt OPTS[] = {
      "never)"},
     {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
     {"factored", 0, O_FACTORED, NULL,
-     "precondition fully connected layers from the batch's rows instead of the gradient, "
-     "where that costs less: the same preconditioner up to rounding (the default for the "
-     "K-FAC family and for SINGD with dense factors; "
+     "precondition fully connected layers (and SINGD's convolutions on small images, "
+     "skipping the padding) from the batch's rows instead of the gradient, where that costs "
+     "less: the same preconditioner up to rounding (the default for the K-FAC family and for "
+     "SINGD with dense factors; "
      "docs/algorithms.md#factored-application, #natural-gradient)"},
     {"no-factored", 0, O_NOFACTORED, NULL,
      "precondition every layer from its gradient (Ĝ), as the official SINGD and the K-FAC "
