@@ -200,6 +200,14 @@ class NGDOptimizer(torch.optim.Optimizer):
             if w is None or not w.requires_grad:
                 continue
             label = mname or "(the model, a %s)" % type(mod).__name__  # (messages)
+            for pn, p in (("weight", w), ("bias", mod.bias)):
+                if p is not None and not p.is_leaf:  # (weight_norm, parametrize: torch's
+                    # "can't optimize a non-leaf Tensor" came after libngd had it)
+                    raise ValueError(
+                        "ngd.torch: %s.%s is computed from other parameters (weight_norm, "
+                        "torch.nn.utils.parametrize), not a parameter libngd can update in "
+                        "place: exclude=[%r] leaves the layer to the %s rule" % (label, pn, mname, others)
+                    )
             if id(w) in seen:  # a layer sharing another layer's weight: observe into that one
                 owner = seen[id(w)][2]
                 if owner is None:

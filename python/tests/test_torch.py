@@ -559,3 +559,14 @@ def test_copies_are_refused():
     for f in (copy.copy, copy.deepcopy):
         with pytest.raises(TypeError, match="cannot be copied"):
             f(opt)
+
+
+def test_a_computed_weight_is_refused_with_its_name():
+    # (weight_norm: torch's "can't optimize a non-leaf Tensor" came after libngd took it)
+    model = mlp()
+    torch.nn.utils.weight_norm(model[0])
+    with pytest.raises(ValueError, match=r"0\.weight is computed from other parameters"):
+        ngd.torch.SINGD(model)
+    opt = ngd.torch.SINGD(model, exclude=["0"])  # the way out it names
+    x, y = data()
+    train(model, opt, 2, x, y)
