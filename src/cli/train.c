@@ -116,6 +116,9 @@ static void heavy_state_note(const ngd_optim *o, ngd_method method) {
 // Options as for one process; then --batch, the per-rank batch, becomes the global batch
 // (ranks x --batch) that the loader draws and checkpoints record (a checkpoint of N ranks x B
 // is one of 1 x N·B), and only rank 0 talks.
+// mpirun: whether every rank has this v (the largest and the smallest agree; true alone)
+static bool ranks_agree(int v) { return dist_max_int(v) == -dist_max_int(-v); }
+
 static int dist_parse(int argc, char **argv, train_opts *t) {
     const bool was = cli_errors_quiet(dist_on() && !dist_root()); // (rank 0 says it)
     const int bad = train_parse_opts(argc, argv, t, "train");
@@ -131,7 +134,7 @@ static int dist_parse(int argc, char **argv, train_opts *t) {
     // B") built other models or optimizers and exchanged buffers of other sizes (a heap
     // corruption, an abort) or trained apart without a word (another --lr, --seed, --batch)
     const int h = (int)(t->opts_hash & 0x7fffffffu);
-    if (dist_max_int(h) != -dist_max_int(-h)) {
+    if (!ranks_agree(h)) {
         if (dist_root())
             cli_error("give every rank the same options (each may have its own --data-dir, "
                       "--threads, --quiet, --log, --checkpoint and --resume path)",
@@ -462,9 +465,7 @@ int train_run(const train_opts *t, bool eval_only) {
     if (t->resume && trainckpt_load(t->resume, t, &m, o, &ld, tip, &rs)) goto done;
     if (dist_on()) { // the replicas start equal (not: another --resume file on one rank)
         const int c = (int)(train_params_crc(&m) & 0x7fffffffu);
-        if (dist_max_int(c) != -dist_max_int(-c) ||
-            dist_max_int((int)(rs.step & 0x7fffffff)) !=
-                -dist_max_int(-(int)(rs.step & 0x7fffffff))) {
+        if (!ranks_agree(c) || !ranks_agree((int)(rs.step & 0x7fffffffu))) {
             if (dist_root())
                 cli_error("give every rank the same checkpoint",
                           "the ranks' models differ where the run starts (another --resume file "

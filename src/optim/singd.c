@@ -275,13 +275,17 @@ static bool conv_rows_pay(const ngd_conv_geom *g, size_t batch, size_t n, size_t
            (double)n * ((double)dC + dK) <= 2.0 * dC * dK;
 }
 
-// Whether the layer's statistics can come as a convolution's images for ngd_unfold_times
-static bool conv_rows_ok(const ngd_entry *e, const singd_state *s, const ngd_matrix *a) {
-    if (a->dtype != NGD_DT_UNFOLD || e->cfg.kfac_approx == NGD_KFAC_REDUCE || s->bfc || !s->KKt ||
-        !s->CCt)
-        return false;
+// A convolution's statistics that ngd_unfold_times can take from its images (observed through
+// ngd_optim_observe_conv, one group, expand, the layer's own columns): its source, else NULL
+static const ngd_unfold_src *conv_images_src(const ngd_entry *e, const ngd_matrix *a) {
+    if (a->dtype != NGD_DT_UNFOLD || e->cfg.kfac_approx == NGD_KFAC_REDUCE) return NULL;
     const ngd_unfold_src *u = a->data;
-    return u->g.groups == 1 && (e->d_K == u->cols || e->d_K == u->cols + 1);
+    return u->g.groups == 1 && (e->d_K == u->cols || e->d_K == u->cols + 1) ? u : NULL;
+}
+
+// Whether a convolution's rows can be kept as its images (f32, both products cached)
+static bool conv_rows_ok(const ngd_entry *e, const singd_state *s, const ngd_matrix *a) {
+    return !s->bfc && s->KKt && s->CCt && conv_images_src(e, a);
 }
 
 // Whether this step's rows are there for the preconditioning (taken once since the last step
@@ -473,14 +477,9 @@ static void gram_sandwich(size_t d, const float *L, const float *G, float alpha,
 // (then the unfolded rows, as before; also without memory for xt)
 static const float *stat_images(const ngd_entry *e, singd_state *s, size_t batch,
                                 const ngd_matrix *a) {
-    if (a->dtype != NGD_DT_UNFOLD || e->cfg.kfac_approx == NGD_KFAC_REDUCE ||
-        s->sK.kind != NGD_STRUCT_DENSE)
-        return NULL;
-    const ngd_unfold_src *u = a->data;
+    const ngd_unfold_src *u = s->sK.kind == NGD_STRUCT_DENSE ? conv_images_src(e, a) : NULL;
+    if (!u || ngd_unfold_taps(&u->g) >= u->oh * u->ow * u->g.k1 * u->g.k2) return NULL;
     const ngd_conv_geom *g = &u->g;
-    if (g->groups != 1 || (e->d_K != u->cols && e->d_K != u->cols + 1) ||
-        ngd_unfold_taps(g) >= u->oh * u->ow * g->k1 * g->k2)
-        return NULL;
     if (s->rconv && s->nrows > 0) return s->rA; // (keep_rows made them this step)
     const size_t n = batch * g->h * g->w * g->c_in;
     if (n > s->xtcap) {
