@@ -408,13 +408,13 @@ static void syrk_bf16_lower_should_write_the_lower_triangle_only(void) {
 // NaN-filled C and beta != 0 over a symmetric C, on the matmul and the convert paths (the
 // default where bf16 products are slow); C exactly symmetric everywhere (alpha 0.3 folded
 // into one operand of a single product had left C[i][j] and C[j][i] apart), its
-// multiply-adds counted (the 2 x 2 blocks from 640 rows at two threads went uncounted).
+// multiply-adds counted (the 2 x 2 blocks at two threads had gone uncounted).
 // Above 1024 rows every 7th row is checked against float64 (all of C for symmetry).
 static void syrk_bf16_should_match_the_reference_and_be_symmetric(void) {
     const size_t dims[][2] = {{300, 200}, {513, 130}, {700, 350}, {1040, 520}, {1100, 130}};
     trng r = {21};
     for (size_t t = 0; t < 4 * sizeof dims / sizeof dims[0]; t++) {
-        // each shape at 2 threads and at 1 (two threads without AMX: 2 x 2 blocks from 640),
+        // each shape at 2 threads and at 1 (two threads without AMX: 2 x 2 blocks from 256),
         // by both paths
         const int th = t % 2 ? 1 : 2, before = th_set_threads(th);
         ngd_gemm_bf16_path((t / 2) % 2 ? NGD_BF16_PATH_CONVERT : NGD_BF16_PATH_MATMUL);

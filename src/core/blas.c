@@ -1121,9 +1121,14 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 // and each mirrors its rows of C21 into C12 and its block's lower triangle: three quarters of
 // the multiply-adds of one product, exactly symmetric, every element a sum over k as a
 // one-thread product sums it. 2 threads, AMD Zen 5, medians of 61 calls alternated, one
-// product / blocks: 1.13-1.22 at n = k = 640, 785, 900 and 1000 (AᵀA and A Aᵀ); 0.9-1.08 at
-// 300-513 (the one-thread products of 256 rows, and the mirrors, cost what they save).
-#define SYRK16_BLOCKS_MIN 640
+// product / blocks: 1.13-1.22 at n = k = 640, 785, 900 and 1000 (AᵀA and A Aᵀ). Below 640 the
+// one product's mirror_lower is what costs (a pass over tiles of C whose lines the other
+// core's half of the product wrote: 35-40 % of perf's samples of ngd_syrk_bf16 at 512), so the
+// blocks start at 256 (Zen 5, medians of 31, ms, one product -> blocks, A Aᵀ: 256 0.061 ->
+// 0.053, 384 0.170 -> 0.142, 448 0.285 -> 0.214, 512 0.614 -> 0.322, 513 0.560 -> 0.333, 600
+// 0.808 -> 0.473; AᵀA at 512 0.614 -> 0.339). The mlp's dense bf16 SINGD update (factors of
+// 512 and 513) took 1.21 -> 1.00 ms a step (T = 10).
+#define SYRK16_BLOCKS_MIN 256
 
 static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                           float beta, float *C, size_t ldc) {
