@@ -403,8 +403,9 @@ static void syrk_bf16_lower_should_write_the_lower_triangle_only(void) {
 }
 
 // ngd_syrk_bf16 (SINGD's bf16 K Kᵀ and KᵀK) against the float64 product of the same bf16
-// operands, for op(A) = A and Aᵀ, below and above its block-row threshold (1024 rows; 1100 x
-// 130 is one product there: A has fewer than half as many columns as rows), beta = 0 over a
+// operands, for op(A) = A and Aᵀ, below and above its block-row threshold (1024 rows: 1040 x
+// 520 takes the block rows at one thread, the 2 x 2 blocks at two; 1100 x 130 is one product
+// there: A has fewer than half as many columns as rows), beta = 0 over a
 // NaN-filled C and beta != 0 over a symmetric C, on the matmul and the convert paths (the
 // default where bf16 products are slow); C exactly symmetric everywhere (alpha 0.3 folded
 // into one operand of a single product had left C[i][j] and C[j][i] apart), its

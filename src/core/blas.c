@@ -1115,7 +1115,7 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 }
 
 #ifdef _OPENMP
-// Two threads, no AMX (split_rows' conditions), n from SYRK16_BLOCKS_MIN to SYRK16_MIN: C in
+// Two threads, no AMX (split_rows' conditions), n from SYRK16_BLOCKS_MIN to SYRK16_BLOCKS_MAX: C in
 // 2 x 2 blocks at h = n/2 (rounded to 16), the upper right one not computed: thread 0 takes C11
 // and the first half of C21's rows, thread 1 C22 and the rest, each by one-thread products,
 // and each mirrors its rows of C21 into C12 and its block's lower triangle: three quarters of
@@ -1129,6 +1129,10 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 // 0.808 -> 0.473; AᵀA at 512 0.614 -> 0.339). The mlp's dense bf16 SINGD update (factors of
 // 512 and 513) took 1.21 -> 1.00 ms a step (T = 10).
 #define SYRK16_BLOCKS_MIN 256
+// and up to 1600, past the block rows' threshold: Zen 5, medians of 7, ms, block rows ->
+// blocks, A Aᵀ: 1024 3.19 -> 2.36, 1153 3.61 -> 3.16, 1537 8.00 -> 7.55 (at 2049 and more
+// the block rows won: 17.4 -> 18.8 at 2049, 119 -> 138 at 4097)
+#define SYRK16_BLOCKS_MAX 1600
 
 static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
                           float beta, float *C, size_t ldc) {
@@ -1182,7 +1186,7 @@ void ngd_syrk_bf16(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, 
     // 1153, 1.3x at 2049), and oneDNN's matmul gave an exactly symmetric C at 513-1025 (A Aᵀ;
     // AᵀA split over two threads, gemm_bf16, is symmetric to within float32 rounding).
 #ifdef _OPENMP
-    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_MIN && 2 * k >= n && syrk_blocks_env() &&
+    if (n >= SYRK16_BLOCKS_MIN && n < SYRK16_BLOCKS_MAX && 2 * k >= n && syrk_blocks_env() &&
         split_rows(n, n, k)) { // (k = 128 at n = 785: 0.82x)
         count_blocks(n, k);
         const team_guard g = team_begin();
