@@ -1131,7 +1131,10 @@ void ngd_syrk_full(float alpha, ngd_cview A, float beta, ngd_view C) {
 #define SYRK16_BLOCKS_MIN 256
 // and up to 1600, past the block rows' threshold: Zen 5, medians of 7, ms, block rows ->
 // blocks, A Aᵀ: 1024 3.19 -> 2.36, 1153 3.61 -> 3.16, 1537 8.00 -> 7.55 (at 2049 and more
-// the block rows won: 17.4 -> 18.8 at 2049, 119 -> 138 at 4097)
+// the block rows won: 17.4 -> 18.8 at 2049, 119 -> 138 at 4097). On the convert path (f32
+// copies, then sgemm: the default where bf16 dot products are slow), measured on the same
+// Zen 5 with NGD_BF16_GEMM=convert, one product -> blocks: 384 0.401 -> 0.319, 512 1.080 ->
+// 0.709, 513 1.098 -> 0.731 (not measured on a CPU whose default that path is).
 #define SYRK16_BLOCKS_MAX 1600
 
 static void syrk16_blocks(bool ta, size_t n, size_t k, float alpha, const uint16_t *A, size_t lda,
