@@ -1726,6 +1726,21 @@ static void activation_approximations_should_match_libm(void) {
             CHECK(y16[i] == nn_to_bf16(y[i]));
         }
         CHECK(isnan(y[NX - 1]) && isnan(dx[NX - 1]) && (y16[NX - 1] & 0x7fffu) > 0x7f80u);
+        // the same through nn_gelu_forward_grad (GELU' over a copy of x, then multiplied)
+        float xg[NX], yg[NX], dxg[NX], xg16[NX];
+        uint16_t yg16[NX], dxg16[NX];
+        memcpy(xg, xs, sizeof xg), memcpy(xg16, xs, sizeof xg16);
+        nn_gelu_forward_grad(&g, xg, yg, NULL, NX);
+        nn_gelu_backward_set(&g, dy, dxg);
+        nn_gelu_forward_grad(&g, xg16, NULL, yg16, NX);
+        nn_gelu_backward_set16(&g, dy, dx, dxg16);
+        for (int i = 0; i < NX - 1; i++) {
+            const bool pos = xs[i] > 0.0f;
+            CHECK_MSG(yg[i] == (pos ? xs[i] : 0.0f) && yg16[i] == nn_to_bf16(yg[i]),
+                      "forward_grad: GELU(%g) = %g", (double)xs[i], (double)yg[i]);
+            CHECK(fabsf(dxg[i] - (pos ? 1.0f : 0.0f)) <= 1e-30f && dxg16[i] == nn_to_bf16(dx[i]));
+        }
+        CHECK(isnan(yg[NX - 1]) && isnan(dxg[NX - 1]) && (yg16[NX - 1] & 0x7fffu) > 0x7f80u);
     }
     nn_gelu_set_vector(true);
     // GELU' of both kinds against float64 over [-12, 12] (the tanh form's 1 − t² lost to
@@ -1740,9 +1755,14 @@ static void activation_approximations_should_match_libm(void) {
         const int kind = kv & 1;
         nn_gelu_set_vector(kv < 2);
         nn_gelu g = {.kind = kind ? NN_GELU_TANH : NN_GELU_ERF};
-        float yy[NG];
+        float yy[NG], yp[NG], gp[NG], dp[NG];
         nn_gelu_forward(&g, gx, yy, NG);
         nn_gelu_backward_set(&g, g1, gd);
+        // nn_gelu_forward_grad (its exponential shared): GELU' written over a copy of x and
+        // multiplied by the backward; its GELU and GELU' are held to the same bounds below
+        memcpy(gp, gx, NG * sizeof *gp);
+        nn_gelu_forward_grad(&g, gp, yp, NULL, NG);
+        nn_gelu_backward_set(&g, g1, dp);
         double worst = 0, worst_y = 0;
         for (int i = 0; i < NG; i++) {
             const double v = gx[i];
@@ -1758,10 +1778,12 @@ static void activation_approximations_should_match_libm(void) {
                        v * exp(-0.5 * v * v) / sqrt(2.0 * 3.14159265358979324);
                 want_y = 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
             }
-            worst = fmax(worst, fabs((double)gd[i] - want));
+            worst = fmax(worst, fmax(fabs((double)gd[i] - want), fabs((double)dp[i] - want)));
             // GELU itself: tanh / erf within 2.5e-7 / 4e-7 (above), times |v| / 2, plus
             // float32 rounding of y
-            worst_y = fmax(worst_y, fabs((double)yy[i] - want_y) / (1.0 + fabs(v)));
+            worst_y =
+                fmax(worst_y, fmax(fabs((double)yy[i] - want_y), fabs((double)yp[i] - want_y)) /
+                                  (1.0 + fabs(v)));
         }
         CHECK_MSG(worst < 1.2e-6, "GELU' (%s) off float64 by %.3g", kind ? "tanh" : "erf", worst);
         CHECK_MSG(worst_y < 5e-7, "GELU (%s) off float64 by %.3g (1 + |x|)", kind ? "tanh" : "erf",

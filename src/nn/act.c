@@ -180,7 +180,7 @@ G16 __m512 tanh16(__m512 u) {
 // erf_fast: the series below |x| = 0.5, Abramowitz & Stegun above, blended by a 0/1 weight,
 // the sign put back through the bits. 1/(1 + 0.3275911 a) takes a at most 1e4 (erf is ±1 to
 // float precision long before; an infinite a gave rcp14's 0 times inf, NaN; min keeps a NaN)
-G16 __m512 erf16(__m512 x) {
+G16 __m512 erf16x(__m512 x, __m512 *ex) {
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(x)));
     const __m512 ac = _mm512_min_ps(g16_set(1e4f), a);
@@ -191,7 +191,9 @@ G16 __m512 erf16(__m512 x) {
     p = _mm512_sub_ps(_mm512_mul_ps(p, t), g16_set(0.284496736f));
     p = _mm512_add_ps(_mm512_mul_ps(p, t), g16_set(0.254829592f));
     const __m512 na2 = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a); // (−a)·a
-    const __m512 big = _mm512_sub_ps(g16_set(1.0f), _mm512_mul_ps(_mm512_mul_ps(p, t), exp16(na2)));
+    const __m512 en = exp16(na2); // e^(−x²) (x's magnitude clamped to 87 by exp16)
+    if (ex) *ex = en;
+    const __m512 big = _mm512_sub_ps(g16_set(1.0f), _mm512_mul_ps(_mm512_mul_ps(p, t), en));
     const __mmask16 small = _mm512_cmp_ps_mask(a, g16_set(0.5f), _CMP_LT_OQ);
     const __m512 as = _mm512_mask_blend_ps(small, g16_set(0.5f), a);
     const __m512 z = _mm512_mul_ps(as, as);
@@ -208,6 +210,8 @@ G16 __m512 erf16(__m512 x) {
     return _mm512_castsi512_ps(
         _mm512_or_si512(_mm512_castps_si512(e), _mm512_and_si512(_mm512_castps_si512(x), sign)));
 }
+
+G16 __m512 erf16(__m512 x) { return erf16x(x, NULL); }
 
 // gelu(tanh_kind, v), 16 lanes
 G16 __m512 gelu16(bool tk, __m512 v) {
@@ -257,6 +261,49 @@ G16 __m512 gelu_grad16(bool tk, __m512 v) {
     return _mm512_add_ps(cdf, _mm512_mul_ps(vc, pdf));
 }
 
+// GELU(v) into *y and GELU'(v) into *g, 16 lanes, sharing their exponential: the tanh
+// form's tanh(u) is gelu_grad16's copysign((1 − e)/(1 + e), u) with e = exp(−2|u|), the erf
+// form's φ(v) the e^(−v²/2) inside erf16. The same functions as gelu16 and gelu_grad16 to
+// float32 rounding (their GELU' bits are gelu_grad16's for the tanh form); one exponential
+// instead of two (nn_gelu_forward_grad: the backward then multiplies).
+G16 void gelu_pair16(bool tk, __m512 v, __m512 *y, __m512 *g) {
+    const __m512 hv = _mm512_mul_ps(g16_set(0.5f), v);
+    __m512 vc =
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, g16_set(1e4f), _CMP_GT_OQ), v, g16_set(1e4f));
+    vc =
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, g16_set(-1e4f), _CMP_LT_OQ), vc, g16_set(-1e4f));
+    if (tk) {
+        const __m512 vc2 = _mm512_mul_ps(vc, vc);
+        const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(NN_GELU_C), v), v), v);
+        const __m512 u = _mm512_mul_ps(g16_set(NN_SQRT_2_OVER_PI), _mm512_add_ps(v, v3));
+        const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+        const __m512 a2 = _mm512_mul_ps(
+            g16_set(2.0f), _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(u))));
+        const __mmask16 in = _mm512_cmp_ps_mask(a2, g16_set(87.0f), _CMP_LT_OQ);
+        const __m512 e = _mm512_maskz_mov_ps(in, exp16(_mm512_sub_ps(_mm512_setzero_ps(), a2)));
+        const __m512 r = recip16(_mm512_add_ps(g16_set(1.0f), e));
+        const __m512 m = _mm512_mul_ps(_mm512_sub_ps(g16_set(1.0f), e), r);
+        const __m512 sm =
+            _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(sign, _mm512_castps_si512(m)),
+                                                _mm512_and_si512(_mm512_castps_si512(u), sign)));
+        const __m512 onept = _mm512_add_ps(g16_set(1.0f), sm); // 1 + tanh(u)
+        const __m512 du = _mm512_mul_ps(
+            g16_set(NN_SQRT_2_OVER_PI),
+            _mm512_add_ps(g16_set(1.0f), _mm512_mul_ps(g16_set(3.0f * NN_GELU_C), vc2)));
+        const __m512 ser = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(4.0f), e), r), r);
+        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(0.5f), vc), ser), du);
+        *y = _mm512_mul_ps(hv, onept);
+        *g = _mm512_add_ps(_mm512_mul_ps(g16_set(0.5f), onept), t2);
+        return;
+    }
+    __m512 ex;
+    const __m512 onepe =
+        _mm512_add_ps(g16_set(1.0f), erf16x(_mm512_mul_ps(v, g16_set(NN_INV_SQRT_2)), &ex));
+    *y = _mm512_mul_ps(hv, onepe);
+    const __m512 cdf = _mm512_mul_ps(g16_set(0.5f), onepe);
+    *g = _mm512_add_ps(cdf, _mm512_mul_ps(vc, _mm512_mul_ps(g16_set(NN_INV_SQRT_2PI), ex)));
+}
+
 // The 16 lanes of v into y (f32) or y16 (rounded as nn_to_bf16 does), m of them
 G16 void g16_store(__m512 v, float *y, uint16_t *y16, size_t m) {
     float t[16];
@@ -279,6 +326,52 @@ __attribute__((target("avx512f"))) static void gelu_fwd16(bool tk, const float *
         const __mmask16 k = (__mmask16)((1u << m) - 1u);
         g16_store(gelu16(tk, _mm512_maskz_loadu_ps(k, x + i)), y ? y + i : NULL,
                   y16 ? y16 + i : NULL, m);
+    }
+}
+
+// y[i] (or y16[i], rounded) = GELU(x[i]) and x[i] = GELU'(x[i]) for i < n
+__attribute__((target("avx512f"))) static void gelu_fwdg16(bool tk, float *x, float *y,
+                                                           uint16_t *y16, size_t n) {
+    size_t i = 0;
+    if (!y16)
+        for (; i + 16 <= n; i += 16) {
+            __m512 gy, gg;
+            gelu_pair16(tk, _mm512_loadu_ps(x + i), &gy, &gg);
+            _mm512_storeu_ps(x + i, gg);
+            _mm512_storeu_ps(y + i, gy);
+        }
+    for (; i < n; i += 16) {
+        const size_t m = n - i < 16 ? n - i : 16;
+        const __mmask16 k = (__mmask16)((1u << m) - 1u);
+        __m512 gy, gg;
+        gelu_pair16(tk, _mm512_maskz_loadu_ps(k, x + i), &gy, &gg);
+        _mm512_mask_storeu_ps(x + i, k, gg);
+        if (y16)
+            g16_store(gy, NULL, y16 + i, m);
+        else
+            _mm512_mask_storeu_ps(y + i, k, gy);
+    }
+}
+
+// dx[i] (+)= dy[i] · g[i] (GELU' stored by the forward); dx16 (set only): dx rounded too
+__attribute__((target("avx512f"))) static void
+gelu_bwdg16(const float *dy, const float *g, float *dx, uint16_t *dx16, bool set, size_t n) {
+    size_t i = 0;
+    if (!dx16)
+        for (; i + 16 <= n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(dy + i), _mm512_loadu_ps(g + i));
+            if (!set) v = _mm512_add_ps(_mm512_loadu_ps(dx + i), v);
+            _mm512_storeu_ps(dx + i, v);
+        }
+    for (; i < n; i += 16) {
+        const size_t m = n - i < 16 ? n - i : 16;
+        const __mmask16 k = (__mmask16)((1u << m) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, dy + i), _mm512_maskz_loadu_ps(k, g + i));
+        if (!set) v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, dx + i), v);
+        if (dx16)
+            g16_store(v, dx + i, dx16 + i, m);
+        else
+            _mm512_mask_storeu_ps(dx + i, k, v);
     }
 }
 
@@ -320,6 +413,7 @@ void nn_gelu_set_vector(bool on) { (void)on; }
 static void gelu_forward(nn_gelu *l, const float *x, float *y, uint16_t *y16, size_t n) {
     NN_ASSERT(x && (y || y16) && x != y); // backward needs the input
     l->x = x;
+    l->g = NULL;
     l->n = n;
     const bool tk = l->kind == NN_GELU_TANH;
 #ifdef NN_HAVE_GELU16
@@ -359,6 +453,38 @@ void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n) {
     gelu_forward(l, x, NULL, y16, n);
 }
 
+static inline float gelu_grad(bool tanh_kind, float v);
+
+// y (or y16) = GELU(x), and x = GELU'(x) for the backward, which then multiplies: one pass of
+// the exponentials in place of two (gelu_pair16), the same values to float32 rounding
+void nn_gelu_forward_grad(nn_gelu *l, float *x, float *y, uint16_t *y16, size_t n) {
+    NN_ASSERT(x && (!y != !y16) && x != y);
+    const bool tk = l->kind == NN_GELU_TANH;
+    l->x = NULL;
+    l->g = x;
+    l->n = n;
+#ifdef NN_HAVE_GELU16
+    if (gelu16_ok()) {
+        const size_t nb = (n + GELU16_BLOCK - 1) / GELU16_BLOCK;
+        NN_OMP_FOR(n)
+        for (size_t b = 0; b < nb; b++) {
+            const size_t o = b * GELU16_BLOCK, m = n - o < GELU16_BLOCK ? n - o : GELU16_BLOCK;
+            gelu_fwdg16(tk, x + o, y ? y + o : NULL, y16 ? y16 + o : NULL, m);
+        }
+        return;
+    }
+#endif
+    NN_OMP_FOR(n)
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i], gy = gelu(tk, v);
+        x[i] = gelu_grad(tk, v);
+        if (y16)
+            y16[i] = nn_to_bf16(gy);
+        else
+            y[i] = gy;
+    }
+}
+
 // GELU'(v): tanh form 0.5 (1 + t) + 0.5 v (1 − t²) du; erf form Φ(v) + v φ(v). The second
 // terms take v clamped to ±1e4, where they are 0 to float precision: unclamped, du overflowed
 // past |v| ~ 1.8e19 (0 · inf: NaN) and v φ(v) kept nn_exp_fast's floor e⁻⁸⁷ times v (GELU'
@@ -385,8 +511,30 @@ static inline float gelu_grad(bool tanh_kind, float v) {
 // dx += (or, where set, =) dy · GELU'(x), and dx16 = dx rounded where given (set only): plain
 // loops (one flag inside a loop, GCC left it scalar: chargpt's step 50 -> 78 ms)
 static void gelu_backward(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16, bool set) {
-    NN_ASSERT(dy && l->x && (!dx16 || (set && dx)));
+    NN_ASSERT(dy && (l->x || l->g) && (!dx16 || (set && dx)));
     if (!dx) return;
+    if (l->g) { // GELU' stored by nn_gelu_forward_grad
+        const float *g = l->g;
+        const size_t n = l->n;
+#ifdef NN_HAVE_GELU16
+        if (gelu16_ok()) {
+            const size_t nb = (n + GELU16_BLOCK - 1) / GELU16_BLOCK;
+            NN_OMP_FOR(n)
+            for (size_t b = 0; b < nb; b++) {
+                const size_t o = b * GELU16_BLOCK, m = n - o < GELU16_BLOCK ? n - o : GELU16_BLOCK;
+                gelu_bwdg16(dy + o, g + o, dx + o, dx16 ? dx16 + o : NULL, set, m);
+            }
+            return;
+        }
+#endif
+        NN_OMP_FOR(n)
+        for (size_t i = 0; i < n; i++) {
+            const float v = dy[i] * g[i] + (set ? 0.0f : dx[i]);
+            dx[i] = v;
+            if (dx16) dx16[i] = nn_to_bf16(v);
+        }
+        return;
+    }
     const float *x = l->x;
     const size_t n = l->n;
 #ifdef NN_HAVE_GELU16

@@ -745,6 +745,7 @@ typedef enum {
 typedef struct {
     nn_gelu_kind kind;
     const float *x; // borrowed
+    float *g;       // GELU'(x), written over x by nn_gelu_forward_grad (else NULL)
     size_t n;
 } nn_gelu;
 
@@ -754,8 +755,13 @@ float nn_erf_approx(float x);
 float nn_exp_approx(float x);
 void nn_gelu_forward(nn_gelu *l, const float *x, float *y, size_t n);
 void nn_gelu_forward16(nn_gelu *l, const float *x, uint16_t *y16, size_t n); // y rounded
-void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);               // dx += dy GELU'(x)
-void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx);           // dx = dy GELU'(x)
+// y (f32) or y16 (rounded; the other NULL) = GELU(x), and x overwritten with GELU'(x), which
+// the backward then multiplies (x is not kept): the transformer block's MLP, whose fc output
+// has no other reader. GELU and GELU' to float32 rounding of nn_gelu_forward's and the
+// backward's (their exponential shared).
+void nn_gelu_forward_grad(nn_gelu *l, float *x, float *y, uint16_t *y16, size_t n);
+void nn_gelu_backward(nn_gelu *l, const float *dy, float *dx);     // dx += dy GELU'(x)
+void nn_gelu_backward_set(nn_gelu *l, const float *dy, float *dx); // dx = dy GELU'(x)
 // The same, and dx16 = dx rounded to bf16 (nn_linear_dy16)
 void nn_gelu_backward_set16(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16);
 // Whether GELU may take its AVX-512 loops (where the CPU has AVX-512F; the default) or must

@@ -58,7 +58,7 @@ void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t 
         nn_residual_forward(x, b->atto, b->mid, R * C);
         nn_layernorm_forward16(&b->ln2, b->mid, nn_linear_in16(&b->fc), R);
         nn_linear_forward_in16(&b->fc, b->fch, R);
-        nn_gelu_forward16(&b->gelu, b->fch, nn_linear_in16(&b->proj), R * 4 * C);
+        nn_gelu_forward_grad(&b->gelu, b->fch, NULL, nn_linear_in16(&b->proj), R * 4 * C);
         nn_linear_forward_in16(&b->proj, b->mlpo, R);
     } else {
         nn_layernorm_forward(&b->ln1, x, b->ln1o, R);
@@ -66,7 +66,7 @@ void nn_tblock_forward(nn_tblock *b, const float *x, float *y, size_t B, size_t 
         nn_residual_forward(x, b->atto, b->mid, R * C);
         nn_layernorm_forward(&b->ln2, b->mid, b->ln2o, R);
         nn_linear_forward(&b->fc, b->ln2o, b->fch, R);
-        nn_gelu_forward(&b->gelu, b->fch, b->gel, R * 4 * C);
+        nn_gelu_forward_grad(&b->gelu, b->fch, b->gel, NULL, R * 4 * C);
         nn_linear_forward(&b->proj, b->gel, b->mlpo, R);
     }
     nn_residual_forward(b->mid, b->mlpo, y, R * C);

@@ -20,7 +20,8 @@ typedef struct {
     int qkv_id, aproj_id, fc_id, proj_id;
     // activations (rows x C unless noted)
     float *ln1o, *atto, *mid; // ln1 output, attention output, mid = x + atto
-    float *ln2o, *fch, *gel;  // ln2 output, fc output and its GELU (rows x 4C); in bf16 mode
+    float *ln2o, *fch, *gel;  // ln2 output, fc output (GELU' after the forward) and its GELU
+                              // (rows x 4C); in bf16 mode
                               // ln1o, ln2o and gel are NULL (written into the Linears' x16)
     float *mlpo;              // MLP branch output
     float *dmid, *dfch;       // output gradients kept for observe (rows x C, rows x 4C)
