@@ -225,47 +225,11 @@ G16 __m512 gelu16(bool tk, __m512 v) {
         hv, _mm512_add_ps(g16_set(1.0f), erf16(_mm512_mul_ps(v, g16_set(NN_INV_SQRT_2)))));
 }
 
-// gelu_grad(tanh_kind, v), 16 lanes (v clamped to ±1e4 by compares: a NaN stays)
-G16 __m512 gelu_grad16(bool tk, __m512 v) {
-    __m512 vc =
-        _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, g16_set(1e4f), _CMP_GT_OQ), v, g16_set(1e4f));
-    vc =
-        _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, g16_set(-1e4f), _CMP_LT_OQ), vc, g16_set(-1e4f));
-    const __m512 vc2 = _mm512_mul_ps(vc, vc);
-    if (tk) {
-        const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(NN_GELU_C), v), v), v);
-        const __m512 u = _mm512_mul_ps(g16_set(NN_SQRT_2_OVER_PI), _mm512_add_ps(v, v3));
-        const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
-        const __m512 a2 = _mm512_mul_ps(
-            g16_set(2.0f), _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(u))));
-        const __mmask16 in = _mm512_cmp_ps_mask(a2, g16_set(87.0f), _CMP_LT_OQ);
-        const __m512 e = _mm512_maskz_mov_ps(in, exp16(_mm512_sub_ps(_mm512_setzero_ps(), a2)));
-        const __m512 r = recip16(_mm512_add_ps(g16_set(1.0f), e));
-        const __m512 m = _mm512_mul_ps(_mm512_sub_ps(g16_set(1.0f), e), r); // copysign(m, u):
-        const __m512 sm =
-            _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(sign, _mm512_castps_si512(m)),
-                                                _mm512_and_si512(_mm512_castps_si512(u), sign)));
-        const __m512 onept = _mm512_add_ps(g16_set(1.0f), sm);
-        const __m512 du = _mm512_mul_ps(
-            g16_set(NN_SQRT_2_OVER_PI),
-            _mm512_add_ps(g16_set(1.0f), _mm512_mul_ps(g16_set(3.0f * NN_GELU_C), vc2)));
-        const __m512 ser = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(4.0f), e), r), r);
-        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(g16_set(0.5f), vc), ser), du);
-        return _mm512_add_ps(_mm512_mul_ps(g16_set(0.5f), onept), t2);
-    }
-    const __m512 cdf = _mm512_mul_ps(
-        g16_set(0.5f),
-        _mm512_add_ps(g16_set(1.0f), erf16(_mm512_mul_ps(v, g16_set(NN_INV_SQRT_2)))));
-    const __m512 pdf = _mm512_mul_ps(g16_set(NN_INV_SQRT_2PI),
-                                     exp16(_mm512_mul_ps(_mm512_mul_ps(g16_set(-0.5f), vc), vc)));
-    return _mm512_add_ps(cdf, _mm512_mul_ps(vc, pdf));
-}
-
-// GELU(v) into *y and GELU'(v) into *g, 16 lanes, sharing their exponential: the tanh
-// form's tanh(u) is gelu_grad16's copysign((1 − e)/(1 + e), u) with e = exp(−2|u|), the erf
-// form's φ(v) the e^(−v²/2) inside erf16. The same functions as gelu16 and gelu_grad16 to
-// float32 rounding (their GELU' bits are gelu_grad16's for the tanh form); one exponential
-// instead of two (nn_gelu_forward_grad: the backward then multiplies).
+// GELU(v) into *y and GELU'(v) into *g, 16 lanes (v clamped to ±1e4 by compares for GELU''s
+// second term: a NaN stays), sharing their exponential: the tanh form's tanh(u) is
+// copysign((1 − e)/(1 + e), u) with e = exp(−2|u|), the erf form's φ(v) the e^(−v²/2) inside
+// erf16. GELU is gelu16's to float32 rounding; one exponential instead of two
+// (nn_gelu_forward_grad: the backward then multiplies).
 G16 void gelu_pair16(bool tk, __m512 v, __m512 *y, __m512 *g) {
     const __m512 hv = _mm512_mul_ps(g16_set(0.5f), v);
     __m512 vc =
@@ -302,6 +266,14 @@ G16 void gelu_pair16(bool tk, __m512 v, __m512 *y, __m512 *g) {
     *y = _mm512_mul_ps(hv, onepe);
     const __m512 cdf = _mm512_mul_ps(g16_set(0.5f), onepe);
     *g = _mm512_add_ps(cdf, _mm512_mul_ps(vc, _mm512_mul_ps(g16_set(NN_INV_SQRT_2PI), ex)));
+}
+
+// gelu_grad(tanh_kind, v), 16 lanes: gelu_pair16's GELU' (its GELU unused, dropped by the
+// compiler)
+G16 __m512 gelu_grad16(bool tk, __m512 v) {
+    __m512 y, g;
+    gelu_pair16(tk, v, &y, &g);
+    return g;
 }
 
 // The 16 lanes of v into y (f32) or y16 (rounded as nn_to_bf16 does), m of them
@@ -408,6 +380,16 @@ void nn_gelu_set_vector(bool on) { (void)on; }
 
 // Blocks of GELU16_BLOCK values, on the threads where the array is long (NN_OMP_FOR's bound)
 #define GELU16_BLOCK 4096
+// CALL for each block [o, o + m) of GELU16_BLOCK values of n, over the threads where n is long
+#define GELU16_BLOCKS(n, CALL)                                                                     \
+    do {                                                                                           \
+        const size_t nb_ = ((n) + GELU16_BLOCK - 1) / GELU16_BLOCK;                                \
+        NN_OMP_FOR(n)                                                                              \
+        for (size_t b_ = 0; b_ < nb_; b_++) {                                                      \
+            const size_t o = b_ * GELU16_BLOCK, m = (n)-o < GELU16_BLOCK ? (n)-o : GELU16_BLOCK;   \
+            CALL;                                                                                  \
+        }                                                                                          \
+    } while (0)
 
 // y = GELU(x), or y16 its bf16 rounding: a plain loop per kind and output (see gelu_backward)
 static void gelu_forward(nn_gelu *l, const float *x, float *y, uint16_t *y16, size_t n) {
@@ -418,12 +400,7 @@ static void gelu_forward(nn_gelu *l, const float *x, float *y, uint16_t *y16, si
     const bool tk = l->kind == NN_GELU_TANH;
 #ifdef NN_HAVE_GELU16
     if (gelu16_ok()) {
-        const size_t nb = (n + GELU16_BLOCK - 1) / GELU16_BLOCK;
-        NN_OMP_FOR(n)
-        for (size_t b = 0; b < nb; b++) {
-            const size_t o = b * GELU16_BLOCK, m = n - o < GELU16_BLOCK ? n - o : GELU16_BLOCK;
-            gelu_fwd16(tk, x + o, y ? y + o : NULL, y16 ? y16 + o : NULL, m);
-        }
+        GELU16_BLOCKS(n, gelu_fwd16(tk, x + o, y ? y + o : NULL, y16 ? y16 + o : NULL, m));
         return;
     }
 #endif
@@ -465,12 +442,7 @@ void nn_gelu_forward_grad(nn_gelu *l, float *x, float *y, uint16_t *y16, size_t 
     l->n = n;
 #ifdef NN_HAVE_GELU16
     if (gelu16_ok()) {
-        const size_t nb = (n + GELU16_BLOCK - 1) / GELU16_BLOCK;
-        NN_OMP_FOR(n)
-        for (size_t b = 0; b < nb; b++) {
-            const size_t o = b * GELU16_BLOCK, m = n - o < GELU16_BLOCK ? n - o : GELU16_BLOCK;
-            gelu_fwdg16(tk, x + o, y ? y + o : NULL, y16 ? y16 + o : NULL, m);
-        }
+        GELU16_BLOCKS(n, gelu_fwdg16(tk, x + o, y ? y + o : NULL, y16 ? y16 + o : NULL, m));
         return;
     }
 #endif
@@ -518,12 +490,7 @@ static void gelu_backward(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16
         const size_t n = l->n;
 #ifdef NN_HAVE_GELU16
         if (gelu16_ok()) {
-            const size_t nb = (n + GELU16_BLOCK - 1) / GELU16_BLOCK;
-            NN_OMP_FOR(n)
-            for (size_t b = 0; b < nb; b++) {
-                const size_t o = b * GELU16_BLOCK, m = n - o < GELU16_BLOCK ? n - o : GELU16_BLOCK;
-                gelu_bwdg16(dy + o, g + o, dx + o, dx16 ? dx16 + o : NULL, set, m);
-            }
+            GELU16_BLOCKS(n, gelu_bwdg16(dy + o, g + o, dx + o, dx16 ? dx16 + o : NULL, set, m));
             return;
         }
 #endif
@@ -540,12 +507,7 @@ static void gelu_backward(nn_gelu *l, const float *dy, float *dx, uint16_t *dx16
 #ifdef NN_HAVE_GELU16
     if (gelu16_ok()) {
         const bool tk = l->kind == NN_GELU_TANH;
-        const size_t nb = (n + GELU16_BLOCK - 1) / GELU16_BLOCK;
-        NN_OMP_FOR(n)
-        for (size_t b = 0; b < nb; b++) {
-            const size_t o = b * GELU16_BLOCK, m = n - o < GELU16_BLOCK ? n - o : GELU16_BLOCK;
-            gelu_bwd16(tk, dy + o, x + o, dx + o, dx16 ? dx16 + o : NULL, set, m);
-        }
+        GELU16_BLOCKS(n, gelu_bwd16(tk, dy + o, x + o, dx + o, dx16 ? dx16 + o : NULL, set, m));
         return;
     }
 #endif
