@@ -346,7 +346,9 @@ NGD_API const char *ngd_method_name(ngd_method m);
 NGD_API const char *ngd_structure_name(ngd_structure s);
 // Parses the names above (and "block30diagonal", "hierarchical15_15", "triltoeplitz", ...
 // as the official package spells them, which also set block / k1 / k2). NGD_ERR_ARG if
-// unknown.
+// unknown (*out unchanged). ngd_structure_parse writes kind, block, k1 and k2 (block 30, k1
+// and k2 15 where the name sets none) and keeps out->dtype when it is NGD_BF16, else sets
+// NGD_F32 (so an uninitialised spec comes out valid).
 NGD_API ngd_status ngd_method_parse(const char *name, ngd_method *out);
 NGD_API ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out);
 

@@ -69,6 +69,12 @@ static void names_should_parse_both_spellings(void) {
     CHECK(ngd_structure_parse("diag", &f) == NGD_OK && f.kind == NGD_STRUCT_DIAG);
     CHECK(ngd_structure_parse("triutoeplitz", &f) == NGD_OK && f.kind == NGD_STRUCT_TRIU_TOEPLITZ);
     CHECK(ngd_structure_parse("block0diagonal", &f) == NGD_ERR_ARG);
+    // dtype: bf16 kept, anything that is no dtype (garbage in a fresh local) becomes f32
+    f.dtype = NGD_BF16;
+    CHECK(ngd_structure_parse("dense", &f) == NGD_OK && f.dtype == NGD_BF16);
+    memset(&f, 0xAB, sizeof f);
+    CHECK(ngd_structure_parse("dense", &f) == NGD_OK && f.dtype == NGD_F32 &&
+          f.kind == NGD_STRUCT_DENSE && f.block == 30 && f.k1 == 15 && f.k2 == 15);
     CHECK(ngd_structure_parse("hierarchical15", &f) == NGD_ERR_ARG);
     CHECK(ngd_structure_parse("toeplitz", &f) == NGD_ERR_ARG);
     for (int s = 0; s < NGD_STRUCT_COUNT; s++) {

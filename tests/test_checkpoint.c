@@ -510,6 +510,45 @@ static void failed_load_should_leave_undecided_tracks_undecided(void) {
     ngd_optim_free(src.o), ngd_optim_free(dst.o), ngd_optim_free(ref.o);
 }
 
+// A checkpoint taken before the first step (the B layers' tracks not yet decided) loads into
+// an optimizer that has stepped (it was refused: "saved with other factor tracks (0/0 ...)"):
+// the layers are undecided again, and the run from there is bit for bit a fresh optimizer's.
+// A load of such a file that fails on a later entry leaves the decided optimizer as it was,
+// its factors included (the same checkpoint bytes).
+static void checkpoint_before_any_step_should_load_into_a_stepped_optimizer(void) {
+    two_layers init, dst, ref, other;
+    two_layers_make(&init, "fc1");
+    void *buf0, *bufd, *bufd2, *bufo;
+    size_t len0, lend, lend2, leno;
+    CHECK(ngd_optim_save_mem(init.o, &buf0, &len0) == NGD_OK);
+    two_layers_make(&dst, "fc1");
+    two_layers_train(&dst, 2, 3); // tracks decided from 2-row statistics
+    CHECK(ngd_optim_steps(dst.o) == 3);
+    // a file saved undecided, whose second layer has another name: refused, nothing changed
+    two_layers_make(&other, "other");
+    CHECK(ngd_optim_save_mem(other.o, &bufo, &leno) == NGD_OK);
+    CHECK(ngd_optim_save_mem(dst.o, &bufd, &lend) == NGD_OK);
+    CHECK(ngd_optim_load_mem(dst.o, bufo, leno) == NGD_ERR_FORMAT);
+    CHECK(strstr(ngd_optim_errmsg(dst.o), "'other'") != NULL);
+    CHECK(ngd_optim_save_mem(dst.o, &bufd2, &lend2) == NGD_OK);
+    CHECK(lend2 == lend && memcmp(bufd, bufd2, lend) == 0);
+    // the matching file: loaded, and from there the same steps as a fresh optimizer
+    CHECK_MSG(ngd_optim_load_mem(dst.o, buf0, len0) == NGD_OK, "%s", ngd_optim_errmsg(dst.o));
+    CHECK(ngd_optim_steps(dst.o) == 0);
+    two_layers_make(&ref, "fc1");
+    memcpy(dst.W, ref.W, sizeof dst.W); // (the weights are the caller's, not the checkpoint's)
+    two_layers_train(&dst, 8, 5);       // 8 rows: other tracks than the first decision's
+    two_layers_train(&ref, 8, 5);
+    CHECK(memcmp(dst.W, ref.W, sizeof dst.W) == 0);
+    ngd_layer_health hd, hr;
+    CHECK(ngd_optim_layer_health(dst.o, 0, &hd) == NGD_OK);
+    CHECK(ngd_optim_layer_health(ref.o, 0, &hr) == NGD_OK);
+    CHECK(hd.rank_A == hr.rank_A && hd.rank_G == hr.rank_G);
+    CHECK(ngd_optim_state_bytes(dst.o) == ngd_optim_state_bytes(ref.o));
+    free(buf0), free(bufd), free(bufd2), free(bufo);
+    ngd_optim_free(init.o), ngd_optim_free(dst.o), ngd_optim_free(ref.o), ngd_optim_free(other.o);
+}
+
 // A writer killed mid-write (kill -9) leaves "<path>.tmp.<pid>" behind, as large as the
 // file; the next atomic write of the same path removes it when that pid is dead, and nothing
 // else: live writers' temporaries, other paths' and names not of exactly that form stay.
@@ -788,6 +827,7 @@ static const test_case TESTS[] = {
     TEST(singd_from_rows_should_resume),
     TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
     TEST(failed_load_should_leave_undecided_tracks_undecided),
+    TEST(checkpoint_before_any_step_should_load_into_a_stepped_optimizer),
     TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
     TEST(streamed_writer_should_write_the_bytes_of_the_memory_one),
     TEST(large_checkpoint_should_stream_and_round_trip),

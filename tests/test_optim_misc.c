@@ -82,6 +82,43 @@ static void unfold_should_match_a_naive_loop(void) {
     CHECK(ngd_conv_out_h(&bad) == 0 && ngd_unfold(&bad, 1, dummy, false, dummy) == NGD_ERR_ARG);
     bad = geoms[0], bad.dil2 = SIZE_MAX / 2 + 2;
     CHECK(ngd_conv_out_w(&bad) == 0);
+    // "0 on an invalid geometry" (ngd.h): groups that do not divide c_in, no groups, no
+    // channels, and c_in·h·w that would wrap (c_in 2^62 on 2x2: 0) are invalid for the output
+    // sizes too, not only for ngd_unfold
+    const ngd_conv_geom g0 = geoms[0];
+    CHECK(ngd_conv_out_h(&g0) != 0 && ngd_conv_out_w(&g0) != 0);
+    ngd_conv_geom inval[4] = {g0, g0, g0, g0};
+    inval[0].groups = 2, inval[1].groups = 0, inval[2].c_in = 0;
+    inval[3].c_in = inval[3].groups = (size_t)1 << 62, inval[3].h = inval[3].w = 2;
+    inval[3].k1 = inval[3].k2 = 1, inval[3].p1 = inval[3].p2 = 0;
+    for (int i = 0; i < 4; i++) {
+        CHECK_MSG(ngd_conv_out_h(&inval[i]) == 0 && ngd_conv_out_w(&inval[i]) == 0, "case %d", i);
+        CHECK(ngd_unfold(&inval[i], 1, dummy, false, dummy) == NGD_ERR_ARG);
+    }
+}
+
+// ngd_optim_observe_conv with a geometry whose c_in·h·w wraps to 0 and an x of 0 columns (it
+// matched the wrapped size, and the unfolding read past x): refused as an invalid geometry
+// before anything is read
+static void observe_conv_should_refuse_sizes_that_overflow(void) {
+    ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    float w[1] = {0}, gw[1] = {0}, x[4] = {1, 2, 3, 4}, g[4] = {1, 1, 1, 1};
+    ngd_layer L = {"c", w, gw, 1, 1, NULL, NULL, NULL};
+    int id = -1;
+    CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+    ngd_conv_geom geo = {(size_t)1 << 62, 2, 2, 1, 1, 1, 1, 0, 0, 1, 1, (size_t)1 << 62};
+    const ngd_matrix xm = {x, 1, 0, 0, NGD_F32}, gm = {g, 4, 1, 1, NGD_F32};
+    CHECK(ngd_optim_observe_conv(o, id, 1, &geo, xm, gm) == NGD_ERR_ARG);
+    CHECK_MSG(strstr(ngd_optim_errmsg(o), "invalid convolution geometry") != NULL, "%s",
+              ngd_optim_errmsg(o));
+    // a valid geometry whose batch x positions overflows: said so
+    ngd_conv_geom g1 = {1, 2, 2, 1, 1, 1, 1, 0, 0, 1, 1, 1};
+    const ngd_matrix x1 = {x, SIZE_MAX / 2, 4, 4, NGD_F32};
+    CHECK(ngd_optim_observe_conv(o, id, SIZE_MAX / 2, &g1, x1, gm) == NGD_ERR_ARG);
+    CHECK_MSG(strstr(ngd_optim_errmsg(o), "overflows") != NULL, "%s", ngd_optim_errmsg(o));
+    ngd_optim_free(o);
 }
 
 // ngd_optim_observe_conv (rows unfolded as libngd reads them) against ngd_optim_observe of
@@ -1183,6 +1220,7 @@ static const test_case TESTS[] = {
     TEST(observe_conv_should_fit_a_block_of_the_narrower_side),
     TEST(singd_from_conv_images_should_equal_the_gradient_path),
     TEST(observe_conv_should_refuse_bad_input),
+    TEST(observe_conv_should_refuse_sizes_that_overflow),
     TEST(overrides_should_equal_separate_optimizers),
     TEST(lr_cov_schedule_should_drive_the_factor_step),
     TEST(singd_should_refuse_non_finite_statistics),

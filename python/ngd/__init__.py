@@ -112,6 +112,12 @@ def _set_field(struct, name, value, what):
 
 def _enum(table, name, value):
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        # (a C enum: ctypes would keep the value mod 2^32, so that 2^32 + 1 chose 1)
+        if int(value) not in set(table.values()):
+            raise ValueError(
+                "%s: %d is not one of its values (%s)"
+                % (name, int(value), ", ".join("%r = %d" % (k, v) for k, v in table.items() if k is not None))
+            )
         return int(value)
     key = value.lower() if isinstance(value, str) else value
     if key not in table:
@@ -217,6 +223,8 @@ def make_config(method="singd", **options):
         elif k == "lr_cov_fn":
             if v is None:
                 cfg.lr_cov_fn = _lib.LR_COV_FN()
+            elif not callable(v):
+                raise TypeError("lr_cov_fn must be callable (step -> lr_cov) or None, not %r" % (v,))
             else:
                 # (an exception returns NaN, which fails the step before it changes anything;
                 #  step() then raises the exception)
@@ -227,6 +235,8 @@ def make_config(method="singd", **options):
         elif k == "log_fn":
             if v is None:
                 cfg.log_fn = _lib.LOG_FN()
+            elif not callable(v):
+                raise TypeError("log_fn must be callable (message -> None) or None, not %r" % (v,))
             else:
                 cb = _Callback(v, None, lambda f, user, msg: f(msg.decode(errors="replace")))
                 keep.append(cb)
@@ -525,7 +535,7 @@ class Optimizer:
         """True when the coming step updates a preconditioner (of `layer`, or of any)."""
         if layer is None:
             return bool(_lib.ngd_optim_wants_stats(self.handle))
-        return bool(_lib.ngd_optim_layer_wants_stats(self.handle, int(layer)))
+        return bool(_lib.ngd_optim_layer_wants_stats(self.handle, self._id(layer, "wants_stats")))
 
     def observe(self, layer, a, g, batch=None):
         """Hands layer `layer` its inputs a (rows x d_in) and output gradients g (rows x
@@ -534,7 +544,7 @@ class Optimizer:
         first dimension of `a` (1 for a 1-D `a`; give it for weight-shared rows passed as
         2-D)."""
         h = self.handle
-        layer = int(layer)
+        layer = self._id(layer, "observe")
         if layer not in self._layers:
             raise Error(_lib.ERR_LAYER, "observe: %d is not a layer id" % layer)
         d_out, d_in, _ = self._layers[layer]
@@ -581,8 +591,9 @@ class Optimizer:
         """Per-layer health (dict), or a list of them for every id when id is None."""
         if id is None:
             return [self.health(i) for i in range(len(self))]
+        id = self._id(id, "health")
         buf = (ctypes.c_char * (ctypes.sizeof(_lib.LayerHealth) + 1024))()
-        self._check(_lib.ngd_optim_layer_health(self.handle, int(id), buf), "health")
+        self._check(_lib.ngd_optim_layer_health(self.handle, id, buf), "health")
         hl = _lib.LayerHealth.from_buffer(buf)
         d = {f: getattr(hl, f) for f, _ in _lib.LayerHealth._fields_}
         d["name"] = d["name"].decode() if d["name"] else ""
@@ -620,9 +631,20 @@ class Optimizer:
         return out
 
     def _layer(self, layer, what):
-        if int(layer) not in self._layers:
+        if self._id(layer, what) not in self._layers:
             raise Error(_lib.ERR_LAYER, "%s: %r is not a layer id" % (what, layer))
         return self._layers[int(layer)]
+
+    def _id(self, id, what):
+        """A layer or parameter id as an int for a C int argument: an integer (numpy's too);
+        a bool, float or other type is a TypeError, and one outside the C int's range
+        ngd.Error(ERR_LAYER) (ctypes would keep 2^32 as 0, and int() 0.7 as 0). libngd
+        checks the rest."""
+        if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
+            raise TypeError("%s: an id is an integer, not %r" % (what, id))
+        if not -(2**31) <= int(id) < 2**31:
+            raise Error(_lib.ERR_LAYER, "%s: unknown id %d" % (what, int(id)))
+        return int(id)
 
     # --- checkpoints ---
 
@@ -655,11 +677,20 @@ class Optimizer:
 
 
 def _geom(c_in, h, w, kernel, stride=1, padding=0, dilation=1, groups=1):
-    def two(v):
-        return (v, v) if isinstance(v, int) else tuple(v)
+    def size(v, what):
+        return _int_in(v, 0, 2**63 - 1, what)
 
-    k, s, p, d = two(kernel), two(stride), two(padding), two(dilation)
-    return _lib.ConvGeom(c_in, h, w, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], groups)
+    def two(v, what):
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return (size(v, what), size(v, what))
+        if not isinstance(v, (tuple, list)) or len(v) != 2:
+            raise ValueError("%s must be an integer or a pair of integers, not %r" % (what, v))
+        return (size(v[0], what), size(v[1], what))
+
+    k, s, p, d = two(kernel, "kernel"), two(stride, "stride"), two(padding, "padding"), two(dilation, "dilation")
+    return _lib.ConvGeom(
+        size(c_in, "c_in"), size(h, "h"), size(w, "w"), k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], size(groups, "groups")
+    )
 
 
 def conv_out_size(c_in, h, w, kernel, stride=1, padding=0, dilation=1, groups=1):

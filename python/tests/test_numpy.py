@@ -349,6 +349,35 @@ def test_bad_integers_names_and_ids_are_python_errors(tmp_path):
             call()
     with pytest.raises(ngd.Error, match="unknown id 99"):  # libngd's own message, not an older one
         opt.health(99)
+    # ids beyond a C int are refused, not kept mod 2^32 (2^32 was entry 0); ids are integers
+    for call in (lambda: opt.health(2**32), lambda: opt.health(-(2**32)), lambda: opt.wants_stats(2**40)):
+        with pytest.raises(ngd.Error, match="unknown id"):
+            call()
+    assert opt.health(np.int64(i))["name"] == "fc"
+    for call in (lambda: opt.observe(0.7, np.ones((4, 3), np.float32), np.ones((4, 2), np.float32)),
+                 lambda: opt.health(0.0), lambda: opt.factor(True)):
+        with pytest.raises(TypeError, match="an id is an integer"):
+            call()
+    # a C enum given as an integer must be one of its values (ctypes kept it mod 2^32: 2^32 + 1
+    # chose 1, 'reduce' or bf16)
+    for opts in ({"loss_average": 2**32}, {"kfac_approx": 2**32 + 1}, {"factor_compute": -(2**32)},
+                 {"structure_K": {"kind": "dense", "dtype": 2**32 + 1}}):
+        with pytest.raises(ValueError, match="is not one of its values"):
+            ngd.make_config("singd", **opts)
+    with pytest.raises(ValueError, match="kfac.clip: 4294967296 is not one of its values"):
+        ngd.make_config("kfac", clip=2**32)
+    assert ngd.config_dict(ngd.make_config("singd", kfac_approx=1)[0])["kfac_approx"] == 1
+    # callbacks are checked when given, not when first called
+    for opt_name in ("lr_cov_fn", "log_fn"):
+        with pytest.raises(TypeError, match=opt_name + " must be callable"):
+            ngd.make_config("singd", **{opt_name: 3})
+    # convolution sizes: numpy integers are integers; a bad kernel says so
+    assert ngd.conv_out_size(3, 8, 8, np.int64(3), padding=1) == (8, 8)
+    assert ngd.unfold(np.ones((1, 2, 3, 3), np.float32), np.int64(2)).shape == (4, 8)
+    with pytest.raises(ValueError, match="kernel must be an integer or a pair"):
+        ngd.unfold(np.ones((1, 2, 3, 3), np.float32), (2,))
+    with pytest.raises(ValueError, match="stride = -1 is out of range"):
+        ngd.conv_out_size(3, 8, 8, 3, stride=-1)
     with pytest.raises(ngd.Error, match="layer name of 300 bytes"):
         opt.add_layer(np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32), name="x" * 300)
     path = os.fsencode(str(tmp_path / "o.ckpt"))

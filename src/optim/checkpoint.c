@@ -285,6 +285,8 @@ static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char
             if ((s = parse(o, path, &r, false)) == NGD_OK) {
                 ngd_rbuf r2 = {data, len, 0, false};
                 s = parse(o, path, &r2, true);
+                for (size_t i = 0; s == NGD_OK && o->ops->load_commit && i < o->n; i++)
+                    if (o->e[i].kind == NGD_ENTRY_LAYER) o->ops->load_commit(&o->e[i]);
                 for (size_t i = 0; s == NGD_OK && o->ops->loaded && i < o->n; i++)
                     if (o->e[i].kind == NGD_ENTRY_LAYER && o->e[i].ms && o->e[i].h.updates)
                         o->ops->loaded(&o->e[i]);

@@ -150,7 +150,10 @@ static size_t parse_size(const char *s, const char **end) {
 
 ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out) {
     if (!name || !out) return NGD_ERR_ARG;
-    ngd_factor_spec f = {NGD_STRUCT_DENSE, 30, 15, 15, out->dtype};
+    // (dtype is the caller's choice, kept; a value that is no dtype, such as an uninitialised
+    //  local's, becomes f32 rather than a spec that validation then refuses)
+    const ngd_dtype dt = out->dtype == NGD_BF16 ? NGD_BF16 : NGD_F32;
+    ngd_factor_spec f = {NGD_STRUCT_DENSE, 30, 15, 15, dt};
     const char *end;
     // the official spellings with sizes: block<B>diagonal, hierarchical<K1>_<K2>
     if (strncmp(name, "block", 5) == 0 && name[5] >= '0' && name[5] <= '9') {

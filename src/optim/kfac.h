@@ -98,6 +98,13 @@ typedef struct {
     float inv_lam[2];
     uint32_t inv_loads;
     uint8_t inv_ok;
+    // A load of a checkpoint saved before the layer's tracks were decided, into a layer that
+    // has decided them: the checking pass sets the layer undecided and keeps its factors and
+    // #meta here, for kfac_load_undo to put back if the load fails, kfac_load_commit to free
+    // once it succeeded (never kept past the load)
+    kf_factor stash[2];
+    kf_meta stash_meta;
+    uint8_t stashed;
 } kf_state;
 
 // A side's damping is at least this (1/λ of both sides then stays below float's 3.4e38): a

@@ -34,6 +34,7 @@ static void kfac_free(ngd_entry *e) {
     if (!s) return;
     kf_factor_free(&s->f[KF_A]);
     kf_factor_free(&s->f[KF_G]);
+    if (s->stashed) kf_factor_free(&s->stash[KF_A]), kf_factor_free(&s->stash[KF_G]);
     ngd_free(s->inv[KF_A]);
     ngd_free(s->inv[KF_G]);
     ngd_free(s);
@@ -655,6 +656,24 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
         s->meta.decided = 0; // kf_apply_tracks sets it once the state is allocated
         return kf_apply_tracks(o, e);
     }
+    if (s->meta.decided && !m.decided && !s->stashed) {
+        // saved before its first statistics (a B layer's tracks are chosen there): the layer
+        // becomes undecided as it was then, and decides again at its next statistics; its
+        // factors are kept aside until the load has succeeded (kfac_load_undo, _commit)
+        for (int j = 0; j < 2; j++) {
+            s->stash[j] = s->f[j];
+            memset(&s->f[j], 0, sizeof s->f[j]);
+            s->f[j].d = s->stash[j].d;
+        }
+        s->stash_meta = s->meta;
+        s->stashed = 1;
+        s->meta = m;
+        ngd_free(s->inv[KF_A]), ngd_free(s->inv[KF_G]); // (derived: formed again when needed)
+        s->inv[KF_A] = s->inv[KF_G] = NULL;
+        s->inv_ok = 0;
+        o->planned = false;
+        return NGD_OK;
+    }
     if (s->meta.decided != m.decided ||
         (m.decided && (s->meta.track[0] != m.track[0] || s->meta.track[1] != m.track[1])))
         return ngd_optim_fail(o, NGD_ERR_FORMAT,
@@ -669,6 +688,14 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
     return NGD_OK;
 }
 
+// A successful load: factors kept aside for an undo are freed
+static void kfac_load_commit(ngd_entry *e) {
+    kf_state *s = e->ms;
+    if (!s || !s->stashed) return;
+    kf_factor_free(&s->stash[KF_A]), kf_factor_free(&s->stash[KF_G]);
+    s->stashed = 0;
+}
+
 // A failed load's undo: a layer that took the saved tracks goes back to undecided (its
 // factors freed, as kf_apply_tracks leaves them on failure); a decided one gets back its
 // flags (row buffers it grew keep their capacity, which changes no result)
@@ -677,6 +704,14 @@ static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
     kf_meta b;
     memcpy(&b, before, sizeof b);
     s->redecide = 0;
+    if (s->stashed) { // (made undecided by this load: its factors back, as they were)
+        kf_factors_undecided(s);
+        s->f[KF_A] = s->stash[KF_A], s->f[KF_G] = s->stash[KF_G];
+        s->meta = s->stash_meta;
+        s->stashed = 0;
+        o->planned = false;
+        return;
+    }
     if (!b.decided && s->meta.decided) {
         kf_factors_undecided(s);
         s->meta = b;
@@ -726,8 +761,9 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
         .loaded = kf_health, .rescale = kfac_rescale, .load_meta = kfac_load_meta,                 \
-        .load_undo = kfac_load_undo, .factor_dense = kfac_factor_dense, .combine = kfac_combine,   \
-        .work = kfac_work, .publish = kfac_publish, .update_heavy = kfac_heavy,                    \
+        .load_undo = kfac_load_undo, .load_commit = kfac_load_commit,                              \
+        .factor_dense = kfac_factor_dense, .combine = kfac_combine, .work = kfac_work,             \
+        .publish = kfac_publish, .update_heavy = kfac_heavy,                                       \
     }
 
 const ngd_method_ops ngd_kfac_ops = KFAC_OPS("kfac");

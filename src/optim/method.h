@@ -195,6 +195,9 @@ typedef struct ngd_method_ops {
     // undoes what load_meta changed when the load fails after it (the checking pass found a
     // later mismatch): `before` holds the '#' array's values from before the load
     void (*load_undo)(ngd_optim *o, ngd_entry *e, const uint64_t *before);
+    // (optional) after a successful load, for every layer: drops what load_meta kept for an
+    // undo
+    void (*load_commit)(ngd_entry *e);
     // (optional) after a successful load: the health readouts that derive from the state (the
     // factors' traces, norms and ranks), as the update that made it left them, so that a
     // resumed run reports what an uninterrupted one does. May allocate; on failure leaves them.

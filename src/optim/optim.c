@@ -498,11 +498,18 @@ ngd_status ngd_optim_observe_conv(ngd_optim *o, int layer, size_t batch, const n
     if (batch == 0) return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': batch is 0", nm);
     ngd_unfold_src u;
     if (!ngd_unfold_src_init(&u, geom, batch, x)) {
-        if (x.rows != batch || x.cols != geom->c_in * geom->h * geom->w || x.ld < x.cols)
+        // (a valid geometry's c_in·h·w is a size: ngd_conv_out_h says 0 where it would wrap)
+        const bool valid = ngd_conv_out_h(geom) && ngd_conv_out_w(geom);
+        if (valid && (x.rows != batch || x.cols != geom->c_in * geom->h * geom->w || x.ld < x.cols))
             return ngd_optim_fail(o, NGD_ERR_SHAPE,
                                   "layer '%s': x is %zu x %zu (ld %zu), expected batch %zu rows "
                                   "of c_in*h*w = %zu",
                                   nm, x.rows, x.cols, x.ld, batch, geom->c_in * geom->h * geom->w);
+        if (valid)
+            return ngd_optim_fail(o, NGD_ERR_ARG,
+                                  "layer '%s': batch %zu times the %zu x %zu output positions "
+                                  "overflows a size",
+                                  nm, batch, ngd_conv_out_h(geom), ngd_conv_out_w(geom));
         return ngd_optim_fail(o, NGD_ERR_ARG,
                               "layer '%s': invalid convolution geometry (c_in %zu, groups %zu, "
                               "input %zux%zu, kernel %zux%zu, stride %zux%zu, padding %zux%zu, "

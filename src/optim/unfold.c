@@ -28,11 +28,26 @@ static size_t out_size(size_t in, size_t k, size_t s, size_t p, size_t dil) {
     return (in + 2 * p - span) / s + 1;
 }
 
+// A geometry the header allows (groups >= 1 dividing c_in >= 1, outputs of at least one
+// pixel), with c_in and groups bounded as out_size bounds the rest, so that c_in·h·w,
+// c_in·k1·k2 and oh·ow are sizes without overflow
+static bool geom_valid(const ngd_conv_geom *g) {
+    if (!g || g->groups == 0 || g->c_in == 0 || g->c_in > GEOM_MAX || g->c_in % g->groups)
+        return false;
+    const size_t oh = out_size(g->h, g->k1, g->s1, g->p1, g->dil1);
+    const size_t ow = out_size(g->w, g->k2, g->s2, g->p2, g->dil2);
+    int ok = 1;
+    (void)ngd_mul_size(ngd_mul_size(g->c_in, g->h, &ok), g->w, &ok);
+    (void)ngd_mul_size(ngd_mul_size(g->c_in, g->k1, &ok), g->k2, &ok);
+    (void)ngd_mul_size(oh, ow, &ok);
+    return oh && ow && ok;
+}
+
 size_t ngd_conv_out_h(const ngd_conv_geom *g) {
-    return g ? out_size(g->h, g->k1, g->s1, g->p1, g->dil1) : 0;
+    return geom_valid(g) ? out_size(g->h, g->k1, g->s1, g->p1, g->dil1) : 0;
 }
 size_t ngd_conv_out_w(const ngd_conv_geom *g) {
-    return g ? out_size(g->w, g->k2, g->s2, g->p2, g->dil2) : 0;
+    return geom_valid(g) ? out_size(g->w, g->k2, g->s2, g->p2, g->dil2) : 0;
 }
 
 // Input value i of sample xn, f32 or bf16 (exact: bf16 widens to f32 without rounding)
@@ -120,10 +135,7 @@ static void unfold_mean(const ngd_conv_geom *g, const void *xn, bool b16, size_t
         row[j] *= inv;
 }
 
-static bool geom_ok(const ngd_conv_geom *g) {
-    return g && g->groups != 0 && g->c_in != 0 && g->c_in % g->groups == 0 &&
-           ngd_conv_out_h(g) != 0 && ngd_conv_out_w(g) != 0;
-}
+static bool geom_ok(const ngd_conv_geom *g) { return geom_valid(g); }
 
 ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool reduce,
                       float *out) {
@@ -153,10 +165,13 @@ ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool
 // ---- a convolution's rows unfolded as they are read (ngd_optim_observe_conv) ----
 
 bool ngd_unfold_src_init(ngd_unfold_src *u, const ngd_conv_geom *g, size_t batch, ngd_matrix x) {
+    int ok = 1; // (batch·oh·ow, the statistics' rows, is a size too)
     if (!geom_ok(g) || batch == 0 || !x.data || x.rows != batch ||
         (x.dtype != NGD_F32 && x.dtype != NGD_BF16) || x.cols != g->c_in * g->h * g->w ||
         x.ld < x.cols)
         return false;
+    (void)ngd_mul_size(batch, ngd_conv_out_h(g) * ngd_conv_out_w(g), &ok);
+    if (!ok) return false;
     u->g = *g;
     u->x = x;
     u->oh = ngd_conv_out_h(g), u->ow = ngd_conv_out_w(g);
