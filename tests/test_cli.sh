@@ -93,6 +93,8 @@ rmdir "$tmp/dir.svg"
 rm -f "$tmp/keep.svg"
 expect_rc 1 "plot of a folder" "$NGD" plot "$tmp" -o "$tmp/p.svg"
 expect_msg "$tmp: is a folder, not a file" "plot of a folder: message"
+expect_rc 2 "ngd help with too many words" "$NGD" help bench step extra
+expect_msg "ngd help takes a command and, for bench, a subcommand (got 3 words)" "ngd help with too many words: message"
 expect_rc 0 "ngd help bench step" "$NGD" help bench step
 expect_msg "usage: ngd bench step" "ngd help bench step prints that subcommand's help"
 expect_rc 2 "ngd help train extra" "$NGD" help train extra

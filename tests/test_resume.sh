@@ -72,6 +72,10 @@ printf '%s\n' "$out" | grep -q "cut" && bad "branch: records were cut" || ok
 # a limit already spent where the run resumes: said (it counts the run in all)
 expect_rc 0 "resume past --max-steps" "$NGD" train $C --epochs 3 --log "$D/m.jsonl" --checkpoint "$D/m31.ckpt" --resume "$D/m31.ckpt" --max-steps 10
 expect_msg "no training to do: the resumed run is at step 31, --max-steps 10" "resume past --max-steps says so"
+# ... and a new --checkpoint it then does not write is said too (it was silent)
+expect_rc 0 "resume past --max-steps into a new checkpoint" "$NGD" train $C --epochs 3 --log "$D/m.jsonl" --checkpoint "$D/m-new.ckpt" --resume "$D/m31.ckpt" --max-steps 10
+expect_msg "note: --checkpoint $D/m-new.ckpt was not written: no step was trained (--resume $D/m31.ckpt holds this state)" "nothing trained: the new checkpoint's note"
+[ ! -e "$D/m-new.ckpt" ] && ok || bad "nothing trained: a new checkpoint was written"
 
 # "no training to do" logs the run's fractional epoch (a checkpoint at step 40 is 1.29 epochs)
 expect_rc 0 "run to step 40" "$NGD" train $C --epochs 3 --log "$D/f.jsonl" --checkpoint "$D/f.ckpt" --max-steps 40 --quiet
@@ -141,7 +145,7 @@ expect_msg "and those that shape its state (--rank," "--rank 8: the hint names -
 # keeps those as LOG.prev: nothing of a forgotten --resume is lost)
 sum_ck=$(md5sum < "$D/r.ckpt") sum_log=$(md5sum < "$D/r.jsonl")
 expect_rc 0 "new run on an earlier checkpoint" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/r.ckpt" --log "$D/r.jsonl"
-expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this run's first save keeps it as $D/r.ckpt.prev (to continue that run instead, stop this one and add --resume $D/r.ckpt; once this one has saved, --resume $D/r.ckpt.prev --log $D/r.jsonl.prev)" "forgotten --resume: the note"
+expect_msg "note: --checkpoint $D/r.ckpt holds an earlier run; this run's first record keeps it as $D/r.ckpt.prev, with its log (to continue that run instead, stop this one and add --resume $D/r.ckpt; once this one has logged, --resume $D/r.ckpt.prev --log $D/r.jsonl.prev)" "forgotten --resume: the note"
 expect_msg "note: --log $D/r.jsonl holds an earlier run's records; this run's first record keeps them as $D/r.jsonl.prev" "forgotten --resume: the log's note"
 [ "$(md5sum < "$D/r.ckpt.prev")" = "$sum_ck" ] && ok || bad "forgotten --resume: the earlier checkpoint is not kept as .prev"
 [ "$(md5sum < "$D/r.jsonl.prev")" = "$sum_log" ] && ok || bad "forgotten --resume: the earlier log is not kept as .prev"
@@ -149,8 +153,15 @@ expect_msg "note: --log $D/r.jsonl holds an earlier run's records; this run's fi
 # one generation is kept: a further new run says that the older .prev there goes
 for f in ckpt ckpt.prev jsonl jsonl.prev; do cp "$D/r.$f" "$D/q.$f"; done
 expect_rc 0 "a second new run on the same paths" "$NGD" train $C --epochs 1 --max-steps 2 --checkpoint "$D/q.ckpt" --log "$D/q.jsonl"
-expect_msg "this run's first save keeps it as $D/q.ckpt.prev in place of the older one there (to continue" "a second new run: the checkpoint's note"
+expect_msg "this run's first record keeps it as $D/q.ckpt.prev in place of the older one there, with its log (to continue" "a second new run: the checkpoint's note"
 expect_msg "this run's first record keeps them as $D/q.jsonl.prev in place of the older one there" "a second new run: the log's note"
+# a new run that logs but never saves (--epochs 0 evaluates and logs) keeps the earlier
+# checkpoint with the earlier log: the two .prev files are one run's (the log alone was kept,
+# and the note's --resume PATH.prev --log LOG.prev paired two runs)
+for f in ckpt jsonl; do cp "$D/r.$f" "$D/p.$f"; done
+sum_ck=$(md5sum < "$D/p.ckpt") sum_log=$(md5sum < "$D/p.jsonl")
+expect_rc 0 "a new run that logs and never saves" "$NGD" train $C --epochs 0 --max-steps 0 --checkpoint "$D/p.ckpt" --log "$D/p.jsonl"
+[ "$(md5sum < "$D/p.ckpt.prev")" = "$sum_ck" ] && [ "$(md5sum < "$D/p.jsonl.prev")" = "$sum_log" ] && ok || bad "a run that logs and never saves: the .prev files are not the earlier run's checkpoint and log"
 # a resume into another run's checkpoint keeps that one too
 cp "$D/r.ckpt" "$D/r4.ckpt"
 expect_rc 0 "resume into another run's checkpoint" "$NGD" train $C --optim bkfac --epochs 1 --max-steps 4 --resume "$D/r.ckpt.prev" --checkpoint "$D/r4.ckpt" --log "$D/r3.jsonl"

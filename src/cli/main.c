@@ -281,6 +281,11 @@ int main(int argc, char **argv) {
         cli_error("run 'ngd --help' for the list of commands", "unknown command '%s'", argv[2]);
         return NGD_EXIT_USAGE;
     }
+    if (!strcmp(argv[1], "help") && argc > 4) { // (printed the usage, exit 0)
+        cli_error("e.g. ngd help train, ngd help bench step",
+                  "ngd help takes a command and, for bench, a subcommand (got %d words)", argc - 2);
+        return NGD_EXIT_USAGE;
+    }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return NGD_EXIT_OK;

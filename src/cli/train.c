@@ -340,10 +340,12 @@ int train_run(const train_opts *t, bool eval_only) {
     if (dl) return dl == -2 ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
     // ngd eval: no batch larger than the test set (the model and the buffers are sized for it:
     // --batch 100000000 was the model's "out of memory"), nor, for text, than the validation
-    // text's windows (its 32 batches are windows drawn from them: --batch 100000 of a 2000-
-    // character text ran for minutes towards 12 GB)
+    // text's windows shared among its TEXT_EVAL_BATCHES batches (drawn from those windows:
+    // --batch 100000 of a 2000-character text ran for minutes towards 12 GB, and a cap of all
+    // the windows a batch still grew past 4 GB on Tiny Shakespeare's 111,523)
     const size_t nvt = t->text ? d.text.n - d.text.n_train : 0;
-    const size_t most = !t->text ? d.test.n : nvt > t->context + 1 ? nvt - t->context : 1;
+    const size_t wins = nvt > t->context + 1 ? nvt - t->context : 1;
+    const size_t most = !t->text ? d.test.n : (wins + TEXT_EVAL_BATCHES - 1) / TEXT_EVAL_BATCHES;
     train_opts capped;
     if (eval_only && most > 0 && t->batch > most) {
         capped = *t;
@@ -408,13 +410,21 @@ int train_run(const train_opts *t, bool eval_only) {
         goto done;
     }
     nn_status ns = nn_model_create(&m, &mc, err, sizeof err);
-    if (ns != NN_OK) { // (out of memory: the activations of one batch did not fit)
-        cli_error(ns == NN_ERR_ARG ? "run 'ngd train --help' for the models"
-                  : ns == NN_ERR_NOMEM
-                      ? (t->text ? "a batch's activations did not fit: use a smaller --batch or "
-                                   "--context (attention holds context² values a head)"
-                                 : "a batch's activations did not fit: use a smaller --batch")
-                      : NULL,
+    if (ns != NN_OK) { // (out of memory: the parameters or one batch's activations)
+        // (with --widths given the parameters may be what did not fit: --batch 1 --widths
+        //  1000000000 was told to use a smaller --batch)
+        const char *oom =
+            t->nwidths
+                ? (t->text ? "the model's parameters or a batch's activations did not fit: use "
+                             "smaller --widths, or a smaller --batch or --context"
+                           : "the model's parameters or a batch's activations did not fit: use "
+                             "smaller --widths or a smaller --batch")
+                : (t->text ? "a batch's activations did not fit: use a smaller --batch or "
+                             "--context (attention holds context² values a head)"
+                           : "a batch's activations did not fit: use a smaller --batch");
+        cli_error(ns == NN_ERR_ARG     ? "run 'ngd train --help' for the models"
+                  : ns == NN_ERR_NOMEM ? oom
+                                       : NULL,
                   "%s", err);
         rc = ns == NN_ERR_ARG ? NGD_EXIT_USAGE : NGD_EXIT_FAIL;
         goto done;
@@ -819,6 +829,12 @@ int train_run(const train_opts *t, bool eval_only) {
                 "ngd train: note: --log %s already ends with this run's summary at step %zu: "
                 "nothing is appended\n",
                 logpath, rs.step);
+    if (rc == NGD_EXIT_OK && !t->quiet && t->ckpt && t->resume && saved_step == SIZE_MAX &&
+        rs.step == step0 && strcmp(t->ckpt, t->resume) != 0) // (it was silent)
+        fprintf(stderr,
+                "ngd train: note: --checkpoint %s was not written: no step was trained (--resume "
+                "%s holds this state)\n",
+                t->ckpt, t->resume);
     double wall = train_now_s() - t_start;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "type", "summary");

@@ -114,7 +114,13 @@ int trainckpt_check_target(const char *path) {
                   "--checkpoint %s: folder %s: %s", path, dir,
                   errno ? strerror(errno) : "not a folder");
         rc = -1;
-    } else if (access(dir, W_OK | X_OK) != 0 || cli_probe_output(path) != 0) {
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        cli_error("give --checkpoint a path in a folder you can write",
+                  "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
+        rc = -1;
+    } else if (cli_probe_output(path) != 0) {
+        // (a folder the permissions allow may still refuse files: /proc said "folder /proc is
+        //  not writable: No such file or directory")
         if (errno == ENAMETOOLONG) // (the temporary file's name, PATH.tmp.<pid>, is longer)
             cli_error("give --checkpoint a shorter file name",
                       "--checkpoint %s: the name with '.tmp.<pid>' (the temporary file written "
@@ -122,7 +128,7 @@ int trainckpt_check_target(const char *path) {
                       path);
         else
             cli_error("give --checkpoint a path in a folder you can write",
-                      "--checkpoint %s: folder %s is not writable: %s", path, dir, strerror(errno));
+                      "--checkpoint %s: cannot create a file there: %s", path, strerror(errno));
         rc = -1;
     }
     free(copy);

@@ -74,6 +74,8 @@ static int copy_to_prev(const char *path) {
     return ok ? 0 : -1;
 }
 
+static void keep_ckpt_with_log(void);
+
 // Writes one record and flushes it. Returns -1 when the log cannot be written (a full disk,
 // /dev/full), with an error naming it the first time.
 int trainlog_line(FILE *f, const char *path, cJSON *o) {
@@ -90,6 +92,8 @@ int trainlog_line(FILE *f, const char *path, cJSON *o) {
                     "ngd train: warning: --log %s: the earlier run's records could not be kept "
                     "as %s.prev (%s): this run replaces them\n",
                     path, path, strerror(errno));
+        else if (reg && log_keep && sb.st_size > 0)
+            keep_ckpt_with_log(); // (LOG.prev and PATH.prev are the same earlier run's)
         if (reg && ftruncate(fileno(f), 0) != 0) {
             cli_error("give --log another file", "--log %s: %s", path, strerror(errno));
             cJSON_Delete(o);
@@ -403,6 +407,16 @@ void trainlog_keep_end(bool saved) {
     }
 }
 
+// The earlier run's checkpoint kept as PATH.prev when its log is kept as LOG.prev, at this
+// run's first record, not at its first save: a run that logged but never saved (one that
+// diverged, --epochs 0) had made LOG.prev of the earlier run and left PATH.prev of the one
+// before, and the note's "--resume PATH.prev --log LOG.prev" paired two runs
+static void keep_ckpt_with_log(void) {
+    if (!ckpt_keep) return;
+    trainlog_keep_begin();
+    trainlog_keep_end(true);
+}
+
 // The log's target: an existing log must be writable, a new one's folder (runs/ by default,
 // made at the start: then the current folder) must exist and be writable. true after an
 // error naming it.
@@ -535,13 +549,19 @@ int train_check_outputs(const train_opts *t) {
                     "ngd train: note: --checkpoint %s holds another run; this run's first save "
                     "keeps it as %s%s\n",
                     t->ckpt, cprev, cold);
+        else if (!t->quiet && lprev && log_keep) // (kept with the log: keep_ckpt_with_log)
+            fprintf(stderr,
+                    "ngd train: note: --checkpoint %s holds an earlier run; this run's first "
+                    "record keeps it as %s%s, with its log (to continue that run instead, stop "
+                    "this one and add --resume %s; once this one has logged, --resume %s --log "
+                    "%s)\n",
+                    t->ckpt, cprev, cold, t->ckpt, cprev, lprev);
         else if (!t->quiet)
             fprintf(stderr,
                     "ngd train: note: --checkpoint %s holds an earlier run; this run's first save "
                     "keeps it as %s%s (to continue that run instead, stop this one and add "
-                    "--resume %s; once this one has saved, --resume %s%s%s)\n",
-                    t->ckpt, cprev, cold, t->ckpt, cprev, lprev && log_keep ? " --log " : "",
-                    lprev && log_keep ? lprev : "");
+                    "--resume %s; once this one has saved, --resume %s)\n",
+                    t->ckpt, cprev, cold, t->ckpt, cprev);
     }
     free(cprev), free(lprev);
     return rc;

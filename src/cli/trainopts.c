@@ -157,10 +157,11 @@ static const cli_opt OPTS[] = {
 static const cli_opt EVAL_OPTS[] = {
     {"resume", 1, O_RESUME, "FILE", "the training checkpoint to evaluate (required)"},
     {"data-dir", 1, O_DATADIR, "DIR",
-     "folder of the data files (default: the folder train uses, as ngd train --help lists)"},
+     "folder of the data files (default: the folder train uses, as ngd train --help lists); "
+     "images: the training files too, whose mean and deviation normalise the inputs"},
     {"batch", 1, O_BATCH, "N",
-     "evaluation batch (default: the run's; at most the test set, text: windows per batch, at "
-     "most the validation text's)"},
+     "evaluation batch (default: the run's; at most the test set; text: windows per batch, at "
+     "most the validation text's windows / 32, as the evaluation takes 32 batches)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"seed", 1, O_SEED, "N", "seed of the text sample printed after a text model's eval (0)"},
     {"model", 1, O_MODEL, "NAME", "check that the checkpoint is of this model"},
@@ -345,17 +346,32 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         switch (c) {
         case O_MODEL: t->model = optarg; break;
         case O_DATA: t->data = optarg; break;
-        case O_DATADIR: t->data_dir = optarg; break;
-        case O_OPTIM: break;
-        case O_LOG:
-            if (!*optarg) { // (as --checkpoint: not "--log : No such file or directory")
-                cli_error("give --log a file name", "--log: empty path");
+        case O_DATADIR:
+            if (!*optarg) { // (it was taken as "/": "no /train-images-idx3-ubyte")
+                cli_error("give --data-dir a folder, or leave it out for the default",
+                          "--data-dir: empty path");
                 return NGD_EXIT_USAGE;
             }
-            t->log = optarg;
+            t->data_dir = optarg;
             break;
-        case O_CKPT: t->ckpt = optarg; break;
-        case O_RESUME: t->resume = optarg; break;
+        case O_OPTIM: break;
+        case O_LOG:
+        case O_CKPT:
+        case O_RESUME:
+            if (!*optarg) { // (not "--log : No such file or directory"; usage errors all three)
+                cli_error(c == O_LOG    ? "give --log a file name"
+                          : c == O_CKPT ? "give --checkpoint a file name"
+                                        : "give --resume a checkpoint file",
+                          "--%s: empty path",
+                          c == O_LOG    ? "log"
+                          : c == O_CKPT ? "checkpoint"
+                                        : "resume");
+                return NGD_EXIT_USAGE;
+            }
+            if (c == O_LOG) t->log = optarg;
+            if (c == O_CKPT) t->ckpt = optarg;
+            if (c == O_RESUME) t->resume = optarg;
+            break;
         case O_NESTEROV: t->cfg.nesterov = true; break;
         case O_KFACLIKE: t->cfg.kfac_like = true, t->cfg.alpha1 = 0; break;
         case O_NORMCOV: t->cfg.normalize_lr_cov = true; break;
@@ -391,8 +407,10 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
                 const size_t n = strcspn(p, ",");
                 char tok[24] = "";
                 if (n < sizeof tok) memcpy(tok, p, n), tok[n] = '\0';
-                if (t->nwidths == NN_MODEL_MAX_WIDTHS || n == 0 || n >= sizeof tok ||
-                    !cli_is_decimal(tok, true) || parse_z(nm, tok, &z) || z == 0) {
+                const bool num = t->nwidths < NN_MODEL_MAX_WIDTHS && n > 0 && n < sizeof tok &&
+                                 cli_is_decimal(tok, true);
+                if (num && parse_z(nm, tok, &z)) return -1; // (it said why: too large)
+                if (!num || z == 0) {
                     cli_error("e.g. --widths 256,128",
                               "--widths '%s': give 1 to %d whole numbers "
                               ">= 1, separated by commas",

@@ -251,8 +251,9 @@ int train_check_pairs(const train_opts *t, const cli_opt *opts, const bool *give
                  model_linear_only(t->model))
             why = id == O_APPROX ? "--kfac-approx is for convolutions and sequences, which "
                                    "this model does not have"
-                                 : "the model has no plain parameters (every layer is "
-                                   "Kronecker-factored) for --param-optim, --param-lr, --param-wd",
+                                 : "the model has no plain parameters (norm scales, "
+                                   "embeddings: its every layer is a Linear one) for "
+                                   "--param-optim, --param-lr, --param-wd",
             hint = "drop it";
         else if (id == O_CKPTEVERY && !t->ckpt)
             why = "--checkpoint-every needs --checkpoint", hint = "add --checkpoint FILE";

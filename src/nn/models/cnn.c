@@ -88,10 +88,15 @@ static nn_status cnn_create(nn_model *m, const nn_model_cfg *cfg, char *err, siz
         for (int j = 0; j < 2; j++) {
             size_t k = p->nconv++;
             ngd_conv_geom g = {c, h, w, 3, 3, 1, 1, 1, 1, 1, 1, 1};
-            if (!chans[s] || nn_conv2d_init(&p->conv[k], &g, chans[s], true, B, &rng) != NN_OK ||
-                (cfg->bf16 && nn_conv2d_use_bf16(&p->conv[k]) != NN_OK) ||
+            if (!chans[s]) goto bad;
+            // (a failure past the shape checks is memory: --widths 100000 was said to be
+            //  "input too small", a usage error)
+            const nn_status cs = nn_conv2d_init(&p->conv[k], &g, chans[s], true, B, &rng);
+            if (cs == NN_ERR_NOMEM) goto oom;
+            if (cs != NN_OK) goto bad;
+            if ((cfg->bf16 && nn_conv2d_use_bf16(&p->conv[k]) != NN_OK) ||
                 nn_batchnorm_init(&p->bn[k], chans[s], h * w, B) != NN_OK)
-                goto bad;
+                goto oom;
             c = chans[s];
             size_t n = B * c * h * w;
             maxact = n > maxact ? n : maxact;
