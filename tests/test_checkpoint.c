@@ -487,6 +487,18 @@ static void two_layers_train(two_layers *n, size_t rows, int steps) {
     }
 }
 
+// dst and ref trained alike from here (8-row statistics, 5 steps): the same weights, bit for
+// bit, and the same ranks
+static void two_layers_same_from_here(two_layers *dst, two_layers *ref) {
+    two_layers_train(dst, 8, 5); // 8 rows: other tracks than a 2-row decision's
+    two_layers_train(ref, 8, 5);
+    CHECK(memcmp(dst->W, ref->W, sizeof dst->W) == 0);
+    ngd_layer_health hd, hr;
+    CHECK(ngd_optim_layer_health(dst->o, 0, &hd) == NGD_OK);
+    CHECK(ngd_optim_layer_health(ref->o, 0, &hr) == NGD_OK);
+    CHECK(hd.rank_A == hr.rank_A && hd.rank_G == hr.rank_G);
+}
+
 static void failed_load_should_leave_undecided_tracks_undecided(void) {
     two_layers src, dst, ref;
     two_layers_make(&src, "other");
@@ -499,13 +511,7 @@ static void failed_load_should_leave_undecided_tracks_undecided(void) {
     CHECK(ngd_optim_load_mem(dst.o, buf, len) == NGD_ERR_FORMAT);
     CHECK(strstr(ngd_optim_errmsg(dst.o), "'other'") != NULL);
     CHECK(ngd_optim_state_bytes(dst.o) == ngd_optim_state_bytes(ref.o));
-    two_layers_train(&dst, 8, 5); // 8 rows: other tracks than the file's
-    two_layers_train(&ref, 8, 5);
-    CHECK(memcmp(dst.W, ref.W, sizeof dst.W) == 0);
-    ngd_layer_health hd, hr;
-    CHECK(ngd_optim_layer_health(dst.o, 0, &hd) == NGD_OK);
-    CHECK(ngd_optim_layer_health(ref.o, 0, &hr) == NGD_OK);
-    CHECK(hd.rank_A == hr.rank_A && hd.rank_G == hr.rank_G);
+    two_layers_same_from_here(&dst, &ref);
     free(buf);
     ngd_optim_free(src.o), ngd_optim_free(dst.o), ngd_optim_free(ref.o);
 }
@@ -537,13 +543,7 @@ static void checkpoint_before_any_step_should_load_into_a_stepped_optimizer(void
     CHECK(ngd_optim_steps(dst.o) == 0);
     two_layers_make(&ref, "fc1");
     memcpy(dst.W, ref.W, sizeof dst.W); // (the weights are the caller's, not the checkpoint's)
-    two_layers_train(&dst, 8, 5);       // 8 rows: other tracks than the first decision's
-    two_layers_train(&ref, 8, 5);
-    CHECK(memcmp(dst.W, ref.W, sizeof dst.W) == 0);
-    ngd_layer_health hd, hr;
-    CHECK(ngd_optim_layer_health(dst.o, 0, &hd) == NGD_OK);
-    CHECK(ngd_optim_layer_health(ref.o, 0, &hr) == NGD_OK);
-    CHECK(hd.rank_A == hr.rank_A && hd.rank_G == hr.rank_G);
+    two_layers_same_from_here(&dst, &ref);
     CHECK(ngd_optim_state_bytes(dst.o) == ngd_optim_state_bytes(ref.o));
     free(buf0), free(bufd), free(bufd2), free(bufo);
     ngd_optim_free(init.o), ngd_optim_free(dst.o), ngd_optim_free(ref.o), ngd_optim_free(other.o);
