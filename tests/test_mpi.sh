@@ -233,6 +233,26 @@ done
 # shellcheck disable=SC2086
 out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B --quiet : -np 1 "$NGD" train $B --threads 1 --log "$D/mm1.jsonl" 2>&1); rc=$?
 [ "$rc" -eq 0 ] && ok || { bad "ranks differing in --quiet and --log only: exit $rc"; printf '%s\n' "$out" | tail -3; }
+# ... and the same data (each may read its own copy): a training set of another size ran an
+# epoch of another length and met the others in collectives of other sizes (a stack smash, a
+# segfault); a test set of the same size and other images gave an accuracy that was neither's
+I2="$D/idx2"; mkdir -p "$I2"
+idx_images "$I2/train-images-idx3-ubyte" 640 28 28 1; idx_labels "$I2/train-labels-idx1-ubyte" 640
+cp "$I/t10k-"* "$I2/"
+I3="$D/idx3"; mkdir -p "$I3"
+cp "$I/train-"* "$I3/"
+idx_images "$I3/t10k-images-idx3-ubyte" 200 28 28 3; idx_labels "$I3/t10k-labels-idx1-ubyte" 200
+cp -r "$I" "$D/idxcopy"
+for other in "$I2" "$I3"; do
+    # shellcheck disable=SC2086
+    out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B --optim sgd : -np 1 "$NGD" train $B --optim sgd --data-dir "$other" 2>&1); rc=$?
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(printf '%s\n' "$out" | grep -c "the ranks read different data")" = 1 ] &&
+        ! printf '%s\n' "$out" | grep -qi "smashing\|invalid next\|Segmentation\|free()" && ok ||
+        { bad "ranks reading $I / $other: exit $rc"; printf '%s\n' "$out" | tail -4; }
+done
+# shellcheck disable=SC2086
+out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B --optim sgd : -np 1 "$NGD" train $B --optim sgd --data-dir "$D/idxcopy" 2>&1); rc=$?
+[ "$rc" -eq 0 ] && ok || { bad "ranks reading two copies of one data set: exit $rc"; printf '%s\n' "$out" | tail -3; }
 # ... and each must start from the same checkpoint
 "$NGD" train $B --max-steps 1 --checkpoint "$D/mm1.ckpt" --quiet >/dev/null 2>&1
 "$NGD" train $B --max-steps 1 --seed 9 --checkpoint "$D/mm2.ckpt" --quiet >/dev/null 2>&1

@@ -23,6 +23,7 @@
 #include <omp.h>
 #endif
 
+#include "../core/fileio.h"
 #include "dist.h"
 #include "train.h"
 
@@ -118,6 +119,28 @@ static void heavy_state_note(const ngd_optim *o, ngd_method method) {
 // is one of 1 x N·B), and only rank 0 talks.
 // mpirun: whether every rank has this v (the largest and the smallest agree; true alone)
 static bool ranks_agree(int v) { return dist_max_int(v) == -dist_max_int(-v); }
+
+// mpirun: what every rank's data set must agree on (each may read its own --data-dir): the
+// sizes, and a CRC of what is held in memory (the labels, the pixels unless streamed; the
+// text). Ranks whose training sets differed in size ran epochs of other lengths and met in
+// collectives of other sizes (a stack smash, a segfault); test sets of the same size and other
+// images gave an accuracy that was neither's, without a word.
+static uint32_t data_fingerprint(const train_opts *t, const train_sets *d) {
+    if (t->text) {
+        const uint64_t sz[2] = {d->text.n, d->text.n_train};
+        return ngd_crc32(d->text.ids, d->text.n) ^ ngd_crc32(sz, sizeof sz);
+    }
+    uint32_t crc = 0;
+    const nn_dataset *sets[2] = {&d->train, &d->test};
+    for (int k = 0; k < 2; k++) {
+        const nn_dataset *ds = sets[k];
+        const uint64_t sz[5] = {ds->n, ds->c, ds->h, ds->w, ds->num_classes};
+        crc = crc * 31u + ngd_crc32(sz, sizeof sz);
+        crc = crc * 31u + ngd_crc32(ds->labels, ds->n * sizeof *ds->labels);
+        if (ds->pixels) crc = crc * 31u + ngd_crc32(ds->pixels, ds->n * ds->c * ds->h * ds->w);
+    }
+    return crc;
+}
 
 static int dist_parse(int argc, char **argv, train_opts *t) {
     const bool was = cli_errors_quiet(dist_on() && !dist_root()); // (rank 0 says it)
@@ -393,6 +416,15 @@ int train_run(const train_opts *t, bool eval_only) {
                 "activations and factors it keeps, not the time, and the float32 copies its "
                 "products take can raise the peak (expect it slower than --precision f32)\n",
                 dot_ratio);
+    if (dist_on() && !eval_only && !ranks_agree((int)(data_fingerprint(t, &d) & 0x7fffffffu))) {
+        if (dist_root())
+            cli_error("give every rank the same data set (each may read its own copy through "
+                      "--data-dir)",
+                      "the ranks read different data (other sizes, labels or %s)",
+                      t->text ? "text" : "images");
+        rc = NGD_EXIT_USAGE;
+        goto done;
+    }
     // a training set smaller than one batch, said before the model is sized for that batch
     // (a huge --batch was reported as the model's "out of memory"); an unknown model is
     // nn_model_create's to say
