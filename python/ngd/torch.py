@@ -119,6 +119,26 @@ _NOT_CALLED = tuple(
 )
 
 
+class _Hook:
+    """A layer's forward hook: calls its optimizer's while that one lives (a weak reference:
+    the hooks must not keep a dropped optimizer alive). It pickles, and deep-copies, as an inert
+    hook: torch.save(model) and copy.deepcopy(model) work while an optimizer exists (a local
+    function could not be pickled), and a copy's layers are not the optimizer's."""
+
+    __slots__ = ("opt", "__weakref__")
+
+    def __init__(self, opt=None):
+        self.opt = weakref.ref(opt) if opt is not None else None
+
+    def __call__(self, mod, inputs, output):
+        o = self.opt() if self.opt is not None else None
+        if o is not None:
+            o._forward_hook(mod, inputs, output)
+
+    def __reduce__(self):
+        return (_Hook, ())
+
+
 class _Entry:
     __slots__ = ("id", "module", "kind", "d_in", "d_out", "params", "geom", "name")
 
@@ -181,12 +201,7 @@ class NGDOptimizer(torch.optim.Optimizer):
         self._by_module = {}
         self._hooks = []
         self._init_done = False
-        me = weakref.ref(self)  # the hooks must not keep a dropped optimizer alive
-
-        def hook(mod, inputs, output):
-            o = me()
-            if o is not None:
-                o._forward_hook(mod, inputs, output)
+        hook = _Hook(self)
 
         seen = {}  # id(param) -> (name, role)
         kf_params, other_params = [], []
@@ -208,13 +223,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                         "torch.nn.utils.parametrize), not a parameter libngd can update in "
                         "place: exclude=[%r] leaves the layer to the %s rule" % (label, pn, mname, others)
                     )
-            if id(w) in seen:  # a layer sharing another layer's weight: observe into that one
-                owner = seen[id(w)][2]
-                if owner is None:
-                    raise ValueError("ngd.torch: %s shares its weight with a plain parameter" % label)
-                self._by_module[id(mod)] = owner
-                self._hooks.append(mod.register_forward_hook(hook))
-                continue
+            pad = None
             if isinstance(mod, nn.Conv2d):
                 if mod.padding_mode != "zeros":
                     raise ValueError(
@@ -230,6 +239,26 @@ class NGDOptimizer(torch.optim.Optimizer):
                         if any(t % 2 for t in tot):
                             raise ValueError("ngd.torch: Conv2d %s: padding='same' with an even kernel is asymmetric (unsupported)" % label)
                         pad = (tot[0] // 2, tot[1] // 2)
+            geom = None
+            if isinstance(mod, nn.Conv2d):
+                geom = (mod.in_channels, mod.kernel_size, mod.stride, tuple(pad), mod.dilation, mod.groups)
+            if id(w) in seen:  # a layer sharing another layer's weight: observe into that one
+                owner = seen[id(w)][2]
+                if owner is None:
+                    raise ValueError("ngd.torch: %s shares its weight with a plain parameter" % label)
+                kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+                if kind != owner.kind or geom != owner.geom:
+                    # (its rows were unfolded with the owner's geometry: wrong statistics
+                    #  without a word, or an error from inside backward)
+                    raise ValueError(
+                        "ngd.torch: %s shares its weight with %s but not its geometry (kernel, "
+                        "stride, padding, dilation, groups): libngd reads both layers' inputs "
+                        "as one layer's; exclude=[%r] leaves it to the %s rule"
+                        % (label, owner.name or "the model", mname, others)
+                    )
+                self._by_module[id(mod)] = owner
+                self._hooks.append(mod.register_forward_hook(hook))
+                continue
             for pn, p in (("weight", w), ("bias", mod.bias)):
                 if p is not None:
                     _check_param(p, "%s.%s" % (mname, pn) if mname else pn)
@@ -255,9 +284,7 @@ class NGDOptimizer(torch.optim.Optimizer):
             e.id, e.module, e.name = lid, mod, mname
             e.d_out, e.d_in = wv.shape
             e.kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
-            e.geom = None
-            if e.kind == "conv":
-                e.geom = (mod.in_channels, mod.kernel_size, mod.stride, pad, mod.dilation, mod.groups)
+            e.geom = geom
             self._entries.append(e)
             self._by_module[id(mod)] = e
             seen[id(w)] = (mname, "weight", e)
@@ -358,6 +385,11 @@ class NGDOptimizer(torch.optim.Optimizer):
         e = self._by_module.get(id(mod))
         if e is None or not _lib.ngd_optim_layer_wants_stats(self._opt.handle, e.id):
             return
+        if not inputs:  # (torch gives forward hooks the positional arguments only)
+            raise TypeError(
+                "ngd.torch: layer %s was called with its input as a keyword argument; its "
+                "statistics need the input: call it as layer(x)" % (e.name or "(the model)")
+            )
         x = inputs[0].detach()
         if e.kind == "linear":
             batch = x.shape[0] if x.dim() >= 2 else 1
@@ -550,6 +582,12 @@ class NGDOptimizer(torch.optim.Optimizer):
 
     def __deepcopy__(self, memo):
         self.__copy__()
+
+    def __reduce_ex__(self, protocol):  # (torch.optim's __getstate__ pickled a broken shell)
+        raise TypeError(
+            "ngd.torch optimizers cannot be pickled: save state_dict() (torch.save of it works) "
+            "and load it into an optimizer created over the model"
+        )
 
 
 # ---- one class per method ----

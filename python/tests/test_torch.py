@@ -561,6 +561,59 @@ def test_copies_are_refused():
             f(opt)
 
 
+def test_the_model_pickles_while_an_optimizer_exists_and_the_optimizer_does_not():
+    # (the forward hooks were local functions: pickle.dumps(model) and torch.save(model)
+    # raised AttributeError; pickle.dumps(opt) made a shell that failed on every call)
+    import io
+    import pickle
+
+    model = mlp()
+    opt = ngd.torch.SINGD(model, lr=0.05, T=1)
+    x, y = data()
+    train(model, opt, 1, x, y)
+    clone = pickle.loads(pickle.dumps(model))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    for m in (clone, copy.deepcopy(model)):
+        assert torch.equal(m[0].weight, model[0].weight)
+        # the copy's hooks are inert (no optimizer behind them), and it trains as a plain model
+        hooks = list(m[0]._forward_hooks.values())
+        assert hooks and all(h.opt is None for h in hooks)
+        ((m(x) - y) ** 2).sum().backward()
+        assert m[0].weight.grad is not None
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(opt)
+    train(model, opt, 1, x, y)  # the original still trains
+
+
+def test_shared_weights_need_the_same_geometry():
+    # a Conv2d sharing another's weight with another padding and dilation was observed with
+    # the owner's geometry: wrong statistics without a word (or an error from inside backward)
+    a = nn.Conv2d(2, 3, 3, padding=1)
+    b = nn.Conv2d(2, 3, 3, padding=2, dilation=2)
+    b.weight = a.weight
+    model = nn.ModuleDict({"a": a, "b": b})
+    with pytest.raises(ValueError, match="b shares its weight with a but not its geometry"):
+        ngd.torch.KFAC(model)
+    c = nn.Conv2d(2, 3, 3, padding=1)
+    c.weight = a.weight
+    ngd.torch.KFAC(nn.ModuleDict({"a": a, "c": c}))  # the same geometry: one layer's rows
+    lin = nn.Linear(4, 4)
+    tied = nn.Linear(4, 4)
+    tied.weight = lin.weight
+    ngd.torch.SINGD(nn.ModuleDict({"x": lin, "y": tied}))
+
+
+def test_a_keyword_input_is_said_to_be_one():
+    # (forward hooks see positional arguments only: m(input=x) was an IndexError)
+    model = mlp()
+    opt = ngd.torch.SINGD(model, T=1)
+    x, _ = data()
+    with pytest.raises(TypeError, match="called with its input as a keyword argument"):
+        model[0](input=x)
+    opt.zero_grad()
+
+
 def test_a_computed_weight_is_refused_with_its_name():
     # (weight_norm: torch's "can't optimize a non-leaf Tensor" came after libngd took it)
     model = mlp()
