@@ -449,6 +449,16 @@ NGD_API ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale);
 // an error nothing changed (all-or-nothing, above); retry the step.
 NGD_API ngd_status ngd_optim_step(ngd_optim *o);
 
+// The coming step leaves entry `id` (a layer or a parameter) as it is, as torch.optim skips a
+// parameter whose gradient is None (a frozen one): its weights and state stay, its gradient is
+// not read (not for the non-finite check either), it needs no statistics (those observed for
+// this step are discarded), its preconditioner is not maintained (an update or refresh due at
+// this step waits for the next one due) and its count of applied updates (AdamW's bias
+// correction) does not advance. Applies to the next ngd_optim_step only, whatever it returns.
+// Errors: NGD_ERR_LAYER (unknown id), NGD_ERR_STATE (a data-parallel run: every rank would
+// have to skip alike).
+NGD_API ngd_status ngd_optim_skip(ngd_optim *o, int id);
+
 // Number of completed steps.
 NGD_API size_t ngd_optim_steps(const ngd_optim *o);
 

@@ -1214,6 +1214,93 @@ static void grad_norm_of_a_large_layer_should_not_depend_on_threads(void) {
     free(W), free(gW);
 }
 
+// ngd_optim_skip (a frozen parameter, as torch.optim skips one whose grad is None): the
+// skipped entry keeps its weights, its state and its update count, needs no statistics, and
+// a NaN in its gradient does not skip the step; the others step as they would alone. AdamW:
+// a parameter skipped at step 2 follows an optimizer that stepped it at 1 and 3 only (its
+// bias correction counts its own updates). SINGD: a layer skipped at an update step without
+// statistics keeps its factors, and the step is no error.
+static void skip_should_leave_an_entry_as_it_is(void) {
+    enum { DO = 3, DI = 4, NP = 6, STEPS = 3 };
+    float grads[STEPS][DO * DI + NP];
+    for (int s = 0; s < STEPS; s++)
+        for (int i = 0; i < DO * DI + NP; i++)
+            grads[s][i] = 0.1f * (float)((s * 7 + i * 3) % 11) - 0.5f;
+    // A: a layer and a parameter, the parameter skipped at step 2 (its gradient NaN then)
+    ngd_config c = ngd_config_default(NGD_METHOD_ADAMW);
+    c.weight_decay = 0.1f;
+    ngd_optim *a = NULL, *bl = NULL, *bp = NULL;
+    CHECK(ngd_optim_create(&c, &a) == NGD_OK && ngd_optim_create(&c, &bl) == NGD_OK &&
+          ngd_optim_create(&c, &bp) == NGD_OK);
+    float wa[DO * DI], ga[DO * DI], pa[NP], gpa[NP], wb[DO * DI], gb[DO * DI], pb[NP], gpb[NP];
+    for (int i = 0; i < DO * DI; i++)
+        wa[i] = wb[i] = 0.05f * (float)i;
+    for (int i = 0; i < NP; i++)
+        pa[i] = pb[i] = 1.0f - 0.1f * (float)i;
+    ngd_layer la = {"fc", wa, ga, DO, DI, NULL, NULL, NULL},
+              lb = {"fc", wb, gb, DO, DI, NULL, NULL, NULL};
+    int ida = -1, idp = -1, id = -1;
+    CHECK(ngd_optim_add_layer(a, &la, &ida) == NGD_OK);
+    CHECK(ngd_optim_add_param(a, "p", pa, gpa, NP, NULL, &idp) == NGD_OK);
+    CHECK(ngd_optim_add_layer(bl, &lb, &id) == NGD_OK);
+    CHECK(ngd_optim_add_param(bp, "p", pb, gpb, NP, NULL, &id) == NGD_OK);
+    CHECK(ngd_optim_skip(a, 7) == NGD_ERR_LAYER && ngd_optim_skip(a, -1) == NGD_ERR_LAYER);
+    for (int s = 0; s < STEPS; s++) {
+        memcpy(ga, grads[s], sizeof ga), memcpy(gb, grads[s], sizeof gb);
+        memcpy(gpa, grads[s] + DO * DI, sizeof gpa), memcpy(gpb, grads[s] + DO * DI, sizeof gpb);
+        float before[NP];
+        memcpy(before, pa, sizeof before);
+        if (s == 1) {
+            gpa[2] = NAN; // (not read: the step is not skipped for it)
+            CHECK(ngd_optim_skip(a, idp) == NGD_OK);
+        }
+        CHECK(ngd_optim_step(a) == NGD_OK);
+        CHECK(ngd_optim_step(bl) == NGD_OK);
+        if (s != 1) CHECK(ngd_optim_step(bp) == NGD_OK);
+        CHECK(memcmp(wa, wb, sizeof wa) == 0);
+        CHECK(memcmp(pa, pb, sizeof pa) == 0);
+        if (s == 1) CHECK(memcmp(pa, before, sizeof pa) == 0);
+    }
+    ngd_optim_free(a), ngd_optim_free(bl), ngd_optim_free(bp);
+    // SINGD, T = 1: layer 1 skipped at an update step without statistics
+    ngd_config sc = ngd_config_default(NGD_METHOD_SINGD);
+    sc.T = 1;
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&sc, &o) == NGD_OK);
+    float w[2][DO * DI], g[2][DO * DI], A[8 * DI], G[8 * DO];
+    for (int i = 0; i < DO * DI; i++)
+        w[0][i] = w[1][i] = 0.01f * (float)i, g[0][i] = g[1][i] = grads[0][i];
+    for (int i = 0; i < 8 * DI; i++)
+        A[i] = 0.1f * (float)(i % 5) - 0.2f;
+    for (int i = 0; i < 8 * DO; i++)
+        G[i] = 0.1f * (float)(i % 3) - 0.1f;
+    int l[2];
+    for (int k = 0; k < 2; k++) {
+        ngd_layer L = {k ? "l1" : "l0", w[k], g[k], DO, DI, NULL, NULL, NULL};
+        CHECK(ngd_optim_add_layer(o, &L, &l[k]) == NGD_OK);
+    }
+    for (int k = 0; k < 2; k++)
+        CHECK(ngd_optim_observe(o, l[k], 8, ngd_matrix_f32(A, 8, DI), ngd_matrix_f32(G, 8, DO)) ==
+              NGD_OK);
+    CHECK(ngd_optim_step(o) == NGD_OK);
+    float K0[DI * DI], K1[DI * DI], w1[DO * DI], w0[DO * DI];
+    CHECK(ngd_optim_factor_dense(o, l[1], 'K', K0, DI) == NGD_OK);
+    memcpy(w1, w[1], sizeof w1), memcpy(w0, w[0], sizeof w0);
+    CHECK(ngd_optim_observe(o, l[0], 8, ngd_matrix_f32(A, 8, DI), ngd_matrix_f32(G, 8, DO)) ==
+          NGD_OK);
+    CHECK(ngd_optim_step(o) == NGD_ERR_STATE); // (l1 wants statistics: refused, nothing changed)
+    CHECK(ngd_optim_skip(o, l[1]) == NGD_OK);
+    CHECK_MSG(ngd_optim_step(o) == NGD_OK, "%s", ngd_optim_errmsg(o));
+    CHECK(ngd_optim_factor_dense(o, l[1], 'K', K1, DI) == NGD_OK);
+    CHECK(memcmp(K0, K1, sizeof K0) == 0 && memcmp(w1, w[1], sizeof w1) == 0);
+    CHECK(memcmp(w0, w[0], sizeof w0) != 0); // (l0 stepped)
+    // the skip was for that step only: the next one wants l1's statistics again
+    CHECK(ngd_optim_observe(o, l[0], 8, ngd_matrix_f32(A, 8, DI), ngd_matrix_f32(G, 8, DO)) ==
+          NGD_OK);
+    CHECK(ngd_optim_step(o) == NGD_ERR_STATE);
+    ngd_optim_free(o);
+}
+
 static const test_case TESTS[] = {
     TEST(unfold_should_match_a_naive_loop),
     TEST(observe_conv_should_equal_observe_of_the_unfolded_matrix),
@@ -1234,5 +1321,6 @@ static const test_case TESTS[] = {
     TEST(singd_health_should_match_the_dense_factors),
     TEST(grad_norm_of_a_large_layer_should_not_depend_on_threads),
     TEST(init_grad_scale_should_be_the_previous_scale_only),
+    TEST(skip_should_leave_an_entry_as_it_is),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -559,6 +559,12 @@ class Optimizer:
         """The loss scale that multiplied this step's loss (mixed precision)."""
         self._check(_lib.ngd_optim_set_grad_scale(self.handle, float(scale)))
 
+    def skip(self, id):
+        """The coming step leaves entry `id` (a layer or a parameter) as it is: weights,
+        state, statistics schedule and update count (a frozen parameter; ngd.h,
+        ngd_optim_skip)."""
+        self._check(_lib.ngd_optim_skip(self.handle, self._id(id, "skip")), "skip")
+
     def set_lr_scale(self, scale):
         """Multiplies every learning rate by `scale` from the next step on."""
         self._check(_lib.ngd_optim_set_lr_scale(self.handle, float(scale)))

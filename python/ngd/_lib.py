@@ -253,6 +253,7 @@ ngd_optim_observe = _fn("ngd_optim_observe", ST, P, ctypes.c_int, c_size, Matrix
 ngd_optim_set_grad_scale = _fn("ngd_optim_set_grad_scale", ST, P, ctypes.c_float)
 ngd_optim_set_lr_scale = _fn("ngd_optim_set_lr_scale", ST, P, ctypes.c_float)
 ngd_optim_step = _fn("ngd_optim_step", ST, P)
+ngd_optim_skip = _fn("ngd_optim_skip", ST, P, ctypes.c_int)
 ngd_optim_steps = _fn("ngd_optim_steps", c_size, P)
 ngd_optim_layer_health = _fn("ngd_optim_layer_health", ST, P, ctypes.c_int, P)
 ngd_optim_count = _fn("ngd_optim_count", c_size, P)

@@ -26,7 +26,10 @@ ngd_optim_observe during backward. Other steps pay for nothing but a Python chec
 Zero copy: libngd keeps pointers to each parameter's memory and to a gradient buffer
 allocated here (p.grad); torch's autograd accumulates into p.grad in place. zero_grad()
 zeroes these buffers in place (set_to_none is ignored: a freed buffer would leave libngd a
-dangling pointer). If something else replaces p.grad, step() copies it into the registered
+dangling pointer). A parameter frozen after the optimizer was created (requires_grad False,
+or grad None at step(), as torch.optim skips it) is left as it is: a layer or parameter all
+of whose parameters are frozen is skipped by libngd (ngd_optim_skip: its state stays too,
+and it needs no statistics); a frozen weight or bias beside a trained one keeps its value. If something else replaces p.grad, step() copies it into the registered
 buffer; if a parameter's own memory is replaced (p.data = ..., model.to(...)), step()
 raises ngd.Error instead of writing to freed memory: create the optimizer after moving the
 model. Parameters must be CPU, float32 and contiguous (checked at construction). Inputs
@@ -206,6 +209,7 @@ class NGDOptimizer(torch.optim.Optimizer):
         seen = {}  # id(param) -> (name, role)
         kf_params, other_params = [], []
         self._regs = []  # (param, grad buffer, storage ptr, name)
+        self._reg_ids = []  # libngd's entry id of each of them
         for mname, mod in model.named_modules():
             if id(mod) in excluded:
                 continue
@@ -290,10 +294,12 @@ class NGDOptimizer(torch.optim.Optimizer):
             seen[id(w)] = (mname, "weight", e)
             kf_params.append(w)
             self._regs.append((w, gw, w.data_ptr(), mname + ".weight"))
+            self._reg_ids.append(lid)
             if b is not None:
                 seen[id(b)] = (mname, "bias", e)
                 kf_params.append(b)
                 self._regs.append((b, gb, b.data_ptr(), mname + ".bias"))
+                self._reg_ids.append(lid)
             self._hooks.append(mod.register_forward_hook(hook))
         # names that match no layer (a mistyped one would leave its layer at the defaults)
         named = {e.name for e in self._entries}
@@ -334,10 +340,11 @@ class NGDOptimizer(torch.optim.Optimizer):
                 continue
             _check_param(p, pname)
             g = self._grad_buffer(p)
-            self._opt.add_param(p.detach().numpy(), g.numpy(), name=pname, method=others, **oc)
+            pid = self._opt.add_param(p.detach().numpy(), g.numpy(), name=pname, method=others, **oc)
             seen[id(p)] = (pname, "param", None)
             other_params.append(p)
             self._regs.append((p, g, p.data_ptr(), pname))
+            self._reg_ids.append(pid)
         groups = [{"params": kf_params, "lr": float(cfg.lr), "ngd": "layers"}]
         if other_params:
             groups.append({"params": other_params, "lr": self._others_lr, "ngd": others})
@@ -435,7 +442,15 @@ class NGDOptimizer(torch.optim.Optimizer):
     # ---- the step ----
 
     def _sync(self):
-        for p, g, ptr, name in self._regs:
+        """The gradients into libngd's buffers, and the frozen parameters (grad None, as
+        torch.optim skips them, or requires_grad False) left out of the coming step: an entry
+        all of whose parameters are frozen is skipped (self._skips, for ngd_optim_skip: its
+        state stays too); a frozen weight or bias of a layer whose other one trains takes a
+        zero gradient and gets its value back after the step (self._restore)."""
+        frozen = [p.grad is None or not p.requires_grad for p, _, _, _ in self._regs]
+        live = {i for i, f in zip(self._reg_ids, frozen) if not f}
+        restore = []
+        for (p, g, ptr, name), eid, fz in zip(self._regs, self._reg_ids, frozen):
             if p.data_ptr() != ptr:
                 raise Error(
                     _lib.ERR_STATE,
@@ -443,16 +458,24 @@ class NGDOptimizer(torch.optim.Optimizer):
                     "created (p.data = ..., model.to(...), a resize); libngd updates the memory it "
                     "was given: create the optimizer after such changes" % name,
                 )
+            if fz and eid not in live:
+                continue  # (skipped below: its gradient is not read)
+            if fz:
+                restore.append((p, p.detach().clone()))
+                g.zero_()
+                if p.grad is not None and p.grad is not g:
+                    p.grad = g
+                continue
             pg = p.grad
             if pg is g:
                 continue
-            if pg is None:
-                g.zero_()
-            elif pg.data_ptr() != g.data_ptr():
+            if pg.data_ptr() != g.data_ptr():
                 if pg.shape != g.shape:
                     raise Error(_lib.ERR_SHAPE, "ngd.torch: %s.grad has shape %s, the parameter %s" % (name, tuple(pg.shape), tuple(g.shape)))
                 g.copy_(pg)
             p.grad = g
+        self._skips = sorted(set(self._reg_ids) - live)
+        self._restore = restore
         # lr schedules: one libngd lr scale, the ratio of each group's lr to its initial lr
         # (a group created with lr 0 has none: libngd's lr times any scale stays 0)
         scales = []
@@ -500,7 +523,13 @@ class NGDOptimizer(torch.optim.Optimizer):
             s = float(s)
             if s != self._scale:
                 self.set_grad_scale(s)
+        for eid in self._skips:
+            self._opt.skip(eid)
         st = _lib.ngd_optim_step(self._opt.handle)
+        with torch.no_grad():  # frozen parameters of layers that trained: as they were
+            for p, v in getattr(self, "_restore", ()):
+                p.copy_(v)
+        self._restore = []
         skipped = st == _lib.SKIPPED
         if st in (_lib.OK, _lib.SKIPPED):
             # the step is taken (or skipped) even when a callback raised during it: said

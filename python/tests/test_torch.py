@@ -604,6 +604,49 @@ def test_shared_weights_need_the_same_geometry():
     ngd.torch.SINGD(nn.ModuleDict({"x": lin, "y": tied}))
 
 
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "SINGD", "KFAC"])
+def test_frozen_parameters_stay_as_torch_optim_leaves_them(name):
+    # (a zero gradient was handed to libngd for grad None and for requires_grad False: the
+    # frozen layers moved by weight decay and momentum, and a frozen first layer, which gets
+    # no statistics, made every later step fail)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    opt = getattr(ngd.torch, name)(m, lr=0.1, weight_decay=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 3)
+
+    def steps(n, drop=None):
+        for _ in range(n):
+            opt.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            if drop is not None:
+                drop.grad = None
+            opt.step()
+
+    steps(3)
+    for p in list(m[1].parameters()) + list(m[2].parameters()):
+        p.requires_grad_(False)
+    frozen = [p.clone() for p in list(m[1].parameters()) + list(m[2].parameters())]
+    w0 = m[0].weight.clone()
+    steps(3)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, list(m[1].parameters()) + list(m[2].parameters())))
+    assert not torch.equal(w0, m[0].weight)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    for p in m[0].parameters():  # the first layer: no statistics reach it now
+        p.requires_grad_(False)
+    w0 = m[0].weight.clone()
+    steps(3)
+    assert torch.equal(w0, m[0].weight)
+    for p in m[0].parameters():
+        p.requires_grad_(True)
+    # grad None for a weight whose bias trains: the weight stays, the bias moves
+    w2, b2 = m[2].weight.clone(), m[2].bias.clone()
+    steps(1, drop=m[2].weight)
+    assert torch.equal(w2, m[2].weight) and not torch.equal(b2, m[2].bias)
+    steps(1)
+    assert not torch.equal(w2, m[2].weight)  # (for that step only)
+
+
 def test_a_keyword_input_is_said_to_be_one():
     # (forward hooks see positional arguments only: m(input=x) was an IndexError)
     model = mlp()

@@ -52,6 +52,7 @@ typedef struct ngd_entry {
                     // caches go stale when it changes)
     // statistics bookkeeping
     bool got_stats; // observe() ran at least once for the coming step
+    bool skip;      // ngd_optim_skip: the coming step leaves this entry as it is
     bool unfolded;  // observed through ngd_optim_observe_conv: the observe scratch holds a Gram
                     // block (ngd_stats_observe_scratch); set, and the workspace planned again,
                     // at its first such call

@@ -955,7 +955,7 @@ static ngd_status update_all(ngd_optim *o, size_t t) {
     ngd_status s;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
-        if (e->kind != NGD_ENTRY_LAYER) continue;
+        if (e->kind != NGD_ENTRY_LAYER || e->skip) continue;
         if (o->ops->update_heavy && o->upd_idx && o->ops->update_heavy(e, t)) {
             o->upd_idx[nh++] = i;
             continue;
@@ -1016,8 +1016,41 @@ static ngd_status update_all(ngd_optim *o, size_t t) {
     return first == SIZE_MAX ? NGD_OK : o->upd_st[first];
 }
 
+ngd_status ngd_optim_skip(ngd_optim *o, int id) {
+    if (!o) return NGD_ERR_ARG;
+    ngd_entry *e = get_entry(o, id);
+    if (!e) return ngd_optim_fail(o, NGD_ERR_LAYER, "skip: unknown id %d (have %zu)", id, o->n);
+    if (o->comm.size > 1)
+        return ngd_optim_fail(o, NGD_ERR_STATE,
+                              "skip: not in a data-parallel run (every rank would have to skip "
+                              "'%s' alike)",
+                              e->name);
+    e->skip = true;
+    return NGD_OK;
+}
+
+// Ends a step for the entries ngd_optim_skip named: their statistics of this step dropped,
+// their flags cleared
+static void end_skips(ngd_optim *o) {
+    for (size_t i = 0; i < o->n; i++) {
+        ngd_entry *e = &o->e[i];
+        if (!e->skip) continue;
+        if (e->kind == NGD_ENTRY_LAYER && e->got_stats && o->ops->discard) o->ops->discard(e);
+        e->got_stats = false;
+        e->skip = false;
+    }
+}
+
+static ngd_status step_entries(ngd_optim *o);
+
 ngd_status ngd_optim_step(ngd_optim *o) {
     if (!o) return NGD_ERR_ARG;
+    const ngd_status s = step_entries(o);
+    if (s == NGD_OK || s == NGD_SKIPPED) end_skips(o);
+    return s;
+}
+
+static ngd_status step_entries(ngd_optim *o) {
     ngd_status s = plan(o);
     if (s) return s;
     const size_t t = o->steps;
@@ -1029,6 +1062,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     bool finite = true;
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
+        if (e->skip) continue;
         double ss = sumsq_threaded(e->gw, e->kind == NGD_ENTRY_LAYER ? e->d_out * e->d_in : e->n);
         if (e->gb) ss += ngd_sumsq(e->gb, e->d_out);
         e->grad_ss = ss;
@@ -1042,7 +1076,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
                 ngd_entry *e = &o->e[i];
                 if (e->kind == NGD_ENTRY_LAYER && o->ops->discard) o->ops->discard(e);
                 e->got_stats = false;
-                e->h.skips++;
+                if (!e->skip) e->h.skips++;
             }
             ngd_optim_log(o, "step %zu: non-finite gradient, step skipped", t);
             o->steps++;
@@ -1053,6 +1087,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     // every layer due for a preconditioner update must have statistics (#singd-step)
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
+        if (e->skip) continue;
         if (entry_wants(o, e) && !e->got_stats)
             return ngd_optim_fail(o, NGD_ERR_STATE,
                                   "step %zu: layer '%s' (id %zu) needs "
@@ -1082,6 +1117,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
     for (size_t i = 0; i < o->n; i++) {
         ngd_entry *e = &o->e[i];
         const float *Pe;
+        if (e->skip) continue;
         if (e->kind == NGD_ENTRY_PARAM) {
             Pe = e->gw;
             if (inv_scale != 1.0f) { // mixed precision: unscale into the planned P buffer
@@ -1138,7 +1174,7 @@ ngd_status ngd_optim_step(ngd_optim *o) {
         const float nu = lrule->global_scale(&o->cfg, kl_sum);
         for (size_t i = 0; i < o->n; i++) {
             ngd_entry *e = &o->e[i];
-            if (e->kind != NGD_ENTRY_LAYER) continue;
+            if (e->kind != NGD_ENTRY_LAYER || e->skip) continue;
             if (e->last) memcpy(e->last, e->pk, e->n * sizeof(float));
             apply_rule(o, e, e->pk, t, nu, -1.0);
         }
