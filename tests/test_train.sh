@@ -118,7 +118,9 @@ for bad in "--optim sgd --rank 5|--rank is used only by rskfac, srekfac, bkfac, 
            "--optim singd --rho 0.9|--rho is used only by kfac, rskfac, srekfac, bkfac, brkfac, brckfac" \
            "--optim singd --clip kl|--clip is used only by kfac," "--optim adamw --T-u 3|--T-u is used only by kfac," \
            "--optim kfac --T 3|--T is used only by singd, ingd, ikfac, not by kfac" \
-           "--optim sgd --structure diagonal|--structure is used only by singd, ingd, ikfac" \
+           "--optim sgd --structure diagonal|--structure is used only by singd, ikfac, not by sgd" \
+           "--optim ingd --structure diagonal|--structure is used only by singd, ikfac, not by ingd" \
+           "--optim ingd --kfac-like|--kfac-like is used only by singd, not by ingd" \
            "--optim kfac --lr-cov 0.1|--lr-cov is used only by singd, ingd, ikfac" \
            "--optim ikfac --alpha1 0.3|--alpha1 is used only by singd, ingd, not by ikfac" \
            "--kfac-like --alpha1 0.3|--alpha1 is not used with --kfac-like" \

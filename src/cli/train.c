@@ -730,14 +730,19 @@ int train_run(const train_opts *t, bool eval_only) {
             if (t->ckpt && t->ckpt_every && rs.step % t->ckpt_every == 0 &&
                 train_steps_into_epoch(t, &ld, tip) < per_epoch) {
                 rs.wall = train_now_s() - t_start;
+                const double t_pause = train_now_s();
                 if (save_checked(t, &m, o, &ld, tip, &rs, &saved, &saved_step)) {
                     rc = NGD_EXIT_FAIL;
                     stop = true;
                     break;
                 }
+                t_mark += train_now_s() - t_pause; // (samples/s: training's, not the save's)
             }
         }
         if (!stop && k == 0) { // the epoch is complete (the loader reshuffled for the next)
+            // (the evaluation and the save below are left out of the next record's samples/s:
+            //  it read a third of the training rate after each epoch)
+            const double t_pause = train_now_s();
             rs.epoch++;
             if (tty) fputc('\n', stderr);
             line_open = false;
@@ -764,6 +769,7 @@ int train_run(const train_opts *t, bool eval_only) {
                     break;
                 }
             }
+            t_mark += train_now_s() - t_pause;
         }
     }
     // (a limit stopped the run within an epoch: its progress line ends before the result's;

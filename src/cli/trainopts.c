@@ -81,8 +81,11 @@ static const cli_opt OPTS[] = {
      "K-FAC family identity start: in_damping (default) "
      "or in_factor (kfac, rskfac, srekfac)"},
     {"rank", 1, O_RANK, "N", "RS/SRE/B-KFAC target rank r (220)"},
-    {"oversample", 1, O_OVERS, "N", "RSVD oversampling p (10)"},
-    {"power-iters", 1, O_POWER, "N", "RSVD power iterations q (4)"},
+    {"oversample", 1, O_OVERS, "N",
+     "RSVD oversampling p (10; factors on the RSVD track only, not B-KFAC's on the Brand or exact "
+     "track)"},
+    {"power-iters", 1, O_POWER, "N",
+     "RSVD power iterations q (4; as --oversample, factors on the RSVD track only)"},
     {"tail", 1, O_TAIL, "MODEL", "low-rank tail: zero (default) or min_kept"},
     {"brand-rank", 1, O_BRANK, "N", "Brand rank r_B (0 = --rank)"},
     {"brand-mult", 1, O_BMULT, "N", "Brand update period in statistics steps m_B (1)"},
@@ -93,7 +96,9 @@ static const cli_opt OPTS[] = {
     {"reorth-every", 1, O_REORTH, "N",
      "re-orthonormalise Brand bases every N updates (50; 0 = "
      "never)"},
-    {"kfac-seed", 1, O_KSEED, "N", "seed of the RSVD sketches and correction subsets (0)"},
+    {"kfac-seed", 1, O_KSEED, "N",
+     "seed of the RSVD sketches and correction subsets (0; no effect where no factor takes the "
+     "RSVD track or BRC's correction)"},
     {"factored", 0, O_FACTORED, NULL,
      "precondition fully connected layers (and SINGD's convolutions on small images, "
      "skipping the padding) from the batch's rows instead of the gradient, where that costs "

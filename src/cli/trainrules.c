@@ -33,8 +33,10 @@ static const struct {
     {O_LRCOV, M_SINGDS},
     {O_ALPHA1, MB(SINGD) | MB(INGD)},
     {O_T, M_SINGDS},
-    {O_STRUCT, M_SINGDS},
-    {O_KFACLIKE, M_SINGDS},
+    // (INGD is SINGD with dense factors, and INGD made K-FAC-like is IKFAC: --optim ingd
+    //  --structure diagonal ran SINGD-diagonal logged as "ingd"; IKFAC is K-FAC-like already)
+    {O_STRUCT, MB(SINGD) | MB(IKFAC)},
+    {O_KFACLIKE, MB(SINGD)},
     {O_NORMCOV, M_SINGDS},
     {O_FDTYPE, M_SINGDS},
     {O_QUIRK, M_SINGDS},
