@@ -210,6 +210,7 @@ class NGDOptimizer(torch.optim.Optimizer):
         kf_params, other_params = [], []
         self._regs = []  # (param, grad buffer, storage ptr, name)
         self._reg_ids = []  # libngd's entry id of each of them
+        self._empty, self._observed = set(), set()  # layers observed empty / not, this step
         for mname, mod in model.named_modules():
             if id(mod) in excluded:
                 continue
@@ -410,6 +411,13 @@ class NGDOptimizer(torch.optim.Optimizer):
         output.register_hook(grad_hook)
 
     def _observe(self, e, x, g, batch):
+        if x.numel() == 0 or g.numel() == 0:
+            # an empty batch (an expert that got no tokens): nothing to observe; a layer that
+            # sees only such batches this step is skipped by it (libngd refuses 0 rows, and
+            # raising here stopped backward half done)
+            self._empty.add(e.id)
+            return
+        self._observed.add(e.id)
         if e.kind == "linear":
             A, a_keep = _matrix(x, e.d_in, "the input of %s" % e.name)
             G, g_keep = _matrix(g, e.d_out, "the output gradient of %s" % e.name)
@@ -474,7 +482,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                     raise Error(_lib.ERR_SHAPE, "ngd.torch: %s.grad has shape %s, the parameter %s" % (name, tuple(pg.shape), tuple(g.shape)))
                 g.copy_(pg)
             p.grad = g
-        self._skips = sorted(set(self._reg_ids) - live)
+        self._skips = sorted((set(self._reg_ids) - live) | (self._empty - self._observed))
         self._restore = restore
         # lr schedules: one libngd lr scale, the ratio of each group's lr to its initial lr
         # (a group created with lr 0 has none: libngd's lr times any scale stays 0)
@@ -525,6 +533,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                 self.set_grad_scale(s)
         for eid in self._skips:
             self._opt.skip(eid)
+        self._empty, self._observed = set(), set()
         st = _lib.ngd_optim_step(self._opt.handle)
         with torch.no_grad():  # frozen parameters of layers that trained: as they were
             for p, v in getattr(self, "_restore", ()):

@@ -647,6 +647,20 @@ def test_frozen_parameters_stay_as_torch_optim_leaves_them(name):
     assert not torch.equal(w2, m[2].weight)  # (for that step only)
 
 
+def test_an_empty_batch_is_not_observed():
+    # (libngd refuses 0 rows: the error came from inside backward, which stopped half done)
+    m = mlp()
+    opt = ngd.torch.SINGD(m, T=1)
+    w = [p.clone() for p in m.parameters()]
+    opt.zero_grad()
+    m(torch.randn(0, 12)).square().mean().backward()
+    opt.step()  # every layer saw only the empty batch: skipped, as it was
+    assert all(torch.equal(a, b) for a, b in zip(w, m.parameters()))
+    x, y = data()
+    train(m, opt, 2, x, y)  # and training goes on
+    assert not torch.equal(w[0], m[0].weight)
+
+
 def test_a_keyword_input_is_said_to_be_one():
     # (forward hooks see positional arguments only: m(input=x) was an IndexError)
     model = mlp()
