@@ -336,6 +336,10 @@ class NGDOptimizer(torch.optim.Optimizer):
         if "betas" in oc:
             oc["beta1"], oc["beta2"] = oc.pop("betas")
         self._others_lr = float(oc["lr"])
+        # parameters frozen now are not registered: one that trains later is said at step()
+        self._left_out = [
+            (pname, weakref.ref(p)) for pname, p in model.named_parameters() if not p.requires_grad and id(p) not in seen
+        ]
         for pname, p in model.named_parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
@@ -449,6 +453,27 @@ class NGDOptimizer(torch.optim.Optimizer):
 
     # ---- the step ----
 
+    def _warn_left_out(self):
+        """A parameter frozen when the optimizer was created and unfrozen since (it gets
+        gradients): not trained, said once (it was silent)."""
+        keep = []
+        for name, ref in self._left_out:
+            p = ref()
+            if p is None:
+                continue
+            if p.requires_grad and p.grad is not None:
+                import warnings
+
+                warnings.warn(
+                    "ngd.torch: parameter %s was frozen when the optimizer was created, so it is "
+                    "not trained now that it has a gradient; create the optimizer after "
+                    "unfreezing it (state_dict carries the rest over)" % name,
+                    stacklevel=3,
+                )
+                continue
+            keep.append((name, ref))
+        self._left_out = keep
+
     def _sync(self):
         """The gradients into libngd's buffers, and the frozen parameters (grad None, as
         torch.optim skips them, or requires_grad False) left out of the coming step: an entry
@@ -526,6 +551,8 @@ class NGDOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync()
+        if self._left_out:
+            self._warn_left_out()
         if grad_scaler is not None and getattr(grad_scaler, "is_enabled", lambda: True)():
             s = grad_scaler.get_scale() if hasattr(grad_scaler, "get_scale") else grad_scaler.scale
             s = float(s)

@@ -647,6 +647,23 @@ def test_frozen_parameters_stay_as_torch_optim_leaves_them(name):
     assert not torch.equal(w2, m[2].weight)  # (for that step only)
 
 
+def test_a_parameter_frozen_at_creation_and_unfrozen_later_is_said_once():
+    m = mlp()
+    for p in m[0].parameters():
+        p.requires_grad_(False)
+    opt = ngd.torch.SINGD(m, T=1)
+    for p in m[0].parameters():
+        p.requires_grad_(True)
+    x, y = data()
+    with pytest.warns(UserWarning, match=r"parameter 0\.weight was frozen when the optimizer was created"):
+        train(m, opt, 1, x, y)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (once)
+        train(m, opt, 1, x, y)
+
+
 def test_an_empty_batch_is_not_observed():
     # (libngd refuses 0 rows: the error came from inside backward, which stopped half done)
     m = mlp()
