@@ -23,6 +23,11 @@ grep -q 'ngd_file_\|ngd_crc32\|ngd_write_atomic' "$S/include/ngd.h" \
 fx=$(nm -D --defined-only "$S/lib/libngd.so" | awk '{print $3}' \
      | grep '^ngd_\(file_\|crc32\|write_atomic\|read_file\|wbuf_\|rbuf_\)' || true)
 [ -z "$fx" ] && ok || bad "libngd.so exports file helpers: $fx"
+# a user's static link sees every global of libngd.a: each one is ngd_-prefixed, so that a
+# program's own kf_pi (27 kf_* helpers of the K-FAC family were global) cannot clash
+ga=$(nm -g --defined-only "$S/lib/libngd.a" | awk 'NF == 3 && $2 ~ /[TDBRC]/ {print $3}' \
+     | grep -v '^ngd_' | sort -u | tr '\n' ' ' || true)
+[ -z "$ga" ] && ok || bad "libngd.a has globals without the ngd_ prefix: $ga"
 for ex in examples/*.c; do
     n=$(basename "$ex" .c)
     # shared: what the README shows

@@ -131,7 +131,7 @@ static void kfac_reference(bool pi, const float *a, const float *g, const float 
         trA += wA[i];
     for (size_t i = 0; i < DOUT; i++)
         trG += wG[i];
-    const float piv = ngd_bf16_round1(kf_pi(rb(trA), DIN, rb(trG), DOUT));
+    const float piv = ngd_bf16_round1(ngd_kf_pi(rb(trA), DIN, rb(trG), DOUT));
     const float gp = ngd_bf16_round1(sqrtf((float)lk));
     const double lg = rb(gp / piv), la = rb(piv * gp);
     double J[DOUT * DIN], T[DOUT * DIN];

@@ -853,13 +853,13 @@ static void brand_reorth_should_keep_the_matrix(void) {
 
 // P15: Brand-track iff FC and r_B + n < d, at the boundaries d = r_B + n and r_B + n + 1.
 static void brand_track_should_follow_the_rule(void) {
-    CHECK(!kf_brand_track_ok(true, 220, 256, 476));
-    CHECK(kf_brand_track_ok(true, 220, 256, 477));
-    CHECK(!kf_brand_track_ok(false, 220, 256, 16385)); // conv: never
-    CHECK(kf_brand_track_ok(true, 180, 128, 16385));
-    CHECK(!kf_brand_track_ok(true, 180, 128, 10));   // the 10-class output Γ
-    CHECK(!kf_brand_track_ok(true, SIZE_MAX, 2, 5)); // no overflow
-    CHECK(!kf_brand_track_ok(true, 0, 5, 5));
+    CHECK(!ngd_kf_brand_track_ok(true, 220, 256, 476));
+    CHECK(ngd_kf_brand_track_ok(true, 220, 256, 477));
+    CHECK(!ngd_kf_brand_track_ok(false, 220, 256, 16385)); // conv: never
+    CHECK(ngd_kf_brand_track_ok(true, 180, 128, 16385));
+    CHECK(!ngd_kf_brand_track_ok(true, 180, 128, 10));   // the 10-class output Γ
+    CHECK(!ngd_kf_brand_track_ok(true, SIZE_MAX, 2, 5)); // no overflow
+    CHECK(!ngd_kf_brand_track_ok(true, 0, 5, 5));
 }
 
 // ==== #brc-kfac: Rayleigh–Ritz correction ====
@@ -1013,7 +1013,7 @@ static void kfac_damping_should_match_kron_solve(void) {
             trA += Am[i * dA + i];
         for (size_t i = 0; i < dG; i++)
             trG += Gm[i * dG + i];
-        float pi = kf_pi(trA, dA, trG, dG), gp = 0.3f;
+        float pi = ngd_kf_pi(trA, dA, trG, dG), gp = 0.3f;
         CHECK_CLOSE(pi, sqrt((trA / (double)dA) / (trG / (double)dG)), 1e-6, 0);
         float lG = gp / pi, lA = gp * pi;
         double *Gd = dalloc(dG * dG), *Ad = dalloc(dA * dA), *Y = dalloc(N), *Yt = dalloc(N);
@@ -1554,7 +1554,7 @@ static void kernels_should_reject_bad_arguments(void) {
           NGD_ERR_ARG);
     // factored
     CHECK(ngd_factored_update(ngd_view_rm(y, d, n, n), 1.0f, 1.0f, X, X) == NGD_ERR_SHAPE);
-    CHECK(kf_pi(0.0, 3, 1.0, 3) == 1.0f && kf_pi(4.0, 1, 1.0, 1) == 2.0f);
+    CHECK(ngd_kf_pi(0.0, 3, 1.0, 3) == 1.0f && ngd_kf_pi(4.0, 1, 1.0, 1) == 2.0f);
     free(ws);
     lr_free(&F);
 }

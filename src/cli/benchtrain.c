@@ -69,8 +69,8 @@ static const cli_opt BT_OPTS[] = {
      "chargpt, vgg16bn"},
     {"optim", 1, B_OPTIM, "LIST", "methods (default sgd,adamw,singd): any of ngd train --optim"},
     {"structure", 1, B_STRUCT, "LIST",
-     "SINGD/INGD/IKFAC structures, each a configuration "
-     "(default dense,diagonal)"},
+     "SINGD/IKFAC structures, each a configuration (default dense,diagonal; INGD: "
+     "dense only, as ngd train)"},
     {"data", 1, B_DATA, "NAME",
      "image shape: fashion-mnist (1x28x28, 10 classes) or cifar100 "
      "(3x32x32, 100); default: fashion-mnist for mlp, cifar100 else"},
@@ -554,7 +554,7 @@ static void print_row(const bt_cfg *c, const bt_opts *o, const bt_result *r, lon
                (double)rss / 1024.0, r->state_bytes, r->params, r->cpu * ms, r->threads, dot_ratio);
     } else {
         printf(
-            "%-8s %-6s %-9s %-4s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
+            "%-8s %-7s %-14s %-4s %8.2f %8.2f | %5.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f | %7.0f "
             "%6.2f %5.0f%% %6.3f %5.2fx %4.0f %6.0f\n",
             c->model, ngd_method_name(c->method), st, c->bf16 ? "bf16" : "f32", r->mean * ms,
             r->median * ms, r->data * ms, r->fwd * ms, r->bwd * ms, r->obs * ms, r->upd * ms,
@@ -733,7 +733,10 @@ int bench_train(int argc, char **argv) {
                           "--optim: unknown method '%s'", ov[j]);
                 return NGD_EXIT_USAGE;
             }
-            const bool structured = is_singd(me); // (ingd takes --structure as ngd train does)
+            // (SINGD and IKFAC take each --structure; INGD is SINGD with dense factors, as ngd
+            //  train refuses --structure for it: one dense row, not a "diagonal" INGD row that
+            //  was SINGD-diagonal)
+            const bool structured = is_singd(me) && me != NGD_METHOD_INGD;
             for (int k = 0; k < (structured ? ns : 1); k++)
                 for (int pr = 0; pr < 2; pr++) {
                     if (!(precs & (1 << pr))) continue;
@@ -805,7 +808,7 @@ int bench_train(int argc, char **argv) {
             "observe, preconditioner update, preconditioning, first-order rule;\nfb = forward+"
             "backward GEMM GFLOP, %%sgemm = its GFLOP/s against the sgemm rate, opt = optimizer "
             "GEMM GFLOP/step,\nx floor = step time / (all GEMM FLOPs at the sgemm rate)\n\n"
-            "%-8s %-6s %-9s %-4s %8s %8s | %5s %7s %7s %6s %6s %6s %6s | %7s %6s %6s %6s %6s %4s "
+            "%-8s %-7s %-14s %-4s %8s %8s | %5s %7s %7s %6s %6s %6s %6s | %7s %6s %6s %6s %6s %4s "
             "%6s\n",
             o.batch, o.warmup, o.steps, o.T, "model", "optim", "structure", "prec", "mean",
             "median", "data", "fwd", "bwd", "obs", "upd", "prec", "rule", "samp/s", "fb", "%sgemm",
@@ -863,7 +866,7 @@ int bench_train(int argc, char **argv) {
                        "\"rounds\":%zu}\n",
                        cfgs[i].model, ngd_method_name(cfgs[i].method), st, med, medc, k);
             else
-                printf("%-8s %-6s %-9s %5.2fx  (CPU %5.2fx)\n", cfgs[i].model,
+                printf("%-8s %-7s %-14s %5.2fx  (CPU %5.2fx)\n", cfgs[i].model,
                        ngd_method_name(cfgs[i].method), st, med, medc);
         }
         free(rt), free(rc2);

@@ -26,19 +26,19 @@
 #include "bf16.h"
 #include "kfac.h"
 
-size_t kf_brand_rank(const ngd_config *c) {
+size_t ngd_kf_brand_rank(const ngd_config *c) {
     return c->kfac.brand_rank ? c->kfac.brand_rank : c->kfac.rank;
 }
 
-bool kf_brand_track_ok(bool fully_connected, size_t r_B, size_t n, size_t d) {
+bool ngd_kf_brand_track_ok(bool fully_connected, size_t r_B, size_t n, size_t d) {
     // #track-selection: Brand-track ⇔ FC and r_B + n < d (written so that it cannot overflow)
     return fully_connected && n < d && r_B < d - n;
 }
 
-ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
+ngd_status ngd_kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
     kf_state *s = e->ms;
     const ngd_config *c = &e->cfg;
-    const size_t rB = kf_brand_rank(c), n = (size_t)s->meta.cols;
+    const size_t rB = ngd_kf_brand_rank(c), n = (size_t)s->meta.cols;
     for (int k = 0; k < 2; k++) {
         kf_factor *f = &s->f[k];
         const kf_track tr = (kf_track)s->meta.track[k];
@@ -48,8 +48,8 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
                 NGD_MIN(f->d, c->kfac.brand_truncate == NGD_BRAND_TRUNC_BEFORE_NEXT ? rB + n : rB);
         const bool keep_ea = tr != KF_BRAND || c->method != NGD_METHOD_BKFAC;
         const bool rows = tr == KF_BRAND || s->meta.factored;
-        if (!kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta.rows_cap : 0)) {
-            kf_factors_undecided(s); // all or nothing: the layer stays undecided
+        if (!ngd_kf_factor_alloc(f, tr, keep_ea, cap, rows ? (size_t)s->meta.rows_cap : 0)) {
+            ngd_kf_factors_undecided(s); // all or nothing: the layer stays undecided
             return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory for the factors",
                                   e->name);
         }
@@ -59,15 +59,15 @@ ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e) {
     return NGD_OK;
 }
 
-ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows) {
+ngd_status ngd_kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows) {
     kf_state *s = e->ms;
     const ngd_config *c = &e->cfg;
-    const size_t rB = kf_brand_rank(c);
+    const size_t rB = ngd_kf_brand_rank(c);
     bool any = false;
     for (int k = 0; k < 2; k++) {
         const size_t d = s->f[k].d;
         kf_track tr = c->kfac.rank >= d ? KF_EVD : KF_RSVD;
-        if (kf_brand_track_ok(fully_connected, rB, rows, d)) tr = KF_BRAND, any = true;
+        if (ngd_kf_brand_track_ok(fully_connected, rB, rows, d)) tr = KF_BRAND, any = true;
         s->meta.track[k] = tr;
     }
     s->meta.cols = rows;
@@ -81,7 +81,7 @@ ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t ro
                   s->meta.track[1] == KF_BRAND ? "Brand"
                   : s->meta.track[1] == KF_EVD ? "EVD"
                                                : "RSVD");
-    return kf_apply_tracks(o, e);
+    return ngd_kf_apply_tracks(o, e);
 }
 
 static bool refresh_step(const ngd_config *c, size_t t) {
@@ -89,38 +89,38 @@ static bool refresh_step(const ngd_config *c, size_t t) {
     return t % (c->kfac.refresh_mult * c->kfac.T_i) == 0 && t > c->kfac.T_i;
 }
 
-bool kf_refresh_due(const ngd_config *c, size_t t) { return refresh_step(c, t); }
+bool ngd_kf_refresh_due(const ngd_config *c, size_t t) { return refresh_step(c, t); }
 
-bool kf_brand_due(const ngd_config *c, size_t t) {
+bool ngd_kf_brand_due(const ngd_config *c, size_t t) {
     return t % (c->kfac.brand_mult * c->kfac.T_u) == 0 && !refresh_step(c, t);
 }
 
-size_t kf_brand_ws(const ngd_entry *e, const kf_factor *f) {
+size_t ngd_kf_brand_ws(const ngd_entry *e, const kf_factor *f) {
     const ngd_config *c = &e->cfg;
     const kf_state *s = e->ms;
-    const size_t d = f->d, rB = kf_brand_rank(c), n = (size_t)s->meta.cols;
+    const size_t d = f->d, rB = ngd_kf_brand_rank(c), n = (size_t)s->meta.cols;
     size_t bytes = NGD_MAX(ngd_brand_update_ws(d, rB, n), ngd_brand_reorth_ws(d, f->cap));
     if (c->method == NGD_METHOD_BRCKFAC) {
         const size_t sub = ngd_rr_subset_size(f->cap, c->kfac.corr_frac);
         bytes = NGD_MAX(bytes, ngd_rr_correct_ws(d, f->cap, sub));
     }
     if (c->method == NGD_METHOD_BRKFAC || c->method == NGD_METHOD_BRCKFAC) // their refresh
-        bytes = NGD_MAX(bytes, kf_refresh_randomized_ws(e, f, rB));
+        bytes = NGD_MAX(bytes, ngd_kf_refresh_randomized_ws(e, f, rB));
     return bytes;
 }
 
-ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
+ngd_status ngd_kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     kf_state *s = e->ms;
     const ngd_config *c = &e->cfg;
     const ngd_kfac_options *k = &c->kfac;
     const size_t T_B = k->brand_mult * k->T_u;
     if (t % T_B != 0 || refresh_step(c, t)) return NGD_OK;
-    const size_t d = f->d, rB = kf_brand_rank(c), n = (size_t)s->meta.cols;
+    const size_t d = f->d, rB = ngd_kf_brand_rank(c), n = (size_t)s->meta.cols;
     const size_t rows = (size_t)s->pend.rows;
     const size_t sub = ngd_rr_subset_size(f->cap, k->corr_frac);
     size_t bytes = NGD_MAX(ngd_brand_update_ws(d, rB, n), ngd_brand_reorth_ws(d, f->cap));
     if (c->method == NGD_METHOD_BRCKFAC) bytes = NGD_MAX(bytes, ngd_rr_correct_ws(d, f->cap, sub));
-    void *ws = kf_scratch(o, bytes);
+    void *ws = ngd_kf_scratch(o, bytes);
     if (!ws)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL,
                               "layer '%s': no planned workspace for a Brand "
@@ -169,7 +169,7 @@ ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     return NGD_OK;
 }
 
-ngd_status kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
+ngd_status ngd_kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t) {
     if (!refresh_step(&e->cfg, t)) return NGD_OK;
-    return kf_refresh_randomized(o, e, f, kf_brand_rank(&e->cfg), false);
+    return ngd_kf_refresh_randomized(o, e, f, ngd_kf_brand_rank(&e->cfg), false);
 }

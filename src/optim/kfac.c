@@ -12,12 +12,12 @@
 #include "bf16.h"
 #include "kfac.h"
 
-size_t kf_refresh_evd_ws(size_t d) { return ngd_sym_eig_ws(d, NGD_EIG_F32_THEN_F64); }
+size_t ngd_kf_refresh_evd_ws(size_t d) { return ngd_sym_eig_ws(d, NGD_EIG_F32_THEN_F64); }
 
-ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
+ngd_status ngd_kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
     const size_t d = f->d;
-    const size_t bytes = kf_refresh_evd_ws(d);
-    void *ws = kf_scratch(o, bytes);
+    const size_t bytes = ngd_kf_refresh_evd_ws(d);
+    void *ws = ngd_kf_scratch(o, bytes);
     if (!ws)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL,
                               "layer '%s': no planned workspace for a %zu x %zu "
@@ -46,20 +46,20 @@ ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f) {
     return NGD_OK;
 }
 
-float kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G) {
+float ngd_kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G) {
     if (d_A == 0 || d_G == 0 || !(tr_A > 0) || !(tr_G > 0) || !isfinite(tr_A) || !isfinite(tr_G))
         return 1.0f;
     double pi = sqrt((tr_A / (double)d_A) / (tr_G / (double)d_G));
     return isfinite(pi) && pi > 0 ? (float)pi : 1.0f;
 }
 
-bool kf_eigenbasis_ok(const ngd_entry *e) {
+bool ngd_kf_eigenbasis_ok(const ngd_entry *e) {
     const kf_state *s = e->ms;
     return e->cfg.method == NGD_METHOD_KFAC && s->f[KF_A].cnt.rank == e->d_K &&
            s->f[KF_G].cnt.rank == e->d_out;
 }
 
-// kf_precond_eigenbasis under emulated bf16 arithmetic (kfac.factor_arith), once the shifted
+// ngd_kf_precond_eigenbasis under emulated bf16 arithmetic (kfac.factor_arith), once the shifted
 // eigenvalues are rounded: λ_K = λ_rel·γ_max·α_max (two products), and for π-damping the
 // traces' quotient, its square root and the scalings, each rounded to bf16 (the traces are
 // reductions: accumulated wide, the result rounded). The kernels round the rest (lowrank.c).
@@ -70,8 +70,8 @@ static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
     float lk = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(k->damping_rel) * DA[0]) * DG[0]);
     if (!(lk > 0)) lk = 1e-30f;
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
-        const float pi = ngd_bf16_round1(kf_pi((double)ngd_bf16_round1((float)trA), LA->d,
-                                               (double)ngd_bf16_round1((float)trG), LG->d));
+        const float pi = ngd_bf16_round1(ngd_kf_pi((double)ngd_bf16_round1((float)trA), LA->d,
+                                                   (double)ngd_bf16_round1((float)trG), LG->d));
         const float gp = ngd_bf16_round1(sqrtf(lk));
         return ngd_kfac_precond_factored(LG, LA, kf_lam_floor(ngd_bf16_round1(gp / pi)),
                                          kf_lam_floor(ngd_bf16_round1(pi * gp)), J, NULL, S, kws,
@@ -80,7 +80,7 @@ static ngd_status precond_bf16(const ngd_kfac_options *k, const ngd_lowrank *LG,
     return ngd_kfac_precond_exact(LG, LA, lk, J, NULL, S, kws, kbytes);
 }
 
-bool kf_inv_wanted(const ngd_entry *e) {
+bool ngd_kf_inv_wanted(const ngd_entry *e) {
     const ngd_config *c = &e->cfg;
     if (c->method != NGD_METHOD_KFAC || c->kfac.damping_kind != NGD_KFAC_DAMP_FACTORED_PI ||
         c->kfac.factor_arith == NGD_BF16)
@@ -118,14 +118,14 @@ static ngd_status precond_inv(const ngd_entry *e, kf_state *s, const ngd_lowrank
                                 ngd_cview_rm(s->inv[KF_A], dA, dA, dA), J, rows, S, kws, kbytes);
 }
 
-ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows, ngd_view S,
-                                 float *DA, float *DG, void *kws, size_t kbytes) {
+ngd_status ngd_kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows,
+                                     ngd_view S, float *DA, float *DG, void *kws, size_t kbytes) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t dA = e->d_K, dG = e->d_out;
     const kf_factor *fA = &s->f[KF_A], *fG = &s->f[KF_G];
     // eigenvalues shifted by the identity term
-    const float sA = kf_id_shift(e, fA), sG = kf_id_shift(e, fG);
+    const float sA = ngd_kf_id_shift(e, fA), sG = ngd_kf_id_shift(e, fG);
     double trA = 0, trG = 0;
     const bool em = k->factor_arith == NGD_BF16;
     if (em) { // emulated bf16: the shift and each sum rounded
@@ -145,7 +145,7 @@ ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows 
         return precond_bf16(k, &LG, &LA, trA, trG, J, S, kws, kbytes);
     const double lk = (double)k->damping_rel * (double)DA[0] * (double)DG[0];
     if (k->damping_kind == NGD_KFAC_DAMP_FACTORED_PI) {
-        const double pi = (double)kf_pi(trA, dA, trG, dG);
+        const double pi = (double)ngd_kf_pi(trA, dA, trG, dG);
         const double gp = sqrt(lk > 0 ? lk : 1e-30);
         const float lg = kf_lam_floor((float)(gp / pi)), la = kf_lam_floor((float)(pi * gp));
         if (s->inv[KF_A] && s->inv[KF_G])

@@ -90,7 +90,7 @@ typedef struct {
     uint8_t redecide; // loaded without the batch's rows into an optimizer with factored_apply:
                       // decided at its next statistics, as the first ones would (not saved)
     size_t id;        // the layer's id (seeds its stream)
-    // K-FAC with factored π-damping (kf_inv_wanted): each factor's inverse operator
+    // K-FAC with factored π-damping (ngd_kf_inv_wanted): each factor's inverse operator
     // (F + λ_F I)⁻¹ (d x d), formed from (U, D) by the first preconditioning after a
     // refresh (NULL otherwise). Derived, so not saved: inv_ok is cleared at each refresh step;
     // inv_loads (e->loads) and inv_lam (the λ_F) are those they were formed with.
@@ -120,74 +120,74 @@ static inline ngd_lowrank kf_rep(const kf_factor *f) {
 
 // ---- kfac_common.c: what every track shares ----
 // Method traits (from the effective config's method).
-bool kf_is_b_family(ngd_method m);
+bool ngd_kf_is_b_family(ngd_method m);
 // The optimizer's byte scratch when it holds `bytes` (planned by the driver from
-// kfac_scratch_bytes, or reserved by kf_grow_rows); NULL otherwise — a broken invariant
+// kfac_scratch_bytes, or reserved by ngd_kf_grow_rows); NULL otherwise — a broken invariant
 // (callers fail with NGD_ERR_INTERNAL): nothing allocates once planned.
-void *kf_scratch(ngd_optim *o, size_t bytes);
+void *ngd_kf_scratch(ngd_optim *o, size_t bytes);
 // Bytes of scratch of the factored application of m rows (0 when the layer has none).
-size_t kf_factored_ws(const ngd_entry *e, size_t m);
+size_t ngd_kf_factored_ws(const ngd_entry *e, size_t m);
 // Allocates the state of factor f for its (decided) track; false when out of memory.
-bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap);
-void kf_factor_free(kf_factor *f);
+bool ngd_kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap);
+void ngd_kf_factor_free(kf_factor *f);
 // Frees both factors' state, keeping their sizes: the state of an undecided layer
-void kf_factors_undecided(kf_state *s);
+void ngd_kf_factors_undecided(kf_state *s);
 // Grows the row buffers (Brand-track factors, or both factors of a factored layer) to hold
 // `rows` rows, and the scratch to what their factored application needs; all or nothing
 // (NGD_ERR_NOMEM leaves every buffer as it was).
-ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows);
+ngd_status ngd_kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows);
 // The identity term of #identity-init for the representation of f: ρ^k (in_damping) or 0.
-float kf_id_shift(const ngd_entry *e, const kf_factor *f);
+float ngd_kf_id_shift(const ngd_entry *e, const kf_factor *f);
 // Health readouts of both factors (traces, norms, ranks).
-void kf_health(ngd_entry *e);
+void ngd_kf_health(ngd_entry *e);
 
 // ---- kfac.c: the EVD track and K-FAC's eigenbasis preconditioner ----
 // Full eigendecomposition of the dense EA into (U, D) (float32, float64 retry) with health
 // counting; keeps the last good decomposition on failure.
-ngd_status kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f);
-size_t kf_refresh_evd_ws(size_t d);
+ngd_status ngd_kf_refresh_evd(ngd_optim *o, ngd_entry *e, kf_factor *f);
+size_t ngd_kf_refresh_evd_ws(size_t d);
 // Whether K-FAC's eigenbasis preconditioner applies (K-FAC, both decompositions full).
-bool kf_eigenbasis_ok(const ngd_entry *e);
+bool ngd_kf_eigenbasis_ok(const ngd_entry *e);
 // #k-fac on the full eigendecompositions: S = precondition(J); DA, DG scratch of d_K and
 // d_out floats; kws of kbytes (at least ngd_kfac_precond_ws(d_out, d_K)); rows: NULL, or
 // J's rows (the factored application, ngd_kfac_precond_exact; not under emulated bf16).
-ngd_status kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows, ngd_view S,
-                                 float *DA, float *DG, void *kws, size_t kbytes);
+ngd_status ngd_kf_precond_eigenbasis(ngd_entry *e, ngd_cview J, const ngd_kfac_rows *rows,
+                                     ngd_view S, float *DA, float *DG, void *kws, size_t kbytes);
 // Whether the layer keeps inverse operators: K-FAC with factored π-damping (not under emulated
 // bf16), where forming them every T_i steps costs less than the products they save; kws must
 // then also hold ngd_kfac_inv_ws of the wider factor.
-bool kf_inv_wanted(const ngd_entry *e);
+bool ngd_kf_inv_wanted(const ngd_entry *e);
 // π of factored π-damping (#k-fac, [MG15]): sqrt((tr_A / d_A) / (tr_G / d_G)); 1 when a trace
 // is not positive or the result not finite.
-float kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);
+float ngd_kf_pi(double tr_A, size_t d_A, double tr_G, size_t d_G);
 
 // ---- rskfac.c: the RSVD track ----
 // Randomized refresh of (U, D) from the dense EA at rank min(r, d): RSVD, or SREVD when
 // `sre` (r >= d: the EVD track's refresh). Numerical failure keeps the previous
 // representation and is counted in health.
-ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre);
-size_t kf_randomized_ws(size_t d, size_t r, size_t p);
-// Scratch bytes of kf_refresh_randomized(.., f, r, ..).
-size_t kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r);
+ngd_status ngd_kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre);
+size_t ngd_kf_randomized_ws(size_t d, size_t r, size_t p);
+// Scratch bytes of ngd_kf_refresh_randomized(.., f, r, ..).
+size_t ngd_kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r);
 
 // ---- bkfac.c: the Brand track and the track selection ----
-size_t kf_brand_rank(const ngd_config *c);
+size_t ngd_kf_brand_rank(const ngd_config *c);
 // Track selection (#track-selection): Brand-track iff fully connected and r_B + n < d.
-bool kf_brand_track_ok(bool fully_connected, size_t r_B, size_t n, size_t d);
+bool ngd_kf_brand_track_ok(bool fully_connected, size_t r_B, size_t n, size_t d);
 // Decides both tracks of a B-family layer from its first statistics (#track-selection); allocates.
-ngd_status kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows);
-// Allocates the state for decided tracks (meta.cols, rows_cap, track set); used by kf_decide
+ngd_status ngd_kf_decide(ngd_optim *o, ngd_entry *e, bool fully_connected, size_t rows);
+// Allocates the state for decided tracks (meta.cols, rows_cap, track set); used by ngd_kf_decide
 // and on load. NGD_ERR_NOMEM frees what it allocated (the layer stays undecided).
-ngd_status kf_apply_tracks(ngd_optim *o, ngd_entry *e);
+ngd_status ngd_kf_apply_tracks(ngd_optim *o, ngd_entry *e);
 // The Brand-track part of one statistics step (#b-kfac, #b-r-kfac, #brc-kfac) for factor f.
-ngd_status kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
-// Whether kf_brand_step changes the factor at step t (a Brand step that is not a refresh).
-bool kf_brand_due(const ngd_config *c, size_t t);
-// Whether kf_brand_maintain refreshes it at step t (B-R / BRC).
-bool kf_refresh_due(const ngd_config *c, size_t t);
+ngd_status ngd_kf_brand_step(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
+// Whether ngd_kf_brand_step changes the factor at step t (a Brand step that is not a refresh).
+bool ngd_kf_brand_due(const ngd_config *c, size_t t);
+// Whether ngd_kf_brand_maintain refreshes it at step t (B-R / BRC).
+bool ngd_kf_refresh_due(const ngd_config *c, size_t t);
 // Brand-track maintenance (B-R / BRC refresh) at step t.
-ngd_status kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
-// Scratch bytes of kf_brand_step and kf_brand_maintain for a Brand-track factor.
-size_t kf_brand_ws(const ngd_entry *e, const kf_factor *f);
+ngd_status ngd_kf_brand_maintain(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t t);
+// Scratch bytes of ngd_kf_brand_step and ngd_kf_brand_maintain for a Brand-track factor.
+size_t ngd_kf_brand_ws(const ngd_entry *e, const kf_factor *f);
 
 #endif

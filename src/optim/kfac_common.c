@@ -8,11 +8,11 @@
 
 #include "kfac.h"
 
-bool kf_is_b_family(ngd_method m) {
+bool ngd_kf_is_b_family(ngd_method m) {
     return m == NGD_METHOD_BKFAC || m == NGD_METHOD_BRKFAC || m == NGD_METHOD_BRCKFAC;
 }
 
-void *kf_scratch(ngd_optim *o, size_t bytes) {
+void *ngd_kf_scratch(ngd_optim *o, size_t bytes) {
     // this thread's slot inside the driver's side-by-side updates, 0 anywhere else (a client
     // calling from its own parallel region, each thread its own optimizer: its thread number
     // is not a slot of that optimizer's scratch)
@@ -21,7 +21,7 @@ void *kf_scratch(ngd_optim *o, size_t bytes) {
     return (char *)o->scratch + slot * o->scratch_n;
 }
 
-size_t kf_factored_ws(const ngd_entry *e, size_t m) {
+size_t ngd_kf_factored_ws(const ngd_entry *e, size_t m) {
     const kf_state *s = e->ms;
     if (!s->meta.factored || m == 0) return 0;
     const size_t rG = s->f[KF_G].cap, rA = s->f[KF_A].cap;
@@ -29,7 +29,7 @@ size_t kf_factored_ws(const ngd_entry *e, size_t m) {
            ngd_factored_precond_ws(NGD_MAX(rG, rA), NGD_MAX(rG, rA), m);
 }
 
-bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap) {
+bool ngd_kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, size_t rows_cap) {
     const size_t d = f->d;
     f->track = track;
     f->cap = cap;
@@ -44,7 +44,7 @@ bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, siz
     // Brand updates may start from zero with any orthonormal basis (#brand-update): I[:, :cap]
     for (size_t i = 0; i < NGD_MIN(d, cap); i++)
         f->U[i * cap + i] = 1.0f;
-    if (rows_cap) { // Brand columns, or the factored application's rows (kf_apply_tracks)
+    if (rows_cap) { // Brand columns, or the factored application's rows (ngd_kf_apply_tracks)
         f->rows = ngd_calloc(rows_cap * d, sizeof(float));
         if (!f->rows) return false;
         f->rows_cap = rows_cap;
@@ -52,20 +52,20 @@ bool kf_factor_alloc(kf_factor *f, kf_track track, bool keep_ea, size_t cap, siz
     return true;
 }
 
-void kf_factor_free(kf_factor *f) {
+void ngd_kf_factor_free(kf_factor *f) {
     ngd_free(f->ea), ngd_free(f->pend), ngd_free(f->rows), ngd_free(f->U), ngd_free(f->D);
     memset(f, 0, sizeof *f);
 }
 
-void kf_factors_undecided(kf_state *s) {
+void ngd_kf_factors_undecided(kf_state *s) {
     for (int j = 0; j < 2; j++) {
         const size_t d = s->f[j].d;
-        kf_factor_free(&s->f[j]);
+        ngd_kf_factor_free(&s->f[j]);
         s->f[j].d = d;
     }
 }
 
-ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
+ngd_status ngd_kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
     kf_state *s = e->ms;
     // both buffers and the scratch the factored application will need first, then commit
     float *p[2] = {NULL, NULL};
@@ -75,7 +75,7 @@ ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
         if ((f->track != KF_BRAND && !s->meta.factored) || rows <= f->rows_cap) continue;
         ok = (p[k] = ngd_calloc(rows * f->d, sizeof(float))) != NULL;
     }
-    if (!ok || ngd_optim_reserve_scratch(o, kf_factored_ws(e, rows)) != NGD_OK) {
+    if (!ok || ngd_optim_reserve_scratch(o, ngd_kf_factored_ws(e, rows)) != NGD_OK) {
         ngd_free(p[0]), ngd_free(p[1]);
         return ngd_optim_fail(o, NGD_ERR_NOMEM,
                               "layer '%s': out of memory for %zu "
@@ -94,7 +94,7 @@ ngd_status kf_grow_rows(ngd_optim *o, ngd_entry *e, size_t rows) {
     return NGD_OK;
 }
 
-float kf_id_shift(const ngd_entry *e, const kf_factor *f) {
+float ngd_kf_id_shift(const ngd_entry *e, const kf_factor *f) {
     if (e->cfg.kfac.identity_init != NGD_IDINIT_IN_DAMPING) return 0.0f;
     return (float)pow((double)e->cfg.kfac.rho, (double)f->cnt.rep_k);
 }
@@ -117,7 +117,7 @@ static void factor_health(const kf_factor *f, float *trace, float *norm) {
     *norm = (float)sqrt(nn);
 }
 
-void kf_health(ngd_entry *e) {
+void ngd_kf_health(ngd_entry *e) {
     const kf_state *s = e->ms;
     factor_health(&s->f[KF_A], &e->h.trace_K, &e->h.norm_K);
     factor_health(&s->f[KF_G], &e->h.trace_C, &e->h.norm_C);

@@ -32,9 +32,9 @@
 static void kfac_free(ngd_entry *e) {
     kf_state *s = e->ms;
     if (!s) return;
-    kf_factor_free(&s->f[KF_A]);
-    kf_factor_free(&s->f[KF_G]);
-    if (s->stashed) kf_factor_free(&s->stash[KF_A]), kf_factor_free(&s->stash[KF_G]);
+    ngd_kf_factor_free(&s->f[KF_A]);
+    ngd_kf_factor_free(&s->f[KF_G]);
+    if (s->stashed) ngd_kf_factor_free(&s->stash[KF_A]), ngd_kf_factor_free(&s->stash[KF_G]);
     ngd_free(s->inv[KF_A]);
     ngd_free(s->inv[KF_G]);
     ngd_free(s);
@@ -50,7 +50,7 @@ static void ea_identity(kf_factor *f) {
 
 static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     const ngd_config *c = &e->cfg;
-    const bool bfam = kf_is_b_family(c->method); // (ngd_config_validate checked the rest)
+    const bool bfam = ngd_kf_is_b_family(c->method); // (ngd_config_validate checked the rest)
     kf_state *s = ngd_calloc(1, sizeof *s);
     if (!s) return ngd_optim_fail(o, NGD_ERR_NOMEM, "layer '%s': out of memory", e->name);
     e->ms = s;
@@ -58,14 +58,14 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
     ngd_rng_seed(&s->rng, c->kfac.seed, (uint64_t)s->id);
     s->f[KF_A].d = e->d_K;
     s->f[KF_G].d = e->d_out;
-    if (bfam) return NGD_OK; // tracks decided at the first observe (kf_decide)
+    if (bfam) return NGD_OK; // tracks decided at the first observe (ngd_kf_decide)
     s->meta.decided = 1;
     for (int k = 0; k < 2; k++) {
         kf_factor *f = &s->f[k];
         const bool evd = c->method == NGD_METHOD_KFAC || c->kfac.rank >= f->d;
         const size_t cap = evd ? f->d : c->kfac.rank;
         s->meta.track[k] = evd ? KF_EVD : KF_RSVD;
-        if (!kf_factor_alloc(f, evd ? KF_EVD : KF_RSVD, true, cap, 0)) {
+        if (!ngd_kf_factor_alloc(f, evd ? KF_EVD : KF_RSVD, true, cap, 0)) {
             kfac_free(e);
             return ngd_optim_fail(o, NGD_ERR_NOMEM,
                                   "layer '%s': out of memory for the "
@@ -73,7 +73,7 @@ static ngd_status kfac_init(ngd_optim *o, ngd_entry *e) {
                                   e->name, e->d_K, e->d_out);
         }
         if (c->kfac.identity_init == NGD_IDINIT_IN_FACTOR) ea_identity(f);
-        if (kf_inv_wanted(e) && !(s->inv[k] = ngd_malloc(f->d * f->d, sizeof(float)))) {
+        if (ngd_kf_inv_wanted(e) && !(s->inv[k] = ngd_malloc(f->d * f->d, sizeof(float)))) {
             kfac_free(e);
             return ngd_optim_fail(o, NGD_ERR_NOMEM,
                                   "layer '%s': out of memory for the inverse operators", e->name);
@@ -112,7 +112,7 @@ static bool factored_pays(const ngd_entry *e, size_t n, size_t rG, size_t rA) {
 static bool factored_pays_cfg(const ngd_entry *e, size_t n) {
     const ngd_config *c = &e->cfg;
     if (c->method == NGD_METHOD_KFAC) return factored_pays(e, n, e->d_out, e->d_K);
-    const size_t r = NGD_MAX(c->kfac.rank, kf_brand_rank(c));
+    const size_t r = NGD_MAX(c->kfac.rank, ngd_kf_brand_rank(c));
     return factored_pays(e, n, NGD_MIN(r, e->d_out), NGD_MIN(r, e->d_K));
 }
 
@@ -155,10 +155,10 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
         if (e->cfg.kfac.factored_apply && g->rows == batch && factored_pays_cfg(e, grows))
             s->meta.factored = 1;
         if (!s->meta.decided) {
-            st = kf_decide(o, e, R == 1, grows); // B methods
+            st = ngd_kf_decide(o, e, R == 1, grows); // B methods
         } else {
             s->meta.cols = grows;
-            st = s->meta.factored ? kf_grow_rows(o, e, grows) : NGD_OK;
+            st = s->meta.factored ? ngd_kf_grow_rows(o, e, grows) : NGD_OK;
         }
         if (st != NGD_OK) {
             s->meta = m0;
@@ -175,7 +175,7 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
         s->redecide = 0;
         if (g->rows == batch && factored_pays_cfg(e, (size_t)s->meta.cols)) {
             s->meta.factored = 1;
-            if ((st = kf_grow_rows(o, e, (size_t)s->meta.cols)) != NGD_OK) {
+            if ((st = ngd_kf_grow_rows(o, e, (size_t)s->meta.cols)) != NGD_OK) {
                 s->meta.factored = 0;
                 return st;
             }
@@ -186,9 +186,9 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     const bool keep_rows = s->meta.factored || (brand && stats);
     if (!stats && !keep_rows) return NGD_OK; // a factored_apply step of a layer without it
     if (keep_rows && s->pend.rows + rows > s->meta.rows_cap &&
-        (st = kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
+        (st = ngd_kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
         return st;
-    float *chunk = kf_scratch(o, observe_ws(e));
+    float *chunk = ngd_kf_scratch(o, observe_ws(e));
     if (!chunk)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
     const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
@@ -325,9 +325,9 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
             if (f->ea)
                 ea_update(f, k->rho, (double)s->pend.samples, k->ea_dtype == NGD_BF16,
                           k->factor_arith == NGD_BF16);
-            if (f->track == KF_BRAND && kf_brand_due(&e->cfg, t)) {
+            if (f->track == KF_BRAND && ngd_kf_brand_due(&e->cfg, t)) {
                 s->pub |= (uint8_t)(1u << i);
-                if (mine && (st = kf_brand_step(o, e, f, t)) != NGD_OK) return st;
+                if (mine && (st = ngd_kf_brand_step(o, e, f, t)) != NGD_OK) return st;
                 if (mine) round_rep(e, f);
             }
         }
@@ -339,15 +339,16 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
         s->inv_ok = 0; // (U, D) change, here or by the owner's broadcast
         for (int i = 0; i < 2; i++) {
             kf_factor *f = &s->f[i];
-            if (f->track != KF_BRAND || kf_refresh_due(&e->cfg, t)) s->pub |= (uint8_t)(1u << i);
+            if (f->track != KF_BRAND || ngd_kf_refresh_due(&e->cfg, t))
+                s->pub |= (uint8_t)(1u << i);
             if (!mine) continue;
             switch (f->track) {
-            case KF_EVD: st = kf_refresh_evd(o, e, f); break;
+            case KF_EVD: st = ngd_kf_refresh_evd(o, e, f); break;
             case KF_RSVD:
-                st = kf_refresh_randomized(o, e, f, NGD_MIN(k->rank, f->d),
-                                           e->cfg.method == NGD_METHOD_SREKFAC);
+                st = ngd_kf_refresh_randomized(o, e, f, NGD_MIN(k->rank, f->d),
+                                               e->cfg.method == NGD_METHOD_SREKFAC);
                 break;
-            case KF_BRAND: st = kf_brand_maintain(o, e, f, t); break;
+            case KF_BRAND: st = ngd_kf_brand_maintain(o, e, f, t); break;
             default: st = NGD_OK; break;
             }
             if (st) return st;
@@ -357,7 +358,7 @@ static ngd_status update_core(ngd_optim *o, ngd_entry *e, size_t t) {
     }
     if (did) {
         e->h.updates++;
-        kf_health(e);
+        ngd_kf_health(e);
     }
     return NGD_OK;
 }
@@ -389,7 +390,7 @@ static ngd_status kfac_combine(ngd_optim *o, ngd_entry *e) {
     }
     const size_t nloc = (size_t)s->pend.rows;
     if (nloc == 0) return NGD_OK;
-    if ((st = kf_grow_rows(o, e, nloc * P)) != NGD_OK) return st;
+    if ((st = ngd_kf_grow_rows(o, e, nloc * P)) != NGD_OK) return st;
     const size_t rank = (size_t)o->comm.rank;
     for (int k = 0; k < 2; k++) {
         kf_factor *f = &s->f[k];
@@ -422,7 +423,7 @@ static double kfac_work(const ngd_entry *e, bool *owner_pays) {
                 (2.0 * (double)k->power_iters + 3.0) * 2.0 * d * d * (r + (double)k->oversample);
             break;
         case KF_BRAND: {
-            const double rn = (double)kf_brand_rank(&e->cfg) + (double)s->meta.cols;
+            const double rn = (double)ngd_kf_brand_rank(&e->cfg) + (double)s->meta.cols;
             flops += 4.0 * d * rn * rn;
             break;
         }
@@ -440,7 +441,7 @@ static bool kfac_heavy(const ngd_entry *e, size_t t) {
     if (s->meta.decided && t % e->cfg.kfac.T_i == 0) return true;
     if (!s->has_pend) return false;
     for (int i = 0; i < 2; i++)
-        if (s->f[i].track == KF_BRAND && kf_brand_due(&e->cfg, t)) return true;
+        if (s->f[i].track == KF_BRAND && ngd_kf_brand_due(&e->cfg, t)) return true;
     return false;
 }
 
@@ -464,7 +465,7 @@ static ngd_status kfac_publish(ngd_optim *o, ngd_entry *e) {
     if (ngd_optim_mine(o, e)) return NGD_OK;
     e->h.decomp_failures = (size_t)extra[0], e->h.decomp_retries = (size_t)extra[1];
     memcpy(s->rng.s, extra + 2, sizeof s->rng.s);
-    kf_health(e);
+    ngd_kf_health(e);
     return NGD_OK;
 }
 
@@ -478,7 +479,7 @@ static size_t kfac_precond_bytes(const ngd_entry *e) {
                  cG = s->meta.decided ? s->f[KF_G].cap : dG;
     size_t b = ngd_lri_apply2_ws(dG, cG, dA, cA);
     if (e->cfg.method == NGD_METHOD_KFAC) b = NGD_MAX(b, ngd_kfac_precond_ws(dG, dA));
-    if (kf_inv_wanted(e)) b = NGD_MAX(b, ngd_kfac_inv_ws(NGD_MAX(dG, dA)));
+    if (ngd_kf_inv_wanted(e)) b = NGD_MAX(b, ngd_kfac_inv_ws(NGD_MAX(dG, dA)));
     return b;
 }
 
@@ -491,15 +492,15 @@ static size_t kfac_scratch_bytes(const ngd_entry *e) {
     for (int i = 0; i < 2; i++) {
         const kf_factor *f = &s->f[i];
         switch (f->track) {
-        case KF_EVD: b = NGD_MAX(b, kf_refresh_evd_ws(f->d)); break;
+        case KF_EVD: b = NGD_MAX(b, ngd_kf_refresh_evd_ws(f->d)); break;
         case KF_RSVD:
-            b = NGD_MAX(b, kf_refresh_randomized_ws(e, f, NGD_MIN(e->cfg.kfac.rank, f->d)));
+            b = NGD_MAX(b, ngd_kf_refresh_randomized_ws(e, f, NGD_MIN(e->cfg.kfac.rank, f->d)));
             break;
-        case KF_BRAND: b = NGD_MAX(b, kf_brand_ws(e, f)); break;
+        case KF_BRAND: b = NGD_MAX(b, ngd_kf_brand_ws(e, f)); break;
         default: break;
         }
     }
-    return NGD_MAX(b, kf_factored_ws(e, (size_t)s->meta.rows_cap));
+    return NGD_MAX(b, ngd_kf_factored_ws(e, (size_t)s->meta.rows_cap));
 }
 
 static size_t kfac_precond_ws(const ngd_entry *e) {
@@ -518,8 +519,8 @@ static ngd_status factored(ngd_optim *o, ngd_entry *e, const ngd_lowrank *LG, fl
     const size_t kb = ngd_factored_precond_ws(LG->r, LA->r, m);
     const size_t xy = (dG + dA) * m;
     if (!kb || !s->pend.c) return NGD_ERR_ARG;
-    float *X = kf_scratch(o, xy * sizeof(float) + kb);
-    if (!X) return NGD_ERR_INTERNAL; // (planned: kf_factored_ws)
+    float *X = ngd_kf_scratch(o, xy * sizeof(float) + kb);
+    if (!X) return NGD_ERR_INTERNAL; // (planned: ngd_kf_factored_ws)
     float *Y = X + dG * m;
     ngd_view Xv = ngd_view_rm(X, dG, m, m), Yv = ngd_view_rm(Y, dA, m, m);
     ngd_status st =
@@ -552,18 +553,18 @@ static void precondition_core(ngd_optim *o, ngd_entry *e, const float *G, float 
         J = ngd_cv(S);
     }
     ngd_status st;
-    if (kf_eigenbasis_ok(e)) { // #k-fac (kfac.c); from this step's rows where they pay
+    if (ngd_kf_eigenbasis_ok(e)) { // #k-fac (kfac.c); from this step's rows where they pay
         const size_t m = (size_t)s->pend.rows;
         float *X = s->meta.factored && m > 0 && s->pend.c && !em
-                       ? kf_scratch(o, (dG + dA) * m * sizeof(float))
-                       : NULL; // (planned: kf_factored_ws)
+                       ? ngd_kf_scratch(o, (dG + dA) * m * sizeof(float))
+                       : NULL; // (planned: ngd_kf_factored_ws)
         ngd_kfac_rows rows = {0};
         if (X)
             rows = (ngd_kfac_rows){ngd_cview_rm(s->f[KF_G].rows, m, dG, dG),
                                    ngd_cview_rm(s->f[KF_A].rows, m, dA, dA),
                                    (float)(1.0 / (double)s->pend.c), ngd_view_rm(X, m, dG, dG),
                                    ngd_view_rm(X + dG * m, m, dA, dA)};
-        st = kf_precond_eigenbasis(e, J, X ? &rows : NULL, S, DA, DG, kws, kbytes);
+        st = ngd_kf_precond_eigenbasis(e, J, X ? &rows : NULL, S, DA, DG, kws, kbytes);
     } else {
         // #low-rank-inverse on both sides: λ_F = λ_rel·max D_F + ρ^k, μ by the tail model
         float lam[2], mu[2];
@@ -571,10 +572,10 @@ static void precondition_core(ngd_optim *o, ngd_entry *e, const float *G, float 
         for (int i = 0; i < 2; i++) {
             const kf_factor *f = fs[i];
             const float dmax = f->cnt.rank ? f->D[0] : 0.0f;
-            lam[i] = k->damping_rel * dmax + kf_id_shift(e, f);
+            lam[i] = k->damping_rel * dmax + ngd_kf_id_shift(e, f);
             if (em) // the damping's product and sum rounded
                 lam[i] = ngd_bf16_round1(ngd_bf16_round1(ngd_bf16_round1(k->damping_rel) * dmax) +
-                                         ngd_bf16_round1(kf_id_shift(e, f)));
+                                         ngd_bf16_round1(ngd_kf_id_shift(e, f)));
             if (!(lam[i] > 0.0f)) lam[i] = 1.0f; // nothing to scale against: plain gradient
             lam[i] = kf_lam_floor(lam[i]);
             mu[i] = (k->tail == NGD_TAIL_MIN_KEPT && f->cnt.rank) ? f->D[f->cnt.rank - 1] : 0.0f;
@@ -653,8 +654,8 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
     s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
     if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
         s->meta = m;
-        s->meta.decided = 0; // kf_apply_tracks sets it once the state is allocated
-        return kf_apply_tracks(o, e);
+        s->meta.decided = 0; // ngd_kf_apply_tracks sets it once the state is allocated
+        return ngd_kf_apply_tracks(o, e);
     }
     if (s->meta.decided && !m.decided && !s->stashed) {
         // saved before its first statistics (a B layer's tracks are chosen there): the layer
@@ -684,7 +685,7 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
                               (unsigned long long)s->meta.track[1]);
     if (m.factored) s->meta.factored = 1;
     if (!s->meta.cols) s->meta.cols = m.cols;
-    if (m.rows_cap > s->meta.rows_cap) return kf_grow_rows(o, e, (size_t)m.rows_cap);
+    if (m.rows_cap > s->meta.rows_cap) return ngd_kf_grow_rows(o, e, (size_t)m.rows_cap);
     return NGD_OK;
 }
 
@@ -692,12 +693,12 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
 static void kfac_load_commit(ngd_entry *e) {
     kf_state *s = e->ms;
     if (!s || !s->stashed) return;
-    kf_factor_free(&s->stash[KF_A]), kf_factor_free(&s->stash[KF_G]);
+    ngd_kf_factor_free(&s->stash[KF_A]), ngd_kf_factor_free(&s->stash[KF_G]);
     s->stashed = 0;
 }
 
 // A failed load's undo: a layer that took the saved tracks goes back to undecided (its
-// factors freed, as kf_apply_tracks leaves them on failure); a decided one gets back its
+// factors freed, as ngd_kf_apply_tracks leaves them on failure); a decided one gets back its
 // flags (row buffers it grew keep their capacity, which changes no result)
 static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
     kf_state *s = e->ms;
@@ -705,7 +706,7 @@ static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
     memcpy(&b, before, sizeof b);
     s->redecide = 0;
     if (s->stashed) { // (made undecided by this load: its factors back, as they were)
-        kf_factors_undecided(s);
+        ngd_kf_factors_undecided(s);
         s->f[KF_A] = s->stash[KF_A], s->f[KF_G] = s->stash[KF_G];
         s->meta = s->stash_meta;
         s->stashed = 0;
@@ -713,7 +714,7 @@ static void kfac_load_undo(ngd_optim *o, ngd_entry *e, const uint64_t *before) {
         return;
     }
     if (!b.decided && s->meta.decided) {
-        kf_factors_undecided(s);
+        ngd_kf_factors_undecided(s);
         s->meta = b;
         o->planned = false;
         return;
@@ -760,7 +761,7 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .observe = kfac_observe, .discard = kfac_discard, .update = kfac_update,                   \
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
-        .loaded = kf_health, .rescale = kfac_rescale, .load_meta = kfac_load_meta,                 \
+        .loaded = ngd_kf_health, .rescale = kfac_rescale, .load_meta = kfac_load_meta,             \
         .load_undo = kfac_load_undo, .load_commit = kfac_load_commit,                              \
         .factor_dense = kfac_factor_dense, .combine = kfac_combine, .work = kfac_work,             \
         .publish = kfac_publish, .update_heavy = kfac_heavy,                                       \

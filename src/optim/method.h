@@ -83,7 +83,7 @@ struct ngd_optim {
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
     float *ws;
     size_t ws_n;
-    // a byte scratch of the methods (kf_scratch), sized by their scratch_bytes queries when
+    // a byte scratch of the methods (ngd_kf_scratch), sized by their scratch_bytes queries when
     // planned (ngd_optim_reserve_scratch when a method's shapes grow in observe): scratch_slots
     // slots of scratch_n bytes, one per thread that runs layers' updates side by side
     // (update_heavy; slot 0 outside them)
@@ -164,7 +164,7 @@ typedef struct ngd_method_ops {
     // decompositions, Brand updates): in a single-process run with several threads the
     // driver then runs such layers' updates side by side, one thread each (largest `work`
     // first; their GEMMs then single-threaded), so update must touch only e's state and the
-    // calling thread's scratch slot (kf_scratch)
+    // calling thread's scratch slot (ngd_kf_scratch)
     bool (*update_heavy)(const ngd_entry *e, size_t t);
     // P = preconditioned gradient of G (both d_out x d_K); ws has method_ws floats
     void (*precondition)(ngd_optim *o, ngd_entry *e, const float *G, float *P, float *ws);

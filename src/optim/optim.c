@@ -1003,7 +1003,7 @@ static ngd_status update_all(ngd_optim *o, size_t t) {
     for (size_t j = 0; j < nh; j++) {
         const int saved = ngd_blas_serial_begin(); // (its products as a 1-thread run's)
 #ifdef _OPENMP
-        ngd_update_slot = (size_t)omp_get_thread_num(); // (kf_scratch: this thread's slot)
+        ngd_update_slot = (size_t)omp_get_thread_num(); // (ngd_kf_scratch: this thread's slot)
 #endif
         o->upd_st[j] = update_one(o, &o->e[o->upd_idx[j]], t);
         ngd_update_slot = 0;

@@ -11,21 +11,22 @@
  */
 #include "kfac.h"
 
-size_t kf_randomized_ws(size_t d, size_t r, size_t p) {
+size_t ngd_kf_randomized_ws(size_t d, size_t r, size_t p) {
     return NGD_MAX(ngd_rsvd_sym_ws(d, r, p), ngd_srevd_ws(d, r, p));
 }
 
-size_t kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r) {
-    return r >= f->d ? kf_refresh_evd_ws(f->d) : kf_randomized_ws(f->d, r, e->cfg.kfac.oversample);
+size_t ngd_kf_refresh_randomized_ws(const ngd_entry *e, const kf_factor *f, size_t r) {
+    return r >= f->d ? ngd_kf_refresh_evd_ws(f->d)
+                     : ngd_kf_randomized_ws(f->d, r, e->cfg.kfac.oversample);
 }
 
-ngd_status kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre) {
+ngd_status ngd_kf_refresh_randomized(ngd_optim *o, ngd_entry *e, kf_factor *f, size_t r, bool sre) {
     kf_state *s = e->ms;
     const ngd_kfac_options *k = &e->cfg.kfac;
     const size_t d = f->d;
-    if (r >= d) return kf_refresh_evd(o, e, f);
-    const size_t bytes = kf_randomized_ws(d, r, k->oversample);
-    void *ws = kf_scratch(o, bytes);
+    if (r >= d) return ngd_kf_refresh_evd(o, e, f);
+    const size_t bytes = ngd_kf_randomized_ws(d, r, k->oversample);
+    void *ws = ngd_kf_scratch(o, bytes);
     if (!ws)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL,
                               "layer '%s': no planned workspace for a rank-%zu "
