@@ -454,7 +454,8 @@ NGD_API ngd_status ngd_optim_step(ngd_optim *o);
 // not read (not for the non-finite check either), it needs no statistics (those observed for
 // this step are discarded), its preconditioner is not maintained (an update or refresh due at
 // this step waits for the next one due) and its count of applied updates (AdamW's bias
-// correction) does not advance. Applies to the next ngd_optim_step only, whatever it returns.
+// correction) does not advance. Applies to the next ngd_optim_step that steps or skips
+// (NGD_OK, NGD_SKIPPED); one that fails changes nothing, this included, for its retry.
 // Errors: NGD_ERR_LAYER (unknown id), NGD_ERR_STATE (a data-parallel run: every rank would
 // have to skip alike).
 NGD_API ngd_status ngd_optim_skip(ngd_optim *o, int id);
