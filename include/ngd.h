@@ -54,11 +54,11 @@
  * different handles are independent, from any threads (each its own, at once), including
  * the threads of the client's own OpenMP parallel region (there each handle's products run on
  * its thread alone). What is shared by the process: a counter of libngd's GEMM FLOPs, the
- * switches read once from the environment (NGD_F32_GEMM, NGD_BF16_GEMM, NGD_BF16_SPLIT), and
- * each thread's cache of oneDNN primitives (freed when the thread ends). A handle's error
- * messages and log callbacks take a lock of its own (its log_fn is never called by two threads
- * at once). Threads: libngd's products and decompositions run with OpenMP's dynamic
- * adjustment turned off and at most OMP_THREAD_LIMIT threads (one under
+ * switches read once from the environment (NGD_F32_GEMM, NGD_BF16_GEMM, NGD_BF16_SPLIT,
+ * NGD_SYRK_BLOCKS), and each thread's cache of oneDNN primitives (freed when the thread ends).
+ * A handle's error messages and log callbacks take a lock of its own (its log_fn is never
+ * called by two threads at once). Threads: libngd's products and decompositions run with OpenMP's
+ * dynamic adjustment turned off and at most OMP_THREAD_LIMIT threads (one under
  * OMP_MAX_ACTIVE_LEVELS=0): oneDNN computes only the parts of a product whose threads it gets,
  * and OpenBLAS's LAPACK waits for ever for threads it does not get; client threads that share a
  * thread limit should together ask for no more threads than it allows.
