@@ -52,6 +52,7 @@ skips steps with non-finite gradients. state_dict() includes libngd's state as b
 """
 
 import ctypes
+import warnings
 import weakref
 
 import torch
@@ -208,8 +209,7 @@ class NGDOptimizer(torch.optim.Optimizer):
 
         seen = {}  # id(param) -> (name, role)
         kf_params, other_params = [], []
-        self._regs = []  # (param, grad buffer, storage ptr, name)
-        self._reg_ids = []  # libngd's entry id of each of them
+        self._regs = []  # (param, grad buffer, storage ptr, name, libngd's entry id)
         self._empty, self._observed = set(), set()  # layers observed empty / not, this step
         for mname, mod in model.named_modules():
             if id(mod) in excluded:
@@ -294,13 +294,11 @@ class NGDOptimizer(torch.optim.Optimizer):
             self._by_module[id(mod)] = e
             seen[id(w)] = (mname, "weight", e)
             kf_params.append(w)
-            self._regs.append((w, gw, w.data_ptr(), mname + ".weight"))
-            self._reg_ids.append(lid)
+            self._regs.append((w, gw, w.data_ptr(), mname + ".weight", lid))
             if b is not None:
                 seen[id(b)] = (mname, "bias", e)
                 kf_params.append(b)
-                self._regs.append((b, gb, b.data_ptr(), mname + ".bias"))
-                self._reg_ids.append(lid)
+                self._regs.append((b, gb, b.data_ptr(), mname + ".bias", lid))
             self._hooks.append(mod.register_forward_hook(hook))
         # names that match no layer (a mistyped one would leave its layer at the defaults)
         named = {e.name for e in self._entries}
@@ -348,8 +346,7 @@ class NGDOptimizer(torch.optim.Optimizer):
             pid = self._opt.add_param(p.detach().numpy(), g.numpy(), name=pname, method=others, **oc)
             seen[id(p)] = (pname, "param", None)
             other_params.append(p)
-            self._regs.append((p, g, p.data_ptr(), pname))
-            self._reg_ids.append(pid)
+            self._regs.append((p, g, p.data_ptr(), pname, pid))
         groups = [{"params": kf_params, "lr": float(cfg.lr), "ngd": "layers"}]
         if other_params:
             groups.append({"params": other_params, "lr": self._others_lr, "ngd": others})
@@ -462,8 +459,6 @@ class NGDOptimizer(torch.optim.Optimizer):
             if p is None:
                 continue
             if p.requires_grad and p.grad is not None:
-                import warnings
-
                 warnings.warn(
                     "ngd.torch: parameter %s was frozen when the optimizer was created, so it is "
                     "not trained now that it has a gradient; create the optimizer after "
@@ -480,10 +475,10 @@ class NGDOptimizer(torch.optim.Optimizer):
         all of whose parameters are frozen is skipped (self._skips, for ngd_optim_skip: its
         state stays too); a frozen weight or bias of a layer whose other one trains takes a
         zero gradient and gets its value back after the step (self._restore)."""
-        frozen = [p.grad is None or not p.requires_grad for p, _, _, _ in self._regs]
-        live = {i for i, f in zip(self._reg_ids, frozen) if not f}
+        frozen = [p.grad is None or not p.requires_grad for p, *_ in self._regs]
+        live = {r[4] for r, f in zip(self._regs, frozen) if not f}
         restore = []
-        for (p, g, ptr, name), eid, fz in zip(self._regs, self._reg_ids, frozen):
+        for (p, g, ptr, name, eid), fz in zip(self._regs, frozen):
             if p.data_ptr() != ptr:
                 raise Error(
                     _lib.ERR_STATE,
@@ -507,7 +502,7 @@ class NGDOptimizer(torch.optim.Optimizer):
                     raise Error(_lib.ERR_SHAPE, "ngd.torch: %s.grad has shape %s, the parameter %s" % (name, tuple(pg.shape), tuple(g.shape)))
                 g.copy_(pg)
             p.grad = g
-        self._skips = sorted((set(self._reg_ids) - live) | (self._empty - self._observed))
+        self._skips = sorted(({r[4] for r in self._regs} - live) | (self._empty - self._observed))
         self._restore = restore
         # lr schedules: one libngd lr scale, the ratio of each group's lr to its initial lr
         # (a group created with lr 0 has none: libngd's lr times any scale stays 0)
@@ -596,7 +591,7 @@ class NGDOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none=False):
         """Zeroes the registered gradient buffers in place (set_to_none is ignored: libngd
         reads these buffers)."""
-        for p, g, _, _ in self._regs:
+        for p, g, *_ in self._regs:
             g.zero_()
             if p.grad is not g:
                 p.grad = g
