@@ -437,6 +437,20 @@ NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_
 // are rescaled to it).
 NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 
+// Gradient accumulation: each step's batch comes in m micro-batches of equal size, each with
+// its own backward pass and one ngd_optim_observe per layer (m = 1, the default: each observe
+// is a whole batch, or a layer's further use in the same batch). Every method then scales the
+// statistics as for one observe of the whole batch (1/rows and the loss average's σ of m
+// times each observe's batch), so that the step equals the whole batch's up to rounding when
+// the gradient handed to the step is the whole batch's: each micro-batch's loss its mean
+// divided by m (loss_average BATCH or BATCH_SEQUENCE), or its sum (SUM). Set it before the
+// step's first observe; it stays until set again. It is a setting of the caller's loop, not
+// state: ngd_optim_save does not write it and ngd_optim_load keeps the optimizer's own.
+// Errors: NGD_ERR_ARG (m = 0 or above 2^32).
+NGD_API ngd_status ngd_optim_set_micro_batches(ngd_optim *o, size_t m);
+// The current setting (1 unless set; 0 for a NULL optimizer).
+NGD_API size_t ngd_optim_micro_batches(const ngd_optim *o);
+
 // Multiplies every learning rate (β2) by `scale` from the next step on (for schedules).
 NGD_API ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale);
 

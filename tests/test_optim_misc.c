@@ -1301,7 +1301,120 @@ static void skip_should_leave_an_entry_as_it_is(void) {
     ngd_optim_free(o);
 }
 
+// ---- gradient accumulation (ngd_optim_set_micro_batches) ----
+
+typedef struct {
+    const char *name;
+    ngd_method m;
+    const char *structure;
+    ngd_loss_average avg;
+    size_t R; // rows a sample (a sequence's positions)
+    bool reduce, factored, bf16;
+} mb_case;
+
+// Steps of one layer (6 x 5 plus bias) on fixed random data: the batch's N*R rows handed over
+// in one observe of N samples (parts = 1), or in `parts` observes of N/parts samples with the
+// optimizer told `micro` micro-batches. The gradient is the same in both. W out.
+static void mb_run(const mb_case *k, size_t parts, size_t micro, float *W) {
+    const size_t N = 12, din = 5, dout = 6, R = k->R, rows = N * R;
+    ngd_config c = ngd_config_default(k->m);
+    c.T = 2, c.kfac.T_u = 1, c.kfac.T_i = 2, c.lr = 0.05f, c.damping = 1e-2f;
+    c.loss_average = k->avg;
+    c.kfac_approx = k->reduce ? NGD_KFAC_REDUCE : NGD_KFAC_EXPAND;
+    c.kfac.factored_apply = k->factored;
+    if (k->structure) {
+        CHECK(ngd_structure_parse(k->structure, &c.structure_K) == NGD_OK);
+        c.structure_C = c.structure_K;
+    }
+    if (k->bf16) c.factor_compute = c.structure_K.dtype = c.structure_C.dtype = NGD_BF16;
+    float *w = W, dw[30], b[6] = {0}, db[6], a[24 * 5], g[24 * 6];
+    ref_rng r = {4242};
+    for (size_t i = 0; i < dout * din; i++)
+        w[i] = (float)ref_uniform(&r, -0.5, 0.5);
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    ngd_layer L = {.name = "fc",
+                   .weight = w,
+                   .weight_grad = dw,
+                   .d_out = dout,
+                   .d_in = din,
+                   .bias = b,
+                   .bias_grad = db};
+    int id;
+    CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+    CHECK(ngd_optim_micro_batches(o) == 1);
+    CHECK(ngd_optim_set_micro_batches(o, micro) == NGD_OK);
+    CHECK(ngd_optim_micro_batches(o) == micro);
+    for (int s = 0; s < 7; s++) {
+        for (size_t i = 0; i < rows * din; i++)
+            a[i] = (float)ref_uniform(&r, -1, 1);
+        for (size_t i = 0; i < rows * dout; i++)
+            g[i] = (float)ref_uniform(&r, -1, 1) / (k->avg == NGD_LOSS_SUM ? 1.0f : (float)N);
+        for (size_t i = 0; i < dout * din; i++)
+            dw[i] = (float)ref_uniform(&r, -0.1, 0.1);
+        for (size_t i = 0; i < dout; i++)
+            db[i] = (float)ref_uniform(&r, -0.1, 0.1);
+        const size_t n = N / parts;
+        for (size_t p = 0; p < parts && ngd_optim_wants_stats(o); p++)
+            CHECK(ngd_optim_observe(o, id, n, ngd_matrix_f32(a + p * n * R * din, n * R, din),
+                                    ngd_matrix_f32(g + p * n * R * dout, n * R, dout)) == NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+    }
+    ngd_optim_free(o);
+}
+
+static void micro_batches_should_take_the_whole_batchs_step(void) {
+    const mb_case cases[] = {
+        {"ikfac", NGD_METHOD_IKFAC, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"ingd", NGD_METHOD_INGD, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"singd diagonal sum", NGD_METHOD_SINGD, "diagonal", NGD_LOSS_SUM, 1, false, false, false},
+        {"ikfac sequence", NGD_METHOD_IKFAC, NULL, NGD_LOSS_BATCH_SEQUENCE, 2, false, false, false},
+        {"ikfac reduce", NGD_METHOD_IKFAC, NULL, NGD_LOSS_BATCH, 2, true, false, false},
+        {"singd block sum", NGD_METHOD_SINGD, "block2diagonal", NGD_LOSS_SUM, 2, false, false,
+         false},
+        {"kfac", NGD_METHOD_KFAC, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"kfac sequence", NGD_METHOD_KFAC, NULL, NGD_LOSS_BATCH_SEQUENCE, 2, false, false, false},
+        {"rskfac", NGD_METHOD_RSKFAC, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"srekfac", NGD_METHOD_SREKFAC, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"bkfac", NGD_METHOD_BKFAC, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"brkfac", NGD_METHOD_BRKFAC, NULL, NGD_LOSS_BATCH, 2, true, false, false},
+        {"brckfac", NGD_METHOD_BRCKFAC, NULL, NGD_LOSS_BATCH, 1, false, false, false},
+        {"kfac factored", NGD_METHOD_KFAC, NULL, NGD_LOSS_BATCH, 1, false, true, false},
+        {"bkfac factored", NGD_METHOD_BKFAC, NULL, NGD_LOSS_BATCH, 1, false, true, false},
+        {"ikfac bf16", NGD_METHOD_IKFAC, NULL, NGD_LOSS_BATCH, 1, false, false, true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const mb_case *k = &cases[i];
+        float whole[30], micro[30], plain[30];
+        mb_run(k, 1, 1, whole);
+        mb_run(k, 3, 3, micro);
+        mb_run(k, 3, 1, plain); // (three observes that each say they are the whole batch)
+        double e = 0, ep = 0, ref = 0;
+        for (size_t j = 0; j < 30; j++) {
+            e = fmax(e, fabs((double)micro[j] - (double)whole[j]));
+            ep = fmax(ep, fabs((double)plain[j] - (double)whole[j]));
+            ref = fmax(ref, fabs((double)whole[j]));
+        }
+        if (!(e <= 2e-5 * ref) || !(ep > 2e-4 * ref))
+            fprintf(stderr, "  %s: micro-batches off by %.3g, plain observes by %.3g (|W| %.3g)\n",
+                    k->name, e, ep, ref);
+        CHECK(e <= 2e-5 * ref);
+        // (the test can tell: without the setting, the parts' statistics add up otherwise,
+        // except for the methods that are invariant to it, INGD and SINGD on mean losses)
+        if (k->avg == NGD_LOSS_SUM || k->m != NGD_METHOD_INGD) CHECK(ep > 2e-4 * ref);
+    }
+    ngd_optim *o = NULL;
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    CHECK(ngd_optim_set_micro_batches(o, 0) == NGD_ERR_ARG);
+    CHECK(ngd_optim_micro_batches(o) == 1);
+    CHECK(ngd_optim_set_micro_batches(NULL, 2) == NGD_ERR_ARG);
+    CHECK(ngd_optim_micro_batches(NULL) == 0);
+    ngd_optim_free(o);
+}
+
 static const test_case TESTS[] = {
+    TEST(micro_batches_should_take_the_whole_batchs_step),
     TEST(unfold_should_match_a_naive_loop),
     TEST(observe_conv_should_equal_observe_of_the_unfolded_matrix),
     TEST(observe_conv_should_fit_a_block_of_the_narrower_side),

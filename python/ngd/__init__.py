@@ -559,6 +559,19 @@ class Optimizer:
         """The loss scale that multiplied this step's loss (mixed precision)."""
         self._check(_lib.ngd_optim_set_grad_scale(self.handle, float(scale)))
 
+    def set_micro_batches(self, m):
+        """Gradient accumulation: each step's batch comes in m equal micro-batches, each
+        observed; the statistics are scaled as the whole batch's, so the step is the whole
+        batch's for mean losses divided by m, or sum losses (ngd.h,
+        ngd_optim_set_micro_batches). Stays until set again; not saved in checkpoints."""
+        m = _int_in(m, 1, 2**32, "set_micro_batches: m")
+        self._check(_lib.ngd_optim_set_micro_batches(self.handle, m), "set_micro_batches")
+
+    @property
+    def micro_batches(self):
+        """The micro-batches each step's batch comes in (1 unless set)."""
+        return int(_lib.ngd_optim_micro_batches(self.handle))
+
     def skip(self, id):
         """The coming step leaves entry `id` (a layer or a parameter) as it is: weights,
         state, statistics schedule and update count (a frozen parameter; ngd.h,

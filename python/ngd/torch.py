@@ -40,11 +40,12 @@ temporary is made for the observe call.
 param_groups: group 0 holds the Kronecker-factored layers' parameters, group 1 (if any) the
 others. A torch lr scheduler changes group['lr']; step() turns the ratio to the initial lr
 into ngd_optim_set_lr_scale (libngd has one lr scale for all parameters: groups must keep
-the same ratio). Gradient accumulation: call backward several times before step(); the
-statistics of every backward add up, each scaled by its own rows: with M micro-batches whose
-mean losses are divided by M, INGD and SINGD take the whole batch's step (up to rounding);
-with sum losses, IKFAC and the K-FAC family they do not (docs/algorithms.md, "Gradient
-accumulation"). Mixed precision: step(grad_scaler=scaler) (what
+the same ratio). Gradient accumulation: call set_micro_batches(M) once, then backward M
+times (each micro-batch's mean loss divided by M, or its sum for loss_average "sum") before
+step(): every method takes the whole batch's step, up to rounding. Without it the
+statistics of every backward add up, each scaled as a whole batch (INGD and SINGD are
+invariant to that for mean losses divided by M; IKFAC, the K-FAC family and sum losses are
+not: docs/algorithms.md, "Gradient accumulation"). Mixed precision: step(grad_scaler=scaler) (what
 GradScaler.step does for this optimizer: _step_supports_amp_scaling) or
 set_grad_scale(s) tells libngd the loss scale; libngd unscales the gradients itself and
 skips steps with non-finite gradients. state_dict() includes libngd's state as bytes
@@ -535,6 +536,14 @@ class NGDOptimizer(torch.optim.Optimizer):
         gradients and statistics by it."""
         self._opt.set_grad_scale(scale)
         self._scale = float(scale)
+
+    def set_micro_batches(self, m):
+        """Gradient accumulation over m backward passes a step, one per equal micro-batch
+        whose loss is its mean divided by m (or its sum for loss_average "sum"): libngd
+        scales their statistics as the whole batch's, so every method takes the whole
+        batch's step (ngd.h, ngd_optim_set_micro_batches). Stays until set again; not in
+        state_dict()."""
+        self._opt.set_micro_batches(m)
 
     @torch.no_grad()
     def step(self, closure=None, grad_scaler=None):

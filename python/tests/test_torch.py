@@ -141,6 +141,34 @@ def test_gradient_accumulation_equals_one_big_batch():
     torch.testing.assert_close(flat(b), flat(a), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: ngd.torch.IKFAC(m, lr=0.05, T=1, damping=0.01),
+        lambda m: ngd.torch.KFAC(m, lr=0.05, T_u=1, T_i=1, damping=0.01),
+        lambda m: ngd.torch.BKFAC(m, lr=0.05, T_u=1, T_i=2, damping=0.01),
+    ],
+    ids=["ikfac", "kfac", "bkfac"],
+)
+def test_micro_batches_make_every_method_take_the_whole_batchs_step(make):
+    x, y = data(n=32, seed=6)
+    a, b, c = mlp(6), mlp(6), mlp(6)
+    oa, ob, oc = make(a), make(b), make(c)
+    ob.set_micro_batches(2)
+    train(a, oa, 3, x, y)
+    for m, o in ((b, ob), (c, oc)):
+        for _ in range(3):
+            o.zero_grad()
+            for xs, ys in ((x[:16], y[:16]), (x[16:], y[16:])):
+                (((m(xs) - ys) ** 2).sum(1).mean() / 2).backward()
+            o.step()
+    torch.testing.assert_close(flat(b), flat(a), rtol=1e-4, atol=1e-5)
+    # (without the setting these methods' statistics add up to another step)
+    assert (flat(c) - flat(a)).abs().max() > 1e-3
+    with pytest.raises(ValueError):
+        ob.set_micro_batches(0)
+
+
 class FakeScaler:
     """What GradScaler.step hands the optimizer (torch 1.13's GradScaler is CUDA-only)."""
 

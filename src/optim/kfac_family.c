@@ -191,7 +191,8 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     float *chunk = ngd_kf_scratch(o, observe_ws(e));
     if (!chunk)
         return ngd_optim_fail(o, NGD_ERR_INTERNAL, "layer '%s': no planned workspace", e->name);
-    const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch;
+    // (micro-batches: c is the whole batch's, the observes' batches times o->micro)
+    const double c = e->cfg.loss_average == NGD_LOSS_SUM ? 1.0 : (double)batch * (double)o->micro;
     // emulated bf16 (kfac.factor_arith): the rows, their scaling and the products rounded
     const bool em = e->cfg.kfac.factor_arith == NGD_BF16;
     float wa = (float)(1.0 / (double)R);

@@ -78,6 +78,7 @@ struct ngd_optim {
     float scale_prev; // s_{t-1}, loss scale of the last backward (docs/algorithms.md#loss-scale)
     float scale_cur;  // s_t
     float lr_scale;   // multiplies every β2
+    size_t micro;     // observes a step's batch comes in (ngd_optim_set_micro_batches; 1)
     bool planned;     // workspaces allocated (first step / first observe; again after a change
                       // of shapes: registration, a B layer's tracks, a load)
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer
@@ -278,7 +279,7 @@ void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, siz
 bool ngd_stats_gram(const ngd_entry *e, size_t batch, const ngd_matrix *m, bool kside, float alpha,
                     float beta, float *G, float *scratch);
 // σ² of docs/algorithms.md#output-gradients (1, N, or N·R), from the unreduced g.
-double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g);
+double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t micro);
 
 // Row chunk used by streamed statistics (bounds the workspace).
 #define NGD_STATS_CHUNK 256

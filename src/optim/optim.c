@@ -140,6 +140,7 @@ ngd_status ngd_optim_create(const ngd_config *c, ngd_optim **out) {
     o->scale_prev = cfg.init_grad_scale;
     o->scale_cur = 1.0f;
     o->lr_scale = 1.0f;
+    o->micro = 1;
     o->comm.size = 1;
     *out = o;
     return NGD_OK;
@@ -561,6 +562,17 @@ ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale) {
     o->scale_cur = scale;
     return NGD_OK;
 }
+
+ngd_status ngd_optim_set_micro_batches(ngd_optim *o, size_t m) {
+    if (!o) return NGD_ERR_ARG;
+    if (m == 0) return ngd_optim_fail(o, NGD_ERR_ARG, "micro-batches must be at least 1 (got 0)");
+    if (m > (size_t)1 << 32)
+        return ngd_optim_fail(o, NGD_ERR_ARG, "micro-batches %zu: more than 2^32", m);
+    o->micro = m;
+    return NGD_OK;
+}
+
+size_t ngd_optim_micro_batches(const ngd_optim *o) { return o ? o->micro : 0; }
 
 ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale) {
     if (!o) return NGD_ERR_ARG;

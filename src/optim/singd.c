@@ -313,6 +313,7 @@ static void keep_rows(ngd_optim *o, ngd_entry *e, singd_state *s, size_t batch, 
                   ((s->KKt && s->CCt) || (s->KKt16 && s->CCt16)) && ngd_optim_world(o) == 1;
     s->nrows = 0;
     if (s->fact <= 0 || ngd_optim_world(o) != 1) return; // (data-parallel: the rows are local)
+    if (o->micro > 1) return; // (micro-batches: no one observe's rows make the gradient)
     // (a later batch of several rows a sample, reduced: their mean a and summed g do not make
     // the gradient, so Ĝ this step, as the K-FAC family does)
     if (g->rows != batch && !conv) return;
@@ -525,8 +526,9 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
     singd_ws w = ws_layout(e, ngd_optim_method_ws(o));
     if (s->bfc) {
         const size_t rows = ngd_stats_rows(e, batch, g);
-        const float alpha_K = (float)(1.0 / (double)rows);
-        const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g) / (double)o->scale_prev);
+        const float alpha_K = (float)(1.0 / ((double)rows * (double)o->micro));
+        const float alpha_C =
+            (float)(ngd_stats_sigma2(e, batch, g, o->micro) / (double)o->scale_prev);
         observe_side16(e, s, batch, a, g, true, alpha_K, w.chunk, w.fK[2]);
         observe_side16(e, s, batch, a, g, false, alpha_C, w.chunk, w.fC[2]);
         s->has_H = 1;
@@ -535,8 +537,9 @@ static ngd_status singd_observe(ngd_optim *o, ngd_entry *e, size_t batch, const 
     const size_t rows = ngd_stats_rows(e, batch, g);
     const float *Kf = fload(s->K, s->dtK, s->sK.n, w.fK[0]);
     const float *Cf = fload(s->C, s->dtC, s->sC.n, w.fC[0]);
-    const float alpha_K = (float)(1.0 / (double)rows);
-    const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g) / (double)o->scale_prev);
+    // (1/rows and σ of the whole batch: micro observes of `batch` samples each make a step's)
+    const float alpha_K = (float)(1.0 / ((double)rows * (double)o->micro));
+    const float alpha_C = (float)(ngd_stats_sigma2(e, batch, g, o->micro) / (double)o->scale_prev);
     // A dense factor seeing more rows than its width (convolutions: N·L rows) sums the Gram
     // matrix X Xᵀ over the chunks and multiplies by K once: Kᵀ (X Xᵀ) K costs 2d²·rows + 4d³
     // instead of the 4d²·rows of (Kᵀ X)(Kᵀ X)ᵀ chunk by chunk (the same sum in another order)

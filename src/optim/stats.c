@@ -128,11 +128,14 @@ void ngd_stats_g_rows(const ngd_entry *e, size_t batch, const ngd_matrix *g, siz
     }
 }
 
-double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g) {
+// (micro: the observes the step's batch comes in, each of `batch` samples: σ is the whole
+// batch's, ngd_optim_set_micro_batches)
+double ngd_stats_sigma2(const ngd_entry *e, size_t batch, const ngd_matrix *g, size_t micro) {
     switch (e->cfg.loss_average) {
     case NGD_LOSS_SUM: return 1.0;
-    case NGD_LOSS_BATCH: return (double)batch;
-    case NGD_LOSS_BATCH_SEQUENCE: return (double)g->rows; // N·R, read before any reduction
+    case NGD_LOSS_BATCH: return (double)batch * (double)micro;
+    case NGD_LOSS_BATCH_SEQUENCE: // N·R, read before any reduction
+        return (double)g->rows * (double)micro;
     }
     return 1.0;
 }
