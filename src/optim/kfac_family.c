@@ -147,8 +147,8 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     if (s->meta.cols == 0) {        // the layer's first statistics
         const kf_meta m0 = s->meta; // restored when out of memory (all or nothing)
         // a data-parallel run decides for the global batch (equal shards; combine gathers
-        // every rank's rows into the buffers)
-        const size_t grows = rows * ngd_optim_world(o);
+        // every rank's rows into the buffers), micro-batches for the step's
+        const size_t grows = rows * ngd_optim_world(o) * o->micro;
         // #factored-application: fully connected layers keep both factors' rows (one row a
         // sample as observed: a sequence's rows reduced to one a sample are not ones whose
         // product is the gradient), where they cost less than the gradient
