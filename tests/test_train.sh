@@ -1007,5 +1007,33 @@ else
     echo "SKIP: no $SHK/input.txt: text training runs not tested"
 fi
 
+# --micro-batches: each batch in M parts, the gradients accumulated and each part observed
+# with the library told M (ngd_optim_set_micro_batches): the same run up to rounding for a
+# model without BatchNorm, for every kind of method (the K-FAC family and IKFAC differed
+# before the library took M into account)
+expect_rc 2 "--micro-batches not dividing --batch" "$NGD" train --batch 50 --micro-batches 3 $Q
+expect_msg "--batch 50 is not a multiple of --micro-batches 3" "--micro-batches message"
+expect_rc 2 "--micro-batches 0" "$NGD" train --micro-batches 0 $Q
+MB="--subset 600 --widths 32 --batch 60 --epochs 1 --threads 1"
+for opt in kfac ikfac bkfac sgd; do
+    kl=()
+    for m in 1 4; do
+        expect_rc 0 "$opt --micro-batches $m" "$NGD" train --optim $opt $MB --micro-batches $m --quiet --log "$D/mb$m.jsonl"
+        kl+=("$(grep '"type":"summary"' "$D/mb$m.jsonl" | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')")
+    done
+    awk -v a="${kl[0]}" -v b="${kl[1]}" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d <= 1e-5 * a) }' &&
+        ok || bad "$opt: test loss ${kl[1]} with --micro-batches 4, ${kl[0]} without"
+done
+expect_rc 0 "cnn (BatchNorm) with --micro-batches" "$NGD" train --model cnn --optim singd --structure diagonal --widths 4,4 --subset 300 --batch 50 --micro-batches 2 --max-steps 3 --threads 1 $Q
+if [ -f "$SHK/input.txt" ]; then
+    kl=()
+    for m in 1 2; do
+        expect_rc 0 "chargpt --micro-batches $m" "$NGD" train --data shakespeare --optim singd --batch 16 --context 16 --widths 32,1,2 --max-steps 6 --threads 1 --micro-batches $m --quiet --log "$D/tmb$m.jsonl"
+        kl+=("$(grep '"type":"summary"' "$D/tmb$m.jsonl" | sed 's/.*"test_loss":\([0-9.e+-]*\).*/\1/')")
+    done
+    awk -v a="${kl[0]}" -v b="${kl[1]}" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d <= 1e-5 * a) }' &&
+        ok || bad "chargpt: validation loss ${kl[1]} with --micro-batches 2, ${kl[0]} without"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

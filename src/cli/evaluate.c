@@ -67,8 +67,10 @@ static int evaluate(nn_model *m, const nn_dataset *ds, size_t B, float *x, int32
 // (TEXT_EVAL_BATCHES batches of B windows from a fixed seed: the same every evaluation, and
 // the same for every --seed).
 #define TEXT_EVAL_SEED 0x5eedULL
-static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, int32_t *ids,
-                          int32_t *y, double *loss, double *acc) {
+// A rank's windows are forwarded in `parts` equal parts (--micro-batches: the model is sized
+// for one).
+static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, size_t parts,
+                          int32_t *ids, int32_t *y, double *loss, double *acc) {
     nn_rng r;
     nn_rng_seed(&r, TEXT_EVAL_SEED);
     double l = 0;
@@ -77,13 +79,16 @@ static void evaluate_text(nn_model *m, const nn_text *tx, size_t B, size_t T, in
     dist_shard(B, &Bl, &first);
     for (size_t i = 0; i < TEXT_EVAL_BATCHES && !train_stop_signal; i++) {
         if (nn_text_batch(tx, NN_SPLIT_VAL, B, T, &r, ids, y) != NN_OK) break;
-        m->ops->forward_tokens(m, ids + first * T, Bl, T, false);
-        const size_t k = Bl * T;
-        l +=
-            (double)nn_xent_forward(m->logits, y + first * T, k, m->cfg.classes, 0.0f, 1.0f, NULL) *
-            (double)k;
-        correct += nn_xent_correct(m->logits, y + first * T, k, m->cfg.classes);
-        n += k;
+        const size_t bp = Bl / parts, k = bp * T;
+        for (size_t p = 0; p < parts; p++) {
+            const size_t s0 = first + p * bp;
+            m->ops->forward_tokens(m, ids + s0 * T, bp, T, false);
+            l += (double)nn_xent_forward(m->logits, y + s0 * T, k, m->cfg.classes, 0.0f, 1.0f,
+                                         NULL) *
+                 (double)k;
+            correct += nn_xent_correct(m->logits, y + s0 * T, k, m->cfg.classes);
+            n += k;
+        }
     }
     double sums[4] = {l, (double)correct, (double)n, train_stop_signal ? 1.0 : 0.0};
     if (dist_sum_f64(sums, 4) == 0) {
@@ -174,8 +179,9 @@ int train_evaluate(nn_model *m, const train_opts *t, const train_sets *d, float 
                    int32_t *y, double *loss, double *acc) {
     size_t Bl, first;
     dist_shard(t->batch, &Bl, &first); // mpirun: the model holds one rank's share
-    if (!t->text) return evaluate(m, &d->test, Bl, x, y, loss, acc);
-    evaluate_text(m, &d->text, t->batch, t->context, ids, y, loss, acc);
+    // (--micro-batches: the model is sized for a part of it; ngd eval: 1)
+    if (!t->text) return evaluate(m, &d->test, Bl / t->micro, x, y, loss, acc);
+    evaluate_text(m, &d->text, t->batch, t->context, t->micro, ids, y, loss, acc);
     if (train_stop_signal) *loss = *acc = (double)NAN;
     return train_stop_signal ? 1 : 0;
 }

@@ -99,7 +99,8 @@ enum {
     O_PLR,
     O_PWD,
     O_PRECISION,
-    O_KARITH
+    O_KARITH,
+    O_MICRO // (new options last: the ids are hashed into checkpoints' option hashes)
 };
 
 // The run, as the options give it (ngd eval: as its checkpoint's header records it).
@@ -110,6 +111,7 @@ typedef struct {
     ngd_config cfg;
     size_t epochs, max_steps, batch, eval_every, log_every, ckpt_every, max_skips;
     size_t context; // text models: tokens per sequence
+    size_t micro;   // --micro-batches: each batch (a rank's share) forwarded in this many parts
     bool text;      // the data set is text (token model, loss averaged over batch and sequence)
     float time_budget;
     bool cosine;

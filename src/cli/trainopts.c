@@ -128,6 +128,11 @@ static const cli_opt OPTS[] = {
      "counts), then evaluate (0 = no limit)"},
     {"batch", 1, O_BATCH, "N", "batch size (default 128; text: sequences; mpirun: per rank)"},
     {"context", 1, O_CONTEXT, "T", "context length of text models (default 64)"},
+    {"micro-batches", 1, O_MICRO, "M",
+     "gradient accumulation: each batch (mpirun: each rank's) forwarded and backpropagated in M "
+     "equal parts, the activations sized for one part (less memory, the same step up to "
+     "rounding; BatchNorm normalises each part by its own statistics); M divides --batch "
+     "(default 1)"},
     {"seed", 1, O_SEED, "N", "seed of initialisation, shuffling and augmentation (0)"},
     {"threads", 1, O_THREADS, "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
     {"precision", 1, O_PRECISION, "P",
@@ -313,7 +318,8 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     memset(t, 0, sizeof *t);
     t->model = NULL, t->data = "fashion-mnist";
     t->context = 64;
-    t->epochs = 2, t->batch = 128, t->eval_every = 1, t->log_every = 20, t->max_skips = 5;
+    t->epochs = 2, t->batch = 128, t->micro = 1, t->eval_every = 1, t->log_every = 20,
+    t->max_skips = 5;
     t->param_method = -1;
     const bool eval = !strcmp(cmd, "eval");
     if (eval) // not given: from the checkpoint (eval_setup)
@@ -594,6 +600,9 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
         case O_CONTEXT:
             if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->context)) return -1;
             break;
+        case O_MICRO:
+            if (parse_zr(nm, optarg, 1, SIZE_MAX, &t->micro)) return -1;
+            break;
         case O_SEED:
             if (parse_z(nm, optarg, &z)) return -1;
             t->seed = z, t->seed_given = true;
@@ -650,6 +659,11 @@ int train_parse_opts(int argc, char **argv, train_opts *t, const char *cmd) {
     t->text = !strcmp(t->data, "shakespeare");
     if (!t->model) t->model = t->text ? "chargpt" : "mlp";
     if (train_check_model_data(t) || train_check_pairs(t, OPTS, given, NOPTS)) return -1;
+    if (t->batch % t->micro != 0) {
+        cli_error("give --micro-batches a divisor of --batch, or --batch a multiple of it",
+                  "--batch %zu is not a multiple of --micro-batches %zu", t->batch, t->micro);
+        return -1;
+    }
     // the factored application where the trainer's gradients allow it (kfac-family.md §12-13:
     // on where valid), unless --factored or --no-factored said
     bool fac_given = false;
