@@ -382,9 +382,11 @@ typedef struct {
 } ngd_layer;
 
 // Registers a layer; its id (0, 1, ...) is returned in *out_id. Allowed only before the
-// first step. Errors: NGD_ERR_ARG (NULL, zero sizes, sizes that overflow, a name longer than
-// NGD_NAME_MAX, bad override), NGD_ERR_STATE, NGD_ERR_NOMEM.
+// first step. Errors: NGD_ERR_ARG (NULL, zero sizes, sizes that overflow, a factor side
+// (d_out, or d_in plus the bias) above NGD_FACTOR_SIDE_MAX for a factored method, a name
+// longer than NGD_NAME_MAX, bad override), NGD_ERR_STATE, NGD_ERR_NOMEM.
 NGD_API ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id);
+#define NGD_FACTOR_SIDE_MAX ((size_t)1 << 28) // the widest Kronecker factor side (2^28)
 
 // Registers a parameter that is not Kronecker-factored (norm scales, embeddings, ...): it
 // is updated by the AdamW rule under ADAMW, by the SGD rule under every other method (with

@@ -140,7 +140,7 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
     L.d_in = 4, L.bias = NULL, L.bias_grad = NULL;
     CHECK(ngd_optim_count(o) == 0);
     // a huge layer: out of memory, reported, nothing registered
-    L.override = NULL, L.d_out = (size_t)1 << 31, L.d_in = (size_t)1 << 31;
+    L.override = NULL, L.d_out = (size_t)1 << 27, L.d_in = (size_t)1 << 27;
     CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_ERR_NOMEM);
     CHECK(ngd_optim_count(o) == 0);
     // the handle still works
@@ -210,6 +210,45 @@ static void bad_calls_should_fail_cleanly_and_keep_the_handle_usable(void) {
     tp_free(&p);
 }
 
+// A factored method's layer whose factor side squared wraps size_t (2^32 x 2^32 numbers: 0)
+// crashed in the identity's fill; every side past NGD_FACTOR_SIDE_MAX is refused, and the
+// handle stays usable.
+static void layers_wider_than_a_factor_side_should_be_refused(void) {
+    const ngd_method ms[] = {NGD_METHOD_SINGD, NGD_METHOD_KFAC, NGD_METHOD_BKFAC};
+    const char *structs[] = {"dense", "diagonal", "block4diagonal"};
+    float w[4] = {0}, g[4] = {0}, b[4] = {0}, gb[4] = {0};
+    for (size_t i = 0; i < 3; i++) {
+        ngd_config c = ngd_config_default(ms[i]);
+        c.momentum = 0.0f, c.alpha1 = 0.0f;
+        if (ms[i] == NGD_METHOD_SINGD) {
+            CHECK(ngd_structure_parse(structs[i], &c.structure_K) == NGD_OK);
+            c.structure_C = c.structure_K;
+        }
+        ngd_optim *o = NULL;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        int id = -1;
+        // (the weights are never read at registration: a small buffer stands for them)
+        ngd_layer wide_in = {.name = "in",
+                             .weight = w,
+                             .weight_grad = g,
+                             .d_out = 1,
+                             .d_in = ((size_t)1 << 32) - 1,
+                             .bias = b,
+                             .bias_grad = gb};
+        CHECK(ngd_optim_add_layer(o, &wide_in, &id) == NGD_ERR_ARG);
+        CHECK(strstr(ngd_optim_errmsg(o), "wider than") != NULL);
+        ngd_layer wide_out = {.name = "out",
+                              .weight = w,
+                              .weight_grad = g,
+                              .d_out = NGD_FACTOR_SIDE_MAX + 1,
+                              .d_in = 1};
+        CHECK(ngd_optim_add_layer(o, &wide_out, &id) == NGD_ERR_ARG);
+        ngd_layer ok = {.name = "ok", .weight = w, .weight_grad = g, .d_out = 2, .d_in = 2};
+        CHECK(ngd_optim_add_layer(o, &ok, &id) == NGD_OK && id == 0);
+        ngd_optim_free(o);
+    }
+}
+
 static void state_bytes_should_equal_theory(void) {
     // docs/algorithms.md#state-memory: SINGD = d_out·d_K (momentum) + |K| + |C| + |m_K| + |m_C|
     // (α1 ≠ 0)
@@ -260,5 +299,6 @@ static const test_case TESTS[] = {
     TEST(names_should_parse_both_spellings),
     TEST(bad_calls_should_fail_cleanly_and_keep_the_handle_usable),
     TEST(state_bytes_should_equal_theory),
+    TEST(layers_wider_than_a_factor_side_should_be_refused),
 };
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

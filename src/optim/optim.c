@@ -272,6 +272,16 @@ ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *out_id) {
     size_t count = ngd_mul_size(l->d_out, l->d_in + (l->bias ? 1 : 0), &ok);
     if (!ok || (l->bias && l->d_in == SIZE_MAX))
         return ngd_optim_fail(o, NGD_ERR_ARG, "layer '%s': size overflows", name);
+    // a factored method's factor sides: their squares (dense factors, workspaces) and sums of
+    // a few of them, in bytes, must not wrap (2^31 x 2^31 wrapped to 0: a crash in the
+    // identity's fill); no one trains a side past 2^28 (a 2^28-wide layer's W is 1 GiB a row)
+    const size_t side = NGD_MAX(l->d_out, l->d_in + (l->bias ? 1 : 0));
+    if (o->ops->layer_init && side > NGD_FACTOR_SIDE_MAX)
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "layer '%s': %zu x %zu%s is wider than the %zu a Kronecker factor "
+                              "side may have",
+                              name, l->d_out, l->d_in, l->bias ? " (+ bias)" : "",
+                              (size_t)NGD_FACTOR_SIDE_MAX);
     if ((s = grow_entries(o))) return s;
     ngd_entry *e = &o->e[o->n];
     memset(e, 0, sizeof *e);
