@@ -397,6 +397,9 @@ static void bad_files_should_be_rejected_and_leave_state_unchanged(void) {
         CHECK(mkfifo(fifo, 0600) == 0 && symlink(good, link) == 0 && mkdir(dir, 0700) == 0);
         const char *paths[3] = {fifo, link, dir},
                    *kinds[3] = {"a FIFO", "a symbolic link", "a folder"};
+        // loading from a FIFO without a writer: refused at once (it blocked in the open)
+        CHECK(ngd_optim_load(o, fifo) == NGD_ERR_IO);
+        CHECK(strstr(ngd_optim_errmsg(o), "not a regular file") != NULL);
         for (int i = 0; i < 3; i++) {
             CHECK(ngd_optim_save(o, paths[i]) == NGD_ERR_IO);
             CHECK_MSG(strstr(ngd_optim_errmsg(o), kinds[i]) &&

@@ -1011,6 +1011,11 @@ fi
 # with the library told M (ngd_optim_set_micro_batches): the same run up to rounding for a
 # model without BatchNorm, for every kind of method (the K-FAC family and IKFAC differed
 # before the library took M into account)
+# a FIFO as --resume: refused at once (the open waited for a writer forever)
+mkfifo "$D/resume.fifo"
+expect_rc 1 "train --resume FIFO" timeout 20 "$NGD" train --resume "$D/resume.fifo" --max-steps 1 $Q
+expect_msg "is a FIFO, not a regular file" "--resume FIFO message"
+expect_rc 1 "eval --resume FIFO" timeout 20 "$NGD" eval --resume "$D/resume.fifo"
 expect_rc 2 "--micro-batches not dividing --batch" "$NGD" train --batch 50 --micro-batches 3 $Q
 expect_msg "--batch 50 is not a multiple of --micro-batches 3" "--micro-batches message"
 expect_rc 2 "--micro-batches 0" "$NGD" train --micro-batches 0 $Q

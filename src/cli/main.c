@@ -56,6 +56,11 @@ char *cli_read_file(const char *path, size_t *len, const char *what) {
         cli_error(NULL, "%s%s: is a folder, not a file", what, path);
         return NULL;
     }
+    // (a FIFO blocked the open until a writer came, forever without one; a device has no size)
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        cli_error(NULL, "%s%s: is %s, not a regular file", what, path, cli_file_kind(sb.st_mode));
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         cli_error(NULL, "%s%s: %s", what, path, strerror(errno));

@@ -582,6 +582,8 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
 }
 
 int trainckpt_precheck(const char *path, const train_opts *t) {
+    struct stat sb; // (not a regular file: a FIFO would block the open; the load says why)
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
     FILE *f = fopen(path, "rb");
     if (!f) return 0; // (trainckpt_load says why)
     unsigned char b[1024];

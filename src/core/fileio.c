@@ -389,15 +389,23 @@ int ngd_write_atomic(const char *path, const ngd_wbuf *w, char *err, size_t cap)
 int ngd_read_file(const char *path, unsigned char **data, size_t *len, char *err, size_t cap) {
     *data = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    // opened without blocking (a FIFO without a writer blocked fopen forever before the
+    // check below could refuse it), then read as a stream
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
         snprintf(err, cap, "open %s: %s", path, strerror(errno));
         return -1;
     }
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, cap, "%s: not a regular file", path);
-        fclose(f);
+        close(fd);
+        return -1;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        snprintf(err, cap, "open %s: %s", path, strerror(errno));
+        close(fd);
         return -1;
     }
     size_t n = (size_t)st.st_size;
