@@ -561,6 +561,112 @@ static bool exists(const char *dir, const char *name) {
     snprintf(p, sizeof p, "%s/%s", dir, name);
     return lstat(p, &st) == 0;
 }
+// ---- the factors' structures in a SINGD checkpoint ----
+
+static uint64_t rd64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+static uint32_t rd32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+// The checkpoint d (n bytes) as a libngd without the "?structure" check wrote it: its '?'
+// arrays left out, each entry's array count lowered, the CRC written again. Returns the
+// new length (written into out, n bytes at most), or 0 if the walk fails.
+static size_t without_checks(const unsigned char *d, size_t n, unsigned char *out) {
+    size_t i = 8 + 4 + 4 + 8 + 12, o = 0;
+    const uint32_t ne = rd32(d + i);
+    i += 4;
+    memcpy(out, d, i), o = i;
+    for (uint32_t e = 0; e < ne; e++) {
+        const size_t head = 4 + rd32(d + i) + 4 + 3 * 8 + 8 + 4 + 4 * 8;
+        memcpy(out + o, d + i, head), i += head, o += head;
+        const uint32_t na = rd32(d + i);
+        const size_t at_na = o;
+        memcpy(out + o, d + i, 4), i += 4, o += 4;
+        uint32_t kept = 0;
+        for (uint32_t k = 0; k < na; k++) {
+            const size_t ln = rd32(d + i), type = rd32(d + i + 4 + ln);
+            const uint64_t count = rd64(d + i + 8 + ln);
+            const size_t el = type == 0 ? 4 : type == 1 ? 2 : type == 3 ? 8 : 1;
+            const size_t len = 4 + ln + 4 + 8 + count * el;
+            if (i + len > n - 4) return 0;
+            if (d[i + 4] != '?') memcpy(out + o, d + i, len), o += len, kept++;
+            i += len;
+        }
+        out[at_na] = (unsigned char)kept, out[at_na + 1] = out[at_na + 2] = out[at_na + 3] = 0;
+    }
+    if (i != n - 4) return 0;
+    const uint32_t crc = ngd_crc32(out, o);
+    for (int b = 0; b < 4; b++)
+        out[o + (size_t)b] = (unsigned char)(crc >> (8 * b));
+    return o + 4;
+}
+
+static ngd_optim *singd_with(const char *structure, tp_problem *p) {
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.T = 1;
+    CHECK(ngd_structure_parse(structure, &c.structure_K) == NGD_OK);
+    c.structure_C = c.structure_K;
+    ngd_optim *o = NULL;
+    CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+    tp_init(p, 8, 6, 5, 4, 3);
+    CHECK(tp_register(p, o) == NGD_OK);
+    return o;
+}
+
+// A diagonal factor and a Toeplitz one (or two corner classes, or hierarchical (1,2) and
+// (2,1)) store as many numbers: a checkpoint of one loaded silently into the other, its
+// numbers read as the other's. The structures are now in the file and must match; a file
+// written before that still loads.
+static void checkpoints_should_refuse_other_factor_structures(void) {
+    const char *pairs[][2] = {{"diagonal", "triltoeplitz"},
+                              {"triltoeplitz", "triutoeplitz"},
+                              {"hierarchical1_2", "hierarchical2_1"},
+                              {"block2diagonal", "block3diagonal"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        tp_problem pa, pb;
+        ngd_optim *a = singd_with(pairs[i][0], &pa), *b = singd_with(pairs[i][1], &pb);
+        for (size_t s = 0; s < 2; s++)
+            CHECK(tp_step(&pa, a, s) == NGD_OK);
+        void *mem = NULL;
+        size_t n = 0;
+        CHECK(ngd_optim_save_mem(a, &mem, &n) == NGD_OK);
+        float K[49], K2[49];
+        CHECK(ngd_optim_factor_dense(b, pb.id1, 'K', K, 7) == NGD_OK);
+        if (strcmp(pairs[i][0], "block2diagonal") == 0) {
+            CHECK(ngd_optim_load_mem(b, mem, n) != NGD_OK); // (the counts differ already)
+        } else {
+            CHECK(ngd_optim_load_mem(b, mem, n) == NGD_ERR_FORMAT);
+            CHECK_MSG(strstr(ngd_optim_errmsg(b), "other factor structures") != NULL,
+                      "%s into %s: %s", pairs[i][0], pairs[i][1], ngd_optim_errmsg(b));
+        }
+        CHECK(ngd_optim_factor_dense(b, pb.id1, 'K', K2, 7) == NGD_OK);
+        CHECK(memcmp(K, K2, sizeof K) == 0); // (unchanged by the refused load)
+        // the same structure loads, with the check and without it (an earlier file)
+        tp_problem pc;
+        ngd_optim *c = singd_with(pairs[i][0], &pc);
+        CHECK(ngd_optim_load_mem(c, mem, n) == NGD_OK);
+        unsigned char *old = malloc(n);
+        const size_t on = old ? without_checks(mem, n, old) : 0;
+        CHECK(on > 0 && on < n);
+        tp_problem pd;
+        ngd_optim *d = singd_with(pairs[i][0], &pd);
+        CHECK(on > 0 && ngd_optim_load_mem(d, old, on) == NGD_OK);
+        CHECK(ngd_optim_steps(d) == 2);
+        float Ka[49], Kd[49];
+        CHECK(ngd_optim_factor_dense(a, pa.id1, 'K', Ka, 7) == NGD_OK);
+        CHECK(ngd_optim_factor_dense(d, pd.id1, 'K', Kd, 7) == NGD_OK);
+        CHECK(memcmp(Ka, Kd, sizeof Ka) == 0);
+        free(old), free(mem);
+        ngd_optim_free(a), ngd_optim_free(b), ngd_optim_free(c), ngd_optim_free(d);
+        tp_free(&pa), tp_free(&pb), tp_free(&pc), tp_free(&pd);
+    }
+}
+
 static void touch(const char *dir, const char *name) {
     char p[512];
     snprintf(p, sizeof p, "%s/%s", dir, name);
@@ -831,6 +937,7 @@ static const test_case TESTS[] = {
     TEST(bad_files_should_be_rejected_and_leave_state_unchanged),
     TEST(failed_load_should_leave_undecided_tracks_undecided),
     TEST(checkpoint_before_any_step_should_load_into_a_stepped_optimizer),
+    TEST(checkpoints_should_refuse_other_factor_structures),
     TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
     TEST(streamed_writer_should_write_the_bytes_of_the_memory_one),
     TEST(large_checkpoint_should_stream_and_round_trip),

@@ -118,6 +118,27 @@ ngd_status ngd_optim_save_mem(const ngd_optim *co, void **buf, size_t *len) {
 
 #define FMT(...) (ngd_optim_fail(o, NGD_ERR_FORMAT, __VA_ARGS__))
 
+// A SINGD layer's "?structure" check (kind, block, k1, k2 of K, then of C) in words.
+#define STAG_N 8
+static void describe_structures(const uint64_t *v, char *buf, size_t cap) {
+    size_t at = 0;
+    for (int k = 0; k < 2; k++) {
+        const uint64_t *t = v + 4 * k;
+        const char *nm = t[0] < 64 ? ngd_structure_name((ngd_structure)t[0]) : NULL;
+        int w = snprintf(buf + at, cap - at, "%s%s %s", k ? ", " : "", k ? "C" : "K",
+                         nm ? nm : "unknown");
+        at += w > 0 && (size_t)w < cap - at ? (size_t)w : 0;
+        if (t[0] == NGD_STRUCT_BLOCKDIAG)
+            w = snprintf(buf + at, cap - at, " of blocks %llu", (unsigned long long)t[1]);
+        else if (t[0] == NGD_STRUCT_HIER)
+            w = snprintf(buf + at, cap - at, " (k1 %llu, k2 %llu)", (unsigned long long)t[2],
+                         (unsigned long long)t[3]);
+        else
+            w = 0;
+        at += w > 0 && (size_t)w < cap - at ? (size_t)w : 0;
+    }
+}
+
 // One pass over a loaded file: with apply == false it only validates; with true it copies
 // the state into the optimizer (called only after a validating pass succeeded).
 static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply) {
@@ -164,13 +185,24 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
                        e->kind ? "param" : "layer", e->d_out, e->d_in,
                        e->d_K > e->d_in ? " + bias" : "");
         ngd_state_array a[NGD_MAX_ARRAYS];
-        size_t want = entry_arrays(o, e, a);
-        if (na != want)
+        size_t want = entry_arrays(o, e, a), checks = 0;
+        for (size_t k = 0; k < want; k++)
+            checks += a[k].name[0] == '?';
+        // ('?' arrays are checks that files written before them lack)
+        if (na != want && na != want - checks)
             return FMT("%s: '%s' has %u state arrays, expected %zu (different hyper-parameters "
                        "or structures?)",
                        path, e->name, na, want);
-        for (size_t k = 0; k < want; k++) {
+        for (size_t k = 0, seen = 0; k < want; k++) {
             char an[64];
+            const size_t at = r->pos;
+            if (a[k].name[0] == '?' &&
+                (seen == na || !ngd_rbuf_str(r, an, sizeof an) || strcmp(an, a[k].name) != 0)) {
+                r->pos = at, r->bad = false; // (an earlier file: the next array is read again)
+                continue;
+            }
+            r->pos = at;
+            seen++;
             if (!ngd_rbuf_str(r, an, sizeof an)) return FMT("%s: truncated in '%s'", path, e->name);
             uint32_t type = ngd_rbuf_u32(r);
             uint64_t count = ngd_rbuf_u64(r);
@@ -183,6 +215,22 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
             size_t bytes = a[k].count * type_size(a[k].type);
             const unsigned char *p = ngd_rbuf_bytes(r, bytes);
             if (!p) return FMT("%s: truncated in '%s' array %s", path, e->name, an);
+            if (an[0] == '?' && a[k].type == NGD_ARR_U64) { // a check: the saved values are ours
+                ngd_rbuf sub = {p, bytes, 0, false};
+                uint64_t v[STAG_N] = {0};
+                bool same = a[k].count <= STAG_N;
+                for (size_t j = 0; j < a[k].count && same; j++)
+                    same = (v[j] = ngd_rbuf_u64(&sub)) == ((const uint64_t *)a[k].p)[j];
+                if (!same) {
+                    char was[160], now[160];
+                    describe_structures(v, was, sizeof was);
+                    describe_structures(a[k].p, now, sizeof now);
+                    return FMT("%s: '%s' was saved with other factor structures (%s), this "
+                               "optimizer's are %s",
+                               path, e->name, was, now);
+                }
+                continue;
+            }
             if (an[0] == '#' && a[k].type == NGD_ARR_U64 && o->ops->load_meta &&
                 count <= META_MAX) {
                 // shapes decided at run time: let the method re-create them from the saved

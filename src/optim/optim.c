@@ -1223,7 +1223,8 @@ ngd_status ngd_optim_layer_health(const ngd_optim *o, int id, ngd_layer_health *
         ngd_state_array arr[NGD_MAX_ARRAYS];
         size_t k = o->ops->arrays((ngd_entry *)(uintptr_t)e, arr, NGD_MAX_ARRAYS);
         for (size_t i = 0; i < k; i++) {
-            if (arr[i].name[0] == '~') continue; // transient arrays (pending statistics)
+            // transient arrays (pending statistics) and checks (the structures)
+            if (arr[i].name[0] == '~' || arr[i].name[0] == '?') continue;
             size_t el = arr[i].type == NGD_ARR_F32    ? 4
                         : arr[i].type == NGD_ARR_BF16 ? 2
                         : arr[i].type == NGD_ARR_U64  ? 8

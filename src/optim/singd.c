@@ -72,6 +72,10 @@ typedef struct {
     size_t xtcap;
     double rc;
     uint32_t rloads;
+    // the factors' structures as resolved for this layer (kind, block, k1, k2 of K, then of
+    // C): a checkpoint's "?structure", which a load must match (equal counts of numbers did
+    // not tell a diagonal factor from a Toeplitz one)
+    uint64_t stag[8];
 } singd_state;
 
 static size_t elsize(ngd_dtype dt) { return dt == NGD_BF16 ? 2 : 4; }
@@ -129,6 +133,15 @@ static ngd_status singd_init(ngd_optim *o, ngd_entry *e) {
     }
     s->oK = ngd_structure_get(s->sK.kind);
     s->oC = ngd_structure_get(s->sC.kind);
+    const ngd_sdesc *sds[2] = {&s->sK, &s->sC};
+    for (int k = 0; k < 2; k++) {
+        const ngd_sdesc *d = sds[k];
+        const bool bd = d->kind == NGD_STRUCT_BLOCKDIAG, hi = d->kind == NGD_STRUCT_HIER;
+        s->stag[4 * k] = (uint64_t)d->kind;
+        s->stag[4 * k + 1] = bd ? d->b : 0;
+        s->stag[4 * k + 2] = hi ? d->k1 : 0;
+        s->stag[4 * k + 3] = hi ? d->k2 : 0;
+    }
     s->fact = c->kfac.factored_apply ? -1 : 0;
     s->dtK = c->structure_K.dtype;
     s->dtC = c->structure_C.dtype;
@@ -1089,6 +1102,7 @@ static size_t singd_arrays(ngd_entry *e, ngd_state_array *out, size_t cap) {
         {"~H_K", s->HK, s->sK.n, NGD_ARR_F32}, // '~': transient (not state bytes)
         {"~H_C", s->HC, s->sC.n, NGD_ARR_F32},
         {"~has_H", &s->has_H, 1, NGD_ARR_U8},
+        {"?structure", s->stag, 8, NGD_ARR_U64}, // ('?': a check; absent before 2026-12)
     };
     size_t n = sizeof a / sizeof a[0];
     if (n > cap) n = cap;
