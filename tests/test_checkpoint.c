@@ -667,6 +667,85 @@ static void checkpoints_should_refuse_other_factor_structures(void) {
     }
 }
 
+// The data offset of entry `entry`'s array `name` in checkpoint d (n bytes), or 0.
+static size_t array_at(const unsigned char *d, size_t n, uint32_t entry, const char *name) {
+    size_t i = 8 + 4 + 4 + 8 + 12;
+    const uint32_t ne = rd32(d + i);
+    i += 4;
+    for (uint32_t e = 0; e < ne && i < n; e++) {
+        i += 4 + rd32(d + i) + 4 + 3 * 8 + 8 + 4 + 4 * 8;
+        const uint32_t na = rd32(d + i);
+        i += 4;
+        for (uint32_t k = 0; k < na && i < n; k++) {
+            const size_t ln = rd32(d + i), type = rd32(d + i + 4 + ln);
+            const uint64_t count = rd64(d + i + 8 + ln);
+            const size_t el = type == 0 ? 4 : type == 1 ? 2 : type == 3 ? 8 : 1;
+            if (e == entry && ln == strlen(name) && memcmp(d + i + 4, name, ln) == 0)
+                return i + 4 + ln + 4 + 8;
+            i += 4 + ln + 4 + 8 + count * el;
+        }
+    }
+    return 0;
+}
+
+static void crc_again(unsigned char *d, size_t n) {
+    const uint32_t crc = ngd_crc32(d, n - 4);
+    for (int b = 0; b < 4; b++)
+        d[n - 4 + (size_t)b] = (unsigned char)(crc >> (8 * b));
+}
+
+// A K-FAC-family checkpoint's counters index its buffers: a rank past (U, D) read past D,
+// pending rows near 2^64 wrapped the next observe's room check (a heap write), a Brand track
+// the columns do not allow failed every step. A CRC only says the file is undamaged: such
+// values, in an intact file, are refused and the optimizer left as it was.
+static void kfac_counters_past_their_buffers_should_be_refused(void) {
+    const ngd_method ms[] = {NGD_METHOD_BKFAC, NGD_METHOD_KFAC, NGD_METHOD_BRCKFAC};
+    const struct {
+        const char *array;
+        size_t at;
+        uint64_t v;
+    } bad[] = {{"A.cnt", 2, 1000},       {"G.cnt", 2, (uint64_t)1 << 40},
+               {"~pend", 1, UINT64_MAX}, {"~pend", 1, (uint64_t)1 << 31},
+               {"#meta", 3, 3},          {"#meta", 4, 3}};
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++)
+        for (size_t bi = 0; bi < sizeof bad / sizeof bad[0]; bi++) {
+            ngd_config c = ngd_config_default(ms[mi]);
+            c.kfac.T_u = 1, c.kfac.T_i = 2, c.kfac.rank = 3;
+            c.kfac.factored_apply = true;
+            tp_problem pa, pb;
+            ngd_optim *a = NULL, *b = NULL;
+            CHECK(ngd_optim_create(&c, &a) == NGD_OK && ngd_optim_create(&c, &b) == NGD_OK);
+            tp_init(&pa, 8, 6, 5, 4, 3), tp_init(&pb, 8, 6, 5, 4, 3);
+            CHECK(tp_register(&pa, a) == NGD_OK && tp_register(&pb, b) == NGD_OK);
+            for (size_t s = 0; s < 3; s++)
+                CHECK(tp_step(&pa, a, s) == NGD_OK);
+            tp_forward_backward(&pa, a, 3, 1.0f); // (pending statistics and rows)
+            void *mem = NULL;
+            size_t n = 0;
+            CHECK(ngd_optim_save_mem(a, &mem, &n) == NGD_OK);
+            unsigned char *d = mem;
+            const size_t off = array_at(d, n, 0, bad[bi].array);
+            CHECK(off > 0);
+            if (off == 0) continue;
+            // (tracks: only where the saved layer is a B one, whose tracks load_meta takes)
+            if (bad[bi].array[0] == '#' && ms[mi] == NGD_METHOD_KFAC) {
+                free(mem), ngd_optim_free(a), ngd_optim_free(b), tp_free(&pa), tp_free(&pb);
+                continue;
+            }
+            for (int k = 0; k < 8; k++)
+                d[off + 8 * bad[bi].at + (size_t)k] = (unsigned char)(bad[bi].v >> (8 * k));
+            crc_again(d, n);
+            CHECK(ngd_optim_load_mem(b, d, n) == NGD_ERR_FORMAT);
+            CHECK_MSG(ngd_optim_load_mem(b, d, n) == NGD_ERR_FORMAT, "%s %s[%zu] = %llu: %s",
+                      ngd_method_name(ms[mi]), bad[bi].array, bad[bi].at,
+                      (unsigned long long)bad[bi].v, ngd_optim_errmsg(b));
+            // b is usable as it was: it trains like a fresh optimizer
+            for (size_t s = 0; s < 3; s++)
+                CHECK(tp_step(&pb, b, s) == NGD_OK);
+            free(mem), ngd_optim_free(a), ngd_optim_free(b), tp_free(&pa), tp_free(&pb);
+        }
+}
+
 static void touch(const char *dir, const char *name) {
     char p[512];
     snprintf(p, sizeof p, "%s/%s", dir, name);
@@ -938,6 +1017,7 @@ static const test_case TESTS[] = {
     TEST(failed_load_should_leave_undecided_tracks_undecided),
     TEST(checkpoint_before_any_step_should_load_into_a_stepped_optimizer),
     TEST(checkpoints_should_refuse_other_factor_structures),
+    TEST(kfac_counters_past_their_buffers_should_be_refused),
     TEST(atomic_write_should_remove_stale_temporaries_of_dead_writers),
     TEST(streamed_writer_should_write_the_bytes_of_the_memory_one),
     TEST(large_checkpoint_should_stream_and_round_trip),

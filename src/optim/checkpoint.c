@@ -251,6 +251,18 @@ static ngd_status parse(ngd_optim *o, const char *path, ngd_rbuf *r, bool apply)
                 if (apply) memcpy(a[k].p, v, bytes);
                 continue;
             }
+            if (!apply && an[0] != '#' && a[k].type == NGD_ARR_U64 && o->ops->check_u64 &&
+                count <= META_MAX) {
+                uint64_t v[META_MAX];
+                ngd_rbuf sub = {p, bytes, 0, false};
+                for (size_t j = 0; j < count; j++)
+                    v[j] = ngd_rbuf_u64(&sub);
+                if (o->ops->check_u64(o, e, an, v, (size_t)count) != NGD_OK) {
+                    char why[sizeof o->err];
+                    memcpy(why, o->err, sizeof why);
+                    return FMT("%s: %s", path, why);
+                }
+            }
             if (!apply || !a[k].count) continue;
             switch (a[k].type) {
             case NGD_ARR_F32: {

@@ -185,8 +185,12 @@ static ngd_status kfac_observe(ngd_optim *o, ngd_entry *e, size_t batch, const n
     const bool brand = s->f[KF_A].track == KF_BRAND || s->f[KF_G].track == KF_BRAND;
     const bool keep_rows = s->meta.factored || (brand && stats);
     if (!stats && !keep_rows) return NGD_OK; // a factored_apply step of a layer without it
-    if (keep_rows && s->pend.rows + rows > s->meta.rows_cap &&
-        (st = ngd_kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
+    // (room checked against each kept buffer: a loaded meta.rows_cap may exceed a buffer the
+    // redecide path above sized for meta.cols rows)
+    bool room = s->pend.rows + rows <= s->meta.rows_cap;
+    for (int k = 0; k < 2; k++)
+        room &= !s->f[k].rows || s->pend.rows + rows <= s->f[k].rows_cap;
+    if (keep_rows && !room && (st = ngd_kf_grow_rows(o, e, (size_t)s->pend.rows + rows)) != NGD_OK)
         return st;
     float *chunk = ngd_kf_scratch(o, observe_ws(e));
     if (!chunk)
@@ -654,6 +658,21 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
     if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
+        // (those its first statistics could have chosen, #track-selection: a Brand track that
+        // r_B + cols < d does not allow failed every later step)
+        for (int k = 0; k < 2; k++) {
+            const size_t d = s->f[k].d;
+            const bool brand_ok =
+                m.cols >= 1 &&
+                ngd_kf_brand_track_ok(true, ngd_kf_brand_rank(&e->cfg), (size_t)m.cols, d);
+            const uint64_t other = e->cfg.kfac.rank >= d ? KF_EVD : KF_RSVD;
+            if (m.track[k] == KF_BRAND ? !brand_ok : m.track[k] != other)
+                return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                                      "'%s': saved with factor %c on track %llu, which %llu "
+                                      "columns a step and these options do not give",
+                                      e->name, k ? 'G' : 'A', (unsigned long long)m.track[k],
+                                      (unsigned long long)m.cols);
+        }
         s->meta = m;
         s->meta.decided = 0; // ngd_kf_apply_tracks sets it once the state is allocated
         return ngd_kf_apply_tracks(o, e);
@@ -687,6 +706,44 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
     if (m.factored) s->meta.factored = 1;
     if (!s->meta.cols) s->meta.cols = m.cols;
     if (m.rows_cap > s->meta.rows_cap) return ngd_kf_grow_rows(o, e, (size_t)m.rows_cap);
+    return NGD_OK;
+}
+
+// A checkpoint's counters, checked before they are loaded (the file's CRC says only that it
+// was not damaged): a factor's rank within its (U, D) (a rank of 1000 for a 4-wide factor
+// read past D), the pending rows within the row buffers as load_meta left them (a count near
+// 2^64 wrapped the next observe's room check, which then wrote past the buffer), and the
+// sample and row counts that divide the statistics nonzero where statistics are pending
+static ngd_status kfac_check_u64(ngd_optim *o, ngd_entry *e, const char *name, const uint64_t *v,
+                                 size_t n) {
+    const kf_state *s = e->ms;
+    if ((!strcmp(name, "A.cnt") || !strcmp(name, "G.cnt")) && n == 4) {
+        const kf_factor *f = &s->f[name[0] == 'A' ? KF_A : KF_G];
+        kf_counts c;
+        memcpy(&c, v, sizeof c);
+        const size_t held = f->U && f->D ? NGD_MIN(f->cap, f->d) : 0;
+        if (c.rank > held)
+            return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                                  "'%s': factor %c has rank %llu, its representation holds %zu",
+                                  e->name, name[0], (unsigned long long)c.rank, held);
+        return NGD_OK;
+    }
+    if (!strcmp(name, "~pend") && n == 3) {
+        kf_pending p;
+        memcpy(&p, v, sizeof p);
+        uint64_t room = UINT64_MAX;
+        bool kept = false;
+        for (int k = 0; k < 2; k++)
+            if (s->f[k].rows) room = NGD_MIN(room, (uint64_t)s->f[k].rows_cap), kept = true;
+        if (!kept) room = 0;
+        if (p.rows > room || (p.rows && !p.c) || p.samples > ((uint64_t)1 << 48))
+            return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                                  "'%s': pending statistics of %llu samples and %llu rows (c %llu) "
+                                  "do not fit its row buffers of %llu rows",
+                                  e->name, (unsigned long long)p.samples,
+                                  (unsigned long long)p.rows, (unsigned long long)p.c,
+                                  (unsigned long long)room);
+    }
     return NGD_OK;
 }
 
@@ -763,7 +820,7 @@ static ngd_status kfac_factor_dense(const ngd_optim *o, const ngd_entry *e, char
         .precondition = kfac_precondition, .precond_ws = kfac_precond_ws,                          \
         .scratch_bytes = kfac_scratch_bytes, .rule = &ngd_rule_kfac, .arrays = kfac_arrays,        \
         .loaded = ngd_kf_health, .rescale = kfac_rescale, .load_meta = kfac_load_meta,             \
-        .load_undo = kfac_load_undo, .load_commit = kfac_load_commit,                              \
+        .load_undo = kfac_load_undo, .load_commit = kfac_load_commit, .check_u64 = kfac_check_u64, \
         .factor_dense = kfac_factor_dense, .combine = kfac_combine, .work = kfac_work,             \
         .publish = kfac_publish, .update_heavy = kfac_heavy,                                       \
     }

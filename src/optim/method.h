@@ -197,6 +197,11 @@ typedef struct ngd_method_ops {
     // undoes what load_meta changed when the load fails after it (the checking pass found a
     // later mismatch): `before` holds the '#' array's values from before the load
     void (*load_undo)(ngd_optim *o, ngd_entry *e, const uint64_t *before);
+    // (optional) checkpoints: the values of each other U64 array in the checking pass (after
+    // load_meta), which a method refuses (NGD_ERR_FORMAT, its message set) where they do not
+    // fit the state they will index (counters past the buffers a file's CRC cannot vouch for)
+    ngd_status (*check_u64)(ngd_optim *o, ngd_entry *e, const char *name, const uint64_t *v,
+                            size_t n);
     // (optional) after a successful load, for every layer: drops what load_meta kept for an
     // undo
     void (*load_commit)(ngd_entry *e);
