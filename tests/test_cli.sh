@@ -91,6 +91,21 @@ expect_rc 1 "bench --plot onto a folder" "$NGD" bench precond --d 64 --methods k
 expect_msg "--plot $tmp/dir.svg: is a folder, not a regular file; refusing to replace it" "bench --plot onto a folder: message"
 rmdir "$tmp/dir.svg"
 rm -f "$tmp/keep.svg"
+# steps, times or losses near the largest double: the axis ticks never ended (the SVG grew
+# without bound); now a finite SVG with no NaN in it
+printf '{"type":"step","step":0,"loss":1.0,"wall_s":0}\n{"type":"step","step":1.7e308,"loss":2.0,"wall_s":1}\n' > "$tmp/huge1.jsonl"
+printf '{"type":"step","step":0,"loss":-1e308,"wall_s":0}\n{"type":"step","step":1,"loss":1e308,"wall_s":1.7e308}\n' > "$tmp/huge2.jsonl"
+for h in huge1 huge2; do
+    expect_rc 0 "plot of $h" timeout 20 "$NGD" plot "$tmp/$h.jsonl" -o "$tmp/$h.svg"
+    [ -f "$tmp/$h.svg" ] && [ "$(stat -c %s "$tmp/$h.svg")" -lt 100000 ] && ! grep -qi nan "$tmp/$h.svg" && ok || bad "plot of $h: no finite SVG"
+done
+# a character device is no log (/dev/zero was one endless line, its memory growing), and a
+# line longer than 1 MiB is skipped as a bad line
+expect_rc 1 "plot of /dev/zero" timeout 20 "$NGD" plot /dev/zero -o "$tmp/z.svg"
+expect_msg "/dev/zero: is a character device, not a log file" "plot of /dev/zero: message"
+{ head -c 3000000 /dev/zero | tr '\0' x; printf '\n{"type":"step","step":1,"loss":1.0,"wall_s":0}\n{"type":"step","step":2,"loss":0.5,"wall_s":1}\n'; } > "$tmp/long.jsonl"
+expect_rc 0 "plot of a log with a 3 MB line" timeout 20 "$NGD" plot "$tmp/long.jsonl" -o "$tmp/long.svg"
+expect_msg "1 line skipped (not a log record; first: line 1)" "plot of a 3 MB line: warning"
 expect_rc 1 "plot of a folder" "$NGD" plot "$tmp" -o "$tmp/p.svg"
 expect_msg "$tmp: is a folder, not a file" "plot of a folder: message"
 expect_rc 2 "ngd help with too many words" "$NGD" help bench step extra

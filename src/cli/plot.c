@@ -32,6 +32,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define PLOT_LINE_MAX ((size_t)1 << 20) // the longest log line read (bytes)
+
 #include "../core/fileio.h"
 #include "cli.h"
 #include "ngd.h"
@@ -217,6 +219,12 @@ static int read_log(const char *path, run *r) {
                   "%s: is a folder, not a file", path);
         return -1;
     }
+    if (stat(path, &sb) == 0 && (S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode))) {
+        // (/dev/zero was read as one endless line, its memory growing until killed)
+        cli_error("give the JSON-lines log written by 'ngd train' (--log FILE)",
+                  "%s: is %s, not a log file", path, cli_file_kind(sb.st_mode));
+        return -1;
+    }
     FILE *f = fopen(path, "r");
     if (!f) {
         cli_error("give the JSON-lines log written by 'ngd train' (--log FILE; by default "
@@ -226,16 +234,25 @@ static int read_log(const char *path, run *r) {
     }
     r->path = path;
     r->final_acc = r->steps = r->wall = (double)NAN;
-    char *line = NULL;
-    size_t cap = 0, lineno = 0, bad = 0, first_bad = 0;
-    ssize_t len;
-    int rc = 0;
-    while ((len = getline(&line, &cap, f)) != -1) {
+    // lines of at most PLOT_LINE_MAX bytes (a record is a few hundred): a longer one is
+    // skipped as a bad line, so that memory stays bounded whatever the file holds
+    char *line = malloc(PLOT_LINE_MAX);
+    size_t lineno = 0, bad = 0, first_bad = 0, len;
+    int rc = line ? 0 : -1;
+    while (line && fgets(line, PLOT_LINE_MAX, f)) {
         lineno++;
+        len = strlen(line);
+        if (len == PLOT_LINE_MAX - 1 && line[len - 1] != '\n') { // (longer: skipped whole)
+            int ch;
+            while ((ch = getc(f)) != EOF && ch != '\n')
+                ;
+            if (!bad++) first_bad = lineno;
+            continue;
+        }
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             line[--len] = '\0';
         if (len == 0) continue;
-        cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
+        cJSON *o = cJSON_ParseWithLength(line, len);
         const cJSON *type = o ? cJSON_GetObjectItemCaseSensitive(o, "type") : NULL;
         if (!cJSON_IsString(type)) {
             if (!bad++) first_bad = lineno;
@@ -375,6 +392,16 @@ static axis make_axis(double lo, double hi, bool from_zero, bool log_ok, double 
     a.hi = ceil(hi / a.step) * a.step;
     if (a.hi > clamp_hi && hi0 <= clamp_hi) a.hi = clamp_hi;
     if (a.lo < 0 && lo0 >= 0) a.lo = 0;
+    // values near the largest double: the range, the step or the rounded ends overflowed
+    // (ticks from a finite end to an infinite one never ended, the SVG growing without
+    // bound): the data's own range in five equal steps, or the default axis
+    if (!isfinite(a.lo) || !isfinite(a.hi) || !(a.step > 0) || !isfinite(a.step) ||
+        !(a.hi > a.lo) || !((a.hi - a.lo) / a.step <= 64)) {
+        axis f = {lo0, hi0, hi0 / 5 - lo0 / 5, false};
+        if (!(f.step > 0) || !isfinite(f.step) || !(f.hi > f.lo) || !isfinite(f.hi - f.lo))
+            f = (axis){0, 1, 0.2, false};
+        return f;
+    }
     return a;
 }
 
@@ -436,7 +463,8 @@ static void draw_frame(sbuf *b, const rect *r, const axis *ax, const axis *ay, c
               "fill=\"#ffffff\" stroke=\"#444444\"/>\n",
               r->x, r->y, r->w, r->h);
     char lab[32];
-    for (double v = ax->lo; v <= ax->hi + 1e-9 * ax->step; v += ax->step) {
+    int nt = 0; // (at most 65 ticks an axis: make_axis's bound, kept here too)
+    for (double v = ax->lo; v <= ax->hi + 1e-9 * ax->step && nt++ <= 64; v += ax->step) {
         double x = r->x + (v - ax->lo) / (ax->hi - ax->lo) * r->w;
         sb_printf(b,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>"
@@ -446,7 +474,8 @@ static void draw_frame(sbuf *b, const rect *r, const axis *ax, const axis *ay, c
         sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", x,
                   r->y + r->h + 18, lab);
     }
-    for (double v = ay->lo; v <= ay->hi + 1e-9 * ay->step; v += ay->step) {
+    nt = 0;
+    for (double v = ay->lo; v <= ay->hi + 1e-9 * ay->step && nt++ <= 64; v += ay->step) {
         double y = r->y + r->h - (v - ay->lo) / (ay->hi - ay->lo) * r->h;
         sb_printf(b,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>"
