@@ -1011,6 +1011,32 @@ fi
 # with the library told M (ngd_optim_set_micro_batches): the same run up to rounding for a
 # model without BatchNorm, for every kind of method (the K-FAC family and IKFAC differed
 # before the library took M into account)
+# a checkpoint whose CRC holds but whose header asks for a model wider than its parameters
+# (eval built a model of GBs first), or with bytes after its optimizer state: refused
+"$NGD" train --optim sgd --subset 200 --widths 16 --batch 50 --epochs 1 --threads 1 --checkpoint "$D/craft.ckpt" $Q >/dev/null 2>&1
+craft() {  # craft IN OUT WIDTH0 EXTRA: header width 0 set, EXTRA bytes put before the CRC
+    python3 - "$@" <<'PY'
+import struct, sys, zlib
+src, dst, w0, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+b = bytearray(open(src, "rb").read()[:-4])
+o = 16
+for _ in range(3):
+    o += 8 + struct.unpack_from("<Q", b, o)[0]
+if w0:
+    struct.pack_into("<Q", b, o + 8, w0)
+b += b"\0" * extra
+open(dst, "wb").write(b + struct.pack("<I", zlib.crc32(b) & 0xffffffff))
+PY
+}
+craft "$D/craft.ckpt" "$D/wide.ckpt" 1048576 0
+expect_rc 1 "eval of a header wider than its parameters" timeout 60 "$NGD" eval --threads 1 --resume "$D/wide.ckpt"
+expect_msg "bad header (widths larger than its parameters)" "header widths bound: message"
+craft "$D/craft.ckpt" "$D/trail.ckpt" 0 16
+expect_rc 1 "eval of a checkpoint with trailing bytes" "$NGD" eval --threads 1 --resume "$D/trail.ckpt"
+expect_msg "unexpected bytes after its optimizer state" "trailing bytes: message"
+craft "$D/craft.ckpt" "$D/same.ckpt" 0 0
+expect_rc 0 "eval of the rewritten, unchanged checkpoint" "$NGD" eval --threads 1 --resume "$D/same.ckpt"
+cmp -s "$D/craft.ckpt" "$D/same.ckpt" && ok || bad "the crafting helper changed an unchanged file"
 # a FIFO as --resume: refused at once (the open waited for a writer forever)
 mkfifo "$D/resume.fifo"
 expect_rc 1 "train --resume FIFO" timeout 20 "$NGD" train --resume "$D/resume.fifo" --max-steps 1 $Q

@@ -315,6 +315,16 @@ static const char *read_head(const unsigned char *b, size_t len, ngd_rbuf *r, tr
         h->subset = (size_t)get_u64(r), h->context = (size_t)get_u64(r);
         h->batch = (size_t)get_u64(r);
         if (!h->context || !h->batch) return "bad header (context, batch)";
+        // every width stands for at least that many parameters, and a text model's context
+        // for context x width of them (its position embedding), all of them f32 numbers in
+        // this file: larger ones are no run's (a crafted header built a model of GBs before
+        // its parameters were compared)
+        const uint64_t held = len / 4;
+        for (size_t i = 0; i < h->nwidths; i++)
+            if (h->widths[i] > held) return "bad header (widths larger than its parameters)";
+        const uint64_t c = h->nwidths && h->widths[0] ? h->widths[0] : 1;
+        if (!strcmp(h->data, "shakespeare") && h->context > held / c)
+            return "bad header (context larger than its parameters)";
     }
     h->precision = h->kfac_arith = h->augment = h->cosine = -1;
     h->epochs = 0;
@@ -565,6 +575,7 @@ int trainckpt_load(const char *path, const train_opts *t, nn_model *m, ngd_optim
         }
     }
     if (!why && r.bad) why = "truncated";
+    if (!why && r.pos != r.len) why = "unexpected bytes after its optimizer state";
     free(b);
     if (why) {
         cli_error(
