@@ -61,7 +61,10 @@
  * dynamic adjustment turned off and at most OMP_THREAD_LIMIT threads (one under
  * OMP_MAX_ACTIVE_LEVELS=0): oneDNN computes only the parts of a product whose threads it gets,
  * and OpenBLAS's LAPACK waits for ever for threads it does not get; client threads that share a
- * thread limit should together ask for no more threads than it allows.
+ * thread limit should together ask for no more threads than it allows. fork(): a child of a
+ * process that has run OpenMP work on more than one thread cannot use OpenMP (GNU libgomp's
+ * limit: its first parallel region hangs): fork before any multi-threaded libngd call, run
+ * the parent with OMP_NUM_THREADS=1, or exec a new program in the child.
  */
 #ifndef NGD_H
 #define NGD_H
@@ -461,8 +464,12 @@ NGD_API ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale);
 // gradient is non-finite (and skip_nonfinite), nothing is updated, pending statistics are
 // discarded, the skip is counted and NGD_SKIPPED is returned; the step counter advances
 // either way. Errors: NGD_ERR_STATE (an update step where a layer got no statistics),
-// NGD_ERR_NOMEM (first step only, or the first after a load: buffers are planned then). On
-// an error nothing changed (all-or-nothing, above); retry the step.
+// NGD_ERR_NOMEM (first step only, or the first after a load: buffers are planned then),
+// NGD_ERR_ARG (lr_cov_fn returned a value that is not finite and >= 0). On an error nothing
+// changed (all-or-nothing, above); retry the step. A save between a step's observe and the
+// step keeps its pending statistics, but not the rows that SINGD's kfac.factored_apply keeps
+// to precondition from: after a load that step preconditions through Ĝ (equal up to
+// rounding, not bit for bit; ngd train saves between steps, where nothing is pending).
 NGD_API ngd_status ngd_optim_step(ngd_optim *o);
 
 // The coming step leaves entry `id` (a layer or a parameter) as it is, as torch.optim skips a
@@ -561,7 +568,8 @@ NGD_API size_t ngd_optim_count(const ngd_optim *o);
 // Total persistent optimizer-state bytes (factors, momenta, buffers), planned workspaces
 // excluded; and the planned workspace bytes (the shared gradient buffers, every method's
 // scratch from its work-size query, the KL clip's per-layer buffers, SINGD's cached factor
-// products, bf16 scratch and kept rows; 0 before planning).
+// products, bf16 scratch and kept rows; before planning, only what registration allocated:
+// SINGD's cached K Kᵀ and C Cᵀ).
 NGD_API size_t ngd_optim_state_bytes(const ngd_optim *o);
 NGD_API size_t ngd_optim_workspace_bytes(const ngd_optim *o);
 // Wall time in seconds of the last ngd_optim_step's preconditioner maintenance over all
@@ -600,7 +608,8 @@ typedef struct {
     size_t groups;     // >= 1, divides c_in
 } ngd_conv_geom;
 
-// Output size; 0 on an invalid geometry.
+// Output size; 0 on an invalid geometry (groups not dividing c_in, no output pixel, or any
+// of c_in, h, w, k, stride, padding, dilation above 2^30, whose sums could wrap).
 NGD_API size_t ngd_conv_out_h(const ngd_conv_geom *g);
 NGD_API size_t ngd_conv_out_w(const ngd_conv_geom *g);
 
