@@ -393,7 +393,8 @@ int train_run(const train_opts *t, bool eval_only) {
                        .in_h = d.train.h,
                        .in_w = d.train.w,
                        .classes = d.train.num_classes,
-                       .max_batch = t->batch / (size_t)dist_size(), // mpirun: a share
+                       // mpirun: a share; --micro-batches: a part of it
+                       .max_batch = t->batch / (size_t)dist_size() / t->micro,
                        .seed = t->seed};
     if (t->text) // a token model: (B, T) ids in, (B·T, V) logits out
         mc.in_c = 1, mc.in_h = t->context, mc.in_w = 1, mc.classes = d.text.vocab;
@@ -464,6 +465,8 @@ int train_run(const train_opts *t, bool eval_only) {
     ngd_status st = eval_only ? NGD_OK : ngd_optim_create(&t->cfg, &o); // eval: no optimizer
     m.param_override = t->has_param_cfg ? &t->param_cfg : NULL;
     if (st == NGD_OK && o) st = m.ops->attach(&m, o);
+    // (each part's statistics scaled as the whole batch's: the step is the whole batch's)
+    if (st == NGD_OK && o) st = ngd_optim_set_micro_batches(o, t->micro);
     ngd_share share;
     if (st == NGD_OK && o && dist_on()) { // mpirun: one replica per rank (dist.c)
         if (dist_share(&share)) {
@@ -636,23 +639,36 @@ int train_run(const train_opts *t, bool eval_only) {
             nn_model_zero_grad(&m);
             size_t kl, first; // mpirun: this rank's shard of the global batch
             dist_shard(k, &kl, &first);
-            if (t->text)
-                m.ops->forward_tokens(&m, ids + first * t->context, kl, t->context, true);
-            else
-                m.ops->forward(&m, x + first * (size_t)(d.train.c * d.train.h * d.train.w), kl,
-                               true);
+            // --micro-batches: the shard in equal parts, each part's mean loss divided by
+            // their number (the gradients add up to the shard's mean), each part observed
+            const size_t np = t->micro, kp = kl / np;
             size_t nr = kl * rows; // text: the mean over batch and sequence
-            float loss =
-                nn_xent_forward(m.logits, y + first * rows, nr, m.cfg.classes, 0.0f, 1.0f, dlogits);
-            size_t correct = nn_xent_correct(m.logits, y + first * rows, nr, m.cfg.classes);
-            m.ops->backward(&m, dlogits);
-            if (dist_on() && dist_combine(&m, &loss, &correct, &nr)) {
-                rc = NGD_EXIT_FAIL;
+            double loss_sum = 0.0;
+            size_t correct = 0;
+            for (size_t p = 0; p < np && rc == NGD_EXIT_OK; p++) {
+                const size_t s0 = first + p * kp;
+                if (t->text)
+                    m.ops->forward_tokens(&m, ids + s0 * t->context, kp, t->context, true);
+                else
+                    m.ops->forward(&m, x + s0 * (size_t)(d.train.c * d.train.h * d.train.w), kp,
+                                   true);
+                loss_sum += (double)nn_xent_forward(m.logits, y + s0 * rows, kp * rows,
+                                                    m.cfg.classes, 0.0f, 1.0f / (float)np, dlogits);
+                correct += nn_xent_correct(m.logits, y + s0 * rows, kp * rows, m.cfg.classes);
+                m.ops->backward(&m, dlogits);
+                // (each part's statistics while its activations are there; the combine below
+                // touches only the gradients and buffers)
+                if (ngd_optim_wants_stats(o) && (st = m.ops->observe(&m, o)) != NGD_OK) {
+                    cli_error(NULL, "observe: %s", ngd_optim_errmsg(o));
+                    rc = NGD_EXIT_FAIL;
+                }
+            }
+            if (rc != NGD_EXIT_OK) {
                 stop = true;
                 break;
             }
-            if (ngd_optim_wants_stats(o) && (st = m.ops->observe(&m, o)) != NGD_OK) {
-                cli_error(NULL, "observe: %s", ngd_optim_errmsg(o));
+            float loss = np == 1 ? (float)loss_sum : (float)(loss_sum / (double)np);
+            if (dist_on() && dist_combine(&m, &loss, &correct, &nr)) {
                 rc = NGD_EXIT_FAIL;
                 stop = true;
                 break;
