@@ -1,7 +1,8 @@
 /*
  * fuzz_checkpoint.c — libFuzzer target for libngd's checkpoint reader, ngd_optim_load_mem,
  * on small registered optimizers of every kind the command offers (SGD, AdamW, SINGD with
- * each structure, f32 and bf16 factors, IKFAC): two Linear layers (one with bias) and one
+ * each structure, f32 and bf16 factors, IKFAC, the K-FAC family with and without the factored
+ * application): two Linear layers (one with bias) and one
  * plain parameter. Input: <config byte> <checkpoint bytes>; bit 7 of the config byte clear
  * means "make the trailing CRC right first" (so that mutations reach the parser). A load
  * must either succeed or fail with NGD_ERR_FORMAT / NGD_ERR_ARG and a message; after a
@@ -31,7 +32,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 typedef struct {
     ngd_method method;
-    const char *structure; // SINGD factor structure (K and C), NULL otherwise
+    const char *structure; // SINGD factor structure (K and C); "factored": the K-FAC
+                           // family's factored_apply; NULL otherwise
     bool bf16;
 } fz_cfg;
 
@@ -48,6 +50,14 @@ static const fz_cfg CFGS[] = {
     {NGD_METHOD_SINGD, "triu_bottomright_diag", false},
     {NGD_METHOD_SINGD, "dense", true},
     {NGD_METHOD_IKFAC, NULL, false},
+    // the K-FAC family (statistics every step, refreshes every other; rank 2 of the 4- and
+    // 5-wide factors, so RS-KFAC keeps a low-rank (U, D) and the B methods a Brand track)
+    {NGD_METHOD_KFAC, NULL, false},
+    {NGD_METHOD_RSKFAC, NULL, false},
+    {NGD_METHOD_BKFAC, NULL, false},
+    {NGD_METHOD_BRKFAC, NULL, false},
+    {NGD_METHOD_BRCKFAC, NULL, false},
+    {NGD_METHOD_BKFAC, "factored", false}, // (kfac.factored_apply: the batch's rows kept)
 };
 #define NCFG (sizeof CFGS / sizeof CFGS[0])
 
@@ -80,7 +90,11 @@ static void reset_values(fz_model *m) {
 
 static ngd_optim *make(size_t k, fz_model *m) {
     ngd_config c = ngd_config_default(CFGS[k].method);
-    if (CFGS[k].structure) {
+    const bool kf = CFGS[k].method >= NGD_METHOD_KFAC && CFGS[k].method <= NGD_METHOD_BRCKFAC;
+    if (kf) {
+        c.kfac.T_u = 1, c.kfac.T_i = 2, c.kfac.rank = 2, c.kfac.brand_rank = 1;
+        c.kfac.factored_apply = CFGS[k].structure != NULL;
+    } else if (CFGS[k].structure) {
         REQUIRE(ngd_structure_parse(CFGS[k].structure, &c.structure_K) == NGD_OK);
         c.structure_C = c.structure_K;
     }
@@ -167,6 +181,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     // a loaded state must be usable: one step (it may be skipped on non-finite values)
     st = step(m);
+    if (!(st == NGD_OK || st == NGD_SKIPPED || st == NGD_ERR_NUMERIC))
+        fprintf(stderr, "fuzz_checkpoint: config %zu: step after a load: %s: %s\n", k,
+                ngd_status_str(st), ngd_optim_errmsg(m->o));
     REQUIRE(st == NGD_OK || st == NGD_SKIPPED || st == NGD_ERR_NUMERIC);
     // ... and saving it again gives a buffer that loads
     void *again = NULL;

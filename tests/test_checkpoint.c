@@ -696,17 +696,24 @@ static void crc_again(unsigned char *d, size_t n) {
 
 // A K-FAC-family checkpoint's counters index its buffers: a rank past (U, D) read past D,
 // pending rows near 2^64 wrapped the next observe's room check (a heap write), a Brand track
-// the columns do not allow failed every step. A CRC only says the file is undamaged: such
+// the columns do not allow failed every step (fc1's 21-wide A factor: a Brand track at 4
+// rows a step and r_B = 3). A CRC only says the file is undamaged: such
 // values, in an intact file, are refused and the optimizer left as it was.
+#define KF_TRACK_BRAND 3 // (kfac.h's KF_BRAND, as the file stores it)
 static void kfac_counters_past_their_buffers_should_be_refused(void) {
     const ngd_method ms[] = {NGD_METHOD_BKFAC, NGD_METHOD_KFAC, NGD_METHOD_BRCKFAC};
     const struct {
+        uint32_t entry;
         const char *array;
         size_t at;
         uint64_t v;
-    } bad[] = {{"A.cnt", 2, 1000},       {"G.cnt", 2, (uint64_t)1 << 40},
-               {"~pend", 1, UINT64_MAX}, {"~pend", 1, (uint64_t)1 << 31},
-               {"#meta", 3, 3},          {"#meta", 4, 3}};
+    } bad[] = {{0, "A.cnt", 2, 1000},
+               {0, "G.cnt", 2, (uint64_t)1 << 40},
+               {0, "~pend", 1, UINT64_MAX},
+               {0, "~pend", 1, (uint64_t)1 << 31},
+               {1, "#meta", 4, KF_TRACK_BRAND}, // (fc2's G is 4 wide: no Brand track at 4 rows)
+               {0, "#meta", 1, 1000},           // (fc1's Brand track: r_B + 1000 > 21)
+               {0, "#meta", 2, (uint64_t)1 << 32}};
     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++)
         for (size_t bi = 0; bi < sizeof bad / sizeof bad[0]; bi++) {
             ngd_config c = ngd_config_default(ms[mi]);
@@ -715,7 +722,7 @@ static void kfac_counters_past_their_buffers_should_be_refused(void) {
             tp_problem pa, pb;
             ngd_optim *a = NULL, *b = NULL;
             CHECK(ngd_optim_create(&c, &a) == NGD_OK && ngd_optim_create(&c, &b) == NGD_OK);
-            tp_init(&pa, 8, 6, 5, 4, 3), tp_init(&pb, 8, 6, 5, 4, 3);
+            tp_init(&pa, 4, 20, 16, 4, 3), tp_init(&pb, 4, 20, 16, 4, 3);
             CHECK(tp_register(&pa, a) == NGD_OK && tp_register(&pb, b) == NGD_OK);
             for (size_t s = 0; s < 3; s++)
                 CHECK(tp_step(&pa, a, s) == NGD_OK);
@@ -724,7 +731,7 @@ static void kfac_counters_past_their_buffers_should_be_refused(void) {
             size_t n = 0;
             CHECK(ngd_optim_save_mem(a, &mem, &n) == NGD_OK);
             unsigned char *d = mem;
-            const size_t off = array_at(d, n, 0, bad[bi].array);
+            const size_t off = array_at(d, n, bad[bi].entry, bad[bi].array);
             CHECK(off > 0);
             if (off == 0) continue;
             // (tracks: only where the saved layer is a B one, whose tracks load_meta takes)
@@ -735,6 +742,18 @@ static void kfac_counters_past_their_buffers_should_be_refused(void) {
             for (int k = 0; k < 8; k++)
                 d[off + 8 * bad[bi].at + (size_t)k] = (unsigned char)(bad[bi].v >> (8 * k));
             crc_again(d, n);
+            // (into a fresh optimizer, and one whose layers decided their tracks already)
+            {
+                tp_problem pc;
+                ngd_optim *cdec = NULL;
+                CHECK(ngd_optim_create(&c, &cdec) == NGD_OK);
+                tp_init(&pc, 4, 20, 16, 4, 3);
+                CHECK(tp_register(&pc, cdec) == NGD_OK && tp_step(&pc, cdec, 0) == NGD_OK);
+                CHECK_MSG(ngd_optim_load_mem(cdec, d, n) == NGD_ERR_FORMAT, "decided, %s %s[%zu]",
+                          ngd_method_name(ms[mi]), bad[bi].array, bad[bi].at);
+                CHECK(tp_step(&pc, cdec, 1) == NGD_OK);
+                ngd_optim_free(cdec), tp_free(&pc);
+            }
             CHECK(ngd_optim_load_mem(b, d, n) == NGD_ERR_FORMAT);
             CHECK_MSG(ngd_optim_load_mem(b, d, n) == NGD_ERR_FORMAT, "%s %s[%zu] = %llu: %s",
                       ngd_method_name(ms[mi]), bad[bi].array, bad[bi].at,

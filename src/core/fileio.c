@@ -57,11 +57,15 @@ static bool wbuf_reserve(ngd_wbuf *w, size_t n) {
 // Takes the bytes of buf that are not in the running CRC (the part's, during a part) into it.
 static void wbuf_fold(ngd_wbuf *w) {
     if (w->counting) return;
+    // (nothing new: no pointer arithmetic on a buffer not yet allocated, NULL + 0 being
+    // undefined)
     if (w->in_part) {
-        w->part = crc_update(w->part, w->buf + w->part_pos, w->len - w->part_pos);
+        if (w->len > w->part_pos)
+            w->part = crc_update(w->part, w->buf + w->part_pos, w->len - w->part_pos);
         w->part_pos = w->len;
     } else {
-        w->crc = crc_update(w->crc, w->buf + w->crc_pos, w->len - w->crc_pos);
+        if (w->len > w->crc_pos)
+            w->crc = crc_update(w->crc, w->buf + w->crc_pos, w->len - w->crc_pos);
         w->crc_pos = w->len;
     }
 }

@@ -342,7 +342,10 @@ static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char
         } else {
             uint64_t *before = meta_snapshot(o);
             if (!before) return ngd_optim_fail(o, NGD_ERR_NOMEM, "load: out of memory");
-            if ((s = parse(o, path, &r, false)) == NGD_OK) {
+            o->load_len = len; // (load_meta bounds the buffers it sizes by the file's bytes)
+            s = parse(o, path, &r, false);
+            o->load_len = 0;
+            if (s == NGD_OK) {
                 ngd_rbuf r2 = {data, len, 0, false};
                 s = parse(o, path, &r2, true);
                 for (size_t i = 0; s == NGD_OK && o->ops->load_commit && i < o->n; i++)

@@ -651,28 +651,31 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
                               "'%s': saved from the batch's rows (kfac.factored_apply): load it "
                               "with kfac.factored_apply on",
                               e->name);
+    // (row buffers hold rows_cap rows of each kept factor, which the file holds as f32
+    // numbers too: a larger rows_cap is no file's, and would size buffers of GBs)
+    const uint64_t dmin = NGD_MIN(s->f[KF_A].d, s->f[KF_G].d);
     if (m.decided > 1 || m.factored > 1 || m.cols > ((uint64_t)1 << 32) ||
-        m.rows_cap > ((uint64_t)1 << 32) ||
+        m.rows_cap > ((uint64_t)1 << 32) || (o->load_len && m.rows_cap > o->load_len / 4 / dmin) ||
         (m.decided && (m.track[0] < KF_EVD || m.track[0] > KF_BRAND || m.track[1] < KF_EVD ||
                        m.track[1] > KF_BRAND)))
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
+    // saved tracks are those the layer's first statistics could have chosen (#track-selection:
+    // a Brand track that r_B + cols < d does not allow failed every later step), for a layer
+    // that takes them (undecided) and for one that keeps its own (the columns are the file's)
+    for (int k = 0; k < 2 && m.decided; k++) {
+        const size_t d = s->f[k].d;
+        const bool brand_ok = m.cols >= 1 && ngd_kf_brand_track_ok(true, ngd_kf_brand_rank(&e->cfg),
+                                                                   (size_t)m.cols, d);
+        const uint64_t other = e->cfg.kfac.rank >= d ? KF_EVD : KF_RSVD;
+        if (m.track[k] == KF_BRAND ? !brand_ok : !s->meta.decided && m.track[k] != other)
+            return ngd_optim_fail(o, NGD_ERR_FORMAT,
+                                  "'%s': saved with factor %c on track %llu, which %llu "
+                                  "columns a step and these options do not give",
+                                  e->name, k ? 'G' : 'A', (unsigned long long)m.track[k],
+                                  (unsigned long long)m.cols);
+    }
     if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
-        // (those its first statistics could have chosen, #track-selection: a Brand track that
-        // r_B + cols < d does not allow failed every later step)
-        for (int k = 0; k < 2; k++) {
-            const size_t d = s->f[k].d;
-            const bool brand_ok =
-                m.cols >= 1 &&
-                ngd_kf_brand_track_ok(true, ngd_kf_brand_rank(&e->cfg), (size_t)m.cols, d);
-            const uint64_t other = e->cfg.kfac.rank >= d ? KF_EVD : KF_RSVD;
-            if (m.track[k] == KF_BRAND ? !brand_ok : m.track[k] != other)
-                return ngd_optim_fail(o, NGD_ERR_FORMAT,
-                                      "'%s': saved with factor %c on track %llu, which %llu "
-                                      "columns a step and these options do not give",
-                                      e->name, k ? 'G' : 'A', (unsigned long long)m.track[k],
-                                      (unsigned long long)m.cols);
-        }
         s->meta = m;
         s->meta.decided = 0; // ngd_kf_apply_tracks sets it once the state is allocated
         return ngd_kf_apply_tracks(o, e);

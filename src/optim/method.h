@@ -79,6 +79,7 @@ struct ngd_optim {
     float scale_cur;  // s_t
     float lr_scale;   // multiplies every β2
     size_t micro;     // observes a step's batch comes in (ngd_optim_set_micro_batches; 1)
+    size_t load_len;  // the bytes of the checkpoint being checked (its checking pass), else 0
     bool planned;     // workspaces allocated (first step / first observe; again after a change
                       // of shapes: registration, a B layer's tracks, a load)
     // shared workspace (planned once): Ĝ and two ping-pong buffers of the largest layer

@@ -425,7 +425,7 @@ static double gs_value(const float *S, size_t cb, size_t c, int k1, int k2, size
     const int d1 = l1 - k1, d2 = l2 - k2;
     const bool fl = d1 < 0 || (d1 == 0 && d2 < 0); // F(δ)[c][e] = F(−δ)[e][c]
     const size_t i = fl ? e : c, j = fl ? c : e;
-    double v = S[gs_index(fl ? -d1 : d1, fl ? -d2 : d2) * c2 + i * cb + j];
+    double v = (double)S[gs_index(fl ? -d1 : d1, fl ? -d2 : d2) * c2 + i * cb + j];
     if (d1 == 0 && k1 != 1) { // row H (k1 = 0) or row 1 (k1 = 2) is not in the box
         const size_t r = k1 == 0 ? 1 : 0, d = (size_t)(d2 < 0 ? -d2 : d2);
         v -= (double)R[(r * 3 + d) * c2 + (d2 < 0 ? e * cb + c : c * cb + e)];
