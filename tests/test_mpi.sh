@@ -128,6 +128,21 @@ if [ "$SAN" = 1 ]; then  # the sanitizer build: these two, and a failing rank
     [ "$fail" -eq 0 ]
     exit
 fi
+# gradient accumulation on each rank (--micro-batches: 2 parts of each rank's 64, or of the
+# one process's 128): every method takes the global batch's step, IKFAC and the K-FAC family
+# included, whose statistics would otherwise add up to another scale
+# included, whose statistics would otherwise add up to another scale: 2 ranks x 2 parts of 32
+# against one process's whole 128
+run_pair ikfac 1e-4 --optim ikfac --T 3
+for m in ikfac kfac; do
+    o="--optim $m --T 3"; [ $m = kfac ] && o="--optim kfac --T-u 3 --T-i 6"
+    # shellcheck disable=SC2086
+    if timeout 300 $MPI "$NGD" train $COMMON --batch 64 $o --micro-batches 2 --log "$D/$m-micro.jsonl" \
+            --checkpoint "$D/$m-micro.ckpt" >"$D/out" 2>&1; then
+        if msg=$(compare "$D/$m.1.jsonl" "$D/$m-micro.jsonl" "$D/$m.1.ckpt" "$D/$m-micro.ckpt" 1e-4 2>&1); then ok
+        else bad "$m: 2 ranks x 2 parts of 32 differ from 1 x 128: $msg"; fi
+    else bad "$m --micro-batches 2 on 2 ranks failed"; tail -5 "$D/out"; fi
+done
 run_pair sgd 1e-5 --optim sgd --lr 0.05
 run_pair adamw 1e-5 --optim adamw
 run_pair singd 1e-4 --optim singd --T 3
