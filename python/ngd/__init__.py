@@ -23,8 +23,11 @@ Errors of libngd are raised as ``ngd.Error`` (``.status`` is the ngd_status code
 ``.status_name`` its description, the message is libngd's).
 """
 
+import contextlib
 import ctypes
+import functools
 import os
+import threading
 
 import numpy as np
 
@@ -104,6 +107,14 @@ def _set_field(struct, name, value, what):
     ctype = dict(struct._fields_)[name]
     if ctype in _INT_RANGE:
         value = _int_in(value, *_INT_RANGE[ctype], what)
+    elif ctype is ctypes.c_bool:
+        # (ctypes takes any object's truth: nesterov="false" turned Nesterov on)
+        if isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, (int, np.integer)) and int(value) in (0, 1)
+        ):
+            value = bool(value)
+        else:
+            raise TypeError("%s: %s must be True or False, not %r" % (what, name, value))
     try:
         setattr(struct, name, value)
     except TypeError:  # (ctypes said "must be real number, not str", naming no option)
@@ -120,6 +131,10 @@ def _enum(table, name, value):
             )
         return int(value)
     key = value.lower() if isinstance(value, str) else value
+    if not isinstance(key, str) and (key is not None or None not in table):
+        raise TypeError(
+            "%s: %r is not one of its values (%s)" % (name, value, ", ".join(repr(k) for k in table if k is not None))
+        )
     if key not in table:
         raise ValueError(
             "%s: unknown value %r (one of %s)" % (name, value, ", ".join(repr(k) for k in table if k is not None))
@@ -176,6 +191,12 @@ class _Callback:
         if self.error is not None:
             e, self.error = self.error, None
             raise e
+
+
+def _method_number(method):
+    if isinstance(method, str):
+        return _enum(_lib.METHODS, "method", method)
+    return _int_in(method, 0, len(METHODS) - 1, "method")
 
 
 def make_config(method="singd", **options):
@@ -267,7 +288,7 @@ def _normal_options(options):
         s = opts.pop("structures")
         if isinstance(s, (str, dict)):
             s = (s, s)
-        if len(s) != 2:
+        if not isinstance(s, (tuple, list)) or len(s) != 2:
             raise ValueError("structures must be one name or a pair (K, C), got %r" % (s,))
         opts.setdefault("structure_K", s[0])
         opts.setdefault("structure_C", s[1])
@@ -330,7 +351,16 @@ def _name(name, default):
         name = default
     if not isinstance(name, str):
         raise TypeError("name must be a str, not %s" % type(name).__name__)
+    if "\0" in name:  # (libngd would keep the part before it)
+        raise ValueError("name %r contains a NUL character" % name)
     return name.encode()
+
+
+def _path(path, what):
+    p = os.fsencode(path)
+    if b"\0" in p:  # (C would stop at it: another file, as open() refuses)
+        raise ValueError("%s: the path %r contains a NUL byte" % (what, path))
+    return p
 
 
 def _ptr(x):
@@ -376,6 +406,17 @@ def _matrix_np(x, cols, what):
 # ====== the optimizer ======
 
 
+def _guarded(fn):
+    """An Optimizer method that calls libngd: close() refuses while it runs."""
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        with self._call():
+            return fn(self, *args, **kwargs)
+
+    return call
+
+
 class Optimizer:
     """One libngd optimizer (ngd_optim). `method`: 'singd', 'ingd', 'ikfac', 'kfac',
     'rskfac', 'srekfac', 'bkfac', 'brkfac', 'brckfac', 'sgd' or 'adamw'; `config`: every
@@ -389,6 +430,9 @@ class Optimizer:
     def __init__(self, method="singd", **config):
         self._keep = []  # arrays and callbacks whose memory libngd points into
         self._h = None
+        # calls of this optimizer in progress (_call): close() waits for none, it refuses
+        self._lock = threading.Lock()
+        self._calls = 0
         cfg, cbs = make_config(method, **config)
         self._keep.extend(cbs)
         self._options = dict(config)
@@ -410,11 +454,32 @@ class Optimizer:
     # --- lifecycle ---
 
     def close(self):
-        """Frees libngd's state; the arrays are released afterwards. Idempotent."""
-        if self._h is not None:
-            _lib.ngd_optim_free(self._h)
-            self._h = None
-        self._keep = []
+        """Frees libngd's state; the arrays are released afterwards. Idempotent. Raises
+        ngd.Error while a call of this optimizer is running: from one of its own callbacks
+        (lr_cov_fn, log_fn) or another thread (libngd would go on in freed memory)."""
+        with self._lock:
+            if self._calls:
+                raise Error(
+                    _lib.ERR_STATE,
+                    "close() while a call of this optimizer is running (in one of its callbacks, "
+                    "or in another thread): close it after that call has returned",
+                )
+            if self._h is not None:
+                _lib.ngd_optim_free(self._h)
+                self._h = None
+            self._keep = []
+
+    @contextlib.contextmanager
+    def _call(self):
+        """The handle, for a call into libngd that close() must not cut short."""
+        with self._lock:
+            h = self.handle
+            self._calls += 1
+        try:
+            yield h
+        finally:
+            with self._lock:
+                self._calls -= 1
 
     def __del__(self):
         try:
@@ -467,6 +532,7 @@ class Optimizer:
 
     # --- registration ---
 
+    @_guarded
     def add_layer(self, weight, weight_grad, bias=None, bias_grad=None, name=None, **override):
         """Registers a Kronecker-factored layer: weight (d_out, d_in) float32 C-contiguous
         (a Conv2d weight [C_out, C_in/G, k1, k2] is taken as d_out x the rest), its gradient
@@ -489,6 +555,13 @@ class Optimizer:
             _check_array(bias_grad, "bias_grad")
             if bias.size != d_out or bias_grad.size != d_out:
                 raise ValueError("bias and bias_grad must have d_out = %d elements" % d_out)
+        if "method" in override:  # (a layer takes the optimizer's method: make_config got it twice)
+            m = override.pop("method")
+            if _method_number(m) != _method_number(self.method):
+                raise ValueError(
+                    "add_layer: a layer takes the optimizer's method (%s), not %r: its options "
+                    "may be overridden, its method not" % (self.method, m)
+                )
         nm = _name(name, "layer%d" % len(self._names))
         L = _lib.Layer(
             nm,
@@ -507,6 +580,7 @@ class Optimizer:
         self._names.append(nm.decode())
         return out.value
 
+    @_guarded
     def add_param(self, param, grad, name=None, method=None, **override):
         """Registers a plain parameter (any shape, float32 C-contiguous) and its gradient.
         It takes the AdamW rule under 'adamw', the SGD rule otherwise; method='adamw' or
@@ -531,12 +605,14 @@ class Optimizer:
 
     # --- per step ---
 
+    @_guarded
     def wants_stats(self, layer=None):
         """True when the coming step updates a preconditioner (of `layer`, or of any)."""
         if layer is None:
             return bool(_lib.ngd_optim_wants_stats(self.handle))
         return bool(_lib.ngd_optim_layer_wants_stats(self.handle, self._id(layer, "wants_stats")))
 
+    @_guarded
     def observe(self, layer, a, g, batch=None):
         """Hands layer `layer` its inputs a (rows x d_in) and output gradients g (rows x
         d_out) for the coming step; the arrays are read during the call only. 3-D or larger
@@ -555,10 +631,12 @@ class Optimizer:
         batch = _int_in(batch, 1, 2**64 - 1, "observe: batch")
         self._check(_lib.ngd_optim_observe(h, layer, batch, A, G), "observe")
 
+    @_guarded
     def set_grad_scale(self, scale):
         """The loss scale that multiplied this step's loss (mixed precision)."""
         self._check(_lib.ngd_optim_set_grad_scale(self.handle, float(scale)))
 
+    @_guarded
     def set_micro_batches(self, m):
         """Gradient accumulation: each step's batch comes in m equal micro-batches, each
         observed; the statistics are scaled as the whole batch's, so the step is the whole
@@ -568,20 +646,24 @@ class Optimizer:
         self._check(_lib.ngd_optim_set_micro_batches(self.handle, m), "set_micro_batches")
 
     @property
+    @_guarded
     def micro_batches(self):
         """The micro-batches each step's batch comes in (1 unless set)."""
         return int(_lib.ngd_optim_micro_batches(self.handle))
 
+    @_guarded
     def skip(self, id):
         """The coming step leaves entry `id` (a layer or a parameter) as it is: weights,
         state, statistics schedule and update count (a frozen parameter; ngd.h,
         ngd_optim_skip)."""
         self._check(_lib.ngd_optim_skip(self.handle, self._id(id, "skip")), "skip")
 
+    @_guarded
     def set_lr_scale(self, scale):
         """Multiplies every learning rate by `scale` from the next step on."""
         self._check(_lib.ngd_optim_set_lr_scale(self.handle, float(scale)))
 
+    @_guarded
     def step(self):
         """One step; the registered weights are updated in place. Returns True, or False
         when the step was skipped for a non-finite gradient. Raises ngd.Error."""
@@ -598,14 +680,17 @@ class Optimizer:
                 k.reraise()
 
     @property
+    @_guarded
     def steps(self):
         return int(_lib.ngd_optim_steps(self.handle))
 
+    @_guarded
     def __len__(self):
         return int(_lib.ngd_optim_count(self.handle))
 
     # --- introspection ---
 
+    @_guarded
     def health(self, id=None):
         """Per-layer health (dict), or a list of them for every id when id is None."""
         if id is None:
@@ -619,16 +704,20 @@ class Optimizer:
         d["id"] = int(id)
         return d
 
+    @_guarded
     def state_bytes(self):
         return int(_lib.ngd_optim_state_bytes(self.handle))
 
+    @_guarded
     def workspace_bytes(self):
         return int(_lib.ngd_optim_workspace_bytes(self.handle))
 
+    @_guarded
     def update_time(self):
         """Wall seconds of the last step's preconditioner maintenance (all layers)."""
         return float(_lib.ngd_optim_update_time(self.handle))
 
+    @_guarded
     def factor(self, layer, which="K"):
         """Dense copy of a layer's factor. SINGD: 'K', 'C', 'k' (m_K), 'c' (m_C). The K-FAC
         family: 'K' and 'C' the input and output sides' factors as averaged, 'k' and 'c' their
@@ -641,6 +730,7 @@ class Optimizer:
         self._check(_lib.ngd_optim_factor_dense(self.handle, int(layer), which.encode(), _ptr(out), d))
         return out
 
+    @_guarded
     def last_update(self, layer):
         """The preconditioned gradient of the last step, d_out x (d_in + bias) (needs
         keep_last_update=True)."""
@@ -667,14 +757,17 @@ class Optimizer:
 
     # --- checkpoints ---
 
+    @_guarded
     def save(self, path):
         """Writes the state to `path` (str, bytes or os.PathLike), atomically."""
-        self._check(_lib.ngd_optim_save(self.handle, os.fsencode(path)), "save")
+        self._check(_lib.ngd_optim_save(self.handle, _path(path, "save")), "save")
 
+    @_guarded
     def load(self, path):
         """Restores the state from `path` (validated; unchanged on error)."""
-        self._check(_lib.ngd_optim_load(self.handle, os.fsencode(path)), "load")
+        self._check(_lib.ngd_optim_load(self.handle, _path(path, "load")), "load")
 
+    @_guarded
     def save_bytes(self):
         """The optimizer state (ngd_optim_save_mem) as bytes."""
         buf = ctypes.c_void_p()
@@ -685,8 +778,11 @@ class Optimizer:
         finally:
             _lib.libc_free(buf)
 
+    @_guarded
     def load_bytes(self, data):
         """Restores a state from save_bytes (validated; unchanged on error)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # (bytes(5) is 5 zero bytes)
+            raise TypeError("load_bytes takes bytes (save_bytes' result), not %s" % type(data).__name__)
         data = bytes(data)
         b = ctypes.create_string_buffer(data, len(data))
         self._check(_lib.ngd_optim_load_mem(self.handle, b, len(data)), "load_mem")

@@ -439,12 +439,14 @@ class NGDOptimizer(torch.optim.Optimizer):
             # matrix (n*oh*ow x d_in floats) is never formed
             X, a_keep = _matrix(x.reshape(n, c * h * w), c * h * w, "the input of %s" % e.name)
             G, g_keep = _matrix(gm, e.d_out, "the output gradient of %s" % e.name)
-            st = _lib.ngd_optim_observe_conv(self._opt.handle, e.id, int(batch), ctypes.byref(geom), X, G)
+            with self._opt._call() as h:  # (close() refuses meanwhile)
+                st = _lib.ngd_optim_observe_conv(h, e.id, int(batch), ctypes.byref(geom), X, G)
             if st != _lib.OK:
                 self._opt._check(st, "observe")
             del a_keep, g_keep
             return
-        st = _lib.ngd_optim_observe(self._opt.handle, e.id, int(batch), A, G)
+        with self._opt._call() as h:
+            st = _lib.ngd_optim_observe(h, e.id, int(batch), A, G)
         if st != _lib.OK:
             self._opt._check(st, "observe")
         del a_keep, g_keep
@@ -565,7 +567,8 @@ class NGDOptimizer(torch.optim.Optimizer):
         for eid in self._skips:
             self._opt.skip(eid)
         self._empty, self._observed = set(), set()
-        st = _lib.ngd_optim_step(self._opt.handle)
+        with self._opt._call() as h:
+            st = _lib.ngd_optim_step(h)
         with torch.no_grad():  # frozen parameters of layers that trained: as they were
             for p, v in getattr(self, "_restore", ()):
                 p.copy_(v)

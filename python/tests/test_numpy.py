@@ -417,3 +417,96 @@ def test_copies_and_bad_option_types_say_what():
     B = np.broadcast_to(np.float32(0), (2, 3))
     with pytest.raises(ValueError, match="must be writeable"):
         o.add_layer(B, np.zeros((2, 3), np.float32), name="b")
+
+
+def _layer_opt(method="singd", **kw):
+    W = np.random.RandomState(0).rand(8, 8).astype(np.float32)
+    dW = np.random.RandomState(1).rand(8, 8).astype(np.float32)
+    opt = ngd.Optimizer(method, **kw)
+    fc = opt.add_layer(W, dW)
+    a = np.random.RandomState(2).rand(4, 8).astype(np.float32)
+    return opt, fc, a
+
+
+def test_close_during_a_call_of_the_optimizer_is_refused():
+    # close() from the optimizer's own callback freed libngd's state under the running step
+    # (a segfault); it now raises, the step's callback error comes out of step(), and the
+    # optimizer stays usable
+    holder = {}
+
+    def schedule(step):
+        holder["opt"].close()
+        return 0.01
+
+    opt, fc, a = _layer_opt("singd", T=1, lr_cov_fn=schedule)
+    holder["opt"] = opt
+    opt.observe(fc, a, a)
+    with pytest.raises(ngd.Error, match="close\\(\\) while a call of this optimizer is running"):
+        opt.step()
+    assert opt.steps in (0, 1)
+    opt.close()  # (after the call: allowed)
+    with pytest.raises(ngd.Error, match="closed"):
+        opt.step()
+
+
+def test_close_from_another_thread_waits_for_no_call_and_refuses():
+    import threading
+
+    opt, fc, a = _layer_opt("kfac", T_u=1, T_i=1)
+    entered, release = threading.Event(), threading.Event()
+
+    def schedule(step):  # (a callback that holds the step while the main thread closes)
+        entered.set()
+        release.wait(10)
+        return 0.01
+
+    opt2, fc2, a2 = _layer_opt("singd", T=1, lr_cov_fn=schedule)
+    opt2.observe(fc2, a2, a2)
+    t = threading.Thread(target=opt2.step)
+    t.start()
+    assert entered.wait(10)
+    with pytest.raises(ngd.Error, match="another thread"):
+        opt2.close()
+    release.set()
+    t.join(10)
+    opt2.close()
+    opt.close()
+
+
+def test_paths_and_names_with_a_nul_are_refused(tmp_path):
+    opt, fc, a = _layer_opt("sgd")
+    opt.step()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    with pytest.raises(ValueError, match="NUL"):
+        opt.save(str(victim) + "\0.ckpt")
+    assert victim.read_bytes() == b"precious\n"
+    with pytest.raises(ValueError, match="NUL"):
+        opt.load(str(victim) + "\0x")
+    W = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match="NUL"):
+        opt.add_layer(W, W.copy(), name="a\0b")
+
+
+def test_bool_enum_and_bytes_options_are_checked():
+    for v in ("false", float("nan"), [0], 2):
+        with pytest.raises(TypeError, match="nesterov must be True or False"):
+            ngd.make_config("sgd", nesterov=v)
+    assert ngd.make_config("sgd", momentum=0.9, nesterov=np.bool_(True))[0].nesterov
+    assert not ngd.make_config("sgd", momentum=0.9, nesterov=0)[0].nesterov
+    with pytest.raises(TypeError, match="loss_average"):
+        ngd.make_config("kfac", loss_average=["batch"])
+    with pytest.raises(ValueError, match="structures must be one name or a pair"):
+        ngd.Optimizer("singd", structures=5)
+    opt, fc, a = _layer_opt("sgd")
+    with pytest.raises(TypeError, match="load_bytes takes bytes"):
+        opt.load_bytes(5)
+    opt.load_bytes(bytearray(opt.save_bytes()))
+
+
+def test_add_layer_takes_the_optimizers_method_only():
+    opt = ngd.Optimizer("singd")
+    W = np.zeros((3, 2), np.float32)
+    assert opt.add_layer(W, W.copy(), method="singd", T=3) == 0
+    with pytest.raises(ValueError, match="takes the optimizer's method"):
+        opt.add_layer(W.copy(), W.copy(), method="kfac")
