@@ -660,20 +660,18 @@ static ngd_status kfac_load_meta(ngd_optim *o, ngd_entry *e, const uint64_t *v, 
                        m.track[1] > KF_BRAND)))
         return ngd_optim_fail(o, NGD_ERR_FORMAT, "'%s': bad #meta", e->name);
     s->redecide = m.decided && !m.factored && e->cfg.kfac.factored_apply;
-    // saved tracks are those the layer's first statistics could have chosen (#track-selection:
-    // a Brand track that r_B + cols < d does not allow failed every later step), for a layer
-    // that takes them (undecided) and for one that keeps its own (the columns are the file's)
+    // a saved Brand track must be one the layer's first statistics could have chosen
+    // (#track-selection: r_B + cols < d; one that does not hold failed every later step),
+    // for a layer that takes the saved tracks (undecided) and for one that keeps its own (the
+    // columns are the file's); the other tracks' shapes are the arrays' to compare
     for (int k = 0; k < 2 && m.decided; k++) {
-        const size_t d = s->f[k].d;
-        const bool brand_ok = m.cols >= 1 && ngd_kf_brand_track_ok(true, ngd_kf_brand_rank(&e->cfg),
-                                                                   (size_t)m.cols, d);
-        const uint64_t other = e->cfg.kfac.rank >= d ? KF_EVD : KF_RSVD;
-        if (m.track[k] == KF_BRAND ? !brand_ok : !s->meta.decided && m.track[k] != other)
+        const size_t d = s->f[k].d, rB = ngd_kf_brand_rank(&e->cfg);
+        if (m.track[k] == KF_BRAND &&
+            !(m.cols >= 1 && ngd_kf_brand_track_ok(true, rB, (size_t)m.cols, d)))
             return ngd_optim_fail(o, NGD_ERR_FORMAT,
-                                  "'%s': saved with factor %c on track %llu, which %llu "
-                                  "columns a step and these options do not give",
-                                  e->name, k ? 'G' : 'A', (unsigned long long)m.track[k],
-                                  (unsigned long long)m.cols);
+                                  "'%s': saved with factor %c on the Brand track at %llu columns "
+                                  "a step, which r_B = %zu and its width %zu do not allow",
+                                  e->name, k ? 'G' : 'A', (unsigned long long)m.cols, rB, d);
     }
     if (!s->meta.decided && m.decided) { // an undecided B layer takes the saved tracks
         s->meta = m;
