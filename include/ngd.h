@@ -449,7 +449,8 @@ NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 // times each observe's batch), so that the step equals the whole batch's up to rounding when
 // the gradient handed to the step is the whole batch's: each micro-batch's loss its mean
 // divided by m (loss_average BATCH or BATCH_SEQUENCE), or its sum (SUM). Set it before the
-// step's first observe; it stays until set again. It is a setting of the caller's loop, not
+// step's first observe (an observe after a change within a step is refused, NGD_ERR_STATE,
+// naming both numbers); it stays until set again. It is a setting of the caller's loop, not
 // state: ngd_optim_save does not write it and ngd_optim_load keeps the optimizer's own.
 // Errors: NGD_ERR_ARG (m = 0 or above 2^32).
 NGD_API ngd_status ngd_optim_set_micro_batches(ngd_optim *o, size_t m);

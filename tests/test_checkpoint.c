@@ -573,6 +573,13 @@ static uint32_t rd32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+// A checkpoint's trailing CRC written again for its n bytes.
+static void crc_again(unsigned char *d, size_t n) {
+    const uint32_t crc = ngd_crc32(d, n - 4);
+    for (int b = 0; b < 4; b++)
+        d[n - 4 + (size_t)b] = (unsigned char)(crc >> (8 * b));
+}
+
 // The checkpoint d (n bytes) as a libngd without the "?structure" check wrote it: its '?'
 // arrays left out, each entry's array count lowered, the CRC written again. Returns the
 // new length (written into out, n bytes at most), or 0 if the walk fails.
@@ -600,9 +607,7 @@ static size_t without_checks(const unsigned char *d, size_t n, unsigned char *ou
         out[at_na] = (unsigned char)kept, out[at_na + 1] = out[at_na + 2] = out[at_na + 3] = 0;
     }
     if (i != n - 4) return 0;
-    const uint32_t crc = ngd_crc32(out, o);
-    for (int b = 0; b < 4; b++)
-        out[o + (size_t)b] = (unsigned char)(crc >> (8 * b));
+    crc_again(out, o + 4);
     return o + 4;
 }
 
@@ -686,12 +691,6 @@ static size_t array_at(const unsigned char *d, size_t n, uint32_t entry, const c
         }
     }
     return 0;
-}
-
-static void crc_again(unsigned char *d, size_t n) {
-    const uint32_t crc = ngd_crc32(d, n - 4);
-    for (int b = 0; b < 4; b++)
-        d[n - 4 + (size_t)b] = (unsigned char)(crc >> (8 * b));
 }
 
 // A K-FAC-family checkpoint's counters index its buffers: a rank past (U, D) read past D,

@@ -1409,6 +1409,24 @@ static void micro_batches_should_take_the_whole_batchs_step(void) {
     CHECK(ngd_optim_create(&c, &o) == NGD_OK);
     CHECK(ngd_optim_set_micro_batches(o, 0) == NGD_ERR_ARG);
     CHECK(ngd_optim_micro_batches(o) == 1);
+    // a change between a step's observes is refused (its first observe was scaled for the
+    // other number); the step still takes what was observed, and the next step the new one
+    {
+        float w[6] = {0}, dw[6] = {0.1f, 0.2f, 0.3f, 0.1f, 0.2f, 0.3f}, a[4] = {1, 2, 3, 4},
+              g[6] = {0.1f, -0.2f, 0.3f, 0.2f, 0.1f, -0.1f};
+        ngd_layer L = {.name = "fc", .weight = w, .weight_grad = dw, .d_out = 3, .d_in = 2};
+        int id;
+        CHECK(ngd_optim_add_layer(o, &L, &id) == NGD_OK);
+        const ngd_matrix am = ngd_matrix_f32(a, 2, 2), gm = ngd_matrix_f32(g, 2, 3);
+        CHECK(ngd_optim_observe(o, id, 2, am, gm) == NGD_OK);
+        CHECK(ngd_optim_set_micro_batches(o, 3) == NGD_OK);
+        CHECK(ngd_optim_observe(o, id, 2, am, gm) == NGD_ERR_STATE);
+        CHECK(strstr(ngd_optim_errmsg(o), "changed from 1 to 3") != NULL);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+        for (int k = 0; k < 3; k++)
+            CHECK(ngd_optim_observe(o, id, 2, am, gm) == NGD_OK);
+        CHECK(ngd_optim_step(o) == NGD_OK);
+    }
     CHECK(ngd_optim_set_micro_batches(NULL, 2) == NGD_ERR_ARG);
     CHECK(ngd_optim_micro_batches(NULL) == 0);
     ngd_optim_free(o);

@@ -348,6 +348,7 @@ static ngd_status load_bytes(ngd_optim *o, const char *path, const unsigned char
             if (s == NGD_OK) {
                 ngd_rbuf r2 = {data, len, 0, false};
                 s = parse(o, path, &r2, true);
+                o->obs_micro = 0; // (the file's pending statistics: their micro is not known)
                 for (size_t i = 0; s == NGD_OK && o->ops->load_commit && i < o->n; i++)
                     if (o->e[i].kind == NGD_ENTRY_LAYER) o->ops->load_commit(&o->e[i]);
                 for (size_t i = 0; s == NGD_OK && o->ops->loaded && i < o->n; i++)

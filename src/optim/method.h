@@ -79,6 +79,7 @@ struct ngd_optim {
     float scale_cur;  // s_t
     float lr_scale;   // multiplies every β2
     size_t micro;     // observes a step's batch comes in (ngd_optim_set_micro_batches; 1)
+    size_t obs_micro; // the micro of this step's observes so far (0: none, or loaded)
     size_t load_len;  // the bytes of the checkpoint being checked (its checking pass), else 0
     bool planned;     // workspaces allocated (first step / first observe; again after a change
                       // of shapes: registration, a B layer's tracks, a load)

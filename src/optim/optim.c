@@ -553,12 +553,18 @@ static ngd_status observe_checked(ngd_optim *o, ngd_entry *e, size_t batch, ngd_
     ngd_status s = ngd_stats_check(o, e, batch, &a, &g);
     if (s) return s;
     if (!entry_wants(o, e)) return NGD_OK;
+    // (a step's statistics scaled for two numbers of micro-batches are no batch's)
+    if (o->obs_micro && o->obs_micro != o->micro)
+        return ngd_optim_fail(o, NGD_ERR_STATE,
+                              "layer '%s': micro-batches changed from %zu to %zu between this "
+                              "step's observes: set it before the step's first observe",
+                              e->name, o->obs_micro, o->micro);
     if ((s = plan(o))) return s;
     if (!e->got_stats) e->h.time_observe = 0.0;
     const double t0 = now_s();
     s = o->ops->observe(o, e, batch, &a, &g);
     e->h.time_observe += now_s() - t0;
-    if (s == NGD_OK) e->got_stats = true;
+    if (s == NGD_OK) e->got_stats = true, o->obs_micro = o->micro;
     return s;
 }
 
@@ -1068,7 +1074,7 @@ static ngd_status step_entries(ngd_optim *o);
 ngd_status ngd_optim_step(ngd_optim *o) {
     if (!o) return NGD_ERR_ARG;
     const ngd_status s = step_entries(o);
-    if (s == NGD_OK || s == NGD_SKIPPED) end_skips(o);
+    if (s == NGD_OK || s == NGD_SKIPPED) end_skips(o), o->obs_micro = 0;
     return s;
 }
 
