@@ -131,7 +131,7 @@ def _enum(table, name, value):
             )
         return int(value)
     key = value.lower() if isinstance(value, str) else value
-    if not isinstance(key, str) and (key is not None or None not in table):
+    if not isinstance(key, str) and not (key is None and None in table):
         raise TypeError(
             "%s: %r is not one of its values (%s)" % (name, value, ", ".join(repr(k) for k in table if k is not None))
         )
@@ -224,10 +224,7 @@ def make_config(method="singd", **options):
     optimizer made from the config. Raises ValueError / TypeError for unknown options or
     values, ngd.Error (ERR_ARG, with libngd's message) when validation fails.
     """
-    if isinstance(method, str):
-        m = _enum(_lib.METHODS, "method", method)
-    else:
-        m = _int_in(method, 0, len(METHODS) - 1, "method")
+    m = _method_number(method)
     cfg = _lib.ngd_config_default(m).cfg
     keep = []
     opts = _normal_options(options)
