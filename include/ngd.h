@@ -38,10 +38,14 @@
  *    itself, so `a` always has d_in columns.
  *  - `a` has one row per (sample, shared position): batch*R rows, sample-major, where R is
  *    the number of weight-sharing positions (tokens of a sequence, output locations of a
- *    convolution: use ngd_unfold() for the im2col patches). `g` has the same rows and is the
- *    gradient of the loss *as you reduced it* with respect to the layer output;
- *    `loss_average` in the config says how you reduced it (sum / mean over the batch /
- *    mean over batch and positions), exactly as in docs/algorithms.md#output-gradients.
+ *    convolution: give a convolution its input images through ngd_optim_observe_conv, which
+ *    unfolds them itself, or its im2col rows from ngd_unfold()). `g` has the same rows and
+ *    is the gradient of the loss *as you reduced it* with respect to the layer output;
+ *    `loss_average` in the config says how you reduced it, by the loss's terms: a sum of
+ *    them (SUM), their mean over the batch where each sample has one term, e.g. a classifier
+ *    even after a convolution and pooling (BATCH, the default), or their mean over batch and
+ *    positions where each position has its own term, e.g. a language model's tokens
+ *    (BATCH_SEQUENCE): exactly as in docs/algorithms.md#output-gradients.
  *  - For kfac_approx = REDUCE the library averages `a` and sums `g` over each sample's R
  *    rows; you may also pass `a` already reduced (exactly `batch` rows).
  *  - Precision: parameters and gradients are float32. Statistics may be float32 or bf16
@@ -241,7 +245,9 @@ typedef struct {
     float damping_rel; // λ_rel (0.1)
     ngd_kfac_damping damping_kind;
     ngd_clip clip;    // per-layer RMS clip (default) or global KL clip
-    float clip_kappa; // κ (0.07)
+    float clip_kappa; // κ (0.07): RMS clip: each layer's preconditioned step is scaled down
+                      // to an RMS per element of at most κ (before lr: a step of at most
+                      // lr·κ per element in RMS); KL: Σ_l lr²·|⟨V_l, J_l⟩| at most κ
     size_t wd_start;  // decoupled weight decay starts at this step (200: 20·T_u at the
                       // default T_u, fixed, not recomputed from T_u)
     ngd_identity_init identity_init;
@@ -294,15 +300,17 @@ typedef struct {
 typedef struct {
     ngd_method method;
     // shared by all methods
-    float lr;           // β2, the parameter learning rate
-    float momentum;     // α2 (SINGD 0.9, SGD 0)
+    float lr;           // β2, the parameter learning rate (SGD 1e-2, AdamW and SINGD 1e-3,
+                        // K-FAC family 0.1)
+    float momentum;     // α2 (SINGD 0.9; SGD, AdamW (unused) and K-FAC family 0)
     float weight_decay; // γ: coupled L2 for SINGD/SGD, decoupled for AdamW / K-FAC family
+                        // (AdamW 1e-2, K-FAC family 7e-4 from kfac.wd_start, others 0)
     // SGD
     bool nesterov;
     // AdamW (PyTorch defaults)
     float beta1, beta2, eps;
     // SINGD / INGD / IKFAC (docs/algorithms.md#singd-options)
-    float damping; // λ (1e-3), >= 0
+    float damping; // λ (1e-3), >= 0. SINGD only: the K-FAC family's is kfac.damping_rel
     float alpha1;  // Riemannian momentum in [0, 1) (0.5); forced to 0 with kfac_like
     size_t T;      // preconditioner update period (10)
     float lr_cov;  // β1 (1e-2) when lr_cov_fn is NULL
@@ -312,6 +320,10 @@ typedef struct {
     bool kfac_like; // IKFAC update rule
     ngd_loss_average loss_average;
     ngd_kfac_approx kfac_approx;
+    // Per layer: give the layer an override (ngd_layer.override: a copy of this config with
+    // other structures, T, lr, ...). Every field of an override applies to its layer except
+    // those that stay the optimizer's: method (must match), skip_nonfinite, init_grad_scale,
+    // log_fn/log_user and kfac.clip's kind (a KL clip is global).
     ngd_factor_spec structure_K; // input-side factor K (d_in(+1) square)
     ngd_factor_spec structure_C; // output-side factor C (d_out square)
     // Arithmetic of SINGD's factor path: NGD_F32 (default: bf16 factors are decoded and the
@@ -349,9 +361,13 @@ NGD_API const char *ngd_method_name(ngd_method m);
 NGD_API const char *ngd_structure_name(ngd_structure s);
 // Parses the names above (and "block30diagonal", "hierarchical15_15", "triltoeplitz", ...
 // as the official package spells them, which also set block / k1 / k2). NGD_ERR_ARG if
-// unknown (*out unchanged). ngd_structure_parse writes kind, block, k1 and k2 (block 30, k1
-// and k2 15 where the name sets none) and keeps out->dtype when it is NGD_BF16, else sets
-// NGD_F32 (so an uninitialised spec comes out valid).
+// unknown (*out unchanged). Structure names: dense, diagonal (diag), blockdiag (block,
+// blockdiagonal: block 30), block<B>diagonal, hierarchical (hier: 15, 15),
+// hierarchical<K1>_<K2>, triltoeplitz, triutoeplitz, tril_topleft_diag,
+// tril_bottomright_diag, triu_topleft_diag, triu_bottomright_diag. ngd_structure_parse
+// writes kind, block, k1 and k2 (block 30, k1 and k2 15 where the name sets none) and keeps
+// out->dtype when it is NGD_BF16, else sets NGD_F32 (so an uninitialised spec comes out
+// valid).
 NGD_API ngd_status ngd_method_parse(const char *name, ngd_method *out);
 NGD_API ngd_status ngd_structure_parse(const char *name, ngd_factor_spec *out);
 
@@ -393,11 +409,12 @@ NGD_API ngd_status ngd_optim_add_layer(ngd_optim *o, const ngd_layer *l, int *ou
 
 // Registers a parameter that is not Kronecker-factored (norm scales, embeddings, ...): it
 // is updated by the AdamW rule under ADAMW, by the SGD rule under every other method (with
-// the optimizer's lr, momentum, weight decay, or those of `override`). Under any method an
-// override whose method is NGD_METHOD_ADAMW or NGD_METHOD_SGD gives the parameter that rule
-// with the override's hyper-parameters (e.g. AdamW for the embeddings and norm scales of a
-// transformer trained by SINGD). Buffers are borrowed. Ids share one sequence with layers.
-// Errors as for add_layer.
+// the optimizer's lr, momentum, weight decay, or those of `override`, whose method is then
+// the optimizer's). Under any method an override whose method is NGD_METHOD_ADAMW or
+// NGD_METHOD_SGD gives the parameter that rule with the override's hyper-parameters (e.g.
+// AdamW for the embeddings and norm scales of a transformer trained by SINGD). The override
+// is copied and validated, as add_layer's. Buffers are borrowed. Ids share one sequence with
+// layers. Errors as for add_layer.
 NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *param,
                                        const float *grad, size_t n, const ngd_config *override,
                                        int *out_id);
@@ -421,7 +438,10 @@ NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *pa
 // data-parallel communicator's failure leave the state undefined.
 
 // True when the coming step will update a preconditioner, so the caller should pass
-// statistics for every layer through ngd_optim_observe before ngd_optim_step.
+// statistics for every layer through ngd_optim_observe before ngd_optim_step: every T steps
+// for SINGD, every kfac.T_u steps for the K-FAC family, and every step for a layer that
+// preconditions from the step's rows (kfac.factored_apply, while the layer takes it);
+// never for SGD and AdamW. The answer is the same for every micro-batch of a step.
 NGD_API bool ngd_optim_wants_stats(const ngd_optim *o);
 // The same question for one layer (layers may have different periods via override).
 NGD_API bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer);
@@ -448,16 +468,23 @@ NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 // statistics as for one observe of the whole batch (1/rows and the loss average's σ of m
 // times each observe's batch), so that the step equals the whole batch's up to rounding when
 // the gradient handed to the step is the whole batch's: each micro-batch's loss its mean
-// divided by m (loss_average BATCH or BATCH_SEQUENCE), or its sum (SUM). Set it before the
-// step's first observe (an observe after a change within a step is refused, NGD_ERR_STATE,
-// naming both numbers); it stays until set again. It is a setting of the caller's loop, not
-// state: ngd_optim_save does not write it and ngd_optim_load keeps the optimizer's own.
+// divided by m (loss_average BATCH or BATCH_SEQUENCE), or its sum (SUM). So the caller zeroes
+// the gradient buffers once a step and adds each micro-batch's gradient into them; each
+// observe gets the micro-batch's size as `batch` and its `g` from that same divided loss.
+// (SINGD's step does not depend on the split; IKFAC's and the K-FAC family's do.) Set it
+// before the step's first observe (an observe after a change within a step is refused,
+// NGD_ERR_STATE, naming both numbers); it stays until set again. It is a setting of the caller's
+// loop, not state: ngd_optim_save does not write it and ngd_optim_load keeps the optimizer's own.
 // Errors: NGD_ERR_ARG (m = 0 or above 2^32).
 NGD_API ngd_status ngd_optim_set_micro_batches(ngd_optim *o, size_t m);
 // The current setting (1 unless set; 0 for a NULL optimizer).
 NGD_API size_t ngd_optim_micro_batches(const ngd_optim *o);
 
-// Multiplies every learning rate (β2) by `scale` from the next step on (for schedules).
+// Multiplies every learning rate (β2: the optimizer's, the overrides' and the parameters')
+// by `scale` from the next ngd_optim_step on, until set again (for schedules: the scale is
+// absolute, not compounded; 1 until first set; saved in checkpoints). SINGD's factor step β1
+// is not scaled (lr_cov_fn schedules it). Errors: NGD_ERR_ARG (a scale below 0 or not
+// finite; 0 is allowed).
 NGD_API ngd_status ngd_optim_set_lr_scale(ngd_optim *o, float scale);
 
 // Performs one step: preconditioner updates where due, preconditioning, weight decay,
@@ -535,7 +562,10 @@ NGD_API int ngd_optim_layer_owner(const ngd_optim *o, int id);
 
 typedef struct {
     const char *name;       // the layer's name (owned by the optimizer)
-    size_t updates;         // preconditioner updates done
+    size_t updates;         // steps that updated the layer's preconditioner: SINGD's factor
+                            // updates (every T), the K-FAC family's steps that folded in
+                            // statistics or refreshed a decomposition (every T_u, T_i);
+                            // 0 for parameters
     size_t skips;           // steps skipped because of non-finite values
     size_t decomp_failures; // preconditioner updates refused, the last good one kept: the
                             // K-FAC family's failed decompositions and its steps of
@@ -548,7 +578,8 @@ typedef struct {
     float trace_K, trace_C; // SINGD: avg trace of K Kᵀ-side factors; K-FAC: of the factors
     float norm_K, norm_C;   // Frobenius norms of K and C (SINGD) / of the factors
     float grad_norm;        // ‖Ĝ‖_F of the last step (Inf/NaN when it was skipped)
-    float update_norm;      // ‖preconditioned update‖_F of the last step (after the K-FAC
+    float update_norm;      // ‖preconditioned update‖_F of the last step (for a parameter,
+                            // which is not preconditioned, its gradient's; after the K-FAC
                             // family's clip ν)
     float beta1_K, beta1_C; // SINGD: step sizes of the last factor update
     size_t rank_A, rank_G;  // low-rank methods: ranks kept
@@ -594,8 +625,9 @@ NGD_API ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char wh
 // cfg.keep_last_update. Errors: NGD_ERR_LAYER, NGD_ERR_ARG (n wrong), NGD_ERR_STATE.
 NGD_API ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size_t n);
 
-// The message of the last failed call on this handle ("" if none). Owned by the handle,
-// valid until the next call on it.
+// The message of the last failed call on this handle ("" if none); a call that succeeds
+// leaves it as it was, so read it right after the failure. Owned by the handle, valid until
+// the next call on it.
 NGD_API const char *ngd_optim_errmsg(const ngd_optim *o);
 
 // ====== Convolution helpers ======
@@ -609,6 +641,9 @@ typedef struct {
     size_t groups;     // >= 1, divides c_in
 } ngd_conv_geom;
 
+// Every field must be set: stride, dilation and groups have no zero default (1 for a plain
+// convolution).
+
 // Output size; 0 on an invalid geometry (groups not dividing c_in, no output pixel, or any
 // of c_in, h, w, k, stride, padding, dilation above 2^30, whose sums could wrap).
 NGD_API size_t ngd_conv_out_h(const ngd_conv_geom *g);
@@ -616,8 +651,9 @@ NGD_API size_t ngd_conv_out_w(const ngd_conv_geom *g);
 
 // im2col for K-FAC statistics (docs/algorithms.md#conv2d-inputs): x is [batch, c_in, h, w];
 // channels are first averaged over the groups, then unfolded into out, batch*oh*ow rows ordered
-// (n, o1, o2), (c_in/groups)*k1*k2 columns ordered (c, k1, k2). If `reduce`, out instead
-// holds the mean over the oh*ow locations: batch rows. Errors: NGD_ERR_ARG.
+// (n, o1, o2), (c_in/groups)*k1*k2 columns ordered (c, k1, k2): out holds batch*oh*ow*
+// (c_in/groups)*k1*k2 floats. If `reduce`, out instead holds the mean over the oh*ow
+// locations: batch rows. Errors: NGD_ERR_ARG.
 NGD_API ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float *x, bool reduce,
                               float *out);
 
@@ -626,7 +662,9 @@ NGD_API ngd_status ngd_unfold(const ngd_conv_geom *g, size_t batch, const float 
 // rows), whose batch*oh*ow x d_in floats (151 MB for 32 channels of 32x32 at batch 128) are
 // never formed: libngd unfolds the rows a block at a time as it reads them. x: batch rows
 // (samples) of c_in*h*w values ([c_in, h, w] each, ld >= c_in*h*w), f32 or bf16; g as for
-// ngd_optim_observe (batch*oh*ow rows of d_out). The results equal ngd_optim_observe's up to
+// ngd_optim_observe: batch*oh*ow rows ordered (n, o1, o2) of d_out values (the NCHW output
+// gradient transposed to (n o1 o2) x C_out). Ignored (NGD_OK) on steps that need no
+// statistics, as ngd_optim_observe. The results equal ngd_optim_observe's up to
 // float32 rounding (sums taken in blocks). A layer's first call plans the workspace again (a
 // block of about 16 MB for its rows): NGD_ERR_NOMEM can come from it. Errors: as
 // ngd_optim_observe, and NGD_ERR_ARG (NULL geometry or data, an invalid geometry),
@@ -649,11 +687,14 @@ NGD_API ngd_status ngd_optim_save(const ngd_optim *o, const char *path);
 // Loads a state saved by ngd_optim_save into an optimizer with the same method and the same
 // registered layers/params (names, shapes, structures). Validates magic, version, shapes
 // and length; on any error the optimizer is unchanged and the message names what is wrong.
+// Hyper-parameters are not in the file: the loading optimizer's config applies from then on.
+// The optimizer may have stepped already: its state (step count included) is replaced.
 // Errors: NGD_ERR_IO, NGD_ERR_FORMAT, NGD_ERR_NOMEM, NGD_ERR_ARG (a NULL path).
 NGD_API ngd_status ngd_optim_load(ngd_optim *o, const char *path);
 
 // The same state as ngd_optim_save, into a buffer that the caller frees with free():
-// for embedding the optimizer in a larger file (e.g. with the model). Errors: NGD_ERR_NOMEM.
+// for embedding the optimizer in a larger file (e.g. with the model). On an error *buf and
+// *len are left as they were. Errors: NGD_ERR_NOMEM, NGD_ERR_ARG (NULL o, buf or len).
 NGD_API ngd_status ngd_optim_save_mem(const ngd_optim *o, void **buf, size_t *len);
 // Loads a buffer written by ngd_optim_save_mem, with the validation of ngd_optim_load.
 // Errors: NGD_ERR_FORMAT, NGD_ERR_NOMEM, NGD_ERR_ARG (a NULL buffer).
