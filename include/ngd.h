@@ -57,7 +57,9 @@
  * The library never prints and never exits. One handle may be used by one thread at a time;
  * different handles are independent, from any threads (each its own, at once), including
  * the threads of the client's own OpenMP parallel region (there each handle's products run on
- * its thread alone). What is shared by the process: a counter of libngd's GEMM FLOPs, the
+ * its thread alone); a client thread outside any OpenMP region (a pthread) runs libngd's
+ * products on a team of its own, of the threads that thread's omp_set_num_threads (or
+ * OMP_NUM_THREADS) asks. What is shared by the process: a counter of libngd's GEMM FLOPs, the
  * switches read once from the environment (NGD_F32_GEMM, NGD_BF16_GEMM, NGD_BF16_SPLIT,
  * NGD_SYRK_BLOCKS), and each thread's cache of oneDNN primitives (freed when the thread ends).
  * A handle's error messages and log callbacks take a lock of its own (its log_fn is never
@@ -517,9 +519,13 @@ NGD_API size_t ngd_optim_steps(const ngd_optim *o);
 // ====== Data-parallel training (docs/distributed.md) ======
 
 // A communicator between the N processes ("ranks") of a data-parallel run, supplied by the
-// caller (the `ngd` command's is MPI; libngd itself knows no transport). A single process
-// never needs one. Every rank calls the callbacks in the same order with the same sizes
-// (they are collectives); each returns NGD_OK, or an error that makes the step fail.
+// caller (the `ngd` command's is MPI; libngd itself knows no transport; examples/
+// 04_data_parallel.c has one over threads). A single process never needs one. Every rank calls
+// the callbacks in the same order with the same sizes (they are collectives); each returns
+// NGD_OK, or an error that makes the step fail. libngd calls them only from ngd_optim_step, on
+// the thread that called it, one at a time. A failed callback leaves the other ranks waiting
+// in that collective or the next: the communicator must release them (the `ngd` command calls
+// MPI_Abort); the handle may still be freed.
 typedef struct {
     int rank, size; // this process's rank in [0, size), and the number of ranks
     void *ctx;      // passed to every callback
@@ -542,11 +548,17 @@ typedef enum {
 } ngd_share;
 
 // Makes o one of comm->size data-parallel replicas (call it on every rank, before the first
-// step, with the same layers registered everywhere). Each rank then observes the statistics
-// of its own shard of the global batch; ngd_optim_step combines them so that every rank
-// applies the update of single-process training on the global batch (up to the order of
-// float32 sums). The caller averages the gradients (sums them for loss_average SUM) across
-// ranks before ngd_optim_step, and gives every rank the same number of rows. comm is copied;
+// step, with the same config, the same layers registered and the same `share` everywhere:
+// ranks that differ call other collectives). Each rank then observes the statistics of its
+// own shard of the global batch, as a single process would its batch (`batch` = the shard's
+// rows, g from the shard's own loss: its mean over the shard for loss_average BATCH);
+// ngd_optim_step combines them so that every rank applies the update of single-process
+// training on the global batch (up to the order of float32 sums). The caller averages the
+// gradients (sums them for loss_average SUM) across ranks before ngd_optim_step, and gives
+// every rank the same number of rows. Replicated work must give every rank the same bits:
+// under NGD_SHARE_REPLICATE the K-FAC family's decompositions round by the thread count, so
+// its ranks need the same number of threads (owned work is broadcast; SINGD's replicated
+// work rounds alike at any thread count). comm is copied;
 // NULL or size 1 is a single process. Errors: NGD_ERR_ARG (a size below 1, a rank outside
 // it, a NULL callback), NGD_ERR_STATE (after a step).
 NGD_API ngd_status ngd_optim_set_comm(ngd_optim *o, const ngd_comm *comm, ngd_share share);

@@ -248,6 +248,21 @@ done
 # shellcheck disable=SC2086
 out=$(timeout 120 mpirun --oversubscribe -np 1 "$NGD" train $B --quiet : -np 1 "$NGD" train $B --threads 1 --log "$D/mm1.jsonl" 2>&1); rc=$?
 [ "$rc" -eq 0 ] && ok || { bad "ranks differing in --quiet and --log only: exit $rc"; printf '%s\n' "$out" | tail -3; }
+# ... and --threads, except where replicated work rounds by thread count: the K-FAC family's
+# decompositions replicated on ranks of 1 and 2 threads drifted apart without a word
+B2=${B/--threads 1/}
+# shellcheck disable=SC2086
+out=$(timeout 120 env NGD_DIST_SHARE=replicate mpirun --oversubscribe -np 1 "$NGD" train $B2 --optim kfac --threads 1 : -np 1 "$NGD" train $B2 --optim kfac --threads 2 2>&1); rc=$?
+[ "$rc" -eq 2 ] && [ "$(printf '%s\n' "$out" | grep -c "the ranks run different numbers of threads (1 on rank 0)")" = 1 ] && ok ||
+    { bad "K-FAC replicated on ranks of 1 and 2 threads: exit $rc"; printf '%s\n' "$out" | tail -3; }
+for share in auto owner; do
+    # shellcheck disable=SC2086
+    out=$(timeout 120 env NGD_DIST_SHARE=$share mpirun --oversubscribe -np 1 "$NGD" train $B2 --optim kfac --threads 1 : -np 1 "$NGD" train $B2 --optim kfac --threads 2 2>&1); rc=$?
+    [ "$rc" -eq 0 ] && ok || { bad "K-FAC ($share) on ranks of 1 and 2 threads: exit $rc"; printf '%s\n' "$out" | tail -3; }
+done
+# shellcheck disable=SC2086
+out=$(timeout 120 env NGD_DIST_SHARE=replicate mpirun --oversubscribe -np 1 "$NGD" train $B2 --optim kfac --threads 2 : -np 1 "$NGD" train $B2 --optim kfac --threads 2 2>&1); rc=$?
+[ "$rc" -eq 0 ] && ok || { bad "K-FAC replicated on ranks of 2 threads each: exit $rc"; printf '%s\n' "$out" | tail -3; }
 # ... and the same data (each may read its own copy): a training set of another size ran an
 # epoch of another length and met the others in collectives of other sizes (a stack smash, a
 # segfault); a test set of the same size and other images gave an accuracy that was neither's

@@ -117,6 +117,15 @@ static void heavy_state_note(const ngd_optim *o, ngd_method method) {
 // Options as for one process; then --batch, the per-rank batch, becomes the global batch
 // (ranks x --batch) that the loader draws and checkpoints record (a checkpoint of N ranks x B
 // is one of 1 x N·B), and only rank 0 talks.
+// The threads this process's OpenMP regions get (1 in a build without OpenMP)
+static int threads_now(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 // mpirun: whether every rank has this v (the largest and the smallest agree; true alone)
 static bool ranks_agree(int v) { return dist_max_int(v) == -dist_max_int(-v); }
 
@@ -470,6 +479,23 @@ int train_run(const train_opts *t, bool eval_only) {
     ngd_share share;
     if (st == NGD_OK && o && dist_on()) { // mpirun: one replica per rank (dist.c)
         if (dist_share(&share)) {
+            rc = NGD_EXIT_USAGE;
+            goto done;
+        }
+        // Replicated K-FAC-family maintenance runs a layer's decomposition on every thread:
+        // ranks with other thread counts (each may have its own --threads) would round it
+        // apart, and the replicas drift apart without a word. (Every rank has the same method
+        // and NGD_DIST_SHARE here: the options' hash agreed.)
+        const bool kfac = t->method >= NGD_METHOD_KFAC && t->method <= NGD_METHOD_BRCKFAC;
+        if (kfac && share == NGD_SHARE_REPLICATE && !ranks_agree(threads_now())) {
+            if (dist_root())
+                cli_error("give every rank the same --threads, or leave NGD_DIST_SHARE at auto "
+                          "(or owner)",
+                          "NGD_DIST_SHARE=replicate: the ranks run different numbers of threads "
+                          "(%d on rank 0): the K-FAC family's replicated decompositions round "
+                          "differently at another thread count and the replicas would drift "
+                          "apart",
+                          threads_now());
             rc = NGD_EXIT_USAGE;
             goto done;
         }
