@@ -178,6 +178,9 @@ def main(argv=None):
     for k in ("lr", "momentum", "weight_decay", "damping", "T", "lr_cov"):
         if getattr(a, k) is not None:
             opts[k] = getattr(a, k)
+    if "damping" in opts and a.optim not in ("singd", "ingd", "ikfac"):
+        # as `ngd train --damping`: the K-FAC family's is relative (damping_rel)
+        opts["damping_rel"] = opts.pop("damping")
     if a.structure:
         s = a.structure.split(",")
         opts["structures"] = (s[0], s[-1])

@@ -84,6 +84,69 @@ _TOP = {f for f, _ in _lib.Config._fields_} - {"method", "kfac", "lr_cov_user", 
 _KFAC = {f for f, _ in _lib.KfacOptions._fields_}
 
 
+# The methods that use an option (as `ngd train` refuses an option the method would ignore,
+# src/cli/trainrules.c); an option not listed is used by every method. One given to a method
+# that would ignore it is a TypeError: KFAC(damping=...) trained as if it were not there.
+_SINGDS = {"singd", "ingd", "ikfac"}
+_KFACS = {"kfac", "rskfac", "srekfac", "bkfac", "brkfac", "brckfac"}
+_LOWRANK = _KFACS - {"kfac"}
+_BRAND = {"bkfac", "brkfac", "brckfac"}
+_APPLIES = {
+    "momentum": {"sgd"} | _SINGDS | _KFACS,
+    "nesterov": {"sgd"} | _SINGDS | _KFACS,
+    "beta1": {"adamw"},
+    "beta2": {"adamw"},
+    "eps": {"adamw"},
+    "damping": _SINGDS,
+    "kfac_approx": _SINGDS | _KFACS,
+    "alpha1": _SINGDS,  # (IKFAC forces it to 0 and logs that it did)
+    "T": _SINGDS,
+    "lr_cov": _SINGDS,
+    "lr_cov_fn": _SINGDS,
+    "normalize_lr_cov": _SINGDS,
+    "kfac_like": _SINGDS,
+    "structure_K": _SINGDS,
+    "structure_C": _SINGDS,
+    "factor_compute": _SINGDS,
+    "official_blockdiag_quirk": _SINGDS,
+    # the K-FAC family's (kfac.*), except factored_apply, which SINGD's dense factors take too
+    "factored_apply": _SINGDS | _KFACS,
+    "damping_kind": {"kfac"},
+    "rank": _LOWRANK,
+    "oversample": _LOWRANK,
+    "power_iters": _LOWRANK,
+    "tail": _LOWRANK,
+    "seed": _LOWRANK,
+    "brand_rank": _BRAND,
+    "brand_mult": _BRAND,
+    "brand_truncate": _BRAND,
+    "reorth_every": _BRAND,
+    "refresh_mult": {"brkfac", "brckfac"},
+    "corr_mult": {"brckfac"},
+    "corr_frac": {"brckfac"},
+}
+_HINTS = {
+    ("damping", "kfac"): "the K-FAC family's damping is damping_rel, relative to the largest eigenvalue (0.1)",
+    ("momentum", "adamw"): "AdamW's first moment is beta1",
+}
+
+
+def _check_applies(method, opts):
+    """TypeError for an option `method` would ignore (opts as _normal_options gives them)."""
+    name = {v: k for k, v in _lib.METHODS.items()}[method]
+    items = [(k, False) for k in opts if k != "kfac"] + [(k, True) for k in opts.get("kfac", {})]
+    for k, in_kfac in items:
+        users = _APPLIES.get(k, _KFACS if in_kfac else None)
+        if users is None or name in users:
+            continue
+        fam = "kfacs" if name in _KFACS else name
+        hint = _HINTS.get((k, fam if fam != "kfacs" else "kfac"), "")
+        raise TypeError(
+            "option %r does not apply to %s, which would ignore it (it is used by: %s)%s"
+            % (k, name, ", ".join(sorted(users)), "; " + hint if hint else "")
+        )
+
+
 def _int_in(value, lo, hi, what):
     """value as an int in [lo, hi] (a C field's range), or ValueError / TypeError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -228,6 +291,15 @@ def make_config(method="singd", **options):
     cfg = _lib.ngd_config_default(m).cfg
     keep = []
     opts = _normal_options(options)
+    for k in opts:  # (unknown names first: their message lists every option)
+        if k != "kfac" and k not in _TOP:
+            raise TypeError(
+                "unknown libngd option %r (options: %s)" % (k, ", ".join(sorted(_TOP | _KFAC | {"structures"})))
+            )
+    for k in opts["kfac"]:
+        if k not in _KFAC:
+            raise TypeError("unknown K-FAC option %r (options: %s)" % (k, ", ".join(sorted(_KFAC))))
+    _check_applies(m, opts)
     kfac = opts.pop("kfac", {})
     for k, v in opts.items():
         if k not in _TOP:

@@ -6,17 +6,39 @@
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
 
 One class per method: SINGD, INGD, IKFAC, KFAC, RSKFAC, SREKFAC, BKFAC, BRKFAC, BRCKFAC
-(and SGD, AdamW: libngd's plain rules over every parameter). Each takes the module and
-libngd's options (ngd.make_config: lr, momentum, weight_decay, damping, T, lr_cov, alpha1,
-structures, kfac_approx, loss_average, the K-FAC family's rho, T_u, T_i, rank, ... ).
+(and SGD, AdamW: libngd's plain rules over every parameter, with all their options). Each
+takes the module and libngd's options (ngd.make_config: lr, momentum, weight_decay, damping,
+T, lr_cov, alpha1, structures, kfac_approx, loss_average, the K-FAC family's rho, T_u, T_i,
+damping_rel, rank, ... ). An option the method would ignore is a TypeError naming the methods
+that use it: the K-FAC family's damping is damping_rel (relative to the largest eigenvalue,
+as `ngd train --damping` sets it for them), SINGD's is damping. Defaults are libngd's
+(ngd_config_default, ngd.h; `ngd.config_dict(ngd.make_config("kfac")[0])` lists them): SINGD,
+INGD, IKFAC lr 1e-3, momentum 0.9, damping 1e-3, T 10, lr_cov 1e-2, alpha1 0.5; the K-FAC
+family lr 0.1, momentum 0, weight decay 7e-4 from step 200, damping_rel 0.1, T_u 10, T_i 50;
+AdamW lr 1e-3, weight decay 1e-2; SGD lr 1e-2. Structures (SINGD, IKFAC): dense, diagonal,
+block<B>diagonal, hierarchical<K1>_<K2>, triltoeplitz, triutoeplitz, tril_topleft_diag,
+tril_bottomright_diag, triu_topleft_diag, triu_bottomright_diag (ngd.h,
+ngd_structure_parse), each optionally with ':bf16'. loss_average says how the loss was
+reduced: 'batch' (default) for a mean over the batch of one term per sample, 'batch+sequence'
+for a mean over batch and positions (a language model's token-mean cross-entropy), 'sum'.
 
 What is Kronecker-factored: every nn.Linear (inputs of any rank: the leading dimensions are
 flattened into rows, the first one is the batch, the others are weight-sharing positions)
 and nn.Conv2d (zero padding; groups, stride, dilation; kfac_approx 'expand' or 'reduce'),
-with its bias. Every other trainable parameter (norms, embeddings, biases of other layers)
-takes the AdamW rule (others="adamw", the default: lr 1e-3, no weight decay, as `ngd train
---param-optim adamw`) or the SGD rule (others="sgd": the method's lr, momentum and weight
-decay) through ngd_optim_add_param, with others_config={...} to set its hyper-parameters.
+with its bias, that is called as a module (its forward hook sees its input and output: a
+subclass whose forward changes the output gives the changed output's gradient). Such a layer
+must be called in every step that wants its statistics, or step() raises: a layer used only
+in some steps belongs in exclude=[...]. Not factored: nn.MultiheadAttention (its projections
+are used through F.multi_head_attention_forward, not called as Linear modules: write the
+attention with nn.Linear projections to precondition them), Conv1d/3d, ConvTranspose, RNNs:
+their parameters take the `others` rule. A Linear or Conv2d sharing another's weight (weight
+tying, b.weight = a.weight) adds its inputs and output gradients to the first one's statistics;
+its own bias, if it has one, takes the `others` rule. Every other trainable parameter (norms, embeddings, biases of other layers)
+takes the AdamW rule (others="adamw", the default beside a second-order method: lr 1e-3, no
+weight decay, as `ngd train --param-optim adamw`; under ngd.torch.AdamW its lr, betas, eps and
+weight decay) or the SGD rule (others="sgd", the default under ngd.torch.SGD: the method's lr,
+momentum, Nesterov and weight decay) through ngd_optim_add_param, with others_config={...}
+(options of that rule only) to set its hyper-parameters.
 
 Statistics: a forward hook on each layer, on steps where libngd wants statistics for it
 (ngd_optim_layer_wants_stats) and autograd is recording, keeps the layer's input and puts a
@@ -40,7 +62,10 @@ temporary is made for the observe call.
 param_groups: group 0 holds the Kronecker-factored layers' parameters, group 1 (if any) the
 others. A torch lr scheduler changes group['lr']; step() turns the ratio to the initial lr
 into ngd_optim_set_lr_scale (libngd has one lr scale for all parameters: groups must keep
-the same ratio). Gradient accumulation: call set_micro_batches(M) once, then backward M
+the same ratio, so a scheduler must scale every group alike: CosineAnnealingLR with
+eta_min=0, one lr_lambda for LambdaLR, not CyclicLR or a one-value OneCycleLR (which also
+needs cycle_momentum=False); with others="sgd" both groups start at the method's lr, so any
+scheduler that gives them equal lrs works). Gradient accumulation: call set_micro_batches(M) once, then backward M
 times (each micro-batch's mean loss divided by M, or its sum for loss_average "sum") before
 step(): every method takes the whole batch's step, up to rounding. Without it the
 statistics of every backward add up, each scaled as a whole batch (INGD and SINGD are
@@ -48,8 +73,12 @@ invariant to that for mean losses divided by M; IKFAC, the K-FAC family and sum 
 not: docs/algorithms.md, "Gradient accumulation"). Mixed precision: step(grad_scaler=scaler) (what
 GradScaler.step does for this optimizer: _step_supports_amp_scaling) or
 set_grad_scale(s) tells libngd the loss scale; libngd unscales the gradients itself and
-skips steps with non-finite gradients. state_dict() includes libngd's state as bytes
-(ngd_optim_save_mem); load_state_dict() restores it.
+skips steps with non-finite gradients: step() then leaves the parameters as they were, sets
+opt.last_step_skipped and counts it in health()'s 'skips'. state_dict() includes libngd's
+state as bytes (ngd_optim_save_mem); load_state_dict() restores it, with the param groups'
+lr (which must be this optimizer's lrs times one factor: create it with the saved run's lr);
+every other option is this optimizer's own, as given to its constructor. CPU float32
+contiguous parameters only: .double(), .half() and channels_last models are refused.
 """
 
 import ctypes
@@ -152,8 +181,9 @@ class NGDOptimizer(torch.optim.Optimizer):
     """Base class: a torch.optim.Optimizer whose step is one libngd step.
 
     model: the nn.Module to train. method: libngd's method name. others: 'adamw' or 'sgd',
-    the rule of parameters that are not in a Linear / Conv2d layer; others_config: its
-    hyper-parameters (lr, weight_decay, betas as beta1/beta2, eps, momentum, ...).
+    the rule of parameters that are not in a Linear / Conv2d layer (default: 'sgd' under SGD,
+    else 'adamw'); others_config: its hyper-parameters (lr, weight_decay, and AdamW's
+    beta1/beta2 (or betas=(b1, b2)), eps, or SGD's momentum, nesterov).
     layer_config: {module name: {option: value}} per-layer overrides (e.g. a different
     T or structures). structures (SINGD family): one name or (K, C), or a dict {module
     name: (K, C)} with an optional 'default' key, or a callable (name, module) -> (K, C).
@@ -169,7 +199,7 @@ class NGDOptimizer(torch.optim.Optimizer):
         self,
         model,
         method=None,
-        others="adamw",
+        others=None,
         others_config=None,
         layer_config=None,
         exclude=(),
@@ -320,17 +350,23 @@ class NGDOptimizer(torch.optim.Optimizer):
                 "%s to precondition (use torch.optim or ngd.torch.AdamW for such a model)"
                 % (type(model).__name__, method)
             )
-        # every other trainable parameter: AdamW or SGD through ngd_optim_add_param
+        # every other trainable parameter: AdamW or SGD through ngd_optim_add_param; by default
+        # the method's own rule under SGD and AdamW (all their options, as their layers'), AdamW
+        # beside a second-order method
+        if others is None:
+            others = "sgd" if _ngd._method_number(method) == _lib.METHODS["sgd"] else "adamw"
         if others not in ("adamw", "sgd"):
             raise ValueError("ngd.torch: others must be 'adamw' or 'sgd', not %r" % (others,))
         # as `ngd train --param-optim`: AdamW beside another method at lr 1e-3 without weight
-        # decay; SGD with the method's lr, momentum and weight decay
+        # decay; otherwise the method's lr and weight decay, and its rule's other options
         if others == "adamw" and method != "adamw":
             oc = {"lr": 1e-3, "weight_decay": 0.0}
         else:
             oc = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-        if others == "sgd":
-            oc["momentum"] = cfg.momentum
+            if others == "adamw":  # (ngd.torch.AdamW: its betas and eps for every parameter)
+                oc.update(beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
+        if others == "sgd" and method != "adamw":
+            oc.update(momentum=cfg.momentum, nesterov=bool(cfg.nesterov))
         oc.update(others_config or {})
         if "betas" in oc:
             oc["beta1"], oc["beta2"] = oc.pop("betas")
@@ -464,8 +500,10 @@ class NGDOptimizer(torch.optim.Optimizer):
             if p.requires_grad and p.grad is not None:
                 warnings.warn(
                     "ngd.torch: parameter %s was frozen when the optimizer was created, so it is "
-                    "not trained now that it has a gradient; create the optimizer after "
-                    "unfreezing it (state_dict carries the rest over)" % name,
+                    "not trained now that it has a gradient: a parameter to unfreeze later must "
+                    "be trainable when the optimizer is created (freeze it after: it is then "
+                    "skipped, its state kept); an optimizer created now has another set of "
+                    "parameters and cannot load this one's state_dict" % name,
                     stacklevel=3,
                 )
                 continue
@@ -507,35 +545,49 @@ class NGDOptimizer(torch.optim.Optimizer):
             p.grad = g
         self._skips = sorted(({r[4] for r in self._regs} - live) | (self._empty - self._observed))
         self._restore = restore
-        # lr schedules: one libngd lr scale, the ratio of each group's lr to its initial lr
-        # (a group created with lr 0 has none: libngd's lr times any scale stays 0)
-        scales = []
-        for i, (g, b) in enumerate(zip(self.param_groups, self._base_lr)):
-            if b > 0:
-                scales.append(g["lr"] / b)
-            elif g["lr"] != 0:
-                raise ValueError(
-                    "ngd.torch: param group %d was created with lr 0 and now has lr %g: libngd "
-                    "scales the lr it was created with, so it would not move; create the "
-                    "optimizer with the lr to reach (a warm-up may set the groups' lr to 0 "
-                    "first)" % (i, g["lr"])
-                )
-        if not scales:
-            return
-        s = scales[0]
-        for x in scales[1:]:
-            if abs(x - s) > 1e-6 * max(1.0, abs(s)):
-                raise ValueError(
-                    "ngd.torch: the param groups' learning rates changed by different factors "
-                    "(%s); libngd has one lr scale for all parameters" % ", ".join("%g" % v for v in scales)
-                )
-        if s != self._lr_scale:
+        s = self._common_scale([g["lr"] for g in self.param_groups])
+        if s is not None and s != self._lr_scale:
             self._opt.set_lr_scale(s)
             self._lr_scale = s
 
+    def _common_scale(self, lrs, loading=False):
+        """lr schedules: libngd's one lr scale, the ratio of each group's lr to the lr it was
+        created with (None: no group has one; a group created with lr 0 has none, libngd's lr
+        times any scale stays 0); ValueError where the groups' ratios differ."""
+        scales = []
+        for i, (lr, b) in enumerate(zip(lrs, self._base_lr)):
+            if b > 0:
+                scales.append(lr / b)
+            elif lr != 0:
+                raise ValueError(
+                    "ngd.torch: param group %d was created with lr 0 and %s lr %g: libngd "
+                    "scales the lr it was created with, so it would not move; create the "
+                    "optimizer with the lr to reach (a warm-up may set the groups' lr to 0 "
+                    "first)" % (i, "the state dict gives it" if loading else "now has", lr)
+                )
+        for x in scales[1:]:
+            if abs(x - scales[0]) > 1e-6 * max(1.0, abs(scales[0])):
+                if loading:
+                    raise ValueError(
+                        "ngd.torch: load_state_dict: the saved learning rates (%s) are not this "
+                        "optimizer's (%s) times one factor, and libngd has one lr scale for all "
+                        "parameters: create the optimizer with the saved run's lr (and "
+                        "others_config), then load" % (", ".join("%g" % v for v in lrs), ", ".join("%g" % v for v in self._base_lr))
+                    )
+                raise ValueError(
+                    "ngd.torch: the param groups' learning rates changed by different factors "
+                    "(%s); libngd has one lr scale for all parameters: a scheduler must scale "
+                    "every group alike (CosineAnnealingLR with eta_min=0, one lr_lambda for all "
+                    "groups), or others='sgd' gives the other parameters the layers' lr"
+                    % ", ".join("%g" % v for v in scales)
+                )
+        return scales[0] if scales else None
+
     def set_grad_scale(self, scale):
-        """The loss scale of this step's backward (mixed precision): libngd divides the
-        gradients and statistics by it."""
+        """The loss scale s of the backward passes from now on (mixed precision): libngd
+        divides the gradients and statistics by it. It stays until set again, as libngd's
+        ngd_optim_set_grad_scale (1 until first set); step(grad_scaler=) sets it each step
+        from the GradScaler."""
         self._opt.set_grad_scale(scale)
         self._scale = float(scale)
 
@@ -616,6 +668,9 @@ class NGDOptimizer(torch.optim.Optimizer):
         return self._opt
 
     def health(self):
+        """libngd's health of every layer and parameter (ngd.Optimizer.health: a list of
+        dicts with 'name', 'updates', 'skips', 'decomp_failures', 'grad_norm',
+        'update_norm', ...; ngd.h, ngd_layer_health)."""
         return self._opt.health()
 
     @property
@@ -637,6 +692,10 @@ class NGDOptimizer(torch.optim.Optimizer):
             raise ValueError("ngd.torch: the state dict is from %s, this optimizer is %s" % (state_dict.get("ngd_method"), self.method))
         data = state_dict["ngd"]
         sd = {k: v for k, v in state_dict.items() if not k.startswith("ngd")}
+        groups = sd.get("param_groups")
+        if isinstance(groups, list) and len(groups) == len(self.param_groups):
+            # (a saved lr of another base failed at the next step, naming no cause)
+            self._common_scale([g.get("lr", 0.0) for g in groups], loading=True)
         base = list(self._base_lr)
         self._opt.load_bytes(data)  # validated first: nothing changes on a bad state
         super().load_state_dict(sd)

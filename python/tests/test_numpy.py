@@ -89,35 +89,75 @@ def test_ctypes_mirrors_match_header():
 
 
 def test_every_option_reaches_the_config():
-    cfg, _ = ngd.make_config("rskfac", lr=0.3, momentum=0.5, weight_decay=0.2, nesterov=True, beta1=0.8,
-                             beta2=0.99, eps=1e-6, damping=0.05, alpha1=0.25, T=7, lr_cov=0.03,
-                             normalize_lr_cov=True, kfac_like=True, loss_average="batch+sequence",
-                             kfac_approx="reduce", structures=("block20diagonal", "hierarchical3_4:bf16"),
-                             init_grad_scale=4.0, official_blockdiag_quirk=True, skip_nonfinite=False,
+    # each option given to a method that uses it (another method refuses it: below)
+    cfg, _ = ngd.make_config("brckfac", lr=0.3, momentum=0.5, weight_decay=0.2, nesterov=True,
+                             loss_average="batch+sequence", kfac_approx="reduce",
+                             init_grad_scale=4.0, skip_nonfinite=False,
                              keep_last_update=True, rho=0.9, T_u=3, T_i=9, damping_rel=0.2,
-                             damping_kind="pi", clip="kl", clip_kappa=0.1, wd_start=11,
-                             identity_init="in_factor", eig_zero_tol=1e-9, rank=17, oversample=3,
-                             power_iters=2, tail="min_kept", brand_rank=5, brand_mult=2, refresh_mult=3,
+                             clip="kl", clip_kappa=0.1, wd_start=11,
+                             identity_init="in_damping", eig_zero_tol=1e-9, rank=17, oversample=3,
+                             power_iters=2, tail="min_kept", brand_rank=5, brand_mult=1, refresh_mult=3,
                              corr_mult=4, corr_frac=0.5, brand_truncate="before_next", reorth_every=13,
                              factored_apply=True, seed=99, ea_dtype="bf16",
                              factor_arith="bf16")
     d = ngd.config_dict(cfg)
-    assert d["method"] == 4 and d["T"] == 7 and d["nesterov"] and d["loss_average"] == 2 and d["kfac_approx"] == 1
-    assert abs(d["eps"] - 1e-6) < 1e-12 and abs(d["init_grad_scale"] - 4.0) < 1e-7
-    assert d["structure_K"]["kind"] == 2 and d["structure_K"]["block"] == 20
-    assert d["structure_C"] == {"kind": 3, "block": 30, "k1": 3, "k2": 4, "dtype": 1}
+    assert d["method"] == 8 and d["nesterov"] and d["loss_average"] == 2 and d["kfac_approx"] == 1
+    assert abs(d["momentum"] - 0.5) < 1e-7 and abs(d["init_grad_scale"] - 4.0) < 1e-7
     k = d["kfac"]
-    assert (k["T_u"], k["T_i"], k["damping_kind"], k["clip"], k["wd_start"], k["identity_init"]) == (3, 9, 1, 2, 11, 1)
+    assert (k["T_u"], k["T_i"], k["clip"], k["wd_start"], k["identity_init"]) == (3, 9, 2, 11, 0)
     assert (k["rank"], k["oversample"], k["power_iters"], k["tail"], k["brand_rank"]) == (17, 3, 2, 1, 5)
-    assert (k["brand_mult"], k["refresh_mult"], k["corr_mult"], k["brand_truncate"], k["reorth_every"]) == (2, 3, 4, 1, 13)
+    assert (k["brand_mult"], k["refresh_mult"], k["corr_mult"], k["brand_truncate"], k["reorth_every"]) == (1, 3, 4, 1, 13)
+    assert ngd.config_dict(ngd.make_config("bkfac", brand_mult=2)[0])["kfac"]["brand_mult"] == 2
     assert k["factored_apply"] and k["seed"] == 99 and abs(k["corr_frac"] - 0.5) < 1e-7
     assert k["ea_dtype"] == 1 and k["factor_arith"] == 1
+    k = ngd.config_dict(ngd.make_config("kfac", damping_kind="pi", identity_init="in_factor")[0])["kfac"]
+    assert k["damping_kind"] == 1 and k["identity_init"] == 1
+    d = ngd.config_dict(ngd.make_config("singd", damping=0.05, alpha1=0.25, T=7, lr_cov=0.03,
+                                        normalize_lr_cov=True, kfac_like=True,
+                                        structures=("block20diagonal", "hierarchical3_4:bf16"),
+                                        official_blockdiag_quirk=True)[0])
+    assert d["T"] == 7 and d["kfac_like"] and d["normalize_lr_cov"] and d["official_blockdiag_quirk"]
+    assert abs(d["damping"] - 0.05) < 1e-9 and abs(d["lr_cov"] - 0.03) < 1e-9
+    assert d["structure_K"]["kind"] == 2 and d["structure_K"]["block"] == 20
+    assert d["structure_C"] == {"kind": 3, "block": 30, "k1": 3, "k2": 4, "dtype": 1}
+    d = ngd.config_dict(ngd.make_config("adamw", beta1=0.8, beta2=0.99, eps=1e-6)[0])
+    assert abs(d["beta1"] - 0.8) < 1e-7 and abs(d["beta2"] - 0.99) < 1e-7 and abs(d["eps"] - 1e-6) < 1e-12
     # SINGD's bf16 factor arithmetic (needs both factors stored in bf16)
     d = ngd.config_dict(ngd.make_config("singd", structures="dense:bf16", factor_compute="bf16")[0])
     assert d["factor_compute"] == 1 and d["structure_K"]["dtype"] == 1 and d["structure_C"]["dtype"] == 1
     # defaults are libngd's
     d = ngd.config_dict(ngd.make_config("singd")[0])
     assert abs(d["lr"] - 1e-3) < 1e-9 and d["T"] == 10 and abs(d["alpha1"] - 0.5) < 1e-9
+
+
+def test_options_a_method_would_ignore_are_refused():
+    # (KFAC(damping=...) trained exactly as without it: its damping is damping_rel)
+    for method, opts, words in [
+        ("kfac", {"damping": 1e-2}, "damping_rel"),
+        ("rskfac", {"T": 5}, "'T' does not apply to rskfac"),
+        ("singd", {"T_u": 5}, "'T_u' does not apply to singd"),
+        ("singd", {"kfac": {"rank": 5}}, "'rank' does not apply to singd"),
+        ("adamw", {"momentum": 0.9}, "beta1"),
+        ("sgd", {"beta1": 0.5}, "'beta1' does not apply to sgd"),
+        ("kfac", {"rank": 5}, "'rank' does not apply to kfac"),
+        ("rskfac", {"brand_rank": 5}, "'brand_rank' does not apply to rskfac"),
+        ("bkfac", {"corr_frac": 0.3}, "'corr_frac' does not apply to bkfac"),
+        ("adamw", {"structures": "diagonal"}, "'structure_K' does not apply to adamw"),
+    ]:
+        with pytest.raises(TypeError, match=words):
+            ngd.make_config(method, **opts)
+        with pytest.raises(TypeError, match=words):
+            ngd.Optimizer(method, **opts)
+    # a layer's override and a parameter's rule are checked the same way
+    opt = ngd.Optimizer("singd", T=2)
+    W, G = np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="'T_i' does not apply to singd"):
+        opt.add_layer(W, G, T_i=3)
+    p, g = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    with pytest.raises(TypeError, match="'momentum' does not apply to adamw"):
+        opt.add_param(p, g, method="adamw", momentum=0.9)
+    assert opt.add_param(p, g, method="sgd", momentum=0.9) == 0
+    opt.close()
 
 
 def test_lr_cov_fn_and_log_fn_are_called():
@@ -325,7 +365,7 @@ def test_bad_integers_names_and_ids_are_python_errors(tmp_path):
     with pytest.raises(ValueError, match="T = -1 is out of range"):
         ngd.Optimizer("singd", T=-1)
     with pytest.raises(ValueError, match="kfac.rank = 18446744073709551616 is out of range"):
-        ngd.Optimizer("kfac", rank=2**64)
+        ngd.Optimizer("rskfac", rank=2**64)
     with pytest.raises(ValueError, match="method = 99 is out of range"):
         ngd.make_config(99)
     with pytest.raises(ValueError, match="method = -1"):

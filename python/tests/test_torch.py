@@ -145,8 +145,8 @@ def test_gradient_accumulation_equals_one_big_batch():
     "make",
     [
         lambda m: ngd.torch.IKFAC(m, lr=0.05, T=1, damping=0.01),
-        lambda m: ngd.torch.KFAC(m, lr=0.05, T_u=1, T_i=1, damping=0.01),
-        lambda m: ngd.torch.BKFAC(m, lr=0.05, T_u=1, T_i=2, damping=0.01),
+        lambda m: ngd.torch.KFAC(m, lr=0.05, T_u=1, T_i=1, damping_rel=0.01),
+        lambda m: ngd.torch.BKFAC(m, lr=0.05, T_u=1, T_i=2, damping_rel=0.01),
     ],
     ids=["ikfac", "kfac", "bkfac"],
 )
@@ -275,7 +275,9 @@ def test_every_method_trains_linear_and_conv(name):
     g = torch.Generator().manual_seed(8)
     x = torch.randn(16, 2, 7, 7, generator=g)
     y = torch.randint(0, 3, (16,), generator=g)
-    kw = {"lr": 0.2, "T": 2, "damping": 0.01} if name in ("SINGD", "INGD", "IKFAC") else {"lr": 0.5, "T_u": 2, "T_i": 4, "rank": 4}
+    kw = {"lr": 0.2, "T": 2, "damping": 0.01} if name in ("SINGD", "INGD", "IKFAC") else {"lr": 0.5, "T_u": 2, "T_i": 4}
+    if name not in ("SINGD", "INGD", "IKFAC", "KFAC"):
+        kw["rank"] = 4  # (K-FAC's decomposition is full: a rank is refused there)
     opt = getattr(ngd.torch, name)(model, **kw)
     assert len(opt.layer_ids) == 4
     losses = []
@@ -390,6 +392,66 @@ def test_first_order_rules_take_models_without_layers():
             o.step()
     torch.testing.assert_close(model.weight, ref.weight, rtol=1e-5, atol=1e-6)
     ngd.torch.SGD(nn.Sequential(nn.LayerNorm(4)), lr=0.1)
+
+
+def test_first_order_methods_give_every_parameter_their_own_rule_and_options():
+    """ngd.torch.AdamW's betas and eps, and ngd.torch.SGD's rule, reach the norms too: they
+    had AdamW's default betas (AdamW) and AdamW at lr 1e-3 (SGD) there."""
+    def net():
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 3))
+
+    x, y = data(24, 6, 3, seed=4)
+    for make, tmake in [
+        (lambda m: ngd.torch.AdamW(m, lr=1e-2, beta1=0.5, beta2=0.9, eps=1e-6, weight_decay=0.01),
+         lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.01)),
+        (lambda m: ngd.torch.SGD(m, lr=0.1, momentum=0.9, nesterov=True),
+         lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True)),
+    ]:
+        a, b = net(), net()
+        opt = make(a)
+        assert {g["ngd"] for g in opt.param_groups} <= {"layers", type(opt).__name__.lower()}
+        train(a, opt, 4, x, y)
+        train(b, tmake(b), 4, x, y)
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m: "%s: %s" % (n, m))
+
+
+def mlp_ln(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 5))
+
+
+def test_options_the_method_would_ignore_are_refused():
+    # (KFAC(damping=...) trained exactly as without it; its damping is damping_rel)
+    with pytest.raises(TypeError, match="damping_rel"):
+        ngd.torch.KFAC(mlp(), damping=1e-2)
+    with pytest.raises(TypeError, match="'T_u' does not apply to singd"):
+        ngd.torch.SINGD(mlp(), T_u=3)
+    with pytest.raises(TypeError, match="'momentum' does not apply to adamw"):
+        ngd.torch.SINGD(mlp_ln(), others_config={"momentum": 0.9})
+    with pytest.raises(TypeError, match="'beta1' does not apply to sgd"):
+        ngd.torch.SINGD(mlp_ln(), others="sgd", others_config={"beta1": 0.5})
+
+
+def test_a_state_dict_of_other_learning_rates_is_refused_at_load():
+    """A state saved at lr 1e-3 loaded into an optimizer created at lr 1e-2 (the others at
+    AdamW's own 1e-3) used to be taken, and the next step failed naming the groups' ratios."""
+    x, y = data()
+    m = mlp_ln()
+    o = ngd.torch.SINGD(m, lr=1e-3, T=1)
+    train(m, o, 2, x, y)
+    sd = o.state_dict()
+    o.remove_hooks()
+    m2 = mlp_ln()
+    o2 = ngd.torch.SINGD(m2, lr=1e-2, T=1)
+    before, lrs = o2.ngd.save_bytes(), [g["lr"] for g in o2.param_groups]
+    with pytest.raises(ValueError, match="saved learning rates .* are not this optimizer's"):
+        o2.load_state_dict(sd)
+    assert o2.ngd.save_bytes() == before and [g["lr"] for g in o2.param_groups] == lrs
+    o2.remove_hooks()
+    o3 = ngd.torch.SINGD(mlp_ln(), lr=1e-3, T=1)
+    o3.load_state_dict(sd)  # the saved run's lr: taken
 
 
 def test_error_names_that_match_no_layer():
