@@ -47,7 +47,12 @@
  *    positions where each position has its own term, e.g. a language model's tokens
  *    (BATCH_SEQUENCE): exactly as in docs/algorithms.md#output-gradients.
  *  - For kfac_approx = REDUCE the library averages `a` and sums `g` over each sample's R
- *    rows; you may also pass `a` already reduced (exactly `batch` rows).
+ *    rows; you may also pass `a` already reduced (exactly `batch` rows), never `g`: its rows
+ *    tell libngd R (= rows of g / batch), and a `g` of `batch` rows is taken as R = 1.
+ *  - The K-FAC family's factors are per-sample averages whatever loss_average says (it only
+ *    converts the gradients back to per-sample ones), so its step follows the gradient: a SUM
+ *    loss's step is n (BATCH) or n/R (BATCH_SEQUENCE) times the mean loss's, and lr must
+ *    change by the inverse to keep it (docs/algorithms.md#k-fac-statistics).
  *  - Precision: parameters and gradients are float32. Statistics may be float32 or bf16
  *    (accumulated in float32); factors are stored in float32 or bf16 per factor.
  *
@@ -632,9 +637,10 @@ NGD_API double ngd_optim_update_time(const ngd_optim *o);
 NGD_API ngd_status ngd_optim_factor_dense(const ngd_optim *o, int layer, char which, float *out,
                                           size_t d);
 
-// The preconditioned gradient of the last step for a layer (before weight decay and
-// momentum), d_out x (d_in+bias) row-major, n = d_out*(d_in+bias) floats. Needs
-// cfg.keep_last_update. Errors: NGD_ERR_LAYER, NGD_ERR_ARG (n wrong), NGD_ERR_STATE.
+// The preconditioned gradient of the last step for a layer (before the K-FAC family's clip
+// ν, weight decay and momentum: health's update_norm is after the clip), d_out x (d_in+bias)
+// row-major, n = d_out*(d_in+bias) floats. Needs cfg.keep_last_update. Errors: NGD_ERR_LAYER,
+// NGD_ERR_ARG (n wrong), NGD_ERR_STATE.
 NGD_API ngd_status ngd_optim_last_update(const ngd_optim *o, int layer, float *out, size_t n);
 
 // The message of the last failed call on this handle ("" if none); a call that succeeds
