@@ -148,6 +148,13 @@ typedef struct {
 NGD_API ngd_matrix ngd_matrix_f32(const float *data, size_t rows, size_t cols);
 NGD_API ngd_matrix ngd_matrix_bf16(const uint16_t *data, size_t rows, size_t cols);
 
+// bf16 (bits in uint16_t) from float32 and back, as libngd converts: ngd_bf16_encode rounds to
+// the nearest bf16 value, ties to even (Inf stays Inf, a finite value past bf16's largest
+// becomes Inf, NaN stays a quiet NaN); ngd_bf16_decode is exact. Long arrays are converted on
+// the threads (outside a client's parallel region). src and dst must not overlap.
+NGD_API void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n);
+NGD_API void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n);
+
 // The bf16 GEMM libngd's bf16 arithmetic runs, for a client's own bf16 layers: row-major with
 // transpose flags (as cblas/dnnl_sgemm), C (m x n, float32, leading dimension ldc) =
 // alpha·op(A)·op(B) + beta·C, A and B bf16 (bits in uint16_t), products summed in float32.
@@ -297,7 +304,8 @@ typedef struct {
     // · Q_A, the denominators and the division, Q_G ·, · Q_Aᵀ; the low-rank application's
     // products and scalings). No float64 retry of a failed eigendecomposition: a failure is
     // counted in health (decomp_failures) and the previous decomposition kept. Every stored
-    // factor quantity (EA, U, D) is then exactly bf16-representable (held in f32 storage).
+    // factor quantity (EA, U, D) is then exactly bf16-representable (held in f32 storage), so
+    // ea_dtype makes no difference under it.
     ngd_dtype factor_arith;
 } ngd_kfac_options;
 
@@ -339,7 +347,10 @@ typedef struct {
     // cached K Kᵀ, C Cᵀ rounded to bf16) with f32 accumulation. NGD_BF16 needs both factors
     // stored in bf16; it applies where K and C are both dense (others compute in f32).
     ngd_dtype factor_compute;
-    float init_grad_scale;         // loss scale assumed for step 0's backward (1)
+    float init_grad_scale;         // SINGD: loss scale its step 0 statistics assume (1; s₋₁,
+                                   // a range hint: any value gives the same step while
+                                   // nothing overflows). The K-FAC family divides its rows by
+                                   // the scale set when they are observed (1 before any)
     bool official_blockdiag_quirk; // reproduce the official block-diagonal transpose quirk
                                    // (docs/algorithms.md#block-diagonal); default: consistent math
     bool skip_nonfinite;           // skip the step (and discard pending statistics) when a gradient
@@ -456,6 +467,7 @@ NGD_API bool ngd_optim_layer_wants_stats(const ngd_optim *o, int layer);
 // Hands layer `layer` its inputs a (batch*R or batch rows, d_in columns) and output-gradients
 // g (batch*R rows, d_out columns) for the coming step. Calls add up (several micro-batches,
 // or a layer used several times per step). The matrices are borrowed for the call only.
+// a and g may each be f32 or bf16 (ngd_matrix_bf16; ngd_bf16_encode rounds).
 // Errors: NGD_ERR_LAYER, NGD_ERR_SHAPE, NGD_ERR_ARG (NULL data, batch 0, bad dtype),
 // NGD_ERR_NOMEM (planning, see above); the state is unchanged on error. Ignored (NGD_OK) on
 // steps that need no statistics.
@@ -464,9 +476,15 @@ NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_
 
 // Sets the loss scale s_t that multiplied the loss in this step's backward pass (mixed
 // precision; docs/algorithms.md#loss-scale). It stays until set again; 1 until first set
-// (init_grad_scale is s₋₁ only: the scale step 0's statistics assume).
+// (init_grad_scale is s₋₁ only: the scale SINGD's step 0 statistics assume).
 // It may be called before or after the step's ngd_optim_observe calls (the pending statistics
-// are rescaled to it).
+// are rescaled to it). Training then equals unscaled training up to rounding (bit for bit
+// where the scales are powers of two, in the tests) as long as the statistics' products stay
+// in float32: SINGD squares the scaled g before it divides by the scale, so from about
+// s·max|g| = 2^64 its factor updates overflow and are refused (health's decomp_failures: the
+// factors are kept, the step goes on); the K-FAC family, given the scale before its observes,
+// divides the rows first. bf16 has float32's range and seldom needs a scale at all; cap a
+// dynamic scaler's growth (at 2^32, say). Errors: NGD_ERR_ARG (not finite, or not > 0).
 NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 
 // Gradient accumulation: each step's batch comes in m micro-batches of equal size, each with

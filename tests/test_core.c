@@ -332,6 +332,63 @@ static void bf16_should_round_to_nearest_even(void) {
     }
 }
 
+// A bf16 value's nearest-even rounding, from its two bf16 neighbours compared in double (not
+// the bit trick under test): the bits of x's truncation t and of t + 1 ulp
+static uint16_t ref_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    const uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    if ((u & 0xffffu) == 0) return lo;
+    const double dl = fabs((double)x - (double)ngd_bf16_to_f32(lo));
+    const uint32_t hu = (uint32_t)hi << 16;
+    float hf;
+    memcpy(&hf, &hu, sizeof hf);
+    // (past the largest finite bf16 the upper neighbour is Inf: the half-way point is 2^128
+    //  minus half an ulp, as IEEE rounding takes it)
+    const double dh = isinf(hf) ? ldexp(1.0, 128) - fabs((double)x) : fabs((double)hf - (double)x);
+    return dl < dh ? lo : dh < dl ? hi : (lo & 1) ? hi : lo;
+}
+
+// The public array conversions (ngd.h): every value as the reference rounds it, specials and
+// ties included, on the plain loop (short) and on the threads (long)
+static void bf16_arrays_should_round_as_the_reference(void) {
+    const size_t n = 300000; // past 8 blocks of 16384: the threaded path
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    uint16_t *h = malloc(n * sizeof *h);
+    CHECK(x && y && h);
+    const float special[] = {
+        0.0f, -0.0f,         1.00390625f,   1.01171875f, -1.00390625f, INFINITY,        -INFINITY,
+        NAN,  3.3895314e38f, 3.4028235e38f, 1e-40f,      -1e-45f,      0x1.fffffep-127f};
+    const size_t ns = sizeof special / sizeof special[0];
+    ref_rng r = {11};
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits = (uint32_t)(ref_uniform(&r, 0, 4294967295.0));
+        if (i % 3 == 0) bits = (bits & 0xffff0000u) | 0x8000u; // a tie
+        memcpy(&x[i], &bits, sizeof bits);
+        if (i < ns) x[i] = special[i];
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        const size_t m = pass ? n : 1000;
+        ngd_bf16_encode(x, h, m);
+        size_t bad = 0;
+        for (size_t i = 0; i < m; i++)
+            bad += h[i] != ref_bf16(x[i]);
+        CHECK(bad == 0);
+        ngd_bf16_decode(h, y, m);
+        bad = 0;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t want = (uint32_t)h[i] << 16, got;
+            memcpy(&got, &y[i], sizeof got);
+            bad += got != want;
+        }
+        CHECK(bad == 0);
+    }
+    CHECK(h[5] == 0x7f80 && h[6] == 0xff80 && isnan(y[7]) && h[9] == 0x7f80 && h[8] == 0x7f7f);
+    CHECK(h[2] == 0x3f80 && h[3] == 0x3f82 && h[1] == 0x8000);
+    free(x), free(y), free(h);
+}
+
 static void rng_should_be_reproducible_and_standard_normal(void) {
     ngd_rng a, b;
     ngd_rng_seed(&a, 42, 7);
@@ -458,6 +515,7 @@ static void alloc_should_reject_overflow(void) {
 }
 
 static const test_case TESTS[] = {
+    TEST(bf16_arrays_should_round_as_the_reference),
     TEST(gemm_should_match_reference_for_all_layouts),
     TEST(gemm_should_ignore_nan_in_c_when_beta_is_zero),
     TEST(f32_gemm_should_match_reference_on_both_kernels),

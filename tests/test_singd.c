@@ -308,6 +308,39 @@ static void singd_should_be_invariant_to_loss_scale(void) {
     tp_free(&a), tp_free(&b);
 }
 
+// Scales from 2^64 on: u = s_{t-1}/s_t² was computed in float, whose s_t² overflowed, so u = 0
+// and every factor update went on without its statistics, silently (a helper's program, whose
+// dynamic loss scaler doubled past 2^64). Powers of two: the scaled products are exact scalings.
+static void singd_should_be_invariant_to_loss_scales_past_2_64(void) {
+    ngd_config c = ngd_config_default(NGD_METHOD_SINGD);
+    c.T = 1, c.lr = 0.05f;
+    tp_problem a, b;
+    tp_init(&a, 16, 6, 5, 3, 21);
+    tp_init(&b, 16, 6, 5, 3, 21);
+    ngd_optim *oa, *ob;
+    CHECK(ngd_optim_create(&c, &oa) == NGD_OK);
+    c.init_grad_scale = 0x1p64f;
+    CHECK(ngd_optim_create(&c, &ob) == NGD_OK);
+    CHECK(tp_register(&a, oa) == NGD_OK && tp_register(&b, ob) == NGD_OK);
+    const float scales[] = {0x1p64f, 0x1p65f, 0x1p66f, 0x1p66f, 0x1p64f, 0x1p65f};
+    for (size_t s = 0; s < 6; s++) {
+        tp_forward_backward(&a, oa, s, 1.0f);
+        CHECK(ngd_optim_step(oa) == NGD_OK);
+        tp_forward_backward(&b, ob, s, scales[s]);
+        CHECK(ngd_optim_set_grad_scale(ob, scales[s]) == NGD_OK);
+        CHECK(ngd_optim_step(ob) == NGD_OK);
+    }
+    CHECK_TENSOR(b.W1, a.W1, 30, 1e-5, 1e-7, "W1 at scales 2^64..2^66 vs unscaled");
+    CHECK_TENSOR(b.W2, a.W2, 15, 1e-5, 1e-7, "W2 at scales 2^64..2^66 vs unscaled");
+    for (int id = 0; id < 2; id++) {
+        ngd_layer_health h;
+        CHECK(ngd_optim_layer_health(ob, id, &h) == NGD_OK && h.updates == 6 &&
+              h.decomp_failures == 0);
+    }
+    ngd_optim_free(oa), ngd_optim_free(ob);
+    tp_free(&a), tp_free(&b);
+}
+
 // The same from the batch's rows (factored_apply; 4 rows against widths 16-21, where rows
 // pay), with the scale set after the step's observe calls (ngd.torch's order), in f32 and in
 // bf16 compute: the kept rows were divided by the last step's scale (the first step's P
@@ -770,6 +803,7 @@ static const test_case TESTS[] = {
     TEST(ikfac_should_converge_to_the_damped_inverse),
     TEST(ikfac_should_track_kfac_to_second_order),
     TEST(singd_should_be_invariant_to_loss_scale),
+    TEST(singd_should_be_invariant_to_loss_scales_past_2_64),
     TEST(singd_rows_should_be_invariant_to_a_scale_set_after_observe),
     TEST(a_preconditioned_gradient_that_overflows_should_not_reach_the_weights),
     TEST(factors_that_overflow_should_restart_from_the_identity),

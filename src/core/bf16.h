@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "ngd.h"
+
 static inline float ngd_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -29,8 +31,7 @@ static inline uint16_t ngd_f32_to_bf16_vec(float f) {
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
 }
 
-void ngd_bf16_decode(const uint16_t *src, float *dst, size_t n);
-void ngd_bf16_encode(const float *src, uint16_t *dst, size_t n);
+// ngd_bf16_decode / ngd_bf16_encode: the same conversions over arrays (public: ngd.h)
 
 // x rounded to the nearest bf16 value (ties to even), as a float.
 static inline float ngd_bf16_round1(float x) { return ngd_bf16_to_f32(ngd_f32_to_bf16(x)); }

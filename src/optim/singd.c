@@ -862,7 +862,9 @@ static ngd_status singd_update(ngd_optim *o, ngd_entry *e, size_t t) {
         s->oC->from_inner(&s->sC, Cf, none, 1.0f, 0.0f, w.fC[1], w.fi); // Π_C(CᵀC)
     }
     // #loss-scale: u = s_{t-1} / s_t² multiplies every use of H_C
-    const float u = o->scale_prev / (o->scale_cur * o->scale_cur);
+    // (in double: s_t² passes float32's range from s_t = 2^64, and u = 0 then trained silently
+    //  without the statistics)
+    const float u = (float)((double)o->scale_prev / ((double)o->scale_cur * (double)o->scale_cur));
     const float lam = c->damping, a1 = c->alpha1;
     const float sc = c->normalize_lr_cov ? 0.5f * (1.0f - a1) : 0.5f;
     float cKH, cKD, cCH, cCD;
