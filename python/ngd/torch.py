@@ -33,8 +33,8 @@ are used through F.multi_head_attention_forward, not called as Linear modules: w
 attention with nn.Linear projections to precondition them), Conv1d/3d, ConvTranspose, RNNs:
 their parameters take the `others` rule. A Linear or Conv2d sharing another's weight (weight
 tying, b.weight = a.weight) adds its inputs and output gradients to the first one's statistics;
-its own bias, if it has one, takes the `others` rule. Every other trainable parameter (norms, embeddings, biases of other layers)
-takes the AdamW rule (others="adamw", the default beside a second-order method: lr 1e-3, no
+its own bias, if it has one, takes the `others` rule. Every other trainable parameter (norms,
+embeddings, biases of other layers) takes the AdamW rule (others="adamw", the default beside a second-order method: lr 1e-3, no
 weight decay, as `ngd train --param-optim adamw`; under ngd.torch.AdamW its lr, betas, eps and
 weight decay) or the SGD rule (others="sgd", the default under ngd.torch.SGD: the method's lr,
 momentum, Nesterov and weight decay) through ngd_optim_add_param, with others_config={...}
@@ -65,8 +65,8 @@ into ngd_optim_set_lr_scale (libngd has one lr scale for all parameters: groups 
 the same ratio, so a scheduler must scale every group alike: CosineAnnealingLR with
 eta_min=0, one lr_lambda for LambdaLR, not CyclicLR or a one-value OneCycleLR (which also
 needs cycle_momentum=False); with others="sgd" both groups start at the method's lr, so any
-scheduler that gives them equal lrs works). Gradient accumulation: call set_micro_batches(M) once, then backward M
-times (each micro-batch's mean loss divided by M, or its sum for loss_average "sum") before
+scheduler that gives them equal lrs works). Gradient accumulation: call set_micro_batches(M)
+once, then backward M times (each micro-batch's mean loss divided by M, or its sum for loss_average "sum") before
 step(): every method takes the whole batch's step, up to rounding. Without it the
 statistics of every backward add up, each scaled as a whole batch (INGD and SINGD are
 invariant to that for mean losses divided by M; IKFAC, the K-FAC family and sum losses are

@@ -114,9 +114,7 @@ static void heavy_state_note(const ngd_optim *o, ngd_method method) {
 }
 
 // ---- mpirun (dist.c): the engine's side of a data-parallel step ----
-// Options as for one process; then --batch, the per-rank batch, becomes the global batch
-// (ranks x --batch) that the loader draws and checkpoints record (a checkpoint of N ranks x B
-// is one of 1 x N·B), and only rank 0 talks.
+
 // The threads this process's OpenMP regions get (1 in a build without OpenMP)
 static int threads_now(void) {
 #ifdef _OPENMP
@@ -151,6 +149,9 @@ static uint32_t data_fingerprint(const train_opts *t, const train_sets *d) {
     return crc;
 }
 
+// Options as for one process; then --batch, the per-rank batch, becomes the global batch
+// (ranks x --batch) that the loader draws and checkpoints record (a checkpoint of N ranks x B
+// is one of 1 x N·B), and only rank 0 talks.
 static int dist_parse(int argc, char **argv, train_opts *t) {
     const bool was = cli_errors_quiet(dist_on() && !dist_root()); // (rank 0 says it)
     const int bad = train_parse_opts(argc, argv, t, "train");
