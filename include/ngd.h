@@ -52,7 +52,8 @@
  *  - The K-FAC family's factors are per-sample averages whatever loss_average says (it only
  *    converts the gradients back to per-sample ones), so its step follows the gradient: a SUM
  *    loss's step is n (BATCH) or n/R (BATCH_SEQUENCE) times the mean loss's, and lr must
- *    change by the inverse to keep it (docs/algorithms.md#k-fac-statistics).
+ *    change by the inverse to keep it, as far as the clip and the ρ^k identity term (neither
+ *    scales with the loss) leave it (docs/algorithms.md#k-fac-statistics).
  *  - Precision: parameters and gradients are float32. Statistics may be float32 or bf16
  *    (accumulated in float32); factors are stored in float32 or bf16 per factor.
  *
@@ -338,7 +339,9 @@ typedef struct {
     // Per layer: give the layer an override (ngd_layer.override: a copy of this config with
     // other structures, T, lr, ...). Every field of an override applies to its layer except
     // those that stay the optimizer's: method (must match), skip_nonfinite, init_grad_scale,
-    // log_fn/log_user and kfac.clip's kind (a KL clip is global).
+    // log_fn/log_user; and the KL clip, which is global: under an optimizer with kfac.clip KL
+    // an override may not change the clip or its κ, and under RMS or none it may not ask for
+    // KL (both NGD_ERR_ARG); RMS or none and their κ are a layer's own.
     ngd_factor_spec structure_K; // input-side factor K (d_in(+1) square)
     ngd_factor_spec structure_C; // output-side factor C (d_out square)
     // Arithmetic of SINGD's factor path: NGD_F32 (default: bf16 factors are decoded and the
@@ -458,7 +461,8 @@ NGD_API ngd_status ngd_optim_add_param(ngd_optim *o, const char *name, float *pa
 // True when the coming step will update a preconditioner, so the caller should pass
 // statistics for every layer through ngd_optim_observe before ngd_optim_step: every T steps
 // for SINGD, every kfac.T_u steps for the K-FAC family, and every step for a layer that
-// preconditions from the step's rows (kfac.factored_apply, while the layer takes it);
+// may precondition from the step's rows (kfac.factored_apply: the K-FAC family's layers where
+// the rows pay; SINGD's dense fully connected layers, whether or not this batch's rows pay);
 // never for SGD and AdamW. The answer is the same for every micro-batch of a step.
 NGD_API bool ngd_optim_wants_stats(const ngd_optim *o);
 // The same question for one layer (layers may have different periods via override).
@@ -480,11 +484,13 @@ NGD_API ngd_status ngd_optim_observe(ngd_optim *o, int layer, size_t batch, ngd_
 // It may be called before or after the step's ngd_optim_observe calls (the pending statistics
 // are rescaled to it). Training then equals unscaled training up to rounding (bit for bit
 // where the scales are powers of two, in the tests) as long as the statistics' products stay
-// in float32: SINGD squares the scaled g before it divides by the scale, so from about
-// s·max|g| = 2^64 its factor updates overflow and are refused (health's decomp_failures: the
-// factors are kept, the step goes on); the K-FAC family, given the scale before its observes,
-// divides the rows first. bf16 has float32's range and seldom needs a scale at all; cap a
-// dynamic scaler's growth (at 2^32, say). Errors: NGD_ERR_ARG (not finite, or not > 0).
+// in float32: SINGD squares the scaled g before it divides by the scale, so once
+// σ²·s²/s_{t-1}·Σ_rows g² passes float32's range (for a batch mean of 512 rows at step 0 with
+// init_grad_scale 1: from s·max|g| ≈ 2^56) its factor updates overflow and are refused
+// (health's decomp_failures: the factors are kept, the step goes on); the K-FAC family, given the
+// scale before its observes, divides the rows first. bf16 has float32's range and seldom needs a
+// scale at all; cap a dynamic scaler's growth (at 2^32, say). Errors: NGD_ERR_ARG (not finite, or
+// not > 0).
 NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 
 // Gradient accumulation: each step's batch comes in m micro-batches of equal size, each with
@@ -496,7 +502,8 @@ NGD_API ngd_status ngd_optim_set_grad_scale(ngd_optim *o, float scale);
 // divided by m (loss_average BATCH or BATCH_SEQUENCE), or its sum (SUM). So the caller zeroes
 // the gradient buffers once a step and adds each micro-batch's gradient into them; each
 // observe gets the micro-batch's size as `batch` and its `g` from that same divided loss.
-// (SINGD's step does not depend on the split; IKFAC's and the K-FAC family's do.) Set it
+// (Without the setting, SINGD's and INGD's steps still equal the whole batch's for mean losses
+// divided by m; IKFAC's, the K-FAC family's and those of SUM losses do not.) Set it
 // before the step's first observe (an observe after a change within a step is refused,
 // NGD_ERR_STATE, naming both numbers); it stays until set again. It is a setting of the caller's
 // loop, not state: ngd_optim_save does not write it and ngd_optim_load keeps the optimizer's own.

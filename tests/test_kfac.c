@@ -1432,6 +1432,71 @@ static void gram_by_shifts_should_match_the_unfolded_rows(void) {
 // for good, every later refresh failing), and RS-KFAC, B-R-KFAC and BRC-KFAC then never
 // returned: LAPACK's sgesvd spun on the NaN of the RSVD. At 30 inputs the B methods keep A on
 // the Brand track, whose rows B-KFAC took (its trace then inf, every later step an error).
+// Nesterov momentum in the K-FAC family's rule (`ngd train --nesterov` promised it, and the
+// rule read only `momentum`: the same weights with and without): w -= lr (u + μ b) with
+// b = μ b + u, u the preconditioned step (clip none, no decay), for every method.
+static void nesterov_should_reach_the_kfac_rule(void) {
+    const ngd_method ms[] = {NGD_METHOD_KFAC, NGD_METHOD_RSKFAC, NGD_METHOD_BKFAC};
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+        ngd_config c = kcfg(ms[mi]);
+        c.momentum = 0.9f, c.nesterov = true, c.lr = 0.05f, c.kfac.rank = 3;
+        layer_t L;
+        layer_init(&L, 8, 5, 4, 77);
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        int id = layer_add(&L, o);
+        const size_t nw = L.dG * L.din;
+        double *W = calloc(nw, sizeof(double)), *B = calloc(L.dG * L.dA, sizeof(double));
+        double worst = 0;
+        for (size_t t = 0; t < 5; t++) {
+            layer_draw(&L, (double)c.kfac.rho, true);
+            layer_observe(&L, o, id);
+            for (size_t i = 0; i < nw; i++)
+                W[i] = L.W[i];
+            CHECK(ngd_optim_step(o) == NGD_OK);
+            CHECK(ngd_optim_last_update(o, id, L.P, L.dG * L.dA) == NGD_OK);
+            for (size_t r = 0; r < L.dG; r++)
+                for (size_t j = 0; j < L.din; j++) { // (P's rows: d_in weights, then the bias)
+                    const size_t pj = r * L.dA + j;
+                    B[pj] = 0.9 * B[pj] + (double)L.P[pj];
+                    const double want = W[r * L.din + j] - 0.05 * ((double)L.P[pj] + 0.9 * B[pj]);
+                    worst =
+                        fmax(worst, fabs((double)L.W[r * L.din + j] - want) / (fabs(want) + 1e-3));
+                }
+        }
+        CHECK(worst < 1e-5);
+        ngd_optim_free(o);
+        layer_free(&L);
+        free(W), free(B);
+    }
+}
+
+// An override may not ask for the global KL clip under a per-layer one (its layer went
+// unclipped), nor change the clip or κ under it (ignored)
+static void kl_clip_overrides_should_be_refused(void) {
+    layer_t L;
+    layer_init(&L, 8, 5, 4, 78);
+    for (int opt_kl = 0; opt_kl < 2; opt_kl++) {
+        ngd_config c = ngd_config_default(NGD_METHOD_KFAC);
+        c.kfac.clip = opt_kl ? NGD_CLIP_KL : NGD_CLIP_RMS;
+        ngd_optim *o;
+        CHECK(ngd_optim_create(&c, &o) == NGD_OK);
+        ngd_config ov = c;
+        ngd_layer l = {"fc", L.W, L.gW, L.dG, L.din, L.b, L.gb, &ov};
+        int id;
+        ov.kfac.clip = opt_kl ? NGD_CLIP_RMS : NGD_CLIP_KL;
+        CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_ERR_ARG);
+        CHECK(strstr(ngd_optim_errmsg(o), "the KL clip is global") != NULL);
+        ov = c, ov.kfac.clip_kappa = 0.5f; // under KL refused; under RMS a layer's own κ
+        CHECK(ngd_optim_add_layer(o, &l, &id) == (opt_kl ? NGD_ERR_ARG : NGD_OK));
+        ov = c, ov.lr = 0.5f; // other fields stay per layer
+        l.name = "fc2";
+        CHECK(ngd_optim_add_layer(o, &l, &id) == NGD_OK);
+        ngd_optim_free(o);
+    }
+    layer_free(&L);
+}
+
 static void overflowing_statistics_should_be_refused_and_counted(void) {
     const ngd_method ms[] = {NGD_METHOD_SINGD,   NGD_METHOD_KFAC,  NGD_METHOD_RSKFAC,
                              NGD_METHOD_SREKFAC, NGD_METHOD_BKFAC, NGD_METHOD_BRKFAC,
@@ -1614,6 +1679,8 @@ static const test_case TESTS[] = {
     TEST(gram_by_shifts_should_match_the_unfolded_rows),
     TEST(kfac_health_should_match_the_factors),
     TEST(overflowing_statistics_should_be_refused_and_counted),
+    TEST(nesterov_should_reach_the_kfac_rule),
+    TEST(kl_clip_overrides_should_be_refused),
 };
 
 int main(int argc, char **argv) { return test_main(argc, argv, TESTS, NTESTS(TESTS)); }

@@ -99,7 +99,9 @@ _APPLIES = {
     "eps": {"adamw"},
     "damping": _SINGDS,
     "kfac_approx": _SINGDS | _KFACS,
-    "alpha1": _SINGDS,  # (IKFAC forces it to 0 and logs that it did)
+    "alpha1": {"singd", "ingd"},  # (IKFAC's is 0: kfac_like forces it, as `ngd train` refuses it)
+    "loss_average": _SINGDS | _KFACS,  # (SGD's and AdamW's steps read no statistics)
+    "init_grad_scale": _SINGDS,  # (SINGD's s₋₁; the K-FAC family divides by the scale set)
     "T": _SINGDS,
     "lr_cov": _SINGDS,
     "lr_cov_fn": _SINGDS,
@@ -341,6 +343,8 @@ def make_config(method="singd", **options):
             setattr(cfg.kfac, k, _enum(_KFAC_ENUMS[k], "kfac." + k, v))
         else:
             _set_field(cfg.kfac, k, v, "kfac." + k)
+    if m == _lib.METHODS["ingd"] and (cfg.structure_K.kind != 0 or cfg.structure_C.kind != 0):
+        raise TypeError("ingd is SINGD with dense factors: other structures are singd's or ikfac's")
     msg = ctypes.create_string_buffer(512)
     st = _lib.ngd_config_validate(ctypes.byref(cfg), msg, len(msg))
     if st != _lib.OK:

@@ -5,22 +5,23 @@
     for x, y in loader:
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
 
-One class per method: SINGD, INGD, IKFAC, KFAC, RSKFAC, SREKFAC, BKFAC, BRKFAC, BRCKFAC
-(and SGD, AdamW: libngd's plain rules over every parameter, with all their options). Each
-takes the module and libngd's options (ngd.make_config: lr, momentum, weight_decay, damping,
-T, lr_cov, alpha1, structures, kfac_approx, loss_average, the K-FAC family's rho, T_u, T_i,
-damping_rel, rank, ... ). An option the method would ignore is a TypeError naming the methods
-that use it: the K-FAC family's damping is damping_rel (relative to the largest eigenvalue,
-as `ngd train --damping` sets it for them), SINGD's is damping. Defaults are libngd's
-(ngd_config_default, ngd.h; `ngd.config_dict(ngd.make_config("kfac")[0])` lists them): SINGD,
-INGD, IKFAC lr 1e-3, momentum 0.9, damping 1e-3, T 10, lr_cov 1e-2, alpha1 0.5; the K-FAC
-family lr 0.1, momentum 0, weight decay 7e-4 from step 200, damping_rel 0.1, T_u 10, T_i 50;
-AdamW lr 1e-3, weight decay 1e-2; SGD lr 1e-2. Structures (SINGD, IKFAC): dense, diagonal,
+One class per method: SINGD, INGD, IKFAC, KFAC, RSKFAC, SREKFAC, BKFAC, BRKFAC, BRCKFAC (and
+SGD, AdamW: libngd's plain rules over every parameter, with all their options). Each takes the
+module and libngd's options (ngd.make_config: lr, momentum, weight_decay, damping, T, lr_cov,
+alpha1, structures, kfac_approx, loss_average, the K-FAC family's rho, T_u, T_i, damping_rel,
+rank, ... ). An option the method would ignore is a TypeError naming the methods that use it
+(factored_apply aside, which SINGD takes for dense factors only): the K-FAC family's damping is
+damping_rel (relative to the largest eigenvalue, as `ngd train --damping` sets it for them),
+SINGD's is damping. Defaults are libngd's (ngd_config_default, ngd.h;
+`ngd.config_dict(ngd.make_config("kfac")[0])` lists them): SINGD, INGD, IKFAC lr 1e-3, momentum
+0.9, damping 1e-3, T 10, lr_cov 1e-2, alpha1 0.5 (IKFAC 0); the K-FAC family lr 0.1, momentum
+0, weight decay 7e-4 from step 200, damping_rel 0.1, T_u 10, T_i 50; AdamW lr 1e-3, weight
+decay 1e-2; SGD lr 1e-2. Structures (SINGD, IKFAC; INGD's are dense): dense, diagonal,
 block<B>diagonal, hierarchical<K1>_<K2>, triltoeplitz, triutoeplitz, tril_topleft_diag,
-tril_bottomright_diag, triu_topleft_diag, triu_bottomright_diag (ngd.h,
-ngd_structure_parse), each optionally with ':bf16'. loss_average says how the loss was
-reduced: 'batch' (default) for a mean over the batch of one term per sample, 'batch+sequence'
-for a mean over batch and positions (a language model's token-mean cross-entropy), 'sum'.
+tril_bottomright_diag, triu_topleft_diag, triu_bottomright_diag (ngd.h, ngd_structure_parse),
+each optionally with ':bf16'. loss_average says how the loss was reduced: 'batch' (default) for
+a mean over the batch of one term per sample, 'batch+sequence' for a mean over batch and
+positions (a language model's token-mean cross-entropy), 'sum'.
 
 What is Kronecker-factored: every nn.Linear (inputs of any rank: the leading dimensions are
 flattened into rows, the first one is the batch, the others are weight-sharing positions)
@@ -389,6 +390,7 @@ class NGDOptimizer(torch.optim.Optimizer):
             groups.append({"params": other_params, "lr": self._others_lr, "ngd": others})
         super().__init__(groups, {"lr": float(cfg.lr)})
         self._init_done = True
+        self.last_step_skipped = False  # (step() sets it)
         self._base_lr = [g["lr"] for g in self.param_groups]
         self._lr_scale = 1.0
         self._scale = 1.0

@@ -92,7 +92,7 @@ def test_every_option_reaches_the_config():
     # each option given to a method that uses it (another method refuses it: below)
     cfg, _ = ngd.make_config("brckfac", lr=0.3, momentum=0.5, weight_decay=0.2, nesterov=True,
                              loss_average="batch+sequence", kfac_approx="reduce",
-                             init_grad_scale=4.0, skip_nonfinite=False,
+                             skip_nonfinite=False,
                              keep_last_update=True, rho=0.9, T_u=3, T_i=9, damping_rel=0.2,
                              clip="kl", clip_kappa=0.1, wd_start=11,
                              identity_init="in_damping", eig_zero_tol=1e-9, rank=17, oversample=3,
@@ -102,7 +102,7 @@ def test_every_option_reaches_the_config():
                              factor_arith="bf16")
     d = ngd.config_dict(cfg)
     assert d["method"] == 8 and d["nesterov"] and d["loss_average"] == 2 and d["kfac_approx"] == 1
-    assert abs(d["momentum"] - 0.5) < 1e-7 and abs(d["init_grad_scale"] - 4.0) < 1e-7
+    assert abs(d["momentum"] - 0.5) < 1e-7
     k = d["kfac"]
     assert (k["T_u"], k["T_i"], k["clip"], k["wd_start"], k["identity_init"]) == (3, 9, 2, 11, 0)
     assert (k["rank"], k["oversample"], k["power_iters"], k["tail"], k["brand_rank"]) == (17, 3, 2, 1, 5)
@@ -115,8 +115,9 @@ def test_every_option_reaches_the_config():
     d = ngd.config_dict(ngd.make_config("singd", damping=0.05, alpha1=0.25, T=7, lr_cov=0.03,
                                         normalize_lr_cov=True, kfac_like=True,
                                         structures=("block20diagonal", "hierarchical3_4:bf16"),
-                                        official_blockdiag_quirk=True)[0])
+                                        official_blockdiag_quirk=True, init_grad_scale=4.0)[0])
     assert d["T"] == 7 and d["kfac_like"] and d["normalize_lr_cov"] and d["official_blockdiag_quirk"]
+    assert abs(d["init_grad_scale"] - 4.0) < 1e-7
     assert abs(d["damping"] - 0.05) < 1e-9 and abs(d["lr_cov"] - 0.03) < 1e-9
     assert d["structure_K"]["kind"] == 2 and d["structure_K"]["block"] == 20
     assert d["structure_C"] == {"kind": 3, "block": 30, "k1": 3, "k2": 4, "dtype": 1}
@@ -143,6 +144,10 @@ def test_options_a_method_would_ignore_are_refused():
         ("rskfac", {"brand_rank": 5}, "'brand_rank' does not apply to rskfac"),
         ("bkfac", {"corr_frac": 0.3}, "'corr_frac' does not apply to bkfac"),
         ("adamw", {"structures": "diagonal"}, "'structure_K' does not apply to adamw"),
+        ("ikfac", {"alpha1": 0.3}, "'alpha1' does not apply to ikfac"),
+        ("sgd", {"loss_average": "sum"}, "'loss_average' does not apply to sgd"),
+        ("kfac", {"init_grad_scale": 4.0}, "'init_grad_scale' does not apply to kfac"),
+        ("ingd", {"structures": "diagonal"}, "ingd is SINGD with dense factors"),
     ]:
         with pytest.raises(TypeError, match=words):
             ngd.make_config(method, **opts)
@@ -431,13 +436,13 @@ def test_a_log_fn_raising_while_the_optimizer_is_created_raises_there():
         raise KeyError("log_fn: " + msg)
 
     with pytest.raises(KeyError, match="kfac_like forces alpha1"):
-        ngd.Optimizer("ikfac", alpha1=0.3, log_fn=boom)
-    ngd.Optimizer("ikfac", alpha1=0.0, log_fn=boom).close()  # nothing logged, nothing raised
+        ngd.Optimizer("singd", kfac_like=True, alpha1=0.3, log_fn=boom)
+    ngd.Optimizer("singd", kfac_like=True, alpha1=0.0, log_fn=boom).close()  # nothing logged
 
 
 def test_ikfac_logs_that_alpha1_is_forced():
     logs = []
-    ngd.Optimizer("ikfac", alpha1=0.3, log_fn=logs.append)
+    ngd.Optimizer("singd", kfac_like=True, alpha1=0.3, log_fn=logs.append)  # (ikfac refuses alpha1)
     assert any("kfac_like forces alpha1 = 0" in m for m in logs)
 
 

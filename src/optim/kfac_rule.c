@@ -24,17 +24,19 @@ static void kfac_prepare(const ngd_entry *e, const float *P, size_t t, float nu_
     a->decay = t >= e->cfg.kfac.wd_start;
 }
 
-// Clip factor ν, decoupled weight decay (from wd_start), momentum, step.
+// Clip factor ν, decoupled weight decay (from wd_start), (Nesterov) momentum, step. (Nesterov
+// was accepted and ignored here: SGD's rule had it, this one did not.)
 static void kfac_row(const ngd_entry *e, const ngd_rule_args *a, const float *p_row, float *w,
                      float *buf, float *buf2, size_t n) {
     NGD_UNUSED(buf2);
     const float lr = a->lr, nu = a->nu;
     const float wd = a->decay ? e->cfg.weight_decay : 0.0f, mom = e->cfg.momentum;
+    const bool nest = e->cfg.nesterov;
     for (size_t j = 0; j < n; j++) {
         float u = nu * p_row[j] + wd * w[j];
         if (mom != 0.0f) {
             buf[j] = mom * buf[j] + u;
-            u = buf[j];
+            u = nest ? u + mom * buf[j] : buf[j];
         }
         w[j] -= lr * u;
     }

@@ -197,6 +197,20 @@ static ngd_status entry_config(ngd_optim *o, const ngd_config *ov, const char *n
                               "'%s': override method %s differs from the optimizer's %s (a "
                               "parameter may also take sgd or adamw)",
                               name, ngd_method_name(c.method), ngd_method_name(o->cfg.method));
+    // The KL clip is global: ν from every layer's term and the optimizer's κ. An override that
+    // asked for it under a per-layer clip left its layer unclipped; one that changed the clip or
+    // κ under it was ignored. Both refused.
+    const ngd_kfac_options *k = &c.kfac, *ok = &o->cfg.kfac;
+    if (!param && (k->clip == NGD_CLIP_KL || ok->clip == NGD_CLIP_KL) &&
+        (k->clip != ok->clip || k->clip_kappa != ok->clip_kappa) &&
+        o->cfg.method >= NGD_METHOD_KFAC && o->cfg.method <= NGD_METHOD_BRCKFAC)
+        return ngd_optim_fail(o, NGD_ERR_ARG,
+                              "'%s': override kfac.clip %s (kappa %g) under the optimizer's %s "
+                              "(kappa %g): the KL clip is global, over every layer with the "
+                              "optimizer's kappa; set it on the optimizer, not per layer",
+                              name, k->clip == NGD_CLIP_KL ? "kl" : "rms/none",
+                              (double)k->clip_kappa, ok->clip == NGD_CLIP_KL ? "kl" : "rms/none",
+                              (double)ok->clip_kappa);
     *out = c;
     return NGD_OK;
 }
