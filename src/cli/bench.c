@@ -798,14 +798,6 @@ static int pc_parse_methods(const char *arg, size_t *ms, size_t *nm, char *bad, 
     }
 }
 
-static int pc_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 // `ngd bench precond ...`: argv[0] is "precond".
 static int bench_precond(int argc, char **argv) {
     size_t ds[PC_MAX_DS] = {256, 512, 1024, 2048, 4096}, nd = 5;
@@ -870,7 +862,7 @@ static int bench_precond(int argc, char **argv) {
         cli_error(NULL, "out of memory");
         return NGD_EXIT_FAIL;
     }
-    const int threads = pc_threads();
+    const int threads = cli_threads();
     const double gf0 = bench_sgemm_gflops(1024, 1024, 1024);
     const bool progress = !json && isatty(STDERR_FILENO);
     if (json) {

@@ -36,6 +36,9 @@ int cli_probe_output(const char *path);
 int cli_image_target(const char *opt, const char *path, bool png);
 // Two paths name the same file: the same string, or (both existing) the same inode
 bool cli_same_file(const char *a, const char *b);
+
+// The threads this process's OpenMP regions get (1 in a build without OpenMP).
+int cli_threads(void);
 // What a file of st_mode `mode` is, for messages: "a folder", "a symbolic link", "a FIFO"…
 const char *cli_file_kind(unsigned mode);
 // The hint of a failed write whose message is msg: for a full disk (or quota) "free some

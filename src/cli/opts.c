@@ -15,6 +15,18 @@
 
 #include "cli.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+int cli_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 void cli_longopts(const cli_opt *t, size_t n, struct option *lo) {
     for (size_t i = 0; i < n; i++)
         lo[i] = (struct option){t[i].name, t[i].has_arg ? required_argument : no_argument, NULL,

@@ -115,15 +115,6 @@ static void heavy_state_note(const ngd_optim *o, ngd_method method) {
 
 // ---- mpirun (dist.c): the engine's side of a data-parallel step ----
 
-// The threads this process's OpenMP regions get (1 in a build without OpenMP)
-static int threads_now(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 // mpirun: whether every rank has this v (the largest and the smallest agree; true alone)
 static bool ranks_agree(int v) { return dist_max_int(v) == -dist_max_int(-v); }
 
@@ -488,7 +479,7 @@ int train_run(const train_opts *t, bool eval_only) {
         // apart, and the replicas drift apart without a word. (Every rank has the same method
         // and NGD_DIST_SHARE here: the options' hash agreed.)
         const bool kfac = t->method >= NGD_METHOD_KFAC && t->method <= NGD_METHOD_BRCKFAC;
-        if (kfac && share == NGD_SHARE_REPLICATE && !ranks_agree(threads_now())) {
+        if (kfac && share == NGD_SHARE_REPLICATE && !ranks_agree(cli_threads())) {
             if (dist_root())
                 cli_error("give every rank the same --threads, or leave NGD_DIST_SHARE at auto "
                           "(or owner)",
@@ -496,7 +487,7 @@ int train_run(const train_opts *t, bool eval_only) {
                           "(%d on rank 0): the K-FAC family's replicated decompositions round "
                           "differently at another thread count and the replicas would drift "
                           "apart",
-                          threads_now());
+                          cli_threads());
             rc = NGD_EXIT_USAGE;
             goto done;
         }
